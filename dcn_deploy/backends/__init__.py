@@ -1,0 +1,1 @@
+"""Backends: one runner interface (see base.Runner) over PyTorch, ONNX Runtime and TensorRT."""

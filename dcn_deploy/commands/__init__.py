@@ -1,0 +1,1 @@
+"""CLI commands: each module defines one click command over a library call."""

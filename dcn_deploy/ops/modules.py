@@ -1,0 +1,128 @@
+"""nn.Module forms of deformable convolution.
+
+- :class:`DeformConv2d`: torchvision's module (same constructor, parameter names ``weight``/``bias`` and
+  ``forward(input, offset, mask=None)``), so a torchvision state_dict loads unchanged.
+- :class:`DeformConv2dPack` / :class:`ModulatedDeformConv2dPack`: layers that predict their own offsets (and mask)
+  with a plain convolution ``conv_offset`` initialised to zero, with mmcv's state_dict keys
+  (``weight``, ``bias``, ``conv_offset.weight``, ``conv_offset.bias``), so mmdetection checkpoints load.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .deform_conv import deform_conv2d
+from .spec import ShapeError, as_pair
+
+__all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack"]
+
+
+class DeformConv2d(nn.Module):
+    """Deformable convolution layer; see :func:`dcn_deploy.deform_conv2d` for shapes.
+
+    ``forward(input, offset, mask=None)``: input (N, C, H, W), offset (N, 2*offset_groups*kH*kW, oH, oW),
+    mask (N, offset_groups*kH*kW, oH, oW) or None. ``offset_groups`` follows from the offset's channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True):
+        super().__init__()
+        if in_channels % groups:
+            raise ShapeError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
+        if out_channels % groups:
+            raise ShapeError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = as_pair(kernel_size, "kernel_size", 1)
+        self.stride = as_pair(stride, "stride", 1)
+        self.padding = as_pair(padding, "padding", 0)
+        self.dilation = as_pair(dilation, "dilation", 1)
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # torchvision's (and nn.Conv2d's) initialisation.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return deform_conv2d(input, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                             dilation=self.dilation, mask=mask)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}")
+
+
+class _PackBase(DeformConv2d):
+    """A deformable convolution whose offsets come from ``conv_offset``, a plain convolution on the same input."""
+
+    _channels_per_point: int  # 2 (dy, dx) or 3 (dy, dx, mask logit)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, deform_groups: int = 1, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        if in_channels % deform_groups:
+            raise ShapeError(f"in_channels ({in_channels}) must be divisible by deform_groups ({deform_groups})")
+        self.deform_groups = deform_groups
+        kh, kw = self.kernel_size
+        self.conv_offset = nn.Conv2d(in_channels, deform_groups * self._channels_per_point * kh * kw,
+                                     self.kernel_size, self.stride, self.padding, self.dilation, bias=True)
+        self.init_offset()
+
+    def init_offset(self) -> None:
+        """Zero the offset branch: the layer starts as a plain convolution (the paper's initialisation)."""
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Old mmcv checkpoints name the offset branch conv_offset_mask.
+        for suffix in ("weight", "bias"):
+            old = f"{prefix}conv_offset_mask.{suffix}"
+            if old in state_dict and f"{prefix}conv_offset.{suffix}" not in state_dict:
+                state_dict[f"{prefix}conv_offset.{suffix}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", deform_groups={self.deform_groups}"
+
+
+class DeformConv2dPack(_PackBase):
+    """v1 (the paper's): ``conv_offset`` predicts 2*deform_groups*kH*kW offset channels. mmcv's DeformConv2dPack.
+
+    ``forward(input)``: input (N, C, H, W) -> (N, out_channels, oH, oW). mmcv's default is ``bias=False``.
+    """
+
+    _channels_per_point = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, deform_groups: int = 1, bias: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, deform_groups, bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(input, self.conv_offset(input))
+
+
+class ModulatedDeformConv2dPack(_PackBase):
+    """v2 (modulated): ``conv_offset`` predicts 3*deform_groups*kH*kW channels, split as mmcv does into
+    offset = cat(first third, second third) and mask = sigmoid(last third). mmcv's ModulatedDeformConv2dPack.
+
+    ``forward(input)``: input (N, C, H, W) -> (N, out_channels, oH, oW).
+    """
+
+    _channels_per_point = 3
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = self.conv_offset(input)
+        split = out.shape[1] // 3
+        offset = out[:, : 2 * split]
+        mask = torch.sigmoid(out[:, 2 * split:])
+        return super().forward(input, offset, mask)

@@ -1,0 +1,1 @@
+"""Finding, building and calling the compiled plugin library (CUDA kernels, host build, TensorRT plugin)."""
