@@ -14,8 +14,10 @@ where ``g = c // (C / offset_groups)``, the offset tensor is ``(N, offset_groups
 ``((g*kH + i)*kW + j)*2 + {0: dy, 1: dx}``, the mask ``(N, offset_groups*kH*kW, oH, oW)`` (all ones when None:
 the paper's v1), and ``bilinear`` lets each of the four neighbours outside the image contribute zero.
 
-Implementation: the bilinear sampling is done by ``grid_sample`` (one fused, vectorised pass that writes the
-sampled columns), then one batched matrix product per convolution group. Half types are computed in float32.
+Implementation: the four bilinear neighbours of every sample are gathered and weighted (mask folded into the
+weights) by one ``embedding_bag`` over a channels-last copy of the input, then one matrix product (or one per
+convolution group). Everything is differentiable torch, so the backward pass is autograd through the same code.
+Half types are computed in float32.
 """
 from __future__ import annotations
 
@@ -34,36 +36,103 @@ _HALF_TYPES = (torch.float16, torch.bfloat16)
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _sample_columns(input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor],
-                    kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-                    dilation: Sequence[int]) -> torch.Tensor:
-    """Bilinear samples at every deformed kernel point: (N, C, kH*kW, oH*oW), already multiplied by the mask."""
-    n, c, h, w = input.shape
+def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: int, width: int,
+                   kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                   dilation: Sequence[int]):
+    """Table rows and weights of the four bilinear neighbours of every deformed sample.
+
+    Returns ``(index, weight)``, both of shape (N*oH*oW*kH*kW*G*4,), ordered (n, y, x, i, j, g, corner).
+    ``index`` is a row of the channels-last table built by :func:`_channels_last_table`; a neighbour outside
+    the image gets weight 0 (and a harmless index 0). The mask is folded into the weights.
+    """
+    n, _, oh, ow = offset.shape
     kh, kw = kernel
-    oh, ow = offset.shape[2], offset.shape[3]
     k = kh * kw
     groups = offset.shape[1] // (2 * k)
-    dtype, device = input.dtype, input.device
+    dtype, device = offset.dtype, offset.device
 
     ky = torch.arange(kh, device=device, dtype=dtype) * dilation[0]
     kx = torch.arange(kw, device=device, dtype=dtype) * dilation[1]
     oy = torch.arange(oh, device=device, dtype=dtype) * stride[0] - padding[0]
     ox = torch.arange(ow, device=device, dtype=dtype) * stride[1] - padding[1]
-    base_y = (ky.view(kh, 1, 1, 1) + oy.view(1, 1, oh, 1)).expand(kh, kw, oh, ow).reshape(k, oh, ow)
-    base_x = (kx.view(1, kw, 1, 1) + ox.view(1, 1, 1, ow)).expand(kh, kw, oh, ow).reshape(k, oh, ow)
+    # (oH, oW, kH, kW, 1): the undeformed sampling grid
+    base_y = (oy.view(oh, 1, 1, 1) + ky.view(1, 1, kh, 1)).expand(oh, ow, kh, kw).reshape(1, oh * ow, k, 1)
+    base_x = (ox.view(1, ow, 1, 1) + kx.view(1, 1, 1, kw)).expand(oh, ow, kh, kw).reshape(1, oh * ow, k, 1)
 
-    off = offset.view(n, groups, k, 2, oh, ow)
-    # grid_sample with align_corners=False maps g -> ((g + 1) * size - 1) / 2, so this is the exact pixel position;
-    # unlike align_corners=True it stays well defined when H or W is 1.
-    grid_x = (base_x + off[:, :, :, 1]) * (2.0 / w) + (1.0 / w - 1.0)
-    grid_y = (base_y + off[:, :, :, 0]) * (2.0 / h) + (1.0 / h - 1.0)
-    grid = torch.stack((grid_x, grid_y), dim=-1).view(n * groups, k * oh, ow, 2)
-    columns = F.grid_sample(input.reshape(n * groups, c // groups, h, w), grid, mode="bilinear",
-                            padding_mode="zeros", align_corners=False)
-    columns = columns.view(n, groups, c // groups, k, oh * ow)
+    # offset (N, G*K*2, oH, oW) -> (N, oH*oW, K, G, 2)
+    off = offset.view(n, groups, k, 2, oh * ow).permute(0, 4, 2, 1, 3)
+    py = base_y + off[..., 0]
+    px = base_x + off[..., 1]
+    y0 = torch.floor(py)
+    x0 = torch.floor(px)
+    ly, lx = py - y0, px - x0
+    hy, hx = 1 - ly, 1 - lx
+    y0i, x0i = y0.long(), x0.long()
+
+    corner_y = torch.stack((y0i, y0i, y0i + 1, y0i + 1), dim=-1)
+    corner_x = torch.stack((x0i, x0i + 1, x0i, x0i + 1), dim=-1)
+    weight = torch.stack((hy * hx, hy * lx, ly * hx, ly * lx), dim=-1)
+    inside = (corner_y >= 0) & (corner_y < height) & (corner_x >= 0) & (corner_x < width)
+    weight = torch.where(inside, weight, torch.zeros((), dtype=dtype, device=device))
     if mask is not None:
-        columns = columns * mask.view(n, groups, 1, k, oh * ow)
-    return columns.view(n, c, k, oh * ow)
+        weight = weight * mask.view(n, groups, k, oh * ow).permute(0, 3, 2, 1).unsqueeze(-1)
+    # each (image, offset group) owns height*width consecutive rows of the table
+    plane = (torch.arange(n, device=device).view(n, 1, 1, 1, 1) * groups
+             + torch.arange(groups, device=device).view(1, 1, 1, groups, 1)) * (height * width)
+    index = torch.where(inside, corner_y * width + corner_x + plane, torch.zeros((), dtype=torch.long, device=device))
+    return index.reshape(-1), weight.reshape(-1)
+
+
+def _channels_last_table(input: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N*groups*H*W, C/groups): one row of channels per pixel of each (image, offset group)."""
+    n, c, h, w = input.shape
+    return input.reshape(n, groups, c // groups, h * w).permute(0, 1, 3, 2).reshape(n * groups * h * w, c // groups)
+
+
+def _sample_columns(input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor],
+                    kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                    dilation: Sequence[int]) -> torch.Tensor:
+    """Bilinear samples at every deformed kernel point, times the mask: (N, oH*oW, kH*kW, C).
+
+    Sampling is one weighted ``embedding_bag`` over a channels-last copy of the input (four rows per sample),
+    a fused, vectorised and differentiable gather that never materialises the four neighbours separately.
+    """
+    n, c, h, w = input.shape
+    k = kernel[0] * kernel[1]
+    groups = offset.shape[1] // (2 * k)
+    length = offset.shape[2] * offset.shape[3]
+    index, weight = _bilinear_taps(offset, mask, h, w, kernel, stride, padding, dilation)
+    bags = torch.arange(0, index.numel(), 4, device=input.device)
+    samples = F.embedding_bag(index, _channels_last_table(input, groups), bags, mode="sum",
+                              per_sample_weights=weight)
+    # rows are ordered (n, pixel, kernel point, offset group): channel g*C/G + c' lands at position g*C/G + c'
+    return samples.view(n, length, k, c)
+
+
+def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The convolution's weighted sum over (kernel point, channel): columns (n, L, K, C) -> (n, L, oC)."""
+    n, length, k, c = columns.shape
+    oc, c_per_group = weight.shape[0], weight.shape[1]
+    if groups == 1:
+        # (oC, C, kH, kW) -> (K*C, oC), matching the (kernel point, channel) order of the columns
+        weight_t = weight.reshape(oc, c, k).permute(2, 1, 0).reshape(k * c, oc)
+        return torch.matmul(columns.view(n, length, k * c), weight_t)
+    per_group = oc // groups
+    if c_per_group == 1:
+        # depth-wise (channel multiplier per_group): a weighted sum over kernel points, no matrix product
+        weight_k = weight.reshape(c, per_group, k)
+        outs = []
+        for j in range(per_group):
+            # (n, L, C), one fused multiply-add per kernel point: no (n, L, K, C) temporary
+            acc = columns[:, :, 0] * weight_k[:, j, 0]
+            for point in range(1, k):
+                acc = torch.addcmul(acc, columns[:, :, point], weight_k[:, j, point])
+            outs.append(acc)
+        return torch.stack(outs, dim=-1).view(n, length, oc)
+    # grouped: one matrix product per group, (groups, n*L, K*C/groups) x (groups, K*C/groups, oC/groups)
+    grouped = columns.view(n * length, k, groups, c_per_group).permute(2, 0, 1, 3).reshape(groups, n * length, k * c_per_group)
+    weight_g = weight.reshape(groups, per_group, c_per_group, k).permute(0, 3, 2, 1).reshape(groups, k * c_per_group, per_group)
+    return torch.bmm(grouped, weight_g).permute(1, 0, 2).reshape(n, length, oc)
 
 
 def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
@@ -72,19 +141,18 @@ def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.
     """Deformable convolution from differentiable torch ops, in the inputs' own dtype."""
     n, c, _, _ = input.shape
     oc, c_per_group, kh, kw = weight.shape
+    k = kh * kw
     groups = c // c_per_group
     oh, ow = offset.shape[2], offset.shape[3]
-    weight_g = weight.reshape(groups, oc // groups, c_per_group * kh * kw)
-
-    per_image = max(1, c * kh * kw * oh * ow)
-    chunk = max(1, _MAX_COLUMN_ELEMENTS // per_image)
+    length = oh * ow
+    chunk = max(1, _MAX_COLUMN_ELEMENTS // max(1, c * k * length))
     outputs = []
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         columns = _sample_columns(input[start:stop], offset[start:stop],
                                   None if mask is None else mask[start:stop], (kh, kw), stride, padding, dilation)
-        columns = columns.view(stop - start, groups, c_per_group * kh * kw, oh * ow)
-        outputs.append(torch.matmul(weight_g, columns).view(stop - start, oc, oh, ow))
+        out = _contract_columns(columns, weight, groups)  # (n, L, oC)
+        outputs.append(out.transpose(1, 2).reshape(stop - start, oc, oh, ow))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if bias is not None:
         out = out + bias.view(1, oc, 1, 1)
