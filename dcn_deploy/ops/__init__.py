@@ -1,7 +1,30 @@
-"""PyTorch ops and modules."""
-from .deform_conv import deform_conv2d
-from .modules import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
-from .spec import DeformConvSpec, ShapeError, deform_conv_spec
+"""PyTorch ops and modules. Names load lazily, so ``dcn_deploy.ops.spec`` (pure Python) never imports torch."""
+from __future__ import annotations
 
-__all__ = ["deform_conv2d", "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack",
-           "DeformConvSpec", "ShapeError", "deform_conv_spec"]
+import importlib
+
+_LAZY = {
+    "deform_conv2d": "dcn_deploy.ops.deform_conv",
+    "DeformConv2d": "dcn_deploy.ops.modules",
+    "DeformConv2dPack": "dcn_deploy.ops.modules",
+    "ModulatedDeformConv2dPack": "dcn_deploy.ops.modules",
+    "upgrade_mmcv_state_dict": "dcn_deploy.ops.modules",
+    "DeformConvSpec": "dcn_deploy.ops.spec",
+    "ShapeError": "dcn_deploy.ops.spec",
+    "deform_conv_spec": "dcn_deploy.ops.spec",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dcn_deploy.ops' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

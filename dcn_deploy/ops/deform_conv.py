@@ -110,13 +110,14 @@ def _sample_columns(input: torch.Tensor, offset: torch.Tensor, mask: Optional[to
 
 
 def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """The convolution's weighted sum over (kernel point, channel): columns (n, L, K, C) -> (n, L, oC)."""
+    """The convolution's weighted sum over (kernel point, channel): columns (n, L, K, C) -> (n, oC, L), contiguous."""
     n, length, k, c = columns.shape
     oc, c_per_group = weight.shape[0], weight.shape[1]
     if groups == 1:
-        # (oC, C, kH, kW) -> (K*C, oC), matching the (kernel point, channel) order of the columns
-        weight_t = weight.reshape(oc, c, k).permute(2, 1, 0).reshape(k * c, oc)
-        return torch.matmul(columns.view(n, length, k * c), weight_t)
+        # (oC, C, kH, kW) -> (oC, K*C), matching the (kernel point, channel) order of the columns; the transposed
+        # columns go to the matrix product as they are, so the result comes out NCHW-contiguous with no copy
+        weight_mat = weight.reshape(oc, c, k).transpose(1, 2).reshape(oc, k * c)
+        return torch.matmul(weight_mat, columns.view(n, length, k * c).transpose(1, 2))
     per_group = oc // groups
     if c_per_group == 1:
         # depth-wise (channel multiplier per_group): a weighted sum over kernel points, no matrix product
@@ -128,11 +129,12 @@ def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int) 
             for point in range(1, k):
                 acc = torch.addcmul(acc, columns[:, :, point], weight_k[:, j, point])
             outs.append(acc)
-        return torch.stack(outs, dim=-1).view(n, length, oc)
-    # grouped: one matrix product per group, (groups, n*L, K*C/groups) x (groups, K*C/groups, oC/groups)
-    grouped = columns.view(n * length, k, groups, c_per_group).permute(2, 0, 1, 3).reshape(groups, n * length, k * c_per_group)
-    weight_g = weight.reshape(groups, per_group, c_per_group, k).permute(0, 3, 2, 1).reshape(groups, k * c_per_group, per_group)
-    return torch.bmm(grouped, weight_g).permute(1, 0, 2).reshape(n, length, oc)
+        return torch.stack(outs, dim=-1).view(n, length, oc).transpose(1, 2).contiguous()
+    # grouped: one matrix product per group, (groups, oC/groups, K*C/groups) x (groups, K*C/groups, n*L)
+    grouped = columns.view(n * length, k, groups, c_per_group).permute(2, 1, 3, 0).reshape(groups, k * c_per_group, n * length)
+    weight_g = weight.reshape(groups, per_group, c_per_group, k).transpose(2, 3).reshape(groups, per_group, k * c_per_group)
+    out = torch.bmm(weight_g, grouped)  # (groups, oC/groups, n*L)
+    return out.view(oc, n, length).transpose(0, 1).contiguous()
 
 
 def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
@@ -151,8 +153,7 @@ def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.
         stop = min(n, start + chunk)
         columns = _sample_columns(input[start:stop], offset[start:stop],
                                   None if mask is None else mask[start:stop], (kh, kw), stride, padding, dilation)
-        out = _contract_columns(columns, weight, groups)  # (n, L, oC)
-        outputs.append(out.transpose(1, 2).reshape(stop - start, oc, oh, ow))
+        outputs.append(_contract_columns(columns, weight, groups).view(stop - start, oc, oh, ow))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if bias is not None:
         out = out + bias.view(1, oc, 1, 1)

@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from collections import OrderedDict
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
@@ -17,7 +18,30 @@ from torch import nn
 from .deform_conv import deform_conv2d
 from .spec import ShapeError, as_pair
 
-__all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack"]
+__all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "upgrade_mmcv_state_dict"]
+
+
+def upgrade_mmcv_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """Rename the offset-branch keys of old mmcv/mmdetection checkpoints to ``<layer>.conv_offset.*``.
+
+    Before mmcv's state_dict version 2 the offset branch was a sibling module ``<layer>_offset.*`` beside
+    ``<layer>.weight``; some checkpoints use ``<layer>.conv_offset_mask.*``. PyTorch hands each child module only
+    its own keys, so a sibling cannot be renamed inside the layer: apply this to the checkpoint before
+    ``load_state_dict``. Other keys pass through unchanged.
+    """
+    upgraded: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for key, value in state_dict.items():
+        new_key = key
+        for suffix in (".weight", ".bias"):
+            layer = key[: -len(suffix)] if key.endswith(suffix) else None
+            if layer is None:
+                continue
+            if layer.endswith("_offset") and f"{layer[:-len('_offset')]}.weight" in state_dict:
+                new_key = f"{layer[:-len('_offset')]}.conv_offset{suffix}"
+            elif layer.endswith(".conv_offset_mask"):
+                new_key = f"{layer[:-len('.conv_offset_mask')]}.conv_offset{suffix}"
+        upgraded[new_key] = value
+    return upgraded
 
 
 class DeformConv2d(nn.Module):
@@ -68,7 +92,8 @@ class _PackBase(DeformConv2d):
     _channels_per_point: int  # 2 (dy, dx) or 3 (dy, dx, mask logit)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, deform_groups: int = 1, bias: bool = True):
+                 groups: int = 1, deform_groups: int = 1, bias: bool = True, im2col_step: int = 32):
+        # im2col_step is accepted for mmcv config compatibility; it has no effect here (no im2col buffer).
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         if in_channels % deform_groups:
             raise ShapeError(f"in_channels ({in_channels}) must be divisible by deform_groups ({deform_groups})")
@@ -84,11 +109,11 @@ class _PackBase(DeformConv2d):
         nn.init.zeros_(self.conv_offset.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Old mmcv checkpoints name the offset branch conv_offset_mask.
+        # Older mmcv checkpoints name the offset branch conv_offset_mask.*
         for suffix in ("weight", "bias"):
-            old = f"{prefix}conv_offset_mask.{suffix}"
-            if old in state_dict and f"{prefix}conv_offset.{suffix}" not in state_dict:
-                state_dict[f"{prefix}conv_offset.{suffix}"] = state_dict.pop(old)
+            old, new = f"{prefix}conv_offset_mask.{suffix}", f"{prefix}conv_offset.{suffix}"
+            if new not in state_dict and old in state_dict:
+                state_dict[new] = state_dict.pop(old)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -104,8 +129,9 @@ class DeformConv2dPack(_PackBase):
     _channels_per_point = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, deform_groups: int = 1, bias: bool = False):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, deform_groups, bias)
+                 groups: int = 1, deform_groups: int = 1, bias: bool = False, im2col_step: int = 32):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, deform_groups,
+                         bias, im2col_step)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return super().forward(input, self.conv_offset(input))

@@ -5,6 +5,7 @@ the ONNX shape inference, the TensorRT profile logic and the CLI all call :func:
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Sequence, Tuple, Union
 
@@ -15,22 +16,33 @@ class ShapeError(ValueError):
     """An argument's shape or value does not fit the deformable convolution."""
 
 
-def as_pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
-    """Turn an int or a 2-sequence into ``(height, width)``, checking each is >= ``minimum``."""
+def _as_int(value, name: str) -> int:
+    # operator.index accepts int and numpy/torch integers and rejects floats, strings and bools' lookalikes
     if isinstance(value, bool):
         raise ShapeError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
-    if isinstance(value, int):
-        pair = (value, value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ShapeError(f"{name} must be an int or a pair of ints (height, width), got {value!r}") from None
+
+
+def as_pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
+    """Turn an int or a 2-sequence of ints into ``(height, width)``, checking each is >= ``minimum``."""
+    if isinstance(value, (str, bytes)):
+        raise ShapeError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
+    if hasattr(value, "__index__"):
+        pair = (_as_int(value, name),) * 2
     else:
         try:
-            pair = tuple(int(v) for v in value)
+            items = list(value)  # type: ignore[arg-type]
         except TypeError:
             raise ShapeError(f"{name} must be an int or a pair of ints (height, width), got {value!r}") from None
-        if len(pair) != 2:
-            raise ShapeError(f"{name} must have 2 values (height, width), got {len(pair)}: {tuple(value)!r}")
+        if len(items) != 2:
+            raise ShapeError(f"{name} must have 2 values (height, width), got {len(items)}: {tuple(items)!r}")
+        pair = (_as_int(items[0], name), _as_int(items[1], name))
     if min(pair) < minimum:
         raise ShapeError(f"{name} values must be >= {minimum}, got {pair}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int) -> int:

@@ -1,0 +1,496 @@
+"""Deformable RoI pooling (Dai et al. 2017, section 2.2) as PyTorch ops: the reference for every other layer.
+
+Two forms, each matching the implementation that trained models come from, so their weights carry over:
+
+``deform_roi_pool`` -- mmcv's ``deform_roi_pool`` (mmdetection's DeformRoIPoolPack): RoIAlign with a learned,
+normalised shift per bin. For RoI k with rows (b, x1, y1, x2, y2), bin (i, j) of an (out_h, out_w) grid::
+
+    sx = x1 * spatial_scale - 0.5,   sy = y1 * spatial_scale - 0.5       # RoIAlign's half-pixel shift
+    rw = x2 * spatial_scale - 0.5 - sx,   rh = y2 * spatial_scale - 0.5 - sy   # no rounding, no clamping
+    bw = rw / out_w,   bh = rh / out_h
+    gh = sampling_ratio or ceil(rh / out_h),   gw = sampling_ratio or ceil(rw / out_w)   # 0 = adaptive
+    x(u) = sx + gamma * rw * offset[k, 0, i, j] + j * bw + (u + 0.5) * bw / gw,   u = 0 .. gw-1
+    y(v) = sy + gamma * rh * offset[k, 1, i, j] + i * bh + (v + 0.5) * bh / gh,   v = 0 .. gh-1
+    out[k, c, i, j] = sum_{u, v} bilinear_roialign(input[b, c], y(v), x(u)) / max(gh * gw, 1)
+
+  ``offset`` channel 0 shifts x (width), channel 1 shifts y (height); ``offset=None`` is plain RoIAlign
+  (mmcv's, ``aligned=True``). RoIAlign's boundary rule: a sample with y < -1, y > H, x < -1 or x > W is 0;
+  otherwise y and x are clamped to [0, H-1] x [0, W-1] and interpolated bilinearly. A RoI with a width or
+  height <= 0 has no samples and pools to 0.
+
+``deform_psroi_pool`` -- the official Deformable-ConvNets ``DeformablePSROIPooling`` (R-FCN). For RoI k,
+output channel ctop, bin (i, j) of a pooled_size x pooled_size grid (P = pooled_size, S = sample_per_part)::
+
+    sx = round(x1) * spatial_scale - 0.5,   ex = (round(x2) + 1) * spatial_scale - 0.5   # round: half away from 0
+    rw = max(ex - sx, 0.1)  (likewise sy, rh from y1, y2),   bw = rw / P,   bh = rh / P
+    cls = ctop // (output_dim / num_classes),   pi = floor(i * part_size / P),   pj = floor(j * part_size / P)
+    tx = trans[k, 2*cls, pi, pj] * trans_std,   ty = trans[k, 2*cls + 1, pi, pj] * trans_std  (0 when no_trans)
+    x(u) = j * bw + sx + tx * rw + u * bw / S,   y(v) = i * bh + sy + ty * rh + v * bh / S,   u, v = 0 .. S-1
+    gi = min(floor(i * group_size / P), group_size-1),  gj likewise,  channel = (ctop*group_size + gi)*group_size + gj
+    out[k, ctop, i, j] = mean over the valid samples of bilinear(input[b, channel], clamp(y), clamp(x)), 0 if none
+
+  A sample is valid when -0.5 <= x <= W - 0.5 and -0.5 <= y <= H - 0.5 (skip-invalid-and-average-valid); a valid
+  sample is clamped to [0, W-1] x [0, H-1]. ``num_classes = trans.shape[1] / 2``.
+
+Both: rois (K, 5) rows (batch index, x1, y1, x2, y2) in input-image coordinates, in the input's dtype; the batch
+index is truncated toward zero as the reference kernels do and must lie in [0, N). Autograd flows to ``input`` and
+to ``offset``/``trans`` (never to rois): the gradient is the exact derivative of the forward above (the reference
+CUDA kernels differ only on the measure-zero set where a sample sits exactly on a pixel or on the clamp).
+
+Implementation: vectorised gathers from a channels-last copy of the input (four bilinear corners per sample, all
+bins and RoIs at once), in chunks of RoIs that bound memory; with the adaptive ``sampling_ratio=0`` the RoIs are
+sorted by grid size so each chunk pads its sample grid only to its own largest RoI. Half types compute in float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .roi_spec import check_rois_shape, deform_psroi_pool_spec, deform_roi_pool_spec
+from .spec import ShapeError, as_pair
+
+__all__ = ["deform_roi_pool", "deform_psroi_pool"]
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# Largest gathered-sample buffer (elements) built at once; more RoIs are processed in chunks.
+_MAX_GATHER_ELEMENTS = 1 << 24
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _HALF_TYPES else dtype
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared bilinear gather
+# ---------------------------------------------------------------------------------------------------------------
+
+def _axis_corners(coord: torch.Tensor, size: int, valid: torch.Tensor):
+    """Low/high pixel indices and weights along one axis for coordinates already inside [0, size-1].
+
+    Returns (index, weight), each with a trailing axis of 2*n: first the n low corners, then the n high ones;
+    invalid samples get weight 0.
+    """
+    low = coord.detach().floor()
+    frac = coord - low  # the derivative w.r.t. coord flows through frac
+    low_i = low.long()
+    high_i = (low_i + 1).clamp(max=size - 1)
+    valid = valid.to(coord.dtype)
+    index = torch.cat((low_i, high_i), dim=-1)
+    weight = torch.cat(((1 - frac) * valid, frac * valid), dim=-1)
+    return index, weight
+
+
+def _bilinear_sum(table: torch.Tensor, row_base: torch.Tensor, height: int, width: int,
+                  y_index: torch.Tensor, y_weight: torch.Tensor, x_index: torch.Tensor,
+                  x_weight: torch.Tensor, stride: int = 1, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """sum_{r, s} y_weight[..., r] * x_weight[..., s] * table[((row_base*H + y[r])*W + x[s])*stride + extra].
+
+    ``table`` is (rows, D); ``row_base``, ``extra`` broadcast against the leading dims ``B...`` of the index
+    tensors (B..., R) and (B..., Q). Returns (B..., D).
+    """
+    # one full-size (B..., R, Q) add: everything else is folded into the row and column parts first
+    rows = (row_base.unsqueeze(-1) * height + y_index) * (width * stride)     # (B..., R)
+    if extra is not None:
+        rows = rows + extra.unsqueeze(-1)
+    flat = rows.unsqueeze(-1) + (x_index * stride).unsqueeze(-2)              # (B..., R, Q)
+    lead = flat.shape[:-2]
+    r, q = flat.shape[-2], flat.shape[-1]
+    vals = table.index_select(0, flat.reshape(-1)).view(-1, r * q, table.shape[1])
+    weight = (y_weight.unsqueeze(-1) * x_weight.unsqueeze(-2)).expand(*lead, r, q).reshape(-1, r * q)
+    return torch.einsum("bs,bsd->bd", weight, vals).view(*lead, table.shape[1])
+
+
+def _check_batch_indices(rois: torch.Tensor, batch: int) -> torch.Tensor:
+    """The (truncated) batch index of every RoI, checked to lie in [0, batch)."""
+    index = rois[:, 0].to(torch.int64)
+    if index.numel():
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= batch:
+            bad = lo if lo < 0 else hi
+            raise ShapeError(
+                f"rois[:, 0] holds batch index {bad}, outside [0, {batch}) for an input of batch size {batch}; "
+                "column 0 of rois must be the index of the image each box belongs to")
+    return index
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# deform_roi_pool
+# ---------------------------------------------------------------------------------------------------------------
+
+def _roi_grid(rois: torch.Tensor, output_size: Sequence[int], spatial_scale: float, sampling_ratio: int):
+    """RoI start corner, size and per-RoI sample counts (gh, gw) as mmcv computes them."""
+    out_h, out_w = output_size
+    start_x = rois[:, 1] * spatial_scale - 0.5
+    start_y = rois[:, 2] * spatial_scale - 0.5
+    roi_w = rois[:, 3] * spatial_scale - 0.5 - start_x
+    roi_h = rois[:, 4] * spatial_scale - 0.5 - start_y
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(roi_h, sampling_ratio, dtype=torch.int64)
+        grid_w = grid_h
+    else:
+        # mmcv takes ceilf of the single-precision quotient, also for double inputs.
+        grid_h = torch.ceil((roi_h / out_h).detach().float()).clamp(min=0).to(torch.int64)
+        grid_w = torch.ceil((roi_w / out_w).detach().float()).clamp(min=0).to(torch.int64)
+    return start_x, start_y, roi_w, roi_h, grid_h, grid_w
+
+
+def _roi_pool_chunk(table: torch.Tensor, height: int, width: int, batch: torch.Tensor,
+                    start_x: torch.Tensor, start_y: torch.Tensor, roi_w: torch.Tensor, roi_h: torch.Tensor,
+                    grid_h: torch.Tensor, grid_w: torch.Tensor, offset: Optional[torch.Tensor],
+                    output_size: Sequence[int], gamma: float, max_h: int, max_w: int) -> torch.Tensor:
+    """Pooled values (k, C, out_h, out_w) for one chunk of k RoIs whose grids fit max_h x max_w."""
+    out_h, out_w = output_size
+    dtype, device = table.dtype, table.device
+    bin_w = (roi_w / out_w).view(-1, 1, 1, 1)
+    bin_h = (roi_h / out_h).view(-1, 1, 1, 1)
+    sx = start_x.view(-1, 1, 1)
+    sy = start_y.view(-1, 1, 1)
+    if offset is not None:
+        sx = sx + gamma * roi_w.view(-1, 1, 1) * offset[:, 0]
+        sy = sy + gamma * roi_h.view(-1, 1, 1) * offset[:, 1]
+    k = start_x.shape[0]
+    sx = sx.expand(k, out_h, out_w).unsqueeze(-1)
+    sy = sy.expand(k, out_h, out_w).unsqueeze(-1)
+    j = torch.arange(out_w, device=device, dtype=dtype).view(1, 1, out_w, 1)
+    i = torch.arange(out_h, device=device, dtype=dtype).view(1, out_h, 1, 1)
+    u = torch.arange(max_w, device=device, dtype=dtype).view(1, 1, 1, max_w)
+    v = torch.arange(max_h, device=device, dtype=dtype).view(1, 1, 1, max_h)
+    gw = grid_w.view(-1, 1, 1, 1)
+    gh = grid_h.view(-1, 1, 1, 1)
+    x = sx + j * bin_w + (u + 0.5) * bin_w / gw.clamp(min=1).to(dtype)          # (k, out_h, out_w, max_w)
+    y = sy + i * bin_h + (v + 0.5) * bin_h / gh.clamp(min=1).to(dtype)          # (k, out_h, out_w, max_h)
+    # RoIAlign's rule: samples beyond one pixel outside the map are 0, the rest clamp onto it.
+    valid_x = (x >= -1) & (x <= width) & (u < gw)
+    valid_y = (y >= -1) & (y <= height) & (v < gh)
+    x_index, x_weight = _axis_corners(x.clamp(0, width - 1), width, valid_x)
+    y_index, y_weight = _axis_corners(y.clamp(0, height - 1), height, valid_y)
+    pooled = _bilinear_sum(table, batch.view(-1, 1, 1), height, width, y_index, y_weight, x_index, x_weight)
+    count = (grid_h * grid_w).clamp(min=1).to(dtype).view(-1, 1, 1, 1)
+    return (pooled / count).permute(0, 3, 1, 2)
+
+
+def _chunks(sizes: List[int], per_unit: int, budget: int) -> List[Tuple[int, int]]:
+    """Split sorted, non-decreasing grid sides into [start, stop) runs with (stop-start)*per_unit*side**2 <= budget
+    (a run is at least one RoI)."""
+    import numpy as np
+
+    side = np.maximum(np.asarray(sizes, dtype=np.int64), 1)
+    out, start, n = [], 0, len(sizes)
+    while start < n:
+        counts = np.arange(1, n - start + 1, dtype=np.float64)
+        cost = counts * per_unit * side[start:].astype(np.float64) ** 2   # non-decreasing in the run length
+        stop = start + max(1, int(np.searchsorted(cost, budget, side="right")))
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def _roi_pool_composite(input: torch.Tensor, rois: torch.Tensor, offset: Optional[torch.Tensor],
+                        output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
+                        gamma: float) -> torch.Tensor:
+    """deform_roi_pool from differentiable torch ops, in the inputs' own dtype. rois must be non-empty."""
+    n, c, h, w = input.shape
+    out_h, out_w = output_size
+    batch = _check_batch_indices(rois, n)
+    table = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # channels last: one gather fetches all channels
+    start_x, start_y, roi_w, roi_h, grid_h, grid_w = _roi_grid(rois, output_size, spatial_scale, sampling_ratio)
+    per_unit = 4 * out_h * out_w * c  # gathered elements per RoI per sample of a side-1 grid
+    if sampling_ratio > 0:
+        order = None
+        sizes = [sampling_ratio] * rois.shape[0]
+    else:
+        side = torch.maximum(grid_h, grid_w)
+        side, order = torch.sort(side)
+        sizes = side.tolist()
+    outputs = []
+    for start, stop in _chunks(sizes, per_unit, _MAX_GATHER_ELEMENTS):
+        sel = slice(start, stop) if order is None else order[start:stop]
+        pick = (lambda t: t[sel]) if order is None else (lambda t: t.index_select(0, sel))
+        max_h = max(1, int(grid_h[sel].max())) if order is not None else sampling_ratio
+        max_w = max(1, int(grid_w[sel].max())) if order is not None else sampling_ratio
+        outputs.append(_roi_pool_chunk(
+            table, h, w, pick(batch), pick(start_x), pick(start_y), pick(roi_w), pick(roi_h), pick(grid_h),
+            pick(grid_w), None if offset is None else pick(offset), output_size, gamma, max_h, max_w))
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    if order is not None:
+        out = out.index_select(0, torch.argsort(order))
+    return out
+
+
+@torch.library.custom_op("dcn_deploy::deform_roi_pool", mutates_args=())
+def _deform_roi_pool_op(input: torch.Tensor, rois: torch.Tensor, offset: Optional[torch.Tensor],
+                        output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
+                        gamma: float) -> torch.Tensor:
+    compute = _compute_dtype(input.dtype)
+    if rois.shape[0] == 0:
+        return input.new_zeros((0, input.shape[1], output_size[0], output_size[1]))
+    with torch.no_grad():
+        out = _roi_pool_composite(input.to(compute), rois.to(compute), None if offset is None else offset.to(compute),
+                                  output_size, spatial_scale, sampling_ratio, gamma)
+    return out.to(input.dtype)
+
+
+@_deform_roi_pool_op.register_fake
+def _deform_roi_pool_fake(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma):
+    return input.new_empty((rois.shape[0], input.shape[1], output_size[0], output_size[1]))
+
+
+def _roi_pool_setup_context(ctx, inputs, output):
+    input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma = inputs
+    ctx.save_for_backward(input, rois, offset)
+    ctx.pool_args = (output_size, spatial_scale, sampling_ratio, gamma)
+
+
+def _recompute_grads(ctx, composite, grad_output, args):
+    """Gradients for (input, rois, offset) by re-running the differentiable composite in the compute dtype."""
+    input, rois, offset = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grads = [None, None, None]
+    want_input = needs[0]
+    want_offset = offset is not None and needs[2]
+    if not (want_input or want_offset):
+        return grads
+    if rois.shape[0] == 0:
+        if want_input:
+            grads[0] = torch.zeros_like(input)
+        if want_offset:
+            grads[2] = torch.zeros_like(offset)
+        return grads
+    compute = _compute_dtype(input.dtype)
+    x = input.detach().to(compute).requires_grad_(want_input)
+    off = None if offset is None else offset.detach().to(compute).requires_grad_(want_offset)
+    with torch.enable_grad():
+        out = composite(x, rois.detach().to(compute), off, *args)
+        wanted = [t for t, flag in ((x, want_input), (off, want_offset)) if flag]
+        found = iter(torch.autograd.grad(out, wanted, grad_output.to(compute), allow_unused=True))
+    if want_input:
+        g = next(found)
+        grads[0] = torch.zeros_like(input) if g is None else g.to(input.dtype)
+    if want_offset:
+        g = next(found)
+        grads[2] = torch.zeros_like(offset) if g is None else g.to(offset.dtype)
+    return grads
+
+
+def _roi_pool_backward(ctx, grad_output):
+    grads = _recompute_grads(ctx, _roi_pool_composite, grad_output, ctx.pool_args)
+    return (*grads, None, None, None, None)
+
+
+_deform_roi_pool_op.register_autograd(_roi_pool_backward, setup_context=_roi_pool_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# deform_psroi_pool
+# ---------------------------------------------------------------------------------------------------------------
+
+def _round_half_away(t: torch.Tensor) -> torch.Tensor:
+    """C's round(): halves go away from zero (torch.round goes to even)."""
+    return torch.sign(t) * torch.floor(t.abs() + 0.5)
+
+
+def _psroi_chunk(table: torch.Tensor, height: int, width: int, batch: torch.Tensor, rois: torch.Tensor,
+                 trans: Optional[torch.Tensor], spatial_scale: float, group_size: int, pooled_size: int,
+                 part_size: int, sample_per_part: int, trans_std: float, num_classes: int) -> torch.Tensor:
+    """Pooled values (k, num_classes, P, P, channels_per_class) for one chunk of RoIs."""
+    dtype, device = table.dtype, table.device
+    p, s, g = pooled_size, sample_per_part, group_size
+    k = rois.shape[0]
+    start_x = (_round_half_away(rois[:, 1]) * spatial_scale - 0.5).view(-1, 1, 1, 1)
+    start_y = (_round_half_away(rois[:, 2]) * spatial_scale - 0.5).view(-1, 1, 1, 1)
+    end_x = (_round_half_away(rois[:, 3]) + 1.0) * spatial_scale - 0.5
+    end_y = (_round_half_away(rois[:, 4]) + 1.0) * spatial_scale - 0.5
+    roi_w = (end_x - start_x.view(-1)).clamp(min=0.1).view(-1, 1, 1, 1)
+    roi_h = (end_y - start_y.view(-1)).clamp(min=0.1).view(-1, 1, 1, 1)
+    bin_w, bin_h = roi_w / p, roi_h / p
+    sub_w, sub_h = bin_w / s, bin_h / s
+
+    bins = torch.arange(p, device=device)
+    i = bins.to(dtype).view(1, 1, p, 1)
+    j = bins.to(dtype).view(1, 1, 1, p)
+    wstart = j * bin_w + start_x                                           # (k, 1, 1, P)
+    hstart = i * bin_h + start_y                                           # (k, 1, P, 1)
+    if trans is not None:
+        part = (bins * part_size) // p                                      # floor(i / P * part_size), exactly
+        t = trans.view(k, num_classes, 2, part_size, part_size)[:, :, :, part][:, :, :, :, part]
+        wstart = wstart + t[:, :, 0] * trans_std * roi_w                    # (k, classes, P, P)
+        hstart = hstart + t[:, :, 1] * trans_std * roi_h
+    shape = (k, num_classes, p, p)
+    samples = torch.arange(s, device=device, dtype=dtype)
+    x = wstart.expand(shape).unsqueeze(-1) + samples * sub_w.unsqueeze(-1)  # (k, classes, P, P, S)
+    y = hstart.expand(shape).unsqueeze(-1) + samples * sub_h.unsqueeze(-1)
+    valid_x = (x >= -0.5) & (x <= width - 0.5)
+    valid_y = (y >= -0.5) & (y <= height - 0.5)
+    count = valid_x.sum(-1) * valid_y.sum(-1)                              # valid (x, y) pairs per bin
+    x_index, x_weight = _axis_corners(x.clamp(0, width - 1), width, valid_x)
+    y_index, y_weight = _axis_corners(y.clamp(0, height - 1), height, valid_y)
+
+    group = ((bins * g) // p).clamp(0, g - 1)
+    # rows of the table are (n, gi, gj, y, x, class); each row holds that class's channels_per_class channels
+    base = (batch.view(-1, 1, 1, 1) * g + group.view(1, 1, p, 1)) * g + group.view(1, 1, 1, p)
+    classes = torch.arange(num_classes, device=device).view(1, -1, 1, 1)
+    pooled = _bilinear_sum(table, base, height, width, y_index, y_weight, x_index, x_weight,
+                           stride=num_classes, extra=classes)
+    return pooled / count.clamp(min=1).to(dtype).unsqueeze(-1)
+
+
+def _psroi_composite(input: torch.Tensor, rois: torch.Tensor, trans: Optional[torch.Tensor],
+                     spatial_scale: float, output_dim: int, group_size: int, pooled_size: int, part_size: int,
+                     sample_per_part: int, trans_std: float, no_trans: bool) -> torch.Tensor:
+    """deform_psroi_pool from differentiable torch ops, in the inputs' own dtype. rois must be non-empty."""
+    n, c, h, w = input.shape
+    g, p = group_size, pooled_size
+    part_size = part_size or pooled_size
+    batch = _check_batch_indices(rois, n)
+    if no_trans:
+        trans = None
+    num_classes = 1 if trans is None else trans.shape[1] // 2
+    per_class = output_dim // num_classes
+    # channel (ctop*G + gi)*G + gj with ctop = cls*per_class + m  ->  table rows (n, gi, gj, y, x, cls), columns m
+    table = (input.reshape(n, num_classes, per_class, g, g, h, w).permute(0, 3, 4, 5, 6, 1, 2)
+             .reshape(n * g * g * h * w * num_classes, per_class))
+    k = rois.shape[0]
+    per_roi = num_classes * p * p * 4 * sample_per_part ** 2 * per_class
+    step = max(1, _MAX_GATHER_ELEMENTS // per_roi)
+    outputs = []
+    for start in range(0, k, step):
+        sel = slice(start, min(k, start + step))
+        outputs.append(_psroi_chunk(table, h, w, batch[sel], rois[sel], None if trans is None else trans[sel],
+                                    spatial_scale, g, p, part_size, sample_per_part, trans_std, num_classes))
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)         # (K, classes, P, P, per_class)
+    return out.permute(0, 1, 4, 2, 3).reshape(k, output_dim, p, p)
+
+
+@torch.library.custom_op("dcn_deploy::deform_psroi_pool", mutates_args=())
+def _deform_psroi_pool_op(input: torch.Tensor, rois: torch.Tensor, trans: Optional[torch.Tensor],
+                          spatial_scale: float, output_dim: int, group_size: int, pooled_size: int,
+                          part_size: int, sample_per_part: int, trans_std: float, no_trans: bool) -> torch.Tensor:
+    compute = _compute_dtype(input.dtype)
+    if rois.shape[0] == 0:
+        return input.new_zeros((0, output_dim, pooled_size, pooled_size))
+    with torch.no_grad():
+        out = _psroi_composite(input.to(compute), rois.to(compute), None if trans is None else trans.to(compute),
+                               spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
+                               trans_std, no_trans)
+    return out.to(input.dtype)
+
+
+@_deform_psroi_pool_op.register_fake
+def _deform_psroi_pool_fake(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
+                            sample_per_part, trans_std, no_trans):
+    return input.new_empty((rois.shape[0], output_dim, pooled_size, pooled_size))
+
+
+def _psroi_setup_context(ctx, inputs, output):
+    input, rois, trans, *args = inputs
+    ctx.save_for_backward(input, rois, trans)
+    ctx.pool_args = tuple(args)
+
+
+def _psroi_backward(ctx, grad_output):
+    grads = _recompute_grads(ctx, _psroi_composite, grad_output, ctx.pool_args)
+    return (*grads, *([None] * len(ctx.pool_args)))
+
+
+_deform_psroi_pool_op.register_autograd(_psroi_backward, setup_context=_psroi_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_tensors(named: dict) -> None:
+    reference = named["input"]
+    if not isinstance(reference, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(reference).__name__}")
+    if reference.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"input has dtype {reference.dtype}; supported: float32, float64, float16, bfloat16")
+    for name, t in named.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.dtype != reference.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but input has {reference.dtype}; "
+                            f"cast it with {name}.to(input.dtype)")
+        if t.device != reference.device:
+            raise ValueError(f"{name} is on {t.device} but input is on {reference.device}; move all tensors to one device")
+
+
+def _concrete(*tensors) -> bool:
+    return all(t is None or all(type(s) is int for s in t.shape) for t in tensors)
+
+
+def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[torch.Tensor], output_size,
+                    spatial_scale: float = 1.0, sampling_ratio: int = 0, gamma: float = 0.1) -> torch.Tensor:
+    """Deformable RoI pooling, mmcv's ``deform_roi_pool`` (formulas in this module's docstring).
+
+    Args:
+        input: (N, C, H, W) feature map.
+        rois: (K, 5) rows (batch index, x1, y1, x2, y2) in input-image pixels, the input's dtype.
+        offset: (K, 2, out_h, out_w) normalised bin shifts (channel 0: x, channel 1: y), scaled by
+            ``gamma`` times the RoI's width/height; None for plain RoIAlign.
+        output_size: int or (out_h, out_w).
+        spatial_scale: feature-map pixels per image pixel (1/stride).
+        sampling_ratio: samples per bin side; 0 = adaptive, ceil(roi size / output size) per RoI.
+        gamma: offset scale.
+
+    Returns:
+        (K, C, out_h, out_w) in the input's dtype (float16/bfloat16 computed in float32).
+
+    Raises:
+        ShapeError (a ValueError) for malformed rois, out-of-range batch indices, or an offset of the wrong shape;
+        TypeError for mixed dtypes.
+    """
+    _check_tensors({"input": input, "rois": rois, "offset": offset})
+    out = as_pair(output_size, "output_size", 1)
+    if isinstance(sampling_ratio, bool) or int(sampling_ratio) != sampling_ratio or sampling_ratio < 0:
+        raise ShapeError(f"sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
+    if _concrete(input, rois, offset):
+        deform_roi_pool_spec(input.shape, rois.shape, None if offset is None else offset.shape, out, sampling_ratio)
+    elif input.dim() != 4 or rois.dim() != 2:
+        raise ShapeError("input must be 4-D (N, C, H, W) and rois 2-D (K, 5)")
+    return _deform_roi_pool_op(input, rois, offset, list(out), float(spatial_scale), int(sampling_ratio), float(gamma))
+
+
+def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[torch.Tensor], spatial_scale: float,
+                      output_dim: int, group_size: int, pooled_size: int, part_size: int = 0,
+                      sample_per_part: int = 1, trans_std: float = 0.0, no_trans: bool = False) -> torch.Tensor:
+    """Deformable position-sensitive RoI pooling, Deformable-ConvNets' ``DeformablePSROIPooling`` (R-FCN).
+
+    Formulas in this module's docstring. Argument names and defaults are the original operator's.
+
+    Args:
+        input: (N, output_dim*group_size**2, H, W) position-sensitive score maps.
+        rois: (K, 5) rows (batch index, x1, y1, x2, y2) in input-image pixels (rounded to integers), input's dtype.
+        trans: (K, 2*num_classes, part_size, part_size) normalised part offsets (channel 2*cls: x, 2*cls+1: y),
+            scaled by ``trans_std`` and the RoI size; ignored (may be None) when ``no_trans``.
+        spatial_scale: feature-map pixels per image pixel (1/stride).
+        output_dim: output channels (classes, or 4*classes for boxes, ...).
+        group_size: side of the position-sensitive channel grid.
+        pooled_size: side of the output grid.
+        part_size: side of the offset grid (0 = pooled_size).
+        sample_per_part: samples per bin side.
+        trans_std: offset scale.
+        no_trans: pool without offsets.
+
+    Returns:
+        (K, output_dim, pooled_size, pooled_size) in the input's dtype (float16/bfloat16 computed in float32).
+    """
+    if no_trans:
+        trans = None
+    _check_tensors({"input": input, "rois": rois, "trans": trans})
+    if _concrete(input, rois, trans):
+        spec = deform_psroi_pool_spec(input.shape, rois.shape, None if trans is None else trans.shape, output_dim,
+                                      group_size, pooled_size, part_size, sample_per_part, no_trans)
+        part_size = spec.part_size
+    else:
+        if input.dim() != 4 or rois.dim() != 2:
+            raise ShapeError("input must be 4-D (N, C, H, W) and rois 2-D (K, 5)")
+        part_size = int(part_size) or int(pooled_size)
+    return _deform_psroi_pool_op(input, rois, trans, float(spatial_scale), int(output_dim), int(group_size),
+                                 int(pooled_size), int(part_size), int(sample_per_part), float(trans_std),
+                                 bool(no_trans))

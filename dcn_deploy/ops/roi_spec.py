@@ -1,0 +1,149 @@
+"""Shape arithmetic and validation for the deformable RoI pooling ops, with no torch import.
+
+One source of truth for how the shapes of :func:`dcn_deploy.ops.roi_pool.deform_roi_pool` and
+:func:`dcn_deploy.ops.roi_pool.deform_psroi_pool` fit together; the PyTorch ops, the ONNX shape inference and
+the TensorRT plugins follow it. Every function raises :class:`ShapeError` naming the argument, the expected and
+the actual value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from .spec import ShapeError, as_pair
+
+__all__ = ["RoIPoolSpec", "PSRoIPoolSpec", "deform_roi_pool_spec", "deform_psroi_pool_spec", "check_rois_shape"]
+
+
+def _shape(shape: Sequence[int], name: str, rank: int, layout: str) -> Tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != rank:
+        raise ShapeError(f"{name} must be {rank}-D {layout}, got shape {shape}")
+    return shape
+
+
+def check_rois_shape(rois_shape: Sequence[int]) -> int:
+    """rois must be (K, 5) rows of (batch index, x1, y1, x2, y2); returns K."""
+    rois = tuple(int(s) for s in rois_shape)
+    if len(rois) != 2 or rois[1] != 5:
+        raise ShapeError(
+            f"rois must have shape (K, 5), rows of (batch index, x1, y1, x2, y2), got {rois}; "
+            "if your boxes are (K, 4), prepend the image index of each box as a first column")
+    return rois[0]
+
+
+@dataclass(frozen=True)
+class RoIPoolSpec:
+    """Every integer that describes one deform_roi_pool call."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    num_rois: int
+    output_size: Tuple[int, int]
+    sampling_ratio: int
+    has_offset: bool
+
+    @property
+    def output_shape(self) -> Tuple[int, int, int, int]:
+        return (self.num_rois, self.channels, *self.output_size)
+
+    @property
+    def offset_shape(self) -> Tuple[int, int, int, int]:
+        return (self.num_rois, 2, *self.output_size)
+
+
+def deform_roi_pool_spec(input_shape: Sequence[int], rois_shape: Sequence[int],
+                         offset_shape: Optional[Sequence[int]], output_size, sampling_ratio: int = 0) -> RoIPoolSpec:
+    """Check the shapes of one deform_roi_pool call: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w)."""
+    n, c, h, w = _shape(input_shape, "input", 4, "(N, C, H, W)")
+    if c < 1 or h < 1 or w < 1:
+        raise ShapeError(f"input must have C, H and W >= 1, got shape {(n, c, h, w)}")
+    k = check_rois_shape(rois_shape)
+    out = as_pair(output_size, "output_size", 1)
+    if isinstance(sampling_ratio, bool) or int(sampling_ratio) != sampling_ratio or sampling_ratio < 0:
+        raise ShapeError(f"sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
+    if offset_shape is not None:
+        off = _shape(offset_shape, "offset", 4, "(K, 2, out_h, out_w)")
+        if off != (k, 2, *out):
+            raise ShapeError(
+                f"offset must have shape {(k, 2, *out)} (K rois, 2 = (dx, dy), output_size {out}), got {off}")
+    return RoIPoolSpec(batch=n, channels=c, height=h, width=w, num_rois=k, output_size=out,
+                       sampling_ratio=int(sampling_ratio), has_offset=offset_shape is not None)
+
+
+@dataclass(frozen=True)
+class PSRoIPoolSpec:
+    """Every integer that describes one deform_psroi_pool call.
+
+    ``num_classes`` offset sets (pairs of trans channels) each serve ``output_dim / num_classes`` consecutive
+    output channels; ``part_size`` is the offset grid's side (0 in the arguments means ``pooled_size``).
+    """
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    num_rois: int
+    output_dim: int
+    group_size: int
+    pooled_size: int
+    part_size: int
+    sample_per_part: int
+    num_classes: int
+    no_trans: bool
+
+    @property
+    def output_shape(self) -> Tuple[int, int, int, int]:
+        return (self.num_rois, self.output_dim, self.pooled_size, self.pooled_size)
+
+    @property
+    def channels_per_class(self) -> int:
+        return self.output_dim // self.num_classes
+
+
+def _positive(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ShapeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def deform_psroi_pool_spec(input_shape: Sequence[int], rois_shape: Sequence[int], trans_shape: Optional[Sequence[int]],
+                           output_dim: int, group_size: int, pooled_size: int, part_size: int,
+                           sample_per_part: int, no_trans: bool) -> PSRoIPoolSpec:
+    """Check the shapes of one deform_psroi_pool call.
+
+    input (N, output_dim*group_size**2, H, W); rois (K, 5); trans (K, 2*num_classes, part_size, part_size),
+    ignored (and may be None) when ``no_trans``.
+    """
+    n, c, h, w = _shape(input_shape, "input", 4, "(N, C, H, W)")
+    if c < 1 or h < 1 or w < 1:
+        raise ShapeError(f"input must have C, H and W >= 1, got shape {(n, c, h, w)}")
+    k = check_rois_shape(rois_shape)
+    output_dim = _positive(output_dim, "output_dim")
+    group_size = _positive(group_size, "group_size")
+    pooled_size = _positive(pooled_size, "pooled_size")
+    sample_per_part = _positive(sample_per_part, "sample_per_part")
+    part_size = _positive(part_size, "part_size", 0) or pooled_size
+    if c != output_dim * group_size * group_size:
+        raise ShapeError(
+            f"input must have output_dim*group_size**2 = {output_dim}*{group_size}**2 = "
+            f"{output_dim * group_size * group_size} position-sensitive channels, got {c}")
+    num_classes = 1
+    if not no_trans:
+        if trans_shape is None:
+            raise ShapeError("trans is required when no_trans is False; pass trans or set no_trans=True")
+        t = _shape(trans_shape, "trans", 4, "(K, 2*num_classes, part_size, part_size)")
+        if t[0] != k or t[1] < 2 or t[1] % 2 or (t[2], t[3]) != (part_size, part_size):
+            raise ShapeError(
+                f"trans must have shape ({k}, 2*num_classes, {part_size}, {part_size}) (K rois, an (x, y) pair per "
+                f"class, part_size {part_size}), got {t}")
+        num_classes = t[1] // 2
+        if output_dim % num_classes:
+            raise ShapeError(
+                f"output_dim ({output_dim}) must be divisible by the number of offset classes in trans "
+                f"({num_classes} = {t[1]} channels / 2)")
+    return PSRoIPoolSpec(batch=n, channels=c, height=h, width=w, num_rois=k, output_dim=output_dim,
+                         group_size=group_size, pooled_size=pooled_size, part_size=part_size,
+                         sample_per_part=sample_per_part, num_classes=num_classes, no_trans=bool(no_trans))

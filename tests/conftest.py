@@ -1,0 +1,16 @@
+"""Shared test fixtures. Keep this file small: helpers that only one test file uses belong in that file."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    """Every test starts from the same torch seed, so a failure reproduces when the test is run alone."""
+    try:
+        import torch
+    except ImportError:  # tests that need no torch still run
+        yield
+        return
+    torch.manual_seed(0)
+    yield
