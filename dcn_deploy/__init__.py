@@ -15,8 +15,11 @@ _LAZY = {
     "DeformConv2d": "dcn_deploy.ops.modules",
     "DeformConv2dPack": "dcn_deploy.ops.modules",
     "ModulatedDeformConv2dPack": "dcn_deploy.ops.modules",
+    "upgrade_mmcv_state_dict": "dcn_deploy.ops.modules",
     "ShapeError": "dcn_deploy.ops.spec",
     "deform_conv_spec": "dcn_deploy.ops.spec",
+    "export": "dcn_deploy.onnx.export",
+    "build_engine": "dcn_deploy.backends.trt_build",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

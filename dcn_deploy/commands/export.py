@@ -1,0 +1,93 @@
+"""``dcn-deploy export``: a PyTorch model (file, module, .pt2 program or zoo name) -> a checked, verified ONNX file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+from ..cli import CliError
+
+_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _default_output(reference: str) -> Path:
+    name = reference.rpartition(":")[2] if ":" in reference else Path(reference).stem
+    return Path(f"{name or 'model'}.onnx")
+
+
+@click.command("export")
+@click.argument("model_ref", metavar="MODEL")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ONNX file to write (atomically). Default: <name>.onnx in the current folder.")
+@click.option("--weights", "--checkpoint", "weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="state_dict (torch.save) to load into the model that FILE.py:FACTORY or the zoo builds.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE",
+              help="Shape of an example input, e.g. 1x3x224x224; repeat once per model input, in order. "
+                   "Zoo models take one image shape. Default: the model's own example inputs.")
+@click.option("--dtype", type=click.Choice(_DTYPES), default=None,
+              help="Cast the model and inputs before export (bfloat16 needs --opset 22). Default: as built.")
+@click.option("--dynamic", is_flag=True, help="Dynamic batch, height and width (where the model allows them).")
+@click.option("--opset", type=int, default=19, show_default=True, help="ONNX opset (>= 19; >= 22 for bfloat16).")
+@click.option("--standard", is_flag=True,
+              help="Emit standard ONNX DeformConv nodes instead of dcn_deploy::DeformConv2d (for tools that know "
+                   "only the standard; TensorRT then uses its own plugin, not ours).")
+@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check on random inputs.")
+@click.option("--atol", type=float, default=None, help="Verification absolute tolerance (default per dtype).")
+@click.option("--rtol", type=float, default=None, help="Verification relative tolerance (default per dtype).")
+@click.option("--allow-no-deformable", is_flag=True, help="Export even if the model has no deformable layer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def command(model_ref: str, output: Optional[Path], weights: Optional[Path], input_shapes: Sequence[str],
+            dtype: Optional[str], dynamic: bool, opset: int, standard: bool, no_verify: bool, atol: Optional[float],
+            rtol: Optional[float], allow_no_deformable: bool, as_json: bool) -> None:
+    """Export MODEL to ONNX with deformable convolutions as dcn_deploy ops, check it (onnx.checker full check,
+    shape inference) and verify it against PyTorch in ONNX Runtime. Exit 0 on success, 1 when verification
+    fails (the file is kept), 2 on bad input.
+
+    \b
+    MODEL is one of:
+      path/to/file.py:FACTORY      FACTORY() returns the nn.Module (with --weights for its state_dict)
+      package.module:FACTORY       the same, importable
+      path/to/program.pt2          a program saved with torch.export.save
+      NAME                         a zoo model, e.g. resnet50_dcn_c5
+
+    \b
+    Examples:
+      dcn-deploy export net.py:build_model --weights net.pt --input-shape 1x3x224x224 -o net.onnx
+      dcn-deploy export resnet50_dcn_c5 --input-shape 1x3x224x224 --dynamic -o r50.onnx
+      dcn-deploy export program.pt2 --standard -o std.onnx
+    """
+    from ..onnx.model_loading import DTYPES, load_model, parse_input_shape
+
+    def stage(message: str) -> None:
+        click.echo(f"[export] {message}", err=True)
+
+    if (atol is not None and atol < 0) or (rtol is not None and rtol < 0):
+        raise CliError("--atol and --rtol must be >= 0")
+    shapes = [parse_input_shape(s) for s in input_shapes]
+    torch_dtype = DTYPES[dtype] if dtype else None
+    output = output or _default_output(model_ref)
+
+    stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
+    loaded = load_model(model_ref, weights).cast(torch_dtype)
+    example = loaded.example_inputs(shapes, torch_dtype, seed=0)
+    verify_inputs = None
+    if loaded.sampler is not None and not no_verify:
+        # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
+        first = tuple(example[0].shape)
+        verify_inputs = [loaded.example_inputs([first], torch_dtype, seed=1)]
+        if dynamic and len(first) == 4:
+            verify_inputs.append(loaded.example_inputs([(first[0] + 1, first[1], first[2] * 2, first[3] * 2)],
+                                                       torch_dtype, seed=2))
+
+    from ..onnx.export import VerificationError, export
+
+    try:
+        report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
+                        verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
+                        verify_inputs=verify_inputs, progress=stage)
+    except VerificationError as exc:
+        click.echo(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report))
+        raise
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))

@@ -1,0 +1,25 @@
+"""``dcn-deploy inspect``: what an ONNX file holds (opsets, inputs/outputs, deformable nodes, function bodies)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("inspect")
+@click.argument("model_path", metavar="FILE.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def command(model_path: Path, as_json: bool) -> None:
+    """Describe an ONNX file: opsets, inputs and outputs (dtype, shape), deformable nodes (dcn_deploy ops and
+    standard DeformConv) with their attributes, stored function bodies and op counts.
+
+    \b
+    Examples:
+      dcn-deploy inspect demo.onnx
+      dcn-deploy inspect demo.onnx --json | python -m json.tool
+    """
+    from ..onnx.inspect import format_inspection, inspect_model
+
+    info = inspect_model(model_path)
+    click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))

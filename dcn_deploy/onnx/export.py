@@ -1,0 +1,537 @@
+"""Export a PyTorch model that uses ``dcn_deploy`` ops to an ONNX file, then check and verify it.
+
+``export(model, example_inputs, path)``:
+
+1. validates the arguments (a module or ``torch.export`` program, a tuple of tensors, a supported opset);
+2. runs torch.onnx's dynamo exporter, with each ``dcn_deploy`` torch op mapped to its node of the ``dcn_deploy``
+   ONNX domain (or to standard ONNX with ``standard=True``), see :mod:`dcn_deploy.onnx.opset`;
+3. stores the ops' function bodies in the model, so stock ONNX Runtime runs it;
+4. writes the file atomically, after ``onnx.checker`` (full check) and strict shape inference passed;
+5. with ``verify=True`` runs the file in ONNX Runtime (CPU) against the PyTorch model on fresh random inputs
+   (and, for a dynamic export, again at another batch size and spatial size) and raises
+   :class:`VerificationError` when an output differs beyond tolerance.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+import torch
+
+from ..compare import OutputComparison, Tolerance, compare_outputs, tolerance_for
+from ..io_utils import atomic_path
+from . import opset as dcn_opset
+
+__all__ = ["export", "ExportReport", "VerificationRun", "ExportError", "VerificationError", "NoDeformableLayerError"]
+
+Progress = Optional[Callable[[str], None]]
+
+
+class ExportError(RuntimeError):
+    """The exporter could not turn the model into a valid ONNX file; the message says what to change."""
+
+
+class NoDeformableLayerError(ValueError):
+    """The exported graph contains no deformable convolution (nor other ``dcn_deploy`` op)."""
+
+
+class VerificationError(RuntimeError):
+    """The ONNX file's outputs differ from PyTorch's beyond tolerance. ``report`` holds every number."""
+
+    def __init__(self, message: str, report: "ExportReport"):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class VerificationRun:
+    """ONNX Runtime vs PyTorch on one set of inputs (comparisons by :func:`dcn_deploy.compare.compare_outputs`,
+    the rule ``dcn-deploy verify`` uses)."""
+
+    label: str
+    input_shapes: Dict[str, Tuple[int, ...]]
+    outputs: List[OutputComparison]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export` wrote and measured. ``str(report)`` is a human summary."""
+
+    path: Path
+    opset: int
+    dynamic: bool
+    standard: bool
+    inputs: List[Tuple[str, str, Tuple]]  # (name, dtype, shape with ints or dim names)
+    outputs: List[Tuple[str, str, Tuple]]
+    op_counts: Dict[str, int]  # "domain::op_type" -> count, for the dcn_deploy/DeformConv nodes
+    rtol: Optional[float] = None  # None: the default of each output's dtype (dcn_deploy.compare)
+    atol: Optional[float] = None
+    verification: List[VerificationRun] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.verification) and all(run.passed for run in self.verification)
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path), "opset": self.opset, "dynamic": self.dynamic, "standard": self.standard,
+            "inputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.inputs],
+            "outputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.outputs],
+            "deformable_ops": dict(self.op_counts), "rtol": self.rtol, "atol": self.atol,
+            "verification": [{"label": r.label, "input_shapes": {k: list(v) for k, v in r.input_shapes.items()},
+                              "passed": r.passed,
+                              "outputs": [{"name": o.output, "dtype": o.dtype, "shape": list(o.shape),
+                                           "max_abs": o.max_abs, "max_rel": o.max_rel, "atol": o.atol,
+                                           "rtol": o.rtol, "passed": o.passed} for o in r.outputs]}
+                             for r in self.verification],
+            "verified": self.verified, "warnings": list(self.warnings), "seconds": dict(self.seconds),
+        }
+
+    def __str__(self) -> str:
+        def shape(s):
+            return "x".join(str(d) for d in s) or "scalar"
+
+        lines = [f"wrote {self.path} (ONNX opset {self.opset}, {'dynamic' if self.dynamic else 'static'} shapes, "
+                 f"{'standard DeformConv' if self.standard else dcn_opset.DOMAIN + ' ops'})"]
+        lines += [f"  input  {n}: {d} {shape(s)}" for n, d, s in self.inputs]
+        lines += [f"  output {n}: {d} {shape(s)}" for n, d, s in self.outputs]
+        lines.append("  deformable nodes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.op_counts.items())))
+        for run in self.verification:
+            lines.append(f"  ONNX Runtime vs PyTorch, {run.label}: {'PASS' if run.passed else 'FAIL'}")
+            lines += [f"    {o.output}: max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g} (atol {o.atol:g}, rtol {o.rtol:g})"
+                      f"{'' if o.passed else '  <- beyond tolerance'}" for o in run.outputs]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------------------------
+
+def _check_model(model) -> None:
+    if not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
+        raise TypeError(f"model must be a torch.nn.Module or a torch.export.ExportedProgram, got {type(model).__name__}")
+
+
+def _check_example_inputs(example_inputs) -> Tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        raise TypeError("example_inputs must be a tuple of tensors, got a single tensor; pass (x,) instead of x")
+    if not isinstance(example_inputs, tuple):
+        raise TypeError(f"example_inputs must be a tuple of tensors (as in torch.onnx.export), "
+                        f"got {type(example_inputs).__name__}; wrap it: tuple(inputs)")
+    if not example_inputs:
+        raise TypeError("example_inputs is empty; give one example tensor per model input, e.g. (torch.randn(1, 3, 64, 64),)")
+    for i, t in enumerate(example_inputs):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"example_inputs[{i}] must be a torch.Tensor, got {type(t).__name__}; "
+                            "models whose inputs are not tensors cannot be exported")
+    return example_inputs
+
+
+def _float_dtypes(model, example_inputs: Sequence[torch.Tensor]) -> set:
+    tensors = list(example_inputs)
+    if isinstance(model, torch.nn.Module):
+        tensors += list(model.parameters()) + list(model.buffers())
+    else:
+        tensors += list(model.state_dict.values())
+    return {t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
+
+
+def _check_opset(opset, dtypes: set) -> int:
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise TypeError(f"opset must be an int, got {opset!r}")
+    if opset < dcn_opset.MIN_OPSET or opset > newest:
+        raise ValueError(f"ONNX opset {opset} is not supported: deformable convolution (DeformConv) exists from opset "
+                         f"{dcn_opset.MIN_OPSET}; choose an opset from {dcn_opset.MIN_OPSET} to {newest} (default 19)")
+    if torch.bfloat16 in dtypes and opset < dcn_opset.BFLOAT16_MIN_OPSET:
+        raise ValueError(f"the model uses bfloat16, which DeformConv supports from ONNX opset "
+                         f"{dcn_opset.BFLOAT16_MIN_OPSET}; got opset {opset}: pass opset={dcn_opset.BFLOAT16_MIN_OPSET} (CLI: --opset 22)")
+    return opset
+
+
+# --------------------------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------------------------
+
+def _translation_table(standard: bool, opset: int) -> dict:
+    import dcn_deploy.ops  # noqa: F401 - registers torch.ops.dcn_deploy.*
+
+    table = {}
+    for definition in dcn_opset.definitions():
+        if definition.torch_op is None or definition.make_translation is None:
+            continue
+        namespace, name = definition.torch_op.split("::")
+        try:
+            packet = getattr(getattr(torch.ops, namespace), name)
+        except (AttributeError, RuntimeError):
+            continue  # the torch op's module is not loaded, so no model can use it
+        table[packet.default] = definition.make_translation(standard, opset)
+    return table
+
+
+def _dynamic_shapes(example_inputs: Sequence[torch.Tensor]) -> tuple:
+    """Batch (dim 0) dynamic for every input; height and width too for 4-D (NCHW) inputs.
+
+    ``Dim.AUTO`` lets torch.export keep a dimension static where the model needs it so (e.g. a fixed-size
+    classifier head); :func:`export` then reports which dimensions really came out dynamic.
+    """
+    auto = torch.export.Dim.AUTO
+    shapes = []
+    for t in example_inputs:
+        axes = [0] if t.dim() >= 1 else []
+        if t.dim() == 4:
+            axes += [2, 3]
+        shapes.append({axis: auto for axis in axes} or None)
+    return tuple(shapes)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's chatter (torchvision-missing notices, deprecation warnings); keep real errors."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*torchvision.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: bool) -> onnx.ModelProto:
+    kwargs = dict(dynamo=True, opset_version=opset, verbose=False, optimize=True,
+                  custom_translation_table=_translation_table(standard, opset))
+    if dynamic and isinstance(model, torch.nn.Module):
+        kwargs["dynamic_shapes"] = _dynamic_shapes(example_inputs)
+    name = type(model).__name__
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(model, example_inputs, **kwargs)
+    except Exception as exc:  # the exporter raises many types; one clear message with the cause chained
+        refusal = _find_refusal(exc)
+        if refusal is not None:  # an op's translation refused the call: its message says what to change
+            raise ExportError(f"cannot export {name}: {refusal}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx.export (dynamo) failed on {name}: {first}. Check that the model runs on the "
+                          "example inputs and uses dcn_deploy.ops (not torchvision) for deformable convolution; "
+                          "run with --debug (CLI) or read the chained exception for details") from exc
+    return program.model_proto
+
+
+def _find_refusal(exc: BaseException) -> Optional[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, dcn_opset.ExportRefusal):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _dim(d) -> object:
+    if d.HasField("dim_value"):
+        return d.dim_value
+    return d.dim_param or None
+
+
+def _value_infos(values) -> List[Tuple[str, str, Tuple]]:
+    out = []
+    for v in values:
+        tt = v.type.tensor_type
+        dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower()
+        out.append((v.name, dtype, tuple(_dim(d) for d in tt.shape.dim)))
+    return out
+
+
+def _count_deformable(model: onnx.ModelProto) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for node in dcn_opset._all_nodes(model.graph):
+        if dcn_opset.is_deformable_node(node):
+            key = f"{node.domain or 'ai.onnx'}::{node.op_type}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _check_file(path: Path) -> onnx.ModelProto:
+    """Full checker and strict shape inference on the written file; returns the inferred model."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        return onnx.shape_inference.infer_shapes(onnx.load(str(path)), check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. This is a bug in "
+                          "dcn_deploy's exporter or op set: please report it with the model") from exc
+
+
+# --------------------------------------------------------------------------------------------------------------
+# verification
+# --------------------------------------------------------------------------------------------------------------
+
+def _random_like(t: torch.Tensor, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    if t.is_floating_point():
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(t.dtype).to(t.device)
+    if t.dtype == torch.bool:
+        return torch.randint(0, 2, tuple(shape), generator=generator).bool().to(t.device)
+    if tuple(shape) == tuple(t.shape):  # integer inputs (indices, sizes): random values could be invalid
+        return t.clone()
+    raise ExportError(f"cannot make random integer inputs of a new shape {tuple(shape)}; export with dynamic=False")
+
+
+def _torch_outputs(model, inputs: Sequence[torch.Tensor]) -> List[np.ndarray]:
+    module = model.module() if isinstance(model, torch.export.ExportedProgram) else model
+    with torch.no_grad():
+        result = module(*inputs)
+    leaves = torch.utils._pytree.tree_leaves(result)
+    return [t.detach().cpu().float().numpy() if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()
+            for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def _tolerance(expected: np.ndarray, rtol: Optional[float], atol: Optional[float]) -> Tolerance:
+    default = tolerance_for(expected.dtype)
+    return Tolerance(atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol)
+
+
+def _random_inputs(example_inputs, shapes: Sequence[Sequence[int]], seed: int) -> List[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [_random_like(t, s, generator) for t, s in zip(example_inputs, shapes)]
+
+
+def _verify_once(session, model, inputs: Sequence[torch.Tensor], label: str,
+                 rtol: Optional[float], atol: Optional[float]) -> VerificationRun:
+    names = [i.name for i in session.get_inputs()]
+    if len(names) != len(inputs):
+        raise ExportError(f"the ONNX model has {len(names)} inputs {names} but {len(inputs)} example inputs were given; "
+                          "inputs that the model ignores or constants are dropped by the exporter: remove them")
+    feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
+    try:
+        got = session.run(None, feed)
+    except Exception as exc:  # onnxruntime's own exception types
+        shapes_text = ", ".join(f"{n} {tuple(a.shape)}" for n, a in feed.items())
+        raise ExportError(f"ONNX Runtime failed to run the exported model ({label}: {shapes_text}): {exc}") from exc
+    expected = _torch_outputs(model, inputs)
+    out_names = [o.name for o in session.get_outputs()]
+    if len(expected) != len(got):
+        raise ExportError(f"PyTorch returned {len(expected)} tensors but the ONNX model has {len(got)} outputs {out_names}")
+    comparisons = [compare_outputs("onnxruntime", n, np.asarray(g), e, _tolerance(e, rtol, atol))
+                   for n, g, e in zip(out_names, got, expected)]
+    return VerificationRun(label, {n: tuple(int(d) for d in t.shape) for n, t in zip(names, inputs)}, comparisons)
+
+
+def _other_shapes(example_inputs: Sequence[torch.Tensor], graph_inputs) -> Optional[Tuple[List[List[int]], str]]:
+    """Shapes for a second run of a dynamic model: batch + 1 where dim 0 is dynamic, and height/width doubled
+    where they are dynamic and every 4-D input has the same height and width (doubling keeps sizes divisible
+    by any stride, and inputs of different sizes, e.g. an offset map behind a strided layer, may be related)."""
+    shapes = [list(t.shape) for t in example_inputs]
+    dynamic = [[i for i, d in enumerate(gi.type.tensor_type.shape.dim) if not d.HasField("dim_value")]
+               for gi in graph_inputs]
+    spatial_sizes = {tuple(s[2:]) for s, dyn in zip(shapes, dynamic) if len(s) == 4 and (2 in dyn or 3 in dyn)}
+    double = len(spatial_sizes) == 1
+    changed = []
+    for s, dyn in zip(shapes, dynamic):
+        if 0 in dyn:
+            s[0] += 1
+            changed.append("batch")
+        if double and len(s) == 4:
+            for axis in (2, 3):
+                if axis in dyn:
+                    s[axis] *= 2
+                    changed.append("spatial")
+    if not changed:
+        return None
+    parts = []
+    if "batch" in changed:
+        parts.append(f"batch {shapes[0][0]}")
+    if "spatial" in changed:
+        parts.append("height/width x2")
+    return shapes, ", ".join(parts)
+
+
+def _make_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the entry point
+# --------------------------------------------------------------------------------------------------------------
+
+def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, dynamic: bool = False,
+           opset: int = 19, standard: bool = False, verify: bool = True, rtol: Optional[float] = None,
+           atol: Optional[float] = None, require_deformable: bool = True, seed: int = 0,
+           verify_inputs: Optional[Sequence[Tuple[torch.Tensor, ...]]] = None, progress: Progress = None) -> ExportReport:
+    """Export ``model`` to the ONNX file ``path`` with its deformable convolutions as ``dcn_deploy`` ops.
+
+    Args:
+        model: a ``torch.nn.Module`` (put in eval mode by the caller) or a ``torch.export.ExportedProgram``.
+        example_inputs: tuple of tensors, one per model input, e.g. ``(torch.randn(1, 3, 224, 224),)``; may be None
+            for an ExportedProgram (its own example inputs are used).
+        path: output file; written atomically (a temporary file, renamed once checked).
+        dynamic: make batch (dim 0 of every input) and height/width (dims 2, 3 of 4-D inputs) dynamic where the
+            model allows it; the report names the inputs' symbolic dimensions.
+        opset: ONNX opset, 19 or newer (22 or newer for bfloat16 models).
+        standard: emit standard ONNX ``DeformConv`` nodes instead of ``dcn_deploy::DeformConv2d``.
+        verify: run the file in ONNX Runtime (CPU) against PyTorch on fresh random inputs.
+        rtol, atol: verification tolerance; by default that of each output's dtype in
+            :data:`dcn_deploy.compare.DEFAULT_TOLERANCES` (float32: atol 1e-4, rtol 1e-3; float16: 1e-2).
+        require_deformable: raise :class:`NoDeformableLayerError` when the graph has no deformable node.
+        seed: seed of the random verification inputs.
+        verify_inputs: tuples of inputs to verify on instead of random ones (for inputs random values would make
+            invalid, e.g. boxes); for a dynamic export, give tuples of other sizes too.
+        progress: called with a short message at each stage (the CLI prints them on stderr).
+
+    Returns:
+        :class:`ExportReport`. Raises TypeError/ValueError for bad arguments, :class:`ExportError` when the
+        exporter fails, :class:`VerificationError` (the file is kept, for inspection) beyond tolerance.
+    """
+    say = progress or (lambda message: None)
+    seconds: Dict[str, float] = {}
+    _check_model(model)
+    for definition in dcn_opset.definitions():  # layers an op cannot export, named before the exporter runs
+        if definition.check_model is not None:
+            definition.check_model(model)
+    if example_inputs is None and isinstance(model, torch.export.ExportedProgram) and model.example_inputs:
+        example_inputs = tuple(model.example_inputs[0])
+    example_inputs = _check_example_inputs(example_inputs)
+    dtypes = _float_dtypes(model, example_inputs)
+    opset = _check_opset(opset, dtypes)
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output path {path} is a folder; give a file name such as {path / 'model.onnx'}")
+
+    start = time.perf_counter()
+    say(f"exporting {type(model).__name__} with torch.onnx (dynamo, opset {opset}"
+        f"{', dynamic batch/height/width' if dynamic else ''})")
+    proto = _run_exporter(model, example_inputs, opset, dynamic, standard)
+    dcn_opset.attach_functions(proto)
+    _rename_symbols(proto)
+    proto.metadata_props.add(key="dcn_deploy.opset", value=f"{dcn_opset.DOMAIN}:{dcn_opset.VERSION}")
+    counts = _count_deformable(proto)
+    seconds["export"] = time.perf_counter() - start
+    if not counts and require_deformable:
+        raise NoDeformableLayerError(
+            f"{type(model).__name__} has no deformable convolution: the exported graph contains no "
+            f"{dcn_opset.DOMAIN} op and no DeformConv. Build deformable layers from dcn_deploy.ops (DeformConv2d, "
+            "DeformConv2dPack, ModulatedDeformConv2dPack or deform_conv2d; torchvision's have the same signatures), "
+            "or pass require_deformable=False to export a plain model anyway")
+
+    start = time.perf_counter()
+    say(f"writing and checking {path} (onnx.checker full check, shape inference)")
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+        inferred = _check_file(tmp)
+    seconds["write_check"] = time.perf_counter() - start
+
+    report = ExportReport(
+        path=path, opset=opset, dynamic=dynamic, standard=standard,
+        inputs=_value_infos(inferred.graph.input), outputs=_value_infos(inferred.graph.output), op_counts=counts,
+        rtol=rtol, atol=atol, seconds=seconds)
+    if dynamic and isinstance(model, torch.export.ExportedProgram):
+        report.warnings.append("a torch.export program keeps the dynamic dimensions it was exported with; "
+                               "export it with dynamic_shapes (or export the nn.Module) to change them")
+    elif dynamic:
+        fixed = [name for name, _, shape in report.inputs if all(isinstance(d, int) for d in shape)]
+        if fixed:
+            report.warnings.append(f"inputs {fixed} came out with fixed shapes: the model fixes their sizes "
+                                   "(e.g. a reshape with constants or a fixed-size linear layer)")
+    if verify:
+        _verify(report, model, example_inputs, proto, seed, say, verify_inputs)
+    return report
+
+
+def _verify(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int, say,
+            verify_inputs=None) -> None:
+    if any(t.dtype == torch.bfloat16 for t in example_inputs):
+        report.warnings.append("not verified: ONNX Runtime has no bfloat16 DeformConv kernel on CPU (1.32); "
+                               "check the file on the target backend (dcn-deploy verify)")
+        return
+    start = time.perf_counter()
+    say("verifying against PyTorch in ONNX Runtime (CPUExecutionProvider) on "
+        + ("the given inputs" if verify_inputs is not None else "random inputs"))
+    try:
+        session = _make_session(report.path)
+    except Exception as exc:  # onnxruntime's own exception types
+        raise ExportError(f"ONNX Runtime cannot load {report.path}: {exc}") from exc
+    if verify_inputs is not None:
+        runs = [_verify_once(session, model, tuple(inputs), "given inputs "
+                             + ", ".join("x".join(map(str, t.shape)) for t in inputs), report.rtol, report.atol)
+                for inputs in verify_inputs]
+    else:
+        runs = [_verify_once(session, model, _random_inputs(example_inputs, [t.shape for t in example_inputs], seed),
+                             "random inputs, example shapes", report.rtol, report.atol)]
+    if report.dynamic and verify_inputs is None:
+        other = _other_shapes(example_inputs, proto.graph.input)
+        if other is None:
+            report.warnings.append("dynamic export, but no input dimension came out dynamic")
+        else:
+            shapes, label = other
+            runs.append(_verify_once(session, model, _random_inputs(example_inputs, shapes, seed + 1),
+                                     f"random inputs, {label}", report.rtol, report.atol))
+    report.verification = runs
+    report.seconds["verify"] = time.perf_counter() - start
+    for run in runs:
+        for out in run.outputs:
+            say(f"  {run.label}: {out.output} max abs {out.max_abs:.3g}, max rel {out.max_rel:.3g}"
+                f"{'' if out.passed else '  FAIL'}")
+    if not report.verified:
+        bad = [f"{o.output} ({r.label}): max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g} "
+               f"(atol {o.atol:g}, rtol {o.rtol:g}{', ' + o.note if o.note else ''})"
+               for r in runs for o in r.outputs if not o.passed]
+        raise VerificationError(
+            f"{report.path} does not match PyTorch: "
+            + "; ".join(bad) + ". The file was kept for inspection (dcn-deploy inspect); a loose tolerance may be "
+            "right for deep float16 models (rtol/atol), otherwise please report it", report)
+
+
+def _rename_symbols(proto: onnx.ModelProto) -> None:
+    """Give the exporter's symbols (s0, s77, ...) readable names: batch, height, width (then batch_1, ...).
+
+    Dim 0 of an input is a batch, dims 2 and 3 of a 4-D input are height and width; the names are substituted
+    as whole words in every shape of the graph, so derived sizes read e.g. ``((height - 1)//2) + 1``.
+    """
+    mapping: Dict[str, str] = {}
+    taken = set()
+
+    def name_for(symbol: str, role: str) -> None:
+        if symbol in mapping or not re.fullmatch(r"s\d+", symbol):
+            return
+        candidate, k = role, 1
+        while candidate in taken:
+            candidate, k = f"{role}_{k}", k + 1
+        mapping[symbol] = candidate
+        taken.add(candidate)
+
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        roles = {0: "batch"}
+        if len(dims) == 4:
+            roles.update({2: "height", 3: "width"})
+        for axis, role in roles.items():
+            if axis < len(dims) and dims[axis].dim_param:
+                name_for(dims[axis].dim_param, role)
+    if not mapping:
+        return
+    pattern = re.compile(r"\b(" + "|".join(re.escape(s) for s in mapping) + r")\b")
+    for value in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)

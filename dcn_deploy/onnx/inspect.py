@@ -1,0 +1,147 @@
+"""What an ONNX file holds, as data (:func:`inspect_model`) and as text (:func:`format_inspection`).
+
+Opsets, inputs/outputs (dtype, shape with fixed sizes and dimension names), the deformable nodes (our
+``dcn_deploy`` domain and standard ``DeformConv``) with their attributes, the local functions stored in the
+model (the bodies that let stock ONNX Runtime run our ops), and a count of every op type. Needs onnx only.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Union
+
+import onnx
+from onnx import helper
+
+from .opset import DOMAIN, is_deformable_node
+
+__all__ = ["inspect_model", "format_inspection"]
+
+
+def _dtype(elem_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _shape(type_proto: onnx.TypeProto) -> Union[List[object], None]:
+    tt = type_proto.tensor_type
+    if not tt.HasField("shape"):
+        return None  # unknown rank
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def _value_info(value: onnx.ValueInfoProto) -> dict:
+    return {"name": value.name, "dtype": _dtype(value.type.tensor_type.elem_type), "shape": _shape(value.type)}
+
+
+def _attribute(attr: onnx.AttributeProto) -> object:
+    if attr.ref_attr_name:
+        return f"@{attr.ref_attr_name}"
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (list, tuple)):
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+    if isinstance(value, (int, float, str)):
+        return value
+    return f"<{onnx.AttributeProto.AttributeType.Name(attr.type).lower()}>"
+
+
+def _node(node: onnx.NodeProto, initializers: Dict[str, onnx.TensorProto], index: int) -> dict:
+    inputs = list(node.input)
+    present = [bool(name) for name in inputs] + [False] * (5 - len(inputs))
+    info = {
+        "name": node.name or f"#{index}",
+        "op_type": node.op_type,
+        "domain": node.domain or "ai.onnx",
+        "inputs": inputs,
+        "outputs": list(node.output),
+        "attributes": {a.name: _attribute(a) for a in node.attribute},
+    }
+    if node.op_type in ("DeformConv", "DeformConv2d"):
+        info["has_bias"] = present[3]
+        info["has_mask"] = present[4]
+        weight = initializers.get(inputs[1]) if len(inputs) > 1 else None
+        if weight is not None:
+            info["weight_shape"] = list(weight.dims)
+    return info
+
+
+def inspect_model(path: Union[str, Path]) -> dict:
+    """A JSON-ready description of the ONNX file at ``path`` (weights stored as external data are not loaded).
+
+    Keys: path, ir_version, producer, opsets {domain: version}, inputs/outputs [{name, dtype, shape}],
+    deformable_nodes [{name, op_type, domain, inputs, outputs, attributes, has_bias, has_mask, weight_shape}],
+    functions [{domain, name, opsets, body}], op_counts {"domain::op_type": n}, node_count, metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file {path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ValueError(f"{path} is not an ONNX model file ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node and not model.graph.input and not model.graph.output:
+        raise ValueError(f"{path} holds no ONNX graph; is it an ONNX model file?")
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    graph_inputs = [v for v in graph.input if v.name not in initializers]
+    counts = Counter(f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in graph.node)
+    return {
+        "path": str(path),
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "opsets": {(imp.domain or "ai.onnx"): imp.version for imp in model.opset_import},
+        "inputs": [_value_info(v) for v in graph_inputs],
+        "outputs": [_value_info(v) for v in graph.output],
+        "deformable_nodes": [_node(n, initializers, i) for i, n in enumerate(graph.node) if is_deformable_node(n)],
+        "functions": [{
+            "domain": f.domain,
+            "name": f.name,
+            "opsets": {(imp.domain or "ai.onnx"): imp.version for imp in f.opset_import},
+            "body": [f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in f.node],
+        } for f in model.functions],
+        "op_counts": dict(sorted(counts.items())),
+        "node_count": len(graph.node),
+        "initializer_count": len(graph.initializer),
+        "metadata": {p.key: p.value for p in model.metadata_props},
+    }
+
+
+def _format_shape(shape) -> str:
+    if shape is None:
+        return "unknown rank"
+    return " x ".join("?" if d is None else str(d) for d in shape) or "scalar"
+
+
+def format_inspection(info: dict) -> str:
+    """The human summary of :func:`inspect_model`'s result."""
+    lines = [f"{info['path']}  (IR {info['ir_version']}, producer {info['producer'] or '?'})",
+             "opsets: " + ", ".join(f"{d} {v}" for d, v in info["opsets"].items())]
+    lines.append("inputs:")
+    lines += [f"  {v['name']}: {v['dtype']} [{_format_shape(v['shape'])}]" for v in info["inputs"]]
+    lines.append("outputs:")
+    lines += [f"  {v['name']}: {v['dtype']} [{_format_shape(v['shape'])}]" for v in info["outputs"]]
+    nodes = info["deformable_nodes"]
+    lines.append(f"deformable nodes: {len(nodes)}" + ("" if nodes else " (none: this model has no deformable layer)"))
+    for n in nodes:
+        extras = []
+        if "weight_shape" in n:
+            extras.append("weight " + "x".join(map(str, n["weight_shape"])))
+        if "has_bias" in n:
+            extras.append(("bias" if n["has_bias"] else "no bias") + ", " + ("mask (v2)" if n["has_mask"] else "no mask (v1)"))
+        attrs = ", ".join(f"{k}={v}" for k, v in n["attributes"].items())
+        lines.append(f"  {n['name']}: {n['domain']}::{n['op_type']}" + (f"  [{'; '.join(extras)}]" if extras else ""))
+        if attrs:
+            lines.append(f"      {attrs}")
+    if info["functions"]:
+        lines.append("functions (bodies that stock ONNX Runtime inlines):")
+        for f in info["functions"]:
+            opsets = ", ".join(f"{d} {v}" for d, v in f["opsets"].items())
+            lines.append(f"  {f['domain']}::{f['name']} = {' -> '.join(f['body'])}  (opset {opsets})")
+    elif any(n["domain"] == DOMAIN for n in nodes):
+        lines.append(f"functions: none -- the {DOMAIN} nodes need our plugin (TensorRT) or a re-export to run elsewhere")
+    lines.append(f"nodes: {info['node_count']} ("
+                 + ", ".join(f"{k.split('::')[1] if k.startswith('ai.onnx::') else k} {v}"
+                             for k, v in sorted(info["op_counts"].items(), key=lambda kv: -kv[1])) + ")")
+    return "\n".join(lines)

@@ -1,0 +1,279 @@
+"""Turn what a user has into a PyTorch model and example inputs for export.
+
+A model reference is one of:
+
+- ``path/to/file.py:factory`` — the file is imported and ``factory()`` (a function or class, no arguments)
+  must return an ``nn.Module``; optionally a ``state_dict`` checkpoint (``weights``) is loaded into it;
+- ``package.module:factory`` — the same with an importable module;
+- ``path/to/program.pt2`` — a program saved with ``torch.export.save`` (it carries its weights and example
+  inputs);
+- a zoo name — ``dcn_deploy.models.zoo.get(name)``, an entry with ``.build()`` and ``.example_inputs(batch,
+  size, seed)``; ``weights`` go through ``dcn_deploy.models.checkpoint.load_checkpoint`` (torchvision /
+  mmdetection key names understood).
+
+Example inputs come from ``--input-shape`` (random, seeded), or from the model itself: a zoo entry, a module
+with an ``example_inputs(batch)`` method, or a .pt2 program's stored inputs.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = ["LoadedModel", "load_model", "parse_input_shape", "DTYPES"]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_REFERENCE_FORMS = ("FILE.py:FACTORY, package.module:FACTORY, a torch.export program FILE.pt2, "
+                    "or a zoo name (python -c 'from dcn_deploy.models import zoo; print(zoo.names())')")
+
+Sampler = Callable[[int, Optional[Tuple[int, int]], int], Tuple[torch.Tensor, ...]]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for :func:`dcn_deploy.export`, and where it came from.
+
+    ``model`` is an ``nn.Module`` in eval mode or a ``torch.export.ExportedProgram``; ``kind`` is ``"file"``,
+    ``"module"``, ``"pt2"`` or ``"zoo"``; ``sampler(batch, size, seed)`` makes inputs the model defines itself.
+    """
+
+    model: Union[torch.nn.Module, "torch.export.ExportedProgram"]
+    reference: str
+    kind: str
+    sampler: Optional[Sampler] = None
+
+    @property
+    def name(self) -> str:
+        return type(self.model).__name__
+
+    def example_inputs(self, shapes: Sequence[Sequence[int]] = (), dtype: Optional[torch.dtype] = None,
+                       seed: int = 0) -> Tuple[torch.Tensor, ...]:
+        """Inputs for export or verification.
+
+        ``shapes`` (one per input, e.g. from ``--input-shape``) gives random normal tensors of those shapes,
+        except for models that make their own inputs (zoo entries), where one 4-D shape (N, C, H, W) sets the
+        batch and image size. Without shapes the model's own inputs are used. Floating tensors are cast to
+        ``dtype`` when given.
+        """
+        shapes = [tuple(int(d) for d in s) for s in shapes]
+        if self.sampler is not None and shapes:
+            if len(shapes) != 1 or len(shapes[0]) != 4:
+                raise ValueError(f"{self.reference} makes its own inputs; --input-shape may give only the image shape "
+                                 f"N x C x H x W (one 4-D shape), got {['x'.join(map(str, s)) for s in shapes]}")
+            inputs = self.sampler(shapes[0][0], (shapes[0][2], shapes[0][3]), seed)
+            if inputs[0].shape[1] != shapes[0][1]:
+                raise ValueError(f"{self.reference} takes {inputs[0].shape[1]} input channels, --input-shape gives "
+                                 f"{shapes[0][1]}: use {inputs[0].shape[1]}x... ")
+        elif shapes:
+            generator = torch.Generator().manual_seed(seed)
+            inputs = tuple(torch.randn(s, generator=generator) for s in shapes)
+        elif self.sampler is not None:
+            inputs = self.sampler(1, None, seed)
+        elif self.kind == "pt2" and self.model.example_inputs:
+            args, kwargs = self.model.example_inputs
+            if kwargs:
+                raise ValueError(f"{self.reference} was exported with keyword inputs {sorted(kwargs)}; "
+                                 "export from the Python model instead")
+            inputs = tuple(args)
+        else:
+            raise ValueError(f"{self.reference} does not say what inputs it takes: give one --input-shape per "
+                             "model input, e.g. --input-shape 1x3x224x224 (or give the module an "
+                             "example_inputs(batch) method)")
+        if dtype is not None:
+            inputs = tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
+        return tuple(inputs)
+
+    def cast(self, dtype: Optional[torch.dtype]) -> "LoadedModel":
+        """Cast the module's floating parameters and buffers to ``dtype`` (in place); None leaves it unchanged."""
+        if dtype is None:
+            return self
+        if isinstance(self.model, torch.nn.Module):
+            self.model.to(dtype)
+            return self
+        current = {t.dtype for t in self.model.state_dict.values() if t.is_floating_point()}
+        if current and current != {dtype}:
+            raise ValueError(f"{self.reference} is a saved torch.export program in {sorted(map(str, current))}; it cannot "
+                             f"be cast to {dtype}: export it again in that dtype or drop --dtype")
+        return self
+
+
+def parse_input_shape(text: str) -> Tuple[int, ...]:
+    """``"1x3x64x64"`` -> ``(1, 3, 64, 64)``; every size must be a positive integer."""
+    from ..feeds import FeedError, parse_shape
+
+    try:
+        shape = parse_shape(str(text))
+    except FeedError as exc:
+        raise ValueError(f"--input-shape: {exc}") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"--input-shape {text!r}: every size must be >= 1, e.g. 1x3x64x64")
+    return shape
+
+
+def load_model(reference: Union[str, Path], weights: Optional[Union[str, Path]] = None) -> LoadedModel:
+    """Resolve ``reference`` (see the module docstring) into a :class:`LoadedModel` in eval mode.
+
+    Raises FileNotFoundError for a missing file, ValueError/TypeError for a reference that does not resolve
+    to a model (the message lists the accepted forms), and errors raised by the user's own code unchanged.
+    """
+    text = str(reference)
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: no such file; give a state_dict saved with torch.save")
+    if text.endswith(".pt2"):
+        if weights is not None:
+            raise ValueError(f"{text} is a torch.export program that carries its own weights; drop --weights")
+        return _load_program(Path(text))
+    factory_ref, sep, factory_name = text.rpartition(":")
+    if sep and factory_ref and not _is_windows_drive(text):
+        if factory_ref.endswith(".py") or "/" in factory_ref or "\\" in factory_ref:
+            owner, kind = _import_file(Path(factory_ref)), "file"
+        else:
+            owner, kind = _import_module(factory_ref), "module"
+        model = _call_factory(owner, factory_name, text)
+        if weights is not None:
+            _load_state_dict(model, Path(weights), text)
+        sampler = _module_sampler(model)
+        return LoadedModel(model.eval(), text, kind, sampler)
+    if text.endswith(".py"):
+        raise ValueError(f"{text}: name the function or class that builds the model, e.g. {text}:build_model")
+    if "/" in text or "\\" in text or Path(text).suffix in (".pt", ".pth", ".onnx", ".ckpt"):
+        if not Path(text).exists():
+            raise FileNotFoundError(f"model {text}: no such file; give {_REFERENCE_FORMS}")
+        raise ValueError(f"model {text}: not a model reference; give {_REFERENCE_FORMS} "
+                         "(a state_dict goes to --weights, next to the FILE.py:FACTORY that builds the model)")
+    return _load_zoo(text, weights)
+
+
+def _is_windows_drive(text: str) -> bool:
+    return len(text) > 2 and text[1] == ":" and text[0].isalpha() and text[2] in "\\/"
+
+
+def _load_program(path: Path) -> LoadedModel:
+    if not path.is_file():
+        raise FileNotFoundError(f"torch.export program {path}: no such file")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch raises several types for a bad archive
+        raise ValueError(f"{path} is not a program saved with torch.export.save: {exc}") from exc
+    return LoadedModel(program, str(path), "pt2")
+
+
+def _import_file(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path}: no such file")
+    module_name = f"_dcn_deploy_user_model_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path} cannot be imported as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.parent.resolve()))  # the file may import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    finally:
+        sys.path.remove(str(path.parent.resolve()))
+    return module
+
+
+def _import_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            raise ValueError(f"cannot import module {name!r} (no module {exc.name!r}); give {_REFERENCE_FORMS}") from None
+        raise
+
+
+def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:
+    factory = getattr(owner, factory_name, None) if factory_name.isidentifier() else None
+    if factory is None or not callable(factory):
+        here = getattr(owner, "__file__", None) or owner.__name__
+        candidates = sorted(n for n, v in vars(owner).items()
+                            if not n.startswith("_") and callable(v) and getattr(v, "__module__", None) == owner.__name__)
+        raise ValueError(f"{reference}: {here} defines no function or class {factory_name!r}"
+                         + (f"; it defines {', '.join(candidates)}" if candidates else ""))
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{reference} returned a {type(model).__name__}, not a torch.nn.Module; the factory must "
+                        "build and return the model (called with no arguments)")
+    return model
+
+
+def _module_sampler(model: torch.nn.Module) -> Optional[Sampler]:
+    method = getattr(model, "example_inputs", None)
+    if not callable(method):
+        return None
+    accepts = inspect.signature(method).parameters
+
+    def sampler(batch: int, size: Optional[Tuple[int, int]], seed: int):
+        kwargs = {k: v for k, v in (("size", size), ("seed", seed)) if k in accepts and v is not None}
+        if size is not None and "size" not in accepts:
+            raise ValueError(f"{type(model).__name__}.example_inputs takes no size; give one --input-shape per input")
+        inputs = method(batch, **kwargs)
+        return inputs if isinstance(inputs, tuple) else (inputs,)
+
+    return sampler
+
+
+def _state_dict_from(path: Path) -> Mapping[str, torch.Tensor]:
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise ValueError(f"--weights {path} cannot be read as a state_dict saved with torch.save: {exc}") from exc
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping):
+        raise ValueError(f"--weights {path} holds a {type(state).__name__}, not a state_dict; save model.state_dict()")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _load_state_dict(model: torch.nn.Module, path: Path, reference: str) -> None:
+    state = _state_dict_from(path)
+    result = model.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} (e.g. {', '.join(result.missing_keys[:3])})")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {len(result.unexpected_keys)} (e.g. {', '.join(result.unexpected_keys[:3])})")
+    if problems:
+        raise ValueError(f"--weights {path} does not fit the model built by {reference}: " + "; ".join(problems)
+                         + ". Check that the factory builds the architecture the checkpoint was saved from")
+
+
+def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
+    try:
+        zoo = importlib.import_module("dcn_deploy.models.zoo")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("dcn_deploy.models", "dcn_deploy.models.zoo"):
+            raise
+        raise ValueError(f"{name!r} is not a file reference and this installation has no model zoo "
+                         f"(dcn_deploy.models.zoo); give {_REFERENCE_FORMS}") from None
+    try:
+        entry = zoo.get(name)
+    except KeyError as exc:
+        message = exc.args[0] if exc.args else f"no zoo model named {name!r}"
+        raise ValueError(f"{message} (or give FILE.py:FACTORY or a .pt2 file)") from None
+    model = entry.build()
+    if weights is not None:
+        from dcn_deploy.models.checkpoint import load_checkpoint
+
+        load_checkpoint(model, weights, strict=True)
+
+    def sampler(batch: int, size: Optional[Tuple[int, int]], seed: int):
+        return tuple(entry.example_inputs(batch=batch, size=size, seed=seed))
+
+    return LoadedModel(model.eval(), name, "zoo", sampler)
