@@ -1,0 +1,175 @@
+"""GPU benchmark: dcn_deploy's CUDA deformable convolution vs torchvision's and vs cuDNN's plain convolution.
+
+Shapes: the 3x3 deformable layers of ResNet-50 stages 3-5 (conv2 of a bottleneck, stride 1) at a 800x1333
+detection input (feature maps at strides 8/16/32), batch 1 and 8, and the paper's segmentation setting (DeepLab,
+res5 with dilation 2 at output stride 16 on a 1024x2048 Cityscapes image). v2 (with mask) throughout, one offset
+group; fp16 and fp32. Every implementation runs on the same tensors in the same process; times are medians over
+CUDA-event-timed iterations after a warm-up.
+
+Needs a GPU, torch with CUDA, torchvision and the built kernels library (``dcn-deploy plugin build``):
+
+    python benchmarks/gpu_deform_conv.py                       # prints a markdown table
+    python benchmarks/gpu_deform_conv.py --output benchmarks/RESULTS.md
+
+Goal (issue 4): >= 3x faster than torchvision in fp16, <= 1.5x the plain convolution's time.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runs from a checkout without installing the package
+    sys.path.insert(0, str(REPO))
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    channels: int
+    height: int
+    width: int
+    dilation: int = 1
+
+
+def _feature(size: int, stride: int) -> int:
+    # ResNet's stem and stage strides round up (conv with padding): ceil(size / stride)
+    return -(-size // stride)
+
+
+LAYERS = [
+    Layer("det res3 (stride 8)", 128, _feature(800, 8), _feature(1333, 8)),
+    Layer("det res4 (stride 16)", 256, _feature(800, 16), _feature(1333, 16)),
+    Layer("det res5 (stride 32)", 512, _feature(800, 32), _feature(1333, 32)),
+    Layer("seg res5 (OS16, dilation 2)", 512, _feature(1024, 16), _feature(2048, 16), dilation=2),
+]
+
+
+def time_cuda(fn: Callable[[], object], warmup: int, iters: int) -> float:
+    """Median milliseconds of fn over iters runs, each timed with CUDA events."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algo: str) -> List[dict]:
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+
+    from dcn_deploy.plugin.native import deform_conv2d_cuda, load_library
+
+    kernels = load_library("kernels")
+    torch.backends.cudnn.benchmark = True
+    rows = []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        for layer in LAYERS:
+            for batch in batches:
+                g = torch.Generator(device="cuda").manual_seed(0)
+                c, h, w, d = layer.channels, layer.height, layer.width, layer.dilation
+                x = torch.randn(batch, c, h, w, device="cuda", dtype=dtype, generator=g)
+                weight = torch.randn(c, c, 3, 3, device="cuda", dtype=dtype, generator=g) * (1.0 / (3 * c ** 0.5))
+                bias = torch.randn(c, device="cuda", dtype=dtype, generator=g)
+                offset = torch.randn(batch, 18, h, w, device="cuda", dtype=dtype, generator=g) * 2.0
+                mask = torch.rand(batch, 9, h, w, device="cuda", dtype=dtype, generator=g)
+
+                ours = lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask, algo=algo, library=kernels)  # noqa: E731
+                tv = lambda: torchvision.ops.deform_conv2d(x, offset, weight, bias, 1, d, d, mask)  # noqa: E731
+                conv = lambda: F.conv2d(x, weight, bias, 1, d, d)  # noqa: E731
+
+                with torch.no_grad():
+                    error = float((ours().double() - tv().double()).abs().max() / (tv().double().abs().max() + 1))
+                    t_ours = time_cuda(ours, warmup, iters)
+                    try:
+                        t_tv: Optional[float] = time_cuda(tv, warmup, iters)
+                    except RuntimeError as exc:  # e.g. a dtype torchvision does not support
+                        print(f"torchvision failed on {layer.name} {dtype_name}: {exc}", file=sys.stderr)
+                        t_tv = None
+                    t_conv = time_cuda(conv, warmup, iters)
+                rows.append({"layer": layer.name, "shape": f"{batch}x{c}x{h}x{w}", "dtype": dtype_name,
+                             "ours_ms": t_ours, "torchvision_ms": t_tv, "conv_ms": t_conv, "max_rel_err": error})
+                del x, weight, bias, offset, mask
+                torch.cuda.empty_cache()
+    return rows
+
+
+def to_markdown(rows: List[dict], args) -> str:
+    import torch
+
+    lines = [
+        f"## Deformable convolution, {torch.cuda.get_device_name()} ({datetime.date.today().isoformat()})",
+        "",
+        f"commit `{_git_commit()}`, torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}; "
+        f"median of {args.iters} CUDA-event-timed runs after {args.warmup} warm-up runs; v2 (mask), 3x3, stride 1, "
+        f"one offset group, C = out channels; ours with algo={args.algo}.",
+        "",
+        f"command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+        "",
+        "| layer | NxCxHxW | dtype | ours ms | torchvision ms | cuDNN conv2d ms | speed-up vs torchvision | ours / conv2d | max rel. err vs torchvision |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        tv = r["torchvision_ms"]
+        tv_text = f"{tv:.3f}" if tv else "n/a"
+        speedup = f"{tv / r['ours_ms']:.2f}x" if tv else "n/a"
+        lines.append(f"| {r['layer']} | {r['shape']} | {r['dtype']} | {r['ours_ms']:.3f} | {tv_text} | "
+                     f"{r['conv_ms']:.3f} | {speedup} | {r['ours_ms'] / r['conv_ms']:.2f}x | {r['max_rel_err']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    parser.add_argument("--dtypes", default="float16,float32", help="comma-separated dtypes (default float16,float32)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--algo", default="auto", choices=["auto", "fused", "direct"])
+    parser.add_argument("--output", type=Path, default=None, help="append the table to this markdown file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
+        return 2
+    rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, args.algo)
+    table = to_markdown(rows, args)
+    print(table)
+    if args.output:
+        from dcn_deploy.io_utils import atomic_write_text
+
+        previous = args.output.read_text() if args.output.exists() else "# Benchmark results\n"
+        atomic_write_text(args.output, previous.rstrip("\n") + "\n\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

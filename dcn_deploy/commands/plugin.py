@@ -1,0 +1,58 @@
+"""``dcn-deploy plugin build|info``: build the native libraries with CMake, or show what was found."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group("plugin")
+def command() -> None:
+    """Build and locate the CUDA kernels, their host build and the TensorRT plugin library."""
+
+
+@command.command("build")
+@click.option("--build-dir", type=click.Path(file_okay=False), default=None,
+              help="CMake build folder (default: build/ in the checkout; libraries go to <build-dir>/lib).")
+@click.option("--tensorrt-include-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder holding NvInfer.h (default: CMake searches the standard places).")
+@click.option("--cuda-archs", default=None,
+              help='CUDA architectures for CMake, e.g. "80;90" (default: sm_75 to sm_90 + PTX).')
+@click.option("--no-cuda", is_flag=True, help="Build only the host library (needs just a C++ compiler).")
+@click.option("--fetch-trt-headers", is_flag=True,
+              help="Download TensorRT's headers (pip wheel kernel-lens==2.0.1) into .third_party/ if none are there.")
+@click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs.")
+@click.option("--quiet", "-q", is_flag=True, help="Do not stream CMake's output.")
+def build_command(build_dir, tensorrt_include_dir, cuda_archs, no_cuda, fetch_trt_headers, jobs, quiet) -> None:
+    """Configure and build with CMake (incremental after the first run)."""
+    from ..plugin.library import PluginBuildError, build_libraries
+
+    try:
+        result = build_libraries(build_dir, cuda=not no_cuda, tensorrt_include_dir=tensorrt_include_dir,
+                                 cuda_architectures=cuda_archs, jobs=jobs, fetch_headers=fetch_trt_headers,
+                                 echo=not quiet)
+    except PluginBuildError as exc:
+        raise click.ClickException(str(exc)) from None
+    for kind, path in result.libraries.items():
+        click.echo(f"{kind:8s} {path}")
+    if "plugin" not in result.libraries and not no_cuda:
+        click.echo("plugin   not built: TensorRT headers not found (pass --tensorrt-include-dir or --fetch-trt-headers)",
+                   err=True)
+
+
+@command.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info_command(as_json: bool) -> None:
+    """Show which libraries were found, where, and with which build settings."""
+    from ..plugin.library import ENV_DIR, library_info
+
+    info = library_info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for kind in ("host", "kernels", "plugin"):
+        click.echo(f"{kind:22s} {info[kind] or 'not found'}")
+    for key in ("abi_version", "tensorrt_include_dir", "cuda_architectures", "cuda_compiler", "cmake", "nvcc"):
+        if key in info:
+            click.echo(f"{key:22s} {info[key] if info[key] is not None else '-'}")
+    click.echo(f"{'searched':22s} {', '.join(info['search_dirs'])}  (override: ${ENV_DIR})")

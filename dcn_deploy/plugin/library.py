@@ -1,0 +1,261 @@
+"""Finding and building the compiled libraries (no torch import).
+
+Three shared libraries come out of the root ``CMakeLists.txt`` (see plugins/README.md):
+
+=========== ============================ ==================================================================
+kind        file                         what
+=========== ============================ ==================================================================
+``host``    ``libdcn_deploy_host.so``    the kernels' arithmetic built for the CPU, behind the C ABI (tests)
+``kernels`` ``libdcn_deploy_kernels.so`` the CUDA kernels behind the C ABI (ctypes on torch tensors)
+``plugin``  ``libdcn_deploy_plugin.so``  the TensorRT IPluginV3 plugins (``load_library`` / ``--dynamicPlugins``)
+=========== ============================ ==================================================================
+
+They are looked up, in order, in ``$DCN_DEPLOY_PLUGIN_DIR``, the checkout's ``build/lib`` and the package's own
+``dcn_deploy/plugin/lib`` (for wheels that ship them), so users never pass paths. :func:`build_libraries` runs
+CMake; ``dcn-deploy plugin build`` is its command-line form.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+__all__ = ["LIBRARY_FILES", "ENV_DIR", "PluginBuildError", "BuildResult", "repo_root", "default_build_dir",
+           "search_dirs", "find_library", "require_library", "build_libraries", "fetch_tensorrt_headers",
+           "library_info"]
+
+LIBRARY_FILES: Dict[str, str] = {
+    "host": "libdcn_deploy_host.so",
+    "kernels": "libdcn_deploy_kernels.so",
+    "plugin": "libdcn_deploy_plugin.so",
+}
+ENV_DIR = "DCN_DEPLOY_PLUGIN_DIR"
+
+# The only registry wheel that carries TensorRT's C++ headers (10.14.1, Apache-2.0); never committed.
+TENSORRT_HEADERS_WHEEL = "kernel-lens==2.0.1"
+_WHEEL_INCLUDE_PREFIX = "kernel_lens/include/tensorrt/"
+
+
+class PluginBuildError(RuntimeError):
+    """CMake failed to configure or compile the libraries."""
+
+
+@dataclass
+class BuildResult:
+    build_dir: Path
+    libraries: Dict[str, Path] = field(default_factory=dict)  # kind -> built file
+    tensorrt_include_dir: Optional[str] = None
+    log: str = ""
+
+
+def repo_root() -> Path:
+    """The source checkout holding CMakeLists.txt (this file is dcn_deploy/plugin/library.py)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def default_build_dir() -> Path:
+    return repo_root() / "build"
+
+
+def default_tensorrt_headers_dir() -> Path:
+    return repo_root() / ".third_party" / "tensorrt" / "include"
+
+
+def search_dirs() -> List[Path]:
+    """Folders searched for the libraries, first match wins."""
+    dirs = []
+    override = os.environ.get(ENV_DIR)
+    if override:
+        dirs.append(Path(override).expanduser())
+    dirs.append(default_build_dir() / "lib")
+    dirs.append(Path(__file__).resolve().parent / "lib")
+    return dirs
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in LIBRARY_FILES:
+        raise ValueError(f"library kind must be one of {sorted(LIBRARY_FILES)}, got {kind!r}")
+    return LIBRARY_FILES[kind]
+
+
+def find_library(kind: str) -> Optional[Path]:
+    """Path of the built library of this kind (``host``, ``kernels``, ``plugin``), or None."""
+    name = _check_kind(kind)
+    for folder in search_dirs():
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def require_library(kind: str) -> Path:
+    """Like :func:`find_library`, but raise FileNotFoundError saying how to get the library."""
+    path = find_library(kind)
+    if path is None:
+        looked = ", ".join(str(d) for d in search_dirs())
+        need = {"host": "a C++ compiler", "kernels": "the CUDA toolkit (nvcc)",
+                "plugin": "the CUDA toolkit and TensorRT headers (NvInfer.h)"}[kind]
+        raise FileNotFoundError(
+            f"{LIBRARY_FILES[kind]} not found (looked in {looked}). Build it with `dcn-deploy plugin build` "
+            f"(needs cmake and {need}), or point {ENV_DIR} at the folder holding it.")
+    return path
+
+
+def fetch_tensorrt_headers(dest: Optional[Path] = None, python: str = sys.executable) -> Path:
+    """Download the headers wheel with pip and unpack only TensorRT's include folder into ``dest``.
+
+    The headers stay in the (gitignored) ``.third_party`` folder; they are never part of the package.
+    """
+    dest = Path(dest) if dest is not None else default_tensorrt_headers_dir()
+    if (dest / "NvInfer.h").is_file():
+        return dest
+    with tempfile.TemporaryDirectory(prefix="dcn_trt_headers_") as tmp:
+        cmd = [python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+               TENSORRT_HEADERS_WHEEL, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise PluginBuildError(
+                f"could not download the TensorRT headers ({' '.join(cmd)}):\n{proc.stderr.strip()}\n"
+                "Install TensorRT's headers and pass --tensorrt-include-dir, or build without the plugin.")
+        staging = Path(tmp) / "include"
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            members = [m for m in wheel.namelist() if m.startswith(_WHEEL_INCLUDE_PREFIX) and not m.endswith("/")]
+            if not any(m.endswith("/NvInfer.h") for m in members):
+                raise PluginBuildError(f"{wheels[0].name} has no {_WHEEL_INCLUDE_PREFIX}NvInfer.h")
+            staging.mkdir()
+            for member in members:
+                (staging / Path(member).name).write_bytes(wheel.read(member))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(staging), str(dest))  # whole folder at once: never a half-filled include dir
+    return dest
+
+
+def _cmake_cache_value(build_dir: Path, key: str) -> Optional[str]:
+    cache = build_dir / "CMakeCache.txt"
+    if not cache.is_file():
+        return None
+    for line in cache.read_text(errors="replace").splitlines():
+        if line.startswith(key + ":"):
+            value = line.split("=", 1)[1].strip()
+            return None if not value or value.endswith("-NOTFOUND") else value
+    return None
+
+
+def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
+                    tensorrt_include_dir: Optional[str] = None, cuda_architectures: Optional[str] = None,
+                    build_type: str = "Release", jobs: Optional[int] = None, fetch_headers: bool = False,
+                    echo: bool = False) -> BuildResult:
+    """Configure (first time or when options change) and build the libraries with CMake; incremental after that.
+
+    Args:
+        build_dir: CMake build folder (default: ``build/`` in the checkout; libraries land in ``build_dir/lib``).
+        cuda: build the CUDA kernels and the TensorRT plugin when nvcc is found.
+        tensorrt_include_dir: folder holding NvInfer.h (default: CMake's search, see CMakeLists.txt).
+        cuda_architectures: e.g. ``"80;90"`` (default: 75-real;80-real;86-real;89-real;90, i.e. sm_75-sm_90 + PTX).
+        fetch_headers: download the TensorRT headers wheel into .third_party first if no headers are there.
+        echo: stream CMake's output to stderr.
+
+    Raises:
+        PluginBuildError with the end of CMake's log when configuring or compiling fails.
+    """
+    if shutil.which("cmake") is None:
+        raise PluginBuildError("cmake not found on PATH; install cmake >= 3.24 (and ninja) first")
+    source = repo_root()
+    if not (source / "CMakeLists.txt").is_file():
+        raise PluginBuildError(f"{source} has no CMakeLists.txt: building needs a source checkout of dcn_deploy")
+    build_dir = Path(build_dir) if build_dir is not None else default_build_dir()
+    if fetch_headers and cuda and tensorrt_include_dir is None:
+        fetch_tensorrt_headers()
+
+    configure = ["cmake", "-S", str(source), "-B", str(build_dir), f"-DCMAKE_BUILD_TYPE={build_type}",
+                 f"-DDCN_WITH_CUDA={'ON' if cuda else 'OFF'}"]
+    if not (build_dir / "CMakeCache.txt").is_file() and shutil.which("ninja"):
+        configure += ["-G", "Ninja"]
+    if tensorrt_include_dir:
+        configure.append(f"-DTENSORRT_INCLUDE_DIR={tensorrt_include_dir}")
+    if cuda_architectures:
+        configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
+    build = ["cmake", "--build", str(build_dir)] + (["--parallel", str(jobs)] if jobs else [])
+
+    # Configure only when the options changed (cmake --build re-runs it by itself when CMakeLists.txt changes).
+    stamp = build_dir / "dcn_configure_args.txt"
+    generated = (build_dir / "build.ninja").is_file() or (build_dir / "Makefile").is_file()
+    wanted = "\n".join(arg for arg in configure if arg != "Ninja" and arg != "-G")
+    steps = [build] if generated and stamp.is_file() and stamp.read_text() == wanted else [configure, build]
+
+    log = []
+    for cmd in steps:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.append(line)
+            if echo:
+                sys.stderr.write(line)
+        if proc.wait() != 0:
+            tail = "".join(log[-40:])
+            raise PluginBuildError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{tail}")
+        if cmd is configure:
+            stamp.write_text(wanted)
+
+    result = BuildResult(build_dir=build_dir, log="".join(log),
+                         tensorrt_include_dir=_cmake_cache_value(build_dir, "TENSORRT_INCLUDE_DIR"))
+    for kind, name in LIBRARY_FILES.items():
+        path = build_dir / "lib" / name
+        if path.is_file():
+            result.libraries[kind] = path
+    return result
+
+
+def library_info() -> Dict[str, object]:
+    """What is available: each library's path (or None), the ABI version of the host library, build settings."""
+    info: Dict[str, object] = {"search_dirs": [str(d) for d in search_dirs()]}
+    for kind in LIBRARY_FILES:
+        path = find_library(kind)
+        info[kind] = str(path) if path else None
+    build_dir = default_build_dir()
+    info["tensorrt_include_dir"] = _cmake_cache_value(build_dir, "TENSORRT_INCLUDE_DIR")
+    info["cuda_architectures"] = _cmake_cache_value(build_dir, "CMAKE_CUDA_ARCHITECTURES")
+    info["cuda_compiler"] = _cmake_cache_value(build_dir, "CMAKE_CUDA_COMPILER")
+    info["cmake"] = shutil.which("cmake")
+    info["nvcc"] = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None)
+    if info["host"]:
+        import ctypes
+
+        try:
+            info["abi_version"] = int(ctypes.CDLL(str(info["host"])).dcn_abi_version())
+        except OSError as exc:
+            info["abi_version"] = f"cannot load: {exc}"
+    return info
+
+
+def _main(argv: Sequence[str]) -> int:
+    """``python -m dcn_deploy.plugin.library`` builds like ``dcn-deploy plugin build`` (used by ./dev test)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build dcn_deploy's native libraries with CMake.")
+    parser.add_argument("--fetch-trt-headers", action="store_true")
+    parser.add_argument("--no-cuda", action="store_true")
+    parser.add_argument("--cuda-archs", default=None)
+    args = parser.parse_args(argv)
+    try:
+        result = build_libraries(cuda=not args.no_cuda, fetch_headers=args.fetch_trt_headers,
+                                 cuda_architectures=args.cuda_archs, echo=True)
+    except PluginBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for kind, path in result.libraries.items():
+        print(f"[dcn_deploy] {kind}: {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,273 @@
+"""ctypes binding of the C ABI (plugins/common/dcn_kernels.h) on torch tensors.
+
+``deform_conv2d_host`` runs the host build of the kernels (CPU tensors; CI checks the CUDA code's indexing and
+math this way), ``deform_conv2d_cuda`` the CUDA kernels (CUDA tensors, on the current stream). Both take
+torchvision's arguments, plus ``padding`` as 4 values ``(top, left, bottom, right)`` for asymmetric padding
+(ONNX ``pads`` order). The plugin's plain logic (field parsing, serialisation, shape checks) is reachable through
+:class:`NativeLibrary` too, for tests.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+from .library import require_library
+
+__all__ = ["NativeError", "DeformConvDesc", "DeformConvAttrs", "NativeLibrary", "load_library",
+           "deform_conv2d_host", "deform_conv2d_cuda", "DTYPE_CODES", "ALGOS", "FIELD_TYPE_INT32"]
+
+DCN_OK = 0
+STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported", 3: "CUDA error", 4: "workspace too small",
+                5: "internal error"}
+DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
+ALGOS = {"auto": 0, "direct": 1, "fused": 2}
+FIELD_TYPE_INT32 = 5  # nvinfer1::PluginFieldType::kINT32
+
+
+class NativeError(RuntimeError):
+    """A C ABI call returned an error code; the message is the library's dcn_last_error()."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"{message} [{STATUS_NAMES.get(code, 'error')} {code}]")
+        self.code = code
+        self.message = message
+
+
+class DeformConvDesc(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in (
+        "batch", "in_channels", "height", "width", "out_channels", "kernel_h", "kernel_w", "stride_h", "stride_w",
+        "pad_top", "pad_left", "pad_bottom", "pad_right", "dilation_h", "dilation_w", "group", "offset_group")]
+
+
+class DeformConvAttrs(ctypes.Structure):
+    _fields_ = [("strides", ctypes.c_int32 * 2), ("pads", ctypes.c_int32 * 4), ("dilations", ctypes.c_int32 * 2),
+                ("group", ctypes.c_int32), ("offset_group", ctypes.c_int32)]
+
+    def as_dict(self) -> Dict[str, object]:
+        return {"strides": list(self.strides), "pads": list(self.pads), "dilations": list(self.dilations),
+                "group": self.group, "offset_group": self.offset_group}
+
+    @classmethod
+    def from_values(cls, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1, offset_group=1):
+        attrs = cls()
+        attrs.strides[:] = list(strides)
+        attrs.pads[:] = list(pads)
+        attrs.dilations[:] = list(dilations)
+        attrs.group = group
+        attrs.offset_group = offset_group
+        return attrs
+
+
+_P = ctypes.POINTER
+_VOIDP = ctypes.c_void_p
+
+
+class NativeLibrary:
+    """One loaded library (host, kernels or plugin) with typed entry points; errors raise :class:`NativeError`."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        self.lib = ctypes.CDLL(str(self.path))
+        self._declare("dcn_abi_version", [], ctypes.c_int32)
+        self._declare("dcn_last_error", [], ctypes.c_char_p)
+        self._declare("dcn_deform_conv2d_output_size", [_P(DeformConvDesc), _P(ctypes.c_int32), _P(ctypes.c_int32)])
+        self._declare("dcn_deform_conv2d_forward_host", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
+        self._declare("dcn_cuda_available", [], ctypes.c_int32)
+        self._declare("dcn_deform_conv2d_workspace_size",
+                      [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32, _P(ctypes.c_size_t)])
+        self._declare("dcn_deform_conv2d_forward_cuda",
+                      [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32] + [_VOIDP] * 7 + [ctypes.c_size_t, _VOIDP])
+        self._declare("dcn_plugin_deform_conv_parse_fields",
+                      [ctypes.c_int32, _P(ctypes.c_char_p), _P(_VOIDP), _P(ctypes.c_int32), _P(ctypes.c_int32),
+                       _P(DeformConvAttrs)])
+        self._declare("dcn_plugin_deform_conv_roundtrip", [_P(DeformConvAttrs), _P(DeformConvAttrs)])
+        self._declare("dcn_plugin_deform_conv_output_dims",
+                      [_P(DeformConvAttrs), ctypes.c_int32, _P(ctypes.c_int32), _P(ctypes.c_int64), _P(ctypes.c_int64)])
+
+    def _declare(self, name: str, argtypes, restype=ctypes.c_int32) -> None:
+        fn = getattr(self.lib, name, None)
+        if fn is not None:
+            fn.argtypes = argtypes
+            fn.restype = restype
+
+    def has(self, name: str) -> bool:
+        return hasattr(self.lib, name)
+
+    def call(self, name: str, *args) -> None:
+        """Call an entry point returning a dcn_status; raise NativeError with the library's message on failure."""
+        if not self.has(name):
+            raise NativeError(2, f"{self.path.name} does not export {name}")
+        code = getattr(self.lib, name)(*args)
+        if code != DCN_OK:
+            raise NativeError(code, (self.lib.dcn_last_error() or b"").decode(errors="replace"))
+
+    @property
+    def abi_version(self) -> int:
+        return int(self.lib.dcn_abi_version())
+
+    def last_error(self) -> str:
+        return (self.lib.dcn_last_error() or b"").decode(errors="replace")
+
+    # ---- the plugin's plain logic ----
+    def parse_fields(self, fields: Sequence[Tuple[str, Sequence[int], int]]) -> Dict[str, object]:
+        """Parse ``(name, int values, PluginFieldType code)`` fields as the TensorRT creator does."""
+        count = len(fields)
+        names = (ctypes.c_char_p * max(count, 1))(*[f[0].encode() for f in fields])
+        buffers = [(ctypes.c_int32 * max(len(f[1]), 1))(*f[1]) for f in fields]
+        data = (_VOIDP * max(count, 1))(*[ctypes.cast(b, _VOIDP) for b in buffers])
+        lengths = (ctypes.c_int32 * max(count, 1))(*[len(f[1]) for f in fields])
+        types = (ctypes.c_int32 * max(count, 1))(*[f[2] for f in fields])
+        attrs = DeformConvAttrs()
+        self.call("dcn_plugin_deform_conv_parse_fields", count, names, data, lengths, types, ctypes.byref(attrs))
+        return attrs.as_dict()
+
+    def roundtrip_fields(self, **attrs) -> Dict[str, object]:
+        """Serialise attrs into the plugin's fields and parse them back."""
+        out = DeformConvAttrs()
+        self.call("dcn_plugin_deform_conv_roundtrip", ctypes.byref(DeformConvAttrs.from_values(**attrs)),
+                  ctypes.byref(out))
+        return out.as_dict()
+
+    def plugin_output_dims(self, input_shapes: Sequence[Sequence[int]], **attrs) -> Tuple[int, ...]:
+        """The plugin's build-time shape check and output shape; -1 marks a dynamic dimension."""
+        count = len(input_shapes)
+        ranks = (ctypes.c_int32 * max(count, 1))(*[len(s) for s in input_shapes])
+        flat = []
+        for shape in input_shapes:
+            flat += list(shape)[:4] + [0] * (4 - min(len(shape), 4))
+        dims = (ctypes.c_int64 * max(len(flat), 1))(*flat)
+        out = (ctypes.c_int64 * 4)()
+        self.call("dcn_plugin_deform_conv_output_dims", ctypes.byref(DeformConvAttrs.from_values(**attrs)), count,
+                  ranks, dims, out)
+        return tuple(out)
+
+    def output_size(self, desc: DeformConvDesc) -> Tuple[int, int]:
+        oh, ow = ctypes.c_int32(), ctypes.c_int32()
+        self.call("dcn_deform_conv2d_output_size", ctypes.byref(desc), ctypes.byref(oh), ctypes.byref(ow))
+        return oh.value, ow.value
+
+
+_LOADED: Dict[str, NativeLibrary] = {}
+_LOCK = threading.Lock()
+
+
+def load_library(kind: str = "host", path: Optional[Union[str, Path]] = None) -> NativeLibrary:
+    """Load (once) the ``host`` or ``kernels`` library, found as in :func:`dcn_deploy.plugin.library.find_library`."""
+    key = str(path) if path else kind
+    with _LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = NativeLibrary(path or require_library(kind))
+        return _LOADED[key]
+
+
+# ---- torch front ends ----
+
+def _pads(padding) -> Tuple[int, int, int, int]:
+    """int, (h, w) or (top, left, bottom, right) -> (top, left, bottom, right)."""
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        return (padding,) * 4
+    values = tuple(int(v) for v in padding)
+    if len(values) == 2:
+        return (values[0], values[1], values[0], values[1])
+    if len(values) == 4:
+        return values  # type: ignore[return-value]
+    raise ValueError(f"padding must be an int, (pad_h, pad_w) or (top, left, bottom, right), got {padding!r}")
+
+
+def _describe(input, offset, weight, bias, mask, stride, padding, dilation) -> DeformConvDesc:
+    """Validate the tensors' shapes with the shared spec and fill the C descriptor."""
+    from ..ops.spec import ShapeError, as_pair, deform_conv_spec
+
+    top, left, bottom, right = _pads(padding)
+    if min(top, left, bottom, right) < 0:
+        raise ShapeError(f"padding values must be >= 0, got {(top, left, bottom, right)}")
+    n, c, h, w = (tuple(input.shape) + (0, 0, 0, 0))[:4] if input.dim() == 4 else (None,) * 4
+    if n is None:
+        raise ShapeError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    bias_shape = None if bias is None else tuple(bias.shape)
+    mask_shape = None if mask is None else tuple(mask.shape)
+    if (top, left) == (bottom, right):
+        spec = deform_conv_spec(input.shape, offset.shape, weight.shape, bias_shape, mask_shape, stride, (top, left),
+                                dilation)
+    else:
+        # Asymmetric padding is zero padding of the input: check the shapes as for the padded input.
+        try:
+            spec = deform_conv_spec((n, c, h + top + bottom, w + left + right), offset.shape, weight.shape,
+                                    bias_shape, mask_shape, stride, 0, dilation)
+        except ShapeError as exc:
+            raise ShapeError(f"{exc} (sizes include the asymmetric padding {(top, left, bottom, right)})") from None
+    stride_h, stride_w = as_pair(stride, "stride", 1)
+    dilation_h, dilation_w = as_pair(dilation, "dilation", 1)
+    return DeformConvDesc(n, c, h, w, spec.out_channels, spec.kernel[0], spec.kernel[1], stride_h, stride_w,
+                          top, left, bottom, right, dilation_h, dilation_w, spec.groups, spec.offset_groups)
+
+
+def _prepare(input, offset, weight, bias, mask, device_type: str):
+    import torch
+
+    tensors = {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask}
+    dtype_name = str(input.dtype).replace("torch.", "")
+    if dtype_name not in DTYPE_CODES:
+        raise TypeError(f"input has dtype {input.dtype}; supported: {', '.join(DTYPE_CODES)}")
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != input.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}; cast all tensors to one dtype")
+        if t.device.type != device_type or t.device != input.device:
+            raise ValueError(f"{name} is on {t.device}; this entry point needs every tensor on one {device_type} device")
+    contiguous = {k: (None if t is None else t.contiguous()) for k, t in tensors.items()}
+    return contiguous, DTYPE_CODES[dtype_name]
+
+
+def _ptr(t) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
+                       library: Optional[NativeLibrary] = None):
+    """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
+
+    Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
+    Returns (N, out_channels, oH, oW) in the input's dtype.
+    """
+    import torch
+
+    desc = _describe(input, offset, weight, bias, mask, stride, padding, dilation)
+    t, dtype = _prepare(input, offset, weight, bias, mask, "cpu")
+    lib = library or load_library("host")
+    oh, ow = lib.output_size(desc)
+    out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype)
+    lib.call("dcn_deform_conv2d_forward_host", ctypes.byref(desc), dtype, _ptr(t["input"]), _ptr(t["offset"]),
+             _ptr(t["weight"]), _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out))
+    return out
+
+
+def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
+                       algo: str = "auto", library: Optional[NativeLibrary] = None):
+    """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
+
+    ``algo``: ``auto`` (fused implicit GEMM for dense layers, direct otherwise), ``direct`` or ``fused``.
+    """
+    import torch
+
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {sorted(ALGOS)}, got {algo!r}")
+    desc = _describe(input, offset, weight, bias, mask, stride, padding, dilation)
+    t, dtype = _prepare(input, offset, weight, bias, mask, "cuda")
+    lib = library or load_library("kernels")
+    oh, ow = lib.output_size(desc)
+    with torch.cuda.device(input.device):
+        out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype, device=input.device)
+        size = ctypes.c_size_t()
+        lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, ALGOS[algo], ctypes.byref(size))
+        workspace = torch.empty((max(size.value, 1),), dtype=torch.uint8, device=input.device) if size.value else None
+        stream = torch.cuda.current_stream(input.device).cuda_stream
+        lib.call("dcn_deform_conv2d_forward_cuda", ctypes.byref(desc), dtype, ALGOS[algo], _ptr(t["input"]),
+                 _ptr(t["offset"]), _ptr(t["weight"]), _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out),
+                 _ptr(workspace), size.value, stream)
+    return out

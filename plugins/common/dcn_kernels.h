@@ -1,0 +1,107 @@
+/*
+ * dcn_deploy's plain C ABI over the deformable-convolution kernels.
+ *
+ * Two shared libraries export it:
+ *   libdcn_deploy_kernels.so  the CUDA kernels: device pointers and a cudaStream_t (passed as void*).
+ *   libdcn_deploy_host.so     the same arithmetic compiled for the CPU (host pointers, no stream), so the
+ *                             indexing and math are checked on machines without a GPU.
+ * Both also export the shape/field logic of the TensorRT plugin (dcn_plugin_*), which has no TensorRT types.
+ *
+ * Every function returns a dcn_status; on failure dcn_last_error() returns a message (per thread) that names
+ * the argument, the expected and the actual value.
+ *
+ * Layout: NCHW, contiguous. Offsets (N, 2*offset_group*kH*kW, oH, oW), channel ((g*kH+i)*kW+j)*2 is dy, +1 is dx.
+ * Mask (N, offset_group*kH*kW, oH, oW), or NULL for all ones (v1). Bias (out_channels,) or NULL.
+ */
+#ifndef DCN_KERNELS_H
+#define DCN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+#define DCN_EXTERN_C extern "C"
+#else
+#define DCN_EXTERN_C
+#endif
+#define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
+
+#define DCN_ABI_VERSION 1
+
+typedef enum dcn_status
+{
+    DCN_OK = 0,
+    DCN_ERROR_INVALID_ARGUMENT = 1, /* a shape, attribute or pointer does not fit */
+    DCN_ERROR_UNSUPPORTED = 2,      /* a valid request this build cannot serve (dtype, device) */
+    DCN_ERROR_CUDA = 3,             /* the CUDA runtime reported an error */
+    DCN_ERROR_WORKSPACE = 4,        /* the workspace given is smaller than dcn_deform_conv2d_workspace_size */
+    DCN_ERROR_INTERNAL = 5
+} dcn_status;
+
+typedef enum dcn_dtype
+{
+    DCN_FLOAT32 = 0,
+    DCN_FLOAT16 = 1,
+    DCN_BFLOAT16 = 2,
+    DCN_FLOAT64 = 3 /* host library and the direct CUDA kernel only; for tests */
+} dcn_dtype;
+
+typedef enum dcn_algo
+{
+    DCN_ALGO_AUTO = 0,       /* fused for dense layers, direct for depth-wise-like ones */
+    DCN_ALGO_DIRECT = 1,     /* one thread per output element; simple, the correctness baseline */
+    DCN_ALGO_FUSED_GEMM = 2  /* sampling straight into shared-memory tiles of an implicit GEMM (tensor cores for half types) */
+} dcn_algo;
+
+/* Every integer of one deformable convolution. Padding is per side, ONNX order (top, left, bottom, right). */
+typedef struct dcn_deform_conv_desc
+{
+    int32_t batch, in_channels, height, width;
+    int32_t out_channels, kernel_h, kernel_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left, pad_bottom, pad_right;
+    int32_t dilation_h, dilation_w;
+    int32_t group, offset_group;
+} dcn_deform_conv_desc;
+
+/* The TensorRT plugin's fields (docs/ops.md), already parsed. */
+typedef struct dcn_deform_conv_attrs
+{
+    int32_t strides[2];   /* (h, w) */
+    int32_t pads[4];      /* (top, left, bottom, right) */
+    int32_t dilations[2]; /* (h, w) */
+    int32_t group;
+    int32_t offset_group;
+} dcn_deform_conv_attrs;
+
+/* ---- both libraries ---- */
+DCN_API int32_t dcn_abi_version(void);
+DCN_API const char* dcn_last_error(void);
+/* Check a descriptor; on success write the output size. */
+DCN_API int32_t dcn_deform_conv2d_output_size(const dcn_deform_conv_desc* desc, int32_t* out_height, int32_t* out_width);
+
+/* ---- libdcn_deploy_host.so ---- */
+DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input,
+    const void* offset, const void* weight, const void* bias, const void* mask, void* output);
+
+/* ---- libdcn_deploy_kernels.so (and the TensorRT plugin library) ---- */
+DCN_API int32_t dcn_cuda_available(void);
+DCN_API int32_t dcn_deform_conv2d_workspace_size(
+    const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, size_t* bytes);
+DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo,
+    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
+    void* workspace, size_t workspace_bytes, void* stream);
+
+/* ---- the plugin's plain logic (both libraries) ---- */
+/* Parse TensorRT-style fields: names[i], data[i] (int32 values), lengths[i], types[i] (PluginFieldType codes,
+ * 5 = INT32). Unknown fields are ignored; missing ones keep their defaults (docs/ops.md). */
+DCN_API int32_t dcn_plugin_deform_conv_parse_fields(int32_t count, const char* const* names,
+    const void* const* data, const int32_t* lengths, const int32_t* types, dcn_deform_conv_attrs* attrs);
+/* Serialise attrs into fields (as getFieldsToSerialize does) and parse them back. */
+DCN_API int32_t dcn_plugin_deform_conv_roundtrip(const dcn_deform_conv_attrs* in, dcn_deform_conv_attrs* out);
+/* Check the input shapes against attrs and compute the output shape. dims: nb_inputs rows of 4 (rank in ranks[i]);
+ * a dimension of -1 is unknown (dynamic) and is skipped by the checks; unknown output dimensions are -1. */
+DCN_API int32_t dcn_plugin_deform_conv_output_dims(const dcn_deform_conv_attrs* attrs, int32_t nb_inputs,
+    const int32_t* ranks, const int64_t* dims, int64_t* out_dims);
+
+#endif /* DCN_KERNELS_H */

@@ -1,0 +1,331 @@
+#include "deformConvPlugin.h"
+
+#include "deformConvKernel.h"
+#include "trtLogging.h"
+
+#include <exception>
+
+using namespace nvinfer1;
+
+namespace dcn
+{
+namespace
+{
+
+std::string const kWho = std::string(kPluginNamespace) + "::" + kDeformConvPluginName + ": ";
+
+// A TensorRT dimension expression with the operators convOutputExtent needs, so the plugin's symbolic output
+// shape and the tested integer arithmetic are one formula.
+struct DimExpr
+{
+    IDimensionExpr const* expr;
+    IExprBuilder* builder;
+
+    DimExpr binary(DimensionOperation op, IDimensionExpr const* other) const
+    {
+        return DimExpr{builder->operation(op, *expr, *other), builder};
+    }
+};
+DimExpr operator+(DimExpr a, int64_t v) { return a.binary(DimensionOperation::kSUM, a.builder->constant(v)); }
+DimExpr operator-(DimExpr a, int64_t v) { return a.binary(DimensionOperation::kSUB, a.builder->constant(v)); }
+DimExpr operator-(DimExpr a, DimExpr b) { return a.binary(DimensionOperation::kSUB, b.expr); }
+DimExpr operator*(DimExpr a, int64_t v) { return a.binary(DimensionOperation::kPROD, a.builder->constant(v)); }
+DimExpr floorDiv(DimExpr a, int64_t v) { return a.binary(DimensionOperation::kFLOOR_DIV, a.builder->constant(v)); }
+
+bool supportedType(DataType type)
+{
+    return type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
+}
+
+int32_t dcnDtype(DataType type)
+{
+    switch (type)
+    {
+    case DataType::kHALF: return DCN_FLOAT16;
+    case DataType::kBF16: return DCN_BFLOAT16;
+    default: return DCN_FLOAT32;
+    }
+}
+
+TensorShape shapeOf(Dims const& dims)
+{
+    TensorShape shape;
+    shape.rank = dims.nbDims;
+    for (int32_t k = 0; k < dims.nbDims && k < 8; ++k)
+        shape.d[k] = dims.d[k];
+    return shape;
+}
+
+std::vector<TensorShape> shapesOf(DynamicPluginTensorDesc const* in, int32_t nbInputs)
+{
+    std::vector<TensorShape> shapes;
+    for (int32_t k = 0; k < nbInputs; ++k)
+        shapes.push_back(shapeOf(in[k].desc.dims));
+    return shapes;
+}
+
+bool reject(Status const& status)
+{
+    if (!status.ok())
+        logTrtError(kWho + status.message);
+    return !status.ok();
+}
+
+} // namespace
+
+DeformConvPlugin::DeformConvPlugin(dcn_deform_conv_attrs const& attrs)
+    : mAttrs(attrs)
+{
+    refreshSerializedFields();
+}
+
+DeformConvPlugin::DeformConvPlugin(DeformConvPlugin const& other)
+    : IPluginV3(other)
+    , IPluginV3OneCore(other)
+    , IPluginV3OneBuild(other)
+    , IPluginV3OneRuntime(other)
+    , mAttrs(other.mAttrs)
+    , mGeometry(other.mGeometry)
+    , mDtype(other.mDtype)
+    , mNbInputs(other.mNbInputs)
+    , mWorkspaceBytes(other.mWorkspaceBytes)
+{
+    refreshSerializedFields(); // the field list points into this object's storage, never the other's
+}
+
+IPluginCapability* DeformConvPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+IPluginV3* DeformConvPlugin::clone() noexcept
+{
+    try
+    {
+        return new DeformConvPlugin(*this);
+    }
+    catch (std::exception const& e)
+    {
+        logTrtError(kWho + "clone failed: " + e.what());
+        return nullptr;
+    }
+}
+
+int32_t DeformConvPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (nbOutputs != 1 || nbInputs < 3 || nbInputs > 5)
+    {
+        logTrtError(kWho + "expects 3 to 5 inputs (X, W, offset[, B[, mask]]) and 1 output, got "
+            + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
+        return -1;
+    }
+    for (int32_t k = 1; k < nbInputs; ++k)
+        if (inputTypes[k] != inputTypes[0])
+        {
+            logTrtError(kWho + "all inputs must have one data type (float, half or bfloat16); input "
+                + std::to_string(k) + " differs from X: cast them in the ONNX graph");
+            return -1;
+        }
+    outputTypes[0] = inputTypes[0];
+    return 0;
+}
+
+int32_t DeformConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+    DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
+{
+    try
+    {
+        if (nbOutputs != 1 || nbInputs < 3 || nbInputs > 5)
+        {
+            reject(Status::invalid("expects 3 to 5 inputs (X, W, offset[, B[, mask]]), got " + std::to_string(nbInputs)));
+            return -1;
+        }
+        // Check what is known now (constants), so bad fields fail while the network is built.
+        std::vector<TensorShape> known;
+        for (int32_t k = 0; k < nbInputs; ++k)
+        {
+            TensorShape shape;
+            shape.rank = inputs[k].nbDims;
+            for (int32_t r = 0; r < inputs[k].nbDims && r < 8; ++r)
+                shape.d[r] = inputs[k].d[r]->isConstant() ? inputs[k].d[r]->getConstantValue() : -1;
+            known.push_back(shape);
+        }
+        TensorShape unused;
+        if (reject(checkInputShapes(mAttrs, known, unused)))
+            return -1;
+        DimsExprs const& x = inputs[kInputX];
+        DimsExprs const& w = inputs[kInputW];
+        DimExpr const height{x.d[2], &exprBuilder}, width{x.d[3], &exprBuilder};
+        DimExpr const kernelH{w.d[2], &exprBuilder}, kernelW{w.d[3], &exprBuilder};
+        outputs[0].nbDims = 4;
+        outputs[0].d[0] = x.d[0];
+        outputs[0].d[1] = w.d[0];
+        outputs[0].d[2] = convOutputExtent(height, kernelH, mAttrs.strides[0], mAttrs.pads[0], mAttrs.pads[2], mAttrs.dilations[0]).expr;
+        outputs[0].d[3] = convOutputExtent(width, kernelW, mAttrs.strides[1], mAttrs.pads[1], mAttrs.pads[3], mAttrs.dilations[1]).expr;
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logTrtError(kWho + "getOutputShapes failed: " + e.what());
+        return -1;
+    }
+}
+
+bool DeformConvPlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (pos < 0 || pos >= nbInputs + nbOutputs)
+        return false;
+    PluginTensorDesc const& desc = inOut[pos].desc;
+    if (desc.format != TensorFormat::kLINEAR || !supportedType(desc.type))
+        return false;
+    return pos == 0 || desc.type == inOut[0].desc.type; // one data type for every input and the output
+}
+
+int32_t DeformConvPlugin::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    try
+    {
+        if (nbOutputs != 1)
+        {
+            reject(Status::invalid("has one output, got " + std::to_string(nbOutputs)));
+            return -1;
+        }
+        for (int32_t k = 0; k < nbInputs; ++k)
+            if (!supportedType(in[k].desc.type) || in[k].desc.type != in[0].desc.type)
+            {
+                reject(Status::invalid("input " + std::to_string(k) + " must be float, half or bfloat16, the same type as X"));
+                return -1;
+            }
+        TensorShape output;
+        if (reject(checkInputShapes(mAttrs, shapesOf(in, nbInputs), output)))
+            return -1;
+        mNbInputs = nbInputs;
+        mDtype = dcnDtype(in[0].desc.type);
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logTrtError(kWho + "configurePlugin failed: " + e.what());
+        return -1;
+    }
+}
+
+size_t DeformConvPlugin::getWorkspaceSize(
+    DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) const noexcept
+{
+    if (nbInputs < 3)
+        return 0;
+    // The largest shapes of the profile bound every workspace the kernels ask for.
+    TensorShape const x = shapeOf(inputs[kInputX].max);
+    TensorShape const w = shapeOf(inputs[kInputW].max);
+    DeformConvGeometry geometry;
+    if (x.rank != 4 || w.rank != 4 || !makeGeometry(descFromShapes(mAttrs, x, w), geometry).ok())
+        return 0;
+    return deformConvWorkspaceSize(geometry, dcnDtype(inputs[kInputX].desc.type), DCN_ALGO_AUTO);
+}
+
+int32_t DeformConvPlugin::onShapeChange(
+    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*, int32_t) noexcept
+{
+    try
+    {
+        if (nbInputs < 3 || nbInputs > 5)
+            return -1;
+        std::vector<TensorShape> shapes;
+        for (int32_t k = 0; k < nbInputs; ++k)
+            shapes.push_back(shapeOf(in[k].dims));
+        TensorShape output;
+        if (reject(checkInputShapes(mAttrs, shapes, output)))
+            return -1;
+        if (reject(makeGeometry(descFromShapes(mAttrs, shapes[kInputX], shapes[kInputW]), mGeometry)))
+            return -1;
+        mNbInputs = nbInputs;
+        mDtype = dcnDtype(in[0].type);
+        mWorkspaceBytes = deformConvWorkspaceSize(mGeometry, mDtype, DCN_ALGO_AUTO);
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logTrtError(kWho + "onShapeChange failed: " + e.what());
+        return -1;
+    }
+}
+
+int32_t DeformConvPlugin::enqueue(PluginTensorDesc const*, PluginTensorDesc const*, void const* const* inputs,
+    void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+{
+    void const* bias = mNbInputs >= 4 ? inputs[kInputBias] : nullptr;
+    void const* mask = mNbInputs >= 5 ? inputs[kInputMask] : nullptr;
+    Status const status = launchDeformConv(mGeometry, mDtype, DCN_ALGO_AUTO, inputs[kInputX], inputs[kInputOffset],
+        inputs[kInputW], bias, mask, outputs[0], workspace, mWorkspaceBytes, stream);
+    return reject(status) ? -1 : 0;
+}
+
+IPluginV3* DeformConvPlugin::attachToContext(IPluginResourceContext*) noexcept
+{
+    return clone(); // no per-context resources (no cuBLAS handle: the kernels do their own products)
+}
+
+PluginFieldCollection const* DeformConvPlugin::getFieldsToSerialize() noexcept
+{
+    refreshSerializedFields();
+    return &mFieldCollection;
+}
+
+void DeformConvPlugin::refreshSerializedFields()
+{
+    mOwnedFields = fieldsFromAttrs(mAttrs);
+    mFields.clear();
+    for (OwnedField const& field : mOwnedFields)
+        mFields.emplace_back(field.name.c_str(), field.values.data(), PluginFieldType::kINT32, int32_t(field.values.size()));
+    mFieldCollection.nbFields = int32_t(mFields.size());
+    mFieldCollection.fields = mFields.data();
+}
+
+DeformConvPluginCreator::DeformConvPluginCreator()
+{
+    // The names the ONNX parser passes on (docs/ops.md); the pointers are static strings.
+    mFieldNames = {
+        PluginField(kFieldStrides, nullptr, PluginFieldType::kINT32, 2),
+        PluginField(kFieldPads, nullptr, PluginFieldType::kINT32, 4),
+        PluginField(kFieldDilations, nullptr, PluginFieldType::kINT32, 2),
+        PluginField(kFieldGroup, nullptr, PluginFieldType::kINT32, 1),
+        PluginField(kFieldOffsetGroup, nullptr, PluginFieldType::kINT32, 1),
+    };
+    mFieldCollection.nbFields = int32_t(mFieldNames.size());
+    mFieldCollection.fields = mFieldNames.data();
+}
+
+IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+{
+    try
+    {
+        std::vector<RawField> fields;
+        for (int32_t k = 0; fc && k < fc->nbFields; ++k)
+            fields.push_back({fc->fields[k].name, fc->fields[k].data, fc->fields[k].length, int32_t(fc->fields[k].type)});
+        dcn_deform_conv_attrs attrs;
+        Status const status = parseFields(fields, attrs);
+        if (!status.ok())
+        {
+            logTrtError(kWho + "node '" + (name ? name : "?") + "': " + status.message);
+            return nullptr;
+        }
+        return new DeformConvPlugin(attrs);
+    }
+    catch (std::exception const& e)
+    {
+        logTrtError(kWho + "createPlugin failed: " + e.what());
+        return nullptr;
+    }
+}
+
+} // namespace dcn

@@ -1,0 +1,95 @@
+// TensorRT IPluginV3 shell of DeformConv2d (op set dcn_deploy, version "1"; docs/ops.md). The logic lives in
+// deformConvShapes.h (fields, shapes) and deformConvKernel.h (kernels); these classes only translate types.
+#pragma once
+
+#include "deformConvMath.h"
+#include "deformConvShapes.h"
+
+#include <NvInferRuntime.h>
+
+#include <string>
+#include <vector>
+
+namespace dcn
+{
+
+constexpr char const* kDeformConvPluginName = "DeformConv2d";
+constexpr char const* kDeformConvPluginVersion = "1";
+constexpr char const* kPluginNamespace = "dcn_deploy";
+
+class DeformConvPlugin : public nvinfer1::IPluginV3,
+                         public nvinfer1::IPluginV3OneCore,
+                         public nvinfer1::IPluginV3OneBuild,
+                         public nvinfer1::IPluginV3OneRuntime
+{
+public:
+    explicit DeformConvPlugin(dcn_deform_conv_attrs const& attrs);
+    DeformConvPlugin(DeformConvPlugin const& other);
+    DeformConvPlugin& operator=(DeformConvPlugin const&) = delete;
+    ~DeformConvPlugin() override = default;
+
+    // IPluginV3
+    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
+    nvinfer1::IPluginV3* clone() noexcept override;
+
+    // IPluginV3OneCore
+    char const* getPluginName() const noexcept override { return kDeformConvPluginName; }
+    char const* getPluginVersion() const noexcept override { return kDeformConvPluginVersion; }
+    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+
+    // IPluginV3OneBuild
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
+        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+        int32_t nbOutputs) noexcept override;
+    int32_t getNbOutputs() const noexcept override { return 1; }
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+
+    // IPluginV3OneRuntime
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
+        int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+private:
+    void refreshSerializedFields();
+
+    dcn_deform_conv_attrs mAttrs;
+    // Set by onShapeChange for the shapes of the next enqueue.
+    DeformConvGeometry mGeometry{};
+    int32_t mDtype = DCN_FLOAT32;
+    int32_t mNbInputs = 0;
+    size_t mWorkspaceBytes = 0;
+    // Storage behind getFieldsToSerialize.
+    std::vector<OwnedField> mOwnedFields;
+    std::vector<nvinfer1::PluginField> mFields;
+    nvinfer1::PluginFieldCollection mFieldCollection{};
+};
+
+class DeformConvPluginCreator : public nvinfer1::IPluginCreatorV3One
+{
+public:
+    DeformConvPluginCreator();
+    ~DeformConvPluginCreator() override = default;
+
+    nvinfer1::IPluginV3* createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
+        nvinfer1::TensorRTPhase phase) noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override { return &mFieldCollection; }
+    char const* getPluginName() const noexcept override { return kDeformConvPluginName; }
+    char const* getPluginVersion() const noexcept override { return kDeformConvPluginVersion; }
+    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+
+private:
+    std::vector<nvinfer1::PluginField> mFieldNames;
+    nvinfer1::PluginFieldCollection mFieldCollection{};
+};
+
+} // namespace dcn

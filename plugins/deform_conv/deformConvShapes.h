@@ -1,0 +1,88 @@
+// Plain C++ logic of deformable convolution with no TensorRT or CUDA types: descriptor validation, output-size
+// arithmetic, the plugin's fields (parsing, validation, serialisation) and its build-time shape checks.
+// The TensorRT plugin is a thin shell over these; tests reach them through the C ABI (dcn_plugin_*).
+#pragma once
+
+#include "dcnStatus.h"
+#include "deformConvMath.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace dcn
+{
+
+inline int64_t floorDiv(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+// Output extent along one axis: (size + begin + end - dilation*(kernel-1) - 1) // stride + 1.
+// Num is int64_t here and a TensorRT dimension expression in the plugin, so both use this one formula.
+template <typename Num, typename KernelNum>
+Num convOutputExtent(Num size, KernelNum kernel, int32_t stride, int32_t padBegin, int32_t padEnd, int32_t dilation)
+{
+    return floorDiv(size + int64_t(padBegin + padEnd) - (kernel - int64_t(1)) * int64_t(dilation) - int64_t(1),
+               int64_t(stride))
+        + int64_t(1);
+}
+
+// Check every field of desc and derive the sizes the kernels need.
+Status makeGeometry(dcn_deform_conv_desc const& desc, DeformConvGeometry& geometry);
+
+// Field names, as in docs/ops.md and the ONNX attributes.
+constexpr char const* kFieldStrides = "strides";
+constexpr char const* kFieldPads = "pads";
+constexpr char const* kFieldDilations = "dilations";
+constexpr char const* kFieldGroup = "group";
+constexpr char const* kFieldOffsetGroup = "offset_group";
+constexpr int32_t kFieldTypeInt32 = 5; // nvinfer1::PluginFieldType::kINT32
+
+dcn_deform_conv_attrs defaultAttrs();
+
+// One field as TensorRT hands it over (the pointer is borrowed).
+struct RawField
+{
+    char const* name;
+    void const* data;
+    int32_t length;
+    int32_t type;
+};
+
+// One field to serialise: its name and int32 values (owned).
+struct OwnedField
+{
+    std::string name;
+    std::vector<int32_t> values;
+};
+
+Status checkAttrs(dcn_deform_conv_attrs const& attrs);
+Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& attrs);
+std::vector<OwnedField> fieldsFromAttrs(dcn_deform_conv_attrs const& attrs);
+
+// Input order of the plugin (docs/ops.md): X, W, offset, then optional B, then optional mask.
+enum InputIndex : int32_t
+{
+    kInputX = 0,
+    kInputW = 1,
+    kInputOffset = 2,
+    kInputBias = 3,
+    kInputMask = 4
+};
+
+// Shapes with -1 for unknown (dynamic) dimensions; the checks skip what is unknown.
+struct TensorShape
+{
+    int32_t rank = 0;
+    int64_t d[8] = {};
+};
+
+// Check nbInputs (3, 4 or 5) shapes against attrs; write the output shape (-1 where unknown).
+Status checkInputShapes(dcn_deform_conv_attrs const& attrs, std::vector<TensorShape> const& inputs, TensorShape& output);
+
+// The kernel descriptor for fully known shapes.
+dcn_deform_conv_desc descFromShapes(dcn_deform_conv_attrs const& attrs, TensorShape const& x, TensorShape const& w);
+
+} // namespace dcn

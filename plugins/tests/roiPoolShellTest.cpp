@@ -1,0 +1,303 @@
+// Exercises the DeformRoIPool / DeformPSRoIPool TensorRT plugin shells (creators, fields, getOutputShapes,
+// format/type checks, configure, serialisation, clone) without the TensorRT library: the interface classes are
+// header-only and the expression builder is stood in for by a constant-folding evaluator. It checks our shell's
+// logic, not TensorRT's behaviour. Run by tests/test_roi_plugin_host.py; the exit code is the failure count.
+#include "roiPoolPlugin.h"
+#include "trtLogging.h"
+
+#include <NvInferRuntime.h>
+
+#include <cstdio>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+using namespace nvinfer1;
+
+namespace
+{
+
+int failures = 0;
+
+void check(bool condition, std::string const& what)
+{
+    std::printf("%s %s\n", condition ? "ok  " : "FAIL", what.c_str());
+    failures += condition ? 0 : 1;
+}
+
+class LastErrorLogger : public ILogger
+{
+public:
+    void log(Severity severity, char const* msg) noexcept override
+    {
+        if (severity <= Severity::kERROR)
+            lastError = msg;
+    }
+    std::string lastError;
+};
+
+class OneLoggerFinder : public ILoggerFinder
+{
+public:
+    explicit OneLoggerFinder(ILogger* logger) : mLogger(logger) {}
+    ILogger* findLogger() override { return mLogger; }
+
+private:
+    ILogger* mLogger;
+};
+
+// Dimension expressions: a constant or an unknown; operations on constants fold.
+class ValueExpr : public apiv::VDimensionExpr
+{
+public:
+    ValueExpr(bool known, int64_t value) : mKnown(known), mValue(value) {}
+    bool isConstant() const override { return mKnown; }
+    int64_t getConstantValue() const override { return mKnown ? mValue : -1; }
+    bool isSizeTensor() const override { return false; }
+
+private:
+    bool mKnown;
+    int64_t mValue;
+};
+
+class Expr : public IDimensionExpr
+{
+public:
+    Expr(bool known, int64_t value) : mValue(known, value) { mImpl = &mValue; }
+
+private:
+    ValueExpr mValue;
+};
+
+class FoldingBuilder : public apiv::VExprBuilder
+{
+public:
+    IDimensionExpr const* constant(int64_t value) override { return make(true, value); }
+    IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
+    {
+        if (!a.isConstant() || !b.isConstant())
+            return make(false, 0);
+        int64_t const x = a.getConstantValue(), y = b.getConstantValue();
+        switch (op)
+        {
+        case DimensionOperation::kSUM: return make(true, x + y);
+        case DimensionOperation::kPROD: return make(true, x * y);
+        case DimensionOperation::kSUB: return make(true, x - y);
+        default: return make(false, 0);
+        }
+    }
+    IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
+    {
+        return nullptr;
+    }
+    IDimensionExpr const* make(bool known, int64_t value)
+    {
+        mPool.push_back(std::make_unique<Expr>(known, value));
+        return mPool.back().get();
+    }
+
+private:
+    std::deque<std::unique_ptr<Expr>> mPool;
+};
+
+class Builder : public IExprBuilder
+{
+public:
+    Builder() { mImpl = &mFolding; }
+    IDimensionExpr const* make(bool known, int64_t value) { return mFolding.make(known, value); }
+
+private:
+    FoldingBuilder mFolding;
+};
+
+// A field list that owns its values.
+struct Fields
+{
+    std::deque<int32_t> ints;
+    std::deque<float> floats;
+    std::deque<std::string> names;
+    std::vector<PluginField> fields;
+    PluginFieldCollection collection{};
+
+    void addInt(std::string const& name, int32_t v)
+    {
+        names.push_back(name);
+        ints.push_back(v);
+        push(PluginField(names.back().c_str(), &ints.back(), PluginFieldType::kINT32, 1));
+    }
+    void addFloat(std::string const& name, float v)
+    {
+        names.push_back(name);
+        floats.push_back(v);
+        push(PluginField(names.back().c_str(), &floats.back(), PluginFieldType::kFLOAT32, 1));
+    }
+    void push(PluginField const& f)
+    {
+        fields.push_back(f);
+        collection.nbFields = int32_t(fields.size());
+        collection.fields = fields.data();
+    }
+};
+
+DimsExprs exprs(Builder& b, std::vector<int64_t> const& shape)
+{
+    DimsExprs e{};
+    e.nbDims = int32_t(shape.size());
+    for (size_t k = 0; k < shape.size(); ++k)
+        e.d[k] = b.make(shape[k] >= 0, shape[k]);
+    return e;
+}
+
+DynamicPluginTensorDesc tensor(std::vector<int64_t> const& shape, DataType type = DataType::kFLOAT)
+{
+    DynamicPluginTensorDesc d{};
+    d.desc.dims.nbDims = int32_t(shape.size());
+    for (size_t k = 0; k < shape.size(); ++k)
+        d.desc.dims.d[k] = shape[k];
+    d.desc.type = type;
+    d.desc.format = TensorFormat::kLINEAR;
+    d.min = d.opt = d.max = d.desc.dims;
+    return d;
+}
+
+std::string dimsText(DimsExprs const& e)
+{
+    std::string s;
+    for (int32_t k = 0; k < e.nbDims; ++k)
+        s += (e.d[k]->isConstant() ? std::to_string(e.d[k]->getConstantValue()) : std::string("?")) + ",";
+    return s;
+}
+
+std::string fieldText(PluginFieldCollection const* fc)
+{
+    std::string s;
+    for (int32_t k = 0; fc && k < fc->nbFields; ++k)
+    {
+        PluginField const& f = fc->fields[k];
+        s += f.name;
+        if (f.data && f.type == PluginFieldType::kINT32)
+            s += "=" + std::to_string(*static_cast<int32_t const*>(f.data));
+        else if (f.data && f.type == PluginFieldType::kFLOAT32)
+            s += "=" + std::to_string(*static_cast<float const*>(f.data));
+        s += f.type == PluginFieldType::kINT32 ? "i," : "f,";
+    }
+    return s;
+}
+
+// Build-phase checks shared by both ops: output shape, bad rois, types, configure, serialise + reload, clone.
+void exercise(IPluginCreatorV3One& creator, Fields const& fields, std::vector<std::vector<int64_t>> const& shapes,
+    std::string const& expectedOut, LastErrorLogger& logger)
+{
+    std::string const op = creator.getPluginName();
+    IPluginV3* plugin = creator.createPlugin("node", &fields.collection, TensorRTPhase::kBUILD);
+    check(plugin != nullptr, op + ": createPlugin with valid fields");
+    if (!plugin)
+        return;
+    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
+    check(std::string(core->getPluginName()) == op && std::string(core->getPluginNamespace()) == "dcn_deploy",
+        op + ": plugin identity");
+
+    Builder b;
+    DimsExprs in[3] = {exprs(b, shapes[0]), exprs(b, {-1, 5}), exprs(b, shapes[2])};
+    DimsExprs out{};
+    bool const shaped = build->getOutputShapes(in, 3, nullptr, 0, &out, 1, *reinterpret_cast<IExprBuilder*>(&b)) == 0;
+    check(shaped && dimsText(out) == expectedOut,
+        op + ": output shape with a dynamic RoI count is " + dimsText(out) + " (want " + expectedOut + ")");
+    DimsExprs badRois[3] = {exprs(b, shapes[0]), exprs(b, {7, 4}), exprs(b, shapes[2])};
+    logger.lastError.clear();
+    bool const refused = build->getOutputShapes(badRois, 3, nullptr, 0, &out, 1, *reinterpret_cast<IExprBuilder*>(&b)) != 0;
+    check(refused && logger.lastError.find("rois dim 1 must be 5") != std::string::npos,
+        op + ": rejects rois (7, 4): " + logger.lastError);
+
+    DataType types[3] = {DataType::kHALF, DataType::kHALF, DataType::kFLOAT};
+    DataType outType{};
+    check(build->getOutputDataTypes(&outType, 1, types, 3) != 0, op + ": rejects mixed input types");
+    types[2] = DataType::kHALF;
+    check(build->getOutputDataTypes(&outType, 1, types, 3) == 0 && outType == DataType::kHALF, op + ": half in, half out");
+
+    std::vector<int64_t> roisShape = {9, 5};
+    std::vector<int64_t> third = shapes[2];
+    third[0] = 9;
+    DynamicPluginTensorDesc io[4] = {tensor(shapes[0]), tensor(roisShape), tensor(third), tensor({9, 1, 1, 1})};
+    check(build->supportsFormatCombination(0, io, 3, 1), op + ": float linear X supported");
+    io[1].desc.type = DataType::kINT32;
+    check(!build->supportsFormatCombination(1, io, 3, 1), op + ": int32 rois rejected");
+    io[1].desc.type = DataType::kFLOAT;
+    check(build->configurePlugin(io, 3, io + 3, 1) == 0, op + ": configurePlugin with consistent shapes");
+    PluginTensorDesc runtimeIn[3] = {io[0].desc, io[1].desc, io[2].desc};
+    check(runtime->onShapeChange(runtimeIn, 3, &io[3].desc, 1) == 0, op + ": onShapeChange");
+    runtimeIn[2].dims.d[0] = 8;
+    check(runtime->onShapeChange(runtimeIn, 3, &io[3].desc, 1) != 0, op + ": onShapeChange rejects 8 offsets for 9 RoIs");
+
+    std::string const serialised = fieldText(runtime->getFieldsToSerialize());
+    IPluginV3* reloaded = creator.createPlugin("node", runtime->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+    check(reloaded != nullptr, op + ": reload from serialised fields " + serialised);
+    if (reloaded)
+    {
+        auto* r = static_cast<IPluginV3OneRuntime*>(reloaded->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        check(fieldText(r->getFieldsToSerialize()) == serialised, op + ": fields survive the round trip");
+        delete reloaded;
+    }
+    IPluginV3* copy = plugin->clone();
+    check(copy != nullptr && fieldText(static_cast<IPluginV3OneRuntime*>(
+                                 copy->getCapabilityInterface(PluginCapabilityType::kRUNTIME))->getFieldsToSerialize())
+            == serialised,
+        op + ": clone keeps the fields");
+    delete copy;
+    delete plugin;
+}
+
+} // namespace
+
+int main()
+{
+    LastErrorLogger logger;
+    OneLoggerFinder finder(&logger);
+    dcn::setTrtLoggerFinder(&finder);
+
+    dcn::DeformRoiPoolPluginCreator roiCreator;
+    dcn::DeformPsroiPoolPluginCreator psCreator;
+    check(std::string(roiCreator.getPluginName()) == "DeformRoIPool" && std::string(roiCreator.getPluginVersion()) == "1"
+            && std::string(roiCreator.getPluginNamespace()) == "dcn_deploy",
+        "creator DeformRoIPool / 1 / dcn_deploy");
+    check(std::string(psCreator.getPluginName()) == "DeformPSRoIPool", "creator DeformPSRoIPool");
+    check(fieldText(roiCreator.getFieldNames()) == "pooled_heighti,pooled_widthi,sampling_ratioi,spatial_scalef,gammaf,",
+        "DeformRoIPool field names: " + fieldText(roiCreator.getFieldNames()));
+    check(fieldText(psCreator.getFieldNames())
+            == "output_dimi,group_sizei,pooled_sizei,part_sizei,sample_per_parti,no_transi,spatial_scalef,trans_stdf,",
+        "DeformPSRoIPool field names: " + fieldText(psCreator.getFieldNames()));
+
+    Fields bad;
+    bad.addInt("pooled_width", 0);
+    logger.lastError.clear();
+    bool const rejected = roiCreator.createPlugin("node_3", &bad.collection, TensorRTPhase::kBUILD) == nullptr;
+    check(rejected
+            && logger.lastError.find("pooled_width") != std::string::npos
+            && logger.lastError.find("node_3") != std::string::npos,
+        "createPlugin rejects pooled_width 0: " + logger.lastError);
+
+    Fields roi;
+    roi.addInt("pooled_height", 7);
+    roi.addInt("pooled_width", 5);
+    roi.addInt("sampling_ratio", 2);
+    roi.addFloat("spatial_scale", 0.0625f);
+    roi.addFloat("gamma", 0.1f);
+    exercise(roiCreator, roi, {{2, 256, -1, -1}, {}, {-1, 2, 7, 5}}, "?,256,7,5,", logger);
+
+    Fields ps;
+    ps.addInt("output_dim", 3);
+    ps.addInt("group_size", 3);
+    ps.addInt("pooled_size", 3);
+    ps.addInt("part_size", 0);
+    ps.addInt("sample_per_part", 4);
+    ps.addInt("no_trans", 0);
+    ps.addFloat("spatial_scale", 0.0625f);
+    ps.addFloat("trans_std", 0.1f);
+    exercise(psCreator, ps, {{1, 27, -1, -1}, {}, {-1, 6, 3, 3}}, "?,3,3,3,", logger);
+
+    std::printf("%d failure(s)\n", failures);
+    return failures;
+}

@@ -1,0 +1,89 @@
+"""Random deformable-convolution configurations shared by the host and GPU kernel tests."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from dcn_deploy.ops.deform_conv import deform_conv2d
+from dcn_deploy.ops.spec import conv_output_size
+
+
+@dataclass
+class Case:
+    batch: int
+    groups: int
+    offset_groups: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    pads: Tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: Tuple[int, int]
+    with_mask: bool
+    with_bias: bool
+    offset_scale: float
+    integer_offsets: bool
+
+    @property
+    def out_size(self) -> Tuple[int, int]:
+        t, l, b, r = self.pads
+        return (conv_output_size(self.height, self.kernel[0], self.stride[0], t, b, self.dilation[0]),
+                conv_output_size(self.width, self.kernel[1], self.stride[1], l, r, self.dilation[1]))
+
+
+def random_case(rng: random.Random, max_channels_per_group: int = 3, max_size: int = 9) -> Case:
+    """A small random case with a non-empty output: groups, offset groups, asymmetric everything, H or W may be 1."""
+    while True:
+        groups = rng.choice([1, 1, 2, 3])
+        cpg = rng.randint(1, max_channels_per_group)
+        in_channels = groups * cpg
+        offset_groups = rng.choice([d for d in range(1, in_channels + 1) if in_channels % d == 0])
+        case = Case(
+            batch=rng.randint(1, 3), groups=groups, offset_groups=offset_groups, in_channels=in_channels,
+            out_channels=groups * rng.randint(1, 3),
+            height=rng.choice([1, rng.randint(1, max_size)]), width=rng.choice([1, rng.randint(2, max_size)]),
+            kernel=(rng.randint(1, 3), rng.randint(1, 3)), stride=(rng.randint(1, 3), rng.randint(1, 3)),
+            pads=tuple(rng.randint(0, 2) for _ in range(4)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
+            with_mask=rng.random() < 0.6, with_bias=rng.random() < 0.6,
+            # Mostly offsets of a few pixels, sometimes far enough to push every sample off the image.
+            offset_scale=rng.choice([0.5, 2.0, 2.0, 25.0]), integer_offsets=rng.random() < 0.2)
+        oh, ow = case.out_size
+        if oh >= 1 and ow >= 1:
+            return case
+
+
+def make_tensors(case: Case, dtype: torch.dtype, device: str = "cpu", seed: int = 0):
+    """(input, offset, weight, bias, mask) for a case, random with a fixed seed, never all zeros."""
+    g = torch.Generator().manual_seed(seed)
+    oh, ow = case.out_size
+    k = case.kernel[0] * case.kernel[1]
+    x = torch.randn(case.batch, case.in_channels, case.height, case.width, generator=g, dtype=torch.float64)
+    w = torch.randn(case.out_channels, case.in_channels // case.groups, *case.kernel, generator=g, dtype=torch.float64)
+    off = torch.randn(case.batch, 2 * case.offset_groups * k, oh, ow, generator=g, dtype=torch.float64) * case.offset_scale
+    if case.integer_offsets:  # samples exactly on pixels and on the image border (-1, H)
+        off = off.round()
+    b = torch.randn(case.out_channels, generator=g, dtype=torch.float64) if case.with_bias else None
+    m = torch.rand(case.batch, case.offset_groups * k, oh, ow, generator=g, dtype=torch.float64) if case.with_mask else None
+    cast = lambda t: None if t is None else t.to(dtype=dtype, device=device)  # noqa: E731
+    return cast(x), cast(off), cast(w), cast(b), cast(m)
+
+
+def reference(case: Case, x, off, w, b, m) -> torch.Tensor:
+    """dcn_deploy's reference op. Asymmetric padding = zero-padding the input (out-of-image samples are zero)."""
+    t, l, bottom, r = case.pads
+    if (t, l) == (bottom, r):
+        return deform_conv2d(x, off, w, b, stride=case.stride, padding=(t, l), dilation=case.dilation, mask=m)
+    padded = F.pad(x, (l, r, t, bottom))
+    return deform_conv2d(padded, off, w, b, stride=case.stride, padding=0, dilation=case.dilation, mask=m)
+
+
+def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |a - e| / (max |e| + 1): one number that is meaningful for every dtype."""
+    a, e = actual.double().cpu(), expected.double().cpu()
+    return float((a - e).abs().max() / (e.abs().max() + 1.0)) if e.numel() else 0.0

@@ -1,0 +1,113 @@
+"""The CUDA kernels (libdcn_deploy_kernels.so, through ctypes) against the reference op, on many random configs.
+
+Skipped without a CUDA device. On the GPU machine: build first (`dcn-deploy plugin build`), then
+`python -m pytest -q tests/test_plugin_gpu.py`; run it under `compute-sanitizer --tool memcheck` too (see
+plugins/README.md).
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from dcn_deploy.plugin import library
+from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda
+from plugin_configs import Case, make_tensors, max_relative_error, random_case, reference
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)"),
+]
+
+# Half types: inputs rounded to the type, samples rounded to it before the tensor-core product, float32 sums.
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory) -> NativeLibrary:
+    path = library.find_library("kernels")
+    if path is None:  # build it here (needs nvcc and cmake on the GPU machine)
+        path = library.build_libraries(tmp_path_factory.mktemp("dcn_build"), cuda=True).libraries["kernels"]
+    lib = NativeLibrary(path)
+    assert lib.lib.dcn_cuda_available() == 1, "the kernels library sees no CUDA device although torch does"
+    return lib
+
+
+def run(kernels, case: Case, tensors, algo: str):
+    x, off, w, b, m = tensors
+    return deform_conv2d_cuda(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
+                              algo=algo, library=kernels)
+
+
+def expected_for(case: Case, tensors):
+    """The reference in float64 on the same (already rounded) inputs."""
+    return reference(case, *[None if t is None else t.double() for t in tensors])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("algo", ["direct", "fused", "auto"])
+def test_random_small_configs(kernels, dtype, algo):
+    if dtype == torch.float64 and algo == "fused":
+        pytest.skip("the fused kernel has no float64 path (direct serves float64)")
+    for seed in range(60):
+        case = random_case(random.Random(seed), max_channels_per_group=6, max_size=11)
+        tensors = make_tensors(case, dtype, device="cuda", seed=seed)
+        got = run(kernels, case, tensors, algo)
+        torch.cuda.synchronize()
+        assert got.dtype == dtype and got.shape == expected_for(case, tensors).shape
+        error = max_relative_error(got, expected_for(case, tensors))
+        assert error < TOLERANCE[dtype], (seed, case, error)
+
+
+DENSE_CASES = [
+    # channels not a multiple of the 32-channel step, output channels not a multiple of the 64-row tile,
+    # output pixels spanning several images in one 64-column tile
+    Case(2, 1, 1, 48, 80, 13, 17, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False),
+    Case(3, 2, 4, 64, 96, 9, 7, (3, 3), (2, 1), (1, 0, 2, 1), (1, 2), True, False, 3.0, False),
+    Case(1, 1, 2, 256, 256, 20, 24, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), False, True, 1.0, False),
+    Case(4, 4, 4, 128, 128, 6, 5, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), True, True, 25.0, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("index", range(len(DENSE_CASES)))
+def test_dense_layers_fused_and_direct_agree_with_reference(kernels, dtype, index):
+    case = DENSE_CASES[index]
+    tensors = make_tensors(case, dtype, device="cuda", seed=index)
+    expected = expected_for(case, tensors)
+    for algo in ("fused", "direct"):
+        error = max_relative_error(run(kernels, case, tensors, algo), expected)
+        assert error < TOLERANCE[dtype], (algo, case, error)
+
+
+def test_runs_on_the_current_stream_and_is_deterministic(kernels):
+    case = DENSE_CASES[0]
+    tensors = make_tensors(case, torch.float16, device="cuda", seed=3)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        first = run(kernels, case, tensors, "auto")
+        second = run(kernels, case, tensors, "auto")
+    stream.synchronize()
+    assert torch.equal(first, second)
+    assert max_relative_error(first, expected_for(case, tensors)) < TOLERANCE[torch.float16]
+
+
+def test_bad_arguments_raise_instead_of_launching(kernels):
+    x = torch.randn(1, 4, 5, 5, device="cuda")
+    with pytest.raises(NativeError, match="fused"):
+        deform_conv2d_cuda(x.double(), torch.randn(1, 18, 5, 5, device="cuda").double(),
+                           torch.randn(4, 4, 3, 3, device="cuda").double(), padding=1, algo="fused", library=kernels)
+    # The fused kernel without its workspace: an error, not a launch.
+    import ctypes
+    from dcn_deploy.plugin.native import DeformConvDesc
+
+    desc = DeformConvDesc(1, 4, 5, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+    w = torch.randn(4, 4, 3, 3, device="cuda")
+    off = torch.randn(1, 18, 5, 5, device="cuda")
+    out = torch.empty(1, 4, 5, 5, device="cuda")
+    with pytest.raises(NativeError, match="workspace"):
+        kernels.call("dcn_deform_conv2d_forward_cuda", ctypes.byref(desc), 0, 2, x.data_ptr(), off.data_ptr(),
+                     w.data_ptr(), None, None, out.data_ptr(), None, 0, None)
+    with pytest.raises(ValueError, match="cuda"):
+        deform_conv2d_cuda(x.cpu(), torch.randn(1, 18, 5, 5), torch.randn(4, 4, 3, 3), padding=1, library=kernels)

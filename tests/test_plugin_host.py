@@ -1,0 +1,163 @@
+"""The host (CPU) build of the deformable-convolution kernels, through the C ABI, against the reference op.
+
+The host library is compiled from the same per-sample arithmetic (plugins/deform_conv/deformConvMath.h) as the
+CUDA kernels, so these tests check the kernels' indexing, sampling and boundary rule on machines without a GPU.
+"""
+from __future__ import annotations
+
+import ctypes
+import random
+
+import pytest
+import torch
+
+from dcn_deploy.ops.spec import ShapeError
+from dcn_deploy.plugin import library
+from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
+from plugin_configs import make_tensors, max_relative_error, random_case, reference
+
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory) -> NativeLibrary:
+    """The built host library; built (host only, a few seconds) into a temporary folder when none is found."""
+    path = library.find_library("host")
+    if path is None:
+        result = library.build_libraries(tmp_path_factory.mktemp("dcn_build"), cuda=False)
+        path = result.libraries["host"]
+    return NativeLibrary(path)
+
+
+def run_host(host_lib, case, x, off, w, b, m):
+    return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
+                              library=host_lib)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_configs_float64_match_reference(host_lib, seed):
+    case = random_case(random.Random(seed))
+    tensors = make_tensors(case, torch.float64, seed=seed)
+    got = run_host(host_lib, case, *tensors)
+    expected = reference(case, *tensors)
+    assert got.shape == expected.shape, case
+    assert max_relative_error(got, expected) < 1e-12, case
+
+
+@pytest.mark.parametrize("seed", range(100, 115))
+def test_random_configs_float32_match_reference(host_lib, seed):
+    case = random_case(random.Random(seed), max_channels_per_group=8, max_size=12)
+    tensors = make_tensors(case, torch.float32, seed=seed)
+    got = run_host(host_lib, case, *tensors)
+    assert max_relative_error(got, reference(case, *tensors)) < 2e-6, case
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+@pytest.mark.parametrize("seed", range(200, 206))
+def test_half_types_accumulate_in_float32(host_lib, seed, dtype, tolerance):
+    # Both sides compute in float32 and round once at the end: the difference is at most about one output ulp.
+    case = random_case(random.Random(seed), max_channels_per_group=8)
+    tensors = make_tensors(case, dtype, seed=seed)
+    got = run_host(host_lib, case, *tensors)
+    assert got.dtype == dtype
+    assert max_relative_error(got, reference(case, *tensors)) < tolerance, case
+
+
+def test_dense_layer_with_mask_and_bias(host_lib):
+    # A small "real" layer: 3x3, padding 1, 2 offset groups, v2.
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 16, 12, 10, generator=g, dtype=torch.float64)
+    w = torch.randn(24, 16, 3, 3, generator=g, dtype=torch.float64)
+    off = torch.randn(2, 36, 12, 10, generator=g, dtype=torch.float64) * 1.5
+    m = torch.rand(2, 18, 12, 10, generator=g, dtype=torch.float64)
+    b = torch.randn(24, generator=g, dtype=torch.float64)
+    from dcn_deploy.ops.deform_conv import deform_conv2d
+
+    expected = deform_conv2d(x, off, w, b, padding=1, mask=m)
+    got = deform_conv2d_host(x, off, w, b, padding=1, mask=m, library=host_lib)
+    assert max_relative_error(got, expected) < 1e-12
+
+
+def test_samples_far_off_the_image_give_the_bias(host_lib):
+    # Every sample at least one pixel outside the image: all four neighbours contribute zero.
+    x = torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    off = torch.full((1, 18, 5, 6), 40.0, dtype=torch.float64)
+    off[:, 1::2] = -40.0
+    got = deform_conv2d_host(x, off, w, b, padding=1, library=host_lib)
+    assert torch.equal(got, b.view(1, 4, 1, 1).expand(1, 4, 5, 6))
+
+
+def test_sample_exactly_on_the_border_keeps_only_inside_neighbours(host_lib):
+    # 1x1 kernel, offset dy = H - 1 from row 0 lands on the last row: the value is exactly that pixel.
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    w = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    off = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
+    off[0, 0] = 3.0 - torch.arange(4, dtype=torch.float64).view(4, 1)  # every row samples row 3
+    got = deform_conv2d_host(x, off, w, library=host_lib)
+    assert torch.equal(got[0, 0], x[0, 0, 3].expand(4, 4))
+    off[0, 0] += 1.0  # now row 4 == H: outside
+    assert torch.count_nonzero(deform_conv2d_host(x, off, w, library=host_lib)) == 0
+
+
+def test_empty_batch(host_lib):
+    x = torch.randn(0, 2, 5, 5)
+    out = deform_conv2d_host(x, torch.randn(0, 18, 5, 5), torch.randn(3, 2, 3, 3), padding=1, library=host_lib)
+    assert out.shape == (0, 3, 5, 5)
+
+
+# ---- bad arguments: an error code and a message, never a crash ----
+
+def _desc(**overrides) -> DeformConvDesc:
+    values = dict(batch=1, in_channels=4, height=5, width=5, out_channels=4, kernel_h=3, kernel_w=3, stride_h=1,
+                  stride_w=1, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1, dilation_h=1, dilation_w=1, group=1,
+                  offset_group=1)
+    values.update(overrides)
+    return DeformConvDesc(**values)
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"group": 3}, "group"),
+    ({"out_channels": 6, "group": 4}, "group"),
+    ({"offset_group": 3}, "offset_group"),
+    ({"stride_w": 0}, "strides"),
+    ({"dilation_h": 0}, "dilations"),
+    ({"pad_bottom": -1}, "pads"),
+    ({"kernel_h": 9, "pad_top": 0, "pad_bottom": 0}, "empty"),
+    ({"height": 0}, "H"),
+    ({"batch": -1}, "batch"),
+])
+def test_invalid_descriptor_returns_error_code_and_message(host_lib, overrides, fragment):
+    buf = ctypes.create_string_buffer(4096)
+    code = host_lib.lib.dcn_deform_conv2d_forward_host(ctypes.byref(_desc(**overrides)), DTYPE_CODES["float32"],
+                                                      buf, buf, buf, None, None, buf)
+    assert code == 1
+    assert fragment in host_lib.last_error()
+
+
+def test_null_pointers_and_unknown_dtype_are_rejected(host_lib):
+    buf = ctypes.create_string_buffer(4096)
+    assert host_lib.lib.dcn_deform_conv2d_forward_host(ctypes.byref(_desc()), 0, None, buf, buf, None, None, buf) == 1
+    assert "NULL" in host_lib.last_error()
+    assert host_lib.lib.dcn_deform_conv2d_forward_host(None, 0, buf, buf, buf, None, None, buf) == 1
+    assert host_lib.lib.dcn_deform_conv2d_forward_host(ctypes.byref(_desc()), 9, buf, buf, buf, None, None, buf) == 2
+    assert "dtype" in host_lib.last_error()
+    # A later success clears the message.
+    assert host_lib.output_size(_desc()) == (5, 5)
+    assert host_lib.last_error() == ""
+
+
+def test_python_front_end_names_the_bad_tensor(host_lib):
+    x = torch.randn(1, 4, 5, 5)
+    with pytest.raises(ShapeError, match="offset"):
+        deform_conv2d_host(x, torch.randn(1, 17, 5, 5), torch.randn(4, 4, 3, 3), padding=1, library=host_lib)
+    with pytest.raises(ShapeError, match="asymmetric"):
+        deform_conv2d_host(x, torch.randn(1, 18, 5, 5), torch.randn(4, 4, 3, 3), padding=(1, 1, 0, 1),
+                           library=host_lib)
+    with pytest.raises(TypeError, match="weight"):
+        deform_conv2d_host(x, torch.randn(1, 18, 5, 5), torch.randn(4, 4, 3, 3, dtype=torch.float64), padding=1,
+                           library=host_lib)
+
+
+def test_errors_raise_native_error_with_the_library_message(host_lib):
+    with pytest.raises(NativeError, match="offset_group"):
+        host_lib.output_size(_desc(offset_group=3))

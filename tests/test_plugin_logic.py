@@ -1,0 +1,211 @@
+"""The TensorRT plugin's plain logic (fields, serialisation, shape checks), through the C ABI of the host library.
+
+The plugin classes (plugins/deform_conv/deformConvPlugin.cpp) are thin shells over exactly these functions; the
+symbolic output shape uses the same template (convOutputExtent) as dcn_deform_conv2d_output_size.
+"""
+from __future__ import annotations
+
+import ctypes
+import random
+
+import pytest
+
+from dcn_deploy.ops.spec import conv_output_size
+from dcn_deploy.plugin import library
+from dcn_deploy.plugin.native import FIELD_TYPE_INT32, DeformConvDesc, NativeError, NativeLibrary
+
+DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "offset_group": 1}
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory) -> NativeLibrary:
+    path = library.find_library("host")
+    if path is None:
+        path = library.build_libraries(tmp_path_factory.mktemp("dcn_build"), cuda=False).libraries["host"]
+    return NativeLibrary(path)
+
+
+def test_missing_fields_take_the_op_set_defaults(lib):
+    assert lib.parse_fields([]) == DEFAULTS
+
+
+def test_fields_are_parsed_and_unknown_fields_ignored(lib):
+    fields = [("strides", [2, 3], FIELD_TYPE_INT32), ("pads", [1, 2, 3, 4], FIELD_TYPE_INT32),
+              ("dilations", [2, 1], FIELD_TYPE_INT32), ("group", [4], FIELD_TYPE_INT32),
+              ("offset_group", [2], FIELD_TYPE_INT32), ("kernel_shape", [3, 3], FIELD_TYPE_INT32)]
+    assert lib.parse_fields(fields) == {"strides": [2, 3], "pads": [1, 2, 3, 4], "dilations": [2, 1], "group": 4,
+                                        "offset_group": 2}
+
+
+@pytest.mark.parametrize("field,values,ftype,fragment", [
+    ("pads", [1, 1], FIELD_TYPE_INT32, "'pads' must hold 4"),
+    ("strides", [1], FIELD_TYPE_INT32, "'strides' must hold 2"),
+    ("strides", [1, 0], FIELD_TYPE_INT32, "'strides'"),
+    ("dilations", [0, 1], FIELD_TYPE_INT32, "'dilations'"),
+    ("pads", [0, -1, 0, 0], FIELD_TYPE_INT32, "'pads'"),
+    ("group", [0], FIELD_TYPE_INT32, "'group'"),
+    ("offset_group", [-2], FIELD_TYPE_INT32, "'offset_group'"),
+    ("group", [1], 1, "'group' must be INT32"),  # 1 = kFLOAT32
+])
+def test_invalid_fields_are_rejected_naming_the_field(lib, field, values, ftype, fragment):
+    with pytest.raises(NativeError, match=fragment) as info:
+        lib.parse_fields([(field, values, ftype)])
+    assert info.value.code == 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_serialisation_round_trip(lib, seed):
+    rng = random.Random(seed)
+    attrs = {"strides": [rng.randint(1, 4), rng.randint(1, 4)], "pads": [rng.randint(0, 5) for _ in range(4)],
+             "dilations": [rng.randint(1, 3), rng.randint(1, 3)], "group": rng.randint(1, 8),
+             "offset_group": rng.randint(1, 8)}
+    assert lib.roundtrip_fields(**attrs) == attrs
+
+
+def test_round_trip_rejects_invalid_attributes(lib):
+    with pytest.raises(NativeError, match="'strides'"):
+        lib.roundtrip_fields(strides=(0, 1))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_output_size_matches_the_python_spec(lib, seed):
+    rng = random.Random(seed)
+    h, w, kh, kw = rng.randint(1, 40), rng.randint(1, 40), rng.randint(1, 7), rng.randint(1, 7)
+    sh, sw, dh, dw = rng.randint(1, 4), rng.randint(1, 4), rng.randint(1, 3), rng.randint(1, 3)
+    t, l, b, r = (rng.randint(0, 4) for _ in range(4))
+    oh = conv_output_size(h, kh, sh, t, b, dh)
+    ow = conv_output_size(w, kw, sw, l, r, dw)
+    desc = DeformConvDesc(2, 4, h, w, 6, kh, kw, sh, sw, t, l, b, r, dh, dw, 2, 4)
+    if oh >= 1 and ow >= 1:
+        assert lib.output_size(desc) == (oh, ow)
+    else:
+        with pytest.raises(NativeError, match="empty"):
+            lib.output_size(desc)
+
+
+def _shapes(n=2, c=8, h=10, w=12, oc=16, kh=3, kw=2, group=2, offset_group=2, oh=None, ow=None, bias=True, mask=True):
+    shapes = [(n, c, h, w), (oc, c // group, kh, kw), (n, 2 * offset_group * kh * kw, oh, ow)]
+    if bias:
+        shapes.append((oc,))
+    if mask:
+        shapes.append((n, offset_group * kh * kw, oh, ow))
+    return shapes
+
+
+ATTRS = dict(strides=(2, 1), pads=(1, 0, 2, 1), dilations=(1, 2), group=2, offset_group=2)
+OH = conv_output_size(10, 3, 2, 1, 2, 1)
+OW = conv_output_size(12, 2, 1, 0, 1, 2)
+
+
+@pytest.mark.parametrize("bias,mask", [(False, False), (True, False), (True, True)])
+def test_plugin_output_dims_for_3_4_and_5_inputs(lib, bias, mask):
+    shapes = _shapes(oh=OH, ow=OW, bias=bias, mask=mask)
+    assert lib.plugin_output_dims(shapes, **ATTRS) == (2, 16, OH, OW)
+
+
+def test_dynamic_dimensions_stay_unknown(lib):
+    shapes = _shapes(n=-1, h=-1, w=12, oh=-1, ow=OW)
+    assert lib.plugin_output_dims(shapes, **ATTRS) == (-1, 16, -1, OW)
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (dict(group=4), "'group'"),
+    (dict(offset_group=3), "'offset_group'"),
+    (dict(pads=(0, 0, 0, 0)), "'pads'"),
+    (dict(strides=(1, 1)), "'strides'"),
+    (dict(dilations=(0, 1)), "'dilations'"),
+])
+def test_shape_checks_name_the_field_to_fix(lib, change, fragment):
+    shapes = _shapes(oh=OH, ow=OW)
+    with pytest.raises(NativeError, match=fragment):
+        lib.plugin_output_dims(shapes, **{**ATTRS, **change})
+
+
+def test_shape_checks_name_the_input(lib):
+    good = _shapes(oh=OH, ow=OW)
+    with pytest.raises(NativeError, match="B must have shape"):
+        lib.plugin_output_dims(good[:3] + [(15,)] + good[4:], **ATTRS)
+    with pytest.raises(NativeError, match="mask must have shape"):
+        lib.plugin_output_dims(good[:4] + [(2, 12, OH, OW + 1)], **ATTRS)
+    with pytest.raises(NativeError, match="offset batch"):
+        lib.plugin_output_dims(good[:2] + [(3,) + tuple(good[2][1:])] + good[3:], **ATTRS)
+    with pytest.raises(NativeError, match="3 inputs"):
+        lib.plugin_output_dims(good[:2], **ATTRS)
+    with pytest.raises(NativeError, match="input X must be 4-D"):
+        lib.plugin_output_dims([(2, 8, 10)] + good[1:], **ATTRS)
+
+
+def test_libraries_export_the_c_abi_and_plugin_entry_points():
+    """Whatever was built exports the same ABI; the plugin library also exports TensorRT's entry points."""
+    found = {kind: library.find_library(kind) for kind in library.LIBRARY_FILES}
+    if found["host"] is None:
+        pytest.skip("host library not built (run `dcn-deploy plugin build`)")
+    for kind, path in found.items():
+        if path is None:
+            continue
+        lib = NativeLibrary(path)
+        assert lib.abi_version == 1
+        assert lib.has("dcn_plugin_deform_conv_parse_fields")
+        if kind in ("kernels", "plugin"):
+            assert lib.has("dcn_deform_conv2d_forward_cuda")
+            # Bad arguments are rejected before any CUDA call, so this runs without a GPU.
+            code = lib.lib.dcn_deform_conv2d_forward_cuda(ctypes.byref(DeformConvDesc()), 0, 0, *([None] * 7), 0, None)
+            assert code == 1 and "C, H and W" in lib.last_error()
+            assert lib.lib.dcn_cuda_available() in (0, 1)
+        if kind == "plugin":
+            assert lib.has("getCreators") and lib.has("setLoggerFinder")
+
+
+@pytest.fixture(scope="module")
+def kernels_lib() -> NativeLibrary:
+    path = library.find_library("kernels")
+    if path is None:
+        pytest.skip("libdcn_deploy_kernels.so not built (needs nvcc; run `dcn-deploy plugin build`)")
+    return NativeLibrary(path)
+
+
+def _workspace(lib, desc, dtype, algo):
+    size = ctypes.c_size_t()
+    lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, algo, ctypes.byref(size))
+    return size.value
+
+
+def test_workspace_sizes_follow_the_algorithm(kernels_lib):
+    # Host-side logic of the CUDA library: no CUDA call is made, so this runs without a GPU.
+    dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
+    weights = 96 * 32 * 9
+    assert _workspace(kernels_lib, dense, 1, 0) == -(-weights * 2 // 256) * 256  # float16, auto -> fused
+    assert _workspace(kernels_lib, dense, 0, 2) == -(-weights * 4 // 256) * 256  # float32, fused
+    assert _workspace(kernels_lib, dense, 0, 1) == 0                              # direct
+    assert _workspace(kernels_lib, dense, 3, 0) == 0                              # float64 -> direct
+    depthwise = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 1)
+    assert _workspace(kernels_lib, depthwise, 1, 0) == 0                          # auto -> direct
+
+
+def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib):
+    dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
+    fake = ctypes.c_void_p(0x1000)  # never dereferenced: every check below fails first
+    forward = kernels_lib.lib.dcn_deform_conv2d_forward_cuda
+    assert forward(ctypes.byref(dense), 1, 2, fake, fake, fake, None, None, fake, None, 0, None) == 4
+    assert "workspace" in kernels_lib.last_error()
+    assert forward(ctypes.byref(dense), 3, 2, fake, fake, fake, None, None, fake, None, 0, None) == 2
+    assert "direct" in kernels_lib.last_error()
+    assert forward(ctypes.byref(dense), 0, 7, fake, fake, fake, None, None, fake, None, 0, None) == 1
+    assert "algo" in kernels_lib.last_error()
+    assert forward(ctypes.byref(dense), 0, 0, None, fake, fake, None, None, fake, None, 0, None) == 1
+    assert "NULL" in kernels_lib.last_error()
+
+
+def test_tensorrt_plugin_shell_without_tensorrt():
+    """plugins/tests/pluginShellTest.cpp drives the IPluginV3 classes (creator, fields, getOutputShapes with a
+    constant-folding stand-in for TensorRT's expression builder, format checks, configure, serialisation, clone).
+    It checks our shell, not TensorRT; it is built with the plugin (nvcc + TensorRT headers)."""
+    import subprocess
+
+    exe = library.default_build_dir() / "bin" / "dcn_plugin_shell_test"
+    if not exe.is_file():
+        pytest.skip("dcn_plugin_shell_test not built (needs nvcc and TensorRT headers; run ./dev test or "
+                    "`dcn-deploy plugin build --fetch-trt-headers`)")
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 failure(s)" in proc.stdout and proc.stdout.count("ok ") >= 20
