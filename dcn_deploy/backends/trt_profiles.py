@@ -1,0 +1,298 @@
+"""TensorRT optimisation profiles as plain data: parse ``--shapes`` strings, fill in defaults, check a call's shapes.
+
+No TensorRT import: the builder turns a :class:`Profile` into ``IOptimizationProfile.set_shape`` calls and the
+runner uses :func:`check_shapes_in_profile` before ``set_input_shape``, so both are tested without a GPU.
+
+Shape strings follow trtexec: ``name:1x3x224x224``, several joined by commas
+(``x:1x3x224x224,offset:1x18x224x224``). Ours also accept ``name:MIN/OPT/MAX`` for one input's whole range
+(``x:1x3x64x64/4x3x64x64/8x3x64x64``).
+
+Defaults for dimensions the user leaves open: a dynamic dimension 0 (the batch) gets min 1, opt 1,
+max :data:`DEFAULT_MAX_BATCH`; every other dynamic dimension must be given, because no size is a safe guess
+for an image's height or width. Dimensions that share a symbolic name in the ONNX file (``N``, ``batch``, ...)
+get the same range, so giving the input image's shape is usually enough.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+
+__all__ = [
+    "DEFAULT_MAX_BATCH", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange", "check_shapes_in_profile",
+    "compute_profile", "format_shape", "onnx_input_shapes", "parse_shape", "parse_shape_specs", "parse_range_specs",
+    "profile_from_json", "profile_to_json",
+]
+
+DEFAULT_MAX_BATCH = 8
+Shape = Tuple[int, ...]
+Dim = Union[int, str, None]  # fixed size, symbolic name, or unknown
+
+
+class ProfileError(ValueError):
+    """A shape string, a profile or an input shape is wrong; the message names the tensor and the fix."""
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """A network input as the ONNX file declares it: fixed sizes are ints, dynamic ones a name or None."""
+
+    name: str
+    dims: Tuple[Dim, ...]
+
+    def is_dynamic(self, axis: int) -> bool:
+        return not isinstance(self.dims[axis], int) or self.dims[axis] < 0
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """The shapes one input may take: ``min <= opt <= max`` dimension by dimension."""
+
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def contains(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.min) and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
+
+    def to_json(self) -> Dict[str, List[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Sequence[int]]) -> "TensorRange":
+        return cls(tuple(int(v) for v in data["min"]), tuple(int(v) for v in data["opt"]),
+                   tuple(int(v) for v in data["max"]))
+
+
+Profile = Dict[str, TensorRange]  # input name -> its range (one TensorRT optimisation profile)
+
+
+# parsing -----------------------------------------------------------------------------------------------------------
+_SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
+
+
+def parse_shape(text: str, what: str = "shape") -> Shape:
+    """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``."""
+    text = text.strip().lower()
+    if not _SHAPE_RE.match(text):
+        raise ProfileError(f"{what}: {text!r} is not a shape; write the sizes joined by 'x', e.g. 1x3x224x224")
+    return tuple(int(v) for v in text.split("x"))
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _split_specs(specs: Union[str, Iterable[str], None]) -> List[Tuple[str, str]]:
+    """``"a:1x2,b:3x4"`` (or several such strings) -> ``[("a", "1x2"), ("b", "3x4")]``."""
+    if specs is None:
+        return []
+    if isinstance(specs, str):
+        specs = [specs]
+    pairs = []
+    for spec in specs:
+        for item in (s.strip() for s in spec.split(",")):
+            if not item:
+                continue
+            name, sep, shape = item.rpartition(":")  # names may contain ':'; shapes never do
+            name = name.strip().strip("'\"")
+            if not sep or not name:
+                raise ProfileError(f"shape spec {item!r} must be NAME:SHAPE, e.g. input:1x3x224x224 "
+                                   "(NAME is the ONNX input's name)")
+            pairs.append((name, shape))
+    return pairs
+
+
+def parse_shape_specs(specs: Union[str, Iterable[str], None], option: str = "--shapes") -> Dict[str, Shape]:
+    """trtexec's ``name:1x3x224x224[,name2:...]`` -> ``{name: shape}``. Repeated names are an error."""
+    out: Dict[str, Shape] = {}
+    for name, shape in _split_specs(specs):
+        if name in out:
+            raise ProfileError(f"{option}: input {name!r} is given twice")
+        out[name] = parse_shape(shape, f"{option} {name}")
+    return out
+
+
+def parse_range_specs(specs: Union[str, Iterable[str], None], option: str = "--shapes") -> Dict[str, TensorRange]:
+    """``name:SHAPE`` (min = opt = max) or ``name:MIN/OPT/MAX`` -> ``{name: TensorRange}`` (not yet validated)."""
+    out: Dict[str, TensorRange] = {}
+    for name, text in _split_specs(specs):
+        if name in out:
+            raise ProfileError(f"{option}: input {name!r} is given twice")
+        parts = text.split("/")
+        if len(parts) == 1:
+            shape = parse_shape(parts[0], f"{option} {name}")
+            out[name] = TensorRange(shape, shape, shape)
+        elif len(parts) == 3:
+            lo, opt, hi = (parse_shape(p, f"{option} {name}") for p in parts)
+            out[name] = TensorRange(lo, opt, hi)
+        else:
+            raise ProfileError(f"{option} {name}: write one shape (fixed) or three joined by '/' (MIN/OPT/MAX), "
+                               f"got {text!r}")
+    return out
+
+
+# profile computation ----------------------------------------------------------------------------------------------
+def _validate_range(inp: InputShape, rng: TensorRange, option: str) -> None:
+    rank = len(inp.dims)
+    for label, shape in (("min", rng.min), ("opt", rng.opt), ("max", rng.max)):
+        if len(shape) != rank:
+            raise ProfileError(f"{option}: input {inp.name!r} has {rank} dimensions {_describe(inp)}, "
+                               f"the {label} shape {format_shape(shape)} has {len(shape)}")
+        for axis, (declared, size) in enumerate(zip(inp.dims, shape)):
+            if size < 1:
+                raise ProfileError(f"{option}: input {inp.name!r} {label} shape {format_shape(shape)} has size "
+                                   f"{size} at dimension {axis}; sizes must be >= 1")
+            if not inp.is_dynamic(axis) and size != declared:
+                raise ProfileError(f"{option}: input {inp.name!r} dimension {axis} is fixed to {declared} in the "
+                                   f"model {_describe(inp)}, the {label} shape {format_shape(shape)} has {size}")
+    for axis, (lo, opt, hi) in enumerate(zip(rng.min, rng.opt, rng.max)):
+        if not lo <= opt <= hi:
+            raise ProfileError(f"{option}: input {inp.name!r} dimension {axis} needs min <= opt <= max, got "
+                               f"{lo} / {opt} / {hi} (shapes {format_shape(rng.min)} / {format_shape(rng.opt)} / "
+                               f"{format_shape(rng.max)})")
+
+
+def _describe(inp: InputShape) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in inp.dims) + ")"
+
+
+def _suggestion(inp: InputShape, batch: int = 1) -> str:
+    sizes = []
+    for axis, d in enumerate(inp.dims):
+        if not inp.is_dynamic(axis):
+            sizes.append(str(d))
+        elif axis == 0:
+            sizes.append(str(batch))
+        else:
+            sizes.append("<" + (d if isinstance(d, str) else f"dim{axis}") + ">")
+    return f"{inp.name}:{'x'.join(sizes)}"
+
+
+def compute_profile(inputs: Sequence[InputShape], *,
+                    shapes: Union[str, Iterable[str], None] = None,
+                    min_shapes: Union[str, Iterable[str], None] = None,
+                    opt_shapes: Union[str, Iterable[str], None] = None,
+                    max_shapes: Union[str, Iterable[str], None] = None,
+                    max_batch: int = DEFAULT_MAX_BATCH) -> Profile:
+    """One optimisation profile covering every input.
+
+    ``shapes`` are ``name:SHAPE`` or ``name:MIN/OPT/MAX`` specs; ``min_shapes``/``opt_shapes``/``max_shapes`` are
+    trtexec's three separate lists (all three must name the same inputs). Static inputs need nothing; a dynamic
+    batch dimension defaults to 1/1/``max_batch``; other dynamic dimensions come from the specs, directly or
+    through a symbolic name shared with a specified input. Raises :class:`ProfileError` naming every input
+    that is still open, with a ``--shapes`` suggestion.
+    """
+    if max_batch < 1:
+        raise ProfileError(f"max_batch must be >= 1, got {max_batch}")
+    by_name = {inp.name: inp for inp in inputs}
+    given: Dict[str, TensorRange] = dict(parse_range_specs(shapes, "--shapes"))
+    triple = [parse_shape_specs(s, opt) for s, opt in ((min_shapes, "--min-shapes"), (opt_shapes, "--opt-shapes"),
+                                                      (max_shapes, "--max-shapes"))]
+    if any(triple):
+        names = [set(t) for t in triple]
+        if not names[0] == names[1] == names[2]:
+            raise ProfileError("--min-shapes, --opt-shapes and --max-shapes must name the same inputs, got "
+                               f"{sorted(names[0])}, {sorted(names[1])} and {sorted(names[2])}")
+        for name in triple[0]:
+            if name in given:
+                raise ProfileError(f"input {name!r} is given both in --shapes and in --min/opt/max-shapes")
+            given[name] = TensorRange(triple[0][name], triple[1][name], triple[2][name])
+
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise ProfileError(f"shape given for {unknown}, which the model does not have as input; its inputs are "
+                           f"{sorted(by_name)}")
+    for name, rng in given.items():
+        _validate_range(by_name[name], rng, "--shapes")
+
+    # symbolic dimension name -> (min, opt, max) taken from the inputs the user specified
+    symbols: Dict[str, Tuple[int, int, int]] = {}
+    for name, rng in given.items():
+        for axis, d in enumerate(by_name[name].dims):
+            if isinstance(d, str) and d:
+                value = (rng.min[axis], rng.opt[axis], rng.max[axis])
+                if symbols.setdefault(d, value) != value:
+                    raise ProfileError(f"dimension {d!r} is shared by several inputs but given different ranges: "
+                                       f"{symbols[d]} and {value} (min, opt, max); make them agree")
+
+    profile: Profile = {}
+    open_inputs: List[str] = []
+    for inp in inputs:
+        if inp.name in given:
+            profile[inp.name] = given[inp.name]
+            continue
+        lo, opt, hi = [], [], []
+        complete = True
+        for axis, d in enumerate(inp.dims):
+            if not inp.is_dynamic(axis):
+                value = (d, d, d)
+            elif isinstance(d, str) and d in symbols:
+                value = symbols[d]
+            elif axis == 0:
+                value = (1, 1, max_batch)
+            else:
+                complete = False
+                break
+            lo.append(value[0]), opt.append(value[1]), hi.append(value[2])
+        if complete:
+            profile[inp.name] = TensorRange(tuple(lo), tuple(opt), tuple(hi))
+        else:
+            open_inputs.append(inp.name)
+    if open_inputs:
+        examples = ",".join(_suggestion(by_name[n]) for n in open_inputs)
+        raise ProfileError(
+            f"input(s) {open_inputs} have dynamic dimensions other than the batch "
+            f"({'; '.join(n + ' ' + _describe(by_name[n]) for n in open_inputs)}), which need a size range: give "
+            f"--shapes {examples} (one fixed shape) or NAME:MIN/OPT/MAX, or trtexec-style "
+            "--min-shapes/--opt-shapes/--max-shapes")
+    return profile
+
+
+# checking a call ---------------------------------------------------------------------------------------------------
+def check_shapes_in_profile(shapes: Mapping[str, Sequence[int]], profile: Mapping[str, TensorRange]) -> None:
+    """Raise :class:`ProfileError` if an input shape lies outside the engine's profile (names the input and range)."""
+    for name, shape in shapes.items():
+        rng = profile.get(name)
+        if rng is None:
+            raise ProfileError(f"input {name!r} is not in the engine's profile; its inputs are {sorted(profile)}")
+        shape = tuple(int(s) for s in shape)
+        if not rng.contains(shape):
+            if len(shape) != len(rng.min):
+                detail = f"it has {len(shape)} dimensions, the engine expects {len(rng.min)}"
+            else:
+                bad = [a for a, (lo, s, hi) in enumerate(zip(rng.min, shape, rng.max)) if not lo <= s <= hi]
+                detail = "dimension(s) " + ", ".join(f"{a} ({shape[a]} not in {rng.min[a]}..{rng.max[a]})"
+                                                     for a in bad)
+            raise ProfileError(
+                f"input {name!r} has shape {format_shape(shape)}, outside the engine's profile "
+                f"min {format_shape(rng.min)} .. max {format_shape(rng.max)}: {detail}. Rebuild the engine with a "
+                f"wider range (dcn-deploy build ... --shapes {name}:{format_shape(rng.min)}/"
+                f"{format_shape(rng.opt)}/<MAX>) or change the input")
+
+
+def profile_to_json(profile: Mapping[str, TensorRange]) -> Dict[str, Dict[str, List[int]]]:
+    return {name: rng.to_json() for name, rng in profile.items()}
+
+
+def profile_from_json(data: Mapping[str, Mapping[str, Sequence[int]]]) -> Profile:
+    return {name: TensorRange.from_json(rng) for name, rng in data.items()}
+
+
+
+def onnx_input_shapes(model) -> List[InputShape]:
+    """The graph inputs of an ``onnx.ModelProto`` (initialisers excluded) as :class:`InputShape`."""
+    initialisers = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in initialisers:
+            continue
+        dims: List[Dim] = []
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or None)
+        out.append(InputShape(vi.name, tuple(dims)))
+    return out
+

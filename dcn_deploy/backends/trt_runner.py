@@ -1,0 +1,441 @@
+"""The TensorRT runner: an engine file served from Python with pycuda (the common ``Runner`` interface).
+
+    with TrtRunner("model.engine") as runner:
+        outputs = runner.infer({"input": image})          # numpy in, numpy out
+        print(runner.last_stage_times())                  # host->device, compute, device->host (ms)
+
+What ``activate`` does: check the engine's sidecar (``engine_meta``: TensorRT version, GPU, plugin hash) and
+refuse a mismatch; load our plugin library into TensorRT's registry (before deserialising: the engine's plugin
+layers are recreated from it); deserialise; create one execution context, one CUDA stream, CUDA events, and
+grow-on-demand buffers (pinned host + device) per tensor.
+
+Per call: every input shape is checked against the engine's profile (a clear error outside it), set with
+``set_input_shape``; numpy inputs are copied into pinned buffers and sent with async copies; torch CUDA
+tensors are used in place (their pointer goes to ``set_tensor_address``: no host round trip); then
+``execute_async_v3`` on our stream, async copies back, one synchronise, outputs returned as numpy arrays.
+
+Threads: a runner owns one execution context, stream and set of buffers, and a lock serialises ``infer``,
+so one runner may be shared by the threads of a serving process (requests then run one at a time). For
+requests in parallel on one GPU, give each worker thread its own ``TrtRunner`` (each deserialises the engine
+and has its own context and stream). The CUDA context is the device's primary context (the one PyTorch uses),
+pushed for the duration of each call, so any thread may call.
+
+CUDA graphs (``cuda_graph=True``): for numpy inputs, the copies and the execution of one input-shape
+combination are captured once (after one ordinary run, which TensorRT needs after a shape change) and
+replayed afterwards, which removes the per-layer launch cost for small inputs. Calls with torch tensors
+(whose addresses change) run without graphs.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from .base import Runner, RunnerError, TensorMeta
+from .trt_profiles import Profile, ProfileError, TensorRange, check_shapes_in_profile
+
+__all__ = ["StageTimes", "TrtRunner"]
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """GPU times of one ``infer`` call in milliseconds, measured with CUDA events on the runner's stream."""
+
+    h2d_ms: float
+    compute_ms: float
+    d2h_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.h2d_ms + self.compute_ms + self.d2h_ms
+
+
+def _import_cuda():
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise RunnerError(
+            f"trt: pycuda is needed to run TensorRT engines but cannot be imported ({exc}). Install it with "
+            "`pip install pycuda` on a machine with the CUDA toolkit and an NVIDIA driver (it builds from source; "
+            "see the project's field notes for building without cuRAND) or use NVIDIA's TensorRT container") from exc
+    return cuda
+
+
+class _Buffer:
+    """A device allocation and a pinned host mirror, grown (never shrunk) to the largest size asked for."""
+
+    def __init__(self, cuda, dtype: np.dtype) -> None:
+        self._cuda = cuda
+        self.dtype = np.dtype(dtype)
+        self.capacity = 0
+        self.device = None
+        self.host: Optional[np.ndarray] = None
+
+    def ensure(self, count: int) -> bool:
+        """Make room for ``count`` elements; True when the buffers were reallocated (addresses changed)."""
+        count = max(int(count), 1)
+        if count <= self.capacity:
+            return False
+        self.device = self._cuda.mem_alloc(count * self.dtype.itemsize)
+        self.host = self._cuda.pagelocked_empty(count, self.dtype)
+        self.capacity = count
+        return True
+
+    @property
+    def address(self) -> int:
+        return int(self.device)
+
+
+class _CudaGraph:
+    """Stream capture through the CUDA driver API (libcuda), on a pycuda stream's handle."""
+
+    _lib = None
+
+    @classmethod
+    def _driver(cls):
+        if cls._lib is None:
+            cls._lib = ctypes.CDLL("libcuda.so.1")
+        return cls._lib
+
+    def __init__(self) -> None:
+        self.graph = ctypes.c_void_p()
+        self.exec = ctypes.c_void_p()
+
+    def begin(self, stream_handle: int) -> None:
+        # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1: other threads' CUDA calls stay legal during our capture
+        self._check(self._driver().cuStreamBeginCapture_v2(ctypes.c_void_p(stream_handle), 1), "cuStreamBeginCapture")
+
+    def end(self, stream_handle: int) -> None:
+        lib = self._driver()
+        self._check(lib.cuStreamEndCapture(ctypes.c_void_p(stream_handle), ctypes.byref(self.graph)),
+                    "cuStreamEndCapture")
+        self._check(lib.cuGraphInstantiateWithFlags(ctypes.byref(self.exec), self.graph, ctypes.c_ulonglong(0)),
+                    "cuGraphInstantiateWithFlags")
+
+    def launch(self, stream_handle: int) -> None:
+        self._check(self._driver().cuGraphLaunch(self.exec, ctypes.c_void_p(stream_handle)), "cuGraphLaunch")
+
+    def destroy(self) -> None:
+        lib = self._driver()
+        if self.exec:
+            lib.cuGraphExecDestroy(self.exec)
+            self.exec = ctypes.c_void_p()
+        if self.graph:
+            lib.cuGraphDestroy(self.graph)
+            self.graph = ctypes.c_void_p()
+
+    @staticmethod
+    def _check(result: int, call: str) -> None:
+        if result != 0:
+            raise RunnerError(f"trt: CUDA graph call {call} failed with CUDA error {result}; run with "
+                              "cuda_graph=False (some plugins or data-dependent shapes cannot be captured)")
+
+
+def _is_torch_cuda(value) -> bool:
+    return type(value).__module__.startswith("torch") and getattr(value, "is_cuda", False)
+
+
+class TrtRunner(Runner):
+    """Runs a TensorRT engine built by ``dcn-deploy build`` (or, with ``check_metadata=False``, any engine).
+
+    Args:
+        engine_path: the ``.engine`` file (its ``.engine.json`` sidecar beside it).
+        plugin_library: our plugin library; default: the path recorded at build time if it still has the
+            recorded hash, else the one ``dcn_deploy.plugin.library`` finds.
+        check_metadata: refuse engines without a sidecar, or built for another TensorRT/GPU/plugin.
+        cuda_graph: capture and replay CUDA graphs for numpy inputs (see the module docstring).
+        device: CUDA device ordinal.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: PathLike, *, plugin_library: Optional[PathLike] = None,
+                 check_metadata: bool = True, cuda_graph: bool = False, device: int = 0) -> None:
+        super().__init__()
+        self.engine_path = Path(engine_path)
+        if not self.engine_path.is_file():
+            raise FileNotFoundError(f"TensorRT engine {self.engine_path} does not exist; build it with "
+                                    "`dcn-deploy build MODEL.onnx -o ENGINE`")
+        self.plugin_library = plugin_library
+        self.check_metadata = check_metadata
+        self.cuda_graph = cuda_graph
+        self.device = device
+        self.warnings: List[str] = []
+        self._lock = threading.Lock()
+        self._inputs: Tuple[TensorMeta, ...] = ()
+        self._outputs: Tuple[TensorMeta, ...] = ()
+        self._profile: Profile = {}
+        self._last_stages: Optional[StageTimes] = None
+        self._graphs: Dict[tuple, _CudaGraph] = {}
+
+    # activation -------------------------------------------------------------------------------------------------
+    def _plugin_path_for(self, meta) -> Optional[Path]:
+        """The plugin library to load: explicit, else the recorded one when unchanged, else the discovered one."""
+        from . import engine_meta
+        from .trt_build import _find_plugin_library
+
+        if self.plugin_library is not None:
+            return _find_plugin_library(self.plugin_library)
+        if meta is not None and meta.plugin_library:
+            recorded = Path(meta.plugin_library.get("path", ""))
+            if recorded.is_file() and engine_meta.sha256_file(recorded) == meta.plugin_library.get("sha256"):
+                return recorded
+        try:
+            return _find_plugin_library(None)
+        except (FileNotFoundError, RuntimeError, ImportError):
+            if meta is not None and meta.plugin_library:
+                raise
+            return None  # an engine without our plugin layers does not need the library
+
+    def _activate(self) -> None:
+        from . import engine_meta
+        from .trt_build import BuildError, cuda_device_facts, import_tensorrt, load_plugin_library
+
+        try:
+            trt = import_tensorrt()
+        except ImportError as exc:
+            raise RunnerError(f"trt: {exc}") from exc
+        cuda = _import_cuda()
+        meta = engine_meta.read_meta(self.engine_path) if self.check_metadata else None
+        plugin = self._plugin_path_for(meta)
+        if meta is not None:
+            try:
+                gpu_name, capability = cuda_device_facts(self.device)
+            except BuildError as exc:
+                raise RunnerError(f"trt: {exc}") from exc
+            facts = engine_meta.RuntimeFacts(trt.__version__, gpu_name, capability,
+                                             engine_meta.sha256_file(plugin) if plugin else None)
+            self.warnings = engine_meta.check_compatible(meta, facts, engine_name=str(self.engine_path))
+        if plugin is not None:
+            try:
+                load_plugin_library(trt, plugin)
+            except BuildError as exc:
+                raise RunnerError(f"trt: {exc}") from exc
+
+        cuda.init()
+        self._cuda = cuda
+        self._context = cuda.Device(self.device).retain_primary_context()
+        self._context.push()
+        try:
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime = trt.Runtime(self._logger)
+            engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+            if engine is None:
+                raise RunnerError(f"trt: TensorRT could not deserialise {self.engine_path} (see its log above): it "
+                                  "was built by another TensorRT version or for another GPU, or needs a plugin that "
+                                  "is not loaded; rebuild it with `dcn-deploy build`")
+            self._engine = engine
+            self._exec = engine.create_execution_context()
+            self._stream = cuda.Stream()
+            self._events = [cuda.Event() for _ in range(4)]
+            inputs, outputs, profile = [], [], {}
+            for i in range(engine.num_io_tensors):
+                name = engine.get_tensor_name(i)
+                try:
+                    dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                except (TypeError, KeyError, ValueError) as exc:
+                    raise RunnerError(f"trt: tensor {name!r} has type {engine.get_tensor_dtype(name)}, which numpy "
+                                      "cannot hold; build the engine with float32 I/O (the default io_dtype)") from exc
+                shape = tuple(None if d < 0 else int(d) for d in engine.get_tensor_shape(name))
+                meta_t = TensorMeta(name, dtype, shape)
+                if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                    inputs.append(meta_t)
+                    lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
+                    profile[name] = TensorRange(tuple(lo), tuple(opt), tuple(hi))
+                else:
+                    outputs.append(meta_t)
+            self._inputs, self._outputs, self._profile = tuple(inputs), tuple(outputs), profile
+            self._buffers = {m.name: _Buffer(cuda, m.dtype) for m in inputs + outputs}
+        except BaseException:
+            self._context.pop()
+            self._context.detach()  # release the primary context we retained
+            raise
+        self._context.pop()
+
+    def _deactivate(self) -> None:
+        self._context.push()
+        try:
+            for graph in self._graphs.values():
+                graph.destroy()
+            self._graphs.clear()
+            # Release in dependency order: context before engine before runtime, buffers last.
+            self._exec = None
+            self._engine = None
+            self._runtime = None
+            self._buffers = {}
+        finally:
+            self._context.pop()
+            self._context.detach()
+
+    # metadata ---------------------------------------------------------------------------------------------------
+    def input_metadata(self) -> Tuple[TensorMeta, ...]:
+        """The engine's inputs; before ``activate`` they are read from the sidecar (no TensorRT needed)."""
+        if self._inputs:
+            return self._inputs
+        from . import engine_meta
+
+        try:
+            meta = engine_meta.read_meta(self.engine_path, verify_engine_hash=False)
+        except engine_meta.EngineMetaError as exc:
+            raise RunnerError(f"trt: the inputs are known after activate() (inside 'with runner:'): {exc}") from None
+        return tuple(TensorMeta(t["name"], np.dtype(t["dtype"]), tuple(None if d < 0 else d for d in t["shape"]))
+                     for t in meta.inputs)
+
+    def output_metadata(self) -> Tuple[TensorMeta, ...]:
+        return self._outputs
+
+    @property
+    def profile(self) -> Profile:
+        """The engine's optimisation profile 0: input name -> TensorRange."""
+        return dict(self._profile)
+
+    def last_stage_times(self) -> Optional[StageTimes]:
+        """Host-to-device, compute and device-to-host time of the last ``infer`` (CUDA events), or None."""
+        return self._last_stages
+
+    # inference --------------------------------------------------------------------------------------------------
+    def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
+        with self._lock:
+            self._context.push()
+            try:
+                return self._infer_locked(feed)
+            finally:
+                self._context.pop()
+
+    def _prepare_inputs(self, feed: Mapping[str, object]) -> Tuple[Dict[str, object], Dict[str, Tuple[int, ...]]]:
+        arrays: Dict[str, object] = {}
+        shapes: Dict[str, Tuple[int, ...]] = {}
+        for meta in self._inputs:
+            value = feed[meta.name]
+            if _is_torch_cuda(value):
+                value = self._check_torch(meta, value)
+            else:
+                value = np.asarray(value)
+                if value.dtype != meta.dtype:
+                    if value.dtype.kind == "f" and meta.dtype.kind == "f":
+                        value = value.astype(meta.dtype)  # float32 <-> float16 is a lossless-enough convenience
+                    else:
+                        raise RunnerError(f"trt: input {meta.name!r} has dtype {value.dtype}, the engine expects "
+                                          f"{meta.dtype}; convert it (array.astype(np.{meta.dtype.name}))")
+                value = np.ascontiguousarray(value)
+            arrays[meta.name] = value
+            shapes[meta.name] = tuple(int(s) for s in value.shape)
+        try:
+            check_shapes_in_profile(shapes, self._profile)
+        except ProfileError as exc:
+            raise RunnerError(f"trt: {exc}") from None
+        return arrays, shapes
+
+    def _check_torch(self, meta: TensorMeta, tensor):
+        import torch
+
+        want = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
+                np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}.get(meta.dtype)
+        if tensor.dtype != want:
+            raise RunnerError(f"trt: input {meta.name!r} is a torch {tensor.dtype} tensor, the engine expects "
+                              f"{want}; convert it with .to({want})")
+        if tensor.device.index not in (None, self.device):
+            raise RunnerError(f"trt: input {meta.name!r} is on cuda:{tensor.device.index}, the engine runs on "
+                              f"cuda:{self.device}; move it with .to('cuda:{self.device}')")
+        return tensor.contiguous()
+
+    def _infer_locked(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
+        ctx, stream = self._exec, self._stream
+        arrays, shapes = self._prepare_inputs(feed)
+        uses_torch = any(not isinstance(v, np.ndarray) for v in arrays.values())
+        if uses_torch:
+            import torch
+
+            # Our stream is not ordered after PyTorch's: wait for the producer of the tensors first.
+            torch.cuda.current_stream(self.device).synchronize()
+
+        reallocated = False
+        for name, shape in shapes.items():
+            if not ctx.set_input_shape(name, shape):
+                raise RunnerError(f"trt: TensorRT refused shape {shape} for input {name!r} (profile "
+                                  f"{self._profile[name].min}..{self._profile[name].max})")
+        out_shapes = {m.name: tuple(ctx.get_tensor_shape(m.name)) for m in self._outputs}
+        for name, shape in out_shapes.items():
+            if any(d < 0 for d in shape):
+                raise RunnerError(f"trt: output {name!r} has data-dependent shape {shape}; this runner needs "
+                                  "outputs whose shape follows from the input shapes")
+        for name, value in arrays.items():
+            if isinstance(value, np.ndarray):
+                reallocated |= self._buffers[name].ensure(value.size)
+        for name, shape in out_shapes.items():
+            reallocated |= self._buffers[name].ensure(int(np.prod(shape)))
+        if reallocated:
+            for graph in self._graphs.values():
+                graph.destroy()
+            self._graphs.clear()
+
+        # addresses and host staging
+        for name, value in arrays.items():
+            if isinstance(value, np.ndarray):
+                buf = self._buffers[name]
+                np.copyto(buf.host[:value.size].reshape(value.shape), value)
+                ctx.set_tensor_address(name, buf.address)
+            else:
+                ctx.set_tensor_address(name, int(value.data_ptr()))
+        for name in out_shapes:
+            ctx.set_tensor_address(name, self._buffers[name].address)
+
+        ev = self._events
+        key = tuple(sorted(shapes.items()))
+        graph = None if uses_torch or not self.cuda_graph else self._graphs.get(key)
+        if graph is not None:
+            ev[0].record(stream)
+            graph.launch(stream.handle)
+            ev[3].record(stream)
+        else:
+            ev[0].record(stream)
+            self._copy_in(arrays)
+            ev[1].record(stream)
+            if not ctx.execute_async_v3(stream.handle):
+                raise RunnerError("trt: execute_async_v3 failed (see TensorRT's log above)")
+            ev[2].record(stream)
+            self._copy_out(out_shapes)
+            ev[3].record(stream)
+        stream.synchronize()
+        if graph is None:
+            self._last_stages = StageTimes(ev[0].time_till(ev[1]), ev[1].time_till(ev[2]), ev[2].time_till(ev[3]))
+            if self.cuda_graph and not uses_torch:
+                self._capture(key, arrays, out_shapes)
+        else:
+            # A replayed graph is one unit on the GPU: report it as compute, copies included.
+            self._last_stages = StageTimes(0.0, ev[0].time_till(ev[3]), 0.0)
+        return {name: self._buffers[name].host[:int(np.prod(shape))].reshape(shape).copy()
+                for name, shape in out_shapes.items()}
+
+    def _copy_in(self, arrays: Mapping[str, object]) -> None:
+        for name, value in arrays.items():
+            if isinstance(value, np.ndarray):
+                buf = self._buffers[name]
+                self._cuda.memcpy_htod_async(buf.device, buf.host[:max(value.size, 1)], self._stream)
+
+    def _copy_out(self, out_shapes: Mapping[str, Tuple[int, ...]]) -> None:
+        for name, shape in out_shapes.items():
+            buf = self._buffers[name]
+            self._cuda.memcpy_dtoh_async(buf.host[:max(int(np.prod(shape)), 1)], buf.device, self._stream)
+
+    def _capture(self, key: tuple, arrays: Mapping[str, object], out_shapes: Mapping[str, Tuple[int, ...]]) -> None:
+        """Record copies + execution for this shape combination (after the ordinary run TensorRT needs first)."""
+        graph = _CudaGraph()
+        graph.begin(self._stream.handle)
+        try:
+            self._copy_in(arrays)
+            ok = self._exec.execute_async_v3(self._stream.handle)
+            self._copy_out(out_shapes)
+        finally:
+            graph.end(self._stream.handle)
+        if not ok:
+            graph.destroy()
+            raise RunnerError("trt: execute_async_v3 failed during CUDA graph capture; use cuda_graph=False")
+        self._graphs[key] = graph

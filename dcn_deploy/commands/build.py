@@ -1,0 +1,85 @@
+"""``dcn-deploy build``: an ONNX file -> a TensorRT engine (+ its ``.engine.json`` sidecar)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+
+@click.command("build")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Engine file to write [default: MODEL.engine beside the model]. A MODEL.engine.json sidecar "
+                   "records TensorRT version, GPU, plugin hash, precision and profile.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="fp16/bf16 convert the ONNX graph (TensorRT 11 networks are strongly typed), keeping reductions, "
+                   "softmax, normalisation and exp/log in float32.")
+@click.option("--shapes", multiple=True, metavar="NAME:SHAPE[/OPT/MAX]",
+              help="Input shapes, trtexec style: x:1x3x224x224 (fixed) or x:1x3x224x224/4x3x224x224/8x3x224x224 "
+                   "(min/opt/max); comma-separated or repeated. A dynamic batch defaults to 1..--max-batch.")
+@click.option("--min-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --minShapes.")
+@click.option("--opt-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --optShapes.")
+@click.option("--max-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --maxShapes.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Largest batch of the profile when the batch dimension is dynamic and not given in --shapes.")
+@click.option("--workspace", metavar="SIZE", default=None,
+              help="Workspace limit, e.g. 4G or 512M (a bare number is MiB) [default: TensorRT's].")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Timing cache file to read and update (makes rebuilds much faster).")
+@click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NODE",
+              help="Keep this ONNX node in float32 under --precision fp16/bf16 (repeatable).")
+@click.option("--io-dtype", type=click.Choice(["float32", "half"]), default="float32", show_default=True,
+              help="Engine input/output type under fp16/bf16: float32 (casts inside the engine) or the half type.")
+@click.option("--plugin", "plugin_library", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Our TensorRT plugin library [default: the one `dcn-deploy plugin` finds].")
+@click.option("--no-plugin", is_flag=True,
+              help="Do not route dcn_deploy nodes to our plugin (TensorRT then uses its own DeformConv plugin).")
+@click.option("--no-tf32", is_flag=True, help="Disallow TF32 in float32 layers (closer to the float32 reference).")
+@click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), default=None,
+              help="Builder optimisation level 0-5 [default: TensorRT's, 3]; higher searches longer.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def command(model_path: Path, output: Optional[Path], precision: str, shapes: Sequence[str],
+            min_shapes: Sequence[str], opt_shapes: Sequence[str], max_shapes: Sequence[str], max_batch: int,
+            workspace: Optional[str], timing_cache: Optional[Path], keep_fp32: Sequence[str], io_dtype: str,
+            plugin_library: Optional[Path], no_plugin: bool, no_tf32: bool, optimization_level: Optional[int],
+            quiet: bool) -> None:
+    """Build a TensorRT engine from MODEL.onnx (needs TensorRT 10.1+/11 and an NVIDIA GPU).
+
+    Our deformable-convolution nodes are routed to the dcn_deploy plugin library, which is loaded first.
+
+    \b
+    Examples:
+      dcn-deploy build demo.onnx -o demo.engine
+      dcn-deploy build net.onnx --precision fp16 --shapes input:1x3x512x512/4x3x512x512/8x3x512x512
+      dcn-deploy build net.onnx --precision fp16 --keep-fp32 /head/conv --timing-cache trt.cache --workspace 4G
+    """
+    from ..backends.trt_build import (BuildCancelled, BuildError, TensorRTMissingError, build_engine,
+                                      import_tensorrt, parse_size)
+    from ..backends.trt_profiles import ProfileError
+    from ..cli import CliError  # here, not at the top: cli.py imports this module while it registers commands
+
+    if workspace is not None:
+        try:
+            parse_size(workspace)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    try:
+        import_tensorrt()  # first, so a machine without TensorRT gets the install instructions at once
+    except TensorRTMissingError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        result = build_engine(
+            model_path, output, precision=precision, shapes=shapes or None, min_shapes=min_shapes or None,
+            opt_shapes=opt_shapes or None, max_shapes=max_shapes or None, max_batch=max_batch, workspace=workspace,
+            timing_cache=timing_cache, keep_fp32=keep_fp32, io_dtype=io_dtype, plugin_library=plugin_library,
+            use_plugin=not no_plugin, tf32=not no_tf32, optimization_level=optimization_level, progress=not quiet)
+    except ProfileError as exc:
+        raise CliError(str(exc)) from None
+    except BuildCancelled as exc:
+        raise click.exceptions.Exit(130) from exc
+    except BuildError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(1) from exc
+    click.echo(f"{result.engine_path} ({result.meta.precision}, TensorRT {result.meta.tensorrt_version}, "
+               f"{result.meta.gpu_name})")

@@ -1,0 +1,457 @@
+"""Convert a float32 ONNX graph to float16 or bfloat16, keeping numerically sensitive nodes in float32.
+
+TensorRT 11 builds every network strongly typed (it removed the FP16/BF16 builder flags), so a half-precision
+engine needs half-precision tensors in the ONNX graph itself. This module is that conversion, done on the
+ONNX graph alone, so it is checked on the CPU by running the result in ONNX Runtime against the float32 model.
+
+The rule (what stays float32)
+-----------------------------
+A node stays float32 when
+
+1. its op is in :data:`KEEP_FP32_OPS`: reductions and global pooling (sums of many terms lose digits and
+   overflow in half), Softmax/LogSoftmax, normalisations (mean/variance over many values), Exp, Log, Pow,
+   Sqrt, Reciprocal (range: exp(12) already overflows float16), and ops that carry pixel coordinates
+   (GridSample, RoiAlign, NonMaxSuppression, Range: float16 has a 0.5 px step above 1024 px);
+2. the caller names it (``keep_fp32_nodes``, the CLI's ``--keep-fp32 NODE``);
+3. its ONNX schema at the model's opset does not allow the half type (e.g. an op without bfloat16 before
+   opset 22) -- such nodes are listed in the report.
+
+Every other node that computes on float32 tensors runs in the half type, including ``dcn_deploy``
+DeformConv2d nodes: our TensorRT plugin reads half inputs and accumulates in float32, and the sampling
+position (base + offset) is formed in float32 inside the kernel, so offsets in half lose nothing that matters.
+
+Mechanics
+---------
+- Types are propagated through each node's schema: an input is converted only if its formal type parameter
+  allows the half type (``Resize``'s ``scales`` stay float32), and an output becomes half only if it shares
+  that type parameter with a converted input. Ops without a schema (custom domains) convert every float input
+  and output. ``Cast(to=float)`` nodes become ``Cast(to=half)``.
+- Float32 initializers and ``Constant`` nodes feeding only half consumers are converted in place (float16
+  values beyond +-65504 are clipped and counted); shared ones get a half copy.
+- A ``Cast`` is inserted wherever a tensor's type and its consumer's differ (one per tensor and type).
+- Model inputs and outputs: by default they stay float32 (``io_dtype="float32"``): the same float32 feed works
+  for every backend and for ``verify``, and the Casts at the boundary cost one pass over the input and output
+  (TensorRT fuses them into the first and last kernels when it can). ``io_dtype="half"`` makes them half, for
+  pipelines that already hold half data.
+- ``dcn_deploy`` function bodies (``model.functions``) are type-polymorphic (attributes by reference, the
+  zero bias built with CastLike) and need no change; a bfloat16 body needs the model's default opset >= 22,
+  where standard DeformConv gained bfloat16.
+- Graphs with control flow (If/Loop/Scan) are refused: their subgraphs read outer tensors by name and the
+  conversion does not rewrite them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["KEEP_FP32_OPS", "PrecisionError", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
+
+# op_type (default domain) -> why it stays float32. See the module docstring for the rule.
+KEEP_FP32_OPS: Dict[str, str] = {
+    **{op: "reduction" for op in ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2",
+                                  "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "CumSum", "GlobalAveragePool",
+                                  "GlobalLpPool", "LpPool", "Einsum")},
+    **{op: "softmax" for op in ("Softmax", "LogSoftmax")},
+    **{op: "normalisation" for op in ("BatchNormalization", "InstanceNormalization", "LayerNormalization",
+                                      "GroupNormalization", "MeanVarianceNormalization", "LpNormalization",
+                                      "RMSNormalization", "LRN")},
+    **{op: "exp/log/power range" for op in ("Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Softplus")},
+    **{op: "pixel coordinates" for op in ("GridSample", "AffineGrid", "RoiAlign", "MaxRoiPool",
+                                          "NonMaxSuppression", "Range")},
+}
+
+_HALF = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+_TYPE_STR = {TensorProto.FLOAT16: "tensor(float16)", TensorProto.BFLOAT16: "tensor(bfloat16)"}
+_FLOAT = TensorProto.FLOAT
+_FP16_MAX = 65504.0
+# Inputs whose type does not decide the output's (read as they are, never cast).
+_ANY_TYPE_INPUTS = {"Cast": (0,), "Shape": (0,), "Size": (0,), "CastLike": (0,)}
+# Data movement: they compute nothing, so they stay float32 when their input already is (no Cast round trip).
+_FOLLOW_OPS = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Gather", "Split",
+               "Expand", "Tile", "Concat", "MaxPool", "DepthToSpace", "SpaceToDepth", "Relu"}
+_CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
+_BF16_MIN_OPSET = 22
+# "tensor(float)" -> TensorProto.FLOAT, "tensor(int64)" -> TensorProto.INT64, ...
+_FIXED_TYPES = {f"tensor({name.lower()})": value for name, value in TensorProto.DataType.items() if value}
+
+
+class PrecisionError(ValueError):
+    """The model cannot be converted as asked; the message says why and what to change."""
+
+
+@dataclass
+class PrecisionReport:
+    """What :func:`convert_precision` did."""
+
+    precision: str
+    io_dtype: str
+    half_nodes: int = 0
+    kept_fp32: List[Tuple[str, str, str]] = field(default_factory=list)  # (node, op_type, reason)
+    casts_inserted: int = 0
+    initializers_converted: int = 0
+    values_clipped: int = 0
+
+    def summary(self) -> str:
+        lines = [f"precision {self.precision}: {self.half_nodes} node(s) in {self.precision}, "
+                 f"{len(self.kept_fp32)} kept in float32, {self.casts_inserted} Cast(s) inserted, "
+                 f"{self.initializers_converted} initializer(s) converted, model I/O {self.io_dtype}"]
+        if self.values_clipped:
+            lines.append(f"  warning: {self.values_clipped} constant value(s) beyond +-65504 clipped to float16's range")
+        for name, op, reason in self.kept_fp32:
+            lines.append(f"  float32: {name} ({op}): {reason}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"precision": self.precision, "io_dtype": self.io_dtype, "half_nodes": self.half_nodes,
+                "kept_fp32": [list(k) for k in self.kept_fp32], "casts_inserted": self.casts_inserted,
+                "initializers_converted": self.initializers_converted, "values_clipped": self.values_clipped}
+
+
+# value conversion ---------------------------------------------------------------------------------------------------
+def float_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 array -> uint16 bfloat16 bit patterns, rounded to nearest even (NaN stays NaN)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded).astype(np.uint16)
+
+
+def _to_half_tensor(tensor: TensorProto, half: int, name: Optional[str] = None) -> Tuple[TensorProto, int]:
+    """A half copy of a float32 TensorProto (external data must already be loaded); returns (tensor, clipped)."""
+    values = numpy_helper.to_array(tensor).astype(np.float32)
+    clipped = 0
+    if half == TensorProto.FLOAT16:
+        finite = np.isfinite(values)
+        clipped = int(np.count_nonzero(finite & (np.abs(values) > _FP16_MAX)))
+        out = numpy_helper.from_array(np.where(finite, np.clip(values, -_FP16_MAX, _FP16_MAX), values)
+                                      .astype(np.float16), name or tensor.name)
+    else:
+        out = TensorProto()
+        out.name = name or tensor.name
+        out.data_type = TensorProto.BFLOAT16
+        out.dims.extend(values.shape)
+        out.raw_data = float_to_bfloat16_bits(values).astype("<u2").tobytes()
+    out.doc_string = tensor.doc_string
+    return out, clipped
+
+
+# type propagation ---------------------------------------------------------------------------------------------------
+def _default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def _schema(node: onnx.NodeProto, opsets: Dict[str, int]):
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    version = opsets.get(domain)
+    if version is None:
+        return None
+    try:
+        return onnx.defs.get_schema(node.op_type, version, domain)
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _formal(params, index: int):
+    """The formal parameter that the ``index``-th actual input/output binds to (variadic ones repeat)."""
+    if index < len(params):
+        return params[index]
+    if params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
+        return params[-1]
+    return None
+
+
+def _slot_params(node: onnx.NodeProto, schema) -> Tuple[List[Optional[str]], List[Optional[str]], Dict[str, Set[str]]]:
+    """Type parameter (e.g. "T") or fixed type (e.g. "tensor(float)") of each input and output."""
+    if schema is None:
+        return ([None] * len(node.input), [None] * len(node.output), {})
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    ins = [getattr(_formal(schema.inputs, i), "type_str", None) for i in range(len(node.input))]
+    outs = [getattr(_formal(schema.outputs, i), "type_str", None) for i in range(len(node.output))]
+    return ins, outs, allowed
+
+
+def _known_types(model: onnx.ModelProto) -> Dict[str, int]:
+    """Element type of every tensor whose type is known, by onnx's inference plus a forward pass of our own."""
+    types: Dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - inference is a help here, the forward pass below covers what it misses
+        inferred = model
+    g = inferred.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    opsets = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in model.opset_import}
+    for node in model.graph.node:
+        if all(o in types or not o for o in node.output):
+            continue
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attribute[0] if node.attribute else None
+            if attr is not None:
+                types[node.output[0]] = (attr.t.data_type if attr.name == "value" else
+                                         _FLOAT if attr.name in ("value_float", "value_floats") else
+                                         TensorProto.INT64 if attr.name in ("value_int", "value_ints") else 0)
+            continue
+        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+            types[node.output[0]] = helper.get_attribute_value(next(a for a in node.attribute if a.name == "to"))
+            continue
+        ins, outs, allowed = _slot_params(node, _schema(node, opsets))
+        for o, out_param in zip(node.output, outs):
+            if not o or o in types:
+                continue
+            if out_param is not None and out_param in _FIXED_TYPES:
+                types[o] = _FIXED_TYPES[out_param]
+            else:
+                same = [types.get(i) for i, p in zip(node.input, ins) if i and (p == out_param or out_param is None)]
+                same = [t for t in same if t]
+                if same:
+                    types[o] = same[0]
+    return types
+
+
+# the conversion -----------------------------------------------------------------------------------------------------
+def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
+                      keep_fp32_nodes: Iterable[str] = (), keep_fp32_ops: Optional[Dict[str, str]] = None,
+                      io_dtype: str = "float32") -> Tuple[onnx.ModelProto, PrecisionReport]:
+    """Return a copy of ``model`` computing in ``precision`` ("fp16" or "bf16"; "fp32" returns a copy as is).
+
+    Args:
+        keep_fp32_nodes: node names to keep in float32 (each must exist).
+        keep_fp32_ops: op_type -> reason; defaults to :data:`KEEP_FP32_OPS`.
+        io_dtype: "float32" (model inputs/outputs stay float32, Casts at the boundary) or "half".
+    Raises :class:`PrecisionError` for unknown node names, control flow, or bf16 below opset 22 with our ops.
+    """
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise PrecisionError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+    if io_dtype not in ("float32", "half"):
+        raise PrecisionError(f"io_dtype must be 'float32' or 'half', got {io_dtype!r}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    report = PrecisionReport(precision, io_dtype)
+    if precision == "fp32":
+        return out, report
+    _register_our_schemas()
+    half = _HALF[precision]
+    keep_ops = KEEP_FP32_OPS if keep_fp32_ops is None else keep_fp32_ops
+    keep_names = set(keep_fp32_nodes)
+    g = out.graph
+    names = {n.name for n in g.node if n.name}
+    unknown = sorted(keep_names - names)
+    if unknown:
+        raise PrecisionError(f"--keep-fp32: no node named {unknown} in the model; node names look like "
+                             f"{sorted(names)[:8]} (see `dcn-deploy inspect MODEL.onnx`)")
+    for node in g.node:
+        if node.op_type in _CONTROL_FLOW or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                for a in node.attribute):
+            raise PrecisionError(f"node {node.name or node.op_type!r} ({node.op_type}) holds a subgraph; precision "
+                                 "conversion does not rewrite control flow: convert the model without it, or build "
+                                 "in fp32")
+    opsets = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in out.opset_import}
+    if precision == "bf16" and any(n.domain == "dcn_deploy" for n in g.node) and opsets.get("", 0) < _BF16_MIN_OPSET:
+        raise PrecisionError(f"bf16: the model imports ONNX opset {opsets.get('', 0)}, but the dcn_deploy function "
+                             f"bodies (standard DeformConv) have bfloat16 only from opset {_BF16_MIN_OPSET}: re-export "
+                             f"with --opset {_BF16_MIN_OPSET}, or use fp16")
+
+    types = _known_types(out)
+    half_str = _TYPE_STR[half]
+    initializers = {t.name: t for t in g.initializer}
+    constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                 and types.get(n.output[0]) == _FLOAT}
+    graph_inputs = {vi.name for vi in g.input if vi.name not in initializers}
+
+    # 1. decide, per node, which float inputs/outputs run in half.
+    # current[t]: the element type tensor t will have after conversion (sources decided lazily).
+    current: Dict[str, int] = {}
+    for vi in g.input:
+        if vi.name in graph_inputs and types.get(vi.name) == _FLOAT:
+            current[vi.name] = half if io_dtype == "half" else _FLOAT
+    wants: Dict[str, List[int]] = {}  # source (initializer/Constant) -> types its consumers want
+    # node index -> required element type per input (None: read as it is). Indices, not node objects: the
+    # node list is not reordered until step 3.
+    plan: Dict[int, List[Optional[int]]] = {}
+    for index, node in enumerate(g.node):
+        label = node.name or f"{node.op_type}#{index}"
+        if node.output and node.output[0] in constants:
+            continue  # Constant nodes are sources, decided after their consumers
+        float_ins = [i for i, t in enumerate(node.input) if t and types.get(t) == _FLOAT]
+        float_outs = [i for i, t in enumerate(node.output) if t and types.get(t) == _FLOAT]
+        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+            plan[index] = [None]
+            to = next(a for a in node.attribute if a.name == "to")
+            if to.i == _FLOAT and node.name not in keep_names:
+                to.i = half  # a cast into float32 becomes a cast into the half type
+                report.half_nodes += 1
+            for o in node.output:
+                current[o] = to.i
+            continue
+        if not float_ins and not float_outs:
+            plan[index] = [None] * len(node.input)
+            for o in node.output:
+                if o in types:
+                    current[o] = types[o]
+            continue
+        if node.domain in ("", "ai.onnx") and node.op_type in _FOLLOW_OPS:
+            produced = [current.get(node.input[i]) for i in float_ins
+                        if node.input[i] not in initializers and node.input[i] not in constants]
+            if produced and all(t == _FLOAT for t in produced):
+                required_fp32 = [_FLOAT if i in float_ins else None for i in range(len(node.input))]
+                plan[index] = required_fp32
+                for t, r in zip(node.input, required_fp32):
+                    if r is not None and (t in initializers or t in constants):
+                        wants.setdefault(t, []).append(r)
+                for o in node.output:
+                    if o in types:
+                        current[o] = types[o]
+                continue
+        schema = _schema(node, opsets)
+        ins, outs, allowed = _slot_params(node, schema)
+        reason = None
+        if node.name and node.name in keep_names:
+            reason = "named in --keep-fp32"
+        elif node.domain in ("", "ai.onnx") and node.op_type in keep_ops:
+            reason = f"rule: {keep_ops[node.op_type]}"
+        half_params: Set[Optional[str]] = set()
+        if reason is None:
+            for i in float_ins:
+                p = ins[i]
+                if schema is None:
+                    half_params.add(None)
+                elif p in allowed and half_str in allowed[p]:
+                    half_params.add(p)
+                elif p in allowed:
+                    reason = f"ONNX opset {opsets.get('', 0)} {node.op_type} has no {precision} for input {i}"
+                    break
+            if reason is None and not float_ins:
+                reason = "no float input (output type set by an attribute)"
+        if reason is not None:
+            report.kept_fp32.append((label, node.op_type, reason))
+            half_params = set()
+        else:
+            report.half_nodes += 1
+        required: List[Optional[int]] = []
+        any_type = _ANY_TYPE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+        for i, t in enumerate(node.input):
+            if not t or types.get(t) != _FLOAT or i in any_type:
+                required.append(None)
+            else:
+                required.append(half if (ins[i] in half_params) else _FLOAT)
+        plan[index] = required
+        for i, o in enumerate(node.output):
+            if not o:
+                continue
+            if types.get(o) == _FLOAT:
+                current[o] = half if (half_params and (outs[i] in half_params)) else _FLOAT
+            elif o in types:
+                current[o] = types[o]
+        for t, r in zip(node.input, required):
+            if r is not None and (t in initializers or t in constants):
+                wants.setdefault(t, []).append(r)
+
+    # 2. sources: convert initializers/Constants wanted only in half; shared ones get a half copy.
+    half_copy: Dict[str, str] = {}
+    after: Dict[int, List[onnx.NodeProto]] = {}  # index of a Constant node -> its half copy, placed right after it
+    constant_index = {n.output[0]: i for i, n in enumerate(g.node) if n.output and n.output[0] in constants}
+    for name, wanted in wants.items():
+        if half not in wanted:
+            continue
+        only_half = all(w == half for w in wanted) and name not in {o.name for o in g.output}
+        target = name if only_half else f"{name}__{precision}"
+        if name in initializers:
+            tensor, clipped = _to_half_tensor(initializers[name], half, target)
+            if only_half:
+                initializers[name].CopyFrom(tensor)
+            else:
+                g.initializer.append(tensor)
+        else:
+            node = constants[name]
+            attr = node.attribute[0]
+            source = attr.t if attr.name == "value" else numpy_helper.from_array(
+                np.asarray(helper.get_attribute_value(attr), np.float32))
+            tensor, clipped = _to_half_tensor(source, half, "")
+            if only_half:
+                del node.attribute[:]
+                node.attribute.append(helper.make_attribute("value", tensor))
+            else:
+                after[constant_index[name]] = [helper.make_node("Constant", [], [target], value=tensor,
+                                                    name=f"{node.name or name}__{precision}")]
+        report.values_clipped += clipped
+        report.initializers_converted += 1
+        current[name] = half if only_half else _FLOAT
+        if not only_half:
+            half_copy[name] = target
+    for name in list(initializers) + list(constants):
+        current.setdefault(name, _FLOAT)
+
+    # 3. rebuild the node list with a Cast wherever a tensor's type and its consumer's differ.
+    casts: Dict[Tuple[str, int], str] = {}
+    new_nodes: List[onnx.NodeProto] = []
+    suffix = {half: precision, _FLOAT: "fp32"}
+
+    def cast_to(tensor: str, to: int) -> str:
+        key = (tensor, to)
+        if key not in casts:  # one Cast per tensor and type, placed before its first consumer
+            casts[key] = f"{tensor}__to_{suffix[to]}"
+            new_nodes.append(helper.make_node("Cast", [tensor], [casts[key]], to=to,
+                                              name=f"{tensor}__cast_{suffix[to]}"))
+            report.casts_inserted += 1
+        return casts[key]
+
+    for index, node in enumerate(list(g.node)):
+        for i, (t, r) in enumerate(zip(list(node.input), plan.get(index, ()))):
+            if r is None:
+                continue
+            if r == half and t in half_copy:
+                node.input[i] = half_copy[t]
+            elif current.get(t, r) != r:
+                node.input[i] = cast_to(t, r)
+        new_nodes.append(node)
+        new_nodes.extend(after.get(index, ()))
+
+    # 4. model outputs: cast back to the requested I/O type under the original name.
+    want_out = half if io_dtype == "half" else _FLOAT
+    for vi in g.output:
+        if types.get(vi.name) not in (_FLOAT, half) or current.get(vi.name, want_out) == want_out:
+            if vi.type.tensor_type.elem_type == _FLOAT and io_dtype == "half":
+                vi.type.tensor_type.elem_type = half
+            continue
+        inner = f"{vi.name}__{suffix[current[vi.name]]}"
+        for n in new_nodes:
+            for i, t in enumerate(n.input):
+                if t == vi.name:
+                    n.input[i] = inner
+            for i, t in enumerate(n.output):
+                if t == vi.name:
+                    n.output[i] = inner
+        new_nodes.append(helper.make_node("Cast", [inner], [vi.name], to=want_out, name=f"{vi.name}__cast_out"))
+        report.casts_inserted += 1
+        vi.type.tensor_type.elem_type = want_out
+    if io_dtype == "half":
+        for vi in g.input:
+            if vi.name in graph_inputs and vi.type.tensor_type.elem_type == _FLOAT:
+                vi.type.tensor_type.elem_type = half
+
+    del g.node[:]
+    g.node.extend(new_nodes)
+    del g.value_info[:]  # stale types; shape inference recomputes them
+    return out, report
+
+
+def _register_our_schemas() -> None:
+    """Import the dcn_deploy op set (registers its schemas with onnx) when it can be imported.
+
+    Without it our nodes are still converted (ops without a schema convert every float input and output,
+    which is DeformConv2d's rule); only onnx's shape inference of them is lost.
+    """
+    try:
+        import dcn_deploy.onnx.opset  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("dcn_deploy.onnx.opset", "torch"):  # the op set reaches torch via dcn_deploy.ops
+            raise

@@ -1,0 +1,671 @@
+"""The TensorRT backend's pure parts, tested without TensorRT or a GPU.
+
+Profiles (shape strings, defaults, range checks), the engine sidecar, the precision conversion (run in ONNX
+Runtime on the CPU against the float32 model, with an accuracy report), the plugin-routing rewrite, the
+builder's progress/error/size helpers, and the missing-TensorRT paths of ``build`` and the runner.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+from dcn_deploy.backends import engine_meta
+from dcn_deploy.backends.trt_profiles import (InputShape, ProfileError, TensorRange, check_shapes_in_profile,
+                                              compute_profile, onnx_input_shapes, parse_range_specs,
+                                              parse_shape_specs)
+from dcn_deploy.onnx import opset
+from dcn_deploy.onnx.plugin_routing import RoutingError, check_plugin_fields, route_to_plugin, routed_nodes
+from dcn_deploy.onnx.precision import PrecisionError, convert_precision, float_to_bfloat16_bits
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+# test models ------------------------------------------------------------------------------------------------------
+def dcn_model(opset_version: int = 19, seed: int = 0) -> onnx.ModelProto:
+    """conv -> relu -> (offset conv, mask conv+sigmoid) -> dcn_deploy DeformConv2d -> residual add -> GAP -> fc ->
+    softmax. Input x (N, 4, 8, 8); outputs prob (N, 5) and the feature map s1 (N, 8, 8, 8)."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, shape, scale=0.3):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [init("w1", [8, 4, 3, 3]), init("b1", [8]), init("w_off", [18, 8, 3, 3], 0.05),
+             init("w_dcn", [8, 8, 3, 3]), init("b_dcn", [8]), init("w_mask", [9, 8, 3, 3], 0.1), init("fc", [8, 5])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w_off"], ["off"], pads=[1, 1, 1, 1], name="conv_offset"),
+        helper.make_node("Conv", ["r1", "w_mask"], ["m0"], pads=[1, 1, 1, 1], name="conv_mask"),
+        helper.make_node("Sigmoid", ["m0"], ["mask"], name="sigmoid_mask"),
+        helper.make_node("DeformConv2d", ["r1", "w_dcn", "off", "b_dcn", "mask"], ["d1"], domain="dcn_deploy",
+                         strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, offset_group=1, name="dcn1"),
+        helper.make_node("Add", ["d1", "r1"], ["s1"], name="residual"),
+        helper.make_node("GlobalAveragePool", ["s1"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "fc"], ["logits"], name="fc"),
+        helper.make_node("Softmax", ["logits"], ["prob"], axis=1, name="softmax"),
+    ]
+    graph = helper.make_graph(nodes, "dcn_test", [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("prob", TP.FLOAT, ["N", 5]),
+                               helper.make_tensor_value_info("s1", TP.FLOAT, ["N", 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset_version)])
+    model.ir_version = 10
+    return opset.attach_functions(model)
+
+
+def run_ort(model: onnx.ModelProto, feed: dict) -> dict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+
+
+def accuracy_report(reference: dict, candidate: dict, label: str) -> dict:
+    """Per output: max abs error, max error relative to the output's scale, and the cosine similarity."""
+    report = {}
+    for name, ref in reference.items():
+        ref = ref.astype(np.float64)
+        got = candidate[name].astype(np.float64)
+        err = np.abs(ref - got)
+        scale = max(np.abs(ref).max(), 1e-12)
+        cosine = float((ref * got).sum() / max(np.linalg.norm(ref) * np.linalg.norm(got), 1e-30))
+        report[name] = {"max_abs": float(err.max()), "max_rel_to_scale": float(err.max() / scale),
+                        "mean_abs": float(err.mean()), "cosine": cosine}
+    print(f"\naccuracy {label}:")
+    for name, r in report.items():
+        print(f"  {name:6s} max_abs {r['max_abs']:.3e}  max/scale {r['max_rel_to_scale']:.3e}  "
+              f"mean_abs {r['mean_abs']:.3e}  cosine {r['cosine']:.8f}")
+    return report
+
+
+def tensor_types(model: onnx.ModelProto) -> dict:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    g = inferred.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    types.update({vi.name: vi.type.tensor_type.elem_type for vi in list(g.input) + list(g.output) + list(g.value_info)})
+    return types
+
+
+# profiles ---------------------------------------------------------------------------------------------------------
+class TestShapeStrings:
+    def test_trtexec_style_list(self):
+        assert parse_shape_specs("x:1x3x224x224,offset:1x18x224x224") == {
+            "x": (1, 3, 224, 224), "offset": (1, 18, 224, 224)}
+        assert parse_shape_specs(["a:2x3", "b:4"]) == {"a": (2, 3), "b": (4,)}
+
+    def test_names_with_colons_and_quotes(self):
+        assert parse_shape_specs("'input:0':1x3") == {"input:0": (1, 3)}
+
+    def test_range_forms(self):
+        ranges = parse_range_specs("x:1x3x64x64/4x3x64x64/8x3x64x64,y:2x2")
+        assert ranges["x"] == TensorRange((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64))
+        assert ranges["y"] == TensorRange((2, 2), (2, 2), (2, 2))
+
+    @pytest.mark.parametrize("bad, words", [("x:1x3xa", "not a shape"), ("1x3", "NAME:SHAPE"),
+                                            ("x:1x2/3x4", "MIN/OPT/MAX"), ("x:1,x:2", "twice")])
+    def test_errors_name_the_problem(self, bad, words):
+        with pytest.raises(ProfileError, match=words):
+            parse_range_specs(bad)
+
+
+class TestComputeProfile:
+    inputs = [InputShape("x", ("N", 4, "H", "W")), InputShape("offset", ("N", 18, "H", "W")),
+              InputShape("scale", (1,))]
+
+    def test_shared_symbols_fill_other_inputs(self):
+        profile = compute_profile(self.inputs, shapes="x:1x4x32x32/2x4x64x64/4x4x128x128")
+        assert profile["offset"] == TensorRange((1, 18, 32, 32), (2, 18, 64, 64), (4, 18, 128, 128))
+        assert profile["scale"] == TensorRange((1,), (1,), (1,))
+
+    def test_dynamic_batch_defaults(self):
+        profile = compute_profile([InputShape("x", (None, 3, 16, 16))], max_batch=6)
+        assert profile["x"] == TensorRange((1, 3, 16, 16), (1, 3, 16, 16), (6, 3, 16, 16))
+
+    def test_open_spatial_dims_ask_for_shapes(self):
+        with pytest.raises(ProfileError) as info:
+            compute_profile(self.inputs)
+        message = str(info.value)
+        assert "'x'" in message and "'offset'" in message and "--shapes x:1x4x<H>x<W>" in message
+
+    def test_trtexec_triple(self):
+        profile = compute_profile(self.inputs[:2], min_shapes="x:1x4x8x8,offset:1x18x8x8",
+                                  opt_shapes="x:2x4x8x8,offset:2x18x8x8", max_shapes="x:3x4x8x8,offset:3x18x8x8")
+        assert profile["x"].max == (3, 4, 8, 8) and profile["offset"].opt == (2, 18, 8, 8)
+
+    def test_triple_must_name_the_same_inputs(self):
+        with pytest.raises(ProfileError, match="same inputs"):
+            compute_profile(self.inputs, min_shapes="x:1x4x8x8", opt_shapes="x:1x4x8x8",
+                            max_shapes="offset:1x18x8x8")
+
+    @pytest.mark.parametrize("spec, words", [
+        ("x:1x4x8", "has 4 dimensions"),
+        ("x:1x5x8x8", "fixed to 4"),
+        ("x:1x4x8x8/1x4x4x4/1x4x8x8", "min <= opt <= max"),
+        ("y:1x2", "does not have as input"),
+        ("x:0x4x8x8", ">= 1"),
+    ])
+    def test_bad_ranges(self, spec, words):
+        with pytest.raises(ProfileError, match=words):
+            compute_profile(self.inputs, shapes=spec)
+
+    def test_conflicting_shared_symbol(self):
+        with pytest.raises(ProfileError, match="shared"):
+            compute_profile(self.inputs, shapes="x:1x4x8x8,offset:1x18x16x16")
+
+    def test_from_onnx_model(self):
+        shapes = onnx_input_shapes(dcn_model())
+        assert shapes == [InputShape("x", ("N", 4, 8, 8))]
+        assert compute_profile(shapes)["x"] == TensorRange((1, 4, 8, 8), (1, 4, 8, 8), (8, 4, 8, 8))
+
+
+class TestShapeCheck:
+    profile = {"x": TensorRange((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 128, 128))}
+
+    def test_inside_passes(self):
+        check_shapes_in_profile({"x": (3, 3, 100, 32)}, self.profile)
+
+    def test_outside_names_the_dimension_and_fix(self):
+        with pytest.raises(ProfileError) as info:
+            check_shapes_in_profile({"x": (8, 3, 64, 200)}, self.profile)
+        message = str(info.value)
+        assert "0 (8 not in 1..4)" in message and "3 (200 not in 32..128)" in message
+        assert "dcn-deploy build" in message
+
+    def test_rank_and_unknown_input(self):
+        with pytest.raises(ProfileError, match="3 dimensions"):
+            check_shapes_in_profile({"x": (1, 3, 32)}, self.profile)
+        with pytest.raises(ProfileError, match="not in the engine"):
+            check_shapes_in_profile({"y": (1,)}, self.profile)
+
+
+# engine metadata ---------------------------------------------------------------------------------------------------
+def make_meta(engine, **changes) -> engine_meta.EngineMeta:
+    fields = dict(engine_sha256=engine_meta.sha256_file(engine), tensorrt_version="10.14.1.48",
+                  gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0), precision="fp16",
+                  profiles=[{"x": TensorRange((1, 4, 8, 8), (2, 4, 8, 8), (8, 4, 8, 8))}],
+                  source_model={"path": "m.onnx", "sha256": "ab" * 32},
+                  plugin_library={"path": "/x/libdcn_deploy_plugin.so", "sha256": "cd" * 32},
+                  inputs=[{"name": "x", "dtype": "float32", "shape": [-1, 4, 8, 8]}])
+    fields.update(changes)
+    return engine_meta.EngineMeta(**fields)
+
+
+class TestEngineMeta:
+    @pytest.fixture
+    def engine(self, tmp_path, rng):
+        path = tmp_path / "m.engine"
+        path.write_bytes(rng.integers(0, 255, 4096, dtype=np.uint8).tobytes())
+        return path
+
+    def test_roundtrip_atomic(self, engine):
+        meta = make_meta(engine)
+        path = engine_meta.write_meta(engine, meta)
+        assert path.name == "m.engine.json"
+        assert sorted(p.name for p in engine.parent.iterdir()) == ["m.engine", "m.engine.json"]  # no temp files
+        back = engine_meta.read_meta(engine)
+        assert back.to_json() == meta.to_json()
+        assert back.profiles[0]["x"].max == (8, 4, 8, 8) and back.compute_capability == (9, 0)
+
+    def test_sidecar_of_another_engine_is_refused(self, engine):
+        engine_meta.write_meta(engine, make_meta(engine))
+        engine.write_bytes(b"rebuilt by someone else")
+        with pytest.raises(engine_meta.EngineMetaError, match="replaced after the build"):
+            engine_meta.read_meta(engine)
+
+    def test_missing_damaged_and_foreign(self, engine):
+        with pytest.raises(engine_meta.EngineMetaError, match="no metadata file"):
+            engine_meta.read_meta(engine)
+        sidecar = engine_meta.meta_path_for(engine)
+        sidecar.write_text("{not json")
+        with pytest.raises(engine_meta.EngineMetaError, match="JSON"):
+            engine_meta.read_meta(engine)
+        data = make_meta(engine).to_json()
+        sidecar.write_text(json.dumps({**data, "format": 99}))
+        with pytest.raises(engine_meta.EngineMetaError, match="format 99"):
+            engine_meta.read_meta(engine)
+        del data["gpu_name"]
+        sidecar.write_text(json.dumps(data))
+        with pytest.raises(engine_meta.EngineMetaError, match="gpu_name"):
+            engine_meta.read_meta(engine)
+
+    def test_bad_precision_rejected(self, engine):
+        with pytest.raises(engine_meta.EngineMetaError, match="precision"):
+            make_meta(engine, precision="int8")
+
+    def test_compatible_machine(self, engine):
+        meta = make_meta(engine)
+        facts = engine_meta.RuntimeFacts("10.14.1.99", "NVIDIA H100 80GB HBM3", (9, 0), "cd" * 32)
+        assert engine_meta.check_compatible(meta, facts) == []  # the build number does not matter
+
+    def test_other_gpu_model_same_capability_is_a_warning(self, engine):
+        facts = engine_meta.RuntimeFacts("10.14.1.48", "NVIDIA H200", (9, 0), "cd" * 32)
+        warnings = engine_meta.check_compatible(make_meta(engine), facts)
+        assert len(warnings) == 1 and "H200" in warnings[0]
+
+    @pytest.mark.parametrize("facts, words", [
+        (("11.4.0.1", "NVIDIA H100 80GB HBM3", (9, 0), "cd" * 32), "TensorRT 10.14.1.48"),
+        (("10.14.1.48", "NVIDIA L4", (8, 9), "cd" * 32), "compute capability 9.0"),
+        (("10.14.1.48", "NVIDIA H100 80GB HBM3", (9, 0), "ef" * 32), "another plugin library"),
+        (("10.14.1.48", "NVIDIA H100 80GB HBM3", (9, 0), None), "no plugin library"),
+    ])
+    def test_mismatches_are_refused_with_the_rebuild_command(self, engine, facts, words):
+        with pytest.raises(engine_meta.EngineMismatchError) as info:
+            engine_meta.check_compatible(make_meta(engine), engine_meta.RuntimeFacts(*facts), engine_name="m.engine")
+        assert words in str(info.value) and "dcn-deploy build m.onnx -o m.engine --precision fp16" in str(info.value)
+
+    def test_engine_without_plugin_needs_no_library(self, engine):
+        facts = engine_meta.RuntimeFacts("10.14.1.48", "NVIDIA H100 80GB HBM3", (9, 0), None)
+        assert engine_meta.check_compatible(make_meta(engine, plugin_library=None), facts) == []
+
+
+# precision conversion ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def models():
+    model = dcn_model()
+    half, report = convert_precision(model, "fp16")
+    return model, half, report
+
+
+class TestPrecisionFp16:
+    def test_valid_model_with_the_documented_rule(self, models):
+        _, half, report = models
+        onnx.checker.check_model(half, full_check=True)
+        kept = {name: reason for name, _, reason in report.kept_fp32}
+        assert kept == {"gap": "rule: reduction", "softmax": "rule: softmax"}
+        types = tensor_types(half)
+        assert types["x"] == TP.FLOAT and types["prob"] == TP.FLOAT and types["s1"] == TP.FLOAT  # I/O float32
+        dcn = next(n for n in half.graph.node if n.op_type == "DeformConv2d")
+        assert {types[t] for t in dcn.input} | {types[dcn.output[0]]} == {TP.FLOAT16}
+        gap = next(n for n in half.graph.node if n.name == "gap")
+        assert types[gap.input[0]] == TP.FLOAT and types[gap.output[0]] == TP.FLOAT
+        weights = {t.name: t.data_type for t in half.graph.initializer}
+        assert weights["w_dcn"] == TP.FLOAT16 and weights["fc"] == TP.FLOAT16
+        # Flatten follows its float32 input (GAP's) instead of casting to half and back.
+        flatten = next(n for n in half.graph.node if n.name == "flatten")
+        assert types[flatten.output[0]] == TP.FLOAT
+
+    def test_runs_in_onnxruntime_close_to_float32(self, models, rng):
+        model, half, _ = models
+        feed = {"x": rng.standard_normal((2, 4, 8, 8)).astype(np.float32)}
+        reference, got = run_ort(model, feed), run_ort(half, feed)
+        report = accuracy_report(reference, got, "fp16 vs fp32 (ONNX Runtime CPU)")
+        assert got["prob"].dtype == np.float32
+        for name, r in report.items():
+            assert r["max_rel_to_scale"] < 3e-3, (name, r)
+            assert r["cosine"] > 0.99999, (name, r)
+        # and the conversion really computes in half: not bit-identical to float32
+        assert report["s1"]["max_abs"] > 0
+
+    def test_keep_named_nodes(self, rng):
+        model = dcn_model()
+        half, report = convert_precision(model, "fp16", keep_fp32_nodes=["conv_offset"])
+        types = tensor_types(half)
+        conv = next(n for n in half.graph.node if n.name == "conv_offset")
+        assert types[conv.input[0]] == TP.FLOAT and types[conv.output[0]] == TP.FLOAT
+        assert ("conv_offset", "Conv", "named in --keep-fp32") in report.kept_fp32
+        feed = {"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)}
+        accuracy_report(run_ort(model, feed), run_ort(half, feed), "fp16, conv_offset kept in fp32")
+
+    def test_unknown_node_name_is_an_error(self):
+        with pytest.raises(PrecisionError, match="no node named \\['nope'\\]"):
+            convert_precision(dcn_model(), "fp16", keep_fp32_nodes=["nope"])
+
+    def test_half_io(self, rng):
+        model = dcn_model()
+        half, report = convert_precision(model, "fp16", io_dtype="half")
+        assert report.io_dtype == "half"
+        types = tensor_types(half)
+        assert types["x"] == TP.FLOAT16 and types["prob"] == TP.FLOAT16 and types["s1"] == TP.FLOAT16
+        x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+        got = run_ort(half, {"x": x.astype(np.float16)})
+        assert got["s1"].dtype == np.float16
+        accuracy_report(run_ort(model, {"x": x}), got, "fp16 with half I/O")
+
+    def test_fp32_is_an_unchanged_copy(self):
+        model = dcn_model()
+        same, report = convert_precision(model, "fp32")
+        assert same is not model and same.SerializeToString() == model.SerializeToString()
+        assert report.half_nodes == 0
+
+
+def small_graph(nodes, inputs, outputs, inits=(), opset_version=19):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset_version)])
+    model.ir_version = 10
+    return model
+
+
+class TestPrecisionMechanics:
+    def test_shared_initializer_gets_a_half_copy(self, rng):
+        c = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "c")
+        model = small_graph(
+            [helper.make_node("Add", ["x", "c"], ["a"], name="add"),
+             helper.make_node("ReduceSum", ["c"], ["s"], keepdims=0, name="sum")],
+            [helper.make_tensor_value_info("x", TP.FLOAT, [3, 4])],
+            [helper.make_tensor_value_info("a", TP.FLOAT, [3, 4]), helper.make_tensor_value_info("s", TP.FLOAT, [])],
+            [c])
+        half, report = convert_precision(model, "fp16")
+        onnx.checker.check_model(half, full_check=True)
+        inits = {t.name: t.data_type for t in half.graph.initializer}
+        assert inits == {"c": TP.FLOAT, "c__fp16": TP.FLOAT16}
+        x = rng.standard_normal((3, 4)).astype(np.float32)
+        ref, got = run_ort(model, {"x": x}), run_ort(half, {"x": x})
+        np.testing.assert_allclose(got["s"], ref["s"], rtol=1e-6)  # the reduction really stayed float32
+        np.testing.assert_allclose(got["a"], ref["a"], atol=5e-3)
+
+    def test_shared_constant_node_gets_a_half_copy(self, rng):
+        value = rng.standard_normal((3, 4)).astype(np.float32)
+        model = small_graph(
+            [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(value), name="const"),
+             helper.make_node("Mul", ["x", "c"], ["a"], name="mul"),
+             helper.make_node("ReduceSum", ["c"], ["s"], keepdims=0, name="sum")],
+            [helper.make_tensor_value_info("x", TP.FLOAT, [3, 4])],
+            [helper.make_tensor_value_info("a", TP.FLOAT, [3, 4]), helper.make_tensor_value_info("s", TP.FLOAT, [])])
+        half, report = convert_precision(model, "fp16")
+        onnx.checker.check_model(half, full_check=True)
+        assert [n.name for n in half.graph.node][:2] == ["const", "const__fp16"]
+        types = tensor_types(half)
+        assert types["c"] == TP.FLOAT and types["c__fp16"] == TP.FLOAT16
+        x = rng.standard_normal((3, 4)).astype(np.float32)
+        ref, got = run_ort(model, {"x": x}), run_ort(half, {"x": x})
+        np.testing.assert_allclose(got["s"], ref["s"], rtol=1e-6)
+        np.testing.assert_allclose(got["a"], ref["a"], atol=5e-3)
+
+    def test_out_of_range_constants_are_clipped_and_counted(self):
+        k = numpy_helper.from_array(np.array([1e5, -2.0], np.float32), "k")
+        model = small_graph([helper.make_node("Mul", ["x", "k"], ["y"], name="mul")],
+                            [helper.make_tensor_value_info("x", TP.FLOAT, [2])],
+                            [helper.make_tensor_value_info("y", TP.FLOAT, [2])], [k])
+        half, report = convert_precision(model, "fp16")
+        assert report.values_clipped == 1 and "clipped" in report.summary()
+        got = run_ort(half, {"x": np.array([0.5, 1.5], np.float32)})["y"]
+        np.testing.assert_allclose(got, [32752.0, -3.0])
+
+    def test_fixed_float_inputs_stay_float32(self, rng):
+        # Resize's 'scales' is tensor(float) in the schema: it must not be cast to half.
+        scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+        model = small_graph([helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear", name="up")],
+                            [helper.make_tensor_value_info("x", TP.FLOAT, [1, 2, 3, 3])],
+                            [helper.make_tensor_value_info("y", TP.FLOAT, [1, 2, 6, 6])], [scales])
+        half, _ = convert_precision(model, "fp16")
+        assert {t.name: t.data_type for t in half.graph.initializer} == {"scales": TP.FLOAT}
+        onnx.checker.check_model(half, full_check=True)
+        x = rng.standard_normal((1, 2, 3, 3)).astype(np.float32)
+        np.testing.assert_allclose(run_ort(half, {"x": x})["y"], run_ort(model, {"x": x})["y"], atol=5e-3)
+
+    def test_cast_to_float_becomes_cast_to_half(self):
+        model = small_graph([helper.make_node("Cast", ["i"], ["f"], to=TP.FLOAT, name="cast"),
+                             helper.make_node("Mul", ["f", "f"], ["y"], name="sq")],
+                            [helper.make_tensor_value_info("i", TP.INT64, [3])],
+                            [helper.make_tensor_value_info("y", TP.FLOAT, [3])])
+        half, report = convert_precision(model, "fp16")
+        cast = next(n for n in half.graph.node if n.name == "cast")
+        assert helper.get_attribute_value(cast.attribute[0]) == TP.FLOAT16
+        assert report.casts_inserted == 1  # only the one back to the float32 output
+        np.testing.assert_array_equal(run_ort(half, {"i": np.array([1, 2, 30])})["y"], [1, 4, 900])
+
+    def test_control_flow_is_refused(self):
+        then = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
+                                 [helper.make_tensor_value_info("t", TP.FLOAT, [1])])
+        model = small_graph([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=then, name="if")],
+                            [helper.make_tensor_value_info("c", TP.BOOL, []),
+                             helper.make_tensor_value_info("x", TP.FLOAT, [1])],
+                            [helper.make_tensor_value_info("y", TP.FLOAT, [1])])
+        with pytest.raises(PrecisionError, match="subgraph"):
+            convert_precision(model, "fp16")
+
+
+class TestPrecisionBf16:
+    def test_bits_round_to_nearest_even(self):
+        values = np.array([1.0, -2.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, np.inf, np.nan], np.float32)
+        bits = float_to_bfloat16_bits(values)
+        assert list(bits[:5]) == [0x3F80, 0xC000, 0x3F80, 0x3F82, 0x7F80]  # ties go to even
+        assert bits[5] & 0x7F80 == 0x7F80 and bits[5] & 0x7F  # NaN stays NaN
+
+    def test_small_graph_in_the_reference_evaluator(self, rng):
+        from onnx.reference import ReferenceEvaluator
+
+        w = numpy_helper.from_array(rng.standard_normal((6, 6)).astype(np.float32), "w")
+        model = small_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Softmax", ["r"], ["y"], axis=1, name="softmax")],
+            [helper.make_tensor_value_info("x", TP.FLOAT, [4, 6])],
+            [helper.make_tensor_value_info("y", TP.FLOAT, [4, 6])], [w], opset_version=22)
+        half, report = convert_precision(model, "bf16")
+        onnx.checker.check_model(half, full_check=True)
+        assert {t.name: t.data_type for t in half.graph.initializer} == {"w": TP.BFLOAT16}
+        assert [k[0] for k in report.kept_fp32] == ["softmax"]
+        x = rng.standard_normal((4, 6)).astype(np.float32)
+        ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
+        got = ReferenceEvaluator(half).run(None, {"x": x})[0]
+        r = accuracy_report({"y": ref}, {"y": np.asarray(got, np.float32)}, "bf16 vs fp32 (onnx reference)")["y"]
+        assert 0 < r["max_abs"] < 2e-2
+
+    def test_dcn_needs_opset_22(self):
+        with pytest.raises(PrecisionError, match="opset 22"):
+            convert_precision(dcn_model(19), "bf16")
+        half, _ = convert_precision(dcn_model(22), "bf16")
+        onnx.checker.check_model(half, full_check=True)
+        types = tensor_types(half)
+        dcn = next(n for n in half.graph.node if n.op_type == "DeformConv2d")
+        assert types[dcn.output[0]] == TP.BFLOAT16 and types["s1"] == TP.FLOAT
+
+
+# plugin routing ----------------------------------------------------------------------------------------------------
+class TestPluginRouting:
+    def test_our_nodes_get_the_namespace(self):
+        model = dcn_model()
+        routed, count = route_to_plugin(model)
+        assert count == 1
+        assert routed_nodes(routed) == [("dcn1 (dcn_deploy::DeformConv2d)", "dcn_deploy")]
+        assert routed_nodes(model) == [("dcn1 (dcn_deploy::DeformConv2d)", None)]  # the input is untouched
+        # function bodies (standard DeformConv) are not touched
+        assert all(not any(a.name == "plugin_namespace" for a in n.attribute)
+                   for f in routed.functions for n in f.node)
+        onnx.checker.check_model(routed, full_check=True)
+
+    def test_idempotent_and_version(self):
+        once, _ = route_to_plugin(dcn_model())
+        twice, _ = route_to_plugin(once, version="1")
+        node = next(n for n in twice.graph.node if n.op_type == "DeformConv2d")
+        names = [a.name for a in node.attribute]
+        assert names.count("plugin_namespace") == 1 and names.count("plugin_version") == 1
+
+    def test_routed_model_still_runs_in_onnxruntime(self, rng):
+        model = dcn_model()
+        routed, _ = route_to_plugin(model)
+        feed = {"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)}
+        np.testing.assert_array_equal(run_ort(routed, feed)["s1"], run_ort(model, feed)["s1"])
+
+    def test_attributes_the_plugin_would_drop_are_reported(self):
+        model = dcn_model()
+        node = next(n for n in model.graph.node if n.op_type == "DeformConv2d")
+        node.attribute.append(helper.make_attribute("deform_groups", 2))
+        problems = check_plugin_fields(model)
+        assert len(problems) == 1 and "deform_groups" in problems[0] and "offset_group" in problems[0]
+        with pytest.raises(RoutingError, match="deform_groups"):
+            route_to_plugin(model)
+        _, count = route_to_plugin(model, strict=False)
+        assert count == 1
+
+    def test_ops_without_a_plugin_stay_unrouted(self):
+        from dcn_deploy.onnx.plugin_routing import unrouted_ops, used_ops
+
+        model = dcn_model()
+        next(n for n in model.graph.node if n.op_type == "DeformConv2d").op_type = "DeformRoIPool2d"
+        assert check_plugin_fields(model) == [] and unrouted_ops(model) == ["DeformRoIPool2d"]
+        routed, count = route_to_plugin(model)
+        assert count == 0 and routed_nodes(routed) == [("dcn1 (dcn_deploy::DeformRoIPool2d)", None)]
+        # with a registry that has the plugin (fields as the builder reads them), it is routed
+        routed, count = route_to_plugin(model, fields={"DeformRoIPool2d": ("pooled_height",)}, strict=False)
+        assert count == 1 and used_ops(routed) == ["DeformRoIPool2d"]
+
+    def test_prepare_onnx_converts_then_routes(self):
+        from dcn_deploy.backends.trt_build import prepare_onnx
+
+        prepared, report, routed = prepare_onnx(dcn_model(), precision="fp16", keep_fp32=["conv1"])
+        assert routed == 1 and report.precision == "fp16"
+        dcn = next(n for n in prepared.graph.node if n.op_type == "DeformConv2d")
+        assert any(a.name == "plugin_namespace" for a in dcn.attribute)
+        assert tensor_types(prepared)[dcn.output[0]] == TP.FLOAT16
+
+
+# builder helpers ---------------------------------------------------------------------------------------------------
+class TestBuilderHelpers:
+    def test_parse_size(self):
+        from dcn_deploy.backends.trt_build import parse_size
+
+        assert parse_size("4G") == 4 << 30 and parse_size("512M") == 512 << 20 and parse_size("1024") == 1 << 30
+        assert parse_size("1.5GiB") == 3 << 29 and parse_size(256) == 256 << 20
+        with pytest.raises(ValueError, match="--workspace"):
+            parse_size("lots")
+
+    def test_parser_errors_with_plugin_hint(self):
+        from dcn_deploy.backends.trt_build import format_parser_errors
+
+        text = format_parser_errors([{"desc": "Assertion failed: creator: Plugin not found, are the plugin name, "
+                                              "version, and namespace correct?", "code": "UNSUPPORTED_NODE",
+                                      "node": 5, "node_name": "dcn1", "op": "DeformConv2d"}], "m.onnx")
+        assert "node 'dcn1' op DeformConv2d" in text and "[UNSUPPORTED_NODE]" in text
+        assert "hint:" in text and "--plugin" in text
+
+    def test_progress_lines_throttle_and_cancel(self):
+        from dcn_deploy.backends.trt_build import BuildProgress
+
+        lines, now = [], [0.0]
+        progress = BuildProgress(lines.append, min_interval=1.0, clock=lambda: now[0])
+        progress.phase_start("Building engine", None, 3)
+        progress.phase_start("Tactic selection", "Building engine", 10)
+        for step in range(10):
+            now[0] += 0.4
+            assert progress.step_complete("Tactic selection", step) is True
+        progress.phase_finish("Tactic selection")
+        progress.phase_finish("Building engine")
+        assert lines[0] == "[build] Building engine (3 steps)"
+        assert lines[1] == "[build]   Tactic selection (10 steps)"
+        steps = [l for l in lines if "/10" in l]
+        assert 2 <= len(steps) <= 4 and steps[0].startswith("[build]   Tactic selection ")
+        assert lines[-1] == "[build] Building engine done (4.0 s)"
+        progress.cancel()
+        assert progress.step_complete("anything", 0) is False
+
+    def test_progress_is_thread_safe(self):
+        from dcn_deploy.backends.trt_build import BuildProgress
+
+        lines = []
+        progress = BuildProgress(lines.append, min_interval=0.0)
+
+        def phase(i):
+            progress.phase_start(f"p{i}", None, 50)
+            for s in range(50):
+                progress.step_complete(f"p{i}", s)
+            progress.phase_finish(f"p{i}")
+
+        threads = [threading.Thread(target=phase, args=(i,)) for i in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert sum(l.endswith("done (0.0 s)") or "done" in l for l in lines) == 8
+        assert len(lines) == 8 * (1 + 49 + 1)
+
+
+# without TensorRT ---------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(HAS_TENSORRT, reason="checks the path for machines without TensorRT; tensorrt is installed")
+class TestWithoutTensorRT:
+    def test_build_command_says_what_to_install(self, tmp_path):
+        from click.testing import CliRunner
+
+        from dcn_deploy.cli import main
+
+        model = tmp_path / "m.onnx"
+        onnx.save(dcn_model(), model)
+        result = CliRunner().invoke(main, ["build", str(model), "-o", str(tmp_path / "m.engine"),
+                                           "--precision", "fp16"])
+        assert result.exit_code == 2, result.output
+        for words in ("TensorRT is not installed", "pip install tensorrt", "tensorrt-cu12",
+                      "nvcr.io/nvidia/tensorrt", "dcn-deploy[tensorrt]"):
+            assert words in result.output
+        assert not (tmp_path / "m.engine").exists()
+
+    def test_build_command_checks_options_first(self, tmp_path):
+        from click.testing import CliRunner
+
+        from dcn_deploy.cli import main
+
+        model = tmp_path / "m.onnx"
+        onnx.save(dcn_model(), model)
+        result = CliRunner().invoke(main, ["build", str(model), "--workspace", "plenty"])
+        assert result.exit_code == 2 and "--workspace" in result.output
+
+    def test_library_call_raises_an_import_error_with_the_hint(self, tmp_path):
+        import dcn_deploy
+        from dcn_deploy.backends.trt_build import TensorRTMissingError
+
+        with pytest.raises(TensorRTMissingError, match="pip install tensorrt"):
+            dcn_deploy.build_engine(tmp_path / "missing.onnx", tmp_path / "m.engine")
+
+    def test_runner_activation_names_what_is_missing(self, tmp_path):
+        from dcn_deploy.backends.base import RunnerError
+        from dcn_deploy.backends.trt_runner import TrtRunner
+
+        engine = tmp_path / "m.engine"
+        engine.write_bytes(b"\x01\x02")
+        engine_meta.write_meta(engine, make_meta(engine))
+        runner = TrtRunner(engine)
+        # The inputs are known from the sidecar before activation, without TensorRT.
+        (meta,) = runner.input_metadata()
+        assert meta.name == "x" and meta.shape == (None, 4, 8, 8) and meta.dtype == np.float32
+        with pytest.raises(RunnerError, match="TensorRT is not installed"):
+            runner.activate()
+        with pytest.raises(FileNotFoundError, match="dcn-deploy build"):
+            TrtRunner(tmp_path / "absent.engine")
+
+
+class TestTrtRunnerInputChecks:
+    """The runner's own input validation (before any TensorRT call), on a runner whose engine facts are set by hand."""
+
+    @pytest.fixture
+    def runner(self, tmp_path):
+        from dcn_deploy.backends.base import TensorMeta
+        from dcn_deploy.backends.trt_runner import TrtRunner
+
+        engine = tmp_path / "m.engine"
+        engine.write_bytes(b"\x00")
+        runner = TrtRunner(engine, check_metadata=False)
+        runner._inputs = (TensorMeta("x", np.dtype(np.float32), (None, 4, 8, 8)),)
+        runner._profile = {"x": TensorRange((1, 4, 8, 8), (2, 4, 8, 8), (4, 4, 8, 8))}
+        return runner
+
+    def test_float_inputs_are_converted_and_made_contiguous(self, runner, rng):
+        x = rng.standard_normal((2, 8, 8, 4)).transpose(0, 3, 1, 2)  # float64, not contiguous
+        arrays, shapes = runner._prepare_inputs({"x": x})
+        assert arrays["x"].dtype == np.float32 and arrays["x"].flags.c_contiguous
+        assert shapes == {"x": (2, 4, 8, 8)}
+        np.testing.assert_array_equal(arrays["x"], x.astype(np.float32))
+
+    def test_outside_the_profile(self, runner, rng):
+        from dcn_deploy.backends.base import RunnerError
+
+        with pytest.raises(RunnerError, match="outside the engine's profile min 1x4x8x8 .. max 4x4x8x8"):
+            runner._prepare_inputs({"x": rng.standard_normal((5, 4, 8, 8)).astype(np.float32)})
+
+    def test_integer_data_for_a_float_input(self, runner):
+        from dcn_deploy.backends.base import RunnerError
+
+        with pytest.raises(RunnerError, match="dtype int64, the engine expects float32"):
+            runner._prepare_inputs({"x": np.ones((1, 4, 8, 8), np.int64)})
+
+    def test_infer_outside_with_block(self, runner):
+        from dcn_deploy.backends.base import RunnerError
+
+        with pytest.raises(RunnerError, match="inside 'with runner:'"):
+            runner.infer({"x": np.zeros((1, 4, 8, 8), np.float32)})
