@@ -1,0 +1,191 @@
+"""Load a user's checkpoint (torchvision, mmdetection or our own) into a zoo model and say what did not match.
+
+No weights are ever downloaded: the user gives a file (or a state_dict) they already have. Key names are matched
+after stripping a wrapper (``state_dict``/``model``), a ``module.`` (DataParallel) prefix and a ``backbone.``
+prefix (mmdetection), and after adding the model's own ``backbone.`` prefix where it has one (DeepLab, R-FCN);
+the combination that matches the most tensors wins. Tensors whose shapes differ (a 1000-class ``fc`` into a
+21-class head) are skipped and listed, never loaded half-way.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from dcn_deploy.ops.modules import upgrade_mmcv_state_dict
+
+__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict"]
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
+_STRIP_PREFIXES = ("", "module.", "backbone.", "module.backbone.", "model.", "model.backbone.")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be read, or does not fit the model well enough; the message says what to do."""
+
+
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint was loaded. ``unexpected`` holds the checkpoint's own key names, the
+    other lists the model's."""
+
+    source: str
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    stripped_prefix: str = ""
+    added_prefix: str = ""
+
+    @property
+    def missing_offsets(self) -> List[str]:
+        """Missing offset-branch tensors: expected for ImageNet weights, they start at zero (the paper's init)."""
+        return [k for k in self.missing if ".conv_offset." in k]
+
+    @property
+    def missing_other(self) -> List[str]:
+        return [k for k in self.missing if ".conv_offset." not in k]
+
+    @property
+    def complete(self) -> bool:
+        """True when every tensor of the model came from the checkpoint except the zero-initialised offsets."""
+        return not self.missing_other and not self.mismatched
+
+    def summary(self, limit: int = 8) -> str:
+        """A few readable lines; long key lists are grouped by their top-level module and cut at ``limit``."""
+        lines = [f"loaded {len(self.loaded)} tensors from {self.source}"
+                 + (f" (stripped prefix {self.stripped_prefix!r})" if self.stripped_prefix else "")
+                 + (f" (added prefix {self.added_prefix!r})" if self.added_prefix else "")]
+        if self.missing_offsets:
+            lines.append(f"missing, kept at zero (the paper's initialisation of offsets): {len(self.missing_offsets)} "
+                         f"offset-branch tensors in {_group(self.missing_offsets, limit)}")
+        if self.missing_other:
+            lines.append(f"MISSING, kept at their random initial values: {len(self.missing_other)} tensors: "
+                         f"{_listing(self.missing_other, limit)}")
+        if self.mismatched:
+            shown = ", ".join(f"{k} (checkpoint {tuple(a)} vs model {tuple(b)})" for k, a, b in self.mismatched[:limit])
+            more = f", ... {len(self.mismatched) - limit} more" if len(self.mismatched) > limit else ""
+            lines.append(f"SHAPE MISMATCH, skipped (e.g. a classifier with another class count): {shown}{more}")
+        if self.unexpected:
+            lines.append(f"unused (in the checkpoint, not in the model): {len(self.unexpected)} tensors in "
+                         f"{_group(self.unexpected, limit)}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _group(keys: List[str], limit: int) -> str:
+    counts: Dict[str, int] = {}
+    for key in keys:
+        parts = key.split(".")
+        head = ".".join(parts[:2]) if parts[0].startswith("layer") else parts[0]
+        counts[head] = counts.get(head, 0) + 1
+    items = [f"{k} ({n})" for k, n in counts.items()]
+    return ", ".join(items[:limit]) + (f", ... {len(items) - limit} more groups" if len(items) > limit else "")
+
+
+def _listing(keys: List[str], limit: int) -> str:
+    return ", ".join(keys[:limit]) + (f", ... {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def read_state_dict(checkpoint: Union[str, os.PathLike, Mapping[str, object]], trusted: bool = False
+                    ) -> Dict[str, torch.Tensor]:
+    """Return the tensors of a checkpoint file or mapping, unwrapping ``{"state_dict": ...}``/``{"model": ...}``.
+
+    Files are read with ``torch.load(weights_only=True)``; a checkpoint that stores other Python objects (old
+    mmdetection ``meta``) needs ``trusted=True``, which runs its pickle: only for files you trust.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        path = os.fspath(checkpoint)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint file {path} does not exist; give the path of a .pth/.pt file")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=not trusted)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure gets the same advice
+            if trusted:
+                raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+            raise CheckpointError(
+                f"cannot read checkpoint {path} with torch.load(weights_only=True): {exc}. If it stores more than "
+                "tensors (e.g. mmdetection 'meta') and you trust the file, pass trusted=True") from exc
+    else:
+        data = checkpoint
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(data).__name__}, expected a state_dict (a dict of tensors) "
+                              "or a dict with one under 'state_dict' or 'model'")
+    for key in _WRAPPER_KEYS:
+        inner = data.get(key)
+        if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            data = inner
+            break
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"checkpoint has no tensors (top-level keys: {sorted(data)[:10]}); expected a state_dict")
+    return tensors
+
+
+def _rename(state: Mapping[str, torch.Tensor], strip: str, add: str) -> Dict[str, torch.Tensor]:
+    return {add + k[len(strip):]: v for k, v in state.items() if k.startswith(strip)}
+
+
+def _best_renaming(state: Mapping[str, torch.Tensor], model_keys: set, prefix: Optional[Tuple[str, str]]
+                   ) -> Tuple[str, str]:
+    if prefix is not None:
+        return prefix
+    adds = [""] + sorted({k.split(".")[0] + "." for k in model_keys if k.startswith("backbone.")})
+    best, best_hits = ("", ""), -1
+    for strip in _STRIP_PREFIXES:
+        for add in adds:
+            hits = sum(1 for k in _rename(state, strip, add) if k in model_keys)
+            if hits > best_hits:
+                best, best_hits = (strip, add), hits
+    return best
+
+
+def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, object]],
+                    prefix: Optional[Tuple[str, str]] = None, strict: bool = False, trusted: bool = False,
+                    verbose: bool = False) -> LoadReport:
+    """Load ``checkpoint`` into ``model`` and return a :class:`LoadReport` (``print(report)`` for a summary).
+
+    Args:
+        model: a zoo model (``ResNet``, ``DeepLab``, ``RFCN``) or any module.
+        checkpoint: a file path or a state_dict / ``{"state_dict": ...}`` mapping: torchvision's ImageNet
+            weights, an mmdetection checkpoint (its ``backbone.*`` tensors are used) or one saved from a zoo model.
+        prefix: ``(strip, add)`` to rename keys explicitly; None finds the renaming that matches most tensors.
+        strict: raise :class:`CheckpointError` unless every tensor except the zero-initialised offsets was loaded.
+        trusted: allow a full unpickle of the file (see :func:`read_state_dict`).
+        verbose: print the summary.
+    """
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "the given state_dict"
+    state = upgrade_mmcv_state_dict(read_state_dict(checkpoint, trusted=trusted))
+    own = model.state_dict()
+    strip, add = _best_renaming(state, set(own), prefix)
+    renamed = _rename(state, strip, add)
+
+    report = LoadReport(source=source, stripped_prefix=strip, added_prefix=add)
+    loadable = {}
+    for key, value in renamed.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        else:
+            loadable[key] = value
+    if not any(k in own for k in loadable) and not any(".conv_offset_mask." in k for k in loadable):
+        raise CheckpointError(
+            f"no tensor of {source} matches the model (checkpoint keys look like {sorted(state)[:3]}, the model's "
+            f"like {sorted(own)[:3]}); pass prefix=(strip, add) to rename them")
+    result = model.load_state_dict(loadable, strict=False)
+    skipped = {m[0] for m in report.mismatched}
+    report.missing = [k for k in result.missing_keys if k not in skipped]
+    original = {add + k[len(strip):]: k for k in state if k.startswith(strip)}
+    report.unexpected = ([original.get(k, k) for k in result.unexpected_keys]
+                         + sorted(k for k in state if not k.startswith(strip)))
+    missing = set(report.missing)
+    report.loaded = [k for k in own if k not in missing and k not in skipped]
+    if verbose:
+        print(report.summary())
+    if strict and not report.complete:
+        raise CheckpointError(f"checkpoint does not cover the model (strict=True):\n{report.summary()}")
+    return report

@@ -1,0 +1,327 @@
+"""The model zoo: every model builds and runs at small sizes, the ResNet is torchvision-compatible by name and
+shape, zero-initialised offsets make a deformable model equal its plain twin, and checkpoints load as promised."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dcn_deploy.models import zoo
+from dcn_deploy.models.checkpoint import CheckpointError, load_checkpoint
+from dcn_deploy.models.deeplab import DeepLab
+from dcn_deploy.models.resnet import ResNet
+from dcn_deploy.models.rfcn import RFCNHead, roi_pool_available
+
+needs_roi_pool = pytest.mark.skipif(not roi_pool_available(),
+                                    reason="dcn_deploy.ops.roi_pool.deform_psroi_pool is not available yet")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # On a busy 2-core machine, 2 OpenMP threads make these small convolutions ~20x slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ---- torchvision's names, written out from the ResNet definition (torchvision cannot be imported here) -------------
+def torchvision_resnet_keys(blocks):
+    keys = ["conv1.weight"] + _bn("bn1")
+    for stage, count in enumerate(blocks, start=1):
+        for b in range(count):
+            prefix = f"layer{stage}.{b}."
+            for i in (1, 2, 3):
+                keys += [f"{prefix}conv{i}.weight"] + _bn(f"{prefix}bn{i}")
+            if b == 0:
+                keys += [f"{prefix}downsample.0.weight"] + _bn(f"{prefix}downsample.1")
+    return keys + ["fc.weight", "fc.bias"]
+
+
+def _bn(name):
+    return [f"{name}.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+
+
+RESNET50_BLOCKS, RESNET101_BLOCKS = (3, 4, 6, 3), (3, 4, 23, 3)
+
+
+def randomise(model, seed=0):
+    """Random weights and BatchNorm statistics, so eval-mode BatchNorm is not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point() or ".conv_offset." in name:
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=g))
+            elif name.endswith("running_mean") or name.endswith("bias"):
+                tensor.copy_(0.1 * torch.randn(tensor.shape, generator=g))
+            elif tensor.dim() == 1:  # BatchNorm scale
+                tensor.copy_(0.5 + 0.5 * torch.rand(tensor.shape, generator=g))
+            else:
+                fan_in = tensor[0].numel()
+                tensor.copy_(torch.randn(tensor.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+    return model
+
+
+def close(a, b, rtol=1e-4):
+    scale = b.abs().max().item()
+    return (a - b).abs().max().item() <= rtol * max(scale, 1e-6)
+
+
+# ---- registry -----------------------------------------------------------------------------------------------------
+def test_registry_has_the_papers_networks_and_their_plain_twins():
+    listed = zoo.names()
+    for name in ("resnet50_dcn_c5", "resnet50_dcnv2_c3c5", "resnet101_dcn_c5", "deeplab_resnet50_dcn",
+                 "rfcn_resnet50_dcn", "resnet50_plain", "deeplab_resnet50_plain", "rfcn_resnet50_plain"):
+        assert name in listed
+    for name in listed:
+        entry = zoo.get(name)
+        assert entry.description
+        if entry.deformable:
+            twin = zoo.get(entry.plain)
+            assert not twin.deformable and twin.task == entry.task and twin.input_names == entry.input_names
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(KeyError, match="resnet50_dcn_c5"):
+        zoo.get("resnet50_dcn")
+
+
+def test_example_inputs_are_seeded_and_rois_lie_inside_the_image():
+    entry = zoo.get("rfcn_resnet50_dcn")
+    image, rois = entry.example_inputs(batch=2, size=(48, 80))
+    again, rois_again = entry.example_inputs(batch=2, size=(48, 80))
+    assert image.shape == (2, 3, 48, 80) and torch.equal(image, again) and torch.equal(rois, rois_again)
+    assert rois.shape == (8, 5) and set(rois[:, 0].tolist()) == {0.0, 1.0}
+    assert (rois[:, 1] >= 0).all() and (rois[:, 3] <= 79).all() and (rois[:, 2] >= 0).all() and (rois[:, 4] <= 47).all()
+    assert (rois[:, 3] - rois[:, 1] >= 8).all() and (rois[:, 4] - rois[:, 2] >= 8).all()
+    (single,) = zoo.get("resnet50_plain").example_inputs()
+    assert single.shape == (1, 3, 64, 64) and single.std() > 0.5
+    with pytest.raises(ValueError, match="at least 32x32"):
+        zoo.get("resnet50_plain").example_inputs(size=(16, 16))
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.names() if zoo.get(n).task != "detection"])
+def test_every_model_builds_and_runs_at_small_size(name):
+    entry = zoo.get(name)
+    model = entry.build()
+    (image,) = entry.example_inputs(batch=1)
+    with torch.no_grad():
+        out = model(image)
+    expected = (1, 1000) if entry.task == "classification" else (1, 21, 64, 64)
+    assert tuple(out.shape) == expected and torch.isfinite(out).all()
+    assert bool(model.backbone.deformable_layers() if hasattr(model, "backbone") else model.deformable_layers()) \
+        == entry.deformable
+
+
+@needs_roi_pool
+@pytest.mark.parametrize("name", [n for n in zoo.names() if zoo.get(n).task == "detection" and "101" not in n])
+def test_detection_models_build_and_run(name):
+    entry = zoo.get(name)
+    model = entry.build(num_classes=5)
+    image, rois = entry.example_inputs(batch=2)
+    with torch.no_grad():
+        scores, boxes = model(image, rois)
+    assert scores.shape == (8, 5) and boxes.shape == (8, 8)
+    assert torch.isfinite(scores).all() and torch.isfinite(boxes).all()
+
+
+# ---- torchvision compatibility ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("depth, blocks, params", [(50, RESNET50_BLOCKS, 25_557_032), (101, RESNET101_BLOCKS, 44_549_160)])
+def test_plain_resnet_matches_torchvision_names_and_parameter_count(depth, blocks, params):
+    model = ResNet(depth, deform_stages=())
+    assert list(model.state_dict()) == torchvision_resnet_keys(blocks)
+    # torchvision's documented parameter counts for resnet50 / resnet101
+    assert sum(p.numel() for p in model.parameters()) == params
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["conv1.weight"] == (64, 3, 7, 7)
+    assert shapes["layer2.0.conv2.weight"] == (128, 128, 3, 3)
+    assert shapes["layer4.0.downsample.0.weight"] == (2048, 1024, 1, 1)
+    assert shapes["fc.weight"] == (1000, 2048)
+
+
+@pytest.mark.parametrize("stages, last, version, expected_layers", [
+    ((5,), None, "v1", ["layer4.0", "layer4.1", "layer4.2"]),
+    ((5,), 2, "v1", ["layer4.1", "layer4.2"]),
+    ((3, 4, 5), None, "v2", [f"layer2.{i}" for i in range(4)] + [f"layer3.{i}" for i in range(6)]
+     + [f"layer4.{i}" for i in range(3)]),
+])
+def test_deformable_resnet_adds_only_offset_keys(stages, last, version, expected_layers):
+    model = ResNet(50, deform_stages=stages, deform_last_blocks=last, deform_version=version)
+    assert model.deformable_layers() == [f"{layer}.conv2" for layer in expected_layers]
+    keys = list(model.state_dict())
+    extra = [k for k in keys if k not in set(torchvision_resnet_keys(RESNET50_BLOCKS))]
+    assert sorted(extra) == sorted(f"{layer}.conv2.conv_offset.{s}" for layer in expected_layers for s in ("weight", "bias"))
+    assert set(torchvision_resnet_keys(RESNET50_BLOCKS)) <= set(keys)
+    per_point = 2 if version == "v1" else 3
+    offset = model.state_dict()[f"{expected_layers[-1]}.conv2.conv_offset.weight"]
+    assert offset.shape == (per_point * 9, 512, 3, 3) and not offset.any()  # zero-initialised
+
+
+# ---- zero offsets: deformable == plain on the same weights ----------------------------------------------------------
+def test_v1_model_with_zero_offsets_equals_plain_model_on_the_same_weights():
+    torch.manual_seed(0)
+    plain = randomise(ResNet(50, num_classes=10, deform_stages=())).eval()
+    dcn = ResNet(50, num_classes=10, deform_stages=(3, 4, 5)).eval()
+    report = load_checkpoint(dcn, plain.state_dict())
+    assert report.complete and not report.unexpected and len(report.missing_offsets) == 2 * 13
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = plain(image), dcn(image)
+    assert close(got, expected), (got - expected).abs().max()
+    # and the offsets are really used: non-zero offsets change the output
+    with torch.no_grad():
+        dcn.layer4[1].conv2.conv_offset.bias.copy_(torch.randn(18, generator=torch.Generator().manual_seed(2)))
+        moved = dcn(image)
+    assert not close(moved, expected, rtol=1e-2)
+
+
+def test_v2_model_with_zero_offsets_is_plain_with_half_the_3x3_weights():
+    # v2's mask starts at sigmoid(0) = 0.5, so doubling the deformable weights recovers the plain network.
+    plain = randomise(ResNet(50, num_classes=10, deform_stages=())).eval()
+    dcn = ResNet(50, num_classes=10, deform_stages=(5,), deform_version="v2").eval()
+    state = dict(plain.state_dict())
+    for layer in dcn.deformable_layers():
+        state[f"{layer}.weight"] = 2 * state[f"{layer}.weight"]
+    load_checkpoint(dcn, state, strict=True)
+    image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert close(dcn(image), plain(image))
+
+
+def test_dilated_deeplab_dcn_equals_plain_and_keeps_output_stride_16():
+    plain = randomise(DeepLab(50, num_classes=5, deform_stages=()), seed=4).eval()
+    dcn = DeepLab(50, num_classes=5, deform_stages=(5,)).eval()
+    report = load_checkpoint(dcn, plain.state_dict(), strict=True)
+    assert len(report.missing_offsets) == 6
+    image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert dcn.backbone(image).shape == (1, 2048, 4, 6)  # output stride 16
+        out = dcn(image)
+        assert out.shape == (1, 5, 64, 96)
+        assert close(out, plain(image))
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------------
+def test_torchvision_checkpoint_file_loads_into_deeplab_backbone(tmp_path):
+    source = randomise(ResNet(50, deform_stages=()), seed=6)
+    path = tmp_path / "resnet50.pth"
+    torch.save(source.state_dict(), path)
+    model = DeepLab(50, deform_stages=(5,))
+    report = load_checkpoint(model, path)
+    assert report.added_prefix == "backbone." and report.unexpected == ["fc.weight", "fc.bias"]
+    assert len(report.missing_offsets) == 6
+    # only the new head is missing besides the offsets
+    assert report.missing_other and all(k.startswith(("head.", "classifier.")) for k in report.missing_other)
+    assert torch.equal(model.backbone.layer3[2].conv2.weight, source.layer3[2].conv2.weight)
+    assert torch.equal(model.backbone.layer4[0].conv2.weight, source.layer4[0].conv2.weight)  # deformable, same name
+    text = report.summary()
+    assert "offset-branch" in text and "MISSING" in text and "fc" in text
+
+
+def test_mmdetection_checkpoint_with_wrapper_prefix_and_old_offset_names(tmp_path):
+    source = randomise(ResNet(50, num_classes=None, deform_stages=(5,), deform_version="v2"), seed=7)
+    with torch.no_grad():
+        source.layer4[0].conv2.conv_offset.weight.normal_(generator=torch.Generator().manual_seed(8))
+    state = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    # older mmcv names the v2 offset branch conv_offset_mask
+    for s in ("weight", "bias"):
+        state[f"backbone.layer4.0.conv2.conv_offset_mask.{s}"] = state.pop(f"backbone.layer4.0.conv2.conv_offset.{s}")
+    state["neck.lateral.weight"] = torch.ones(3)
+    path = tmp_path / "mmdet.pth"
+    torch.save({"meta": {"mmdet_version": "2.28.2", "epoch": 12}, "state_dict": state}, path)
+    model = ResNet(50, num_classes=None, deform_stages=(5,), deform_version="v2")
+    report = load_checkpoint(model, path, strict=True)
+    assert report.stripped_prefix == "backbone." and report.unexpected == ["neck.lateral.weight"]
+    assert torch.equal(model.layer4[0].conv2.conv_offset.weight, source.layer4[0].conv2.conv_offset.weight)
+
+
+def test_own_dataparallel_checkpoint_and_class_count_mismatch():
+    source = randomise(ResNet(50, deform_stages=(5,)), seed=9)
+    state = {"model": {f"module.{k}": v for k, v in source.state_dict().items()}}
+    model = ResNet(50, num_classes=21, deform_stages=(5,))
+    report = load_checkpoint(model, state)
+    assert report.stripped_prefix == "module."
+    assert [m[0] for m in report.mismatched] == ["fc.weight", "fc.bias"] and not report.missing
+    assert "SHAPE MISMATCH" in report.summary() and "(1000, 2048)" in report.summary()
+    assert not report.complete
+    with pytest.raises(CheckpointError, match="strict=True"):
+        load_checkpoint(model, state, strict=True)
+
+
+def test_unreadable_or_unrelated_checkpoints_give_clear_errors(tmp_path):
+    model = ResNet(50, num_classes=None, deform_stages=())
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(model, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="no tensor .* matches the model"):
+        load_checkpoint(model, {"encoder.block.weight": torch.ones(2)})
+    with pytest.raises(CheckpointError, match="no tensors"):
+        load_checkpoint(model, {"epoch": 3})
+
+
+def test_bad_arguments_name_the_option():
+    with pytest.raises(ValueError, match="depth"):
+        ResNet(34)
+    with pytest.raises(ValueError, match="deform_version"):
+        ResNet(50, deform_version="v3")
+    with pytest.raises(ValueError, match="deform_stages"):
+        ResNet(50, deform_stages=(6,))
+
+
+# ---- R-FCN head -------------------------------------------------------------------------------------------------------
+@needs_roi_pool
+def test_rfcn_head_with_zero_offsets_equals_plain_head():
+    g = torch.Generator().manual_seed(10)
+    features = torch.randn(2, 64, 6, 8, generator=g)
+    rois = torch.tensor([[0, 4.0, 4.0, 60.0, 40.0], [1, 10.0, 20.0, 90.0, 80.0], [0, 0.0, 0.0, 127.0, 95.0]])
+    kwargs = dict(in_channels=64, num_classes=4, hidden_channels=32, group_size=3, sample_per_part=2)
+    plain = RFCNHead(deformable=False, **kwargs).eval()
+    dcn = RFCNHead(deformable=True, **kwargs).eval()
+    report = load_checkpoint(dcn, plain.state_dict())
+    assert sorted(report.missing) == sorted(f"{c}.{s}" for c in ("cls_offset_conv", "bbox_offset_conv")
+                                            for s in ("weight", "bias"))
+    with torch.no_grad():
+        for conv in (plain.conv_new, plain.cls_conv, plain.bbox_conv):
+            conv.weight.normal_(generator=g)
+        dcn.load_state_dict(plain.state_dict(), strict=False)
+        expected, got = plain(features, rois), dcn(features, rois)
+        assert got[0].shape == (3, 4) and got[1].shape == (3, 8)
+        assert close(got[0], expected[0]) and close(got[1], expected[1])
+        dcn.cls_offset_conv.bias.normal_(generator=g)
+        moved = dcn(features, rois)
+        assert not close(moved[0], expected[0], rtol=1e-3) and close(moved[1], expected[1])
+
+
+def test_rfcn_rejects_badly_shaped_rois():
+    head = RFCNHead(in_channels=8, num_classes=2, hidden_channels=4, group_size=2)
+    with pytest.raises(ValueError, match=r"rois must be \(R, 5\)"):
+        head(torch.randn(1, 8, 4, 4), torch.randn(3, 4))
+
+
+# ---- the cost report's counting ---------------------------------------------------------------------------------------
+def _zoo_report_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_report.py"
+    spec = importlib.util.spec_from_file_location("zoo_report", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("zoo_report", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cost_counts_add_exactly_the_offset_branches_and_sampling():
+    report = _zoo_report_module()
+    (image,) = zoo.get("resnet50_plain").example_inputs(size=(64, 64))
+    plain = report.count_cost(zoo.get("resnet50_plain").build(), (image,))
+    dcn = report.count_cost(zoo.get("resnet50_dcn_c5").build(), (image,))
+    # three offset convolutions 512 -> 18 channels, 3x3, with bias
+    assert dcn.params - plain.params == 3 * (512 * 9 * 18 + 18)
+    # c5 runs at 2x2 for a 64x64 input: offsets 18 x 2x2 x 512x9 MACs per layer, sampling 4 per sampled value
+    assert dcn.offset_macs == 3 * 18 * 4 * 512 * 9
+    assert dcn.sampling_macs == 3 * 4 * (512 * 9 * 4)
+    # the deformable GEMMs replace the plain 3x3 convolutions MAC for MAC
+    assert dcn.conv_macs + dcn.deform_gemm_macs - dcn.offset_macs == plain.conv_macs
+    assert plain.deform_gemm_macs == plain.sampling_macs == 0

@@ -1,0 +1,86 @@
+"""Zoo round trips: PyTorch -> ONNX (dcn_deploy.onnx.export) -> ONNX Runtime (OrtRunner) within tolerance.
+
+Small sizes keep these at a few seconds of export each; the segmentation and detection ones are marked slow.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from dcn_deploy.models import zoo
+from dcn_deploy.models.rfcn import roi_pool_available
+
+pytest.importorskip("onnxruntime")
+export_module = pytest.importorskip("dcn_deploy.onnx.export", reason="dcn_deploy.onnx.export is not available")
+from dcn_deploy.backends.ort_runner import OrtRunner  # noqa: E402
+
+RTOL = ATOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def round_trip(name, tmp_path, **build_kwargs):
+    entry = zoo.get(name)
+    model = entry.build(**build_kwargs)
+    inputs = entry.example_inputs(batch=1)
+    path = tmp_path / f"{name}.onnx"
+    # Random values make meaningless RoIs (batch indices out of range): detectors verify on the zoo's own inputs.
+    verify_inputs = [entry.example_inputs(batch=1, seed=s) for s in (0, 5)] if entry.needs_roi_pool else None
+    report = export_module.export(model, inputs, path, require_deformable=entry.deformable,
+                                  verify_inputs=verify_inputs)
+    assert report.verified, str(report)
+    # An independent check through the runner users call, on the example and on fresh inputs (another seed).
+    with OrtRunner(path, threads=1) as runner:
+        names = [meta.name for meta in runner.input_metadata()]
+        for seed in (0, 11):
+            feed = entry.example_inputs(batch=1, seed=seed)
+            with torch.no_grad():
+                expected = model(*feed)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            outputs = runner.infer({n: t.numpy() for n, t in zip(names, feed)})
+            assert len(outputs) == len(expected)
+            for got, want in zip(outputs.values(), expected):
+                want = want.numpy()
+                assert got.shape == want.shape and np.abs(want).max() > 0
+                np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL * max(1.0, float(np.abs(want).max())))
+    return report
+
+
+def test_resnet50_dcn_c5_round_trip(tmp_path):
+    report = round_trip("resnet50_dcn_c5", tmp_path, num_classes=10)
+    assert sum(report.op_counts.values()) == 3  # the three deformable 3x3 layers of c5
+
+
+@pytest.mark.slow
+def test_deeplab_resnet50_dcn_round_trip(tmp_path):
+    report = round_trip("deeplab_resnet50_dcn", tmp_path, num_classes=5)
+    assert sum(report.op_counts.values()) == 3
+
+
+def _roi_export_missing():
+    """Why the R-FCN round trip cannot run, or None: it needs the op and its ONNX export."""
+    if not roi_pool_available():
+        return "dcn_deploy.ops.roi_pool.deform_psroi_pool is not available"
+    try:
+        importlib.import_module("dcn_deploy.onnx.roi_opset")
+    except ImportError as exc:
+        return f"deformable PS RoI pooling has no ONNX export here (dcn_deploy.onnx.roi_opset: {exc})"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_roi_export_missing() is not None, reason=str(_roi_export_missing()))
+def test_rfcn_resnet50_dcn_round_trip(tmp_path):
+    report = round_trip("rfcn_resnet50_dcn", tmp_path, num_classes=5, group_size=3, sample_per_part=2,
+                        hidden_channels=64)
+    # 3 deformable convolutions; 4 PS RoI poolings (offsets for scores and boxes, then scores and boxes)
+    assert sorted(report.op_counts.values()) == [3, 4], report.op_counts
