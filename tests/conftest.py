@@ -14,3 +14,11 @@ def _seed_torch():
         return
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def rng():
+    """A numpy generator with a fixed seed, fresh for each test."""
+    import numpy as np
+
+    return np.random.default_rng(0)

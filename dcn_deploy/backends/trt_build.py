@@ -322,9 +322,9 @@ def _load_plugins(trt, logger, model, plugin_library, *, rtx: bool, say: Callabl
     if plugin_library is not False and ours:
         if rtx:
             _check_rtx_parser_can_import_plugins()
-        # DeformConv2d must reach our plugin; ops without a plugin yet fall back to their function bodies.
-        routed_lib = load_plugin_library(trt, plugin_library,
-                                         required_creators=[op for op in ours if op == "DeformConv2d"])
+        # Every op of ours the model uses must reach our plugin (the library has one for each); an older library
+        # without one is refused here rather than silently falling back to a slower function body.
+        routed_lib = load_plugin_library(trt, plugin_library, required_creators=sorted(ours))
         fields = plugin_fields_from_registry(trt, ours)
         say(f"[build] plugin library {routed_lib}: plugins for {sorted(fields)}")
         for op in sorted(set(ours) - set(fields)):

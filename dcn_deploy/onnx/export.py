@@ -169,7 +169,9 @@ def _check_opset(opset, dtypes: set) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 def _translation_table(standard: bool, opset: int) -> dict:
-    import dcn_deploy.ops  # noqa: F401 - registers torch.ops.dcn_deploy.*
+    from dcn_deploy.ops import register_torch_ops
+
+    register_torch_ops()
 
     table = {}
     for definition in dcn_opset.definitions():

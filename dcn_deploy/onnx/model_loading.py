@@ -157,6 +157,9 @@ def _is_windows_drive(text: str) -> bool:
 def _load_program(path: Path) -> LoadedModel:
     if not path.is_file():
         raise FileNotFoundError(f"torch.export program {path}: no such file")
+    from dcn_deploy.ops import register_torch_ops
+
+    register_torch_ops()  # the program may call torch.ops.dcn_deploy.*, which must exist before it loads
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # torch raises several types for a bad archive

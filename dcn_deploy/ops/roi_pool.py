@@ -34,8 +34,10 @@ output channel ctop, bin (i, j) of a pooled_size x pooled_size grid (P = pooled_
 
 Both: rois (K, 5) rows (batch index, x1, y1, x2, y2) in input-image coordinates, in the input's dtype; the batch
 index is truncated toward zero as the reference kernels do and must lie in [0, N). Autograd flows to ``input`` and
-to ``offset``/``trans`` (never to rois): the gradient is the exact derivative of the forward above (the reference
-CUDA kernels differ only on the measure-zero set where a sample sits exactly on a pixel or on the clamp).
+to ``offset``/``trans`` (never to rois): the gradient is the exact derivative of the forward above. The reference
+CUDA kernels' offset gradients differ in one place: for a sample clamped onto the border (up to one pixel, or half
+a pixel for psroi, outside the map) the forward is flat, so this gradient is 0 there while theirs uses the slope of
+the border pixels; input gradients agree.
 
 Implementation: vectorised gathers from a channels-last copy of the input (four bilinear corners per sample, all
 bins and RoIs at once), in chunks of RoIs that bound memory; with the adaptive ``sampling_ratio=0`` the RoIs are
@@ -43,12 +45,11 @@ sorted by grid size so each chunk pads its sample grid only to its own largest R
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .roi_spec import check_rois_shape, deform_psroi_pool_spec, deform_roi_pool_spec
+from .roi_spec import deform_psroi_pool_spec, deform_roi_pool_spec
 from .spec import ShapeError, as_pair
 
 __all__ = ["deform_roi_pool", "deform_psroi_pool"]

@@ -1,0 +1,494 @@
+"""ONNX ops ``dcn_deploy::DeformRoIPool`` and ``dcn_deploy::DeformPSRoIPool``: schemas, function bodies, exporter.
+
+Semantics: :mod:`dcn_deploy.ops.roi_pool` (mmcv's deform_roi_pool; Deformable-ConvNets' DeformablePSROIPooling).
+Registered into :mod:`dcn_deploy.onnx.opset` at import (listed in its ``_EXTENSION_MODULES``).
+
+The function bodies are standard ONNX (opset >= 19): the bilinear samples of every bin are fetched with one
+``Gather`` on a channels-last copy of the input (four corners per sample), weighted and summed with
+``Mul``/``ReduceSum``; all attributes are references to the calling node's, so one function serves every node.
+The bodies compute in float32 (ONNX Runtime's CPU kernels for Floor/Clip/Gather-arithmetic lack float16 and
+bfloat16) and cast the result back to the input's type; for float64 inputs that means float32 precision.
+
+The node always has its third input (offset / trans): the exporter writes zeros when the torch call had None,
+which gives exactly the same result (plain RoIAlign, or no_trans). The adaptive ``sampling_ratio=0`` of
+DeformRoIPool makes the number of samples per bin depend on each RoI's size and has no static form: the exporter
+refuses it with a message naming the layer and the fix (:func:`check_model`).
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import onnx
+from onnx import TensorProto, defs, helper
+
+from .opset import DOMAIN, FLOAT_TYPES, VERSION, ExportRefusal, OpDefinition, register_op
+
+__all__ = ["DEFORM_ROI_POOL", "DEFORM_PSROI_POOL", "deform_roi_pool_function", "deform_psroi_pool_function",
+           "check_model", "AdaptiveSamplingError"]
+
+DEFORM_ROI_POOL = "DeformRoIPool"
+DEFORM_PSROI_POOL = "DeformPSRoIPool"
+
+# name -> (default, doc); names are mmcv's ONNX attribute names and the TensorRT plugin's fields
+_ROI_ATTRIBUTES = {
+    "pooled_height": (1, "output height (out_h)"),
+    "pooled_width": (1, "output width (out_w)"),
+    "spatial_scale": (1.0, "feature-map pixels per image pixel"),
+    "sampling_ratio": (2, "samples per bin side, >= 1 (mmcv's adaptive 0 cannot be exported)"),
+    "gamma": (0.1, "offset scale: shift = gamma * offset * RoI size"),
+}
+_PSROI_ATTRIBUTES = {
+    "spatial_scale": (1.0, "feature-map pixels per image pixel"),
+    "output_dim": (1, "output channels"),
+    "group_size": (1, "side of the position-sensitive channel grid; X has output_dim*group_size**2 channels"),
+    "pooled_size": (1, "output side"),
+    "part_size": (0, "side of the offset grid; 0 = pooled_size"),
+    "sample_per_part": (1, "samples per bin side"),
+    "trans_std": (0.0, "offset scale: shift = trans_std * trans * RoI size"),
+    "no_trans": (0, "1: ignore trans (pool without offsets)"),
+}
+
+
+class AdaptiveSamplingError(ExportRefusal):
+    """A DeformRoIPool layer uses sampling_ratio=0, which has no static ONNX form."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Schemas and shape inference
+# --------------------------------------------------------------------------------------------------------------
+
+def _attribute_protos(table: dict) -> List["defs.OpSchema.Attribute"]:
+    attribute = defs.OpSchema.Attribute
+    out = [attribute(name, helper.make_attribute(name, default), doc) for name, (default, doc) in table.items()]
+    out += [attribute("plugin_namespace", defs.OpSchema.AttrType.STRING,
+                      "TensorRT: set to 'dcn_deploy' to route the node to our plugin", required=False),
+            attribute("plugin_version", defs.OpSchema.AttrType.STRING, "TensorRT: plugin version", required=False)]
+    return out
+
+
+def _inference_error(op: str, message: str) -> Exception:
+    return onnx.shape_inference.InferenceError(f"[{DOMAIN}::{op}] {message}")
+
+
+def _attr(ctx, table: dict, name: str):
+    attr = ctx.get_attribute(name)
+    return table[name][0] if attr is None else helper.get_attribute_value(attr)
+
+
+def _dims(ctx, index: int) -> Optional[list]:
+    if index >= ctx.get_num_inputs() or not ctx.has_input(index):
+        return None
+    t = ctx.get_input_type(index)
+    if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return list(t.tensor_type.shape.dim)
+
+
+def _value(dim) -> Optional[int]:
+    return dim.dim_value if dim is not None and dim.HasField("dim_value") else None
+
+
+def _check(op: str, dims, name: str, expected: list) -> None:
+    """``expected`` holds ints or None (unchecked) per axis."""
+    if dims is None:
+        return
+    if len(dims) != len(expected):
+        raise _inference_error(op, f"input {name} must be {len(expected)}-D, got rank {len(dims)}")
+    for axis, (dim, want) in enumerate(zip(dims, expected)):
+        got = _value(dim)
+        if want is not None and got is not None and got != want:
+            raise _inference_error(op, f"input {name} dim {axis} must be {want}, got {got} (expected shape {expected})")
+
+
+def _set_output(ctx, op: str, dims: list) -> None:
+    t = ctx.get_input_type(0)
+    output = onnx.TypeProto()
+    output.tensor_type.elem_type = t.tensor_type.elem_type if t is not None else TensorProto.UNDEFINED
+    output.tensor_type.shape.dim.extend(dims)
+    ctx.set_output_type(0, output)
+
+
+def _dim(value=None, copy=None):
+    d = onnx.TensorShapeProto.Dimension()
+    if copy is not None:
+        d.CopyFrom(copy)
+    elif value is not None:
+        d.dim_value = value
+    return d
+
+
+def _infer_roi_pool(ctx) -> None:
+    """Y (K, C, pooled_height, pooled_width): K from rois, C from X; checks rois (K, 5) and offset (K, 2, ph, pw)."""
+    op = DEFORM_ROI_POOL
+    ph, pw = _attr(ctx, _ROI_ATTRIBUTES, "pooled_height"), _attr(ctx, _ROI_ATTRIBUTES, "pooled_width")
+    ratio = _attr(ctx, _ROI_ATTRIBUTES, "sampling_ratio")
+    if ph < 1 or pw < 1:
+        raise _inference_error(op, f"pooled_height and pooled_width must be >= 1, got {ph}, {pw}")
+    if ratio < 1:
+        raise _inference_error(op, f"sampling_ratio must be >= 1 (the adaptive 0 has no static form), got {ratio}")
+    x, rois, offset = _dims(ctx, 0), _dims(ctx, 1), _dims(ctx, 2)
+    _check(op, x, "X", [None] * 4)
+    _check(op, rois, "rois", [None, 5])
+    k = _value(rois[0]) if rois else None
+    _check(op, offset, "offset", [k, 2, ph, pw])
+    count = rois[0] if rois else (offset[0] if offset else None)
+    _set_output(ctx, op, [_dim(copy=count), _dim(copy=x[1] if x else None), _dim(ph), _dim(pw)])
+
+
+def _infer_psroi_pool(ctx) -> None:
+    """Y (K, output_dim, pooled_size, pooled_size); checks X's channels, rois (K, 5), trans (K, 2*classes, part, part)."""
+    op = DEFORM_PSROI_POOL
+    values = {name: _attr(ctx, _PSROI_ATTRIBUTES, name) for name in _PSROI_ATTRIBUTES}
+    output_dim, group, pooled = values["output_dim"], values["group_size"], values["pooled_size"]
+    part = values["part_size"] or pooled
+    if min(output_dim, group, pooled, values["sample_per_part"]) < 1 or values["part_size"] < 0:
+        raise _inference_error(op, f"output_dim, group_size, pooled_size and sample_per_part must be >= 1 and "
+                                   f"part_size >= 0, got {values}")
+    x, rois, trans = _dims(ctx, 0), _dims(ctx, 1), _dims(ctx, 2)
+    _check(op, x, "X", [None, output_dim * group * group, None, None])
+    _check(op, rois, "rois", [None, 5])
+    k = _value(rois[0]) if rois else None
+    _check(op, trans, "trans", [k, None, part, part])
+    if trans is not None and _value(trans[1]) is not None:
+        channels = _value(trans[1])
+        if channels < 2 or channels % 2 or output_dim % (channels // 2):
+            raise _inference_error(op, f"trans must have 2*num_classes channels with output_dim ({output_dim}) "
+                                       f"divisible by num_classes, got {channels}")
+    count = rois[0] if rois else (trans[0] if trans else None)
+    _set_output(ctx, op, [_dim(copy=count), _dim(output_dim), _dim(pooled), _dim(pooled)])
+
+
+def _schema(name: str, doc: str, inputs, attributes: dict, infer) -> "defs.OpSchema":
+    param = defs.OpSchema.FormalParameter
+    schema = defs.OpSchema(
+        name, DOMAIN, VERSION, doc,
+        inputs=[param(n, "T", d) for n, d in inputs],
+        outputs=[param("Y", "T", "pooled output")],
+        type_constraints=[("T", list(FLOAT_TYPES), "floating-point tensors")],
+        attributes=_attribute_protos(attributes),
+        node_determinism=defs.OpSchema.NodeDeterminism.Deterministic,
+    )
+    schema.set_type_and_shape_inference_function(infer)
+    return schema
+
+
+def deform_roi_pool_schema() -> "defs.OpSchema":
+    return _schema(DEFORM_ROI_POOL,
+                   "Deformable RoI pooling, mmcv's deform_roi_pool (see dcn_deploy.ops.roi_pool and docs/ops.md).",
+                   [("X", "input (N, C, H, W)"), ("rois", "(K, 5) rows (batch index, x1, y1, x2, y2)"),
+                    ("offset", "(K, 2, pooled_height, pooled_width) normalised bin shifts, channel 0 x, 1 y")],
+                   _ROI_ATTRIBUTES, _infer_roi_pool)
+
+
+def deform_psroi_pool_schema() -> "defs.OpSchema":
+    return _schema(DEFORM_PSROI_POOL,
+                   "Deformable position-sensitive RoI pooling, Deformable-ConvNets' DeformablePSROIPooling "
+                   "(see dcn_deploy.ops.roi_pool and docs/ops.md).",
+                   [("X", "input (N, output_dim*group_size^2, H, W)"),
+                    ("rois", "(K, 5) rows (batch index, x1, y1, x2, y2)"),
+                    ("trans", "(K, 2*num_classes, part_size, part_size) normalised part offsets")],
+                   _PSROI_ATTRIBUTES, _infer_psroi_pool)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Function bodies
+# --------------------------------------------------------------------------------------------------------------
+
+class _Body:
+    """Collects the nodes of a function body; every call adds one node and returns its (single) output name."""
+
+    def __init__(self):
+        self.nodes: List[onnx.NodeProto] = []
+
+    def __call__(self, op: str, *inputs: str, **attrs) -> str:
+        out = f"_t{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
+        return out
+
+    def outputs(self, op: str, inputs: List[str], count: int, **attrs) -> List[str]:
+        outs = [f"_t{len(self.nodes)}_{i}" for i in range(count)]
+        self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
+        return outs
+
+    def f(self, value: float) -> str:
+        return self("Constant", value=helper.make_tensor("v", TensorProto.FLOAT, [], [value]))
+
+    def i(self, *values: int) -> str:
+        """An int64 scalar (one value) or 1-D tensor (several)."""
+        if len(values) == 1:
+            return self("Constant", value=helper.make_tensor("v", TensorProto.INT64, [], list(values)))
+        return self("Constant", value_ints=list(values))
+
+    def ints(self, values: List[int]) -> str:
+        return self("Constant", value_ints=list(values))
+
+    def ref(self, attribute: str, kind: str) -> str:
+        """A scalar Constant whose value is the calling node's attribute (``kind``: 'int' or 'float')."""
+        node = helper.make_node("Constant", [], [f"_t{len(self.nodes)}"])
+        ref = onnx.AttributeProto()
+        ref.name = "value_int" if kind == "int" else "value_float"
+        ref.ref_attr_name = attribute
+        ref.type = onnx.AttributeProto.INT if kind == "int" else onnx.AttributeProto.FLOAT
+        node.attribute.append(ref)
+        self.nodes.append(node)
+        return node.output[0]
+
+    def dim(self, shape: str, axis: int) -> str:
+        """Scalar int64 size of one axis from a Shape output."""
+        return self("Squeeze", self("Slice", shape, self.ints([axis]), self.ints([axis + 1])), self.ints([0]))
+
+    def unsq(self, x: str, *axes: int) -> str:
+        return self("Unsqueeze", x, self.ints(list(axes)))
+
+    def to_float(self, x: str) -> str:
+        return self("Cast", x, to=TensorProto.FLOAT)
+
+
+def _axis_corners(b: _Body, coord: str, low_bound: float, high: str, valid: str, size_i: str):
+    """Clamp ``coord`` to [0, high] and return (indices, weights) with the low corners then the high ones on the
+    last axis; weights are zeroed where ``valid`` is 0. ``size_i`` is the axis length (int64 scalar)."""
+    clamped = b("Clip", coord, b.f(low_bound), high)
+    low = b("Floor", clamped)
+    frac = b("Sub", clamped, low)
+    low_i = b("Cast", low, to=TensorProto.INT64)
+    high_i = b("Min", b("Add", low_i, b.i(1)), b("Sub", size_i, b.i(1)))
+    index = b("Concat", low_i, high_i, axis=-1)
+    weight = b("Concat", b("Mul", b("Sub", b.f(1.0), frac), valid), b("Mul", frac, valid), axis=-1)
+    return index, weight
+
+
+def _function(name: str, inputs: List[str], body: _Body, result: str, attributes: dict, opset: int,
+              doc: str) -> onnx.FunctionProto:
+    body.nodes.append(helper.make_node("Identity", [result], ["Y"]))
+    defaults = [helper.make_attribute(n, d) for n, (d, _) in attributes.items()]
+    return helper.make_function(DOMAIN, name, inputs, ["Y"], body.nodes,
+                                opset_imports=[helper.make_opsetid("", opset)],
+                                attribute_protos=defaults, doc_string=doc)
+
+
+def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
+    """Body of ``dcn_deploy::DeformRoIPool`` (standard ONNX at ``opset`` >= 19); formulas of deform_roi_pool."""
+    b = _Body()
+    x = b.to_float("X")
+    rois = b.to_float("rois")
+    offset = b.to_float("offset")
+    shape = b("Shape", x)
+    h_i, w_i, c_i = b.dim(shape, 2), b.dim(shape, 3), b.dim(shape, 1)
+    h_f, w_f = b.to_float(h_i), b.to_float(w_i)
+    ph_i, pw_i, ratio_i = b.ref("pooled_height", "int"), b.ref("pooled_width", "int"), b.ref("sampling_ratio", "int")
+    ph_f, pw_f, ratio_f = b.to_float(ph_i), b.to_float(pw_i), b.to_float(ratio_i)
+    scale, gamma = b.ref("spatial_scale", "float"), b.ref("gamma", "float")
+    # channels-last table: one row per (n, y, x) holds all C channels
+    table = b("Reshape", b("Transpose", x, perm=[0, 2, 3, 1]), b("Concat", b.ints([-1]), b.unsq(c_i, 0), axis=0))
+
+    def col(i):  # rois[:, i] as (K, 1, 1, 1)
+        return b("Reshape", b("Gather", rois, b.i(i), axis=1), b.ints([-1, 1, 1, 1]))
+
+    batch = b("Cast", col(0), to=TensorProto.INT64)  # truncation toward zero, as the kernels' (int) cast
+    half = b.f(0.5)
+    sx = b("Sub", b("Mul", col(1), scale), half)
+    sy = b("Sub", b("Mul", col(2), scale), half)
+    roi_w = b("Sub", b("Sub", b("Mul", col(3), scale), half), sx)
+    roi_h = b("Sub", b("Sub", b("Mul", col(4), scale), half), sy)
+    bin_w, bin_h = b("Div", roi_w, pw_f), b("Div", roi_h, ph_f)
+    # offset (K, 2, ph, pw) -> shifts (K, ph, pw, 1)
+    off_x = b.unsq(b("Gather", offset, b.i(0), axis=1), 3)
+    off_y = b.unsq(b("Gather", offset, b.i(1), axis=1), 3)
+    sx = b("Add", sx, b("Mul", b("Mul", gamma, roi_w), off_x))
+    sy = b("Add", sy, b("Mul", b("Mul", gamma, roi_h), off_y))
+    zero_f, one_f = b.f(0.0), b.f(1.0)
+    j = b("Reshape", b("Range", zero_f, pw_f, one_f), b.ints([1, 1, -1, 1]))
+    i = b("Reshape", b("Range", zero_f, ph_f, one_f), b.ints([1, -1, 1, 1]))
+    u = b("Reshape", b("Add", b("Range", zero_f, ratio_f, one_f), half), b.ints([1, 1, 1, -1]))
+    # x (K, ph, pw, ratio), y (K, ph, pw, ratio)
+    x_s = b("Add", b("Add", sx, b("Mul", j, bin_w)), b("Div", b("Mul", u, bin_w), ratio_f))
+    y_s = b("Add", b("Add", sy, b("Mul", i, bin_h)), b("Div", b("Mul", u, bin_h), ratio_f))
+    minus_one = b.f(-1.0)
+    valid_x = b("Cast", b("And", b("GreaterOrEqual", x_s, minus_one), b("LessOrEqual", x_s, w_f)), to=TensorProto.FLOAT)
+    valid_y = b("Cast", b("And", b("GreaterOrEqual", y_s, minus_one), b("LessOrEqual", y_s, h_f)), to=TensorProto.FLOAT)
+    x_idx, x_wt = _axis_corners(b, x_s, 0.0, b("Sub", w_f, one_f), valid_x, w_i)
+    y_idx, y_wt = _axis_corners(b, y_s, 0.0, b("Sub", h_f, one_f), valid_y, h_i)
+    rows = b("Mul", b("Add", b("Mul", batch, h_i), y_idx), w_i)                      # (K, ph, pw, 2r)
+    flat = b("Add", b.unsq(rows, 4), b.unsq(x_idx, 3))                               # (K, ph, pw, 2r, 2r)
+    values = b("Gather", table, flat, axis=0)                                        # (K, ph, pw, 2r, 2r, C)
+    weight = b.unsq(b("Mul", b.unsq(y_wt, 4), b.unsq(x_wt, 3)), 5)
+    pooled = b("ReduceSum", b("Mul", values, weight), b.ints([3, 4]), keepdims=0)    # (K, ph, pw, C)
+    pooled = b("Div", pooled, b("Mul", ratio_f, ratio_f))
+    result = b("CastLike", b("Transpose", pooled, perm=[0, 3, 1, 2]), "X")
+    return _function(DEFORM_ROI_POOL, ["X", "rois", "offset"], b, result, _ROI_ATTRIBUTES, opset,
+                     f"{DOMAIN}::{DEFORM_ROI_POOL} in standard ONNX (opset {opset}), computed in float32.")
+
+
+def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
+    """Body of ``dcn_deploy::DeformPSRoIPool`` (standard ONNX at ``opset`` >= 19); formulas of deform_psroi_pool."""
+    b = _Body()
+    x = b.to_float("X")
+    rois = b.to_float("rois")
+    trans = b.to_float("trans")
+    shape = b("Shape", x)
+    n_i, h_i, w_i = b.dim(shape, 0), b.dim(shape, 2), b.dim(shape, 3)
+    h_f, w_f = b.to_float(h_i), b.to_float(w_i)
+    out_i, g_i, p_i = b.ref("output_dim", "int"), b.ref("group_size", "int"), b.ref("pooled_size", "int")
+    s_i, part_attr = b.ref("sample_per_part", "int"), b.ref("part_size", "int")
+    no_trans = b.ref("no_trans", "int")
+    p_f, s_f = b.to_float(p_i), b.to_float(s_i)
+    scale = b.ref("spatial_scale", "float")
+    # no_trans zeroes the offsets: the positions then no longer depend on the class, whatever trans holds
+    trans_std = b("Mul", b.ref("trans_std", "float"), b.to_float(b("Sub", b.i(1), no_trans)))
+    part_i = b("Where", b("Equal", part_attr, b.i(0)), p_i, part_attr)
+    trans_shape = b("Shape", trans)
+    k_i = b.dim(b("Shape", rois), 0)
+    classes_i = b("Div", b.dim(trans_shape, 1), b.i(2))
+    per_class_i = b("Div", out_i, classes_i)
+
+    def cat(*scalars):
+        return b("Concat", *[b.unsq(s, 0) for s in scalars], axis=0)
+
+    # table rows (n, gi, gj, y, x, class), columns = the class's channels
+    grouped = b("Reshape", x, cat(n_i, classes_i, per_class_i, g_i, g_i, h_i, w_i))
+    table = b("Reshape", b("Transpose", grouped, perm=[0, 3, 4, 5, 6, 1, 2]), cat(b.i(-1), per_class_i))
+
+    def col(i):  # rois[:, i] as (K, 1, 1, 1)
+        return b("Reshape", b("Gather", rois, b.i(i), axis=1), b.ints([-1, 1, 1, 1]))
+
+    def c_round(v):  # half away from zero, as C's round()
+        return b("Mul", b("Sign", v), b("Floor", b("Add", b("Abs", v), b.f(0.5))))
+
+    half, one_f, zero_f = b.f(0.5), b.f(1.0), b.f(0.0)
+    batch = b("Cast", col(0), to=TensorProto.INT64)
+    sx = b("Sub", b("Mul", c_round(col(1)), scale), half)
+    sy = b("Sub", b("Mul", c_round(col(2)), scale), half)
+    ex = b("Sub", b("Mul", b("Add", c_round(col(3)), one_f), scale), half)
+    ey = b("Sub", b("Mul", b("Add", c_round(col(4)), one_f), scale), half)
+    tenth = b.f(0.1)
+    roi_w, roi_h = b("Max", b("Sub", ex, sx), tenth), b("Max", b("Sub", ey, sy), tenth)
+    bin_w, bin_h = b("Div", roi_w, p_f), b("Div", roi_h, p_f)
+    sub_w, sub_h = b("Div", bin_w, s_f), b("Div", bin_h, s_f)
+
+    bins = b("Range", b.i(0), p_i, b.i(1))                                            # (P,) int64
+    part_idx = b("Div", b("Mul", bins, part_i), p_i)                                  # floor(i * part / P)
+    group_idx = b("Min", b("Div", b("Mul", bins, g_i), p_i), b("Sub", g_i, b.i(1)))
+    # trans (K, 2*classes, part, part) -> (K, classes, 2, P, P)
+    t = b("Reshape", trans, cat(k_i, classes_i, b.i(2), part_i, part_i))
+    t = b("Gather", b("Gather", t, part_idx, axis=3), part_idx, axis=4)
+    tx = b("Mul", b("Gather", t, b.i(0), axis=2), trans_std)                          # (K, classes, P, P)
+    ty = b("Mul", b("Gather", t, b.i(1), axis=2), trans_std)
+    bins_f = b.to_float(bins)
+    j = b("Reshape", bins_f, b.ints([1, 1, 1, -1]))
+    i = b("Reshape", bins_f, b.ints([1, 1, -1, 1]))
+    wstart = b("Add", b("Add", b("Mul", j, bin_w), sx), b("Mul", tx, roi_w))          # (K, classes, P, P)
+    hstart = b("Add", b("Add", b("Mul", i, bin_h), sy), b("Mul", ty, roi_h))
+    samples = b("Reshape", b("Range", zero_f, s_f, one_f), b.ints([1, 1, 1, 1, -1]))
+    x_s = b("Add", b.unsq(wstart, 4), b("Mul", samples, b.unsq(sub_w, 4)))           # (K, classes, P, P, S)
+    y_s = b("Add", b.unsq(hstart, 4), b("Mul", samples, b.unsq(sub_h, 4)))
+    minus_half = b.f(-0.5)
+    valid_x = b("Cast", b("And", b("GreaterOrEqual", x_s, minus_half),
+                          b("LessOrEqual", x_s, b("Sub", w_f, half))), to=TensorProto.FLOAT)
+    valid_y = b("Cast", b("And", b("GreaterOrEqual", y_s, minus_half),
+                          b("LessOrEqual", y_s, b("Sub", h_f, half))), to=TensorProto.FLOAT)
+    count = b("Mul", b("ReduceSum", valid_x, b.ints([4]), keepdims=0), b("ReduceSum", valid_y, b.ints([4]), keepdims=0))
+    x_idx, x_wt = _axis_corners(b, x_s, 0.0, b("Sub", w_f, one_f), valid_x, w_i)
+    y_idx, y_wt = _axis_corners(b, y_s, 0.0, b("Sub", h_f, one_f), valid_y, h_i)
+    gi = b("Reshape", group_idx, b.ints([1, 1, -1, 1]))
+    gj = b("Reshape", group_idx, b.ints([1, 1, 1, -1]))
+    base = b("Add", b("Mul", b("Add", b("Mul", batch, g_i), gi), g_i), gj)             # (K, 1, P, P)
+    classes = b("Reshape", b("Range", b.i(0), classes_i, b.i(1)), b.ints([1, -1, 1, 1, 1]))
+    rows = b("Add", b("Mul", b("Add", b("Mul", b.unsq(base, 4), h_i), y_idx), b("Mul", w_i, classes_i)), classes)
+    flat = b("Add", b.unsq(rows, 5), b.unsq(b("Mul", x_idx, classes_i), 4))          # (K, classes, P, P, 2S, 2S)
+    values = b("Gather", table, flat, axis=0)                                         # (..., per_class)
+    weight = b.unsq(b("Mul", b.unsq(y_wt, 5), b.unsq(x_wt, 4)), 6)
+    pooled = b("ReduceSum", b("Mul", values, weight), b.ints([4, 5]), keepdims=0)     # (K, classes, P, P, per_class)
+    pooled = b("Div", pooled, b.unsq(b("Max", count, one_f), 4))
+    pooled = b("Transpose", pooled, perm=[0, 1, 4, 2, 3])
+    result = b("CastLike", b("Reshape", pooled, cat(k_i, out_i, p_i, p_i)), "X")
+    return _function(DEFORM_PSROI_POOL, ["X", "rois", "trans"], b, result, _PSROI_ATTRIBUTES, opset,
+                     f"{DOMAIN}::{DEFORM_PSROI_POOL} in standard ONNX (opset {opset}), computed in float32.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Exporter hooks
+# --------------------------------------------------------------------------------------------------------------
+
+_ADAPTIVE_FIX = ("set a fixed sampling_ratio on the layer before export (e.g. layer.sampling_ratio = 2, mmdetection's "
+                 "usual value; the outputs then differ slightly from the adaptive ones, so re-check accuracy), or "
+                 "keep adaptive sampling in PyTorch")
+
+
+def check_model(model) -> None:
+    """Raise :class:`AdaptiveSamplingError` naming every DeformRoIPool layer of ``model`` with sampling_ratio=0.
+
+    sampling_ratio=0 samples ceil(roi size / output size) points per bin side, a number that depends on each RoI
+    at run time; the ONNX function body (and a fixed-size engine) need it fixed.
+    """
+    from ..ops.roi_modules import DeformRoIPool
+
+    modules = getattr(model, "named_modules", None)
+    if modules is None:
+        return
+    bad = [repr(name or type(model).__name__) for name, m in modules()
+           if isinstance(m, DeformRoIPool) and m.sampling_ratio == 0]
+    if bad:
+        raise AdaptiveSamplingError(
+            f"DeformRoIPool layer(s) {', '.join(bad)} use sampling_ratio=0 (adaptive: the samples per bin depend on "
+            f"each RoI's size), which has no static ONNX form; {_ADAPTIVE_FIX}")
+
+
+def _make_roi_pool_translation(standard: bool, opset: int) -> Callable:
+    import onnxscript
+
+    op = onnxscript.values.Opset("", opset)
+    ours = onnxscript.values.Opset(DOMAIN, VERSION)
+
+    def deform_roi_pool(input, rois, offset=None, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+        if int(sampling_ratio) == 0:
+            raise AdaptiveSamplingError(
+                f"deform_roi_pool with sampling_ratio=0 (adaptive: the samples per bin depend on each RoI's size) "
+                f"has no static ONNX form; {_ADAPTIVE_FIX}")
+        ph, pw = int(output_size[0]), int(output_size[1])
+        if offset is None:  # plain RoIAlign: zero offsets give exactly the same result
+            count = op.Shape(rois, start=0, end=1)
+            offset = op.CastLike(op.ConstantOfShape(op.Concat(count, op.Constant(value_ints=[2, ph, pw]), axis=0)),
+                                 input)
+        return ours.DeformRoIPool(input, rois, offset, pooled_height=ph, pooled_width=pw,
+                                  spatial_scale=float(spatial_scale), sampling_ratio=int(sampling_ratio),
+                                  gamma=float(gamma))
+
+    return deform_roi_pool
+
+
+def _make_psroi_pool_translation(standard: bool, opset: int) -> Callable:
+    import onnxscript
+
+    op = onnxscript.values.Opset("", opset)
+    ours = onnxscript.values.Opset(DOMAIN, VERSION)
+
+    def deform_psroi_pool(input, rois, trans=None, spatial_scale=1.0, output_dim=1, group_size=1, pooled_size=1,
+                          part_size=0, sample_per_part=1, trans_std=0.0, no_trans=False):
+        part = int(part_size) or int(pooled_size)
+        if trans is None or no_trans:  # no offsets: zero trans of one class gives exactly the same result
+            count = op.Shape(rois, start=0, end=1)
+            trans = op.CastLike(op.ConstantOfShape(op.Concat(count, op.Constant(value_ints=[2, part, part]), axis=0)),
+                                input)
+        return ours.DeformPSRoIPool(input, rois, trans, spatial_scale=float(spatial_scale), output_dim=int(output_dim),
+                                    group_size=int(group_size), pooled_size=int(pooled_size), part_size=part,
+                                    sample_per_part=int(sample_per_part), trans_std=float(trans_std),
+                                    no_trans=int(bool(no_trans)))
+
+    return deform_psroi_pool
+
+
+register_op(OpDefinition(
+    name=DEFORM_ROI_POOL,
+    make_schema=deform_roi_pool_schema,
+    make_function=deform_roi_pool_function,
+    torch_op="dcn_deploy::deform_roi_pool",
+    make_translation=_make_roi_pool_translation,
+    check_model=check_model,
+))
+register_op(OpDefinition(
+    name=DEFORM_PSROI_POOL,
+    make_schema=deform_psroi_pool_schema,
+    make_function=deform_psroi_pool_function,
+    torch_op="dcn_deploy::deform_psroi_pool",
+    make_translation=_make_psroi_pool_translation,
+))

@@ -1,0 +1,171 @@
+// CUDA kernels of the deformable RoI pooling ops: one thread per output element, the arithmetic of roiPoolMath.h
+// (half types load into float32 and round once at the end), behind the C ABI of roi_pool_kernels.h.
+#include "dcnStatus.h"
+#include "roiPoolKernel.h"
+#include "roiPoolMath.h"
+#include "roiPoolShapes.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+namespace dcn
+{
+namespace
+{
+
+// Element loads/stores for the kernels (ElementTraits of dcnDtype.h for float/double, these for the half types).
+template <typename T>
+struct RoiTraits : ElementTraits<T>
+{
+};
+template <>
+struct RoiTraits<__half>
+{
+    using Acc = float;
+    static __device__ __forceinline__ float toAcc(__half v) { return __half2float(v); }
+    static __device__ __forceinline__ __half fromAcc(float v) { return __float2half_rn(v); }
+};
+template <>
+struct RoiTraits<__nv_bfloat16>
+{
+    using Acc = float;
+    static __device__ __forceinline__ float toAcc(__nv_bfloat16 v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ __nv_bfloat16 fromAcc(float v) { return __float2bfloat16_rn(v); }
+};
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void roiPoolKernel(dcn_deform_roi_pool_desc d, T const* input, T const* rois, T const* offset, T* output,
+    int64_t total)
+{
+    using Acc = typename RoiTraits<T>::Acc;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    {
+        int32_t const pw = int32_t(i % d.pooled_width);
+        int32_t const ph = int32_t((i / d.pooled_width) % d.pooled_height);
+        int32_t const c = int32_t((i / (int64_t(d.pooled_width) * d.pooled_height)) % d.channels);
+        int32_t const k = int32_t(i / (int64_t(d.pooled_width) * d.pooled_height * d.channels));
+        output[i] = RoiTraits<T>::fromAcc(deformRoiPoolElement<RoiTraits<T>, Acc>(d, input, rois, offset, k, c, ph, pw));
+    }
+}
+
+template <typename T>
+__global__ void psroiPoolKernel(dcn_deform_psroi_pool_desc d, T const* input, T const* rois, T const* trans,
+    T* output, int64_t total)
+{
+    using Acc = typename RoiTraits<T>::Acc;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    {
+        int32_t const pw = int32_t(i % d.pooled_size);
+        int32_t const ph = int32_t((i / d.pooled_size) % d.pooled_size);
+        int32_t const c = int32_t((i / (int64_t(d.pooled_size) * d.pooled_size)) % d.output_dim);
+        int32_t const k = int32_t(i / (int64_t(d.pooled_size) * d.pooled_size * d.output_dim));
+        output[i] = RoiTraits<T>::fromAcc(deformPsroiPoolElement<RoiTraits<T>, Acc>(d, input, rois, trans, k, c, ph, pw));
+    }
+}
+
+unsigned gridFor(int64_t total)
+{
+    int64_t const blocks = (total + kThreads - 1) / kThreads;
+    return unsigned(blocks < 65535 * 8 ? blocks : 65535 * 8); // grid-stride loop covers the rest
+}
+
+Status launched(char const* what)
+{
+    cudaError_t const err = cudaGetLastError();
+    if (err != cudaSuccess)
+        return Status::error(DCN_ERROR_CUDA, std::string(what) + ": kernel launch failed: " + cudaGetErrorString(err));
+    return Status::success();
+}
+
+template <typename T>
+Status launchRoiPool(dcn_deform_roi_pool_desc const& d, void const* input, void const* rois, void const* offset,
+    void* output, cudaStream_t stream)
+{
+    int64_t const total = int64_t(d.num_rois) * d.channels * d.pooled_height * d.pooled_width;
+    roiPoolKernel<T><<<gridFor(total), kThreads, 0, stream>>>(d, static_cast<T const*>(input),
+        static_cast<T const*>(rois), static_cast<T const*>(offset), static_cast<T*>(output), total);
+    return launched("DeformRoIPool");
+}
+
+template <typename T>
+Status launchPsroiPool(dcn_deform_psroi_pool_desc const& d, void const* input, void const* rois, void const* trans,
+    void* output, cudaStream_t stream)
+{
+    int64_t const total = int64_t(d.num_rois) * d.output_dim * d.pooled_size * d.pooled_size;
+    psroiPoolKernel<T><<<gridFor(total), kThreads, 0, stream>>>(d, static_cast<T const*>(input),
+        static_cast<T const*>(rois), static_cast<T const*>(trans), static_cast<T*>(output), total);
+    return launched("DeformPSRoIPool");
+}
+
+Status unsupported(int32_t dtype)
+{
+    return Status::error(DCN_ERROR_UNSUPPORTED,
+        "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
+}
+
+} // namespace
+
+// C++ entry points for the TensorRT plugins.
+Status launchDeformRoiPool(dcn_deform_roi_pool_desc const& d, int32_t dtype, void const* input, void const* rois,
+    void const* offset, void* output, cudaStream_t stream)
+{
+    Status status = checkRoiPool(d);
+    if (!status.ok() || d.num_rois == 0)
+        return status;
+    switch (dtype)
+    {
+    case DCN_FLOAT32: return launchRoiPool<float>(d, input, rois, offset, output, stream);
+    case DCN_FLOAT64: return launchRoiPool<double>(d, input, rois, offset, output, stream);
+    case DCN_FLOAT16: return launchRoiPool<__half>(d, input, rois, offset, output, stream);
+    case DCN_BFLOAT16: return launchRoiPool<__nv_bfloat16>(d, input, rois, offset, output, stream);
+    default: return unsupported(dtype);
+    }
+}
+
+Status launchDeformPsroiPool(dcn_deform_psroi_pool_desc const& d, int32_t dtype, void const* input, void const* rois,
+    void const* trans, void* output, cudaStream_t stream)
+{
+    Status status = checkPsroiPool(d);
+    if (!status.ok() || d.num_rois == 0)
+        return status;
+    switch (dtype)
+    {
+    case DCN_FLOAT32: return launchPsroiPool<float>(d, input, rois, trans, output, stream);
+    case DCN_FLOAT64: return launchPsroiPool<double>(d, input, rois, trans, output, stream);
+    case DCN_FLOAT16: return launchPsroiPool<__half>(d, input, rois, trans, output, stream);
+    case DCN_BFLOAT16: return launchPsroiPool<__nv_bfloat16>(d, input, rois, trans, output, stream);
+    default: return unsupported(dtype);
+    }
+}
+
+} // namespace dcn
+
+DCN_API int32_t dcn_deform_roi_pool_forward_cuda(const dcn_deform_roi_pool_desc* desc, int32_t dtype,
+    const void* input, const void* rois, const void* offset, void* output, void* stream)
+{
+    return dcn::guarded([&] {
+        if (!desc)
+            return dcn::Status::invalid("dcn_deform_roi_pool_forward_cuda: desc must not be NULL");
+        if (desc->num_rois > 0 && (!input || !rois || !output))
+            return dcn::Status::invalid("dcn_deform_roi_pool_forward_cuda: input, rois and output must not be NULL");
+        return dcn::launchDeformRoiPool(*desc, dtype, input, rois, offset, output, static_cast<cudaStream_t>(stream));
+    });
+}
+
+DCN_API int32_t dcn_deform_psroi_pool_forward_cuda(const dcn_deform_psroi_pool_desc* desc, int32_t dtype,
+    const void* input, const void* rois, const void* trans, void* output, void* stream)
+{
+    return dcn::guarded([&] {
+        if (!desc)
+            return dcn::Status::invalid("dcn_deform_psroi_pool_forward_cuda: desc must not be NULL");
+        if (desc->num_rois > 0 && (!input || !rois || !output || (!desc->no_trans && !trans)))
+            return dcn::Status::invalid("dcn_deform_psroi_pool_forward_cuda: input, rois, output (and trans unless "
+                                        "no_trans) must not be NULL");
+        return dcn::launchDeformPsroiPool(*desc, dtype, input, rois, trans, output, static_cast<cudaStream_t>(stream));
+    });
+}

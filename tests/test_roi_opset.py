@@ -1,0 +1,166 @@
+"""ONNX ops dcn_deploy::DeformRoIPool / DeformPSRoIPool: schemas, shape inference, function bodies in stock ONNX
+Runtime against the PyTorch reference, and export of models that use them."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from dcn_deploy.onnx import opset
+from dcn_deploy.onnx import roi_opset
+
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from dcn_deploy.ops.roi_modules import DeformPSRoIPool, DeformRoIPool, DeformRoIPoolPack  # noqa: E402
+from dcn_deploy.ops.roi_pool import deform_psroi_pool, deform_roi_pool  # noqa: E402
+
+
+def _model(op, shapes, elem=TensorProto.FLOAT, model_opset=19, **attrs) -> onnx.ModelProto:
+    names = ["X", "rois", "offset" if op == roi_opset.DEFORM_ROI_POOL else "trans"]
+    node = helper.make_node(op, names, ["Y"], domain=opset.DOMAIN, name="pool", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, elem, s) for n, s in zip(names, shapes)],
+                              [helper.make_tensor_value_info("Y", elem, [None] * 4)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", model_opset)])
+    opset.attach_functions(model)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _run(model, arrays):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, dict(zip([i.name for i in session.get_inputs()], arrays)))[0]
+
+
+def _rois(gen, count, batch, extent):
+    xy = torch.rand(count, 2, generator=gen) * extent - 0.15 * extent
+    wh = torch.rand(count, 2, generator=gen) * extent * 0.7
+    index = torch.randint(0, batch, (count, 1), generator=gen).float()
+    return torch.cat([index, xy, xy + wh], dim=1)
+
+
+@pytest.mark.parametrize("ratio,size", [(1, (2, 2)), (2, (3, 2)), (3, (1, 4))])
+def test_roi_pool_body_matches_torch(ratio, size):
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 5, 9, 11, generator=gen)
+    rois = _rois(gen, 8, 2, 22.0)
+    offset = torch.randn(8, 2, *size, generator=gen) * 0.4
+    model = _model(roi_opset.DEFORM_ROI_POOL, [[None, 5, None, None], [None, 5], [None, 2, *size]],
+                   pooled_height=size[0], pooled_width=size[1], spatial_scale=0.5, sampling_ratio=ratio, gamma=0.2)
+    got = _run(model, [x.numpy(), rois.numpy(), offset.numpy()])
+    want = deform_roi_pool(x, rois, offset, size, 0.5, ratio, 0.2)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=1e-5)
+    empty = _run(model, [x.numpy(), rois[:0].numpy(), offset[:0].numpy()])
+    assert empty.shape == (0, 5, *size)
+
+
+@pytest.mark.parametrize("classes,group,pooled,part,samples", [(1, 3, 3, 3, 2), (3, 3, 3, 2, 2), (3, 2, 3, 3, 1)])
+def test_psroi_body_matches_torch(classes, group, pooled, part, samples):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3 * group * group, 8, 9, generator=gen)
+    rois = _rois(gen, 7, 2, 18.0)
+    trans = torch.randn(7, 2 * classes, part, part, generator=gen)
+    attrs = dict(spatial_scale=0.5, output_dim=3, group_size=group, pooled_size=pooled, part_size=part,
+                 sample_per_part=samples, trans_std=0.2)
+    shapes = [[None, 3 * group * group, None, None], [None, 5], [None, 2 * classes, part, part]]
+    for no_trans in (0, 1):
+        got = _run(_model(roi_opset.DEFORM_PSROI_POOL, shapes, no_trans=no_trans, **attrs),
+                   [x.numpy(), rois.numpy(), trans.numpy()])
+        want = deform_psroi_pool(x, rois, None if no_trans else trans, 0.5, 3, group, pooled, part, samples, 0.2,
+                                 bool(no_trans))
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_bodies_run_in_float16():
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(1, 8, 10, 10, generator=gen).half()
+    rois = _rois(gen, 4, 1, 20.0).round().half()
+    offset = (torch.randn(4, 2, 2, 2, generator=gen) * 0.3).half()
+    model = _model(roi_opset.DEFORM_ROI_POOL, [[1, 8, 10, 10], [None, 5], [None, 2, 2, 2]], elem=TensorProto.FLOAT16,
+                   pooled_height=2, pooled_width=2, spatial_scale=0.5, sampling_ratio=2)
+    got = _run(model, [x.numpy(), rois.numpy(), offset.numpy()])
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), deform_roi_pool(x, rois, offset, 2, 0.5, 2).float().numpy(),
+                               atol=2e-3, rtol=2e-3)
+    model = _model(roi_opset.DEFORM_PSROI_POOL, [[1, 8, 10, 10], [None, 5], [None, 2, 2, 2]], elem=TensorProto.FLOAT16,
+                   spatial_scale=0.5, output_dim=2, group_size=2, pooled_size=2, sample_per_part=2, trans_std=0.1)
+    got = _run(model, [x.numpy(), rois.numpy(), offset.numpy()])
+    want = deform_psroi_pool(x, rois, offset, 0.5, 2, 2, 2, 2, 2, 0.1, False)
+    np.testing.assert_allclose(got.astype(np.float32), want.float().numpy(), atol=2e-3, rtol=2e-3)
+
+
+def test_shape_inference_and_its_errors():
+    model = _model(roi_opset.DEFORM_ROI_POOL, [[2, 5, 9, 11], ["k", 5], ["k", 2, 3, 4]],
+                   pooled_height=3, pooled_width=4, sampling_ratio=2)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    dims = inferred.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["k", 5, 3, 4]
+    model = _model(roi_opset.DEFORM_PSROI_POOL, [[1, 18, 9, 11], [7, 5], [7, 4, 3, 3]],
+                   output_dim=2, group_size=3, pooled_size=3, sample_per_part=2)
+    dims = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [7, 2, 3, 3]
+    bad = [
+        (roi_opset.DEFORM_ROI_POOL, [[2, 5, 9, 11], [3, 4], [3, 2, 2, 2]], dict(pooled_height=2, pooled_width=2), "rois dim 1"),
+        (roi_opset.DEFORM_ROI_POOL, [[2, 5, 9, 11], [3, 5], [3, 2, 3, 3]], dict(pooled_height=2, pooled_width=2), "offset dim 2"),
+        (roi_opset.DEFORM_ROI_POOL, [[2, 5, 9, 11], [3, 5], [3, 2, 2, 2]], dict(sampling_ratio=0), "sampling_ratio"),
+        (roi_opset.DEFORM_PSROI_POOL, [[1, 17, 9, 9], [3, 5], [3, 2, 3, 3]],
+         dict(output_dim=2, group_size=3, pooled_size=3), "X dim 1"),
+        (roi_opset.DEFORM_PSROI_POOL, [[1, 18, 9, 9], [3, 5], [3, 6, 3, 3]],
+         dict(output_dim=2, group_size=3, pooled_size=3), "divisible by num_classes"),
+    ]
+    for op, shapes, attrs, message in bad:
+        names = ["X", "rois", "t"]
+        node = helper.make_node(op, names, ["Y"], domain=opset.DOMAIN, **attrs)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                                                for n, s in zip(names, shapes)],
+                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid(opset.DOMAIN, 1)])
+        with pytest.raises(onnx.shape_inference.InferenceError, match=message):
+            onnx.shape_inference.infer_shapes(m, strict_mode=True)
+
+
+class _Head(torch.nn.Module):
+    def __init__(self, sampling_ratio=2):
+        super().__init__()
+        self.pack = DeformRoIPoolPack(3, 4, deform_fc_channels=16, spatial_scale=0.5, sampling_ratio=sampling_ratio)
+        self.ps = DeformPSRoIPool(2, 2, 0.5, sample_per_part=2)
+        self.plain = DeformRoIPool(2, 0.5, sampling_ratio=1)
+        for p in self.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+
+    def forward(self, x, rois, scores):
+        return self.pack(x, rois), self.ps(scores, rois), self.plain(x, rois)
+
+
+def test_export_verifies_in_stock_ort_with_dynamic_rois(tmp_path):
+    from dcn_deploy.onnx.export import export
+
+    gen = torch.Generator().manual_seed(13)
+    head = _Head().eval()
+    x, scores = torch.randn(2, 4, 10, 12, generator=gen), torch.randn(2, 8, 10, 12, generator=gen)
+    other = (torch.randn(1, 4, 7, 9, generator=gen), _rois(gen, 9, 1, 14.0), torch.randn(1, 8, 7, 9, generator=gen))
+    report = export(head, (x, _rois(gen, 5, 2, 24.0), scores), tmp_path / "head.onnx", dynamic=True,
+                    verify_inputs=[(x, _rois(gen, 6, 2, 24.0), scores), other])
+    assert report.verified
+    assert report.op_counts == {"dcn_deploy::DeformRoIPool": 3, "dcn_deploy::DeformPSRoIPool": 2}
+    model = onnx.load(str(tmp_path / "head.onnx"))
+    assert {f.name for f in model.functions} >= {"DeformRoIPool", "DeformPSRoIPool"}
+    assert {n.op_type for n in model.graph.node if n.domain == opset.DOMAIN} == {"DeformRoIPool", "DeformPSRoIPool"}
+
+
+def test_export_refuses_adaptive_sampling_naming_the_layer(tmp_path):
+    from dcn_deploy.onnx.export import ExportError, export
+
+    head = _Head(sampling_ratio=0).eval()
+    args = (torch.randn(1, 4, 10, 12), torch.tensor([[0, 1.0, 1.0, 9.0, 9.0]]), torch.randn(1, 8, 10, 12))
+    with pytest.raises(roi_opset.AdaptiveSamplingError, match="'pack' use sampling_ratio=0.*sampling_ratio = 2"):
+        export(head, args, tmp_path / "a.onnx")
+
+    class Functional(torch.nn.Module):
+        def forward(self, x, rois):
+            return deform_roi_pool(x, rois, None, 2, 1.0, 0)
+
+    with pytest.raises(ExportError, match="deform_roi_pool with sampling_ratio=0"):
+        export(Functional().eval(), args[:2], tmp_path / "b.onnx", verify=False)
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()

@@ -1,0 +1,223 @@
+"""The deformable RoI pooling kernels (plugins/deform_roi_pool) through their C ABI, against the PyTorch reference.
+
+The host build runs the same per-element arithmetic (roiPoolMath.h) as the CUDA kernels, so CPU machines check
+the kernels' indexing, rounding and boundary rules; the CUDA build is checked where a GPU is present.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+
+from dcn_deploy.ops.roi_pool import deform_psroi_pool, deform_roi_pool
+from dcn_deploy.plugin import library
+
+DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+
+
+class RoiPoolDesc(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int32) for n in ("batch", "channels", "height", "width", "num_rois", "pooled_height",
+                                              "pooled_width", "sampling_ratio")] + \
+               [("spatial_scale", ctypes.c_float), ("gamma", ctypes.c_float)]
+
+
+class PsroiPoolDesc(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int32) for n in ("batch", "channels", "height", "width", "num_rois", "output_dim",
+                                              "group_size", "pooled_size", "part_size", "sample_per_part",
+                                              "num_classes", "no_trans")] + \
+               [("spatial_scale", ctypes.c_float), ("trans_std", ctypes.c_float)]
+
+
+def _load(path):
+    lib = ctypes.CDLL(str(path))
+    lib.dcn_last_error.restype = ctypes.c_char_p
+    return lib
+
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory):
+    """The host library with the RoI pooling symbols; built host-only into a temporary folder when the one found
+    predates them."""
+    path = library.find_library("host")
+    if path is not None and all(hasattr(_load(path), name) for name in (
+            "dcn_deform_roi_pool_forward_host", "dcn_plugin_deform_psroi_pool_parse_fields")):
+        return _load(path)
+    if not library.repo_root().joinpath("CMakeLists.txt").is_file():
+        pytest.skip("no source checkout to build the host library from")
+    result = library.build_libraries(tmp_path_factory.mktemp("roi_build"), cuda=False)
+    return _load(result.libraries["host"])
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+def _check(lib, code):
+    if code != 0:
+        raise RuntimeError(lib.dcn_last_error().decode())
+
+
+def roi_pool_host(lib, x, rois, offset, size, scale, ratio, gamma):
+    d = RoiPoolDesc(*x.shape, rois.shape[0], size[0], size[1], ratio, scale, gamma)
+    out = torch.empty(rois.shape[0], x.shape[1], *size, dtype=x.dtype)
+    args = [x.contiguous(), rois.contiguous(), None if offset is None else offset.contiguous()]
+    _check(lib, lib.dcn_deform_roi_pool_forward_host(ctypes.byref(d), DTYPES[x.dtype], *map(_ptr, args), _ptr(out)))
+    return out
+
+
+def psroi_pool_host(lib, x, rois, trans, scale, output_dim, group, pooled, part, samples, trans_std, no_trans):
+    classes = 1 if trans is None else trans.shape[1] // 2
+    d = PsroiPoolDesc(*x.shape, rois.shape[0], output_dim, group, pooled, part, samples, classes, int(no_trans),
+                      scale, trans_std)
+    out = torch.empty(rois.shape[0], output_dim, pooled, pooled, dtype=x.dtype)
+    args = [x.contiguous(), rois.contiguous(), None if trans is None else trans.contiguous()]
+    _check(lib, lib.dcn_deform_psroi_pool_forward_host(ctypes.byref(d), DTYPES[x.dtype], *map(_ptr, args), _ptr(out)))
+    return out
+
+
+def _rois(gen, count, batch, extent, dtype=torch.float64):
+    xy = torch.rand(count, 2, generator=gen, dtype=dtype) * extent - 0.15 * extent
+    wh = torch.rand(count, 2, generator=gen, dtype=dtype) * extent * 0.7
+    index = torch.randint(0, batch, (count, 1), generator=gen).to(dtype)
+    return torch.cat([index, xy, xy + wh], dim=1)
+
+
+# scale values exactly representable in float32, so the kernels' float attribute equals the reference's double
+@pytest.mark.parametrize("ratio,size,scale", [(0, (3, 2), 0.5), (2, (2, 2), 0.25), (1, (1, 4), 1.0)])
+def test_roi_pool_host_float64_matches_reference(host_lib, ratio, size, scale):
+    gen = torch.Generator().manual_seed(20)
+    x = torch.randn(2, 3, 9, 11, generator=gen, dtype=torch.float64)
+    rois = _rois(gen, 9, 2, 11.0 / scale)
+    offset = torch.randn(9, 2, *size, generator=gen, dtype=torch.float64) * 0.5
+    for off in (None, offset):
+        got = roi_pool_host(host_lib, x, rois, off, size, scale, ratio, 0.125)
+        torch.testing.assert_close(got, deform_roi_pool(x, rois, off, size, scale, ratio, 0.125), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("classes,group,pooled,part,samples", [(1, 3, 3, 3, 2), (3, 3, 3, 2, 4), (3, 2, 3, 3, 1)])
+def test_psroi_host_float64_matches_reference(host_lib, classes, group, pooled, part, samples):
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 3 * group * group, 8, 9, generator=gen, dtype=torch.float64)
+    rois = _rois(gen, 7, 2, 18.0)
+    rois[0, 1:] = torch.tensor([2.5, -1.5, 6.5, 3.5], dtype=torch.float64)  # halves: rounded away from zero
+    trans = torch.randn(7, 2 * classes, part, part, generator=gen, dtype=torch.float64)
+    for t, no_trans in ((trans, False), (None, True)):
+        got = psroi_pool_host(host_lib, x, rois, t, 0.5, 3, group, pooled, part, samples, 0.25, no_trans)
+        want = deform_psroi_pool(x, rois, t, 0.5, 3, group, pooled, part, samples, 0.25, no_trans)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_host_dtypes(host_lib, dtype, tol):
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(1, 8, 10, 10, generator=gen).to(dtype)
+    rois = _rois(gen, 5, 1, 20.0, torch.float32).round().to(dtype)
+    offset = (torch.randn(5, 2, 2, 2, generator=gen) * 0.3).to(dtype)
+    got = roi_pool_host(host_lib, x, rois, offset, (2, 2), 0.5, 2, 0.1)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), deform_roi_pool(x, rois, offset, 2, 0.5, 2, 0.1).float(), atol=tol, rtol=tol)
+    got = psroi_pool_host(host_lib, x, rois, offset, 0.5, 2, 2, 2, 2, 2, 0.1, False)
+    want = deform_psroi_pool(x, rois, offset, 0.5, 2, 2, 2, 2, 2, 0.1, False)
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+
+def test_host_errors_and_empty(host_lib):
+    x = torch.randn(1, 8, 5, 5, dtype=torch.float64)
+    assert roi_pool_host(host_lib, x, torch.zeros(0, 5, dtype=torch.float64), None, (2, 2), 1.0, 0, 0.1).shape == (0, 8, 2, 2)
+    with pytest.raises(RuntimeError, match="pooled_height must be >= 1, got 0"):
+        roi_pool_host(host_lib, x, torch.zeros(1, 5, dtype=torch.float64), None, (0, 2), 1.0, 0, 0.1)
+    with pytest.raises(RuntimeError, match="output_dim\\*group_size\\^2 = 18 channels, got 8"):
+        psroi_pool_host(host_lib, x, torch.zeros(1, 5, dtype=torch.float64), None, 1.0, 2, 3, 3, 3, 1, 0.1, True)
+    # a batch index out of range pools to 0 in the kernels (they cannot raise)
+    out = roi_pool_host(host_lib, x, torch.tensor([[3.0, 0, 0, 4, 4]], dtype=torch.float64), None, (2, 2), 1.0, 2, 0.1)
+    assert torch.count_nonzero(out) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 2e-3),
+                                       (torch.bfloat16, 2e-2)])
+def test_cuda_kernels_match_reference(dtype, tol):
+    path = library.find_library("kernels")
+    if path is None or not hasattr(_load(path), "dcn_deform_roi_pool_forward_cuda"):
+        pytest.skip("libdcn_deploy_kernels.so with the RoI pooling kernels is not built (dcn-deploy plugin build)")
+    lib = _load(path)
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(2, 2 * 9, 12, 13, generator=gen, dtype=torch.float64)
+    rois = _rois(gen, 300, 2, 26.0)
+    offset = torch.randn(300, 2, 3, 3, generator=gen, dtype=torch.float64) * 0.3
+    cast = [t.to(dtype) for t in (x, rois, offset)]
+    want_roi = deform_roi_pool(*cast, 3, 0.5, 0, 0.1).float()
+    want_ps = deform_psroi_pool(cast[0], cast[1], cast[2], 0.5, 2, 3, 3, 3, 4, 0.1, False).float()
+    dev = [t.cuda() for t in cast]
+    out = torch.empty(300, 18, 3, 3, dtype=dtype, device="cuda")
+    d = RoiPoolDesc(2, 18, 12, 13, 300, 3, 3, 0, 0.5, 0.1)
+    _check(lib, lib.dcn_deform_roi_pool_forward_cuda(ctypes.byref(d), DTYPES[dtype], *map(_ptr, dev), _ptr(out), None))
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out.cpu().float(), want_roi, atol=tol, rtol=tol)
+    out = torch.empty(300, 2, 3, 3, dtype=dtype, device="cuda")
+    d = PsroiPoolDesc(2, 18, 12, 13, 300, 2, 3, 3, 3, 4, 1, 0, 0.5, 0.1)
+    _check(lib, lib.dcn_deform_psroi_pool_forward_cuda(ctypes.byref(d), DTYPES[dtype], *map(_ptr, dev), _ptr(out), None))
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out.cpu().float(), want_ps, atol=tol, rtol=tol)
+
+
+def _fields(spec):
+    """(name, value, PluginFieldType code) triples -> the C arrays the parse functions take."""
+    keep, names, data, lengths, types = [], [], [], [], []
+    ctype = {1: ctypes.c_float, 2: ctypes.c_double, 5: ctypes.c_int32, 10: ctypes.c_int64}
+    for name, value, code in spec:
+        cell = ctype[code](value)
+        keep.append(cell)
+        names.append(name.encode())
+        data.append(ctypes.cast(ctypes.byref(cell), ctypes.c_void_p))
+        lengths.append(1)
+        types.append(code)
+    n = len(spec)
+    return (n, (ctypes.c_char_p * n)(*names), (ctypes.c_void_p * n)(*data), (ctypes.c_int32 * n)(*lengths),
+            (ctypes.c_int32 * n)(*types), keep)
+
+
+def test_plugin_fields_parse(host_lib):
+    n, names, data, lengths, types, _keep = _fields([
+        ("pooled_height", 7, 5), ("pooled_width", 5, 10), ("sampling_ratio", 2, 5), ("spatial_scale", 0.0625, 1),
+        ("gamma", 0.2, 2), ("plugin_namespace", 0, 5)])
+    desc = RoiPoolDesc()
+    _check(host_lib, host_lib.dcn_plugin_deform_roi_pool_parse_fields(n, names, data, lengths, types, ctypes.byref(desc)))
+    assert (desc.pooled_height, desc.pooled_width, desc.sampling_ratio) == (7, 5, 2)
+    assert desc.spatial_scale == 0.0625 and desc.gamma == pytest.approx(0.2)
+    # defaults when absent: the ONNX schema's
+    _check(host_lib, host_lib.dcn_plugin_deform_roi_pool_parse_fields(0, None, None, None, None, ctypes.byref(desc)))
+    assert (desc.pooled_height, desc.sampling_ratio, desc.gamma) == (1, 2, pytest.approx(0.1))
+    n, names, data, lengths, types, _keep = _fields([("pooled_height", 0, 5)])
+    with pytest.raises(RuntimeError, match="DeformRoIPool: pooled_height must be >= 1, got 0"):
+        _check(host_lib, host_lib.dcn_plugin_deform_roi_pool_parse_fields(n, names, data, lengths, types,
+                                                                           ctypes.byref(desc)))
+    n, names, data, lengths, types, _keep = _fields([("gamma", 1, 5)])
+    with pytest.raises(RuntimeError, match="field 'gamma' must be a FLOAT32"):
+        _check(host_lib, host_lib.dcn_plugin_deform_roi_pool_parse_fields(n, names, data, lengths, types,
+                                                                           ctypes.byref(desc)))
+    ps = PsroiPoolDesc()
+    n, names, data, lengths, types, _keep = _fields([
+        ("output_dim", 21, 5), ("group_size", 7, 5), ("pooled_size", 7, 5), ("part_size", 0, 5),
+        ("sample_per_part", 4, 5), ("no_trans", 1, 5), ("trans_std", 0.1, 1), ("spatial_scale", 0.0625, 1)])
+    _check(host_lib, host_lib.dcn_plugin_deform_psroi_pool_parse_fields(n, names, data, lengths, types, ctypes.byref(ps)))
+    assert (ps.output_dim, ps.group_size, ps.pooled_size, ps.part_size, ps.sample_per_part, ps.no_trans) == \
+        (21, 7, 7, 7, 4, 1)  # part_size 0 -> pooled_size
+    assert ps.trans_std == pytest.approx(0.1) and ps.spatial_scale == 0.0625
+
+
+def test_tensorrt_plugin_shells_without_tensorrt():
+    """plugins/tests/roiPoolShellTest.cpp drives both IPluginV3 classes (creators, fields, getOutputShapes with a
+    constant-folding stand-in for TensorRT's expression builder, type/format checks, configure, onShapeChange,
+    serialisation round trip, clone). It checks our shells, not TensorRT; it is built with the plugin."""
+    import subprocess
+
+    exe = library.default_build_dir() / "bin" / "dcn_roi_pool_shell_test"
+    if not exe.is_file():
+        pytest.skip("dcn_roi_pool_shell_test not built (needs nvcc and TensorRT headers; run ./dev test or "
+                    "`dcn-deploy plugin build --fetch-trt-headers`)")
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 failure(s)" in proc.stdout and proc.stdout.count("ok ") >= 30
