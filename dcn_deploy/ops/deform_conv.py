@@ -41,7 +41,8 @@ def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: i
                    dilation: Sequence[int]):
     """Table rows and weights of the four bilinear neighbours of every deformed sample.
 
-    Returns ``(index, weight)``, both of shape (N*oH*oW*kH*kW*G*4,), ordered (n, y, x, i, j, g, corner).
+    Returns ``(index, weight)``, both of shape (N, oH*oW, kH*kW, G, 4): (image, output pixel, kernel point,
+    offset group, corner).
     ``index`` is a row of the channels-last table built by :func:`_channels_last_table`; a neighbour outside
     the image gets weight 0 (and a harmless index 0). The mask is folded into the weights.
     """
@@ -80,13 +81,16 @@ def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: i
     plane = (torch.arange(n, device=device).view(n, 1, 1, 1, 1) * groups
              + torch.arange(groups, device=device).view(1, 1, 1, groups, 1)) * (height * width)
     index = torch.where(inside, corner_y * width + corner_x + plane, torch.zeros((), dtype=torch.long, device=device))
-    return index.reshape(-1), weight.reshape(-1)
+    return index, weight
 
 
 def _channels_last_table(input: torch.Tensor, groups: int) -> torch.Tensor:
     """(N, C, H, W) -> (N*groups*H*W, C/groups): one row of channels per pixel of each (image, offset group)."""
     n, c, h, w = input.shape
-    return input.reshape(n, groups, c // groups, h * w).permute(0, 1, 3, 2).reshape(n * groups * h * w, c // groups)
+    # .contiguous(): with N = groups = 1 a reshape alone would return a column-major view, which embedding_bag
+    # handles an order of magnitude slower
+    table = input.reshape(n, groups, c // groups, h * w).permute(0, 1, 3, 2).contiguous()
+    return table.view(n * groups * h * w, c // groups)
 
 
 def _sample_columns(input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor],
@@ -103,8 +107,8 @@ def _sample_columns(input: torch.Tensor, offset: torch.Tensor, mask: Optional[to
     length = offset.shape[2] * offset.shape[3]
     index, weight = _bilinear_taps(offset, mask, h, w, kernel, stride, padding, dilation)
     bags = torch.arange(0, index.numel(), 4, device=input.device)
-    samples = F.embedding_bag(index, _channels_last_table(input, groups), bags, mode="sum",
-                              per_sample_weights=weight)
+    samples = F.embedding_bag(index.reshape(-1), _channels_last_table(input, groups), bags, mode="sum",
+                              per_sample_weights=weight.reshape(-1))
     # rows are ordered (n, pixel, kernel point, offset group): channel g*C/G + c' lands at position g*C/G + c'
     return samples.view(n, length, k, c)
 
@@ -130,11 +134,12 @@ def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int) 
                 acc = torch.addcmul(acc, columns[:, :, point], weight_k[:, j, point])
             outs.append(acc)
         return torch.stack(outs, dim=-1).view(n, length, oc).transpose(1, 2).contiguous()
-    # grouped: one matrix product per group, (groups, oC/groups, K*C/groups) x (groups, K*C/groups, n*L)
-    grouped = columns.view(n * length, k, groups, c_per_group).permute(2, 1, 3, 0).reshape(groups, k * c_per_group, n * length)
-    weight_g = weight.reshape(groups, per_group, c_per_group, k).transpose(2, 3).reshape(groups, per_group, k * c_per_group)
-    out = torch.bmm(weight_g, grouped)  # (groups, oC/groups, n*L)
-    return out.view(oc, n, length).transpose(0, 1).contiguous()
+    # grouped: one matrix product per group, (groups, n*L, K*C/groups) x (groups, K*C/groups, oC/groups); this
+    # permutation keeps n*L outermost so the copy streams (putting it innermost is 3x slower)
+    grouped = columns.view(n * length, k, groups, c_per_group).permute(2, 0, 1, 3).reshape(groups, n * length, k * c_per_group)
+    weight_g = weight.reshape(groups, per_group, c_per_group, k).permute(0, 3, 2, 1).reshape(groups, k * c_per_group, per_group)
+    out = torch.bmm(grouped, weight_g)  # (groups, n*L, oC/groups)
+    return out.view(groups, n, length, per_group).permute(1, 0, 3, 2).contiguous().view(n, oc, length)
 
 
 def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
