@@ -12,15 +12,7 @@ import sys
 import click
 
 from . import __version__
-
-
-class CliError(click.ClickException):
-    """A user-facing error: printed as 'error: ...' with exit code 2, no traceback unless --debug."""
-
-    exit_code = 2
-
-    def format_message(self) -> str:
-        return self.message
+from .commands import CliError  # noqa: F401 - re-exported: the error type commands raise
 
 
 class _Group(click.Group):

@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 
 import click
 
+from . import CliError
+
 
 @click.command("build")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -57,7 +59,6 @@ def command(model_path: Path, output: Optional[Path], precision: str, shapes: Se
     from ..backends.trt_build import (BuildCancelled, BuildError, TensorRTMissingError, build_engine,
                                       import_tensorrt, parse_size)
     from ..backends.trt_profiles import ProfileError
-    from ..cli import CliError  # here, not at the top: cli.py imports this module while it registers commands
 
     if workspace is not None:
         try:

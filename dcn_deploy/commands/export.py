@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import click
 
-from ..cli import CliError
+from . import CliError
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 

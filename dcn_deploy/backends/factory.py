@@ -1,0 +1,94 @@
+"""One place that turns a runner name from the CLI (``ort``, ``torch``, ``trt``, ...) into a Runner.
+
+Backends are imported only when their runner is made, so naming ``ort`` never imports torch and naming
+``trt`` on a machine without TensorRT gives one clear message instead of an ImportError.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+from .base import Runner, RunnerError, TensorMeta
+
+__all__ = ["RUNNER_KINDS", "make_runner", "onnx_io_metadata", "tensorrt_missing_reason"]
+
+RUNNER_KINDS = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")
+RUNNER_HELP = ("ort: ONNX Runtime on the CPU; ort-cuda: ONNX Runtime's CUDA provider (onnxruntime-gpu); "
+               "torch: the PyTorch model (needs --model); trt: TensorRT (needs tensorrt and a GPU); "
+               "onnx-reference: onnx's pure-Python reference evaluator (slow, the standard's semantics)")
+
+
+def onnx_io_metadata(path: os.PathLike) -> Tuple[Tuple[TensorMeta, ...], Tuple[str, ...]]:
+    """Inputs (without initialisers) and output names of an ONNX file, read without a runtime session."""
+    import onnx
+
+    from .onnx_reference_runner import _value_info_meta
+
+    proto = onnx.load(str(path), load_external_data=False)
+    initialisers = {t.name for t in proto.graph.initializer}
+    inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
+    return inputs, tuple(v.name for v in proto.graph.output)
+
+
+def tensorrt_missing_reason() -> Optional[str]:
+    """None when ``import tensorrt`` works, else what is missing and how to install it (trt_build's hint)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        from .trt_build import tensorrt_install_hint
+
+        return tensorrt_install_hint(str(exc))
+    return None
+
+
+def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_threads: Optional[int] = None,
+                engine: Optional[os.PathLike] = None, engine_options: Optional[dict] = None) -> Runner:
+    """A runner of ``kind`` (one of :data:`RUNNER_KINDS`) for the model file ``model_path``.
+
+    ``torch_model`` (an nn.Module) is required for ``torch``: it runs with the ONNX file's input and output
+    names. ``trt`` runs ``engine`` when given, else ``model_path`` itself when it is an engine, else builds
+    ``MODEL.engine`` beside the ``.onnx`` file with ``dcn_deploy.backends.trt_build.build_engine``
+    (``engine_options`` are passed to it).
+    """
+    path = Path(model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    is_engine = path.suffix.lower() in (".engine", ".plan", ".trt")
+    if kind not in RUNNER_KINDS:
+        raise ValueError(f"unknown runner {kind!r}; choose from {', '.join(RUNNER_KINDS)}")
+    if kind == "trt":
+        reason = tensorrt_missing_reason()
+        if reason:
+            raise RunnerError(f"trt: {reason}")
+        from .trt_runner import TrtRunner
+
+        if engine is not None:
+            return TrtRunner(engine)
+        if not is_engine:
+            from .trt_build import build_engine
+
+            engine_path = path.with_suffix(".engine")
+            build_engine(path, engine_path, **(engine_options or {}))
+            path = engine_path
+        return TrtRunner(path)
+    if is_engine:
+        raise ValueError(f"runner {kind!r} needs an ONNX file, got the TensorRT engine {path}; "
+                         "give the .onnx file the engine was built from")
+    if kind in ("ort", "ort-cuda"):
+        from .ort_runner import OrtRunner
+
+        return OrtRunner(path, device="cuda" if kind == "ort-cuda" else "cpu", threads=device_threads)
+    if kind == "onnx-reference":
+        from .onnx_reference_runner import OnnxReferenceRunner
+
+        return OnnxReferenceRunner(path)
+    # torch
+    if torch_model is None:
+        raise ValueError("runner 'torch' needs the PyTorch model: give --model FILE.py:FACTORY, module:FACTORY, "
+                         "a .pt2 file or a zoo name (and --weights STATE_DICT.pt if the factory builds an "
+                         "untrained model)")
+    from .torch_runner import TorchRunner
+
+    inputs, outputs = onnx_io_metadata(path)
+    return TorchRunner(torch_model, inputs, output_names=outputs)

@@ -1,0 +1,85 @@
+"""A runner over ``onnx.reference.ReferenceEvaluator``: the ONNX specification in pure Python.
+
+Slow (every op is numpy, DeformConv loops over kernel points), but independent of any runtime, so it answers
+"does ONNX Runtime execute this file as the standard says?" (``dcn-deploy verify MODEL.onnx --against ort``).
+It runs the function bodies stored in the file, so our ``dcn_deploy`` ops need no registration.
+Known limit (field notes): its DeformConv divides by zero when a DeformConv input's H or W is 1.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Tuple, Union
+
+import numpy as np
+
+from .base import Runner, RunnerError, TensorMeta
+from .ort_runner import register_dcn_schemas
+
+__all__ = ["OnnxReferenceRunner"]
+
+
+def _value_info_meta(value_info) -> TensorMeta:
+    from onnx import helper
+
+    tensor_type = value_info.type.tensor_type
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    except (KeyError, TypeError, ValueError):
+        raise RunnerError(f"onnx-reference: input {value_info.name!r} has an element type numpy cannot hold") from None
+    shape = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            shape.append(int(dim.dim_value))
+        else:
+            shape.append(dim.dim_param or None)
+    return TensorMeta(value_info.name, dtype, tuple(shape))
+
+
+class OnnxReferenceRunner(Runner):
+    """Runs a model (path, bytes or ModelProto) with onnx's reference evaluator."""
+
+    def __init__(self, model: Union[str, os.PathLike, bytes, object], name: str = "onnx-reference") -> None:
+        super().__init__()
+        if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
+            raise FileNotFoundError(f"ONNX model {model} does not exist")
+        self.model = model
+        self.name = name
+        self._evaluator = None
+        self._inputs: Tuple[TensorMeta, ...] = ()
+        self._output_names: Tuple[str, ...] = ()
+
+    def _activate(self) -> None:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        register_dcn_schemas()
+        if isinstance(self.model, (str, os.PathLike)):
+            proto = onnx.load(str(self.model))
+        elif isinstance(self.model, (bytes, bytearray)):
+            proto = onnx.load_from_string(bytes(self.model))
+        else:
+            proto = self.model
+        initialisers = {t.name for t in proto.graph.initializer}
+        self._inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
+        self._output_names = tuple(v.name for v in proto.graph.output)
+        try:
+            self._evaluator = ReferenceEvaluator(proto)
+        except Exception as exc:  # the evaluator raises many types for unsupported ops
+            raise RunnerError(f"onnx-reference: cannot load the model: {exc}") from exc
+
+    def _deactivate(self) -> None:
+        self._evaluator = None
+
+    def input_metadata(self) -> Tuple[TensorMeta, ...]:
+        if self._evaluator is None:
+            raise RunnerError("onnx-reference: input_metadata() needs an active runner ('with runner:')")
+        return self._inputs
+
+    def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
+        arrays = {m.name: np.ascontiguousarray(feed[m.name]) for m in self._inputs}
+        try:
+            values = self._evaluator.run(None, arrays)
+        except Exception as exc:
+            raise RunnerError(f"onnx-reference: inference failed: {exc}") from exc
+        return {name: np.asarray(v) for name, v in zip(self._output_names, values)}

@@ -1,0 +1,172 @@
+"""The ONNX Runtime runner: CPU by default, the CUDA execution provider when asked for and present.
+
+Exported files carry the body of every ``dcn_deploy`` op as an ONNX function (a standard ``DeformConv``), so a
+stock onnxruntime >= 1.25 runs them with no extra library. Importing ``dcn_deploy.onnx.opset`` (when present)
+registers our op schemas with ``onnx`` so that models handled in the same process check and infer shapes.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .base import Runner, RunnerError, TensorMeta
+
+__all__ = ["OrtRunner", "ort_type_to_numpy", "register_dcn_schemas"]
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+}
+
+ModelSource = Union[str, os.PathLike, bytes, "onnx.ModelProto"]  # noqa: F821
+
+
+def ort_type_to_numpy(ort_type: str, name: str = "") -> np.dtype:
+    """``"tensor(float)"`` -> ``float32``; raises RunnerError for types numpy cannot hold (e.g. bfloat16)."""
+    try:
+        return np.dtype(_ORT_TYPES[ort_type])
+    except KeyError:
+        raise RunnerError(f"ort: tensor {name!r} has type {ort_type}, which numpy feeds cannot hold; "
+                          "supported: " + ", ".join(sorted(_ORT_TYPES))) from None
+
+
+def register_dcn_schemas() -> bool:
+    """Import ``dcn_deploy.onnx.opset`` (which registers our op schemas with onnx) if it exists."""
+    try:
+        importlib.import_module("dcn_deploy.onnx.opset")
+    except ModuleNotFoundError as exc:
+        if exc.name == "dcn_deploy.onnx.opset":
+            return False
+        raise
+    return True
+
+
+def _metas(args) -> Tuple[TensorMeta, ...]:
+    return tuple(TensorMeta(a.name, ort_type_to_numpy(a.type, a.name),
+                            tuple(d if isinstance(d, int) else (d or None) for d in (a.shape or ())))
+                 for a in args)
+
+
+class OrtRunner(Runner):
+    """Runs an ONNX model in an ``onnxruntime.InferenceSession``.
+
+    Args:
+        model: a path to a .onnx file, its bytes, or an ``onnx.ModelProto``.
+        device: ``"cpu"`` (default) or ``"cuda"`` (needs onnxruntime-gpu's CUDAExecutionProvider; the CPU provider
+            stays as the fallback for nodes CUDA lacks).
+        providers: an explicit provider list for ``InferenceSession``; overrides ``device``.
+        threads: intra-op threads (None: onnxruntime's default, one per core).
+        optimization: graph optimisation level ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
+    """
+
+    def __init__(self, model: ModelSource, *, device: str = "cpu", providers: Optional[Sequence[str]] = None,
+                 threads: Optional[int] = None, optimization: str = "all", name: Optional[str] = None) -> None:
+        super().__init__()
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"ort: device must be 'cpu' or 'cuda', got {device!r}")
+        if optimization not in ("all", "extended", "basic", "disable"):
+            raise ValueError(f"ort: optimization must be all, extended, basic or disable, got {optimization!r}")
+        if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
+            raise FileNotFoundError(f"ONNX model {model} does not exist")
+        self.model = model
+        self.device = device
+        self.providers = None if providers is None else list(providers)
+        self.threads = threads
+        self.optimization = optimization
+        self.name = name or ("ort" if device == "cpu" else "ort-cuda")
+        self.session = None
+
+    def _session_providers(self, ort) -> List[str]:
+        if self.providers is not None:
+            return self.providers
+        if self.device == "cuda":
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
+                raise RunnerError(
+                    f"ort: the CUDA execution provider is not available in this onnxruntime "
+                    f"({ort.__version__}, providers {available}); install onnxruntime-gpu instead of onnxruntime "
+                    "(pip uninstall onnxruntime && pip install onnxruntime-gpu) on a machine with a GPU, or use "
+                    "device 'cpu'")
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def _model_bytes_or_path(self):
+        if isinstance(self.model, (str, os.PathLike)):
+            return str(self.model)
+        if isinstance(self.model, (bytes, bytearray)):
+            return bytes(self.model)
+        if hasattr(self.model, "SerializeToString"):
+            return self.model.SerializeToString()
+        raise TypeError(f"ort: model must be a path, bytes or onnx.ModelProto, got {type(self.model).__name__}")
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        register_dcn_schemas()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[self.optimization]
+        if self.threads is not None:
+            options.intra_op_num_threads = int(self.threads)
+        options.log_severity_level = 3  # errors only: warnings about unused initialisers etc. are noise here
+        source = self._model_bytes_or_path()
+        label = source if isinstance(source, str) else "the model"
+        try:
+            self.session = ort.InferenceSession(source, sess_options=options,
+                                                providers=self._session_providers(ort))
+        except RunnerError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+            hint = ""
+            text = str(exc)
+            if "dcn_deploy" in text or "DeformConv" in text:
+                hint = (" (onnxruntime runs DeformConv from version 1.25 on, and dcn_deploy ops through the function "
+                        f"body stored in the file; this is onnxruntime {ort.__version__}; re-export the model with "
+                        "dcn_deploy.onnx.export if its dcn_deploy nodes have no function body)")
+            raise RunnerError(f"ort: cannot load {label}: {text.strip()}{hint}") from exc
+        self._input_metas = _metas(self.session.get_inputs())
+        self._output_metas = _metas(self.session.get_outputs())
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def input_metadata(self) -> Tuple[TensorMeta, ...]:
+        if self.session is None:
+            raise RunnerError("ort: input_metadata() needs an active runner ('with runner:')")
+        return self._input_metas
+
+    def output_metadata(self) -> Tuple[TensorMeta, ...]:
+        if self.session is None:
+            raise RunnerError("ort: output_metadata() needs an active runner ('with runner:')")
+        return self._output_metas
+
+    def active_providers(self) -> List[str]:
+        return [] if self.session is None else list(self.session.get_providers())
+
+    def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
+        arrays = {}
+        for meta in self._input_metas:
+            array = np.ascontiguousarray(feed[meta.name])
+            if array.dtype != meta.dtype:
+                raise RunnerError(f"ort: input {meta.name!r} has dtype {array.dtype}, the model expects {meta.dtype}")
+            if array.ndim != len(meta.shape) or any(isinstance(d, int) and d != s
+                                                    for d, s in zip(meta.shape, array.shape)):
+                raise RunnerError(f"ort: input {meta.name!r} has shape {tuple(array.shape)}, the model expects "
+                                  f"{tuple('?' if d is None else d for d in meta.shape)}")
+            arrays[meta.name] = array
+        try:
+            values = self.session.run(None, arrays)
+        except Exception as exc:  # onnxruntime's own exception types
+            shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in arrays.items())
+            raise RunnerError(f"ort: inference failed on inputs ({shapes}): {str(exc).strip()}") from exc
+        return {meta.name: value for meta, value in zip(self._output_metas, values)}

@@ -1,0 +1,136 @@
+"""The PyTorch eager runner: the reference every other backend is compared with.
+
+:class:`TorchRunner` wraps an ``nn.Module`` whose ``forward`` takes the model's inputs positionally, in the
+order of ``inputs`` (the ONNX file's input order when it verifies an exported model). Outputs (a tensor, a
+tuple/list of tensors or a dict of tensors) are returned as numpy arrays named ``output_names`` (the ONNX
+file's output names), or ``output_0``, ``output_1``, ... (dict keys for dict outputs) when none are given.
+
+Loading a model from what a user has (``FILE.py:FACTORY``, a .pt2 program, a zoo name) is
+``dcn_deploy.onnx.model_loading.load_model``'s job; :func:`as_module` turns its result into a module.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .base import Runner, RunnerError, TensorMeta
+
+__all__ = ["TorchRunner", "as_module", "metas_from_examples"]
+
+
+def metas_from_examples(names: Sequence[str], examples: Sequence[torch.Tensor],
+                        dynamic_batch: bool = False) -> tuple:
+    """Input metadata from example tensors (``dynamic_batch`` marks dimension 0 as ``"batch"``)."""
+    if len(names) != len(examples):
+        raise ValueError(f"{len(names)} input names {list(names)} for {len(examples)} example inputs")
+    metas = []
+    for name, example in zip(names, examples):
+        shape = tuple(int(d) for d in example.shape)
+        if dynamic_batch and shape:
+            shape = ("batch",) + shape[1:]
+        metas.append(TensorMeta(name, np.dtype(str(example.dtype).replace("torch.", "")), shape))
+    return tuple(metas)
+
+
+def _to_torch(value: object, meta: TensorMeta, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    array = np.ascontiguousarray(value)
+    if array.dtype != meta.dtype:
+        raise RunnerError(f"torch: input {meta.name!r} has dtype {array.dtype}, the model expects {meta.dtype}")
+    return torch.from_numpy(array).to(device)
+
+
+def _flatten_outputs(result: object, prefix: Optional[str] = None) -> List[tuple]:
+    """(name or None, tensor) pairs from a tensor, a (nested) tuple/list or a dict of tensors.
+
+    Dict entries are named by their keys (``key.0``, ``key.1`` for a sequence inside); top-level sequence items
+    are unnamed (None), so the runner names them by position.
+    """
+    if isinstance(result, torch.Tensor):
+        return [(prefix, result)]
+    if isinstance(result, Mapping):
+        pairs = []
+        for key, value in result.items():
+            pairs.extend(_flatten_outputs(value, str(key) if prefix is None else f"{prefix}.{key}"))
+        return pairs
+    if isinstance(result, (tuple, list)):
+        pairs = []
+        for index, value in enumerate(result):
+            pairs.extend(_flatten_outputs(value, None if prefix is None else f"{prefix}.{index}"))
+        return pairs
+    raise RunnerError(f"torch: the model returned a {type(result).__name__}; a runner needs tensors "
+                      "(a tensor, a tuple/list or a dict of tensors)")
+
+
+class TorchRunner(Runner):
+    """PyTorch eager inference under ``torch.inference_mode`` with the module in eval mode.
+
+    Args:
+        model: the module; ``forward(*inputs)`` in the order of ``inputs``.
+        inputs: the inputs' metadata (names, dtypes, shapes with dynamic dims), e.g. from an ONNX runner or
+            :func:`metas_from_examples`.
+        output_names: names for the flattened outputs, in order (e.g. the ONNX file's outputs).
+        device: ``"cpu"`` or ``"cuda"`` (inputs are moved there; outputs come back as numpy).
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs: Sequence[TensorMeta],
+                 output_names: Optional[Sequence[str]] = None, device: str = "cpu", name: str = "torch") -> None:
+        super().__init__()
+        self.model = as_module(model)
+        self._inputs = tuple(inputs)
+        self._output_names = None if output_names is None else list(output_names)
+        self.device = torch.device(device)
+        self.name = name
+
+    def input_metadata(self) -> tuple:
+        return self._inputs
+
+    def _activate(self) -> None:
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RunnerError("torch: device 'cuda' was asked for but this PyTorch has no usable CUDA device; "
+                              "use device 'cpu'")
+        _eval_mode(self.model).to(self.device)
+
+    def _deactivate(self) -> None:
+        pass
+
+    def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
+        args = [_to_torch(feed[m.name], m, self.device) for m in self._inputs]
+        try:
+            with torch.inference_mode():
+                result = self.model(*args)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            shapes = ", ".join(f"{m.name}: {tuple(a.shape)}" for m, a in zip(self._inputs, args))
+            raise RunnerError(f"torch: the model failed on inputs ({shapes}): {exc}") from exc
+        pairs = _flatten_outputs(result)
+        if self._output_names is not None and len(self._output_names) != len(pairs):
+            raise RunnerError(f"torch: the model returned {len(pairs)} outputs but {len(self._output_names)} "
+                              f"output names were given ({self._output_names}); is it the model the file came from?")
+        outputs: Dict[str, np.ndarray] = {}
+        for i, (key, tensor) in enumerate(pairs):
+            if self._output_names is not None:
+                name = self._output_names[i]
+            else:
+                name = key if key is not None else f"output_{i}"
+            outputs[name] = tensor.detach().to("cpu").numpy()
+        return outputs
+
+
+def _eval_mode(model: torch.nn.Module) -> torch.nn.Module:
+    # Modules unflattened from torch.export refuse train()/eval(); they are already in inference form.
+    try:
+        return model.eval()
+    except (NotImplementedError, RuntimeError):
+        return model
+
+
+def as_module(model) -> torch.nn.Module:
+    """An ``nn.Module`` from a module or a ``torch.export.ExportedProgram`` (its ``.module()``)."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"expected a torch.nn.Module or ExportedProgram, got {type(model).__name__}")
+    return model

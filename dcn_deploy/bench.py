@@ -1,0 +1,264 @@
+"""Latency and throughput of runners, side by side, over several batch sizes (after trtexec's report).
+
+For each batch size, every runner gets the same random feed, runs ``warmup`` untimed inferences, then a fixed
+number of ``iterations`` or as many as fit in ``duration`` seconds. Each inference's time is the runner's own
+``last_inference_time()`` (the model call, without feed generation). Reported per (runner, batch):
+latency min/mean/median/p90/p99/max/std in milliseconds, throughput in inferences and samples per second
+(samples = batch x inferences, over the summed inference time), and the speed relative to the first runner at
+the same batch (``first median / this median``, so 2.0 means twice as fast).
+
+Runners that time stages apart (the TensorRT runner: host-to-device, compute, device-to-host, as trtexec shows)
+expose ``last_stage_times()`` returning a dataclass of ``<stage>_ms`` fields (``h2d_ms``, ``compute_ms``,
+``d2h_ms``); each stage gets the same statistics, reported under ``phases_ms``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .backends.base import Runner
+from .feeds import format_shape, random_feed
+
+__all__ = ["LatencyStats", "BenchEntry", "BenchResult", "benchmark", "latency_stats"]
+
+
+@dataclass
+class LatencyStats:
+    """Statistics of a list of durations, in milliseconds."""
+
+    min: float
+    mean: float
+    median: float
+    p90: float
+    p99: float
+    max: float
+    std: float
+
+
+def latency_stats(seconds: Sequence[float]) -> LatencyStats:
+    """Statistics (ms) of per-inference durations given in seconds; percentiles by linear interpolation."""
+    if len(seconds) == 0:
+        raise ValueError("no timings to summarise: run at least one iteration")
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return LatencyStats(min=float(ms.min()), mean=float(ms.mean()), median=float(p50), p90=float(p90),
+                        p99=float(p99), max=float(ms.max()), std=float(ms.std()))
+
+
+@dataclass
+class BenchEntry:
+    """One runner at one batch size."""
+
+    runner: str
+    batch: int
+    inputs: Dict[str, List[int]]
+    warmup: int
+    iterations: int
+    total_s: float  # summed inference time
+    wall_s: float  # wall time of the timed loop
+    latency_ms: LatencyStats
+    inferences_per_s: float
+    samples_per_s: float
+    relative_speed: float = 1.0  # first runner's median / this median, at the same batch
+    phases_ms: Dict[str, LatencyStats] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    entries: List[BenchEntry]
+    settings: Dict[str, object]
+    environment: Dict[str, object]
+
+    def entry(self, runner: str, batch: int) -> BenchEntry:
+        for e in self.entries:
+            if e.runner == runner and e.batch == batch:
+                return e
+        raise KeyError(f"no result for runner {runner!r} at batch {batch}")
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "environment": self.environment,
+                "results": [asdict(e) for e in self.entries]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        first = self.entries[0].runner if self.entries else ""
+        header = ("batch", "runner", "iters", "mean ms", "median", "p90", "p99", "min", "max",
+                  "samples/s", f"speed vs {first}")
+        rows = [header]
+        for e in self.entries:
+            lat = e.latency_ms
+            rows.append((str(e.batch), e.runner, str(e.iterations), _ms(lat.mean), _ms(lat.median), _ms(lat.p90),
+                         _ms(lat.p99), _ms(lat.min), _ms(lat.max), f"{e.samples_per_s:,.1f}",
+                         f"{e.relative_speed:.2f}x"))
+            for phase, stats in e.phases_ms.items():
+                rows.append(("", f"  {phase}", "", _ms(stats.mean), _ms(stats.median), _ms(stats.p90),
+                             _ms(stats.p99), _ms(stats.min), _ms(stats.max), "", ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.rjust(w) if i not in (1,) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                 for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        s = self.settings
+        mode = f"{s['iterations']} iterations" if s.get("iterations") else f"{s['duration_s']} s per measurement"
+        lines.append(f"latency in ms per inference ({mode} after {s['warmup']} warm-up runs); samples/s = batch x "
+                     "inferences / summed latency; speed = first runner's median / this median")
+        return "\n".join(lines)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 100 else f"{value:.1f}"
+
+
+def environment_info() -> Dict[str, object]:
+    """Versions and machine facts a reader needs to compare two reports (reads only modules already imported)."""
+    info: Dict[str, object] = {"python": platform.python_version(), "machine": platform.machine(),
+                               "system": platform.system(), "cpu_count": os.cpu_count(), "numpy": np.__version__}
+    for module in ("torch", "onnxruntime", "tensorrt"):
+        if module in sys.modules:
+            info[module] = getattr(sys.modules[module], "__version__", "?")
+    return info
+
+
+class _Progress:
+    """One tqdm bar on stderr over all measurements (units: iterations or seconds); silent when disabled."""
+
+    def __init__(self, enabled: bool, total: float, unit: str) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            digits = 0 if unit == "it" else 1
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| "
+                                       f"{{n:.{digits}f}}/{{total:.{digits}f}} {{unit}} [{{elapsed}}<{{remaining}}]")
+
+    def describe(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(text)
+
+    def advance(self, amount: float) -> None:
+        if self.bar is not None:
+            self.bar.update(amount)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def stage_times(runner: Runner) -> Dict[str, float]:
+    """The last inference's stage times in seconds ({"h2d": ..., "compute": ..., "d2h": ...}), or {}."""
+    method = getattr(runner, "last_stage_times", None)
+    stages = method() if callable(method) else None
+    if stages is None:
+        return {}
+    values = dataclasses.asdict(stages) if dataclasses.is_dataclass(stages) else dict(stages)
+    return {name[:-3]: float(ms) / 1e3 for name, ms in values.items() if name.endswith("_ms")}
+
+
+def _measure(runner: Runner, feed: Mapping[str, np.ndarray], iterations: Optional[int], duration: Optional[float],
+             progress: _Progress) -> tuple:
+    times: List[float] = []
+    phases: Dict[str, List[float]] = {}
+    start = time.perf_counter()
+    last_tick = start
+    while True:
+        runner.infer(feed)
+        times.append(runner.last_inference_time())
+        for phase, seconds in stage_times(runner).items():
+            phases.setdefault(phase, []).append(seconds)
+        now = time.perf_counter()
+        if iterations is not None:
+            progress.advance(1)
+            if len(times) >= iterations:
+                break
+        else:
+            progress.advance(min(now, start + duration) - last_tick)
+            last_tick = min(now, start + duration)
+            if now - start >= duration:
+                break
+    return times, phases, time.perf_counter() - start
+
+
+def benchmark(runners: Sequence[Runner], *, batches: Sequence[int] = (1,),
+              shapes: Optional[Mapping[str, Sequence[int]]] = None, iterations: Optional[int] = None,
+              duration: Optional[float] = None, warmup: int = 10, seed: int = 0,
+              progress: bool = True) -> BenchResult:
+    """Time every runner at every batch size on the same random feed (see the module docstring).
+
+    Give ``iterations`` (timed inferences per measurement) or ``duration`` (seconds per measurement); with
+    neither, 100 iterations. ``shapes`` gives sizes for dynamic input dimensions (the batch dimension is set from
+    ``batches``). Runners that are not active are activated only while they are measured (so one runner's
+    thread pool does not slow the next); runners the caller activated stay active.
+    """
+    if not runners:
+        raise ValueError("benchmark needs at least one runner")
+    if iterations is not None and duration is not None:
+        raise ValueError("give iterations or duration, not both")
+    if iterations is None and duration is None:
+        iterations = 100
+    if iterations is not None and iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
+        raise ValueError(f"duration must be a positive number of seconds, got {duration}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    batches = [int(b) for b in batches]
+    if not batches or min(batches) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batches}")
+    names = [r.name for r in runners]
+    if len(set(names)) != len(names):
+        raise ValueError(f"runner names must be distinct to be reported side by side, got {names}")
+
+    jobs = len(batches) * len(runners)
+    bar = _Progress(progress, jobs * (iterations if iterations is not None else duration),
+                    "it" if iterations is not None else "s")
+    # Runners the caller did not activate are active only while they are measured: ONNX Runtime's thread pool
+    # spins after each run, and a live session would compete with the next runner's threads.
+    owned = [not r.is_active for r in runners]
+    entries: List[BenchEntry] = []
+    try:
+        runners[0].activate()
+        metas = runners[0].input_metadata()
+        if owned[0]:
+            runners[0].deactivate()
+        for batch in batches:
+            feed = random_feed(metas, shapes, batch, seed)
+            for runner, own in zip(runners, owned):
+                bar.describe(f"{runner.name} batch {batch}")
+                runner.activate()
+                try:
+                    for _ in range(warmup):
+                        runner.infer(feed)
+                    times, phases, wall = _measure(runner, feed, iterations, duration, bar)
+                finally:
+                    if own:
+                        runner.deactivate()
+                total = float(sum(times))
+                entries.append(BenchEntry(
+                    runner=runner.name, batch=batch, inputs={k: list(v.shape) for k, v in feed.items()},
+                    warmup=warmup, iterations=len(times), total_s=total, wall_s=wall,
+                    latency_ms=latency_stats(times), inferences_per_s=len(times) / total if total else float("inf"),
+                    samples_per_s=batch * len(times) / total if total else float("inf"),
+                    phases_ms={k: latency_stats(v) for k, v in phases.items()}))
+            base = entries[-len(runners)].latency_ms.median
+            for e in entries[-len(runners):]:
+                e.relative_speed = base / e.latency_ms.median if e.latency_ms.median > 0 else float("inf")
+    finally:
+        bar.close()
+        for runner, own in zip(runners, owned):
+            if own:
+                runner.deactivate()
+    settings = {"runners": names, "batches": batches, "iterations": iterations, "duration_s": duration,
+                "warmup": warmup, "seed": seed,
+                "inputs": {k: format_shape(v) for k, v in (shapes or {}).items()}}
+    return BenchResult(entries=entries, settings=settings, environment=environment_info())

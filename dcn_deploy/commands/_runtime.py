@@ -1,0 +1,126 @@
+"""Options and helpers shared by the commands that run models (verify, bench, infer). Imports click only."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import click
+
+from . import CliError
+
+RUNNER_CHOICES = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")  # = backends.factory.RUNNER_KINDS
+
+
+def model_argument(fn: Callable) -> Callable:
+    return click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False,
+                                                                          path_type=Path))(fn)
+
+
+def engine_option(fn: Callable) -> Callable:
+    return click.option("--engine", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                        help="A TensorRT engine for the trt runner, built from MODEL (default: build MODEL.engine "
+                             "beside an ONNX MODEL).")(fn)
+
+
+def torch_model_options(fn: Callable) -> Callable:
+    fn = click.option("--weights", "--checkpoint", "checkpoint",
+                      type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                      help="state_dict (torch.save) to load into the module that --model builds.")(fn)
+    fn = click.option("--model", "torch_model", metavar="REF",
+                      help="The PyTorch model for the torch runner: FILE.py:FACTORY, package.module:FACTORY, "
+                           "a torch.export .pt2 file, or a zoo name (e.g. resnet50_dcn_c5).")(fn)
+    return fn
+
+
+def shape_options(fn: Callable) -> Callable:
+    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")(fn)
+    fn = click.option("--shape", "shapes", multiple=True, metavar="NAME=SHAPE",
+                      help="Size of an input with dynamic dimensions, e.g. --shape input=1x3x224x224 (repeatable).")(fn)
+    return fn
+
+
+def parse_shapes(items: Sequence[str]) -> Dict[str, tuple]:
+    from ..feeds import parse_shape_options
+
+    return parse_shape_options(items)
+
+
+def parse_int_list(text: str, option: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"{option} {text!r}: expected comma-separated integers, e.g. {option} 1,8") from None
+    if not values or min(values) < 1:
+        raise CliError(f"{option} {text!r}: give one or more positive integers, e.g. {option} 1,8")
+    return values
+
+
+def parse_runner_list(text: str) -> List[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RUNNER_CHOICES]
+    if not names or unknown:
+        raise CliError(f"--runner {text!r}: unknown runner(s) {unknown}; choose from {', '.join(RUNNER_CHOICES)} "
+                       "(comma-separated)")
+    if len(set(names)) != len(names):
+        raise CliError(f"--runner {text!r} names a runner twice")
+    return names
+
+
+def default_runner(model_path: Path) -> str:
+    return "trt" if model_path.suffix.lower() in (".engine", ".plan", ".trt") else "ort"
+
+
+def trt_build_options(model_path: Path, shapes: Dict[str, tuple], batches: Sequence[int]) -> dict:
+    """``build_engine`` options for an ONNX model the trt runner builds itself: a profile covering the user's
+    ``--shape`` sizes, with a dynamic batch dimension ranging from 1 to the largest batch asked for."""
+    from ..backends.factory import onnx_io_metadata
+
+    inputs, _ = onnx_io_metadata(model_path)
+    largest = max(list(batches) + [1])
+    specs = []
+    for meta in inputs:
+        if meta.name not in shapes:
+            continue
+        opt = list(shapes[meta.name])
+        low, high = list(opt), list(opt)
+        if meta.shape and not isinstance(meta.shape[0], int):
+            low[0], high[0] = 1, max(largest, opt[0])
+        specs.append(f"{meta.name}:" + "/".join("x".join(map(str, s)) for s in (low, opt, high)))
+    return {"shapes": specs, "max_batch": max(largest, 8)} if specs else {"max_batch": max(largest, 8)}
+
+
+def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[str],
+                 checkpoint: Optional[Path], threads: Optional[int] = None, engine: Optional[Path] = None,
+                 shapes: Optional[Dict[str, tuple]] = None, batches: Sequence[int] = ()) -> list:
+    """Runners for the CLI; environment problems (TensorRT missing, no --model) become exit-code-2 errors.
+
+    ``shapes``/``batches`` (the command's --shape/--batch) shape the profile of an engine built for ``trt``.
+    """
+    from ..backends.base import RunnerError
+    from ..backends.factory import make_runner, tensorrt_missing_reason
+
+    if engine is not None and "trt" not in kinds:
+        raise CliError("--engine is only used by the trt runner; add it (e.g. --runner trt)")
+    if "trt" in kinds:
+        reason = tensorrt_missing_reason()
+        if reason:
+            raise CliError(f"the trt runner cannot run: {reason}")
+    module = None
+    if "torch" in kinds:
+        if not torch_model:
+            raise CliError("the torch runner needs the PyTorch model: add --model FILE.py:FACTORY (or "
+                           "package.module:FACTORY, a .pt2 file, a zoo name) and --weights STATE_DICT.pt "
+                           "if the factory builds an untrained model")
+        from ..onnx.model_loading import load_model
+
+        module = load_model(torch_model, checkpoint).model
+    elif torch_model or checkpoint:
+        raise CliError("--model/--weights are only used by the torch runner; add it (e.g. --against torch)")
+    try:
+        engine_options = None
+        if "trt" in kinds and engine is None and model_path.suffix.lower() == ".onnx":
+            engine_options = trt_build_options(model_path, shapes or {}, batches)
+        return [make_runner(k, model_path, torch_model=module, device_threads=threads, engine=engine,
+                            engine_options=engine_options) for k in kinds]
+    except RunnerError as exc:
+        raise CliError(str(exc)) from None

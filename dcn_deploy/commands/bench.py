@@ -1,0 +1,70 @@
+"""``dcn-deploy bench``: latency and throughput of one or more runners over several batch sizes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+from . import CliError
+from ._runtime import (default_runner, engine_option, make_runners, model_argument, parse_int_list,
+                       parse_runner_list, parse_shapes, shape_options, torch_model_options)
+
+
+@click.command("bench")
+@model_argument
+@click.option("--runner", "runner_list", default=None, metavar="NAMES",
+              help="Comma-separated runners, side by side; ratios are to the first. "
+                   "ort, ort-cuda, torch (needs --model), trt, onnx-reference. Default: trt for an engine, else ort.")
+@click.option("--batch", "batch_list", default="1", show_default=True, metavar="SIZES",
+              help="Comma-separated batch sizes (the model needs a dynamic batch dimension for more than its own).")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Timed inferences per runner and batch size [default: 100 unless --duration].")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds of timed inferences per runner and batch size (instead of --iterations).")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Untimed inferences before timing each runner and batch size.")
+@shape_options
+@torch_model_options
+@engine_option
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the JSON report to this file.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+def command(model_path: Path, runner_list: Optional[str], batch_list: str, iterations: Optional[int],
+            duration: Optional[float], warmup: int, shapes: Sequence[str], seed: int, torch_model: Optional[str],
+            checkpoint: Optional[Path], engine: Optional[Path], threads: Optional[int], as_json: bool,
+            output: Optional[Path], progress: bool) -> None:
+    """Time MODEL's inference: latency min/mean/median/p90/p99/max and throughput per runner and batch size.
+
+    \b
+    Examples:
+      dcn-deploy bench demo.onnx --shape image=1x1x28x28 --batch 1,8 --iterations 200
+      dcn-deploy bench demo.onnx --shape image=1x1x28x28 --runner ort,torch --duration 5 --model dcn_deploy.models.demo:DemoNet --weights demo_weights.pt
+      dcn-deploy bench net.onnx --shape input=1x3x512x512 --batch 1,4 --json -o bench.json
+      dcn-deploy bench demo.engine --runner trt --batch 1,16
+    """
+    from ..bench import benchmark
+    from ..io_utils import atomic_write_text
+
+    if iterations is not None and duration is not None:
+        raise CliError("give --iterations or --duration, not both")
+    kinds = parse_runner_list(runner_list) if runner_list else [default_runner(model_path)]
+    batches = parse_int_list(batch_list, "--batch")
+    shape_map = parse_shapes(shapes)
+    runners = make_runners(kinds, model_path, torch_model, checkpoint, threads, engine, shapes=shape_map,
+                           batches=batches)
+    result = benchmark(runners, batches=batches, shapes=shape_map, iterations=iterations,
+                       duration=duration, warmup=warmup, seed=seed, progress=progress)
+    if output is not None:
+        atomic_write_text(output, result.to_json() + "\n")
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        env = ", ".join(f"{k} {v}" for k, v in result.environment.items())
+        click.echo(f"bench {model_path} ({env})")
+        click.echo(result.table())
+        if output is not None:
+            click.echo(f"JSON report: {output}")

@@ -1,0 +1,88 @@
+"""``dcn-deploy verify``: compare a model's outputs between two runners on the same inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+from . import CliError
+from ._runtime import (RUNNER_CHOICES, default_runner, engine_option, make_runners, model_argument, parse_shapes,
+                       shape_options, torch_model_options)
+
+
+@click.command("verify")
+@model_argument
+@click.option("--against", type=click.Choice(RUNNER_CHOICES), default=None,
+              help="The reference runner. Default: torch when --model is given, else ort.")
+@click.option("--runner", "subject", type=click.Choice(RUNNER_CHOICES), default=None,
+              help="The runner under test. Default: trt for an engine; ort for an ONNX file, or onnx-reference "
+                   "(onnx's pure-Python evaluator of the standard) when --against is ort.")
+@torch_model_options
+@engine_option
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE",
+              help="Use real inputs: NAME=file.npy or file.npz (keys = input names); repeatable. Default: random.")
+@shape_options
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size of random inputs.")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance for every output (default per dtype).")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance for every output (default per dtype).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(model_path: Path, against: Optional[str], subject: Optional[str], torch_model: Optional[str],
+            checkpoint: Optional[Path], engine: Optional[Path], inputs: Sequence[str], shapes: Sequence[str], seed: int,
+            batch: Optional[int], atol: Optional[float], rtol: Optional[float], as_json: bool) -> None:
+    """Compare MODEL's outputs from two runners; exit 0 when within tolerance, 1 when not, 2 on bad input.
+
+    \b
+    Per output: max absolute error, max relative error (|diff| / max(|ref|, atol)) and pass/fail by
+    |out - ref| <= atol + rtol*|ref| (float32: atol 1e-4, rtol 1e-3; float16: 1e-2, 1e-2).
+
+    \b
+    Examples:
+      dcn-deploy verify demo.onnx --model dcn_deploy.models.demo:DemoNet --weights demo_weights.pt --shape image=1x1x28x28
+      dcn-deploy verify demo.onnx --against torch --model net.py:build_model --shape input=1x3x224x224
+      dcn-deploy verify demo.onnx --against ort --shape image=1x1x28x28   # vs onnx's (slow) reference evaluator
+      dcn-deploy verify demo.onnx --runner trt --against ort --input image=batch.npy
+      dcn-deploy verify demo.onnx --runner trt --engine demo.engine --against torch --model net.py:build
+    """
+    from ..compare import DEFAULT_TOLERANCES, Tolerance, compare_runners
+    from ..feeds import load_feed
+
+    if against is None:
+        against = "torch" if torch_model else "ort"
+    if subject is None:
+        subject = default_runner(model_path)
+        if subject == against:
+            subject = "onnx-reference" if against == "ort" else "ort"
+    if subject == against:
+        raise CliError(f"--runner and --against are both {against!r}: choose two different runners")
+    if inputs and (shapes or batch):
+        raise CliError("--input gives the inputs; --shape/--batch only apply to random inputs")
+    if (atol is not None and atol < 0) or (rtol is not None and rtol < 0):
+        raise CliError("--atol and --rtol must be >= 0")
+
+    overrides = None
+    if atol is not None or rtol is not None:
+        overrides = {k: Tolerance(v.atol if atol is None else atol, v.rtol if rtol is None else rtol)
+                     for k, v in DEFAULT_TOLERANCES.items()}
+
+    shape_map = parse_shapes(shapes)
+    if "onnx-reference" in (subject, against):
+        click.echo("note: onnx-reference is onnx's pure-Python evaluator of the standard: exact but slow "
+                   "(seconds for small inputs, minutes for large ones); keep --shape small", err=True)
+    runners = make_runners([against, subject], model_path, torch_model, checkpoint, engine=engine, shapes=shape_map,
+                           batches=[batch] if batch else [])
+    try:
+        for r in runners:
+            r.activate()
+        feed = load_feed(inputs, runners[0].input_metadata()) if inputs else None
+        result = compare_runners(runners, feed, shapes=shape_map, batch=batch, seed=seed,
+                                 tolerances=overrides)
+    finally:
+        for r in runners:
+            r.deactivate()
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        click.echo(f"verify {model_path}: {subject} against {against}")
+        click.echo(result.table())
+    click.get_current_context().exit(0 if result.passed else 1)

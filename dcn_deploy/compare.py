@@ -1,0 +1,216 @@
+"""Compare runners on the same inputs: per-output max absolute/relative error, pass/fail with per-dtype tolerances.
+
+The first runner is the reference. Every other runner gets the same feed (random with a fixed seed, or the
+user's arrays) and each of its outputs is compared with the reference's output of the same name:
+
+- ``max_abs = max |out - ref|``
+- ``max_rel = max |out - ref| / max(|ref|, atol)`` (``atol`` in the denominator keeps the ratio finite where the
+  reference is near zero, where only the absolute error means anything)
+- pass when every element has ``|out - ref| <= atol + rtol * |ref|`` (numpy's ``allclose`` rule), shapes agree and
+  NaN/inf appear in the same places.
+
+Tolerances depend on the output's dtype (:data:`DEFAULT_TOLERANCES`); the caller may override them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .backends.base import Runner
+from .feeds import format_shape, random_feed
+
+__all__ = ["DEFAULT_TOLERANCES", "Tolerance", "OutputComparison", "ComparisonResult", "compare_outputs",
+           "compare_runners", "tolerance_for"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+# float32 bounds: a deformable network's outputs differ between implementations by summation order only
+# (measured ~1e-6 relative); 1e-4/1e-3 leaves room for deep networks without hiding a wrong offset or mask.
+DEFAULT_TOLERANCES: Dict[str, Tolerance] = {
+    "float64": Tolerance(1e-7, 1e-6),
+    "float32": Tolerance(1e-4, 1e-3),
+    "float16": Tolerance(1e-2, 1e-2),
+    "bfloat16": Tolerance(5e-2, 5e-2),
+    "integer": Tolerance(0.0, 0.0),
+    "bool": Tolerance(0.0, 0.0),
+}
+
+
+def tolerance_for(dtype: np.dtype, overrides: Optional[Mapping[str, Tolerance]] = None) -> Tolerance:
+    """The tolerance for a dtype: ``overrides`` first (keyed like :data:`DEFAULT_TOLERANCES`), then the default."""
+    dtype = np.dtype(dtype)
+    key = {"i": "integer", "u": "integer", "b": "bool"}.get(dtype.kind, dtype.name)
+    table = dict(DEFAULT_TOLERANCES)
+    table.update(overrides or {})
+    if key not in table:
+        raise ValueError(f"no tolerance for dtype {dtype}; give one (e.g. --atol/--rtol)")
+    return table[key]
+
+
+@dataclass
+class OutputComparison:
+    """One output of one runner compared with the reference's."""
+
+    runner: str
+    output: str
+    dtype: str
+    shape: Tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    atol: float
+    rtol: float
+    mismatched: int  # elements beyond atol + rtol*|ref|
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class ComparisonResult:
+    """Every comparison of one run; ``passed`` when all passed. ``table()`` for people, ``to_dict()`` for JSON."""
+
+    reference: str
+    runners: List[str]
+    feed: Dict[str, Tuple[Tuple[int, ...], str]]  # input -> (shape, dtype)
+    outputs: List[OutputComparison] = field(default_factory=list)
+    seed: Optional[int] = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.outputs) and all(o.passed for o in self.outputs)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=float("nan"))
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "reference": self.reference,
+            "runners": self.runners,
+            "seed": self.seed,
+            "inputs": {k: {"shape": list(s), "dtype": d} for k, (s, d) in self.feed.items()},
+            "outputs": [{**asdict(o), "shape": list(o.shape)} for o in self.outputs],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_json_number)
+
+    def table(self) -> str:
+        inputs = ", ".join(f"{k} {format_shape(s)} {d}" for k, (s, d) in self.feed.items())
+        seed = "" if self.seed is None else f" (seed {self.seed})"
+        lines = [f"reference: {self.reference}    inputs: {inputs}{seed}"]
+        header = ("runner", "output", "shape", "dtype", "max abs err", "max rel err", "atol / rtol", "result")
+        rows = [header]
+        for o in self.outputs:
+            verdict = "PASS" if o.passed else "FAIL"
+            if o.note:
+                verdict += f" ({o.note})"
+            rows.append((o.runner, o.output, format_shape(o.shape), o.dtype, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
+                         f"{o.atol:g} / {o.rtol:g}", verdict))
+        lines.extend(_format_rows(rows))
+        lines.append(f"{'PASSED' if self.passed else 'FAILED'}: {sum(o.passed for o in self.outputs)} of "
+                     f"{len(self.outputs)} outputs within tolerance")
+        return "\n".join(lines)
+
+
+def _json_number(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _format_rows(rows: Sequence[Sequence[str]]) -> List[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return out
+
+
+def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.ndarray,
+                    tolerance: Optional[Tolerance] = None,
+                    overrides: Optional[Mapping[str, Tolerance]] = None) -> OutputComparison:
+    """Compare one output array with the reference's (see the module docstring for the rule)."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    tol = tolerance or tolerance_for(expected.dtype, overrides)
+    base = dict(runner=runner, output=name, dtype=str(expected.dtype), shape=tuple(expected.shape),
+                atol=tol.atol, rtol=tol.rtol)
+    if actual.shape != expected.shape:
+        return OutputComparison(**base, max_abs=float("inf"), max_rel=float("inf"), mean_abs=float("inf"),
+                                mismatched=int(expected.size), passed=False,
+                                note=f"shape {format_shape(actual.shape)} != reference {format_shape(expected.shape)}")
+    if expected.size == 0:
+        return OutputComparison(**base, max_abs=0.0, max_rel=0.0, mean_abs=0.0, mismatched=0, passed=True,
+                                note="empty")
+    a = actual.astype(np.float64)
+    e = expected.astype(np.float64)
+    finite = np.isfinite(e) & np.isfinite(a)
+    # NaN/inf must sit at the same places with the same value (inf == inf; NaN matches NaN).
+    special_ok = np.all((np.isnan(a) == np.isnan(e)) & (np.isinf(a) == np.isinf(e))
+                        & (~np.isinf(e) | (a == e)))
+    with np.errstate(invalid="ignore"):  # inf - inf where both are inf: handled by special_ok
+        diff = np.where(finite, np.abs(a - e), 0.0)
+        rel = diff / np.maximum(np.abs(e), max(tol.atol, np.finfo(np.float64).tiny))
+        bad = (diff > tol.atol + tol.rtol * np.where(finite, np.abs(e), 0.0)) & finite
+    mismatched = int(bad.sum()) + (0 if special_ok else int((~finite).sum()))
+    note = "" if special_ok else "NaN/inf differ"
+    if mismatched and not note:
+        note = f"{mismatched} of {expected.size} elements"
+    return OutputComparison(**base, max_abs=float(diff.max()), max_rel=float(rel.max()),
+                            mean_abs=float(diff.mean()), mismatched=mismatched, passed=mismatched == 0, note=note)
+
+
+def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.ndarray]] = None, *,
+                    shapes: Optional[Mapping[str, Sequence[int]]] = None, batch: Optional[int] = None,
+                    seed: int = 0, tolerances: Optional[Mapping[str, Tolerance]] = None,
+                    tolerance: Optional[Tolerance] = None) -> ComparisonResult:
+    """Run every runner on one feed and compare each with ``runners[0]`` (the reference).
+
+    Runners that are not active are activated for the call and deactivated after. Without ``feed``, a random
+    feed is made from the reference's input metadata (``shapes``/``batch`` fill dynamic dimensions, ``seed``
+    fixes the values). ``tolerance`` applies to every output; ``tolerances`` overrides per dtype key.
+    Outputs are matched by name; if the names differ but the counts agree they are matched by position.
+    """
+    if len(runners) < 2:
+        raise ValueError("compare_runners needs at least two runners: a reference and one to check")
+    activated = [r for r in runners if not r.is_active]
+    try:
+        for r in activated:
+            r.activate()
+        reference = runners[0]
+        if feed is None:
+            feed = random_feed(reference.input_metadata(), shapes, batch, seed)
+        else:
+            seed = None
+        result = ComparisonResult(reference=reference.name, runners=[r.name for r in runners],
+                                  feed={k: (tuple(v.shape), str(v.dtype)) for k, v in feed.items()}, seed=seed)
+        expected = reference.infer(feed)
+        for runner in runners[1:]:
+            actual = runner.infer(feed)
+            pairs = _match_outputs(runner.name, actual, expected)
+            for name, act, exp in pairs:
+                result.outputs.append(compare_outputs(runner.name, name, act, exp, tolerance, tolerances))
+        return result
+    finally:
+        for r in activated:
+            r.deactivate()
+
+
+def _match_outputs(runner: str, actual: Mapping[str, np.ndarray],
+                   expected: Mapping[str, np.ndarray]) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+    if set(actual) == set(expected):
+        return [(k, actual[k], expected[k]) for k in expected]
+    if len(actual) == len(expected):  # e.g. a PyTorch model's unnamed outputs vs an ONNX file's names
+        return [(k, a, expected[k]) for k, a in zip(expected, actual.values())]
+    raise ValueError(f"{runner} returned outputs {sorted(actual)}, the reference returned {sorted(expected)}; "
+                     "they cannot be matched by name or by position")
+

@@ -1,0 +1,206 @@
+"""Input feeds for runners: random arrays from input metadata, or arrays loaded from .npy/.npz files.
+
+Pure numpy (no torch, no onnx), so the CLI and every backend share one way to make inputs:
+
+- :func:`resolve_shapes` turns each input's metadata (fixed and dynamic dimensions) plus what the user gave
+  (``--shape name=1x3x64x64``, ``--batch 8``) into concrete shapes, or says which dimension is missing.
+- :func:`random_feed` fills those shapes with reproducible random data (a fixed seed per call).
+- :func:`load_feed` reads ``name=file.npy`` / ``file.npz`` arguments and checks names, dtypes and shapes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .backends.base import TensorMeta
+
+Shape = Tuple[int, ...]
+
+
+class FeedError(ValueError):
+    """An input could not be made or loaded; the message names the input, the expectation and the fix."""
+
+
+def parse_shape(text: str) -> Shape:
+    """``"1x3x64x64"`` (or ``"1,3,64,64"``) -> ``(1, 3, 64, 64)``."""
+    parts = text.replace(",", "x").lower().split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise FeedError(f"cannot read shape {text!r}: write it as sizes joined by 'x', e.g. 1x3x64x64") from None
+    if any(s < 0 for s in shape):
+        raise FeedError(f"shape {text!r} has a negative size")
+    return shape
+
+
+def parse_shape_options(items: Sequence[str]) -> Dict[str, Shape]:
+    """``["x=1x3x64x64", ...]`` -> ``{"x": (1, 3, 64, 64)}`` (the CLI's ``--shape`` option)."""
+    shapes: Dict[str, Shape] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise FeedError(f"--shape {item!r}: expected NAME=SHAPE, e.g. --shape input=1x3x64x64")
+        shapes[name] = parse_shape(value)
+    return shapes
+
+
+def format_shape(shape: Sequence[object]) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape) or "scalar"
+
+
+def _example_shape(shape: Sequence[object]) -> str:
+    # batch 1, and a plausible image size for other unknown dimensions, as an example to edit
+    return format_shape([d if isinstance(d, int) else (1 if i == 0 else 64) for i, d in enumerate(shape)])
+
+
+def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                   batch: Optional[int] = None) -> Dict[str, Shape]:
+    """Concrete shape of every input.
+
+    A shape the user gave for an input wins (its fixed dimensions must agree with the model's). Otherwise
+    fixed dimensions are kept and a dynamic first dimension takes ``batch`` (default: the first dimension of a
+    shape given for another batched input, else 1). ``batch``, when given,
+    also replaces the first dimension of a user shape for an input whose first dimension is dynamic, so
+    ``--shape x=1x3x64x64 --batch 8`` runs batch 8; a model with no dynamic first dimension accepts only its own
+    batch size. Any other dynamic dimension must come from ``shapes``.
+    """
+    shapes = dict(shapes or {})
+    known = {m.name for m in metas}
+    unknown = sorted(set(shapes) - known)
+    if unknown:
+        raise FeedError(f"--shape names {unknown} are not inputs of the model; its inputs are {sorted(known)}")
+    default_batch = batch
+    if default_batch is None:  # a batch size the user gave for one batched input applies to the others
+        given_batches = [tuple(shapes[m.name])[0] for m in metas
+                         if m.name in shapes and m.shape and not isinstance(m.shape[0], int) and len(shapes[m.name])]
+        default_batch = given_batches[0] if given_batches else None
+    resolved: Dict[str, Shape] = {}
+    for meta in metas:
+        given = shapes.get(meta.name)
+        if given is not None:
+            given = tuple(int(d) for d in given)
+            if len(given) != len(meta.shape):
+                raise FeedError(f"input {meta.name!r}: --shape {format_shape(given)} has {len(given)} dimensions, "
+                                f"the model's input has {len(meta.shape)} ({format_shape(meta.shape)})")
+            for axis, (want, got) in enumerate(zip(meta.shape, given)):
+                if isinstance(want, int) and want != got:
+                    raise FeedError(f"input {meta.name!r}: dimension {axis} is fixed to {want} in the model, "
+                                    f"--shape gives {got} (model shape {format_shape(meta.shape)})")
+            if batch is not None and given and not isinstance(meta.shape[0], int):
+                given = (int(batch),) + given[1:]
+            resolved[meta.name] = given
+            continue
+        dims = []
+        for axis, dim in enumerate(meta.shape):
+            if isinstance(dim, int):
+                dims.append(dim)
+            elif axis == 0:
+                dims.append(1 if default_batch is None else int(default_batch))
+            else:
+                raise FeedError(
+                    f"input {meta.name!r} has a dynamic dimension {axis} ({dim or 'unnamed'}) in shape "
+                    f"{format_shape(meta.shape)}; give its size with --shape {meta.name}=SHAPE, "
+                    f"e.g. --shape {meta.name}={_example_shape(meta.shape)}")
+        resolved[meta.name] = tuple(dims)
+    batched = [m for m in metas if m.shape and not isinstance(m.shape[0], int)]
+    if batch is not None and not batched:
+        # No input has a dynamic first dimension: the model runs one batch size only.
+        for meta in metas:
+            if meta.shape and meta.shape[0] != batch:
+                raise FeedError(f"input {meta.name!r} has a fixed batch size {meta.shape[0]} (shape "
+                                f"{format_shape(meta.shape)}), so batch {batch} cannot run; export the model "
+                                "with a dynamic batch dimension (dcn-deploy export --dynamic) or use that batch size")
+    return resolved
+
+
+def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
+    """Random data of a dtype: floats ~ N(0, 1), integers in [0, 10), booleans fair coins."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, 10, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    raise FeedError(f"cannot generate random inputs of dtype {dtype}; give the input as a file with --input")
+
+
+def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                batch: Optional[int] = None, seed: int = 0) -> Dict[str, np.ndarray]:
+    """One reproducible random array per input (same seed -> same arrays), shapes from :func:`resolve_shapes`."""
+    resolved = resolve_shapes(metas, shapes, batch)
+    rng = np.random.default_rng(seed)
+    return {m.name: random_array(resolved[m.name], m.dtype, rng) for m in metas}
+
+
+def _load_file(path: Path) -> Dict[str, np.ndarray]:
+    if not path.exists():
+        raise FeedError(f"input file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return {"": np.load(path, allow_pickle=False)}
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError) as exc:
+        raise FeedError(f"cannot read {path} as a numpy file ({exc}); save it with numpy.save/numpy.savez") from None
+    raise FeedError(f"input file {path}: expected a .npy or .npz file, got {suffix or 'no extension'}")
+
+
+def check_array(meta: TensorMeta, array: np.ndarray, source: str) -> np.ndarray:
+    """Check an array against an input's metadata; floats of another width are cast to the model's dtype."""
+    want = np.dtype(meta.dtype)
+    if array.dtype != want:
+        if array.dtype.kind == want.kind == "f":
+            array = array.astype(want)  # e.g. float64 saved by default -> the model's float32
+        else:
+            raise FeedError(f"input {meta.name!r} from {source} has dtype {array.dtype}, the model expects {want}; "
+                            f"convert it, e.g. numpy.save(path, array.astype('{want}'))")
+    if array.ndim != len(meta.shape):
+        raise FeedError(f"input {meta.name!r} from {source} has shape {format_shape(array.shape)} "
+                        f"({array.ndim}-D), the model expects {format_shape(meta.shape)} ({len(meta.shape)}-D)")
+    for axis, (want_dim, got) in enumerate(zip(meta.shape, array.shape)):
+        if isinstance(want_dim, int) and want_dim != got:
+            raise FeedError(f"input {meta.name!r} from {source} has shape {format_shape(array.shape)}, the model "
+                            f"expects {format_shape(meta.shape)} (dimension {axis} must be {want_dim})")
+    return np.ascontiguousarray(array)
+
+
+def load_feed(items: Sequence[str], metas: Sequence[TensorMeta]) -> Dict[str, np.ndarray]:
+    """Read inputs from ``NAME=file.npy`` or ``file.npz`` items (an .npz's keys are input names).
+
+    A bare ``file.npy`` is allowed when the model has exactly one input. Every model input must be given once.
+    """
+    names = [m.name for m in metas]
+    feed: Dict[str, Tuple[np.ndarray, str]] = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep:
+            name, file = "", item
+        path = Path(os.path.expanduser(file))
+        for key, array in _load_file(path).items():
+            target = name or key
+            if not target:
+                if len(names) != 1:
+                    raise FeedError(f"{path} holds one array but the model has inputs {names}; "
+                                    f"say which with --input NAME={path}")
+                target = names[0]
+            if target not in names:
+                raise FeedError(f"{path}: {target!r} is not an input of the model; its inputs are {names}")
+            if target in feed:
+                raise FeedError(f"input {target!r} is given twice ({feed[target][1]} and {path})")
+            feed[target] = (array, str(path))
+    missing = [n for n in names if n not in feed]
+    if missing:
+        raise FeedError(f"no file gives input(s) {missing}; add --input NAME=file.npy for each "
+                        f"(the model's inputs: {names})")
+    metas_by_name = {m.name: m for m in metas}
+    return {n: check_array(metas_by_name[n], *feed[n]) for n in names}
+
+
+def describe_feed(feed: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}: {format_shape(v.shape)} {v.dtype}" for k, v in feed.items())

@@ -1,0 +1,276 @@
+"""Comparison (pass and fail), benchmark statistics and JSON, and input feeds, on a real small network."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from dcn_deploy.backends.base import Runner, TensorMeta
+from dcn_deploy.bench import BenchResult, benchmark, latency_stats, stage_times
+from dcn_deploy.compare import DEFAULT_TOLERANCES, Tolerance, compare_outputs, compare_runners, tolerance_for
+from dcn_deploy.feeds import (FeedError, load_feed, parse_shape, parse_shape_options, random_feed,
+                              resolve_shapes)
+
+F32 = np.dtype(np.float32)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(99)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from runtime_models import build_tiny_net, tiny_net_onnx
+
+    model = build_tiny_net()
+    return model, tiny_net_onnx(model, tmp_path_factory.mktemp("tiny") / "tiny.onnx")
+
+
+class Perturbed(Runner):
+    """Another runner's outputs with ``delta`` added to one element: a stand-in for a backend with a bug."""
+
+    def __init__(self, inner: Runner, delta: float, name: str = "buggy") -> None:
+        super().__init__()
+        self.inner, self.delta, self.name = inner, delta, name
+
+    def input_metadata(self):
+        return self.inner.input_metadata()
+
+    def _activate(self):
+        self.inner.activate()
+
+    def _deactivate(self):
+        self.inner.deactivate()
+
+    def _infer(self, feed):
+        outputs = {k: v.copy() for k, v in self.inner.infer(feed).items()}
+        for value in outputs.values():
+            value.reshape(-1)[value.size // 2] += self.delta
+        return outputs
+
+
+# --- compare ------------------------------------------------------------------------------------------------------
+def test_compare_outputs_rule(rng):
+    ref = rng.standard_normal((4, 5)).astype(np.float32)
+    same = compare_outputs("r", "y", ref.copy(), ref)
+    assert same.passed and same.max_abs == 0 and same.mismatched == 0
+    close = compare_outputs("r", "y", ref + np.float32(5e-5), ref)
+    assert close.passed and 4e-5 < close.max_abs < 6e-5
+    off = ref.copy()
+    off[1, 2] += 0.5
+    far = compare_outputs("r", "y", off, ref)
+    assert not far.passed and far.mismatched == 1 and far.max_abs == pytest.approx(0.5, rel=1e-5)
+    assert far.max_rel == pytest.approx(0.5 / max(abs(ref[1, 2]), 1e-4), rel=1e-4)
+    assert "1 of 20 elements" in far.note
+    shape = compare_outputs("r", "y", ref[:2], ref)
+    assert not shape.passed and "shape 2x5 != reference 4x5" in shape.note
+
+
+def test_compare_outputs_nan_and_inf_must_match(rng):
+    ref = rng.standard_normal(6).astype(np.float32)
+    ref[0], ref[1] = np.nan, np.inf
+    assert compare_outputs("r", "y", ref.copy(), ref).passed
+    wrong = ref.copy()
+    wrong[0] = 1.0
+    result = compare_outputs("r", "y", wrong, ref)
+    assert not result.passed and result.note == "NaN/inf differ"
+
+
+def test_tolerances_per_dtype_and_overrides():
+    assert tolerance_for(np.float32) == DEFAULT_TOLERANCES["float32"]
+    assert tolerance_for(np.float16).atol > tolerance_for(np.float32).atol > tolerance_for(np.float64).atol
+    assert tolerance_for(np.int64) == Tolerance(0.0, 0.0)
+    assert tolerance_for(np.float32, {"float32": Tolerance(1.0, 0.0)}) == Tolerance(1.0, 0.0)
+    half = np.array([1.0, 2.0], np.float16)
+    assert compare_outputs("r", "y", half + np.float16(0.004), half).passed  # fp16 rounding is within fp16 tolerance
+    assert not compare_outputs("r", "y", half.astype(np.float32) + 0.004, half.astype(np.float32)).passed
+
+
+def test_compare_runners_pass_then_fail_on_a_perturbed_output(tiny):
+    from dcn_deploy.backends.ort_runner import OrtRunner
+    from dcn_deploy.backends.torch_runner import TorchRunner
+
+    model, path = tiny
+    ort_runner = OrtRunner(path)
+    with ort_runner:
+        torch_runner = TorchRunner(model, ort_runner.input_metadata(), ["y"])
+    result = compare_runners([torch_runner, ort_runner], shapes={"x": (2, 2, 6, 7)}, seed=3)
+    assert result.passed and result.reference == "torch" and result.seed == 3
+    assert [o.output for o in result.outputs] == ["y"] and result.outputs[0].shape == (2, 4, 6, 7)
+    assert 0 < result.max_abs < 1e-4
+    assert not torch_runner.is_active and not ort_runner.is_active  # activated for the call only
+    table = result.table()
+    assert "PASS" in table and "x 2x2x6x7 float32" in table
+
+    failed = compare_runners([torch_runner, ort_runner, Perturbed(OrtRunner(path), 0.05)],
+                             shapes={"x": (1, 2, 5, 5)})
+    assert not failed.passed
+    by_runner = {o.runner: o for o in failed.outputs}
+    assert by_runner["ort"].passed and not by_runner["buggy"].passed
+    assert by_runner["buggy"].mismatched == 1 and by_runner["buggy"].max_abs == pytest.approx(0.05, rel=1e-3)
+    data = json.loads(failed.to_json())
+    assert data["passed"] is False and data["inputs"]["x"]["shape"] == [1, 2, 5, 5]
+    assert {o["runner"] for o in data["outputs"]} == {"ort", "buggy"}
+    assert "FAILED: 1 of 2 outputs" in failed.table()
+
+
+def test_compare_runners_uses_a_given_feed_and_needs_two_runners(tiny, rng):
+    from dcn_deploy.backends.ort_runner import OrtRunner
+
+    _, path = tiny
+    feed = {"x": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    result = compare_runners([OrtRunner(path), OrtRunner(path, optimization="disable", name="ort-plain")], feed)
+    assert result.passed and result.seed is None and result.feed["x"] == ((1, 2, 4, 4), "float32")
+    with pytest.raises(ValueError, match="at least two runners"):
+        compare_runners([OrtRunner(path)])
+
+
+# --- bench --------------------------------------------------------------------------------------------------------
+def test_latency_stats_known_values():
+    stats = latency_stats([0.004, 0.001, 0.003, 0.002])
+    assert stats.min == pytest.approx(1.0) and stats.max == pytest.approx(4.0)
+    assert stats.mean == pytest.approx(2.5) and stats.median == pytest.approx(2.5)
+    assert stats.p90 == pytest.approx(3.7) and stats.p99 == pytest.approx(3.97)
+    with pytest.raises(ValueError, match="no timings"):
+        latency_stats([])
+
+
+def test_benchmark_report_structure_on_a_real_model(tiny):
+    from dcn_deploy.backends.ort_runner import OrtRunner
+    from dcn_deploy.backends.torch_runner import TorchRunner
+
+    model, path = tiny
+    with OrtRunner(path) as probe:
+        metas = probe.input_metadata()
+    runners = [OrtRunner(path), TorchRunner(model, metas, ["y"])]
+    result = benchmark(runners, batches=[1, 3], shapes={"x": (1, 2, 8, 8)}, iterations=7, warmup=2, progress=False)
+    assert isinstance(result, BenchResult)
+    assert [(e.runner, e.batch) for e in result.entries] == [("ort", 1), ("torch", 1), ("ort", 3), ("torch", 3)]
+    for e in result.entries:
+        lat = e.latency_ms
+        assert e.iterations == 7 and e.warmup == 2 and e.inputs == {"x": [e.batch, 2, 8, 8]}
+        assert 0 < lat.min <= lat.median <= lat.p90 <= lat.p99 <= lat.max
+        assert lat.min <= lat.mean <= lat.max
+        assert e.total_s == pytest.approx(lat.mean * 7 / 1e3, rel=1e-6)
+        assert e.samples_per_s == pytest.approx(e.batch * e.inferences_per_s)
+        assert e.wall_s >= e.total_s
+    assert result.entry("ort", 3).relative_speed == 1.0
+    assert result.entry("torch", 3).relative_speed == pytest.approx(
+        result.entry("ort", 3).latency_ms.median / result.entry("torch", 3).latency_ms.median)
+    data = json.loads(result.to_json())
+    assert set(data) == {"settings", "environment", "results"}
+    assert data["settings"]["runners"] == ["ort", "torch"] and data["settings"]["batches"] == [1, 3]
+    assert set(data["results"][0]["latency_ms"]) == {"min", "mean", "median", "p90", "p99", "max", "std"}
+    assert "onnxruntime" in data["environment"]
+    table = result.table()
+    assert "speed vs ort" in table and "median" in table and table.count("\n") >= 5
+
+
+def test_benchmark_by_duration_and_argument_checks(tiny):
+    from dcn_deploy.backends.ort_runner import OrtRunner
+
+    _, path = tiny
+    result = benchmark([OrtRunner(path)], batches=[2], shapes={"x": (1, 2, 4, 4)}, duration=0.2, warmup=0,
+                       progress=False)
+    (entry,) = result.entries
+    assert entry.iterations >= 1 and entry.wall_s >= 0.2 and result.settings["duration_s"] == 0.2
+    with pytest.raises(ValueError, match="iterations or duration, not both"):
+        benchmark([OrtRunner(path)], iterations=3, duration=1.0)
+    with pytest.raises(ValueError, match="batch sizes must be >= 1"):
+        benchmark([OrtRunner(path)], batches=[0])
+    with pytest.raises(ValueError, match="distinct"):
+        benchmark([OrtRunner(path), OrtRunner(path)], iterations=1)
+
+
+def test_stage_times_from_runners_that_report_them():
+    @dataclass(frozen=True)
+    class Stages:  # the shape of TrtRunner.last_stage_times()'s result
+        h2d_ms: float
+        compute_ms: float
+        d2h_ms: float
+
+    class Staged:
+        def last_stage_times(self):
+            return Stages(0.5, 2.0, 0.25)
+
+    assert stage_times(Staged()) == {"h2d": 0.0005, "compute": 0.002, "d2h": 0.00025}
+    assert stage_times(object()) == {}
+
+
+# --- feeds --------------------------------------------------------------------------------------------------------
+METAS = (TensorMeta("image", F32, ("N", 3, "H", "W")), TensorMeta("scale", F32, (1,)),
+         TensorMeta("ids", np.dtype(np.int64), ("N", 4)))
+
+
+def test_resolve_shapes_fills_batch_and_user_sizes():
+    shapes = resolve_shapes(METAS, {"image": (1, 3, 16, 20)}, batch=4)
+    assert shapes == {"image": (4, 3, 16, 20), "scale": (1,), "ids": (4, 4)}
+    with pytest.raises(FeedError, match=r"input 'image' has a dynamic dimension 2 \(H\).*--shape image="):
+        resolve_shapes(METAS)
+    with pytest.raises(FeedError, match="dimension 1 is fixed to 3 in the model, --shape gives 5"):
+        resolve_shapes(METAS, {"image": (1, 5, 8, 8)})
+    with pytest.raises(FeedError, match=r"not inputs of the model"):
+        resolve_shapes(METAS, {"imgae": (1, 3, 8, 8)})
+    with pytest.raises(FeedError, match="fixed batch size 1"):
+        resolve_shapes((TensorMeta("x", F32, (1, 3)),), batch=8)
+    assert resolve_shapes((TensorMeta("x", F32, (2, 3)),), batch=2) == {"x": (2, 3)}
+
+
+def test_random_feed_is_reproducible_and_typed():
+    a = random_feed(METAS, {"image": (2, 3, 5, 5)}, seed=1)
+    b = random_feed(METAS, {"image": (2, 3, 5, 5)}, seed=1)
+    c = random_feed(METAS, {"image": (2, 3, 5, 5)}, seed=2)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["image"], c["image"])
+    assert a["image"].dtype == F32 and a["ids"].dtype == np.int64 and a["ids"].shape == (2, 4)
+    assert 0.5 < a["image"].std() < 1.5 and a["ids"].min() >= 0 and a["ids"].max() < 10
+
+
+def test_parse_shapes():
+    assert parse_shape("1x3x64x64") == (1, 3, 64, 64) == parse_shape("1,3,64,64")
+    assert parse_shape_options(["a=2x3"]) == {"a": (2, 3)}
+    with pytest.raises(FeedError, match="NAME=SHAPE"):
+        parse_shape_options(["2x3"])
+    with pytest.raises(FeedError, match="joined by 'x'"):
+        parse_shape("2 by 3")
+
+
+def test_load_feed_from_npy_and_npz(tmp_path, rng):
+    metas = (TensorMeta("x", F32, ("N", 2, 4, 4)),)
+    x = rng.standard_normal((3, 2, 4, 4))  # float64, as numpy saves by default: cast to the model's float32
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "inputs.npz", x=x.astype(np.float32))
+    for items in (["x.npy"], ["x=x.npy"], ["inputs.npz"]):
+        feed = load_feed([str(tmp_path / i) if "=" not in i else "x=" + str(tmp_path / "x.npy") for i in items], metas)
+        assert feed["x"].dtype == F32 and feed["x"].shape == (3, 2, 4, 4)
+        np.testing.assert_allclose(feed["x"], x, rtol=1e-6)
+
+
+def test_load_feed_errors_name_file_input_and_fix(tmp_path, rng):
+    metas = (TensorMeta("x", F32, ("N", 2, 4, 4)), TensorMeta("y", np.dtype(np.int64), ("N",)))
+    np.save(tmp_path / "x.npy", rng.standard_normal((1, 2, 4, 4)).astype(np.float32))
+    np.save(tmp_path / "bad.npy", rng.standard_normal((1, 2, 5, 4)).astype(np.float32))
+    np.save(tmp_path / "ints.npy", rng.standard_normal(1).astype(np.float32))
+    (tmp_path / "notes.txt").write_text("hello")
+    x = f"x={tmp_path / 'x.npy'}"
+    with pytest.raises(FeedError, match="does not exist"):
+        load_feed([f"x={tmp_path / 'missing.npy'}"], metas)
+    with pytest.raises(FeedError, match=r"no file gives input\(s\) \['y'\]"):
+        load_feed([x], metas)
+    with pytest.raises(FeedError, match="'z' is not an input of the model"):
+        load_feed([x, f"z={tmp_path / 'x.npy'}"], metas)
+    with pytest.raises(FeedError, match=r"dimension 2 must be 4"):
+        load_feed([f"x={tmp_path / 'bad.npy'}", f"y={tmp_path / 'ints.npy'}"], metas)
+    with pytest.raises(FeedError, match="has dtype float32, the model expects int64"):
+        load_feed([x, f"y={tmp_path / 'ints.npy'}"], metas)
+    with pytest.raises(FeedError, match="say which with --input NAME="):
+        load_feed([str(tmp_path / "x.npy")], metas)
+    with pytest.raises(FeedError, match="expected a .npy or .npz file"):
+        load_feed([f"x={tmp_path / 'notes.txt'}"], metas)
+    with pytest.raises(FeedError, match="given twice"):
+        load_feed([x, x], metas)

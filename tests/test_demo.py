@@ -1,0 +1,89 @@
+"""The demo: procedural digits, DemoNet, and a shortened end-to-end run (train, export, verify, bench)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from click.testing import CliRunner  # noqa: E402
+
+from dcn_deploy.cli import main  # noqa: E402
+from dcn_deploy.demo import DemoConfig  # noqa: E402
+from dcn_deploy.models.demo import DemoNet, digit_templates, make_digits  # noqa: E402
+from dcn_deploy.ops.modules import ModulatedDeformConv2dPack  # noqa: E402
+
+
+def test_digits_are_reproducible_balanced_and_distorted():
+    images, labels = make_digits(200, seed=3)
+    again, labels_again = make_digits(200, seed=3)
+    other, _ = make_digits(200, seed=4)
+    assert images.shape == (200, 1, 28, 28) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert torch.equal(images, again) and torch.equal(labels, labels_again)
+    assert not torch.equal(images, other)
+    assert torch.bincount(labels, minlength=10).tolist() == [20] * 10
+    # Distortion: two images of the same digit differ far more than the noise alone would make them.
+    same = images[labels == 1]
+    assert (same[0] - same[1]).abs().mean() > 0.1
+    templates = digit_templates()
+    assert templates.shape == (10, 1, 28, 28) and 0 <= templates.min() and templates.max() <= 1
+    assert len({tuple(t.flatten().tolist()) for t in templates}) == 10  # ten different glyphs
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        make_digits(0)
+
+
+def test_demo_net_is_deformable_and_size_agnostic():
+    model = DemoNet().eval()
+    assert sum(isinstance(m, ModulatedDeformConv2dPack) for m in model.modules()) == 2
+    with torch.no_grad():
+        assert model(make_digits(3)[0]).shape == (3, 10)
+        assert model(torch.randn(2, 1, 36, 20)).shape == (2, 10)
+    (example,) = model.example_inputs(batch=4)
+    assert example.shape == (4, 1, 28, 28)
+
+
+def test_demo_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        DemoConfig(epochs=0)
+    with pytest.raises(ValueError, match="width must be even"):
+        DemoConfig(width=15)
+
+
+def test_shortened_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "-o", str(out), "--train-size", "800", "--test-size", "200",
+                                       "--epochs", "3", "--batch-size", "32", "--lr", "8e-3",
+                                       "--bench-iterations", "3", "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["passed"] is True and data["export_verified"] is True
+    acc = data["accuracy"]
+    assert acc["torch"] == acc["onnxruntime"]  # ONNX Runtime reproduces PyTorch's predictions
+    assert acc["torch"] > 0.5  # learnt in 75 steps (chance is 0.1; measured 0.9)
+    assert data["predictions_agree"] == data["test_size"] == 200
+    assert data["logits"]["within_tolerance"] and data["logits"]["max_abs_error"] < 1e-3
+    assert set(data["latency_median_ms"]) == {"torch", "ort"}
+    assert all(v > 0 for d in data["latency_median_ms"].values() for v in d.values())
+    assert [h["epoch"] for h in data["history"]] == [1, 2, 3]
+
+    for name in ("demo.onnx", "demo_weights.pt", "sample_digits.npy", "sample_labels.npy", "bench.json",
+                 "demo_report.json"):
+        assert (out / name).is_file(), name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    report = json.loads((out / "demo_report.json").read_text())
+    assert report["export"]["deformable_ops"] and report["accuracy"] == acc
+
+    # The artefacts work with the other commands, as the demo's "try next" lines say.
+    infer = CliRunner().invoke(main, ["infer", str(out / "demo.onnx"), "--input", str(out / "sample_digits.npy"),
+                                      "--json"])
+    assert infer.exit_code == 0, infer.output
+    assert json.loads(infer.output)["outputs"][next(iter(json.loads(infer.output)["outputs"]))]["shape"] == [16, 10]
+    model = DemoNet()
+    model.load_state_dict(torch.load(out / "demo_weights.pt"))
+    with torch.no_grad():
+        predictions = model.eval()(torch.from_numpy(np.load(out / "sample_digits.npy"))).argmax(1).numpy()
+    assert (predictions == np.load(out / "sample_labels.npy")).mean() == pytest.approx(
+        acc["torch"], abs=0.3)  # 16 samples: the same model, roughly the same accuracy
