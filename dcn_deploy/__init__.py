@@ -5,40 +5,17 @@ that needs them is first used (``dcn_deploy.deform_conv2d``, ``dcn_deploy.export
 """
 from __future__ import annotations
 
-import importlib
+from . import ops as _ops  # cheap: its names load lazily too
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
-_LAZY = {
-    "deform_conv2d": "dcn_deploy.ops.deform_conv",
-    "DeformConv2d": "dcn_deploy.ops.modules",
-    "DeformConv2dPack": "dcn_deploy.ops.modules",
-    "ModulatedDeformConv2dPack": "dcn_deploy.ops.modules",
-    "upgrade_mmcv_state_dict": "dcn_deploy.ops.modules",
-    "deform_roi_pool": "dcn_deploy.ops.roi_pool",
-    "deform_psroi_pool": "dcn_deploy.ops.roi_pool",
-    "DeformRoIPool": "dcn_deploy.ops.roi_modules",
-    "DeformRoIPoolPack": "dcn_deploy.ops.roi_modules",
-    "ModulatedDeformRoIPoolPack": "dcn_deploy.ops.roi_modules",
-    "DeformPSRoIPool": "dcn_deploy.ops.roi_modules",
-    "ShapeError": "dcn_deploy.ops.spec",
-    "deform_conv_spec": "dcn_deploy.ops.spec",
+# Public names -> the module that defines them. The op names come from dcn_deploy.ops (whose own names are lazy).
+_LAZY = {name: "dcn_deploy.ops" for name in _ops.__all__}
+_LAZY.update({
     "export": "dcn_deploy.onnx.export",
     "build_engine": "dcn_deploy.backends.trt_build",
-}
+})
 
 __all__ = sorted(_LAZY) + ["__version__"]
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dcn_deploy' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_attributes("dcn_deploy", _LAZY, globals())

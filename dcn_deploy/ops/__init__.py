@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..lazy import lazy_attributes
+
 _LAZY = {
     "deform_conv2d": "dcn_deploy.ops.deform_conv",
     "DeformConv2d": "dcn_deploy.ops.modules",
@@ -32,14 +34,4 @@ def register_torch_ops() -> None:
         importlib.import_module(module)
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dcn_deploy.ops' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_attributes("dcn_deploy.ops", _LAZY, globals())

@@ -26,14 +26,13 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_tensors, compute_dtype, has_concrete_shapes
 from .spec import ShapeError, as_pair, conv_output_size, deform_conv_spec
 
 __all__ = ["deform_conv2d"]
 
 # Largest sampled-column buffer (elements) built at once; larger batches are processed in chunks.
 _MAX_COLUMN_ELEMENTS = 1 << 26
-_HALF_TYPES = (torch.float16, torch.bfloat16)
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: int, width: int,
@@ -171,10 +170,6 @@ def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.
     return out
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in _HALF_TYPES else dtype
-
-
 def _upcast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     return None if t is None else t.to(dtype)
 
@@ -183,7 +178,7 @@ def _upcast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Ten
 def _deform_conv2d_op(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
                       bias: Optional[torch.Tensor], mask: Optional[torch.Tensor],
                       stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> torch.Tensor:
-    compute = _compute_dtype(input.dtype)
+    compute = compute_dtype(input.dtype)
     if input.shape[0] == 0:
         spec_h = conv_output_size(input.shape[2], weight.shape[2], stride[0], padding[0], padding[0], dilation[0])
         spec_w = conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], padding[1], dilation[1])
@@ -212,7 +207,7 @@ def _backward(ctx, grad_output):
     # gradients are exactly those of the function the forward computes.
     input, offset, weight, bias, mask = ctx.saved_tensors
     stride, padding, dilation = ctx.conv_args
-    compute = _compute_dtype(input.dtype)
+    compute = compute_dtype(input.dtype)
     originals = (input, offset, weight, bias, mask)
     leaves = [None if t is None else t.detach().to(compute).requires_grad_(needs)
               for t, needs in zip(originals, ctx.needs_input_grad[:5])]
@@ -236,27 +231,6 @@ def _backward(ctx, grad_output):
 _deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_tensors(named: dict) -> None:
-    reference = named["input"]
-    if not isinstance(reference, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(reference).__name__}")
-    if reference.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"input has dtype {reference.dtype}; supported: float32, float64, float16, bfloat16")
-    for name, t in named.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-        if t.dtype != reference.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but input has {reference.dtype}; cast all tensors to one dtype")
-        if t.device != reference.device:
-            raise ValueError(f"{name} is on {t.device} but input is on {reference.device}; move all tensors to one device")
-
-
-def _concrete(shape) -> bool:
-    return all(type(s) is int for s in shape)
-
-
 def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
                   bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -277,12 +251,11 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     Raises:
         ShapeError (a ValueError) naming the argument whose shape does not fit; TypeError for mixed dtypes.
     """
-    _check_tensors({"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
+    check_tensors({"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
     stride_hw = as_pair(stride, "stride", 1)
     padding_hw = as_pair(padding, "padding", 0)
     dilation_hw = as_pair(dilation, "dilation", 1)
-    shapes = [input.shape, offset.shape, weight.shape] + [t.shape for t in (bias, mask) if t is not None]
-    if all(_concrete(s) for s in shapes):
+    if has_concrete_shapes(input, offset, weight, bias, mask):
         deform_conv_spec(input.shape, offset.shape, weight.shape,
                          None if bias is None else bias.shape, None if mask is None else mask.shape,
                          stride_hw, padding_hw, dilation_hw)

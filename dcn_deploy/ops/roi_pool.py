@@ -49,24 +49,15 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ._checks import check_tensors, compute_dtype, has_concrete_shapes
 from .roi_spec import deform_psroi_pool_spec, deform_roi_pool_spec
 from .spec import ShapeError, as_pair
 
 __all__ = ["deform_roi_pool", "deform_psroi_pool"]
 
-_HALF_TYPES = (torch.float16, torch.bfloat16)
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Largest gathered-sample buffer (elements) built at once; more RoIs are processed in chunks.
 _MAX_GATHER_ELEMENTS = 1 << 24
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in _HALF_TYPES else dtype
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Shared bilinear gather
-# ---------------------------------------------------------------------------------------------------------------
 
 def _axis_corners(coord: torch.Tensor, size: int, valid: torch.Tensor):
     """Low/high pixel indices and weights along one axis for coordinates already inside [0, size-1].
@@ -225,7 +216,7 @@ def _roi_pool_composite(input: torch.Tensor, rois: torch.Tensor, offset: Optiona
 def _deform_roi_pool_op(input: torch.Tensor, rois: torch.Tensor, offset: Optional[torch.Tensor],
                         output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
                         gamma: float) -> torch.Tensor:
-    compute = _compute_dtype(input.dtype)
+    compute = compute_dtype(input.dtype)
     if rois.shape[0] == 0:
         return input.new_zeros((0, input.shape[1], output_size[0], output_size[1]))
     with torch.no_grad():
@@ -260,7 +251,7 @@ def _recompute_grads(ctx, composite, grad_output, args):
         if want_offset:
             grads[2] = torch.zeros_like(offset)
         return grads
-    compute = _compute_dtype(input.dtype)
+    compute = compute_dtype(input.dtype)
     x = input.detach().to(compute).requires_grad_(want_input)
     off = None if offset is None else offset.detach().to(compute).requires_grad_(want_offset)
     with torch.enable_grad():
@@ -369,7 +360,7 @@ def _psroi_composite(input: torch.Tensor, rois: torch.Tensor, trans: Optional[to
 def _deform_psroi_pool_op(input: torch.Tensor, rois: torch.Tensor, trans: Optional[torch.Tensor],
                           spatial_scale: float, output_dim: int, group_size: int, pooled_size: int,
                           part_size: int, sample_per_part: int, trans_std: float, no_trans: bool) -> torch.Tensor:
-    compute = _compute_dtype(input.dtype)
+    compute = compute_dtype(input.dtype)
     if rois.shape[0] == 0:
         return input.new_zeros((0, output_dim, pooled_size, pooled_size))
     with torch.no_grad():
@@ -403,28 +394,6 @@ _deform_psroi_pool_op.register_autograd(_psroi_backward, setup_context=_psroi_se
 # Public functions
 # ---------------------------------------------------------------------------------------------------------------
 
-def _check_tensors(named: dict) -> None:
-    reference = named["input"]
-    if not isinstance(reference, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(reference).__name__}")
-    if reference.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"input has dtype {reference.dtype}; supported: float32, float64, float16, bfloat16")
-    for name, t in named.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-        if t.dtype != reference.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but input has {reference.dtype}; "
-                            f"cast it with {name}.to(input.dtype)")
-        if t.device != reference.device:
-            raise ValueError(f"{name} is on {t.device} but input is on {reference.device}; move all tensors to one device")
-
-
-def _concrete(*tensors) -> bool:
-    return all(t is None or all(type(s) is int for s in t.shape) for t in tensors)
-
-
 def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[torch.Tensor], output_size,
                     spatial_scale: float = 1.0, sampling_ratio: int = 0, gamma: float = 0.1) -> torch.Tensor:
     """Deformable RoI pooling, mmcv's ``deform_roi_pool`` (formulas in this module's docstring).
@@ -446,11 +415,11 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
         ShapeError (a ValueError) for malformed rois, out-of-range batch indices, or an offset of the wrong shape;
         TypeError for mixed dtypes.
     """
-    _check_tensors({"input": input, "rois": rois, "offset": offset})
+    check_tensors({"input": input, "rois": rois, "offset": offset})
     out = as_pair(output_size, "output_size", 1)
     if isinstance(sampling_ratio, bool) or int(sampling_ratio) != sampling_ratio or sampling_ratio < 0:
         raise ShapeError(f"sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
-    if _concrete(input, rois, offset):
+    if has_concrete_shapes(input, rois, offset):
         deform_roi_pool_spec(input.shape, rois.shape, None if offset is None else offset.shape, out, sampling_ratio)
     elif input.dim() != 4 or rois.dim() != 2:
         raise ShapeError("input must be 4-D (N, C, H, W) and rois 2-D (K, 5)")
@@ -483,8 +452,8 @@ def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[t
     """
     if no_trans:
         trans = None
-    _check_tensors({"input": input, "rois": rois, "trans": trans})
-    if _concrete(input, rois, trans):
+    check_tensors({"input": input, "rois": rois, "trans": trans})
+    if has_concrete_shapes(input, rois, trans):
         spec = deform_psroi_pool_spec(input.shape, rois.shape, None if trans is None else trans.shape, output_dim,
                                       group_size, pooled_size, part_size, sample_per_part, no_trans)
         part_size = spec.part_size

@@ -1,0 +1,43 @@
+"""Argument checks shared by the PyTorch ops: tensor types, one dtype and one device for all tensors."""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half types are computed in float32; float32 and float64 in themselves."""
+    return torch.float32 if dtype in HALF_TYPES else dtype
+
+
+def check_tensors(named: Mapping[str, Optional[torch.Tensor]]) -> None:
+    """Every value is a tensor (or None) of the first one's dtype and device; that dtype is a supported float.
+
+    The first entry is the reference (``input``); errors name the offending argument and the fix.
+    """
+    (first_name, reference), *_ = named.items()
+    if not isinstance(reference, torch.Tensor):
+        raise TypeError(f"{first_name} must be a torch.Tensor, got {type(reference).__name__}")
+    if reference.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{first_name} has dtype {reference.dtype}; supported: float32, float64, float16, bfloat16")
+    for name, t in named.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.dtype != reference.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {reference.dtype}; "
+                            f"cast it with {name}.to({first_name}.dtype)")
+        if t.device != reference.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {reference.device}; "
+                             "move all tensors to one device")
+
+
+def has_concrete_shapes(*tensors: Optional[torch.Tensor]) -> bool:
+    """True when no shape is symbolic (under torch.export/compile tracing shapes can be SymInts, which the
+    pure-Python shape checks would specialise)."""
+    return all(t is None or all(type(s) is int for s in t.shape) for t in tensors)
