@@ -236,6 +236,8 @@ def test_bad_model_and_output_path_are_refused(tmp_path):
         export(lambda x: x, _TINY, tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="is a folder"):
         export(DeformConv2d(2, 2, 3, padding=1).eval(), _TINY, tmp_path)
+    with pytest.raises(FileNotFoundError, match="output folder .*missing does not exist"):
+        export(DeformConv2d(2, 2, 3, padding=1).eval(), _TINY, tmp_path / "missing" / "m.onnx")
 
 
 def test_exporter_failure_is_one_clear_error(tmp_path):

@@ -419,6 +419,8 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"output path {path} is a folder; give a file name such as {path / 'model.onnx'}")
+    if not path.parent.is_dir():  # checked before the (slow) export, not after
+        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it or choose another path")
 
     start = time.perf_counter()
     say(f"exporting {type(model).__name__} with torch.onnx (dynamo, opset {opset}"
