@@ -139,11 +139,14 @@ def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int) 
                 acc = torch.addcmul(acc, columns[:, :, point], weight_k[:, j, point])
             outs.append(acc)
         return torch.stack(outs, dim=-1).view(n, length, oc).transpose(1, 2).contiguous()
-    # grouped: one matrix product per group, (groups, n*L, K*C/groups) x (groups, K*C/groups, oC/groups); this
-    # permutation keeps n*L outermost so the copy streams (putting it innermost is 3x slower)
-    grouped = columns.view(n * length, k, groups, c_per_group).permute(2, 0, 1, 3).reshape(groups, n * length, k * c_per_group)
-    weight_g = weight.reshape(groups, per_group, c_per_group, k).permute(0, 3, 2, 1).reshape(groups, k * c_per_group, per_group)
-    out = torch.bmm(grouped, weight_g)  # (groups, n*L, oC/groups)
+    # grouped: for each kernel point, one batched product over the groups read straight from strided views of
+    # the columns, out[g] += columns[:, :, point, g] @ W[g, :, :, point]; no permuted copy of the columns
+    # (a copy that put the groups outermost cost 3x the products)
+    grouped = columns.view(n * length, k, groups, c_per_group)
+    weight_k = weight.reshape(groups, per_group, c_per_group, k).permute(3, 0, 2, 1)  # (K, groups, C/g, oC/g)
+    out = torch.bmm(grouped[:, 0].transpose(0, 1), weight_k[0])  # (groups, n*L, oC/groups)
+    for point in range(1, k):
+        out = torch.baddbmm(out, grouped[:, point].transpose(0, 1), weight_k[point])
     return out.view(groups, n, length, per_group).permute(1, 0, 3, 2).contiguous().view(n, oc, length)
 
 
