@@ -17,10 +17,13 @@ the paper's v1), and ``bilinear`` lets each of the four neighbours outside the i
 Implementation: the four bilinear neighbours of every sample are gathered and weighted (mask folded into the
 weights) by one ``embedding_bag`` over a channels-last copy of the input, then one matrix product (or one per
 convolution group). Everything is differentiable torch, so the backward pass is autograd through the same code.
-Half types are computed in float32.
+Half types are computed in float32. On the CPU, the forward of grouped and depth-wise layers runs the compiled
+``dcn_deform_conv2d_forward_cpu`` of the host library instead when it is built (see :func:`_native_cpu_library_for`).
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -173,6 +176,52 @@ def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.
     return out
 
 
+# Set to 0 to keep every CPU forward on the torch composite (e.g. to compare the two).
+NATIVE_CPU_ENV = "DCN_DEPLOY_NATIVE_CPU"
+_NATIVE_CPU_ENTRY = "dcn_deform_conv2d_forward_cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _native_cpu_library():
+    """The host library if it is built and has the fast CPU forward, else None. Looked up once; never builds."""
+    from ..plugin.library import find_library
+
+    path = find_library("host")
+    if path is None:
+        return None
+    try:
+        from ..plugin.native import load_library
+
+        lib = load_library("host", path)
+    except OSError:  # a stale or foreign-architecture build: stay on the torch path
+        return None
+    return lib if lib.has(_NATIVE_CPU_ENTRY) else None
+
+
+def _native_cpu_library_for(input: torch.Tensor, weight: torch.Tensor):
+    """The host library to run this forward with, or None for the torch composite.
+
+    Why: for grouped and depth-wise layers the composite's sampling (a weighted ``embedding_bag``) and its many
+    small products cost 3-4x ONNX Runtime's compiled kernel, while the compiled forward in the host library is
+    faster than ONNX Runtime. Dense layers (groups == 1) stay on torch, whose one large matrix product (MKL) beats
+    it. Only CPU float32/float64 tensors qualify (half types arrive here already upcast), and
+    ``DCN_DEPLOY_NATIVE_CPU=0`` turns the native path off.
+    """
+    if input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64):
+        return None
+    if input.shape[1] == weight.shape[1] or os.environ.get(NATIVE_CPU_ENV, "1") == "0":  # groups == 1, or disabled
+        return None
+    return _native_cpu_library()
+
+
+def _forward_native_cpu(library, input, offset, weight, bias, mask, stride, padding, dilation) -> torch.Tensor:
+    """The compiled CPU forward (same function as :func:`_forward_composite`), on torch's intra-op thread count."""
+    from ..plugin.native import deform_conv2d_cpu
+
+    return deform_conv2d_cpu(input, offset, weight, bias, stride=tuple(stride), padding=tuple(padding),
+                             dilation=tuple(dilation), mask=mask, library=library)
+
+
 def _upcast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     return None if t is None else t.to(dtype)
 
@@ -187,8 +236,10 @@ def _deform_conv2d_op(input: torch.Tensor, offset: torch.Tensor, weight: torch.T
         spec_w = conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], padding[1], dilation[1])
         return input.new_zeros((0, weight.shape[0], spec_h, spec_w))
     with torch.no_grad():
-        out = _forward_composite(input.to(compute).contiguous(), offset.to(compute).contiguous(), weight.to(compute),
-                                 _upcast(bias, compute), _upcast(mask, compute), stride, padding, dilation)
+        args = (input.to(compute).contiguous(), offset.to(compute).contiguous(), weight.to(compute),
+                _upcast(bias, compute), _upcast(mask, compute), stride, padding, dilation)
+        native = _native_cpu_library_for(args[0], args[2])
+        out = _forward_native_cpu(native, *args) if native is not None else _forward_composite(*args)
     return out.to(input.dtype)
 
 

@@ -1,7 +1,8 @@
 """ctypes binding of the C ABI (plugins/common/dcn_kernels.h) on torch tensors.
 
 ``deform_conv2d_host`` runs the host build of the kernels (CPU tensors; CI checks the CUDA code's indexing and
-math this way), ``deform_conv2d_cuda`` the CUDA kernels (CUDA tensors, on the current stream). Both take
+math this way), ``deform_conv2d_cpu`` the fast CPU forward (what :func:`dcn_deploy.deform_conv2d` uses on the CPU
+for grouped layers), ``deform_conv2d_cuda`` the CUDA kernels (CUDA tensors, on the current stream). Both take
 torchvision's arguments, plus ``padding`` as 4 values ``(top, left, bottom, right)`` for asymmetric padding
 (ONNX ``pads`` order). The plugin's plain logic (field parsing, serialisation, shape checks) is reachable through
 :class:`NativeLibrary` too, for tests.
@@ -16,7 +17,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 from .library import require_library
 
 __all__ = ["NativeError", "DeformConvDesc", "DeformConvAttrs", "NativeLibrary", "load_library",
-           "deform_conv2d_host", "deform_conv2d_cuda", "DTYPE_CODES", "ALGOS", "FIELD_TYPE_INT32"]
+           "deform_conv2d_host", "deform_conv2d_cpu", "deform_conv2d_cuda", "DTYPE_CODES", "ALGOS", "FIELD_TYPE_INT32"]
 
 DCN_OK = 0
 STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported", 3: "CUDA error", 4: "workspace too small",
@@ -74,6 +75,8 @@ class NativeLibrary:
         self._declare("dcn_last_error", [], ctypes.c_char_p)
         self._declare("dcn_deform_conv2d_output_size", [_P(DeformConvDesc), _P(ctypes.c_int32), _P(ctypes.c_int32)])
         self._declare("dcn_deform_conv2d_forward_host", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
+        self._declare("dcn_deform_conv2d_forward_cpu",
+                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
         self._declare("dcn_cuda_available", [], ctypes.c_int32)
         self._declare("dcn_deform_conv2d_workspace_size",
                       [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32, _P(ctypes.c_size_t)])
@@ -244,6 +247,27 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype)
     lib.call("dcn_deform_conv2d_forward_host", ctypes.byref(desc), dtype, _ptr(t["input"]), _ptr(t["offset"]),
              _ptr(t["weight"]), _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out))
+    return out
+
+
+def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
+                      num_threads: Optional[int] = None, library: Optional[NativeLibrary] = None):
+    """Deformable convolution by the fast CPU forward of the host library (CPU tensors, float32 or float64).
+
+    Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
+    ``num_threads``: OpenMP threads (default: torch's intra-op thread count). Not differentiable.
+    Returns (N, out_channels, oH, oW) in the input's dtype.
+    """
+    import torch
+
+    desc = _describe(input, offset, weight, bias, mask, stride, padding, dilation)
+    t, dtype = _prepare(input, offset, weight, bias, mask, "cpu")
+    lib = library or load_library("host")
+    oh, ow = lib.output_size(desc)
+    out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype)
+    threads = torch.get_num_threads() if num_threads is None else int(num_threads)
+    lib.call("dcn_deform_conv2d_forward_cpu", ctypes.byref(desc), dtype, _ptr(t["input"]), _ptr(t["offset"]),
+             _ptr(t["weight"]), _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out), threads)
     return out
 
 

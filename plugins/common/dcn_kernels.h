@@ -83,6 +83,11 @@ DCN_API int32_t dcn_deform_conv2d_output_size(const dcn_deform_conv_desc* desc, 
 /* ---- libdcn_deploy_host.so ---- */
 DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input,
     const void* offset, const void* weight, const void* bias, const void* mask, void* output);
+/* The fast CPU forward (float32 or float64; same arithmetic as the reference above, organised for speed: a
+ * channels-last copy of the input, vectorised channel loops, OpenMP over images x output rows when built with it).
+ * num_threads: 0 = OpenMP's default; ignored in a build without OpenMP. */
+DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input,
+    const void* offset, const void* weight, const void* bias, const void* mask, void* output, int32_t num_threads);
 
 /* ---- libdcn_deploy_kernels.so (and the TensorRT plugin library) ---- */
 DCN_API int32_t dcn_cuda_available(void);

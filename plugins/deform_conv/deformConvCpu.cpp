@@ -1,0 +1,404 @@
+// The fast CPU forward of deformable convolution (dcn_deform_conv2d_forward_cpu), for PyTorch inference on the
+// CPU. Same per-sample arithmetic as the CUDA kernels and the host reference (deformConvMath.h); organised for
+// speed instead of clarity:
+//
+//   1. the input is copied once to channels-last (N, H*W, C), so the channels of one offset group at one pixel are
+//      contiguous;
+//   2. for a tile of output pixels of one row, each kernel point's four bilinear corners are computed once per
+//      offset group, and the corners' channel rows are blended into a sampled column (pixel, kernel point, C),
+//      a loop over contiguous channels that the compiler vectorises;
+//   3. the column is contracted with the weights, repacked once per call so that the innermost loop runs over
+//      contiguous output channels of a group (grouped layers) or over contiguous groups (depth-wise layers).
+//
+// OpenMP (when CMake finds it) splits the (image, output row) pairs between threads. The hot loops are compiled
+// twice (AVX2+FMA and the x86-64 baseline) and picked at load time, so the library runs on any x86-64 CPU.
+#include "dcnDtype.h"
+#include "dcnStatus.h"
+#include "deformConvMath.h"
+#include "deformConvShapes.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(DCN_CPU_NO_CLONES)
+// One AVX2+FMA clone and one baseline clone, chosen by the dynamic loader (ifunc) on the CPU at hand.
+#define DCN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DCN_CPU_CLONES
+#endif
+// Inlined into each clone, so compiled for that clone's instruction set.
+#define DCN_CPU_INLINE inline __attribute__((always_inline))
+
+namespace dcn
+{
+namespace
+{
+
+// Output channels of a group are padded to a multiple of this in the repacked weights, so the innermost
+// loop has a fixed length (one AVX register of float).
+constexpr int32_t kOutLanes = 8;
+// Pixels whose accumulators share one load of the weights in the grouped contraction.
+constexpr int32_t kPixelBlock = 4; // contractGrouped names its four accumulators
+
+template <typename T>
+struct CpuProblem
+{
+    DeformConvGeometry geo;
+    T const* table;   // (N, H*W, C): the input, channels-last
+    T const* offset;  // as in the C ABI
+    T const* mask;    // or nullptr
+    T const* packed;  // repacked weights, see packWeights
+    T const* bias;    // or nullptr
+    T* output;        // (N, oC, oH, oW)
+    int32_t tile;     // output pixels per tile
+    int32_t outLanes; // padded output channels per group (grouped path)
+    bool depthwise;   // one input channel per group
+};
+
+// (N, C, H*W) -> (N, H*W, C), in cache-sized blocks.
+template <typename T>
+void toChannelsLast(T const* input, T* table, int32_t batch, int32_t channels, int64_t plane, int32_t threads)
+{
+    constexpr int64_t kBlock = 64;
+    int64_t const pixelBlocks = (plane + kBlock - 1) / kBlock;
+    int64_t const jobs = int64_t(batch) * pixelBlocks;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads)
+#else
+    (void) threads;
+#endif
+    for (int64_t job = 0; job < jobs; ++job)
+    {
+        int64_t const n = job / pixelBlocks;
+        int64_t const p0 = (job % pixelBlocks) * kBlock;
+        int64_t const p1 = std::min(plane, p0 + kBlock);
+        T const* src = input + n * channels * plane;
+        T* dst = table + n * channels * plane;
+        for (int32_t c0 = 0; c0 < channels; c0 += 16)
+        {
+            int32_t const c1 = std::min(channels, c0 + 16);
+            for (int64_t p = p0; p < p1; ++p)
+                for (int32_t c = c0; c < c1; ++c)
+                    dst[p * channels + c] = src[c * plane + p];
+        }
+    }
+}
+
+// Depth-wise (one input channel per group, multiplier m = oC/groups): packed[j][k][g] = weight[g*m + j][0][k].
+// Otherwise: packed[g][k][c'][o'] = weight[g*oCg + o'][c'][k], o' padded with zeros to outLanes.
+template <typename T>
+std::vector<T> packWeights(DeformConvGeometry const& geo, T const* weight, bool depthwise, int32_t outLanes)
+{
+    int32_t const groups = geo.d.group, kp = geo.kernelPoints, cpg = geo.channelsPerGroup;
+    int32_t const ocpg = geo.outChannelsPerGroup;
+    if (depthwise)
+    {
+        std::vector<T> packed(size_t(ocpg) * kp * groups);
+        for (int32_t g = 0; g < groups; ++g)
+            for (int32_t j = 0; j < ocpg; ++j)
+                for (int32_t k = 0; k < kp; ++k)
+                    packed[(size_t(j) * kp + k) * groups + g] = weight[int64_t(g * ocpg + j) * kp + k];
+        return packed;
+    }
+    std::vector<T> packed(size_t(groups) * kp * cpg * outLanes, T(0));
+    for (int32_t g = 0; g < groups; ++g)
+        for (int32_t o = 0; o < ocpg; ++o)
+            for (int32_t c = 0; c < cpg; ++c)
+                for (int32_t k = 0; k < kp; ++k)
+                    packed[((size_t(g) * kp + k) * cpg + c) * outLanes + o]
+                        = weight[(int64_t(g * ocpg + o) * cpg + c) * kp + k];
+    return packed;
+}
+
+// The sampled column of `count` pixels of row y from x0: col[p][k][c], times the mask.
+template <typename T>
+DCN_CPU_INLINE void sampleTile(CpuProblem<T> const& pb, int32_t n, int32_t y, int32_t x0, int32_t count, T* col)
+{
+    DeformConvGeometry const& geo = pb.geo;
+    int32_t const channels = geo.d.in_channels, kp = geo.kernelPoints, cpog = geo.channelsPerOffsetGroup;
+    T const* image = pb.table + int64_t(n) * geo.d.height * geo.d.width * channels;
+    for (int32_t p = 0; p < count; ++p)
+        for (int32_t og = 0; og < geo.d.offset_group; ++og)
+        {
+            T const* base = image + int64_t(og) * cpog;
+            for (int32_t k = 0; k < kp; ++k)
+            {
+                BilinearTaps<T> const taps = kernelPointTaps<T>(geo, pb.offset, pb.mask, n, og, k, y, x0 + p);
+                T* __restrict dst = col + (int64_t(p) * kp + k) * channels + int64_t(og) * cpog;
+                if (taps.valid == 15u)
+                {
+                    // The common case, all four corners inside: one fused pass, corners summed in the reference's order.
+                    T const* __restrict r0 = base + int64_t(taps.index[0]) * channels;
+                    T const* __restrict r1 = base + int64_t(taps.index[1]) * channels;
+                    T const* __restrict r2 = base + int64_t(taps.index[2]) * channels;
+                    T const* __restrict r3 = base + int64_t(taps.index[3]) * channels;
+                    T const w0 = taps.weight[0], w1 = taps.weight[1], w2 = taps.weight[2], w3 = taps.weight[3];
+                    for (int32_t c = 0; c < cpog; ++c)
+                        dst[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
+                    continue;
+                }
+                // At the border: only the corners inside are read (a corner outside contributes zero).
+                for (int32_t c = 0; c < cpog; ++c)
+                    dst[c] = T(0);
+                for (int corner = 0; corner < 4; ++corner)
+                {
+                    if (!(taps.valid & (1u << corner)))
+                        continue;
+                    T const* __restrict row = base + int64_t(taps.index[corner]) * channels;
+                    T const w = taps.weight[corner];
+                    for (int32_t c = 0; c < cpog; ++c)
+                        dst[c] += w * row[c];
+                }
+            }
+        }
+}
+
+// 32 bytes of T as one GCC/Clang vector (one AVX register; two SSE registers in the baseline clone). Written
+// explicitly because the auto-vectoriser picks the wrong loop of the grouped contraction. Loads from memory go
+// through memcpy: the packed weights are only element-aligned.
+typedef float Float8 __attribute__((vector_size(32)));
+typedef double Double4 __attribute__((vector_size(32)));
+
+template <typename T>
+struct Vec32;
+template <>
+struct Vec32<float>
+{
+    using type = Float8;
+    static constexpr int32_t lanes = 8;
+};
+template <>
+struct Vec32<double>
+{
+    using type = Double4;
+    static constexpr int32_t lanes = 4;
+};
+
+// Grouped contraction: outTile[g*oCg + o'][p] = sum_{k, c'} packed[g][k][c'][o'] * col[p][k][g*Cg + c'].
+// kPixelBlock pixels x kOutLanes output channels of accumulators (registers) share each load of the weights.
+template <typename T>
+DCN_CPU_INLINE void contractGrouped(CpuProblem<T> const& pb, int32_t count, T const* col, T* outTile)
+{
+    using V = typename Vec32<T>::type;
+    constexpr int32_t kVecs = kOutLanes / Vec32<T>::lanes;
+    DeformConvGeometry const& geo = pb.geo;
+    int32_t const channels = geo.d.in_channels, kp = geo.kernelPoints, cpg = geo.channelsPerGroup;
+    int32_t const ocpg = geo.outChannelsPerGroup, lanes = pb.outLanes, tile = pb.tile;
+    for (int32_t g = 0; g < geo.d.group; ++g)
+    {
+        T const* wg = pb.packed + int64_t(g) * kp * cpg * lanes;
+        for (int32_t p0 = 0; p0 < count; p0 += kPixelBlock)
+        {
+            // The last block may be short: its missing pixels repeat the last one and are not stored.
+            T const* cols[kPixelBlock];
+            for (int32_t b = 0; b < kPixelBlock; ++b)
+                cols[b] = col + int64_t(std::min(p0 + b, count - 1)) * kp * channels + int64_t(g) * cpg;
+            for (int32_t ob = 0; ob < lanes; ob += kOutLanes)
+            {
+                // Named accumulators (not one 2-D array) so that they live in registers.
+                V a0[kVecs], a1[kVecs], a2[kVecs], a3[kVecs];
+                for (int32_t v = 0; v < kVecs; ++v)
+                    a0[v] = a1[v] = a2[v] = a3[v] = V{};
+                for (int32_t k = 0; k < kp; ++k)
+                    for (int32_t c = 0; c < cpg; ++c)
+                    {
+                        T const* w = wg + (int64_t(k) * cpg + c) * lanes + ob;
+                        int64_t const at = int64_t(k) * channels + c;
+                        T const s0 = cols[0][at], s1 = cols[1][at], s2 = cols[2][at], s3 = cols[3][at];
+                        for (int32_t v = 0; v < kVecs; ++v)
+                        {
+                            V wv;
+                            __builtin_memcpy(&wv, w + v * Vec32<T>::lanes, sizeof wv); // unaligned load
+                            a0[v] += wv * s0;
+                            a1[v] += wv * s1;
+                            a2[v] += wv * s2;
+                            a3[v] += wv * s3;
+                        }
+                    }
+                int32_t const valid = std::min(kOutLanes, ocpg - ob);
+                V const* accs[kPixelBlock] = {a0, a1, a2, a3};
+                for (int32_t b = 0; b < kPixelBlock && p0 + b < count; ++b)
+                {
+                    T lane[kOutLanes];
+                    __builtin_memcpy(lane, accs[b], sizeof lane);
+                    for (int32_t l = 0; l < valid; ++l)
+                        outTile[int64_t(g * ocpg + ob + l) * tile + p0 + b] = lane[l];
+                }
+            }
+        }
+    }
+}
+
+// Depth-wise contraction: outTile[g*m + j][p] = sum_k packed[j][k][g] * col[p][k][g], vectorised over groups.
+template <typename T>
+DCN_CPU_INLINE void contractDepthwise(CpuProblem<T> const& pb, int32_t count, T const* col, T* outTile, T* acc)
+{
+    DeformConvGeometry const& geo = pb.geo;
+    int32_t const groups = geo.d.group, kp = geo.kernelPoints, multiplier = geo.outChannelsPerGroup;
+    for (int32_t p = 0; p < count; ++p)
+        for (int32_t j = 0; j < multiplier; ++j)
+        {
+            T* __restrict a = acc;
+            for (int32_t g = 0; g < groups; ++g)
+                a[g] = T(0);
+            for (int32_t k = 0; k < kp; ++k)
+            {
+                T const* __restrict w = pb.packed + (int64_t(j) * kp + k) * groups;
+                T const* __restrict c = col + (int64_t(p) * kp + k) * groups;
+                for (int32_t g = 0; g < groups; ++g)
+                    a[g] += w[g] * c[g];
+            }
+            for (int32_t g = 0; g < groups; ++g)
+                outTile[int64_t(g * multiplier + j) * pb.tile + p] = a[g];
+        }
+}
+
+// One tile: sample, contract, add the bias and store into the NCHW output.
+template <typename T>
+DCN_CPU_INLINE void tileForward(
+    CpuProblem<T> const& pb, int32_t n, int32_t y, int32_t x0, T* col, T* outTile, T* acc)
+{
+    DeformConvGeometry const& geo = pb.geo;
+    int32_t const count = std::min(pb.tile, geo.outW - x0);
+    sampleTile(pb, n, y, x0, count, col);
+    if (pb.depthwise)
+        contractDepthwise(pb, count, col, outTile, acc);
+    else
+        contractGrouped(pb, count, col, outTile);
+    int64_t const outPlane = int64_t(geo.outH) * geo.outW;
+    for (int32_t o = 0; o < geo.d.out_channels; ++o)
+    {
+        T const b = pb.bias ? pb.bias[o] : T(0);
+        T* __restrict dst = pb.output + (int64_t(n) * geo.d.out_channels + o) * outPlane + int64_t(y) * geo.outW + x0;
+        T const* __restrict src = outTile + int64_t(o) * pb.tile;
+        for (int32_t p = 0; p < count; ++p)
+            dst[p] = src[p] + b;
+    }
+}
+
+// One output row of one image, tile by tile. Non-template so that it can carry target_clones.
+DCN_CPU_CLONES void rowForwardFloat(
+    CpuProblem<float> const& pb, int32_t n, int32_t y, float* col, float* outTile, float* acc)
+{
+    for (int32_t x0 = 0; x0 < pb.geo.outW; x0 += pb.tile)
+        tileForward(pb, n, y, x0, col, outTile, acc);
+}
+
+DCN_CPU_CLONES void rowForwardDouble(
+    CpuProblem<double> const& pb, int32_t n, int32_t y, double* col, double* outTile, double* acc)
+{
+    for (int32_t x0 = 0; x0 < pb.geo.outW; x0 += pb.tile)
+        tileForward(pb, n, y, x0, col, outTile, acc);
+}
+
+inline void rowForward(CpuProblem<float> const& pb, int32_t n, int32_t y, float* col, float* outTile, float* acc)
+{
+    rowForwardFloat(pb, n, y, col, outTile, acc);
+}
+inline void rowForward(CpuProblem<double> const& pb, int32_t n, int32_t y, double* col, double* outTile, double* acc)
+{
+    rowForwardDouble(pb, n, y, col, outTile, acc);
+}
+
+template <typename T>
+void forwardCpu(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight, T const* bias,
+    T const* mask, T* output, int32_t threads)
+{
+    dcn_deform_conv_desc const& d = geo.d;
+    int64_t const plane = int64_t(d.height) * d.width;
+    std::vector<T> table(size_t(d.batch) * d.in_channels * plane);
+    toChannelsLast(input, table.data(), d.batch, d.in_channels, plane, threads);
+
+    CpuProblem<T> pb;
+    pb.geo = geo;
+    pb.table = table.data();
+    pb.offset = offset;
+    pb.mask = mask;
+    pb.bias = bias;
+    pb.output = output;
+    pb.depthwise = geo.channelsPerGroup == 1;
+    pb.outLanes = (geo.outChannelsPerGroup + kOutLanes - 1) / kOutLanes * kOutLanes;
+    std::vector<T> packed = packWeights(geo, weight, pb.depthwise, pb.outLanes);
+    pb.packed = packed.data();
+    // A tile's column of about 16K elements (64 KiB of float) stays in the L2 cache beside the weights.
+    int64_t const columnPerPixel = int64_t(geo.kernelPoints) * d.in_channels;
+    int64_t const tile = std::max<int64_t>(kPixelBlock, (16384 / columnPerPixel) / kPixelBlock * kPixelBlock);
+    pb.tile = int32_t(std::min<int64_t>(tile, geo.outW));
+
+    // Every thread's scratch (column, output tile, depth-wise accumulators) allocated here, outside the parallel
+    // region, where an allocation failure is still an exception the C ABI reports.
+    int64_t const rows = int64_t(d.batch) * geo.outH;
+    threads = int32_t(std::max<int64_t>(1, std::min<int64_t>(threads, rows)));
+    size_t const colSize = size_t(pb.tile) * columnPerPixel;
+    size_t const outSize = size_t(pb.tile) * d.out_channels;
+    size_t const perThread = colSize + outSize + size_t(d.group);
+    std::vector<T> scratch(perThread * threads);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+#if defined(_OPENMP)
+        T* mine = scratch.data() + perThread * size_t(omp_get_thread_num());
+#else
+        T* mine = scratch.data();
+#endif
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t row = 0; row < rows; ++row)
+            rowForward(pb, int32_t(row / geo.outH), int32_t(row % geo.outH), mine, mine + colSize, mine + colSize + outSize);
+    }
+}
+
+int32_t defaultThreads()
+{
+#if defined(_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+} // namespace
+} // namespace dcn
+
+DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input,
+    const void* offset, const void* weight, const void* bias, const void* mask, void* output, int32_t num_threads)
+{
+    return dcn::guarded([&] {
+        if (!desc)
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_cpu: desc must not be NULL");
+        dcn::DeformConvGeometry geo;
+        dcn::Status status = dcn::makeGeometry(*desc, geo);
+        if (!status.ok())
+            return status;
+        if (num_threads < 0)
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_cpu: num_threads must be >= 0 (0: OpenMP's default), got "
+                + std::to_string(num_threads));
+        if (dtype != DCN_FLOAT32 && dtype != DCN_FLOAT64)
+            return dcn::Status::error(DCN_ERROR_UNSUPPORTED,
+                std::string("dcn_deform_conv2d_forward_cpu: dtype ") + dcn::dtypeName(dtype) + " (" + std::to_string(dtype)
+                    + ") is not supported; use float32 (0) or float64 (3) (upcast half types to float32)");
+        if (desc->batch > 0 && (!input || !offset || !weight || !output))
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_cpu: input, offset, weight and output must not be NULL "
+                                        "(bias and mask may be)");
+        if (desc->batch == 0)
+            return dcn::Status::success();
+        int32_t const threads = num_threads > 0 ? num_threads : dcn::defaultThreads();
+        if (dtype == DCN_FLOAT32)
+            dcn::forwardCpu<float>(geo, static_cast<float const*>(input), static_cast<float const*>(offset),
+                static_cast<float const*>(weight), static_cast<float const*>(bias), static_cast<float const*>(mask),
+                static_cast<float*>(output), threads);
+        else
+            dcn::forwardCpu<double>(geo, static_cast<double const*>(input), static_cast<double const*>(offset),
+                static_cast<double const*>(weight), static_cast<double const*>(bias), static_cast<double const*>(mask),
+                static_cast<double*>(output), threads);
+        return dcn::Status::success();
+    });
+}

@@ -1,0 +1,269 @@
+"""The fast CPU forward (``dcn_deform_conv2d_forward_cpu`` in the host library) against the torch composite, and
+its use by :func:`dcn_deploy.deform_conv2d` for grouped layers on the CPU.
+
+The composite (``_forward_composite``) is the reference here, called directly: ``deform_conv2d`` itself may now
+run the native forward.
+"""
+from __future__ import annotations
+
+import ctypes
+import random
+from dataclasses import dataclass
+from typing import Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcn_deploy.ops import deform_conv as dc
+from dcn_deploy.ops.spec import conv_output_size
+from dcn_deploy.plugin import library
+from dcn_deploy.plugin.native import DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_cpu
+
+ENTRY = "dcn_deform_conv2d_forward_cpu"
+
+
+@pytest.fixture(scope="module")
+def cpu_lib() -> NativeLibrary:
+    path = library.find_library("host")
+    if path is None:
+        pytest.skip("libdcn_deploy_host.so is not built (run `dcn-deploy plugin build`)")
+    lib = NativeLibrary(path)
+    if not lib.has(ENTRY):
+        pytest.skip(f"{path} predates {ENTRY}; rebuild with `dcn-deploy plugin build`")
+    return lib
+
+
+@dataclass
+class Case:
+    batch: int
+    groups: int
+    offset_groups: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    pads: Tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: Tuple[int, int]
+    with_mask: bool
+    with_bias: bool
+    offset_scale: float
+
+    @property
+    def out_size(self) -> Tuple[int, int]:
+        t, l, b, r = self.pads
+        return (conv_output_size(self.height, self.kernel[0], self.stride[0], t, b, self.dilation[0]),
+                conv_output_size(self.width, self.kernel[1], self.stride[1], l, r, self.dilation[1]))
+
+
+def random_case(rng: random.Random) -> Case:
+    """Mostly grouped layers: channels per group 1 (depth-wise) to 9, channel multiplier 1 to 9 (more than one
+    8-wide register of output channels), offset groups any divisor of C, asymmetric everything, H or W of 1,
+    and sometimes offsets far enough to push samples off the image."""
+    while True:
+        groups = rng.choice([1, 2, 3, 4, 8])
+        cpg = rng.choice([1, 1, 2, 3, 5, 9])
+        in_channels = groups * cpg
+        case = Case(
+            batch=rng.randint(1, 3), groups=groups,
+            offset_groups=rng.choice([d for d in range(1, in_channels + 1) if in_channels % d == 0]),
+            in_channels=in_channels, out_channels=groups * rng.choice([1, 2, 3, 9]),
+            height=rng.choice([1, rng.randint(1, 10)]), width=rng.choice([1, rng.randint(2, 14)]),
+            kernel=(rng.randint(1, 3), rng.randint(1, 3)), stride=(rng.randint(1, 3), rng.randint(1, 3)),
+            pads=tuple(rng.randint(0, 2) for _ in range(4)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
+            with_mask=rng.random() < 0.6, with_bias=rng.random() < 0.6,
+            offset_scale=rng.choice([0.5, 2.0, 2.0, 25.0]))
+        oh, ow = case.out_size
+        if oh >= 1 and ow >= 1:
+            return case
+
+
+def make_tensors(case: Case, dtype: torch.dtype, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    oh, ow = case.out_size
+    k = case.kernel[0] * case.kernel[1]
+    x = torch.randn(case.batch, case.in_channels, case.height, case.width, generator=g, dtype=torch.float64)
+    w = torch.randn(case.out_channels, case.in_channels // case.groups, *case.kernel, generator=g, dtype=torch.float64)
+    off = torch.randn(case.batch, 2 * case.offset_groups * k, oh, ow, generator=g, dtype=torch.float64)
+    b = torch.randn(case.out_channels, generator=g, dtype=torch.float64) if case.with_bias else None
+    m = torch.rand(case.batch, case.offset_groups * k, oh, ow, generator=g, dtype=torch.float64) if case.with_mask else None
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return cast(x), cast(off * case.offset_scale), cast(w), cast(b), cast(m)
+
+
+def composite(case: Case, x, off, w, b, m) -> torch.Tensor:
+    """The torch composite; asymmetric padding = zero-padding the input (out-of-image samples are zero)."""
+    t, l, bottom, r = case.pads
+    if (t, l) != (bottom, r):
+        x = F.pad(x, (l, r, t, bottom))
+        t, l = 0, 0
+    return dc._forward_composite(x, off, w, b, m, case.stride, (t, l), case.dilation)
+
+
+def native(lib, case: Case, x, off, w, b, m, **kwargs) -> torch.Tensor:
+    return deform_conv2d_cpu(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
+                             library=lib, **kwargs)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |a - e| / (max |e| + 1)."""
+    a, e = actual.double(), expected.double()
+    return float((a - e).abs().max() / (e.abs().max() + 1.0)) if e.numel() else 0.0
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_configs_float32_match_composite(cpu_lib, seed):
+    case = random_case(random.Random(seed))
+    tensors = make_tensors(case, torch.float32, seed)
+    got = native(cpu_lib, case, *tensors)
+    expected = composite(case, *tensors)
+    assert got.shape == expected.shape, case
+    assert relative_error(got, expected) < 1e-5, case
+
+
+@pytest.mark.parametrize("seed", range(1000, 1012))
+def test_random_configs_float64_match_composite(cpu_lib, seed):
+    case = random_case(random.Random(seed))
+    tensors = make_tensors(case, torch.float64, seed)
+    assert relative_error(native(cpu_lib, case, *tensors), composite(case, *tensors)) < 1e-12, case
+
+
+@pytest.mark.parametrize("groups,offset_groups,multiplier", [(16, 4, 1), (16, 16, 2), (128, 1, 1), (128, 2, 3)])
+def test_wide_layer_several_tiles_per_row(cpu_lib, groups, offset_groups, multiplier):
+    # 128 channels x 9 kernel points: a row is cut into tiles of a few pixels, with a short last one (width 23).
+    case = Case(batch=2, groups=groups, offset_groups=offset_groups, in_channels=128,
+                out_channels=groups * multiplier, height=6, width=23, kernel=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1),
+                dilation=(1, 1), with_mask=True, with_bias=True, offset_scale=2.0)
+    tensors = make_tensors(case, torch.float32, seed=groups + offset_groups + multiplier)
+    got = native(cpu_lib, case, *tensors)
+    assert relative_error(got, composite(case, *tensors)) < 1e-5
+    # Threads split rows, never an output element: any thread count gives the same bits.
+    assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=1))
+    assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=3))
+
+
+def test_samples_far_off_the_image_give_the_bias(cpu_lib):
+    x = torch.randn(1, 8, 5, 6)
+    w = torch.randn(8, 2, 3, 3)
+    b = torch.randn(8)
+    off = torch.full((1, 36, 5, 6), 40.0)
+    off[:, 1::2] = -40.0
+    got = deform_conv2d_cpu(x, off, w, b, padding=1, library=cpu_lib)
+    assert torch.equal(got, b.view(1, 8, 1, 1).expand(1, 8, 5, 6))
+
+
+def test_empty_batch(cpu_lib):
+    out = deform_conv2d_cpu(torch.randn(0, 4, 5, 5), torch.randn(0, 18, 5, 5), torch.randn(6, 2, 3, 3), padding=1,
+                            library=cpu_lib)
+    assert out.shape == (0, 6, 5, 5)
+    # through the op as well (grouped, so the native path would be chosen)
+    out = dc.deform_conv2d(torch.randn(0, 4, 5, 5), torch.randn(0, 18, 5, 5), torch.randn(6, 2, 3, 3), padding=1)
+    assert out.shape == (0, 6, 5, 5)
+
+
+# ---- deform_conv2d: dispatch to the native forward ----
+
+def test_dispatch_decision(cpu_lib, monkeypatch):
+    monkeypatch.delenv(dc.NATIVE_CPU_ENV, raising=False)
+    x = torch.randn(1, 8, 5, 5)
+    assert dc._native_cpu_library_for(x, torch.randn(8, 2, 3, 3)) is not None  # grouped
+    assert dc._native_cpu_library_for(x.double(), torch.randn(8, 1, 3, 3).double()) is not None  # depth-wise
+    assert dc._native_cpu_library_for(x, torch.randn(8, 8, 3, 3)) is None  # dense: torch's matrix product
+    assert dc._native_cpu_library_for(x.half(), torch.randn(8, 2, 3, 3).half()) is None  # upcast before asking
+    monkeypatch.setenv(dc.NATIVE_CPU_ENV, "0")
+    assert dc._native_cpu_library_for(x, torch.randn(8, 2, 3, 3)) is None
+
+
+# bfloat16: both sides compute in float32 and round once, so they differ by at most one bfloat16 ulp
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.bfloat16, 1.6e-2)])
+def test_deform_conv2d_same_with_and_without_native(cpu_lib, monkeypatch, dtype, tolerance):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 12, 9, 8, generator=g).to(dtype)
+    off = (torch.randn(2, 2 * 3 * 6, 5, 8, generator=g) * 2).to(dtype)
+    w = torch.randn(8, 3, 3, 2, generator=g).to(dtype)
+    b = torch.randn(8, generator=g).to(dtype)
+    m = torch.rand(2, 3 * 6, 5, 8, generator=g).to(dtype)
+    kwargs = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 2), mask=m)
+    calls = []
+    real = dc._forward_native_cpu
+    monkeypatch.setattr(dc, "_forward_native_cpu", lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setenv(dc.NATIVE_CPU_ENV, "1")
+    with_native = dc.deform_conv2d(x, off, w, b, **kwargs)
+    assert calls, "the grouped CPU layer did not take the native path"
+    monkeypatch.setenv(dc.NATIVE_CPU_ENV, "0")
+    without = dc.deform_conv2d(x, off, w, b, **kwargs)
+    assert len(calls) == 1
+    assert with_native.dtype == dtype and with_native.shape == without.shape == (2, 8, 5, 8)
+    assert relative_error(with_native, without) < tolerance
+
+
+def test_native_forward_keeps_the_composite_gradients(cpu_lib, monkeypatch):
+    g = torch.Generator().manual_seed(9)
+    leaves = [torch.randn(1, 6, 5, 5, generator=g), torch.randn(1, 2 * 2 * 9, 5, 5, generator=g),
+              torch.randn(6, 2, 3, 3, generator=g), torch.randn(6, generator=g), torch.rand(1, 2 * 9, 5, 5, generator=g)]
+    grad_out = torch.randn(1, 6, 5, 5, generator=g)
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv(dc.NATIVE_CPU_ENV, flag)
+        ts = [t.clone().requires_grad_() for t in leaves]
+        out = dc.deform_conv2d(ts[0], ts[1], ts[2], ts[3], padding=1, mask=ts[4])
+        out.backward(grad_out)
+        results[flag] = (out.detach(), [t.grad for t in ts])
+    assert relative_error(results["1"][0], results["0"][0]) < 1e-5
+    for a, b in zip(results["1"][1], results["0"][1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ---- bad arguments: an error code and a message, never a crash ----
+
+def _desc(**overrides) -> DeformConvDesc:
+    values = dict(batch=1, in_channels=4, height=5, width=5, out_channels=4, kernel_h=3, kernel_w=3, stride_h=1,
+                  stride_w=1, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1, dilation_h=1, dilation_w=1, group=2,
+                  offset_group=1)
+    values.update(overrides)
+    return DeformConvDesc(**values)
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"group": 3}, "group"),
+    ({"offset_group": 3}, "offset_group"),
+    ({"stride_w": 0}, "strides"),
+    ({"dilation_h": 0}, "dilations"),
+    ({"pad_bottom": -1}, "pads"),
+    ({"kernel_h": 9, "pad_top": 0, "pad_bottom": 0}, "empty"),
+    ({"width": 0}, "W"),
+    ({"batch": -1}, "batch"),
+])
+def test_invalid_descriptor_returns_error_code_and_message(cpu_lib, overrides, fragment):
+    buf = ctypes.create_string_buffer(4096)
+    code = cpu_lib.lib.dcn_deform_conv2d_forward_cpu(ctypes.byref(_desc(**overrides)), DTYPE_CODES["float32"],
+                                                     buf, buf, buf, None, None, buf, 1)
+    assert code == 1
+    assert fragment in cpu_lib.last_error()
+
+
+def test_null_pointers_dtype_and_threads_are_rejected(cpu_lib):
+    buf = ctypes.create_string_buffer(4096)
+    fn = cpu_lib.lib.dcn_deform_conv2d_forward_cpu
+    assert fn(None, 0, buf, buf, buf, None, None, buf, 1) == 1
+    assert fn(ctypes.byref(_desc()), 0, buf, None, buf, None, None, buf, 1) == 1
+    assert "NULL" in cpu_lib.last_error()
+    assert fn(ctypes.byref(_desc()), 0, buf, buf, buf, None, None, buf, -1) == 1
+    assert "num_threads" in cpu_lib.last_error()
+    for dtype in (DTYPE_CODES["float16"], DTYPE_CODES["bfloat16"], 9):
+        assert fn(ctypes.byref(_desc()), dtype, buf, buf, buf, None, None, buf, 1) == 2
+        assert "float32" in cpu_lib.last_error()
+    assert cpu_lib.output_size(_desc()) == (5, 5)  # a later success clears the message
+    assert cpu_lib.last_error() == ""
+
+
+def test_python_front_end_errors(cpu_lib):
+    x = torch.randn(1, 4, 5, 5)
+    with pytest.raises(TypeError, match="weight"):
+        deform_conv2d_cpu(x, torch.randn(1, 18, 5, 5), torch.randn(4, 2, 3, 3, dtype=torch.float64), padding=1,
+                          library=cpu_lib)
+    with pytest.raises(NativeError, match="float16"):
+        deform_conv2d_cpu(x.half(), torch.randn(1, 18, 5, 5).half(), torch.randn(4, 2, 3, 3).half(), padding=1,
+                          library=cpu_lib)
