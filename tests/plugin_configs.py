@@ -29,7 +29,7 @@ class Case:
     with_mask: bool
     with_bias: bool
     offset_scale: float
-    integer_offsets: bool
+    integer_offsets: bool = False  # round the offsets: samples exactly on pixels and on the border
 
     @property
     def out_size(self) -> Tuple[int, int]:

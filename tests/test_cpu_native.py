@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import ctypes
 import random
-from dataclasses import dataclass
-from typing import Tuple
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dcn_deploy.ops import deform_conv as dc
-from dcn_deploy.ops.spec import conv_output_size
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_cpu
+from plugin_configs import Case, make_tensors, max_relative_error
 
 ENTRY = "dcn_deform_conv2d_forward_cpu"
 
@@ -32,30 +30,6 @@ def cpu_lib() -> NativeLibrary:
     if not lib.has(ENTRY):
         pytest.skip(f"{path} predates {ENTRY}; rebuild with `dcn-deploy plugin build`")
     return lib
-
-
-@dataclass
-class Case:
-    batch: int
-    groups: int
-    offset_groups: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
-    kernel: Tuple[int, int]
-    stride: Tuple[int, int]
-    pads: Tuple[int, int, int, int]  # top, left, bottom, right
-    dilation: Tuple[int, int]
-    with_mask: bool
-    with_bias: bool
-    offset_scale: float
-
-    @property
-    def out_size(self) -> Tuple[int, int]:
-        t, l, b, r = self.pads
-        return (conv_output_size(self.height, self.kernel[0], self.stride[0], t, b, self.dilation[0]),
-                conv_output_size(self.width, self.kernel[1], self.stride[1], l, r, self.dilation[1]))
 
 
 def random_case(rng: random.Random) -> Case:
@@ -80,19 +54,6 @@ def random_case(rng: random.Random) -> Case:
             return case
 
 
-def make_tensors(case: Case, dtype: torch.dtype, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    oh, ow = case.out_size
-    k = case.kernel[0] * case.kernel[1]
-    x = torch.randn(case.batch, case.in_channels, case.height, case.width, generator=g, dtype=torch.float64)
-    w = torch.randn(case.out_channels, case.in_channels // case.groups, *case.kernel, generator=g, dtype=torch.float64)
-    off = torch.randn(case.batch, 2 * case.offset_groups * k, oh, ow, generator=g, dtype=torch.float64)
-    b = torch.randn(case.out_channels, generator=g, dtype=torch.float64) if case.with_bias else None
-    m = torch.rand(case.batch, case.offset_groups * k, oh, ow, generator=g, dtype=torch.float64) if case.with_mask else None
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    return cast(x), cast(off * case.offset_scale), cast(w), cast(b), cast(m)
-
-
 def composite(case: Case, x, off, w, b, m) -> torch.Tensor:
     """The torch composite; asymmetric padding = zero-padding the input (out-of-image samples are zero)."""
     t, l, bottom, r = case.pads
@@ -107,27 +68,21 @@ def native(lib, case: Case, x, off, w, b, m, **kwargs) -> torch.Tensor:
                              library=lib, **kwargs)
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |a - e| / (max |e| + 1)."""
-    a, e = actual.double(), expected.double()
-    return float((a - e).abs().max() / (e.abs().max() + 1.0)) if e.numel() else 0.0
-
-
 @pytest.mark.parametrize("seed", range(60))
 def test_random_configs_float32_match_composite(cpu_lib, seed):
     case = random_case(random.Random(seed))
-    tensors = make_tensors(case, torch.float32, seed)
+    tensors = make_tensors(case, torch.float32, seed=seed)
     got = native(cpu_lib, case, *tensors)
     expected = composite(case, *tensors)
     assert got.shape == expected.shape, case
-    assert relative_error(got, expected) < 1e-5, case
+    assert max_relative_error(got, expected) < 1e-5, case
 
 
 @pytest.mark.parametrize("seed", range(1000, 1012))
 def test_random_configs_float64_match_composite(cpu_lib, seed):
     case = random_case(random.Random(seed))
-    tensors = make_tensors(case, torch.float64, seed)
-    assert relative_error(native(cpu_lib, case, *tensors), composite(case, *tensors)) < 1e-12, case
+    tensors = make_tensors(case, torch.float64, seed=seed)
+    assert max_relative_error(native(cpu_lib, case, *tensors), composite(case, *tensors)) < 1e-12, case
 
 
 @pytest.mark.parametrize("groups,offset_groups,multiplier", [(16, 4, 1), (16, 16, 2), (128, 1, 1), (128, 2, 3)])
@@ -138,7 +93,7 @@ def test_wide_layer_several_tiles_per_row(cpu_lib, groups, offset_groups, multip
                 dilation=(1, 1), with_mask=True, with_bias=True, offset_scale=2.0)
     tensors = make_tensors(case, torch.float32, seed=groups + offset_groups + multiplier)
     got = native(cpu_lib, case, *tensors)
-    assert relative_error(got, composite(case, *tensors)) < 1e-5
+    assert max_relative_error(got, composite(case, *tensors)) < 1e-5
     # Threads split rows, never an output element: any thread count gives the same bits.
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=1))
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=3))
@@ -196,7 +151,7 @@ def test_deform_conv2d_same_with_and_without_native(cpu_lib, monkeypatch, dtype,
     without = dc.deform_conv2d(x, off, w, b, **kwargs)
     assert len(calls) == 1
     assert with_native.dtype == dtype and with_native.shape == without.shape == (2, 8, 5, 8)
-    assert relative_error(with_native, without) < tolerance
+    assert max_relative_error(with_native, without) < tolerance
 
 
 def test_native_forward_keeps_the_composite_gradients(cpu_lib, monkeypatch):
@@ -211,7 +166,7 @@ def test_native_forward_keeps_the_composite_gradients(cpu_lib, monkeypatch):
         out = dc.deform_conv2d(ts[0], ts[1], ts[2], ts[3], padding=1, mask=ts[4])
         out.backward(grad_out)
         results[flag] = (out.detach(), [t.grad for t in ts])
-    assert relative_error(results["1"][0], results["0"][0]) < 1e-5
+    assert max_relative_error(results["1"][0], results["0"][0]) < 1e-5
     for a, b in zip(results["1"][1], results["0"][1]):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 

@@ -231,13 +231,9 @@ def _ptr(t) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
-                       library: Optional[NativeLibrary] = None):
-    """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
-
-    Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
-    Returns (N, out_channels, oH, oW) in the input's dtype.
-    """
+def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, mask, stride, padding, dilation,
+                    library: Optional[NativeLibrary]):
+    """Call one of the host library's forward entries on CPU tensors; returns a new output tensor."""
     import torch
 
     desc = _describe(input, offset, weight, bias, mask, stride, padding, dilation)
@@ -245,9 +241,20 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     lib = library or load_library("host")
     oh, ow = lib.output_size(desc)
     out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype)
-    lib.call("dcn_deform_conv2d_forward_host", ctypes.byref(desc), dtype, _ptr(t["input"]), _ptr(t["offset"]),
-             _ptr(t["weight"]), _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out))
+    lib.call(entry, ctypes.byref(desc), dtype, _ptr(t["input"]), _ptr(t["offset"]), _ptr(t["weight"]),
+             _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out), *extra_args)
     return out
+
+
+def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
+                       library: Optional[NativeLibrary] = None):
+    """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
+
+    Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
+    Returns (N, out_channels, oH, oW) in the input's dtype.
+    """
+    return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride, padding,
+                           dilation, library)
 
 
 def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
@@ -260,15 +267,9 @@ def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dil
     """
     import torch
 
-    desc = _describe(input, offset, weight, bias, mask, stride, padding, dilation)
-    t, dtype = _prepare(input, offset, weight, bias, mask, "cpu")
-    lib = library or load_library("host")
-    oh, ow = lib.output_size(desc)
-    out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype)
     threads = torch.get_num_threads() if num_threads is None else int(num_threads)
-    lib.call("dcn_deform_conv2d_forward_cpu", ctypes.byref(desc), dtype, _ptr(t["input"]), _ptr(t["offset"]),
-             _ptr(t["weight"]), _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out), threads)
-    return out
+    return _run_host_entry("dcn_deform_conv2d_forward_cpu", (threads,), input, offset, weight, bias, mask, stride,
+                           padding, dilation, library)
 
 
 def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
