@@ -8,7 +8,14 @@ import click
 
 @click.group("plugin")
 def command() -> None:
-    """Build and locate the CUDA kernels, their host build and the TensorRT plugin library."""
+    """Build and locate the CUDA kernels, their host build and the TensorRT plugin library.
+
+    \b
+    Examples:
+      dcn-deploy plugin build --fetch-trt-headers
+      dcn-deploy plugin build --cuda-archs "80;90" -j 8
+      dcn-deploy plugin info --json
+    """
 
 
 @command.command("build")
@@ -24,7 +31,14 @@ def command() -> None:
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream CMake's output.")
 def build_command(build_dir, tensorrt_include_dir, cuda_archs, no_cuda, fetch_trt_headers, jobs, quiet) -> None:
-    """Configure and build with CMake (incremental after the first run)."""
+    """Configure and build with CMake (incremental after the first run).
+
+    \b
+    Examples:
+      dcn-deploy plugin build                        # kernels, host library, and the plugin if NvInfer.h is found
+      dcn-deploy plugin build --fetch-trt-headers    # first fetch TensorRT's headers into .third_party/
+      dcn-deploy plugin build --no-cuda              # only the host library (a C++ compiler is enough)
+    """
     from ..plugin.library import PluginBuildError, build_libraries
 
     try:
