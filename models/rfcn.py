@@ -21,27 +21,11 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
+from dcn_deploy.ops.roi_pool import deform_psroi_pool
+
 from .resnet import ResNet
 
-__all__ = ["RFCNHead", "RFCN", "roi_pool_available"]
-
-
-def roi_pool_available() -> bool:
-    """True when ``dcn_deploy.ops.roi_pool.deform_psroi_pool`` can be imported."""
-    try:
-        from dcn_deploy.ops.roi_pool import deform_psroi_pool  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _deform_psroi_pool():
-    try:
-        from dcn_deploy.ops.roi_pool import deform_psroi_pool
-    except ImportError as exc:
-        raise ImportError("the R-FCN head needs dcn_deploy.ops.roi_pool.deform_psroi_pool (deformable "
-                          f"position-sensitive RoI pooling), which could not be imported: {exc}") from exc
-    return deform_psroi_pool
+__all__ = ["RFCNHead", "RFCN"]
 
 
 def _check_rois(rois: torch.Tensor) -> None:
@@ -97,7 +81,7 @@ class RFCNHead(nn.Module):
                 nn.init.zeros_(conv.bias)
 
     def _pool(self, maps: torch.Tensor, rois: torch.Tensor, output_dim: int, trans) -> torch.Tensor:
-        pool = _deform_psroi_pool()
+        pool = deform_psroi_pool
         k = self.group_size
         return pool(maps, rois, trans, self.spatial_scale, output_dim, k, k, k, self.sample_per_part,
                     self.trans_std, trans is None)

@@ -9,10 +9,7 @@ from dcn_deploy.models import zoo
 from dcn_deploy.models.checkpoint import CheckpointError, load_checkpoint
 from dcn_deploy.models.deeplab import DeepLab
 from dcn_deploy.models.resnet import ResNet
-from dcn_deploy.models.rfcn import RFCNHead, roi_pool_available
-
-needs_roi_pool = pytest.mark.skipif(not roi_pool_available(),
-                                    reason="dcn_deploy.ops.roi_pool.deform_psroi_pool is not available yet")
+from dcn_deploy.models.rfcn import RFCNHead
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -114,7 +111,6 @@ def test_every_model_builds_and_runs_at_small_size(name):
         == entry.deformable
 
 
-@needs_roi_pool
 @pytest.mark.parametrize("name", [n for n in zoo.names() if zoo.get(n).task == "detection" and "101" not in n])
 def test_detection_models_build_and_run(name):
     entry = zoo.get(name)
@@ -269,7 +265,6 @@ def test_bad_arguments_name_the_option():
 
 
 # ---- R-FCN head -------------------------------------------------------------------------------------------------------
-@needs_roi_pool
 def test_rfcn_head_with_zero_offsets_equals_plain_head():
     g = torch.Generator().manual_seed(10)
     features = torch.randn(2, 64, 6, 8, generator=g)

@@ -4,14 +4,12 @@ Small sizes keep these at a few seconds of export each; the segmentation and det
 """
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 import pytest
 import torch
 
 from dcn_deploy.models import zoo
-from dcn_deploy.models.rfcn import roi_pool_available
 
 pytest.importorskip("onnxruntime")
 export_module = pytest.importorskip("dcn_deploy.onnx.export", reason="dcn_deploy.onnx.export is not available")
@@ -66,19 +64,7 @@ def test_deeplab_resnet50_dcn_round_trip(tmp_path):
     assert sum(report.op_counts.values()) == 3
 
 
-def _roi_export_missing():
-    """Why the R-FCN round trip cannot run, or None: it needs the op and its ONNX export."""
-    if not roi_pool_available():
-        return "dcn_deploy.ops.roi_pool.deform_psroi_pool is not available"
-    try:
-        importlib.import_module("dcn_deploy.onnx.roi_opset")
-    except ImportError as exc:
-        return f"deformable PS RoI pooling has no ONNX export here (dcn_deploy.onnx.roi_opset: {exc})"
-    return None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_roi_export_missing() is not None, reason=str(_roi_export_missing()))
 def test_rfcn_resnet50_dcn_round_trip(tmp_path):
     report = round_trip("rfcn_resnet50_dcn", tmp_path, num_classes=5, group_size=3, sample_per_part=2,
                         hidden_channels=64)
