@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the job ran and failed (e.g. verification beyond tolera
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -23,6 +24,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into messages
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -53,7 +57,7 @@ def _register_commands() -> None:
     # Each module defines one command object named ``command``; importing them is cheap (click only).
     import importlib
 
-    for module in ("demo", "export", "verify", "bench", "inspect", "infer", "build", "plugin"):
+    for module in ("demo", "export", "verify", "bench", "inspect", "infer", "build", "plugin", "zoo"):
         try:
             mod = importlib.import_module(f"dcn_deploy.commands.{module}")
         except ModuleNotFoundError as exc:

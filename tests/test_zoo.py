@@ -2,6 +2,8 @@
 shape, zero-initialised offsets make a deformable model equal its plain twin, and checkpoints load as promised."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -294,21 +296,9 @@ def test_rfcn_rejects_badly_shaped_rois():
 
 
 # ---- the cost report's counting ---------------------------------------------------------------------------------------
-def _zoo_report_module():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_report.py"
-    spec = importlib.util.spec_from_file_location("zoo_report", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("zoo_report", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cost_counts_add_exactly_the_offset_branches_and_sampling():
-    report = _zoo_report_module()
+    from dcn_deploy.models import cost_report as report
+
     (image,) = zoo.get("resnet50_plain").example_inputs(size=(64, 64))
     plain = report.count_cost(zoo.get("resnet50_plain").build(), (image,))
     dcn = report.count_cost(zoo.get("resnet50_dcn_c5").build(), (image,))
@@ -320,3 +310,20 @@ def test_cost_counts_add_exactly_the_offset_branches_and_sampling():
     # the deformable GEMMs replace the plain 3x3 convolutions MAC for MAC
     assert dcn.conv_macs + dcn.deform_gemm_macs - dcn.offset_macs == plain.conv_macs
     assert plain.deform_gemm_macs == plain.sampling_macs == 0
+
+
+# ---- the CLI ------------------------------------------------------------------------------------------------------
+def test_cli_zoo_list_and_counts_only_report():
+    from click.testing import CliRunner
+
+    from dcn_deploy.cli import main
+
+    listed = CliRunner().invoke(main, ["zoo", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert {e["name"] for e in json.loads(listed.output)} == set(zoo.names())
+    report = CliRunner().invoke(main, ["zoo", "report", "--pairs", "resnet50_dcn_c5", "--size", "64x64",
+                                       "--backend", "none"])
+    assert report.exit_code == 0, report.output
+    assert "| resnet50_dcn_c5 (vs resnet50_plain) | 1x3x64x64 | 3 | 25.806 M | +248,886 (+1.0%)" in report.output
+    bad = CliRunner().invoke(main, ["zoo", "report", "--pairs", "resnet50_plain", "--backend", "none"])
+    assert bad.exit_code == 2 and "has no deformable layers" in bad.output

@@ -1,0 +1,91 @@
+"""``dcn-deploy zoo list|report``: the model zoo's names, and what deformable layers cost in each network."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+
+@click.group("zoo")
+def command() -> None:
+    """The paper's networks (dcn_deploy.models): list them, or measure what deformable layers cost.
+
+    \b
+    Examples:
+      dcn-deploy zoo list
+      dcn-deploy zoo report --pairs resnet50_dcn_c5 deeplab_resnet50_dcn --iterations 20
+      dcn-deploy export resnet50_dcn_c5 --input-shape 1x3x224x224 -o r50.onnx
+    """
+
+
+@command.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def list_command(as_json: bool) -> None:
+    """Every zoo name with its task, its plain twin and a description.
+
+    \b
+    Example:
+      dcn-deploy zoo list --json
+    """
+    from ..models import zoo
+
+    entries = [zoo.get(name) for name in zoo.names()]
+    if as_json:
+        click.echo(json.dumps([{"name": e.name, "task": e.task, "deformable": e.deformable, "plain_twin": e.plain,
+                                "description": e.description} for e in entries], indent=2))
+        return
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        click.echo(f"{e.name:{width}s}  {e.task:14s}  {e.description}")
+
+
+@command.command("report")
+@click.option("--pairs", multiple=True, metavar="NAME",
+              help="Deformable zoo name to measure next to its plain twin (repeatable) [default: five of the paper's "
+                   "settings].")
+@click.option("--size", default=None, metavar="HxW", help="Input size for every model [default: 224 for "
+              "classifiers, 256 otherwise].")
+@click.option("--backend", type=click.Choice(["ort", "torch", "none"]), default="ort", show_default=True,
+              help="ort: export and time in ONNX Runtime on the CPU; torch: PyTorch eager; none: counts only.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Intra-op threads.")
+@click.option("--rois", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Proposals per image for the detectors.")
+@click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the raw numbers to this file.")
+def report_command(pairs: Sequence[str], size: Optional[str], backend: str, threads: int, rois: int, iterations: int,
+                   warmup: int, json_path: Optional[Path]) -> None:
+    """Parameters, multiply-accumulates and latency of deformable zoo models next to their plain twins.
+
+    Prints a markdown table (the one in benchmarks/RESULTS.md) and the settings it was measured with.
+
+    \b
+    Examples:
+      dcn-deploy zoo report
+      dcn-deploy zoo report --pairs resnet50_dcn_c5 --size 128x128 --backend none
+    """
+    from ..io_utils import atomic_write_text
+    from ..models.cost_report import DEFAULT_PAIRS, markdown, report_json, run_report
+    from . import CliError
+
+    hw = None
+    if size is not None:
+        try:
+            hw = tuple(int(v) for v in size.lower().split("x"))
+        except ValueError:
+            hw = ()
+        if len(hw) != 2 or min(hw) < 1:
+            raise CliError(f"--size {size!r}: give HEIGHTxWIDTH, e.g. 224x224")
+    try:
+        rows, settings = run_report(pairs or DEFAULT_PAIRS, hw, backend, threads, iterations, warmup, rois,
+                                    progress=lambda message: click.echo(message, err=True))
+    except (KeyError, ValueError) as exc:
+        raise CliError(str(exc.args[0] if exc.args else exc)) from None
+    click.echo(markdown(rows, settings))
+    click.echo("\n" + ", ".join(f"{k}: {v}" for k, v in settings.items()))
+    if json_path is not None:
+        atomic_write_text(json_path, report_json(rows, settings))
+        click.echo(f"JSON: {json_path}")
