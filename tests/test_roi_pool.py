@@ -434,3 +434,17 @@ def test_ops_export_with_dynamic_rois():
     eager = Head()(*args)
     for got, want in zip(program.module()(*args), eager):
         torch.testing.assert_close(got, want)
+
+
+def test_non_finite_rois_are_refused_and_absurd_boxes_are_capped():
+    from dcn_deploy.ops.roi_pool import MAX_ADAPTIVE_SAMPLES, deform_roi_pool
+
+    x = torch.randn(1, 2, 6, 6)
+    bad = torch.tensor([[0.0, 1.0, float("nan"), 3.0, 4.0]])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        deform_roi_pool(x, bad, None, (2, 2))
+    # A box 10^7 pixels wide would ask mmcv for ~5e6 samples per bin side; the cap keeps it finite and fast.
+    huge = torch.tensor([[0.0, 0.0, 0.0, 1e7, 3.0]])
+    out = deform_roi_pool(x, huge, None, (2, 2), sampling_ratio=0)
+    assert out.shape == (1, 2, 2, 2) and torch.isfinite(out).all()
+    assert MAX_ADAPTIVE_SAMPLES == 1024

@@ -55,6 +55,8 @@ from .spec import ShapeError, as_pair
 
 __all__ = ["deform_roi_pool", "deform_psroi_pool"]
 
+# Most samples per bin side with the adaptive sampling_ratio=0 (the same cap as plugins/deform_roi_pool/roiPoolMath.h).
+MAX_ADAPTIVE_SAMPLES = 1024
 # Largest gathered-sample buffer (elements) built at once; more RoIs are processed in chunks.
 _MAX_GATHER_ELEMENTS = 1 << 24
 
@@ -97,6 +99,9 @@ def _bilinear_sum(table: torch.Tensor, row_base: torch.Tensor, height: int, widt
 
 def _check_batch_indices(rois: torch.Tensor, batch: int) -> torch.Tensor:
     """The (truncated) batch index of every RoI, checked to lie in [0, batch)."""
+    if rois.numel() and not bool(torch.isfinite(rois).all()):
+        raise ShapeError("rois hold NaN or infinite coordinates; every row must be finite "
+                         "(batch index, x1, y1, x2, y2) in input-image pixels")
     index = rois[:, 0].to(torch.int64)
     if index.numel():
         lo, hi = int(index.min()), int(index.max())
@@ -124,8 +129,10 @@ def _roi_grid(rois: torch.Tensor, output_size: Sequence[int], spatial_scale: flo
         grid_w = grid_h
     else:
         # mmcv takes ceilf of the single-precision quotient, also for double inputs.
-        grid_h = torch.ceil((roi_h / out_h).detach().float()).clamp(min=0).to(torch.int64)
-        grid_w = torch.ceil((roi_w / out_w).detach().float()).clamp(min=0).to(torch.int64)
+        # Capped at MAX_ADAPTIVE_SAMPLES per bin side, as in the CUDA/host kernels: a guard against absurd boxes
+        # (mmcv has none and can loop for ever); it only differs from mmcv for bins over 1024 pixels wide.
+        grid_h = torch.ceil((roi_h / out_h).detach().float()).clamp(min=0, max=MAX_ADAPTIVE_SAMPLES).to(torch.int64)
+        grid_w = torch.ceil((roi_w / out_w).detach().float()).clamp(min=0, max=MAX_ADAPTIVE_SAMPLES).to(torch.int64)
     return start_x, start_y, roi_w, roi_h, grid_h, grid_w
 
 

@@ -11,6 +11,9 @@
 namespace dcn
 {
 
+// Most samples per bin side with the adaptive sampling_ratio = 0 (a guard against malformed boxes).
+constexpr int32_t kMaxAdaptiveSamples = 1024;
+
 template <typename Acc>
 DCN_HD Acc accFloor(Acc v) { return floor(v); }
 template <>
@@ -62,10 +65,12 @@ DCN_HD Acc deformRoiPoolElement(dcn_deform_roi_pool_desc const& d, T const* inpu
     int32_t gh = d.sampling_ratio, gw = d.sampling_ratio;
     if (d.sampling_ratio <= 0) // mmcv: ceilf of the single-precision quotient
     {
-        gh = int32_t(ceilf(float(rh / Acc(d.pooled_height))));
-        gw = int32_t(ceilf(float(rw / Acc(d.pooled_width))));
-        gh = gh > 0 ? gh : 0;
-        gw = gw > 0 ? gw : 0;
+        // Capped at kMaxAdaptiveSamples per side (as dcn_deploy.ops.roi_pool.MAX_ADAPTIVE_SAMPLES): an absurd box
+        // must not loop for ever. `q > 0` is false for NaN, so a NaN box samples nothing instead of casting NaN.
+        float const qh = ceilf(float(rh / Acc(d.pooled_height)));
+        float const qw = ceilf(float(rw / Acc(d.pooled_width)));
+        gh = qh > 0.f ? int32_t(fminf(qh, float(kMaxAdaptiveSamples))) : 0;
+        gw = qw > 0.f ? int32_t(fminf(qw, float(kMaxAdaptiveSamples))) : 0;
     }
     if (offset)
     {
