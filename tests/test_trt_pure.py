@@ -669,3 +669,10 @@ class TestTrtRunnerInputChecks:
 
         with pytest.raises(RunnerError, match="inside 'with runner:'"):
             runner.infer({"x": np.zeros((1, 4, 8, 8), np.float32)})
+
+
+def test_build_engine_refuses_a_device_other_than_the_first_visible(tmp_path):
+    from dcn_deploy.backends.trt_build import BuildError, build_engine
+
+    with pytest.raises(BuildError, match="CUDA_VISIBLE_DEVICES=1"):
+        build_engine(tmp_path / "model.onnx", device=1)

@@ -369,7 +369,12 @@ def _configure(trt, builder, profile: Profile, *, workspace, tf32: bool, optimiz
         trt_profile.set_shape(name, rng.min, rng.opt, rng.max)
         say(f"[build] profile {name}: min {format_shape(rng.min)} opt {format_shape(rng.opt)} "
             f"max {format_shape(rng.max)}")
-    config.add_optimization_profile(trt_profile)
+    if config.add_optimization_profile(trt_profile) < 0:
+        raise BuildError("TensorRT rejected the optimisation profile "
+                         + "; ".join(f"{n}: {format_shape(r.min)}/{format_shape(r.opt)}/{format_shape(r.max)}"
+                                     for n, r in profile.items())
+                         + ". Check --shapes (or --min/--opt/--max-shapes) against the model's inputs: names, ranks "
+                           "and fixed dimensions must match, and min <= opt <= max")
     return config
 
 
@@ -390,15 +395,19 @@ def _build_serialized(trt, builder, network, config, say: Optional[Callable[[str
         monitor = _make_monitor(trt, state)  # kept referenced until the build returns
         config.progress_monitor = monitor
     previous = None
-    if threading.current_thread() is threading.main_thread():
+    # Only with a monitor: TensorRT asks it whether to go on, which is how a Ctrl-C reaches the builder. Without one
+    # the handler would just swallow Ctrl-C until the (possibly long) build ends.
+    if monitor is not None and threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: state.cancel())
     try:
         serialized = builder.build_serialized_network(network, config)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    if state.cancelled:
+    if state.cancelled and serialized is None:
         raise BuildCancelled("build cancelled; nothing was written")
+    if state.cancelled:  # the build finished before TensorRT looked at the request: keep the engine
+        (say or (lambda line: None))("[build] Ctrl-C came too late to stop the build; the engine is written anyway")
     if serialized is None:
         raise BuildError("TensorRT could not build the engine (its log above says why). Common causes: a profile "
                          "too large for the workspace (--workspace), an op the GPU lacks in this precision "
@@ -432,8 +441,15 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
             which also builds ahead of time on a machine without a GPU).
         target_gpu: (name, (major, minor)) to record in the sidecar instead of asking the CUDA driver, for
             ahead-of-time builds without a GPU.
+        device: must be 0 (the first visible GPU, where TensorRT builds); select another GPU with
+            ``CUDA_VISIBLE_DEVICES``.
     Returns a :class:`BuildResult`; writes the engine and ``ENGINE.json`` (see ``engine_meta``) atomically.
     """
+    if device != 0:
+        # TensorRT builds and times tactics on the current CUDA device, which is the first visible one; recording
+        # another GPU in the sidecar would describe an engine tuned for a card it was not built on.
+        raise BuildError(f"device={device}: engines are built on the first visible GPU; to build for GPU {device} "
+                         f"run with CUDA_VISIBLE_DEVICES={device} (and device=0)")
     start = time.monotonic()
     trt = import_tensorrt(tensorrt_module)
     import onnx

@@ -173,7 +173,7 @@ class TrtRunner(Runner):
         self._outputs: Tuple[TensorMeta, ...] = ()
         self._profile: Profile = {}
         self._last_stages: Optional[StageTimes] = None
-        self._graphs: Dict[tuple, _CudaGraph] = {}
+        self._graphs: Dict[tuple, Optional[_CudaGraph]] = {}  # at most one; None: capture failed
 
     # activation -------------------------------------------------------------------------------------------------
     def _plugin_path_for(self, meta) -> Optional[Path]:
@@ -233,7 +233,8 @@ class TrtRunner(Runner):
                                   "is not loaded; rebuild it with `dcn-deploy build`")
             self._engine = engine
             self._exec = engine.create_execution_context()
-            self._stream = cuda.Stream()
+            # Non-blocking: no implicit synchronisation with the legacy default stream (which PyTorch uses).
+            self._stream = cuda.Stream(flags=1)  # CU_STREAM_NON_BLOCKING
             self._events = [cuda.Event() for _ in range(4)]
             inputs, outputs, profile = [], [], {}
             for i in range(engine.num_io_tensors):
@@ -254,25 +255,31 @@ class TrtRunner(Runner):
             self._inputs, self._outputs, self._profile = tuple(inputs), tuple(outputs), profile
             self._buffers = {m.name: _Buffer(cuda, m.dtype) for m in inputs + outputs}
         except BaseException:
+            self._release_cuda_objects()
             self._context.pop()
             self._context.detach()  # release the primary context we retained
             raise
         self._context.pop()
 
+    def _release_cuda_objects(self) -> None:
+        """Drop every object that belongs to our CUDA context, in dependency order, while it is current: pycuda
+        destroys streams and events in their own context, which is dead once we detach."""
+        self._drop_graphs()
+        self._exec = None
+        self._engine = None
+        self._runtime = None
+        self._buffers = {}
+        self._events = []
+        self._stream = None
+
     def _deactivate(self) -> None:
-        self._context.push()
-        try:
-            for graph in self._graphs.values():
-                graph.destroy()
-            self._graphs.clear()
-            # Release in dependency order: context before engine before runtime, buffers last.
-            self._exec = None
-            self._engine = None
-            self._runtime = None
-            self._buffers = {}
-        finally:
-            self._context.pop()
-            self._context.detach()
+        with self._lock:  # not while another thread is inside infer()
+            self._context.push()
+            try:
+                self._release_cuda_objects()
+            finally:
+                self._context.pop()
+                self._context.detach()
 
     # metadata ---------------------------------------------------------------------------------------------------
     def input_metadata(self) -> Tuple[TensorMeta, ...]:
@@ -285,8 +292,15 @@ class TrtRunner(Runner):
             meta = engine_meta.read_meta(self.engine_path, verify_engine_hash=False)
         except engine_meta.EngineMetaError as exc:
             raise RunnerError(f"trt: the inputs are known after activate() (inside 'with runner:'): {exc}") from None
-        return tuple(TensorMeta(t["name"], np.dtype(t["dtype"]), tuple(None if d < 0 else d for d in t["shape"]))
-                     for t in meta.inputs)
+        metas = []
+        for t in meta.inputs:
+            try:
+                dtype = np.dtype(t["dtype"])
+            except TypeError:
+                raise RunnerError(f"trt: input {t['name']!r} has type {t['dtype']}, which numpy cannot hold; build "
+                                  "the engine with float32 I/O (the default io_dtype)") from None
+            metas.append(TensorMeta(t["name"], dtype, tuple(None if d < 0 else d for d in t["shape"])))
+        return tuple(metas)
 
     def output_metadata(self) -> Tuple[TensorMeta, ...]:
         return self._outputs
@@ -371,10 +385,11 @@ class TrtRunner(Runner):
                 reallocated |= self._buffers[name].ensure(value.size)
         for name, shape in out_shapes.items():
             reallocated |= self._buffers[name].ensure(int(np.prod(shape)))
-        if reallocated:
-            for graph in self._graphs.values():
-                graph.destroy()
-            self._graphs.clear()
+        key = tuple(sorted(shapes.items()))
+        if reallocated or (self._graphs and key not in self._graphs):
+            # One graph at a time: a graph recorded at other shapes (or buffer addresses) would replay with the
+            # state TensorRT set up for the shapes of the last ordinary run on this execution context.
+            self._drop_graphs()
 
         # addresses and host staging
         for name, value in arrays.items():
@@ -388,7 +403,6 @@ class TrtRunner(Runner):
             ctx.set_tensor_address(name, self._buffers[name].address)
 
         ev = self._events
-        key = tuple(sorted(shapes.items()))
         graph = None if uses_torch or not self.cuda_graph else self._graphs.get(key)
         if graph is not None:
             ev[0].record(stream)
@@ -406,7 +420,7 @@ class TrtRunner(Runner):
         stream.synchronize()
         if graph is None:
             self._last_stages = StageTimes(ev[0].time_till(ev[1]), ev[1].time_till(ev[2]), ev[2].time_till(ev[3]))
-            if self.cuda_graph and not uses_torch:
+            if self.cuda_graph and not uses_torch and key not in self._graphs:
                 self._capture(key, arrays, out_shapes)
         else:
             # A replayed graph is one unit on the GPU: report it as compute, copies included.
@@ -428,14 +442,27 @@ class TrtRunner(Runner):
     def _capture(self, key: tuple, arrays: Mapping[str, object], out_shapes: Mapping[str, Tuple[int, ...]]) -> None:
         """Record copies + execution for this shape combination (after the ordinary run TensorRT needs first)."""
         graph = _CudaGraph()
-        graph.begin(self._stream.handle)
         try:
-            self._copy_in(arrays)
-            ok = self._exec.execute_async_v3(self._stream.handle)
-            self._copy_out(out_shapes)
-        finally:
-            graph.end(self._stream.handle)
-        if not ok:
+            graph.begin(self._stream.handle)
+            try:
+                self._copy_in(arrays)
+                ok = self._exec.execute_async_v3(self._stream.handle)
+                self._copy_out(out_shapes)
+            finally:
+                graph.end(self._stream.handle)
+            if not ok:
+                raise RunnerError("execute_async_v3 failed during capture")
+        except RunnerError as exc:
+            # Some engines cannot be captured (plugins, loops): run them without a graph from now on, and say so
+            # once, instead of failing every call with these shapes.
             graph.destroy()
-            raise RunnerError("trt: execute_async_v3 failed during CUDA graph capture; use cuda_graph=False")
+            self.warnings.append(f"trt: CUDA graph capture failed for shapes {dict(key)} ({exc}); running without")
+            self._graphs[key] = None
+            return
         self._graphs[key] = graph
+
+    def _drop_graphs(self) -> None:
+        for graph in self._graphs.values():
+            if graph is not None:
+                graph.destroy()
+        self._graphs.clear()
