@@ -228,7 +228,10 @@ size_t DeformConvPlugin::getWorkspaceSize(
     TensorShape const x = shapeOf(inputs[kInputX].max);
     TensorShape const w = shapeOf(inputs[kInputW].max);
     DeformConvGeometry geometry;
-    if (x.rank != 4 || w.rank != 4 || !makeGeometry(descFromShapes(mAttrs, x, w), geometry).ok())
+    if (x.rank != 4 || w.rank != 4)
+        return 0;
+    // An invalid largest shape is logged (enqueue would then fail on a missing workspace, not silently).
+    if (reject(makeGeometry(descFromShapes(mAttrs, x, w), geometry)))
         return 0;
     return deformConvWorkspaceSize(geometry, dcnDtype(inputs[kInputX].desc.type), DCN_ALGO_AUTO);
 }
