@@ -90,7 +90,7 @@ def rtx_env(tmp_path_factory):
     # RTX's parser dlopens the unversioned name when it imports a plugin node (see the module docstring).
     (folder / "libtensorrt_rtx.so").symlink_to(Path(lib_dir) / "libtensorrt_rtx.so.1")
     plugin = folder / "libdcn_deploy_plugin.so"
-    shutil.copy(_PLUGIN, plugin)  # a private copy: a rebuild of build/lib during the test does not race it
+    shutil.copy(_PLUGIN, plugin)  # a private copy: a rebuild of build/native/lib during the test does not race it
     env = dict(os.environ, PYTHONPATH=str(REPO), LD_LIBRARY_PATH=f"{folder}:{os.environ.get('LD_LIBRARY_PATH', '')}")
     return python, env, plugin
 

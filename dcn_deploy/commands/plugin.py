@@ -20,7 +20,7 @@ def command() -> None:
 
 @command.command("build")
 @click.option("--build-dir", type=click.Path(file_okay=False), default=None,
-              help="CMake build folder (default: build/ in the checkout; libraries go to <build-dir>/lib).")
+              help="CMake build folder (default: build/native in the checkout; libraries go to <build-dir>/lib).")
 @click.option("--tensorrt-include-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder holding NvInfer.h (default: CMake searches the standard places).")
 @click.option("--cuda-archs", default=None,

@@ -10,7 +10,7 @@ kind        file                         what
 ``plugin``  ``libdcn_deploy_plugin.so``  the TensorRT IPluginV3 plugins (``load_library`` / ``--dynamicPlugins``)
 =========== ============================ ==================================================================
 
-They are looked up, in order, in ``$DCN_DEPLOY_PLUGIN_DIR``, the checkout's ``build/lib`` and the package's own
+They are looked up, in order, in ``$DCN_DEPLOY_PLUGIN_DIR``, the checkout's ``build/native/lib`` and the package's own
 ``dcn_deploy/plugin/lib`` (for wheels that ship them), so users never pass paths. :func:`build_libraries` runs
 CMake; ``dcn-deploy plugin build`` is its command-line form.
 """
@@ -60,7 +60,8 @@ def repo_root() -> Path:
 
 
 def default_build_dir() -> Path:
-    return repo_root() / "build"
+    # build/native, not build/: setuptools stages wheels in build/lib and would pack our libraries into them
+    return repo_root() / "build" / "native"
 
 
 def default_tensorrt_headers_dir() -> Path:
