@@ -1,6 +1,7 @@
 #include "deformConvPlugin.h"
 
 #include "deformConvKernel.h"
+#include "trtDtype.h"
 #include "trtLogging.h"
 
 #include <exception>
@@ -31,21 +32,6 @@ DimExpr operator-(DimExpr a, int64_t v) { return a.binary(DimensionOperation::kS
 DimExpr operator-(DimExpr a, DimExpr b) { return a.binary(DimensionOperation::kSUB, b.expr); }
 DimExpr operator*(DimExpr a, int64_t v) { return a.binary(DimensionOperation::kPROD, a.builder->constant(v)); }
 DimExpr floorDiv(DimExpr a, int64_t v) { return a.binary(DimensionOperation::kFLOOR_DIV, a.builder->constant(v)); }
-
-bool supportedType(DataType type)
-{
-    return type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
-}
-
-int32_t dcnDtype(DataType type)
-{
-    switch (type)
-    {
-    case DataType::kHALF: return DCN_FLOAT16;
-    case DataType::kBF16: return DCN_BFLOAT16;
-    default: return DCN_FLOAT32;
-    }
-}
 
 TensorShape shapeOf(Dims const& dims)
 {

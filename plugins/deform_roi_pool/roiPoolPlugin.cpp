@@ -1,6 +1,7 @@
 #include "roiPoolPlugin.h"
 
 #include "roiPoolKernel.h"
+#include "trtDtype.h"
 #include "trtLogging.h"
 
 #include <exception>
@@ -64,21 +65,6 @@ struct DeformPsroiPoolOp
 
 namespace
 {
-
-bool supportedType(DataType type)
-{
-    return type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
-}
-
-int32_t dcnDtype(DataType type)
-{
-    switch (type)
-    {
-    case DataType::kHALF: return DCN_FLOAT16;
-    case DataType::kBF16: return DCN_BFLOAT16;
-    default: return DCN_FLOAT32;
-    }
-}
 
 // Three input shapes as rank + int64 rows (-1 where unknown).
 struct Shapes
