@@ -208,21 +208,13 @@ def _describe(input, offset, weight, bias, mask, stride, padding, dilation) -> D
 
 
 def _prepare(input, offset, weight, bias, mask, device_type: str):
-    import torch
+    from ..ops._checks import check_tensors  # tensors, one supported float dtype, one device
 
     tensors = {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask}
+    check_tensors(tensors)
+    if input.device.type != device_type:
+        raise ValueError(f"input is on {input.device}; this entry point needs every tensor on one {device_type} device")
     dtype_name = str(input.dtype).replace("torch.", "")
-    if dtype_name not in DTYPE_CODES:
-        raise TypeError(f"input has dtype {input.dtype}; supported: {', '.join(DTYPE_CODES)}")
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != input.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}; cast all tensors to one dtype")
-        if t.device.type != device_type or t.device != input.device:
-            raise ValueError(f"{name} is on {t.device}; this entry point needs every tensor on one {device_type} device")
     contiguous = {k: (None if t is None else t.contiguous()) for k, t in tensors.items()}
     return contiguous, DTYPE_CODES[dtype_name]
 
