@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -24,7 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runs from a checkout without installing the package
@@ -72,6 +73,8 @@ def time_cuda(fn: Callable[[], object], warmup: int, iters: int) -> float:
 
 
 def _git_commit() -> str:
+    if os.environ.get("DCN_BENCH_COMMIT"):  # a copy of the tree without .git (a lent GPU machine)
+        return os.environ["DCN_BENCH_COMMIT"]
     try:
         return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -79,7 +82,13 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algo: str) -> List[dict]:
+def relative_error(got, reference) -> float:
+    """||got - reference|| / ||reference||, in float64."""
+    got, reference = got.double(), reference.double()
+    return float((got - reference).norm() / reference.norm().clamp_min(1e-300))
+
+
+def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str]) -> List[dict]:
     import torch
     import torch.nn.functional as F
     import torchvision
@@ -101,21 +110,31 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algo: st
                 offset = torch.randn(batch, 18, h, w, device="cuda", dtype=dtype, generator=g) * 2.0
                 mask = torch.rand(batch, 9, h, w, device="cuda", dtype=dtype, generator=g)
 
-                ours = lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask, algo=algo, library=kernels)  # noqa: E731
+                def ours(algo):
+                    return lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask, algo=algo,
+                                                      library=kernels)
+
                 tv = lambda: torchvision.ops.deform_conv2d(x, offset, weight, bias, 1, d, d, mask)  # noqa: E731
                 conv = lambda: F.conv2d(x, weight, bias, 1, d, d)  # noqa: E731
 
+                row = {"layer": layer.name, "shape": f"{batch}x{c}x{h}x{w}", "dtype": dtype_name}
                 with torch.no_grad():
-                    error = float((ours().double() - tv().double()).abs().max() / (tv().double().abs().max() + 1))
-                    t_ours = time_cuda(ours, warmup, iters)
+                    # the float64 reference: torchvision's op on the same (rounded) inputs, upcast
+                    reference = torchvision.ops.deform_conv2d(x.double(), offset.double(), weight.double(),
+                                                              bias.double(), 1, d, d, mask.double())
+                    for algo in algos:
+                        row[f"ours_{algo}_err"] = relative_error(ours(algo)(), reference)
+                        row[f"ours_{algo}_ms"] = time_cuda(ours(algo), warmup, iters)
                     try:
-                        t_tv: Optional[float] = time_cuda(tv, warmup, iters)
+                        row["torchvision_err"] = relative_error(tv(), reference)
+                        row["torchvision_ms"] = time_cuda(tv, warmup, iters)
                     except RuntimeError as exc:  # e.g. a dtype torchvision does not support
                         print(f"torchvision failed on {layer.name} {dtype_name}: {exc}", file=sys.stderr)
-                        t_tv = None
-                    t_conv = time_cuda(conv, warmup, iters)
-                rows.append({"layer": layer.name, "shape": f"{batch}x{c}x{h}x{w}", "dtype": dtype_name,
-                             "ours_ms": t_ours, "torchvision_ms": t_tv, "conv_ms": t_conv, "max_rel_err": error})
+                        row["torchvision_ms"] = row["torchvision_err"] = None
+                    row["conv_ms"] = time_cuda(conv, warmup, iters)
+                    del reference
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)  # progress, and the raw numbers
                 del x, weight, bias, offset, mask
                 torch.cuda.empty_cache()
     return rows
@@ -124,24 +143,33 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algo: st
 def to_markdown(rows: List[dict], args) -> str:
     import torch
 
+    algos = args.algos.split(",")
     lines = [
         f"## Deformable convolution, {torch.cuda.get_device_name()} ({datetime.date.today().isoformat()})",
         "",
         f"commit `{_git_commit()}`, torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}; "
         f"median of {args.iters} CUDA-event-timed runs after {args.warmup} warm-up runs; v2 (mask), 3x3, stride 1, "
-        f"one offset group, C = out channels; ours with algo={args.algo}.",
+        f"one offset group, C = out channels. Errors are ||out - ref|| / ||ref|| against torchvision's op in float64 "
+        f"on the same inputs.",
         "",
         f"command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
         "",
-        "| layer | NxCxHxW | dtype | ours ms | torchvision ms | cuDNN conv2d ms | speed-up vs torchvision | ours / conv2d | max rel. err vs torchvision |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| layer | NxCxHxW | dtype | " + " | ".join(f"ours {a} ms" for a in algos)
+        + " | torchvision ms | cuDNN conv2d ms | best speed-up vs torchvision | best / conv2d | "
+        + " | ".join(f"err {a}" for a in algos) + " | err torchvision |",
+        "| --- | --- | --- | " + " | ".join("---:" for _ in algos) + " | ---: | ---: | ---: | ---: | "
+        + " | ".join("---:" for _ in algos) + " | ---: |",
     ]
     for r in rows:
+        best = min(r[f"ours_{a}_ms"] for a in algos)
         tv = r["torchvision_ms"]
         tv_text = f"{tv:.3f}" if tv else "n/a"
-        speedup = f"{tv / r['ours_ms']:.2f}x" if tv else "n/a"
-        lines.append(f"| {r['layer']} | {r['shape']} | {r['dtype']} | {r['ours_ms']:.3f} | {tv_text} | "
-                     f"{r['conv_ms']:.3f} | {speedup} | {r['ours_ms'] / r['conv_ms']:.2f}x | {r['max_rel_err']:.1e} |")
+        speedup = f"{tv / best:.2f}x" if tv else "n/a"
+        tv_err = f"{r['torchvision_err']:.1e}" if r["torchvision_err"] is not None else "n/a"
+        lines.append(f"| {r['layer']} | {r['shape']} | {r['dtype']} | "
+                     + " | ".join(f"{r[f'ours_{a}_ms']:.3f}" for a in algos)
+                     + f" | {tv_text} | {r['conv_ms']:.3f} | {speedup} | {best / r['conv_ms']:.2f}x | "
+                     + " | ".join(f"{r[f'ours_{a}_err']:.1e}" for a in algos) + f" | {tv_err} |")
     return "\n".join(lines) + "\n"
 
 
@@ -151,7 +179,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="float16,float32", help="comma-separated dtypes (default float16,float32)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=50)
-    parser.add_argument("--algo", default="auto", choices=["auto", "fused", "direct"])
+    parser.add_argument("--algos", default="auto",
+                        help="comma-separated kernels to time side by side: auto, fused, direct (default auto)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this JSON file")
     parser.add_argument("--output", type=Path, default=None, help="append the table to this markdown file")
     args = parser.parse_args(argv)
 
@@ -160,12 +190,18 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
         return 2
-    rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, args.algo)
+    algos = args.algos.split(",")
+    unknown = sorted(set(algos) - {"auto", "fused", "direct"})
+    if unknown:
+        parser.error(f"--algos: unknown kernel(s) {unknown}; choose from auto, fused, direct")
+    rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos)
+    from dcn_deploy.io_utils import atomic_write_text
+
+    if args.json:
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
     table = to_markdown(rows, args)
     print(table)
     if args.output:
-        from dcn_deploy.io_utils import atomic_write_text
-
         previous = args.output.read_text() if args.output.exists() else "# Benchmark results\n"
         atomic_write_text(args.output, previous.rstrip("\n") + "\n\n" + table)
     return 0

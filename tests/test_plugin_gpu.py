@@ -35,9 +35,12 @@ def kernels(tmp_path_factory) -> NativeLibrary:
 
 
 def run(kernels, case: Case, tensors, algo: str):
+    """The kernel's output, written into a NaN-poisoned tensor: an element the kernel skips stays NaN and fails."""
     x, off, w, b, m = tensors
+    oh, ow = case.out_size
+    out = torch.full((case.batch, case.out_channels, oh, ow), float("nan"), dtype=x.dtype, device=x.device)
     return deform_conv2d_cuda(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
-                              algo=algo, library=kernels)
+                              algo=algo, out=out, library=kernels)
 
 
 def expected_for(case: Case, tensors):
@@ -57,7 +60,37 @@ def test_random_small_configs(kernels, dtype, algo):
         torch.cuda.synchronize()
         assert got.dtype == dtype and got.shape == expected_for(case, tensors).shape
         error = max_relative_error(got, expected_for(case, tensors))
+        assert not got.isnan().any(), (seed, case, "an output element was never written")
         assert error < TOLERANCE[dtype], (seed, case, error)
+
+
+def random_dense_case(rng: random.Random) -> Case:
+    """A layer wide enough for the fused kernel's tiles, with every size off the tile multiples."""
+    groups = rng.choice([1, 1, 2])
+    cpg = rng.randint(8, 80)
+    offset_groups = rng.choice([d for d in (1, 2, 4) if (groups * cpg) % d == 0])
+    while True:
+        case = Case(batch=rng.randint(1, 3), groups=groups, offset_groups=offset_groups, in_channels=groups * cpg,
+                    out_channels=groups * rng.randint(16, 150), height=rng.randint(1, 19), width=rng.randint(1, 23),
+                    kernel=(rng.randint(1, 3), rng.randint(1, 3)), stride=(rng.randint(1, 2), rng.randint(1, 2)),
+                    pads=tuple(rng.randint(0, 2) for _ in range(4)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
+                    with_mask=rng.random() < 0.7, with_bias=rng.random() < 0.6,
+                    offset_scale=rng.choice([0.5, 2.0, 8.0]), integer_offsets=rng.random() < 0.2)
+        if min(case.out_size) >= 1:
+            return case
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_random_dense_configs_fused_and_direct(kernels, dtype):
+    for seed in range(16):
+        case = random_dense_case(random.Random(1000 + seed))
+        tensors = make_tensors(case, dtype, device="cuda", seed=seed)
+        expected = expected_for(case, tensors)
+        for algo in ("fused", "direct"):
+            got = run(kernels, case, tensors, algo)
+            assert not got.isnan().any(), (algo, seed, case, "an output element was never written")
+            error = max_relative_error(got, expected)
+            assert error < TOLERANCE[dtype], (algo, seed, case, error)
 
 
 DENSE_CASES = [
@@ -77,7 +110,9 @@ def test_dense_layers_fused_and_direct_agree_with_reference(kernels, dtype, inde
     tensors = make_tensors(case, dtype, device="cuda", seed=index)
     expected = expected_for(case, tensors)
     for algo in ("fused", "direct"):
-        error = max_relative_error(run(kernels, case, tensors, algo), expected)
+        got = run(kernels, case, tensors, algo)
+        assert not got.isnan().any(), (algo, case, "an output element was never written")
+        error = max_relative_error(got, expected)
         assert error < TOLERANCE[dtype], (algo, case, error)
 
 

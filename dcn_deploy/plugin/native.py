@@ -265,10 +265,11 @@ def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dil
 
 
 def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
-                       algo: str = "auto", library: Optional[NativeLibrary] = None):
+                       algo: str = "auto", out=None, library: Optional[NativeLibrary] = None):
     """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
 
     ``algo``: ``auto`` (fused implicit GEMM for dense layers, direct otherwise), ``direct`` or ``fused``.
+    ``out``: an optional contiguous output tensor of the right shape, dtype and device to write into.
     """
     import torch
 
@@ -278,8 +279,14 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     t, dtype = _prepare(input, offset, weight, bias, mask, "cuda")
     lib = library or load_library("kernels")
     oh, ow = lib.output_size(desc)
+    shape = (desc.batch, desc.out_channels, oh, ow)
+    if out is not None and (tuple(out.shape) != shape or out.dtype != input.dtype or out.device != input.device
+                            or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {input.dtype} tensor of shape {shape} on {input.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
     with torch.cuda.device(input.device):
-        out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype, device=input.device)
+        if out is None:
+            out = torch.empty(shape, dtype=input.dtype, device=input.device)
         size = ctypes.c_size_t()
         lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, ALGOS[algo], ctypes.byref(size))
         workspace = torch.empty((max(size.value, 1),), dtype=torch.uint8, device=input.device) if size.value else None

@@ -1,0 +1,57 @@
+"""A short run of every CUDA kernel on small random cases, for compute-sanitizer (not collected by pytest).
+
+    compute-sanitizer --tool memcheck  --error-exitcode 3 python tests/sanitizer_cases.py
+    compute-sanitizer --tool racecheck --error-exitcode 3 python tests/sanitizer_cases.py --quick
+
+Small on purpose: the sanitizer slows kernels by orders of magnitude. Every result is also checked against the
+reference (so a kernel that skips work under the sanitizer fails here too); exit code 1 on a wrong result.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # plugin_configs
+
+import torch  # noqa: E402
+
+from dcn_deploy.plugin.native import deform_conv2d_cuda, load_library  # noqa: E402
+from plugin_configs import Case, make_tensors, max_relative_error, random_case, reference  # noqa: E402
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+DENSE = Case(2, 1, 2, 40, 72, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 1), True, True, 3.0, False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer cases (for the slower racecheck tool)")
+    args = parser.parse_args()
+    kernels = load_library("kernels")
+    cases = [random_case(random.Random(seed), max_channels_per_group=5, max_size=8) for seed in range(3 if args.quick else 8)]
+    cases.append(DENSE)
+    failures = 0
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for algo in ("direct", "fused"):
+            if dtype == torch.float64 and algo == "fused":
+                continue
+            for index, case in enumerate(cases):
+                tensors = make_tensors(case, dtype, device="cuda", seed=index)
+                x, off, w, b, m = tensors
+                out = torch.full((case.batch, case.out_channels, *case.out_size), float("nan"), dtype=dtype,
+                                 device="cuda")
+                deform_conv2d_cuda(x, off, w, b, case.stride, case.pads, case.dilation, m, algo=algo, out=out,
+                                   library=kernels)
+                torch.cuda.synchronize()
+                expected = reference(case, *[None if t is None else t.double() for t in tensors])
+                error = max_relative_error(out, expected)
+                if not error < TOLERANCE[dtype]:
+                    failures += 1
+                    print(f"FAIL {dtype} {algo} case {index}: error {error:.2e} ({case})")
+    print(f"deform_conv2d kernels: {failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
