@@ -39,6 +39,13 @@ if [ ! -f "$BUILD/lib/libdcn_deploy_kernels.so" ]; then
     step build 300 bash -c "cmake -S . -B '$BUILD' -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=$arch && cmake --build '$BUILD'"
 fi
 export DCN_DEPLOY_PLUGIN_DIR=$PWD/$BUILD/lib
+# The GEMM path dlopens libcublas.so.13/.12: inside torch it is already loaded; for the C++ shell tests, put the
+# folder of torch's (or the toolkit's) cuBLAS on the library path when the loader does not know it.
+if ! ldconfig -p | grep -q 'libcublas\.so\.1[23]'; then
+    cublas_dir=$(python3 -c "import glob, os, site; print(next((os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/**/libcublas.so.1[23]', recursive=True)), ''))")
+    [ -n "$cublas_dir" ] && export LD_LIBRARY_PATH=$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+echo "cuBLAS from: ${cublas_dir:-the ldconfig cache}" | tee -a "$LOG"
 # The package from this checkout, without touching the machine's packages (editable, no dependencies).
 step install 120 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .
 
@@ -47,8 +54,13 @@ step pytest-gpu 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_p
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do
     [ -x "$BUILD/bin/$shell" ] && step "$shell" 60 "$BUILD/bin/$shell"
 done
-step bench 200 python3 benchmarks/gpu_deform_conv.py --algos ${DCN_BENCH_ALGOS:-fused,direct} --iters 30 --warmup 5 \
+step bench 200 python3 benchmarks/gpu_deform_conv.py --algos ${DCN_BENCH_ALGOS:-gemm,fused} --iters 30 --warmup 5 \
     --json "$OUT_DIR/bench.json" --output "$OUT_DIR/bench.md"
+for mb in 16 256; do # the GEMM path's column budget (default 64 MiB): smaller chunks stay in L2, larger run fewer products
+    step "bench-chunk-${mb}MB" 60 env DCN_DEPLOY_GEMM_CHUNK_MB=$mb python3 benchmarks/gpu_deform_conv.py --algos gemm \
+        --dtypes float16 --iters 20 --warmup 3 --json "$OUT_DIR/bench_chunk_${mb}.json"
+done
+step memcheck-plugin 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/bin/dcn_plugin_shell_test"
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py
 step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
     tests/test_roi_plugin_host.py -k cuda

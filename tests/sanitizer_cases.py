@@ -33,7 +33,7 @@ def main() -> int:
     cases.append(DENSE)
     failures = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        for algo in ("direct", "fused"):
+        for algo in ("direct", "fused", "gemm"):
             if dtype == torch.float64 and algo == "fused":
                 continue
             for index, case in enumerate(cases):

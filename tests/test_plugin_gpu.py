@@ -49,7 +49,7 @@ def expected_for(case: Case, tensors):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("algo", ["direct", "fused", "auto"])
+@pytest.mark.parametrize("algo", ["direct", "fused", "gemm", "auto"])
 def test_random_small_configs(kernels, dtype, algo):
     if dtype == torch.float64 and algo == "fused":
         pytest.skip("the fused kernel has no float64 path (direct serves float64)")
@@ -81,12 +81,12 @@ def random_dense_case(rng: random.Random) -> Case:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_random_dense_configs_fused_and_direct(kernels, dtype):
+def test_random_dense_configs_every_algo(kernels, dtype):
     for seed in range(16):
         case = random_dense_case(random.Random(1000 + seed))
         tensors = make_tensors(case, dtype, device="cuda", seed=seed)
         expected = expected_for(case, tensors)
-        for algo in ("fused", "direct"):
+        for algo in ("fused", "direct", "gemm"):
             got = run(kernels, case, tensors, algo)
             assert not got.isnan().any(), (algo, seed, case, "an output element was never written")
             error = max_relative_error(got, expected)
@@ -109,11 +109,26 @@ def test_dense_layers_fused_and_direct_agree_with_reference(kernels, dtype, inde
     case = DENSE_CASES[index]
     tensors = make_tensors(case, dtype, device="cuda", seed=index)
     expected = expected_for(case, tensors)
-    for algo in ("fused", "direct"):
+    for algo in ("fused", "direct", "gemm"):
         got = run(kernels, case, tensors, algo)
         assert not got.isnan().any(), (algo, case, "an output element was never written")
         error = max_relative_error(got, expected)
         assert error < TOLERANCE[dtype], (algo, case, error)
+
+
+def test_gemm_path_in_chunks_and_pixel_slices():
+    """The GEMM path cuts the batch when its columns exceed the budget: with a 1 MiB budget the dense configs run
+    in chunks of whole images and in slices of one image's pixels (the budget is read once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DCN_DEPLOY_GEMM_CHUNK_MB="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "random_dense_configs or dense_layers"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
 
 
 def test_runs_on_the_current_stream_and_is_deterministic(kernels):

@@ -174,12 +174,21 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     # Host-side logic of the CUDA library: no CUDA call is made, so this runs without a GPU.
     dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
     weights = 96 * 32 * 9
-    assert _workspace(kernels_lib, dense, 1, 0) == -(-weights * 2 // 256) * 256  # float16, auto -> fused
+    cublas_workspace = 8 << 20
+    columns = 2 * 64 * 9 * 20 * 20  # both images fit the 64 MiB column budget: one chunk
     assert _workspace(kernels_lib, dense, 0, 2) == -(-weights * 4 // 256) * 256  # float32, fused
+    assert _workspace(kernels_lib, dense, 1, 3) == columns * 2 + cublas_workspace  # float16, GEMM
+    assert _workspace(kernels_lib, dense, 3, 3) == columns * 8 + cublas_workspace  # float64, GEMM
+    # auto: the most either dense path needs, whether or not cuBLAS loads on this machine
+    assert _workspace(kernels_lib, dense, 1, 0) == columns * 2 + cublas_workspace
     assert _workspace(kernels_lib, dense, 0, 1) == 0                              # direct
-    assert _workspace(kernels_lib, dense, 3, 0) == 0                              # float64 -> direct
     depthwise = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 1)
     assert _workspace(kernels_lib, depthwise, 1, 0) == 0                          # auto -> direct
+    # One image whose columns exceed the budget runs in slices of its pixels (multiples of 256).
+    big = DeformConvDesc(1, 512, 128, 128, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+    rows = 512 * 9
+    slice_pixels = (64 << 20) // (rows * 4) // 256 * 256
+    assert _workspace(kernels_lib, big, 0, 3) == rows * slice_pixels * 4 + cublas_workspace
 
 
 def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib):
@@ -194,6 +203,10 @@ def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib)
     assert "algo" in kernels_lib.last_error()
     assert forward(ctypes.byref(dense), 0, 0, None, fake, fake, None, None, fake, None, 0, None) == 1
     assert "NULL" in kernels_lib.last_error()
+    # The GEMM path: without a loadable cuBLAS an "unsupported" error that says so, else a workspace error.
+    code = forward(ctypes.byref(dense), 0, 3, fake, fake, fake, None, None, fake, None, 0, None)
+    assert code in (2, 4), kernels_lib.last_error()
+    assert ("cuBLAS" if code == 2 else "GEMM path needs a workspace") in kernels_lib.last_error()
 
 
 def test_tensorrt_plugin_shell_without_tensorrt():

@@ -23,7 +23,7 @@ DCN_OK = 0
 STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported", 3: "CUDA error", 4: "workspace too small",
                 5: "internal error"}
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
-ALGOS = {"auto": 0, "direct": 1, "fused": 2}
+ALGOS = {"auto": 0, "direct": 1, "fused": 2, "gemm": 3}
 FIELD_TYPE_INT32 = 5  # nvinfer1::PluginFieldType::kINT32
 
 
@@ -268,7 +268,8 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
                        algo: str = "auto", out=None, library: Optional[NativeLibrary] = None):
     """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
 
-    ``algo``: ``auto`` (fused implicit GEMM for dense layers, direct otherwise), ``direct`` or ``fused``.
+    ``algo``: ``auto`` (dense layers: ``gemm`` where cuBLAS loads, else ``fused``; others: ``direct``), ``gemm``
+    (sampled columns in a workspace, then cuBLAS), ``fused`` (implicit GEMM, no column buffer) or ``direct``.
     ``out``: an optional contiguous output tensor of the right shape, dtype and device to write into.
     """
     import torch

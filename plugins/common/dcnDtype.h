@@ -2,11 +2,12 @@
 //
 // ElementTraits<T>::Acc is float for float/half/bfloat16 (half types accumulate in float32) and double for
 // double. The host build stores half types as raw bits (HostHalf, HostBFloat16) so it needs no CUDA headers;
-// the CUDA build adds traits for __half and __nv_bfloat16 in deformConvKernel.cu.
+// the CUDA build adds traits for __half and __nv_bfloat16 in dcnCudaDtype.cuh.
 #pragma once
 
 #include "dcn_kernels.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -24,6 +25,12 @@
 
 namespace dcn
 {
+
+// Bytes per element of a dcn_dtype.
+inline size_t dtypeBytes(int32_t dtype)
+{
+    return dtype == DCN_FLOAT64 ? 8 : dtype == DCN_FLOAT32 ? 4 : 2;
+}
 
 template <typename T>
 struct ElementTraits;

@@ -48,9 +48,10 @@ typedef enum dcn_dtype
 
 typedef enum dcn_algo
 {
-    DCN_ALGO_AUTO = 0,       /* fused for dense layers, direct for depth-wise-like ones */
+    DCN_ALGO_AUTO = 0,       /* dense layers: GEMM where cuBLAS loads, else fused; depth-wise-like ones: direct */
     DCN_ALGO_DIRECT = 1,     /* one thread per output element; simple, the correctness baseline */
-    DCN_ALGO_FUSED_GEMM = 2  /* sampling straight into shared-memory tiles of an implicit GEMM (tensor cores for half types) */
+    DCN_ALGO_FUSED_GEMM = 2, /* sampling straight into shared-memory tiles of an implicit GEMM (tensor cores for half types) */
+    DCN_ALGO_GEMM = 3        /* sampled columns in the workspace (batch in chunks), then cuBLAS (loaded at run time) */
 } dcn_algo;
 
 /* Every integer of one deformable convolution. Padding is per side, ONNX order (top, left, bottom, right). */

@@ -11,6 +11,8 @@
 //    float32 accumulators); float32 multiplies in float32 on the CUDA cores so results stay float32-exact.
 //    Its workspace holds the weights re-laid out with channels contiguous (OC*C/group*kH*kW elements), so the
 //    weight tiles load coalesced; that copy is the only workspace, and it is small next to the activations.
+#include "cublasLoader.h"
+#include "dcnCudaDtype.cuh"
 #include "deformConvKernel.h"
 #include "deformConvShapes.h"
 
@@ -19,28 +21,13 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <atomic>
 #include <string>
 #include <type_traits>
 
 namespace dcn
 {
-
-template <>
-struct ElementTraits<__half>
-{
-    using Acc = float;
-    static DCN_HD float toAcc(__half v) { return __half2float(v); }
-    static DCN_HD __half fromAcc(float v) { return __float2half_rn(v); }
-};
-
-template <>
-struct ElementTraits<__nv_bfloat16>
-{
-    using Acc = float;
-    static DCN_HD float toAcc(__nv_bfloat16 v) { return __bfloat162float(v); }
-    static DCN_HD __nv_bfloat16 fromAcc(float v) { return __float2bfloat16_rn(v); }
-};
 
 namespace
 {
@@ -220,8 +207,10 @@ __device__ __forceinline__ void fusedBody(DeformConvGeometry const& geo, T const
             // Weights W[g*ocg + m0 + m, c0 + kk, kp] -> tileA[m][kk] (zero outside), read from the re-laid-out copy
             // (groupedWeight = Wt[g][kp][m][c], see weightRelayoutKernel) in which c is contiguous, so consecutive
             // threads read consecutive addresses.
-            for (int32_t e = tid; e < kTileM * kTileK; e += kThreads)
+#pragma unroll
+            for (int32_t r = 0; r < kTileM * kTileK / kThreads; ++r) // all loads in flight before the stores
             {
+                int32_t const e = tid + r * kThreads;
                 int32_t const m = e / kTileK;
                 int32_t const kk = e - m * kTileK;
                 int32_t const oc = m0 + m;
@@ -232,7 +221,7 @@ __device__ __forceinline__ void fusedBody(DeformConvGeometry const& geo, T const
                 tileA[m * lda + kk] = toTile<S>(v);
             }
             // Bilinear samples (mask folded in) -> tileB[kk][col]; the taps are reused while the offset group holds.
-#pragma unroll 4
+#pragma unroll
             for (int32_t r = 0; r < kTileK / kRowStep; ++r)
             {
                 int32_t const kk = sampleRow0 + r * kRowStep;
@@ -419,35 +408,45 @@ Status launchFused(DeformConvGeometry const& geo, void const* input, void const*
     return cudaStatus(cudaGetLastError(), "launching the fused deformable-convolution kernel");
 }
 
-size_t elementBytes(int32_t dtype)
-{
-    return dtype == DCN_FLOAT64 ? 8 : dtype == DCN_FLOAT32 ? 4 : 2;
-}
-
 // The fused kernel reads the weights re-laid out with channels contiguous: OC*C/group*kH*kW elements.
 size_t fusedWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)
 {
     size_t const bytes = size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup) * size_t(geo.kernelPoints)
-        * elementBytes(dtype);
+        * dtypeBytes(dtype);
     return (bytes + 255) / 256 * 256;
+}
+
+// A matrix product pays when a sampled column feeds several output channels and the reduction is long.
+bool denseLayer(DeformConvGeometry const& geo)
+{
+    return geo.outChannelsPerGroup >= 16 && geo.channelsPerGroup * geo.kernelPoints >= 32;
+}
+
+bool fusedPossible(DeformConvGeometry const& geo, int32_t dtype)
+{
+    return dtype != DCN_FLOAT64 && geo.d.group <= 65535 && (geo.outChannelsPerGroup + 63) / 64 <= 65535;
 }
 
 } // namespace
 
 Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved)
 {
-    if (algo != DCN_ALGO_AUTO && algo != DCN_ALGO_DIRECT && algo != DCN_ALGO_FUSED_GEMM)
-        return Status::invalid("algo must be 0 (auto), 1 (direct) or 2 (fused GEMM), got " + std::to_string(algo));
-    bool const fusedPossible = dtype != DCN_FLOAT64 && geo.d.group <= 65535
-        && (geo.outChannelsPerGroup + 63) / 64 <= 65535;
-    if (algo == DCN_ALGO_FUSED_GEMM && !fusedPossible)
+    if (algo != DCN_ALGO_AUTO && algo != DCN_ALGO_DIRECT && algo != DCN_ALGO_FUSED_GEMM && algo != DCN_ALGO_GEMM)
+        return Status::invalid("algo must be 0 (auto), 1 (direct), 2 (fused GEMM) or 3 (GEMM), got " + std::to_string(algo));
+    if (algo == DCN_ALGO_FUSED_GEMM && !fusedPossible(geo, dtype))
         return Status::error(DCN_ERROR_UNSUPPORTED,
-            "the fused kernel supports float32/float16/bfloat16 and at most 65535 groups; use algo 1 (direct)");
+            "the fused kernel supports float32/float16/bfloat16 and at most 65535 groups; use algo 1 (direct) or 3 (GEMM)");
+    if (algo == DCN_ALGO_GEMM && !gemmPathAvailable())
+        return Status::error(DCN_ERROR_UNSUPPORTED, std::string("algo 3 (GEMM) needs cuBLAS: ") + cublasUnavailableReason());
     if (algo == DCN_ALGO_AUTO)
     {
-        // A matrix product pays when a sampled column feeds several output channels and the reduction is long.
-        bool const dense = geo.outChannelsPerGroup >= 16 && geo.channelsPerGroup * geo.kernelPoints >= 32;
-        algo = (fusedPossible && dense) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
+        // Dense layers: cuBLAS over sampled columns where cuBLAS loads (fastest measured), else the fused kernel.
+        if (!denseLayer(geo))
+            algo = DCN_ALGO_DIRECT;
+        else if (gemmPathAvailable())
+            algo = DCN_ALGO_GEMM;
+        else
+            algo = fusedPossible(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
     }
     resolved = algo;
     return Status::success();
@@ -455,15 +454,21 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
 
 size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo)
 {
-    int32_t resolved = DCN_ALGO_DIRECT;
-    if (!resolveAlgo(geo, dtype, algo, resolved).ok())
-        return 0; // the launch reports the error
-    return resolved == DCN_ALGO_FUSED_GEMM ? fusedWorkspaceBytes(geo, dtype) : 0;
+    // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
+    // on another.
+    size_t const fused = fusedPossible(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
+    switch (algo)
+    {
+    case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype)) : 0;
+    case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype);
+    case DCN_ALGO_FUSED_GEMM: return fused;
+    default: return 0; // direct; an invalid algo is reported by the launch
+    }
 }
 
 Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t workspaceBytes, cudaStream_t stream)
+    size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas)
 {
     int32_t resolved = DCN_ALGO_DIRECT;
     Status status = resolveAlgo(geo, dtype, algo, resolved);
@@ -473,6 +478,15 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         return Status::success();
     if (!input || !offset || !weight || !output)
         return Status::invalid("input, offset, weight and output must be device pointers, got NULL (bias and mask may be NULL)");
+    if (resolved == DCN_ALGO_GEMM)
+    {
+        size_t const needed = gemmWorkspaceBytes(geo, dtype);
+        if (workspace == nullptr || workspaceBytes < needed)
+            return Status::error(DCN_ERROR_WORKSPACE, "the GEMM path needs a workspace of " + std::to_string(needed)
+                + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
+                + (workspace ? "" : " (NULL)"));
+        return launchGemmPath(geo, dtype, input, offset, weight, bias, mask, output, workspace, stream, cublas);
+    }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;
     if (needed > 0 && (workspace == nullptr || workspaceBytes < needed))

@@ -255,13 +255,13 @@ int32_t DeformConvPlugin::enqueue(PluginTensorDesc const*, PluginTensorDesc cons
     void const* bias = mNbInputs >= 4 ? inputs[kInputBias] : nullptr;
     void const* mask = mNbInputs >= 5 ? inputs[kInputMask] : nullptr;
     Status const status = launchDeformConv(mGeometry, mDtype, DCN_ALGO_AUTO, inputs[kInputX], inputs[kInputOffset],
-        inputs[kInputW], bias, mask, outputs[0], workspace, mWorkspaceBytes, stream);
+        inputs[kInputW], bias, mask, outputs[0], workspace, mWorkspaceBytes, stream, mCublas.get());
     return reject(status) ? -1 : 0;
 }
 
 IPluginV3* DeformConvPlugin::attachToContext(IPluginResourceContext*) noexcept
 {
-    return clone(); // no per-context resources (no cuBLAS handle: the kernels do their own products)
+    return clone(); // the clone owns a fresh cuBLAS handle, created at its first enqueue
 }
 
 PluginFieldCollection const* DeformConvPlugin::getFieldsToSerialize() noexcept

@@ -2,11 +2,13 @@
 // deformConvShapes.h (fields, shapes) and deformConvKernel.h (kernels); these classes only translate types.
 #pragma once
 
+#include "cublasLoader.h"
 #include "deformConvMath.h"
 #include "deformConvShapes.h"
 
 #include <NvInferRuntime.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -68,6 +70,9 @@ private:
     int32_t mDtype = DCN_FLOAT32;
     int32_t mNbInputs = 0;
     size_t mWorkspaceBytes = 0;
+    // The GEMM path's cuBLAS handle: this instance's own (a clone makes a new one), created at the first enqueue,
+    // bound to each enqueue's stream, destroyed with the instance.
+    std::unique_ptr<CublasHandle> mCublas = std::make_unique<CublasHandle>();
     // Storage behind getFieldsToSerialize.
     std::vector<OwnedField> mOwnedFields;
     std::vector<nvinfer1::PluginField> mFields;

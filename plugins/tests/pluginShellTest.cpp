@@ -9,7 +9,10 @@
 
 #include <NvInferRuntime.h>
 
+#include <cmath>
 #include <cstdio>
+#include <cuda_runtime_api.h>
+#include <random>
 #include <deque>
 #include <memory>
 #include <string>
@@ -199,6 +202,91 @@ Capability* capability(IPluginV3* plugin, PluginCapabilityType type)
     return static_cast<Capability*>(plugin->getCapabilityInterface(type));
 }
 
+// With a GPU: enqueue the plugin (AUTO: the GEMM path where cuBLAS loads, else the fused kernel) on random float32
+// data and compare with the direct kernel on the same device buffers. Without a GPU: reported and skipped.
+void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
+    std::vector<std::vector<int64_t>> const& shapes, std::vector<int64_t> const& outShape)
+{
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+    {
+        std::printf("skip enqueue on a GPU: no CUDA device\n");
+        return;
+    }
+    std::printf("info cuBLAS GEMM path available: %s\n", dcn::gemmPathAvailable() ? "yes" : "no");
+    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("gpu", &fields.collection, TensorRTPhase::kRUNTIME));
+    auto* build = capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD);
+    auto* runtime = capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME);
+    std::vector<DynamicPluginTensorDesc> io;
+    for (auto const& shape : shapes)
+        io.push_back(tensorDesc(shape));
+    io.push_back(tensorDesc(outShape));
+    std::vector<PluginTensorDesc> runtimeIo;
+    for (auto const& d : io)
+        runtimeIo.push_back(d.desc);
+    size_t const workspaceBytes = build->getWorkspaceSize(io.data(), 5, &io[5], 1);
+    check(runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0, "GPU: onShapeChange");
+
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<void*> device(6, nullptr);
+    std::vector<size_t> counts;
+    for (auto const& shape : shapes)
+        counts.push_back(size_t(shape[0]) * (shape.size() > 1 ? size_t(shape[1] * shape[2] * shape[3]) : 1));
+    counts.push_back(size_t(outShape[0] * outShape[1] * outShape[2] * outShape[3]));
+    bool ok = true;
+    for (size_t k = 0; k < 6; ++k)
+    {
+        std::vector<float> host(counts[k]);
+        for (float& v : host)
+            v = k == 2 ? 3.0f * normal(rng) : k == 4 ? std::fabs(normal(rng)) : normal(rng); // offsets reach off the image
+        ok = ok && cudaMalloc(&device[k], counts[k] * sizeof(float)) == cudaSuccess
+            && cudaMemcpy(device[k], host.data(), counts[k] * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess;
+    }
+    void* workspace = nullptr;
+    void* reference = nullptr;
+    ok = ok && cudaMalloc(&workspace, workspaceBytes) == cudaSuccess
+        && cudaMalloc(&reference, counts[5] * sizeof(float)) == cudaSuccess;
+    cudaStream_t stream = nullptr;
+    ok = ok && cudaStreamCreate(&stream) == cudaSuccess;
+    check(ok, "GPU: buffers allocated (workspace " + std::to_string(workspaceBytes) + " bytes)");
+    if (!ok)
+        return;
+    void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
+    void* outputs[1] = {device[5]};
+    int32_t const rc = runtime->enqueue(runtimeIo.data(), &runtimeIo[5], inputs, outputs, workspace, stream);
+    dcn::DeformConvGeometry geometry;
+    dcn::TensorShape x, w;
+    x.rank = w.rank = 4;
+    for (int k = 0; k < 4; ++k)
+    {
+        x.d[k] = shapes[0][k];
+        w.d[k] = shapes[1][k];
+    }
+    dcn_deform_conv_attrs attrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2};
+    bool const direct = dcn::makeGeometry(dcn::descFromShapes(attrs, x, w), geometry).ok()
+        && dcn::launchDeformConv(geometry, DCN_FLOAT32, DCN_ALGO_DIRECT, device[0], device[2], device[1], device[3],
+               device[4], reference, nullptr, 0, stream).ok();
+    std::vector<float> got(counts[5]), want(counts[5]);
+    bool const copied = cudaStreamSynchronize(stream) == cudaSuccess
+        && cudaMemcpy(got.data(), device[5], counts[5] * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess
+        && cudaMemcpy(want.data(), reference, counts[5] * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess;
+    double maxError = 0.0, maxValue = 0.0;
+    for (size_t i = 0; i < got.size(); ++i)
+    {
+        maxError = std::fmax(maxError, std::fabs(double(got[i]) - double(want[i])));
+        maxValue = std::fmax(maxValue, std::fabs(double(want[i])));
+    }
+    check(rc == 0 && direct && copied && maxError <= 1e-5 * (maxValue + 1.0),
+        "GPU: plugin enqueue agrees with the direct kernel (max abs error " + std::to_string(maxError) + ", max |out| "
+            + std::to_string(maxValue) + ")");
+    for (void* ptr : device)
+        cudaFree(ptr);
+    cudaFree(workspace);
+    cudaFree(reference);
+    cudaStreamDestroy(stream);
+}
+
 } // namespace
 
 int main()
@@ -365,6 +453,8 @@ int main()
                  : nullptr;
     check(clonedFields && clonedFields->nbFields == 5 && static_cast<int32_t const*>(clonedFields->fields[1].data)[2] == 2,
         "clone keeps the fields after the original is destroyed");
+
+    checkEnqueueOnGpu(creator, fields, shapes, {2, 64, oh, ow});
 
     std::printf("%d failure(s)\n", failures);
     return failures;

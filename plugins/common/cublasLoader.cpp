@@ -1,0 +1,122 @@
+#include "cublasLoader.h"
+
+#include <dlfcn.h>
+#include <mutex>
+#include <string>
+
+namespace dcn
+{
+namespace
+{
+
+struct Loaded
+{
+    CublasApi api{};
+    bool ok = false;
+    std::string reason;
+};
+
+template <typename Fn>
+bool resolve(void* library, char const* name, Fn& fn, std::string& reason)
+{
+    fn = reinterpret_cast<Fn>(dlsym(library, name));
+    if (!fn)
+        reason = std::string("libcublas has no symbol ") + name;
+    return fn != nullptr;
+}
+
+Loaded const& loaded()
+{
+    static Loaded state;
+    static std::once_flag once;
+    std::call_once(once, [] {
+        void* library = nullptr;
+        for (char const* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
+            if ((library = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr)
+                break;
+        if (!library)
+        {
+            char const* error = dlerror();
+            state.reason = std::string("cuBLAS could not be loaded (libcublas.so.13 or .12 on the library path): ")
+                + (error ? error : "not found");
+            return;
+        }
+        CublasApi& api = state.api;
+        state.ok = resolve(library, "cublasCreate_v2", api.create, state.reason)
+            && resolve(library, "cublasDestroy_v2", api.destroy, state.reason)
+            && resolve(library, "cublasSetStream_v2", api.setStream, state.reason)
+            && resolve(library, "cublasSetWorkspace_v2", api.setWorkspace, state.reason)
+            && resolve(library, "cublasGemmStridedBatchedEx", api.gemmStridedBatchedEx, state.reason);
+    });
+    return state;
+}
+
+} // namespace
+
+CublasApi const* cublasApi()
+{
+    return loaded().ok ? &loaded().api : nullptr;
+}
+
+char const* cublasUnavailableReason()
+{
+    return loaded().reason.c_str();
+}
+
+CublasHandle::~CublasHandle()
+{
+    CublasApi const* api = cublasApi();
+    if (!mHandle || !api)
+        return;
+    int current = -1;
+    bool const switchDevice = cudaGetDevice(&current) == cudaSuccess && current != mDevice;
+    if (switchDevice)
+        cudaSetDevice(mDevice);
+    api->destroy(mHandle);
+    if (switchDevice)
+        cudaSetDevice(current);
+}
+
+Status CublasHandle::bind(cudaStream_t stream, void* workspace, size_t workspaceBytes, CublasHandleT& handle)
+{
+    CublasApi const* api = cublasApi();
+    if (!api)
+        return Status::error(DCN_ERROR_UNSUPPORTED, cublasUnavailableReason());
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess)
+        return Status::error(DCN_ERROR_CUDA, "cudaGetDevice failed before creating the cuBLAS handle");
+    if (mHandle && device != mDevice)
+        return Status::error(DCN_ERROR_UNSUPPORTED, "a cuBLAS handle made for device " + std::to_string(mDevice)
+            + " was used on device " + std::to_string(device) + "; each device needs its own plugin instance");
+    if (!mHandle)
+    {
+        int const rc = api->create(&mHandle);
+        if (rc != 0)
+        {
+            mHandle = nullptr;
+            return Status::error(DCN_ERROR_CUDA, "cublasCreate failed with cuBLAS status " + std::to_string(rc));
+        }
+        mDevice = device;
+    }
+    // setStream resets the workspace to cuBLAS's own pool, so the workspace comes second.
+    int rc = api->setStream(mHandle, stream);
+    if (rc == 0 && workspace && workspaceBytes)
+        rc = api->setWorkspace(mHandle, workspace, workspaceBytes);
+    if (rc != 0)
+        return Status::error(DCN_ERROR_CUDA, "binding the cuBLAS handle to the stream failed with cuBLAS status "
+            + std::to_string(rc));
+    handle = mHandle;
+    return Status::success();
+}
+
+CublasHandle& threadCublasHandle()
+{
+    // One per thread and device in use. Never destroyed: a thread-local destructor can run while the process
+    // tears CUDA down (after main returns), when cublasDestroy may crash; a handle per thread is the cost.
+    thread_local CublasHandle* handles = new CublasHandle[16];
+    int device = 0;
+    cudaGetDevice(&device);
+    return handles[device >= 0 && device < 16 ? device : 0];
+}
+
+} // namespace dcn

@@ -1,0 +1,64 @@
+// cuBLAS, loaded at run time (dlopen), for the kernels' GEMM path.
+//
+// The libraries never link cuBLAS: the TensorRT plugin and the ctypes kernels library stay loadable on machines
+// without it (CI, a slim TensorRT runtime image), and the GEMM path reports itself unavailable there, so the
+// automatic choice falls back to the fused kernel. Only the few entry points used are declared here; their
+// signatures and enum values are cuBLAS's stable v2 API (cublas_api.h, CUDA 12 and 13).
+#pragma once
+
+#include "dcnStatus.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime_api.h>
+#include <library_types.h>
+
+namespace dcn
+{
+
+using CublasHandleT = void*; // cublasHandle_t
+
+// The subset of cublasOperation_t / cublasComputeType_t / cublasGemmAlgo_t used here.
+constexpr int kCublasOpN = 0;
+constexpr int kCublasCompute32F = 68;
+constexpr int kCublasCompute64F = 70;
+constexpr int kCublasGemmDefault = -1;
+
+struct CublasApi
+{
+    int (*create)(CublasHandleT*);
+    int (*destroy)(CublasHandleT);
+    int (*setStream)(CublasHandleT, cudaStream_t);
+    int (*setWorkspace)(CublasHandleT, void*, size_t);
+    int (*gemmStridedBatchedEx)(CublasHandleT, int transa, int transb, int m, int n, int k, void const* alpha,
+        void const* a, cudaDataType aType, int lda, long long strideA, void const* b, cudaDataType bType, int ldb,
+        long long strideB, void const* beta, void* c, cudaDataType cType, int ldc, long long strideC, int batchCount,
+        int computeType, int algo);
+};
+
+// The loaded API, or null when no libcublas.so.13/.12/.so can be opened (why: cublasUnavailableReason()).
+CublasApi const* cublasApi();
+char const* cublasUnavailableReason();
+
+// One cuBLAS handle for one device, created on first use and destroyed with this object (on its device).
+// Not thread-safe: each owner (a plugin instance, a thread) holds its own.
+class CublasHandle
+{
+public:
+    CublasHandle() = default;
+    ~CublasHandle();
+    CublasHandle(CublasHandle const&) = delete;
+    CublasHandle& operator=(CublasHandle const&) = delete;
+
+    // The handle for the current device, bound to stream, with workspace as cuBLAS's workspace.
+    Status bind(cudaStream_t stream, void* workspace, size_t workspaceBytes, CublasHandleT& handle);
+
+private:
+    CublasHandleT mHandle = nullptr;
+    int mDevice = -1;
+};
+
+// This thread's handle (for callers that own none, such as the C ABI).
+CublasHandle& threadCublasHandle();
+
+} // namespace dcn
