@@ -54,18 +54,41 @@ LAYERS = [
 ]
 
 
-def time_cuda(fn: Callable[[], object], warmup: int, iters: int) -> float:
-    """Median milliseconds of fn over iters runs, each timed with CUDA events."""
+def time_cuda(fn: Callable[[], object], warmup: int, iters: int, graph: bool = True) -> float:
+    """Median milliseconds of fn over iters runs, each timed with CUDA events.
+
+    graph: capture one call of fn in a CUDA graph and time its replays, so the numbers are the GPU's work and not
+    Python's launch overhead (which at batch 1 is larger than some of the kernels); falls back to eager calls,
+    with a warning, when fn cannot be captured.
+    """
     import torch
 
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
+    run = fn
+    if graph:
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            captured = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(captured):
+                fn()
+            run = captured.replay
+            run()
+            torch.cuda.synchronize()
+        except Exception as exc:  # noqa: BLE001 - any capture failure: time eagerly instead
+            print(f"warning: CUDA graph capture failed ({exc}); timing eager calls", file=sys.stderr)
+            torch.cuda.synchronize()
+            run = fn
     times = []
     for _ in range(iters):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        run()
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop))
@@ -88,7 +111,8 @@ def relative_error(got, reference) -> float:
     return float((got - reference).norm() / reference.norm().clamp_min(1e-300))
 
 
-def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str]) -> List[dict]:
+def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str],
+        graph: bool = True) -> List[dict]:
     import torch
     import torch.nn.functional as F
     import torchvision
@@ -124,14 +148,14 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                                                               bias.double(), 1, d, d, mask.double())
                     for algo in algos:
                         row[f"ours_{algo}_err"] = relative_error(ours(algo)(), reference)
-                        row[f"ours_{algo}_ms"] = time_cuda(ours(algo), warmup, iters)
+                        row[f"ours_{algo}_ms"] = time_cuda(ours(algo), warmup, iters, graph)
                     try:
                         row["torchvision_err"] = relative_error(tv(), reference)
-                        row["torchvision_ms"] = time_cuda(tv, warmup, iters)
+                        row["torchvision_ms"] = time_cuda(tv, warmup, iters, graph)
                     except RuntimeError as exc:  # e.g. a dtype torchvision does not support
                         print(f"torchvision failed on {layer.name} {dtype_name}: {exc}", file=sys.stderr)
                         row["torchvision_ms"] = row["torchvision_err"] = None
-                    row["conv_ms"] = time_cuda(conv, warmup, iters)
+                    row["conv_ms"] = time_cuda(conv, warmup, iters, graph)
                     del reference
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)  # progress, and the raw numbers
@@ -148,7 +172,9 @@ def to_markdown(rows: List[dict], args) -> str:
         f"## Deformable convolution, {torch.cuda.get_device_name()} ({datetime.date.today().isoformat()})",
         "",
         f"commit `{_git_commit()}`, torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}; "
-        f"median of {args.iters} CUDA-event-timed runs after {args.warmup} warm-up runs; v2 (mask), 3x3, stride 1, "
+        f"median of {args.iters} CUDA-event-timed "
+        f"{'CUDA-graph replays (GPU time without Python launch overhead)' if not args.eager else 'eager calls'} "
+        f"after {args.warmup} warm-up runs; v2 (mask), 3x3, stride 1, "
         f"one offset group, C = out channels. Errors are ||out - ref|| / ||ref|| against torchvision's op in float64 "
         f"on the same inputs.",
         "",
@@ -180,7 +206,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--algos", default="auto",
-                        help="comma-separated kernels to time side by side: auto, fused, direct (default auto)")
+                        help="comma-separated kernels to time side by side: auto, gemm, fused, direct (default auto)")
+    parser.add_argument("--eager", action="store_true",
+                        help="time eager calls (with Python's launch overhead) instead of CUDA-graph replays")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this JSON file")
     parser.add_argument("--output", type=Path, default=None, help="append the table to this markdown file")
     args = parser.parse_args(argv)
@@ -191,10 +219,11 @@ def main(argv=None) -> int:
         print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
         return 2
     algos = args.algos.split(",")
-    unknown = sorted(set(algos) - {"auto", "fused", "direct"})
+    unknown = sorted(set(algos) - {"auto", "fused", "direct", "gemm"})
     if unknown:
-        parser.error(f"--algos: unknown kernel(s) {unknown}; choose from auto, fused, direct")
-    rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos)
+        parser.error(f"--algos: unknown kernel(s) {unknown}; choose from auto, gemm, fused, direct")
+    rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos,
+               graph=not args.eager)
     from dcn_deploy.io_utils import atomic_write_text
 
     if args.json:

@@ -61,6 +61,67 @@ def test_half_types_accumulate_in_float32(host_lib, seed, dtype, tolerance):
     assert max_relative_error(got, reference(case, *tensors)) < tolerance, case
 
 
+def _vector_friendly_case(rng: random.Random):
+    """Channel counts that are multiples of 8 (16-byte vectors for half types), sometimes of 4 or 2 only."""
+    from plugin_configs import Case
+
+    groups = rng.choice([1, 1, 2])
+    offset_groups = rng.choice([1, 2])
+    step = rng.choice([8, 8, 4, 2]) * offset_groups
+    cpg = step * rng.randint(1, 3)
+    while True:
+        case = Case(batch=rng.randint(1, 3), groups=groups, offset_groups=offset_groups, in_channels=groups * cpg,
+                    out_channels=groups * rng.randint(1, 5), height=rng.randint(1, 9), width=rng.randint(1, 9),
+                    kernel=(rng.randint(1, 3), rng.randint(1, 3)), stride=(rng.randint(1, 2), rng.randint(1, 2)),
+                    pads=tuple(rng.randint(0, 2) for _ in range(4)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
+                    with_mask=rng.random() < 0.7, with_bias=rng.random() < 0.6,
+                    offset_scale=rng.choice([0.5, 2.0, 25.0]), integer_offsets=rng.random() < 0.2)
+        if min(case.out_size) >= 1:
+            return case
+
+
+def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0):
+    return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
+                              path="gemm", column_budget_bytes=budget, library=host_lib)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_gemm_path_float64_matches_reference(host_lib, seed):
+    """The CUDA GEMM path's layouts, per-thread sampling and cuBLAS arguments, run on the host: odd channel
+    counts (one channel per thread) and vector-friendly ones (2, 4 or 8 channels per thread)."""
+    rng = random.Random(seed)
+    case = random_case(rng, max_channels_per_group=6) if seed % 3 == 0 else _vector_friendly_case(rng)
+    tensors = make_tensors(case, torch.float64, seed=seed)
+    expected = reference(case, *tensors)
+    assert max_relative_error(run_host_gemm(host_lib, case, *tensors), expected) < 1e-12, case
+
+
+@pytest.mark.parametrize("budget", [1, 500_000, 1_000_000])
+def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget):
+    """Small column budgets (one image's columns take 384 192 bytes here): one image in slices of 256 pixels
+    (budget 1), one image per chunk (500 000), two images per chunk and a last chunk of one (1 000 000)."""
+    from plugin_configs import Case
+
+    case = Case(5, 1, 2, 8, 6, 23, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0)
+    tensors = make_tensors(case, torch.float64, seed=budget)
+    expected = reference(case, *tensors)
+    got = run_host_gemm(host_lib, case, *tensors, budget=budget)
+    assert max_relative_error(got, expected) < 1e-12
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 2e-6), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("seed", range(6))
+def test_gemm_path_dtypes(host_lib, dtype, tolerance, seed):
+    # Wider vectors than float64 allows (4 float32 or 8 half channels per thread). Half types: samples rounded to
+    # the type in the columns (as on the GPU), products summed in float32.
+    case = _vector_friendly_case(random.Random(300 + seed))
+    tensors = make_tensors(case, dtype, seed=seed)
+    got = run_host_gemm(host_lib, case, *tensors)
+    assert got.dtype == dtype
+    expected = reference(case, *[None if t is None else t.double() for t in tensors])
+    assert max_relative_error(got, expected) < tolerance, case
+
+
 def test_dense_layer_with_mask_and_bias(host_lib):
     # A small "real" layer: 3x3, padding 1, 2 offset groups, v2.
     g = torch.Generator().manual_seed(7)

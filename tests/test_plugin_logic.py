@@ -170,25 +170,32 @@ def _workspace(lib, desc, dtype, algo):
     return size.value
 
 
+def _gemm_workspace(images, channels, height, width, out_channels, channels_per_group, kernel_points, pixels,
+                    element):
+    """The GEMM path's workspace: columns, the channels-last input and the re-laid-out weights of one chunk, each
+    rounded up to 256 bytes, plus 8 MiB for cuBLAS (plugins/deform_conv/deformConvColumns.h)."""
+    up = lambda n: -(-n // 256) * 256  # noqa: E731
+    return (up(images * channels * kernel_points * pixels * element) + up(images * channels * height * width * element)
+            + up(out_channels * channels_per_group * kernel_points * element) + (8 << 20))
+
+
 def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     # Host-side logic of the CUDA library: no CUDA call is made, so this runs without a GPU.
     dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
     weights = 96 * 32 * 9
-    cublas_workspace = 8 << 20
-    columns = 2 * 64 * 9 * 20 * 20  # both images fit the 64 MiB column budget: one chunk
+    gemm = lambda element: _gemm_workspace(2, 64, 20, 20, 96, 32, 9, 400, element)  # noqa: E731 (one chunk)
     assert _workspace(kernels_lib, dense, 0, 2) == -(-weights * 4 // 256) * 256  # float32, fused
-    assert _workspace(kernels_lib, dense, 1, 3) == columns * 2 + cublas_workspace  # float16, GEMM
-    assert _workspace(kernels_lib, dense, 3, 3) == columns * 8 + cublas_workspace  # float64, GEMM
+    assert _workspace(kernels_lib, dense, 1, 3) == gemm(2)                       # float16, GEMM
+    assert _workspace(kernels_lib, dense, 3, 3) == gemm(8)                       # float64, GEMM
     # auto: the most either dense path needs, whether or not cuBLAS loads on this machine
-    assert _workspace(kernels_lib, dense, 1, 0) == columns * 2 + cublas_workspace
+    assert _workspace(kernels_lib, dense, 1, 0) == gemm(2)
     assert _workspace(kernels_lib, dense, 0, 1) == 0                              # direct
     depthwise = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 1)
     assert _workspace(kernels_lib, depthwise, 1, 0) == 0                          # auto -> direct
-    # One image whose columns exceed the budget runs in slices of its pixels (multiples of 256).
+    # One image whose columns exceed the 64 MiB budget runs in slices of its pixels (multiples of 256).
     big = DeformConvDesc(1, 512, 128, 128, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
-    rows = 512 * 9
-    slice_pixels = (64 << 20) // (rows * 4) // 256 * 256
-    assert _workspace(kernels_lib, big, 0, 3) == rows * slice_pixels * 4 + cublas_workspace
+    slice_pixels = (64 << 20) // (512 * 9 * 4) // 256 * 256
+    assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, slice_pixels, 4)
 
 
 def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib):

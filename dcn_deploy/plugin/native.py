@@ -75,6 +75,8 @@ class NativeLibrary:
         self._declare("dcn_last_error", [], ctypes.c_char_p)
         self._declare("dcn_deform_conv2d_output_size", [_P(DeformConvDesc), _P(ctypes.c_int32), _P(ctypes.c_int32)])
         self._declare("dcn_deform_conv2d_forward_host", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
+        self._declare("dcn_deform_conv2d_forward_host_gemm",
+                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_size_t])
         self._declare("dcn_deform_conv2d_forward_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
         self._declare("dcn_cuda_available", [], ctypes.c_int32)
@@ -239,14 +241,21 @@ def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, 
 
 
 def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
-                       library: Optional[NativeLibrary] = None):
+                       path: str = "direct", column_budget_bytes: int = 0, library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
-    Returns (N, out_channels, oH, oW) in the input's dtype.
+    ``path``: ``direct`` (the direct kernel's arithmetic) or ``gemm`` (the CUDA GEMM path step by step: chunks of
+    at most ``column_budget_bytes`` of columns, 0 for the CUDA default; channels-last sampling; the cuBLAS call's
+    arguments through a plain product). Returns (N, out_channels, oH, oW) in the input's dtype.
     """
-    return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride, padding,
-                           dilation, library)
+    if path == "direct":
+        return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride,
+                               padding, dilation, library)
+    if path == "gemm":
+        return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", (ctypes.c_size_t(int(column_budget_bytes)),),
+                               input, offset, weight, bias, mask, stride, padding, dilation, library)
+    raise ValueError(f"path must be 'direct' or 'gemm', got {path!r}")
 
 
 def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,

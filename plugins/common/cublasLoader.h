@@ -18,12 +18,6 @@ namespace dcn
 
 using CublasHandleT = void*; // cublasHandle_t
 
-// The subset of cublasOperation_t / cublasComputeType_t / cublasGemmAlgo_t used here.
-constexpr int kCublasOpN = 0;
-constexpr int kCublasCompute32F = 68;
-constexpr int kCublasCompute64F = 70;
-constexpr int kCublasGemmDefault = -1;
-
 struct CublasApi
 {
     int (*create)(CublasHandleT*);

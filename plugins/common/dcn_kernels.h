@@ -84,6 +84,11 @@ DCN_API int32_t dcn_deform_conv2d_output_size(const dcn_deform_conv_desc* desc, 
 /* ---- libdcn_deploy_host.so ---- */
 DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input,
     const void* offset, const void* weight, const void* bias, const void* mask, void* output);
+/* The CUDA GEMM path (DCN_ALGO_GEMM) step by step on the host: the same chunks (column_budget_bytes per chunk,
+ * 0 = the CUDA default), layouts and per-thread sampling, with cuBLAS's product as a plain loop. For tests. */
+DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
+    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
+    size_t column_budget_bytes);
 /* The fast CPU forward (float32 or float64; same arithmetic as the reference above, organised for speed: a
  * channels-last copy of the input, vectorised channel loops, OpenMP over images x output rows when built with it).
  * num_threads: 0 = OpenMP's default; ignored in a build without OpenMP. */

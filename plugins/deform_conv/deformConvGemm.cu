@@ -1,18 +1,17 @@
 // The GEMM path of deformable convolution: sample, then multiply with cuBLAS.
 //
-// For a chunk of the batch (whole images, or a slice of one image's output pixels when one image's columns exceed
-// the budget), one kernel writes the deformably sampled columns
-//     columns[image][c*kH*kW + kp][pixel]          (mask folded in, rounded to the tensor type)
-// into the workspace; then one strided-batched cuBLAS product per convolution group multiplies the weights, read
-// in place as an (oC/group) x (C/group*kH*kW) matrix, by them, straight into the NCHW output (float32 accumulation
-// for every type but float64). The bias is written into the output first and the product adds to it (beta = 1).
+// Layout and per-thread work are in deformConvColumns.h (shared with the host build that CI checks). Per chunk of
+// the batch: the chunk's input is transposed to channels-last (a tiled transpose), one kernel samples the
+// columns (16-byte channel vectors per bilinear tap, coalesced across a warp), the bias is written into the
+// output, and one strided-batched cuBLAS product per group adds columns x weights into the NCHW output (float32
+// accumulation for every type but float64). The weights are re-laid out once per launch.
 //
-// Measured on an H100 (benchmarks/RESULTS.md), this beat the fused kernel of deformConvKernel.cu on every dense
-// layer: the column buffer costs bandwidth, but the sampling runs at full occupancy and the product at cuBLAS's
-// speed. Each bilinear tap set is computed once per (pixel, kernel point, offset group, channel slice) and reused
-// over the slice's channels.
+// Measured on an H100 (benchmarks/RESULTS.md): faster than the fused kernel of deformConvKernel.cu on every
+// dense layer; the column buffer costs bandwidth, but sampling runs at full occupancy and the product at
+// cuBLAS's speed.
 #include "cublasLoader.h"
 #include "dcnCudaDtype.cuh"
+#include "deformConvColumns.h"
 #include "deformConvKernel.h"
 
 #include <cuda_runtime.h>
@@ -28,43 +27,27 @@ namespace
 {
 
 constexpr int kThreads = 256;
-constexpr int kChannelsPerThread = 16;              // channels one thread samples with one set of taps
-constexpr size_t kCublasWorkspaceBytes = 8u << 20;  // handed to cuBLAS, so it never allocates during enqueue
-constexpr size_t kDefaultColumnBudget = 64u << 20;  // the most bytes one chunk's columns take
+// cublasOperation_t, cublasComputeType_t and cublasGemmAlgo_t values (cublas_api.h).
+constexpr int kCublasOpN = 0;
+constexpr int kCublasOpT = 1;
+constexpr int kCublasCompute32F = 68;
+constexpr int kCublasCompute64F = 70;
+constexpr int kCublasGemmDefault = -1;
 
 size_t columnBudget()
 {
-    // DCN_DEPLOY_GEMM_CHUNK_MB: a tuning knob for benchmarks; read once.
+    // DCN_DEPLOY_GEMM_CHUNK_MB: a tuning knob for benchmarks and tests; read once.
     static size_t const budget = [] {
         char const* text = std::getenv("DCN_DEPLOY_GEMM_CHUNK_MB");
         long const mb = text ? std::strtol(text, nullptr, 10) : 0;
-        return mb > 0 ? size_t(mb) << 20 : kDefaultColumnBudget;
+        return mb > 0 ? size_t(mb) << 20 : kGemmDefaultColumnBudget;
     }();
     return budget;
 }
 
-// How the batch is cut: `images` whole images per chunk, or (images == 1) `pixels` output pixels of one image.
-struct GemmPlan
+GemmPlan planFor(DeformConvGeometry const& geo, int32_t dtype)
 {
-    int32_t images;
-    int64_t pixels;
-    size_t columnBytes; // rounded up to 256
-};
-
-GemmPlan planGemm(DeformConvGeometry const& geo, int32_t dtype)
-{
-    int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
-    int64_t const plane = int64_t(geo.outH) * geo.outW;
-    size_t const element = dtypeBytes(dtype);
-    size_t const imageBytes = size_t(rows) * size_t(plane) * element;
-    GemmPlan plan{1, plane, 0};
-    if (imageBytes <= columnBudget())
-        plan.images = int32_t(std::min<int64_t>(std::max<int64_t>(geo.d.batch, 1), int64_t(columnBudget() / std::max<size_t>(imageBytes, 1))));
-    else // a slice of one image: a multiple of 256 pixels, at least 256
-        plan.pixels = std::min<int64_t>(plane, std::max<int64_t>(256, int64_t(columnBudget() / (size_t(rows) * element)) / 256 * 256));
-    size_t const bytes = size_t(plan.images) * size_t(rows) * size_t(plan.pixels) * element;
-    plan.columnBytes = (bytes + 255) / 256 * 256;
-    return plan;
+    return planGemm(geo, dtypeBytes(dtype), columnBudget());
 }
 
 template <typename T>
@@ -90,48 +73,49 @@ struct CudaType<__nv_bfloat16>
     static constexpr cudaDataType value = CUDA_R_16BF;
 };
 
-// columns[img][c*kp + k][p] for images n0.. and pixels p0.. of the chunk. One thread: one (image, offset group,
-// kernel point, channel slice, pixel); consecutive threads take consecutive pixels, so the writes coalesce.
+// NCHW -> NHWC for images n0..n0+gridDim.z-1, through 32x32 shared tiles (reads and writes both coalesce).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) deformColumnsKernel(DeformConvGeometry const geo,
-    T const* __restrict__ input, T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns,
-    int32_t const n0, int32_t const images, int64_t const p0, int32_t const pixels, int32_t const slices)
+__global__ void __launch_bounds__(kThreads) nhwcKernel(
+    DeformConvGeometry const geo, T const* __restrict__ input, T* __restrict__ nhwc, int32_t const n0)
 {
-    using Acc = typename ElementTraits<T>::Acc;
-    dcn_deform_conv_desc const& d = geo.d;
-    int32_t const kernelPoints = geo.kernelPoints;
-    int32_t const perGroup = geo.channelsPerOffsetGroup;
-    int64_t const plane = int64_t(d.height) * d.width;
-    int64_t const total = int64_t(images) * d.offset_group * kernelPoints * slices * pixels;
-    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-         idx += int64_t(gridDim.x) * blockDim.x)
+    __shared__ T tile[32][33];
+    int64_t const plane = int64_t(geo.d.height) * geo.d.width;
+    int32_t const channels = geo.d.in_channels;
+    int32_t const img = blockIdx.z;
+    int64_t const pix0 = int64_t(blockIdx.x) * 32;
+    int32_t const c0 = blockIdx.y * 32;
+    T const* source = input + int64_t(n0 + img) * channels * plane;
+    T* target = nhwc + int64_t(img) * channels * plane;
+    for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: channel within the tile; threadIdx.x: pixel
     {
-        int32_t const p = int32_t(idx % pixels);
-        int64_t rest = idx / pixels;
-        int32_t const slice = int32_t(rest % slices);
-        rest /= slices;
-        int32_t const k = int32_t(rest % kernelPoints);
-        rest /= kernelPoints;
-        int32_t const og = int32_t(rest % d.offset_group);
-        int32_t const img = int32_t(rest / d.offset_group);
-        int64_t const pixel = p0 + p;
-        int32_t const y = int32_t(pixel / geo.outW);
-        int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
-        int32_t const n = n0 + img;
-        BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n, og, k, y, x);
-        int32_t const cBegin = og * perGroup + slice * kChannelsPerThread;
-        int32_t const cEnd = min(cBegin + kChannelsPerThread, (og + 1) * perGroup);
-        T const* channel = input + (int64_t(n) * d.in_channels + cBegin) * plane;
-        T* out = columns + ((int64_t(img) * d.in_channels + cBegin) * kernelPoints + k) * pixels + p;
-        int64_t const outStep = int64_t(kernelPoints) * pixels;
-#pragma unroll 4
-        for (int32_t c = cBegin; c < cEnd; ++c)
-        {
-            *out = ElementTraits<T>::fromAcc(sampleTaps<Acc>(channel, taps));
-            channel += plane;
-            out += outStep;
-        }
+        int64_t const pix = pix0 + threadIdx.x;
+        if (c0 + r < channels && pix < plane)
+            tile[r][threadIdx.x] = source[int64_t(c0 + r) * plane + pix];
     }
+    __syncthreads();
+    for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: pixel within the tile; threadIdx.x: channel
+    {
+        int64_t const pix = pix0 + r;
+        if (c0 + int32_t(threadIdx.x) < channels && pix < plane)
+            target[pix * channels + c0 + threadIdx.x] = tile[threadIdx.x][r];
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) weightsKernel(
+    DeformConvGeometry const geo, T const* __restrict__ weight, T* __restrict__ weights, int64_t const total)
+{
+    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x)
+        weightElement<T>(geo, weight, weights, idx);
+}
+
+template <typename T, int Vector>
+__global__ void __launch_bounds__(kThreads) columnsKernel(DeformConvGeometry const geo, T const* __restrict__ nhwc,
+    T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns, int32_t const n0,
+    int64_t const p0, int32_t const pixels, int64_t const total)
+{
+    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x)
+        columnVector<T, Vector>(geo, nhwc, offset, mask, columns, n0, p0, pixels, idx);
 }
 
 // output[n0 + img][o][p0 + p] = bias[o] for the chunk (the product then adds to it).
@@ -141,8 +125,7 @@ __global__ void __launch_bounds__(kThreads) fillBiasKernel(T* __restrict__ outpu
     int32_t const pixels)
 {
     int64_t const total = int64_t(images) * outChannels * pixels;
-    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-         idx += int64_t(gridDim.x) * blockDim.x)
+    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x)
     {
         int32_t const p = int32_t(idx % pixels);
         int64_t const row = idx / pixels; // img * outChannels + o
@@ -157,7 +140,7 @@ unsigned blocksFor(int64_t total)
     return unsigned(std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t(1) << 30));
 }
 
-Status cudaLaunchStatus(char const* what)
+Status launchStatus(char const* what)
 {
     cudaError_t const error = cudaGetLastError();
     if (error == cudaSuccess)
@@ -167,57 +150,70 @@ Status cudaLaunchStatus(char const* what)
 }
 
 template <typename T>
-Status runGemmPath(DeformConvGeometry const& geo, int32_t dtype, T const* input, T const* offset, T const* weight,
-    T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream, CublasHandleT handle)
+void launchColumns(int32_t vector, DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* mask,
+    T* columns, int32_t n0, int64_t p0, int32_t pixels, int64_t total, cudaStream_t stream)
 {
-    GemmPlan const plan = planGemm(geo, dtype);
+    unsigned const blocks = blocksFor(total);
+    switch (vector)
+    {
+    case 8: columnsKernel<T, 8><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
+    case 4: columnsKernel<T, 4><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
+    case 2: columnsKernel<T, 2><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
+    default: columnsKernel<T, 1><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total);
+    }
+}
+
+template <typename T>
+Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const* input, T const* offset,
+    T const* weight, T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream, CublasHandleT handle)
+{
     dcn_deform_conv_desc const& d = geo.d;
-    T* columns = static_cast<T*>(workspace);
+    char* base = static_cast<char*>(workspace);
+    T* columns = reinterpret_cast<T*>(base);
+    T* nhwc = reinterpret_cast<T*>(base + plan.columnsBytes);
+    T* weights = reinterpret_cast<T*>(base + plan.columnsBytes + plan.nhwcBytes);
     int64_t const plane = int64_t(geo.outH) * geo.outW;
-    int32_t const slices = (geo.channelsPerOffsetGroup + kChannelsPerThread - 1) / kChannelsPerThread;
-    int32_t const rowsPerGroup = geo.channelsPerGroup * geo.kernelPoints; // the product's k
-    int32_t const ocg = geo.outChannelsPerGroup;
+    int64_t const inPlane = int64_t(d.height) * d.width;
     using Scalar = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
     Scalar const one = 1, zero = 0;
     int const compute = std::is_same<T, double>::value ? kCublasCompute64F : kCublasCompute32F;
     CublasApi const* api = cublasApi();
-    for (int32_t n0 = 0; n0 < d.batch; n0 += plan.images)
+
+    int64_t const weightCount = int64_t(d.out_channels) * geo.channelsPerGroup * geo.kernelPoints;
+    weightsKernel<T><<<blocksFor(weightCount), kThreads, 0, stream>>>(geo, weight, weights, weightCount);
+    Status status = launchStatus("weight re-layout kernel");
+    for (int32_t n0 = 0; status.ok() && n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        for (int64_t p0 = 0; p0 < plane; p0 += plan.pixels)
+        dim3 const tiles(unsigned((inPlane + 31) / 32), unsigned((d.in_channels + 31) / 32), unsigned(images));
+        nhwcKernel<T><<<tiles, dim3(32, 8), 0, stream>>>(geo, input, nhwc, n0);
+        status = launchStatus("channels-last transpose kernel");
+        for (int64_t p0 = 0; status.ok() && p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
-            int64_t const samples = int64_t(images) * d.offset_group * geo.kernelPoints * slices * pixels;
-            deformColumnsKernel<T><<<blocksFor(samples), kThreads, 0, stream>>>(
-                geo, input, offset, mask, columns, n0, images, p0, pixels, slices);
-            Status status = cudaLaunchStatus("deformable sampling kernel");
-            if (!status.ok())
-                return status;
-            if (bias)
+            launchColumns<T>(plan.vector, geo, nhwc, offset, mask, columns, n0, p0, pixels,
+                columnThreads(geo, images, pixels, plan.vector), stream);
+            status = launchStatus("deformable sampling kernel");
+            if (status.ok() && bias)
             {
                 fillBiasKernel<T><<<blocksFor(int64_t(images) * d.out_channels * pixels), kThreads, 0, stream>>>(
                     output, bias, d.out_channels, plane, n0, images, p0, pixels);
-                status = cudaLaunchStatus("bias kernel");
-                if (!status.ok())
-                    return status;
+                status = launchStatus("bias kernel");
             }
-            // Row-major out[o][p] = W[o][k] * columns[k][p] is, column-major, out^T = columns^T * W^T.
-            for (int32_t g = 0; g < d.group; ++g)
+            for (int32_t g = 0; status.ok() && g < d.group; ++g)
             {
-                int const rc = api->gemmStridedBatchedEx(handle, kCublasOpN, kCublasOpN, pixels, ocg, rowsPerGroup,
-                    &one, columns + int64_t(g) * rowsPerGroup * pixels, CudaType<T>::value, pixels,
-                    int64_t(d.in_channels) * geo.kernelPoints * pixels,
-                    weight + int64_t(g) * ocg * rowsPerGroup, CudaType<T>::value, rowsPerGroup, 0,
-                    bias ? &one : &zero, output + (int64_t(n0) * d.out_channels + int64_t(g) * ocg) * plane + p0,
-                    CudaType<T>::value, int(plane), int64_t(d.out_channels) * plane, images, compute,
-                    kCublasGemmDefault);
+                GemmCall const call = gemmCallFor(geo, g, n0, images, p0, pixels);
+                int const rc = api->gemmStridedBatchedEx(handle, kCublasOpT, kCublasOpN, call.m, call.n, call.k, &one,
+                    columns + call.aOffset, CudaType<T>::value, int(call.lda), call.strideA, weights + call.bOffset,
+                    CudaType<T>::value, int(call.ldb), 0, bias ? &one : &zero, output + call.cOffset,
+                    CudaType<T>::value, int(call.ldc), call.strideC, call.batch, compute, kCublasGemmDefault);
                 if (rc != 0)
-                    return Status::error(DCN_ERROR_CUDA, "cublasGemmStridedBatchedEx failed with cuBLAS status "
+                    status = Status::error(DCN_ERROR_CUDA, "cublasGemmStridedBatchedEx failed with cuBLAS status "
                         + std::to_string(rc) + " (group " + std::to_string(g) + ")");
             }
         }
     }
-    return Status::success();
+    return status;
 }
 
 } // namespace
@@ -229,35 +225,35 @@ bool gemmPathAvailable()
 
 size_t gemmWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)
 {
-    return planGemm(geo, dtype).columnBytes + kCublasWorkspaceBytes;
+    return planFor(geo, dtype).totalBytes;
 }
 
 Status launchGemmPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
     void const* weight, void const* bias, void const* mask, void* output, void* workspace, cudaStream_t stream,
     CublasHandle* cublas)
 {
-    GemmPlan const plan = planGemm(geo, dtype);
+    GemmPlan const plan = planFor(geo, dtype);
     CublasHandleT handle = nullptr;
-    Status status = (cublas ? *cublas : threadCublasHandle())
-                        .bind(stream, static_cast<char*>(workspace) + plan.columnBytes, kCublasWorkspaceBytes, handle);
+    void* cublasWorkspace = static_cast<char*>(workspace) + (plan.totalBytes - kCublasWorkspaceBytes);
+    Status status = (cublas ? *cublas : threadCublasHandle()).bind(stream, cublasWorkspace, kCublasWorkspaceBytes, handle);
     if (!status.ok())
         return status;
     switch (dtype)
     {
     case DCN_FLOAT32:
-        return runGemmPath<float>(geo, dtype, static_cast<float const*>(input), static_cast<float const*>(offset),
+        return runGemmPath<float>(geo, plan, static_cast<float const*>(input), static_cast<float const*>(offset),
             static_cast<float const*>(weight), static_cast<float const*>(bias), static_cast<float const*>(mask),
             static_cast<float*>(output), workspace, stream, handle);
     case DCN_FLOAT64:
-        return runGemmPath<double>(geo, dtype, static_cast<double const*>(input), static_cast<double const*>(offset),
+        return runGemmPath<double>(geo, plan, static_cast<double const*>(input), static_cast<double const*>(offset),
             static_cast<double const*>(weight), static_cast<double const*>(bias), static_cast<double const*>(mask),
             static_cast<double*>(output), workspace, stream, handle);
     case DCN_FLOAT16:
-        return runGemmPath<__half>(geo, dtype, static_cast<__half const*>(input), static_cast<__half const*>(offset),
+        return runGemmPath<__half>(geo, plan, static_cast<__half const*>(input), static_cast<__half const*>(offset),
             static_cast<__half const*>(weight), static_cast<__half const*>(bias), static_cast<__half const*>(mask),
             static_cast<__half*>(output), workspace, stream, handle);
     case DCN_BFLOAT16:
-        return runGemmPath<__nv_bfloat16>(geo, dtype, static_cast<__nv_bfloat16 const*>(input),
+        return runGemmPath<__nv_bfloat16>(geo, plan, static_cast<__nv_bfloat16 const*>(input),
             static_cast<__nv_bfloat16 const*>(offset), static_cast<__nv_bfloat16 const*>(weight),
             static_cast<__nv_bfloat16 const*>(bias), static_cast<__nv_bfloat16 const*>(mask),
             static_cast<__nv_bfloat16*>(output), workspace, stream, handle);

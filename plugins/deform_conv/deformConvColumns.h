@@ -1,0 +1,197 @@
+// The GEMM path's data layout and per-thread work, shared by the CUDA kernels (deformConvGemm.cu) and the host
+// build (deformConvHost.cpp, which CI checks against the PyTorch reference).
+//
+// For a chunk of the batch (whole images, or a slice of one image's output pixels), with K = C*kH*kW:
+//   nhwc[image][y][x][c]                      the chunk's input, channels last, so the channels of one bilinear
+//                                             tap are contiguous and load as 16-byte vectors;
+//   columns[image][pixel][g][kp][c % (C/g)]   the sampled columns (mask folded in), K contiguous per pixel;
+//   weights[o][kp][c % (C/g)]                 the weights with the kernel point outer, matching the columns;
+//   out(pixels x oC/g) = columns_g (pixels x K/g) * weights_g^T, one product per group, written into NCHW.
+// One thread samples `vector` consecutive channels of one (image, pixel, kernel point): consecutive threads take
+// consecutive channel vectors, so loads and stores are contiguous across a warp.
+#pragma once
+
+#include "deformConvMath.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+namespace dcn
+{
+
+constexpr size_t kGemmDefaultColumnBudget = size_t(64) << 20; // the most bytes one chunk's columns take
+constexpr size_t kCublasWorkspaceBytes = size_t(8) << 20;     // handed to cuBLAS: it never allocates in enqueue
+
+inline size_t alignUp256(size_t bytes)
+{
+    return (bytes + 255) / 256 * 256;
+}
+
+// How the batch is cut and where each buffer sits in the workspace.
+struct GemmPlan
+{
+    int32_t images;      // whole images per chunk (1 when slicing pixels)
+    int64_t pixels;      // output pixels per chunk of one image (all of them unless slicing)
+    int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
+    size_t columnsBytes; // columns of one chunk
+    size_t nhwcBytes;    // the chunk's input, channels last
+    size_t weightsBytes; // weights, kernel point outer
+    size_t totalBytes;   // + kCublasWorkspaceBytes
+};
+
+// Channels per sampling thread: a vector must not straddle a group or an offset group.
+inline int32_t columnVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    for (int32_t vector = int32_t(16 / elementBytes); vector > 1; vector /= 2)
+        if (geo.channelsPerGroup % vector == 0 && geo.channelsPerOffsetGroup % vector == 0)
+            return vector;
+    return 1;
+}
+
+inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, size_t columnBudget)
+{
+    int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    size_t const imageBytes = size_t(rows) * size_t(plane) * elementBytes;
+    GemmPlan plan{};
+    plan.images = 1;
+    plan.pixels = plane;
+    if (imageBytes <= columnBudget) // at most 65535 images: a grid dimension of the transpose kernel
+        plan.images = int32_t(std::min<int64_t>({std::max<int64_t>(geo.d.batch, 1),
+            int64_t(columnBudget / std::max<size_t>(imageBytes, 1)), int64_t(65535)}));
+    else // a slice of one image: a multiple of 256 pixels, at least 256
+        plan.pixels = std::min<int64_t>(plane,
+            std::max<int64_t>(256, int64_t(columnBudget / (size_t(rows) * elementBytes)) / 256 * 256));
+    plan.vector = columnVectorWidth(geo, elementBytes);
+    plan.columnsBytes = alignUp256(size_t(plan.images) * size_t(rows) * size_t(plan.pixels) * elementBytes);
+    plan.nhwcBytes = alignUp256(size_t(plan.images) * size_t(geo.d.in_channels) * size_t(geo.d.height)
+        * size_t(geo.d.width) * elementBytes);
+    plan.weightsBytes = alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup)
+        * size_t(geo.kernelPoints) * elementBytes);
+    plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + kCublasWorkspaceBytes;
+    return plan;
+}
+
+// nhwc[img][pix][c] = input[n0 + img][c][pix] for element idx of images * C * H * W (idx in nhwc order).
+template <typename T>
+DCN_HD void nhwcElement(DeformConvGeometry const& geo, T const* input, T* nhwc, int32_t n0, int64_t idx)
+{
+    int64_t const plane = int64_t(geo.d.height) * geo.d.width;
+    int32_t const channels = geo.d.in_channels;
+    int32_t const c = int32_t(idx % channels);
+    int64_t const rest = idx / channels;
+    int64_t const pix = rest % plane;
+    int64_t const img = rest / plane;
+    nhwc[idx] = input[((n0 + img) * channels + c) * plane + pix];
+}
+
+// weights[o][kp][cig] = weight[o][cig][kp] for element idx of oC * C/group * kH*kW (idx in the new order).
+template <typename T>
+DCN_HD void weightElement(DeformConvGeometry const& geo, T const* weight, T* weights, int64_t idx)
+{
+    int32_t const cg = geo.channelsPerGroup;
+    int32_t const kernelPoints = geo.kernelPoints;
+    int32_t const cig = int32_t(idx % cg);
+    int64_t const rest = idx / cg;
+    int32_t const kp = int32_t(rest % kernelPoints);
+    int64_t const o = rest / kernelPoints;
+    weights[idx] = weight[(o * cg + cig) * kernelPoints + kp];
+}
+
+// Number of sampling threads of a chunk: images * pixels * kernel points * C / vector.
+inline int64_t columnThreads(DeformConvGeometry const& geo, int32_t images, int32_t pixels, int32_t vector)
+{
+    return int64_t(images) * pixels * geo.kernelPoints * (geo.d.in_channels / vector);
+}
+
+// Thread idx of a chunk (images n0.., pixels p0..p0+pixels) samples `Vector` channels into the columns.
+// nhwc holds the chunk's images (image n0 first).
+template <typename T, int Vector>
+DCN_HD void columnVector(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* mask, T* columns,
+    int32_t n0, int64_t p0, int32_t pixels, int64_t idx)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    struct alignas(sizeof(T) * Vector) Pack
+    {
+        T v[Vector];
+    };
+    dcn_deform_conv_desc const& d = geo.d;
+    int32_t const channels = d.in_channels;
+    int32_t const kernelPoints = geo.kernelPoints;
+    int32_t const c = int32_t(idx % (channels / Vector)) * Vector;
+    int64_t rest = idx / (channels / Vector);
+    int32_t const kp = int32_t(rest % kernelPoints);
+    rest /= kernelPoints;
+    int32_t const p = int32_t(rest % pixels);
+    int32_t const img = int32_t(rest / pixels);
+    int64_t const pixel = p0 + p;
+    int32_t const y = int32_t(pixel / geo.outW);
+    int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
+    int32_t const og = c / geo.channelsPerOffsetGroup;
+    BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, kp, y, x);
+
+    Acc acc[Vector];
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        acc[v] = Acc(0);
+    T const* image = nhwc + int64_t(img) * d.height * d.width * channels + c;
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+    {
+        if (!(taps.valid & (1u << t)))
+            continue;
+        Pack const pack = *reinterpret_cast<Pack const*>(image + int64_t(taps.index[t]) * channels);
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            acc[v] += taps.weight[t] * ElementTraits<T>::toAcc(pack.v[v]);
+    }
+    int32_t const g = c / geo.channelsPerGroup;
+    int32_t const cig = c - g * geo.channelsPerGroup;
+    T* out = columns + (int64_t(img) * pixels + p) * channels * kernelPoints
+        + (int64_t(g) * kernelPoints + kp) * geo.channelsPerGroup + cig;
+    Pack result;
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        result.v[v] = ElementTraits<T>::fromAcc(acc[v]);
+    *reinterpret_cast<Pack*>(out) = result;
+}
+
+// One strided-batched product of the GEMM path, in BLAS's column-major terms: for each image b of the chunk,
+//   C_b (m x n, ldc) = op(A_b) (m x k) * B (k x n, ldb) [+ C_b when beta is 1],  op(A) = A^T (A is k x m, lda),
+// i.e. out[o][pixel] (NCHW rows of the output) = sum_k columns[pixel][k] * weights[o][k] for group g.
+// Offsets are in elements from the columns, weights and output pointers. The CUDA path passes these to
+// cublasGemmStridedBatchedEx; the host build runs the same call through a plain loop.
+struct GemmCall
+{
+    int32_t m, n, k;
+    int64_t aOffset, lda, strideA;
+    int64_t bOffset, ldb;
+    int64_t cOffset, ldc, strideC;
+    int32_t batch;
+};
+
+inline GemmCall gemmCallFor(DeformConvGeometry const& geo, int32_t g, int32_t n0, int32_t images, int64_t p0,
+    int32_t pixels)
+{
+    int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
+    int64_t const rowsPerGroup = int64_t(geo.channelsPerGroup) * geo.kernelPoints;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    int32_t const ocg = geo.outChannelsPerGroup;
+    GemmCall call{};
+    call.m = pixels;
+    call.n = ocg;
+    call.k = int32_t(rowsPerGroup);
+    call.aOffset = int64_t(g) * rowsPerGroup;
+    call.lda = rows;
+    call.strideA = rows * pixels;
+    call.bOffset = int64_t(g) * ocg * rowsPerGroup;
+    call.ldb = rowsPerGroup;
+    call.cOffset = (int64_t(n0) * geo.d.out_channels + int64_t(g) * ocg) * plane + p0;
+    call.ldc = plane;
+    call.strideC = int64_t(geo.d.out_channels) * plane;
+    call.batch = images;
+    return call;
+}
+
+} // namespace dcn
