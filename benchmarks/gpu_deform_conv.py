@@ -213,15 +213,16 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="append the table to this markdown file")
     args = parser.parse_args(argv)
 
+    algos = args.algos.split(",")
+    unknown = sorted(set(algos) - {"auto", "fused", "direct", "gemm"})
+    if unknown:
+        parser.error(f"--algos: unknown kernel(s) {unknown}; choose from auto, gemm, fused, direct")
+
     import torch
 
     if not torch.cuda.is_available():
         print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
         return 2
-    algos = args.algos.split(",")
-    unknown = sorted(set(algos) - {"auto", "fused", "direct", "gemm"})
-    if unknown:
-        parser.error(f"--algos: unknown kernel(s) {unknown}; choose from auto, gemm, fused, direct")
     rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos,
                graph=not args.eager)
     from dcn_deploy.io_utils import atomic_write_text

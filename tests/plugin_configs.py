@@ -59,6 +59,24 @@ def random_case(rng: random.Random, max_channels_per_group: int = 3, max_size: i
             return case
 
 
+def random_layer_case(rng: random.Random, groups: int, offset_groups: int, channels_per_group: int,
+                      out_channels_per_group: Tuple[int, int], max_height: int, max_width: int,
+                      offset_scales: Tuple[float, ...]) -> Case:
+    """A random layer with the given channel structure: everything else (batch, sizes, kernel, per-axis stride,
+    padding and dilation, mask, bias, offsets) drawn at random, retried until the output is not empty."""
+    while True:
+        case = Case(batch=rng.randint(1, 3), groups=groups, offset_groups=offset_groups,
+                    in_channels=groups * channels_per_group,
+                    out_channels=groups * rng.randint(*out_channels_per_group), height=rng.randint(1, max_height),
+                    width=rng.randint(1, max_width), kernel=(rng.randint(1, 3), rng.randint(1, 3)),
+                    stride=(rng.randint(1, 2), rng.randint(1, 2)), pads=tuple(rng.randint(0, 2) for _ in range(4)),
+                    dilation=(rng.randint(1, 2), rng.randint(1, 2)), with_mask=rng.random() < 0.7,
+                    with_bias=rng.random() < 0.6, offset_scale=rng.choice(offset_scales),
+                    integer_offsets=rng.random() < 0.2)
+        if min(case.out_size) >= 1:
+            return case
+
+
 def make_tensors(case: Case, dtype: torch.dtype, device: str = "cpu", seed: int = 0):
     """(input, offset, weight, bias, mask) for a case, random with a fixed seed, never all zeros."""
     g = torch.Generator().manual_seed(seed)

@@ -13,7 +13,7 @@ import torch
 
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda
-from plugin_configs import Case, make_tensors, max_relative_error, random_case, reference
+from plugin_configs import Case, make_tensors, max_relative_error, random_case, random_layer_case, reference
 
 pytestmark = [
     pytest.mark.gpu,
@@ -69,15 +69,7 @@ def random_dense_case(rng: random.Random) -> Case:
     groups = rng.choice([1, 1, 2])
     cpg = rng.randint(8, 80)
     offset_groups = rng.choice([d for d in (1, 2, 4) if (groups * cpg) % d == 0])
-    while True:
-        case = Case(batch=rng.randint(1, 3), groups=groups, offset_groups=offset_groups, in_channels=groups * cpg,
-                    out_channels=groups * rng.randint(16, 150), height=rng.randint(1, 19), width=rng.randint(1, 23),
-                    kernel=(rng.randint(1, 3), rng.randint(1, 3)), stride=(rng.randint(1, 2), rng.randint(1, 2)),
-                    pads=tuple(rng.randint(0, 2) for _ in range(4)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
-                    with_mask=rng.random() < 0.7, with_bias=rng.random() < 0.6,
-                    offset_scale=rng.choice([0.5, 2.0, 8.0]), integer_offsets=rng.random() < 0.2)
-        if min(case.out_size) >= 1:
-            return case
+    return random_layer_case(rng, groups, offset_groups, cpg, (16, 150), 19, 23, (0.5, 2.0, 8.0))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

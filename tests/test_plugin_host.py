@@ -14,7 +14,7 @@ import torch
 from dcn_deploy.ops.spec import ShapeError
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
-from plugin_configs import make_tensors, max_relative_error, random_case, reference
+from plugin_configs import make_tensors, max_relative_error, random_case, random_layer_case, reference
 
 
 @pytest.fixture(scope="module")
@@ -63,21 +63,10 @@ def test_half_types_accumulate_in_float32(host_lib, seed, dtype, tolerance):
 
 def _vector_friendly_case(rng: random.Random):
     """Channel counts that are multiples of 8 (16-byte vectors for half types), sometimes of 4 or 2 only."""
-    from plugin_configs import Case
-
     groups = rng.choice([1, 1, 2])
     offset_groups = rng.choice([1, 2])
-    step = rng.choice([8, 8, 4, 2]) * offset_groups
-    cpg = step * rng.randint(1, 3)
-    while True:
-        case = Case(batch=rng.randint(1, 3), groups=groups, offset_groups=offset_groups, in_channels=groups * cpg,
-                    out_channels=groups * rng.randint(1, 5), height=rng.randint(1, 9), width=rng.randint(1, 9),
-                    kernel=(rng.randint(1, 3), rng.randint(1, 3)), stride=(rng.randint(1, 2), rng.randint(1, 2)),
-                    pads=tuple(rng.randint(0, 2) for _ in range(4)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
-                    with_mask=rng.random() < 0.7, with_bias=rng.random() < 0.6,
-                    offset_scale=rng.choice([0.5, 2.0, 25.0]), integer_offsets=rng.random() < 0.2)
-        if min(case.out_size) >= 1:
-            return case
+    cpg = rng.choice([8, 8, 4, 2]) * offset_groups * rng.randint(1, 3)
+    return random_layer_case(rng, groups, offset_groups, cpg, (1, 5), 9, 9, (0.5, 2.0, 25.0))
 
 
 def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0):

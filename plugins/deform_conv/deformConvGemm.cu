@@ -50,28 +50,19 @@ GemmPlan planFor(DeformConvGeometry const& geo, int32_t dtype)
     return planGemm(geo, dtypeBytes(dtype), columnBudget());
 }
 
+// cuBLAS's name for element type T.
 template <typename T>
-struct CudaType;
-template <>
-struct CudaType<float>
+constexpr cudaDataType cudaTypeOf()
 {
-    static constexpr cudaDataType value = CUDA_R_32F;
-};
-template <>
-struct CudaType<double>
-{
-    static constexpr cudaDataType value = CUDA_R_64F;
-};
-template <>
-struct CudaType<__half>
-{
-    static constexpr cudaDataType value = CUDA_R_16F;
-};
-template <>
-struct CudaType<__nv_bfloat16>
-{
-    static constexpr cudaDataType value = CUDA_R_16BF;
-};
+    if constexpr (std::is_same<T, double>::value)
+        return CUDA_R_64F;
+    else if constexpr (std::is_same<T, __half>::value)
+        return CUDA_R_16F;
+    else if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        return CUDA_R_16BF;
+    else
+        return CUDA_R_32F;
+}
 
 // NCHW -> NHWC for images n0..n0+gridDim.z-1, through 32x32 shared tiles (reads and writes both coalesce).
 template <typename T>
@@ -204,9 +195,9 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             {
                 GemmCall const call = gemmCallFor(geo, g, n0, images, p0, pixels);
                 int const rc = api->gemmStridedBatchedEx(handle, kCublasOpT, kCublasOpN, call.m, call.n, call.k, &one,
-                    columns + call.aOffset, CudaType<T>::value, int(call.lda), call.strideA, weights + call.bOffset,
-                    CudaType<T>::value, int(call.ldb), 0, bias ? &one : &zero, output + call.cOffset,
-                    CudaType<T>::value, int(call.ldc), call.strideC, call.batch, compute, kCublasGemmDefault);
+                    columns + call.aOffset, cudaTypeOf<T>(), int(call.lda), call.strideA, weights + call.bOffset,
+                    cudaTypeOf<T>(), int(call.ldb), 0, bias ? &one : &zero, output + call.cOffset,
+                    cudaTypeOf<T>(), int(call.ldc), call.strideC, call.batch, compute, kCublasGemmDefault);
                 if (rc != 0)
                     status = Status::error(DCN_ERROR_CUDA, "cublasGemmStridedBatchedEx failed with cuBLAS status "
                         + std::to_string(rc) + " (group " + std::to_string(g) + ")");

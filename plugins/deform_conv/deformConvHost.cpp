@@ -129,6 +129,34 @@ void forwardHostGemm(DeformConvGeometry const& geo, size_t columnBudget, T const
     }
 }
 
+// The checks both host entries make, then body<T>() for the dtype (tag: a T value). Empty batches succeed at once.
+template <typename Body>
+Status hostEntry(char const* entry, dcn_deform_conv_desc const* desc, int32_t dtype, void const* input,
+    void const* offset, void const* weight, void* output, DeformConvGeometry& geo, Body&& body)
+{
+    if (!desc)
+        return Status::invalid(std::string(entry) + ": desc must not be NULL");
+    Status status = makeGeometry(*desc, geo);
+    if (!status.ok())
+        return status;
+    if (desc->batch > 0 && (!input || !offset || !weight || !output))
+        return Status::invalid(std::string(entry) + ": input, offset, weight and output must not be NULL "
+                                                    "(bias and mask may be)");
+    if (desc->batch == 0)
+        return Status::success();
+    switch (dtype)
+    {
+    case DCN_FLOAT32: body(float{}); break;
+    case DCN_FLOAT64: body(double{}); break;
+    case DCN_FLOAT16: body(HostHalf{}); break;
+    case DCN_BFLOAT16: body(HostBFloat16{}); break;
+    default:
+        return Status::error(DCN_ERROR_UNSUPPORTED,
+            "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
+    }
+    return Status::success();
+}
+
 } // namespace
 } // namespace dcn
 
@@ -136,28 +164,9 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
     const void* offset, const void* weight, const void* bias, const void* mask, void* output)
 {
     return dcn::guarded([&] {
-        if (!desc)
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host: desc must not be NULL");
         dcn::DeformConvGeometry geo;
-        dcn::Status status = dcn::makeGeometry(*desc, geo);
-        if (!status.ok())
-            return status;
-        if (desc->batch > 0 && (!input || !offset || !weight || !output))
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host: input, offset, weight and output must not be NULL "
-                                        "(bias and mask may be)");
-        if (desc->batch == 0)
-            return dcn::Status::success();
-        switch (dtype)
-        {
-        case DCN_FLOAT32: dcn::forwardTyped<float>(geo, input, offset, weight, bias, mask, output); break;
-        case DCN_FLOAT64: dcn::forwardTyped<double>(geo, input, offset, weight, bias, mask, output); break;
-        case DCN_FLOAT16: dcn::forwardTyped<dcn::HostHalf>(geo, input, offset, weight, bias, mask, output); break;
-        case DCN_BFLOAT16: dcn::forwardTyped<dcn::HostBFloat16>(geo, input, offset, weight, bias, mask, output); break;
-        default:
-            return dcn::Status::error(DCN_ERROR_UNSUPPORTED,
-                "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
-        }
-        return dcn::Status::success();
+        return dcn::hostEntry("dcn_deform_conv2d_forward_host", desc, dtype, input, offset, weight, output, geo,
+            [&](auto tag) { dcn::forwardTyped<decltype(tag)>(geo, input, offset, weight, bias, mask, output); });
     });
 }
 
@@ -166,34 +175,14 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
     size_t column_budget_bytes)
 {
     return dcn::guarded([&] {
-        if (!desc)
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: desc must not be NULL");
         dcn::DeformConvGeometry geo;
-        dcn::Status status = dcn::makeGeometry(*desc, geo);
-        if (!status.ok())
-            return status;
-        if (desc->batch > 0 && (!input || !offset || !weight || !output))
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: input, offset, weight and output must not "
-                                        "be NULL (bias and mask may be)");
-        if (desc->batch == 0)
-            return dcn::Status::success();
         size_t const budget = column_budget_bytes ? column_budget_bytes : dcn::kGemmDefaultColumnBudget;
-        auto run = [&](auto tag) {
-            using T = decltype(tag);
-            dcn::forwardHostGemm<T>(geo, budget, static_cast<T const*>(input), static_cast<T const*>(offset),
-                static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
-                static_cast<T*>(output));
-        };
-        switch (dtype)
-        {
-        case DCN_FLOAT32: run(float{}); break;
-        case DCN_FLOAT64: run(double{}); break;
-        case DCN_FLOAT16: run(dcn::HostHalf{}); break;
-        case DCN_BFLOAT16: run(dcn::HostBFloat16{}); break;
-        default:
-            return dcn::Status::error(DCN_ERROR_UNSUPPORTED,
-                "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
-        }
-        return dcn::Status::success();
+        return dcn::hostEntry("dcn_deform_conv2d_forward_host_gemm", desc, dtype, input, offset, weight, output, geo,
+            [&](auto tag) {
+                using T = decltype(tag);
+                dcn::forwardHostGemm<T>(geo, budget, static_cast<T const*>(input), static_cast<T const*>(offset),
+                    static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
+                    static_cast<T*>(output));
+            });
     });
 }

@@ -174,6 +174,20 @@ Fields standardFields()
     return f;
 }
 
+// The kernels' geometry for the standard fields and the X, W shapes of `shapes`; false if they do not fit.
+bool standardGeometry(std::vector<std::vector<int64_t>> const& shapes, dcn::DeformConvGeometry& geometry)
+{
+    dcn::TensorShape x, w;
+    x.rank = w.rank = 4;
+    for (int k = 0; k < 4; ++k)
+    {
+        x.d[k] = shapes[0][k];
+        w.d[k] = shapes[1][k];
+    }
+    dcn_deform_conv_attrs const attrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2}; // standardFields()
+    return dcn::makeGeometry(dcn::descFromShapes(attrs, x, w), geometry).ok();
+}
+
 DimsExprs dimsExprs(Builder& builder, std::vector<int64_t> const& shape)
 {
     DimsExprs e{};
@@ -256,15 +270,7 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
     void* outputs[1] = {device[5]};
     int32_t const rc = runtime->enqueue(runtimeIo.data(), &runtimeIo[5], inputs, outputs, workspace, stream);
     dcn::DeformConvGeometry geometry;
-    dcn::TensorShape x, w;
-    x.rank = w.rank = 4;
-    for (int k = 0; k < 4; ++k)
-    {
-        x.d[k] = shapes[0][k];
-        w.d[k] = shapes[1][k];
-    }
-    dcn_deform_conv_attrs attrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2};
-    bool const direct = dcn::makeGeometry(dcn::descFromShapes(attrs, x, w), geometry).ok()
+    bool const direct = standardGeometry(shapes, geometry)
         && dcn::launchDeformConv(geometry, DCN_FLOAT32, DCN_ALGO_DIRECT, device[0], device[2], device[1], device[3],
                device[4], reference, nullptr, 0, stream).ok();
     std::vector<float> got(counts[5]), want(counts[5]);
@@ -408,17 +414,9 @@ int main()
     check(badRejected && logger.lastError.find("offset_group") != std::string::npos,
         "configurePlugin rejects 12 offset channels: " + logger.lastError);
 
-    // Workspace from the shapes: the fused kernel's weight copy for this dense half layer.
+    // Workspace from the shapes: for this dense half layer, the larger of the GEMM path's and the fused kernel's.
     dcn::DeformConvGeometry geometry;
-    dcn::TensorShape x, w;
-    x.rank = w.rank = 4;
-    for (int k = 0; k < 4; ++k)
-    {
-        x.d[k] = shapes[0][k];
-        w.d[k] = shapes[1][k];
-    }
-    dcn_deform_conv_attrs attrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2};
-    bool const geometryOk = dcn::makeGeometry(dcn::descFromShapes(attrs, x, w), geometry).ok();
+    bool const geometryOk = standardGeometry(shapes, geometry);
     size_t const expectedWorkspace = dcn::deformConvWorkspaceSize(geometry, DCN_FLOAT16, DCN_ALGO_AUTO);
     check(geometryOk && expectedWorkspace > 0 && build->getWorkspaceSize(io.data(), 5, &io[5], 1) == expectedWorkspace,
         "getWorkspaceSize = " + std::to_string(expectedWorkspace) + " bytes");
