@@ -5,6 +5,7 @@
 // behaviour (the engine build stays a GPU-machine check). Run by tests/test_plugin_logic.py; exit code = failures.
 #include "deformConvKernel.h"
 #include "deformConvPlugin.h"
+#include "shellTestSupport.h"
 #include "trtLogging.h"
 
 #include <NvInferRuntime.h>
@@ -23,123 +24,11 @@ using namespace nvinfer1;
 namespace
 {
 
-int failures = 0;
-
-void check(bool condition, std::string const& what)
-{
-    std::printf("%s %s\n", condition ? "ok  " : "FAIL", what.c_str());
-    if (!condition)
-        ++failures;
-}
-
-// ---- a logger that keeps the last error ----
-class CaptureLogger : public ILogger
-{
-public:
-    void log(Severity severity, char const* msg) noexcept override
-    {
-        if (severity <= Severity::kERROR)
-            lastError = msg;
-    }
-    std::string lastError;
-};
-
-class Finder : public ILoggerFinder
-{
-public:
-    explicit Finder(ILogger* logger)
-        : mLogger(logger)
-    {
-    }
-    ILogger* findLogger() override { return mLogger; }
-
-private:
-    ILogger* mLogger;
-};
-
-// ---- stand-ins for TensorRT's dimension expressions: constants fold, anything else stays symbolic ----
-class DimImpl : public apiv::VDimensionExpr
-{
-public:
-    DimImpl(bool constant, int64_t value)
-        : mConstant(constant)
-        , mValue(value)
-    {
-    }
-    bool isConstant() const override { return mConstant; }
-    int64_t getConstantValue() const override { return mConstant ? mValue : -1; }
-    bool isSizeTensor() const override { return false; }
-
-private:
-    bool mConstant;
-    int64_t mValue;
-};
-
-class Dim : public IDimensionExpr
-{
-public:
-    Dim(bool constant, int64_t value)
-        : mStorage(constant, value)
-    {
-        mImpl = &mStorage;
-    }
-
-private:
-    DimImpl mStorage;
-};
-
-int64_t floorDivide(int64_t a, int64_t b)
-{
-    int64_t q = a / b;
-    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
-}
-
-class BuilderImpl : public apiv::VExprBuilder
-{
-public:
-    IDimensionExpr const* constant(int64_t value) override { return make(true, value); }
-    IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
-    {
-        if (!a.isConstant() || !b.isConstant())
-            return make(false, 0);
-        int64_t const x = a.getConstantValue(), y = b.getConstantValue();
-        switch (op)
-        {
-        case DimensionOperation::kSUM: return make(true, x + y);
-        case DimensionOperation::kPROD: return make(true, x * y);
-        case DimensionOperation::kMAX: return make(true, x > y ? x : y);
-        case DimensionOperation::kMIN: return make(true, x < y ? x : y);
-        case DimensionOperation::kSUB: return make(true, x - y);
-        case DimensionOperation::kEQUAL: return make(true, x == y);
-        case DimensionOperation::kLESS: return make(true, x < y);
-        case DimensionOperation::kFLOOR_DIV: return make(true, floorDivide(x, y));
-        case DimensionOperation::kCEIL_DIV: return make(true, -floorDivide(-x, y));
-        }
-        return make(false, 0);
-    }
-    IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
-    {
-        return nullptr;
-    }
-    IDimensionExpr const* make(bool constant, int64_t value)
-    {
-        mPool.push_back(std::make_unique<Dim>(constant, value));
-        return mPool.back().get();
-    }
-
-private:
-    std::deque<std::unique_ptr<Dim>> mPool;
-};
-
-class Builder : public IExprBuilder
-{
-public:
-    Builder() { mImpl = &mStorage; }
-    IDimensionExpr const* make(bool constant, int64_t value) { return mStorage.make(constant, value); }
-
-private:
-    BuilderImpl mStorage;
-};
+using shelltest::Builder;
+using shelltest::CaptureLogger;
+using shelltest::check;
+using shelltest::failures;
+using shelltest::Finder;
 
 // ---- helpers ----
 struct Fields

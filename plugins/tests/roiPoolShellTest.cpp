@@ -3,6 +3,7 @@
 // header-only and the expression builder is stood in for by a constant-folding evaluator. It checks our shell's
 // logic, not TensorRT's behaviour. Run by tests/test_roi_plugin_host.py; the exit code is the failure count.
 #include "roiPoolPlugin.h"
+#include "shellTestSupport.h"
 #include "trtLogging.h"
 
 #include <NvInferRuntime.h>
@@ -18,98 +19,11 @@ using namespace nvinfer1;
 namespace
 {
 
-int failures = 0;
-
-void check(bool condition, std::string const& what)
-{
-    std::printf("%s %s\n", condition ? "ok  " : "FAIL", what.c_str());
-    failures += condition ? 0 : 1;
-}
-
-class LastErrorLogger : public ILogger
-{
-public:
-    void log(Severity severity, char const* msg) noexcept override
-    {
-        if (severity <= Severity::kERROR)
-            lastError = msg;
-    }
-    std::string lastError;
-};
-
-class OneLoggerFinder : public ILoggerFinder
-{
-public:
-    explicit OneLoggerFinder(ILogger* logger) : mLogger(logger) {}
-    ILogger* findLogger() override { return mLogger; }
-
-private:
-    ILogger* mLogger;
-};
-
-// Dimension expressions: a constant or an unknown; operations on constants fold.
-class ValueExpr : public apiv::VDimensionExpr
-{
-public:
-    ValueExpr(bool known, int64_t value) : mKnown(known), mValue(value) {}
-    bool isConstant() const override { return mKnown; }
-    int64_t getConstantValue() const override { return mKnown ? mValue : -1; }
-    bool isSizeTensor() const override { return false; }
-
-private:
-    bool mKnown;
-    int64_t mValue;
-};
-
-class Expr : public IDimensionExpr
-{
-public:
-    Expr(bool known, int64_t value) : mValue(known, value) { mImpl = &mValue; }
-
-private:
-    ValueExpr mValue;
-};
-
-class FoldingBuilder : public apiv::VExprBuilder
-{
-public:
-    IDimensionExpr const* constant(int64_t value) override { return make(true, value); }
-    IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
-    {
-        if (!a.isConstant() || !b.isConstant())
-            return make(false, 0);
-        int64_t const x = a.getConstantValue(), y = b.getConstantValue();
-        switch (op)
-        {
-        case DimensionOperation::kSUM: return make(true, x + y);
-        case DimensionOperation::kPROD: return make(true, x * y);
-        case DimensionOperation::kSUB: return make(true, x - y);
-        default: return make(false, 0);
-        }
-    }
-    IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
-    {
-        return nullptr;
-    }
-    IDimensionExpr const* make(bool known, int64_t value)
-    {
-        mPool.push_back(std::make_unique<Expr>(known, value));
-        return mPool.back().get();
-    }
-
-private:
-    std::deque<std::unique_ptr<Expr>> mPool;
-};
-
-class Builder : public IExprBuilder
-{
-public:
-    Builder() { mImpl = &mFolding; }
-    IDimensionExpr const* make(bool known, int64_t value) { return mFolding.make(known, value); }
-
-private:
-    FoldingBuilder mFolding;
-};
+using shelltest::Builder;
+using shelltest::check;
+using shelltest::failures;
+using LastErrorLogger = shelltest::CaptureLogger;
+using OneLoggerFinder = shelltest::Finder;
 
 // A field list that owns its values.
 struct Fields
