@@ -198,6 +198,16 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, slice_pixels, 4)
 
 
+def test_plugin_info_says_whether_the_gemm_path_can_run(kernels_lib):
+    """`dcn-deploy plugin info` reports cuBLAS: the GEMM path where it loads, else why not (CPU machines: not)."""
+    code = kernels_lib.lib.dcn_gemm_path_available()
+    status = library.library_info()["gemm_path"]
+    if code == 1:
+        assert status.startswith("available")
+    else:
+        assert status.startswith("unavailable, dense layers use the fused kernel: cuBLAS could not be loaded")
+
+
 def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib):
     dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
     fake = ctypes.c_void_p(0x1000)  # never dereferenced: every check below fails first

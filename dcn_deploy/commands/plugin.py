@@ -66,7 +66,8 @@ def info_command(as_json: bool) -> None:
         return
     for kind in ("host", "kernels", "plugin"):
         click.echo(f"{kind:22s} {info[kind] or 'not found'}")
-    for key in ("abi_version", "tensorrt_include_dir", "cuda_architectures", "cuda_compiler", "cmake", "nvcc"):
+    for key in ("abi_version", "gemm_path", "tensorrt_include_dir", "cuda_architectures", "cuda_compiler", "cmake",
+                "nvcc"):
         if key in info:
             click.echo(f"{key:22s} {info[key] if info[key] is not None else '-'}")
     click.echo(f"{'searched':22s} {', '.join(info['search_dirs'])}  (override: ${ENV_DIR})")

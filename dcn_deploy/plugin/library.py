@@ -228,6 +228,7 @@ def library_info() -> Dict[str, object]:
     info["cuda_compiler"] = _cmake_cache_value(build_dir, "CMAKE_CUDA_COMPILER")
     info["cmake"] = shutil.which("cmake")
     info["nvcc"] = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None)
+    info["gemm_path"] = _gemm_path_status(info["kernels"])
     if info["host"]:
         import ctypes
 
@@ -236,6 +237,25 @@ def library_info() -> Dict[str, object]:
         except OSError as exc:
             info["abi_version"] = f"cannot load: {exc}"
     return info
+
+
+def _gemm_path_status(kernels: Optional[str]) -> Optional[str]:
+    """Whether the kernels' GEMM path (dense layers: sampled columns + cuBLAS) can run here, and if not why."""
+    if not kernels:
+        return None
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(kernels)
+    except OSError as exc:
+        return f"cannot load the kernels library: {exc}"
+    if not hasattr(lib, "dcn_gemm_path_available"):
+        return "unknown (the kernels library predates the GEMM path; rebuild it)"
+    lib.dcn_last_error.restype = ctypes.c_char_p
+    if lib.dcn_gemm_path_available() == 1:
+        return "available (cuBLAS loads; dense layers use it)"
+    reason = (lib.dcn_last_error() or b"").decode(errors="replace")
+    return f"unavailable, dense layers use the fused kernel: {reason}"
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -97,6 +97,9 @@ DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, 
 
 /* ---- libdcn_deploy_kernels.so (and the TensorRT plugin library) ---- */
 DCN_API int32_t dcn_cuda_available(void);
+/* 1 when cuBLAS loads, so DCN_ALGO_GEMM (and AUTO's choice of it) is available; else 0 with the reason in
+ * dcn_last_error(). Needs no GPU. */
+DCN_API int32_t dcn_gemm_path_available(void);
 DCN_API int32_t dcn_deform_conv2d_workspace_size(
     const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, size_t* bytes);
 DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo,

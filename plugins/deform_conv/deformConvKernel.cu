@@ -525,6 +525,14 @@ DCN_API int32_t dcn_cuda_available(void)
     return cudaGetDeviceCount(&count) == cudaSuccess && count > 0 ? 1 : 0;
 }
 
+DCN_API int32_t dcn_gemm_path_available(void)
+{
+    bool const available = dcn::gemmPathAvailable();
+    dcn::publish(available ? dcn::Status::success()
+                           : dcn::Status::error(DCN_ERROR_UNSUPPORTED, dcn::cublasUnavailableReason()));
+    return available ? 1 : 0;
+}
+
 DCN_API int32_t dcn_deform_conv2d_workspace_size(
     const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, size_t* bytes)
 {
