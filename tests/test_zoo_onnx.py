@@ -70,3 +70,22 @@ def test_rfcn_resnet50_dcn_round_trip(tmp_path):
                         hidden_channels=64)
     # 3 deformable convolutions; 4 PS RoI poolings (offsets for scores and boxes, then scores and boxes)
     assert sorted(report.op_counts.values()) == [3, 4], report.op_counts
+
+
+def test_resnet50_dcnv2_c3c5_dynamic_round_trip(tmp_path):
+    """mmdetection's layout (v2, modulated, deformable in c3-c5: 13 layers) exported with dynamic batch, height and
+    width, then run by ONNX Runtime at sizes other than the export's: batch 2, a non-square image."""
+    entry = zoo.get("resnet50_dcnv2_c3c5")
+    model = entry.build(num_classes=10)
+    path = tmp_path / "dcnv2.onnx"
+    report = export_module.export(model, entry.example_inputs(batch=1), path, dynamic=True)
+    assert report.verified and sum(report.op_counts.values()) == 13, str(report)
+    with OrtRunner(path, threads=1) as runner:
+        name = runner.input_metadata()[0].name
+        for batch, size in ((2, (96, 80)), (1, (48, 64))):
+            (image,) = entry.example_inputs(batch=batch, size=size, seed=batch)
+            with torch.no_grad():
+                want = model(image).numpy()
+            got = next(iter(runner.infer({name: image.numpy()}).values()))
+            assert got.shape == want.shape == (batch, 10)
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL * max(1.0, float(np.abs(want).max())))
