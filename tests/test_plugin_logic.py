@@ -220,6 +220,9 @@ def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib)
     assert "algo" in kernels_lib.last_error()
     assert forward(ctypes.byref(dense), 0, 0, None, fake, fake, None, None, fake, None, 0, None) == 1
     assert "NULL" in kernels_lib.last_error()
+    assert forward(ctypes.byref(dense), 0, 1, fake, fake, fake, None, None, fake, ctypes.c_void_p(0x1010), 1 << 30,
+                   None) == 1
+    assert "256-byte aligned" in kernels_lib.last_error()
     # The GEMM path: without a loadable cuBLAS an "unsupported" error that says so, else a workspace error.
     code = forward(ctypes.byref(dense), 0, 3, fake, fake, fake, None, None, fake, None, 0, None)
     assert code in (2, 4), kernels_lib.last_error()

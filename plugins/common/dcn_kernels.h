@@ -100,6 +100,7 @@ DCN_API int32_t dcn_cuda_available(void);
 /* 1 when cuBLAS loads, so DCN_ALGO_GEMM (and AUTO's choice of it) is available; else 0 with the reason in
  * dcn_last_error(). Needs no GPU. */
 DCN_API int32_t dcn_gemm_path_available(void);
+/* The workspace: at least dcn_deform_conv2d_workspace_size bytes, 256-byte aligned (cudaMalloc's are). */
 DCN_API int32_t dcn_deform_conv2d_workspace_size(
     const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, size_t* bytes);
 DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo,

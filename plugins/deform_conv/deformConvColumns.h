@@ -16,6 +16,10 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#if !defined(__CUDA_ARCH__)
+#include <stdexcept>
+#endif
 
 namespace dcn
 {
@@ -99,6 +103,65 @@ DCN_HD void weightElement(DeformConvGeometry const& geo, T const* weight, T* wei
     weights[idx] = weight[(o * cg + cig) * kernelPoints + kp];
 }
 
+// The bits of one element, widened to 32 (elements of 2 or 4 bytes).
+template <typename T>
+DCN_HD uint32_t elementBits(T value)
+{
+    if constexpr (sizeof(T) == 2)
+    {
+        uint16_t bits;
+        std::memcpy(&bits, &value, 2);
+        return bits;
+    }
+    else
+    {
+        uint32_t bits;
+        std::memcpy(&bits, &value, 4);
+        return bits;
+    }
+}
+
+// out[0..Vector) = values as one store of sizeof(T)*Vector bytes (out is aligned to that). Assigning a struct of
+// half elements instead compiled to one 2-byte store per element (PTX st.global.u16); packing the bits into
+// 32-bit words first gives a single vector store.
+template <typename T, int Vector>
+DCN_HD void storeVector(T* out, T const (&values)[Vector])
+{
+    constexpr int kBytes = int(sizeof(T)) * Vector;
+    if constexpr (kBytes < 4 || sizeof(T) > 4)
+    {
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            out[v] = values[v];
+    }
+    else
+    {
+        constexpr int kWords = kBytes / 4;
+        constexpr int kPerWord = 4 / int(sizeof(T));
+        uint32_t words[kWords];
+DCN_UNROLL
+        for (int w = 0; w < kWords; ++w)
+        {
+            words[w] = 0;
+DCN_UNROLL
+            for (int e = 0; e < kPerWord; ++e)
+                words[w] |= elementBits(values[w * kPerWord + e]) << (16 * e);
+        }
+#if defined(__CUDA_ARCH__) // the store intrinsics keep the vector (a plain uint4 assignment was split too)
+        if constexpr (kWords == 4)
+            __stcg(reinterpret_cast<uint4*>(out), make_uint4(words[0], words[1], words[2], words[3]));
+        else if constexpr (kWords == 2)
+            __stcg(reinterpret_cast<uint2*>(out), make_uint2(words[0], words[1]));
+        else
+            __stcg(reinterpret_cast<unsigned int*>(out), words[0]);
+#else // the host build checks the alignment the GPU's vector store relies on (the offsets are the same)
+        if (reinterpret_cast<uintptr_t>(out) % kBytes != 0)
+            throw std::logic_error("misaligned column store: offset not a multiple of the vector width");
+        std::memcpy(out, words, kBytes);
+#endif
+    }
+}
+
 // Number of sampling threads of a chunk: images * pixels * kernel points * C / vector.
 inline int64_t columnThreads(DeformConvGeometry const& geo, int32_t images, int32_t pixels, int32_t vector)
 {
@@ -150,11 +213,11 @@ DCN_UNROLL
     int32_t const cig = c - g * geo.channelsPerGroup;
     T* out = columns + (int64_t(img) * pixels + p) * channels * kernelPoints
         + (int64_t(g) * kernelPoints + kp) * geo.channelsPerGroup + cig;
-    Pack result;
+    T result[Vector];
 DCN_UNROLL
     for (int v = 0; v < Vector; ++v)
-        result.v[v] = ElementTraits<T>::fromAcc(acc[v]);
-    *reinterpret_cast<Pack*>(out) = result;
+        result[v] = ElementTraits<T>::fromAcc(acc[v]);
+    storeVector<T, Vector>(out, result);
 }
 
 // One strided-batched product of the GEMM path, in BLAS's column-major terms: for each image b of the chunk,

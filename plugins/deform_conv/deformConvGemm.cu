@@ -7,8 +7,7 @@
 // accumulation for every type but float64). The weights are re-laid out once per launch.
 //
 // Measured on an H100 (benchmarks/RESULTS.md): faster than the fused kernel of deformConvKernel.cu on every
-// dense layer; the column buffer costs bandwidth, but sampling runs at full occupancy and the product at
-// cuBLAS's speed.
+// dense layer, but still slower than torchvision's kernel; benchmarks/gpu_notes.md says why and what is next.
 #include "cublasLoader.h"
 #include "dcnCudaDtype.cuh"
 #include "deformConvColumns.h"

@@ -478,6 +478,8 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         return Status::success();
     if (!input || !offset || !weight || !output)
         return Status::invalid("input, offset, weight and output must be device pointers, got NULL (bias and mask may be NULL)");
+    if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // the GEMM path reads and writes it in 16-byte vectors
+        return Status::invalid("the workspace must be 256-byte aligned (cudaMalloc and TensorRT workspaces are)");
     if (resolved == DCN_ALGO_GEMM)
     {
         size_t const needed = gemmWorkspaceBytes(geo, dtype);
