@@ -60,7 +60,9 @@ for mb in 256; do # the GEMM path's column budget (default 64 MiB) raised: fewer
     step "bench-chunk-${mb}MB" 60 env DCN_DEPLOY_GEMM_CHUNK_MB=$mb python3 benchmarks/gpu_deform_conv.py --algos gemm \
         --dtypes float16 --iters 20 --warmup 3 --json "$OUT_DIR/bench_chunk_${mb}.json"
 done
-step memcheck-plugin 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/bin/dcn_plugin_shell_test"
+for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do # their enqueue on the GPU
+    [ -x "$BUILD/bin/$shell" ] && step "memcheck-$shell" 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/bin/$shell"
+done
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py
 step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
     tests/test_roi_plugin_host.py -k cuda

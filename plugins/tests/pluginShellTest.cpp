@@ -12,7 +12,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <cuda_runtime_api.h>
 #include <random>
 #include <deque>
 #include <memory>
@@ -110,8 +109,7 @@ Capability* capability(IPluginV3* plugin, PluginCapabilityType type)
 void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
     std::vector<std::vector<int64_t>> const& shapes, std::vector<int64_t> const& outShape)
 {
-    int devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+    if (!shelltest::cudaDevicePresent())
     {
         std::printf("skip enqueue on a GPU: no CUDA device\n");
         return;
@@ -132,54 +130,46 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
 
     std::mt19937 rng(7);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<void*> device(6, nullptr);
-    std::vector<size_t> counts;
-    for (auto const& shape : shapes)
-        counts.push_back(size_t(shape[0]) * (shape.size() > 1 ? size_t(shape[1] * shape[2] * shape[3]) : 1));
-    counts.push_back(size_t(outShape[0] * outShape[1] * outShape[2] * outShape[3]));
-    bool ok = true;
-    for (size_t k = 0; k < 6; ++k)
+    auto count = [](std::vector<int64_t> const& shape) {
+        size_t n = 1;
+        for (int64_t d : shape)
+            n *= size_t(d);
+        return n;
+    };
+    shelltest::DeviceBuffers buffers;
+    void* device[5];
+    for (size_t k = 0; k < 5; ++k)
     {
-        std::vector<float> host(counts[k]);
+        std::vector<float> host(count(shapes[k]));
         for (float& v : host)
             v = k == 2 ? 3.0f * normal(rng) : k == 4 ? std::fabs(normal(rng)) : normal(rng); // offsets reach off the image
-        ok = ok && cudaMalloc(&device[k], counts[k] * sizeof(float)) == cudaSuccess
-            && cudaMemcpy(device[k], host.data(), counts[k] * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess;
+        device[k] = buffers.upload(host);
     }
-    void* workspace = nullptr;
-    void* reference = nullptr;
-    ok = ok && cudaMalloc(&workspace, workspaceBytes) == cudaSuccess
-        && cudaMalloc(&reference, counts[5] * sizeof(float)) == cudaSuccess;
-    cudaStream_t stream = nullptr;
-    ok = ok && cudaStreamCreate(&stream) == cudaSuccess;
-    check(ok, "GPU: buffers allocated (workspace " + std::to_string(workspaceBytes) + " bytes)");
-    if (!ok)
+    size_t const outCount = count(outShape);
+    void* output = buffers.allocate(outCount);
+    void* reference = buffers.allocate(outCount);
+    void* workspace = buffers.allocate(workspaceBytes / sizeof(float) + 1);
+    check(buffers.ok(), "GPU: buffers allocated (workspace " + std::to_string(workspaceBytes) + " bytes)");
+    if (!buffers.ok())
         return;
     void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
-    void* outputs[1] = {device[5]};
-    int32_t const rc = runtime->enqueue(runtimeIo.data(), &runtimeIo[5], inputs, outputs, workspace, stream);
+    void* outputs[1] = {output};
+    int32_t const rc = runtime->enqueue(runtimeIo.data(), &runtimeIo[5], inputs, outputs, workspace, nullptr);
     dcn::DeformConvGeometry geometry;
     bool const direct = standardGeometry(shapes, geometry)
         && dcn::launchDeformConv(geometry, DCN_FLOAT32, DCN_ALGO_DIRECT, device[0], device[2], device[1], device[3],
-               device[4], reference, nullptr, 0, stream).ok();
-    std::vector<float> got(counts[5]), want(counts[5]);
-    bool const copied = cudaStreamSynchronize(stream) == cudaSuccess
-        && cudaMemcpy(got.data(), device[5], counts[5] * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess
-        && cudaMemcpy(want.data(), reference, counts[5] * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess;
+               device[4], reference, nullptr, 0, nullptr).ok();
+    std::vector<float> const got = buffers.download(output, outCount);
+    std::vector<float> const want = buffers.download(reference, outCount);
     double maxError = 0.0, maxValue = 0.0;
     for (size_t i = 0; i < got.size(); ++i)
     {
         maxError = std::fmax(maxError, std::fabs(double(got[i]) - double(want[i])));
         maxValue = std::fmax(maxValue, std::fabs(double(want[i])));
     }
-    check(rc == 0 && direct && copied && maxError <= 1e-5 * (maxValue + 1.0),
+    check(rc == 0 && direct && buffers.ok() && maxError <= 1e-5 * (maxValue + 1.0),
         "GPU: plugin enqueue agrees with the direct kernel (max abs error " + std::to_string(maxError) + ", max |out| "
             + std::to_string(maxValue) + ")");
-    for (void* ptr : device)
-        cudaFree(ptr);
-    cudaFree(workspace);
-    cudaFree(reference);
-    cudaStreamDestroy(stream);
 }
 
 } // namespace

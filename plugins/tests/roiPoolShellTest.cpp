@@ -3,12 +3,16 @@
 // header-only and the expression builder is stood in for by a constant-folding evaluator. It checks our shell's
 // logic, not TensorRT's behaviour. Run by tests/test_roi_plugin_host.py; the exit code is the failure count.
 #include "roiPoolPlugin.h"
+#include "roi_pool_kernels.h"
 #include "shellTestSupport.h"
 #include "trtLogging.h"
 
 #include <NvInferRuntime.h>
 
+#include <cmath>
 #include <cstdio>
+#include <functional>
+#include <random>
 #include <deque>
 #include <memory>
 #include <string>
@@ -164,6 +168,62 @@ void exercise(IPluginCreatorV3One& creator, Fields const& fields, std::vector<st
     delete plugin;
 }
 
+// With a GPU: the plugin (created for the runtime, shapes set by onShapeChange) enqueued on random float32 data must
+// give exactly what the C ABI's CUDA entry gives for the descriptor the fields and shapes describe: this checks the
+// plugin's plumbing (shapes -> descriptor, input order, dtype), the kernels themselves being checked against the
+// reference through ctypes (tests/test_roi_plugin_host.py).
+void checkEnqueueOnGpu(IPluginCreatorV3One& creator, Fields const& fields, std::vector<std::vector<int64_t>> const& in,
+    std::vector<int64_t> const& out, std::function<int32_t(void const* const*, void*)> const& direct)
+{
+    std::string const op = creator.getPluginName();
+    if (!shelltest::cudaDevicePresent())
+    {
+        std::printf("skip %s enqueue on a GPU: no CUDA device\n", op.c_str());
+        return;
+    }
+    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("gpu", &fields.collection, TensorRTPhase::kRUNTIME));
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    std::vector<PluginTensorDesc> io;
+    for (auto const& shape : in)
+        io.push_back(tensor(shape).desc);
+    io.push_back(tensor(out).desc);
+    check(runtime->onShapeChange(io.data(), 3, &io[3], 1) == 0, op + " GPU: onShapeChange");
+
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+    int64_t const batch = in[0][0], height = in[0][2], width = in[0][3], rois = in[1][0];
+    std::vector<float> x(size_t(in[0][0] * in[0][1] * height * width)), boxes, third(size_t(in[2][0] * in[2][1] * in[2][2] * in[2][3]));
+    for (float& v : x)
+        v = 2.0f * uniform(rng) - 1.0f;
+    for (int64_t k = 0; k < rois; ++k) // (batch index, x1, y1, x2, y2) in image coordinates (spatial scale 0.5)
+    {
+        float const x1 = uniform(rng) * 2.0f * float(width) - 2.0f, y1 = uniform(rng) * 2.0f * float(height) - 2.0f;
+        boxes.insert(boxes.end(), {float(k % batch), x1, y1, x1 + 2.0f + 8.0f * uniform(rng), y1 + 2.0f + 8.0f * uniform(rng)});
+    }
+    for (float& v : third)
+        v = uniform(rng) - 0.5f;
+    shelltest::DeviceBuffers buffers;
+    void const* inputs[3] = {buffers.upload(x), buffers.upload(boxes), buffers.upload(third)};
+    size_t const outCount = size_t(out[0] * out[1] * out[2] * out[3]);
+    void* output = buffers.allocate(outCount);
+    void* reference = buffers.allocate(outCount);
+    check(buffers.ok(), op + " GPU: buffers allocated");
+    if (!buffers.ok())
+        return;
+    int32_t const rc = runtime->enqueue(io.data(), &io[3], inputs, &output, nullptr, nullptr);
+    int32_t const directRc = direct(inputs, reference);
+    std::vector<float> const got = buffers.download(output, outCount);
+    std::vector<float> const want = buffers.download(reference, outCount);
+    bool same = rc == 0 && directRc == 0 && buffers.ok();
+    double maxValue = 0.0;
+    for (size_t i = 0; i < got.size(); ++i)
+    {
+        same = same && got[i] == want[i];
+        maxValue = std::fmax(maxValue, std::fabs(double(want[i])));
+    }
+    check(same && maxValue > 0.0, op + " GPU: plugin enqueue equals the C ABI kernel (max |out| " + std::to_string(maxValue) + ")");
+}
+
 } // namespace
 
 int main()
@@ -193,13 +253,19 @@ int main()
             && logger.lastError.find("node_3") != std::string::npos,
         "createPlugin rejects pooled_width 0: " + logger.lastError);
 
+    // Scales exactly representable in float32, so the GPU check's descriptors hold the same values.
     Fields roi;
     roi.addInt("pooled_height", 7);
     roi.addInt("pooled_width", 5);
     roi.addInt("sampling_ratio", 2);
-    roi.addFloat("spatial_scale", 0.0625f);
-    roi.addFloat("gamma", 0.1f);
+    roi.addFloat("spatial_scale", 0.5f);
+    roi.addFloat("gamma", 0.125f);
     exercise(roiCreator, roi, {{2, 256, -1, -1}, {}, {-1, 2, 7, 5}}, "?,256,7,5,", logger);
+    checkEnqueueOnGpu(roiCreator, roi, {{2, 8, 12, 13}, {9, 5}, {9, 2, 7, 5}}, {9, 8, 7, 5},
+        [](void const* const* in, void* out) {
+            dcn_deform_roi_pool_desc const d{2, 8, 12, 13, 9, 7, 5, 2, 0.5f, 0.125f};
+            return dcn_deform_roi_pool_forward_cuda(&d, DCN_FLOAT32, in[0], in[1], in[2], out, nullptr);
+        });
 
     Fields ps;
     ps.addInt("output_dim", 3);
@@ -208,9 +274,14 @@ int main()
     ps.addInt("part_size", 0);
     ps.addInt("sample_per_part", 4);
     ps.addInt("no_trans", 0);
-    ps.addFloat("spatial_scale", 0.0625f);
-    ps.addFloat("trans_std", 0.1f);
+    ps.addFloat("spatial_scale", 0.5f);
+    ps.addFloat("trans_std", 0.125f);
     exercise(psCreator, ps, {{1, 27, -1, -1}, {}, {-1, 6, 3, 3}}, "?,3,3,3,", logger);
+    checkEnqueueOnGpu(psCreator, ps, {{2, 27, 10, 11}, {9, 5}, {9, 6, 3, 3}}, {9, 3, 3, 3},
+        [](void const* const* in, void* out) {
+            dcn_deform_psroi_pool_desc const d{2, 27, 10, 11, 9, 3, 3, 3, 3, 4, 3, 0, 0.5f, 0.125f};
+            return dcn_deform_psroi_pool_forward_cuda(&d, DCN_FLOAT32, in[0], in[1], in[2], out, nullptr);
+        });
 
     std::printf("%d failure(s)\n", failures);
     return failures;

@@ -4,12 +4,14 @@
 #pragma once
 
 #include <NvInferRuntime.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace shelltest
 {
@@ -132,6 +134,51 @@ public:
 
 private:
     BuilderImpl mStorage;
+};
+
+
+// ---- with a GPU: the plugins' enqueue on real device memory ----
+inline bool cudaDevicePresent()
+{
+    int devices = 0;
+    return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+}
+
+// float32 device buffers uploaded from host vectors; freed with the object. ok() is false after any CUDA failure.
+class DeviceBuffers
+{
+public:
+    ~DeviceBuffers()
+    {
+        for (void* ptr : mPointers)
+            cudaFree(ptr);
+    }
+    void* upload(std::vector<float> const& host)
+    {
+        void* ptr = allocate(host.size());
+        mOk = mOk && ptr && cudaMemcpy(ptr, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess;
+        return ptr;
+    }
+    void* allocate(size_t count)
+    {
+        void* ptr = nullptr;
+        mOk = mOk && cudaMalloc(&ptr, count == 0 ? 1 : count * sizeof(float)) == cudaSuccess;
+        if (ptr)
+            mPointers.push_back(ptr);
+        return ptr;
+    }
+    std::vector<float> download(void const* ptr, size_t count)
+    {
+        std::vector<float> host(count);
+        mOk = mOk && cudaDeviceSynchronize() == cudaSuccess
+            && cudaMemcpy(host.data(), ptr, count * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess;
+        return host;
+    }
+    bool ok() const { return mOk; }
+
+private:
+    std::vector<void*> mPointers;
+    bool mOk = true;
 };
 
 } // namespace shelltest
