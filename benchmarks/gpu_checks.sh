@@ -54,7 +54,7 @@ step pytest-gpu 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_p
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do
     [ -x "$BUILD/bin/$shell" ] && step "$shell" 60 "$BUILD/bin/$shell"
 done
-step bench 200 python3 benchmarks/gpu_deform_conv.py --algos ${DCN_BENCH_ALGOS:-gemm,fused} --iters 30 --warmup 5 \
+step bench 240 python3 benchmarks/gpu_deform_conv.py --algos ${DCN_BENCH_ALGOS:-gemm,fused} --iters 30 --warmup 5 --breakdown \
     --json "$OUT_DIR/bench.json" --output "$OUT_DIR/bench.md"
 for mb in 256; do # the GEMM path's column budget (default 64 MiB) raised: fewer, larger products
     step "bench-chunk-${mb}MB" 60 env DCN_DEPLOY_GEMM_CHUNK_MB=$mb python3 benchmarks/gpu_deform_conv.py --algos gemm \

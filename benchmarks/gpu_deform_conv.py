@@ -25,7 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runs from a checkout without installing the package
@@ -111,8 +111,64 @@ def relative_error(got, reference) -> float:
     return float((got - reference).norm() / reference.norm().clamp_min(1e-300))
 
 
+def kernel_breakdown(fn: Callable[[], object], calls: int = 10) -> List[Tuple[str, float]]:
+    """GPU milliseconds per call of each kernel fn launches (torch.profiler, CUDA activity), largest first: where
+    a deformable convolution's time goes (sampling, transpose, bias, the product)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    kernels = []
+    for event in prof.key_averages():
+        total_us = getattr(event, "device_time_total", None)
+        if total_us is None:  # older torch
+            total_us = getattr(event, "cuda_time_total", 0.0)
+        if total_us > 0:
+            kernels.append((event.key, total_us / calls / 1000.0))
+    return sorted(kernels, key=lambda item: -item[1])
+
+
+def breakdown_markdown(rows: List[dict], top: int = 6) -> str:
+    """One line per (layer, dtype): the GEMM path's largest kernels and their share of its time."""
+    lines = ["| layer | NxCxHxW | dtype | kernels of `gemm`, ms per call (share) |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        kernels = r.get("gemm_kernels")
+        if not kernels:
+            continue
+        total = sum(ms for _, ms in kernels) or 1.0
+        cells = "; ".join(f"`{_short_kernel_name(name)}` {ms:.3f} ({100 * ms / total:.0f}%)" for name, ms in kernels[:top])
+        lines.append(f"| {r['layer']} | {r['shape']} | {r['dtype']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _short_kernel_name(name: str, width: int = 60) -> str:
+    """A kernel's name without return type, namespaces and parameter list (template arguments kept), cut to width:
+    'void dcn::(anonymous namespace)::columnsKernel<__half, 8>(...)' -> 'columnsKernel<__half, 8>'."""
+    name = name.replace("(anonymous namespace)::", "")
+    depth, cut, start = 0, len(name), 0
+    for index, ch in enumerate(name):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif depth == 0 and ch == "(":
+            cut = index
+            break
+        elif depth == 0 and ch == " ":
+            start = index + 1  # drop a return type
+        elif depth == 0 and name.startswith("::", index):
+            start = index + 2
+    short = name[start:cut].strip() or name
+    return short if len(short) <= width else short[:width - 3] + "..."
+
+
 def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str],
-        graph: bool = True) -> List[dict]:
+        graph: bool = True, breakdown: bool = False) -> List[dict]:
     import torch
     import torch.nn.functional as F
     import torchvision
@@ -156,6 +212,8 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                         print(f"torchvision failed on {layer.name} {dtype_name}: {exc}", file=sys.stderr)
                         row["torchvision_ms"] = row["torchvision_err"] = None
                     row["conv_ms"] = time_cuda(conv, warmup, iters, graph)
+                    if breakdown:
+                        row["gemm_kernels"] = kernel_breakdown(ours("gemm"))
                     del reference
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)  # progress, and the raw numbers
@@ -209,6 +267,8 @@ def main(argv=None) -> int:
                         help="comma-separated kernels to time side by side: auto, gemm, fused, direct (default auto)")
     parser.add_argument("--eager", action="store_true",
                         help="time eager calls (with Python's launch overhead) instead of CUDA-graph replays")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also profile the gemm path's kernels (torch.profiler) and print where its time goes")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this JSON file")
     parser.add_argument("--output", type=Path, default=None, help="append the table to this markdown file")
     args = parser.parse_args(argv)
@@ -224,12 +284,14 @@ def main(argv=None) -> int:
         print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
         return 2
     rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos,
-               graph=not args.eager)
+               graph=not args.eager, breakdown=args.breakdown)
     from dcn_deploy.io_utils import atomic_write_text
 
     if args.json:
         atomic_write_text(args.json, json.dumps(rows, indent=1))
     table = to_markdown(rows, args)
+    if args.breakdown:
+        table += "\nWhere the `gemm` path's time goes (torch.profiler, 10 eager calls):\n\n" + breakdown_markdown(rows)
     print(table)
     if args.output:
         previous = args.output.read_text() if args.output.exists() else "# Benchmark results\n"

@@ -46,3 +46,16 @@ def test_table_has_one_column_per_kernel_and_the_ratios(bench, monkeypatch):
     lines = [line for line in table.splitlines() if line.startswith("| det res4")]
     assert lines[0].split(" | ")[3:9] == ["0.200", "0.500", "0.400", "0.100", "2.00x", "2.00x"]
     assert "n/a" in lines[1]
+
+
+def test_kernel_breakdown_table(bench):
+    rows = [{"layer": "det res4", "shape": "8x256x50x84", "dtype": "float16", "gemm_kernels": [
+        ("void dcn::(anonymous namespace)::columnsKernel<__half, 8>(dcn::DeformConvGeometry, __half const*)", 0.3),
+        ("sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off", 0.1),
+        ("void dcn::(anonymous namespace)::fillBiasKernel<__half>(__half*, __half const*, int)", 0.1)]},
+        {"layer": "no breakdown", "shape": "1x1x1x1", "dtype": "float32"}]
+    table = bench.breakdown_markdown(rows)
+    assert "`columnsKernel<__half, 8>` 0.300 (60%)" in table
+    assert "`fillBiasKernel<__half>` 0.100 (20%)" in table
+    assert "`sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_...` 0.100 (20%)" in table
+    assert "no breakdown" not in table
