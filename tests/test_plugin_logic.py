@@ -170,12 +170,18 @@ def _workspace(lib, desc, dtype, algo):
     return size.value
 
 
-def _gemm_workspace(images, channels, height, width, out_channels, channels_per_group, kernel_points, pixels,
+BUDGET = 64 << 20  # the GEMM path's default column budget
+
+
+def _gemm_workspace(batch, channels, height, width, out_channels, channels_per_group, kernel_points, out_pixels,
                     element):
-    """The GEMM path's workspace: columns, the channels-last input and the re-laid-out weights of one chunk, each
-    rounded up to 256 bytes, plus 8 MiB for cuBLAS (plugins/deform_conv/deformConvColumns.h)."""
+    """The GEMM path's workspace (plugins/deform_conv/deformConvColumns.h): room for one chunk's columns,
+    min(whole batch, max(budget, 256 pixels' columns)), and its channels-last input, min(whole batch, max(budget,
+    one image)), each rounded up to 256 bytes, the re-laid-out weights, and 8 MiB for cuBLAS."""
     up = lambda n: -(-n // 256) * 256  # noqa: E731
-    return (up(images * channels * kernel_points * pixels * element) + up(images * channels * height * width * element)
+    row = channels * kernel_points * element
+    image = channels * height * width * element
+    return (up(min(batch * row * out_pixels, max(BUDGET, 256 * row))) + up(min(batch * image, max(BUDGET, image)))
             + up(out_channels * channels_per_group * kernel_points * element) + (8 << 20))
 
 
@@ -192,10 +198,27 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     assert _workspace(kernels_lib, dense, 0, 1) == 0                              # direct
     depthwise = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 1)
     assert _workspace(kernels_lib, depthwise, 1, 0) == 0                          # auto -> direct
-    # One image whose columns exceed the 64 MiB budget runs in slices of its pixels (multiples of 256).
+    # One image whose columns exceed the 64 MiB budget runs in slices of its pixels: room for the budget.
     big = DeformConvDesc(1, 512, 128, 128, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
-    slice_pixels = (64 << 20) // (512 * 9 * 4) // 256 * 256
-    assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, slice_pixels, 4)
+    assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, 128 * 128, 4)
+
+
+@pytest.mark.parametrize("dtype", [0, 1])
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (1, 2), (3, 2)])
+def test_workspace_never_shrinks_as_the_shape_grows(kernels_lib, dtype, kernel, stride):
+    """A TensorRT plugin sizes its workspace for the largest profile shape and runs smaller shapes in it: for every
+    smaller N, H or W the size must not be larger (a review found shapes needing 29 MB more than the largest)."""
+    def size(n, h, w, c=64):
+        pad = kernel // 2
+        desc = DeformConvDesc(n, c, h, w, c, kernel, kernel, stride, stride, pad, pad, pad, pad, 1, 1, 1, 1)
+        return _workspace(kernels_lib, desc, dtype, 0), _workspace(kernels_lib, desc, dtype, 3)
+
+    for n_max, h_max, c in ((2, 132, 64), (8, 200, 256), (16, 64, 512)):
+        largest = size(n_max, h_max, h_max, c)
+        for n in range(1, n_max + 1):
+            for h in range(max(1, h_max // 3), h_max + 1, 7):
+                smaller = size(n, h, h_max - (h % 5), c)
+                assert smaller[0] <= largest[0] and smaller[1] <= largest[1], (n, h, c, smaller, largest)
 
 
 def test_plugin_info_says_whether_the_gemm_path_can_run(kernels_lib):
@@ -220,9 +243,10 @@ def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib)
     assert "algo" in kernels_lib.last_error()
     assert forward(ctypes.byref(dense), 0, 0, None, fake, fake, None, None, fake, None, 0, None) == 1
     assert "NULL" in kernels_lib.last_error()
-    assert forward(ctypes.byref(dense), 0, 1, fake, fake, fake, None, None, fake, ctypes.c_void_p(0x1010), 1 << 30,
-                   None) == 1
-    assert "256-byte aligned" in kernels_lib.last_error()
+    if kernels_lib.lib.dcn_gemm_path_available() == 1:  # the GEMM path's checks come after cuBLAS is found
+        assert forward(ctypes.byref(dense), 0, 3, fake, fake, fake, None, None, fake, ctypes.c_void_p(0x1010),
+                       1 << 30, None) == 1
+        assert "256-byte aligned" in kernels_lib.last_error()
     # The GEMM path: without a loadable cuBLAS an "unsupported" error that says so, else a workspace error.
     code = forward(ctypes.byref(dense), 0, 3, fake, fake, fake, None, None, fake, None, 0, None)
     assert code in (2, 4), kernels_lib.last_error()

@@ -31,7 +31,7 @@ Loaded const& loaded()
     static std::once_flag once;
     std::call_once(once, [] {
         void* library = nullptr;
-        for (char const* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
+        for (char const* name : {"libcublas.so.13", "libcublas.so.12"}) // the v2 API these declarations match
             if ((library = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr)
                 break;
         if (!library)
@@ -77,7 +77,7 @@ CublasHandle::~CublasHandle()
         cudaSetDevice(current);
 }
 
-Status CublasHandle::bind(cudaStream_t stream, void* workspace, size_t workspaceBytes, CublasHandleT& handle)
+Status CublasHandle::prepare()
 {
     CublasApi const* api = cublasApi();
     if (!api)
@@ -98,6 +98,15 @@ Status CublasHandle::bind(cudaStream_t stream, void* workspace, size_t workspace
         }
         mDevice = device;
     }
+    return Status::success();
+}
+
+Status CublasHandle::bind(cudaStream_t stream, void* workspace, size_t workspaceBytes, CublasHandleT& handle)
+{
+    Status const ready = prepare();
+    if (!ready.ok())
+        return ready;
+    CublasApi const* api = cublasApi();
     // setStream resets the workspace to cuBLAS's own pool, so the workspace comes second.
     int rc = api->setStream(mHandle, stream);
     if (rc == 0 && workspace && workspaceBytes)

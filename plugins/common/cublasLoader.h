@@ -44,7 +44,9 @@ public:
     CublasHandle(CublasHandle const&) = delete;
     CublasHandle& operator=(CublasHandle const&) = delete;
 
-    // The handle for the current device, bound to stream, with workspace as cuBLAS's workspace.
+    // Create the handle for the current device now (it allocates device memory: do it outside stream capture).
+    Status prepare();
+    // The handle for the current device (created if need be), bound to stream, with workspace as cuBLAS's.
     Status bind(cudaStream_t stream, void* workspace, size_t workspaceBytes, CublasHandleT& handle);
 
 private:

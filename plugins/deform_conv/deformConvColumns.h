@@ -33,13 +33,17 @@ inline size_t alignUp256(size_t bytes)
 }
 
 // How the batch is cut and where each buffer sits in the workspace.
+//
+// The buffer sizes (the workspace) never shrink when N, H or W grow: a TensorRT plugin sizes its workspace for
+// the largest profile shape and then runs smaller ones in it. So each buffer is sized by a cap that only grows
+// with the shape, min(whole batch, max(budget, one unit)), and the chunks are chosen to fit the caps.
 struct GemmPlan
 {
     int32_t images;      // whole images per chunk (1 when slicing pixels)
     int64_t pixels;      // output pixels per chunk of one image (all of them unless slicing)
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
-    size_t columnsBytes; // columns of one chunk
-    size_t nhwcBytes;    // the chunk's input, channels last
+    size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
+    size_t nhwcBytes;    // room for one chunk's channels-last input: min(N * image, max(budget, one image))
     size_t weightsBytes; // weights, kernel point outer
     size_t totalBytes;   // + kCublasWorkspaceBytes
 };
@@ -55,22 +59,24 @@ inline int32_t columnVectorWidth(DeformConvGeometry const& geo, size_t elementBy
 
 inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, size_t columnBudget)
 {
-    int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
+    int64_t const batch = std::max<int64_t>(geo.d.batch, 1);
+    size_t const rowBytes = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) * elementBytes; // one pixel's column
     int64_t const plane = int64_t(geo.outH) * geo.outW;
-    size_t const imageBytes = size_t(rows) * size_t(plane) * elementBytes;
+    size_t const imageBytes = rowBytes * size_t(plane);
+    size_t const inputImageBytes = size_t(geo.d.in_channels) * size_t(geo.d.height) * size_t(geo.d.width) * elementBytes;
     GemmPlan plan{};
     plan.images = 1;
     plan.pixels = plane;
-    if (imageBytes <= columnBudget) // at most 65535 images: a grid dimension of the transpose kernel
-        plan.images = int32_t(std::min<int64_t>({std::max<int64_t>(geo.d.batch, 1),
-            int64_t(columnBudget / std::max<size_t>(imageBytes, 1)), int64_t(65535)}));
+    if (imageBytes <= columnBudget) // whole images, as many as both budgets allow (at most 65535: a grid dimension)
+        plan.images = int32_t(std::min<int64_t>({batch, int64_t(columnBudget / std::max<size_t>(imageBytes, 1)),
+            std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImageBytes, 1))), int64_t(65535)}));
     else // a slice of one image: a multiple of 256 pixels, at least 256
-        plan.pixels = std::min<int64_t>(plane,
-            std::max<int64_t>(256, int64_t(columnBudget / (size_t(rows) * elementBytes)) / 256 * 256));
+        plan.pixels = std::min<int64_t>(plane, std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256));
     plan.vector = columnVectorWidth(geo, elementBytes);
-    plan.columnsBytes = alignUp256(size_t(plan.images) * size_t(rows) * size_t(plan.pixels) * elementBytes);
-    plan.nhwcBytes = alignUp256(size_t(plan.images) * size_t(geo.d.in_channels) * size_t(geo.d.height)
-        * size_t(geo.d.width) * elementBytes);
+    // Caps (see above). What a chunk uses fits: images * image <= budget and <= N * image; a slice uses at most
+    // max(budget, 256 pixels); images * input image <= max(budget, one input image) and <= N * input image.
+    plan.columnsBytes = alignUp256(std::min(size_t(batch) * imageBytes, std::max(columnBudget, 256 * rowBytes)));
+    plan.nhwcBytes = alignUp256(std::min(size_t(batch) * inputImageBytes, std::max(columnBudget, inputImageBytes)));
     plan.weightsBytes = alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup)
         * size_t(geo.kernelPoints) * elementBytes);
     plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + kCublasWorkspaceBytes;

@@ -16,7 +16,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -33,22 +32,6 @@ constexpr int kCublasCompute32F = 68;
 constexpr int kCublasCompute64F = 70;
 constexpr int kCublasGemmDefault = -1;
 
-size_t columnBudget()
-{
-    // DCN_DEPLOY_GEMM_CHUNK_MB: a tuning knob for benchmarks and tests; read once.
-    static size_t const budget = [] {
-        char const* text = std::getenv("DCN_DEPLOY_GEMM_CHUNK_MB");
-        long const mb = text ? std::strtol(text, nullptr, 10) : 0;
-        return mb > 0 ? size_t(mb) << 20 : kGemmDefaultColumnBudget;
-    }();
-    return budget;
-}
-
-GemmPlan planFor(DeformConvGeometry const& geo, int32_t dtype)
-{
-    return planGemm(geo, dtypeBytes(dtype), columnBudget());
-}
-
 // cuBLAS's name for element type T.
 template <typename T>
 constexpr cudaDataType cudaTypeOf()
@@ -64,6 +47,7 @@ constexpr cudaDataType cudaTypeOf()
 }
 
 // NCHW -> NHWC for images n0..n0+gridDim.z-1, through 32x32 shared tiles (reads and writes both coalesce).
+// Blocks loop over channel tiles, so gridDim.y (at most 65535) need not cover them all.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) nhwcKernel(
     DeformConvGeometry const geo, T const* __restrict__ input, T* __restrict__ nhwc, int32_t const n0)
@@ -73,21 +57,24 @@ __global__ void __launch_bounds__(kThreads) nhwcKernel(
     int32_t const channels = geo.d.in_channels;
     int32_t const img = blockIdx.z;
     int64_t const pix0 = int64_t(blockIdx.x) * 32;
-    int32_t const c0 = blockIdx.y * 32;
     T const* source = input + int64_t(n0 + img) * channels * plane;
     T* target = nhwc + int64_t(img) * channels * plane;
-    for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: channel within the tile; threadIdx.x: pixel
+    for (int32_t c0 = blockIdx.y * 32; c0 < channels; c0 += gridDim.y * 32)
     {
-        int64_t const pix = pix0 + threadIdx.x;
-        if (c0 + r < channels && pix < plane)
-            tile[r][threadIdx.x] = source[int64_t(c0 + r) * plane + pix];
-    }
-    __syncthreads();
-    for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: pixel within the tile; threadIdx.x: channel
-    {
-        int64_t const pix = pix0 + r;
-        if (c0 + int32_t(threadIdx.x) < channels && pix < plane)
-            target[pix * channels + c0 + threadIdx.x] = tile[threadIdx.x][r];
+        for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: channel within the tile; threadIdx.x: pixel
+        {
+            int64_t const pix = pix0 + threadIdx.x;
+            if (c0 + r < channels && pix < plane)
+                tile[r][threadIdx.x] = source[int64_t(c0 + r) * plane + pix];
+        }
+        __syncthreads();
+        for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: pixel within the tile; threadIdx.x: channel
+        {
+            int64_t const pix = pix0 + r;
+            if (c0 + int32_t(threadIdx.x) < channels && pix < plane)
+                target[pix * channels + c0 + threadIdx.x] = tile[threadIdx.x][r];
+        }
+        __syncthreads(); // the tile is refilled by the next channel tile
     }
 }
 
@@ -175,7 +162,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
     for (int32_t n0 = 0; status.ok() && n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        dim3 const tiles(unsigned((inPlane + 31) / 32), unsigned((d.in_channels + 31) / 32), unsigned(images));
+        dim3 const tiles(unsigned((inPlane + 31) / 32), unsigned(std::min((d.in_channels + 31) / 32, 65535)), unsigned(images));
         nhwcKernel<T><<<tiles, dim3(32, 8), 0, stream>>>(geo, input, nhwc, n0);
         status = launchStatus("channels-last transpose kernel");
         for (int64_t p0 = 0; status.ok() && p0 < plane; p0 += plan.pixels)
@@ -213,21 +200,24 @@ bool gemmPathAvailable()
     return cublasApi() != nullptr;
 }
 
-size_t gemmWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)
+size_t gemmWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype, size_t columnBudget)
 {
-    return planFor(geo, dtype).totalBytes;
+    return planGemm(geo, dtypeBytes(dtype), columnBudget).totalBytes;
 }
 
-Status launchGemmPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
-    void const* weight, void const* bias, void const* mask, void* output, void* workspace, cudaStream_t stream,
-    CublasHandle* cublas)
+Status bindGemmHandle(DeformConvGeometry const& geo, int32_t dtype, size_t columnBudget, void* workspace,
+    cudaStream_t stream, CublasHandle* cublas, CublasHandleT& handle)
 {
-    GemmPlan const plan = planFor(geo, dtype);
-    CublasHandleT handle = nullptr;
+    GemmPlan const plan = planGemm(geo, dtypeBytes(dtype), columnBudget);
     void* cublasWorkspace = static_cast<char*>(workspace) + (plan.totalBytes - kCublasWorkspaceBytes);
-    Status status = (cublas ? *cublas : threadCublasHandle()).bind(stream, cublasWorkspace, kCublasWorkspaceBytes, handle);
-    if (!status.ok())
-        return status;
+    return (cublas ? *cublas : threadCublasHandle()).bind(stream, cublasWorkspace, kCublasWorkspaceBytes, handle);
+}
+
+Status launchGemmPath(DeformConvGeometry const& geo, int32_t dtype, size_t columnBudget, void const* input,
+    void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
+    cudaStream_t stream, CublasHandleT handle)
+{
+    GemmPlan const plan = planGemm(geo, dtypeBytes(dtype), columnBudget);
     switch (dtype)
     {
     case DCN_FLOAT32:

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -452,15 +453,15 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
     return Status::success();
 }
 
-size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo)
+size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, size_t columnBudget)
 {
     // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
     // on another.
     size_t const fused = fusedPossible(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
     switch (algo)
     {
-    case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype)) : 0;
-    case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype);
+    case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, columnBudget)) : 0;
+    case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, columnBudget);
     case DCN_ALGO_FUSED_GEMM: return fused;
     default: return 0; // direct; an invalid algo is reported by the launch
     }
@@ -468,7 +469,7 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
 
 Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas)
+    size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas, size_t columnBudget)
 {
     int32_t resolved = DCN_ALGO_DIRECT;
     Status status = resolveAlgo(geo, dtype, algo, resolved);
@@ -478,16 +479,25 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         return Status::success();
     if (!input || !offset || !weight || !output)
         return Status::invalid("input, offset, weight and output must be device pointers, got NULL (bias and mask may be NULL)");
-    if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // the GEMM path reads and writes it in 16-byte vectors
-        return Status::invalid("the workspace must be 256-byte aligned (cudaMalloc and TensorRT workspaces are)");
     if (resolved == DCN_ALGO_GEMM)
     {
-        size_t const needed = gemmWorkspaceBytes(geo, dtype);
+        size_t const needed = gemmWorkspaceBytes(geo, dtype, columnBudget);
         if (workspace == nullptr || workspaceBytes < needed)
             return Status::error(DCN_ERROR_WORKSPACE, "the GEMM path needs a workspace of " + std::to_string(needed)
                 + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
                 + (workspace ? "" : " (NULL)"));
-        return launchGemmPath(geo, dtype, input, offset, weight, bias, mask, output, workspace, stream, cublas);
+        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read and written in 16-byte vectors
+            return Status::invalid("the GEMM path's workspace must be 256-byte aligned (cudaMalloc's and TensorRT's are)");
+        void* handle = nullptr;
+        status = bindGemmHandle(geo, dtype, columnBudget, workspace, stream, cublas, handle);
+        if (status.ok())
+            return launchGemmPath(geo, dtype, columnBudget, input, offset, weight, bias, mask, output, workspace,
+                stream, handle);
+        // cuBLAS loaded but its handle cannot be made or bound (an old driver, an unsupported GPU): AUTO falls
+        // back to the fused kernel, whose workspace AUTO's size covers.
+        if (algo != DCN_ALGO_AUTO || !fusedPossible(geo, dtype))
+            return status;
+        resolved = DCN_ALGO_FUSED_GEMM;
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;
@@ -535,6 +545,23 @@ DCN_API int32_t dcn_gemm_path_available(void)
     return available ? 1 : 0;
 }
 
+namespace
+{
+
+// DCN_DEPLOY_GEMM_CHUNK_MB: the GEMM path's column budget for the C ABI (benchmarks, tests); read once. The
+// TensorRT plugin never reads it: its workspace is sized at build time and used at run time, maybe elsewhere.
+size_t abiColumnBudget()
+{
+    static size_t const budget = [] {
+        char const* text = std::getenv("DCN_DEPLOY_GEMM_CHUNK_MB");
+        long const mb = text ? std::strtol(text, nullptr, 10) : 0;
+        return mb > 0 ? size_t(mb) << 20 : dcn::kGemmDefaultColumnBudget;
+    }();
+    return budget;
+}
+
+} // namespace
+
 DCN_API int32_t dcn_deform_conv2d_workspace_size(
     const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, size_t* bytes)
 {
@@ -544,7 +571,7 @@ DCN_API int32_t dcn_deform_conv2d_workspace_size(
         dcn::DeformConvGeometry geo;
         dcn::Status status = dcn::makeGeometry(*desc, geo);
         if (status.ok())
-            *bytes = dcn::deformConvWorkspaceSize(geo, dtype, algo);
+            *bytes = dcn::deformConvWorkspaceSize(geo, dtype, algo, abiColumnBudget());
         return status;
     });
 }
@@ -561,6 +588,6 @@ DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc,
         if (!status.ok())
             return status;
         return dcn::launchDeformConv(geo, dtype, algo, input, offset, weight, bias, mask, output, workspace,
-            workspace_bytes, static_cast<cudaStream_t>(stream));
+            workspace_bytes, static_cast<cudaStream_t>(stream), nullptr, abiColumnBudget());
     });
 }

@@ -261,7 +261,12 @@ int32_t DeformConvPlugin::enqueue(PluginTensorDesc const*, PluginTensorDesc cons
 
 IPluginV3* DeformConvPlugin::attachToContext(IPluginResourceContext*) noexcept
 {
-    return clone(); // the clone owns a fresh cuBLAS handle, created at its first enqueue
+    // The clone owns a fresh cuBLAS handle, made here rather than in the first enqueue, which may run under CUDA
+    // graph capture (cublasCreate allocates). Where cuBLAS does not load, nothing is made: AUTO runs the fused kernel.
+    auto* attached = static_cast<DeformConvPlugin*>(clone());
+    if (attached)
+        attached->mCublas->prepare();
+    return attached;
 }
 
 PluginFieldCollection const* DeformConvPlugin::getFieldsToSerialize() noexcept

@@ -70,7 +70,7 @@ private:
     int32_t mDtype = DCN_FLOAT32;
     int32_t mNbInputs = 0;
     size_t mWorkspaceBytes = 0;
-    // The GEMM path's cuBLAS handle: this instance's own (a clone makes a new one), created at the first enqueue,
+    // The GEMM path's cuBLAS handle: this instance's own (a clone makes a new one), created in attachToContext,
     // bound to each enqueue's stream, destroyed with the instance.
     std::unique_ptr<CublasHandle> mCublas = std::make_unique<CublasHandle>();
     // Storage behind getFieldsToSerialize.
