@@ -494,10 +494,10 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
             return launchGemmPath(geo, dtype, columnBudget, input, offset, weight, bias, mask, output, workspace,
                 stream, handle);
         // cuBLAS loaded but its handle cannot be made or bound (an old driver, an unsupported GPU): AUTO falls
-        // back to the fused kernel, whose workspace AUTO's size covers.
-        if (algo != DCN_ALGO_AUTO || !fusedPossible(geo, dtype))
+        // back to the fused kernel (whose workspace AUTO's size covers), or the direct one for float64.
+        if (algo != DCN_ALGO_AUTO)
             return status;
-        resolved = DCN_ALGO_FUSED_GEMM;
+        resolved = fusedPossible(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;
