@@ -125,9 +125,10 @@ def kernel_breakdown(fn: Callable[[], object], calls: int = 10) -> List[Tuple[st
         torch.cuda.synchronize()
     kernels = []
     for event in prof.key_averages():
-        total_us = getattr(event, "device_time_total", None)
+        # self time: a kernel's own duration; an operator that launched kernels would count them again
+        total_us = getattr(event, "self_device_time_total", None)
         if total_us is None:  # older torch
-            total_us = getattr(event, "cuda_time_total", 0.0)
+            total_us = getattr(event, "self_cuda_time_total", 0.0)
         if total_us > 0:
             kernels.append((event.key, total_us / calls / 1000.0))
     return sorted(kernels, key=lambda item: -item[1])
