@@ -3,8 +3,9 @@
 Shapes: the 3x3 deformable layers of ResNet-50 stages 3-5 (conv2 of a bottleneck, stride 1) at a 800x1333
 detection input (feature maps at strides 8/16/32), batch 1 and 8, and the paper's segmentation setting (DeepLab,
 res5 with dilation 2 at output stride 16 on a 1024x2048 Cityscapes image). v2 (with mask) throughout, one offset
-group; fp16 and fp32. Every implementation runs on the same tensors in the same process; times are medians over
-CUDA-event-timed iterations after a warm-up.
+group; fp16 and fp32. ``--layers grouped`` times grouped and depth-wise layers instead (where im2col designs
+collapse). Every implementation runs on the same tensors in the same process; times are medians over
+CUDA-event-timed CUDA-graph replays after a warm-up.
 
 Needs a GPU, torch with CUDA, torchvision and the built kernels library (``dcn-deploy plugin build``):
 
@@ -39,6 +40,8 @@ class Layer:
     height: int
     width: int
     dilation: int = 1
+    groups: int = 1
+    offset_groups: int = 1
 
 
 def _feature(size: int, stride: int) -> int:
@@ -52,6 +55,13 @@ LAYERS = [
     Layer("det res5 (stride 32)", 512, _feature(800, 32), _feature(1333, 32)),
     Layer("seg res5 (OS16, dilation 2)", 512, _feature(1024, 16), _feature(2048, 16), dilation=2),
 ]
+# Where im2col designs collapse (the issue's motivation): grouped (ResNeXt-like) and depth-wise layers at res4 size.
+GROUPED_LAYERS = [
+    Layer("grouped res4 (32 groups, 4 offset groups)", 256, _feature(800, 16), _feature(1333, 16), groups=32,
+          offset_groups=4),
+    Layer("depth-wise res4", 256, _feature(800, 16), _feature(1333, 16), groups=256),
+]
+LAYER_SETS = {"issue": LAYERS, "grouped": GROUPED_LAYERS, "all": LAYERS + GROUPED_LAYERS}
 
 
 def time_cuda(fn: Callable[[], object], warmup: int, iters: int, graph: bool = True) -> float:
@@ -169,7 +179,7 @@ def _short_kernel_name(name: str, width: int = 60) -> str:
 
 
 def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str],
-        graph: bool = True, breakdown: bool = False) -> List[dict]:
+        graph: bool = True, breakdown: bool = False, layers: List[Layer] = LAYERS) -> List[dict]:
     import torch
     import torch.nn.functional as F
     import torchvision
@@ -181,22 +191,23 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
     rows = []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
-        for layer in LAYERS:
+        for layer in layers:
             for batch in batches:
                 g = torch.Generator(device="cuda").manual_seed(0)
                 c, h, w, d = layer.channels, layer.height, layer.width, layer.dilation
+                cg, og = c // layer.groups, layer.offset_groups
                 x = torch.randn(batch, c, h, w, device="cuda", dtype=dtype, generator=g)
-                weight = torch.randn(c, c, 3, 3, device="cuda", dtype=dtype, generator=g) * (1.0 / (3 * c ** 0.5))
+                weight = torch.randn(c, cg, 3, 3, device="cuda", dtype=dtype, generator=g) * (1.0 / (3 * cg ** 0.5))
                 bias = torch.randn(c, device="cuda", dtype=dtype, generator=g)
-                offset = torch.randn(batch, 18, h, w, device="cuda", dtype=dtype, generator=g) * 2.0
-                mask = torch.rand(batch, 9, h, w, device="cuda", dtype=dtype, generator=g)
+                offset = torch.randn(batch, 18 * og, h, w, device="cuda", dtype=dtype, generator=g) * 2.0
+                mask = torch.rand(batch, 9 * og, h, w, device="cuda", dtype=dtype, generator=g)
 
                 def ours(algo):
                     return lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask, algo=algo,
                                                       library=kernels)
 
                 tv = lambda: torchvision.ops.deform_conv2d(x, offset, weight, bias, 1, d, d, mask)  # noqa: E731
-                conv = lambda: F.conv2d(x, weight, bias, 1, d, d)  # noqa: E731
+                conv = lambda: F.conv2d(x, weight, bias, 1, d, d, layer.groups)  # noqa: E731
 
                 row = {"layer": layer.name, "shape": f"{batch}x{c}x{h}x{w}", "dtype": dtype_name}
                 with torch.no_grad():
@@ -213,7 +224,7 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                         print(f"torchvision failed on {layer.name} {dtype_name}: {exc}", file=sys.stderr)
                         row["torchvision_ms"] = row["torchvision_err"] = None
                     row["conv_ms"] = time_cuda(conv, warmup, iters, graph)
-                    if breakdown:
+                    if breakdown and layer.groups == 1:
                         row["gemm_kernels"] = kernel_breakdown(ours("gemm"))
                     del reference
                 rows.append(row)
@@ -234,7 +245,7 @@ def to_markdown(rows: List[dict], args) -> str:
         f"median of {args.iters} CUDA-event-timed "
         f"{'CUDA-graph replays (GPU time without Python launch overhead)' if not args.eager else 'eager calls'} "
         f"after {args.warmup} warm-up runs; v2 (mask), 3x3, stride 1, "
-        f"one offset group, C = out channels. Errors are ||out - ref|| / ||ref|| against torchvision's op in float64 "
+        f"one offset group unless named, C = out channels. Errors are ||out - ref|| / ||ref|| against torchvision's op in float64 "
         f"on the same inputs.",
         "",
         f"command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
@@ -268,6 +279,9 @@ def main(argv=None) -> int:
                         help="comma-separated kernels to time side by side: auto, gemm, fused, direct (default auto)")
     parser.add_argument("--eager", action="store_true",
                         help="time eager calls (with Python's launch overhead) instead of CUDA-graph replays")
+    parser.add_argument("--layers", default="issue", choices=sorted(LAYER_SETS),
+                        help="issue: ResNet-50 res3-5 at 800x1333 and DeepLab res5 (default); grouped: grouped and "
+                             "depth-wise layers at res4 size; all: both")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile the gemm path's kernels (torch.profiler) and print where its time goes")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this JSON file")
@@ -285,7 +299,7 @@ def main(argv=None) -> int:
         print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
         return 2
     rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos,
-               graph=not args.eager, breakdown=args.breakdown)
+               graph=not args.eager, breakdown=args.breakdown, layers=LAYER_SETS[args.layers])
     from dcn_deploy.io_utils import atomic_write_text
 
     if args.json:

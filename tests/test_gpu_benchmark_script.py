@@ -59,3 +59,11 @@ def test_kernel_breakdown_table(bench):
     assert "`fillBiasKernel<__half>` 0.100 (20%)" in table
     assert "`sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_...` 0.100 (20%)" in table
     assert "no breakdown" not in table
+
+
+def test_layer_sets(bench, capsys):
+    assert [layer.groups for layer in bench.LAYER_SETS["grouped"]] == [32, 256]
+    assert bench.LAYER_SETS["all"] == bench.LAYERS + bench.GROUPED_LAYERS
+    with pytest.raises(SystemExit):
+        bench.main(["--layers", "resnext"])
+    assert "invalid choice: 'resnext'" in capsys.readouterr().err
