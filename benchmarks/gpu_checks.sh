@@ -73,5 +73,7 @@ step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 
 echo "--- summary" | tee -a "$LOG"
 printf '%s\n' "${SUMMARY[@]}" | tee -a "$LOG"
 grep -E "passed|failed|ERROR SUMMARY|failure\(s\)|^FAIL|Error" "$LOG" | tail -n 40
-[ -f "$OUT_DIR/bench.md" ] && cat "$OUT_DIR/bench.md"
+for table in bench.md bench_grouped.md; do
+    [ -f "$OUT_DIR/$table" ] && cat "$OUT_DIR/$table"
+done
 exit 0
