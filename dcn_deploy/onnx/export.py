@@ -265,7 +265,7 @@ def _value_infos(values) -> List[Tuple[str, str, Tuple]]:
 
 def _count_deformable(model: onnx.ModelProto) -> Dict[str, int]:
     counts: Dict[str, int] = {}
-    for node in dcn_opset._all_nodes(model.graph):
+    for node in dcn_opset.all_nodes(model.graph):
         if dcn_opset.is_deformable_node(node):
             key = f"{node.domain or 'ai.onnx'}::{node.op_type}"
             counts[key] = counts.get(key, 0) + 1

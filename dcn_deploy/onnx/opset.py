@@ -27,7 +27,7 @@ from ..ops.spec import ShapeError, conv_output_size
 
 __all__ = [
     "DOMAIN", "VERSION", "MIN_OPSET", "BFLOAT16_MIN_OPSET", "FLOAT_TYPES", "OpDefinition", "ExportRefusal", "register_op",
-    "definitions", "get_definition", "attach_functions", "used_ops", "is_deformable_node",
+    "definitions", "get_definition", "attach_functions", "used_ops", "is_deformable_node", "all_nodes",
     "deform_conv_function", "deform_conv_schema",
 ]
 
@@ -111,16 +111,16 @@ def get_definition(name: str) -> OpDefinition:
 # Model-level helpers
 # --------------------------------------------------------------------------------------------------------------
 
-def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
+def all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
     """Nodes of ``graph`` and of its subgraphs (If/Loop/Scan bodies)."""
     for node in graph.node:
         yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
+                yield from all_nodes(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from _all_nodes(g)
+                    yield from all_nodes(g)
 
 
 def is_deformable_node(node: onnx.NodeProto) -> bool:
@@ -130,7 +130,7 @@ def is_deformable_node(node: onnx.NodeProto) -> bool:
 
 def used_ops(model: onnx.ModelProto) -> List[str]:
     """op_types of the ``dcn_deploy`` domain used in the model's graph (subgraphs included), sorted."""
-    return sorted({n.op_type for n in _all_nodes(model.graph) if n.domain == DOMAIN})
+    return sorted({n.op_type for n in all_nodes(model.graph) if n.domain == DOMAIN})
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

@@ -22,6 +22,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import onnx
 from onnx import helper
 
+from .opset import all_nodes
+
 __all__ = ["PLUGIN_DOMAIN", "PLUGIN_NAMESPACE", "PLUGIN_FIELDS", "RoutingError", "check_plugin_fields",
            "route_to_plugin", "routed_nodes", "unrouted_ops", "used_ops"]
 
@@ -42,23 +44,11 @@ class RoutingError(ValueError):
     """A node cannot be routed to our plugin as it is; the message names the node and the fix."""
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
-
 def _our_nodes(model: onnx.ModelProto, domain: str) -> Iterator[onnx.NodeProto]:
     """Our-domain nodes of the main graph, its subgraphs, and of functions (whose bodies the parser inlines)."""
-    for g in _graphs(model.graph):
-        for node in g.node:
-            if node.domain == domain:
-                yield node
+    for node in all_nodes(model.graph):
+        if node.domain == domain:
+            yield node
     for function in model.functions:
         if function.domain == domain:
             continue  # the bodies of our own ops are standard ONNX; never rewritten
