@@ -24,6 +24,8 @@ namespace
 {
 
 using shelltest::Builder;
+using shelltest::dimsExprs;
+using shelltest::tensorDesc;
 using shelltest::CaptureLogger;
 using shelltest::check;
 using shelltest::failures;
@@ -74,28 +76,6 @@ bool standardGeometry(std::vector<std::vector<int64_t>> const& shapes, dcn::Defo
     }
     dcn_deform_conv_attrs const attrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2}; // standardFields()
     return dcn::makeGeometry(dcn::descFromShapes(attrs, x, w), geometry).ok();
-}
-
-DimsExprs dimsExprs(Builder& builder, std::vector<int64_t> const& shape)
-{
-    DimsExprs e{};
-    e.nbDims = int32_t(shape.size());
-    for (size_t k = 0; k < shape.size(); ++k)
-        e.d[k] = builder.make(shape[k] >= 0, shape[k]);
-    return e;
-}
-
-DynamicPluginTensorDesc tensorDesc(std::vector<int64_t> const& shape, DataType type = DataType::kFLOAT,
-    TensorFormat format = TensorFormat::kLINEAR)
-{
-    DynamicPluginTensorDesc d{};
-    d.desc.dims.nbDims = int32_t(shape.size());
-    for (size_t k = 0; k < shape.size(); ++k)
-        d.desc.dims.d[k] = shape[k];
-    d.desc.type = type;
-    d.desc.format = format;
-    d.min = d.opt = d.max = d.desc.dims;
-    return d;
 }
 
 template <typename Capability>

@@ -24,6 +24,8 @@ namespace
 {
 
 using shelltest::Builder;
+using shelltest::dimsExprs;
+using shelltest::tensorDesc;
 using shelltest::check;
 using shelltest::failures;
 using LastErrorLogger = shelltest::CaptureLogger;
@@ -57,27 +59,6 @@ struct Fields
         collection.fields = fields.data();
     }
 };
-
-DimsExprs exprs(Builder& b, std::vector<int64_t> const& shape)
-{
-    DimsExprs e{};
-    e.nbDims = int32_t(shape.size());
-    for (size_t k = 0; k < shape.size(); ++k)
-        e.d[k] = b.make(shape[k] >= 0, shape[k]);
-    return e;
-}
-
-DynamicPluginTensorDesc tensor(std::vector<int64_t> const& shape, DataType type = DataType::kFLOAT)
-{
-    DynamicPluginTensorDesc d{};
-    d.desc.dims.nbDims = int32_t(shape.size());
-    for (size_t k = 0; k < shape.size(); ++k)
-        d.desc.dims.d[k] = shape[k];
-    d.desc.type = type;
-    d.desc.format = TensorFormat::kLINEAR;
-    d.min = d.opt = d.max = d.desc.dims;
-    return d;
-}
 
 std::string dimsText(DimsExprs const& e)
 {
@@ -119,14 +100,14 @@ void exercise(IPluginCreatorV3One& creator, Fields const& fields, std::vector<st
         op + ": plugin identity");
 
     Builder b;
-    DimsExprs in[3] = {exprs(b, shapes[0]), exprs(b, {-1, 5}), exprs(b, shapes[2])};
+    DimsExprs in[3] = {dimsExprs(b, shapes[0]), dimsExprs(b, {-1, 5}), dimsExprs(b, shapes[2])};
     DimsExprs out{};
-    bool const shaped = build->getOutputShapes(in, 3, nullptr, 0, &out, 1, *reinterpret_cast<IExprBuilder*>(&b)) == 0;
+    bool const shaped = build->getOutputShapes(in, 3, nullptr, 0, &out, 1, b) == 0;
     check(shaped && dimsText(out) == expectedOut,
         op + ": output shape with a dynamic RoI count is " + dimsText(out) + " (want " + expectedOut + ")");
-    DimsExprs badRois[3] = {exprs(b, shapes[0]), exprs(b, {7, 4}), exprs(b, shapes[2])};
+    DimsExprs badRois[3] = {dimsExprs(b, shapes[0]), dimsExprs(b, {7, 4}), dimsExprs(b, shapes[2])};
     logger.lastError.clear();
-    bool const refused = build->getOutputShapes(badRois, 3, nullptr, 0, &out, 1, *reinterpret_cast<IExprBuilder*>(&b)) != 0;
+    bool const refused = build->getOutputShapes(badRois, 3, nullptr, 0, &out, 1, b) != 0;
     check(refused && logger.lastError.find("rois dim 1 must be 5") != std::string::npos,
         op + ": rejects rois (7, 4): " + logger.lastError);
 
@@ -139,7 +120,7 @@ void exercise(IPluginCreatorV3One& creator, Fields const& fields, std::vector<st
     std::vector<int64_t> roisShape = {9, 5};
     std::vector<int64_t> third = shapes[2];
     third[0] = 9;
-    DynamicPluginTensorDesc io[4] = {tensor(shapes[0]), tensor(roisShape), tensor(third), tensor({9, 1, 1, 1})};
+    DynamicPluginTensorDesc io[4] = {tensorDesc(shapes[0]), tensorDesc(roisShape), tensorDesc(third), tensorDesc({9, 1, 1, 1})};
     check(build->supportsFormatCombination(0, io, 3, 1), op + ": float linear X supported");
     io[1].desc.type = DataType::kINT32;
     check(!build->supportsFormatCombination(1, io, 3, 1), op + ": int32 rois rejected");
@@ -185,8 +166,8 @@ void checkEnqueueOnGpu(IPluginCreatorV3One& creator, Fields const& fields, std::
     auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     std::vector<PluginTensorDesc> io;
     for (auto const& shape : in)
-        io.push_back(tensor(shape).desc);
-    io.push_back(tensor(out).desc);
+        io.push_back(tensorDesc(shape).desc);
+    io.push_back(tensorDesc(out).desc);
     check(runtime->onShapeChange(io.data(), 3, &io[3], 1) == 0, op + " GPU: onShapeChange");
 
     std::mt19937 rng(11);

@@ -137,6 +137,30 @@ private:
 };
 
 
+// Dimension expressions for a shape; -1 marks a dynamic (symbolic) dimension.
+inline DimsExprs dimsExprs(Builder& builder, std::vector<int64_t> const& shape)
+{
+    DimsExprs e{};
+    e.nbDims = int32_t(shape.size());
+    for (size_t k = 0; k < shape.size(); ++k)
+        e.d[k] = builder.make(shape[k] >= 0, shape[k]);
+    return e;
+}
+
+// A build-time tensor description with min = opt = max = shape.
+inline DynamicPluginTensorDesc tensorDesc(std::vector<int64_t> const& shape, DataType type = DataType::kFLOAT,
+    TensorFormat format = TensorFormat::kLINEAR)
+{
+    DynamicPluginTensorDesc d{};
+    d.desc.dims.nbDims = int32_t(shape.size());
+    for (size_t k = 0; k < shape.size(); ++k)
+        d.desc.dims.d[k] = shape[k];
+    d.desc.type = type;
+    d.desc.format = format;
+    d.min = d.opt = d.max = d.desc.dims;
+    return d;
+}
+
 // ---- with a GPU: the plugins' enqueue on real device memory ----
 inline bool cudaDevicePresent()
 {
