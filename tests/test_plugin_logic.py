@@ -13,6 +13,7 @@ import pytest
 from dcn_deploy.ops.spec import conv_output_size
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import FIELD_TYPE_INT32, DeformConvDesc, NativeError, NativeLibrary
+from shell_tests import run_shell_test
 
 DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "offset_group": 1}
 
@@ -257,12 +258,4 @@ def test_tensorrt_plugin_shell_without_tensorrt():
     """plugins/tests/pluginShellTest.cpp drives the IPluginV3 classes (creator, fields, getOutputShapes with a
     constant-folding stand-in for TensorRT's expression builder, format checks, configure, serialisation, clone).
     It checks our shell, not TensorRT; it is built with the plugin (nvcc + TensorRT headers)."""
-    import subprocess
-
-    exe = library.default_build_dir() / "bin" / "dcn_plugin_shell_test"
-    if not exe.is_file():
-        pytest.skip("dcn_plugin_shell_test not built (needs nvcc and TensorRT headers; run ./dev test or "
-                    "`dcn-deploy plugin build --fetch-trt-headers`)")
-    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "0 failure(s)" in proc.stdout and proc.stdout.count("ok ") >= 20
+    run_shell_test("dcn_plugin_shell_test", min_checks=20)

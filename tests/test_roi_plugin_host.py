@@ -12,6 +12,7 @@ import torch
 
 from dcn_deploy.ops.roi_pool import deform_psroi_pool, deform_roi_pool
 from dcn_deploy.plugin import library
+from shell_tests import run_shell_test
 
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
@@ -213,12 +214,4 @@ def test_tensorrt_plugin_shells_without_tensorrt():
     """plugins/tests/roiPoolShellTest.cpp drives both IPluginV3 classes (creators, fields, getOutputShapes with a
     constant-folding stand-in for TensorRT's expression builder, type/format checks, configure, onShapeChange,
     serialisation round trip, clone). It checks our shells, not TensorRT; it is built with the plugin."""
-    import subprocess
-
-    exe = library.default_build_dir() / "bin" / "dcn_roi_pool_shell_test"
-    if not exe.is_file():
-        pytest.skip("dcn_roi_pool_shell_test not built (needs nvcc and TensorRT headers; run ./dev test or "
-                    "`dcn-deploy plugin build --fetch-trt-headers`)")
-    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "0 failure(s)" in proc.stdout and proc.stdout.count("ok ") >= 30
+    run_shell_test("dcn_roi_pool_shell_test", min_checks=30)

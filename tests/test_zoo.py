@@ -14,13 +14,7 @@ from dcn_deploy.models.resnet import ResNet
 from dcn_deploy.models.rfcn import RFCNHead
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a busy 2-core machine, 2 OpenMP threads make these small convolutions ~20x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- torchvision's names, written out from the ResNet definition (torchvision cannot be imported here) -------------

@@ -18,12 +18,7 @@ from dcn_deploy.backends.ort_runner import OrtRunner  # noqa: E402
 RTOL = ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def round_trip(name, tmp_path, **build_kwargs):
