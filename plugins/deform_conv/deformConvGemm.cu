@@ -10,6 +10,7 @@
 // dense layer, but still slower than torchvision's kernel; benchmarks/gpu_notes.md says why and what is next.
 #include "cublasLoader.h"
 #include "dcnCudaDtype.cuh"
+#include "dcnCudaStatus.h"
 #include "deformConvColumns.h"
 #include "deformConvKernel.h"
 
@@ -117,15 +118,6 @@ unsigned blocksFor(int64_t total)
     return unsigned(std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t(1) << 30));
 }
 
-Status launchStatus(char const* what)
-{
-    cudaError_t const error = cudaGetLastError();
-    if (error == cudaSuccess)
-        return Status::success();
-    return Status::error(DCN_ERROR_CUDA, std::string("launching the ") + what + ": " + cudaGetErrorName(error) + " ("
-        + cudaGetErrorString(error) + ")");
-}
-
 template <typename T>
 void launchColumns(int32_t vector, DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* mask,
     T* columns, int32_t n0, int64_t p0, int32_t pixels, int64_t total, cudaStream_t stream)
@@ -158,24 +150,24 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
 
     int64_t const weightCount = int64_t(d.out_channels) * geo.channelsPerGroup * geo.kernelPoints;
     weightsKernel<T><<<blocksFor(weightCount), kThreads, 0, stream>>>(geo, weight, weights, weightCount);
-    Status status = launchStatus("weight re-layout kernel");
+    Status status = launchStatus("the weight re-layout kernel");
     for (int32_t n0 = 0; status.ok() && n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
         dim3 const tiles(unsigned((inPlane + 31) / 32), unsigned(std::min((d.in_channels + 31) / 32, 65535)), unsigned(images));
         nhwcKernel<T><<<tiles, dim3(32, 8), 0, stream>>>(geo, input, nhwc, n0);
-        status = launchStatus("channels-last transpose kernel");
+        status = launchStatus("the channels-last transpose kernel");
         for (int64_t p0 = 0; status.ok() && p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
             launchColumns<T>(plan.vector, geo, nhwc, offset, mask, columns, n0, p0, pixels,
                 columnThreads(geo, images, pixels, plan.vector), stream);
-            status = launchStatus("deformable sampling kernel");
+            status = launchStatus("the deformable sampling kernel");
             if (status.ok() && bias)
             {
                 fillBiasKernel<T><<<blocksFor(int64_t(images) * d.out_channels * pixels), kThreads, 0, stream>>>(
                     output, bias, d.out_channels, plane, n0, images, p0, pixels);
-                status = launchStatus("bias kernel");
+                status = launchStatus("the bias kernel");
             }
             for (int32_t g = 0; status.ok() && g < d.group; ++g)
             {

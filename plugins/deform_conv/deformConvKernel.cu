@@ -13,6 +13,7 @@
 //    weight tiles load coalesced; that copy is the only workspace, and it is small next to the activations.
 #include "cublasLoader.h"
 #include "dcnCudaDtype.cuh"
+#include "dcnCudaStatus.h"
 #include "deformConvKernel.h"
 #include "deformConvShapes.h"
 
@@ -360,13 +361,6 @@ int32_t currentComputeCapability()
     return capability;
 }
 
-Status cudaStatus(cudaError_t error, char const* what)
-{
-    if (error == cudaSuccess)
-        return Status::success();
-    return Status::error(DCN_ERROR_CUDA, std::string(what) + ": " + cudaGetErrorName(error) + " (" + cudaGetErrorString(error) + ")");
-}
-
 template <typename T>
 Status launchDirect(DeformConvGeometry const& geo, void const* input, void const* offset, void const* weight,
     void const* bias, void const* mask, void* output, cudaStream_t stream)
@@ -377,7 +371,7 @@ Status launchDirect(DeformConvGeometry const& geo, void const* input, void const
     deformConvDirectKernel<T><<<blocks, kThreads, 0, stream>>>(geo, static_cast<T const*>(input),
         static_cast<T const*>(offset), static_cast<T const*>(weight), static_cast<T const*>(bias),
         static_cast<T const*>(mask), static_cast<T*>(output), total);
-    return cudaStatus(cudaGetLastError(), "launching the direct deformable-convolution kernel");
+    return launchStatus("the direct deformable-convolution kernel");
 }
 
 template <typename T, bool kTensorCores, int kTileM>
@@ -406,7 +400,7 @@ Status launchFused(DeformConvGeometry const& geo, void const* input, void const*
         launchFusedTiles<T, kTensorCores, 128>(geo, input, offset, groupedWeight, bias, mask, output, stream);
     else
         launchFusedTiles<T, kTensorCores, 64>(geo, input, offset, groupedWeight, bias, mask, output, stream);
-    return cudaStatus(cudaGetLastError(), "launching the fused deformable-convolution kernel");
+    return launchStatus("the fused deformable-convolution kernel");
 }
 
 // The fused kernel reads the weights re-laid out with channels contiguous: OC*C/group*kH*kW elements.

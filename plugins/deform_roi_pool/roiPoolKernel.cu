@@ -1,5 +1,6 @@
 // CUDA kernels of the deformable RoI pooling ops: one thread per output element, the arithmetic of roiPoolMath.h
 // (half types load into float32 and round once at the end), behind the C ABI of roi_pool_kernels.h.
+#include "dcnCudaStatus.h"
 #include "dcnStatus.h"
 #include "roiPoolKernel.h"
 #include "roiPoolMath.h"
@@ -74,14 +75,6 @@ unsigned gridFor(int64_t total)
     return unsigned(blocks < 65535 * 8 ? blocks : 65535 * 8); // grid-stride loop covers the rest
 }
 
-Status launched(char const* what)
-{
-    cudaError_t const err = cudaGetLastError();
-    if (err != cudaSuccess)
-        return Status::error(DCN_ERROR_CUDA, std::string(what) + ": kernel launch failed: " + cudaGetErrorString(err));
-    return Status::success();
-}
-
 template <typename T>
 Status launchRoiPool(dcn_deform_roi_pool_desc const& d, void const* input, void const* rois, void const* offset,
     void* output, cudaStream_t stream)
@@ -89,7 +82,7 @@ Status launchRoiPool(dcn_deform_roi_pool_desc const& d, void const* input, void 
     int64_t const total = int64_t(d.num_rois) * d.channels * d.pooled_height * d.pooled_width;
     roiPoolKernel<T><<<gridFor(total), kThreads, 0, stream>>>(d, static_cast<T const*>(input),
         static_cast<T const*>(rois), static_cast<T const*>(offset), static_cast<T*>(output), total);
-    return launched("DeformRoIPool");
+    return launchStatus("the DeformRoIPool kernel");
 }
 
 template <typename T>
@@ -99,7 +92,7 @@ Status launchPsroiPool(dcn_deform_psroi_pool_desc const& d, void const* input, v
     int64_t const total = int64_t(d.num_rois) * d.output_dim * d.pooled_size * d.pooled_size;
     psroiPoolKernel<T><<<gridFor(total), kThreads, 0, stream>>>(d, static_cast<T const*>(input),
         static_cast<T const*>(rois), static_cast<T const*>(trans), static_cast<T*>(output), total);
-    return launched("DeformPSRoIPool");
+    return launchStatus("the DeformPSRoIPool kernel");
 }
 
 Status unsupported(int32_t dtype)
