@@ -1,5 +1,6 @@
-"""The fast CPU forward (``dcn_deform_conv2d_forward_cpu`` in the host library) against the torch composite, and
-its use by :func:`dcn_deploy.deform_conv2d` for grouped layers on the CPU.
+"""The fast CPU forward (``dcn_deform_conv2d_forward_cpu`` in the host library; for dense layers its sampling,
+``dcn_deform_conv2d_columns_cpu``, then torch's matrix product) against the torch composite, and its use by
+:func:`dcn_deploy.deform_conv2d` on the CPU.
 
 The composite (``_forward_composite``) is the reference here, called directly: ``deform_conv2d`` itself may now
 run the native forward.
@@ -14,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from dcn_deploy.ops import deform_conv as dc
-from dcn_deploy.plugin import library
+from dcn_deploy.plugin import library, native as native_module
 from dcn_deploy.plugin.native import DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_cpu
 from plugin_configs import Case, make_tensors, max_relative_error
 
-ENTRY = "dcn_deform_conv2d_forward_cpu"
+ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,9 @@ def cpu_lib() -> NativeLibrary:
     if path is None:
         pytest.skip("libdcn_deploy_host.so is not built (run `dcn-deploy plugin build`)")
     lib = NativeLibrary(path)
-    if not lib.has(ENTRY):
-        pytest.skip(f"{path} predates {ENTRY}; rebuild with `dcn-deploy plugin build`")
+    missing = [entry for entry in ENTRIES if not lib.has(entry)]
+    if missing:
+        pytest.skip(f"{path} predates {missing}; rebuild with `dcn-deploy plugin build`")
     return lib
 
 
@@ -99,6 +101,20 @@ def test_wide_layer_several_tiles_per_row(cpu_lib, groups, offset_groups, multip
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=3))
 
 
+@pytest.mark.parametrize("batch,offset_groups,pads", [(2, 1, (1, 1, 1, 1)), (3, 4, (0, 2, 1, 0))])
+def test_dense_layer_sampled_in_several_slices(cpu_lib, monkeypatch, batch, offset_groups, pads):
+    # 3 KiB slices = 5 pixels of 16 channels x 9 points: slices cross rows and end short (7 x 11 outputs).
+    monkeypatch.setattr(native_module, "_DENSE_SLICE_BYTES", 3 << 10)
+    case = Case(batch=batch, groups=1, offset_groups=offset_groups, in_channels=16, out_channels=12, height=7,
+                width=11, kernel=(3, 3), stride=(1, 1), pads=pads, dilation=(1, 1), with_mask=True, with_bias=True,
+                offset_scale=6.0)
+    tensors = make_tensors(case, torch.float32, seed=batch + offset_groups)
+    got = native(cpu_lib, case, *tensors)
+    assert max_relative_error(got, composite(case, *tensors)) < 1e-5
+    assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=1))
+    assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=3))
+
+
 def test_samples_far_off_the_image_give_the_bias(cpu_lib):
     x = torch.randn(1, 8, 5, 6)
     w = torch.randn(8, 2, 3, 3)
@@ -123,21 +139,21 @@ def test_empty_batch(cpu_lib):
 def test_dispatch_decision(cpu_lib, monkeypatch):
     monkeypatch.delenv(dc.NATIVE_CPU_ENV, raising=False)
     x = torch.randn(1, 8, 5, 5)
-    assert dc._native_cpu_library_for(x, torch.randn(8, 2, 3, 3)) is not None  # grouped
-    assert dc._native_cpu_library_for(x.double(), torch.randn(8, 1, 3, 3).double()) is not None  # depth-wise
-    assert dc._native_cpu_library_for(x, torch.randn(8, 8, 3, 3)) is None  # dense: torch's matrix product
-    assert dc._native_cpu_library_for(x.half(), torch.randn(8, 2, 3, 3).half()) is None  # upcast before asking
+    assert dc._native_cpu_library_for(x) is not None
+    assert dc._native_cpu_library_for(x.double()) is not None
+    assert dc._native_cpu_library_for(x.half()) is None  # upcast before asking
     monkeypatch.setenv(dc.NATIVE_CPU_ENV, "0")
-    assert dc._native_cpu_library_for(x, torch.randn(8, 2, 3, 3)) is None
+    assert dc._native_cpu_library_for(x) is None
 
 
 # bfloat16: both sides compute in float32 and round once, so they differ by at most one bfloat16 ulp
+@pytest.mark.parametrize("in_channels_per_group", [3, 12], ids=["grouped", "dense"])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.bfloat16, 1.6e-2)])
-def test_deform_conv2d_same_with_and_without_native(cpu_lib, monkeypatch, dtype, tolerance):
+def test_deform_conv2d_same_with_and_without_native(cpu_lib, monkeypatch, dtype, tolerance, in_channels_per_group):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 12, 9, 8, generator=g).to(dtype)
     off = (torch.randn(2, 2 * 3 * 6, 5, 8, generator=g) * 2).to(dtype)
-    w = torch.randn(8, 3, 3, 2, generator=g).to(dtype)
+    w = torch.randn(8, in_channels_per_group, 3, 2, generator=g).to(dtype)
     b = torch.randn(8, generator=g).to(dtype)
     m = torch.rand(2, 3 * 6, 5, 8, generator=g).to(dtype)
     kwargs = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 2), mask=m)
@@ -146,7 +162,7 @@ def test_deform_conv2d_same_with_and_without_native(cpu_lib, monkeypatch, dtype,
     monkeypatch.setattr(dc, "_forward_native_cpu", lambda *args: calls.append(1) or real(*args))
     monkeypatch.setenv(dc.NATIVE_CPU_ENV, "1")
     with_native = dc.deform_conv2d(x, off, w, b, **kwargs)
-    assert calls, "the grouped CPU layer did not take the native path"
+    assert calls, "the CPU layer did not take the native path"
     monkeypatch.setenv(dc.NATIVE_CPU_ENV, "0")
     without = dc.deform_conv2d(x, off, w, b, **kwargs)
     assert len(calls) == 1
@@ -222,3 +238,23 @@ def test_python_front_end_errors(cpu_lib):
     with pytest.raises(NativeError, match="float16"):
         deform_conv2d_cpu(x.half(), torch.randn(1, 18, 5, 5).half(), torch.randn(4, 2, 3, 3).half(), padding=1,
                           library=cpu_lib)
+
+
+def test_columns_entry_rejects_bad_ranges_pointers_and_dtypes(cpu_lib):
+    buf = ctypes.create_string_buffer(4 * 25 * 9 * 4)
+    fn = cpu_lib.lib.dcn_deform_conv2d_columns_cpu
+    desc = ctypes.byref(_desc(group=1))  # 5x5 output: pixels [0, 25)
+    f32 = DTYPE_CODES["float32"]
+    assert fn(desc, f32, buf, buf, None, 0, 20, 5, buf, 1) == 0
+    for image, begin, count, fragment in [(1, 0, 5, "image 1"), (-1, 0, 5, "image -1"), (0, 21, 5, "[21, 26)"),
+                                          (0, -1, 5, "pixels"), (0, 0, -2, "pixels")]:
+        assert fn(desc, f32, buf, buf, None, image, begin, count, buf, 1) == 1
+        assert fragment in cpu_lib.last_error() and "outside" in cpu_lib.last_error()
+    assert fn(desc, f32, buf, None, None, 0, 0, 5, buf, 1) == 1
+    assert "NULL" in cpu_lib.last_error()
+    assert fn(desc, f32, buf, buf, None, 0, 0, 5, buf, -1) == 1
+    assert "num_threads" in cpu_lib.last_error()
+    assert fn(desc, DTYPE_CODES["float16"], buf, buf, None, 0, 0, 5, buf, 1) == 2
+    assert "float32" in cpu_lib.last_error()
+    assert fn(ctypes.byref(_desc(group=3)), f32, buf, buf, None, 0, 0, 5, buf, 1) == 1
+    assert "group" in cpu_lib.last_error()

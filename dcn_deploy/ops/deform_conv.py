@@ -17,8 +17,8 @@ the paper's v1), and ``bilinear`` lets each of the four neighbours outside the i
 Implementation: the four bilinear neighbours of every sample are gathered and weighted (mask folded into the
 weights) by one ``embedding_bag`` over a channels-last copy of the input, then one matrix product (or one per
 convolution group). Everything is differentiable torch, so the backward pass is autograd through the same code.
-Half types are computed in float32. On the CPU, the forward of grouped and depth-wise layers runs the compiled
-``dcn_deform_conv2d_forward_cpu`` of the host library instead when it is built (see :func:`_native_cpu_library_for`).
+Half types are computed in float32. On the CPU, the forward runs the host library's compiled code instead when it
+is built (:func:`dcn_deploy.plugin.native.deform_conv2d_cpu`; see :func:`_native_cpu_library_for`).
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.
 
 # Set to 0 to keep every CPU forward on the torch composite (e.g. to compare the two).
 NATIVE_CPU_ENV = "DCN_DEPLOY_NATIVE_CPU"
-_NATIVE_CPU_ENTRY = "dcn_deform_conv2d_forward_cpu"
+_NATIVE_CPU_ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu")
 
 
 @functools.lru_cache(maxsize=1)
@@ -195,21 +195,20 @@ def _native_cpu_library():
         lib = load_library("host", path)
     except OSError:  # a stale or foreign-architecture build: stay on the torch path
         return None
-    return lib if lib.has(_NATIVE_CPU_ENTRY) else None
+    return lib if all(lib.has(entry) for entry in _NATIVE_CPU_ENTRIES) else None
 
 
-def _native_cpu_library_for(input: torch.Tensor, weight: torch.Tensor):
+def _native_cpu_library_for(input: torch.Tensor):
     """The host library to run this forward with, or None for the torch composite.
 
-    Why: for grouped and depth-wise layers the composite's sampling (a weighted ``embedding_bag``) and its many
-    small products cost 3-4x ONNX Runtime's compiled kernel, while the compiled forward in the host library is
-    faster than ONNX Runtime. Dense layers (groups == 1) stay on torch, whose one large matrix product (MKL) beats
-    it. Only CPU float32/float64 tensors qualify (half types arrive here already upcast), and
-    ``DCN_DEPLOY_NATIVE_CPU=0`` turns the native path off.
+    Why: the composite's sampling (a weighted ``embedding_bag`` over freshly allocated columns) costs a third of
+    a dense layer's time, and for grouped and depth-wise layers its many small products cost 3-4x ONNX Runtime's
+    kernel; the host library's compiled code does both faster (benchmarks/RESULTS.md). Only CPU float32/float64
+    tensors qualify (half types arrive here already upcast), and ``DCN_DEPLOY_NATIVE_CPU=0`` turns it off.
     """
     if input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64):
         return None
-    if input.shape[1] == weight.shape[1] or os.environ.get(NATIVE_CPU_ENV, "1") == "0":  # groups == 1, or disabled
+    if os.environ.get(NATIVE_CPU_ENV, "1") == "0":
         return None
     return _native_cpu_library()
 
@@ -238,7 +237,7 @@ def _deform_conv2d_op(input: torch.Tensor, offset: torch.Tensor, weight: torch.T
     with torch.no_grad():
         args = (input.to(compute).contiguous(), offset.to(compute).contiguous(), weight.to(compute),
                 _upcast(bias, compute), _upcast(mask, compute), stride, padding, dilation)
-        native = _native_cpu_library_for(args[0], args[2])
+        native = _native_cpu_library_for(args[0])
         out = _forward_native_cpu(native, *args) if native is not None else _forward_composite(*args)
     return out.to(input.dtype)
 

@@ -94,6 +94,13 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
  * num_threads: 0 = OpenMP's default; ignored in a build without OpenMP. */
 DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input,
     const void* offset, const void* weight, const void* bias, const void* mask, void* output, int32_t num_threads);
+/* The first half of that forward for dense layers: the sampled columns of output pixels
+ * [pixel_begin, pixel_begin + pixel_count) of one image (pixel = y * out_width + x), times the mask, as
+ * (pixel_count, kernel_h*kernel_w, in_channels) into `columns`. input_nhwc is the input channels-last,
+ * (N, H, W, C); offset and mask as above. The caller multiplies the columns with the weights (a BLAS product). */
+DCN_API int32_t dcn_deform_conv2d_columns_cpu(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input_nhwc,
+    const void* offset, const void* mask, int32_t image, int64_t pixel_begin, int64_t pixel_count, void* columns,
+    int32_t num_threads);
 
 /* ---- libdcn_deploy_kernels.so (and the TensorRT plugin library) ---- */
 DCN_API int32_t dcn_cuda_available(void);
