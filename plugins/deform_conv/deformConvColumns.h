@@ -174,11 +174,20 @@ inline int64_t columnThreads(DeformConvGeometry const& geo, int32_t images, int3
     return int64_t(images) * pixels * geo.kernelPoints * (geo.d.in_channels / vector);
 }
 
+// Whether a chunk's thread indices, and its output pixel numbers, fit 32-bit unsigned arithmetic, with room for
+// the grid-stride step past the end (the launch's stride is below total + one block, so idx + stride stays below
+// 2 * (2^30 + 256) < 2^32). Always true under the default column budget. Why bother: the index decomposition is
+// four divisions per thread, and 64-bit ones cost several times as many instructions on the GPU.
+inline bool columnIndexFits32(DeformConvGeometry const& geo, int64_t total)
+{
+    return total <= (int64_t(1) << 30) && int64_t(geo.outH) * geo.outW <= (int64_t(1) << 31);
+}
+
 // Thread idx of a chunk (images n0.., pixels p0..p0+pixels) samples `Vector` channels into the columns.
-// nhwc holds the chunk's images (image n0 first).
-template <typename T, int Vector>
+// nhwc holds the chunk's images (image n0 first). Index: uint32_t where columnIndexFits32, else int64_t.
+template <typename T, int Vector, typename Index>
 DCN_HD void columnVector(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* mask, T* columns,
-    int32_t n0, int64_t p0, int32_t pixels, int64_t idx)
+    int32_t n0, int64_t p0, int32_t pixels, Index idx)
 {
     using Acc = typename ElementTraits<T>::Acc;
     struct alignas(sizeof(T) * Vector) Pack
@@ -188,15 +197,16 @@ DCN_HD void columnVector(DeformConvGeometry const& geo, T const* nhwc, T const* 
     dcn_deform_conv_desc const& d = geo.d;
     int32_t const channels = d.in_channels;
     int32_t const kernelPoints = geo.kernelPoints;
-    int32_t const c = int32_t(idx % (channels / Vector)) * Vector;
-    int64_t rest = idx / (channels / Vector);
-    int32_t const kp = int32_t(rest % kernelPoints);
-    rest /= kernelPoints;
-    int32_t const p = int32_t(rest % pixels);
-    int32_t const img = int32_t(rest / pixels);
-    int64_t const pixel = p0 + p;
-    int32_t const y = int32_t(pixel / geo.outW);
-    int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
+    Index const vectors = Index(channels / Vector);
+    int32_t const c = int32_t(idx % vectors) * Vector;
+    Index rest = idx / vectors;
+    int32_t const kp = int32_t(rest % Index(kernelPoints));
+    rest /= Index(kernelPoints);
+    int32_t const p = int32_t(rest % Index(pixels));
+    int32_t const img = int32_t(rest / Index(pixels));
+    Index const pixel = Index(p0) + Index(p); // below outH * outW
+    int32_t const y = int32_t(pixel / Index(geo.outW));
+    int32_t const x = int32_t(pixel - Index(y) * Index(geo.outW));
     int32_t const og = c / geo.channelsPerOffsetGroup;
     BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, kp, y, x);
 

@@ -87,12 +87,12 @@ __global__ void __launch_bounds__(kThreads) weightsKernel(
         weightElement<T>(geo, weight, weights, idx);
 }
 
-template <typename T, int Vector>
+template <typename T, int Vector, typename Index>
 __global__ void __launch_bounds__(kThreads) columnsKernel(DeformConvGeometry const geo, T const* __restrict__ nhwc,
     T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns, int32_t const n0,
-    int64_t const p0, int32_t const pixels, int64_t const total)
+    int64_t const p0, int32_t const pixels, Index const total)
 {
-    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x)
+    for (Index idx = Index(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += Index(gridDim.x) * blockDim.x)
         columnVector<T, Vector>(geo, nhwc, offset, mask, columns, n0, p0, pixels, idx);
 }
 
@@ -118,18 +118,28 @@ unsigned blocksFor(int64_t total)
     return unsigned(std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t(1) << 30));
 }
 
+template <typename T, typename Index>
+void launchColumnsIndexed(int32_t vector, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
+    T const* mask, T* columns, int32_t n0, int64_t p0, int32_t pixels, Index total, cudaStream_t stream)
+{
+    unsigned const blocks = blocksFor(int64_t(total));
+    switch (vector)
+    {
+    case 8: columnsKernel<T, 8, Index><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
+    case 4: columnsKernel<T, 4, Index><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
+    case 2: columnsKernel<T, 2, Index><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
+    default: columnsKernel<T, 1, Index><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total);
+    }
+}
+
 template <typename T>
 void launchColumns(int32_t vector, DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* mask,
     T* columns, int32_t n0, int64_t p0, int32_t pixels, int64_t total, cudaStream_t stream)
 {
-    unsigned const blocks = blocksFor(total);
-    switch (vector)
-    {
-    case 8: columnsKernel<T, 8><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
-    case 4: columnsKernel<T, 4><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
-    case 2: columnsKernel<T, 2><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
-    default: columnsKernel<T, 1><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total);
-    }
+    if (columnIndexFits32(geo, total))
+        launchColumnsIndexed<T, uint32_t>(vector, geo, nhwc, offset, mask, columns, n0, p0, pixels, uint32_t(total), stream);
+    else
+        launchColumnsIndexed<T, int64_t>(vector, geo, nhwc, offset, mask, columns, n0, p0, pixels, total, stream);
 }
 
 template <typename T>

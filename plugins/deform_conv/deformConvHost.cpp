@@ -85,8 +85,12 @@ void columnsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offset, 
     int32_t images, int64_t p0, int32_t pixels)
 {
     int64_t const total = columnThreads(geo, images, pixels, Vector);
-    for (int64_t idx = 0; idx < total; ++idx)
-        columnVector<T, Vector>(geo, nhwc, offset, mask, columns, n0, p0, pixels, idx);
+    if (columnIndexFits32(geo, total)) // the index type the CUDA launch picks
+        for (uint32_t idx = 0; idx < uint32_t(total); ++idx)
+            columnVector<T, Vector>(geo, nhwc, offset, mask, columns, n0, p0, pixels, idx);
+    else
+        for (int64_t idx = 0; idx < total; ++idx)
+            columnVector<T, Vector>(geo, nhwc, offset, mask, columns, n0, p0, pixels, idx);
 }
 
 template <typename T>
