@@ -16,7 +16,7 @@ __all__ = ["RUNNER_KINDS", "make_runner", "onnx_io_metadata", "tensorrt_missing_
 RUNNER_KINDS = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")
 RUNNER_HELP = ("ort: ONNX Runtime on the CPU; ort-cuda: ONNX Runtime's CUDA provider (onnxruntime-gpu); "
                "torch: the PyTorch model (needs --model); trt: TensorRT (needs tensorrt and a GPU); "
-               "onnx-reference: onnx's pure-Python reference evaluator (slow, the standard's semantics)")
+               "onnx-reference: onnx's numpy reference evaluator (the standard's semantics; slower than the runtimes)")
 
 
 def onnx_io_metadata(path: os.PathLike) -> Tuple[Tuple[TensorMeta, ...], Tuple[str, ...]]:

@@ -1,9 +1,10 @@
 """A runner over ``onnx.reference.ReferenceEvaluator``: the ONNX specification in pure Python.
 
-Slow (every op is numpy, DeformConv loops over kernel points), but independent of any runtime, so it answers
-"does ONNX Runtime execute this file as the standard says?" (``dcn-deploy verify MODEL.onnx --against ort``).
-It runs the function bodies stored in the file, so our ``dcn_deploy`` ops need no registration.
-Known limit (field notes): its DeformConv divides by zero when a DeformConv input's H or W is 1.
+Slow (every op is numpy), but independent of any runtime, so it answers "does ONNX Runtime execute this file as
+the standard says?" (``dcn-deploy verify MODEL.onnx --against ort``). It runs the function bodies stored in the
+file, so our ``dcn_deploy`` ops need no registration. Its 2-D ``DeformConv`` is our vectorised numpy version of the
+standard (:mod:`.reference_deform_conv`): onnx's own takes minutes per small layer and divides by zero when H or W
+is 1.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class OnnxReferenceRunner(Runner):
 
     def _activate(self) -> None:
         import onnx
-        from onnx.reference import ReferenceEvaluator
+
+        from .reference_deform_conv import FastDeformConvEvaluator
 
         register_dcn_schemas()
         if isinstance(self.model, (str, os.PathLike)):
@@ -64,7 +66,7 @@ class OnnxReferenceRunner(Runner):
         self._inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
         self._output_names = tuple(v.name for v in proto.graph.output)
         try:
-            self._evaluator = ReferenceEvaluator(proto)
+            self._evaluator = FastDeformConvEvaluator(proto)
         except Exception as exc:  # the evaluator raises many types for unsupported ops
             raise RunnerError(f"onnx-reference: cannot load the model: {exc}") from exc
 
