@@ -97,7 +97,7 @@ def reference(case: Case, x, off, w, b, m) -> torch.Tensor:
     """dcn_deploy's reference op on its torch composite. Asymmetric padding = zero-padding the input
     (out-of-image samples are zero).
 
-    The op's compiled CPU path (grouped layers) is built from the same deformConvMath.h as the kernels under
+    The op's compiled CPU path is built from the same deformConvMath.h as the kernels under
     test here, so it is switched off: the reference stays independent of the code it checks.
     """
     saved = os.environ.get(NATIVE_CPU_ENV)

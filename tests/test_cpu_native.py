@@ -103,7 +103,8 @@ def test_wide_layer_several_tiles_per_row(cpu_lib, groups, offset_groups, multip
 
 @pytest.mark.parametrize("batch,offset_groups,pads", [(2, 1, (1, 1, 1, 1)), (3, 4, (0, 2, 1, 0))])
 def test_dense_layer_sampled_in_several_slices(cpu_lib, monkeypatch, batch, offset_groups, pads):
-    # 3 KiB slices = 5 pixels of 16 channels x 9 points: slices cross rows and end short (7 x 11 outputs).
+    # 3 KiB would be 5 pixels of 16 channels x 9 points; the floor of 16 pixels per slice applies: slices cross
+    # rows and end short (7 x 11 outputs = 77 = 4 x 16 + 13, or 66 with the asymmetric pads).
     monkeypatch.setattr(native_module, "_DENSE_SLICE_BYTES", 3 << 10)
     case = Case(batch=batch, groups=1, offset_groups=offset_groups, in_channels=16, out_channels=12, height=7,
                 width=11, kernel=(3, 3), stride=(1, 1), pads=pads, dilation=(1, 1), with_mask=True, with_bias=True,
@@ -113,6 +114,20 @@ def test_dense_layer_sampled_in_several_slices(cpu_lib, monkeypatch, batch, offs
     assert max_relative_error(got, composite(case, *tensors)) < 1e-5
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=1))
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=3))
+
+
+@pytest.mark.parametrize("in_channels_per_group", [2, 4], ids=["grouped", "dense"])
+def test_inputs_that_require_grad(cpu_lib, in_channels_per_group):
+    # a trained module's Parameter straight in: the result is a plain tensor (not differentiable), not an error
+    g = torch.Generator().manual_seed(3)
+    weight = torch.nn.Parameter(torch.randn(6, in_channels_per_group, 3, 3, generator=g))
+    x, off = torch.randn(1, 4, 5, 5, generator=g), torch.randn(1, 18, 5, 5, generator=g)
+    bias = torch.nn.Parameter(torch.randn(6, generator=g))
+    got = deform_conv2d_cpu(x, off, weight, bias, padding=1, library=cpu_lib)
+    assert not got.requires_grad
+    with torch.no_grad():
+        expected = dc._forward_composite(x, off, weight, bias, None, (1, 1), (1, 1), (1, 1))
+    assert max_relative_error(got, expected) < 1e-5
 
 
 def test_samples_far_off_the_image_give_the_bias(cpu_lib):
@@ -246,10 +261,13 @@ def test_columns_entry_rejects_bad_ranges_pointers_and_dtypes(cpu_lib):
     desc = ctypes.byref(_desc(group=1))  # 5x5 output: pixels [0, 25)
     f32 = DTYPE_CODES["float32"]
     assert fn(desc, f32, buf, buf, None, 0, 20, 5, buf, 1) == 0
-    for image, begin, count, fragment in [(1, 0, 5, "image 1"), (-1, 0, 5, "image -1"), (0, 21, 5, "[21, 26)"),
-                                          (0, -1, 5, "pixels"), (0, 0, -2, "pixels")]:
+    for image, begin, count, fragment in [
+            (1, 0, 5, "image 1 is outside the batch [0, 1)"), (-1, 0, 5, "image -1 is outside the batch [0, 1)"),
+            (0, 21, 5, "pixel_begin 21 and pixel_count 5 must lie inside the output plane [0, 25)"),
+            (0, -1, 5, "pixel_begin -1 and"), (0, 0, -2, "pixel_count -2 must"), (0, 26, 0, "pixel_begin 26 and"),
+            (0, 2 ** 63 - 2, 5, "pixel_count 5 must")]:  # the last: begin + count overflows int64
         assert fn(desc, f32, buf, buf, None, image, begin, count, buf, 1) == 1
-        assert fragment in cpu_lib.last_error() and "outside" in cpu_lib.last_error()
+        assert fragment in cpu_lib.last_error()
     assert fn(desc, f32, buf, None, None, 0, 0, 5, buf, 1) == 1
     assert "NULL" in cpu_lib.last_error()
     assert fn(desc, f32, buf, buf, None, 0, 0, 5, buf, -1) == 1

@@ -245,6 +245,29 @@ def test_bilinear_boundary_rule_by_hand():
     torch.testing.assert_close(deform_conv2d(image, offset, weight), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native_cpu", "composite"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_nan_and_infinite_offsets_sample_nothing(monkeypatch, native, groups):
+    # as far off the image as possible: such a sample contributes zero, in the forward and the backward
+    monkeypatch.setenv("DCN_DEPLOY_NATIVE_CPU", native)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 4, 5, 6, generator=g, requires_grad=True)
+    weight = torch.randn(6, 4 // groups, 3, 3, generator=g, requires_grad=True)
+    offset = torch.randn(2, 18, 5, 6, generator=g)
+    far = offset.clone()
+    for value, where in ((math.nan, (0, 4, 1, 2)), (math.inf, (1, 9, 3, 0)), (-math.inf, (1, 16, 0, 5))):
+        offset[where] = value
+        far[where] = 1e6
+    offset.requires_grad_()
+    mask = torch.rand(2, 9, 5, 6, generator=g)
+    out = deform_conv2d(x, offset, weight, padding=1, mask=mask)
+    with torch.no_grad():
+        expected = deform_conv2d(x, far, weight, padding=1, mask=mask)
+    torch.testing.assert_close(out.detach(), expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (x, weight, offset))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # An independent per-sample float64 loop
 

@@ -3,6 +3,7 @@ implementation on configurations small enough for it (it loops in Python per out
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -101,3 +102,23 @@ def test_inconsistent_shapes_are_named():
     with pytest.raises(ValueError, match=r"offset \(1, 16, 5, 5\)"):
         deform_conv_2d(x, np.ones((4, 4, 3, 3)), np.ones((1, 16, 5, 5)), dilations=(1, 1), group=1, offset_group=1,
                        pads=(1, 1, 1, 1), strides=(1, 1))
+    with pytest.raises(ValueError, match=r"expected \(1, 18, 3, 2\)"):  # strides (2, 3): a 3x2 output, not 5x5
+        deform_conv_2d(x, np.ones((4, 4, 3, 3)), np.ones((1, 18, 5, 5)), dilations=(1, 1), group=1, offset_group=1,
+                       pads=(1, 1, 1, 1), strides=(2, 3))
+    with pytest.raises(ValueError, match=r"kernel_shape=\[2, 2\]"):
+        deform_conv_2d(x, np.ones((4, 4, 3, 3)), np.ones((1, 18, 5, 5)), dilations=(1, 1), group=1, offset_group=1,
+                       pads=(1, 1, 1, 1), strides=(1, 1), kernel_shape=(2, 2))
+
+
+def test_infinite_and_nan_offsets_sample_nothing_without_warnings():
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((3, 2, 3, 3))
+    offset = rng.standard_normal((1, 18, 4, 4))
+    far = offset.copy()
+    offset[0, 3, 1, 1], offset[0, 8, 2, 0], offset[0, 11, 3, 3] = np.inf, -np.inf, np.nan
+    far[0, 3, 1, 1] = far[0, 8, 2, 0] = far[0, 11, 3, 3] = 1e6
+    kwargs = dict(dilations=(1, 1), group=1, offset_group=1, pads=(1, 1, 1, 1), strides=(1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = deform_conv_2d(x, w, offset, **kwargs)
+    np.testing.assert_allclose(got, deform_conv_2d(x, w, far, **kwargs), rtol=1e-12, atol=1e-12)

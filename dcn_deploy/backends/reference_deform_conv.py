@@ -26,7 +26,8 @@ def _corner_taps(py: np.ndarray, px: np.ndarray, height: int, width: int):
     """The four bilinear neighbours of each sample: [(flat index, weight)], weight 0 where outside the image."""
     y0 = np.floor(py)
     x0 = np.floor(px)
-    ly, lx = py - y0, px - x0
+    with np.errstate(invalid="ignore"):  # inf - inf: that sample is outside, its weight is set to 0 below
+        ly, lx = py - y0, px - x0
     taps = []
     for dy, wy in ((0, 1 - ly), (1, ly)):
         for dx, wx in ((0, 1 - lx), (1, lx)):
@@ -37,21 +38,28 @@ def _corner_taps(py: np.ndarray, px: np.ndarray, height: int, width: int):
     return taps
 
 
-def deform_conv_2d(X, W, offset, B=None, mask=None, *, dilations, group, offset_group, pads, strides) -> np.ndarray:
+def deform_conv_2d(X, W, offset, B=None, mask=None, *, dilations, group, offset_group, pads, strides,
+                   kernel_shape=None) -> np.ndarray:
     """Numpy DeformConv for X (N, C, H, W); the other arguments as in the ONNX operator."""
     n, channels, height, width = X.shape
     out_channels, channels_per_group, kh, kw = W.shape
     points = kh * kw
-    oh, ow = offset.shape[2], offset.shape[3]
     if channels != channels_per_group * group or out_channels % group or channels % offset_group:
         raise ValueError(f"DeformConv: X {X.shape} and W {W.shape} do not fit group={group} and "
                          f"offset_group={offset_group} (C = W.shape[1] * group; group and offset_group divide C, "
                          f"group divides the output channels)")
-    if offset.shape[:2] != (n, offset_group * points * 2) or (mask is not None and mask.shape != (
+    oh, ow = (  # the output size the attributes give; offset and mask must have it
+        (size + pads[axis] + pads[axis + 2] - dilations[axis] * (kernel - 1) - 1) // strides[axis] + 1
+        for axis, (size, kernel) in enumerate(((height, kh), (width, kw))))
+    if kernel_shape is not None and tuple(kernel_shape) != (kh, kw):
+        raise ValueError(f"DeformConv: kernel_shape={list(kernel_shape)} but W {W.shape} has a {kh}x{kw} kernel")
+    if offset.shape != (n, offset_group * points * 2, oh, ow) or (mask is not None and mask.shape != (
             n, offset_group * points, oh, ow)):
-        raise ValueError(f"DeformConv: offset {offset.shape} (expected ({n}, {offset_group * points * 2}, oH, oW))"
-                         f" or mask {None if mask is None else mask.shape} (expected ({n}, {offset_group * points},"
-                         f" {oh}, {ow})) does not fit X {X.shape}, W {W.shape} and offset_group={offset_group}")
+        raise ValueError(f"DeformConv: offset {offset.shape} (expected {(n, offset_group * points * 2, oh, ow)})"
+                         f" or mask {None if mask is None else mask.shape} (expected "
+                         f"{(n, offset_group * points, oh, ow)}) does not fit X {X.shape}, W {W.shape}, "
+                         f"offset_group={offset_group}, strides={list(strides)}, pads={list(pads)} and "
+                         f"dilations={list(dilations)}")
     per_offset_group = channels // offset_group
     out_per_group = out_channels // group
     x64 = X.astype(np.float64)
@@ -63,9 +71,11 @@ def deform_conv_2d(X, W, offset, B=None, mask=None, *, dilations, group, offset_
               + (np.arange(kh) * dilations[0]).reshape(kh, 1, 1, 1))
     base_x = ((np.arange(ow) * strides[1] - pads[1]).reshape(1, 1, 1, ow)
               + (np.arange(kw) * dilations[1]).reshape(1, kw, 1, 1))
-    # columns[n, c, (i, j), (y, x)]: mask * bilinear sample, built per (image, offset group) to bound memory
-    columns = np.empty((n, channels, points, oh * ow))
-    for image in range(n):
+    w64 = W.astype(np.float64).reshape(out_channels, channels_per_group * points)
+    out = np.empty((n, out_channels, oh * ow))
+    for image in range(n):  # one image's columns at a time: memory stays at one image's C*kH*kW*oH*oW
+        # columns[c, (i, j), (y, x)]: mask * bilinear sample
+        columns = np.empty((channels, points, oh * ow))
         for g in range(offset_group):
             py = (base_y + offsets[image, g, :, :, 0]).reshape(points, oh * ow)
             px = (base_x + offsets[image, g, :, :, 1]).reshape(points, oh * ow)
@@ -73,14 +83,11 @@ def deform_conv_2d(X, W, offset, B=None, mask=None, *, dilations, group, offset_
             sampled = np.zeros((per_offset_group, points, oh * ow))
             for index, weight in _corner_taps(py, px, height, width):
                 sampled += plane[:, index] * weight
-            columns[image, g * per_offset_group:(g + 1) * per_offset_group] = (
+            columns[g * per_offset_group:(g + 1) * per_offset_group] = (
                 sampled * scale[image, g].reshape(points, oh * ow))
-    out = np.empty((n, out_channels, oh * ow))
-    w64 = W.astype(np.float64).reshape(out_channels, channels_per_group * points)
-    for g in range(group):
-        cols = columns[:, g * channels_per_group:(g + 1) * channels_per_group].reshape(n, -1, oh * ow)
-        out[:, g * out_per_group:(g + 1) * out_per_group] = np.matmul(
-            w64[g * out_per_group:(g + 1) * out_per_group], cols)
+        for g in range(group):
+            cols = columns[g * channels_per_group:(g + 1) * channels_per_group].reshape(-1, oh * ow)
+            out[image, g * out_per_group:(g + 1) * out_per_group] = w64[g * out_per_group:(g + 1) * out_per_group] @ cols
     if B is not None:
         out += B.astype(np.float64).reshape(1, out_channels, 1)
     return out.reshape(n, out_channels, oh, ow).astype(X.dtype)
@@ -97,7 +104,8 @@ class DeformConv(_OnnxDeformConv):
             return super()._run(X, W, offset, B, mask, dilations=dilations, group=group, kernel_shape=kernel_shape,
                                 offset_group=offset_group, pads=pads, strides=strides)
         out = deform_conv_2d(X, W, offset, B, mask, dilations=dilations or (1, 1), group=group or 1,
-                             offset_group=offset_group or 1, pads=pads or (0, 0, 0, 0), strides=strides or (1, 1))
+                             offset_group=offset_group or 1, pads=pads or (0, 0, 0, 0), strides=strides or (1, 1),
+                             kernel_shape=kernel_shape)
         return (out,)
 
 
@@ -106,7 +114,8 @@ class FastDeformConvEvaluator(ReferenceEvaluator):
 
     onnx builds the evaluators of a model's functions (our ``dcn_deploy`` ops' bodies) as ``self.__class__(...)``
     without the ``new_ops`` argument, so the override is given here, by default, instead of by the caller.
+    A caller's own ``new_ops`` come first (onnx keeps the first class per op), so they win over ours.
     """
 
     def __init__(self, proto, *args, new_ops=None, **kwargs):
-        super().__init__(proto, *args, new_ops=[DeformConv, *(new_ops or [])], **kwargs)
+        super().__init__(proto, *args, new_ops=[*(new_ops or []), DeformConv], **kwargs)

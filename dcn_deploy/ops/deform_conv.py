@@ -66,6 +66,11 @@ def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: i
     off = offset.view(n, groups, k, 2, oh * ow).permute(0, 4, 2, 1, 3)
     py = base_y + off[..., 0]
     px = base_x + off[..., 1]
+    # A NaN or infinite offset samples nothing (as in the kernels, ONNX Runtime and the ONNX reference): move the
+    # position to -2, where all four neighbours are outside, so floor, the weights and the indices stay finite.
+    finite = torch.isfinite(py) & torch.isfinite(px)
+    py = torch.where(finite, py, -2.0)
+    px = torch.where(finite, px, -2.0)
     y0 = torch.floor(py)
     x0 = torch.floor(px)
     ly, lx = py - y0, px - x0

@@ -2,7 +2,7 @@
 
 ``deform_conv2d_host`` runs the host build of the kernels (CPU tensors; CI checks the CUDA code's indexing and
 math this way), ``deform_conv2d_cpu`` the fast CPU forward (what :func:`dcn_deploy.deform_conv2d` uses on the CPU
-for grouped layers), ``deform_conv2d_cuda`` the CUDA kernels (CUDA tensors, on the current stream). Both take
+when the library is built), ``deform_conv2d_cuda`` the CUDA kernels (CUDA tensors, on the current stream). Both take
 torchvision's arguments, plus ``padding`` as 4 values ``(top, left, bottom, right)`` for asymmetric padding
 (ONNX ``pads`` order). The plugin's plain logic (field parsing, serialisation, shape checks) is reachable through
 :class:`NativeLibrary` too, for tests.
@@ -294,6 +294,7 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
 
     desc = _describe(input, offset, weight, bias, mask, stride, padding, dilation)
     t, dtype = _prepare(input, offset, weight, bias, mask, "cpu")
+    t = {name: None if v is None else v.detach() for name, v in t.items()}  # mm(out=...) refuses autograd inputs
     lib = library or load_library("host")
     oh, ow = lib.output_size(desc)
     plane, points = oh * ow, desc.kernel_h * desc.kernel_w

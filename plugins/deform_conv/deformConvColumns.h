@@ -176,8 +176,9 @@ inline int64_t columnThreads(DeformConvGeometry const& geo, int32_t images, int3
 
 // Whether a chunk's thread indices, and its output pixel numbers, fit 32-bit unsigned arithmetic, with room for
 // the grid-stride step past the end (the launch's stride is below total + one block, so idx + stride stays below
-// 2 * (2^30 + 256) < 2^32). Always true under the default column budget. Why bother: the index decomposition is
-// four divisions per thread, and 64-bit ones cost several times as many instructions on the GPU.
+// 2 * (2^30 + 256) < 2^32). True under the default column budget unless one pixel's column (C * kH * kW) exceeds
+// 2^22 elements or oH * oW exceeds 2^31. Why bother: the index decomposition is four divisions per thread, and
+// 64-bit ones cost several times as many instructions on the GPU.
 inline bool columnIndexFits32(DeformConvGeometry const& geo, int64_t total)
 {
     return total <= (int64_t(1) << 30) && int64_t(geo.outH) * geo.outW <= (int64_t(1) << 31);

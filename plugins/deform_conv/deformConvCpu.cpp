@@ -469,10 +469,9 @@ DCN_API int32_t dcn_deform_conv2d_columns_cpu(const dcn_deform_conv_desc* desc, 
         if (image < 0 || image >= desc->batch)
             return dcn::Status::invalid(std::string(name) + "image " + std::to_string(image) + " is outside the batch [0, "
                 + std::to_string(desc->batch) + ")");
-        if (pixel_begin < 0 || pixel_count < 0 || pixel_begin + pixel_count > plane)
-            return dcn::Status::invalid(std::string(name) + "pixels [" + std::to_string(pixel_begin) + ", "
-                + std::to_string(pixel_begin + pixel_count) + ") are outside the output plane [0, " + std::to_string(plane)
-                + ")");
+        if (pixel_begin < 0 || pixel_count < 0 || pixel_begin > plane || pixel_count > plane - pixel_begin) // no overflow
+            return dcn::Status::invalid(std::string(name) + "pixel_begin " + std::to_string(pixel_begin) + " and pixel_count "
+                + std::to_string(pixel_count) + " must lie inside the output plane [0, " + std::to_string(plane) + ")");
         if (pixel_count == 0)
             return dcn::Status::success();
         if (!input_nhwc || !offset || !columns)
