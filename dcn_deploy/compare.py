@@ -7,7 +7,9 @@ user's arrays) and each of its outputs is compared with the reference's output o
 - ``max_rel = max |out - ref| / max(|ref|, atol)`` (``atol`` in the denominator keeps the ratio finite where the
   reference is near zero, where only the absolute error means anything)
 - pass when every element has ``|out - ref| <= atol + rtol * |ref|`` (numpy's ``allclose`` rule), shapes agree and
-  NaN/inf appear in the same places.
+  NaN/inf appear in the same places;
+- ``of_tolerance = max |out - ref| / (atol + rtol * |ref|)``: that rule as one number, at most 1 to pass (the max
+  relative error alone can exceed rtol on a passing output: the atol term absorbs small references).
 
 Tolerances depend on the output's dtype (:data:`DEFAULT_TOLERANCES`); the caller may override them.
 """
@@ -69,6 +71,7 @@ class OutputComparison:
     atol: float
     rtol: float
     mismatched: int  # elements beyond atol + rtol*|ref|
+    of_tolerance: float  # max |out - ref| / (atol + rtol*|ref|): <= 1 passes
     passed: bool
     note: str = ""
 
@@ -108,17 +111,19 @@ class ComparisonResult:
         inputs = ", ".join(f"{k} {format_shape(s)} {d}" for k, (s, d) in self.feed.items())
         seed = "" if self.seed is None else f" (seed {self.seed})"
         lines = [f"reference: {self.reference}    inputs: {inputs}{seed}"]
-        header = ("runner", "output", "shape", "dtype", "max abs err", "max rel err", "atol / rtol", "result")
+        header = ("runner", "output", "shape", "dtype", "max abs err", "max rel err", "atol / rtol", "of tolerance",
+                  "result")
         rows = [header]
         for o in self.outputs:
             verdict = "PASS" if o.passed else "FAIL"
             if o.note:
                 verdict += f" ({o.note})"
             rows.append((o.runner, o.output, format_shape(o.shape), o.dtype, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
-                         f"{o.atol:g} / {o.rtol:g}", verdict))
+                         f"{o.atol:g} / {o.rtol:g}", f"{o.of_tolerance:.3g}", verdict))
         lines.extend(_format_rows(rows))
         lines.append(f"{'PASSED' if self.passed else 'FAILED'}: {sum(o.passed for o in self.outputs)} of "
-                     f"{len(self.outputs)} outputs within tolerance")
+                     f"{len(self.outputs)} outputs within tolerance (|err| <= atol + rtol*|ref| everywhere, i.e. "
+                     f"'of tolerance' <= 1)")
         return "\n".join(lines)
 
 
@@ -146,10 +151,11 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
                 atol=tol.atol, rtol=tol.rtol)
     if actual.shape != expected.shape:
         return OutputComparison(**base, max_abs=float("inf"), max_rel=float("inf"), mean_abs=float("inf"),
-                                mismatched=int(expected.size), passed=False,
+                                mismatched=int(expected.size), of_tolerance=float("inf"), passed=False,
                                 note=f"shape {format_shape(actual.shape)} != reference {format_shape(expected.shape)}")
     if expected.size == 0:
-        return OutputComparison(**base, max_abs=0.0, max_rel=0.0, mean_abs=0.0, mismatched=0, passed=True,
+        return OutputComparison(**base, max_abs=0.0, max_rel=0.0, mean_abs=0.0, mismatched=0, of_tolerance=0.0,
+                                passed=True,
                                 note="empty")
     a = actual.astype(np.float64)
     e = expected.astype(np.float64)
@@ -160,13 +166,16 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
     with np.errstate(invalid="ignore"):  # inf - inf where both are inf: handled by special_ok
         diff = np.where(finite, np.abs(a - e), 0.0)
         rel = diff / np.maximum(np.abs(e), max(tol.atol, np.finfo(np.float64).tiny))
-        bad = (diff > tol.atol + tol.rtol * np.where(finite, np.abs(e), 0.0)) & finite
+        allowed = tol.atol + tol.rtol * np.where(finite, np.abs(e), 0.0)
+        bad = (diff > allowed) & finite
+        of_tolerance = float(np.max(diff / np.maximum(allowed, np.finfo(np.float64).tiny)))
     mismatched = int(bad.sum()) + (0 if special_ok else int((~finite).sum()))
     note = "" if special_ok else "NaN/inf differ"
     if mismatched and not note:
         note = f"{mismatched} of {expected.size} elements"
     return OutputComparison(**base, max_abs=float(diff.max()), max_rel=float(rel.max()),
-                            mean_abs=float(diff.mean()), mismatched=mismatched, passed=mismatched == 0, note=note)
+                            mean_abs=float(diff.mean()), mismatched=mismatched, of_tolerance=of_tolerance,
+                            passed=mismatched == 0, note=note)
 
 
 def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.ndarray]] = None, *,

@@ -71,6 +71,16 @@ def test_compare_outputs_rule(rng):
     assert not shape.passed and "shape 2x5 != reference 4x5" in shape.note
 
 
+def test_of_tolerance_is_the_pass_rule_as_one_number():
+    # near-zero references: the max relative error exceeds rtol, yet |err| <= atol + rtol*|ref| holds everywhere
+    ref = np.array([1e-6, 2.0, -3.0], dtype=np.float32)
+    passing = compare_outputs("r", "y", ref + np.array([5e-5, 1e-3, 0.0], dtype=np.float32), ref)
+    assert passing.passed and passing.max_rel > passing.rtol
+    assert passing.of_tolerance == pytest.approx(0.5, rel=1e-2)  # the worst element: 5e-5 / (1e-4 + 1e-9)
+    failing = compare_outputs("r", "y", ref + np.array([0.0, 0.0, 0.02], dtype=np.float32), ref)
+    assert not failing.passed and failing.of_tolerance == pytest.approx(0.02 / (1e-4 + 3e-3), rel=1e-3)
+
+
 def test_compare_outputs_nan_and_inf_must_match(rng):
     ref = rng.standard_normal(6).astype(np.float32)
     ref[0], ref[1] = np.nan, np.inf
