@@ -134,8 +134,11 @@ def _train(model, images, labels, config: DemoConfig, say) -> List[Dict[str, flo
 
     steps_per_epoch = (len(images) + config.batch_size - 1) // config.batch_size
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate,
-                                                   total_steps=config.epochs * steps_per_epoch, pct_start=0.25)
+    total_steps = config.epochs * steps_per_epoch
+    # One-cycle needs at least two warm-up steps (pct_start * total_steps >= 2, else it divides by zero); a
+    # shorter run (a few hundred images, one epoch) keeps the constant learning rate.
+    schedule = (torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total_steps,
+                                                    pct_start=0.25) if total_steps >= 8 else None)
     bar = None
     if config.progress:
         from tqdm import tqdm
@@ -156,7 +159,8 @@ def _train(model, images, labels, config: DemoConfig, say) -> List[Dict[str, flo
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
-                schedule.step()
+                if schedule is not None:
+                    schedule.step()
                 seen += len(index)
                 correct += int((logits.argmax(1) == labels[index]).sum())
                 loss_sum += loss.item() * len(index)

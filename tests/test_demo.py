@@ -52,6 +52,19 @@ def test_demo_config_rejects_bad_values():
         DemoConfig(width=15)
 
 
+def test_training_shorter_than_a_one_cycle_warm_up():
+    # 4 steps in all: too few for the one-cycle schedule (it divided by zero); trains at the constant rate
+    from dcn_deploy.demo import _train
+
+    torch.manual_seed(0)
+    images, labels = make_digits(100, seed=0)
+    model = DemoNet()
+    before = [p.detach().clone() for p in model.parameters()]
+    history = _train(model, images, labels, DemoConfig(epochs=1, batch_size=32, progress=False), lambda _: None)
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_shortened_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "-o", str(out), "--train-size", "800", "--test-size", "200",
