@@ -1,7 +1,11 @@
 """Input feeds for runners: random arrays from input metadata, or arrays loaded from .npy/.npz files.
 
-Pure numpy (no torch, no onnx), so the CLI and every backend share one way to make inputs:
+Pure numpy (no torch; onnx only to read a file's stored shapes), so the CLI and every backend share one
+way to make inputs:
 
+- :func:`parse_shape_options` reads ``--shape`` (``name=1x3x64x64`` or ``name:1x3x64x64``) and, given the model
+  file, adds the example shapes :func:`dcn_deploy.export` stored in it (:data:`EXAMPLE_SHAPES_KEY`) for the
+  inputs the user did not name, so a dynamic model runs without ``--shape``.
 - :func:`resolve_shapes` turns each input's metadata (fixed and dynamic dimensions) plus what the user gave
   (``--shape name=1x3x64x64``, ``--batch 8``) into concrete shapes, or says which dimension is missing.
 - :func:`random_feed` fills those shapes with reproducible random data (a fixed seed per call).
@@ -9,7 +13,9 @@ Pure numpy (no torch, no onnx), so the CLI and every backend share one way to ma
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
@@ -18,6 +24,10 @@ import numpy as np
 from .backends.base import TensorMeta
 
 Shape = Tuple[int, ...]
+
+# metadata_props key under which dcn_deploy.export records the example input shapes of an ONNX file, as JSON
+# {input name: [dims]}; read back by parse_shape_options as the default size of dynamic dimensions.
+EXAMPLE_SHAPES_KEY = "dcn_deploy.example_shapes"
 
 
 class FeedError(ValueError):
@@ -36,15 +46,76 @@ def parse_shape(text: str) -> Shape:
     return shape
 
 
-def parse_shape_options(items: Sequence[str]) -> Dict[str, Shape]:
-    """``["x=1x3x64x64", ...]`` -> ``{"x": (1, 3, 64, 64)}`` (the CLI's ``--shape`` option)."""
+# NAME=SHAPE or NAME:SHAPE, split at the last separator: ONNX names may hold ':' (e.g. "input:0"), shapes never do
+_SHAPE_OPTION = re.compile(r"^(?P<name>.+)[=:](?P<shape>[^=:]+)$")
+
+
+def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] = None) -> Dict[str, Shape]:
+    """``["x=1x3x64x64", "y:1x8"]`` -> ``{"x": (1, 3, 64, 64), "y": (1, 8)}`` (the CLI's ``--shape`` option).
+
+    With ``model_path`` (an ONNX file written by :func:`dcn_deploy.export`), the example shapes stored in it
+    (:func:`stored_example_shapes`) are added for every input with a dynamic dimension that ``items`` does not
+    name, so the user's ``--shape`` wins. A stored input's dynamic batch follows the batch the user gave for
+    another input; :func:`resolve_shapes` still lets ``--batch`` replace it. Files without stored shapes give
+    exactly the user's shapes (a dynamic dimension left unknown is then reported by :func:`resolve_shapes`).
+    """
     shapes: Dict[str, Shape] = {}
     for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise FeedError(f"--shape {item!r}: expected NAME=SHAPE, e.g. --shape input=1x3x64x64")
-        shapes[name] = parse_shape(value)
+        match = _SHAPE_OPTION.match(item)
+        if match is None:
+            raise FeedError(f"--shape {item!r}: expected NAME=SHAPE or NAME:SHAPE, "
+                            "e.g. --shape input=1x3x64x64 or --shape input:1x3x64x64")
+        shapes[match["name"]] = parse_shape(match["shape"])
+    if model_path is not None:
+        shapes.update(_stored_defaults(Path(model_path), shapes))
     return shapes
+
+
+def stored_example_shapes(model_path: os.PathLike) -> Dict[str, Shape]:
+    """The example input shapes :func:`dcn_deploy.export` recorded in an ONNX file (metadata key
+    :data:`EXAMPLE_SHAPES_KEY`), ``{input name: shape}``; empty for a file without them, or that is not ONNX."""
+    return _read_stored(Path(model_path))[0]
+
+
+def _read_stored(path: Path) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Optional[int], ...]]]:
+    """(stored example shapes, the graph inputs' dims with None for dynamic ones); ({}, {}) when unreadable."""
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return {}, {}
+    import onnx  # here, not at the top: the rest of this module is numpy only
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a broken file is reported by the runner that opens it, not here
+        return {}, {}
+    text = next((p.value for p in proto.metadata_props if p.key == EXAMPLE_SHAPES_KEY), None)
+    try:
+        raw = json.loads(text) if text else {}
+        stored = {str(name): tuple(int(d) for d in dims) for name, dims in raw.items()}
+    except (ValueError, TypeError, AttributeError):  # a hand-edited or foreign value: as if absent
+        return {}, {}
+    initialisers = {t.name for t in proto.graph.initializer}
+    dims = {v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
+            for v in proto.graph.input if v.name not in initialisers}
+    return stored, dims
+
+
+def _stored_defaults(path: Path, given: Mapping[str, Shape]) -> Dict[str, Shape]:
+    """Stored example shapes for the dynamic inputs ``given`` does not name (only those that fit the graph)."""
+    stored, graph = _read_stored(path)
+    # a batch the user gave for one dynamically batched input applies to the others, as in resolve_shapes
+    user_batches = [given[n][0] for n, dims in graph.items() if n in given and dims and dims[0] is None and given[n]]
+    defaults: Dict[str, Shape] = {}
+    for name, dims in graph.items():
+        shape = stored.get(name)
+        if name in given or shape is None or None not in dims:
+            continue
+        if len(shape) != len(dims) or min(shape, default=1) < 1 or any(
+                d is not None and d != s for d, s in zip(dims, shape)):
+            continue  # the file was changed after export: ignore what no longer fits
+        if user_batches and dims[0] is None:
+            shape = (user_batches[0],) + shape[1:]
+        defaults[name] = shape
+    return defaults
 
 
 def format_shape(shape: Sequence[object]) -> str:

@@ -54,6 +54,7 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
 
     \b
     Examples:
+      dcn-deploy export dcn_deploy.models.demo:DemoNet --input-shape 1x1x28x28 -o demo.onnx
       dcn-deploy export net.py:build_model --weights net.pt --input-shape 1x3x224x224 -o net.onnx
       dcn-deploy export resnet50_dcn_c5 --input-shape 1x3x224x224 --dynamic -o r50.onnx
       dcn-deploy export program.pt2 --standard -o std.onnx
@@ -72,21 +73,20 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
     stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
     loaded = load_model(model_ref, weights).cast(torch_dtype)
     example = loaded.example_inputs(shapes, torch_dtype, seed=0)
-    verify_inputs = None
-    if loaded.sampler is not None and not no_verify:
-        # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
-        first = tuple(example[0].shape)
-        verify_inputs = [loaded.example_inputs([first], torch_dtype, seed=1)]
-        if dynamic and len(first) == 4:
-            verify_inputs.append(loaded.example_inputs([(first[0] + 1, first[1], first[2] * 2, first[3] * 2)],
-                                                       torch_dtype, seed=2))
+    # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
+    verify_inputs = None if no_verify else loaded.verification_inputs(example, dynamic, torch_dtype)
 
-    from ..onnx.export import VerificationError, export
+    from ..onnx.export import ExampleInputsError, VerificationError, export
 
     try:
         report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
                         verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
                         verify_inputs=verify_inputs, progress=stage)
+    except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it
+        fix = ("check --input-shape: one per model input, in order" if input_shapes
+               else "they came from the model itself; give --input-shape (one per model input, in order)")
+        raise CliError(f"the example inputs ({exc.shapes_text}) do not fit {model_ref} ({exc.model_name}): "
+                       f"{exc.cause_text}; {fix}") from None
     except VerificationError as exc:
         click.echo(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report))
         raise

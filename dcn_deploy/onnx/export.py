@@ -2,10 +2,13 @@
 
 ``export(model, example_inputs, path)``:
 
-1. validates the arguments (a module or ``torch.export`` program, a tuple of tensors, a supported opset);
+1. validates the arguments (a module or ``torch.export`` program, a tuple of tensors, a supported opset) and
+   runs the model once on the example inputs, so inputs that do not fit it are named before the exporter runs;
 2. runs torch.onnx's dynamo exporter, with each ``dcn_deploy`` torch op mapped to its node of the ``dcn_deploy``
    ONNX domain (or to standard ONNX with ``standard=True``), see :mod:`dcn_deploy.onnx.opset`;
-3. stores the ops' function bodies in the model, so stock ONNX Runtime runs it;
+3. stores the ops' function bodies in the model, so stock ONNX Runtime runs it, and the example input shapes in
+   its ``metadata_props`` (key ``dcn_deploy.example_shapes``, JSON ``{input name: [dims]}``), which ``dcn-deploy
+   verify/bench`` use for dynamic dimensions not given with ``--shape``;
 4. writes the file atomically, after ``onnx.checker`` (full check) and strict shape inference passed;
 5. with ``verify=True`` runs the file in ONNX Runtime (CPU) against the PyTorch model on fresh random inputs
    (and, for a dynamic export, again at another batch size and spatial size) and raises
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import time
@@ -27,16 +31,38 @@ import onnx
 import torch
 
 from ..compare import OutputComparison, Tolerance, compare_outputs, tolerance_for
+from ..feeds import EXAMPLE_SHAPES_KEY
 from ..io_utils import atomic_path
 from . import opset as dcn_opset
 
-__all__ = ["export", "ExportReport", "VerificationRun", "ExportError", "VerificationError", "NoDeformableLayerError"]
+__all__ = ["export", "ExportReport", "VerificationRun", "ExportError", "ExampleInputsError", "VerificationError",
+           "NoDeformableLayerError", "EXAMPLE_SHAPES_KEY"]
 
 Progress = Optional[Callable[[str], None]]
 
 
 class ExportError(RuntimeError):
     """The exporter could not turn the model into a valid ONNX file; the message says what to change."""
+
+
+class ExampleInputsError(ExportError, ValueError):
+    """The model raised when run on the example inputs (wrong shape, count or dtype): bad input, not an exporter
+    failure. ``shapes`` are the example shapes, ``model_name`` the model's class, ``cause`` the model's exception."""
+
+    def __init__(self, shapes: Sequence[Tuple[int, ...]], model_name: str, cause: BaseException):
+        self.shapes = [tuple(s) for s in shapes]
+        self.model_name = model_name
+        self.cause = cause
+        super().__init__(f"the example inputs ({self.shapes_text}) do not fit {model_name}: {self.cause_text}")
+
+    @property
+    def shapes_text(self) -> str:
+        return ", ".join("x".join(map(str, s)) or "scalar" for s in self.shapes)
+
+    @property
+    def cause_text(self) -> str:
+        first = str(self.cause).strip().splitlines()[0] if str(self.cause).strip() else ""
+        return f"{type(self.cause).__name__}: {first}" if first else type(self.cause).__name__
 
 
 class NoDeformableLayerError(ValueError):
@@ -95,8 +121,9 @@ class ExportReport:
             "verification": [{"label": r.label, "input_shapes": {k: list(v) for k, v in r.input_shapes.items()},
                               "passed": r.passed,
                               "outputs": [{"name": o.output, "dtype": o.dtype, "shape": list(o.shape),
-                                           "max_abs": o.max_abs, "max_rel": o.max_rel, "atol": o.atol,
-                                           "rtol": o.rtol, "passed": o.passed} for o in r.outputs]}
+                                           "max_abs": o.max_abs, "max_rel": o.max_rel,
+                                           "of_tolerance": o.of_tolerance, "atol": o.atol, "rtol": o.rtol,
+                                           "passed": o.passed} for o in r.outputs]}
                              for r in self.verification],
             "verified": self.verified, "warnings": list(self.warnings), "seconds": dict(self.seconds),
         }
@@ -112,8 +139,9 @@ class ExportReport:
         lines.append("  deformable nodes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.op_counts.items())))
         for run in self.verification:
             lines.append(f"  ONNX Runtime vs PyTorch, {run.label}: {'PASS' if run.passed else 'FAIL'}")
-            lines += [f"    {o.output}: max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g} (atol {o.atol:g}, rtol {o.rtol:g})"
-                      f"{'' if o.passed else '  <- beyond tolerance'}" for o in run.outputs]
+            lines += [f"    {o.output}: max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, {o.of_tolerance:.2g} of the "
+                      f"tolerance atol {o.atol:g} + rtol {o.rtol:g} x |ref|{'' if o.passed else '  <- beyond tolerance'}"
+                      for o in run.outputs]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -140,6 +168,17 @@ def _check_example_inputs(example_inputs) -> Tuple[torch.Tensor, ...]:
             raise TypeError(f"example_inputs[{i}] must be a torch.Tensor, got {type(t).__name__}; "
                             "models whose inputs are not tensors cannot be exported")
     return example_inputs
+
+
+def _check_inputs_fit(model, example_inputs: Sequence[torch.Tensor]) -> None:
+    """Run the model once, eagerly, on the example inputs: a model that cannot run on them fails here with its
+    own message, instead of deep inside torch.export with an internal one."""
+    module = model.module() if isinstance(model, torch.export.ExportedProgram) else model
+    try:
+        with torch.no_grad():
+            module(*example_inputs)
+    except Exception as exc:  # noqa: BLE001 - whatever the user's model raises is reported as its own error
+        raise ExampleInputsError([tuple(t.shape) for t in example_inputs], type(model).__name__, exc) from exc
 
 
 def _float_dtypes(model, example_inputs: Sequence[torch.Tensor]) -> set:
@@ -204,10 +243,15 @@ def _dynamic_shapes(example_inputs: Sequence[torch.Tensor]) -> tuple:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """Silence the exporter's chatter (torchvision-missing notices, deprecation warnings); keep real errors."""
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence the exporter's chatter (torchvision-missing notices, deprecation warnings); keep real errors.
+
+    torch.export's tracer logs some failures at ERROR level (e.g. "always_classified is unsupported") before it
+    raises; the raised exception (chained into ExportError) carries the same information, so those lines go.
+    """
+    quieted = {"torch.onnx._internal.exporter._registration": logging.ERROR, "torch.export._trace": logging.CRITICAL}
+    levels = {name: logging.getLogger(name).level for name in quieted}
+    for name, level in quieted.items():
+        logging.getLogger(name).setLevel(level)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -215,7 +259,8 @@ def _quiet_exporter():
             warnings.filterwarnings("ignore", message=".*torchvision.*")
             yield
     finally:
-        logger.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: bool) -> onnx.ModelProto:
@@ -387,7 +432,10 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         model: a ``torch.nn.Module`` (put in eval mode by the caller) or a ``torch.export.ExportedProgram``.
         example_inputs: tuple of tensors, one per model input, e.g. ``(torch.randn(1, 3, 224, 224),)``; may be None
             for an ExportedProgram (its own example inputs are used).
-        path: output file; written atomically (a temporary file, renamed once checked).
+        path: output file; written atomically (a temporary file, renamed once checked). Its ``metadata_props``
+            record the example input shapes under ``"dcn_deploy.example_shapes"`` (:data:`EXAMPLE_SHAPES_KEY`) as
+            JSON ``{input name: [dims]}``, e.g. ``{"input": [1, 3, 64, 64]}``; ``dcn-deploy verify/bench`` take
+            them as the size of dynamic dimensions the user does not give with ``--shape``.
         dynamic: make batch (dim 0 of every input) and height/width (dims 2, 3 of 4-D inputs) dynamic where the
             model allows it; the report names the inputs' symbolic dimensions.
         opset: ONNX opset, 19 or newer (22 or newer for bfloat16 models).
@@ -395,14 +443,16 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         verify: run the file in ONNX Runtime (CPU) against PyTorch on fresh random inputs.
         rtol, atol: verification tolerance; by default that of each output's dtype in
             :data:`dcn_deploy.compare.DEFAULT_TOLERANCES` (float32: atol 1e-4, rtol 1e-3; float16: 1e-2).
-        require_deformable: raise :class:`NoDeformableLayerError` when the graph has no deformable node.
+        require_deformable: raise :class:`NoDeformableLayerError` when the graph has no deformable node (the
+            CLI's ``--allow-no-deformable`` sets it to False).
         seed: seed of the random verification inputs.
         verify_inputs: tuples of inputs to verify on instead of random ones (for inputs random values would make
             invalid, e.g. boxes); for a dynamic export, give tuples of other sizes too.
         progress: called with a short message at each stage (the CLI prints them on stderr).
 
     Returns:
-        :class:`ExportReport`. Raises TypeError/ValueError for bad arguments, :class:`ExportError` when the
+        :class:`ExportReport`. Raises TypeError/ValueError for bad arguments, :class:`ExampleInputsError` (an
+        ExportError and a ValueError) when the model raises on the example inputs, :class:`ExportError` when the
         exporter fails, :class:`VerificationError` (the file is kept, for inspection) beyond tolerance.
     """
     say = progress or (lambda message: None)
@@ -421,6 +471,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         raise ValueError(f"output path {path} is a folder; give a file name such as {path / 'model.onnx'}")
     if not path.parent.is_dir():  # checked before the (slow) export, not after
         raise FileNotFoundError(f"output folder {path.parent} does not exist; create it or choose another path")
+    _check_inputs_fit(model, example_inputs)
 
     start = time.perf_counter()
     say(f"exporting {type(model).__name__} with torch.onnx (dynamo, opset {opset}"
@@ -429,6 +480,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     dcn_opset.attach_functions(proto)
     _rename_symbols(proto)
     proto.metadata_props.add(key="dcn_deploy.opset", value=f"{dcn_opset.DOMAIN}:{dcn_opset.VERSION}")
+    _record_example_shapes(proto, example_inputs)
     counts = _count_deformable(proto)
     seconds["export"] = time.perf_counter() - start
     if not counts and require_deformable:
@@ -436,7 +488,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
             f"{type(model).__name__} has no deformable convolution: the exported graph contains no "
             f"{dcn_opset.DOMAIN} op and no DeformConv. Build deformable layers from dcn_deploy.ops (DeformConv2d, "
             "DeformConv2dPack, ModulatedDeformConv2dPack or deform_conv2d; torchvision's have the same signatures), "
-            "or pass require_deformable=False to export a plain model anyway")
+            "or pass require_deformable=False (CLI: --allow-no-deformable) to export a plain model anyway")
 
     start = time.perf_counter()
     say(f"writing and checking {path} (onnx.checker full check, shape inference)")
@@ -497,13 +549,24 @@ def _verify(report: ExportReport, model, example_inputs, proto: onnx.ModelProto,
             say(f"  {run.label}: {out.output} max abs {out.max_abs:.3g}, max rel {out.max_rel:.3g}"
                 f"{'' if out.passed else '  FAIL'}")
     if not report.verified:
-        bad = [f"{o.output} ({r.label}): max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g} "
-               f"(atol {o.atol:g}, rtol {o.rtol:g}{', ' + o.note if o.note else ''})"
+        bad = [f"{o.output} ({r.label}): max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, {o.of_tolerance:.2g} of the "
+               f"tolerance (atol {o.atol:g}, rtol {o.rtol:g}{', ' + o.note if o.note else ''})"
                for r in runs for o in r.outputs if not o.passed]
         raise VerificationError(
             f"{report.path} does not match PyTorch: "
             + "; ".join(bad) + ". The file was kept for inspection (dcn-deploy inspect); a loose tolerance may be "
             "right for deep float16 models (rtol/atol), otherwise please report it", report)
+
+
+def _record_example_shapes(proto: onnx.ModelProto, example_inputs: Sequence[torch.Tensor]) -> None:
+    """Store ``{input name: [dims]}`` of the example inputs under :data:`EXAMPLE_SHAPES_KEY`: the sizes a dynamic
+    model is known to run at, the default of ``dcn-deploy verify/bench`` for dimensions not given with --shape."""
+    initialisers = {t.name for t in proto.graph.initializer}
+    names = [v.name for v in proto.graph.input if v.name not in initialisers]
+    if len(names) != len(example_inputs):  # inputs the model ignores were dropped: no sure pairing, record none
+        return
+    shapes = {name: [int(d) for d in t.shape] for name, t in zip(names, example_inputs)}
+    proto.metadata_props.add(key=EXAMPLE_SHAPES_KEY, value=json.dumps(shapes, separators=(",", ":")))
 
 
 def _rename_symbols(proto: onnx.ModelProto) -> None:

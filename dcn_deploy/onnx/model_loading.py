@@ -12,7 +12,9 @@ A model reference is one of:
   mmdetection key names understood).
 
 Example inputs come from ``--input-shape`` (random, seeded), or from the model itself: a zoo entry, a module
-with an ``example_inputs(batch)`` method, or a .pt2 program's stored inputs.
+with an ``example_inputs`` method, or a .pt2 program's stored inputs. A module's ``example_inputs`` may take a
+``batch`` (first positional argument), a ``size`` (height, width) and a ``seed``, each optional: its signature is
+read once (:class:`Sampler`) and only the arguments it names are passed.
 """
 from __future__ import annotations
 
@@ -20,19 +22,47 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["LoadedModel", "load_model", "parse_input_shape", "DTYPES"]
+__all__ = ["LoadedModel", "ModelCodeError", "Sampler", "load_model", "parse_input_shape", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 _REFERENCE_FORMS = ("FILE.py:FACTORY, package.module:FACTORY, a torch.export program FILE.pt2, "
                     "or a zoo name (python -c 'from dcn_deploy.models import zoo; print(zoo.names())')")
 
-Sampler = Callable[[int, Optional[Tuple[int, int]], int], Tuple[torch.Tensor, ...]]
+
+@dataclass(frozen=True)
+class Sampler:
+    """A model's own input maker: ``sampler(batch, size, seed)`` -> tuple of tensors.
+
+    ``takes_size``: it can make images of a given (height, width); otherwise ``size`` must be None and it makes
+    its own size. ``takes_batch``: it can make a given batch size; otherwise ``batch`` is ignored.
+    """
+
+    make: Callable[[int, Optional[Tuple[int, int]], int], Tuple[torch.Tensor, ...]]
+    takes_size: bool = True
+    takes_batch: bool = True
+
+    def __call__(self, batch: int, size: Optional[Tuple[int, int]], seed: int) -> Tuple[torch.Tensor, ...]:
+        if size is not None and not self.takes_size:
+            raise ValueError("this model's example_inputs takes no size")  # callers check takes_size first
+        inputs = self.make(batch, size, seed)
+        return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def _cast(inputs: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> Tuple[torch.Tensor, ...]:
+    if dtype is None:
+        return tuple(inputs)
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
+
+
+def _shapes_of(inputs: Sequence[torch.Tensor]) -> list:
+    return [tuple(int(d) for d in t.shape) for t in inputs]
 
 
 @dataclass
@@ -40,7 +70,7 @@ class LoadedModel:
     """A model ready for :func:`dcn_deploy.export`, and where it came from.
 
     ``model`` is an ``nn.Module`` in eval mode or a ``torch.export.ExportedProgram``; ``kind`` is ``"file"``,
-    ``"module"``, ``"pt2"`` or ``"zoo"``; ``sampler(batch, size, seed)`` makes inputs the model defines itself.
+    ``"module"``, ``"pt2"`` or ``"zoo"``; ``sampler`` (a :class:`Sampler`) makes inputs the model defines itself.
     """
 
     model: Union[torch.nn.Module, "torch.export.ExportedProgram"]
@@ -57,12 +87,13 @@ class LoadedModel:
         """Inputs for export or verification.
 
         ``shapes`` (one per input, e.g. from ``--input-shape``) gives random normal tensors of those shapes,
-        except for models that make their own inputs (zoo entries), where one 4-D shape (N, C, H, W) sets the
-        batch and image size. Without shapes the model's own inputs are used. Floating tensors are cast to
-        ``dtype`` when given.
+        except for models that make their own inputs: one whose sampler takes a size (zoo entries) reads one 4-D
+        shape (N, C, H, W) as the batch and image size; one whose sampler takes no size gives its own inputs when
+        they have exactly the shapes asked for, else random tensors of those shapes. Without shapes the model's
+        own inputs are used. Floating tensors are cast to ``dtype`` when given.
         """
         shapes = [tuple(int(d) for d in s) for s in shapes]
-        if self.sampler is not None and shapes:
+        if self.sampler is not None and shapes and self.sampler.takes_size:
             if len(shapes) != 1 or len(shapes[0]) != 4:
                 raise ValueError(f"{self.reference} makes its own inputs; --input-shape may give only the image shape "
                                  f"N x C x H x W (one 4-D shape), got {['x'.join(map(str, s)) for s in shapes]}")
@@ -70,9 +101,11 @@ class LoadedModel:
             if inputs[0].shape[1] != shapes[0][1]:
                 raise ValueError(f"{self.reference} takes {inputs[0].shape[1]} input channels, --input-shape gives "
                                  f"{shapes[0][1]}: use {inputs[0].shape[1]}x... ")
+        elif self.sampler is not None and shapes:
+            own = self.sampler(shapes[0][0] if shapes[0] else 1, None, seed)
+            inputs = own if _shapes_of(own) == shapes else self._random(shapes, seed)
         elif shapes:
-            generator = torch.Generator().manual_seed(seed)
-            inputs = tuple(torch.randn(s, generator=generator) for s in shapes)
+            inputs = self._random(shapes, seed)
         elif self.sampler is not None:
             inputs = self.sampler(1, None, seed)
         elif self.kind == "pt2" and self.model.example_inputs:
@@ -85,9 +118,38 @@ class LoadedModel:
             raise ValueError(f"{self.reference} does not say what inputs it takes: give one --input-shape per "
                              "model input, e.g. --input-shape 1x3x224x224 (or give the module an "
                              "example_inputs(batch) method)")
-        if dtype is not None:
-            inputs = tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
-        return tuple(inputs)
+        return _cast(inputs, dtype)
+
+    def verification_inputs(self, example: Sequence[torch.Tensor], dynamic: bool,
+                            dtype: Optional[torch.dtype] = None) -> Optional[list]:
+        """Input tuples to verify an export on, for models that make their own inputs (random values could be
+        invalid for them, e.g. boxes): the model's own inputs at the shapes of ``example`` from another seed and,
+        for a dynamic export, at batch + 1 (and height/width x2 when the sampler takes a size).
+
+        None (verify on random inputs, :func:`dcn_deploy.export`'s default, which also varies height/width) when
+        the model makes no inputs, or when ``example`` is not what it makes (an --input-shape of another size).
+        """
+        if self.sampler is None or not example:
+            return None
+        first = tuple(example[0].shape)
+        if self.sampler.takes_size:
+            runs = [self.example_inputs([first], dtype, seed=1)]
+            if dynamic and len(first) == 4:
+                runs.append(self.example_inputs([(first[0] + 1, first[1], first[2] * 2, first[3] * 2)], dtype, seed=2))
+            return runs
+        batch = first[0] if first else 1
+        own = self.sampler(batch, None, 1)
+        if _shapes_of(own) != _shapes_of(example):
+            return None
+        runs = [_cast(own, dtype)]
+        if dynamic and first and self.sampler.takes_batch:
+            runs.append(_cast(self.sampler(batch + 1, None, 2), dtype))
+        return runs
+
+    @staticmethod
+    def _random(shapes: Sequence[Tuple[int, ...]], seed: int) -> Tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(seed)
+        return tuple(torch.randn(s, generator=generator) for s in shapes)
 
     def cast(self, dtype: Optional[torch.dtype]) -> "LoadedModel":
         """Cast the module's floating parameters and buffers to ``dtype`` (in place); None leaves it unchanged."""
@@ -167,6 +229,23 @@ def _load_program(path: Path) -> LoadedModel:
     return LoadedModel(program, str(path), "pt2")
 
 
+class ModelCodeError(ValueError):
+    """The user's model code (its file or module, or the factory) raised while being loaded: a bad --model for the
+    CLI (exit 2), with the reference, the exception and where in the user's file it was raised."""
+
+
+def _describe_exception(exc: BaseException, user_file=None) -> str:
+    """``RuntimeError: boom (at my_model.py:2)``: the exception, and the last line of ``user_file`` on its way."""
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if user_file is not None and not isinstance(exc, SyntaxError):  # a SyntaxError names its own file and line
+        target = Path(user_file).resolve()
+        lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__)
+                 if Path(frame.filename).resolve() == target]
+        if lines:
+            text += f" (at {target.name}:{lines[-1]})"
+    return text
+
+
 def _import_file(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"model file {path}: no such file")
@@ -179,6 +258,10 @@ def _import_file(path: Path):
     sys.path.insert(0, str(path.parent.resolve()))  # the file may import its neighbours
     try:
         spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code may raise anything
+        sys.modules.pop(module_name, None)
+        raise ModelCodeError(f"importing {path} raised {_describe_exception(exc, path)}; fix {path} (or the module "
+                             "it imports)") from exc
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
@@ -193,7 +276,9 @@ def _import_module(name: str):
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):
             raise ValueError(f"cannot import module {name!r} (no module {exc.name!r}); give {_REFERENCE_FORMS}") from None
-        raise
+        raise ModelCodeError(f"importing module {name!r} raised {_describe_exception(exc)}") from exc
+    except Exception as exc:  # the module's own code raised
+        raise ModelCodeError(f"importing module {name!r} raised {_describe_exception(exc)}") from exc
 
 
 def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:
@@ -204,7 +289,11 @@ def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:
                             if not n.startswith("_") and callable(v) and getattr(v, "__module__", None) == owner.__name__)
         raise ValueError(f"{reference}: {here} defines no function or class {factory_name!r}"
                          + (f"; it defines {', '.join(candidates)}" if candidates else ""))
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code may raise anything
+        raise ModelCodeError(f"{reference} raised {_describe_exception(exc, getattr(owner, '__file__', None))}; "
+                             "the factory is called with no arguments and must return the torch.nn.Module") from exc
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{reference} returned a {type(model).__name__}, not a torch.nn.Module; the factory must "
                         "build and return the model (called with no arguments)")
@@ -212,19 +301,35 @@ def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:
 
 
 def _module_sampler(model: torch.nn.Module) -> Optional[Sampler]:
+    """The module's ``example_inputs`` method as a :class:`Sampler`; its signature is read here, once."""
     method = getattr(model, "example_inputs", None)
     if not callable(method):
         return None
-    accepts = inspect.signature(method).parameters
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):  # no readable signature (e.g. a builtin): assume example_inputs(batch)
+        params = None
+    if params is None:
+        batch_by_position, takes_batch, takes_size, takes_seed = True, True, False, False
+    else:
+        positional = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        batch_by_position = bool(positional) and positional[0] not in ("size", "seed")
+        takes_batch = batch_by_position or "batch" in params
+        takes_size, takes_seed = "size" in params, "seed" in params
 
-    def sampler(batch: int, size: Optional[Tuple[int, int]], seed: int):
-        kwargs = {k: v for k, v in (("size", size), ("seed", seed)) if k in accepts and v is not None}
-        if size is not None and "size" not in accepts:
-            raise ValueError(f"{type(model).__name__}.example_inputs takes no size; give one --input-shape per input")
-        inputs = method(batch, **kwargs)
-        return inputs if isinstance(inputs, tuple) else (inputs,)
+    def make(batch: int, size: Optional[Tuple[int, int]], seed: int):
+        kwargs = {}
+        if takes_size and size is not None:
+            kwargs["size"] = size
+        if takes_seed:
+            kwargs["seed"] = seed
+        if batch_by_position:
+            return method(batch, **kwargs)
+        if takes_batch:
+            kwargs["batch"] = batch
+        return method(**kwargs)
 
-    return sampler
+    return Sampler(make, takes_size=takes_size, takes_batch=takes_batch)
 
 
 def _state_dict_from(path: Path) -> Mapping[str, torch.Tensor]:
@@ -278,7 +383,7 @@ def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
         # initialisation, which is what the user asked for; the report says what was and was not loaded.
         print(load_checkpoint(model, weights, strict=False), file=sys.stderr)
 
-    def sampler(batch: int, size: Optional[Tuple[int, int]], seed: int):
+    def make(batch: int, size: Optional[Tuple[int, int]], seed: int):
         return tuple(entry.example_inputs(batch=batch, size=size, seed=seed))
 
-    return LoadedModel(model.eval(), name, "zoo", sampler)
+    return LoadedModel(model.eval(), name, "zoo", Sampler(make))

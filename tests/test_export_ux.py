@@ -1,0 +1,336 @@
+"""What a new user meets first: ``dcn-deploy export`` of the demo model, example shapes stored in the exported file
+for ``verify``/``bench``, inputs that do not fit the model, and the spellings of ``--shape``.
+
+One small dynamic export is shared by the tests that read its file; the sampler and bad-input tests run no exporter.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from dcn_deploy.cli import main  # noqa: E402
+from dcn_deploy.feeds import (EXAMPLE_SHAPES_KEY, FeedError, parse_shape_options, random_feed,  # noqa: E402
+                              stored_example_shapes)
+
+MODEL_FILE = textwrap.dedent("""
+    import torch
+    import dcn_deploy
+
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+            dcn_deploy.ModulatedDeformConv2dPack(16, 16, 3, padding=1, deform_groups=2)).eval()
+
+
+    class _Conv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+
+    class NoArgs(_Conv):  # example_inputs takes nothing: its own batch and size
+        def example_inputs(self):
+            return (torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)),)
+
+
+    class BatchSeed(_Conv):  # like dcn_deploy.models.demo.DemoNet: a batch and a seed, no size
+        def example_inputs(self, batch=1, seed=0):
+            return (torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed)),)
+
+
+    class Sized(_Conv):  # like a zoo entry: batch, size and seed
+        def example_inputs(self, batch=1, size=None, seed=0):
+            h, w = size or (8, 8)
+            return (torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed)),)
+""")
+
+EXAMPLE = (1, 3, 24, 20)  # height != width, so a swapped default would show
+
+
+def _runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        return CliRunner()  # click >= 8.2 keeps stderr apart
+
+
+def _error_lines(result) -> list:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ux") / "my_model.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dynamic_export(model_file):
+    """model.onnx: the README's flow, `export my_model.py:build --input-shape 1x3x24x20 --dynamic`."""
+    out = model_file.parent / "model.onnx"
+    result = _runner().invoke(main, ["export", f"{model_file}:build", "-o", str(out), "--dynamic",
+                                     "--input-shape", "x".join(map(str, EXAMPLE))])
+    assert result.exit_code == 0, result.output + result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def old_export(dynamic_export):
+    """The same file as an earlier dcn_deploy wrote it: no example shapes in its metadata."""
+    proto = onnx.load(str(dynamic_export))
+    kept = [p for p in proto.metadata_props if p.key != EXAMPLE_SHAPES_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    path = dynamic_export.parent / "old.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# item 1: the demo model exports as the help says
+# --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["--input-shape", "1x1x28x28"], ["--dynamic"]], ids=["input-shape", "own-inputs"])
+def test_demo_model_exports_and_verifies(tmp_path, args):
+    out = tmp_path / "demo.onnx"
+    result = _runner().invoke(main, ["export", "dcn_deploy.models.demo:DemoNet", "-o", str(out), *args, "--json"])
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads(result.stdout)
+    assert report["verified"] and report["deformable_ops"] == {"dcn_deploy::DeformConv2d": 2}
+    verified_on = [run["input_shapes"]["image"] for run in report["verification"]]
+    # the digits DemoNet makes itself (28x28); a dynamic export is also verified at the next batch size
+    assert verified_on == ([[1, 1, 28, 28], [2, 1, 28, 28]] if "--dynamic" in args else [[1, 1, 28, 28]])
+    assert stored_example_shapes(out) == {"image": (1, 1, 28, 28)}
+
+
+def test_export_help_examples_use_the_working_spelling():
+    help_text = _runner().invoke(main, ["export", "--help"]).stdout
+    assert "dcn-deploy export dcn_deploy.models.demo:DemoNet --input-shape 1x1x28x28" in help_text
+    assert " models.demo:" not in help_text
+
+
+def _load(model_file, name):
+    from dcn_deploy.onnx.model_loading import load_model
+
+    return load_model(f"{model_file}:{name}")
+
+
+def test_example_inputs_without_batch_or_size(model_file):
+    loaded = _load(model_file, "NoArgs")
+    assert not loaded.sampler.takes_size and not loaded.sampler.takes_batch
+    (own,) = loaded.example_inputs()
+    assert tuple(own.shape) == (1, 3, 8, 8)
+    (same,) = loaded.example_inputs([(1, 3, 8, 8)])
+    assert torch.equal(same, own)  # the shape asked for is the model's own: its own values
+    (other,) = loaded.example_inputs([(2, 3, 5, 7)], seed=4)
+    assert tuple(other.shape) == (2, 3, 5, 7) and 0.5 < other.std() < 1.5  # another shape: random normal
+    runs = loaded.verification_inputs((own,), dynamic=True)
+    assert [tuple(t.shape) for (t,) in runs] == [(1, 3, 8, 8)]  # it cannot change the batch
+    assert loaded.verification_inputs((other,), dynamic=True) is None  # not its inputs: random verification
+
+
+def test_example_inputs_with_batch_and_seed_but_no_size(model_file):
+    loaded = _load(model_file, "BatchSeed")
+    assert not loaded.sampler.takes_size and loaded.sampler.takes_batch
+    (example,) = loaded.example_inputs([(4, 3, 8, 8)], dtype=torch.float64)
+    assert example.dtype == torch.float64
+    assert torch.equal(example, loaded.model.example_inputs(4, seed=0)[0].double())
+    runs = loaded.verification_inputs((example,), dynamic=True, dtype=torch.float64)
+    assert [tuple(t.shape) for (t,) in runs] == [(4, 3, 8, 8), (5, 3, 8, 8)]
+    assert not torch.equal(runs[0][0], example)  # another seed than the export's example
+    (other,) = loaded.example_inputs([(1, 3, 16, 16)])  # a size it cannot make: random of that shape
+    assert tuple(other.shape) == (1, 3, 16, 16)
+    assert loaded.verification_inputs((other,), dynamic=False) is None
+
+
+def test_example_inputs_with_a_size(model_file):
+    loaded = _load(model_file, "Sized")
+    assert loaded.sampler.takes_size
+    (image,) = loaded.example_inputs([(2, 3, 12, 10)])
+    assert tuple(image.shape) == (2, 3, 12, 10)
+    runs = loaded.verification_inputs((image,), dynamic=True)
+    assert [tuple(t.shape) for (t,) in runs] == [(2, 3, 12, 10), (3, 3, 24, 20)]
+    with pytest.raises(ValueError, match="one 4-D shape"):
+        loaded.example_inputs([(1, 3, 8, 8), (1, 3, 8, 8)])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# item 2: example shapes stored at export, used where the user gives no --shape
+# --------------------------------------------------------------------------------------------------------------
+
+def test_export_stores_the_example_shapes(dynamic_export):
+    props = {p.key: p.value for p in onnx.load(str(dynamic_export)).metadata_props}
+    assert json.loads(props[EXAMPLE_SHAPES_KEY]) == {"input": list(EXAMPLE)}
+    assert stored_example_shapes(dynamic_export) == {"input": EXAMPLE}
+
+
+def test_stored_shapes_fill_what_shape_does_not_give(dynamic_export):
+    from dcn_deploy.backends.ort_runner import OrtRunner
+
+    assert parse_shape_options([], dynamic_export) == {"input": EXAMPLE}
+    assert parse_shape_options(["input=2x3x8x6"], dynamic_export) == {"input": (2, 3, 8, 6)}  # --shape wins
+    assert parse_shape_options(["input:2x3x8x6"], dynamic_export) == {"input": (2, 3, 8, 6)}
+    with OrtRunner(dynamic_export) as runner:
+        metas = runner.input_metadata()
+    feed = random_feed(metas, parse_shape_options([], dynamic_export), batch=8, seed=3)
+    assert feed["input"].shape == (8,) + EXAMPLE[1:]  # --batch still sets the batch
+
+
+def test_compare_and_benchmark_run_a_dynamic_file_on_its_stored_shapes(dynamic_export):
+    from dcn_deploy.backends.onnx_reference_runner import OnnxReferenceRunner
+    from dcn_deploy.backends.ort_runner import OrtRunner
+    from dcn_deploy.bench import benchmark
+    from dcn_deploy.compare import compare_runners
+
+    shapes = parse_shape_options([], dynamic_export)
+    result = compare_runners([OrtRunner(dynamic_export), OnnxReferenceRunner(dynamic_export)], shapes=shapes)
+    assert result.passed and result.feed["input"][0] == EXAMPLE
+    timed = benchmark([OrtRunner(dynamic_export)], batches=[1, 3], shapes=shapes, iterations=2, warmup=0,
+                      progress=False)
+    assert [e.inputs["input"] for e in timed.entries] == [list(EXAMPLE), [3] + list(EXAMPLE[1:])]
+
+
+def _cli_passes_the_model_path() -> bool:
+    from dcn_deploy.commands import _runtime
+
+    return "model_path" in inspect.signature(_runtime.parse_shapes).parameters
+
+
+@pytest.mark.skipif(not _cli_passes_the_model_path(),
+                    reason="commands/_runtime.parse_shapes does not take the model path yet (verify/bench wiring)")
+def test_verify_and_bench_need_no_shape_after_a_dynamic_export(dynamic_export):
+    runner = _runner()
+    verify = runner.invoke(main, ["verify", str(dynamic_export), "--against", "ort", "--json"])
+    assert verify.exit_code == 0, verify.output + verify.stderr
+    assert json.loads(verify.stdout)["inputs"]["input"]["shape"] == list(EXAMPLE)
+    bench = runner.invoke(main, ["bench", str(dynamic_export), "--runner", "ort", "--batch", "1,8", "--iterations",
+                                 "2", "--warmup", "0", "--no-progress", "--json"])
+    assert bench.exit_code == 0, bench.output + bench.stderr
+    assert [r["inputs"]["input"] for r in json.loads(bench.stdout)["results"]] == [
+        list(EXAMPLE), [8] + list(EXAMPLE[1:])]
+    given = runner.invoke(main, ["verify", str(dynamic_export), "--against", "ort", "--shape", "input:2x3x8x6",
+                                 "--json"])
+    assert given.exit_code == 0, given.output + given.stderr
+    assert json.loads(given.stdout)["inputs"]["input"]["shape"] == [2, 3, 8, 6]
+
+
+def test_a_file_without_stored_shapes_still_asks_for_shape(old_export):
+    from dcn_deploy.backends.ort_runner import OrtRunner
+
+    assert stored_example_shapes(old_export) == {} and parse_shape_options([], old_export) == {}
+    with OrtRunner(old_export) as runner:
+        with pytest.raises(FeedError, match="dynamic dimension 2 .*give its size with --shape input="):
+            random_feed(runner.input_metadata(), parse_shape_options([], old_export))
+    result = _runner().invoke(main, ["verify", str(old_export), "--against", "ort"])
+    assert result.exit_code == 2 and "--shape input=" in result.stderr
+
+
+def _two_input_file(path, stored):
+    """a (N, 2, H, W) and b (N, 4) -> Identity each; ``stored`` is the raw metadata value (None: no key)."""
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 2, "H", "W"])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["a_out"]), helper.make_node("Identity", ["b"], ["b_out"])], "two",
+        [a, b], [helper.make_tensor_value_info("a_out", TensorProto.FLOAT, ["N", 2, "H", "W"]),
+                 helper.make_tensor_value_info("b_out", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    if stored is not None:
+        model.metadata_props.add(key=EXAMPLE_SHAPES_KEY, value=stored)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_stored_shapes_follow_the_batch_given_and_ignore_what_no_longer_fits(tmp_path):
+    good = _two_input_file(tmp_path / "two.onnx", json.dumps({"a": [1, 2, 5, 6], "b": [1, 4]}))
+    assert parse_shape_options([], good) == {"a": (1, 2, 5, 6), "b": (1, 4)}
+    # a batch given for one input applies to the stored shape of the other, as resolve_shapes does
+    assert parse_shape_options(["a=3x2x7x7"], good) == {"a": (3, 2, 7, 7), "b": (3, 4)}
+    stale = _two_input_file(tmp_path / "stale.onnx", json.dumps({"a": [1, 2, 5], "b": [1, 5]}))
+    assert parse_shape_options([], stale) == {}  # wrong rank, and a fixed dimension that disagrees
+    junk = _two_input_file(tmp_path / "junk.onnx", "not json")
+    assert parse_shape_options(["b=2x4"], junk) == {"b": (2, 4)}
+    assert parse_shape_options([], tmp_path / "missing.onnx") == {}
+    (tmp_path / "m.engine").write_bytes(b"\x00engine")
+    assert parse_shape_options([], tmp_path / "m.engine") == {}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# item 4: example inputs that do not fit the model
+# --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shapes, cause", [
+    (["1x4x64x64"], "RuntimeError: Given groups=1, weight of size [16, 3, 3, 3], expected input[1, 4, 64, 64]"),
+    (["1x3x64"], "RuntimeError:"),
+    (["1x3x8x8", "1x3x8x8"], "TypeError:"),
+])
+def test_input_shape_that_does_not_fit_is_one_line_and_exit_2(model_file, shapes, cause):
+    out = model_file.parent / "never.onnx"
+    args = ["export", f"{model_file}:build", "-o", str(out)]
+    for shape in shapes:
+        args += ["--input-shape", shape]
+    result = _runner().invoke(main, args)
+    assert result.exit_code == 2, result.output + result.stderr
+    errors = _error_lines(result)
+    assert len(errors) == 1 and cause in errors[0]
+    assert f"the example inputs ({', '.join(shapes)}) do not fit {model_file}:build (Sequential)" in errors[0]
+    assert "check --input-shape" in errors[0]
+    for noise in ("Traceback", "always_classified", "_trace.py", "torch.onnx.export"):
+        assert noise not in result.stderr
+    assert not out.exists()
+
+
+def test_library_names_the_model_and_its_own_error(tmp_path):
+    from dcn_deploy.onnx.export import ExampleInputsError, ExportError, export
+    from dcn_deploy.ops import DeformConv2d
+
+    model = DeformConv2d(2, 2, 3, padding=1).eval()
+    with pytest.raises(ExampleInputsError, match=r"the example inputs \(1x2x5x5, 1x9x5x5\) do not fit DeformConv2d: "
+                                                 r"\w+Error: ") as info:
+        export(model, (torch.randn(1, 2, 5, 5), torch.randn(1, 9, 5, 5)), tmp_path / "m.onnx")
+    assert isinstance(info.value, ExportError) and isinstance(info.value, ValueError)  # CLI: exit 2
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# item 6: the no-deformable-layer error names the CLI flag too
+# --------------------------------------------------------------------------------------------------------------
+
+def test_no_deformable_layer_error_names_the_flag_and_the_argument(tmp_path):
+    from dcn_deploy.onnx.export import NoDeformableLayerError, export
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    with pytest.raises(NoDeformableLayerError) as info:
+        export(model, (torch.randn(1, 3, 8, 8),), tmp_path / "plain.onnx", verify=False)
+    assert "require_deformable=False (CLI: --allow-no-deformable)" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# item 10: --shape NAME=SHAPE or NAME:SHAPE
+# --------------------------------------------------------------------------------------------------------------
+
+def test_shape_option_accepts_both_separators():
+    assert parse_shape_options(["image=1x1x28x28", "mask:2x9"]) == {"image": (1, 1, 28, 28), "mask": (2, 9)}
+    # split at the last separator: ONNX names such as "input:0" keep their colon
+    assert parse_shape_options(["input:0:1x3"]) == parse_shape_options(["input:0=1x3"]) == {"input:0": (1, 3)}
+
+
+@pytest.mark.parametrize("item", ["1x3x8x8", "image=", "=1x3", "image:"])
+def test_bad_shape_option_lists_both_forms(item):
+    with pytest.raises(FeedError, match="expected NAME=SHAPE or NAME:SHAPE.*--shape input:1x3x64x64"):
+        parse_shape_options([item])
