@@ -9,42 +9,64 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import click
 
 from . import __version__
-from .commands import CliError  # noqa: F401 - re-exported: the error type commands raise
+from .commands import EXIT_BAD_INPUT, EXIT_FAILED, CliError, echo_error  # noqa: F401 - CliError re-exported
+
+# Library errors that mean the input was wrong (a file, an option, a model that does not fit); every other
+# exception from a command means it ran and failed.
+BAD_INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, SyntaxError)
 
 
 class _Group(click.Group):
-    """Turns library errors into one-line messages unless --debug is given."""
+    """Turns errors into one line ``error: MESSAGE`` and an exit code unless --debug is given.
+
+    The one place that maps exceptions to exit codes: CliError and BAD_INPUT_ERRORS give 2, others 1.
+    """
 
     def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug"))  # the group's own option, parsed before invoke
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+        except click.ClickException as exc:
+            if isinstance(exc, click.NoSuchOption) and exc.option_name == "--debug":
+                exc.message += f" (--debug goes before the command: {debug_command(ctx)})"
+            if debug and exc.__cause__ is not None:  # CliError(...) from exc: show where the cause came from
+                traceback.print_exception(type(exc.__cause__), exc.__cause__, exc.__cause__.__traceback__)
+            raise
+        except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into messages
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            click.echo("(run with --debug for the traceback)", err=True)
-            sys.exit(2 if isinstance(exc, (ValueError, TypeError, FileNotFoundError, KeyError)) else 1)
+            if debug:
+                traceback.print_exception(type(exc), exc, exc.__traceback__)
+            echo_error(str(exc).strip() or type(exc).__name__)
+            if not debug:
+                click.echo(f"(for the traceback run: {debug_command(ctx)})", err=True)
+            sys.exit(EXIT_BAD_INPUT if isinstance(exc, BAD_INPUT_ERRORS) else EXIT_FAILED)
+
+
+def debug_command(ctx: click.Context) -> str:
+    """``dcn-deploy --debug COMMAND ...``: --debug is an option of the group, so it goes before the command."""
+    return f"dcn-deploy --debug {ctx.invoked_subcommand or 'COMMAND'} ..."
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dcn-deploy")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors (goes before the command: "
+              "dcn-deploy --debug verify ...).")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """Deploy deformable convolution networks: PyTorch -> ONNX -> ONNX Runtime / TensorRT.
 
     \b
     Typical flow:
-      dcn-deploy export models.demo:DemoNet -o demo.onnx --input-shape 1x1x28x28
+      dcn-deploy export dcn_deploy.models.demo:DemoNet -o demo.onnx --input-shape 1x1x28x28 --dynamic
       dcn-deploy verify demo.onnx --against ort
       dcn-deploy bench demo.onnx --runner ort --batch 1,8
       dcn-deploy build demo.onnx -o demo.engine      (TensorRT)

@@ -20,15 +20,31 @@ RUNNER_HELP = ("ort: ONNX Runtime on the CPU; ort-cuda: ONNX Runtime's CUDA prov
 
 
 def onnx_io_metadata(path: os.PathLike) -> Tuple[Tuple[TensorMeta, ...], Tuple[str, ...]]:
-    """Inputs (without initialisers) and output names of an ONNX file, read without a runtime session."""
+    """Inputs (without initialisers) and output names of an ONNX file, read without a runtime session.
+
+    Raises FileNotFoundError for a missing file and ValueError, naming the file, for one that is not an ONNX model.
+    """
     import onnx
 
     from .onnx_reference_runner import _value_info_meta
 
-    proto = onnx.load(str(path), load_external_data=False)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX model {path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError (and its relatives) for a file that is not a ModelProto
+        raise ValueError(not_an_onnx_model(path, exc)) from exc
+    if not proto.ir_version or not proto.HasField("graph"):  # protobuf parses some junk into an empty message
+        raise ValueError(not_an_onnx_model(path, "no ONNX graph in it"))
     initialisers = {t.name for t in proto.graph.initializer}
     inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
     return inputs, tuple(v.name for v in proto.graph.output)
+
+
+def not_an_onnx_model(path: os.PathLike, reason: object) -> str:
+    """The message for a model file that cannot be read as ONNX: the file, what was wrong, the fix."""
+    return (f"{path} is not a readable ONNX model ({str(reason).strip() or type(reason).__name__}); give an .onnx "
+            "file written by dcn-deploy export (dcn_deploy.onnx.export) or torch.onnx.export")
 
 
 def tensorrt_missing_reason() -> Optional[str]:

@@ -91,8 +91,8 @@ class OrtRunner(Runner):
                 raise RunnerError(
                     f"ort: the CUDA execution provider is not available in this onnxruntime "
                     f"({ort.__version__}, providers {available}); install onnxruntime-gpu instead of onnxruntime "
-                    "(pip uninstall onnxruntime && pip install onnxruntime-gpu) on a machine with a GPU, or use "
-                    "device 'cpu'")
+                    "(pip uninstall onnxruntime && pip install onnxruntime-gpu) on a machine with a GPU, or run on "
+                    "the CPU (dcn-deploy: --runner ort; Python: OrtRunner(model, device='cpu'))")
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
@@ -129,6 +129,10 @@ class OrtRunner(Runner):
         except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             hint = ""
             text = str(exc)
+            if "INVALID_PROTOBUF" in text or "No graph was found" in text:  # not a ModelProto, or an empty one
+                raise RunnerError(f"ort: cannot load {label}: not a readable ONNX model (onnxruntime: "
+                                  f"{text.strip()}); give an .onnx file written by dcn-deploy export "
+                                  "(dcn_deploy.onnx.export) or torch.onnx.export") from exc
             if "dcn_deploy" in text or "DeformConv" in text:
                 hint = (" (onnxruntime runs DeformConv from version 1.25 on, and dcn_deploy ops through the function "
                         f"body stored in the file; this is onnxruntime {ort.__version__}; re-export the model with "

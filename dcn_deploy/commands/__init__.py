@@ -1,13 +1,34 @@
-"""CLI commands: each module defines one click command (``command``) over a library call."""
+"""CLI commands: each module defines one click command (``command``) over a library call.
+
+Every error the CLI prints has one form, ``error: MESSAGE`` on stderr, and one of these exit codes (``cli.py``
+decides which for errors that are not :class:`CliError`).
+"""
 from __future__ import annotations
+
+from typing import IO, Optional
 
 import click
 
+EXIT_FAILED = 1  # the job ran and failed, e.g. a verification beyond tolerance
+EXIT_BAD_INPUT = 2  # bad usage or input: a missing or unreadable file, an option that does not fit the model
+
+
+def echo_error(message: str, file: Optional[IO] = None) -> None:
+    """Print ``error: MESSAGE`` (on stderr unless ``file``): the one form of every error the CLI reports."""
+    click.echo(f"error: {message}", file=file, err=file is None)
+
 
 class CliError(click.ClickException):
-    """A user-facing error: printed as 'error: ...' with exit code 2, no traceback unless --debug."""
+    """A user-facing error: printed as one line ``error: MESSAGE`` on stderr, exit code 2 (bad usage or input).
 
-    exit_code = 2
+    No traceback is shown; with ``dcn-deploy --debug`` the traceback of the error it was raised from
+    (``raise CliError(...) from exc``) is printed first.
+    """
+
+    exit_code = EXIT_BAD_INPUT
 
     def format_message(self) -> str:
         return self.message
+
+    def show(self, file: Optional[IO] = None) -> None:  # click's default prints "Error: ..."
+        echo_error(self.format_message(), file)

@@ -39,10 +39,11 @@ def shape_options(fn: Callable) -> Callable:
     return fn
 
 
-def parse_shapes(items: Sequence[str]) -> Dict[str, tuple]:
+def parse_shapes(items: Sequence[str], model_path: Optional[Path] = None) -> Dict[str, tuple]:
+    """--shape values, plus the example shapes stored in the ONNX file ``model_path`` for inputs not named."""
     from ..feeds import parse_shape_options
 
-    return parse_shape_options(items)
+    return parse_shape_options(items, model_path)
 
 
 def parse_int_list(text: str, option: str) -> List[int]:
@@ -91,10 +92,16 @@ def trt_build_options(model_path: Path, shapes: Dict[str, tuple], batches: Seque
 
 def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[str],
                  checkpoint: Optional[Path], threads: Optional[int] = None, engine: Optional[Path] = None,
-                 shapes: Optional[Dict[str, tuple]] = None, batches: Sequence[int] = ()) -> list:
-    """Runners for the CLI; environment problems (TensorRT missing, no --model) become exit-code-2 errors.
+                 shapes: Optional[Dict[str, tuple]] = None, batches: Sequence[int] = (),
+                 keep_active: Optional[bool] = None) -> list:
+    """Runners for the CLI, each loaded once here, so that a model that cannot be loaded (not an ONNX file,
+    a provider that is missing, TensorRT missing, no --model, a --model whose code raises) is a CliError (exit 2)
+    naming the file and the fix before any work starts.
 
     ``shapes``/``batches`` (the command's --shape/--batch) shape the profile of an engine built for ``trt``.
+    The runners come back active when ``keep_active`` is true (the caller deactivates them) and inactive when
+    false. None: active when there is one runner; several are released after loading, because ``bench``
+    activates each only while it measures it (an idle ONNX Runtime session would compete for the cores).
     """
     from ..backends.base import RunnerError
     from ..backends.factory import make_runner, tensorrt_missing_reason
@@ -113,14 +120,34 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
                            "if the factory builds an untrained model")
         from ..onnx.model_loading import load_model
 
-        module = load_model(torch_model, checkpoint).model
+        module = load_model(torch_model, checkpoint).model  # errors of the user's code: ModelCodeError, exit 2
     elif torch_model or checkpoint:
-        raise CliError("--model/--weights are only used by the torch runner; add it (e.g. --against torch)")
+        raise CliError(f"--model/--weights are only used by the torch runner; add it ({_add_torch_runner_hint()})")
+    runners: list = []
     try:
         engine_options = None
         if "trt" in kinds and engine is None and model_path.suffix.lower() == ".onnx":
             engine_options = trt_build_options(model_path, shapes or {}, batches)
-        return [make_runner(k, model_path, torch_model=module, device_threads=threads, engine=engine,
-                            engine_options=engine_options) for k in kinds]
-    except RunnerError as exc:
-        raise CliError(str(exc)) from None
+        for kind in kinds:
+            runners.append(make_runner(kind, model_path, torch_model=module, device_threads=threads, engine=engine,
+                                       engine_options=engine_options))
+            runners[-1].activate()
+    except BaseException as exc:
+        for runner in runners:
+            runner.deactivate()
+        if isinstance(exc, RunnerError):  # the model cannot be loaded by this runner here
+            raise CliError(str(exc)) from exc
+        raise
+    if not (len(runners) == 1 if keep_active is None else keep_active):
+        for runner in runners:
+            runner.deactivate()
+    return runners
+
+
+def _add_torch_runner_hint() -> str:
+    """How the running command adds the torch runner: its options differ (verify --against, bench --runner A,B)."""
+    context = click.get_current_context(silent=True)
+    name = context.command.name if context is not None else None
+    return {"verify": "e.g. --against torch", "bench": "e.g. --runner ort,torch",
+            "infer": "--runner torch"}.get(name, "e.g. --runner torch")
+

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import click
 
-from . import CliError
+from . import EXIT_FAILED, CliError
 from ._runtime import (RUNNER_CHOICES, default_runner, engine_option, make_runners, model_argument, parse_shapes,
                        shape_options, torch_model_options)
 
@@ -44,6 +44,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
       dcn-deploy verify demo.onnx --runner trt --against ort --input image=batch.npy
       dcn-deploy verify demo.onnx --runner trt --engine demo.engine --against torch --model net.py:build
     """
+    from ..backends.base import RunnerError
     from ..compare import DEFAULT_TOLERANCES, Tolerance, compare_runners
     from ..feeds import load_feed
 
@@ -65,18 +66,18 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
         overrides = {k: Tolerance(v.atol if atol is None else atol, v.rtol if rtol is None else rtol)
                      for k, v in DEFAULT_TOLERANCES.items()}
 
-    shape_map = parse_shapes(shapes)
+    shape_map = parse_shapes(shapes, model_path)
     if "onnx-reference" in (subject, against):
         click.echo("note: onnx-reference is onnx's numpy evaluator of the standard, independent of every runtime "
                    "and slower than them (ResNet-50 with 13 deformable layers at 224x224: about 3 s)", err=True)
     runners = make_runners([against, subject], model_path, torch_model, checkpoint, engine=engine, shapes=shape_map,
-                           batches=[batch] if batch else [])
+                           batches=[batch] if batch else [], keep_active=True)
     try:
-        for r in runners:
-            r.activate()
         feed = load_feed(inputs, runners[0].input_metadata()) if inputs else None
         result = compare_runners(runners, feed, shapes=shape_map, batch=batch, seed=seed,
                                  tolerances=overrides)
+    except RunnerError as exc:  # a runner could not run these inputs: nothing was compared
+        raise CliError(_inference_failure(str(exc), model_path, torch_model)) from exc
     finally:
         for r in runners:
             r.deactivate()
@@ -85,4 +86,17 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     else:
         click.echo(f"verify {model_path}: {subject} against {against}")
         click.echo(result.table())
-    click.get_current_context().exit(0 if result.passed else 1)
+    if not result.passed and torch_model and checkpoint is None and not torch_model.endswith(".pt2"):
+        # A factory or zoo entry builds its model with initial weights: without --weights a mismatch is expected.
+        click.echo(f"hint: --model {torch_model} builds an untrained model unless --weights STATE_DICT.pt is given; "
+                   f"pass the weights {model_path.name} was exported with", err=True)
+    click.get_current_context().exit(EXIT_FAILED if not result.passed else 0)
+
+
+def _inference_failure(message: str, model_path: Path, torch_model: Optional[str]) -> str:
+    """A runner's inference error, with what to check; the torch runner's names --model (RunnerError messages
+    start with the runner's name)."""
+    if torch_model and message.startswith("torch:"):
+        return (f"--model {torch_model}{message[len('torch'):]}; check that --model builds the network "
+                f"{model_path.name} was exported from and that --shape/--input fit it")
+    return f"{message}; check that --shape/--input fit {model_path.name}"
