@@ -1,11 +1,12 @@
 """Latency and throughput of runners, side by side, over several batch sizes (after trtexec's report).
 
-For each batch size, every runner gets the same random feed, runs ``warmup`` untimed inferences, then a fixed
-number of ``iterations`` or as many as fit in ``duration`` seconds. Each inference's time is the runner's own
-``last_inference_time()`` (the model call, without feed generation). Reported per (runner, batch):
-latency min/mean/median/p90/p99/max/std in milliseconds, throughput in inferences and samples per second
-(samples = batch x inferences, over the summed inference time), and the speed relative to the first runner at
-the same batch (``first median / this median``, so 2.0 means twice as fast).
+Every requested batch size and input shape is checked against the model's input metadata before anything runs,
+so a bad ``--batch``/``--shape`` fails at once. For each batch size, every runner gets the same random feed, runs
+``warmup`` untimed inferences, then a fixed number of ``iterations`` or as many as fit in ``duration`` seconds.
+Each inference's time is the runner's own ``last_inference_time()`` (the model call, without feed generation).
+Reported per (runner, batch): latency min/mean/median/p90/p99/max/std in milliseconds, throughput in inferences
+and samples per second (samples = batch x inferences, over the summed inference time), and the speed relative to
+the first runner at the same batch (``first median / this median``, so 2.0 means twice as fast).
 
 Runners that time stages apart (the TensorRT runner: host-to-device, compute, device-to-host, as trtexec shows)
 expose ``last_stage_times()`` returning a dataclass of ``<stage>_ms`` fields (``h2d_ms``, ``compute_ms``,
@@ -25,10 +26,11 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .backends.base import Runner
-from .feeds import format_shape, random_feed
+from .backends.base import Runner, TensorMeta
+from .feeds import FeedError, format_shape, random_feed, resolve_shapes
 
-__all__ = ["LatencyStats", "BenchEntry", "BenchResult", "benchmark", "latency_stats"]
+__all__ = ["LatencyStats", "BenchEntry", "BenchResult", "benchmark", "check_batches", "default_batches",
+           "latency_stats"]
 
 
 @dataclass
@@ -130,7 +132,10 @@ def environment_info() -> Dict[str, object]:
 
 
 class _Progress:
-    """One tqdm bar on stderr over all measurements (units: iterations or seconds); silent when disabled."""
+    """One tqdm bar on stderr over all measurements (units: iterations or seconds); silent when disabled.
+
+    Created only once every feed has been checked, so an input error is never printed on the bar's line.
+    """
 
     def __init__(self, enabled: bool, total: float, unit: str) -> None:
         self.bar = None
@@ -189,16 +194,53 @@ def _measure(runner: Runner, feed: Mapping[str, np.ndarray], iterations: Optiona
     return times, phases, time.perf_counter() - start
 
 
-def benchmark(runners: Sequence[Runner], *, batches: Sequence[int] = (1,),
+def _fixed_batch(metas: Sequence[TensorMeta]) -> Optional[int]:
+    """The model's only batch size when no input has a dynamic first dimension (else None: any batch runs)."""
+    if any(m.shape and not isinstance(m.shape[0], int) for m in metas):
+        return None
+    firsts = [m.shape[0] for m in metas if m.shape]
+    return firsts[0] if firsts else None
+
+
+def default_batches(metas: Sequence[TensorMeta]) -> List[int]:
+    """Batch sizes to time when none are asked for: the model's fixed batch size, else 1."""
+    fixed = _fixed_batch(metas)
+    return [fixed if fixed else 1]
+
+
+def check_batches(metas: Sequence[TensorMeta], batches: Sequence[int]) -> None:
+    """Raise FeedError, naming the input and its fixed batch size, when the model cannot run one of ``batches``.
+
+    A model with a dynamic first dimension on some input runs any batch; otherwise every input's first
+    dimension is fixed and only that size runs (the same rule as :func:`dcn_deploy.feeds.resolve_shapes`).
+    """
+    if _fixed_batch(metas) is None:
+        return
+    for meta in metas:
+        if not meta.shape:
+            continue
+        wrong = [b for b in batches if b != meta.shape[0]]
+        if wrong:
+            asked = ",".join(str(b) for b in batches)
+            raise FeedError(
+                f"--batch {asked}: input {meta.name!r} has a fixed batch size {meta.shape[0]} (model shape "
+                f"{format_shape(meta.shape)}), so batch {', '.join(map(str, wrong))} cannot run; use "
+                f"--batch {meta.shape[0]}, or export the model with a dynamic batch dimension "
+                "(dcn-deploy export --dynamic)")
+
+
+def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = None,
               shapes: Optional[Mapping[str, Sequence[int]]] = None, iterations: Optional[int] = None,
               duration: Optional[float] = None, warmup: int = 10, seed: int = 0,
               progress: bool = True) -> BenchResult:
     """Time every runner at every batch size on the same random feed (see the module docstring).
 
     Give ``iterations`` (timed inferences per measurement) or ``duration`` (seconds per measurement); with
-    neither, 100 iterations. ``shapes`` gives sizes for dynamic input dimensions (the batch dimension is set from
-    ``batches``). Runners that are not active are activated only while they are measured (so one runner's
-    thread pool does not slow the next); runners the caller activated stay active.
+    neither, 100 iterations. ``batches`` defaults to the model's fixed batch size, else 1. ``shapes`` gives sizes
+    for dynamic input dimensions (the batch dimension is set from ``batches``). Every batch and shape is checked
+    against the first runner's input metadata before anything is timed (FeedError names the input and the fix).
+    Runners that are not active are activated only while they are measured (so one runner's thread pool does not
+    slow the next); runners the caller activated stay active.
     """
     if not runners:
         raise ValueError("benchmark needs at least one runner")
@@ -212,33 +254,45 @@ def benchmark(runners: Sequence[Runner], *, batches: Sequence[int] = (1,),
         raise ValueError(f"duration must be a positive number of seconds, got {duration}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
-    batches = [int(b) for b in batches]
-    if not batches or min(batches) < 1:
-        raise ValueError(f"batch sizes must be >= 1, got {batches}")
+    if batches is not None:
+        batches = [int(b) for b in batches]
+        if not batches or min(batches) < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {batches}")
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
         raise ValueError(f"runner names must be distinct to be reported side by side, got {names}")
 
-    jobs = len(batches) * len(runners)
-    bar = _Progress(progress, jobs * (iterations if iterations is not None else duration),
-                    "it" if iterations is not None else "s")
     # Runners the caller did not activate are active only while they are measured: ONNX Runtime's thread pool
     # spins after each run, and a live session would compete with the next runner's threads.
     owned = [not r.is_active for r in runners]
     entries: List[BenchEntry] = []
+    bar = _Progress(False, 0, "it")  # the real bar comes after the checks, so no error is printed on its line
     try:
         runners[0].activate()
         metas = runners[0].input_metadata()
         if owned[0]:
             runners[0].deactivate()
+        batches = default_batches(metas) if batches is None else batches
+        check_batches(metas, batches)
+        for batch in batches:  # every shape is checked before the first measurement, not when its turn comes
+            resolve_shapes(metas, shapes, batch)
+        jobs = len(batches) * len(runners)
+        # With --iterations the warm-up runs count in the bar (it would sit at 0% through them otherwise); with
+        # --duration the bar counts timed seconds and the description says when a runner is warming up.
+        bar = _Progress(progress, jobs * (warmup + iterations if iterations is not None else duration),
+                        "it" if iterations is not None else "s")
         for batch in batches:
             feed = random_feed(metas, shapes, batch, seed)
             for runner, own in zip(runners, owned):
-                bar.describe(f"{runner.name} batch {batch}")
                 runner.activate()
                 try:
+                    if warmup:
+                        bar.describe(f"{runner.name} batch {batch} warm-up")
                     for _ in range(warmup):
                         runner.infer(feed)
+                        if iterations is not None:
+                            bar.advance(1)
+                    bar.describe(f"{runner.name} batch {batch}")
                     times, phases, wall = _measure(runner, feed, iterations, duration, bar)
                 finally:
                     if own:

@@ -1,6 +1,7 @@
 """``dcn-deploy bench``: latency and throughput of one or more runners over several batch sizes."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,8 +17,9 @@ from ._runtime import (default_runner, engine_option, make_runners, model_argume
 @click.option("--runner", "runner_list", default=None, metavar="NAMES",
               help="Comma-separated runners, side by side; ratios are to the first. "
                    "ort, ort-cuda, torch (needs --model), trt, onnx-reference. Default: trt for an engine, else ort.")
-@click.option("--batch", "batch_list", default="1", show_default=True, metavar="SIZES",
-              help="Comma-separated batch sizes (the model needs a dynamic batch dimension for more than its own).")
+@click.option("--batch", "batch_list", default=None, metavar="SIZES",
+              help="Comma-separated batch sizes (the model needs a dynamic batch dimension for more than its own) "
+                   "[default: the model's fixed batch size, else 1].")
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help="Timed inferences per runner and batch size [default: 100 unless --duration].")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -33,7 +35,7 @@ from ._runtime import (default_runner, engine_option, make_runners, model_argume
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON report to this file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def command(model_path: Path, runner_list: Optional[str], batch_list: str, iterations: Optional[int],
+def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[str], iterations: Optional[int],
             duration: Optional[float], warmup: int, shapes: Sequence[str], seed: int, torch_model: Optional[str],
             checkpoint: Optional[Path], engine: Optional[Path], threads: Optional[int], as_json: bool,
             output: Optional[Path], progress: bool) -> None:
@@ -41,21 +43,25 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: str, itera
 
     \b
     Examples:
-      dcn-deploy bench demo.onnx --shape image=1x1x28x28 --batch 1,8 --iterations 200
-      dcn-deploy bench demo.onnx --shape image=1x1x28x28 --runner ort,torch --duration 5 --model dcn_deploy.models.demo:DemoNet --weights demo_weights.pt
+      dcn-deploy bench artifacts/demo/demo.onnx --shape image=1x1x28x28 --batch 1,8 --iterations 200
+      dcn-deploy bench artifacts/demo/demo.onnx --shape image=1x1x28x28 --runner ort,torch --duration 5 --model dcn_deploy.models.demo:DemoNet --weights artifacts/demo/demo_weights.pt
       dcn-deploy bench net.onnx --shape input=1x3x512x512 --batch 1,4 --json -o bench.json
       dcn-deploy bench demo.engine --runner trt --batch 1,16
+
+    Batch sizes and shapes are checked against the model's inputs, and the -o folder exists, before anything is
+    timed. (artifacts/demo/ is what `dcn-deploy demo` writes.)
     """
     from ..bench import benchmark
     from ..io_utils import atomic_write_text
 
     if iterations is not None and duration is not None:
         raise CliError("give --iterations or --duration, not both")
+    check_output_folder(output, "--output")  # before the runners load and the timing runs, not after
     kinds = parse_runner_list(runner_list) if runner_list else [default_runner(model_path)]
-    batches = parse_int_list(batch_list, "--batch")
-    shape_map = parse_shapes(shapes)
+    batches = parse_int_list(batch_list, "--batch") if batch_list is not None else None
+    shape_map = parse_shapes(shapes, model_path)
     runners = make_runners(kinds, model_path, torch_model, checkpoint, threads, engine, shapes=shape_map,
-                           batches=batches)
+                           batches=batches or ())
     result = benchmark(runners, batches=batches, shapes=shape_map, iterations=iterations,
                        duration=duration, warmup=warmup, seed=seed, progress=progress)
     if output is not None:
@@ -68,3 +74,18 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: str, itera
         click.echo(result.table())
         if output is not None:
             click.echo(f"JSON report: {output}")
+
+
+def check_output_folder(path: Optional[Path], option: str) -> None:
+    """Fail at once (exit 2) when an output file's folder is missing or not writable, before any slow work.
+
+    ``atomic_path`` makes the same check when it writes, but that is after the measurement it would lose.
+    """
+    if path is None:
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        raise CliError(f"{option} {path}: folder {folder} does not exist; create it (mkdir -p {folder}) or choose "
+                       "another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {path}: folder {folder} is not writable; choose another path")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Dict, Optional
 
 import click
 
@@ -38,6 +40,7 @@ def build_command(build_dir, tensorrt_include_dir, cuda_archs, no_cuda, fetch_tr
       dcn-deploy plugin build                        # kernels, host library, and the plugin if NvInfer.h is found
       dcn-deploy plugin build --fetch-trt-headers    # first fetch TensorRT's headers into .third_party/
       dcn-deploy plugin build --no-cuda              # only the host library (a C++ compiler is enough)
+      dcn-deploy plugin build --build-dir /tmp/dcn   # then: export DCN_DEPLOY_PLUGIN_DIR=/tmp/dcn/lib
     """
     from ..plugin.library import PluginBuildError, build_libraries
 
@@ -52,6 +55,27 @@ def build_command(build_dir, tensorrt_include_dir, cuda_archs, no_cuda, fetch_tr
     if "plugin" not in result.libraries and not no_cuda:
         click.echo("plugin   not built: TensorRT headers not found (pass --tensorrt-include-dir or --fetch-trt-headers)",
                    err=True)
+    hint = library_dir_hint(result.libraries)
+    if hint:
+        click.echo(hint, err=True)
+
+
+def library_dir_hint(built: Dict[str, Path]) -> Optional[str]:
+    """How to make dcn_deploy load the libraries just built, when its search (``$DCN_DEPLOY_PLUGIN_DIR``, then
+    build/native/lib, then the package's lib/) would find other files or none; None when it finds these."""
+    from ..plugin.library import ENV_DIR, find_library
+
+    found = {kind: find_library(kind) for kind in built}
+    shadowed = {kind: path for kind, path in found.items()
+                if path is None or path.resolve() != Path(built[kind]).resolve()}
+    if not shadowed:
+        return None
+    folder = Path(next(iter(built.values()))).resolve().parent  # every library lands in <build-dir>/lib
+    found_text = "; ".join(f"{kind}: {path or 'not found'}" for kind, path in shadowed.items())
+    return (f"note: dcn_deploy looks in ${ENV_DIR}, then build/native/lib, then the package's lib/, so it does not "
+            f"use these libraries (it finds {found_text}). To use them:\n"
+            f"  export {ENV_DIR}={folder}\n"
+            f"(`dcn-deploy plugin info` shows what is found.)")
 
 
 @command.command("info")

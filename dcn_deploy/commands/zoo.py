@@ -7,6 +7,9 @@ from typing import Optional, Sequence
 
 import click
 
+from . import CliError
+from .bench import check_output_folder  # the same early check as bench -o
+
 
 @click.group("zoo")
 def command() -> None:
@@ -15,7 +18,7 @@ def command() -> None:
     \b
     Examples:
       dcn-deploy zoo list
-      dcn-deploy zoo report --pairs resnet50_dcn_c5 deeplab_resnet50_dcn --iterations 20
+      dcn-deploy zoo report --pairs resnet50_dcn_c5 --pairs deeplab_resnet50_dcn --iterations 20
       dcn-deploy export resnet50_dcn_c5 --input-shape 1x3x224x224 -o r50.onnx
     """
 
@@ -23,7 +26,7 @@ def command() -> None:
 @command.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def list_command(as_json: bool) -> None:
-    """Every zoo name with its task, its plain twin and a description.
+    """Every zoo name with its task, its plain twin ("-" for a plain model) and a description.
 
     \b
     Example:
@@ -36,24 +39,28 @@ def list_command(as_json: bool) -> None:
         click.echo(json.dumps([{"name": e.name, "task": e.task, "deformable": e.deformable, "plain_twin": e.plain,
                                 "description": e.description} for e in entries], indent=2))
         return
-    width = max(len(e.name) for e in entries)
-    for e in entries:
-        click.echo(f"{e.name:{width}s}  {e.task:14s}  {e.description}")
+    rows = [("name", "task", "plain twin", "description")]
+    rows += [(e.name, e.task, e.plain or "-", e.description) for e in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
 
 
 @command.command("report")
 @click.option("--pairs", multiple=True, metavar="NAME",
               help="Deformable zoo name to measure next to its plain twin (repeatable) [default: five of the paper's "
                    "settings].")
-@click.option("--size", default=None, metavar="HxW", help="Input size for every model [default: 224 for "
-              "classifiers, 256 otherwise].")
+@click.option("--size", default=None, metavar="HxW", help="Input size for every model: HxW, or N for NxN "
+              "[default: 224x224 for classifiers, 256x256 otherwise].")
 @click.option("--backend", type=click.Choice(["ort", "torch", "none"]), default="ort", show_default=True,
               help="ort: export and time in ONNX Runtime on the CPU; torch: PyTorch eager; none: counts only.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Intra-op threads.")
 @click.option("--rois", type=click.IntRange(min=1), default=100, show_default=True,
               help="Proposals per image for the detectors.")
-@click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed runs of each model; a model and its twin alternate run by run.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Untimed runs of each model before timing.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the raw numbers to this file.")
 def report_command(pairs: Sequence[str], size: Optional[str], backend: str, threads: int, rois: int, iterations: int,
@@ -66,19 +73,14 @@ def report_command(pairs: Sequence[str], size: Optional[str], backend: str, thre
     Examples:
       dcn-deploy zoo report
       dcn-deploy zoo report --pairs resnet50_dcn_c5 --size 128x128 --backend none
+      dcn-deploy zoo report --pairs rfcn_resnet50_dcn --size 256 --rois 50 --iterations 20 --json rfcn.json
     """
+    hw = None if size is None else parse_size(size)
+    check_output_folder(json_path, "--json")  # before the (minutes-long) measurement, not after it
+
     from ..io_utils import atomic_write_text
     from ..models.cost_report import DEFAULT_PAIRS, markdown, report_json, run_report
-    from . import CliError
 
-    hw = None
-    if size is not None:
-        try:
-            hw = tuple(int(v) for v in size.lower().split("x"))
-        except ValueError:
-            hw = ()
-        if len(hw) != 2 or min(hw) < 1:
-            raise CliError(f"--size {size!r}: give HEIGHTxWIDTH, e.g. 224x224")
     try:
         rows, settings = run_report(pairs or DEFAULT_PAIRS, hw, backend, threads, iterations, warmup, rois,
                                     progress=lambda message: click.echo(message, err=True))
@@ -89,3 +91,16 @@ def report_command(pairs: Sequence[str], size: Optional[str], backend: str, thre
     if json_path is not None:
         atomic_write_text(json_path, report_json(rows, settings))
         click.echo(f"JSON: {json_path}")
+
+
+def parse_size(text: str) -> tuple:
+    """``"224"`` -> (224, 224); ``"256x512"`` -> (256, 512). Raises CliError naming --size otherwise."""
+    try:
+        hw = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        hw = ()
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 1:
+        raise CliError(f"--size {text!r}: give HEIGHTxWIDTH or one size N for NxN, e.g. 224x224 or 224")
+    return hw

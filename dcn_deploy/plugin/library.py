@@ -158,7 +158,9 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
     """Configure (first time or when options change) and build the libraries with CMake; incremental after that.
 
     Args:
-        build_dir: CMake build folder (default: ``build/`` in the checkout; libraries land in ``build_dir/lib``).
+        build_dir: CMake build folder (default: ``build/native`` in the checkout; libraries land in
+            ``build_dir/lib``). Libraries built elsewhere are found only with ``$DCN_DEPLOY_PLUGIN_DIR`` set to
+            that ``lib`` folder (see :func:`search_dirs`).
         cuda: build the CUDA kernels and the TensorRT plugin when nvcc is found.
         tensorrt_include_dir: folder holding NvInfer.h (default: CMake's search, see CMakeLists.txt).
         cuda_architectures: e.g. ``"80;90"`` (default: 75-real;80-real;86-real;89-real;90, i.e. sm_75-sm_90 + PTX).
