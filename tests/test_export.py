@@ -149,6 +149,35 @@ def test_dynamic_export_runs_at_other_batch_and_sizes(tmp_path):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_large_model_weights_go_to_an_external_data_file(tmp_path, monkeypatch):
+    # A model over ~2 GiB cannot be one protobuf file; the threshold is lowered so that a small model takes that path.
+    from dcn_deploy.onnx import export as export_module
+    from dcn_deploy.onnx.inspect import inspect_model
+
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
+                                ModulatedDeformConv2dPack(8, 8, 3, padding=1, deform_groups=2)).eval()
+    torch.nn.init.normal_(model[1].conv_offset.weight, std=0.3)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    report = export(model, (torch.randn(1, 3, 9, 11),), folder / "big.onnx")
+    assert report.verified  # ONNX Runtime loaded the weights from the data file
+    assert report.weights_path == folder / "big.onnx.data" and "weights in" in str(report)
+    assert sorted(p.name for p in folder.iterdir()) == ["big.onnx", "big.onnx.data"]  # no temporary leftovers
+    proto = onnx.load(str(folder / "big.onnx"), load_external_data=False)
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and all(e.value == "big.onnx.data" for t in proto.graph.initializer
+                            if t.data_location == onnx.TensorProto.EXTERNAL for e in t.external_data if e.key == "location")
+    assert inspect_model(folder / "big.onnx")["deformable_nodes"][0]["weight_shape"] == [8, 8, 3, 3]
+    # the pair moves together: the model refers to its weights by file name, not by path
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    x = torch.randn(1, 3, 9, 11)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(_run_ort(moved / "big.onnx", (x,))[0], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_standard_option_emits_onnx_deform_conv(tmp_path):
     model = DeformConv2d(4, 6, (3, 2), stride=(1, 2), padding=(1, 0), dilation=(2, 1)).eval()
     x, off, mask = torch.randn(2, 4, 9, 8), torch.randn(2, 12, 7, 4), torch.rand(2, 6, 7, 4)

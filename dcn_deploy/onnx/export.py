@@ -19,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -107,6 +110,7 @@ class ExportReport:
     verification: List[VerificationRun] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
+    weights_path: Optional[Path] = None  # the external data file beside ``path`` (models over ~2 GiB), else None
 
     @property
     def verified(self) -> bool:
@@ -114,7 +118,8 @@ class ExportReport:
 
     def to_dict(self) -> dict:
         return {
-            "path": str(self.path), "opset": self.opset, "dynamic": self.dynamic, "standard": self.standard,
+            "path": str(self.path), "weights_path": None if self.weights_path is None else str(self.weights_path),
+            "opset": self.opset, "dynamic": self.dynamic, "standard": self.standard,
             "inputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.inputs],
             "outputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.outputs],
             "deformable_ops": dict(self.op_counts), "rtol": self.rtol, "atol": self.atol,
@@ -134,6 +139,8 @@ class ExportReport:
 
         lines = [f"wrote {self.path} (ONNX opset {self.opset}, {'dynamic' if self.dynamic else 'static'} shapes, "
                  f"{'standard DeformConv' if self.standard else dcn_opset.DOMAIN + ' ops'})"]
+        if self.weights_path is not None:
+            lines.append(f"  weights in {self.weights_path} (over 2 GiB: keep the two files together)")
         lines += [f"  input  {n}: {d} {shape(s)}" for n, d, s in self.inputs]
         lines += [f"  output {n}: {d} {shape(s)}" for n, d, s in self.outputs]
         lines.append("  deformable nodes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.op_counts.items())))
@@ -317,11 +324,51 @@ def _count_deformable(model: onnx.ModelProto) -> Dict[str, int]:
     return counts
 
 
+# A model file is one protobuf message, which cannot exceed 2 GiB. Above this size (with a margin for the graph),
+# the weights go to one external data file beside the model: model.onnx + model.onnx.data, ONNX's own layout,
+# which ONNX Runtime and TensorRT's parser read from the model's folder.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1900 << 20
+
+
+def external_data_name(path: Path) -> str:
+    """The weights file beside ``path`` when the model is too large for one file: ``model.onnx.data``."""
+    return path.name + ".data"
+
+
+def _needs_external_data(proto: onnx.ModelProto) -> bool:
+    weights = sum(len(t.raw_data) or t.ByteSize() for t in proto.graph.initializer)
+    return weights > EXTERNAL_DATA_THRESHOLD_BYTES
+
+
+def _write_checked(proto: onnx.ModelProto, path: Path, external: bool) -> onnx.ModelProto:
+    """Write ``proto`` to ``path`` (and its weights to ``path.data`` when ``external``), check the written files,
+    and return the inferred model. Nothing appears at ``path`` unless the check passes: files are written under
+    temporary names in the same folder and renamed at the end (the weights first, then the model)."""
+    if not external:
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
+            return _check_file(tmp)
+    data = path.parent / external_data_name(path)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        # in a private folder, under the final names: the model refers to its weights by file name
+        onnx.save(proto, str(folder / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=data.name, size_threshold=1024)
+        inferred = _check_file(folder / path.name)
+        os.replace(folder / data.name, data)
+        os.replace(folder / path.name, path)
+        return inferred
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _check_file(path: Path) -> onnx.ModelProto:
-    """Full checker and strict shape inference on the written file; returns the inferred model."""
+    """Full checker and strict shape inference on the written file; returns the inferred model (without its
+    weights' values: shape inference needs only their shapes, and a model over 2 GiB cannot be one message)."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
-        return onnx.shape_inference.infer_shapes(onnx.load(str(path)), check_type=True, strict_mode=True)
+        return onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False), check_type=True,
+                                                 strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. This is a bug in "
                           "dcn_deploy's exporter or op set: please report it with the model") from exc
@@ -432,7 +479,9 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         model: a ``torch.nn.Module`` (put in eval mode by the caller) or a ``torch.export.ExportedProgram``.
         example_inputs: tuple of tensors, one per model input, e.g. ``(torch.randn(1, 3, 224, 224),)``; may be None
             for an ExportedProgram (its own example inputs are used).
-        path: output file; written atomically (a temporary file, renamed once checked). Its ``metadata_props``
+        path: output file; written atomically (a temporary file, renamed once checked). A model whose weights
+            exceed ~1.9 GiB (protobuf's 2 GiB limit) keeps them in ``<path>.data`` beside it (ONNX external data;
+            ``report.weights_path``); the two files move together. Its ``metadata_props``
             record the example input shapes under ``"dcn_deploy.example_shapes"`` (:data:`EXAMPLE_SHAPES_KEY`) as
             JSON ``{input name: [dims]}``, e.g. ``{"input": [1, 3, 64, 64]}``; ``dcn-deploy verify/bench`` take
             them as the size of dynamic dimensions the user does not give with ``--shape``.
@@ -491,16 +540,17 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
             "or pass require_deformable=False (CLI: --allow-no-deformable) to export a plain model anyway")
 
     start = time.perf_counter()
-    say(f"writing and checking {path} (onnx.checker full check, shape inference)")
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
-        inferred = _check_file(tmp)
+    external = _needs_external_data(proto)
+    say(f"writing and checking {path}{f' and its weights {external_data_name(path)}' if external else ''} "
+        "(onnx.checker full check, shape inference)")
+    inferred = _write_checked(proto, path, external)
     seconds["write_check"] = time.perf_counter() - start
 
     report = ExportReport(
         path=path, opset=opset, dynamic=dynamic, standard=standard,
         inputs=_value_infos(inferred.graph.input), outputs=_value_infos(inferred.graph.output), op_counts=counts,
-        rtol=rtol, atol=atol, seconds=seconds)
+        rtol=rtol, atol=atol, seconds=seconds,
+        weights_path=path.parent / external_data_name(path) if external else None)
     if dynamic and isinstance(model, torch.export.ExportedProgram):
         report.warnings.append("a torch.export program keeps the dynamic dimensions it was exported with; "
                                "export it with dynamic_shapes (or export the nn.Module) to change them")
