@@ -286,7 +286,7 @@ def _run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: bo
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx.export (dynamo) failed on {name}: {first}. Check that the model runs on the "
                           "example inputs and uses dcn_deploy.ops (not torchvision) for deformable convolution; "
-                          "run with --debug (CLI) or read the chained exception for details") from exc
+                          "run dcn-deploy --debug export ... (CLI) or read the chained exception for details") from exc
     return program.model_proto
 
 
