@@ -94,6 +94,24 @@ def test_override_reaches_function_bodies(tmp_path):
     np.testing.assert_allclose(next(iter(got.values())), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_v1_layers_without_bias_run_in_the_reference_evaluator(tmp_path):
+    # DeformConv2d(x, offset, weight): a call with 3 of the function's 5 inputs, which onnx's evaluator refused
+    from dcn_deploy.backends.onnx_reference_runner import OnnxReferenceRunner
+    from dcn_deploy.backends.ort_runner import OrtRunner
+    from dcn_deploy.onnx.export import export
+    from dcn_deploy.ops.modules import DeformConv2dPack
+
+    model = DeformConv2dPack(4, 6, 3, padding=1, deform_groups=2, bias=False).eval()
+    torch.nn.init.normal_(model.conv_offset.weight, std=0.5)
+    x = torch.randn(2, 4, 6, 5)
+    path = tmp_path / "v1.onnx"
+    export(model, (x,), path)
+    with OnnxReferenceRunner(path) as reference, OrtRunner(path) as ort_runner:
+        name = reference.input_metadata()[0].name
+        got, expected = reference.infer({name: x.numpy()}), ort_runner.infer({name: x.numpy()})
+    np.testing.assert_allclose(next(iter(got.values())), next(iter(expected.values())), rtol=1e-4, atol=1e-5)
+
+
 def test_inconsistent_shapes_are_named():
     x = np.ones((1, 4, 5, 5))
     with pytest.raises(ValueError, match="offset_group=3"):
