@@ -232,12 +232,13 @@ def check_batches(metas: Sequence[TensorMeta], batches: Sequence[int]) -> None:
 def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = None,
               shapes: Optional[Mapping[str, Sequence[int]]] = None, iterations: Optional[int] = None,
               duration: Optional[float] = None, warmup: int = 10, seed: int = 0,
-              progress: bool = True) -> BenchResult:
+              progress: bool = True, rois: Sequence[str] = ()) -> BenchResult:
     """Time every runner at every batch size on the same random feed (see the module docstring).
 
     Give ``iterations`` (timed inferences per measurement) or ``duration`` (seconds per measurement); with
     neither, 100 iterations. ``batches`` defaults to the model's fixed batch size, else 1. ``shapes`` gives sizes
-    for dynamic input dimensions (the batch dimension is set from ``batches``). Every batch and shape is checked
+    for dynamic input dimensions (the batch dimension is set from ``batches``); ``rois`` names inputs that get valid
+    boxes (:func:`dcn_deploy.feeds.roi_inputs`). Every batch and shape is checked
     against the first runner's input metadata before anything is timed (FeedError names the input and the fix).
     Runners that are not active are activated only while they are measured (so one runner's thread pool does not
     slow the next); runners the caller activated stay active.
@@ -272,17 +273,18 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
         metas = runners[0].input_metadata()
         if owned[0]:
             runners[0].deactivate()
-        batches = default_batches(metas) if batches is None else batches
-        check_batches(metas, batches)
+        batched = [m for m in metas if m.name not in rois]  # a RoI input's first dimension counts boxes
+        batches = default_batches(batched) if batches is None else batches
+        check_batches(batched, batches)
         for batch in batches:  # every shape is checked before the first measurement, not when its turn comes
-            resolve_shapes(metas, shapes, batch)
+            resolve_shapes(metas, shapes, batch, rois)
         jobs = len(batches) * len(runners)
         # With --iterations the warm-up runs count in the bar (it would sit at 0% through them otherwise); with
         # --duration the bar counts timed seconds and the description says when a runner is warming up.
         bar = _Progress(progress, jobs * (warmup + iterations if iterations is not None else duration),
                         "it" if iterations is not None else "s")
         for batch in batches:
-            feed = random_feed(metas, shapes, batch, seed)
+            feed = random_feed(metas, shapes, batch, seed, rois)
             for runner, own in zip(runners, owned):
                 runner.activate()
                 try:

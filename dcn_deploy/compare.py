@@ -181,12 +181,12 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
 def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.ndarray]] = None, *,
                     shapes: Optional[Mapping[str, Sequence[int]]] = None, batch: Optional[int] = None,
                     seed: int = 0, tolerances: Optional[Mapping[str, Tolerance]] = None,
-                    tolerance: Optional[Tolerance] = None) -> ComparisonResult:
+                    tolerance: Optional[Tolerance] = None, rois: Sequence[str] = ()) -> ComparisonResult:
     """Run every runner on one feed and compare each with ``runners[0]`` (the reference).
 
     Runners that are not active are activated for the call and deactivated after. Without ``feed``, a random
     feed is made from the reference's input metadata (``shapes``/``batch`` fill dynamic dimensions, ``seed``
-    fixes the values). ``tolerance`` applies to every output; ``tolerances`` overrides per dtype key.
+    fixes the values, ``rois`` names inputs that get valid boxes: :func:`dcn_deploy.feeds.roi_inputs`). ``tolerance`` applies to every output; ``tolerances`` overrides per dtype key.
     Outputs are matched by name; if the names differ but the counts agree they are matched by position.
     """
     if len(runners) < 2:
@@ -197,7 +197,7 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
             r.activate()
         reference = runners[0]
         if feed is None:
-            feed = random_feed(reference.input_metadata(), shapes, batch, seed)
+            feed = random_feed(reference.input_metadata(), shapes, batch, seed, rois)
         else:
             seed = None
         result = ComparisonResult(reference=reference.name, runners=[r.name for r in runners],

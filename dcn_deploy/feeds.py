@@ -8,7 +8,8 @@ way to make inputs:
   inputs the user did not name, so a dynamic model runs without ``--shape``.
 - :func:`resolve_shapes` turns each input's metadata (fixed and dynamic dimensions) plus what the user gave
   (``--shape name=1x3x64x64``, ``--batch 8``) into concrete shapes, or says which dimension is missing.
-- :func:`random_feed` fills those shapes with reproducible random data (a fixed seed per call).
+- :func:`random_feed` fills those shapes with reproducible random data (a fixed seed per call); inputs that
+  :func:`roi_inputs` finds feeding a RoI op get valid boxes instead of noise.
 - :func:`load_feed` reads ``name=file.npy`` / ``file.npz`` arguments and checks names, dtypes and shapes.
 """
 from __future__ import annotations
@@ -99,6 +100,36 @@ def _read_stored(path: Path) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Optional
     return stored, dims
 
 
+# Boxes in a random feed when a RoI input's box count is dynamic and not given.
+DEFAULT_BOX_COUNT = 8
+# The ops whose input 1 is a box list, rows (batch index, x1, y1, x2, y2) in input-image pixels.
+_ROI_OPS = {("dcn_deploy", "DeformRoIPool"), ("dcn_deploy", "DeformPSRoIPool")}
+
+
+def roi_inputs(model_path: os.PathLike) -> Tuple[str, ...]:
+    """The graph inputs of an ONNX file that are RoI boxes (input 1 of a ``dcn_deploy`` RoI pooling node).
+
+    Random normal values are no boxes (a batch index of -1 or 2, x2 < x1), so :func:`random_feed` makes valid
+    ones for these. Empty for other models, engines and unreadable files."""
+    path = Path(model_path)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return ()
+    import onnx  # here, not at the top: the rest of this module is numpy only
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - a broken file is reported by the runner that opens it, not here
+        return ()
+    return roi_input_names(graph)
+
+
+def roi_input_names(graph) -> Tuple[str, ...]:
+    """:func:`roi_inputs` for an ONNX ``GraphProto`` in memory."""
+    inputs = {v.name for v in graph.input}
+    return tuple(dict.fromkeys(n.input[1] for n in graph.node
+                               if (n.domain, n.op_type) in _ROI_OPS and len(n.input) > 1 and n.input[1] in inputs))
+
+
 def _stored_defaults(path: Path, given: Mapping[str, Shape]) -> Dict[str, Shape]:
     """Stored example shapes for the dynamic inputs ``given`` does not name (only those that fit the graph)."""
     stored, graph = _read_stored(path)
@@ -128,7 +159,7 @@ def _example_shape(shape: Sequence[object]) -> str:
 
 
 def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Sequence[int]]] = None,
-                   batch: Optional[int] = None) -> Dict[str, Shape]:
+                   batch: Optional[int] = None, rois: Sequence[str] = ()) -> Dict[str, Shape]:
     """Concrete shape of every input.
 
     A shape the user gave for an input wins (its fixed dimensions must agree with the model's). Otherwise
@@ -136,16 +167,19 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
     shape given for another batched input, else 1). ``batch``, when given,
     also replaces the first dimension of a user shape for an input whose first dimension is dynamic, so
     ``--shape x=1x3x64x64 --batch 8`` runs batch 8; a model with no dynamic first dimension accepts only its own
-    batch size. Any other dynamic dimension must come from ``shapes``.
+    batch size. Any other dynamic dimension must come from ``shapes``. The first dimension of a RoI input
+    (``rois``, see :func:`roi_inputs`) counts boxes, not images: ``batch`` never sets it (a dynamic one defaults
+    to :data:`DEFAULT_BOX_COUNT`).
     """
     shapes = dict(shapes or {})
+    batched_metas = [m for m in metas if m.name not in rois]  # the inputs whose first dimension is the batch
     known = {m.name for m in metas}
     unknown = sorted(set(shapes) - known)
     if unknown:
         raise FeedError(f"--shape names {unknown} are not inputs of the model; its inputs are {sorted(known)}")
     default_batch = batch
     if default_batch is None:  # a batch size the user gave for one batched input applies to the others
-        given_batches = [tuple(shapes[m.name])[0] for m in metas
+        given_batches = [tuple(shapes[m.name])[0] for m in batched_metas
                          if m.name in shapes and m.shape and not isinstance(m.shape[0], int) and len(shapes[m.name])]
         default_batch = given_batches[0] if given_batches else None
     resolved: Dict[str, Shape] = {}
@@ -160,7 +194,7 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
                 if isinstance(want, int) and want != got:
                     raise FeedError(f"input {meta.name!r}: dimension {axis} is fixed to {want} in the model, "
                                     f"--shape gives {got} (model shape {format_shape(meta.shape)})")
-            if batch is not None and given and not isinstance(meta.shape[0], int):
+            if batch is not None and given and not isinstance(meta.shape[0], int) and meta.name not in rois:
                 given = (int(batch),) + given[1:]
             resolved[meta.name] = given
             continue
@@ -168,6 +202,8 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
         for axis, dim in enumerate(meta.shape):
             if isinstance(dim, int):
                 dims.append(dim)
+            elif axis == 0 and meta.name in rois:
+                dims.append(DEFAULT_BOX_COUNT)
             elif axis == 0:
                 dims.append(1 if default_batch is None else int(default_batch))
             else:
@@ -176,10 +212,10 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
                     f"{format_shape(meta.shape)}; give its size with --shape {meta.name}=SHAPE, "
                     f"e.g. --shape {meta.name}={_example_shape(meta.shape)}")
         resolved[meta.name] = tuple(dims)
-    batched = [m for m in metas if m.shape and not isinstance(m.shape[0], int)]
+    batched = [m for m in batched_metas if m.shape and not isinstance(m.shape[0], int)]
     if batch is not None and not batched:
         # No input has a dynamic first dimension: the model runs one batch size only.
-        for meta in metas:
+        for meta in batched_metas:
             if meta.shape and meta.shape[0] != batch:
                 raise FeedError(f"input {meta.name!r} has a fixed batch size {meta.shape[0]} (shape "
                                 f"{format_shape(meta.shape)}), so batch {batch} cannot run; export the model "
@@ -199,12 +235,38 @@ def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.
     raise FeedError(f"cannot generate random inputs of dtype {dtype}; give the input as a file with --input")
 
 
+def random_boxes(shape: Shape, dtype: np.dtype, image: Shape, rng: np.random.Generator) -> np.ndarray:
+    """(K, 5) RoIs inside an (N, C, H, W) image: rows (batch index, x1, y1, x2, y2) in pixels, each box 10% to 60%
+    of the image's side and at least one pixel, its batch index in [0, N)."""
+    if len(shape) != 2 or shape[1] != 5:
+        raise FeedError(f"RoI input of shape {format_shape(shape)}: expected (K, 5) rows (batch index, x1, y1, x2, "
+                        "y2); give it with --input")
+    count = shape[0]
+    batch, (height, width) = image[0], (image[2], image[3])
+    sides = [rng.uniform(0.1, 0.6, count) * size + 1 for size in (width, height)]
+    starts = [rng.uniform(0, 1, count) * np.maximum(size - side, 0) for size, side in zip((width, height), sides)]
+    boxes = np.stack([rng.integers(0, batch, count), starts[0], starts[1], starts[0] + sides[0],
+                      starts[1] + sides[1]], axis=1)
+    return boxes.astype(dtype)
+
+
 def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Sequence[int]]] = None,
-                batch: Optional[int] = None, seed: int = 0) -> Dict[str, np.ndarray]:
-    """One reproducible random array per input (same seed -> same arrays), shapes from :func:`resolve_shapes`."""
-    resolved = resolve_shapes(metas, shapes, batch)
+                batch: Optional[int] = None, seed: int = 0, rois: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """One reproducible random array per input (same seed -> same arrays), shapes from :func:`resolve_shapes`.
+
+    ``rois``: inputs that hold RoI boxes (:func:`roi_inputs`); they get valid boxes inside the image, the first
+    other 4-D input (a model with RoIs but no such input needs its boxes given as a file)."""
+    resolved = resolve_shapes(metas, shapes, batch, rois)
     rng = np.random.default_rng(seed)
-    return {m.name: random_array(resolved[m.name], m.dtype, rng) for m in metas}
+    feed = {m.name: random_array(resolved[m.name], m.dtype, rng) for m in metas if m.name not in rois}
+    image = next((resolved[m.name] for m in metas if m.name not in rois and len(resolved[m.name]) == 4), None)
+    for m in metas:
+        if m.name in rois:
+            if image is None:
+                raise FeedError(f"input {m.name!r} holds RoI boxes, but the model has no 4-D image input to place "
+                                "them in; give the boxes with --input")
+            feed[m.name] = random_boxes(resolved[m.name], m.dtype, image, rng)
+    return {m.name: feed[m.name] for m in metas}
 
 
 def _load_file(path: Path) -> Dict[str, np.ndarray]:

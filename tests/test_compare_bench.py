@@ -231,6 +231,25 @@ def test_resolve_shapes_fills_batch_and_user_sizes():
     assert resolve_shapes((TensorMeta("x", F32, (2, 3)),), batch=2) == {"x": (2, 3)}
 
 
+def test_random_boxes_lie_inside_the_image_and_its_batch():
+    from dcn_deploy.backends.base import TensorMeta
+    from dcn_deploy.feeds import FeedError
+
+    metas = [TensorMeta("image", np.dtype(np.float32), ("n", 3, 40, 30)), TensorMeta("rois", np.dtype(np.float32),
+                                                                                   ("k", 5))]
+    feed = random_feed(metas, {"rois": (64, 5)}, batch=3, seed=1, rois=["rois"])
+    boxes = feed["rois"]
+    assert feed["image"].shape == (3, 3, 40, 30) and boxes.shape == (64, 5) and boxes.dtype == np.float32
+    assert set(boxes[:, 0]) <= {0.0, 1.0, 2.0} and len(set(boxes[:, 0])) > 1
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= 30).all() and (boxes[:, 3] - boxes[:, 1] >= 1).all()
+    assert (boxes[:, 2] >= 0).all() and (boxes[:, 4] <= 40).all() and (boxes[:, 4] - boxes[:, 2] >= 1).all()
+    np.testing.assert_array_equal(random_feed(metas, {"rois": (64, 5)}, 3, 1, ["rois"])["rois"], boxes)
+    with pytest.raises(FeedError, match="no 4-D image input"):
+        random_feed(metas[1:], {"rois": (4, 5)}, rois=["rois"])
+    with pytest.raises(FeedError, match=r"expected \(K, 5\)"):
+        random_feed([metas[0], TensorMeta("rois", np.dtype(np.float32), (4, 4))], batch=1, rois=["rois"])
+
+
 def test_random_feed_is_reproducible_and_typed():
     a = random_feed(METAS, {"image": (2, 3, 5, 5)}, seed=1)
     b = random_feed(METAS, {"image": (2, 3, 5, 5)}, seed=1)

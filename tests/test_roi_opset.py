@@ -149,6 +149,28 @@ def test_export_verifies_in_stock_ort_with_dynamic_rois(tmp_path):
     assert {n.op_type for n in model.graph.node if n.domain == opset.DOMAIN} == {"DeformRoIPool", "DeformPSRoIPool"}
 
 
+def test_exported_roi_model_verifies_and_benches_from_the_cli_on_random_boxes(tmp_path):
+    # no --shape, no --input: the stored example shapes size the inputs, and the RoI input gets valid boxes
+    # (random normal values would give batch indices outside the batch: an error in ONNX Runtime)
+    from click.testing import CliRunner
+
+    from dcn_deploy.cli import main
+    from dcn_deploy.feeds import roi_inputs
+    from dcn_deploy.onnx.export import export
+
+    gen = torch.Generator().manual_seed(14)
+    head = _Head().eval()
+    x, scores = torch.randn(2, 4, 10, 12, generator=gen), torch.randn(2, 8, 10, 12, generator=gen)
+    path = tmp_path / "head.onnx"
+    export(head, (x, _rois(gen, 5, 2, 24.0), scores), path, dynamic=True)
+    (rois_name,) = roi_inputs(path)
+    assert rois_name == [i.name for i in onnx.load(str(path)).graph.input][1]
+    verify = CliRunner().invoke(main, ["verify", str(path), "--against", "ort", "--seed", "3"])
+    assert verify.exit_code == 0, verify.output
+    bench = CliRunner().invoke(main, ["bench", str(path), "--iterations", "2", "--warmup", "0", "--no-progress"])
+    assert bench.exit_code == 0, bench.output
+
+
 def test_export_refuses_adaptive_sampling_naming_the_layer(tmp_path):
     from dcn_deploy.onnx.export import ExportError, export
 

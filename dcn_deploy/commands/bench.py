@@ -52,6 +52,7 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
     timed. (artifacts/demo/ is what `dcn-deploy demo` writes.)
     """
     from ..bench import benchmark
+    from ..feeds import roi_inputs
     from ..io_utils import atomic_write_text
 
     if iterations is not None and duration is not None:
@@ -63,7 +64,7 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
     runners = make_runners(kinds, model_path, torch_model, checkpoint, threads, engine, shapes=shape_map,
                            batches=batches or ())
     result = benchmark(runners, batches=batches, shapes=shape_map, iterations=iterations,
-                       duration=duration, warmup=warmup, seed=seed, progress=progress)
+                       duration=duration, warmup=warmup, seed=seed, progress=progress, rois=roi_inputs(model_path))
     if output is not None:
         atomic_write_text(output, result.to_json() + "\n")
     if as_json:

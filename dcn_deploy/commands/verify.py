@@ -46,7 +46,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     """
     from ..backends.base import RunnerError
     from ..compare import DEFAULT_TOLERANCES, Tolerance, compare_runners
-    from ..feeds import load_feed
+    from ..feeds import load_feed, roi_inputs
 
     if against is None:
         against = "torch" if torch_model else "ort"
@@ -75,7 +75,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     try:
         feed = load_feed(inputs, runners[0].input_metadata()) if inputs else None
         result = compare_runners(runners, feed, shapes=shape_map, batch=batch, seed=seed,
-                                 tolerances=overrides)
+                                 tolerances=overrides, rois=roi_inputs(model_path))
     except RunnerError as exc:  # a runner could not run these inputs: nothing was compared
         raise CliError(_inference_failure(str(exc), model_path, torch_model)) from exc
     finally:

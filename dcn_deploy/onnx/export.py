@@ -34,7 +34,7 @@ import onnx
 import torch
 
 from ..compare import OutputComparison, Tolerance, compare_outputs, tolerance_for
-from ..feeds import EXAMPLE_SHAPES_KEY
+from ..feeds import EXAMPLE_SHAPES_KEY, random_boxes, roi_input_names
 from ..io_utils import atomic_path
 from . import opset as dcn_opset
 
@@ -402,9 +402,19 @@ def _tolerance(expected: np.ndarray, rtol: Optional[float], atol: Optional[float
     return Tolerance(atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol)
 
 
-def _random_inputs(example_inputs, shapes: Sequence[Sequence[int]], seed: int) -> List[torch.Tensor]:
+def _random_inputs(example_inputs, shapes: Sequence[Sequence[int]], seed: int,
+                   rois: Sequence[int] = ()) -> List[torch.Tensor]:
+    """Random inputs of the given shapes; those at the positions ``rois`` (RoI box lists) get valid boxes inside
+    the first other 4-D input (random normal values would put boxes in images that do not exist)."""
     generator = torch.Generator().manual_seed(seed)
-    return [_random_like(t, s, generator) for t, s in zip(example_inputs, shapes)]
+    inputs = [_random_like(t, s, generator) for t, s in zip(example_inputs, shapes)]
+    image = next((tuple(s) for i, s in enumerate(shapes) if i not in rois and len(s) == 4), None)
+    rng = np.random.default_rng(seed)
+    for i in rois:
+        if image is not None:
+            boxes = random_boxes(tuple(shapes[i]), np.float32, image, rng)
+            inputs[i] = torch.from_numpy(boxes).to(example_inputs[i].dtype)
+    return inputs
 
 
 def _verify_once(session, model, inputs: Sequence[torch.Tensor], label: str,
@@ -582,15 +592,18 @@ def _verify(report: ExportReport, model, example_inputs, proto: onnx.ModelProto,
                              + ", ".join("x".join(map(str, t.shape)) for t in inputs), report.rtol, report.atol)
                 for inputs in verify_inputs]
     else:
-        runs = [_verify_once(session, model, _random_inputs(example_inputs, [t.shape for t in example_inputs], seed),
-                             "random inputs, example shapes", report.rtol, report.atol)]
+        roi_names = roi_input_names(proto.graph)
+        rois = [i for i, graph_input in enumerate(proto.graph.input) if graph_input.name in roi_names]
+        runs = [_verify_once(session, model, _random_inputs(example_inputs, [t.shape for t in example_inputs], seed,
+                                                            rois), "random inputs, example shapes", report.rtol,
+                             report.atol)]
     if report.dynamic and verify_inputs is None:
         other = _other_shapes(example_inputs, proto.graph.input)
         if other is None:
             report.warnings.append("dynamic export, but no input dimension came out dynamic")
         else:
             shapes, label = other
-            runs.append(_verify_once(session, model, _random_inputs(example_inputs, shapes, seed + 1),
+            runs.append(_verify_once(session, model, _random_inputs(example_inputs, shapes, seed + 1, rois),
                                      f"random inputs, {label}", report.rtol, report.atol))
     report.verification = runs
     report.seconds["verify"] = time.perf_counter() - start
