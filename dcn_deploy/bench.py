@@ -211,22 +211,19 @@ def default_batches(metas: Sequence[TensorMeta]) -> List[int]:
 def check_batches(metas: Sequence[TensorMeta], batches: Sequence[int]) -> None:
     """Raise FeedError, naming the input and its fixed batch size, when the model cannot run one of ``batches``.
 
-    A model with a dynamic first dimension on some input runs any batch; otherwise every input's first
-    dimension is fixed and only that size runs (the same rule as :func:`dcn_deploy.feeds.resolve_shapes`).
+    A model with a dynamic first dimension on some input runs any batch; otherwise its batch is the first
+    input's first dimension and only that size runs (the same rule as :func:`dcn_deploy.feeds.resolve_shapes`;
+    other inputs' first dimensions, e.g. a fixed number of boxes, are theirs).
     """
-    if _fixed_batch(metas) is None:
-        return
-    for meta in metas:
-        if not meta.shape:
-            continue
-        wrong = [b for b in batches if b != meta.shape[0]]
-        if wrong:
-            asked = ",".join(str(b) for b in batches)
-            raise FeedError(
-                f"--batch {asked}: input {meta.name!r} has a fixed batch size {meta.shape[0]} (model shape "
-                f"{format_shape(meta.shape)}), so batch {', '.join(map(str, wrong))} cannot run; use "
-                f"--batch {meta.shape[0]}, or export the model with a dynamic batch dimension "
-                "(dcn-deploy export --dynamic)")
+    fixed = _fixed_batch(metas)
+    wrong = [b for b in batches if fixed is not None and b != fixed]
+    if wrong:
+        meta = next(m for m in metas if m.shape)
+        asked = ",".join(str(b) for b in batches)
+        raise FeedError(
+            f"--batch {asked}: input {meta.name!r} has a fixed batch size {fixed} (model shape "
+            f"{format_shape(meta.shape)}), so batch {', '.join(map(str, wrong))} cannot run; use "
+            f"--batch {fixed}, or export the model with a dynamic batch dimension (dcn-deploy export --dynamic)")
 
 
 def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = None,

@@ -18,7 +18,7 @@ from .commands import EXIT_BAD_INPUT, EXIT_FAILED, CliError, echo_error  # noqa:
 
 # Library errors that mean the input was wrong (a file, an option, a model that does not fit); every other
 # exception from a command means it ran and failed.
-BAD_INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, SyntaxError)
+BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, SyntaxError)
 
 
 class _Group(click.Group):

@@ -78,28 +78,6 @@ def stored_example_shapes(model_path: os.PathLike) -> Dict[str, Shape]:
     return _read_stored(Path(model_path))[0]
 
 
-def _read_stored(path: Path) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Optional[int], ...]]]:
-    """(stored example shapes, the graph inputs' dims with None for dynamic ones); ({}, {}) when unreadable."""
-    if path.suffix.lower() != ".onnx" or not path.is_file():
-        return {}, {}
-    import onnx  # here, not at the top: the rest of this module is numpy only
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - a broken file is reported by the runner that opens it, not here
-        return {}, {}
-    text = next((p.value for p in proto.metadata_props if p.key == EXAMPLE_SHAPES_KEY), None)
-    try:
-        raw = json.loads(text) if text else {}
-        stored = {str(name): tuple(int(d) for d in dims) for name, dims in raw.items()}
-    except (ValueError, TypeError, AttributeError):  # a hand-edited or foreign value: as if absent
-        return {}, {}
-    initialisers = {t.name for t in proto.graph.initializer}
-    dims = {v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
-            for v in proto.graph.input if v.name not in initialisers}
-    return stored, dims
-
-
 # Boxes in a random feed when a RoI input's box count is dynamic and not given.
 DEFAULT_BOX_COUNT = 8
 # The ops whose input 1 is a box list, rows (batch index, x1, y1, x2, y2) in input-image pixels.
@@ -130,20 +108,57 @@ def roi_input_names(graph) -> Tuple[str, ...]:
                                if (n.domain, n.op_type) in _ROI_OPS and len(n.input) > 1 and n.input[1] in inputs))
 
 
+Dim = object  # a graph input's dimension: an int, a symbol name (str), or None (dynamic, unnamed)
+
+
+def _read_stored(path: Path) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Dim, ...]], Tuple[str, ...]]:
+    """(stored example shapes, the graph inputs' dims: ints, symbol names or None, the RoI inputs); all empty
+    when unreadable."""
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return {}, {}, ()
+    import onnx  # here, not at the top: the rest of this module is numpy only
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a broken file is reported by the runner that opens it, not here
+        return {}, {}, ()
+    text = next((p.value for p in proto.metadata_props if p.key == EXAMPLE_SHAPES_KEY), None)
+    try:
+        raw = json.loads(text) if text else {}
+        stored = {str(name): tuple(int(d) for d in dims) for name, dims in raw.items()}
+    except (ValueError, TypeError, AttributeError):  # a hand-edited or foreign value: as if absent
+        return {}, {}, ()
+    initialisers = {t.name for t in proto.graph.initializer}
+    dims = {v.name: tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                          for d in v.type.tensor_type.shape.dim)
+            for v in proto.graph.input if v.name not in initialisers}
+    return stored, dims, roi_input_names(proto.graph)
+
+
 def _stored_defaults(path: Path, given: Mapping[str, Shape]) -> Dict[str, Shape]:
-    """Stored example shapes for the dynamic inputs ``given`` does not name (only those that fit the graph)."""
-    stored, graph = _read_stored(path)
-    # a batch the user gave for one dynamically batched input applies to the others, as in resolve_shapes
-    user_batches = [given[n][0] for n, dims in graph.items() if n in given and dims and dims[0] is None and given[n]]
+    """Stored example shapes for the dynamic inputs ``given`` does not name (only those that fit the graph).
+
+    A dimension that shares its symbol (``batch``, ``height``, ...) with an input the user gave takes the user's
+    size, so one ``--shape`` resizes every input tied to it; an unnamed dynamic batch dimension takes the user's
+    batch (not a RoI input's first dimension: that counts boxes)."""
+    stored, graph, rois = _read_stored(path)
+    symbols: Dict[str, int] = {}  # symbol -> the size the user gave it
+    for name, shape in given.items():
+        for dim, size in zip(graph.get(name, ()), shape):
+            if isinstance(dim, str):
+                symbols.setdefault(dim, int(size))
+    user_batches = [given[n][0] for n, dims in graph.items()
+                    if n in given and n not in rois and dims and not isinstance(dims[0], int) and given[n]]
     defaults: Dict[str, Shape] = {}
     for name, dims in graph.items():
         shape = stored.get(name)
-        if name in given or shape is None or None not in dims:
+        if name in given or shape is None or all(isinstance(d, int) for d in dims):
             continue
         if len(shape) != len(dims) or min(shape, default=1) < 1 or any(
-                d is not None and d != s for d, s in zip(dims, shape)):
+                isinstance(d, int) and d != s for d, s in zip(dims, shape)):
             continue  # the file was changed after export: ignore what no longer fits
-        if user_batches and dims[0] is None:
+        shape = tuple(symbols.get(d, s) if isinstance(d, str) else s for d, s in zip(dims, shape))
+        if user_batches and dims[0] is None and name not in rois:
             shape = (user_batches[0],) + shape[1:]
         defaults[name] = shape
     return defaults
@@ -214,8 +229,9 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
         resolved[meta.name] = tuple(dims)
     batched = [m for m in batched_metas if m.shape and not isinstance(m.shape[0], int)]
     if batch is not None and not batched:
-        # No input has a dynamic first dimension: the model runs one batch size only.
-        for meta in batched_metas:
+        # No input has a dynamic first dimension: the model runs one batch size only, its first input's (the
+        # other inputs' first dimensions are theirs, e.g. a fixed number of boxes).
+        for meta in [m for m in batched_metas if m.shape][:1]:
             if meta.shape and meta.shape[0] != batch:
                 raise FeedError(f"input {meta.name!r} has a fixed batch size {meta.shape[0]} (shape "
                                 f"{format_shape(meta.shape)}), so batch {batch} cannot run; export the model "

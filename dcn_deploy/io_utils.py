@@ -10,6 +10,20 @@ from typing import Iterator, Union
 PathLike = Union[str, os.PathLike]
 
 
+def check_output_path(target: PathLike, what: str = "output") -> None:
+    """Raise FileNotFoundError / PermissionError (or ValueError for a folder given as the file), naming ``what``
+    (e.g. ``--output``) and the fix, when ``target`` cannot be written: call it before slow work, not after."""
+    target = Path(target)
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"{what} {target} is a folder; give a file name inside it")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {target}: folder {folder} does not exist; create it (mkdir -p {folder}) "
+                                "or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {target}: folder {folder} is not writable; choose another path")
+
+
 @contextlib.contextmanager
 def atomic_path(target: PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it onto ``target``, on error delete it.
@@ -18,19 +32,22 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     ...     onnx.save(model, tmp)
     """
     target = Path(target)
-    if target.parent and not target.parent.exists():
-        raise FileNotFoundError(f"output folder {target.parent} does not exist; create it or choose another path")
+    check_output_path(target)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        # mkstemp creates the file 0600; give the result the permissions an ordinary open() would
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        give_default_permissions(tmp)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def give_default_permissions(path: PathLike) -> None:
+    """The permissions an ordinary open() would give (mkstemp and mkdtemp create private files)."""
+    os.chmod(path, 0o666 & ~_current_umask())
 
 
 def _current_umask() -> int:

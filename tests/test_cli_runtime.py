@@ -199,6 +199,8 @@ def test_trt_build_options_cover_the_shapes_and_batches_asked_for(files):
     (name, spec), = parse_range_specs(options["shapes"]).items()  # the TensorRT builder's own parser accepts them
     assert name == "x" and (spec.min, spec.opt, spec.max) == ((1, 2, 8, 8), (2, 2, 8, 8), (16, 2, 8, 8))
     assert trt_build_options(Path(files["onnx"]), {}, []) == {"max_batch": 8}
+    # a size with no --batch (e.g. the file's stored example shape, batch 1) keeps the default batch range
+    assert trt_build_options(Path(files["onnx"]), {"x": (1, 2, 8, 8)}, [])["shapes"] == ["x:1x2x8x8/1x2x8x8/8x2x8x8"]
 
 
 @pytest.mark.tensorrt

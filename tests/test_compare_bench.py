@@ -303,3 +303,19 @@ def test_load_feed_errors_name_file_input_and_fix(tmp_path, rng):
         load_feed([f"x={tmp_path / 'notes.txt'}"], metas)
     with pytest.raises(FeedError, match="given twice"):
         load_feed([x, x], metas)
+
+
+def test_a_static_model_batch_is_its_first_inputs():
+    # a second input's first dimension (7 boxes, 7 points, ...) is not a batch size
+    from dcn_deploy.backends.base import TensorMeta
+    from dcn_deploy.bench import check_batches, default_batches
+    from dcn_deploy.feeds import FeedError, resolve_shapes
+
+    metas = [TensorMeta("x", np.dtype(np.float32), (1, 3, 16, 16)), TensorMeta("pts", np.dtype(np.float32), (7, 2))]
+    assert default_batches(metas) == [1]
+    check_batches(metas, [1])
+    assert resolve_shapes(metas, batch=1) == {"x": (1, 3, 16, 16), "pts": (7, 2)}
+    with pytest.raises(FeedError, match="input 'x' has a fixed batch size 1"):
+        check_batches(metas, [1, 7])
+    with pytest.raises(FeedError, match="input 'x' has a fixed batch size 1"):
+        resolve_shapes(metas, batch=7)

@@ -5,6 +5,8 @@ different configurations at once, and its file is shared by the tests that read 
 """
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -169,6 +171,26 @@ def test_large_model_weights_go_to_an_external_data_file(tmp_path, monkeypatch):
     assert external and all(e.value == "big.onnx.data" for t in proto.graph.initializer
                             if t.data_location == onnx.TensorProto.EXTERNAL for e in t.external_data if e.key == "location")
     assert inspect_model(folder / "big.onnx")["deformable_nodes"][0]["weight_shape"] == [8, 8, 3, 3]
+    assert all((folder / name).stat().st_mode & 0o777 == (folder / "big.onnx").stat().st_mode & 0o777
+               for name in ("big.onnx", "big.onnx.data"))  # the weights as readable as the model
+    # a smaller model written over it takes its weights file away with it
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 1 << 40)
+    export(model, (torch.randn(1, 3, 9, 11),), folder / "small.onnx", verify=False)
+    (folder / "keep.onnx.data").write_bytes(b"not ours")
+    shutil.copy(folder / "small.onnx", folder / "keep.onnx")
+    assert sorted(p.name for p in folder.iterdir()) == ["big.onnx", "big.onnx.data", "keep.onnx", "keep.onnx.data",
+                                                        "small.onnx"]
+    export(model, (torch.randn(1, 3, 9, 11),), folder / "keep.onnx", verify=False)  # its old file used no .data
+    assert (folder / "keep.onnx.data").exists()
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+    export(model, (torch.randn(1, 3, 9, 11),), folder / "big.onnx")
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 1 << 40)
+    export(model, (torch.randn(1, 3, 9, 11),), folder / "big.onnx")
+    assert not (folder / "big.onnx.data").exists()
+    for name in ("small.onnx", "keep.onnx", "keep.onnx.data"):
+        (folder / name).unlink()
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+    export(model, (torch.randn(1, 3, 9, 11),), folder / "big.onnx")
     # the pair moves together: the model refers to its weights by file name, not by path
     moved = tmp_path / "moved"
     folder.rename(moved)
@@ -265,7 +287,7 @@ def test_bad_model_and_output_path_are_refused(tmp_path):
         export(lambda x: x, _TINY, tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="is a folder"):
         export(DeformConv2d(2, 2, 3, padding=1).eval(), _TINY, tmp_path)
-    with pytest.raises(FileNotFoundError, match="output folder .*missing does not exist"):
+    with pytest.raises(FileNotFoundError, match="folder .*missing does not exist"):
         export(DeformConv2d(2, 2, 3, padding=1).eval(), _TINY, tmp_path / "missing" / "m.onnx")
 
 

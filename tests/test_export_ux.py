@@ -288,7 +288,8 @@ def test_input_shape_that_does_not_fit_is_one_line_and_exit_2(model_file, shapes
     assert result.exit_code == 2, result.output + result.stderr
     errors = _error_lines(result)
     assert len(errors) == 1 and cause in errors[0]
-    assert f"the example inputs ({', '.join(shapes)}) do not fit {model_file}:build (Sequential)" in errors[0]
+    assert f"{model_file}:build (Sequential) raised " in errors[0]
+    assert f"on the example inputs ({', '.join(shapes)})" in errors[0]
     assert "check --input-shape" in errors[0]
     for noise in ("Traceback", "always_classified", "_trace.py", "torch.onnx.export"):
         assert noise not in result.stderr
@@ -334,3 +335,24 @@ def test_shape_option_accepts_both_separators():
 def test_bad_shape_option_lists_both_forms(item):
     with pytest.raises(FeedError, match="expected NAME=SHAPE or NAME:SHAPE.*--shape input:1x3x64x64"):
         parse_shape_options([item])
+
+
+def test_a_given_shape_resizes_the_stored_shapes_of_inputs_tied_to_it(tmp_path):
+    # x and y share batch, height and width symbols (the model adds them): --shape for x resizes y as well
+    from dcn_deploy.feeds import parse_shape_options
+    from dcn_deploy.onnx.export import export
+    from dcn_deploy.ops import ModulatedDeformConv2dPack
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dcn = ModulatedDeformConv2dPack(3, 4, 3, padding=1)
+
+        def forward(self, x, y):
+            return self.dcn(x) + y
+
+    path = tmp_path / "two.onnx"
+    export(TwoInputs().eval(), (torch.randn(1, 3, 16, 16), torch.randn(1, 4, 16, 16)), path, dynamic=True)
+    x_name, y_name = [i.name for i in onnx.load(str(path)).graph.input]
+    assert parse_shape_options([], path) == {x_name: (1, 3, 16, 16), y_name: (1, 4, 16, 16)}
+    assert parse_shape_options([f"{x_name}=2x3x32x24"], path)[y_name] == (2, 4, 32, 24)

@@ -118,7 +118,8 @@ class OrtRunner(Runner):
         }[self.optimization]
         if self.threads is not None:
             options.intra_op_num_threads = int(self.threads)
-        options.log_severity_level = 3  # errors only: warnings about unused initialisers etc. are noise here
+        options.log_severity_level = 4  # fatal only: its warnings are noise here, and its errors come back as our
+        # exceptions (one message); logged too, they printed a second, red copy first
         source = self._model_bytes_or_path()
         label = source if isinstance(source, str) else "the model"
         try:

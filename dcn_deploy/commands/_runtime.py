@@ -76,8 +76,11 @@ def trt_build_options(model_path: Path, shapes: Dict[str, tuple], batches: Seque
     ``--shape`` sizes, with a dynamic batch dimension ranging from 1 to the largest batch asked for."""
     from ..backends.factory import onnx_io_metadata
 
+    from ..backends.trt_profiles import DEFAULT_MAX_BATCH
+
     inputs, _ = onnx_io_metadata(model_path)
-    largest = max(list(batches) + [1])
+    # without --batch the profile keeps the default batch range (sizes from the file's stored shapes are batch 1)
+    largest = max(list(batches) or [DEFAULT_MAX_BATCH])
     specs = []
     for meta in inputs:
         if meta.name not in shapes:
@@ -87,7 +90,7 @@ def trt_build_options(model_path: Path, shapes: Dict[str, tuple], batches: Seque
         if meta.shape and not isinstance(meta.shape[0], int):
             low[0], high[0] = 1, max(largest, opt[0])
         specs.append(f"{meta.name}:" + "/".join("x".join(map(str, s)) for s in (low, opt, high)))
-    return {"shapes": specs, "max_batch": max(largest, 8)} if specs else {"max_batch": max(largest, 8)}
+    return {"shapes": specs, "max_batch": largest} if specs else {"max_batch": largest}
 
 
 def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[str],

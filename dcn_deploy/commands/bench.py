@@ -1,12 +1,12 @@
 """``dcn-deploy bench``: latency and throughput of one or more runners over several batch sizes."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import click
 
+from ..io_utils import check_output_path
 from . import CliError
 from ._runtime import (default_runner, engine_option, make_runners, model_argument, parse_int_list,
                        parse_runner_list, parse_shapes, shape_options, torch_model_options)
@@ -57,12 +57,13 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
 
     if iterations is not None and duration is not None:
         raise CliError("give --iterations or --duration, not both")
-    check_output_folder(output, "--output")  # before the runners load and the timing runs, not after
+    if output is not None:
+        check_output_path(output, "--output")  # before the runners load and the timing runs, not after
     kinds = parse_runner_list(runner_list) if runner_list else [default_runner(model_path)]
     batches = parse_int_list(batch_list, "--batch") if batch_list is not None else None
     shape_map = parse_shapes(shapes, model_path)
     runners = make_runners(kinds, model_path, torch_model, checkpoint, threads, engine, shapes=shape_map,
-                           batches=batches or ())
+                           batches=batches or (), keep_active=False)  # benchmark activates each while it times it
     result = benchmark(runners, batches=batches, shapes=shape_map, iterations=iterations,
                        duration=duration, warmup=warmup, seed=seed, progress=progress, rois=roi_inputs(model_path))
     if output is not None:
@@ -75,18 +76,3 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
         click.echo(result.table())
         if output is not None:
             click.echo(f"JSON report: {output}")
-
-
-def check_output_folder(path: Optional[Path], option: str) -> None:
-    """Fail at once (exit 2) when an output file's folder is missing or not writable, before any slow work.
-
-    ``atomic_path`` makes the same check when it writes, but that is after the measurement it would lose.
-    """
-    if path is None:
-        return
-    folder = path.parent
-    if not folder.is_dir():
-        raise CliError(f"{option} {path}: folder {folder} does not exist; create it (mkdir -p {folder}) or choose "
-                       "another path")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CliError(f"{option} {path}: folder {folder} is not writable; choose another path")

@@ -83,10 +83,10 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
                         verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
                         verify_inputs=verify_inputs, progress=stage)
     except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it
-        fix = ("check --input-shape: one per model input, in order" if input_shapes
+        fix = ("check --input-shape (one per model input, in order) and the model's code" if input_shapes
                else "they came from the model itself; give --input-shape (one per model input, in order)")
-        raise CliError(f"the example inputs ({exc.shapes_text}) do not fit {model_ref} ({exc.model_name}): "
-                       f"{exc.cause_text}; {fix}") from None
+        raise CliError(f"{model_ref} ({exc.model_name}) raised {exc.cause_text} on the example inputs "
+                       f"({exc.shapes_text}); {fix}") from exc
     except VerificationError as exc:
         click.echo(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report))
         raise

@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 
 import click
 
+from ..io_utils import check_output_path
 from . import CliError
-from .bench import check_output_folder  # the same early check as bench -o
 
 
 @click.group("zoo")
@@ -76,16 +76,20 @@ def report_command(pairs: Sequence[str], size: Optional[str], backend: str, thre
       dcn-deploy zoo report --pairs rfcn_resnet50_dcn --size 256 --rois 50 --iterations 20 --json rfcn.json
     """
     hw = None if size is None else parse_size(size)
-    check_output_folder(json_path, "--json")  # before the (minutes-long) measurement, not after it
+    if json_path is not None:
+        check_output_path(json_path, "--json")  # before the (minutes-long) measurement, not after it
 
     from ..io_utils import atomic_write_text
+    from ..models import zoo
     from ..models.cost_report import DEFAULT_PAIRS, markdown, report_json, run_report
 
-    try:
-        rows, settings = run_report(pairs or DEFAULT_PAIRS, hw, backend, threads, iterations, warmup, rois,
-                                    progress=lambda message: click.echo(message, err=True))
-    except (KeyError, ValueError) as exc:
-        raise CliError(str(exc.args[0] if exc.args else exc)) from None
+    for name in pairs:  # a typo is bad input (exit 2); errors of the measurement itself are not
+        try:
+            zoo.get(name)
+        except KeyError as exc:
+            raise CliError(f"--pairs {name}: {exc.args[0]}") from None
+    rows, settings = run_report(pairs or DEFAULT_PAIRS, hw, backend, threads, iterations, warmup, rois,
+                                progress=lambda message: click.echo(message, err=True))
     click.echo(markdown(rows, settings))
     click.echo("\n" + ", ".join(f"{k}: {v}" for k, v in settings.items()))
     if json_path is not None:

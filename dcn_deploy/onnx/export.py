@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 
 from ..compare import OutputComparison, Tolerance, compare_outputs, tolerance_for
 from ..feeds import EXAMPLE_SHAPES_KEY, random_boxes, roi_input_names
-from ..io_utils import atomic_path
+from ..io_utils import atomic_path, check_output_path, give_default_permissions
 from . import opset as dcn_opset
 
 __all__ = ["export", "ExportReport", "VerificationRun", "ExportError", "ExampleInputsError", "VerificationError",
@@ -64,8 +65,12 @@ class ExampleInputsError(ExportError, ValueError):
 
     @property
     def cause_text(self) -> str:
+        """``RuntimeError: <first line> (at my_model.py:12)``: where outside the installed packages it was raised."""
         first = str(self.cause).strip().splitlines()[0] if str(self.cause).strip() else ""
-        return f"{type(self.cause).__name__}: {first}" if first else type(self.cause).__name__
+        text = f"{type(self.cause).__name__}: {first}" if first else type(self.cause).__name__
+        frames = [f for f in traceback.extract_tb(self.cause.__traceback__)
+                  if "site-packages" not in f.filename and "/dcn_deploy/" not in f.filename.replace("\\", "/")]
+        return text + (f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else "")
 
 
 class NoDeformableLayerError(ValueError):
@@ -336,30 +341,49 @@ def external_data_name(path: Path) -> str:
 
 
 def _needs_external_data(proto: onnx.ModelProto) -> bool:
-    weights = sum(len(t.raw_data) or t.ByteSize() for t in proto.graph.initializer)
-    return weights > EXTERNAL_DATA_THRESHOLD_BYTES
+    try:
+        return proto.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES
+    except Exception:  # noqa: BLE001 - a message protobuf cannot even size is over its limit
+        return True
+
+
+def _external_data_files(path: Path) -> set:
+    """The external data files the ONNX file at ``path`` refers to (empty when there is none or no file)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - no file, or not ONNX: nothing of ours to clean up
+        return set()
+    return {entry.value for t in proto.graph.initializer for entry in t.external_data if entry.key == "location"}
 
 
 def _write_checked(proto: onnx.ModelProto, path: Path, external: bool) -> onnx.ModelProto:
     """Write ``proto`` to ``path`` (and its weights to ``path.data`` when ``external``), check the written files,
     and return the inferred model. Nothing appears at ``path`` unless the check passes: files are written under
-    temporary names in the same folder and renamed at the end (the weights first, then the model)."""
+    temporary names in the same folder and renamed at the end, the weights first, then the model. A weights file
+    that the replaced model used and the new one does not is deleted."""
+    old_data = _external_data_files(path)
+    data = path.parent / external_data_name(path)
     if not external:
         with atomic_path(path) as tmp:
             onnx.save(proto, str(tmp))
-            return _check_file(tmp)
-    data = path.parent / external_data_name(path)
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        # in a private folder, under the final names: the model refers to its weights by file name
-        onnx.save(proto, str(folder / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=data.name, size_threshold=1024)
-        inferred = _check_file(folder / path.name)
-        os.replace(folder / data.name, data)
-        os.replace(folder / path.name, path)
-        return inferred
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+            inferred = _check_file(tmp)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            # in a private folder, under the final names: the model refers to its weights by file name
+            onnx.save(proto, str(folder / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=data.name, size_threshold=1024)
+            inferred = _check_file(folder / path.name)
+            for name in (data.name, path.name):
+                give_default_permissions(folder / name)
+            os.replace(folder / data.name, data)
+            os.replace(folder / path.name, path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    for stale in old_data - ({data.name} if external else set()):
+        if "/" not in stale and "\\" not in stale:  # only a file beside the model, never a path elsewhere
+            (path.parent / stale).unlink(missing_ok=True)
+    return inferred
 
 
 def _check_file(path: Path) -> onnx.ModelProto:
@@ -491,7 +515,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
             for an ExportedProgram (its own example inputs are used).
         path: output file; written atomically (a temporary file, renamed once checked). A model whose weights
             exceed ~1.9 GiB (protobuf's 2 GiB limit) keeps them in ``<path>.data`` beside it (ONNX external data;
-            ``report.weights_path``); the two files move together. Its ``metadata_props``
+            ``report.weights_path``); keep the two files together. Its ``metadata_props``
             record the example input shapes under ``"dcn_deploy.example_shapes"`` (:data:`EXAMPLE_SHAPES_KEY`) as
             JSON ``{input name: [dims]}``, e.g. ``{"input": [1, 3, 64, 64]}``; ``dcn-deploy verify/bench`` take
             them as the size of dynamic dimensions the user does not give with ``--shape``.
@@ -526,10 +550,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     dtypes = _float_dtypes(model, example_inputs)
     opset = _check_opset(opset, dtypes)
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"output path {path} is a folder; give a file name such as {path / 'model.onnx'}")
-    if not path.parent.is_dir():  # checked before the (slow) export, not after
-        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it or choose another path")
+    check_output_path(path, "output path")  # before the (slow) export, not after
     _check_inputs_fit(model, example_inputs)
 
     start = time.perf_counter()

@@ -51,7 +51,10 @@ class Sampler:
     def __call__(self, batch: int, size: Optional[Tuple[int, int]], seed: int) -> Tuple[torch.Tensor, ...]:
         if size is not None and not self.takes_size:
             raise ValueError("this model's example_inputs takes no size")  # callers check takes_size first
-        inputs = self.make(batch, size, seed)
+        try:
+            inputs = self.make(batch, size, seed)
+        except Exception as exc:  # the model's own example_inputs (or a zoo sampler) raised
+            raise ModelCodeError(f"the model's example_inputs raised {_describe_exception(exc)}") from exc
         return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
@@ -295,8 +298,8 @@ def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:
         raise ModelCodeError(f"{reference} raised {_describe_exception(exc, getattr(owner, '__file__', None))}; "
                              "the factory is called with no arguments and must return the torch.nn.Module") from exc
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{reference} returned a {type(model).__name__}, not a torch.nn.Module; the factory must "
-                        "build and return the model (called with no arguments)")
+        raise ModelCodeError(f"{reference} returned a {type(model).__name__}, not a torch.nn.Module; the factory "
+                             "must build and return the model (called with no arguments)")
     return model
 
 
