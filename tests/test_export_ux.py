@@ -356,3 +356,16 @@ def test_a_given_shape_resizes_the_stored_shapes_of_inputs_tied_to_it(tmp_path):
     x_name, y_name = [i.name for i in onnx.load(str(path)).graph.input]
     assert parse_shape_options([], path) == {x_name: (1, 3, 16, 16), y_name: (1, 4, 16, 16)}
     assert parse_shape_options([f"{x_name}=2x3x32x24"], path)[y_name] == (2, 4, 32, 24)
+
+
+def test_the_early_run_leaves_a_training_mode_model_as_it_was(tmp_path):
+    # the eager check before the exporter is skipped in training mode: it would update BatchNorm's statistics
+    from dcn_deploy.onnx.export import export
+    from dcn_deploy.ops import ModulatedDeformConv2dPack
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                ModulatedDeformConv2dPack(4, 4, 3, padding=1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="training mode"):
+        export(model, (torch.randn(2, 3, 8, 8),), tmp_path / "train.onnx", verify=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

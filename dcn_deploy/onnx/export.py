@@ -186,6 +186,8 @@ def _check_inputs_fit(model, example_inputs: Sequence[torch.Tensor]) -> None:
     """Run the model once, eagerly, on the example inputs: a model that cannot run on them fails here with its
     own message, instead of deep inside torch.export with an internal one."""
     module = model.module() if isinstance(model, torch.export.ExportedProgram) else model
+    if getattr(module, "training", False):
+        return  # a training-mode forward would update BatchNorm statistics: the exporter's own trace must do
     try:
         with torch.no_grad():
             module(*example_inputs)
