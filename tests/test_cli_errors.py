@@ -213,11 +213,11 @@ def test_make_runners_activation(files):
 
     path = Path(files["onnx"])
     (single,) = make_runners(["ort"], path, None, None)
-    assert single.is_active  # one runner: kept (infer uses it at once)
+    assert single.is_active  # infer uses it at once
     single.deactivate()
-    several = make_runners(["ort", "onnx-reference"], path, None, None)
-    assert not any(r.is_active for r in several)  # bench activates each only while it measures it
-    kept = make_runners(["ort", "onnx-reference"], path, None, None, keep_active=True)
+    released = make_runners(["ort", "onnx-reference"], path, None, None, keep_active=False)
+    assert not any(r.is_active for r in released)  # bench activates each only while it measures it
+    kept = make_runners(["ort", "onnx-reference"], path, None, None)
     assert all(r.is_active for r in kept)
     for r in kept:
         r.deactivate()

@@ -96,15 +96,15 @@ def trt_build_options(model_path: Path, shapes: Dict[str, tuple], batches: Seque
 def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[str],
                  checkpoint: Optional[Path], threads: Optional[int] = None, engine: Optional[Path] = None,
                  shapes: Optional[Dict[str, tuple]] = None, batches: Sequence[int] = (),
-                 keep_active: Optional[bool] = None) -> list:
+                 keep_active: bool = True) -> list:
     """Runners for the CLI, each loaded once here, so that a model that cannot be loaded (not an ONNX file,
     a provider that is missing, TensorRT missing, no --model, a --model whose code raises) is a CliError (exit 2)
     naming the file and the fix before any work starts.
 
     ``shapes``/``batches`` (the command's --shape/--batch) shape the profile of an engine built for ``trt``.
-    The runners come back active when ``keep_active`` is true (the caller deactivates them) and inactive when
-    false. None: active when there is one runner; several are released after loading, because ``bench``
-    activates each only while it measures it (an idle ONNX Runtime session would compete for the cores).
+    The runners come back active (the caller deactivates them: ``with runner:``, or ``finally``) unless
+    ``keep_active`` is false (``bench`` activates each only while it times it, so that an idle session does not
+    compete for the cores).
     """
     from ..backends.base import RunnerError
     from ..backends.factory import make_runner, tensorrt_missing_reason
@@ -141,7 +141,7 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
         if isinstance(exc, RunnerError):  # the model cannot be loaded by this runner here
             raise CliError(str(exc)) from exc
         raise
-    if not (len(runners) == 1 if keep_active is None else keep_active):
+    if not keep_active:
         for runner in runners:
             runner.deactivate()
     return runners
