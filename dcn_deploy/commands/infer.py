@@ -66,8 +66,7 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
             else:
                 np.savez(handle, **outputs)
     summary = {
-        "runner": model_runner.name, "latency_ms": None if seconds is None else seconds * 1e3,
-        "first_call_ms": None if first_seconds is None else first_seconds * 1e3,
+        "runner": model_runner.name, "latency_ms": seconds * 1e3, "first_call_ms": first_seconds * 1e3,
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feed.items()},
         "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype),
                         **({"min": float(v.min()), "max": float(v.max()), "mean": float(v.mean(dtype=np.float64))}
@@ -78,10 +77,8 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    timing = ("" if seconds is None else f" in {summary['latency_ms']:.2f} ms (warm call" +
-              ("" if first_seconds is None else f"; the first call, with one-time set-up, took "
-                                                f"{summary['first_call_ms']:.2f} ms") + ")")
-    click.echo(f"infer {model_path} with {model_runner.name}{timing}")
+    click.echo(f"infer {model_path} with {model_runner.name} in {summary['latency_ms']:.2f} ms (warm call; the first "
+               f"call, with one-time set-up, took {summary['first_call_ms']:.2f} ms)")
     for name, info in summary["outputs"].items():
         stats = (f"  min {info['min']:.4g}  max {info['max']:.4g}  mean {info['mean']:.4g}" if "min" in info else "")
         click.echo(f"  {name}: {format_shape(info['shape'])} {info['dtype']}{stats}")
