@@ -75,7 +75,7 @@ def test_a_model_file_that_is_not_onnx_is_named(files, command):
 def test_an_empty_model_file_is_named(files, tmp_path):
     empty = tmp_path / "empty.onnx"
     empty.write_bytes(b"")
-    assert_bad_input(run("infer", empty, "--input", files["x"]), f"cannot load {empty}: not a readable ONNX model")
+    assert_bad_input(run("infer", empty, "--input", files["x"]), f"ort: {empty} is not a readable ONNX model")
 
 
 def test_onnx_io_metadata_names_a_file_protobuf_cannot_read(files, tmp_path):

@@ -131,9 +131,9 @@ class OrtRunner(Runner):
             hint = ""
             text = str(exc)
             if "INVALID_PROTOBUF" in text or "No graph was found" in text:  # not a ModelProto, or an empty one
-                raise RunnerError(f"ort: cannot load {label}: not a readable ONNX model (onnxruntime: "
-                                  f"{text.strip()}); give an .onnx file written by dcn-deploy export "
-                                  "(dcn_deploy.onnx.export) or torch.onnx.export") from exc
+                from .factory import not_an_onnx_model
+
+                raise RunnerError(f"ort: {not_an_onnx_model(label, 'onnxruntime: ' + text)}") from exc
             if "dcn_deploy" in text or "DeformConv" in text:
                 hint = (" (onnxruntime runs DeformConv from version 1.25 on, and dcn_deploy ops through the function "
                         f"body stored in the file; this is onnxruntime {ort.__version__}; re-export the model with "
