@@ -29,7 +29,9 @@ def command() -> None:
               help='CUDA architectures for CMake, e.g. "80;90" (default: sm_75 to sm_90 + PTX).')
 @click.option("--no-cuda", is_flag=True, help="Build only the host library (needs just a C++ compiler).")
 @click.option("--fetch-trt-headers", is_flag=True,
-              help="Download TensorRT's headers (pip wheel kernel-lens==2.0.1) into .third_party/ if none are there.")
+              help="Download TensorRT's headers into .third_party/ if none are there. They come from the pip wheel "
+                   "kernel-lens==2.0.1 (a third-party tools package that carries NVIDIA's Apache-2.0 TensorRT "
+                   "10.14 runtime and plugin headers); only its include folder is unpacked, nothing is installed.")
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream CMake's output.")
 def build_command(build_dir, tensorrt_include_dir, cuda_archs, no_cuda, fetch_trt_headers, jobs, quiet) -> None:
