@@ -43,10 +43,22 @@ class ZooEntry:
         """True for models that run ``dcn_deploy.ops.roi_pool.deform_psroi_pool``."""
         return self.task == "detection"
 
-    def build(self, **kwargs):
+    def build(self, seed: Optional[int] = 0, **kwargs):
         """Build the model with random weights in eval mode; ``kwargs`` override the entry's defaults
-        (e.g. ``num_classes=80``). Offsets start at zero."""
-        model = self.builder(**{**self.defaults, **kwargs})
+        (e.g. ``num_classes=80``). Offsets start at zero.
+
+        The weights are drawn with ``seed`` (torch's global random state is left as it was), so every build of a
+        name is the same model and a file exported from it checks against a fresh build
+        (``dcn-deploy verify X.onnx --against torch --model NAME``). ``seed=None`` draws from the global state.
+        """
+        import torch
+
+        if seed is None:
+            model = self.builder(**{**self.defaults, **kwargs})
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = self.builder(**{**self.defaults, **kwargs})
         model.eval()
         return model
 

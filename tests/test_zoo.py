@@ -107,6 +107,18 @@ def test_every_model_builds_and_runs_at_small_size(name):
         == entry.deformable
 
 
+def test_a_name_builds_the_same_model_every_time():
+    # so a file exported from a zoo name checks against a fresh build (verify --against torch --model NAME)
+    entry = zoo.get("resnet50_dcnv2_c5")
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first, second = entry.build().state_dict(), entry.build().state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global random state is left as it was
+    other = entry.build(seed=1).state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 @pytest.mark.parametrize("name", [n for n in zoo.names() if zoo.get(n).task == "detection" and "101" not in n])
 def test_detection_models_build_and_run(name):
     entry = zoo.get(name)
