@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .backends.base import Runner, TensorMeta
-from .feeds import FeedError, format_shape, random_feed, resolve_shapes
+from .feeds import FeedError, fixed_batch, format_shape, random_feed, resolve_shapes
 
 __all__ = ["LatencyStats", "BenchEntry", "BenchResult", "benchmark", "check_batches", "default_batches",
            "latency_stats"]
@@ -194,17 +194,9 @@ def _measure(runner: Runner, feed: Mapping[str, np.ndarray], iterations: Optiona
     return times, phases, time.perf_counter() - start
 
 
-def _fixed_batch(metas: Sequence[TensorMeta]) -> Optional[int]:
-    """The model's only batch size when no input has a dynamic first dimension (else None: any batch runs)."""
-    if any(m.shape and not isinstance(m.shape[0], int) for m in metas):
-        return None
-    firsts = [m.shape[0] for m in metas if m.shape]
-    return firsts[0] if firsts else None
-
-
 def default_batches(metas: Sequence[TensorMeta]) -> List[int]:
     """Batch sizes to time when none are asked for: the model's fixed batch size, else 1."""
-    fixed = _fixed_batch(metas)
+    fixed = fixed_batch(metas)
     return [fixed if fixed else 1]
 
 
@@ -215,7 +207,7 @@ def check_batches(metas: Sequence[TensorMeta], batches: Sequence[int]) -> None:
     input's first dimension and only that size runs (the same rule as :func:`dcn_deploy.feeds.resolve_shapes`;
     other inputs' first dimensions, e.g. a fixed number of boxes, are theirs).
     """
-    fixed = _fixed_batch(metas)
+    fixed = fixed_batch(metas)
     wrong = [b for b in batches if fixed is not None and b != fixed]
     if wrong:
         meta = next(m for m in metas if m.shape)

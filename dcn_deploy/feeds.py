@@ -89,16 +89,8 @@ def roi_inputs(model_path: os.PathLike) -> Tuple[str, ...]:
 
     Random normal values are no boxes (a batch index of -1 or 2, x2 < x1), so :func:`random_feed` makes valid
     ones for these. Empty for other models, engines and unreadable files."""
-    path = Path(model_path)
-    if path.suffix.lower() != ".onnx" or not path.is_file():
-        return ()
-    import onnx  # here, not at the top: the rest of this module is numpy only
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception:  # noqa: BLE001 - a broken file is reported by the runner that opens it, not here
-        return ()
-    return roi_input_names(graph)
+    proto = _load_onnx(Path(model_path))
+    return () if proto is None else roi_input_names(proto.graph)
 
 
 def roi_input_names(graph) -> Tuple[str, ...]:
@@ -111,16 +103,24 @@ def roi_input_names(graph) -> Tuple[str, ...]:
 Dim = object  # a graph input's dimension: an int, a symbol name (str), or None (dynamic, unnamed)
 
 
-def _read_stored(path: Path) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Dim, ...]], Tuple[str, ...]]:
-    """(stored example shapes, the graph inputs' dims: ints, symbol names or None, the RoI inputs); all empty
-    when unreadable."""
+def _load_onnx(path: Path):
+    """The ONNX file at ``path`` without its external weights, or None for engines and unreadable files (the
+    runner that opens such a file reports it, not this module)."""
     if path.suffix.lower() != ".onnx" or not path.is_file():
-        return {}, {}, ()
+        return None
     import onnx  # here, not at the top: the rest of this module is numpy only
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - a broken file is reported by the runner that opens it, not here
+        return onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf raises several types for a file that is not a model
+        return None
+
+
+def _read_stored(path: Path) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Dim, ...]], Tuple[str, ...]]:
+    """(stored example shapes, the graph inputs' dims: ints, symbol names or None, the RoI inputs); all empty
+    when unreadable."""
+    proto = _load_onnx(path)
+    if proto is None:
         return {}, {}, ()
     text = next((p.value for p in proto.metadata_props if p.key == EXAMPLE_SHAPES_KEY), None)
     try:
@@ -227,16 +227,24 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
                     f"{format_shape(meta.shape)}; give its size with --shape {meta.name}=SHAPE, "
                     f"e.g. --shape {meta.name}={_example_shape(meta.shape)}")
         resolved[meta.name] = tuple(dims)
-    batched = [m for m in batched_metas if m.shape and not isinstance(m.shape[0], int)]
-    if batch is not None and not batched:
-        # No input has a dynamic first dimension: the model runs one batch size only, its first input's (the
-        # other inputs' first dimensions are theirs, e.g. a fixed number of boxes).
-        for meta in [m for m in batched_metas if m.shape][:1]:
-            if meta.shape and meta.shape[0] != batch:
-                raise FeedError(f"input {meta.name!r} has a fixed batch size {meta.shape[0]} (shape "
-                                f"{format_shape(meta.shape)}), so batch {batch} cannot run; export the model "
-                                "with a dynamic batch dimension (dcn-deploy export --dynamic) or use that batch size")
+    fixed = fixed_batch(metas, rois)
+    if batch is not None and fixed is not None and batch != fixed:
+        meta = next(m for m in batched_metas if m.shape)
+        raise FeedError(f"input {meta.name!r} has a fixed batch size {fixed} (shape {format_shape(meta.shape)}), "
+                        f"so batch {batch} cannot run; export the model with a dynamic batch dimension "
+                        "(dcn-deploy export --dynamic) or use that batch size")
     return resolved
+
+
+def fixed_batch(metas: Sequence[TensorMeta], rois: Sequence[str] = ()) -> Optional[int]:
+    """The model's only batch size, or None when any batch runs (some input's first dimension is dynamic).
+
+    A model with no dynamic first dimension runs its first input's first dimension only; other inputs' first
+    dimensions are theirs (e.g. a fixed number of points), and a RoI input's (``rois``) counts boxes."""
+    batched = [m for m in metas if m.name not in rois and m.shape]
+    if not batched or any(not isinstance(m.shape[0], int) for m in batched):
+        return None
+    return batched[0].shape[0]
 
 
 def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
@@ -249,6 +257,11 @@ def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.
     if dtype.kind == "b":
         return rng.random(shape) < 0.5
     raise FeedError(f"cannot generate random inputs of dtype {dtype}; give the input as a file with --input")
+
+
+def box_image(shapes: Sequence[Shape], is_roi: Sequence[bool]) -> Optional[Shape]:
+    """The (N, C, H, W) image random RoI boxes are placed in: the first 4-D input that is not a RoI input."""
+    return next((tuple(s) for s, roi in zip(shapes, is_roi) if not roi and len(s) == 4), None)
 
 
 def random_boxes(shape: Shape, dtype: np.dtype, image: Shape, rng: np.random.Generator) -> np.ndarray:
@@ -275,7 +288,7 @@ def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Seque
     resolved = resolve_shapes(metas, shapes, batch, rois)
     rng = np.random.default_rng(seed)
     feed = {m.name: random_array(resolved[m.name], m.dtype, rng) for m in metas if m.name not in rois}
-    image = next((resolved[m.name] for m in metas if m.name not in rois and len(resolved[m.name]) == 4), None)
+    image = box_image([resolved[m.name] for m in metas], [m.name in rois for m in metas])
     for m in metas:
         if m.name in rois:
             if image is None:

@@ -75,7 +75,6 @@ def trt_build_options(model_path: Path, shapes: Dict[str, tuple], batches: Seque
     """``build_engine`` options for an ONNX model the trt runner builds itself: a profile covering the user's
     ``--shape`` sizes, with a dynamic batch dimension ranging from 1 to the largest batch asked for."""
     from ..backends.factory import onnx_io_metadata
-
     from ..backends.trt_profiles import DEFAULT_MAX_BATCH
 
     inputs, _ = onnx_io_metadata(model_path)

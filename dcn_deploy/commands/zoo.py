@@ -99,9 +99,11 @@ def report_command(pairs: Sequence[str], size: Optional[str], backend: str, thre
 
 def parse_size(text: str) -> tuple:
     """``"224"`` -> (224, 224); ``"256x512"`` -> (256, 512). Raises CliError naming --size otherwise."""
+    from ..feeds import FeedError, parse_shape
+
     try:
-        hw = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
+        hw = parse_shape(text)
+    except FeedError:
         hw = ()
     if len(hw) == 1:
         hw = hw * 2

@@ -24,7 +24,6 @@ import re
 import shutil
 import tempfile
 import time
-import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +34,10 @@ import onnx
 import torch
 
 from ..compare import OutputComparison, Tolerance, compare_outputs, tolerance_for
-from ..feeds import EXAMPLE_SHAPES_KEY, random_boxes, roi_input_names
+from ..feeds import EXAMPLE_SHAPES_KEY, box_image, random_boxes, roi_input_names
 from ..io_utils import atomic_path, check_output_path, give_default_permissions
 from . import opset as dcn_opset
+from .model_loading import describe_exception
 
 __all__ = ["export", "ExportReport", "VerificationRun", "ExportError", "ExampleInputsError", "VerificationError",
            "NoDeformableLayerError", "EXAMPLE_SHAPES_KEY"]
@@ -66,11 +66,7 @@ class ExampleInputsError(ExportError, ValueError):
     @property
     def cause_text(self) -> str:
         """``RuntimeError: <first line> (at my_model.py:12)``: where outside the installed packages it was raised."""
-        first = str(self.cause).strip().splitlines()[0] if str(self.cause).strip() else ""
-        text = f"{type(self.cause).__name__}: {first}" if first else type(self.cause).__name__
-        frames = [f for f in traceback.extract_tb(self.cause.__traceback__)
-                  if "site-packages" not in f.filename and "/dcn_deploy/" not in f.filename.replace("\\", "/")]
-        return text + (f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else "")
+        return describe_exception(self.cause)
 
 
 class NoDeformableLayerError(ValueError):
@@ -349,22 +345,25 @@ def _needs_external_data(proto: onnx.ModelProto) -> bool:
         return True
 
 
-def _external_data_files(path: Path) -> set:
-    """The external data files the ONNX file at ``path`` refers to (empty when there is none or no file)."""
+def _uses_data_file(path: Path, data: Path) -> bool:
+    """Whether the ONNX file at ``path`` keeps its weights in ``data`` (a file beside it); False without either."""
+    if not (data.is_file() and path.is_file()):  # checked first: most exports never read the old model
+        return False
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - no file, or not ONNX: nothing of ours to clean up
-        return set()
-    return {entry.value for t in proto.graph.initializer for entry in t.external_data if entry.key == "location"}
+    except Exception:  # noqa: BLE001 - not ONNX: nothing of ours to clean up
+        return False
+    return any(entry.key == "location" and entry.value == data.name
+               for t in proto.graph.initializer for entry in t.external_data)
 
 
 def _write_checked(proto: onnx.ModelProto, path: Path, external: bool) -> onnx.ModelProto:
     """Write ``proto`` to ``path`` (and its weights to ``path.data`` when ``external``), check the written files,
     and return the inferred model. Nothing appears at ``path`` unless the check passes: files are written under
-    temporary names in the same folder and renamed at the end, the weights first, then the model. A weights file
-    that the replaced model used and the new one does not is deleted."""
-    old_data = _external_data_files(path)
+    temporary names in the same folder and renamed at the end, the weights first, then the model. The weights
+    file of a replaced model that had one is deleted when the new model has none."""
     data = path.parent / external_data_name(path)
+    stale = not external and _uses_data_file(path, data)
     if not external:
         with atomic_path(path) as tmp:
             onnx.save(proto, str(tmp))
@@ -382,9 +381,8 @@ def _write_checked(proto: onnx.ModelProto, path: Path, external: bool) -> onnx.M
             os.replace(folder / path.name, path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    for stale in old_data - ({data.name} if external else set()):
-        if "/" not in stale and "\\" not in stale:  # only a file beside the model, never a path elsewhere
-            (path.parent / stale).unlink(missing_ok=True)
+    if stale:
+        data.unlink(missing_ok=True)
     return inferred
 
 
@@ -434,7 +432,7 @@ def _random_inputs(example_inputs, shapes: Sequence[Sequence[int]], seed: int,
     the first other 4-D input (random normal values would put boxes in images that do not exist)."""
     generator = torch.Generator().manual_seed(seed)
     inputs = [_random_like(t, s, generator) for t, s in zip(example_inputs, shapes)]
-    image = next((tuple(s) for i, s in enumerate(shapes) if i not in rois and len(s) == 4), None)
+    image = box_image(shapes, [i in rois for i in range(len(shapes))])
     rng = np.random.default_rng(seed)
     for i in rois:
         if image is not None:

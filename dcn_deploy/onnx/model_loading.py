@@ -29,7 +29,8 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["LoadedModel", "ModelCodeError", "Sampler", "load_model", "parse_input_shape", "DTYPES"]
+__all__ = ["LoadedModel", "ModelCodeError", "Sampler", "describe_exception", "load_model", "parse_input_shape",
+           "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 _REFERENCE_FORMS = ("FILE.py:FACTORY, package.module:FACTORY, a torch.export program FILE.pt2, "
@@ -54,7 +55,7 @@ class Sampler:
         try:
             inputs = self.make(batch, size, seed)
         except Exception as exc:  # the model's own example_inputs (or a zoo sampler) raised
-            raise ModelCodeError(f"the model's example_inputs raised {_describe_exception(exc)}") from exc
+            raise ModelCodeError(f"the model's example_inputs raised {describe_exception(exc)}") from exc
         return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
@@ -237,16 +238,21 @@ class ModelCodeError(ValueError):
     CLI (exit 2), with the reference, the exception and where in the user's file it was raised."""
 
 
-def _describe_exception(exc: BaseException, user_file=None) -> str:
-    """``RuntimeError: boom (at my_model.py:2)``: the exception, and the last line of ``user_file`` on its way."""
-    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    if user_file is not None and not isinstance(exc, SyntaxError):  # a SyntaxError names its own file and line
+def describe_exception(exc: BaseException, user_file=None) -> str:
+    """``RuntimeError: boom (at my_model.py:2)``: an exception from the user's code, in one line, and where it was
+    raised: the last line of ``user_file`` on its way, or without one the last line outside the installed
+    packages and dcn_deploy (a SyntaxError names its own file and line)."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if isinstance(exc, SyntaxError):
+        return text
+    if user_file is not None:
         target = Path(user_file).resolve()
-        lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__)
-                 if Path(frame.filename).resolve() == target]
-        if lines:
-            text += f" (at {target.name}:{lines[-1]})"
-    return text
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == target]
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if "site-packages" not in f.filename and "/dcn_deploy/" not in f.filename.replace("\\", "/")]
+    return text + (f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else "")
 
 
 def _import_file(path: Path):
@@ -263,7 +269,7 @@ def _import_file(path: Path):
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code may raise anything
         sys.modules.pop(module_name, None)
-        raise ModelCodeError(f"importing {path} raised {_describe_exception(exc, path)}; fix {path} (or the module "
+        raise ModelCodeError(f"importing {path} raised {describe_exception(exc, path)}; fix {path} (or the module "
                              "it imports)") from exc
     except BaseException:
         sys.modules.pop(module_name, None)
@@ -276,12 +282,10 @@ def _import_file(path: Path):
 def _import_module(name: str):
     try:
         return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and name.startswith(exc.name):
+    except Exception as exc:  # the module's own code raised, or the module itself does not exist
+        if isinstance(exc, ModuleNotFoundError) and exc.name and name.startswith(exc.name):
             raise ValueError(f"cannot import module {name!r} (no module {exc.name!r}); give {_REFERENCE_FORMS}") from None
-        raise ModelCodeError(f"importing module {name!r} raised {_describe_exception(exc)}") from exc
-    except Exception as exc:  # the module's own code raised
-        raise ModelCodeError(f"importing module {name!r} raised {_describe_exception(exc)}") from exc
+        raise ModelCodeError(f"importing module {name!r} raised {describe_exception(exc)}") from exc
 
 
 def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:
@@ -295,7 +299,7 @@ def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:
     try:
         model = factory()
     except Exception as exc:  # the user's code may raise anything
-        raise ModelCodeError(f"{reference} raised {_describe_exception(exc, getattr(owner, '__file__', None))}; "
+        raise ModelCodeError(f"{reference} raised {describe_exception(exc, getattr(owner, '__file__', None))}; "
                              "the factory is called with no arguments and must return the torch.nn.Module") from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelCodeError(f"{reference} returned a {type(model).__name__}, not a torch.nn.Module; the factory "

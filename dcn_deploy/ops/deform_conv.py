@@ -126,6 +126,14 @@ def _sample_columns(input: torch.Tensor, offset: torch.Tensor, mask: Optional[to
     return samples.view(n, length, k, c)
 
 
+def dense_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """(oC, C, kH, kW) -> (oC, kH*kW*C): a dense layer's weights in the columns' (kernel point, channel) order,
+    the order of :func:`_sample_columns` and of the host library's ``dcn_deform_conv2d_columns_cpu``."""
+    oc, c = weight.shape[0], weight.shape[1]
+    k = weight.shape[2] * weight.shape[3]
+    return weight.reshape(oc, c, k).transpose(1, 2).reshape(oc, k * c)
+
+
 def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
     """The convolution's weighted sum over (kernel point, channel): columns (n, L, K, C) -> (n, oC, L), contiguous."""
     n, length, k, c = columns.shape
@@ -133,8 +141,7 @@ def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int) 
     if groups == 1:
         # (oC, C, kH, kW) -> (oC, K*C), matching the (kernel point, channel) order of the columns; the transposed
         # columns go to the matrix product as they are, so the result comes out NCHW-contiguous with no copy
-        weight_mat = weight.reshape(oc, c, k).transpose(1, 2).reshape(oc, k * c)
-        return torch.matmul(weight_mat, columns.view(n, length, k * c).transpose(1, 2))
+        return torch.matmul(dense_weight_matrix(weight), columns.view(n, length, k * c).transpose(1, 2))
     per_group = oc // groups
     if c_per_group == 1:
         # depth-wise (channel multiplier per_group): a weighted sum over kernel points, no matrix product

@@ -302,10 +302,10 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
     out = torch.empty((desc.batch, desc.out_channels, plane), dtype=input.dtype)
     if desc.batch == 0 or plane == 0:
         return out.view(desc.batch, desc.out_channels, oh, ow)
+    from ..ops.deform_conv import dense_weight_matrix
+
     table = t["input"].permute(0, 2, 3, 1).contiguous()  # (N, H, W, C): a tap's channels are contiguous
-    # (oC, C, kH, kW) -> (oC, kH*kW*C), the columns' (kernel point, channel) order
-    weights = t["weight"].reshape(desc.out_channels, desc.in_channels, points).transpose(1, 2).reshape(
-        desc.out_channels, row)
+    weights = dense_weight_matrix(t["weight"])  # (oC, row), the columns' (kernel point, channel) order
     slice_pixels = max(16, min(plane, _DENSE_SLICE_BYTES // (row * input.element_size())))
     columns = torch.empty((slice_pixels, row), dtype=input.dtype)
     for image in range(desc.batch):
