@@ -55,21 +55,34 @@ def test_roi_pool_body_matches_torch(ratio, size):
     assert empty.shape == (0, 5, *size)
 
 
-@pytest.mark.parametrize("classes,group,pooled,part,samples", [(1, 3, 3, 3, 2), (3, 3, 3, 2, 2), (3, 2, 3, 3, 1)])
-def test_psroi_body_matches_torch(classes, group, pooled, part, samples):
+_ROWS = roi_opset._ROWS_FROM_CHANNELS  # channels per class from which the body gathers rows, not single values
+
+
+@pytest.mark.parametrize("output_dim,classes,group,pooled,part,samples", [
+    (3, 1, 3, 3, 3, 2), (3, 3, 3, 3, 2, 2), (3, 3, 2, 3, 3, 1),      # 1 or 3 channels per class: single values
+    (2 * _ROWS, 2, 2, 3, 2, 2), (_ROWS, 1, 3, 3, 3, 1),             # _ROWS or more per class: rows
+    (2 * _ROWS, 2 * _ROWS, 2, 2, 2, 3),                              # class-specific offsets (R-FCN's head)
+])
+def test_psroi_body_matches_torch(output_dim, classes, group, pooled, part, samples):
+    from dcn_deploy.backends.reference_evaluator import OracleEvaluator
+
     gen = torch.Generator().manual_seed(11)
-    x = torch.randn(2, 3 * group * group, 8, 9, generator=gen)
+    x = torch.randn(2, output_dim * group * group, 8, 9, generator=gen)
     rois = _rois(gen, 7, 2, 18.0)
     trans = torch.randn(7, 2 * classes, part, part, generator=gen)
-    attrs = dict(spatial_scale=0.5, output_dim=3, group_size=group, pooled_size=pooled, part_size=part,
+    attrs = dict(spatial_scale=0.5, output_dim=output_dim, group_size=group, pooled_size=pooled, part_size=part,
                  sample_per_part=samples, trans_std=0.2)
-    shapes = [[None, 3 * group * group, None, None], [None, 5], [None, 2 * classes, part, part]]
+    shapes = [[None, output_dim * group * group, None, None], [None, 5], [None, 2 * classes, part, part]]
     for no_trans in (0, 1):
-        got = _run(_model(roi_opset.DEFORM_PSROI_POOL, shapes, no_trans=no_trans, **attrs),
-                   [x.numpy(), rois.numpy(), trans.numpy()])
-        want = deform_psroi_pool(x, rois, None if no_trans else trans, 0.5, 3, group, pooled, part, samples, 0.2,
-                                 bool(no_trans))
-        np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=1e-5)
+        model = _model(roi_opset.DEFORM_PSROI_POOL, shapes, no_trans=no_trans, **attrs)
+        arrays = [x.numpy(), rois.numpy(), trans.numpy()]
+        want = deform_psroi_pool(x, rois, None if no_trans else trans, 0.5, output_dim, group, pooled, part,
+                                 samples, 0.2, bool(no_trans)).numpy()
+        np.testing.assert_allclose(_run(model, arrays), want, atol=1e-5, rtol=1e-5)
+        oracle = OracleEvaluator(model).run(None, dict(zip(["X", "rois", "trans"], arrays)))[0]
+        np.testing.assert_allclose(oracle, want, atol=1e-5, rtol=1e-5)
+        empty = _run(model, [x.numpy(), rois[:0].numpy(), trans[:0].numpy()])
+        assert empty.shape == (0, output_dim, pooled, pooled)
 
 
 def test_bodies_run_in_float16():

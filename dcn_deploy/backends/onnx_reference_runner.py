@@ -2,9 +2,9 @@
 
 Slow (every op is numpy), but independent of any runtime, so it answers "does ONNX Runtime execute this file as
 the standard says?" (``dcn-deploy verify MODEL.onnx --against ort``). It runs the function bodies stored in the
-file, so our ``dcn_deploy`` ops need no registration. Its 2-D ``DeformConv`` is our vectorised numpy version of the
-standard (:mod:`.reference_deform_conv`): onnx's own takes minutes per small layer and divides by zero when H or W
-is 1.
+file, so our ``dcn_deploy`` ops need no registration. Two of its ops are our numpy versions of the standard
+(:mod:`.reference_evaluator`): ``DeformConv`` (onnx's own takes minutes per small layer and divides by zero when H or
+W is 1) and ``GatherElements`` (onnx's own fails past 64 values along the axis).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class OnnxReferenceRunner(Runner):
     def _activate(self) -> None:
         import onnx
 
-        from .reference_deform_conv import FastDeformConvEvaluator
+        from .reference_evaluator import OracleEvaluator
 
         register_dcn_schemas()
         if isinstance(self.model, (str, os.PathLike)):
@@ -85,7 +85,7 @@ class OnnxReferenceRunner(Runner):
         self._inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
         self._output_names = tuple(v.name for v in proto.graph.output)
         try:
-            self._evaluator = FastDeformConvEvaluator(_with_all_function_inputs(proto))
+            self._evaluator = OracleEvaluator(_with_all_function_inputs(proto))
         except Exception as exc:  # the evaluator raises many types for unsupported ops
             raise RunnerError(f"onnx-reference: cannot load the model: {exc}") from exc
 

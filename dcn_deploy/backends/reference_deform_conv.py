@@ -16,10 +16,9 @@ X's dtype. Inputs other than 4-D fall back to onnx's implementation.
 from __future__ import annotations
 
 import numpy as np
-from onnx.reference import ReferenceEvaluator
 from onnx.reference.ops.op_deform_conv import DeformConv as _OnnxDeformConv
 
-__all__ = ["DeformConv", "FastDeformConvEvaluator"]
+__all__ = ["DeformConv", "deform_conv_2d"]
 
 
 def _corner_taps(py: np.ndarray, px: np.ndarray, height: int, width: int):
@@ -107,15 +106,3 @@ class DeformConv(_OnnxDeformConv):
                              offset_group=offset_group or 1, pads=pads or (0, 0, 0, 0), strides=strides or (1, 1),
                              kernel_shape=kernel_shape)
         return (out,)
-
-
-class FastDeformConvEvaluator(ReferenceEvaluator):
-    """``ReferenceEvaluator`` with :class:`DeformConv`, in function bodies too.
-
-    onnx builds the evaluators of a model's functions (our ``dcn_deploy`` ops' bodies) as ``self.__class__(...)``
-    without the ``new_ops`` argument, so the override is given here, by default, instead of by the caller.
-    A caller's own ``new_ops`` come first (onnx keeps the first class per op), so they win over ours.
-    """
-
-    def __init__(self, proto, *args, new_ops=None, **kwargs):
-        super().__init__(proto, *args, new_ops=[*(new_ops or []), DeformConv], **kwargs)

@@ -3,9 +3,12 @@
 Semantics: :mod:`dcn_deploy.ops.roi_pool` (mmcv's deform_roi_pool; Deformable-ConvNets' DeformablePSROIPooling).
 Registered into :mod:`dcn_deploy.onnx.opset` at import (listed in its ``_EXTENSION_MODULES``).
 
-The function bodies are standard ONNX (opset >= 19): the bilinear samples of every bin are fetched with one
-``Gather`` on a channels-last copy of the input (four corners per sample), weighted and summed with
-``Mul``/``ReduceSum``; all attributes are references to the calling node's, so one function serves every node.
+The function bodies are standard ONNX (opset >= 19): the four bilinear corners of every sample of every bin are
+fetched at once and weighted, all attributes are references to the calling node's, so one function serves every
+node. DeformRoIPool gathers whole rows of channels from a channels-last copy of the input and weights them with one
+small ``MatMul`` per bin. DeformPSRoIPool does the same when a class has at least ``_ROWS_FROM_CHANNELS`` channels;
+with fewer (class-specific offsets give one channel per class) an ``If`` takes single values with
+``GatherElements`` instead, which ONNX Runtime does 7x faster than one-value rows (benchmarks/RESULTS.md).
 The bodies compute in float32 (ONNX Runtime's CPU kernels for Floor/Clip/Gather-arithmetic lack float16 and
 bfloat16) and cast the result back to the input's type; for float64 inputs that means float32 precision.
 
@@ -16,7 +19,7 @@ refuses it with a message naming the layer and the fix (:func:`check_model`).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import onnx
 from onnx import TensorProto, defs, helper
@@ -197,16 +200,20 @@ def deform_psroi_pool_schema() -> "defs.OpSchema":
 class _Body:
     """Collects the nodes of a function body; every call adds one node and returns its (single) output name."""
 
-    def __init__(self):
+    def __init__(self, prefix: str = ""):
         self.nodes: List[onnx.NodeProto] = []
+        self.prefix = prefix  # keeps a branch's names apart from the enclosing body's
+
+    def _name(self) -> str:
+        return f"_{self.prefix}t{len(self.nodes)}"
 
     def __call__(self, op: str, *inputs: str, **attrs) -> str:
-        out = f"_t{len(self.nodes)}"
+        out = self._name()
         self.nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
         return out
 
     def outputs(self, op: str, inputs: List[str], count: int, **attrs) -> List[str]:
-        outs = [f"_t{len(self.nodes)}_{i}" for i in range(count)]
+        outs = [f"{self._name()}_{i}" for i in range(count)]
         self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
         return outs
 
@@ -224,7 +231,7 @@ class _Body:
 
     def ref(self, attribute: str, kind: str) -> str:
         """A scalar Constant whose value is the calling node's attribute (``kind``: 'int' or 'float')."""
-        node = helper.make_node("Constant", [], [f"_t{len(self.nodes)}"])
+        node = helper.make_node("Constant", [], [self._name()])
         ref = onnx.AttributeProto()
         ref.name = "value_int" if kind == "int" else "value_float"
         ref.ref_attr_name = attribute
@@ -310,13 +317,93 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     y_idx, y_wt = _axis_corners(b, y_s, 0.0, b("Sub", h_f, one_f), valid_y, h_i)
     rows = b("Mul", b("Add", b("Mul", batch, h_i), y_idx), w_i)                      # (K, ph, pw, 2r)
     flat = b("Add", b.unsq(rows, 4), b.unsq(x_idx, 3))                               # (K, ph, pw, 2r, 2r)
-    values = b("Gather", table, flat, axis=0)                                        # (K, ph, pw, 2r, 2r, C)
-    weight = b.unsq(b("Mul", b.unsq(y_wt, 4), b.unsq(x_wt, 3)), 5)
-    pooled = b("ReduceSum", b("Mul", values, weight), b.ints([3, 4]), keepdims=0)    # (K, ph, pw, C)
+    bins = b("Shape", x_idx, start=0, end=3)                                          # (K, ph, pw)
+    pairs = b("Mul", b("Mul", ratio_i, ratio_i), b.i(4))                              # 4r^2 corner pairs per bin
+    values = b("Reshape", b("Gather", table, flat, axis=0),
+               b("Concat", bins, b.unsq(pairs, 0), b.unsq(c_i, 0), axis=0))             # (K, ph, pw, 4r^2, C)
+    weight = b("Reshape", b("Mul", b.unsq(y_wt, 4), b.unsq(x_wt, 3)),
+               b("Concat", bins, b.ints([1]), b.unsq(pairs, 0), axis=0))                # (K, ph, pw, 1, 4r^2)
+    pooled = b("Squeeze", b("MatMul", weight, values), b.ints([3]))                   # (K, ph, pw, C)
     pooled = b("Div", pooled, b("Mul", ratio_f, ratio_f))
     result = b("CastLike", b("Transpose", pooled, perm=[0, 3, 1, 2]), "X")
     return _function(DEFORM_ROI_POOL, ["X", "rois", "offset"], b, result, _ROI_ATTRIBUTES, opset,
                      f"{DOMAIN}::{DEFORM_ROI_POOL} in standard ONNX (opset {opset}), computed in float32.")
+
+
+# Below this many channels per class, PS RoI pooling gathers single values; from it on, whole rows of channels.
+# Why (ONNX Runtime 1.32, one CPU thread): Gather moves ~9 ns per row whatever its length, GatherElements ~1.4 ns
+# per value, so rows of 1 (class-specific offsets, R-FCN's classification head) are 7x faster as single values,
+# while rows of 42 channels are faster as rows.
+_ROWS_FROM_CHANNELS = 8
+
+
+class _Corners(NamedTuple):
+    """The bilinear corners of every sample of every bin, shared by both ways of gathering them.
+
+    x_idx, x_wt: (K, classes, P, P, 2S) column indices and weights (low corners, then high ones); y_idx, y_wt
+    likewise for rows. base: (K, 1, P, P) the (image, gi, gj) block of each bin. The rest are int64 scalars.
+    """
+    x_idx: str
+    x_wt: str
+    y_idx: str
+    y_wt: str
+    base: str
+    classes: str
+    per_class: str
+    height: str
+    width: str
+    pairs: str  # 4S^2, the (row corner, column corner) pairs of a bin
+
+
+def _bins_then(b: _Body, c: _Corners, *last: str) -> str:
+    """A shape: (K, classes, P, P) followed by ``last`` (1-D int64 tensors). Explicit, so that K = 0 works."""
+    return b("Concat", b("Shape", c.x_idx, start=0, end=4), *last, axis=0)
+
+
+def _corner_weights(b: _Body, c: _Corners) -> str:
+    """(K, classes, P, P, 1, 4S^2): the weight of each (row corner, column corner) pair, rows outer."""
+    weight = b("Mul", b.unsq(c.y_wt, 5), b.unsq(c.x_wt, 4))
+    return b("Reshape", weight, _bins_then(b, c, b.ints([1]), b.unsq(c.pairs, 0)))
+
+
+def _psroi_scalar_gather(b: _Body, grouped: str, c: _Corners) -> str:
+    """(K, classes, P, P, per_class) sums, each value fetched alone by GatherElements from a flat table laid out
+    (n, gi, gj, class, channel, y, x): the fast way when a class has few channels."""
+    table = b("Reshape", b("Transpose", grouped, perm=[0, 3, 4, 1, 2, 5, 6]), b.ints([-1]))
+    class_range = b("Reshape", b("Range", b.i(0), c.classes, b.i(1)), b.ints([1, -1, 1, 1]))
+    channel_range = b("Reshape", b("Range", b.i(0), c.per_class, b.i(1)), b.ints([1, 1, 1, 1, -1]))
+    channel = b("Add", b("Mul", b.unsq(b("Add", b("Mul", c.base, c.classes), class_range), 4), c.per_class),
+                channel_range)                                                        # (K, classes, P, P, per_class)
+    # Small tensors first, then one broadcast to the full size: ONNX Runtime's broadcasting over short inner
+    # axes costs ~2 ns per output value, so the full-size index tensor is built by a single Add.
+    row = b("Add", b.unsq(b("Mul", channel, b("Mul", c.height, c.width)), 5), b.unsq(b("Mul", c.y_idx, c.width), 4))
+    flat = b("Add", b.unsq(row, 6), b.unsq(c.x_idx, 4, 5))                           # (..., per_class, 2S, 2S)
+    flat = b("Reshape", flat, _bins_then(b, c, b.unsq(c.per_class, 0), b.unsq(c.pairs, 0)))
+    values = b("Reshape", b("GatherElements", table, b("Reshape", flat, b.ints([-1])), axis=0), b("Shape", flat))
+    return b("ReduceSum", b("Mul", values, _corner_weights(b, c)), b.ints([5]), keepdims=0)
+
+
+def _psroi_row_gather(b: _Body, grouped: str, c: _Corners) -> str:
+    """(K, classes, P, P, per_class) sums from whole rows of a class's channels (Gather on a table laid out
+    (n, gi, gj, y, x, class) x channel), weighted by one small matrix product per bin."""
+    table = b("Reshape", b("Transpose", grouped, perm=[0, 3, 4, 5, 6, 1, 2]),
+              b("Concat", b.ints([-1]), b.unsq(c.per_class, 0), axis=0))
+    class_range = b("Reshape", b("Range", b.i(0), c.classes, b.i(1)), b.ints([1, -1, 1, 1, 1]))
+    rows = b("Add", b("Mul", b("Add", b("Mul", b.unsq(c.base, 4), c.height), c.y_idx), b("Mul", c.width, c.classes)),
+             class_range)
+    flat = b("Add", b.unsq(rows, 5), b.unsq(b("Mul", c.x_idx, c.classes), 4))         # (K, classes, P, P, 2S, 2S)
+    values = b("Reshape", b("Gather", table, flat, axis=0),
+               _bins_then(b, c, b.unsq(c.pairs, 0), b.unsq(c.per_class, 0)))           # (..., 4S^2, per_class)
+    return b("Squeeze", b("MatMul", _corner_weights(b, c), values), b.ints([4]))
+
+
+def _psroi_branch(grouped: str, corners: _Corners, gather: Callable, name: str) -> onnx.GraphProto:
+    """One branch of the body's If: ``gather``'s nodes in a subgraph that reads the body's names."""
+    b = _Body(prefix=name)
+    result = gather(b, grouped, corners)
+    b.nodes.append(helper.make_node("Identity", [result], [f"{name}_pooled"]))
+    return helper.make_graph(b.nodes, name, [], [helper.make_tensor_value_info(f"{name}_pooled", TensorProto.FLOAT,
+                                                                                None)])
 
 
 def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
@@ -343,10 +430,6 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
 
     def cat(*scalars):
         return b("Concat", *[b.unsq(s, 0) for s in scalars], axis=0)
-
-    # table rows (n, gi, gj, y, x, class), columns = the class's channels
-    grouped = b("Reshape", x, cat(n_i, classes_i, per_class_i, g_i, g_i, h_i, w_i))
-    table = b("Reshape", b("Transpose", grouped, perm=[0, 3, 4, 5, 6, 1, 2]), cat(b.i(-1), per_class_i))
 
     def col(i):  # rois[:, i] as (K, 1, 1, 1)
         return b("Reshape", b("Gather", rois, b.i(i), axis=1), b.ints([-1, 1, 1, 1]))
@@ -392,12 +475,12 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
     gi = b("Reshape", group_idx, b.ints([1, 1, -1, 1]))
     gj = b("Reshape", group_idx, b.ints([1, 1, 1, -1]))
     base = b("Add", b("Mul", b("Add", b("Mul", batch, g_i), gi), g_i), gj)             # (K, 1, P, P)
-    classes = b("Reshape", b("Range", b.i(0), classes_i, b.i(1)), b.ints([1, -1, 1, 1, 1]))
-    rows = b("Add", b("Mul", b("Add", b("Mul", b.unsq(base, 4), h_i), y_idx), b("Mul", w_i, classes_i)), classes)
-    flat = b("Add", b.unsq(rows, 5), b.unsq(b("Mul", x_idx, classes_i), 4))          # (K, classes, P, P, 2S, 2S)
-    values = b("Gather", table, flat, axis=0)                                         # (..., per_class)
-    weight = b.unsq(b("Mul", b.unsq(y_wt, 5), b.unsq(x_wt, 4)), 6)
-    pooled = b("ReduceSum", b("Mul", values, weight), b.ints([4, 5]), keepdims=0)     # (K, classes, P, P, per_class)
+    grouped = b("Reshape", x, cat(n_i, classes_i, per_class_i, g_i, g_i, h_i, w_i))
+    two_s = b("Mul", s_i, b.i(2))
+    corners = _Corners(x_idx, x_wt, y_idx, y_wt, base, classes_i, per_class_i, h_i, w_i, b("Mul", two_s, two_s))
+    small = b("Less", per_class_i, b.i(_ROWS_FROM_CHANNELS))
+    pooled = b("If", small, then_branch=_psroi_branch(grouped, corners, _psroi_scalar_gather, "scalar"),
+               else_branch=_psroi_branch(grouped, corners, _psroi_row_gather, "rows"))
     pooled = b("Div", pooled, b.unsq(b("Max", count, one_f), 4))
     pooled = b("Transpose", pooled, perm=[0, 1, 4, 2, 3])
     result = b("CastLike", b("Reshape", pooled, cat(k_i, out_i, p_i, p_i)), "X")

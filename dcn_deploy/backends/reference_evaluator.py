@@ -1,0 +1,51 @@
+"""onnx's reference evaluator with the two ops our function bodies need replaced by versions written from the
+standard's text alone (numpy only, no torch, no ONNX Runtime), so the ``onnx-reference`` runner stays an independent
+oracle that can run our models:
+
+- ``DeformConv``: onnx's own runs a Python loop per output value (minutes per small layer) and divides by zero when
+  H or W is 1: :mod:`.reference_deform_conv`.
+- ``GatherElements``: onnx's own picks values with ``numpy.choose``, which takes at most 64 choices along the axis,
+  so it fails on any real table (the PS RoI pooling body gathers single values from a flat copy of the input).
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+from .reference_deform_conv import DeformConv
+
+__all__ = ["GatherElements", "OracleEvaluator"]
+
+
+class GatherElements(OpRun):
+    """``out[i][j][k] = data[index[i][j][k]][j][k]`` for axis 0 (likewise for the others); ``index`` has data's rank,
+    each of its other axes at most data's length there, and values in [-s, s-1] with s = data's length on ``axis``
+    (negative ones count from the end)."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, axis=0):
+        axis = int(axis) % data.ndim
+        size = data.shape[axis]
+        if indices.ndim != data.ndim:
+            raise ValueError(f"GatherElements: indices must have data's rank {data.ndim}, got {indices.ndim}")
+        if indices.size and (indices.min() < -size or indices.max() >= size):
+            raise ValueError(f"GatherElements: indices must lie in [{-size}, {size - 1}] on axis {axis}, got "
+                             f"[{indices.min()}, {indices.max()}]")
+        index = np.where(indices < 0, indices + size, indices).astype(np.int64)
+        # take_along_axis needs equal shapes off the axis; the standard allows index to be smaller there
+        view = data[tuple(slice(None) if a == axis else slice(0, n) for a, n in enumerate(indices.shape))]
+        return (np.take_along_axis(view, index, axis=axis),)
+
+
+class OracleEvaluator(ReferenceEvaluator):
+    """``ReferenceEvaluator`` with :class:`DeformConv` and :class:`GatherElements`, in function bodies too.
+
+    onnx builds the evaluators of a model's functions (our ``dcn_deploy`` ops' bodies) as ``self.__class__(...)``
+    without the ``new_ops`` argument, so the replacements are given here, by default, instead of by the caller.
+    A caller's own ``new_ops`` come first (onnx keeps the first class per op), so they win over ours.
+    """
+
+    def __init__(self, proto, *args, new_ops=None, **kwargs):
+        super().__init__(proto, *args, new_ops=[*(new_ops or []), DeformConv, GatherElements], **kwargs)
