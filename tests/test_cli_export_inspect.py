@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -214,3 +215,27 @@ def test_missing_zoo_gives_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "dcn_deploy.models.zoo", None)  # as if models/zoo.py were absent
     with pytest.raises(ValueError, match="has no model zoo.*FILE.py:FACTORY"):
         load_model("resnet50_dcn_c5")
+
+
+def test_inspect_summarises_a_long_function_body(tmp_path):
+    # a RoI pooling body has hundreds of nodes: the text gives counts of the most frequent ops, --json all of them
+    from dcn_deploy.onnx import opset, roi_opset
+    from dcn_deploy.onnx.inspect import format_inspection, inspect_model
+
+    names = ["X", "rois", "trans"]
+    node = onnx.helper.make_node(roi_opset.DEFORM_PSROI_POOL, names, ["Y"], domain=opset.DOMAIN, output_dim=2,
+                                 group_size=2, pooled_size=2)
+    graph = onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)])
+    opset.attach_functions(model)
+    path = tmp_path / "psroi.onnx"
+    onnx.save(model, str(path))
+    info = inspect_model(path)
+    (body,) = [f["body"] for f in info["functions"] if f["name"] == roi_opset.DEFORM_PSROI_POOL]
+    line = next(x for x in format_inspection(info).splitlines() if "DeformPSRoIPool =" in x)
+    kinds = len(set(body))
+    assert line.startswith(f"  dcn_deploy::DeformPSRoIPool = {len(body)} nodes: Constant ")
+    assert line.endswith(f", and {kinds - 8} more kinds  (opset ai.onnx 19)")
+    assert " -> " not in line and "ai.onnx::If" in body

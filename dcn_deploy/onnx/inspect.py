@@ -114,6 +114,26 @@ def _format_shape(shape) -> str:
     return " x ".join("?" if d is None else str(d) for d in shape) or "scalar"
 
 
+# Longer bodies are summarised by op counts: a chain of hundreds of nodes says nothing at a glance.
+_BODY_CHAIN_MAX = 6
+_BODY_KINDS_SHOWN = 8
+
+
+def _format_body(body: List[str]) -> str:
+    """The body's ops as a chain when short, else '<n> nodes: op count, ...' (the most frequent kinds; the full
+    list is in ``dcn-deploy inspect --json``)."""
+    if len(body) <= _BODY_CHAIN_MAX:
+        return " -> ".join(body)
+    counts: Dict[str, int] = {}
+    for op in body:
+        short = op.split("::", 1)[1] if op.startswith("ai.onnx::") else op
+        counts[short] = counts.get(short, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{op} {n}" for op, n in ranked[:_BODY_KINDS_SHOWN])
+    more = len(ranked) - _BODY_KINDS_SHOWN
+    return f"{len(body)} nodes: {shown}" + (f", and {more} more kinds" if more > 0 else "")
+
+
 def format_inspection(info: dict) -> str:
     """The human summary of :func:`inspect_model`'s result."""
     lines = [f"{info['path']}  (IR {info['ir_version']}, producer {info['producer'] or '?'})",
@@ -138,7 +158,7 @@ def format_inspection(info: dict) -> str:
         lines.append("functions (bodies that stock ONNX Runtime inlines):")
         for f in info["functions"]:
             opsets = ", ".join(f"{d} {v}" for d, v in f["opsets"].items())
-            lines.append(f"  {f['domain']}::{f['name']} = {' -> '.join(f['body'])}  (opset {opsets})")
+            lines.append(f"  {f['domain']}::{f['name']} = {_format_body(f['body'])}  (opset {opsets})")
     elif any(n["domain"] == DOMAIN for n in nodes):
         lines.append(f"functions: none -- the {DOMAIN} nodes need our plugin (TensorRT) or a re-export to run elsewhere")
     lines.append(f"nodes: {info['node_count']} ("
