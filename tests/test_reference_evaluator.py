@@ -1,12 +1,16 @@
-"""The onnx-reference runner's GatherElements (dcn_deploy.backends.reference_evaluator) against numpy indexing:
-onnx's own stops at 64 values along the axis."""
+"""The onnx-reference runner's evaluator (dcn_deploy.backends.reference_evaluator): its GatherElements against numpy
+indexing (onnx's own stops at 64 values along the axis), and calls of our functions that leave optional inputs out."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from dcn_deploy.backends.reference_evaluator import OracleEvaluator
+from dcn_deploy.onnx import opset
+
+torch = pytest.importorskip("torch")
 
 
 def _gather_elements_model(data_shape, index_shape, axis):
@@ -39,3 +43,36 @@ def test_gather_elements_refuses_an_index_off_the_axis():
     evaluator = OracleEvaluator(_gather_elements_model((100,), (3,), 0))
     with pytest.raises(ValueError, match=r"indices must lie in \[-100, 99\] on axis 0, got \[2, 100\]"):
         evaluator.run(None, {"data": data, "index": np.array([2, 100, 5])})
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_deform_conv2d_calls_without_trailing_optional_inputs(with_bias):
+    # what the exporter writes for v1 layers (3 of the function's 5 inputs, or 4 with a bias); onnx's evaluator
+    # wants every function input
+    from dcn_deploy.ops.deform_conv import _forward_composite
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 6, 5, generator=gen, dtype=torch.float64)
+    w = torch.randn(6, 2, 3, 1, generator=gen, dtype=torch.float64)  # groups 2, non-square kernel
+    off = torch.randn(1, 2 * 2 * 3, 5, 3, generator=gen, dtype=torch.float64) * 2  # offset groups 2
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    names = ["X", "W", "offset"] + (["B"] if with_bias else [])
+    values = [x, w, off] + ([b] if with_bias else [])
+    node = helper.make_node("DeformConv2d", names, ["Y"], domain=opset.DOMAIN, strides=[1, 2], pads=[0, 1, 1, 0],
+                            dilations=[1, 1], group=2, offset_group=2)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.DOUBLE, list(v.shape))
+                                            for n, v in zip(names, values)],
+                              [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [None] * 4)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    opset.attach_functions(model)
+    onnx.checker.check_model(model, full_check=True)  # a valid model, which ONNX Runtime runs
+    feeds = {n: v.numpy() for n, v in zip(names, values)}
+    ort = pytest.importorskip("onnxruntime")
+    from_ort = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+    got = OracleEvaluator(model).run(None, feeds)[0]
+
+    padded = torch.nn.functional.pad(x, (1, 0, 0, 1))  # pads (top, left, bottom, right) = (0, 1, 1, 0)
+    want = _forward_composite(padded, off, w, b if with_bias else None, None, (1, 2), (0, 0), (1, 1))
+    np.testing.assert_allclose(from_ort, want.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-10)

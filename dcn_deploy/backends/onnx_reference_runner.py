@@ -37,25 +37,6 @@ def _value_info_meta(value_info) -> TensorMeta:
     return TensorMeta(value_info.name, dtype, tuple(shape))
 
 
-def _with_all_function_inputs(proto):
-    """A copy of ``proto`` in which every call of a local function passes all of the function's inputs.
-
-    ONNX lets a call leave trailing optional inputs out (our ``dcn_deploy::DeformConv2d`` without bias and mask
-    has 3 of 5); onnx's evaluator requires them all, so the missing ones are passed as empty names (absent).
-    """
-    arity = {(f.domain, f.name): len(f.input) for f in proto.functions}
-    if not arity:
-        return proto
-    padded = type(proto)()
-    padded.CopyFrom(proto)
-    nodes = list(padded.graph.node) + [n for f in padded.functions for n in f.node]
-    for node in nodes:  # (functions called from subgraphs of If/Loop are left as they are: none of ours)
-        missing = arity.get((node.domain, node.op_type), 0) - len(node.input)
-        if missing > 0:
-            node.input.extend([""] * missing)
-    return padded
-
-
 class OnnxReferenceRunner(Runner):
     """Runs a model (path, bytes or ModelProto) with onnx's reference evaluator."""
 
@@ -85,7 +66,7 @@ class OnnxReferenceRunner(Runner):
         self._inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
         self._output_names = tuple(v.name for v in proto.graph.output)
         try:
-            self._evaluator = OracleEvaluator(_with_all_function_inputs(proto))
+            self._evaluator = OracleEvaluator(proto)
         except Exception as exc:  # the evaluator raises many types for unsupported ops
             raise RunnerError(f"onnx-reference: cannot load the model: {exc}") from exc
 

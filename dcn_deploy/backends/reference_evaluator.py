@@ -10,6 +10,7 @@ oracle that can run our models:
 from __future__ import annotations
 
 import numpy as np
+from onnx import ModelProto
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
@@ -39,13 +40,36 @@ class GatherElements(OpRun):
         return (np.take_along_axis(view, index, axis=axis),)
 
 
+def _with_all_function_inputs(proto):
+    """A copy of ``proto`` in which every call of a local function passes all of the function's inputs.
+
+    ONNX lets a call leave trailing optional inputs out (our ``dcn_deploy::DeformConv2d`` without bias and mask
+    has 3 of 5); onnx's evaluator requires them all, so the missing ones are passed as empty names (absent).
+    """
+    arity = {(f.domain, f.name): len(f.input) for f in proto.functions}
+    if not arity:
+        return proto
+    padded = type(proto)()
+    padded.CopyFrom(proto)
+    nodes = list(padded.graph.node) + [n for f in padded.functions for n in f.node]
+    for node in nodes:  # (functions called from subgraphs of If/Loop are left as they are: none of ours)
+        missing = arity.get((node.domain, node.op_type), 0) - len(node.input)
+        if missing > 0:
+            node.input.extend([""] * missing)
+    return padded
+
+
 class OracleEvaluator(ReferenceEvaluator):
     """``ReferenceEvaluator`` with :class:`DeformConv` and :class:`GatherElements`, in function bodies too.
 
     onnx builds the evaluators of a model's functions (our ``dcn_deploy`` ops' bodies) as ``self.__class__(...)``
     without the ``new_ops`` argument, so the replacements are given here, by default, instead of by the caller.
-    A caller's own ``new_ops`` come first (onnx keeps the first class per op), so they win over ours.
+    A caller's own ``new_ops`` come first (onnx keeps the first class per op), so they win over ours. A model's
+    calls of its local functions get their left-out trailing inputs as absent ones (see
+    :func:`_with_all_function_inputs`).
     """
 
     def __init__(self, proto, *args, new_ops=None, **kwargs):
+        if isinstance(proto, ModelProto):  # (onnx also builds the function bodies' evaluators with this class)
+            proto = _with_all_function_inputs(proto)
         super().__init__(proto, *args, new_ops=[*(new_ops or []), DeformConv, GatherElements], **kwargs)

@@ -16,7 +16,8 @@ normalised shift per bin. For RoI k with rows (b, x1, y1, x2, y2), bin (i, j) of
   ``offset`` channel 0 shifts x (width), channel 1 shifts y (height); ``offset=None`` is plain RoIAlign
   (mmcv's, ``aligned=True``). RoIAlign's boundary rule: a sample with y < -1, y > H, x < -1 or x > W is 0;
   otherwise y and x are clamped to [0, H-1] x [0, W-1] and interpolated bilinearly. A RoI with a width or
-  height <= 0 has no samples and pools to 0.
+  height <= 0 pools to 0 with the adaptive ``sampling_ratio=0`` (no samples); with a fixed ratio its samples are
+  taken as the formulas say (a flipped RoI samples backwards from x1, y1), as mmcv's kernel does.
 
 ``deform_psroi_pool`` -- the official Deformable-ConvNets ``DeformablePSROIPooling`` (R-FCN). For RoI k,
 output channel ctop, bin (i, j) of a pooled_size x pooled_size grid (P = pooled_size, S = sample_per_part)::
