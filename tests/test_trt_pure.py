@@ -592,7 +592,7 @@ class TestWithoutTensorRT:
                                            "--precision", "fp16"])
         assert result.exit_code == 2, result.output
         for words in ("TensorRT is not installed", "pip install tensorrt", "tensorrt-cu12",
-                      "nvcr.io/nvidia/tensorrt", "dcn-deploy[tensorrt]"):
+                      "nvcr.io/nvidia/tensorrt", "pip install -e '.[tensorrt]'", "--runner ort"):
             assert words in result.output
         assert not (tmp_path / "m.engine").exists()
 
@@ -605,12 +605,25 @@ class TestWithoutTensorRT:
         onnx.save(dcn_model(), model)
         result = CliRunner().invoke(main, ["build", str(model), "--workspace", "plenty"])
         assert result.exit_code == 2 and "--workspace" in result.output
+        # the model file, the shapes and the output path are checked before TensorRT is looked for
+        junk = tmp_path / "junk.onnx"
+        junk.write_bytes(b"not a model")
+        for args, words in ((["build", str(junk)], "junk.onnx is not a readable ONNX model"),
+                            (["build", str(model), "--shapes", "x=1x4x8x8"], "must be NAME:SHAPE"),
+                            (["build", str(model), "-o", str(tmp_path / "no" / "m.engine")], "does not exist")):
+            result = CliRunner().invoke(main, args)
+            assert result.exit_code == 2 and words in result.output, (args, result.output)
+            assert "TensorRT is not installed" not in result.output
 
     def test_library_call_raises_an_import_error_with_the_hint(self, tmp_path):
         import dcn_deploy
         from dcn_deploy.backends.trt_build import TensorRTMissingError
 
+        model = tmp_path / "m.onnx"
+        onnx.save(dcn_model(), model)
         with pytest.raises(TensorRTMissingError, match="pip install tensorrt"):
+            dcn_deploy.build_engine(model, tmp_path / "m.engine")
+        with pytest.raises(FileNotFoundError, match="missing.onnx does not exist"):  # the arguments come first
             dcn_deploy.build_engine(tmp_path / "missing.onnx", tmp_path / "m.engine")
 
     def test_runner_activation_names_what_is_missing(self, tmp_path):

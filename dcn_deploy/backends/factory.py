@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 from .base import Runner, RunnerError, TensorMeta
 
-__all__ = ["RUNNER_KINDS", "make_runner", "onnx_io_metadata", "tensorrt_missing_reason"]
+__all__ = ["RUNNER_KINDS", "make_runner", "onnx_io_metadata", "read_onnx_model", "tensorrt_missing_reason"]
 
 RUNNER_KINDS = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")
 RUNNER_HELP = ("ort: ONNX Runtime on the CPU; ort-cuda: ONNX Runtime's CUDA provider (onnxruntime-gpu); "
@@ -24,21 +24,31 @@ def onnx_io_metadata(path: os.PathLike) -> Tuple[Tuple[TensorMeta, ...], Tuple[s
 
     Raises FileNotFoundError for a missing file and ValueError, naming the file, for one that is not an ONNX model.
     """
-    import onnx
-
     from .onnx_reference_runner import _value_info_meta
+
+    proto = read_onnx_model(path, load_external_data=False)
+    initialisers = {t.name for t in proto.graph.initializer}
+    inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
+    return inputs, tuple(v.name for v in proto.graph.output)
+
+
+def read_onnx_model(path: os.PathLike, *, load_external_data: bool = True):
+    """The ``onnx.ModelProto`` in ``path``: the one reader of model files for commands that take one.
+
+    Raises FileNotFoundError for a missing file and ValueError, naming the file and the fix, for one that is not an
+    ONNX model (protobuf parses some junk into an empty message, so an empty graph counts as not a model).
+    """
+    import onnx
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"ONNX model {path} does not exist")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:  # protobuf's DecodeError (and its relatives) for a file that is not a ModelProto
-        raise ValueError(not_an_onnx_model(path, exc)) from exc
-    if not proto.ir_version or not proto.HasField("graph"):  # protobuf parses some junk into an empty message
+        raise ValueError(not_an_onnx_model(path, f"{type(exc).__name__}: {exc}")) from exc
+    if not proto.ir_version or not proto.HasField("graph"):
         raise ValueError(not_an_onnx_model(path, "no ONNX graph in it"))
-    initialisers = {t.name for t in proto.graph.initializer}
-    inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
-    return inputs, tuple(v.name for v in proto.graph.output)
+    return proto
 
 
 def not_an_onnx_model(path: os.PathLike, reason: object) -> str:

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
-from ..io_utils import atomic_write_bytes
+from ..io_utils import atomic_write_bytes, check_output_path
 from . import engine_meta
+from .factory import read_onnx_model
 from .trt_profiles import Profile, compute_profile, format_shape, onnx_input_shapes
 
 __all__ = [
@@ -62,11 +63,12 @@ def tensorrt_install_hint(reason: str = "") -> str:
         "pycuda for running engines. Install one of:\n"
         "  pip install tensorrt pycuda                      # TensorRT for CUDA 13 from PyPI/NVIDIA's index\n"
         "  pip install tensorrt-cu12 pycuda                 # the CUDA 12 variant\n"
-        "  pip install 'dcn-deploy[tensorrt]'               # the same, through this package's extra\n"
+        "  pip install -e '.[tensorrt]'                     # the same, as this checkout's extra\n"
         "  (if pip cannot find the wheels: add --extra-index-url https://pypi.nvidia.com)\n"
         "or run inside NVIDIA's container, which has TensorRT and CUDA: "
         "docker run --gpus all -it -v $PWD:/work nvcr.io/nvidia/tensorrt:<yy.mm>-py3\n"
-        "On a machine without a GPU use ONNX Runtime instead: dcn-deploy verify MODEL.onnx --against ort")
+        "On a machine without a GPU use ONNX Runtime instead: --runner ort (or dcn-deploy verify MODEL.onnx "
+        "--against ort)")
 
 
 def import_tensorrt(module: str = "tensorrt"):
@@ -451,18 +453,16 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
         raise BuildError(f"device={device}: engines are built on the first visible GPU; to build for GPU {device} "
                          f"run with CUDA_VISIBLE_DEVICES={device} (and device=0)")
     start = time.monotonic()
-    trt = import_tensorrt(tensorrt_module)
-    import onnx
-
+    # The arguments first (the model file, the profile, the output path), then TensorRT: a wrong argument is
+    # reported as such on any machine, not hidden behind TensorRT's install instructions.
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
+    model = read_onnx_model(onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
-    say = (lambda line: print(line, file=log, flush=True)) if progress else (lambda line: None)
-
-    model = onnx.load(str(onnx_path))
+    check_output_path(engine_path, "engine path")
     profile: Profile = compute_profile(onnx_input_shapes(model), shapes=shapes, min_shapes=min_shapes,
                                        opt_shapes=opt_shapes, max_shapes=max_shapes, max_batch=max_batch)
+    trt = import_tensorrt(tensorrt_module)
+    say = (lambda line: print(line, file=log, flush=True)) if progress else (lambda line: None)
     logger = trt.Logger(trt.Logger.WARNING)
     routed_lib, fields = _load_plugins(trt, logger, model, plugin_library if use_plugin else False,
                                        rtx=tensorrt_module == "tensorrt_rtx", say=say)

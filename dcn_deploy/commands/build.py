@@ -56,8 +56,7 @@ def command(model_path: Path, output: Optional[Path], precision: str, shapes: Se
       dcn-deploy build net.onnx --precision fp16 --shapes input:1x3x512x512/4x3x512x512/8x3x512x512
       dcn-deploy build net.onnx --precision fp16 --keep-fp32 /head/conv --timing-cache trt.cache --workspace 4G
     """
-    from ..backends.trt_build import (BuildCancelled, BuildError, TensorRTMissingError, build_engine,
-                                      import_tensorrt, parse_size)
+    from ..backends.trt_build import BuildCancelled, BuildError, TensorRTMissingError, build_engine, parse_size
     from ..backends.trt_profiles import ProfileError
 
     if workspace is not None:
@@ -66,16 +65,12 @@ def command(model_path: Path, output: Optional[Path], precision: str, shapes: Se
         except ValueError as exc:
             raise CliError(str(exc)) from None
     try:
-        import_tensorrt()  # first, so a machine without TensorRT gets the install instructions at once
-    except TensorRTMissingError as exc:
-        raise CliError(str(exc)) from None
-    try:
         result = build_engine(
             model_path, output, precision=precision, shapes=shapes or None, min_shapes=min_shapes or None,
             opt_shapes=opt_shapes or None, max_shapes=max_shapes or None, max_batch=max_batch, workspace=workspace,
             timing_cache=timing_cache, keep_fp32=keep_fp32, io_dtype=io_dtype, plugin_library=plugin_library,
             use_plugin=not no_plugin, tf32=not no_tf32, optimization_level=optimization_level, progress=not quiet)
-    except ProfileError as exc:
+    except (ProfileError, TensorRTMissingError) as exc:  # after the arguments are checked: see build_engine
         raise CliError(str(exc)) from None
     except BuildCancelled as exc:
         raise click.exceptions.Exit(130) from exc

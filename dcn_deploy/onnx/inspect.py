@@ -73,15 +73,10 @@ def inspect_model(path: Union[str, Path]) -> dict:
     deformable_nodes [{name, op_type, domain, inputs, outputs, attributes, has_bias, has_mask, weight_shape}],
     functions [{domain, name, opsets, body}], op_counts {"domain::op_type": n}, node_count, metadata.
     """
+    from ..backends.factory import read_onnx_model
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX file {path}: no such file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise ValueError(f"{path} is not an ONNX model file ({type(exc).__name__}: {exc})") from exc
-    if not model.graph.node and not model.graph.input and not model.graph.output:
-        raise ValueError(f"{path} holds no ONNX graph; is it an ONNX model file?")
+    model = read_onnx_model(path, load_external_data=False)
 
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
