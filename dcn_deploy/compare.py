@@ -168,7 +168,11 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
         rel = diff / np.maximum(np.abs(e), max(tol.atol, np.finfo(np.float64).tiny))
         allowed = tol.atol + tol.rtol * np.where(finite, np.abs(e), 0.0)
         bad = (diff > allowed) & finite
-        of_tolerance = float(np.max(diff / np.maximum(allowed, np.finfo(np.float64).tiny)))
+        # a zero allowance (atol = rtol = 0, or rtol alone on a zero reference) makes any error infinitely many
+        # tolerances, and an exact match zero of them
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(diff > 0, diff / allowed, 0.0)
+        of_tolerance = float(np.max(ratio))
     mismatched = int(bad.sum()) + (0 if special_ok else int((~finite).sum()))
     note = "" if special_ok else "NaN/inf differ"
     if mismatched and not note:

@@ -81,6 +81,15 @@ def test_of_tolerance_is_the_pass_rule_as_one_number():
     assert not failing.passed and failing.of_tolerance == pytest.approx(0.02 / (1e-4 + 3e-3), rel=1e-3)
 
 
+def test_of_tolerance_with_a_zero_allowance():
+    # --atol 0 --rtol 0 printed "5.7e+300 of the tolerance": any error is now infinitely many, none is zero
+    expected = np.array([1.0, 0.0, 2.0])
+    off = compare_outputs("r", "y", expected + np.array([1e-7, 0.0, 0.0]), expected, Tolerance(atol=0.0, rtol=0.0))
+    exact = compare_outputs("r", "y", expected.copy(), expected, Tolerance(atol=0.0, rtol=0.0))
+    assert off.of_tolerance == float("inf") and not off.passed
+    assert exact.of_tolerance == 0.0 and exact.passed
+
+
 def test_compare_outputs_nan_and_inf_must_match(rng):
     ref = rng.standard_normal(6).astype(np.float32)
     ref[0], ref[1] = np.nan, np.inf
