@@ -19,6 +19,7 @@ Steps (each a call into the library, as a user would make them):
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -217,7 +218,7 @@ def run_demo(config: Optional[DemoConfig] = None, say: Callable[[str], None] = _
     torch.manual_seed(config.seed)
     model = DemoNet(width=config.width)
     say(f"[demo] training DemoNet ({sum(p.numel() for p in model.parameters()):,} parameters, 2 modulated deformable "
-        f"convolutions) for {config.epochs} epochs on {torch.get_num_threads()} CPU threads")
+        f"convolutions) for {config.epochs} epoch{'' if config.epochs == 1 else 's'} on {torch.get_num_threads()} CPU threads")
     history = _train(model, train_x, train_y, config, say)
     seconds["train"] = time.perf_counter() - start
 
@@ -280,15 +281,30 @@ def run_demo(config: Optional[DemoConfig] = None, say: Callable[[str], None] = _
     return result
 
 
+def cli_command() -> str:
+    """How to call ``dcn-deploy`` from this shell: the bare name when it is on PATH, else the script beside this
+    Python (``./dev demo`` runs from .venv without activating it), relative to the working folder when inside it."""
+    if shutil.which("dcn-deploy"):
+        return "dcn-deploy"
+    script = Path(sys.executable).parent / "dcn-deploy"
+    if not script.exists():
+        return "dcn-deploy"
+    try:
+        return str(Path(".") / script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def next_steps(result: DemoResult) -> Sequence[str]:
-    """Commands a user can try on the demo's artefacts."""
+    """Commands a user can try on the demo's artefacts, pasteable into the shell that ran the demo."""
     a = result.artefacts
+    cli = cli_command()
     # The file has dynamic batch/height/width: random inputs need a size.
     shape = f"--shape {result.input_name}=1x1x28x28"
     return (
-        f"dcn-deploy inspect {a['onnx']}",
-        f"dcn-deploy verify {a['onnx']} --against torch --model dcn_deploy.models.demo:DemoNet "
+        f"{cli} inspect {a['onnx']}",
+        f"{cli} verify {a['onnx']} --against torch --model dcn_deploy.models.demo:DemoNet "
         f"--weights {a['weights']} {shape}",
-        f"dcn-deploy bench {a['onnx']} {shape} --batch 1,8,32 --duration 2",
-        f"dcn-deploy infer {a['onnx']} --input {a['sample_inputs']} -o {result.config.output_dir / 'logits.npz'}",
+        f"{cli} bench {a['onnx']} {shape} --batch 1,8,32 --duration 2",
+        f"{cli} infer {a['onnx']} --input {a['sample_inputs']} -o {result.config.output_dir / 'logits.npz'}",
     )

@@ -100,3 +100,23 @@ def test_shortened_demo_end_to_end(tmp_path):
         predictions = model.eval()(torch.from_numpy(np.load(out / "sample_digits.npy"))).argmax(1).numpy()
     assert (predictions == np.load(out / "sample_labels.npy")).mean() == pytest.approx(
         acc["torch"], abs=0.3)  # 16 samples: the same model, roughly the same accuracy
+
+
+def test_try_next_commands_name_a_dcn_deploy_the_shell_can_run(tmp_path, monkeypatch):
+    # ./dev demo runs .venv/bin/dcn-deploy without activating .venv: a bare "dcn-deploy" would not be found
+    import sys
+    from pathlib import Path
+
+    from dcn_deploy.demo import cli_command
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing called dcn-deploy on PATH
+    beside_python = Path(sys.executable).parent / "dcn-deploy"
+    if not beside_python.exists():
+        pytest.skip(f"no dcn-deploy script beside {sys.executable} (package not installed with its scripts)")
+    monkeypatch.chdir(beside_python.parent.parent.parent)  # e.g. the repository holding .venv
+    command = cli_command()
+    assert Path(command).resolve() == beside_python.resolve() and not Path(command).is_absolute()
+    monkeypatch.chdir(tmp_path)  # outside: the absolute path
+    assert Path(cli_command()) == beside_python
+    monkeypatch.setenv("PATH", str(beside_python.parent))
+    assert cli_command() == "dcn-deploy"
