@@ -112,7 +112,8 @@ class BenchResult:
         lines.insert(1, "  ".join("-" * w for w in widths))
         s = self.settings
         mode = f"{s['iterations']} iterations" if s.get("iterations") else f"{s['duration_s']} s per measurement"
-        lines.append(f"latency in ms per inference ({mode} after {s['warmup']} warm-up runs); samples/s = batch x "
+        runs = "warm-up run" if s["warmup"] == 1 else "warm-up runs"
+        lines.append(f"latency in ms per inference ({mode} after {s['warmup']} {runs}); samples/s = batch x "
                      "inferences / summed latency; speed = first runner's median / this median")
         return "\n".join(lines)
 
