@@ -10,7 +10,8 @@ way to make inputs:
   (``--shape name=1x3x64x64``, ``--batch 8``) into concrete shapes, or says which dimension is missing.
 - :func:`random_feed` fills those shapes with reproducible random data (a fixed seed per call); inputs that
   :func:`roi_inputs` finds feeding a RoI op get valid boxes instead of noise.
-- :func:`load_feed` reads ``name=file.npy`` / ``file.npz`` arguments and checks names, dtypes and shapes.
+- :func:`load_feed` reads ``name=file.npy`` / ``file.npz`` arguments and checks names, dtypes and shapes, and
+  that RoI boxes name images of the batch (:func:`check_roi_batch_indices`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,9 +68,20 @@ def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] 
             raise FeedError(f"--shape {item!r}: expected NAME=SHAPE or NAME:SHAPE, "
                             "e.g. --shape input=1x3x64x64 or --shape input:1x3x64x64")
         shapes[match["name"]] = parse_shape(match["shape"])
+    reject_empty(shapes, "--shape")
     if model_path is not None:
         shapes.update(_stored_defaults(Path(model_path), shapes))
     return shapes
+
+
+def reject_empty(shapes: Mapping[str, Sequence[int]], source: str) -> None:
+    """Refuse an input with a zero-sized dimension (``source``: where its shape came from, e.g. ``--shape``): its
+    outputs would be empty, so a run shows nothing and a comparison passes on nothing."""
+    for name, shape in shapes.items():
+        if 0 in tuple(shape):
+            raise FeedError(f"input {name!r}: {source} gives shape {format_shape(shape)}, with size 0 in dimension "
+                            f"{tuple(shape).index(0)}: there is nothing to run or compare; give every dimension a "
+                            "size >= 1")
 
 
 def stored_example_shapes(model_path: os.PathLike) -> Dict[str, Shape]:
@@ -298,26 +310,86 @@ def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Seque
     return {m.name: feed[m.name] for m in metas}
 
 
-def _load_file(path: Path) -> Dict[str, np.ndarray]:
+# The first bytes of the two numpy formats; numpy.load reads a file with neither as a pickle (Python objects).
+_NPY_MAGIC = b"\x93NUMPY"
+_NPZ_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive, or an empty one
+_PICKLE_MAGIC = b"\x80"  # pickle protocol 2 and later (pickle.dump; torch.save before torch 1.6)
+
+
+def _file_format(path: Path) -> Optional[str]:
+    """``".npy"``, ``".npz"`` or ``"pickle"`` from the file's first bytes (whatever its name says), None for any
+    other file."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(_NPY_MAGIC))
+    if head.startswith(_NPY_MAGIC):
+        return ".npy"
+    if head.startswith(_NPZ_MAGICS):
+        return ".npz"
+    return "pickle" if head.startswith(_PICKLE_MAGIC) else None
+
+
+_HOW_TO_SAVE = "save a numeric array with numpy.save(path, array) (or numpy.savez(path, NAME=array, ...))"
+
+
+def _load_file(path: Path, named: bool = False) -> Dict[str, np.ndarray]:
+    """The arrays of a .npy (key ``""``) or .npz file (its keys). ``named``: the user said which input the file
+    gives (``NAME=file``), so a one-array file named .npz is unambiguous."""
+    kind = _checked_format(path, named)
+    try:
+        if kind == ".npy":
+            return {"": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (ValueError, OSError) as exc:
+        if "allow_pickle" in str(exc):  # numpy's wording for an array of dtype object, stored pickled
+            raise FeedError(f"{path} holds Python objects (an array of dtype object, pickled), not a numeric "
+                            "array; save a numeric one, e.g. numpy.save(path, numpy.asarray(data, "
+                            "dtype=numpy.float32))") from None
+        raise FeedError(f"cannot read {path} as a numpy file ({exc}); save it with numpy.save/numpy.savez") from None
+    # numpy gives the raw bytes of a member that is no .npy array: the zip came from elsewhere (e.g. torch.save)
+    other = next((key for key, value in arrays.items() if not isinstance(value, np.ndarray)), None)
+    if other is not None:
+        raise FeedError(f"{path} is a zip archive but not one numpy.savez wrote (its member {other!r} is no array; "
+                        f"a torch.save file?); {_HOW_TO_SAVE}")
+    return arrays
+
+
+def _checked_format(path: Path, named: bool) -> str:
+    """``".npy"`` or ``".npz"``: the format of the input file ``path`` by its content, once its name agrees with it
+    (a one-array file named .npz is taken when ``named``); else a FeedError saying what the file is and the fix."""
     if not path.exists():
         raise FeedError(f"input file {path} does not exist")
     suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise FeedError(f"input file {path}: expected a .npy or .npz file, got {suffix or 'no extension'}")
     try:
-        if suffix == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError) as exc:
-        raise FeedError(f"cannot read {path} as a numpy file ({exc}); save it with numpy.save/numpy.savez") from None
-    raise FeedError(f"input file {path}: expected a .npy or .npz file, got {suffix or 'no extension'}")
+        kind = _file_format(path)
+    except OSError as exc:
+        raise FeedError(f"cannot read input file {path} ({exc})") from None
+    if kind == "pickle":
+        raise FeedError(f"{path} holds pickled Python objects (pickle.dump), not a numeric array; {_HOW_TO_SAVE}")
+    if kind is None:
+        raise FeedError(f"{path} is neither a .npy array nor an .npz archive (numpy would read it only as pickled "
+                        f"Python objects, which are not loaded); {_HOW_TO_SAVE}")
+    if kind == ".npy" and suffix == ".npz" and not named:
+        raise FeedError(f"{path} holds one array (the .npy format), not an .npz archive: rename it to .npy or "
+                        f"pass it as NAME={path}")
+    if kind == ".npz" and suffix == ".npy":
+        raise FeedError(f"{path} is a zip archive (as numpy.savez writes), not one .npy array: rename it to .npz")
+    return kind
 
 
-def check_array(meta: TensorMeta, array: np.ndarray, source: str) -> np.ndarray:
-    """Check an array against an input's metadata; floats of another width are cast to the model's dtype."""
+Note = Optional[Callable[[str], None]]  # called with a message about a change made to an input (the CLI prints it)
+
+
+def check_array(meta: TensorMeta, array: np.ndarray, source: str, note: Note = None) -> np.ndarray:
+    """Check an array against an input's metadata; floats of another width are cast to the model's dtype (and
+    ``note`` is told, since the cast can lose precision)."""
     want = np.dtype(meta.dtype)
     if array.dtype != want:
         if array.dtype.kind == want.kind == "f":
+            if note is not None:
+                note(f"input {meta.name!r} was {array.dtype}, cast to the model's {want}")
             array = array.astype(want)  # e.g. float64 saved by default -> the model's float32
         else:
             raise FeedError(f"input {meta.name!r} from {source} has dtype {array.dtype}, the model expects {want}; "
@@ -332,10 +404,13 @@ def check_array(meta: TensorMeta, array: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def load_feed(items: Sequence[str], metas: Sequence[TensorMeta]) -> Dict[str, np.ndarray]:
+def load_feed(items: Sequence[str], metas: Sequence[TensorMeta], rois: Sequence[str] = (),
+              note: Note = None) -> Dict[str, np.ndarray]:
     """Read inputs from ``NAME=file.npy`` or ``file.npz`` items (an .npz's keys are input names).
 
     A bare ``file.npy`` is allowed when the model has exactly one input. Every model input must be given once.
+    ``rois``: the inputs holding RoI boxes (:func:`roi_inputs`), whose batch indices are checked
+    (:func:`check_roi_batch_indices`). ``note`` is told of each float input cast to the model's dtype.
     """
     names = [m.name for m in metas]
     feed: Dict[str, Tuple[np.ndarray, str]] = {}
@@ -344,7 +419,7 @@ def load_feed(items: Sequence[str], metas: Sequence[TensorMeta]) -> Dict[str, np
         if not sep:
             name, file = "", item
         path = Path(os.path.expanduser(file))
-        for key, array in _load_file(path).items():
+        for key, array in _load_file(path, named=bool(name)).items():
             target = name or key
             if not target:
                 if len(names) != 1:
@@ -361,7 +436,35 @@ def load_feed(items: Sequence[str], metas: Sequence[TensorMeta]) -> Dict[str, np
         raise FeedError(f"no file gives input(s) {missing}; add --input NAME=file.npy for each "
                         f"(the model's inputs: {names})")
     metas_by_name = {m.name: m for m in metas}
-    return {n: check_array(metas_by_name[n], *feed[n]) for n in names}
+    loaded = {n: check_array(metas_by_name[n], *feed[n], note=note) for n in names}
+    check_roi_batch_indices(loaded, rois)
+    return loaded
+
+
+def check_roi_batch_indices(feed: Mapping[str, np.ndarray], rois: Sequence[str]) -> None:
+    """Refuse RoI boxes whose batch index (column 0, truncated toward zero as the RoI ops read it) names no image.
+
+    ``feed``: the inputs in the model's order; ``rois``: those holding (K, 5) boxes. The image batch N is that of
+    the image the boxes refer to (:func:`box_image`), and every index must lie in [0, N): ONNX Runtime reports
+    one outside only as an out-of-range GatherElements index. Boxes of another shape, or a feed with no image,
+    are left to the runner to report."""
+    names = list(feed)
+    image = box_image([np.shape(feed[n]) for n in names], [n in rois for n in names])
+    if image is None:
+        return
+    batch = image[0]
+    for name in rois:
+        boxes = feed.get(name)
+        if boxes is None or np.ndim(boxes) != 2 or np.shape(boxes)[1] != 5:
+            continue
+        index = np.trunc(np.asarray(boxes)[:, 0].astype(np.float64))
+        outside = np.flatnonzero(~((index >= 0) & (index < batch)))  # NaN is outside too
+        if outside.size:
+            row = int(outside[0])
+            raise FeedError(f"input {name!r}: {name}[:, 0] (batch index) must lie in [0, {batch}) for an image batch "
+                            f"of {batch}; row {row} has {boxes[row, 0]:g}"
+                            + (f" ({outside.size} rows are outside)" if outside.size > 1 else "")
+                            + "; set each box's first column to the index of its image in the batch")
 
 
 def describe_feed(feed: Mapping[str, np.ndarray]) -> str:

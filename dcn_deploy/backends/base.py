@@ -69,7 +69,11 @@ class Runner(ABC):
         """Run once. ``feed`` maps every input name to an array; returns every output by name."""
         if not self._active:
             raise RunnerError(f"{self.name}: call infer() inside 'with runner:' (or after runner.activate())")
-        expected = {m.name for m in self.input_metadata()}
+        names = [m.name for m in self.input_metadata()]
+        if not isinstance(feed, Mapping):  # e.g. a list of arrays: its items have no names to match
+            raise TypeError(f"{self.name}: infer takes a dict {{input name: array}}; got a {type(feed).__name__} "
+                            f"(names: {names})")
+        expected = set(names)
         missing = expected - set(feed)
         extra = set(feed) - expected
         if missing or extra:

@@ -17,7 +17,7 @@ import torch
 
 from .base import Runner, RunnerError, TensorMeta
 
-__all__ = ["TorchRunner", "as_module", "metas_from_examples"]
+__all__ = ["TorchRunner", "as_module", "floating_dtypes", "metas_from_examples"]
 
 
 def metas_from_examples(names: Sequence[str], examples: Sequence[torch.Tensor],
@@ -134,3 +134,13 @@ def as_module(model) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"expected a torch.nn.Module or ExportedProgram, got {type(model).__name__}")
     return model
+
+
+def floating_dtypes(model) -> set:
+    """Names (``"float32"``, ``"float16"``, ...) of the dtypes of a module's or ``ExportedProgram``'s floating
+    parameters and buffers; empty for a model without any."""
+    if isinstance(model, torch.export.ExportedProgram):
+        tensors = model.state_dict.values()  # an attribute here, not a method
+    else:
+        tensors = as_module(model).state_dict().values()
+    return {str(t.dtype).replace("torch.", "") for t in tensors if t.is_floating_point()}

@@ -46,9 +46,19 @@ def parse_shapes(items: Sequence[str], model_path: Optional[Path] = None) -> Dic
     return parse_shape_options(items, model_path)
 
 
+def echo_note(message: str) -> None:
+    """Print ``note: MESSAGE`` on stderr: something the command changed or assumed, that the user should know."""
+    click.echo(f"note: {message}", err=True)
+
+
 def parse_int_list(text: str, option: str) -> List[int]:
+    """``"1,8"`` -> ``[1, 8]``: positive integers, comma-separated, none left empty (``1,,8`` is a typo)."""
+    items = text.split(",")
+    if len(items) > 1 and not all(v.strip() for v in items):
+        raise CliError(f"{option} {text!r} has an empty item: give comma-separated integers without gaps, "
+                       f"e.g. {option} 1,8")
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in items if v.strip()]
     except ValueError:
         raise CliError(f"{option} {text!r}: expected comma-separated integers, e.g. {option} 1,8") from None
     if not values or min(values) < 1:
@@ -122,7 +132,8 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
                            "if the factory builds an untrained model")
         from ..onnx.model_loading import load_model
 
-        module = load_model(torch_model, checkpoint).model  # errors of the user's code: ModelCodeError, exit 2
+        loaded = load_model(torch_model, checkpoint)  # errors of the user's code: ModelCodeError, exit 2
+        module = _in_input_dtype(loaded, model_path, torch_model).model
     elif torch_model or checkpoint:
         raise CliError(f"--model/--weights are only used by the torch runner; add it ({_add_torch_runner_hint()})")
     runners: list = []
@@ -144,6 +155,39 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
         for runner in runners:
             runner.deactivate()
     return runners
+
+
+def _in_input_dtype(loaded, model_path: Path, torch_model: str):
+    """The ``--model`` network (a ``LoadedModel``) cast to the floating dtype of the ONNX file's inputs.
+
+    ``export --dtype float16`` (bfloat16, float64) casts the network before exporting, so the file takes inputs
+    of that dtype; the factory builds it in float32 again, and float16 inputs would fail in a float32 network
+    ("Input type (c10::Half) and bias type (float)"). Unchanged when the network has that dtype already, when the
+    file's inputs have several floating dtypes or none, and when the file is not ONNX (make_runner reports that).
+    """
+    from ..backends.factory import onnx_io_metadata
+    from ..backends.torch_runner import floating_dtypes
+    from ..onnx.model_loading import DTYPES
+
+    if model_path.suffix.lower() != ".onnx":
+        return loaded
+    inputs, _ = onnx_io_metadata(model_path)
+    floating = {str(m.dtype) for m in inputs} & set(DTYPES)
+    if len(floating) != 1:
+        return loaded
+    (target,) = floating
+    current = floating_dtypes(loaded.model)
+    if not current or current == {target}:
+        return loaded
+    try:
+        loaded.cast(DTYPES[target])
+    except ValueError as exc:  # a saved torch.export program keeps the dtype it was exported in
+        raise CliError(f"--model {torch_model} is a torch.export program in {', '.join(sorted(current))}, but "
+                       f"{model_path.name} takes {target} inputs: save the program in {target} (or verify the "
+                       f"{', '.join(sorted(current))} ONNX file)") from exc
+    echo_note(f"--model {torch_model} cast from {', '.join(sorted(current))} to {target}, the dtype of "
+              f"{model_path.name}'s inputs (as export --dtype did)")
+    return loaded
 
 
 def _add_torch_runner_hint() -> str:

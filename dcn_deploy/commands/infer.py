@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import click
 
 from . import CliError
-from ._runtime import RUNNER_CHOICES, default_runner, make_runners, model_argument, torch_model_options
+from ._runtime import RUNNER_CHOICES, default_runner, echo_note, make_runners, model_argument, torch_model_options
 
 
 @click.command("infer")
@@ -41,7 +41,7 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
 
     import numpy as np
 
-    from ..feeds import format_shape, load_feed
+    from ..feeds import format_shape, load_feed, roi_inputs
     from ..io_utils import atomic_path
 
     if output is not None and output.suffix.lower() not in (".npz", ".npy"):
@@ -49,7 +49,7 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
     kind = runner or default_runner(model_path)
     (model_runner,) = make_runners([kind], model_path, torch_model, checkpoint)
     with model_runner:
-        feed = load_feed(inputs, model_runner.input_metadata())
+        feed = load_feed(inputs, model_runner.input_metadata(), rois=roi_inputs(model_path), note=echo_note)
         # A first call pays one-time costs (1 s and more for torch, vs ms warm): timing it as the latency would
         # mislead, and a warm second call costs little next to it.
         model_runner.infer(feed)

@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 import click
 
 from . import EXIT_FAILED, CliError
-from ._runtime import (RUNNER_CHOICES, default_runner, engine_option, make_runners, model_argument, parse_shapes,
-                       shape_options, torch_model_options)
+from ._runtime import (RUNNER_CHOICES, default_runner, echo_note, engine_option, make_runners, model_argument,
+                       parse_shapes, shape_options, torch_model_options)
 
 
 @click.command("verify")
@@ -46,7 +46,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     """
     from ..backends.base import RunnerError
     from ..compare import DEFAULT_TOLERANCES, Tolerance, compare_runners
-    from ..feeds import load_feed, roi_inputs
+    from ..feeds import load_feed, reject_empty, roi_inputs
 
     if against is None:
         against = "torch" if torch_model else "ort"
@@ -72,10 +72,13 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
                    "and slower than them (ResNet-50 with 13 deformable layers at 224x224: about 3 s)", err=True)
     runners = make_runners([against, subject], model_path, torch_model, checkpoint, engine=engine, shapes=shape_map,
                            batches=[batch] if batch else [], keep_active=True)
+    rois = roi_inputs(model_path)
     try:
-        feed = load_feed(inputs, runners[0].input_metadata()) if inputs else None
+        feed = load_feed(inputs, runners[0].input_metadata(), rois=rois, note=echo_note) if inputs else None
+        if feed is not None:
+            reject_empty({name: array.shape for name, array in feed.items()}, "--input")
         result = compare_runners(runners, feed, shapes=shape_map, batch=batch, seed=seed,
-                                 tolerances=overrides, rois=roi_inputs(model_path))
+                                 tolerances=overrides, rois=rois)
     except RunnerError as exc:  # a runner could not run these inputs: nothing was compared
         raise CliError(_inference_failure(str(exc), model_path, torch_model)) from exc
     finally:
