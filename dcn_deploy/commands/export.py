@@ -13,14 +13,23 @@ _DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 def _default_output(reference: str) -> Path:
-    name = reference.rpartition(":")[2] if ":" in reference else Path(reference).stem
+    """``<name>.onnx`` in the current folder: FILE's stem for FILE.py:FACTORY and FILE.pt2 (a factory's name such
+    as ``build`` says nothing of the model), FACTORY for package.module:FACTORY, NAME for a zoo model."""
+    owner, sep, factory = reference.rpartition(":")
+    if not (sep and owner and factory.isidentifier()):  # FILE.pt2 (also on a Windows drive) or a zoo name
+        name = Path(reference).stem
+    elif owner.endswith(".py") or "/" in owner or "\\" in owner:
+        name = Path(owner).stem
+    else:
+        name = factory
     return Path(f"{name or 'model'}.onnx")
 
 
 @click.command("export")
 @click.argument("model_ref", metavar="MODEL")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="ONNX file to write (atomically). Default: <name>.onnx in the current folder.")
+              help="ONNX file to write (atomically). Default, in the current folder: FILE.onnx for FILE.py:FACTORY "
+                   "or FILE.pt2, FACTORY.onnx for package.module:FACTORY, NAME.onnx for a zoo model.")
 @click.option("--weights", "--checkpoint", "weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="state_dict (torch.save) to load into the model that FILE.py:FACTORY or the zoo builds.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE",
@@ -28,7 +37,9 @@ def _default_output(reference: str) -> Path:
                    "Zoo models take one image shape. Default: the model's own example inputs.")
 @click.option("--dtype", type=click.Choice(_DTYPES), default=None,
               help="Cast the model and inputs before export (bfloat16 needs --opset 22). Default: as built.")
-@click.option("--dynamic", is_flag=True, help="Dynamic batch, height and width (where the model allows them).")
+@click.option("--dynamic", is_flag=True,
+              help="Dynamic batch, height and width (where the model allows them); inputs of equal example sizes "
+                   "share them. A .pt2 program keeps the shapes it was saved with.")
 @click.option("--opset", type=int, default=19, show_default=True, help="ONNX opset (>= 19; >= 22 for bfloat16).")
 @click.option("--standard", is_flag=True,
               help="Emit standard ONNX DeformConv nodes instead of dcn_deploy::DeformConv2d (for tools that know "

@@ -37,7 +37,8 @@ from ..compare import OutputComparison, Tolerance, compare_outputs, tolerance_fo
 from ..feeds import EXAMPLE_SHAPES_KEY, box_image, random_boxes, roi_input_names
 from ..io_utils import atomic_path, check_output_path, give_default_permissions
 from . import opset as dcn_opset
-from .model_loading import describe_exception
+from .inspect import _format_shape as format_shape
+from .model_loading import describe_exception, program_shape_mismatch
 
 __all__ = ["export", "ExportReport", "VerificationRun", "ExportError", "ExampleInputsError", "VerificationError",
            "NoDeformableLayerError", "EXAMPLE_SHAPES_KEY"]
@@ -112,6 +113,7 @@ class ExportReport:
     warnings: List[str] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
     weights_path: Optional[Path] = None  # the external data file beside ``path`` (models over ~2 GiB), else None
+    program: bool = False  # exported from a torch.export program: its shapes, whatever ``dynamic`` asked
 
     @property
     def verified(self) -> bool:
@@ -120,7 +122,7 @@ class ExportReport:
     def to_dict(self) -> dict:
         return {
             "path": str(self.path), "weights_path": None if self.weights_path is None else str(self.weights_path),
-            "opset": self.opset, "dynamic": self.dynamic, "standard": self.standard,
+            "opset": self.opset, "dynamic": self.dynamic, "standard": self.standard, "program": self.program,
             "inputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.inputs],
             "outputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.outputs],
             "deformable_ops": dict(self.op_counts), "rtol": self.rtol, "atol": self.atol,
@@ -135,15 +137,15 @@ class ExportReport:
         }
 
     def __str__(self) -> str:
-        def shape(s):
-            return "x".join(str(d) for d in s) or "scalar"
-
-        lines = [f"wrote {self.path} (ONNX opset {self.opset}, {'dynamic' if self.dynamic else 'static'} shapes, "
+        shapes = f"{'dynamic' if self.dynamic else 'static'} shapes{' kept from the program' if self.program else ''}"
+        lines = [f"wrote {self.path} (ONNX opset {self.opset}, {shapes}, "
                  f"{'standard DeformConv' if self.standard else dcn_opset.DOMAIN + ' ops'})"]
         if self.weights_path is not None:
             lines.append(f"  weights in {self.weights_path} (over 2 GiB: keep the two files together)")
-        lines += [f"  input  {n}: {d} {shape(s)}" for n, d, s in self.inputs]
-        lines += [f"  output {n}: {d} {shape(s)}" for n, d, s in self.outputs]
+        # " x " between sizes, as dcn-deploy inspect prints them: a derived size such as "((height - 1)//2) + 1"
+        # then stays one readable piece
+        lines += [f"  input  {n}: {d} {format_shape(s)}" for n, d, s in self.inputs]
+        lines += [f"  output {n}: {d} {format_shape(s)}" for n, d, s in self.outputs]
         lines.append("  deformable nodes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.op_counts.items())))
         for run in self.verification:
             lines.append(f"  ONNX Runtime vs PyTorch, {run.label}: {'PASS' if run.passed else 'FAIL'}")
@@ -181,6 +183,14 @@ def _check_example_inputs(example_inputs) -> Tuple[torch.Tensor, ...]:
 def _check_inputs_fit(model, example_inputs: Sequence[torch.Tensor]) -> None:
     """Run the model once, eagerly, on the example inputs: a model that cannot run on them fails here with its
     own message, instead of deep inside torch.export with an internal one."""
+    shapes = [tuple(t.shape) for t in example_inputs]
+    if isinstance(model, torch.export.ExportedProgram):
+        # a program's module() runs at other shapes too, but the exporter writes the program's own shapes
+        problem = program_shape_mismatch(model, shapes)
+        if problem is not None:
+            raise ExampleInputsError(shapes, type(model).__name__, ValueError(
+                f"{problem}; a torch.export program keeps the shapes it was exported with: export it again "
+                "with dynamic_shapes, or give inputs of its shapes"))
     module = model.module() if isinstance(model, torch.export.ExportedProgram) else model
     if getattr(module, "training", False):
         return  # a training-mode forward would update BatchNorm statistics: the exporter's own trace must do
@@ -188,7 +198,7 @@ def _check_inputs_fit(model, example_inputs: Sequence[torch.Tensor]) -> None:
         with torch.no_grad():
             module(*example_inputs)
     except Exception as exc:  # noqa: BLE001 - whatever the user's model raises is reported as its own error
-        raise ExampleInputsError([tuple(t.shape) for t in example_inputs], type(model).__name__, exc) from exc
+        raise ExampleInputsError(shapes, type(model).__name__, exc) from exc
 
 
 def _float_dtypes(model, example_inputs: Sequence[torch.Tensor]) -> set:
@@ -235,20 +245,61 @@ def _translation_table(standard: bool, opset: int) -> dict:
     return table
 
 
+def _dynamic_axes(t: torch.Tensor) -> List[Tuple[int, str]]:
+    """(axis, role) of the dimensions a dynamic export frees: the batch (dim 0) of every input, height and
+    width (dims 2, 3) of 4-D (NCHW) inputs."""
+    axes = [(0, "batch")] if t.dim() >= 1 else []
+    return axes + ([(2, "height"), (3, "width")] if t.dim() == 4 else [])
+
+
 def _dynamic_shapes(example_inputs: Sequence[torch.Tensor]) -> tuple:
-    """Batch (dim 0) dynamic for every input; height and width too for 4-D (NCHW) inputs.
+    """Batch (dim 0) dynamic for every input; height and width too for 4-D (NCHW) inputs; each its own symbol.
 
     ``Dim.AUTO`` lets torch.export keep a dimension static where the model needs it so (e.g. a fixed-size
     classifier head); :func:`export` then reports which dimensions really came out dynamic.
     """
     auto = torch.export.Dim.AUTO
-    shapes = []
-    for t in example_inputs:
-        axes = [0] if t.dim() >= 1 else []
-        if t.dim() == 4:
-            axes += [2, 3]
-        shapes.append({axis: auto for axis in axes} or None)
-    return tuple(shapes)
+    return tuple({axis: auto for axis, _ in _dynamic_axes(t)} or None for t in example_inputs)
+
+
+def _tied_dynamic_shapes(example_inputs: Sequence[torch.Tensor], untied: Sequence[int] = ()) -> Optional[tuple]:
+    """:func:`_dynamic_shapes` where a role's dimensions of equal example size in several inputs share one named
+    ``Dim`` (a model's inputs share the batch; an image and its offset map share height and width), and the
+    others stay ``Dim.AUTO``; dim 0 of the inputs at ``untied`` (RoI box lists: their dim 0 counts boxes) is
+    never shared. None when nothing is shared."""
+    groups: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
+    for index, t in enumerate(example_inputs):
+        for axis, role in _dynamic_axes(t):
+            if not (axis == 0 and index in untied):
+                groups.setdefault((role, int(t.shape[axis])), []).append((index, axis))
+    shapes = [dict.fromkeys((axis for axis, _ in _dynamic_axes(t)), torch.export.Dim.AUTO) for t in example_inputs]
+    shared = [(role, members) for (role, _), members in groups.items() if len(members) > 1]
+    for k, (role, members) in enumerate(shared):
+        dim = torch.export.Dim(f"{role}_{k}")  # a name torch.export needs; the file's names come later
+        for index, axis in members:
+            shapes[index][axis] = dim
+    return tuple(s or None for s in shapes) if shared else None
+
+
+def _tied_program(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
+                  untied: Sequence[int] = ()) -> Optional["torch.export.ExportedProgram"]:
+    """torch.export of ``model`` with :func:`_tied_dynamic_shapes`, or None when no size is shared or the model
+    does not allow the ties (e.g. it fixes one of the sizes): the caller then frees each size on its own.
+
+    torch.export is called here rather than inside torch.onnx.export because the latter, when the shapes given
+    are refused, retries with shapes of its own guessing; a refusal here is a clean fallback instead."""
+    shapes = _tied_dynamic_shapes(example_inputs, untied)
+    if shapes is None:
+        return None
+    try:
+        # backed_size_oblivious: an example batch of 1 stays dynamic (as torch.onnx.export does it). A private
+        # setting: on a torch without it this raises, and the export goes on untied.
+        from torch.fx.experimental import _config as fx_config
+
+        with _quiet_exporter(), fx_config.patch(backed_size_oblivious=True):
+            return torch.export.export(model, tuple(example_inputs), dynamic_shapes=shapes, strict=False)
+    except Exception:  # noqa: BLE001 - constraint violations and any trace failure: export untied instead
+        return None
 
 
 @contextlib.contextmanager
@@ -273,12 +324,20 @@ def _quiet_exporter():
             logging.getLogger(name).setLevel(level)
 
 
-def _run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: bool) -> onnx.ModelProto:
+def _run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: bool,
+                  untied: Sequence[int] = ()) -> onnx.ModelProto:
+    """torch.onnx's dynamo exporter on ``model``; with ``dynamic`` (an nn.Module), the inputs' sizes that are equal
+    in the example share one symbol (:func:`_tied_program`) where the model allows it, except dim 0 of the
+    inputs at the positions ``untied``."""
     kwargs = dict(dynamo=True, opset_version=opset, verbose=False, optimize=True,
                   custom_translation_table=_translation_table(standard, opset))
-    if dynamic and isinstance(model, torch.nn.Module):
-        kwargs["dynamic_shapes"] = _dynamic_shapes(example_inputs)
     name = type(model).__name__
+    if dynamic and isinstance(model, torch.nn.Module):
+        tied = _tied_program(model, example_inputs, untied)
+        if tied is not None:
+            model = tied  # its symbols are already shared: the exporter keeps them
+        else:
+            kwargs["dynamic_shapes"] = _dynamic_shapes(example_inputs)
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(model, example_inputs, **kwargs)
@@ -441,6 +500,12 @@ def _random_inputs(example_inputs, shapes: Sequence[Sequence[int]], seed: int,
     return inputs
 
 
+def _kept(path: Path) -> str:
+    """What a failed verification leaves: the written file, kept on purpose (it passed onnx.checker) so the
+    failure can be looked into."""
+    return f"The file {path} was kept for inspection (dcn-deploy inspect {path}); delete it if not needed"
+
+
 def _verify_once(session, model, inputs: Sequence[torch.Tensor], label: str,
                  rtol: Optional[float], atol: Optional[float]) -> VerificationRun:
     names = [i.name for i in session.get_inputs()]
@@ -452,7 +517,8 @@ def _verify_once(session, model, inputs: Sequence[torch.Tensor], label: str,
         got = session.run(None, feed)
     except Exception as exc:  # onnxruntime's own exception types
         shapes_text = ", ".join(f"{n} {tuple(a.shape)}" for n, a in feed.items())
-        raise ExportError(f"ONNX Runtime failed to run the exported model ({label}: {shapes_text}): {exc}") from exc
+        raise ExportError(f"ONNX Runtime failed to run the exported model ({label}: {shapes_text}): "
+                          f"{str(exc).strip()}") from exc
     expected = _torch_outputs(model, inputs)
     out_names = [o.name for o in session.get_outputs()]
     if len(expected) != len(got):
@@ -520,7 +586,11 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
             JSON ``{input name: [dims]}``, e.g. ``{"input": [1, 3, 64, 64]}``; ``dcn-deploy verify/bench`` take
             them as the size of dynamic dimensions the user does not give with ``--shape``.
         dynamic: make batch (dim 0 of every input) and height/width (dims 2, 3 of 4-D inputs) dynamic where the
-            model allows it; the report names the inputs' symbolic dimensions.
+            model allows it; sizes equal in the example inputs share one symbol where the model allows it (the
+            inputs' batch; an image's and its offset map's height and width), a RoI box list's count is its own
+            (``num_rois``). The report names the inputs' symbolic dimensions. A torch.export program keeps the
+            shapes it was exported with: ``report.dynamic`` then says whether they are dynamic, and
+            ``dynamic=True`` adds a warning that it did not apply.
         opset: ONNX opset, 19 or newer (22 or newer for bfloat16 models).
         standard: emit standard ONNX ``DeformConv`` nodes instead of ``dcn_deploy::DeformConv2d``.
         verify: run the file in ONNX Runtime (CPU) against PyTorch on fresh random inputs.
@@ -536,7 +606,9 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     Returns:
         :class:`ExportReport`. Raises TypeError/ValueError for bad arguments, :class:`ExampleInputsError` (an
         ExportError and a ValueError) when the model raises on the example inputs, :class:`ExportError` when the
-        exporter fails, :class:`VerificationError` (the file is kept, for inspection) beyond tolerance.
+        exporter fails, :class:`VerificationError` beyond tolerance; after either of these last two raised by the
+        verification (ONNX Runtime cannot load or run the file, or its outputs differ) the file is kept, for
+        inspection, and the message says so.
     """
     say = progress or (lambda message: None)
     seconds: Dict[str, float] = {}
@@ -554,9 +626,13 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     _check_inputs_fit(model, example_inputs)
 
     start = time.perf_counter()
+    program = isinstance(model, torch.export.ExportedProgram)
     say(f"exporting {type(model).__name__} with torch.onnx (dynamo, opset {opset}"
-        f"{', dynamic batch/height/width' if dynamic else ''})")
+        f"{', shapes as saved in the program' if program else ', dynamic batch/height/width' if dynamic else ''})")
     proto = _run_exporter(model, example_inputs, opset, dynamic, standard)
+    rois = _rois_sharing_the_batch(proto) if dynamic and not program else []
+    if rois:  # equal example counts of images and boxes are no reason to tie them: export again, untied
+        proto = _run_exporter(model, example_inputs, opset, dynamic, standard, untied=rois)
     dcn_opset.attach_functions(proto)
     _rename_symbols(proto)
     proto.metadata_props.add(key="dcn_deploy.opset", value=f"{dcn_opset.DOMAIN}:{dcn_opset.VERSION}")
@@ -577,15 +653,19 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     inferred = _write_checked(proto, path, external)
     seconds["write_check"] = time.perf_counter() - start
 
+    inputs = _value_infos(inferred.graph.input)
+    asked_dynamic = dynamic
+    if program:  # the file has the program's own shapes, static or dynamic, whatever ``dynamic`` asked
+        dynamic = any(not isinstance(d, int) for _, _, shape in inputs for d in shape)
     report = ExportReport(
-        path=path, opset=opset, dynamic=dynamic, standard=standard,
-        inputs=_value_infos(inferred.graph.input), outputs=_value_infos(inferred.graph.output), op_counts=counts,
-        rtol=rtol, atol=atol, seconds=seconds,
-        weights_path=path.parent / external_data_name(path) if external else None)
-    if dynamic and isinstance(model, torch.export.ExportedProgram):
-        report.warnings.append("a torch.export program keeps the dynamic dimensions it was exported with; "
-                               "export it with dynamic_shapes (or export the nn.Module) to change them")
-    elif dynamic:
+        path=path, opset=opset, dynamic=dynamic, standard=standard, inputs=inputs,
+        outputs=_value_infos(inferred.graph.output), op_counts=counts, rtol=rtol, atol=atol, seconds=seconds,
+        weights_path=path.parent / external_data_name(path) if external else None, program=program)
+    if program and asked_dynamic:
+        report.warnings.append(f"--dynamic (dynamic=True) does not apply to a saved torch.export program: the file "
+                               f"keeps the program's {'dynamic' if dynamic else 'static'} shapes; to change them "
+                               "export the program again with dynamic_shapes (or export the nn.Module)")
+    elif dynamic and not program:
         fixed = [name for name, _, shape in report.inputs if all(isinstance(d, int) for d in shape)]
         if fixed:
             report.warnings.append(f"inputs {fixed} came out with fixed shapes: the model fixes their sizes "
@@ -605,27 +685,9 @@ def _verify(report: ExportReport, model, example_inputs, proto: onnx.ModelProto,
     say("verifying against PyTorch in ONNX Runtime (CPUExecutionProvider) on "
         + ("the given inputs" if verify_inputs is not None else "random inputs"))
     try:
-        session = _make_session(report.path)
-    except Exception as exc:  # onnxruntime's own exception types
-        raise ExportError(f"ONNX Runtime cannot load {report.path}: {exc}") from exc
-    if verify_inputs is not None:
-        runs = [_verify_once(session, model, tuple(inputs), "given inputs "
-                             + ", ".join("x".join(map(str, t.shape)) for t in inputs), report.rtol, report.atol)
-                for inputs in verify_inputs]
-    else:
-        roi_names = roi_input_names(proto.graph)
-        rois = [i for i, graph_input in enumerate(proto.graph.input) if graph_input.name in roi_names]
-        runs = [_verify_once(session, model, _random_inputs(example_inputs, [t.shape for t in example_inputs], seed,
-                                                            rois), "random inputs, example shapes", report.rtol,
-                             report.atol)]
-    if report.dynamic and verify_inputs is None:
-        other = _other_shapes(example_inputs, proto.graph.input)
-        if other is None:
-            report.warnings.append("dynamic export, but no input dimension came out dynamic")
-        else:
-            shapes, label = other
-            runs.append(_verify_once(session, model, _random_inputs(example_inputs, shapes, seed + 1, rois),
-                                     f"random inputs, {label}", report.rtol, report.atol))
+        runs = _verification_runs(report, model, example_inputs, proto, seed, verify_inputs)
+    except ExportError as exc:  # ONNX Runtime could not load or run the file it passed onnx.checker
+        raise ExportError(f"{str(exc).rstrip('. ')}. {_kept(report.path)}") from exc
     report.verification = runs
     report.seconds["verify"] = time.perf_counter() - start
     for run in runs:
@@ -638,8 +700,37 @@ def _verify(report: ExportReport, model, example_inputs, proto: onnx.ModelProto,
                for r in runs for o in r.outputs if not o.passed]
         raise VerificationError(
             f"{report.path} does not match PyTorch: "
-            + "; ".join(bad) + ". The file was kept for inspection (dcn-deploy inspect); a loose tolerance may be "
-            "right for deep float16 models (rtol/atol), otherwise please report it", report)
+            + "; ".join(bad) + f". {_kept(report.path)}. A loose tolerance may be right for deep float16 models "
+            "(rtol/atol), otherwise please report it", report)
+
+
+def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int,
+                       verify_inputs=None) -> List[VerificationRun]:
+    """ONNX Runtime vs PyTorch on ``verify_inputs``, or on random inputs of the example shapes and, for a dynamic
+    file, of other shapes (:func:`_other_shapes`)."""
+    try:
+        session = _make_session(report.path)
+    except Exception as exc:  # onnxruntime's own exception types
+        raise ExportError(f"ONNX Runtime cannot load {report.path}: {str(exc).strip()}") from exc
+    if verify_inputs is not None:
+        return [_verify_once(session, model, tuple(inputs), "given inputs "
+                             + ", ".join("x".join(map(str, t.shape)) for t in inputs), report.rtol, report.atol)
+                for inputs in verify_inputs]
+    roi_names = roi_input_names(proto.graph)
+    rois = [i for i, graph_input in enumerate(proto.graph.input) if graph_input.name in roi_names]
+    runs = [_verify_once(session, model, _random_inputs(example_inputs, [t.shape for t in example_inputs], seed, rois),
+                         "random inputs, example shapes", report.rtol, report.atol)]
+    if report.dynamic:
+        other = _other_shapes(example_inputs, proto.graph.input)
+        if other is None:
+            report.warnings.append("dynamic export, but no input dimension came out dynamic")
+        elif isinstance(model, torch.export.ExportedProgram) and program_shape_mismatch(model, other[0]):
+            pass  # beyond the ranges the program was exported with: it could not run them
+        else:
+            shapes, label = other
+            runs.append(_verify_once(session, model, _random_inputs(example_inputs, shapes, seed + 1, rois),
+                                     f"random inputs, {label}", report.rtol, report.atol))
+    return runs
 
 
 def _record_example_shapes(proto: onnx.ModelProto, example_inputs: Sequence[torch.Tensor]) -> None:
@@ -653,14 +744,31 @@ def _record_example_shapes(proto: onnx.ModelProto, example_inputs: Sequence[torc
     proto.metadata_props.add(key=EXAMPLE_SHAPES_KEY, value=json.dumps(shapes, separators=(",", ":")))
 
 
+def _rois_sharing_the_batch(proto: onnx.ModelProto) -> List[int]:
+    """Positions of the RoI box inputs (:func:`dcn_deploy.feeds.roi_input_names`) whose dim 0, a box count,
+    came out as the same symbol as another input's dim 0, a batch of images."""
+    inputs = list(proto.graph.input)
+    rois = set(roi_input_names(proto.graph))
+
+    def first_symbol(value) -> str:
+        dims = value.type.tensor_type.shape.dim
+        return dims[0].dim_param if dims else ""
+
+    batches = {first_symbol(v) for v in inputs if v.name not in rois} - {""}
+    return [i for i, v in enumerate(inputs) if v.name in rois and first_symbol(v) in batches]
+
+
 def _rename_symbols(proto: onnx.ModelProto) -> None:
     """Give the exporter's symbols (s0, s77, ...) readable names: batch, height, width (then batch_1, ...).
 
-    Dim 0 of an input is a batch, dims 2 and 3 of a 4-D input are height and width; the names are substituted
-    as whole words in every shape of the graph, so derived sizes read e.g. ``((height - 1)//2) + 1``.
+    Dim 0 of an input is a batch, or ``num_rois`` for a RoI box list (:func:`dcn_deploy.feeds.roi_input_names`);
+    dims 2 and 3 of a 4-D input are height and width. The names are substituted as whole words in every shape
+    of the graph, so derived sizes read e.g. ``((height - 1)//2) + 1``.
     """
     mapping: Dict[str, str] = {}
-    taken = set()
+    rois = set(roi_input_names(proto.graph))
+    taken = {d.dim_param for v in proto.graph.input for d in v.type.tensor_type.shape.dim
+             if d.dim_param and not re.fullmatch(r"s\d+", d.dim_param)}  # names the exporter already gave
 
     def name_for(symbol: str, role: str) -> None:
         if symbol in mapping or not re.fullmatch(r"s\d+", symbol):
@@ -673,7 +781,7 @@ def _rename_symbols(proto: onnx.ModelProto) -> None:
 
     for value in proto.graph.input:
         dims = value.type.tensor_type.shape.dim
-        roles = {0: "batch"}
+        roles = {0: "num_rois" if value.name in rois else "batch"}
         if len(dims) == 4:
             roles.update({2: "height", 3: "width"})
         for axis, role in roles.items():

@@ -18,19 +18,21 @@ read once (:class:`Sampler`) and only the arguments it names are passed.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 __all__ = ["LoadedModel", "ModelCodeError", "Sampler", "describe_exception", "load_model", "parse_input_shape",
-           "DTYPES"]
+           "program_input_shapes", "program_shape_mismatch", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 _REFERENCE_FORMS = ("FILE.py:FACTORY, package.module:FACTORY, a torch.export program FILE.pt2, "
@@ -109,6 +111,8 @@ class LoadedModel:
             own = self.sampler(shapes[0][0] if shapes[0] else 1, None, seed)
             inputs = own if _shapes_of(own) == shapes else self._random(shapes, seed)
         elif shapes:
+            if self.kind == "pt2":
+                self._check_program_shapes(shapes)
             inputs = self._random(shapes, seed)
         elif self.sampler is not None:
             inputs = self.sampler(1, None, seed)
@@ -150,6 +154,20 @@ class LoadedModel:
             runs.append(_cast(self.sampler(batch + 1, None, 2), dtype))
         return runs
 
+    def _check_program_shapes(self, shapes: Sequence[Tuple[int, ...]]) -> None:
+        """A saved program runs only at the shapes it was exported with: an --input-shape outside them is bad
+        input, named here (the exporter would write a file at the program's shapes, which then fails to run)."""
+        problem = program_shape_mismatch(self.model, shapes)
+        if problem is None:
+            return
+        accepted = program_input_shapes(self.model)
+        fixed = all(isinstance(d, int) for shape in accepted for d in shape)
+        given = " ".join(f"--input-shape {_shape_text(s)}" for s in shapes)
+        raise ValueError(f"{self.reference} was exported with {'fixed ' if fixed else ''}input shape"
+                         f"{'s' if len(accepted) > 1 else ''} {', '.join(map(_shape_text, accepted))}; {given} "
+                         f"cannot change it ({problem}; a saved program keeps its shapes): re-export the program "
+                         "with dynamic_shapes, or drop --input-shape")
+
     @staticmethod
     def _random(shapes: Sequence[Tuple[int, ...]], seed: int) -> Tuple[torch.Tensor, ...]:
         generator = torch.Generator().manual_seed(seed)
@@ -167,6 +185,49 @@ class LoadedModel:
             raise ValueError(f"{self.reference} is a saved torch.export program in {sorted(map(str, current))}; it cannot "
                              f"be cast to {dtype}: export it again in that dtype or drop --dtype")
         return self
+
+
+def _shape_text(shape: Sequence[object]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def program_input_shapes(program: "torch.export.ExportedProgram") -> List[Tuple[object, ...]]:
+    """The shapes a saved program's user inputs take: an int for a fixed size, the program's symbol (a sympy
+    expression, e.g. ``s0``) for a dynamic one; ``()`` for an input that is no tensor."""
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    shapes = []
+    for name in program.graph_signature.user_inputs:
+        value = placeholders[name].meta.get("val") if name in placeholders else None
+        dims = getattr(value, "shape", ())
+        shapes.append(tuple(d if isinstance(d, int) else d.node.expr for d in dims))
+    return shapes
+
+
+def program_shape_mismatch(program: "torch.export.ExportedProgram",
+                           shapes: Sequence[Sequence[int]]) -> Optional[str]:
+    """Why inputs of ``shapes`` do not fit the saved ``program`` (e.g. "input 1, dimension 0 is fixed at 1"),
+    or None when they fit: fixed sizes must match, a dynamic one lie in its range and equal every other
+    dimension with the same symbol. Sizes derived from a symbol (``2*s0``) are left to the program's own check."""
+    accepted = program_input_shapes(program)
+    if len(shapes) != len(accepted):
+        return f"it takes {len(accepted)} input{'s' if len(accepted) != 1 else ''}, {len(shapes)} given"
+    seen = {}
+    for index, (want, got) in enumerate(zip(accepted, shapes), start=1):
+        if len(want) != len(got):
+            return f"input {index} has {len(want)} dimensions, {len(got)} given"
+        for axis, (dim, size) in enumerate(zip(want, got)):
+            where = f"input {index}, dimension {axis}"
+            if isinstance(dim, int):
+                if dim != size:
+                    return f"{where} is fixed at {dim}"
+                continue
+            bounds = program.range_constraints.get(dim)
+            if bounds is not None and not bounds.lower <= size <= bounds.upper:
+                upper = str(bounds.upper)  # "int_oo" (torch's integer infinity) without a maximum
+                return f"{where} ranges over {bounds.lower}..{upper if upper.isdigit() else '(no limit)'}"
+            if getattr(dim, "is_Symbol", False) and seen.setdefault(dim, (size, where))[0] != size:
+                return f"{where} must equal {seen[dim][1]} ({seen[dim][0]})"
+    return None
 
 
 def parse_input_shape(text: str) -> Tuple[int, ...]:
@@ -226,11 +287,53 @@ def _load_program(path: Path) -> LoadedModel:
     from dcn_deploy.ops import register_torch_ops
 
     register_torch_ops()  # the program may call torch.ops.dcn_deploy.*, which must exist before it loads
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:  # torch raises several types for a bad archive
-        raise ValueError(f"{path} is not a program saved with torch.export.save: {exc}") from exc
+    with _held_log("torch.export") as logged:
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:  # torch raises several types for a bad archive
+            cause = _load_failure(exc, logged)
+            raise ValueError(f"{path} is not a program saved with torch.export.save: "
+                             f"{describe_exception(cause, path)}") from cause  # path: no torch/zipfile line
     return LoadedModel(program, str(path), "pt2")
+
+
+class _Records(logging.Handler):
+    """Keeps the log records it is given, in a list, instead of printing them."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _held_log(name: str):
+    """Hold back what the logger ``name`` logs (torch.export.load logs a failed archive's traceback at WARNING
+    before it raises): the caller reports the failure in one line. Yields the held records; the logger's
+    handlers and propagation are restored afterwards."""
+    logger = logging.getLogger(name)
+    held = _Records()
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers[:] = [held]
+    logger.propagate = False
+    try:
+        yield held.records
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+def _load_failure(raised: BaseException, records: Sequence[logging.LogRecord]) -> BaseException:
+    """The exception that says why torch.export.load failed: the one it raised, unless that only points at
+    "the warnings above" (held back by :func:`_held_log`): then the first cause of the one it logged."""
+    logged = next((r.exc_info[1] for r in reversed(records) if r.exc_info and r.exc_info[1] is not None), None)
+    if logged is None or "warnings above" not in str(raised):
+        return raised
+    while logged.__cause__ is not None:
+        logged = logged.__cause__
+    return logged
 
 
 class ModelCodeError(ValueError):
@@ -339,11 +442,30 @@ def _module_sampler(model: torch.nn.Module) -> Optional[Sampler]:
     return Sampler(make, takes_size=takes_size, takes_batch=takes_batch)
 
 
+# The first bytes of what torch.save writes: a zip archive (the default since torch 1.6), or a pickle (the
+# legacy format, protocol 2 or newer).
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _unreadable_weights_reason(path: Path, exc: BaseException) -> str:
+    """Why torch.load failed on ``path``, in words: torch's own exception texts can be a bare number (a KeyError
+    from its unpickler on a text file) or empty (EOFError)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "the file is empty"
+    if not head.startswith(_TORCH_SAVE_MAGIC):
+        return f"not a file written by torch.save (it starts with {head[:8]!r}, neither a zip archive nor a pickle)"
+    return describe_exception(exc)
+
+
 def _state_dict_from(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"--weights {path} cannot be read as a state_dict saved with torch.save: {exc}") from exc
+        raise ValueError(f"--weights {path} cannot be read as a state_dict saved with torch.save: "
+                         f"{_unreadable_weights_reason(path, exc)}; give the file written by "
+                         "torch.save(model.state_dict(), PATH)") from exc
     if isinstance(state, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(state.get(key), Mapping):
