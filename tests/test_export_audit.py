@@ -321,3 +321,62 @@ def test_program_shape_mismatch_names_the_dimension_and_its_range():
     assert program_shape_mismatch(program, [(1, 3, 8, 8)]) == "input 1, dimension 0 ranges over 2..(no limit)"
     assert program_shape_mismatch(program, [(2, 3, 8, 9)]) == "input 1, dimension 3 is fixed at 8"
     assert program_shape_mismatch(program, [(2, 3, 8)]) == "input 1 has 4 dimensions, 3 given"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# input and output names (the exporter's are "input" / "mean" / "deform_conv2d_1": meaningless to a user)
+# --------------------------------------------------------------------------------------------------------------
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = _build()
+
+    def forward(self, x):
+        y = self.body(x)
+        return y.mean(dim=(2, 3)), y.amax(dim=(2, 3))
+
+
+def test_export_names_inputs_and_outputs_and_the_file_runs_by_them(tmp_path):
+    model = _TwoHeads().eval()
+    x = torch.randn(2, 3, 12, 12)
+    path = tmp_path / "named.onnx"
+    report = export(model, (x,), path, dynamic=True, input_names=["pixels"], output_names=["scores", "peaks"])
+    assert [n for n, _, _ in report.inputs] == ["pixels"] and [n for n, _, _ in report.outputs] == ["scores", "peaks"]
+    assert report.verified
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores, peaks = session.run(["scores", "peaks"], {"pixels": x.numpy()})
+    with torch.no_grad():
+        want = model(x)
+    np.testing.assert_allclose(scores, want[0].numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(peaks, want[1].numpy(), atol=1e-5, rtol=1e-5)
+    stored = json.loads(next(p.value for p in onnx.load(str(path)).metadata_props
+                             if p.key == "dcn_deploy.example_shapes"))
+    assert stored == {"pixels": [2, 3, 12, 12]}  # recorded under the new name
+
+
+@pytest.mark.parametrize("names,words", [
+    (dict(output_names=["only_one"]), "give 2 distinct, non-empty name(s), one per model output"),
+    (dict(output_names=["same", "same"]), "give 2 distinct"),
+    (dict(input_names=["a", "b"]), "give 1 distinct"),
+])
+def test_wrong_names_are_refused_with_the_exporter_names(tmp_path, names, words):
+    with pytest.raises(ValueError, match=r"exporter named them \[") as info:
+        export(_TwoHeads().eval(), (torch.randn(1, 3, 8, 8),), tmp_path / "bad.onnx", verify=False, **names)
+    assert words in str(info.value)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_cli_names_and_the_zoo_defaults(folder):
+    out = folder / "named_cli.onnx"
+    result = _runner().invoke(main, ["export", f"{folder / 'my_model.py'}:build", "--input-shape", "1x3x8x8",
+                                     "-o", str(out), "--input-names", "pixels", "--output-names", "features"])
+    assert result.exit_code == 0, result.output
+    assert list(_input_dims(out)) == ["pixels"] and onnx.load(str(out)).graph.output[0].name == "features"
+    gap = _runner().invoke(main, ["export", f"{folder / 'my_model.py'}:build", "--input-shape", "1x3x8x8",
+                                  "-o", str(folder / "gap.onnx"), "--output-names", "a,,b"])
+    assert gap.exit_code == 2 and "--output-names 'a,,b'" in gap.stderr
+    from dcn_deploy.onnx.model_loading import load_model
+
+    loaded = load_model("rfcn_resnet50_dcn")  # what `dcn-deploy export rfcn_resnet50_dcn` names the file's values
+    assert loaded.input_names == ("image", "rois") and loaded.output_names == ("cls_score", "bbox_pred")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import click
 
@@ -48,10 +48,17 @@ def _default_output(reference: str) -> Path:
 @click.option("--atol", type=float, default=None, help="Verification absolute tolerance (default per dtype).")
 @click.option("--rtol", type=float, default=None, help="Verification relative tolerance (default per dtype).")
 @click.option("--allow-no-deformable", is_flag=True, help="Export even if the model has no deformable layer.")
+@click.option("--input-names", default=None, metavar="A,B",
+              help="Names of the file's inputs, comma-separated in the model's order [default: a zoo model's own "
+                   "(image, rois), else the forward's argument names].")
+@click.option("--output-names", default=None, metavar="A,B",
+              help="Names of the file's outputs, comma-separated in order [default: a zoo model's own (logits; "
+                   "cls_score,bbox_pred), else the exporter's, e.g. 'linear' or 'mean'].")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def command(model_ref: str, output: Optional[Path], weights: Optional[Path], input_shapes: Sequence[str],
             dtype: Optional[str], dynamic: bool, opset: int, standard: bool, no_verify: bool, atol: Optional[float],
-            rtol: Optional[float], allow_no_deformable: bool, as_json: bool) -> None:
+            rtol: Optional[float], allow_no_deformable: bool, input_names: Optional[str],
+            output_names: Optional[str], as_json: bool) -> None:
     """Export MODEL to ONNX with deformable convolutions as dcn_deploy ops, check it (onnx.checker full check,
     shape inference) and verify it against PyTorch in ONNX Runtime. Exit 0 on success, 1 when verification
     fails (the file is kept), 2 on bad input.
@@ -92,7 +99,9 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
     try:
         report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
                         verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
-                        verify_inputs=verify_inputs, progress=stage)
+                        verify_inputs=verify_inputs, progress=stage,
+                        input_names=_names(input_names, "--input-names") or loaded.input_names,
+                        output_names=_names(output_names, "--output-names") or loaded.output_names)
     except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it
         fix = ("check --input-shape (one per model input, in order) and the model's code" if input_shapes
                else "they came from the model itself; give --input-shape (one per model input, in order)")
@@ -102,3 +111,13 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
         click.echo(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report))
         raise
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
+
+
+def _names(text: Optional[str], option: str) -> Optional[Tuple[str, ...]]:
+    """``"a,b"`` -> ``("a", "b")``; None when the option is not given."""
+    if text is None:
+        return None
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names):
+        raise CliError(f"{option} {text!r}: give comma-separated names without gaps, e.g. {option} cls_score,bbox_pred")
+    return names

@@ -572,7 +572,8 @@ def _make_session(path: Path):
 def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, dynamic: bool = False,
            opset: int = 19, standard: bool = False, verify: bool = True, rtol: Optional[float] = None,
            atol: Optional[float] = None, require_deformable: bool = True, seed: int = 0,
-           verify_inputs: Optional[Sequence[Tuple[torch.Tensor, ...]]] = None, progress: Progress = None) -> ExportReport:
+           verify_inputs: Optional[Sequence[Tuple[torch.Tensor, ...]]] = None, progress: Progress = None,
+           input_names: Optional[Sequence[str]] = None, output_names: Optional[Sequence[str]] = None) -> ExportReport:
     """Export ``model`` to the ONNX file ``path`` with its deformable convolutions as ``dcn_deploy`` ops.
 
     Args:
@@ -602,6 +603,9 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         verify_inputs: tuples of inputs to verify on instead of random ones (for inputs random values would make
             invalid, e.g. boxes); for a dynamic export, give tuples of other sizes too.
         progress: called with a short message at each stage (the CLI prints them on stderr).
+
+        input_names, output_names: names for the file's inputs / outputs, one per input / output in order
+            (default: the exporter's, from the forward's argument names and the graph's last ops, e.g. ``mean``).
 
     Returns:
         :class:`ExportReport`. Raises TypeError/ValueError for bad arguments, :class:`ExampleInputsError` (an
@@ -633,6 +637,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     rois = _rois_sharing_the_batch(proto) if dynamic and not program else []
     if rois:  # equal example counts of images and boxes are no reason to tie them: export again, untied
         proto = _run_exporter(model, example_inputs, opset, dynamic, standard, untied=rois)
+    _rename_graph_io(proto, input_names, output_names)
     dcn_opset.attach_functions(proto)
     _rename_symbols(proto)
     proto.metadata_props.add(key="dcn_deploy.opset", value=f"{dcn_opset.DOMAIN}:{dcn_opset.VERSION}")
@@ -756,6 +761,52 @@ def _rois_sharing_the_batch(proto: onnx.ModelProto) -> List[int]:
 
     batches = {first_symbol(v) for v in inputs if v.name not in rois} - {""}
     return [i for i, v in enumerate(inputs) if v.name in rois and first_symbol(v) in batches]
+
+
+def _rename_graph_io(proto: onnx.ModelProto, input_names: Optional[Sequence[str]],
+                     output_names: Optional[Sequence[str]]) -> None:
+    """Rename the graph's inputs and outputs to ``input_names`` / ``output_names`` (None keeps the exporter's),
+    everywhere the names are used. ValueError when a list has the wrong length, repeats a name, or takes a name
+    that another value of the graph already has."""
+    graph = proto.graph
+    initialisers = {t.name for t in graph.initializer}
+    mapping: Dict[str, str] = {}
+    for kind, values, names in (("input", [v for v in graph.input if v.name not in initialisers], input_names),
+                                ("output", list(graph.output), output_names)):
+        if names is None:
+            continue
+        names = list(names)
+        current = [v.name for v in values]
+        if len(names) != len(current) or len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"{kind} names {names} ({kind}_names, CLI --{kind}-names): give {len(current)} "
+                             f"distinct, non-empty name(s), one per model {kind} in order (the exporter named them "
+                             f"{current})")
+        for old, new in zip(current, names):
+            if mapping.get(old, new) != new:  # an output that is an input itself cannot take two names
+                raise ValueError(f"{kind} names: {old!r} is both a model input and an output; it keeps one name")
+            mapping[old] = new
+    mapping = {old: new for old, new in mapping.items() if old != new}
+    if not mapping:
+        return
+    nodes = list(_nodes_with_subgraphs(graph))  # a subgraph (If, Loop) may read the graph's inputs by name
+    used = {name for node in nodes for name in (*node.input, *node.output)} | initialisers
+    taken = sorted(set(mapping.values()) & (used - set(mapping)))
+    if taken:
+        raise ValueError(f"name(s) {taken} already belong to other values of the exported graph; choose others")
+    for node in nodes:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        value.name = mapping.get(value.name, value.name)
+
+
+def _nodes_with_subgraphs(graph: onnx.GraphProto):
+    """Every node of ``graph`` and of the subgraphs in its nodes' attributes, recursively."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                yield from _nodes_with_subgraphs(sub)
 
 
 def _rename_symbols(proto: onnx.ModelProto) -> None:

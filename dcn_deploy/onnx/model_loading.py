@@ -83,6 +83,8 @@ class LoadedModel:
     reference: str
     kind: str
     sampler: Optional[Sampler] = None
+    input_names: Optional[Tuple[str, ...]] = None  # names the model's source gives its inputs (the zoo's), if any
+    output_names: Optional[Tuple[str, ...]] = None
 
     @property
     def name(self) -> str:
@@ -515,4 +517,4 @@ def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
     def make(batch: int, size: Optional[Tuple[int, int]], seed: int):
         return tuple(entry.example_inputs(batch=batch, size=size, seed=seed))
 
-    return LoadedModel(model.eval(), name, "zoo", Sampler(make))
+    return LoadedModel(model.eval(), name, "zoo", Sampler(make), tuple(entry.input_names), tuple(entry.output_names))
