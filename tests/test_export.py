@@ -269,6 +269,10 @@ def test_bfloat16_needs_opset_22(tmp_path):
     inputs = tuple(t.bfloat16() for t in _TINY)
     with pytest.raises(ValueError, match="bfloat16.*opset=22"):
         export(model, inputs, tmp_path / "bf16.onnx", opset=19)
+    # at opset 22 it exports; ONNX Runtime's CPU provider cannot run it, and the warning says where it can run
+    report = export(model.eval(), inputs, tmp_path / "bf16.onnx", opset=22)
+    (warning,) = [w for w in report.warnings if w.startswith("not verified")]
+    assert "--runner ort-cuda" in warning and "--precision bf16" in warning
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -683,8 +683,11 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
 def _verify(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int, say,
             verify_inputs=None) -> None:
     if any(t.dtype == torch.bfloat16 for t in example_inputs):
-        report.warnings.append("not verified: ONNX Runtime has no bfloat16 DeformConv kernel on CPU (1.32); "
-                               "check the file on the target backend (dcn-deploy verify)")
+        report.warnings.append("not verified: ONNX Runtime's CPU provider has no bfloat16 kernels for Conv or "
+                               "DeformConv (1.32), so this file runs only where bfloat16 does (ONNX Runtime's CUDA "
+                               "provider: dcn-deploy verify FILE --runner ort-cuda --against torch --model ...). For "
+                               "TensorRT, export in float32 and build with --precision bf16 instead: the build "
+                               "converts the graph and keeps reductions in float32")
         return
     start = time.perf_counter()
     say("verifying against PyTorch in ONNX Runtime (CPUExecutionProvider) on "
