@@ -34,14 +34,19 @@ from .spec import ShapeError, as_pair, conv_output_size, deform_conv_spec
 
 __all__ = ["deform_conv2d"]
 
-# Largest sampled-column buffer (elements) built at once; larger batches are processed in chunks.
-_MAX_COLUMN_ELEMENTS = 1 << 26
+# Largest sampled-column buffer (elements) built at once; more images, or more output rows of one image, are
+# processed in chunks. Why this small (16 MiB in float32): a fresh buffer of tens of MB is mapped anew by the
+# allocator on every call and faulting it in cost a dense 256-channel 64x64 layer a fifth of its time; buffers
+# this size are reused.
+_MAX_COLUMN_ELEMENTS = 1 << 22
 
 
 def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: int, width: int,
                    kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-                   dilation: Sequence[int]):
+                   dilation: Sequence[int], first_row: int = 0):
     """Table rows and weights of the four bilinear neighbours of every deformed sample.
+
+    ``offset`` and ``mask`` may hold a band of output rows starting at row ``first_row``.
 
     Returns ``(index, weight)``, both of shape (N, oH*oW, kH*kW, G, 4): (image, output pixel, kernel point,
     offset group, corner).
@@ -56,7 +61,7 @@ def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: i
 
     ky = torch.arange(kh, device=device, dtype=dtype) * dilation[0]
     kx = torch.arange(kw, device=device, dtype=dtype) * dilation[1]
-    oy = torch.arange(oh, device=device, dtype=dtype) * stride[0] - padding[0]
+    oy = torch.arange(first_row, first_row + oh, device=device, dtype=dtype) * stride[0] - padding[0]
     ox = torch.arange(ow, device=device, dtype=dtype) * stride[1] - padding[1]
     # (oH, oW, kH, kW, 1): the undeformed sampling grid
     base_y = (oy.view(oh, 1, 1, 1) + ky.view(1, 1, kh, 1)).expand(oh, ow, kh, kw).reshape(1, oh * ow, k, 1)
@@ -106,24 +111,26 @@ def _channels_last_table(input: torch.Tensor, groups: int) -> torch.Tensor:
     return table.view(n * groups * h * w, c // groups)
 
 
-def _sample_columns(input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor],
-                    kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-                    dilation: Sequence[int]) -> torch.Tensor:
-    """Bilinear samples at every deformed kernel point, times the mask: (N, oH*oW, kH*kW, C).
+def _sample_columns(table: torch.Tensor, image_size: Sequence[int], offset: torch.Tensor,
+                    mask: Optional[torch.Tensor], kernel: Sequence[int], stride: Sequence[int],
+                    padding: Sequence[int], dilation: Sequence[int], first_row: int = 0) -> torch.Tensor:
+    """Bilinear samples at every deformed kernel point of a band of output rows, times the mask: (N, L, kH*kW, C).
 
-    Sampling is one weighted ``embedding_bag`` over a channels-last copy of the input (four rows per sample),
-    a fused, vectorised and differentiable gather that never materialises the four neighbours separately.
+    ``table``: :func:`_channels_last_table` of the N images (height, width = ``image_size``); ``offset`` and
+    ``mask`` hold the band's L = rows * oW output pixels, from output row ``first_row``. Sampling is one weighted
+    ``embedding_bag`` over the table (four rows per sample), a fused, vectorised and differentiable gather that
+    never materialises the four neighbours separately.
     """
-    n, c, h, w = input.shape
+    n = offset.shape[0]
     k = kernel[0] * kernel[1]
     groups = offset.shape[1] // (2 * k)
     length = offset.shape[2] * offset.shape[3]
-    index, weight = _bilinear_taps(offset, mask, h, w, kernel, stride, padding, dilation)
-    bags = torch.arange(0, index.numel(), 4, device=input.device)
-    samples = F.embedding_bag(index.reshape(-1), _channels_last_table(input, groups), bags, mode="sum",
-                              per_sample_weights=weight.reshape(-1))
+    index, weight = _bilinear_taps(offset, mask, image_size[0], image_size[1], kernel, stride, padding, dilation,
+                                   first_row)
+    bags = torch.arange(0, index.numel(), 4, device=offset.device)
+    samples = F.embedding_bag(index.reshape(-1), table, bags, mode="sum", per_sample_weights=weight.reshape(-1))
     # rows are ordered (n, pixel, kernel point, offset group): channel g*C/G + c' lands at position g*C/G + c'
-    return samples.view(n, length, k, c)
+    return samples.view(n, length, k, groups * table.shape[1])
 
 
 def dense_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -169,19 +176,28 @@ def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.
                        bias: Optional[torch.Tensor], mask: Optional[torch.Tensor],
                        stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> torch.Tensor:
     """Deformable convolution from differentiable torch ops, in the inputs' own dtype."""
-    n, c, _, _ = input.shape
+    n, c, h, w = input.shape
     oc, c_per_group, kh, kw = weight.shape
     k = kh * kw
     groups = c // c_per_group
+    offset_groups = offset.shape[1] // (2 * k)
     oh, ow = offset.shape[2], offset.shape[3]
-    length = oh * ow
-    chunk = max(1, _MAX_COLUMN_ELEMENTS // max(1, c * k * length))
+    per_row = max(1, c * k * ow)  # column elements of one output row of one image
+    images = max(1, _MAX_COLUMN_ELEMENTS // (per_row * oh))
+    rows = oh if images > 1 else max(1, min(oh, _MAX_COLUMN_ELEMENTS // per_row))
     outputs = []
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        columns = _sample_columns(input[start:stop], offset[start:stop],
-                                  None if mask is None else mask[start:stop], (kh, kw), stride, padding, dilation)
-        outputs.append(_contract_columns(columns, weight, groups).view(stop - start, oc, oh, ow))
+    for start in range(0, n, images):
+        stop = min(n, start + images)
+        table = _channels_last_table(input[start:stop], offset_groups)
+        bands = []
+        for top in range(0, oh, rows):
+            bottom = min(oh, top + rows)
+            columns = _sample_columns(table, (h, w), offset[start:stop, :, top:bottom],
+                                      None if mask is None else mask[start:stop, :, top:bottom], (kh, kw), stride,
+                                      padding, dilation, first_row=top)
+            bands.append(_contract_columns(columns, weight, groups))      # (images, oC, band rows * oW)
+        band = bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)
+        outputs.append(band.view(stop - start, oc, oh, ow))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if bias is not None:
         out = out + bias.view(1, oc, 1, 1)
