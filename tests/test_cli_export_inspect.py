@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_helpers import cli_runner
 
 from dcn_deploy.cli import main
 
@@ -45,13 +45,6 @@ MODEL_FILE = textwrap.dedent("""
 """)
 
 
-def _runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        return CliRunner()  # click >= 8.2 keeps stderr apart
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
@@ -81,13 +74,13 @@ def trained_weights(model_file):
 def exported(model_file, trained_weights):
     model, weights = trained_weights
     out = model_file.parent / "tiny.onnx"
-    result = _runner().invoke(main, ["export", f"{model_file}:build", "--weights", str(weights),
+    result = cli_runner().invoke(main, ["export", f"{model_file}:build", "--weights", str(weights),
                                      "--input-shape", "1x3x12x12", "-o", str(out), "--json"])
     return model, out, result
 
 
 def test_help_lists_the_commands_with_examples():
-    runner = _runner()
+    runner = cli_runner()
     top = runner.invoke(main, ["--help"])
     assert top.exit_code == 0 and "export" in top.output and "inspect" in top.output
     for name in ("export", "inspect"):
@@ -127,7 +120,7 @@ def test_export_writes_a_verified_file_with_the_given_weights(exported):
 
 def test_inspect_describes_the_exported_file(exported):
     _, out, _ = exported
-    result = _runner().invoke(main, ["inspect", str(out)])
+    result = cli_runner().invoke(main, ["inspect", str(out)])
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert "opsets: ai.onnx 19, dcn_deploy 1" in text
@@ -139,7 +132,7 @@ def test_inspect_describes_the_exported_file(exported):
 
 def test_inspect_json(exported):
     _, out, _ = exported
-    result = _runner().invoke(main, ["inspect", str(out), "--json"])
+    result = cli_runner().invoke(main, ["inspect", str(out), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["opsets"] == {"ai.onnx": 19, "dcn_deploy": 1}
@@ -155,7 +148,7 @@ def test_export_of_a_saved_torch_export_program(tmp_path, model_file, trained_we
     program_path = tmp_path / "tiny.pt2"
     torch.export.save(torch.export.export(model, (torch.randn(1, 3, 10, 10),)), str(program_path))
     out = tmp_path / "from_program.onnx"
-    result = _runner().invoke(main, ["export", str(program_path), "-o", str(out), "--standard"])
+    result = cli_runner().invoke(main, ["export", str(program_path), "-o", str(out), "--standard"])
     assert result.exit_code == 0, result.output + str(result.exception)
     assert "ai.onnx::DeformConv x1" in result.stdout and "PASS" in result.stdout
     assert out.exists()
@@ -181,7 +174,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, model_file, args, mess
     torch.save({"other.weight": torch.zeros(2)}, bad_weights)
     args = [a.format(model=model_file, weights_dir=tmp_path, bad_weights=bad_weights) for a in args]
     out = tmp_path / "never.onnx"
-    result = _runner().invoke(main, ["export", *args, "-o", str(out)])
+    result = cli_runner().invoke(main, ["export", *args, "-o", str(out)])
     assert result.exit_code == 2, result.output + str(result.exception)
     assert "error:" in result.stderr and message in result.stderr.replace("\n", " ")
     assert "Traceback" not in result.stderr
@@ -189,7 +182,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, model_file, args, mess
 
 
 def test_inspect_bad_files_exit_2(tmp_path):
-    runner = _runner()
+    runner = cli_runner()
     missing = runner.invoke(main, ["inspect", str(tmp_path / "missing.onnx")])
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
     junk = tmp_path / "junk.onnx"

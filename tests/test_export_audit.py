@@ -12,7 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_helpers import cli_runner, error_lines
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -42,17 +42,6 @@ MODEL_FILE = textwrap.dedent("""
         def forward(self, x, offset, mask):
             return self.dcn(x, offset, mask)
 """)
-
-
-def _runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        return CliRunner()  # click >= 8.2 keeps stderr apart
-
-
-def _error_lines(result) -> list:
-    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
 def _input_dims(path) -> dict:
@@ -97,9 +86,9 @@ def dynamic_program(folder):
 
 def test_input_shape_that_a_static_program_cannot_take_is_bad_input_and_writes_nothing(static_program):
     out = static_program.parent / "prog2.onnx"
-    result = _runner().invoke(main, ["export", str(static_program), "-o", str(out), "--input-shape", "2x3x16x16"])
+    result = cli_runner().invoke(main, ["export", str(static_program), "-o", str(out), "--input-shape", "2x3x16x16"])
     assert result.exit_code == 2, result.output + result.stderr
-    (error,) = _error_lines(result)
+    (error,) = error_lines(result)
     assert f"{static_program} was exported with fixed input shape 1x3x16x16; --input-shape 2x3x16x16 cannot " \
            "change it" in error
     assert "dimension 0 is fixed at 1" in error and "re-export the program with dynamic_shapes" in error
@@ -109,7 +98,7 @@ def test_input_shape_that_a_static_program_cannot_take_is_bad_input_and_writes_n
 
 def test_input_shape_within_a_dynamic_program_exports(dynamic_program):
     out = dynamic_program.parent / "dyn3.onnx"
-    result = _runner().invoke(main, ["export", str(dynamic_program), "-o", str(out), "--input-shape", "3x3x16x16",
+    result = cli_runner().invoke(main, ["export", str(dynamic_program), "-o", str(out), "--input-shape", "3x3x16x16",
                                      "--json"])
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.stdout)
@@ -117,11 +106,11 @@ def test_input_shape_within_a_dynamic_program_exports(dynamic_program):
     assert report["verification"][0]["input_shapes"]["input"] == [3, 3, 16, 16]
     # a second run at batch 4 (within 1..4); the fixed 16x16 is not doubled
     assert [run["input_shapes"]["input"] for run in report["verification"]][1] == [4, 3, 16, 16]
-    outside = _runner().invoke(main, ["export", str(dynamic_program), "-o", str(out), "--input-shape", "8x3x16x16"])
-    assert outside.exit_code == 2 and "dimension 0 ranges over 1..4" in _error_lines(outside)[0]
-    wrong_size = _runner().invoke(main, ["export", str(dynamic_program), "-o", str(out), "--input-shape",
+    outside = cli_runner().invoke(main, ["export", str(dynamic_program), "-o", str(out), "--input-shape", "8x3x16x16"])
+    assert outside.exit_code == 2 and "dimension 0 ranges over 1..4" in error_lines(outside)[0]
+    wrong_size = cli_runner().invoke(main, ["export", str(dynamic_program), "-o", str(out), "--input-shape",
                                          "2x3x32x16"])
-    assert wrong_size.exit_code == 2 and "dimension 2 is fixed at 16" in _error_lines(wrong_size)[0]
+    assert wrong_size.exit_code == 2 and "dimension 2 is fixed at 16" in error_lines(wrong_size)[0]
 
 
 def test_library_refuses_example_inputs_outside_a_program(static_program, tmp_path):
@@ -135,7 +124,7 @@ def test_library_refuses_example_inputs_outside_a_program(static_program, tmp_pa
 
 def test_dynamic_on_a_static_program_says_what_the_file_has(static_program):
     out = static_program.parent / "prog3.onnx"
-    result = _runner().invoke(main, ["export", str(static_program), "-o", str(out), "--dynamic"])
+    result = cli_runner().invoke(main, ["export", str(static_program), "-o", str(out), "--dynamic"])
     assert result.exit_code == 0, result.output + result.stderr
     first = result.stdout.splitlines()[0]
     assert "static shapes kept from the program" in first and "dynamic shapes" not in first
@@ -164,7 +153,7 @@ def test_a_file_onnx_runtime_cannot_run_is_kept_and_the_message_says_where(tmp_p
 
 def test_inputs_of_equal_example_sizes_share_batch_height_and_width(folder):
     out = folder / "tv.onnx"
-    result = _runner().invoke(main, ["export", f"{folder / 'my_model.py'}:Explicit", "-o", str(out), "--dynamic",
+    result = cli_runner().invoke(main, ["export", f"{folder / 'my_model.py'}:Explicit", "-o", str(out), "--dynamic",
                                      "--input-shape", "1x4x8x8", "--input-shape", "1x18x8x8",
                                      "--input-shape", "1x9x8x8", "--json"])
     assert result.exit_code == 0, result.output + result.stderr
@@ -172,7 +161,7 @@ def test_inputs_of_equal_example_sizes_share_batch_height_and_width(folder):
     assert _input_dims(out) == {"x": ["batch", 4, "height", "width"], "offset": ["batch", 18, "height", "width"],
                                 "mask": ["batch", 9, "height", "width"]}
     # one size given for x sets the others: verify at a new size needs only --shape x=...
-    verify = _runner().invoke(main, ["verify", str(out), "--against", "ort", "--shape", "x=2x4x12x10", "--json"])
+    verify = cli_runner().invoke(main, ["verify", str(out), "--against", "ort", "--shape", "x=2x4x12x10", "--json"])
     assert verify.exit_code == 0, verify.output + verify.stderr
     assert json.loads(verify.stdout)["inputs"]["offset"]["shape"] == [2, 18, 12, 10]
 
@@ -245,13 +234,13 @@ def test_default_output_is_named_after_the_model(reference, name):
 
 def test_file_factory_export_writes_the_file_stem_and_prints_shapes_as_inspect_does(folder, monkeypatch):
     monkeypatch.chdir(folder)
-    result = _runner().invoke(main, ["export", "my_model.py:build", "--input-shape", "1x3x16x16", "--dynamic",
+    result = cli_runner().invoke(main, ["export", "my_model.py:build", "--input-shape", "1x3x16x16", "--dynamic",
                                      "--no-verify"])
     assert result.exit_code == 0, result.output + result.stderr
     assert (folder / "my_model.onnx").is_file() and not (folder / "build.onnx").exists()
     assert "wrote my_model.onnx" in result.stdout
     assert "  input  input: float batch x 3 x height x width" in result.stdout
-    inspected = _runner().invoke(main, ["inspect", "my_model.onnx"])
+    inspected = cli_runner().invoke(main, ["inspect", "my_model.onnx"])
     assert "batch x 3 x height x width" in inspected.stdout
 
 
@@ -274,10 +263,10 @@ def test_summary_keeps_derived_sizes_readable(tmp_path):
 def test_weights_that_are_no_torch_save_file_say_why(folder, content, reason):
     weights = folder / "notapt.pt"
     weights.write_bytes(content)
-    result = _runner().invoke(main, ["export", f"{folder / 'my_model.py'}:build", "--weights", str(weights),
+    result = cli_runner().invoke(main, ["export", f"{folder / 'my_model.py'}:build", "--weights", str(weights),
                                      "--input-shape", "1x3x8x8", "-o", str(folder / "w.onnx")])
     assert result.exit_code == 2, result.output + result.stderr
-    (error,) = _error_lines(result)
+    (error,) = error_lines(result)
     assert error == (f"error: --weights {weights} cannot be read as a state_dict saved with torch.save: {reason}; "
                      "give the file written by torch.save(model.state_dict(), PATH)")
 
@@ -287,9 +276,9 @@ def test_a_file_that_is_no_program_prints_one_line_and_leaves_torch_logging_as_i
     fake.write_text("garbage\n")
     logger = logging.getLogger("torch.export")
     before = (logger.handlers[:], logger.propagate, logger.level)
-    result = _runner().invoke(main, ["export", str(fake), "-o", str(folder / "f.onnx")])
+    result = cli_runner().invoke(main, ["export", str(fake), "-o", str(folder / "f.onnx")])
     assert result.exit_code == 2, result.output + result.stderr
-    assert _error_lines(result) == [f"error: {fake} is not a program saved with torch.export.save: "
+    assert error_lines(result) == [f"error: {fake} is not a program saved with torch.export.save: "
                                     "BadZipFile: File is not a zip file"]
     assert "Traceback" not in result.stderr and "torch/export/__init__.py" not in result.stderr
     assert (logger.handlers[:], logger.propagate, logger.level) == before
@@ -369,11 +358,11 @@ def test_wrong_names_are_refused_with_the_exporter_names(tmp_path, names, words)
 
 def test_cli_names_and_the_zoo_defaults(folder):
     out = folder / "named_cli.onnx"
-    result = _runner().invoke(main, ["export", f"{folder / 'my_model.py'}:build", "--input-shape", "1x3x8x8",
+    result = cli_runner().invoke(main, ["export", f"{folder / 'my_model.py'}:build", "--input-shape", "1x3x8x8",
                                      "-o", str(out), "--input-names", "pixels", "--output-names", "features"])
     assert result.exit_code == 0, result.output
     assert list(_input_dims(out)) == ["pixels"] and onnx.load(str(out)).graph.output[0].name == "features"
-    gap = _runner().invoke(main, ["export", f"{folder / 'my_model.py'}:build", "--input-shape", "1x3x8x8",
+    gap = cli_runner().invoke(main, ["export", f"{folder / 'my_model.py'}:build", "--input-shape", "1x3x8x8",
                                   "-o", str(folder / "gap.onnx"), "--output-names", "a,,b"])
     assert gap.exit_code == 2 and "--output-names 'a,,b'" in gap.stderr
     from dcn_deploy.onnx.model_loading import load_model

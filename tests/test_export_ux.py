@@ -10,7 +10,7 @@ import json
 import textwrap
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import cli_runner, error_lines
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -60,17 +60,6 @@ MODEL_FILE = textwrap.dedent("""
 EXAMPLE = (1, 3, 24, 20)  # height != width, so a swapped default would show
 
 
-def _runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        return CliRunner()  # click >= 8.2 keeps stderr apart
-
-
-def _error_lines(result) -> list:
-    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("ux") / "my_model.py"
@@ -82,7 +71,7 @@ def model_file(tmp_path_factory):
 def dynamic_export(model_file):
     """model.onnx: the README's flow, `export my_model.py:build --input-shape 1x3x24x20 --dynamic`."""
     out = model_file.parent / "model.onnx"
-    result = _runner().invoke(main, ["export", f"{model_file}:build", "-o", str(out), "--dynamic",
+    result = cli_runner().invoke(main, ["export", f"{model_file}:build", "-o", str(out), "--dynamic",
                                      "--input-shape", "x".join(map(str, EXAMPLE))])
     assert result.exit_code == 0, result.output + result.stderr
     return out
@@ -107,7 +96,7 @@ def old_export(dynamic_export):
 @pytest.mark.parametrize("args", [["--input-shape", "1x1x28x28"], ["--dynamic"]], ids=["input-shape", "own-inputs"])
 def test_demo_model_exports_and_verifies(tmp_path, args):
     out = tmp_path / "demo.onnx"
-    result = _runner().invoke(main, ["export", "dcn_deploy.models.demo:DemoNet", "-o", str(out), *args, "--json"])
+    result = cli_runner().invoke(main, ["export", "dcn_deploy.models.demo:DemoNet", "-o", str(out), *args, "--json"])
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.stdout)
     assert report["verified"] and report["deformable_ops"] == {"dcn_deploy::DeformConv2d": 2}
@@ -118,7 +107,7 @@ def test_demo_model_exports_and_verifies(tmp_path, args):
 
 
 def test_export_help_examples_use_the_working_spelling():
-    help_text = _runner().invoke(main, ["export", "--help"]).stdout
+    help_text = cli_runner().invoke(main, ["export", "--help"]).stdout
     assert "dcn-deploy export dcn_deploy.models.demo:DemoNet --input-shape 1x1x28x28" in help_text
     assert " models.demo:" not in help_text
 
@@ -213,7 +202,7 @@ def _cli_passes_the_model_path() -> bool:
 @pytest.mark.skipif(not _cli_passes_the_model_path(),
                     reason="commands/_runtime.parse_shapes does not take the model path yet (verify/bench wiring)")
 def test_verify_and_bench_need_no_shape_after_a_dynamic_export(dynamic_export):
-    runner = _runner()
+    runner = cli_runner()
     verify = runner.invoke(main, ["verify", str(dynamic_export), "--against", "ort", "--json"])
     assert verify.exit_code == 0, verify.output + verify.stderr
     assert json.loads(verify.stdout)["inputs"]["input"]["shape"] == list(EXAMPLE)
@@ -235,7 +224,7 @@ def test_a_file_without_stored_shapes_still_asks_for_shape(old_export):
     with OrtRunner(old_export) as runner:
         with pytest.raises(FeedError, match="dynamic dimension 2 .*give its size with --shape input="):
             random_feed(runner.input_metadata(), parse_shape_options([], old_export))
-    result = _runner().invoke(main, ["verify", str(old_export), "--against", "ort"])
+    result = cli_runner().invoke(main, ["verify", str(old_export), "--against", "ort"])
     assert result.exit_code == 2 and "--shape input=" in result.stderr
 
 
@@ -284,9 +273,9 @@ def test_input_shape_that_does_not_fit_is_one_line_and_exit_2(model_file, shapes
     args = ["export", f"{model_file}:build", "-o", str(out)]
     for shape in shapes:
         args += ["--input-shape", shape]
-    result = _runner().invoke(main, args)
+    result = cli_runner().invoke(main, args)
     assert result.exit_code == 2, result.output + result.stderr
-    errors = _error_lines(result)
+    errors = error_lines(result)
     assert len(errors) == 1 and cause in errors[0]
     assert f"{model_file}:build (Sequential) raised " in errors[0]
     assert f"on the example inputs ({', '.join(shapes)})" in errors[0]
