@@ -76,3 +76,24 @@ def test_deform_conv2d_calls_without_trailing_optional_inputs(with_bias):
     want = _forward_composite(padded, off, w, b if with_bias else None, None, (1, 2), (0, 0), (1, 1))
     np.testing.assert_allclose(from_ort, want.numpy(), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_function_calls_that_leave_attributes_at_their_defaults():
+    # a DeformRoIPool node without spatial_scale and gamma: the function's defaults (1.0, 0.1) apply, which onnx's
+    # evaluator does not look up ("Unable to find a value for linked attribute 'value_float'")
+    from dcn_deploy.ops.roi_pool import deform_roi_pool
+
+    names = ["X", "rois", "offset"]
+    node = helper.make_node("DeformRoIPool", names, ["Y"], domain=opset.DOMAIN, pooled_height=2, pooled_width=3,
+                            sampling_ratio=2)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    opset.attach_functions(model)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 9, 8, generator=gen)
+    rois = torch.tensor([[0.0, 1.0, 1.5, 6.0, 7.0], [1.0, -1.0, 2.0, 5.5, 4.0]])
+    offset = torch.randn(2, 2, 2, 3, generator=gen) * 0.3
+    got = OracleEvaluator(model).run(None, {"X": x.numpy(), "rois": rois.numpy(), "offset": offset.numpy()})[0]
+    want = deform_roi_pool(x, rois, offset, (2, 3), 1.0, 2, 0.1)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)

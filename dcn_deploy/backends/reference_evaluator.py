@@ -40,23 +40,29 @@ class GatherElements(OpRun):
         return (np.take_along_axis(view, index, axis=axis),)
 
 
-def _with_all_function_inputs(proto):
-    """A copy of ``proto`` in which every call of a local function passes all of the function's inputs.
+def _with_complete_function_calls(proto):
+    """A copy of ``proto`` in which every call of a local function passes all of the function's inputs and sets
+    every attribute the function gives a default.
 
     ONNX lets a call leave trailing optional inputs out (our ``dcn_deploy::DeformConv2d`` without bias and mask
-    has 3 of 5); onnx's evaluator requires them all, so the missing ones are passed as empty names (absent).
+    has 3 of 5) and leave attributes at the function's defaults (``gamma`` of ``DeformRoIPool``); onnx's
+    evaluator requires the inputs and does not look the defaults up, so the missing inputs are passed as empty
+    names (absent) and the defaults written onto the call.
     """
-    arity = {(f.domain, f.name): len(f.input) for f in proto.functions}
-    if not arity:
+    functions = {(f.domain, f.name): f for f in proto.functions}
+    if not functions:
         return proto
-    padded = type(proto)()
-    padded.CopyFrom(proto)
-    nodes = list(padded.graph.node) + [n for f in padded.functions for n in f.node]
+    complete = type(proto)()
+    complete.CopyFrom(proto)
+    nodes = list(complete.graph.node) + [n for f in complete.functions for n in f.node]
     for node in nodes:  # (functions called from subgraphs of If/Loop are left as they are: none of ours)
-        missing = arity.get((node.domain, node.op_type), 0) - len(node.input)
-        if missing > 0:
-            node.input.extend([""] * missing)
-    return padded
+        function = functions.get((node.domain, node.op_type))
+        if function is None:
+            continue
+        node.input.extend([""] * (len(function.input) - len(node.input)))
+        given = {a.name for a in node.attribute}
+        node.attribute.extend(a for a in function.attribute_proto if a.name not in given)
+    return complete
 
 
 class OracleEvaluator(ReferenceEvaluator):
@@ -65,11 +71,10 @@ class OracleEvaluator(ReferenceEvaluator):
     onnx builds the evaluators of a model's functions (our ``dcn_deploy`` ops' bodies) as ``self.__class__(...)``
     without the ``new_ops`` argument, so the replacements are given here, by default, instead of by the caller.
     A caller's own ``new_ops`` come first (onnx keeps the first class per op), so they win over ours. A model's
-    calls of its local functions get their left-out trailing inputs as absent ones (see
-    :func:`_with_all_function_inputs`).
+    calls of its local functions get their left-out inputs and attributes (:func:`_with_complete_function_calls`).
     """
 
     def __init__(self, proto, *args, new_ops=None, **kwargs):
         if isinstance(proto, ModelProto):  # (onnx also builds the function bodies' evaluators with this class)
-            proto = _with_all_function_inputs(proto)
+            proto = _with_complete_function_calls(proto)
         super().__init__(proto, *args, new_ops=[*(new_ops or []), DeformConv, GatherElements], **kwargs)
