@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -37,6 +36,8 @@ from ..compare import OutputComparison, Tolerance, compare_outputs, tolerance_fo
 from ..feeds import EXAMPLE_SHAPES_KEY, box_image, random_boxes, roi_input_names
 from ..io_utils import atomic_path, check_output_path, give_default_permissions
 from . import opset as dcn_opset
+from .dynamic_shapes import dynamic_shapes, tied_dynamic_shapes
+from .graph_names import rename_graph_io, rename_symbols, rois_sharing_the_batch
 from .inspect import _format_shape as format_shape
 from .model_loading import describe_exception, program_shape_mismatch
 
@@ -245,50 +246,14 @@ def _translation_table(standard: bool, opset: int) -> dict:
     return table
 
 
-def _dynamic_axes(t: torch.Tensor) -> List[Tuple[int, str]]:
-    """(axis, role) of the dimensions a dynamic export frees: the batch (dim 0) of every input, height and
-    width (dims 2, 3) of 4-D (NCHW) inputs."""
-    axes = [(0, "batch")] if t.dim() >= 1 else []
-    return axes + ([(2, "height"), (3, "width")] if t.dim() == 4 else [])
-
-
-def _dynamic_shapes(example_inputs: Sequence[torch.Tensor]) -> tuple:
-    """Batch (dim 0) dynamic for every input; height and width too for 4-D (NCHW) inputs; each its own symbol.
-
-    ``Dim.AUTO`` lets torch.export keep a dimension static where the model needs it so (e.g. a fixed-size
-    classifier head); :func:`export` then reports which dimensions really came out dynamic.
-    """
-    auto = torch.export.Dim.AUTO
-    return tuple({axis: auto for axis, _ in _dynamic_axes(t)} or None for t in example_inputs)
-
-
-def _tied_dynamic_shapes(example_inputs: Sequence[torch.Tensor], untied: Sequence[int] = ()) -> Optional[tuple]:
-    """:func:`_dynamic_shapes` where a role's dimensions of equal example size in several inputs share one named
-    ``Dim`` (a model's inputs share the batch; an image and its offset map share height and width), and the
-    others stay ``Dim.AUTO``; dim 0 of the inputs at ``untied`` (RoI box lists: their dim 0 counts boxes) is
-    never shared. None when nothing is shared."""
-    groups: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
-    for index, t in enumerate(example_inputs):
-        for axis, role in _dynamic_axes(t):
-            if not (axis == 0 and index in untied):
-                groups.setdefault((role, int(t.shape[axis])), []).append((index, axis))
-    shapes = [dict.fromkeys((axis for axis, _ in _dynamic_axes(t)), torch.export.Dim.AUTO) for t in example_inputs]
-    shared = [(role, members) for (role, _), members in groups.items() if len(members) > 1]
-    for k, (role, members) in enumerate(shared):
-        dim = torch.export.Dim(f"{role}_{k}")  # a name torch.export needs; the file's names come later
-        for index, axis in members:
-            shapes[index][axis] = dim
-    return tuple(s or None for s in shapes) if shared else None
-
-
 def _tied_program(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
                   untied: Sequence[int] = ()) -> Optional["torch.export.ExportedProgram"]:
-    """torch.export of ``model`` with :func:`_tied_dynamic_shapes`, or None when no size is shared or the model
+    """torch.export of ``model`` with :func:`tied_dynamic_shapes`, or None when no size is shared or the model
     does not allow the ties (e.g. it fixes one of the sizes): the caller then frees each size on its own.
 
     torch.export is called here rather than inside torch.onnx.export because the latter, when the shapes given
     are refused, retries with shapes of its own guessing; a refusal here is a clean fallback instead."""
-    shapes = _tied_dynamic_shapes(example_inputs, untied)
+    shapes = tied_dynamic_shapes(example_inputs, untied)
     if shapes is None:
         return None
     try:
@@ -337,7 +302,7 @@ def _run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: bo
         if tied is not None:
             model = tied  # its symbols are already shared: the exporter keeps them
         else:
-            kwargs["dynamic_shapes"] = _dynamic_shapes(example_inputs)
+            kwargs["dynamic_shapes"] = dynamic_shapes(example_inputs)
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(model, example_inputs, **kwargs)
@@ -634,12 +599,12 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     say(f"exporting {type(model).__name__} with torch.onnx (dynamo, opset {opset}"
         f"{', shapes as saved in the program' if program else ', dynamic batch/height/width' if dynamic else ''})")
     proto = _run_exporter(model, example_inputs, opset, dynamic, standard)
-    rois = _rois_sharing_the_batch(proto) if dynamic and not program else []
+    rois = rois_sharing_the_batch(proto) if dynamic and not program else []
     if rois:  # equal example counts of images and boxes are no reason to tie them: export again, untied
         proto = _run_exporter(model, example_inputs, opset, dynamic, standard, untied=rois)
-    _rename_graph_io(proto, input_names, output_names)
+    rename_graph_io(proto, input_names, output_names)
     dcn_opset.attach_functions(proto)
-    _rename_symbols(proto)
+    rename_symbols(proto)
     proto.metadata_props.add(key="dcn_deploy.opset", value=f"{dcn_opset.DOMAIN}:{dcn_opset.VERSION}")
     _record_example_shapes(proto, example_inputs)
     counts = _count_deformable(proto)
@@ -750,101 +715,3 @@ def _record_example_shapes(proto: onnx.ModelProto, example_inputs: Sequence[torc
         return
     shapes = {name: [int(d) for d in t.shape] for name, t in zip(names, example_inputs)}
     proto.metadata_props.add(key=EXAMPLE_SHAPES_KEY, value=json.dumps(shapes, separators=(",", ":")))
-
-
-def _rois_sharing_the_batch(proto: onnx.ModelProto) -> List[int]:
-    """Positions of the RoI box inputs (:func:`dcn_deploy.feeds.roi_input_names`) whose dim 0, a box count,
-    came out as the same symbol as another input's dim 0, a batch of images."""
-    inputs = list(proto.graph.input)
-    rois = set(roi_input_names(proto.graph))
-
-    def first_symbol(value) -> str:
-        dims = value.type.tensor_type.shape.dim
-        return dims[0].dim_param if dims else ""
-
-    batches = {first_symbol(v) for v in inputs if v.name not in rois} - {""}
-    return [i for i, v in enumerate(inputs) if v.name in rois and first_symbol(v) in batches]
-
-
-def _rename_graph_io(proto: onnx.ModelProto, input_names: Optional[Sequence[str]],
-                     output_names: Optional[Sequence[str]]) -> None:
-    """Rename the graph's inputs and outputs to ``input_names`` / ``output_names`` (None keeps the exporter's),
-    everywhere the names are used. ValueError when a list has the wrong length, repeats a name, or takes a name
-    that another value of the graph already has."""
-    graph = proto.graph
-    initialisers = {t.name for t in graph.initializer}
-    mapping: Dict[str, str] = {}
-    for kind, values, names in (("input", [v for v in graph.input if v.name not in initialisers], input_names),
-                                ("output", list(graph.output), output_names)):
-        if names is None:
-            continue
-        names = list(names)
-        current = [v.name for v in values]
-        if len(names) != len(current) or len(set(names)) != len(names) or not all(names):
-            raise ValueError(f"{kind} names {names} ({kind}_names, CLI --{kind}-names): give {len(current)} "
-                             f"distinct, non-empty name(s), one per model {kind} in order (the exporter named them "
-                             f"{current})")
-        for old, new in zip(current, names):
-            if mapping.get(old, new) != new:  # an output that is an input itself cannot take two names
-                raise ValueError(f"{kind} names: {old!r} is both a model input and an output; it keeps one name")
-            mapping[old] = new
-    mapping = {old: new for old, new in mapping.items() if old != new}
-    if not mapping:
-        return
-    nodes = list(_nodes_with_subgraphs(graph))  # a subgraph (If, Loop) may read the graph's inputs by name
-    used = {name for node in nodes for name in (*node.input, *node.output)} | initialisers
-    taken = sorted(set(mapping.values()) & (used - set(mapping)))
-    if taken:
-        raise ValueError(f"name(s) {taken} already belong to other values of the exported graph; choose others")
-    for node in nodes:
-        node.input[:] = [mapping.get(n, n) for n in node.input]
-        node.output[:] = [mapping.get(n, n) for n in node.output]
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        value.name = mapping.get(value.name, value.name)
-
-
-def _nodes_with_subgraphs(graph: onnx.GraphProto):
-    """Every node of ``graph`` and of the subgraphs in its nodes' attributes, recursively."""
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
-                yield from _nodes_with_subgraphs(sub)
-
-
-def _rename_symbols(proto: onnx.ModelProto) -> None:
-    """Give the exporter's symbols (s0, s77, ...) readable names: batch, height, width (then batch_1, ...).
-
-    Dim 0 of an input is a batch, or ``num_rois`` for a RoI box list (:func:`dcn_deploy.feeds.roi_input_names`);
-    dims 2 and 3 of a 4-D input are height and width. The names are substituted as whole words in every shape
-    of the graph, so derived sizes read e.g. ``((height - 1)//2) + 1``.
-    """
-    mapping: Dict[str, str] = {}
-    rois = set(roi_input_names(proto.graph))
-    taken = {d.dim_param for v in proto.graph.input for d in v.type.tensor_type.shape.dim
-             if d.dim_param and not re.fullmatch(r"s\d+", d.dim_param)}  # names the exporter already gave
-
-    def name_for(symbol: str, role: str) -> None:
-        if symbol in mapping or not re.fullmatch(r"s\d+", symbol):
-            return
-        candidate, k = role, 1
-        while candidate in taken:
-            candidate, k = f"{role}_{k}", k + 1
-        mapping[symbol] = candidate
-        taken.add(candidate)
-
-    for value in proto.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        roles = {0: "num_rois" if value.name in rois else "batch"}
-        if len(dims) == 4:
-            roles.update({2: "height", 3: "width"})
-        for axis, role in roles.items():
-            if axis < len(dims) and dims[axis].dim_param:
-                name_for(dims[axis].dim_param, role)
-    if not mapping:
-        return
-    pattern = re.compile(r"\b(" + "|".join(re.escape(s) for s in mapping) + r")\b")
-    for value in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param:
-                dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)
