@@ -228,7 +228,7 @@ def run_demo(config: Optional[DemoConfig] = None, say: Callable[[str], None] = _
 
     start = time.perf_counter()
     onnx_path = out / "demo.onnx"
-    report = export(model, (test_x[:1],), onnx_path, dynamic=True, verify=True,
+    report = export(model, (test_x[:1],), onnx_path, dynamic=True, verify=True, output_names=["logits"],
                     progress=lambda message: say(f"[demo] export: {message}"))
     seconds["export"] = time.perf_counter() - start
 
