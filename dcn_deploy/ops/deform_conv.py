@@ -37,8 +37,10 @@ __all__ = ["deform_conv2d"]
 # Largest sampled-column buffer (elements) built at once; more images, or more output rows of one image, are
 # processed in chunks. Why this small (16 MiB in float32): a fresh buffer of tens of MB is mapped anew by the
 # allocator on every call and faulting it in cost a dense 256-channel 64x64 layer a fifth of its time; buffers
-# this size are reused.
+# this size are reused. On a GPU (torch's caching allocator reuses memory, and each band costs kernel launches)
+# the budget stays at 256 MiB, as it was.
 _MAX_COLUMN_ELEMENTS = 1 << 22
+_MAX_COLUMN_ELEMENTS_GPU = 1 << 26
 
 
 def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: int, width: int,
@@ -183,8 +185,9 @@ def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.
     offset_groups = offset.shape[1] // (2 * k)
     oh, ow = offset.shape[2], offset.shape[3]
     per_row = max(1, c * k * ow)  # column elements of one output row of one image
-    images = max(1, _MAX_COLUMN_ELEMENTS // (per_row * oh))
-    rows = oh if images > 1 else max(1, min(oh, _MAX_COLUMN_ELEMENTS // per_row))
+    budget = _MAX_COLUMN_ELEMENTS if input.device.type == "cpu" else _MAX_COLUMN_ELEMENTS_GPU
+    images = max(1, budget // (per_row * oh))
+    rows = oh if images > 1 else max(1, min(oh, budget // per_row))
     outputs = []
     for start in range(0, n, images):
         stop = min(n, start + images)
