@@ -264,6 +264,27 @@ def _axis_corners(b: _Body, coord: str, low_bound: float, high: str, valid: str,
     return index, weight
 
 
+def _lead_then(b: _Body, like: str, *last: str) -> str:
+    """A shape: ``like``'s shape without its last axis, then ``last`` (1-D int64 tensors). Explicit, so that an
+    empty RoI list (K = 0) reshapes too."""
+    return b("Concat", b("Shape", like, start=0, end=-1), *last, axis=0)
+
+
+def _pair_weights(b: _Body, y_wt: str, x_wt: str, pairs: str) -> str:
+    """(B..., 1, pairs): the bilinear weight of each (row corner, column corner) pair of a bin, rows outer, from
+    the per-axis weights y_wt, x_wt (B..., 2S); ``pairs`` = 4S^2."""
+    weight = b("Mul", b.unsq(y_wt, -1), b.unsq(x_wt, -2))
+    return b("Reshape", weight, _lead_then(b, x_wt, b.ints([1]), b.unsq(pairs, 0)))
+
+
+def _weighted_rows(b: _Body, gathered: str, y_wt: str, x_wt: str, pairs: str, channels: str) -> str:
+    """(B..., channels): the rows gathered for every (row corner, column corner) pair of a bin, (B..., 2S, 2S,
+    channels), summed with their bilinear weights by one small MatMul per bin (ONNX Runtime's broadcast Mul and
+    ReduceSum over middle axes are several times slower)."""
+    values = b("Reshape", gathered, _lead_then(b, x_wt, b.unsq(pairs, 0), b.unsq(channels, 0)))
+    return b("Squeeze", b("MatMul", _pair_weights(b, y_wt, x_wt, pairs), values), b.ints([-2]))
+
+
 def _function(name: str, inputs: List[str], body: _Body, result: str, attributes: dict, opset: int,
               doc: str) -> onnx.FunctionProto:
     body.nodes.append(helper.make_node("Identity", [result], ["Y"]))
@@ -317,13 +338,8 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     y_idx, y_wt = _axis_corners(b, y_s, 0.0, b("Sub", h_f, one_f), valid_y, h_i)
     rows = b("Mul", b("Add", b("Mul", batch, h_i), y_idx), w_i)                      # (K, ph, pw, 2r)
     flat = b("Add", b.unsq(rows, 4), b.unsq(x_idx, 3))                               # (K, ph, pw, 2r, 2r)
-    bins = b("Shape", x_idx, start=0, end=3)                                          # (K, ph, pw)
     pairs = b("Mul", b("Mul", ratio_i, ratio_i), b.i(4))                              # 4r^2 corner pairs per bin
-    values = b("Reshape", b("Gather", table, flat, axis=0),
-               b("Concat", bins, b.unsq(pairs, 0), b.unsq(c_i, 0), axis=0))             # (K, ph, pw, 4r^2, C)
-    weight = b("Reshape", b("Mul", b.unsq(y_wt, 4), b.unsq(x_wt, 3)),
-               b("Concat", bins, b.ints([1]), b.unsq(pairs, 0), axis=0))                # (K, ph, pw, 1, 4r^2)
-    pooled = b("Squeeze", b("MatMul", weight, values), b.ints([3]))                   # (K, ph, pw, C)
+    pooled = _weighted_rows(b, b("Gather", table, flat, axis=0), y_wt, x_wt, pairs, c_i)  # (K, ph, pw, C)
     pooled = b("Div", pooled, b("Mul", ratio_f, ratio_f))
     result = b("CastLike", b("Transpose", pooled, perm=[0, 3, 1, 2]), "X")
     return _function(DEFORM_ROI_POOL, ["X", "rois", "offset"], b, result, _ROI_ATTRIBUTES, opset,
@@ -355,17 +371,6 @@ class _Corners(NamedTuple):
     pairs: str  # 4S^2, the (row corner, column corner) pairs of a bin
 
 
-def _bins_then(b: _Body, c: _Corners, *last: str) -> str:
-    """A shape: (K, classes, P, P) followed by ``last`` (1-D int64 tensors). Explicit, so that K = 0 works."""
-    return b("Concat", b("Shape", c.x_idx, start=0, end=4), *last, axis=0)
-
-
-def _corner_weights(b: _Body, c: _Corners) -> str:
-    """(K, classes, P, P, 1, 4S^2): the weight of each (row corner, column corner) pair, rows outer."""
-    weight = b("Mul", b.unsq(c.y_wt, 5), b.unsq(c.x_wt, 4))
-    return b("Reshape", weight, _bins_then(b, c, b.ints([1]), b.unsq(c.pairs, 0)))
-
-
 def _psroi_scalar_gather(b: _Body, grouped: str, c: _Corners) -> str:
     """(K, classes, P, P, per_class) sums, each value fetched alone by GatherElements from a flat table laid out
     (n, gi, gj, class, channel, y, x): the fast way when a class has few channels."""
@@ -378,9 +383,10 @@ def _psroi_scalar_gather(b: _Body, grouped: str, c: _Corners) -> str:
     # axes costs ~2 ns per output value, so the full-size index tensor is built by a single Add.
     row = b("Add", b.unsq(b("Mul", channel, b("Mul", c.height, c.width)), 5), b.unsq(b("Mul", c.y_idx, c.width), 4))
     flat = b("Add", b.unsq(row, 6), b.unsq(c.x_idx, 4, 5))                           # (..., per_class, 2S, 2S)
-    flat = b("Reshape", flat, _bins_then(b, c, b.unsq(c.per_class, 0), b.unsq(c.pairs, 0)))
+    flat = b("Reshape", flat, _lead_then(b, c.x_idx, b.unsq(c.per_class, 0), b.unsq(c.pairs, 0)))
     values = b("Reshape", b("GatherElements", table, b("Reshape", flat, b.ints([-1])), axis=0), b("Shape", flat))
-    return b("ReduceSum", b("Mul", values, _corner_weights(b, c)), b.ints([5]), keepdims=0)
+    weights = _pair_weights(b, c.y_wt, c.x_wt, c.pairs)                               # (..., 1, 4S^2)
+    return b("ReduceSum", b("Mul", values, weights), b.ints([5]), keepdims=0)
 
 
 def _psroi_row_gather(b: _Body, grouped: str, c: _Corners) -> str:
@@ -392,9 +398,7 @@ def _psroi_row_gather(b: _Body, grouped: str, c: _Corners) -> str:
     rows = b("Add", b("Mul", b("Add", b("Mul", b.unsq(c.base, 4), c.height), c.y_idx), b("Mul", c.width, c.classes)),
              class_range)
     flat = b("Add", b.unsq(rows, 5), b.unsq(b("Mul", c.x_idx, c.classes), 4))         # (K, classes, P, P, 2S, 2S)
-    values = b("Reshape", b("Gather", table, flat, axis=0),
-               _bins_then(b, c, b.unsq(c.pairs, 0), b.unsq(c.per_class, 0)))           # (..., 4S^2, per_class)
-    return b("Squeeze", b("MatMul", _corner_weights(b, c), values), b.ints([4]))
+    return _weighted_rows(b, b("Gather", table, flat, axis=0), c.y_wt, c.x_wt, c.pairs, c.per_class)
 
 
 def _psroi_branch(grouped: str, corners: _Corners, gather: Callable, name: str) -> onnx.GraphProto:
