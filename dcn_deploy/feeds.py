@@ -24,6 +24,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .backends.base import TensorMeta
+from .io_utils import file_format
 
 Shape = Tuple[int, ...]
 
@@ -310,24 +311,6 @@ def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Seque
     return {m.name: feed[m.name] for m in metas}
 
 
-# The first bytes of the two numpy formats; numpy.load reads a file with neither as a pickle (Python objects).
-_NPY_MAGIC = b"\x93NUMPY"
-_NPZ_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive, or an empty one
-_PICKLE_MAGIC = b"\x80"  # pickle protocol 2 and later (pickle.dump; torch.save before torch 1.6)
-
-
-def _file_format(path: Path) -> Optional[str]:
-    """``".npy"``, ``".npz"`` or ``"pickle"`` from the file's first bytes (whatever its name says), None for any
-    other file."""
-    with open(path, "rb") as handle:
-        head = handle.read(len(_NPY_MAGIC))
-    if head.startswith(_NPY_MAGIC):
-        return ".npy"
-    if head.startswith(_NPZ_MAGICS):
-        return ".npz"
-    return "pickle" if head.startswith(_PICKLE_MAGIC) else None
-
-
 _HOW_TO_SAVE = "save a numeric array with numpy.save(path, array) (or numpy.savez(path, NAME=array, ...))"
 
 
@@ -363,7 +346,7 @@ def _checked_format(path: Path, named: bool) -> str:
     if suffix not in (".npy", ".npz"):
         raise FeedError(f"input file {path}: expected a .npy or .npz file, got {suffix or 'no extension'}")
     try:
-        kind = _file_format(path)
+        kind = file_format(path)
     except OSError as exc:
         raise FeedError(f"cannot read input file {path} ({exc})") from None
     if kind == "pickle":
@@ -371,12 +354,12 @@ def _checked_format(path: Path, named: bool) -> str:
     if kind is None:
         raise FeedError(f"{path} is neither a .npy array nor an .npz archive (numpy would read it only as pickled "
                         f"Python objects, which are not loaded); {_HOW_TO_SAVE}")
-    if kind == ".npy" and suffix == ".npz" and not named:
+    if kind == "npy" and suffix == ".npz" and not named:
         raise FeedError(f"{path} holds one array (the .npy format), not an .npz archive: rename it to .npy or "
                         f"pass it as NAME={path}")
-    if kind == ".npz" and suffix == ".npy":
+    if kind == "zip" and suffix == ".npy":
         raise FeedError(f"{path} is a zip archive (as numpy.savez writes), not one .npy array: rename it to .npz")
-    return kind
+    return ".npy" if kind == "npy" else ".npz"
 
 
 Note = Optional[Callable[[str], None]]  # called with a message about a change made to an input (the CLI prints it)

@@ -1,11 +1,12 @@
-"""File writing that never leaves a half-written file: write to a temporary name beside the target, then rename."""
+"""Files: writing that never leaves a half-written file (a temporary name beside the target, then a rename), and
+what a given file is by its first bytes."""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,3 +65,17 @@ def atomic_write_bytes(target: PathLike, data: bytes) -> None:
 def atomic_write_text(target: PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+# The first bytes of the binary files users hand the tools: numpy's .npy, a zip archive (numpy.savez, torch.save
+# since torch 1.6; an empty archive starts with its end record), a pickle of protocol 2 or later (pickle.dump,
+# torch.save before 1.6).
+_MAGIC = ((b"\x93NUMPY", "npy"), (b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x80", "pickle"))
+
+
+def file_format(path: PathLike) -> Optional[str]:
+    """``"npy"``, ``"zip"`` or ``"pickle"`` from the file's first bytes, whatever its name says; None for any other
+    content (an empty file too). OSError when the file cannot be read."""
+    with open(path, "rb") as handle:
+        head = handle.read(max(len(magic) for magic, _ in _MAGIC))
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)

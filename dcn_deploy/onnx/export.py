@@ -33,12 +33,12 @@ import onnx
 import torch
 
 from ..compare import OutputComparison, Tolerance, compare_outputs, tolerance_for
-from ..feeds import EXAMPLE_SHAPES_KEY, box_image, random_boxes, roi_input_names
+from ..feeds import EXAMPLE_SHAPES_KEY, box_image, format_shape, random_boxes, roi_input_names
 from ..io_utils import atomic_path, check_output_path, give_default_permissions
 from . import opset as dcn_opset
 from .dynamic_shapes import dynamic_shapes, tied_dynamic_shapes
 from .graph_names import rename_graph_io, rename_symbols, rois_sharing_the_batch
-from .inspect import _format_shape as format_shape
+from .inspect import spaced_shape
 from .model_loading import describe_exception, program_shape_mismatch
 
 __all__ = ["export", "ExportReport", "VerificationRun", "ExportError", "ExampleInputsError", "VerificationError",
@@ -63,7 +63,7 @@ class ExampleInputsError(ExportError, ValueError):
 
     @property
     def shapes_text(self) -> str:
-        return ", ".join("x".join(map(str, s)) or "scalar" for s in self.shapes)
+        return ", ".join(format_shape(s) for s in self.shapes)
 
     @property
     def cause_text(self) -> str:
@@ -145,8 +145,8 @@ class ExportReport:
             lines.append(f"  weights in {self.weights_path} (over 2 GiB: keep the two files together)")
         # " x " between sizes, as dcn-deploy inspect prints them: a derived size such as "((height - 1)//2) + 1"
         # then stays one readable piece
-        lines += [f"  input  {n}: {d} {format_shape(s)}" for n, d, s in self.inputs]
-        lines += [f"  output {n}: {d} {format_shape(s)}" for n, d, s in self.outputs]
+        lines += [f"  input  {n}: {d} {spaced_shape(s)}" for n, d, s in self.inputs]
+        lines += [f"  output {n}: {d} {spaced_shape(s)}" for n, d, s in self.outputs]
         lines.append("  deformable nodes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.op_counts.items())))
         for run in self.verification:
             lines.append(f"  ONNX Runtime vs PyTorch, {run.label}: {'PASS' if run.passed else 'FAIL'}")

@@ -103,7 +103,9 @@ def inspect_model(path: Union[str, Path]) -> dict:
     }
 
 
-def _format_shape(shape) -> str:
+def spaced_shape(shape) -> str:
+    """Sizes joined by " x " (a derived size such as ``((height - 1)//2) + 1`` stays one readable piece), "?" for an
+    unknown one; "unknown rank" for None."""
     if shape is None:
         return "unknown rank"
     return " x ".join("?" if d is None else str(d) for d in shape) or "scalar"
@@ -134,9 +136,9 @@ def format_inspection(info: dict) -> str:
     lines = [f"{info['path']}  (IR {info['ir_version']}, producer {info['producer'] or '?'})",
              "opsets: " + ", ".join(f"{d} {v}" for d, v in info["opsets"].items())]
     lines.append("inputs:")
-    lines += [f"  {v['name']}: {v['dtype']} [{_format_shape(v['shape'])}]" for v in info["inputs"]]
+    lines += [f"  {v['name']}: {v['dtype']} [{spaced_shape(v['shape'])}]" for v in info["inputs"]]
     lines.append("outputs:")
-    lines += [f"  {v['name']}: {v['dtype']} [{_format_shape(v['shape'])}]" for v in info["outputs"]]
+    lines += [f"  {v['name']}: {v['dtype']} [{spaced_shape(v['shape'])}]" for v in info["outputs"]]
     nodes = info["deformable_nodes"]
     lines.append(f"deformable nodes: {len(nodes)}" + ("" if nodes else " (none: this model has no deformable layer)"))
     for n in nodes:

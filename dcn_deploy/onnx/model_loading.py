@@ -31,6 +31,8 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..io_utils import file_format
+
 __all__ = ["LoadedModel", "ModelCodeError", "Sampler", "describe_exception", "load_model", "parse_input_shape",
            "program_input_shapes", "program_shape_mismatch", "DTYPES"]
 
@@ -159,14 +161,16 @@ class LoadedModel:
     def _check_program_shapes(self, shapes: Sequence[Tuple[int, ...]]) -> None:
         """A saved program runs only at the shapes it was exported with: an --input-shape outside them is bad
         input, named here (the exporter would write a file at the program's shapes, which then fails to run)."""
+        from ..feeds import format_shape
+
         problem = program_shape_mismatch(self.model, shapes)
         if problem is None:
             return
         accepted = program_input_shapes(self.model)
         fixed = all(isinstance(d, int) for shape in accepted for d in shape)
-        given = " ".join(f"--input-shape {_shape_text(s)}" for s in shapes)
+        given = " ".join(f"--input-shape {format_shape(s)}" for s in shapes)
         raise ValueError(f"{self.reference} was exported with {'fixed ' if fixed else ''}input shape"
-                         f"{'s' if len(accepted) > 1 else ''} {', '.join(map(_shape_text, accepted))}; {given} "
+                         f"{'s' if len(accepted) > 1 else ''} {', '.join(map(format_shape, accepted))}; {given} "
                          f"cannot change it ({problem}; a saved program keeps its shapes): re-export the program "
                          "with dynamic_shapes, or drop --input-shape")
 
@@ -187,10 +191,6 @@ class LoadedModel:
             raise ValueError(f"{self.reference} is a saved torch.export program in {sorted(map(str, current))}; it cannot "
                              f"be cast to {dtype}: export it again in that dtype or drop --dtype")
         return self
-
-
-def _shape_text(shape: Sequence[object]) -> str:
-    return "x".join(map(str, shape)) or "scalar"
 
 
 def program_input_shapes(program: "torch.export.ExportedProgram") -> List[Tuple[object, ...]]:
@@ -444,20 +444,15 @@ def _module_sampler(model: torch.nn.Module) -> Optional[Sampler]:
     return Sampler(make, takes_size=takes_size, takes_batch=takes_batch)
 
 
-# The first bytes of what torch.save writes: a zip archive (the default since torch 1.6), or a pickle (the
-# legacy format, protocol 2 or newer).
-_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
-
-
 def _unreadable_weights_reason(path: Path, exc: BaseException) -> str:
     """Why torch.load failed on ``path``, in words: torch's own exception texts can be a bare number (a KeyError
     from its unpickler on a text file) or empty (EOFError)."""
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(8)
     if not head:
         return "the file is empty"
-    if not head.startswith(_TORCH_SAVE_MAGIC):
-        return f"not a file written by torch.save (it starts with {head[:8]!r}, neither a zip archive nor a pickle)"
+    if file_format(path) not in ("zip", "pickle"):  # what torch.save writes (a zip since torch 1.6, else a pickle)
+        return f"not a file written by torch.save (it starts with {head!r}, neither a zip archive nor a pickle)"
     return describe_exception(exc)
 
 
