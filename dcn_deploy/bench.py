@@ -28,6 +28,7 @@ import numpy as np
 
 from .backends.base import Runner, TensorMeta
 from .feeds import FeedError, fixed_batch, format_shape, random_feed, resolve_shapes
+from .progress import Progress
 
 __all__ = ["LatencyStats", "BenchEntry", "BenchResult", "benchmark", "check_batches", "default_batches",
            "latency_stats"]
@@ -132,35 +133,6 @@ def environment_info() -> Dict[str, object]:
     return info
 
 
-class _Progress:
-    """One tqdm bar on stderr over all measurements (units: iterations or seconds); silent when disabled.
-
-    Created only once every feed has been checked, so an input error is never printed on the bar's line.
-    """
-
-    def __init__(self, enabled: bool, total: float, unit: str) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            digits = 0 if unit == "it" else 1
-            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
-                            bar_format="{desc} {percentage:3.0f}%|{bar}| "
-                                       f"{{n:.{digits}f}}/{{total:.{digits}f}} {{unit}} [{{elapsed}}<{{remaining}}]")
-
-    def describe(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description_str(text)
-
-    def advance(self, amount: float) -> None:
-        if self.bar is not None:
-            self.bar.update(amount)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def stage_times(runner: Runner) -> Dict[str, float]:
     """The last inference's stage times in seconds ({"h2d": ..., "compute": ..., "d2h": ...}), or {}."""
     method = getattr(runner, "last_stage_times", None)
@@ -172,7 +144,7 @@ def stage_times(runner: Runner) -> Dict[str, float]:
 
 
 def _measure(runner: Runner, feed: Mapping[str, np.ndarray], iterations: Optional[int], duration: Optional[float],
-             progress: _Progress) -> tuple:
+             progress: Progress) -> tuple:
     times: List[float] = []
     phases: Dict[str, List[float]] = {}
     start = time.perf_counter()
@@ -184,11 +156,11 @@ def _measure(runner: Runner, feed: Mapping[str, np.ndarray], iterations: Optiona
             phases.setdefault(phase, []).append(seconds)
         now = time.perf_counter()
         if iterations is not None:
-            progress.advance(1)
+            progress.update(1)
             if len(times) >= iterations:
                 break
         else:
-            progress.advance(min(now, start + duration) - last_tick)
+            progress.update(min(now, start + duration) - last_tick)
             last_tick = min(now, start + duration)
             if now - start >= duration:
                 break
@@ -257,7 +229,7 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
     # spins after each run, and a live session would compete with the next runner's threads.
     owned = [not r.is_active for r in runners]
     entries: List[BenchEntry] = []
-    bar = _Progress(False, 0, "it")  # the real bar comes after the checks, so no error is printed on its line
+    bar = Progress(0, enabled=False)  # the real one comes after the checks, so no error is printed on its line
     try:
         runners[0].activate()
         metas = runners[0].input_metadata()
@@ -271,20 +243,21 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
         jobs = len(batches) * len(runners)
         # With --iterations the warm-up runs count in the bar (it would sit at 0% through them otherwise); with
         # --duration the bar counts timed seconds and the description says when a runner is warming up.
-        bar = _Progress(progress, jobs * (warmup + iterations if iterations is not None else duration),
-                        "it" if iterations is not None else "s")
+        bar = Progress(jobs * (warmup + iterations if iterations is not None else duration),
+                       unit="it" if iterations is not None else "s", decimals=0 if iterations is not None else 1,
+                       leave=False, enabled=progress)
         for batch in batches:
             feed = random_feed(metas, shapes, batch, seed, rois)
             for runner, own in zip(runners, owned):
                 runner.activate()
                 try:
                     if warmup:
-                        bar.describe(f"{runner.name} batch {batch} warm-up")
+                        bar.set_description(f"{runner.name} batch {batch} warm-up")
                     for _ in range(warmup):
                         runner.infer(feed)
                         if iterations is not None:
-                            bar.advance(1)
-                    bar.describe(f"{runner.name} batch {batch}")
+                            bar.update(1)
+                    bar.set_description(f"{runner.name} batch {batch}")
                     times, phases, wall = _measure(runner, feed, iterations, duration, bar)
                 finally:
                     if own:

@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .io_utils import atomic_path, atomic_write_text
+from .progress import Progress
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "TARGET_ACCURACY"]
 
@@ -140,12 +141,7 @@ def _train(model, images, labels, config: DemoConfig, say) -> List[Dict[str, flo
     # shorter run (a few hundred images, one epoch) keeps the constant learning rate.
     schedule = (torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total_steps,
                                                     pct_start=0.25) if total_steps >= 8 else None)
-    bar = None
-    if config.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.epochs * steps_per_epoch, file=sys.stderr, unit="step", dynamic_ncols=True,
-                   desc="[demo] training", leave=True)
+    bar = Progress(total_steps, description="[demo] training", unit="steps", enabled=config.progress)
     history = []
     model.train()
     try:
@@ -165,17 +161,15 @@ def _train(model, images, labels, config: DemoConfig, say) -> List[Dict[str, flo
                 seen += len(index)
                 correct += int((logits.argmax(1) == labels[index]).sum())
                 loss_sum += loss.item() * len(index)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f} "
-                                        f"train acc {correct / seen:.1%}")
+                bar.set_status(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f} "
+                               f"train acc {correct / seen:.1%}")
+                bar.update(1)
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen})
-            if bar is None:
+            if not config.progress:
                 say(f"[demo] epoch {epoch + 1}/{config.epochs}: loss {loss_sum / seen:.3f}, "
                     f"train accuracy {correct / seen:.1%}")
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     model.eval()
     return history
 
