@@ -61,6 +61,8 @@ GROUPED_LAYERS = [
           offset_groups=4),
     Layer("depth-wise res4", 256, _feature(800, 16), _feature(1333, 16), groups=256),
 ]
+# The CUDA kernels through the C ABI, and the PyTorch op (its composite of torch ops on CUDA).
+ALGOS = ("auto", "gemm", "fused", "direct", "torch")
 LAYER_SETS = {"issue": LAYERS, "grouped": GROUPED_LAYERS, "all": LAYERS + GROUPED_LAYERS}
 
 
@@ -184,6 +186,7 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
     import torch.nn.functional as F
     import torchvision
 
+    from dcn_deploy.ops import deform_conv2d
     from dcn_deploy.plugin.native import deform_conv2d_cuda, load_library
 
     kernels = load_library("kernels")
@@ -203,6 +206,8 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                 mask = torch.rand(batch, 9 * og, h, w, device="cuda", dtype=dtype, generator=g)
 
                 def ours(algo):
+                    if algo == "torch":  # the PyTorch op itself, what training on the GPU runs
+                        return lambda: deform_conv2d(x, offset, weight, bias, 1, d, d, mask)
                     return lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask, algo=algo,
                                                       library=kernels)
 
@@ -276,7 +281,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--algos", default="auto",
-                        help="comma-separated kernels to time side by side: auto, gemm, fused, direct (default auto)")
+                        help="comma-separated implementations to time side by side: the CUDA kernels auto, gemm, "
+                             "fused, direct, and torch (dcn_deploy.ops.deform_conv2d, the PyTorch op a model runs "
+                             "when trained on the GPU) (default auto)")
     parser.add_argument("--eager", action="store_true",
                         help="time eager calls (with Python's launch overhead) instead of CUDA-graph replays")
     parser.add_argument("--layers", default="issue", choices=sorted(LAYER_SETS),
@@ -289,9 +296,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     algos = args.algos.split(",")
-    unknown = sorted(set(algos) - {"auto", "fused", "direct", "gemm"})
+    unknown = sorted(set(algos) - set(ALGOS))
     if unknown:
-        parser.error(f"--algos: unknown kernel(s) {unknown}; choose from auto, gemm, fused, direct")
+        parser.error(f"--algos: unknown implementation(s) {unknown}; choose from {', '.join(ALGOS)}")
 
     import torch
 

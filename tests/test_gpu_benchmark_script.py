@@ -25,12 +25,12 @@ def test_unknown_algo_is_refused_naming_the_choices(bench, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--algos", "gemm,fast"])
     assert exc.value.code == 2
-    assert "unknown kernel(s) ['fast']" in capsys.readouterr().err
+    assert "unknown implementation(s) ['fast']" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without a GPU")
 def test_every_kernel_name_parses_and_no_gpu_is_a_clear_error(bench, capsys):
-    assert bench.main(["--algos", "auto,gemm,fused,direct"]) == 2
+    assert bench.main(["--algos", "auto,gemm,fused,direct,torch"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
 
 
