@@ -5,9 +5,24 @@
 #include "trtLogging.h"
 
 #include <NvInferRuntime.h>
+#include <NvInferVersion.h>
+
+#include <string>
 
 extern "C" __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
 {
+    // A finder from another TensorRT major version than the headers this library was compiled against has another
+    // vtable layout (trtLogging.h): keep it out, and say so on stderr.
+    if (finder && !dcn::headersTensorRTLoaded())
+    {
+        dcn::setTrtLoggerFinder(nullptr);
+        dcn::logTrt(nvinfer1::ILogger::Severity::kWARNING,
+            "this plugin library was compiled against TensorRT " + std::to_string(NV_TENSORRT_MAJOR)
+                + " headers, but no libnvinfer.so." + std::to_string(NV_TENSORRT_MAJOR)
+                + " is loaded: its messages go to stderr instead of TensorRT's logger. Rebuild it against the "
+                  "headers of the TensorRT you run (dcn-deploy plugin build)");
+        return;
+    }
     dcn::setTrtLoggerFinder(finder);
 }
 

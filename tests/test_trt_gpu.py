@@ -258,6 +258,35 @@ class TestTensorRTOnGpu:
         for w, g in zip(want, got):
             np.testing.assert_array_equal(w, g)
 
+    def test_engine_with_tensorrt_own_plugin_runs_in_a_fresh_process(self, built, tmp_path):
+        """An engine without our plugin (the function body's standard DeformConv -> TensorRT's ModulatedDeformConv2d)
+        and one with it, each run by TrtRunner in a new process: deserialising there needs TensorRT's own plugins
+        and our library registered by the runner itself (in this process the build already did both)."""
+        from dcn_deploy.backends.trt_build import build_engine
+
+        engines = {"theirs": build_engine(built[0], tmp_path / "theirs.engine", use_plugin=False, tf32=False,
+                                          shapes=["x:1x4x8x8/2x4x8x8/4x4x8x8"], progress=False).engine_path,
+                   "ours": built[1]["fp32"]}
+        feed = self.feed(3, seed=5)
+        np.savez(tmp_path / "feed.npz", **feed)
+        script = textwrap.dedent("""
+            import sys, numpy as np
+            from dcn_deploy.backends.trt_runner import TrtRunner
+            feed = dict(np.load(sys.argv[2]))
+            with TrtRunner(sys.argv[1]) as runner:
+                np.savez(sys.argv[3], **runner.infer(feed))
+        """)
+        want = run_ort(onnx.load(built[0]), feed)
+        for kind, engine in engines.items():
+            out_file = tmp_path / f"{kind}_out.npz"
+            proc = subprocess.run([sys.executable, "-c", script, str(engine), str(tmp_path / "feed.npz"),
+                                   str(out_file)], capture_output=True, text=True, timeout=300,
+                                  env=dict(os.environ, PYTHONPATH=str(REPO)))
+            assert proc.returncode == 0, (kind, proc.stdout[-2000:], proc.stderr[-2000:])
+            got = dict(np.load(out_file))
+            for name, r in accuracy_report(want, got, f"TensorRT fp32 ({kind} DCN plugin), fresh process").items():
+                assert r["max_rel_to_scale"] < 1e-4, (kind, name, r)
+
     def test_engine_for_another_tensorrt_is_refused(self, built, tmp_path):
         from dcn_deploy.backends.trt_runner import TrtRunner
 

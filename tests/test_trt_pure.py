@@ -539,6 +539,38 @@ class TestBuilderHelpers:
         assert "node 'dcn1' op DeformConv2d" in text and "[UNSUPPORTED_NODE]" in text
         assert "hint:" in text and "--plugin" in text
 
+    def test_tensorrt_plugins_registered_once_with_a_lasting_logger(self, monkeypatch):
+        """Our bookkeeping around ``trt.init_libnvinfer_plugins`` only (a stand-in module records the calls; that
+        TensorRT then finds its plugins in a fresh process is test_trt_gpu's
+        ``test_engine_with_tensorrt_own_plugin_runs_in_a_fresh_process``): one call per TensorRT module, with a
+        logger that outlives the call (libnvinfer_plugin keeps the pointer), none for a module without it."""
+        import gc
+        import types
+        import weakref
+
+        from dcn_deploy.backends import trt_build
+
+        monkeypatch.setattr(trt_build, "_plugin_library_loggers", {})
+        calls = []
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, severity):
+                self.severity = severity
+
+        def init(logger, namespace):
+            calls.append((weakref.ref(logger), namespace))
+            return True
+
+        module = types.SimpleNamespace(__name__="tensorrt", Logger=Logger, init_libnvinfer_plugins=init)
+        assert trt_build.register_tensorrt_plugins(module) and trt_build.register_tensorrt_plugins(module)
+        gc.collect()
+        assert len(calls) == 1 and calls[0][1] == ""
+        assert calls[0][0]() is not None and calls[0][0]().severity == Logger.WARNING
+        assert trt_build.register_tensorrt_plugins(types.SimpleNamespace(__name__="tensorrt_rtx")) is False
+        assert len(calls) == 1
+
     def test_progress_lines_throttle_and_cancel(self):
         from dcn_deploy.backends.trt_build import BuildProgress
 

@@ -37,7 +37,7 @@ __all__ = [
     "BuildCancelled", "BuildError", "BuildProgress", "BuildResult", "TensorRTMissingError", "build_engine",
     "cuda_device_facts", "format_parser_errors", "import_tensorrt", "load_plugin_library", "parse_size",
     "plugin_fields_from_registry",
-    "prepare_onnx", "tensorrt_install_hint",
+    "prepare_onnx", "register_tensorrt_plugins", "tensorrt_install_hint",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -254,6 +254,29 @@ def load_plugin_library(trt, path: Optional[PathLike] = None, *, required_creato
     return path
 
 
+_plugin_library_loggers: Dict[str, object] = {}
+_plugin_library_lock = threading.Lock()
+
+
+def register_tensorrt_plugins(trt) -> bool:
+    """Register TensorRT's own plugins (libnvinfer_plugin, e.g. ``ModulatedDeformConv2d``, which standard DeformConv
+    nodes and our unrouted ops' function bodies become) in this process, once per TensorRT module, as trtexec does.
+
+    Needed before parsing such a model and again before deserialising its engine in a fresh process: ``import
+    tensorrt`` registers none of them. The logger lives as long as the process, because libnvinfer_plugin keeps the
+    pointer it is given. Returns False for a TensorRT without that library (TensorRT-RTX, the lean runtime).
+    """
+    if not hasattr(trt, "init_libnvinfer_plugins"):
+        return False
+    key = getattr(trt, "__name__", "tensorrt")
+    with _plugin_library_lock:
+        if key not in _plugin_library_loggers:
+            logger = trt.Logger(trt.Logger.WARNING)
+            trt.init_libnvinfer_plugins(logger, "")
+            _plugin_library_loggers[key] = logger
+    return True
+
+
 def _check_rtx_parser_can_import_plugins() -> None:
     """TensorRT-RTX's ONNX parser dlopens the unversioned ``libtensorrt_rtx.so`` when it imports a plugin node
     and aborts the whole process (std::terminate) when that fails; the wheel ships only ``libtensorrt_rtx.so.1``.
@@ -313,7 +336,7 @@ def _make_monitor(trt, progress: BuildProgress):
     return _Monitor()
 
 
-def _load_plugins(trt, logger, model, plugin_library, *, rtx: bool, say: Callable[[str], None]
+def _load_plugins(trt, model, plugin_library, *, rtx: bool, say: Callable[[str], None]
                   ) -> Tuple[Optional[Path], Dict[str, Sequence[str]]]:
     """Load our plugin library when the model uses our ops (``plugin_library=False``: do not), and TensorRT's own
     plugins. Returns (library path or None, op_type -> field names of the ops that have a plugin)."""
@@ -333,8 +356,7 @@ def _load_plugins(trt, logger, model, plugin_library, *, rtx: bool, say: Callabl
             say(f"[build] {op}: no plugin in the library; TensorRT builds it from its ONNX function body")
     # TensorRT's own plugins, as trtexec loads them: standard DeformConv nodes (and our ops' function bodies when
     # not routed) need its ModulatedDeformConv2d.
-    if hasattr(trt, "init_libnvinfer_plugins"):
-        trt.init_libnvinfer_plugins(logger, "")
+    register_tensorrt_plugins(trt)
     return routed_lib, fields
 
 
@@ -464,7 +486,7 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     trt = import_tensorrt(tensorrt_module)
     say = (lambda line: print(line, file=log, flush=True)) if progress else (lambda line: None)
     logger = trt.Logger(trt.Logger.WARNING)
-    routed_lib, fields = _load_plugins(trt, logger, model, plugin_library if use_plugin else False,
+    routed_lib, fields = _load_plugins(trt, model, plugin_library if use_plugin else False,
                                        rtx=tensorrt_module == "tensorrt_rtx", say=say)
     prepared, report, routed = prepare_onnx(model, precision=precision, keep_fp32=keep_fp32, io_dtype=io_dtype,
                                             route_plugin=bool(fields), plugin_fields=fields)

@@ -5,9 +5,9 @@
         print(runner.last_stage_times())                  # host->device, compute, device->host (ms)
 
 What ``activate`` does: check the engine's sidecar (``engine_meta``: TensorRT version, GPU, plugin hash) and
-refuse a mismatch; load our plugin library into TensorRT's registry (before deserialising: the engine's plugin
-layers are recreated from it); deserialise; create one execution context, one CUDA stream, CUDA events, and
-grow-on-demand buffers (pinned host + device) per tensor.
+refuse a mismatch; load our plugin library and TensorRT's own plugins into TensorRT's registry (before
+deserialising: the engine's plugin layers are recreated from it); deserialise; create one execution context, one
+CUDA stream, CUDA events, and grow-on-demand buffers (pinned host + device) per tensor.
 
 Per call: every input shape is checked against the engine's profile (a clear error outside it), set with
 ``set_input_shape``; numpy inputs are copied into pinned buffers and sent with async copies; torch CUDA
@@ -196,7 +196,8 @@ class TrtRunner(Runner):
 
     def _activate(self) -> None:
         from . import engine_meta
-        from .trt_build import BuildError, cuda_device_facts, import_tensorrt, load_plugin_library
+        from .trt_build import (BuildError, cuda_device_facts, import_tensorrt, load_plugin_library,
+                                register_tensorrt_plugins)
 
         try:
             trt = import_tensorrt()
@@ -218,6 +219,9 @@ class TrtRunner(Runner):
                 load_plugin_library(trt, plugin)
             except BuildError as exc:
                 raise RunnerError(f"trt: {exc}") from exc
+        # TensorRT's own plugins too (an engine built without ours, or from standard DeformConv nodes, holds its
+        # ModulatedDeformConv2d): deserialising finds no creator for them in a process that did not build.
+        register_tensorrt_plugins(trt)
 
         cuda.init()
         self._cuda = cuda

@@ -1,7 +1,10 @@
 #include "trtLogging.h"
 
+#include <NvInferVersion.h>
+
 #include <atomic>
 #include <cstdio>
+#include <dlfcn.h>
 
 namespace dcn
 {
@@ -13,6 +16,23 @@ std::atomic<nvinfer1::ILoggerFinder*> loggerFinder{nullptr};
 void setTrtLoggerFinder(nvinfer1::ILoggerFinder* finder)
 {
     loggerFinder.store(finder);
+}
+
+bool sharedLibraryLoaded(char const* name)
+{
+    void* handle = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+    if (handle)
+        dlclose(handle); // drops only the reference RTLD_NOLOAD added
+    return handle != nullptr;
+}
+
+bool headersTensorRTLoaded()
+{
+    std::string const major = std::to_string(NV_TENSORRT_MAJOR);
+    for (char const* base : {"libnvinfer.so.", "libnvinfer_lean.so.", "libnvinfer_dispatch.so."})
+        if (sharedLibraryLoaded((base + major).c_str()))
+            return true;
+    return false;
 }
 
 void logTrt(nvinfer1::ILogger::Severity severity, std::string const& message)

@@ -9,6 +9,14 @@ namespace dcn
 {
 
 void setTrtLoggerFinder(nvinfer1::ILoggerFinder* finder);
+
+// TensorRT 11 re-based ILoggerFinder and ILogger on IVersionedInterface, which moved their virtual functions: a
+// finder handed over by a TensorRT of another major version than these headers' cannot be called safely (with 11's
+// headers under TensorRT 10 the call reads past the vtable). The library entry point setLoggerFinder installs a
+// finder only when this is true: libnvinfer.so.N (or its lean/dispatch runtime) of the headers' major N is loaded.
+bool headersTensorRTLoaded();
+// Whether a shared library with this file name or soname is already loaded in the process (dlopen RTLD_NOLOAD).
+bool sharedLibraryLoaded(char const* name);
 void logTrt(nvinfer1::ILogger::Severity severity, std::string const& message);
 inline void logTrtError(std::string const& message)
 {

@@ -194,6 +194,21 @@ int32_t DeformConvPlugin::configurePlugin(
         TensorShape output;
         if (reject(checkInputShapes(mAttrs, shapesOf(in, nbInputs), output)))
             return -1;
+        // getWorkspaceSize sizes the workspace from the profile's largest shapes and must cover every smaller
+        // shape; it cannot fail, so a largest shape the kernels refuse (e.g. N*oH*oW past int32) is refused here,
+        // at build time, instead of leaving a 0-byte workspace for shapes that do run.
+        DeformConvGeometry largest;
+        TensorShape const maxX = shapeOf(in[kInputX].max), maxW = shapeOf(in[kInputW].max);
+        if (maxX.rank == 4 && maxW.rank == 4)
+        {
+            Status const status = makeGeometry(descFromShapes(mAttrs, maxX, maxW), largest);
+            if (!status.ok())
+            {
+                reject(Status::invalid("the optimisation profile's largest shapes do not fit: " + status.message
+                    + "; lower the profile's max shapes"));
+                return -1;
+            }
+        }
         mNbInputs = nbInputs;
         mDtype = dcnDtype(in[0].desc.type);
         return 0;

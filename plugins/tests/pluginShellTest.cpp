@@ -9,6 +9,7 @@
 #include "trtLogging.h"
 
 #include <NvInferRuntime.h>
+#include <NvInferVersion.h>
 
 #include <cmath>
 #include <cstdio>
@@ -154,12 +155,30 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
 
 } // namespace
 
+// The library's entry point (plugin_registry.cpp), as TensorRT calls it.
+extern "C" void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
+
 int main()
 {
     CaptureLogger logger;
     Finder finder(&logger);
-    dcn::setTrtLoggerFinder(&finder);
     dcn::DeformConvPluginCreator creator;
+
+    // The entry point installs TensorRT's logger finder only when the TensorRT of these headers is loaded (another
+    // major version's finder has another vtable layout); this process loads no libnvinfer, so messages go to stderr.
+    check(dcn::sharedLibraryLoaded("libc.so.6") && !dcn::sharedLibraryLoaded("libnvinfer.so.0"),
+        "sharedLibraryLoaded finds a loaded soname and not an absent one");
+    setLoggerFinder(&finder);
+    {
+        Fields bad;
+        bad.add("strides", {0, 1});
+        logger.lastError.clear();
+        bool const rejected = creator.createPlugin("n", &bad.collection, TensorRTPhase::kBUILD) == nullptr;
+        check(rejected && !dcn::headersTensorRTLoaded() && logger.lastError.empty(),
+            "setLoggerFinder keeps a finder out when libnvinfer.so." + std::to_string(NV_TENSORRT_MAJOR)
+                + " is not loaded");
+    }
+    dcn::setTrtLoggerFinder(&finder); // the rest of the checks read the messages through the finder
 
     // Creator identity and fields.
     check(std::string(creator.getPluginName()) == "DeformConv2d" && std::string(creator.getPluginVersion()) == "1"
@@ -272,6 +291,28 @@ int main()
     bool const badRejected = build->configurePlugin(badIo.data(), 5, &badIo[5], 1) != 0;
     check(badRejected && logger.lastError.find("offset_group") != std::string::npos,
         "configurePlugin rejects 12 offset channels: " + logger.lastError);
+    {
+        // A dynamic batch whose profile max makes N*oH*oW pass int32: getWorkspaceSize could only answer 0 for it
+        // (while smaller batches need a workspace), so the build stops here naming the profile.
+        std::vector<DynamicPluginTensorDesc> dynamicIo = io;
+        for (int32_t k : {0, 2, 4, 5})
+        {
+            dynamicIo[k].desc.dims.d[0] = -1;
+            dynamicIo[k].min.d[0] = 1;
+            dynamicIo[k].opt.d[0] = 2;
+            dynamicIo[k].max.d[0] = 2;
+        }
+        check(build->configurePlugin(dynamicIo.data(), 5, &dynamicIo[5], 1) == 0,
+            "configurePlugin accepts a dynamic batch with a small profile");
+        int64_t const tooMany = (int64_t(1) << 31) / (oh * ow) + 1;
+        for (int32_t k : {0, 2, 4, 5})
+            dynamicIo[k].max.d[0] = tooMany;
+        logger.lastError.clear();
+        bool const hugeRejected = build->configurePlugin(dynamicIo.data(), 5, &dynamicIo[5], 1) != 0;
+        check(hugeRejected && logger.lastError.find("profile's largest shapes") != std::string::npos
+                && logger.lastError.find("2^31") != std::string::npos,
+            "configurePlugin rejects a profile max batch of " + std::to_string(tooMany) + ": " + logger.lastError);
+    }
 
     // Workspace from the shapes: for this dense half layer, the larger of the GEMM path's and the fused kernel's.
     dcn::DeformConvGeometry geometry;
