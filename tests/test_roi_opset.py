@@ -199,3 +199,48 @@ def test_export_refuses_adaptive_sampling_naming_the_layer(tmp_path):
     with pytest.raises(ExportError, match="deform_roi_pool with sampling_ratio=0"):
         export(Functional().eval(), args[:2], tmp_path / "b.onnx", verify=False)
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+
+
+def _conv_then_psroi_model() -> onnx.ModelProto:
+    """A 1x1 convolution (which converts to half) feeding DeformPSRoIPool whose boxes are in image pixels (1/4)."""
+    pool = helper.make_node(roi_opset.DEFORM_PSROI_POOL, ["F", "rois", "trans"], ["Y"], domain=opset.DOMAIN,
+                            name="pool", spatial_scale=0.25, output_dim=2, group_size=3, pooled_size=3,
+                            part_size=3, sample_per_part=2, trans_std=0.1)
+    conv = helper.make_node("Conv", ["X", "w"], ["F"], name="conv")
+    weight = np.random.default_rng(0).standard_normal((18, 4, 1, 1)).astype(np.float32) * 0.5
+    graph = helper.make_graph(
+        [conv, pool], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4, 64, 512]),
+         helper.make_tensor_value_info("rois", TensorProto.FLOAT, [None, 5]),
+         helper.make_tensor_value_info("trans", TensorProto.FLOAT, [None, 2, 3, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 2, 3, 3])],
+        [onnx.numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    opset.attach_functions(model)
+    return model
+
+
+def test_fp16_conversion_keeps_roi_pooling_in_float32(monkeypatch):
+    """Box corners share the feature map's type: in float16 a corner above 1024 px moves by up to 0.5 px, which
+    moves the pooled values. The conversion keeps the RoI node (and so its boxes) in float32."""
+    from dcn_deploy.onnx import precision
+
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(1, 4, 64, 512, generator=gen)
+    # x corners from 1025 to ~1950 px, y corners within the 256 px high image (2048 wide)
+    xy = torch.rand(40, 2, generator=gen) * torch.tensor([150.0, 800.0]) + torch.tensor([0.0, 1025.0])
+    rois = torch.cat([torch.zeros(40, 1), xy, xy + 9 + torch.rand(40, 2, generator=gen) * 90], dim=1)
+    rois = rois[:, [0, 2, 1, 4, 3]]  # (batch, x1, y1, x2, y2)
+    trans = torch.randn(40, 2, 3, 3, generator=gen)
+    arrays = [x.numpy(), rois.numpy(), trans.numpy()]
+    model = _conv_then_psroi_model()
+    want = _run(model, arrays)
+
+    half, report = precision.convert_precision(model, "fp16")
+    assert ("pool", roi_opset.DEFORM_PSROI_POOL, "rule: box coordinates") in report.kept_fp32
+    kept_error = np.abs(_run(half, arrays) - want).max() / np.abs(want).max()
+
+    monkeypatch.setattr(precision, "KEEP_FP32_DOMAIN_OPS", {})  # what the conversion did before the rule
+    all_half, _ = precision.convert_precision(model, "fp16")
+    half_error = np.abs(_run(all_half, arrays) - want).max() / np.abs(want).max()
+    assert kept_error < 2e-3 < half_error, (kept_error, half_error)

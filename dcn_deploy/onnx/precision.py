@@ -12,6 +12,10 @@ A node stays float32 when
    overflow in half), Softmax/LogSoftmax, normalisations (mean/variance over many values), Exp, Log, Pow,
    Sqrt, Reciprocal (range: exp(12) already overflows float16), and ops that carry pixel coordinates
    (GridSample, RoiAlign, NonMaxSuppression, Range: float16 has a 0.5 px step above 1024 px);
+   Our own RoI pooling ops (``dcn_deploy`` DeformRoIPool, DeformPSRoIPool, :data:`KEEP_FP32_DOMAIN_OPS`) stay
+   float32 for the same reason: their box corners share the feature map's type, and float16 boxes move in
+   0.5 px steps above 1024 px, bfloat16 boxes in 4 px steps from 512 px (their TensorRT plugin then runs its
+   float32 kernel on a float32 copy of the pooled feature map);
 2. the caller names it (``keep_fp32_nodes``, the CLI's ``--keep-fp32 NODE``);
 3. its ONNX schema at the model's opset does not allow the half type (e.g. an op without bfloat16 before
    opset 22) -- such nodes are listed in the report.
@@ -48,7 +52,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["KEEP_FP32_OPS", "PrecisionError", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
+__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
 
 # op_type (default domain) -> why it stays float32. See the module docstring for the rule.
 KEEP_FP32_OPS: Dict[str, str] = {
@@ -62,6 +66,13 @@ KEEP_FP32_OPS: Dict[str, str] = {
     **{op: "exp/log/power range" for op in ("Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Softplus")},
     **{op: "pixel coordinates" for op in ("GridSample", "AffineGrid", "RoiAlign", "MaxRoiPool",
                                           "NonMaxSuppression", "Range")},
+}
+
+# (domain, op_type) of other domains -> why it stays float32: the RoI pooling ops take their boxes in the type of
+# the feature map, and a box corner in half precision is off by up to 0.25 px (float16, above 1024 px) or 2 px
+# (bfloat16, from 512 px).
+KEEP_FP32_DOMAIN_OPS: Dict[Tuple[str, str], str] = {
+    ("dcn_deploy", op): "box coordinates" for op in ("DeformRoIPool", "DeformPSRoIPool")
 }
 
 _HALF = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
@@ -318,6 +329,8 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
             reason = "named in --keep-fp32"
         elif node.domain in ("", "ai.onnx") and node.op_type in keep_ops:
             reason = f"rule: {keep_ops[node.op_type]}"
+        elif (node.domain, node.op_type) in KEEP_FP32_DOMAIN_OPS:
+            reason = f"rule: {KEEP_FP32_DOMAIN_OPS[(node.domain, node.op_type)]}"
         half_params: Set[Optional[str]] = set()
         if reason is None:
             for i in float_ins:
