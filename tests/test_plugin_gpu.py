@@ -108,19 +108,31 @@ def test_dense_layers_fused_and_direct_agree_with_reference(kernels, dtype, inde
         assert error < TOLERANCE[dtype], (algo, case, error)
 
 
-def test_gemm_path_in_chunks_and_pixel_slices():
-    """The GEMM path cuts the batch when its columns exceed the budget: with a 1 MiB budget the dense configs run
-    in chunks of whole images and in slices of one image's pixels (the budget is read once per process)."""
+def _dense_tests_with(**env_vars):
+    """The dense-layer tests of this file again, in a child process with the C ABI's GEMM options set (they are
+    read once per process)."""
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ, DCN_DEPLOY_GEMM_CHUNK_MB="1")
+    env = dict(os.environ, **env_vars)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
                            "random_dense_configs or dense_layers"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+
+
+def test_gemm_path_in_chunks_and_pixel_slices():
+    """The GEMM path cuts the batch when its columns exceed the budget: with a 1 MiB budget the dense configs run
+    in chunks of whole images and in slices of one image's pixels, through the staging scratch too."""
+    _dense_tests_with(DCN_DEPLOY_GEMM_CHUNK_MB="1", DCN_DEPLOY_GEMM_OUTPUT="staged")
+
+
+@pytest.mark.parametrize("output", ["direct", "staged"])
+def test_gemm_path_each_output_way(output):
+    """Where the product writes, forced for every shape (by default: staged only where NCHW rows are unaligned)."""
+    _dense_tests_with(DCN_DEPLOY_GEMM_OUTPUT=output)
 
 
 def test_runs_on_the_current_stream_and_is_deterministic(kernels):

@@ -69,24 +69,31 @@ def _vector_friendly_case(rng: random.Random):
     return random_layer_case(rng, groups, offset_groups, cpg, (1, 5), 9, 9, (0.5, 2.0, 25.0))
 
 
-def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0):
+def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto"):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
-                              path="gemm", column_budget_bytes=budget, library=host_lib)
+                              path="gemm", column_budget_bytes=budget, gemm_output=output, library=host_lib)
 
 
+# Where the product writes: straight into NCHW, or through the pixel-major scratch and the transpose that adds the
+# bias (on the GPU: where NCHW rows are not 16-byte aligned). Each is forced here, on every shape.
+GEMM_OUTPUTS = ["direct", "staged"]
+
+
+@pytest.mark.parametrize("output", GEMM_OUTPUTS)
 @pytest.mark.parametrize("seed", range(30))
-def test_gemm_path_float64_matches_reference(host_lib, seed):
+def test_gemm_path_float64_matches_reference(host_lib, seed, output):
     """The CUDA GEMM path's layouts, per-thread sampling and cuBLAS arguments, run on the host: odd channel
     counts (one channel per thread) and vector-friendly ones (2, 4 or 8 channels per thread)."""
     rng = random.Random(seed)
     case = random_case(rng, max_channels_per_group=6) if seed % 3 == 0 else _vector_friendly_case(rng)
     tensors = make_tensors(case, torch.float64, seed=seed)
     expected = reference(case, *tensors)
-    assert max_relative_error(run_host_gemm(host_lib, case, *tensors), expected) < 1e-12, case
+    assert max_relative_error(run_host_gemm(host_lib, case, *tensors, output=output), expected) < 1e-12, case
 
 
+@pytest.mark.parametrize("output", GEMM_OUTPUTS)
 @pytest.mark.parametrize("budget", [1, 500_000, 1_000_000])
-def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget):
+def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, output):
     """Small column budgets (one image's columns take 384 192 bytes here): one image in slices of 256 pixels
     (budget 1), one image per chunk (500 000), two images per chunk and a last chunk of one (1 000 000)."""
     from plugin_configs import Case
@@ -94,18 +101,29 @@ def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget):
     case = Case(5, 1, 2, 8, 6, 23, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0)
     tensors = make_tensors(case, torch.float64, seed=budget)
     expected = reference(case, *tensors)
-    got = run_host_gemm(host_lib, case, *tensors, budget=budget)
+    got = run_host_gemm(host_lib, case, *tensors, budget=budget, output=output)
     assert max_relative_error(got, expected) < 1e-12
 
 
+def test_gemm_output_mode_is_checked(host_lib):
+    from plugin_configs import Case
+
+    case = Case(1, 1, 1, 2, 2, 4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0)
+    tensors = make_tensors(case, torch.float64, seed=0)
+    with pytest.raises(ValueError, match="gemm_output must be one of auto, direct, staged, got 'nchw'"):
+        run_host_gemm(host_lib, case, *tensors, output="nchw")
+
+
+@pytest.mark.parametrize("output", GEMM_OUTPUTS)
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 2e-6), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("seed", range(6))
-def test_gemm_path_dtypes(host_lib, dtype, tolerance, seed):
+def test_gemm_path_dtypes(host_lib, dtype, tolerance, seed, output):
     # Wider vectors than float64 allows (4 float32 or 8 half channels per thread). Half types: samples rounded to
-    # the type in the columns (as on the GPU), products summed in float32.
+    # the type in the columns (as on the GPU), products summed in float32 (staged: kept in float32 until the bias
+    # is added, then rounded once).
     case = _vector_friendly_case(random.Random(300 + seed))
     tensors = make_tensors(case, dtype, seed=seed)
-    got = run_host_gemm(host_lib, case, *tensors)
+    got = run_host_gemm(host_lib, case, *tensors, output=output)
     assert got.dtype == dtype
     expected = reference(case, *[None if t is None else t.double() for t in tensors])
     assert max_relative_error(got, expected) < tolerance, case

@@ -6,6 +6,7 @@ symbolic output shape uses the same template (convOutputExtent) as dcn_deform_co
 from __future__ import annotations
 
 import ctypes
+import os
 import random
 
 import pytest
@@ -145,7 +146,7 @@ def test_libraries_export_the_c_abi_and_plugin_entry_points():
         if path is None:
             continue
         lib = NativeLibrary(path)
-        assert lib.abi_version == 1
+        assert lib.abi_version == 2
         assert lib.has("dcn_plugin_deform_conv_parse_fields")
         if kind in ("kernels", "plugin"):
             assert lib.has("dcn_deform_conv2d_forward_cuda")
@@ -178,12 +179,15 @@ def _gemm_workspace(batch, channels, height, width, out_channels, channels_per_g
                     element):
     """The GEMM path's workspace (plugins/deform_conv/deformConvColumns.h): room for one chunk's columns,
     min(whole batch, max(budget, 256 pixels' columns)), and its channels-last input, min(whole batch, max(budget,
-    one image)), each rounded up to 256 bytes, the re-laid-out weights, and 8 MiB for cuBLAS."""
+    one image)), each rounded up to 256 bytes, the re-laid-out weights, the staging scratch (one accumulator,
+    4 bytes or 8 for float64, per output channel of every pixel the columns room holds), and 8 MiB for cuBLAS."""
     up = lambda n: -(-n // 256) * 256  # noqa: E731
     row = channels * kernel_points * element
     image = channels * height * width * element
-    return (up(min(batch * row * out_pixels, max(BUDGET, 256 * row))) + up(min(batch * image, max(BUDGET, image)))
-            + up(out_channels * channels_per_group * kernel_points * element) + (8 << 20))
+    columns_room = min(batch * row * out_pixels, max(BUDGET, 256 * row))
+    staging = columns_room // row * out_channels * (8 if element == 8 else 4)
+    return (up(columns_room) + up(min(batch * image, max(BUDGET, image)))
+            + up(out_channels * channels_per_group * kernel_points * element) + up(staging) + (8 << 20))
 
 
 def test_workspace_sizes_follow_the_algorithm(kernels_lib):
@@ -202,6 +206,22 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     # One image whose columns exceed the 64 MiB budget runs in slices of its pixels: room for the budget.
     big = DeformConvDesc(1, 512, 128, 128, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
     assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, 128 * 128, 4)
+
+
+def test_an_unknown_gemm_output_option_is_an_error_naming_it(kernels_lib):
+    """DCN_DEPLOY_GEMM_OUTPUT is read once per process by the C ABI, so it is set in a child process."""
+    import subprocess
+    import sys
+
+    script = ("import ctypes, sys; from dcn_deploy.plugin.native import DeformConvDesc, NativeError, NativeLibrary;"
+              "lib = NativeLibrary(sys.argv[1]); size = ctypes.c_size_t();"
+              "desc = DeformConvDesc(1, 8, 6, 6, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)\n"
+              "try:\n lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), 0, 3, ctypes.byref(size))\n"
+              "except NativeError as exc:\n print(exc)")
+    env = dict(os.environ, DCN_DEPLOY_GEMM_OUTPUT="nchw")
+    proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert "DCN_DEPLOY_GEMM_OUTPUT must be auto, direct or staged, got 'nchw'" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("dtype", [0, 1])

@@ -76,7 +76,7 @@ class NativeLibrary:
         self._declare("dcn_deform_conv2d_output_size", [_P(DeformConvDesc), _P(ctypes.c_int32), _P(ctypes.c_int32)])
         self._declare("dcn_deform_conv2d_forward_host", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_host_gemm",
-                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_size_t])
+                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_size_t, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
         self._declare("dcn_deform_conv2d_columns_cpu",
@@ -243,21 +243,31 @@ def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, 
     return out
 
 
+# Where the GEMM path's product writes (GemmOutput in plugins/deform_conv/deformConvColumns.h).
+GEMM_OUTPUTS = {"auto": 0, "direct": 1, "staged": 2}
+
+
 def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
-                       path: str = "direct", column_budget_bytes: int = 0, library: Optional[NativeLibrary] = None):
+                       path: str = "direct", column_budget_bytes: int = 0, gemm_output: str = "auto",
+                       library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
     ``path``: ``direct`` (the direct kernel's arithmetic) or ``gemm`` (the CUDA GEMM path step by step: chunks of
     at most ``column_budget_bytes`` of columns, 0 for the CUDA default; channels-last sampling; the cuBLAS call's
-    arguments through a plain product). Returns (N, out_channels, oH, oW) in the input's dtype.
+    arguments through a plain product). ``gemm_output`` (gemm only): ``direct`` (the product adds into the NCHW
+    output), ``staged`` (through a pixel-major scratch, then transposed with the bias) or ``auto`` (staged where
+    the output rows are not 16-byte aligned, as on the GPU). Returns (N, out_channels, oH, oW) in the input's dtype.
     """
     if path == "direct":
         return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride,
                                padding, dilation, library)
     if path == "gemm":
-        return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", (ctypes.c_size_t(int(column_budget_bytes)),),
-                               input, offset, weight, bias, mask, stride, padding, dilation, library)
+        if gemm_output not in GEMM_OUTPUTS:
+            raise ValueError(f"gemm_output must be one of {', '.join(GEMM_OUTPUTS)}, got {gemm_output!r}")
+        extra = (ctypes.c_size_t(int(column_budget_bytes)), ctypes.c_int32(GEMM_OUTPUTS[gemm_output]))
+        return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", extra, input, offset, weight, bias, mask,
+                               stride, padding, dilation, library)
     raise ValueError(f"path must be 'direct' or 'gemm', got {path!r}")
 
 

@@ -6,7 +6,8 @@
 //                                             tap are contiguous and load as 16-byte vectors;
 //   columns[image][pixel][g][kp][c % (C/g)]   the sampled columns (mask folded in), K contiguous per pixel;
 //   weights[o][kp][c % (C/g)]                 the weights with the kernel point outer, matching the columns;
-//   out(pixels x oC/g) = columns_g (pixels x K/g) * weights_g^T, one product per group, written into NCHW.
+//   out(pixels x oC/g) = columns_g (pixels x K/g) * weights_g^T, one product per group, written into NCHW
+//                                             (direct), or through a pixel-major scratch (staged: see GemmOutput).
 // One thread samples `vector` consecutive channels of one (image, pixel, kernel point): consecutive threads take
 // consecutive channel vectors, so loads and stores are contiguous across a warp.
 #pragma once
@@ -32,6 +33,42 @@ inline size_t alignUp256(size_t bytes)
     return (bytes + 255) / 256 * 256;
 }
 
+// Where the product writes. Straight into the NCHW output (direct), its rows start every oH*oW elements, so for
+// sizes such as 25x42 or 100x167 the rows are not 16-byte aligned and cuBLAS cannot use its aligned kernels. Staged,
+// the product goes to a pixel-major scratch in the accumulation type, staging[image][pixel][oC] (rows of oC), and
+// one more pass transposes it into NCHW with the bias added; that pass also replaces the direct way's bias fill.
+enum GemmOutput : int32_t
+{
+    kGemmOutputAuto = 0,   // staged exactly when the NCHW rows are not 16-byte aligned
+    kGemmOutputDirect = 1, // into NCHW: the bias written first, the product added (beta = 1)
+    kGemmOutputStaged = 2, // through the scratch, rounded to the output type once, with the bias
+};
+
+// The GEMM path's tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB and
+// DCN_DEPLOY_GEMM_OUTPUT (benchmarks, tests); the host build takes them as arguments.
+struct GemmOptions
+{
+    size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
+    int32_t output = kGemmOutputAuto;               // a GemmOutput
+};
+
+inline bool validGemmOutput(int32_t output)
+{
+    return output == kGemmOutputAuto || output == kGemmOutputDirect || output == kGemmOutputStaged;
+}
+
+// Whether each NCHW output row (oH*oW elements) starts on a 16-byte boundary.
+inline bool outputRowsAligned(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return int64_t(geo.outH) * geo.outW * int64_t(elementBytes) % 16 == 0;
+}
+
+// Bytes of one element of the accumulation type (float, or double for float64), which the staging scratch holds.
+inline size_t accumulatorBytes(size_t elementBytes)
+{
+    return elementBytes == 8 ? 8 : 4;
+}
+
 // How the batch is cut and where each buffer sits in the workspace.
 //
 // The buffer sizes (the workspace) never shrink when N, H or W grow: a TensorRT plugin sizes its workspace for
@@ -42,9 +79,11 @@ struct GemmPlan
     int32_t images;      // whole images per chunk (1 when slicing pixels)
     int64_t pixels;      // output pixels per chunk of one image (all of them unless slicing)
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
+    bool staged;         // the product goes through the staging scratch (GemmOutput)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
     size_t nhwcBytes;    // room for one chunk's channels-last input: min(N * image, max(budget, one image))
     size_t weightsBytes; // weights, kernel point outer
+    size_t stagingBytes; // room for the product of as many pixels as the columns room holds, oC accumulators each
     size_t totalBytes;   // + kCublasWorkspaceBytes
 };
 
@@ -57,8 +96,9 @@ inline int32_t columnVectorWidth(DeformConvGeometry const& geo, size_t elementBy
     return 1;
 }
 
-inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, size_t columnBudget)
+inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options)
 {
+    size_t const columnBudget = options.columnBudget;
     int64_t const batch = std::max<int64_t>(geo.d.batch, 1);
     size_t const rowBytes = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) * elementBytes; // one pixel's column
     int64_t const plane = int64_t(geo.outH) * geo.outW;
@@ -75,11 +115,20 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, siz
     plan.vector = columnVectorWidth(geo, elementBytes);
     // Caps (see above). What a chunk uses fits: images * image <= budget and <= N * image; a slice uses at most
     // max(budget, 256 pixels); images * input image <= max(budget, one input image) and <= N * input image.
-    plan.columnsBytes = alignUp256(std::min(size_t(batch) * imageBytes, std::max(columnBudget, 256 * rowBytes)));
+    size_t const columnsRoom = std::min(size_t(batch) * imageBytes, std::max(columnBudget, 256 * rowBytes));
+    plan.columnsBytes = alignUp256(columnsRoom);
     plan.nhwcBytes = alignUp256(std::min(size_t(batch) * inputImageBytes, std::max(columnBudget, inputImageBytes)));
     plan.weightsBytes = alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup)
         * size_t(geo.kernelPoints) * elementBytes);
-    plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + kCublasWorkspaceBytes;
+    plan.staged = options.output == kGemmOutputStaged
+        || (options.output == kGemmOutputAuto && !outputRowsAligned(geo, elementBytes));
+    // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
+    // be aligned where a smaller shape of the same profile is not. A chunk has at most columnsRoom / rowBytes
+    // pixels, and that grows with the shape like the columns room.
+    plan.stagingBytes = alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels)
+        * accumulatorBytes(elementBytes));
+    plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + plan.stagingBytes
+        + kCublasWorkspaceBytes;
     return plan;
 }
 
@@ -237,41 +286,73 @@ DCN_UNROLL
     storeVector<T, Vector>(out, result);
 }
 
-// One strided-batched product of the GEMM path, in BLAS's column-major terms: for each image b of the chunk,
-//   C_b (m x n, ldc) = op(A_b) (m x k) * B (k x n, ldb) [+ C_b when beta is 1],  op(A) = A^T (A is k x m, lda),
-// i.e. out[o][pixel] (NCHW rows of the output) = sum_k columns[pixel][k] * weights[o][k] for group g.
-// Offsets are in elements from the columns, weights and output pointers. The CUDA path passes these to
-// cublasGemmStridedBatchedEx; the host build runs the same call through a plain loop.
+// One strided-batched product of the GEMM path, in BLAS's column-major terms, always "TN": for each image b of
+// the chunk, C_b (m x n, ldc) = A_b^T B_b [+ C_b when beta is 1], where A_b is k x m (lda) and B_b is k x n (ldb),
+// so both operands run along K. Direct: A = columns, B = weights, C = the NCHW output (rows of pixels),
+//   out[o][pixel] = sum_k columns[pixel][k] * weights[o][k].
+// Staged: A = weights, B = columns, C = the staging scratch (rows of output channels),
+//   staging[pixel][o] = sum_k weights[o][k] * columns[pixel][k].
+// Offsets are in elements from each buffer's start; a batch stride of 0 shares the operand across images. The CUDA
+// path passes these to cublasGemmStridedBatchedEx; the host build runs the same call through a plain loop.
+struct GemmOperand
+{
+    int64_t offset, ld, stride;
+};
+
 struct GemmCall
 {
     int32_t m, n, k;
-    int64_t aOffset, lda, strideA;
-    int64_t bOffset, ldb;
-    int64_t cOffset, ldc, strideC;
+    bool weightsFirst; // A is the weights and B the columns (staged); else A is the columns
+    GemmOperand a, b, c;
     int32_t batch;
 };
 
-inline GemmCall gemmCallFor(DeformConvGeometry const& geo, int32_t g, int32_t n0, int32_t images, int64_t p0,
-    int32_t pixels)
+inline GemmCall gemmCallFor(DeformConvGeometry const& geo, bool staged, int32_t g, int32_t n0, int32_t images,
+    int64_t p0, int32_t pixels)
 {
     int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
     int64_t const rowsPerGroup = int64_t(geo.channelsPerGroup) * geo.kernelPoints;
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     int32_t const ocg = geo.outChannelsPerGroup;
+    int32_t const oc = geo.d.out_channels;
+    GemmOperand const columns{int64_t(g) * rowsPerGroup, rows, rows * pixels};
+    GemmOperand const weights{int64_t(g) * ocg * rowsPerGroup, rowsPerGroup, 0};
     GemmCall call{};
-    call.m = pixels;
-    call.n = ocg;
     call.k = int32_t(rowsPerGroup);
-    call.aOffset = int64_t(g) * rowsPerGroup;
-    call.lda = rows;
-    call.strideA = rows * pixels;
-    call.bOffset = int64_t(g) * ocg * rowsPerGroup;
-    call.ldb = rowsPerGroup;
-    call.cOffset = (int64_t(n0) * geo.d.out_channels + int64_t(g) * ocg) * plane + p0;
-    call.ldc = plane;
-    call.strideC = int64_t(geo.d.out_channels) * plane;
     call.batch = images;
+    call.weightsFirst = staged;
+    if (staged)
+    {
+        call.m = ocg;
+        call.n = pixels;
+        call.a = weights;
+        call.b = columns;
+        call.c = GemmOperand{int64_t(g) * ocg, oc, int64_t(oc) * pixels};
+    }
+    else
+    {
+        call.m = pixels;
+        call.n = ocg;
+        call.a = columns;
+        call.b = weights;
+        call.c = GemmOperand{(int64_t(n0) * oc + int64_t(g) * ocg) * plane + p0, plane, int64_t(oc) * plane};
+    }
     return call;
+}
+
+// output[n0 + img][o][p0 + p] = staging[img][p][o] + bias[o], rounded once to T, for element idx of a chunk's
+// images * oC * pixels in output order. The CUDA path does the same through shared-memory tiles.
+template <typename T, typename Acc>
+DCN_HD void stagedOutputElement(DeformConvGeometry const& geo, Acc const* staging, T const* bias, T* output,
+    int32_t n0, int64_t p0, int32_t pixels, int64_t idx)
+{
+    int32_t const oc = geo.d.out_channels;
+    int32_t const p = int32_t(idx % pixels);
+    int64_t const row = idx / pixels; // img * oC + o
+    int32_t const o = int32_t(row % oc);
+    int64_t const img = row / oc;
+    Acc const value = staging[(img * pixels + p) * oc + o] + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
+    output[(int64_t(n0) * oc + row) * int64_t(geo.outH) * geo.outW + p0 + p] = ElementTraits<T>::fromAcc(value);
 }
 
 } // namespace dcn

@@ -2,9 +2,11 @@
 //
 // Layout and per-thread work are in deformConvColumns.h (shared with the host build that CI checks). Per chunk of
 // the batch: the chunk's input is transposed to channels-last (a tiled transpose), one kernel samples the
-// columns (16-byte channel vectors per bilinear tap, coalesced across a warp), the bias is written into the
-// output, and one strided-batched cuBLAS product per group adds columns x weights into the NCHW output (float32
-// accumulation for every type but float64). The weights are re-laid out once per launch.
+// columns (16-byte channel vectors per bilinear tap, coalesced across a warp), then one strided-batched cuBLAS
+// product per group (float32 accumulation for every type but float64). Direct: the bias is written into the output
+// and the product adds columns x weights into NCHW. Staged (where NCHW rows are not 16-byte aligned, GemmOutput):
+// the product goes to a pixel-major float scratch and a tiled transpose writes NCHW with the bias. The weights are
+// re-laid out once per launch.
 //
 // Measured on an H100 (benchmarks/RESULTS.md): faster than the fused kernel of deformConvKernel.cu on every
 // dense layer, but still slower than torchvision's kernel; benchmarks/gpu_notes.md says why and what is next.
@@ -112,6 +114,41 @@ __global__ void __launch_bounds__(kThreads) fillBiasKernel(T* __restrict__ outpu
     }
 }
 
+// output[n0 + img][o][p0 + p] = staging[img][p][o] + bias[o] for the chunk (stagedOutputElement's mapping), through
+// 32x32 shared tiles: reads run along o, writes along p, both coalesced. Blocks loop over channel tiles.
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kThreads) stagedOutputKernel(DeformConvGeometry const geo,
+    Acc const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ output, int32_t const n0,
+    int64_t const p0, int32_t const pixels)
+{
+    __shared__ Acc tile[32][33];
+    int32_t const oc = geo.d.out_channels;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    int32_t const img = blockIdx.z;
+    int32_t const pix0 = int32_t(blockIdx.x) * 32;
+    Acc const* source = staging + int64_t(img) * pixels * oc;
+    T* target = output + (int64_t(n0) + img) * oc * plane + p0;
+    for (int32_t o0 = blockIdx.y * 32; o0 < oc; o0 += gridDim.y * 32)
+    {
+        for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: pixel within the tile; threadIdx.x: channel
+        {
+            int32_t const pix = pix0 + r;
+            int32_t const o = o0 + int32_t(threadIdx.x);
+            if (pix < pixels && o < oc)
+                tile[r][threadIdx.x] = source[int64_t(pix) * oc + o] + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
+        }
+        __syncthreads();
+        for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: channel within the tile; threadIdx.x: pixel
+        {
+            int32_t const pix = pix0 + int32_t(threadIdx.x);
+            int32_t const o = o0 + r;
+            if (pix < pixels && o < oc)
+                target[int64_t(o) * plane + pix] = ElementTraits<T>::fromAcc(tile[threadIdx.x][r]);
+        }
+        __syncthreads(); // the tile is refilled by the next channel tile
+    }
+}
+
 unsigned blocksFor(int64_t total)
 {
     int64_t const blocks = (total + kThreads - 1) / kThreads;
@@ -142,21 +179,35 @@ void launchColumns(int32_t vector, DeformConvGeometry const& geo, T const* nhwc,
         launchColumnsIndexed<T, int64_t>(vector, geo, nhwc, offset, mask, columns, n0, p0, pixels, total, stream);
 }
 
+// One cuBLAS "TN" product (gemmCallFor): A and B of type T, C of type Out (T into NCHW, Acc into the scratch).
+template <typename T, typename Out>
+Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool accumulate, CublasHandleT handle)
+{
+    using Scalar = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+    Scalar const one = 1, zero = 0;
+    int const compute = std::is_same<T, double>::value ? kCublasCompute64F : kCublasCompute32F;
+    int const rc = cublasApi()->gemmStridedBatchedEx(handle, kCublasOpT, kCublasOpN, call.m, call.n, call.k, &one,
+        a + call.a.offset, cudaTypeOf<T>(), int(call.a.ld), call.a.stride, b + call.b.offset, cudaTypeOf<T>(),
+        int(call.b.ld), call.b.stride, accumulate ? &one : &zero, c + call.c.offset, cudaTypeOf<Out>(),
+        int(call.c.ld), call.c.stride, call.batch, compute, kCublasGemmDefault);
+    if (rc != 0)
+        return Status::error(DCN_ERROR_CUDA, "cublasGemmStridedBatchedEx failed with cuBLAS status " + std::to_string(rc));
+    return Status::success();
+}
+
 template <typename T>
 Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const* input, T const* offset,
     T const* weight, T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream, CublasHandleT handle)
 {
+    using Acc = typename ElementTraits<T>::Acc;
     dcn_deform_conv_desc const& d = geo.d;
     char* base = static_cast<char*>(workspace);
     T* columns = reinterpret_cast<T*>(base);
     T* nhwc = reinterpret_cast<T*>(base + plan.columnsBytes);
     T* weights = reinterpret_cast<T*>(base + plan.columnsBytes + plan.nhwcBytes);
+    Acc* staging = reinterpret_cast<Acc*>(base + plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes);
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     int64_t const inPlane = int64_t(d.height) * d.width;
-    using Scalar = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
-    Scalar const one = 1, zero = 0;
-    int const compute = std::is_same<T, double>::value ? kCublasCompute64F : kCublasCompute32F;
-    CublasApi const* api = cublasApi();
 
     int64_t const weightCount = int64_t(d.out_channels) * geo.channelsPerGroup * geo.kernelPoints;
     weightsKernel<T><<<blocksFor(weightCount), kThreads, 0, stream>>>(geo, weight, weights, weightCount);
@@ -173,6 +224,21 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             launchColumns<T>(plan.vector, geo, nhwc, offset, mask, columns, n0, p0, pixels,
                 columnThreads(geo, images, pixels, plan.vector), stream);
             status = launchStatus("the deformable sampling kernel");
+            if (plan.staged)
+            {
+                for (int32_t g = 0; status.ok() && g < d.group; ++g)
+                    status = runProduct<T, Acc>(gemmCallFor(geo, true, g, n0, images, p0, pixels), weights, columns,
+                        staging, false, handle);
+                if (status.ok())
+                {
+                    dim3 const outTiles(unsigned((pixels + 31) / 32),
+                        unsigned(std::min((d.out_channels + 31) / 32, 65535)), unsigned(images));
+                    stagedOutputKernel<T, Acc><<<outTiles, dim3(32, 8), 0, stream>>>(geo, staging, bias, output, n0,
+                        p0, pixels);
+                    status = launchStatus("the staged output kernel");
+                }
+                continue;
+            }
             if (status.ok() && bias)
             {
                 fillBiasKernel<T><<<blocksFor(int64_t(images) * d.out_channels * pixels), kThreads, 0, stream>>>(
@@ -180,16 +246,8 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
                 status = launchStatus("the bias kernel");
             }
             for (int32_t g = 0; status.ok() && g < d.group; ++g)
-            {
-                GemmCall const call = gemmCallFor(geo, g, n0, images, p0, pixels);
-                int const rc = api->gemmStridedBatchedEx(handle, kCublasOpT, kCublasOpN, call.m, call.n, call.k, &one,
-                    columns + call.aOffset, cudaTypeOf<T>(), int(call.lda), call.strideA, weights + call.bOffset,
-                    cudaTypeOf<T>(), int(call.ldb), 0, bias ? &one : &zero, output + call.cOffset,
-                    cudaTypeOf<T>(), int(call.ldc), call.strideC, call.batch, compute, kCublasGemmDefault);
-                if (rc != 0)
-                    status = Status::error(DCN_ERROR_CUDA, "cublasGemmStridedBatchedEx failed with cuBLAS status "
-                        + std::to_string(rc) + " (group " + std::to_string(g) + ")");
-            }
+                status = runProduct<T, T>(gemmCallFor(geo, false, g, n0, images, p0, pixels), columns, weights,
+                    output, bias != nullptr, handle);
         }
     }
     return status;
@@ -202,24 +260,24 @@ bool gemmPathAvailable()
     return cublasApi() != nullptr;
 }
 
-size_t gemmWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype, size_t columnBudget)
+size_t gemmWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm)
 {
-    return planGemm(geo, dtypeBytes(dtype), columnBudget).totalBytes;
+    return planGemm(geo, dtypeBytes(dtype), gemm).totalBytes;
 }
 
-Status bindGemmHandle(DeformConvGeometry const& geo, int32_t dtype, size_t columnBudget, void* workspace,
+Status bindGemmHandle(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm, void* workspace,
     cudaStream_t stream, CublasHandle* cublas, CublasHandleT& handle)
 {
-    GemmPlan const plan = planGemm(geo, dtypeBytes(dtype), columnBudget);
+    GemmPlan const plan = planGemm(geo, dtypeBytes(dtype), gemm);
     void* cublasWorkspace = static_cast<char*>(workspace) + (plan.totalBytes - kCublasWorkspaceBytes);
     return (cublas ? *cublas : threadCublasHandle()).bind(stream, cublasWorkspace, kCublasWorkspaceBytes, handle);
 }
 
-Status launchGemmPath(DeformConvGeometry const& geo, int32_t dtype, size_t columnBudget, void const* input,
+Status launchGemmPath(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
     cudaStream_t stream, CublasHandleT handle)
 {
-    GemmPlan const plan = planGemm(geo, dtypeBytes(dtype), columnBudget);
+    GemmPlan const plan = planGemm(geo, dtypeBytes(dtype), gemm);
     switch (dtype)
     {
     case DCN_FLOAT32:

@@ -8,6 +8,8 @@
 #include "deformConvShapes.h"
 
 #include <algorithm>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 namespace dcn
@@ -61,22 +63,27 @@ void forwardTyped(DeformConvGeometry const& geo, void const* input, void const* 
 }
 
 // The CUDA GEMM path step by step on the host (deformConvColumns.h): same chunks, same layouts, same per-thread
-// sampling, and the cuBLAS call's arguments (gemmCallFor) run through a plain column-major product.
-template <typename T>
-void gemmHost(GemmCall const& call, T const* columns, T const* weights, T* output, bool accumulate)
+// sampling, and the cuBLAS call's arguments (gemmCallFor) run through a plain column-major "TN" product, with C
+// in the output type (direct) or the accumulation type (staged), as the CUDA path asks cuBLAS for.
+template <typename In, typename Out>
+void gemmHost(GemmCall const& call, In const* a, In const* b, Out* c, bool accumulate)
 {
-    using Acc = typename ElementTraits<T>::Acc;
-    for (int32_t b = 0; b < call.batch; ++b)
+    using Acc = typename ElementTraits<In>::Acc;
+    for (int32_t batch = 0; batch < call.batch; ++batch)
         for (int32_t j = 0; j < call.n; ++j)
             for (int32_t i = 0; i < call.m; ++i)
             {
-                // C(i, j) += sum_l A^T(i, l) * B(l, j); A is k x m column-major (A^T(i, l) = A[l + i*lda]).
+                // C(i, j) (+)= sum_l A^T(i, l) * B(l, j); A is k x m column-major, so A^T(i, l) = A[l + i*lda].
                 Acc acc = Acc(0);
+                In const* aColumn = a + call.a.offset + batch * call.a.stride + int64_t(i) * call.a.ld;
+                In const* bColumn = b + call.b.offset + batch * call.b.stride + int64_t(j) * call.b.ld;
                 for (int32_t l = 0; l < call.k; ++l)
-                    acc += ElementTraits<T>::toAcc(columns[call.aOffset + b * call.strideA + l + i * call.lda])
-                        * ElementTraits<T>::toAcc(weights[call.bOffset + l + j * call.ldb]);
-                T& c = output[call.cOffset + b * call.strideC + i + j * call.ldc];
-                c = ElementTraits<T>::fromAcc(accumulate ? ElementTraits<T>::toAcc(c) + acc : acc);
+                    acc += ElementTraits<In>::toAcc(aColumn[l]) * ElementTraits<In>::toAcc(bColumn[l]);
+                Out& target = c[call.c.offset + batch * call.c.stride + i + int64_t(j) * call.c.ld];
+                if constexpr (std::is_same<Out, Acc>::value)
+                    target = accumulate ? target + acc : acc;
+                else
+                    target = ElementTraits<Out>::fromAcc(accumulate ? ElementTraits<Out>::toAcc(target) + acc : acc);
             }
 }
 
@@ -94,13 +101,15 @@ void columnsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offset, 
 }
 
 template <typename T>
-void forwardHostGemm(DeformConvGeometry const& geo, size_t columnBudget, T const* input, T const* offset,
+void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, T const* input, T const* offset,
     T const* weight, T const* bias, T const* mask, T* output)
 {
+    using Acc = typename ElementTraits<T>::Acc;
     dcn_deform_conv_desc const& d = geo.d;
-    GemmPlan const plan = planGemm(geo, sizeof(T), columnBudget);
+    GemmPlan const plan = planGemm(geo, sizeof(T), options);
     std::vector<T> columns(plan.columnsBytes / sizeof(T)), nhwc(plan.nhwcBytes / sizeof(T)),
         weights(plan.weightsBytes / sizeof(T));
+    std::vector<Acc> staging(plan.staged ? plan.stagingBytes / sizeof(Acc) : 0);
     int64_t const weightCount = int64_t(d.out_channels) * geo.channelsPerGroup * geo.kernelPoints;
     for (int64_t idx = 0; idx < weightCount; ++idx)
         weightElement<T>(geo, weight, weights.data(), idx);
@@ -121,14 +130,24 @@ void forwardHostGemm(DeformConvGeometry const& geo, size_t columnBudget, T const
             case 2: columnsHost<T, 2>(geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
             default: columnsHost<T, 1>(geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels);
             }
+            if (plan.staged)
+            {
+                for (int32_t g = 0; g < d.group; ++g)
+                    gemmHost<T, Acc>(gemmCallFor(geo, true, g, n0, images, p0, pixels), weights.data(),
+                        columns.data(), staging.data(), false);
+                int64_t const outCount = int64_t(images) * d.out_channels * pixels;
+                for (int64_t idx = 0; idx < outCount; ++idx)
+                    stagedOutputElement<T, Acc>(geo, staging.data(), bias, output, n0, p0, pixels, idx);
+                continue;
+            }
             if (bias)
                 for (int32_t img = 0; img < images; ++img)
                     for (int32_t o = 0; o < d.out_channels; ++o)
                         for (int32_t p = 0; p < pixels; ++p)
                             output[(int64_t(n0 + img) * d.out_channels + o) * plane + p0 + p] = bias[o];
             for (int32_t g = 0; g < d.group; ++g)
-                gemmHost<T>(gemmCallFor(geo, g, n0, images, p0, pixels), columns.data(), weights.data(), output,
-                    bias != nullptr);
+                gemmHost<T, T>(gemmCallFor(geo, false, g, n0, images, p0, pixels), columns.data(), weights.data(),
+                    output, bias != nullptr);
         }
     }
 }
@@ -176,15 +195,21 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    size_t column_budget_bytes)
+    size_t column_budget_bytes, int32_t output_mode)
 {
     return dcn::guarded([&] {
+        if (!dcn::validGemmOutput(output_mode))
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: output_mode must be 0 (auto), 1 (direct) "
+                                        "or 2 (staged), got " + std::to_string(output_mode));
         dcn::DeformConvGeometry geo;
-        size_t const budget = column_budget_bytes ? column_budget_bytes : dcn::kGemmDefaultColumnBudget;
+        dcn::GemmOptions options;
+        if (column_budget_bytes)
+            options.columnBudget = column_budget_bytes;
+        options.output = output_mode;
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_gemm", desc, dtype, input, offset, weight, output, geo,
             [&](auto tag) {
                 using T = decltype(tag);
-                dcn::forwardHostGemm<T>(geo, budget, static_cast<T const*>(input), static_cast<T const*>(offset),
+                dcn::forwardHostGemm<T>(geo, options, static_cast<T const*>(input), static_cast<T const*>(offset),
                     static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
                     static_cast<T*>(output));
             });

@@ -447,15 +447,15 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
     return Status::success();
 }
 
-size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, size_t columnBudget)
+size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, GemmOptions const& gemm)
 {
     // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
     // on another.
     size_t const fused = fusedPossible(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
     switch (algo)
     {
-    case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, columnBudget)) : 0;
-    case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, columnBudget);
+    case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm)) : 0;
+    case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, gemm);
     case DCN_ALGO_FUSED_GEMM: return fused;
     default: return 0; // direct; an invalid algo is reported by the launch
     }
@@ -463,7 +463,7 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
 
 Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas, size_t columnBudget)
+    size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas, GemmOptions const& gemm)
 {
     int32_t resolved = DCN_ALGO_DIRECT;
     Status status = resolveAlgo(geo, dtype, algo, resolved);
@@ -475,7 +475,7 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         return Status::invalid("input, offset, weight and output must be device pointers, got NULL (bias and mask may be NULL)");
     if (resolved == DCN_ALGO_GEMM)
     {
-        size_t const needed = gemmWorkspaceBytes(geo, dtype, columnBudget);
+        size_t const needed = gemmWorkspaceBytes(geo, dtype, gemm);
         if (workspace == nullptr || workspaceBytes < needed)
             return Status::error(DCN_ERROR_WORKSPACE, "the GEMM path needs a workspace of " + std::to_string(needed)
                 + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
@@ -483,9 +483,9 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read and written in 16-byte vectors
             return Status::invalid("the GEMM path's workspace must be 256-byte aligned (cudaMalloc's and TensorRT's are)");
         void* handle = nullptr;
-        status = bindGemmHandle(geo, dtype, columnBudget, workspace, stream, cublas, handle);
+        status = bindGemmHandle(geo, dtype, gemm, workspace, stream, cublas, handle);
         if (status.ok())
-            return launchGemmPath(geo, dtype, columnBudget, input, offset, weight, bias, mask, output, workspace,
+            return launchGemmPath(geo, dtype, gemm, input, offset, weight, bias, mask, output, workspace,
                 stream, handle);
         // cuBLAS loaded but its handle cannot be made or bound (an old driver, an unsupported GPU): AUTO falls
         // back to the fused kernel (whose workspace AUTO's size covers), or the direct one for float64.
@@ -542,16 +542,36 @@ DCN_API int32_t dcn_gemm_path_available(void)
 namespace
 {
 
-// DCN_DEPLOY_GEMM_CHUNK_MB: the GEMM path's column budget for the C ABI (benchmarks, tests); read once. The
-// TensorRT plugin never reads it: its workspace is sized at build time and used at run time, maybe elsewhere.
-size_t abiColumnBudget()
+// The GEMM path's options for the C ABI (benchmarks, tests), from the environment, read once:
+//   DCN_DEPLOY_GEMM_CHUNK_MB  the column budget in MiB (default 64);
+//   DCN_DEPLOY_GEMM_OUTPUT    auto (default), direct or staged: where the product writes (GemmOutput).
+// The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
+// An unknown DCN_DEPLOY_GEMM_OUTPUT is reported by every entry that uses the options (abiGemmOptionsStatus).
+dcn::GemmOptions const& abiGemmOptions()
 {
-    static size_t const budget = [] {
+    static dcn::GemmOptions const options = [] {
+        dcn::GemmOptions parsed;
         char const* text = std::getenv("DCN_DEPLOY_GEMM_CHUNK_MB");
         long const mb = text ? std::strtol(text, nullptr, 10) : 0;
-        return mb > 0 ? size_t(mb) << 20 : dcn::kGemmDefaultColumnBudget;
+        if (mb > 0)
+            parsed.columnBudget = size_t(mb) << 20;
+        char const* output = std::getenv("DCN_DEPLOY_GEMM_OUTPUT");
+        std::string const mode = output ? output : "";
+        parsed.output = mode.empty() || mode == "auto" ? dcn::kGemmOutputAuto
+            : mode == "direct"                         ? dcn::kGemmOutputDirect
+            : mode == "staged"                         ? dcn::kGemmOutputStaged
+                                                       : -1;
+        return parsed;
     }();
-    return budget;
+    return options;
+}
+
+dcn::Status abiGemmOptionsStatus()
+{
+    if (dcn::validGemmOutput(abiGemmOptions().output))
+        return dcn::Status::success();
+    return dcn::Status::invalid(std::string("DCN_DEPLOY_GEMM_OUTPUT must be auto, direct or staged, got '")
+        + std::getenv("DCN_DEPLOY_GEMM_OUTPUT") + "': unset it or set one of those");
 }
 
 } // namespace
@@ -563,9 +583,11 @@ DCN_API int32_t dcn_deform_conv2d_workspace_size(
         if (!desc || !bytes)
             return dcn::Status::invalid("dcn_deform_conv2d_workspace_size: desc and bytes must not be NULL");
         dcn::DeformConvGeometry geo;
-        dcn::Status status = dcn::makeGeometry(*desc, geo);
+        dcn::Status status = abiGemmOptionsStatus();
         if (status.ok())
-            *bytes = dcn::deformConvWorkspaceSize(geo, dtype, algo, abiColumnBudget());
+            status = dcn::makeGeometry(*desc, geo);
+        if (status.ok())
+            *bytes = dcn::deformConvWorkspaceSize(geo, dtype, algo, abiGemmOptions());
         return status;
     });
 }
@@ -578,10 +600,12 @@ DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc,
         if (!desc)
             return dcn::Status::invalid("dcn_deform_conv2d_forward_cuda: desc must not be NULL");
         dcn::DeformConvGeometry geo;
-        dcn::Status status = dcn::makeGeometry(*desc, geo);
+        dcn::Status status = abiGemmOptionsStatus();
+        if (status.ok())
+            status = dcn::makeGeometry(*desc, geo);
         if (!status.ok())
             return status;
         return dcn::launchDeformConv(geo, dtype, algo, input, offset, weight, bias, mask, output, workspace,
-            workspace_bytes, static_cast<cudaStream_t>(stream), nullptr, abiColumnBudget());
+            workspace_bytes, static_cast<cudaStream_t>(stream), nullptr, abiGemmOptions());
     });
 }

@@ -17,31 +17,31 @@ class CublasHandle;
 // (float64 with the fused kernel, the GEMM path without a loadable cuBLAS).
 Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved);
 
-// Workspace bytes the launch needs: the GEMM path's column buffer (at most columnBudget bytes, the batch runs in
-// chunks), the chunk's channels-last input, the re-laid-out weights and cuBLAS's workspace; the fused kernel's
+// Workspace bytes the launch needs: the GEMM path's column buffer (at most gemm.columnBudget bytes, the batch runs
+// in chunks), the chunk's channels-last input, the re-laid-out weights, the staging scratch and cuBLAS's
+// workspace; the fused kernel's
 // re-laid-out weights; 0 for the direct kernel. For DCN_ALGO_AUTO, the most any choice needs, so a plan made where
 // cuBLAS loads still fits a run where it does not. Never smaller for a larger N, H or W (TensorRT sizes the
 // workspace for the largest profile shape).
 size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo,
-    size_t columnBudget = kGemmDefaultColumnBudget);
+    GemmOptions const& gemm = GemmOptions{});
 
 // Enqueue the forward on stream. Pointers are device pointers to contiguous NCHW tensors of one dtype; bias and
 // mask may be null; the workspace is 256-byte aligned. cublas: the caller's cuBLAS handle for the GEMM path (a
 // TensorRT plugin owns one), or null for this thread's own; where it cannot be bound, AUTO falls back to the
-// fused kernel. columnBudget: as given to deformConvWorkspaceSize. Returns an error status (never throws) for bad
+// fused kernel. gemm: as given to deformConvWorkspaceSize. Returns an error status (never throws) for bad
 // arguments or a CUDA launch error.
 Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas = nullptr,
-    size_t columnBudget = kGemmDefaultColumnBudget);
+    size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas = nullptr, GemmOptions const& gemm = GemmOptions{});
 
 // The GEMM path (deformConvGemm.cu).
 bool gemmPathAvailable();
-size_t gemmWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype, size_t columnBudget);
+size_t gemmWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm);
 // Bind cublas (or this thread's handle) to stream and the workspace's cuBLAS slice.
-Status bindGemmHandle(DeformConvGeometry const& geo, int32_t dtype, size_t columnBudget, void* workspace,
+Status bindGemmHandle(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm, void* workspace,
     cudaStream_t stream, CublasHandle* cublas, void*& handle);
-Status launchGemmPath(DeformConvGeometry const& geo, int32_t dtype, size_t columnBudget, void const* input,
+Status launchGemmPath(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
     cudaStream_t stream, void* handle);
 
