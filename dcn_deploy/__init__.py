@@ -15,6 +15,13 @@ _LAZY = {name: "dcn_deploy.ops" for name in _ops.__all__}
 _LAZY.update({
     "export": "dcn_deploy.onnx.export",
     "build_engine": "dcn_deploy.backends.trt_build",
+    # What the CLI's commands call (docs/library.md): one import for a library user too.
+    "inspect_model": "dcn_deploy.onnx.inspect",
+    "OrtRunner": "dcn_deploy.backends.ort_runner",
+    "TorchRunner": "dcn_deploy.backends.torch_runner",
+    "make_runner": "dcn_deploy.backends.factory",
+    "compare_runners": "dcn_deploy.compare",
+    "benchmark": "dcn_deploy.bench",
 })
 
 __all__ = sorted(_LAZY) + ["__version__"]

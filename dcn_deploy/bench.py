@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .backends.base import Runner, TensorMeta
+from .compare import runner_roi_inputs
 from .feeds import FeedError, fixed_batch, format_shape, random_feed, resolve_shapes
 from .progress import Progress
 
@@ -191,22 +192,42 @@ def check_batches(metas: Sequence[TensorMeta], batches: Sequence[int]) -> None:
             f"--batch {fixed}, or export the model with a dynamic batch dimension (dcn-deploy export --dynamic)")
 
 
+def _whole(value, name: str) -> Optional[int]:
+    """An int count (numpy integers too), None kept; a float such as 2.5 or a string is a TypeError naming it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
 def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = None,
               shapes: Optional[Mapping[str, Sequence[int]]] = None, iterations: Optional[int] = None,
               duration: Optional[float] = None, warmup: int = 10, seed: int = 0,
-              progress: bool = True, rois: Sequence[str] = ()) -> BenchResult:
+              progress: bool = True, rois: Optional[Sequence[str]] = None) -> BenchResult:
     """Time every runner at every batch size on the same random feed (see the module docstring).
 
     Give ``iterations`` (timed inferences per measurement) or ``duration`` (seconds per measurement); with
-    neither, 100 iterations. ``batches`` defaults to the model's fixed batch size, else 1. ``shapes`` gives sizes
-    for dynamic input dimensions (the batch dimension is set from ``batches``); ``rois`` names inputs that get valid
-    boxes (:func:`dcn_deploy.feeds.roi_inputs`). Every batch and shape is checked
+    neither, 100 iterations. ``batches`` (a list of ints, e.g. ``[1, 8]``) defaults to the model's fixed batch size,
+    else 1. ``shapes`` (``{input name: shape}``) gives sizes for dynamic input dimensions (the batch dimension is set
+    from ``batches``); ``rois`` names inputs that get valid boxes (:func:`dcn_deploy.feeds.roi_inputs`; None: those
+    the runners report, see :meth:`dcn_deploy.backends.base.Runner.roi_inputs`). Every batch and shape is checked
     against the first runner's input metadata before anything is timed (FeedError names the input and the fix).
     Runners that are not active are activated only while they are measured (so one runner's thread pool does not
     slow the next); runners the caller activated stay active.
+
+    Returns:
+        :class:`BenchResult`: one :class:`BenchEntry` per (batch, runner), latencies in milliseconds;
+        ``table()`` for people, ``to_json()`` for files.
     """
     if not runners:
         raise ValueError("benchmark needs at least one runner")
+    iterations = _whole(iterations, "iterations")
+    warmup = _whole(warmup, "warmup")
+    if batches is not None:
+        if isinstance(batches, (str, bytes)) or not hasattr(batches, "__iter__"):  # "1,8" is the CLI's form
+            raise TypeError(f"batches must be a list of ints, e.g. [1, 8], got {batches!r}")
+        batches = [_whole(b, "batch size") for b in batches]
     if iterations is not None and duration is not None:
         raise ValueError("give iterations or duration, not both")
     if iterations is None and duration is None:
@@ -218,9 +239,10 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     if batches is not None:
-        batches = [int(b) for b in batches]
         if not batches or min(batches) < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batches}")
+    if rois is None:
+        rois = runner_roi_inputs(runners)
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
         raise ValueError(f"runner names must be distinct to be reported side by side, got {names}")

@@ -25,13 +25,23 @@ from .backends.base import Runner
 from .feeds import format_shape, random_feed
 
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "OutputComparison", "ComparisonResult", "compare_outputs",
-           "compare_runners", "tolerance_for"]
+           "compare_runners", "runner_roi_inputs", "tolerance_for"]
 
 
 @dataclass(frozen=True)
 class Tolerance:
+    """Pass rule ``|out - ref| <= atol + rtol * |ref|``; both finite and >= 0."""
+
     atol: float
     rtol: float
+
+    def __post_init__(self) -> None:
+        # a negative bound fails every element, and the report then reads like a wrong model
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                    or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 # float32 bounds: a deformable network's outputs differ between implementations by summation order only
@@ -185,16 +195,33 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
 def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.ndarray]] = None, *,
                     shapes: Optional[Mapping[str, Sequence[int]]] = None, batch: Optional[int] = None,
                     seed: int = 0, tolerances: Optional[Mapping[str, Tolerance]] = None,
-                    tolerance: Optional[Tolerance] = None, rois: Sequence[str] = ()) -> ComparisonResult:
+                    tolerance: Optional[Tolerance] = None,
+                    rois: Optional[Sequence[str]] = None) -> ComparisonResult:
     """Run every runner on one feed and compare each with ``runners[0]`` (the reference).
 
-    Runners that are not active are activated for the call and deactivated after. Without ``feed``, a random
-    feed is made from the reference's input metadata (``shapes``/``batch`` fill dynamic dimensions, ``seed``
-    fixes the values, ``rois`` names inputs that get valid boxes: :func:`dcn_deploy.feeds.roi_inputs`). ``tolerance`` applies to every output; ``tolerances`` overrides per dtype key.
-    Outputs are matched by name; if the names differ but the counts agree they are matched by position.
+    Args:
+        runners: the reference first, then the runners to check (e.g. ``[TorchRunner(...), OrtRunner(path)]``).
+            Runners that are not active are activated for the call and deactivated after.
+        feed: ``{input name: np.ndarray}``; None for a random feed made from the reference's input metadata.
+        shapes: ``{input name: shape}`` for the dynamic dimensions of a random feed; ``batch`` sets dimension 0.
+        seed: fixes a random feed's values.
+        tolerances: ``{dtype key: Tolerance}`` overriding :data:`DEFAULT_TOLERANCES` (keys ``"float32"``, ...);
+            ``tolerance`` applies one to every output.
+        rois: inputs that hold RoI boxes and get valid random boxes (:func:`dcn_deploy.feeds.roi_inputs`);
+            None (default): those the runners report (:meth:`Runner.roi_inputs`; the ONNX Runtime runner reads
+            them from its graph).
+
+    Returns:
+        :class:`ComparisonResult` (``passed``, ``table()``, ``to_dict()``). Outputs are matched by name; if the
+        names differ but the counts agree they are matched by position.
     """
     if len(runners) < 2:
         raise ValueError("compare_runners needs at least two runners: a reference and one to check")
+    if len({id(r) for r in runners}) != len(runners):
+        raise ValueError("compare_runners got the same runner object twice: it would only be compared with itself; "
+                         "make a second runner (e.g. another backend) to compare with")
+    if rois is None:
+        rois = runner_roi_inputs(runners)
     activated = [r for r in runners if not r.is_active]
     try:
         for r in activated:
@@ -216,6 +243,15 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
     finally:
         for r in activated:
             r.deactivate()
+
+
+def runner_roi_inputs(runners: Sequence[Runner]) -> Tuple[str, ...]:
+    """The RoI box inputs any of ``runners`` reports (:meth:`Runner.roi_inputs`), in order, without repeats."""
+    names: Dict[str, None] = {}
+    for runner in runners:
+        method = getattr(runner, "roi_inputs", None)  # runners written before the method existed
+        names.update(dict.fromkeys(method() if callable(method) else ()))
+    return tuple(names)
 
 
 def _match_outputs(runner: str, actual: Mapping[str, np.ndarray],

@@ -85,6 +85,12 @@ class Runner(ABC):
         self._last_time = time.perf_counter() - start
         return outputs
 
+    def roi_inputs(self) -> Tuple[str, ...]:
+        """Names of the inputs that hold RoI boxes, rows (batch index, x1, y1, x2, y2): random feeds
+        (:func:`dcn_deploy.compare.compare_runners`, :func:`dcn_deploy.bench.benchmark`) give them valid boxes.
+        Empty unless the runner can tell from its model (the ONNX Runtime runner reads the graph)."""
+        return ()
+
     def last_inference_time(self) -> Optional[float]:
         """Seconds taken by the last ``infer`` call, or None before the first."""
         return self._last_time

@@ -53,6 +53,13 @@ def _metas(args) -> Tuple[TensorMeta, ...]:
                  for a in args)
 
 
+def _host_array(value):
+    """A torch tensor as a numpy array (detached, on the CPU); anything else as it is."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return value
+
+
 class OrtRunner(Runner):
     """Runs an ONNX model in an ``onnxruntime.InferenceSession``.
 
@@ -61,8 +68,18 @@ class OrtRunner(Runner):
         device: ``"cpu"`` (default) or ``"cuda"`` (needs onnxruntime-gpu's CUDAExecutionProvider; the CPU provider
             stays as the fallback for nodes CUDA lacks).
         providers: an explicit provider list for ``InferenceSession``; overrides ``device``.
-        threads: intra-op threads (None: onnxruntime's default, one per core).
+        threads: intra-op threads, an int >= 1 (None: onnxruntime's default, one per core).
         optimization: graph optimisation level ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
+        name: the runner's name in reports (default ``"ort"``, ``"ort-cuda"``).
+
+    ``infer`` takes numpy arrays (torch tensors are converted) of the model's dtypes and returns numpy arrays.
+
+    Example::
+
+        with OrtRunner("model.onnx") as runner:
+            (meta,) = runner.input_metadata()          # TensorMeta(name, dtype, shape)
+            outputs = runner.infer({meta.name: image})  # {output name: np.ndarray}
+            print(runner.last_inference_time())          # seconds
     """
 
     def __init__(self, model: ModelSource, *, device: str = "cpu", providers: Optional[Sequence[str]] = None,
@@ -74,6 +91,10 @@ class OrtRunner(Runner):
             raise ValueError(f"ort: optimization must be all, extended, basic or disable, got {optimization!r}")
         if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
             raise FileNotFoundError(f"ONNX model {model} does not exist")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"ort: threads must be an int >= 1 (or None for one per core), got {threads!r}")
+        if isinstance(providers, str):  # a bare name would be read as a list of one-letter providers
+            raise TypeError(f"ort: providers must be a list of provider names, e.g. [{providers!r}], got a string")
         self.model = model
         self.device = device
         self.providers = None if providers is None else list(providers)
@@ -84,6 +105,15 @@ class OrtRunner(Runner):
 
     def _session_providers(self, ort) -> List[str]:
         if self.providers is not None:
+            # onnxruntime would print an "EP Error" and fall back to the CPU without telling the caller
+            available = ort.get_available_providers()
+            names = [p[0] if isinstance(p, (tuple, list)) else p for p in self.providers]  # (name, options) too
+            unknown = [name for name in names if name not in available]
+            if unknown:
+                raise RunnerError(f"ort: execution provider(s) {unknown} are not available in this onnxruntime "
+                                  f"({ort.__version__}); available: {available}. Install the onnxruntime package "
+                                  "that has them (e.g. onnxruntime-gpu for CUDAExecutionProvider) or choose from "
+                                  "the available ones")
             return self.providers
         if self.device == "cuda":
             available = ort.get_available_providers()
@@ -155,13 +185,30 @@ class OrtRunner(Runner):
             raise RunnerError("ort: output_metadata() needs an active runner ('with runner:')")
         return self._output_metas
 
+    def roi_inputs(self) -> Tuple[str, ...]:
+        """Inputs that are RoI boxes (input 1 of a ``dcn_deploy`` RoI pooling node), read from the model's graph."""
+        from ..feeds import roi_input_names, roi_inputs
+
+        if isinstance(self.model, (str, os.PathLike)):
+            return roi_inputs(self.model)
+        if hasattr(self.model, "graph"):
+            return roi_input_names(self.model.graph)
+        if isinstance(self.model, (bytes, bytearray)):
+            import onnx
+
+            try:
+                return roi_input_names(onnx.load_from_string(bytes(self.model)).graph)
+            except Exception:  # not a model: activate() reports that
+                return ()
+        return ()
+
     def active_providers(self) -> List[str]:
         return [] if self.session is None else list(self.session.get_providers())
 
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
         arrays = {}
         for meta in self._input_metas:
-            array = np.ascontiguousarray(feed[meta.name])
+            array = np.ascontiguousarray(_host_array(feed[meta.name]))
             if array.dtype != meta.dtype:
                 raise RunnerError(f"ort: input {meta.name!r} has dtype {array.dtype}, the model expects {meta.dtype}")
             if array.ndim != len(meta.shape) or any(isinstance(d, int) and d != s

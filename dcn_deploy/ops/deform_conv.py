@@ -333,7 +333,8 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         in the input's dtype; float16/bfloat16 are computed in float32.
 
     Raises:
-        ShapeError (a ValueError) naming the argument whose shape does not fit; TypeError for mixed dtypes.
+        ShapeError (a ValueError) naming the argument whose shape or value does not fit; TypeError for a
+        non-tensor, an unsupported dtype or mixed dtypes; ValueError for tensors on different devices.
     """
     check_tensors({"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
     stride_hw = as_pair(stride, "stride", 1)

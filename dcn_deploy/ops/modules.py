@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .deform_conv import deform_conv2d
-from .spec import ShapeError, as_pair
+from .spec import ShapeError, as_pair, positive_int
 
 __all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "upgrade_mmcv_state_dict"]
 
@@ -54,6 +54,9 @@ class DeformConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True):
         super().__init__()
+        in_channels = positive_int(in_channels, "in_channels")
+        out_channels = positive_int(out_channels, "out_channels")
+        groups = positive_int(groups, "groups")
         if in_channels % groups:
             raise ShapeError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
         if out_channels % groups:
@@ -77,9 +80,27 @@ class DeformConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _checked_input(self, input: torch.Tensor) -> torch.Tensor:
+        """``input`` checked against this layer: 4-D with ``in_channels`` channels.
+
+        Why: the functional op infers ``groups`` from the shapes (as torchvision does), so a 6-channel input to a
+        3-channel layer would silently run as 2 groups; and the Pack layers' ``conv_offset`` error names only a
+        weight size."""
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} takes a torch.Tensor (N, C, H, W), got {type(input).__name__}")
+        if input.dim() != 4:
+            hint = "; add the batch dimension with input.unsqueeze(0)" if input.dim() == 3 else ""
+            raise ShapeError(f"{type(self).__name__} takes a 4-D input (N, C, H, W), got shape "
+                             f"{tuple(input.shape)}{hint}")
+        if type(input.shape[1]) is int and input.shape[1] != self.in_channels:  # (symbolic under tracing)
+            raise ShapeError(f"{type(self).__name__} was built for in_channels={self.in_channels}, got input of shape "
+                             f"{tuple(input.shape)} ({input.shape[1]} channels); check the previous layer's "
+                             "out_channels")
+        return input
+
     def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return deform_conv2d(input, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                             dilation=self.dilation, mask=mask)
+        return deform_conv2d(self._checked_input(input), offset, self.weight, self.bias, stride=self.stride,
+                             padding=self.padding, dilation=self.dilation, mask=mask)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -95,6 +116,7 @@ class _PackBase(DeformConv2d):
                  groups: int = 1, deform_groups: int = 1, bias: bool = True, im2col_step: int = 32):
         # im2col_step is accepted for mmcv config compatibility; it has no effect here (no im2col buffer).
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        deform_groups = positive_int(deform_groups, "deform_groups")
         if in_channels % deform_groups:
             raise ShapeError(f"in_channels ({in_channels}) must be divisible by deform_groups ({deform_groups})")
         self.deform_groups = deform_groups
@@ -134,7 +156,7 @@ class DeformConv2dPack(_PackBase):
                          bias, im2col_step)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(input, self.conv_offset(input))
+        return super().forward(input, self.conv_offset(self._checked_input(input)))
 
 
 class ModulatedDeformConv2dPack(_PackBase):
@@ -147,7 +169,7 @@ class ModulatedDeformConv2dPack(_PackBase):
     _channels_per_point = 3
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = self.conv_offset(input)
+        out = self.conv_offset(self._checked_input(input))
         split = out.shape[1] // 3
         offset = out[:, : 2 * split]
         mask = torch.sigmoid(out[:, 2 * split:])

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from .roi_pool import deform_psroi_pool, deform_roi_pool
-from .spec import ShapeError, as_pair
+from .roi_spec import check_float
+from .spec import ShapeError, as_pair, positive_int
 
 __all__ = ["DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "DeformPSRoIPool"]
 
@@ -41,9 +42,11 @@ class DeformRoIPool(nn.Module):
     def __init__(self, output_size, spatial_scale: float = 1.0, sampling_ratio: int = 0, gamma: float = 0.1):
         super().__init__()
         self.output_size = as_pair(output_size, "output_size", 1)
-        self.spatial_scale = float(spatial_scale)
+        self.spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
+        if isinstance(sampling_ratio, bool) or not hasattr(sampling_ratio, "__index__") or sampling_ratio < 0:
+            raise ShapeError(f"sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
         self.sampling_ratio = int(sampling_ratio)
-        self.gamma = float(gamma)
+        self.gamma = check_float(gamma, "gamma")
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
         return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
@@ -81,8 +84,8 @@ class DeformRoIPoolPack(DeformRoIPool):
     def __init__(self, output_size, output_channels: int, deform_fc_channels: int = 1024,
                  spatial_scale: float = 1.0, sampling_ratio: int = 0, gamma: float = 0.1):
         super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
-        self.output_channels = int(output_channels)
-        self.deform_fc_channels = int(deform_fc_channels)
+        self.output_channels = positive_int(output_channels, "output_channels")
+        self.deform_fc_channels = positive_int(deform_fc_channels, "deform_fc_channels")
         bins = self.output_size[0] * self.output_size[1]
         self.offset_fc = _fc_stack(bins * self.output_channels, self.deform_fc_channels, bins * 2, layers=3)
 
@@ -152,17 +155,17 @@ class DeformPSRoIPool(nn.Module):
                  sample_per_part: int = 4, trans_std: float = 0.1, num_offset_classes: int = 1,
                  offset_in_channels: Optional[int] = None):
         super().__init__()
-        self.output_dim = int(output_dim)
-        self.group_size = int(group_size)
-        self.spatial_scale = float(spatial_scale)
-        self.pooled_size = int(pooled_size or group_size)
-        self.sample_per_part = int(sample_per_part)
-        self.trans_std = float(trans_std)
-        self.num_offset_classes = int(num_offset_classes)
+        self.output_dim = positive_int(output_dim, "output_dim")
+        self.group_size = positive_int(group_size, "group_size")
+        self.spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
+        self.pooled_size = positive_int(pooled_size or group_size, "pooled_size")
+        self.sample_per_part = positive_int(sample_per_part, "sample_per_part")
+        self.trans_std = check_float(trans_std, "trans_std")
+        self.num_offset_classes = positive_int(num_offset_classes, "num_offset_classes")
         if self.output_dim % self.num_offset_classes:
             raise ShapeError(f"output_dim ({output_dim}) must be divisible by num_offset_classes ({num_offset_classes})")
         in_channels = self.output_dim * self.group_size ** 2
-        self.offset_in_channels = int(offset_in_channels or in_channels)
+        self.offset_in_channels = positive_int(offset_in_channels or in_channels, "offset_in_channels")
         self.offset_conv = nn.Conv2d(self.offset_in_channels, 2 * self.num_offset_classes * self.group_size ** 2, 1)
         nn.init.zeros_(self.offset_conv.weight)
         nn.init.zeros_(self.offset_conv.bias)
@@ -170,12 +173,25 @@ class DeformPSRoIPool(nn.Module):
     def forward(self, input: torch.Tensor, rois: torch.Tensor,
                 offset_input: Optional[torch.Tensor] = None) -> torch.Tensor:
         source = input if offset_input is None else offset_input
+        self._check_channels(input, self.output_dim * self.group_size ** 2, "input",
+                             "output_dim*group_size**2 position-sensitive score maps")
+        self._check_channels(source, self.offset_in_channels, "offset_input" if offset_input is not None else "input",
+                             "offset_in_channels, read by offset_conv")
         offset_maps = self.offset_conv(source)
         trans = deform_psroi_pool(offset_maps, rois, None, self.spatial_scale, 2 * self.num_offset_classes,
                                   self.group_size, self.pooled_size, self.pooled_size, self.sample_per_part,
                                   0.0, True)
         return deform_psroi_pool(input, rois, trans, self.spatial_scale, self.output_dim, self.group_size,
                                  self.pooled_size, self.pooled_size, self.sample_per_part, self.trans_std, False)
+
+    def _check_channels(self, tensor: torch.Tensor, expected: int, name: str, what: str) -> None:
+        """Name this layer and what it expects (torch's conv error names only a weight size)."""
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ShapeError(f"{type(self).__name__}: {name} must be a 4-D tensor (N, C, H, W), got {shape}")
+        if type(tensor.shape[1]) is int and tensor.shape[1] != expected:  # (symbolic under tracing)
+            raise ShapeError(f"{type(self).__name__}: {name} must have {expected} channels ({what}), got shape "
+                             f"{tuple(tensor.shape)}")
 
     def extra_repr(self) -> str:
         return (f"output_dim={self.output_dim}, group_size={self.group_size}, pooled_size={self.pooled_size}, "

@@ -51,7 +51,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ._checks import check_tensors, compute_dtype, has_concrete_shapes
-from .roi_spec import deform_psroi_pool_spec, deform_roi_pool_spec
+from .roi_spec import check_float, deform_psroi_pool_spec, deform_roi_pool_spec
 from .spec import ShapeError, as_pair
 
 __all__ = ["deform_roi_pool", "deform_psroi_pool"]
@@ -431,11 +431,13 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
         (K, C, out_h, out_w) in the input's dtype (float16/bfloat16 computed in float32).
 
     Raises:
-        ShapeError (a ValueError) for malformed rois, out-of-range batch indices, or an offset of the wrong shape;
-        TypeError for mixed dtypes.
+        ShapeError (a ValueError) for malformed rois, out-of-range batch indices, an offset of the wrong shape, or
+        a spatial_scale that is not a finite number > 0; TypeError for mixed dtypes.
     """
     check_tensors({"input": input, "rois": rois, "offset": offset})
     out = as_pair(output_size, "output_size", 1)
+    spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
+    gamma = check_float(gamma, "gamma")
     if isinstance(sampling_ratio, bool) or int(sampling_ratio) != sampling_ratio or sampling_ratio < 0:
         raise ShapeError(f"sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
     if has_concrete_shapes(input, rois, offset):
@@ -472,6 +474,8 @@ def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[t
     if no_trans:
         trans = None
     check_tensors({"input": input, "rois": rois, "trans": trans})
+    spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
+    trans_std = check_float(trans_std, "trans_std")
     if has_concrete_shapes(input, rois, trans):
         spec = deform_psroi_pool_spec(input.shape, rois.shape, None if trans is None else trans.shape, output_dim,
                                       group_size, pooled_size, part_size, sample_per_part, no_trans)

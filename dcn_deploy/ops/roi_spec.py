@@ -7,12 +7,14 @@ the actual value.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from .spec import ShapeError, as_pair
 
-__all__ = ["RoIPoolSpec", "PSRoIPoolSpec", "deform_roi_pool_spec", "deform_psroi_pool_spec", "check_rois_shape"]
+__all__ = ["RoIPoolSpec", "PSRoIPoolSpec", "deform_roi_pool_spec", "deform_psroi_pool_spec", "check_rois_shape",
+           "check_float"]
 
 
 def _shape(shape: Sequence[int], name: str, rank: int, layout: str) -> Tuple[int, ...]:
@@ -20,6 +22,25 @@ def _shape(shape: Sequence[int], name: str, rank: int, layout: str) -> Tuple[int
     if len(shape) != rank:
         raise ShapeError(f"{name} must be {rank}-D {layout}, got shape {shape}")
     return shape
+
+
+def check_float(value, name: str, positive: bool = False) -> float:
+    """``value`` as a finite float (> 0 when ``positive``), or a ShapeError naming ``name``.
+
+    Why: ``float()`` alone takes strings ("0.25") and bools, and a scale of 0 or below pools every box onto one
+    point without complaint."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ShapeError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ShapeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or (positive and number <= 0):
+        kind = "a finite number > 0" if positive else "a finite number"
+        hint = " (feature-map pixels per image pixel, e.g. 1/16 = 0.0625 for a stride-16 map)" \
+            if name == "spatial_scale" else ""
+        raise ShapeError(f"{name} must be {kind}{hint}, got {value!r}")
+    return number
 
 
 def check_rois_shape(rois_shape: Sequence[int]) -> int:

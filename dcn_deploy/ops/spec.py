@@ -45,6 +45,15 @@ def as_pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
     return pair
 
 
+def positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1 (numpy/torch integers too), or a ShapeError naming ``name``.
+
+    For layer constructors: a 0 there used to surface later as a ZeroDivisionError or an empty layer."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 1:
+        raise ShapeError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
 def conv_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int) -> int:
     """Output length of a convolution along one axis (the same arithmetic as torch and ONNX)."""
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
