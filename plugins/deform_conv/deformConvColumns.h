@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #if !defined(__CUDA_ARCH__)
@@ -107,9 +108,12 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     GemmPlan plan{};
     plan.images = 1;
     plan.pixels = plane;
-    if (imageBytes <= columnBudget) // whole images, as many as both budgets allow (at most 65535: a grid dimension)
+    // Whole images, as many as both budgets allow, at most 65535 (a grid dimension) and with images * pixels within
+    // int32 (the staged product's n).
+    if (imageBytes <= columnBudget)
         plan.images = int32_t(std::min<int64_t>({batch, int64_t(columnBudget / std::max<size_t>(imageBytes, 1)),
-            std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImageBytes, 1))), int64_t(65535)}));
+            std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImageBytes, 1))), int64_t(65535),
+            std::max<int64_t>(1, int64_t(INT32_MAX) / std::max<int64_t>(plane, 1))}));
     else // a slice of one image: a multiple of 256 pixels, at least 256
         plan.pixels = std::min<int64_t>(plane, std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256));
     plan.vector = columnVectorWidth(geo, elementBytes);
@@ -291,7 +295,9 @@ DCN_UNROLL
 // so both operands run along K. Direct: A = columns, B = weights, C = the NCHW output (rows of pixels),
 //   out[o][pixel] = sum_k columns[pixel][k] * weights[o][k].
 // Staged: A = weights, B = columns, C = the staging scratch (rows of output channels),
-//   staging[pixel][o] = sum_k weights[o][k] * columns[pixel][k].
+//   staging[pixel][o] = sum_k weights[o][k] * columns[pixel][k],
+// with the chunk's images side by side as one product (batch 1, n = images * pixels): the columns and the scratch
+// both hold the chunk's pixels image after image, so no batch stride is needed.
 // Offsets are in elements from each buffer's start; a batch stride of 0 shares the operand across images. The CUDA
 // path passes these to cublasGemmStridedBatchedEx; the host build runs the same call through a plain loop.
 struct GemmOperand
@@ -324,10 +330,11 @@ inline GemmCall gemmCallFor(DeformConvGeometry const& geo, bool staged, int32_t 
     if (staged)
     {
         call.m = ocg;
-        call.n = pixels;
+        call.n = images * pixels;
+        call.batch = 1;
         call.a = weights;
-        call.b = columns;
-        call.c = GemmOperand{int64_t(g) * ocg, oc, int64_t(oc) * pixels};
+        call.b = GemmOperand{columns.offset, columns.ld, 0};
+        call.c = GemmOperand{int64_t(g) * ocg, oc, 0};
     }
     else
     {
