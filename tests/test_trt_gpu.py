@@ -10,7 +10,9 @@
    "terminate called without an active exception" if it cannot, so the test puts that name on
    ``LD_LIBRARY_PATH``.
 2. TensorRT + pycuda + an NVIDIA GPU (``TestTensorRTOnGpu``): build, run, compare with ONNX Runtime, profile
-   limits, stage times, CUDA graphs, torch tensors, threads, metadata refusal, timing cache, the CLI.
+   limits, engines with several profiles, stage times, CUDA graphs, torch tensors, threads, metadata refusal,
+   plugin loading only where needed and a second library copy, models parsed from file (external data), timing
+   cache, the CLI. ``DCN_DEPLOY_BIG_MODEL_TEST=1`` adds a build from a model with over 2 GiB of weights.
 """
 from __future__ import annotations
 
@@ -124,6 +126,76 @@ class TestTensorRTRtxAheadOfTime:
         assert b"dcn_deploy" in data and b"DeformConv2d" in data
         assert engine_meta.read_meta(engine).engine_sha256 == engine_meta.sha256_file(engine)
         assert (tmp_path / f"m_{precision}.engine.cache").stat().st_size > 0
+
+    def test_models_parsed_from_file(self, rtx_env, tmp_path):
+        """The file route under a real ONNX parser (TensorRT-RTX's, on the CPU): a model whose weights live in an
+        external file, and an ordinary one pushed onto the route by a limit of 1 byte, both build with our plugin
+        layer; the forced one gives the very engine the in-memory parse gives. No scratch folder is left."""
+        python, environ, plugin = rtx_env
+        script = textwrap.dedent("""
+            import io, sys
+            from dcn_deploy.backends import trt_build
+            model, out, limit, plugin = sys.argv[1:5]
+            trt_build.PARSE_IN_MEMORY_LIMIT = int(limit)
+            log = io.StringIO()
+            trt_build.build_engine(model, out, shapes=["x:1x4x8x8/2x4x8x8/4x4x8x8"], plugin_library=plugin,
+                                   tensorrt_module="tensorrt_rtx", target_gpu=("RTX (ahead of time)", (8, 9)),
+                                   log=log)
+            print("PARSE_LINES", [l for l in log.getvalue().splitlines() if "parsing from" in l])
+        """)
+        model = dcn_model(seed=4)
+        plain = tmp_path / "plain.onnx"
+        onnx.save(model, plain)
+        external = tmp_path / "ext" / "m.onnx"
+        external.parent.mkdir()
+        onnx.save_model(onnx.ModelProto.FromString(model.SerializeToString()), str(external),
+                        save_as_external_data=True, all_tensors_to_one_file=True, location="m.weights",
+                        size_threshold=0)
+        engines = {}
+        for name, source, limit in (("memory", plain, 1 << 30), ("forced", plain, 1), ("external", external, 1 << 30)):
+            folder = tmp_path / f"out_{name}"
+            folder.mkdir()
+            engines[name] = folder / "m.engine"
+            out = subprocess.run([python, "-c", script, str(source), str(engines[name]), str(limit), str(plugin)],
+                                 capture_output=True, text=True, env=environ, timeout=600)
+            assert out.returncode == 0, (name, out.stdout[-2000:], out.stderr[-2000:])
+            from_file = "parsing from model.onnx with its data file" in out.stdout
+            assert from_file == (name != "memory"), (name, out.stdout)
+            assert sorted(p.name for p in folder.iterdir()) == ["m.engine", "m.engine.json"]
+            data = engines[name].read_bytes()
+            assert b"dcn_deploy" in data and b"DeformConv2d" in data
+        assert engines["forced"].read_bytes() == engines["memory"].read_bytes()
+
+    def test_second_plugin_library_copy(self, rtx_env, tmp_path):
+        """TensorRT-RTX's registry as TensorRT documents it: load_library answers None for a second library with
+        our creators. An identical copy is accepted; another build gets the message naming the first."""
+        python, environ, plugin = rtx_env
+        copies = []
+        for name in ("same", "probe", "other"):
+            (tmp_path / name).mkdir()
+            copies.append(tmp_path / name / "libdcn_deploy_plugin.so")
+            shutil.copy(plugin, copies[-1])
+        with open(copies[2], "ab") as fh:
+            fh.write(b"\0another build")
+        script = textwrap.dedent("""
+            import sys, tensorrt_rtx as trt
+            from dcn_deploy.backends.trt_build import BuildError, load_plugin_library
+            first, same, probe, other = sys.argv[1:5]
+            load_plugin_library(trt, first, required_creators=["DeformConv2d"])
+            print("SAME", load_plugin_library(trt, same, required_creators=["DeformConv2d"]))
+            print("PROBE", trt.get_plugin_registry().load_library(probe) is None)
+            try:
+                load_plugin_library(trt, other)
+                print("OTHER loaded")
+            except BuildError as exc:
+                print("OTHER_ERROR", exc)
+        """)
+        paths = [str(Path(p).resolve()) for p in [plugin, *copies]]
+        out = subprocess.run([python, "-c", script, *paths], capture_output=True, text=True, env=environ, timeout=600)
+        assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+        assert f"SAME {paths[1]}" in out.stdout and "PROBE True" in out.stdout, out.stdout
+        assert f"OTHER_ERROR TensorRT did not load the plugin library {paths[3]}" in out.stdout, out.stdout
+        assert f"loaded earlier from {paths[0]} (its contents differ" in out.stdout, out.stdout
 
     def test_plugin_rejects_bad_shapes_with_a_parser_error(self, rtx_env, tmp_path):
         from onnx import numpy_helper
@@ -286,6 +358,178 @@ class TestTensorRTOnGpu:
             got = dict(np.load(out_file))
             for name, r in accuracy_report(want, got, f"TensorRT fp32 ({kind} DCN plugin), fresh process").items():
                 assert r["max_rel_to_scale"] < 1e-4, (kind, name, r)
+
+    @staticmethod
+    def build_with_profiles(model_path: Path, engine_path: Path, batches) -> Path:
+        """An engine with one profile per (min, opt, max) batch, built straight with TensorRT's API as a user's
+        own build (or trtexec --profile) makes it; no sidecar."""
+        import tensorrt as trt
+
+        from dcn_deploy.backends.trt_build import load_plugin_library, prepare_onnx, register_tensorrt_plugins
+
+        load_plugin_library(trt, _PLUGIN)
+        register_tensorrt_plugins(trt)
+        prepared, _, routed = prepare_onnx(onnx.load(model_path))
+        assert routed == 1
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse(prepared.SerializeToString()), [parser.get_error(i) for i in range(parser.num_errors)]
+        config = builder.create_builder_config()
+        if hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)
+        for lo, opt, hi in batches:
+            profile = builder.create_optimization_profile()
+            profile.set_shape("x", (lo, 4, 8, 8), (opt, 4, 8, 8), (hi, 4, 8, 8))
+            assert config.add_optimization_profile(profile) >= 0
+        serialized = builder.build_serialized_network(network, config)
+        assert serialized is not None
+        engine_path.write_bytes(bytes(serialized))
+        return engine_path
+
+    @pytest.mark.parametrize("cuda_graph", [False, True])
+    def test_engine_with_several_profiles(self, built, tmp_path, cuda_graph):
+        """Each call runs with the first profile that contains its shapes, switching back and forth (and, with CUDA
+        graphs, never replaying a graph recorded under the other profile); outside all of them, every profile is
+        listed."""
+        from dcn_deploy.backends.base import RunnerError
+        from dcn_deploy.backends.trt_runner import TrtRunner
+
+        engine = self.build_with_profiles(built[0], tmp_path / "two.engine", [(1, 2, 2), (2, 4, 6)])
+        model = onnx.load(built[0])
+        with TrtRunner(engine, check_metadata=False, cuda_graph=cuda_graph) as runner:
+            assert [(p["x"].min[0], p["x"].max[0]) for p in runner.profiles] == [(1, 2), (2, 6)]
+            for step, (batch, profile) in enumerate([(1, 0), (4, 1), (2, 0), (6, 1), (6, 1), (3, 1), (1, 0), (1, 0)]):
+                feed = self.feed(batch, seed=20 + step)
+                got = runner.infer(feed)
+                assert runner.active_profile == profile, (batch, runner.active_profile)
+                for name, r in accuracy_report(run_ort(model, feed), got, f"profile {profile} b={batch}").items():
+                    assert r["max_rel_to_scale"] < 1e-4, (batch, name, r)
+            with pytest.raises(RunnerError) as info:
+                runner.infer(self.feed(7))
+        message = str(info.value)
+        assert "fit none of the engine's 2 optimisation profiles" in message
+        assert "profile 0: x min 1x4x8x8 .. max 2x4x8x8" in message and "profile 1: x min 2x4x8x8 .. max 6x4x8x8" \
+            in message
+
+    def test_engine_without_our_layers_ignores_a_broken_plugin_library(self, built, tmp_path):
+        """The sidecar says the engine has no layers of ours: the runner does not load the library it is given, so
+        a broken one cannot stop it. Without the sidecar's word (check_metadata=False) it loads it, as before."""
+        from dcn_deploy.backends.base import RunnerError
+        from dcn_deploy.backends.trt_build import build_engine
+        from dcn_deploy.backends.trt_runner import TrtRunner
+
+        engine = build_engine(built[0], tmp_path / "theirs.engine", use_plugin=False, tf32=False,
+                              shapes=["x:1x4x8x8/2x4x8x8/4x4x8x8"], progress=False).engine_path
+        assert engine_meta.needs_plugin_library(engine_meta.read_meta(engine)) is False
+        broken = tmp_path / "libdcn_deploy_plugin.so"
+        broken.write_bytes(b"\x7fELF but truncated")
+        feed = self.feed(3, seed=9)
+        with TrtRunner(engine, plugin_library=broken) as runner:
+            got = runner.infer(feed)
+        assert any("not loaded" in w for w in runner.warnings), runner.warnings
+        for name, r in accuracy_report(run_ort(onnx.load(built[0]), feed), got, "no plugin layers").items():
+            assert r["max_rel_to_scale"] < 1e-4, (name, r)
+        with pytest.raises(RunnerError, match="could not load the plugin library"):
+            with TrtRunner(engine, plugin_library=broken, check_metadata=False):
+                pass
+
+    def test_second_plugin_library_from_another_path(self, tmp_path):
+        """In a fresh process: TensorRT refuses a second library with our creators (load_library returns None);
+        an identical copy is accepted, a different build gets a message naming the library loaded first."""
+        folders = [tmp_path / name for name in ("first", "same", "probe", "other")]
+        for folder in folders:
+            folder.mkdir()
+            shutil.copy(_PLUGIN, folder / "libdcn_deploy_plugin.so")
+        with open(folders[3] / "libdcn_deploy_plugin.so", "ab") as fh:
+            fh.write(b"\0another build")  # other bytes, still a loadable ELF file
+        script = textwrap.dedent("""
+            import sys, tensorrt as trt
+            from dcn_deploy.backends.trt_build import BuildError, load_plugin_library
+            first, same, probe, other = sys.argv[1:5]
+            load_plugin_library(trt, first, required_creators=["DeformConv2d"])
+            print("SAME", load_plugin_library(trt, same, required_creators=["DeformConv2d"]))
+            # what our handling rests on: TensorRT's own answer for a second copy is None
+            print("PROBE", trt.get_plugin_registry().load_library(probe) is None)
+            try:
+                load_plugin_library(trt, other)
+                print("OTHER loaded")
+            except BuildError as exc:
+                print("OTHER_ERROR", exc)
+        """)
+        paths = [str((f / "libdcn_deploy_plugin.so").resolve()) for f in folders]
+        proc = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+        assert f"SAME {paths[1]}" in proc.stdout and "PROBE True" in proc.stdout, proc.stdout
+        assert "OTHER_ERROR" in proc.stdout and f"loaded earlier from {paths[0]}" in proc.stdout, proc.stdout
+        assert "must be built for this TensorRT" not in proc.stdout
+
+    @pytest.mark.parametrize("how", ["external data", "forced by size"])
+    def test_model_parsed_from_file(self, built, tmp_path, monkeypatch, how):
+        """A model whose weights live in an external file (as every model over 2 GiB must) is written with its data
+        beside it in a scratch folder next to the engine and parsed with parse_from_file; the same route is forced
+        for an ordinary model by lowering the size limit. Both engines match ONNX Runtime."""
+        import io
+
+        from dcn_deploy.backends import trt_build
+        from dcn_deploy.backends.trt_runner import TrtRunner
+
+        model = onnx.load(built[0])
+        source = tmp_path / "src" / "m.onnx"
+        source.parent.mkdir()
+        if how == "external data":
+            onnx.save_model(onnx.ModelProto.FromString(model.SerializeToString()), str(source),
+                            save_as_external_data=True, all_tensors_to_one_file=True, location="m.weights",
+                            size_threshold=0)
+        else:
+            onnx.save(model, source)
+            monkeypatch.setattr(trt_build, "PARSE_IN_MEMORY_LIMIT", 1)
+        out = tmp_path / "out"
+        out.mkdir()
+        log = io.StringIO()
+        result = trt_build.build_engine(source, out / "m.engine", shapes=["x:1x4x8x8/2x4x8x8/4x4x8x8"], tf32=False,
+                                        log=log)
+        assert "parsing from model.onnx with its data file" in log.getvalue(), log.getvalue()
+        assert sorted(p.name for p in out.iterdir()) == ["m.engine", "m.engine.json"]  # the scratch folder is gone
+        assert result.meta.extra["routed_nodes"] == 1
+        feed = self.feed(4, seed=11)
+        with TrtRunner(result.engine_path) as runner:
+            got = runner.infer(feed)
+        for name, r in accuracy_report(run_ort(model, feed), got, f"parsed from file ({how})").items():
+            assert r["max_rel_to_scale"] < 1e-4, (name, r)
+
+    @pytest.mark.skipif(os.environ.get("DCN_DEPLOY_BIG_MODEL_TEST") != "1",
+                        reason="builds from a model with 2.25 GiB of weights (minutes, ~10 GB of host memory, 5 GB "
+                               "of disk); set DCN_DEPLOY_BIG_MODEL_TEST=1 to run it")
+    def test_model_over_two_gib(self, tmp_path):
+        """Over protobuf's 2 GiB limit ``parse(model.SerializeToString())`` cannot work; the build goes through
+        parse_from_file and the engine computes x @ W like numpy."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        from dcn_deploy.backends.trt_build import build_engine
+        from dcn_deploy.backends.trt_runner import TrtRunner
+
+        k = 24576  # W: k x k float32 = 2.25 GiB
+        rng = np.random.default_rng(7)
+        w = rng.standard_normal((k, k), dtype=np.float32)
+        w *= np.float32(1 / np.sqrt(k))  # in place: no float64 copy of 2.25 GiB
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, k])],
+                                  [numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        model.ir_version = 10
+        source = tmp_path / "big.onnx"
+        onnx.save_model(model, str(source), save_as_external_data=True, location="big.weights")
+        del model, graph
+        result = build_engine(source, tmp_path / "big.engine", tf32=False, progress=False)
+        x = rng.standard_normal((1, k), dtype=np.float32)
+        with TrtRunner(result.engine_path) as runner:
+            got = runner.infer({"x": x})["y"]
+        want = x @ w  # float32 BLAS: far closer than the bound below
+        assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
 
     def test_engine_for_another_tensorrt_is_refused(self, built, tmp_path):
         from dcn_deploy.backends.trt_runner import TrtRunner

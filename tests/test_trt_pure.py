@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -687,14 +688,14 @@ class TestTrtRunnerInputChecks:
         engine.write_bytes(b"\x00")
         runner = TrtRunner(engine, check_metadata=False)
         runner._inputs = (TensorMeta("x", np.dtype(np.float32), (None, 4, 8, 8)),)
-        runner._profile = {"x": TensorRange((1, 4, 8, 8), (2, 4, 8, 8), (4, 4, 8, 8))}
+        runner._profiles = [{"x": TensorRange((1, 4, 8, 8), (2, 4, 8, 8), (4, 4, 8, 8))}]
         return runner
 
     def test_float_inputs_are_converted_and_made_contiguous(self, runner, rng):
         x = rng.standard_normal((2, 8, 8, 4)).transpose(0, 3, 1, 2)  # float64, not contiguous
-        arrays, shapes = runner._prepare_inputs({"x": x})
+        arrays, shapes, profile_index = runner._prepare_inputs({"x": x})
         assert arrays["x"].dtype == np.float32 and arrays["x"].flags.c_contiguous
-        assert shapes == {"x": (2, 4, 8, 8)}
+        assert shapes == {"x": (2, 4, 8, 8)} and profile_index == 0
         np.testing.assert_array_equal(arrays["x"], x.astype(np.float32))
 
     def test_outside_the_profile(self, runner, rng):
@@ -715,9 +716,385 @@ class TestTrtRunnerInputChecks:
         with pytest.raises(RunnerError, match="inside 'with runner:'"):
             runner.infer({"x": np.zeros((1, 4, 8, 8), np.float32)})
 
+    def test_several_profiles_pick_the_first_that_fits(self, runner, rng):
+        from dcn_deploy.backends.base import RunnerError
+
+        runner._profiles.append({"x": TensorRange((3, 4, 8, 8), (6, 4, 8, 8), (8, 4, 8, 8))})
+        for batch, want in ((1, 0), (4, 0), (5, 1), (8, 1)):
+            _, shapes, index = runner._prepare_inputs({"x": rng.standard_normal((batch, 4, 8, 8))})
+            assert (shapes["x"][0], index) == (batch, want)
+        with pytest.raises(RunnerError, match="fit none of the engine's 2 optimisation profiles") as info:
+            runner._prepare_inputs({"x": rng.standard_normal((9, 4, 8, 8))})
+        assert "profile 0: x min 1x4x8x8 .. max 4x4x8x8" in str(info.value)
+        assert "profile 1: x min 3x4x8x8 .. max 8x4x8x8" in str(info.value)
+
+    def test_profile_switch_bookkeeping(self, runner):
+        """Our bookkeeping around ``set_optimization_profile_async`` only, with stand-ins for the context and stream
+        (that TensorRT then runs each profile is test_trt_gpu's ``test_engine_with_several_profiles``): the switch
+        goes to our stream's handle, the active index follows it, and a refusal leaves it unchanged."""
+        import types
+
+        from dcn_deploy.backends.base import RunnerError
+
+        calls = []
+        runner._profiles.append({"x": TensorRange((3, 4, 8, 8), (6, 4, 8, 8), (8, 4, 8, 8))})
+        runner._stream = types.SimpleNamespace(handle=0x5EED)
+        runner._exec = types.SimpleNamespace(set_optimization_profile_async=lambda i, h: calls.append((i, h)) or True)
+        runner._select_profile(1)
+        assert calls == [(1, 0x5EED)] and runner.active_profile == 1
+
+        def refuse(index, handle):
+            raise RuntimeError("Error in set optimization profile async.")  # what TensorRT's binding raises
+
+        runner._exec = types.SimpleNamespace(set_optimization_profile_async=refuse)
+        with pytest.raises(RunnerError, match="refused to switch the execution context to optimisation profile 0 "
+                                              "of 2 .Error in set optimization profile async"):
+            runner._select_profile(0)
+        assert runner.active_profile == 1
+
+
+class TestProfileSelection:
+    one = [{"x": TensorRange((1, 4, 8, 8), (2, 4, 8, 8), (4, 4, 8, 8))}]
+    two_inputs = [  # small images at any batch, then large images at batch 1..2; overlapping at 32x32
+        {"x": TensorRange((1, 3, 16, 16), (4, 3, 32, 32), (8, 3, 32, 32)),
+         "offset": TensorRange((1, 18, 16, 16), (4, 18, 32, 32), (8, 18, 32, 32))},
+        {"x": TensorRange((1, 3, 32, 32), (1, 3, 128, 128), (2, 3, 128, 128)),
+         "offset": TensorRange((1, 18, 32, 32), (1, 18, 128, 128), (2, 18, 128, 128))},
+    ]
+
+    def test_one_profile_keeps_the_single_profile_message(self):
+        from dcn_deploy.backends.trt_profiles import select_profile
+
+        assert select_profile({"x": (3, 4, 8, 8)}, self.one) == 0
+        with pytest.raises(ProfileError, match=r"outside the engine's profile min 1x4x8x8 .. max 4x4x8x8: "
+                                               r"dimension\(s\) 0 \(5 not in 1..4\)"):
+            select_profile({"x": (5, 4, 8, 8)}, self.one)
+
+    def test_first_profile_containing_every_input(self):
+        from dcn_deploy.backends.trt_profiles import select_profile
+
+        small, large = (6, 3, 20, 20), (2, 3, 100, 64)
+        assert select_profile({"x": small, "offset": (6, 18, 20, 20)}, self.two_inputs) == 0
+        assert select_profile({"x": large, "offset": (2, 18, 100, 64)}, self.two_inputs) == 1
+        # both contain 2x3x32x32: the first wins, whatever ran before
+        assert select_profile({"x": (2, 3, 32, 32), "offset": (2, 18, 32, 32)}, self.two_inputs) == 0
+        # each input fits some profile, but not the same one: no profile runs the call
+        with pytest.raises(ProfileError) as info:
+            select_profile({"x": (6, 3, 20, 20), "offset": (2, 18, 100, 64)}, self.two_inputs)
+        message = str(info.value)
+        assert "x 6x3x20x20, offset 2x18x100x64 fit none of the engine's 2 optimisation profiles" in message
+        assert ("profile 0: x min 1x3x16x16 .. max 8x3x32x32; offset min 1x18x16x16 .. max 8x18x32x32 (outside: "
+                "offset: dimension(s) 2 (100 not in 16..32), 3 (64 not in 16..32))") in message
+        assert "profile 1: x min 1x3x32x32" in message and "x: dimension(s) 0 (6 not in 1..2), 2 (20 not in " \
+                                                             "32..128), 3 (20 not in 32..128)" in message
+        assert "--shapes NAME:MIN/OPT/MAX" in message
+
+    def test_unknown_input_and_rank(self):
+        from dcn_deploy.backends.trt_profiles import select_profile
+
+        with pytest.raises(ProfileError, match="'y' is not in the engine's profiles"):
+            select_profile({"y": (1,)}, self.two_inputs)
+        with pytest.raises(ProfileError, match="it has 3 dimensions, the profile 4"):
+            select_profile({"x": (1, 3, 16), "offset": (1, 18, 16, 16)}, self.two_inputs)
+
+    def test_against_a_brute_force_search(self, rng):
+        from dcn_deploy.backends.trt_profiles import select_profile
+
+        profiles = []
+        for _ in range(4):  # random batch x height windows
+            lo = rng.integers(1, 6, size=2)
+            hi = lo + rng.integers(0, 6, size=2)
+            profiles.append({"x": TensorRange((int(lo[0]), 3, int(lo[1])), (int(lo[0]), 3, int(lo[1])),
+                                              (int(hi[0]), 3, int(hi[1])))})
+        hits = misses = 0
+        for _ in range(300):
+            shape = (int(rng.integers(1, 12)), 3, int(rng.integers(1, 12)))
+            fitting = [i for i, p in enumerate(profiles)
+                       if all(a <= s <= b for a, s, b in zip(p["x"].min, shape, p["x"].max))]
+            if fitting:
+                hits += 1
+                assert select_profile({"x": shape}, profiles) == fitting[0]
+            else:
+                misses += 1
+                with pytest.raises(ProfileError, match="fit none"):
+                    select_profile({"x": shape}, profiles)
+        assert hits > 20 and misses > 20  # both branches were exercised
+
 
 def test_build_engine_refuses_a_device_other_than_the_first_visible(tmp_path):
     from dcn_deploy.backends.trt_build import BuildError, build_engine
 
     with pytest.raises(BuildError, match="CUDA_VISIBLE_DEVICES=1"):
         build_engine(tmp_path / "model.onnx", device=1)
+
+
+# which engines need our plugin library --------------------------------------------------------------------------------
+class TestPluginLibraryNeed:
+    @pytest.fixture
+    def engine(self, tmp_path, rng):
+        path = tmp_path / "m.engine"
+        path.write_bytes(rng.integers(0, 255, 512, dtype=np.uint8).tobytes())
+        return path
+
+    def test_what_the_sidecar_says(self, engine):
+        need = engine_meta.needs_plugin_library
+        ours = make_meta(engine, extra={"routed_nodes": 2})
+        theirs = make_meta(engine, plugin_library=None, extra={"routed_nodes": 0})  # as build writes --no-plugin
+        assert need(ours) is True and need(theirs) is False
+        assert need(None) is None  # check_metadata=False: no sidecar read
+        assert need(make_meta(engine, plugin_library=None)) is None  # no routed_nodes: a sidecar from elsewhere
+        assert need(make_meta(engine, plugin_library=None, extra={"routed_nodes": 3})) is None  # disagreeing
+        assert need(make_meta(engine, plugin_library=None, extra={"routed_nodes": False})) is None
+        # and it survives the file round trip
+        engine_meta.write_meta(engine, theirs)
+        assert need(engine_meta.read_meta(engine)) is False
+
+    def test_runner_loads_the_library_only_when_needed(self, engine, tmp_path, monkeypatch):
+        """The runner's choice of library (``_plugin_path_for``), before any TensorRT call: a library that cannot
+        load (here a text file) is never chosen for an engine whose sidecar says it has no layers of ours."""
+        from dcn_deploy.backends import trt_build
+        from dcn_deploy.backends.trt_runner import TrtRunner
+
+        broken = tmp_path / "libbroken_plugin.so"
+        broken.write_text("not a shared library")
+        theirs = make_meta(engine, plugin_library=None, extra={"routed_nodes": 0})
+        ours = make_meta(engine, extra={"routed_nodes": 1})
+
+        runner = TrtRunner(engine, plugin_library=broken)
+        assert runner._plugin_path_for(theirs) is None
+        assert len(runner.warnings) == 1 and "not loaded" in runner.warnings[0] and "no dcn_deploy plugin" in \
+            runner.warnings[0]
+        assert TrtRunner(engine, plugin_library=broken)._plugin_path_for(ours) == broken
+        # without a sidecar: as before, the explicit library, else whatever is found, else none
+        assert TrtRunner(engine, plugin_library=broken)._plugin_path_for(None) == broken
+
+        def nothing_found(explicit):
+            if explicit is not None:
+                return Path(explicit)
+            raise FileNotFoundError("libdcn_deploy_plugin.so not built")
+
+        monkeypatch.setattr(trt_build, "_find_plugin_library", nothing_found)
+        assert TrtRunner(engine)._plugin_path_for(None) is None
+        assert TrtRunner(engine)._plugin_path_for(theirs) is None
+        with pytest.raises(FileNotFoundError, match="not built"):
+            TrtRunner(engine)._plugin_path_for(make_meta(engine, plugin_library={"path": "/gone.so", "sha256": "0"}))
+
+
+# a second copy of the plugin library ------------------------------------------------------------------------------
+class _StandInRegistry:
+    """Stands in for TensorRT's plugin registry to check OUR bookkeeping only; it behaves as TensorRT documents
+    ``load_library`` (None when a creator of the same name/version/namespace is already registered). That real
+    TensorRT does so is test_trt_gpu's ``test_second_plugin_library_from_another_path``."""
+
+    def __init__(self, loadable=True):
+        self.creators = set()
+        self.loadable = loadable
+        self.loads = []
+
+    def load_library(self, path):
+        self.loads.append(path)
+        names = {"DeformConv2d", "DeformRoIPool", "DeformPSRoIPool"}
+        if not self.loadable or self.creators & names:
+            return None
+        self.creators |= names
+        return object()
+
+    def get_creator(self, name, version, namespace=""):
+        return object() if (name in self.creators and version == "1" and namespace == "dcn_deploy") else None
+
+
+class TestDuplicatePluginLibrary:
+    @pytest.fixture
+    def setup(self, tmp_path, rng, monkeypatch):
+        import types
+
+        from dcn_deploy.backends import trt_build
+
+        monkeypatch.setattr(trt_build, "_loaded_libraries", {})
+        mapped = []
+        monkeypatch.setattr(trt_build, "_mapped_files", lambda: list(mapped))
+        registry = _StandInRegistry()
+        trt = types.SimpleNamespace(get_plugin_registry=lambda: registry)
+        first = tmp_path / "a" / "libdcn_deploy_plugin.so"
+        first.parent.mkdir()
+        # the shape of a plugin library as far as our check looks (ELF magic, the getCreators entry point)
+        first.write_bytes(b"\x7fELF" + rng.integers(0, 255, 256, dtype=np.uint8).tobytes() + b"getCreators\0")
+        return trt_build, trt, registry, first, mapped
+
+    def test_another_build_from_another_path_names_the_first(self, setup, tmp_path):
+        trt_build, trt, registry, first, _ = setup
+        other = tmp_path / "b" / "libdcn_deploy_plugin.so"
+        other.parent.mkdir()
+        other.write_bytes(first.read_bytes() + b"\x00")  # another build: other bytes
+        assert trt_build.load_plugin_library(trt, first) == first.resolve()
+        assert trt_build.load_plugin_library(trt, first) == first.resolve() and len(registry.loads) == 1  # once
+        with pytest.raises(trt_build.BuildError) as info:
+            trt_build.load_plugin_library(trt, other)
+        message = str(info.value)
+        assert f"did not load the plugin library {other.resolve()}" in message
+        assert f"loaded earlier from {first.resolve()}" in message
+        assert "dcn_deploy::DeformConv2d (version 1)" in message and "start a new process" in message
+        assert "must be built for this TensorRT" not in message
+
+    def test_an_identical_copy_is_accepted(self, setup, tmp_path):
+        trt_build, trt, registry, first, _ = setup
+        copy = tmp_path / "copy" / "libdcn_deploy_plugin.so"
+        copy.parent.mkdir()
+        copy.write_bytes(first.read_bytes())
+        trt_build.load_plugin_library(trt, first)
+        assert trt_build.load_plugin_library(trt, copy, required_creators=["DeformConv2d"]) == copy.resolve()
+        assert trt_build.load_plugin_library(trt, copy) == copy.resolve() and len(registry.loads) == 2
+
+    def test_loaded_outside_dcn_deploy(self, setup, tmp_path):
+        trt_build, trt, registry, first, mapped = setup
+        registry.creators.add("DeformConv2d")  # the application loaded some library itself
+        with pytest.raises(trt_build.BuildError, match=r"outside dcn_deploy \(its path is unknown\)\. TensorRT keeps"):
+            trt_build.load_plugin_library(trt, first)
+        elsewhere = tmp_path / "libdcn_deploy_plugin_v0.so"
+        elsewhere.write_bytes(first.read_bytes() + b"older build")
+        mapped += ["/usr/lib/libc.so.6", str(elsewhere)]
+        with pytest.raises(trt_build.BuildError) as info:
+            trt_build.load_plugin_library(trt, first)
+        assert f"plugin libraries mapped in this process: {elsewhere} (its contents differ" in str(info.value)
+        assert "libc" not in str(info.value) and f"keep using {elsewhere}" in str(info.value)
+        mapped.append(str(first.resolve()))  # the application had loaded this very file: nothing to refuse
+        assert trt_build.load_plugin_library(trt, first) == first.resolve()
+
+    def test_a_library_that_does_not_load_keeps_its_message(self, setup, tmp_path):
+        trt_build, trt, registry, first, _ = setup
+        registry.loadable = False
+        with pytest.raises(trt_build.BuildError, match="must be built for this TensorRT major version"):
+            trt_build.load_plugin_library(trt, first)
+        # a file that is no plugin library is not blamed on a duplicate, even where our creators are registered
+        registry.creators.add("DeformConv2d")
+        junk = tmp_path / "libdcn_deploy_plugin_junk.so"
+        junk.write_text("not a shared library")
+        with pytest.raises(trt_build.BuildError, match="must be built for this TensorRT major version"):
+            trt_build.load_plugin_library(trt, junk)
+        assert trt_build.looks_like_plugin_library(first) and not trt_build.looks_like_plugin_library(junk)
+        assert not trt_build.looks_like_plugin_library(tmp_path / "absent.so")
+
+    def test_mapped_shared_objects(self):
+        from dcn_deploy.backends.trt_build import mapped_shared_objects
+
+        maps = ("7f00-7f10 r--p 00000000 08:01 123 /opt/my libs/libdcn_deploy_plugin.so\n"
+                "7f10-7f20 r-xp 00010000 08:01 123 /opt/my libs/libdcn_deploy_plugin.so\n"
+                "7f20-7f30 rw-p 00000000 00:00 0 \n"
+                "7f30-7f40 rw-p 00000000 00:00 0 [heap]\n"
+                "7f40-7f50 r--p 00000000 08:01 9 /usr/lib/libc.so.6\n")
+        assert mapped_shared_objects(maps) == ["/opt/my libs/libdcn_deploy_plugin.so", "/usr/lib/libc.so.6"]
+
+
+# how the parser gets the model -------------------------------------------------------------------------------------
+class TestParseRoute:
+    def test_route_table(self):
+        from dcn_deploy.backends.trt_build import PARSE_IN_MEMORY_LIMIT, choose_parse_route
+
+        assert PARSE_IN_MEMORY_LIMIT < 2 ** 31  # protobuf's limit, with room for the graph
+        assert choose_parse_route(0, False) == "memory"
+        assert choose_parse_route(PARSE_IN_MEMORY_LIMIT - 1, False) == "memory"
+        assert choose_parse_route(PARSE_IN_MEMORY_LIMIT, False) == "file"
+        assert choose_parse_route(3 * 2 ** 30, False) == "file"
+        assert choose_parse_route(10, True) == "file"  # the source kept its weights outside
+        assert choose_parse_route(100, False, limit=100) == "file"
+        with pytest.raises(ValueError, match="tensor_bytes"):
+            choose_parse_route(-1, False)
+
+    def test_tensor_bytes_count_every_tensor(self, rng):
+        from dcn_deploy.backends.trt_build import model_tensor_bytes
+
+        model = dcn_model()
+        initialisers = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+        functions = sum(numpy_helper.to_array(a.t).nbytes for f in model.functions for n in f.node
+                        for a in n.attribute if a.HasField("t"))
+        assert model_tensor_bytes(model) == initialisers + functions > 0
+        # a Constant node with typed (not raw) data, and one inside an If branch
+        const = helper.make_node("Constant", [], ["k"], value=helper.make_tensor("k", TP.INT64, [5], [1, 2, 3, 4, 5]))
+        branch = helper.make_graph([helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(
+            rng.standard_normal(7).astype(np.float32)))], "branch", [], [helper.make_tensor_value_info("b", TP.FLOAT,
+                                                                                                        [7])])
+        model.graph.node.extend([const, helper.make_node("If", ["cond"], ["o"], then_branch=branch,
+                                                         else_branch=branch)])
+        assert model_tensor_bytes(model) == initialisers + functions + 5 * 8 + 2 * 7 * 4
+        # packed 4-bit values (5 -> 3 bytes) and strings (their lengths)
+        model.graph.node.extend([
+            helper.make_node("Constant", [], ["q"], value=helper.make_tensor("q", TP.INT4, [5], [1, -2, 3, -4, 5])),
+            helper.make_node("Constant", [], ["s"], value=helper.make_tensor("s", TP.STRING, [2], [b"ab", b"cde"]))])
+        assert model_tensor_bytes(model) == initialisers + functions + 5 * 8 + 2 * 7 * 4 + 3 + 5
+
+    def _save_external(self, model, folder):
+        path = folder / "ext.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="ext.onnx.weights", size_threshold=0)
+        return path
+
+    def test_external_data_is_detected_and_loaded(self, tmp_path):
+        from dcn_deploy.backends.trt_build import read_model_for_build, uses_external_data
+
+        model = dcn_model(seed=3)
+        path = self._save_external(onnx.ModelProto.FromString(model.SerializeToString()), tmp_path)
+        assert uses_external_data(onnx.load(str(path), load_external_data=False))
+        loaded, external = read_model_for_build(path)
+        assert external and not uses_external_data(loaded)
+        for want, got in zip(model.graph.initializer, loaded.graph.initializer):
+            np.testing.assert_array_equal(numpy_helper.to_array(want), numpy_helper.to_array(got))
+        plain = tmp_path / "plain.onnx"
+        onnx.save(model, plain)
+        assert read_model_for_build(plain)[1] is False
+        (tmp_path / "ext.onnx.weights").unlink()
+        with pytest.raises(ValueError, match="external tensor data cannot be read.*beside it"):
+            read_model_for_build(path)
+
+    def test_written_model_runs_from_its_file_with_the_data_beside_it(self, tmp_path, rng):
+        """What parse_from_file gets: ONNX Runtime (which reads external data relative to the model file, as
+        TensorRT's parser does) runs the written file to the same outputs as the in-memory model."""
+        from dcn_deploy.backends.trt_build import (model_tensor_bytes, prepare_onnx, uses_external_data,
+                                                   write_model_for_parser)
+
+        prepared, _, routed = prepare_onnx(dcn_model(seed=1), precision="fp16")
+        assert routed == 1
+        keep = onnx.ModelProto.FromString(prepared.SerializeToString())
+        size = model_tensor_bytes(prepared)
+        folder = tmp_path / "scratch"
+        folder.mkdir()
+        for _ in range(2):  # writing twice into the same folder must not append to the data file
+            written = write_model_for_parser(onnx.ModelProto.FromString(keep.SerializeToString()), folder)
+        assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.data"]  # no temp files
+        data = folder / "model.onnx.data"
+        shell = onnx.load(str(written), load_external_data=False)
+        assert uses_external_data(shell)
+        # every byte once: tensors of 1 KiB and more in the data file, smaller ones inline
+        assert data.stat().st_size + model_tensor_bytes(shell) == size and data.stat().st_size > size // 2
+        import onnxruntime as ort
+
+        feed = {"x": rng.standard_normal((2, 4, 8, 8)).astype(np.float32)}
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        from_file = ort.InferenceSession(str(written), options, providers=["CPUExecutionProvider"])
+        got = dict(zip([o.name for o in from_file.get_outputs()], from_file.run(None, feed)))
+        want = run_ort(keep, feed)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+        # the function writes the data out of the proto it is given (no copy of a large model in memory)
+        moved = onnx.ModelProto.FromString(keep.SerializeToString())
+        write_model_for_parser(moved, tmp_path, name="moved.onnx")
+        assert model_tensor_bytes(moved) < size
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "build/native/lib/libdcn_deploy_plugin.so").is_file(),
+                    reason="the plugin library is not built (dcn-deploy plugin build)")
+def test_real_plugin_library_is_recognised_and_seen_mapped(tmp_path):
+    """On the built library (no TensorRT needed: it links none): our check takes it for a plugin library, and once
+    a process has dlopened it, /proc/self/maps lists it where the duplicate message looks (a fresh process)."""
+    import subprocess
+    import sys
+
+    from dcn_deploy.backends.trt_build import looks_like_plugin_library
+
+    library = (Path(__file__).resolve().parents[1] / "build/native/lib/libdcn_deploy_plugin.so").resolve()
+    assert looks_like_plugin_library(library)
+    script = ("import ctypes, sys; from dcn_deploy.backends import trt_build; ctypes.CDLL(sys.argv[1]); "
+              "print('\\n'.join(trt_build._mapped_files()))")
+    out = subprocess.run([sys.executable, "-c", script, str(library)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert str(library) in out.stdout.splitlines()

@@ -34,7 +34,7 @@ from ..io_utils import atomic_write_text
 from .trt_profiles import Profile, profile_from_json, profile_to_json
 
 __all__ = ["FORMAT_VERSION", "EngineMeta", "EngineMetaError", "EngineMismatchError", "RuntimeFacts",
-           "check_compatible", "meta_path_for", "read_meta", "sha256_file", "write_meta"]
+           "check_compatible", "meta_path_for", "needs_plugin_library", "read_meta", "sha256_file", "write_meta"]
 
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -151,6 +151,24 @@ def read_meta(engine_path: os.PathLike, *, verify_engine_hash: bool = True) -> E
                 f"has {actual[:12]}...): the engine was replaced after the build. Rebuild it with `dcn-deploy build` "
                 "so that both files match")
     return meta
+
+
+def needs_plugin_library(meta: Optional[EngineMeta]) -> Optional[bool]:
+    """Whether the engine holds our plugin layers, as far as its sidecar says: True, False, or None (unknown).
+
+    True when the sidecar records the plugin library of the build. False only when it records none *and*
+    ``extra["routed_nodes"]`` (which ``dcn-deploy build`` always writes) says no node was routed to our plugin.
+    None without a sidecar (``check_metadata=False``), or when the two disagree or the count is missing (a sidecar
+    written by other tools): the runner then loads the library when it finds one, as before it read this field.
+    """
+    if meta is None:
+        return None
+    if meta.plugin_library:
+        return True
+    routed = meta.extra.get("routed_nodes") if isinstance(meta.extra, Mapping) else None
+    if isinstance(routed, int) and not isinstance(routed, bool) and routed == 0:
+        return False
+    return None
 
 
 @dataclass(frozen=True)

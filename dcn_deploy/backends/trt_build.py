@@ -9,7 +9,9 @@ The work is split so that almost all of it runs without TensorRT:
 - :func:`build_engine` is the thin shell that talks to TensorRT (10.x or 11.x Python API):
   plugin library -> ``trt.get_plugin_registry().load_library``; network (strongly typed: in 11 always, in 10
   through ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, so the converted graph's types are obeyed and both
-  versions build the same thing); ``OnnxParser.parse``; one ``IOptimizationProfile``; workspace pool limit;
+  versions build the same thing); ``OnnxParser.parse`` on the serialised model, or ``parse_from_file`` on a copy
+  written with external data for models over protobuf's 2 GiB (:func:`choose_parse_route`); one
+  ``IOptimizationProfile``; workspace pool limit;
   timing cache; ``IProgressMonitor``; ``build_serialized_network``; engine + sidecar written atomically.
 
 Precision: ``fp16``/``bf16`` always convert the ONNX graph (TensorRT 11 has no FP16/BF16 builder flags; using
@@ -22,22 +24,24 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
-from ..io_utils import atomic_write_bytes, check_output_path
+from ..io_utils import atomic_path, atomic_write_bytes, check_output_path
 from . import engine_meta
 from .factory import read_onnx_model
 from .trt_profiles import Profile, compute_profile, format_shape, onnx_input_shapes
 
 __all__ = [
-    "BuildCancelled", "BuildError", "BuildProgress", "BuildResult", "TensorRTMissingError", "build_engine",
-    "cuda_device_facts", "format_parser_errors", "import_tensorrt", "load_plugin_library", "parse_size",
-    "plugin_fields_from_registry",
-    "prepare_onnx", "register_tensorrt_plugins", "tensorrt_install_hint",
+    "BuildCancelled", "BuildError", "BuildProgress", "BuildResult", "PARSE_IN_MEMORY_LIMIT", "TensorRTMissingError",
+    "build_engine", "choose_parse_route", "cuda_device_facts", "duplicate_library_message", "format_parser_errors",
+    "import_tensorrt", "load_plugin_library", "looks_like_plugin_library", "mapped_shared_objects",
+    "model_tensor_bytes", "parse_size", "plugin_fields_from_registry", "prepare_onnx", "read_model_for_build",
+    "register_tensorrt_plugins", "tensorrt_install_hint", "uses_external_data", "write_model_for_parser",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -234,19 +238,112 @@ def _find_plugin_library(explicit: Optional[PathLike]) -> Path:
     return Path(require_library("plugin"))
 
 
-_loaded_libraries: Dict[str, object] = {}
+# resolved path -> (the path TensorRT really loaded for it, the registry's handle or None), for every plugin library
+# this process loaded through us: the path itself, or for a file with the same bytes as a library already loaded
+# (TensorRT registers a creator only once), that library.
+_loaded_libraries: Dict[str, Tuple[str, object]] = {}
+_loaded_library_lock = threading.Lock()
+
+
+def mapped_shared_objects(maps_text: str) -> List[str]:
+    """The files mapped into a process, from the text of ``/proc/<pid>/maps`` (in order of first appearance).
+
+    A line is ``address perms offset dev inode [path]``; the path may contain spaces and may end in ``(deleted)``.
+    """
+    seen: Dict[str, None] = {}
+    for line in maps_text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            seen.setdefault(parts[5].strip(), None)
+    return list(seen)
+
+
+def _mapped_files() -> List[str]:
+    try:
+        return mapped_shared_objects(Path("/proc/self/maps").read_text())
+    except OSError:  # not Linux: the message then says the earlier library's path is unknown
+        return []
+
+
+def duplicate_library_message(path: PathLike, creators: Sequence[str], loaded_before: Sequence[str] = (),
+                              mapped: Sequence[str] = ()) -> str:
+    """The error for a plugin library TensorRT refused because creators of the same name, version and namespace
+    are already registered in this process (``load_library`` then returns None). ``loaded_before``: libraries
+    dcn_deploy loaded earlier in this process; ``mapped``: other candidate files mapped into the process (used
+    when ``loaded_before`` is empty, e.g. a library loaded by the application itself)."""
+    what = ", ".join(f"dcn_deploy::{name} (version 1)" for name in creators)
+    if loaded_before:
+        where = "by the plugin library loaded earlier from " + " and ".join(str(p) for p in loaded_before)
+    elif mapped:
+        where = ("by a library loaded outside dcn_deploy; plugin libraries mapped in this process: "
+                 + ", ".join(str(p) for p in mapped))
+    else:
+        where = "by a library loaded outside dcn_deploy (its path is unknown)"
+    use = loaded_before[0] if loaded_before else (mapped[0] if mapped else "that library")
+    differ = f" (its contents differ from {path})" if loaded_before or mapped else ""
+    return (f"TensorRT did not load the plugin library {path}: the creators {what} are already registered in this "
+            f"process, {where}{differ}. TensorRT keeps one creator per name, version and namespace, so one process "
+            f"can use one copy of the library: keep using {use} (pass it as plugin_library / --plugin), or start a "
+            f"new process to use {path}")
+
+
+def looks_like_plugin_library(path: PathLike) -> bool:
+    """Whether ``path`` is an ELF shared object naming ``getCreators`` (the entry point TensorRT's registry calls):
+    the check that tells a file TensorRT could not load at all from a copy refused as a duplicate."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return False
+    return data.startswith(b"\x7fELF") and b"getCreators" in data
+
+
+def _registered_creators(registry, names: Iterable[str]) -> List[str]:
+    return [name for name in names if registry.get_creator(name, "1", "dcn_deploy") is not None]
+
+
+def _same_content(path: Path, candidates: Iterable[str]) -> Optional[str]:
+    """The first candidate file with the same bytes as ``path`` (an identical copy may stand in for it)."""
+    want = engine_meta.sha256_file(path)
+    for candidate in candidates:
+        try:
+            if Path(candidate).is_file() and engine_meta.sha256_file(candidate) == want:
+                return candidate
+        except OSError:
+            continue
+    return None
 
 
 def load_plugin_library(trt, path: Optional[PathLike] = None, *, required_creators: Sequence[str] = ()) -> Path:
-    """Load our plugin library into TensorRT's plugin registry (once per process) and check its creators."""
+    """Load our plugin library into TensorRT's plugin registry (once per process) and check its creators.
+
+    TensorRT registers a creator name/version/namespace once per process: ``load_library`` returns None for a
+    second library with the same creators. A copy with the same bytes as the one already loaded is accepted (it
+    would behave the same); a different one is refused with :func:`duplicate_library_message`.
+    """
+    from ..onnx.plugin_routing import PLUGIN_FIELDS
+
     path = _find_plugin_library(path).resolve()
     registry = trt.get_plugin_registry()
-    if str(path) not in _loaded_libraries:
-        handle = registry.load_library(str(path))
-        if handle is None:
-            raise BuildError(f"TensorRT could not load the plugin library {path} (see the log above); it must be "
-                             "built for this TensorRT major version and CUDA")
-        _loaded_libraries[str(path)] = handle
+    with _loaded_library_lock:
+        if str(path) not in _loaded_libraries:
+            mapped_before = _mapped_files()
+            handle = registry.load_library(str(path))
+            if handle is None:
+                registered = _registered_creators(registry, PLUGIN_FIELDS)
+                if not registered or not looks_like_plugin_library(path):
+                    raise BuildError(f"TensorRT could not load the plugin library {path} (see the log above); it "
+                                     "must be built for this TensorRT major version and CUDA")
+                origin = str(path)  # the application itself loaded this very file before, unless:
+                if str(path) not in mapped_before:
+                    ours = list(dict.fromkeys(o for o, _ in _loaded_libraries.values() if o != str(path)))
+                    mapped = [f for f in mapped_before if f != str(path) and "dcn_deploy" in Path(f).name]
+                    origin = _same_content(path, ours + mapped)
+                    if origin is None:
+                        raise BuildError(duplicate_library_message(path, registered, ours, mapped))
+                    handle = _loaded_libraries.get(origin, (origin, None))[1]  # its creators serve this path too
+                _loaded_libraries[str(path)] = (origin, handle)
+            else:
+                _loaded_libraries[str(path)] = (str(path), handle)
     for name in required_creators:
         if registry.get_creator(name, "1", "dcn_deploy") is None:
             raise BuildError(f"the plugin library {path} loaded, but TensorRT's registry has no creator {name!r} "
@@ -360,15 +457,149 @@ def _load_plugins(trt, model, plugin_library, *, rtx: bool, say: Callable[[str],
     return routed_lib, fields
 
 
-def _parse(trt, builder, logger, prepared, onnx_path: Path):
+# the ONNX model handed to the parser ---------------------------------------------------------------------------
+# Protobuf refuses to serialise or parse a message of 2 GiB or more, so ``parser.parse(model.SerializeToString())``
+# cannot take large models. Their tensor data goes to a file beside a copy of the model instead, which
+# ``parse_from_file`` reads (external weights are found relative to the model file). The limit leaves room below
+# 2 GiB for the graph itself and errs early: writing a 1 GiB model to disk costs seconds, failing costs the build.
+PARSE_IN_MEMORY_LIMIT = 1 << 30
+_SUB_BYTE_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}  # packed several to a byte
+
+
+def _graph_tensors(graph) -> Iterable:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node) -> Iterable:
+    for attr in node.attribute:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        if attr.HasField("sparse_tensor"):
+            yield attr.sparse_tensor.values
+            yield attr.sparse_tensor.indices
+        for sparse in attr.sparse_tensors:
+            yield sparse.values
+            yield sparse.indices
+        if attr.HasField("g"):
+            yield from _graph_tensors(attr.g)
+        for graph in attr.graphs:
+            yield from _graph_tensors(graph)
+
+
+def _model_tensors(model) -> Iterable:
+    """Every TensorProto of a model: initialisers, Constant values, subgraphs' and local functions' tensors."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from _node_tensors(node)
+
+
+def _tensor_bytes(tensor) -> int:
+    """A tensor's data size from its shape and element type. Reading ``raw_data`` to measure it would copy the
+    bytes (protobuf's Python objects hand out copies): 2 s and 2 GiB for the largest models."""
+    import onnx
+
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return 0
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return sum(len(s) for s in tensor.string_data)
+    count = 1
+    for d in tensor.dims:
+        count *= int(d)
+    name = onnx.TensorProto.DataType.Name(tensor.data_type)
+    if name in _SUB_BYTE_BITS:
+        return (count * _SUB_BYTE_BITS[name] + 7) // 8
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):  # a type this onnx does not know: measure the bytes themselves
+        return len(tensor.raw_data)
+
+
+def model_tensor_bytes(model) -> int:
+    """Bytes of tensor data held inside ``model``, from each tensor's shape and type (external data counts 0)."""
+    return sum(_tensor_bytes(t) for t in _model_tensors(model))
+
+
+def uses_external_data(model) -> bool:
+    """True when some tensor of ``model`` points at an external data file (as loaded with load_external_data=False)."""
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _model_tensors(model))
+
+
+def choose_parse_route(tensor_bytes: int, source_has_external_data: bool, *,
+                       limit: int = PARSE_IN_MEMORY_LIMIT) -> str:
+    """How the parser gets the prepared model: ``"memory"`` (``parse`` on the serialised bytes) or ``"file"``
+    (``parse_from_file`` on a copy written with external data) for a model whose source file kept its weights
+    outside (such models are large by intent) or whose tensors reach ``limit`` bytes."""
+    if tensor_bytes < 0:
+        raise ValueError(f"tensor_bytes must be >= 0, got {tensor_bytes}")
+    return "file" if source_has_external_data or tensor_bytes >= limit else "memory"
+
+
+def write_model_for_parser(model, folder: PathLike, name: str = "model.onnx") -> Path:
+    """Write ``model`` as ``folder/name`` with its tensors (1 KiB and larger) in ``folder/name.data`` beside it, for
+    ``parse_from_file``; returns the model's path. The model file appears atomically once its data is complete.
+
+    Moves the tensor data out of ``model`` itself (onnx's external-data writer clears each tensor it writes), so
+    a model over 2 GiB is never copied in memory; pass a copy to keep the original whole.
+    """
+    import onnx
+
+    folder = Path(folder)
+    target = folder / name
+    data = folder / f"{name}.data"
+    if data.exists():
+        data.unlink()  # onnx appends to an existing data file
+    with atomic_path(target) as tmp:
+        onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+    return target
+
+
+def read_model_for_build(onnx_path: Path):
+    """(model with every tensor loaded, whether its file keeps tensors in external data files)."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = read_onnx_model(onnx_path, load_external_data=False)
+    external = uses_external_data(model)
+    if external:
+        try:
+            load_external_data_for_model(model, str(onnx_path.parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise ValueError(f"{onnx_path}: its external tensor data cannot be read ({exc}); keep the data file(s) "
+                             f"it names beside it in {onnx_path.parent}, as onnx.save_model(..., "
+                             "save_as_external_data=True) wrote them") from exc
+    return model, external
+
+
+def _parse(trt, builder, logger, prepared, onnx_path: Path, *, source_external: bool, scratch: Path,
+           say: Callable[[str], None]):
     """(network, parser): a strongly typed network (TensorRT 11: always; 10: by flag) from the prepared model."""
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    # The path lets the parser find external weight files next to the original model.
-    if not parser.parse(prepared.SerializeToString(), str(onnx_path)):
+    size = model_tensor_bytes(prepared)
+    if choose_parse_route(size, source_external, limit=PARSE_IN_MEMORY_LIMIT) == "memory":
+        ok = parser.parse(prepared.SerializeToString(), str(onnx_path))
+    else:
+        # The parser reads external weights into its own memory while parsing, so the copy can go right after.
+        # Beside the engine, not in /tmp: the output folder is known to be writable, and /tmp may be RAM.
+        with tempfile.TemporaryDirectory(prefix=".dcn_deploy_parse_", dir=scratch) as folder:
+            model_file = write_model_for_parser(prepared, folder)
+            say(f"[build] {size / 2**20:.0f} MiB of weights{' (external data)' if source_external else ''}: "
+                f"parsing from {model_file.name} with its data file")
+            ok = parser.parse_from_file(str(model_file))
+    if not ok:
         errors = []
         for i in range(parser.num_errors):
             err = parser.get_error(i)
@@ -478,7 +709,7 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     # The arguments first (the model file, the profile, the output path), then TensorRT: a wrong argument is
     # reported as such on any machine, not hidden behind TensorRT's install instructions.
     onnx_path = Path(onnx_path)
-    model = read_onnx_model(onnx_path)
+    model, source_external = read_model_for_build(onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
     check_output_path(engine_path, "engine path")
     profile: Profile = compute_profile(onnx_input_shapes(model), shapes=shapes, min_shapes=min_shapes,
@@ -495,7 +726,8 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
 
     gpu_name, capability = target_gpu if target_gpu is not None else cuda_device_facts(device)
     builder = trt.Builder(logger)
-    network, _parser = _parse(trt, builder, logger, prepared, onnx_path)
+    network, _parser = _parse(trt, builder, logger, prepared, onnx_path, source_external=source_external,
+                              scratch=engine_path.parent, say=say)
     config = _configure(trt, builder, profile, workspace=workspace, tf32=tf32,
                         optimization_level=optimization_level, say=say)
     cache = _attach_timing_cache(config, Path(timing_cache), say) if timing_cache is not None else None

@@ -1,7 +1,8 @@
 """TensorRT optimisation profiles as plain data: parse ``--shapes`` strings, fill in defaults, check a call's shapes.
 
 No TensorRT import: the builder turns a :class:`Profile` into ``IOptimizationProfile.set_shape`` calls and the
-runner uses :func:`check_shapes_in_profile` before ``set_input_shape``, so both are tested without a GPU.
+runner uses :func:`select_profile` (which of the engine's profiles a call's shapes fit) before ``set_input_shape``,
+so both are tested without a GPU.
 
 Shape strings follow trtexec: ``name:1x3x224x224``, several joined by commas
 (``x:1x3x224x224,offset:1x18x224x224``). Ours also accept ``name:MIN/OPT/MAX`` for one input's whole range
@@ -21,7 +22,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 __all__ = [
     "DEFAULT_MAX_BATCH", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange", "check_shapes_in_profile",
     "compute_profile", "format_shape", "onnx_input_shapes", "parse_shape", "parse_shape_specs", "parse_range_specs",
-    "profile_from_json", "profile_to_json",
+    "profile_from_json", "profile_to_json", "select_profile",
 ]
 
 DEFAULT_MAX_BATCH = 8
@@ -269,6 +270,47 @@ def check_shapes_in_profile(shapes: Mapping[str, Sequence[int]], profile: Mappin
                 f"min {format_shape(rng.min)} .. max {format_shape(rng.max)}: {detail}. Rebuild the engine with a "
                 f"wider range (dcn-deploy build ... --shapes {name}:{format_shape(rng.min)}/"
                 f"{format_shape(rng.opt)}/<MAX>) or change the input")
+
+
+def _outside_detail(shape: Shape, rng: TensorRange) -> str:
+    """Which dimensions of ``shape`` lie outside ``rng`` (or that the rank differs), for error messages."""
+    if len(shape) != len(rng.min):
+        return f"it has {len(shape)} dimensions, the profile {len(rng.min)}"
+    bad = [a for a, (lo, s, hi) in enumerate(zip(rng.min, shape, rng.max)) if not lo <= s <= hi]
+    return "dimension(s) " + ", ".join(f"{a} ({shape[a]} not in {rng.min[a]}..{rng.max[a]})" for a in bad)
+
+
+def select_profile(shapes: Mapping[str, Sequence[int]], profiles: Sequence[Mapping[str, TensorRange]]) -> int:
+    """The index of the first optimisation profile whose ranges contain every input shape of a call.
+
+    ``profiles`` are the engine's profiles in index order (input name -> :class:`TensorRange`). An engine with one
+    profile gets :func:`check_shapes_in_profile`'s message; with several, a shape that fits none raises
+    :class:`ProfileError` listing every profile's ranges and, per profile, the dimensions outside it. The first
+    fitting profile (not the one in use) is chosen, so the same shapes always run with the same profile's kernels.
+    """
+    if not profiles:
+        raise ProfileError("the engine has no optimisation profile; rebuild it (dcn-deploy build)")
+    if len(profiles) == 1:
+        check_shapes_in_profile(shapes, profiles[0])
+        return 0
+    shapes = {name: tuple(int(s) for s in shape) for name, shape in shapes.items()}
+    for name in shapes:
+        if name not in profiles[0]:
+            raise ProfileError(f"input {name!r} is not in the engine's profiles; its inputs are {sorted(profiles[0])}")
+    for index, profile in enumerate(profiles):
+        if all(profile[name].contains(shape) for name, shape in shapes.items()):
+            return index
+    given = ", ".join(f"{name} {format_shape(shape)}" for name, shape in shapes.items())
+    lines = [f"input shape(s) {given} fit none of the engine's {len(profiles)} optimisation profiles:"]
+    for index, profile in enumerate(profiles):
+        ranges = "; ".join(f"{name} min {format_shape(rng.min)} .. max {format_shape(rng.max)}"
+                           for name, rng in profile.items())
+        outside = "; ".join(f"{name}: {_outside_detail(shape, profile[name])}" for name, shape in shapes.items()
+                            if not profile[name].contains(shape))
+        lines.append(f"  profile {index}: {ranges} (outside: {outside})")
+    lines.append("Change the input to fit one of them, or rebuild the engine with a profile that covers it "
+                 "(dcn-deploy build ... --shapes NAME:MIN/OPT/MAX)")
+    raise ProfileError("\n".join(lines))
 
 
 def profile_to_json(profile: Mapping[str, TensorRange]) -> Dict[str, Dict[str, List[int]]]:

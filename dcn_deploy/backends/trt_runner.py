@@ -5,20 +5,24 @@
         print(runner.last_stage_times())                  # host->device, compute, device->host (ms)
 
 What ``activate`` does: check the engine's sidecar (``engine_meta``: TensorRT version, GPU, plugin hash) and
-refuse a mismatch; load our plugin library and TensorRT's own plugins into TensorRT's registry (before
-deserialising: the engine's plugin layers are recreated from it); deserialise; create one execution context, one
-CUDA stream, CUDA events, and grow-on-demand buffers (pinned host + device) per tensor.
+refuse a mismatch; load our plugin library (only when the sidecar says the engine has our layers, or when there
+is no sidecar to say) and TensorRT's own plugins into TensorRT's registry (before deserialising: the engine's
+plugin layers are recreated from it); deserialise; read every optimisation profile's ranges; create one execution
+context, one CUDA stream, CUDA events, and grow-on-demand buffers (pinned host + device) per tensor.
 
-Per call: every input shape is checked against the engine's profile (a clear error outside it), set with
-``set_input_shape``; numpy inputs are copied into pinned buffers and sent with async copies; torch CUDA
+Per call: the input shapes pick the first optimisation profile that contains them all (a clear error listing every
+profile when none does; engines from ``dcn-deploy build`` have one), which is selected on the context with
+``set_optimization_profile_async`` on our stream when it differs from the last call's (the switch costs layer
+resource updates at the next execution, so calls that alternate between profiles are slower); the shapes are
+set with ``set_input_shape``; numpy inputs are copied into pinned buffers and sent with async copies; torch CUDA
 tensors are used in place (their pointer goes to ``set_tensor_address``: no host round trip); then
 ``execute_async_v3`` on our stream, async copies back, one synchronise, outputs returned as numpy arrays.
 
 Threads: a runner owns one execution context, stream and set of buffers, and a lock serialises ``infer``,
 so one runner may be shared by the threads of a serving process (requests then run one at a time). For
 requests in parallel on one GPU, give each worker thread its own ``TrtRunner`` (each deserialises the engine
-and has its own context and stream). The CUDA context is the device's primary context (the one PyTorch uses),
-pushed for the duration of each call, so any thread may call.
+and has its own context and stream, so no two contexts of one engine compete for a profile). The CUDA context is
+the device's primary context (the one PyTorch uses), pushed for the duration of each call, so any thread may call.
 
 CUDA graphs (``cuda_graph=True``): for numpy inputs, the copies and the execution of one input-shape
 combination are captured once (after one ordinary run, which TensorRT needs after a shape change) and
@@ -37,7 +41,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from .base import Runner, RunnerError, TensorMeta
-from .trt_profiles import Profile, ProfileError, TensorRange, check_shapes_in_profile
+from .trt_profiles import Profile, ProfileError, TensorRange, select_profile
 
 __all__ = ["StageTimes", "TrtRunner"]
 
@@ -171,16 +175,24 @@ class TrtRunner(Runner):
         self._lock = threading.Lock()
         self._inputs: Tuple[TensorMeta, ...] = ()
         self._outputs: Tuple[TensorMeta, ...] = ()
-        self._profile: Profile = {}
+        self._profiles: List[Profile] = []  # the engine's optimisation profiles, in index order
+        self._active_profile = 0  # the profile selected on the execution context (a new context has 0)
         self._last_stages: Optional[StageTimes] = None
         self._graphs: Dict[tuple, Optional[_CudaGraph]] = {}  # at most one; None: capture failed
 
     # activation -------------------------------------------------------------------------------------------------
     def _plugin_path_for(self, meta) -> Optional[Path]:
-        """The plugin library to load: explicit, else the recorded one when unchanged, else the discovered one."""
+        """The plugin library to load: None when the sidecar says the engine has no layers of ours (a broken or
+        mismatched library then cannot stop it); else explicit, else the recorded one when unchanged, else the
+        discovered one (without a sidecar, None when none is found, as the engine may not need it)."""
         from . import engine_meta
         from .trt_build import _find_plugin_library
 
+        if engine_meta.needs_plugin_library(meta) is False:
+            if self.plugin_library is not None:
+                self.warnings.append(f"trt: plugin library {self.plugin_library} not loaded: {self.engine_path}'s "
+                                     "sidecar says the engine has no dcn_deploy plugin layers")
+            return None
         if self.plugin_library is not None:
             return _find_plugin_library(self.plugin_library)
         if meta is not None and meta.plugin_library:
@@ -204,6 +216,7 @@ class TrtRunner(Runner):
         except ImportError as exc:
             raise RunnerError(f"trt: {exc}") from exc
         cuda = _import_cuda()
+        self.warnings = []
         meta = engine_meta.read_meta(self.engine_path) if self.check_metadata else None
         plugin = self._plugin_path_for(meta)
         if meta is not None:
@@ -213,7 +226,7 @@ class TrtRunner(Runner):
                 raise RunnerError(f"trt: {exc}") from exc
             facts = engine_meta.RuntimeFacts(trt.__version__, gpu_name, capability,
                                              engine_meta.sha256_file(plugin) if plugin else None)
-            self.warnings = engine_meta.check_compatible(meta, facts, engine_name=str(self.engine_path))
+            self.warnings += engine_meta.check_compatible(meta, facts, engine_name=str(self.engine_path))
         if plugin is not None:
             try:
                 load_plugin_library(trt, plugin)
@@ -240,7 +253,7 @@ class TrtRunner(Runner):
             # Non-blocking: no implicit synchronisation with the legacy default stream (which PyTorch uses).
             self._stream = cuda.Stream(flags=1)  # CU_STREAM_NON_BLOCKING
             self._events = [cuda.Event() for _ in range(4)]
-            inputs, outputs, profile = [], [], {}
+            inputs, outputs = [], []
             for i in range(engine.num_io_tensors):
                 name = engine.get_tensor_name(i)
                 try:
@@ -252,11 +265,17 @@ class TrtRunner(Runner):
                 meta_t = TensorMeta(name, dtype, shape)
                 if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                     inputs.append(meta_t)
-                    lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
-                    profile[name] = TensorRange(tuple(lo), tuple(opt), tuple(hi))
                 else:
                     outputs.append(meta_t)
-            self._inputs, self._outputs, self._profile = tuple(inputs), tuple(outputs), profile
+            profiles = []
+            for index in range(engine.num_optimization_profiles):
+                profile = {}
+                for m in inputs:
+                    lo, opt, hi = engine.get_tensor_profile_shape(m.name, index)
+                    profile[m.name] = TensorRange(tuple(lo), tuple(opt), tuple(hi))
+                profiles.append(profile)
+            self._inputs, self._outputs, self._profiles = tuple(inputs), tuple(outputs), profiles
+            self._active_profile = 0  # a new execution context starts with profile 0
             self._buffers = {m.name: _Buffer(cuda, m.dtype) for m in inputs + outputs}
         except BaseException:
             self._release_cuda_objects()
@@ -312,7 +331,17 @@ class TrtRunner(Runner):
     @property
     def profile(self) -> Profile:
         """The engine's optimisation profile 0: input name -> TensorRange."""
-        return dict(self._profile)
+        return dict(self._profiles[0]) if self._profiles else {}
+
+    @property
+    def profiles(self) -> List[Profile]:
+        """Every optimisation profile of the engine, in index order (input name -> TensorRange each)."""
+        return [dict(p) for p in self._profiles]
+
+    @property
+    def active_profile(self) -> int:
+        """The index of the profile the last call ran with (0 before the first call)."""
+        return self._active_profile
 
     def last_stage_times(self) -> Optional[StageTimes]:
         """Host-to-device, compute and device-to-host time of the last ``infer`` (CUDA events), or None."""
@@ -327,7 +356,9 @@ class TrtRunner(Runner):
             finally:
                 self._context.pop()
 
-    def _prepare_inputs(self, feed: Mapping[str, object]) -> Tuple[Dict[str, object], Dict[str, Tuple[int, ...]]]:
+    def _prepare_inputs(self, feed: Mapping[str, object]
+                        ) -> Tuple[Dict[str, object], Dict[str, Tuple[int, ...]], int]:
+        """(arrays, shapes, index of the first profile that contains the shapes), or RunnerError."""
         arrays: Dict[str, object] = {}
         shapes: Dict[str, Tuple[int, ...]] = {}
         for meta in self._inputs:
@@ -346,10 +377,10 @@ class TrtRunner(Runner):
             arrays[meta.name] = value
             shapes[meta.name] = tuple(int(s) for s in value.shape)
         try:
-            check_shapes_in_profile(shapes, self._profile)
+            profile_index = select_profile(shapes, self._profiles)
         except ProfileError as exc:
             raise RunnerError(f"trt: {exc}") from None
-        return arrays, shapes
+        return arrays, shapes, profile_index
 
     def _check_torch(self, meta: TensorMeta, tensor):
         import torch
@@ -366,7 +397,7 @@ class TrtRunner(Runner):
 
     def _infer_locked(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
         ctx, stream = self._exec, self._stream
-        arrays, shapes = self._prepare_inputs(feed)
+        arrays, shapes, profile_index = self._prepare_inputs(feed)
         uses_torch = any(not isinstance(v, np.ndarray) for v in arrays.values())
         if uses_torch:
             import torch
@@ -375,10 +406,14 @@ class TrtRunner(Runner):
             torch.cuda.current_stream(self.device).synchronize()
 
         reallocated = False
+        switched = profile_index != self._active_profile
+        if switched:
+            self._select_profile(profile_index)
+        profile = self._profiles[profile_index]
         for name, shape in shapes.items():
             if not ctx.set_input_shape(name, shape):
                 raise RunnerError(f"trt: TensorRT refused shape {shape} for input {name!r} (profile "
-                                  f"{self._profile[name].min}..{self._profile[name].max})")
+                                  f"{profile_index}: {profile[name].min}..{profile[name].max})")
         out_shapes = {m.name: tuple(ctx.get_tensor_shape(m.name)) for m in self._outputs}
         for name, shape in out_shapes.items():
             if any(d < 0 for d in shape):
@@ -390,7 +425,7 @@ class TrtRunner(Runner):
         for name, shape in out_shapes.items():
             reallocated |= self._buffers[name].ensure(int(np.prod(shape)))
         key = tuple(sorted(shapes.items()))
-        if reallocated or (self._graphs and key not in self._graphs):
+        if reallocated or switched or (self._graphs and key not in self._graphs):
             # One graph at a time: a graph recorded at other shapes (or buffer addresses) would replay with the
             # state TensorRT set up for the shapes of the last ordinary run on this execution context.
             self._drop_graphs()
@@ -431,6 +466,21 @@ class TrtRunner(Runner):
             self._last_stages = StageTimes(0.0, ev[0].time_till(ev[3]), 0.0)
         return {name: self._buffers[name].host[:int(np.prod(shape))].reshape(shape).copy()
                 for name, shape in out_shapes.items()}
+
+    def _select_profile(self, index: int) -> None:
+        """Select optimisation profile ``index`` on our context. TensorRT may enqueue copies for the switch on the
+        stream given; it is our execution stream, so they are ordered before the next execution. The input shapes
+        must be set again afterwards (the caller does, for every call)."""
+        try:
+            ok = self._exec.set_optimization_profile_async(index, self._stream.handle)
+        except RuntimeError as exc:  # TensorRT's binding raises where the C++ call returns false
+            ok, reason = False, f" ({exc})"
+        else:
+            reason = ""
+        if not ok:
+            raise RunnerError(f"trt: TensorRT refused to switch the execution context to optimisation profile "
+                              f"{index} of {len(self._profiles)}{reason}; see its log above")
+        self._active_profile = index
 
     def _copy_in(self, arrays: Mapping[str, object]) -> None:
         for name, value in arrays.items():
