@@ -1001,7 +1001,7 @@ class TestParseRoute:
             choose_parse_route(-1, False)
 
     def test_tensor_bytes_count_every_tensor(self, rng):
-        from dcn_deploy.backends.trt_build import model_tensor_bytes
+        from dcn_deploy.onnx.external_data import model_tensor_bytes
 
         model = dcn_model()
         initialisers = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
@@ -1029,7 +1029,8 @@ class TestParseRoute:
         return path
 
     def test_external_data_is_detected_and_loaded(self, tmp_path):
-        from dcn_deploy.backends.trt_build import read_model_for_build, uses_external_data
+        from dcn_deploy.backends.trt_build import read_model_for_build
+        from dcn_deploy.onnx.external_data import uses_external_data
 
         model = dcn_model(seed=3)
         path = self._save_external(onnx.ModelProto.FromString(model.SerializeToString()), tmp_path)
@@ -1048,8 +1049,8 @@ class TestParseRoute:
     def test_written_model_runs_from_its_file_with_the_data_beside_it(self, tmp_path, rng):
         """What parse_from_file gets: ONNX Runtime (which reads external data relative to the model file, as
         TensorRT's parser does) runs the written file to the same outputs as the in-memory model."""
-        from dcn_deploy.backends.trt_build import (model_tensor_bytes, prepare_onnx, uses_external_data,
-                                                   write_model_for_parser)
+        from dcn_deploy.backends.trt_build import prepare_onnx
+        from dcn_deploy.onnx.external_data import model_tensor_bytes, uses_external_data, write_with_external_data
 
         prepared, _, routed = prepare_onnx(dcn_model(seed=1), precision="fp16")
         assert routed == 1
@@ -1058,7 +1059,7 @@ class TestParseRoute:
         folder = tmp_path / "scratch"
         folder.mkdir()
         for _ in range(2):  # writing twice into the same folder must not append to the data file
-            written = write_model_for_parser(onnx.ModelProto.FromString(keep.SerializeToString()), folder)
+            written = write_with_external_data(onnx.ModelProto.FromString(keep.SerializeToString()), folder)
         assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.data"]  # no temp files
         data = folder / "model.onnx.data"
         shell = onnx.load(str(written), load_external_data=False)
@@ -1077,7 +1078,7 @@ class TestParseRoute:
             np.testing.assert_array_equal(got[name], want[name])
         # the function writes the data out of the proto it is given (no copy of a large model in memory)
         moved = onnx.ModelProto.FromString(keep.SerializeToString())
-        write_model_for_parser(moved, tmp_path, name="moved.onnx")
+        write_with_external_data(moved, tmp_path, name="moved.onnx")
         assert model_tensor_bytes(moved) < size
 
 

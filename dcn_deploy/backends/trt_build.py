@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
-from ..io_utils import atomic_path, atomic_write_bytes, check_output_path
+from ..io_utils import atomic_write_bytes, check_output_path
+from ..onnx.external_data import model_tensor_bytes, uses_external_data, write_with_external_data
 from . import engine_meta
 from .factory import read_onnx_model
 from .trt_profiles import Profile, compute_profile, format_shape, onnx_input_shapes
@@ -39,9 +40,9 @@ from .trt_profiles import Profile, compute_profile, format_shape, onnx_input_sha
 __all__ = [
     "BuildCancelled", "BuildError", "BuildProgress", "BuildResult", "PARSE_IN_MEMORY_LIMIT", "TensorRTMissingError",
     "build_engine", "choose_parse_route", "cuda_device_facts", "duplicate_library_message", "format_parser_errors",
-    "import_tensorrt", "load_plugin_library", "looks_like_plugin_library", "mapped_shared_objects",
-    "model_tensor_bytes", "parse_size", "plugin_fields_from_registry", "prepare_onnx", "read_model_for_build",
-    "register_tensorrt_plugins", "tensorrt_install_hint", "uses_external_data", "write_model_for_parser",
+    "import_tensorrt", "load_plugin_library", "looks_like_plugin_library", "mapped_shared_objects", "parse_size",
+    "plugin_fields_from_registry", "prepare_onnx", "read_model_for_build", "register_tensorrt_plugins",
+    "tensorrt_install_hint",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -463,74 +464,6 @@ def _load_plugins(trt, model, plugin_library, *, rtx: bool, say: Callable[[str],
 # ``parse_from_file`` reads (external weights are found relative to the model file). The limit leaves room below
 # 2 GiB for the graph itself and errs early: writing a 1 GiB model to disk costs seconds, failing costs the build.
 PARSE_IN_MEMORY_LIMIT = 1 << 30
-_SUB_BYTE_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}  # packed several to a byte
-
-
-def _graph_tensors(graph) -> Iterable:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        yield from _node_tensors(node)
-
-
-def _node_tensors(node) -> Iterable:
-    for attr in node.attribute:
-        if attr.HasField("t"):
-            yield attr.t
-        yield from attr.tensors
-        if attr.HasField("sparse_tensor"):
-            yield attr.sparse_tensor.values
-            yield attr.sparse_tensor.indices
-        for sparse in attr.sparse_tensors:
-            yield sparse.values
-            yield sparse.indices
-        if attr.HasField("g"):
-            yield from _graph_tensors(attr.g)
-        for graph in attr.graphs:
-            yield from _graph_tensors(graph)
-
-
-def _model_tensors(model) -> Iterable:
-    """Every TensorProto of a model: initialisers, Constant values, subgraphs' and local functions' tensors."""
-    yield from _graph_tensors(model.graph)
-    for function in model.functions:
-        for node in function.node:
-            yield from _node_tensors(node)
-
-
-def _tensor_bytes(tensor) -> int:
-    """A tensor's data size from its shape and element type. Reading ``raw_data`` to measure it would copy the
-    bytes (protobuf's Python objects hand out copies): 2 s and 2 GiB for the largest models."""
-    import onnx
-
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return 0
-    if tensor.data_type == onnx.TensorProto.STRING:
-        return sum(len(s) for s in tensor.string_data)
-    count = 1
-    for d in tensor.dims:
-        count *= int(d)
-    name = onnx.TensorProto.DataType.Name(tensor.data_type)
-    if name in _SUB_BYTE_BITS:
-        return (count * _SUB_BYTE_BITS[name] + 7) // 8
-    try:
-        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):  # a type this onnx does not know: measure the bytes themselves
-        return len(tensor.raw_data)
-
-
-def model_tensor_bytes(model) -> int:
-    """Bytes of tensor data held inside ``model``, from each tensor's shape and type (external data counts 0)."""
-    return sum(_tensor_bytes(t) for t in _model_tensors(model))
-
-
-def uses_external_data(model) -> bool:
-    """True when some tensor of ``model`` points at an external data file (as loaded with load_external_data=False)."""
-    import onnx
-
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _model_tensors(model))
 
 
 def choose_parse_route(tensor_bytes: int, source_has_external_data: bool, *,
@@ -541,26 +474,6 @@ def choose_parse_route(tensor_bytes: int, source_has_external_data: bool, *,
     if tensor_bytes < 0:
         raise ValueError(f"tensor_bytes must be >= 0, got {tensor_bytes}")
     return "file" if source_has_external_data or tensor_bytes >= limit else "memory"
-
-
-def write_model_for_parser(model, folder: PathLike, name: str = "model.onnx") -> Path:
-    """Write ``model`` as ``folder/name`` with its tensors (1 KiB and larger) in ``folder/name.data`` beside it, for
-    ``parse_from_file``; returns the model's path. The model file appears atomically once its data is complete.
-
-    Moves the tensor data out of ``model`` itself (onnx's external-data writer clears each tensor it writes), so
-    a model over 2 GiB is never copied in memory; pass a copy to keep the original whole.
-    """
-    import onnx
-
-    folder = Path(folder)
-    target = folder / name
-    data = folder / f"{name}.data"
-    if data.exists():
-        data.unlink()  # onnx appends to an existing data file
-    with atomic_path(target) as tmp:
-        onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-    return target
 
 
 def read_model_for_build(onnx_path: Path):
@@ -595,7 +508,7 @@ def _parse(trt, builder, logger, prepared, onnx_path: Path, *, source_external: 
         # The parser reads external weights into its own memory while parsing, so the copy can go right after.
         # Beside the engine, not in /tmp: the output folder is known to be writable, and /tmp may be RAM.
         with tempfile.TemporaryDirectory(prefix=".dcn_deploy_parse_", dir=scratch) as folder:
-            model_file = write_model_for_parser(prepared, folder)
+            model_file = write_with_external_data(prepared, folder)
             say(f"[build] {size / 2**20:.0f} MiB of weights{' (external data)' if source_external else ''}: "
                 f"parsing from {model_file.name} with its data file")
             ok = parser.parse_from_file(str(model_file))
