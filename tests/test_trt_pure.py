@@ -828,6 +828,26 @@ def test_build_engine_refuses_a_device_other_than_the_first_visible(tmp_path):
         build_engine(tmp_path / "model.onnx", device=1)
 
 
+@pytest.mark.parametrize("options,message", [
+    ({"precision": "int8"}, "precision must be fp32, fp16 or bf16, got 'int8'"),
+    ({"precision": "fp16", "io_dtype": "float16"}, "io_dtype must be 'float32' or 'half'"),
+    ({"precision": "fp16", "keep_fp32": ["no_such_node"]}, r"--keep-fp32: no node named \['no_such_node'\]"),
+    ({"workspace": "lots"}, "--workspace: 'lots' is not a size"),
+    ({"optimization_level": 7}, r"optimization_level \(--opt-level\) must be an integer from 0 to 5"),
+])
+def test_build_engine_checks_its_options_before_tensorrt(tmp_path, options, message):
+    """A wrong option is reported as such on any machine, not after installing TensorRT (whose absence is reported
+    otherwise: the last case below)."""
+    from dcn_deploy.backends.trt_build import TensorRTMissingError, build_engine
+
+    path = tmp_path / "model.onnx"
+    onnx.save(dcn_model(), str(path))
+    with pytest.raises(ValueError, match=message):
+        build_engine(path, tmp_path / "m.engine", tensorrt_module="no_such_tensorrt_module", **options)
+    with pytest.raises(TensorRTMissingError):  # the same call with good options gets as far as importing TensorRT
+        build_engine(path, tmp_path / "m.engine", tensorrt_module="no_such_tensorrt_module")
+
+
 # which engines need our plugin library --------------------------------------------------------------------------------
 class TestPluginLibraryNeed:
     @pytest.fixture

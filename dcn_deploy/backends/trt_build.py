@@ -583,6 +583,21 @@ def _build_serialized(trt, builder, network, config, say: Optional[Callable[[str
     return serialized
 
 
+def _check_options(model, *, precision: str, io_dtype: str, keep_fp32: Iterable[str], workspace,
+                   optimization_level: Optional[int]) -> None:
+    """The build options that need no TensorRT, checked before it is imported (see build_engine)."""
+    from ..onnx.precision import check_keep_fp32_nodes, check_precision_options
+
+    check_precision_options(precision, io_dtype)
+    if precision != "fp32":
+        check_keep_fp32_nodes(model, keep_fp32)
+    if workspace is not None:
+        parse_size(workspace)
+    if optimization_level is not None and not (isinstance(optimization_level, int) and 0 <= optimization_level <= 5):
+        raise ValueError(f"optimization_level (--opt-level) must be an integer from 0 to 5 (TensorRT's builder "
+                         f"optimisation levels; its default is 3), got {optimization_level!r}")
+
+
 def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *, precision: str = "fp32",
                  shapes=None, min_shapes=None, opt_shapes=None, max_shapes=None, max_batch: int = 8,
                  workspace: Union[str, int, None] = None, timing_cache: Optional[PathLike] = None,
@@ -627,6 +642,8 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     check_output_path(engine_path, "engine path")
     profile: Profile = compute_profile(onnx_input_shapes(model), shapes=shapes, min_shapes=min_shapes,
                                        opt_shapes=opt_shapes, max_shapes=max_shapes, max_batch=max_batch)
+    _check_options(model, precision=precision, io_dtype=io_dtype, keep_fp32=keep_fp32, workspace=workspace,
+                   optimization_level=optimization_level)
     trt = import_tensorrt(tensorrt_module)
     say = (lambda line: print(line, file=log, flush=True)) if progress else (lambda line: None)
     logger = trt.Logger(trt.Logger.WARNING)

@@ -52,7 +52,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
+__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "check_keep_fp32_nodes", "check_precision_options", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
 
 # op_type (default domain) -> why it stays float32. See the module docstring for the rule.
 KEEP_FP32_OPS: Dict[str, str] = {
@@ -229,6 +229,25 @@ def _known_types(model: onnx.ModelProto) -> Dict[str, int]:
 
 
 # the conversion -----------------------------------------------------------------------------------------------------
+def check_precision_options(precision: str, io_dtype: str = "float32") -> None:
+    """Raises :class:`PrecisionError` for a ``precision`` or ``io_dtype`` that :func:`convert_precision` does not
+    take (callers that must check before slower work, e.g. before importing TensorRT, call this first)."""
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise PrecisionError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+    if io_dtype not in ("float32", "half"):
+        raise PrecisionError(f"io_dtype must be 'float32' or 'half', got {io_dtype!r}")
+
+
+def check_keep_fp32_nodes(model: onnx.ModelProto, keep_fp32_nodes: Iterable[str]) -> None:
+    """Raises :class:`PrecisionError` naming the ``keep_fp32_nodes`` (``--keep-fp32``) that are not nodes of the
+    model's graph."""
+    names = {n.name for n in model.graph.node if n.name}
+    unknown = sorted(set(keep_fp32_nodes) - names)
+    if unknown:
+        raise PrecisionError(f"--keep-fp32: no node named {unknown} in the model; node names look like "
+                             f"{sorted(names)[:8]} (see `dcn-deploy inspect MODEL.onnx`)")
+
+
 def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
                       keep_fp32_nodes: Iterable[str] = (), keep_fp32_ops: Optional[Dict[str, str]] = None,
                       io_dtype: str = "float32") -> Tuple[onnx.ModelProto, PrecisionReport]:
@@ -240,10 +259,7 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
         io_dtype: "float32" (model inputs/outputs stay float32, Casts at the boundary) or "half".
     Raises :class:`PrecisionError` for unknown node names, control flow, or bf16 below opset 22 with our ops.
     """
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise PrecisionError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
-    if io_dtype not in ("float32", "half"):
-        raise PrecisionError(f"io_dtype must be 'float32' or 'half', got {io_dtype!r}")
+    check_precision_options(precision, io_dtype)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     report = PrecisionReport(precision, io_dtype)
@@ -254,11 +270,7 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
     keep_ops = KEEP_FP32_OPS if keep_fp32_ops is None else keep_fp32_ops
     keep_names = set(keep_fp32_nodes)
     g = out.graph
-    names = {n.name for n in g.node if n.name}
-    unknown = sorted(keep_names - names)
-    if unknown:
-        raise PrecisionError(f"--keep-fp32: no node named {unknown} in the model; node names look like "
-                             f"{sorted(names)[:8]} (see `dcn-deploy inspect MODEL.onnx`)")
+    check_keep_fp32_nodes(out, keep_names)
     for node in g.node:
         if node.op_type in _CONTROL_FLOW or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                                 for a in node.attribute):
