@@ -181,9 +181,9 @@ def format_shape(shape: Sequence[object]) -> str:
     return "x".join("?" if d is None else str(d) for d in shape) or "scalar"
 
 
-def _example_shape(shape: Sequence[object]) -> str:
+def _example_shape(shape: Sequence[object]) -> Shape:
     # batch 1, and a plausible image size for other unknown dimensions, as an example to edit
-    return format_shape([d if isinstance(d, int) else (1 if i == 0 else 64) for i, d in enumerate(shape)])
+    return tuple(d if isinstance(d, int) else (1 if i == 0 else 64) for i, d in enumerate(shape))
 
 
 def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Sequence[int]]] = None,
@@ -199,12 +199,16 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
     (``rois``, see :func:`roi_inputs`) counts boxes, not images: ``batch`` never sets it (a dynamic one defaults
     to :data:`DEFAULT_BOX_COUNT`).
     """
+    if batch is not None and (isinstance(batch, bool) or not hasattr(batch, "__index__") or batch < 1):
+        # first: a batch of 0 would otherwise read as a mismatch with a fixed batch size
+        raise FeedError(f"batch (CLI: --batch) must be an int >= 1 (the batch size), got {batch!r}")
     shapes = dict(shapes or {})
     batched_metas = [m for m in metas if m.name not in rois]  # the inputs whose first dimension is the batch
     known = {m.name for m in metas}
     unknown = sorted(set(shapes) - known)
     if unknown:
-        raise FeedError(f"--shape names {unknown} are not inputs of the model; its inputs are {sorted(known)}")
+        raise FeedError(f"shapes (CLI: --shape) names {unknown}, which are not inputs of the model; its inputs are "
+                        f"{sorted(known)}")
     default_batch = batch
     if default_batch is None:  # a batch size the user gave for one batched input applies to the others
         given_batches = [tuple(shapes[m.name])[0] for m in batched_metas
@@ -216,12 +220,13 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
         if given is not None:
             given = tuple(int(d) for d in given)
             if len(given) != len(meta.shape):
-                raise FeedError(f"input {meta.name!r}: --shape {format_shape(given)} has {len(given)} dimensions, "
-                                f"the model's input has {len(meta.shape)} ({format_shape(meta.shape)})")
+                raise FeedError(f"input {meta.name!r}: shapes (CLI: --shape) gives {format_shape(given)}, "
+                                f"{len(given)} dimensions; the model's input has {len(meta.shape)} "
+                                f"({format_shape(meta.shape)})")
             for axis, (want, got) in enumerate(zip(meta.shape, given)):
                 if isinstance(want, int) and want != got:
                     raise FeedError(f"input {meta.name!r}: dimension {axis} is fixed to {want} in the model, "
-                                    f"--shape gives {got} (model shape {format_shape(meta.shape)})")
+                                    f"shapes (CLI: --shape) gives {got} (model shape {format_shape(meta.shape)})")
             if batch is not None and given and not isinstance(meta.shape[0], int) and meta.name not in rois:
                 given = (int(batch),) + given[1:]
             resolved[meta.name] = given
@@ -235,17 +240,18 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
             elif axis == 0:
                 dims.append(1 if default_batch is None else int(default_batch))
             else:
+                example = _example_shape(meta.shape)
                 raise FeedError(
                     f"input {meta.name!r} has a dynamic dimension {axis} ({dim or 'unnamed'}) in shape "
-                    f"{format_shape(meta.shape)}; give its size with --shape {meta.name}=SHAPE, "
-                    f"e.g. --shape {meta.name}={_example_shape(meta.shape)}")
+                    f"{format_shape(meta.shape)}; give its size: shapes={{{meta.name!r}: {example}}} "
+                    f"(CLI: --shape {meta.name}={format_shape(example)})")
         resolved[meta.name] = tuple(dims)
     fixed = fixed_batch(metas, rois)
     if batch is not None and fixed is not None and batch != fixed:
         meta = next(m for m in batched_metas if m.shape)
         raise FeedError(f"input {meta.name!r} has a fixed batch size {fixed} (shape {format_shape(meta.shape)}), "
-                        f"so batch {batch} cannot run; export the model with a dynamic batch dimension "
-                        "(dcn-deploy export --dynamic) or use that batch size")
+                        f"so batch {batch} cannot run; use batch={fixed} (CLI: --batch {fixed}), or export the model "
+                        "with a dynamic batch dimension (export(..., dynamic=True); CLI: dcn-deploy export --dynamic)")
     return resolved
 
 
@@ -260,6 +266,10 @@ def fixed_batch(metas: Sequence[TensorMeta], rois: Sequence[str] = ()) -> Option
     return batched[0].shape[0]
 
 
+# The fix when no random input will do: the caller's own arrays (benchmark takes random inputs only).
+_GIVE_VALUES = "give the values yourself: compare_runners(..., feed={name: array}) (CLI: --input NAME=file.npy)"
+
+
 def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
     """Random data of a dtype: floats ~ N(0, 1), integers in [0, 10), booleans fair coins."""
     dtype = np.dtype(dtype)
@@ -269,7 +279,7 @@ def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.
         return rng.integers(0, 10, size=shape).astype(dtype)
     if dtype.kind == "b":
         return rng.random(shape) < 0.5
-    raise FeedError(f"cannot generate random inputs of dtype {dtype}; give the input as a file with --input")
+    raise FeedError(f"cannot generate random inputs of dtype {dtype}; {_GIVE_VALUES}")
 
 
 def box_image(shapes: Sequence[Shape], is_roi: Sequence[bool]) -> Optional[Shape]:
@@ -282,7 +292,7 @@ def random_boxes(shape: Shape, dtype: np.dtype, image: Shape, rng: np.random.Gen
     of the image's side and at least one pixel, its batch index in [0, N)."""
     if len(shape) != 2 or shape[1] != 5:
         raise FeedError(f"RoI input of shape {format_shape(shape)}: expected (K, 5) rows (batch index, x1, y1, x2, "
-                        "y2); give it with --input")
+                        f"y2); {_GIVE_VALUES}")
     count = shape[0]
     batch, (height, width) = image[0], (image[2], image[3])
     sides = [rng.uniform(0.1, 0.6, count) * size + 1 for size in (width, height)]
@@ -306,7 +316,7 @@ def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Seque
         if m.name in rois:
             if image is None:
                 raise FeedError(f"input {m.name!r} holds RoI boxes, but the model has no 4-D image input to place "
-                                "them in; give the boxes with --input")
+                                f"them in; {_GIVE_VALUES}")
             feed[m.name] = random_boxes(resolved[m.name], m.dtype, image, rng)
     return {m.name: feed[m.name] for m in metas}
 

@@ -231,7 +231,7 @@ def test_resolve_shapes_fills_batch_and_user_sizes():
     assert shapes == {"image": (4, 3, 16, 20), "scale": (1,), "ids": (4, 4)}
     with pytest.raises(FeedError, match=r"input 'image' has a dynamic dimension 2 \(H\).*--shape image="):
         resolve_shapes(METAS)
-    with pytest.raises(FeedError, match="dimension 1 is fixed to 3 in the model, --shape gives 5"):
+    with pytest.raises(FeedError, match=r"dimension 1 is fixed to 3 in the model, shapes \(CLI: --shape\) gives 5"):
         resolve_shapes(METAS, {"image": (1, 5, 8, 8)})
     with pytest.raises(FeedError, match=r"not inputs of the model"):
         resolve_shapes(METAS, {"imgae": (1, 3, 8, 8)})

@@ -68,6 +68,9 @@ def _flatten_outputs(result: object, prefix: Optional[str] = None) -> List[tuple
 class TorchRunner(Runner):
     """PyTorch eager inference under ``torch.inference_mode`` with the module in eval mode.
 
+    While active, the module is in eval mode and on ``device``; deactivating puts back each submodule's
+    train/eval mode and the device its parameters were on, so a model validated during training goes on training.
+
     Args:
         model: the module; ``forward(*inputs)`` in the order of ``inputs``.
         inputs: the inputs' metadata (names, dtypes, shapes with dynamic dims), e.g. from an ONNX runner or
@@ -84,6 +87,8 @@ class TorchRunner(Runner):
         self._output_names = None if output_names is None else list(output_names)
         self.device = torch.device(device)
         self.name = name
+        self._modes: List[tuple] = []  # (submodule, its training flag) before activate
+        self._home: Optional[torch.device] = None  # the parameters' device before activate, when it differs
 
     def input_metadata(self) -> tuple:
         return self._inputs
@@ -92,10 +97,19 @@ class TorchRunner(Runner):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RunnerError("torch: device 'cuda' was asked for but this PyTorch has no usable CUDA device; "
                               "use device 'cpu'")
+        self._modes = [(module, module.training) for module in self.model.modules()]
+        devices = {t.device for t in (*self.model.parameters(), *self.model.buffers())}
+        # one device to go back to; a model spread over several stays on ``device``
+        self._home = next(iter(devices)) if len(devices) == 1 and self.device not in devices else None
         _eval_mode(self.model).to(self.device)
 
     def _deactivate(self) -> None:
-        pass
+        # the flags themselves, not model.train(): a user may keep some layers (e.g. frozen BatchNorm) in eval mode
+        for module, training in self._modes:
+            module.training = training
+        if self._home is not None:
+            self.model.to(self._home)
+        self._modes, self._home = [], None
 
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
         args = [_to_torch(feed[m.name], m, self.device) for m in self._inputs]

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -37,7 +38,7 @@ from ..feeds import EXAMPLE_SHAPES_KEY, box_image, format_shape, random_boxes, r
 from ..io_utils import atomic_path, check_output_path, give_default_permissions
 from . import opset as dcn_opset
 from .dynamic_shapes import dynamic_shapes, tied_dynamic_shapes
-from .graph_names import rename_graph_io, rename_symbols, rois_sharing_the_batch
+from .graph_names import check_io_names, rename_graph_io, rename_symbols, rois_sharing_the_batch
 from .inspect import spaced_shape
 from .model_loading import describe_exception, program_shape_mismatch
 
@@ -164,6 +165,29 @@ class ExportReport:
 def _check_model(model) -> None:
     if not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
         raise TypeError(f"model must be a torch.nn.Module or a torch.export.ExportedProgram, got {type(model).__name__}")
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Export and verify in eval mode, as ``torch.onnx.export`` does by default: a deployed model runs inference,
+    and dropout and BatchNorm differ in training mode. Yields the first submodule that was training ('' for the
+    model itself), or None; every submodule's own flag is put back afterwards (a frozen BatchNorm stays frozen)."""
+    if not isinstance(model, torch.nn.Module) or "eval" in vars(model):
+        yield None  # a torch.export program's module() refuses eval(): its graph was fixed when it was exported
+        return
+    modes = {module: module.training for module in model.modules()}
+    training = next((name for name, module in model.named_modules() if module.training), None)
+    model.eval()
+    try:
+        yield training
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def _check_tolerance(rtol: Optional[float], atol: Optional[float]) -> None:
+    """The verification tolerance, checked before the (slow) export by the rule every comparison uses."""
+    Tolerance(atol=0.0 if atol is None else atol, rtol=0.0 if rtol is None else rtol)
 
 
 def _check_example_inputs(example_inputs) -> Tuple[torch.Tensor, ...]:
@@ -522,6 +546,13 @@ def _other_shapes(example_inputs: Sequence[torch.Tensor], graph_inputs) -> Optio
     return shapes, ", ".join(parts)
 
 
+def _missing_float64_kernel(message: str, dtypes: set) -> Optional[str]:
+    """The op ONNX Runtime has no kernel for (``Conv`` in "NOT_IMPLEMENTED : Could not find an implementation for
+    Conv(11) node ..."), when the model is float64: its CPU provider has float64 DeformConv but no float64 Conv."""
+    match = re.search(r"NOT_IMPLEMENTED.*?implementation for (\w+)\(", message)
+    return match.group(1) if match and torch.float64 in dtypes else None
+
+
 def _make_session(path: Path):
     import onnxruntime as ort
 
@@ -542,7 +573,9 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     """Export ``model`` to the ONNX file ``path`` with its deformable convolutions as ``dcn_deploy`` ops.
 
     Args:
-        model: a ``torch.nn.Module`` (put in eval mode by the caller) or a ``torch.export.ExportedProgram``.
+        model: a ``torch.nn.Module`` (one in training mode is exported and verified in eval mode, as
+            ``torch.onnx.export`` does, with a warning in the report, and its modes are put back afterwards) or a
+            ``torch.export.ExportedProgram``.
         example_inputs: tuple of tensors, one per model input, e.g. ``(torch.randn(1, 3, 224, 224),)``; may be None
             for an ExportedProgram (its own example inputs are used).
         path: output file; written atomically (a temporary file, renamed once checked). A model whose weights
@@ -580,7 +613,6 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         inspection, and the message says so.
     """
     say = progress or (lambda message: None)
-    seconds: Dict[str, float] = {}
     _check_model(model)
     for definition in dcn_opset.definitions():  # layers an op cannot export, named before the exporter runs
         if definition.check_model is not None:
@@ -590,8 +622,30 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     example_inputs = _check_example_inputs(example_inputs)
     dtypes = _float_dtypes(model, example_inputs)
     opset = _check_opset(opset, dtypes)
+    _check_tolerance(rtol, atol)
+    input_names, output_names = check_io_names(input_names, output_names)  # before the export: it is slow
     path = Path(path)
     check_output_path(path, "output path")  # before the (slow) export, not after
+    with _eval_mode(model) as training:
+        report, proto = _export_checked(model, example_inputs, path, dynamic=dynamic, standard=standard,
+                                        opset=opset, rtol=rtol, atol=atol, input_names=input_names,
+                                        output_names=output_names, require_deformable=require_deformable, say=say)
+        if training is not None:
+            where = f"its submodule {training!r} was" if training else "it was"
+            report.warnings.append(f"{type(model).__name__}: {where} in training mode; exported and verified in "
+                                   "eval mode, as torch.onnx.export does (dropout off, BatchNorm's running "
+                                   "statistics), and put back in training mode afterwards")
+        if verify:
+            _verify(report, model, example_inputs, proto, seed, say, verify_inputs)
+    return report
+
+
+def _export_checked(model, example_inputs, path: Path, *, dynamic: bool, standard: bool, opset: int,
+                    rtol: Optional[float], atol: Optional[float], input_names, output_names,
+                    require_deformable: bool, say) -> Tuple["ExportReport", onnx.ModelProto]:
+    """The export itself, once the arguments are checked: run the exporter, finish the graph, write and check the
+    file. Returns its report and the written model (for the verification)."""
+    seconds: Dict[str, float] = {}
     _check_inputs_fit(model, example_inputs)
 
     start = time.perf_counter()
@@ -640,9 +694,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         if fixed:
             report.warnings.append(f"inputs {fixed} came out with fixed shapes: the model fixes their sizes "
                                    "(e.g. a reshape with constants or a fixed-size linear layer)")
-    if verify:
-        _verify(report, model, example_inputs, proto, seed, say, verify_inputs)
-    return report
+    return report, proto
 
 
 def _verify(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int, say,
@@ -674,7 +726,11 @@ def _verify(report: ExportReport, model, example_inputs, proto: onnx.ModelProto,
         raise VerificationError(
             f"{report.path} does not match PyTorch: "
             + "; ".join(bad) + f". {_kept(report.path)}. A loose tolerance may be right for deep float16 models "
-            "(rtol/atol), otherwise please report it", report)
+            "(rtol/atol). In float32, roundoff grows with large offsets (e.g. an untrained network's random offset "
+            "branch samples far off the image); to tell it from a bug, compare PyTorch's float32 output with a "
+            "float64 copy's (copy.deepcopy(model).double() on input.double()): a difference as large as the above "
+            "is roundoff (a float64 export verifies in ONNX Runtime only without plain convolutions: its CPU "
+            "provider has no float64 Conv). Otherwise please report it", report)
 
 
 def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int,
@@ -684,6 +740,11 @@ def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.
     try:
         session = _make_session(report.path)
     except Exception as exc:  # onnxruntime's own exception types
+        op = _missing_float64_kernel(str(exc), _float_dtypes(model, example_inputs))
+        if op is not None:
+            raise ExportError(f"ONNX Runtime cannot load {report.path}: its CPU provider has no float64 {op} "
+                              f"({str(exc).strip()}); export in float32 (model.float(), CLI: --dtype float32), or "
+                              "pass verify=False (CLI: --no-verify)") from exc
         raise ExportError(f"ONNX Runtime cannot load {report.path}: {str(exc).strip()}") from exc
     if verify_inputs is not None:
         return [_verify_once(session, model, tuple(inputs), "given inputs "

@@ -9,7 +9,7 @@ import onnx
 
 from ..feeds import roi_input_names
 
-__all__ = ["nodes_with_subgraphs", "rename_graph_io", "rename_symbols", "rois_sharing_the_batch"]
+__all__ = ["check_io_names", "nodes_with_subgraphs", "rename_graph_io", "rename_symbols", "rois_sharing_the_batch"]
 
 
 def rois_sharing_the_batch(proto: onnx.ModelProto) -> List[int]:
@@ -24,6 +24,32 @@ def rois_sharing_the_batch(proto: onnx.ModelProto) -> List[int]:
 
     batches = {first_symbol(v) for v in inputs if v.name not in rois} - {""}
     return [i for i, v in enumerate(inputs) if v.name in rois and first_symbol(v) in batches]
+
+
+def check_io_names(input_names: Optional[Sequence[str]], output_names: Optional[Sequence[str]]) -> tuple:
+    """What can be checked of ``input_names`` / ``output_names`` before the export: lists of strings, no name
+    given twice, no output named like an input (the file's values need distinct names). ValueError names the
+    argument, its CLI option and the repeated name; their counts are checked by :func:`rename_graph_io`.
+    Returns both as lists (None kept)."""
+    seen: Dict[str, str] = {}  # name -> the argument that gave it first
+    checked = []
+    for kind, names in (("input", input_names), ("output", output_names)):
+        if names is not None:
+            option = f"{kind}_names (CLI: --{kind}-names)"
+            wrong = isinstance(names, (str, bytes)) or not hasattr(names, "__iter__")
+            names = names if wrong else list(names)
+            if wrong or not all(isinstance(n, str) for n in names):
+                raise TypeError(f"{option} must be a list of strings, one per model {kind}, e.g. ['{kind}'], "
+                                f"got {names!r}")
+            for name in names:
+                if name in seen:
+                    same = seen[name] == kind
+                    raise ValueError(f"{option} {'gives' if same else 'repeats the input name'} {name!r}"
+                                     f"{' twice' if same else ''}: every input and output of the file needs its own "
+                                     "name; choose another")
+                seen[name] = kind
+        checked.append(names)
+    return tuple(checked)
 
 
 def rename_graph_io(proto: onnx.ModelProto, input_names: Optional[Sequence[str]],

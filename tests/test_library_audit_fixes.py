@@ -1,0 +1,221 @@
+"""Fixes from the library audit's items 7 and 13-19 (docs: /tmp/libaudit/REPORT.md at the time): the torch runner
+gives the model back as it found it; export runs a training-mode model in eval mode (as torch.onnx.export does)
+and gives it back in its modes; it refuses bad tolerances and clashing names before the (slow) exporter runs, and says what a float64 failure or a float32 roundoff mismatch means; feed errors name the
+library argument and the CLI option."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dcn_deploy.backends.base import TensorMeta
+from dcn_deploy.backends.torch_runner import TorchRunner, metas_from_examples
+from dcn_deploy.feeds import FeedError, resolve_shapes
+from dcn_deploy.onnx import export as export_module
+from dcn_deploy.onnx.export import ExportError, VerificationError, export
+from dcn_deploy.ops import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
+
+from cli_helpers import cli_runner
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+F32 = np.dtype(np.float32)
+
+
+@pytest.fixture
+def no_exporter(monkeypatch):
+    """Fails the test if torch.onnx's exporter is reached: the checks under test come before it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the exporter ran before the argument was refused")
+
+    monkeypatch.setattr(export_module, "_run_exporter", refuse)
+
+
+def _net() -> torch.nn.Sequential:
+    return torch.nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
+
+
+# ---- 13: TorchRunner restores train/eval mode and device --------------------------------------------------------
+
+def test_torch_runner_restores_each_modules_mode():
+    net = _net().train()
+    net[1].eval()  # a frozen BatchNorm, as detectors train: must stay frozen, not be switched by net.train()
+    x = torch.randn(2, 3, 8, 8)
+    with TorchRunner(net, metas_from_examples(["x"], [x])) as runner:
+        assert not any(m.training for m in net.modules())
+        first, second = runner.infer({"x": x.numpy()}), runner.infer({"x": x.numpy()})
+        np.testing.assert_array_equal(first["output_0"], second["output_0"])  # no dropout while it runs
+    assert net.training and net[0].training and net[2].training and not net[1].training
+
+
+class _MoveRecorder(torch.nn.Sequential):
+    """Records the devices it is asked to move to, and stays where it is (no second device on a CPU machine)."""
+
+    def __init__(self, *layers):
+        super().__init__(*layers)
+        self.moves = []
+
+    def to(self, device):
+        self.moves.append(torch.device(device))
+        return self
+
+
+def test_torch_runner_moves_the_model_back_to_its_device():
+    net = _MoveRecorder(DeformConv2dPack(3, 4, 3, padding=1))
+    x = torch.randn(1, 3, 6, 6)
+    runner = TorchRunner(net, metas_from_examples(["x"], [x]))
+    runner.device = torch.device("meta")  # another device than the parameters' (cpu), without a GPU
+    with runner:
+        assert net.moves == [torch.device("meta")]
+    assert net.moves == [torch.device("meta"), torch.device("cpu")]
+    net.moves.clear()
+    with TorchRunner(net, metas_from_examples(["x"], [x])):  # already on the runner's device: no move back
+        pass
+    assert net.moves == [torch.device("cpu")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (PyTorch has none here)")
+def test_torch_runner_moves_the_model_back_from_cuda():
+    net = _net().eval()
+    x = torch.randn(1, 3, 6, 6)
+    with TorchRunner(net, metas_from_examples(["x"], [x]), device="cuda") as runner:
+        assert next(net.parameters()).is_cuda
+        runner.infer({"x": x.numpy()})
+    assert all(p.device.type == "cpu" for p in net.parameters())
+
+
+# ---- 14: a model in training mode is exported and verified in eval mode, then put back -----------------------------
+
+def test_export_runs_a_training_mode_model_in_eval_mode_and_puts_it_back(tmp_path):
+    """Without eval mode the file would hold training-mode dropout and BatchNorm, and verification would fail on
+    dropout's randomness; torch.onnx.export's own default is to export in eval mode."""
+    net = _net().train()
+    net[1].eval()  # a BatchNorm the user froze stays frozen
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = export(net, (torch.randn(2, 3, 8, 8),), tmp_path / "m.onnx")
+    assert report.verified
+    assert any("Sequential: it was in training mode; exported and verified in eval mode" in w for w in report.warnings)
+    assert net.training and net[0].training and not net[1].training and net[2].training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BatchNorm statistics untouched
+    net.eval()[2].train()  # one submodule left in training mode is named
+    report = export(net, (torch.randn(2, 3, 8, 8),), tmp_path / "m2.onnx")
+    assert any("its submodule '2' was in training mode" in w for w in report.warnings)
+    assert net[2].training and not net.training
+
+
+def test_a_programs_module_is_not_taken_for_training_mode(tmp_path):
+    # torch.export's module() reports training=True and refuses eval(): its graph was fixed when it was exported
+    x = torch.randn(1, 3, 8, 8)
+    program = torch.export.export(_net().eval(), (x,))
+    assert program.module().training
+    report = export(program, (x,), tmp_path / "p.onnx")
+    assert report.verified and not any("training mode" in w for w in report.warnings)
+
+
+# ---- 7 (rest): tolerances are checked before the export ------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(atol=-1.0), "atol must be a finite number >= 0, got -1.0"),
+    (dict(rtol=float("nan")), "rtol must be a finite number >= 0, got nan"),
+    (dict(atol=float("inf")), "atol must be a finite number >= 0, got inf"),
+])
+def test_export_checks_the_tolerance_before_exporting(tmp_path, no_exporter, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        export(DeformConv2dPack(3, 4, 3, padding=1).eval(), (torch.randn(1, 3, 6, 6),), tmp_path / "m.onnx", **kwargs)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# ---- 15: repeated input/output names are refused before the export -------------------------------------------------
+
+@pytest.mark.parametrize("names, message", [
+    (dict(input_names=["a"], output_names=["a"]), r"output_names \(CLI: --output-names\) repeats the input name 'a'"),
+    (dict(output_names=["y", "y"]), r"output_names \(CLI: --output-names\) gives 'y' twice"),
+    (dict(input_names=["x", "x"]), r"input_names \(CLI: --input-names\) gives 'x' twice"),
+])
+def test_export_refuses_repeated_names_before_exporting(tmp_path, no_exporter, names, message):
+    with pytest.raises(ValueError, match=message):
+        export(DeformConv2dPack(3, 4, 3, padding=1).eval(), (torch.randn(1, 3, 6, 6),), tmp_path / "m.onnx", **names)
+    with pytest.raises(TypeError, match=r"output_names \(CLI: --output-names\) must be a list of strings"):
+        export(DeformConv2dPack(3, 4, 3, padding=1).eval(), (torch.randn(1, 3, 6, 6),), tmp_path / "m.onnx",
+               output_names="logits")
+
+
+def test_cli_export_refuses_an_output_named_like_the_input(tmp_path, no_exporter):
+    from dcn_deploy.cli import main
+
+    out = tmp_path / "demo.onnx"
+    result = cli_runner().invoke(main, ["export", "dcn_deploy.models.demo:DemoNet", "--input-shape", "1x1x28x28",
+                                        "-o", str(out), "--input-names", "image", "--output-names", "image"])
+    assert result.exit_code == 2, result.output
+    assert "output_names (CLI: --output-names) repeats the input name 'image'" in result.stderr
+    assert not out.exists()
+
+
+# ---- 16 and 19: float64 in ONNX Runtime; float32 roundoff in the verification message --------------------------
+
+def test_float64_model_with_a_conv_says_what_onnx_runtime_lacks(tmp_path):
+    model = ModulatedDeformConv2dPack(2, 2, 3, padding=1).double().eval()
+    path = tmp_path / "f64.onnx"
+    with pytest.raises(ExportError, match=r"its CPU provider has no float64 Conv .*NOT_IMPLEMENTED.*export in "
+                                          r"float32 .*or pass verify=False \(CLI: --no-verify\)"):
+        export(model, (torch.randn(1, 2, 5, 5, dtype=torch.float64),), path)
+    assert path.is_file()  # kept, as for every verification failure
+    assert export(model, (torch.randn(1, 2, 5, 5, dtype=torch.float64),), path, verify=False).op_counts
+
+
+def test_missing_kernel_is_float64_only():
+    text = ("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for Conv(11) node with name "
+            "'node_Conv_30'")
+    assert export_module._missing_float64_kernel(text, {torch.float64}) == "Conv"
+    assert export_module._missing_float64_kernel(text, {torch.float32}) is None
+    assert export_module._missing_float64_kernel("[ONNXRuntimeError] : 1 : FAIL : other", {torch.float64}) is None
+
+
+def test_a_float64_export_without_plain_convolutions_verifies(tmp_path):
+    # what the verification message offers to tell roundoff from a bug holds: ONNX Runtime runs float64 DeformConv
+    model = DeformConv2d(2, 3, 3, padding=1).double().eval()
+    x, offset = torch.randn(1, 2, 5, 5, dtype=torch.float64), 3 * torch.randn(1, 18, 5, 5, dtype=torch.float64)
+    assert export(model, (x, offset), tmp_path / "f64.onnx").verified
+
+
+def test_verification_error_explains_float32_roundoff_before_asking_for_a_report(tmp_path):
+    class ExportsSomethingElse(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dcn = DeformConv2d(2, 2, 3, padding=1)
+
+        def forward(self, x, offset):
+            y = self.dcn(x, offset)
+            return y + 1 if torch.onnx.is_in_onnx_export() else y
+
+    with pytest.raises(VerificationError) as info:
+        export(ExportsSomethingElse().eval(), (torch.randn(1, 2, 5, 5), torch.randn(1, 18, 5, 5)), tmp_path / "w.onnx")
+    text = str(info.value)
+    hint = text.index("roundoff grows with large offsets")
+    assert hint < text.index("Otherwise please report it")
+    assert "copy.deepcopy(model).double()" in text[hint:] and "no float64 Conv" in text[hint:]
+
+
+# ---- 17: feed errors name the library argument and the CLI option ----------------------------------------------
+
+def test_batch_below_one_is_refused_as_such():
+    fixed = (TensorMeta("x", F32, (1, 3, 8, 8)),)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(FeedError, match=r"batch \(CLI: --batch\) must be an int >= 1"):
+            resolve_shapes(fixed, batch=bad)
+    with pytest.raises(FeedError, match=r"fixed batch size 1 .*use batch=1 \(CLI: --batch 1\).*dynamic=True"):
+        resolve_shapes(fixed, batch=3)
+    assert resolve_shapes((TensorMeta("x", F32, ("N", 3)),), batch=np.int64(4)) == {"x": (4, 3)}
+
+
+def test_shape_errors_give_the_library_form_and_the_cli_form():
+    metas = (TensorMeta("image", F32, ("N", 3, "H", "W")),)
+    with pytest.raises(FeedError) as info:
+        resolve_shapes(metas)
+    message = str(info.value)
+    assert "give its size: shapes={'image': (1, 3, 64, 64)} (CLI: --shape image=1x3x64x64)" in message
+    assert resolve_shapes(metas, shapes={"image": (1, 3, 64, 64)}) == {"image": (1, 3, 64, 64)}  # the fix works
+    with pytest.raises(FeedError, match=r"shapes \(CLI: --shape\) names \['imgae'\], which are not inputs"):
+        resolve_shapes(metas, {"imgae": (1, 3, 8, 8)})
+    with pytest.raises(FeedError, match=r"shapes \(CLI: --shape\) gives 1x3x8, 3 dimensions; the model's input has 4"):
+        resolve_shapes(metas, {"image": (1, 3, 8)})
