@@ -146,6 +146,8 @@ def stage_times(runner: Runner) -> Dict[str, float]:
 
 def _measure(runner: Runner, feed: Mapping[str, np.ndarray], iterations: Optional[int], duration: Optional[float],
              progress: Progress) -> tuple:
+    """Timed inferences of ``runner`` on ``feed``: ``(seconds per inference, {stage: seconds per inference},
+    wall seconds of the loop)``, over ``iterations`` runs or ``duration`` seconds."""
     times: List[float] = []
     phases: Dict[str, List[float]] = {}
     start = time.perf_counter()
@@ -201,6 +203,56 @@ def _whole(value, name: str) -> Optional[int]:
     return int(value)
 
 
+def _checked_settings(iterations, duration: Optional[float], warmup, batches) -> tuple:
+    """:func:`benchmark`'s counts checked and made ints: ``(iterations, warmup, batches)``, where ``iterations``
+    is 100 when neither it nor ``duration`` is given, and ``batches`` stays None when not given."""
+    iterations = _whole(iterations, "iterations")
+    warmup = _whole(warmup, "warmup")
+    if batches is not None:
+        if isinstance(batches, (str, bytes)) or not hasattr(batches, "__iter__"):  # "1,8" is the CLI's form
+            raise TypeError(f"batches must be a list of ints, e.g. [1, 8], got {batches!r}")
+        batches = [_whole(b, "batch size") for b in batches]
+    if iterations is not None and duration is not None:
+        raise ValueError("give iterations or duration, not both")
+    if iterations is None and duration is None:
+        iterations = 100
+    if iterations is not None and iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
+        raise ValueError(f"duration must be a positive number of seconds, got {duration}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if batches is not None:
+        if not batches or min(batches) < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {batches}")
+    return iterations, warmup, batches
+
+
+def _time_runner(runner: Runner, own: bool, feed: Mapping[str, np.ndarray], batch: int, warmup: int,
+                 iterations: Optional[int], duration: Optional[float], bar: Progress) -> BenchEntry:
+    """Warm ``runner`` up and time it on ``feed``; a runner it ``own``s is active only meanwhile."""
+    runner.activate()
+    try:
+        if warmup:
+            bar.set_description(f"{runner.name} batch {batch} warm-up")
+        for _ in range(warmup):
+            runner.infer(feed)
+            if iterations is not None:
+                bar.update(1)
+        bar.set_description(f"{runner.name} batch {batch}")
+        times, phases, wall = _measure(runner, feed, iterations, duration, bar)
+    finally:
+        if own:
+            runner.deactivate()
+    total = float(sum(times))
+    return BenchEntry(
+        runner=runner.name, batch=batch, inputs={k: list(v.shape) for k, v in feed.items()},
+        warmup=warmup, iterations=len(times), total_s=total, wall_s=wall,
+        latency_ms=latency_stats(times), inferences_per_s=len(times) / total if total else float("inf"),
+        samples_per_s=batch * len(times) / total if total else float("inf"),
+        phases_ms={k: latency_stats(v) for k, v in phases.items()})
+
+
 def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = None,
               shapes: Optional[Mapping[str, Sequence[int]]] = None, iterations: Optional[int] = None,
               duration: Optional[float] = None, warmup: int = 10, seed: int = 0,
@@ -222,25 +274,7 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
     """
     if not runners:
         raise ValueError("benchmark needs at least one runner")
-    iterations = _whole(iterations, "iterations")
-    warmup = _whole(warmup, "warmup")
-    if batches is not None:
-        if isinstance(batches, (str, bytes)) or not hasattr(batches, "__iter__"):  # "1,8" is the CLI's form
-            raise TypeError(f"batches must be a list of ints, e.g. [1, 8], got {batches!r}")
-        batches = [_whole(b, "batch size") for b in batches]
-    if iterations is not None and duration is not None:
-        raise ValueError("give iterations or duration, not both")
-    if iterations is None and duration is None:
-        iterations = 100
-    if iterations is not None and iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    if duration is not None and not (duration > 0 and math.isfinite(duration)):
-        raise ValueError(f"duration must be a positive number of seconds, got {duration}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    if batches is not None:
-        if not batches or min(batches) < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {batches}")
+    iterations, warmup, batches = _checked_settings(iterations, duration, warmup, batches)
     if rois is None:
         rois = runner_roi_inputs(runners)
     names = [r.name for r in runners]
@@ -270,30 +304,12 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
                        leave=False, enabled=progress)
         for batch in batches:
             feed = random_feed(metas, shapes, batch, seed, rois)
-            for runner, own in zip(runners, owned):
-                runner.activate()
-                try:
-                    if warmup:
-                        bar.set_description(f"{runner.name} batch {batch} warm-up")
-                    for _ in range(warmup):
-                        runner.infer(feed)
-                        if iterations is not None:
-                            bar.update(1)
-                    bar.set_description(f"{runner.name} batch {batch}")
-                    times, phases, wall = _measure(runner, feed, iterations, duration, bar)
-                finally:
-                    if own:
-                        runner.deactivate()
-                total = float(sum(times))
-                entries.append(BenchEntry(
-                    runner=runner.name, batch=batch, inputs={k: list(v.shape) for k, v in feed.items()},
-                    warmup=warmup, iterations=len(times), total_s=total, wall_s=wall,
-                    latency_ms=latency_stats(times), inferences_per_s=len(times) / total if total else float("inf"),
-                    samples_per_s=batch * len(times) / total if total else float("inf"),
-                    phases_ms={k: latency_stats(v) for k, v in phases.items()}))
-            base = entries[-len(runners)].latency_ms.median
-            for e in entries[-len(runners):]:
+            batch_entries = [_time_runner(runner, own, feed, batch, warmup, iterations, duration, bar)
+                             for runner, own in zip(runners, owned)]
+            base = batch_entries[0].latency_ms.median
+            for e in batch_entries:
                 e.relative_speed = base / e.latency_ms.median if e.latency_ms.median > 0 else float("inf")
+            entries.extend(batch_entries)
     finally:
         bar.close()
         for runner, own in zip(runners, owned):

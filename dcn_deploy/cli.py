@@ -80,13 +80,7 @@ def _register_commands() -> None:
     import importlib
 
     for module in ("demo", "export", "verify", "bench", "inspect", "infer", "build", "plugin", "zoo"):
-        try:
-            mod = importlib.import_module(f"dcn_deploy.commands.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"dcn_deploy.commands.{module}":
-                continue  # command not written yet
-            raise
-        main.add_command(mod.command)
+        main.add_command(importlib.import_module(f"dcn_deploy.commands.{module}").command)
 
 
 _register_commands()

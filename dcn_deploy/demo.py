@@ -8,7 +8,7 @@ Steps (each a call into the library, as a user would make them):
 
 1. draw distorted digits (``dcn_deploy.models.demo.make_digits``: training and held-out sets from different seeds);
 2. train ``DemoNet`` (two modulated deformable convolutions) with AdamW and a one-cycle schedule, with a progress bar;
-3. measure held-out accuracy in PyTorch; save the weights;
+3. save the weights;
 4. export with ``dcn_deploy.onnx.export.export`` (deformable layers -> ``dcn_deploy::DeformConv2d``, dynamic
    batch/height/width; the exporter checks the file and verifies it on random inputs);
 5. run the held-out set through ONNX Runtime (``OrtRunner``) and PyTorch (``TorchRunner``): accuracy of each,
@@ -22,9 +22,10 @@ import json
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -184,6 +185,14 @@ def _predict(runner, images: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
+@contextmanager
+def _timed(seconds: Dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall time of the ``with`` block as ``seconds[step]`` (when it finishes without an error)."""
+    start = time.perf_counter()
+    yield
+    seconds[step] = time.perf_counter() - start
+
+
 def run_demo(config: Optional[DemoConfig] = None, say: Callable[[str], None] = _say_default) -> "DemoResult":
     """Run every step of the demo (see the module docstring) and return its :class:`DemoResult`."""
     import torch
@@ -201,54 +210,49 @@ def run_demo(config: Optional[DemoConfig] = None, say: Callable[[str], None] = _
     seconds: Dict[str, float] = {}
     total_start = time.perf_counter()
 
-    start = time.perf_counter()
-    say(f"[demo] drawing {config.train_size} training and {config.test_size} held-out digits "
-        "(5x7 font, random rotation/scale/shear/shift, noise)")
-    train_x, train_y = make_digits(config.train_size, seed=config.seed)
-    test_x, test_y = make_digits(config.test_size, seed=config.seed + 1)  # another seed: unseen distortions
-    seconds["data"] = time.perf_counter() - start
+    with _timed(seconds, "data"):
+        say(f"[demo] drawing {config.train_size} training and {config.test_size} held-out digits "
+            "(5x7 font, random rotation/scale/shear/shift, noise)")
+        train_x, train_y = make_digits(config.train_size, seed=config.seed)
+        test_x, test_y = make_digits(config.test_size, seed=config.seed + 1)  # another seed: unseen distortions
 
-    start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    model = DemoNet(width=config.width)
-    say(f"[demo] training DemoNet ({sum(p.numel() for p in model.parameters()):,} parameters, 2 modulated deformable "
-        f"convolutions) for {config.epochs} epoch{'' if config.epochs == 1 else 's'} on {torch.get_num_threads()} CPU threads")
-    history = _train(model, train_x, train_y, config, say)
-    seconds["train"] = time.perf_counter() - start
+    with _timed(seconds, "train"):
+        torch.manual_seed(config.seed)
+        model = DemoNet(width=config.width)
+        say(f"[demo] training DemoNet ({sum(p.numel() for p in model.parameters()):,} parameters, 2 modulated "
+            f"deformable convolutions) for {config.epochs} epoch{'' if config.epochs == 1 else 's'} on "
+            f"{torch.get_num_threads()} CPU threads")
+        history = _train(model, train_x, train_y, config, say)
 
     weights_path = out / "demo_weights.pt"
     with atomic_path(weights_path) as tmp:
         torch.save(model.state_dict(), str(tmp))
 
-    start = time.perf_counter()
     onnx_path = out / "demo.onnx"
-    report = export(model, (test_x[:1],), onnx_path, dynamic=True, verify=True, output_names=["logits"],
-                    progress=lambda message: say(f"[demo] export: {message}"))
-    seconds["export"] = time.perf_counter() - start
+    with _timed(seconds, "export"):
+        report = export(model, (test_x[:1],), onnx_path, dynamic=True, verify=True, output_names=["logits"],
+                        progress=lambda message: say(f"[demo] export: {message}"))
 
-    start = time.perf_counter()
-    say("[demo] running the held-out digits through PyTorch and ONNX Runtime")
-    test_images = test_x.numpy()
-    test_labels = test_y.numpy()
-    with OrtRunner(onnx_path) as ort_runner:
-        inputs = ort_runner.input_metadata()
-        output_names = [m.name for m in ort_runner.output_metadata()]
-        with TorchRunner(model, inputs, output_names=output_names) as torch_runner:
-            torch_logits = _predict(torch_runner, test_images, config.eval_batch)
-            ort_logits = _predict(ort_runner, test_images, config.eval_batch)
-    logits_name = output_names[0]
-    comparison = compare_outputs("ort", logits_name, ort_logits, torch_logits)
-    torch_pred, ort_pred = torch_logits.argmax(1), ort_logits.argmax(1)
-    seconds["verify"] = time.perf_counter() - start
+    with _timed(seconds, "verify"):
+        say("[demo] running the held-out digits through PyTorch and ONNX Runtime")
+        test_images = test_x.numpy()
+        test_labels = test_y.numpy()
+        with OrtRunner(onnx_path) as ort_runner:
+            inputs = ort_runner.input_metadata()
+            output_names = [m.name for m in ort_runner.output_metadata()]
+            with TorchRunner(model, inputs, output_names=output_names) as torch_runner:
+                torch_logits = _predict(torch_runner, test_images, config.eval_batch)
+                ort_logits = _predict(ort_runner, test_images, config.eval_batch)
+        comparison = compare_outputs("ort", output_names[0], ort_logits, torch_logits)
+        torch_pred, ort_pred = torch_logits.argmax(1), ort_logits.argmax(1)
 
-    start = time.perf_counter()
-    say(f"[demo] benchmarking PyTorch vs ONNX Runtime at batch {', '.join(map(str, config.bench_batches))} "
-        f"({config.bench_iterations} iterations after {config.bench_warmup} warm-up)")
-    bench = benchmark([TorchRunner(model, inputs, output_names=output_names), OrtRunner(onnx_path)],
-                      batches=config.bench_batches, shapes={inputs[0].name: (1, 1, 28, 28)},
-                      iterations=config.bench_iterations, warmup=config.bench_warmup, seed=config.seed,
-                      progress=config.progress)
-    seconds["bench"] = time.perf_counter() - start
+    with _timed(seconds, "bench"):
+        say(f"[demo] benchmarking PyTorch vs ONNX Runtime at batch {', '.join(map(str, config.bench_batches))} "
+            f"({config.bench_iterations} iterations after {config.bench_warmup} warm-up)")
+        bench = benchmark([TorchRunner(model, inputs, output_names=output_names), OrtRunner(onnx_path)],
+                          batches=config.bench_batches, shapes={inputs[0].name: (1, 1, 28, 28)},
+                          iterations=config.bench_iterations, warmup=config.bench_warmup, seed=config.seed,
+                          progress=config.progress)
 
     latency: Dict[str, Dict[int, float]] = {}
     for entry in bench.entries:
@@ -259,20 +263,29 @@ def run_demo(config: Optional[DemoConfig] = None, say: Callable[[str], None] = _
         test_size=len(test_labels), max_abs_error=comparison.max_abs, max_rel_error=comparison.max_rel,
         logits_within_tolerance=comparison.passed, export_verified=report.verified, latency_ms=latency,
         seconds=seconds, history=history, bench=bench, input_name=inputs[0].name)
+    result.artefacts = {"onnx": onnx_path, "weights": weights_path}
+    _write_reports(result, report, test_images[:16], test_labels[:16], total_start)
+    return result
 
+
+def _write_reports(result: DemoResult, export_report, sample_images: np.ndarray, sample_labels: np.ndarray,
+                   total_start: float) -> None:
+    """Write the sample inputs, the benchmark and the demo report into the output folder; list them in
+    ``result.artefacts`` and set ``result.seconds["total"]`` (counted from ``total_start``)."""
+    out = result.config.output_dir
     sample_path = out / "sample_digits.npy"
     labels_path = out / "sample_labels.npy"
-    for path, array in ((sample_path, test_images[:16]), (labels_path, test_labels[:16])):
+    for path, array in ((sample_path, sample_images), (labels_path, sample_labels)):
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.save(handle, array)
     bench_path = out / "bench.json"
-    atomic_write_text(bench_path, bench.to_json() + "\n")
+    atomic_write_text(bench_path, result.bench.to_json() + "\n")
     report_path = out / "demo_report.json"
     result.seconds["total"] = time.perf_counter() - total_start
-    result.artefacts = {"onnx": onnx_path, "weights": weights_path, "sample_inputs": sample_path,
-                        "sample_labels": labels_path, "bench": bench_path, "report": report_path}
-    atomic_write_text(report_path, json.dumps({**result.to_dict(), "export": report.to_dict()}, indent=2) + "\n")
-    return result
+    result.artefacts.update({"sample_inputs": sample_path, "sample_labels": labels_path, "bench": bench_path,
+                             "report": report_path})
+    atomic_write_text(report_path, json.dumps({**result.to_dict(), "export": export_report.to_dict()}, indent=2)
+                      + "\n")
 
 
 def cli_command() -> str:

@@ -232,3 +232,11 @@ def test_inspect_summarises_a_long_function_body(tmp_path):
     assert line.startswith(f"  dcn_deploy::DeformPSRoIPool = {len(body)} nodes: Constant ")
     assert line.endswith(f", and {kinds - 8} more kinds  (opset ai.onnx 19)")
     assert " -> " not in line and "ai.onnx::If" in body
+
+
+def test_export_dtype_choices_are_the_loaders_dtypes():
+    """--dtype's choices are a copy (model_loading imports torch, the CLI must start without it): keep them equal."""
+    from dcn_deploy.commands.export import _DTYPES
+    from dcn_deploy.onnx.model_loading import DTYPES
+
+    assert _DTYPES == tuple(DTYPES)

@@ -173,3 +173,12 @@ def test_exported_program_runs_in_torch_runner(tiny, rng):
         out = runner.infer({"x": x.numpy()})["output_0"]
     with torch.no_grad():
         np.testing.assert_allclose(out, model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_runner_choices_are_the_factorys_runner_kinds():
+    """The CLI keeps its own copy (importing the factory would import numpy at `dcn-deploy --help`): the two must
+    name the same runners, in the same order."""
+    from dcn_deploy.backends.factory import RUNNER_KINDS
+    from dcn_deploy.commands._runtime import RUNNER_CHOICES
+
+    assert RUNNER_CHOICES == RUNNER_KINDS

@@ -14,9 +14,6 @@ from .base import Runner, RunnerError, TensorMeta
 __all__ = ["RUNNER_KINDS", "make_runner", "onnx_io_metadata", "read_onnx_model", "tensorrt_missing_reason"]
 
 RUNNER_KINDS = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")
-RUNNER_HELP = ("ort: ONNX Runtime on the CPU; ort-cuda: ONNX Runtime's CUDA provider (onnxruntime-gpu); "
-               "torch: the PyTorch model (needs --model); trt: TensorRT (needs tensorrt and a GPU); "
-               "onnx-reference: onnx's numpy reference evaluator (the standard's semantics; slower than the runtimes)")
 
 
 def onnx_io_metadata(path: os.PathLike) -> Tuple[Tuple[TensorMeta, ...], Tuple[str, ...]]:
@@ -24,12 +21,9 @@ def onnx_io_metadata(path: os.PathLike) -> Tuple[Tuple[TensorMeta, ...], Tuple[s
 
     Raises FileNotFoundError for a missing file and ValueError, naming the file, for one that is not an ONNX model.
     """
-    from .onnx_reference_runner import _value_info_meta
+    from .onnx_reference_runner import graph_io_metadata
 
-    proto = read_onnx_model(path, load_external_data=False)
-    initialisers = {t.name for t in proto.graph.initializer}
-    inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
-    return inputs, tuple(v.name for v in proto.graph.output)
+    return graph_io_metadata(read_onnx_model(path, load_external_data=False))
 
 
 def read_onnx_model(path: os.PathLike, *, load_external_data: bool = True):

@@ -17,7 +17,7 @@ import numpy as np
 from .base import Runner, RunnerError, TensorMeta
 from .ort_runner import register_dcn_schemas
 
-__all__ = ["OnnxReferenceRunner"]
+__all__ = ["OnnxReferenceRunner", "graph_io_metadata"]
 
 
 def _value_info_meta(value_info) -> TensorMeta:
@@ -35,6 +35,13 @@ def _value_info_meta(value_info) -> TensorMeta:
         else:
             shape.append(dim.dim_param or None)
     return TensorMeta(value_info.name, dtype, tuple(shape))
+
+
+def graph_io_metadata(proto) -> Tuple[Tuple[TensorMeta, ...], Tuple[str, ...]]:
+    """The inputs (initialisers left out: they are weights, not feeds) and the output names of a ModelProto."""
+    initialisers = {t.name for t in proto.graph.initializer}
+    inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
+    return inputs, tuple(v.name for v in proto.graph.output)
 
 
 class OnnxReferenceRunner(Runner):
@@ -62,9 +69,7 @@ class OnnxReferenceRunner(Runner):
             proto = onnx.load_from_string(bytes(self.model))
         else:
             proto = self.model
-        initialisers = {t.name for t in proto.graph.initializer}
-        self._inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
-        self._output_names = tuple(v.name for v in proto.graph.output)
+        self._inputs, self._output_names = graph_io_metadata(proto)
         try:
             self._evaluator = OracleEvaluator(proto)
         except Exception as exc:  # the evaluator raises many types for unsupported ops

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "DEFAULT_MAX_BATCH", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange", "check_shapes_in_profile",
@@ -187,6 +187,35 @@ def compute_profile(inputs: Sequence[InputShape], *,
     if max_batch < 1:
         raise ProfileError(f"max_batch must be >= 1, got {max_batch}")
     by_name = {inp.name: inp for inp in inputs}
+    given = _given_ranges(shapes, min_shapes, opt_shapes, max_shapes)
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise ProfileError(f"shape given for {unknown}, which the model does not have as input; its inputs are "
+                           f"{sorted(by_name)}")
+    for name, rng in given.items():
+        _validate_range(by_name[name], rng, "--shapes")
+    symbols = _symbol_ranges(given, by_name)
+
+    profile: Profile = {}
+    open_inputs: List[str] = []
+    for inp in inputs:
+        rng = given[inp.name] if inp.name in given else _derived_range(inp, symbols, max_batch)
+        if rng is None:
+            open_inputs.append(inp.name)
+        else:
+            profile[inp.name] = rng
+    if open_inputs:
+        examples = ",".join(_suggestion(by_name[n]) for n in open_inputs)
+        raise ProfileError(
+            f"input(s) {open_inputs} have dynamic dimensions other than the batch "
+            f"({'; '.join(n + ' ' + _describe(by_name[n]) for n in open_inputs)}), which need a size range: give "
+            f"--shapes {examples} (one fixed shape) or NAME:MIN/OPT/MAX, or trtexec-style "
+            "--min-shapes/--opt-shapes/--max-shapes")
+    return profile
+
+
+def _given_ranges(shapes, min_shapes, opt_shapes, max_shapes) -> Dict[str, TensorRange]:
+    """The ranges the user gave, by input name: ``--shapes`` specs merged with trtexec's three lists."""
     given: Dict[str, TensorRange] = dict(parse_range_specs(shapes, "--shapes"))
     triple = [parse_shape_specs(s, opt) for s, opt in ((min_shapes, "--min-shapes"), (opt_shapes, "--opt-shapes"),
                                                       (max_shapes, "--max-shapes"))]
@@ -199,15 +228,12 @@ def compute_profile(inputs: Sequence[InputShape], *,
             if name in given:
                 raise ProfileError(f"input {name!r} is given both in --shapes and in --min/opt/max-shapes")
             given[name] = TensorRange(triple[0][name], triple[1][name], triple[2][name])
+    return given
 
-    unknown = sorted(set(given) - set(by_name))
-    if unknown:
-        raise ProfileError(f"shape given for {unknown}, which the model does not have as input; its inputs are "
-                           f"{sorted(by_name)}")
-    for name, rng in given.items():
-        _validate_range(by_name[name], rng, "--shapes")
 
-    # symbolic dimension name -> (min, opt, max) taken from the inputs the user specified
+def _symbol_ranges(given: Mapping[str, TensorRange],
+                   by_name: Mapping[str, InputShape]) -> Dict[str, Tuple[int, int, int]]:
+    """Symbolic dimension name -> (min, opt, max), taken from the inputs the user specified."""
     symbols: Dict[str, Tuple[int, int, int]] = {}
     for name, rng in given.items():
         for axis, d in enumerate(by_name[name].dims):
@@ -216,38 +242,25 @@ def compute_profile(inputs: Sequence[InputShape], *,
                 if symbols.setdefault(d, value) != value:
                     raise ProfileError(f"dimension {d!r} is shared by several inputs but given different ranges: "
                                        f"{symbols[d]} and {value} (min, opt, max); make them agree")
+    return symbols
 
-    profile: Profile = {}
-    open_inputs: List[str] = []
-    for inp in inputs:
-        if inp.name in given:
-            profile[inp.name] = given[inp.name]
-            continue
-        lo, opt, hi = [], [], []
-        complete = True
-        for axis, d in enumerate(inp.dims):
-            if not inp.is_dynamic(axis):
-                value = (d, d, d)
-            elif isinstance(d, str) and d in symbols:
-                value = symbols[d]
-            elif axis == 0:
-                value = (1, 1, max_batch)
-            else:
-                complete = False
-                break
-            lo.append(value[0]), opt.append(value[1]), hi.append(value[2])
-        if complete:
-            profile[inp.name] = TensorRange(tuple(lo), tuple(opt), tuple(hi))
+
+def _derived_range(inp: InputShape, symbols: Mapping[str, Tuple[int, int, int]],
+                   max_batch: int) -> Optional[TensorRange]:
+    """The range of an input the user did not specify: fixed sizes, shared symbols, a batch of 1/1/``max_batch``;
+    None when some other dimension is dynamic and unknown."""
+    lo, opt, hi = [], [], []
+    for axis, d in enumerate(inp.dims):
+        if not inp.is_dynamic(axis):
+            value = (d, d, d)
+        elif isinstance(d, str) and d in symbols:
+            value = symbols[d]
+        elif axis == 0:
+            value = (1, 1, max_batch)
         else:
-            open_inputs.append(inp.name)
-    if open_inputs:
-        examples = ",".join(_suggestion(by_name[n]) for n in open_inputs)
-        raise ProfileError(
-            f"input(s) {open_inputs} have dynamic dimensions other than the batch "
-            f"({'; '.join(n + ' ' + _describe(by_name[n]) for n in open_inputs)}), which need a size range: give "
-            f"--shapes {examples} (one fixed shape) or NAME:MIN/OPT/MAX, or trtexec-style "
-            "--min-shapes/--opt-shapes/--max-shapes")
-    return profile
+            return None
+        lo.append(value[0]), opt.append(value[1]), hi.append(value[2])
+    return TensorRange(tuple(lo), tuple(opt), tuple(hi))
 
 
 # checking a call ---------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -146,6 +146,37 @@ def _is_torch_cuda(value) -> bool:
     return type(value).__module__.startswith("torch") and getattr(value, "is_cuda", False)
 
 
+def _engine_io(trt, engine) -> Tuple[Tuple[TensorMeta, ...], Tuple[TensorMeta, ...]]:
+    """The engine's input and output tensors (dynamic sizes as None), in the engine's order."""
+    inputs, outputs = [], []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        try:
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise RunnerError(f"trt: tensor {name!r} has type {engine.get_tensor_dtype(name)}, which numpy "
+                              "cannot hold; build the engine with float32 I/O (the default io_dtype)") from exc
+        shape = tuple(None if d < 0 else int(d) for d in engine.get_tensor_shape(name))
+        meta = TensorMeta(name, dtype, shape)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            inputs.append(meta)
+        else:
+            outputs.append(meta)
+    return tuple(inputs), tuple(outputs)
+
+
+def _engine_profiles(engine, inputs: Sequence[TensorMeta]) -> List[Profile]:
+    """Each optimisation profile of the engine: input name -> its (min, opt, max) shapes."""
+    profiles = []
+    for index in range(engine.num_optimization_profiles):
+        profile = {}
+        for m in inputs:
+            lo, opt, hi = engine.get_tensor_profile_shape(m.name, index)
+            profile[m.name] = TensorRange(tuple(lo), tuple(opt), tuple(hi))
+        profiles.append(profile)
+    return profiles
+
+
 class TrtRunner(Runner):
     """Runs a TensorRT engine built by ``dcn-deploy build`` (or, with ``check_metadata=False``, any engine).
 
@@ -253,28 +284,8 @@ class TrtRunner(Runner):
             # Non-blocking: no implicit synchronisation with the legacy default stream (which PyTorch uses).
             self._stream = cuda.Stream(flags=1)  # CU_STREAM_NON_BLOCKING
             self._events = [cuda.Event() for _ in range(4)]
-            inputs, outputs = [], []
-            for i in range(engine.num_io_tensors):
-                name = engine.get_tensor_name(i)
-                try:
-                    dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-                except (TypeError, KeyError, ValueError) as exc:
-                    raise RunnerError(f"trt: tensor {name!r} has type {engine.get_tensor_dtype(name)}, which numpy "
-                                      "cannot hold; build the engine with float32 I/O (the default io_dtype)") from exc
-                shape = tuple(None if d < 0 else int(d) for d in engine.get_tensor_shape(name))
-                meta_t = TensorMeta(name, dtype, shape)
-                if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                    inputs.append(meta_t)
-                else:
-                    outputs.append(meta_t)
-            profiles = []
-            for index in range(engine.num_optimization_profiles):
-                profile = {}
-                for m in inputs:
-                    lo, opt, hi = engine.get_tensor_profile_shape(m.name, index)
-                    profile[m.name] = TensorRange(tuple(lo), tuple(opt), tuple(hi))
-                profiles.append(profile)
-            self._inputs, self._outputs, self._profiles = tuple(inputs), tuple(outputs), profiles
+            inputs, outputs = _engine_io(trt, engine)
+            self._inputs, self._outputs, self._profiles = inputs, outputs, _engine_profiles(engine, inputs)
             self._active_profile = 0  # a new execution context starts with profile 0
             self._buffers = {m.name: _Buffer(cuda, m.dtype) for m in inputs + outputs}
         except BaseException:

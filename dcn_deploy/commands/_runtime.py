@@ -8,7 +8,8 @@ import click
 
 from . import CliError
 
-RUNNER_CHOICES = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")  # = backends.factory.RUNNER_KINDS
+# = backends.factory.RUNNER_KINDS (a test keeps them equal); a copy so that the CLI starts without numpy
+RUNNER_CHOICES = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")
 
 
 def model_argument(fn: Callable) -> Callable:
@@ -116,26 +117,10 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
     compete for the cores).
     """
     from ..backends.base import RunnerError
-    from ..backends.factory import make_runner, tensorrt_missing_reason
+    from ..backends.factory import make_runner
 
-    if engine is not None and "trt" not in kinds:
-        raise CliError("--engine is only used by the trt runner; add it (e.g. --runner trt)")
-    if "trt" in kinds:
-        reason = tensorrt_missing_reason()
-        if reason:
-            raise CliError(f"the trt runner cannot run: {reason}")
-    module = None
-    if "torch" in kinds:
-        if not torch_model:
-            raise CliError("the torch runner needs the PyTorch model: add --model FILE.py:FACTORY (or "
-                           "package.module:FACTORY, a .pt2 file, a zoo name) and --weights STATE_DICT.pt "
-                           "if the factory builds an untrained model")
-        from ..onnx.model_loading import load_model
-
-        loaded = load_model(torch_model, checkpoint)  # errors of the user's code: ModelCodeError, exit 2
-        module = _in_input_dtype(loaded, model_path, torch_model).model
-    elif torch_model or checkpoint:
-        raise CliError(f"--model/--weights are only used by the torch runner; add it ({_add_torch_runner_hint()})")
+    _check_trt_runner(kinds, engine)
+    module = _torch_module(kinds, model_path, torch_model, checkpoint)
     runners: list = []
     try:
         engine_options = None
@@ -155,6 +140,35 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
         for runner in runners:
             runner.deactivate()
     return runners
+
+
+def _check_trt_runner(kinds: Sequence[str], engine: Optional[Path]) -> None:
+    """CliError for --engine without the trt runner, and for the trt runner where TensorRT cannot be imported."""
+    from ..backends.factory import tensorrt_missing_reason
+
+    if engine is not None and "trt" not in kinds:
+        raise CliError("--engine is only used by the trt runner; add it (e.g. --runner trt)")
+    if "trt" in kinds:
+        reason = tensorrt_missing_reason()
+        if reason:
+            raise CliError(f"the trt runner cannot run: {reason}")
+
+
+def _torch_module(kinds: Sequence[str], model_path: Path, torch_model: Optional[str], checkpoint: Optional[Path]):
+    """The nn.Module that --model/--weights build for the torch runner (None without it); CliError for a torch
+    runner without --model, and for --model/--weights without a torch runner."""
+    if "torch" not in kinds:
+        if torch_model or checkpoint:
+            raise CliError(f"--model/--weights are only used by the torch runner; add it ({_add_torch_runner_hint()})")
+        return None
+    if not torch_model:
+        raise CliError("the torch runner needs the PyTorch model: add --model FILE.py:FACTORY (or "
+                       "package.module:FACTORY, a .pt2 file, a zoo name) and --weights STATE_DICT.pt "
+                       "if the factory builds an untrained model")
+    from ..onnx.model_loading import load_model
+
+    loaded = load_model(torch_model, checkpoint)  # errors of the user's code: ModelCodeError, exit 2
+    return _in_input_dtype(loaded, model_path, torch_model).model
 
 
 def _in_input_dtype(loaded, model_path: Path, torch_model: str):

@@ -9,7 +9,7 @@ import click
 
 from . import CliError
 
-_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.model_loading.DTYPES, without importing torch
 
 
 def _default_output(reference: str) -> Path:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import click
 
 from . import CliError
 from ._runtime import RUNNER_CHOICES, default_runner, echo_note, make_runners, model_argument, torch_model_options
+
+if TYPE_CHECKING:  # numpy is imported when the command runs, not when the CLI starts
+    import numpy as np
 
 
 @click.command("infer")
@@ -39,10 +42,7 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
     """
     import json
 
-    import numpy as np
-
     from ..feeds import format_shape, load_feed, roi_inputs
-    from ..io_utils import atomic_path
 
     if output is not None and output.suffix.lower() not in (".npz", ".npy"):
         raise CliError(f"--output {output}: use a .npz file (or .npy for a model with one output)")
@@ -57,21 +57,11 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
         outputs = model_runner.infer(feed)
         seconds = model_runner.last_inference_time()
     if output is not None:
-        if output.suffix.lower() == ".npy" and len(outputs) != 1:
-            raise CliError(f"--output {output}: the model has {len(outputs)} outputs ({sorted(outputs)}); "
-                           "use a .npz file")
-        with atomic_path(output) as tmp, open(tmp, "wb") as handle:  # a file object: numpy adds no suffix
-            if output.suffix.lower() == ".npy":
-                np.save(handle, next(iter(outputs.values())))
-            else:
-                np.savez(handle, **outputs)
+        _save_outputs(outputs, output)
     summary = {
         "runner": model_runner.name, "latency_ms": seconds * 1e3, "first_call_ms": first_seconds * 1e3,
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feed.items()},
-        "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype),
-                        **({"min": float(v.min()), "max": float(v.max()), "mean": float(v.mean(dtype=np.float64))}
-                           if v.size and v.dtype.kind in "fiub" else {})}
-                    for k, v in outputs.items()},
+        "outputs": {k: _array_summary(v) for k, v in outputs.items()},
         "saved_to": None if output is None else str(output),
     }
     if as_json:
@@ -84,3 +74,28 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
         click.echo(f"  {name}: {format_shape(info['shape'])} {info['dtype']}{stats}")
     if output is not None:
         click.echo(f"outputs written to {output}")
+
+
+def _save_outputs(outputs: Dict[str, np.ndarray], output: Path) -> None:
+    """Write ``outputs`` to ``output``: an .npz keyed by output name, or an .npy for a model with one output."""
+    import numpy as np
+
+    from ..io_utils import atomic_path
+
+    if output.suffix.lower() == ".npy" and len(outputs) != 1:
+        raise CliError(f"--output {output}: the model has {len(outputs)} outputs ({sorted(outputs)}); "
+                       "use a .npz file")
+    with atomic_path(output) as tmp, open(tmp, "wb") as handle:  # a file object: numpy adds no suffix
+        if output.suffix.lower() == ".npy":
+            np.save(handle, next(iter(outputs.values())))
+        else:
+            np.savez(handle, **outputs)
+
+
+def _array_summary(array: np.ndarray) -> dict:
+    """Shape and dtype of an output, with its min, max and mean when it is a non-empty number array."""
+    import numpy as np
+
+    stats = ({"min": float(array.min()), "max": float(array.max()), "mean": float(array.mean(dtype=np.float64))}
+             if array.size and array.dtype.kind in "fiub" else {})
+    return {"shape": list(array.shape), "dtype": str(array.dtype), **stats}

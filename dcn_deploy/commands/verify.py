@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import click
 
@@ -48,14 +48,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     from ..compare import DEFAULT_TOLERANCES, Tolerance, compare_runners
     from ..feeds import load_feed, reject_empty, roi_inputs
 
-    if against is None:
-        against = "torch" if torch_model else "ort"
-    if subject is None:
-        subject = default_runner(model_path)
-        if subject == against:
-            subject = "onnx-reference" if against == "ort" else "ort"
-    if subject == against:
-        raise CliError(f"--runner and --against are both {against!r}: choose two different runners")
+    against, subject = _runner_pair(against, subject, torch_model, model_path)
     if inputs and (shapes or batch):
         raise CliError("--input gives the inputs; --shape/--batch only apply to random inputs")
     if (atol is not None and atol < 0) or (rtol is not None and rtol < 0):
@@ -93,6 +86,22 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
         click.echo(f"hint: --model {torch_model} builds an untrained model unless --weights STATE_DICT.pt is given; "
                    f"pass the weights {model_path.name} was exported with", err=True)
     click.get_current_context().exit(EXIT_FAILED if not result.passed else 0)
+
+
+def _runner_pair(against: Optional[str], subject: Optional[str], torch_model: Optional[str],
+                 model_path: Path) -> Tuple[str, str]:
+    """(reference, runner under test): --against defaults to torch with --model, else ort; --runner to the file's
+    own runner (trt for an engine, ort for ONNX) unless that is the reference already, then onnx-reference
+    against ort, ort against anything else."""
+    if against is None:
+        against = "torch" if torch_model else "ort"
+    if subject is None:
+        subject = default_runner(model_path)
+        if subject == against:
+            subject = "onnx-reference" if against == "ort" else "ort"
+    if subject == against:
+        raise CliError(f"--runner and --against are both {against!r}: choose two different runners")
+    return against, subject
 
 
 def _inference_failure(message: str, model_path: Path, torch_model: Optional[str]) -> str:

@@ -28,7 +28,7 @@ from ..ops.spec import ShapeError, conv_output_size
 __all__ = [
     "DOMAIN", "VERSION", "MIN_OPSET", "BFLOAT16_MIN_OPSET", "FLOAT_TYPES", "OpDefinition", "ExportRefusal", "register_op",
     "definitions", "get_definition", "attach_functions", "used_ops", "is_deformable_node", "all_nodes",
-    "deform_conv_function", "deform_conv_schema",
+    "deform_conv_function", "deform_conv_schema", "plugin_attribute_schemas",
 ]
 
 DOMAIN = "dcn_deploy"
@@ -38,7 +38,7 @@ MIN_OPSET = 19
 BFLOAT16_MIN_OPSET = 22
 FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
 
-# Modules of other op families; each calls register_op at import. Missing ones are skipped (not written yet).
+# Modules of other op families; each calls register_op at import.
 _EXTENSION_MODULES = ("dcn_deploy.onnx.roi_opset",)
 
 
@@ -87,15 +87,11 @@ def register_op(definition: OpDefinition) -> None:
 
 
 def definitions() -> List[OpDefinition]:
-    """Every registered op, after importing the extension op families that exist."""
+    """Every registered op, after importing the extension op families (:data:`_EXTENSION_MODULES`)."""
     global _extensions_loaded
     if not _extensions_loaded:
         for module in _EXTENSION_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:
-                    raise
+            importlib.import_module(module)
         _extensions_loaded = True
     return list(_REGISTRY.values())
 
@@ -176,11 +172,20 @@ _DEFORM_CONV_INT_ATTRIBUTES = {
     "group": 1,
     "offset_group": 1,
 }
-_PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 
 _DEFORM_CONV_DOC = """Deformable convolution v1 (no mask) or v2 (modulated), torchvision's and ONNX DeformConv's semantics.
 X (N, C, H, W); W (oC, C/group, kH, kW); offset (N, 2*offset_group*kH*kW, oH, oW), channel ((g*kH+i)*kW+j)*2 is dy
 and +1 is dx; optional B (oC); optional mask (N, offset_group*kH*kW, oH, oW). Y (N, oC, oH, oW). See docs/ops.md."""
+
+
+def plugin_attribute_schemas() -> List["defs.OpSchema.Attribute"]:
+    """The optional attributes that route a ``dcn_deploy`` node to our TensorRT plugin (every op's schema has
+    them; :mod:`dcn_deploy.onnx.plugin_routing` sets them)."""
+    attribute = defs.OpSchema.Attribute
+    return [attribute("plugin_namespace", defs.OpSchema.AttrType.STRING,
+                      "TensorRT: set to 'dcn_deploy' to route the node to our plugin", required=False),
+            attribute("plugin_version", defs.OpSchema.AttrType.STRING,
+                      "TensorRT: plugin version (default '1')", required=False)]
 
 
 def deform_conv_schema() -> "defs.OpSchema":
@@ -197,10 +202,7 @@ def deform_conv_schema() -> "defs.OpSchema":
     }
     attributes = [attribute(name, helper.make_attribute(name, default), docs_by_attr[name])
                   for name, default in _DEFORM_CONV_INT_ATTRIBUTES.items()]
-    attributes += [attribute("plugin_namespace", defs.OpSchema.AttrType.STRING,
-                             "TensorRT: set to 'dcn_deploy' to route the node to our plugin", required=False),
-                   attribute("plugin_version", defs.OpSchema.AttrType.STRING,
-                             "TensorRT: plugin version (default '1')", required=False)]
+    attributes += plugin_attribute_schemas()
     schema = defs.OpSchema(
         DEFORM_CONV, DOMAIN, VERSION, _DEFORM_CONV_DOC,
         inputs=[param("X", "T", "input (N, C, H, W)"),
@@ -259,7 +261,30 @@ def _infer_deform_conv(ctx) -> None:
     _check_rank(off, "offset", 4, "(N, 2*offset_group*kH*kW, oH, oW)")
     _check_rank(b, "B", 1, "(oC,)")
     _check_rank(mask, "mask", 4, "(N, offset_group*kH*kW, oH, oW)")
+    strides, pads, dilations, group, offset_group = _deform_conv_attributes(ctx)
+    _check_channels(x, w, off, b, mask, group, offset_group)
+    spatial = _spatial_output_dims(x, w, off, mask, strides, pads, dilations)
 
+    batch = onnx.TensorShapeProto.Dimension()
+    if x is not None:
+        batch.CopyFrom(x[0])
+    elif off is not None:
+        batch.CopyFrom(off[0])
+    channels = onnx.TensorShapeProto.Dimension()
+    if w is not None:
+        channels.CopyFrom(w[0])
+
+    elem_type = next((t.tensor_type.elem_type for t in types if t is not None and t.HasField("tensor_type")),
+                     onnx.TensorProto.UNDEFINED)
+    output = onnx.TypeProto()
+    output.tensor_type.elem_type = elem_type
+    if x is not None or w is not None or off is not None:
+        output.tensor_type.shape.dim.extend([batch, channels] + spatial)
+    ctx.set_output_type(0, output)
+
+
+def _deform_conv_attributes(ctx) -> tuple:
+    """``(strides, pads, dilations, group, offset_group)`` of the node, checked for length and range."""
     strides, pads, dilations = (_attribute_value(ctx, a) for a in ("strides", "pads", "dilations"))
     group, offset_group = _attribute_value(ctx, "group"), _attribute_value(ctx, "offset_group")
     if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
@@ -268,7 +293,11 @@ def _infer_deform_conv(ctx) -> None:
     if min(strides) < 1 or min(dilations) < 1 or min(pads) < 0 or group < 1 or offset_group < 1:
         raise _inference_error(f"need strides, dilations, group, offset_group >= 1 and pads >= 0; got strides={strides}, "
                                f"dilations={dilations}, pads={pads}, group={group}, offset_group={offset_group}")
+    return strides, pads, dilations, group, offset_group
 
+
+def _check_channels(x, w, off, b, mask, group: int, offset_group: int) -> None:
+    """The channel counts of X, W, B, offset and mask agree with each other and the groups, where known."""
     c = _value(x[1]) if x else None
     oc = _value(w[0]) if w else None
     c_per_group = _value(w[1]) if w else None
@@ -289,7 +318,11 @@ def _infer_deform_conv(ctx) -> None:
         if mask is not None and _value(mask[1]) not in (None, points):
             raise _inference_error(f"mask must have offset_group*kH*kW = {points} channels, got {_value(mask[1])}")
 
-    # Spatial output size: computed when X's size and the kernel are known, else taken from offset.
+
+def _spatial_output_dims(x, w, off, mask, strides, pads, dilations) -> List[onnx.TensorShapeProto.Dimension]:
+    """(oH, oW): computed when X's size and the kernel are known (and checked against offset and mask), else
+    taken from offset, else unknown."""
+    kh, kw = (_value(w[2]), _value(w[3])) if w else (None, None)
     spatial: List[onnx.TensorShapeProto.Dimension] = []
     for axis, kernel in ((0, kh), (1, kw)):
         dim = onnx.TensorShapeProto.Dimension()
@@ -306,23 +339,7 @@ def _infer_deform_conv(ctx) -> None:
         elif off is not None:
             dim.CopyFrom(off[2 + axis])
         spatial.append(dim)
-
-    batch = onnx.TensorShapeProto.Dimension()
-    if x is not None:
-        batch.CopyFrom(x[0])
-    elif off is not None:
-        batch.CopyFrom(off[0])
-    channels = onnx.TensorShapeProto.Dimension()
-    if w is not None:
-        channels.CopyFrom(w[0])
-
-    elem_type = next((t.tensor_type.elem_type for t in types if t is not None and t.HasField("tensor_type")),
-                     onnx.TensorProto.UNDEFINED)
-    output = onnx.TypeProto()
-    output.tensor_type.elem_type = elem_type
-    if x is not None or w is not None or off is not None:
-        output.tensor_type.shape.dim.extend([batch, channels] + spatial)
-    ctx.set_output_type(0, output)
+    return spatial
 
 
 def deform_conv_function(opset: int) -> onnx.FunctionProto:

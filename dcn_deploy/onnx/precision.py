@@ -52,6 +52,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+# Importing the op set also registers the dcn_deploy schemas with onnx (it needs onnx only, no torch): their
+# type parameters then guide the conversion of our nodes.
+from .opset import BFLOAT16_MIN_OPSET
+
 __all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "check_keep_fp32_nodes", "check_precision_options", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
 
 # op_type (default domain) -> why it stays float32. See the module docstring for the rule.
@@ -85,7 +89,6 @@ _ANY_TYPE_INPUTS = {"Cast": (0,), "Shape": (0,), "Size": (0,), "CastLike": (0,)}
 _FOLLOW_OPS = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Gather", "Split",
                "Expand", "Tile", "Concat", "MaxPool", "DepthToSpace", "SpaceToDepth", "Relu"}
 _CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
-_BF16_MIN_OPSET = 22
 # "tensor(float)" -> TensorProto.FLOAT, "tensor(int64)" -> TensorProto.INT64, ...
 _FIXED_TYPES = {f"tensor({name.lower()})": value for name, value in TensorProto.DataType.items() if value}
 
@@ -150,15 +153,17 @@ def _to_half_tensor(tensor: TensorProto, half: int, name: Optional[str] = None) 
 
 
 # type propagation ---------------------------------------------------------------------------------------------------
-def _default_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    return 0
+def _is_default_domain(node: onnx.NodeProto) -> bool:
+    return node.domain in ("", "ai.onnx")
+
+
+def _opsets(model: onnx.ModelProto) -> Dict[str, int]:
+    """domain -> imported version, the default domain spelled ""."""
+    return {("" if i.domain == "ai.onnx" else i.domain): i.version for i in model.opset_import}
 
 
 def _schema(node: onnx.NodeProto, opsets: Dict[str, int]):
-    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    domain = "" if _is_default_domain(node) else node.domain
     version = opsets.get(domain)
     if version is None:
         return None
@@ -200,18 +205,18 @@ def _known_types(model: onnx.ModelProto) -> Dict[str, int]:
             types[vi.name] = vi.type.tensor_type.elem_type
     for init in model.graph.initializer:
         types[init.name] = init.data_type
-    opsets = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in model.opset_import}
+    opsets = _opsets(model)
     for node in model.graph.node:
         if all(o in types or not o for o in node.output):
             continue
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Constant" and _is_default_domain(node):
             attr = node.attribute[0] if node.attribute else None
             if attr is not None:
                 types[node.output[0]] = (attr.t.data_type if attr.name == "value" else
                                          _FLOAT if attr.name in ("value_float", "value_floats") else
                                          TensorProto.INT64 if attr.name in ("value_int", "value_ints") else 0)
             continue
-        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Cast" and _is_default_domain(node):
             types[node.output[0]] = helper.get_attribute_value(next(a for a in node.attribute if a.name == "to"))
             continue
         ins, outs, allowed = _slot_params(node, _schema(node, opsets))
@@ -265,218 +270,261 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
     report = PrecisionReport(precision, io_dtype)
     if precision == "fp32":
         return out, report
-    _register_our_schemas()
-    half = _HALF[precision]
-    keep_ops = KEEP_FP32_OPS if keep_fp32_ops is None else keep_fp32_ops
     keep_names = set(keep_fp32_nodes)
-    g = out.graph
     check_keep_fp32_nodes(out, keep_names)
-    for node in g.node:
+    _check_convertible(out, precision)
+    conversion = _HalfConversion(out, precision, io_dtype, report, keep_names,
+                                 KEEP_FP32_OPS if keep_fp32_ops is None else keep_fp32_ops)
+    conversion.plan_nodes()  # 1. which float inputs/outputs of each node run in half
+    conversion.convert_sources()  # 2. initializers and Constants wanted in half
+    nodes = conversion.nodes_with_casts()  # 3. a Cast wherever a tensor's type and its consumer's differ
+    conversion.cast_model_io(nodes)  # 4. model inputs and outputs in the requested I/O type
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    del out.graph.value_info[:]  # stale types; shape inference recomputes them
+    return out, report
+
+
+def _check_convertible(model: onnx.ModelProto, precision: str) -> None:
+    """Raises :class:`PrecisionError` for control flow, and for bf16 with our ops below opset 22."""
+    for node in model.graph.node:
         if node.op_type in _CONTROL_FLOW or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                                 for a in node.attribute):
             raise PrecisionError(f"node {node.name or node.op_type!r} ({node.op_type}) holds a subgraph; precision "
                                  "conversion does not rewrite control flow: convert the model without it, or build "
                                  "in fp32")
-    opsets = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in out.opset_import}
-    if precision == "bf16" and any(n.domain == "dcn_deploy" for n in g.node) and opsets.get("", 0) < _BF16_MIN_OPSET:
-        raise PrecisionError(f"bf16: the model imports ONNX opset {opsets.get('', 0)}, but the dcn_deploy function "
-                             f"bodies (standard DeformConv) have bfloat16 only from opset {_BF16_MIN_OPSET}: re-export "
-                             f"with --opset {_BF16_MIN_OPSET}, or use fp16")
+    default_opset = _opsets(model).get("", 0)
+    if (precision == "bf16" and any(n.domain == "dcn_deploy" for n in model.graph.node)
+            and default_opset < BFLOAT16_MIN_OPSET):
+        raise PrecisionError(f"bf16: the model imports ONNX opset {default_opset}, but the dcn_deploy function "
+                             f"bodies (standard DeformConv) have bfloat16 only from opset {BFLOAT16_MIN_OPSET}: re-export "
+                             f"with --opset {BFLOAT16_MIN_OPSET}, or use fp16")
 
-    types = _known_types(out)
-    half_str = _TYPE_STR[half]
-    initializers = {t.name: t for t in g.initializer}
-    constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
-                 and types.get(n.output[0]) == _FLOAT}
-    graph_inputs = {vi.name for vi in g.input if vi.name not in initializers}
 
-    # 1. decide, per node, which float inputs/outputs run in half.
-    # current[t]: the element type tensor t will have after conversion (sources decided lazily).
-    current: Dict[str, int] = {}
-    for vi in g.input:
-        if vi.name in graph_inputs and types.get(vi.name) == _FLOAT:
-            current[vi.name] = half if io_dtype == "half" else _FLOAT
-    wants: Dict[str, List[int]] = {}  # source (initializer/Constant) -> types its consumers want
-    # node index -> required element type per input (None: read as it is). Indices, not node objects: the
-    # node list is not reordered until step 3.
-    plan: Dict[int, List[Optional[int]]] = {}
-    for index, node in enumerate(g.node):
-        label = node.name or f"{node.op_type}#{index}"
-        if node.output and node.output[0] in constants:
-            continue  # Constant nodes are sources, decided after their consumers
-        float_ins = [i for i, t in enumerate(node.input) if t and types.get(t) == _FLOAT]
-        float_outs = [i for i, t in enumerate(node.output) if t and types.get(t) == _FLOAT]
-        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
-            plan[index] = [None]
-            to = next(a for a in node.attribute if a.name == "to")
-            if to.i == _FLOAT and node.name not in keep_names:
-                to.i = half  # a cast into float32 becomes a cast into the half type
-                report.half_nodes += 1
-            for o in node.output:
-                current[o] = to.i
-            continue
-        if not float_ins and not float_outs:
-            plan[index] = [None] * len(node.input)
-            for o in node.output:
-                if o in types:
-                    current[o] = types[o]
-            continue
-        if node.domain in ("", "ai.onnx") and node.op_type in _FOLLOW_OPS:
-            produced = [current.get(node.input[i]) for i in float_ins
-                        if node.input[i] not in initializers and node.input[i] not in constants]
-            if produced and all(t == _FLOAT for t in produced):
-                required_fp32 = [_FLOAT if i in float_ins else None for i in range(len(node.input))]
-                plan[index] = required_fp32
-                for t, r in zip(node.input, required_fp32):
-                    if r is not None and (t in initializers or t in constants):
-                        wants.setdefault(t, []).append(r)
-                for o in node.output:
-                    if o in types:
-                        current[o] = types[o]
-                continue
-        schema = _schema(node, opsets)
+def _rule_reason(node: onnx.NodeProto, keep_names: Set[str], keep_ops: Dict[str, str]) -> Optional[str]:
+    """Why ``node`` stays float32 by name or by op rule (1. and 2. of the module docstring), or None."""
+    if node.name and node.name in keep_names:
+        return "named in --keep-fp32"
+    if _is_default_domain(node) and node.op_type in keep_ops:
+        return f"rule: {keep_ops[node.op_type]}"
+    if (node.domain, node.op_type) in KEEP_FP32_DOMAIN_OPS:
+        return f"rule: {KEEP_FP32_DOMAIN_OPS[(node.domain, node.op_type)]}"
+    return None
+
+
+class _HalfConversion:
+    """The state that the steps of :func:`convert_precision` share, for one model converted in place.
+
+    ``current[t]`` is the element type tensor ``t`` will have after the conversion; ``plan[i]`` the element type
+    node ``i`` needs on each input (None: read it as it is); ``wants[s]`` the types the consumers of a source
+    (initializer or float32 Constant) need. Nodes are keyed by index: the node list is not reordered until step 3.
+    """
+
+    def __init__(self, model: onnx.ModelProto, precision: str, io_dtype: str, report: PrecisionReport,
+                 keep_names: Set[str], keep_ops: Dict[str, str]) -> None:
+        self.graph = model.graph
+        self.precision = precision
+        self.half = _HALF[precision]
+        self.io_dtype = io_dtype
+        self.report = report
+        self.keep_names = keep_names
+        self.keep_ops = keep_ops
+        self.opsets = _opsets(model)
+        self.types = _known_types(model)
+        g = self.graph
+        self.initializers = {t.name: t for t in g.initializer}
+        self.constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and _is_default_domain(n)
+                          and self.types.get(n.output[0]) == _FLOAT}
+        self.graph_inputs = {vi.name for vi in g.input if vi.name not in self.initializers}
+        self.current: Dict[str, int] = {}
+        self.plan: Dict[int, List[Optional[int]]] = {}
+        self.wants: Dict[str, List[int]] = {}
+        self.half_copy: Dict[str, str] = {}  # shared source -> the name of its half copy
+        self.after: Dict[int, List[onnx.NodeProto]] = {}  # index of a Constant node -> its half copy, placed after it
+        self.suffix = {self.half: precision, _FLOAT: "fp32"}
+
+    def _is_source(self, tensor: str) -> bool:
+        return tensor in self.initializers or tensor in self.constants
+
+    def _keep_output_types(self, node: onnx.NodeProto) -> None:
+        for o in node.output:
+            if o in self.types:
+                self.current[o] = self.types[o]
+
+    def _require(self, index: int, node: onnx.NodeProto, required: List[Optional[int]]) -> None:
+        """Record the input types node ``index`` needs, and what its source inputs are wanted in."""
+        self.plan[index] = required
+        for t, r in zip(node.input, required):
+            if r is not None and self._is_source(t):
+                self.wants.setdefault(t, []).append(r)
+
+    # 1. ------------------------------------------------------------------------------------------------------
+    def plan_nodes(self) -> None:
+        """Decide, per node, which float inputs/outputs run in half (sources are decided after their consumers)."""
+        for vi in self.graph.input:
+            if vi.name in self.graph_inputs and self.types.get(vi.name) == _FLOAT:
+                self.current[vi.name] = self.half if self.io_dtype == "half" else _FLOAT
+        for index, node in enumerate(self.graph.node):
+            if node.output and node.output[0] in self.constants:
+                continue  # Constant nodes are sources, decided after their consumers
+            float_ins = [i for i, t in enumerate(node.input) if t and self.types.get(t) == _FLOAT]
+            float_outs = [i for i, t in enumerate(node.output) if t and self.types.get(t) == _FLOAT]
+            if node.op_type == "Cast" and _is_default_domain(node):
+                self._plan_cast(index, node)
+            elif not float_ins and not float_outs:
+                self.plan[index] = [None] * len(node.input)
+                self._keep_output_types(node)
+            elif not self._plan_follow_op(index, node, float_ins):
+                self._plan_compute_node(index, node, float_ins)
+
+    def _plan_cast(self, index: int, node: onnx.NodeProto) -> None:
+        """A cast into float32 becomes a cast into the half type."""
+        self.plan[index] = [None]
+        to = next(a for a in node.attribute if a.name == "to")
+        if to.i == _FLOAT and node.name not in self.keep_names:
+            to.i = self.half
+            self.report.half_nodes += 1
+        for o in node.output:
+            self.current[o] = to.i
+
+    def _plan_follow_op(self, index: int, node: onnx.NodeProto, float_ins: List[int]) -> bool:
+        """Data movement whose computed inputs are all float32 stays float32 (no Cast round trip); True if so."""
+        if not (_is_default_domain(node) and node.op_type in _FOLLOW_OPS):
+            return False
+        produced = [self.current.get(node.input[i]) for i in float_ins if not self._is_source(node.input[i])]
+        if not produced or any(t != _FLOAT for t in produced):
+            return False
+        self._require(index, node, [_FLOAT if i in float_ins else None for i in range(len(node.input))])
+        self._keep_output_types(node)
+        return True
+
+    def _plan_compute_node(self, index: int, node: onnx.NodeProto, float_ins: List[int]) -> None:
+        """Half for the inputs whose type parameter allows it, float32 (and a report line) for kept nodes."""
+        schema = _schema(node, self.opsets)
         ins, outs, allowed = _slot_params(node, schema)
-        reason = None
-        if node.name and node.name in keep_names:
-            reason = "named in --keep-fp32"
-        elif node.domain in ("", "ai.onnx") and node.op_type in keep_ops:
-            reason = f"rule: {keep_ops[node.op_type]}"
-        elif (node.domain, node.op_type) in KEEP_FP32_DOMAIN_OPS:
-            reason = f"rule: {KEEP_FP32_DOMAIN_OPS[(node.domain, node.op_type)]}"
+        reason = _rule_reason(node, self.keep_names, self.keep_ops)
         half_params: Set[Optional[str]] = set()
         if reason is None:
             for i in float_ins:
                 p = ins[i]
                 if schema is None:
                     half_params.add(None)
-                elif p in allowed and half_str in allowed[p]:
+                elif p in allowed and _TYPE_STR[self.half] in allowed[p]:
                     half_params.add(p)
                 elif p in allowed:
-                    reason = f"ONNX opset {opsets.get('', 0)} {node.op_type} has no {precision} for input {i}"
+                    reason = f"ONNX opset {self.opsets.get('', 0)} {node.op_type} has no {self.precision} for input {i}"
                     break
             if reason is None and not float_ins:
                 reason = "no float input (output type set by an attribute)"
         if reason is not None:
-            report.kept_fp32.append((label, node.op_type, reason))
+            self.report.kept_fp32.append((node.name or f"{node.op_type}#{index}", node.op_type, reason))
             half_params = set()
         else:
-            report.half_nodes += 1
+            self.report.half_nodes += 1
+        any_type = _ANY_TYPE_INPUTS.get(node.op_type, ()) if _is_default_domain(node) else ()
         required: List[Optional[int]] = []
-        any_type = _ANY_TYPE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
         for i, t in enumerate(node.input):
-            if not t or types.get(t) != _FLOAT or i in any_type:
+            if not t or self.types.get(t) != _FLOAT or i in any_type:
                 required.append(None)
             else:
-                required.append(half if (ins[i] in half_params) else _FLOAT)
-        plan[index] = required
+                required.append(self.half if (ins[i] in half_params) else _FLOAT)
         for i, o in enumerate(node.output):
             if not o:
                 continue
-            if types.get(o) == _FLOAT:
-                current[o] = half if (half_params and (outs[i] in half_params)) else _FLOAT
-            elif o in types:
-                current[o] = types[o]
-        for t, r in zip(node.input, required):
-            if r is not None and (t in initializers or t in constants):
-                wants.setdefault(t, []).append(r)
+            if self.types.get(o) == _FLOAT:
+                self.current[o] = self.half if (half_params and (outs[i] in half_params)) else _FLOAT
+            elif o in self.types:
+                self.current[o] = self.types[o]
+        self._require(index, node, required)
 
-    # 2. sources: convert initializers/Constants wanted only in half; shared ones get a half copy.
-    half_copy: Dict[str, str] = {}
-    after: Dict[int, List[onnx.NodeProto]] = {}  # index of a Constant node -> its half copy, placed right after it
-    constant_index = {n.output[0]: i for i, n in enumerate(g.node) if n.output and n.output[0] in constants}
-    for name, wanted in wants.items():
-        if half not in wanted:
-            continue
-        only_half = all(w == half for w in wanted) and name not in {o.name for o in g.output}
-        target = name if only_half else f"{name}__{precision}"
-        if name in initializers:
-            tensor, clipped = _to_half_tensor(initializers[name], half, target)
-            if only_half:
-                initializers[name].CopyFrom(tensor)
-            else:
-                g.initializer.append(tensor)
-        else:
-            node = constants[name]
-            attr = node.attribute[0]
-            source = attr.t if attr.name == "value" else numpy_helper.from_array(
-                np.asarray(helper.get_attribute_value(attr), np.float32))
-            tensor, clipped = _to_half_tensor(source, half, "")
-            if only_half:
-                del node.attribute[:]
-                node.attribute.append(helper.make_attribute("value", tensor))
-            else:
-                after[constant_index[name]] = [helper.make_node("Constant", [], [target], value=tensor,
-                                                    name=f"{node.name or name}__{precision}")]
-        report.values_clipped += clipped
-        report.initializers_converted += 1
-        current[name] = half if only_half else _FLOAT
-        if not only_half:
-            half_copy[name] = target
-    for name in list(initializers) + list(constants):
-        current.setdefault(name, _FLOAT)
-
-    # 3. rebuild the node list with a Cast wherever a tensor's type and its consumer's differ.
-    casts: Dict[Tuple[str, int], str] = {}
-    new_nodes: List[onnx.NodeProto] = []
-    suffix = {half: precision, _FLOAT: "fp32"}
-
-    def cast_to(tensor: str, to: int) -> str:
-        key = (tensor, to)
-        if key not in casts:  # one Cast per tensor and type, placed before its first consumer
-            casts[key] = f"{tensor}__to_{suffix[to]}"
-            new_nodes.append(helper.make_node("Cast", [tensor], [casts[key]], to=to,
-                                              name=f"{tensor}__cast_{suffix[to]}"))
-            report.casts_inserted += 1
-        return casts[key]
-
-    for index, node in enumerate(list(g.node)):
-        for i, (t, r) in enumerate(zip(list(node.input), plan.get(index, ()))):
-            if r is None:
+    # 2. ------------------------------------------------------------------------------------------------------
+    def convert_sources(self) -> None:
+        """Convert initializers/Constants wanted only in half in place; shared ones get a half copy."""
+        g, half, precision = self.graph, self.half, self.precision
+        constant_index = {n.output[0]: i for i, n in enumerate(g.node) if n.output and n.output[0] in self.constants}
+        model_outputs = {o.name for o in g.output}
+        for name, wanted in self.wants.items():
+            if half not in wanted:
                 continue
-            if r == half and t in half_copy:
-                node.input[i] = half_copy[t]
-            elif current.get(t, r) != r:
-                node.input[i] = cast_to(t, r)
-        new_nodes.append(node)
-        new_nodes.extend(after.get(index, ()))
+            only_half = all(w == half for w in wanted) and name not in model_outputs
+            target = name if only_half else f"{name}__{precision}"
+            if name in self.initializers:
+                tensor, clipped = _to_half_tensor(self.initializers[name], half, target)
+                if only_half:
+                    self.initializers[name].CopyFrom(tensor)
+                else:
+                    g.initializer.append(tensor)
+            else:
+                node = self.constants[name]
+                attr = node.attribute[0]
+                source = attr.t if attr.name == "value" else numpy_helper.from_array(
+                    np.asarray(helper.get_attribute_value(attr), np.float32))
+                tensor, clipped = _to_half_tensor(source, half, "")
+                if only_half:
+                    del node.attribute[:]
+                    node.attribute.append(helper.make_attribute("value", tensor))
+                else:
+                    self.after[constant_index[name]] = [helper.make_node("Constant", [], [target], value=tensor,
+                                                                         name=f"{node.name or name}__{precision}")]
+            self.report.values_clipped += clipped
+            self.report.initializers_converted += 1
+            self.current[name] = half if only_half else _FLOAT
+            if not only_half:
+                self.half_copy[name] = target
+        for name in list(self.initializers) + list(self.constants):
+            self.current.setdefault(name, _FLOAT)
 
-    # 4. model outputs: cast back to the requested I/O type under the original name.
-    want_out = half if io_dtype == "half" else _FLOAT
-    for vi in g.output:
-        if types.get(vi.name) not in (_FLOAT, half) or current.get(vi.name, want_out) == want_out:
-            if vi.type.tensor_type.elem_type == _FLOAT and io_dtype == "half":
-                vi.type.tensor_type.elem_type = half
-            continue
-        inner = f"{vi.name}__{suffix[current[vi.name]]}"
-        for n in new_nodes:
-            for i, t in enumerate(n.input):
-                if t == vi.name:
-                    n.input[i] = inner
-            for i, t in enumerate(n.output):
-                if t == vi.name:
-                    n.output[i] = inner
-        new_nodes.append(helper.make_node("Cast", [inner], [vi.name], to=want_out, name=f"{vi.name}__cast_out"))
-        report.casts_inserted += 1
-        vi.type.tensor_type.elem_type = want_out
-    if io_dtype == "half":
-        for vi in g.input:
-            if vi.name in graph_inputs and vi.type.tensor_type.elem_type == _FLOAT:
-                vi.type.tensor_type.elem_type = half
+    # 3. ------------------------------------------------------------------------------------------------------
+    def nodes_with_casts(self) -> List[onnx.NodeProto]:
+        """The node list with a Cast wherever a tensor's type and its consumer's differ (one per tensor and
+        type, placed before its first consumer), and the half copies of shared Constants."""
+        casts: Dict[Tuple[str, int], str] = {}
+        new_nodes: List[onnx.NodeProto] = []
 
-    del g.node[:]
-    g.node.extend(new_nodes)
-    del g.value_info[:]  # stale types; shape inference recomputes them
-    return out, report
+        def cast_to(tensor: str, to: int) -> str:
+            key = (tensor, to)
+            if key not in casts:
+                casts[key] = f"{tensor}__to_{self.suffix[to]}"
+                new_nodes.append(helper.make_node("Cast", [tensor], [casts[key]], to=to,
+                                                  name=f"{tensor}__cast_{self.suffix[to]}"))
+                self.report.casts_inserted += 1
+            return casts[key]
 
+        for index, node in enumerate(list(self.graph.node)):
+            for i, (t, r) in enumerate(zip(list(node.input), self.plan.get(index, ()))):
+                if r is None:
+                    continue
+                if r == self.half and t in self.half_copy:
+                    node.input[i] = self.half_copy[t]
+                elif self.current.get(t, r) != r:
+                    node.input[i] = cast_to(t, r)
+            new_nodes.append(node)
+            new_nodes.extend(self.after.get(index, ()))
+        return new_nodes
 
-def _register_our_schemas() -> None:
-    """Import the dcn_deploy op set (registers its schemas with onnx) when it can be imported.
-
-    Without it our nodes are still converted (ops without a schema convert every float input and output,
-    which is DeformConv2d's rule); only onnx's shape inference of them is lost.
-    """
-    try:
-        import dcn_deploy.onnx.opset  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("dcn_deploy.onnx.opset", "torch"):  # the op set reaches torch via dcn_deploy.ops
-            raise
+    # 4. ------------------------------------------------------------------------------------------------------
+    def cast_model_io(self, nodes: List[onnx.NodeProto]) -> None:
+        """Cast model outputs back to the requested I/O type under their original names (appending to ``nodes``),
+        and type the model inputs and outputs."""
+        half = self.half
+        want_out = half if self.io_dtype == "half" else _FLOAT
+        for vi in self.graph.output:
+            if self.types.get(vi.name) not in (_FLOAT, half) or self.current.get(vi.name, want_out) == want_out:
+                if vi.type.tensor_type.elem_type == _FLOAT and self.io_dtype == "half":
+                    vi.type.tensor_type.elem_type = half
+                continue
+            inner = f"{vi.name}__{self.suffix[self.current[vi.name]]}"
+            for n in nodes:
+                for i, t in enumerate(n.input):
+                    if t == vi.name:
+                        n.input[i] = inner
+                for i, t in enumerate(n.output):
+                    if t == vi.name:
+                        n.output[i] = inner
+            nodes.append(helper.make_node("Cast", [inner], [vi.name], to=want_out, name=f"{vi.name}__cast_out"))
+            self.report.casts_inserted += 1
+            vi.type.tensor_type.elem_type = want_out
+        if self.io_dtype == "half":
+            for vi in self.graph.input:
+                if vi.name in self.graph_inputs and vi.type.tensor_type.elem_type == _FLOAT:
+                    vi.type.tensor_type.elem_type = half

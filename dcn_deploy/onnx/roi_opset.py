@@ -24,7 +24,7 @@ from typing import Callable, List, NamedTuple, Optional
 import onnx
 from onnx import TensorProto, defs, helper
 
-from .opset import DOMAIN, FLOAT_TYPES, VERSION, ExportRefusal, OpDefinition, register_op
+from .opset import DOMAIN, FLOAT_TYPES, VERSION, ExportRefusal, OpDefinition, plugin_attribute_schemas, register_op
 
 __all__ = ["DEFORM_ROI_POOL", "DEFORM_PSROI_POOL", "deform_roi_pool_function", "deform_psroi_pool_function",
            "check_model", "AdaptiveSamplingError"]
@@ -63,10 +63,7 @@ class AdaptiveSamplingError(ExportRefusal):
 def _attribute_protos(table: dict) -> List["defs.OpSchema.Attribute"]:
     attribute = defs.OpSchema.Attribute
     out = [attribute(name, helper.make_attribute(name, default), doc) for name, (default, doc) in table.items()]
-    out += [attribute("plugin_namespace", defs.OpSchema.AttrType.STRING,
-                      "TensorRT: set to 'dcn_deploy' to route the node to our plugin", required=False),
-            attribute("plugin_version", defs.OpSchema.AttrType.STRING, "TensorRT: plugin version", required=False)]
-    return out
+    return out + plugin_attribute_schemas()
 
 
 def _inference_error(op: str, message: str) -> Exception:
@@ -103,7 +100,8 @@ def _check(op: str, dims, name: str, expected: list) -> None:
             raise _inference_error(op, f"input {name} dim {axis} must be {want}, got {got} (expected shape {expected})")
 
 
-def _set_output(ctx, op: str, dims: list) -> None:
+def _set_output(ctx, dims: list) -> None:
+    """Y: X's element type with the shape ``dims``."""
     t = ctx.get_input_type(0)
     output = onnx.TypeProto()
     output.tensor_type.elem_type = t.tensor_type.elem_type if t is not None else TensorProto.UNDEFINED
@@ -135,7 +133,7 @@ def _infer_roi_pool(ctx) -> None:
     k = _value(rois[0]) if rois else None
     _check(op, offset, "offset", [k, 2, ph, pw])
     count = rois[0] if rois else (offset[0] if offset else None)
-    _set_output(ctx, op, [_dim(copy=count), _dim(copy=x[1] if x else None), _dim(ph), _dim(pw)])
+    _set_output(ctx, [_dim(copy=count), _dim(copy=x[1] if x else None), _dim(ph), _dim(pw)])
 
 
 def _infer_psroi_pool(ctx) -> None:
@@ -158,7 +156,7 @@ def _infer_psroi_pool(ctx) -> None:
             raise _inference_error(op, f"trans must have 2*num_classes channels with output_dim ({output_dim}) "
                                        f"divisible by num_classes, got {channels}")
     count = rois[0] if rois else (trans[0] if trans else None)
-    _set_output(ctx, op, [_dim(copy=count), _dim(output_dim), _dim(pooled), _dim(pooled)])
+    _set_output(ctx, [_dim(copy=count), _dim(output_dim), _dim(pooled), _dim(pooled)])
 
 
 def _schema(name: str, doc: str, inputs, attributes: dict, infer) -> "defs.OpSchema":
