@@ -189,9 +189,10 @@ def check_batches(metas: Sequence[TensorMeta], batches: Sequence[int]) -> None:
         meta = next(m for m in metas if m.shape)
         asked = ",".join(str(b) for b in batches)
         raise FeedError(
-            f"--batch {asked}: input {meta.name!r} has a fixed batch size {fixed} (model shape "
-            f"{format_shape(meta.shape)}), so batch {', '.join(map(str, wrong))} cannot run; use "
-            f"--batch {fixed}, or export the model with a dynamic batch dimension (dcn-deploy export --dynamic)")
+            f"batches (CLI: --batch {asked}): input {meta.name!r} has a fixed batch size {fixed} (model shape "
+            f"{format_shape(meta.shape)}), so batch {', '.join(map(str, wrong))} cannot run; use batches=[{fixed}] "
+            f"(CLI: --batch {fixed}), or export the model with a dynamic batch dimension (export(..., dynamic=True); "
+            "CLI: dcn-deploy export --dynamic)")
 
 
 def _whole(value, name: str) -> Optional[int]:

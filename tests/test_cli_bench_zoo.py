@@ -218,7 +218,8 @@ def test_check_batches_rules():
     dynamic = [TensorMeta("x", np.float32, ("N", 3, 8, 8)), TensorMeta("rois", np.float32, (5, 5))]
     check_batches(fixed, [4])
     check_batches(dynamic, [1, 7])  # one input with a dynamic first dimension: any batch
-    with pytest.raises(FeedError, match=r"--batch 1,4: input 'x' has a fixed batch size 4 .* batch 1 cannot run"):
+    with pytest.raises(FeedError, match=r"batches \(CLI: --batch 1,4\): input 'x' has a fixed batch size 4 .* batch 1 "
+                                        r"cannot run; use batches=\[4\] \(CLI: --batch 4\)"):
         check_batches(fixed, [1, 4])
     assert default_batches(fixed) == [4] and default_batches(dynamic) == [1]
 

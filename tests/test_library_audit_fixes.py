@@ -219,3 +219,18 @@ def test_shape_errors_give_the_library_form_and_the_cli_form():
         resolve_shapes(metas, {"imgae": (1, 3, 8, 8)})
     with pytest.raises(FeedError, match=r"shapes \(CLI: --shape\) gives 1x3x8, 3 dimensions; the model's input has 4"):
         resolve_shapes(metas, {"image": (1, 3, 8)})
+
+
+@pytest.mark.parametrize("command", ["export", "verify"])
+@pytest.mark.parametrize("option,value", [("--atol", "nan"), ("--rtol", "-1"), ("--atol", "inf")])
+def test_cli_tolerances_are_finite_and_not_negative(tmp_path, command, option, value):
+    from dcn_deploy.cli import main
+
+    existing = tmp_path / "m.onnx"
+    existing.write_bytes(b"not read: the options are checked first")
+    args = (["export", "dcn_deploy.models.demo:DemoNet", "-o", str(tmp_path / "d.onnx")] if command == "export"
+            else ["verify", str(existing)])
+    result = cli_runner().invoke(main, args + [option, value])
+    assert result.exit_code == 2, result.output
+    assert f"{option} must be a finite number >= 0, got {float(value)}" in result.output
+    assert not (tmp_path / "d.onnx").exists()

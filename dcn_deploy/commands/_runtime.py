@@ -1,6 +1,8 @@
 """Options and helpers shared by the commands that run models (verify, bench, infer). Imports click only."""
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -45,6 +47,13 @@ def parse_shapes(items: Sequence[str], model_path: Optional[Path] = None) -> Dic
     from ..feeds import parse_shape_options
 
     return parse_shape_options(items, model_path)
+
+
+def check_tolerance_options(atol: Optional[float], rtol: Optional[float]) -> None:
+    """--atol/--rtol: each a finite number >= 0 when given (click takes 'nan' and 'inf' as floats)."""
+    for option, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise CliError(f"{option} must be a finite number >= 0, got {value}")
 
 
 def echo_note(message: str) -> None:

@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Tuple
 import click
 
 from . import CliError
+from ._runtime import check_tolerance_options
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.model_loading.DTYPES, without importing torch
 
@@ -82,8 +83,7 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
     def stage(message: str) -> None:
         click.echo(f"[export] {message}", err=True)
 
-    if (atol is not None and atol < 0) or (rtol is not None and rtol < 0):
-        raise CliError("--atol and --rtol must be >= 0")
+    check_tolerance_options(atol, rtol)
     shapes = [parse_input_shape(s) for s in input_shapes]
     torch_dtype = DTYPES[dtype] if dtype else None
     output = output or _default_output(model_ref)

@@ -7,8 +7,8 @@ from typing import Optional, Sequence, Tuple
 import click
 
 from . import EXIT_FAILED, CliError
-from ._runtime import (RUNNER_CHOICES, default_runner, echo_note, engine_option, make_runners, model_argument,
-                       parse_shapes, shape_options, torch_model_options)
+from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, echo_note, engine_option,
+                       make_runners, model_argument, parse_shapes, shape_options, torch_model_options)
 
 
 @click.command("verify")
@@ -51,8 +51,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     against, subject = _runner_pair(against, subject, torch_model, model_path)
     if inputs and (shapes or batch):
         raise CliError("--input gives the inputs; --shape/--batch only apply to random inputs")
-    if (atol is not None and atol < 0) or (rtol is not None and rtol < 0):
-        raise CliError("--atol and --rtol must be >= 0")
+    check_tolerance_options(atol, rtol)
 
     overrides = None
     if atol is not None or rtol is not None:
