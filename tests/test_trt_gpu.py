@@ -38,6 +38,24 @@ from test_trt_pure import accuracy_report, dcn_model, run_ort  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _second_library_copy_script(tensorrt_module: str) -> str:
+    """A child process (TensorRT registers a creator once per process): load our plugin library, then an identical
+    copy (SAME: accepted), then ask TensorRT itself for a second copy (PROBE: True when it refuses with None, what
+    our handling rests on), then a different build (OTHER_ERROR: our message)."""
+    return textwrap.dedent(f"""
+        import sys, {tensorrt_module} as trt
+        from dcn_deploy.backends.trt_build import BuildError, load_plugin_library
+        first, same, probe, other = sys.argv[1:5]
+        load_plugin_library(trt, first, required_creators=["DeformConv2d"])
+        print("SAME", load_plugin_library(trt, same, required_creators=["DeformConv2d"]))
+        print("PROBE", trt.get_plugin_registry().load_library(probe) is None)
+        try:
+            load_plugin_library(trt, other)
+            print("OTHER loaded")
+        except BuildError as exc:
+            print("OTHER_ERROR", exc)
+    """)
+
 def _plugin_library():
     try:
         from dcn_deploy.plugin.library import find_library
@@ -177,19 +195,7 @@ class TestTensorRTRtxAheadOfTime:
             shutil.copy(plugin, copies[-1])
         with open(copies[2], "ab") as fh:
             fh.write(b"\0another build")
-        script = textwrap.dedent("""
-            import sys, tensorrt_rtx as trt
-            from dcn_deploy.backends.trt_build import BuildError, load_plugin_library
-            first, same, probe, other = sys.argv[1:5]
-            load_plugin_library(trt, first, required_creators=["DeformConv2d"])
-            print("SAME", load_plugin_library(trt, same, required_creators=["DeformConv2d"]))
-            print("PROBE", trt.get_plugin_registry().load_library(probe) is None)
-            try:
-                load_plugin_library(trt, other)
-                print("OTHER loaded")
-            except BuildError as exc:
-                print("OTHER_ERROR", exc)
-        """)
+        script = _second_library_copy_script("tensorrt_rtx")
         paths = [str(Path(p).resolve()) for p in [plugin, *copies]]
         out = subprocess.run([python, "-c", script, *paths], capture_output=True, text=True, env=environ, timeout=600)
         assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
@@ -444,20 +450,7 @@ class TestTensorRTOnGpu:
             shutil.copy(_PLUGIN, folder / "libdcn_deploy_plugin.so")
         with open(folders[3] / "libdcn_deploy_plugin.so", "ab") as fh:
             fh.write(b"\0another build")  # other bytes, still a loadable ELF file
-        script = textwrap.dedent("""
-            import sys, tensorrt as trt
-            from dcn_deploy.backends.trt_build import BuildError, load_plugin_library
-            first, same, probe, other = sys.argv[1:5]
-            load_plugin_library(trt, first, required_creators=["DeformConv2d"])
-            print("SAME", load_plugin_library(trt, same, required_creators=["DeformConv2d"]))
-            # what our handling rests on: TensorRT's own answer for a second copy is None
-            print("PROBE", trt.get_plugin_registry().load_library(probe) is None)
-            try:
-                load_plugin_library(trt, other)
-                print("OTHER loaded")
-            except BuildError as exc:
-                print("OTHER_ERROR", exc)
-        """)
+        script = _second_library_copy_script("tensorrt")
         paths = [str((f / "libdcn_deploy_plugin.so").resolve()) for f in folders]
         proc = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=300,
                               env=dict(os.environ, PYTHONPATH=str(REPO)))
