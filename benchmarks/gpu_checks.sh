@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Issue 4's GPU checks in one run, for a machine with an NVIDIA GPU, nvcc, cmake, torch and torchvision:
-#   1. build the libraries for this GPU (skipped when $DCN_GPU_BUILD already holds them),
-#   2. the kernels against the reference (pytest -m gpu), and the plugin shells with a real enqueue,
-#   3. compute-sanitizer memcheck and racecheck over small cases,
-#   4. the benchmark against torchvision and cuDNN.
-# Every step runs even when an earlier one fails; the summary at the end lists each step's exit code.
+# Issue 4's GPU checks in one run, for a machine with an NVIDIA GPU, nvcc, cmake, torch and torchvision. In order of
+# importance, so that a slow run loses the least useful steps to the deadline:
+#   1. build the libraries for this GPU (skipped when $DCN_GPU_BUILD already holds them: build here and carry),
+#   2. the kernels against the reference (the GPU tests), and the plugin shells with a real enqueue,
+#   3. the benchmark against torchvision and cuDNN, with the GEMM path's kernel breakdown,
+#   4. compute-sanitizer memcheck over small cases of every kernel,
+#   5. the GEMM path's product output forced direct / staged, and a 16 MiB column budget,
+#   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark.
+# Every step runs even when an earlier one fails, each under its own time limit and all within
+# $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 #
-#   bash benchmarks/gpu_checks.sh [output folder]     (default: artifacts/gpu; logs, bench.json, bench.md)
+#   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
+#   (default: $OUT, else artifacts/gpu; writes at most 8 files there: checks.log, bench.json, bench.md,
+#    bench_output_direct.json, bench_output_staged.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md)
 set -u
-cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-artifacts/gpu}}
-mkdir -p "$OUT_DIR"
+mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) || exit 1  # absolute: the cd below must not move it
+cd "$(dirname "$0")/.." || exit 1
 LOG="$OUT_DIR/checks.log"
 : >"$LOG"
+# A fresh set of results: the benchmark appends its tables to bench*.md, and a JSON left from an earlier run would be
+# taken for this run's rows.
+rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_output_{direct,staged}.json \
+    "$OUT_DIR"/bench_chunk_16.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md
+STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
+# The package from this checkout, without installing it (the machine has no network and its own packages):
+# benchmarks, tests, their subprocesses and the sanitizer runs all import dcn_deploy from here.
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 BUILD=${DCN_GPU_BUILD:-build/gpu}
+case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
 SUMMARY=()
 DEADLINE=$(( $(date +%s) + ${DCN_GPU_CHECKS_SECONDS:-540} ))  # the whole run stays inside a device lease
 
@@ -24,61 +39,91 @@ step() { # step NAME TIMEOUT_S COMMAND...
     start=$(date +%s)
     if (( start + limit > DEADLINE )); then limit=$(( DEADLINE - start )); fi
     if (( limit < 10 )); then SUMMARY+=("$name skipped: out of time"); return 0; fi
-    echo "=== $name: $*" | tee -a "$LOG"
-    timeout "$limit" "$@" >>"$LOG" 2>&1
+    echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+    # -k: a step that ignores SIGTERM (a hung CUDA call) is killed 5 s later
+    timeout -k 5 "$limit" "$@" >>"$LOG" 2>&1
     rc=$?
-    SUMMARY+=("$name rc=$rc $(( $(date +%s) - start ))s")
+    SUMMARY+=("$name rc=$rc $(( $(date +%s) - start ))s$( (( rc == 124 || rc == 137 )) && echo ' TIMED OUT')")
     echo "=== $name rc=$rc" | tee -a "$LOG"
     return 0
 }
 
-step device 30 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv;
-    python3 -c "import torch, torchvision; print(torch.__version__, torch.version.cuda, torchvision.__version__, torch.cuda.get_device_name())"'
+bench() { # bench NAME TIMEOUT_S JSON [MARKDOWN] -- ARGS...: the benchmark; its JSON is rewritten after every row
+    local name=$1 limit=$2 json=$3 md=$4
+    shift 5
+    step "$name" "$limit" python3 benchmarks/gpu_deform_conv.py "$@" --json "$OUT_DIR/$json" \
+        ${md:+--output "$OUT_DIR/$md"}
+    if [ -n "$md" ] && [ ! -f "$OUT_DIR/$md" ] && [ -f "$OUT_DIR/$json" ]; then  # cut short: the rows it has
+        python3 benchmarks/gpu_deform_conv.py "$@" --from-json "$OUT_DIR/$json" --output "$OUT_DIR/$md" >>"$LOG" 2>&1
+    fi
+}
+
+# shellcheck disable=SC2016  # expanded by the inner bash
+step device 60 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv;
+    nvcc --version | tail -n 2; echo "commit: ${DCN_BENCH_COMMIT:-unknown (set DCN_BENCH_COMMIT)}";
+    python3 -c "import torch, torchvision, dcn_deploy.ops; print(torch.__version__, torch.version.cuda, torchvision.__version__, torch.cuda.get_device_name(), dcn_deploy.ops.__file__)"'
 if [ ! -f "$BUILD/lib/libdcn_deploy_kernels.so" ]; then
+    echo "no carried build in $BUILD: building here (minutes of device time; build on the CPU machine and carry it)" | tee -a "$LOG"
     arch=$(python3 -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
     step build 300 bash -c "cmake -S . -B '$BUILD' -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=$arch && cmake --build '$BUILD'"
 fi
-export DCN_DEPLOY_PLUGIN_DIR=$PWD/$BUILD/lib
+export DCN_DEPLOY_PLUGIN_DIR=$BUILD/lib
 # The GEMM path dlopens libcublas.so.13/.12: inside torch it is already loaded; for the C++ shell tests, put the
 # folder of torch's (or the toolkit's) cuBLAS on the library path when the loader does not know it.
+cublas_from="the ldconfig cache"
 if ! ldconfig -p | grep -q 'libcublas\.so\.1[23]'; then
     cublas_dir=$(python3 -c "import glob, os, site; print(next((os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/**/libcublas.so.1[23]', recursive=True)), ''))")
-    [ -n "$cublas_dir" ] && export LD_LIBRARY_PATH=$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    if [ -n "$cublas_dir" ]; then
+        export LD_LIBRARY_PATH=$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        cublas_from=$cublas_dir
+    else
+        cublas_from="nowhere found (the shell tests' GEMM path will report it)"
+    fi
 fi
-echo "cuBLAS from: ${cublas_dir:-the ldconfig cache}" | tee -a "$LOG"
-# The package from this checkout, without touching the machine's packages (editable, no dependencies).
-step install 120 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .
+echo "cuBLAS from: $cublas_from" | tee -a "$LOG"
+# Which libraries the tests and benchmarks will load, their build settings, and whether the GEMM path's cuBLAS loads
+# (after torch, as in the benchmark).
+step plugin-info 30 python3 -c "import json, torch; from dcn_deploy.plugin.library import library_info; \
+print(json.dumps(library_info(), indent=1, default=str))"
 
-step pytest-gpu 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_plugin_gpu.py \
-    tests/test_roi_plugin_host.py tests/test_deform_conv.py
+# 2. Correctness: every test that needs the GPU (test_deform_conv's two-device check has no gpu mark, so by name).
+step pytest-gpu 200 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_gpu.py \
+    tests/test_roi_plugin_host.py::test_cuda_kernels_match_reference \
+    tests/test_deform_conv.py::test_tensors_on_two_devices_are_rejected
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do
     [ -x "$BUILD/bin/$shell" ] && step "$shell" 60 "$BUILD/bin/$shell"
 done
-step bench 240 python3 benchmarks/gpu_deform_conv.py --algos ${DCN_BENCH_ALGOS:-gemm,torch} --iters 30 --warmup 5 --breakdown \
-    --json "$OUT_DIR/bench.json" --output "$OUT_DIR/bench.md"
-# Where the GEMM path's product writes, each forced on every layer (auto, in the bench above, stages only where the
-# NCHW rows are not 16-byte aligned: det res3 and res5), then a 16 MiB column budget (default 64), which keeps a
+# 3. The benchmark: our GEMM path and the PyTorch op (its composite on CUDA) against torchvision and cuDNN.
+bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch}" --iters 30 --warmup 5 --breakdown
+# 4. memcheck over small cases of every kernel and dtype.
+step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py
+# 5. Where the GEMM path's product writes, each forced on every layer (auto, in the bench above, stages only where
+# the NCHW rows are not 16-byte aligned: det res3 and res5), then a 16 MiB column budget (default 64), which keeps a
 # chunk's columns in the H100's 50 MB L2 between the sampling kernel and the product (smaller products).
 for output in direct staged; do
-    step "bench-output-$output" 60 env DCN_DEPLOY_GEMM_OUTPUT=$output python3 benchmarks/gpu_deform_conv.py \
-        --algos gemm --dtypes float16 --iters 20 --warmup 3 --json "$OUT_DIR/bench_output_${output}.json"
+    DCN_DEPLOY_GEMM_OUTPUT=$output bench "bench-output-$output" 90 "bench_output_$output.json" "" -- \
+        --algos gemm --dtypes float16 --iters 20 --warmup 3
 done
-step bench-chunk-16MB 60 env DCN_DEPLOY_GEMM_CHUNK_MB=16 python3 benchmarks/gpu_deform_conv.py --algos gemm \
-    --dtypes float16 --iters 20 --warmup 3 --json "$OUT_DIR/bench_chunk_16.json"
-step bench-grouped 120 python3 benchmarks/gpu_deform_conv.py --layers grouped --algos auto,gemm --iters 20 --warmup 3 \
-    --json "$OUT_DIR/bench_grouped.json" --output "$OUT_DIR/bench_grouped.md"
+DCN_DEPLOY_GEMM_CHUNK_MB=16 bench bench-chunk-16MB 90 bench_chunk_16.json "" -- --algos gemm --dtypes float16 \
+    --iters 20 --warmup 3
+# 6. The rest of the sanitizer runs (clean at bf7556d), then grouped and depth-wise layers.
+step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do # their enqueue on the GPU
     [ -x "$BUILD/bin/$shell" ] && step "memcheck-$shell" 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/bin/$shell"
 done
-step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py
 step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
     tests/test_roi_plugin_host.py -k cuda
-step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick
+bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm --iters 20 --warmup 3
 
-echo "--- summary" | tee -a "$LOG"
-printf '%s\n' "${SUMMARY[@]}" | tee -a "$LOG"
-grep -E "passed|failed|ERROR SUMMARY|failure\(s\)|^FAIL|Error" "$LOG" | tail -n 40
+rm -f "$OUT_DIR"/.*.tmp  # a write cut off by a timeout (the results come back only as plain, named files)
+# Tables first, the summary last: the device tool returns only the end of the output.
 for table in bench.md bench_grouped.md; do
     [ -f "$OUT_DIR/$table" ] && cat "$OUT_DIR/$table"
 done
+echo "--- log lines that matter"
+grep -E "passed|failed|skipped|no tests ran|ERROR SUMMARY|failure\(s\)|^FAIL|Error|warning: CUDA graph" "$LOG" | cut -c1-200 | tail -n 30
+echo "--- files in $OUT_DIR ($(find "$OUT_DIR" -type f | wc -l); at most 8 come back)"
+ls -l "$OUT_DIR"
+echo "--- summary" | tee -a "$LOG"
+printf '%s\n' "${SUMMARY[@]}" "total $(( $(date +%s) - STARTED ))s" | tee -a "$LOG"
 exit 0

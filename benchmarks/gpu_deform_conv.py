@@ -11,6 +11,11 @@ Needs a GPU, torch with CUDA, torchvision and the built kernels library (``dcn-d
 
     python benchmarks/gpu_deform_conv.py                       # prints a markdown table
     python benchmarks/gpu_deform_conv.py --output benchmarks/RESULTS.md
+    python benchmarks/gpu_deform_conv.py --from-json bench.json --algos gemm,torch --iters 30 --warmup 5  # no GPU
+
+An implementation that raises (an unsupported dtype, out of memory) gets `fail` in its cells and its reason under the
+table; the other implementations and rows go on. ``--json`` is rewritten after every row, so a run cut short by a
+time limit still leaves its rows for ``--from-json``.
 
 Goal (issue 4): >= 3x faster than torchvision in fp16, <= 1.5x the plain convolution's time.
 """
@@ -26,7 +31,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runs from a checkout without installing the package
@@ -73,12 +78,19 @@ def time_cuda(fn: Callable[[], object], warmup: int, iters: int, graph: bool = T
     Python's launch overhead (which at batch 1 is larger than some of the kernels); falls back to eager calls,
     with a warning, when fn cannot be captured.
     """
+    return time_cuda_detail(fn, warmup, iters, graph)[0]
+
+
+def time_cuda_detail(fn: Callable[[], object], warmup: int, iters: int, graph: bool = True) -> Tuple[float, bool]:
+    """:func:`time_cuda`, and whether the times are CUDA-graph replays (False: eager calls, asked for or after a
+    failed capture)."""
     import torch
 
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     run = fn
+    graphed = False
     if graph:
         try:
             side = torch.cuda.Stream()
@@ -92,6 +104,7 @@ def time_cuda(fn: Callable[[], object], warmup: int, iters: int, graph: bool = T
             run = captured.replay
             run()
             torch.cuda.synchronize()
+            graphed = True
         except Exception as exc:  # noqa: BLE001 - any capture failure: time eagerly instead
             print(f"warning: CUDA graph capture failed ({exc}); timing eager calls", file=sys.stderr)
             torch.cuda.synchronize()
@@ -104,7 +117,7 @@ def time_cuda(fn: Callable[[], object], warmup: int, iters: int, graph: bool = T
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+    return statistics.median(times), graphed
 
 
 def _git_commit() -> str:
@@ -180,8 +193,59 @@ def _short_kernel_name(name: str, width: int = 60) -> str:
     return short if len(short) <= width else short[:width - 3] + "..."
 
 
+def make_inputs(layer: Layer, batch: int, dtype_name: str):
+    """(x, offset, weight, bias, mask) on the GPU for one layer, random with a fixed seed (the same on every call)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    c, h, w = layer.channels, layer.height, layer.width
+    cg, og = c // layer.groups, layer.offset_groups
+    x = torch.randn(batch, c, h, w, device="cuda", dtype=dtype, generator=g)
+    weight = torch.randn(c, cg, 3, 3, device="cuda", dtype=dtype, generator=g) * (1.0 / (3 * cg ** 0.5))
+    bias = torch.randn(c, device="cuda", dtype=dtype, generator=g)
+    offset = torch.randn(batch, 18 * og, h, w, device="cuda", dtype=dtype, generator=g) * 2.0
+    mask = torch.rand(batch, 9 * og, h, w, device="cuda", dtype=dtype, generator=g)
+    return x, offset, weight, bias, mask
+
+
+def _failure_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+def measure(row: dict, key: str, fn: Callable[[], object], reference, warmup: int, iters: int, graph: bool) -> None:
+    """row[key_err] (against reference, unless None) and row[key_ms]; on any exception both None and the reason in
+    row[key_failed], so that one implementation failing (an unsupported dtype, out of memory) costs its own cells
+    and not the rest of the run. row[key_timing] = 'eager' where a CUDA graph was asked for but could not be
+    captured."""
+    import torch
+
+    try:
+        if reference is not None:
+            row[f"{key}_err"] = None
+            row[f"{key}_err"] = relative_error(fn(), reference)
+        row[f"{key}_ms"], graphed = time_cuda_detail(fn, warmup, iters, graph)
+        if graph and not graphed:
+            row[f"{key}_timing"] = "eager"
+    except Exception as exc:  # noqa: BLE001 - recorded in the row and on stderr
+        row[f"{key}_ms"] = None
+        row[f"{key}_failed"] = _failure_text(exc)
+        print(f"{key} failed on {row['layer']} {row['shape']} {row['dtype']}: {row[f'{key}_failed']}", file=sys.stderr)
+        try:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - a sticky CUDA error: the next measurement will say so
+            pass
+
+
 def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str],
-        graph: bool = True, breakdown: bool = False, layers: List[Layer] = LAYERS) -> List[dict]:
+        graph: bool = True, breakdown: bool = False, layers: List[Layer] = LAYERS,
+        on_row: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
+    """One row per (dtype, layer, batch): each implementation's error and median time (see :func:`measure`).
+
+    on_row(rows) is called after each row (and after the breakdown), so a run cut short still leaves its rows.
+    breakdown: after all timings (so the profiler cannot disturb them), the `gemm` path's kernels of each dense row.
+    """
     import torch
     import torch.nn.functional as F
     import torchvision
@@ -191,19 +255,16 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
 
     kernels = load_library("kernels")
     torch.backends.cudnn.benchmark = True
+    # where and what ran, in every row, so that --from-json renders the run's own header anywhere
+    context = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+               "commit": _git_commit(), "python": platform.python_version()}
     rows = []
+    cases = []
     for dtype_name in dtypes:
-        dtype = getattr(torch, dtype_name)
         for layer in layers:
             for batch in batches:
-                g = torch.Generator(device="cuda").manual_seed(0)
-                c, h, w, d = layer.channels, layer.height, layer.width, layer.dilation
-                cg, og = c // layer.groups, layer.offset_groups
-                x = torch.randn(batch, c, h, w, device="cuda", dtype=dtype, generator=g)
-                weight = torch.randn(c, cg, 3, 3, device="cuda", dtype=dtype, generator=g) * (1.0 / (3 * cg ** 0.5))
-                bias = torch.randn(c, device="cuda", dtype=dtype, generator=g)
-                offset = torch.randn(batch, 18 * og, h, w, device="cuda", dtype=dtype, generator=g) * 2.0
-                mask = torch.rand(batch, 9 * og, h, w, device="cuda", dtype=dtype, generator=g)
+                d = layer.dilation
+                x, offset, weight, bias, mask = make_inputs(layer, batch, dtype_name)
 
                 def ours(algo):
                     if algo == "torch":  # the PyTorch op itself, what training on the GPU runs
@@ -214,46 +275,106 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                 tv = lambda: torchvision.ops.deform_conv2d(x, offset, weight, bias, 1, d, d, mask)  # noqa: E731
                 conv = lambda: F.conv2d(x, weight, bias, 1, d, d, layer.groups)  # noqa: E731
 
-                row = {"layer": layer.name, "shape": f"{batch}x{c}x{h}x{w}", "dtype": dtype_name}
+                row = {"layer": layer.name, "shape": f"{batch}x{layer.channels}x{layer.height}x{layer.width}",
+                       "dtype": dtype_name, **context}
                 with torch.no_grad():
-                    # the float64 reference: torchvision's op on the same (rounded) inputs, upcast
-                    reference = torchvision.ops.deform_conv2d(x.double(), offset.double(), weight.double(),
-                                                              bias.double(), 1, d, d, mask.double())
-                    for algo in algos:
-                        row[f"ours_{algo}_err"] = relative_error(ours(algo)(), reference)
-                        row[f"ours_{algo}_ms"] = time_cuda(ours(algo), warmup, iters, graph)
+                    # the float64 reference: torchvision's op on the same (rounded) inputs, upcast; dcn_deploy's
+                    # composite in float64 if torchvision fails
+                    wide = [t.double() for t in (x, offset, weight, bias, mask)]
                     try:
-                        row["torchvision_err"] = relative_error(tv(), reference)
-                        row["torchvision_ms"] = time_cuda(tv, warmup, iters, graph)
-                    except RuntimeError as exc:  # e.g. a dtype torchvision does not support
-                        print(f"torchvision failed on {layer.name} {dtype_name}: {exc}", file=sys.stderr)
-                        row["torchvision_ms"] = row["torchvision_err"] = None
-                    row["conv_ms"] = time_cuda(conv, warmup, iters, graph)
-                    if breakdown and layer.groups == 1:
-                        row["gemm_kernels"] = kernel_breakdown(ours("gemm"))
+                        reference = torchvision.ops.deform_conv2d(*wide[:4], 1, d, d, wide[4])
+                        row["reference"] = "torchvision"
+                    except Exception as exc:  # noqa: BLE001
+                        print(f"torchvision's float64 reference failed ({_failure_text(exc)}); using dcn_deploy's "
+                              "composite", file=sys.stderr)
+                        try:
+                            reference = deform_conv2d(*wide[:4], 1, d, d, wide[4])
+                            row["reference"] = "dcn_deploy composite"
+                        except Exception as again:  # noqa: BLE001 - times without errors beat no row at all
+                            print(f"no float64 reference ({_failure_text(again)}): errors are n/a", file=sys.stderr)
+                            reference = None
+                            row["reference"] = "none"
+                    del wide
+                    for algo in algos:
+                        measure(row, f"ours_{algo}", ours(algo), reference, warmup, iters, graph)
+                    measure(row, "torchvision", tv, reference, warmup, iters, graph)
+                    measure(row, "conv", conv, None, warmup, iters, graph)
                     del reference
                 rows.append(row)
+                if breakdown and layer.groups == 1:
+                    cases.append((row, layer, batch, dtype_name))
                 print(json.dumps(row), file=sys.stderr, flush=True)  # progress, and the raw numbers
-                del x, weight, bias, offset, mask
+                if on_row:
+                    on_row(rows)
+                x = offset = weight = bias = mask = None  # free the GPU memory before the next case
                 torch.cuda.empty_cache()
+    for row, layer, batch, dtype_name in cases:
+        x, offset, weight, bias, mask = make_inputs(layer, batch, dtype_name)
+        d = layer.dilation
+        try:
+            with torch.no_grad():
+                row["gemm_kernels"] = kernel_breakdown(
+                    lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask, algo="gemm", library=kernels))
+        except Exception as exc:  # noqa: BLE001 - the timings above stay
+            row["gemm_kernels_failed"] = _failure_text(exc)
+            print(f"breakdown failed on {row['layer']} {row['shape']} {dtype_name}: {row['gemm_kernels_failed']}",
+                  file=sys.stderr)
+        x = offset = weight = bias = mask = None  # free the GPU memory before the next case
+        torch.cuda.empty_cache()
+        if on_row:
+            on_row(rows)
     return rows
 
 
-def to_markdown(rows: List[dict], args) -> str:
+def _run_context(rows: List[dict]) -> dict:
+    """Device, torch, CUDA and commit of the run: from its rows, else (rows saved before they held them) from here."""
     import torch
 
+    first = rows[0] if rows else {}
+    context = {"torch": first.get("torch") or torch.__version__, "cuda": first.get("cuda") or torch.version.cuda,
+               "commit": first.get("commit") or _git_commit(), "device": first.get("device"),
+               "python": first.get("python") or platform.python_version()}
+    if not context["device"]:
+        try:
+            context["device"] = torch.cuda.get_device_name()
+        except Exception:  # noqa: BLE001 - no GPU here (rendering saved rows)
+            context["device"] = "unknown GPU"
+    return context
+
+
+def _ms_cell(r: dict, key: str) -> str:
+    """A time in ms; 'fail' where it failed; a * where a CUDA graph could not be captured (eager time)."""
+    ms = r.get(f"{key}_ms")
+    if ms is None:
+        return "fail" if r.get(f"{key}_failed") else "n/a"
+    return f"{ms:.3f}" + ("*" if r.get(f"{key}_timing") == "eager" else "")
+
+
+def _err_cell(r: dict, key: str) -> str:
+    err = r.get(f"{key}_err")
+    return "n/a" if err is None else f"{err:.1e}"
+
+
+# The C ABI's GEMM options a run was made under (read by the kernels library from the environment).
+GEMM_ENV = ("DCN_DEPLOY_GEMM_OUTPUT", "DCN_DEPLOY_GEMM_CHUNK_MB")
+
+
+def to_markdown(rows: List[dict], args) -> str:
     algos = args.algos.split(",")
+    env = " ".join(f"{name}={os.environ[name]}" for name in GEMM_ENV if os.environ.get(name))
+    run_context = _run_context(rows)
     lines = [
-        f"## Deformable convolution, {torch.cuda.get_device_name()} ({datetime.date.today().isoformat()})",
+        f"## Deformable convolution, {run_context['device']} ({datetime.date.today().isoformat()})",
         "",
-        f"commit `{_git_commit()}`, torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}; "
+        f"commit `{run_context['commit']}`, torch {run_context['torch']}, CUDA {run_context['cuda']}, Python {run_context['python']}; "
         f"median of {args.iters} CUDA-event-timed "
         f"{'CUDA-graph replays (GPU time without Python launch overhead)' if not args.eager else 'eager calls'} "
         f"after {args.warmup} warm-up runs; v2 (mask), 3x3, stride 1, "
         f"one offset group unless named, C = out channels. Errors are ||out - ref|| / ||ref|| against torchvision's op in float64 "
-        f"on the same inputs.",
+        f"on the same inputs. `fail`: that implementation raised (the reason is in the JSON rows and the log); "
+        f"`*`: the call could not be captured in a CUDA graph, so that time is of eager calls.",
         "",
-        f"command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+        f"command: `{env + ' ' if env else ''}python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
         "",
         "| layer | NxCxHxW | dtype | " + " | ".join(f"ours {a} ms" for a in algos)
         + " | torchvision ms | cuDNN conv2d ms | best speed-up vs torchvision | best / conv2d | "
@@ -262,16 +383,31 @@ def to_markdown(rows: List[dict], args) -> str:
         + " | ".join("---:" for _ in algos) + " | ---: |",
     ]
     for r in rows:
-        best = min(r[f"ours_{a}_ms"] for a in algos)
-        tv = r["torchvision_ms"]
-        tv_text = f"{tv:.3f}" if tv else "n/a"
-        speedup = f"{tv / best:.2f}x" if tv else "n/a"
-        tv_err = f"{r['torchvision_err']:.1e}" if r["torchvision_err"] is not None else "n/a"
+        times = [r.get(f"ours_{a}_ms") for a in algos]
+        best = min((t for t in times if t is not None), default=None)
+        tv, conv = r.get("torchvision_ms"), r.get("conv_ms")
+        speedup = f"{tv / best:.2f}x" if tv and best else "n/a"
+        to_conv = f"{best / conv:.2f}x" if conv and best else "n/a"
         lines.append(f"| {r['layer']} | {r['shape']} | {r['dtype']} | "
-                     + " | ".join(f"{r[f'ours_{a}_ms']:.3f}" for a in algos)
-                     + f" | {tv_text} | {r['conv_ms']:.3f} | {speedup} | {best / r['conv_ms']:.2f}x | "
-                     + " | ".join(f"{r[f'ours_{a}_err']:.1e}" for a in algos) + f" | {tv_err} |")
+                     + " | ".join(_ms_cell(r, f"ours_{a}") for a in algos)
+                     + f" | {_ms_cell(r, 'torchvision')} | {_ms_cell(r, 'conv')} | {speedup} | {to_conv} | "
+                     + " | ".join(_err_cell(r, f"ours_{a}") for a in algos) + f" | {_err_cell(r, 'torchvision')} |")
+    other_references = sorted({r["reference"] for r in rows if r.get("reference", "torchvision") != "torchvision"})
+    if other_references:
+        lines += ["", f"Where torchvision's float64 op failed, the reference was {', '.join(other_references)} in float64."]
+    failures = [(r, key[:-len("_failed")], r[key]) for r in rows for key in sorted(r) if key.endswith("_failed")]
+    if failures:
+        lines += ["", "Failures:", ""]
+        lines += [f"- {r['layer']} {r['shape']} {r['dtype']}, {name}: {text}" for r, name, text in failures]
     return "\n".join(lines) + "\n"
+
+
+def render(rows: List[dict], args) -> str:
+    """The timing table, and the breakdown table where the rows have one."""
+    table = to_markdown(rows, args)
+    if any(r.get("gemm_kernels") for r in rows):
+        table += "\nWhere the `gemm` path's time goes (torch.profiler, 10 eager calls):\n\n" + breakdown_markdown(rows)
+    return table
 
 
 def main(argv=None) -> int:
@@ -291,8 +427,12 @@ def main(argv=None) -> int:
                              "depth-wise layers at res4 size; all: both")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile the gemm path's kernels (torch.profiler) and print where its time goes")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this JSON file")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the raw rows to this JSON file (rewritten after every row)")
     parser.add_argument("--output", type=Path, default=None, help="append the table to this markdown file")
+    parser.add_argument("--from-json", type=Path, default=None, metavar="ROWS.json",
+                        help="time nothing: render the table of rows saved with --json (e.g. by a run cut short); "
+                             "give the --algos, --iters, --warmup of that run")
     args = parser.parse_args(argv)
 
     algos = args.algos.split(",")
@@ -300,20 +440,20 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"--algos: unknown implementation(s) {unknown}; choose from {', '.join(ALGOS)}")
 
-    import torch
-
-    if not torch.cuda.is_available():
-        print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
-        return 2
-    rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos,
-               graph=not args.eager, breakdown=args.breakdown, layers=LAYER_SETS[args.layers])
     from dcn_deploy.io_utils import atomic_write_text
 
-    if args.json:
-        atomic_write_text(args.json, json.dumps(rows, indent=1))
-    table = to_markdown(rows, args)
-    if args.breakdown:
-        table += "\nWhere the `gemm` path's time goes (torch.profiler, 10 eager calls):\n\n" + breakdown_markdown(rows)
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text())
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
+            return 2
+        save = (lambda rows: atomic_write_text(args.json, json.dumps(rows, indent=1))) if args.json else None
+        rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos,
+                   graph=not args.eager, breakdown=args.breakdown, layers=LAYER_SETS[args.layers], on_row=save)
+    table = render(rows, args)
     print(table)
     if args.output:
         previous = args.output.read_text() if args.output.exists() else "# Benchmark results\n"

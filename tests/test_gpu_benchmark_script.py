@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -67,3 +69,86 @@ def test_layer_sets(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--layers", "resnext"])
     assert "invalid choice: 'resnext'" in capsys.readouterr().err
+
+
+def _row_like_run(bench, monkeypatch, algos, failing=(), eager=(), breakdown=False):
+    """A row built the way run() builds one, by measure() on CPU tensors (time_cuda_detail stubbed: no GPU here):
+    each algo in `failing` raises (torchvision too when named there), each in `eager` could not be captured in a
+    CUDA graph."""
+    times = iter(range(1, 100))
+    monkeypatch.setattr(bench, "time_cuda_detail",
+                        lambda fn, warmup, iters, graph: (fn(), 0.1 * next(times))[1:] + (True,))
+    gen = torch.Generator().manual_seed(len(algos))
+    reference = torch.randn(2, 3, 4, 5, generator=gen, dtype=torch.float64)
+    row = {"layer": "det res4 (stride 16)", "shape": "8x256x50x84", "dtype": "float16", "device": "Test GPU",
+           "torch": "2.11.0+cu130", "cuda": "13.0", "commit": "abc1234", "python": "3.12.3", "reference": "torchvision"}
+
+    def implementation(name):
+        def call():
+            if name in failing:
+                raise RuntimeError(f"{name}: CUDA out of memory.\nmore lines")
+            return reference.half() + 1e-3 * torch.randn(reference.shape, generator=gen, dtype=torch.float64).half()
+        return call
+
+    for algo in algos:
+        if algo in eager:
+            monkeypatch.setattr(bench, "time_cuda_detail", lambda fn, warmup, iters, graph: (fn(), 0.5)[1:] + (False,))
+        bench.measure(row, f"ours_{algo}", implementation(algo), reference, 5, 30, True)
+        monkeypatch.setattr(bench, "time_cuda_detail",
+                            lambda fn, warmup, iters, graph: (fn(), 0.1 * next(times))[1:] + (True,))
+    bench.measure(row, "torchvision", implementation("torchvision"), reference, 5, 30, True)
+    bench.measure(row, "conv", lambda: reference, None, 5, 30, True)
+    if breakdown:
+        row["gemm_kernels"] = [["void dcn::columnsKernel<__half, 8, unsigned int>(dcn::Geometry)", 0.2],
+                               ["sm90_xmma_gemm_f16f16_f32f32", 0.1]]
+    return row
+
+
+def test_measure_records_a_failure_and_an_eager_fallback_in_the_row(bench, monkeypatch, capsys):
+    row = _row_like_run(bench, monkeypatch, ["gemm", "torch"], failing={"gemm", "torchvision"}, eager={"torch"})
+    assert row["ours_gemm_ms"] is None and row["ours_gemm_err"] is None
+    assert row["ours_gemm_failed"] == "RuntimeError: gemm: CUDA out of memory."
+    assert row["ours_torch_timing"] == "eager" and row["ours_torch_ms"] == 0.5
+    assert 0 < row["ours_torch_err"] < 1e-2  # half-precision rounding against the float64 reference
+    assert row["torchvision_ms"] is None and "torchvision_failed" in row
+    assert row["conv_ms"] > 0 and "conv_err" not in row
+    assert "gemm failed on det res4 (stride 16) 8x256x50x84 float16" in capsys.readouterr().err
+    json.dumps(row)  # what --json writes after every row
+
+
+@pytest.mark.parametrize("algos", [",".join(c) for n in (1, 2, 5) for c in itertools.combinations(
+    ("auto", "gemm", "fused", "direct", "torch"), n)])
+def test_tables_render_rows_of_every_algo_combination(bench, monkeypatch, algos):
+    names = algos.split(",")
+    ok = _row_like_run(bench, monkeypatch, names, breakdown=True)
+    all_failed = _row_like_run(bench, monkeypatch, names, failing=set(names) | {"torchvision"})
+    some_eager = _row_like_run(bench, monkeypatch, names, eager={names[-1]})
+    args = argparse.Namespace(algos=algos, iters=30, warmup=5, eager=False)
+    table = bench.render([ok, all_failed, some_eager], args)
+    lines = [line for line in table.splitlines() if line.startswith("| det res4")]
+    assert len(lines) == 3 + 1  # three timing rows, one breakdown row
+    columns = len(table.splitlines()[table.splitlines().index(lines[0]) - 2].split(" | "))
+    assert all(len(line.split(" | ")) == columns for line in lines[:3])
+    assert "fail" in lines[1] and lines[1].count("n/a") >= 2  # no best time: no ratios
+    assert "*" in lines[2].split(" | ")[2 + len(names)]
+    assert "Failures:" in table and "torchvision: RuntimeError: torchvision: CUDA out of memory." in table
+    assert "`columnsKernel<__half, 8, unsigned int>` 0.200 (67%)" in table
+
+
+def test_from_json_renders_saved_rows_without_a_gpu(bench, monkeypatch, tmp_path, capsys):
+    rows = [_row_like_run(bench, monkeypatch, ["gemm", "torch"], breakdown=True),
+            _row_like_run(bench, monkeypatch, ["gemm", "torch"], failing={"torch"})]
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps(rows, indent=1))
+    monkeypatch.setenv("DCN_DEPLOY_GEMM_OUTPUT", "staged")
+    out = tmp_path / "bench.md"
+    assert bench.main(["--from-json", str(saved), "--algos", "gemm,torch", "--iters", "30", "--warmup", "5",
+                       "--output", str(out)]) == 0
+    table = out.read_text()
+    assert table.startswith("# Benchmark results") and "Test GPU" in table
+    # the run's own versions and commit, not this machine's
+    assert "commit `abc1234`, torch 2.11.0+cu130, CUDA 13.0, Python 3.12.3;" in table
+    assert "DCN_DEPLOY_GEMM_OUTPUT=staged python benchmarks/gpu_deform_conv.py" in table
+    assert "| ours gemm ms | ours torch ms | torchvision ms |" in table
+    assert "Where the `gemm` path's time goes" in table
+    assert "## Deformable convolution, Test GPU" in capsys.readouterr().out

@@ -108,31 +108,65 @@ def test_dense_layers_fused_and_direct_agree_with_reference(kernels, dtype, inde
         assert error < TOLERANCE[dtype], (algo, case, error)
 
 
-def _dense_tests_with(**env_vars):
-    """The dense-layer tests of this file again, in a child process with the C ABI's GEMM options set (they are
-    read once per process)."""
+# The C ABI's GEMM options (read once per process) under which the dense-layer tests of this file run again, each
+# in a child process: a 1 MiB column budget (chunks of whole images and slices of one image's pixels, through the
+# staging scratch too), and each output way forced for every shape (by default: staged only where NCHW rows are
+# unaligned).
+_CHILD_ENVS = {
+    "chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_OUTPUT": "staged"},
+    "direct": {"DCN_DEPLOY_GEMM_OUTPUT": "direct"},
+    "staged": {"DCN_DEPLOY_GEMM_OUTPUT": "staged"},
+}
+# Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
+# All three start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
+# turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.
+_CHILD_TIMEOUT_S = 150
+
+
+@pytest.fixture(scope="module")
+def dense_children():
+    """name -> the running child process (pytest on this file's dense-layer tests) under _CHILD_ENVS[name]."""
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ, **env_vars)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                           "random_dense_configs or dense_layers"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+    children = {name: subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                                        "-k", "random_dense_configs or dense_layers"],
+                                       env=dict(os.environ, **env_vars), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+                for name, env_vars in _CHILD_ENVS.items()}
+    yield children
+    for child in children.values():
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
 
 
-def test_gemm_path_in_chunks_and_pixel_slices():
+def _check_dense_child(children, name: str) -> None:
+    import subprocess
+
+    try:
+        stdout, stderr = children[name].communicate(timeout=_CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        children[name].kill()
+        stdout, stderr = children[name].communicate()
+        pytest.fail(f"the dense tests under {_CHILD_ENVS[name]} did not finish in {_CHILD_TIMEOUT_S} s:\n"
+                    f"{stdout[-4000:]}{stderr[-2000:]}")
+    assert children[name].returncode == 0, (_CHILD_ENVS[name], stdout[-4000:] + stderr[-2000:])
+    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    assert " passed" in last and "skipped" not in last, (_CHILD_ENVS[name], stdout[-2000:] + stderr[-2000:])
+
+
+def test_gemm_path_in_chunks_and_pixel_slices(dense_children):
     """The GEMM path cuts the batch when its columns exceed the budget: with a 1 MiB budget the dense configs run
     in chunks of whole images and in slices of one image's pixels, through the staging scratch too."""
-    _dense_tests_with(DCN_DEPLOY_GEMM_CHUNK_MB="1", DCN_DEPLOY_GEMM_OUTPUT="staged")
+    _check_dense_child(dense_children, "chunks")
 
 
 @pytest.mark.parametrize("output", ["direct", "staged"])
-def test_gemm_path_each_output_way(output):
+def test_gemm_path_each_output_way(dense_children, output):
     """Where the product writes, forced for every shape (by default: staged only where NCHW rows are unaligned)."""
-    _dense_tests_with(DCN_DEPLOY_GEMM_OUTPUT=output)
+    _check_dense_child(dense_children, output)
 
 
 def test_runs_on_the_current_stream_and_is_deterministic(kernels):
