@@ -527,6 +527,7 @@ def test_numpy_integers_are_accepted_as_stride_padding_dilation():
     torch.testing.assert_close(actual, expected)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put tensors on two real devices")
 def test_tensors_on_two_devices_are_rejected():
     with pytest.raises(ValueError, match="offset"):

@@ -279,3 +279,19 @@ def test_tensorrt_plugin_shell_without_tensorrt():
     constant-folding stand-in for TensorRT's expression builder, format checks, configure, serialisation, clone).
     It checks our shell, not TensorRT; it is built with the plugin (nvcc + TensorRT headers)."""
     run_shell_test("dcn_plugin_shell_test", min_checks=20)
+
+
+def test_plugin_info_reports_the_build_settings_of_the_libraries_it_found(tmp_path, monkeypatch, lib):
+    """With DCN_DEPLOY_PLUGIN_DIR at another build's lib/ (e.g. build/gpu/lib), the CUDA architectures and TensorRT
+    headers reported are that build's, not the default build folder's."""
+    import shutil
+
+    other = tmp_path / "gpu_build"
+    (other / "lib").mkdir(parents=True)
+    shutil.copy(lib.path, other / "lib" / lib.path.name)
+    (other / "CMakeCache.txt").write_text("CMAKE_CUDA_ARCHITECTURES:STRING=90\nTENSORRT_INCLUDE_DIR:PATH=/opt/trt/include\n")
+    monkeypatch.setenv(library.ENV_DIR, str(other / "lib"))
+    info = library.library_info()
+    assert info["host"] == str(other / "lib" / lib.path.name)
+    assert info["build_dir"] == str(other.resolve())
+    assert info["cuda_architectures"] == "90" and info["tensorrt_include_dir"] == "/opt/trt/include"

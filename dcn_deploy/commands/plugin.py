@@ -93,9 +93,10 @@ def info_command(as_json: bool) -> None:
     for kind in ("host", "kernels", "plugin"):
         click.echo(f"{kind:22s} {info[kind] or 'not found'}")
     # the build's compiler (from its CMake cache) and the one a rebuild would find can differ: say which is which
-    labels = {"cuda_compiler": "nvcc of the build", "cmake": "cmake for a rebuild", "nvcc": "nvcc for a rebuild"}
-    for key in ("abi_version", "gemm_path", "tensorrt_include_dir", "cuda_architectures", "cuda_compiler", "cmake",
-                "nvcc"):
+    labels = {"cuda_compiler": "nvcc of the build", "cmake": "cmake for a rebuild", "nvcc": "nvcc for a rebuild",
+              "build_dir": "built in"}
+    for key in ("abi_version", "gemm_path", "build_dir", "tensorrt_include_dir", "cuda_architectures", "cuda_compiler",
+                "cmake", "nvcc"):
         if key in info:
             click.echo(f"{labels.get(key, key):22s} {info[key] if info[key] is not None else '-'}")
     click.echo(f"{'searched':22s} {', '.join(info['search_dirs'])}  (override: ${ENV_DIR})")

@@ -218,13 +218,25 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
     return result
 
 
+def _build_dir_of(library: Optional[str]) -> Path:
+    """The CMake build folder a found library came from (``<build>/lib/<file>`` beside ``<build>/CMakeCache.txt``),
+    so that the build settings reported are that library's (e.g. with DCN_DEPLOY_PLUGIN_DIR=build/gpu/lib); the
+    default build folder when the library is elsewhere or none was found."""
+    if library:
+        candidate = Path(library).resolve().parent.parent
+        if (candidate / "CMakeCache.txt").is_file():
+            return candidate
+    return default_build_dir()
+
+
 def library_info() -> Dict[str, object]:
     """What is available: each library's path (or None), the ABI version of the host library, build settings."""
     info: Dict[str, object] = {"search_dirs": [str(d) for d in search_dirs()]}
     for kind in LIBRARY_FILES:
         path = find_library(kind)
         info[kind] = str(path) if path else None
-    build_dir = default_build_dir()
+    build_dir = _build_dir_of(next((info[k] for k in LIBRARY_FILES if info[k]), None))
+    info["build_dir"] = str(build_dir)
     info["tensorrt_include_dir"] = _cmake_cache_value(build_dir, "TENSORRT_INCLUDE_DIR")
     info["cuda_architectures"] = _cmake_cache_value(build_dir, "CMAKE_CUDA_ARCHITECTURES")
     info["cuda_compiler"] = _cmake_cache_value(build_dir, "CMAKE_CUDA_COMPILER")
