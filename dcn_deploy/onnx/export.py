@@ -336,7 +336,8 @@ def _run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: bo
             raise ExportError(f"cannot export {name}: {refusal}") from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx.export (dynamo) failed on {name}: {first}. Check that the model runs on the "
-                          "example inputs and uses dcn_deploy.ops (not torchvision) for deformable convolution; "
+                          "example inputs and uses dcn_deploy.ops (not torchvision) for deformable convolution "
+                          "(dcn_deploy.convert_modules(model) swaps torchvision's DeformConv2d layers for ours); "
                           "run dcn-deploy --debug export ... (CLI) or read the chained exception for details") from exc
     return program.model_proto
 
@@ -667,7 +668,8 @@ def _export_checked(model, example_inputs, path: Path, *, dynamic: bool, standar
         raise NoDeformableLayerError(
             f"{type(model).__name__} has no deformable convolution: the exported graph contains no "
             f"{dcn_opset.DOMAIN} op and no DeformConv. Build deformable layers from dcn_deploy.ops (DeformConv2d, "
-            "DeformConv2dPack, ModulatedDeformConv2dPack or deform_conv2d; torchvision's have the same signatures), "
+            "DeformConv2dPack, ModulatedDeformConv2dPack or deform_conv2d; torchvision's have the same signatures, "
+            "and dcn_deploy.convert_modules(model) swaps torchvision's DeformConv2d layers for ours), "
             "or pass require_deformable=False (CLI: --allow-no-deformable) to export a plain model anyway")
 
     start = time.perf_counter()

@@ -11,6 +11,7 @@ _LAZY = {
     "DeformConv2dPack": "dcn_deploy.ops.modules",
     "ModulatedDeformConv2dPack": "dcn_deploy.ops.modules",
     "upgrade_mmcv_state_dict": "dcn_deploy.ops.modules",
+    "convert_modules": "dcn_deploy.ops.convert",
     "deform_roi_pool": "dcn_deploy.ops.roi_pool",
     "deform_psroi_pool": "dcn_deploy.ops.roi_pool",
     "DeformRoIPool": "dcn_deploy.ops.roi_modules",
