@@ -86,10 +86,11 @@ echo "cuBLAS from: $cublas_from" | tee -a "$LOG"
 step plugin-info 30 python3 -c "import json, torch; from dcn_deploy.plugin.library import library_info; \
 print(json.dumps(library_info(), indent=1, default=str))"
 
-# 2. Correctness: every test that needs the GPU (test_deform_conv's two-device check has no gpu mark, so by name).
+# 2. Correctness: every test that needs the GPU, and convert_modules against real torchvision (which imports only on
+# this machine; about 6 s).
 step pytest-gpu 200 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_gpu.py \
     tests/test_roi_plugin_host.py::test_cuda_kernels_match_reference \
-    tests/test_deform_conv.py::test_tensors_on_two_devices_are_rejected
+    tests/test_deform_conv.py::test_tensors_on_two_devices_are_rejected tests/test_convert_modules.py
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do
     [ -x "$BUILD/bin/$shell" ] && step "$shell" 60 "$BUILD/bin/$shell"
 done
