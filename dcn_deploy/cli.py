@@ -16,15 +16,15 @@ import click
 from . import __version__
 from .commands import EXIT_BAD_INPUT, EXIT_FAILED, CliError, echo_error  # noqa: F401 - CliError re-exported
 
-# Library errors that mean the input was wrong (a file, an option, a model that does not fit); every other
-# exception from a command means it ran and failed.
+# Library errors that mean the input was wrong (a file, an option, a model that does not fit) when our own code
+# raised them (is_bad_input); every other exception from a command means it ran and failed.
 BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, SyntaxError)
 
 
 class _Group(click.Group):
     """Turns errors into one line ``error: MESSAGE`` and an exit code unless --debug is given.
 
-    The one place that maps exceptions to exit codes: CliError and BAD_INPUT_ERRORS give 2, others 1.
+    The one place that maps exceptions to exit codes: CliError and bad input (:func:`is_bad_input`) give 2, others 1.
     """
 
     def invoke(self, ctx: click.Context):
@@ -48,7 +48,30 @@ class _Group(click.Group):
             echo_error(str(exc).strip() or type(exc).__name__)
             if not debug:
                 click.echo(f"(for the traceback run: {debug_command(ctx)})", err=True)
-            sys.exit(EXIT_BAD_INPUT if isinstance(exc, BAD_INPUT_ERRORS) else EXIT_FAILED)
+            sys.exit(EXIT_BAD_INPUT if is_bad_input(exc) else EXIT_FAILED)
+
+
+def _our_source_dirs() -> tuple:
+    """The folders of dcn_deploy's own code: the package and, in a checkout, models/ (dcn_deploy.models)."""
+    dirs = [os.path.dirname(os.path.abspath(__file__))]
+    models = sys.modules.get("dcn_deploy.models")
+    if models is not None and getattr(models, "__file__", None):
+        dirs.append(os.path.dirname(os.path.abspath(models.__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+def is_bad_input(exc: BaseException) -> bool:
+    """Whether an exception from a command means the input was wrong (exit 2) rather than a failure (exit 1).
+
+    BAD_INPUT_ERRORS raised by our own code are our checks of the input. A ValueError raised inside a dependency
+    (numpy, torch, onnx) that our code let through unchecked is not known to be the input's fault: a failure.
+    """
+    if not isinstance(exc, BAD_INPUT_ERRORS):
+        return False
+    if not isinstance(exc, ValueError) or type(exc).__module__.startswith("dcn_deploy"):
+        return True  # a missing file, the user's own syntax error, or one of our error classes
+    frames = traceback.extract_tb(exc.__traceback__)
+    return not frames or os.path.abspath(frames[-1].filename).startswith(_our_source_dirs())
 
 
 def debug_command(ctx: click.Context) -> str:

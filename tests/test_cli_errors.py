@@ -217,3 +217,28 @@ def test_make_runners_activation(files):
     assert all(r.is_active for r in kept)
     for r in kept:
         r.deactivate()
+
+
+def _numpy_style_failure(path):
+    # stands in for a dependency (numpy, onnx, torch) raising ValueError on something our code did not check
+    raise ValueError("cannot reshape array of size 7 into shape (2,4)")
+
+
+def test_a_value_error_from_outside_our_code_is_a_failure_not_bad_input(files, monkeypatch):
+    """Exit 2 says "your input is wrong": only our own checks may say that. A ValueError raised outside dcn_deploy's
+    code is a failure (exit 1), with the same one-line message."""
+    import dcn_deploy.onnx.inspect as inspect_module
+    from dcn_deploy.cli import is_bad_input
+    from dcn_deploy.feeds import FeedError
+
+    monkeypatch.setattr(inspect_module, "inspect_model", _numpy_style_failure)
+    result = run("inspect", files["onnx"])
+    assert result.exit_code == 1 and "cannot reshape array of size 7" in result.output
+    # ours: a plain ValueError raised in dcn_deploy's code, or one of its error classes wherever it was raised
+    from dcn_deploy.backends.trt_build import parse_size
+
+    with pytest.raises(ValueError) as info:
+        parse_size("lots")
+    assert type(info.value) is ValueError and is_bad_input(info.value)
+    assert is_bad_input(FeedError("x")) and is_bad_input(FileNotFoundError("x"))
+    assert not is_bad_input(RuntimeError("x"))
