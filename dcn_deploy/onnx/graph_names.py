@@ -8,8 +8,9 @@ from typing import Dict, List, Optional, Sequence
 import onnx
 
 from ..feeds import roi_input_names
+from .opset import all_nodes
 
-__all__ = ["check_io_names", "nodes_with_subgraphs", "rename_graph_io", "rename_symbols", "rois_sharing_the_batch"]
+__all__ = ["check_io_names", "rename_graph_io", "rename_symbols", "rois_sharing_the_batch"]
 
 
 def rois_sharing_the_batch(proto: onnx.ModelProto) -> List[int]:
@@ -77,7 +78,7 @@ def rename_graph_io(proto: onnx.ModelProto, input_names: Optional[Sequence[str]]
     mapping = {old: new for old, new in mapping.items() if old != new}
     if not mapping:
         return
-    nodes = list(nodes_with_subgraphs(graph))  # a subgraph (If, Loop) may read the graph's inputs by name
+    nodes = list(all_nodes(graph))  # a subgraph (If, Loop) may read the graph's inputs by name
     used = {name for node in nodes for name in (*node.input, *node.output)} | initialisers
     taken = sorted(set(mapping.values()) & (used - set(mapping)))
     if taken:
@@ -87,15 +88,6 @@ def rename_graph_io(proto: onnx.ModelProto, input_names: Optional[Sequence[str]]
         node.output[:] = [mapping.get(n, n) for n in node.output]
     for value in (*graph.input, *graph.output, *graph.value_info):
         value.name = mapping.get(value.name, value.name)
-
-
-def nodes_with_subgraphs(graph: onnx.GraphProto):
-    """Every node of ``graph`` and of the subgraphs in its nodes' attributes, recursively."""
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
-                yield from nodes_with_subgraphs(sub)
 
 
 def rename_symbols(proto: onnx.ModelProto) -> None:
