@@ -1,8 +1,6 @@
 """Options and helpers shared by the commands that run models (verify, bench, infer). Imports click only."""
 from __future__ import annotations
 
-import math
-
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -50,10 +48,14 @@ def parse_shapes(items: Sequence[str], model_path: Optional[Path] = None) -> Dic
 
 
 def check_tolerance_options(atol: Optional[float], rtol: Optional[float]) -> None:
-    """--atol/--rtol: each a finite number >= 0 when given (click takes 'nan' and 'inf' as floats)."""
-    for option, value in (("--atol", atol), ("--rtol", rtol)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise CliError(f"{option} must be a finite number >= 0, got {value}")
+    """--atol/--rtol by the rule of every comparison (:class:`dcn_deploy.compare.Tolerance`: finite, >= 0; click
+    takes 'nan' and 'inf' as floats), the message naming the option."""
+    from ..compare import Tolerance
+
+    try:
+        Tolerance(atol=0.0 if atol is None else atol, rtol=0.0 if rtol is None else rtol)
+    except ValueError as exc:
+        raise CliError(f"--{exc}") from None  # "--atol must be a finite number >= 0, got nan"
 
 
 def echo_note(message: str) -> None:
