@@ -38,6 +38,7 @@ from ..feeds import EXAMPLE_SHAPES_KEY, box_image, format_shape, random_boxes, r
 from ..io_utils import atomic_path, check_output_path, give_default_permissions
 from . import opset as dcn_opset
 from .dynamic_shapes import dynamic_shapes, tied_dynamic_shapes
+from .external_data import data_file_name, write_with_external_data
 from .graph_names import check_io_names, rename_graph_io, rename_symbols, rois_sharing_the_batch
 from .inspect import spaced_shape
 from .model_loading import describe_exception, program_shape_mismatch
@@ -384,7 +385,7 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 1900 << 20
 
 def external_data_name(path: Path) -> str:
     """The weights file beside ``path`` when the model is too large for one file: ``model.onnx.data``."""
-    return path.name + ".data"
+    return data_file_name(path.name)
 
 
 def _needs_external_data(proto: onnx.ModelProto) -> bool:
@@ -421,9 +422,7 @@ def _write_checked(proto: onnx.ModelProto, path: Path, external: bool) -> onnx.M
         folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             # in a private folder, under the final names: the model refers to its weights by file name
-            onnx.save(proto, str(folder / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=data.name, size_threshold=1024)
-            inferred = _check_file(folder / path.name)
+            inferred = _check_file(write_with_external_data(proto, folder, path.name))
             for name in (data.name, path.name):
                 give_default_permissions(folder / name)
             os.replace(folder / data.name, data)

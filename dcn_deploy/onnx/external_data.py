@@ -12,7 +12,7 @@ from typing import Iterable, Union
 
 from ..io_utils import atomic_path
 
-__all__ = ["model_tensor_bytes", "uses_external_data", "write_with_external_data"]
+__all__ = ["data_file_name", "model_tensor_bytes", "uses_external_data", "write_with_external_data"]
 
 _SUB_BYTE_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}  # packed several to a byte
 
@@ -84,6 +84,11 @@ def uses_external_data(model) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _model_tensors(model))
 
 
+def data_file_name(model_file_name: str) -> str:
+    """The data file beside a model file: ``model.onnx`` -> ``model.onnx.data``."""
+    return model_file_name + ".data"
+
+
 def write_with_external_data(model, folder: Union[str, os.PathLike], name: str = "model.onnx") -> Path:
     """Write ``model`` as ``folder/name`` with its tensors (1 KiB and larger) in ``folder/name.data`` beside it, for
     a reader that finds the data by the model file's folder (TensorRT's ``parse_from_file``); returns the model's
@@ -96,7 +101,7 @@ def write_with_external_data(model, folder: Union[str, os.PathLike], name: str =
 
     folder = Path(folder)
     target = folder / name
-    data = folder / f"{name}.data"
+    data = folder / data_file_name(name)
     if data.exists():
         data.unlink()  # onnx appends to an existing data file
     with atomic_path(target) as tmp:
