@@ -224,16 +224,19 @@ def test_float16_export_runs_in_onnxruntime(tmp_path):
     assert report.verification[0].outputs[0].atol == pytest.approx(1e-2)
 
 
+class ExportsSomethingElse(torch.nn.Module):
+    """Computes y in PyTorch but writes y + 1 to the file: an export that cannot verify."""
+
+    def __init__(self):
+        super().__init__()
+        self.dcn = DeformConv2d(2, 2, 3, padding=1)
+
+    def forward(self, x, offset):
+        y = self.dcn(x, offset)
+        return y + 1 if torch.onnx.is_in_onnx_export() else y
+
+
 def test_verification_failure_raises_and_keeps_the_file(tmp_path):
-    class ExportsSomethingElse(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.dcn = DeformConv2d(2, 2, 3, padding=1)
-
-        def forward(self, x, offset):
-            y = self.dcn(x, offset)
-            return y + 1 if torch.onnx.is_in_onnx_export() else y
-
     path = tmp_path / "wrong.onnx"
     with pytest.raises(VerificationError, match="does not match PyTorch") as info:
         export(ExportsSomethingElse().eval(), (torch.randn(1, 2, 5, 5), torch.randn(1, 18, 5, 5)), path)

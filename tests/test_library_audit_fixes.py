@@ -179,14 +179,7 @@ def test_a_float64_export_without_plain_convolutions_verifies(tmp_path):
 
 
 def test_verification_error_explains_float32_roundoff_before_asking_for_a_report(tmp_path):
-    class ExportsSomethingElse(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.dcn = DeformConv2d(2, 2, 3, padding=1)
-
-        def forward(self, x, offset):
-            y = self.dcn(x, offset)
-            return y + 1 if torch.onnx.is_in_onnx_export() else y
+    from test_export import ExportsSomethingElse
 
     with pytest.raises(VerificationError) as info:
         export(ExportsSomethingElse().eval(), (torch.randn(1, 2, 5, 5), torch.randn(1, 18, 5, 5)), tmp_path / "w.onnx")

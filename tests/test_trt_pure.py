@@ -200,13 +200,15 @@ def make_meta(engine, **changes) -> engine_meta.EngineMeta:
     return engine_meta.EngineMeta(**fields)
 
 
-class TestEngineMeta:
-    @pytest.fixture
-    def engine(self, tmp_path, rng):
-        path = tmp_path / "m.engine"
-        path.write_bytes(rng.integers(0, 255, 4096, dtype=np.uint8).tobytes())
-        return path
+@pytest.fixture
+def engine(tmp_path, rng):
+    """A stand-in engine file: random bytes, for the sidecar (hashes, paths), never deserialised."""
+    path = tmp_path / "m.engine"
+    path.write_bytes(rng.integers(0, 255, 4096, dtype=np.uint8).tobytes())
+    return path
 
+
+class TestEngineMeta:
     def test_roundtrip_atomic(self, engine):
         meta = make_meta(engine)
         path = engine_meta.write_meta(engine, meta)
@@ -850,12 +852,6 @@ def test_build_engine_checks_its_options_before_tensorrt(tmp_path, options, mess
 
 # which engines need our plugin library --------------------------------------------------------------------------------
 class TestPluginLibraryNeed:
-    @pytest.fixture
-    def engine(self, tmp_path, rng):
-        path = tmp_path / "m.engine"
-        path.write_bytes(rng.integers(0, 255, 512, dtype=np.uint8).tobytes())
-        return path
-
     def test_what_the_sidecar_says(self, engine):
         need = engine_meta.needs_plugin_library
         ours = make_meta(engine, extra={"routed_nodes": 2})
