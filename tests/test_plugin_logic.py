@@ -281,6 +281,27 @@ def test_tensorrt_plugin_shell_without_tensorrt():
     run_shell_test("dcn_plugin_shell_test", min_checks=20)
 
 
+def test_tensorrt_plugin_tactics_without_tensorrt():
+    """The plugin lets TensorRT time its kernels as tactics (plugins/deform_conv/deformConvTactics.h): the shell test
+    checks the ids and the algorithm each runs, the fused kernel's rule against the kernels' own, what
+    getNbTactics/getValidTactics offer (gemm only where cuBLAS loads), a workspace that covers every offered tactic,
+    setTactic on the build and the load path (the tactic is TensorRT's to store, not a field), the timing-cache ID.
+    TensorRT's own timing and engine storage stay GPU-machine checks."""
+    out = run_shell_test("dcn_plugin_shell_test", min_checks=20)
+    for line in ("tactics 0/1/2/3 run auto/direct/fused/gemm",
+                 "the gemm tactic runs the heuristic where cuBLAS does not load",
+                 "fusedKernelAccepts agrees with the kernels' resolveAlgo (12 of 24 refused",
+                 "getNbTactics / getValidTactics offer direct fused ",
+                 "getValidTactics refuses more slots than getNbTactics said",
+                 "getWorkspaceSize of a depth-wise-like layer covers its tactics",
+                 "setTactic refuses an unknown id and keeps the last one",
+                 "the tactic is not serialised as a field",
+                 "a plugin loaded before setTactic runs the heuristic (tactic 0)",
+                 "setTactic on load, then attachToContext: the context runs the engine's tactic",
+                 "getTimingCacheID: DeformConv2d/1;strides=2,1;pads=1,0,2,1;dilations=1,2;group=2;offset_group=2;"):
+        assert "ok   " + line in out, line
+
+
 def test_plugin_info_reports_the_build_settings_of_the_libraries_it_found(tmp_path, monkeypatch, lib):
     """With DCN_DEPLOY_PLUGIN_DIR at another build's lib/ (e.g. build/gpu/lib), the CUDA architectures and TensorRT
     headers reported are that build's, not the default build folder's."""

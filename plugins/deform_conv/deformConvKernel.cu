@@ -417,18 +417,13 @@ bool denseLayer(DeformConvGeometry const& geo)
     return geo.outChannelsPerGroup >= 16 && geo.channelsPerGroup * geo.kernelPoints >= 32;
 }
 
-bool fusedPossible(DeformConvGeometry const& geo, int32_t dtype)
-{
-    return dtype != DCN_FLOAT64 && geo.d.group <= 65535 && (geo.outChannelsPerGroup + 63) / 64 <= 65535;
-}
-
 } // namespace
 
 Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved)
 {
     if (algo != DCN_ALGO_AUTO && algo != DCN_ALGO_DIRECT && algo != DCN_ALGO_FUSED_GEMM && algo != DCN_ALGO_GEMM)
         return Status::invalid("algo must be 0 (auto), 1 (direct), 2 (fused GEMM) or 3 (GEMM), got " + std::to_string(algo));
-    if (algo == DCN_ALGO_FUSED_GEMM && !fusedPossible(geo, dtype))
+    if (algo == DCN_ALGO_FUSED_GEMM && !fusedKernelAccepts(geo, dtype))
         return Status::error(DCN_ERROR_UNSUPPORTED,
             "the fused kernel supports float32/float16/bfloat16 and at most 65535 groups; use algo 1 (direct) or 3 (GEMM)");
     if (algo == DCN_ALGO_GEMM && !gemmPathAvailable())
@@ -441,7 +436,7 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
         else if (gemmPathAvailable())
             algo = DCN_ALGO_GEMM;
         else
-            algo = fusedPossible(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
+            algo = fusedKernelAccepts(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
     }
     resolved = algo;
     return Status::success();
@@ -451,7 +446,7 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
 {
     // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
     // on another.
-    size_t const fused = fusedPossible(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
+    size_t const fused = fusedKernelAccepts(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
     switch (algo)
     {
     case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm)) : 0;
@@ -491,7 +486,7 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         // back to the fused kernel (whose workspace AUTO's size covers), or the direct one for float64.
         if (algo != DCN_ALGO_AUTO)
             return status;
-        resolved = fusedPossible(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
+        resolved = fusedKernelAccepts(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;

@@ -4,6 +4,7 @@
 #include "trtDtype.h"
 #include "trtLogging.h"
 
+#include <algorithm>
 #include <exception>
 
 using namespace nvinfer1;
@@ -57,10 +58,17 @@ bool reject(Status const& status)
     return !status.ok();
 }
 
+void logTrtWarning(std::string const& message)
+{
+    logTrt(ILogger::Severity::kWARNING, kWho + message);
+}
+
 } // namespace
 
 DeformConvPlugin::DeformConvPlugin(dcn_deform_conv_attrs const& attrs)
     : mAttrs(attrs)
+    , mTimingCacheId(std::string(kDeformConvPluginName) + "/" + kDeformConvPluginVersion + ";"
+          + timingCacheSuffix(attrs, gemmPathAvailable()))
 {
     refreshSerializedFields();
 }
@@ -74,8 +82,11 @@ DeformConvPlugin::DeformConvPlugin(DeformConvPlugin const& other)
     , mGeometry(other.mGeometry)
     , mDtype(other.mDtype)
     , mNbInputs(other.mNbInputs)
-    , mWorkspaceBytes(other.mWorkspaceBytes)
+    , mValidTactics(other.mValidTactics)
+    , mTactic(other.mTactic)
+    , mTimingCacheId(other.mTimingCacheId)
 {
+    // mCublas is a fresh handle (and mCublasUsable true with it); attachToContext prepares it.
     refreshSerializedFields(); // the field list points into this object's storage, never the other's
 }
 
@@ -199,6 +210,8 @@ int32_t DeformConvPlugin::configurePlugin(
         // at build time, instead of leaving a 0-byte workspace for shapes that do run.
         DeformConvGeometry largest;
         TensorShape const maxX = shapeOf(in[kInputX].max), maxW = shapeOf(in[kInputW].max);
+        int32_t const dtype = dcnDtype(in[0].desc.type);
+        mValidTactics.clear(); // unknown largest shapes: no tactics to time, the heuristic runs
         if (maxX.rank == 4 && maxW.rank == 4)
         {
             Status const status = makeGeometry(descFromShapes(mAttrs, maxX, maxW), largest);
@@ -208,9 +221,10 @@ int32_t DeformConvPlugin::configurePlugin(
                     + "; lower the profile's max shapes"));
                 return -1;
             }
+            mValidTactics = validTactics(largest, dtype, gemmPathAvailable());
         }
         mNbInputs = nbInputs;
-        mDtype = dcnDtype(in[0].desc.type);
+        mDtype = dtype;
         return 0;
     }
     catch (std::exception const& e)
@@ -234,7 +248,58 @@ size_t DeformConvPlugin::getWorkspaceSize(
     // An invalid largest shape is logged (enqueue would then fail on a missing workspace, not silently).
     if (reject(makeGeometry(descFromShapes(mAttrs, x, w), geometry)))
         return 0;
-    return deformConvWorkspaceSize(geometry, dcnDtype(inputs[kInputX].desc.type), DCN_ALGO_AUTO);
+    // Enough for whichever tactic TensorRT picks, and for the heuristic (tactic 0, the gemm tactic's fallback).
+    int32_t const dtype = dcnDtype(inputs[kInputX].desc.type);
+    size_t bytes = 0;
+    for (int32_t algo : workspaceAlgos(validTactics(geometry, dtype, gemmPathAvailable())))
+        bytes = std::max(bytes, deformConvWorkspaceSize(geometry, dtype, algo));
+    return bytes;
+}
+
+int32_t DeformConvPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept
+{
+    try
+    {
+        // nbTactics is what getNbTactics answered after the same configurePlugin. Fewer slots still get valid
+        // ids; more would leave TensorRT timing undefined ones.
+        if (tactics == nullptr || nbTactics < 0 || nbTactics > int32_t(mValidTactics.size()))
+        {
+            reject(Status::invalid("getValidTactics was asked for " + std::to_string(nbTactics) + " tactics, "
+                + std::to_string(mValidTactics.size()) + " were advertised (getNbTactics)"));
+            return -1;
+        }
+        std::copy(mValidTactics.begin(), mValidTactics.begin() + nbTactics, tactics);
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logTrtError(kWho + "getValidTactics failed: " + e.what());
+        return -1;
+    }
+}
+
+int32_t DeformConvPlugin::setTactic(int32_t tactic) noexcept
+{
+    try
+    {
+        int32_t algo = DCN_ALGO_AUTO;
+        if (reject(algoForTactic(tactic, true, algo)))
+            return -1;
+        if (tactic == kTacticGemm && !gemmPathAvailable()) // an engine built where cuBLAS loads, run where it does not
+            logTrtWarning(std::string("the engine chose the cuBLAS GEMM tactic, but ") + cublasUnavailableReason()
+                + "; running the default choice instead (same results, maybe slower): install cuBLAS or rebuild "
+                  "the engine here");
+        else if (tactic == kTacticGemm && !mCublasUsable)
+            logTrtWarning("the engine chose the cuBLAS GEMM tactic, but this context has no cuBLAS handle; running "
+                          "the default choice instead");
+        mTactic = tactic;
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logTrtError(kWho + "setTactic failed: " + e.what());
+        return -1;
+    }
 }
 
 int32_t DeformConvPlugin::onShapeChange(
@@ -254,7 +319,6 @@ int32_t DeformConvPlugin::onShapeChange(
             return -1;
         mNbInputs = nbInputs;
         mDtype = dcnDtype(in[0].type);
-        mWorkspaceBytes = deformConvWorkspaceSize(mGeometry, mDtype, DCN_ALGO_AUTO);
         return 0;
     }
     catch (std::exception const& e)
@@ -269,8 +333,15 @@ int32_t DeformConvPlugin::enqueue(PluginTensorDesc const*, PluginTensorDesc cons
 {
     void const* bias = mNbInputs >= 4 ? inputs[kInputBias] : nullptr;
     void const* mask = mNbInputs >= 5 ? inputs[kInputMask] : nullptr;
-    Status const status = launchDeformConv(mGeometry, mDtype, DCN_ALGO_AUTO, inputs[kInputX], inputs[kInputOffset],
-        inputs[kInputW], bias, mask, outputs[0], workspace, mWorkspaceBytes, stream, mCublas.get());
+    int32_t algo = DCN_ALGO_AUTO;
+    Status status = algoForTactic(mTactic, mCublasUsable && gemmPathAvailable(), algo);
+    // What this shape needs with this algorithm, not the allocation (sized in getWorkspaceSize for the profile's
+    // largest shapes and every tactic, unknown here after deserialisation): the kernels plan their chunks from
+    // the shapes alone, so more room would not change what they do, and the launch's check stays exact.
+    if (status.ok())
+        status = launchDeformConv(mGeometry, mDtype, algo, inputs[kInputX], inputs[kInputOffset], inputs[kInputW],
+            bias, mask, outputs[0], workspace, deformConvWorkspaceSize(mGeometry, mDtype, algo), stream,
+            mCublas.get());
     return reject(status) ? -1 : 0;
 }
 
@@ -279,8 +350,14 @@ IPluginV3* DeformConvPlugin::attachToContext(IPluginResourceContext*) noexcept
     // The clone owns a fresh cuBLAS handle, made here rather than in the first enqueue, which may run under CUDA
     // graph capture (cublasCreate allocates). Where cuBLAS does not load, nothing is made: AUTO runs the fused kernel.
     auto* attached = static_cast<DeformConvPlugin*>(clone());
-    if (attached)
-        attached->mCublas->prepare();
+    if (attached && gemmPathAvailable())
+    {
+        Status const status = attached->mCublas->prepare();
+        attached->mCublasUsable = status.ok();
+        if (!status.ok() && attached->mTactic == kTacticGemm)
+            logTrtWarning("no cuBLAS handle for the engine's GEMM tactic (" + status.message
+                + "); running the default choice instead");
+    }
     return attached;
 }
 

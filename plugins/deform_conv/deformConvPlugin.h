@@ -5,6 +5,7 @@
 #include "cublasLoader.h"
 #include "deformConvMath.h"
 #include "deformConvShapes.h"
+#include "deformConvTactics.h"
 
 #include <NvInferRuntime.h>
 
@@ -52,14 +53,23 @@ public:
     int32_t getNbOutputs() const noexcept override { return 1; }
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    // The kernels TensorRT times for the last configurePlugin's types and profile (deformConvTactics.h).
+    int32_t getNbTactics() noexcept override { return int32_t(mValidTactics.size()); }
+    int32_t getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept override;
+    char const* getTimingCacheID() noexcept override { return mTimingCacheId.c_str(); }
 
     // IPluginV3OneRuntime
+    // The tactic of the next enqueue: while timing at build time, and the engine's choice after deserialisation.
+    int32_t setTactic(int32_t tactic) noexcept override;
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
         int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+    // The tactic the next enqueue runs (kTacticDefault until setTactic); for logs and the shell test.
+    int32_t tactic() const noexcept { return mTactic; }
 
 private:
     void refreshSerializedFields();
@@ -69,7 +79,14 @@ private:
     DeformConvGeometry mGeometry{};
     int32_t mDtype = DCN_FLOAT32;
     int32_t mNbInputs = 0;
-    size_t mWorkspaceBytes = 0;
+    // Set by configurePlugin: what getValidTactics offers (never tactic 0).
+    std::vector<int32_t> mValidTactics;
+    // Set by setTactic; 0 (the heuristic) until TensorRT sets one.
+    int32_t mTactic = kTacticDefault;
+    // False once attachToContext failed to create this instance's cuBLAS handle: the gemm tactic then runs the
+    // heuristic, which falls back to the fused kernel.
+    bool mCublasUsable = true;
+    std::string mTimingCacheId;
     // The GEMM path's cuBLAS handle: this instance's own (a clone makes a new one), created in attachToContext,
     // bound to each enqueue's stream, destroyed with the instance.
     std::unique_ptr<CublasHandle> mCublas = std::make_unique<CublasHandle>();

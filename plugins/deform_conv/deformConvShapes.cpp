@@ -260,6 +260,13 @@ dcn_deform_conv_desc descFromShapes(dcn_deform_conv_attrs const& a, TensorShape 
     return d;
 }
 
+bool fusedKernelAccepts(DeformConvGeometry const& geo, int32_t dtype)
+{
+    bool const typeOk = dtype == DCN_FLOAT32 || dtype == DCN_FLOAT16 || dtype == DCN_BFLOAT16;
+    // The kernel's grid: y = tiles of 64 output channels per group, z = groups (each at most 65535).
+    return typeOk && geo.d.group <= 65535 && (int64_t(geo.outChannelsPerGroup) + 63) / 64 <= 65535;
+}
+
 } // namespace dcn
 
 // ---- C ABI over the logic above ----

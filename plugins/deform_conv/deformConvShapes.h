@@ -82,6 +82,11 @@ struct TensorShape
 // Check nbInputs (3, 4 or 5) shapes against attrs; write the output shape (-1 where unknown).
 Status checkInputShapes(dcn_deform_conv_attrs const& attrs, std::vector<TensorShape> const& inputs, TensorShape& output);
 
+// Whether the fused kernel accepts this geometry and dtype: float32/float16/bfloat16, at most 65535 groups and
+// 65535 tiles of 64 output channels per group (its grid's limits). The kernels' resolveAlgo and the plugin's
+// tactics both ask this.
+bool fusedKernelAccepts(DeformConvGeometry const& geo, int32_t dtype);
+
 // The kernel descriptor for fully known shapes.
 dcn_deform_conv_desc descFromShapes(dcn_deform_conv_attrs const& attrs, TensorShape const& x, TensorShape const& w);
 

@@ -11,6 +11,7 @@
 #include <NvInferRuntime.h>
 #include <NvInferVersion.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -85,8 +86,10 @@ Capability* capability(IPluginV3* plugin, PluginCapabilityType type)
     return static_cast<Capability*>(plugin->getCapabilityInterface(type));
 }
 
-// With a GPU: enqueue the plugin (AUTO: the GEMM path where cuBLAS loads, else the fused kernel) on random float32
-// data and compare with the direct kernel on the same device buffers. Without a GPU: reported and skipped.
+// With a GPU: configure the plugin as the builder does, then enqueue every tactic it offers and the default (0),
+// each through a context-attached clone (as an engine runs), on random float32 data with the workspace
+// getWorkspaceSize asked for, and compare with the direct kernel on the same device buffers. Without a GPU:
+// reported and skipped.
 void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
     std::vector<std::vector<int64_t>> const& shapes, std::vector<int64_t> const& outShape)
 {
@@ -96,9 +99,8 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
         return;
     }
     std::printf("info cuBLAS GEMM path available: %s\n", dcn::gemmPathAvailable() ? "yes" : "no");
-    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("gpu", &fields.collection, TensorRTPhase::kRUNTIME));
+    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("gpu", &fields.collection, TensorRTPhase::kBUILD));
     auto* build = capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD);
-    auto* runtime = capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME);
     std::vector<DynamicPluginTensorDesc> io;
     for (auto const& shape : shapes)
         io.push_back(tensorDesc(shape));
@@ -106,8 +108,11 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
     std::vector<PluginTensorDesc> runtimeIo;
     for (auto const& d : io)
         runtimeIo.push_back(d.desc);
+    check(build->configurePlugin(io.data(), 5, &io[5], 1) == 0, "GPU: configurePlugin");
     size_t const workspaceBytes = build->getWorkspaceSize(io.data(), 5, &io[5], 1);
-    check(runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0, "GPU: onShapeChange");
+    std::vector<int32_t> tactics(size_t(build->getNbTactics()));
+    check(build->getValidTactics(tactics.data(), int32_t(tactics.size())) == 0, "GPU: getValidTactics");
+    tactics.insert(tactics.begin(), dcn::kTacticDefault);
 
     std::mt19937 rng(7);
     std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -133,24 +138,176 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
     check(buffers.ok(), "GPU: buffers allocated (workspace " + std::to_string(workspaceBytes) + " bytes)");
     if (!buffers.ok())
         return;
-    void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
-    void* outputs[1] = {output};
-    int32_t const rc = runtime->enqueue(runtimeIo.data(), &runtimeIo[5], inputs, outputs, workspace, nullptr);
     dcn::DeformConvGeometry geometry;
     bool const direct = standardGeometry(shapes, geometry)
         && dcn::launchDeformConv(geometry, DCN_FLOAT32, DCN_ALGO_DIRECT, device[0], device[2], device[1], device[3],
                device[4], reference, nullptr, 0, nullptr).ok();
-    std::vector<float> const got = buffers.download(output, outCount);
     std::vector<float> const want = buffers.download(reference, outCount);
-    double maxError = 0.0, maxValue = 0.0;
-    for (size_t i = 0; i < got.size(); ++i)
+    void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
+    void* outputs[1] = {output};
+    for (int32_t tactic : tactics)
     {
-        maxError = std::fmax(maxError, std::fabs(double(got[i]) - double(want[i])));
-        maxValue = std::fmax(maxValue, std::fabs(double(want[i])));
+        std::unique_ptr<IPluginV3> attached(
+            capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME)->attachToContext(nullptr));
+        auto* runtime = capability<IPluginV3OneRuntime>(attached.get(), PluginCapabilityType::kRUNTIME);
+        bool const ready = runtime->setTactic(tactic) == 0
+            && runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0;
+        cudaMemset(output, 0xff, outCount * sizeof(float)); // NaN: an output the kernel never wrote shows
+        int32_t const rc
+            = ready ? runtime->enqueue(runtimeIo.data(), &runtimeIo[5], inputs, outputs, workspace, nullptr) : -1;
+        std::vector<float> const got = buffers.download(output, outCount);
+        double maxError = 0.0, maxValue = 0.0;
+        for (size_t i = 0; i < got.size(); ++i)
+        {
+            double const error = std::fabs(double(got[i]) - double(want[i]));
+            maxError = std::isnan(error) ? INFINITY : std::fmax(maxError, error);
+            maxValue = std::fmax(maxValue, std::fabs(double(want[i])));
+        }
+        check(rc == 0 && direct && buffers.ok() && maxError <= 1e-5 * (maxValue + 1.0),
+            std::string("GPU: tactic ") + dcn::tacticName(tactic) + " enqueue agrees with the direct kernel (max abs "
+                + "error " + std::to_string(maxError) + ", max |out| " + std::to_string(maxValue) + ")");
     }
-    check(rc == 0 && direct && buffers.ok() && maxError <= 1e-5 * (maxValue + 1.0),
-        "GPU: plugin enqueue agrees with the direct kernel (max abs error " + std::to_string(maxError) + ", max |out| "
-            + std::to_string(maxValue) + ")");
+}
+
+// The tactic logic (deformConvTactics.h) on its own: ids, the algorithm each runs, what is offered, and the
+// fused kernel's rule against the kernels' own (resolveAlgo, the authority at launch).
+void checkTacticLogic()
+{
+    auto algoOf = [](int32_t tactic, bool gemm) {
+        int32_t algo = -1;
+        return dcn::algoForTactic(tactic, gemm, algo).ok() ? algo : -1;
+    };
+    check(algoOf(dcn::kTacticDefault, true) == DCN_ALGO_AUTO && algoOf(dcn::kTacticDirect, true) == DCN_ALGO_DIRECT
+            && algoOf(dcn::kTacticFused, true) == DCN_ALGO_FUSED_GEMM
+            && algoOf(dcn::kTacticGemm, true) == DCN_ALGO_GEMM,
+        "tactics 0/1/2/3 run auto/direct/fused/gemm");
+    check(algoOf(dcn::kTacticGemm, false) == DCN_ALGO_AUTO && algoOf(dcn::kTacticFused, false) == DCN_ALGO_FUSED_GEMM,
+        "the gemm tactic runs the heuristic where cuBLAS does not load; the others do not depend on it");
+    int32_t unused = 0;
+    dcn::Status const unknown = dcn::algoForTactic(9, true, unused);
+    check(!unknown.ok() && unknown.message.find("tactic 9") != std::string::npos,
+        "an unknown tactic is refused: " + unknown.message);
+
+    // Geometries at the fused kernel's limits, and a dense and a depth-wise-like layer.
+    auto geometryOf = [](int32_t c, int32_t oc, int32_t group) {
+        dcn_deform_conv_desc d{1, c, 8, 8, oc, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, group, 1};
+        dcn::DeformConvGeometry geo{};
+        bool const ok = dcn::makeGeometry(d, geo).ok();
+        check(ok, "geometry C=" + std::to_string(c) + " oC=" + std::to_string(oc) + " group=" + std::to_string(group));
+        return geo;
+    };
+    std::vector<dcn::DeformConvGeometry> const geometries = {geometryOf(64, 64, 1), geometryOf(16, 16, 16),
+        geometryOf(65535, 65535, 65535), geometryOf(65536, 65536, 65536), geometryOf(1, 64 * 65535, 1),
+        geometryOf(1, 64 * 65535 + 1, 1)};
+    bool agree = true;
+    int32_t refused = 0;
+    for (auto const& geo : geometries)
+        for (int32_t dtype : {DCN_FLOAT32, DCN_FLOAT16, DCN_BFLOAT16, DCN_FLOAT64})
+        {
+            int32_t resolved = 0;
+            bool const kernels = dcn::resolveAlgo(geo, dtype, DCN_ALGO_FUSED_GEMM, resolved).ok();
+            agree = agree && kernels == dcn::fusedKernelAccepts(geo, dtype);
+            refused += kernels ? 0 : 1;
+        }
+    check(agree && refused == 4 + 2 * 4,
+        "fusedKernelAccepts agrees with the kernels' resolveAlgo (" + std::to_string(refused)
+            + " of 24 refused: float64, 65536 groups, 64*65535+1 output channels)");
+
+    dcn::DeformConvGeometry const dense = geometries[0];
+    check(dcn::validTactics(dense, DCN_FLOAT16, false) == std::vector<int32_t>{dcn::kTacticDirect, dcn::kTacticFused},
+        "without cuBLAS: direct and fused are offered, not gemm");
+    check(dcn::validTactics(dense, DCN_BFLOAT16, true)
+            == std::vector<int32_t>{dcn::kTacticDirect, dcn::kTacticFused, dcn::kTacticGemm},
+        "with cuBLAS: direct, fused and gemm");
+    check(dcn::validTactics(geometries[3], DCN_FLOAT32, true)
+            == std::vector<int32_t>{dcn::kTacticDirect, dcn::kTacticGemm},
+        "65536 groups: no fused tactic");
+    check(dcn::workspaceAlgos({dcn::kTacticDirect, dcn::kTacticFused, dcn::kTacticGemm})
+            == std::vector<int32_t>{DCN_ALGO_AUTO, DCN_ALGO_DIRECT, DCN_ALGO_FUSED_GEMM, DCN_ALGO_GEMM},
+        "the workspace covers the heuristic and every offered tactic");
+    dcn_deform_conv_attrs const attrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2};
+    dcn_deform_conv_attrs other = attrs;
+    other.pads[3] = 0;
+    check(dcn::timingCacheSuffix(attrs, true) != dcn::timingCacheSuffix(other, true)
+            && dcn::timingCacheSuffix(attrs, true) != dcn::timingCacheSuffix(attrs, false)
+            && dcn::timingCacheSuffix(attrs, false) == dcn::timingCacheSuffix(attrs, false),
+        "the timing-cache suffix tells fields and cuBLAS apart: " + dcn::timingCacheSuffix(attrs, false));
+}
+
+// The plugin's tactic interface as the builder and the runtime use it (no timing: TensorRT does that).
+void checkPluginTactics(dcn::DeformConvPluginCreator& creator, CaptureLogger& logger, Fields& fields,
+    std::vector<DynamicPluginTensorDesc> const& io)
+{
+    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("dcn", &fields.collection, TensorRTPhase::kBUILD));
+    auto* build = capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD);
+    auto* runtime = capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME);
+    auto tacticOf = [](IPluginV3* p) { return p ? static_cast<dcn::DeformConvPlugin*>(p)->tactic() : -1; };
+    check(build->getNbTactics() == 0 && tacticOf(plugin.get()) == dcn::kTacticDefault,
+        "before configurePlugin: no tactics offered, the default (heuristic) set");
+
+    check(build->configurePlugin(io.data(), 5, &io[5], 1) == 0, "configurePlugin (half)");
+    dcn::DeformConvGeometry largest;
+    std::vector<std::vector<int64_t>> shapes;
+    for (int32_t k = 0; k < 2; ++k)
+        shapes.push_back(std::vector<int64_t>(io[k].max.d, io[k].max.d + 4));
+    standardGeometry(shapes, largest);
+    std::vector<int32_t> const expected = dcn::validTactics(largest, DCN_FLOAT16, dcn::gemmPathAvailable());
+    std::vector<int32_t> offered(size_t(build->getNbTactics()), -1);
+    bool const listed = build->getValidTactics(offered.data(), int32_t(offered.size())) == 0;
+    std::string names;
+    for (int32_t t : offered)
+        names += std::string(dcn::tacticName(t)) + " ";
+    check(listed && offered == expected && offered.size() >= 2 && offered.front() != 0,
+        "getNbTactics / getValidTactics offer " + names + "(gemm only where cuBLAS loads)");
+    std::vector<int32_t> tooMany(offered.size() + 1);
+    logger.lastError.clear();
+    bool const tooManyRefused = build->getValidTactics(tooMany.data(), int32_t(tooMany.size())) != 0;
+    check(tooManyRefused && logger.lastError.find("advertised") != std::string::npos,
+        "getValidTactics refuses more slots than getNbTactics said: " + logger.lastError);
+
+    // The build: the builder times each tactic (setTactic, then enqueue) and keeps the fastest in the engine.
+    for (int32_t tactic : offered)
+        check(runtime->setTactic(tactic) == 0 && tacticOf(plugin.get()) == tactic,
+            std::string("setTactic(") + dcn::tacticName(tactic) + ")");
+    logger.lastError.clear();
+    bool const unknownRefused = runtime->setTactic(42) != 0;
+    check(unknownRefused && logger.lastError.find("tactic 42") != std::string::npos
+            && tacticOf(plugin.get()) == offered.back(),
+        "setTactic refuses an unknown id and keeps the last one: " + logger.lastError);
+    int32_t const chosen = dcn::kTacticFused;
+    runtime->setTactic(chosen);
+    std::unique_ptr<IPluginV3> cloned(plugin->clone());
+    check(tacticOf(cloned.get()) == chosen, "clone keeps the tactic");
+
+    // The engine: fields only (the tactic is TensorRT's to keep); on load, createPlugin(kRUNTIME), setTactic with
+    // the engine's tactic, then attachToContext per execution context.
+    PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
+    bool fieldsOnly = serialized->nbFields == 5;
+    for (int32_t k = 0; k < serialized->nbFields; ++k)
+        fieldsOnly = fieldsOnly && std::string(serialized->fields[k].name).find("tactic") == std::string::npos;
+    check(fieldsOnly, "the tactic is not serialised as a field (TensorRT stores it and calls setTactic on load)");
+    std::unique_ptr<IPluginV3> loaded(creator.createPlugin("dcn", serialized, TensorRTPhase::kRUNTIME));
+    auto* loadedRuntime
+        = loaded ? capability<IPluginV3OneRuntime>(loaded.get(), PluginCapabilityType::kRUNTIME) : nullptr;
+    check(loadedRuntime && tacticOf(loaded.get()) == dcn::kTacticDefault,
+        "a plugin loaded before setTactic runs the heuristic (tactic 0)");
+    std::unique_ptr<IPluginV3> context(
+        loadedRuntime && loadedRuntime->setTactic(chosen) == 0 ? loadedRuntime->attachToContext(nullptr) : nullptr);
+    check(tacticOf(context.get()) == chosen,
+        "setTactic on load, then attachToContext: the context runs the engine's tactic");
+
+    // Timing cache: one ID per creation state, the same for clones, another for other fields.
+    char const* id = build->getTimingCacheID();
+    auto* clonedBuild = capability<IPluginV3OneBuild>(cloned.get(), PluginCapabilityType::kBUILD);
+    Fields otherFields;
+    otherFields.add("strides", {1, 1});
+    std::unique_ptr<IPluginV3> otherPlugin(creator.createPlugin("dcn", &otherFields.collection, TensorRTPhase::kBUILD));
+    char const* otherId = otherPlugin
+        ? capability<IPluginV3OneBuild>(otherPlugin.get(), PluginCapabilityType::kBUILD)->getTimingCacheID()
+        : nullptr;
+    check(id && otherId && std::string(id).rfind("DeformConv2d/1;", 0) == 0
+            && std::string(id) == clonedBuild->getTimingCacheID() && std::string(id) != otherId,
+        std::string("getTimingCacheID: ") + (id ? id : "null"));
 }
 
 } // namespace
@@ -314,12 +471,40 @@ int main()
             "configurePlugin rejects a profile max batch of " + std::to_string(tooMany) + ": " + logger.lastError);
     }
 
-    // Workspace from the shapes: for this dense half layer, the larger of the GEMM path's and the fused kernel's.
+    // Workspace from the shapes: for this dense half layer, the larger of the GEMM path's and the fused kernel's
+    // (the heuristic's size, which covers every tactic here).
     dcn::DeformConvGeometry geometry;
     bool const geometryOk = standardGeometry(shapes, geometry);
-    size_t const expectedWorkspace = dcn::deformConvWorkspaceSize(geometry, DCN_FLOAT16, DCN_ALGO_AUTO);
+    size_t const expectedWorkspace = std::max(dcn::deformConvWorkspaceSize(geometry, DCN_FLOAT16, DCN_ALGO_AUTO),
+        dcn::deformConvWorkspaceSize(geometry, DCN_FLOAT16, DCN_ALGO_GEMM));
     check(geometryOk && expectedWorkspace > 0 && build->getWorkspaceSize(io.data(), 5, &io[5], 1) == expectedWorkspace,
         "getWorkspaceSize = " + std::to_string(expectedWorkspace) + " bytes");
+    {
+        // A depth-wise-like layer (2 output channels per group): the heuristic runs the direct kernel (no
+        // workspace), but the fused tactic (and gemm, where cuBLAS loads) may be timed and chosen, so the
+        // workspace must hold theirs too.
+        std::vector<std::vector<int64_t>> thin = shapes;
+        thin[1] = {4, 8, 3, 2};
+        thin[3] = {4};
+        std::vector<DynamicPluginTensorDesc> thinIo;
+        for (auto const& shape : thin)
+            thinIo.push_back(tensorDesc(shape, DataType::kHALF));
+        thinIo.push_back(tensorDesc({2, 4, oh, ow}, DataType::kHALF));
+        dcn::DeformConvGeometry thinGeometry;
+        bool const thinOk = standardGeometry(thin, thinGeometry)
+            && build->configurePlugin(thinIo.data(), 5, &thinIo[5], 1) == 0;
+        size_t need = 0;
+        for (int32_t algo : {DCN_ALGO_FUSED_GEMM, dcn::gemmPathAvailable() ? DCN_ALGO_GEMM : DCN_ALGO_DIRECT})
+            need = std::max(need, dcn::deformConvWorkspaceSize(thinGeometry, DCN_FLOAT16, algo));
+        size_t const got = build->getWorkspaceSize(thinIo.data(), 5, &thinIo[5], 1);
+        check(thinOk && dcn::deformConvWorkspaceSize(thinGeometry, DCN_FLOAT16, DCN_ALGO_AUTO) == 0 && need > 0
+                && got == need,
+            "getWorkspaceSize of a depth-wise-like layer covers its tactics: " + std::to_string(got) + " bytes");
+        check(build->configurePlugin(io.data(), 5, &io[5], 1) == 0, "configurePlugin back to the dense layer");
+    }
+
+    checkTacticLogic();
+    checkPluginTactics(creator, logger, fields, io);
 
     // Runtime: shape change, serialisation round trip, clone.
     std::vector<PluginTensorDesc> runtimeIo;

@@ -1,0 +1,65 @@
+#include "deformConvTactics.h"
+
+#include <sstream>
+
+namespace dcn
+{
+
+char const* tacticName(int32_t tactic)
+{
+    switch (tactic)
+    {
+    case kTacticDefault: return "default";
+    case kTacticDirect: return "direct";
+    case kTacticFused: return "fused";
+    case kTacticGemm: return "gemm";
+    }
+    return "unknown";
+}
+
+std::vector<int32_t> validTactics(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable)
+{
+    std::vector<int32_t> tactics{kTacticDirect};
+    if (fusedKernelAccepts(largest, dtype))
+        tactics.push_back(kTacticFused);
+    if (gemmAvailable)
+        tactics.push_back(kTacticGemm);
+    return tactics;
+}
+
+Status algoForTactic(int32_t tactic, bool gemmAvailable, int32_t& algo)
+{
+    switch (tactic)
+    {
+    case kTacticDefault: algo = DCN_ALGO_AUTO; return Status::success();
+    case kTacticDirect: algo = DCN_ALGO_DIRECT; return Status::success();
+    case kTacticFused: algo = DCN_ALGO_FUSED_GEMM; return Status::success();
+    case kTacticGemm: algo = gemmAvailable ? DCN_ALGO_GEMM : DCN_ALGO_AUTO; return Status::success();
+    }
+    return Status::invalid("tactic " + std::to_string(tactic)
+        + " is not one of 0 (default), 1 (direct), 2 (fused), 3 (gemm): the engine was built by another version of "
+          "this plugin; rebuild it");
+}
+
+std::vector<int32_t> workspaceAlgos(std::vector<int32_t> const& tactics)
+{
+    std::vector<int32_t> algos{DCN_ALGO_AUTO};
+    for (int32_t tactic : tactics)
+    {
+        int32_t algo = DCN_ALGO_AUTO;
+        if (algoForTactic(tactic, true, algo).ok() && algo != DCN_ALGO_AUTO)
+            algos.push_back(algo);
+    }
+    return algos;
+}
+
+std::string timingCacheSuffix(dcn_deform_conv_attrs const& a, bool gemmAvailable)
+{
+    std::ostringstream s;
+    s << "strides=" << a.strides[0] << "," << a.strides[1] << ";pads=" << a.pads[0] << "," << a.pads[1] << ","
+      << a.pads[2] << "," << a.pads[3] << ";dilations=" << a.dilations[0] << "," << a.dilations[1]
+      << ";group=" << a.group << ";offset_group=" << a.offset_group << ";gemm=" << (gemmAvailable ? 1 : 0);
+    return s.str();
+}
+
+} // namespace dcn

@@ -1,0 +1,54 @@
+// The TensorRT plugin's tactics: which kernels (dcn_algo) TensorRT may time for one DeformConv2d layer, the ids
+// that name them, and the algorithm each id runs. Plain C++ (no TensorRT or CUDA types): the plugin shell
+// (deformConvPlugin.cpp) asks these functions, and the shell test checks them against the kernels' own rules.
+//
+// Protocol (NvInferRuntime.h, IPluginV3OneBuild / IPluginV3OneRuntime): after each configurePlugin the builder
+// asks getNbTactics / getValidTactics, times each tactic (setTactic, then enqueue at the profile's opt shapes)
+// and keeps the fastest in the engine; after deserialisation it calls setTactic with that id before enqueue, so the
+// plugin does not serialise it. Tactic 0 is TensorRT's "default tactic" (none advertised, or none set): the
+// heuristic choice DCN_ALGO_AUTO.
+#pragma once
+
+#include "dcnStatus.h"
+#include "deformConvMath.h"
+#include "deformConvShapes.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace dcn
+{
+
+// Tactic ids. TensorRT stores the chosen one in engines: never renumber or reuse one. Equal to the dcn_algo values
+// they run, for readable logs, but mapped explicitly (algoForTactic).
+enum DeformConvTactic : int32_t
+{
+    kTacticDefault = 0, // TensorRT's default: the heuristic (DCN_ALGO_AUTO)
+    kTacticDirect = 1,  // DCN_ALGO_DIRECT
+    kTacticFused = 2,   // DCN_ALGO_FUSED_GEMM
+    kTacticGemm = 3,    // DCN_ALGO_GEMM (cuBLAS)
+};
+
+// "default", "direct", "fused", "gemm", or "unknown".
+char const* tacticName(int32_t tactic);
+
+// The tactics worth timing for a profile, given its largest shapes (every smaller shape of the profile is then
+// accepted too: the limits only grow with the shapes) and the tensor type: direct always (the depth-wise-like
+// layers' best), fused where the kernel accepts them, gemm only where cuBLAS loads in this process. Never 0.
+std::vector<int32_t> validTactics(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable);
+
+// The algorithm a tactic runs. The gemm tactic runs DCN_ALGO_AUTO where the GEMM path cannot run (an engine
+// moved to a machine without cuBLAS): the heuristic, which never needs cuBLAS there, instead of failing. Fails
+// for ids that are none of the above.
+Status algoForTactic(int32_t tactic, bool gemmAvailable, int32_t& algo);
+
+// The algorithms a workspace sized at build time must serve when these tactics are offered: each tactic's own
+// and DCN_ALGO_AUTO (tactic 0, and the gemm tactic's fallback). getWorkspaceSize takes the largest of theirs.
+std::vector<int32_t> workspaceAlgos(std::vector<int32_t> const& tactics);
+
+// The plugin's timing-cache ID suffix (TensorRT prefixes the I/O shapes, types and formats): everything else the
+// timings depend on, i.e. the fields and whether the gemm tactic is offered at all. Fixed at creation.
+std::string timingCacheSuffix(dcn_deform_conv_attrs const& attrs, bool gemmAvailable);
+
+} // namespace dcn
