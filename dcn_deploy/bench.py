@@ -28,7 +28,7 @@ import numpy as np
 
 from .backends.base import Runner, TensorMeta
 from .compare import runner_roi_inputs
-from .feeds import FeedError, fixed_batch, format_shape, random_feed, resolve_shapes
+from .feeds import fixed_batch, fixed_batch_error, format_shape, random_feed, resolve_shapes
 from .progress import Progress
 
 __all__ = ["LatencyStats", "BenchEntry", "BenchResult", "benchmark", "check_batches", "default_batches",
@@ -186,13 +186,7 @@ def check_batches(metas: Sequence[TensorMeta], batches: Sequence[int]) -> None:
     fixed = fixed_batch(metas)
     wrong = [b for b in batches if fixed is not None and b != fixed]
     if wrong:
-        meta = next(m for m in metas if m.shape)
-        asked = ",".join(str(b) for b in batches)
-        raise FeedError(
-            f"batches (CLI: --batch {asked}): input {meta.name!r} has a fixed batch size {fixed} (model shape "
-            f"{format_shape(meta.shape)}), so batch {', '.join(map(str, wrong))} cannot run; use batches=[{fixed}] "
-            f"(CLI: --batch {fixed}), or export the model with a dynamic batch dimension (export(..., dynamic=True); "
-            "CLI: dcn-deploy export --dynamic)")
+        raise fixed_batch_error(metas, wrong, asked=batches)
 
 
 def _whole(value, name: str) -> Optional[int]:
@@ -283,15 +277,15 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
         raise ValueError(f"runner names must be distinct to be reported side by side, got {names}")
 
     # Runners the caller did not activate are active only while they are measured: ONNX Runtime's thread pool
-    # spins after each run, and a live session would compete with the next runner's threads.
+    # spins after each run, and a live session would compete with the next runner's threads. The first runner,
+    # activated to read the input metadata, stays active through the checks into its first measurement (no other
+    # runner runs meanwhile): deactivating it in between would load its model twice.
     owned = [not r.is_active for r in runners]
     entries: List[BenchEntry] = []
     bar = Progress(0, enabled=False)  # the real one comes after the checks, so no error is printed on its line
     try:
         runners[0].activate()
         metas = runners[0].input_metadata()
-        if owned[0]:
-            runners[0].deactivate()
         batched = [m for m in metas if m.name not in rois]  # a RoI input's first dimension counts boxes
         batches = default_batches(batched) if batches is None else batches
         check_batches(batched, batches)

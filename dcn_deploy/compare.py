@@ -209,7 +209,8 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
             ``tolerance`` applies one to every output.
         rois: inputs that hold RoI boxes and get valid random boxes (:func:`dcn_deploy.feeds.roi_inputs`);
             None (default): those the runners report (:meth:`Runner.roi_inputs`; the ONNX Runtime runner reads
-            them from its graph).
+            them from its graph), asked only for a random feed. Give them when you know them (the CLI does)
+            to spare that runner a second read of its file.
 
     Returns:
         :class:`ComparisonResult` (``passed``, ``table()``, ``to_dict()``). Outputs are matched by name; if the
@@ -220,7 +221,7 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
     if len({id(r) for r in runners}) != len(runners):
         raise ValueError("compare_runners got the same runner object twice: it would only be compared with itself; "
                          "make a second runner (e.g. another backend) to compare with")
-    if rois is None:
+    if rois is None and feed is None:  # only a random feed needs them: the ONNX Runtime runner reads its file
         rois = runner_roi_inputs(runners)
     activated = [r for r in runners if not r.is_active]
     try:

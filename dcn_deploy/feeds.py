@@ -53,7 +53,8 @@ def parse_shape(text: str) -> Shape:
 _SHAPE_OPTION = re.compile(r"^(?P<name>.+)[=:](?P<shape>[^=:]+)$")
 
 
-def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] = None) -> Dict[str, Shape]:
+def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] = None, *,
+                        model=None) -> Dict[str, Shape]:
     """``["x=1x3x64x64", "y:1x8"]`` -> ``{"x": (1, 3, 64, 64), "y": (1, 8)}`` (the CLI's ``--shape`` option).
 
     With ``model_path`` (an ONNX file written by :func:`dcn_deploy.export`), the example shapes stored in it
@@ -61,6 +62,8 @@ def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] 
     name, so the user's ``--shape`` wins. A stored input's dynamic batch follows the batch the user gave for
     another input; :func:`resolve_shapes` still lets ``--batch`` replace it. Files without stored shapes give
     exactly the user's shapes (a dynamic dimension left unknown is then reported by :func:`resolve_shapes`).
+    ``model``: the ``onnx.ModelProto`` of ``model_path`` when the caller has read it already (:func:`read_onnx_file`),
+    so that the file is not read again.
     """
     shapes: Dict[str, Shape] = {}
     for item in items:
@@ -70,8 +73,8 @@ def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] 
                             "e.g. --shape input=1x3x64x64 or --shape input:1x3x64x64")
         shapes[match["name"]] = parse_shape(match["shape"])
     reject_empty(shapes, "--shape")
-    if model_path is not None:
-        shapes.update(_stored_defaults(Path(model_path), shapes))
+    if model is not None or model_path is not None:
+        shapes.update(_stored_defaults(model if model is not None else read_onnx_file(Path(model_path)), shapes))
     return shapes
 
 
@@ -88,7 +91,7 @@ def reject_empty(shapes: Mapping[str, Sequence[int]], source: str) -> None:
 def stored_example_shapes(model_path: os.PathLike) -> Dict[str, Shape]:
     """The example input shapes :func:`dcn_deploy.export` recorded in an ONNX file (metadata key
     :data:`EXAMPLE_SHAPES_KEY`), ``{input name: shape}``; empty for a file without them, or that is not ONNX."""
-    return _read_stored(Path(model_path))[0]
+    return _read_stored(read_onnx_file(Path(model_path)))[0]
 
 
 # Boxes in a random feed when a RoI input's box count is dynamic and not given.
@@ -102,7 +105,7 @@ def roi_inputs(model_path: os.PathLike) -> Tuple[str, ...]:
 
     Random normal values are no boxes (a batch index of -1 or 2, x2 < x1), so :func:`random_feed` makes valid
     ones for these. Empty for other models, engines and unreadable files."""
-    proto = _load_onnx(Path(model_path))
+    proto = read_onnx_file(Path(model_path))
     return () if proto is None else roi_input_names(proto.graph)
 
 
@@ -116,9 +119,11 @@ def roi_input_names(graph) -> Tuple[str, ...]:
 Dim = object  # a graph input's dimension: an int, a symbol name (str), or None (dynamic, unnamed)
 
 
-def _load_onnx(path: Path):
+def read_onnx_file(path: os.PathLike):
     """The ONNX file at ``path`` without its external weights, or None for engines and unreadable files (the
-    runner that opens such a file reports it, not this module)."""
+    runner that opens such a file reports it, not this module). Read it once and hand it to
+    :func:`parse_shape_options` (``model=``) and :func:`roi_input_names`, rather than give each the path."""
+    path = Path(path)
     if path.suffix.lower() != ".onnx" or not path.is_file():
         return None
     import onnx  # here, not at the top: the rest of this module is numpy only
@@ -129,10 +134,9 @@ def _load_onnx(path: Path):
         return None
 
 
-def _read_stored(path: Path) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Dim, ...]], Tuple[str, ...]]:
-    """(stored example shapes, the graph inputs' dims: ints, symbol names or None, the RoI inputs); all empty
-    when unreadable."""
-    proto = _load_onnx(path)
+def _read_stored(proto) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Dim, ...]], Tuple[str, ...]]:
+    """(stored example shapes, the graph inputs' dims: ints, symbol names or None, the RoI inputs) of a model
+    read by :func:`read_onnx_file`; all empty for None (a file that could not be read)."""
     if proto is None:
         return {}, {}, ()
     text = next((p.value for p in proto.metadata_props if p.key == EXAMPLE_SHAPES_KEY), None)
@@ -148,13 +152,13 @@ def _read_stored(path: Path) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Dim, ...
     return stored, dims, roi_input_names(proto.graph)
 
 
-def _stored_defaults(path: Path, given: Mapping[str, Shape]) -> Dict[str, Shape]:
+def _stored_defaults(proto, given: Mapping[str, Shape]) -> Dict[str, Shape]:
     """Stored example shapes for the dynamic inputs ``given`` does not name (only those that fit the graph).
 
     A dimension that shares its symbol (``batch``, ``height``, ...) with an input the user gave takes the user's
     size, so one ``--shape`` resizes every input tied to it; an unnamed dynamic batch dimension takes the user's
     batch (not a RoI input's first dimension: that counts boxes)."""
-    stored, graph, rois = _read_stored(path)
+    stored, graph, rois = _read_stored(proto)
     symbols: Dict[str, int] = {}  # symbol -> the size the user gave it
     for name, shape in given.items():
         for dim, size in zip(graph.get(name, ()), shape):
@@ -248,10 +252,7 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
         resolved[meta.name] = tuple(dims)
     fixed = fixed_batch(metas, rois)
     if batch is not None and fixed is not None and batch != fixed:
-        meta = next(m for m in batched_metas if m.shape)
-        raise FeedError(f"input {meta.name!r} has a fixed batch size {fixed} (shape {format_shape(meta.shape)}), "
-                        f"so batch {batch} cannot run; use batch={fixed} (CLI: --batch {fixed}), or export the model "
-                        "with a dynamic batch dimension (export(..., dynamic=True); CLI: dcn-deploy export --dynamic)")
+        raise fixed_batch_error(metas, [batch], rois)
     return resolved
 
 
@@ -264,6 +265,27 @@ def fixed_batch(metas: Sequence[TensorMeta], rois: Sequence[str] = ()) -> Option
     if not batched or any(not isinstance(m.shape[0], int) for m in batched):
         return None
     return batched[0].shape[0]
+
+
+def fixed_batch_error(metas: Sequence[TensorMeta], refused: Sequence[int], rois: Sequence[str] = (),
+                      asked: Optional[Sequence[int]] = None) -> FeedError:
+    """The one wording of "this model runs only its own batch size": the error for the batch sizes ``refused`` of
+    a model with a fixed batch (:func:`fixed_batch`), naming the input that fixes it, its shape and the fixes.
+
+    ``asked``: every batch size of a call that takes several (:func:`dcn_deploy.bench.benchmark`'s ``batches``),
+    named with the argument; None for a call with one ``batch`` (:func:`resolve_shapes`)."""
+    fixed = fixed_batch(metas, rois)
+    if fixed is None:
+        raise ValueError("fixed_batch_error: the model runs any batch size (some input's first dimension is dynamic)")
+    meta = next(m for m in metas if m.name not in rois and m.shape)
+    if asked is None:
+        where, use = "", f"batch={fixed}"
+    else:
+        where, use = f"batches (CLI: --batch {','.join(map(str, asked))}): ", f"batches=[{fixed}]"
+    return FeedError(f"{where}input {meta.name!r} has a fixed batch size {fixed} (model shape "
+                     f"{format_shape(meta.shape)}), so batch {', '.join(map(str, refused))} cannot run; use {use} "
+                     f"(CLI: --batch {fixed}), or export the model with a dynamic batch dimension (export(..., "
+                     "dynamic=True); CLI: dcn-deploy export --dynamic)")
 
 
 # The fix when no random input will do: the caller's own arrays (benchmark takes random inputs only).

@@ -54,6 +54,51 @@ class Perturbed(Runner):
         return outputs
 
 
+class Doubling(Runner):
+    """y = 2x on inputs x (N, 3): counts how often its model is loaded (activated) and asked for RoI inputs."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.loads, self.roi_questions = name, 0, 0
+
+    def input_metadata(self):
+        return (TensorMeta("x", F32, ("N", 3)),)
+
+    def roi_inputs(self):
+        self.roi_questions += 1
+        return ()
+
+    def _activate(self):
+        self.loads += 1
+
+    def _deactivate(self):
+        pass
+
+    def _infer(self, feed):
+        return {"y": feed["x"] * 2}
+
+
+def test_runners_load_their_model_once_per_use():
+    """benchmark's first runner, activated to read the input metadata, is measured in that activation (it loaded
+    its model once more before); compare_runners asks for RoI inputs (the ONNX Runtime runner reads its file for
+    them) only to make a random feed."""
+    first, second = Doubling("a"), Doubling("b")
+    result = benchmark([first, second], batches=[1, 2], iterations=1, warmup=0, progress=False)
+    assert [(e.runner, e.batch) for e in result.entries] == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    assert (first.loads, second.loads) == (2, 2)  # once per measurement: active only while measured
+    assert not first.is_active and not second.is_active
+    with pytest.raises(FeedError):  # a failed check leaves no runner active either
+        benchmark([first], shapes={"y": (1, 3)}, iterations=1, warmup=0, progress=False)
+    assert not first.is_active
+
+    first, second = Doubling("a"), Doubling("b")
+    feed = {"x": np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)}
+    assert compare_runners([first, second], feed).passed
+    assert (first.roi_questions, second.roi_questions) == (0, 0)
+    assert compare_runners([first, second], shapes={"x": (2, 3)}).passed
+    assert (first.roi_questions, second.roi_questions) == (1, 1)
+
+
 # --- compare ------------------------------------------------------------------------------------------------------
 def test_compare_outputs_rule(rng):
     ref = rng.standard_normal((4, 5)).astype(np.float32)
@@ -328,3 +373,26 @@ def test_a_static_model_batch_is_its_first_inputs():
         check_batches(metas, [1, 7])
     with pytest.raises(FeedError, match="input 'x' has a fixed batch size 1"):
         resolve_shapes(metas, batch=7)
+
+
+def test_fixed_batch_has_one_wording_for_one_batch_and_for_several():
+    """resolve_shapes (one batch) and check_batches (benchmark's list) word the error through fixed_batch_error:
+    the same text, but for the argument it names and the batches refused. RoI inputs (box counts) never fix it."""
+    from dcn_deploy.bench import check_batches
+    from dcn_deploy.feeds import fixed_batch_error
+
+    metas = [TensorMeta("x", F32, (2, 3, 8, 8)), TensorMeta("rois", F32, ("K", 5))]
+    with pytest.raises(FeedError) as one:
+        resolve_shapes(metas, batch=5, rois=("rois",))
+    with pytest.raises(FeedError) as several:
+        check_batches(metas[:1], [2, 5, 7])
+    assert str(one.value) == str(fixed_batch_error(metas, [5], ("rois",)))
+    assert str(several.value) == str(fixed_batch_error(metas[:1], [5, 7], asked=[2, 5, 7]))
+    assert str(several.value).startswith("batches (CLI: --batch 2,5,7): input 'x' has a fixed batch size 2 (model "
+                                         "shape 2x3x8x8), so batch 5, 7 cannot run; use batches=[2] (CLI: --batch 2)")
+    own = str(one.value)
+    assert own.startswith("input 'x' has a fixed batch size 2 (model shape 2x3x8x8), so batch 5 cannot run; use "
+                          "batch=2 (CLI: --batch 2)")
+    assert own[own.index(", or export"):] == str(several.value)[str(several.value).index(", or export"):]
+    with pytest.raises(ValueError, match="runs any batch size"):
+        fixed_batch_error([TensorMeta("x", F32, ("N", 3))], [4])

@@ -850,6 +850,25 @@ def test_build_engine_checks_its_options_before_tensorrt(tmp_path, options, mess
         build_engine(path, tmp_path / "m.engine", tensorrt_module="no_such_tensorrt_module")
 
 
+def test_workspace_is_checked_once_by_the_library_before_the_model_is_read(tmp_path):
+    """--workspace has one check, build_engine's (parse_size), made before the model is read: the CLI prints the
+    library's message as bad input (exit 2), and a model that could not be read is not reported instead."""
+    from click.testing import CliRunner
+
+    from dcn_deploy.backends.trt_build import build_engine
+    from dcn_deploy.cli import main
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="--workspace must be positive, got '0'"):
+        build_engine(junk, tmp_path / "m.engine", workspace="0", tensorrt_module="no_such_tensorrt_module")
+    result = CliRunner().invoke(main, ["build", str(junk), "--workspace", "plenty"])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[0] == ("error: --workspace: 'plenty' is not a size; write e.g. 4G, 512M or "
+                                             "1024 (MiB)")
+    assert "not a readable ONNX model" not in result.output and "TensorRT is not installed" not in result.output
+
+
 # which engines need our plugin library --------------------------------------------------------------------------------
 class TestPluginLibraryNeed:
     def test_what_the_sidecar_says(self, engine):
@@ -1037,6 +1056,56 @@ class TestParseRoute:
             helper.make_node("Constant", [], ["q"], value=helper.make_tensor("q", TP.INT4, [5], [1, -2, 3, -4, 5])),
             helper.make_node("Constant", [], ["s"], value=helper.make_tensor("s", TP.STRING, [2], [b"ab", b"cde"]))])
         assert model_tensor_bytes(model) == initialisers + functions + 5 * 8 + 2 * 7 * 4 + 3 + 5
+
+    def test_serialized_size_is_the_serialised_models(self, rng, tmp_path):
+        """The one measure of "too large" (export's data file, the build's parse route): the bytes protobuf writes,
+        measured without serialising raw tensor data, on tensors of every kind: raw and typed data, a Constant in an
+        If branch, a sparse initialiser, strings, a function's constants; external data counts only its reference."""
+        from dcn_deploy.onnx.external_data import model_tensor_bytes, serialized_size
+
+        model = dcn_model(seed=5)
+        branch = helper.make_graph([helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(
+            rng.standard_normal((3, 7)).astype(np.float32)))], "branch", [],
+            [helper.make_tensor_value_info("b", TP.FLOAT, [3, 7])])
+        model.graph.node.extend([
+            helper.make_node("Constant", [], ["k"], value=helper.make_tensor("k", TP.INT64, [4], [1, -2, 3, 1 << 40])),
+            helper.make_node("Constant", [], ["s"], value=helper.make_tensor("s", TP.STRING, [2], [b"ab", b"cde"])),
+            helper.make_node("If", ["cond"], ["o"], then_branch=branch, else_branch=branch, doc_string="x" * 300)])
+        model.graph.sparse_initializer.append(helper.make_sparse_tensor(
+            numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "sv"),
+            numpy_helper.from_array(np.array([0, 4, 9], dtype=np.int64), "si"), [10]))
+        model.metadata_props.add(key="note", value="y" * 100)
+        big = numpy_helper.from_array(rng.standard_normal((40, 50)).astype(np.float32), "big")  # lengths > 127 B
+        model.graph.initializer.append(big)
+        for case in (model, onnx.ModelProto(), model.graph.node[-1].attribute[0].g):
+            assert serialized_size(case) == case.ByteSize()
+        # weights in an external file: the model that refers to them is small, as its file is
+        path = tmp_path / "ext.onnx"
+        onnx.save_model(onnx.ModelProto.FromString(model.SerializeToString()), str(path),
+                        save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data",
+                        size_threshold=0)
+        shell = onnx.load(str(path), load_external_data=False)
+        assert serialized_size(shell) == shell.ByteSize() == len(shell.SerializeToString())
+        assert serialized_size(shell) < model_tensor_bytes(model) < serialized_size(model)
+
+    def test_too_large_counts_the_graph_at_any_threshold(self, monkeypatch):
+        """Both decisions take the same size at a threshold: a model whose graph (here long doc strings) holds most
+        of its bytes goes to a data file / the file route as soon as the whole message reaches the limit (tensor
+        bytes alone, the build's former measure, would have kept it in memory)."""
+        from dcn_deploy.backends.trt_build import choose_parse_route
+        from dcn_deploy.onnx import export as export_module
+        from dcn_deploy.onnx.external_data import PROTOBUF_LIMIT, model_tensor_bytes, serialized_size
+
+        assert export_module.EXTERNAL_DATA_THRESHOLD_BYTES == 1900 << 20 and PROTOBUF_LIMIT == 2 ** 31
+        model = dcn_model(seed=6)
+        for node in model.graph.node:
+            node.doc_string = "why this node is here " * 200
+        size = serialized_size(model)
+        assert model_tensor_bytes(model) < size // 2
+        for limit, route in ((size, "file"), (size + 1, "memory"), (model_tensor_bytes(model), "file")):
+            assert choose_parse_route(size, False, limit=limit) == route
+            monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", limit)
+            assert export_module._needs_external_data(model) is (route == "file")
 
     def _save_external(self, model, folder):
         path = folder / "ext.onnx"

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
 from ..io_utils import atomic_write_bytes, check_output_path
-from ..onnx.external_data import model_tensor_bytes, uses_external_data, write_with_external_data
+from ..onnx.external_data import serialized_size, uses_external_data, write_with_external_data
 from . import engine_meta
 from .factory import read_onnx_model
 from .trt_profiles import Profile, compute_profile, format_shape, onnx_input_shapes
@@ -461,8 +461,10 @@ def _load_plugins(trt, model, plugin_library, *, rtx: bool, say: Callable[[str],
 # the ONNX model handed to the parser ---------------------------------------------------------------------------
 # Protobuf refuses to serialise or parse a message of 2 GiB or more, so ``parser.parse(model.SerializeToString())``
 # cannot take large models. Their tensor data goes to a file beside a copy of the model instead, which
-# ``parse_from_file`` reads (external weights are found relative to the model file). The limit leaves room below
-# 2 GiB for the graph itself and errs early: writing a 1 GiB model to disk costs seconds, failing costs the build.
+# ``parse_from_file`` reads (external weights are found relative to the model file). The size is the one export
+# uses too (external_data.serialized_size: the serialised model, graph included). The limit errs early: writing a
+# 1 GiB model to disk costs seconds, failing costs the build, and ``parse`` holds a serialised copy of the model
+# beside it, which the file route does not.
 PARSE_IN_MEMORY_LIMIT = 1 << 30
 
 
@@ -470,7 +472,10 @@ def choose_parse_route(tensor_bytes: int, source_has_external_data: bool, *,
                        limit: int = PARSE_IN_MEMORY_LIMIT) -> str:
     """How the parser gets the prepared model: ``"memory"`` (``parse`` on the serialised bytes) or ``"file"``
     (``parse_from_file`` on a copy written with external data) for a model whose source file kept its weights
-    outside (such models are large by intent) or whose tensors reach ``limit`` bytes."""
+    outside (such models are large by intent) or that reaches ``limit`` bytes serialised.
+
+    ``tensor_bytes``: the prepared model's serialised size, :func:`dcn_deploy.onnx.external_data.serialized_size`
+    (its tensor data and the graph around them; the name is kept for callers that pass it by keyword)."""
     if tensor_bytes < 0:
         raise ValueError(f"tensor_bytes must be >= 0, got {tensor_bytes}")
     return "file" if source_has_external_data or tensor_bytes >= limit else "memory"
@@ -501,7 +506,7 @@ def _parse(trt, builder, logger, prepared, onnx_path: Path, *, source_external: 
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    size = model_tensor_bytes(prepared)
+    size = serialized_size(prepared)
     if choose_parse_route(size, source_external, limit=PARSE_IN_MEMORY_LIMIT) == "memory":
         ok = parser.parse(prepared.SerializeToString(), str(onnx_path))
     else:
@@ -509,7 +514,7 @@ def _parse(trt, builder, logger, prepared, onnx_path: Path, *, source_external: 
         # Beside the engine, not in /tmp: the output folder is known to be writable, and /tmp may be RAM.
         with tempfile.TemporaryDirectory(prefix=".dcn_deploy_parse_", dir=scratch) as folder:
             model_file = write_with_external_data(prepared, folder)
-            say(f"[build] {size / 2**20:.0f} MiB of weights{' (external data)' if source_external else ''}: "
+            say(f"[build] a {size / 2**20:.0f} MiB model{' (weights in external data)' if source_external else ''}: "
                 f"parsing from {model_file.name} with its data file")
             ok = parser.parse_from_file(str(model_file))
     if not ok:
@@ -523,11 +528,11 @@ def _parse(trt, builder, logger, prepared, onnx_path: Path, *, source_external: 
     return network, parser  # the parser owns the parsed weights: keep it alive until the build is done
 
 
-def _configure(trt, builder, profile: Profile, *, workspace, tf32: bool, optimization_level: Optional[int],
-               say: Callable[[str], None]):
+def _configure(trt, builder, profile: Profile, *, workspace_bytes: Optional[int], tf32: bool,
+               optimization_level: Optional[int], say: Callable[[str], None]):
     config = builder.create_builder_config()
-    if workspace is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, parse_size(workspace))
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if not tf32 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     if optimization_level is not None:
@@ -583,16 +588,15 @@ def _build_serialized(trt, builder, network, config, say: Optional[Callable[[str
     return serialized
 
 
-def _check_options(model, *, precision: str, io_dtype: str, keep_fp32: Iterable[str], workspace,
+def _check_options(model, *, precision: str, io_dtype: str, keep_fp32: Iterable[str],
                    optimization_level: Optional[int]) -> None:
-    """The build options that need no TensorRT, checked before it is imported (see build_engine)."""
+    """The build options that need no TensorRT, checked before it is imported (see build_engine; the workspace
+    size is read before the model)."""
     from ..onnx.precision import check_keep_fp32_nodes, check_precision_options
 
     check_precision_options(precision, io_dtype)
     if precision != "fp32":
         check_keep_fp32_nodes(model, keep_fp32)
-    if workspace is not None:
-        parse_size(workspace)
     if optimization_level is not None and not (isinstance(optimization_level, int) and 0 <= optimization_level <= 5):
         raise ValueError(f"optimization_level (--opt-level) must be an integer from 0 to 5 (TensorRT's builder "
                          f"optimisation levels; its default is 3), got {optimization_level!r}")
@@ -612,7 +616,8 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
         precision: "fp32", "fp16" or "bf16" (graph conversion, see ``dcn_deploy.onnx.precision``).
         shapes / min_shapes / opt_shapes / max_shapes / max_batch: the optimisation profile
             (see ``dcn_deploy.backends.trt_profiles.compute_profile``).
-        workspace: workspace pool limit, e.g. "4G" (bytes if int); None: TensorRT's default (the GPU's memory).
+        workspace: workspace pool limit, e.g. "4G" (an int or a bare number is MiB, as :func:`parse_size` reads
+            it); None: TensorRT's default (the GPU's memory).
         timing_cache: a file read before and written after the build (created if missing) to speed up rebuilds.
         keep_fp32: node names kept in float32 by the precision conversion.
         io_dtype: "float32" (default) or "half": the engine's input/output type under fp16/bf16.
@@ -634,15 +639,17 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
         raise BuildError(f"device={device}: engines are built on the first visible GPU; to build for GPU {device} "
                          f"run with CUDA_VISIBLE_DEVICES={device} (and device=0)")
     start = time.monotonic()
-    # The arguments first (the model file, the profile, the output path), then TensorRT: a wrong argument is
-    # reported as such on any machine, not hidden behind TensorRT's install instructions.
+    # The arguments first (the workspace size, the model file, the profile, the output path), then TensorRT: a
+    # wrong argument is reported as such on any machine, not hidden behind TensorRT's install instructions. The
+    # size comes before the model, which can take seconds to read. The CLI's --workspace is checked here only.
+    workspace_bytes = parse_size(workspace) if workspace is not None else None
     onnx_path = Path(onnx_path)
     model, source_external = read_model_for_build(onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
     check_output_path(engine_path, "engine path")
     profile: Profile = compute_profile(onnx_input_shapes(model), shapes=shapes, min_shapes=min_shapes,
                                        opt_shapes=opt_shapes, max_shapes=max_shapes, max_batch=max_batch)
-    _check_options(model, precision=precision, io_dtype=io_dtype, keep_fp32=keep_fp32, workspace=workspace,
+    _check_options(model, precision=precision, io_dtype=io_dtype, keep_fp32=keep_fp32,
                    optimization_level=optimization_level)
     trt = import_tensorrt(tensorrt_module)
     say = (lambda line: print(line, file=log, flush=True)) if progress else (lambda line: None)
@@ -658,7 +665,7 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, logger, prepared, onnx_path, source_external=source_external,
                               scratch=engine_path.parent, say=say)
-    config = _configure(trt, builder, profile, workspace=workspace, tf32=tf32,
+    config = _configure(trt, builder, profile, workspace_bytes=workspace_bytes, tf32=tf32,
                         optimization_level=optimization_level, say=say)
     cache = _attach_timing_cache(config, Path(timing_cache), say) if timing_cache is not None else None
     serialized = _build_serialized(trt, builder, network, config, say if progress else None)

@@ -9,7 +9,7 @@ import click
 from ..io_utils import check_output_path
 from . import CliError
 from ._runtime import (default_runner, engine_option, make_runners, model_argument, parse_int_list,
-                       parse_runner_list, parse_shapes, shape_options, torch_model_options)
+                       parse_runner_list, shape_options, torch_model_options)
 
 
 @click.command("bench")
@@ -52,7 +52,7 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
     timed. (artifacts/demo/ is what `dcn-deploy demo` writes.)
     """
     from ..bench import benchmark
-    from ..feeds import roi_inputs
+    from ..feeds import parse_shape_options, read_onnx_file, roi_input_names
     from ..io_utils import atomic_write_text
 
     if iterations is not None and duration is not None:
@@ -61,11 +61,14 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
         check_output_path(output, "--output")  # before the runners load and the timing runs, not after
     kinds = parse_runner_list(runner_list) if runner_list else [default_runner(model_path)]
     batches = parse_int_list(batch_list, "--batch") if batch_list is not None else None
-    shape_map = parse_shapes(shapes, model_path)
+    model = read_onnx_file(model_path)  # once, for the stored example shapes and the RoI inputs
+    shape_map = parse_shape_options(shapes, model=model)
+    rois = () if model is None else roi_input_names(model.graph)
+    del model  # before the runners load their own copy
     runners = make_runners(kinds, model_path, torch_model, checkpoint, threads, engine, shapes=shape_map,
                            batches=batches or (), keep_active=False)  # benchmark activates each while it times it
     result = benchmark(runners, batches=batches, shapes=shape_map, iterations=iterations,
-                       duration=duration, warmup=warmup, seed=seed, progress=progress, rois=roi_inputs(model_path))
+                       duration=duration, warmup=warmup, seed=seed, progress=progress, rois=rois)
     if output is not None:
         atomic_write_text(output, result.to_json() + "\n")
     if as_json:

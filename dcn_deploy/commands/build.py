@@ -56,14 +56,11 @@ def command(model_path: Path, output: Optional[Path], precision: str, shapes: Se
       dcn-deploy build net.onnx --precision fp16 --shapes input:1x3x512x512/4x3x512x512/8x3x512x512
       dcn-deploy build net.onnx --precision fp16 --keep-fp32 /head/conv --timing-cache trt.cache --workspace 4G
     """
-    from ..backends.trt_build import BuildCancelled, BuildError, TensorRTMissingError, build_engine, parse_size
+    from ..backends.trt_build import BuildCancelled, BuildError, TensorRTMissingError, build_engine
     from ..backends.trt_profiles import ProfileError
 
-    if workspace is not None:
-        try:
-            parse_size(workspace)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
+    # A bad --workspace (and any other option build_engine checks) is a ValueError from the library, raised before
+    # the model is read or TensorRT imported: the CLI prints it as bad input, exit 2 (cli.is_bad_input).
     try:
         result = build_engine(
             model_path, output, precision=precision, shapes=shapes or None, min_shapes=min_shapes or None,

@@ -38,7 +38,7 @@ from ..feeds import EXAMPLE_SHAPES_KEY, box_image, format_shape, random_boxes, r
 from ..io_utils import atomic_path, check_output_path, give_default_permissions
 from . import opset as dcn_opset
 from .dynamic_shapes import dynamic_shapes, tied_dynamic_shapes
-from .external_data import data_file_name, write_with_external_data
+from .external_data import PROTOBUF_LIMIT, data_file_name, serialized_size, write_with_external_data
 from .graph_names import check_io_names, rename_graph_io, rename_symbols, rois_sharing_the_batch
 from .inspect import spaced_shape
 from .model_loading import describe_exception, program_shape_mismatch
@@ -377,10 +377,11 @@ def _count_deformable(model: onnx.ModelProto) -> Dict[str, int]:
     return counts
 
 
-# A model file is one protobuf message, which cannot exceed 2 GiB. Above this size (with a margin for the graph),
-# the weights go to one external data file beside the model: model.onnx + model.onnx.data, ONNX's own layout,
-# which ONNX Runtime and TensorRT's parser read from the model's folder.
-EXTERNAL_DATA_THRESHOLD_BYTES = 1900 << 20
+# A model file is one protobuf message, which cannot reach 2 GiB. From this serialised size on (external_data.
+# serialized_size, the measure the TensorRT build uses too; a margin below the limit for safety), the weights go
+# to one external data file beside the model: model.onnx + model.onnx.data, ONNX's own layout, which ONNX Runtime
+# and TensorRT's parser read from the model's folder.
+EXTERNAL_DATA_THRESHOLD_BYTES = PROTOBUF_LIMIT - (148 << 20)  # 1900 MiB
 
 
 def external_data_name(path: Path) -> str:
@@ -389,9 +390,10 @@ def external_data_name(path: Path) -> str:
 
 
 def _needs_external_data(proto: onnx.ModelProto) -> bool:
+    # serialized_size, not proto.ByteSize(): that serialises the whole model (seconds and a copy of it)
     try:
-        return proto.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES
-    except Exception:  # noqa: BLE001 - a message protobuf cannot even size is over its limit
+        return serialized_size(proto) >= EXTERNAL_DATA_THRESHOLD_BYTES
+    except Exception:  # noqa: BLE001 - a part protobuf cannot even size is over its limit
         return True
 
 
