@@ -1,10 +1,13 @@
 """Random deformable-convolution configurations shared by the host and GPU kernel tests."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Dict, Tuple
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -119,3 +122,50 @@ def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |a - e| / (max |e| + 1): one number that is meaningful for every dtype."""
     a, e = actual.double().cpu(), expected.double().cpu()
     return float((a - e).abs().max() / (e.abs().max() + 1.0)) if e.numel() else 0.0
+
+
+def layer_case(rng: random.Random, groups: int, offset_groups: int, channels_per_group: int,
+               offset_scale: float, **fixed) -> Case:
+    """A random layer (batch 2-3, per-axis kernel/stride/padding/dilation, mask and bias at random) with the given
+    channel structure; ``fixed`` overrides fields after the draw. Redrawn until the output is not empty."""
+    while True:
+        case = Case(batch=rng.randint(2, 3), groups=groups, offset_groups=offset_groups,
+                    in_channels=groups * channels_per_group, out_channels=groups * rng.randint(1, 3),
+                    height=rng.randint(2, 9), width=rng.randint(2, 9),
+                    kernel=(rng.randint(1, 3), rng.randint(1, 3)), stride=(rng.randint(1, 3), rng.randint(1, 3)),
+                    pads=tuple(rng.randint(0, 2) for _ in range(4)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
+                    with_mask=rng.random() < 0.6, with_bias=rng.random() < 0.6, offset_scale=offset_scale)
+        case = dataclasses.replace(case, **fixed)
+        if min(case.out_size) >= 1:
+            return case
+
+
+# One unit of the half type (its epsilon) at the output's largest magnitude: the tolerance for half-precision
+# outputs that are accumulated in float32 and rounded once. Implementations measured 0.20-0.57 units on
+# half_precision_cases(); one that sums its products in the half type measured 2.1-7.2 units there
+# (tests/test_cross_implementation.py keeps that separation checked).
+HALF_EPS = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+def half_precision_cases() -> Dict[str, Case]:
+    """Long reductions (C/group * kH * kW = 144 to 288), where summing in the half type shows."""
+    rng = random.Random(7)
+    return {
+        "dense": layer_case(rng, 1, 2, 16, 1.5, kernel=(3, 3), stride=(1, 2), dilation=(1, 1), pads=(1, 0, 2, 1),
+                            height=6, width=7, with_mask=True, with_bias=True),
+        "grouped": layer_case(rng, 2, 2, 32, 1.0, kernel=(3, 3), stride=(1, 1), dilation=(2, 1), pads=(2, 1, 2, 1),
+                              height=5, width=6, with_mask=False, with_bias=True),
+        "height_1": layer_case(rng, 1, 1, 96, 0.5, height=1, kernel=(1, 3), stride=(1, 1), dilation=(1, 1),
+                               pads=(0, 1, 0, 1), width=16, with_mask=True, with_bias=False),
+    }
+
+
+def peak_relative_error(got, expected: torch.Tensor) -> float:
+    """max |got - expected| / max |expected| (expected must not be all zeros: every case here has signal).
+    ``got``: a torch tensor or a numpy array of any float type."""
+    got = torch.as_tensor(np.asarray(got, dtype=np.float64)) if not isinstance(got, torch.Tensor) else got.detach()
+    got, expected = got.detach().double().cpu(), expected.detach().double().cpu()
+    scale = float(expected.abs().max())
+    assert scale > 0, "the reference is all zeros: the case checks nothing"
+    assert got.shape == expected.shape, (tuple(got.shape), tuple(expected.shape))
+    return float((got - expected).abs().max()) / scale

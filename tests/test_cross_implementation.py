@@ -43,7 +43,9 @@ import torch.nn.functional as F
 from dcn_deploy.ops import deform_conv as dc
 from dcn_deploy.ops import roi_pool as rp
 from dcn_deploy.plugin import library
-from plugin_configs import Case, make_tensors, reference
+from plugin_configs import HALF_EPS as EPS
+from plugin_configs import (Case, half_precision_cases, layer_case, make_tensors, peak_relative_error as relative_error,
+                            reference)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -53,7 +55,6 @@ from dcn_deploy.onnx import opset, roi_opset  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-EPS = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
 FLOAT32_TOLERANCE = 1e-5
 ELEMENT_TYPES = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
                  torch.float64: TensorProto.DOUBLE, torch.bfloat16: TensorProto.BFLOAT16}
@@ -62,17 +63,6 @@ ELEMENT_TYPES = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FL
 def _dtype_name(t) -> str:
     """'float16' for a torch tensor or a numpy array of that type (bfloat16 exists only as a torch tensor)."""
     return str(t.dtype).replace("torch.", "")
-
-
-def relative_error(got, expected: torch.Tensor) -> float:
-    """max |got - expected| / max |expected| (expected must not be all zeros: every case here has signal).
-    ``got``: a torch tensor or a numpy array of any float type."""
-    got = torch.as_tensor(np.asarray(got, dtype=np.float64)) if not isinstance(got, torch.Tensor) else got.detach()
-    expected = expected.detach()
-    scale = float(expected.abs().max())
-    assert scale > 0, "the reference is all zeros: the case checks nothing"
-    assert got.shape == expected.shape, (tuple(got.shape), tuple(expected.shape))
-    return float((got.double() - expected.double()).abs().max()) / scale
 
 
 def tolerance(dtype: torch.dtype) -> float:
@@ -98,34 +88,18 @@ def host_lib():
 # Deformable convolution
 # ================================================================================================================
 
-def _conv_case(rng: random.Random, groups: int, offset_groups: int, channels_per_group: int,
-               offset_scale: float, **fixed) -> Case:
-    """A random layer (batch 2-3, per-axis kernel/stride/padding/dilation, mask and bias at random) with the given
-    channel structure; ``fixed`` overrides fields after the draw. Redrawn until the output is not empty."""
-    while True:
-        case = Case(batch=rng.randint(2, 3), groups=groups, offset_groups=offset_groups,
-                    in_channels=groups * channels_per_group, out_channels=groups * rng.randint(1, 3),
-                    height=rng.randint(2, 9), width=rng.randint(2, 9),
-                    kernel=(rng.randint(1, 3), rng.randint(1, 3)), stride=(rng.randint(1, 3), rng.randint(1, 3)),
-                    pads=tuple(rng.randint(0, 2) for _ in range(4)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
-                    with_mask=rng.random() < 0.6, with_bias=rng.random() < 0.6, offset_scale=offset_scale)
-        case = dataclasses.replace(case, **fixed)
-        if min(case.out_size) >= 1:
-            return case
-
-
 def _conv_cases() -> Dict[str, Case]:
     rng = random.Random(20261126)
     return {
-        "height_1": _conv_case(rng, 1, 1, 3, 2.0, height=1, kernel=(1, 3), with_mask=True),
-        "width_1": _conv_case(rng, 2, 2, 2, 2.0, width=1, kernel=(3, 1), with_bias=True),
-        "far_offsets": _conv_case(rng, 3, 3, 2, 25.0),
-        "height_1_far": _conv_case(rng, 1, 2, 2, 6.0, height=1, pads=(1, 0, 1, 2)),
-        "asymmetric": _conv_case(rng, 2, 1, 3, 2.0, kernel=(3, 2), stride=(2, 1), dilation=(1, 2),
+        "height_1": layer_case(rng, 1, 1, 3, 2.0, height=1, kernel=(1, 3), with_mask=True),
+        "width_1": layer_case(rng, 2, 2, 2, 2.0, width=1, kernel=(3, 1), with_bias=True),
+        "far_offsets": layer_case(rng, 3, 3, 2, 25.0),
+        "height_1_far": layer_case(rng, 1, 2, 2, 6.0, height=1, pads=(1, 0, 1, 2)),
+        "asymmetric": layer_case(rng, 2, 1, 3, 2.0, kernel=(3, 2), stride=(2, 1), dilation=(1, 2),
                                  pads=(0, 2, 1, 0), with_mask=True, with_bias=False),
-        "groups_and_offset_groups": _conv_case(rng, 2, 4, 4, 2.0, kernel=(2, 3)),
-        "depthwise": _conv_case(rng, 4, 4, 1, 3.0),
-        "dense_integer_offsets": _conv_case(rng, 1, 2, 4, 2.0, integer_offsets=True, with_mask=False),
+        "groups_and_offset_groups": layer_case(rng, 2, 4, 4, 2.0, kernel=(2, 3)),
+        "depthwise": layer_case(rng, 4, 4, 1, 3.0),
+        "dense_integer_offsets": layer_case(rng, 1, 2, 4, 2.0, integer_offsets=True, with_mask=False),
     }
 
 
@@ -288,20 +262,7 @@ def test_conv_cases_cover_the_matrix():
 
 # ---- half precision --------------------------------------------------------------------------------------------
 
-def _half_cases() -> Dict[str, Case]:
-    """Long reductions (C/group * kH * kW = 144 to 288), where summing in the half type shows."""
-    rng = random.Random(7)
-    return {
-        "dense": _conv_case(rng, 1, 2, 16, 1.5, kernel=(3, 3), stride=(1, 2), dilation=(1, 1), pads=(1, 0, 2, 1),
-                            height=6, width=7, with_mask=True, with_bias=True),
-        "grouped": _conv_case(rng, 2, 2, 32, 1.0, kernel=(3, 3), stride=(1, 1), dilation=(2, 1), pads=(2, 1, 2, 1),
-                              height=5, width=6, with_mask=False, with_bias=True),
-        "height_1": _conv_case(rng, 1, 1, 96, 0.5, height=1, kernel=(1, 3), stride=(1, 1), dilation=(1, 1),
-                               pads=(0, 1, 0, 1), width=16, with_mask=True, with_bias=False),
-    }
-
-
-HALF_CASES = _half_cases()
+HALF_CASES = half_precision_cases()
 HALF_IMPLEMENTATIONS = ["torch_op", "ort_function", "ort_standard", "onnx_reference", "host_direct",
                         "host_gemm_direct", "host_gemm_staged"]
 

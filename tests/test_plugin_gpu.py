@@ -13,7 +13,8 @@ import torch
 
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda
-from plugin_configs import Case, make_tensors, max_relative_error, random_case, random_layer_case, reference
+from plugin_configs import (HALF_EPS, Case, half_precision_cases, make_tensors, max_relative_error, peak_relative_error,
+                            random_case, random_layer_case, reference)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -106,6 +107,24 @@ def test_dense_layers_fused_and_direct_agree_with_reference(kernels, dtype, inde
         assert not got.isnan().any(), (algo, case, "an output element was never written")
         error = max_relative_error(got, expected)
         assert error < TOLERANCE[dtype], (algo, case, error)
+
+
+HALF_CASES = half_precision_cases()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("case_name", list(HALF_CASES))
+@pytest.mark.parametrize("algo", ["direct", "fused", "gemm"])
+def test_half_types_accumulate_in_float32(kernels, algo, case_name, dtype):
+    """Within one unit of the half type at the output's peak (HALF_EPS): the tolerance the host build and the other
+    implementations meet in tests/test_cross_implementation.py, which a kernel summing in the half type fails on
+    these long reductions (TOLERANCE above is looser, for the short random cases)."""
+    case = HALF_CASES[case_name]
+    tensors = make_tensors(case, dtype, device="cuda", seed=3)
+    got = run(kernels, case, tensors, algo)
+    assert got.dtype == dtype and not got.isnan().any(), (algo, case, "an output element was never written")
+    error = peak_relative_error(got, expected_for(case, tensors))
+    assert error <= HALF_EPS[dtype], (algo, case, f"{error / HALF_EPS[dtype]:.2f} units of the half type")
 
 
 # The C ABI's GEMM options (read once per process) under which the dense-layer tests of this file run again, each
