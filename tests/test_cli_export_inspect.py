@@ -130,6 +130,26 @@ def test_inspect_describes_the_exported_file(exported):
     assert "dcn_deploy::DeformConv2d = ai.onnx::DeformConv  (opset ai.onnx 19)" in text
 
 
+def test_inspect_nodes_lists_the_names_build_keep_fp32_takes(exported):
+    """audit14 #7: `build --keep-fp32 NAME` sends the user to inspect for node names; --nodes lists them (text and
+    JSON), the plain summary says how to get them, and every listed name is one --keep-fp32 accepts."""
+    from dcn_deploy.onnx.precision import check_keep_fp32_nodes
+
+    _, out, _ = exported
+    graph = onnx.load(str(out)).graph
+    plain = cli_runner().invoke(main, ["inspect", str(out)])
+    assert f"(node names and op types: dcn-deploy inspect --nodes {out})" in plain.stdout
+    text = cli_runner().invoke(main, ["inspect", str(out), "--nodes"])
+    assert text.exit_code == 0, text.output
+    listed = [line.split() for line in text.stdout.splitlines()[-len(graph.node):]]
+    expected = [[n.name, n.op_type if not n.domain else f"{n.domain}::{n.op_type}"] for n in graph.node]
+    assert listed == expected and ["node_deform_conv2d", "dcn_deploy::DeformConv2d"] in listed
+    info = json.loads(cli_runner().invoke(main, ["inspect", str(out), "--nodes", "--json"]).stdout)
+    assert [(n["name"], n["op_type"]) for n in info["nodes"]] == [(n.name, n.op_type) for n in graph.node]
+    check_keep_fp32_nodes(onnx.load(str(out)), [n["name"] for n in info["nodes"]])  # raises on a wrong name
+    assert "nodes" not in json.loads(cli_runner().invoke(main, ["inspect", str(out), "--json"]).stdout)
+
+
 def test_inspect_json(exported):
     _, out, _ = exported
     result = cli_runner().invoke(main, ["inspect", str(out), "--json"])

@@ -123,6 +123,45 @@ def test_missing_and_broken_model_files(tmp_path):
         OrtRunner(broken, device="gpu")
 
 
+def _conv_model(elem_type: int, dtype, rng):
+    """One Conv (N, 3, 8, 8) -> (N, 2, 6, 6) in ``elem_type`` with random weights, as an onnx.ModelProto."""
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(dtype), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="node_conv")], "conv",
+                              [helper.make_tensor_value_info("x", elem_type, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", elem_type, None)], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 10
+    return model
+
+
+def test_float64_model_load_error_says_to_export_in_float32(tmp_path, rng):
+    """audit14 #11: ONNX Runtime's CPU provider has no float64 Conv; the load error says so and gives export's fix."""
+    import onnx
+
+    from dcn_deploy.backends.ort_runner import missing_float64_kernel
+
+    path = tmp_path / "f64.onnx"
+    onnx.save(_conv_model(onnx.TensorProto.DOUBLE, np.float64, rng), str(path))
+    for source in (path, str(path), onnx.load(str(path)), path.read_bytes()):
+        with pytest.raises(RunnerError) as info:
+            OrtRunner(source).activate()
+        message = str(info.value)
+        assert "NOT_IMPLEMENTED" in message and "Conv(11)" in message  # ONNX Runtime's own words, kept
+        assert ("(the model is float64, and ONNX Runtime's CPU provider has no float64 Conv; export in float32 "
+                "(model.float(), CLI: dcn-deploy export --dtype float32))") in message
+    # the same model in float32 loads and runs: the hint is about the type only
+    f32 = tmp_path / "f32.onnx"
+    onnx.save(_conv_model(onnx.TensorProto.FLOAT, np.float32, rng), str(f32))
+    with OrtRunner(f32) as runner:
+        assert runner.infer({"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)})["y"].shape == (2, 2, 6, 6)
+    not_implemented = "[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for Conv(11) node"
+    assert missing_float64_kernel(not_implemented, True) == "Conv"
+    assert missing_float64_kernel(not_implemented, False) is None  # another type's missing kernel: no such hint
+    assert missing_float64_kernel("[ONNXRuntimeError] : 1 : FAIL : Load model failed", True) is None
+
+
 def test_ort_cuda_without_the_cuda_provider_says_what_to_install(tiny):
     import onnxruntime
 

@@ -136,6 +136,61 @@ class TestComputeProfile:
             compute_profile(self.inputs)
         message = str(info.value)
         assert "'x'" in message and "'offset'" in message and "--shapes x:1x4x<H>x<W>" in message
+        # the library's arguments first, the CLI's options in parentheses (a build_engine caller has no --shapes)
+        assert 'give shapes="x:1x4x<H>x<W>,offset:1x18x<H>x<W>"' in message
+        assert "(CLI: --shapes x:1x4x<H>x<W>" in message and "min_shapes=" in message
+
+    @pytest.mark.parametrize("seed", range(4))
+    def test_stored_example_fixes_the_open_dims_and_keeps_the_batch_range(self, seed):
+        """A file exported with --dynamic stores its example shapes: the profile fixes H/W to them (and says so),
+        while the batch keeps its 1..max_batch default."""
+        rng = np.random.default_rng(seed)
+        h, w = (int(v) for v in rng.integers(3, 200, 2))
+        max_batch = int(rng.integers(2, 17))
+        notes = []
+        profile = compute_profile(self.inputs, max_batch=max_batch, note=notes.append,
+                                  examples={"x": (1, 4, h, w), "offset": (1, 18, h, w)})
+        assert profile["x"] == TensorRange((1, 4, h, w), (1, 4, h, w), (max_batch, 4, h, w))
+        assert profile["offset"] == TensorRange((1, 18, h, w), (1, 18, h, w), (max_batch, 18, h, w))
+        assert profile["scale"] == TensorRange((1,), (1,), (1,))
+        assert len(notes) == 2  # one line per input that took the example, none for the static one
+        assert notes[0] == (f"no shapes for input 'x': H and W fixed to the exported example {h}x{w} (batch "
+                            f"1..{max_batch}); for a range give shapes=\"x:MIN/OPT/MAX\" (CLI: --shapes "
+                            f"x:1x4x{h // 2}x{w // 2}/1x4x{h}x{w}/{max_batch}x4x{2 * h}x{2 * w})")
+        # the suggested range is itself a valid spec for this model
+        suggested = notes[0].rsplit("--shapes ", 1)[1].rstrip(")")
+        assert compute_profile(self.inputs, shapes=suggested)["x"].max == (max_batch, 4, 2 * h, 2 * w)
+
+    def test_given_shapes_win_over_the_stored_example(self):
+        notes = []
+        profile = compute_profile(self.inputs, shapes="x:1x4x8x8/2x4x16x16/4x4x32x32", note=notes.append,
+                                  examples={"x": (1, 4, 64, 64), "offset": (1, 18, 64, 64)})
+        # offset shares N/H/W with x: it follows the given range, not its own example
+        assert profile["offset"] == TensorRange((1, 18, 8, 8), (2, 18, 16, 16), (4, 18, 32, 32))
+        assert notes == []
+
+    def test_unnamed_dims_and_roi_inputs(self):
+        inputs = [InputShape("image", (None, 3, None, None)), InputShape("rois", (None, 5))]
+        notes = []
+        profile = compute_profile(inputs, examples={"image": (2, 3, 40, 30), "rois": (7, 5)}, note=notes.append)
+        assert profile["image"] == TensorRange((1, 3, 40, 30), (1, 3, 40, 30), (8, 3, 40, 30))
+        assert profile["rois"] == TensorRange((1, 5), (1, 5), (8, 5))  # no open dimension besides the first
+        assert len(notes) == 1
+        assert "'image': dimension 2 and dimension 3 fixed to the exported example 40x30" in notes[0]
+
+    @pytest.mark.parametrize("example", [(1, 4, 8), (1, 5, 8, 8), (1, 4, 0, 8)])
+    def test_an_example_that_no_longer_fits_is_ignored(self, example):
+        """A file edited after export may store a shape of another rank or fixed size: asked for, not used."""
+        with pytest.raises(ProfileError, match="no example shape stored"):
+            compute_profile(self.inputs[:1], examples={"x": example})
+
+    def test_library_arguments_are_named_with_the_cli_option(self):
+        with pytest.raises(ProfileError, match=r"max_batch \(CLI: --max-batch\) must be >= 1"):
+            compute_profile(self.inputs, max_batch=0)
+        with pytest.raises(ProfileError, match=r"min_shapes, opt_shapes and max_shapes \(CLI: --min-shapes"):
+            compute_profile(self.inputs, min_shapes="x:1x4x8x8", opt_shapes="x:1x4x8x8", max_shapes="offset:1x18x8x8")
+        with pytest.raises(ProfileError, match=r"^shapes \(CLI: --shapes\): input 'x' has 4 dimensions"):
+            compute_profile(self.inputs, shapes="x:1x4x8")
 
     def test_trtexec_triple(self):
         profile = compute_profile(self.inputs[:2], min_shapes="x:1x4x8x8,offset:1x18x8x8",
@@ -848,6 +903,77 @@ def test_build_engine_checks_its_options_before_tensorrt(tmp_path, options, mess
         build_engine(path, tmp_path / "m.engine", tensorrt_module="no_such_tensorrt_module", **options)
     with pytest.raises(TensorRTMissingError):  # the same call with good options gets as far as importing TensorRT
         build_engine(path, tmp_path / "m.engine", tensorrt_module="no_such_tensorrt_module")
+
+
+def dynamic_dcn_model(example=None) -> onnx.ModelProto:
+    """:func:`dcn_model` with dynamic N/H/W, as ``export --dynamic`` writes it; ``example``: the shape stored
+    under feeds.EXAMPLE_SHAPES_KEY (as export records it), or None for a file from elsewhere."""
+    from dcn_deploy.feeds import EXAMPLE_SHAPES_KEY
+
+    model = dcn_model()
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for axis, symbol in ((0, "N"), (2, "H"), (3, "W")):
+            if axis < len(dims):
+                dims[axis].Clear()
+                dims[axis].dim_param = symbol
+    if example is not None:
+        helper.set_model_props(model, {EXAMPLE_SHAPES_KEY: json.dumps({"x": list(example)})})
+    return model
+
+
+def test_build_engine_takes_the_stored_example_size_for_dynamic_height_and_width(tmp_path):
+    """audit14 #2: a file exported with --dynamic builds without shapes=: H/W are fixed to the stored example (one
+    note line says so) and the batch ranges over 1..max_batch. Checked up to the TensorRT import (the engine build
+    itself needs TensorRT and a GPU: tests/test_trt_gpu.py)."""
+    import io
+
+    from dcn_deploy.backends import trt_build
+    from dcn_deploy.backends.trt_build import TensorRTMissingError, build_engine
+
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(dynamic_dcn_model((1, 4, 24, 16)), str(path))
+    log = io.StringIO()
+    with pytest.raises(TensorRTMissingError):
+        build_engine(path, tmp_path / "m.engine", precision="fp16", progress=False, log=log,
+                     tensorrt_module="no_such_tensorrt_module")
+    assert log.getvalue() == ("[build] note: no shapes for input 'x': H and W fixed to the exported example 24x16 "
+                              "(batch 1..8); for a range give shapes=\"x:MIN/OPT/MAX\" (CLI: --shapes "
+                              "x:1x4x12x8/1x4x24x16/8x4x48x32)\n")
+    assert trt_build._stored_examples(onnx.load(str(path))) == {"x": (1, 4, 24, 16)}
+    # given shapes: no note, and the same call gets as far as TensorRT
+    log = io.StringIO()
+    with pytest.raises(TensorRTMissingError):
+        build_engine(path, tmp_path / "m.engine", shapes="x:1x4x8x8/2x4x16x16/4x4x32x32", log=log,
+                     tensorrt_module="no_such_tensorrt_module")
+    assert "note" not in log.getvalue()
+
+    # a dynamic file with no stored example: the error names the library argument, then the CLI option
+    bare = tmp_path / "bare.onnx"
+    onnx.save(dynamic_dcn_model(None), str(bare))
+    with pytest.raises(ProfileError) as info:
+        build_engine(bare, tmp_path / "m.engine", tensorrt_module="no_such_tensorrt_module")
+    assert 'give shapes="x:1x4x<H>x<W>"' in str(info.value) and "(CLI: --shapes x:1x4x<H>x<W>)" in str(info.value)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="with tensorrt installed the command would build the engine")
+def test_build_command_prints_the_example_size_note(tmp_path):
+    from click.testing import CliRunner
+
+    from dcn_deploy.cli import main
+
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(dynamic_dcn_model((1, 4, 24, 16)), str(path))
+    result = CliRunner().invoke(main, ["build", str(path), "-o", str(tmp_path / "m.engine"), "--precision", "fp16",
+                                       "--quiet"])
+    assert "[build] note: no shapes for input 'x': H and W fixed to the exported example 24x16" in result.output
+    # the profile is no longer the error: the next step is TensorRT itself (not installed here)
+    assert result.exit_code == 2 and "TensorRT is not installed" in result.output, result.output
+    bare = tmp_path / "bare.onnx"
+    onnx.save(dynamic_dcn_model(None), str(bare))
+    result = CliRunner().invoke(main, ["build", str(bare)])
+    assert result.exit_code == 2 and "(CLI: --shapes x:1x4x<H>x<W>)" in result.output, result.output
+    assert "TensorRT is not installed" not in result.output
 
 
 def test_workspace_is_checked_once_by_the_library_before_the_model_is_read(tmp_path):

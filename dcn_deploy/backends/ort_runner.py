@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -15,7 +16,8 @@ import numpy as np
 
 from .base import Runner, RunnerError, TensorMeta
 
-__all__ = ["OrtRunner", "ort_type_to_numpy", "register_dcn_schemas"]
+__all__ = ["OrtRunner", "missing_float64_kernel", "no_float64_kernel_hint", "ort_type_to_numpy",
+           "register_dcn_schemas"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -34,6 +36,39 @@ def ort_type_to_numpy(ort_type: str, name: str = "") -> np.dtype:
     except KeyError:
         raise RunnerError(f"ort: tensor {name!r} has type {ort_type}, which numpy feeds cannot hold; "
                           "supported: " + ", ".join(sorted(_ORT_TYPES))) from None
+
+
+def missing_float64_kernel(message: str, float64: bool) -> Optional[str]:
+    """The op ONNX Runtime found no kernel for (``Conv`` in "NOT_IMPLEMENTED : Could not find an implementation for
+    Conv(11) node ..."), when the model computes in float64 (``float64``); None otherwise. Its CPU provider has
+    float64 DeformConv but no float64 Conv, so such a model cannot be loaded (the message does not name the type)."""
+    match = re.search(r"NOT_IMPLEMENTED.*?implementation for (\w+)\(", message)
+    return match.group(1) if match and float64 else None
+
+
+def no_float64_kernel_hint(op: str) -> str:
+    """Why a float64 model with ``op`` does not load in ONNX Runtime, and the fix (shared by export's check)."""
+    return (f"ONNX Runtime's CPU provider has no float64 {op}; export in float32 (model.float(), CLI: dcn-deploy "
+            "export --dtype float32)")
+
+
+def _computes_in_float64(source) -> bool:
+    """Whether the model (a path, serialised bytes or a ModelProto) has float64 inputs or weights; False when it
+    cannot be read (the load error then speaks for itself)."""
+    try:
+        import onnx
+
+        if isinstance(source, (bytes, bytearray)):
+            model = onnx.load_from_string(bytes(source))
+        elif isinstance(source, (str, os.PathLike)):
+            model = onnx.load(str(source), load_external_data=False)
+        else:
+            model = source
+        graph = model.graph
+        return (any(v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for v in graph.input)
+                or any(t.data_type == onnx.TensorProto.DOUBLE for t in graph.initializer))
+    except Exception:  # noqa: BLE001 - only a hint depends on it
+        return False
 
 
 def register_dcn_schemas() -> bool:
@@ -164,7 +199,10 @@ class OrtRunner(Runner):
                 from .factory import not_an_onnx_model
 
                 raise RunnerError(f"ort: {not_an_onnx_model(label, 'onnxruntime: ' + text)}") from exc
-            if "dcn_deploy" in text or "DeformConv" in text:
+            op = missing_float64_kernel(text, "NOT_IMPLEMENTED" in text and _computes_in_float64(self.model))
+            if op is not None:
+                hint = f" (the model is float64, and {no_float64_kernel_hint(op)})"
+            elif "dcn_deploy" in text or "DeformConv" in text:
                 hint = (" (onnxruntime runs DeformConv from version 1.25 on, and dcn_deploy ops through the function "
                         f"body stored in the file; this is onnxruntime {ort.__version__}; re-export the model with "
                         "dcn_deploy.onnx.export if its dcn_deploy nodes have no function body)")

@@ -588,6 +588,14 @@ def _build_serialized(trt, builder, network, config, say: Optional[Callable[[str
     return serialized
 
 
+def _stored_examples(model) -> Dict[str, Tuple[int, ...]]:
+    """The example input shapes ``dcn_deploy.export`` stored in ``model`` for its dynamic inputs (those that still
+    fit the graph), read from the model already loaded; empty for files written elsewhere."""
+    from ..feeds import parse_shape_options  # with no --shape items: exactly the stored defaults
+
+    return parse_shape_options((), model=model)
+
+
 def _check_options(model, *, precision: str, io_dtype: str, keep_fp32: Iterable[str],
                    optimization_level: Optional[int]) -> None:
     """The build options that need no TensorRT, checked before it is imported (see build_engine; the workspace
@@ -607,7 +615,7 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
                  workspace: Union[str, int, None] = None, timing_cache: Optional[PathLike] = None,
                  keep_fp32: Iterable[str] = (), io_dtype: str = "float32", plugin_library: Optional[PathLike] = None,
                  use_plugin: bool = True, tf32: bool = True, optimization_level: Optional[int] = None,
-                 progress: bool = True, log: TextIO = sys.stderr, device: int = 0,
+                 progress: bool = True, log: Optional[TextIO] = None, device: int = 0,
                  tensorrt_module: str = "tensorrt", target_gpu: Optional[Tuple[str, Tuple[int, int]]] = None
                  ) -> BuildResult:
     """Build ``onnx_path`` into a TensorRT engine at ``engine_path`` (default: beside it, ``.engine``).
@@ -615,7 +623,10 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     Args:
         precision: "fp32", "fp16" or "bf16" (graph conversion, see ``dcn_deploy.onnx.precision``).
         shapes / min_shapes / opt_shapes / max_shapes / max_batch: the optimisation profile
-            (see ``dcn_deploy.backends.trt_profiles.compute_profile``).
+            (see ``dcn_deploy.backends.trt_profiles.compute_profile``). A dynamic batch not given ranges over
+            1..max_batch; other dynamic dimensions of an input not given are fixed to the example shape that
+            ``dcn_deploy.export`` stored in the file (``dcn_deploy.feeds.stored_example_shapes``), with a note
+            in ``log``; a file without one needs them in ``shapes``.
         workspace: workspace pool limit, e.g. "4G" (an int or a bare number is MiB, as :func:`parse_size` reads
             it); None: TensorRT's default (the GPU's memory).
         timing_cache: a file read before and written after the build (created if missing) to speed up rebuilds.
@@ -625,6 +636,8 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
         use_plugin: False leaves our nodes unrouted (TensorRT then uses the ONNX function body -> its own DCN plugin).
         tf32: allow TF32 for float32 layers (TensorRT's default); False for bit-closer fp32 results.
         optimization_level: builder optimisation level 0-5 (TensorRT's default 3).
+        progress / log: progress lines go to ``log`` (default ``sys.stderr``) when ``progress`` is true; notes
+            about defaults taken for you (the profile's example sizes) go there always.
         tensorrt_module: the Python module with TensorRT's API: "tensorrt", or "tensorrt_rtx" (TensorRT for RTX,
             which also builds ahead of time on a machine without a GPU).
         target_gpu: (name, (major, minor)) to record in the sidecar instead of asking the CUDA driver, for
@@ -647,8 +660,14 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     model, source_external = read_model_for_build(onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
     check_output_path(engine_path, "engine path")
+    log = sys.stderr if log is None else log  # looked up per call, so a redirected stderr is honoured
+
+    def note(line: str) -> None:
+        print(f"[build] note: {line}", file=log, flush=True)
+
     profile: Profile = compute_profile(onnx_input_shapes(model), shapes=shapes, min_shapes=min_shapes,
-                                       opt_shapes=opt_shapes, max_shapes=max_shapes, max_batch=max_batch)
+                                       opt_shapes=opt_shapes, max_shapes=max_shapes, max_batch=max_batch,
+                                       examples=_stored_examples(model), note=note)
     _check_options(model, precision=precision, io_dtype=io_dtype, keep_fp32=keep_fp32,
                    optimization_level=optimization_level)
     trt = import_tensorrt(tensorrt_module)

@@ -9,15 +9,17 @@ Shape strings follow trtexec: ``name:1x3x224x224``, several joined by commas
 (``x:1x3x64x64/4x3x64x64/8x3x64x64``).
 
 Defaults for dimensions the user leaves open: a dynamic dimension 0 (the batch) gets min 1, opt 1,
-max :data:`DEFAULT_MAX_BATCH`; every other dynamic dimension must be given, because no size is a safe guess
-for an image's height or width. Dimensions that share a symbolic name in the ONNX file (``N``, ``batch``, ...)
-get the same range, so giving the input image's shape is usually enough.
+max :data:`DEFAULT_MAX_BATCH`; every other dynamic dimension takes the size of the example input the file was
+exported with (``examples``: ``dcn_deploy.export`` stores them, see ``dcn_deploy.feeds.stored_example_shapes``),
+fixed (min = opt = max), with a note saying so; without an example it must be given, because no size is a safe
+guess for an image's height or width. Dimensions that share a symbolic name in the ONNX file (``N``, ``batch``,
+...) get the same range, so giving the input image's shape is usually enough.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "DEFAULT_MAX_BATCH", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange", "check_shapes_in_profile",
@@ -110,7 +112,7 @@ def parse_shape_specs(specs: Union[str, Iterable[str], None], option: str = "--s
     for name, shape in _split_specs(specs):
         if name in out:
             raise ProfileError(f"{option}: input {name!r} is given twice")
-        out[name] = parse_shape(shape, f"{option} {name}")
+        out[name] = parse_shape(shape, f"{option}, input {name!r}")
     return out
 
 
@@ -122,14 +124,14 @@ def parse_range_specs(specs: Union[str, Iterable[str], None], option: str = "--s
             raise ProfileError(f"{option}: input {name!r} is given twice")
         parts = text.split("/")
         if len(parts) == 1:
-            shape = parse_shape(parts[0], f"{option} {name}")
+            shape = parse_shape(parts[0], f"{option}, input {name!r}")
             out[name] = TensorRange(shape, shape, shape)
         elif len(parts) == 3:
-            lo, opt, hi = (parse_shape(p, f"{option} {name}") for p in parts)
+            lo, opt, hi = (parse_shape(p, f"{option}, input {name!r}") for p in parts)
             out[name] = TensorRange(lo, opt, hi)
         else:
-            raise ProfileError(f"{option} {name}: write one shape (fixed) or three joined by '/' (MIN/OPT/MAX), "
-                               f"got {text!r}")
+            raise ProfileError(f"{option}, input {name!r}: write one shape (fixed) or three joined by '/' "
+                               f"(MIN/OPT/MAX), got {text!r}")
     return out
 
 
@@ -170,63 +172,81 @@ def _suggestion(inp: InputShape, batch: int = 1) -> str:
     return f"{inp.name}:{'x'.join(sizes)}"
 
 
+# How compute_profile's errors name its arguments: the library argument, then the CLI option (`dcn-deploy build`).
+_SHAPES = "shapes (CLI: --shapes)"
+_TRIPLE = (("min_shapes", "--min-shapes"), ("opt_shapes", "--opt-shapes"), ("max_shapes", "--max-shapes"))
+
+
 def compute_profile(inputs: Sequence[InputShape], *,
                     shapes: Union[str, Iterable[str], None] = None,
                     min_shapes: Union[str, Iterable[str], None] = None,
                     opt_shapes: Union[str, Iterable[str], None] = None,
                     max_shapes: Union[str, Iterable[str], None] = None,
-                    max_batch: int = DEFAULT_MAX_BATCH) -> Profile:
+                    max_batch: int = DEFAULT_MAX_BATCH,
+                    examples: Optional[Mapping[str, Sequence[int]]] = None,
+                    note: Optional[Callable[[str], None]] = None) -> Profile:
     """One optimisation profile covering every input.
 
     ``shapes`` are ``name:SHAPE`` or ``name:MIN/OPT/MAX`` specs; ``min_shapes``/``opt_shapes``/``max_shapes`` are
     trtexec's three separate lists (all three must name the same inputs). Static inputs need nothing; a dynamic
-    batch dimension defaults to 1/1/``max_batch``; other dynamic dimensions come from the specs, directly or
-    through a symbolic name shared with a specified input. Raises :class:`ProfileError` naming every input
-    that is still open, with a ``--shapes`` suggestion.
+    batch dimension (dimension 0) defaults to 1/1/``max_batch``; other dynamic dimensions come from the specs,
+    directly or through a symbolic name shared with a specified input, or else from ``examples`` ({input name:
+    the example shape the file was exported with}, e.g. ``dcn_deploy.feeds.stored_example_shapes``), fixed to the
+    example's size: ``note`` is then called with one line per such input saying so and how to give a range.
+    Raises :class:`ProfileError` naming every input that is still open, with a ``shapes=`` suggestion.
     """
     if max_batch < 1:
-        raise ProfileError(f"max_batch must be >= 1, got {max_batch}")
+        raise ProfileError(f"max_batch (CLI: --max-batch) must be >= 1, got {max_batch}")
     by_name = {inp.name: inp for inp in inputs}
     given = _given_ranges(shapes, min_shapes, opt_shapes, max_shapes)
     unknown = sorted(set(given) - set(by_name))
     if unknown:
-        raise ProfileError(f"shape given for {unknown}, which the model does not have as input; its inputs are "
-                           f"{sorted(by_name)}")
+        raise ProfileError(f"{_SHAPES}: shape given for {unknown}, which the model does not have as input; its "
+                           f"inputs are {sorted(by_name)}")
     for name, rng in given.items():
-        _validate_range(by_name[name], rng, "--shapes")
+        _validate_range(by_name[name], rng, _SHAPES)
     symbols = _symbol_ranges(given, by_name)
 
     profile: Profile = {}
     open_inputs: List[str] = []
     for inp in inputs:
-        rng = given[inp.name] if inp.name in given else _derived_range(inp, symbols, max_batch)
+        if inp.name in given:
+            profile[inp.name] = given[inp.name]
+            continue
+        example = _usable_example(inp, (examples or {}).get(inp.name))
+        rng, from_example = _derived_range(inp, symbols, max_batch, example)
         if rng is None:
             open_inputs.append(inp.name)
-        else:
-            profile[inp.name] = rng
+            continue
+        profile[inp.name] = rng
+        if from_example and note is not None:
+            note(_example_note(inp, rng, from_example))
     if open_inputs:
-        examples = ",".join(_suggestion(by_name[n]) for n in open_inputs)
+        examples_text = ",".join(_suggestion(by_name[n]) for n in open_inputs)
         raise ProfileError(
             f"input(s) {open_inputs} have dynamic dimensions other than the batch "
-            f"({'; '.join(n + ' ' + _describe(by_name[n]) for n in open_inputs)}), which need a size range: give "
-            f"--shapes {examples} (one fixed shape) or NAME:MIN/OPT/MAX, or trtexec-style "
-            "--min-shapes/--opt-shapes/--max-shapes")
+            f"({'; '.join(n + ' ' + _describe(by_name[n]) for n in open_inputs)}) and no example shape stored "
+            f"for them, so they need a size range: give shapes=\"{examples_text}\" (one fixed shape) or "
+            f"NAME:MIN/OPT/MAX (CLI: --shapes {examples_text}), or trtexec-style min_shapes=, opt_shapes=, "
+            "max_shapes= (CLI: --min-shapes/--opt-shapes/--max-shapes)")
     return profile
 
 
 def _given_ranges(shapes, min_shapes, opt_shapes, max_shapes) -> Dict[str, TensorRange]:
-    """The ranges the user gave, by input name: ``--shapes`` specs merged with trtexec's three lists."""
-    given: Dict[str, TensorRange] = dict(parse_range_specs(shapes, "--shapes"))
-    triple = [parse_shape_specs(s, opt) for s, opt in ((min_shapes, "--min-shapes"), (opt_shapes, "--opt-shapes"),
-                                                      (max_shapes, "--max-shapes"))]
+    """The ranges the user gave, by input name: ``shapes`` specs merged with trtexec's three lists."""
+    given: Dict[str, TensorRange] = dict(parse_range_specs(shapes, _SHAPES))
+    triple = [parse_shape_specs(s, f"{arg} (CLI: {option})")
+              for s, (arg, option) in zip((min_shapes, opt_shapes, max_shapes), _TRIPLE)]
     if any(triple):
         names = [set(t) for t in triple]
         if not names[0] == names[1] == names[2]:
-            raise ProfileError("--min-shapes, --opt-shapes and --max-shapes must name the same inputs, got "
+            raise ProfileError("min_shapes, opt_shapes and max_shapes (CLI: --min-shapes, --opt-shapes, "
+                               "--max-shapes) must name the same inputs, got "
                                f"{sorted(names[0])}, {sorted(names[1])} and {sorted(names[2])}")
         for name in triple[0]:
             if name in given:
-                raise ProfileError(f"input {name!r} is given both in --shapes and in --min/opt/max-shapes")
+                raise ProfileError(f"input {name!r} is given both in shapes and in min_shapes/opt_shapes/max_shapes "
+                                   "(CLI: --shapes and --min/opt/max-shapes); give it in one of them")
             given[name] = TensorRange(triple[0][name], triple[1][name], triple[2][name])
     return given
 
@@ -245,11 +265,26 @@ def _symbol_ranges(given: Mapping[str, TensorRange],
     return symbols
 
 
-def _derived_range(inp: InputShape, symbols: Mapping[str, Tuple[int, int, int]],
-                   max_batch: int) -> Optional[TensorRange]:
-    """The range of an input the user did not specify: fixed sizes, shared symbols, a batch of 1/1/``max_batch``;
-    None when some other dimension is dynamic and unknown."""
+def _usable_example(inp: InputShape, example: Optional[Sequence[int]]) -> Optional[Shape]:
+    """``example`` as a shape if it still fits ``inp`` (same rank, the fixed sizes, every size >= 1), else None: a
+    file edited after export may store a shape that no longer describes its input."""
+    if example is None:
+        return None
+    shape = tuple(int(s) for s in example)
+    if len(shape) != len(inp.dims) or min(shape, default=1) < 1:
+        return None
+    if any(not inp.is_dynamic(axis) and size != inp.dims[axis] for axis, size in enumerate(shape)):
+        return None
+    return shape
+
+
+def _derived_range(inp: InputShape, symbols: Mapping[str, Tuple[int, int, int]], max_batch: int,
+                   example: Optional[Shape] = None) -> Tuple[Optional[TensorRange], List[int]]:
+    """The range of an input the user did not specify: fixed sizes, shared symbols, a batch of 1/1/``max_batch``,
+    then the example's size for other dynamic dimensions. Returns (range, the axes fixed from the example); the
+    range is None when some dynamic dimension is still unknown."""
     lo, opt, hi = [], [], []
+    from_example: List[int] = []
     for axis, d in enumerate(inp.dims):
         if not inp.is_dynamic(axis):
             value = (d, d, d)
@@ -257,10 +292,29 @@ def _derived_range(inp: InputShape, symbols: Mapping[str, Tuple[int, int, int]],
             value = symbols[d]
         elif axis == 0:
             value = (1, 1, max_batch)
+        elif example is not None:
+            value = (example[axis],) * 3
+            from_example.append(axis)
         else:
-            return None
+            return None, []
         lo.append(value[0]), opt.append(value[1]), hi.append(value[2])
-    return TensorRange(tuple(lo), tuple(opt), tuple(hi))
+    return TensorRange(tuple(lo), tuple(opt), tuple(hi)), from_example
+
+
+def _example_note(inp: InputShape, rng: TensorRange, axes: Sequence[int]) -> str:
+    """The line saying which dimensions of ``inp`` were fixed to the exported example and how to give a range
+    (the suggested one spans half to twice the example's sizes, and the profile's batch range)."""
+    names = [inp.dims[a] if isinstance(inp.dims[a], str) and inp.dims[a] else f"dimension {a}" for a in axes]
+    which = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    sizes = "x".join(str(rng.opt[a]) for a in axes)
+    lo, hi = list(rng.min), list(rng.max)
+    for a in axes:
+        lo[a], hi[a] = max(1, rng.opt[a] // 2), rng.opt[a] * 2
+    suggestion = f"{inp.name}:{format_shape(lo)}/{format_shape(rng.opt)}/{format_shape(hi)}"
+    batch = (f" (batch {rng.min[0]}..{rng.max[0]})" if inp.dims and inp.is_dynamic(0) and 0 not in axes
+             and rng.min[0] != rng.max[0] else "")
+    return (f"no shapes for input {inp.name!r}: {which} fixed to the exported example {sizes}{batch}; for a range "
+            f"give shapes=\"{inp.name}:MIN/OPT/MAX\" (CLI: --shapes {suggestion})")
 
 
 # checking a call ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from . import CliError
                    "softmax, normalisation and exp/log in float32.")
 @click.option("--shapes", multiple=True, metavar="NAME:SHAPE[/OPT/MAX]",
               help="Input shapes, trtexec style: x:1x3x224x224 (fixed) or x:1x3x224x224/4x3x224x224/8x3x224x224 "
-                   "(min/opt/max); comma-separated or repeated. A dynamic batch defaults to 1..--max-batch.")
+                   "(min/opt/max); comma-separated or repeated. A dynamic batch defaults to 1..--max-batch, other "
+                   "dynamic sizes of an input not given to the example shape export stored in the file (a note "
+                   "says so).")
 @click.option("--min-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --minShapes.")
 @click.option("--opt-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --optShapes.")
 @click.option("--max-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --maxShapes.")
@@ -30,7 +32,8 @@ from . import CliError
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Timing cache file to read and update (makes rebuilds much faster).")
 @click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NODE",
-              help="Keep this ONNX node in float32 under --precision fp16/bf16 (repeatable).")
+              help="Keep this ONNX node in float32 under --precision fp16/bf16 (repeatable; the node names are "
+                   "listed by `dcn-deploy inspect --nodes MODEL.onnx`).")
 @click.option("--io-dtype", type=click.Choice(["float32", "half"]), default="float32", show_default=True,
               help="Engine input/output type under fp16/bf16: float32 (casts inside the engine) or the half type.")
 @click.option("--plugin", "plugin_library", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -40,7 +43,7 @@ from . import CliError
 @click.option("--no-tf32", is_flag=True, help="Disallow TF32 in float32 layers (closer to the float32 reference).")
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), default=None,
               help="Builder optimisation level 0-5 [default: TensorRT's, 3]; higher searches longer.")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("--quiet", is_flag=True, help="No progress lines (notes about defaults still print).")
 def command(model_path: Path, output: Optional[Path], precision: str, shapes: Sequence[str],
             min_shapes: Sequence[str], opt_shapes: Sequence[str], max_shapes: Sequence[str], max_batch: int,
             workspace: Optional[str], timing_cache: Optional[Path], keep_fp32: Sequence[str], io_dtype: str,
@@ -52,9 +55,9 @@ def command(model_path: Path, output: Optional[Path], precision: str, shapes: Se
 
     \b
     Examples:
-      dcn-deploy build demo.onnx -o demo.engine
+      dcn-deploy build demo.onnx -o demo.engine    # dynamic H/W: the size export stored
       dcn-deploy build net.onnx --precision fp16 --shapes input:1x3x512x512/4x3x512x512/8x3x512x512
-      dcn-deploy build net.onnx --precision fp16 --keep-fp32 /head/conv --timing-cache trt.cache --workspace 4G
+      dcn-deploy build net.onnx --precision fp16 --keep-fp32 node_linear --timing-cache trt.cache --workspace 4G
     """
     from ..backends.trt_build import BuildCancelled, BuildError, TensorRTMissingError, build_engine
     from ..backends.trt_profiles import ProfileError

@@ -10,16 +10,19 @@ import click
 @click.command("inspect")
 @click.argument("model_path", metavar="FILE.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
-def command(model_path: Path, as_json: bool) -> None:
+@click.option("--nodes", "list_nodes", is_flag=True,
+              help="Also list every node's name and op type (the names `build --keep-fp32` takes).")
+def command(model_path: Path, as_json: bool, list_nodes: bool) -> None:
     """Describe an ONNX file: opsets, inputs and outputs (dtype, shape), deformable nodes (dcn_deploy ops and
-    standard DeformConv) with their attributes, stored function bodies and op counts.
+    standard DeformConv) with their attributes, stored function bodies and op counts; with --nodes, every node.
 
     \b
     Examples:
       dcn-deploy inspect demo.onnx
+      dcn-deploy inspect demo.onnx --nodes           # node names, e.g. for build --keep-fp32
       dcn-deploy inspect demo.onnx --json | python -m json.tool
     """
     from ..onnx.inspect import format_inspection, inspect_model
 
-    info = inspect_model(model_path)
+    info = inspect_model(model_path, nodes=True) if list_nodes else inspect_model(model_path)
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))

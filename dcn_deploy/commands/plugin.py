@@ -55,11 +55,25 @@ def build_command(build_dir, tensorrt_include_dir, cuda_archs, no_cuda, fetch_tr
     for kind, path in result.libraries.items():
         click.echo(f"{kind:8s} {path}")
     if "plugin" not in result.libraries and not no_cuda:
-        click.echo("plugin   not built: TensorRT headers not found (pass --tensorrt-include-dir or --fetch-trt-headers)",
-                   err=True)
+        click.echo(f"plugin   not built: {plugin_missing_reason(result, fetch_trt_headers)}", err=True)
     hint = library_dir_hint(result.libraries)
     if hint:
         click.echo(hint, err=True)
+
+
+def plugin_missing_reason(result, fetched_headers: bool) -> str:
+    """Why a CUDA build produced no plugin library, from what CMake found (its cache, via ``result``)."""
+    if result.tensorrt_include_dir is None:
+        if fetched_headers:  # fetched, yet CMake did not find them: say where they should be
+            from ..plugin.library import default_tensorrt_headers_dir
+
+            return (f"CMake found no TensorRT headers, although --fetch-trt-headers put them in "
+                    f"{default_tensorrt_headers_dir()}; pass --tensorrt-include-dir with the folder holding NvInfer.h")
+        return "TensorRT headers not found (pass --tensorrt-include-dir DIR, or --fetch-trt-headers to download them)"
+    if "kernels" not in result.libraries:
+        return (f"no CUDA compiler found (nvcc; install the CUDA toolkit or set CUDACXX), although the TensorRT "
+                f"headers are at {result.tensorrt_include_dir}")
+    return "CMake skipped it although it found the TensorRT headers and nvcc; see its output above"
 
 
 def library_dir_hint(built: Dict[str, Path]) -> Optional[str]:

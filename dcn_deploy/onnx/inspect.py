@@ -2,7 +2,9 @@
 
 Opsets, inputs/outputs (dtype, shape with fixed sizes and dimension names), the deformable nodes (our
 ``dcn_deploy`` domain and standard ``DeformConv``) with their attributes, the local functions stored in the
-model (the bodies that let stock ONNX Runtime run our ops), and a count of every op type. Needs onnx only.
+model (the bodies that let stock ONNX Runtime run our ops), a count of every op type and, when asked for, every
+node's name and op type (the names ``build_engine(keep_fp32=...)`` / ``dcn-deploy build --keep-fp32`` take).
+Needs onnx only.
 """
 from __future__ import annotations
 
@@ -66,12 +68,14 @@ def _node(node: onnx.NodeProto, initializers: Dict[str, onnx.TensorProto], index
     return info
 
 
-def inspect_model(path: Union[str, Path]) -> dict:
+def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
     """A JSON-ready description of the ONNX file at ``path`` (weights stored as external data are not loaded).
 
     Keys: path, ir_version, producer, opsets {domain: version}, inputs/outputs [{name, dtype, shape}],
     deformable_nodes [{name, op_type, domain, inputs, outputs, attributes, has_bias, has_mask, weight_shape}],
-    functions [{domain, name, opsets, body}], op_counts {"domain::op_type": n}, node_count, metadata.
+    functions [{domain, name, opsets, body}], op_counts {"domain::op_type": n}, node_count, metadata; with
+    ``nodes=True`` (CLI: ``--nodes``) also nodes [{name, op_type, domain}] for every graph node in order (an
+    unnamed node is "#<index>").
     """
     from ..backends.factory import read_onnx_model
 
@@ -82,7 +86,7 @@ def inspect_model(path: Union[str, Path]) -> dict:
     initializers = {t.name: t for t in graph.initializer}
     graph_inputs = [v for v in graph.input if v.name not in initializers]
     counts = Counter(f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in graph.node)
-    return {
+    info = {
         "path": str(path),
         "ir_version": model.ir_version,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
@@ -101,6 +105,10 @@ def inspect_model(path: Union[str, Path]) -> dict:
         "initializer_count": len(graph.initializer),
         "metadata": {p.key: p.value for p in model.metadata_props},
     }
+    if nodes:
+        info["nodes"] = [{"name": n.name or f"#{i}", "op_type": n.op_type, "domain": n.domain or "ai.onnx"}
+                         for i, n in enumerate(graph.node)]
+    return info
 
 
 def spaced_shape(shape) -> str:
@@ -161,4 +169,13 @@ def format_inspection(info: dict) -> str:
     lines.append(f"nodes: {info['node_count']} ("
                  + ", ".join(f"{k.split('::')[1] if k.startswith('ai.onnx::') else k} {v}"
                              for k, v in sorted(info["op_counts"].items(), key=lambda kv: -kv[1])) + ")")
+    if "nodes" in info:
+        width = min(max((len(n["name"]) for n in info["nodes"]), default=0), 48)
+        lines += [f"  {n['name']:{width}s}  {_op_label(n)}" for n in info["nodes"]]
+    else:  # the names are what --keep-fp32 takes: say where to find them
+        lines.append(f"  (node names and op types: dcn-deploy inspect --nodes {info['path']})")
     return "\n".join(lines)
+
+
+def _op_label(node: dict) -> str:
+    return node["op_type"] if node["domain"] == "ai.onnx" else f"{node['domain']}::{node['op_type']}"

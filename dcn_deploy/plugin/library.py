@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 __all__ = ["LIBRARY_FILES", "ENV_DIR", "PluginBuildError", "BuildResult", "repo_root", "default_build_dir",
-           "search_dirs", "find_library", "require_library", "build_libraries", "fetch_tensorrt_headers",
-           "library_info"]
+           "search_dirs", "find_library", "require_library", "build_libraries", "configure_reason",
+           "fetch_tensorrt_headers", "library_info"]
 
 LIBRARY_FILES: Dict[str, str] = {
     "host": "libdcn_deploy_host.so",
@@ -140,14 +140,46 @@ def fetch_tensorrt_headers(dest: Optional[Path] = None, python: str = sys.execut
     return dest
 
 
-def _cmake_cache_value(build_dir: Path, key: str) -> Optional[str]:
+def _cache_entry(cache_text: str, key: str) -> Optional[str]:
+    """The raw value of ``key`` in the text of a CMakeCache.txt (``KEY:TYPE=VALUE`` lines), or None if absent."""
+    for line in cache_text.splitlines():
+        if line.startswith(key + ":") and "=" in line:
+            return line.split("=", 1)[1].strip()
+    return None
+
+
+def _read_cache(build_dir: Path) -> Optional[str]:
     cache = build_dir / "CMakeCache.txt"
-    if not cache.is_file():
-        return None
-    for line in cache.read_text(errors="replace").splitlines():
-        if line.startswith(key + ":"):
-            value = line.split("=", 1)[1].strip()
-            return None if not value or value.endswith("-NOTFOUND") else value
+    return cache.read_text(errors="replace") if cache.is_file() else None
+
+
+def _cmake_cache_value(build_dir: Path, key: str) -> Optional[str]:
+    """``key``'s value in the build folder's CMake cache; None when absent, empty or ``...-NOTFOUND``."""
+    value = _cache_entry(_read_cache(build_dir) or "", key)
+    return None if not value or value.endswith("-NOTFOUND") else value
+
+
+def configure_reason(*, generated: bool, saved_args: Optional[str], wanted_args: str, cache_text: Optional[str],
+                     headers_present: bool, headers_fetched: bool = False) -> Optional[str]:
+    """Why CMake's configure step must run before ``cmake --build``, or None when building alone is enough.
+
+    ``cmake --build`` re-configures by itself only when CMakeLists.txt changes, so this decides the rest:
+    no build files yet (``generated`` false); other arguments than the saved ones (``saved_args``, the stamp
+    ``dcn_configure_args.txt``, against ``wanted_args``); TensorRT headers fetched just now; or headers now in
+    ``.third_party`` (``headers_present``) while the cache (``cache_text``) still holds the ``-NOTFOUND`` of a
+    configure that ran before they were there: ``find_path`` looks again only when configure runs.
+    """
+    if not generated:
+        return "no build files yet"
+    if saved_args is None:
+        return "no saved configure arguments"
+    if saved_args != wanted_args:
+        return "the build options changed"
+    if headers_fetched:
+        return "TensorRT headers were just fetched"
+    include_dir = _cache_entry(cache_text or "", "TENSORRT_INCLUDE_DIR")
+    if headers_present and include_dir is not None and include_dir.endswith("NOTFOUND"):
+        return "TensorRT headers are now in .third_party, and the last configure did not find any"
     return None
 
 
@@ -155,7 +187,8 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
                     tensorrt_include_dir: Optional[str] = None, cuda_architectures: Optional[str] = None,
                     build_type: str = "Release", jobs: Optional[int] = None, fetch_headers: bool = False,
                     echo: bool = False) -> BuildResult:
-    """Configure (first time or when options change) and build the libraries with CMake; incremental after that.
+    """Configure (first time, when options change, or when TensorRT headers appeared: :func:`configure_reason`) and
+    build the libraries with CMake; incremental after that.
 
     Args:
         build_dir: CMake build folder (default: ``build/native`` in the checkout; libraries land in
@@ -176,6 +209,8 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
     if not (source / "CMakeLists.txt").is_file():
         raise PluginBuildError(f"{source} has no CMakeLists.txt: building needs a source checkout of dcn_deploy")
     build_dir = Path(build_dir) if build_dir is not None else default_build_dir()
+    headers = default_tensorrt_headers_dir() / "NvInfer.h"
+    had_headers = headers.is_file()
     if fetch_headers and cuda and tensorrt_include_dir is None:
         fetch_tensorrt_headers()
 
@@ -189,11 +224,17 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
     build = ["cmake", "--build", str(build_dir)] + (["--parallel", str(jobs)] if jobs else [])
 
-    # Configure only when the options changed (cmake --build re-runs it by itself when CMakeLists.txt changes).
+    # Configure only when needed (see configure_reason: new options, or TensorRT headers that appeared since).
     stamp = build_dir / "dcn_configure_args.txt"
-    generated = (build_dir / "build.ninja").is_file() or (build_dir / "Makefile").is_file()
     wanted = "\n".join(arg for arg in configure if arg != "Ninja" and arg != "-G")
-    steps = [build] if generated and stamp.is_file() and stamp.read_text() == wanted else [configure, build]
+    reason = configure_reason(
+        generated=(build_dir / "build.ninja").is_file() or (build_dir / "Makefile").is_file(),
+        saved_args=stamp.read_text() if stamp.is_file() else None, wanted_args=wanted,
+        cache_text=_read_cache(build_dir), headers_present=headers.is_file(),
+        headers_fetched=headers.is_file() and not had_headers)
+    steps = [build] if reason is None else [configure, build]
+    if reason is not None and echo:
+        sys.stderr.write(f"[dcn_deploy] configuring ({reason})\n")
 
     log = []
     for cmd in steps:
