@@ -22,6 +22,13 @@ _LAZY.update({
     "make_runner": "dcn_deploy.backends.factory",
     "compare_runners": "dcn_deploy.compare",
     "benchmark": "dcn_deploy.bench",
+    # The errors the library raises and the tolerance compare_runners takes (docs/library.md names them).
+    # trt_build imports tensorrt only inside its functions, so TensorRTMissingError needs no TensorRT.
+    "VerificationError": "dcn_deploy.onnx.export",
+    "RunnerError": "dcn_deploy.backends.base",
+    "FeedError": "dcn_deploy.feeds",
+    "TensorRTMissingError": "dcn_deploy.backends.trt_build",
+    "Tolerance": "dcn_deploy.compare",
 })
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -11,7 +11,7 @@ way to make inputs:
 - :func:`random_feed` fills those shapes with reproducible random data (a fixed seed per call); inputs that
   :func:`roi_inputs` finds feeding a RoI op get valid boxes instead of noise.
 - :func:`load_feed` reads ``name=file.npy`` / ``file.npz`` arguments and checks names, dtypes and shapes, and
-  that RoI boxes name images of the batch (:func:`check_roi_batch_indices`).
+  that RoI boxes name images of the batch and lie at finite places (:func:`check_roi_batch_indices`).
 """
 from __future__ import annotations
 
@@ -213,6 +213,8 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
     if unknown:
         raise FeedError(f"shapes (CLI: --shape) names {unknown}, which are not inputs of the model; its inputs are "
                         f"{sorted(known)}")
+    metas_by_name = {m.name: m for m in metas}
+    shapes = {name: _shape_argument(metas_by_name[name], given) for name, given in shapes.items()}
     default_batch = batch
     if default_batch is None:  # a batch size the user gave for one batched input applies to the others
         given_batches = [tuple(shapes[m.name])[0] for m in batched_metas
@@ -222,7 +224,6 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
     for meta in metas:
         given = shapes.get(meta.name)
         if given is not None:
-            given = tuple(int(d) for d in given)
             if len(given) != len(meta.shape):
                 raise FeedError(f"input {meta.name!r}: shapes (CLI: --shape) gives {format_shape(given)}, "
                                 f"{len(given)} dimensions; the model's input has {len(meta.shape)} "
@@ -254,6 +255,30 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
     if batch is not None and fixed is not None and batch != fixed:
         raise fixed_batch_error(metas, [batch], rois)
     return resolved
+
+
+def _shape_argument(meta: TensorMeta, given: object) -> Shape:
+    """``shapes[name]`` of a library call as a tuple of ints, or a FeedError naming the argument, the expected
+    tuple and the CLI option (a string such as ``"1x3x8x8"`` is the CLI's spelling, not the library's)."""
+    sizes = None if isinstance(given, (str, bytes)) else _int_sizes(given)
+    if sizes is not None:
+        return sizes
+    try:  # the example: the sizes the user meant, when the text reads as a shape
+        example = parse_shape(given) if isinstance(given, str) else _example_shape(meta.shape)
+    except FeedError:
+        example = _example_shape(meta.shape)
+    raise FeedError(f"shapes={{{meta.name!r}: {given!r}}}: each shape must be a tuple of ints, e.g. "
+                    f"shapes={{{meta.name!r}: {tuple(example)}}} (CLI: --shape {meta.name}={format_shape(example)})")
+
+
+def _int_sizes(given: object) -> Optional[Shape]:
+    try:
+        items = tuple(given)
+    except TypeError:
+        return None
+    if any(isinstance(d, bool) or not hasattr(d, "__index__") for d in items):
+        return None
+    return tuple(int(d) for d in items)
 
 
 def fixed_batch(metas: Sequence[TensorMeta], rois: Sequence[str] = ()) -> Optional[int]:
@@ -424,7 +449,7 @@ def load_feed(items: Sequence[str], metas: Sequence[TensorMeta], rois: Sequence[
     """Read inputs from ``NAME=file.npy`` or ``file.npz`` items (an .npz's keys are input names).
 
     A bare ``file.npy`` is allowed when the model has exactly one input. Every model input must be given once.
-    ``rois``: the inputs holding RoI boxes (:func:`roi_inputs`), whose batch indices are checked
+    ``rois``: the inputs holding RoI boxes (:func:`roi_inputs`), whose batch indices and coordinates are checked
     (:func:`check_roi_batch_indices`). ``note`` is told of each float input cast to the model's dtype.
     """
     names = [m.name for m in metas]
@@ -457,29 +482,45 @@ def load_feed(items: Sequence[str], metas: Sequence[TensorMeta], rois: Sequence[
 
 
 def check_roi_batch_indices(feed: Mapping[str, np.ndarray], rois: Sequence[str]) -> None:
-    """Refuse RoI boxes whose batch index (column 0, truncated toward zero as the RoI ops read it) names no image.
+    """Refuse RoI boxes whose batch index (column 0, truncated toward zero as the RoI ops read it) names no image,
+    and boxes with a NaN or infinite coordinate (columns 1 to 4).
 
     ``feed``: the inputs in the model's order; ``rois``: those holding (K, 5) boxes. The image batch N is that of
     the image the boxes refer to (:func:`box_image`), and every index must lie in [0, N): ONNX Runtime reports
-    one outside only as an out-of-range GatherElements index. Boxes of another shape, or a feed with no image,
-    are left to the runner to report."""
+    one outside, and a box at a NaN or infinite place, only as an out-of-range GatherElements index (the PyTorch op
+    refuses such boxes itself). Boxes of another shape are left to the runner to report, and so are batch indices
+    of a feed with no image."""
     names = list(feed)
     image = box_image([np.shape(feed[n]) for n in names], [n in rois for n in names])
-    if image is None:
-        return
-    batch = image[0]
     for name in rois:
         boxes = feed.get(name)
         if boxes is None or np.ndim(boxes) != 2 or np.shape(boxes)[1] != 5:
             continue
-        index = np.trunc(np.asarray(boxes)[:, 0].astype(np.float64))
-        outside = np.flatnonzero(~((index >= 0) & (index < batch)))  # NaN is outside too
-        if outside.size:
-            row = int(outside[0])
-            raise FeedError(f"input {name!r}: {name}[:, 0] (batch index) must lie in [0, {batch}) for an image batch "
-                            f"of {batch}; row {row} has {boxes[row, 0]:g}"
-                            + (f" ({outside.size} rows are outside)" if outside.size > 1 else "")
-                            + "; set each box's first column to the index of its image in the batch")
+        if image is not None:
+            _check_batch_index(name, np.asarray(boxes), image[0])
+        _check_finite_coordinates(name, np.asarray(boxes))
+
+
+def _check_batch_index(name: str, boxes: np.ndarray, batch: int) -> None:
+    index = np.trunc(boxes[:, 0].astype(np.float64))
+    outside = np.flatnonzero(~((index >= 0) & (index < batch)))  # NaN is outside too
+    if outside.size:
+        row = int(outside[0])
+        raise FeedError(f"input {name!r}: {name}[:, 0] (batch index) must lie in [0, {batch}) for an image batch "
+                        f"of {batch}; row {row} has {boxes[row, 0]:g}"
+                        + (f" ({outside.size} rows are outside)" if outside.size > 1 else "")
+                        + "; set each box's first column to the index of its image in the batch")
+
+
+def _check_finite_coordinates(name: str, boxes: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(boxes[:, 1:].astype(np.float64)).all(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        values = ", ".join(f"{v:g}" for v in boxes[row].astype(np.float64))
+        raise FeedError(f"input {name!r}: row {row} ({values}) has a NaN or infinite coordinate"
+                        + (f" ({bad.size} rows do)" if bad.size > 1 else "")
+                        + f"; every RoI row (batch index, x1, y1, x2, y2) must be finite: drop or fix those rows "
+                        f"of {name}")
 
 
 def describe_feed(feed: Mapping[str, np.ndarray]) -> str:

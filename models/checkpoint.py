@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from dcn_deploy.onnx.model_loading import describe_exception, unreadable_weights_reason
 from dcn_deploy.ops.modules import upgrade_mmcv_state_dict
 
 __all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict"]
@@ -107,10 +109,10 @@ def read_state_dict(checkpoint: Union[str, os.PathLike, Mapping[str, object]], t
             data = torch.load(path, map_location="cpu", weights_only=not trusted)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure gets the same advice
             if trusted:
-                raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-            raise CheckpointError(
-                f"cannot read checkpoint {path} with torch.load(weights_only=True): {exc}. If it stores more than "
-                "tensors (e.g. mmdetection 'meta') and you trust the file, pass trusted=True") from exc
+                raise CheckpointError(f"cannot read checkpoint {path}: {describe_exception(exc)}") from exc
+            # the explanation --weights gives for every model (FILE.py:FACTORY too), with this function's argument
+            raise CheckpointError(f"cannot read checkpoint {path}: "
+                                  f"{unreadable_weights_reason(Path(path), exc, 'trusted=True')}") from exc
     else:
         data = checkpoint
     if not isinstance(data, Mapping):

@@ -208,13 +208,23 @@ class Row:
     notes: List[str] = field(default_factory=list)
 
 
+def check_pair(name: str) -> "zoo.ZooEntry":
+    """The zoo entry of a deformable model to measure, or an error naming the problem: KeyError for an unknown
+    name (listing the valid ones), ValueError for a plain model (naming the deformable models it is the twin of).
+    Run on every name before any is measured: a measurement takes minutes."""
+    entry = zoo.get(name)
+    if not entry.deformable:
+        twins = [n for n in zoo.names() if zoo.get(n).plain == name]
+        raise ValueError(f"{name} has no deformable layers; give a deformable zoo name (its plain twin is added)"
+                         + (f"; {name} is the plain twin of {', '.join(twins)}" if twins else ""))
+    return entry
+
+
 def measure(name: str, size: Optional[Tuple[int, int]], backend: str, threads: int, iterations: int, warmup: int,
             folder: Path, rois: int = 100) -> Row:
     import contextlib
 
-    entry = zoo.get(name)
-    if not entry.deformable:
-        raise ValueError(f"{name} has no deformable layers; give a deformable zoo name (its plain twin is added)")
+    entry = check_pair(name)
     twin = zoo.get(entry.plain)
     size = size or DEFAULT_SIZES[entry.task]
     models = {entry.name: entry.build(), twin.name: twin.build()}
@@ -303,7 +313,7 @@ def run_report(pairs: Sequence[str] = DEFAULT_PAIRS, size: Optional[Tuple[int, i
     if backend not in ("ort", "torch", "none"):
         raise ValueError(f"backend must be ort, torch or none, got {backend!r}")
     for name in pairs:
-        zoo.get(name)  # fail early on a typo, listing the names
+        check_pair(name)  # fail early, on a typo or a plain model, before minutes of measuring
     torch.set_num_threads(threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="zoo_report_") as folder:

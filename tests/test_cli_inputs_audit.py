@@ -197,3 +197,32 @@ def test_runner_infer_with_a_list_says_it_takes_a_dict(files):
 def test_bench_batch_list_with_an_empty_item_is_refused(files, sizes):
     assert_bad_input(run("bench", files["tiny"], "--batch", sizes, "--no-progress"),
                      f"--batch '{sizes}' has an empty item", "e.g. --batch 1,8")
+
+
+# audit14: RoI rows with a NaN or infinite coordinate -------------------------------------------------------------
+def test_roi_rows_with_non_finite_coordinates_are_named():
+    rng = np.random.default_rng(5)
+    image = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    boxes = np.array([[0, 1, 1, 5, 5], [1, 0, 2, 6, 7], [0, 2, 2, 4, 4]], dtype=np.float32)
+    check_roi_batch_indices({"image": image, "rois": boxes}, ["rois"])
+    for column, value in [(1, np.nan), (4, np.inf), (2, -np.inf)]:
+        bad = boxes.copy()
+        bad[1, column] = value
+        with pytest.raises(FeedError, match=r"input 'rois': row 1 \(1, .*\) has a NaN or infinite coordinate; every "
+                                            r"RoI row \(batch index, x1, y1, x2, y2\) must be finite"):
+            check_roi_batch_indices({"image": image, "rois": bad}, ["rois"])
+    bad = boxes.copy()
+    bad[1:, 3] = np.nan
+    with pytest.raises(FeedError, match=r"row 1 .* \(2 rows do\)"):
+        check_roi_batch_indices({"rois": bad}, ["rois"])  # no image to check indices against: still checked
+
+
+@pytest.mark.parametrize("command", [["infer"], ["verify", "--against", "ort"]])
+def test_roi_file_with_a_nan_coordinate_is_bad_input_not_a_runtime_crash(files, tmp_path, command):
+    with np.load(files["folder"] / "good_rois.npz") as good:
+        image, rois = good["image"], good["rois"].copy()
+    rois[1, 1] = np.nan
+    np.savez(tmp_path / "nan_rois.npz", image=image, rois=rois)
+    result = run(*command, files["roi"], "--input", tmp_path / "nan_rois.npz")
+    assert_bad_input(result, "input 'rois': row 1 (0, nan, 1, 5, 3) has a NaN or infinite coordinate")
+    assert "GatherElements" not in result.stderr

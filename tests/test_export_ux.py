@@ -358,3 +358,139 @@ def test_the_early_run_leaves_a_training_mode_model_as_it_was(tmp_path):
     report = export(model, (torch.randn(2, 3, 8, 8),), tmp_path / "train.onnx", verify=False)
     assert any("training mode" in warning for warning in report.warnings) and model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# audit14: --weights that do not fit or cannot be read, data-dependent control flow, small wording
+# --------------------------------------------------------------------------------------------------------------
+
+def _smaller_state_dict(path):
+    """The state_dict of build()'s architecture with 8 channels where build() has 16: every size differs."""
+    from dcn_deploy import ModulatedDeformConv2dPack
+
+    torch.manual_seed(3)
+    small = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                ModulatedDeformConv2dPack(8, 8, 3, padding=1, deform_groups=2))
+    torch.save(small.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["export", "verify"])
+def test_weights_with_other_sizes_name_the_keys_and_both_shapes(model_file, dynamic_export, tmp_path, command):
+    weights = _smaller_state_dict(tmp_path / "small.pt")
+    model = f"{model_file}:build"
+    args = (["export", model, "--weights", str(weights), "--input-shape", "1x3x8x8", "-o", str(tmp_path / "w.onnx")]
+            if command == "export" else
+            ["verify", str(dynamic_export), "--against", "torch", "--model", model, "--weights", str(weights)])
+    result = cli_runner().invoke(main, args)
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = error_lines(result)
+    assert f"--weights {weights} does not fit the model built by {model}: " in line
+    assert "0.weight (checkpoint 8x3x3x3 vs model 16x3x3x3)" in line and "with another shape" in line
+    assert "size mismatch" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "w.onnx").exists()
+
+
+def _write_unreadable(kind, path):
+    if kind == "text":
+        path.write_text("junk\n")
+    elif kind == "module":  # torch.save(model, PATH): a whole pickled module
+        torch.save(torch.nn.Linear(2, 2), path)
+    else:  # tensors next to other Python objects (an mmdetection checkpoint's meta holds numpy arrays)
+        import numpy as np
+
+        torch.save({"meta": {"mean": np.arange(3.0)}, "state_dict": {"w": torch.ones(2)}}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("text", "not a file written by torch.save (it starts with b'junk\\n'"),
+    ("module", "it holds a pickled module (torch.save(model, PATH)"),
+    ("objects", "it stores Python objects besides tensors (numpy"),
+])
+@pytest.mark.parametrize("model", ["factory", "zoo"])
+def test_unreadable_weights_get_one_explanation_for_every_model(model_file, tmp_path, kind, says, model):
+    weights = _write_unreadable(kind, tmp_path / f"{kind}.pt")
+    reference = f"{model_file}:build" if model == "factory" else "resnet50_dcn_c5"
+    result = cli_runner().invoke(main, ["export", reference, "--weights", str(weights), "--input-shape", "1x3x32x32",
+                                        "-o", str(tmp_path / "w.onnx")])
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = error_lines(result)
+    assert says in line
+    assert "two options" not in line and "174812789" not in line  # torch's cut-off advice, its bare KeyError
+    if kind == "objects":  # the CLI's way forward: a command that re-saves the tensors, with no option to trust
+        assert "re-save its tensors once as a plain state_dict: python -c" in line
+        # load_checkpoint's trusted=True (zoo models) is named as the library's, beside the CLI's way
+        assert ("pass trusted=True, or (CLI: --weights never runs pickled code)" in line) == (model == "zoo")
+    if kind == "module":
+        assert ".state_dict(), " in line
+
+
+def test_the_resave_command_in_the_message_gives_a_file_that_loads(tmp_path):
+    import re
+
+    from dcn_deploy.models.checkpoint import CheckpointError, read_state_dict
+
+    weights = _write_unreadable("objects", tmp_path / "meta.pth")
+    with pytest.raises(CheckpointError, match=r"pass trusted=True, or \(CLI: --weights never runs pickled code\)"
+                       ) as info:
+        read_state_dict(weights)
+    command = re.search(r'python -c "([^"]+)"', str(info.value)).group(1)
+    exec(command, {})  # what the user pastes, here in-process
+    saved = tmp_path / "meta_state_dict.pt"
+    assert f"then give {saved}" in str(info.value)
+    assert torch.load(saved, weights_only=True)["w"].tolist() == [1.0, 1.0]
+
+
+DATA_DEPENDENT = textwrap.dedent("""
+    import torch
+    from dcn_deploy import DeformConv2dPack
+
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = DeformConv2dPack(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.d(x)
+            return -self.d(x)
+
+
+    def build():
+        return Branchy().eval()
+""")
+
+
+def test_data_dependent_control_flow_names_the_cause_and_the_line_quietly(tmp_path):
+    path = tmp_path / "branchy.py"
+    path.write_text(DATA_DEPENDENT)
+    result = cli_runner().invoke(main, ["export", f"{path}:build", "--input-shape", "1x3x8x8",
+                                        "-o", str(tmp_path / "b.onnx")])
+    assert result.exit_code == 1, result.output + result.stderr
+    (line,) = error_lines(result)
+    assert "Could not guard on data-dependent expression" in line and "(at branchy.py:12)" in line
+    assert "torch.where" in line and "torchvision" not in line and "\x1b[" not in line
+    for noise in ("def forward", "GraphModule", "Unable to find user code"):
+        assert noise not in result.stderr
+    assert len(result.stderr.splitlines()) <= 5, result.stderr
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_a_report_without_deformable_nodes_says_none():
+    from dcn_deploy.onnx.export import ExportReport
+
+    text = str(ExportReport(path="plain.onnx", opset=19, dynamic=False, standard=False,
+                            inputs=[("x", "float", (1, 3, 8, 8))], outputs=[("y", "float", (1, 4, 6, 6))],
+                            op_counts={}))
+    assert "  deformable nodes: none" in text.splitlines()
+    assert "no deformable ops" in text.splitlines()[0] and "dcn_deploy ops" not in text
+
+
+def test_empty_input_names_get_an_example_of_input_names(tmp_path):
+    result = cli_runner().invoke(main, ["export", "dcn_deploy.models.demo:DemoNet", "--input-names", ",",
+                                        "-o", str(tmp_path / "d.onnx")])
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = error_lines(result)
+    assert "e.g. --input-names image,rois" in line and "cls_score" not in line

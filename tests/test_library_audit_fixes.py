@@ -156,19 +156,21 @@ def test_cli_export_refuses_an_output_named_like_the_input(tmp_path, no_exporter
 def test_float64_model_with_a_conv_says_what_onnx_runtime_lacks(tmp_path):
     model = ModulatedDeformConv2dPack(2, 2, 3, padding=1).double().eval()
     path = tmp_path / "f64.onnx"
-    with pytest.raises(ExportError, match=r"its CPU provider has no float64 Conv .*NOT_IMPLEMENTED.*export in "
-                                          r"float32 .*or pass verify=False \(CLI: --no-verify\)"):
+    with pytest.raises(ExportError, match=r"cannot load .*NOT_IMPLEMENTED.*CPU provider has no float64 Conv; export "
+                                          r"in float32 .*or pass verify=False \(CLI: --no-verify\)"):
         export(model, (torch.randn(1, 2, 5, 5, dtype=torch.float64),), path)
     assert path.is_file()  # kept, as for every verification failure
     assert export(model, (torch.randn(1, 2, 5, 5, dtype=torch.float64),), path, verify=False).op_counts
 
 
 def test_missing_kernel_is_float64_only():
+    from dcn_deploy.backends.ort_runner import missing_float64_kernel
+
     text = ("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for Conv(11) node with name "
             "'node_Conv_30'")
-    assert export_module._missing_float64_kernel(text, {torch.float64}) == "Conv"
-    assert export_module._missing_float64_kernel(text, {torch.float32}) is None
-    assert export_module._missing_float64_kernel("[ONNXRuntimeError] : 1 : FAIL : other", {torch.float64}) is None
+    assert missing_float64_kernel(text, True) == "Conv"
+    assert missing_float64_kernel(text, False) is None
+    assert missing_float64_kernel("[ONNXRuntimeError] : 1 : FAIL : other", True) is None
 
 
 def test_a_float64_export_without_plain_convolutions_verifies(tmp_path):
@@ -227,3 +229,86 @@ def test_cli_tolerances_are_finite_and_not_negative(tmp_path, command, option, v
     assert result.exit_code == 2, result.output
     assert f"{option} must be a finite number >= 0, got {float(value)}" in result.output
     assert not (tmp_path / "d.onnx").exists()
+
+
+# ---- audit14, 9: library errors name the library argument, the CLI option in parentheses ------------------------
+
+def test_a_shape_given_as_text_names_the_argument_and_the_tuple():
+    metas = (TensorMeta("image", F32, ("N", 3, "H", "W")),)
+    with pytest.raises(FeedError) as info:
+        resolve_shapes(metas, {"image": "1x3x8x8"})
+    assert str(info.value) == ("shapes={'image': '1x3x8x8'}: each shape must be a tuple of ints, e.g. "
+                               "shapes={'image': (1, 3, 8, 8)} (CLI: --shape image=1x3x8x8)")
+    for bad in (5, (1, 3, 8.0, 8), None):
+        with pytest.raises(FeedError, match=r"shapes=\{'image': .*\}: each shape must be a tuple of ints"):
+            resolve_shapes(metas, {"image": bad})
+    assert resolve_shapes(metas, {"image": [1, 3, np.int64(8), 8]}) == {"image": (1, 3, 8, 8)}
+
+
+def test_compare_runners_with_a_text_shape_says_so(tmp_path):
+    from dcn_deploy import OrtRunner, compare_runners, make_runner
+
+    net = DeformConv2dPack(3, 4, 3, padding=1).eval()
+    export(net, (torch.randn(1, 3, 8, 8),), tmp_path / "n.onnx", dynamic=True, input_names=["image"], verify=False)
+    with pytest.raises(FeedError, match=r"shapes=\{'image': '1x3x8x8'\}: each shape must be a tuple of ints"):
+        compare_runners([make_runner("torch", tmp_path / "n.onnx", torch_model=net), OrtRunner(tmp_path / "n.onnx")],
+                        shapes={"image": "1x3x8x8"})
+    with pytest.raises(ValueError) as info:
+        make_runner("torch", tmp_path / "n.onnx")
+    message = str(info.value)
+    assert "pass torch_model=module" in message and "(CLI: --model FILE.py:FACTORY" in message
+    assert message.index("torch_model=") < message.index("--model")
+
+
+# ---- audit14, 8: every name docs/library.md says is importable from dcn_deploy is ------------------------------
+
+def _library_doc_claims():
+    """(top-level names, dotted paths) that docs/library.md writes: ``dcn_deploy.NAME``, ``from dcn_deploy import
+    ...``, the error and tolerance classes it names; and every ``dcn_deploy.a.b`` path (module, then attribute)."""
+    import builtins
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "library.md").read_text()
+    # dcn_deploy.NAME, not "import dcn_deploy.feeds" / "from dcn_deploy.feeds import ..." (a module path)
+    names = set(re.findall(r"(?<!import )(?<!from )\bdcn_deploy\.([A-Za-z_]\w*)\b(?!\.)", text))
+    for group in re.findall(r"from dcn_deploy import ([\w, ]+)", text):
+        names.update(n.strip() for n in group.split(",") if n.strip())
+    names.update(n for n in re.findall(r"`(\w*(?:Error|Tolerance))\b", text) if not hasattr(builtins, n))
+    names.discard("NAME")  # the placeholder in "each name written `dcn_deploy.NAME`"
+    paths = set(re.findall(r"\bdcn_deploy(?:\.[A-Za-z_]\w*){2,}", text))
+    return names, paths
+
+
+def test_every_name_the_library_doc_shows_is_importable_without_tensorrt():
+    import subprocess
+    import sys
+
+    names, paths = _library_doc_claims()
+    assert {"VerificationError", "RunnerError", "FeedError", "TensorRTMissingError", "Tolerance", "ShapeError",
+            "export", "compare_runners", "OrtRunner"} <= names  # the parse found what the doc lists
+    script = (
+        "import importlib, sys\n"
+        f"names, paths = {sorted(names)!r}, {sorted(paths)!r}\n"
+        "import dcn_deploy\n"
+        "missing = [n for n in names if n not in dcn_deploy.__all__]  # before any import adds a submodule\n"
+        "for n in names:\n"
+        "    exec(f'from dcn_deploy import {n}')\n"
+        "unresolved = []\n"
+        "for path in paths:\n"
+        "    parts = path.split('.')\n"
+        "    for cut in range(len(parts), 0, -1):\n"
+        "        try:\n"
+        "            value = importlib.import_module('.'.join(parts[:cut]))\n"
+        "        except ImportError:\n"
+        "            continue\n"
+        "        try:\n"
+        "            for part in parts[cut:]:\n"
+        "                value = getattr(value, part)\n"
+        "        except AttributeError:\n"
+        "            unresolved.append(path)\n"
+        "        break\n"
+        "print(missing, unresolved, 'tensorrt' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "[] [] False", done.stdout

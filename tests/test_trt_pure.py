@@ -888,7 +888,7 @@ def test_build_engine_refuses_a_device_other_than_the_first_visible(tmp_path):
 @pytest.mark.parametrize("options,message", [
     ({"precision": "int8"}, "precision must be fp32, fp16 or bf16, got 'int8'"),
     ({"precision": "fp16", "io_dtype": "float16"}, "io_dtype must be 'float32' or 'half'"),
-    ({"precision": "fp16", "keep_fp32": ["no_such_node"]}, r"--keep-fp32: no node named \['no_such_node'\]"),
+    ({"precision": "fp16", "keep_fp32": ["no_such_node"]}, r"keep_fp32 \(CLI: --keep-fp32\): no node named \['no_such_node'\]"),
     ({"workspace": "lots"}, "--workspace: 'lots' is not a size"),
     ({"optimization_level": 7}, r"optimization_level \(--opt-level\) must be an integer from 0 to 5"),
 ])

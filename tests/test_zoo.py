@@ -333,3 +333,39 @@ def test_cli_zoo_list_and_counts_only_report():
     assert "| resnet50_dcn_c5 (vs resnet50_plain) | 1x3x64x64 | 3 | 25.806 M | +248,886 (+1.0%)" in report.output
     bad = CliRunner().invoke(main, ["zoo", "report", "--pairs", "resnet50_plain", "--backend", "none"])
     assert bad.exit_code == 2 and "has no deformable layers" in bad.output
+
+
+def test_report_refuses_a_plain_model_before_measuring_any_pair():
+    from dcn_deploy.cli import main
+    from dcn_deploy.models import cost_report
+    from cli_helpers import cli_runner
+
+    result = cli_runner().invoke(main, ["zoo", "report", "--pairs", "resnet50_dcn_c5", "--pairs", "resnet50_plain",
+                                        "--backend", "none", "--size", "64"])
+    assert result.exit_code == 2, result.output + result.stderr
+    assert "[zoo report]" not in result.stderr  # nothing was measured
+    assert ("error: --pairs resnet50_plain has no deformable layers; give a deformable zoo name (its plain twin is "
+            "added); resnet50_plain is the plain twin of resnet50_dcn_c3c5, resnet50_dcn_c5") in result.stderr
+    said = []
+    with pytest.raises(ValueError, match="resnet50_plain has no deformable layers"):
+        cost_report.run_report(["resnet50_dcn_c5", "resnet50_plain"], (64, 64), "none", progress=said.append)
+    assert said == []
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("text", "not a file written by torch.save (it starts with b'junk\\n'"),
+    ("empty", "the file is empty"),
+    ("module", "it holds a pickled module"),
+])
+def test_unreadable_checkpoint_files_are_explained(tmp_path, kind, says):
+    path = tmp_path / f"{kind}.pth"
+    if kind == "text":
+        path.write_text("junk\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)), path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(ResNet(50, num_classes=None, deform_stages=()), path)
+    assert f"cannot read checkpoint {path}: {says}" in str(info.value)
+    assert "174812789" not in str(info.value) and "two options" not in str(info.value)

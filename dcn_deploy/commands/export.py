@@ -119,5 +119,6 @@ def _names(text: Optional[str], option: str) -> Optional[Tuple[str, ...]]:
         return None
     names = tuple(part.strip() for part in text.split(","))
     if not all(names):
-        raise CliError(f"{option} {text!r}: give comma-separated names without gaps, e.g. {option} cls_score,bbox_pred")
+        example = "image,rois" if option == "--input-names" else "cls_score,bbox_pred"  # the R-FCN zoo model's
+        raise CliError(f"{option} {text!r}: give comma-separated names without gaps, e.g. {option} {example}")
     return names

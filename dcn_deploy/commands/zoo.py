@@ -80,14 +80,15 @@ def report_command(pairs: Sequence[str], size: Optional[str], backend: str, thre
         check_output_path(json_path, "--json")  # before the (minutes-long) measurement, not after it
 
     from ..io_utils import atomic_write_text
-    from ..models import zoo
-    from ..models.cost_report import DEFAULT_PAIRS, markdown, report_json, run_report
+    from ..models.cost_report import DEFAULT_PAIRS, check_pair, markdown, report_json, run_report
 
-    for name in pairs:  # a typo is bad input (exit 2); errors of the measurement itself are not
+    for name in pairs:  # every name before any measuring: bad input (exit 2); errors of the measurement are not
         try:
-            zoo.get(name)
+            check_pair(name)
         except KeyError as exc:
             raise CliError(f"--pairs {name}: {exc.args[0]}") from None
+        except ValueError as exc:
+            raise CliError(f"--pairs {exc}") from None
     rows, settings = run_report(pairs or DEFAULT_PAIRS, hw, backend, threads, iterations, warmup, rois,
                                 progress=lambda message: click.echo(message, err=True))
     click.echo(markdown(rows, settings))

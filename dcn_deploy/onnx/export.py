@@ -17,11 +17,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -33,6 +35,7 @@ import numpy as np
 import onnx
 import torch
 
+from ..backends.ort_runner import missing_float64_kernel, no_float64_kernel_hint
 from ..compare import OutputComparison, Tolerance, compare_outputs, tolerance_for
 from ..feeds import EXAMPLE_SHAPES_KEY, box_image, format_shape, random_boxes, roi_input_names
 from ..io_utils import atomic_path, check_output_path, give_default_permissions
@@ -141,15 +144,17 @@ class ExportReport:
 
     def __str__(self) -> str:
         shapes = f"{'dynamic' if self.dynamic else 'static'} shapes{' kept from the program' if self.program else ''}"
-        lines = [f"wrote {self.path} (ONNX opset {self.opset}, {shapes}, "
-                 f"{'standard DeformConv' if self.standard else dcn_opset.DOMAIN + ' ops'})"]
+        ops = ("no deformable ops" if not self.op_counts
+               else "standard DeformConv" if self.standard else dcn_opset.DOMAIN + " ops")
+        lines = [f"wrote {self.path} (ONNX opset {self.opset}, {shapes}, {ops})"]
         if self.weights_path is not None:
             lines.append(f"  weights in {self.weights_path} (over 2 GiB: keep the two files together)")
         # " x " between sizes, as dcn-deploy inspect prints them: a derived size such as "((height - 1)//2) + 1"
         # then stays one readable piece
         lines += [f"  input  {n}: {d} {spaced_shape(s)}" for n, d, s in self.inputs]
         lines += [f"  output {n}: {d} {spaced_shape(s)}" for n, d, s in self.outputs]
-        lines.append("  deformable nodes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.op_counts.items())))
+        lines.append("  deformable nodes: " + (", ".join(f"{k} x{v}" for k, v in sorted(self.op_counts.items()))
+                                               or "none"))
         for run in self.verification:
             lines.append(f"  ONNX Runtime vs PyTorch, {run.label}: {'PASS' if run.passed else 'FAIL'}")
             lines += [f"    {o.output}: max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, {o.of_tolerance:.2g} of the "
@@ -297,18 +302,28 @@ def _quiet_exporter():
     """Silence the exporter's chatter (torchvision-missing notices, deprecation warnings); keep real errors.
 
     torch.export's tracer logs some failures at ERROR level (e.g. "always_classified is unsupported") before it
-    raises; the raised exception (chained into ExportError) carries the same information, so those lines go.
+    raises, symbolic_shapes and dynamo warn about the same failure ("Unable to find user code ..."), and
+    torch.export prints a failed trace's partial FX graph to stderr (tens of lines per try): the raised exception
+    (chained into ExportError, the graph in its ``partial_fx_graph``) carries the same information, so those lines
+    go. What is printed to stderr during an export that succeeds is passed on afterwards.
     """
-    quieted = {"torch.onnx._internal.exporter._registration": logging.ERROR, "torch.export._trace": logging.CRITICAL}
+    quieted = {"torch.onnx._internal.exporter._registration": logging.ERROR, "torch.export._trace": logging.CRITICAL,
+               "torch.fx.experimental.symbolic_shapes": logging.ERROR, "torch._dynamo": logging.ERROR}
     levels = {name: logging.getLogger(name).level for name in quieted}
     for name, level in quieted.items():
         logging.getLogger(name).setLevel(level)
+    printed = io.StringIO()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(printed):
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*torchvision.*")
             yield
+    except BaseException:
+        raise  # what was printed describes this failure again (the partial graphs): dropped
+    else:
+        if printed.getvalue():
+            sys.stderr.write(printed.getvalue())
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
@@ -335,12 +350,45 @@ def _run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: bo
         refusal = _find_refusal(exc)
         if refusal is not None:  # an op's translation refused the call: its message says what to change
             raise ExportError(f"cannot export {name}: {refusal}") from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"torch.onnx.export (dynamo) failed on {name}: {first}. Check that the model runs on the "
-                          "example inputs and uses dcn_deploy.ops (not torchvision) for deformable convolution "
-                          "(dcn_deploy.convert_modules(model) swaps torchvision's DeformConv2d layers for ours); "
-                          "run dcn-deploy --debug export ... (CLI) or read the chained exception for details") from exc
+        raise ExportError(f"torch.onnx.export (dynamo) failed on {name}: {_failure_cause(exc)}. "
+                          f"{_failure_hint(exc)}; run dcn-deploy --debug export ... (CLI) or read the chained "
+                          "exception for details") from exc
     return program.model_proto
+
+
+def _exception_chain(exc: BaseException) -> List[BaseException]:
+    """``exc`` and its causes (``__cause__``, else ``__context__``), outermost first."""
+    chain: List[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch.onnx colours parts of its messages
+
+
+def _failure_cause(exc: BaseException) -> str:
+    """The innermost cause of an exporter failure in one line, where it was raised in the user's code when known:
+    ``GuardOnDataDependentSymNode: Could not guard on data-dependent expression ... (at my_model.py:7)``. The outer
+    exceptions only say which exporter step failed ("Failed to export the model with torch.export ...")."""
+    innermost = _exception_chain(exc)[-1]
+    return _ANSI.sub("", describe_exception(innermost))
+
+
+def _failure_hint(exc: BaseException) -> str:
+    """What to change, for the failures whose cause is known: data-dependent control flow, a torchvision op."""
+    chain = _exception_chain(exc)
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain)
+    if "GuardOnDataDependentSymNode" in names or "data-dependent expression" in text:
+        return ("The model branches on a tensor's values (data-dependent control flow, e.g. `if x.sum() > 0:`), "
+                "which one exported graph cannot hold: compute both sides and pick with torch.where, or use "
+                "torch.cond")
+    if "torchvision" in text:
+        return ("Use dcn_deploy.ops (not torchvision) for deformable convolution: dcn_deploy.convert_modules(model) "
+                "swaps torchvision's DeformConv2d layers for ours")
+    return "Check that the model runs on the example inputs and that torch.export.export(model, inputs) succeeds"
 
 
 def _find_refusal(exc: BaseException) -> Optional[BaseException]:
@@ -548,13 +596,6 @@ def _other_shapes(example_inputs: Sequence[torch.Tensor], graph_inputs) -> Optio
     return shapes, ", ".join(parts)
 
 
-def _missing_float64_kernel(message: str, dtypes: set) -> Optional[str]:
-    """The op ONNX Runtime has no kernel for (``Conv`` in "NOT_IMPLEMENTED : Could not find an implementation for
-    Conv(11) node ..."), when the model is float64: its CPU provider has float64 DeformConv but no float64 Conv."""
-    match = re.search(r"NOT_IMPLEMENTED.*?implementation for (\w+)\(", message)
-    return match.group(1) if match and torch.float64 in dtypes else None
-
-
 def _make_session(path: Path):
     import onnxruntime as ort
 
@@ -743,11 +784,10 @@ def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.
     try:
         session = _make_session(report.path)
     except Exception as exc:  # onnxruntime's own exception types
-        op = _missing_float64_kernel(str(exc), _float_dtypes(model, example_inputs))
+        op = missing_float64_kernel(str(exc), torch.float64 in _float_dtypes(model, example_inputs))
         if op is not None:
-            raise ExportError(f"ONNX Runtime cannot load {report.path}: its CPU provider has no float64 {op} "
-                              f"({str(exc).strip()}); export in float32 (model.float(), CLI: --dtype float32), or "
-                              "pass verify=False (CLI: --no-verify)") from exc
+            raise ExportError(f"ONNX Runtime cannot load {report.path} ({str(exc).strip()}): "
+                              f"{no_float64_kernel_hint(op)}, or pass verify=False (CLI: --no-verify)") from exc
         raise ExportError(f"ONNX Runtime cannot load {report.path}: {str(exc).strip()}") from exc
     if verify_inputs is not None:
         return [_verify_once(session, model, tuple(inputs), "given inputs "

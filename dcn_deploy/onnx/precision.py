@@ -249,8 +249,8 @@ def check_keep_fp32_nodes(model: onnx.ModelProto, keep_fp32_nodes: Iterable[str]
     names = {n.name for n in model.graph.node if n.name}
     unknown = sorted(set(keep_fp32_nodes) - names)
     if unknown:
-        raise PrecisionError(f"--keep-fp32: no node named {unknown} in the model; node names look like "
-                             f"{sorted(names)[:8]} (see `dcn-deploy inspect MODEL.onnx`)")
+        raise PrecisionError(f"keep_fp32 (CLI: --keep-fp32): no node named {unknown} in the model; node names "
+                             f"look like {sorted(names)[:8]} (all of them: dcn-deploy inspect --nodes MODEL.onnx)")
 
 
 def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
