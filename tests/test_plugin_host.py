@@ -226,6 +226,19 @@ def test_python_front_end_names_the_bad_tensor(host_lib):
                            library=host_lib)
 
 
+def test_pads_near_int32_max_are_summed_without_wrapping(host_lib):
+    """Two pads of 2^31-1 wrapped around in int32 to a sum of -2: a 5-row input with a 1x1 kernel was given 3
+    output rows (and the plugin declared a 3-row output). The true extent is refused, as is any padded size the
+    kernels' int32 sample positions cannot hold."""
+    big = 2**31 - 1
+    with pytest.raises(NativeError, match="padded input too large"):
+        host_lib.output_size(_desc(kernel_h=1, kernel_w=1, pad_top=big, pad_bottom=big, pad_left=0, pad_right=0))
+    with pytest.raises(NativeError, match="padded input too large"):  # one pad: H + pad past int32
+        host_lib.output_size(_desc(pad_left=big - 2))
+    dims = host_lib.plugin_output_dims([(1, 1, 5, 5), (1, 1, 1, 1), (1, 2, -1, -1)], pads=(big, 0, big, 0))
+    assert dims == (1, 1, 5 + 2 * big, 5)
+
+
 def test_errors_raise_native_error_with_the_library_message(host_lib):
     with pytest.raises(NativeError, match="offset_group"):
         host_lib.output_size(_desc(offset_group=3))

@@ -135,6 +135,46 @@ def test_host_errors_and_empty(host_lib):
     assert torch.count_nonzero(out) == 0
 
 
+_NAN_SAMPLES_SCRIPT = """
+import sys
+import torch
+sys.path.insert(0, sys.argv[2])
+from test_roi_plugin_host import _load, psroi_pool_host, roi_pool_host
+lib = _load(sys.argv[1])
+x = torch.randn(1, 4, 5, 5, generator=torch.Generator().manual_seed(24), dtype=torch.float64)
+rois = torch.tensor([[0.0, 1, 1, 3, 3]], dtype=torch.float64)
+nan = torch.full((1, 2, 2, 2), float("nan"), dtype=torch.float64)
+wide = torch.tensor([[0.0, 1, 1, float("inf"), 3]], dtype=torch.float64)
+nan_batch = torch.tensor([[float("nan"), 1, 1, 3, 3]], dtype=torch.float64)
+results = [roi_pool_host(lib, x, rois, nan, (2, 2), 1.0, 2, 0.1),
+           psroi_pool_host(lib, x, rois, nan, 1.0, 1, 2, 2, 2, 2, 0.1, False),
+           roi_pool_host(lib, x, wide, None, (2, 2), 1.0, 2, 0.1),
+           roi_pool_host(lib, x, nan_batch, None, (2, 2), 1.0, 2, 0.1)]
+torch.save(results, sys.argv[3])
+"""
+
+
+def test_nan_sample_positions_give_nan_without_reading_outside_the_input(host_lib, tmp_path):
+    """A NaN offset or trans, or an infinite box, makes NaN sample positions. The clamp onto the map keeps NaN,
+    and casting NaN to a pixel index read far outside the input (the host build crashed with SIGSEGV). The GPU's
+    conversion gives index 0 and NaN weights, the reference NaN: the host build must agree. Run in a child
+    process so that a crash fails this test instead of ending the session."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    saved = tmp_path / "out.pt"
+    proc = subprocess.run([sys.executable, "-c", _NAN_SAMPLES_SCRIPT, str(host_lib._name),
+                           str(Path(__file__).parent), str(saved)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"child exited with {proc.returncode}: {proc.stderr[-2000:]}"
+    roi_nan, psroi_nan, wide, nan_batch = torch.load(saved)
+    assert torch.isnan(roi_nan).all() and torch.isnan(psroi_nan).all()
+    # x2 = inf: column 0 samples at 0*inf + inf = NaN, column 1 at inf, beyond the map (0)
+    assert torch.isnan(wide[..., 0]).all() and torch.count_nonzero(wide[..., 1]) == 0
+    # a NaN batch index is outside [0, N): 0 (the GPU's float->int conversion would have picked image 0)
+    assert torch.count_nonzero(nan_batch) == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 2e-3),

@@ -542,10 +542,17 @@ namespace
 //   DCN_DEPLOY_GEMM_OUTPUT    auto (default), direct or staged: where the product writes (GemmOutput).
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
 // An unknown DCN_DEPLOY_GEMM_OUTPUT is reported by every entry that uses the options (abiGemmOptionsStatus).
-dcn::GemmOptions const& abiGemmOptions()
+struct AbiGemmOptions
 {
-    static dcn::GemmOptions const options = [] {
-        dcn::GemmOptions parsed;
+    dcn::GemmOptions options;
+    std::string outputText; // DCN_DEPLOY_GEMM_OUTPUT as read, for the error (the variable may be unset later)
+};
+
+AbiGemmOptions const& abiGemmSettings()
+{
+    static AbiGemmOptions const settings = [] {
+        AbiGemmOptions read;
+        dcn::GemmOptions& parsed = read.options;
         char const* text = std::getenv("DCN_DEPLOY_GEMM_CHUNK_MB");
         long const mb = text ? std::strtol(text, nullptr, 10) : 0;
         if (mb > 0)
@@ -556,17 +563,24 @@ dcn::GemmOptions const& abiGemmOptions()
             : mode == "direct"                         ? dcn::kGemmOutputDirect
             : mode == "staged"                         ? dcn::kGemmOutputStaged
                                                        : -1;
-        return parsed;
+        read.outputText = mode;
+        return read;
     }();
-    return options;
+    return settings;
+}
+
+dcn::GemmOptions const& abiGemmOptions()
+{
+    return abiGemmSettings().options;
 }
 
 dcn::Status abiGemmOptionsStatus()
 {
     if (dcn::validGemmOutput(abiGemmOptions().output))
         return dcn::Status::success();
-    return dcn::Status::invalid(std::string("DCN_DEPLOY_GEMM_OUTPUT must be auto, direct or staged, got '")
-        + std::getenv("DCN_DEPLOY_GEMM_OUTPUT") + "': unset it or set one of those");
+    // The text read once, not getenv again: after an unsetenv, getenv's NULL appended to a string crashed.
+    return dcn::Status::invalid("DCN_DEPLOY_GEMM_OUTPUT must be auto, direct or staged, got '"
+        + abiGemmSettings().outputText + "': unset it or set one of those");
 }
 
 } // namespace

@@ -66,6 +66,12 @@ Status makeGeometry(dcn_deform_conv_desc const& d, DeformConvGeometry& geo)
     if (d.offset_group < 1 || d.in_channels % d.offset_group)
         return Status::invalid("offset_group (" + std::to_string(d.offset_group) + ") must be >= 1 and divide in_channels ("
             + std::to_string(d.in_channels) + ")");
+    // The kernels compute sample rows and columns (y*stride - pad + i*dilation) in int32: each term and every
+    // partial sum lies within [-pad, padded size], so the padded sizes must fit int32.
+    if (!fitsInt32(int64_t(d.height) + d.pad_top + d.pad_bottom) || !fitsInt32(int64_t(d.width) + d.pad_left + d.pad_right))
+        return Status::invalid("padded input too large: H + pad_top + pad_bottom and W + pad_left + pad_right must each "
+            "be below 2^31, got " + std::to_string(int64_t(d.height) + d.pad_top + d.pad_bottom) + " and "
+            + std::to_string(int64_t(d.width) + d.pad_left + d.pad_right) + "; check the pads");
     int64_t const outH = convOutputExtent<int64_t>(d.height, d.kernel_h, d.stride_h, d.pad_top, d.pad_bottom, d.dilation_h);
     int64_t const outW = convOutputExtent<int64_t>(d.width, d.kernel_w, d.stride_w, d.pad_left, d.pad_right, d.dilation_w);
     if (outH < 1 || outW < 1)

@@ -24,7 +24,8 @@ inline int64_t floorDiv(int64_t a, int64_t b)
 template <typename Num, typename KernelNum>
 Num convOutputExtent(Num size, KernelNum kernel, int32_t stride, int32_t padBegin, int32_t padEnd, int32_t dilation)
 {
-    return floorDiv(size + int64_t(padBegin + padEnd) - (kernel - int64_t(1)) * int64_t(dilation) - int64_t(1),
+    // The pads are summed in int64: two pads near 2^31 wrapped around to a small (even valid-looking) extent.
+    return floorDiv(size + (int64_t(padBegin) + int64_t(padEnd)) - (kernel - int64_t(1)) * int64_t(dilation) - int64_t(1),
                int64_t(stride))
         + int64_t(1);
 }

@@ -195,15 +195,12 @@ Status psroiPoolDescFromShapes(dcn_deform_psroi_pool_desc const& attrs, int32_t 
     DCN_RETURN_IF_ERROR(dimIs(op, "trans", 0, trans[0], rois[0], "the number of RoIs"));
     DCN_RETURN_IF_ERROR(dimIs(op, "trans", 2, trans[2], attrs.part_size, "part_size"));
     DCN_RETURN_IF_ERROR(dimIs(op, "trans", 3, trans[3], attrs.part_size, "part_size"));
+    if (trans[1] >= 0 && (trans[1] < 2 || trans[1] % 2 || attrs.output_dim % (trans[1] / 2)))
+        return Status::invalid(std::string(op) + ": input trans must have 2*num_classes channels with output_dim ("
+            + std::to_string(attrs.output_dim) + ") divisible by num_classes, got " + std::to_string(trans[1]));
+    // d is written only once every check passed (it is the plugin's state for the next enqueue).
     d = attrs;
-    d.num_classes = 1;
-    if (trans[1] >= 0)
-    {
-        if (trans[1] < 2 || trans[1] % 2 || attrs.output_dim % (trans[1] / 2))
-            return Status::invalid(std::string(op) + ": input trans must have 2*num_classes channels with output_dim ("
-                + std::to_string(attrs.output_dim) + ") divisible by num_classes, got " + std::to_string(trans[1]));
-        d.num_classes = attrs.no_trans ? 1 : int32_t(trans[1] / 2);
-    }
+    d.num_classes = trans[1] >= 0 && !attrs.no_trans ? int32_t(trans[1] / 2) : 1;
     d.batch = int32_t(x[0]);
     d.channels = int32_t(x[1]);
     d.height = int32_t(x[2]);

@@ -23,17 +23,27 @@ DCN_HD float accFloor<float>(float v) { return floorf(v); }
 template <typename Acc>
 DCN_HD Acc accRound(Acc v) { return v < Acc(0) ? -accFloor<Acc>(-v + Acc(0.5)) : accFloor<Acc>(v + Acc(0.5)); }
 
-// Bilinear value at (y, x), already inside [0, H-1] x [0, W-1].
+// Bilinear value at (y, x), already inside [0, H-1] x [0, W-1], or NaN (a NaN offset, trans or box: the clamps
+// keep NaN). A NaN position reads pixel 0 with NaN weights, so the value is NaN, as the reference gives; casting
+// NaN to int instead is undefined (the host build read far outside the map, the GPU gives 0).
 template <typename Traits, typename Acc, typename T>
 DCN_HD Acc bilinearInside(T const* plane, int32_t height, int32_t width, Acc y, Acc x)
 {
     Acc const yl = accFloor<Acc>(y), xl = accFloor<Acc>(x);
-    int32_t const y0 = int32_t(yl), x0 = int32_t(xl);
+    int32_t const y0 = yl >= Acc(0) ? int32_t(yl) : 0, x0 = xl >= Acc(0) ? int32_t(xl) : 0; // false for NaN
     int32_t const y1 = y0 + 1 < height ? y0 + 1 : height - 1;
     int32_t const x1 = x0 + 1 < width ? x0 + 1 : width - 1;
     Acc const ly = y - yl, lx = x - xl, hy = Acc(1) - ly, hx = Acc(1) - lx;
     return hy * hx * Traits::toAcc(plane[int64_t(y0) * width + x0]) + hy * lx * Traits::toAcc(plane[int64_t(y0) * width + x1])
         + ly * hx * Traits::toAcc(plane[int64_t(y1) * width + x0]) + ly * lx * Traits::toAcc(plane[int64_t(y1) * width + x1]);
+}
+
+// Whether a RoI's batch index, truncated toward zero, lies in [0, batch). Decided before the cast to int, which is
+// undefined for NaN and out-of-range values (the GPU turns NaN into 0: image 0 would have been pooled).
+template <typename Acc>
+DCN_HD bool batchIndexInside(Acc index, int32_t batch)
+{
+    return index > Acc(-1) && index < Acc(batch); // false for NaN
 }
 
 // RoIAlign's rule: 0 beyond one pixel outside the map, else clamped onto it.
@@ -53,9 +63,9 @@ DCN_HD Acc deformRoiPoolElement(dcn_deform_roi_pool_desc const& d, T const* inpu
     int32_t k, int32_t c, int32_t ph, int32_t pw)
 {
     T const* roi = rois + int64_t(k) * 5;
-    int32_t const b = int32_t(Traits::toAcc(roi[0])); // truncation toward zero
-    if (b < 0 || b >= d.batch)
+    if (!batchIndexInside<Acc>(Traits::toAcc(roi[0]), d.batch))
         return Acc(0);
+    int32_t const b = int32_t(Traits::toAcc(roi[0])); // truncation toward zero
     Acc const scale = Acc(d.spatial_scale);
     Acc sx = Traits::toAcc(roi[1]) * scale - Acc(0.5);
     Acc sy = Traits::toAcc(roi[2]) * scale - Acc(0.5);
@@ -90,8 +100,8 @@ DCN_HD Acc deformRoiPoolElement(dcn_deform_roi_pool_desc const& d, T const* inpu
             sum += roiAlignSample<Traits, Acc>(plane, d.height, d.width, y, x);
         }
     }
-    int32_t const count = gh * gw > 1 ? gh * gw : 1;
-    return sum / Acc(count);
+    int64_t const count = int64_t(gh) * gw; // a sampling_ratio above 46340 overflows an int32 product
+    return sum / Acc(count > 1 ? count : 1);
 }
 
 // Output element (k, ctop, ph, pw) of DeformPSRoIPool.
@@ -100,9 +110,9 @@ DCN_HD Acc deformPsroiPoolElement(dcn_deform_psroi_pool_desc const& d, T const* 
     int32_t k, int32_t ctop, int32_t ph, int32_t pw)
 {
     T const* roi = rois + int64_t(k) * 5;
-    int32_t const b = int32_t(Traits::toAcc(roi[0]));
-    if (b < 0 || b >= d.batch)
+    if (!batchIndexInside<Acc>(Traits::toAcc(roi[0]), d.batch))
         return Acc(0);
+    int32_t const b = int32_t(Traits::toAcc(roi[0]));
     int32_t const p = d.pooled_size, s = d.sample_per_part, g = d.group_size;
     int32_t const part = d.part_size > 0 ? d.part_size : p;
     Acc const scale = Acc(d.spatial_scale);
