@@ -205,7 +205,8 @@ def test_infer_writes_outputs_atomically_and_they_match(files, tmp_path):
 
 
 def test_infer_bad_input(files, tmp_path):
-    assert run("infer", files["onnx"]).exit_code == 2  # --input is required
+    no_input = run("infer", files["onnx"])  # --input is required
+    assert no_input.exit_code == 2 and "Missing option '--input'" in no_input.output, no_input.output
     wrong_suffix = run("infer", files["onnx"], "--input", files["x"], "-o", tmp_path / "out.txt")
     assert wrong_suffix.exit_code == 2 and "use a .npz file" in wrong_suffix.output
     bad_shape = run("infer", files["onnx"], "--input", f"x={files['x_bad']}")

@@ -281,8 +281,20 @@ NAIVE_CASES = {
 }
 
 
+# The forward on the CPU runs the host library's compiled code when it is built (as ./dev builds it), else the torch
+# composite; the float64 reference checks below run on each path, so neither goes unchecked on a machine with the
+# library. ("composite" sets DCN_DEPLOY_NATIVE_CPU=0; "default" is the path users get here.)
+FORWARD_PATHS = {"default": "1", "composite": "0"}
+
+
+@pytest.fixture(params=sorted(FORWARD_PATHS))
+def forward_path(request, monkeypatch):
+    monkeypatch.setenv("DCN_DEPLOY_NATIVE_CPU", FORWARD_PATHS[request.param])
+    return request.param
+
+
 @pytest.mark.parametrize("name", sorted(NAIVE_CASES))
-def test_matches_naive_float64_loop(name):
+def test_matches_naive_float64_loop(name, forward_path):
     case = NAIVE_CASES[name]
     x, offset, weight, bias, mask = case.tensors(seed=4)
     expected = naive_deform_conv2d(*_numpy(x, offset, weight, bias), case.stride, case.padding, case.dilation,
@@ -308,7 +320,7 @@ def test_matches_onnxruntime_float32(name):
 
 
 @pytest.mark.parametrize("name", [f"random_{seed}" for seed in range(0, 40, 3)] + sorted(NAMED_CASES))
-def test_matches_onnxruntime_float64(name):
+def test_matches_onnxruntime_float64(name, forward_path):
     case = ORT_CASES[name]
     x, offset, weight, bias, mask = case.tensors(seed=6, dtype=torch.float64)
     expected = ort_deform_conv2d(*_numpy(x, offset, weight, bias), case.stride, case.padding, case.dilation,
@@ -372,6 +384,10 @@ GRAD_CASES = {
                                dilation=(1, 2), groups=2, offset_groups=2),
     "v1_no_mask": Case(n=1, c=2, h=3, w=4, oc=2, kernel=(2, 2), padding=(0, 1), has_mask=False),
     "depthwise": Case(n=1, c=3, h=4, w=3, oc=3, kernel=(3, 2), padding=(1, 0), groups=3, offset_groups=3),
+    # channel multiplier 2: the composite's depth-wise branch with more than one output channel per group (the
+    # backward always runs the composite, so only finite differences of the forward check its gradients)
+    "depthwise_multiplier": Case(n=1, c=2, h=4, w=3, oc=4, kernel=(2, 2), padding=(1, 0), groups=2,
+                                 offset_groups=2),
 }
 
 

@@ -5,7 +5,6 @@ One small dynamic export is shared by the tests that read its file; the sampler 
 """
 from __future__ import annotations
 
-import inspect
 import json
 import textwrap
 
@@ -193,14 +192,6 @@ def test_compare_and_benchmark_run_a_dynamic_file_on_its_stored_shapes(dynamic_e
     assert [e.inputs["input"] for e in timed.entries] == [list(EXAMPLE), [3] + list(EXAMPLE[1:])]
 
 
-def _cli_passes_the_model_path() -> bool:
-    from dcn_deploy.commands import _runtime
-
-    return "model_path" in inspect.signature(_runtime.parse_shapes).parameters
-
-
-@pytest.mark.skipif(not _cli_passes_the_model_path(),
-                    reason="commands/_runtime.parse_shapes does not take the model path yet (verify/bench wiring)")
 def test_verify_and_bench_need_no_shape_after_a_dynamic_export(dynamic_export):
     runner = cli_runner()
     verify = runner.invoke(main, ["verify", str(dynamic_export), "--against", "ort", "--json"])

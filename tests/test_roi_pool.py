@@ -211,17 +211,33 @@ def test_roi_pool_gradcheck():
     assert torch.autograd.gradcheck(lambda a: deform_roi_pool(a, rois, None, 2, 1.0, 2), (x,))
 
 
+# One unit in the last place of the half type, at the output's largest magnitude: computed in float32 and rounded
+# once, the half results measured 0.25-0.35 units from float64 on the same rounded inputs (the two tests below);
+# the same ops computed in the half type itself measured 2.4-2.8 units.
+HALF_EPS = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+def _assert_within_one_half_unit(out: torch.Tensor, ref: torch.Tensor) -> None:
+    bound = HALF_EPS[out.dtype] * float(ref.abs().max())
+    error = float((out.double() - ref).abs().max())
+    assert error <= bound, f"{out.dtype}: max error {error:.3g} is {error / bound:.2f} units (allowed: 1)"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_roi_pool_dtypes(dtype):
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(1, 4, 10, 10, generator=gen)
     rois = _random_rois(gen, 5, 1, 10.0, torch.float32).round()
     offset = torch.randn(5, 2, 2, 2, generator=gen) * 0.3
-    ref = deform_roi_pool(x.double(), rois.double(), offset.double(), 2, 1.0, 2)
-    out = deform_roi_pool(x.to(dtype), rois.to(dtype), offset.to(dtype), 2, 1.0, 2)
+    rounded = [t.to(dtype) for t in (x, rois, offset)]
+    out = deform_roi_pool(*rounded, 2, 1.0, 2)
     assert out.dtype == dtype
-    tol = {torch.float16: 2e-2, torch.bfloat16: 1e-1, torch.float32: 1e-5}[dtype]
-    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    # float64 on the same rounded inputs: what is left is the computation's own rounding
+    ref = deform_roi_pool(*[t.double() for t in rounded], 2, 1.0, 2)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    else:
+        _assert_within_one_half_unit(out, ref)
     x_grad = x.to(dtype).requires_grad_()
     deform_roi_pool(x_grad, rois.to(dtype), offset.to(dtype), 2, 1.0, 2).sum().backward()
     assert x_grad.grad.dtype == dtype and torch.isfinite(x_grad.grad.float()).all()
@@ -330,10 +346,11 @@ def test_psroi_half_dtypes(dtype):
     x = torch.randn(1, 2 * 9, 10, 10, generator=gen)
     rois = _random_rois(gen, 4, 1, 20.0, torch.float32).round()
     trans = torch.randn(4, 4, 3, 3, generator=gen) * 0.5
-    ref = deform_psroi_pool(x.double(), rois.double(), trans.double(), 0.5, 2, 3, 3, 3, 2, 0.1, False)
-    out = deform_psroi_pool(x.to(dtype), rois.to(dtype), trans.to(dtype), 0.5, 2, 3, 3, 3, 2, 0.1, False)
+    rounded = [t.to(dtype) for t in (x, rois, trans)]
+    out = deform_psroi_pool(*rounded, 0.5, 2, 3, 3, 3, 2, 0.1, False)
     assert out.dtype == dtype
-    torch.testing.assert_close(out.double(), ref, atol=1e-1, rtol=5e-2)
+    ref = deform_psroi_pool(*[t.double() for t in rounded], 0.5, 2, 3, 3, 3, 2, 0.1, False)
+    _assert_within_one_half_unit(out, ref)
 
 
 def test_psroi_empty_rois_and_errors():

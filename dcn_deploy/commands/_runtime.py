@@ -40,13 +40,6 @@ def shape_options(fn: Callable) -> Callable:
     return fn
 
 
-def parse_shapes(items: Sequence[str], model_path: Optional[Path] = None) -> Dict[str, tuple]:
-    """--shape values, plus the example shapes stored in the ONNX file ``model_path`` for inputs not named."""
-    from ..feeds import parse_shape_options
-
-    return parse_shape_options(items, model_path)
-
-
 def check_tolerance_options(atol: Optional[float], rtol: Optional[float]) -> None:
     """--atol/--rtol by the rule of every comparison (:class:`dcn_deploy.compare.Tolerance`: finite, >= 0; click
     takes 'nan' and 'inf' as floats), the message naming the option."""
