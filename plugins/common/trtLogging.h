@@ -3,6 +3,7 @@
 
 #include <NvInferRuntime.h>
 
+#include <exception>
 #include <string>
 
 namespace dcn
@@ -21,6 +22,32 @@ void logTrt(nvinfer1::ILogger::Severity severity, std::string const& message);
 inline void logTrtError(std::string const& message)
 {
     logTrt(nvinfer1::ILogger::Severity::kERROR, message);
+}
+
+// Runs body() for a TensorRT entry point, which is noexcept: an exception (std::bad_alloc while building a message
+// or a vector) is logged as "dcn_deploy::<plugin>: <what> failed: ..." and `fallback` returned, instead of ending
+// the process. Nothing is allocated before the try.
+template <typename Result, typename Body>
+Result guardTrtCall(char const* plugin, char const* what, Result fallback, Body&& body) noexcept
+{
+    try
+    {
+        return body();
+    }
+    catch (std::exception const& e)
+    {
+        try
+        {
+            logTrtError(std::string("dcn_deploy::") + plugin + ": " + what + " failed: " + e.what());
+        }
+        catch (...) // out of memory for the message too
+        {
+        }
+    }
+    catch (...)
+    {
+    }
+    return fallback;
 }
 
 } // namespace dcn

@@ -117,21 +117,23 @@ IPluginV3* DeformConvPlugin::clone() noexcept
 int32_t DeformConvPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    if (nbOutputs != 1 || nbInputs < 3 || nbInputs > 5)
-    {
-        logTrtError(kWho + "expects 3 to 5 inputs (X, W, offset[, B[, mask]]) and 1 output, got "
-            + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
-        return -1;
-    }
-    for (int32_t k = 1; k < nbInputs; ++k)
-        if (inputTypes[k] != inputTypes[0])
+    return guardTrtCall(kDeformConvPluginName, "getOutputDataTypes", int32_t(-1), [&]() -> int32_t {
+        if (nbOutputs != 1 || nbInputs < 3 || nbInputs > 5)
         {
-            logTrtError(kWho + "all inputs must have one data type (float, half or bfloat16); input "
-                + std::to_string(k) + " differs from X: cast them in the ONNX graph");
+            logTrtError(kWho + "expects 3 to 5 inputs (X, W, offset[, B[, mask]]) and 1 output, got "
+                + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
             return -1;
         }
-    outputTypes[0] = inputTypes[0];
-    return 0;
+        for (int32_t k = 1; k < nbInputs; ++k)
+            if (inputTypes[k] != inputTypes[0])
+            {
+                logTrtError(kWho + "all inputs must have one data type (float, half or bfloat16); input "
+                    + std::to_string(k) + " differs from X: cast them in the ONNX graph");
+                return -1;
+            }
+        outputTypes[0] = inputTypes[0];
+        return 0;
+    });
 }
 
 int32_t DeformConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
@@ -237,23 +239,25 @@ int32_t DeformConvPlugin::configurePlugin(
 size_t DeformConvPlugin::getWorkspaceSize(
     DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) const noexcept
 {
-    if (nbInputs < 3)
-        return 0;
-    // The largest shapes of the profile bound every workspace the kernels ask for.
-    TensorShape const x = shapeOf(inputs[kInputX].max);
-    TensorShape const w = shapeOf(inputs[kInputW].max);
-    DeformConvGeometry geometry;
-    if (x.rank != 4 || w.rank != 4)
-        return 0;
-    // An invalid largest shape is logged (enqueue would then fail on a missing workspace, not silently).
-    if (reject(makeGeometry(descFromShapes(mAttrs, x, w), geometry)))
-        return 0;
-    // Enough for whichever tactic TensorRT picks, and for the heuristic (tactic 0, the gemm tactic's fallback).
-    int32_t const dtype = dcnDtype(inputs[kInputX].desc.type);
-    size_t bytes = 0;
-    for (int32_t algo : workspaceAlgos(validTactics(geometry, dtype, gemmPathAvailable())))
-        bytes = std::max(bytes, deformConvWorkspaceSize(geometry, dtype, algo));
-    return bytes;
+    return guardTrtCall(kDeformConvPluginName, "getWorkspaceSize", size_t(0), [&]() -> size_t {
+        if (nbInputs < 3)
+            return 0;
+        // The largest shapes of the profile bound every workspace the kernels ask for.
+        TensorShape const x = shapeOf(inputs[kInputX].max);
+        TensorShape const w = shapeOf(inputs[kInputW].max);
+        DeformConvGeometry geometry;
+        if (x.rank != 4 || w.rank != 4)
+            return 0;
+        // An invalid largest shape is logged (enqueue would then fail on a missing workspace, not silently).
+        if (reject(makeGeometry(descFromShapes(mAttrs, x, w), geometry)))
+            return 0;
+        // Enough for whichever tactic TensorRT picks, and for the heuristic (tactic 0, the gemm tactic's fallback).
+        int32_t const dtype = dcnDtype(inputs[kInputX].desc.type);
+        size_t bytes = 0;
+        for (int32_t algo : workspaceAlgos(validTactics(geometry, dtype, gemmPathAvailable())))
+            bytes = std::max(bytes, deformConvWorkspaceSize(geometry, dtype, algo));
+        return bytes;
+    });
 }
 
 int32_t DeformConvPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept
@@ -331,18 +335,20 @@ int32_t DeformConvPlugin::onShapeChange(
 int32_t DeformConvPlugin::enqueue(PluginTensorDesc const*, PluginTensorDesc const*, void const* const* inputs,
     void* const* outputs, void* workspace, cudaStream_t stream) noexcept
 {
-    void const* bias = mNbInputs >= 4 ? inputs[kInputBias] : nullptr;
-    void const* mask = mNbInputs >= 5 ? inputs[kInputMask] : nullptr;
-    int32_t algo = DCN_ALGO_AUTO;
-    Status status = algoForTactic(mTactic, mCublasUsable && gemmPathAvailable(), algo);
-    // What this shape needs with this algorithm, not the allocation (sized in getWorkspaceSize for the profile's
-    // largest shapes and every tactic, unknown here after deserialisation): the kernels plan their chunks from
-    // the shapes alone, so more room would not change what they do, and the launch's check stays exact.
-    if (status.ok())
-        status = launchDeformConv(mGeometry, mDtype, algo, inputs[kInputX], inputs[kInputOffset], inputs[kInputW],
-            bias, mask, outputs[0], workspace, deformConvWorkspaceSize(mGeometry, mDtype, algo), stream,
-            mCublas.get());
-    return reject(status) ? -1 : 0;
+    return guardTrtCall(kDeformConvPluginName, "enqueue", int32_t(-1), [&]() -> int32_t {
+        void const* bias = mNbInputs >= 4 ? inputs[kInputBias] : nullptr;
+        void const* mask = mNbInputs >= 5 ? inputs[kInputMask] : nullptr;
+        int32_t algo = DCN_ALGO_AUTO;
+        Status status = algoForTactic(mTactic, mCublasUsable && gemmPathAvailable(), algo);
+        // What this shape needs with this algorithm, not the allocation (sized in getWorkspaceSize for the profile's
+        // largest shapes and every tactic, unknown here after deserialisation): the kernels plan their chunks from
+        // the shapes alone, so more room would not change what they do, and the launch's check stays exact.
+        if (status.ok())
+            status = launchDeformConv(mGeometry, mDtype, algo, inputs[kInputX], inputs[kInputOffset], inputs[kInputW],
+                bias, mask, outputs[0], workspace, deformConvWorkspaceSize(mGeometry, mDtype, algo), stream,
+                mCublas.get());
+        return reject(status) ? -1 : 0;
+    });
 }
 
 IPluginV3* DeformConvPlugin::attachToContext(IPluginResourceContext*) noexcept

@@ -140,15 +140,17 @@ public:
     int32_t getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
         int32_t nbInputs) const noexcept override
     {
-        if (nbOutputs != 1 || nbInputs != 3)
-            return fail("expects 3 inputs (" + std::string(Op::kInputs) + ") and 1 output, got "
-                + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
-        for (int32_t k = 1; k < nbInputs; ++k)
-            if (inputTypes[k] != inputTypes[0])
-                return fail("all inputs must have X's data type (float, half or bfloat16); input " + std::to_string(k)
-                    + " differs: cast it in the ONNX graph");
-        outputTypes[0] = inputTypes[0];
-        return 0;
+        return guardTrtCall(Op::kName, "getOutputDataTypes", int32_t(-1), [&]() -> int32_t {
+            if (nbOutputs != 1 || nbInputs != 3)
+                return fail("expects 3 inputs (" + std::string(Op::kInputs) + ") and 1 output, got "
+                    + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
+            for (int32_t k = 1; k < nbInputs; ++k)
+                if (inputTypes[k] != inputTypes[0])
+                    return fail("all inputs must have X's data type (float, half or bfloat16); input " + std::to_string(k)
+                        + " differs: cast it in the ONNX graph");
+            outputTypes[0] = inputTypes[0];
+            return 0;
+        });
     }
 
     int32_t getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t, DimsExprs* outputs,
@@ -192,21 +194,23 @@ public:
     int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*,
         int32_t nbOutputs) noexcept override
     {
-        if (nbInputs != 3 || nbOutputs != 1)
-            return fail("expects 3 inputs (" + std::string(Op::kInputs) + ") and 1 output");
-        Shapes shapes;
-        for (int32_t k = 0; k < 3; ++k)
-        {
-            if (!supportedType(in[k].desc.type) || in[k].desc.type != in[0].desc.type)
-                return fail("input " + std::to_string(k) + " must be float, half or bfloat16, the same type as X");
-            shapes.set(k, in[k].desc.dims);
-        }
-        Desc unused;
-        Status const status = Op::fromShapes(mAttrs, shapes.ranks, shapes.ptrs, unused);
-        if (!status.ok())
-            return fail(status.message);
-        mDtype = dcnDtype(in[0].desc.type);
-        return 0;
+        return guardTrtCall(Op::kName, "configurePlugin", int32_t(-1), [&]() -> int32_t {
+            if (nbInputs != 3 || nbOutputs != 1)
+                return fail("expects 3 inputs (" + std::string(Op::kInputs) + ") and 1 output");
+            Shapes shapes;
+            for (int32_t k = 0; k < 3; ++k)
+            {
+                if (!supportedType(in[k].desc.type) || in[k].desc.type != in[0].desc.type)
+                    return fail("input " + std::to_string(k) + " must be float, half or bfloat16, the same type as X");
+                shapes.set(k, in[k].desc.dims);
+            }
+            Desc unused;
+            Status const status = Op::fromShapes(mAttrs, shapes.ranks, shapes.ptrs, unused);
+            if (!status.ok())
+                return fail(status.message);
+            mDtype = dcnDtype(in[0].desc.type);
+            return 0;
+        });
     }
 
     int32_t getNbOutputs() const noexcept override { return 1; }
@@ -219,23 +223,27 @@ public:
 
     int32_t onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*, int32_t) noexcept override
     {
-        if (nbInputs != 3)
-            return -1;
-        Shapes shapes;
-        for (int32_t k = 0; k < 3; ++k)
-            shapes.set(k, in[k].dims);
-        Status const status = Op::fromShapes(mAttrs, shapes.ranks, shapes.ptrs, mDesc);
-        if (!status.ok())
-            return fail(status.message);
-        mDtype = dcnDtype(in[0].type);
-        return 0;
+        return guardTrtCall(Op::kName, "onShapeChange", int32_t(-1), [&]() -> int32_t {
+            if (nbInputs != 3)
+                return -1;
+            Shapes shapes;
+            for (int32_t k = 0; k < 3; ++k)
+                shapes.set(k, in[k].dims);
+            Status const status = Op::fromShapes(mAttrs, shapes.ranks, shapes.ptrs, mDesc);
+            if (!status.ok())
+                return fail(status.message);
+            mDtype = dcnDtype(in[0].type);
+            return 0;
+        });
     }
 
     int32_t enqueue(PluginTensorDesc const*, PluginTensorDesc const*, void const* const* inputs, void* const* outputs,
         void*, cudaStream_t stream) noexcept override
     {
-        Status const status = Op::launch(mDesc, mDtype, inputs, outputs[0], stream);
-        return status.ok() ? 0 : fail(status.message);
+        return guardTrtCall(Op::kName, "enqueue", int32_t(-1), [&]() -> int32_t {
+            Status const status = Op::launch(mDesc, mDtype, inputs, outputs[0], stream);
+            return status.ok() ? 0 : fail(status.message);
+        });
     }
 
     IPluginV3* attachToContext(IPluginResourceContext*) noexcept override { return clone(); }
