@@ -88,13 +88,16 @@ Status CublasHandle::prepare()
     if (mHandle && device != mDevice)
         return Status::error(DCN_ERROR_UNSUPPORTED, "a cuBLAS handle made for device " + std::to_string(mDevice)
             + " was used on device " + std::to_string(device) + "; each device needs its own plugin instance");
+    if (!mCreateFailure.empty())
+        return Status::error(DCN_ERROR_CUDA, mCreateFailure);
     if (!mHandle)
     {
         int const rc = api->create(&mHandle);
         if (rc != 0)
         {
             mHandle = nullptr;
-            return Status::error(DCN_ERROR_CUDA, "cublasCreate failed with cuBLAS status " + std::to_string(rc));
+            mCreateFailure = "cublasCreate failed with cuBLAS status " + std::to_string(rc);
+            return Status::error(DCN_ERROR_CUDA, mCreateFailure);
         }
         mDevice = device;
     }

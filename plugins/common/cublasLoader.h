@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cuda_runtime_api.h>
 #include <library_types.h>
+#include <string>
 
 namespace dcn
 {
@@ -45,6 +46,8 @@ public:
     CublasHandle& operator=(CublasHandle const&) = delete;
 
     // Create the handle for the current device now (it allocates device memory: do it outside stream capture).
+    // A creation that failed is not retried: later calls return the same failure at once, so an owner falls back
+    // (AUTO runs the fused kernel) instead of calling cublasCreate on every launch, maybe under graph capture.
     Status prepare();
     // The handle for the current device (created if need be), bound to stream, with workspace as cuBLAS's.
     Status bind(cudaStream_t stream, void* workspace, size_t workspaceBytes, CublasHandleT& handle);
@@ -52,6 +55,7 @@ public:
 private:
     CublasHandleT mHandle = nullptr;
     int mDevice = -1;
+    std::string mCreateFailure; // cublasCreate's failure, when it failed (prepare)
 };
 
 // This thread's handle (for callers that own none, such as the C ABI).
