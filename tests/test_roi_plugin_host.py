@@ -111,6 +111,8 @@ def test_psroi_host_float64_matches_reference(host_lib, classes, group, pooled, 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
 def test_host_dtypes(host_lib, dtype, tol):
+    # Every tensor type in and out. Whether half types are summed in float32 is checked at one unit of the type,
+    # with enough samples per bin to tell, in test_cross_implementation's RoI half test.
     gen = torch.Generator().manual_seed(22)
     x = torch.randn(1, 8, 10, 10, generator=gen).to(dtype)
     rois = _rois(gen, 5, 1, 20.0, torch.float32).round().to(dtype)
