@@ -153,10 +153,10 @@ def test_dynamic_export_runs_at_other_batch_and_sizes(tmp_path):
 
 def test_large_model_weights_go_to_an_external_data_file(tmp_path, monkeypatch):
     # A model over ~2 GiB cannot be one protobuf file; the threshold is lowered so that a small model takes that path.
-    from dcn_deploy.onnx import export as export_module
+    from dcn_deploy.onnx import export_file
     from dcn_deploy.onnx.inspect import inspect_model
 
-    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+    monkeypatch.setattr(export_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
                                 ModulatedDeformConv2dPack(8, 8, 3, padding=1, deform_groups=2)).eval()
     torch.nn.init.normal_(model[1].conv_offset.weight, std=0.3)
@@ -174,7 +174,7 @@ def test_large_model_weights_go_to_an_external_data_file(tmp_path, monkeypatch):
     assert all((folder / name).stat().st_mode & 0o777 == (folder / "big.onnx").stat().st_mode & 0o777
                for name in ("big.onnx", "big.onnx.data"))  # the weights as readable as the model
     # a smaller model written over it takes its weights file away with it
-    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 1 << 40)
+    monkeypatch.setattr(export_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 1 << 40)
     export(model, (torch.randn(1, 3, 9, 11),), folder / "small.onnx", verify=False)
     (folder / "keep.onnx.data").write_bytes(b"not ours")
     shutil.copy(folder / "small.onnx", folder / "keep.onnx")
@@ -182,14 +182,14 @@ def test_large_model_weights_go_to_an_external_data_file(tmp_path, monkeypatch):
                                                         "small.onnx"]
     export(model, (torch.randn(1, 3, 9, 11),), folder / "keep.onnx", verify=False)  # its old file used no .data
     assert (folder / "keep.onnx.data").exists()
-    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+    monkeypatch.setattr(export_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
     export(model, (torch.randn(1, 3, 9, 11),), folder / "big.onnx")
-    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 1 << 40)
+    monkeypatch.setattr(export_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 1 << 40)
     export(model, (torch.randn(1, 3, 9, 11),), folder / "big.onnx")
     assert not (folder / "big.onnx.data").exists()
     for name in ("small.onnx", "keep.onnx", "keep.onnx.data"):
         (folder / name).unlink()
-    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+    monkeypatch.setattr(export_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
     export(model, (torch.randn(1, 3, 9, 11),), folder / "big.onnx")
     # the pair moves together: the model refers to its weights by file name, not by path
     moved = tmp_path / "moved"

@@ -134,12 +134,12 @@ def test_dynamic_on_a_static_program_says_what_the_file_has(static_program):
 
 
 def test_a_file_onnx_runtime_cannot_run_is_kept_and_the_message_says_where(tmp_path, monkeypatch):
-    from dcn_deploy.onnx import export as export_module
+    from dcn_deploy.onnx import export_verification
 
     def broken_session(path):
         raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : simulated")
 
-    monkeypatch.setattr(export_module, "_make_session", broken_session)
+    monkeypatch.setattr(export_verification, "_make_session", broken_session)
     path = tmp_path / "kept.onnx"
     with pytest.raises(ExportError, match=rf"ONNX Runtime cannot load {path}: .*simulated\. The file {path} was "
                                           rf"kept for inspection \(dcn-deploy inspect {path}\)"):

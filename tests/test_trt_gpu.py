@@ -152,9 +152,9 @@ class TestTensorRTRtxAheadOfTime:
         python, environ, plugin = rtx_env
         script = textwrap.dedent("""
             import io, sys
-            from dcn_deploy.backends import trt_build
+            from dcn_deploy.backends import trt_build, trt_parse
             model, out, limit, plugin = sys.argv[1:5]
-            trt_build.PARSE_IN_MEMORY_LIMIT = int(limit)
+            trt_parse.PARSE_IN_MEMORY_LIMIT = int(limit)
             log = io.StringIO()
             trt_build.build_engine(model, out, shapes=["x:1x4x8x8/2x4x8x8/4x4x8x8"], plugin_library=plugin,
                                    tensorrt_module="tensorrt_rtx", target_gpu=("RTX (ahead of time)", (8, 9)),
@@ -466,7 +466,7 @@ class TestTensorRTOnGpu:
         for an ordinary model by lowering the size limit. Both engines match ONNX Runtime."""
         import io
 
-        from dcn_deploy.backends import trt_build
+        from dcn_deploy.backends import trt_build, trt_parse
         from dcn_deploy.backends.trt_runner import TrtRunner
 
         model = onnx.load(built[0])
@@ -478,7 +478,7 @@ class TestTensorRTOnGpu:
                             size_threshold=0)
         else:
             onnx.save(model, source)
-            monkeypatch.setattr(trt_build, "PARSE_IN_MEMORY_LIMIT", 1)
+            monkeypatch.setattr(trt_parse, "PARSE_IN_MEMORY_LIMIT", 1)
         out = tmp_path / "out"
         out.mkdir()
         log = io.StringIO()

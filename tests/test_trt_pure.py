@@ -614,9 +614,9 @@ class TestBuilderHelpers:
         import types
         import weakref
 
-        from dcn_deploy.backends import trt_build
+        from dcn_deploy.backends import trt_build, trt_plugins
 
-        monkeypatch.setattr(trt_build, "_plugin_library_loggers", {})
+        monkeypatch.setattr(trt_plugins, "_plugin_library_loggers", {})
         calls = []
 
         class Logger:
@@ -1021,7 +1021,7 @@ class TestPluginLibraryNeed:
     def test_runner_loads_the_library_only_when_needed(self, engine, tmp_path, monkeypatch):
         """The runner's choice of library (``_plugin_path_for``), before any TensorRT call: a library that cannot
         load (here a text file) is never chosen for an engine whose sidecar says it has no layers of ours."""
-        from dcn_deploy.backends import trt_build
+        from dcn_deploy.backends import trt_plugins
         from dcn_deploy.backends.trt_runner import TrtRunner
 
         broken = tmp_path / "libbroken_plugin.so"
@@ -1042,7 +1042,7 @@ class TestPluginLibraryNeed:
                 return Path(explicit)
             raise FileNotFoundError("libdcn_deploy_plugin.so not built")
 
-        monkeypatch.setattr(trt_build, "_find_plugin_library", nothing_found)
+        monkeypatch.setattr(trt_plugins, "find_plugin_library", nothing_found)
         assert TrtRunner(engine)._plugin_path_for(None) is None
         assert TrtRunner(engine)._plugin_path_for(theirs) is None
         with pytest.raises(FileNotFoundError, match="not built"):
@@ -1077,11 +1077,11 @@ class TestDuplicatePluginLibrary:
     def setup(self, tmp_path, rng, monkeypatch):
         import types
 
-        from dcn_deploy.backends import trt_build
+        from dcn_deploy.backends import trt_build, trt_plugins
 
-        monkeypatch.setattr(trt_build, "_loaded_libraries", {})
+        monkeypatch.setattr(trt_plugins, "_loaded_libraries", {})
         mapped = []
-        monkeypatch.setattr(trt_build, "_mapped_files", lambda: list(mapped))
+        monkeypatch.setattr(trt_plugins, "_mapped_files", lambda: list(mapped))
         registry = _StandInRegistry()
         trt = types.SimpleNamespace(get_plugin_registry=lambda: registry)
         first = tmp_path / "a" / "libdcn_deploy_plugin.so"
@@ -1227,10 +1227,10 @@ class TestParseRoute:
         of its bytes goes to a data file / the file route as soon as the whole message reaches the limit (tensor
         bytes alone, the build's former measure, would have kept it in memory)."""
         from dcn_deploy.backends.trt_build import choose_parse_route
-        from dcn_deploy.onnx import export as export_module
+        from dcn_deploy.onnx import export_file
         from dcn_deploy.onnx.external_data import PROTOBUF_LIMIT, model_tensor_bytes, serialized_size
 
-        assert export_module.EXTERNAL_DATA_THRESHOLD_BYTES == 1900 << 20 and PROTOBUF_LIMIT == 2 ** 31
+        assert export_file.EXTERNAL_DATA_THRESHOLD_BYTES == 1900 << 20 and PROTOBUF_LIMIT == 2 ** 31
         model = dcn_model(seed=6)
         for node in model.graph.node:
             node.doc_string = "why this node is here " * 200
@@ -1238,8 +1238,8 @@ class TestParseRoute:
         assert model_tensor_bytes(model) < size // 2
         for limit, route in ((size, "file"), (size + 1, "memory"), (model_tensor_bytes(model), "file")):
             assert choose_parse_route(size, False, limit=limit) == route
-            monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD_BYTES", limit)
-            assert export_module._needs_external_data(model) is (route == "file")
+            monkeypatch.setattr(export_file, "EXTERNAL_DATA_THRESHOLD_BYTES", limit)
+            assert export_file.needs_external_data(model) is (route == "file")
 
     def _save_external(self, model, folder):
         path = folder / "ext.onnx"
@@ -1313,8 +1313,8 @@ def test_real_plugin_library_is_recognised_and_seen_mapped(tmp_path):
 
     library = (Path(__file__).resolve().parents[1] / "build/native/lib/libdcn_deploy_plugin.so").resolve()
     assert looks_like_plugin_library(library)
-    script = ("import ctypes, sys; from dcn_deploy.backends import trt_build; ctypes.CDLL(sys.argv[1]); "
-              "print('\\n'.join(trt_build._mapped_files()))")
+    script = ("import ctypes, sys; from dcn_deploy.backends import trt_plugins; ctypes.CDLL(sys.argv[1]); "
+              "print('\\n'.join(trt_plugins._mapped_files()))")
     out = subprocess.run([sys.executable, "-c", script, str(library)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert str(library) in out.stdout.splitlines()

@@ -217,7 +217,7 @@ class TrtRunner(Runner):
         mismatched library then cannot stop it); else explicit, else the recorded one when unchanged, else the
         discovered one (without a sidecar, None when none is found, as the engine may not need it)."""
         from . import engine_meta
-        from .trt_build import _find_plugin_library
+        from .trt_plugins import find_plugin_library
 
         if engine_meta.needs_plugin_library(meta) is False:
             if self.plugin_library is not None:
@@ -225,13 +225,13 @@ class TrtRunner(Runner):
                                      "sidecar says the engine has no dcn_deploy plugin layers")
             return None
         if self.plugin_library is not None:
-            return _find_plugin_library(self.plugin_library)
+            return find_plugin_library(self.plugin_library)
         if meta is not None and meta.plugin_library:
             recorded = Path(meta.plugin_library.get("path", ""))
             if recorded.is_file() and engine_meta.sha256_file(recorded) == meta.plugin_library.get("sha256"):
                 return recorded
         try:
-            return _find_plugin_library(None)
+            return find_plugin_library(None)
         except (FileNotFoundError, RuntimeError, ImportError):
             if meta is not None and meta.plugin_library:
                 raise
