@@ -8,7 +8,7 @@
 // the product goes to a pixel-major float scratch and a tiled transpose writes NCHW with the bias. The weights are
 // re-laid out once per launch.
 //
-// Measured on an H100 (benchmarks/RESULTS.md): faster than the fused kernel of deformConvKernel.cu on every
+// Measured on an H100 (benchmarks/RESULTS.md): faster than the fused kernel of deformConvFused.cu on every
 // dense layer, but still slower than torchvision's kernel; benchmarks/gpu_notes.md says why and what is next.
 #include "cublasLoader.h"
 #include "dcnCudaDtype.cuh"

@@ -1,4 +1,4 @@
-// Launchers of the deformable-convolution CUDA kernels (C++ side; the C ABI wraps them in deformConvKernel.cu).
+// Launchers of the deformable-convolution CUDA kernels (C++ side; the C ABI wraps them in deformConvAbi.cu).
 #pragma once
 
 #include "dcnStatus.h"
@@ -34,6 +34,17 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
 Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
     size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas = nullptr, GemmOptions const& gemm = GemmOptions{});
+
+// The direct kernel (deformConvDirect.cu): float32, float16, bfloat16 and float64; another dtype is
+// DCN_ERROR_UNSUPPORTED.
+Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
+    void const* weight, void const* bias, void const* mask, void* output, cudaStream_t stream);
+
+// The fused kernel (deformConvFused.cu): only where fusedKernelAccepts(geo, dtype). Its workspace holds the
+// re-laid-out weights: at least fusedWorkspaceBytes.
+size_t fusedWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype);
+Status launchFusedPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
+    void const* weight, void const* bias, void const* mask, void* output, void* workspace, cudaStream_t stream);
 
 // The GEMM path (deformConvGemm.cu).
 bool gemmPathAvailable();

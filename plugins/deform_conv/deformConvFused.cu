@@ -1,30 +1,22 @@
-// CUDA kernels of deformable convolution (forward, v1/v2, groups, offset groups, asymmetric padding).
-//
-// Two kernels, both from the per-sample arithmetic in deformConvMath.h:
-//  - direct: one thread per output element. Simple; the baseline, and the better choice for depth-wise-like
-//    layers (few output channels per group) where a matrix product has nothing to share.
-//  - fused (the default for dense layers): an implicit GEMM per convolution group,
-//        out[oc, p] = sum_k W[oc, k] * col[k, p],   k = (kernel point, channel), p = (n, y, x),
-//    where the tile of col is sampled straight into shared memory and never written to global memory (no
-//    C*kH*kW*oH*oW column buffer). Bilinear coefficients are computed once per (kernel point, pixel, offset
-//    group) and reused over the channels of the tile. Half types multiply on tensor cores (WMMA 16x16x16,
-//    float32 accumulators); float32 multiplies in float32 on the CUDA cores so results stay float32-exact.
-//    Its workspace holds the weights re-laid out with channels contiguous (OC*C/group*kH*kW elements), so the
-//    weight tiles load coalesced; that copy is the only workspace, and it is small next to the activations.
-#include "cublasLoader.h"
+// The fused deformable-convolution kernel (the default for dense layers where cuBLAS does not load): an implicit
+// GEMM per convolution group,
+//     out[oc, p] = sum_k W[oc, k] * col[k, p],   k = (kernel point, channel), p = (n, y, x),
+// where the tile of col is sampled straight into shared memory and never written to global memory (no
+// C*kH*kW*oH*oW column buffer). Bilinear coefficients (deformConvMath.h) are computed once per (kernel point, pixel,
+// offset group) and reused over the channels of the tile. Half types multiply on tensor cores (WMMA 16x16x16,
+// float32 accumulators); float32 multiplies in float32 on the CUDA cores so results stay float32-exact.
+// Its workspace holds the weights re-laid out with channels contiguous (OC*C/group*kH*kW elements), so the weight
+// tiles load coalesced; that copy is the only workspace, and it is small next to the activations.
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
 #include "deformConvKernel.h"
-#include "deformConvShapes.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
-#include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -34,52 +26,7 @@ namespace dcn
 namespace
 {
 
-constexpr int kThreads = 256;
-
-// ---------------------------------------------------------------------------------------------------------------
-// Direct kernel: one thread per output element (n, o, y, x).
-template <typename T>
-__global__ void __launch_bounds__(kThreads) deformConvDirectKernel(DeformConvGeometry const geo,
-    T const* __restrict__ input, T const* __restrict__ offset, T const* __restrict__ weight,
-    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int64_t const total)
-{
-    using Acc = typename ElementTraits<T>::Acc;
-    dcn_deform_conv_desc const& d = geo.d;
-    int64_t const plane = int64_t(d.height) * d.width;
-    int32_t const kernelPoints = geo.kernelPoints;
-    int32_t const cg = geo.channelsPerGroup;
-    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-         idx += int64_t(gridDim.x) * blockDim.x)
-    {
-        int32_t const x = int32_t(idx % geo.outW);
-        int64_t rest = idx / geo.outW;
-        int32_t const y = int32_t(rest % geo.outH);
-        rest /= geo.outH;
-        int32_t const o = int32_t(rest % d.out_channels);
-        int32_t const n = int32_t(rest / d.out_channels);
-        int32_t const g = o / geo.outChannelsPerGroup;
-        T const* w = weight + int64_t(o) * cg * kernelPoints;
-        Acc acc = bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0);
-        for (int32_t kp = 0; kp < kernelPoints; ++kp)
-        {
-            int32_t cachedGroup = -1;
-            BilinearTaps<Acc> taps;
-            for (int32_t c = 0; c < cg; ++c)
-            {
-                int32_t const cin = g * cg + c;
-                int32_t const og = cin / geo.channelsPerOffsetGroup;
-                if (og != cachedGroup) // channels of one offset group share the sample position
-                {
-                    taps = kernelPointTaps<Acc>(geo, offset, mask, n, og, kp, y, x);
-                    cachedGroup = og;
-                }
-                Acc const v = sampleTaps<Acc>(input + (int64_t(n) * d.in_channels + cin) * plane, taps);
-                acc += ElementTraits<T>::toAcc(w[int64_t(c) * kernelPoints + kp]) * v;
-            }
-        }
-        output[idx] = ElementTraits<T>::fromAcc(acc);
-    }
-}
+constexpr int kThreads = 256; // per block; fusedBody's thread and warp layout assumes 256
 
 // ---------------------------------------------------------------------------------------------------------------
 // Weight re-layout for the fused kernel (into the workspace): W[o][c][kp] -> Wt[g][kp][o % ocg][c].
@@ -361,19 +308,6 @@ int32_t currentComputeCapability()
     return capability;
 }
 
-template <typename T>
-Status launchDirect(DeformConvGeometry const& geo, void const* input, void const* offset, void const* weight,
-    void const* bias, void const* mask, void* output, cudaStream_t stream)
-{
-    int64_t const total = int64_t(geo.d.batch) * geo.d.out_channels * geo.outH * geo.outW;
-    int64_t const blocks64 = (total + kThreads - 1) / kThreads;
-    unsigned const blocks = unsigned(blocks64 < (int64_t(1) << 30) ? blocks64 : (int64_t(1) << 30)); // grid-stride loop covers the rest
-    deformConvDirectKernel<T><<<blocks, kThreads, 0, stream>>>(geo, static_cast<T const*>(input),
-        static_cast<T const*>(offset), static_cast<T const*>(weight), static_cast<T const*>(bias),
-        static_cast<T const*>(mask), static_cast<T*>(output), total);
-    return launchStatus("the direct deformable-convolution kernel");
-}
-
 template <typename T, bool kTensorCores, int kTileM>
 void launchFusedTiles(DeformConvGeometry const& geo, void const* input, void const* offset, void const* groupedWeight,
     void const* bias, void const* mask, void* output, cudaStream_t stream)
@@ -403,6 +337,8 @@ Status launchFused(DeformConvGeometry const& geo, void const* input, void const*
     return launchStatus("the fused deformable-convolution kernel");
 }
 
+} // namespace
+
 // The fused kernel reads the weights re-laid out with channels contiguous: OC*C/group*kH*kW elements.
 size_t fusedWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)
 {
@@ -411,210 +347,24 @@ size_t fusedWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)
     return (bytes + 255) / 256 * 256;
 }
 
-// A matrix product pays when a sampled column feeds several output channels and the reduction is long.
-bool denseLayer(DeformConvGeometry const& geo)
+Status launchFusedPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
+    void const* weight, void const* bias, void const* mask, void* output, void* workspace, cudaStream_t stream)
 {
-    return geo.outChannelsPerGroup >= 16 && geo.channelsPerGroup * geo.kernelPoints >= 32;
-}
-
-} // namespace
-
-Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved)
-{
-    if (algo != DCN_ALGO_AUTO && algo != DCN_ALGO_DIRECT && algo != DCN_ALGO_FUSED_GEMM && algo != DCN_ALGO_GEMM)
-        return Status::invalid("algo must be 0 (auto), 1 (direct), 2 (fused GEMM) or 3 (GEMM), got " + std::to_string(algo));
-    if (algo == DCN_ALGO_FUSED_GEMM && !fusedKernelAccepts(geo, dtype))
-        return Status::error(DCN_ERROR_UNSUPPORTED,
-            "the fused kernel supports float32/float16/bfloat16 and at most 65535 groups; use algo 1 (direct) or 3 (GEMM)");
-    if (algo == DCN_ALGO_GEMM && !gemmPathAvailable())
-        return Status::error(DCN_ERROR_UNSUPPORTED, std::string("algo 3 (GEMM) needs cuBLAS: ") + cublasUnavailableReason());
-    if (algo == DCN_ALGO_AUTO)
-    {
-        // Dense layers: cuBLAS over sampled columns where cuBLAS loads (fastest measured), else the fused kernel.
-        if (!denseLayer(geo))
-            algo = DCN_ALGO_DIRECT;
-        else if (gemmPathAvailable())
-            algo = DCN_ALGO_GEMM;
-        else
-            algo = fusedKernelAccepts(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
-    }
-    resolved = algo;
-    return Status::success();
-}
-
-size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, GemmOptions const& gemm)
-{
-    // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
-    // on another.
-    size_t const fused = fusedKernelAccepts(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
-    switch (algo)
-    {
-    case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm)) : 0;
-    case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, gemm);
-    case DCN_ALGO_FUSED_GEMM: return fused;
-    default: return 0; // direct; an invalid algo is reported by the launch
-    }
-}
-
-Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, void const* input,
-    void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas, GemmOptions const& gemm)
-{
-    int32_t resolved = DCN_ALGO_DIRECT;
-    Status status = resolveAlgo(geo, dtype, algo, resolved);
-    if (!status.ok())
-        return status;
-    if (geo.d.batch == 0)
-        return Status::success();
-    if (!input || !offset || !weight || !output)
-        return Status::invalid("input, offset, weight and output must be device pointers, got NULL (bias and mask may be NULL)");
-    if (resolved == DCN_ALGO_GEMM)
-    {
-        size_t const needed = gemmWorkspaceBytes(geo, dtype, gemm);
-        if (workspace == nullptr || workspaceBytes < needed)
-            return Status::error(DCN_ERROR_WORKSPACE, "the GEMM path needs a workspace of " + std::to_string(needed)
-                + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
-                + (workspace ? "" : " (NULL)"));
-        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read and written in 16-byte vectors
-            return Status::invalid("the GEMM path's workspace must be 256-byte aligned (cudaMalloc's and TensorRT's are)");
-        void* handle = nullptr;
-        status = bindGemmHandle(geo, dtype, gemm, workspace, stream, cublas, handle);
-        if (status.ok())
-            return launchGemmPath(geo, dtype, gemm, input, offset, weight, bias, mask, output, workspace,
-                stream, handle);
-        // cuBLAS loaded but its handle cannot be made or bound (an old driver, an unsupported GPU): AUTO falls
-        // back to the fused kernel (whose workspace AUTO's size covers), or the direct one for float64.
-        if (algo != DCN_ALGO_AUTO)
-            return status;
-        resolved = fusedKernelAccepts(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
-    }
-    bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
-    size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;
-    if (needed > 0 && (workspace == nullptr || workspaceBytes < needed))
-        return Status::error(DCN_ERROR_WORKSPACE, "the fused kernel needs a workspace of " + std::to_string(needed)
-            + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
-            + (workspace ? "" : " (NULL)"));
     switch (dtype)
     {
     case DCN_FLOAT32:
-        return fused ? launchFused<float, false>(geo, input, offset, weight, bias, mask, output, workspace, stream)
-                     : launchDirect<float>(geo, input, offset, weight, bias, mask, output, stream);
-    case DCN_FLOAT64: return launchDirect<double>(geo, input, offset, weight, bias, mask, output, stream);
+        return launchFused<float, false>(geo, input, offset, weight, bias, mask, output, workspace, stream);
     case DCN_FLOAT16:
-        return fused ? launchFused<__half, true>(geo, input, offset, weight, bias, mask, output, workspace, stream)
-                     : launchDirect<__half>(geo, input, offset, weight, bias, mask, output, stream);
+        return launchFused<__half, true>(geo, input, offset, weight, bias, mask, output, workspace, stream);
     case DCN_BFLOAT16:
-        if (!fused)
-            return launchDirect<__nv_bfloat16>(geo, input, offset, weight, bias, mask, output, stream);
         // bfloat16 tensor cores start at sm_80; below, the same tiles multiply in float32 on the CUDA cores.
         return currentComputeCapability() >= 80
             ? launchFused<__nv_bfloat16, true>(geo, input, offset, weight, bias, mask, output, workspace, stream)
             : launchFused<__nv_bfloat16, false>(geo, input, offset, weight, bias, mask, output, workspace, stream);
-    default:
+    default: // not reached: the launch picks this kernel only where fusedKernelAccepts(geo, dtype)
         return Status::error(DCN_ERROR_UNSUPPORTED,
-            "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
+            "the fused kernel supports float32 (0), float16 (1) and bfloat16 (2), got dtype " + std::to_string(dtype));
     }
 }
 
 } // namespace dcn
-
-// ---- C ABI ----
-
-DCN_API int32_t dcn_cuda_available(void)
-{
-    int count = 0;
-    return cudaGetDeviceCount(&count) == cudaSuccess && count > 0 ? 1 : 0;
-}
-
-DCN_API int32_t dcn_gemm_path_available(void)
-{
-    bool const available = dcn::gemmPathAvailable();
-    dcn::publish(available ? dcn::Status::success()
-                           : dcn::Status::error(DCN_ERROR_UNSUPPORTED, dcn::cublasUnavailableReason()));
-    return available ? 1 : 0;
-}
-
-namespace
-{
-
-// The GEMM path's options for the C ABI (benchmarks, tests), from the environment, read once:
-//   DCN_DEPLOY_GEMM_CHUNK_MB  the column budget in MiB (default 64);
-//   DCN_DEPLOY_GEMM_OUTPUT    auto (default), direct or staged: where the product writes (GemmOutput).
-// The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
-// An unknown DCN_DEPLOY_GEMM_OUTPUT is reported by every entry that uses the options (abiGemmOptionsStatus).
-struct AbiGemmOptions
-{
-    dcn::GemmOptions options;
-    std::string outputText; // DCN_DEPLOY_GEMM_OUTPUT as read, for the error (the variable may be unset later)
-};
-
-AbiGemmOptions const& abiGemmSettings()
-{
-    static AbiGemmOptions const settings = [] {
-        AbiGemmOptions read;
-        dcn::GemmOptions& parsed = read.options;
-        char const* text = std::getenv("DCN_DEPLOY_GEMM_CHUNK_MB");
-        long const mb = text ? std::strtol(text, nullptr, 10) : 0;
-        if (mb > 0)
-            parsed.columnBudget = size_t(mb) << 20;
-        char const* output = std::getenv("DCN_DEPLOY_GEMM_OUTPUT");
-        std::string const mode = output ? output : "";
-        parsed.output = mode.empty() || mode == "auto" ? dcn::kGemmOutputAuto
-            : mode == "direct"                         ? dcn::kGemmOutputDirect
-            : mode == "staged"                         ? dcn::kGemmOutputStaged
-                                                       : -1;
-        read.outputText = mode;
-        return read;
-    }();
-    return settings;
-}
-
-dcn::GemmOptions const& abiGemmOptions()
-{
-    return abiGemmSettings().options;
-}
-
-dcn::Status abiGemmOptionsStatus()
-{
-    if (dcn::validGemmOutput(abiGemmOptions().output))
-        return dcn::Status::success();
-    // The text read once, not getenv again: after an unsetenv, getenv's NULL appended to a string crashed.
-    return dcn::Status::invalid("DCN_DEPLOY_GEMM_OUTPUT must be auto, direct or staged, got '"
-        + abiGemmSettings().outputText + "': unset it or set one of those");
-}
-
-} // namespace
-
-DCN_API int32_t dcn_deform_conv2d_workspace_size(
-    const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, size_t* bytes)
-{
-    return dcn::guarded([&] {
-        if (!desc || !bytes)
-            return dcn::Status::invalid("dcn_deform_conv2d_workspace_size: desc and bytes must not be NULL");
-        dcn::DeformConvGeometry geo;
-        dcn::Status status = abiGemmOptionsStatus();
-        if (status.ok())
-            status = dcn::makeGeometry(*desc, geo);
-        if (status.ok())
-            *bytes = dcn::deformConvWorkspaceSize(geo, dtype, algo, abiGemmOptions());
-        return status;
-    });
-}
-
-DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo,
-    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    void* workspace, size_t workspace_bytes, void* stream)
-{
-    return dcn::guarded([&] {
-        if (!desc)
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_cuda: desc must not be NULL");
-        dcn::DeformConvGeometry geo;
-        dcn::Status status = abiGemmOptionsStatus();
-        if (status.ok())
-            status = dcn::makeGeometry(*desc, geo);
-        if (!status.ok())
-            return status;
-        return dcn::launchDeformConv(geo, dtype, algo, input, offset, weight, bias, mask, output, workspace,
-            workspace_bytes, static_cast<cudaStream_t>(stream), nullptr, abiGemmOptions());
-    });
-}

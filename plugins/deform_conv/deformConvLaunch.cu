@@ -1,0 +1,106 @@
+// Which deformable-convolution kernel serves a layer (resolveAlgo), the workspace it needs
+// (deformConvWorkspaceSize) and the launch (launchDeformConv): the direct kernel (deformConvDirect.cu), the fused
+// implicit GEMM (deformConvFused.cu) or the GEMM path over sampled columns and cuBLAS (deformConvGemm.cu).
+#include "cublasLoader.h"
+#include "deformConvKernel.h"
+#include "deformConvShapes.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+namespace dcn
+{
+
+namespace
+{
+
+// A matrix product pays when a sampled column feeds several output channels and the reduction is long.
+bool denseLayer(DeformConvGeometry const& geo)
+{
+    return geo.outChannelsPerGroup >= 16 && geo.channelsPerGroup * geo.kernelPoints >= 32;
+}
+
+} // namespace
+
+Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved)
+{
+    if (algo != DCN_ALGO_AUTO && algo != DCN_ALGO_DIRECT && algo != DCN_ALGO_FUSED_GEMM && algo != DCN_ALGO_GEMM)
+        return Status::invalid("algo must be 0 (auto), 1 (direct), 2 (fused GEMM) or 3 (GEMM), got " + std::to_string(algo));
+    if (algo == DCN_ALGO_FUSED_GEMM && !fusedKernelAccepts(geo, dtype))
+        return Status::error(DCN_ERROR_UNSUPPORTED,
+            "the fused kernel supports float32/float16/bfloat16 and at most 65535 groups; use algo 1 (direct) or 3 (GEMM)");
+    if (algo == DCN_ALGO_GEMM && !gemmPathAvailable())
+        return Status::error(DCN_ERROR_UNSUPPORTED, std::string("algo 3 (GEMM) needs cuBLAS: ") + cublasUnavailableReason());
+    if (algo == DCN_ALGO_AUTO)
+    {
+        // Dense layers: cuBLAS over sampled columns where cuBLAS loads (fastest measured), else the fused kernel.
+        if (!denseLayer(geo))
+            algo = DCN_ALGO_DIRECT;
+        else if (gemmPathAvailable())
+            algo = DCN_ALGO_GEMM;
+        else
+            algo = fusedKernelAccepts(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
+    }
+    resolved = algo;
+    return Status::success();
+}
+
+size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, GemmOptions const& gemm)
+{
+    // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
+    // on another.
+    size_t const fused = fusedKernelAccepts(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
+    switch (algo)
+    {
+    case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm)) : 0;
+    case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, gemm);
+    case DCN_ALGO_FUSED_GEMM: return fused;
+    default: return 0; // direct; an invalid algo is reported by the launch
+    }
+}
+
+Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, void const* input,
+    void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
+    size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas, GemmOptions const& gemm)
+{
+    int32_t resolved = DCN_ALGO_DIRECT;
+    Status status = resolveAlgo(geo, dtype, algo, resolved);
+    if (!status.ok())
+        return status;
+    if (geo.d.batch == 0)
+        return Status::success();
+    if (!input || !offset || !weight || !output)
+        return Status::invalid("input, offset, weight and output must be device pointers, got NULL (bias and mask may be NULL)");
+    if (resolved == DCN_ALGO_GEMM)
+    {
+        size_t const needed = gemmWorkspaceBytes(geo, dtype, gemm);
+        if (workspace == nullptr || workspaceBytes < needed)
+            return Status::error(DCN_ERROR_WORKSPACE, "the GEMM path needs a workspace of " + std::to_string(needed)
+                + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
+                + (workspace ? "" : " (NULL)"));
+        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read and written in 16-byte vectors
+            return Status::invalid("the GEMM path's workspace must be 256-byte aligned (cudaMalloc's and TensorRT's are)");
+        void* handle = nullptr;
+        status = bindGemmHandle(geo, dtype, gemm, workspace, stream, cublas, handle);
+        if (status.ok())
+            return launchGemmPath(geo, dtype, gemm, input, offset, weight, bias, mask, output, workspace,
+                stream, handle);
+        // cuBLAS loaded but its handle cannot be made or bound (an old driver, an unsupported GPU): AUTO falls
+        // back to the fused kernel (whose workspace AUTO's size covers), or the direct one for float64.
+        if (algo != DCN_ALGO_AUTO)
+            return status;
+        resolved = fusedKernelAccepts(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
+    }
+    bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
+    size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;
+    if (needed > 0 && (workspace == nullptr || workspaceBytes < needed))
+        return Status::error(DCN_ERROR_WORKSPACE, "the fused kernel needs a workspace of " + std::to_string(needed)
+            + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
+            + (workspace ? "" : " (NULL)"));
+    // The fused kernel runs only where fusedKernelAccepts(geo, dtype) (resolveAlgo, the fallback above).
+    return fused ? launchFusedPath(geo, dtype, input, offset, weight, bias, mask, output, workspace, stream)
+                 : launchDirectPath(geo, dtype, input, offset, weight, bias, mask, output, stream);
+}
+
+} // namespace dcn
