@@ -1,0 +1,81 @@
+"""What an ONNX file says about its graph inputs, read without its external weights (onnx is imported only when a
+file is read, so importing this module stays cheap):
+
+- :func:`read_onnx_file` reads the file once; None for engines and unreadable files;
+- :func:`stored_example_shapes`: the example input shapes :func:`dcn_deploy.export` recorded in it
+  (:data:`EXAMPLE_SHAPES_KEY`);
+- :func:`roi_inputs` / :func:`roi_input_names`: the inputs that are RoI boxes, which random feeds fill with valid
+  boxes;
+- :func:`read_stored_inputs`: the stored shapes with each graph input's dimensions and the RoI inputs, what
+  :func:`dcn_deploy.feeds.shape_options.parse_shape_options` completes ``--shape`` from.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Tuple
+
+from .shapes import Shape
+
+# metadata_props key under which dcn_deploy.export records the example input shapes of an ONNX file, as JSON
+# {input name: [dims]}; read back by parse_shape_options as the default size of dynamic dimensions.
+EXAMPLE_SHAPES_KEY = "dcn_deploy.example_shapes"
+# The ops whose input 1 is a box list, rows (batch index, x1, y1, x2, y2) in input-image pixels.
+_ROI_OPS = {("dcn_deploy", "DeformRoIPool"), ("dcn_deploy", "DeformPSRoIPool")}
+Dim = object  # a graph input's dimension: an int, a symbol name (str), or None (dynamic, unnamed)
+
+
+def read_onnx_file(path: os.PathLike):
+    """The ONNX file at ``path`` without its external weights, or None for engines and unreadable files (the
+    runner that opens such a file reports it, not this module). Read it once and hand it to
+    :func:`parse_shape_options` (``model=``) and :func:`roi_input_names`, rather than give each the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return None
+    import onnx  # here, not at the top: importing this module must not import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf raises several types for a file that is not a model
+        return None
+
+
+def stored_example_shapes(model_path: os.PathLike) -> Dict[str, Shape]:
+    """The example input shapes :func:`dcn_deploy.export` recorded in an ONNX file (metadata key
+    :data:`EXAMPLE_SHAPES_KEY`), ``{input name: shape}``; empty for a file without them, or that is not ONNX."""
+    return read_stored_inputs(read_onnx_file(Path(model_path)))[0]
+
+
+def read_stored_inputs(proto) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Dim, ...]], Tuple[str, ...]]:
+    """(stored example shapes, the graph inputs' dims: ints, symbol names or None, the RoI inputs) of a model
+    read by :func:`read_onnx_file`; all empty for None (a file that could not be read)."""
+    if proto is None:
+        return {}, {}, ()
+    text = next((p.value for p in proto.metadata_props if p.key == EXAMPLE_SHAPES_KEY), None)
+    try:
+        raw = json.loads(text) if text else {}
+        stored = {str(name): tuple(int(d) for d in dims) for name, dims in raw.items()}
+    except (ValueError, TypeError, AttributeError):  # a hand-edited or foreign value: as if absent
+        return {}, {}, ()
+    initialisers = {t.name for t in proto.graph.initializer}
+    dims = {v.name: tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                          for d in v.type.tensor_type.shape.dim)
+            for v in proto.graph.input if v.name not in initialisers}
+    return stored, dims, roi_input_names(proto.graph)
+
+
+def roi_inputs(model_path: os.PathLike) -> Tuple[str, ...]:
+    """The graph inputs of an ONNX file that are RoI boxes (input 1 of a ``dcn_deploy`` RoI pooling node).
+
+    Random normal values are no boxes (a batch index of -1 or 2, x2 < x1), so :func:`random_feed` makes valid
+    ones for these. Empty for other models, engines and unreadable files."""
+    proto = read_onnx_file(Path(model_path))
+    return () if proto is None else roi_input_names(proto.graph)
+
+
+def roi_input_names(graph) -> Tuple[str, ...]:
+    """:func:`roi_inputs` for an ONNX ``GraphProto`` in memory."""
+    inputs = {v.name for v in graph.input}
+    return tuple(dict.fromkeys(n.input[1] for n in graph.node
+                               if (n.domain, n.op_type) in _ROI_OPS and len(n.input) > 1 and n.input[1] in inputs))
