@@ -119,7 +119,7 @@ def format_parser_errors(errors: Sequence[Dict[str, object]], model_name: str = 
         low = desc.lower()
         if "plugin" in low and ("could not find" in low or "not found" in low or "no importer" in low):
             hints.append("the dcn_deploy plugin library was not loaded or has another name/version: check "
-                         "`dcn-deploy plugin --info` and pass --plugin PATH")
+                         "`dcn-deploy plugin info` and pass plugin_library= (CLI: --plugin PATH)")
         elif "deformconv" in low or "modulateddeformconv" in low:
             hints.append("a deformable convolution reached TensorRT's own plugin; build without --no-plugin so our "
                          "plugin handles it")

@@ -37,7 +37,7 @@ from . import CliError
 @click.option("--io-dtype", type=click.Choice(["float32", "half"]), default="float32", show_default=True,
               help="Engine input/output type under fp16/bf16: float32 (casts inside the engine) or the half type.")
 @click.option("--plugin", "plugin_library", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Our TensorRT plugin library [default: the one `dcn-deploy plugin` finds].")
+              default=None, help="Our TensorRT plugin library [default: the one `dcn-deploy plugin info` shows].")
 @click.option("--no-plugin", is_flag=True,
               help="Do not route dcn_deploy nodes to our plugin (TensorRT then uses its own DeformConv plugin).")
 @click.option("--no-tf32", is_flag=True, help="Disallow TF32 in float32 layers (closer to the float32 reference).")

@@ -10,7 +10,7 @@ import click
 from . import CliError
 from ._runtime import check_tolerance_options
 
-_DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.model_loading.DTYPES, without importing torch
+_DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.loaded_model.DTYPES, without importing torch
 
 
 def _default_output(reference: str) -> Path:

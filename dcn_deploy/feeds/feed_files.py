@@ -97,8 +97,9 @@ def load_feed(items: Sequence[str], metas: Sequence[TensorMeta], rois: Sequence[
     """Read inputs from ``NAME=file.npy`` or ``file.npz`` items (an .npz's keys are input names).
 
     A bare ``file.npy`` is allowed when the model has exactly one input. Every model input must be given once.
-    ``rois``: the inputs holding RoI boxes (:func:`roi_inputs`), whose batch indices and coordinates are checked
-    (:func:`check_roi_batch_indices`). ``note`` is told of each float input cast to the model's dtype.
+    ``rois``: the inputs holding RoI boxes (:func:`dcn_deploy.feeds.onnx_file_inputs.roi_inputs`), whose batch
+    indices and coordinates are checked (:func:`check_roi_batch_indices`). ``note`` is told of each float input
+    cast to the model's dtype.
     """
     names = [m.name for m in metas]
     feed: Dict[str, Tuple[np.ndarray, str]] = {}

@@ -29,7 +29,8 @@ Dim = object  # a graph input's dimension: an int, a symbol name (str), or None 
 def read_onnx_file(path: os.PathLike):
     """The ONNX file at ``path`` without its external weights, or None for engines and unreadable files (the
     runner that opens such a file reports it, not this module). Read it once and hand it to
-    :func:`parse_shape_options` (``model=``) and :func:`roi_input_names`, rather than give each the path."""
+    :func:`dcn_deploy.feeds.shape_options.parse_shape_options` (``model=``) and :func:`roi_input_names`, rather
+    than give each the path."""
     path = Path(path)
     if path.suffix.lower() != ".onnx" or not path.is_file():
         return None
@@ -68,8 +69,9 @@ def read_stored_inputs(proto) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Dim, ..
 def roi_inputs(model_path: os.PathLike) -> Tuple[str, ...]:
     """The graph inputs of an ONNX file that are RoI boxes (input 1 of a ``dcn_deploy`` RoI pooling node).
 
-    Random normal values are no boxes (a batch index of -1 or 2, x2 < x1), so :func:`random_feed` makes valid
-    ones for these. Empty for other models, engines and unreadable files."""
+    Random normal values are no boxes (a batch index of -1 or 2, x2 < x1), so
+    :func:`dcn_deploy.feeds.random_feeds.random_feed` makes valid ones for these. Empty for other models, engines
+    and unreadable files."""
     proto = read_onnx_file(Path(model_path))
     return () if proto is None else roi_input_names(proto.graph)
 

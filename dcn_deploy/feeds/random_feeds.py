@@ -52,8 +52,9 @@ def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Seque
                 batch: Optional[int] = None, seed: int = 0, rois: Sequence[str] = ()) -> Dict[str, np.ndarray]:
     """One reproducible random array per input (same seed -> same arrays), shapes from :func:`resolve_shapes`.
 
-    ``rois``: inputs that hold RoI boxes (:func:`roi_inputs`); they get valid boxes inside the image, the first
-    other 4-D input (a model with RoIs but no such input needs its boxes given as a file)."""
+    ``rois``: inputs that hold RoI boxes (:func:`dcn_deploy.feeds.onnx_file_inputs.roi_inputs`); they get valid
+    boxes inside the image, the first other 4-D input (a model with RoIs but no such input needs its boxes given
+    as a file)."""
     resolved = resolve_shapes(metas, shapes, batch, rois)
     rng = np.random.default_rng(seed)
     feed = {m.name: random_array(resolved[m.name], m.dtype, rng) for m in metas if m.name not in rois}

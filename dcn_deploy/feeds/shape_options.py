@@ -22,10 +22,11 @@ def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] 
     """``["x=1x3x64x64", "y:1x8"]`` -> ``{"x": (1, 3, 64, 64), "y": (1, 8)}`` (the CLI's ``--shape`` option).
 
     With ``model_path`` (an ONNX file written by :func:`dcn_deploy.export`), the example shapes stored in it
-    (:func:`stored_example_shapes`) are added for every input with a dynamic dimension that ``items`` does not
-    name, so the user's ``--shape`` wins. A stored input's dynamic batch follows the batch the user gave for
-    another input; :func:`resolve_shapes` still lets ``--batch`` replace it. Files without stored shapes give
-    exactly the user's shapes (a dynamic dimension left unknown is then reported by :func:`resolve_shapes`).
+    (:func:`dcn_deploy.feeds.onnx_file_inputs.stored_example_shapes`) are added for every input with a dynamic
+    dimension that ``items`` does not name, so the user's ``--shape`` wins. A stored input's dynamic batch follows
+    the batch the user gave for another input; :func:`dcn_deploy.feeds.shape_resolution.resolve_shapes` still lets
+    ``--batch`` replace it. Files without stored shapes give exactly the user's shapes (a dynamic dimension left
+    unknown is then reported by :func:`dcn_deploy.feeds.shape_resolution.resolve_shapes`).
     ``model``: the ``onnx.ModelProto`` of ``model_path`` when the caller has read it already (:func:`read_onnx_file`),
     so that the file is not read again.
     """

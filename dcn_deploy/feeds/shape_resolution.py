@@ -31,8 +31,8 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
     also replaces the first dimension of a user shape for an input whose first dimension is dynamic, so
     ``--shape x=1x3x64x64 --batch 8`` runs batch 8; a model with no dynamic first dimension accepts only its own
     batch size. Any other dynamic dimension must come from ``shapes``. The first dimension of a RoI input
-    (``rois``, see :func:`roi_inputs`) counts boxes, not images: ``batch`` never sets it (a dynamic one defaults
-    to :data:`DEFAULT_BOX_COUNT`).
+    (``rois``, see :func:`dcn_deploy.feeds.onnx_file_inputs.roi_inputs`) counts boxes, not images: ``batch``
+    never sets it (a dynamic one defaults to :data:`DEFAULT_BOX_COUNT`).
     """
     if batch is not None and (isinstance(batch, bool) or not hasattr(batch, "__index__") or batch < 1):
         # first: a batch of 0 would otherwise read as a mismatch with a fixed batch size

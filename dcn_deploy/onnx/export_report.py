@@ -68,7 +68,7 @@ class VerificationRun:
 
 @dataclass
 class ExportReport:
-    """What :func:`export` wrote and measured. ``str(report)`` is a human summary."""
+    """What :func:`dcn_deploy.onnx.export.export` wrote and measured. ``str(report)`` is a human summary."""
 
     path: Path
     opset: int
