@@ -113,3 +113,14 @@ def test_plugin_missing_reason_names_what_is_missing(tmp_path):
     assert "pass --fetch-trt-headers" not in after_fetch and "--tensorrt-include-dir" in after_fetch
     no_nvcc = BuildResult(tmp_path, {"host": lib / "h.so"}, tensorrt_include_dir="/opt/trt/include")
     assert "no CUDA compiler" in plugin_missing_reason(no_nvcc, fetched_headers=True)
+
+
+def test_fetching_headers_for_a_build_without_cuda_is_refused(tmp_path):
+    """The TensorRT headers serve only the plugin, which needs the CUDA build: asking for both is a mistake to name,
+    not a flag to ignore (it used to print `ninja: no work to do.` and fetch nothing)."""
+    from dcn_deploy.plugin import library
+
+    with pytest.raises(ValueError, match=r"fetch_headers=True with cuda=False \(CLI: --fetch-trt-headers with "
+                                         r"--no-cuda\).*drop one of the two"):
+        library.build_libraries(tmp_path / "build", cuda=False, fetch_headers=True)
+    assert not (tmp_path / "build").exists()

@@ -178,6 +178,26 @@ class TestComputeProfile:
         assert len(notes) == 1
         assert "'image': dimension 2 and dimension 3 fixed to the exported example 40x30" in notes[0]
 
+    def test_a_roi_input_counts_boxes_not_images(self):
+        """Dimension 0 of a RoI box list is a box count: the batch range (1..max_batch) would cap a detector's
+        proposals at 8 without a word. Declared as RoI input, it gets 1..DEFAULT_MAX_ROIS, tuned for the example."""
+        from dcn_deploy.backends.trt_profiles import DEFAULT_MAX_ROIS
+
+        inputs = [InputShape("image", (None, 3, None, None)), InputShape("rois", (None, 5))]
+        notes = []
+        profile = compute_profile(inputs, examples={"image": (2, 3, 40, 30), "rois": (300, 5)}, note=notes.append,
+                                  rois=["rois"])
+        assert profile["rois"] == TensorRange((1, 5), (300, 5), (DEFAULT_MAX_ROIS, 5))
+        assert profile["image"].max[0] == 8  # the batch keeps its own range
+        roi_note = next(n for n in notes if "'rois'" in n)
+        assert f"1 to {DEFAULT_MAX_ROIS} boxes per call (tuned for 300)" in roi_note
+        assert f"--shapes rois:1x5/300x5/{DEFAULT_MAX_ROIS}x5" in roi_note
+        # without an example: tuned for 1 box; a range the user gives wins, with no note
+        assert compute_profile(inputs[1:], rois=["rois"])["rois"].opt == (1, 5)
+        notes.clear()
+        given = compute_profile(inputs[1:], shapes="rois:1x5/50x5/64x5", rois=["rois"], note=notes.append)
+        assert given["rois"] == TensorRange((1, 5), (50, 5), (64, 5)) and notes == []
+
     @pytest.mark.parametrize("example", [(1, 4, 8), (1, 5, 8, 8), (1, 4, 0, 8)])
     def test_an_example_that_no_longer_fits_is_ignored(self, example):
         """A file edited after export may store a shape of another rank or fixed size: asked for, not used."""

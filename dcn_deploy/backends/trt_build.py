@@ -119,7 +119,8 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
 
     profile: Profile = compute_profile(onnx_input_shapes(model), shapes=shapes, min_shapes=min_shapes,
                                        opt_shapes=opt_shapes, max_shapes=max_shapes, max_batch=max_batch,
-                                       examples=_stored_examples(model), note=note)
+                                       examples=_stored_examples(model), note=note,
+                                       rois=_roi_inputs(model))
     check_build_options(model, precision=precision, io_dtype=io_dtype, keep_fp32=keep_fp32,
                         optimization_level=optimization_level)
     trt = import_tensorrt(tensorrt_module)
@@ -166,6 +167,13 @@ def _stored_examples(model) -> Dict[str, Tuple[int, ...]]:
     from ..feeds import parse_shape_options  # with no --shape items: exactly the stored defaults
 
     return parse_shape_options((), model=model)
+
+
+def _roi_inputs(model) -> Tuple[str, ...]:
+    """The inputs of ``model`` that are RoI box lists (their dimension 0 counts boxes, not images)."""
+    from ..feeds import roi_input_names
+
+    return roi_input_names(model.graph)
 
 
 def cuda_device_facts(device: int = 0) -> Tuple[str, Tuple[int, int]]:

@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = [
-    "DEFAULT_MAX_BATCH", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange", "check_shapes_in_profile",
+    "DEFAULT_MAX_BATCH", "DEFAULT_MAX_ROIS", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange", "check_shapes_in_profile",
     "compute_profile", "format_shape", "onnx_input_shapes", "parse_shape", "parse_shape_specs", "parse_range_specs",
     "profile_from_json", "profile_to_json", "select_profile",
 ]
 
 DEFAULT_MAX_BATCH = 8
+# Boxes per call a RoI input (dimension 0 of an (R, 5) box list) allows when the user gives no range: more than
+# detectors keep after NMS (R-FCN 300, mmdetection 1000).
+DEFAULT_MAX_ROIS = 1000
 Shape = Tuple[int, ...]
 Dim = Union[int, str, None]  # fixed size, symbolic name, or unknown
 
@@ -184,7 +187,7 @@ def compute_profile(inputs: Sequence[InputShape], *,
                     max_shapes: Union[str, Iterable[str], None] = None,
                     max_batch: int = DEFAULT_MAX_BATCH,
                     examples: Optional[Mapping[str, Sequence[int]]] = None,
-                    note: Optional[Callable[[str], None]] = None) -> Profile:
+                    note: Optional[Callable[[str], None]] = None, rois: Sequence[str] = ()) -> Profile:
     """One optimisation profile covering every input.
 
     ``shapes`` are ``name:SHAPE`` or ``name:MIN/OPT/MAX`` specs; ``min_shapes``/``opt_shapes``/``max_shapes`` are
@@ -193,6 +196,8 @@ def compute_profile(inputs: Sequence[InputShape], *,
     directly or through a symbolic name shared with a specified input, or else from ``examples`` ({input name:
     the example shape the file was exported with}, e.g. ``dcn_deploy.feeds.stored_example_shapes``), fixed to the
     example's size: ``note`` is then called with one line per such input saying so and how to give a range.
+    ``rois``: inputs that are RoI box lists (R, 5): their dimension 0 counts boxes, not images, so it defaults to
+    1..:data:`DEFAULT_MAX_ROIS` (opt: the example's count) instead of the batch range, with a note saying so.
     Raises :class:`ProfileError` naming every input that is still open, with a ``shapes=`` suggestion.
     """
     if max_batch < 1:
@@ -214,11 +219,14 @@ def compute_profile(inputs: Sequence[InputShape], *,
             profile[inp.name] = given[inp.name]
             continue
         example = _usable_example(inp, (examples or {}).get(inp.name))
-        rng, from_example = _derived_range(inp, symbols, max_batch, example)
+        is_roi = inp.name in rois and bool(inp.dims) and inp.is_dynamic(0) and inp.dims[0] not in symbols
+        rng, from_example = _derived_range(inp, symbols, max_batch, example, is_roi)
         if rng is None:
             open_inputs.append(inp.name)
             continue
         profile[inp.name] = rng
+        if note is not None and is_roi:
+            note(_roi_note(inp, rng))
         if from_example and note is not None:
             note(_example_note(inp, rng, from_example))
     if open_inputs:
@@ -279,7 +287,7 @@ def _usable_example(inp: InputShape, example: Optional[Sequence[int]]) -> Option
 
 
 def _derived_range(inp: InputShape, symbols: Mapping[str, Tuple[int, int, int]], max_batch: int,
-                   example: Optional[Shape] = None) -> Tuple[Optional[TensorRange], List[int]]:
+                   example: Optional[Shape] = None, is_roi: bool = False) -> Tuple[Optional[TensorRange], List[int]]:
     """The range of an input the user did not specify: fixed sizes, shared symbols, a batch of 1/1/``max_batch``,
     then the example's size for other dynamic dimensions. Returns (range, the axes fixed from the example); the
     range is None when some dynamic dimension is still unknown."""
@@ -290,6 +298,9 @@ def _derived_range(inp: InputShape, symbols: Mapping[str, Tuple[int, int, int]],
             value = (d, d, d)
         elif isinstance(d, str) and d in symbols:
             value = symbols[d]
+        elif axis == 0 and is_roi:  # a box count: the example's as opt, up to DEFAULT_MAX_ROIS
+            opt_boxes = example[0] if example is not None else 1
+            value = (1, opt_boxes, max(DEFAULT_MAX_ROIS, opt_boxes))
         elif axis == 0:
             value = (1, 1, max_batch)
         elif example is not None:
@@ -299,6 +310,13 @@ def _derived_range(inp: InputShape, symbols: Mapping[str, Tuple[int, int, int]],
             return None, []
         lo.append(value[0]), opt.append(value[1]), hi.append(value[2])
     return TensorRange(tuple(lo), tuple(opt), tuple(hi)), from_example
+
+
+def _roi_note(inp: InputShape, rng: TensorRange) -> str:
+    """The line saying how many boxes a RoI input's default range allows, and how to give another."""
+    spec = f"{inp.name}:{format_shape(rng.min)}/{format_shape(rng.opt)}/{format_shape(rng.max)}"
+    return (f"no shapes for RoI input {inp.name!r}: {rng.min[0]} to {rng.max[0]} boxes per call (tuned for "
+            f"{rng.opt[0]}); for another range give shapes=\"{spec}\" with your counts (CLI: --shapes {spec})")
 
 
 def _example_note(inp: InputShape, rng: TensorRange, axes: Sequence[int]) -> str:

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 import click
 
+from ..backends.trt_profiles import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROIS  # no TensorRT, no torch
 from . import CliError
 
 
@@ -20,12 +21,12 @@ from . import CliError
 @click.option("--shapes", multiple=True, metavar="NAME:SHAPE[/OPT/MAX]",
               help="Input shapes, trtexec style: x:1x3x224x224 (fixed) or x:1x3x224x224/4x3x224x224/8x3x224x224 "
                    "(min/opt/max); comma-separated or repeated. A dynamic batch defaults to 1..--max-batch, other "
-                   "dynamic sizes of an input not given to the example shape export stored in the file (a note "
-                   "says so).")
+                   "dynamic sizes of an input not given to the example shape export stored in the file, and a "
+                   f"RoI input's box count to 1..{DEFAULT_MAX_ROIS} (a note says each).")
 @click.option("--min-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --minShapes.")
 @click.option("--opt-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --optShapes.")
 @click.option("--max-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --maxShapes.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--max-batch", type=click.IntRange(min=1), default=DEFAULT_MAX_BATCH, show_default=True,
               help="Largest batch of the profile when the batch dimension is dynamic and not given in --shapes.")
 @click.option("--workspace", metavar="SIZE", default=None,
               help="Workspace limit, e.g. 4G or 512M (a bare number is MiB) [default: TensorRT's].")

@@ -203,6 +203,10 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
     Raises:
         PluginBuildError with the end of CMake's log when configuring or compiling fails.
     """
+    if fetch_headers and not cuda:
+        raise ValueError("fetch_headers=True with cuda=False (CLI: --fetch-trt-headers with --no-cuda): the "
+                               "TensorRT plugin is built only with the CUDA kernels, so its headers would not be used; "
+                               "drop one of the two")
     if shutil.which("cmake") is None:
         raise PluginBuildError("cmake not found on PATH; install cmake >= 3.24 (and ninja) first")
     source = repo_root()
