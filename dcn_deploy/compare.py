@@ -6,10 +6,19 @@ user's arrays) and each of its outputs is compared with the reference's output o
 - ``max_abs = max |out - ref|``
 - ``max_rel = max |out - ref| / max(|ref|, atol)`` (``atol`` in the denominator keeps the ratio finite where the
   reference is near zero, where only the absolute error means anything)
-- pass when every element has ``|out - ref| <= atol + rtol * |ref|`` (numpy's ``allclose`` rule), shapes agree and
-  NaN/inf appear in the same places;
+- pass when every element has ``|out - ref| <= atol + rtol * |ref|`` (numpy's ``allclose`` rule) and shapes agree;
 - ``of_tolerance = max |out - ref| / (atol + rtol * |ref|)``: that rule as one number, at most 1 to pass (the max
   relative error alone can exceed rtol on a passing output: the atol term absorbs small references).
+
+NaN and inf are never "matched": a verification that compares NaN with NaN verifies nothing (an all-NaN model,
+e.g. a checkpoint that left tensors at random values, would pass against itself). So:
+
+- a reference output holding NaN/inf fails, with a note saying how many values and what to check (the weights,
+  the inputs); its finite elements are still compared and reported;
+- an output under test holding NaN/inf where the reference is finite fails too: those elements count as an
+  infinite error (``max_abs``, ``max_rel`` and ``of_tolerance`` are ``inf``) and the note says how many;
+- the errors are computed over the elements whose reference is finite, so ``max_rel`` is never NaN; with no
+  such element (or shapes that differ) every error is ``inf``.
 
 Tolerances depend on the output's dtype (:data:`DEFAULT_TOLERANCES`); the caller may override them.
 """
@@ -80,7 +89,7 @@ class OutputComparison:
     mean_abs: float
     atol: float
     rtol: float
-    mismatched: int  # elements beyond atol + rtol*|ref|
+    mismatched: int  # elements beyond atol + rtol*|ref|, NaN/inf under test, and NaN/inf in the reference
     of_tolerance: float  # max |out - ref| / (atol + rtol*|ref|): <= 1 passes
     passed: bool
     note: str = ""
@@ -152,16 +161,21 @@ def _format_rows(rows: Sequence[Sequence[str]]) -> List[str]:
 
 def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.ndarray,
                     tolerance: Optional[Tolerance] = None,
-                    overrides: Optional[Mapping[str, Tolerance]] = None) -> OutputComparison:
-    """Compare one output array with the reference's (see the module docstring for the rule)."""
+                    overrides: Optional[Mapping[str, Tolerance]] = None,
+                    reference: str = "") -> OutputComparison:
+    """Compare one output array with the reference's (see the module docstring for the rule).
+
+    ``reference`` names the reference runner in the note of a failure (e.g. ``"PyTorch"``); empty: "reference".
+    """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
     tol = tolerance or tolerance_for(expected.dtype, overrides)
     base = dict(runner=runner, output=name, dtype=str(expected.dtype), shape=tuple(expected.shape),
                 atol=tol.atol, rtol=tol.rtol)
+    inf = float("inf")
     if actual.shape != expected.shape:
-        return OutputComparison(**base, max_abs=float("inf"), max_rel=float("inf"), mean_abs=float("inf"),
-                                mismatched=int(expected.size), of_tolerance=float("inf"), passed=False,
+        return OutputComparison(**base, max_abs=inf, max_rel=inf, mean_abs=inf,
+                                mismatched=int(expected.size), of_tolerance=inf, passed=False,
                                 note=f"shape {format_shape(actual.shape)} != reference {format_shape(expected.shape)}")
     if expected.size == 0:
         return OutputComparison(**base, max_abs=0.0, max_rel=0.0, mean_abs=0.0, mismatched=0, of_tolerance=0.0,
@@ -169,27 +183,38 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
                                 note="empty")
     a = actual.astype(np.float64)
     e = expected.astype(np.float64)
-    finite = np.isfinite(e) & np.isfinite(a)
-    # NaN/inf must sit at the same places with the same value (inf == inf; NaN matches NaN).
-    special_ok = np.all((np.isnan(a) == np.isnan(e)) & (np.isinf(a) == np.isinf(e))
-                        & (~np.isinf(e) | (a == e)))
-    with np.errstate(invalid="ignore"):  # inf - inf where both are inf: handled by special_ok
-        diff = np.where(finite, np.abs(a - e), 0.0)
+    # Only a finite reference can be checked against; a NaN/inf there fails the output (module docstring).
+    checked = np.isfinite(e)
+    broken = checked & ~np.isfinite(a)  # NaN/inf under test where the reference is finite: an infinite error
+    both = checked & ~broken
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(both, np.abs(a - e), 0.0)
+        diff[broken] = inf
         rel = diff / np.maximum(np.abs(e), max(tol.atol, np.finfo(np.float64).tiny))
-        allowed = tol.atol + tol.rtol * np.where(finite, np.abs(e), 0.0)
-        bad = (diff > allowed) & finite
+        allowed = tol.atol + tol.rtol * np.where(checked, np.abs(e), 0.0)
+        bad = (diff > allowed) & checked
         # a zero allowance (atol = rtol = 0, or rtol alone on a zero reference) makes any error infinitely many
         # tolerances, and an exact match zero of them
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore"):
             ratio = np.where(diff > 0, diff / allowed, 0.0)
-        of_tolerance = float(np.max(ratio))
-    mismatched = int(bad.sum()) + (0 if special_ok else int((~finite).sum()))
-    note = "" if special_ok else "NaN/inf differ"
-    if mismatched and not note:
-        note = f"{mismatched} of {expected.size} elements"
-    return OutputComparison(**base, max_abs=float(diff.max()), max_rel=float(rel.max()),
-                            mean_abs=float(diff.mean()), mismatched=mismatched, of_tolerance=of_tolerance,
-                            passed=mismatched == 0, note=note)
+    unchecked = int((~checked).sum())
+    notes = []
+    if unchecked:
+        notes.append(f"the reference ({reference}) output" if reference else "the reference output")
+        notes[-1] += (f" has {unchecked} of {expected.size} NaN/inf values: nothing to compare there; check the "
+                      "weights (tensors missing from a checkpoint stay at random values) and the inputs")
+    if broken.any():
+        notes.append(f"{int(broken.sum())} of {expected.size} values NaN/inf where the reference is finite")
+    if bad.sum() > broken.sum():
+        notes.append(f"{int(bad.sum() - broken.sum())} of {expected.size} elements beyond tolerance")
+    mismatched = int(bad.sum()) + unchecked
+    if checked.any():
+        max_abs, max_rel = float(diff[checked].max()), float(rel[checked].max())
+        mean_abs, of_tolerance = float(diff[checked].mean()), float(ratio[checked].max())
+    else:  # nothing could be compared: no number would be honest but "unbounded"
+        max_abs = max_rel = mean_abs = of_tolerance = inf
+    return OutputComparison(**base, max_abs=max_abs, max_rel=max_rel, mean_abs=mean_abs, mismatched=mismatched,
+                            of_tolerance=of_tolerance, passed=mismatched == 0, note="; ".join(notes))
 
 
 def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.ndarray]] = None, *,
@@ -239,7 +264,8 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
             actual = runner.infer(feed)
             pairs = _match_outputs(runner.name, actual, expected)
             for name, act, exp in pairs:
-                result.outputs.append(compare_outputs(runner.name, name, act, exp, tolerance, tolerances))
+                result.outputs.append(compare_outputs(runner.name, name, act, exp, tolerance, tolerances,
+                                                      reference=reference.name))
         return result
     finally:
         for r in activated:

@@ -243,7 +243,7 @@ def run_demo(config: Optional[DemoConfig] = None, say: Callable[[str], None] = _
             with TorchRunner(model, inputs, output_names=output_names) as torch_runner:
                 torch_logits = _predict(torch_runner, test_images, config.eval_batch)
                 ort_logits = _predict(ort_runner, test_images, config.eval_batch)
-        comparison = compare_outputs("ort", output_names[0], ort_logits, torch_logits)
+        comparison = compare_outputs("ort", output_names[0], ort_logits, torch_logits, reference="PyTorch")
         torch_pred, ort_pred = torch_logits.argmax(1), ort_logits.argmax(1)
 
     with _timed(seconds, "bench"):

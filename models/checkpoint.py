@@ -5,6 +5,14 @@ after stripping a wrapper (``state_dict``/``model``), a ``module.`` (DataParalle
 prefix (mmdetection), and after adding the model's own ``backbone.`` prefix where it has one (DeepLab, R-FCN);
 the combination that matches the most tensors wins. Tensors whose shapes differ (a 1000-class ``fc`` into a
 21-class head) are skipped and listed, never loaded half-way.
+
+What a converted checkpoint is expected to lack: the offset branches (``*.conv_offset.*``: torchvision's and
+mmdetection's ImageNet weights have none, and they start at zero by design) and, in a model with a ``backbone.``
+(DeepLab, R-FCN), the head outside it (ImageNet weights cover the backbone only), a ResNet's classifier ``fc``
+(mmdetection's backbones have none), and batch-norm step counters
+(``num_batches_tracked``, absent from torchvision's ImageNet files). Anything else missing means the
+checkpoint belongs to another architecture; ``require_backbone=True`` refuses it (the CLI does), the default only
+reports it.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ from torch import nn
 from dcn_deploy.onnx.model_loading import describe_exception, unreadable_weights_reason
 from dcn_deploy.ops.modules import upgrade_mmcv_state_dict
 
-__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict"]
+__all__ = ["CheckpointError", "IncompleteCheckpointError", "LoadReport", "load_checkpoint", "read_state_dict"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
 _STRIP_PREFIXES = ("", "module.", "backbone.", "module.backbone.", "model.", "model.backbone.")
@@ -27,6 +35,15 @@ _STRIP_PREFIXES = ("", "module.", "backbone.", "module.backbone.", "model.", "mo
 
 class CheckpointError(ValueError):
     """The checkpoint cannot be read, or does not fit the model well enough; the message says what to do."""
+
+
+class IncompleteCheckpointError(CheckpointError):
+    """``require_backbone=True`` and the checkpoint leaves tensors missing that it should hold (``report``
+    says which)."""
+
+    def __init__(self, message: str, report: "LoadReport"):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -41,6 +58,7 @@ class LoadReport:
     mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     stripped_prefix: str = ""
     added_prefix: str = ""
+    head: List[str] = field(default_factory=list)  # the model's tensors a backbone checkpoint does not cover
 
     @property
     def missing_offsets(self) -> List[str]:
@@ -50,6 +68,22 @@ class LoadReport:
     @property
     def missing_other(self) -> List[str]:
         return [k for k in self.missing if ".conv_offset." not in k]
+
+    @property
+    def missing_head(self) -> List[str]:
+        """Missing tensors of the head (DeepLab's and R-FCN's outside ``backbone.``, a ResNet's ``fc``), kept at
+        their initialisation: a backbone checkpoint (ImageNet for DeepLab, mmdetection's) does not hold them."""
+        head = set(self.head)
+        return [k for k in self.missing_other if k in head]
+
+    @property
+    def missing_required(self) -> List[str]:
+        """Missing tensors a converted torchvision/mmdetection checkpoint of this architecture holds: all but the
+        offsets, the head (:attr:`missing_head`) and batch-norm step counters (``num_batches_tracked``: torchvision's
+        ImageNet files predate them; inference never reads them). Any means the checkpoint is of another
+        architecture."""
+        head = set(self.missing_head)
+        return [k for k in self.missing_other if k not in head and not k.endswith(".num_batches_tracked")]
 
     @property
     def complete(self) -> bool:
@@ -129,6 +163,14 @@ def read_state_dict(checkpoint: Union[str, os.PathLike, Mapping[str, object]], t
     return tensors
 
 
+def _head_keys(own: Mapping[str, torch.Tensor]) -> List[str]:
+    """The tensors a backbone checkpoint does not hold: outside ``backbone.`` where the model has one (DeepLab,
+    R-FCN), else a classifier ``fc`` (ResNet: mmdetection's backbones have none)."""
+    if any(k.startswith("backbone.") for k in own):
+        return [k for k in own if not k.startswith("backbone.")]
+    return [k for k in own if k.startswith("fc.")]
+
+
 def _rename(state: Mapping[str, torch.Tensor], strip: str, add: str) -> Dict[str, torch.Tensor]:
     return {add + k[len(strip):]: v for k, v in state.items() if k.startswith(strip)}
 
@@ -149,7 +191,7 @@ def _best_renaming(state: Mapping[str, torch.Tensor], model_keys: set, prefix: O
 
 def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, object]],
                     prefix: Optional[Tuple[str, str]] = None, strict: bool = False, trusted: bool = False,
-                    verbose: bool = False) -> LoadReport:
+                    verbose: bool = False, require_backbone: bool = False) -> LoadReport:
     """Load ``checkpoint`` into ``model`` and return a :class:`LoadReport` (``print(report)`` for a summary).
 
     Args:
@@ -160,6 +202,10 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
         strict: raise :class:`CheckpointError` unless every tensor except the zero-initialised offsets was loaded.
         trusted: allow a full unpickle of the file (see :func:`read_state_dict`).
         verbose: print the summary.
+        require_backbone: raise :class:`IncompleteCheckpointError` when a tensor the checkpoint should hold is
+            missing (:attr:`LoadReport.missing_required`: all but the offsets and the head, see the module docstring),
+            i.e. the checkpoint is of another architecture; the model is then partly loaded. Shape mismatches
+            (another class count) are still only reported. The CLI passes True.
     """
     source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "the given state_dict"
     state = upgrade_mmcv_state_dict(read_state_dict(checkpoint, trusted=trusted))
@@ -167,7 +213,7 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     strip, add = _best_renaming(state, set(own), prefix)
     renamed = _rename(state, strip, add)
 
-    report = LoadReport(source=source, stripped_prefix=strip, added_prefix=add)
+    report = LoadReport(source=source, stripped_prefix=strip, added_prefix=add, head=_head_keys(own))
     loadable = {}
     for key, value in renamed.items():
         if key in own and tuple(own[key].shape) != tuple(value.shape):
@@ -188,6 +234,14 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     report.loaded = [k for k in own if k not in missing and k not in skipped]
     if verbose:
         print(report.summary())
+    if require_backbone and report.missing_required:
+        required = report.missing_required
+        raise IncompleteCheckpointError(
+            f"{source} leaves {len(required)} of the model's {len(own)} tensors missing that a checkpoint of this "
+            f"architecture holds ({_listing(required, 5)}); they would keep their random initial values and the "
+            "outputs would mean nothing (only the offset branches, which start at zero, and the head a backbone "
+            "checkpoint does not cover may be missing). The checkpoint belongs to another architecture: give "
+            "the checkpoint of this model", report)
     if strict and not report.complete:
         raise CheckpointError(f"checkpoint does not cover the model (strict=True):\n{report.summary()}")
     return report

@@ -9,7 +9,8 @@ import pytest
 
 from dcn_deploy.backends.base import Runner, TensorMeta
 from dcn_deploy.bench import BenchResult, benchmark, latency_stats, stage_times
-from dcn_deploy.compare import DEFAULT_TOLERANCES, Tolerance, compare_outputs, compare_runners, tolerance_for
+from dcn_deploy.compare import (DEFAULT_TOLERANCES, ComparisonResult, Tolerance, compare_outputs, compare_runners,
+                                tolerance_for)
 from dcn_deploy.feeds import (FeedError, load_feed, parse_shape, parse_shape_options, random_feed,
                               resolve_shapes)
 
@@ -135,14 +136,63 @@ def test_of_tolerance_with_a_zero_allowance():
     assert exact.of_tolerance == 0.0 and exact.passed
 
 
-def test_compare_outputs_nan_and_inf_must_match(rng):
+def test_a_nan_or_inf_reference_fails_even_against_the_same_values(rng):
+    # audit: an all-NaN model "verified" against itself (max abs 0, max rel nan, PASS): NaN never matches NaN now
     ref = rng.standard_normal(6).astype(np.float32)
     ref[0], ref[1] = np.nan, np.inf
-    assert compare_outputs("r", "y", ref.copy(), ref).passed
-    wrong = ref.copy()
-    wrong[0] = 1.0
-    result = compare_outputs("r", "y", wrong, ref)
-    assert not result.passed and result.note == "NaN/inf differ"
+    same = compare_outputs("r", "y", ref.copy(), ref, reference="torch")
+    assert not same.passed and same.mismatched == 2
+    assert same.note == ("the reference (torch) output has 2 of 6 NaN/inf values: nothing to compare there; check "
+                         "the weights (tensors missing from a checkpoint stay at random values) and the inputs")
+    # its finite elements are still compared: an error there is reported too, with finite numbers
+    off = ref.copy()
+    off[4] += 1.0
+    result = compare_outputs("r", "y", off, ref)
+    assert not result.passed and result.mismatched == 3 and result.max_abs == pytest.approx(1.0)
+    assert result.note.startswith("the reference output has 2 of 6 NaN/inf values") \
+        and result.note.endswith("; 1 of 6 elements beyond tolerance")
+
+
+def test_an_all_nan_reference_reports_no_nan_numbers():
+    ref = np.full((2, 1000), np.nan, np.float32)
+    result = compare_outputs("onnxruntime", "logits", ref.copy(), ref, reference="PyTorch")
+    assert not result.passed and result.mismatched == 2000
+    assert "the reference (PyTorch) output has 2000 of 2000 NaN/inf values" in result.note
+    # nothing could be compared: every error is unbounded, none is NaN (the audit printed "max rel nan")
+    numbers = (result.max_abs, result.max_rel, result.mean_abs, result.of_tolerance)
+    assert all(v == float("inf") for v in numbers), numbers
+    table = ComparisonResult("torch", ["torch", "ort"], {"x": ((2, 3), "float32")}, [result]).table()
+    assert "nan" not in table.lower().replace("nan/inf", "") and "FAIL (the reference (PyTorch) output" in table
+
+
+class NanDoubling(Doubling):
+    """y = 2x * NaN: an all-NaN model, as a checkpoint of another architecture can give."""
+
+    def _infer(self, feed):
+        return {"y": feed["x"] * np.float32("nan")}
+
+
+def test_compare_runners_names_the_reference_whose_output_is_nan():
+    result = compare_runners([NanDoubling("torch"), NanDoubling("ort")], shapes={"x": (2, 3)}, seed=5)
+    assert not result.passed
+    (output,) = result.outputs
+    assert output.note.startswith("the reference (torch) output has 6 of 6 NaN/inf values: nothing to compare there")
+    assert "FAILED: 0 of 1 outputs" in result.table()
+    assert json.loads(result.to_json())["outputs"][0]["max_rel"] == float("inf")
+
+
+def test_nan_under_test_where_the_reference_is_finite_fails_with_finite_numbers(rng):
+    ref = rng.standard_normal(8).astype(np.float32)
+    got = ref.copy()
+    got[2], got[5] = np.nan, -np.inf
+    result = compare_outputs("r", "y", got, ref)
+    assert not result.passed and result.mismatched == 2
+    assert result.note == "2 of 8 values NaN/inf where the reference is finite"
+    assert result.max_abs == result.max_rel == result.of_tolerance == float("inf")
+    # max_rel is computed where the reference is finite only: a finite pair never gives NaN
+    ref[0] = 0.0
+    close = compare_outputs("r", "y", ref + np.float32(1e-6), ref)
+    assert close.passed and np.isfinite(close.max_rel) and np.isfinite(close.of_tolerance)
 
 
 def test_tolerances_per_dtype_and_overrides():

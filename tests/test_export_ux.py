@@ -6,6 +6,7 @@ One small dynamic export is shared by the tests that read its file; the sampler 
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 
 import pytest
@@ -410,7 +411,7 @@ def test_unreadable_weights_get_one_explanation_for_every_model(model_file, tmp_
     assert says in line
     assert "two options" not in line and "174812789" not in line  # torch's cut-off advice, its bare KeyError
     if kind == "objects":  # the CLI's way forward: a command that re-saves the tensors, with no option to trust
-        assert "re-save its tensors once as a plain state_dict: python -c" in line
+        assert f"re-save its tensors once as a plain state_dict: {sys.executable} -c" in line
         # load_checkpoint's trusted=True (zoo models) is named as the library's, beside the CLI's way
         assert ("pass trusted=True, or (CLI: --weights never runs pickled code)" in line) == (model == "zoo")
     if kind == "module":
@@ -426,7 +427,7 @@ def test_the_resave_command_in_the_message_gives_a_file_that_loads(tmp_path):
     with pytest.raises(CheckpointError, match=r"pass trusted=True, or \(CLI: --weights never runs pickled code\)"
                        ) as info:
         read_state_dict(weights)
-    command = re.search(r'python -c "([^"]+)"', str(info.value)).group(1)
+    command = re.search(re.escape(sys.executable) + r' -c "([^"]+)"', str(info.value)).group(1)
     exec(command, {})  # what the user pastes, here in-process
     saved = tmp_path / "meta_state_dict.pt"
     assert f"then give {saved}" in str(info.value)
@@ -485,3 +486,60 @@ def test_empty_input_names_get_an_example_of_input_names(tmp_path):
     assert result.exit_code == 2, result.output + result.stderr
     (line,) = error_lines(result)
     assert "e.g. --input-names image,rois" in line and "cls_score" not in line
+
+
+# audit: a checkpoint of another architecture gave an all-NaN model that "verified" (NaN matched NaN), exit 0
+# --------------------------------------------------------------------------------------------------------------
+
+NAN_MODEL_FILE = textwrap.dedent("""
+    import torch
+    import dcn_deploy
+
+
+    class NanNet(torch.nn.Module):  # a deformable layer whose every output is NaN
+        def __init__(self):
+            super().__init__()
+            self.dcn = dcn_deploy.ModulatedDeformConv2dPack(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.dcn(x) * float("nan")
+
+
+    def build():
+        torch.manual_seed(0)
+        return NanNet().eval()
+""")
+
+
+def test_export_of_a_model_whose_output_is_nan_fails_and_keeps_the_file(tmp_path):
+    path = tmp_path / "nan_model.py"
+    path.write_text(NAN_MODEL_FILE)
+    out = tmp_path / "all_invalid.onnx"
+    result = cli_runner().invoke(main, ["export", f"{path}:build", "--input-shape", "1x3x8x8", "-o", str(out)])
+    assert result.exit_code == 1, result.output + result.stderr
+    (line,) = error_lines(result)
+    assert f"{out} cannot be verified against PyTorch" in line
+    assert "the reference (PyTorch) output has 256 of 256 NaN/inf values: nothing to compare there" in line
+    assert "Nothing can be verified while PyTorch's own output holds NaN/inf" in line
+    words = line.replace(str(tmp_path), "PATH").lower()  # the test's own folder name holds "nan"
+    assert "roundoff" not in words and "nan" not in words.replace("nan/inf", "")
+    assert "PASS" not in result.output and "max rel nan" not in result.output + result.stderr
+    assert out.exists() and f"The file {out} was kept for inspection" in line  # as for every verification failure
+
+
+def test_zoo_weights_of_another_architecture_are_refused(tmp_path):
+    from dcn_deploy.models.demo import DemoNet
+
+    torch.manual_seed(4)
+    weights = tmp_path / "demo_weights.pt"
+    torch.save(DemoNet().state_dict(), weights)
+    out = tmp_path / "r50.onnx"
+    result = cli_runner().invoke(main, ["export", "resnet50_dcn_c5", "--weights", str(weights), "--input-shape",
+                                        "1x3x32x32", "-o", str(out)])
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = error_lines(result)
+    assert f"--weights {weights} does not fit zoo model resnet50_dcn_c5: " in line
+    assert "missing that a checkpoint of resnet50_dcn_c5 holds (e.g. conv1.weight, layer1.0.conv1.weight" in line
+    assert ("The checkpoint belongs to another architecture: check the zoo name (dcn-deploy zoo list) or give the "
+            "checkpoint saved from resnet50_dcn_c5") in line
+    assert "Traceback" not in result.stderr and not out.exists()

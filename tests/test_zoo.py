@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dcn_deploy.models import zoo
-from dcn_deploy.models.checkpoint import CheckpointError, load_checkpoint
+from dcn_deploy.models.checkpoint import CheckpointError, IncompleteCheckpointError, load_checkpoint
 from dcn_deploy.models.deeplab import DeepLab
 from dcn_deploy.models.resnet import ResNet
 from dcn_deploy.models.rfcn import RFCNHead
@@ -261,6 +261,39 @@ def test_unreadable_or_unrelated_checkpoints_give_clear_errors(tmp_path):
         load_checkpoint(model, {"encoder.block.weight": torch.ones(2)})
     with pytest.raises(CheckpointError, match="no tensors"):
         load_checkpoint(model, {"epoch": 3})
+
+
+def test_require_backbone_refuses_a_checkpoint_of_another_architecture():
+    from dcn_deploy.models.demo import DemoNet
+
+    torch.manual_seed(11)
+    state = DemoNet().state_dict()  # shares a few names (bn1.*) with a ResNet, nothing else
+    with pytest.raises(IncompleteCheckpointError, match=r"the given state_dict leaves 261 of the model's 326 tensors "
+                       r"missing that a checkpoint of this architecture holds \(conv1.weight, ") as caught:
+        load_checkpoint(ResNet(50, deform_stages=(5,)), state, require_backbone=True)
+    assert "belongs to another architecture" in str(caught.value)
+    report = caught.value.report
+    assert len(report.missing_required) > 250 and not any(".conv_offset." in k for k in report.missing_required)
+    # a library caller that does not ask keeps the old behaviour: loaded, and the summary says what is missing
+    report = load_checkpoint(ResNet(50, deform_stages=(5,)), state)
+    assert report.missing_required and "MISSING, kept at their random initial values" in report.summary()
+
+
+def test_require_backbone_accepts_what_converted_checkpoints_lack():
+    # torchvision's ImageNet file: no num_batches_tracked (it predates them) and no offsets, into a DeepLab whose
+    # head it cannot hold; an mmdetection backbone (no fc) into a classifier ResNet
+    source = randomise(ResNet(50, deform_stages=()), seed=12)
+    imagenet = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    report = load_checkpoint(DeepLab(50, num_classes=5, deform_stages=(5,)), imagenet, require_backbone=True)
+    assert report.missing_head and all(k.startswith(("head.", "classifier.")) for k in report.missing_head)
+    assert len(report.missing_offsets) == 6 and not report.missing_required
+    mmdet = {f"backbone.{k}": v for k, v in imagenet.items() if not k.startswith("fc.")}
+    report = load_checkpoint(ResNet(50, deform_stages=(5,)), mmdet, require_backbone=True)
+    assert report.missing_head == ["fc.weight", "fc.bias"] and not report.missing_required
+    # but a backbone tensor missing is refused, named
+    del imagenet["layer2.1.conv2.weight"]
+    with pytest.raises(IncompleteCheckpointError, match=r"leaves 1 of .*\(backbone.layer2.1.conv2.weight\)"):
+        load_checkpoint(DeepLab(50, num_classes=5, deform_stages=(5,)), imagenet, require_backbone=True)
 
 
 def test_bad_arguments_name_the_option():

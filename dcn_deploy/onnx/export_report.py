@@ -122,7 +122,11 @@ class ExportReport:
         for run in self.verification:
             lines.append(f"  ONNX Runtime vs PyTorch, {run.label}: {'PASS' if run.passed else 'FAIL'}")
             lines += [f"    {o.output}: max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, {o.of_tolerance:.2g} of the "
-                      f"tolerance atol {o.atol:g} + rtol {o.rtol:g} x |ref|{'' if o.passed else '  <- beyond tolerance'}"
-                      for o in run.outputs]
+                      f"tolerance atol {o.atol:g} + rtol {o.rtol:g} x |ref|{_why_failed(o)}" for o in run.outputs]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _why_failed(comparison) -> str:
+    """"" for a passing output, else what failed: the comparison's note (NaN/inf, a shape) or the tolerance."""
+    return "" if comparison.passed else f"  <- {comparison.note or 'beyond tolerance'}"

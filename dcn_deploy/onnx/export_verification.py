@@ -47,17 +47,29 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
             say(f"  {run.label}: {out.output} max abs {out.max_abs:.3g}, max rel {out.max_rel:.3g}"
                 f"{'' if out.passed else '  FAIL'}")
     if not report.verified:
+        failed = [(r, o) for r in runs for o in r.outputs if not o.passed]
         bad = [f"{o.output} ({r.label}): max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, {o.of_tolerance:.2g} of the "
-               f"tolerance (atol {o.atol:g}, rtol {o.rtol:g}{', ' + o.note if o.note else ''})"
-               for r in runs for o in r.outputs if not o.passed]
+               f"tolerance (atol {o.atol:g}, rtol {o.rtol:g}{', ' + o.note if o.note else ''})" for r, o in failed]
+        if any(_REFERENCE_NOT_FINITE in o.note for _, o in failed):
+            # nothing to tune: PyTorch's own output is NaN/inf, so no file could be shown to match it
+            head = f"{report.path} cannot be verified against PyTorch"
+            advice = ("Nothing can be verified while PyTorch's own output holds NaN/inf: fix the model first (a "
+                      "checkpoint of another architecture, for one, leaves tensors at random values), then export "
+                      "again")
+        else:
+            head = f"{report.path} does not match PyTorch"
+            advice = ("A loose tolerance may be right for deep float16 models "
+                      "(rtol/atol). In float32, roundoff grows with large offsets (e.g. an untrained network's random "
+                      "offset branch samples far off the image); to tell it from a bug, compare PyTorch's float32 "
+                      "output with a float64 copy's (copy.deepcopy(model).double() on input.double()): a difference "
+                      "as large as the above is roundoff (a float64 export verifies in ONNX Runtime only without "
+                      "plain convolutions: its CPU provider has no float64 Conv). Otherwise please report it")
         raise VerificationError(
-            f"{report.path} does not match PyTorch: "
-            + "; ".join(bad) + f". {_kept(report.path)}. A loose tolerance may be right for deep float16 models "
-            "(rtol/atol). In float32, roundoff grows with large offsets (e.g. an untrained network's random offset "
-            "branch samples far off the image); to tell it from a bug, compare PyTorch's float32 output with a "
-            "float64 copy's (copy.deepcopy(model).double() on input.double()): a difference as large as the above "
-            "is roundoff (a float64 export verifies in ONNX Runtime only without plain convolutions: its CPU "
-            "provider has no float64 Conv). Otherwise please report it", report)
+            f"{head}: " + "; ".join(bad) + f". {_kept(report.path)}. {advice}", report)
+
+
+# how compare_outputs' note starts when the reference output holds NaN/inf (it names the reference in between)
+_REFERENCE_NOT_FINITE = "NaN/inf values: nothing to compare there"
 
 
 def _kept(path: Path) -> str:
@@ -124,7 +136,8 @@ def _verify_once(session, model, inputs: Sequence[torch.Tensor], label: str,
     out_names = [o.name for o in session.get_outputs()]
     if len(expected) != len(got):
         raise ExportError(f"PyTorch returned {len(expected)} tensors but the ONNX model has {len(got)} outputs {out_names}")
-    comparisons = [compare_outputs("onnxruntime", n, np.asarray(g), e, _tolerance(e, rtol, atol))
+    comparisons = [compare_outputs("onnxruntime", n, np.asarray(g), e, _tolerance(e, rtol, atol),
+                                   reference="PyTorch")
                    for n, g, e in zip(out_names, got, expected)]
     return VerificationRun(label, {n: tuple(int(d) for d in t.shape) for n, t in zip(names, inputs)}, comparisons)
 

@@ -202,10 +202,22 @@ def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
         raise ValueError(f"{message} (or give FILE.py:FACTORY or a .pt2 file)") from None
     model = entry.build()
     if weights is not None:
-        from dcn_deploy.models.checkpoint import load_checkpoint
+        from dcn_deploy.models.checkpoint import IncompleteCheckpointError, load_checkpoint
 
         # Not strict: ImageNet backbone weights for a segmentation/detection model leave its new head at its
-        # initialisation, which is what the user asked for; the report says what was and was not loaded.
-        print(load_checkpoint(model, weights, strict=False), file=sys.stderr)
+        # initialisation, which is what the user asked for; the report says what was and was not loaded. But a
+        # checkpoint that misses backbone tensors is of another architecture: exporting it would give a file of
+        # random (even NaN) outputs that "verifies" against an equally random PyTorch model.
+        try:
+            report = load_checkpoint(model, weights, strict=False, require_backbone=True)
+        except IncompleteCheckpointError as exc:
+            required = exc.report.missing_required
+            raise ValueError(
+                f"--weights {weights} does not fit zoo model {name}: {len(exc.report.loaded)} tensors loaded, "
+                f"{len(required)} missing that a checkpoint of {name} holds (e.g. {', '.join(required[:3])}); they "
+                "would keep their random initial values and the outputs would mean nothing. The checkpoint belongs "
+                f"to another architecture: check the zoo name (dcn-deploy zoo list) or give the checkpoint "
+                f"saved from {name}") from None
+        print(report, file=sys.stderr)
     return LoadedModel(model.eval(), name, "zoo", zoo_sampler(entry), tuple(entry.input_names),
                        tuple(entry.output_names))

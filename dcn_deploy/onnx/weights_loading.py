@@ -6,6 +6,8 @@ objects besides tensors) and what to do, shared with the zoo's ``dcn_deploy.mode
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -44,7 +46,7 @@ def unreadable_weights_reason(path: Path, exc: BaseException, trusted_argument: 
     allow = f"pass {trusted_argument}, or (CLI: --weights never runs pickled code) " if trusted_argument else ""
     return (f"it stores Python objects besides tensors ({refused}; e.g. the 'meta' of an mmdetection checkpoint), "
             "which torch.load(weights_only=True) does not unpickle because unpickling can run code. If you trust the "
-            f"file, {allow}re-save its tensors once as a plain state_dict: python -c \"import torch; from "
+            f"file, {allow}re-save its tensors once as a plain state_dict: {_python()} -c \"import torch; from "
             "dcn_deploy.models.checkpoint import read_state_dict; "
             f"torch.save(read_state_dict({str(path)!r}, trusted=True), {str(saved)!r})\", then give {saved}")
 
@@ -119,3 +121,9 @@ def load_weights(model: torch.nn.Module, path: Path, reference: str) -> None:
     if problems:
         raise ValueError(f"--weights {path} does not fit the model built by {reference}: " + "; ".join(problems)
                          + ". Check that the factory builds the architecture the checkpoint was saved from")
+
+
+def _python() -> str:
+    """The interpreter to print in a command to paste: this one, which has torch and dcn_deploy (a bare ``python``
+    on the user's PATH may have neither)."""
+    return shlex.quote(sys.executable or "python")
