@@ -543,3 +543,40 @@ def test_zoo_weights_of_another_architecture_are_refused(tmp_path):
     assert ("The checkpoint belongs to another architecture: check the zoo name (dcn-deploy zoo list) or give the "
             "checkpoint saved from resnet50_dcn_c5") in line
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+CHATTY_MODEL_FILE = textwrap.dedent("""
+    import torch
+    import dcn_deploy
+
+
+    class Chatty(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dcn = dcn_deploy.ModulatedDeformConv2dPack(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            print("forward called")  # the user's own debugging output
+            return self.dcn(x)
+
+
+    def build():
+        print("building the model")
+        torch.manual_seed(0)
+        return Chatty().eval()
+""")
+
+
+def test_json_stdout_holds_the_report_alone_when_the_model_prints(tmp_path):
+    """`export --json | jq` must parse: what the model's code prints goes to stderr, not into the JSON."""
+    model_file = tmp_path / "chatty.py"
+    model_file.write_text(CHATTY_MODEL_FILE)
+    result = cli_runner().invoke(main, ["export", f"{model_file}:build", "--input-shape", "1x3x8x8",
+                                        "-o", str(tmp_path / "c.onnx"), "--json"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads(result.stdout)["verified"]
+    assert "building the model" in result.stderr and "forward called" in result.stderr
+    # without --json the printout stays where the user's code sent it
+    plain = cli_runner().invoke(main, ["export", f"{model_file}:build", "--input-shape", "1x3x8x8",
+                                       "-o", str(tmp_path / "d.onnx")])
+    assert plain.exit_code == 0 and "building the model" in plain.stdout

@@ -1,7 +1,9 @@
 """``dcn-deploy export``: a PyTorch model (file, module, .pt2 program or zoo name) -> a checked, verified ONNX file."""
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -88,29 +90,32 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
     torch_dtype = DTYPES[dtype] if dtype else None
     output = output or _default_output(model_ref)
 
-    stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
-    loaded = load_model(model_ref, weights).cast(torch_dtype)
-    example = loaded.example_inputs(shapes, torch_dtype, seed=0)
-    # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
-    verify_inputs = None if no_verify else loaded.verification_inputs(example, dynamic, torch_dtype)
+    # With --json, stdout carries the report alone: whatever the model's own code prints goes to stderr.
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
+        loaded = load_model(model_ref, weights).cast(torch_dtype)
+        example = loaded.example_inputs(shapes, torch_dtype, seed=0)
+        # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
+        verify_inputs = None if no_verify else loaded.verification_inputs(example, dynamic, torch_dtype)
 
-    from ..onnx.export import ExampleInputsError, VerificationError, export
+        from ..onnx.export import ExampleInputsError, VerificationError, export
 
-    try:
-        report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
-                        verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
-                        verify_inputs=verify_inputs, progress=stage,
-                        input_names=_names(input_names, "--input-names") or loaded.input_names,
-                        output_names=_names(output_names, "--output-names") or loaded.output_names)
-    except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it
-        fix = ("check --input-shape (one per model input, in order) and the model's code" if input_shapes
-               else "they came from the model itself; give --input-shape (one per model input, in order)")
-        raise CliError(f"{model_ref} ({exc.model_name}) raised {exc.cause_text} on the example inputs "
-                       f"({exc.shapes_text}); {fix}") from exc
-    except VerificationError as exc:
-        click.echo(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report))
-        raise
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
+        try:
+            report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
+                            verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
+                            verify_inputs=verify_inputs, progress=stage,
+                            input_names=_names(input_names, "--input-names") or loaded.input_names,
+                            output_names=_names(output_names, "--output-names") or loaded.output_names)
+        except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it
+            fix = ("check --input-shape (one per model input, in order) and the model's code" if input_shapes
+                   else "they came from the model itself; give --input-shape (one per model input, in order)")
+            raise CliError(f"{model_ref} ({exc.model_name}) raised {exc.cause_text} on the example inputs "
+                           f"({exc.shapes_text}); {fix}") from exc
+        except VerificationError as exc:
+            click.echo(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report), file=stdout)
+            raise
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report), file=stdout)
 
 
 def _names(text: Optional[str], option: str) -> Optional[Tuple[str, ...]]:
