@@ -568,7 +568,7 @@ CHATTY_MODEL_FILE = textwrap.dedent("""
 
 
 def test_json_stdout_holds_the_report_alone_when_the_model_prints(tmp_path):
-    """`export --json | jq` must parse: what the model's code prints goes to stderr, not into the JSON."""
+    """`dcn-deploy ... --json | jq` must parse: what the model's code prints goes to stderr, not into the JSON."""
     model_file = tmp_path / "chatty.py"
     model_file.write_text(CHATTY_MODEL_FILE)
     result = cli_runner().invoke(main, ["export", f"{model_file}:build", "--input-shape", "1x3x8x8",
@@ -580,3 +580,22 @@ def test_json_stdout_holds_the_report_alone_when_the_model_prints(tmp_path):
     plain = cli_runner().invoke(main, ["export", f"{model_file}:build", "--input-shape", "1x3x8x8",
                                        "-o", str(tmp_path / "d.onnx")])
     assert plain.exit_code == 0 and "building the model" in plain.stdout
+    # the same for every command that runs the model's code (--model) and prints JSON
+    model = ["--model", f"{model_file}:build"]
+    for args in (["verify", str(tmp_path / "c.onnx"), "--against", "torch", *model],
+                 ["bench", str(tmp_path / "c.onnx"), "--runner", "ort,torch", *model, "--iterations", "2",
+                  "--warmup", "0", "--no-progress"],
+                 ["infer", str(tmp_path / "c.onnx"), "--runner", "torch", *model, "--input",
+                  str(_saved_input(tmp_path))]):
+        result = cli_runner().invoke(main, [*args, "--json"])
+        assert result.exit_code == 0, (args[0], result.output + result.stderr)
+        json.loads(result.stdout)
+        assert "forward called" in result.stderr, args[0]
+
+
+def _saved_input(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32))
+    return path

@@ -5,6 +5,9 @@ decides which for errors that are not :class:`CliError`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
 from typing import IO, Optional
 
 import click
@@ -32,3 +35,33 @@ class CliError(click.ClickException):
 
     def show(self, file: Optional[IO] = None) -> None:  # click's default prints "Error: ..."
         echo_error(self.format_message(), file)
+
+
+# Where echo_report prints while a --json command runs (the real stdout); None otherwise.
+_report_stream: Optional[IO] = None
+
+
+def echo_report(text: str) -> None:
+    """Print a command's report on stdout: the real one, also while :func:`json_stdout` sends the rest to stderr."""
+    click.echo(text, file=_report_stream)
+
+
+def json_stdout(command):
+    """For a command with ``--json`` (its ``as_json`` argument): while it runs, everything else that writes to
+    stdout (a model's own ``print``, a library's chatter) goes to stderr, so that stdout holds the JSON report
+    alone (printed with :func:`echo_report`) and ``dcn-deploy ... --json | jq`` parses. Goes under the click
+    decorators, right above the function."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        global _report_stream
+        if not kwargs.get("as_json"):
+            return command(*args, **kwargs)
+        saved, _report_stream = _report_stream, sys.stdout
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return command(*args, **kwargs)
+        finally:
+            _report_stream = saved
+
+    return run

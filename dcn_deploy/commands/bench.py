@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import click
 
 from ..io_utils import check_output_path
-from . import CliError
+from . import CliError, echo_report, json_stdout
 from ._runtime import (default_runner, engine_option, make_runners, model_argument, parse_int_list,
                        parse_runner_list, shape_options, torch_model_options)
 
@@ -35,6 +35,7 @@ from ._runtime import (default_runner, engine_option, make_runners, model_argume
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON report to this file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@json_stdout
 def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[str], iterations: Optional[int],
             duration: Optional[float], warmup: int, shapes: Sequence[str], seed: int, torch_model: Optional[str],
             checkpoint: Optional[Path], engine: Optional[Path], threads: Optional[int], as_json: bool,
@@ -72,7 +73,7 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
     if output is not None:
         atomic_write_text(output, result.to_json() + "\n")
     if as_json:
-        click.echo(result.to_json())
+        echo_report(result.to_json())
     else:
         env = ", ".join(f"{k} {v}" for k, v in result.environment.items())
         click.echo(f"bench {model_path} ({env})")

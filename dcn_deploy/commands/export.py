@@ -1,15 +1,13 @@
 """``dcn-deploy export``: a PyTorch model (file, module, .pt2 program or zoo name) -> a checked, verified ONNX file."""
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import click
 
-from . import CliError
+from . import CliError, echo_report, json_stdout
 from ._runtime import check_tolerance_options
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.loaded_model.DTYPES, without importing torch
@@ -58,6 +56,7 @@ def _default_output(reference: str) -> Path:
               help="Names of the file's outputs, comma-separated in order [default: a zoo model's own (logits; "
                    "cls_score,bbox_pred), else the exporter's, e.g. 'linear' or 'mean'].")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+@json_stdout
 def command(model_ref: str, output: Optional[Path], weights: Optional[Path], input_shapes: Sequence[str],
             dtype: Optional[str], dynamic: bool, opset: int, standard: bool, no_verify: bool, atol: Optional[float],
             rtol: Optional[float], allow_no_deformable: bool, input_names: Optional[str],
@@ -90,32 +89,29 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
     torch_dtype = DTYPES[dtype] if dtype else None
     output = output or _default_output(model_ref)
 
-    # With --json, stdout carries the report alone: whatever the model's own code prints goes to stderr.
-    stdout = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
-        loaded = load_model(model_ref, weights).cast(torch_dtype)
-        example = loaded.example_inputs(shapes, torch_dtype, seed=0)
-        # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
-        verify_inputs = None if no_verify else loaded.verification_inputs(example, dynamic, torch_dtype)
+    stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
+    loaded = load_model(model_ref, weights).cast(torch_dtype)
+    example = loaded.example_inputs(shapes, torch_dtype, seed=0)
+    # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
+    verify_inputs = None if no_verify else loaded.verification_inputs(example, dynamic, torch_dtype)
 
-        from ..onnx.export import ExampleInputsError, VerificationError, export
+    from ..onnx.export import ExampleInputsError, VerificationError, export
 
-        try:
-            report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
-                            verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
-                            verify_inputs=verify_inputs, progress=stage,
-                            input_names=_names(input_names, "--input-names") or loaded.input_names,
-                            output_names=_names(output_names, "--output-names") or loaded.output_names)
-        except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it
-            fix = ("check --input-shape (one per model input, in order) and the model's code" if input_shapes
-                   else "they came from the model itself; give --input-shape (one per model input, in order)")
-            raise CliError(f"{model_ref} ({exc.model_name}) raised {exc.cause_text} on the example inputs "
-                           f"({exc.shapes_text}); {fix}") from exc
-        except VerificationError as exc:
-            click.echo(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report), file=stdout)
-            raise
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report), file=stdout)
+    try:
+        report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
+                        verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
+                        verify_inputs=verify_inputs, progress=stage,
+                        input_names=_names(input_names, "--input-names") or loaded.input_names,
+                        output_names=_names(output_names, "--output-names") or loaded.output_names)
+    except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it
+        fix = ("check --input-shape (one per model input, in order) and the model's code" if input_shapes
+               else "they came from the model itself; give --input-shape (one per model input, in order)")
+        raise CliError(f"{model_ref} ({exc.model_name}) raised {exc.cause_text} on the example inputs "
+                       f"({exc.shapes_text}); {fix}") from exc
+    except VerificationError as exc:
+        echo_report(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report))
+        raise
+    echo_report(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
 
 
 def _names(text: Optional[str], option: str) -> Optional[Tuple[str, ...]]:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import click
 
-from . import CliError
+from . import CliError, echo_report, json_stdout
 from ._runtime import RUNNER_CHOICES, default_runner, echo_note, make_runners, model_argument, torch_model_options
 
 if TYPE_CHECKING:  # numpy is imported when the command runs, not when the CLI starts
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # numpy is imported when the command runs, not when the CLI s
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the outputs to this .npz (keys = output names), or .npy for a single output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the output summary as JSON.")
+@json_stdout
 def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torch_model: Optional[str],
             checkpoint: Optional[Path], output: Optional[Path], as_json: bool) -> None:
     """Run MODEL on real inputs; print each output's shape and statistics, optionally save them.
@@ -65,7 +66,7 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
         "saved_to": None if output is None else str(output),
     }
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        echo_report(json.dumps(summary, indent=2))
         return
     click.echo(f"infer {model_path} with {model_runner.name} in {summary['latency_ms']:.2f} ms (warm call; the first "
                f"call, with one-time set-up, took {summary['first_call_ms']:.2f} ms)")

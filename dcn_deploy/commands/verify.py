@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 import click
 
-from . import EXIT_FAILED, CliError
+from . import EXIT_FAILED, CliError, echo_report, json_stdout
 from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, echo_note, engine_option,
                        make_runners, model_argument, shape_options, torch_model_options)
 
@@ -27,6 +27,7 @@ from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, 
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for every output (default per dtype).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every output (default per dtype).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_stdout
 def command(model_path: Path, against: Optional[str], subject: Optional[str], torch_model: Optional[str],
             checkpoint: Optional[Path], engine: Optional[Path], inputs: Sequence[str], shapes: Sequence[str], seed: int,
             batch: Optional[int], atol: Optional[float], rtol: Optional[float], as_json: bool) -> None:
@@ -80,7 +81,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
         for r in runners:
             r.deactivate()
     if as_json:
-        click.echo(result.to_json())
+        echo_report(result.to_json())
     else:
         click.echo(f"verify {model_path}: {subject} against {against}")
         click.echo(result.table())
