@@ -470,6 +470,23 @@ def test_data_dependent_control_flow_names_the_cause_and_the_line_quietly(tmp_pa
     assert not (tmp_path / "b.onnx").exists()
 
 
+def test_while_exporting_torchs_own_prints_are_dropped_and_the_users_pass(capsys):
+    """torch.export prints a failed try's partial FX graph to stderr, also when a retry then succeeds; the user's
+    own prints during the export must still reach them (as they happen, not only after a success)."""
+    import sys
+
+    from dcn_deploy.onnx.torch_exporter import _quiet_exporter
+
+    printing = "import sys\nprint({!r}, file=sys.stderr)"
+    with _quiet_exporter():
+        exec(printing.format("def forward(self, arg0_1): graph dump"), {"__name__": "torch.export._trace"})
+        exec(printing.format("user line"), {"__name__": "my_model"})
+        print("user line 2", file=sys.stderr)
+    err = capsys.readouterr().err
+    assert "graph dump" not in err
+    assert err.index("user line") < err.index("user line 2")
+
+
 def test_a_report_without_deformable_nodes_says_none():
     from dcn_deploy.onnx.export import ExportReport
 

@@ -5,7 +5,6 @@ its innermost cause and what to change."""
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import re
 import sys
@@ -95,30 +94,42 @@ def _quiet_exporter():
 
     torch.export's tracer logs some failures at ERROR level (e.g. "always_classified is unsupported") before it
     raises, symbolic_shapes and dynamo warn about the same failure ("Unable to find user code ..."), and
-    torch.export prints a failed trace's partial FX graph to stderr (tens of lines per try): the raised exception
-    (chained into ExportError, the graph in its ``partial_fx_graph``) carries the same information, so those lines
-    go. What is printed to stderr during an export that succeeds is passed on afterwards.
+    torch.export prints a failed trace's partial FX graph to stderr (tens of lines per try, also when a retry then
+    succeeds): the raised exception (chained into ExportError, the graph in its ``partial_fx_graph``) carries the
+    same information, so those lines go (:class:`_WithoutTorchPrints`). What the user's own code prints passes.
     """
     quieted = {"torch.onnx._internal.exporter._registration": logging.ERROR, "torch.export._trace": logging.CRITICAL,
                "torch.fx.experimental.symbolic_shapes": logging.ERROR, "torch._dynamo": logging.ERROR}
     levels = {name: logging.getLogger(name).level for name in quieted}
     for name, level in quieted.items():
         logging.getLogger(name).setLevel(level)
-    printed = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(printed):
+        with warnings.catch_warnings(), contextlib.redirect_stderr(_WithoutTorchPrints(sys.stderr)):
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*torchvision.*")
             yield
-    except BaseException:
-        raise  # what was printed describes this failure again (the partial graphs): dropped
-    else:
-        if printed.getvalue():
-            sys.stderr.write(printed.getvalue())
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+class _WithoutTorchPrints:
+    """``sys.stderr`` while torch exports: a write made by torch's own Python code (``print(graph,
+    file=sys.stderr)`` in torch.export) is dropped; every other write (the user's prints, warnings) goes through
+    at once, in order."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        caller = sys._getframe(1).f_globals.get("__name__", "")  # print() is C: frame 1 is the code that printed
+        if caller == "torch" or caller.startswith("torch."):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):  # flush, fileno, isatty, encoding, ...: the real stream's
+        return getattr(self._stream, name)
 
 
 def _exception_chain(exc: BaseException) -> List[BaseException]:
