@@ -10,15 +10,17 @@ user's arrays) and each of its outputs is compared with the reference's output o
 - ``of_tolerance = max |out - ref| / (atol + rtol * |ref|)``: that rule as one number, at most 1 to pass (the max
   relative error alone can exceed rtol on a passing output: the atol term absorbs small references).
 
-NaN and inf are never "matched": a verification that compares NaN with NaN verifies nothing (an all-NaN model,
-e.g. a checkpoint that left tensors at random values, would pass against itself). So:
+NaN is never "matched": a verification that compares NaN with NaN verifies nothing (an all-NaN model, e.g. a
+checkpoint that left tensors at random values, would pass against itself). An infinity matches only the same
+infinity at the same place (a model that masks logits with -inf verifies). So:
 
-- a reference output holding NaN/inf fails, with a note saying how many values and what to check (the weights,
-  the inputs); its finite elements are still compared and reported;
+- a reference output holding NaN, or an inf the output under test does not reproduce, fails, with a note saying
+  how many values and what to check (the weights, the inputs); its finite elements are still compared and
+  reported;
 - an output under test holding NaN/inf where the reference is finite fails too: those elements count as an
   infinite error (``max_abs``, ``max_rel`` and ``of_tolerance`` are ``inf``) and the note says how many;
 - the errors are computed over the elements whose reference is finite, so ``max_rel`` is never NaN; with no
-  such element (or shapes that differ) every error is ``inf``.
+  such element (or shapes that differ) every error is ``inf``, or 0 when every value is an inf reproduced.
 
 Tolerances depend on the output's dtype (:data:`DEFAULT_TOLERANCES`); the caller may override them.
 """
@@ -159,6 +161,11 @@ def _format_rows(rows: Sequence[Sequence[str]]) -> List[str]:
     return out
 
 
+# What a note says after the count when the reference holds NaN, or inf the output does not reproduce (export's
+# verification recognises it by this text).
+REFERENCE_NOT_FINITE = "NaN/inf values: nothing to compare there"
+
+
 def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.ndarray,
                     tolerance: Optional[Tolerance] = None,
                     overrides: Optional[Mapping[str, Tolerance]] = None,
@@ -183,8 +190,10 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
                                 note="empty")
     a = actual.astype(np.float64)
     e = expected.astype(np.float64)
-    # Only a finite reference can be checked against; a NaN/inf there fails the output (module docstring).
+    # Only a finite reference can be checked against; a NaN there, or an inf not reproduced exactly, fails the output
+    # (module docstring). An inf reproduced exactly (a -inf mask of logits, say) is a match.
     checked = np.isfinite(e)
+    same_inf = np.isinf(e) & (a == e)
     broken = checked & ~np.isfinite(a)  # NaN/inf under test where the reference is finite: an infinite error
     both = checked & ~broken
     with np.errstate(invalid="ignore", over="ignore"):
@@ -197,12 +206,12 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
         # tolerances, and an exact match zero of them
         with np.errstate(divide="ignore"):
             ratio = np.where(diff > 0, diff / allowed, 0.0)
-    unchecked = int((~checked).sum())
+    unchecked = int((~checked & ~same_inf).sum())
     notes = []
     if unchecked:
         notes.append(f"the reference ({reference}) output" if reference else "the reference output")
-        notes[-1] += (f" has {unchecked} of {expected.size} NaN/inf values: nothing to compare there; check the "
-                      "weights (tensors missing from a checkpoint stay at random values) and the inputs")
+        notes[-1] += (f" has {unchecked} of {expected.size} {REFERENCE_NOT_FINITE}; check the weights (tensors "
+                      "missing from a checkpoint stay at random values) and the inputs")
     if broken.any():
         notes.append(f"{int(broken.sum())} of {expected.size} values NaN/inf where the reference is finite")
     if bad.sum() > broken.sum():
@@ -211,6 +220,8 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
     if checked.any():
         max_abs, max_rel = float(diff[checked].max()), float(rel[checked].max())
         mean_abs, of_tolerance = float(diff[checked].mean()), float(ratio[checked].max())
+    elif mismatched == 0:  # every value an inf reproduced exactly
+        max_abs = max_rel = mean_abs = of_tolerance = 0.0
     else:  # nothing could be compared: no number would be honest but "unbounded"
         max_abs = max_rel = mean_abs = of_tolerance = inf
     return OutputComparison(**base, max_abs=max_abs, max_rel=max_rel, mean_abs=mean_abs, mismatched=mismatched,

@@ -80,10 +80,11 @@ class LoadReport:
     def missing_required(self) -> List[str]:
         """Missing tensors a converted torchvision/mmdetection checkpoint of this architecture holds: all but the
         offsets, the head (:attr:`missing_head`) and batch-norm step counters (``num_batches_tracked``: torchvision's
-        ImageNet files predate them; inference never reads them). Any means the checkpoint is of another
-        architecture."""
-        head = set(self.missing_head)
-        return [k for k in self.missing_other if k not in head and not k.endswith(".num_batches_tracked")]
+        ImageNet files predate them; inference never reads them), plus those outside the head whose shapes did not
+        fit (skipped, so also left at their initialisation). Any means the checkpoint is of another architecture."""
+        head, missing_head = set(self.head), set(self.missing_head)
+        missing = [k for k in self.missing_other if k not in missing_head and not k.endswith(".num_batches_tracked")]
+        return missing + [key for key, *_ in self.mismatched if key not in head]
 
     @property
     def complete(self) -> bool:
@@ -203,9 +204,9 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
         trusted: allow a full unpickle of the file (see :func:`read_state_dict`).
         verbose: print the summary.
         require_backbone: raise :class:`IncompleteCheckpointError` when a tensor the checkpoint should hold is
-            missing (:attr:`LoadReport.missing_required`: all but the offsets and the head, see the module docstring),
-            i.e. the checkpoint is of another architecture; the model is then partly loaded. Shape mismatches
-            (another class count) are still only reported. The CLI passes True.
+            missing or of another shape (:attr:`LoadReport.missing_required`: all but the offsets and the head, see
+            the module docstring), i.e. the checkpoint is of another architecture; the model is then partly loaded.
+            Shape mismatches in the head (another class count) are still only reported. The CLI passes True.
     """
     source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "the given state_dict"
     state = upgrade_mmcv_state_dict(read_state_dict(checkpoint, trusted=trusted))
@@ -237,8 +238,8 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     if require_backbone and report.missing_required:
         required = report.missing_required
         raise IncompleteCheckpointError(
-            f"{source} leaves {len(required)} of the model's {len(own)} tensors missing that a checkpoint of this "
-            f"architecture holds ({_listing(required, 5)}); they would keep their random initial values and the "
+            f"{source} leaves {len(required)} of the model's {len(own)} tensors missing (or of another shape) that a "
+            f"checkpoint of this architecture holds ({_listing(required, 5)}); they would keep their random initial values and the "
             "outputs would mean nothing (only the offset branches, which start at zero, and the head a backbone "
             "checkpoint does not cover may be missing). The checkpoint belongs to another architecture: give "
             "the checkpoint of this model", report)

@@ -556,7 +556,7 @@ def test_zoo_weights_of_another_architecture_are_refused(tmp_path):
     assert result.exit_code == 2, result.output + result.stderr
     (line,) = error_lines(result)
     assert f"--weights {weights} does not fit zoo model resnet50_dcn_c5: " in line
-    assert "missing that a checkpoint of resnet50_dcn_c5 holds (e.g. conv1.weight, layer1.0.conv1.weight" in line
+    assert "missing or of another shape that a checkpoint of resnet50_dcn_c5 holds (e.g. conv1.weight, layer1.0.conv1.weight" in line
     assert ("The checkpoint belongs to another architecture: check the zoo name (dcn-deploy zoo list) or give the "
             "checkpoint saved from resnet50_dcn_c5") in line
     assert "Traceback" not in result.stderr and not out.exists()

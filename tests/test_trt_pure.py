@@ -197,6 +197,9 @@ class TestComputeProfile:
         notes.clear()
         given = compute_profile(inputs[1:], shapes="rois:1x5/50x5/64x5", rois=["rois"], note=notes.append)
         assert given["rois"] == TensorRange((1, 5), (50, 5), (64, 5)) and notes == []
+        # boxes whose dimension 0 shares the images' batch name keep the batch range (TensorRT: one name, one size)
+        tied = [InputShape("image", ("N", 3, 8, 8)), InputShape("rois", ("N", 5))]
+        assert compute_profile(tied, rois=["rois"])["rois"].max == (8, 5)
 
     @pytest.mark.parametrize("example", [(1, 4, 8), (1, 5, 8, 8), (1, 4, 0, 8)])
     def test_an_example_that_no_longer_fits_is_ignored(self, example):

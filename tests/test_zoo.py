@@ -268,8 +268,9 @@ def test_require_backbone_refuses_a_checkpoint_of_another_architecture():
 
     torch.manual_seed(11)
     state = DemoNet().state_dict()  # shares a few names (bn1.*) with a ResNet, nothing else
-    with pytest.raises(IncompleteCheckpointError, match=r"the given state_dict leaves 261 of the model's 326 tensors "
-                       r"missing that a checkpoint of this architecture holds \(conv1.weight, ") as caught:
+    with pytest.raises(IncompleteCheckpointError, match=r"the given state_dict leaves 265 of the model's 326 tensors "
+                       r"missing \(or of another shape\) that a checkpoint of this architecture holds \(conv1.weight, "
+                       ) as caught:
         load_checkpoint(ResNet(50, deform_stages=(5,)), state, require_backbone=True)
     assert "belongs to another architecture" in str(caught.value)
     report = caught.value.report
@@ -290,6 +291,14 @@ def test_require_backbone_accepts_what_converted_checkpoints_lack():
     mmdet = {f"backbone.{k}": v for k, v in imagenet.items() if not k.startswith("fc.")}
     report = load_checkpoint(ResNet(50, deform_stages=(5,)), mmdet, require_backbone=True)
     assert report.missing_head == ["fc.weight", "fc.bias"] and not report.missing_required
+    # a class count of its own only changes the head: allowed; the same names at other widths (another
+    # architecture, e.g. a wide ResNet) are refused, as the skipped tensors would keep their random values
+    widened = {k: (torch.cat([v, v]) if v.dim() and not k.startswith("fc.") else v) for k, v in imagenet.items()}
+    with pytest.raises(IncompleteCheckpointError, match=r"missing \(or of another shape\)"):
+        load_checkpoint(ResNet(50, deform_stages=(5,)), widened, require_backbone=True)
+    other_classes = dict(imagenet, **{"fc.weight": imagenet["fc.weight"][:10], "fc.bias": imagenet["fc.bias"][:10]})
+    report = load_checkpoint(ResNet(50, deform_stages=(5,)), other_classes, require_backbone=True)
+    assert [k for k, *_ in report.mismatched] == ["fc.weight", "fc.bias"] and not report.missing_required
     # but a backbone tensor missing is refused, named
     del imagenet["layer2.1.conv2.weight"]
     with pytest.raises(IncompleteCheckpointError, match=r"leaves 1 of .*\(backbone.layer2.1.conv2.weight\)"):

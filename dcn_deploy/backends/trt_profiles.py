@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = [
-    "DEFAULT_MAX_BATCH", "DEFAULT_MAX_ROIS", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange", "check_shapes_in_profile",
-    "compute_profile", "format_shape", "onnx_input_shapes", "parse_shape", "parse_shape_specs", "parse_range_specs",
-    "profile_from_json", "profile_to_json", "select_profile",
+    "DEFAULT_MAX_BATCH", "DEFAULT_MAX_ROIS", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange",
+    "check_shapes_in_profile", "compute_profile", "format_shape", "onnx_input_shapes", "parse_shape",
+    "parse_shape_specs", "parse_range_specs", "profile_from_json", "profile_to_json", "select_profile",
 ]
 
 DEFAULT_MAX_BATCH = 8
@@ -214,12 +214,16 @@ def compute_profile(inputs: Sequence[InputShape], *,
 
     profile: Profile = {}
     open_inputs: List[str] = []
+    # A RoI input whose dimension 0 shares its name with an image's batch (a .pt2 program, another tool's file) must
+    # keep that range: TensorRT requires dimensions of one name to be equal.
+    batch_names = {inp.dims[0] for inp in inputs if inp.name not in rois and inp.dims and isinstance(inp.dims[0], str)}
     for inp in inputs:
         if inp.name in given:
             profile[inp.name] = given[inp.name]
             continue
         example = _usable_example(inp, (examples or {}).get(inp.name))
-        is_roi = inp.name in rois and bool(inp.dims) and inp.is_dynamic(0) and inp.dims[0] not in symbols
+        is_roi = (inp.name in rois and bool(inp.dims) and inp.is_dynamic(0) and inp.dims[0] not in symbols
+                  and inp.dims[0] not in batch_names)
         rng, from_example = _derived_range(inp, symbols, max_batch, example, is_roi)
         if rng is None:
             open_inputs.append(inp.name)

@@ -13,7 +13,7 @@ import onnx
 import torch
 
 from ..backends.ort_runner import missing_float64_kernel, no_float64_kernel_hint
-from ..compare import Tolerance, compare_outputs, tolerance_for
+from ..compare import REFERENCE_NOT_FINITE, Tolerance, compare_outputs, tolerance_for
 from ..feeds import box_image, random_boxes, roi_input_names
 from .export_report import ExportError, ExportReport, VerificationError, VerificationRun
 from .model_loading import program_shape_mismatch
@@ -50,7 +50,7 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
         failed = [(r, o) for r in runs for o in r.outputs if not o.passed]
         bad = [f"{o.output} ({r.label}): max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, {o.of_tolerance:.2g} of the "
                f"tolerance (atol {o.atol:g}, rtol {o.rtol:g}{', ' + o.note if o.note else ''})" for r, o in failed]
-        if any(_REFERENCE_NOT_FINITE in o.note for _, o in failed):
+        if any(REFERENCE_NOT_FINITE in o.note for _, o in failed):
             # nothing to tune: PyTorch's own output is NaN/inf, so no file could be shown to match it
             head = f"{report.path} cannot be verified against PyTorch"
             advice = ("Nothing can be verified while PyTorch's own output holds NaN/inf: fix the model first (a "
@@ -68,8 +68,6 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
             f"{head}: " + "; ".join(bad) + f". {_kept(report.path)}. {advice}", report)
 
 
-# how compare_outputs' note starts when the reference output holds NaN/inf (it names the reference in between)
-_REFERENCE_NOT_FINITE = "NaN/inf values: nothing to compare there"
 
 
 def _kept(path: Path) -> str:

@@ -123,7 +123,10 @@ class _WithoutTorchPrints:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        caller = sys._getframe(1).f_globals.get("__name__", "")  # print() is C: frame 1 is the code that printed
+        try:
+            caller = sys._getframe(1).f_globals.get("__name__", "")  # print() is C: frame 1 is the code that printed
+        except ValueError:  # called from C with no Python frame below (another thread): not torch's print
+            return self._stream.write(text)
         if caller == "torch" or caller.startswith("torch."):
             return len(text)
         return self._stream.write(text)

@@ -96,8 +96,10 @@ Status CublasHandle::prepare()
         if (rc != 0)
         {
             mHandle = nullptr;
-            mCreateFailure = "cublasCreate failed with cuBLAS status " + std::to_string(rc);
-            return Status::error(DCN_ERROR_CUDA, mCreateFailure);
+            std::string const failure = "cublasCreate failed with cuBLAS status " + std::to_string(rc);
+            if (mRememberFailure)
+                mCreateFailure = failure;
+            return Status::error(DCN_ERROR_CUDA, failure);
         }
         mDevice = device;
     }

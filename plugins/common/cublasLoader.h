@@ -40,14 +40,20 @@ char const* cublasUnavailableReason();
 class CublasHandle
 {
 public:
-    CublasHandle() = default;
+    // rememberFailure: a failed cublasCreate is not retried (the plugin's handle: see prepare). The C ABI's
+    // per-thread handles retry, so a transient failure (memory, at the first call) does not last the thread's life.
+    explicit CublasHandle(bool rememberFailure = false)
+        : mRememberFailure(rememberFailure)
+    {
+    }
     ~CublasHandle();
     CublasHandle(CublasHandle const&) = delete;
     CublasHandle& operator=(CublasHandle const&) = delete;
 
     // Create the handle for the current device now (it allocates device memory: do it outside stream capture).
-    // A creation that failed is not retried: later calls return the same failure at once, so an owner falls back
-    // (AUTO runs the fused kernel) instead of calling cublasCreate on every launch, maybe under graph capture.
+    // With rememberFailure, a creation that failed is not retried: later calls return the same failure at once, so
+    // the owner falls back (AUTO runs the fused kernel) instead of calling cublasCreate on every launch, maybe under
+    // graph capture.
     Status prepare();
     // The handle for the current device (created if need be), bound to stream, with workspace as cuBLAS's.
     Status bind(cudaStream_t stream, void* workspace, size_t workspaceBytes, CublasHandleT& handle);
@@ -55,7 +61,8 @@ public:
 private:
     CublasHandleT mHandle = nullptr;
     int mDevice = -1;
-    std::string mCreateFailure; // cublasCreate's failure, when it failed (prepare)
+    bool mRememberFailure = false;
+    std::string mCreateFailure; // cublasCreate's failure, when it failed and mRememberFailure (prepare)
 };
 
 // This thread's handle (for callers that own none, such as the C ABI).

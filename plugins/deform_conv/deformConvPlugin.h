@@ -89,7 +89,7 @@ private:
     std::string mTimingCacheId;
     // The GEMM path's cuBLAS handle: this instance's own (a clone makes a new one), created in attachToContext,
     // bound to each enqueue's stream, destroyed with the instance.
-    std::unique_ptr<CublasHandle> mCublas = std::make_unique<CublasHandle>();
+    std::unique_ptr<CublasHandle> mCublas = std::make_unique<CublasHandle>(/*rememberFailure=*/true);
     // Storage behind getFieldsToSerialize.
     std::vector<OwnedField> mOwnedFields;
     std::vector<nvinfer1::PluginField> mFields;
