@@ -103,15 +103,9 @@ IPluginCapability* DeformConvPlugin::getCapabilityInterface(PluginCapabilityType
 
 IPluginV3* DeformConvPlugin::clone() noexcept
 {
-    try
-    {
+    return guardTrtCall(kDeformConvPluginName, "clone", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
         return new DeformConvPlugin(*this);
-    }
-    catch (std::exception const& e)
-    {
-        logTrtError(kWho + "clone failed: " + e.what());
-        return nullptr;
-    }
+    });
 }
 
 int32_t DeformConvPlugin::getOutputDataTypes(
@@ -139,8 +133,7 @@ int32_t DeformConvPlugin::getOutputDataTypes(
 int32_t DeformConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
     DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
 {
-    try
-    {
+    return guardTrtCall(kDeformConvPluginName, "getOutputShapes", int32_t(-1), [&]() -> int32_t {
         if (nbOutputs != 1 || nbInputs < 3 || nbInputs > 5)
         {
             reject(Status::invalid("expects 3 to 5 inputs (X, W, offset[, B[, mask]]), got " + std::to_string(nbInputs)));
@@ -169,12 +162,7 @@ int32_t DeformConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInp
         outputs[0].d[2] = convOutputExtent(height, kernelH, mAttrs.strides[0], mAttrs.pads[0], mAttrs.pads[2], mAttrs.dilations[0]).expr;
         outputs[0].d[3] = convOutputExtent(width, kernelW, mAttrs.strides[1], mAttrs.pads[1], mAttrs.pads[3], mAttrs.dilations[1]).expr;
         return 0;
-    }
-    catch (std::exception const& e)
-    {
-        logTrtError(kWho + "getOutputShapes failed: " + e.what());
-        return -1;
-    }
+    });
 }
 
 bool DeformConvPlugin::supportsFormatCombination(
@@ -191,8 +179,7 @@ bool DeformConvPlugin::supportsFormatCombination(
 int32_t DeformConvPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
 {
-    try
-    {
+    return guardTrtCall(kDeformConvPluginName, "configurePlugin", int32_t(-1), [&]() -> int32_t {
         if (nbOutputs != 1)
         {
             reject(Status::invalid("has one output, got " + std::to_string(nbOutputs)));
@@ -228,12 +215,7 @@ int32_t DeformConvPlugin::configurePlugin(
         mNbInputs = nbInputs;
         mDtype = dtype;
         return 0;
-    }
-    catch (std::exception const& e)
-    {
-        logTrtError(kWho + "configurePlugin failed: " + e.what());
-        return -1;
-    }
+    });
 }
 
 size_t DeformConvPlugin::getWorkspaceSize(
@@ -262,8 +244,7 @@ size_t DeformConvPlugin::getWorkspaceSize(
 
 int32_t DeformConvPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept
 {
-    try
-    {
+    return guardTrtCall(kDeformConvPluginName, "getValidTactics", int32_t(-1), [&]() -> int32_t {
         // nbTactics is what getNbTactics answered after the same configurePlugin. Fewer slots still get valid
         // ids; more would leave TensorRT timing undefined ones.
         if (tactics == nullptr || nbTactics < 0 || nbTactics > int32_t(mValidTactics.size()))
@@ -274,18 +255,12 @@ int32_t DeformConvPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) n
         }
         std::copy(mValidTactics.begin(), mValidTactics.begin() + nbTactics, tactics);
         return 0;
-    }
-    catch (std::exception const& e)
-    {
-        logTrtError(kWho + "getValidTactics failed: " + e.what());
-        return -1;
-    }
+    });
 }
 
 int32_t DeformConvPlugin::setTactic(int32_t tactic) noexcept
 {
-    try
-    {
+    return guardTrtCall(kDeformConvPluginName, "setTactic", int32_t(-1), [&]() -> int32_t {
         int32_t algo = DCN_ALGO_AUTO;
         if (reject(algoForTactic(tactic, true, algo)))
             return -1;
@@ -298,19 +273,13 @@ int32_t DeformConvPlugin::setTactic(int32_t tactic) noexcept
                           "the default choice instead");
         mTactic = tactic;
         return 0;
-    }
-    catch (std::exception const& e)
-    {
-        logTrtError(kWho + "setTactic failed: " + e.what());
-        return -1;
-    }
+    });
 }
 
 int32_t DeformConvPlugin::onShapeChange(
     PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*, int32_t) noexcept
 {
-    try
-    {
+    return guardTrtCall(kDeformConvPluginName, "onShapeChange", int32_t(-1), [&]() -> int32_t {
         if (nbInputs < 3 || nbInputs > 5)
             return -1;
         std::vector<TensorShape> shapes;
@@ -324,12 +293,7 @@ int32_t DeformConvPlugin::onShapeChange(
         mNbInputs = nbInputs;
         mDtype = dcnDtype(in[0].type);
         return 0;
-    }
-    catch (std::exception const& e)
-    {
-        logTrtError(kWho + "onShapeChange failed: " + e.what());
-        return -1;
-    }
+    });
 }
 
 int32_t DeformConvPlugin::enqueue(PluginTensorDesc const*, PluginTensorDesc const*, void const* const* inputs,
@@ -399,8 +363,7 @@ DeformConvPluginCreator::DeformConvPluginCreator()
 
 IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
 {
-    try
-    {
+    return guardTrtCall(kDeformConvPluginName, "createPlugin", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
         std::vector<RawField> fields;
         for (int32_t k = 0; fc && k < fc->nbFields; ++k)
             fields.push_back({fc->fields[k].name, fc->fields[k].data, fc->fields[k].length, int32_t(fc->fields[k].type)});
@@ -412,12 +375,7 @@ IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCo
             return nullptr;
         }
         return new DeformConvPlugin(attrs);
-    }
-    catch (std::exception const& e)
-    {
-        logTrtError(kWho + "createPlugin failed: " + e.what());
-        return nullptr;
-    }
+    });
 }
 
 } // namespace dcn

@@ -122,15 +122,9 @@ public:
 
     IPluginV3* clone() noexcept override
     {
-        try
-        {
+        return guardTrtCall(Op::kName, "clone", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
             return new RoiPoolPlugin(*this);
-        }
-        catch (std::exception const& e)
-        {
-            logTrtError(who() + "clone failed: " + e.what());
-            return nullptr;
-        }
+        });
     }
 
     char const* getPluginName() const noexcept override { return Op::kName; }
@@ -156,8 +150,7 @@ public:
     int32_t getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t, DimsExprs* outputs,
         int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept override
     {
-        try
-        {
+        return guardTrtCall(Op::kName, "getOutputShapes", int32_t(-1), [&]() -> int32_t {
             if (nbOutputs != 1 || nbInputs != 3)
                 return fail("expects 3 inputs (" + std::string(Op::kInputs) + ")");
             Shapes known; // constants now, so wrong shapes fail while the network is built
@@ -173,11 +166,7 @@ public:
                 return fail(status.message);
             Op::outputDims(mAttrs, inputs, exprBuilder, outputs[0]);
             return 0;
-        }
-        catch (std::exception const& e)
-        {
-            return fail(std::string("getOutputShapes failed: ") + e.what());
-        }
+        });
     }
 
     bool supportsFormatCombination(
@@ -317,8 +306,7 @@ char const* RoiPoolPluginCreator<Op>::getPluginName() const noexcept
 template <typename Op>
 IPluginV3* RoiPoolPluginCreator<Op>::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
 {
-    try
-    {
+    return guardTrtCall(Op::kName, "createPlugin", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
         std::vector<RoiRawField> fields;
         for (int32_t k = 0; fc && k < fc->nbFields; ++k)
             fields.push_back({fc->fields[k].name, fc->fields[k].data, fc->fields[k].length, int32_t(fc->fields[k].type)});
@@ -330,12 +318,7 @@ IPluginV3* RoiPoolPluginCreator<Op>::createPlugin(char const* name, PluginFieldC
             return nullptr;
         }
         return new RoiPoolPlugin<Op>(attrs);
-    }
-    catch (std::exception const& e)
-    {
-        logTrtError(std::string("dcn_deploy::") + Op::kName + ": createPlugin failed: " + e.what());
-        return nullptr;
-    }
+    });
 }
 
 template class RoiPoolPluginCreator<DeformRoiPoolOp>;
