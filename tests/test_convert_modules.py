@@ -158,7 +158,7 @@ def test_subclass_and_hooked_layer_are_left_with_the_reason_and_a_warning():
     model = nn.Sequential(Scaled(2, 2, 1), StandIn(2, 2, 1), StandIn(2, 2, 1), StandIn(2, 2, 1))
     model[1].register_forward_hook(lambda module, args, output: output)
     nn.utils.parametrize.register_parametrization(model[3], "weight", Doubled())
-    with pytest.warns(UserWarning, match="left these torchvision-derived layers unconverted"):
+    with pytest.warns(UserWarning, match="left these torchvision/mmcv-derived layers unconverted"):
         _, converted = convert_modules(model)
     assert converted == ["2"]
     reasons = dict(converted.skipped)

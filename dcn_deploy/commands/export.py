@@ -72,6 +72,9 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
       path/to/program.pt2          a program saved with torch.export.save
       NAME                         a zoo model, e.g. resnet50_dcn_c5
 
+    A FACTORY's torchvision and mmcv deformable layers (DeformConv2d, DCN, DCNv2, deformable RoI pooling) are
+    swapped for dcn_deploy's first (dcn_deploy.convert_modules), and the swapped layers are listed.
+
     \b
     Examples:
       dcn-deploy export dcn_deploy.models.demo:DemoNet --input-shape 1x1x28x28 -o demo.onnx
@@ -91,6 +94,8 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
 
     stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
     loaded = load_model(model_ref, weights).cast(torch_dtype)
+    if loaded.converted or loaded.converted.skipped:
+        stage(str(loaded.converted))
     example = loaded.example_inputs(shapes, torch_dtype, seed=0)
     # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
     verify_inputs = None if no_verify else loaded.verification_inputs(example, dynamic, torch_dtype)

@@ -151,8 +151,8 @@ def _export_checked(model, example_inputs, path: Path, *, dynamic: bool, standar
         raise NoDeformableLayerError(
             f"{type(model).__name__} has no deformable convolution: the exported graph contains no "
             f"{dcn_opset.DOMAIN} op and no DeformConv. Build deformable layers from dcn_deploy.ops (DeformConv2d, "
-            "DeformConv2dPack, ModulatedDeformConv2dPack or deform_conv2d; torchvision's have the same signatures, "
-            "and dcn_deploy.convert_modules(model) swaps torchvision's DeformConv2d layers for ours), "
+            "DeformConv2dPack, ModulatedDeformConv2dPack or deform_conv2d; torchvision's and mmcv's have the same "
+            "signatures, and dcn_deploy.convert_modules(model) swaps their layers for ours), "
             "or pass require_deformable=False (CLI: --allow-no-deformable) to export a plain model anyway")
 
     start = time.perf_counter()

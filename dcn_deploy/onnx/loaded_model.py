@@ -7,12 +7,13 @@ a .pt2 program's stored inputs; floating ones are cast to the ``--dtype`` (:data
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..feeds.shapes import FeedError, format_shape, parse_shape
+from ..ops.convert import ConvertedModules
 from .example_samplers import Sampler
 from .program_shapes import program_input_shapes, program_shape_mismatch
 
@@ -55,6 +56,8 @@ class LoadedModel:
     sampler: Optional[Sampler] = None
     input_names: Optional[Tuple[str, ...]] = None  # names the model's source gives its inputs (the zoo's), if any
     output_names: Optional[Tuple[str, ...]] = None
+    # the torchvision/mmcv layers load_model swapped for ours, and those it left (converted.skipped)
+    converted: ConvertedModules = field(default_factory=ConvertedModules)
 
     @property
     def name(self) -> str:

@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
@@ -64,8 +65,9 @@ def load_model(reference: Union[str, Path], weights: Optional[Union[str, Path]] 
         model = _call_factory(owner, factory_name, text)
         if weights is not None:
             load_weights(model, Path(weights), text)
+        model, converted = _with_our_layers(model)
         sampler = module_sampler(model)
-        return LoadedModel(model.eval(), text, kind, sampler)
+        return LoadedModel(model.eval(), text, kind, sampler, converted=converted)
     if text.endswith(".py"):
         raise ValueError(f"{text}: name the function or class that builds the model, e.g. {text}:build_model")
     if "/" in text or "\\" in text or Path(text).suffix in (".pt", ".pth", ".onnx", ".ckpt"):
@@ -74,6 +76,17 @@ def load_model(reference: Union[str, Path], weights: Optional[Union[str, Path]] 
         raise ValueError(f"model {text}: not a model reference; give {_REFERENCE_FORMS} "
                          "(a state_dict goes to --weights, next to the FILE.py:FACTORY that builds the model)")
     return _load_zoo(text, weights)
+
+
+def _with_our_layers(model: torch.nn.Module):
+    """``model`` with its torchvision/mmcv deformable layers swapped for ours (:func:`dcn_deploy.convert_modules`),
+    so that it exports; the :class:`ConvertedModules` report lists what was swapped and what was left, and the
+    caller shows it (convert_modules' own warning about the layers left is not repeated)."""
+    from ..ops.convert import convert_modules
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="convert_modules left these", category=UserWarning)
+        return convert_modules(model)
 
 
 def _is_windows_drive(text: str) -> bool:

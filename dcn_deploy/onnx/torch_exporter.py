@@ -164,9 +164,9 @@ def _failure_hint(exc: BaseException) -> str:
         return ("The model branches on a tensor's values (data-dependent control flow, e.g. `if x.sum() > 0:`), "
                 "which one exported graph cannot hold: compute both sides and pick with torch.where, or use "
                 "torch.cond")
-    if "torchvision" in text:
-        return ("Use dcn_deploy.ops (not torchvision) for deformable convolution: dcn_deploy.convert_modules(model) "
-                "swaps torchvision's DeformConv2d layers for ours")
+    if "torchvision" in text or "mmcv" in text:
+        return ("Use dcn_deploy.ops (not torchvision or mmcv) for deformable layers: dcn_deploy.convert_modules(model) "
+                "swaps torchvision's and mmcv's deformable layers for ours")
     return "Check that the model runs on the example inputs and that torch.export.export(model, inputs) succeeds"
 
 

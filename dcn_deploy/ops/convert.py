@@ -1,39 +1,129 @@
-"""Swap torchvision's ``DeformConv2d`` layers inside an existing model for :class:`dcn_deploy.DeformConv2d`.
+"""Swap torchvision's and mmcv's deformable layers inside an existing model for dcn_deploy's, in place.
 
-Why: ``dcn_deploy.export`` exports our ops; a model built from ``torchvision.ops.DeformConv2d`` does not export
-(and torchvision's compiled ops cannot even load on CPU-only machines). Both classes have the same constructor,
-the same ``forward(input, offset, mask=None)`` and the same state_dict keys, so one can stand in for the other.
+Why: ``dcn_deploy.export`` exports our ops; a model built from ``torchvision.ops.DeformConv2d`` or mmcv's layers
+does not export (and their compiled ops often cannot even load on the machine that exports). Each foreign class
+below has a dcn_deploy counterpart with the same constructor arguments, the same ``forward`` and the same
+state_dict keys, so one can stand in for the other:
 
-torchvision's class is recognised by its module path and name, never by importing torchvision.
+| foreign class | dcn_deploy class |
+| --- | --- |
+| ``torchvision.ops.DeformConv2d`` | :class:`~dcn_deploy.ops.modules.DeformConv2d` |
+| ``mmcv.ops.DeformConv2d`` (``forward(x, offset)``, no bias) | :class:`~dcn_deploy.ops.modules.DeformConv2d` |
+| ``mmcv.ops.ModulatedDeformConv2d`` (``forward(x, offset, mask)``) | :class:`~dcn_deploy.ops.modules.DeformConv2d` |
+| ``mmcv.ops.DeformConv2dPack`` ("DCN") | :class:`~dcn_deploy.ops.modules.DeformConv2dPack` |
+| ``mmcv.ops.ModulatedDeformConv2dPack`` ("DCNv2") | :class:`~dcn_deploy.ops.modules.ModulatedDeformConv2dPack` |
+| ``mmcv.ops.DeformRoIPool``, ``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack`` | the same, in ``roi_modules`` |
+
+A foreign class is recognised by its module path and name, never by importing torchvision or mmcv.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .modules import DeformConv2d
+from . import modules, roi_modules
 
-__all__ = ["convert_modules", "ConvertedModules", "TORCHVISION_DEFORM_CONV"]
+__all__ = ["convert_modules", "ConvertedModules", "ForeignLayer", "FOREIGN_LAYERS", "TORCHVISION_DEFORM_CONV"]
 
 # (type(m).__module__, type(m).__qualname__) of torchvision.ops.DeformConv2d
 TORCHVISION_DEFORM_CONV = ("torchvision.ops.deform_conv", "DeformConv2d")
 
 
+@dataclass(frozen=True)
+class ForeignLayer:
+    """A foreign deformable layer class that :func:`convert_modules` replaces, and how.
+
+    ``build`` makes the dcn_deploy layer with the foreign layer's settings (on the meta device: its own fresh
+    parameters are discarded); ``parameters`` and ``children`` are the foreign layer's own parameters and
+    submodules that the new layer takes over as they are (the same objects)."""
+
+    library: str
+    module: str
+    name: str
+    target: type
+    build: Callable[[nn.Module], nn.Module]
+    parameters: Tuple[str, ...] = ()
+    children: Tuple[str, ...] = ()
+
+    @property
+    def key(self) -> Tuple[str, str]:
+        return self.module, self.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.library} {self.name}"
+
+
+def _has_bias(layer: nn.Module) -> bool:
+    return getattr(layer, "bias", None) is not None  # mmcv's DeformConv2d has no bias attribute at all
+
+
+def _conv(layer: nn.Module) -> nn.Module:
+    return modules.DeformConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                                bias=_has_bias(layer))
+
+
+def _conv_pack(cls: type) -> Callable[[nn.Module], nn.Module]:
+    def build(layer: nn.Module) -> nn.Module:
+        return cls(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                   padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                   deform_groups=layer.deform_groups, bias=_has_bias(layer))
+    return build
+
+
+def _roi_pool(layer: nn.Module) -> nn.Module:
+    return roi_modules.DeformRoIPool(layer.output_size, layer.spatial_scale, layer.sampling_ratio, layer.gamma)
+
+
+def _roi_pack(cls: type) -> Callable[[nn.Module], nn.Module]:
+    def build(layer: nn.Module) -> nn.Module:
+        return cls(layer.output_size, layer.output_channels, layer.deform_fc_channels, layer.spatial_scale,
+                   layer.sampling_ratio, layer.gamma)
+    return build
+
+
+_MMCV_CONV, _MMCV_MODULATED, _MMCV_ROI = ("mmcv.ops.deform_conv", "mmcv.ops.modulated_deform_conv",
+                                          "mmcv.ops.deform_roi_pool")
+
+FOREIGN_LAYERS: Tuple[ForeignLayer, ...] = (
+    ForeignLayer("torchvision", *TORCHVISION_DEFORM_CONV, modules.DeformConv2d, _conv, ("weight", "bias")),
+    ForeignLayer("mmcv", _MMCV_CONV, "DeformConv2d", modules.DeformConv2d, _conv, ("weight",)),
+    ForeignLayer("mmcv", _MMCV_MODULATED, "ModulatedDeformConv2d", modules.DeformConv2d, _conv,
+                 ("weight", "bias")),
+    ForeignLayer("mmcv", _MMCV_CONV, "DeformConv2dPack", modules.DeformConv2dPack,
+                 _conv_pack(modules.DeformConv2dPack), ("weight",), ("conv_offset",)),
+    ForeignLayer("mmcv", _MMCV_MODULATED, "ModulatedDeformConv2dPack", modules.ModulatedDeformConv2dPack,
+                 _conv_pack(modules.ModulatedDeformConv2dPack), ("weight", "bias"), ("conv_offset",)),
+    ForeignLayer("mmcv", _MMCV_ROI, "DeformRoIPool", roi_modules.DeformRoIPool, _roi_pool),
+    ForeignLayer("mmcv", _MMCV_ROI, "DeformRoIPoolPack", roi_modules.DeformRoIPoolPack,
+                 _roi_pack(roi_modules.DeformRoIPoolPack), (), ("offset_fc",)),
+    ForeignLayer("mmcv", _MMCV_ROI, "ModulatedDeformRoIPoolPack", roi_modules.ModulatedDeformRoIPoolPack,
+                 _roi_pack(roi_modules.ModulatedDeformRoIPoolPack), (), ("offset_fc", "mask_fc")),
+)
+_BY_KEY: Dict[Tuple[str, str], ForeignLayer] = {layer.key: layer for layer in FOREIGN_LAYERS}
+
+
 class ConvertedModules(list):
     """The qualified names (as in ``model.named_modules()``; ``""`` is the root) of the replaced layers, in the
-    order they were found, plus ``skipped``: ``[(name, reason)]`` for torchvision-derived layers left as they were.
-    A layer shared between several attributes is listed once per attribute."""
+    order they were found, plus ``sources``: ``{name: "torchvision DeformConv2d"}`` (the foreign class each
+    replaced), and ``skipped``: ``[(name, reason)]`` for foreign-derived layers left as they were. A layer shared
+    between several attributes is listed once per attribute."""
 
-    def __init__(self, names=(), skipped=()):
+    def __init__(self, names=(), skipped=(), sources=None):
         super().__init__(names)
         self.skipped: List[Tuple[str, str]] = list(skipped)
+        self.sources: Dict[str, str] = dict(sources or {})
 
     def __str__(self) -> str:
-        lines = [f"converted {len(self)} torchvision DeformConv2d layer(s) to dcn_deploy.DeformConv2d"
-                 + (f": {', '.join(n or '<root>' for n in self)}" if self else "")]
+        replaced = ", ".join(f"{n or '<root>'}" + (f" ({self.sources[n]})" if n in self.sources else "")
+                             for n in self)
+        lines = [f"converted {len(self)} torchvision/mmcv deformable layer(s) to dcn_deploy's"
+                 + (f": {replaced}" if self else "")]
         lines += [f"not converted: {name or '<root>'}: {reason}" for name, reason in self.skipped]
         return "\n".join(lines)
 
@@ -42,90 +132,116 @@ def _class_key(cls: type) -> Tuple[str, str]:
     return cls.__module__, cls.__qualname__
 
 
-def _is_torchvision_deform_conv(module: nn.Module) -> bool:
-    return _class_key(type(module)) == TORCHVISION_DEFORM_CONV
+def _foreign_base(module: nn.Module) -> Optional[ForeignLayer]:
+    """The foreign class ``module`` is, or derives from; None for every other module."""
+    for cls in type(module).__mro__:
+        if _class_key(cls) in _BY_KEY:
+            return _BY_KEY[_class_key(cls)]
+    return None
 
 
-def _derives_from_torchvision_deform_conv(module: nn.Module) -> bool:
-    return any(_class_key(cls) == TORCHVISION_DEFORM_CONV for cls in type(module).__mro__[1:])
-
-
-def _why_not_convertible(module: nn.Module) -> Optional[str]:
-    """None when ``module`` (an exact torchvision DeformConv2d) can be swapped without losing anything."""
+def _why_not_convertible(module: nn.Module, foreign: ForeignLayer) -> Optional[str]:
+    """None when ``module`` (an exact ``foreign`` class) can be swapped without losing anything."""
     if getattr(module, "parametrizations", None) is not None:
         return "it has parametrizations (torch.nn.utils.parametrize); remove them, convert, then add them again"
-    if not _is_torchvision_deform_conv(module):
+    if _class_key(type(module)) != foreign.key:
         cls = type(module)
-        return (f"{cls.__module__}.{cls.__qualname__} subclasses torchvision's DeformConv2d and may override "
-                "forward; replace it by hand (dcn_deploy.DeformConv2d takes the same arguments and state_dict)")
-    if not isinstance(module.weight, nn.Parameter) or not (module.bias is None
-                                                           or isinstance(module.bias, nn.Parameter)):
-        return "its weight or bias is a plain tensor, not an nn.Parameter"
-    own_params = {name for name, _ in module.named_parameters(recurse=False)}
-    extras = sorted((own_params - {"weight", "bias"}) | {name for name, _ in module.named_buffers(recurse=False)}
-                    | {name for name, _ in module.named_children()})
+        return (f"{cls.__module__}.{cls.__qualname__} subclasses {foreign.label} and may override forward; "
+                f"replace it by hand (dcn_deploy's {foreign.target.__name__} takes the same arguments and "
+                "state_dict)")
+    params = dict(module.named_parameters(recurse=False))
+    if any(not isinstance(getattr(module, name, None), (nn.Parameter, type(None))) for name in foreign.parameters):
+        return f"its {' or '.join(foreign.parameters)} is a plain tensor, not an nn.Parameter"
+    extras = sorted((set(params) - set(foreign.parameters))
+                    | {name for name, _ in module.named_buffers(recurse=False)}
+                    | ({name for name, _ in module.named_children()} - set(foreign.children)))
     if extras:
-        return f"it carries parameters, buffers or submodules that DeformConv2d has no place for: {extras}"
+        return (f"it carries parameters, buffers or submodules that {foreign.target.__name__} has no place for: "
+                f"{extras}")
+    missing = [name for name in foreign.children if not isinstance(getattr(module, name, None), nn.Module)]
+    if missing:
+        return f"its submodule(s) {missing} are missing or not modules"
     hooks = [kind for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
              if getattr(module, kind, None)]
     if hooks:
         # Hook handles point at this module's dicts; moving the hooks would break handle.remove().
         return (f"it has hooks registered ({', '.join(h.strip('_') for h in hooks)}); remove them, convert, then "
                 "register them on the new layer")
+    return _shape_mismatch(module, foreign)
+
+
+def _shape_mismatch(module: nn.Module, foreign: ForeignLayer) -> Optional[str]:
+    """Why the weights do not fit the layer's own settings, for the convolutions; None when they fit."""
+    if "weight" not in foreign.parameters:
+        return None
     kh, kw = tuple(module.kernel_size)
     expected = (module.out_channels, module.in_channels // module.groups, kh, kw)
     if tuple(module.weight.shape) != expected:
         return (f"its weight has shape {tuple(module.weight.shape)} but its attributes (out_channels, "
                 f"in_channels // groups, *kernel_size) say {expected}")
+    offset_branch = getattr(module, "conv_offset", None)
+    if isinstance(offset_branch, nn.Conv2d):
+        per_point = 3 if issubclass(foreign.target, modules.ModulatedDeformConv2dPack) else 2
+        want = module.deform_groups * per_point * kh * kw
+        if offset_branch.out_channels != want:
+            return (f"its conv_offset has {offset_branch.out_channels} output channels but deform_groups="
+                    f"{module.deform_groups} and kernel_size={(kh, kw)} need {want}")
     return None
 
 
-def _converted(old: nn.Module) -> DeformConv2d:
-    """A dcn_deploy.DeformConv2d holding ``old``'s own Parameter objects (values, dtype, device, requires_grad
-    and identity, so an optimizer built before the conversion keeps updating them)."""
-    # Built on the meta device: its fresh weights are never used, so allocate and initialise nothing.
+def _converted(old: nn.Module, foreign: ForeignLayer) -> nn.Module:
+    """The dcn_deploy layer holding ``old``'s own Parameter objects and submodules (values, dtype, device,
+    requires_grad and identity, so an optimizer built before the conversion keeps updating them)."""
+    # Built on the meta device: its fresh parameters are never used, so allocate and initialise nothing.
     with torch.device("meta"):
-        new = DeformConv2d(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
-                           padding=old.padding, dilation=old.dilation, groups=old.groups, bias=old.bias is not None)
-    new.weight = old.weight
-    if old.bias is not None:
-        new.bias = old.bias
-    new.train(old.training)
+        new = foreign.build(old)
+    for name in foreign.parameters:
+        value = getattr(old, name, None)
+        if value is not None:
+            setattr(new, name, value)
+    for name in foreign.children:
+        setattr(new, name, getattr(old, name))
+    new.training = old.training  # this layer's flag only: the adopted submodules keep their own
     return new
 
 
 def convert_modules(model: nn.Module) -> Tuple[nn.Module, ConvertedModules]:
-    """Replace every ``torchvision.ops.DeformConv2d`` inside ``model`` by :class:`dcn_deploy.DeformConv2d`, in place.
+    """Replace every torchvision or mmcv deformable layer inside ``model`` by dcn_deploy's, in place.
 
-    Each replacement is built with the same arguments (in/out channels, kernel_size, stride, padding, dilation,
-    groups, bias) and holds the original's Parameter objects, so outputs, the state_dict keys and values, dtype,
-    device, ``requires_grad`` and the training flag are all unchanged; the parent's attribute (also inside
-    ``nn.Sequential``/``ModuleList``/``ModuleDict``) is set to the new layer. A layer shared by several attributes
-    stays shared.
+    The classes replaced, and by what, are listed in this module's docstring (:data:`FOREIGN_LAYERS`):
+    ``torchvision.ops.DeformConv2d``; mmcv's ``DeformConv2d``, ``ModulatedDeformConv2d``, ``DeformConv2dPack``
+    (DCN), ``ModulatedDeformConv2dPack`` (DCNv2), ``DeformRoIPool``, ``DeformRoIPoolPack`` and
+    ``ModulatedDeformRoIPoolPack``. Each replacement is built with the same arguments and takes over the
+    original's Parameter objects and submodules (``conv_offset``, ``offset_fc``, ``mask_fc``), so outputs, the
+    state_dict keys and values, dtype, device, ``requires_grad`` and the training flags are all unchanged; the
+    parent's attribute (also inside ``nn.Sequential``/``ModuleList``/``ModuleDict``) is set to the new layer. A
+    layer shared by several attributes stays shared.
 
-    Only torchvision's exact class is converted. Subclasses (whose forward may differ) and layers that carry
-    hooks, parametrizations or extra parameters/buffers are left as they were, listed in ``converted.skipped``
-    with the reason, and a warning names them. The model's own ``forward`` is not touched: it keeps calling
-    ``self.<layer>(...)``.
+    mmcv's ``DeformConv2d`` and ``ModulatedDeformConv2d`` become :class:`dcn_deploy.DeformConv2d`, which reads
+    the offset groups from the offset's channels (2*offset_groups*kH*kW) instead of a ``deform_groups``
+    attribute. mmcv's RoI layers default to ``sampling_ratio=0`` (adaptive), which runs in PyTorch but has no
+    ONNX form: set the converted layers' ``sampling_ratio`` (e.g. 2) before exporting.
 
-    mmcv's ``DeformConv2dPack`` / ``ModulatedDeformConv2dPack`` are not converted here: rebuild the network with
-    :class:`dcn_deploy.DeformConv2dPack` / :class:`dcn_deploy.ModulatedDeformConv2dPack` (same constructor and
-    state_dict keys) and load its checkpoint; pass an old checkpoint (``conv_offset_mask.*``,
-    ``<layer>_offset.*`` keys) through :func:`dcn_deploy.upgrade_mmcv_state_dict` first.
+    Only the exact classes are converted. Subclasses (whose forward may differ) and layers that carry hooks,
+    parametrizations or extra parameters/buffers/submodules are left as they were, listed in
+    ``converted.skipped`` with the reason, and a warning names them. The model's own ``forward`` is not touched:
+    it keeps calling ``self.<layer>(...)``.
 
     Args:
-        model: an ``nn.Module`` (itself a torchvision ``DeformConv2d`` is allowed), before ``torch.jit.script``,
+        model: an ``nn.Module`` (itself a foreign layer is allowed), before ``torch.jit.script``,
             ``torch.export`` or ``torch.compile``.
 
     Returns:
-        ``(model, converted)``: the same model object (a new layer when ``model`` itself was a torchvision
-        DeformConv2d) and a :class:`ConvertedModules` list of the replaced qualified names, e.g.
-        ``["backbone.layer3.0.dcn"]``.
+        ``(model, converted)``: the same model object (a new layer when ``model`` itself was a foreign layer) and a
+        :class:`ConvertedModules` list of the replaced qualified names, e.g. ``["backbone.layer3.0.conv2"]``.
 
     Example::
 
         model, converted = dcn_deploy.convert_modules(model)
         dcn_deploy.export(model.eval(), (x,), "model.onnx")
+
+    Old mmcv checkpoints (``conv_offset_mask.*``, ``<layer>_offset.*`` keys) load into the converted model after
+    :func:`dcn_deploy.upgrade_mmcv_state_dict`.
     """
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError("convert_modules takes a plain nn.Module, got a TorchScript module: convert the model "
@@ -138,19 +254,23 @@ def convert_modules(model: nn.Module) -> Tuple[nn.Module, ConvertedModules]:
         raise TypeError(f"convert_modules: model must be a torch.nn.Module, got {type(model).__name__}{hint}")
 
     converted = ConvertedModules()
-    replacements: Dict[int, nn.Module] = {}  # id(old) -> new, so a shared layer stays shared
+    replacements: Dict[int, Tuple[nn.Module, str]] = {}  # id(old) -> (new, source), so a shared layer stays shared
 
     def convert_one(name: str, module: nn.Module) -> Optional[nn.Module]:
-        if id(module) in replacements:
-            converted.append(name)
-            return replacements[id(module)]
-        if not (_is_torchvision_deform_conv(module) or _derives_from_torchvision_deform_conv(module)):
-            return None
-        reason = _why_not_convertible(module)
-        if reason is not None:
-            converted.skipped.append((name, reason))
-            return None
-        new = replacements[id(module)] = _converted(module)
+        if id(module) not in replacements:
+            foreign = _foreign_base(module)
+            if foreign is None:
+                return None
+            reason = _why_not_convertible(module, foreign)
+            if reason is None:
+                try:
+                    replacements[id(module)] = (_converted(module, foreign), foreign.label)
+                except (ValueError, TypeError) as exc:  # settings our constructor refuses (ShapeError included)
+                    reason = f"dcn_deploy's {foreign.target.__name__} refuses its settings: {exc}"
+            if reason is not None:
+                converted.skipped.append((name, reason))
+                return None
+        new, converted.sources[name] = replacements[id(module)]
         converted.append(name)
         return new
 
@@ -172,7 +292,7 @@ def convert_modules(model: nn.Module) -> Tuple[nn.Module, ConvertedModules]:
     if root is None:
         walk("", model)
     if converted.skipped:
-        warnings.warn("convert_modules left these torchvision-derived layers unconverted (the model will not "
+        warnings.warn("convert_modules left these torchvision/mmcv-derived layers unconverted (the model will not "
                       "export until they are replaced):\n" + "\n".join(f"  {n or '<root>'}: {r}"
                                                                        for n, r in converted.skipped),
                       stacklevel=2)

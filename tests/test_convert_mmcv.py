@@ -1,0 +1,351 @@
+"""convert_modules on mmcv's deformable layers, and the CLI's export converting a model file's layers itself.
+
+convert_modules recognises mmcv's classes by module path and name. The first tests check the walk's side (which
+class becomes which, parameters and submodules taken over as the same objects, settings carried, layers refused
+with the reason) on stand-ins that carry mmcv's module paths and attributes and whose forward fails, as mmcv's does
+where its compiled ops are missing. Whether a converted layer computes what mmcv's computes is checked against mmcv
+itself at the end (skipped where ``mmcv.ops`` cannot be imported: mmcv is not a dependency, and its compiled ops
+must be built for this torch).
+"""
+from __future__ import annotations
+
+import textwrap
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from dcn_deploy import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack, convert_modules  # noqa: E402
+from dcn_deploy.ops.convert import FOREIGN_LAYERS  # noqa: E402
+from dcn_deploy.ops.roi_modules import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack  # noqa: E402
+
+pair = nn.modules.utils._pair
+
+
+class _NoCompiledOps(nn.Module):
+    def forward(self, *args):
+        raise RuntimeError(f"{type(self).__qualname__}: mmcv's compiled ops are not loaded (a stand-in)")
+
+
+def _stand_in(module: str, name: str, init):
+    return type(name, (_NoCompiledOps,), {"__init__": init, "__module__": module, "__qualname__": name})
+
+
+def _conv_init(with_bias: bool, offset_channels_per_point: int = 0):
+    """mmcv's convolution layout: settings as attributes, ``weight``, ``bias`` (absent on DeformConv2d, a
+    Parameter or None on ModulatedDeformConv2d) and, for the Pack classes, ``conv_offset``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 deform_groups=1, bias=with_bias):
+        nn.Module.__init__(self)
+        self.in_channels, self.out_channels, self.groups, self.deform_groups = (in_channels, out_channels, groups,
+                                                                              deform_groups)
+        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
+        self.padding, self.dilation = pair(padding), pair(dilation)
+        self.transposed, self.output_padding, self.im2col_step = False, (0,), 32
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels // groups, *self.kernel_size))
+        if with_bias:
+            self.bias = nn.Parameter(torch.randn(out_channels)) if bias else None
+        if offset_channels_per_point:
+            kh, kw = self.kernel_size
+            self.conv_offset = nn.Conv2d(in_channels, deform_groups * offset_channels_per_point * kh * kw,
+                                         self.kernel_size, self.stride, self.padding, self.dilation)
+    return __init__
+
+
+def _roi_init(pack: bool, modulated: bool = False):
+    def __init__(self, output_size, output_channels=None, deform_fc_channels=1024, spatial_scale=1.0,
+                 sampling_ratio=0, gamma=0.1):
+        nn.Module.__init__(self)
+        self.output_size, self.spatial_scale = pair(output_size), float(spatial_scale)
+        self.sampling_ratio, self.gamma = int(sampling_ratio), float(gamma)
+        if pack:
+            self.output_channels, self.deform_fc_channels = output_channels, deform_fc_channels
+            bins = self.output_size[0] * self.output_size[1]
+            self.offset_fc = nn.Sequential(nn.Linear(bins * output_channels, deform_fc_channels), nn.ReLU(),
+                                           nn.Linear(deform_fc_channels, deform_fc_channels), nn.ReLU(),
+                                           nn.Linear(deform_fc_channels, bins * 2))
+            if modulated:
+                self.mask_fc = nn.Sequential(nn.Linear(bins * output_channels, deform_fc_channels), nn.ReLU(),
+                                             nn.Linear(deform_fc_channels, bins), nn.Sigmoid())
+    return __init__
+
+
+CONV, MODULATED, ROI = "mmcv.ops.deform_conv", "mmcv.ops.modulated_deform_conv", "mmcv.ops.deform_roi_pool"
+MmcvDeformConv2d = _stand_in(CONV, "DeformConv2d", _conv_init(with_bias=False))
+MmcvDeformConv2dPack = _stand_in(CONV, "DeformConv2dPack", _conv_init(with_bias=False, offset_channels_per_point=2))
+MmcvModulated = _stand_in(MODULATED, "ModulatedDeformConv2d", _conv_init(with_bias=True))
+MmcvModulatedPack = _stand_in(MODULATED, "ModulatedDeformConv2dPack",
+                              _conv_init(with_bias=True, offset_channels_per_point=3))
+MmcvRoIPool = _stand_in(ROI, "DeformRoIPool", _roi_init(pack=False))
+MmcvRoIPoolPack = _stand_in(ROI, "DeformRoIPoolPack", _roi_init(pack=True))
+MmcvModulatedRoIPoolPack = _stand_in(ROI, "ModulatedDeformRoIPoolPack", _roi_init(pack=True, modulated=True))
+
+
+def test_every_mmcv_class_is_in_the_table_once():
+    keys = [layer.key for layer in FOREIGN_LAYERS]
+    assert len(keys) == len(set(keys))
+    stand_ins = [MmcvDeformConv2d, MmcvDeformConv2dPack, MmcvModulated, MmcvModulatedPack, MmcvRoIPool,
+                 MmcvRoIPoolPack, MmcvModulatedRoIPoolPack]
+    assert {(c.__module__, c.__qualname__) for c in stand_ins} == {k for k in keys if k[0].startswith("mmcv.")}
+
+
+def _mmcv_model():
+    model = nn.Module()
+    model.backbone = nn.Sequential(
+        MmcvDeformConv2dPack(6, 8, 3, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2, deform_groups=3),
+        MmcvModulatedPack(8, 4, (3, 1), padding=(1, 0), deform_groups=2, bias=False),
+        MmcvModulatedPack(4, 4, 1))
+    model.heads = nn.ModuleDict({"plain": MmcvDeformConv2d(4, 4, 3, padding=1),
+                                 "modulated": MmcvModulated(4, 2, 3, padding=1, groups=2, deform_groups=2)})
+    model.roi = nn.ModuleList([MmcvRoIPool(7, spatial_scale=0.25, sampling_ratio=2, gamma=0.2),
+                               MmcvRoIPoolPack(3, 4, deform_fc_channels=16, spatial_scale=0.5),
+                               MmcvModulatedRoIPoolPack((2, 3), 4, deform_fc_channels=8, sampling_ratio=1)])
+    return model
+
+
+def test_mmcv_layers_become_ours_with_their_own_parameters_submodules_and_settings():
+    model = _mmcv_model().to(torch.float64)
+    model.backbone[1].eval()
+    model.backbone[0].conv_offset.eval()  # a submodule's own flag differs from its layer's
+    params = dict(model.named_parameters())
+    children = {name: m for name, m in model.named_modules() if name.endswith(("conv_offset", "_fc"))}
+    keys = list(model.state_dict())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left, so nothing to warn about
+        out, converted = convert_modules(model)
+
+    assert out is model
+    assert list(converted) == ["backbone.0", "backbone.1", "backbone.2", "heads.plain", "heads.modulated",
+                               "roi.0", "roi.1", "roi.2"]
+    assert converted.sources["backbone.1"] == "mmcv ModulatedDeformConv2dPack"
+    assert converted.sources["roi.2"] == "mmcv ModulatedDeformRoIPoolPack"
+    expected_types = [DeformConv2dPack, ModulatedDeformConv2dPack, ModulatedDeformConv2dPack, DeformConv2d,
+                      DeformConv2d, DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack]
+    assert [type(model.get_submodule(n)) for n in converted] == expected_types
+    assert all(p is params[name] for name, p in model.named_parameters())
+    assert all(m is children[name] for name, m in model.named_modules() if name in children)
+    assert list(model.state_dict()) == keys
+    assert model.backbone[1].training is False and model.backbone[0].training is True
+    assert model.backbone[0].conv_offset.training is False
+
+    first, modulated_head, roi = model.backbone[0], model.heads["modulated"], model.roi
+    assert (first.kernel_size, first.stride, first.padding, first.dilation, first.groups, first.deform_groups,
+            first.bias) == ((3, 3), (2, 1), (1, 2), (1, 2), 2, 3, None)
+    assert model.backbone[1].bias is None and model.heads["plain"].bias is None
+    assert modulated_head.bias is params["heads.modulated.bias"] and modulated_head.groups == 2
+    assert (roi[0].output_size, roi[0].spatial_scale, roi[0].sampling_ratio, roi[0].gamma) == ((7, 7), 0.25, 2, 0.2)
+    assert (roi[1].output_channels, roi[1].deform_fc_channels, roi[1].spatial_scale) == (4, 16, 0.5)
+    assert roi[2].output_size == (2, 3) and roi[2].sampling_ratio == 1
+    text = str(converted)
+    assert text.startswith("converted 8 torchvision/mmcv deformable layer(s)") and "roi.1 (mmcv DeformRoIPoolPack)" in text
+
+
+def test_converted_mmcv_layers_run_where_the_stand_ins_could_not():
+    model = _mmcv_model()
+    with pytest.raises(RuntimeError, match="compiled ops are not loaded"):
+        model.backbone(torch.randn(1, 6, 9, 8))
+    convert_modules(model)
+    for layer in model.backbone:  # the offset branches are random: many samples leave the image
+        nn.init.normal_(layer.conv_offset.weight, std=0.5)
+    x = torch.randn(2, 6, 9, 8)
+    y = model.backbone(x)
+    assert y.shape == (2, 4, 5, 8) and torch.isfinite(y).all()
+    features = torch.randn(2, 4, 12, 10)
+    rois = torch.tensor([[0, 1.0, 2.0, 15.0, 13.0], [1, -4.0, 0.5, 6.0, 30.0]])
+    assert model.roi[1](features, rois).shape == (2, 4, 3, 3)
+    assert model.roi[2](features, rois).shape == (2, 4, 2, 3)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: MmcvModulatedPack(6, 4, 3, deform_groups=4), ["ModulatedDeformConv2dPack refuses its settings",
+                                                           "in_channels (6) must be divisible by deform_groups (4)"]),
+    (lambda: _with(MmcvDeformConv2dPack(4, 4, 3, deform_groups=2), "conv_offset", nn.Conv2d(4, 27, 3)),
+     ["conv_offset has 27 output channels", "deform_groups=2", "need 36"]),
+    (lambda: _with(MmcvDeformConv2d(4, 4, 3), "extra", nn.Parameter(torch.ones(1))),
+     ["DeformConv2d has no place for", "extra"]),
+    (lambda: _without(MmcvModulatedRoIPoolPack(2, 4, 8), "mask_fc"), ["submodule(s) ['mask_fc'] are missing"]),
+    (lambda: type("MyDCN", (MmcvModulatedPack,), {})(4, 4, 3),
+     ["MyDCN subclasses mmcv ModulatedDeformConv2dPack and may override forward", "replace it by hand"]),
+])
+def test_mmcv_layer_that_cannot_be_swapped_is_left_with_the_reason(make, words):
+    model = nn.Sequential(make(), MmcvDeformConv2d(4, 4, 1))
+    with pytest.warns(UserWarning, match="left these torchvision/mmcv-derived layers unconverted"):
+        _, converted = convert_modules(model)
+    assert converted == ["1"] and [name for name, _ in converted.skipped] == ["0"]
+    reason = converted.skipped[0][1]
+    assert all(w in reason for w in words), reason
+    assert type(model[0]).__module__.startswith("mmcv.") or type(model[0]).__name__ == "MyDCN"
+
+
+def _with(layer, name, value):
+    setattr(layer, name, value)
+    return layer
+
+
+def _without(layer, name):
+    delattr(layer, name)
+    return layer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CLI converts a model file's layers itself
+
+
+MODEL_FILE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+
+    class ModulatedDeformConv2dPack(nn.Module):  # mmcv's class as the converter sees it; its forward cannot run
+        def __init__(self, in_channels, out_channels, kernel_size, padding=0, deform_groups=1):
+            super().__init__()
+            pair = nn.modules.utils._pair
+            self.in_channels, self.out_channels, self.groups, self.deform_groups = in_channels, out_channels, 1, deform_groups
+            self.kernel_size, self.stride, self.padding, self.dilation = pair(kernel_size), (1, 1), pair(padding), (1, 1)
+            self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *self.kernel_size) / 10)
+            self.bias = nn.Parameter(torch.randn(out_channels))
+            self.conv_offset = nn.Conv2d(in_channels, deform_groups * 3 * self.kernel_size[0] * self.kernel_size[1],
+                                         self.kernel_size, padding=self.padding)
+
+        def forward(self, x):
+            raise RuntimeError("mmcv's compiled ops are not loaded")
+
+
+    ModulatedDeformConv2dPack.__module__ = "mmcv.ops.modulated_deform_conv"
+
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                             ModulatedDeformConv2dPack(8, 8, 3, padding=1, deform_groups=2))
+""")
+
+
+def test_cli_export_converts_the_model_files_mmcv_layers_and_says_so(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from cli_helpers import cli_runner
+
+    from dcn_deploy.cli import main
+
+    (tmp_path / "net.py").write_text(MODEL_FILE)
+    output = tmp_path / "net.onnx"
+    result = cli_runner().invoke(main, ["export", f"{tmp_path / 'net.py'}:build", "--input-shape", "1x3x10x12",
+                                        "-o", str(output)])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert ("[export] converted 1 torchvision/mmcv deformable layer(s) to dcn_deploy's: 2 (mmcv "
+            "ModulatedDeformConv2dPack)") in result.stderr
+    assert output.is_file() and "PASS" in result.output
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Against mmcv itself (needs mmcv with its compiled ops; its CPU build has the two convolutions, not RoI pooling)
+
+
+def _mmcv_ops():
+    try:
+        return pytest.importorskip("mmcv.ops", reason="mmcv is not installed here (it is not a dependency of "
+                                                      "dcn_deploy)")
+    except (OSError, RuntimeError, ImportError) as exc:  # installed without (or with mismatched) compiled ops
+        pytest.skip(f"mmcv is installed but mmcv.ops cannot be imported: {type(exc).__name__}: {exc}"[:300])
+
+
+CASES = [  # in, out, kernel, stride, padding, dilation, groups, deform_groups, input size
+    (4, 6, 3, 1, 1, 1, 1, 1, (9, 7)),
+    (8, 4, (3, 2), (2, 1), (1, 0), (1, 2), 2, 4, (11, 6)),
+    (6, 6, (1, 3), (1, 2), (0, 2), (2, 1), 3, 2, (5, 9)),
+    (4, 4, 3, 1, 1, 1, 1, 2, (1, 8)),
+    (4, 2, 3, 2, 1, 2, 2, 1, (7, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("modulated", [False, True], ids=["v1", "v2"])
+def test_converted_mmcv_pack_computes_what_mmcv_computes(case, modulated, dtype):
+    ops = _mmcv_ops()
+    cin, cout, k, stride, padding, dilation, groups, deform_groups, (h, w) = case
+    cls = ops.ModulatedDeformConv2dPack if modulated else ops.DeformConv2dPack
+    layer = cls(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                deform_groups=deform_groups).to(dtype).eval()
+    nn.init.normal_(layer.conv_offset.weight, std=2.0)  # offsets of several pixels: many samples leave the image
+    nn.init.normal_(layer.conv_offset.bias, std=2.0)
+    x = torch.randn(2, cin, h, w, dtype=dtype)
+    with torch.no_grad():
+        expected = layer(x)
+    converted_layer, names = convert_modules(layer)
+    assert names == [""] and type(converted_layer) is (ModulatedDeformConv2dPack if modulated else DeformConv2dPack)
+    with torch.no_grad():
+        actual = converted_layer(x)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_converted_mmcv_plain_layers_compute_what_mmcv_computes(case):
+    ops = _mmcv_ops()
+    cin, cout, k, stride, padding, dilation, groups, deform_groups, (h, w) = case
+    plain = ops.DeformConv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                             deform_groups=deform_groups).double()
+    modulated = ops.ModulatedDeformConv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation,
+                                          groups=groups, deform_groups=deform_groups).double()
+    nn.init.normal_(modulated.bias)
+    kh, kw = pair(k)
+    out_h = (h + 2 * pair(padding)[0] - pair(dilation)[0] * (kh - 1) - 1) // pair(stride)[0] + 1
+    out_w = (w + 2 * pair(padding)[1] - pair(dilation)[1] * (kw - 1) - 1) // pair(stride)[1] + 1
+    x = torch.randn(2, cin, h, w, dtype=torch.float64)
+    offset = 4 * torch.randn(2, 2 * deform_groups * kh * kw, out_h, out_w, dtype=torch.float64)
+    mask = torch.rand(2, deform_groups * kh * kw, out_h, out_w, dtype=torch.float64)
+    with torch.no_grad():
+        expected = (plain(x, offset), modulated(x, offset, mask))
+    model = nn.ModuleList([plain, modulated])
+    _, names = convert_modules(model)
+    assert names == ["0", "1"] and all(type(m) is DeformConv2d for m in model)
+    with torch.no_grad():
+        actual = (model[0](x, offset), model[1](x, offset, mask))
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+
+
+def test_real_mmcv_classes_are_the_ones_in_the_table():
+    ops = _mmcv_ops()
+    table = {layer.key for layer in FOREIGN_LAYERS}
+    for cls in (ops.DeformConv2d, ops.DeformConv2dPack, ops.ModulatedDeformConv2d, ops.ModulatedDeformConv2dPack,
+                ops.DeformRoIPool, ops.DeformRoIPoolPack, ops.ModulatedDeformRoIPoolPack):
+        assert (cls.__module__, cls.__qualname__) in table, cls
+
+
+def test_converted_mmcv_roi_packs_keep_mmcv_state_dict_and_run():
+    ops = _mmcv_ops()
+    model = nn.ModuleList([ops.DeformRoIPoolPack(3, 4, deform_fc_channels=8, sampling_ratio=2),
+                           ops.ModulatedDeformRoIPoolPack(2, 4, deform_fc_channels=8, sampling_ratio=2)])
+    keys = list(model.state_dict())
+    _, names = convert_modules(model)
+    assert names == ["0", "1"] and list(model.state_dict()) == keys
+    rois = torch.tensor([[0, 1.0, 2.0, 9.0, 7.0]])
+    assert model[1](torch.randn(1, 4, 8, 10), rois).shape == (1, 4, 2, 2)
+
+
+def test_converted_mmcv_model_exports_and_verifies_in_onnx_runtime(tmp_path):
+    ops = _mmcv_ops()
+    pytest.importorskip("onnxruntime")
+    import dcn_deploy
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          ops.ModulatedDeformConv2dPack(8, 8, 3, padding=1, deform_groups=2), nn.ReLU(),
+                          ops.DeformConv2dPack(8, 4, 3, stride=2, padding=1)).eval()
+    for layer in (model[2], model[4]):
+        nn.init.normal_(layer.conv_offset.weight, std=0.3)
+    x = torch.randn(1, 3, 12, 10)
+    with torch.no_grad():
+        expected = model(x)
+    model, converted = convert_modules(model)
+    assert list(converted) == ["2", "4"]
+    report = dcn_deploy.export(model, (x,), tmp_path / "net.onnx")
+    assert report.verified and sum(report.op_counts.values()) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
