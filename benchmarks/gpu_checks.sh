@@ -94,8 +94,10 @@ step pytest-gpu 200 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_g
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do
     [ -x "$BUILD/bin/$shell" ] && step "$shell" 60 "$BUILD/bin/$shell"
 done
-# 3. The benchmark: our GEMM path and the PyTorch op (its composite on CUDA) against torchvision and cuDNN.
-bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch}" --iters 30 --warmup 5 --breakdown
+# 3. The benchmark: our GEMM path, the PyTorch op (its forward on these kernels) and the op's torch composite
+# against torchvision and cuDNN.
+bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch,composite}" --iters 30 --warmup 5 \
+    --breakdown
 # 4. memcheck over small cases of every kernel and dtype.
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py
 # 5. Where the GEMM path's product writes, each forced on every layer (auto, in the bench above, stages only where

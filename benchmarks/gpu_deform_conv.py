@@ -66,9 +66,27 @@ GROUPED_LAYERS = [
           offset_groups=4),
     Layer("depth-wise res4", 256, _feature(800, 16), _feature(1333, 16), groups=256),
 ]
-# The CUDA kernels through the C ABI, and the PyTorch op (its composite of torch ops on CUDA).
-ALGOS = ("auto", "gemm", "fused", "direct", "torch")
+# The CUDA kernels through the C ABI; the PyTorch op as users call it ("torch": its CUDA forward runs these kernels
+# when the library is built); and the op's composite of torch ops ("composite", DCN_DEPLOY_NATIVE_CUDA=0: what it
+# ran on CUDA before, and what its backward still runs).
+ALGOS = ("auto", "gemm", "fused", "direct", "torch", "composite")
 LAYER_SETS = {"issue": LAYERS, "grouped": GROUPED_LAYERS, "all": LAYERS + GROUPED_LAYERS}
+
+
+def on_composite(op, *args):
+    """``op(*args)`` with the PyTorch op on its torch composite, not the kernels under test (read at each call, so
+    a CUDA graph captures the composite)."""
+    from dcn_deploy.ops.deform_conv import NATIVE_CUDA_ENV
+
+    previous = os.environ.get(NATIVE_CUDA_ENV)
+    os.environ[NATIVE_CUDA_ENV] = "0"
+    try:
+        return op(*args)
+    finally:
+        if previous is None:
+            del os.environ[NATIVE_CUDA_ENV]
+        else:
+            os.environ[NATIVE_CUDA_ENV] = previous
 
 
 def time_cuda(fn: Callable[[], object], warmup: int, iters: int, graph: bool = True) -> float:
@@ -267,8 +285,10 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                 x, offset, weight, bias, mask = make_inputs(layer, batch, dtype_name)
 
                 def ours(algo):
-                    if algo == "torch":  # the PyTorch op itself, what training on the GPU runs
+                    if algo == "torch":  # the PyTorch op itself, as a user calls it
                         return lambda: deform_conv2d(x, offset, weight, bias, 1, d, d, mask)
+                    if algo == "composite":
+                        return lambda: on_composite(deform_conv2d, x, offset, weight, bias, 1, d, d, mask)
                     return lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask, algo=algo,
                                                       library=kernels)
 
@@ -288,7 +308,7 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                         print(f"torchvision's float64 reference failed ({_failure_text(exc)}); using dcn_deploy's "
                               "composite", file=sys.stderr)
                         try:
-                            reference = deform_conv2d(*wide[:4], 1, d, d, wide[4])
+                            reference = on_composite(deform_conv2d, *wide[:4], 1, d, d, wide[4])
                             row["reference"] = "dcn_deploy composite"
                         except Exception as again:  # noqa: BLE001 - times without errors beat no row at all
                             print(f"no float64 reference ({_failure_text(again)}): errors are n/a", file=sys.stderr)

@@ -218,3 +218,62 @@ def test_bad_arguments_raise_instead_of_launching(kernels):
                      w.data_ptr(), None, None, out.data_ptr(), None, 0, None)
     with pytest.raises(ValueError, match="cuda"):
         deform_conv2d_cuda(x.cpu(), torch.randn(1, 18, 5, 5), torch.randn(4, 4, 3, 3), padding=1, library=kernels)
+
+
+# dcn_deploy.deform_conv2d on CUDA tensors runs these kernels (ops/deform_conv.py, _native_cuda_library_for)
+_SYMMETRIC = [c for c in DENSE_CASES + list(HALF_CASES.values()) if c.pads[:2] == c.pads[2:]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_torch_op_on_cuda_runs_the_kernels(kernels, dtype, monkeypatch):
+    """The PyTorch op's CUDA forward goes through the kernels (counted), in the tensors' own dtype, and agrees with
+    the reference as closely as the kernels called directly; with DCN_DEPLOY_NATIVE_CUDA=0 it runs the composite."""
+    import dcn_deploy
+    from dcn_deploy.ops import deform_conv as op_module
+    from dcn_deploy.plugin import native
+
+    assert op_module._native_cuda_library() is not None, "the op finds no usable kernels library, the test does"
+    calls = []
+    real = native.deform_conv2d_cuda
+    monkeypatch.setattr(native, "deform_conv2d_cuda", lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
+    monkeypatch.setattr(op_module, "_native_cuda_library", lambda: kernels)
+    assert _SYMMETRIC, "no case with symmetric padding (the op's padding is per axis)"
+    for index, case in enumerate(_SYMMETRIC):
+        if dtype == torch.float64 and case.in_channels > 128:
+            continue  # float64 runs the direct kernel: keep the test short
+        x, off, w, b, m = make_tensors(case, dtype, device="cuda", seed=index)
+        args = dict(stride=case.stride, padding=case.pads[:2], dilation=case.dilation, mask=m)
+        got = dcn_deploy.deform_conv2d(x, off, w, b, **args)
+        expected = expected_for(case, (x, off, w, b, m))
+        assert got.dtype == dtype and got.device == x.device
+        if dtype in HALF_EPS:
+            assert peak_relative_error(got, expected) <= HALF_EPS[dtype], (case, "half type")
+        else:
+            assert max_relative_error(got, expected) < TOLERANCE[dtype], case
+    assert calls and set(calls) == {dtype}, calls
+    calls.clear()
+    monkeypatch.setenv(op_module.NATIVE_CUDA_ENV, "0")
+    case = _SYMMETRIC[0]
+    x, off, w, b, m = make_tensors(case, dtype, device="cuda", seed=0)
+    composite = dcn_deploy.deform_conv2d(x, off, w, b, stride=case.stride, padding=case.pads[:2],
+                                         dilation=case.dilation, mask=m)
+    assert not calls and composite.dtype == dtype
+
+
+def test_torch_op_on_cuda_trains_through_the_kernels_forward(kernels, monkeypatch):
+    """The forward comes from the kernels and the gradients from the composite's backward: gradcheck (finite
+    differences of the kernels' float64 forward against that backward) shows they describe one function."""
+    import dcn_deploy
+    from dcn_deploy.ops import deform_conv as op_module
+
+    monkeypatch.setattr(op_module, "_native_cuda_library", lambda: kernels)
+    rng = random.Random(7)
+    case = next(c for c in (random_case(rng, max_channels_per_group=3, max_size=7) for _ in range(200))
+                if c.pads[:2] == c.pads[2:] and c.with_mask and c.with_bias and not c.integer_offsets)
+    tensors = tuple(t.requires_grad_() for t in make_tensors(case, torch.float64, device="cuda", seed=5))
+    args = dict(stride=case.stride, padding=case.pads[:2], dilation=case.dilation)
+
+    def layer(x, off, w, b, m):
+        return dcn_deploy.deform_conv2d(x, off, w, b, mask=m, **args)
+
+    assert torch.autograd.gradcheck(layer, tensors, eps=1e-6, atol=1e-5, fast_mode=True)

@@ -18,7 +18,9 @@ Implementation: the four bilinear neighbours of every sample are gathered and we
 weights) by one ``embedding_bag`` over a channels-last copy of the input, then one matrix product (or one per
 convolution group). Everything is differentiable torch, so the backward pass is autograd through the same code.
 Half types are computed in float32. On the CPU, the forward runs the host library's compiled code instead when it
-is built (:func:`dcn_deploy.plugin.native.deform_conv2d_cpu`; see :func:`_native_cpu_library_for`).
+is built (:func:`dcn_deploy.plugin.native.deform_conv2d_cpu`; see :func:`_native_cpu_library_for`); on a CUDA
+device, the CUDA kernels when they are built (:func:`dcn_deploy.plugin.native.deform_conv2d_cuda`, half types
+read and written as they are, summed in float32; see :func:`_native_cuda_library_for`).
 """
 from __future__ import annotations
 
@@ -252,6 +254,50 @@ def _forward_native_cpu(library, input, offset, weight, bias, mask, stride, padd
                              dilation=tuple(dilation), mask=mask, library=library)
 
 
+# Set to 0 to keep every CUDA forward on the torch composite (e.g. to compare the two).
+NATIVE_CUDA_ENV = "DCN_DEPLOY_NATIVE_CUDA"
+
+
+@functools.lru_cache(maxsize=1)
+def _native_cuda_library():
+    """The CUDA kernels library if it is built and sees a CUDA device, else None. Looked up once; never builds."""
+    from ..plugin.library import find_library
+
+    path = find_library("kernels")
+    if path is None:
+        return None
+    try:
+        from ..plugin.native import load_library
+
+        lib = load_library("kernels", path)
+    except OSError:  # a stale or foreign build, or no CUDA driver: stay on the torch path
+        return None
+    if not (lib.has("dcn_deform_conv2d_forward_cuda") and lib.has("dcn_cuda_available")):
+        return None
+    return lib if lib.lib.dcn_cuda_available() == 1 else None
+
+
+def _native_cuda_library_for(input: torch.Tensor):
+    """The CUDA kernels library to run this forward with, or None for the torch composite.
+
+    Why: on the GPU the composite gathers every sample's four neighbours into a column buffer of
+    C*kH*kW*oH*oW float32 values per image and then multiplies; the kernels sample straight into the product (or
+    into a half-type column buffer), read and write float16/bfloat16 as they are, and sum in float32.
+    ``DCN_DEPLOY_NATIVE_CUDA=0`` turns it off.
+    """
+    if input.device.type != "cuda" or os.environ.get(NATIVE_CUDA_ENV, "1") == "0":
+        return None
+    return _native_cuda_library()
+
+
+def _forward_native_cuda(library, input, offset, weight, bias, mask, stride, padding, dilation) -> torch.Tensor:
+    """The CUDA kernels' forward (same function as :func:`_forward_composite`), on torch's current stream."""
+    from ..plugin.native import deform_conv2d_cuda
+
+    return deform_conv2d_cuda(input, offset, weight, bias, stride=tuple(stride), padding=tuple(padding),
+                              dilation=tuple(dilation), mask=mask, library=library)
+
+
 def _upcast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     return None if t is None else t.to(dtype)
 
@@ -265,6 +311,11 @@ def _deform_conv2d_op(input: torch.Tensor, offset: torch.Tensor, weight: torch.T
         spec_h = conv_output_size(input.shape[2], weight.shape[2], stride[0], padding[0], padding[0], dilation[0])
         spec_w = conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], padding[1], dilation[1])
         return input.new_zeros((0, weight.shape[0], spec_h, spec_w))
+    native_cuda = _native_cuda_library_for(input)
+    if native_cuda is not None:  # every dtype as it is: the kernels sum half types in float32
+        with torch.no_grad():
+            return _forward_native_cuda(native_cuda, input, offset.contiguous(), weight, bias, mask, stride, padding,
+                                        dilation)
     with torch.no_grad():
         args = (input.to(compute).contiguous(), offset.to(compute).contiguous(), weight.to(compute),
                 _upcast(bias, compute), _upcast(mask, compute), stride, padding, dilation)
