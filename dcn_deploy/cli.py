@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .commands import EXIT_BAD_INPUT, EXIT_FAILED, CliError, echo_error  # noqa: F401 - CliError re-exported
+from .wording import cli_wording
 
 # Library errors that mean the input was wrong (a file, an option, a model that does not fit) when our own code
 # raised them (is_bad_input); every other exception from a command means it ran and failed.
@@ -30,7 +31,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))  # the group's own option, parsed before invoke
         try:
-            return super().invoke(ctx)
+            with cli_wording():  # errors built while the command runs name its options (--keep-fp32), not arguments
+                return super().invoke(ctx)
         except click.ClickException as exc:
             if isinstance(exc, click.NoSuchOption) and exc.option_name == "--debug":
                 exc.message += f" (--debug goes before the command: {debug_command(ctx)})"

@@ -169,7 +169,7 @@ def test_bench_checks_every_shape_before_measuring(models, no_measurement):
     # No --shape for the dynamic H/W: refused before batch 1 is timed.
     result = run("bench", models["tiny"], "--batch", "1,8", "--iterations", "1", "--no-progress")
     assert result.exit_code == 2, result.output
-    assert "(CLI: --shape x=" in result.output
+    assert "give its size: --shape x=" in result.output
     assert no_measurement == []
 
 

@@ -119,7 +119,7 @@ def test_verify_and_bench_read_the_model_file_once_for_themselves(files, monkeyp
     (["--model", "no_such_module_xyz:build"], "cannot import module"),
     (["--shape", "x=1x3x4x4"], "dimension 1 is fixed to 2"),
     (["--shape", "y=1x2x4x4"], "not inputs of the model"),
-    ([], "(CLI: --shape x="),
+    ([], "give its size: --shape x="),
     (["--input", "y=X"], "'y' is not an input of the model"),
     (["--input", "x=X_BAD"], "dimension 1 must be 2"),
     (["--input", "x=missing.npy"], "does not exist"),

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Optional, Tuple
 
+from ..wording import argument
 from .base import Runner, RunnerError, TensorMeta
 
 __all__ = ["RUNNER_KINDS", "make_runner", "onnx_io_metadata", "read_onnx_model", "tensorrt_missing_reason"]
@@ -105,10 +106,11 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
         return OnnxReferenceRunner(path)
     # torch
     if torch_model is None:
-        raise ValueError("runner 'torch' needs the PyTorch model: pass torch_model=module (an nn.Module, e.g. "
-                         "dcn_deploy.onnx.model_loading.load_model(ref, weights).model) (CLI: --model "
-                         "FILE.py:FACTORY, module:FACTORY, a .pt2 file or a zoo name, and --weights STATE_DICT.pt if "
-                         "the factory builds an untrained model)")
+        raise ValueError("runner 'torch' needs the PyTorch model: pass "
+                         + argument("torch_model=module (an nn.Module, e.g. "
+                                    "dcn_deploy.onnx.model_loading.load_model(ref, weights).model)",
+                                    "--model FILE.py:FACTORY, module:FACTORY, a .pt2 file or a zoo name, and --weights "
+                                    "STATE_DICT.pt if the factory builds an untrained model"))
     from .torch_runner import TorchRunner
 
     inputs, outputs = onnx_io_metadata(path)

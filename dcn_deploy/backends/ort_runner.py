@@ -14,6 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..wording import for_reader
 from .base import Runner, RunnerError, TensorMeta
 
 __all__ = ["OrtRunner", "missing_float64_kernel", "no_float64_kernel_hint", "ort_type_to_numpy",
@@ -48,8 +49,8 @@ def missing_float64_kernel(message: str, float64: bool) -> Optional[str]:
 
 def no_float64_kernel_hint(op: str) -> str:
     """Why a float64 model with ``op`` does not load in ONNX Runtime, and the fix (shared by export's check)."""
-    return (f"ONNX Runtime's CPU provider has no float64 {op}; export in float32 (model.float(), CLI: dcn-deploy "
-            "export --dtype float32)")
+    how = for_reader("model.float(), CLI: dcn-deploy export --dtype float32", "dcn-deploy export --dtype float32")
+    return f"ONNX Runtime's CPU provider has no float64 {op}; export in float32 ({how})"
 
 
 def _computes_in_float64(source) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 from ..onnx.external_data import serialized_size, uses_external_data, write_with_external_data
+from ..wording import argument
 from .factory import read_onnx_model
 from .trt_errors import BuildError
 
@@ -119,7 +120,7 @@ def format_parser_errors(errors: Sequence[Dict[str, object]], model_name: str = 
         low = desc.lower()
         if "plugin" in low and ("could not find" in low or "not found" in low or "no importer" in low):
             hints.append("the dcn_deploy plugin library was not loaded or has another name/version: check "
-                         "`dcn-deploy plugin info` and pass plugin_library= (CLI: --plugin PATH)")
+                         f"`dcn-deploy plugin info` and pass {argument('plugin_library=', '--plugin PATH')}")
         elif "deformconv" in low or "modulateddeformconv" in low:
             hints.append("a deformable convolution reached TensorRT's own plugin; build without --no-plugin so our "
                          "plugin handles it")

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..wording import argument, for_reader
+
 __all__ = [
     "DEFAULT_MAX_BATCH", "DEFAULT_MAX_ROIS", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange",
     "check_shapes_in_profile", "compute_profile", "format_shape", "onnx_input_shapes", "parse_shape",
@@ -175,8 +177,12 @@ def _suggestion(inp: InputShape, batch: int = 1) -> str:
     return f"{inp.name}:{'x'.join(sizes)}"
 
 
-# How compute_profile's errors name its arguments: the library argument, then the CLI option (`dcn-deploy build`).
-_SHAPES = "shapes (CLI: --shapes)"
+# How compute_profile's errors name its arguments: the library argument, then the CLI option (`dcn-deploy build`),
+# or the option alone while the CLI runs (dcn_deploy.wording).
+def _shapes_argument() -> str:
+    return argument("shapes", "--shapes")
+
+
 _TRIPLE = (("min_shapes", "--min-shapes"), ("opt_shapes", "--opt-shapes"), ("max_shapes", "--max-shapes"))
 
 
@@ -201,15 +207,15 @@ def compute_profile(inputs: Sequence[InputShape], *,
     Raises :class:`ProfileError` naming every input that is still open, with a ``shapes=`` suggestion.
     """
     if max_batch < 1:
-        raise ProfileError(f"max_batch (CLI: --max-batch) must be >= 1, got {max_batch}")
+        raise ProfileError(f"{argument('max_batch', '--max-batch')} must be >= 1, got {max_batch}")
     by_name = {inp.name: inp for inp in inputs}
     given = _given_ranges(shapes, min_shapes, opt_shapes, max_shapes)
     unknown = sorted(set(given) - set(by_name))
     if unknown:
-        raise ProfileError(f"{_SHAPES}: shape given for {unknown}, which the model does not have as input; its "
-                           f"inputs are {sorted(by_name)}")
+        raise ProfileError(f"{_shapes_argument()}: shape given for {unknown}, which the model does not have as input; "
+                           f"its inputs are {sorted(by_name)}")
     for name, rng in given.items():
-        _validate_range(by_name[name], rng, _SHAPES)
+        _validate_range(by_name[name], rng, _shapes_argument())
     symbols = _symbol_ranges(given, by_name)
 
     profile: Profile = {}
@@ -238,27 +244,33 @@ def compute_profile(inputs: Sequence[InputShape], *,
         raise ProfileError(
             f"input(s) {open_inputs} have dynamic dimensions other than the batch "
             f"({'; '.join(n + ' ' + _describe(by_name[n]) for n in open_inputs)}) and no example shape stored "
-            f"for them, so they need a size range: give shapes=\"{examples_text}\" (one fixed shape) or "
-            f"NAME:MIN/OPT/MAX (CLI: --shapes {examples_text}), or trtexec-style min_shapes=, opt_shapes=, "
-            "max_shapes= (CLI: --min-shapes/--opt-shapes/--max-shapes)")
+            f"for them, so they need a size range: give "
+            + for_reader(f"shapes=\"{examples_text}\" (one fixed shape) or NAME:MIN/OPT/MAX (CLI: --shapes "
+                         f"{examples_text}), or trtexec-style min_shapes=, opt_shapes=, max_shapes= (CLI: "
+                         "--min-shapes/--opt-shapes/--max-shapes)",
+                         f"--shapes {examples_text} (one fixed shape) or NAME:MIN/OPT/MAX, or trtexec-style "
+                         "--min-shapes/--opt-shapes/--max-shapes"))
     return profile
 
 
 def _given_ranges(shapes, min_shapes, opt_shapes, max_shapes) -> Dict[str, TensorRange]:
     """The ranges the user gave, by input name: ``shapes`` specs merged with trtexec's three lists."""
-    given: Dict[str, TensorRange] = dict(parse_range_specs(shapes, _SHAPES))
-    triple = [parse_shape_specs(s, f"{arg} (CLI: {option})")
+    given: Dict[str, TensorRange] = dict(parse_range_specs(shapes, _shapes_argument()))
+    triple = [parse_shape_specs(s, argument(arg, option))
               for s, (arg, option) in zip((min_shapes, opt_shapes, max_shapes), _TRIPLE)]
     if any(triple):
         names = [set(t) for t in triple]
         if not names[0] == names[1] == names[2]:
-            raise ProfileError("min_shapes, opt_shapes and max_shapes (CLI: --min-shapes, --opt-shapes, "
-                               "--max-shapes) must name the same inputs, got "
+            triple_argument = argument("min_shapes, opt_shapes and max_shapes",
+                                       "--min-shapes, --opt-shapes, --max-shapes")
+            raise ProfileError(f"{triple_argument} must name the same inputs, got "
                                f"{sorted(names[0])}, {sorted(names[1])} and {sorted(names[2])}")
         for name in triple[0]:
             if name in given:
-                raise ProfileError(f"input {name!r} is given both in shapes and in min_shapes/opt_shapes/max_shapes "
-                                   "(CLI: --shapes and --min/opt/max-shapes); give it in one of them")
+                raise ProfileError(f"input {name!r} is given both in "
+                                   + for_reader("shapes and in min_shapes/opt_shapes/max_shapes (CLI: --shapes and "
+                                                "--min/opt/max-shapes)", "--shapes and in --min/opt/max-shapes")
+                                   + "; give it in one of them")
             given[name] = TensorRange(triple[0][name], triple[1][name], triple[2][name])
     return given
 
@@ -320,7 +332,9 @@ def _roi_note(inp: InputShape, rng: TensorRange) -> str:
     """The line saying how many boxes a RoI input's default range allows, and how to give another."""
     spec = f"{inp.name}:{format_shape(rng.min)}/{format_shape(rng.opt)}/{format_shape(rng.max)}"
     return (f"no shapes for RoI input {inp.name!r}: {rng.min[0]} to {rng.max[0]} boxes per call (tuned for "
-            f"{rng.opt[0]}); for another range give shapes=\"{spec}\" with your counts (CLI: --shapes {spec})")
+            f"{rng.opt[0]}); for another range give "
+            + for_reader(f"shapes=\"{spec}\" with your counts (CLI: --shapes {spec})",
+                         f"--shapes {spec} with your counts"))
 
 
 def _example_note(inp: InputShape, rng: TensorRange, axes: Sequence[int]) -> str:
@@ -336,7 +350,7 @@ def _example_note(inp: InputShape, rng: TensorRange, axes: Sequence[int]) -> str
     batch = (f" (batch {rng.min[0]}..{rng.max[0]})" if inp.dims and inp.is_dynamic(0) and 0 not in axes
              and rng.min[0] != rng.max[0] else "")
     return (f"no shapes for input {inp.name!r}: {which} fixed to the exported example {sizes}{batch}; for a range "
-            f"give shapes=\"{inp.name}:MIN/OPT/MAX\" (CLI: --shapes {suggestion})")
+            "give " + argument(f"shapes=\"{inp.name}:MIN/OPT/MAX\"", f"--shapes {suggestion}"))
 
 
 # checking a call ---------------------------------------------------------------------------------------------------

@@ -9,11 +9,14 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from ..backends.base import TensorMeta
+from ..wording import argument
 from .shape_resolution import resolve_shapes
 from .shapes import FeedError, Shape, format_shape
 
-# The fix when no random input will do: the caller's own arrays (benchmark takes random inputs only).
-_GIVE_VALUES = "give the values yourself: compare_runners(..., feed={name: array}) (CLI: --input NAME=file.npy)"
+
+def _give_values() -> str:
+    """The fix when no random input will do: the caller's own arrays (benchmark takes random inputs only)."""
+    return "give the values yourself: " + argument("compare_runners(..., feed={name: array})", "--input NAME=file.npy")
 
 
 def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
@@ -25,7 +28,7 @@ def random_array(shape: Shape, dtype: np.dtype, rng: np.random.Generator) -> np.
         return rng.integers(0, 10, size=shape).astype(dtype)
     if dtype.kind == "b":
         return rng.random(shape) < 0.5
-    raise FeedError(f"cannot generate random inputs of dtype {dtype}; {_GIVE_VALUES}")
+    raise FeedError(f"cannot generate random inputs of dtype {dtype}; {_give_values()}")
 
 
 def box_image(shapes: Sequence[Shape], is_roi: Sequence[bool]) -> Optional[Shape]:
@@ -38,7 +41,7 @@ def random_boxes(shape: Shape, dtype: np.dtype, image: Shape, rng: np.random.Gen
     of the image's side and at least one pixel, its batch index in [0, N)."""
     if len(shape) != 2 or shape[1] != 5:
         raise FeedError(f"RoI input of shape {format_shape(shape)}: expected (K, 5) rows (batch index, x1, y1, x2, "
-                        f"y2); {_GIVE_VALUES}")
+                        f"y2); {_give_values()}")
     count = shape[0]
     batch, (height, width) = image[0], (image[2], image[3])
     sides = [rng.uniform(0.1, 0.6, count) * size + 1 for size in (width, height)]
@@ -63,6 +66,6 @@ def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Seque
         if m.name in rois:
             if image is None:
                 raise FeedError(f"input {m.name!r} holds RoI boxes, but the model has no 4-D image input to place "
-                                f"them in; {_GIVE_VALUES}")
+                                f"them in; {_give_values()}")
             feed[m.name] = random_boxes(resolved[m.name], m.dtype, image, rng)
     return {m.name: feed[m.name] for m in metas}

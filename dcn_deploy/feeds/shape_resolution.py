@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Dict, Mapping, Optional, Sequence
 
 from ..backends.base import TensorMeta
+from ..wording import argument, for_reader
 from .shapes import FeedError, Shape, format_shape, parse_shape
 
 # Boxes in a random feed when a RoI input's box count is dynamic and not given.
@@ -36,14 +37,14 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
     """
     if batch is not None and (isinstance(batch, bool) or not hasattr(batch, "__index__") or batch < 1):
         # first: a batch of 0 would otherwise read as a mismatch with a fixed batch size
-        raise FeedError(f"batch (CLI: --batch) must be an int >= 1 (the batch size), got {batch!r}")
+        raise FeedError(f"{argument('batch', '--batch')} must be an int >= 1 (the batch size), got {batch!r}")
     shapes = dict(shapes or {})
     batched_metas = [m for m in metas if m.name not in rois]  # the inputs whose first dimension is the batch
     known = {m.name for m in metas}
     unknown = sorted(set(shapes) - known)
     if unknown:
-        raise FeedError(f"shapes (CLI: --shape) names {unknown}, which are not inputs of the model; its inputs are "
-                        f"{sorted(known)}")
+        raise FeedError(f"{argument('shapes', '--shape')} names {unknown}, which are not inputs of the model; its "
+                        f"inputs are {sorted(known)}")
     metas_by_name = {m.name: m for m in metas}
     shapes = {name: _shape_argument(metas_by_name[name], given) for name, given in shapes.items()}
     default_batch = batch
@@ -56,13 +57,14 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
         given = shapes.get(meta.name)
         if given is not None:
             if len(given) != len(meta.shape):
-                raise FeedError(f"input {meta.name!r}: shapes (CLI: --shape) gives {format_shape(given)}, "
+                raise FeedError(f"input {meta.name!r}: {argument('shapes', '--shape')} gives {format_shape(given)}, "
                                 f"{len(given)} dimensions; the model's input has {len(meta.shape)} "
                                 f"({format_shape(meta.shape)})")
             for axis, (want, got) in enumerate(zip(meta.shape, given)):
                 if isinstance(want, int) and want != got:
                     raise FeedError(f"input {meta.name!r}: dimension {axis} is fixed to {want} in the model, "
-                                    f"shapes (CLI: --shape) gives {got} (model shape {format_shape(meta.shape)})")
+                                    f"{argument('shapes', '--shape')} gives {got} (model shape "
+                                    f"{format_shape(meta.shape)})")
             if batch is not None and given and not isinstance(meta.shape[0], int) and meta.name not in rois:
                 given = (int(batch),) + given[1:]
             resolved[meta.name] = given
@@ -79,8 +81,8 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
                 example = _example_shape(meta.shape)
                 raise FeedError(
                     f"input {meta.name!r} has a dynamic dimension {axis} ({dim or 'unnamed'}) in shape "
-                    f"{format_shape(meta.shape)}; give its size: shapes={{{meta.name!r}: {example}}} "
-                    f"(CLI: --shape {meta.name}={format_shape(example)})")
+                    f"{format_shape(meta.shape)}; give its size: "
+                    + argument(f"shapes={{{meta.name!r}: {example}}}", f"--shape {meta.name}={format_shape(example)}"))
         resolved[meta.name] = tuple(dims)
     fixed = fixed_batch(metas, rois)
     if batch is not None and fixed is not None and batch != fixed:
@@ -99,7 +101,8 @@ def _shape_argument(meta: TensorMeta, given: object) -> Shape:
     except FeedError:
         example = _example_shape(meta.shape)
     raise FeedError(f"shapes={{{meta.name!r}: {given!r}}}: each shape must be a tuple of ints, e.g. "
-                    f"shapes={{{meta.name!r}: {tuple(example)}}} (CLI: --shape {meta.name}={format_shape(example)})")
+                    + argument(f"shapes={{{meta.name!r}: {tuple(example)}}}",
+                               f"--shape {meta.name}={format_shape(example)}"))
 
 
 def _int_sizes(given: object) -> Optional[Shape]:
@@ -137,8 +140,9 @@ def fixed_batch_error(metas: Sequence[TensorMeta], refused: Sequence[int], rois:
     if asked is None:
         where, use = "", f"batch={fixed}"
     else:
-        where, use = f"batches (CLI: --batch {','.join(map(str, asked))}): ", f"batches=[{fixed}]"
+        where, use = f"{argument('batches', '--batch ' + ','.join(map(str, asked)))}: ", f"batches=[{fixed}]"
     return FeedError(f"{where}input {meta.name!r} has a fixed batch size {fixed} (model shape "
-                     f"{format_shape(meta.shape)}), so batch {', '.join(map(str, refused))} cannot run; use {use} "
-                     f"(CLI: --batch {fixed}), or export the model with a dynamic batch dimension (export(..., "
-                     "dynamic=True); CLI: dcn-deploy export --dynamic)")
+                     f"{format_shape(meta.shape)}), so batch {', '.join(map(str, refused))} cannot run; use "
+                     f"{argument(use, f'--batch {fixed}')}, or export the model with a dynamic batch dimension "
+                     + for_reader("(export(..., dynamic=True); CLI: dcn-deploy export --dynamic)",
+                                  "(dcn-deploy export --dynamic)"))

@@ -33,6 +33,7 @@ import torch
 from ..compare import Tolerance
 from ..feeds import EXAMPLE_SHAPES_KEY
 from ..io_utils import check_output_path
+from ..wording import argument
 from . import opset as dcn_opset
 from .export_file import external_data_name, needs_external_data, write_checked
 from .export_report import (ExampleInputsError, ExportError, ExportReport, NoDeformableLayerError,
@@ -153,7 +154,7 @@ def _export_checked(model, example_inputs, path: Path, *, dynamic: bool, standar
             f"{dcn_opset.DOMAIN} op and no DeformConv. Build deformable layers from dcn_deploy.ops (DeformConv2d, "
             "DeformConv2dPack, ModulatedDeformConv2dPack or deform_conv2d; torchvision's and mmcv's have the same "
             "signatures, and dcn_deploy.convert_modules(model) swaps their layers for ours), "
-            "or pass require_deformable=False (CLI: --allow-no-deformable) to export a plain model anyway")
+            f"or pass {argument('require_deformable=False', '--allow-no-deformable')} to export a plain model anyway")
 
     start = time.perf_counter()
     external = needs_external_data(proto)
@@ -268,7 +269,8 @@ def _check_opset(opset, dtypes: set) -> int:
                          f"{dcn_opset.MIN_OPSET}; choose an opset from {dcn_opset.MIN_OPSET} to {newest} (default 19)")
     if torch.bfloat16 in dtypes and opset < dcn_opset.BFLOAT16_MIN_OPSET:
         raise ValueError(f"the model uses bfloat16, which DeformConv supports from ONNX opset "
-                         f"{dcn_opset.BFLOAT16_MIN_OPSET}; got opset {opset}: pass opset={dcn_opset.BFLOAT16_MIN_OPSET} (CLI: --opset 22)")
+                         f"{dcn_opset.BFLOAT16_MIN_OPSET}; got opset {opset}: pass "
+                         + argument(f"opset={dcn_opset.BFLOAT16_MIN_OPSET}", f"--opset {dcn_opset.BFLOAT16_MIN_OPSET}"))
     return opset
 
 

@@ -15,6 +15,7 @@ import torch
 from ..backends.ort_runner import missing_float64_kernel, no_float64_kernel_hint
 from ..compare import REFERENCE_NOT_FINITE, Tolerance, compare_outputs, tolerance_for
 from ..feeds import box_image, random_boxes, roi_input_names
+from ..wording import argument
 from .export_report import ExportError, ExportReport, VerificationError, VerificationRun
 from .model_loading import program_shape_mismatch
 
@@ -86,7 +87,8 @@ def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.
         op = missing_float64_kernel(str(exc), uses_float64)
         if op is not None:
             raise ExportError(f"ONNX Runtime cannot load {report.path} ({str(exc).strip()}): "
-                              f"{no_float64_kernel_hint(op)}, or pass verify=False (CLI: --no-verify)") from exc
+                              f"{no_float64_kernel_hint(op)}, or pass "
+                              + argument("verify=False", "--no-verify")) from exc
         raise ExportError(f"ONNX Runtime cannot load {report.path}: {str(exc).strip()}") from exc
     if verify_inputs is not None:
         return [_verify_once(session, model, tuple(inputs), "given inputs "

@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import onnx
 
 from ..feeds import roi_input_names
+from ..wording import argument
 from .opset import all_nodes
 
 __all__ = ["check_io_names", "rename_graph_io", "rename_symbols", "rois_sharing_the_batch"]
@@ -36,7 +37,7 @@ def check_io_names(input_names: Optional[Sequence[str]], output_names: Optional[
     checked = []
     for kind, names in (("input", input_names), ("output", output_names)):
         if names is not None:
-            option = f"{kind}_names (CLI: --{kind}-names)"
+            option = argument(f"{kind}_names", f"--{kind}-names")
             wrong = isinstance(names, (str, bytes)) or not hasattr(names, "__iter__")
             names = names if wrong else list(names)
             if wrong or not all(isinstance(n, str) for n in names):

@@ -52,6 +52,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..wording import argument
 # Importing the op set also registers the dcn_deploy schemas with onnx (it needs onnx only, no torch): their
 # type parameters then guide the conversion of our nodes.
 from .opset import BFLOAT16_MIN_OPSET
@@ -249,8 +250,9 @@ def check_keep_fp32_nodes(model: onnx.ModelProto, keep_fp32_nodes: Iterable[str]
     names = {n.name for n in model.graph.node if n.name}
     unknown = sorted(set(keep_fp32_nodes) - names)
     if unknown:
-        raise PrecisionError(f"keep_fp32 (CLI: --keep-fp32): no node named {unknown} in the model; node names "
-                             f"look like {sorted(names)[:8]} (all of them: dcn-deploy inspect --nodes MODEL.onnx)")
+        raise PrecisionError(f"{argument('keep_fp32', '--keep-fp32')}: no node named {unknown} in the model; "
+                             f"node names look like {sorted(names)[:8]} (all of them: dcn-deploy inspect --nodes "
+                             "MODEL.onnx)")
 
 
 def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,

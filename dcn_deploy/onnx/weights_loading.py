@@ -15,6 +15,7 @@ import torch
 
 from ..io_utils import file_format
 from ..feeds.shapes import format_shape
+from ..wording import for_reader
 from .user_code_errors import describe_exception
 
 
@@ -43,7 +44,9 @@ def unreadable_weights_reason(path: Path, exc: BaseException, trusted_argument: 
                 "state_dict. Where the model's class can be imported, and only if you trust the file (loading it "
                 f"runs its pickled code), save its weights: torch.save(torch.load({str(path)!r}, "
                 f"weights_only=False).state_dict(), {str(saved)!r}), then give {saved}")
-    allow = f"pass {trusted_argument}, or (CLI: --weights never runs pickled code) " if trusted_argument else ""
+    # the CLI has no way to trust a file (see above): its users are told only to re-save the tensors
+    allow = (for_reader(f"pass {trusted_argument}, or (CLI: --weights never runs pickled code) ", "")
+             if trusted_argument else "")
     return (f"it stores Python objects besides tensors ({refused}; e.g. the 'meta' of an mmdetection checkpoint), "
             "which torch.load(weights_only=True) does not unpickle because unpickling can run code. If you trust the "
             f"file, {allow}re-save its tensors once as a plain state_dict: {_python()} -c \"import torch; from "

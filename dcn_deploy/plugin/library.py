@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..wording import argument
+
 __all__ = ["LIBRARY_FILES", "ENV_DIR", "PluginBuildError", "BuildResult", "repo_root", "default_build_dir",
            "search_dirs", "find_library", "require_library", "build_libraries", "configure_reason",
            "fetch_tensorrt_headers", "library_info"]
@@ -204,9 +206,9 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
         PluginBuildError with the end of CMake's log when configuring or compiling fails.
     """
     if fetch_headers and not cuda:
-        raise ValueError("fetch_headers=True with cuda=False (CLI: --fetch-trt-headers with --no-cuda): the "
-                               "TensorRT plugin is built only with the CUDA kernels, so its headers would not be used; "
-                               "drop one of the two")
+        option = argument("fetch_headers=True with cuda=False", "--fetch-trt-headers with --no-cuda")
+        raise ValueError(f"{option}: the TensorRT plugin is built only with the CUDA kernels, so its headers would not "
+                         "be used; drop one of the two")
     if shutil.which("cmake") is None:
         raise PluginBuildError("cmake not found on PATH; install cmake >= 3.24 (and ninja) first")
     source = repo_root()
