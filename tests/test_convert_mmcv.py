@@ -372,3 +372,56 @@ def test_converted_mmcv_model_exports_and_verifies_in_onnx_runtime(tmp_path):
     assert report.verified and sum(report.op_counts.values()) == 2
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Old mmcv checkpoints through --weights (load_model): offset-branch keys of mmcv before its state_dict version 2
+
+OLD_KEYS_MODEL = textwrap.dedent("""
+    import torch
+    import dcn_deploy
+
+
+    class Net(torch.nn.Module):  # an mmcv-style layer: the offset branch inside it, as conv_offset
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.dcn = dcn_deploy.ModulatedDeformConv2dPack(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.dcn(self.stem(x))
+
+
+    class OwnOffsetConv(torch.nn.Module):  # a torchvision-style model whose offset convolution is dcn_offset
+        def __init__(self):
+            super().__init__()
+            self.dcn_offset = torch.nn.Conv2d(3, 18, 3, padding=1)
+            self.dcn = dcn_deploy.DeformConv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.dcn(x, self.dcn_offset(x))
+""")
+
+
+@pytest.mark.parametrize("old_name", ["dcn_offset", "dcn.conv_offset_mask"])
+def test_old_mmcv_offset_keys_load_through_weights(tmp_path, old_name):
+    from dcn_deploy.onnx.model_loading import load_model
+
+    (tmp_path / "net.py").write_text(OLD_KEYS_MODEL)
+    saved = {k: torch.randn_like(v) for k, v in load_model(f"{tmp_path / 'net.py'}:Net").model.state_dict().items()}
+    old = {k.replace("dcn.conv_offset", old_name): v for k, v in saved.items()}
+    assert f"{old_name}.weight" in old and "dcn.conv_offset.weight" not in old
+    torch.save(old, tmp_path / "old.pt")
+    loaded = load_model(f"{tmp_path / 'net.py'}:Net", tmp_path / "old.pt").model
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())
+
+
+def test_a_models_own_offset_convolution_keeps_its_keys(tmp_path):
+    from dcn_deploy.onnx.model_loading import load_model
+
+    (tmp_path / "net.py").write_text(OLD_KEYS_MODEL)
+    saved = {k: torch.randn_like(v) for k, v in load_model(f"{tmp_path / 'net.py'}:OwnOffsetConv").model.state_dict().items()}
+    assert "dcn_offset.weight" in saved and "dcn.weight" in saved  # what an mmcv key rename would take for old keys
+    torch.save(saved, tmp_path / "w.pt")
+    loaded = load_model(f"{tmp_path / 'net.py'}:OwnOffsetConv", tmp_path / "w.pt").model
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())

@@ -9,7 +9,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 
@@ -103,11 +103,22 @@ def _state_dict_from(path: Path) -> Mapping[str, torch.Tensor]:
     return state
 
 
+def _mmcv_offset_keys_renamed(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Dict:
+    """``state`` with old mmcv offset-branch keys (``<layer>_offset.*``, ``<layer>.conv_offset_mask.*``) renamed
+    to ``<layer>.conv_offset.*`` where the model has the new name and not the old one (a model whose own offset
+    convolution is called ``<layer>_offset`` keeps its keys)."""
+    from ..ops.modules import upgrade_mmcv_state_dict
+
+    upgraded = upgrade_mmcv_state_dict(state)
+    return {(new if new != old and new in own and old not in own else old): value
+            for (old, value), new in zip(state.items(), upgraded)}
+
+
 def load_weights(model: torch.nn.Module, path: Path, reference: str) -> None:
     """Load the state_dict in ``path`` into ``model`` exactly: a missing, unexpected or differently shaped tensor
     is a ValueError naming a few of each (load_state_dict(strict=False) still raises on shapes, in torch's words)."""
-    state = _state_dict_from(path)
     own = model.state_dict()
+    state = _mmcv_offset_keys_renamed(_state_dict_from(path), own)
     resized = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
                if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
     skipped = {k for k, _, _ in resized}
