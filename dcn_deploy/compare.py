@@ -33,7 +33,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .backends.base import Runner
-from .feeds import format_shape, random_feed
+from .feeds import check_roi_batch_indices, format_shape, random_feed
 
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "OutputComparison", "ComparisonResult", "compare_outputs",
            "compare_runners", "runner_roi_inputs", "tolerance_for"]
@@ -245,8 +245,8 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
             ``tolerance`` applies one to every output.
         rois: inputs that hold RoI boxes and get valid random boxes (:func:`dcn_deploy.feeds.roi_inputs`);
             None (default): those the runners report (:meth:`Runner.roi_inputs`; the ONNX Runtime runner reads
-            them from its graph), asked only for a random feed. Give them when you know them (the CLI does)
-            to spare that runner a second read of its file.
+            them from its graph). Give them when you know them (the CLI does) to spare that runner a second read
+            of its file. A given ``feed``'s boxes are checked (a batch index naming an image, finite coordinates).
 
     Returns:
         :class:`ComparisonResult` (``passed``, ``table()``, ``to_dict()``). Outputs are matched by name; if the
@@ -257,8 +257,13 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
     if len({id(r) for r in runners}) != len(runners):
         raise ValueError("compare_runners got the same runner object twice: it would only be compared with itself; "
                          "make a second runner (e.g. another backend) to compare with")
-    if rois is None and feed is None:  # only a random feed needs them: the ONNX Runtime runner reads its file
+    # The ONNX Runtime runner reads its file to name its RoI inputs: asked only for a random feed, or for a given
+    # feed that holds (K, 5) arrays, whose boxes are checked (ONNX Runtime would only say "index out of range").
+    maybe_boxes = feed is not None and any(np.ndim(v) == 2 and np.shape(v)[1] == 5 for v in feed.values())
+    if rois is None and (feed is None or maybe_boxes):
         rois = runner_roi_inputs(runners)
+    if maybe_boxes:
+        check_roi_batch_indices(feed, rois)
     activated = [r for r in runners if not r.is_active]
     try:
         for r in activated:

@@ -226,3 +226,20 @@ def test_roi_file_with_a_nan_coordinate_is_bad_input_not_a_runtime_crash(files, 
     result = run(*command, files["roi"], "--input", tmp_path / "nan_rois.npz")
     assert_bad_input(result, "input 'rois': row 1 (0, nan, 1, 5, 3) has a NaN or infinite coordinate")
     assert "GatherElements" not in result.stderr
+
+
+def test_library_compare_runners_checks_a_given_feeds_boxes(files):
+    """The library's compare_runners(feed=...) refuses the same boxes the CLI does, before ONNX Runtime reports only
+    an out-of-range GatherElements index."""
+    from dcn_deploy import OrtRunner, compare_runners
+
+    with np.load(files["folder"] / "good_rois.npz") as good:
+        feed = {"image": good["image"], "rois": good["rois"].copy()}
+    runners = [OrtRunner(files["roi"]), OrtRunner(files["roi"])]
+    assert compare_runners(runners, feed=feed).passed
+    feed["rois"][1, 2] = np.inf
+    with pytest.raises(FeedError, match=r"input 'rois': row 1 \(0, .*inf.*\) has a NaN or infinite coordinate"):
+        compare_runners(runners, feed=feed)
+    feed["rois"][1, 2], feed["rois"][0, 0] = 1.0, 4.0
+    with pytest.raises(FeedError, match=r"rois\[:, 0\] \(batch index\) must lie in \[0, 1\)"):
+        compare_runners(runners, feed=feed)

@@ -82,7 +82,7 @@ class Doubling(Runner):
 def test_runners_load_their_model_once_per_use():
     """benchmark's first runner, activated to read the input metadata, is measured in that activation (it loaded
     its model once more before); compare_runners asks for RoI inputs (the ONNX Runtime runner reads its file for
-    them) only to make a random feed."""
+    them) only to make a random feed, or to check a given feed's (K, 5) arrays (tests/test_cli_inputs_audit.py)."""
     first, second = Doubling("a"), Doubling("b")
     result = benchmark([first, second], batches=[1, 2], iterations=1, warmup=0, progress=False)
     assert [(e.runner, e.batch) for e in result.entries] == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
