@@ -76,17 +76,10 @@ LAYER_SETS = {"issue": LAYERS, "grouped": GROUPED_LAYERS, "all": LAYERS + GROUPE
 def on_composite(op, *args):
     """``op(*args)`` with the PyTorch op on its torch composite, not the kernels under test (read at each call, so
     a CUDA graph captures the composite)."""
-    from dcn_deploy.ops.deform_conv import NATIVE_CUDA_ENV
+    from dcn_deploy.ops.deform_conv import composite_forward
 
-    previous = os.environ.get(NATIVE_CUDA_ENV)
-    os.environ[NATIVE_CUDA_ENV] = "0"
-    try:
+    with composite_forward():
         return op(*args)
-    finally:
-        if previous is None:
-            del os.environ[NATIVE_CUDA_ENV]
-        else:
-            os.environ[NATIVE_CUDA_ENV] = previous
 
 
 def time_cuda(fn: Callable[[], object], warmup: int, iters: int, graph: bool = True) -> float:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from dataclasses import dataclass
 from typing import Dict, Tuple
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcn_deploy.ops.deform_conv import NATIVE_CPU_ENV, deform_conv2d
+from dcn_deploy.ops.deform_conv import composite_forward, deform_conv2d
 from dcn_deploy.ops.spec import conv_output_size
 
 
@@ -100,22 +99,16 @@ def reference(case: Case, x, off, w, b, m) -> torch.Tensor:
     """dcn_deploy's reference op on its torch composite. Asymmetric padding = zero-padding the input
     (out-of-image samples are zero).
 
-    The op's compiled CPU path is built from the same deformConvMath.h as the kernels under
-    test here, so it is switched off: the reference stays independent of the code it checks.
+    The op's compiled paths (the host library on the CPU, the CUDA kernels on a GPU) are built from the same
+    deformConvMath.h as the kernels under test here, so they are switched off: the reference stays independent of
+    the code it checks.
     """
-    saved = os.environ.get(NATIVE_CPU_ENV)
-    os.environ[NATIVE_CPU_ENV] = "0"
-    try:
+    with composite_forward():
         t, l, bottom, r = case.pads
         if (t, l) == (bottom, r):
             return deform_conv2d(x, off, w, b, stride=case.stride, padding=(t, l), dilation=case.dilation, mask=m)
         padded = F.pad(x, (l, r, t, bottom))
         return deform_conv2d(padded, off, w, b, stride=case.stride, padding=0, dilation=case.dilation, mask=m)
-    finally:
-        if saved is None:
-            del os.environ[NATIVE_CPU_ENV]
-        else:
-            os.environ[NATIVE_CPU_ENV] = saved
 
 
 def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -8,6 +8,7 @@ run the native forward.
 from __future__ import annotations
 
 import ctypes
+import os
 import random
 
 import pytest
@@ -159,6 +160,27 @@ def test_dispatch_decision(cpu_lib, monkeypatch):
     assert dc._native_cpu_library_for(x.half()) is None  # upcast before asking
     monkeypatch.setenv(dc.NATIVE_CPU_ENV, "0")
     assert dc._native_cpu_library_for(x) is None
+
+
+def test_composite_forward_turns_off_every_compiled_path_and_restores_the_settings(cpu_lib, monkeypatch):
+    monkeypatch.setenv(dc.NATIVE_CPU_ENV, "1")
+    monkeypatch.delenv(dc.NATIVE_CUDA_ENV, raising=False)
+    x = torch.randn(1, 8, 5, 5)
+    calls = []
+    real = dc._forward_native_cpu
+    monkeypatch.setattr(dc, "_forward_native_cpu", lambda *args: calls.append(1) or real(*args))
+    args = (x, torch.randn(1, 18, 5, 5), torch.randn(4, 8, 3, 3))
+    with dc.composite_forward():
+        assert dc._native_cpu_library_for(x) is None and dc._native_cuda_library_for(x) is None
+        dc.deform_conv2d(*args, padding=1)
+        with pytest.raises(KeyError):  # an error inside still restores the settings
+            with dc.composite_forward():
+                raise KeyError("x")
+        assert dc._native_cpu_library_for(x) is None
+    assert not calls
+    assert os.environ[dc.NATIVE_CPU_ENV] == "1" and dc.NATIVE_CUDA_ENV not in os.environ
+    dc.deform_conv2d(*args, padding=1)
+    assert calls == [1]
 
 
 # bfloat16: both sides compute in float32 and round once, so they differ by at most one bfloat16 ulp

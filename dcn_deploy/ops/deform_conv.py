@@ -24,9 +24,10 @@ read and written as they are, summed in float32; see :func:`_native_cuda_library
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -296,6 +297,23 @@ def _forward_native_cuda(library, input, offset, weight, bias, mask, stride, pad
 
     return deform_conv2d_cuda(input, offset, weight, bias, stride=tuple(stride), padding=tuple(padding),
                               dilation=tuple(dilation), mask=mask, library=library)
+
+
+@contextlib.contextmanager
+def composite_forward() -> Iterator[None]:
+    """Inside this block the op's forward runs its torch composite on every device (neither the host library nor
+    the CUDA kernels): a reference independent of the compiled code that tests and benchmarks check against it.
+    Sets :data:`NATIVE_CPU_ENV` and :data:`NATIVE_CUDA_ENV` to 0 for the process, and restores them after."""
+    saved = {name: os.environ.get(name) for name in (NATIVE_CPU_ENV, NATIVE_CUDA_ENV)}
+    os.environ.update({name: "0" for name in saved})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _upcast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
