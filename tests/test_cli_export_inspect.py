@@ -185,7 +185,7 @@ def test_export_of_a_saved_torch_export_program(tmp_path, model_file, trained_we
     (["{model}:build", "--input-shape", "1x3xabc"], "sizes joined by 'x'"),
     (["{model}:build"], "give one --input-shape per model input"),
     (["{model}:build", "--input-shape", "1x3x8x8", "--opset", "17"], "opset 17 is not supported"),
-    (["{model}:build", "--input-shape", "1x3x8x8", "--dtype", "bfloat16"], "opset=22"),
+    (["{model}:build", "--input-shape", "1x3x8x8", "--dtype", "bfloat16"], "pass --opset 22"),
     (["{model}:build", "--weights", "{weights_dir}/nothing.pt"], "nothing.pt: no such file"),
     (["{model}:build", "--weights", "{bad_weights}", "--input-shape", "1x3x8x8"], "does not fit the model"),
 ])
