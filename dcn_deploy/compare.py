@@ -34,6 +34,7 @@ import numpy as np
 
 from .backends.base import Runner
 from .feeds import check_roi_batch_indices, format_shape, random_feed
+from .wording import argument
 
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "OutputComparison", "ComparisonResult", "compare_outputs",
            "compare_runners", "runner_roi_inputs", "tolerance_for"]
@@ -52,7 +53,7 @@ class Tolerance:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
                     or not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"{argument(name, '--' + name)} must be a finite number >= 0, got {value!r}")
 
 
 # float32 bounds: a deformable network's outputs differ between implementations by summation order only

@@ -181,7 +181,7 @@ def test_compare_runners_refuses_the_same_runner_twice_and_bad_tolerances():
     runner = _BoxRunner("a", True)
     with pytest.raises(ValueError, match="same runner object twice"):
         compare_runners([runner, runner])
-    with pytest.raises(ValueError, match="atol must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"atol \(CLI: --atol\) must be a finite number >= 0"):
         Tolerance(-1.0, 1e-3)
     with pytest.raises(ValueError, match="rtol"):
         Tolerance(1e-4, float("nan"))

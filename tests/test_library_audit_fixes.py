@@ -115,9 +115,9 @@ def test_a_programs_module_is_not_taken_for_training_mode(tmp_path):
 # ---- 7 (rest): tolerances are checked before the export ------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(atol=-1.0), "atol must be a finite number >= 0, got -1.0"),
-    (dict(rtol=float("nan")), "rtol must be a finite number >= 0, got nan"),
-    (dict(atol=float("inf")), "atol must be a finite number >= 0, got inf"),
+    (dict(atol=-1.0), r"atol \(CLI: --atol\) must be a finite number >= 0, got -1.0"),
+    (dict(rtol=float("nan")), r"rtol \(CLI: --rtol\) must be a finite number >= 0, got nan"),
+    (dict(atol=float("inf")), r"atol \(CLI: --atol\) must be a finite number >= 0, got inf"),
 ])
 def test_export_checks_the_tolerance_before_exporting(tmp_path, no_exporter, kwargs, message):
     with pytest.raises(ValueError, match=message):

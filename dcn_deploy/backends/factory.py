@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Optional, Tuple
 
-from ..wording import argument
+from ..wording import argument, for_reader
 from .base import Runner, RunnerError, TensorMeta
 
 __all__ = ["RUNNER_KINDS", "make_runner", "onnx_io_metadata", "read_onnx_model", "tensorrt_missing_reason"]
@@ -47,9 +47,23 @@ def read_onnx_model(path: os.PathLike, *, load_external_data: bool = True):
 
 
 def not_an_onnx_model(path: os.PathLike, reason: object) -> str:
-    """The message for a model file that cannot be read as ONNX: the file, what was wrong, the fix."""
-    return (f"{path} is not a readable ONNX model ({str(reason).strip() or type(reason).__name__}); give an .onnx "
-            "file written by dcn-deploy export (dcn_deploy.onnx.export) or torch.onnx.export")
+    """The message for a model file that cannot be read as ONNX: the file, what was wrong, the fix (for a PyTorch
+    file, given where an .onnx one belongs: export it first)."""
+    head = f"{path} is not a readable ONNX model ({str(reason).strip() or type(reason).__name__})"
+    suffix = Path(str(path)).suffix.lower()
+    if suffix == ".pt2":
+        return (f"{head}; it looks like a torch.export program: export it to ONNX first ("
+                + for_reader(f"dcn_deploy.export(torch.export.load('{path}'), None, 'model.onnx'); CLI: "
+                             f"dcn-deploy export {path} -o model.onnx", f"dcn-deploy export {path} -o model.onnx")
+                + ") and give the .onnx file")
+    if suffix in (".pt", ".pth", ".ckpt"):
+        return (f"{head}; it looks like a PyTorch checkpoint: load it into the model and export that to ONNX first ("
+                + for_reader("dcn_deploy.export(model, example_inputs, 'model.onnx'); CLI: dcn-deploy export "
+                             f"FILE.py:FACTORY --weights {path} -o model.onnx",
+                             f"dcn-deploy export FILE.py:FACTORY --weights {path} -o model.onnx")
+                + ") and give the .onnx file")
+    return f"{head}; give an .onnx file written by " + for_reader(
+        "dcn_deploy.export (CLI: dcn-deploy export) or torch.onnx.export", "dcn-deploy export or torch.onnx.export")
 
 
 def tensorrt_missing_reason() -> Optional[str]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..backends.base import TensorMeta
 from ..io_utils import file_format
+from ..wording import argument
 from .random_feeds import box_image
 from .shapes import FeedError, format_shape
 
@@ -46,7 +47,7 @@ def _checked_format(path: Path, named: bool) -> str:
     """``".npy"`` or ``".npz"``: the format of the input file ``path`` by its content, once its name agrees with it
     (a one-array file named .npz is taken when ``named``); else a FeedError saying what the file is and the fix."""
     if not path.exists():
-        raise FeedError(f"input file {path} does not exist")
+        raise FeedError(f"{argument('items', '--input')}: input file {path} does not exist; check the path")
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise FeedError(f"input file {path}: expected a .npy or .npz file, got {suffix or 'no extension'}")

@@ -15,7 +15,7 @@ import torch
 from ..backends.ort_runner import missing_float64_kernel, no_float64_kernel_hint
 from ..compare import REFERENCE_NOT_FINITE, Tolerance, compare_outputs, tolerance_for
 from ..feeds import box_image, random_boxes, roi_input_names
-from ..wording import argument
+from ..wording import argument, for_reader
 from .export_report import ExportError, ExportReport, VerificationError, VerificationRun
 from .model_loading import program_shape_mismatch
 
@@ -59,16 +59,28 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
                       "again")
         else:
             head = f"{report.path} does not match PyTorch"
-            advice = ("A loose tolerance may be right for deep float16 models "
-                      "(rtol/atol). In float32, roundoff grows with large offsets (e.g. an untrained network's random "
-                      "offset branch samples far off the image); to tell it from a bug, compare PyTorch's float32 "
-                      "output with a float64 copy's (copy.deepcopy(model).double() on input.double()): a difference "
-                      "as large as the above is roundoff (a float64 export verifies in ONNX Runtime only without "
-                      "plain convolutions: its CPU provider has no float64 Conv). Otherwise please report it")
+            advice = _mismatch_advice()
         raise VerificationError(
             f"{head}: " + "; ".join(bad) + f". {_kept(report.path)}. {advice}", report)
 
 
+
+
+def _mismatch_advice() -> str:
+    """What a mismatch may be and how to tell, worded for the reader: a library caller compares a float64 copy of
+    the model in Python; a CLI user may first export again with --dtype float64."""
+    roundoff = ("In float32, roundoff grows with large offsets (e.g. an untrained network's random offset branch "
+                "samples far off the image). ")
+    float64_copy = ("compare PyTorch's float32 output with that of a float64 copy (copy.deepcopy(model).double() run "
+                    "on input.double()): a difference as large as the above is roundoff")
+    tell = for_reader(
+        f"To tell it from a bug, {float64_copy} (exporting that copy verifies in ONNX Runtime only without plain "
+        "convolutions: its CPU provider has no float64 Conv). Otherwise please report it",
+        "To tell it from a bug: for a model without plain convolutions (ONNX Runtime's CPU provider has no float64 "
+        "Conv), export again with --dtype float64: if that verifies, the float32 difference is roundoff; for any "
+        f"model, in Python, {float64_copy}. If neither explains it, please report it")
+    return (f"A looser tolerance may be right for deep float16 models: pass {argument('rtol/atol', '--rtol/--atol')}. "
+            f"{roundoff}{tell}")
 
 
 def _kept(path: Path) -> str:

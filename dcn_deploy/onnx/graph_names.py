@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import onnx
 
 from ..feeds import roi_input_names
-from ..wording import argument
+from ..wording import argument, for_reader
 from .opset import all_nodes
 
 __all__ = ["check_io_names", "rename_graph_io", "rename_symbols", "rois_sharing_the_batch"]
@@ -68,13 +68,16 @@ def rename_graph_io(proto: onnx.ModelProto, input_names: Optional[Sequence[str]]
             continue
         names = list(names)
         current = [v.name for v in values]
+        option = argument(f"{kind}_names", f"--{kind}-names")
         if len(names) != len(current) or len(set(names)) != len(names) or not all(names):
-            raise ValueError(f"{kind} names {names} ({kind}_names, CLI --{kind}-names): give {len(current)} "
-                             f"distinct, non-empty name(s), one per model {kind} in order (the exporter named them "
-                             f"{current})")
+            raise ValueError(f"{option} {_names_as_given(names)}: the model has {len(current)} {kind}"
+                             f"{'s' if len(current) != 1 else ''} (the exporter named "
+                             f"{'it' if len(current) == 1 else 'them'} {_names_as_given(current)}); give "
+                             + (f"{len(current)} distinct, non-empty names, one per {kind} in order"
+                                if len(current) != 1 else "one non-empty name"))
         for old, new in zip(current, names):
             if mapping.get(old, new) != new:  # an output that is an input itself cannot take two names
-                raise ValueError(f"{kind} names: {old!r} is both a model input and an output; it keeps one name")
+                raise ValueError(f"{option}: {old!r} is both a model input and an output; it keeps one name")
             mapping[old] = new
     mapping = {old: new for old, new in mapping.items() if old != new}
     if not mapping:
@@ -89,6 +92,11 @@ def rename_graph_io(proto: onnx.ModelProto, input_names: Optional[Sequence[str]]
         node.output[:] = [mapping.get(n, n) for n in node.output]
     for value in (*graph.input, *graph.output, *graph.value_info):
         value.name = mapping.get(value.name, value.name)
+
+
+def _names_as_given(names: Sequence[str]) -> str:
+    """Names as the reader writes them: a Python list for a library caller, ``a,b`` for the CLI's option."""
+    return for_reader(repr(list(names)), ",".join(map(str, names)))
 
 
 def rename_symbols(proto: onnx.ModelProto) -> None:

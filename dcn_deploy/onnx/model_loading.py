@@ -30,6 +30,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from ..wording import argument, for_reader
 from .example_samplers import Sampler, module_sampler, zoo_sampler
 from .loaded_model import DTYPES, LoadedModel, parse_input_shape
 from .program_shapes import program_input_shapes, program_shape_mismatch
@@ -39,8 +40,13 @@ from .weights_loading import load_weights, unreadable_weights_reason
 __all__ = ["LoadedModel", "ModelCodeError", "Sampler", "describe_exception", "load_model", "parse_input_shape",
            "program_input_shapes", "program_shape_mismatch", "unreadable_weights_reason", "DTYPES"]
 
+_FILE_FORMS = "FILE.py:FACTORY, package.module:FACTORY, or a torch.export program FILE.pt2"
 _REFERENCE_FORMS = ("FILE.py:FACTORY, package.module:FACTORY, a torch.export program FILE.pt2, "
-                    "or a zoo name (python -c 'from dcn_deploy.models import zoo; print(zoo.names())')")
+                    "or a zoo name (list them: dcn-deploy zoo list)")
+
+# Packages whose deformable layers a model may be written with; a model file importing one of them needs it
+# installed even though its layers are converted to ours (:func:`_with_our_layers`).
+_LAYER_PACKAGES = ("mmcv", "mmdet", "mmengine", "torchvision")
 
 
 def load_model(reference: Union[str, Path], weights: Optional[Union[str, Path]] = None) -> LoadedModel:
@@ -51,10 +57,12 @@ def load_model(reference: Union[str, Path], weights: Optional[Union[str, Path]] 
     """
     text = str(reference)
     if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights}: no such file; give a state_dict saved with torch.save")
+        raise FileNotFoundError(f"{argument('weights', '--weights')} {weights}: no such file; give a state_dict "
+                                "saved with torch.save")
     if text.endswith(".pt2"):
         if weights is not None:
-            raise ValueError(f"{text} is a torch.export program that carries its own weights; drop --weights")
+            raise ValueError(f"{text} is a torch.export program that carries its own weights; drop "
+                             f"{argument('weights', '--weights')}")
         return _load_program(Path(text))
     factory_ref, sep, factory_name = text.rpartition(":")
     if sep and factory_ref and not _is_windows_drive(text):
@@ -162,8 +170,8 @@ def _import_file(path: Path):
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code may raise anything
         sys.modules.pop(module_name, None)
-        raise ModelCodeError(f"importing {path} raised {describe_exception(exc, path)}; fix {path} (or the module "
-                             "it imports)") from exc
+        raise ModelCodeError(f"importing {path} raised {describe_exception(exc, path)}; "
+                             + (_missing_layer_package_hint(exc) or f"fix {path} (or the module it imports)")) from exc
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
@@ -176,9 +184,28 @@ def _import_module(name: str):
     try:
         return importlib.import_module(name)
     except Exception as exc:  # the module's own code raised, or the module itself does not exist
+        hint = _missing_layer_package_hint(exc)
         if isinstance(exc, ModuleNotFoundError) and exc.name and name.startswith(exc.name):
-            raise ValueError(f"cannot import module {name!r} (no module {exc.name!r}); give {_REFERENCE_FORMS}") from None
-        raise ModelCodeError(f"importing module {name!r} raised {describe_exception(exc)}") from exc
+            raise ValueError(f"cannot import module {name!r} (no module {exc.name!r}); "
+                             + (hint or f"give {_REFERENCE_FORMS}")) from None
+        raise ModelCodeError(f"importing module {name!r} raised {describe_exception(exc)}"
+                             + (f"; {hint}" if hint else "")) from exc
+
+
+def _missing_layer_package_hint(exc: BaseException) -> str:
+    """For a model's import that failed on a missing mmcv/mmdet/mmengine/torchvision: the two ways out (that
+    package's environment, or our layers of the same names); "" for any other failure."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return ""
+    package = exc.name.split(".")[0]
+    if package not in _LAYER_PACKAGES:
+        return ""
+    where = for_reader(f"load the model in the Python environment that has {package}",
+                       f"run dcn-deploy in the environment that has {package}")
+    return (f"{package} is not installed here: {where} (its deformable layers are then converted to dcn_deploy's "
+            "automatically), or build the model with dcn_deploy's layers of the same names (same arguments and "
+            "state_dict keys): dcn_deploy.DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack, "
+            "dcn_deploy.ops.roi_modules.*")
 
 
 def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:
@@ -206,8 +233,10 @@ def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
     except ModuleNotFoundError as exc:
         if exc.name not in ("dcn_deploy.models", "dcn_deploy.models.zoo"):
             raise
-        raise ValueError(f"{name!r} is not a file reference and this installation has no model zoo "
-                         f"(dcn_deploy.models.zoo); give {_REFERENCE_FORMS}") from None
+        raise ValueError(f"{name!r} is not a file reference, and this installation has no model zoo: the zoo "
+                         "(dcn_deploy.models, the repository's models/ folder) is installed by `pip install -e .` "
+                         "from a checkout; running from a source tree with PYTHONPATH alone lacks it. Install it "
+                         f"so, or give {_FILE_FORMS}") from None
     try:
         entry = zoo.get(name)
     except KeyError as exc:
@@ -226,7 +255,7 @@ def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
         except IncompleteCheckpointError as exc:
             required = exc.report.missing_required
             raise ValueError(
-                f"--weights {weights} does not fit zoo model {name}: {len(exc.report.loaded)} tensors loaded, "
+                f"{argument('weights', '--weights')} {weights} does not fit zoo model {name}: {len(exc.report.loaded)} tensors loaded, "
                 f"{len(required)} missing or of another shape that a checkpoint of {name} holds (e.g. "
                 f"{', '.join(required[:3])}); they "
                 "would keep their random initial values and the outputs would mean nothing. The checkpoint belongs "

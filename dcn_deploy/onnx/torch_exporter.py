@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 import onnx
 import torch
 
+from ..wording import for_reader
 from . import opset as dcn_opset
 from .dynamic_shapes import dynamic_shapes, tied_dynamic_shapes
 from .export_report import ExportError
@@ -44,8 +45,7 @@ def run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: boo
         if refusal is not None:  # an op's translation refused the call: its message says what to change
             raise ExportError(f"cannot export {name}: {refusal}") from exc
         raise ExportError(f"torch.onnx.export (dynamo) failed on {name}: {_failure_cause(exc)}. "
-                          f"{_failure_hint(exc)}; run dcn-deploy --debug export ... (CLI) or read the chained "
-                          "exception for details") from exc
+                          f"{_failure_hint(exc)}{_failure_details()}") from exc
     return program.model_proto
 
 
@@ -168,6 +168,13 @@ def _failure_hint(exc: BaseException) -> str:
         return ("Use dcn_deploy.ops (not torchvision or mmcv) for deformable layers: dcn_deploy.convert_modules(model) "
                 "swaps torchvision's and mmcv's deformable layers for ours")
     return "Check that the model runs on the example inputs and that torch.export.export(model, inputs) succeeds"
+
+
+def _failure_details() -> str:
+    """Where the exporter's whole error is: chained to ours for a library caller. Nothing for the CLI, which
+    prints its own pointer (``dcn-deploy --debug export ...``) under every error."""
+    return for_reader("; the exporter's full error is chained to this one (its __cause__, shown in the traceback)",
+                      "")
 
 
 def _find_refusal(exc: BaseException) -> Optional[BaseException]:
