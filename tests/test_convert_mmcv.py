@@ -425,3 +425,98 @@ def test_a_models_own_offset_convolution_keeps_its_keys(tmp_path):
     torch.save(saved, tmp_path / "w.pt")
     loaded = load_model(f"{tmp_path / 'net.py'}:OwnOffsetConv", tmp_path / "w.pt").model
     assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())
+
+
+def test_old_and_new_offset_keys_together_are_not_mixed_up(tmp_path):
+    """A checkpoint holding a layer's old and new offset keys: the new ones load, the old ones are reported as
+    unexpected, and every other key keeps its own tensor (renaming pair by pair, never by position)."""
+    from dcn_deploy import upgrade_mmcv_state_dict
+    from dcn_deploy.onnx.model_loading import load_model
+
+    (tmp_path / "net.py").write_text(OLD_KEYS_MODEL)
+    saved = {k: torch.randn_like(v) for k, v in load_model(f"{tmp_path / 'net.py'}:Net").model.state_dict().items()}
+    mixed = dict(saved, **{"dcn.conv_offset_mask.weight": torch.zeros(1)})
+    upgraded = upgrade_mmcv_state_dict(mixed)
+    assert list(upgraded) == list(mixed) and all(upgraded[k] is mixed[k] for k in mixed)
+    torch.save(mixed, tmp_path / "mixed.pt")
+    with pytest.raises(ValueError, match=r"unexpected 1 \(e\.g\. dcn\.conv_offset_mask\.weight\)") as info:
+        load_model(f"{tmp_path / 'net.py'}:Net", tmp_path / "mixed.pt")
+    assert "missing" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers left unconverted are refused before the exporter runs; RoI models from the CLI
+
+
+def test_export_refuses_unconverted_layers_naming_them_and_the_fix(tmp_path):
+    import dcn_deploy
+    from dcn_deploy import UnconvertedLayerError
+
+    class MyDCN(MmcvModulatedPack):
+        pass
+
+    model = nn.Sequential(MyDCN(4, 4, 3, padding=1), MmcvDeformConv2dPack(4, 4, 3, padding=1))
+    with pytest.raises(UnconvertedLayerError) as info:
+        dcn_deploy.export(model, (torch.randn(1, 4, 6, 6),), tmp_path / "m.onnx")
+    message = str(info.value)
+    assert message.startswith("Sequential has 2 torchvision/mmcv deformable layer(s), whose ops do not export: 0: ")
+    assert "MyDCN subclasses mmcv ModulatedDeformConv2dPack" in message
+    assert "1 (mmcv DeformConv2dPack): dcn_deploy.convert_modules(model) converts it" in message
+    assert isinstance(info.value, ValueError) and not (tmp_path / "m.onnx").exists()
+
+
+ROI_MODEL_FILE = textwrap.dedent("""
+    import torch
+    from dcn_deploy.ops.roi_modules import ModulatedDeformRoIPoolPack
+
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = ModulatedDeformRoIPoolPack(3, 4, deform_fc_channels=8, spatial_scale=0.5)  # mmcv's adaptive 0
+
+        def forward(self, image, rois):
+            return self.pool(self.stem(image), rois)
+
+
+    def build():
+        torch.manual_seed(0)
+        return Head()
+""")
+
+
+def test_cli_export_of_a_roi_model_with_input_shapes_and_a_fixed_sampling_ratio(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from cli_helpers import cli_runner, error_lines
+
+    from dcn_deploy.cli import main
+
+    (tmp_path / "head.py").write_text(ROI_MODEL_FILE)
+    args = ["export", f"{tmp_path / 'head.py'}:build", "--input-shape", "2x3x24x20", "--input-shape", "6x5",
+            "-o", str(tmp_path / "head.onnx")]
+    refused = cli_runner().invoke(main, args)
+    assert refused.exit_code == 2, refused.output + refused.stderr
+    (error,) = error_lines(refused)
+    assert "'pool' use sampling_ratio=0" in error and "give --roi-sampling-ratio N" in error, error
+    result = cli_runner().invoke(main, args + ["--roi-sampling-ratio", "2"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "[export] sampling_ratio=2 on the adaptive RoI pooling layer(s) pool" in result.stderr
+    assert "PASS" in result.output
+
+
+def test_cli_verify_against_the_model_file_says_its_layers_were_swapped(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from cli_helpers import cli_runner
+
+    from dcn_deploy.cli import main
+
+    (tmp_path / "net.py").write_text(MODEL_FILE)
+    factory = f"{tmp_path / 'net.py'}:build"
+    exported = cli_runner().invoke(main, ["export", factory, "--input-shape", "1x3x10x12", "-o",
+                                          str(tmp_path / "net.onnx")])
+    assert exported.exit_code == 0, exported.output + exported.stderr
+    result = cli_runner().invoke(main, ["verify", str(tmp_path / "net.onnx"), "--against", "torch", "--model", factory])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert (f"note: --model {factory}: converted 1 torchvision/mmcv deformable layer(s) to dcn_deploy's: 2 (mmcv "
+            "ModulatedDeformConv2dPack); the torch runner runs those") in result.stderr

@@ -48,7 +48,7 @@ def check_tolerance_options(atol: Optional[float], rtol: Optional[float]) -> Non
     try:
         Tolerance(atol=0.0 if atol is None else atol, rtol=0.0 if rtol is None else rtol)
     except ValueError as exc:
-        raise CliError(f"--{exc}") from None  # "--atol must be a finite number >= 0, got nan"
+        raise CliError(str(exc)) from None  # worded for the CLI: "--atol must be a finite number >= 0, got nan"
 
 
 def echo_note(message: str) -> None:
@@ -172,6 +172,8 @@ def _torch_module(kinds: Sequence[str], model_path: Path, torch_model: Optional[
     from ..onnx.model_loading import load_model
 
     loaded = load_model(torch_model, checkpoint)  # errors of the user's code: ModelCodeError, exit 2
+    if loaded.converted:  # the reference then runs dcn_deploy's op, not torchvision's or mmcv's own
+        echo_note(f"--model {torch_model}: {str(loaded.converted).splitlines()[0]}; the torch runner runs those")
     return _in_input_dtype(loaded, model_path, torch_model).model
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import click
 
@@ -32,10 +32,18 @@ def _default_output(reference: str) -> Path:
               help="ONNX file to write (atomically). Default, in the current folder: FILE.onnx for FILE.py:FACTORY "
                    "or FILE.pt2, FACTORY.onnx for package.module:FACTORY, NAME.onnx for a zoo model.")
 @click.option("--weights", "--checkpoint", "weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="state_dict (torch.save) to load into the model that FILE.py:FACTORY or the zoo builds.")
+              help="state_dict (torch.save) to load into the model that FILE.py:FACTORY or the zoo builds; also a "
+                   "checkpoint dict holding it under 'state_dict' or 'model' (mmdetection's), with DataParallel's "
+                   "'module.' prefixes and old mmcv offset-branch keys (<layer>_offset.*) renamed.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE",
               help="Shape of an example input, e.g. 1x3x224x224; repeat once per model input, in order. "
-                   "Zoo models take one image shape. Default: the model's own example inputs.")
+                   "Zoo models take one image shape. A (K, 5) input of a model with deformable RoI pooling gets "
+                   "valid random boxes (batch index, x1, y1, x2, y2). Default: the model's own example inputs, from "
+                   "its example_inputs method if it has one (it may take any of batch, size=(H, W) and seed).")
+@click.option("--roi-sampling-ratio", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Samples per bin side for deformable RoI pooling layers that sample adaptively (mmcv's default "
+                   "sampling_ratio=0, which has no ONNX form). The outputs differ from adaptive sampling: re-check "
+                   "accuracy.")
 @click.option("--dtype", type=click.Choice(_DTYPES), default=None,
               help="Cast the model and inputs before export (bfloat16 needs --opset 22). Default: as built.")
 @click.option("--dynamic", is_flag=True,
@@ -60,7 +68,7 @@ def _default_output(reference: str) -> Path:
 def command(model_ref: str, output: Optional[Path], weights: Optional[Path], input_shapes: Sequence[str],
             dtype: Optional[str], dynamic: bool, opset: int, standard: bool, no_verify: bool, atol: Optional[float],
             rtol: Optional[float], allow_no_deformable: bool, input_names: Optional[str],
-            output_names: Optional[str], as_json: bool) -> None:
+            output_names: Optional[str], as_json: bool, roi_sampling_ratio: Optional[int]) -> None:
     """Export MODEL to ONNX with deformable convolutions as dcn_deploy ops, check it (onnx.checker full check,
     shape inference) and verify it against PyTorch in ONNX Runtime. Exit 0 on success, 1 when verification
     fails (the file is kept), 2 on bad input.
@@ -95,7 +103,10 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
     stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
     loaded = load_model(model_ref, weights).cast(torch_dtype)
     if loaded.converted or loaded.converted.skipped:
-        stage(str(loaded.converted))
+        for line in str(loaded.converted).splitlines():
+            stage(line)
+    if roi_sampling_ratio is not None:
+        _fix_adaptive_sampling(loaded, roi_sampling_ratio, stage)
     example = loaded.example_inputs(shapes, torch_dtype, seed=0)
     # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
     verify_inputs = None if no_verify else loaded.verification_inputs(example, dynamic, torch_dtype)
@@ -117,6 +128,23 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
         echo_report(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report))
         raise
     echo_report(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
+
+
+def _fix_adaptive_sampling(loaded, ratio: int, stage: Callable[[str], None]) -> None:
+    """--roi-sampling-ratio: a fixed sample count on the model's adaptive RoI pooling layers, said per layer."""
+    import torch
+
+    from ..ops.roi_modules import fix_adaptive_sampling
+
+    if not isinstance(loaded.model, torch.nn.Module):
+        raise CliError(f"--roi-sampling-ratio: {loaded.reference} is a saved torch.export program, whose layers "
+                       "cannot be changed; set sampling_ratio on the model before saving the program")
+    changed = fix_adaptive_sampling(loaded.model, ratio)
+    if not changed:
+        raise CliError(f"--roi-sampling-ratio: {loaded.reference} has no deformable RoI pooling layer with adaptive "
+                       "sampling (sampling_ratio=0); drop the option")
+    stage(f"sampling_ratio={ratio} on the adaptive RoI pooling layer(s) {', '.join(n or '<root>' for n in changed)}; "
+          "the outputs differ from adaptive sampling: re-check accuracy")
 
 
 def _names(text: Optional[str], option: str) -> Optional[Tuple[str, ...]]:

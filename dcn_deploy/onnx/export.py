@@ -33,6 +33,7 @@ import torch
 from ..compare import Tolerance
 from ..feeds import EXAMPLE_SHAPES_KEY
 from ..io_utils import check_output_path
+from ..ops.convert import refuse_unconverted_layers
 from ..wording import argument
 from . import opset as dcn_opset
 from .export_file import external_data_name, needs_external_data, write_checked
@@ -98,6 +99,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     """
     say = progress or (lambda message: None)
     _check_model(model)
+    refuse_unconverted_layers(model)  # torchvision's / mmcv's ops would fail inside the exporter, unexplained
     for definition in dcn_opset.definitions():  # layers an op cannot export, named before the exporter runs
         if definition.check_model is not None:
             definition.check_model(model)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
+from ..feeds.random_feeds import box_image, random_boxes
 from ..feeds.shapes import FeedError, format_shape, parse_shape
 from ..ops.convert import ConvertedModules
 from .example_samplers import Sampler
@@ -143,10 +145,19 @@ class LoadedModel:
                          f"cannot change it ({problem}; a saved program keeps its shapes): re-export the program "
                          "with dynamic_shapes, or drop --input-shape")
 
-    @staticmethod
-    def _random(shapes: Sequence[Tuple[int, ...]], seed: int) -> Tuple[torch.Tensor, ...]:
+    def _random(self, shapes: Sequence[Tuple[int, ...]], seed: int) -> Tuple[torch.Tensor, ...]:
+        """Random normal tensors of ``shapes``; for a model with deformable RoI pooling layers, each (K, 5) input
+        gets valid random boxes in the first image input instead (random numbers are no boxes: a batch index of
+        -1 or 2, x2 < x1, which the RoI ops refuse)."""
         generator = torch.Generator().manual_seed(seed)
-        return tuple(torch.randn(s, generator=generator) for s in shapes)
+        tensors = [torch.randn(s, generator=generator) for s in shapes]
+        is_roi = [len(s) == 2 and s[1] == 5 for s in shapes]
+        image = box_image(shapes, is_roi) if any(is_roi) and _has_roi_pooling(self.model) else None
+        if image is None:
+            return tuple(tensors)
+        rng = np.random.default_rng(seed)
+        return tuple(torch.from_numpy(random_boxes(s, np.float32, image, rng)) if roi else t
+                     for s, roi, t in zip(shapes, is_roi, tensors))
 
     def cast(self, dtype: Optional[torch.dtype]) -> "LoadedModel":
         """Cast the module's floating parameters and buffers to ``dtype`` (in place); None leaves it unchanged."""
@@ -160,3 +171,10 @@ class LoadedModel:
             raise ValueError(f"{self.reference} is a saved torch.export program in {sorted(map(str, current))}; it cannot "
                              f"be cast to {dtype}: export it again in that dtype or drop --dtype")
         return self
+
+
+def _has_roi_pooling(model) -> bool:
+    from ..ops.roi_modules import DeformPSRoIPool, DeformRoIPool
+
+    return isinstance(model, torch.nn.Module) and any(isinstance(m, (DeformRoIPool, DeformPSRoIPool))
+                                                      for m in model.modules())

@@ -24,6 +24,7 @@ from typing import Callable, List, NamedTuple, Optional
 import onnx
 from onnx import TensorProto, defs, helper
 
+from ..wording import for_reader
 from .opset import DOMAIN, FLOAT_TYPES, VERSION, ExportRefusal, OpDefinition, plugin_attribute_schemas, register_op
 
 __all__ = ["DEFORM_ROI_POOL", "DEFORM_PSROI_POOL", "deform_roi_pool_function", "deform_psroi_pool_function",
@@ -494,9 +495,14 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
 # Exporter hooks
 # --------------------------------------------------------------------------------------------------------------
 
-_ADAPTIVE_FIX = ("set a fixed sampling_ratio on the layer before export (e.g. layer.sampling_ratio = 2, mmdetection's "
-                 "usual value; the outputs then differ slightly from the adaptive ones, so re-check accuracy), or "
-                 "keep adaptive sampling in PyTorch")
+def _adaptive_fix() -> str:
+    """How to export such a layer (worded for the CLI inside dcn-deploy)."""
+    how = for_reader("set a fixed sampling_ratio on the layer before export (layer.sampling_ratio = N, or "
+                     "dcn_deploy.ops.fix_adaptive_sampling(model, N) for all of them; CLI: --roi-sampling-ratio N)",
+                     "give --roi-sampling-ratio N")
+    return (f"{how}. Adaptive sampling takes ceil(RoI side x spatial_scale / output side) points per bin side: choose "
+            "N near that for your typical boxes. The outputs then differ from the adaptive ones (the more the larger "
+            "the boxes), so re-check accuracy on real data; or keep adaptive sampling in PyTorch")
 
 
 def check_model(model) -> None:
@@ -515,7 +521,7 @@ def check_model(model) -> None:
     if bad:
         raise AdaptiveSamplingError(
             f"DeformRoIPool layer(s) {', '.join(bad)} use sampling_ratio=0 (adaptive: the samples per bin depend on "
-            f"each RoI's size), which has no static ONNX form; {_ADAPTIVE_FIX}")
+            f"each RoI's size), which has no static ONNX form; {_adaptive_fix()}")
 
 
 def _make_roi_pool_translation(standard: bool, opset: int) -> Callable:
@@ -528,7 +534,7 @@ def _make_roi_pool_translation(standard: bool, opset: int) -> Callable:
         if int(sampling_ratio) == 0:
             raise AdaptiveSamplingError(
                 f"deform_roi_pool with sampling_ratio=0 (adaptive: the samples per bin depend on each RoI's size) "
-                f"has no static ONNX form; {_ADAPTIVE_FIX}")
+                f"has no static ONNX form; {_adaptive_fix()}")
         ph, pw = int(output_size[0]), int(output_size[1])
         if offset is None:  # plain RoIAlign: zero offsets give exactly the same result
             count = op.Shape(rois, start=0, end=1)

@@ -105,13 +105,15 @@ def _state_dict_from(path: Path) -> Mapping[str, torch.Tensor]:
 
 def _mmcv_offset_keys_renamed(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Dict:
     """``state`` with old mmcv offset-branch keys (``<layer>_offset.*``, ``<layer>.conv_offset_mask.*``) renamed
-    to ``<layer>.conv_offset.*`` where the model has the new name and not the old one (a model whose own offset
-    convolution is called ``<layer>_offset`` keeps its keys)."""
-    from ..ops.modules import upgrade_mmcv_state_dict
+    to ``<layer>.conv_offset.*`` where the model has the new name and not the old one, and the checkpoint does not
+    hold the new name already (a model whose own offset convolution is called ``<layer>_offset`` keeps its keys)."""
+    from ..ops.modules import upgraded_mmcv_key
 
-    upgraded = upgrade_mmcv_state_dict(state)
-    return {(new if new != old and new in own and old not in own else old): value
-            for (old, value), new in zip(state.items(), upgraded)}
+    renamed = {}
+    for old, value in state.items():
+        new = upgraded_mmcv_key(old, state)
+        renamed[new if new != old and new in own and old not in own and new not in state else old] = value
+    return renamed
 
 
 def load_weights(model: torch.nn.Module, path: Path, reference: str) -> None:

@@ -12,6 +12,8 @@ _LAZY = {
     "ModulatedDeformConv2dPack": "dcn_deploy.ops.modules",
     "upgrade_mmcv_state_dict": "dcn_deploy.ops.modules",
     "convert_modules": "dcn_deploy.ops.convert",
+    "UnconvertedLayerError": "dcn_deploy.ops.convert",
+    "fix_adaptive_sampling": "dcn_deploy.ops.roi_modules",
     "deform_roi_pool": "dcn_deploy.ops.roi_pool",
     "deform_psroi_pool": "dcn_deploy.ops.roi_pool",
     "DeformRoIPool": "dcn_deploy.ops.roi_modules",

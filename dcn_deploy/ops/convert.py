@@ -18,6 +18,8 @@ A foreign class is recognised by its module path and name, never by importing to
 """
 from __future__ import annotations
 
+import inspect
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -27,7 +29,8 @@ from torch import nn
 
 from . import modules, roi_modules
 
-__all__ = ["convert_modules", "ConvertedModules", "ForeignLayer", "FOREIGN_LAYERS", "TORCHVISION_DEFORM_CONV"]
+__all__ = ["convert_modules", "ConvertedModules", "ForeignLayer", "FOREIGN_LAYERS", "TORCHVISION_DEFORM_CONV",
+           "UnconvertedLayerError", "refuse_unconverted_layers"]
 
 # (type(m).__module__, type(m).__qualname__) of torchvision.ops.DeformConv2d
 TORCHVISION_DEFORM_CONV = ("torchvision.ops.deform_conv", "DeformConv2d")
@@ -140,13 +143,23 @@ def _foreign_base(module: nn.Module) -> Optional[ForeignLayer]:
     return None
 
 
+def _class_text(cls: type) -> str:
+    """``module.Class``, or ``Class (file.py:line)`` for a class of a generated module (a model file the CLI
+    imported under a private name)."""
+    if cls.__module__.startswith("_"):
+        try:
+            return f"{cls.__qualname__} ({os.path.basename(inspect.getsourcefile(cls))}:{inspect.getsourcelines(cls)[1]})"
+        except (TypeError, OSError):
+            pass
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _why_not_convertible(module: nn.Module, foreign: ForeignLayer) -> Optional[str]:
     """None when ``module`` (an exact ``foreign`` class) can be swapped without losing anything."""
     if getattr(module, "parametrizations", None) is not None:
         return "it has parametrizations (torch.nn.utils.parametrize); remove them, convert, then add them again"
     if _class_key(type(module)) != foreign.key:
-        cls = type(module)
-        return (f"{cls.__module__}.{cls.__qualname__} subclasses {foreign.label} and may override forward; "
+        return (f"{_class_text(type(module))} subclasses {foreign.label} and may override forward; "
                 f"replace it by hand (dcn_deploy's {foreign.target.__name__} takes the same arguments and "
                 "state_dict)")
     params = dict(module.named_parameters(recurse=False))
@@ -203,6 +216,32 @@ def _converted(old: nn.Module, foreign: ForeignLayer) -> nn.Module:
         setattr(new, name, getattr(old, name))
     new.training = old.training  # this layer's flag only: the adopted submodules keep their own
     return new
+
+
+class UnconvertedLayerError(ValueError):
+    """The model still holds torchvision or mmcv deformable layers, which do not export."""
+
+
+def refuse_unconverted_layers(model) -> None:
+    """Raise :class:`UnconvertedLayerError` naming every torchvision/mmcv deformable layer left in ``model`` (an
+    ``nn.Module``; anything else passes) and why: such a layer's compiled op has no ONNX form, and the exporter
+    would fail on it with an unrelated-looking error."""
+    if not isinstance(model, nn.Module):
+        return
+    left = [(name, module, _foreign_base(module)) for name, module in model.named_modules()]
+    left = [(name, module, foreign) for name, module, foreign in left if foreign is not None]
+    if not left:
+        return
+    lines = []
+    for name, module, foreign in left:
+        reason = _why_not_convertible(module, foreign) or "dcn_deploy.convert_modules(model) converts it"
+        exact = _class_key(type(module)) == foreign.key  # a subclass's reason names its class itself
+        lines.append(f"{name or '<root>'}{f' ({foreign.label})' if exact else ''}: {reason}")
+    raise UnconvertedLayerError(
+        f"{type(model).__name__} has {len(left)} torchvision/mmcv deformable layer(s), whose ops do not export: "
+        + "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
+        + ". Convert the model with dcn_deploy.convert_modules(model), and replace the layers it leaves by hand "
+        "with dcn_deploy's of the same name (same arguments and state_dict keys)")
 
 
 def convert_modules(model: nn.Module) -> Tuple[nn.Module, ConvertedModules]:

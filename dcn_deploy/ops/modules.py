@@ -18,7 +18,23 @@ from torch import nn
 from .deform_conv import deform_conv2d
 from .spec import ShapeError, as_pair, positive_int
 
-__all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "upgrade_mmcv_state_dict"]
+__all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "upgrade_mmcv_state_dict", "upgraded_mmcv_key"]
+
+
+def upgraded_mmcv_key(key: str, state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The current name of one old mmcv/mmdetection offset-branch key (``<layer>_offset.weight`` beside
+    ``<layer>.weight``, or ``<layer>.conv_offset_mask.weight``): ``<layer>.conv_offset.weight``; any other key as it
+    is. ``state_dict`` is the checkpoint the key comes from (a sibling ``_offset`` key is renamed only when its
+    layer's weight is there)."""
+    for suffix in (".weight", ".bias"):
+        if not key.endswith(suffix):
+            continue
+        layer = key[: -len(suffix)]
+        if layer.endswith("_offset") and f"{layer[:-len('_offset')]}.weight" in state_dict:
+            return f"{layer[:-len('_offset')]}.conv_offset{suffix}"
+        if layer.endswith(".conv_offset_mask"):
+            return f"{layer[:-len('.conv_offset_mask')]}.conv_offset{suffix}"
+    return key
 
 
 def upgrade_mmcv_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
@@ -27,20 +43,13 @@ def upgrade_mmcv_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedD
     Before mmcv's state_dict version 2 the offset branch was a sibling module ``<layer>_offset.*`` beside
     ``<layer>.weight``; some checkpoints use ``<layer>.conv_offset_mask.*``. PyTorch hands each child module only
     its own keys, so a sibling cannot be renamed inside the layer: apply this to the checkpoint before
-    ``load_state_dict``. Other keys pass through unchanged.
+    ``load_state_dict``. Other keys pass through unchanged, and so does an old key whose new name the checkpoint
+    holds already (the current key wins).
     """
     upgraded: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     for key, value in state_dict.items():
-        new_key = key
-        for suffix in (".weight", ".bias"):
-            layer = key[: -len(suffix)] if key.endswith(suffix) else None
-            if layer is None:
-                continue
-            if layer.endswith("_offset") and f"{layer[:-len('_offset')]}.weight" in state_dict:
-                new_key = f"{layer[:-len('_offset')]}.conv_offset{suffix}"
-            elif layer.endswith(".conv_offset_mask"):
-                new_key = f"{layer[:-len('.conv_offset_mask')]}.conv_offset{suffix}"
-        upgraded[new_key] = value
+        new_key = upgraded_mmcv_key(key, state_dict)
+        upgraded[key if new_key != key and new_key in state_dict else new_key] = value
     return upgraded
 
 

@@ -20,7 +20,7 @@ offsets, and those drive the deformable position-sensitive pooling of the score 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from .roi_pool import deform_psroi_pool, deform_roi_pool
 from .roi_spec import check_float
 from .spec import ShapeError, as_pair, positive_int
 
-__all__ = ["DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "DeformPSRoIPool"]
+__all__ = ["DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "DeformPSRoIPool", "fix_adaptive_sampling"]
 
 
 class DeformRoIPool(nn.Module):
@@ -197,3 +197,20 @@ class DeformPSRoIPool(nn.Module):
         return (f"output_dim={self.output_dim}, group_size={self.group_size}, pooled_size={self.pooled_size}, "
                 f"spatial_scale={self.spatial_scale}, sample_per_part={self.sample_per_part}, "
                 f"trans_std={self.trans_std}, num_offset_classes={self.num_offset_classes}")
+
+
+def fix_adaptive_sampling(model: nn.Module, sampling_ratio: int) -> List[str]:
+    """Set ``sampling_ratio`` on every :class:`DeformRoIPool` layer of ``model`` that samples adaptively (0, mmcv's
+    default), in place, so that it exports; returns their qualified names.
+
+    Adaptive sampling takes ceil(RoI side * spatial_scale / output side) points per bin side, a count that depends
+    on each box at run time, which an ONNX graph cannot hold. A fixed count changes the outputs (the more so the
+    larger the boxes): choose about that ceil for your typical boxes, and re-check accuracy on real data.
+    """
+    sampling_ratio = positive_int(sampling_ratio, "sampling_ratio")
+    changed = []
+    for name, module in model.named_modules():
+        if isinstance(module, DeformRoIPool) and module.sampling_ratio == 0:
+            module.sampling_ratio = sampling_ratio
+            changed.append(name)
+    return changed
