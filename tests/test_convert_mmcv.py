@@ -520,3 +520,23 @@ def test_cli_verify_against_the_model_file_says_its_layers_were_swapped(tmp_path
     assert result.exit_code == 0, result.output + result.stderr
     assert (f"note: --model {factory}: converted 1 torchvision/mmcv deformable layer(s) to dcn_deploy's: 2 (mmcv "
             "ModulatedDeformConv2dPack); the torch runner runs those") in result.stderr
+
+
+def test_a_detectors_checkpoint_for_its_backbone_gets_the_prefix_and_a_command(tmp_path):
+    from dcn_deploy.onnx.model_loading import load_model
+
+    (tmp_path / "net.py").write_text(OLD_KEYS_MODEL)
+    factory = f"{tmp_path / 'net.py'}:Net"
+    backbone = {k: torch.randn_like(v) for k, v in load_model(factory).model.state_dict().items()}
+    detector = {"meta": {"epoch": 12}, "state_dict": {**{f"backbone.{k}": v for k, v in backbone.items()},
+                                                      "neck.weight": torch.ones(2)}}
+    torch.save(detector, tmp_path / "det.pt")
+    with pytest.raises(ValueError, match="under the prefix 'backbone.'") as info:
+        load_model(factory, tmp_path / "det.pt")
+    command = str(info.value).split(" -c ")[1].split(" and give ")[0].strip('"')
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
+    loaded = load_model(factory, tmp_path / "part.pt").model
+    assert all(torch.equal(v, backbone[k]) for k, v in loaded.state_dict().items())

@@ -245,3 +245,19 @@ def test_fp16_conversion_keeps_roi_pooling_in_float32(monkeypatch):
     all_half, _ = precision.convert_precision(model, "fp16")
     half_error = np.abs(_run(all_half, arrays) - want).max() / np.abs(want).max()
     assert kept_error < 2e-3 < half_error, (kept_error, half_error)
+
+
+def test_inspect_shows_float_attributes_as_written(tmp_path):
+    """ONNX keeps float attributes in float32: inspect prints gamma=0.1, not 0.10000000149011612."""
+    from dcn_deploy import inspect_model
+
+    node = helper.make_node("DeformRoIPool", ["x", "rois", "offset"], ["y"], domain=opset.DOMAIN, name="pool",
+                            pooled_height=2, pooled_width=2, spatial_scale=0.0625, sampling_ratio=2, gamma=0.1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
+                                            helper.make_tensor_value_info("rois", TensorProto.FLOAT, [3, 5]),
+                                            helper.make_tensor_value_info("offset", TensorProto.FLOAT, [3, 2, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4, 2, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid(opset.DOMAIN, 1)])
+    onnx.save(model, str(tmp_path / "pool.onnx"))
+    (info,) = inspect_model(tmp_path / "pool.onnx")["deformable_nodes"]
+    assert info["attributes"]["gamma"] == 0.1 and info["attributes"]["spatial_scale"] == 0.0625

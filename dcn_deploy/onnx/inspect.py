@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Union
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -35,10 +36,17 @@ def _value_info(value: onnx.ValueInfoProto) -> dict:
     return {"name": value.name, "dtype": _dtype(value.type.tensor_type.elem_type), "shape": _shape(value.type)}
 
 
+def _float32_text(value: float) -> float:
+    """The shortest decimal that reads back as the same float32 (ONNX stores float attributes in float32)."""
+    return float(str(np.float32(value)))
+
+
 def _attribute(attr: onnx.AttributeProto) -> object:
     if attr.ref_attr_name:
         return f"@{attr.ref_attr_name}"
     value = helper.get_attribute_value(attr)
+    if attr.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS):  # stored as float32: 0.1, not 0.100000001
+        value = [_float32_text(v) for v in value] if attr.type == onnx.AttributeProto.FLOATS else _float32_text(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, (list, tuple)):

@@ -9,13 +9,13 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
 from ..io_utils import file_format
 from ..feeds.shapes import format_shape
-from ..wording import for_reader
+from ..wording import argument, for_reader
 from .user_code_errors import describe_exception
 
 
@@ -135,8 +135,26 @@ def load_weights(model: torch.nn.Module, path: Path, reference: str) -> None:
     if result.unexpected_keys:
         problems.append(f"unexpected {len(result.unexpected_keys)} (e.g. {', '.join(result.unexpected_keys[:3])})")
     if problems:
-        raise ValueError(f"--weights {path} does not fit the model built by {reference}: " + "; ".join(problems)
-                         + ". Check that the factory builds the architecture the checkpoint was saved from")
+        prefix = _shared_prefix(missing, state)
+        fix = (f". The checkpoint holds every missing tensor under the prefix {prefix!r} (a whole detector's or "
+               "wrapper's checkpoint?): save that part alone, e.g. " + _python() + " -c \"import torch; sd = "
+               f"torch.load('{path}', weights_only=True); sd = sd.get('state_dict', sd); torch.save({{k[{len(prefix)}:]: "
+               f"v for k, v in sd.items() if k.startswith('{prefix}')}}, 'part.pt')\" and give "
+               + argument("weights='part.pt'", "--weights part.pt")
+               if prefix else ". Check that the factory builds the architecture the checkpoint was saved from")
+        raise ValueError(f"{argument('weights', '--weights')} {path} does not fit the model built by {reference}: "
+                         + "; ".join(problems) + fix)
+
+
+def _shared_prefix(missing: Sequence[str], state: Mapping[str, object]) -> Optional[str]:
+    """The one key prefix (ending in '.') under which the checkpoint holds every missing key, if there is one:
+    a detector's checkpoint (``backbone.layer1...``) given for its backbone alone."""
+    if not missing:
+        return None
+    first = missing[0]
+    candidates = {key[: -len(first)] for key in state if key.endswith("." + first)}
+    found = [p for p in candidates if all(p + key in state for key in missing)]
+    return min(found, key=len) if found else None
 
 
 def _python() -> str:
