@@ -416,7 +416,7 @@ def test_load_feed_errors_name_file_input_and_fix(tmp_path, rng):
         load_feed([f"x={tmp_path / 'bad.npy'}", f"y={tmp_path / 'ints.npy'}"], metas)
     with pytest.raises(FeedError, match="has dtype float32, the model expects int64"):
         load_feed([x, f"y={tmp_path / 'ints.npy'}"], metas)
-    with pytest.raises(FeedError, match="say which with --input NAME="):
+    with pytest.raises(FeedError, match=r"say which with items=\['NAME=.*'\] \(CLI: --input NAME="):
         load_feed([str(tmp_path / "x.npy")], metas)
     with pytest.raises(FeedError, match="expected a .npy or .npz file"):
         load_feed([f"x={tmp_path / 'notes.txt'}"], metas)

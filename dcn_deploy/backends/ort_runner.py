@@ -206,7 +206,8 @@ class OrtRunner(Runner):
             elif "dcn_deploy" in text or "DeformConv" in text:
                 hint = (" (onnxruntime runs DeformConv from version 1.25 on, and dcn_deploy ops through the function "
                         f"body stored in the file; this is onnxruntime {ort.__version__}; re-export the model with "
-                        "dcn_deploy.onnx.export if its dcn_deploy nodes have no function body)")
+                        + for_reader("dcn_deploy.export (CLI: dcn-deploy export)", "dcn-deploy export")
+                        + " if its dcn_deploy nodes have no function body)")
             raise RunnerError(f"ort: cannot load {label}: {text.strip()}{hint}") from exc
         self._input_metas = _metas(self.session.get_inputs())
         self._output_metas = _metas(self.session.get_outputs())

@@ -114,7 +114,7 @@ def load_feed(items: Sequence[str], metas: Sequence[TensorMeta], rois: Sequence[
             if not target:
                 if len(names) != 1:
                     raise FeedError(f"{path} holds one array but the model has inputs {names}; "
-                                    f"say which with --input NAME={path}")
+                                    "say which with " + argument(f"items=['NAME={path}']", f"--input NAME={path}"))
                 target = names[0]
             if target not in names:
                 raise FeedError(f"{path}: {target!r} is not an input of the model; its inputs are {names}")
