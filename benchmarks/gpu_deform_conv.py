@@ -76,7 +76,7 @@ LAYER_SETS = {"issue": LAYERS, "grouped": GROUPED_LAYERS, "all": LAYERS + GROUPE
 def on_composite(op, *args):
     """``op(*args)`` with the PyTorch op on its torch composite, not the kernels under test (read at each call, so
     a CUDA graph captures the composite)."""
-    from dcn_deploy.ops.deform_conv import composite_forward
+    from dcn_deploy.ops.native_paths import composite_forward
 
     with composite_forward():
         return op(*args)

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcn_deploy.ops.deform_conv import composite_forward, deform_conv2d
+from dcn_deploy.ops.deform_conv import deform_conv2d
+from dcn_deploy.ops.native_paths import composite_forward
 from dcn_deploy.ops.spec import conv_output_size
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dcn_deploy.ops import deform_conv as dc
+from dcn_deploy.ops import native_paths
 from dcn_deploy.plugin import library, native as native_module
 from dcn_deploy.plugin.native import DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_cpu
 from plugin_configs import Case, make_tensors, max_relative_error
@@ -153,34 +154,63 @@ def test_empty_batch(cpu_lib):
 # ---- deform_conv2d: dispatch to the native forward ----
 
 def test_dispatch_decision(cpu_lib, monkeypatch):
-    monkeypatch.delenv(dc.NATIVE_CPU_ENV, raising=False)
+    monkeypatch.delenv(native_paths.NATIVE_CPU_ENV, raising=False)
     x = torch.randn(1, 8, 5, 5)
-    assert dc._native_cpu_library_for(x) is not None
-    assert dc._native_cpu_library_for(x.double()) is not None
-    assert dc._native_cpu_library_for(x.half()) is None  # upcast before asking
-    monkeypatch.setenv(dc.NATIVE_CPU_ENV, "0")
-    assert dc._native_cpu_library_for(x) is None
+    assert native_paths.cpu_library_for(x) is not None
+    assert native_paths.cpu_library_for(x.double()) is not None
+    assert native_paths.cpu_library_for(x.half()) is None  # upcast before asking
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "0")
+    assert native_paths.cpu_library_for(x) is None
 
 
-def test_composite_forward_turns_off_every_compiled_path_and_restores_the_settings(cpu_lib, monkeypatch):
-    monkeypatch.setenv(dc.NATIVE_CPU_ENV, "1")
-    monkeypatch.delenv(dc.NATIVE_CUDA_ENV, raising=False)
+def test_composite_forward_turns_off_every_compiled_path_in_its_thread_only(cpu_lib, monkeypatch):
+    import threading
+
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "1")
     x = torch.randn(1, 8, 5, 5)
     calls = []
-    real = dc._forward_native_cpu
-    monkeypatch.setattr(dc, "_forward_native_cpu", lambda *args: calls.append(1) or real(*args))
+    real = native_paths.forward_cpu
+    monkeypatch.setattr(native_paths, "forward_cpu", lambda *args: calls.append(1) or real(*args))
     args = (x, torch.randn(1, 18, 5, 5), torch.randn(4, 8, 3, 3))
-    with dc.composite_forward():
-        assert dc._native_cpu_library_for(x) is None and dc._native_cuda_library_for(x) is None
+    inside, other_thread_ran = threading.Event(), threading.Event()
+
+    def other_thread():  # runs while the main thread is inside the block: its forwards stay on the host library
+        inside.wait(10)
+        assert native_paths.cpu_library_for(x) is not None
         dc.deform_conv2d(*args, padding=1)
-        with pytest.raises(KeyError):  # an error inside still restores the settings
-            with dc.composite_forward():
+        other_thread_ran.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with native_paths.composite_forward():
+        assert native_paths.cpu_library_for(x) is None and native_paths.cuda_library_for(x) is None
+        dc.deform_conv2d(*args, padding=1)
+        inside.set()
+        assert other_thread_ran.wait(30)
+        with pytest.raises(KeyError):  # an error inside still ends the block
+            with native_paths.composite_forward():
                 raise KeyError("x")
-        assert dc._native_cpu_library_for(x) is None
-    assert not calls
-    assert os.environ[dc.NATIVE_CPU_ENV] == "1" and dc.NATIVE_CUDA_ENV not in os.environ
+        assert native_paths.cpu_library_for(x) is None
+    worker.join()
+    assert calls == [1]  # the other thread's forward only
+    assert os.environ[native_paths.NATIVE_CPU_ENV] == "1"  # the user's own setting is never touched
     dc.deform_conv2d(*args, padding=1)
-    assert calls == [1]
+    assert calls == [1, 1]
+
+
+def test_the_binding_speaks_the_headers_abi_version_and_a_stale_library_is_not_used(cpu_lib, monkeypatch):
+    import re
+    from pathlib import Path
+
+    header = (Path(__file__).resolve().parents[1] / "plugins" / "common" / "dcn_kernels.h").read_text()
+    assert int(re.search(r"#define DCN_ABI_VERSION (\d+)", header).group(1)) == native_module.ABI_VERSION
+    assert cpu_lib.abi_version == native_module.ABI_VERSION
+    monkeypatch.setattr(native_module, "ABI_VERSION", native_module.ABI_VERSION + 1)  # as if the build were stale
+    native_paths._cpu_library.cache_clear()
+    try:
+        assert native_paths.cpu_library_for(torch.randn(1, 2, 3, 3)) is None
+    finally:
+        native_paths._cpu_library.cache_clear()
 
 
 # bfloat16: both sides compute in float32 and round once, so they differ by at most one bfloat16 ulp
@@ -195,12 +225,12 @@ def test_deform_conv2d_same_with_and_without_native(cpu_lib, monkeypatch, dtype,
     m = torch.rand(2, 3 * 6, 5, 8, generator=g).to(dtype)
     kwargs = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 2), mask=m)
     calls = []
-    real = dc._forward_native_cpu
-    monkeypatch.setattr(dc, "_forward_native_cpu", lambda *args: calls.append(1) or real(*args))
-    monkeypatch.setenv(dc.NATIVE_CPU_ENV, "1")
+    real = native_paths.forward_cpu
+    monkeypatch.setattr(native_paths, "forward_cpu", lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "1")
     with_native = dc.deform_conv2d(x, off, w, b, **kwargs)
     assert calls, "the CPU layer did not take the native path"
-    monkeypatch.setenv(dc.NATIVE_CPU_ENV, "0")
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "0")
     without = dc.deform_conv2d(x, off, w, b, **kwargs)
     assert len(calls) == 1
     assert with_native.dtype == dtype and with_native.shape == without.shape == (2, 8, 5, 8)
@@ -214,7 +244,7 @@ def test_native_forward_keeps_the_composite_gradients(cpu_lib, monkeypatch):
     grad_out = torch.randn(1, 6, 5, 5, generator=g)
     results = {}
     for flag in ("1", "0"):
-        monkeypatch.setenv(dc.NATIVE_CPU_ENV, flag)
+        monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, flag)
         ts = [t.clone().requires_grad_() for t in leaves]
         out = dc.deform_conv2d(ts[0], ts[1], ts[2], ts[3], padding=1, mask=ts[4])
         out.backward(grad_out)

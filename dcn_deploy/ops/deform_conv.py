@@ -17,21 +17,18 @@ the paper's v1), and ``bilinear`` lets each of the four neighbours outside the i
 Implementation: the four bilinear neighbours of every sample are gathered and weighted (mask folded into the
 weights) by one ``embedding_bag`` over a channels-last copy of the input, then one matrix product (or one per
 convolution group). Everything is differentiable torch, so the backward pass is autograd through the same code.
-Half types are computed in float32. On the CPU, the forward runs the host library's compiled code instead when it
-is built (:func:`dcn_deploy.plugin.native.deform_conv2d_cpu`; see :func:`_native_cpu_library_for`); on a CUDA
-device, the CUDA kernels when they are built (:func:`dcn_deploy.plugin.native.deform_conv2d_cuda`, half types
-read and written as they are, summed in float32; see :func:`_native_cuda_library_for`).
+Half types are computed in float32 here. The forward runs compiled code instead where it is built: the host library's
+on the CPU, the CUDA kernels on a GPU (half types read and written as they are, summed in float32); see
+:mod:`dcn_deploy.ops.native_paths`.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from . import native_paths
 from ._checks import check_tensors, compute_dtype, has_concrete_shapes
 from .spec import ShapeError, as_pair, conv_output_size, deform_conv_spec
 
@@ -210,112 +207,6 @@ def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.
     return out
 
 
-# Set to 0 to keep every CPU forward on the torch composite (e.g. to compare the two).
-NATIVE_CPU_ENV = "DCN_DEPLOY_NATIVE_CPU"
-_NATIVE_CPU_ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu")
-
-
-@functools.lru_cache(maxsize=1)
-def _native_cpu_library():
-    """The host library if it is built and has the fast CPU forward, else None. Looked up once; never builds."""
-    from ..plugin.library import find_library
-
-    path = find_library("host")
-    if path is None:
-        return None
-    try:
-        from ..plugin.native import load_library
-
-        lib = load_library("host", path)
-    except OSError:  # a stale or foreign-architecture build: stay on the torch path
-        return None
-    return lib if all(lib.has(entry) for entry in _NATIVE_CPU_ENTRIES) else None
-
-
-def _native_cpu_library_for(input: torch.Tensor):
-    """The host library to run this forward with, or None for the torch composite.
-
-    Why: the composite's sampling (a weighted ``embedding_bag`` over freshly allocated columns) costs a third of
-    a dense layer's time, and for grouped and depth-wise layers its many small products cost 3-4x ONNX Runtime's
-    kernel; the host library's compiled code does both faster (benchmarks/RESULTS.md). Only CPU float32/float64
-    tensors qualify (half types arrive here already upcast), and ``DCN_DEPLOY_NATIVE_CPU=0`` turns it off.
-    """
-    if input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64):
-        return None
-    if os.environ.get(NATIVE_CPU_ENV, "1") == "0":
-        return None
-    return _native_cpu_library()
-
-
-def _forward_native_cpu(library, input, offset, weight, bias, mask, stride, padding, dilation) -> torch.Tensor:
-    """The compiled CPU forward (same function as :func:`_forward_composite`), on torch's intra-op thread count."""
-    from ..plugin.native import deform_conv2d_cpu
-
-    return deform_conv2d_cpu(input, offset, weight, bias, stride=tuple(stride), padding=tuple(padding),
-                             dilation=tuple(dilation), mask=mask, library=library)
-
-
-# Set to 0 to keep every CUDA forward on the torch composite (e.g. to compare the two).
-NATIVE_CUDA_ENV = "DCN_DEPLOY_NATIVE_CUDA"
-
-
-@functools.lru_cache(maxsize=1)
-def _native_cuda_library():
-    """The CUDA kernels library if it is built and sees a CUDA device, else None. Looked up once; never builds."""
-    from ..plugin.library import find_library
-
-    path = find_library("kernels")
-    if path is None:
-        return None
-    try:
-        from ..plugin.native import load_library
-
-        lib = load_library("kernels", path)
-    except OSError:  # a stale or foreign build, or no CUDA driver: stay on the torch path
-        return None
-    if not (lib.has("dcn_deform_conv2d_forward_cuda") and lib.has("dcn_cuda_available")):
-        return None
-    return lib if lib.lib.dcn_cuda_available() == 1 else None
-
-
-def _native_cuda_library_for(input: torch.Tensor):
-    """The CUDA kernels library to run this forward with, or None for the torch composite.
-
-    Why: on the GPU the composite gathers every sample's four neighbours into a column buffer of
-    C*kH*kW*oH*oW float32 values per image and then multiplies; the kernels sample straight into the product (or
-    into a half-type column buffer), read and write float16/bfloat16 as they are, and sum in float32.
-    ``DCN_DEPLOY_NATIVE_CUDA=0`` turns it off.
-    """
-    if input.device.type != "cuda" or os.environ.get(NATIVE_CUDA_ENV, "1") == "0":
-        return None
-    return _native_cuda_library()
-
-
-def _forward_native_cuda(library, input, offset, weight, bias, mask, stride, padding, dilation) -> torch.Tensor:
-    """The CUDA kernels' forward (same function as :func:`_forward_composite`), on torch's current stream."""
-    from ..plugin.native import deform_conv2d_cuda
-
-    return deform_conv2d_cuda(input, offset, weight, bias, stride=tuple(stride), padding=tuple(padding),
-                              dilation=tuple(dilation), mask=mask, library=library)
-
-
-@contextlib.contextmanager
-def composite_forward() -> Iterator[None]:
-    """Inside this block the op's forward runs its torch composite on every device (neither the host library nor
-    the CUDA kernels): a reference independent of the compiled code that tests and benchmarks check against it.
-    Sets :data:`NATIVE_CPU_ENV` and :data:`NATIVE_CUDA_ENV` to 0 for the process, and restores them after."""
-    saved = {name: os.environ.get(name) for name in (NATIVE_CPU_ENV, NATIVE_CUDA_ENV)}
-    os.environ.update({name: "0" for name in saved})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _upcast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     return None if t is None else t.to(dtype)
 
@@ -329,16 +220,18 @@ def _deform_conv2d_op(input: torch.Tensor, offset: torch.Tensor, weight: torch.T
         spec_h = conv_output_size(input.shape[2], weight.shape[2], stride[0], padding[0], padding[0], dilation[0])
         spec_w = conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], padding[1], dilation[1])
         return input.new_zeros((0, weight.shape[0], spec_h, spec_w))
-    native_cuda = _native_cuda_library_for(input)
-    if native_cuda is not None:  # every dtype as it is: the kernels sum half types in float32
+    kernels = native_paths.cuda_library_for(input)
+    if kernels is not None:  # every dtype as it is: the kernels sum half types in float32
         with torch.no_grad():
-            return _forward_native_cuda(native_cuda, input, offset.contiguous(), weight, bias, mask, stride, padding,
-                                        dilation)
+            out = native_paths.forward_cuda(kernels, input, offset.contiguous(), weight, bias, mask, stride, padding,
+                                            dilation)
+        if out is not None:
+            return out
     with torch.no_grad():
         args = (input.to(compute).contiguous(), offset.to(compute).contiguous(), weight.to(compute),
                 _upcast(bias, compute), _upcast(mask, compute), stride, padding, dilation)
-        native = _native_cpu_library_for(args[0])
-        out = _forward_native_cpu(native, *args) if native is not None else _forward_composite(*args)
+        host = native_paths.cpu_library_for(args[0])
+        out = native_paths.forward_cpu(host, *args) if host is not None else _forward_composite(*args)
     return out.to(input.dtype)
 
 
@@ -399,11 +292,13 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
 
     Returns:
         (N, out_channels, oH, oW), ``oH = (H + 2*pad_h - dilation_h*(kH-1) - 1) // stride_h + 1`` (likewise oW),
-        in the input's dtype; float16/bfloat16 are computed in float32.
+        in the input's dtype; float16/bfloat16 are summed in float32 (on a GPU, the CUDA kernels' GEMM path
+        rounds the sampled values to the half type before its product, as a half-precision convolution does).
 
     Raises:
         ShapeError (a ValueError) naming the argument whose shape or value does not fit; TypeError for a
-        non-tensor, an unsupported dtype or mixed dtypes; ValueError for tensors on different devices.
+        non-tensor, an unsupported dtype or mixed dtypes; ValueError for tensors on different devices;
+        :class:`dcn_deploy.plugin.native.NativeError` when the CUDA kernels fail on a device they ran on before.
     """
     check_tensors({"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
     stride_hw = as_pair(stride, "stride", 1)

@@ -1,0 +1,153 @@
+"""Which compiled forward :func:`dcn_deploy.deform_conv2d` runs: the host library's on the CPU, the CUDA kernels on
+a GPU, or neither (the op's torch composite, :func:`dcn_deploy.ops.deform_conv._forward_composite`).
+
+- CPU: the host library's forward, for float32/float64 tensors (half types are upcast before). Why: the
+  composite's sampling (a weighted ``embedding_bag`` over freshly allocated columns) costs a third of a dense
+  layer's time, and for grouped and depth-wise layers its many small products cost 3-4x ONNX Runtime's kernel
+  (benchmarks/RESULTS.md). ``DCN_DEPLOY_NATIVE_CPU=0`` turns it off.
+- CUDA: the kernels (algorithm ``auto``), every dtype as it is: float16/bfloat16 are read and written in the half
+  type and summed in float32 (the GEMM path's sampled columns are rounded to the half type, as its product reads
+  them). Why: the composite builds a float32 column buffer of C*kH*kW*oH*oW values per image. A device the
+  library cannot run on (built without that GPU's architecture, say) is found by one tiny forward the first time
+  the device is used, and then keeps the composite, with a warning. ``DCN_DEPLOY_NATIVE_CUDA=0`` turns it off.
+- :func:`composite_forward`: a block in which this thread's forwards run the composite on every device, as an
+  independent reference for tests and benchmarks of the compiled code.
+
+A library is used only when it is built (never built here), loads, has the entries and this package's ABI
+version (a stale build is left alone).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+import warnings
+from typing import Dict, Iterator, Optional, Sequence
+
+import torch
+
+__all__ = ["NATIVE_CPU_ENV", "NATIVE_CUDA_ENV", "composite_forward", "cpu_library_for", "cuda_library_for",
+           "forward_cpu", "forward_cuda"]
+
+# Set to 0 to keep every CPU (CUDA) forward on the torch composite, e.g. to compare the two.
+NATIVE_CPU_ENV = "DCN_DEPLOY_NATIVE_CPU"
+NATIVE_CUDA_ENV = "DCN_DEPLOY_NATIVE_CUDA"
+_CPU_ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu")
+_CUDA_ENTRIES = ("dcn_deform_conv2d_forward_cuda", "dcn_cuda_available")
+
+# A ContextVar, not the environment: a block in one thread must not switch another thread's forwards.
+_COMPOSITE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("dcn_deploy_composite_only", default=False)
+_CUDA_DEVICE_RUNS: Dict[int, bool] = {}  # device index -> whether the kernels ran there (probed once)
+
+
+@contextlib.contextmanager
+def composite_forward() -> Iterator[None]:
+    """Inside this block the op's forward runs its torch composite on every device (neither the host library nor
+    the CUDA kernels), in this thread only: a reference independent of the compiled code checked against it."""
+    token = _COMPOSITE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _COMPOSITE_ONLY.reset(token)
+
+
+def _switched_off(env_name: str) -> bool:
+    return _COMPOSITE_ONLY.get() or os.environ.get(env_name, "1") == "0"
+
+
+def _load(kind: str, entries: Sequence[str]):
+    """The built library of ``kind`` if it loads, has ``entries`` and this package's ABI version, else None."""
+    from ..plugin.library import find_library
+    from ..plugin.native import ABI_VERSION, load_library
+
+    path = find_library(kind)
+    if path is None:
+        return None
+    try:
+        lib = load_library(kind, path)
+    except OSError:  # a foreign-architecture build, or no CUDA driver for the kernels: stay on the torch path
+        return None
+    if not all(lib.has(entry) for entry in entries) or lib.abi_version != ABI_VERSION:
+        return None  # a stale build
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_library():
+    return _load("host", _CPU_ENTRIES)
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_library():
+    lib = _load("kernels", _CUDA_ENTRIES)
+    return lib if lib is not None and lib.lib.dcn_cuda_available() == 1 else None
+
+
+def cpu_library_for(input: torch.Tensor):
+    """The host library to run this CPU forward with (float32/float64 ``input``), or None for the composite."""
+    if input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64):
+        return None
+    return None if _switched_off(NATIVE_CPU_ENV) else _cpu_library()
+
+
+def cuda_library_for(input: torch.Tensor):
+    """The CUDA kernels library to run this forward with, or None for the composite: not a CUDA tensor, switched
+    off, not built, or not runnable on this device (probed on the device's first use, outside graph capture)."""
+    if input.device.type != "cuda" or _switched_off(NATIVE_CUDA_ENV):
+        return None
+    lib = _cuda_library()
+    if lib is None:
+        return None
+    index = input.device.index if input.device.index is not None else torch.cuda.current_device()
+    if index not in _CUDA_DEVICE_RUNS:
+        if torch.cuda.is_current_stream_capturing():  # a probe cannot synchronise inside a capture
+            return None
+        _CUDA_DEVICE_RUNS[index] = _kernels_run_on(lib, torch.device("cuda", index))
+    return lib if _CUDA_DEVICE_RUNS[index] else None
+
+
+def _kernels_run_on(lib, device: torch.device) -> bool:
+    """One tiny forward on ``device`` (a 1x1 kernel of weight 1 at zero offsets copies its input): whether the
+    kernels run there and compute; warns once when they do not."""
+    from ..plugin.native import NativeError, deform_conv2d_cuda
+
+    x = torch.arange(4.0, device=device).view(1, 1, 2, 2)
+    try:
+        out = deform_conv2d_cuda(x, torch.zeros(1, 2, 2, 2, device=device), torch.ones(1, 1, 1, 1, device=device),
+                                 library=lib)
+        torch.cuda.synchronize(device)
+        problem = None if torch.equal(out, x) else f"a test forward computed {out.flatten().tolist()}, not 0..3"
+    except (NativeError, RuntimeError) as exc:
+        problem = str(exc)
+    if problem is None:
+        return True
+    major, minor = torch.cuda.get_device_capability(device)
+    warnings.warn(f"dcn_deploy: the CUDA kernels library {lib.path} does not run on "
+                  f"{torch.cuda.get_device_name(device)} ({problem}); deform_conv2d runs its torch composite there. "
+                  f"Rebuild it for this GPU: dcn-deploy plugin build --cuda-archs {major}{minor}", RuntimeWarning,
+                  stacklevel=3)
+    return False
+
+
+def forward_cpu(library, input, offset, weight, bias, mask, stride, padding, dilation) -> torch.Tensor:
+    """The host library's CPU forward (the composite's function), on torch's intra-op thread count."""
+    from ..plugin.native import deform_conv2d_cpu
+
+    return deform_conv2d_cpu(input, offset, weight, bias, stride=tuple(stride), padding=tuple(padding),
+                             dilation=tuple(dilation), mask=mask, library=library)
+
+
+def forward_cuda(library, input, offset, weight, bias, mask, stride, padding,
+                 dilation) -> Optional[torch.Tensor]:
+    """The CUDA kernels' forward (the composite's function) on torch's current stream; None when the kernels
+    cannot serve this request (the C ABI's "unsupported": the composite then runs it). Other errors propagate."""
+    from ..plugin.native import DCN_ERROR_UNSUPPORTED, NativeError, deform_conv2d_cuda
+
+    try:
+        return deform_conv2d_cuda(input, offset, weight, bias, stride=tuple(stride), padding=tuple(padding),
+                                  dilation=tuple(dilation), mask=mask, library=library)
+    except NativeError as exc:
+        if exc.code != DCN_ERROR_UNSUPPORTED:
+            raise
+        return None
