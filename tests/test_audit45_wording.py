@@ -187,9 +187,10 @@ def test_missing_weights_file_library_and_cli(models_file, tmp_path):
     assert _one_error(result).startswith(f"error: --weights {missing}: no such file")
 
 
-_LAYER_HINT = ("(its deformable layers are then converted to dcn_deploy's automatically), or build the model with "
-               "dcn_deploy's layers of the same names (same arguments and state_dict keys): dcn_deploy.DeformConv2d, "
-               "DeformConv2dPack, ModulatedDeformConv2dPack, dcn_deploy.ops.roi_modules.*")
+_LAYER_HINT = ("(deformable layers of torchvision and mmcv are then converted to dcn_deploy's automatically); or, if "
+               "the model needs {package} only for its deformable layers, build it with dcn_deploy's layers of the same "
+               "names (same arguments and state_dict keys): dcn_deploy.DeformConv2d, DeformConv2dPack, "
+               "ModulatedDeformConv2dPack, dcn_deploy.ops.roi_modules.*")
 
 
 @pytest.mark.parametrize("package", ["mmcv", "mmdet", "mmengine", "torchvision"])
@@ -201,9 +202,10 @@ def test_a_model_file_needing_a_layer_package_says_both_ways_out(tmp_path, monke
         load_model(f"{path}:build")
     text = str(info.value)
     assert f"; {package} is not installed here: load the model in the Python environment that has {package} " \
-           f"{_LAYER_HINT}" in text and "fix " not in text
+           f"{_LAYER_HINT.format(package=package)}" in text and "fix " not in text
     result = _cli("export", f"{path}:build", "-o", tmp_path / "x.onnx")
-    assert f"{package} is not installed here: run dcn-deploy in the environment that has {package} {_LAYER_HINT}" \
+    assert f"{package} is not installed here: run dcn-deploy in the environment that has {package} " \
+           f"{_LAYER_HINT.format(package=package)}" \
         in _one_error(result)
 
 

@@ -123,8 +123,9 @@ def load_feed(items: Sequence[str], metas: Sequence[TensorMeta], rois: Sequence[
             feed[target] = (array, str(path))
     missing = [n for n in names if n not in feed]
     if missing:
-        raise FeedError(f"no file gives input(s) {missing}; add --input NAME=file.npy for each "
-                        f"(the model's inputs: {names})")
+        raise FeedError(f"no file gives input(s) {missing}; add "
+                        + argument("'NAME=file.npy' to items", "--input NAME=file.npy")
+                        + f" for each (the model's inputs: {names})")
     metas_by_name = {m.name: m for m in metas}
     loaded = {n: check_array(metas_by_name[n], *feed[n], note=note) for n in names}
     check_roi_batch_indices(loaded, rois)

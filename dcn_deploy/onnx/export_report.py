@@ -12,12 +12,17 @@ from . import opset as dcn_opset
 from .inspect import spaced_shape
 from .model_loading import describe_exception
 
-__all__ = ["ExportReport", "VerificationRun", "ExportError", "ExampleInputsError", "VerificationError",
+__all__ = ["ExportReport", "VerificationRun", "ExportError", "ExportRefusedError", "ExampleInputsError", "VerificationError",
            "NoDeformableLayerError"]
 
 
 class ExportError(RuntimeError):
     """The exporter could not turn the model into a valid ONNX file; the message says what to change."""
+
+
+class ExportRefusedError(ExportError, ValueError):
+    """One of our ops' exporter translations refused how the model calls it (e.g. adaptive RoI sampling in a
+    functional call): bad input, and the message says what to change."""
 
 
 class ExampleInputsError(ExportError, ValueError):

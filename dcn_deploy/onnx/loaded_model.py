@@ -16,6 +16,7 @@ import torch
 from ..feeds.random_feeds import box_image, random_boxes
 from ..feeds.shapes import FeedError, format_shape, parse_shape
 from ..ops.convert import ConvertedModules
+from ..wording import argument, for_reader
 from .example_samplers import Sampler
 from .program_shapes import program_input_shapes, program_shape_mismatch
 
@@ -78,11 +79,13 @@ class LoadedModel:
         shapes = [tuple(int(d) for d in s) for s in shapes]
         if self.sampler is not None and shapes and self.sampler.takes_size:
             if len(shapes) != 1 or len(shapes[0]) != 4:
-                raise ValueError(f"{self.reference} makes its own inputs; --input-shape may give only the image shape "
+                raise ValueError(f"{self.reference} makes its own inputs; {argument('shapes', '--input-shape')} may "
+                                 "give only the image shape "
                                  f"N x C x H x W (one 4-D shape), got {['x'.join(map(str, s)) for s in shapes]}")
             inputs = self.sampler(shapes[0][0], (shapes[0][2], shapes[0][3]), seed)
             if inputs[0].shape[1] != shapes[0][1]:
-                raise ValueError(f"{self.reference} takes {inputs[0].shape[1]} input channels, --input-shape gives "
+                raise ValueError(f"{self.reference} takes {inputs[0].shape[1]} input channels, "
+                                 f"{argument('shapes', '--input-shape')} gives "
                                  f"{shapes[0][1]}: use {inputs[0].shape[1]}x... ")
         elif self.sampler is not None and shapes:
             own = self.sampler(shapes[0][0] if shapes[0] else 1, None, seed)
@@ -100,9 +103,11 @@ class LoadedModel:
                                  "export from the Python model instead")
             inputs = tuple(args)
         else:
-            raise ValueError(f"{self.reference} does not say what inputs it takes: give one --input-shape per "
-                             "model input, e.g. --input-shape 1x3x224x224 (or give the module an "
-                             "example_inputs(batch) method)")
+            raise ValueError(f"{self.reference} does not say what inputs it takes: "
+                             + for_reader("give shapes, one per model input, e.g. shapes=[(1, 3, 224, 224)] (CLI: "
+                                          "--input-shape)", "give one --input-shape per model input, e.g. "
+                                          "--input-shape 1x3x224x224")
+                             + " (or give the module an example_inputs(batch) method)")
         return _cast(inputs, dtype)
 
     def verification_inputs(self, example: Sequence[torch.Tensor], dynamic: bool,

@@ -202,10 +202,10 @@ def _missing_layer_package_hint(exc: BaseException) -> str:
         return ""
     where = for_reader(f"load the model in the Python environment that has {package}",
                        f"run dcn-deploy in the environment that has {package}")
-    return (f"{package} is not installed here: {where} (its deformable layers are then converted to dcn_deploy's "
-            "automatically), or build the model with dcn_deploy's layers of the same names (same arguments and "
-            "state_dict keys): dcn_deploy.DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack, "
-            "dcn_deploy.ops.roi_modules.*")
+    return (f"{package} is not installed here: {where} (deformable layers of torchvision and mmcv are then "
+            f"converted to dcn_deploy's automatically); or, if the model needs {package} only for its deformable "
+            "layers, build it with dcn_deploy's layers of the same names (same arguments and state_dict keys): "
+            "dcn_deploy.DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack, dcn_deploy.ops.roi_modules.*")
 
 
 def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:

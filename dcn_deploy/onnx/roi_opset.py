@@ -495,14 +495,19 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
 # Exporter hooks
 # --------------------------------------------------------------------------------------------------------------
 
-def _adaptive_fix() -> str:
-    """How to export such a layer (worded for the CLI inside dcn-deploy)."""
-    how = for_reader("set a fixed sampling_ratio on the layer before export (layer.sampling_ratio = N, or "
-                     "dcn_deploy.ops.fix_adaptive_sampling(model, N) for all of them; CLI: --roi-sampling-ratio N)",
-                     "give --roi-sampling-ratio N")
+def _adaptive_fix(how: str) -> str:
+    """``how`` to fix the sample count, then how to choose it and what it changes."""
     return (f"{how}. Adaptive sampling takes ceil(RoI side x spatial_scale / output side) points per bin side: choose "
             "N near that for your typical boxes. The outputs then differ from the adaptive ones (the more the larger "
             "the boxes), so re-check accuracy on real data; or keep adaptive sampling in PyTorch")
+
+
+def _layer_fix() -> str:
+    """For DeformRoIPool layers (worded for the CLI inside dcn-deploy, which has an option for them)."""
+    return _adaptive_fix(for_reader(
+        "set a fixed sampling_ratio on the layer before export (layer.sampling_ratio = N, or "
+        "dcn_deploy.ops.fix_adaptive_sampling(model, N) for all of them; CLI: --roi-sampling-ratio N)",
+        "give --roi-sampling-ratio N"))
 
 
 def check_model(model) -> None:
@@ -521,7 +526,7 @@ def check_model(model) -> None:
     if bad:
         raise AdaptiveSamplingError(
             f"DeformRoIPool layer(s) {', '.join(bad)} use sampling_ratio=0 (adaptive: the samples per bin depend on "
-            f"each RoI's size), which has no static ONNX form; {_adaptive_fix()}")
+            f"each RoI's size), which has no static ONNX form; {_layer_fix()}")
 
 
 def _make_roi_pool_translation(standard: bool, opset: int) -> Callable:
@@ -534,7 +539,8 @@ def _make_roi_pool_translation(standard: bool, opset: int) -> Callable:
         if int(sampling_ratio) == 0:
             raise AdaptiveSamplingError(
                 f"deform_roi_pool with sampling_ratio=0 (adaptive: the samples per bin depend on each RoI's size) "
-                f"has no static ONNX form; {_adaptive_fix()}")
+                "has no static ONNX form (a call in the model's code, which no layer setting or option reaches); "
+                + _adaptive_fix("pass a fixed sampling_ratio N >= 1 in that deform_roi_pool call"))
         ph, pw = int(output_size[0]), int(output_size[1])
         if offset is None:  # plain RoIAlign: zero offsets give exactly the same result
             count = op.Shape(rois, start=0, end=1)

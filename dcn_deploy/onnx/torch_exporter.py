@@ -17,7 +17,7 @@ import torch
 from ..wording import for_reader
 from . import opset as dcn_opset
 from .dynamic_shapes import dynamic_shapes, tied_dynamic_shapes
-from .export_report import ExportError
+from .export_report import ExportError, ExportRefusedError
 from .model_loading import describe_exception
 
 __all__ = ["run_exporter"]
@@ -43,7 +43,7 @@ def run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: boo
     except Exception as exc:  # the exporter raises many types; one clear message with the cause chained
         refusal = _find_refusal(exc)
         if refusal is not None:  # an op's translation refused the call: its message says what to change
-            raise ExportError(f"cannot export {name}: {refusal}") from exc
+            raise ExportRefusedError(f"cannot export {name}: {refusal}") from exc
         raise ExportError(f"torch.onnx.export (dynamo) failed on {name}: {_failure_cause(exc)}. "
                           f"{_failure_hint(exc)}{_failure_details()}") from exc
     return program.model_proto

@@ -9,12 +9,13 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..io_utils import file_format
+from ..io_utils import atomic_path, file_format
 from ..feeds.shapes import format_shape
+from ..ops.modules import upgrade_mmcv_state_dict
 from ..wording import argument, for_reader
 from .user_code_errors import describe_exception
 
@@ -89,7 +90,8 @@ def _state_dict_from(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"--weights {path} cannot be read as a state_dict saved with torch.save: "
+        raise ValueError(f"{argument('weights', '--weights')} {path} cannot be read as a state_dict saved with "
+                         "torch.save: "
                          f"{unreadable_weights_reason(path, exc)}") from exc
     if isinstance(state, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
@@ -97,30 +99,18 @@ def _state_dict_from(path: Path) -> Mapping[str, torch.Tensor]:
                 state = state[key]
                 break
     if not isinstance(state, Mapping):
-        raise ValueError(f"--weights {path} holds a {type(state).__name__}, not a state_dict; save model.state_dict()")
+        raise ValueError(f"{argument('weights', '--weights')} {path} holds a {type(state).__name__}, not a "
+                         "state_dict; save model.state_dict()")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
-
-
-def _mmcv_offset_keys_renamed(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Dict:
-    """``state`` with old mmcv offset-branch keys (``<layer>_offset.*``, ``<layer>.conv_offset_mask.*``) renamed
-    to ``<layer>.conv_offset.*`` where the model has the new name and not the old one, and the checkpoint does not
-    hold the new name already (a model whose own offset convolution is called ``<layer>_offset`` keeps its keys)."""
-    from ..ops.modules import upgraded_mmcv_key
-
-    renamed = {}
-    for old, value in state.items():
-        new = upgraded_mmcv_key(old, state)
-        renamed[new if new != old and new in own and old not in own and new not in state else old] = value
-    return renamed
 
 
 def load_weights(model: torch.nn.Module, path: Path, reference: str) -> None:
     """Load the state_dict in ``path`` into ``model`` exactly: a missing, unexpected or differently shaped tensor
     is a ValueError naming a few of each (load_state_dict(strict=False) still raises on shapes, in torch's words)."""
     own = model.state_dict()
-    state = _mmcv_offset_keys_renamed(_state_dict_from(path), own)
+    state = upgrade_mmcv_state_dict(_state_dict_from(path), model_keys=own)  # old mmcv keys, where they fit
     resized = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
                if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
     skipped = {k for k, _, _ in resized}
@@ -137,13 +127,31 @@ def load_weights(model: torch.nn.Module, path: Path, reference: str) -> None:
     if problems:
         prefix = _shared_prefix(missing, state)
         fix = (f". The checkpoint holds every missing tensor under the prefix {prefix!r} (a whole detector's or "
-               "wrapper's checkpoint?): save that part alone, e.g. " + _python() + " -c \"import torch; sd = "
-               f"torch.load('{path}', weights_only=True); sd = sd.get('state_dict', sd); torch.save({{k[{len(prefix)}:]: "
-               f"v for k, v in sd.items() if k.startswith('{prefix}')}}, 'part.pt')\" and give "
+               f"wrapper's checkpoint?): save that part alone, e.g. {_save_part_command(path, prefix)} and give "
                + argument("weights='part.pt'", "--weights part.pt")
                if prefix else ". Check that the factory builds the architecture the checkpoint was saved from")
         raise ValueError(f"{argument('weights', '--weights')} {path} does not fit the model built by {reference}: "
                          + "; ".join(problems) + fix)
+
+
+def save_part(checkpoint: Union[str, Path], prefix: str, output: Union[str, Path]) -> int:
+    """Save the tensors of ``checkpoint`` whose keys start with ``prefix``, without it, as a state_dict in
+    ``output`` (atomically); the checkpoint is read as ``--weights`` reads it (a ``state_dict``/``model`` entry,
+    DataParallel's ``module.``). Returns how many tensors were saved: e.g. a detector's backbone
+    (``prefix="backbone."``) for a factory that builds the backbone alone."""
+    state = _state_dict_from(Path(checkpoint))
+    part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not part:
+        raise ValueError(f"{checkpoint} has no tensor whose key starts with {prefix!r}")
+    with atomic_path(output) as tmp:
+        torch.save(part, str(tmp))
+    return len(part)
+
+
+def _save_part_command(path: Path, prefix: str) -> str:
+    """A shell command (for this Python) that runs :func:`save_part` into ``part.pt``."""
+    code = f"from dcn_deploy.onnx.weights_loading import save_part; save_part({str(path)!r}, {prefix!r}, 'part.pt')"
+    return f"{_python()} -c {shlex.quote(code)}"
 
 
 def _shared_prefix(missing: Sequence[str], state: Mapping[str, object]) -> Optional[str]:

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..wording import for_reader
 from . import modules, roi_modules
 
 __all__ = ["convert_modules", "ConvertedModules", "ForeignLayer", "FOREIGN_LAYERS", "TORCHVISION_DEFORM_CONV",
@@ -219,17 +220,19 @@ def _converted(old: nn.Module, foreign: ForeignLayer) -> nn.Module:
 
 
 class UnconvertedLayerError(ValueError):
-    """The model still holds torchvision or mmcv deformable layers, which do not export."""
+    """The model still holds mmcv deformable layers, which do not export."""
 
 
 def refuse_unconverted_layers(model) -> None:
-    """Raise :class:`UnconvertedLayerError` naming every torchvision/mmcv deformable layer left in ``model`` (an
-    ``nn.Module``; anything else passes) and why: such a layer's compiled op has no ONNX form, and the exporter
-    would fail on it with an unrelated-looking error."""
+    """Raise :class:`UnconvertedLayerError` naming every mmcv deformable layer left in ``model`` (an
+    ``nn.Module``; anything else passes) and why: mmcv's compiled ops have no ONNX form, and the exporter would fail
+    on them with an unrelated-looking error. (torchvision's ``deform_conv2d`` has a translation to the standard
+    ``DeformConv`` in torch's exporter, so its layers are left to it.)"""
     if not isinstance(model, nn.Module):
         return
     left = [(name, module, _foreign_base(module)) for name, module in model.named_modules()]
-    left = [(name, module, foreign) for name, module, foreign in left if foreign is not None]
+    left = [(name, module, foreign) for name, module, foreign in left
+            if foreign is not None and foreign.library == "mmcv"]
     if not left:
         return
     lines = []
@@ -237,11 +240,12 @@ def refuse_unconverted_layers(model) -> None:
         reason = _why_not_convertible(module, foreign) or "dcn_deploy.convert_modules(model) converts it"
         exact = _class_key(type(module)) == foreign.key  # a subclass's reason names its class itself
         lines.append(f"{name or '<root>'}{f' ({foreign.label})' if exact else ''}: {reason}")
+    fix = for_reader("Convert the model with dcn_deploy.convert_modules(model), and replace the layers it leaves by "
+                     "hand", "Replace them by hand")
     raise UnconvertedLayerError(
-        f"{type(model).__name__} has {len(left)} torchvision/mmcv deformable layer(s), whose ops do not export: "
+        f"{type(model).__name__} has {len(left)} mmcv deformable layer(s), whose compiled ops do not export: "
         + "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
-        + ". Convert the model with dcn_deploy.convert_modules(model), and replace the layers it leaves by hand "
-        "with dcn_deploy's of the same name (same arguments and state_dict keys)")
+        + f". {fix} with dcn_deploy's of the same name (same arguments and state_dict keys)")
 
 
 def convert_modules(model: nn.Module) -> Tuple[nn.Module, ConvertedModules]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Mapping, Optional
+from typing import Collection, Mapping, Optional
 
 import torch
 from torch import nn
@@ -18,14 +18,12 @@ from torch import nn
 from .deform_conv import deform_conv2d
 from .spec import ShapeError, as_pair, positive_int
 
-__all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "upgrade_mmcv_state_dict", "upgraded_mmcv_key"]
+__all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "upgrade_mmcv_state_dict"]
 
 
-def upgraded_mmcv_key(key: str, state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The current name of one old mmcv/mmdetection offset-branch key (``<layer>_offset.weight`` beside
-    ``<layer>.weight``, or ``<layer>.conv_offset_mask.weight``): ``<layer>.conv_offset.weight``; any other key as it
-    is. ``state_dict`` is the checkpoint the key comes from (a sibling ``_offset`` key is renamed only when its
-    layer's weight is there)."""
+def _upgraded_key(key: str, state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The current name of one old offset-branch key (``<layer>_offset.weight`` beside ``<layer>.weight``, or
+    ``<layer>.conv_offset_mask.weight``): ``<layer>.conv_offset.weight``; any other key as it is."""
     for suffix in (".weight", ".bias"):
         if not key.endswith(suffix):
             continue
@@ -37,19 +35,23 @@ def upgraded_mmcv_key(key: str, state_dict: Mapping[str, torch.Tensor]) -> str:
     return key
 
 
-def upgrade_mmcv_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+def upgrade_mmcv_state_dict(state_dict: Mapping[str, torch.Tensor],
+                            model_keys: Optional[Collection[str]] = None) -> "OrderedDict[str, torch.Tensor]":
     """Rename the offset-branch keys of old mmcv/mmdetection checkpoints to ``<layer>.conv_offset.*``.
 
     Before mmcv's state_dict version 2 the offset branch was a sibling module ``<layer>_offset.*`` beside
     ``<layer>.weight``; some checkpoints use ``<layer>.conv_offset_mask.*``. PyTorch hands each child module only
     its own keys, so a sibling cannot be renamed inside the layer: apply this to the checkpoint before
     ``load_state_dict``. Other keys pass through unchanged, and so does an old key whose new name the checkpoint
-    holds already (the current key wins).
+    holds already (the current key wins). ``model_keys`` (the model's state_dict keys), when given, limits the
+    renaming to keys the model has under the new name and not under the old one (a model whose own offset
+    convolution is called ``<layer>_offset`` keeps its keys).
     """
     upgraded: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     for key, value in state_dict.items():
-        new_key = upgraded_mmcv_key(key, state_dict)
-        upgraded[key if new_key != key and new_key in state_dict else new_key] = value
+        new_key = _upgraded_key(key, state_dict)
+        fits = model_keys is None or (new_key in model_keys and key not in model_keys)
+        upgraded[new_key if new_key != key and new_key not in state_dict and fits else key] = value
     return upgraded
 
 
