@@ -1,7 +1,8 @@
 """Swap torchvision's and mmcv's deformable layers inside an existing model for dcn_deploy's, in place.
 
-Why: ``dcn_deploy.export`` exports our ops; a model built from ``torchvision.ops.DeformConv2d`` or mmcv's layers
-does not export (and their compiled ops often cannot even load on the machine that exports). Each foreign class
+Why: ``dcn_deploy.export`` exports our ops (our TensorRT plugin, our ONNX function bodies); mmcv's compiled ops
+have no ONNX form, torchvision's op becomes at best the standard ``DeformConv``, and both libraries' compiled ops
+often cannot even load on the machine that exports (torchvision's need a CUDA build of torch). Each foreign class
 below has a dcn_deploy counterpart with the same constructor arguments, the same ``forward`` and the same
 state_dict keys, so one can stand in for the other:
 
