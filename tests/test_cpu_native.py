@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import warnings
 
 import pytest
 import torch
@@ -208,7 +209,11 @@ def test_the_binding_speaks_the_headers_abi_version_and_a_stale_library_is_not_u
     monkeypatch.setattr(native_module, "ABI_VERSION", native_module.ABI_VERSION + 1)  # as if the build were stale
     native_paths._cpu_library.cache_clear()
     try:
-        assert native_paths.cpu_library_for(torch.randn(1, 2, 3, 3)) is None
+        with pytest.warns(RuntimeWarning, match=r"is not used \(it is a stale build .*dcn-deploy plugin build"):
+            assert native_paths.cpu_library_for(torch.randn(1, 2, 3, 3)) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once: the answer is cached
+            assert native_paths.cpu_library_for(torch.randn(1, 2, 3, 3)) is None
     finally:
         native_paths._cpu_library.cache_clear()
 

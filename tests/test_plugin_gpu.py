@@ -257,9 +257,11 @@ def test_torch_op_on_cuda_runs_the_kernels(op_on_kernels, dtype, monkeypatch):
     real = native.deform_conv2d_cuda
     monkeypatch.setattr(native, "deform_conv2d_cuda", lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
     assert _SYMMETRIC, "no case with symmetric padding (the op's padding is per axis)"
+    cases_run = 0
     for index, case in enumerate(_SYMMETRIC):
         if dtype == torch.float64 and case.in_channels > 128:
             continue  # float64 runs the direct kernel: keep the test short
+        cases_run += 1
         x, off, w, b, m = make_tensors(case, dtype, device="cuda", seed=index)
         args = dict(stride=case.stride, padding=case.pads[:2], dilation=case.dilation, mask=m)
         got = dcn_deploy.deform_conv2d(x, off, w, b, **args)
@@ -269,7 +271,9 @@ def test_torch_op_on_cuda_runs_the_kernels(op_on_kernels, dtype, monkeypatch):
             assert peak_relative_error(got, expected) <= HALF_EPS[dtype], (case, "half type")
         else:
             assert max_relative_error(got, expected) < TOLERANCE[dtype], case
-    assert calls and set(calls) - {torch.float32} <= {dtype}, calls  # (the device probe runs in float32)
+    # the device's probe (float32, passed), then every case on the kernels in its own dtype, none upcast
+    assert op_on_kernels._CUDA_DEVICE_RUNS == {torch.cuda.current_device(): True}
+    assert calls == [torch.float32] + [dtype] * cases_run, calls
     calls.clear()
     monkeypatch.setenv(op_on_kernels.NATIVE_CUDA_ENV, "0")
     case = _SYMMETRIC[0]
@@ -279,10 +283,15 @@ def test_torch_op_on_cuda_runs_the_kernels(op_on_kernels, dtype, monkeypatch):
     assert not calls and composite.dtype == dtype
 
 
-def test_torch_op_on_cuda_trains_through_the_kernels_forward(op_on_kernels):
+def test_torch_op_on_cuda_trains_through_the_kernels_forward(op_on_kernels, monkeypatch):
     """The forward comes from the kernels and the gradients from the composite's backward: gradcheck (finite
     differences of the kernels' float64 forward against that backward) shows they describe one function."""
     import dcn_deploy
+    from dcn_deploy.plugin import native
+
+    calls = []
+    real = native.deform_conv2d_cuda
+    monkeypatch.setattr(native, "deform_conv2d_cuda", lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
 
     rng = random.Random(7)
     case = next(c for c in (random_case(rng, max_channels_per_group=3, max_size=7) for _ in range(200))
@@ -294,6 +303,7 @@ def test_torch_op_on_cuda_trains_through_the_kernels_forward(op_on_kernels):
         return dcn_deploy.deform_conv2d(x, off, w, b, mask=m, **args)
 
     assert torch.autograd.gradcheck(layer, tensors, eps=1e-6, atol=1e-5, fast_mode=True)
+    assert calls[0] == torch.float32 and len(calls) > 2 and set(calls[1:]) == {torch.float64}, calls  # kernels ran
 
 
 def test_a_device_the_kernels_cannot_run_on_keeps_the_composite_with_a_warning(op_on_kernels, monkeypatch):
@@ -313,3 +323,22 @@ def test_a_device_the_kernels_cannot_run_on_keeps_the_composite_with_a_warning(o
                                        dilation=case.dilation, mask=m)
     assert max_relative_error(got, expected_for(case, (x, off, w, b, m))) < TOLERANCE[torch.float32]
     assert op_on_kernels._CUDA_DEVICE_RUNS == {torch.cuda.current_device(): False}
+
+
+def test_an_error_that_says_nothing_of_the_device_propagates_and_is_not_recorded(op_on_kernels, monkeypatch):
+    """Only the library's own CUDA launch errors (or a wrong result) mean the kernels cannot run on a device; a bad
+    setting (invalid argument) is the user's to see, and the next forward probes again."""
+    import dcn_deploy
+    from dcn_deploy.plugin import native
+
+    def bad_setting(*args, **kwargs):
+        raise native.NativeError(1, "DCN_DEPLOY_GEMM_OUTPUT must be auto, direct or staged, got 'stagged'")
+
+    monkeypatch.setattr(native, "deform_conv2d_cuda", bad_setting)
+    case = _SYMMETRIC[0]
+    x, off, w, b, m = make_tensors(case, torch.float32, device="cuda", seed=2)
+    for _ in range(2):
+        with pytest.raises(native.NativeError, match="stagged"):
+            dcn_deploy.deform_conv2d(x, off, w, b, stride=case.stride, padding=case.pads[:2],
+                                     dilation=case.dilation, mask=m)
+        assert op_on_kernels._CUDA_DEVICE_RUNS == {}

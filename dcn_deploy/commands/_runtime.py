@@ -174,7 +174,8 @@ def _torch_module(kinds: Sequence[str], model_path: Path, torch_model: Optional[
     loaded = load_model(torch_model, checkpoint)  # errors of the user's code: ModelCodeError, exit 2
     if loaded.converted or loaded.converted.skipped:  # which op the torch runner's deformable layers run
         first, *left = str(loaded.converted).splitlines()
-        echo_note(f"--model {torch_model}: {first}" + ("; the torch runner runs those" if loaded.converted else ""))
+        if loaded.converted:
+            echo_note(f"--model {torch_model}: {first}; the torch runner runs those")
         for line in left:
             echo_note(f"--model {torch_model}: {line} (it runs its own library's op)")
     return _in_input_dtype(loaded, model_path, torch_model).model

@@ -38,8 +38,9 @@ def _default_output(reference: str) -> Path:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE",
               help="Shape of an example input, e.g. 1x3x224x224; repeat once per model input, in order. "
                    "Zoo models take one image shape. A (K, 5) input of a model with dcn_deploy's (or mmcv's, "
-                   "converted) deformable RoI pooling layers gets valid random boxes (batch index, x1, y1, x2, y2). Default: the model's own example inputs, from "
-                   "its example_inputs method if it has one (it may take any of batch, size=(H, W) and seed).")
+                   "converted) deformable RoI pooling layers gets valid random boxes (batch index, x1, y1, x2, "
+                   "y2). Default: the model's own example inputs, from its example_inputs method if it has one (it "
+                   "may take any of batch, size=(H, W) and seed).")
 @click.option("--roi-sampling-ratio", type=click.IntRange(min=1), default=None, metavar="N",
               help="Samples per bin side for deformable RoI pooling layers that sample adaptively (mmcv's default "
                    "sampling_ratio=0, which has no ONNX form). The outputs differ from adaptive sampling: re-check "

@@ -99,7 +99,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     """
     say = progress or (lambda message: None)
     _check_model(model)
-    refuse_unconverted_layers(model)  # torchvision's / mmcv's ops would fail inside the exporter, unexplained
+    refuse_unconverted_layers(model)  # mmcv's compiled ops would fail inside the exporter, unexplained
     for definition in dcn_opset.definitions():  # layers an op cannot export, named before the exporter runs
         if definition.check_model is not None:
             definition.check_model(model)

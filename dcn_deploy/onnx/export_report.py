@@ -12,8 +12,8 @@ from . import opset as dcn_opset
 from .inspect import spaced_shape
 from .model_loading import describe_exception
 
-__all__ = ["ExportReport", "VerificationRun", "ExportError", "ExportRefusedError", "ExampleInputsError", "VerificationError",
-           "NoDeformableLayerError"]
+__all__ = ["ExportReport", "VerificationRun", "ExportError", "ExportRefusedError", "ExampleInputsError",
+           "VerificationError", "NoDeformableLayerError"]
 
 
 class ExportError(RuntimeError):

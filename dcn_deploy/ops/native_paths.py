@@ -57,7 +57,8 @@ def _switched_off(env_name: str) -> bool:
 
 
 def _load(kind: str, entries: Sequence[str]):
-    """The built library of ``kind`` if it loads, has ``entries`` and this package's ABI version, else None."""
+    """The built library of ``kind`` if it loads, has ``entries`` and this package's ABI version, else None; a
+    library that is built but unusable is named in a warning (once: the callers cache the answer)."""
     from ..plugin.library import find_library
     from ..plugin.native import ABI_VERSION, load_library
 
@@ -66,11 +67,18 @@ def _load(kind: str, entries: Sequence[str]):
         return None
     try:
         lib = load_library(kind, path)
-    except OSError:  # a foreign-architecture build, or no CUDA driver for the kernels: stay on the torch path
-        return None
+    except OSError as exc:  # a foreign-architecture build, or no CUDA driver for the kernels
+        return _unusable(path, f"it does not load: {exc}")
     if not all(lib.has(entry) for entry in entries) or lib.abi_version != ABI_VERSION:
-        return None  # a stale build
+        return _unusable(path, f"it is a stale build (C ABI version {lib.abi_version}, this package speaks "
+                               f"{ABI_VERSION}, or entries missing)")
     return lib
+
+
+def _unusable(path, why: str) -> None:
+    warnings.warn(f"dcn_deploy: {path} is not used ({why}); deform_conv2d runs its torch composite instead. Rebuild "
+                  "it: dcn-deploy plugin build", RuntimeWarning, stacklevel=2)
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,33 +109,38 @@ def cuda_library_for(input: torch.Tensor):
         return None
     index = input.device.index if input.device.index is not None else torch.cuda.current_device()
     if index not in _CUDA_DEVICE_RUNS:
-        if torch.cuda.is_current_stream_capturing():  # a probe cannot synchronise inside a capture
-            return None
-        _CUDA_DEVICE_RUNS[index] = _kernels_run_on(lib, torch.device("cuda", index))
+        with torch.cuda.device(index):
+            if torch.cuda.is_current_stream_capturing():  # a probe cannot synchronise inside a capture
+                return None
+            _probe(lib, torch.device("cuda", index))
     return lib if _CUDA_DEVICE_RUNS[index] else None
 
 
-def _kernels_run_on(lib, device: torch.device) -> bool:
-    """One tiny forward on ``device`` (a 1x1 kernel of weight 1 at zero offsets copies its input): whether the
-    kernels run there and compute; warns once when they do not."""
-    from ..plugin.native import NativeError, deform_conv2d_cuda
+def _probe(lib, device: torch.device) -> None:
+    """One tiny forward on ``device`` (a 1x1 kernel of weight 1 at zero offsets copies its input) records whether
+    the kernels run there. A CUDA error of the library's own launch (a build without this GPU's architecture
+    fails with "no kernel image") or a wrong result means they do not: recorded, with a warning. Any other error
+    (a bad setting, out of memory, an earlier error of the user's own kernels) propagates and nothing is
+    recorded, so the next forward probes again."""
+    from ..plugin.native import DCN_ERROR_CUDA, NativeError, deform_conv2d_cuda
 
     x = torch.arange(4.0, device=device).view(1, 1, 2, 2)
     try:
         out = deform_conv2d_cuda(x, torch.zeros(1, 2, 2, 2, device=device), torch.ones(1, 1, 1, 1, device=device),
                                  library=lib)
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
         problem = None if torch.equal(out, x) else f"a test forward computed {out.flatten().tolist()}, not 0..3"
-    except (NativeError, RuntimeError) as exc:
+    except NativeError as exc:
+        if exc.code != DCN_ERROR_CUDA:
+            raise
         problem = str(exc)
-    if problem is None:
-        return True
-    major, minor = torch.cuda.get_device_capability(device)
-    warnings.warn(f"dcn_deploy: the CUDA kernels library {lib.path} does not run on "
-                  f"{torch.cuda.get_device_name(device)} ({problem}); deform_conv2d runs its torch composite there. "
-                  f"Rebuild it for this GPU: dcn-deploy plugin build --cuda-archs {major}{minor}", RuntimeWarning,
-                  stacklevel=3)
-    return False
+    _CUDA_DEVICE_RUNS[device.index] = problem is None  # recorded before warning: -W error must not re-probe
+    if problem is not None:
+        major, minor = torch.cuda.get_device_capability(device)
+        warnings.warn(f"dcn_deploy: the CUDA kernels library {lib.path} does not run on "
+                      f"{torch.cuda.get_device_name(device)} ({problem}); deform_conv2d runs its torch composite "
+                      f"there. Rebuild it for this GPU: dcn-deploy plugin build --cuda-archs {major}{minor}",
+                      RuntimeWarning, stacklevel=2)
 
 
 def forward_cpu(library, input, offset, weight, bias, mask, stride, padding, dilation) -> torch.Tensor:

@@ -16,14 +16,15 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .library import require_library
 
-__all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "NativeError", "DeformConvDesc", "DeformConvAttrs", "NativeLibrary", "load_library",
-           "deform_conv2d_host", "deform_conv2d_cpu", "deform_conv2d_cuda", "DTYPE_CODES", "ALGOS", "FIELD_TYPE_INT32"]
+__all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeError", "DeformConvDesc",
+           "DeformConvAttrs", "NativeLibrary", "load_library", "deform_conv2d_host", "deform_conv2d_cpu", "deform_conv2d_cuda", "DTYPE_CODES", "ALGOS", "FIELD_TYPE_INT32"]
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h (a library of another version is a
 # stale build, which the op does not use).
 ABI_VERSION = 2
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
+DCN_ERROR_CUDA = 3
 STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported", 3: "CUDA error", 4: "workspace too small",
                 5: "internal error"}
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
