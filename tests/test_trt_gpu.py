@@ -169,20 +169,31 @@ class TestTensorRTRtxAheadOfTime:
         onnx.save_model(onnx.ModelProto.FromString(model.SerializeToString()), str(external),
                         save_as_external_data=True, all_tensors_to_one_file=True, location="m.weights",
                         size_threshold=0)
-        engines = {}
-        for name, source, limit in (("memory", plain, 1 << 30), ("forced", plain, 1), ("external", external, 1 << 30)):
+        def build(name: str, source, limit: int) -> bytes:
             folder = tmp_path / f"out_{name}"
             folder.mkdir()
-            engines[name] = folder / "m.engine"
-            out = subprocess.run([python, "-c", script, str(source), str(engines[name]), str(limit), str(plugin)],
+            engine = folder / "m.engine"
+            out = subprocess.run([python, "-c", script, str(source), str(engine), str(limit), str(plugin)],
                                  capture_output=True, text=True, env=environ, timeout=600)
             assert out.returncode == 0, (name, out.stdout[-2000:], out.stderr[-2000:])
             from_file = "parsing from model.onnx with its data file" in out.stdout
-            assert from_file == (name != "memory"), (name, out.stdout)
+            assert from_file == (not name.startswith("memory")), (name, out.stdout)
             assert sorted(p.name for p in folder.iterdir()) == ["m.engine", "m.engine.json"]
-            data = engines[name].read_bytes()
+            data = engine.read_bytes()
             assert b"dcn_deploy" in data and b"DeformConv2d" in data
-        assert engines["forced"].read_bytes() == engines["memory"].read_bytes()
+            return data
+
+        build("external", external, 1 << 30)
+        # TensorRT-RTX's engines are not always byte-identical even from one route: 1 of 8 builds of this model in a
+        # row differed in 4 bytes (2026-11-26). A route that changed the engine would differ every time, so each
+        # route builds up to 3 times and one pair must match.
+        pairs = []
+        for attempt in range(3):
+            pairs.append((build(f"memory{attempt}", plain, 1 << 30), build(f"forced{attempt}", plain, 1)))
+            if pairs[-1][0] == pairs[-1][1]:
+                break
+        assert pairs[-1][0] == pairs[-1][1], f"the file route's engine differed from the in-memory one {len(pairs)} " \
+                                             "times"
 
     def test_second_plugin_library_copy(self, rtx_env, tmp_path):
         """TensorRT-RTX's registry as TensorRT documents it: load_library answers None for a second library with
