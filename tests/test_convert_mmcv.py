@@ -544,3 +544,34 @@ def test_a_detectors_checkpoint_for_its_backbone_gets_the_prefix_and_a_command(t
         subprocess.run(shlex.split(command), cwd=tmp_path, check=True)  # the command as printed, in a shell's words
         loaded = load_model(factory, tmp_path / "part.pt").model
         assert all(torch.equal(v, backbone[k]) for k, v in loaded.state_dict().items()), name
+
+
+def test_cli_export_takes_example_inputs_from_files(tmp_path):
+    """--input NAME=FILE: the example inputs are the user's own arrays (real boxes, say), matched to the forward's
+    argument names; float64 files are cast to the model's float32 with a note; mistakes are named."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+    from cli_helpers import cli_runner, error_lines
+
+    from dcn_deploy.cli import main
+
+    (tmp_path / "head.py").write_text(ROI_MODEL_FILE)
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "image.npy", rng.standard_normal((2, 3, 24, 20)))  # float64, as numpy saves by default
+    np.save(tmp_path / "rois.npy", np.array([[0, 1, 2, 15, 12], [1, 4, 0, 19, 23], [1, 0, 0, 5, 5]], np.float32))
+    base = ["export", f"{tmp_path / 'head.py'}:build", "--roi-sampling-ratio", "2", "-o", str(tmp_path / "h.onnx")]
+    result = cli_runner().invoke(main, base + ["--input", f"image={tmp_path / 'image.npy'}",
+                                               "--input", f"rois={tmp_path / 'rois.npy'}"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "input 'image' from" in result.stderr and "was torch.float64, cast to the model's torch.float32" \
+        in result.stderr
+    model = onnx.load(str(tmp_path / "h.onnx"))
+    assert [d.dim_value for d in model.graph.input[1].type.tensor_type.shape.dim] == [3, 5]  # the file's 3 boxes
+    for extra, words in [(["--input", f"rois={tmp_path / 'rois.npy'}"], "no file gives input(s) ['image']"),
+                         (["--input", f"boxes={tmp_path / 'rois.npy'}"], "'boxes' is not an input of the model"),
+                         (["--input", f"image={tmp_path / 'image.npy'}", "--input", f"rois={tmp_path / 'rois.npy'}",
+                           "--input-shape", "1x3x8x8"], "either as --input files or as --input-shape")]:
+        refused = cli_runner().invoke(main, base + extra)
+        assert refused.exit_code == 2, refused.output + refused.stderr
+        assert any(words in line for line in error_lines(refused)), (words, refused.stderr)

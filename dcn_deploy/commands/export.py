@@ -41,6 +41,9 @@ def _default_output(reference: str) -> Path:
                    "converted) deformable RoI pooling layers gets valid random boxes (batch index, x1, y1, x2, "
                    "y2). Default: the model's own example inputs, from its example_inputs method if it has one (it "
                    "may take any of batch, size=(H, W) and seed).")
+@click.option("--input", "input_files", multiple=True, metavar="NAME=FILE",
+              help="Example input from a file instead of --input-shape: NAME=file.npy (NAME: the forward's argument) "
+                   "or one file.npz whose keys are the names; repeat per input. Floats are cast to the model's dtype.")
 @click.option("--roi-sampling-ratio", type=click.IntRange(min=1), default=None, metavar="N",
               help="Samples per bin side for deformable RoI pooling layers that sample adaptively (mmcv's default "
                    "sampling_ratio=0, which has no ONNX form). The outputs differ from adaptive sampling: re-check "
@@ -69,7 +72,8 @@ def _default_output(reference: str) -> Path:
 def command(model_ref: str, output: Optional[Path], weights: Optional[Path], input_shapes: Sequence[str],
             dtype: Optional[str], dynamic: bool, opset: int, standard: bool, no_verify: bool, atol: Optional[float],
             rtol: Optional[float], allow_no_deformable: bool, input_names: Optional[str],
-            output_names: Optional[str], as_json: bool, roi_sampling_ratio: Optional[int]) -> None:
+            output_names: Optional[str], as_json: bool, roi_sampling_ratio: Optional[int],
+            input_files: Sequence[str]) -> None:
     """Export MODEL to ONNX with deformable convolutions as dcn_deploy ops, check it (onnx.checker full check,
     shape inference) and verify it against PyTorch in ONNX Runtime. Exit 0 on success, 1 when verification
     fails (the file is kept), 2 on bad input.
@@ -108,7 +112,10 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
             stage(line)
     if roi_sampling_ratio is not None:
         _fix_adaptive_sampling(loaded, roi_sampling_ratio, stage)
-    example = loaded.example_inputs(shapes, torch_dtype, seed=0)
+    if input_files and shapes:
+        raise CliError("give the example inputs either as --input files or as --input-shape sizes, not both")
+    example = (loaded.inputs_from_files(input_files, torch_dtype, note=stage) if input_files
+               else loaded.example_inputs(shapes, torch_dtype, seed=0))
     # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.
     verify_inputs = None if no_verify else loaded.verification_inputs(example, dynamic, torch_dtype)
 
@@ -122,7 +129,9 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
                         output_names=_names(output_names, "--output-names") or loaded.output_names)
     except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it
         fix = ("check --input-shape (one per model input, in order) and the model's code" if input_shapes
-               else "they came from the model itself; give --input-shape (one per model input, in order)")
+               else "check the --input files (one per forward argument, by name) and the model's code"
+               if input_files else
+               "they came from the model itself; give --input-shape (one per model input, in order)")
         raise CliError(f"{model_ref} ({exc.model_name}) raised {exc.cause_text} on the example inputs "
                        f"({exc.shapes_text}); {fix}") from exc
     except VerificationError as exc:

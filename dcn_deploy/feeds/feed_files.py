@@ -93,16 +93,11 @@ def check_array(meta: TensorMeta, array: np.ndarray, source: str, note: Note = N
     return np.ascontiguousarray(array)
 
 
-def load_feed(items: Sequence[str], metas: Sequence[TensorMeta], rois: Sequence[str] = (),
-              note: Note = None) -> Dict[str, np.ndarray]:
-    """Read inputs from ``NAME=file.npy`` or ``file.npz`` items (an .npz's keys are input names).
-
-    A bare ``file.npy`` is allowed when the model has exactly one input. Every model input must be given once.
-    ``rois``: the inputs holding RoI boxes (:func:`dcn_deploy.feeds.onnx_file_inputs.roi_inputs`), whose batch
-    indices and coordinates are checked (:func:`check_roi_batch_indices`). ``note`` is told of each float input
-    cast to the model's dtype.
-    """
-    names = [m.name for m in metas]
+def read_input_files(items: Sequence[str], names: Sequence[str],
+                     required: Optional[Sequence[str]] = None) -> Dict[str, Tuple[np.ndarray, str]]:
+    """``{input name: (array, source file)}`` from ``NAME=file.npy`` or ``file.npz`` items (an .npz's keys are input
+    names) for a model whose inputs are ``names``; a bare ``file.npy`` is allowed when there is one input. Each
+    input may be given once, and every one of ``required`` (default: all of ``names``) must be."""
     feed: Dict[str, Tuple[np.ndarray, str]] = {}
     for item in items:
         name, sep, file = item.partition("=")
@@ -113,19 +108,33 @@ def load_feed(items: Sequence[str], metas: Sequence[TensorMeta], rois: Sequence[
             target = name or key
             if not target:
                 if len(names) != 1:
-                    raise FeedError(f"{path} holds one array but the model has inputs {names}; "
+                    raise FeedError(f"{path} holds one array but the model has inputs {list(names)}; "
                                     "say which with " + argument(f"items=['NAME={path}']", f"--input NAME={path}"))
                 target = names[0]
             if target not in names:
-                raise FeedError(f"{path}: {target!r} is not an input of the model; its inputs are {names}")
+                raise FeedError(f"{path}: {target!r} is not an input of the model; its inputs are {list(names)}")
             if target in feed:
                 raise FeedError(f"input {target!r} is given twice ({feed[target][1]} and {path})")
             feed[target] = (array, str(path))
-    missing = [n for n in names if n not in feed]
+    missing = [n for n in (names if required is None else required) if n not in feed]
     if missing:
         raise FeedError(f"no file gives input(s) {missing}; add "
                         + argument("'NAME=file.npy' to items", "--input NAME=file.npy")
-                        + f" for each (the model's inputs: {names})")
+                        + f" for each (the model's inputs: {list(names)})")
+    return feed
+
+
+def load_feed(items: Sequence[str], metas: Sequence[TensorMeta], rois: Sequence[str] = (),
+              note: Note = None) -> Dict[str, np.ndarray]:
+    """Read inputs from ``NAME=file.npy`` or ``file.npz`` items (an .npz's keys are input names).
+
+    A bare ``file.npy`` is allowed when the model has exactly one input. Every model input must be given once.
+    ``rois``: the inputs holding RoI boxes (:func:`dcn_deploy.feeds.onnx_file_inputs.roi_inputs`), whose batch
+    indices and coordinates are checked (:func:`check_roi_batch_indices`). ``note`` is told of each float input
+    cast to the model's dtype.
+    """
+    names = [m.name for m in metas]
+    feed = read_input_files(items, names)
     metas_by_name = {m.name: m for m in metas}
     loaded = {n: check_array(metas_by_name[n], *feed[n], note=note) for n in names}
     check_roi_batch_indices(loaded, rois)

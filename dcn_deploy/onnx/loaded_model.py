@@ -8,11 +8,12 @@ a .pt2 program's stored inputs; floating ones are cast to the ``--dtype`` (:data
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from ..feeds.feed_files import read_input_files
 from ..feeds.random_feeds import box_image, random_boxes
 from ..feeds.shapes import FeedError, format_shape, parse_shape
 from ..ops.convert import ConvertedModules
@@ -110,6 +111,34 @@ class LoadedModel:
                              + " (or give the module an example_inputs(batch) method)")
         return _cast(inputs, dtype)
 
+    def inputs_from_files(self, items: Sequence[str], dtype: Optional[torch.dtype] = None,
+                          note: Optional[Callable[[str], None]] = None) -> Tuple[torch.Tensor, ...]:
+        """Example inputs read from ``NAME=file.npy`` / ``file.npz`` items (``--input``), in the order of the
+        module's ``forward`` arguments (NAME is an argument's name; those with a default may be left out, from the
+        last one back). Floating arrays are cast to ``dtype``, else to the model's floating dtype; ``note`` is told
+        of each cast."""
+        if not isinstance(self.model, torch.nn.Module):
+            raise ValueError(f"{self.reference} is a saved torch.export program, which carries its own example "
+                             f"inputs; drop {argument('input files', '--input')}")
+        names, required = _forward_arguments(self.model)
+        files = read_input_files(items, names, required)
+        given = names[:max(names.index(n) for n in files) + 1]
+        gap = [n for n in given if n not in files]
+        if gap:
+            raise FeedError(f"no file gives input(s) {gap}, which come before {given[-1]!r} in {self.reference}'s "
+                            f"forward({', '.join(names)}); give them too")
+        target = dtype or next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        tensors = []
+        for name in given:
+            array, source = files[name]
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+            if tensor.is_floating_point() and target is not None and tensor.dtype != target:
+                if note is not None:
+                    note(f"input {name!r} from {source} was {tensor.dtype}, cast to the model's {target}")
+                tensor = tensor.to(target)
+            tensors.append(tensor)
+        return tuple(tensors)
+
     def verification_inputs(self, example: Sequence[torch.Tensor], dynamic: bool,
                             dtype: Optional[torch.dtype] = None) -> Optional[list]:
         """Input tuples to verify an export on, for models that make their own inputs (random values could be
@@ -183,3 +212,12 @@ def _has_roi_pooling(model) -> bool:
 
     return isinstance(model, torch.nn.Module) and any(isinstance(m, (DeformRoIPool, DeformPSRoIPool))
                                                       for m in model.modules())
+
+
+def _forward_arguments(model: torch.nn.Module) -> Tuple[List[str], List[str]]:
+    """The names of ``model.forward``'s positional arguments, and those of them without a default."""
+    import inspect
+
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [p.name for p in params], [p.name for p in params if p.default is p.empty]
