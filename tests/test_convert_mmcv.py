@@ -7,7 +7,7 @@ where its compiled ops are missing. Whether a converted layer computes what mmcv
 itself at the end (skipped where ``mmcv.ops`` cannot be imported: mmcv is not a dependency, and its compiled ops
 must be built for this torch). Run on 2026-11-26 in a venv with torch 2.13.0 (CPU) and mmcv 2.2.0 built from its
 source package (``MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.2.0`` with setuptools < 81; about 15 min on
-2 cores): ``PYTHONPATH=. /tmp/mmcvenv/bin/python -m pytest -q tests/test_convert_mmcv.py``: all 43 passed (the 26
+2 cores): ``PYTHONPATH=. /tmp/mmcvenv/bin/python -m pytest -q tests/test_convert_mmcv.py``: all 44 passed (the 26
 that need mmcv skip without it).
 """
 from __future__ import annotations
