@@ -18,6 +18,12 @@ struct Status
     static Status success() { return Status{}; }
     static Status error(int32_t code, std::string message) { return Status{code, std::move(message)}; }
     static Status invalid(std::string message) { return error(DCN_ERROR_INVALID_ARGUMENT, std::move(message)); }
+    // A dtype code outside dcn_dtype (every kernel's and host entry's switch ends here).
+    static Status unsupportedDtype(int32_t dtype)
+    {
+        return error(DCN_ERROR_UNSUPPORTED,
+            "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
+    }
 };
 
 // Record status as this thread's last error (or clear it) and return its code.

@@ -90,8 +90,7 @@ Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const
     case DCN_FLOAT16: return launchDirect<__half>(geo, input, offset, weight, bias, mask, output, stream);
     case DCN_BFLOAT16: return launchDirect<__nv_bfloat16>(geo, input, offset, weight, bias, mask, output, stream);
     default:
-        return Status::error(DCN_ERROR_UNSUPPORTED,
-            "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
+        return Status::unsupportedDtype(dtype);
     }
 }
 

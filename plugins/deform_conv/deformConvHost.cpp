@@ -174,8 +174,7 @@ Status hostEntry(char const* entry, dcn_deform_conv_desc const* desc, int32_t dt
     case DCN_FLOAT16: body(HostHalf{}); break;
     case DCN_BFLOAT16: body(HostBFloat16{}); break;
     default:
-        return Status::error(DCN_ERROR_UNSUPPORTED,
-            "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
+        return Status::unsupportedDtype(dtype);
     }
     return Status::success();
 }

@@ -60,6 +60,16 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
     }
 }
 
+// A path that needs ``needed`` bytes of workspace refuses a smaller (or NULL) one, naming the size entry.
+static Status requireWorkspace(char const* path, size_t needed, void const* workspace, size_t workspaceBytes)
+{
+    if (workspace != nullptr && workspaceBytes >= needed)
+        return Status::success();
+    return Status::error(DCN_ERROR_WORKSPACE, std::string(path) + " needs a workspace of " + std::to_string(needed)
+        + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
+        + (workspace ? "" : " (NULL)"));
+}
+
 Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
     size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas, GemmOptions const& gemm)
@@ -74,11 +84,9 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         return Status::invalid("input, offset, weight and output must be device pointers, got NULL (bias and mask may be NULL)");
     if (resolved == DCN_ALGO_GEMM)
     {
-        size_t const needed = gemmWorkspaceBytes(geo, dtype, gemm);
-        if (workspace == nullptr || workspaceBytes < needed)
-            return Status::error(DCN_ERROR_WORKSPACE, "the GEMM path needs a workspace of " + std::to_string(needed)
-                + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
-                + (workspace ? "" : " (NULL)"));
+        status = requireWorkspace("the GEMM path", gemmWorkspaceBytes(geo, dtype, gemm), workspace, workspaceBytes);
+        if (!status.ok())
+            return status;
         if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read and written in 16-byte vectors
             return Status::invalid("the GEMM path's workspace must be 256-byte aligned (cudaMalloc's and TensorRT's are)");
         void* handle = nullptr;
@@ -94,10 +102,12 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;
-    if (needed > 0 && (workspace == nullptr || workspaceBytes < needed))
-        return Status::error(DCN_ERROR_WORKSPACE, "the fused kernel needs a workspace of " + std::to_string(needed)
-            + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
-            + (workspace ? "" : " (NULL)"));
+    if (needed > 0)
+    {
+        status = requireWorkspace("the fused kernel", needed, workspace, workspaceBytes);
+        if (!status.ok())
+            return status;
+    }
     // The fused kernel runs only where fusedKernelAccepts(geo, dtype) (resolveAlgo, the fallback above).
     return fused ? launchFusedPath(geo, dtype, input, offset, weight, bias, mask, output, workspace, stream)
                  : launchDirectPath(geo, dtype, input, offset, weight, bias, mask, output, stream);

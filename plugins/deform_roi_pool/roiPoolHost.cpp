@@ -37,12 +37,6 @@ void psroiPoolHost(dcn_deform_psroi_pool_desc const& d, void const* input, void 
                         static_cast<T const*>(input), static_cast<T const*>(rois), static_cast<T const*>(trans), k, c, ph, pw));
 }
 
-Status unsupported(int32_t dtype)
-{
-    return Status::error(DCN_ERROR_UNSUPPORTED,
-        "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
-}
-
 } // namespace
 } // namespace dcn
 
@@ -64,7 +58,7 @@ DCN_API int32_t dcn_deform_roi_pool_forward_host(const dcn_deform_roi_pool_desc*
         case DCN_FLOAT64: dcn::roiPoolHost<double>(*desc, input, rois, offset, output); break;
         case DCN_FLOAT16: dcn::roiPoolHost<dcn::HostHalf>(*desc, input, rois, offset, output); break;
         case DCN_BFLOAT16: dcn::roiPoolHost<dcn::HostBFloat16>(*desc, input, rois, offset, output); break;
-        default: return dcn::unsupported(dtype);
+        default: return dcn::Status::unsupportedDtype(dtype);
         }
         return dcn::Status::success();
     });
@@ -88,7 +82,7 @@ DCN_API int32_t dcn_deform_psroi_pool_forward_host(const dcn_deform_psroi_pool_d
         case DCN_FLOAT64: dcn::psroiPoolHost<double>(*desc, input, rois, trans, output); break;
         case DCN_FLOAT16: dcn::psroiPoolHost<dcn::HostHalf>(*desc, input, rois, trans, output); break;
         case DCN_BFLOAT16: dcn::psroiPoolHost<dcn::HostBFloat16>(*desc, input, rois, trans, output); break;
-        default: return dcn::unsupported(dtype);
+        default: return dcn::Status::unsupportedDtype(dtype);
         }
         return dcn::Status::success();
     });

@@ -95,12 +95,6 @@ Status launchPsroiPool(dcn_deform_psroi_pool_desc const& d, void const* input, v
     return launchStatus("the DeformPSRoIPool kernel");
 }
 
-Status unsupported(int32_t dtype)
-{
-    return Status::error(DCN_ERROR_UNSUPPORTED,
-        "dtype " + std::to_string(dtype) + " is not one of float32 (0), float16 (1), bfloat16 (2), float64 (3)");
-}
-
 } // namespace
 
 // C++ entry points for the TensorRT plugins.
@@ -116,7 +110,7 @@ Status launchDeformRoiPool(dcn_deform_roi_pool_desc const& d, int32_t dtype, voi
     case DCN_FLOAT64: return launchRoiPool<double>(d, input, rois, offset, output, stream);
     case DCN_FLOAT16: return launchRoiPool<__half>(d, input, rois, offset, output, stream);
     case DCN_BFLOAT16: return launchRoiPool<__nv_bfloat16>(d, input, rois, offset, output, stream);
-    default: return unsupported(dtype);
+    default: return Status::unsupportedDtype(dtype);
     }
 }
 
@@ -132,7 +126,7 @@ Status launchDeformPsroiPool(dcn_deform_psroi_pool_desc const& d, int32_t dtype,
     case DCN_FLOAT64: return launchPsroiPool<double>(d, input, rois, trans, output, stream);
     case DCN_FLOAT16: return launchPsroiPool<__half>(d, input, rois, trans, output, stream);
     case DCN_BFLOAT16: return launchPsroiPool<__nv_bfloat16>(d, input, rois, trans, output, stream);
-    default: return unsupported(dtype);
+    default: return Status::unsupportedDtype(dtype);
     }
 }
 
