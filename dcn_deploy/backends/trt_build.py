@@ -39,8 +39,7 @@ from .trt_parse import (PARSE_IN_MEMORY_LIMIT, choose_parse_route, format_parser
                         read_model_for_build)
 from .trt_plugins import (duplicate_library_message, load_plugin_library, load_plugins, looks_like_plugin_library,
                           mapped_shared_objects, plugin_fields_from_registry, register_tensorrt_plugins)
-# not public: trt_runner finds the plugin library through this module (so a test's patch here reaches it)
-from .trt_profiles import Profile, compute_profile, format_shape, onnx_input_shapes
+from .trt_profiles import DEFAULT_MAX_BATCH, Profile, compute_profile, format_shape, onnx_input_shapes
 from .trt_progress import BuildProgress, build_with_progress
 
 __all__ = [
@@ -63,7 +62,7 @@ class BuildResult:
 
 
 def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *, precision: str = "fp32",
-                 shapes=None, min_shapes=None, opt_shapes=None, max_shapes=None, max_batch: int = 8,
+                 shapes=None, min_shapes=None, opt_shapes=None, max_shapes=None, max_batch: int = DEFAULT_MAX_BATCH,
                  workspace: Union[str, int, None] = None, timing_cache: Optional[PathLike] = None,
                  keep_fp32: Iterable[str] = (), io_dtype: str = "float32", plugin_library: Optional[PathLike] = None,
                  use_plugin: bool = True, tf32: bool = True, optimization_level: Optional[int] = None,

@@ -51,6 +51,15 @@ def check_tolerance_options(atol: Optional[float], rtol: Optional[float]) -> Non
         raise CliError(str(exc)) from None  # worded for the CLI: "--atol must be a finite number >= 0, got nan"
 
 
+def shapes_and_rois(shapes: Sequence[str], model_path: Path):
+    """``--shape`` options (with the file's stored example shapes) and the file's RoI box inputs, from one read of
+    ``model_path``; the copy is dropped on return, before the runners load their own."""
+    from ..feeds import parse_shape_options, read_onnx_file, roi_input_names
+
+    model = read_onnx_file(model_path)
+    return parse_shape_options(shapes, model=model), (() if model is None else roi_input_names(model.graph))
+
+
 def echo_note(message: str) -> None:
     """Print ``note: MESSAGE`` on stderr: something the command changed or assumed, that the user should know."""
     click.echo(f"note: {message}", err=True)

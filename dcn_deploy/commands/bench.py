@@ -9,7 +9,7 @@ import click
 from ..io_utils import check_output_path
 from . import CliError, echo_report, json_stdout
 from ._runtime import (default_runner, engine_option, make_runners, model_argument, parse_int_list,
-                       parse_runner_list, shape_options, torch_model_options)
+                       parse_runner_list, shape_options, shapes_and_rois, torch_model_options)
 
 
 @click.command("bench")
@@ -53,7 +53,6 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
     timed. (artifacts/demo/ is what `dcn-deploy demo` writes.)
     """
     from ..bench import benchmark
-    from ..feeds import parse_shape_options, read_onnx_file, roi_input_names
     from ..io_utils import atomic_write_text
 
     if iterations is not None and duration is not None:
@@ -62,10 +61,7 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
         check_output_path(output, "--output")  # before the runners load and the timing runs, not after
     kinds = parse_runner_list(runner_list) if runner_list else [default_runner(model_path)]
     batches = parse_int_list(batch_list, "--batch") if batch_list is not None else None
-    model = read_onnx_file(model_path)  # once, for the stored example shapes and the RoI inputs
-    shape_map = parse_shape_options(shapes, model=model)
-    rois = () if model is None else roi_input_names(model.graph)
-    del model  # before the runners load their own copy
+    shape_map, rois = shapes_and_rois(shapes, model_path)  # one read of the file, dropped before the runners load
     runners = make_runners(kinds, model_path, torch_model, checkpoint, threads, engine, shapes=shape_map,
                            batches=batches or (), keep_active=False)  # benchmark activates each while it times it
     result = benchmark(runners, batches=batches, shapes=shape_map, iterations=iterations,

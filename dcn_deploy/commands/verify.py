@@ -8,7 +8,7 @@ import click
 
 from . import EXIT_FAILED, CliError, echo_report, json_stdout
 from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, echo_note, engine_option,
-                       make_runners, model_argument, shape_options, torch_model_options)
+                       make_runners, model_argument, shape_options, shapes_and_rois, torch_model_options)
 
 
 @click.command("verify")
@@ -47,7 +47,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     """
     from ..backends.base import RunnerError
     from ..compare import DEFAULT_TOLERANCES, Tolerance, compare_runners
-    from ..feeds import load_feed, parse_shape_options, read_onnx_file, reject_empty, roi_input_names
+    from ..feeds import load_feed, reject_empty
 
     against, subject = _runner_pair(against, subject, torch_model, model_path)
     if inputs and (shapes or batch):
@@ -59,12 +59,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
         overrides = {k: Tolerance(v.atol if atol is None else atol, v.rtol if rtol is None else rtol)
                      for k, v in DEFAULT_TOLERANCES.items()}
 
-    # The file read once here for what the command needs from it (stored example shapes, RoI inputs), not once
-    # per question; dropped before the runners load their own copy.
-    model = read_onnx_file(model_path)
-    shape_map = parse_shape_options(shapes, model=model)
-    rois = () if model is None else roi_input_names(model.graph)
-    del model
+    shape_map, rois = shapes_and_rois(shapes, model_path)  # one read of the file, dropped before the runners load
     runners = make_runners([against, subject], model_path, torch_model, checkpoint, engine=engine, shapes=shape_map,
                            batches=[batch] if batch else [], keep_active=True)
     if "onnx-reference" in (subject, against):  # once the arguments are known to be good: why this may take seconds

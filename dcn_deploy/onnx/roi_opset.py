@@ -516,13 +516,13 @@ def check_model(model) -> None:
     sampling_ratio=0 samples ceil(roi size / output size) points per bin side, a number that depends on each RoI
     at run time; the ONNX function body (and a fixed-size engine) need it fixed.
     """
-    from ..ops.roi_modules import DeformRoIPool
+    import torch
 
-    modules = getattr(model, "named_modules", None)
-    if modules is None:
+    from ..ops.roi_modules import adaptive_sampling_layers
+
+    if not isinstance(model, torch.nn.Module):
         return
-    bad = [repr(name or type(model).__name__) for name, m in modules()
-           if isinstance(m, DeformRoIPool) and m.sampling_ratio == 0]
+    bad = [repr(name or type(model).__name__) for name in adaptive_sampling_layers(model)]
     if bad:
         raise AdaptiveSamplingError(
             f"DeformRoIPool layer(s) {', '.join(bad)} use sampling_ratio=0 (adaptive: the samples per bin depend on "

@@ -29,7 +29,8 @@ from .roi_pool import deform_psroi_pool, deform_roi_pool
 from .roi_spec import check_float
 from .spec import ShapeError, as_pair, positive_int
 
-__all__ = ["DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "DeformPSRoIPool", "fix_adaptive_sampling"]
+__all__ = ["DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "DeformPSRoIPool",
+           "adaptive_sampling_layers", "fix_adaptive_sampling"]
 
 
 class DeformRoIPool(nn.Module):
@@ -208,9 +209,13 @@ def fix_adaptive_sampling(model: nn.Module, sampling_ratio: int) -> List[str]:
     larger the boxes): choose about that ceil for your typical boxes, and re-check accuracy on real data.
     """
     sampling_ratio = positive_int(sampling_ratio, "sampling_ratio")
-    changed = []
-    for name, module in model.named_modules():
-        if isinstance(module, DeformRoIPool) and module.sampling_ratio == 0:
-            module.sampling_ratio = sampling_ratio
-            changed.append(name)
+    changed = adaptive_sampling_layers(model)
+    for name in changed:
+        model.get_submodule(name).sampling_ratio = sampling_ratio
     return changed
+
+
+def adaptive_sampling_layers(model: nn.Module) -> List[str]:
+    """The qualified names of ``model``'s :class:`DeformRoIPool` layers with ``sampling_ratio=0`` (adaptive)."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, DeformRoIPool) and module.sampling_ratio == 0]

@@ -217,7 +217,7 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
     build_dir = Path(build_dir) if build_dir is not None else default_build_dir()
     headers = default_tensorrt_headers_dir() / "NvInfer.h"
     had_headers = headers.is_file()
-    if fetch_headers and cuda and tensorrt_include_dir is None:
+    if fetch_headers and tensorrt_include_dir is None:  # (with cuda: refused above otherwise)
         fetch_tensorrt_headers()
 
     configure = ["cmake", "-S", str(source), "-B", str(build_dir), f"-DCMAKE_BUILD_TYPE={build_type}",
