@@ -5,14 +5,19 @@
 #   2. the kernels against the reference (the GPU tests), and the plugin shells with a real enqueue,
 #   3. the benchmark against torchvision and cuDNN, with the GEMM path's kernel breakdown,
 #   4. compute-sanitizer memcheck over small cases of every kernel,
-#   5. the GEMM path's product output forced direct / staged, and a 16 MiB column budget,
-#   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark.
+#   5. the GEMM path's product output forced direct (staged is the default), and a 16 MiB column budget,
+#   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark,
+#   7. optional: variants of the GEMM path's settings (DCN_GPU_VARIANTS) and an Nsight Compute profile of the
+#      sampling kernels at res4, batch 8, fp16 (DCN_GPU_NCU=1), both into checks.log.
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
+# DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating).
+# DCN_GPU_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE] entries; each times the gemm path (fp16) with those
+# variables set, its table in checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread".
 #
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
-#   (default: $OUT, else artifacts/gpu; writes at most 8 files there: checks.log, bench.json, bench.md,
-#    bench_output_direct.json, bench_output_staged.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md)
+#   (default: $OUT, else artifacts/gpu; writes at most 7 files there: checks.log, bench.json, bench.md,
+#    bench_output_direct.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md)
 set -u
 OUT_DIR=${1:-${OUT:-artifacts/gpu}}
 mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) || exit 1  # absolute: the cd below must not move it
@@ -21,7 +26,7 @@ LOG="$OUT_DIR/checks.log"
 : >"$LOG"
 # A fresh set of results: the benchmark appends its tables to bench*.md, and a JSON left from an earlier run would be
 # taken for this run's rows.
-rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_output_{direct,staged}.json \
+rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_output_direct.json \
     "$OUT_DIR"/bench_chunk_16.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
@@ -36,6 +41,7 @@ DEADLINE=$(( $(date +%s) + ${DCN_GPU_CHECKS_SECONDS:-540} ))  # the whole run st
 step() { # step NAME TIMEOUT_S COMMAND...
     local name=$1 limit=$2 start rc
     shift 2
+    case " ${DCN_GPU_SKIP:-} " in *" $name "*) SUMMARY+=("$name skipped: DCN_GPU_SKIP"); return 0 ;; esac
     start=$(date +%s)
     if (( start + limit > DEADLINE )); then limit=$(( DEADLINE - start )); fi
     if (( limit < 10 )); then SUMMARY+=("$name skipped: out of time"); return 0; fi
@@ -100,13 +106,10 @@ bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch,co
     --breakdown
 # 4. memcheck over small cases of every kernel and dtype.
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py
-# 5. Where the GEMM path's product writes, each forced on every layer (auto, in the bench above, stages only where
-# the NCHW rows are not 16-byte aligned: det res3 and res5), then a 16 MiB column budget (default 64), which keeps a
-# chunk's columns in the H100's 50 MB L2 between the sampling kernel and the product (smaller products).
-for output in direct staged; do
-    DCN_DEPLOY_GEMM_OUTPUT=$output bench "bench-output-$output" 90 "bench_output_$output.json" "" -- \
-        --algos gemm --dtypes float16 --iters 20 --warmup 3
-done
+# 5. The GEMM path's product straight into NCHW (the default goes through the staging scratch), then a 16 MiB
+# column budget (default 64), which keeps a chunk's columns in L2 between the sampling kernel and the product.
+DCN_DEPLOY_GEMM_OUTPUT=direct bench bench-output-direct 90 bench_output_direct.json "" -- --algos gemm \
+    --iters 20 --warmup 3
 DCN_DEPLOY_GEMM_CHUNK_MB=16 bench bench-chunk-16MB 90 bench_chunk_16.json "" -- --algos gemm --dtypes float16 \
     --iters 20 --warmup 3
 # 6. The rest of the sanitizer runs (clean at bf7556d), then grouped and depth-wise layers.
@@ -117,6 +120,24 @@ done
 step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
     tests/test_roi_plugin_host.py -k cuda
 bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm --iters 20 --warmup 3
+
+# 7. Variants of the GEMM path's settings, each a table in the log, and the sampling kernels under Nsight Compute.
+for variant in ${DCN_GPU_VARIANTS:-}; do
+    settings=${variant#*:}
+    step "variant-${variant%%:*}" 60 env ${settings//,/ } python3 benchmarks/gpu_deform_conv.py --algos gemm \
+        --dtypes float16 --iters 20 --warmup 3
+done
+if [ "${DCN_GPU_NCU:-0}" = 1 ]; then
+    if command -v ncu >/dev/null; then
+        for sampler in tiled thread; do
+            step "ncu-$sampler" 90 env DCN_DEPLOY_GEMM_SAMPLER=$sampler ncu --kernel-name regex:olumnsKernel \
+                --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+                --section WarpStateStats --section LaunchStats python3 benchmarks/gpu_deform_conv.py --profile-layer
+        done
+    else
+        echo "ncu: not on this machine" | tee -a "$LOG"
+    fi
+fi
 
 rm -f "$OUT_DIR"/.*.tmp  # a write cut off by a timeout (the results come back only as plain, named files)
 # Tables first, the summary last: the device tool returns only the end of the output.

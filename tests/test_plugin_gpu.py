@@ -132,12 +132,14 @@ def test_half_types_accumulate_in_float32(kernels, algo, case_name, dtype):
 # staging scratch too), and each output way forced for every shape (by default: staged only where NCHW rows are
 # unaligned).
 _CHILD_ENVS = {
-    "chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_OUTPUT": "staged"},
+    "chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
+               "DCN_DEPLOY_GEMM_TILE_ENTRIES": "10"},
     "direct": {"DCN_DEPLOY_GEMM_OUTPUT": "direct"},
     "staged": {"DCN_DEPLOY_GEMM_OUTPUT": "staged"},
+    "thread": {"DCN_DEPLOY_GEMM_SAMPLER": "thread"},
 }
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
-# All three start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
+# All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
 # turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.
 _CHILD_TIMEOUT_S = 150
 
@@ -178,14 +180,20 @@ def _check_dense_child(children, name: str) -> None:
 
 def test_gemm_path_in_chunks_and_pixel_slices(dense_children):
     """The GEMM path cuts the batch when its columns exceed the budget: with a 1 MiB budget the dense configs run
-    in chunks of whole images and in slices of one image's pixels, through the staging scratch too."""
+    in chunks of whole images and in slices of one image's pixels, through the staging scratch, in tiles of one pixel
+    (10 taps per tile)."""
     _check_dense_child(dense_children, "chunks")
 
 
 @pytest.mark.parametrize("output", ["direct", "staged"])
 def test_gemm_path_each_output_way(dense_children, output):
-    """Where the product writes, forced for every shape (by default: staged only where NCHW rows are unaligned)."""
+    """Where the product writes, forced for every shape (by default: staged)."""
     _check_dense_child(dense_children, output)
+
+
+def test_gemm_path_per_thread_sampler(dense_children):
+    """The per-thread sampler (the tiled one is the default; this one serves where a tile's tables do not fit)."""
+    _check_dense_child(dense_children, "thread")
 
 
 def test_runs_on_the_current_stream_and_is_deterministic(kernels):
@@ -332,7 +340,7 @@ def test_an_error_that_says_nothing_of_the_device_propagates_and_is_not_recorded
     from dcn_deploy.plugin import native
 
     def bad_setting(*args, **kwargs):
-        raise native.NativeError(1, "DCN_DEPLOY_GEMM_OUTPUT must be auto, direct or staged, got 'stagged'")
+        raise native.NativeError(1, "DCN_DEPLOY_GEMM_OUTPUT must be one of auto, direct, staged, got 'stagged'")
 
     monkeypatch.setattr(native, "deform_conv2d_cuda", bad_setting)
     case = _SYMMETRIC[0]

@@ -13,7 +13,7 @@ import pytest
 
 from dcn_deploy.ops.spec import conv_output_size
 from dcn_deploy.plugin import library
-from dcn_deploy.plugin.native import FIELD_TYPE_INT32, DeformConvDesc, NativeError, NativeLibrary
+from dcn_deploy.plugin.native import ABI_VERSION, FIELD_TYPE_INT32, DeformConvDesc, NativeError, NativeLibrary
 from shell_tests import run_shell_test
 
 DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "offset_group": 1}
@@ -146,7 +146,7 @@ def test_libraries_export_the_c_abi_and_plugin_entry_points():
         if path is None:
             continue
         lib = NativeLibrary(path)
-        assert lib.abi_version == 2
+        assert lib.abi_version == ABI_VERSION
         assert lib.has("dcn_plugin_deform_conv_parse_fields")
         if kind in ("kernels", "plugin"):
             assert lib.has("dcn_deform_conv2d_forward_cuda")
@@ -224,7 +224,7 @@ def test_an_unknown_gemm_output_option_is_an_error_naming_it(kernels_lib):
     env = dict(os.environ, DCN_DEPLOY_GEMM_OUTPUT="nchw")
     proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path)], env=env, capture_output=True,
                           text=True, timeout=60)
-    message = "DCN_DEPLOY_GEMM_OUTPUT must be auto, direct or staged, got 'nchw'"
+    message = "DCN_DEPLOY_GEMM_OUTPUT must be one of auto, direct, staged, got 'nchw'"
     assert proc.returncode == 0 and proc.stdout.count(message) == 2, (proc.returncode, proc.stdout + proc.stderr)
 
 

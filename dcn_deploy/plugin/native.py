@@ -21,7 +21,7 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h (a library of another version is a
 # stale build, which the op does not use).
-ABI_VERSION = 2
+ABI_VERSION = 3
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
@@ -81,7 +81,8 @@ class NativeLibrary:
         self._declare("dcn_deform_conv2d_output_size", [_P(DeformConvDesc), _P(ctypes.c_int32), _P(ctypes.c_int32)])
         self._declare("dcn_deform_conv2d_forward_host", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_host_gemm",
-                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_size_t, ctypes.c_int32])
+                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6
+                      + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
         self._declare("dcn_deform_conv2d_columns_cpu",
@@ -248,12 +249,15 @@ def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, 
     return out
 
 
-# Where the GEMM path's product writes (GemmOutput in plugins/deform_conv/deformConvColumns.h).
+# Where the GEMM path's product writes and how it samples (GemmOutput, GemmSampler in
+# plugins/deform_conv/deformConvColumns.h).
 GEMM_OUTPUTS = {"auto": 0, "direct": 1, "staged": 2}
+GEMM_SAMPLERS = {"auto": 0, "tiled": 1, "thread": 2}
 
 
 def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
                        path: str = "direct", column_budget_bytes: int = 0, gemm_output: str = "auto",
+                       gemm_sampler: str = "auto", tile_entries: int = 0,
                        library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
@@ -261,8 +265,11 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     ``path``: ``direct`` (the direct kernel's arithmetic) or ``gemm`` (the CUDA GEMM path step by step: chunks of
     at most ``column_budget_bytes`` of columns, 0 for the CUDA default; channels-last sampling; the cuBLAS call's
     arguments through a plain product). ``gemm_output`` (gemm only): ``direct`` (the product adds into the NCHW
-    output), ``staged`` (through a pixel-major scratch, then transposed with the bias) or ``auto`` (staged where
-    the output rows are not 16-byte aligned, as on the GPU). Returns (N, out_channels, oH, oW) in the input's dtype.
+    output), ``staged`` (through a pixel-major scratch, then transposed with the bias) or ``auto`` (as on the GPU:
+    staged). ``gemm_sampler`` (gemm only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU),
+    ``thread`` (each thread its own taps) or ``auto`` (as on the GPU: tiled where its tables fit);
+    ``tile_entries``: the tiled sampler's taps per tile (0: the GPU's default). Returns (N, out_channels, oH, oW) in
+    the input's dtype.
     """
     if path == "direct":
         return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride,
@@ -270,7 +277,12 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     if path == "gemm":
         if gemm_output not in GEMM_OUTPUTS:
             raise ValueError(f"gemm_output must be one of {', '.join(GEMM_OUTPUTS)}, got {gemm_output!r}")
-        extra = (ctypes.c_size_t(int(column_budget_bytes)), ctypes.c_int32(GEMM_OUTPUTS[gemm_output]))
+        if gemm_sampler not in GEMM_SAMPLERS:
+            raise ValueError(f"gemm_sampler must be one of {', '.join(GEMM_SAMPLERS)}, got {gemm_sampler!r}")
+        if int(tile_entries) < 0:
+            raise ValueError(f"tile_entries must be 0 (the default) or positive, got {tile_entries}")
+        extra = (ctypes.c_size_t(int(column_budget_bytes)), ctypes.c_int32(GEMM_OUTPUTS[gemm_output]),
+                 ctypes.c_int32(GEMM_SAMPLERS[gemm_sampler]), ctypes.c_int32(int(tile_entries)))
         return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", extra, input, offset, weight, bias, mask,
                                stride, padding, dilation, library)
     raise ValueError(f"path must be 'direct' or 'gemm', got {path!r}")

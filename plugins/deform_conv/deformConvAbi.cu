@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 
 DCN_API int32_t dcn_cuda_available(void)
@@ -29,15 +30,39 @@ namespace
 {
 
 // The GEMM path's options for the C ABI (benchmarks, tests), from the environment, read once:
-//   DCN_DEPLOY_GEMM_CHUNK_MB  the column budget in MiB (default 64);
-//   DCN_DEPLOY_GEMM_OUTPUT    auto (default), direct or staged: where the product writes (GemmOutput).
+//   DCN_DEPLOY_GEMM_CHUNK_MB      the column budget in MiB (default 64);
+//   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
+//   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
+//   DCN_DEPLOY_GEMM_TILE_ENTRIES  the tiled sampler's taps per tile (default kTileDefaultEntries);
+//   DCN_DEPLOY_GEMM_TILE_UNROLL   2: the tiled sampler's threads take two items per step (default 1).
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
-// An unknown DCN_DEPLOY_GEMM_OUTPUT is reported by every entry that uses the options (abiGemmOptionsStatus).
+// An unknown value is reported by every entry that uses the options (abiGemmOptionsStatus).
 struct AbiGemmOptions
 {
     dcn::GemmOptions options;
-    std::string outputText; // DCN_DEPLOY_GEMM_OUTPUT as read, for the error (the variable may be unset later)
+    std::string problem; // what was wrong with the variables as read (they may be unset later), or empty
 };
+
+// `name`'s value among `choices` (its index: the enum's value), "" meaning the first; -1 for anything else.
+int32_t choiceFromEnvironment(char const* name, std::initializer_list<char const*> choices, std::string& problem)
+{
+    char const* text = std::getenv(name);
+    std::string const value = text ? text : "";
+    if (value.empty())
+        return 0;
+    int32_t index = 0;
+    std::string names;
+    for (char const* choice : choices)
+    {
+        if (value == choice)
+            return index;
+        names += (index ? ", " : "") + std::string(choice);
+        ++index;
+    }
+    problem += std::string(problem.empty() ? "" : "; ") + name + " must be one of " + names + ", got '" + value
+        + "': unset it or set one of those";
+    return -1;
+}
 
 AbiGemmOptions const& abiGemmSettings()
 {
@@ -48,13 +73,14 @@ AbiGemmOptions const& abiGemmSettings()
         long const mb = text ? std::strtol(text, nullptr, 10) : 0;
         if (mb > 0)
             parsed.columnBudget = size_t(mb) << 20;
-        char const* output = std::getenv("DCN_DEPLOY_GEMM_OUTPUT");
-        std::string const mode = output ? output : "";
-        parsed.output = mode.empty() || mode == "auto" ? dcn::kGemmOutputAuto
-            : mode == "direct"                         ? dcn::kGemmOutputDirect
-            : mode == "staged"                         ? dcn::kGemmOutputStaged
-                                                       : -1;
-        read.outputText = mode;
+        parsed.output = choiceFromEnvironment("DCN_DEPLOY_GEMM_OUTPUT", {"auto", "direct", "staged"}, read.problem);
+        parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
+        char const* entries = std::getenv("DCN_DEPLOY_GEMM_TILE_ENTRIES");
+        long const tileEntries = entries ? std::strtol(entries, nullptr, 10) : 0;
+        if (tileEntries > 0 && tileEntries <= 1 << 20)
+            parsed.tileEntries = int32_t(tileEntries);
+        char const* unroll = std::getenv("DCN_DEPLOY_GEMM_TILE_UNROLL");
+        parsed.tileUnroll = unroll && std::strtol(unroll, nullptr, 10) >= 2 ? 2 : 1;
         return read;
     }();
     return settings;
@@ -67,11 +93,8 @@ dcn::GemmOptions const& abiGemmOptions()
 
 dcn::Status abiGemmOptionsStatus()
 {
-    if (dcn::validGemmOutput(abiGemmOptions().output))
-        return dcn::Status::success();
-    // The text read once, not getenv again: after an unsetenv, getenv's NULL appended to a string crashed.
-    return dcn::Status::invalid("DCN_DEPLOY_GEMM_OUTPUT must be auto, direct or staged, got '"
-        + abiGemmSettings().outputText + "': unset it or set one of those");
+    AbiGemmOptions const& settings = abiGemmSettings();
+    return settings.problem.empty() ? dcn::Status::success() : dcn::Status::invalid(settings.problem);
 }
 
 } // namespace

@@ -35,22 +35,47 @@ inline size_t alignUp256(size_t bytes)
 }
 
 // Where the product writes. Straight into the NCHW output (direct), its rows start every oH*oW elements, so for
-// sizes such as 25x42 or 100x167 the rows are not 16-byte aligned and cuBLAS cannot use its aligned kernels. Staged,
-// the product goes to a pixel-major scratch in the accumulation type, staging[image][pixel][oC] (rows of oC), and
-// one more pass transposes it into NCHW with the bias added; that pass also replaces the direct way's bias fill.
+// sizes such as 25x42 or 100x167 the rows are not 16-byte aligned and cuBLAS cannot use its aligned kernels, and the
+// bias must be written first (a pass over the output) for the product to add to. Staged, the product goes to a
+// pixel-major scratch in the accumulation type, staging[image][pixel][oC] (rows of oC), and one more pass
+// transposes it into NCHW with the bias added. Staged was faster on every layer measured, aligned or not
+// (benchmarks/RESULTS.md, H200, 2026-11-26), so it is the default; direct stays for comparison.
 enum GemmOutput : int32_t
 {
-    kGemmOutputAuto = 0,   // staged exactly when the NCHW rows are not 16-byte aligned
+    kGemmOutputAuto = 0,   // staged
     kGemmOutputDirect = 1, // into NCHW: the bias written first, the product added (beta = 1)
     kGemmOutputStaged = 2, // through the scratch, rounded to the output type once, with the bias
 };
 
-// The GEMM path's tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB and
-// DCN_DEPLOY_GEMM_OUTPUT (benchmarks, tests); the host build takes them as arguments.
+// How the columns are sampled.
+//   Tiled: a block samples the columns of a tile of consecutive pixels. It first computes the bilinear taps of
+//     every (pixel, offset group, kernel point) of the tile once, reading the offsets and the mask coalesced along
+//     the pixels, into shared memory; then its threads sample the tile's channel vectors in column order, each
+//     reading its taps from shared memory, so the tile's columns (one contiguous block) are written front to back.
+//   Per thread: every thread computes its own taps (one channel vector of one pixel and kernel point), so the taps
+//     are recomputed C / vector times and each gather waits for the thread's own offset loads. Used where a tile's
+//     tables would not fit in shared memory, or when forced.
+enum GemmSampler : int32_t
+{
+    kGemmSamplerAuto = 0,   // tiled where it fits
+    kGemmSamplerTiled = 1,  // tiled where it fits (else per thread)
+    kGemmSamplerThread = 2, // per thread
+};
+
+constexpr int32_t kTileDefaultEntries = 128; // taps per tile: tile pixels = this / (offset groups * kernel points)
+constexpr int32_t kTileMaxPixels = 64;
+constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
+
+// The GEMM path's tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
+// DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER and DCN_DEPLOY_GEMM_TILE_ENTRIES (benchmarks, tests); the host
+// build takes them as arguments.
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
     int32_t output = kGemmOutputAuto;               // a GemmOutput
+    int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
+    int32_t tileEntries = kTileDefaultEntries;      // the tiled sampler's taps per tile (a target, at least 1)
+    int32_t tileUnroll = 1;                         // the tiled sampler's items per thread and step (1 or 2)
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -58,10 +83,9 @@ inline bool validGemmOutput(int32_t output)
     return output == kGemmOutputAuto || output == kGemmOutputDirect || output == kGemmOutputStaged;
 }
 
-// Whether each NCHW output row (oH*oW elements) starts on a 16-byte boundary.
-inline bool outputRowsAligned(DeformConvGeometry const& geo, size_t elementBytes)
+inline bool validGemmSampler(int32_t sampler)
 {
-    return int64_t(geo.outH) * geo.outW * int64_t(elementBytes) % 16 == 0;
+    return sampler == kGemmSamplerAuto || sampler == kGemmSamplerTiled || sampler == kGemmSamplerThread;
 }
 
 // Bytes of one element of the accumulation type (float, or double for float64), which the staging scratch holds.
@@ -81,6 +105,9 @@ struct GemmPlan
     int64_t pixels;      // output pixels per chunk of one image (all of them unless slicing)
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
     bool staged;         // the product goes through the staging scratch (GemmOutput)
+    int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
+    int32_t tileUnroll;  // items per thread and step of the tiled sampler
+    size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
     size_t nhwcBytes;    // room for one chunk's channels-last input: min(N * image, max(budget, one image))
     size_t weightsBytes; // weights, kernel point outer
@@ -95,6 +122,46 @@ inline int32_t columnVectorWidth(DeformConvGeometry const& geo, size_t elementBy
         if (geo.channelsPerGroup % vector == 0 && geo.channelsPerOffsetGroup % vector == 0)
             return vector;
     return 1;
+}
+
+// Bytes of one tap set in shared memory (float weights, or double for float64).
+inline size_t tapsBytes(size_t elementBytes)
+{
+    return elementBytes == 8 ? sizeof(BilinearTaps<double>) : sizeof(BilinearTaps<float>);
+}
+
+// One channel vector of a column row, in column order (group, kernel point, channel vector): its first channel,
+// and its point (offset group * kernel points + kernel point), which names its taps in a tile.
+struct TileRowVector
+{
+    int32_t channel, point;
+};
+
+// The tiled sampler's shared memory: the taps of every (point, tile pixel), one TileRowVector per vector of a
+// column row, and the image of each tile pixel.
+inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes, int32_t vector, int32_t tilePixels)
+{
+    size_t const points = size_t(geo.kernelPoints) * size_t(geo.d.offset_group);
+    size_t const rowVectors = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) / size_t(vector);
+    return points * size_t(tilePixels) * tapsBytes(elementBytes) + rowVectors * sizeof(TileRowVector)
+        + size_t(tilePixels) * sizeof(int32_t);
+}
+
+// Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileEntries taps
+// per tile, at least one pixel and at most kTileMaxPixels, within kTileSharedBytes.
+inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options, GemmPlan& plan)
+{
+    plan.tilePixels = 0;
+    plan.tileShared = 0;
+    int64_t const points = int64_t(geo.kernelPoints) * geo.d.offset_group;
+    if (options.sampler == kGemmSamplerThread || tileSharedBytes(geo, elementBytes, plan.vector, 1) > kTileSharedBytes)
+        return;
+    int32_t pixels = int32_t(std::clamp<int64_t>(std::max(options.tileEntries, 1) / points, 1, kTileMaxPixels));
+    while (pixels > 1 && tileSharedBytes(geo, elementBytes, plan.vector, pixels) > kTileSharedBytes)
+        pixels /= 2;
+    plan.tilePixels = pixels;
+    plan.tileUnroll = options.tileUnroll;
+    plan.tileShared = tileSharedBytes(geo, elementBytes, plan.vector, pixels);
 }
 
 inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options)
@@ -124,8 +191,8 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.nhwcBytes = alignUp256(std::min(size_t(batch) * inputImageBytes, std::max(columnBudget, inputImageBytes)));
     plan.weightsBytes = alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup)
         * size_t(geo.kernelPoints) * elementBytes);
-    plan.staged = options.output == kGemmOutputStaged
-        || (options.output == kGemmOutputAuto && !outputRowsAligned(geo, elementBytes));
+    plan.staged = options.output != kGemmOutputDirect;
+    planTile(geo, elementBytes, options, plan);
     // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
     // be aligned where a smaller shape of the same profile is not. A chunk has at most columnsRoom / rowBytes
     // pixels, and that grows with the shape like the columns room.
@@ -237,17 +304,50 @@ inline bool columnIndexFits32(DeformConvGeometry const& geo, int64_t total)
     return total <= (int64_t(1) << 30) && int64_t(geo.outH) * geo.outW <= (int64_t(1) << 31);
 }
 
-// Thread idx of a chunk (images n0.., pixels p0..p0+pixels) samples `Vector` channels into the columns.
-// nhwc holds the chunk's images (image n0 first). Index: uint32_t where columnIndexFits32, else int64_t.
+// out[0..Vector) = the bilinear sample, by taps, of the Vector consecutive channels at `image` (a channels-last
+// image advanced to the first channel; `channels` per pixel), rounded to T and stored as one vector.
+// All four neighbours are loaded before any is used, so the four loads are in flight together: an invalid one has
+// index 0 (the image's first pixel, always readable) and its value is discarded, not multiplied by a zero weight
+// (an infinity there would make NaN).
+template <typename T, int Vector, typename Acc>
+DCN_HD void sampleVector(T const* image, int32_t channels, BilinearTaps<Acc> const& taps, T* out)
+{
+    struct alignas(sizeof(T) * Vector) Pack
+    {
+        T v[Vector];
+    };
+    Pack packs[4];
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+        packs[t] = *reinterpret_cast<Pack const*>(image + int64_t(taps.index[t]) * channels);
+    Acc acc[Vector];
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        acc[v] = Acc(0);
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+    {
+        if (!(taps.valid & (1u << t)))
+            continue;
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            acc[v] += taps.weight[t] * ElementTraits<T>::toAcc(packs[t].v[v]);
+    }
+    T result[Vector];
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        result[v] = ElementTraits<T>::fromAcc(acc[v]);
+    storeVector<T, Vector>(out, result);
+}
+
+// The per-thread sampler (GemmSampler): thread idx of a chunk (images n0.., pixels p0..p0+pixels) samples `Vector`
+// channels into the columns. nhwc holds the chunk's images (image n0 first). Index: uint32_t where
+// columnIndexFits32, else int64_t.
 template <typename T, int Vector, typename Index>
 DCN_HD void columnVector(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* mask, T* columns,
     int32_t n0, int64_t p0, int32_t pixels, Index idx)
 {
     using Acc = typename ElementTraits<T>::Acc;
-    struct alignas(sizeof(T) * Vector) Pack
-    {
-        T v[Vector];
-    };
     dcn_deform_conv_desc const& d = geo.d;
     int32_t const channels = d.in_channels;
     int32_t const kernelPoints = geo.kernelPoints;
@@ -263,31 +363,67 @@ DCN_HD void columnVector(DeformConvGeometry const& geo, T const* nhwc, T const* 
     int32_t const x = int32_t(pixel - Index(y) * Index(geo.outW));
     int32_t const og = c / geo.channelsPerOffsetGroup;
     BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, kp, y, x);
-
-    Acc acc[Vector];
-DCN_UNROLL
-    for (int v = 0; v < Vector; ++v)
-        acc[v] = Acc(0);
-    T const* image = nhwc + int64_t(img) * d.height * d.width * channels + c;
-DCN_UNROLL
-    for (int t = 0; t < 4; ++t)
-    {
-        if (!(taps.valid & (1u << t)))
-            continue;
-        Pack const pack = *reinterpret_cast<Pack const*>(image + int64_t(taps.index[t]) * channels);
-DCN_UNROLL
-        for (int v = 0; v < Vector; ++v)
-            acc[v] += taps.weight[t] * ElementTraits<T>::toAcc(pack.v[v]);
-    }
     int32_t const g = c / geo.channelsPerGroup;
     int32_t const cig = c - g * geo.channelsPerGroup;
     T* out = columns + (int64_t(img) * pixels + p) * channels * kernelPoints
         + (int64_t(g) * kernelPoints + kp) * geo.channelsPerGroup + cig;
-    T result[Vector];
-DCN_UNROLL
-    for (int v = 0; v < Vector; ++v)
-        result[v] = ElementTraits<T>::fromAcc(acc[v]);
-    storeVector<T, Vector>(out, result);
+    sampleVector<T, Vector>(nhwc + int64_t(img) * d.height * d.width * channels + c, channels, taps, out);
+}
+
+// The tiled sampler (GemmSampler), in three steps per tile; the CUDA kernel and the host build both call these.
+// A tile is tilePixels consecutive pixels of the chunk, counted across its images (flat = img * pixels + p), from
+// flat pixel `first`; a column row holds C * kH*kW / Vector vectors ("row vectors").
+//   1. the tables: tileRowVector for every row vector, tileRowImage for every tile pixel, tileEntryTaps for every
+//      (point, tile pixel) entry, entry = point * tilePixels + tile pixel;
+//   2. then, for every item i of the tile (row i / rowVectors, row vector i % rowVectors), tileItem: the tile's
+//      columns are one contiguous block, and item i's vector is at i * Vector in it.
+
+// Row vector r: (group, kernel point, channel vector) in column order.
+DCN_HD TileRowVector tileRowVector(DeformConvGeometry const& geo, int32_t vector, int32_t r)
+{
+    int32_t const vectorsPerGroup = geo.channelsPerGroup / vector;
+    int32_t const perGroup = geo.kernelPoints * vectorsPerGroup;
+    int32_t const g = r / perGroup;
+    int32_t const rest = r - g * perGroup;
+    int32_t const kp = rest / vectorsPerGroup;
+    int32_t const c = g * geo.channelsPerGroup + (rest - kp * vectorsPerGroup) * vector;
+    return TileRowVector{c, (c / geo.channelsPerOffsetGroup) * geo.kernelPoints + kp};
+}
+
+// The image (of the chunk) of flat pixel `flat`; 0 past the chunk's end (no item reads it).
+DCN_HD int32_t tileRowImage(int32_t flat, int32_t pixels, int32_t chunkPixels)
+{
+    return flat < chunkPixels ? flat / pixels : 0;
+}
+
+// The taps of entry e of the tile at `first`; none for a pixel past the chunk's end.
+template <typename Acc, typename T>
+DCN_HD BilinearTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
+    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t first, int32_t tilePixels, int32_t e)
+{
+    int32_t const point = e / tilePixels;
+    int32_t const flat = first + (e - point * tilePixels);
+    if (flat >= chunkPixels)
+        return noTaps<Acc>();
+    int32_t const img = flat / pixels;
+    int64_t const pixel = p0 + (flat - img * pixels);
+    int32_t const y = int32_t(pixel / geo.outW);
+    int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
+    int32_t const og = point / geo.kernelPoints;
+    return kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, point - og * geo.kernelPoints, y, x);
+}
+
+// Item i of the tile; tileColumns is the tile's first column row (columns + first * C * kH*kW).
+template <typename T, int Vector, typename Acc>
+DCN_HD void tileItem(DeformConvGeometry const& geo, T const* nhwc, BilinearTaps<Acc> const* taps,
+    TileRowVector const* rowVectorTable, int32_t const* rowImage, T* tileColumns, int32_t rowVectors,
+    int32_t tilePixels, uint32_t i)
+{
+    uint32_t const row = i / uint32_t(rowVectors);
+    TileRowVector const rv = rowVectorTable[i - row * uint32_t(rowVectors)];
+    int32_t const channels = geo.d.in_channels;
+    T const* image = nhwc + int64_t(rowImage[row]) * geo.d.height * geo.d.width * channels + rv.channel;
+    sampleVector<T, Vector>(image, channels, taps[rv.point * tilePixels + int32_t(row)], tileColumns + int64_t(i) * Vector);
 }
 
 // One strided-batched product of the GEMM path, in BLAS's column-major terms, always "TN": for each image b of

@@ -98,6 +98,42 @@ __global__ void __launch_bounds__(kThreads) columnsKernel(DeformConvGeometry con
         columnVector<T, Vector>(geo, nhwc, offset, mask, columns, n0, p0, pixels, idx);
 }
 
+// The tiled sampler (deformConvColumns.h): block b samples the tile of chunk pixels b * tilePixels.., its tables
+// in dynamic shared memory (plan.tileShared bytes: taps, row vectors, pixel images).
+// Unroll: items per thread per step (their gathers in flight together).
+template <typename T, int Vector, int Unroll>
+__global__ void __launch_bounds__(kThreads) tiledColumnsKernel(DeformConvGeometry const geo,
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns,
+    int32_t const n0, int64_t const p0, int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    extern __shared__ __align__(16) unsigned char tileTables[];
+    int32_t const points = geo.kernelPoints * geo.d.offset_group;
+    int32_t const entries = points * tilePixels;
+    int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
+    auto* taps = reinterpret_cast<BilinearTaps<Acc>*>(tileTables);
+    auto* rowVectorTable = reinterpret_cast<TileRowVector*>(taps + entries);
+    auto* rowImage = reinterpret_cast<int32_t*>(rowVectorTable + rowVectors);
+    int32_t const first = int32_t(blockIdx.x) * tilePixels;
+    for (int32_t e = threadIdx.x; e < entries; e += blockDim.x)
+        taps[e] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels, e);
+    for (int32_t r = threadIdx.x; r < rowVectors; r += blockDim.x)
+        rowVectorTable[r] = tileRowVector(geo, Vector, r);
+    for (int32_t row = threadIdx.x; row < tilePixels; row += blockDim.x)
+        rowImage[row] = tileRowImage(first + row, pixels, chunkPixels);
+    __syncthreads();
+    uint32_t const items = uint32_t(min(tilePixels, chunkPixels - first)) * uint32_t(rowVectors);
+    T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
+    for (uint32_t i = threadIdx.x; i < items; i += Unroll * blockDim.x)
+    {
+DCN_UNROLL
+        for (int u = 0; u < Unroll; ++u)
+            if (i + u * blockDim.x < items)
+                tileItem<T, Vector>(geo, nhwc, taps, rowVectorTable, rowImage, tileColumns, rowVectors, tilePixels,
+                    i + u * blockDim.x);
+    }
+}
+
 // output[n0 + img][o][p0 + p] = bias[o] for the chunk (the product then adds to it).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) fillBiasKernel(T* __restrict__ output, T const* __restrict__ bias,
@@ -169,10 +205,40 @@ void launchColumnsIndexed(int32_t vector, DeformConvGeometry const& geo, T const
     }
 }
 
-template <typename T>
-void launchColumns(int32_t vector, DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* mask,
-    T* columns, int32_t n0, int64_t p0, int32_t pixels, int64_t total, cudaStream_t stream)
+template <typename T, int Unroll>
+void launchTiledUnrolled(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
+    T const* mask, T* columns, int32_t n0, int64_t p0, int32_t pixels, int32_t chunkPixels, cudaStream_t stream)
 {
+    unsigned const tiles = unsigned((int64_t(chunkPixels) + plan.tilePixels - 1) / plan.tilePixels);
+    size_t const shared = plan.tileShared;
+    int32_t const tp = plan.tilePixels;
+    switch (plan.vector)
+    {
+    case 8: tiledColumnsKernel<T, 8, Unroll><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
+    case 4: tiledColumnsKernel<T, 4, Unroll><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
+    case 2: tiledColumnsKernel<T, 2, Unroll><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
+    default: tiledColumnsKernel<T, 1, Unroll><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp);
+    }
+}
+
+template <typename T>
+void launchTiledColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
+    T const* mask, T* columns, int32_t n0, int64_t p0, int32_t pixels, int32_t chunkPixels, cudaStream_t stream)
+{
+    if (plan.tileUnroll >= 2)
+        launchTiledUnrolled<T, 2>(plan, geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, stream);
+    else
+        launchTiledUnrolled<T, 1>(plan, geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, stream);
+}
+
+template <typename T>
+void launchColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
+    T const* mask, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels, cudaStream_t stream)
+{
+    if (plan.tilePixels > 0)
+        return launchTiledColumns<T>(plan, geo, nhwc, offset, mask, columns, n0, p0, pixels, images * pixels, stream);
+    int32_t const vector = plan.vector;
+    int64_t const total = columnThreads(geo, images, pixels, vector);
     if (columnIndexFits32(geo, total))
         launchColumnsIndexed<T, uint32_t>(vector, geo, nhwc, offset, mask, columns, n0, p0, pixels, uint32_t(total), stream);
     else
@@ -221,8 +287,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
         for (int64_t p0 = 0; status.ok() && p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
-            launchColumns<T>(plan.vector, geo, nhwc, offset, mask, columns, n0, p0, pixels,
-                columnThreads(geo, images, pixels, plan.vector), stream);
+            launchColumns<T>(plan, geo, nhwc, offset, mask, columns, n0, images, p0, pixels, stream);
             status = launchStatus("the deformable sampling kernel");
             if (plan.staged)
             {

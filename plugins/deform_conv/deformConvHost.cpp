@@ -100,6 +100,45 @@ void columnsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offset, 
             columnVector<T, Vector>(geo, nhwc, offset, mask, columns, n0, p0, pixels, idx);
 }
 
+// The tiled sampler as the CUDA kernel runs it, one tile (block) after another.
+template <typename T, int Vector>
+void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
+    T const* mask, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    int32_t const chunkPixels = images * pixels;
+    int32_t const tilePixels = plan.tilePixels;
+    int32_t const entries = geo.kernelPoints * geo.d.offset_group * tilePixels;
+    int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
+    std::vector<BilinearTaps<Acc>> taps(static_cast<size_t>(entries));
+    std::vector<TileRowVector> rowVectorTable(static_cast<size_t>(rowVectors));
+    std::vector<int32_t> rowImage(static_cast<size_t>(tilePixels));
+    for (int32_t r = 0; r < rowVectors; ++r)
+        rowVectorTable[size_t(r)] = tileRowVector(geo, Vector, r);
+    for (int32_t first = 0; first < chunkPixels; first += tilePixels)
+    {
+        for (int32_t e = 0; e < entries; ++e)
+            taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels, e);
+        for (int32_t row = 0; row < tilePixels; ++row)
+            rowImage[size_t(row)] = tileRowImage(first + row, pixels, chunkPixels);
+        uint32_t const items = uint32_t(std::min(tilePixels, chunkPixels - first)) * uint32_t(rowVectors);
+        T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
+        for (uint32_t i = 0; i < items; ++i)
+            tileItem<T, Vector>(geo, nhwc, taps.data(), rowVectorTable.data(), rowImage.data(), tileColumns,
+                rowVectors, tilePixels, i);
+    }
+}
+
+template <typename T, int Vector>
+void sampleColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
+    T const* mask, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
+{
+    if (plan.tilePixels > 0)
+        tiledColumnsHost<T, Vector>(plan, geo, nhwc, offset, mask, columns, n0, images, p0, pixels);
+    else
+        columnsHost<T, Vector>(geo, nhwc, offset, mask, columns, n0, images, p0, pixels);
+}
+
 template <typename T>
 void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, T const* input, T const* offset,
     T const* weight, T const* bias, T const* mask, T* output)
@@ -125,10 +164,10 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
             switch (plan.vector)
             {
-            case 8: columnsHost<T, 8>(geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
-            case 4: columnsHost<T, 4>(geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
-            case 2: columnsHost<T, 2>(geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
-            default: columnsHost<T, 1>(geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels);
+            case 8: sampleColumnsHost<T, 8>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
+            case 4: sampleColumnsHost<T, 4>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
+            case 2: sampleColumnsHost<T, 2>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
+            default: sampleColumnsHost<T, 1>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels);
             }
             if (plan.staged)
             {
@@ -194,17 +233,26 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    size_t column_budget_bytes, int32_t output_mode)
+    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_entries)
 {
     return dcn::guarded([&] {
         if (!dcn::validGemmOutput(output_mode))
             return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: output_mode must be 0 (auto), 1 (direct) "
                                         "or 2 (staged), got " + std::to_string(output_mode));
+        if (!dcn::validGemmSampler(sampler))
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: sampler must be 0 (auto), 1 (tiled) "
+                                        "or 2 (per thread), got " + std::to_string(sampler));
+        if (tile_entries < 0)
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: tile_entries must be 0 (the default) or "
+                                        "positive, got " + std::to_string(tile_entries));
         dcn::DeformConvGeometry geo;
         dcn::GemmOptions options;
         if (column_budget_bytes)
             options.columnBudget = column_budget_bytes;
         options.output = output_mode;
+        options.sampler = sampler;
+        if (tile_entries)
+            options.tileEntries = tile_entries;
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_gemm", desc, dtype, input, offset, weight, output, geo,
             [&](auto tag) {
                 using T = decltype(tag);

@@ -30,7 +30,8 @@ struct DeformConvGeometry
 };
 
 // Up to four bilinear neighbours of one sample, as indices into one HxW plane with their weights (mask folded
-// in). valid bit k says neighbour k is inside the image; invalid ones must not be read.
+// in). valid bit k says neighbour k is inside the image; an invalid one has index 0 and weight 0, and its value
+// must not be used (it may be read: index 0 is always inside).
 template <typename Acc>
 struct BilinearTaps
 {
@@ -58,9 +59,9 @@ DCN_HD int32_t baseCol(dcn_deform_conv_desc const& d, int32_t x, int32_t j)
     return x * d.stride_w - d.pad_left + j * d.dilation_w;
 }
 
-// The bilinear neighbours of (py, px) in an HxW image, each weight multiplied by scale (the mask value).
+// No neighbours: a sample that contributes zero.
 template <typename Acc>
-DCN_HD BilinearTaps<Acc> bilinearTaps(Acc py, Acc px, int32_t height, int32_t width, Acc scale)
+DCN_HD BilinearTaps<Acc> noTaps()
 {
     BilinearTaps<Acc> taps;
     taps.valid = 0;
@@ -69,6 +70,14 @@ DCN_HD BilinearTaps<Acc> bilinearTaps(Acc py, Acc px, int32_t height, int32_t wi
         taps.index[k] = 0;
         taps.weight[k] = Acc(0);
     }
+    return taps;
+}
+
+// The bilinear neighbours of (py, px) in an HxW image, each weight multiplied by scale (the mask value).
+template <typename Acc>
+DCN_HD BilinearTaps<Acc> bilinearTaps(Acc py, Acc px, int32_t height, int32_t width, Acc scale)
+{
+    BilinearTaps<Acc> taps = noTaps<Acc>();
     // Outside (-1, H) x (-1, W) every neighbour is outside: also keeps huge offsets away from the int cast.
     // Written as a negated conjunction so a NaN position gives no taps.
     if (!(py > Acc(-1) && py < Acc(height) && px > Acc(-1) && px < Acc(width)))
