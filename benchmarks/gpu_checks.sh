@@ -8,7 +8,8 @@
 #   5. the GEMM path's product output forced direct (staged is the default), and a 16 MiB column budget,
 #   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark,
 #   7. optional: variants of the GEMM path's settings (DCN_GPU_VARIANTS) and an Nsight Compute profile of the
-#      sampling kernels at res4, batch 8, fp16 (DCN_GPU_NCU=1), both into checks.log.
+#      transpose, sampling and output kernels at res4, batch 8, fp16 (DCN_GPU_NCU="tiled thread": the samplers to
+#      profile), both into checks.log.
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating).
@@ -127,12 +128,13 @@ for variant in ${DCN_GPU_VARIANTS:-}; do
     step "variant-${variant%%:*}" 60 env ${settings//,/ } python3 benchmarks/gpu_deform_conv.py --algos gemm \
         --dtypes float16 --iters 20 --warmup 3
 done
-if [ "${DCN_GPU_NCU:-0}" = 1 ]; then
+if [ -n "${DCN_GPU_NCU:-}" ]; then
     if command -v ncu >/dev/null; then
-        for sampler in tiled thread; do
-            step "ncu-$sampler" 90 env DCN_DEPLOY_GEMM_SAMPLER=$sampler ncu --kernel-name regex:olumnsKernel \
-                --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-                --section WarpStateStats --section LaunchStats python3 benchmarks/gpu_deform_conv.py --profile-layer
+        for sampler in $DCN_GPU_NCU; do # the first chunk's transpose, sampling and output kernels
+            step "ncu-$sampler" 90 env DCN_DEPLOY_GEMM_SAMPLER=$sampler ncu \
+                --kernel-name regex:'olumnsKernel|nhwcKernel|stagedOutputKernel' --launch-count 3 \
+                --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+                --section LaunchStats python3 benchmarks/gpu_deform_conv.py --profile-layer
         done
     else
         echo "ncu: not on this machine" | tee -a "$LOG"

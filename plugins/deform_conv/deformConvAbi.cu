@@ -33,8 +33,7 @@ namespace
 //   DCN_DEPLOY_GEMM_CHUNK_MB      the column budget in MiB (default 64);
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
-//   DCN_DEPLOY_GEMM_TILE_ENTRIES  the tiled sampler's taps per tile (default kTileDefaultEntries);
-//   DCN_DEPLOY_GEMM_TILE_UNROLL   2: the tiled sampler's threads take two items per step (default 1).
+//   DCN_DEPLOY_GEMM_TILE_ENTRIES  the tiled sampler's taps per tile (default kTileDefaultEntries).
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
 // An unknown value is reported by every entry that uses the options (abiGemmOptionsStatus).
 struct AbiGemmOptions
@@ -79,8 +78,6 @@ AbiGemmOptions const& abiGemmSettings()
         long const tileEntries = entries ? std::strtol(entries, nullptr, 10) : 0;
         if (tileEntries > 0 && tileEntries <= 1 << 20)
             parsed.tileEntries = int32_t(tileEntries);
-        char const* unroll = std::getenv("DCN_DEPLOY_GEMM_TILE_UNROLL");
-        parsed.tileUnroll = unroll && std::strtol(unroll, nullptr, 10) >= 2 ? 2 : 1;
         return read;
     }();
     return settings;

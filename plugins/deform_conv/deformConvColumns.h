@@ -62,7 +62,9 @@ enum GemmSampler : int32_t
     kGemmSamplerThread = 2, // per thread
 };
 
-constexpr int32_t kTileDefaultEntries = 128; // taps per tile: tile pixels = this / (offset groups * kernel points)
+// Taps per tile: tile pixels = this / (offset groups * kernel points). On an H200 (2026-11-26, fp16, 3x3) 64 beat
+// 128, 256 and 512 on the dense layers of benchmarks/gpu_deform_conv.py: more, smaller blocks fill the last wave.
+constexpr int32_t kTileDefaultEntries = 64;
 constexpr int32_t kTileMaxPixels = 64;
 constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
 
@@ -75,7 +77,6 @@ struct GemmOptions
     int32_t output = kGemmOutputAuto;               // a GemmOutput
     int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
     int32_t tileEntries = kTileDefaultEntries;      // the tiled sampler's taps per tile (a target, at least 1)
-    int32_t tileUnroll = 1;                         // the tiled sampler's items per thread and step (1 or 2)
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -106,7 +107,6 @@ struct GemmPlan
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
     bool staged;         // the product goes through the staging scratch (GemmOutput)
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
-    int32_t tileUnroll;  // items per thread and step of the tiled sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
     size_t nhwcBytes;    // room for one chunk's channels-last input: min(N * image, max(budget, one image))
@@ -137,30 +137,31 @@ struct TileRowVector
     int32_t channel, point;
 };
 
-// The tiled sampler's shared memory: the taps of every (point, tile pixel), one TileRowVector per vector of a
-// column row, and the image of each tile pixel.
+// The tiled sampler's shared memory, in this order: the taps of every (point, tile pixel), where the image of each
+// tile pixel starts, and one TileRowVector per vector of a column row.
 inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes, int32_t vector, int32_t tilePixels)
 {
     size_t const points = size_t(geo.kernelPoints) * size_t(geo.d.offset_group);
     size_t const rowVectors = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) / size_t(vector);
-    return points * size_t(tilePixels) * tapsBytes(elementBytes) + rowVectors * sizeof(TileRowVector)
-        + size_t(tilePixels) * sizeof(int32_t);
+    return points * size_t(tilePixels) * tapsBytes(elementBytes) + size_t(tilePixels) * sizeof(int64_t)
+        + rowVectors * sizeof(TileRowVector);
 }
 
 // Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileEntries taps
-// per tile, at least one pixel and at most kTileMaxPixels, within kTileSharedBytes.
+// per tile, at least one pixel and at most kTileMaxPixels, within kTileSharedBytes. The tiled sampler keeps tap
+// offsets within an image (H * W * C elements) in 32 bits.
 inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options, GemmPlan& plan)
 {
     plan.tilePixels = 0;
     plan.tileShared = 0;
     int64_t const points = int64_t(geo.kernelPoints) * geo.d.offset_group;
-    if (options.sampler == kGemmSamplerThread || tileSharedBytes(geo, elementBytes, plan.vector, 1) > kTileSharedBytes)
+    if (options.sampler == kGemmSamplerThread || tileSharedBytes(geo, elementBytes, plan.vector, 1) > kTileSharedBytes
+        || int64_t(geo.d.height) * geo.d.width * geo.d.in_channels > int64_t(INT32_MAX))
         return;
     int32_t pixels = int32_t(std::clamp<int64_t>(std::max(options.tileEntries, 1) / points, 1, kTileMaxPixels));
     while (pixels > 1 && tileSharedBytes(geo, elementBytes, plan.vector, pixels) > kTileSharedBytes)
         pixels /= 2;
     plan.tilePixels = pixels;
-    plan.tileUnroll = options.tileUnroll;
     plan.tileShared = tileSharedBytes(geo, elementBytes, plan.vector, pixels);
 }
 
@@ -216,17 +217,20 @@ DCN_HD void nhwcElement(DeformConvGeometry const& geo, T const* input, T* nhwc, 
     nhwc[idx] = input[((n0 + img) * channels + c) * plane + pix];
 }
 
-// weights[o][kp][cig] = weight[o][cig][kp] for element idx of oC * C/group * kH*kW (idx in the new order).
+// weights[o][kp][cig] = weight[o][cig][kp] for the kH*kW weights of row idx = o * C/group + cig: one thread reads a
+// row's kernel points (contiguous) and writes them C/group apart, so neighbouring threads write neighbouring
+// elements and each thread has all its loads in flight at once.
 template <typename T>
-DCN_HD void weightElement(DeformConvGeometry const& geo, T const* weight, T* weights, int64_t idx)
+DCN_HD void weightRow(DeformConvGeometry const& geo, T const* weight, T* weights, int64_t idx)
 {
     int32_t const cg = geo.channelsPerGroup;
     int32_t const kernelPoints = geo.kernelPoints;
     int32_t const cig = int32_t(idx % cg);
-    int64_t const rest = idx / cg;
-    int32_t const kp = int32_t(rest % kernelPoints);
-    int64_t const o = rest / kernelPoints;
-    weights[idx] = weight[(o * cg + cig) * kernelPoints + kp];
+    int64_t const o = idx / cg;
+    T const* source = weight + idx * kernelPoints;
+    T* target = weights + o * kernelPoints * cg + cig;
+    for (int32_t kp = 0; kp < kernelPoints; ++kp)
+        target[int64_t(kp) * cg] = source[kp];
 }
 
 // The bits of one element, widened to 32 (elements of 2 or 4 bytes).
@@ -305,12 +309,13 @@ inline bool columnIndexFits32(DeformConvGeometry const& geo, int64_t total)
 }
 
 // out[0..Vector) = the bilinear sample, by taps, of the Vector consecutive channels at `image` (a channels-last
-// image advanced to the first channel; `channels` per pixel), rounded to T and stored as one vector.
+// image advanced to the first channel), rounded to T and stored as one vector: neighbour t is at element
+// taps.index[t] * scale (scale: the channels per pixel, or 1 where the indices are already element offsets).
 // All four neighbours are loaded before any is used, so the four loads are in flight together: an invalid one has
 // index 0 (the image's first pixel, always readable) and its value is discarded, not multiplied by a zero weight
 // (an infinity there would make NaN).
 template <typename T, int Vector, typename Acc>
-DCN_HD void sampleVector(T const* image, int32_t channels, BilinearTaps<Acc> const& taps, T* out)
+DCN_HD void sampleVector(T const* image, BilinearTaps<Acc> const& taps, int32_t scale, T* out)
 {
     struct alignas(sizeof(T) * Vector) Pack
     {
@@ -319,7 +324,7 @@ DCN_HD void sampleVector(T const* image, int32_t channels, BilinearTaps<Acc> con
     Pack packs[4];
 DCN_UNROLL
     for (int t = 0; t < 4; ++t)
-        packs[t] = *reinterpret_cast<Pack const*>(image + int64_t(taps.index[t]) * channels);
+        packs[t] = *reinterpret_cast<Pack const*>(image + int64_t(taps.index[t]) * scale);
     Acc acc[Vector];
 DCN_UNROLL
     for (int v = 0; v < Vector; ++v)
@@ -367,16 +372,16 @@ DCN_HD void columnVector(DeformConvGeometry const& geo, T const* nhwc, T const* 
     int32_t const cig = c - g * geo.channelsPerGroup;
     T* out = columns + (int64_t(img) * pixels + p) * channels * kernelPoints
         + (int64_t(g) * kernelPoints + kp) * geo.channelsPerGroup + cig;
-    sampleVector<T, Vector>(nhwc + int64_t(img) * d.height * d.width * channels + c, channels, taps, out);
+    sampleVector<T, Vector>(nhwc + int64_t(img) * d.height * d.width * channels + c, taps, channels, out);
 }
 
-// The tiled sampler (GemmSampler), in three steps per tile; the CUDA kernel and the host build both call these.
+// The tiled sampler (GemmSampler), in two steps per tile; the CUDA kernel and the host build both call these.
 // A tile is tilePixels consecutive pixels of the chunk, counted across its images (flat = img * pixels + p), from
 // flat pixel `first`; a column row holds C * kH*kW / Vector vectors ("row vectors").
 //   1. the tables: tileRowVector for every row vector, tileRowImage for every tile pixel, tileEntryTaps for every
 //      (point, tile pixel) entry, entry = point * tilePixels + tile pixel;
-//   2. then, for every item i of the tile (row i / rowVectors, row vector i % rowVectors), tileItem: the tile's
-//      columns are one contiguous block, and item i's vector is at i * Vector in it.
+//   2. then, for every item (row, r) of the tile, tileItem samples row vector r of tile pixel `row`: the tile's
+//      columns are one contiguous block, and the item's vector is at (row * rowVectors + r) * Vector in it.
 
 // Row vector r: (group, kernel point, channel vector) in column order.
 DCN_HD TileRowVector tileRowVector(DeformConvGeometry const& geo, int32_t vector, int32_t r)
@@ -390,13 +395,15 @@ DCN_HD TileRowVector tileRowVector(DeformConvGeometry const& geo, int32_t vector
     return TileRowVector{c, (c / geo.channelsPerOffsetGroup) * geo.kernelPoints + kp};
 }
 
-// The image (of the chunk) of flat pixel `flat`; 0 past the chunk's end (no item reads it).
-DCN_HD int32_t tileRowImage(int32_t flat, int32_t pixels, int32_t chunkPixels)
+// Where the image (of the chunk's channels-last input) of flat pixel `flat` starts, in elements; 0 past the chunk's
+// end (no item reads it).
+DCN_HD int64_t tileRowImage(DeformConvGeometry const& geo, int32_t flat, int32_t pixels, int32_t chunkPixels)
 {
-    return flat < chunkPixels ? flat / pixels : 0;
+    return flat < chunkPixels ? int64_t(flat / pixels) * geo.d.height * geo.d.width * geo.d.in_channels : 0;
 }
 
-// The taps of entry e of the tile at `first`; none for a pixel past the chunk's end.
+// The taps of entry e of the tile at `first`, their indices scaled to element offsets within the channels-last
+// image (planTile keeps those in 32 bits); none for a pixel past the chunk's end.
 template <typename Acc, typename T>
 DCN_HD BilinearTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
     int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t first, int32_t tilePixels, int32_t e)
@@ -410,20 +417,20 @@ DCN_HD BilinearTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* o
     int32_t const y = int32_t(pixel / geo.outW);
     int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
     int32_t const og = point / geo.kernelPoints;
-    return kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, point - og * geo.kernelPoints, y, x);
+    BilinearTaps<Acc> taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, point - og * geo.kernelPoints, y, x);
+    for (int t = 0; t < 4; ++t)
+        taps.index[t] *= geo.d.in_channels;
+    return taps;
 }
 
-// Item i of the tile; tileColumns is the tile's first column row (columns + first * C * kH*kW).
+// Item (row, r) of the tile; tileColumns is the tile's first column row (columns + first * C * kH*kW).
 template <typename T, int Vector, typename Acc>
-DCN_HD void tileItem(DeformConvGeometry const& geo, T const* nhwc, BilinearTaps<Acc> const* taps,
-    TileRowVector const* rowVectorTable, int32_t const* rowImage, T* tileColumns, int32_t rowVectors,
-    int32_t tilePixels, uint32_t i)
+DCN_HD void tileItem(T const* nhwc, BilinearTaps<Acc> const* taps, TileRowVector const* rowVectorTable,
+    int64_t const* rowImage, T* tileColumns, int32_t rowVectors, int32_t tilePixels, int32_t row, int32_t r)
 {
-    uint32_t const row = i / uint32_t(rowVectors);
-    TileRowVector const rv = rowVectorTable[i - row * uint32_t(rowVectors)];
-    int32_t const channels = geo.d.in_channels;
-    T const* image = nhwc + int64_t(rowImage[row]) * geo.d.height * geo.d.width * channels + rv.channel;
-    sampleVector<T, Vector>(image, channels, taps[rv.point * tilePixels + int32_t(row)], tileColumns + int64_t(i) * Vector);
+    TileRowVector const rv = rowVectorTable[r];
+    sampleVector<T, Vector>(nhwc + rowImage[row] + rv.channel, taps[rv.point * tilePixels + row], 1,
+        tileColumns + (int64_t(row) * rowVectors + r) * Vector);
 }
 
 // One strided-batched product of the GEMM path, in BLAS's column-major terms, always "TN": for each image b of

@@ -49,34 +49,47 @@ constexpr cudaDataType cudaTypeOf()
         return CUDA_R_32F;
 }
 
-// NCHW -> NHWC for images n0..n0+gridDim.z-1, through 32x32 shared tiles (reads and writes both coalesce).
-// Blocks loop over channel tiles, so gridDim.y (at most 65535) need not cover them all.
+// The transposes below move 64x64 tiles through shared memory with 32x8 threads: each thread issues 16 loads before
+// the barrier (with 32x32 tiles and 4 loads each, the 2-byte transposes ran at about 1 TB/s on an H200: too few
+// bytes in flight). Rows are padded so that reading a tile column hits 32 different banks.
+constexpr int kTile = 64;
+template <typename T>
+constexpr int kTilePad = sizeof(T) == 2 ? 2 : 1;
+
+// NCHW -> NHWC for images n0..n0+gridDim.z-1. Blocks loop over channel tiles, so gridDim.y (at most 65535) need not
+// cover them all.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) nhwcKernel(
     DeformConvGeometry const geo, T const* __restrict__ input, T* __restrict__ nhwc, int32_t const n0)
 {
-    __shared__ T tile[32][33];
+    __shared__ T tile[kTile][kTile + kTilePad<T>];
     int64_t const plane = int64_t(geo.d.height) * geo.d.width;
     int32_t const channels = geo.d.in_channels;
     int32_t const img = blockIdx.z;
-    int64_t const pix0 = int64_t(blockIdx.x) * 32;
+    int64_t const pix0 = int64_t(blockIdx.x) * kTile;
     T const* source = input + int64_t(n0 + img) * channels * plane;
     T* target = nhwc + int64_t(img) * channels * plane;
-    for (int32_t c0 = blockIdx.y * 32; c0 < channels; c0 += gridDim.y * 32)
+    for (int32_t c0 = blockIdx.y * kTile; c0 < channels; c0 += gridDim.y * kTile)
     {
-        for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: channel within the tile; threadIdx.x: pixel
-        {
-            int64_t const pix = pix0 + threadIdx.x;
-            if (c0 + r < channels && pix < plane)
-                tile[r][threadIdx.x] = source[int64_t(c0 + r) * plane + pix];
-        }
+DCN_UNROLL
+        for (int rStep = 0; rStep < kTile / 8; ++rStep) // r: channel within the tile; x: pixel
+DCN_UNROLL
+            for (int xStep = 0; xStep < kTile / 32; ++xStep)
+            {
+                int const r = threadIdx.y + 8 * rStep, x = threadIdx.x + 32 * xStep;
+                if (c0 + r < channels && pix0 + x < plane)
+                    tile[r][x] = source[int64_t(c0 + r) * plane + pix0 + x];
+            }
         __syncthreads();
-        for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: pixel within the tile; threadIdx.x: channel
-        {
-            int64_t const pix = pix0 + r;
-            if (c0 + int32_t(threadIdx.x) < channels && pix < plane)
-                target[pix * channels + c0 + threadIdx.x] = tile[threadIdx.x][r];
-        }
+DCN_UNROLL
+        for (int rStep = 0; rStep < kTile / 8; ++rStep) // r: pixel within the tile; x: channel
+DCN_UNROLL
+            for (int xStep = 0; xStep < kTile / 32; ++xStep)
+            {
+                int const r = threadIdx.y + 8 * rStep, x = threadIdx.x + 32 * xStep;
+                if (c0 + x < channels && pix0 + r < plane)
+                    target[(pix0 + r) * channels + c0 + x] = tile[x][r];
+            }
         __syncthreads(); // the tile is refilled by the next channel tile
     }
 }
@@ -86,7 +99,7 @@ __global__ void __launch_bounds__(kThreads) weightsKernel(
     DeformConvGeometry const geo, T const* __restrict__ weight, T* __restrict__ weights, int64_t const total)
 {
     for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x)
-        weightElement<T>(geo, weight, weights, idx);
+        weightRow<T>(geo, weight, weights, idx);
 }
 
 template <typename T, int Vector, typename Index>
@@ -99,9 +112,9 @@ __global__ void __launch_bounds__(kThreads) columnsKernel(DeformConvGeometry con
 }
 
 // The tiled sampler (deformConvColumns.h): block b samples the tile of chunk pixels b * tilePixels.., its tables
-// in dynamic shared memory (plan.tileShared bytes: taps, row vectors, pixel images).
-// Unroll: items per thread per step (their gathers in flight together).
-template <typename T, int Vector, int Unroll>
+// in dynamic shared memory (plan.tileShared bytes: taps, row vectors, pixel images). Each thread steps through the
+// tile's items blockDim.x apart, carrying (row, r) instead of dividing the item number.
+template <typename T, int Vector>
 __global__ void __launch_bounds__(kThreads) tiledColumnsKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns,
     int32_t const n0, int64_t const p0, int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels)
@@ -112,25 +125,32 @@ __global__ void __launch_bounds__(kThreads) tiledColumnsKernel(DeformConvGeometr
     int32_t const entries = points * tilePixels;
     int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
     auto* taps = reinterpret_cast<BilinearTaps<Acc>*>(tileTables);
-    auto* rowVectorTable = reinterpret_cast<TileRowVector*>(taps + entries);
-    auto* rowImage = reinterpret_cast<int32_t*>(rowVectorTable + rowVectors);
+    auto* rowImage = reinterpret_cast<int64_t*>(taps + entries);
+    auto* rowVectorTable = reinterpret_cast<TileRowVector*>(rowImage + tilePixels);
     int32_t const first = int32_t(blockIdx.x) * tilePixels;
     for (int32_t e = threadIdx.x; e < entries; e += blockDim.x)
         taps[e] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels, e);
     for (int32_t r = threadIdx.x; r < rowVectors; r += blockDim.x)
         rowVectorTable[r] = tileRowVector(geo, Vector, r);
     for (int32_t row = threadIdx.x; row < tilePixels; row += blockDim.x)
-        rowImage[row] = tileRowImage(first + row, pixels, chunkPixels);
+        rowImage[row] = tileRowImage(geo, first + row, pixels, chunkPixels);
     __syncthreads();
-    uint32_t const items = uint32_t(min(tilePixels, chunkPixels - first)) * uint32_t(rowVectors);
+    int32_t const rows = min(tilePixels, chunkPixels - first);
     T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
-    for (uint32_t i = threadIdx.x; i < items; i += Unroll * blockDim.x)
+    int32_t const stepRows = int32_t(blockDim.x) / rowVectors;
+    int32_t const stepR = int32_t(blockDim.x) - stepRows * rowVectors;
+    int32_t row = int32_t(threadIdx.x) / rowVectors;
+    int32_t r = int32_t(threadIdx.x) - row * rowVectors;
+    while (row < rows)
     {
-DCN_UNROLL
-        for (int u = 0; u < Unroll; ++u)
-            if (i + u * blockDim.x < items)
-                tileItem<T, Vector>(geo, nhwc, taps, rowVectorTable, rowImage, tileColumns, rowVectors, tilePixels,
-                    i + u * blockDim.x);
+        tileItem<T, Vector>(nhwc, taps, rowVectorTable, rowImage, tileColumns, rowVectors, tilePixels, row, r);
+        row += stepRows;
+        r += stepR;
+        if (r >= rowVectors)
+        {
+            r -= rowVectors;
+            ++row;
+        }
     }
 }
 
@@ -151,36 +171,44 @@ __global__ void __launch_bounds__(kThreads) fillBiasKernel(T* __restrict__ outpu
 }
 
 // output[n0 + img][o][p0 + p] = staging[img][p][o] + bias[o] for the chunk (stagedOutputElement's mapping), through
-// 32x32 shared tiles: reads run along o, writes along p, both coalesced. Blocks loop over channel tiles.
+// 64x64 shared tiles: reads run along o, writes along p, both coalesced. Blocks loop over channel tiles.
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kThreads) stagedOutputKernel(DeformConvGeometry const geo,
     Acc const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ output, int32_t const n0,
     int64_t const p0, int32_t const pixels)
 {
-    __shared__ Acc tile[32][33];
+    __shared__ Acc tile[kTile][kTile + 1];
     int32_t const oc = geo.d.out_channels;
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     int32_t const img = blockIdx.z;
-    int32_t const pix0 = int32_t(blockIdx.x) * 32;
+    int32_t const pix0 = int32_t(blockIdx.x) * kTile;
     Acc const* source = staging + int64_t(img) * pixels * oc;
     T* target = output + (int64_t(n0) + img) * oc * plane + p0;
-    for (int32_t o0 = blockIdx.y * 32; o0 < oc; o0 += gridDim.y * 32)
+    for (int32_t o0 = blockIdx.y * kTile; o0 < oc; o0 += gridDim.y * kTile)
     {
-        for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: pixel within the tile; threadIdx.x: channel
-        {
-            int32_t const pix = pix0 + r;
-            int32_t const o = o0 + int32_t(threadIdx.x);
-            if (pix < pixels && o < oc)
-                tile[r][threadIdx.x] = source[int64_t(pix) * oc + o] + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
-        }
+DCN_UNROLL
+        for (int rStep = 0; rStep < kTile / 8; ++rStep) // r: pixel within the tile; x: channel
+DCN_UNROLL
+            for (int xStep = 0; xStep < kTile / 32; ++xStep)
+            {
+                int const r = threadIdx.y + 8 * rStep, x = threadIdx.x + 32 * xStep;
+                int32_t const pix = pix0 + r;
+                int32_t const o = o0 + x;
+                if (pix < pixels && o < oc)
+                    tile[r][x] = source[int64_t(pix) * oc + o] + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
+            }
         __syncthreads();
-        for (int r = threadIdx.y; r < 32; r += blockDim.y) // r: channel within the tile; threadIdx.x: pixel
-        {
-            int32_t const pix = pix0 + int32_t(threadIdx.x);
-            int32_t const o = o0 + r;
-            if (pix < pixels && o < oc)
-                target[int64_t(o) * plane + pix] = ElementTraits<T>::fromAcc(tile[threadIdx.x][r]);
-        }
+DCN_UNROLL
+        for (int rStep = 0; rStep < kTile / 8; ++rStep) // r: channel within the tile; x: pixel
+DCN_UNROLL
+            for (int xStep = 0; xStep < kTile / 32; ++xStep)
+            {
+                int const r = threadIdx.y + 8 * rStep, x = threadIdx.x + 32 * xStep;
+                int32_t const pix = pix0 + x;
+                int32_t const o = o0 + r;
+                if (pix < pixels && o < oc)
+                    target[int64_t(o) * plane + pix] = ElementTraits<T>::fromAcc(tile[x][r]);
+            }
         __syncthreads(); // the tile is refilled by the next channel tile
     }
 }
@@ -205,8 +233,8 @@ void launchColumnsIndexed(int32_t vector, DeformConvGeometry const& geo, T const
     }
 }
 
-template <typename T, int Unroll>
-void launchTiledUnrolled(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
+template <typename T>
+void launchTiledColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
     T const* mask, T* columns, int32_t n0, int64_t p0, int32_t pixels, int32_t chunkPixels, cudaStream_t stream)
 {
     unsigned const tiles = unsigned((int64_t(chunkPixels) + plan.tilePixels - 1) / plan.tilePixels);
@@ -214,21 +242,11 @@ void launchTiledUnrolled(GemmPlan const& plan, DeformConvGeometry const& geo, T 
     int32_t const tp = plan.tilePixels;
     switch (plan.vector)
     {
-    case 8: tiledColumnsKernel<T, 8, Unroll><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
-    case 4: tiledColumnsKernel<T, 4, Unroll><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
-    case 2: tiledColumnsKernel<T, 2, Unroll><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
-    default: tiledColumnsKernel<T, 1, Unroll><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp);
+    case 8: tiledColumnsKernel<T, 8><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
+    case 4: tiledColumnsKernel<T, 4><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
+    case 2: tiledColumnsKernel<T, 2><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
+    default: tiledColumnsKernel<T, 1><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp);
     }
-}
-
-template <typename T>
-void launchTiledColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
-    T const* mask, T* columns, int32_t n0, int64_t p0, int32_t pixels, int32_t chunkPixels, cudaStream_t stream)
-{
-    if (plan.tileUnroll >= 2)
-        launchTiledUnrolled<T, 2>(plan, geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, stream);
-    else
-        launchTiledUnrolled<T, 1>(plan, geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, stream);
 }
 
 template <typename T>
@@ -275,13 +293,14 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     int64_t const inPlane = int64_t(d.height) * d.width;
 
-    int64_t const weightCount = int64_t(d.out_channels) * geo.channelsPerGroup * geo.kernelPoints;
-    weightsKernel<T><<<blocksFor(weightCount), kThreads, 0, stream>>>(geo, weight, weights, weightCount);
+    int64_t const weightRows = int64_t(d.out_channels) * geo.channelsPerGroup;
+    weightsKernel<T><<<blocksFor(weightRows), kThreads, 0, stream>>>(geo, weight, weights, weightRows);
     Status status = launchStatus("the weight re-layout kernel");
     for (int32_t n0 = 0; status.ok() && n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        dim3 const tiles(unsigned((inPlane + 31) / 32), unsigned(std::min((d.in_channels + 31) / 32, 65535)), unsigned(images));
+        dim3 const tiles(unsigned((inPlane + kTile - 1) / kTile), unsigned(std::min((d.in_channels + kTile - 1) / kTile, 65535)),
+            unsigned(images));
         nhwcKernel<T><<<tiles, dim3(32, 8), 0, stream>>>(geo, input, nhwc, n0);
         status = launchStatus("the channels-last transpose kernel");
         for (int64_t p0 = 0; status.ok() && p0 < plane; p0 += plan.pixels)
@@ -296,8 +315,8 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
                         staging, false, handle);
                 if (status.ok())
                 {
-                    dim3 const outTiles(unsigned((pixels + 31) / 32),
-                        unsigned(std::min((d.out_channels + 31) / 32, 65535)), unsigned(images));
+                    dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
+                        unsigned(std::min((d.out_channels + kTile - 1) / kTile, 65535)), unsigned(images));
                     stagedOutputKernel<T, Acc><<<outTiles, dim3(32, 8), 0, stream>>>(geo, staging, bias, output, n0,
                         p0, pixels);
                     status = launchStatus("the staged output kernel");

@@ -112,7 +112,7 @@ void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T con
     int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
     std::vector<BilinearTaps<Acc>> taps(static_cast<size_t>(entries));
     std::vector<TileRowVector> rowVectorTable(static_cast<size_t>(rowVectors));
-    std::vector<int32_t> rowImage(static_cast<size_t>(tilePixels));
+    std::vector<int64_t> rowImage(static_cast<size_t>(tilePixels));
     for (int32_t r = 0; r < rowVectors; ++r)
         rowVectorTable[size_t(r)] = tileRowVector(geo, Vector, r);
     for (int32_t first = 0; first < chunkPixels; first += tilePixels)
@@ -120,12 +120,13 @@ void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T con
         for (int32_t e = 0; e < entries; ++e)
             taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels, e);
         for (int32_t row = 0; row < tilePixels; ++row)
-            rowImage[size_t(row)] = tileRowImage(first + row, pixels, chunkPixels);
-        uint32_t const items = uint32_t(std::min(tilePixels, chunkPixels - first)) * uint32_t(rowVectors);
+            rowImage[size_t(row)] = tileRowImage(geo, first + row, pixels, chunkPixels);
+        int32_t const rows = std::min(tilePixels, chunkPixels - first);
         T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
-        for (uint32_t i = 0; i < items; ++i)
-            tileItem<T, Vector>(geo, nhwc, taps.data(), rowVectorTable.data(), rowImage.data(), tileColumns,
-                rowVectors, tilePixels, i);
+        for (int32_t row = 0; row < rows; ++row)
+            for (int32_t r = 0; r < rowVectors; ++r)
+                tileItem<T, Vector>(nhwc, taps.data(), rowVectorTable.data(), rowImage.data(), tileColumns,
+                    rowVectors, tilePixels, row, r);
     }
 }
 
@@ -149,9 +150,9 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
     std::vector<T> columns(plan.columnsBytes / sizeof(T)), nhwc(plan.nhwcBytes / sizeof(T)),
         weights(plan.weightsBytes / sizeof(T));
     std::vector<Acc> staging(plan.staged ? plan.stagingBytes / sizeof(Acc) : 0);
-    int64_t const weightCount = int64_t(d.out_channels) * geo.channelsPerGroup * geo.kernelPoints;
-    for (int64_t idx = 0; idx < weightCount; ++idx)
-        weightElement<T>(geo, weight, weights.data(), idx);
+    int64_t const weightRows = int64_t(d.out_channels) * geo.channelsPerGroup;
+    for (int64_t idx = 0; idx < weightRows; ++idx)
+        weightRow<T>(geo, weight, weights.data(), idx);
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     for (int32_t n0 = 0; n0 < d.batch; n0 += plan.images)
     {

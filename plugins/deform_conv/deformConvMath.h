@@ -32,8 +32,9 @@ struct DeformConvGeometry
 // Up to four bilinear neighbours of one sample, as indices into one HxW plane with their weights (mask folded
 // in). valid bit k says neighbour k is inside the image; an invalid one has index 0 and weight 0, and its value
 // must not be used (it may be read: index 0 is always inside).
+// Aligned so that the tiled sampler reads a set from shared memory in 16-byte pieces.
 template <typename Acc>
-struct BilinearTaps
+struct alignas(16) BilinearTaps
 {
     int32_t index[4];
     Acc weight[4];
