@@ -133,7 +133,7 @@ def test_half_types_accumulate_in_float32(kernels, algo, case_name, dtype):
 # unaligned).
 _CHILD_ENVS = {
     "chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
-               "DCN_DEPLOY_GEMM_TILE_ENTRIES": "10"},
+               "DCN_DEPLOY_GEMM_TILE_ITEMS": "1"},
     "direct": {"DCN_DEPLOY_GEMM_OUTPUT": "direct"},
     "staged": {"DCN_DEPLOY_GEMM_OUTPUT": "staged"},
     "thread": {"DCN_DEPLOY_GEMM_SAMPLER": "thread"},
@@ -181,7 +181,7 @@ def _check_dense_child(children, name: str) -> None:
 def test_gemm_path_in_chunks_and_pixel_slices(dense_children):
     """The GEMM path cuts the batch when its columns exceed the budget: with a 1 MiB budget the dense configs run
     in chunks of whole images and in slices of one image's pixels, through the staging scratch, in tiles of one pixel
-    (10 taps per tile)."""
+    (DCN_DEPLOY_GEMM_TILE_ITEMS=1)."""
     _check_dense_child(dense_children, "chunks")
 
 

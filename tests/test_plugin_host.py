@@ -71,51 +71,51 @@ def _vector_friendly_case(rng: random.Random):
     return random_layer_case(rng, groups, offset_groups, cpg, (1, 5), 9, 9, (0.5, 2.0, 25.0))
 
 
-def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto", sampler="auto", tile_entries=0):
+def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto", sampler="auto", tile_items=0):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
                               path="gemm", column_budget_bytes=budget, gemm_output=output, gemm_sampler=sampler,
-                              tile_entries=tile_entries, library=host_lib)
+                              tile_items=tile_items, library=host_lib)
 
 
 # How the columns are sampled: tiled (a tile's taps once, then its columns front to back; the default) with tiles
 # of one pixel, of a few pixels (a tile crossing images, a last tile cut short) and the default, or one thread per
 # channel vector.
-SAMPLERS = [("tiled", 1), ("tiled", 10), ("tiled", 0), ("thread", 0)]
+SAMPLERS = [("tiled", 1), ("tiled", 60), ("tiled", 0), ("thread", 0)]
 
 
-@pytest.mark.parametrize("sampler,tile_entries", SAMPLERS)
+@pytest.mark.parametrize("sampler,tile_items", SAMPLERS)
 @pytest.mark.parametrize("seed", range(12))
-def test_gemm_path_samplers_match_reference(host_lib, seed, sampler, tile_entries):
+def test_gemm_path_samplers_match_reference(host_lib, seed, sampler, tile_items):
     rng = random.Random(500 + seed)
     case = random_case(rng, max_channels_per_group=6) if seed % 3 == 0 else _vector_friendly_case(rng)
     tensors = make_tensors(case, torch.float64, seed=seed)
     expected = reference(case, *tensors)
-    got = run_host_gemm(host_lib, case, *tensors, sampler=sampler, tile_entries=tile_entries)
+    got = run_host_gemm(host_lib, case, *tensors, sampler=sampler, tile_items=tile_items)
     assert max_relative_error(got, expected) < 1e-12, case
 
 
-@pytest.mark.parametrize("sampler,tile_entries", SAMPLERS)
+@pytest.mark.parametrize("sampler,tile_items", SAMPLERS)
 @pytest.mark.parametrize("budget", [1, 1_000_000])
-def test_gemm_path_samplers_in_chunks_and_pixel_slices(host_lib, budget, sampler, tile_entries):
+def test_gemm_path_samplers_in_chunks_and_pixel_slices(host_lib, budget, sampler, tile_items):
     """Tiles of a pixel slice (budget 1: slices of 256 pixels) and of two-image chunks with a last chunk of one."""
     from plugin_configs import Case
 
     case = Case(5, 1, 2, 8, 6, 23, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0)
     tensors = make_tensors(case, torch.float64, seed=budget)
     expected = reference(case, *tensors)
-    got = run_host_gemm(host_lib, case, *tensors, budget=budget, sampler=sampler, tile_entries=tile_entries)
+    got = run_host_gemm(host_lib, case, *tensors, budget=budget, sampler=sampler, tile_items=tile_items)
     assert max_relative_error(got, expected) < 1e-12
 
 
-def test_gemm_sampler_and_tile_entries_are_checked(host_lib):
+def test_gemm_sampler_and_tile_items_are_checked(host_lib):
     from plugin_configs import Case
 
     case = Case(1, 1, 1, 2, 2, 4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0)
     tensors = make_tensors(case, torch.float64, seed=0)
     with pytest.raises(ValueError, match="gemm_sampler must be one of auto, tiled, thread, got 'tile'"):
         run_host_gemm(host_lib, case, *tensors, sampler="tile")
-    with pytest.raises(ValueError, match="tile_entries must be 0 .the default. or positive, got -3"):
-        run_host_gemm(host_lib, case, *tensors, tile_entries=-3)
+    with pytest.raises(ValueError, match="tile_items must be 0 .the default. or positive, got -3"):
+        run_host_gemm(host_lib, case, *tensors, tile_items=-3)
 
 
 # Where the product writes: straight into NCHW, or through the pixel-major scratch and the transpose that adds the

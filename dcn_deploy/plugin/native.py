@@ -257,7 +257,7 @@ GEMM_SAMPLERS = {"auto": 0, "tiled": 1, "thread": 2}
 
 def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
                        path: str = "direct", column_budget_bytes: int = 0, gemm_output: str = "auto",
-                       gemm_sampler: str = "auto", tile_entries: int = 0,
+                       gemm_sampler: str = "auto", tile_items: int = 0,
                        library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
@@ -268,8 +268,8 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     output), ``staged`` (through a pixel-major scratch, then transposed with the bias) or ``auto`` (as on the GPU:
     staged). ``gemm_sampler`` (gemm only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU),
     ``thread`` (each thread its own taps) or ``auto`` (as on the GPU: tiled where its tables fit);
-    ``tile_entries``: the tiled sampler's taps per tile (0: the GPU's default). Returns (N, out_channels, oH, oW) in
-    the input's dtype.
+    ``tile_items``: the tiled sampler's channel vectors per tile (0: the GPU's default). Returns
+    (N, out_channels, oH, oW) in the input's dtype.
     """
     if path == "direct":
         return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride,
@@ -279,10 +279,10 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
             raise ValueError(f"gemm_output must be one of {', '.join(GEMM_OUTPUTS)}, got {gemm_output!r}")
         if gemm_sampler not in GEMM_SAMPLERS:
             raise ValueError(f"gemm_sampler must be one of {', '.join(GEMM_SAMPLERS)}, got {gemm_sampler!r}")
-        if int(tile_entries) < 0:
-            raise ValueError(f"tile_entries must be 0 (the default) or positive, got {tile_entries}")
+        if int(tile_items) < 0:
+            raise ValueError(f"tile_items must be 0 (the default) or positive, got {tile_items}")
         extra = (ctypes.c_size_t(int(column_budget_bytes)), ctypes.c_int32(GEMM_OUTPUTS[gemm_output]),
-                 ctypes.c_int32(GEMM_SAMPLERS[gemm_sampler]), ctypes.c_int32(int(tile_entries)))
+                 ctypes.c_int32(GEMM_SAMPLERS[gemm_sampler]), ctypes.c_int32(int(tile_items)))
         return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", extra, input, offset, weight, bias, mask,
                                stride, padding, dilation, library)
     raise ValueError(f"path must be 'direct' or 'gemm', got {path!r}")

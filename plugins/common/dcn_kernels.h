@@ -88,10 +88,10 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
  * 0 = the CUDA default), layouts and sampling, with cuBLAS's product as a plain loop. output_mode: where the product
  * writes, 0 as the CUDA path chooses, 1 straight into NCHW, 2 through the staging scratch (GemmOutput in
  * plugins/deform_conv/deformConvColumns.h). sampler: 0 as the CUDA path chooses, 1 tiled, 2 one thread per channel
- * vector (GemmSampler); tile_entries: the tiled sampler's taps per tile, 0 = the CUDA default. For tests. */
+ * vector (GemmSampler); tile_items: the tiled sampler's channel vectors per tile, 0 = the CUDA default. For tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_entries);
+    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items);
 /* The fast CPU forward (float32 or float64; same arithmetic as the reference above, organised for speed: a
  * channels-last copy of the input, vectorised channel loops, OpenMP over images x output rows when built with it).
  * num_threads: 0 = OpenMP's default; ignored in a build without OpenMP. */

@@ -33,7 +33,7 @@ namespace
 //   DCN_DEPLOY_GEMM_CHUNK_MB      the column budget in MiB (default 64);
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
-//   DCN_DEPLOY_GEMM_TILE_ENTRIES  the tiled sampler's taps per tile (default kTileDefaultEntries).
+//   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default kTileDefaultItems).
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
 // An unknown value is reported by every entry that uses the options (abiGemmOptionsStatus).
 struct AbiGemmOptions
@@ -74,10 +74,10 @@ AbiGemmOptions const& abiGemmSettings()
             parsed.columnBudget = size_t(mb) << 20;
         parsed.output = choiceFromEnvironment("DCN_DEPLOY_GEMM_OUTPUT", {"auto", "direct", "staged"}, read.problem);
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
-        char const* entries = std::getenv("DCN_DEPLOY_GEMM_TILE_ENTRIES");
-        long const tileEntries = entries ? std::strtol(entries, nullptr, 10) : 0;
-        if (tileEntries > 0 && tileEntries <= 1 << 20)
-            parsed.tileEntries = int32_t(tileEntries);
+        char const* entries = std::getenv("DCN_DEPLOY_GEMM_TILE_ITEMS");
+        long const tileItems = entries ? std::strtol(entries, nullptr, 10) : 0;
+        if (tileItems > 0 && tileItems <= 1 << 20)
+            parsed.tileItems = int32_t(tileItems);
         return read;
     }();
     return settings;

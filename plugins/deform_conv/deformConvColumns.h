@@ -62,21 +62,23 @@ enum GemmSampler : int32_t
     kGemmSamplerThread = 2, // per thread
 };
 
-// Taps per tile: tile pixels = this / (offset groups * kernel points). On an H200 (2026-11-26, fp16, 3x3) 64 beat
-// 128, 256 and 512 on the dense layers of benchmarks/gpu_deform_conv.py: more, smaller blocks fill the last wave.
-constexpr int32_t kTileDefaultEntries = 64;
+// Items (channel vectors to sample) per tile: tile pixels = this / (C * kH*kW / vector), so about 8 per thread of a
+// 256-thread block. On an H200 (2026-11-26, fp16, 3x3, benchmarks/RESULTS.md) the best tiles measured were 14, 7 and
+// 3 pixels for C = 128, 256 and 512: about 2000 items each. Smaller tiles spend more of the block on its tables,
+// larger ones leave part of the last wave of blocks idle.
+constexpr int32_t kTileDefaultItems = 2048;
 constexpr int32_t kTileMaxPixels = 64;
 constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
 
 // The GEMM path's tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
-// DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER and DCN_DEPLOY_GEMM_TILE_ENTRIES (benchmarks, tests); the host
+// DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER and DCN_DEPLOY_GEMM_TILE_ITEMS (benchmarks, tests); the host
 // build takes them as arguments.
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
     int32_t output = kGemmOutputAuto;               // a GemmOutput
     int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
-    int32_t tileEntries = kTileDefaultEntries;      // the tiled sampler's taps per tile (a target, at least 1)
+    int32_t tileItems = kTileDefaultItems;        // the tiled sampler's items per tile (a target, at least 1)
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -147,18 +149,18 @@ inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes
         + rowVectors * sizeof(TileRowVector);
 }
 
-// Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileEntries taps
+// Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileItems items
 // per tile, at least one pixel and at most kTileMaxPixels, within kTileSharedBytes. The tiled sampler keeps tap
 // offsets within an image (H * W * C elements) in 32 bits.
 inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options, GemmPlan& plan)
 {
     plan.tilePixels = 0;
     plan.tileShared = 0;
-    int64_t const points = int64_t(geo.kernelPoints) * geo.d.offset_group;
     if (options.sampler == kGemmSamplerThread || tileSharedBytes(geo, elementBytes, plan.vector, 1) > kTileSharedBytes
         || int64_t(geo.d.height) * geo.d.width * geo.d.in_channels > int64_t(INT32_MAX))
         return;
-    int32_t pixels = int32_t(std::clamp<int64_t>(std::max(options.tileEntries, 1) / points, 1, kTileMaxPixels));
+    int64_t const rowVectors = int64_t(geo.d.in_channels) * geo.kernelPoints / plan.vector;
+    int32_t pixels = int32_t(std::clamp<int64_t>(std::max(options.tileItems, 1) / rowVectors, 1, kTileMaxPixels));
     while (pixels > 1 && tileSharedBytes(geo, elementBytes, plan.vector, pixels) > kTileSharedBytes)
         pixels /= 2;
     plan.tilePixels = pixels;

@@ -234,7 +234,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_entries)
+    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items)
 {
     return dcn::guarded([&] {
         if (!dcn::validGemmOutput(output_mode))
@@ -243,17 +243,17 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         if (!dcn::validGemmSampler(sampler))
             return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: sampler must be 0 (auto), 1 (tiled) "
                                         "or 2 (per thread), got " + std::to_string(sampler));
-        if (tile_entries < 0)
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: tile_entries must be 0 (the default) or "
-                                        "positive, got " + std::to_string(tile_entries));
+        if (tile_items < 0)
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: tile_items must be 0 (the default) or "
+                                        "positive, got " + std::to_string(tile_items));
         dcn::DeformConvGeometry geo;
         dcn::GemmOptions options;
         if (column_budget_bytes)
             options.columnBudget = column_budget_bytes;
         options.output = output_mode;
         options.sampler = sampler;
-        if (tile_entries)
-            options.tileEntries = tile_entries;
+        if (tile_items)
+            options.tileItems = tile_items;
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_gemm", desc, dtype, input, offset, weight, output, geo,
             [&](auto tag) {
                 using T = decltype(tag);
