@@ -6,10 +6,11 @@
 //                                             tap are contiguous and load as 16-byte vectors;
 //   columns[image][pixel][g][kp][c % (C/g)]   the sampled columns (mask folded in), K contiguous per pixel;
 //   weights[o][kp][c % (C/g)]                 the weights with the kernel point outer, matching the columns;
-//   out(pixels x oC/g) = columns_g (pixels x K/g) * weights_g^T, one product per group, written into NCHW
-//                                             (direct), or through a pixel-major scratch (staged: see GemmOutput).
-// One thread samples `vector` consecutive channels of one (image, pixel, kernel point): consecutive threads take
-// consecutive channel vectors, so loads and stores are contiguous across a warp.
+//   out(pixels x oC/g) = columns_g (pixels x K/g) * weights_g^T, one product per group, through a pixel-major
+//                                             scratch (staged, the default) or straight into NCHW (see GemmOutput).
+// The sampling works on channel vectors: `vector` consecutive channels of one (image, pixel, kernel point), taken
+// by consecutive threads in column order, so loads and stores are contiguous across a warp (GemmSampler: tiled,
+// with each tile's taps computed once, or one thread per vector computing its own).
 #pragma once
 
 #include "deformConvMath.h"

@@ -1,15 +1,15 @@
 // The GEMM path of deformable convolution: sample, then multiply with cuBLAS.
 //
 // Layout and per-thread work are in deformConvColumns.h (shared with the host build that CI checks). Per chunk of
-// the batch: the chunk's input is transposed to channels-last (a tiled transpose), one kernel samples the
-// columns (16-byte channel vectors per bilinear tap, coalesced across a warp), then one strided-batched cuBLAS
-// product per group (float32 accumulation for every type but float64). Direct: the bias is written into the output
-// and the product adds columns x weights into NCHW. Staged (where NCHW rows are not 16-byte aligned, GemmOutput):
-// the product goes to a pixel-major float scratch and a tiled transpose writes NCHW with the bias. The weights are
-// re-laid out once per launch.
+// the batch: the chunk's input is transposed to channels-last (64x64 tiles), the tiled sampler writes the columns
+// (each tile's taps computed once into shared memory; 16-byte channel vectors, coalesced across a warp), then one
+// cuBLAS product per group (float32 accumulation for every type but float64). Staged (the default, GemmOutput):
+// the product goes to a pixel-major float scratch and a tiled transpose writes NCHW with the bias. Direct: the bias
+// is written into the output and the product adds columns x weights into NCHW. The weights are re-laid out once
+// per launch.
 //
-// Measured on an H100 (benchmarks/RESULTS.md): faster than the fused kernel of deformConvFused.cu on every
-// dense layer, but still slower than torchvision's kernel; benchmarks/gpu_notes.md says why and what is next.
+// Measured on an H200 (benchmarks/RESULTS.md, 2026-11-26): 0.70x to 1.36x torchvision's speed in fp16;
+// benchmarks/gpu_notes.md says where the time goes and what is next.
 #include "cublasLoader.h"
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
