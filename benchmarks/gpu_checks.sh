@@ -124,6 +124,11 @@ bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped 
 
 # 7. Variants of the GEMM path's settings, each a table in the log, and the sampling kernels under Nsight Compute.
 for variant in ${DCN_GPU_VARIANTS:-}; do
+    if [[ $variant != *:*=* ]]; then
+        echo "DCN_GPU_VARIANTS: '$variant' is not NAME:VAR=VALUE[,VAR=VALUE]; skipped" | tee -a "$LOG"
+        SUMMARY+=("variant '$variant' skipped: not NAME:VAR=VALUE")
+        continue
+    fi
     settings=${variant#*:}
     step "variant-${variant%%:*}" 60 env ${settings//,/ } python3 benchmarks/gpu_deform_conv.py --algos gemm \
         --dtypes float16 --iters 20 --warmup 3

@@ -208,8 +208,14 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, 128 * 128, 4)
 
 
-def test_an_unknown_gemm_output_option_is_an_error_naming_it(kernels_lib):
-    """DCN_DEPLOY_GEMM_OUTPUT is read once per process by the C ABI, so it is set in a child process. The error
+@pytest.mark.parametrize("variable,value,message", [
+    ("DCN_DEPLOY_GEMM_OUTPUT", "nchw", "DCN_DEPLOY_GEMM_OUTPUT must be one of auto, direct, staged, got 'nchw'"),
+    ("DCN_DEPLOY_GEMM_SAMPLER", "tile", "DCN_DEPLOY_GEMM_SAMPLER must be one of auto, tiled, thread, got 'tile'"),
+    ("DCN_DEPLOY_GEMM_TILE_ITEMS", "64k",
+     "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '64k'"),
+])
+def test_an_unknown_gemm_option_is_an_error_naming_it(kernels_lib, variable, value, message):
+    """The C ABI reads its DCN_DEPLOY_GEMM_* options once per process, so each is set in a child process. The error
     still names the value read after the variable is unset (the message used to call getenv again: a crash)."""
     import subprocess
     import sys
@@ -220,11 +226,10 @@ def test_an_unknown_gemm_output_option_is_an_error_naming_it(kernels_lib):
               "for attempt in range(2):\n"
               " try:\n  lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), 0, 3, ctypes.byref(size))\n"
               " except NativeError as exc:\n  print(exc, flush=True)\n"
-              " os.environ.pop('DCN_DEPLOY_GEMM_OUTPUT', None)")
-    env = dict(os.environ, DCN_DEPLOY_GEMM_OUTPUT="nchw")
+              f" os.environ.pop('{variable}', None)")
+    env = dict(os.environ, **{variable: value})
     proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path)], env=env, capture_output=True,
                           text=True, timeout=60)
-    message = "DCN_DEPLOY_GEMM_OUTPUT must be one of auto, direct, staged, got 'nchw'"
     assert proc.returncode == 0 and proc.stdout.count(message) == 2, (proc.returncode, proc.stdout + proc.stderr)
 
 

@@ -267,7 +267,7 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     arguments through a plain product). ``gemm_output`` (gemm only): ``direct`` (the product adds into the NCHW
     output), ``staged`` (through a pixel-major scratch, then transposed with the bias) or ``auto`` (as on the GPU:
     staged). ``gemm_sampler`` (gemm only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU),
-    ``thread`` (each thread its own taps) or ``auto`` (as on the GPU: tiled where its tables fit);
+    ``thread`` (each thread its own taps) or ``auto`` (as on the GPU: tiled where it can);
     ``tile_items``: the tiled sampler's channel vectors per tile (0: the GPU's default). Returns
     (N, out_channels, oH, oW) in the input's dtype.
     """

@@ -33,7 +33,8 @@ namespace
 //   DCN_DEPLOY_GEMM_CHUNK_MB      the column budget in MiB (default 64);
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
-//   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default kTileDefaultItems).
+//   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'
+//                                 worth).
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
 // An unknown value is reported by every entry that uses the options (abiGemmOptionsStatus).
 struct AbiGemmOptions
@@ -74,9 +75,15 @@ AbiGemmOptions const& abiGemmSettings()
             parsed.columnBudget = size_t(mb) << 20;
         parsed.output = choiceFromEnvironment("DCN_DEPLOY_GEMM_OUTPUT", {"auto", "direct", "staged"}, read.problem);
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
-        char const* entries = std::getenv("DCN_DEPLOY_GEMM_TILE_ITEMS");
-        long const tileItems = entries ? std::strtol(entries, nullptr, 10) : 0;
-        if (tileItems > 0 && tileItems <= 1 << 20)
+        char const* items = std::getenv("DCN_DEPLOY_GEMM_TILE_ITEMS");
+        std::string const itemsText = items ? items : "";
+        char* end = nullptr;
+        long const tileItems = itemsText.empty() ? 0 : std::strtol(itemsText.c_str(), &end, 10);
+        if (!itemsText.empty() && (*end != '\0' || tileItems < 1 || tileItems > (1 << 20)))
+            read.problem += std::string(read.problem.empty() ? "" : "; ")
+                + "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '" + itemsText
+                + "': unset it or set one";
+        else
             parsed.tileItems = int32_t(tileItems);
         return read;
     }();

@@ -55,7 +55,7 @@ enum GemmOutput : int32_t
 //     reading its taps from shared memory, so the tile's columns (one contiguous block) are written front to back.
 //   Per thread: every thread computes its own taps (one channel vector of one pixel and kernel point), so the taps
 //     are recomputed C / vector times and each gather waits for the thread's own offset loads. Used where a tile's
-//     tables would not fit in shared memory, or when forced.
+//     tables would not fit in shared memory or an image holds 2^31 elements or more, or when forced.
 enum GemmSampler : int32_t
 {
     kGemmSamplerAuto = 0,   // tiled where it fits
@@ -63,12 +63,14 @@ enum GemmSampler : int32_t
     kGemmSamplerThread = 2, // per thread
 };
 
-// Items (channel vectors to sample) per tile: tile pixels = this / (C * kH*kW / vector), so about 8 per thread of a
-// 256-thread block. On an H200 (2026-11-26, fp16, 3x3, benchmarks/RESULTS.md) the best tiles measured were 14, 7 and
-// 3 pixels for C = 128, 256 and 512: about 2000 items each. Smaller tiles spend more of the block on its tables,
-// larger ones leave part of the last wave of blocks idle.
-constexpr int32_t kTileDefaultItems = 2048;
+// The default tile: this many column elements, so tile pixels = this / (C * kH*kW), whatever the type. On an H200
+// (2026-11-26, fp16, 3x3, benchmarks/RESULTS.md) the best tiles measured were 14, 7 and 3 pixels for C = 128, 256
+// and 512: about 16K elements, 2048 channel vectors of 8 halves, 8 per thread of a 256-thread block. Smaller tiles
+// spend more of the block on its tables, larger ones leave part of the last wave of blocks idle. (Counted in
+// elements, not vectors, so that float32's half-width vectors do not shrink its tiles to one pixel at C = 512.)
+constexpr int32_t kTileDefaultElements = 16384;
 constexpr int32_t kTileMaxPixels = 64;
+constexpr int32_t kChunkPixelsMax = INT32_MAX - kTileMaxPixels; // a chunk's pixels, so that first + row fits int32
 constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
 
 // The GEMM path's tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
@@ -79,7 +81,7 @@ struct GemmOptions
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
     int32_t output = kGemmOutputAuto;               // a GemmOutput
     int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
-    int32_t tileItems = kTileDefaultItems;        // the tiled sampler's items per tile (a target, at least 1)
+    int32_t tileItems = 0; // the tiled sampler's channel vectors per tile (a target); 0: kTileDefaultElements' worth
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -150,8 +152,9 @@ inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes
         + rowVectors * sizeof(TileRowVector);
 }
 
-// Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileItems items
-// per tile, at least one pixel and at most kTileMaxPixels, within kTileSharedBytes. The tiled sampler keeps tap
+// Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileItems channel
+// vectors per tile (or kTileDefaultElements' worth), at least one pixel and at most kTileMaxPixels, within
+// kTileSharedBytes. The tiled sampler keeps tap
 // offsets within an image (H * W * C elements) in 32 bits.
 inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options, GemmPlan& plan)
 {
@@ -161,7 +164,8 @@ inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOpt
         || int64_t(geo.d.height) * geo.d.width * geo.d.in_channels > int64_t(INT32_MAX))
         return;
     int64_t const rowVectors = int64_t(geo.d.in_channels) * geo.kernelPoints / plan.vector;
-    int32_t pixels = int32_t(std::clamp<int64_t>(std::max(options.tileItems, 1) / rowVectors, 1, kTileMaxPixels));
+    int64_t const items = options.tileItems > 0 ? options.tileItems : kTileDefaultElements / plan.vector;
+    int32_t pixels = int32_t(std::clamp<int64_t>(items / rowVectors, 1, kTileMaxPixels));
     while (pixels > 1 && tileSharedBytes(geo, elementBytes, plan.vector, pixels) > kTileSharedBytes)
         pixels /= 2;
     plan.tilePixels = pixels;
@@ -180,13 +184,14 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.images = 1;
     plan.pixels = plane;
     // Whole images, as many as both budgets allow, at most 65535 (a grid dimension) and with images * pixels within
-    // int32 (the staged product's n).
+    // int32 (the staged product's n), with room for the tiled sampler's last tile past the end.
     if (imageBytes <= columnBudget)
         plan.images = int32_t(std::min<int64_t>({batch, int64_t(columnBudget / std::max<size_t>(imageBytes, 1)),
             std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImageBytes, 1))), int64_t(65535),
-            std::max<int64_t>(1, int64_t(INT32_MAX) / std::max<int64_t>(plane, 1))}));
+            std::max<int64_t>(1, int64_t(kChunkPixelsMax) / std::max<int64_t>(plane, 1))}));
     else // a slice of one image: a multiple of 256 pixels, at least 256
-        plan.pixels = std::min<int64_t>(plane, std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256));
+        plan.pixels = std::min<int64_t>({plane, std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256),
+            int64_t(kChunkPixelsMax) / 256 * 256});
     plan.vector = columnVectorWidth(geo, elementBytes);
     // Caps (see above). What a chunk uses fits: images * image <= budget and <= N * image; a slice uses at most
     // max(budget, 256 pixels); images * input image <= max(budget, one input image) and <= N * input image.

@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) columnsKernel(DeformConvGeometry con
 }
 
 // The tiled sampler (deformConvColumns.h): block b samples the tile of chunk pixels b * tilePixels.., its tables
-// in dynamic shared memory (plan.tileShared bytes: taps, row vectors, pixel images). Each thread steps through the
+// in dynamic shared memory (plan.tileShared bytes: taps, pixel images, row vectors). Each thread steps through the
 // tile's items blockDim.x apart, carrying (row, r) instead of dividing the item number.
 template <typename T, int Vector>
 __global__ void __launch_bounds__(kThreads) tiledColumnsKernel(DeformConvGeometry const geo,
