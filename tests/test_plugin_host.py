@@ -94,32 +94,8 @@ def test_gemm_path_samplers_match_reference(host_lib, seed, sampler, tile_items)
     assert max_relative_error(got, expected) < 1e-12, case
 
 
-@pytest.mark.parametrize("sampler,tile_items", SAMPLERS)
-@pytest.mark.parametrize("budget", [1, 1_000_000])
-def test_gemm_path_samplers_in_chunks_and_pixel_slices(host_lib, budget, sampler, tile_items):
-    """Tiles of a pixel slice (budget 1: slices of 256 pixels) and of two-image chunks with a last chunk of one."""
-    from plugin_configs import Case
-
-    case = Case(5, 1, 2, 8, 6, 23, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0)
-    tensors = make_tensors(case, torch.float64, seed=budget)
-    expected = reference(case, *tensors)
-    got = run_host_gemm(host_lib, case, *tensors, budget=budget, sampler=sampler, tile_items=tile_items)
-    assert max_relative_error(got, expected) < 1e-12
-
-
-def test_gemm_sampler_and_tile_items_are_checked(host_lib):
-    from plugin_configs import Case
-
-    case = Case(1, 1, 1, 2, 2, 4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0)
-    tensors = make_tensors(case, torch.float64, seed=0)
-    with pytest.raises(ValueError, match="gemm_sampler must be one of auto, tiled, thread, got 'tile'"):
-        run_host_gemm(host_lib, case, *tensors, sampler="tile")
-    with pytest.raises(ValueError, match="tile_items must be 0 .the default. or positive, got -3"):
-        run_host_gemm(host_lib, case, *tensors, tile_items=-3)
-
-
 # Where the product writes: straight into NCHW, or through the pixel-major scratch and the transpose that adds the
-# bias (on the GPU: where NCHW rows are not 16-byte aligned). Each is forced here, on every shape.
+# bias (the default). Each is forced here, on every shape.
 GEMM_OUTPUTS = ["direct", "staged"]
 
 
@@ -135,27 +111,35 @@ def test_gemm_path_float64_matches_reference(host_lib, seed, output):
     assert max_relative_error(run_host_gemm(host_lib, case, *tensors, output=output), expected) < 1e-12, case
 
 
+@pytest.mark.parametrize("sampler,tile_items", SAMPLERS)
 @pytest.mark.parametrize("output", GEMM_OUTPUTS)
 @pytest.mark.parametrize("budget", [1, 500_000, 1_000_000])
-def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, output):
+def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, output, sampler, tile_items):
     """Small column budgets (one image's columns take 384 192 bytes here): one image in slices of 256 pixels
-    (budget 1), one image per chunk (500 000), two images per chunk and a last chunk of one (1 000 000)."""
+    (budget 1), one image per chunk (500 000), two images per chunk and a last chunk of one (1 000 000); each
+    sampler, with tiles crossing images and cut short at a chunk's end."""
     from plugin_configs import Case
 
     case = Case(5, 1, 2, 8, 6, 23, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0)
     tensors = make_tensors(case, torch.float64, seed=budget)
     expected = reference(case, *tensors)
-    got = run_host_gemm(host_lib, case, *tensors, budget=budget, output=output)
+    got = run_host_gemm(host_lib, case, *tensors, budget=budget, output=output, sampler=sampler,
+                        tile_items=tile_items)
     assert max_relative_error(got, expected) < 1e-12
 
 
-def test_gemm_output_mode_is_checked(host_lib):
+@pytest.mark.parametrize("option,match", [
+    ({"output": "nchw"}, "gemm_output must be one of auto, direct, staged, got 'nchw'"),
+    ({"sampler": "tile"}, "gemm_sampler must be one of auto, tiled, thread, got 'tile'"),
+    ({"tile_items": -3}, "tile_items must be 0 .the default. or positive, got -3"),
+])
+def test_gemm_options_are_checked(host_lib, option, match):
     from plugin_configs import Case
 
     case = Case(1, 1, 1, 2, 2, 4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0)
     tensors = make_tensors(case, torch.float64, seed=0)
-    with pytest.raises(ValueError, match="gemm_output must be one of auto, direct, staged, got 'nchw'"):
-        run_host_gemm(host_lib, case, *tensors, output="nchw")
+    with pytest.raises(ValueError, match=match):
+        run_host_gemm(host_lib, case, *tensors, **option)
 
 
 @pytest.mark.parametrize("output", GEMM_OUTPUTS)

@@ -56,6 +56,17 @@ constexpr int kTile = 64;
 template <typename T>
 constexpr int kTilePad = sizeof(T) == 2 ? 2 : 1;
 
+// body(r, x) for the 16 (row, column) places of a 64x64 tile that this thread of the 32x8 block moves.
+template <typename Body>
+__device__ __forceinline__ void forTilePlaces(Body&& body)
+{
+DCN_UNROLL
+    for (int rStep = 0; rStep < kTile / 8; ++rStep)
+DCN_UNROLL
+        for (int xStep = 0; xStep < kTile / 32; ++xStep)
+            body(int(threadIdx.y) + 8 * rStep, int(threadIdx.x) + 32 * xStep);
+}
+
 // NCHW -> NHWC for images n0..n0+gridDim.z-1. Blocks loop over channel tiles, so gridDim.y (at most 65535) need not
 // cover them all.
 template <typename T>
@@ -71,25 +82,15 @@ __global__ void __launch_bounds__(kThreads) nhwcKernel(
     T* target = nhwc + int64_t(img) * channels * plane;
     for (int32_t c0 = blockIdx.y * kTile; c0 < channels; c0 += gridDim.y * kTile)
     {
-DCN_UNROLL
-        for (int rStep = 0; rStep < kTile / 8; ++rStep) // r: channel within the tile; x: pixel
-DCN_UNROLL
-            for (int xStep = 0; xStep < kTile / 32; ++xStep)
-            {
-                int const r = threadIdx.y + 8 * rStep, x = threadIdx.x + 32 * xStep;
-                if (c0 + r < channels && pix0 + x < plane)
-                    tile[r][x] = source[int64_t(c0 + r) * plane + pix0 + x];
-            }
+        forTilePlaces([&](int r, int x) { // r: channel within the tile; x: pixel
+            if (c0 + r < channels && pix0 + x < plane)
+                tile[r][x] = source[int64_t(c0 + r) * plane + pix0 + x];
+        });
         __syncthreads();
-DCN_UNROLL
-        for (int rStep = 0; rStep < kTile / 8; ++rStep) // r: pixel within the tile; x: channel
-DCN_UNROLL
-            for (int xStep = 0; xStep < kTile / 32; ++xStep)
-            {
-                int const r = threadIdx.y + 8 * rStep, x = threadIdx.x + 32 * xStep;
-                if (c0 + x < channels && pix0 + r < plane)
-                    target[(pix0 + r) * channels + c0 + x] = tile[x][r];
-            }
+        forTilePlaces([&](int r, int x) { // r: pixel within the tile; x: channel
+            if (c0 + x < channels && pix0 + r < plane)
+                target[(pix0 + r) * channels + c0 + x] = tile[x][r];
+        });
         __syncthreads(); // the tile is refilled by the next channel tile
     }
 }
@@ -186,29 +187,19 @@ __global__ void __launch_bounds__(kThreads) stagedOutputKernel(DeformConvGeometr
     T* target = output + (int64_t(n0) + img) * oc * plane + p0;
     for (int32_t o0 = blockIdx.y * kTile; o0 < oc; o0 += gridDim.y * kTile)
     {
-DCN_UNROLL
-        for (int rStep = 0; rStep < kTile / 8; ++rStep) // r: pixel within the tile; x: channel
-DCN_UNROLL
-            for (int xStep = 0; xStep < kTile / 32; ++xStep)
-            {
-                int const r = threadIdx.y + 8 * rStep, x = threadIdx.x + 32 * xStep;
-                int32_t const pix = pix0 + r;
-                int32_t const o = o0 + x;
-                if (pix < pixels && o < oc)
-                    tile[r][x] = source[int64_t(pix) * oc + o] + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
-            }
+        forTilePlaces([&](int r, int x) { // r: pixel within the tile; x: channel
+            int32_t const pix = pix0 + r;
+            int32_t const o = o0 + x;
+            if (pix < pixels && o < oc)
+                tile[r][x] = source[int64_t(pix) * oc + o] + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
+        });
         __syncthreads();
-DCN_UNROLL
-        for (int rStep = 0; rStep < kTile / 8; ++rStep) // r: channel within the tile; x: pixel
-DCN_UNROLL
-            for (int xStep = 0; xStep < kTile / 32; ++xStep)
-            {
-                int const r = threadIdx.y + 8 * rStep, x = threadIdx.x + 32 * xStep;
-                int32_t const pix = pix0 + x;
-                int32_t const o = o0 + r;
-                if (pix < pixels && o < oc)
-                    target[int64_t(o) * plane + pix] = ElementTraits<T>::fromAcc(tile[x][r]);
-            }
+        forTilePlaces([&](int r, int x) { // r: channel within the tile; x: pixel
+            int32_t const pix = pix0 + x;
+            int32_t const o = o0 + r;
+            if (pix < pixels && o < oc)
+                target[int64_t(o) * plane + pix] = ElementTraits<T>::fromAcc(tile[x][r]);
+        });
         __syncthreads(); // the tile is refilled by the next channel tile
     }
 }
