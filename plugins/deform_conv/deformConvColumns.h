@@ -441,16 +441,19 @@ DCN_HD void tileItem(T const* nhwc, BilinearTaps<Acc> const* taps, TileRowVector
         tileColumns + (int64_t(row) * rowVectors + r) * Vector);
 }
 
-// One strided-batched product of the GEMM path, in BLAS's column-major terms, always "TN": for each image b of
-// the chunk, C_b (m x n, ldc) = A_b^T B_b [+ C_b when beta is 1], where A_b is k x m (lda) and B_b is k x n (ldb),
-// so both operands run along K. Direct: A = columns, B = weights, C = the NCHW output (rows of pixels),
+// The strided-batched products of the GEMM path, in BLAS's column-major terms, always "TN": for each batch entry b,
+// C_b (m x n, ldc) = A_b^T B_b [+ C_b when beta is 1], where A_b is k x m (lda) and B_b is k x n (ldb), so both
+// operands run along K.
+// Staged (stagedProduct, one call per chunk): A = weights, B = columns, C = the staging scratch (rows of output
+// channels), one batch entry per group,
+//   staging[pixel][g * oC/g + o] = sum_k weights[g][o][k] * columns[pixel][g][k],
+// with the chunk's images side by side (n = images * pixels): the columns and the scratch both hold the chunk's
+// pixels image after image. A grouped layer is one call, not one per group.
+// Direct (directProduct, one call per group): A = columns, B = weights, C = the NCHW output (rows of pixels), one
+// batch entry per image,
 //   out[o][pixel] = sum_k columns[pixel][k] * weights[o][k].
-// Staged: A = weights, B = columns, C = the staging scratch (rows of output channels),
-//   staging[pixel][o] = sum_k weights[o][k] * columns[pixel][k],
-// with the chunk's images side by side as one product (batch 1, n = images * pixels): the columns and the scratch
-// both hold the chunk's pixels image after image, so no batch stride is needed.
-// Offsets are in elements from each buffer's start; a batch stride of 0 shares the operand across images. The CUDA
-// path passes these to cublasGemmStridedBatchedEx; the host build runs the same call through a plain loop.
+// Offsets are in elements from each buffer's start; a batch stride of 0 shares the operand across the batch. The
+// CUDA path passes these to cublasGemmStridedBatchedEx; the host build runs the same call through a plain loop.
 struct GemmOperand
 {
     int64_t offset, ld, stride;
@@ -459,42 +462,42 @@ struct GemmOperand
 struct GemmCall
 {
     int32_t m, n, k;
-    bool weightsFirst; // A is the weights and B the columns (staged); else A is the columns
     GemmOperand a, b, c;
     int32_t batch;
 };
 
-inline GemmCall gemmCallFor(DeformConvGeometry const& geo, bool staged, int32_t g, int32_t n0, int32_t images,
-    int64_t p0, int32_t pixels)
+inline GemmCall stagedProduct(DeformConvGeometry const& geo, int32_t images, int32_t pixels)
+{
+    int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
+    int64_t const rowsPerGroup = int64_t(geo.channelsPerGroup) * geo.kernelPoints;
+    int32_t const ocg = geo.outChannelsPerGroup;
+    GemmCall call{};
+    call.m = ocg;
+    call.n = images * pixels;
+    call.k = int32_t(rowsPerGroup);
+    call.batch = geo.d.group;
+    call.a = GemmOperand{0, rowsPerGroup, int64_t(ocg) * rowsPerGroup};
+    call.b = GemmOperand{0, rows, rowsPerGroup};
+    call.c = GemmOperand{0, geo.d.out_channels, ocg};
+    return call;
+}
+
+inline GemmCall directProduct(DeformConvGeometry const& geo, int32_t g, int32_t n0, int32_t images, int64_t p0,
+    int32_t pixels)
 {
     int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
     int64_t const rowsPerGroup = int64_t(geo.channelsPerGroup) * geo.kernelPoints;
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     int32_t const ocg = geo.outChannelsPerGroup;
     int32_t const oc = geo.d.out_channels;
-    GemmOperand const columns{int64_t(g) * rowsPerGroup, rows, rows * pixels};
-    GemmOperand const weights{int64_t(g) * ocg * rowsPerGroup, rowsPerGroup, 0};
     GemmCall call{};
+    call.m = pixels;
+    call.n = ocg;
     call.k = int32_t(rowsPerGroup);
     call.batch = images;
-    call.weightsFirst = staged;
-    if (staged)
-    {
-        call.m = ocg;
-        call.n = images * pixels;
-        call.batch = 1;
-        call.a = weights;
-        call.b = GemmOperand{columns.offset, columns.ld, 0};
-        call.c = GemmOperand{int64_t(g) * ocg, oc, 0};
-    }
-    else
-    {
-        call.m = pixels;
-        call.n = ocg;
-        call.a = columns;
-        call.b = weights;
-        call.c = GemmOperand{(int64_t(n0) * oc + int64_t(g) * ocg) * plane + p0, plane, int64_t(oc) * plane};
-    }
+    call.a = GemmOperand{int64_t(g) * rowsPerGroup, rows, rows * pixels};
+    call.b = GemmOperand{int64_t(g) * ocg * rowsPerGroup, rowsPerGroup, 0};
+    call.c = GemmOperand{(int64_t(n0) * oc + int64_t(g) * ocg) * plane + p0, plane, int64_t(oc) * plane};
     return call;
 }
 

@@ -254,7 +254,8 @@ void launchColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const*
         launchColumnsIndexed<T, int64_t>(vector, geo, nhwc, offset, mask, columns, n0, p0, pixels, total, stream);
 }
 
-// One cuBLAS "TN" product (gemmCallFor): A and B of type T, C of type Out (T into NCHW, Acc into the scratch).
+// One cuBLAS "TN" strided-batched product (stagedProduct, directProduct): A and B of type T, C of type Out (T into
+// NCHW, Acc into the scratch).
 template <typename T, typename Out>
 Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool accumulate, CublasHandleT handle)
 {
@@ -301,9 +302,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             status = launchStatus("the deformable sampling kernel");
             if (plan.staged)
             {
-                for (int32_t g = 0; status.ok() && g < d.group; ++g)
-                    status = runProduct<T, Acc>(gemmCallFor(geo, true, g, n0, images, p0, pixels), weights, columns,
-                        staging, false, handle);
+                status = runProduct<T, Acc>(stagedProduct(geo, images, pixels), weights, columns, staging, false, handle);
                 if (status.ok())
                 {
                     dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
@@ -321,7 +320,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
                 status = launchStatus("the bias kernel");
             }
             for (int32_t g = 0; status.ok() && g < d.group; ++g)
-                status = runProduct<T, T>(gemmCallFor(geo, false, g, n0, images, p0, pixels), columns, weights,
+                status = runProduct<T, T>(directProduct(geo, g, n0, images, p0, pixels), columns, weights,
                     output, bias != nullptr, handle);
         }
     }

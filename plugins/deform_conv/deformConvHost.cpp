@@ -62,8 +62,8 @@ void forwardTyped(DeformConvGeometry const& geo, void const* input, void const* 
         static_cast<T const*>(bias), static_cast<T const*>(mask), static_cast<T*>(output));
 }
 
-// The CUDA GEMM path step by step on the host (deformConvColumns.h): same chunks, same layouts, same per-thread
-// sampling, and the cuBLAS call's arguments (gemmCallFor) run through a plain column-major "TN" product, with C
+// The CUDA GEMM path step by step on the host (deformConvColumns.h): same chunks, same layouts, same sampling, and
+// the cuBLAS calls' arguments (stagedProduct, directProduct) run through a plain column-major "TN" product, with C
 // in the output type (direct) or the accumulation type (staged), as the CUDA path asks cuBLAS for.
 template <typename In, typename Out>
 void gemmHost(GemmCall const& call, In const* a, In const* b, Out* c, bool accumulate)
@@ -172,9 +172,8 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
             }
             if (plan.staged)
             {
-                for (int32_t g = 0; g < d.group; ++g)
-                    gemmHost<T, Acc>(gemmCallFor(geo, true, g, n0, images, p0, pixels), weights.data(),
-                        columns.data(), staging.data(), false);
+                gemmHost<T, Acc>(stagedProduct(geo, images, pixels), weights.data(), columns.data(), staging.data(),
+                    false);
                 int64_t const outCount = int64_t(images) * d.out_channels * pixels;
                 for (int64_t idx = 0; idx < outCount; ++idx)
                     stagedOutputElement<T, Acc>(geo, staging.data(), bias, output, n0, p0, pixels, idx);
@@ -186,7 +185,7 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
                         for (int32_t p = 0; p < pixels; ++p)
                             output[(int64_t(n0 + img) * d.out_channels + o) * plane + p0 + p] = bias[o];
             for (int32_t g = 0; g < d.group; ++g)
-                gemmHost<T, T>(gemmCallFor(geo, false, g, n0, images, p0, pixels), columns.data(), weights.data(),
+                gemmHost<T, T>(directProduct(geo, g, n0, images, p0, pixels), columns.data(), weights.data(),
                     output, bias != nullptr);
         }
     }
