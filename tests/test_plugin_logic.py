@@ -48,6 +48,9 @@ def test_fields_are_parsed_and_unknown_fields_ignored(lib):
     ("group", [0], FIELD_TYPE_INT32, "'group'"),
     ("offset_group", [-2], FIELD_TYPE_INT32, "'offset_group'"),
     ("group", [1], 1, "'group' must be INT32"),  # 1 = kFLOAT32
+    # The revision the plugin writes into engines: another library's engine is refused (its workspace may be short).
+    ("dcn_kernels_revision", [999], FIELD_TYPE_INT32, "built by a dcn_deploy plugin library of kernels revision 999"),
+    ("dcn_kernels_revision", [1, 1], FIELD_TYPE_INT32, "'dcn_kernels_revision' must be one INT32 value"),
 ])
 def test_invalid_fields_are_rejected_naming_the_field(lib, field, values, ftype, fragment):
     with pytest.raises(NativeError, match=fragment) as info:

@@ -119,6 +119,26 @@ Status checkAttrs(dcn_deform_conv_attrs const& a)
     return Status::success();
 }
 
+namespace
+{
+
+// The serialised engine's kernels revision (kFieldKernelsRevision) must be this library's.
+Status checkKernelsRevision(RawField const& field)
+{
+    if (field.type != kFieldTypeInt32 || field.length != 1 || field.data == nullptr)
+        return Status::invalid(std::string("field '") + kFieldKernelsRevision + "' must be one INT32 value");
+    int32_t revision = 0;
+    std::memcpy(&revision, field.data, sizeof(revision));
+    if (revision == kKernelsRevision)
+        return Status::success();
+    return Status::invalid("this engine was built by a dcn_deploy plugin library of kernels revision "
+        + std::to_string(revision) + ", and this library is revision " + std::to_string(kKernelsRevision)
+        + ": their algorithm choice or workspace sizes differ, so the engine's workspace may be too small. Rebuild "
+          "the engine with this library (dcn-deploy build), or load the library it was built with");
+}
+
+} // namespace
+
 Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& out)
 {
     dcn_deform_conv_attrs a = defaultAttrs();
@@ -140,6 +160,13 @@ Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& o
     {
         if (field.name == nullptr)
             return Status::invalid("a plugin field has no name");
+        if (std::strcmp(field.name, kFieldKernelsRevision) == 0)
+        {
+            Status const revision = checkKernelsRevision(field);
+            if (!revision.ok())
+                return revision;
+            continue;
+        }
         for (Target const& target : targets)
         {
             if (std::strcmp(field.name, target.name) != 0)
@@ -167,6 +194,7 @@ std::vector<OwnedField> fieldsFromAttrs(dcn_deform_conv_attrs const& a)
         {kFieldDilations, {a.dilations[0], a.dilations[1]}},
         {kFieldGroup, {a.group}},
         {kFieldOffsetGroup, {a.offset_group}},
+        {kFieldKernelsRevision, {kKernelsRevision}},
     };
 }
 

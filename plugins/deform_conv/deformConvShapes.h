@@ -39,6 +39,13 @@ constexpr char const* kFieldPads = "pads";
 constexpr char const* kFieldDilations = "dilations";
 constexpr char const* kFieldGroup = "group";
 constexpr char const* kFieldOffsetGroup = "offset_group";
+// Written by the plugin into every engine it serialises, never an ONNX attribute: the revision of the kernels'
+// algorithm choice and workspace sizing that built the engine. An engine's workspace and tactics are fixed when it is
+// built, so a library whose AUTO picks another algorithm, or whose algorithms need more workspace, must not run it
+// (it would write past the workspace). Bump kKernelsRevision with every such change (deformConvLaunch.cu's AUTO,
+// planGemm's sizes, the tactics). An engine without the field predates it and is accepted.
+constexpr char const* kFieldKernelsRevision = "dcn_kernels_revision";
+constexpr int32_t kKernelsRevision = 1;
 constexpr int32_t kFieldTypeInt32 = 5; // nvinfer1::PluginFieldType::kINT32
 
 dcn_deform_conv_attrs defaultAttrs();

@@ -282,7 +282,7 @@ void checkPluginTactics(dcn::DeformConvPluginCreator& creator, CaptureLogger& lo
     // The engine: fields only (the tactic is TensorRT's to keep); on load, createPlugin(kRUNTIME), setTactic with
     // the engine's tactic, then attachToContext per execution context.
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
-    bool fieldsOnly = serialized->nbFields == 5;
+    bool fieldsOnly = serialized->nbFields == 6; // the five attributes and the kernels revision
     for (int32_t k = 0; k < serialized->nbFields; ++k)
         fieldsOnly = fieldsOnly && std::string(serialized->fields[k].name).find("tactic") == std::string::npos;
     check(fieldsOnly, "the tactic is not serialised as a field (TensorRT stores it and calls setTactic on load)");
@@ -513,28 +513,41 @@ int main()
     check(runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0, "onShapeChange accepts the shapes");
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
     std::unique_ptr<IPluginV3> restored(creator.createPlugin("dcn", serialized, TensorRTPhase::kRUNTIME));
-    bool roundTrip = restored != nullptr && serialized->nbFields == 5;
+    bool roundTrip = restored != nullptr && serialized->nbFields == 6;
     if (restored)
     {
         PluginFieldCollection const* again
             = capability<IPluginV3OneRuntime>(restored.get(), PluginCapabilityType::kRUNTIME)->getFieldsToSerialize();
-        for (int32_t k = 0; k < 5 && roundTrip; ++k)
+        for (int32_t k = 0; k < serialized->nbFields && roundTrip; ++k)
         {
             auto const* a = static_cast<int32_t const*>(again->fields[k].data);
-            auto const* b = static_cast<int32_t const*>(fields.collection.fields[k].data);
-            roundTrip = std::string(again->fields[k].name) == fields.collection.fields[k].name
-                && again->fields[k].length == fields.collection.fields[k].length;
+            auto const* b = static_cast<int32_t const*>(serialized->fields[k].data);
+            roundTrip = std::string(again->fields[k].name) == serialized->fields[k].name
+                && again->fields[k].length == serialized->fields[k].length;
             for (int32_t e = 0; roundTrip && e < again->fields[k].length; ++e)
                 roundTrip = a[e] == b[e];
         }
     }
     check(roundTrip, "getFieldsToSerialize -> createPlugin(kRUNTIME) round trip");
+    {
+        // An engine serialised by a library of another kernels revision: refused, not run with a wrong workspace.
+        std::vector<PluginField> stale(serialized->fields, serialized->fields + serialized->nbFields);
+        int32_t const otherRevision = dcn::kKernelsRevision + 1;
+        for (PluginField& field : stale)
+            if (std::string(field.name) == dcn::kFieldKernelsRevision)
+                field.data = &otherRevision;
+        PluginFieldCollection staleCollection{int32_t(stale.size()), stale.data()};
+        std::unique_ptr<IPluginV3> refused(creator.createPlugin("dcn", &staleCollection, TensorRTPhase::kRUNTIME));
+        check(refused == nullptr && logger.lastError.find("kernels revision") != std::string::npos
+                && logger.lastError.find("Rebuild the engine") != std::string::npos,
+            "createPlugin(kRUNTIME) refuses an engine of another kernels revision: " + logger.lastError);
+    }
     std::unique_ptr<IPluginV3> cloned(plugin->clone());
     plugin.reset(); // the clone must not point into the original
     PluginFieldCollection const* clonedFields
         = cloned ? capability<IPluginV3OneRuntime>(cloned.get(), PluginCapabilityType::kRUNTIME)->getFieldsToSerialize()
                  : nullptr;
-    check(clonedFields && clonedFields->nbFields == 5 && static_cast<int32_t const*>(clonedFields->fields[1].data)[2] == 2,
+    check(clonedFields && clonedFields->nbFields == 6 && static_cast<int32_t const*>(clonedFields->fields[1].data)[2] == 2,
         "clone keeps the fields after the original is destroyed");
 
     checkEnqueueOnGpu(creator, fields, shapes, {2, 64, oh, ow});
