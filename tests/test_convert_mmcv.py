@@ -566,6 +566,9 @@ def test_cli_export_takes_example_inputs_from_files(tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     assert "input 'image' from" in result.stderr and "was torch.float64, cast to the model's torch.float32" \
         in result.stderr
+    # verified on the files' own inputs first, then on random ones
+    assert "on the example inputs and random inputs" in result.stderr
+    assert "example inputs 2x3x24x20, 3x5" in result.output and "random inputs, example shapes" in result.output
     model = onnx.load(str(tmp_path / "h.onnx"))
     assert [d.dim_value for d in model.graph.input[1].type.tensor_type.shape.dim] == [3, 5]  # the file's 3 boxes
     for extra, words in [(["--input", f"rois={tmp_path / 'rois.npy'}"], "no file gives input(s) ['image']"),

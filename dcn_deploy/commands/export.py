@@ -43,7 +43,8 @@ def _default_output(reference: str) -> Path:
                    "may take any of batch, size=(H, W) and seed).")
 @click.option("--input", "input_files", multiple=True, metavar="NAME=FILE",
               help="Example input from a file instead of --input-shape: NAME=file.npy (NAME: the forward's argument) "
-                   "or one file.npz whose keys are the names; repeat per input. Floats are cast to the model's dtype.")
+                   "or one file.npz whose keys are the names; repeat per input. Floats are cast to the model's dtype. "
+                   "Verification runs on these inputs too, before the random ones.")
 @click.option("--roi-sampling-ratio", type=click.IntRange(min=1), default=None, metavar="N",
               help="Samples per bin side for deformable RoI pooling layers that sample adaptively (mmcv's default "
                    "sampling_ratio=0, which has no ONNX form). The outputs differ from adaptive sampling: re-check "
@@ -57,7 +58,8 @@ def _default_output(reference: str) -> Path:
 @click.option("--standard", is_flag=True,
               help="Emit standard ONNX DeformConv nodes instead of dcn_deploy::DeformConv2d (for tools that know "
                    "only the standard; TensorRT then uses its own plugin, not ours).")
-@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check on random inputs.")
+@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check on random inputs (and on the "
+              "--input files).")
 @click.option("--atol", type=float, default=None, help="Verification absolute tolerance (default per dtype).")
 @click.option("--rtol", type=float, default=None, help="Verification relative tolerance (default per dtype).")
 @click.option("--allow-no-deformable", is_flag=True, help="Export even if the model has no deformable layer.")
@@ -124,7 +126,7 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
     try:
         report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
                         verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
-                        verify_inputs=verify_inputs, progress=stage,
+                        verify_inputs=verify_inputs, verify_examples=bool(input_files), progress=stage,
                         input_names=_names(input_names, "--input-names") or loaded.input_names,
                         output_names=_names(output_names, "--output-names") or loaded.output_names)
     except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it

@@ -53,7 +53,8 @@ Progress = Optional[Callable[[str], None]]
 def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, dynamic: bool = False,
            opset: int = 19, standard: bool = False, verify: bool = True, rtol: Optional[float] = None,
            atol: Optional[float] = None, require_deformable: bool = True, seed: int = 0,
-           verify_inputs: Optional[Sequence[Tuple[torch.Tensor, ...]]] = None, progress: Progress = None,
+           verify_inputs: Optional[Sequence[Tuple[torch.Tensor, ...]]] = None, verify_examples: bool = False,
+           progress: Progress = None,
            input_names: Optional[Sequence[str]] = None, output_names: Optional[Sequence[str]] = None) -> ExportReport:
     """Export ``model`` to the ONNX file ``path`` with its deformable convolutions as ``dcn_deploy`` ops.
 
@@ -85,6 +86,8 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         seed: seed of the random verification inputs.
         verify_inputs: tuples of inputs to verify on instead of random ones (for inputs random values would make
             invalid, e.g. boxes); for a dynamic export, give tuples of other sizes too.
+        verify_examples: also verify on ``example_inputs`` themselves, first (real data, such as the CLI's
+            ``--input`` files, with real boxes).
         progress: called with a short message at each stage (the CLI prints them on stderr).
 
         input_names, output_names: names for the file's inputs / outputs, one per input / output in order
@@ -122,7 +125,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
                                    "eval mode, as torch.onnx.export does (dropout off, BatchNorm's running "
                                    "statistics), and put back in training mode afterwards")
         if verify:
-            verify_export(report, model, example_inputs, proto, seed, say, verify_inputs,
+            verify_export(report, model, example_inputs, proto, seed, say, verify_inputs, verify_examples,
                           uses_float64=torch.float64 in dtypes)
     return report
 

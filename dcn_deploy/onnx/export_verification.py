@@ -23,9 +23,10 @@ __all__ = ["verify_export"]
 
 
 def verify_export(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int, say,
-                  verify_inputs=None, *, uses_float64: bool) -> None:
+                  verify_inputs=None, verify_examples: bool = False, *, uses_float64: bool) -> None:
     """Fill ``report.verification`` (and ``report.seconds["verify"]``) from ONNX Runtime vs PyTorch runs; raise
     :class:`VerificationError` beyond tolerance, :class:`ExportError` when ONNX Runtime cannot load or run the file.
+    ``verify_examples``: run on the example inputs too, first (the user's own data).
     ``uses_float64``: the model or its inputs hold float64 tensors (names the missing ONNX Runtime kernel)."""
     if any(t.dtype == torch.bfloat16 for t in example_inputs):
         report.warnings.append("not verified: ONNX Runtime's CPU provider has no bfloat16 kernels for Conv or "
@@ -36,9 +37,11 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
         return
     start = time.perf_counter()
     say("verifying against PyTorch in ONNX Runtime (CPUExecutionProvider) on "
+        + ("the example inputs and " if verify_examples else "")
         + ("the given inputs" if verify_inputs is not None else "random inputs"))
     try:
-        runs = _verification_runs(report, model, example_inputs, proto, seed, verify_inputs, uses_float64)
+        runs = _verification_runs(report, model, example_inputs, proto, seed, verify_inputs, verify_examples,
+                                  uses_float64)
     except ExportError as exc:  # ONNX Runtime could not load or run the file it passed onnx.checker
         raise ExportError(f"{str(exc).rstrip('. ')}. {_kept(report.path)}") from exc
     report.verification = runs
@@ -90,9 +93,10 @@ def _kept(path: Path) -> str:
 
 
 def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int,
-                       verify_inputs=None, uses_float64: bool = False) -> List[VerificationRun]:
-    """ONNX Runtime vs PyTorch on ``verify_inputs``, or on random inputs of the example shapes and, for a dynamic
-    file, of other shapes (:func:`_other_shapes`)."""
+                       verify_inputs=None, verify_examples: bool = False,
+                       uses_float64: bool = False) -> List[VerificationRun]:
+    """ONNX Runtime vs PyTorch on the example inputs (``verify_examples``), then on ``verify_inputs``, or on random
+    inputs of the example shapes and, for a dynamic file, of other shapes (:func:`_other_shapes`)."""
     try:
         session = _make_session(report.path)
     except Exception as exc:  # onnxruntime's own exception types
@@ -102,14 +106,16 @@ def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.
                               f"{no_float64_kernel_hint(op)}, or pass "
                               + argument("verify=False", "--no-verify")) from exc
         raise ExportError(f"ONNX Runtime cannot load {report.path}: {str(exc).strip()}") from exc
+    examples = ([_verify_once(session, model, tuple(example_inputs), "example inputs " + _shapes_text(example_inputs),
+                              report.rtol, report.atol)] if verify_examples else [])
     if verify_inputs is not None:
-        return [_verify_once(session, model, tuple(inputs), "given inputs "
-                             + ", ".join("x".join(map(str, t.shape)) for t in inputs), report.rtol, report.atol)
-                for inputs in verify_inputs]
+        return examples + [_verify_once(session, model, tuple(inputs), "given inputs " + _shapes_text(inputs),
+                                        report.rtol, report.atol) for inputs in verify_inputs]
     roi_names = roi_input_names(proto.graph)
     rois = [i for i, graph_input in enumerate(proto.graph.input) if graph_input.name in roi_names]
-    runs = [_verify_once(session, model, _random_inputs(example_inputs, [t.shape for t in example_inputs], seed, rois),
-                         "random inputs, example shapes", report.rtol, report.atol)]
+    runs = examples + [_verify_once(session, model,
+                                    _random_inputs(example_inputs, [t.shape for t in example_inputs], seed, rois),
+                                    "random inputs, example shapes", report.rtol, report.atol)]
     if report.dynamic:
         other = _other_shapes(example_inputs, proto.graph.input)
         if other is None:
@@ -121,6 +127,10 @@ def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.
             runs.append(_verify_once(session, model, _random_inputs(example_inputs, shapes, seed + 1, rois),
                                      f"random inputs, {label}", report.rtol, report.atol))
     return runs
+
+
+def _shapes_text(inputs: Sequence[torch.Tensor]) -> str:
+    return ", ".join("x".join(map(str, t.shape)) for t in inputs)
 
 
 def _make_session(path: Path):
