@@ -4,6 +4,7 @@
 // to share. Every dtype, float64 included. Which kernel runs is decided in deformConvLaunch.cu.
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
+#include "dcnGridStride.h"
 #include "deformConvKernel.h"
 
 #include <cuda_bf16.h>
@@ -18,12 +19,10 @@ namespace dcn
 namespace
 {
 
-constexpr int kThreads = 256; // per block
-
 // ---------------------------------------------------------------------------------------------------------------
 // Direct kernel: one thread per output element (n, o, y, x).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) deformConvDirectKernel(DeformConvGeometry const geo,
+__global__ void __launch_bounds__(kGridStrideThreads) deformConvDirectKernel(DeformConvGeometry const geo,
     T const* __restrict__ input, T const* __restrict__ offset, T const* __restrict__ weight,
     T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int64_t const total)
 {
@@ -70,9 +69,7 @@ Status launchDirect(DeformConvGeometry const& geo, void const* input, void const
     void const* bias, void const* mask, void* output, cudaStream_t stream)
 {
     int64_t const total = int64_t(geo.d.batch) * geo.d.out_channels * geo.outH * geo.outW;
-    int64_t const blocks64 = (total + kThreads - 1) / kThreads;
-    unsigned const blocks = unsigned(blocks64 < (int64_t(1) << 30) ? blocks64 : (int64_t(1) << 30)); // grid-stride loop covers the rest
-    deformConvDirectKernel<T><<<blocks, kThreads, 0, stream>>>(geo, static_cast<T const*>(input),
+    deformConvDirectKernel<T><<<gridStrideBlocks(total), kGridStrideThreads, 0, stream>>>(geo, static_cast<T const*>(input),
         static_cast<T const*>(offset), static_cast<T const*>(weight), static_cast<T const*>(bias),
         static_cast<T const*>(mask), static_cast<T*>(output), total);
     return launchStatus("the direct deformable-convolution kernel");

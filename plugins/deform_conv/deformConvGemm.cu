@@ -13,6 +13,7 @@
 #include "cublasLoader.h"
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
+#include "dcnGridStride.h"
 #include "deformConvColumns.h"
 #include "deformConvKernel.h"
 
@@ -27,7 +28,6 @@ namespace dcn
 namespace
 {
 
-constexpr int kThreads = 256;
 // cublasOperation_t, cublasComputeType_t and cublasGemmAlgo_t values (cublas_api.h).
 constexpr int kCublasOpN = 0;
 constexpr int kCublasOpT = 1;
@@ -70,7 +70,7 @@ DCN_UNROLL
 // NCHW -> NHWC for images n0..n0+gridDim.z-1. Blocks loop over channel tiles, so gridDim.y (at most 65535) need not
 // cover them all.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) nhwcKernel(
+__global__ void __launch_bounds__(kGridStrideThreads) nhwcKernel(
     DeformConvGeometry const geo, T const* __restrict__ input, T* __restrict__ nhwc, int32_t const n0)
 {
     __shared__ T tile[kTile][kTile + kTilePad<T>];
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) nhwcKernel(
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) weightsKernel(
+__global__ void __launch_bounds__(kGridStrideThreads) weightsKernel(
     DeformConvGeometry const geo, T const* __restrict__ weight, T* __restrict__ weights, int64_t const total)
 {
     for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x)
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) weightsKernel(
 }
 
 template <typename T, int Vector, typename Index>
-__global__ void __launch_bounds__(kThreads) columnsKernel(DeformConvGeometry const geo, T const* __restrict__ nhwc,
+__global__ void __launch_bounds__(kGridStrideThreads) columnsKernel(DeformConvGeometry const geo, T const* __restrict__ nhwc,
     T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns, int32_t const n0,
     int64_t const p0, int32_t const pixels, Index const total)
 {
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) columnsKernel(DeformConvGeometry con
 // in dynamic shared memory (plan.tileShared bytes: taps, pixel images, row vectors). Each thread steps through the
 // tile's items blockDim.x apart, carrying (row, r) instead of dividing the item number.
 template <typename T, int Vector>
-__global__ void __launch_bounds__(kThreads) tiledColumnsKernel(DeformConvGeometry const geo,
+__global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns,
     int32_t const n0, int64_t const p0, int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels)
 {
@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) tiledColumnsKernel(DeformConvGeometr
 
 // output[n0 + img][o][p0 + p] = bias[o] for the chunk (the product then adds to it).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) fillBiasKernel(T* __restrict__ output, T const* __restrict__ bias,
+__global__ void __launch_bounds__(kGridStrideThreads) fillBiasKernel(T* __restrict__ output, T const* __restrict__ bias,
     int32_t const outChannels, int64_t const plane, int32_t const n0, int32_t const images, int64_t const p0,
     int32_t const pixels)
 {
@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) fillBiasKernel(T* __restrict__ outpu
 // output[n0 + img][o][p0 + p] = staging[img][p][o] + bias[o] for the chunk (stagedOutputElement's mapping), through
 // 64x64 shared tiles: reads run along o, writes along p, both coalesced. Blocks loop over channel tiles.
 template <typename T, typename Acc>
-__global__ void __launch_bounds__(kThreads) stagedOutputKernel(DeformConvGeometry const geo,
+__global__ void __launch_bounds__(kGridStrideThreads) stagedOutputKernel(DeformConvGeometry const geo,
     Acc const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ output, int32_t const n0,
     int64_t const p0, int32_t const pixels)
 {
@@ -204,23 +204,17 @@ __global__ void __launch_bounds__(kThreads) stagedOutputKernel(DeformConvGeometr
     }
 }
 
-unsigned blocksFor(int64_t total)
-{
-    int64_t const blocks = (total + kThreads - 1) / kThreads;
-    return unsigned(std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t(1) << 30));
-}
-
 template <typename T, typename Index>
 void launchColumnsIndexed(int32_t vector, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
     T const* mask, T* columns, int32_t n0, int64_t p0, int32_t pixels, Index total, cudaStream_t stream)
 {
-    unsigned const blocks = blocksFor(int64_t(total));
+    unsigned const blocks = gridStrideBlocks(int64_t(total));
     switch (vector)
     {
-    case 8: columnsKernel<T, 8, Index><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
-    case 4: columnsKernel<T, 4, Index><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
-    case 2: columnsKernel<T, 2, Index><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
-    default: columnsKernel<T, 1, Index><<<blocks, kThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total);
+    case 8: columnsKernel<T, 8, Index><<<blocks, kGridStrideThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
+    case 4: columnsKernel<T, 4, Index><<<blocks, kGridStrideThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
+    case 2: columnsKernel<T, 2, Index><<<blocks, kGridStrideThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
+    default: columnsKernel<T, 1, Index><<<blocks, kGridStrideThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total);
     }
 }
 
@@ -233,10 +227,10 @@ void launchTiledColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T c
     int32_t const tp = plan.tilePixels;
     switch (plan.vector)
     {
-    case 8: tiledColumnsKernel<T, 8><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
-    case 4: tiledColumnsKernel<T, 4><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
-    case 2: tiledColumnsKernel<T, 2><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
-    default: tiledColumnsKernel<T, 1><<<tiles, kThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp);
+    case 8: tiledColumnsKernel<T, 8><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
+    case 4: tiledColumnsKernel<T, 4><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
+    case 2: tiledColumnsKernel<T, 2><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
+    default: tiledColumnsKernel<T, 1><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp);
     }
 }
 
@@ -286,7 +280,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
     int64_t const inPlane = int64_t(d.height) * d.width;
 
     int64_t const weightRows = int64_t(d.out_channels) * geo.channelsPerGroup;
-    weightsKernel<T><<<blocksFor(weightRows), kThreads, 0, stream>>>(geo, weight, weights, weightRows);
+    weightsKernel<T><<<gridStrideBlocks(weightRows), kGridStrideThreads, 0, stream>>>(geo, weight, weights, weightRows);
     Status status = launchStatus("the weight re-layout kernel");
     for (int32_t n0 = 0; status.ok() && n0 < d.batch; n0 += plan.images)
     {
@@ -315,7 +309,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             }
             if (status.ok() && bias)
             {
-                fillBiasKernel<T><<<blocksFor(int64_t(images) * d.out_channels * pixels), kThreads, 0, stream>>>(
+                fillBiasKernel<T><<<gridStrideBlocks(int64_t(images) * d.out_channels * pixels), kGridStrideThreads, 0, stream>>>(
                     output, bias, d.out_channels, plane, n0, images, p0, pixels);
                 status = launchStatus("the bias kernel");
             }

@@ -1,6 +1,7 @@
 // CUDA kernels of the deformable RoI pooling ops: one thread per output element, the arithmetic of roiPoolMath.h
 // (half types load into float32 and round once at the end), behind the C ABI of roi_pool_kernels.h.
 #include "dcnCudaStatus.h"
+#include "dcnGridStride.h"
 #include "dcnStatus.h"
 #include "roiPoolKernel.h"
 #include "roiPoolMath.h"
@@ -37,8 +38,6 @@ struct RoiTraits<__nv_bfloat16>
     static __device__ __forceinline__ __nv_bfloat16 fromAcc(float v) { return __float2bfloat16_rn(v); }
 };
 
-constexpr int kThreads = 256;
-
 template <typename T>
 __global__ void roiPoolKernel(dcn_deform_roi_pool_desc d, T const* input, T const* rois, T const* offset, T* output,
     int64_t total)
@@ -69,18 +68,12 @@ __global__ void psroiPoolKernel(dcn_deform_psroi_pool_desc d, T const* input, T 
     }
 }
 
-unsigned gridFor(int64_t total)
-{
-    int64_t const blocks = (total + kThreads - 1) / kThreads;
-    return unsigned(blocks < 65535 * 8 ? blocks : 65535 * 8); // grid-stride loop covers the rest
-}
-
 template <typename T>
 Status launchRoiPool(dcn_deform_roi_pool_desc const& d, void const* input, void const* rois, void const* offset,
     void* output, cudaStream_t stream)
 {
     int64_t const total = int64_t(d.num_rois) * d.channels * d.pooled_height * d.pooled_width;
-    roiPoolKernel<T><<<gridFor(total), kThreads, 0, stream>>>(d, static_cast<T const*>(input),
+    roiPoolKernel<T><<<gridStrideBlocks(total, 65535 * 8), kGridStrideThreads, 0, stream>>>(d, static_cast<T const*>(input),
         static_cast<T const*>(rois), static_cast<T const*>(offset), static_cast<T*>(output), total);
     return launchStatus("the DeformRoIPool kernel");
 }
@@ -90,7 +83,7 @@ Status launchPsroiPool(dcn_deform_psroi_pool_desc const& d, void const* input, v
     void* output, cudaStream_t stream)
 {
     int64_t const total = int64_t(d.num_rois) * d.output_dim * d.pooled_size * d.pooled_size;
-    psroiPoolKernel<T><<<gridFor(total), kThreads, 0, stream>>>(d, static_cast<T const*>(input),
+    psroiPoolKernel<T><<<gridStrideBlocks(total, 65535 * 8), kGridStrideThreads, 0, stream>>>(d, static_cast<T const*>(input),
         static_cast<T const*>(rois), static_cast<T const*>(trans), static_cast<T*>(output), total);
     return launchStatus("the DeformPSRoIPool kernel");
 }
