@@ -14,7 +14,7 @@ import torch
 
 from ..backends.ort_runner import missing_float64_kernel, no_float64_kernel_hint
 from ..compare import REFERENCE_NOT_FINITE, Tolerance, compare_outputs, tolerance_for
-from ..feeds import box_image, random_boxes, roi_input_names
+from ..feeds import box_image, format_shape, random_boxes, roi_input_names
 from ..wording import argument, for_reader
 from .export_report import ExportError, ExportReport, VerificationError, VerificationRun
 from .model_loading import program_shape_mismatch
@@ -130,7 +130,7 @@ def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.
 
 
 def _shapes_text(inputs: Sequence[torch.Tensor]) -> str:
-    return ", ".join("x".join(map(str, t.shape)) for t in inputs)
+    return ", ".join(format_shape(t.shape) for t in inputs)
 
 
 def _make_session(path: Path):

@@ -255,9 +255,9 @@ def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
         except IncompleteCheckpointError as exc:
             required = exc.report.missing_required
             raise ValueError(
-                f"{argument('weights', '--weights')} {weights} does not fit zoo model {name}: {len(exc.report.loaded)} tensors loaded, "
-                f"{len(required)} missing or of another shape that a checkpoint of {name} holds (e.g. "
-                f"{', '.join(required[:3])}); they "
+                f"{argument('weights', '--weights')} {weights} does not fit zoo model {name}: "
+                f"{len(exc.report.loaded)} tensors loaded, {len(required)} missing or of another shape that a "
+                f"checkpoint of {name} holds (e.g. {', '.join(required[:3])}); they "
                 "would keep their random initial values and the outputs would mean nothing. The checkpoint belongs "
                 f"to another architecture: check the zoo name (dcn-deploy zoo list) or give the checkpoint "
                 f"saved from {name}") from None

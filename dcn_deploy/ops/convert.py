@@ -150,7 +150,8 @@ def _class_text(cls: type) -> str:
     imported under a private name)."""
     if cls.__module__.startswith("_"):
         try:
-            return f"{cls.__qualname__} ({os.path.basename(inspect.getsourcefile(cls))}:{inspect.getsourcelines(cls)[1]})"
+            where = f"{os.path.basename(inspect.getsourcefile(cls))}:{inspect.getsourcelines(cls)[1]}"
+            return f"{cls.__qualname__} ({where})"
         except (TypeError, OSError):
             pass
     return f"{cls.__module__}.{cls.__qualname__}"

@@ -36,12 +36,19 @@ namespace
 //   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'
 //                                 worth).
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
-// An unknown value is reported by every entry that uses the options (abiGemmOptionsStatus).
+// A bad OUTPUT, SAMPLER or TILE_ITEMS is reported by every entry that uses the options (abiGemmOptionsStatus); a
+// CHUNK_MB that is not a positive number keeps the default.
 struct AbiGemmOptions
 {
     dcn::GemmOptions options;
     std::string problem; // what was wrong with the variables as read (they may be unset later), or empty
 };
+
+// Add one variable's problem to the others (read once: the variables may be unset later).
+void addProblem(std::string& problems, std::string const& problem)
+{
+    problems += (problems.empty() ? "" : "; ") + problem;
+}
 
 // `name`'s value among `choices` (its index: the enum's value), "" meaning the first; -1 for anything else.
 int32_t choiceFromEnvironment(char const* name, std::initializer_list<char const*> choices, std::string& problem)
@@ -59,8 +66,8 @@ int32_t choiceFromEnvironment(char const* name, std::initializer_list<char const
         names += (index ? ", " : "") + std::string(choice);
         ++index;
     }
-    problem += std::string(problem.empty() ? "" : "; ") + name + " must be one of " + names + ", got '" + value
-        + "': unset it or set one of those";
+    addProblem(problem, std::string(name) + " must be one of " + names + ", got '" + value
+        + "': unset it or set one of those");
     return -1;
 }
 
@@ -80,9 +87,8 @@ AbiGemmOptions const& abiGemmSettings()
         char* end = nullptr;
         long const tileItems = itemsText.empty() ? 0 : std::strtol(itemsText.c_str(), &end, 10);
         if (!itemsText.empty() && (*end != '\0' || tileItems < 1 || tileItems > (1 << 20)))
-            read.problem += std::string(read.problem.empty() ? "" : "; ")
-                + "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '" + itemsText
-                + "': unset it or set one";
+            addProblem(read.problem, "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '"
+                + itemsText + "': unset it or set one");
         else
             parsed.tileItems = int32_t(tileItems);
         return read;

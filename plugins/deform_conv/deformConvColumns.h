@@ -154,8 +154,7 @@ inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes
 
 // Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileItems channel
 // vectors per tile (or kTileDefaultElements' worth), at least one pixel and at most kTileMaxPixels, within
-// kTileSharedBytes. The tiled sampler keeps tap
-// offsets within an image (H * W * C elements) in 32 bits.
+// kTileSharedBytes. The tiled sampler keeps tap offsets within an image (H * W * C elements) in 32 bits.
 inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options, GemmPlan& plan)
 {
     plan.tilePixels = 0;
@@ -202,9 +201,8 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
         * size_t(geo.kernelPoints) * elementBytes);
     plan.staged = options.output != kGemmOutputDirect;
     planTile(geo, elementBytes, options, plan);
-    // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
-    // be aligned where a smaller shape of the same profile is not. A chunk has at most columnsRoom / rowBytes
-    // pixels, and that grows with the shape like the columns room.
+    // Reserved whether or not the output is staged (direct is a C ABI option for benchmarks; one workspace size for
+    // both). A chunk has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room.
     plan.stagingBytes = alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels)
         * accumulatorBytes(elementBytes));
     plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + plan.stagingBytes
