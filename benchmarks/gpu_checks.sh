@@ -3,7 +3,8 @@
 # importance, so that a slow run loses the least useful steps to the deadline:
 #   1. build the libraries for this GPU (skipped when $DCN_GPU_BUILD already holds them: build here and carry),
 #   2. the kernels against the reference (the GPU tests), and the plugin shells with a real enqueue,
-#   3. the benchmark against torchvision and cuDNN, with the GEMM path's kernel breakdown,
+#   3. the benchmark against torchvision and cuDNN, with the GEMM path's kernel breakdown, then the experimental
+#      implicit-GEMM kernel beside the GEMM path (fp16),
 #   4. compute-sanitizer memcheck over small cases of every kernel,
 #   5. the GEMM path's product output forced direct (staged is the default), and a 16 MiB column budget,
 #   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark,
@@ -13,12 +14,13 @@
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating).
-# DCN_GPU_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE] entries; each times the gemm path (fp16) with those
-# variables set, its table in checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread".
+# DCN_GPU_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE] entries; each times $DCN_GPU_VARIANT_ALGOS (default:
+# gemm; fp16) with those variables set, its table in checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread" or,
+# with DCN_GPU_VARIANT_ALGOS=implicit, "m128:DCN_DEPLOY_IMPLICIT_TILE_M=128".
 #
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
-#   (default: $OUT, else artifacts/gpu; writes at most 7 files there: checks.log, bench.json, bench.md,
-#    bench_output_direct.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md)
+#   (default: $OUT, else artifacts/gpu; writes at most 8 files there: checks.log, bench.json, bench.md,
+#    bench_implicit.json, bench_output_direct.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md)
 set -u
 OUT_DIR=${1:-${OUT:-artifacts/gpu}}
 mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) || exit 1  # absolute: the cd below must not move it
@@ -27,7 +29,7 @@ LOG="$OUT_DIR/checks.log"
 : >"$LOG"
 # A fresh set of results: the benchmark appends its tables to bench*.md, and a JSON left from an earlier run would be
 # taken for this run's rows.
-rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_output_direct.json \
+rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_implicit.json "$OUT_DIR"/bench_output_direct.json \
     "$OUT_DIR"/bench_chunk_16.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
@@ -105,6 +107,9 @@ done
 # against torchvision and cuDNN.
 bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch,composite}" --iters 30 --warmup 5 \
     --breakdown
+# 3b. The implicit-GEMM kernel (experimental, fp16 only: it has no float32) beside the GEMM path, torchvision and
+# cuDNN in the same process.
+bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3
 # 4. memcheck over small cases of every kernel and dtype.
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py
 # 5. The GEMM path's product straight into NCHW (the default goes through the staging scratch), then a 16 MiB
@@ -130,7 +135,8 @@ for variant in ${DCN_GPU_VARIANTS:-}; do
         continue
     fi
     settings=${variant#*:}
-    step "variant-${variant%%:*}" 60 env ${settings//,/ } python3 benchmarks/gpu_deform_conv.py --algos gemm \
+    step "variant-${variant%%:*}" 60 env ${settings//,/ } python3 benchmarks/gpu_deform_conv.py \
+        --algos "${DCN_GPU_VARIANT_ALGOS:-gemm}" \
         --dtypes float16 --iters 20 --warmup 3
 done
 if [ -n "${DCN_GPU_NCU:-}" ]; then

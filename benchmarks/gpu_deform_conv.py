@@ -69,7 +69,7 @@ GROUPED_LAYERS = [
 # The CUDA kernels through the C ABI; the PyTorch op as users call it ("torch": its CUDA forward runs these kernels
 # when the library is built); and the op's composite of torch ops ("composite", DCN_DEPLOY_NATIVE_CUDA=0: what it
 # ran on CUDA before, and what its backward still runs).
-ALGOS = ("auto", "gemm", "fused", "direct", "torch", "composite")
+ALGOS = ("auto", "gemm", "fused", "direct", "implicit", "torch", "composite")
 LAYER_SETS = {"issue": LAYERS, "grouped": GROUPED_LAYERS, "all": LAYERS + GROUPED_LAYERS}
 
 

@@ -80,6 +80,23 @@ def random_layer_case(rng: random.Random, groups: int, offset_groups: int, chann
             return case
 
 
+def random_implicit_case(rng: random.Random) -> Case:
+    """A layer the implicit-GEMM kernel (algo "implicit") takes (channels per group and per offset group multiples
+    of 32): groups and offset groups in every relation (a group holding several offset groups, an offset group
+    holding several groups, neither dividing the other), output channels per group from a few to past one 256-row
+    block, so every tile height and a second row block are used."""
+    groups, offset_groups, cpg = rng.choice([(1, 1, 32), (1, 2, 64), (2, 1, 32), (2, 3, 96), (3, 2, 64), (1, 1, 64),
+                                             (3, 1, 32)])
+    ocg = rng.choice([(1, 8), (60, 70), (129, 140), (250, 270)])
+    cpog = groups * cpg // offset_groups
+    # offset groups a group's channels touch (implicitOffsetGroupSpan): the kernel keeps 24 rows of taps at most
+    span = cpg // cpog if cpg % cpog == 0 else 1 if cpog % cpg == 0 else -(-cpg // cpog) + 1
+    while True:
+        case = random_layer_case(rng, groups, offset_groups, cpg, ocg, 9, 9, (0.5, 2.0, 25.0))
+        if span * case.kernel[0] * case.kernel[1] <= 24:
+            return case
+
+
 def make_tensors(case: Case, dtype: torch.dtype, device: str = "cpu", seed: int = 0):
     """(input, offset, weight, bias, mask) for a case, random with a fixed seed, never all zeros."""
     g = torch.Generator().manual_seed(seed)

@@ -22,6 +22,10 @@ from plugin_configs import Case, make_tensors, max_relative_error, random_case, 
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 DENSE = Case(2, 1, 2, 40, 72, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 1), True, True, 3.0, False)
+# The implicit-GEMM kernel's (half types; 32-channel multiples): a 256-row tile over two row blocks, two offset
+# groups, pixels of two images in one 128-pixel tile and a tile cut short.
+IMPLICIT = [Case(2, 1, 2, 64, 260, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0, False),
+            Case(3, 2, 1, 64, 24, 5, 7, (2, 3), (1, 2), (0, 1, 1, 0), (2, 1), False, True, 1.5, False)]
 
 
 def main() -> int:
@@ -33,10 +37,10 @@ def main() -> int:
     cases.append(DENSE)
     failures = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        for algo in ("direct", "fused", "gemm"):
-            if dtype == torch.float64 and algo == "fused":
+        for algo in ("direct", "fused", "gemm", "implicit"):
+            if (dtype == torch.float64 and algo == "fused") or (algo == "implicit" and dtype.itemsize != 2):
                 continue
-            for index, case in enumerate(cases):
+            for index, case in enumerate(IMPLICIT if algo == "implicit" else cases):
                 tensors = make_tensors(case, dtype, device="cuda", seed=index)
                 x, off, w, b, m = tensors
                 out = torch.full((case.batch, case.out_channels, *case.out_size), float("nan"), dtype=dtype,

@@ -14,7 +14,7 @@ import torch
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda
 from plugin_configs import (HALF_EPS, Case, half_precision_cases, make_tensors, max_relative_error, peak_relative_error,
-                            random_case, random_layer_case, reference)
+                            random_case, random_implicit_case, random_layer_case, reference)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -125,6 +125,65 @@ def test_half_types_accumulate_in_float32(kernels, algo, case_name, dtype):
     assert got.dtype == dtype and not got.isnan().any(), (algo, case, "an output element was never written")
     error = peak_relative_error(got, expected_for(case, tensors))
     assert error <= HALF_EPS[dtype], (algo, case, f"{error / HALF_EPS[dtype]:.2f} units of the half type")
+
+
+# The implicit-GEMM kernel (algo "implicit": experimental, never chosen by auto): half types, channels per group and
+# per offset group multiples of 32. Its indexing is checked on the host (tests/test_plugin_host.py); here its
+# tensor-core tiles, double buffers and shared-memory layout.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_implicit_kernel_on_random_layers(kernels, dtype):
+    for seed in range(24):
+        case = random_implicit_case(random.Random(2000 + seed))
+        tensors = make_tensors(case, dtype, device="cuda", seed=seed)
+        got = run(kernels, case, tensors, "implicit")
+        assert not got.isnan().any(), (seed, case, "an output element was never written")
+        error = max_relative_error(got, expected_for(case, tensors))
+        assert error < TOLERANCE[dtype], (seed, case, error)
+
+
+IMPLICIT_CASES = [
+    # several 128-pixel tiles crossing images, 256-row tiles and a second row block, far offsets, mask and bias
+    Case(3, 1, 1, 64, 300, 21, 19, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 25.0, False),
+    # the ResNet res4 layer's channels at a small size, dilated, asymmetric padding
+    Case(2, 1, 1, 256, 256, 17, 30, (3, 3), (1, 1), (2, 1, 2, 1), (2, 1), True, True, 2.0, False),
+    # two offset groups in one group (18 rows of taps), integer offsets (samples on pixels and on the border)
+    Case(2, 1, 2, 64, 96, 11, 13, (3, 3), (2, 1), (1, 0, 1, 2), (1, 2), True, False, 3.0, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("index", range(len(IMPLICIT_CASES)))
+def test_implicit_kernel_on_layer_shapes(kernels, dtype, index):
+    case = IMPLICIT_CASES[index]
+    tensors = make_tensors(case, dtype, device="cuda", seed=index)
+    got = run(kernels, case, tensors, "implicit")
+    assert not got.isnan().any(), (case, "an output element was never written")
+    assert max_relative_error(got, expected_for(case, tensors)) < TOLERANCE[dtype], case
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("case_name", ["grouped", "height_1"])
+def test_implicit_kernel_accumulates_in_float32(kernels, case_name, dtype):
+    case = HALF_CASES[case_name]  # the half-precision cases with 32-channel multiples
+    tensors = make_tensors(case, dtype, device="cuda", seed=3)
+    got = run(kernels, case, tensors, "implicit")
+    assert got.dtype == dtype and not got.isnan().any(), (case, "an output element was never written")
+    error = peak_relative_error(got, expected_for(case, tensors))
+    assert error <= HALF_EPS[dtype], (case, f"{error / HALF_EPS[dtype]:.2f} units of the half type")
+
+
+def test_implicit_kernel_refuses_what_it_cannot_run(kernels):
+    case = IMPLICIT_CASES[0]
+    tensors = make_tensors(case, torch.float32, device="cuda", seed=0)
+    with pytest.raises(NativeError, match="float16 and bfloat16 only"):
+        run(kernels, case, tensors, "implicit")
+    grouped = Case(1, 1, 1, 48, 16, 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0, False)
+    with pytest.raises(NativeError, match="multiples of 32, got 48"):
+        run(kernels, grouped, make_tensors(grouped, torch.float16, device="cuda", seed=0), "implicit")
+    four_offset_groups = Case(1, 1, 4, 128, 16, 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0, False)
+    with pytest.raises(NativeError, match="at most 24"):
+        run(kernels, four_offset_groups, make_tensors(four_offset_groups, torch.float16, device="cuda", seed=0),
+            "implicit")
 
 
 # The C ABI's GEMM options (read once per process) under which the dense-layer tests of this file run again, each

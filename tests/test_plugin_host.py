@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import re
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ import torch
 from dcn_deploy.ops.spec import ShapeError
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
-from plugin_configs import make_tensors, max_relative_error, random_case, random_layer_case, reference
+from plugin_configs import (Case, make_tensors, max_relative_error, random_case, random_implicit_case,
+                            random_layer_case, reference)
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +272,45 @@ def test_pads_near_int32_max_are_summed_without_wrapping(host_lib):
 def test_errors_raise_native_error_with_the_library_message(host_lib):
     with pytest.raises(NativeError, match="offset_group"):
         host_lib.output_size(_desc(offset_group=3))
+
+
+# The CUDA implicit-GEMM kernel (algo "implicit") block by block on the host: its chunks, pixel and taps tables,
+# reduction steps, 8-channel gathers and tile rounding, with the tensor cores' products as plain loops. It takes
+# layers whose channels per group and per offset group are multiples of 32.
+def run_host_implicit(host_lib, case, x, off, w, b, m):
+    return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
+                              path="implicit", library=host_lib)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_implicit_kernel_float64_matches_reference(host_lib, seed):
+    case = random_implicit_case(random.Random(900 + seed))
+    tensors = make_tensors(case, torch.float64, seed=seed)
+    assert max_relative_error(run_host_implicit(host_lib, case, *tensors), reference(case, *tensors)) < 1e-12, case
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("seed", range(4))
+def test_implicit_kernel_half_types(host_lib, dtype, tolerance, seed):
+    # As on the GPU: samples rounded to the type in the column tiles, products summed in float32, the bias added
+    # before the one rounding of the output.
+    case = random_implicit_case(random.Random(950 + seed))
+    tensors = make_tensors(case, dtype, seed=seed)
+    got = run_host_implicit(host_lib, case, *tensors)
+    assert got.dtype == dtype
+    expected = reference(case, *[None if t is None else t.double() for t in tensors])
+    assert max_relative_error(got, expected) < tolerance, case
+
+
+@pytest.mark.parametrize("groups,offset_groups,cpg,fragment", [
+    (1, 1, 48, "multiples of 32, got 48 and 48"),
+    (1, 2, 32, "multiples of 32, got 32 and 16"),
+    (1, 4, 128, "at most 24 (offset groups per group) x (kernel points), got 36"),
+])
+def test_implicit_kernel_refuses_layers_it_cannot_tile(host_lib, groups, offset_groups, cpg, fragment):
+    case = Case(batch=1, groups=groups, offset_groups=offset_groups, in_channels=groups * cpg, out_channels=4,
+                height=5, width=6, kernel=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1), with_mask=True,
+                with_bias=True, offset_scale=1.0, integer_offsets=False)
+    tensors = make_tensors(case, torch.float32, seed=0)
+    with pytest.raises(NativeError, match=re.escape(fragment)):
+        run_host_implicit(host_lib, case, *tensors)

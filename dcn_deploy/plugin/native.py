@@ -22,14 +22,14 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h (a library of another version is a
 # stale build, which the op does not use).
-ABI_VERSION = 3
+ABI_VERSION = 4
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
 STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported", 3: "CUDA error", 4: "workspace too small",
                 5: "internal error"}
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
-ALGOS = {"auto": 0, "direct": 1, "fused": 2, "gemm": 3}
+ALGOS = {"auto": 0, "direct": 1, "fused": 2, "gemm": 3, "implicit": 4}
 FIELD_TYPE_INT32 = 5  # nvinfer1::PluginFieldType::kINT32
 
 
@@ -84,6 +84,7 @@ class NativeLibrary:
         self._declare("dcn_deform_conv2d_forward_host_gemm",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6
                       + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32])
+        self._declare("dcn_deform_conv2d_forward_host_implicit", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
         self._declare("dcn_deform_conv2d_columns_cpu",
@@ -269,7 +270,9 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     output), ``staged`` (through a pixel-major scratch, then transposed with the bias) or ``auto`` (as on the GPU:
     staged). ``gemm_sampler`` (gemm only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU),
     ``thread`` (each thread its own taps) or ``auto`` (as on the GPU: tiled where it can);
-    ``tile_items``: the tiled sampler's channel vectors per tile (0: the GPU's default). Returns
+    ``tile_items``: the tiled sampler's channel vectors per tile (0: the GPU's default). ``implicit``: the CUDA
+    implicit-GEMM kernel (``algo="implicit"``) block by block, its tensor-core products as plain loops (every
+    dtype here; channels per group and per offset group must be multiples of 32). Returns
     (N, out_channels, oH, oW) in the input's dtype.
     """
     if path == "direct":
@@ -286,7 +289,10 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
                  ctypes.c_int32(GEMM_SAMPLERS[gemm_sampler]), ctypes.c_int32(int(tile_items)))
         return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", extra, input, offset, weight, bias, mask,
                                stride, padding, dilation, library)
-    raise ValueError(f"path must be 'direct' or 'gemm', got {path!r}")
+    if path == "implicit":
+        return _run_host_entry("dcn_deform_conv2d_forward_host_implicit", (), input, offset, weight, bias, mask,
+                               stride, padding, dilation, library)
+    raise ValueError(f"path must be 'direct', 'gemm' or 'implicit', got {path!r}")
 
 
 def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
@@ -353,7 +359,9 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
 
     ``algo``: ``auto`` (dense layers: ``gemm`` where cuBLAS loads, else ``fused``; others: ``direct``), ``gemm``
-    (sampled columns in a workspace, then cuBLAS), ``fused`` (implicit GEMM, no column buffer) or ``direct``.
+    (sampled columns in a workspace, then cuBLAS), ``fused`` (implicit GEMM, no column buffer), ``direct``, or
+    ``implicit`` (experimental: column tiles sampled from a channels-last copy straight into tensor-core products;
+    float16/bfloat16, channels per group and per offset group multiples of 32; never chosen by ``auto``).
     ``out``: an optional contiguous output tensor of the right shape, dtype and device to write into.
     """
     import torch

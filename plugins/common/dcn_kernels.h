@@ -26,7 +26,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 3
+#define DCN_ABI_VERSION 4
 
 typedef enum dcn_status
 {
@@ -51,7 +51,10 @@ typedef enum dcn_algo
     DCN_ALGO_AUTO = 0,       /* dense layers: GEMM where cuBLAS loads, else fused; depth-wise-like ones: direct */
     DCN_ALGO_DIRECT = 1,     /* one thread per output element; simple, the correctness baseline */
     DCN_ALGO_FUSED_GEMM = 2, /* sampling straight into shared-memory tiles of an implicit GEMM (tensor cores for half types) */
-    DCN_ALGO_GEMM = 3        /* sampled columns in the workspace (batch in chunks), then cuBLAS (loaded at run time) */
+    DCN_ALGO_GEMM = 3,       /* sampled columns in the workspace (batch in chunks), then cuBLAS (loaded at run time) */
+    DCN_ALGO_IMPLICIT_GEMM = 4 /* columns sampled into shared memory, multiplied there on tensor cores (float16,
+                                  bfloat16; channels per group and per offset group multiples of 32). Experimental:
+                                  neither AUTO nor TensorRT's tactics choose it until it is measured on a GPU */
 } dcn_algo;
 
 /* Every integer of one deformable convolution. Padding is per side, ONNX order (top, left, bottom, right). */
@@ -92,6 +95,11 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
     size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items);
+/* The CUDA implicit-GEMM kernel (DCN_ALGO_IMPLICIT_GEMM) step by step on the host: the same chunks, tiles, reduction
+ * steps, taps tables, gathers and rounding of the column tiles, with the tensor cores' product as a plain loop.
+ * Takes float32 and float64 too (the CUDA kernel: half types only), for exact checks of the indexing. For tests. */
+DCN_API int32_t dcn_deform_conv2d_forward_host_implicit(const dcn_deform_conv_desc* desc, int32_t dtype,
+    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output);
 /* The fast CPU forward (float32 or float64; same arithmetic as the reference above, organised for speed: a
  * channels-last copy of the input, vectorised channel loops, OpenMP over images x output rows when built with it).
  * num_threads: 0 = OpenMP's default; ignored in a build without OpenMP. */

@@ -34,10 +34,11 @@ namespace
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
 //   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'
-//                                 worth).
+//                                 worth);
+//   DCN_DEPLOY_IMPLICIT_TILE_M    auto (default), 64, 128 or 256: the implicit-GEMM kernel's output channels per
+//                                 block.
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
-// A bad OUTPUT, SAMPLER or TILE_ITEMS is reported by every entry that uses the options (abiGemmOptionsStatus); a
-// CHUNK_MB that is not a positive number keeps the default.
+// A bad value is reported by every entry that uses the options (abiGemmOptionsStatus).
 struct AbiGemmOptions
 {
     dcn::GemmOptions options;
@@ -71,26 +72,37 @@ int32_t choiceFromEnvironment(char const* name, std::initializer_list<char const
     return -1;
 }
 
+// `name`'s value as a whole number in [low, high]; 0 when unset or empty, -1 (with a problem) for anything else.
+long wholeNumberFromEnvironment(char const* name, long low, long high, std::string& problem)
+{
+    char const* text = std::getenv(name);
+    std::string const value = text ? text : "";
+    if (value.empty())
+        return 0;
+    char* end = nullptr;
+    long const number = std::strtol(value.c_str(), &end, 10);
+    if (*end == '\0' && number >= low && number <= high)
+        return number;
+    addProblem(problem, std::string(name) + " must be a whole number from " + std::to_string(low) + " to "
+        + std::to_string(high) + ", got '" + value + "': unset it or set one");
+    return -1;
+}
+
 AbiGemmOptions const& abiGemmSettings()
 {
     static AbiGemmOptions const settings = [] {
         AbiGemmOptions read;
         dcn::GemmOptions& parsed = read.options;
-        char const* text = std::getenv("DCN_DEPLOY_GEMM_CHUNK_MB");
-        long const mb = text ? std::strtol(text, nullptr, 10) : 0;
+        long const mb = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_CHUNK_MB", 1, 1 << 20, read.problem);
         if (mb > 0)
             parsed.columnBudget = size_t(mb) << 20;
         parsed.output = choiceFromEnvironment("DCN_DEPLOY_GEMM_OUTPUT", {"auto", "direct", "staged"}, read.problem);
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
-        char const* items = std::getenv("DCN_DEPLOY_GEMM_TILE_ITEMS");
-        std::string const itemsText = items ? items : "";
-        char* end = nullptr;
-        long const tileItems = itemsText.empty() ? 0 : std::strtol(itemsText.c_str(), &end, 10);
-        if (!itemsText.empty() && (*end != '\0' || tileItems < 1 || tileItems > (1 << 20)))
-            addProblem(read.problem, "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '"
-                + itemsText + "': unset it or set one");
-        else
-            parsed.tileItems = int32_t(tileItems);
+        long const tileItems = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_TILE_ITEMS", 1, 1 << 20, read.problem);
+        parsed.tileItems = int32_t(tileItems > 0 ? tileItems : 0);
+        int32_t const tileM = choiceFromEnvironment("DCN_DEPLOY_IMPLICIT_TILE_M", {"auto", "64", "128", "256"},
+            read.problem);
+        parsed.implicitTileM = tileM > 0 ? 32 << tileM : 0;
         return read;
     }();
     return settings;

@@ -288,26 +288,6 @@ __global__ void __launch_bounds__(kThreads) deformConvFusedKernel(DeformConvGeom
         fusedBody<T, kTensorCores, kTileM>(geo, input, offset, groupedWeight, bias, mask, output);
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Compute capability of the current device, queried once per device (enqueue stays free of attribute queries).
-int32_t currentComputeCapability()
-{
-    constexpr int kMaxDevices = 64;
-    static std::atomic<int32_t> cache[kMaxDevices] = {};
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess)
-        return 0;
-    if (device < kMaxDevices && cache[device].load() != 0)
-        return cache[device].load();
-    int major = 0, minor = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    int32_t const capability = major * 10 + minor;
-    if (device < kMaxDevices)
-        cache[device].store(capability);
-    return capability;
-}
-
 template <typename T, bool kTensorCores, int kTileM>
 void launchFusedTiles(DeformConvGeometry const& geo, void const* input, void const* offset, void const* groupedWeight,
     void const* bias, void const* mask, void* output, cudaStream_t stream)
@@ -338,6 +318,25 @@ Status launchFused(DeformConvGeometry const& geo, void const* input, void const*
 }
 
 } // namespace
+
+// Compute capability of the current device, queried once per device (enqueue stays free of attribute queries).
+int32_t currentComputeCapability()
+{
+    constexpr int kMaxDevices = 64;
+    static std::atomic<int32_t> cache[kMaxDevices] = {};
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess)
+        return 0;
+    if (device < kMaxDevices && cache[device].load() != 0)
+        return cache[device].load();
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    int32_t const capability = major * 10 + minor;
+    if (device < kMaxDevices)
+        cache[device].store(capability);
+    return capability;
+}
 
 // The fused kernel reads the weights re-laid out with channels contiguous: OC*C/group*kH*kW elements.
 size_t fusedWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)

@@ -16,6 +16,7 @@
 #include "dcnGridStride.h"
 #include "deformConvColumns.h"
 #include "deformConvKernel.h"
+#include "deformConvRelayout.cuh"
 
 #include <cuda_runtime.h>
 
@@ -47,60 +48,6 @@ constexpr cudaDataType cudaTypeOf()
         return CUDA_R_16BF;
     else
         return CUDA_R_32F;
-}
-
-// The transposes below move 64x64 tiles through shared memory with 32x8 threads: each thread issues 16 loads before
-// the barrier (with 32x32 tiles and 4 loads each, the 2-byte transposes ran at about 1 TB/s on an H200: too few
-// bytes in flight). Rows are padded so that reading a tile column hits 32 different banks.
-constexpr int kTile = 64;
-template <typename T>
-constexpr int kTilePad = sizeof(T) == 2 ? 2 : 1;
-
-// body(r, x) for the 16 (row, column) places of a 64x64 tile that this thread of the 32x8 block moves.
-template <typename Body>
-__device__ __forceinline__ void forTilePlaces(Body&& body)
-{
-DCN_UNROLL
-    for (int rStep = 0; rStep < kTile / 8; ++rStep)
-DCN_UNROLL
-        for (int xStep = 0; xStep < kTile / 32; ++xStep)
-            body(int(threadIdx.y) + 8 * rStep, int(threadIdx.x) + 32 * xStep);
-}
-
-// NCHW -> NHWC for images n0..n0+gridDim.z-1. Blocks loop over channel tiles, so gridDim.y (at most 65535) need not
-// cover them all.
-template <typename T>
-__global__ void __launch_bounds__(kGridStrideThreads) nhwcKernel(
-    DeformConvGeometry const geo, T const* __restrict__ input, T* __restrict__ nhwc, int32_t const n0)
-{
-    __shared__ T tile[kTile][kTile + kTilePad<T>];
-    int64_t const plane = int64_t(geo.d.height) * geo.d.width;
-    int32_t const channels = geo.d.in_channels;
-    int32_t const img = blockIdx.z;
-    int64_t const pix0 = int64_t(blockIdx.x) * kTile;
-    T const* source = input + int64_t(n0 + img) * channels * plane;
-    T* target = nhwc + int64_t(img) * channels * plane;
-    for (int32_t c0 = blockIdx.y * kTile; c0 < channels; c0 += gridDim.y * kTile)
-    {
-        forTilePlaces([&](int r, int x) { // r: channel within the tile; x: pixel
-            if (c0 + r < channels && pix0 + x < plane)
-                tile[r][x] = source[int64_t(c0 + r) * plane + pix0 + x];
-        });
-        __syncthreads();
-        forTilePlaces([&](int r, int x) { // r: pixel within the tile; x: channel
-            if (c0 + x < channels && pix0 + r < plane)
-                target[(pix0 + r) * channels + c0 + x] = tile[x][r];
-        });
-        __syncthreads(); // the tile is refilled by the next channel tile
-    }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kGridStrideThreads) weightsKernel(
-    DeformConvGeometry const geo, T const* __restrict__ weight, T* __restrict__ weights, int64_t const total)
-{
-    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x)
-        weightRow<T>(geo, weight, weights, idx);
 }
 
 template <typename T, int Vector, typename Index>
@@ -277,18 +224,12 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
     T* weights = reinterpret_cast<T*>(base + plan.columnsBytes + plan.nhwcBytes);
     Acc* staging = reinterpret_cast<Acc*>(base + plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes);
     int64_t const plane = int64_t(geo.outH) * geo.outW;
-    int64_t const inPlane = int64_t(d.height) * d.width;
 
-    int64_t const weightRows = int64_t(d.out_channels) * geo.channelsPerGroup;
-    weightsKernel<T><<<gridStrideBlocks(weightRows), kGridStrideThreads, 0, stream>>>(geo, weight, weights, weightRows);
-    Status status = launchStatus("the weight re-layout kernel");
+    Status status = launchWeightsRelayout<T>(geo, weight, weights, stream);
     for (int32_t n0 = 0; status.ok() && n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        dim3 const tiles(unsigned((inPlane + kTile - 1) / kTile), unsigned(std::min((d.in_channels + kTile - 1) / kTile, 65535)),
-            unsigned(images));
-        nhwcKernel<T><<<tiles, dim3(32, 8), 0, stream>>>(geo, input, nhwc, n0);
-        status = launchStatus("the channels-last transpose kernel");
+        status = launchChannelsLast<T>(geo, input, nhwc, n0, images, stream);
         for (int64_t p0 = 0; status.ok() && p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));

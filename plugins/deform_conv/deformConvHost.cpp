@@ -4,6 +4,7 @@
 #include "dcnDtype.h"
 #include "dcnStatus.h"
 #include "deformConvColumns.h"
+#include "deformConvImplicit.h"
 #include "deformConvMath.h"
 #include "deformConvShapes.h"
 
@@ -191,6 +192,98 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
     }
 }
 
+// The implicit-GEMM kernel as the CUDA launch runs it, one block after another (deformConvImplicit.h): the same
+// chunks, pixel and taps tables, reduction steps, gathers and rounding of the weights and column tiles; the tensor
+// cores' product of each step as a plain loop in the accumulation type.
+template <typename T>
+void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight,
+    T const* bias, T const* mask, T* output)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    using Pack = ImplicitPack<T>;
+    dcn_deform_conv_desc const& d = geo.d;
+    ImplicitPlan const plan = planImplicit(geo, sizeof(T));
+    // Packs as storage, so the buffers are aligned like the GPU's workspace (the vector loads check it).
+    std::vector<Pack> nhwcStore(plan.nhwcBytes / sizeof(Pack)), weightsStore(plan.weightsBytes / sizeof(Pack));
+    T* nhwc = nhwcStore.data()->v;
+    T* weights = weightsStore.data()->v;
+    for (int64_t row = 0; row < int64_t(d.out_channels) * geo.channelsPerGroup; ++row)
+        weightRow<T>(geo, weight, weights, row);
+    int32_t const plane = geo.outH * geo.outW;
+    int32_t const tileM = implicitTileM(geo);
+    int32_t const steps = implicitSteps(geo);
+    int32_t const tapsEntries = implicitTapsRows(geo) * kImplicitTileN;
+    constexpr int32_t kVectors = kImplicitTileK / kImplicitVector;
+    std::vector<ImplicitTaps<Acc>> taps(static_cast<size_t>(tapsEntries));
+    std::vector<int64_t> inputBase(kImplicitTileN), outputBase(kImplicitTileN);
+    std::vector<Pack> weightTile(size_t(tileM) * kVectors), columnTile(size_t(kImplicitTileN) * kVectors);
+    std::vector<Acc> acc(size_t(tileM) * kImplicitTileN);
+    for (int32_t n0 = 0; n0 < d.batch; n0 += plan.images)
+    {
+        int32_t const images = std::min(plan.images, d.batch - n0);
+        for (int64_t idx = 0; idx < int64_t(images) * d.in_channels * d.height * d.width; ++idx)
+            nhwcElement<T>(geo, input, nhwc, n0, idx);
+        int32_t const chunkPixels = images * plane;
+        for (int32_t g = 0; g < d.group; ++g)
+            for (int32_t m0 = 0; m0 < geo.outChannelsPerGroup; m0 += tileM)
+                for (int32_t first = 0; first < chunkPixels; first += kImplicitTileN)
+                {
+                    for (int32_t col = 0; col < kImplicitTileN; ++col)
+                        implicitPixelBases(geo, n0, chunkPixels, first, col, inputBase[size_t(col)],
+                            outputBase[size_t(col)]);
+                    for (int32_t e = 0; e < tapsEntries; ++e)
+                        taps[size_t(e)] = implicitTapEntry<Acc>(geo, offset, mask, n0, chunkPixels, first, g, e);
+                    std::fill(acc.begin(), acc.end(), Acc(0));
+                    for (int32_t s = 0; s < steps; ++s)
+                    {
+                        ImplicitStep const step = implicitStep(geo, g, s);
+                        for (int32_t e = 0; e < tileM * kVectors; ++e)
+                        {
+                            int32_t row, vector;
+                            int64_t const source = implicitWeightVector(geo, g, m0, step, e, row, vector);
+                            Pack pack{};
+                            if (source >= 0)
+                                pack = loadPack<T>(weights + source);
+                            else
+                                for (int v = 0; v < kImplicitVector; ++v)
+                                    pack.v[v] = ElementTraits<T>::fromAcc(Acc(0));
+                            weightTile[size_t(row) * kVectors + size_t(vector)] = pack;
+                        }
+                        for (int32_t e = 0; e < kImplicitTileN * kVectors; ++e)
+                        {
+                            int32_t col, vector;
+                            implicitColumnVector(e, col, vector);
+                            ImplicitTaps<Acc> const& tap = taps[size_t(step.tapsRow) * kImplicitTileN + size_t(col)];
+                            Pack corners[4];
+                            implicitGather<T, Acc>(
+                                nhwc + implicitColumnSource(geo, inputBase[size_t(col)], g, step, vector), tap, corners);
+                            columnTile[size_t(col) * kVectors + size_t(vector)] = implicitBlend<T, Acc>(tap, corners);
+                        }
+                        for (int32_t m = 0; m < tileM; ++m)
+                            for (int32_t col = 0; col < kImplicitTileN; ++col)
+                            {
+                                T const* a = weightTile[size_t(m) * kVectors].v;
+                                T const* b = columnTile[size_t(col) * kVectors].v;
+                                Acc sum = Acc(0);
+                                for (int32_t kk = 0; kk < kImplicitTileK; ++kk)
+                                    sum += ElementTraits<T>::toAcc(a[kk]) * ElementTraits<T>::toAcc(b[kk]);
+                                acc[size_t(m) * kImplicitTileN + size_t(col)] += sum;
+                            }
+                    }
+                    for (int32_t m = 0; m < tileM && m0 + m < geo.outChannelsPerGroup; ++m)
+                        for (int32_t col = 0; col < kImplicitTileN; ++col)
+                        {
+                            if (outputBase[size_t(col)] < 0)
+                                continue;
+                            int32_t const o = g * geo.outChannelsPerGroup + m0 + m;
+                            Acc const value = acc[size_t(m) * kImplicitTileN + size_t(col)]
+                                + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
+                            output[outputBase[size_t(col)] + int64_t(o) * plane] = ElementTraits<T>::fromAcc(value);
+                        }
+                }
+    }
+}
+
 // The checks both host entries make, then body<T>() for the dtype (tag: a T value). Empty batches succeed at once.
 template <typename Body>
 Status hostEntry(char const* entry, dcn_deform_conv_desc const* desc, int32_t dtype, void const* input,
@@ -257,6 +350,28 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
             [&](auto tag) {
                 using T = decltype(tag);
                 dcn::forwardHostGemm<T>(geo, options, static_cast<T const*>(input), static_cast<T const*>(offset),
+                    static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
+                    static_cast<T*>(output));
+            });
+    });
+}
+
+DCN_API int32_t dcn_deform_conv2d_forward_host_implicit(const dcn_deform_conv_desc* desc, int32_t dtype,
+    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output)
+{
+    return dcn::guarded([&] {
+        dcn::DeformConvGeometry geo;
+        dcn::Status status = desc ? dcn::makeGeometry(*desc, geo) : dcn::Status::success();
+        if (status.ok() && desc)
+        {
+            std::string const refusal = dcn::implicitKernelRefusal(geo, dtype, /*hostBuild=*/true);
+            if (!refusal.empty())
+                return dcn::Status::error(DCN_ERROR_UNSUPPORTED, "dcn_deform_conv2d_forward_host_implicit: " + refusal);
+        }
+        return dcn::hostEntry("dcn_deform_conv2d_forward_host_implicit", desc, dtype, input, offset, weight, output,
+            geo, [&](auto tag) {
+                using T = decltype(tag);
+                dcn::forwardHostImplicit<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
                     static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
                     static_cast<T*>(output));
             });

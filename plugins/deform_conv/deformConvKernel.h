@@ -46,6 +46,18 @@ size_t fusedWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype);
 Status launchFusedPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
     void const* weight, void const* bias, void const* mask, void* output, void* workspace, cudaStream_t stream);
 
+// The implicit-GEMM kernel (deformConvImplicit.cu): only where implicitKernelRefusal(geo, dtype) is empty. Its
+// workspace holds the chunk's channels-last input and the re-laid-out weights: at least implicitWorkspaceBytes.
+size_t implicitWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype);
+// tileM: output channels per block (64, 128, 256), 0 for implicitTileM's choice; smaller where the device's shared
+// memory needs it.
+Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t tileM, void const* input,
+    void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
+    cudaStream_t stream);
+
+// Compute capability of the current device (major * 10 + minor), queried once per device; 0 when there is none.
+int32_t currentComputeCapability();
+
 // The GEMM path (deformConvGemm.cu).
 bool gemmPathAvailable();
 size_t gemmWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm);

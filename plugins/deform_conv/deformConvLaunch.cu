@@ -1,7 +1,9 @@
 // Which deformable-convolution kernel serves a layer (resolveAlgo), the workspace it needs
 // (deformConvWorkspaceSize) and the launch (launchDeformConv): the direct kernel (deformConvDirect.cu), the fused
-// implicit GEMM (deformConvFused.cu) or the GEMM path over sampled columns and cuBLAS (deformConvGemm.cu).
+// implicit GEMM (deformConvFused.cu), the GEMM path over sampled columns and cuBLAS (deformConvGemm.cu) or the
+// tensor-core implicit GEMM over a channels-last input (deformConvImplicit.cu; only when asked for).
 #include "cublasLoader.h"
+#include "deformConvImplicit.h"
 #include "deformConvKernel.h"
 #include "deformConvShapes.h"
 
@@ -27,8 +29,16 @@ bool denseLayer(DeformConvGeometry const& geo)
 
 Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved)
 {
-    if (algo != DCN_ALGO_AUTO && algo != DCN_ALGO_DIRECT && algo != DCN_ALGO_FUSED_GEMM && algo != DCN_ALGO_GEMM)
-        return Status::invalid("algo must be 0 (auto), 1 (direct), 2 (fused GEMM) or 3 (GEMM), got " + std::to_string(algo));
+    if (algo != DCN_ALGO_AUTO && algo != DCN_ALGO_DIRECT && algo != DCN_ALGO_FUSED_GEMM && algo != DCN_ALGO_GEMM
+        && algo != DCN_ALGO_IMPLICIT_GEMM)
+        return Status::invalid("algo must be 0 (auto), 1 (direct), 2 (fused GEMM), 3 (GEMM) or 4 (implicit GEMM), got "
+            + std::to_string(algo));
+    if (algo == DCN_ALGO_IMPLICIT_GEMM)
+    {
+        std::string const refusal = implicitKernelRefusal(geo, dtype);
+        if (!refusal.empty())
+            return Status::error(DCN_ERROR_UNSUPPORTED, refusal + "; use algo 3 (GEMM)");
+    }
     if (algo == DCN_ALGO_FUSED_GEMM && !fusedKernelAccepts(geo, dtype))
         return Status::error(DCN_ERROR_UNSUPPORTED,
             "the fused kernel supports float32/float16/bfloat16 and at most 65535 groups; use algo 1 (direct) or 3 (GEMM)");
@@ -58,6 +68,7 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
     case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm)) : 0;
     case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, gemm);
     case DCN_ALGO_FUSED_GEMM: return fused;
+    case DCN_ALGO_IMPLICIT_GEMM: return implicitKernelRefusal(geo, dtype).empty() ? implicitWorkspaceBytes(geo, dtype) : 0;
     default: return 0; // direct; an invalid algo is reported by the launch
     }
 }
@@ -101,6 +112,18 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         if (algo != DCN_ALGO_AUTO)
             return status;
         resolved = fusedKernelAccepts(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
+    }
+    if (resolved == DCN_ALGO_IMPLICIT_GEMM)
+    {
+        status = requireWorkspace("the implicit-GEMM kernel", implicitWorkspaceBytes(geo, dtype), workspace,
+            workspaceBytes);
+        if (!status.ok())
+            return status;
+        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read in 16-byte vectors
+            return Status::invalid("the implicit-GEMM kernel's workspace must be 256-byte aligned (cudaMalloc's and "
+                                   "TensorRT's are)");
+        return launchImplicitPath(geo, dtype, gemm.implicitTileM, input, offset, weight, bias, mask, output,
+            workspace, stream);
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;

@@ -1,0 +1,324 @@
+// The implicit-GEMM kernel (DCN_ALGO_IMPLICIT_GEMM): its tile shape, workspace, the rule for which layers it takes,
+// and its per-thread work, shared by the CUDA kernel (deformConvImplicit.cu) and the host build
+// (deformConvHost.cpp, which CI checks against the PyTorch reference). Half types only on the GPU.
+//
+// Per convolution group g, the layer is the product
+//     out[o, p] = bias[o] + sum_k weights[o][k] * col[k][p],   k = (kernel point, channel), p = (image, y, x),
+// and a block computes a tile of tileM output channels x kImplicitTileN output pixels of it without writing the
+// columns anywhere: the reduction runs in steps of kImplicitTileK channels of one kernel point, and each step's
+// column tile is sampled straight into shared memory from the channels-last input (nhwc, as the GEMM path's), 8
+// channels (16 bytes of a half type) per gather, then multiplied on tensor cores with float32 accumulators.
+//
+//   taps     the bilinear taps of every (offset group the group's channels touch, kernel point, tile pixel),
+//            computed once per block (reading the offsets and the mask coalesced along the pixels);
+//   steps    s = kernel point * (C/group / 32) + channel step: the weights tile [tileM][32] and the column tile
+//            [kImplicitTileN][32] (both with the reduction contiguous) of step s + 1 are loaded into registers while
+//            the tensor cores multiply step s, then stored into the other of two shared buffers;
+//   output   the accumulators go through shared memory (64 rows at a time) and are written NCHW with the bias,
+//            consecutive threads on consecutive pixels.
+//
+// Workspace: the chunk's channels-last input (images per chunk within the GEMM path's budget) and the weights with
+// the kernel point outer (weights[o][kp][c], the GEMM path's layout), so a step's weights are 64 contiguous bytes
+// per output channel.
+#pragma once
+
+#include "deformConvColumns.h"
+#include "deformConvMath.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#if !defined(__CUDA_ARCH__)
+#include <stdexcept>
+#endif
+
+namespace dcn
+{
+
+constexpr int32_t kImplicitTileN = 128;   // output pixels per block
+constexpr int32_t kImplicitTileK = 32;    // reduction elements per step: 32 channels of one kernel point
+constexpr int32_t kImplicitVector = 8;    // channels per gather (16 bytes of a half type)
+constexpr int32_t kImplicitThreads = 256; // 8 warps
+constexpr int32_t kImplicitLdk = kImplicitTileK + 8; // a tile row, padded: 80 bytes, so ldmatrix rows miss banks
+constexpr int32_t kImplicitLdc = kImplicitTileN + 4; // a float row of the output staging
+constexpr int32_t kImplicitStageRows = 64;           // output rows staged per pass (one warp row)
+constexpr size_t kImplicitTapsBytesMax = size_t(96) << 10; // 24 rows: a 3x3 kernel over 2 offset groups
+
+// One sample's four neighbours in a channels-last image: index = the neighbour's first channel as an element
+// offset within its image (pixel * C), -1 where the neighbour is outside; weight with the mask folded in.
+template <typename Acc>
+struct alignas(16) ImplicitTaps
+{
+    int32_t index[4];
+    Acc weight[4];
+};
+
+// Which of the block's tile rows a reduction step reads, and where: kernel point, first channel within the group,
+// and the row of the taps table (offset group within the span * kernel points + kernel point).
+struct ImplicitStep
+{
+    int32_t kp, channel, tapsRow;
+};
+
+// The offset groups group g's channels fall in: the first, and at most implicitOffsetGroupSpan of them for any
+// group (a reduction step never straddles two: both group sizes are multiples of the step, implicitKernelRefusal).
+DCN_HD int32_t implicitFirstOffsetGroup(DeformConvGeometry const& geo, int32_t g)
+{
+    return int32_t(int64_t(g) * geo.channelsPerGroup / geo.channelsPerOffsetGroup);
+}
+DCN_HD int32_t implicitOffsetGroupSpan(DeformConvGeometry const& geo)
+{
+    int32_t const cg = geo.channelsPerGroup;
+    int32_t const cpog = geo.channelsPerOffsetGroup;
+    if (cg % cpog == 0)
+        return cg / cpog; // each group holds whole offset groups
+    if (cpog % cg == 0)
+        return 1; // each group lies in one offset group
+    return (cg + cpog - 1) / cpog + 1; // neither divides the other: a group may start inside an offset group
+}
+DCN_HD int32_t implicitTapsRows(DeformConvGeometry const& geo)
+{
+    return implicitOffsetGroupSpan(geo) * geo.kernelPoints;
+}
+
+DCN_HD size_t implicitTapsBytes(DeformConvGeometry const& geo)
+{
+    return size_t(implicitTapsRows(geo)) * kImplicitTileN * sizeof(ImplicitTaps<float>);
+}
+
+// The taps table's room in shared memory: rounded up to 256 bytes, where the tile buffers start.
+DCN_HD size_t implicitTapsRoom(DeformConvGeometry const& geo)
+{
+    return (implicitTapsBytes(geo) + 255) / 256 * 256;
+}
+
+// Why the implicit kernel cannot take a layer, or "" when it can. dtype: a dcn_dtype (the CUDA kernel runs half
+// types only; the host build also runs float32 and float64, with the same tiles, for exact checks).
+inline std::string implicitKernelRefusal(DeformConvGeometry const& geo, int32_t dtype, bool hostBuild = false)
+{
+    if (!(dtype == DCN_FLOAT16 || dtype == DCN_BFLOAT16 || (hostBuild && (dtype == DCN_FLOAT32 || dtype == DCN_FLOAT64))))
+        return "the implicit-GEMM kernel runs float16 and bfloat16 only (tensor cores), got dtype "
+            + std::to_string(dtype);
+    if (geo.channelsPerGroup % kImplicitTileK != 0 || geo.channelsPerOffsetGroup % kImplicitTileK != 0)
+        return "the implicit-GEMM kernel needs input channels per group and per offset group that are multiples of "
+            + std::to_string(kImplicitTileK) + ", got " + std::to_string(geo.channelsPerGroup) + " and "
+            + std::to_string(geo.channelsPerOffsetGroup);
+    if (implicitTapsBytes(geo) > kImplicitTapsBytesMax)
+        return "the implicit-GEMM kernel keeps a block's taps in shared memory: at most "
+            + std::to_string(kImplicitTapsBytesMax / kImplicitTileN / sizeof(ImplicitTaps<float>))
+            + " (offset groups per group) x (kernel points), got " + std::to_string(implicitTapsRows(geo));
+    if (int64_t(geo.d.height) * geo.d.width * geo.d.in_channels > int64_t(INT32_MAX))
+        return "the implicit-GEMM kernel needs H*W*C below 2^31 per image";
+    if (int64_t(geo.outH) * geo.outW > int64_t(INT32_MAX) - kImplicitTileN)
+        return "the implicit-GEMM kernel needs oH*oW below 2^31 - " + std::to_string(kImplicitTileN);
+    if (geo.d.group > 65535)
+        return "the implicit-GEMM kernel takes at most 65535 groups, got " + std::to_string(geo.d.group);
+    return "";
+}
+
+// Output channels per block: the smallest of 64, 128 and 256 that covers a group's output channels (256 past that,
+// in several row blocks). Larger tiles sample each column tile for more output channels.
+inline int32_t implicitTileM(DeformConvGeometry const& geo)
+{
+    return geo.outChannelsPerGroup <= 64 ? 64 : geo.outChannelsPerGroup <= 128 ? 128 : 256;
+}
+
+// Dynamic shared memory of a block with tileM rows: the pixel tables, then either the taps and two buffers of
+// (weights tile + column tile), or (after the last step) the output staging.
+inline size_t implicitSharedBytes(DeformConvGeometry const& geo, int32_t tileM, size_t elementBytes)
+{
+    size_t const tables = 2 * kImplicitTileN * sizeof(int64_t);
+    size_t const buffers = 2 * size_t(tileM + kImplicitTileN) * kImplicitLdk * elementBytes;
+    size_t const mainLoop = implicitTapsRoom(geo) + buffers;
+    size_t const staging = size_t(kImplicitStageRows) * kImplicitLdc * sizeof(float);
+    return tables + std::max(mainLoop, staging);
+}
+
+struct ImplicitPlan
+{
+    int32_t images;      // whole images per chunk
+    size_t nhwcBytes;    // room for one chunk's channels-last input
+    size_t weightsBytes; // weights[o][kp][c]
+    size_t totalBytes;
+};
+
+// Images per chunk: as many as the GEMM path's column budget holds of channels-last input (at least one), with the
+// chunk's pixels within int32. The room never shrinks for a larger shape (a TensorRT plugin's workspace is sized
+// for the largest).
+inline ImplicitPlan planImplicit(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    size_t const budget = kGemmDefaultColumnBudget;
+    int64_t const batch = std::max<int64_t>(geo.d.batch, 1);
+    size_t const imageBytes = size_t(geo.d.in_channels) * size_t(geo.d.height) * size_t(geo.d.width) * elementBytes;
+    int64_t const plane = std::max<int64_t>(int64_t(geo.outH) * geo.outW, 1);
+    ImplicitPlan plan{};
+    plan.images = int32_t(std::min<int64_t>({batch, std::max<int64_t>(1, int64_t(budget / std::max<size_t>(imageBytes, 1))),
+        std::max<int64_t>(1, (int64_t(INT32_MAX) - kImplicitTileN) / plane)}));
+    plan.nhwcBytes = alignUp256(std::min(size_t(batch) * imageBytes, std::max(budget, imageBytes)));
+    plan.weightsBytes = alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup)
+        * size_t(geo.kernelPoints) * elementBytes);
+    plan.totalBytes = plan.nhwcBytes + plan.weightsBytes;
+    return plan;
+}
+
+DCN_HD ImplicitStep implicitStep(DeformConvGeometry const& geo, int32_t g, int32_t s)
+{
+    int32_t const stepsPerPoint = geo.channelsPerGroup / kImplicitTileK;
+    int32_t const kp = s / stepsPerPoint;
+    int32_t const channel = (s - kp * stepsPerPoint) * kImplicitTileK;
+    int32_t const og = (g * geo.channelsPerGroup + channel) / geo.channelsPerOffsetGroup;
+    return ImplicitStep{kp, channel, (og - implicitFirstOffsetGroup(geo, g)) * geo.kernelPoints + kp};
+}
+
+DCN_HD int32_t implicitSteps(DeformConvGeometry const& geo)
+{
+    return geo.kernelPoints * (geo.channelsPerGroup / kImplicitTileK);
+}
+
+// Where tile column `col` of the block at chunk pixel `first` starts: its image's channels-last input (element
+// offset within the chunk's nhwc) and its output element (n0 + image, channel 0, y, x); -1 for both past the chunk.
+DCN_HD void implicitPixelBases(DeformConvGeometry const& geo, int32_t n0, int32_t chunkPixels, int32_t first,
+    int32_t col, int64_t& inputBase, int64_t& outputBase)
+{
+    int32_t const flat = first + col;
+    if (flat >= chunkPixels)
+    {
+        inputBase = -1;
+        outputBase = -1;
+        return;
+    }
+    int32_t const plane = geo.outH * geo.outW;
+    int32_t const img = flat / plane;
+    inputBase = int64_t(img) * geo.d.height * geo.d.width * geo.d.in_channels;
+    outputBase = (int64_t(n0) + img) * geo.d.out_channels * plane + (flat - img * plane);
+}
+
+// Taps table entry e = row * kImplicitTileN + col (row = offset group within the span * kernel points + kernel
+// point) of group g's block at chunk pixel `first`; no taps past the chunk.
+template <typename Acc, typename T>
+DCN_HD ImplicitTaps<Acc> implicitTapEntry(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
+    int32_t chunkPixels, int32_t first, int32_t g, int32_t e)
+{
+    ImplicitTaps<Acc> out;
+    int32_t const row = e / kImplicitTileN;
+    int32_t const flat = first + (e - row * kImplicitTileN);
+    for (int t = 0; t < 4; ++t)
+    {
+        out.index[t] = -1;
+        out.weight[t] = Acc(0);
+    }
+    if (flat >= chunkPixels)
+        return out;
+    int32_t const plane = geo.outH * geo.outW;
+    int32_t const img = flat / plane;
+    int32_t const pixel = flat - img * plane;
+    int32_t const y = pixel / geo.outW;
+    int32_t const x = pixel - y * geo.outW;
+    int32_t const ogLocal = row / geo.kernelPoints;
+    int32_t const kp = row - ogLocal * geo.kernelPoints;
+    BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img,
+        implicitFirstOffsetGroup(geo, g) + ogLocal, kp, y, x);
+    for (int t = 0; t < 4; ++t)
+        if (taps.valid & (1u << t))
+        {
+            out.index[t] = taps.index[t] * geo.d.in_channels;
+            out.weight[t] = taps.weight[t];
+        }
+    return out;
+}
+
+// kImplicitVector consecutive elements, loaded as one piece (16 bytes for a half type on the GPU).
+template <typename T>
+struct alignas(sizeof(T) * kImplicitVector) ImplicitPack
+{
+    T v[kImplicitVector];
+};
+
+template <typename T>
+DCN_HD ImplicitPack<T> loadPack(T const* source)
+{
+#if defined(__CUDA_ARCH__)
+    return *reinterpret_cast<ImplicitPack<T> const*>(source);
+#else // the host build checks the alignment the GPU's vector load relies on
+    ImplicitPack<T> pack;
+    if (reinterpret_cast<uintptr_t>(source) % (sizeof(T) * kImplicitVector) != 0)
+        throw std::logic_error("misaligned implicit-GEMM load: offset not a multiple of the vector width");
+    std::memcpy(pack.v, source, sizeof(pack.v));
+    return pack;
+#endif
+}
+
+// The four neighbours' channel vectors of one sample: image = the pixel's channels-last image advanced to the
+// vector's first channel. All four loads are issued before any is used; an outside neighbour reads the image's
+// first pixel and is discarded by implicitBlend.
+template <typename T, typename Acc>
+DCN_HD void implicitGather(T const* image, ImplicitTaps<Acc> const& taps, ImplicitPack<T> (&corners)[4])
+{
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+        corners[t] = loadPack<T>(image + (taps.index[t] < 0 ? 0 : taps.index[t]));
+}
+
+// The bilinear sample of the vector's channels from its gathered neighbours, rounded to T.
+template <typename T, typename Acc>
+DCN_HD ImplicitPack<T> implicitBlend(ImplicitTaps<Acc> const& taps, ImplicitPack<T> const (&corners)[4])
+{
+    Acc acc[kImplicitVector];
+DCN_UNROLL
+    for (int v = 0; v < kImplicitVector; ++v)
+        acc[v] = Acc(0);
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+    {
+        if (taps.index[t] < 0) // not multiplied by a zero weight: an infinity at the image's first pixel gives NaN
+            continue;
+DCN_UNROLL
+        for (int v = 0; v < kImplicitVector; ++v)
+            acc[v] += taps.weight[t] * ElementTraits<T>::toAcc(corners[t].v[v]);
+    }
+    ImplicitPack<T> out;
+DCN_UNROLL
+    for (int v = 0; v < kImplicitVector; ++v)
+        out.v[v] = ElementTraits<T>::fromAcc(acc[v]);
+    return out;
+}
+
+// Column-tile vector e (of kImplicitTileN * kImplicitTileK / kImplicitVector) of a step: its tile column (pixel)
+// and its channel vector within the step.
+DCN_HD void implicitColumnVector(int32_t e, int32_t& col, int32_t& vector)
+{
+    constexpr int32_t kVectors = kImplicitTileK / kImplicitVector;
+    col = e / kVectors;
+    vector = e - col * kVectors;
+}
+
+// Where a column-tile vector's channels start in the chunk's channels-last input: tile column `col`'s image
+// (inputBase, from implicitPixelBases; a column past the chunk reads image 0, and its taps discard it), group g's
+// channel of the step, and the vector within the step.
+DCN_HD int64_t implicitColumnSource(DeformConvGeometry const& geo, int64_t inputBase, int32_t g,
+    ImplicitStep const& step, int32_t vector)
+{
+    return (inputBase < 0 ? 0 : inputBase) + int64_t(g) * geo.channelsPerGroup + step.channel
+        + vector * kImplicitVector;
+}
+
+// Weights-tile vector e (of tileM * kImplicitTileK / kImplicitVector) of step `step` for the block at output
+// channel m0 of group g: the element offset of its source in weights[o][kp][c], or -1 past the group's channels
+// (the tile row is zero).
+DCN_HD int64_t implicitWeightVector(DeformConvGeometry const& geo, int32_t g, int32_t m0, ImplicitStep const& step,
+    int32_t e, int32_t& row, int32_t& vector)
+{
+    constexpr int32_t kVectors = kImplicitTileK / kImplicitVector;
+    row = e / kVectors;
+    vector = e - row * kVectors;
+    int32_t const m = m0 + row;
+    if (m >= geo.outChannelsPerGroup)
+        return -1;
+    int64_t const o = int64_t(g) * geo.outChannelsPerGroup + m;
+    return (o * geo.kernelPoints + step.kp) * geo.channelsPerGroup + step.channel + vector * kImplicitVector;
+}
+
+} // namespace dcn

@@ -1,0 +1,93 @@
+// The re-layouts both matrix-product paths start with (CUDA sources only): the input to channels-last, so a
+// bilinear tap's channels are contiguous, and the weights with the kernel point outer (weights[o][kp][c],
+// weightRow in deformConvColumns.h), so a kernel point's channels are contiguous. Used by the GEMM path
+// (deformConvGemm.cu) and the implicit-GEMM kernel (deformConvImplicit.cu).
+#pragma once
+
+#include "dcnCudaStatus.h"
+#include "dcnGridStride.h"
+#include "deformConvColumns.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+namespace dcn
+{
+
+// The transposes below move 64x64 tiles through shared memory with 32x8 threads: each thread issues 16 loads before
+// the barrier (with 32x32 tiles and 4 loads each, the 2-byte transposes ran at about 1 TB/s on an H200: too few
+// bytes in flight). Rows are padded so that reading a tile column hits 32 different banks.
+constexpr int kTile = 64;
+template <typename T>
+constexpr int kTilePad = sizeof(T) == 2 ? 2 : 1;
+
+// body(r, x) for the 16 (row, column) places of a 64x64 tile that this thread of the 32x8 block moves.
+template <typename Body>
+__device__ __forceinline__ void forTilePlaces(Body&& body)
+{
+DCN_UNROLL
+    for (int rStep = 0; rStep < kTile / 8; ++rStep)
+DCN_UNROLL
+        for (int xStep = 0; xStep < kTile / 32; ++xStep)
+            body(int(threadIdx.y) + 8 * rStep, int(threadIdx.x) + 32 * xStep);
+}
+
+// NCHW -> NHWC for images n0..n0+gridDim.z-1. Blocks loop over channel tiles, so gridDim.y (at most 65535) need not
+// cover them all.
+template <typename T>
+__global__ void __launch_bounds__(kGridStrideThreads) nhwcKernel(
+    DeformConvGeometry const geo, T const* __restrict__ input, T* __restrict__ nhwc, int32_t const n0)
+{
+    __shared__ T tile[kTile][kTile + kTilePad<T>];
+    int64_t const plane = int64_t(geo.d.height) * geo.d.width;
+    int32_t const channels = geo.d.in_channels;
+    int32_t const img = blockIdx.z;
+    int64_t const pix0 = int64_t(blockIdx.x) * kTile;
+    T const* source = input + int64_t(n0 + img) * channels * plane;
+    T* target = nhwc + int64_t(img) * channels * plane;
+    for (int32_t c0 = blockIdx.y * kTile; c0 < channels; c0 += gridDim.y * kTile)
+    {
+        forTilePlaces([&](int r, int x) { // r: channel within the tile; x: pixel
+            if (c0 + r < channels && pix0 + x < plane)
+                tile[r][x] = source[int64_t(c0 + r) * plane + pix0 + x];
+        });
+        __syncthreads();
+        forTilePlaces([&](int r, int x) { // r: pixel within the tile; x: channel
+            if (c0 + x < channels && pix0 + r < plane)
+                target[(pix0 + r) * channels + c0 + x] = tile[x][r];
+        });
+        __syncthreads(); // the tile is refilled by the next channel tile
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGridStrideThreads) weightsKernel(
+    DeformConvGeometry const geo, T const* __restrict__ weight, T* __restrict__ weights, int64_t const total)
+{
+    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x)
+        weightRow<T>(geo, weight, weights, idx);
+}
+
+// The chunk's channels-last input: nhwc[img][pix][c] = input[n0 + img][c][pix] for img < images.
+template <typename T>
+Status launchChannelsLast(DeformConvGeometry const& geo, T const* input, T* nhwc, int32_t n0, int32_t images,
+    cudaStream_t stream)
+{
+    int64_t const inPlane = int64_t(geo.d.height) * geo.d.width;
+    dim3 const tiles(unsigned((inPlane + kTile - 1) / kTile),
+        unsigned(std::min((geo.d.in_channels + kTile - 1) / kTile, 65535)), unsigned(images));
+    nhwcKernel<T><<<tiles, dim3(32, 8), 0, stream>>>(geo, input, nhwc, n0);
+    return launchStatus("the channels-last transpose kernel");
+}
+
+// weights[o][kp][c] from the ONNX layout weight[o][c][kp].
+template <typename T>
+Status launchWeightsRelayout(DeformConvGeometry const& geo, T const* weight, T* weights, cudaStream_t stream)
+{
+    int64_t const rows = int64_t(geo.d.out_channels) * geo.channelsPerGroup;
+    weightsKernel<T><<<gridStrideBlocks(rows), kGridStrideThreads, 0, stream>>>(geo, weight, weights, rows);
+    return launchStatus("the weight re-layout kernel");
+}
+
+} // namespace dcn
