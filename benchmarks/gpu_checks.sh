@@ -111,7 +111,9 @@ bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch,co
 # cuDNN in the same process.
 bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3
 # 4. memcheck over small cases of every kernel and dtype.
-step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py
+# (torch's caching allocator off: an overrun inside one of its blocks would not be reported)
+step memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    python3 tests/sanitizer_cases.py
 # 5. The GEMM path's product straight into NCHW (the default goes through the staging scratch), then a 16 MiB
 # column budget (default 64), which keeps a chunk's columns in L2 between the sampling kernel and the product.
 DCN_DEPLOY_GEMM_OUTPUT=direct bench bench-output-direct 90 bench_output_direct.json "" -- --algos gemm \

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass
 from typing import Dict, Tuple
@@ -90,7 +91,7 @@ def random_implicit_case(rng: random.Random) -> Case:
     ocg = rng.choice([(1, 8), (60, 70), (129, 140), (250, 270)])
     cpog = groups * cpg // offset_groups
     # offset groups a group's channels touch (implicitOffsetGroupSpan): the kernel keeps 24 rows of taps at most
-    span = cpg // cpog if cpg % cpog == 0 else 1 if cpog % cpg == 0 else -(-cpg // cpog) + 1
+    span = (cpog - math.gcd(cpg, cpog) + cpg - 1) // cpog + 1
     while True:
         case = random_layer_case(rng, groups, offset_groups, cpg, ocg, 9, 9, (0.5, 2.0, 25.0))
         if span * case.kernel[0] * case.kernel[1] <= 24:

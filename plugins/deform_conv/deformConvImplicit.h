@@ -43,9 +43,9 @@ constexpr int32_t kImplicitTileK = 32;    // reduction elements per step: 32 cha
 constexpr int32_t kImplicitVector = 8;    // channels per gather (16 bytes of a half type)
 constexpr int32_t kImplicitThreads = 256; // 8 warps
 constexpr int32_t kImplicitLdk = kImplicitTileK + 8; // a tile row, padded: 80 bytes, so ldmatrix rows miss banks
-constexpr int32_t kImplicitLdc = kImplicitTileN + 4; // a float row of the output staging
+constexpr int32_t kImplicitLdc = kImplicitTileN + 8; // a float row of the output staging (+8: no bank conflicts)
 constexpr int32_t kImplicitStageRows = 64;           // output rows staged per pass (one warp row)
-constexpr size_t kImplicitTapsBytesMax = size_t(96) << 10; // 24 rows: a 3x3 kernel over 2 offset groups
+constexpr size_t kImplicitTapsBytesMax = size_t(96) << 10; // 24 rows of 128 taps (a 3x3 kernel: 2 offset groups)
 
 // One sample's four neighbours in a channels-last image: index = the neighbour's first channel as an element
 // offset within its image (pixel * C), -1 where the neighbour is outside; weight with the mask folded in.
@@ -71,13 +71,19 @@ DCN_HD int32_t implicitFirstOffsetGroup(DeformConvGeometry const& geo, int32_t g
 }
 DCN_HD int32_t implicitOffsetGroupSpan(DeformConvGeometry const& geo)
 {
+    // Groups start at multiples of cg, so within an offset group at multiples of gcd(cg, cpog), at most
+    // cpog - gcd into it; the span is the offset groups that start and cg more channels cover. (cg/cpog when cpog
+    // divides cg, 1 when cg divides cpog.)
     int32_t const cg = geo.channelsPerGroup;
     int32_t const cpog = geo.channelsPerOffsetGroup;
-    if (cg % cpog == 0)
-        return cg / cpog; // each group holds whole offset groups
-    if (cpog % cg == 0)
-        return 1; // each group lies in one offset group
-    return (cg + cpog - 1) / cpog + 1; // neither divides the other: a group may start inside an offset group
+    int32_t a = cg, b = cpog;
+    while (b != 0)
+    {
+        int32_t const r = a % b;
+        a = b;
+        b = r;
+    }
+    return (cpog - a + cg - 1) / cpog + 1;
 }
 DCN_HD int32_t implicitTapsRows(DeformConvGeometry const& geo)
 {
@@ -145,8 +151,8 @@ struct ImplicitPlan
     size_t totalBytes;
 };
 
-// Images per chunk: as many as the GEMM path's column budget holds of channels-last input (at least one), with the
-// chunk's pixels within int32. The room never shrinks for a larger shape (a TensorRT plugin's workspace is sized
+// Images per chunk: as many as the GEMM path's column budget holds of channels-last input (at least one, at most
+// 65535: the transpose's grid), with the chunk's pixels within int32. The room never shrinks for a larger shape (a TensorRT plugin's workspace is sized
 // for the largest).
 inline ImplicitPlan planImplicit(DeformConvGeometry const& geo, size_t elementBytes)
 {
@@ -156,7 +162,7 @@ inline ImplicitPlan planImplicit(DeformConvGeometry const& geo, size_t elementBy
     int64_t const plane = std::max<int64_t>(int64_t(geo.outH) * geo.outW, 1);
     ImplicitPlan plan{};
     plan.images = int32_t(std::min<int64_t>({batch, std::max<int64_t>(1, int64_t(budget / std::max<size_t>(imageBytes, 1))),
-        std::max<int64_t>(1, (int64_t(INT32_MAX) - kImplicitTileN) / plane)}));
+        std::max<int64_t>(1, (int64_t(INT32_MAX) - kImplicitTileN) / plane), int64_t(65535)})); // 65535: a grid dimension
     plan.nhwcBytes = alignUp256(std::min(size_t(batch) * imageBytes, std::max(budget, imageBytes)));
     plan.weightsBytes = alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup)
         * size_t(geo.kernelPoints) * elementBytes);
@@ -219,8 +225,10 @@ DCN_HD ImplicitTaps<Acc> implicitTapEntry(DeformConvGeometry const& geo, T const
     int32_t const x = pixel - y * geo.outW;
     int32_t const ogLocal = row / geo.kernelPoints;
     int32_t const kp = row - ogLocal * geo.kernelPoints;
-    BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img,
-        implicitFirstOffsetGroup(geo, g) + ogLocal, kp, y, x);
+    int32_t const og = implicitFirstOffsetGroup(geo, g) + ogLocal;
+    if (og >= geo.d.offset_group) // a row of the span this group does not reach (the last groups): never read
+        return out;
+    BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, kp, y, x);
     for (int t = 0; t < 4; ++t)
         if (taps.valid & (1u << t))
         {
