@@ -53,19 +53,24 @@ def no_float64_kernel_hint(op: str) -> str:
     return f"ONNX Runtime's CPU provider has no float64 {op}; export in float32 ({how})"
 
 
+def _read_model(source):
+    """The ModelProto of a path (external data not loaded), serialised bytes or a ModelProto (returned as is)."""
+    import onnx
+
+    if isinstance(source, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(source))
+    if isinstance(source, (str, os.PathLike)):
+        return onnx.load(str(source), load_external_data=False)
+    return source
+
+
 def _computes_in_float64(source) -> bool:
     """Whether the model (a path, serialised bytes or a ModelProto) has float64 inputs or weights; False when it
     cannot be read (the load error then speaks for itself)."""
     try:
         import onnx
 
-        if isinstance(source, (bytes, bytearray)):
-            model = onnx.load_from_string(bytes(source))
-        elif isinstance(source, (str, os.PathLike)):
-            model = onnx.load(str(source), load_external_data=False)
-        else:
-            model = source
-        graph = model.graph
+        graph = _read_model(source).graph
         return (any(v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for v in graph.input)
                 or any(t.data_type == onnx.TensorProto.DOUBLE for t in graph.initializer))
     except Exception:  # noqa: BLE001 - only a hint depends on it
@@ -234,10 +239,8 @@ class OrtRunner(Runner):
         if hasattr(self.model, "graph"):
             return roi_input_names(self.model.graph)
         if isinstance(self.model, (bytes, bytearray)):
-            import onnx
-
             try:
-                return roi_input_names(onnx.load_from_string(bytes(self.model)).graph)
+                return roi_input_names(_read_model(self.model).graph)
             except Exception:  # not a model: activate() reports that
                 return ()
         return ()
