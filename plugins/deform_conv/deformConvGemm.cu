@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(kGridStrideThreads) fillBiasKernel(T* __restri
 // output[n0 + img][o][p0 + p] = staging[img][p][o] + bias[o] for the chunk (stagedOutputElement's mapping), through
 // 64x64 shared tiles: reads run along o, writes along p, both coalesced. Blocks loop over channel tiles.
 template <typename T, typename Acc>
-__global__ void __launch_bounds__(kGridStrideThreads) stagedOutputKernel(DeformConvGeometry const geo,
+__global__ void __launch_bounds__(kTileThreads) stagedOutputKernel(DeformConvGeometry const geo,
     Acc const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ output, int32_t const n0,
     int64_t const p0, int32_t const pixels)
 {
@@ -244,7 +244,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
                 {
                     dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
                         unsigned(std::min((d.out_channels + kTile - 1) / kTile, 65535)), unsigned(images));
-                    stagedOutputKernel<T, Acc><<<outTiles, dim3(32, 8), 0, stream>>>(geo, staging, bias, output, n0,
+                    stagedOutputKernel<T, Acc><<<outTiles, dim3(kTileThreadsX, kTileThreadsY), 0, stream>>>(geo, staging, bias, output, n0,
                         p0, pixels);
                     status = launchStatus("the staged output kernel");
                 }

@@ -19,6 +19,8 @@ namespace dcn
 // the barrier (with 32x32 tiles and 4 loads each, the 2-byte transposes ran at about 1 TB/s on an H200: too few
 // bytes in flight). Rows are padded so that reading a tile column hits 32 different banks.
 constexpr int kTile = 64;
+constexpr int kTileThreadsX = 32, kTileThreadsY = 8; // the block of every tiled transpose
+constexpr int kTileThreads = kTileThreadsX * kTileThreadsY;
 template <typename T>
 constexpr int kTilePad = sizeof(T) == 2 ? 2 : 1;
 
@@ -27,16 +29,16 @@ template <typename Body>
 __device__ __forceinline__ void forTilePlaces(Body&& body)
 {
 DCN_UNROLL
-    for (int rStep = 0; rStep < kTile / 8; ++rStep)
+    for (int rStep = 0; rStep < kTile / kTileThreadsY; ++rStep)
 DCN_UNROLL
-        for (int xStep = 0; xStep < kTile / 32; ++xStep)
-            body(int(threadIdx.y) + 8 * rStep, int(threadIdx.x) + 32 * xStep);
+        for (int xStep = 0; xStep < kTile / kTileThreadsX; ++xStep)
+            body(int(threadIdx.y) + kTileThreadsY * rStep, int(threadIdx.x) + kTileThreadsX * xStep);
 }
 
 // NCHW -> NHWC for images n0..n0+gridDim.z-1. Blocks loop over channel tiles, so gridDim.y (at most 65535) need not
 // cover them all.
 template <typename T>
-__global__ void __launch_bounds__(kGridStrideThreads) nhwcKernel(
+__global__ void __launch_bounds__(kTileThreads) nhwcKernel(
     DeformConvGeometry const geo, T const* __restrict__ input, T* __restrict__ nhwc, int32_t const n0)
 {
     __shared__ T tile[kTile][kTile + kTilePad<T>];
@@ -77,7 +79,7 @@ Status launchChannelsLast(DeformConvGeometry const& geo, T const* input, T* nhwc
     int64_t const inPlane = int64_t(geo.d.height) * geo.d.width;
     dim3 const tiles(unsigned((inPlane + kTile - 1) / kTile),
         unsigned(std::min((geo.d.in_channels + kTile - 1) / kTile, 65535)), unsigned(images));
-    nhwcKernel<T><<<tiles, dim3(32, 8), 0, stream>>>(geo, input, nhwc, n0);
+    nhwcKernel<T><<<tiles, dim3(kTileThreadsX, kTileThreadsY), 0, stream>>>(geo, input, nhwc, n0);
     return launchStatus("the channels-last transpose kernel");
 }
 
