@@ -314,3 +314,16 @@ def test_implicit_kernel_refuses_layers_it_cannot_tile(host_lib, groups, offset_
     tensors = make_tensors(case, torch.float32, seed=0)
     with pytest.raises(NativeError, match=re.escape(fragment)):
         run_host_implicit(host_lib, case, *tensors)
+
+
+def test_implicit_kernel_cuda_source_on_emulated_blocks():
+    """The implicit-GEMM kernel's CUDA source itself (deformConvImplicitKernel.cuh), run on the CPU block by block
+    with each block's 256 threads as threads at a real barrier and WMMA as plain tile products
+    (plugins/tests/implicitKernelEmulation.cpp): its shared-memory carve-up, two buffers and barrier a step, warp
+    layout, epilogue and WMMA alignment rules, every tile height, against the float64 reference. (The fragment
+    layout inside a warp and the timing need the GPU: tests/test_plugin_gpu.py.)"""
+    from shell_tests import run_shell_test
+
+    output = run_shell_test("dcn_implicit_kernel_emulation", min_checks=19, needs="a C++ compiler and cmake",
+                            timeout=300)
+    assert "never written" in output and "256-row tiles" in output and "64-row tiles" in output

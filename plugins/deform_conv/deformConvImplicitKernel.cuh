@@ -1,0 +1,216 @@
+// The implicit-GEMM kernel's device code (DCN_ALGO_IMPLICIT_GEMM; layout and steps: deformConvImplicit.h).
+// Included by deformConvImplicit.cu, which launches it, and by plugins/tests/implicitKernelEmulation.cpp, which runs
+// this same source on the CPU (each block's threads as threads, WMMA as plain tile products) so that CI checks its
+// shared-memory carve-up, buffers, barriers and epilogue. The includer provides, before including this file:
+// nvcuda::wmma, threadIdx / blockIdx, __syncthreads, the CUDA function qualifiers, ElementTraits for T, and
+// implicitDynamicShared() (the block's dynamic shared memory, 128-byte aligned).
+#pragma once
+
+#include "deformConvImplicit.h"
+
+#include <type_traits>
+
+namespace dcn
+{
+namespace
+{
+
+// The warps of a block: kWarpsM x kWarpsN, each owning 64 output channels x (kImplicitTileN / kWarpsN) pixels as
+// 4 x kFragCols WMMA 16x16 accumulators.
+template <int TileM>
+struct ImplicitWarps
+{
+    static constexpr int kWarpsM = TileM / 64;
+    static constexpr int kWarpsN = (kImplicitThreads / 32) / kWarpsM;
+    static constexpr int kFragCols = kImplicitTileN / kWarpsN / 16;
+    static constexpr int kWeightVectors = TileM * kImplicitTileK / kImplicitVector / kImplicitThreads;      // per thread
+    static constexpr int kColumnVectors = kImplicitTileN * kImplicitTileK / kImplicitVector / kImplicitThreads; // per thread
+    static_assert(kWarpsM * kWarpsN * 32 == kImplicitThreads && kFragCols >= 1, "tile shape");
+};
+
+// One step's loads, held in registers while the tensor cores work on the previous step.
+template <typename T, int TileM>
+struct ImplicitStepLoads
+{
+    using W = ImplicitWarps<TileM>;
+    ImplicitPack<T> weights[W::kWeightVectors];
+    ImplicitPack<T> corners[W::kColumnVectors][4];
+};
+
+template <typename T, int TileM>
+__device__ __forceinline__ void loadStep(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
+    T const* __restrict__ weights, ImplicitTaps<float> const* taps, int64_t const* inputBase, int32_t g, int32_t m0,
+    ImplicitStep const& step, ImplicitStepLoads<T, TileM>& loads)
+{
+    using W = ImplicitWarps<TileM>;
+DCN_UNROLL
+    for (int i = 0; i < W::kWeightVectors; ++i)
+    {
+        int32_t row, vector;
+        int64_t const source = implicitWeightVector(geo, g, m0, step, int32_t(threadIdx.x) + i * kImplicitThreads,
+            row, vector);
+        if (source >= 0)
+            loads.weights[i] = loadPack<T>(weights + source);
+        else
+DCN_UNROLL
+            for (int v = 0; v < kImplicitVector; ++v)
+                loads.weights[i].v[v] = ElementTraits<T>::fromAcc(0.0f);
+    }
+DCN_UNROLL
+    for (int i = 0; i < W::kColumnVectors; ++i)
+    {
+        int32_t col, vector;
+        implicitColumnVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
+        implicitGather<T, float>(nhwc + implicitColumnSource(geo, inputBase[col], g, step, vector),
+            taps[step.tapsRow * kImplicitTileN + col], loads.corners[i]);
+    }
+}
+
+template <typename T, int TileM>
+__device__ __forceinline__ void storeStep(ImplicitStep const& step, ImplicitTaps<float> const* taps,
+    ImplicitStepLoads<T, TileM> const& loads, T* weightTile, T* columnTile)
+{
+    using W = ImplicitWarps<TileM>;
+DCN_UNROLL
+    for (int i = 0; i < W::kWeightVectors; ++i)
+    {
+        int32_t const e = int32_t(threadIdx.x) + i * kImplicitThreads;
+        int32_t const row = e / (kImplicitTileK / kImplicitVector);
+        int32_t const vector = e - row * (kImplicitTileK / kImplicitVector);
+        *reinterpret_cast<ImplicitPack<T>*>(weightTile + row * kImplicitLdk + vector * kImplicitVector)
+            = loads.weights[i];
+    }
+DCN_UNROLL
+    for (int i = 0; i < W::kColumnVectors; ++i)
+    {
+        int32_t col, vector;
+        implicitColumnVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
+        *reinterpret_cast<ImplicitPack<T>*>(columnTile + col * kImplicitLdk + vector * kImplicitVector)
+            = implicitBlend<T, float>(taps[step.tapsRow * kImplicitTileN + col], loads.corners[i]);
+    }
+}
+
+// Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group). Dynamic shared memory
+// (implicitSharedBytes): inputBase[kImplicitTileN], outputBase[kImplicitTileN], then the taps table and two
+// buffers of (weights tile [TileM][ldk], column tile [kImplicitTileN][ldk]); after the last step, the output
+// staging instead of the taps and buffers.
+template <typename T, int TileM>
+__global__ void __launch_bounds__(kImplicitThreads) implicitKernel(DeformConvGeometry const geo,
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weights,
+    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0,
+    int32_t const chunkPixels)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        return; // bfloat16 tensor cores start at sm_80; the launch refuses bfloat16 below that
+    else
+#endif
+    {
+    using namespace nvcuda;
+    using W = ImplicitWarps<TileM>;
+    unsigned char* shared = implicitDynamicShared();
+    int64_t* inputBase = reinterpret_cast<int64_t*>(shared);
+    int64_t* outputBase = inputBase + kImplicitTileN;
+    unsigned char* region = reinterpret_cast<unsigned char*>(outputBase + kImplicitTileN);
+    auto* taps = reinterpret_cast<ImplicitTaps<float>*>(region);
+    T* buffers = reinterpret_cast<T*>(region + implicitTapsRoom(geo));
+    constexpr int kBufferElements = (TileM + kImplicitTileN) * kImplicitLdk;
+
+    int32_t const g = int32_t(blockIdx.z);
+    int32_t const m0 = int32_t(blockIdx.y) * TileM;
+    int32_t const first = int32_t(blockIdx.x) * kImplicitTileN;
+    int32_t const tid = int32_t(threadIdx.x);
+
+    for (int32_t col = tid; col < kImplicitTileN; col += kImplicitThreads)
+        implicitPixelBases(geo, n0, chunkPixels, first, col, inputBase[col], outputBase[col]);
+    int32_t const entries = implicitTapsRows(geo) * kImplicitTileN;
+    for (int32_t e = tid; e < entries; e += kImplicitThreads)
+        taps[e] = implicitTapEntry<float>(geo, offset, mask, n0, chunkPixels, first, g, e);
+    __syncthreads();
+
+    int32_t const warp = tid / 32;
+    int32_t const warpM = warp / W::kWarpsN;
+    int32_t const warpN = warp - warpM * W::kWarpsN;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][W::kFragCols];
+DCN_UNROLL
+    for (int i = 0; i < 4; ++i)
+DCN_UNROLL
+        for (int j = 0; j < W::kFragCols; ++j)
+            wmma::fill_fragment(acc[i][j], 0.0f);
+
+    int32_t const steps = implicitSteps(geo);
+    ImplicitStepLoads<T, TileM> loads;
+    ImplicitStep step = implicitStep(geo, g, 0);
+    loadStep<T, TileM>(geo, nhwc, weights, taps, inputBase, g, m0, step, loads);
+    storeStep<T, TileM>(step, taps, loads, buffers, buffers + TileM * kImplicitLdk);
+    __syncthreads();
+    for (int32_t s = 0; s < steps; ++s)
+    {
+        T const* weightTile = buffers + (s & 1) * kBufferElements;
+        T const* columnTile = weightTile + TileM * kImplicitLdk;
+        bool const more = s + 1 < steps;
+        if (more) // the next step's gathers are in flight while the tensor cores multiply this one
+        {
+            step = implicitStep(geo, g, s + 1);
+            loadStep<T, TileM>(geo, nhwc, weights, taps, inputBase, g, m0, step, loads);
+        }
+DCN_UNROLL
+        for (int kk = 0; kk < kImplicitTileK; kk += 16)
+        {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[W::kFragCols];
+DCN_UNROLL
+            for (int j = 0; j < W::kFragCols; ++j)
+                wmma::load_matrix_sync(b[j], columnTile + (warpN * W::kFragCols + j) * 16 * kImplicitLdk + kk,
+                    kImplicitLdk);
+DCN_UNROLL
+            for (int i = 0; i < 4; ++i)
+            {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+                wmma::load_matrix_sync(a, weightTile + (warpM * 64 + i * 16) * kImplicitLdk + kk, kImplicitLdk);
+DCN_UNROLL
+                for (int j = 0; j < W::kFragCols; ++j)
+                    wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+            }
+        }
+        if (more)
+        {
+            T* nextWeights = buffers + ((s + 1) & 1) * kBufferElements;
+            storeStep<T, TileM>(step, taps, loads, nextWeights, nextWeights + TileM * kImplicitLdk);
+        }
+        __syncthreads(); // one barrier a step: the buffer written here was last read before the previous barrier
+    }
+
+    // Epilogue, one warp row (64 output channels) at a time: accumulators -> float staging -> NCHW with the bias,
+    // consecutive threads on consecutive pixels.
+    float* staging = reinterpret_cast<float*>(region);
+    for (int32_t pass = 0; pass < W::kWarpsM; ++pass)
+    {
+        if (warpM == pass)
+DCN_UNROLL
+            for (int i = 0; i < 4; ++i)
+DCN_UNROLL
+                for (int j = 0; j < W::kFragCols; ++j)
+                    wmma::store_matrix_sync(staging + i * 16 * kImplicitLdc + (warpN * W::kFragCols + j) * 16,
+                        acc[i][j], kImplicitLdc, wmma::mem_row_major);
+        __syncthreads();
+        for (int32_t e = tid; e < kImplicitStageRows * kImplicitTileN; e += kImplicitThreads)
+        {
+            int32_t const row = e / kImplicitTileN;
+            int32_t const col = e - row * kImplicitTileN;
+            int32_t const m = m0 + pass * 64 + row;
+            int64_t const target = outputBase[col];
+            if (m >= geo.outChannelsPerGroup || target < 0)
+                continue;
+            int32_t const o = g * geo.outChannelsPerGroup + m;
+            float value = staging[row * kImplicitLdc + col];
+            if (bias)
+                value += ElementTraits<T>::toAcc(bias[o]);
+            output[target + int64_t(o) * geo.outH * geo.outW] = ElementTraits<T>::fromAcc(value);
+        }
+        __syncthreads(); // the staging is refilled by the next pass
+    }
+    }
+}
+
+} // namespace
+} // namespace dcn

@@ -1,0 +1,233 @@
+// Just enough of CUDA to run a kernel's source on the CPU, for tests: one block at a time, its threads as
+// std::threads meeting at __syncthreads (a real barrier), the block's dynamic shared memory as one buffer, and
+// nvcuda::wmma as plain 16x16x16 tile products. What it checks of a kernel: its indexing, shared-memory layout,
+// buffer protocol and barriers, and the WMMA calls' documented preconditions (pointers 256-bit aligned, ldm a
+// multiple of 16 bytes). What it does not: the hardware's fragment layout (every thread holds a whole tile here,
+// where a warp spreads it over its lanes), timing, and memory ordering beyond what the barrier gives.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+struct dim3
+{
+    unsigned x = 1, y = 1, z = 1;
+};
+
+inline thread_local dim3 threadIdx;
+inline thread_local dim3 blockIdx;
+
+namespace emulation
+{
+
+// Thrown out of __syncthreads in every thread of a block once one thread failed, so the block ends instead of
+// waiting forever.
+struct BlockAborted
+{
+};
+
+class BlockBarrier
+{
+public:
+    explicit BlockBarrier(int threads) : mThreads(threads) {}
+
+    void wait()
+    {
+        std::unique_lock<std::mutex> lock(mMutex);
+        if (mAborted)
+            throw BlockAborted{};
+        uint64_t const generation = mGeneration;
+        if (++mArrived == mThreads)
+        {
+            mArrived = 0;
+            ++mGeneration;
+            mChanged.notify_all();
+            return;
+        }
+        mChanged.wait(lock, [&] { return mGeneration != generation || mAborted; });
+        if (mAborted)
+            throw BlockAborted{};
+    }
+
+    void abort()
+    {
+        std::lock_guard<std::mutex> lock(mMutex);
+        mAborted = true;
+        mChanged.notify_all();
+    }
+
+private:
+    int const mThreads;
+    std::mutex mMutex;
+    std::condition_variable mChanged;
+    int mArrived = 0;
+    uint64_t mGeneration = 0;
+    bool mAborted = false;
+};
+
+inline BlockBarrier*& currentBarrier()
+{
+    static BlockBarrier* barrier = nullptr;
+    return barrier;
+}
+
+// Run body() as the `threads` threads of block `block`; the first failure (an exception's message) or "".
+inline std::string runBlock(dim3 block, int threads, std::function<void()> const& body)
+{
+    BlockBarrier barrier(threads);
+    currentBarrier() = &barrier;
+    std::mutex failureMutex;
+    std::string failure;
+    std::vector<std::thread> pool;
+    pool.reserve(size_t(threads));
+    for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            threadIdx = dim3{unsigned(t), 0, 0};
+            blockIdx = block;
+            try
+            {
+                body();
+            }
+            catch (BlockAborted const&)
+            {
+            }
+            catch (std::exception const& error)
+            {
+                {
+                    std::lock_guard<std::mutex> lock(failureMutex);
+                    if (failure.empty())
+                        failure = "thread " + std::to_string(t) + ": " + error.what();
+                }
+                barrier.abort();
+            }
+        });
+    for (std::thread& thread : pool)
+        thread.join();
+    currentBarrier() = nullptr;
+    return failure;
+}
+
+inline void requireAligned(void const* pointer, size_t bytes, char const* what)
+{
+    if (reinterpret_cast<uintptr_t>(pointer) % bytes != 0)
+        throw std::logic_error(std::string(what) + ": pointer not " + std::to_string(bytes) + "-byte aligned");
+}
+
+} // namespace emulation
+
+inline void __syncthreads()
+{
+    emulation::currentBarrier()->wait();
+}
+
+namespace nvcuda
+{
+namespace wmma
+{
+
+struct matrix_a
+{
+};
+struct matrix_b
+{
+};
+struct accumulator
+{
+};
+struct row_major
+{
+};
+struct col_major
+{
+};
+enum layout_t
+{
+    mem_row_major,
+    mem_col_major
+};
+
+// The whole 16x16 tile, element (row, column) at x[row * 16 + column]; for matrix_b, row = k and column = n.
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment
+{
+    T x[16 * 16];
+};
+
+template <typename Use, typename T, typename Layout, typename V>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, V value)
+{
+    for (T& element : f.x)
+        element = T(value);
+}
+
+template <typename T>
+void checkLoad(T const* pointer, unsigned ldm)
+{
+    emulation::requireAligned(pointer, 32, "wmma::load_matrix_sync");
+    if ((ldm * sizeof(T)) % 16 != 0)
+        throw std::logic_error("wmma::load_matrix_sync: ldm * sizeof(T) must be a multiple of 16 bytes");
+}
+
+// A: element (m, k) at pointer[m * ldm + k].
+template <typename T>
+void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major>& f, T const* pointer, unsigned ldm)
+{
+    checkLoad(pointer, ldm);
+    for (int m = 0; m < 16; ++m)
+        for (int k = 0; k < 16; ++k)
+            f.x[m * 16 + k] = pointer[size_t(m) * ldm + size_t(k)];
+}
+
+// B, column-major: element (k, n) at pointer[n * ldm + k].
+template <typename T>
+void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major>& f, T const* pointer, unsigned ldm)
+{
+    checkLoad(pointer, ldm);
+    for (int k = 0; k < 16; ++k)
+        for (int n = 0; n < 16; ++n)
+            f.x[k * 16 + n] = pointer[size_t(n) * ldm + size_t(k)];
+}
+
+// D = A B + C, summed in float from elements widened by ToFloat (the element type's conversion).
+template <typename T>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, fragment<matrix_a, 16, 16, 16, T, row_major> const& a,
+    fragment<matrix_b, 16, 16, 16, T, col_major> const& b, fragment<accumulator, 16, 16, 16, float> const& c)
+{
+    float result[16 * 16];
+    for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 16; ++n)
+        {
+            float sum = c.x[m * 16 + n];
+            for (int k = 0; k < 16; ++k)
+                sum += dcn::ElementTraits<T>::toAcc(a.x[m * 16 + k]) * dcn::ElementTraits<T>::toAcc(b.x[k * 16 + n]);
+            result[m * 16 + n] = sum;
+        }
+    std::memcpy(d.x, result, sizeof(result));
+}
+
+inline void store_matrix_sync(float* pointer, fragment<accumulator, 16, 16, 16, float> const& f, unsigned ldm,
+    layout_t layout)
+{
+    emulation::requireAligned(pointer, 32, "wmma::store_matrix_sync");
+    if ((ldm * sizeof(float)) % 16 != 0 || layout != mem_row_major)
+        throw std::logic_error("wmma::store_matrix_sync: ldm * 4 must be a multiple of 16 bytes (row-major here)");
+    for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 16; ++n)
+            pointer[size_t(m) * ldm + size_t(n)] = f.x[m * 16 + n];
+}
+
+} // namespace wmma
+} // namespace nvcuda

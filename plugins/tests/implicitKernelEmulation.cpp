@@ -1,0 +1,258 @@
+// The implicit-GEMM kernel's CUDA source (deformConvImplicitKernel.cuh) run on the CPU, block after block, each
+// block's 256 threads as threads meeting at a real barrier (cudaBlockEmulation.h), against the host library's
+// reference forward in float64. It checks what the host build of that kernel (forwardHostImplicit), which shares
+// only the per-thread helpers, cannot: the kernel's own shared-memory carve-up and size, its two buffers and one
+// barrier a step, the warp layout over the tile, the epilogue's passes, and the WMMA calls' alignment rules. Every
+// tile height is run (64, 128, 256 output channels per block) on layers with several pixel tiles, row blocks,
+// groups and offset groups. Shared memory starts as NaN, the output as NaN, and past the block's size as a canary.
+// Prints one "ok"/"FAIL" line per check and "<n> failure(s)"; the exit code is the failure count.
+#include "dcnDtype.h"
+#include "dcn_kernels.h"
+#include "deformConvImplicit.h"
+#include "deformConvShapes.h"
+
+#include "cudaBlockEmulation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace dcn
+{
+namespace
+{
+
+constexpr size_t kSharedRoom = size_t(232) << 10; // the most any block may ask for (an sm_90 block's limit)
+constexpr unsigned char kCanary = 0xA5;
+alignas(128) unsigned char gShared[kSharedRoom];
+
+unsigned char* implicitDynamicShared()
+{
+    return gShared;
+}
+
+} // namespace
+} // namespace dcn
+
+#include "deformConvImplicitKernel.cuh"
+
+namespace
+{
+
+using namespace dcn;
+
+int failures = 0;
+
+void check(bool condition, std::string const& what)
+{
+    std::printf("%s %s\n", condition ? "ok  " : "FAIL", what.c_str());
+    std::fflush(stdout);
+    if (!condition)
+        ++failures;
+}
+
+struct Layer
+{
+    char const* name;
+    dcn_deform_conv_desc desc;
+    bool mask, bias;
+    double offsetScale;
+};
+
+// One layer's random tensors in T, and the same values widened to double for the reference.
+template <typename T>
+struct Tensors
+{
+    std::vector<T> input, offset, weight, bias, mask;
+    std::vector<double> input64, offset64, weight64, bias64, mask64;
+};
+
+template <typename T>
+void fill(std::mt19937& rng, size_t count, double scale, bool uniform, std::vector<T>& values, std::vector<double>& wide)
+{
+    std::normal_distribution<double> normal(0.0, 1.0);
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    values.resize(count);
+    wide.resize(count);
+    for (size_t i = 0; i < count; ++i)
+    {
+        values[i] = ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(uniform ? unit(rng) : normal(rng) * scale));
+        wide[i] = double(ElementTraits<T>::toAcc(values[i]));
+    }
+}
+
+template <typename T>
+Tensors<T> makeTensors(Layer const& layer, DeformConvGeometry const& geo, unsigned seed)
+{
+    dcn_deform_conv_desc const& d = layer.desc;
+    std::mt19937 rng(seed);
+    size_t const plane = size_t(geo.outH) * size_t(geo.outW);
+    size_t const points = size_t(d.offset_group) * size_t(geo.kernelPoints);
+    Tensors<T> t;
+    fill(rng, size_t(d.batch) * d.in_channels * d.height * d.width, 1.0, false, t.input, t.input64);
+    fill(rng, size_t(d.batch) * 2 * points * plane, layer.offsetScale, false, t.offset, t.offset64);
+    fill(rng, size_t(d.out_channels) * geo.channelsPerGroup * geo.kernelPoints, 1.0, false, t.weight, t.weight64);
+    if (layer.bias)
+        fill(rng, size_t(d.out_channels), 1.0, false, t.bias, t.bias64);
+    if (layer.mask)
+        fill(rng, size_t(d.batch) * points * plane, 1.0, true, t.mask, t.mask64);
+    return t;
+}
+
+template <typename T, int TileM>
+void kernelBlock(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weights, T const* bias,
+    T const* mask, T* output, int32_t n0, int32_t chunkPixels)
+{
+    implicitKernel<T, TileM>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels);
+}
+
+// The forward as deformConvImplicit.cu launches it (same plan, chunks and grid), every block emulated. "" or the
+// first failure.
+template <typename T>
+std::string emulate(DeformConvGeometry const& geo, int32_t tileM, Tensors<T> const& t, std::vector<T>& output)
+{
+    using Pack = ImplicitPack<T>;
+    dcn_deform_conv_desc const& d = geo.d;
+    ImplicitPlan const plan = planImplicit(geo, sizeof(T));
+    std::vector<Pack> nhwcStore(plan.nhwcBytes / sizeof(Pack)), weightsStore(plan.weightsBytes / sizeof(Pack));
+    T* nhwc = nhwcStore.data()->v;
+    T* weights = weightsStore.data()->v;
+    for (int64_t row = 0; row < int64_t(d.out_channels) * geo.channelsPerGroup; ++row)
+        weightRow<T>(geo, t.weight.data(), weights, row);
+    size_t const shared = implicitSharedBytes(geo, tileM, sizeof(T));
+    if (shared > kSharedRoom)
+        return "shared memory " + std::to_string(shared) + " bytes: more than any device gives a block";
+    T const* bias = t.bias.empty() ? nullptr : t.bias.data();
+    T const* mask = t.mask.empty() ? nullptr : t.mask.data();
+    int32_t const plane = geo.outH * geo.outW;
+    for (int32_t n0 = 0; n0 < d.batch; n0 += plan.images)
+    {
+        int32_t const images = std::min(plan.images, d.batch - n0);
+        for (int64_t idx = 0; idx < int64_t(images) * d.in_channels * d.height * d.width; ++idx)
+            nhwcElement<T>(geo, t.input.data(), nhwc, n0, idx);
+        int32_t const chunkPixels = images * plane;
+        dim3 const grid{unsigned((chunkPixels + kImplicitTileN - 1) / kImplicitTileN),
+            unsigned((geo.outChannelsPerGroup + tileM - 1) / tileM), unsigned(d.group)};
+        for (unsigned z = 0; z < grid.z; ++z)
+            for (unsigned y = 0; y < grid.y; ++y)
+                for (unsigned x = 0; x < grid.x; ++x)
+                {
+                    std::memset(gShared, 0xFF, shared); // NaN in every float and half type
+                    std::memset(gShared + shared, kCanary, kSharedRoom - shared);
+                    auto body = [&] {
+                        switch (tileM)
+                        {
+                        case 256: kernelBlock<T, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
+                        case 128: kernelBlock<T, 128>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
+                        default: kernelBlock<T, 64>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
+                        }
+                    };
+                    std::string const failure = emulation::runBlock(dim3{x, y, z}, kImplicitThreads, body);
+                    if (!failure.empty())
+                        return "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z)
+                            + "): " + failure;
+                    for (size_t i = shared; i < kSharedRoom; ++i)
+                        if (gShared[i] != kCanary)
+                            return "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z)
+                                + ") wrote shared memory at byte " + std::to_string(i) + ", past the "
+                                + std::to_string(shared) + " bytes it is given";
+                }
+    }
+    return "";
+}
+
+template <typename T>
+void runLayer(Layer const& layer, char const* typeName, double tolerance, std::vector<int32_t> const& tileHeights)
+{
+    DeformConvGeometry geo;
+    Status const status = makeGeometry(layer.desc, geo);
+    if (!status.ok())
+    {
+        check(false, std::string(layer.name) + ": " + status.message);
+        return;
+    }
+    std::string const refusal = implicitKernelRefusal(geo, DCN_FLOAT16);
+    if (!refusal.empty())
+    {
+        check(false, std::string(layer.name) + " refused: " + refusal);
+        return;
+    }
+    Tensors<T> const t = makeTensors<T>(layer, geo, 17);
+    size_t const count = size_t(layer.desc.batch) * layer.desc.out_channels * geo.outH * geo.outW;
+    std::vector<double> expected(count);
+    int32_t const rc = dcn_deform_conv2d_forward_host(&layer.desc, DCN_FLOAT64, t.input64.data(), t.offset64.data(),
+        t.weight64.data(), t.bias64.empty() ? nullptr : t.bias64.data(), t.mask64.empty() ? nullptr : t.mask64.data(),
+        expected.data());
+    if (rc != DCN_OK)
+    {
+        check(false, std::string(layer.name) + ": the reference failed: " + dcn_last_error());
+        return;
+    }
+    double peak = 0;
+    for (double v : expected)
+        peak = std::max(peak, std::fabs(v));
+    for (int32_t tileM : tileHeights)
+    {
+        std::vector<T> output(count, ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(NAN)));
+        std::string const what = std::string(layer.name) + ", " + typeName + ", " + std::to_string(tileM) + "-row tiles";
+        std::string const failure = emulate<T>(geo, tileM, t, output);
+        if (!failure.empty())
+        {
+            check(false, what + ": " + failure);
+            continue;
+        }
+        double error = 0;
+        size_t unwritten = 0;
+        for (size_t i = 0; i < count; ++i)
+        {
+            double const got = double(ElementTraits<T>::toAcc(output[i]));
+            if (std::isnan(got))
+                ++unwritten;
+            else
+                error = std::max(error, std::fabs(got - expected[i]));
+        }
+        char detail[160];
+        std::snprintf(detail, sizeof(detail), ": %zu element(s) never written, peak-relative error %.2e (< %.0e)",
+            unwritten, error / peak, tolerance);
+        check(unwritten == 0 && peak > 0 && error / peak < tolerance, what + detail);
+    }
+}
+
+// desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group.
+std::vector<Layer> layers()
+{
+    return {
+        // two images in one 128-pixel tile, one 64-row tile
+        {"dense 3x3", {2, 32, 5, 6, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, true, true, 2.0},
+        // 128-row tiles, three pixel tiles across images, two offset groups, asymmetric everything, far offsets
+        {"two offset groups", {3, 64, 9, 11, 70, 2, 3, 1, 2, 0, 1, 1, 0, 2, 1, 1, 2}, true, false, 12.0},
+        // groups starting inside an offset group (C/group = 64, C/offset_group = 96): a taps row never read
+        {"groups across offset groups", {1, 192, 6, 7, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 3, 2}, true, true, 1.5},
+        // 260 output channels: two 256-row blocks (the second mostly empty), a 1x3 kernel, v1 (no mask)
+        {"two row blocks", {2, 64, 4, 5, 260, 1, 3, 1, 1, 0, 1, 0, 1, 1, 1, 1, 1}, false, true, 1.0},
+    };
+}
+
+} // namespace
+
+int main()
+{
+    std::vector<Layer> const all = layers();
+    for (Layer const& layer : all)
+    {
+        // every tile height on the small layers (each instantiation), the layer's own and 64 on the wide one
+        std::vector<int32_t> heights{0};
+        bool const small = layer.desc.out_channels <= 70;
+        DeformConvGeometry geo;
+        if (makeGeometry(layer.desc, geo).ok())
+            heights = small ? std::vector<int32_t>{64, 128, 256} : std::vector<int32_t>{implicitTileM(geo), 64};
+        runLayer<HostHalf>(layer, "float16", 5e-3, heights);
+        runLayer<HostBFloat16>(layer, "bfloat16", 4e-2, {heights.front()});
+        runLayer<float>(layer, "float32", 1e-5, {heights.front()}); // not a GPU type: the indexing to float precision
+    }
+    std::printf("%d failure(s)\n", failures);
+    return failures;
+}
