@@ -93,9 +93,10 @@ DCN_UNROLL
 // Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group). Dynamic shared memory
 // (implicitSharedBytes): inputBase[kImplicitTileN], outputBase[kImplicitTileN], then the taps table and two
 // buffers of (weights tile [TileM][ldk], column tile [kImplicitTileN][ldk]); after the last step, the output
-// staging instead of the taps and buffers.
+// staging instead of the taps and buffers. 64-row tiles fit two blocks per SM in 128 registers (fp16 without
+// spills, ptxas for sm_90); the taller ones take one block of 8 warps (172 and 245 registers).
 template <typename T, int TileM>
-__global__ void __launch_bounds__(kImplicitThreads) implicitKernel(DeformConvGeometry const geo,
+__global__ void __launch_bounds__(kImplicitThreads, TileM == 64 ? 2 : 1) implicitKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weights,
     T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0,
     int32_t const chunkPixels)
