@@ -203,12 +203,9 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
     using Pack = ImplicitPack<T>;
     dcn_deform_conv_desc const& d = geo.d;
     ImplicitPlan const plan = planImplicit(geo, sizeof(T));
-    // Packs as storage, so the buffers are aligned like the GPU's workspace (the vector loads check it).
-    std::vector<Pack> nhwcStore(plan.nhwcBytes / sizeof(Pack)), weightsStore(plan.weightsBytes / sizeof(Pack));
-    T* nhwc = nhwcStore.data()->v;
-    T* weights = weightsStore.data()->v;
-    for (int64_t row = 0; row < int64_t(d.out_channels) * geo.channelsPerGroup; ++row)
-        weightRow<T>(geo, weight, weights, row);
+    ImplicitHostWorkspace<T> workspace(geo, plan, weight);
+    T* nhwc = workspace.nhwc();
+    T* weights = workspace.weights();
     int32_t const plane = geo.outH * geo.outW;
     int32_t const tileM = implicitTileM(geo);
     int32_t const steps = implicitSteps(geo);
@@ -221,8 +218,7 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
     for (int32_t n0 = 0; n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        for (int64_t idx = 0; idx < int64_t(images) * d.in_channels * d.height * d.width; ++idx)
-            nhwcElement<T>(geo, input, nhwc, n0, idx);
+        workspace.loadChunk(geo, input, n0, images);
         int32_t const chunkPixels = images * plane;
         for (int32_t g = 0; g < d.group; ++g)
             for (int32_t m0 = 0; m0 < geo.outChannelsPerGroup; m0 += tileM)

@@ -33,6 +33,7 @@
 #include <string>
 #if !defined(__CUDA_ARCH__)
 #include <stdexcept>
+#include <vector>
 #endif
 
 namespace dcn
@@ -328,5 +329,34 @@ DCN_HD int64_t implicitWeightVector(DeformConvGeometry const& geo, int32_t g, in
     int64_t const o = int64_t(g) * geo.outChannelsPerGroup + m;
     return (o * geo.kernelPoints + step.kp) * geo.channelsPerGroup + step.channel + vector * kImplicitVector;
 }
+
+#if !defined(__CUDACC__)
+// The kernel's workspace in host memory, for the host build and the emulation of the CUDA source: both buffers
+// aligned as the GPU's workspace is (the vector loads check it), the weights re-laid out once, and each chunk's
+// channels-last input on demand.
+template <typename T>
+struct ImplicitHostWorkspace
+{
+    ImplicitHostWorkspace(DeformConvGeometry const& geo, ImplicitPlan const& plan, T const* weight)
+        : nhwcStore(plan.nhwcBytes / sizeof(ImplicitPack<T>))
+        , weightsStore(plan.weightsBytes / sizeof(ImplicitPack<T>))
+    {
+        for (int64_t row = 0; row < int64_t(geo.d.out_channels) * geo.channelsPerGroup; ++row)
+            weightRow<T>(geo, weight, weights(), row);
+    }
+
+    // nhwc() = images n0..n0+images-1 of input, channels last.
+    void loadChunk(DeformConvGeometry const& geo, T const* input, int32_t n0, int32_t images)
+    {
+        for (int64_t idx = 0; idx < int64_t(images) * geo.d.in_channels * geo.d.height * geo.d.width; ++idx)
+            nhwcElement<T>(geo, input, nhwc(), n0, idx);
+    }
+
+    T* nhwc() { return nhwcStore.data()->v; }
+    T* weights() { return weightsStore.data()->v; }
+
+    std::vector<ImplicitPack<T>> nhwcStore, weightsStore;
+};
+#endif
 
 } // namespace dcn

@@ -114,14 +114,11 @@ void kernelBlock(DeformConvGeometry const& geo, T const* nhwc, T const* offset, 
 template <typename T>
 std::string emulate(DeformConvGeometry const& geo, int32_t tileM, Tensors<T> const& t, std::vector<T>& output)
 {
-    using Pack = ImplicitPack<T>;
     dcn_deform_conv_desc const& d = geo.d;
     ImplicitPlan const plan = planImplicit(geo, sizeof(T));
-    std::vector<Pack> nhwcStore(plan.nhwcBytes / sizeof(Pack)), weightsStore(plan.weightsBytes / sizeof(Pack));
-    T* nhwc = nhwcStore.data()->v;
-    T* weights = weightsStore.data()->v;
-    for (int64_t row = 0; row < int64_t(d.out_channels) * geo.channelsPerGroup; ++row)
-        weightRow<T>(geo, t.weight.data(), weights, row);
+    ImplicitHostWorkspace<T> workspace(geo, plan, t.weight.data());
+    T const* nhwc = workspace.nhwc();
+    T const* weights = workspace.weights();
     size_t const shared = implicitSharedBytes(geo, tileM, sizeof(T));
     if (shared > kSharedRoom)
         return "shared memory " + std::to_string(shared) + " bytes: more than any device gives a block";
@@ -131,8 +128,7 @@ std::string emulate(DeformConvGeometry const& geo, int32_t tileM, Tensors<T> con
     for (int32_t n0 = 0; n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        for (int64_t idx = 0; idx < int64_t(images) * d.in_channels * d.height * d.width; ++idx)
-            nhwcElement<T>(geo, t.input.data(), nhwc, n0, idx);
+        workspace.loadChunk(geo, t.input.data(), n0, images);
         int32_t const chunkPixels = images * plane;
         dim3 const grid{unsigned((chunkPixels + kImplicitTileN - 1) / kImplicitTileN),
             unsigned((geo.outChannelsPerGroup + tileM - 1) / tileM), unsigned(d.group)};
