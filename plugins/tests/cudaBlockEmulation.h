@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #define __global__
@@ -181,24 +182,17 @@ void checkLoad(T const* pointer, unsigned ldm)
         throw std::logic_error("wmma::load_matrix_sync: ldm * sizeof(T) must be a multiple of 16 bytes");
 }
 
-// A: element (m, k) at pointer[m * ldm + k].
-template <typename T>
-void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major>& f, T const* pointer, unsigned ldm)
+// A (row-major): element (m, k) at pointer[m * ldm + k]. B (column-major): element (k, n) at pointer[n * ldm + k].
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, T const* pointer, unsigned ldm)
 {
+    static_assert(std::is_same<Use, matrix_a>::value == std::is_same<Layout, row_major>::value,
+        "emulated: matrix_a row-major and matrix_b column-major only");
     checkLoad(pointer, ldm);
-    for (int m = 0; m < 16; ++m)
-        for (int k = 0; k < 16; ++k)
-            f.x[m * 16 + k] = pointer[size_t(m) * ldm + size_t(k)];
-}
-
-// B, column-major: element (k, n) at pointer[n * ldm + k].
-template <typename T>
-void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major>& f, T const* pointer, unsigned ldm)
-{
-    checkLoad(pointer, ldm);
-    for (int k = 0; k < 16; ++k)
-        for (int n = 0; n < 16; ++n)
-            f.x[k * 16 + n] = pointer[size_t(n) * ldm + size_t(k)];
+    bool const rowMajor = std::is_same<Layout, row_major>::value;
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 16; ++c)
+            f.x[r * 16 + c] = pointer[rowMajor ? size_t(r) * ldm + size_t(c) : size_t(c) * ldm + size_t(r)];
 }
 
 // D = A B + C, summed in float from elements widened by ToFloat (the element type's conversion).
@@ -224,6 +218,8 @@ inline void store_matrix_sync(float* pointer, fragment<accumulator, 16, 16, 16, 
     emulation::requireAligned(pointer, 32, "wmma::store_matrix_sync");
     if ((ldm * sizeof(float)) % 16 != 0 || layout != mem_row_major)
         throw std::logic_error("wmma::store_matrix_sync: ldm * 4 must be a multiple of 16 bytes (row-major here)");
+    if (threadIdx.x % 32 != 0) // one store per warp, as the warp's collective store (all lanes hold the same tile)
+        return;
     for (int m = 0; m < 16; ++m)
         for (int n = 0; n < 16; ++n)
             pointer[size_t(m) * ldm + size_t(n)] = f.x[m * 16 + n];
