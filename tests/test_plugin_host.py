@@ -327,3 +327,15 @@ def test_implicit_kernel_cuda_source_on_emulated_blocks():
     output = run_shell_test("dcn_implicit_kernel_emulation", min_checks=19, needs="a C++ compiler and cmake",
                             timeout=300)
     assert "never written" in output and "256-row tiles" in output and "64-row tiles" in output
+
+
+def test_gemm_path_cuda_kernel_sources_on_emulated_blocks():
+    """The GEMM path's CUDA kernel sources (deformConvGemmKernels.cuh, deformConvRelayout.cuh) run on the CPU block by
+    block (plugins/tests/gemmKernelsEmulation.cpp): the channels-last transpose, the weight re-layout, both samplers
+    (bit for bit against the per-thread sampler's function, with tiles of 1 pixel, 7 pixels across images and cut
+    short, and the default), the direct output's bias fill and the staged output's transpose, on grids cut short so
+    that the kernels' own loops run, in float32, float16 and float64."""
+    from shell_tests import run_shell_test
+
+    output = run_shell_test("dcn_gemm_kernels_emulation", min_checks=90, needs="a C++ compiler and cmake", timeout=300)
+    assert "tiled sampler, 7-pixel tiles" in output and "bias fill" in output

@@ -15,6 +15,7 @@
 #include "dcnCudaStatus.h"
 #include "dcnGridStride.h"
 #include "deformConvColumns.h"
+#include "deformConvGemmKernels.cuh"
 #include "deformConvKernel.h"
 #include "deformConvRelayout.cuh"
 
@@ -48,109 +49,6 @@ constexpr cudaDataType cudaTypeOf()
         return CUDA_R_16BF;
     else
         return CUDA_R_32F;
-}
-
-template <typename T, int Vector, typename Index>
-__global__ void __launch_bounds__(kGridStrideThreads) columnsKernel(DeformConvGeometry const geo, T const* __restrict__ nhwc,
-    T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns, int32_t const n0,
-    int64_t const p0, int32_t const pixels, Index const total)
-{
-    for (Index idx = Index(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += Index(gridDim.x) * blockDim.x)
-        columnVector<T, Vector>(geo, nhwc, offset, mask, columns, n0, p0, pixels, idx);
-}
-
-// The tiled sampler (deformConvColumns.h): block b samples the tile of chunk pixels b * tilePixels.., its tables
-// in dynamic shared memory (plan.tileShared bytes: taps, pixel images, row vectors). Each thread steps through the
-// tile's items blockDim.x apart, carrying (row, r) instead of dividing the item number.
-template <typename T, int Vector>
-__global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformConvGeometry const geo,
-    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns,
-    int32_t const n0, int64_t const p0, int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels)
-{
-    using Acc = typename ElementTraits<T>::Acc;
-    extern __shared__ __align__(16) unsigned char tileTables[];
-    int32_t const points = geo.kernelPoints * geo.d.offset_group;
-    int32_t const entries = points * tilePixels;
-    int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
-    auto* taps = reinterpret_cast<BilinearTaps<Acc>*>(tileTables);
-    auto* rowImage = reinterpret_cast<int64_t*>(taps + entries);
-    auto* rowVectorTable = reinterpret_cast<TileRowVector*>(rowImage + tilePixels);
-    int32_t const first = int32_t(blockIdx.x) * tilePixels;
-    for (int32_t e = threadIdx.x; e < entries; e += blockDim.x)
-        taps[e] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels, e);
-    for (int32_t r = threadIdx.x; r < rowVectors; r += blockDim.x)
-        rowVectorTable[r] = tileRowVector(geo, Vector, r);
-    for (int32_t row = threadIdx.x; row < tilePixels; row += blockDim.x)
-        rowImage[row] = tileRowImage(geo, first + row, pixels, chunkPixels);
-    __syncthreads();
-    int32_t const rows = min(tilePixels, chunkPixels - first);
-    T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
-    int32_t const stepRows = int32_t(blockDim.x) / rowVectors;
-    int32_t const stepR = int32_t(blockDim.x) - stepRows * rowVectors;
-    int32_t row = int32_t(threadIdx.x) / rowVectors;
-    int32_t r = int32_t(threadIdx.x) - row * rowVectors;
-    while (row < rows)
-    {
-        tileItem<T, Vector>(nhwc, taps, rowVectorTable, rowImage, tileColumns, rowVectors, tilePixels, row, r);
-        row += stepRows;
-        r += stepR;
-        if (r >= rowVectors)
-        {
-            r -= rowVectors;
-            ++row;
-        }
-    }
-}
-
-// output[n0 + img][o][p0 + p] = bias[o] for the chunk (the product then adds to it): blocks take output rows
-// (img * oC + o) gridDim.y apart and stride over a row's pixels along x, so a thread divides once per row, not per
-// element. (One grid-stride loop over all elements, with 64-bit divisions each, took 62 us at res4 batch 8 on an
-// H200.)
-template <typename T>
-__global__ void __launch_bounds__(kGridStrideThreads) fillBiasKernel(T* __restrict__ output, T const* __restrict__ bias,
-    int32_t const outChannels, int64_t const plane, int32_t const n0, int64_t const rows, int64_t const p0,
-    int32_t const pixels)
-{
-    for (int64_t row = blockIdx.y; row < rows; row += gridDim.y)
-    {
-        T const value = bias[row % outChannels];
-        T* target = output + (int64_t(n0) * outChannels + row) * plane + p0;
-        for (int32_t p = int32_t(blockIdx.x * blockDim.x + threadIdx.x); p < pixels; p += int32_t(gridDim.x * blockDim.x))
-            target[p] = value;
-    }
-}
-
-// output[n0 + img][o][p0 + p] = staging[img][p][o] + bias[o] for the chunk (stagedOutputElement's mapping), through
-// 64x64 shared tiles: reads run along o, writes along p, both coalesced. Blocks loop over channel tiles.
-template <typename T, typename Acc>
-__global__ void __launch_bounds__(kTileThreads) stagedOutputKernel(DeformConvGeometry const geo,
-    Acc const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ output, int32_t const n0,
-    int64_t const p0, int32_t const pixels)
-{
-    __shared__ Acc tile[kTile][kTile + 1];
-    int32_t const oc = geo.d.out_channels;
-    int64_t const plane = int64_t(geo.outH) * geo.outW;
-    int32_t const img = blockIdx.z;
-    int32_t const pix0 = int32_t(blockIdx.x) * kTile;
-    Acc const* source = staging + int64_t(img) * pixels * oc;
-    T* target = output + (int64_t(n0) + img) * oc * plane + p0;
-    for (int32_t o0 = blockIdx.y * kTile; o0 < oc; o0 += gridDim.y * kTile)
-    {
-        forTilePlaces([&](int r, int x) { // r: pixel within the tile; x: channel
-            int32_t const pix = pix0 + r;
-            int32_t const o = o0 + x;
-            if (pix < pixels && o < oc)
-                tile[r][x] = source[int64_t(pix) * oc + o] + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
-        });
-        __syncthreads();
-        forTilePlaces([&](int r, int x) { // r: channel within the tile; x: pixel
-            int32_t const pix = pix0 + x;
-            int32_t const o = o0 + r;
-            if (pix < pixels && o < oc)
-                target[int64_t(o) * plane + pix] = ElementTraits<T>::fromAcc(tile[x][r]);
-        });
-        __syncthreads(); // the tile is refilled by the next channel tile
-    }
 }
 
 template <typename T, typename Index>

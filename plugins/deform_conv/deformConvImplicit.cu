@@ -5,7 +5,9 @@
 // (benchmarks/gpu_notes.md).
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
+#include "dcnDynamicShared.cuh"
 #include "deformConvImplicit.h"
+#include "deformConvImplicitKernel.cuh"
 #include "deformConvKernel.h"
 #include "deformConvRelayout.cuh"
 
@@ -17,22 +19,6 @@
 #include <string>
 #include <type_traits>
 
-namespace dcn
-{
-namespace
-{
-
-// The block's dynamic shared memory (implicitSharedBytes of it), for deformConvImplicitKernel.cuh.
-__device__ __forceinline__ unsigned char* implicitDynamicShared()
-{
-    extern __shared__ __align__(128) unsigned char dynamicShared[];
-    return dynamicShared;
-}
-
-} // namespace
-} // namespace dcn
-
-#include "deformConvImplicitKernel.cuh"
 
 namespace dcn
 {

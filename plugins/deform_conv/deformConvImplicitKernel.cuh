@@ -1,12 +1,19 @@
 // The implicit-GEMM kernel's device code (DCN_ALGO_IMPLICIT_GEMM; layout and steps: deformConvImplicit.h).
 // Included by deformConvImplicit.cu, which launches it, and by plugins/tests/implicitKernelEmulation.cpp, which runs
 // this same source on the CPU (each block's threads as threads, WMMA as plain tile products) so that CI checks its
-// shared-memory carve-up, buffers, barriers and epilogue. The includer provides, before including this file:
-// nvcuda::wmma, threadIdx / blockIdx, __syncthreads, the CUDA function qualifiers, ElementTraits for T, and
-// implicitDynamicShared() (the block's dynamic shared memory, 128-byte aligned).
+// shared-memory carve-up, buffers, barriers and epilogue. Compiled by nvcc it includes what it uses from CUDA; the
+// emulation provides, before including it, nvcuda::wmma, threadIdx / blockIdx, __syncthreads, the CUDA function
+// qualifiers and dcn::dynamicShared().
 #pragma once
 
 #include "deformConvImplicit.h"
+
+#if defined(__CUDACC__)
+#include "dcnCudaDtype.cuh"
+#include "dcnDynamicShared.cuh"
+
+#include <mma.h>
+#endif
 
 #include <type_traits>
 
@@ -109,7 +116,7 @@ __global__ void __launch_bounds__(kImplicitThreads, TileM == 64 ? 2 : 1) implici
     {
     using namespace nvcuda;
     using W = ImplicitWarps<TileM>;
-    unsigned char* shared = implicitDynamicShared();
+    unsigned char* shared = dynamicShared();
     int64_t* inputBase = reinterpret_cast<int64_t*>(shared);
     int64_t* outputBase = inputBase + kImplicitTileN;
     unsigned char* region = reinterpret_cast<unsigned char*>(outputBase + kImplicitTileN);

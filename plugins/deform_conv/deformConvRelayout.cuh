@@ -1,14 +1,18 @@
-// The re-layouts both matrix-product paths start with (CUDA sources only): the input to channels-last, so a
-// bilinear tap's channels are contiguous, and the weights with the kernel point outer (weights[o][kp][c],
-// weightRow in deformConvColumns.h), so a kernel point's channels are contiguous. Used by the GEMM path
-// (deformConvGemm.cu) and the implicit-GEMM kernel (deformConvImplicit.cu).
+// The re-layouts both matrix-product paths start with: the input to channels-last, so a bilinear tap's channels
+// are contiguous, and the weights with the kernel point outer (weights[o][kp][c], weightRow in deformConvColumns.h),
+// so a kernel point's channels are contiguous. Used by the GEMM path (deformConvGemm.cu) and the implicit-GEMM
+// kernel (deformConvImplicit.cu); the kernels also run under the CPU emulation of plugins/tests, the launchers only
+// with nvcc.
 #pragma once
 
-#include "dcnCudaStatus.h"
 #include "dcnGridStride.h"
 #include "deformConvColumns.h"
 
+#if defined(__CUDACC__)
+#include "dcnCudaStatus.h"
+
 #include <cuda_runtime.h>
+#endif
 
 #include <algorithm>
 
@@ -71,6 +75,7 @@ __global__ void __launch_bounds__(kGridStrideThreads) weightsKernel(
         weightRow<T>(geo, weight, weights, idx);
 }
 
+#if defined(__CUDACC__)
 // The chunk's channels-last input: nhwc[img][pix][c] = input[n0 + img][c][pix] for img < images.
 template <typename T>
 Status launchChannelsLast(DeformConvGeometry const& geo, T const* input, T* nhwc, int32_t n0, int32_t images,
@@ -91,5 +96,6 @@ Status launchWeightsRelayout(DeformConvGeometry const& geo, T const* weight, T* 
     weightsKernel<T><<<gridStrideBlocks(rows), kGridStrideThreads, 0, stream>>>(geo, weight, weights, rows);
     return launchStatus("the weight re-layout kernel");
 }
+#endif
 
 } // namespace dcn

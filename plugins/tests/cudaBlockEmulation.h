@@ -1,11 +1,13 @@
 // Just enough of CUDA to run a kernel's source on the CPU, for tests: one block at a time, its threads as
-// std::threads meeting at __syncthreads (a real barrier), the block's dynamic shared memory as one buffer, and
-// nvcuda::wmma as plain 16x16x16 tile products. What it checks of a kernel: its indexing, shared-memory layout,
+// std::threads meeting at __syncthreads (a real barrier), __shared__ variables as static storage (shared by the
+// threads of the one block that runs), and nvcuda::wmma as plain 16x16x16 tile products. The test provides
+// dcn::dynamicShared(). What it checks of a kernel: its indexing, shared-memory layout,
 // buffer protocol and barriers, and the WMMA calls' documented preconditions (pointers 256-bit aligned, ldm a
 // multiple of 16 bytes). What it does not: the hardware's fragment layout (every thread holds a whole tile here,
 // where a warp spreads it over its lanes), timing, and memory ordering beyond what the barrier gives.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -22,6 +24,10 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __shared__ static
+
+using std::max;
+using std::min;
 
 struct dim3
 {
@@ -30,6 +36,8 @@ struct dim3
 
 inline thread_local dim3 threadIdx;
 inline thread_local dim3 blockIdx;
+inline dim3 blockDim;
+inline dim3 gridDim;
 
 namespace emulation
 {
@@ -85,9 +93,11 @@ inline BlockBarrier*& currentBarrier()
     return barrier;
 }
 
-// Run body() as the `threads` threads of block `block`; the first failure (an exception's message) or "".
-inline std::string runBlock(dim3 block, int threads, std::function<void()> const& body)
+// Run body() as the threads of block `block` (blockDim of them, x fastest); the first failure (an exception's
+// message) or "".
+inline std::string runBlock(dim3 block, std::function<void()> const& body)
 {
+    int const threads = int(blockDim.x * blockDim.y * blockDim.z);
     BlockBarrier barrier(threads);
     currentBarrier() = &barrier;
     std::mutex failureMutex;
@@ -96,7 +106,8 @@ inline std::string runBlock(dim3 block, int threads, std::function<void()> const
     pool.reserve(size_t(threads));
     for (int t = 0; t < threads; ++t)
         pool.emplace_back([&, t] {
-            threadIdx = dim3{unsigned(t), 0, 0};
+            threadIdx = dim3{unsigned(t) % blockDim.x, unsigned(t) / blockDim.x % blockDim.y,
+                unsigned(t) / (blockDim.x * blockDim.y)};
             blockIdx = block;
             try
             {
@@ -111,6 +122,53 @@ inline std::string runBlock(dim3 block, int threads, std::function<void()> const
                     std::lock_guard<std::mutex> lock(failureMutex);
                     if (failure.empty())
                         failure = "thread " + std::to_string(t) + ": " + error.what();
+                }
+                barrier.abort();
+            }
+        });
+    for (std::thread& thread : pool)
+        thread.join();
+    currentBarrier() = nullptr;
+    return failure;
+}
+
+// Launch body() over `grid` blocks of `block` threads, one block after another, on one set of threads (so a large
+// grid does not start a thread per item); the first failure or "".
+inline std::string runGrid(dim3 grid, dim3 block, std::function<void()> const& body)
+{
+    gridDim = grid;
+    blockDim = block;
+    int const threads = int(block.x * block.y * block.z);
+    BlockBarrier barrier(threads);
+    currentBarrier() = &barrier;
+    std::mutex failureMutex;
+    std::string failure;
+    std::vector<std::thread> pool;
+    pool.reserve(size_t(threads));
+    for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            threadIdx = dim3{unsigned(t) % block.x, unsigned(t) / block.x % block.y, unsigned(t) / (block.x * block.y)};
+            try
+            {
+                for (unsigned z = 0; z < grid.z; ++z)
+                    for (unsigned y = 0; y < grid.y; ++y)
+                        for (unsigned x = 0; x < grid.x; ++x)
+                        {
+                            blockIdx = dim3{x, y, z};
+                            body();
+                            barrier.wait(); // the block ends for every thread before the next one starts
+                        }
+            }
+            catch (BlockAborted const&)
+            {
+            }
+            catch (std::exception const& error)
+            {
+                {
+                    std::lock_guard<std::mutex> lock(failureMutex);
+                    if (failure.empty())
+                        failure = "block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) + ", "
+                            + std::to_string(blockIdx.z) + "), thread " + std::to_string(t) + ": " + error.what();
                 }
                 barrier.abort();
             }

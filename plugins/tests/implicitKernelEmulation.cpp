@@ -29,7 +29,7 @@ constexpr size_t kSharedRoom = size_t(232) << 10; // the most any block may ask 
 constexpr unsigned char kCanary = 0xA5;
 alignas(128) unsigned char gShared[kSharedRoom];
 
-unsigned char* implicitDynamicShared()
+unsigned char* dynamicShared()
 {
     return gShared;
 }
@@ -146,7 +146,9 @@ std::string emulate(DeformConvGeometry const& geo, int32_t tileM, Tensors<T> con
                         default: kernelBlock<T, 64>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
                         }
                     };
-                    std::string const failure = emulation::runBlock(dim3{x, y, z}, kImplicitThreads, body);
+                    gridDim = grid;
+                    blockDim = dim3{unsigned(kImplicitThreads), 1, 1};
+                    std::string const failure = emulation::runBlock(dim3{x, y, z}, body);
                     if (!failure.empty())
                         return "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z)
                             + "): " + failure;

@@ -1,0 +1,247 @@
+// The GEMM path's CUDA kernel sources (deformConvGemmKernels.cuh, deformConvRelayout.cuh) run on the CPU, block
+// after block, each block's threads as threads at a real barrier (cudaBlockEmulation.h), against the host functions
+// they are built from: the channels-last transpose against nhwcElement, the weight re-layout against weightRow, both
+// samplers against the per-thread sampler's columnVector (bit for bit), the direct output's bias fill, and the
+// staged output's transpose against stagedOutputElement. Grids are cut smaller than the launchers' where a kernel
+// loops over what its grid does not cover, so those loops run too. Prints one "ok"/"FAIL" line per check and
+// "<n> failure(s)"; the exit code is the failure count.
+#include "dcnDtype.h"
+#include "dcn_kernels.h"
+#include "deformConvColumns.h"
+#include "deformConvShapes.h"
+
+#include "cudaBlockEmulation.h"
+
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace dcn
+{
+namespace
+{
+
+constexpr size_t kSharedRoom = size_t(48) << 10; // the tiled sampler stays within kTileSharedBytes (40 KiB)
+constexpr unsigned char kCanary = 0xA5;
+alignas(128) unsigned char gShared[kSharedRoom];
+
+unsigned char* dynamicShared()
+{
+    return gShared;
+}
+
+} // namespace
+} // namespace dcn
+
+#include "deformConvGemmKernels.cuh"
+
+namespace
+{
+
+using namespace dcn;
+
+int failures = 0;
+
+void check(bool condition, std::string const& what)
+{
+    std::printf("%s %s\n", condition ? "ok  " : "FAIL", what.c_str());
+    std::fflush(stdout);
+    if (!condition)
+        ++failures;
+}
+
+template <typename T>
+std::vector<T> randomValues(std::mt19937& rng, size_t count, double scale = 1.0, double shift = 0.0)
+{
+    std::normal_distribution<double> normal(0.0, 1.0);
+    std::vector<T> values(count);
+    for (T& v : values)
+        v = ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(shift + scale * normal(rng)));
+    return values;
+}
+
+// Bit-for-bit equality of two buffers of T (the kernels and the host functions do the same arithmetic).
+template <typename T>
+bool sameBits(std::vector<T> const& a, std::vector<T> const& b)
+{
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+template <typename T>
+void checkTransposes(DeformConvGeometry const& geo, std::string const& name, std::mt19937& rng)
+{
+    dcn_deform_conv_desc const& d = geo.d;
+    size_t const image = size_t(d.in_channels) * d.height * d.width;
+    std::vector<T> const input = randomValues<T>(rng, size_t(d.batch) * image);
+    int32_t const n0 = d.batch > 1 ? 1 : 0;
+    int32_t const images = d.batch - n0;
+    std::vector<T> expected(size_t(images) * image), got(expected.size());
+    for (int64_t idx = 0; idx < int64_t(expected.size()); ++idx)
+        nhwcElement<T>(geo, input.data(), expected.data(), n0, idx);
+    int64_t const plane = int64_t(d.height) * d.width;
+    for (unsigned channelTiles : {1u, unsigned((d.in_channels + kTile - 1) / kTile)}) // 1: blocks loop over tiles
+    {
+        std::fill(got.begin(), got.end(), ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(NAN)));
+        std::string const failure = emulation::runGrid(
+            dim3{unsigned((plane + kTile - 1) / kTile), channelTiles, unsigned(images)},
+            dim3{unsigned(kTileThreadsX), unsigned(kTileThreadsY), 1},
+            [&] { nhwcKernel<T>(geo, input.data(), got.data(), n0); });
+        check(failure.empty() && sameBits(got, expected),
+            name + ": channels-last transpose, " + std::to_string(channelTiles) + " channel-tile block(s) " + failure);
+    }
+
+    size_t const weightCount = size_t(d.out_channels) * geo.channelsPerGroup * geo.kernelPoints;
+    std::vector<T> const weight = randomValues<T>(rng, weightCount);
+    std::vector<T> weightsExpected(weightCount), weightsGot(weightCount);
+    int64_t const rows = int64_t(d.out_channels) * geo.channelsPerGroup;
+    for (int64_t row = 0; row < rows; ++row)
+        weightRow<T>(geo, weight.data(), weightsExpected.data(), row);
+    std::string const failure = emulation::runGrid(dim3{2, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1},
+        [&] { weightsKernel<T>(geo, weight.data(), weightsGot.data(), rows); });
+    check(failure.empty() && sameBits(weightsGot, weightsExpected), name + ": weight re-layout (2 blocks) " + failure);
+}
+
+// Both samplers over one chunk of the whole batch, against columnVector run for every item.
+template <typename T, int Vector>
+void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::mt19937& rng)
+{
+    dcn_deform_conv_desc const& d = geo.d;
+    int32_t const plane = geo.outH * geo.outW;
+    size_t const image = size_t(d.in_channels) * d.height * d.width;
+    std::vector<T> const nhwc = randomValues<T>(rng, size_t(d.batch) * image);
+    size_t const points = size_t(d.offset_group) * geo.kernelPoints;
+    std::vector<T> const offset = randomValues<T>(rng, size_t(d.batch) * 2 * points * plane, 3.0);
+    std::vector<T> const mask = randomValues<T>(rng, size_t(d.batch) * points * plane, 0.3, 0.5);
+    size_t const columnCount = size_t(d.batch) * plane * d.in_channels * geo.kernelPoints;
+    int64_t const items = columnThreads(geo, d.batch, plane, Vector);
+    std::vector<T> expected(columnCount);
+    for (int64_t idx = 0; idx < items; ++idx)
+        columnVector<T, Vector>(geo, nhwc.data(), offset.data(), mask.data(), expected.data(), 0, 0, plane, idx);
+    std::vector<T> got(columnCount);
+    std::string failure = emulation::runGrid(dim3{2, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
+        columnsKernel<T, Vector, int64_t>(geo, nhwc.data(), offset.data(), mask.data(), got.data(), 0, 0, plane,
+            items);
+    });
+    check(failure.empty() && sameBits(got, expected), name + ": per-thread sampler (2 blocks) " + failure);
+
+    int32_t const rowVectors = d.in_channels * geo.kernelPoints / Vector;
+    for (int32_t tileItems : {1, 7 * rowVectors, 0}) // 1 pixel, 7 (across images and cut short), the default
+    {
+        GemmOptions options;
+        options.tileItems = tileItems;
+        GemmPlan const plan = planGemm(geo, sizeof(T), options);
+        if (plan.tilePixels == 0 || plan.tileShared > kSharedRoom)
+        {
+            check(false, name + ": no tiled sampler for this layer (tile tables " + std::to_string(plan.tileShared)
+                + " bytes)");
+            continue;
+        }
+        std::vector<T> tiled(columnCount + size_t(plan.tilePixels) * d.in_channels * geo.kernelPoints);
+        int32_t const chunkPixels = d.batch * plane;
+        std::memset(gShared, 0xFF, plan.tileShared);
+        std::memset(gShared + plan.tileShared, kCanary, kSharedRoom - plan.tileShared);
+        failure = emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
+            dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
+                tiledColumnsKernel<T, Vector>(geo, nhwc.data(), offset.data(), mask.data(), tiled.data(), 0, 0, plane,
+                    chunkPixels, plan.tilePixels);
+            });
+        bool canary = true;
+        for (size_t i = plan.tileShared; i < kSharedRoom; ++i)
+            canary = canary && gShared[i] == kCanary;
+        tiled.resize(columnCount);
+        check(failure.empty() && canary && sameBits(tiled, expected),
+            name + ": tiled sampler, " + std::to_string(plan.tilePixels) + "-pixel tiles" + (canary ? "" : ", wrote "
+                "shared memory past its tables") + " " + failure);
+    }
+}
+
+template <typename T>
+void checkOutputs(DeformConvGeometry const& geo, std::string const& name, std::mt19937& rng)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    dcn_deform_conv_desc const& d = geo.d;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    // a slice of the output pixels (p0 > 0) of images n0.. of the batch
+    int32_t const n0 = d.batch > 1 ? 1 : 0;
+    int32_t const images = d.batch - n0;
+    int64_t const p0 = plane > 3 ? 2 : 0;
+    int32_t const pixels = int32_t(plane - p0);
+    std::vector<T> const bias = randomValues<T>(rng, size_t(d.out_channels));
+    std::vector<T> const before = randomValues<T>(rng, size_t(d.batch) * d.out_channels * plane);
+    std::vector<T> expected = before, got = before;
+    for (int32_t img = 0; img < images; ++img)
+        for (int32_t o = 0; o < d.out_channels; ++o)
+            for (int32_t p = 0; p < pixels; ++p)
+                expected[(size_t(n0 + img) * d.out_channels + o) * plane + p0 + p] = bias[size_t(o)];
+    int64_t const rows = int64_t(images) * d.out_channels;
+    std::string failure = emulation::runGrid(dim3{1, 3, 1}, dim3{unsigned(kGridStrideThreads), 1, 1},
+        [&] { fillBiasKernel<T>(got.data(), bias.data(), d.out_channels, plane, n0, rows, p0, pixels); });
+    check(failure.empty() && sameBits(got, expected), name + ": bias fill (1 x 3 blocks) " + failure);
+
+    std::vector<Acc> const staging = randomValues<Acc>(rng, size_t(images) * pixels * d.out_channels);
+    for (T const* withBias : {bias.data(), static_cast<T const*>(nullptr)})
+    {
+        expected = before;
+        got = before;
+        for (int64_t idx = 0; idx < int64_t(images) * d.out_channels * pixels; ++idx)
+            stagedOutputElement<T, Acc>(geo, staging.data(), withBias, expected.data(), n0, p0, pixels, idx);
+        failure = emulation::runGrid(dim3{unsigned((pixels + kTile - 1) / kTile), 1, unsigned(images)},
+            dim3{unsigned(kTileThreadsX), unsigned(kTileThreadsY), 1},
+            [&] { stagedOutputKernel<T, Acc>(geo, staging.data(), withBias, got.data(), n0, p0, pixels); });
+        check(failure.empty() && sameBits(got, expected), name + ": staged output" + (withBias ? "" : " without bias")
+            + ", blocks looping over channel tiles " + failure);
+    }
+}
+
+template <typename T>
+void checkLayer(dcn_deform_conv_desc const& desc, char const* layerName, char const* typeName, unsigned seed)
+{
+    DeformConvGeometry geo;
+    Status const status = makeGeometry(desc, geo);
+    std::string const name = std::string(layerName) + ", " + typeName;
+    if (!status.ok())
+    {
+        check(false, name + ": " + status.message);
+        return;
+    }
+    std::mt19937 rng(seed);
+    checkTransposes<T>(geo, name, rng);
+    switch (columnVectorWidth(geo, sizeof(T)))
+    {
+    case 8: checkSamplers<T, 8>(geo, name, rng); break;
+    case 4: checkSamplers<T, 4>(geo, name, rng); break;
+    case 2: checkSamplers<T, 2>(geo, name, rng); break;
+    default: checkSamplers<T, 1>(geo, name, rng);
+    }
+    checkOutputs<T>(geo, name, rng);
+}
+
+} // namespace
+
+int main()
+{
+    // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group
+    struct Layer
+    {
+        char const* name;
+        dcn_deform_conv_desc desc;
+    };
+    Layer const layers[] = {
+        // 80 channels: two channel tiles, 16-byte vectors; 130 output channels: three output tiles
+        {"dense", {2, 80, 9, 11, 130, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}},
+        // groups and offset groups, asymmetric stride, padding and dilation, a non-square kernel
+        {"grouped", {3, 48, 7, 5, 24, 2, 3, 1, 2, 0, 1, 2, 1, 2, 1, 2, 3}},
+        // odd channel counts (one channel per vector), H of 1
+        {"odd channels", {2, 6, 1, 13, 6, 1, 3, 1, 1, 0, 1, 0, 1, 1, 2, 3, 3}},
+    };
+    unsigned seed = 1;
+    for (Layer const& layer : layers)
+    {
+        checkLayer<float>(layer.desc, layer.name, "float32", seed++);
+        checkLayer<HostHalf>(layer.desc, layer.name, "float16", seed++);
+        checkLayer<double>(layer.desc, layer.name, "float64", seed++);
+    }
+    std::printf("%d failure(s)\n", failures);
+    return failures;
+}
