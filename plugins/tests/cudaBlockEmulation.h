@@ -1,7 +1,7 @@
 // Just enough of CUDA to run a kernel's source on the CPU, for tests: one block at a time, its threads as
 // std::threads meeting at __syncthreads (a real barrier), __shared__ variables as static storage (shared by the
-// threads of the one block that runs), and nvcuda::wmma as plain 16x16x16 tile products. The test provides
-// dcn::dynamicShared(). What it checks of a kernel: its indexing, shared-memory layout,
+// threads of the one block that runs), dcn::dynamicShared() as one buffer, and nvcuda::wmma as plain 16x16x16 tile
+// products. What it checks of a kernel: its indexing, shared-memory layout,
 // buffer protocol and barriers, and the WMMA calls' documented preconditions (pointers 256-bit aligned, ldm a
 // multiple of 16 bytes). What it does not: the hardware's fragment layout (every thread holds a whole tile here,
 // where a warp spreads it over its lanes), timing, and memory ordering beyond what the barrier gives.
@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -93,11 +94,13 @@ inline BlockBarrier*& currentBarrier()
     return barrier;
 }
 
-// Run body() as the threads of block `block` (blockDim of them, x fastest); the first failure (an exception's
-// message) or "".
-inline std::string runBlock(dim3 block, std::function<void()> const& body)
+// Run body() as the threads of each of `blocks` in turn (blockDim of them, x fastest), on one set of threads that
+// meet at a barrier after each block (so a large grid does not start a thread per item, and a block's shared
+// storage is free when the next one starts); the first failure (naming its block and thread) or "".
+inline std::string runBlocks(std::vector<dim3> const& blocks, std::function<void()> const& body)
 {
-    int const threads = int(blockDim.x * blockDim.y * blockDim.z);
+    dim3 const shape = blockDim;
+    int const threads = int(shape.x * shape.y * shape.z);
     BlockBarrier barrier(threads);
     currentBarrier() = &barrier;
     std::mutex failureMutex;
@@ -106,58 +109,15 @@ inline std::string runBlock(dim3 block, std::function<void()> const& body)
     pool.reserve(size_t(threads));
     for (int t = 0; t < threads; ++t)
         pool.emplace_back([&, t] {
-            threadIdx = dim3{unsigned(t) % blockDim.x, unsigned(t) / blockDim.x % blockDim.y,
-                unsigned(t) / (blockDim.x * blockDim.y)};
-            blockIdx = block;
+            threadIdx = dim3{unsigned(t) % shape.x, unsigned(t) / shape.x % shape.y, unsigned(t) / (shape.x * shape.y)};
             try
             {
-                body();
-            }
-            catch (BlockAborted const&)
-            {
-            }
-            catch (std::exception const& error)
-            {
+                for (dim3 const& block : blocks)
                 {
-                    std::lock_guard<std::mutex> lock(failureMutex);
-                    if (failure.empty())
-                        failure = "thread " + std::to_string(t) + ": " + error.what();
+                    blockIdx = block;
+                    body();
+                    barrier.wait();
                 }
-                barrier.abort();
-            }
-        });
-    for (std::thread& thread : pool)
-        thread.join();
-    currentBarrier() = nullptr;
-    return failure;
-}
-
-// Launch body() over `grid` blocks of `block` threads, one block after another, on one set of threads (so a large
-// grid does not start a thread per item); the first failure or "".
-inline std::string runGrid(dim3 grid, dim3 block, std::function<void()> const& body)
-{
-    gridDim = grid;
-    blockDim = block;
-    int const threads = int(block.x * block.y * block.z);
-    BlockBarrier barrier(threads);
-    currentBarrier() = &barrier;
-    std::mutex failureMutex;
-    std::string failure;
-    std::vector<std::thread> pool;
-    pool.reserve(size_t(threads));
-    for (int t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-            threadIdx = dim3{unsigned(t) % block.x, unsigned(t) / block.x % block.y, unsigned(t) / (block.x * block.y)};
-            try
-            {
-                for (unsigned z = 0; z < grid.z; ++z)
-                    for (unsigned y = 0; y < grid.y; ++y)
-                        for (unsigned x = 0; x < grid.x; ++x)
-                        {
-                            blockIdx = dim3{x, y, z};
-                            body();
-                            barrier.wait(); // the block ends for every thread before the next one starts
-                        }
             }
             catch (BlockAborted const&)
             {
@@ -179,6 +139,58 @@ inline std::string runGrid(dim3 grid, dim3 block, std::function<void()> const& b
     return failure;
 }
 
+// One block of the launch whose gridDim and blockDim are set.
+inline std::string runBlock(dim3 block, std::function<void()> const& body)
+{
+    return runBlocks({block}, body);
+}
+
+// Every block of a `grid` of `block`-shaped blocks, one after another.
+inline std::string runGrid(dim3 grid, dim3 block, std::function<void()> const& body)
+{
+    gridDim = grid;
+    blockDim = block;
+    std::vector<dim3> blocks;
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x)
+                blocks.push_back(dim3{x, y, z});
+    return runBlocks(blocks, body);
+}
+
+// The block's dynamic shared memory (dcn::dynamicShared() below), as much as an sm_90 block may have.
+constexpr size_t kSharedRoom = size_t(232) << 10;
+alignas(128) inline unsigned char sharedMemory[kSharedRoom];
+
+// Before a launch that uses `bytes` of dynamic shared memory: those bytes NaN in every float and half type (a
+// read before a write shows), the rest a canary that sharedUntouchedPast checks after the launch.
+constexpr unsigned char kCanary = 0xA5;
+
+inline void prepareShared(size_t bytes)
+{
+    std::memset(sharedMemory, 0xFF, bytes);
+    std::memset(sharedMemory + bytes, kCanary, kSharedRoom - bytes);
+}
+
+inline bool sharedUntouchedPast(size_t bytes)
+{
+    for (size_t i = bytes; i < kSharedRoom; ++i)
+        if (sharedMemory[i] != kCanary)
+            return false;
+    return true;
+}
+
+// A test's checks: one "ok"/"FAIL" line each; the count of failures is the program's exit code.
+inline int failures = 0;
+
+inline void check(bool condition, std::string const& what)
+{
+    std::printf("%s %s\n", condition ? "ok  " : "FAIL", what.c_str());
+    std::fflush(stdout);
+    if (!condition)
+        ++failures;
+}
+
 inline void requireAligned(void const* pointer, size_t bytes, char const* what)
 {
     if (reinterpret_cast<uintptr_t>(pointer) % bytes != 0)
@@ -186,6 +198,14 @@ inline void requireAligned(void const* pointer, size_t bytes, char const* what)
 }
 
 } // namespace emulation
+
+namespace dcn
+{
+inline unsigned char* dynamicShared()
+{
+    return emulation::sharedMemory;
+}
+} // namespace dcn
 
 inline void __syncthreads()
 {

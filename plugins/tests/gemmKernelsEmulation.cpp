@@ -17,39 +17,15 @@
 #include <string>
 #include <vector>
 
-namespace dcn
-{
-namespace
-{
-
-constexpr size_t kSharedRoom = size_t(48) << 10; // the tiled sampler stays within kTileSharedBytes (40 KiB)
-constexpr unsigned char kCanary = 0xA5;
-alignas(128) unsigned char gShared[kSharedRoom];
-
-unsigned char* dynamicShared()
-{
-    return gShared;
-}
-
-} // namespace
-} // namespace dcn
-
-#include "deformConvGemmKernels.cuh"
+#include "deformConvGemmKernels.cuh" // after the emulation: the kernels use its CUDA stand-ins
 
 namespace
 {
 
 using namespace dcn;
 
-int failures = 0;
-
-void check(bool condition, std::string const& what)
-{
-    std::printf("%s %s\n", condition ? "ok  " : "FAIL", what.c_str());
-    std::fflush(stdout);
-    if (!condition)
-        ++failures;
-}
+using emulation::check;
+using emulation::kSharedRoom;
 
 template <typename T>
 std::vector<T> randomValues(std::mt19937& rng, size_t count, double scale = 1.0, double shift = 0.0)
@@ -139,16 +115,13 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
         }
         std::vector<T> tiled(columnCount + size_t(plan.tilePixels) * d.in_channels * geo.kernelPoints);
         int32_t const chunkPixels = d.batch * plane;
-        std::memset(gShared, 0xFF, plan.tileShared);
-        std::memset(gShared + plan.tileShared, kCanary, kSharedRoom - plan.tileShared);
+        emulation::prepareShared(plan.tileShared);
         failure = emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
             dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
                 tiledColumnsKernel<T, Vector>(geo, nhwc.data(), offset.data(), mask.data(), tiled.data(), 0, 0, plane,
                     chunkPixels, plan.tilePixels);
             });
-        bool canary = true;
-        for (size_t i = plan.tileShared; i < kSharedRoom; ++i)
-            canary = canary && gShared[i] == kCanary;
+        bool const canary = emulation::sharedUntouchedPast(plan.tileShared);
         tiled.resize(columnCount);
         check(failure.empty() && canary && sameBits(tiled, expected),
             name + ": tiled sampler, " + std::to_string(plan.tilePixels) + "-pixel tiles" + (canary ? "" : ", wrote "
@@ -242,6 +215,6 @@ int main()
         checkLayer<HostHalf>(layer.desc, layer.name, "float16", seed++);
         checkLayer<double>(layer.desc, layer.name, "float64", seed++);
     }
-    std::printf("%d failure(s)\n", failures);
-    return failures;
+    std::printf("%d failure(s)\n", emulation::failures);
+    return emulation::failures;
 }

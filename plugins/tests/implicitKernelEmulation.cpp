@@ -20,39 +20,15 @@
 #include <string>
 #include <vector>
 
-namespace dcn
-{
-namespace
-{
-
-constexpr size_t kSharedRoom = size_t(232) << 10; // the most any block may ask for (an sm_90 block's limit)
-constexpr unsigned char kCanary = 0xA5;
-alignas(128) unsigned char gShared[kSharedRoom];
-
-unsigned char* dynamicShared()
-{
-    return gShared;
-}
-
-} // namespace
-} // namespace dcn
-
-#include "deformConvImplicitKernel.cuh"
+#include "deformConvImplicitKernel.cuh" // after the emulation: the kernels use its CUDA stand-ins
 
 namespace
 {
 
 using namespace dcn;
 
-int failures = 0;
-
-void check(bool condition, std::string const& what)
-{
-    std::printf("%s %s\n", condition ? "ok  " : "FAIL", what.c_str());
-    std::fflush(stdout);
-    if (!condition)
-        ++failures;
-}
+using emulation::check;
+using emulation::kSharedRoom;
 
 struct Layer
 {
@@ -132,31 +108,27 @@ std::string emulate(DeformConvGeometry const& geo, int32_t tileM, Tensors<T> con
         int32_t const chunkPixels = images * plane;
         dim3 const grid{unsigned((chunkPixels + kImplicitTileN - 1) / kImplicitTileN),
             unsigned((geo.outChannelsPerGroup + tileM - 1) / tileM), unsigned(d.group)};
+        gridDim = grid;
+        blockDim = dim3{unsigned(kImplicitThreads), 1, 1};
+        auto body = [&] {
+            switch (tileM)
+            {
+            case 256: kernelBlock<T, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
+            case 128: kernelBlock<T, 128>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
+            default: kernelBlock<T, 64>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
+            }
+        };
         for (unsigned z = 0; z < grid.z; ++z)
             for (unsigned y = 0; y < grid.y; ++y)
-                for (unsigned x = 0; x < grid.x; ++x)
+                for (unsigned x = 0; x < grid.x; ++x) // shared memory poisoned anew for every block
                 {
-                    std::memset(gShared, 0xFF, shared); // NaN in every float and half type
-                    std::memset(gShared + shared, kCanary, kSharedRoom - shared);
-                    auto body = [&] {
-                        switch (tileM)
-                        {
-                        case 256: kernelBlock<T, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
-                        case 128: kernelBlock<T, 128>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
-                        default: kernelBlock<T, 64>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
-                        }
-                    };
-                    gridDim = grid;
-                    blockDim = dim3{unsigned(kImplicitThreads), 1, 1};
+                    emulation::prepareShared(shared);
                     std::string const failure = emulation::runBlock(dim3{x, y, z}, body);
                     if (!failure.empty())
+                        return failure;
+                    if (!emulation::sharedUntouchedPast(shared))
                         return "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z)
-                            + "): " + failure;
-                    for (size_t i = shared; i < kSharedRoom; ++i)
-                        if (gShared[i] != kCanary)
-                            return "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z)
-                                + ") wrote shared memory at byte " + std::to_string(i) + ", past the "
-                                + std::to_string(shared) + " bytes it is given";
+                            + ") wrote shared memory past the " + std::to_string(shared) + " bytes it is given";
                 }
     }
     return "";
@@ -251,6 +223,6 @@ int main()
         runLayer<HostBFloat16>(layer, "bfloat16", 4e-2, {heights.front()});
         runLayer<float>(layer, "float32", 1e-5, {heights.front()}); // not a GPU type: the indexing to float precision
     }
-    std::printf("%d failure(s)\n", failures);
-    return failures;
+    std::printf("%d failure(s)\n", emulation::failures);
+    return emulation::failures;
 }
