@@ -315,6 +315,30 @@ inline bool columnIndexFits32(DeformConvGeometry const& geo, int64_t total)
     return total <= (int64_t(1) << 30) && int64_t(geo.outH) * geo.outW <= (int64_t(1) << 31);
 }
 
+// result[0..Vector) = the bilinear blend of Vector channels from their four gathered neighbours (packs[t].v),
+// rounded to T: neighbour t counts where bit t of `valid` is set; an outside one is skipped, not multiplied by a
+// zero weight (an infinity in what was read in its place would make NaN). Both matrix paths' samplers blend here.
+template <typename T, int Vector, typename Acc, typename Pack>
+DCN_HD void blendVector(Pack const (&packs)[4], Acc const (&weight)[4], uint32_t valid, T (&result)[Vector])
+{
+    Acc acc[Vector];
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        acc[v] = Acc(0);
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+    {
+        if (!(valid & (1u << t)))
+            continue;
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            acc[v] += weight[t] * ElementTraits<T>::toAcc(packs[t].v[v]);
+    }
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        result[v] = ElementTraits<T>::fromAcc(acc[v]);
+}
+
 // out[0..Vector) = the bilinear sample, by taps, of the Vector consecutive channels at `image` (a channels-last
 // image advanced to the first channel), rounded to T and stored as one vector: neighbour t is at element
 // taps.index[t] * scale (scale: the channels per pixel, or 1 where the indices are already element offsets).
@@ -332,23 +356,8 @@ DCN_HD void sampleVector(T const* image, BilinearTaps<Acc> const& taps, int32_t 
 DCN_UNROLL
     for (int t = 0; t < 4; ++t)
         packs[t] = *reinterpret_cast<Pack const*>(image + int64_t(taps.index[t]) * scale);
-    Acc acc[Vector];
-DCN_UNROLL
-    for (int v = 0; v < Vector; ++v)
-        acc[v] = Acc(0);
-DCN_UNROLL
-    for (int t = 0; t < 4; ++t)
-    {
-        if (!(taps.valid & (1u << t)))
-            continue;
-DCN_UNROLL
-        for (int v = 0; v < Vector; ++v)
-            acc[v] += taps.weight[t] * ElementTraits<T>::toAcc(packs[t].v[v]);
-    }
     T result[Vector];
-DCN_UNROLL
-    for (int v = 0; v < Vector; ++v)
-        result[v] = ElementTraits<T>::fromAcc(acc[v]);
+    blendVector<T, Vector>(packs, taps.weight, taps.valid, result);
     storeVector<T, Vector>(out, result);
 }
 

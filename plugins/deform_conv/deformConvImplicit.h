@@ -271,27 +271,17 @@ DCN_UNROLL
         corners[t] = loadPack<T>(image + (taps.index[t] < 0 ? 0 : taps.index[t]));
 }
 
-// The bilinear sample of the vector's channels from its gathered neighbours, rounded to T.
+// The bilinear sample of the vector's channels from its gathered neighbours (blendVector: the GEMM path's
+// arithmetic), rounded to T; an outside neighbour (index -1) is skipped.
 template <typename T, typename Acc>
 DCN_HD ImplicitPack<T> implicitBlend(ImplicitTaps<Acc> const& taps, ImplicitPack<T> const (&corners)[4])
 {
-    Acc acc[kImplicitVector];
-DCN_UNROLL
-    for (int v = 0; v < kImplicitVector; ++v)
-        acc[v] = Acc(0);
+    uint32_t valid = 0;
 DCN_UNROLL
     for (int t = 0; t < 4; ++t)
-    {
-        if (taps.index[t] < 0) // not multiplied by a zero weight: an infinity at the image's first pixel gives NaN
-            continue;
-DCN_UNROLL
-        for (int v = 0; v < kImplicitVector; ++v)
-            acc[v] += taps.weight[t] * ElementTraits<T>::toAcc(corners[t].v[v]);
-    }
+        valid |= taps.index[t] < 0 ? 0u : 1u << t;
     ImplicitPack<T> out;
-DCN_UNROLL
-    for (int v = 0; v < kImplicitVector; ++v)
-        out.v[v] = ElementTraits<T>::fromAcc(acc[v]);
+    blendVector<T, kImplicitVector>(corners, taps.weight, valid, out.v);
     return out;
 }
 
