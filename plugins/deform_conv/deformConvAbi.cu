@@ -100,9 +100,10 @@ AbiGemmOptions const& abiGemmSettings()
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
         long const tileItems = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_TILE_ITEMS", 1, 1 << 20, read.problem);
         parsed.tileItems = int32_t(tileItems > 0 ? tileItems : 0);
+        constexpr int32_t kTileHeights[] = {0, 64, 128, 256}; // auto, then the choices below
         int32_t const tileM = choiceFromEnvironment("DCN_DEPLOY_IMPLICIT_TILE_M", {"auto", "64", "128", "256"},
             read.problem);
-        parsed.implicitTileM = tileM > 0 ? 32 << tileM : 0;
+        parsed.implicitTileM = tileM > 0 ? kTileHeights[tileM] : 0;
         return read;
     }();
     return settings;

@@ -172,6 +172,27 @@ inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOpt
     plan.tileShared = tileSharedBytes(geo, elementBytes, plan.vector, pixels);
 }
 
+// Bytes of one image of the input.
+inline size_t inputImageBytes(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return size_t(geo.d.in_channels) * size_t(geo.d.height) * size_t(geo.d.width) * elementBytes;
+}
+
+// Room for a chunk's channels-last input, for chunks that hold at most max(budget, one image) of it: never smaller
+// for a larger batch or image (a TensorRT plugin sizes its workspace for the largest profile shape).
+inline size_t channelsLastRoomBytes(DeformConvGeometry const& geo, size_t elementBytes, size_t budget)
+{
+    size_t const image = inputImageBytes(geo, elementBytes);
+    return alignUp256(std::min(size_t(std::max<int64_t>(geo.d.batch, 1)) * image, std::max(budget, image)));
+}
+
+// Room for the weights re-laid out with the kernel point outer (weights[o][kp][c], weightRow).
+inline size_t relaidWeightsBytes(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup) * size_t(geo.kernelPoints)
+        * elementBytes);
+}
+
 inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options)
 {
     size_t const columnBudget = options.columnBudget;
@@ -179,7 +200,7 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     size_t const rowBytes = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) * elementBytes; // one pixel's column
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     size_t const imageBytes = rowBytes * size_t(plane);
-    size_t const inputImageBytes = size_t(geo.d.in_channels) * size_t(geo.d.height) * size_t(geo.d.width) * elementBytes;
+    size_t const inputImage = inputImageBytes(geo, elementBytes);
     GemmPlan plan{};
     plan.images = 1;
     plan.pixels = plane;
@@ -187,7 +208,7 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // int32 (the staged product's n), with room for the tiled sampler's last tile past the end.
     if (imageBytes <= columnBudget)
         plan.images = int32_t(std::min<int64_t>({batch, int64_t(columnBudget / std::max<size_t>(imageBytes, 1)),
-            std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImageBytes, 1))), int64_t(65535),
+            std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImage, 1))), int64_t(65535),
             std::max<int64_t>(1, int64_t(kChunkPixelsMax) / std::max<int64_t>(plane, 1))}));
     else // a slice of one image: a multiple of 256 pixels, at least 256
         plan.pixels = std::min<int64_t>({plane, std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256),
@@ -197,9 +218,8 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // max(budget, 256 pixels); images * input image <= max(budget, one input image) and <= N * input image.
     size_t const columnsRoom = std::min(size_t(batch) * imageBytes, std::max(columnBudget, 256 * rowBytes));
     plan.columnsBytes = alignUp256(columnsRoom);
-    plan.nhwcBytes = alignUp256(std::min(size_t(batch) * inputImageBytes, std::max(columnBudget, inputImageBytes)));
-    plan.weightsBytes = alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup)
-        * size_t(geo.kernelPoints) * elementBytes);
+    plan.nhwcBytes = channelsLastRoomBytes(geo, elementBytes, columnBudget);
+    plan.weightsBytes = relaidWeightsBytes(geo, elementBytes);
     plan.staged = options.output != kGemmOutputDirect;
     planTile(geo, elementBytes, options, plan);
     // Reserved whether or not the output is staged (direct is a C ABI option for benchmarks; one workspace size for
@@ -418,14 +438,13 @@ DCN_HD int64_t tileRowImage(DeformConvGeometry const& geo, int32_t flat, int32_t
     return flat < chunkPixels ? int64_t(flat / pixels) * geo.d.height * geo.d.width * geo.d.in_channels : 0;
 }
 
-// The taps of entry e of the tile at `first`, their indices scaled to element offsets within the channels-last
-// image (planTile keeps those in 32 bits); none for a pixel past the chunk's end.
+// The taps of point (offset group * kernel points + kernel point) of the chunk's flat pixel `flat`, their indices
+// scaled to element offsets within the channels-last image (planTile keeps those in 32 bits); none for a pixel past
+// the chunk's end. The tiled sampler's and the implicit-GEMM kernel's taps tables both hold these.
 template <typename Acc, typename T>
-DCN_HD BilinearTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
-    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t first, int32_t tilePixels, int32_t e)
+DCN_HD BilinearTaps<Acc> chunkPixelTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
+    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t flat, int32_t point)
 {
-    int32_t const point = e / tilePixels;
-    int32_t const flat = first + (e - point * tilePixels);
     if (flat >= chunkPixels)
         return noTaps<Acc>();
     int32_t const img = flat / pixels;
@@ -437,6 +456,15 @@ DCN_HD BilinearTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* o
     for (int t = 0; t < 4; ++t)
         taps.index[t] *= geo.d.in_channels;
     return taps;
+}
+
+// The taps of entry e (point * tilePixels + tile pixel) of the tile at `first`.
+template <typename Acc, typename T>
+DCN_HD BilinearTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
+    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t first, int32_t tilePixels, int32_t e)
+{
+    int32_t const point = e / tilePixels;
+    return chunkPixelTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first + (e - point * tilePixels), point);
 }
 
 // Item (row, r) of the tile; tileColumns is the tile's first column row (columns + first * C * kH*kW).

@@ -225,30 +225,22 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
                 for (int32_t first = 0; first < chunkPixels; first += kImplicitTileN)
                 {
                     for (int32_t col = 0; col < kImplicitTileN; ++col)
-                        implicitPixelBases(geo, n0, chunkPixels, first, col, inputBase[size_t(col)],
-                            outputBase[size_t(col)]);
+                    {
+                        inputBase[size_t(col)] = tileRowImage(geo, first + col, plane, chunkPixels);
+                        outputBase[size_t(col)] = implicitOutputBase(geo, n0, chunkPixels, first, col);
+                    }
                     for (int32_t e = 0; e < tapsEntries; ++e)
                         taps[size_t(e)] = implicitTapEntry<Acc>(geo, offset, mask, n0, chunkPixels, first, g, e);
                     std::fill(acc.begin(), acc.end(), Acc(0));
                     for (int32_t s = 0; s < steps; ++s)
                     {
                         ImplicitStep const step = implicitStep(geo, g, s);
-                        for (int32_t e = 0; e < tileM * kVectors; ++e)
-                        {
-                            int32_t row, vector;
-                            int64_t const source = implicitWeightVector(geo, g, m0, step, e, row, vector);
-                            Pack pack{};
-                            if (source >= 0)
-                                pack = loadPack<T>(weights + source);
-                            else
-                                for (int v = 0; v < kImplicitVector; ++v)
-                                    pack.v[v] = ElementTraits<T>::fromAcc(Acc(0));
-                            weightTile[size_t(row) * kVectors + size_t(vector)] = pack;
-                        }
+                        for (int32_t e = 0; e < tileM * kVectors; ++e) // in tile order: e = row * kVectors + vector
+                            weightTile[size_t(e)] = implicitWeightVector<T>(geo, weights, g, m0, step, e);
                         for (int32_t e = 0; e < kImplicitTileN * kVectors; ++e)
                         {
                             int32_t col, vector;
-                            implicitColumnVector(e, col, vector);
+                            implicitTileVector(e, col, vector);
                             ImplicitTaps<Acc> const& tap = taps[size_t(step.tapsRow) * kImplicitTileN + size_t(col)];
                             Pack corners[4];
                             implicitGather<T, Acc>(

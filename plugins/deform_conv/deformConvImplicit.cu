@@ -19,62 +19,78 @@
 #include <string>
 #include <type_traits>
 
-
 namespace dcn
 {
 namespace
 {
 
-// Tiles of tileM output channels (0: the layer's implicitTileM), halved until their shared memory fits this device.
+// The launch shape for this device, once per forward: tiles of tileM output channels (0: the layer's
+// implicitTileM), halved until their shared memory fits, and that much dynamic shared memory allowed to the kernel.
 template <typename T>
-Status launchImplicitTiles(DeformConvGeometry const& geo, int32_t requestedTileM, T const* nhwc, T const* offset,
-    T const* weights, T const* bias, T const* mask, T* output, int32_t n0, int32_t chunkPixels, cudaStream_t stream)
+Status chooseImplicitTiles(DeformConvGeometry const& geo, int32_t requestedTileM, int32_t& tileM, size_t& shared)
 {
     int device = 0;
     int sharedOptin = 0;
     if (cudaGetDevice(&device) != cudaSuccess
         || cudaDeviceGetAttribute(&sharedOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
         return launchStatus("the implicit-GEMM kernel (querying the device)");
-    int32_t tileM = requestedTileM > 0 ? requestedTileM : implicitTileM(geo);
+    tileM = requestedTileM > 0 ? requestedTileM : implicitTileM(geo);
     while (tileM > 64 && implicitSharedBytes(geo, tileM, sizeof(T)) > size_t(sharedOptin))
         tileM /= 2;
-    size_t const shared = implicitSharedBytes(geo, tileM, sizeof(T));
+    shared = implicitSharedBytes(geo, tileM, sizeof(T));
     if (shared > size_t(sharedOptin))
         return Status::error(DCN_ERROR_UNSUPPORTED, "the implicit-GEMM kernel needs " + std::to_string(shared)
             + " bytes of shared memory per block for this layer, the device allows " + std::to_string(sharedOptin)
             + "; use algo 3 (GEMM)");
-    dim3 const grid(unsigned((int64_t(chunkPixels) + kImplicitTileN - 1) / kImplicitTileN),
-        unsigned((geo.outChannelsPerGroup + tileM - 1) / tileM), unsigned(geo.d.group));
-    auto launch = [&](auto kernel) {
+    auto allow = [&](auto kernel) {
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
-        kernel<<<grid, kImplicitThreads, shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0,
-            chunkPixels);
     };
     switch (tileM)
     {
-    case 256: launch(implicitKernel<T, 256>); break;
-    case 128: launch(implicitKernel<T, 128>); break;
-    default: launch(implicitKernel<T, 64>);
+    case 256: allow(implicitKernel<T, 256>); break;
+    case 128: allow(implicitKernel<T, 128>); break;
+    default: allow(implicitKernel<T, 64>);
     }
-    return launchStatus("the implicit-GEMM kernel");
+    return launchStatus("the implicit-GEMM kernel (allowing its shared memory)");
 }
 
 template <typename T>
-Status runImplicit(DeformConvGeometry const& geo, int32_t tileM, T const* input, T const* offset, T const* weight, T const* bias,
-    T const* mask, T* output, void* workspace, cudaStream_t stream)
+void launchImplicitTiles(DeformConvGeometry const& geo, int32_t tileM, size_t shared, T const* nhwc, T const* offset,
+    T const* weights, T const* bias, T const* mask, T* output, int32_t n0, int32_t chunkPixels, cudaStream_t stream)
 {
+    dim3 const grid(unsigned((int64_t(chunkPixels) + kImplicitTileN - 1) / kImplicitTileN),
+        unsigned((geo.outChannelsPerGroup + tileM - 1) / tileM), unsigned(geo.d.group));
+    switch (tileM)
+    {
+    case 256: implicitKernel<T, 256><<<grid, kImplicitThreads, shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels); break;
+    case 128: implicitKernel<T, 128><<<grid, kImplicitThreads, shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels); break;
+    default: implicitKernel<T, 64><<<grid, kImplicitThreads, shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels);
+    }
+}
+
+template <typename T>
+Status runImplicit(DeformConvGeometry const& geo, int32_t requestedTileM, T const* input, T const* offset,
+    T const* weight, T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream)
+{
+    int32_t tileM = 0;
+    size_t shared = 0;
+    Status status = chooseImplicitTiles<T>(geo, requestedTileM, tileM, shared);
+    if (!status.ok())
+        return status;
     ImplicitPlan const plan = planImplicit(geo, sizeof(T));
     T* nhwc = static_cast<T*>(workspace);
     T* weights = reinterpret_cast<T*>(static_cast<char*>(workspace) + plan.nhwcBytes);
     int32_t const plane = geo.outH * geo.outW;
-    Status status = launchWeightsRelayout<T>(geo, weight, weights, stream);
+    status = launchWeightsRelayout<T>(geo, weight, weights, stream);
     for (int32_t n0 = 0; status.ok() && n0 < geo.d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, geo.d.batch - n0);
         status = launchChannelsLast<T>(geo, input, nhwc, n0, images, stream);
-        if (status.ok())
-            status = launchImplicitTiles<T>(geo, tileM, nhwc, offset, weights, bias, mask, output, n0,
-                images * plane, stream);
+        if (!status.ok())
+            break;
+        launchImplicitTiles<T>(geo, tileM, shared, nhwc, offset, weights, bias, mask, output, n0, images * plane,
+            stream);
+        status = launchStatus("the implicit-GEMM kernel");
     }
     return status;
 }

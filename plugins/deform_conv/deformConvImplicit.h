@@ -153,20 +153,18 @@ struct ImplicitPlan
 };
 
 // Images per chunk: as many as the GEMM path's column budget holds of channels-last input (at least one, at most
-// 65535: the transpose's grid), with the chunk's pixels within int32. The room never shrinks for a larger shape (a TensorRT plugin's workspace is sized
-// for the largest).
+// 65535: the transpose's grid), with the chunk's pixels within int32. The rooms are the GEMM path's.
 inline ImplicitPlan planImplicit(DeformConvGeometry const& geo, size_t elementBytes)
 {
     size_t const budget = kGemmDefaultColumnBudget;
     int64_t const batch = std::max<int64_t>(geo.d.batch, 1);
-    size_t const imageBytes = size_t(geo.d.in_channels) * size_t(geo.d.height) * size_t(geo.d.width) * elementBytes;
+    size_t const imageBytes = inputImageBytes(geo, elementBytes);
     int64_t const plane = std::max<int64_t>(int64_t(geo.outH) * geo.outW, 1);
     ImplicitPlan plan{};
     plan.images = int32_t(std::min<int64_t>({batch, std::max<int64_t>(1, int64_t(budget / std::max<size_t>(imageBytes, 1))),
-        std::max<int64_t>(1, (int64_t(INT32_MAX) - kImplicitTileN) / plane), int64_t(65535)})); // 65535: a grid dimension
-    plan.nhwcBytes = alignUp256(std::min(size_t(batch) * imageBytes, std::max(budget, imageBytes)));
-    plan.weightsBytes = alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup)
-        * size_t(geo.kernelPoints) * elementBytes);
+        std::max<int64_t>(1, (int64_t(INT32_MAX) - kImplicitTileN) / plane), int64_t(65535)}));
+    plan.nhwcBytes = channelsLastRoomBytes(geo, elementBytes, budget);
+    plan.weightsBytes = relaidWeightsBytes(geo, elementBytes);
     plan.totalBytes = plan.nhwcBytes + plan.weightsBytes;
     return plan;
 }
@@ -185,57 +183,39 @@ DCN_HD int32_t implicitSteps(DeformConvGeometry const& geo)
     return geo.kernelPoints * (geo.channelsPerGroup / kImplicitTileK);
 }
 
-// Where tile column `col` of the block at chunk pixel `first` starts: its image's channels-last input (element
-// offset within the chunk's nhwc) and its output element (n0 + image, channel 0, y, x); -1 for both past the chunk.
-DCN_HD void implicitPixelBases(DeformConvGeometry const& geo, int32_t n0, int32_t chunkPixels, int32_t first,
-    int32_t col, int64_t& inputBase, int64_t& outputBase)
+// Where tile column `col` of the block at chunk pixel `first` writes: its output element (n0 + image, channel 0,
+// y, x), or -1 past the chunk. (Where it reads, its channels-last image, is the tiled sampler's tileRowImage.)
+DCN_HD int64_t implicitOutputBase(DeformConvGeometry const& geo, int32_t n0, int32_t chunkPixels, int32_t first,
+    int32_t col)
 {
     int32_t const flat = first + col;
     if (flat >= chunkPixels)
-    {
-        inputBase = -1;
-        outputBase = -1;
-        return;
-    }
+        return -1;
     int32_t const plane = geo.outH * geo.outW;
     int32_t const img = flat / plane;
-    inputBase = int64_t(img) * geo.d.height * geo.d.width * geo.d.in_channels;
-    outputBase = (int64_t(n0) + img) * geo.d.out_channels * plane + (flat - img * plane);
+    return (int64_t(n0) + img) * geo.d.out_channels * plane + (flat - img * plane);
 }
 
 // Taps table entry e = row * kImplicitTileN + col (row = offset group within the span * kernel points + kernel
-// point) of group g's block at chunk pixel `first`; no taps past the chunk.
+// point) of group g's block at chunk pixel `first`: the tiled sampler's taps (chunkPixelTaps), each outside
+// neighbour as index -1. None for a row past the last offset group (the last groups' span) or a pixel past the chunk.
 template <typename Acc, typename T>
 DCN_HD ImplicitTaps<Acc> implicitTapEntry(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
     int32_t chunkPixels, int32_t first, int32_t g, int32_t e)
 {
-    ImplicitTaps<Acc> out;
     int32_t const row = e / kImplicitTileN;
-    int32_t const flat = first + (e - row * kImplicitTileN);
+    int32_t const og = implicitFirstOffsetGroup(geo, g) + row / geo.kernelPoints;
+    BilinearTaps<Acc> const taps = og < geo.d.offset_group
+        ? chunkPixelTaps<Acc>(geo, offset, mask, n0, 0, geo.outH * geo.outW, chunkPixels,
+            first + (e - row * kImplicitTileN), og * geo.kernelPoints + row % geo.kernelPoints)
+        : noTaps<Acc>();
+    ImplicitTaps<Acc> out;
     for (int t = 0; t < 4; ++t)
     {
-        out.index[t] = -1;
-        out.weight[t] = Acc(0);
+        bool const valid = taps.valid & (1u << t);
+        out.index[t] = valid ? taps.index[t] : -1;
+        out.weight[t] = valid ? taps.weight[t] : Acc(0);
     }
-    if (flat >= chunkPixels)
-        return out;
-    int32_t const plane = geo.outH * geo.outW;
-    int32_t const img = flat / plane;
-    int32_t const pixel = flat - img * plane;
-    int32_t const y = pixel / geo.outW;
-    int32_t const x = pixel - y * geo.outW;
-    int32_t const ogLocal = row / geo.kernelPoints;
-    int32_t const kp = row - ogLocal * geo.kernelPoints;
-    int32_t const og = implicitFirstOffsetGroup(geo, g) + ogLocal;
-    if (og >= geo.d.offset_group) // a row of the span this group does not reach (the last groups): never read
-        return out;
-    BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, kp, y, x);
-    for (int t = 0; t < 4; ++t)
-        if (taps.valid & (1u << t))
-        {
-            out.index[t] = taps.index[t] * geo.d.in_channels;
-            out.weight[t] = taps.weight[t];
-        }
     return out;
 }
 
@@ -285,39 +265,43 @@ DCN_UNROLL
     return out;
 }
 
-// Column-tile vector e (of kImplicitTileN * kImplicitTileK / kImplicitVector) of a step: its tile column (pixel)
-// and its channel vector within the step.
-DCN_HD void implicitColumnVector(int32_t e, int32_t& col, int32_t& vector)
-{
-    constexpr int32_t kVectors = kImplicitTileK / kImplicitVector;
-    col = e / kVectors;
-    vector = e - col * kVectors;
-}
-
-// Where a column-tile vector's channels start in the chunk's channels-last input: tile column `col`'s image
-// (inputBase, from implicitPixelBases; a column past the chunk reads image 0, and its taps discard it), group g's
-// channel of the step, and the vector within the step.
-DCN_HD int64_t implicitColumnSource(DeformConvGeometry const& geo, int64_t inputBase, int32_t g,
-    ImplicitStep const& step, int32_t vector)
-{
-    return (inputBase < 0 ? 0 : inputBase) + int64_t(g) * geo.channelsPerGroup + step.channel
-        + vector * kImplicitVector;
-}
-
-// Weights-tile vector e (of tileM * kImplicitTileK / kImplicitVector) of step `step` for the block at output
-// channel m0 of group g: the element offset of its source in weights[o][kp][c], or -1 past the group's channels
-// (the tile row is zero).
-DCN_HD int64_t implicitWeightVector(DeformConvGeometry const& geo, int32_t g, int32_t m0, ImplicitStep const& step,
-    int32_t e, int32_t& row, int32_t& vector)
+// Vector e of a step's tile, in either tile (weights: a row per output channel; columns: a row per pixel): its
+// row and its channel vector within the step (kImplicitTileK / kImplicitVector per row).
+DCN_HD void implicitTileVector(int32_t e, int32_t& row, int32_t& vector)
 {
     constexpr int32_t kVectors = kImplicitTileK / kImplicitVector;
     row = e / kVectors;
     vector = e - row * kVectors;
+}
+
+// Where a column-tile vector's channels start in the chunk's channels-last input: tile column `col`'s image
+// (inputBase, from tileRowImage: image 0 past the chunk, where the taps discard what is read), group g's channel of
+// the step, and the vector within the step.
+DCN_HD int64_t implicitColumnSource(DeformConvGeometry const& geo, int64_t inputBase, int32_t g,
+    ImplicitStep const& step, int32_t vector)
+{
+    return inputBase + int64_t(g) * geo.channelsPerGroup + step.channel + vector * kImplicitVector;
+}
+
+// Weights-tile vector e (of tileM * kImplicitTileK / kImplicitVector) of step `step` for the block at output
+// channel m0 of group g, from weights[o][kp][c]; zero past the group's channels.
+template <typename T>
+DCN_HD ImplicitPack<T> implicitWeightVector(DeformConvGeometry const& geo, T const* weights, int32_t g, int32_t m0,
+    ImplicitStep const& step, int32_t e)
+{
+    int32_t row, vector;
+    implicitTileVector(e, row, vector);
     int32_t const m = m0 + row;
+    ImplicitPack<T> pack;
     if (m >= geo.outChannelsPerGroup)
-        return -1;
+    {
+        for (int v = 0; v < kImplicitVector; ++v)
+            pack.v[v] = ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(0));
+        return pack;
+    }
     int64_t const o = int64_t(g) * geo.outChannelsPerGroup + m;
-    return (o * geo.kernelPoints + step.kp) * geo.channelsPerGroup + step.channel + vector * kImplicitVector;
+    return loadPack<T>(weights + (o * geo.kernelPoints + step.kp) * geo.channelsPerGroup + step.channel
+        + vector * kImplicitVector);
 }
 
 #if !defined(__CUDACC__)

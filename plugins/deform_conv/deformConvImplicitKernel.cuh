@@ -52,22 +52,12 @@ __device__ __forceinline__ void loadStep(DeformConvGeometry const& geo, T const*
     using W = ImplicitWarps<TileM>;
 DCN_UNROLL
     for (int i = 0; i < W::kWeightVectors; ++i)
-    {
-        int32_t row, vector;
-        int64_t const source = implicitWeightVector(geo, g, m0, step, int32_t(threadIdx.x) + i * kImplicitThreads,
-            row, vector);
-        if (source >= 0)
-            loads.weights[i] = loadPack<T>(weights + source);
-        else
-DCN_UNROLL
-            for (int v = 0; v < kImplicitVector; ++v)
-                loads.weights[i].v[v] = ElementTraits<T>::fromAcc(0.0f);
-    }
+        loads.weights[i] = implicitWeightVector<T>(geo, weights, g, m0, step, int32_t(threadIdx.x) + i * kImplicitThreads);
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
-        implicitColumnVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
+        implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
         implicitGather<T, float>(nhwc + implicitColumnSource(geo, inputBase[col], g, step, vector),
             taps[step.tapsRow * kImplicitTileN + col], loads.corners[i]);
     }
@@ -81,9 +71,8 @@ __device__ __forceinline__ void storeStep(ImplicitStep const& step, ImplicitTaps
 DCN_UNROLL
     for (int i = 0; i < W::kWeightVectors; ++i)
     {
-        int32_t const e = int32_t(threadIdx.x) + i * kImplicitThreads;
-        int32_t const row = e / (kImplicitTileK / kImplicitVector);
-        int32_t const vector = e - row * (kImplicitTileK / kImplicitVector);
+        int32_t row, vector;
+        implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, row, vector);
         *reinterpret_cast<ImplicitPack<T>*>(weightTile + row * kImplicitLdk + vector * kImplicitVector)
             = loads.weights[i];
     }
@@ -91,7 +80,7 @@ DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
-        implicitColumnVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
+        implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
         *reinterpret_cast<ImplicitPack<T>*>(columnTile + col * kImplicitLdk + vector * kImplicitVector)
             = implicitBlend<T, float>(taps[step.tapsRow * kImplicitTileN + col], loads.corners[i]);
     }
@@ -101,7 +90,7 @@ DCN_UNROLL
 // (implicitSharedBytes): inputBase[kImplicitTileN], outputBase[kImplicitTileN], then the taps table and two
 // buffers of (weights tile [TileM][ldk], column tile [kImplicitTileN][ldk]); after the last step, the output
 // staging instead of the taps and buffers. 64-row tiles fit two blocks per SM in 128 registers (fp16 without
-// spills, ptxas for sm_90); the taller ones take one block of 8 warps (172 and 245 registers).
+// spills, ptxas for sm_90); the taller ones take one block of 8 warps (179 and 248 registers in fp16).
 template <typename T, int TileM>
 __global__ void __launch_bounds__(kImplicitThreads, TileM == 64 ? 2 : 1) implicitKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weights,
@@ -130,7 +119,10 @@ __global__ void __launch_bounds__(kImplicitThreads, TileM == 64 ? 2 : 1) implici
     int32_t const tid = int32_t(threadIdx.x);
 
     for (int32_t col = tid; col < kImplicitTileN; col += kImplicitThreads)
-        implicitPixelBases(geo, n0, chunkPixels, first, col, inputBase[col], outputBase[col]);
+    {
+        inputBase[col] = tileRowImage(geo, first + col, geo.outH * geo.outW, chunkPixels);
+        outputBase[col] = implicitOutputBase(geo, n0, chunkPixels, first, col);
+    }
     int32_t const entries = implicitTapsRows(geo) * kImplicitTileN;
     for (int32_t e = tid; e < entries; e += kImplicitThreads)
         taps[e] = implicitTapEntry<float>(geo, offset, mask, n0, chunkPixels, first, g, e);

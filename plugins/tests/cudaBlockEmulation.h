@@ -1,10 +1,10 @@
 // Just enough of CUDA to run a kernel's source on the CPU, for tests: one block at a time, its threads as
 // std::threads meeting at __syncthreads (a real barrier), __shared__ variables as static storage (shared by the
 // threads of the one block that runs), dcn::dynamicShared() as one buffer, and nvcuda::wmma as plain 16x16x16 tile
-// products. What it checks of a kernel: its indexing, shared-memory layout,
-// buffer protocol and barriers, and the WMMA calls' documented preconditions (pointers 256-bit aligned, ldm a
-// multiple of 16 bytes). What it does not: the hardware's fragment layout (every thread holds a whole tile here,
-// where a warp spreads it over its lanes), timing, and memory ordering beyond what the barrier gives.
+// products. What it checks of a kernel: its indexing, shared-memory layout, buffer protocol and barriers, and the
+// WMMA calls' documented preconditions (pointers 256-bit aligned, ldm a multiple of 16 bytes). What it does not:
+// the hardware's fragment layout (every thread holds a whole tile here, where a warp spreads it over its lanes),
+// timing, and memory ordering beyond what the barrier gives.
 #pragma once
 
 #include <algorithm>
