@@ -10,7 +10,7 @@
 #   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark,
 #   7. optional: variants of the GEMM path's settings (DCN_GPU_VARIANTS) and an Nsight Compute profile of the
 #      transpose, sampling and output kernels at res4, batch 8, fp16 (DCN_GPU_NCU="tiled thread": the samplers to
-#      profile), both into checks.log.
+#      profile; "implicit": the implicit-GEMM kernel with its stall sites), both into checks.log.
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating).
@@ -30,7 +30,7 @@ LOG="$OUT_DIR/checks.log"
 # A fresh set of results: the benchmark appends its tables to bench*.md, and a JSON left from an earlier run would be
 # taken for this run's rows.
 rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_implicit.json "$OUT_DIR"/bench_output_direct.json \
-    "$OUT_DIR"/bench_chunk_16.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md
+    "$OUT_DIR"/bench_chunk_16.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md "$OUT_DIR"/implicit_sass.csv
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
 # The package from this checkout, without installing it (the machine has no network and its own packages):
@@ -120,7 +120,7 @@ step memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool 
 # 5. The GEMM path's product straight into NCHW (the default goes through the staging scratch), then a 16 MiB
 # column budget (default 64), which keeps a chunk's columns in L2 between the sampling kernel and the product.
 DCN_DEPLOY_GEMM_OUTPUT=direct bench bench-output-direct 90 bench_output_direct.json "" -- --algos gemm \
-    --iters 20 --warmup 3
+    --iters 20 --warmup 3 --breakdown
 DCN_DEPLOY_GEMM_CHUNK_MB=16 bench bench-chunk-16MB 90 bench_chunk_16.json "" -- --algos gemm --dtypes float16 \
     --iters 20 --warmup 3
 # 6. The rest of the sanitizer runs (clean at bf7556d), then grouped and depth-wise layers.
@@ -146,8 +146,20 @@ for variant in ${DCN_GPU_VARIANTS:-}; do
 done
 if [ -n "${DCN_GPU_NCU:-}" ]; then
     if command -v ncu >/dev/null; then
-        for sampler in $DCN_GPU_NCU; do # the first chunk's transpose, sampling and output kernels
-            step "ncu-$sampler" 90 env DCN_DEPLOY_GEMM_SAMPLER=$sampler ncu \
+        for target in $DCN_GPU_NCU; do
+            if [ "$target" = implicit ]; then # the implicit-GEMM kernel, with where its warps stall (source counters)
+                step "ncu-implicit" 120 ncu --kernel-name regex:implicitKernel --launch-count 1 \
+                    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+                    --section WarpStateStats --section SchedulerStats --section InstructionStats --section LaunchStats \
+                    --section SourceCounters python3 benchmarks/gpu_deform_conv.py --profile-layer implicit
+                # its SASS with each instruction's stall samples, as CSV (a file of its own: thousands of lines)
+                step "ncu-implicit-sass" 120 bash -c "ncu --kernel-name regex:implicitKernel --launch-count 1 \
+                    --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
+                    python3 benchmarks/gpu_deform_conv.py --profile-layer implicit >'$OUT_DIR/implicit_sass.csv'"
+                continue
+            fi
+            # a sampler of the GEMM path: the first chunk's transpose, sampling and output kernels
+            step "ncu-$target" 90 env DCN_DEPLOY_GEMM_SAMPLER=$target ncu \
                 --kernel-name regex:'olumnsKernel|nhwcKernel|stagedOutputKernel' --launch-count 3 \
                 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
                 --section LaunchStats python3 benchmarks/gpu_deform_conv.py --profile-layer

@@ -423,14 +423,15 @@ def render(rows: List[dict], args) -> str:
     return table
 
 
-def profile_layer() -> int:
-    """One call of the gemm path on det res4, batch 8, float16, synchronised: the launch a profiler looks at."""
+def profile_layer(algo: str = "gemm") -> int:
+    """One call of the CUDA kernels' `algo` path (gemm or implicit) on det res4, batch 8, float16, synchronised: the
+    launch a profiler looks at."""
     import torch
 
     from dcn_deploy.plugin.native import deform_conv2d_cuda
 
     x, offset, weight, bias, mask = make_inputs(LAYERS[1], 8, "float16")
-    deform_conv2d_cuda(x, offset, weight, bias, padding=1, mask=mask, algo="gemm")
+    deform_conv2d_cuda(x, offset, weight, bias, padding=1, mask=mask, algo=algo)
     torch.cuda.synchronize()
     return 0
 
@@ -458,13 +459,14 @@ def main(argv=None) -> int:
     parser.add_argument("--from-json", type=Path, default=None, metavar="ROWS.json",
                         help="time nothing: render the table of rows saved with --json (e.g. by a run cut short); "
                              "give the --algos, --iters, --warmup of that run")
-    parser.add_argument("--profile-layer", action="store_true",
-                        help="time nothing: run the gemm path once on det res4 at batch 8 in float16 and exit (for a "
-                             "profiler such as Nsight Compute: `ncu --kernel-name regex:olumnsKernel ...`)")
+    parser.add_argument("--profile-layer", nargs="?", const="gemm", default=None, choices=("gemm", "implicit"),
+                        help="time nothing: run the gemm path (or the implicit-GEMM kernel: --profile-layer implicit) "
+                             "once on det res4 at batch 8 in float16 and exit (for a profiler such as Nsight Compute: "
+                             "`ncu --kernel-name regex:olumnsKernel ...`)")
     args = parser.parse_args(argv)
 
     if args.profile_layer:
-        return profile_layer()
+        return profile_layer(args.profile_layer)
     algos = args.algos.split(",")
     unknown = sorted(set(algos) - set(ALGOS))
     if unknown:
