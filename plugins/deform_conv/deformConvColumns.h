@@ -335,7 +335,15 @@ inline bool columnIndexFits32(DeformConvGeometry const& geo, int64_t total)
     return total <= (int64_t(1) << 30) && int64_t(geo.outH) * geo.outW <= (int64_t(1) << 31);
 }
 
-// result[0..Vector) = the bilinear blend of Vector channels from their four gathered neighbours (packs[t].v),
+// Element v of a vector of channels as the samplers hold it (an array v); the implicit-GEMM kernel's packs, raw
+// words, overload this (deformConvImplicit.h; found by argument-dependent lookup).
+template <typename Pack>
+DCN_HD auto vectorElement(Pack const& pack, int v) -> decltype(pack.v[v])
+{
+    return pack.v[v];
+}
+
+// result[0..Vector) = the bilinear blend of Vector channels from their four gathered neighbours (packs[t]),
 // rounded to T: neighbour t counts where bit t of `valid` is set; an outside one is skipped, not multiplied by a
 // zero weight (an infinity in what was read in its place would make NaN). Both matrix paths' samplers blend here.
 template <typename T, int Vector, typename Acc, typename Pack>
@@ -352,7 +360,7 @@ DCN_UNROLL
             continue;
 DCN_UNROLL
         for (int v = 0; v < Vector; ++v)
-            acc[v] += weight[t] * ElementTraits<T>::toAcc(packs[t].v[v]);
+            acc[v] += weight[t] * ElementTraits<T>::toAcc(vectorElement(packs[t], v));
     }
 DCN_UNROLL
     for (int v = 0; v < Vector; ++v)

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <string>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -232,29 +233,42 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
                     for (int32_t e = 0; e < tapsEntries; ++e)
                         taps[size_t(e)] = implicitTapEntry<Acc>(geo, offset, mask, n0, chunkPixels, first, g, e);
                     std::fill(acc.begin(), acc.end(), Acc(0));
+                    ImplicitStep step = implicitStep(geo, g, 0);
+                    int32_t const firstOffsetGroupChannel = step.offsetGroupChannel;
                     for (int32_t s = 0; s < steps; ++s)
                     {
-                        ImplicitStep const step = implicitStep(geo, g, s);
+                        if (s > 0) // counted as the kernel counts, checked against the step computed outright
+                            step = implicitNextStep(geo, firstOffsetGroupChannel, step);
+                        ImplicitStep const direct = implicitStep(geo, g, s);
+                        if (step.kp != direct.kp || step.channel != direct.channel || step.tapsRow != direct.tapsRow
+                            || step.spanGroup != direct.spanGroup
+                            || step.offsetGroupChannel != direct.offsetGroupChannel)
+                            throw std::logic_error("implicitNextStep disagrees with implicitStep at step "
+                                + std::to_string(s) + " of group " + std::to_string(g));
+                        T const* stepWeights = weights + implicitStepWeights(geo, step);
                         for (int32_t e = 0; e < tileM * kVectors; ++e) // in tile order: e = row * kVectors + vector
-                            weightTile[size_t(e)] = implicitWeightVector<T>(geo, weights, g, m0, step, e);
+                            weightTile[size_t(e)] = loadPack<T>(stepWeights + implicitWeightSource(geo, g, m0, e));
                         for (int32_t e = 0; e < kImplicitTileN * kVectors; ++e)
                         {
                             int32_t col, vector;
                             implicitTileVector(e, col, vector);
                             ImplicitTaps<Acc> const& tap = taps[size_t(step.tapsRow) * kImplicitTileN + size_t(col)];
                             Pack corners[4];
-                            implicitGather<T, Acc>(
-                                nhwc + implicitColumnSource(geo, inputBase[size_t(col)], g, step, vector), tap, corners);
+                            implicitGather<T, Acc>(nhwc + step.channel
+                                    + implicitColumnSource(geo, inputBase[size_t(col)], g, vector), tap, corners);
                             columnTile[size_t(col) * kVectors + size_t(vector)] = implicitBlend<T, Acc>(tap, corners);
                         }
                         for (int32_t m = 0; m < tileM; ++m)
                             for (int32_t col = 0; col < kImplicitTileN; ++col)
                             {
-                                T const* a = weightTile[size_t(m) * kVectors].v;
-                                T const* b = columnTile[size_t(col) * kVectors].v;
                                 Acc sum = Acc(0);
                                 for (int32_t kk = 0; kk < kImplicitTileK; ++kk)
-                                    sum += ElementTraits<T>::toAcc(a[kk]) * ElementTraits<T>::toAcc(b[kk]);
+                                    sum += ElementTraits<T>::toAcc(vectorElement(
+                                               weightTile[size_t(m) * kVectors + size_t(kk / kImplicitVector)],
+                                               kk % kImplicitVector))
+                                        * ElementTraits<T>::toAcc(vectorElement(
+                                            columnTile[size_t(col) * kVectors + size_t(kk / kImplicitVector)],
+                                            kk % kImplicitVector));
                                 acc[size_t(m) * kImplicitTileN + size_t(col)] += sum;
                             }
                     }

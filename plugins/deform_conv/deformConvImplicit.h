@@ -58,10 +58,13 @@ struct alignas(16) ImplicitTaps
 };
 
 // Which of the block's tile rows a reduction step reads, and where: kernel point, first channel within the group,
-// and the row of the taps table (offset group within the span * kernel points + kernel point).
+// and the row of the taps table (offset group within the span * kernel points + kernel point); with the offset
+// group within the span and the channel within that offset group, so that the next step follows without a division
+// (implicitNextStep).
 struct ImplicitStep
 {
     int32_t kp, channel, tapsRow;
+    int32_t spanGroup, offsetGroupChannel;
 };
 
 // The offset groups group g's channels fall in: the first, and at most implicitOffsetGroupSpan of them for any
@@ -119,6 +122,8 @@ inline std::string implicitKernelRefusal(DeformConvGeometry const& geo, int32_t 
             + " (offset groups per group) x (kernel points), got " + std::to_string(implicitTapsRows(geo));
     if (int64_t(geo.d.height) * geo.d.width * geo.d.in_channels > int64_t(INT32_MAX))
         return "the implicit-GEMM kernel needs H*W*C below 2^31 per image";
+    if (int64_t(geo.d.out_channels) * geo.kernelPoints * geo.channelsPerGroup > int64_t(INT32_MAX))
+        return "the implicit-GEMM kernel needs fewer than 2^31 weights";
     if (int64_t(geo.outH) * geo.outW > int64_t(INT32_MAX) - kImplicitTileN)
         return "the implicit-GEMM kernel needs oH*oW below 2^31 - " + std::to_string(kImplicitTileN);
     if (geo.d.group > 65535)
@@ -169,13 +174,40 @@ inline ImplicitPlan planImplicit(DeformConvGeometry const& geo, size_t elementBy
     return plan;
 }
 
+// Step s of group g: the kernel point outer, the channels inner (s = kp * (C/group / 32) + channel step).
 DCN_HD ImplicitStep implicitStep(DeformConvGeometry const& geo, int32_t g, int32_t s)
 {
     int32_t const stepsPerPoint = geo.channelsPerGroup / kImplicitTileK;
     int32_t const kp = s / stepsPerPoint;
     int32_t const channel = (s - kp * stepsPerPoint) * kImplicitTileK;
-    int32_t const og = (g * geo.channelsPerGroup + channel) / geo.channelsPerOffsetGroup;
-    return ImplicitStep{kp, channel, (og - implicitFirstOffsetGroup(geo, g)) * geo.kernelPoints + kp};
+    int64_t const inputChannel = int64_t(g) * geo.channelsPerGroup + channel;
+    int32_t const spanGroup = int32_t(inputChannel / geo.channelsPerOffsetGroup) - implicitFirstOffsetGroup(geo, g);
+    int32_t const offsetGroupChannel = int32_t(inputChannel % geo.channelsPerOffsetGroup);
+    return ImplicitStep{kp, channel, spanGroup * geo.kernelPoints + kp, spanGroup, offsetGroupChannel};
+}
+
+// The step after `step` of group g, by counting (the kernel's main loop divides nothing): the next 32 channels, the
+// next offset group where they start one (both group sizes are multiples of 32), the next kernel point after the
+// group's last channel. Equal to implicitStep(geo, g, s + 1); the host build steps this way too.
+DCN_HD ImplicitStep implicitNextStep(DeformConvGeometry const& geo, int32_t firstOffsetGroupChannel,
+    ImplicitStep step)
+{
+    step.channel += kImplicitTileK;
+    step.offsetGroupChannel += kImplicitTileK;
+    if (step.offsetGroupChannel == geo.channelsPerOffsetGroup)
+    {
+        step.offsetGroupChannel = 0;
+        ++step.spanGroup;
+    }
+    if (step.channel == geo.channelsPerGroup)
+    {
+        step.channel = 0;
+        ++step.kp;
+        step.spanGroup = 0;
+        step.offsetGroupChannel = firstOffsetGroupChannel;
+    }
+    step.tapsRow = step.spanGroup * geo.kernelPoints + step.kp;
+    return step;
 }
 
 DCN_HD int32_t implicitSteps(DeformConvGeometry const& geo)
@@ -219,12 +251,33 @@ DCN_HD ImplicitTaps<Acc> implicitTapEntry(DeformConvGeometry const& geo, T const
     return out;
 }
 
-// kImplicitVector consecutive elements, loaded as one piece (16 bytes for a half type on the GPU).
-template <typename T>
-struct alignas(sizeof(T) * kImplicitVector) ImplicitPack
+// 16 raw bytes: the unit in which a tile vector is loaded, held and stored.
+struct alignas(16) ImplicitWord
 {
-    T v[kImplicitVector];
+    uint32_t x[4];
 };
+
+// kImplicitVector consecutive elements, moved as whole words (one 16-byte word for a half type on the GPU). They
+// travel as words, never element by element: copying 16-bit elements out of a load made the GPU wait for every
+// load where it landed, before the tensor cores could work (Nsight Compute, H100, 2026-11-26).
+template <typename T>
+struct alignas(16) ImplicitPack
+{
+    ImplicitWord w[sizeof(T) * kImplicitVector / sizeof(ImplicitWord)];
+};
+
+// Element v of a pack (blendVector reads packs through this).
+template <typename T>
+DCN_HD T vectorElement(ImplicitPack<T> const& pack, int v)
+{
+#if defined(__CUDA_ARCH__)
+    return reinterpret_cast<T const*>(pack.w)[v];
+#else
+    T element;
+    std::memcpy(&element, reinterpret_cast<unsigned char const*>(pack.w) + size_t(v) * sizeof(T), sizeof(T));
+    return element;
+#endif
+}
 
 template <typename T>
 DCN_HD ImplicitPack<T> loadPack(T const* source)
@@ -235,8 +288,18 @@ DCN_HD ImplicitPack<T> loadPack(T const* source)
     ImplicitPack<T> pack;
     if (reinterpret_cast<uintptr_t>(source) % (sizeof(T) * kImplicitVector) != 0)
         throw std::logic_error("misaligned implicit-GEMM load: offset not a multiple of the vector width");
-    std::memcpy(pack.v, source, sizeof(pack.v));
+    std::memcpy(pack.w, source, sizeof(pack.w));
     return pack;
+#endif
+}
+
+template <typename T>
+DCN_HD void storePack(T* target, ImplicitPack<T> const& pack)
+{
+#if defined(__CUDA_ARCH__)
+    *reinterpret_cast<ImplicitPack<T>*>(target) = pack;
+#else
+    std::memcpy(target, pack.w, sizeof(pack.w));
 #endif
 }
 
@@ -261,7 +324,13 @@ DCN_UNROLL
     for (int t = 0; t < 4; ++t)
         valid |= taps.index[t] < 0 ? 0u : 1u << t;
     ImplicitPack<T> out;
-    blendVector<T, kImplicitVector>(corners, taps.weight, valid, out.v);
+#if defined(__CUDA_ARCH__)
+    blendVector<T, kImplicitVector>(corners, taps.weight, valid, reinterpret_cast<T(&)[kImplicitVector]>(out.w));
+#else
+    T result[kImplicitVector];
+    blendVector<T, kImplicitVector>(corners, taps.weight, valid, result);
+    std::memcpy(out.w, result, sizeof(out.w));
+#endif
     return out;
 }
 
@@ -274,34 +343,31 @@ DCN_HD void implicitTileVector(int32_t e, int32_t& row, int32_t& vector)
     vector = e - row * kVectors;
 }
 
-// Where a column-tile vector's channels start in the chunk's channels-last input: tile column `col`'s image
-// (inputBase, from tileRowImage: image 0 past the chunk, where the taps discard what is read), group g's channel of
-// the step, and the vector within the step.
-DCN_HD int64_t implicitColumnSource(DeformConvGeometry const& geo, int64_t inputBase, int32_t g,
-    ImplicitStep const& step, int32_t vector)
+// Where a column-tile vector's channels start in the chunk's channels-last input, less the step's channel: tile
+// column `col`'s image (inputBase, from tileRowImage: image 0 past the chunk, where the taps discard what is read),
+// group g's first channel and the vector within the step. An element offset within the chunk, which fits int32
+// (implicitKernelRefusal, planImplicit).
+DCN_HD int32_t implicitColumnSource(DeformConvGeometry const& geo, int64_t inputBase, int32_t g, int32_t vector)
 {
-    return inputBase + int64_t(g) * geo.channelsPerGroup + step.channel + vector * kImplicitVector;
+    return int32_t(inputBase + int64_t(g) * geo.channelsPerGroup + vector * kImplicitVector);
 }
 
-// Weights-tile vector e (of tileM * kImplicitTileK / kImplicitVector) of step `step` for the block at output
-// channel m0 of group g, from weights[o][kp][c]; zero past the group's channels.
-template <typename T>
-DCN_HD ImplicitPack<T> implicitWeightVector(DeformConvGeometry const& geo, T const* weights, int32_t g, int32_t m0,
-    ImplicitStep const& step, int32_t e)
+// Where weights-tile vector e (of tileM * kImplicitTileK / kImplicitVector) of the block at output channel m0 of
+// group g starts in weights[o][kp][c], less the step's part (implicitStepWeights). A row past the group's output
+// channels reads the group's last row instead: its products are never stored, and every load stays in bounds.
+DCN_HD int32_t implicitWeightSource(DeformConvGeometry const& geo, int32_t g, int32_t m0, int32_t e)
 {
     int32_t row, vector;
     implicitTileVector(e, row, vector);
-    int32_t const m = m0 + row;
-    ImplicitPack<T> pack;
-    if (m >= geo.outChannelsPerGroup)
-    {
-        for (int v = 0; v < kImplicitVector; ++v)
-            pack.v[v] = ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(0));
-        return pack;
-    }
+    int32_t const m = m0 + row < geo.outChannelsPerGroup ? m0 + row : geo.outChannelsPerGroup - 1;
     int64_t const o = int64_t(g) * geo.outChannelsPerGroup + m;
-    return loadPack<T>(weights + (o * geo.kernelPoints + step.kp) * geo.channelsPerGroup + step.channel
-        + vector * kImplicitVector);
+    return int32_t(o * geo.kernelPoints * geo.channelsPerGroup + vector * kImplicitVector);
+}
+
+// The step's part of every weights-tile vector's offset: its kernel point and channel.
+DCN_HD int32_t implicitStepWeights(DeformConvGeometry const& geo, ImplicitStep const& step)
+{
+    return step.kp * geo.channelsPerGroup + step.channel;
 }
 
 #if !defined(__CUDACC__)
@@ -312,8 +378,8 @@ template <typename T>
 struct ImplicitHostWorkspace
 {
     ImplicitHostWorkspace(DeformConvGeometry const& geo, ImplicitPlan const& plan, T const* weight)
-        : nhwcStore(plan.nhwcBytes / sizeof(ImplicitPack<T>))
-        , weightsStore(plan.weightsBytes / sizeof(ImplicitPack<T>))
+        : nhwcStore(plan.nhwcBytes / sizeof(Vector))
+        , weightsStore(plan.weightsBytes / sizeof(Vector))
     {
         for (int64_t row = 0; row < int64_t(geo.d.out_channels) * geo.channelsPerGroup; ++row)
             weightRow<T>(geo, weight, weights(), row);
@@ -326,10 +392,14 @@ struct ImplicitHostWorkspace
             nhwcElement<T>(geo, input, nhwc(), n0, idx);
     }
 
-    T* nhwc() { return nhwcStore.data()->v; }
-    T* weights() { return weightsStore.data()->v; }
+    T* nhwc() { return reinterpret_cast<T*>(nhwcStore.data()); }
+    T* weights() { return reinterpret_cast<T*>(weightsStore.data()); }
 
-    std::vector<ImplicitPack<T>> nhwcStore, weightsStore;
+    struct alignas(sizeof(T) * kImplicitVector) Vector // the alignment of a vector load of T (loadPack checks it)
+    {
+        unsigned char bytes[sizeof(T) * kImplicitVector];
+    };
+    std::vector<Vector> nhwcStore, weightsStore;
 };
 #endif
 

@@ -35,7 +35,7 @@ struct ImplicitWarps
     static_assert(kWarpsM * kWarpsN * 32 == kImplicitThreads && kFragCols >= 1, "tile shape");
 };
 
-// One step's loads, held in registers while the tensor cores work on the previous step.
+// One step's loads, held in registers (as words) while the tensor cores work on the previous step.
 template <typename T, int TileM>
 struct ImplicitStepLoads
 {
@@ -44,22 +44,53 @@ struct ImplicitStepLoads
     ImplicitPack<T> corners[W::kColumnVectors][4];
 };
 
-template <typename T, int TileM>
-__device__ __forceinline__ void loadStep(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
-    T const* __restrict__ weights, ImplicitTaps<float> const* taps, int64_t const* inputBase, int32_t g, int32_t m0,
-    ImplicitStep const& step, ImplicitStepLoads<T, TileM>& loads)
+// What a thread's vectors read, fixed for the block: each weights-tile vector's offset in the weights and each
+// column-tile vector's in the chunk's input, both less the step's part.
+template <int TileM>
+struct ImplicitThreadSources
 {
     using W = ImplicitWarps<TileM>;
+    int32_t weights[W::kWeightVectors];
+    int32_t columns[W::kColumnVectors];
+};
+
+template <int TileM>
+__device__ __forceinline__ ImplicitThreadSources<TileM> threadSources(DeformConvGeometry const& geo,
+    int64_t const* inputBase, int32_t g, int32_t m0)
+{
+    using W = ImplicitWarps<TileM>;
+    ImplicitThreadSources<TileM> sources;
 DCN_UNROLL
     for (int i = 0; i < W::kWeightVectors; ++i)
-        loads.weights[i] = implicitWeightVector<T>(geo, weights, g, m0, step, int32_t(threadIdx.x) + i * kImplicitThreads);
+        sources.weights[i] = implicitWeightSource(geo, g, m0, int32_t(threadIdx.x) + i * kImplicitThreads);
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
         implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
-        implicitGather<T, float>(nhwc + implicitColumnSource(geo, inputBase[col], g, step, vector),
-            taps[step.tapsRow * kImplicitTileN + col], loads.corners[i]);
+        sources.columns[i] = implicitColumnSource(geo, inputBase[col], g, vector);
+    }
+    return sources;
+}
+
+template <typename T, int TileM>
+__device__ __forceinline__ void loadStep(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
+    T const* __restrict__ weights, ImplicitTaps<float> const* taps, ImplicitThreadSources<TileM> const& sources,
+    ImplicitStep const& step, ImplicitStepLoads<T, TileM>& loads)
+{
+    using W = ImplicitWarps<TileM>;
+    T const* stepWeights = weights + implicitStepWeights(geo, step);
+DCN_UNROLL
+    for (int i = 0; i < W::kWeightVectors; ++i)
+        loads.weights[i] = loadPack<T>(stepWeights + sources.weights[i]);
+    T const* stepInput = nhwc + step.channel;
+    ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
+DCN_UNROLL
+    for (int i = 0; i < W::kColumnVectors; ++i)
+    {
+        int32_t col, vector;
+        implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
+        implicitGather<T, float>(stepInput + sources.columns[i], stepTaps[col], loads.corners[i]);
     }
 }
 
@@ -73,16 +104,16 @@ DCN_UNROLL
     {
         int32_t row, vector;
         implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, row, vector);
-        *reinterpret_cast<ImplicitPack<T>*>(weightTile + row * kImplicitLdk + vector * kImplicitVector)
-            = loads.weights[i];
+        storePack<T>(weightTile + row * kImplicitLdk + vector * kImplicitVector, loads.weights[i]);
     }
+    ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
         implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
-        *reinterpret_cast<ImplicitPack<T>*>(columnTile + col * kImplicitLdk + vector * kImplicitVector)
-            = implicitBlend<T, float>(taps[step.tapsRow * kImplicitTileN + col], loads.corners[i]);
+        storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
+            implicitBlend<T, float>(stepTaps[col], loads.corners[i]));
     }
 }
 
@@ -139,9 +170,11 @@ DCN_UNROLL
             wmma::fill_fragment(acc[i][j], 0.0f);
 
     int32_t const steps = implicitSteps(geo);
+    ImplicitThreadSources<TileM> const sources = threadSources<TileM>(geo, inputBase, g, m0);
     ImplicitStepLoads<T, TileM> loads;
     ImplicitStep step = implicitStep(geo, g, 0);
-    loadStep<T, TileM>(geo, nhwc, weights, taps, inputBase, g, m0, step, loads);
+    int32_t const firstOffsetGroupChannel = step.offsetGroupChannel;
+    loadStep<T, TileM>(geo, nhwc, weights, taps, sources, step, loads);
     storeStep<T, TileM>(step, taps, loads, buffers, buffers + TileM * kImplicitLdk);
     __syncthreads();
     for (int32_t s = 0; s < steps; ++s)
@@ -151,8 +184,8 @@ DCN_UNROLL
         bool const more = s + 1 < steps;
         if (more) // the next step's gathers are in flight while the tensor cores multiply this one
         {
-            step = implicitStep(geo, g, s + 1);
-            loadStep<T, TileM>(geo, nhwc, weights, taps, inputBase, g, m0, step, loads);
+            step = implicitNextStep(geo, firstOffsetGroupChannel, step);
+            loadStep<T, TileM>(geo, nhwc, weights, taps, sources, step, loads);
         }
 DCN_UNROLL
         for (int kk = 0; kk < kImplicitTileK; kk += 16)
