@@ -16,11 +16,12 @@
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating).
 # DCN_GPU_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE] entries; each times $DCN_GPU_VARIANT_ALGOS (default:
 # gemm; fp16) with those variables set, its table in checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread" or,
-# with DCN_GPU_VARIANT_ALGOS=implicit, "m128:DCN_DEPLOY_IMPLICIT_TILE_M=128".
+# with DCN_GPU_VARIANT_ALGOS=implicit, "m128:DCN_DEPLOY_IMPLICIT_TILE_M=128" or "t256:DCN_DEPLOY_IMPLICIT_THREADS=256".
 #
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
-#   (default: $OUT, else artifacts/gpu; writes at most 8 files there: checks.log, bench.json, bench.md,
-#    bench_implicit.json, bench_output_direct.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md)
+#   (default: $OUT, else artifacts/gpu; writes these files there: checks.log, bench.json, bench.md,
+#    bench_implicit.json, bench_output_direct.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md, and
+#    implicit_sass.csv with DCN_GPU_NCU=implicit; the device tool brings back 8: skip a step to stay within them)
 set -u
 OUT_DIR=${1:-${OUT:-artifacts/gpu}}
 mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) || exit 1  # absolute: the cd below must not move it

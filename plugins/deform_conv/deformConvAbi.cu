@@ -36,7 +36,8 @@ namespace
 //   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'
 //                                 worth);
 //   DCN_DEPLOY_IMPLICIT_TILE_M    auto (default), 64, 128 or 256: the implicit-GEMM kernel's output channels per
-//                                 block.
+//                                 block;
+//   DCN_DEPLOY_IMPLICIT_THREADS   auto (default), 256 or 512: its threads per block (128- and 256-row tiles).
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
 // A bad value is reported by every entry that uses the options (abiGemmOptionsStatus).
 struct AbiGemmOptions
@@ -104,6 +105,10 @@ AbiGemmOptions const& abiGemmSettings()
         int32_t const tileM = choiceFromEnvironment("DCN_DEPLOY_IMPLICIT_TILE_M", {"auto", "64", "128", "256"},
             read.problem);
         parsed.implicitTileM = tileM > 0 ? kTileHeights[tileM] : 0;
+        constexpr int32_t kThreads[] = {0, 256, 512};
+        int32_t const threads = choiceFromEnvironment("DCN_DEPLOY_IMPLICIT_THREADS", {"auto", "256", "512"},
+            read.problem);
+        parsed.implicitThreads = threads > 0 ? kThreads[threads] : 0;
         return read;
     }();
     return settings;

@@ -74,8 +74,8 @@ constexpr int32_t kChunkPixelsMax = INT32_MAX - kTileMaxPixels; // a chunk's pix
 constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
 
 // The GEMM paths' tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
-// DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS and DCN_DEPLOY_IMPLICIT_TILE_M
-// (benchmarks, tests); the host build takes them as arguments.
+// DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M and
+// DCN_DEPLOY_IMPLICIT_THREADS (benchmarks, tests); the host build takes them as arguments.
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
@@ -83,6 +83,7 @@ struct GemmOptions
     int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
     int32_t tileItems = 0; // the tiled sampler's channel vectors per tile (a target); 0: kTileDefaultElements' worth
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
+    int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
 };
 
 inline bool validGemmOutput(int32_t output)

@@ -24,10 +24,26 @@ namespace dcn
 namespace
 {
 
+// f(kernel) with the kernel instance for tileM rows and `threads` threads (implicitThreads).
+template <typename T, typename F>
+void withImplicitKernel(int32_t tileM, int32_t threads, F&& f)
+{
+    switch (tileM * 1000 + threads)
+    {
+    case 256512: f(implicitKernel<T, 256, 512>); break;
+    case 256256: f(implicitKernel<T, 256, 256>); break;
+    case 128512: f(implicitKernel<T, 128, 512>); break;
+    case 128256: f(implicitKernel<T, 128, 256>); break;
+    default: f(implicitKernel<T, 64, 256>);
+    }
+}
+
 // The launch shape for this device, once per forward: tiles of tileM output channels (0: the layer's
-// implicitTileM), halved until their shared memory fits, and that much dynamic shared memory allowed to the kernel.
+// implicitTileM), halved until their shared memory fits, their threads (implicitThreads), and that much dynamic
+// shared memory allowed to the kernel.
 template <typename T>
-Status chooseImplicitTiles(DeformConvGeometry const& geo, int32_t requestedTileM, int32_t& tileM, size_t& shared)
+Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t requestedTileM, int32_t requestedThreads,
+    int32_t& tileM, int32_t& threads, size_t& shared)
 {
     int device = 0;
     int sharedOptin = 0;
@@ -37,44 +53,38 @@ Status chooseImplicitTiles(DeformConvGeometry const& geo, int32_t requestedTileM
     tileM = requestedTileM > 0 ? requestedTileM : implicitTileM(geo);
     while (tileM > 64 && implicitSharedBytes(geo, tileM, sizeof(T)) > size_t(sharedOptin))
         tileM /= 2;
+    threads = implicitThreads(tileM, requestedThreads);
     shared = implicitSharedBytes(geo, tileM, sizeof(T));
     if (shared > size_t(sharedOptin))
         return Status::error(DCN_ERROR_UNSUPPORTED, "the implicit-GEMM kernel needs " + std::to_string(shared)
             + " bytes of shared memory per block for this layer, the device allows " + std::to_string(sharedOptin)
             + "; use algo 3 (GEMM)");
-    auto allow = [&](auto kernel) {
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
-    };
-    switch (tileM)
-    {
-    case 256: allow(implicitKernel<T, 256>); break;
-    case 128: allow(implicitKernel<T, 128>); break;
-    default: allow(implicitKernel<T, 64>);
-    }
+    withImplicitKernel<T>(tileM, threads,
+        [&](auto kernel) { cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)); });
     return launchStatus("the implicit-GEMM kernel (allowing its shared memory)");
 }
 
 template <typename T>
-void launchImplicitTiles(DeformConvGeometry const& geo, int32_t tileM, size_t shared, T const* nhwc, T const* offset,
-    T const* weights, T const* bias, T const* mask, T* output, int32_t n0, int32_t chunkPixels, cudaStream_t stream)
+void launchImplicitTiles(DeformConvGeometry const& geo, int32_t tileM, int32_t threads, size_t shared,
+    T const* nhwc, T const* offset, T const* weights, T const* bias, T const* mask, T* output, int32_t n0,
+    int32_t chunkPixels, cudaStream_t stream)
 {
     dim3 const grid(unsigned((int64_t(chunkPixels) + kImplicitTileN - 1) / kImplicitTileN),
         unsigned((geo.outChannelsPerGroup + tileM - 1) / tileM), unsigned(geo.d.group));
-    switch (tileM)
-    {
-    case 256: implicitKernel<T, 256><<<grid, kImplicitThreads, shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels); break;
-    case 128: implicitKernel<T, 128><<<grid, kImplicitThreads, shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels); break;
-    default: implicitKernel<T, 64><<<grid, kImplicitThreads, shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels);
-    }
+    withImplicitKernel<T>(tileM, threads, [&](auto kernel) {
+        kernel<<<grid, unsigned(threads), shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0,
+            chunkPixels);
+    });
 }
 
 template <typename T>
-Status runImplicit(DeformConvGeometry const& geo, int32_t requestedTileM, T const* input, T const* offset,
-    T const* weight, T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream)
+Status runImplicit(DeformConvGeometry const& geo, int32_t requestedTileM, int32_t requestedThreads, T const* input,
+    T const* offset, T const* weight, T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream)
 {
     int32_t tileM = 0;
+    int32_t threads = 0;
     size_t shared = 0;
-    Status status = chooseImplicitTiles<T>(geo, requestedTileM, tileM, shared);
+    Status status = chooseImplicitLaunch<T>(geo, requestedTileM, requestedThreads, tileM, threads, shared);
     if (!status.ok())
         return status;
     ImplicitPlan const plan = planImplicit(geo, sizeof(T));
@@ -88,8 +98,8 @@ Status runImplicit(DeformConvGeometry const& geo, int32_t requestedTileM, T cons
         status = launchChannelsLast<T>(geo, input, nhwc, n0, images, stream);
         if (!status.ok())
             break;
-        launchImplicitTiles<T>(geo, tileM, shared, nhwc, offset, weights, bias, mask, output, n0, images * plane,
-            stream);
+        launchImplicitTiles<T>(geo, tileM, threads, shared, nhwc, offset, weights, bias, mask, output, n0,
+            images * plane, stream);
         status = launchStatus("the implicit-GEMM kernel");
     }
     return status;
@@ -102,21 +112,22 @@ size_t implicitWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)
     return planImplicit(geo, dtypeBytes(dtype)).totalBytes;
 }
 
-Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t tileM, void const* input,
+Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t tileM, int32_t threads,
+    void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
     cudaStream_t stream)
 {
     switch (dtype)
     {
     case DCN_FLOAT16:
-        return runImplicit<__half>(geo, tileM, static_cast<__half const*>(input), static_cast<__half const*>(offset),
+        return runImplicit<__half>(geo, tileM, threads, static_cast<__half const*>(input), static_cast<__half const*>(offset),
             static_cast<__half const*>(weight), static_cast<__half const*>(bias), static_cast<__half const*>(mask),
             static_cast<__half*>(output), workspace, stream);
     case DCN_BFLOAT16:
         if (currentComputeCapability() < 80)
             return Status::error(DCN_ERROR_UNSUPPORTED,
                 "the implicit-GEMM kernel runs bfloat16 on sm_80 and newer (bfloat16 tensor cores); use algo 3 (GEMM)");
-        return runImplicit<__nv_bfloat16>(geo, tileM, static_cast<__nv_bfloat16 const*>(input),
+        return runImplicit<__nv_bfloat16>(geo, tileM, threads, static_cast<__nv_bfloat16 const*>(input),
             static_cast<__nv_bfloat16 const*>(offset), static_cast<__nv_bfloat16 const*>(weight),
             static_cast<__nv_bfloat16 const*>(bias), static_cast<__nv_bfloat16 const*>(mask),
             static_cast<__nv_bfloat16*>(output), workspace, stream);

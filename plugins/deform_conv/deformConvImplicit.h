@@ -42,7 +42,6 @@ namespace dcn
 constexpr int32_t kImplicitTileN = 128;   // output pixels per block
 constexpr int32_t kImplicitTileK = 32;    // reduction elements per step: 32 channels of one kernel point
 constexpr int32_t kImplicitVector = 8;    // channels per gather (16 bytes of a half type)
-constexpr int32_t kImplicitThreads = 256; // 8 warps
 constexpr int32_t kImplicitLdk = kImplicitTileK + 8; // a tile row, padded: 80 bytes, so ldmatrix rows miss banks
 constexpr int32_t kImplicitLdc = kImplicitTileN + 8; // a float row of the output staging (+8: no bank conflicts)
 constexpr int32_t kImplicitStageRows = 64;           // output rows staged per pass (one warp row)
@@ -136,6 +135,16 @@ inline std::string implicitKernelRefusal(DeformConvGeometry const& geo, int32_t 
 inline int32_t implicitTileM(DeformConvGeometry const& geo)
 {
     return geo.outChannelsPerGroup <= 64 ? 64 : geo.outChannelsPerGroup <= 128 ? 128 : 256;
+}
+
+// Threads per block for tileM-row tiles: 256 (8 warps), or 512 for 128- and 256-row tiles, which gives the gathers'
+// latency twice the warps to hide behind (each thread then holds half the accumulators and gathers). requested: 0
+// for this rule, else 256 or 512 (DCN_DEPLOY_IMPLICIT_THREADS); 64-row tiles always take 256.
+inline int32_t implicitThreads(int32_t tileM, int32_t requested)
+{
+    if (tileM == 64)
+        return 256;
+    return requested > 0 ? requested : tileM == 256 ? 512 : 256;
 }
 
 // Dynamic shared memory of a block with tileM rows: the pixel tables, then either the taps and two buffers of

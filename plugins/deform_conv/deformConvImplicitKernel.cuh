@@ -22,111 +22,149 @@ namespace dcn
 namespace
 {
 
-// The warps of a block: kWarpsM x kWarpsN, each owning 64 output channels x (kImplicitTileN / kWarpsN) pixels as
-// 4 x kFragCols WMMA 16x16 accumulators.
-template <int TileM>
+// The warps of a block of Threads threads: kWarpsM x kWarpsN, each owning 64 output channels x
+// (kImplicitTileN / kWarpsN) pixels as 4 x kFragCols WMMA 16x16 accumulators.
+template <int TileM, int Threads>
 struct ImplicitWarps
 {
     static constexpr int kWarpsM = TileM / 64;
-    static constexpr int kWarpsN = (kImplicitThreads / 32) / kWarpsM;
+    static constexpr int kWarpsN = (Threads / 32) / kWarpsM;
     static constexpr int kFragCols = kImplicitTileN / kWarpsN / 16;
-    static constexpr int kWeightVectors = TileM * kImplicitTileK / kImplicitVector / kImplicitThreads;      // per thread
-    static constexpr int kColumnVectors = kImplicitTileN * kImplicitTileK / kImplicitVector / kImplicitThreads; // per thread
-    static_assert(kWarpsM * kWarpsN * 32 == kImplicitThreads && kFragCols >= 1, "tile shape");
+    static constexpr int kWeightVectors = TileM * kImplicitTileK / kImplicitVector / Threads;         // per thread
+    static constexpr int kColumnVectors = kImplicitTileN * kImplicitTileK / kImplicitVector / Threads; // per thread
+    static_assert(kWarpsM * kWarpsN * 32 == Threads && kFragCols >= 1 && kWeightVectors >= 1 && kColumnVectors >= 1,
+        "tile shape");
 };
 
-// One step's loads, held in registers (as words) while the tensor cores work on the previous step.
-template <typename T, int TileM>
+// A weights-tile vector copied from the weights straight into shared memory: on sm_80 and newer without passing
+// through registers (cp.async, waited for by implicitCopiesWait before the step's barrier); a load and a store
+// elsewhere, and in the CPU emulation.
+template <typename T>
+__device__ __forceinline__ void implicitCopyPack(T* sharedTarget, T const* source)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    static_assert(sizeof(ImplicitPack<T>) == 16, "cp.async copies 16 bytes");
+    unsigned const target = unsigned(__cvta_generic_to_shared(sharedTarget));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(source) : "memory");
+#else
+    storePack<T>(sharedTarget, loadPack<T>(source));
+#endif
+}
+
+__device__ __forceinline__ void implicitCopiesWait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// One step's gathers, held in registers (as words) while the tensor cores work on the previous step.
+template <typename T, int TileM, int Threads>
 struct ImplicitStepLoads
 {
-    using W = ImplicitWarps<TileM>;
-    ImplicitPack<T> weights[W::kWeightVectors];
+    using W = ImplicitWarps<TileM, Threads>;
     ImplicitPack<T> corners[W::kColumnVectors][4];
 };
 
 // What a thread's vectors read, fixed for the block: each weights-tile vector's offset in the weights and each
 // column-tile vector's in the chunk's input, both less the step's part.
-template <int TileM>
+template <int TileM, int Threads>
 struct ImplicitThreadSources
 {
-    using W = ImplicitWarps<TileM>;
+    using W = ImplicitWarps<TileM, Threads>;
     int32_t weights[W::kWeightVectors];
     int32_t columns[W::kColumnVectors];
 };
 
-template <int TileM>
-__device__ __forceinline__ ImplicitThreadSources<TileM> threadSources(DeformConvGeometry const& geo,
+template <int TileM, int Threads>
+__device__ __forceinline__ ImplicitThreadSources<TileM, Threads> threadSources(DeformConvGeometry const& geo,
     int64_t const* inputBase, int32_t g, int32_t m0)
 {
-    using W = ImplicitWarps<TileM>;
-    ImplicitThreadSources<TileM> sources;
+    using W = ImplicitWarps<TileM, Threads>;
+    ImplicitThreadSources<TileM, Threads> sources;
 DCN_UNROLL
     for (int i = 0; i < W::kWeightVectors; ++i)
-        sources.weights[i] = implicitWeightSource(geo, g, m0, int32_t(threadIdx.x) + i * kImplicitThreads);
+        sources.weights[i] = implicitWeightSource(geo, g, m0, int32_t(threadIdx.x) + i * Threads);
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
-        implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
+        implicitTileVector(int32_t(threadIdx.x) + i * Threads, col, vector);
         sources.columns[i] = implicitColumnSource(geo, inputBase[col], g, vector);
     }
     return sources;
 }
 
-template <typename T, int TileM>
-__device__ __forceinline__ void loadStep(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
-    T const* __restrict__ weights, ImplicitTaps<float> const* taps, ImplicitThreadSources<TileM> const& sources,
-    ImplicitStep const& step, ImplicitStepLoads<T, TileM>& loads)
+// Step `step`'s weights tile, copied into weightTile (in flight until implicitCopiesWait).
+template <typename T, int TileM, int Threads>
+__device__ __forceinline__ void copyStepWeights(DeformConvGeometry const& geo, T const* __restrict__ weights,
+    ImplicitThreadSources<TileM, Threads> const& sources, ImplicitStep const& step, T* weightTile)
 {
-    using W = ImplicitWarps<TileM>;
+    using W = ImplicitWarps<TileM, Threads>;
     T const* stepWeights = weights + implicitStepWeights(geo, step);
 DCN_UNROLL
     for (int i = 0; i < W::kWeightVectors; ++i)
-        loads.weights[i] = loadPack<T>(stepWeights + sources.weights[i]);
+    {
+        int32_t row, vector;
+        implicitTileVector(int32_t(threadIdx.x) + i * Threads, row, vector);
+        implicitCopyPack<T>(weightTile + row * kImplicitLdk + vector * kImplicitVector, stepWeights + sources.weights[i]);
+    }
+}
+
+// Step `step`'s gathers into registers.
+template <typename T, int TileM, int Threads>
+__device__ __forceinline__ void gatherStep(T const* __restrict__ nhwc, ImplicitTaps<float> const* taps,
+    ImplicitThreadSources<TileM, Threads> const& sources, ImplicitStep const& step,
+    ImplicitStepLoads<T, TileM, Threads>& loads)
+{
+    using W = ImplicitWarps<TileM, Threads>;
     T const* stepInput = nhwc + step.channel;
     ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
-        implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
+        implicitTileVector(int32_t(threadIdx.x) + i * Threads, col, vector);
         implicitGather<T, float>(stepInput + sources.columns[i], stepTaps[col], loads.corners[i]);
     }
 }
 
-template <typename T, int TileM>
-__device__ __forceinline__ void storeStep(ImplicitStep const& step, ImplicitTaps<float> const* taps,
-    ImplicitStepLoads<T, TileM> const& loads, T* weightTile, T* columnTile)
+// The gathered vectors of step `step`, blended into columnTile.
+template <typename T, int TileM, int Threads>
+__device__ __forceinline__ void storeStepColumns(ImplicitStep const& step, ImplicitTaps<float> const* taps,
+    ImplicitStepLoads<T, TileM, Threads> const& loads, T* columnTile)
 {
-    using W = ImplicitWarps<TileM>;
-DCN_UNROLL
-    for (int i = 0; i < W::kWeightVectors; ++i)
-    {
-        int32_t row, vector;
-        implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, row, vector);
-        storePack<T>(weightTile + row * kImplicitLdk + vector * kImplicitVector, loads.weights[i]);
-    }
+    using W = ImplicitWarps<TileM, Threads>;
     ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
-        implicitTileVector(int32_t(threadIdx.x) + i * kImplicitThreads, col, vector);
+        implicitTileVector(int32_t(threadIdx.x) + i * Threads, col, vector);
         storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
             implicitBlend<T, float>(stepTaps[col], loads.corners[i]));
     }
 }
 
-// Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group). Dynamic shared memory
-// (implicitSharedBytes): inputBase[kImplicitTileN], outputBase[kImplicitTileN], then the taps table and two
-// buffers of (weights tile [TileM][ldk], column tile [kImplicitTileN][ldk]); after the last step, the output
-// staging instead of the taps and buffers. 64-row tiles fit two blocks per SM in 128 registers (fp16 without
-// spills, ptxas for sm_90); the taller ones take one block of 8 warps (179 and 248 registers in fp16).
-template <typename T, int TileM>
-__global__ void __launch_bounds__(kImplicitThreads, TileM == 64 ? 2 : 1) implicitKernel(DeformConvGeometry const geo,
-    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weights,
-    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0,
-    int32_t const chunkPixels)
+// Blocks per SM the launch bounds ask registers for: two for 64-row tiles (fp16 without spills, ptxas for sm_90),
+// else one.
+template <int TileM, int Threads>
+constexpr int implicitMinBlocks()
+{
+    return TileM == 64 ? 2 : 1;
+}
+
+// Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group) of Threads threads
+// (implicitThreads). Dynamic shared memory (implicitSharedBytes): inputBase[kImplicitTileN],
+// outputBase[kImplicitTileN], then the taps table and two buffers of (weights tile [TileM][ldk], column tile
+// [kImplicitTileN][ldk]); after the last step, the output staging instead of the taps and buffers. Each step's
+// weights tile is copied without registers (cp.async) and its column tile gathered into registers while the tensor
+// cores multiply the previous step's; one barrier a step.
+template <typename T, int TileM, int Threads>
+__global__ void __launch_bounds__(Threads, (implicitMinBlocks<TileM, Threads>())) implicitKernel(
+    DeformConvGeometry const geo, T const* __restrict__ nhwc, T const* __restrict__ offset,
+    T const* __restrict__ weights, T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output,
+    int32_t const n0, int32_t const chunkPixels)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
@@ -135,7 +173,7 @@ __global__ void __launch_bounds__(kImplicitThreads, TileM == 64 ? 2 : 1) implici
 #endif
     {
     using namespace nvcuda;
-    using W = ImplicitWarps<TileM>;
+    using W = ImplicitWarps<TileM, Threads>;
     unsigned char* shared = dynamicShared();
     int64_t* inputBase = reinterpret_cast<int64_t*>(shared);
     int64_t* outputBase = inputBase + kImplicitTileN;
@@ -149,13 +187,13 @@ __global__ void __launch_bounds__(kImplicitThreads, TileM == 64 ? 2 : 1) implici
     int32_t const first = int32_t(blockIdx.x) * kImplicitTileN;
     int32_t const tid = int32_t(threadIdx.x);
 
-    for (int32_t col = tid; col < kImplicitTileN; col += kImplicitThreads)
+    for (int32_t col = tid; col < kImplicitTileN; col += Threads)
     {
         inputBase[col] = tileRowImage(geo, first + col, geo.outH * geo.outW, chunkPixels);
         outputBase[col] = implicitOutputBase(geo, n0, chunkPixels, first, col);
     }
     int32_t const entries = implicitTapsRows(geo) * kImplicitTileN;
-    for (int32_t e = tid; e < entries; e += kImplicitThreads)
+    for (int32_t e = tid; e < entries; e += Threads)
         taps[e] = implicitTapEntry<float>(geo, offset, mask, n0, chunkPixels, first, g, e);
     __syncthreads();
 
@@ -170,22 +208,26 @@ DCN_UNROLL
             wmma::fill_fragment(acc[i][j], 0.0f);
 
     int32_t const steps = implicitSteps(geo);
-    ImplicitThreadSources<TileM> const sources = threadSources<TileM>(geo, inputBase, g, m0);
-    ImplicitStepLoads<T, TileM> loads;
+    ImplicitThreadSources<TileM, Threads> const sources = threadSources<TileM, Threads>(geo, inputBase, g, m0);
+    ImplicitStepLoads<T, TileM, Threads> loads;
     ImplicitStep step = implicitStep(geo, g, 0);
     int32_t const firstOffsetGroupChannel = step.offsetGroupChannel;
-    loadStep<T, TileM>(geo, nhwc, weights, taps, sources, step, loads);
-    storeStep<T, TileM>(step, taps, loads, buffers, buffers + TileM * kImplicitLdk);
+    copyStepWeights<T, TileM, Threads>(geo, weights, sources, step, buffers);
+    gatherStep<T, TileM, Threads>(nhwc, taps, sources, step, loads);
+    storeStepColumns<T, TileM, Threads>(step, taps, loads, buffers + TileM * kImplicitLdk);
+    implicitCopiesWait();
     __syncthreads();
     for (int32_t s = 0; s < steps; ++s)
     {
         T const* weightTile = buffers + (s & 1) * kBufferElements;
         T const* columnTile = weightTile + TileM * kImplicitLdk;
+        T* nextWeights = buffers + ((s + 1) & 1) * kBufferElements; // last read before the previous barrier
         bool const more = s + 1 < steps;
-        if (more) // the next step's gathers are in flight while the tensor cores multiply this one
+        if (more) // the next step's copies and gathers are in flight while the tensor cores multiply this one
         {
             step = implicitNextStep(geo, firstOffsetGroupChannel, step);
-            loadStep<T, TileM>(geo, nhwc, weights, taps, sources, step, loads);
+            copyStepWeights<T, TileM, Threads>(geo, weights, sources, step, nextWeights);
+            gatherStep<T, TileM, Threads>(nhwc, taps, sources, step, loads);
         }
 DCN_UNROLL
         for (int kk = 0; kk < kImplicitTileK; kk += 16)
@@ -207,8 +249,8 @@ DCN_UNROLL
         }
         if (more)
         {
-            T* nextWeights = buffers + ((s + 1) & 1) * kBufferElements;
-            storeStep<T, TileM>(step, taps, loads, nextWeights, nextWeights + TileM * kImplicitLdk);
+            storeStepColumns<T, TileM, Threads>(step, taps, loads, nextWeights + TileM * kImplicitLdk);
+            implicitCopiesWait();
         }
         __syncthreads(); // one barrier a step: the buffer written here was last read before the previous barrier
     }
@@ -226,7 +268,7 @@ DCN_UNROLL
                     wmma::store_matrix_sync(staging + i * 16 * kImplicitLdc + (warpN * W::kFragCols + j) * 16,
                         acc[i][j], kImplicitLdc, wmma::mem_row_major);
         __syncthreads();
-        for (int32_t e = tid; e < kImplicitStageRows * kImplicitTileN; e += kImplicitThreads)
+        for (int32_t e = tid; e < kImplicitStageRows * kImplicitTileN; e += Threads)
         {
             int32_t const row = e / kImplicitTileN;
             int32_t const col = e - row * kImplicitTileN;

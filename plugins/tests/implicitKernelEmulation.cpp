@@ -78,18 +78,25 @@ Tensors<T> makeTensors(Layer const& layer, DeformConvGeometry const& geo, unsign
     return t;
 }
 
-template <typename T, int TileM>
+// A block's launch shape: output channels per block and threads per block (as implicitThreads allows).
+struct LaunchShape
+{
+    int32_t tileM, threads;
+};
+
+template <typename T, int TileM, int Threads>
 void kernelBlock(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weights, T const* bias,
     T const* mask, T* output, int32_t n0, int32_t chunkPixels)
 {
-    implicitKernel<T, TileM>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels);
+    implicitKernel<T, TileM, Threads>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels);
 }
 
 // The forward as deformConvImplicit.cu launches it (same plan, chunks and grid), every block emulated. "" or the
 // first failure.
 template <typename T>
-std::string emulate(DeformConvGeometry const& geo, int32_t tileM, Tensors<T> const& t, std::vector<T>& output)
+std::string emulate(DeformConvGeometry const& geo, LaunchShape launch, Tensors<T> const& t, std::vector<T>& output)
 {
+    int32_t const tileM = launch.tileM;
     dcn_deform_conv_desc const& d = geo.d;
     ImplicitPlan const plan = planImplicit(geo, sizeof(T));
     ImplicitHostWorkspace<T> workspace(geo, plan, t.weight.data());
@@ -109,13 +116,15 @@ std::string emulate(DeformConvGeometry const& geo, int32_t tileM, Tensors<T> con
         dim3 const grid{unsigned((chunkPixels + kImplicitTileN - 1) / kImplicitTileN),
             unsigned((geo.outChannelsPerGroup + tileM - 1) / tileM), unsigned(d.group)};
         gridDim = grid;
-        blockDim = dim3{unsigned(kImplicitThreads), 1, 1};
+        blockDim = dim3{unsigned(launch.threads), 1, 1};
         auto body = [&] {
-            switch (tileM)
+            switch (tileM * 1000 + launch.threads)
             {
-            case 256: kernelBlock<T, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
-            case 128: kernelBlock<T, 128>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
-            default: kernelBlock<T, 64>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
+            case 256512: kernelBlock<T, 256, 512>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
+            case 256256: kernelBlock<T, 256, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
+            case 128512: kernelBlock<T, 128, 512>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
+            case 128256: kernelBlock<T, 128, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
+            default: kernelBlock<T, 64, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
             }
         };
         for (unsigned z = 0; z < grid.z; ++z)
@@ -135,7 +144,7 @@ std::string emulate(DeformConvGeometry const& geo, int32_t tileM, Tensors<T> con
 }
 
 template <typename T>
-void runLayer(Layer const& layer, char const* typeName, double tolerance, std::vector<int32_t> const& tileHeights)
+void runLayer(Layer const& layer, char const* typeName, double tolerance, std::vector<LaunchShape> const& launches)
 {
     DeformConvGeometry geo;
     Status const status = makeGeometry(layer.desc, geo);
@@ -164,11 +173,12 @@ void runLayer(Layer const& layer, char const* typeName, double tolerance, std::v
     double peak = 0;
     for (double v : expected)
         peak = std::max(peak, std::fabs(v));
-    for (int32_t tileM : tileHeights)
+    for (LaunchShape const launch : launches)
     {
         std::vector<T> output(count, ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(NAN)));
-        std::string const what = std::string(layer.name) + ", " + typeName + ", " + std::to_string(tileM) + "-row tiles";
-        std::string const failure = emulate<T>(geo, tileM, t, output);
+        std::string const what = std::string(layer.name) + ", " + typeName + ", " + std::to_string(launch.tileM)
+            + "-row tiles, " + std::to_string(launch.threads) + " threads";
+        std::string const failure = emulate<T>(geo, launch, t, output);
         if (!failure.empty())
         {
             check(false, what + ": " + failure);
@@ -213,15 +223,20 @@ int main()
     std::vector<Layer> const all = layers();
     for (Layer const& layer : all)
     {
-        // every tile height on the small layers (each instantiation), the layer's own and 64 on the wide one
-        std::vector<int32_t> heights{0};
+        // every launch shape on the small layers (each instantiation), the layer's own and 64 rows on the wide one
+        std::vector<LaunchShape> launches{{64, 256}};
         bool const small = layer.desc.out_channels <= 70;
         DeformConvGeometry geo;
         if (makeGeometry(layer.desc, geo).ok())
-            heights = small ? std::vector<int32_t>{64, 128, 256} : std::vector<int32_t>{implicitTileM(geo), 64};
-        runLayer<HostHalf>(layer, "float16", 5e-3, heights);
-        runLayer<HostBFloat16>(layer, "bfloat16", 4e-2, {heights.front()});
-        runLayer<float>(layer, "float32", 1e-5, {heights.front()}); // not a GPU type: the indexing to float precision
+        {
+            int32_t const own = implicitTileM(geo);
+            launches = small
+                ? std::vector<LaunchShape>{{64, 256}, {128, 256}, {128, 512}, {256, 256}, {256, 512}}
+                : std::vector<LaunchShape>{{own, implicitThreads(own, 0)}, {64, 256}};
+        }
+        runLayer<HostHalf>(layer, "float16", 5e-3, launches);
+        runLayer<HostBFloat16>(layer, "bfloat16", 4e-2, {launches.front()});
+        runLayer<float>(layer, "float32", 1e-5, {launches.front()}); // not a GPU type: the indexing to float precision
     }
     std::printf("%d failure(s)\n", emulation::failures);
     return emulation::failures;
