@@ -151,10 +151,8 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             if (status.ok() && bias)
             {
                 int64_t const rows = int64_t(images) * d.out_channels;
-                dim3 const grid(unsigned(std::min<int64_t>((pixels + kGridStrideThreads - 1) / kGridStrideThreads, 64)),
-                    unsigned(std::min<int64_t>(rows, 65535)));
-                fillBiasKernel<T><<<grid, kGridStrideThreads, 0, stream>>>(output, bias, d.out_channels, plane, n0,
-                    rows, p0, pixels);
+                fillBiasKernel<T><<<unsigned(std::min<int64_t>(rows, INT32_MAX)), kGridStrideThreads, 0, stream>>>(
+                    output, bias, d.out_channels, plane, n0, rows, p0, pixels);
                 status = launchStatus("the bias kernel");
             }
             for (int32_t g = 0; status.ok() && g < d.group; ++g)

@@ -148,9 +148,9 @@ void checkOutputs(DeformConvGeometry const& geo, std::string const& name, std::m
             for (int32_t p = 0; p < pixels; ++p)
                 expected[(size_t(n0 + img) * d.out_channels + o) * plane + p0 + p] = bias[size_t(o)];
     int64_t const rows = int64_t(images) * d.out_channels;
-    std::string failure = emulation::runGrid(dim3{1, 3, 1}, dim3{unsigned(kGridStrideThreads), 1, 1},
+    std::string failure = emulation::runGrid(dim3{3, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1},
         [&] { fillBiasKernel<T>(got.data(), bias.data(), d.out_channels, plane, n0, rows, p0, pixels); });
-    check(failure.empty() && sameBits(got, expected), name + ": bias fill (1 x 3 blocks) " + failure);
+    check(failure.empty() && sameBits(got, expected), name + ": bias fill (3 blocks looping over rows) " + failure);
 
     std::vector<Acc> const staging = randomValues<Acc>(rng, size_t(images) * pixels * d.out_channels);
     for (T const* withBias : {bias.data(), static_cast<T const*>(nullptr)})
