@@ -188,8 +188,8 @@ def test_implicit_kernel_refuses_what_it_cannot_run(kernels):
 
 # The C ABI's GEMM options (read once per process) under which the dense-layer tests of this file run again, each
 # in a child process: a 1 MiB column budget (chunks of whole images and slices of one image's pixels, through the
-# staging scratch too), and each output way forced for every shape (by default: staged only where NCHW rows are
-# unaligned).
+# staging scratch too), and each output way forced for every shape (by default: direct for one group where NCHW
+# rows are whole 16-byte vectors, else staged).
 _CHILD_ENVS = {
     "chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
                "DCN_DEPLOY_GEMM_TILE_ITEMS": "1"},
@@ -246,7 +246,7 @@ def test_gemm_path_in_chunks_and_pixel_slices(dense_children):
 
 @pytest.mark.parametrize("output", ["direct", "staged"])
 def test_gemm_path_each_output_way(dense_children, output):
-    """Where the product writes, forced for every shape (by default: staged)."""
+    """Where the product writes, forced for every shape (by default: direct for one group and 16-byte rows)."""
     _check_dense_child(dense_children, output)
 
 

@@ -37,13 +37,14 @@ inline size_t alignUp256(size_t bytes)
 
 // Where the product writes. Straight into the NCHW output (direct), its rows start every oH*oW elements, so for
 // sizes such as 25x42 or 100x167 the rows are not 16-byte aligned and cuBLAS cannot use its aligned kernels, and the
-// bias must be written first (a pass over the output) for the product to add to. Staged, the product goes to a
-// pixel-major scratch in the accumulation type, staging[image][pixel][oC] (rows of oC), and one more pass
-// transposes it into NCHW with the bias added. Staged was faster on every layer measured, aligned or not
-// (benchmarks/RESULTS.md, H200, 2026-11-26), so it is the default; direct stays for comparison.
+// bias must be written first (a pass over the output) for the product to add to; and it is one product per group.
+// Staged, the product goes to a pixel-major scratch in the accumulation type, staging[image][pixel][oC] (rows of
+// oC), and one more pass transposes it into NCHW with the bias added. With the vector bias fill, direct was 4-12%
+// faster than staged in fp16 where the rows are aligned, and up to 2.3x slower where not (benchmarks/RESULTS.md,
+// H100, 2026-11-26): auto takes direct where directOutputByDefault says.
 enum GemmOutput : int32_t
 {
-    kGemmOutputAuto = 0,   // staged
+    kGemmOutputAuto = 0,   // directOutputByDefault: direct or staged
     kGemmOutputDirect = 1, // into NCHW: the bias written first, the product added (beta = 1)
     kGemmOutputStaged = 2, // through the scratch, rounded to the output type once, with the bias
 };
@@ -194,6 +195,14 @@ inline size_t relaidWeightsBytes(DeformConvGeometry const& geo, size_t elementBy
         * elementBytes);
 }
 
+// Whether auto writes the product straight into NCHW: one group (direct runs a product per group) and output rows
+// of whole 16-byte vectors (so that with a 256-byte aligned output, cuBLAS's aligned kernels write every row; a
+// chunk that slices an image starts at a multiple of 256 pixels).
+inline bool directOutputByDefault(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return geo.d.group == 1 && int64_t(geo.outH) * geo.outW * int64_t(elementBytes) % 16 == 0;
+}
+
 inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options)
 {
     size_t const columnBudget = options.columnBudget;
@@ -221,10 +230,10 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.columnsBytes = alignUp256(columnsRoom);
     plan.nhwcBytes = channelsLastRoomBytes(geo, elementBytes, columnBudget);
     plan.weightsBytes = relaidWeightsBytes(geo, elementBytes);
-    plan.staged = options.output != kGemmOutputDirect;
+    plan.staged = options.output == kGemmOutputStaged
+        || (options.output == kGemmOutputAuto && !directOutputByDefault(geo, elementBytes));
     planTile(geo, elementBytes, options, plan);
-    // Reserved whether or not the output is staged (direct is a C ABI option for benchmarks; one workspace size for
-    // both). A chunk has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room.
+    // Reserved whether or not the output is staged (one workspace size for both ways, which the C ABI can force). A chunk has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room.
     plan.stagingBytes = alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels)
         * accumulatorBytes(elementBytes));
     plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + plan.stagingBytes
