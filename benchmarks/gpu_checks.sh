@@ -6,7 +6,8 @@
 #   3. the benchmark against torchvision and cuDNN, with the GEMM path's kernel breakdown, then the experimental
 #      implicit-GEMM kernel beside the GEMM path (fp16),
 #   4. compute-sanitizer memcheck over small cases of every kernel,
-#   5. the GEMM path's product output forced direct (staged is the default), and a 16 MiB column budget,
+#   5. the GEMM path's product output forced staged (auto writes NCHW directly where the rows allow), and a
+#      16 MiB column budget,
 #   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark,
 #   7. optional: variants of the GEMM path's settings (DCN_GPU_VARIANTS) and an Nsight Compute profile of the
 #      transpose, sampling and output kernels at res4, batch 8, fp16 (DCN_GPU_NCU="tiled thread": the samplers to
@@ -20,7 +21,7 @@
 #
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
 #   (default: $OUT, else artifacts/gpu; writes these files there: checks.log, bench.json, bench.md,
-#    bench_implicit.json, bench_output_direct.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md, and
+#    bench_implicit.json, bench_output_staged.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md, and
 #    implicit_sass.csv with DCN_GPU_NCU=implicit; the device tool brings back 8: skip a step to stay within them)
 set -u
 OUT_DIR=${1:-${OUT:-artifacts/gpu}}
@@ -30,7 +31,7 @@ LOG="$OUT_DIR/checks.log"
 : >"$LOG"
 # A fresh set of results: the benchmark appends its tables to bench*.md, and a JSON left from an earlier run would be
 # taken for this run's rows.
-rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_implicit.json "$OUT_DIR"/bench_output_direct.json \
+rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_implicit.json "$OUT_DIR"/bench_output_staged.json \
     "$OUT_DIR"/bench_chunk_16.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md "$OUT_DIR"/implicit_sass.csv
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
@@ -118,9 +119,10 @@ bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes
 # (torch's caching allocator off: an overrun inside one of its blocks would not be reported)
 step memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
     python3 tests/sanitizer_cases.py
-# 5. The GEMM path's product straight into NCHW (the default goes through the staging scratch), then a 16 MiB
-# column budget (default 64), which keeps a chunk's columns in L2 between the sampling kernel and the product.
-DCN_DEPLOY_GEMM_OUTPUT=direct bench bench-output-direct 90 bench_output_direct.json "" -- --algos gemm \
+# 5. The GEMM path's product through the staging scratch everywhere (auto writes straight into NCHW for one group
+# where the rows are whole 16-byte vectors: directOutputByDefault), then a 16 MiB column budget (default 64), which
+# keeps a chunk's columns in L2 between the sampling kernel and the product.
+DCN_DEPLOY_GEMM_OUTPUT=staged bench bench-output-staged 90 bench_output_staged.json "" -- --algos gemm \
     --iters 20 --warmup 3 --breakdown
 DCN_DEPLOY_GEMM_CHUNK_MB=16 bench bench-chunk-16MB 90 bench_chunk_16.json "" -- --algos gemm --dtypes float16 \
     --iters 20 --warmup 3

@@ -7,7 +7,7 @@
 //   columns[image][pixel][g][kp][c % (C/g)]   the sampled columns (mask folded in), K contiguous per pixel;
 //   weights[o][kp][c % (C/g)]                 the weights with the kernel point outer, matching the columns;
 //   out(pixels x oC/g) = columns_g (pixels x K/g) * weights_g^T, one product per group, through a pixel-major
-//                                             scratch (staged, the default) or straight into NCHW (see GemmOutput).
+//                                             scratch (staged) or straight into NCHW (direct; GemmOutput says which).
 // The sampling works on channel vectors: `vector` consecutive channels of one (image, pixel, kernel point), taken
 // by consecutive threads in column order, so loads and stores are contiguous across a warp (GemmSampler: tiled,
 // with each tile's taps computed once, or one thread per vector computing its own).

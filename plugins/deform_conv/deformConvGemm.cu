@@ -3,12 +3,12 @@
 // Layout and per-thread work are in deformConvColumns.h (shared with the host build that CI checks). Per chunk of
 // the batch: the chunk's input is transposed to channels-last (64x64 tiles), the tiled sampler writes the columns
 // (each tile's taps computed once into shared memory; 16-byte channel vectors, coalesced across a warp), then the
-// cuBLAS product (float32 accumulation for every type but float64). Staged (the default, GemmOutput): one
-// strided-batched call over the groups into a pixel-major float scratch, then a tiled transpose writes NCHW with the
-// bias. Direct: the bias is written into the output and one call per group adds columns x weights into NCHW. The
-// weights are re-laid out once per launch.
+// cuBLAS product (float32 accumulation for every type but float64). Staged: one strided-batched call over the
+// groups into a pixel-major float scratch, then a tiled transpose writes NCHW with the bias. Direct (auto's choice
+// for one group where the output rows are whole 16-byte vectors, GemmOutput): the bias is written into the output
+// and one call per group adds columns x weights into NCHW. The weights are re-laid out once per launch.
 //
-// Measured on an H200 (benchmarks/RESULTS.md, 2026-11-26): 0.70x to 1.36x torchvision's speed in fp16;
+// Measured on an H200 and an H100 (benchmarks/RESULTS.md, 2026-11-26): 0.70x to 1.36x torchvision's speed in fp16;
 // benchmarks/gpu_notes.md says where the time goes and what is next.
 #include "cublasLoader.h"
 #include "dcnCudaDtype.cuh"

@@ -24,17 +24,19 @@ namespace dcn
 namespace
 {
 
-// f(kernel) with the kernel instance for tileM rows and `threads` threads (implicitThreads).
+// f(kernel) with the kernel instance for tileM rows and `threads` threads (implicitThreads); false where there is
+// none.
 template <typename T, typename F>
-void withImplicitKernel(int32_t tileM, int32_t threads, F&& f)
+bool withImplicitKernel(int32_t tileM, int32_t threads, F&& f)
 {
     switch (tileM * 1000 + threads)
     {
-    case 256512: f(implicitKernel<T, 256, 512>); break;
-    case 256256: f(implicitKernel<T, 256, 256>); break;
-    case 128512: f(implicitKernel<T, 128, 512>); break;
-    case 128256: f(implicitKernel<T, 128, 256>); break;
-    default: f(implicitKernel<T, 64, 256>);
+    case 256512: f(implicitKernel<T, 256, 512>); return true;
+    case 256256: f(implicitKernel<T, 256, 256>); return true;
+    case 128512: f(implicitKernel<T, 128, 512>); return true;
+    case 128256: f(implicitKernel<T, 128, 256>); return true;
+    case 64256: f(implicitKernel<T, 64, 256>); return true;
+    default: return false;
     }
 }
 
@@ -42,8 +44,8 @@ void withImplicitKernel(int32_t tileM, int32_t threads, F&& f)
 // implicitTileM), halved until their shared memory fits, their threads (implicitThreads), and that much dynamic
 // shared memory allowed to the kernel.
 template <typename T>
-Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t requestedTileM, int32_t requestedThreads,
-    int32_t& tileM, int32_t& threads, size_t& shared)
+Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_t requestedTileM,
+    int32_t requestedThreads, int32_t& tileM, int32_t& threads, size_t& shared)
 {
     int device = 0;
     int sharedOptin = 0;
@@ -53,14 +55,17 @@ Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t requestedTile
     tileM = requestedTileM > 0 ? requestedTileM : implicitTileM(geo);
     while (tileM > 64 && implicitSharedBytes(geo, tileM, sizeof(T)) > size_t(sharedOptin))
         tileM /= 2;
-    threads = implicitThreads(tileM, requestedThreads);
+    threads = implicitThreads(tileM, dtype, requestedThreads);
     shared = implicitSharedBytes(geo, tileM, sizeof(T));
     if (shared > size_t(sharedOptin))
         return Status::error(DCN_ERROR_UNSUPPORTED, "the implicit-GEMM kernel needs " + std::to_string(shared)
             + " bytes of shared memory per block for this layer, the device allows " + std::to_string(sharedOptin)
             + "; use algo 3 (GEMM)");
-    withImplicitKernel<T>(tileM, threads,
-        [&](auto kernel) { cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)); });
+    if (!withImplicitKernel<T>(tileM, threads, [&](auto kernel) {
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+        }))
+        return Status::invalid("the implicit-GEMM kernel has no instance of " + std::to_string(tileM) + "-row tiles with "
+            + std::to_string(requestedThreads) + " threads per block: use 0 (its rule), 256 or 512");
     return launchStatus("the implicit-GEMM kernel (allowing its shared memory)");
 }
 
@@ -78,13 +83,14 @@ void launchImplicitTiles(DeformConvGeometry const& geo, int32_t tileM, int32_t t
 }
 
 template <typename T>
-Status runImplicit(DeformConvGeometry const& geo, int32_t requestedTileM, int32_t requestedThreads, T const* input,
-    T const* offset, T const* weight, T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream)
+Status runImplicit(DeformConvGeometry const& geo, int32_t dtype, int32_t requestedTileM, int32_t requestedThreads,
+    T const* input, T const* offset, T const* weight, T const* bias, T const* mask, T* output, void* workspace,
+    cudaStream_t stream)
 {
     int32_t tileM = 0;
     int32_t threads = 0;
     size_t shared = 0;
-    Status status = chooseImplicitLaunch<T>(geo, requestedTileM, requestedThreads, tileM, threads, shared);
+    Status status = chooseImplicitLaunch<T>(geo, dtype, requestedTileM, requestedThreads, tileM, threads, shared);
     if (!status.ok())
         return status;
     ImplicitPlan const plan = planImplicit(geo, sizeof(T));
@@ -120,14 +126,14 @@ Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t 
     switch (dtype)
     {
     case DCN_FLOAT16:
-        return runImplicit<__half>(geo, tileM, threads, static_cast<__half const*>(input), static_cast<__half const*>(offset),
+        return runImplicit<__half>(geo, dtype, tileM, threads, static_cast<__half const*>(input), static_cast<__half const*>(offset),
             static_cast<__half const*>(weight), static_cast<__half const*>(bias), static_cast<__half const*>(mask),
             static_cast<__half*>(output), workspace, stream);
     case DCN_BFLOAT16:
         if (currentComputeCapability() < 80)
             return Status::error(DCN_ERROR_UNSUPPORTED,
                 "the implicit-GEMM kernel runs bfloat16 on sm_80 and newer (bfloat16 tensor cores); use algo 3 (GEMM)");
-        return runImplicit<__nv_bfloat16>(geo, tileM, threads, static_cast<__nv_bfloat16 const*>(input),
+        return runImplicit<__nv_bfloat16>(geo, dtype, tileM, threads, static_cast<__nv_bfloat16 const*>(input),
             static_cast<__nv_bfloat16 const*>(offset), static_cast<__nv_bfloat16 const*>(weight),
             static_cast<__nv_bfloat16 const*>(bias), static_cast<__nv_bfloat16 const*>(mask),
             static_cast<__nv_bfloat16*>(output), workspace, stream);

@@ -11,9 +11,10 @@
 //
 //   taps     the bilinear taps of every (offset group the group's channels touch, kernel point, tile pixel),
 //            computed once per block (reading the offsets and the mask coalesced along the pixels);
-//   steps    s = kernel point * (C/group / 32) + channel step: the weights tile [tileM][32] and the column tile
-//            [kImplicitTileN][32] (both with the reduction contiguous) of step s + 1 are loaded into registers while
-//            the tensor cores multiply step s, then stored into the other of two shared buffers;
+//   steps    s = kernel point * (C/group / 32) + channel step: while the tensor cores multiply step s, the weights
+//            tile [tileM][32] of step s + 1 is copied into the other of two shared buffers (cp.async; below sm_80
+//            through registers) and its column tile [kImplicitTileN][32] gathered into registers, then blended into
+//            that buffer (both tiles with the reduction contiguous);
 //   output   the accumulators go through shared memory (64 rows at a time) and are written NCHW with the bias,
 //            consecutive threads on consecutive pixels.
 //
@@ -137,14 +138,17 @@ inline int32_t implicitTileM(DeformConvGeometry const& geo)
     return geo.outChannelsPerGroup <= 64 ? 64 : geo.outChannelsPerGroup <= 128 ? 128 : 256;
 }
 
-// Threads per block for tileM-row tiles: 256 (8 warps), or 512 for 128- and 256-row tiles, which gives the gathers'
-// latency twice the warps to hide behind (each thread then holds half the accumulators and gathers). requested: 0
-// for this rule, else 256 or 512 (DCN_DEPLOY_IMPLICIT_THREADS); 64-row tiles always take 256.
-inline int32_t implicitThreads(int32_t tileM, int32_t requested)
+// Threads per block for tileM-row tiles of dtype: 512 (16 warps) for float16 256-row tiles, which gives the
+// gathers' latency twice the warps to hide behind (4% faster than 256 at res4 batch 8, H100); 256 otherwise
+// (bfloat16 spills at 512, and neither was timed for it). requested: 0 for this rule, else 256 or 512
+// (DCN_DEPLOY_IMPLICIT_THREADS; 64-row tiles always take 256). 0 for a request no kernel instance serves.
+inline int32_t implicitThreads(int32_t tileM, int32_t dtype, int32_t requested)
 {
     if (tileM == 64)
         return 256;
-    return requested > 0 ? requested : tileM == 256 ? 512 : 256;
+    if (requested == 0)
+        return tileM == 256 && dtype == DCN_FLOAT16 ? 512 : 256;
+    return requested == 256 || requested == 512 ? requested : 0;
 }
 
 // Dynamic shared memory of a block with tileM rows: the pixel tables, then either the taps and two buffers of
@@ -307,7 +311,9 @@ DCN_HD void storePack(T* target, ImplicitPack<T> const& pack)
 {
 #if defined(__CUDA_ARCH__)
     *reinterpret_cast<ImplicitPack<T>*>(target) = pack;
-#else
+#else // the alignment of the GPU's vector store (shared memory's 16-byte stores and cp.async need it too)
+    if (reinterpret_cast<uintptr_t>(target) % alignof(ImplicitPack<T>) != 0)
+        throw std::logic_error("misaligned implicit-GEMM store: a tile row or vector off its 16-byte boundary");
     std::memcpy(target, pack.w, sizeof(pack.w));
 #endif
 }

@@ -36,34 +36,48 @@ struct ImplicitWarps
         "tile shape");
 };
 
-// A weights-tile vector copied from the weights straight into shared memory: on sm_80 and newer without passing
-// through registers (cp.async, waited for by implicitCopiesWait before the step's barrier); a load and a store
-// elsewhere, and in the CPU emulation.
+// Whether this compile copies the weights tile global -> shared without registers: cp.async from sm_80 on, and the
+// CPU emulation's stand-in for it (copies that land at the wait, their targets NaN until then). Below sm_80 the
+// weights go through registers like the gathers: loaded before the tensor cores' work, stored after it.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+constexpr bool kImplicitAsyncWeights = false;
+#else
+constexpr bool kImplicitAsyncWeights = true;
+#endif
+
+// One weights-tile vector, copied asynchronously into shared memory (waited for by implicitCopiesWait before the
+// step's barrier).
 template <typename T>
 __device__ __forceinline__ void implicitCopyPack(T* sharedTarget, T const* source)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(__CUDACC__)
     static_assert(sizeof(ImplicitPack<T>) == 16, "cp.async copies 16 bytes");
     unsigned const target = unsigned(__cvta_generic_to_shared(sharedTarget));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(source) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(__cvta_generic_to_global(source))
+        : "memory");
 #else
-    storePack<T>(sharedTarget, loadPack<T>(source));
+    emulation::copyAsync(sharedTarget, source, sizeof(ImplicitPack<T>));
 #endif
 }
 
 __device__ __forceinline__ void implicitCopiesWait()
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#if defined(__CUDACC__)
+    if constexpr (kImplicitAsyncWeights)
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+#else
+    emulation::copiesWait();
 #endif
 }
 
-// One step's gathers, held in registers (as words) while the tensor cores work on the previous step.
+// One step's gathers (and below sm_80 its weights), held in registers (as words) while the tensor cores work on the
+// previous step.
 template <typename T, int TileM, int Threads>
 struct ImplicitStepLoads
 {
     using W = ImplicitWarps<TileM, Threads>;
     ImplicitPack<T> corners[W::kColumnVectors][4];
+    ImplicitPack<T> weights[kImplicitAsyncWeights ? 1 : W::kWeightVectors]; // unused with cp.async
 };
 
 // What a thread's vectors read, fixed for the block: each weights-tile vector's offset in the weights and each
@@ -95,19 +109,27 @@ DCN_UNROLL
     return sources;
 }
 
-// Step `step`'s weights tile, copied into weightTile (in flight until implicitCopiesWait).
+// Step `step`'s weights tile: copied into weightTile (in flight until implicitCopiesWait), or below sm_80 loaded
+// into registers (stored by storeStepTiles).
 template <typename T, int TileM, int Threads>
-__device__ __forceinline__ void copyStepWeights(DeformConvGeometry const& geo, T const* __restrict__ weights,
-    ImplicitThreadSources<TileM, Threads> const& sources, ImplicitStep const& step, T* weightTile)
+__device__ __forceinline__ void loadStepWeights(DeformConvGeometry const& geo, T const* __restrict__ weights,
+    ImplicitThreadSources<TileM, Threads> const& sources, ImplicitStep const& step, T* weightTile,
+    ImplicitStepLoads<T, TileM, Threads>& loads)
 {
     using W = ImplicitWarps<TileM, Threads>;
     T const* stepWeights = weights + implicitStepWeights(geo, step);
 DCN_UNROLL
     for (int i = 0; i < W::kWeightVectors; ++i)
     {
-        int32_t row, vector;
-        implicitTileVector(int32_t(threadIdx.x) + i * Threads, row, vector);
-        implicitCopyPack<T>(weightTile + row * kImplicitLdk + vector * kImplicitVector, stepWeights + sources.weights[i]);
+        if constexpr (kImplicitAsyncWeights)
+        {
+            int32_t row, vector;
+            implicitTileVector(int32_t(threadIdx.x) + i * Threads, row, vector);
+            implicitCopyPack<T>(weightTile + row * kImplicitLdk + vector * kImplicitVector,
+                stepWeights + sources.weights[i]);
+        }
+        else
+            loads.weights[i] = loadPack<T>(stepWeights + sources.weights[i]);
     }
 }
 
@@ -129,12 +151,23 @@ DCN_UNROLL
     }
 }
 
-// The gathered vectors of step `step`, blended into columnTile.
+// Step `step`'s tiles from registers: its gathered vectors blended into columnTile (and below sm_80 its weights
+// into weightTile); then the thread waits for its weight copies.
 template <typename T, int TileM, int Threads>
-__device__ __forceinline__ void storeStepColumns(ImplicitStep const& step, ImplicitTaps<float> const* taps,
-    ImplicitStepLoads<T, TileM, Threads> const& loads, T* columnTile)
+__device__ __forceinline__ void storeStepTiles(ImplicitStep const& step, ImplicitTaps<float> const* taps,
+    ImplicitStepLoads<T, TileM, Threads> const& loads, T* weightTile, T* columnTile)
 {
     using W = ImplicitWarps<TileM, Threads>;
+    if constexpr (!kImplicitAsyncWeights)
+    {
+DCN_UNROLL
+        for (int i = 0; i < W::kWeightVectors; ++i)
+        {
+            int32_t row, vector;
+            implicitTileVector(int32_t(threadIdx.x) + i * Threads, row, vector);
+            storePack<T>(weightTile + row * kImplicitLdk + vector * kImplicitVector, loads.weights[i]);
+        }
+    }
     ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
@@ -144,6 +177,7 @@ DCN_UNROLL
         storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
             implicitBlend<T, float>(stepTaps[col], loads.corners[i]));
     }
+    implicitCopiesWait();
 }
 
 // Blocks per SM the launch bounds ask registers for: two for 64-row tiles (fp16 without spills, ptxas for sm_90),
@@ -158,8 +192,8 @@ constexpr int implicitMinBlocks()
 // (implicitThreads). Dynamic shared memory (implicitSharedBytes): inputBase[kImplicitTileN],
 // outputBase[kImplicitTileN], then the taps table and two buffers of (weights tile [TileM][ldk], column tile
 // [kImplicitTileN][ldk]); after the last step, the output staging instead of the taps and buffers. Each step's
-// weights tile is copied without registers (cp.async) and its column tile gathered into registers while the tensor
-// cores multiply the previous step's; one barrier a step.
+// weights tile is copied without registers (cp.async; below sm_80 through registers) and its column tile gathered
+// into registers while the tensor cores multiply the previous step's; one barrier a step.
 template <typename T, int TileM, int Threads>
 __global__ void __launch_bounds__(Threads, (implicitMinBlocks<TileM, Threads>())) implicitKernel(
     DeformConvGeometry const geo, T const* __restrict__ nhwc, T const* __restrict__ offset,
@@ -212,10 +246,9 @@ DCN_UNROLL
     ImplicitStepLoads<T, TileM, Threads> loads;
     ImplicitStep step = implicitStep(geo, g, 0);
     int32_t const firstOffsetGroupChannel = step.offsetGroupChannel;
-    copyStepWeights<T, TileM, Threads>(geo, weights, sources, step, buffers);
+    loadStepWeights<T, TileM, Threads>(geo, weights, sources, step, buffers, loads);
     gatherStep<T, TileM, Threads>(nhwc, taps, sources, step, loads);
-    storeStepColumns<T, TileM, Threads>(step, taps, loads, buffers + TileM * kImplicitLdk);
-    implicitCopiesWait();
+    storeStepTiles<T, TileM, Threads>(step, taps, loads, buffers, buffers + TileM * kImplicitLdk);
     __syncthreads();
     for (int32_t s = 0; s < steps; ++s)
     {
@@ -226,7 +259,7 @@ DCN_UNROLL
         if (more) // the next step's copies and gathers are in flight while the tensor cores multiply this one
         {
             step = implicitNextStep(geo, firstOffsetGroupChannel, step);
-            copyStepWeights<T, TileM, Threads>(geo, weights, sources, step, nextWeights);
+            loadStepWeights<T, TileM, Threads>(geo, weights, sources, step, nextWeights, loads);
             gatherStep<T, TileM, Threads>(nhwc, taps, sources, step, loads);
         }
 DCN_UNROLL
@@ -248,10 +281,7 @@ DCN_UNROLL
             }
         }
         if (more)
-        {
-            storeStepColumns<T, TileM, Threads>(step, taps, loads, nextWeights + TileM * kImplicitLdk);
-            implicitCopiesWait();
-        }
+            storeStepTiles<T, TileM, Threads>(step, taps, loads, nextWeights, nextWeights + TileM * kImplicitLdk);
         __syncthreads(); // one barrier a step: the buffer written here was last read before the previous barrier
     }
 

@@ -1,8 +1,9 @@
 // Just enough of CUDA to run a kernel's source on the CPU, for tests: one block at a time, its threads as
 // std::threads meeting at __syncthreads (a real barrier), __shared__ variables as static storage (shared by the
 // threads of the one block that runs), dcn::dynamicShared() as one buffer, and nvcuda::wmma as plain 16x16x16 tile
-// products. What it checks of a kernel: its indexing, shared-memory layout, buffer protocol and barriers, and the
-// WMMA calls' documented preconditions (pointers 256-bit aligned, ldm a multiple of 16 bytes). What it does not:
+// products, cp.async as copies that land at the wait (copyAsync, copiesWait). What it checks of a kernel: its
+// indexing, shared-memory layout, buffer protocol and barriers, and the WMMA calls' documented preconditions
+// (pointers 256-bit aligned, ldm a multiple of 16 bytes). What it does not:
 // the hardware's fragment layout (every thread holds a whole tile here, where a warp spreads it over its lanes),
 // timing, and memory ordering beyond what the barrier gives.
 #pragma once
@@ -195,6 +196,32 @@ inline void requireAligned(void const* pointer, size_t bytes, char const* what)
 {
     if (reinterpret_cast<uintptr_t>(pointer) % bytes != 0)
         throw std::logic_error(std::string(what) + ": pointer not " + std::to_string(bytes) + "-byte aligned");
+}
+
+// cp.async as a kernel relies on it: the copy lands some time before the thread's wait. Here it lands exactly at the
+// wait, and until then its target holds NaN bytes, so a read of the target before the wait (and the barrier after
+// it) shows up as NaN in the result.
+struct PendingCopy
+{
+    void* target;
+    void const* source;
+    size_t bytes;
+};
+inline thread_local std::vector<PendingCopy> pendingCopies;
+
+inline void copyAsync(void* target, void const* source, size_t bytes)
+{
+    requireAligned(target, bytes, "cp.async target");
+    requireAligned(source, bytes, "cp.async source");
+    std::memset(target, 0xFF, bytes);
+    pendingCopies.push_back(PendingCopy{target, source, bytes});
+}
+
+inline void copiesWait()
+{
+    for (PendingCopy const& copy : pendingCopies)
+        std::memcpy(copy.target, copy.source, copy.bytes);
+    pendingCopies.clear();
 }
 
 } // namespace emulation

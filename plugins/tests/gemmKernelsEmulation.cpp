@@ -2,7 +2,7 @@
 // after block, each block's threads as threads at a real barrier (cudaBlockEmulation.h), against the host functions
 // they are built from: the channels-last transpose against nhwcElement, the weight re-layout against weightRow, both
 // samplers against the per-thread sampler's columnVector (bit for bit), the direct output's bias fill, and the
-// staged output's transpose against stagedOutputElement. Grids are cut smaller than the launchers' where a kernel
+// staged output's transpose against stagedOutputElement; and the rule for which of the two outputs auto takes. Grids are cut smaller than the launchers' where a kernel
 // loops over what its grid does not cover, so those loops run too. Prints one "ok"/"FAIL" line per check and
 // "<n> failure(s)"; the exit code is the failure count.
 #include "dcnDtype.h"
@@ -192,8 +192,40 @@ void checkLayer(dcn_deform_conv_desc const& desc, char const* layerName, char co
 
 } // namespace
 
+// Which way auto sends the product (directOutputByDefault, planGemm): straight into NCHW for one group where the
+// output rows are whole 16-byte vectors, through the staging scratch elsewhere; and a forced way is kept.
+void checkOutputRule()
+{
+    struct Case
+    {
+        char const* name;
+        dcn_deform_conv_desc desc;
+        size_t elementBytes;
+        bool staged;
+    };
+    Case const cases[] = {
+        {"8x8 float16 rows (128 bytes), one group: direct", {1, 16, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 2, false},
+        {"25x42 float16 rows (2100 bytes): staged", {1, 16, 25, 42, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 2, true},
+        {"8x8 float16 rows (128 bytes), two groups: staged", {1, 16, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1}, 2, true},
+        {"3x3 float64 rows (72 bytes): staged", {1, 4, 3, 3, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 8, true},
+        {"2x2 float64 rows (32 bytes): direct", {1, 4, 2, 2, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 8, false},
+    };
+    for (Case const& c : cases)
+    {
+        DeformConvGeometry geo;
+        bool const made = makeGeometry(c.desc, geo).ok();
+        GemmOptions options;
+        bool const autoStaged = made && planGemm(geo, c.elementBytes, options).staged;
+        options.output = c.staged ? kGemmOutputDirect : kGemmOutputStaged; // the other way, forced
+        bool const forcedStaged = made && planGemm(geo, c.elementBytes, options).staged;
+        check(made && autoStaged == c.staged && forcedStaged == !c.staged,
+            std::string("auto output, ") + c.name + " (and the other way when forced)");
+    }
+}
+
 int main()
 {
+    checkOutputRule();
     // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group
     struct Layer
     {

@@ -232,7 +232,7 @@ int main()
             int32_t const own = implicitTileM(geo);
             launches = small
                 ? std::vector<LaunchShape>{{64, 256}, {128, 256}, {128, 512}, {256, 256}, {256, 512}}
-                : std::vector<LaunchShape>{{own, implicitThreads(own, 0)}, {64, 256}};
+                : std::vector<LaunchShape>{{own, implicitThreads(own, DCN_FLOAT16, 0)}, {64, 256}};
         }
         runLayer<HostHalf>(layer, "float16", 5e-3, launches);
         runLayer<HostBFloat16>(layer, "bfloat16", 4e-2, {launches.front()});
