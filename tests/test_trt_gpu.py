@@ -116,6 +116,39 @@ def rtx_env(tmp_path_factory):
 
 
 
+def _same_engine_up_to_id_order(a: bytes, b: bytes) -> bool:
+    """Whether two TensorRT-RTX engines are the same bytes, but for the order in which the builder numbered two pairs
+    of internal objects. In about half the builds of one model, whatever the parse route, RTX swaps two ids (-9 and
+    -10, int64) between two places and two small counts (1 and 2, int32) between two others (2026-11-26): four bytes
+    differ, each pair exchanged. Every other byte must agree, and at most 16 may differ, each in an exchanged pair."""
+    if len(a) != len(b):
+        return False
+    unmatched = [k for k in range(len(a)) if a[k] != b[k]]
+    if len(unmatched) > 16:
+        return False
+    while unmatched:
+        k = unmatched.pop(0)
+        partner = next((j for j in unmatched if a[j] == b[k] and b[j] == a[k]), None)
+        if partner is None:
+            return False
+        unmatched.remove(partner)
+    return True
+
+
+def test_engines_equal_up_to_id_order():
+    """The engine comparison above: equal bytes, the exchanges RTX makes, and what it must refuse."""
+    ids = (-9).to_bytes(8, "little", signed=True), (-10).to_bytes(8, "little", signed=True)
+    base = bytes(8) + ids[0] + b"x" + ids[1] + (1).to_bytes(4, "little") + b"y" + (2).to_bytes(4, "little")
+    swapped = bytes(8) + ids[1] + b"x" + ids[0] + (2).to_bytes(4, "little") + b"y" + (1).to_bytes(4, "little")
+    assert _same_engine_up_to_id_order(base, base)
+    assert _same_engine_up_to_id_order(base, swapped)
+    assert not _same_engine_up_to_id_order(base, base[:-1])  # another length
+    assert not _same_engine_up_to_id_order(base, base.replace(b"x", b"z"))  # a byte changed, not exchanged
+    one_way = bytes(8) + ids[1] + b"x" + ids[1] + (1).to_bytes(4, "little") + b"y" + (2).to_bytes(4, "little")
+    assert not _same_engine_up_to_id_order(base, one_way)  # both places the same id: nothing exchanged
+    assert not _same_engine_up_to_id_order(bytes(40), bytes(20) + bytes(range(1, 21)))  # too many bytes differ
+
+
 @pytest.mark.tensorrt
 @pytest.mark.skipif(_RTX is None, reason=_RTX_REASON or "")
 @pytest.mark.skipif(_PLUGIN is None, reason="the plugin library libdcn_deploy_plugin.so is not built "
@@ -184,16 +217,8 @@ class TestTensorRTRtxAheadOfTime:
             return data
 
         build("external", external, 1 << 30)
-        # TensorRT-RTX's engines are not always byte-identical even from one route: 1 of 8 builds of this model in a
-        # row differed in 4 bytes (2026-11-26). A route that changed the engine would differ every time, so each
-        # route builds up to 3 times and one pair must match.
-        pairs = []
-        for attempt in range(3):
-            pairs.append((build(f"memory{attempt}", plain, 1 << 30), build(f"forced{attempt}", plain, 1)))
-            if pairs[-1][0] == pairs[-1][1]:
-                break
-        assert pairs[-1][0] == pairs[-1][1], f"the file route's engine differed from the in-memory one {len(pairs)} " \
-                                             "times"
+        memory, forced = build("memory", plain, 1 << 30), build("forced", plain, 1)
+        assert _same_engine_up_to_id_order(memory, forced), "the file route's engine differed from the in-memory one"
 
     def test_second_plugin_library_copy(self, rtx_env, tmp_path):
         """TensorRT-RTX's registry as TensorRT documents it: load_library answers None for a second library with
