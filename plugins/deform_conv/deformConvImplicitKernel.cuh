@@ -180,22 +180,15 @@ DCN_UNROLL
     implicitCopiesWait();
 }
 
-// Blocks per SM the launch bounds ask registers for: two for 64-row tiles (fp16 without spills, ptxas for sm_90),
-// else one.
-template <int TileM, int Threads>
-constexpr int implicitMinBlocks()
-{
-    return TileM == 64 ? 2 : 1;
-}
-
 // Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group) of Threads threads
 // (implicitThreads). Dynamic shared memory (implicitSharedBytes): inputBase[kImplicitTileN],
 // outputBase[kImplicitTileN], then the taps table and two buffers of (weights tile [TileM][ldk], column tile
 // [kImplicitTileN][ldk]); after the last step, the output staging instead of the taps and buffers. Each step's
 // weights tile is copied without registers (cp.async; below sm_80 through registers) and its column tile gathered
-// into registers while the tensor cores multiply the previous step's; one barrier a step.
+// into registers while the tensor cores multiply the previous step's; one barrier a step. The launch bounds ask
+// registers for two blocks per SM with 64-row tiles (fp16 without spills, ptxas for sm_90), else one.
 template <typename T, int TileM, int Threads>
-__global__ void __launch_bounds__(Threads, (implicitMinBlocks<TileM, Threads>())) implicitKernel(
+__global__ void __launch_bounds__(Threads, TileM == 64 ? 2 : 1) implicitKernel(
     DeformConvGeometry const geo, T const* __restrict__ nhwc, T const* __restrict__ offset,
     T const* __restrict__ weights, T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output,
     int32_t const n0, int32_t const chunkPixels)
