@@ -73,6 +73,14 @@ int32_t choiceFromEnvironment(char const* name, std::initializer_list<char const
     return -1;
 }
 
+// `name`'s value among `choices`, "auto" and then numbers: the number chosen, 0 for "auto" or unset (or, with a
+// problem, anything else).
+int32_t numberChoiceFromEnvironment(char const* name, std::initializer_list<char const*> choices, std::string& problem)
+{
+    int32_t const index = choiceFromEnvironment(name, choices, problem);
+    return index > 0 ? int32_t(std::strtol(choices.begin()[index], nullptr, 10)) : 0;
+}
+
 // `name`'s value as a whole number in [low, high]; 0 when unset or empty, -1 (with a problem) for anything else.
 long wholeNumberFromEnvironment(char const* name, long low, long high, std::string& problem)
 {
@@ -101,14 +109,10 @@ AbiGemmOptions const& abiGemmSettings()
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
         long const tileItems = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_TILE_ITEMS", 1, 1 << 20, read.problem);
         parsed.tileItems = int32_t(tileItems > 0 ? tileItems : 0);
-        constexpr int32_t kTileHeights[] = {0, 64, 128, 256}; // auto, then the choices below
-        int32_t const tileM = choiceFromEnvironment("DCN_DEPLOY_IMPLICIT_TILE_M", {"auto", "64", "128", "256"},
+        parsed.implicitTileM = numberChoiceFromEnvironment("DCN_DEPLOY_IMPLICIT_TILE_M", {"auto", "64", "128", "256"},
             read.problem);
-        parsed.implicitTileM = tileM > 0 ? kTileHeights[tileM] : 0;
-        constexpr int32_t kThreads[] = {0, 256, 512};
-        int32_t const threads = choiceFromEnvironment("DCN_DEPLOY_IMPLICIT_THREADS", {"auto", "256", "512"},
+        parsed.implicitThreads = numberChoiceFromEnvironment("DCN_DEPLOY_IMPLICIT_THREADS", {"auto", "256", "512"},
             read.problem);
-        parsed.implicitThreads = threads > 0 ? kThreads[threads] : 0;
         return read;
     }();
     return settings;

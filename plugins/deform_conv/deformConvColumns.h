@@ -22,6 +22,7 @@
 #include <cstring>
 #if !defined(__CUDA_ARCH__)
 #include <stdexcept>
+#include <type_traits>
 #endif
 
 namespace dcn
@@ -30,7 +31,7 @@ namespace dcn
 constexpr size_t kGemmDefaultColumnBudget = size_t(64) << 20; // the most bytes one chunk's columns take
 constexpr size_t kCublasWorkspaceBytes = size_t(8) << 20;     // handed to cuBLAS: it never allocates in enqueue
 
-inline size_t alignUp256(size_t bytes)
+DCN_HD size_t alignUp256(size_t bytes)
 {
     return (bytes + 255) / 256 * 256;
 }
@@ -130,6 +131,20 @@ inline int32_t columnVectorWidth(DeformConvGeometry const& geo, size_t elementBy
         if (geo.channelsPerGroup % vector == 0 && geo.channelsPerOffsetGroup % vector == 0)
             return vector;
     return 1;
+}
+
+// f(std::integral_constant<int, V>{}) with V = vector (8, 4 or 2; else 1): the samplers are instantiated per width,
+// and a launch picks its instance here.
+template <typename F>
+void withVectorWidth(int32_t vector, F&& f)
+{
+    switch (vector)
+    {
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 1>{});
+    }
 }
 
 // Bytes of one tap set in shared memory (float weights, or double for float64).
@@ -233,7 +248,9 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.staged = options.output == kGemmOutputStaged
         || (options.output == kGemmOutputAuto && !directOutputByDefault(geo, elementBytes));
     planTile(geo, elementBytes, options, plan);
-    // Reserved whether or not the output is staged (one workspace size for both ways, which the C ABI can force). A chunk has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room.
+    // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
+    // go direct where a smaller shape of the same profile is staged (and the C ABI can force either way). A chunk
+    // has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room.
     plan.stagingBytes = alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels)
         * accumulatorBytes(elementBytes));
     plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + plan.stagingBytes

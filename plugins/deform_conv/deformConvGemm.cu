@@ -56,13 +56,10 @@ void launchColumnsIndexed(int32_t vector, DeformConvGeometry const& geo, T const
     T const* mask, T* columns, int32_t n0, int64_t p0, int32_t pixels, Index total, cudaStream_t stream)
 {
     unsigned const blocks = gridStrideBlocks(int64_t(total));
-    switch (vector)
-    {
-    case 8: columnsKernel<T, 8, Index><<<blocks, kGridStrideThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
-    case 4: columnsKernel<T, 4, Index><<<blocks, kGridStrideThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
-    case 2: columnsKernel<T, 2, Index><<<blocks, kGridStrideThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total); break;
-    default: columnsKernel<T, 1, Index><<<blocks, kGridStrideThreads, 0, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, total);
-    }
+    withVectorWidth(vector, [&](auto width) {
+        columnsKernel<T, decltype(width)::value, Index><<<blocks, kGridStrideThreads, 0, stream>>>(geo, nhwc, offset,
+            mask, columns, n0, p0, pixels, total);
+    });
 }
 
 template <typename T>
@@ -71,14 +68,10 @@ void launchTiledColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T c
 {
     unsigned const tiles = unsigned((int64_t(chunkPixels) + plan.tilePixels - 1) / plan.tilePixels);
     size_t const shared = plan.tileShared;
-    int32_t const tp = plan.tilePixels;
-    switch (plan.vector)
-    {
-    case 8: tiledColumnsKernel<T, 8><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
-    case 4: tiledColumnsKernel<T, 4><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
-    case 2: tiledColumnsKernel<T, 2><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp); break;
-    default: tiledColumnsKernel<T, 1><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset, mask, columns, n0, p0, pixels, chunkPixels, tp);
-    }
+    withVectorWidth(plan.vector, [&](auto width) {
+        tiledColumnsKernel<T, decltype(width)::value><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset,
+            mask, columns, n0, p0, pixels, chunkPixels, plan.tilePixels);
+    });
 }
 
 template <typename T>

@@ -165,13 +165,10 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
         for (int64_t p0 = 0; p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
-            switch (plan.vector)
-            {
-            case 8: sampleColumnsHost<T, 8>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
-            case 4: sampleColumnsHost<T, 4>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
-            case 2: sampleColumnsHost<T, 2>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels); break;
-            default: sampleColumnsHost<T, 1>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0, images, p0, pixels);
-            }
+            withVectorWidth(plan.vector, [&](auto width) {
+                sampleColumnsHost<T, decltype(width)::value>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0,
+                    images, p0, pixels);
+            });
             if (plan.staged)
             {
                 gemmHost<T, Acc>(stagedProduct(geo, images, pixels), weights.data(), columns.data(), staging.data(),
@@ -286,16 +283,20 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
     }
 }
 
-// The checks both host entries make, then body<T>() for the dtype (tag: a T value). Empty batches succeed at once.
-template <typename Body>
+// The checks every host entry makes, then body<T>() for the dtype (tag: a T value). refusal(geo): "" or why this
+// entry cannot take the layer, asked once the geometry is made. Empty batches succeed at once.
+template <typename Refusal, typename Body>
 Status hostEntry(char const* entry, dcn_deform_conv_desc const* desc, int32_t dtype, void const* input,
-    void const* offset, void const* weight, void* output, DeformConvGeometry& geo, Body&& body)
+    void const* offset, void const* weight, void* output, DeformConvGeometry& geo, Refusal&& refusal, Body&& body)
 {
     if (!desc)
         return Status::invalid(std::string(entry) + ": desc must not be NULL");
     Status status = makeGeometry(*desc, geo);
     if (!status.ok())
         return status;
+    std::string const refused = refusal(geo);
+    if (!refused.empty())
+        return Status::error(DCN_ERROR_UNSUPPORTED, std::string(entry) + ": " + refused);
     if (desc->batch > 0 && (!input || !offset || !weight || !output))
         return Status::invalid(std::string(entry) + ": input, offset, weight and output must not be NULL "
                                                     "(bias and mask may be)");
@@ -311,6 +312,15 @@ Status hostEntry(char const* entry, dcn_deform_conv_desc const* desc, int32_t dt
         return Status::unsupportedDtype(dtype);
     }
     return Status::success();
+}
+
+// An entry that takes every layer the geometry allows.
+template <typename Body>
+Status hostEntry(char const* entry, dcn_deform_conv_desc const* desc, int32_t dtype, void const* input,
+    void const* offset, void const* weight, void* output, DeformConvGeometry& geo, Body&& body)
+{
+    return hostEntry(entry, desc, dtype, input, offset, weight, output, geo,
+        [](DeformConvGeometry const&) { return std::string(); }, body);
 }
 
 } // namespace
@@ -363,15 +373,11 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_implicit(const dcn_deform_conv_de
 {
     return dcn::guarded([&] {
         dcn::DeformConvGeometry geo;
-        dcn::Status status = desc ? dcn::makeGeometry(*desc, geo) : dcn::Status::success();
-        if (status.ok() && desc)
-        {
-            std::string const refusal = dcn::implicitKernelRefusal(geo, dtype, /*hostBuild=*/true);
-            if (!refusal.empty())
-                return dcn::Status::error(DCN_ERROR_UNSUPPORTED, "dcn_deform_conv2d_forward_host_implicit: " + refusal);
-        }
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_implicit", desc, dtype, input, offset, weight, output,
-            geo, [&](auto tag) {
+            geo, [&](dcn::DeformConvGeometry const& made) {
+                return dcn::implicitKernelRefusal(made, dtype, /*hostBuild=*/true);
+            },
+            [&](auto tag) {
                 using T = decltype(tag);
                 dcn::forwardHostImplicit<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
                     static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),

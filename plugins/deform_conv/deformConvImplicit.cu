@@ -24,22 +24,6 @@ namespace dcn
 namespace
 {
 
-// f(kernel) with the kernel instance for tileM rows and `threads` threads (implicitThreads); false where there is
-// none.
-template <typename T, typename F>
-bool withImplicitKernel(int32_t tileM, int32_t threads, F&& f)
-{
-    switch (tileM * 1000 + threads)
-    {
-    case 256512: f(implicitKernel<T, 256, 512>); return true;
-    case 256256: f(implicitKernel<T, 256, 256>); return true;
-    case 128512: f(implicitKernel<T, 128, 512>); return true;
-    case 128256: f(implicitKernel<T, 128, 256>); return true;
-    case 64256: f(implicitKernel<T, 64, 256>); return true;
-    default: return false;
-    }
-}
-
 // The launch shape for this device, once per forward: tiles of tileM output channels (0: the layer's
 // implicitTileM), halved until their shared memory fits, their threads (implicitThreads), and that much dynamic
 // shared memory allowed to the kernel.
@@ -119,9 +103,8 @@ size_t implicitWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)
 }
 
 Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t tileM, int32_t threads,
-    void const* input,
-    void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    cudaStream_t stream)
+    void const* input, void const* offset, void const* weight, void const* bias, void const* mask, void* output,
+    void* workspace, cudaStream_t stream)
 {
     switch (dtype)
     {

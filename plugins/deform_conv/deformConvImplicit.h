@@ -102,7 +102,7 @@ DCN_HD size_t implicitTapsBytes(DeformConvGeometry const& geo)
 // The taps table's room in shared memory: rounded up to 256 bytes, where the tile buffers start.
 DCN_HD size_t implicitTapsRoom(DeformConvGeometry const& geo)
 {
-    return (implicitTapsBytes(geo) + 255) / 256 * 256;
+    return alignUp256(implicitTapsBytes(geo));
 }
 
 // Why the implicit kernel cannot take a layer, or "" when it can. dtype: a dcn_dtype (the CUDA kernel runs half

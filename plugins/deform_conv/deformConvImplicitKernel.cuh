@@ -310,5 +310,21 @@ DCN_UNROLL
     }
 }
 
+// f(kernel) with the kernel instance for tileM rows and `threads` threads (implicitThreads); false where there is
+// none. The launcher and the CPU emulation both pick the instance here.
+template <typename T, typename F>
+bool withImplicitKernel(int32_t tileM, int32_t threads, F&& f)
+{
+    switch (tileM * 1000 + threads)
+    {
+    case 256512: f(implicitKernel<T, 256, 512>); return true;
+    case 256256: f(implicitKernel<T, 256, 256>); return true;
+    case 128512: f(implicitKernel<T, 128, 512>); return true;
+    case 128256: f(implicitKernel<T, 128, 256>); return true;
+    case 64256: f(implicitKernel<T, 64, 256>); return true;
+    default: return false;
+    }
+}
+
 } // namespace
 } // namespace dcn

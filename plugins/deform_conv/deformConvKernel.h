@@ -52,9 +52,8 @@ size_t implicitWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype);
 // tileM: output channels per block (64, 128, 256), 0 for implicitTileM's choice; smaller where the device's shared
 // memory needs it. threads: per block (256, 512), 0 for implicitThreads' choice.
 Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t tileM, int32_t threads,
-    void const* input,
-    void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    cudaStream_t stream);
+    void const* input, void const* offset, void const* weight, void const* bias, void const* mask, void* output,
+    void* workspace, cudaStream_t stream);
 
 // Compute capability of the current device (major * 10 + minor), queried once per device; 0 when there is none.
 int32_t currentComputeCapability();

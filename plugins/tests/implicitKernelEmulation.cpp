@@ -84,13 +84,6 @@ struct LaunchShape
     int32_t tileM, threads;
 };
 
-template <typename T, int TileM, int Threads>
-void kernelBlock(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weights, T const* bias,
-    T const* mask, T* output, int32_t n0, int32_t chunkPixels)
-{
-    implicitKernel<T, TileM, Threads>(geo, nhwc, offset, weights, bias, mask, output, n0, chunkPixels);
-}
-
 // The forward as deformConvImplicit.cu launches it (same plan, chunks and grid), every block emulated. "" or the
 // first failure.
 template <typename T>
@@ -118,14 +111,10 @@ std::string emulate(DeformConvGeometry const& geo, LaunchShape launch, Tensors<T
         gridDim = grid;
         blockDim = dim3{unsigned(launch.threads), 1, 1};
         auto body = [&] {
-            switch (tileM * 1000 + launch.threads)
-            {
-            case 256512: kernelBlock<T, 256, 512>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
-            case 256256: kernelBlock<T, 256, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
-            case 128512: kernelBlock<T, 128, 512>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
-            case 128256: kernelBlock<T, 128, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels); break;
-            default: kernelBlock<T, 64, 256>(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
-            }
+            if (!withImplicitKernel<T>(tileM, launch.threads, [&](auto kernel) {
+                    kernel(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
+                }))
+                throw std::logic_error("no kernel instance for this launch shape");
         };
         for (unsigned z = 0; z < grid.z; ++z)
             for (unsigned y = 0; y < grid.y; ++y)
