@@ -115,10 +115,11 @@ def test_gemm_path_float64_matches_reference(host_lib, seed, output):
 
 @pytest.mark.parametrize("sampler,tile_items", SAMPLERS)
 @pytest.mark.parametrize("output", GEMM_OUTPUTS)
-@pytest.mark.parametrize("budget", [1, 500_000, 1_000_000])
+@pytest.mark.parametrize("budget", [1, 150_000, 500_000, 1_000_000])
 def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, output, sampler, tile_items):
-    """Small column budgets (one image's columns take 384 192 bytes here): one image in slices of 256 pixels
-    (budget 1), one image per chunk (500 000), two images per chunk and a last chunk of one (1 000 000); each
+    """Small column budgets (one image's columns take 384 192 bytes here, its input 42 688): one image in slices
+    of 256 pixels, each image transposed alone (budget 1) or three, then two, at a time (150 000); one image per
+    chunk (500 000), two images per chunk and a last chunk of one (1 000 000), the batch transposed at once; each
     sampler, with tiles crossing images and cut short at a chunk's end."""
     from plugin_configs import Case
 

@@ -181,15 +181,16 @@ BUDGET = 64 << 20  # the GEMM path's default column budget
 def _gemm_workspace(batch, channels, height, width, out_channels, channels_per_group, kernel_points, out_pixels,
                     element):
     """The GEMM path's workspace (plugins/deform_conv/deformConvColumns.h): room for one chunk's columns,
-    min(whole batch, max(budget, 256 pixels' columns)), and its channels-last input, min(whole batch, max(budget,
-    one image)), each rounded up to 256 bytes, the re-laid-out weights, the staging scratch (one accumulator,
-    4 bytes or 8 for float64, per output channel of every pixel the columns room holds), and 8 MiB for cuBLAS."""
+    min(whole batch, max(budget, 256 pixels' columns)), and for the channels-last input, min(whole batch, max(budget,
+    one image)), then the zero vector (C elements), each rounded up to 256 bytes, the re-laid-out weights, the
+    staging scratch (one accumulator, 4 bytes or 8 for float64, per output channel of every pixel the columns room
+    holds), and 8 MiB for cuBLAS."""
     up = lambda n: -(-n // 256) * 256  # noqa: E731
     row = channels * kernel_points * element
     image = channels * height * width * element
     columns_room = min(batch * row * out_pixels, max(BUDGET, 256 * row))
     staging = columns_room // row * out_channels * (8 if element == 8 else 4)
-    return (up(columns_room) + up(min(batch * image, max(BUDGET, image)))
+    return (up(columns_room) + up(min(batch * image, max(BUDGET, image))) + up(channels * element)
             + up(out_channels * channels_per_group * kernel_points * element) + up(staging) + (8 << 20))
 
 

@@ -112,13 +112,17 @@ inline size_t accumulatorBytes(size_t elementBytes)
 struct GemmPlan
 {
     int32_t images;      // whole images per chunk (1 when slicing pixels)
+    int32_t inputImages; // images per channels-last transpose: a multiple of images, as many as its room holds
     int64_t pixels;      // output pixels per chunk of one image (all of them unless slicing)
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
     bool staged;         // the product goes through the staging scratch (GemmOutput)
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
-    size_t nhwcBytes;    // room for one chunk's channels-last input: min(N * image, max(budget, one image))
+    size_t nhwcBytes;    // room for the channels-last input, min(N * image, max(budget, one image)), then the zero
+                         // vector
+    int64_t zeroVector;  // where the zero vector starts, in elements from the room's start: C zeros, which the tiled
+                         // sampler reads for a neighbour outside the image
     size_t weightsBytes; // weights, kernel point outer
     size_t stagingBytes; // room for the product of as many pixels as the columns room holds, oC accumulators each
     size_t totalBytes;   // + kCublasWorkspaceBytes
@@ -147,10 +151,21 @@ void withVectorWidth(int32_t vector, F&& f)
     }
 }
 
+// The tiled sampler's four neighbours of one (pixel, offset group, kernel point): element offsets from the pixel's
+// channels-last image, and weights (mask folded in). A neighbour outside the image points at the zero vector
+// (GemmPlan::zeroVector) with weight 0, so every item loads and blends all four unconditionally: no branches, the
+// four loads in flight together, and 0 * 0 adds exactly nothing (where reading a real pixel could be 0 * infinity).
+template <typename Acc>
+struct alignas(16) TileTaps
+{
+    int32_t index[4];
+    Acc weight[4];
+};
+
 // Bytes of one tap set in shared memory (float weights, or double for float64).
 inline size_t tapsBytes(size_t elementBytes)
 {
-    return elementBytes == 8 ? sizeof(BilinearTaps<double>) : sizeof(BilinearTaps<float>);
+    return elementBytes == 8 ? sizeof(TileTaps<double>) : sizeof(TileTaps<float>);
 }
 
 // One channel vector of a column row, in column order (group, kernel point, channel vector): its first channel,
@@ -166,19 +181,20 @@ inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes
 {
     size_t const points = size_t(geo.kernelPoints) * size_t(geo.d.offset_group);
     size_t const rowVectors = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) / size_t(vector);
-    return points * size_t(tilePixels) * tapsBytes(elementBytes) + size_t(tilePixels) * sizeof(int64_t)
+    return points * size_t(tilePixels) * tapsBytes(elementBytes) + size_t(tilePixels) * sizeof(int32_t)
         + rowVectors * sizeof(TileRowVector);
 }
 
 // Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileItems channel
 // vectors per tile (or kTileDefaultElements' worth), at least one pixel and at most kTileMaxPixels, within
-// kTileSharedBytes. The tiled sampler keeps tap offsets within an image (H * W * C elements) in 32 bits.
+// kTileSharedBytes. The tiled sampler keeps every offset within the channels-last room (its images and the zero
+// vector after them) in 32 bits; plan.nhwcBytes must be set.
 inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options, GemmPlan& plan)
 {
     plan.tilePixels = 0;
     plan.tileShared = 0;
     if (options.sampler == kGemmSamplerThread || tileSharedBytes(geo, elementBytes, plan.vector, 1) > kTileSharedBytes
-        || int64_t(geo.d.height) * geo.d.width * geo.d.in_channels > int64_t(INT32_MAX))
+        || plan.nhwcBytes / elementBytes > size_t(INT32_MAX))
         return;
     int64_t const rowVectors = int64_t(geo.d.in_channels) * geo.kernelPoints / plan.vector;
     int64_t const items = options.tileItems > 0 ? options.tileItems : kTileDefaultElements / plan.vector;
@@ -201,6 +217,12 @@ inline size_t channelsLastRoomBytes(DeformConvGeometry const& geo, size_t elemen
 {
     size_t const image = inputImageBytes(geo, elementBytes);
     return alignUp256(std::min(size_t(std::max<int64_t>(geo.d.batch, 1)) * image, std::max(budget, image)));
+}
+
+// Bytes of the zero vector after the channels-last room: C elements, rounded up to 256 bytes.
+inline size_t zeroVectorBytes(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return alignUp256(size_t(geo.d.in_channels) * elementBytes);
 }
 
 // Room for the weights re-laid out with the kernel point outer (weights[o][kp][c], weightRow).
@@ -243,7 +265,15 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // max(budget, 256 pixels); images * input image <= max(budget, one input image) and <= N * input image.
     size_t const columnsRoom = std::min(size_t(batch) * imageBytes, std::max(columnBudget, 256 * rowBytes));
     plan.columnsBytes = alignUp256(columnsRoom);
-    plan.nhwcBytes = channelsLastRoomBytes(geo, elementBytes, columnBudget);
+    size_t const nhwcRoom = channelsLastRoomBytes(geo, elementBytes, columnBudget);
+    plan.nhwcBytes = nhwcRoom + zeroVectorBytes(geo, elementBytes);
+    plan.zeroVector = int64_t(nhwcRoom / elementBytes);
+    // One transpose covers the whole batch, or as many whole chunks as the room holds (at least one: images * input
+    // image <= the room), so that it runs as one launch over several images where a chunk holds few (one image per
+    // chunk at det res3 gave it half a wave of blocks).
+    int64_t const roomImages = int64_t(nhwcRoom / std::max<size_t>(inputImage, 1));
+    plan.inputImages = roomImages >= batch ? int32_t(batch)
+                                           : int32_t(std::max<int64_t>(1, roomImages / plan.images) * plan.images);
     plan.weightsBytes = relaidWeightsBytes(geo, elementBytes);
     plan.staged = options.output == kGemmOutputStaged
         || (options.output == kGemmOutputAuto && !directOutputByDefault(geo, elementBytes));
@@ -493,23 +523,70 @@ DCN_HD BilinearTaps<Acc> chunkPixelTaps(DeformConvGeometry const& geo, T const* 
     return taps;
 }
 
-// The taps of entry e (point * tilePixels + tile pixel) of the tile at `first`.
-template <typename Acc, typename T>
-DCN_HD BilinearTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
-    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t first, int32_t tilePixels, int32_t e)
+// The transposes and the tiled sampler's zero vector, per chunk. Chunks start at multiples of plan.images, and a
+// transpose covers plan.inputImages (a multiple of them) from a multiple of that: chunk n0 transposes its range
+// when it is the range's first chunk (n0 == channelsLastFirst), and its images start (n0 - first) images into it.
+inline int32_t channelsLastFirst(GemmPlan const& plan, int32_t n0)
 {
-    int32_t const point = e / tilePixels;
-    return chunkPixelTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first + (e - point * tilePixels), point);
+    return n0 / plan.inputImages * plan.inputImages;
 }
 
-// Item (row, r) of the tile; tileColumns is the tile's first column row (columns + first * C * kH*kW).
-template <typename T, int Vector, typename Acc>
-DCN_HD void tileItem(T const* nhwc, BilinearTaps<Acc> const* taps, TileRowVector const* rowVectorTable,
-    int64_t const* rowImage, T* tileColumns, int32_t rowVectors, int32_t tilePixels, int32_t row, int32_t r)
+// Elements from chunk n0's first channels-last image to its transpose's room start (its nhwc pointer is that far in).
+inline int64_t channelsLastChunkStart(GemmPlan const& plan, DeformConvGeometry const& geo, int32_t n0)
 {
+    return int64_t(n0 - channelsLastFirst(plan, n0)) * geo.d.height * geo.d.width * geo.d.in_channels;
+}
+
+// Elements from chunk n0's first channels-last image to the zero vector (within int32 where planTile tiles).
+inline int32_t tileZeroOffset(GemmPlan const& plan, DeformConvGeometry const& geo, int32_t n0)
+{
+    return int32_t(plan.zeroVector - channelsLastChunkStart(plan, geo, n0));
+}
+
+// The taps of entry e (point * tilePixels + tile pixel) of the tile at `first` (chunkPixelTaps), as element offsets
+// from the pixel's image (tileRowImage), each outside neighbour redirected to the zero vector, zeroOffset elements
+// from the chunk's first image.
+template <typename Acc, typename T>
+DCN_HD TileTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
+    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t first, int32_t tilePixels, int32_t zeroOffset, int32_t e)
+{
+    int32_t const point = e / tilePixels;
+    int32_t const flat = first + (e - point * tilePixels);
+    BilinearTaps<Acc> const taps = chunkPixelTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, flat, point);
+    int32_t const toZero = zeroOffset - int32_t(tileRowImage(geo, flat, pixels, chunkPixels));
+    TileTaps<Acc> out;
+    for (int t = 0; t < 4; ++t)
+    {
+        bool const inside = (taps.valid >> t) & 1u;
+        out.index[t] = inside ? taps.index[t] : toZero;
+        out.weight[t] = inside ? taps.weight[t] : Acc(0);
+    }
+    return out;
+}
+
+// Item (row, r) of the tile into out, its column vector (at (row * rowVectors + r) * Vector in the tile's columns);
+// rowImage[row] is where tile pixel row's image starts (tileRowImage). All four neighbours are loaded before any is
+// used and blended unconditionally (an outside one is the zero vector), in blendVector's order, so the result is
+// bit for bit the per-thread sampler's (which skips an outside neighbour: adding 0 * 0 to a sum that started at +0
+// changes nothing). Offsets are summed in 32 bits (planTile), so each load address is one multiply-add.
+template <typename T, int Vector, typename Acc>
+DCN_HD void tileItem(T const* nhwc, TileTaps<Acc> const* taps, TileRowVector const* rowVectorTable,
+    int32_t const* rowImage, int32_t tilePixels, int32_t row, int32_t r, T* out)
+{
+    struct alignas(sizeof(T) * Vector) Pack
+    {
+        T v[Vector];
+    };
     TileRowVector const rv = rowVectorTable[r];
-    sampleVector<T, Vector>(nhwc + rowImage[row] + rv.channel, taps[rv.point * tilePixels + row], 1,
-        tileColumns + (int64_t(row) * rowVectors + r) * Vector);
+    TileTaps<Acc> const& tap = taps[rv.point * tilePixels + row];
+    uint32_t const start = uint32_t(rowImage[row] + rv.channel);
+    Pack packs[4];
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+        packs[t] = *reinterpret_cast<Pack const*>(nhwc + (start + uint32_t(tap.index[t])));
+    T result[Vector];
+    blendVector<T, Vector>(packs, tap.weight, 0xFu, result);
+    storeVector<T, Vector>(out, result);
 }
 
 // The strided-batched products of the GEMM path, in BLAS's column-major terms, always "TN": for each batch entry b,

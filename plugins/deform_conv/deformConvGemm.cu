@@ -1,7 +1,8 @@
 // The GEMM path of deformable convolution: sample, then multiply with cuBLAS.
 //
-// Layout and per-thread work are in deformConvColumns.h (shared with the host build that CI checks). Per chunk of
-// the batch: the chunk's input is transposed to channels-last (64x64 tiles), the tiled sampler writes the columns
+// Layout and per-thread work are in deformConvColumns.h (shared with the host build that CI checks). The input is
+// transposed to channels-last (64x64 tiles) for as many chunks at once as the room holds; per chunk of the batch
+// the tiled sampler writes the columns
 // (each tile's taps computed once into shared memory; 16-byte channel vectors, coalesced across a warp), then the
 // cuBLAS product (float32 accumulation for every type but float64). Staged: one strided-batched call over the
 // groups into a pixel-major float scratch, then a tiled transpose writes NCHW with the bias. Direct (auto's choice
@@ -68,9 +69,10 @@ void launchTiledColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T c
 {
     unsigned const tiles = unsigned((int64_t(chunkPixels) + plan.tilePixels - 1) / plan.tilePixels);
     size_t const shared = plan.tileShared;
+    int32_t const zeroOffset = tileZeroOffset(plan, geo, n0);
     withVectorWidth(plan.vector, [&](auto width) {
         tiledColumnsKernel<T, decltype(width)::value><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset,
-            mask, columns, n0, p0, pixels, chunkPixels, plan.tilePixels);
+            mask, columns, n0, p0, pixels, chunkPixels, plan.tilePixels, zeroOffset);
     });
 }
 
@@ -119,14 +121,22 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
     int64_t const plane = int64_t(geo.outH) * geo.outW;
 
     Status status = launchWeightsRelayout<T>(geo, weight, weights, stream);
+    if (status.ok())
+    {
+        cudaMemsetAsync(nhwc + plan.zeroVector, 0, size_t(d.in_channels) * sizeof(T), stream);
+        status = launchStatus("the zero vector's memset");
+    }
     for (int32_t n0 = 0; status.ok() && n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        status = launchChannelsLast<T>(geo, input, nhwc, n0, images, stream);
+        int32_t const transposed = channelsLastFirst(plan, n0);
+        if (n0 == transposed)
+            status = launchChannelsLast<T>(geo, input, nhwc, n0, std::min(plan.inputImages, d.batch - n0), stream);
+        T const* chunkInput = nhwc + channelsLastChunkStart(plan, geo, n0);
         for (int64_t p0 = 0; status.ok() && p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
-            launchColumns<T>(plan, geo, nhwc, offset, mask, columns, n0, images, p0, pixels, stream);
+            launchColumns<T>(plan, geo, chunkInput, offset, mask, columns, n0, images, p0, pixels, stream);
             status = launchStatus("the deformable sampling kernel");
             if (plan.staged)
             {

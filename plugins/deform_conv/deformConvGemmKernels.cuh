@@ -30,38 +30,42 @@ __global__ void __launch_bounds__(kGridStrideThreads) columnsKernel(DeformConvGe
 }
 
 // The tiled sampler (deformConvColumns.h): block b samples the tile of chunk pixels b * tilePixels.., its tables
-// in dynamic shared memory (plan.tileShared bytes: taps, pixel images, row vectors). Each thread steps through the
-// tile's items blockDim.x apart, carrying (row, r) instead of dividing the item number.
+// in dynamic shared memory (plan.tileShared bytes: taps, pixel images, row vectors). nhwc is the chunk's first
+// channels-last image, and the zero vector is zeroOffset elements from it (tileZeroOffset). Each thread steps
+// through the tile's items blockDim.x apart, carrying (row, r) instead of dividing the item number.
 template <typename T, int Vector>
 __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns,
-    int32_t const n0, int64_t const p0, int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels)
+    int32_t const n0, int64_t const p0, int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels,
+    int32_t const zeroOffset)
 {
     using Acc = typename ElementTraits<T>::Acc;
     unsigned char* tileTables = dynamicShared();
     int32_t const points = geo.kernelPoints * geo.d.offset_group;
     int32_t const entries = points * tilePixels;
     int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
-    auto* taps = reinterpret_cast<BilinearTaps<Acc>*>(tileTables);
-    auto* rowImage = reinterpret_cast<int64_t*>(taps + entries);
+    auto* taps = reinterpret_cast<TileTaps<Acc>*>(tileTables);
+    auto* rowImage = reinterpret_cast<int32_t*>(taps + entries);
     auto* rowVectorTable = reinterpret_cast<TileRowVector*>(rowImage + tilePixels);
     int32_t const first = int32_t(blockIdx.x) * tilePixels;
     for (int32_t e = threadIdx.x; e < entries; e += blockDim.x)
-        taps[e] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels, e);
+        taps[e] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels, zeroOffset, e);
     for (int32_t r = threadIdx.x; r < rowVectors; r += blockDim.x)
         rowVectorTable[r] = tileRowVector(geo, Vector, r);
     for (int32_t row = threadIdx.x; row < tilePixels; row += blockDim.x)
-        rowImage[row] = tileRowImage(geo, first + row, pixels, chunkPixels);
+        rowImage[row] = int32_t(tileRowImage(geo, first + row, pixels, chunkPixels));
     __syncthreads();
     int32_t const rows = min(tilePixels, chunkPixels - first);
-    T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
     int32_t const stepRows = int32_t(blockDim.x) / rowVectors;
     int32_t const stepR = int32_t(blockDim.x) - stepRows * rowVectors;
     int32_t row = int32_t(threadIdx.x) / rowVectors;
     int32_t r = int32_t(threadIdx.x) - row * rowVectors;
+    // Item (row, r)'s column vector: items are consecutive vectors of the tile's columns, blockDim.x per step.
+    T* out = columns + (int64_t(first) * geo.d.in_channels * geo.kernelPoints + int64_t(threadIdx.x) * Vector);
     while (row < rows)
     {
-        tileItem<T, Vector>(nhwc, taps, rowVectorTable, rowImage, tileColumns, rowVectors, tilePixels, row, r);
+        tileItem<T, Vector>(nhwc, taps, rowVectorTable, rowImage, tilePixels, row, r, out);
+        out += blockDim.x * Vector;
         row += stepRows;
         r += stepR;
         if (r >= rowVectors)

@@ -9,6 +9,7 @@
 #include "deformConvShapes.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <stdexcept>
 #include <type_traits>
@@ -112,23 +113,25 @@ void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T con
     int32_t const tilePixels = plan.tilePixels;
     int32_t const entries = geo.kernelPoints * geo.d.offset_group * tilePixels;
     int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
-    std::vector<BilinearTaps<Acc>> taps(static_cast<size_t>(entries));
+    int32_t const zeroOffset = tileZeroOffset(plan, geo, n0);
+    std::vector<TileTaps<Acc>> taps(static_cast<size_t>(entries));
     std::vector<TileRowVector> rowVectorTable(static_cast<size_t>(rowVectors));
-    std::vector<int64_t> rowImage(static_cast<size_t>(tilePixels));
+    std::vector<int32_t> rowImage(static_cast<size_t>(tilePixels));
     for (int32_t r = 0; r < rowVectors; ++r)
         rowVectorTable[size_t(r)] = tileRowVector(geo, Vector, r);
     for (int32_t first = 0; first < chunkPixels; first += tilePixels)
     {
         for (int32_t e = 0; e < entries; ++e)
-            taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels, e);
+            taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels,
+                zeroOffset, e);
         for (int32_t row = 0; row < tilePixels; ++row)
-            rowImage[size_t(row)] = tileRowImage(geo, first + row, pixels, chunkPixels);
+            rowImage[size_t(row)] = int32_t(tileRowImage(geo, first + row, pixels, chunkPixels));
         int32_t const rows = std::min(tilePixels, chunkPixels - first);
         T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
         for (int32_t row = 0; row < rows; ++row)
             for (int32_t r = 0; r < rowVectors; ++r)
-                tileItem<T, Vector>(nhwc, taps.data(), rowVectorTable.data(), rowImage.data(), tileColumns,
-                    rowVectors, tilePixels, row, r);
+                tileItem<T, Vector>(nhwc, taps.data(), rowVectorTable.data(), rowImage.data(), tilePixels, row, r,
+                    tileColumns + (int64_t(row) * rowVectors + r) * Vector);
     }
 }
 
@@ -149,24 +152,33 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
     using Acc = typename ElementTraits<T>::Acc;
     dcn_deform_conv_desc const& d = geo.d;
     GemmPlan const plan = planGemm(geo, sizeof(T), options);
-    std::vector<T> columns(plan.columnsBytes / sizeof(T)), nhwc(plan.nhwcBytes / sizeof(T)),
-        weights(plan.weightsBytes / sizeof(T));
+    // Every buffer starts as NaN, as a reused workspace would hold anything: what the path reads before writing it
+    // (the zero vector) must be cleared by the path itself, as the CUDA launch clears it.
+    T const garbage = ElementTraits<T>::fromAcc(std::numeric_limits<Acc>::quiet_NaN());
+    std::vector<T> columns(plan.columnsBytes / sizeof(T), garbage), nhwc(plan.nhwcBytes / sizeof(T), garbage),
+        weights(plan.weightsBytes / sizeof(T), garbage);
     std::vector<Acc> staging(plan.staged ? plan.stagingBytes / sizeof(Acc) : 0);
     int64_t const weightRows = int64_t(d.out_channels) * geo.channelsPerGroup;
     for (int64_t idx = 0; idx < weightRows; ++idx)
         weightRow<T>(geo, weight, weights.data(), idx);
+    std::fill_n(nhwc.begin() + plan.zeroVector, d.in_channels, ElementTraits<T>::fromAcc(Acc(0)));
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     for (int32_t n0 = 0; n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        int64_t const nhwcCount = int64_t(images) * d.in_channels * d.height * d.width;
-        for (int64_t idx = 0; idx < nhwcCount; ++idx)
-            nhwcElement<T>(geo, input, nhwc.data(), n0, idx);
+        if (n0 == channelsLastFirst(plan, n0))
+        {
+            int64_t const nhwcCount = int64_t(std::min(plan.inputImages, d.batch - n0)) * d.in_channels * d.height
+                * d.width;
+            for (int64_t idx = 0; idx < nhwcCount; ++idx)
+                nhwcElement<T>(geo, input, nhwc.data(), n0, idx);
+        }
+        T const* chunkInput = nhwc.data() + channelsLastChunkStart(plan, geo, n0);
         for (int64_t p0 = 0; p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
             withVectorWidth(plan.vector, [&](auto width) {
-                sampleColumnsHost<T, decltype(width)::value>(plan, geo, nhwc.data(), offset, mask, columns.data(), n0,
+                sampleColumnsHost<T, decltype(width)::value>(plan, geo, chunkInput, offset, mask, columns.data(), n0,
                     images, p0, pixels);
             });
             if (plan.staged)

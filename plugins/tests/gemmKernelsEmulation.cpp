@@ -12,6 +12,7 @@
 
 #include "cudaBlockEmulation.h"
 
+#include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -82,6 +83,7 @@ void checkTransposes(DeformConvGeometry const& geo, std::string const& name, std
 template <typename T, int Vector>
 void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::mt19937& rng)
 {
+    using Acc = typename ElementTraits<T>::Acc;
     dcn_deform_conv_desc const& d = geo.d;
     int32_t const plane = geo.outH * geo.outW;
     size_t const image = size_t(d.in_channels) * d.height * d.width;
@@ -115,17 +117,59 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
         }
         std::vector<T> tiled(columnCount + size_t(plan.tilePixels) * d.in_channels * geo.kernelPoints);
         int32_t const chunkPixels = d.batch * plane;
+        // The chunk's images, then C zeros (the zero vector), then NaN: the kernel must read the zeros, and nothing
+        // past them, for every neighbour outside the image.
+        std::vector<T> nhwcZero(nhwc);
+        nhwcZero.resize(nhwc.size() + size_t(d.in_channels), ElementTraits<T>::fromAcc(Acc(0)));
+        nhwcZero.resize(nhwcZero.size() + 16, ElementTraits<T>::fromAcc(Acc(NAN)));
+        int32_t const zeroOffset = int32_t(nhwc.size());
         emulation::prepareShared(plan.tileShared);
         failure = emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
             dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
-                tiledColumnsKernel<T, Vector>(geo, nhwc.data(), offset.data(), mask.data(), tiled.data(), 0, 0, plane,
-                    chunkPixels, plan.tilePixels);
+                tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), tiled.data(), 0, 0,
+                    plane, chunkPixels, plan.tilePixels, zeroOffset);
             });
         bool const canary = emulation::sharedUntouchedPast(plan.tileShared);
         tiled.resize(columnCount);
         check(failure.empty() && canary && sameBits(tiled, expected),
             name + ": tiled sampler, " + std::to_string(plan.tilePixels) + "-pixel tiles" + (canary ? "" : ", wrote "
                 "shared memory past its tables") + " " + failure);
+        if (tileItems != 0)
+            continue;
+        // The same with NaN where the zero vector was: every column value with a neighbour outside the image turns
+        // NaN (so those neighbours are read from there), and no other.
+        std::fill(nhwcZero.begin() + zeroOffset, nhwcZero.end(), ElementTraits<T>::fromAcc(Acc(NAN)));
+        tiled.assign(columnCount + size_t(plan.tilePixels) * d.in_channels * geo.kernelPoints, T{});
+        failure = emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
+            dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
+                tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), tiled.data(), 0, 0,
+                    plane, chunkPixels, plan.tilePixels, zeroOffset);
+            });
+        size_t poisoned = 0, outside = 0;
+        bool agree = failure.empty();
+        for (size_t i = 0; i < columnCount; ++i)
+        {
+            bool const isNan = std::isnan(double(ElementTraits<T>::toAcc(tiled[i])));
+            bool const wasNan = std::isnan(double(ElementTraits<T>::toAcc(expected[i])));
+            poisoned += isNan && !wasNan;
+            agree = agree && (isNan || std::memcmp(&tiled[i], &expected[i], sizeof(T)) == 0);
+        }
+        for (int64_t idx = 0; idx < int64_t(d.batch) * plane * geo.kernelPoints * d.offset_group; ++idx)
+        {
+            // (image, pixel, offset group, kernel point) with an outside neighbour: channelsPerOffsetGroup values
+            int32_t const kp = int32_t(idx % geo.kernelPoints);
+            int64_t rest = idx / geo.kernelPoints;
+            int32_t const og = int32_t(rest % d.offset_group);
+            rest /= d.offset_group;
+            int32_t const p = int32_t(rest % plane);
+            int32_t const img = int32_t(rest / plane);
+            BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset.data(), mask.data(), img, og, kp,
+                p / geo.outW, p % geo.outW);
+            outside += taps.valid != 0xFu ? size_t(geo.channelsPerOffsetGroup) : 0;
+        }
+        check(agree && outside > 0 && poisoned == outside,
+            name + ": tiled sampler reads outside neighbours from the zero vector (" + std::to_string(poisoned)
+                + " values poisoned through it, " + std::to_string(outside) + " with an outside neighbour) " + failure);
     }
 }
 
