@@ -107,33 +107,40 @@ DCN_UNROLL
 }
 
 // output[n0 + img][o][p0 + p] = staging[img][p][o] + bias[o] for the chunk (stagedOutputElement's mapping), through
-// 64x64 shared tiles: reads run along o, writes along p, both coalesced. Blocks loop over channel tiles.
+// 64x64 shared tiles: reads run along o, writes along p, both coalesced. Blocks loop over channel tiles. Each thread
+// loads its 16 values before using any (as the channels-last transpose does) and its two channels' bias once per
+// channel tile.
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kTileThreads) stagedOutputKernel(DeformConvGeometry const geo,
     Acc const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ output, int32_t const n0,
     int64_t const p0, int32_t const pixels)
 {
+    constexpr int kColumnsPerThread = kTile / kTileThreadsX;
     __shared__ Acc tile[kTile][kTile + 1];
     int32_t const oc = geo.d.out_channels;
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     int32_t const img = blockIdx.z;
     int32_t const pix0 = int32_t(blockIdx.x) * kTile;
-    Acc const* source = staging + int64_t(img) * pixels * oc;
-    T* target = output + (int64_t(n0) + img) * oc * plane + p0;
+    Acc const* source = staging + (int64_t(img) * pixels + pix0) * oc;
+    T* target = output + (int64_t(n0) + img) * oc * plane + p0 + pix0;
     for (int32_t o0 = blockIdx.y * kTile; o0 < oc; o0 += gridDim.y * kTile)
     {
-        forTilePlaces([&](int r, int x) { // r: pixel within the tile; x: channel
-            int32_t const pix = pix0 + r;
-            int32_t const o = o0 + x;
-            if (pix < pixels && o < oc)
-                tile[r][x] = source[int64_t(pix) * oc + o] + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
+        Acc values[kTilePlaces];
+        forTilePlaces([&](int k, int r, int x) { // r: pixel within the tile; x: channel
+            values[k] = pix0 + r < pixels && o0 + x < oc ? source[int64_t(r) * oc + o0 + x] : Acc(0);
         });
+        Acc channelBias[kColumnsPerThread];
+DCN_UNROLL
+        for (int xStep = 0; xStep < kColumnsPerThread; ++xStep)
+        {
+            int32_t const o = o0 + int32_t(threadIdx.x) + kTileThreadsX * xStep;
+            channelBias[xStep] = bias && o < oc ? ElementTraits<T>::toAcc(bias[o]) : Acc(0);
+        }
+        forTilePlaces([&](int k, int r, int x) { tile[r][x] = values[k] + channelBias[k % kColumnsPerThread]; });
         __syncthreads();
-        forTilePlaces([&](int r, int x) { // r: channel within the tile; x: pixel
-            int32_t const pix = pix0 + x;
-            int32_t const o = o0 + r;
-            if (pix < pixels && o < oc)
-                target[int64_t(o) * plane + pix] = ElementTraits<T>::fromAcc(tile[x][r]);
+        forTilePlaces([&](int, int r, int x) { // r: channel within the tile; x: pixel
+            if (pix0 + x < pixels && o0 + r < oc)
+                target[int64_t(o0 + r) * plane + x] = ElementTraits<T>::fromAcc(tile[x][r]);
         });
         __syncthreads(); // the tile is refilled by the next channel tile
     }

@@ -19,16 +19,20 @@
 namespace dcn
 {
 
-// The transposes below move 64x64 tiles through shared memory with 32x8 threads: each thread issues 16 loads before
-// the barrier (with 32x32 tiles and 4 loads each, the 2-byte transposes ran at about 1 TB/s on an H200: too few
-// bytes in flight). Rows are padded so that reading a tile column hits 32 different banks.
+// The transposes below move 64x64 tiles through shared memory with 32x8 threads, 16 places per thread. Each thread
+// first loads its 16 values into registers, all in flight together, and only then stores them: written as one loop
+// of load-and-store, the compiler waited for each load before the next pair (SASS on sm_90, 2026-11-26), and with
+// 32x32 tiles and 4 loads each the 2-byte transposes ran at about 1 TB/s on an H200: too few bytes in flight. Rows
+// are padded so that reading a tile column hits 32 different banks.
 constexpr int kTile = 64;
 constexpr int kTileThreadsX = 32, kTileThreadsY = 8; // the block of every tiled transpose
 constexpr int kTileThreads = kTileThreadsX * kTileThreadsY;
+constexpr int kTilePlaces = kTile * kTile / kTileThreads; // per thread
 template <typename T>
 constexpr int kTilePad = sizeof(T) == 2 ? 2 : 1;
 
-// body(r, x) for the 16 (row, column) places of a 64x64 tile that this thread of the 32x8 block moves.
+// body(k, r, x) for the kTilePlaces (row, column) places of a 64x64 tile that this thread of the 32x8 block moves,
+// k = 0.. numbering them.
 template <typename Body>
 __device__ __forceinline__ void forTilePlaces(Body&& body)
 {
@@ -36,11 +40,12 @@ DCN_UNROLL
     for (int rStep = 0; rStep < kTile / kTileThreadsY; ++rStep)
 DCN_UNROLL
         for (int xStep = 0; xStep < kTile / kTileThreadsX; ++xStep)
-            body(int(threadIdx.y) + kTileThreadsY * rStep, int(threadIdx.x) + kTileThreadsX * xStep);
+            body(rStep * (kTile / kTileThreadsX) + xStep, int(threadIdx.y) + kTileThreadsY * rStep,
+                int(threadIdx.x) + kTileThreadsX * xStep);
 }
 
 // NCHW -> NHWC for images n0..n0+gridDim.z-1. Blocks loop over channel tiles, so gridDim.y (at most 65535) need not
-// cover them all.
+// cover them all. A place outside the tensor is staged as zero and never written out.
 template <typename T>
 __global__ void __launch_bounds__(kTileThreads) nhwcKernel(
     DeformConvGeometry const geo, T const* __restrict__ input, T* __restrict__ nhwc, int32_t const n0)
@@ -50,18 +55,19 @@ __global__ void __launch_bounds__(kTileThreads) nhwcKernel(
     int32_t const channels = geo.d.in_channels;
     int32_t const img = blockIdx.z;
     int64_t const pix0 = int64_t(blockIdx.x) * kTile;
-    T const* source = input + int64_t(n0 + img) * channels * plane;
-    T* target = nhwc + int64_t(img) * channels * plane;
+    T const* source = input + int64_t(n0 + img) * channels * plane + pix0;
+    T* target = nhwc + (int64_t(img) * plane + pix0) * channels;
     for (int32_t c0 = blockIdx.y * kTile; c0 < channels; c0 += gridDim.y * kTile)
     {
-        forTilePlaces([&](int r, int x) { // r: channel within the tile; x: pixel
-            if (c0 + r < channels && pix0 + x < plane)
-                tile[r][x] = source[int64_t(c0 + r) * plane + pix0 + x];
+        T values[kTilePlaces];
+        forTilePlaces([&](int k, int r, int x) { // r: channel within the tile; x: pixel
+            values[k] = c0 + r < channels && pix0 + x < plane ? source[int64_t(c0 + r) * plane + x] : T();
         });
+        forTilePlaces([&](int k, int r, int x) { tile[r][x] = values[k]; });
         __syncthreads();
-        forTilePlaces([&](int r, int x) { // r: pixel within the tile; x: channel
+        forTilePlaces([&](int, int r, int x) { // r: pixel within the tile; x: channel
             if (c0 + x < channels && pix0 + r < plane)
-                target[(pix0 + r) * channels + c0 + x] = tile[x][r];
+                target[int64_t(r) * channels + c0 + x] = tile[x][r];
         });
         __syncthreads(); // the tile is refilled by the next channel tile
     }
