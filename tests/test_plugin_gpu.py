@@ -93,6 +93,9 @@ DENSE_CASES = [
     Case(3, 2, 4, 64, 96, 9, 7, (3, 3), (2, 1), (1, 0, 2, 1), (1, 2), True, False, 3.0, False),
     Case(1, 1, 2, 256, 256, 20, 24, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), False, True, 1.0, False),
     Case(4, 4, 4, 128, 128, 6, 5, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), True, True, 25.0, True),
+    # under the 1 MiB budget of the "chunks" child: each image in slices, the input transposed 2 (float32) or 4 (half
+    # types) images at a time, so a chunk starts inside a transposed range
+    Case(5, 1, 2, 48, 40, 48, 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 4.0, False),
 ]
 
 

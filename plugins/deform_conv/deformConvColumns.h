@@ -36,6 +36,11 @@ DCN_HD size_t alignUp256(size_t bytes)
     return (bytes + 255) / 256 * 256;
 }
 
+inline int64_t ceilDiv(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
 // Where the product writes. Straight into the NCHW output (direct), its rows start every oH*oW elements, so for
 // sizes such as 25x42 or 100x167 the rows are not 16-byte aligned and cuBLAS cannot use its aligned kernels, and the
 // bias must be written first (a pass over the output) for the product to add to; and it is one product per group.
@@ -252,14 +257,23 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.images = 1;
     plan.pixels = plane;
     // Whole images, as many as both budgets allow, at most 65535 (a grid dimension) and with images * pixels within
-    // int32 (the staged product's n), with room for the tiled sampler's last tile past the end.
+    // int32 (the staged product's n), with room for the tiled sampler's last tile past the end. Then the chunks are
+    // evened out: as few as that allows, of equal size but the last, so that no product is a small remainder (seg
+    // res5's 8192 pixels went as 7168 + 1024, and cuBLAS's product of the 1024 took twice the time per pixel of the
+    // 7168's on an H100: one small product leaves most of the GPU idle).
     if (imageBytes <= columnBudget)
-        plan.images = int32_t(std::min<int64_t>({batch, int64_t(columnBudget / std::max<size_t>(imageBytes, 1)),
+    {
+        int64_t const most = std::min<int64_t>({batch, int64_t(columnBudget / std::max<size_t>(imageBytes, 1)),
             std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImage, 1))), int64_t(65535),
-            std::max<int64_t>(1, int64_t(kChunkPixelsMax) / std::max<int64_t>(plane, 1))}));
+            std::max<int64_t>(1, int64_t(kChunkPixelsMax) / std::max<int64_t>(plane, 1))});
+        plan.images = int32_t(ceilDiv(batch, ceilDiv(batch, most)));
+    }
     else // a slice of one image: a multiple of 256 pixels, at least 256
-        plan.pixels = std::min<int64_t>({plane, std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256),
-            int64_t(kChunkPixelsMax) / 256 * 256});
+    {
+        int64_t const most = std::min<int64_t>({plane,
+            std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256), int64_t(kChunkPixelsMax) / 256 * 256});
+        plan.pixels = std::min(plane, ceilDiv(ceilDiv(plane, ceilDiv(plane, most)), 256) * 256);
+    }
     plan.vector = columnVectorWidth(geo, elementBytes);
     // Caps (see above). What a chunk uses fits: images * image <= budget and <= N * image; a slice uses at most
     // max(budget, 256 pixels); images * input image <= max(budget, one input image) and <= N * input image.
