@@ -196,6 +196,7 @@ def test_implicit_kernel_refuses_what_it_cannot_run(kernels):
 _CHILD_ENVS = {
     "chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
                "DCN_DEPLOY_GEMM_TILE_ITEMS": "1"},
+    "even": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_CHUNKS": "even"},
     "direct": {"DCN_DEPLOY_GEMM_OUTPUT": "direct"},
     "staged": {"DCN_DEPLOY_GEMM_OUTPUT": "staged"},
     "thread": {"DCN_DEPLOY_GEMM_SAMPLER": "thread"},
@@ -245,6 +246,12 @@ def test_gemm_path_in_chunks_and_pixel_slices(dense_children):
     in chunks of whole images and in slices of one image's pixels, through the staging scratch, in tiles of one pixel
     (DCN_DEPLOY_GEMM_TILE_ITEMS=1)."""
     _check_dense_child(dense_children, "chunks")
+
+
+def test_gemm_path_in_even_chunks(dense_children):
+    """The same budget with even chunks (DCN_DEPLOY_GEMM_CHUNKS=even: as few as fit, of equal size), each output way
+    as auto chooses."""
+    _check_dense_child(dense_children, "even")
 
 
 @pytest.mark.parametrize("output", ["direct", "staged"])

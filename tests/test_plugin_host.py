@@ -73,10 +73,11 @@ def _vector_friendly_case(rng: random.Random):
     return random_layer_case(rng, groups, offset_groups, cpg, (1, 5), 9, 9, (0.5, 2.0, 25.0))
 
 
-def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto", sampler="auto", tile_items=0):
+def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto", sampler="auto", tile_items=0,
+                  chunks="full"):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
                               path="gemm", column_budget_bytes=budget, gemm_output=output, gemm_sampler=sampler,
-                              tile_items=tile_items, library=host_lib)
+                              tile_items=tile_items, gemm_chunks=chunks, library=host_lib)
 
 
 # How the columns are sampled: tiled (a tile's taps once, then its columns front to back; the default) with tiles
@@ -115,19 +116,20 @@ def test_gemm_path_float64_matches_reference(host_lib, seed, output):
 
 @pytest.mark.parametrize("sampler,tile_items", SAMPLERS)
 @pytest.mark.parametrize("output", GEMM_OUTPUTS)
-@pytest.mark.parametrize("budget", [1, 150_000, 500_000, 1_000_000])
-def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, output, sampler, tile_items):
-    """Small column budgets (one image's columns take 384 192 bytes here, its input 42 688): one image in slices
-    of 256 pixels, each image transposed alone (budget 1) or three, then two, at a time (150 000); one image per
-    chunk (500 000), two images per chunk and a last chunk of one (1 000 000), the batch transposed at once; each
-    sampler, with tiles crossing images and cut short at a chunk's end."""
+@pytest.mark.parametrize("budget,chunks", [(1, "full"), (150_000, "full"), (500_000, "full"), (1_000_000, "full"),
+                                           (150_000, "even"), (1_000_000, "even")])
+def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, chunks, output, sampler, tile_items):
+    """Small column budgets (one image's columns take 384 192 bytes here, its input 42 688, 667 pixels): one image
+    in slices of 256 pixels (even: 256, 256, 155), each image transposed alone (budget 1) or three, then two, at a
+    time (150 000); one image per chunk (500 000), two images per chunk and a last chunk of one (1 000 000), the
+    batch transposed at once; each sampler, with tiles crossing images and cut short at a chunk's end."""
     from plugin_configs import Case
 
     case = Case(5, 1, 2, 8, 6, 23, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0)
     tensors = make_tensors(case, torch.float64, seed=budget)
     expected = reference(case, *tensors)
     got = run_host_gemm(host_lib, case, *tensors, budget=budget, output=output, sampler=sampler,
-                        tile_items=tile_items)
+                        tile_items=tile_items, chunks=chunks)
     assert max_relative_error(got, expected) < 1e-12
 
 
@@ -135,6 +137,7 @@ def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, output, sampler,
     ({"output": "nchw"}, "gemm_output must be one of auto, direct, staged, got 'nchw'"),
     ({"sampler": "tile"}, "gemm_sampler must be one of auto, tiled, thread, got 'tile'"),
     ({"tile_items": -3}, "tile_items must be 0 .the default. or positive, got -3"),
+    ({"chunks": "half"}, "gemm_chunks must be one of full, even, got 'half'"),
 ])
 def test_gemm_options_are_checked(host_lib, option, match):
     from plugin_configs import Case

@@ -105,6 +105,7 @@ AbiGemmOptions const& abiGemmSettings()
         long const mb = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_CHUNK_MB", 1, 1 << 20, read.problem);
         if (mb > 0)
             parsed.columnBudget = size_t(mb) << 20;
+        parsed.chunks = choiceFromEnvironment("DCN_DEPLOY_GEMM_CHUNKS", {"full", "even"}, read.problem);
         parsed.output = choiceFromEnvironment("DCN_DEPLOY_GEMM_OUTPUT", {"auto", "direct", "staged"}, read.problem);
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
         long const tileItems = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_TILE_ITEMS", 1, 1 << 20, read.problem);

@@ -70,6 +70,19 @@ enum GemmSampler : int32_t
     kGemmSamplerThread = 2, // per thread
 };
 
+// How the batch (or one image's pixels) is cut into chunks whose columns fit the budget.
+//   Full: as many images (or pixels) per chunk as fit, and the remainder last: seg res5's 8192 pixels an image go as
+//     7168 + 1024, and cuBLAS's product of the 1024 took 1.8x the time per pixel of the 7168's (H100, 09f36e1).
+//   Even: as few chunks as fit, of equal size but the last (4096 + 4096), so no product is a small remainder; but a
+//     chunk's product may then be a fraction of a wave of cuBLAS's tiles where the full one was a whole wave (det
+//     res5 at batch 8: 6 + 2 images, the 6 in 132 tiles of 128x192 on 132 SMs, become 4 + 4). Which is faster
+//     depends on cuBLAS's tile choice: not measured yet (benchmarks/gpu_notes.md), so full stays the default.
+enum GemmChunks : int32_t
+{
+    kGemmChunksFull = 0,
+    kGemmChunksEven = 1,
+};
+
 // The default tile: this many column elements, so tile pixels = this / (C * kH*kW), whatever the type. On an H200
 // (2026-11-26, fp16, 3x3, benchmarks/RESULTS.md) the best tiles measured were 14, 7 and 3 pixels for C = 128, 256
 // and 512: about 16K elements, 2048 channel vectors of 8 halves, 8 per thread of a 256-thread block. Smaller tiles
@@ -81,13 +94,14 @@ constexpr int32_t kChunkPixelsMax = INT32_MAX - kTileMaxPixels; // a chunk's pix
 constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
 
 // The GEMM paths' tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
-// DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M and
+// DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M and
 // DCN_DEPLOY_IMPLICIT_THREADS (benchmarks, tests); the host build takes them as arguments.
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
     int32_t output = kGemmOutputAuto;               // a GemmOutput
     int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
+    int32_t chunks = kGemmChunksFull;               // a GemmChunks
     int32_t tileItems = 0; // the tiled sampler's channel vectors per tile (a target); 0: kTileDefaultElements' worth
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
@@ -101,6 +115,11 @@ inline bool validGemmOutput(int32_t output)
 inline bool validGemmSampler(int32_t sampler)
 {
     return sampler == kGemmSamplerAuto || sampler == kGemmSamplerTiled || sampler == kGemmSamplerThread;
+}
+
+inline bool validGemmChunks(int32_t chunks)
+{
+    return chunks == kGemmChunksFull || chunks == kGemmChunksEven;
 }
 
 // Bytes of one element of the accumulation type (float, or double for float64), which the staging scratch holds.
@@ -257,22 +276,21 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.images = 1;
     plan.pixels = plane;
     // Whole images, as many as both budgets allow, at most 65535 (a grid dimension) and with images * pixels within
-    // int32 (the staged product's n), with room for the tiled sampler's last tile past the end. Then the chunks are
-    // evened out: as few as that allows, of equal size but the last, so that no product is a small remainder (seg
-    // res5's 8192 pixels went as 7168 + 1024, and cuBLAS's product of the 1024 took twice the time per pixel of the
-    // 7168's on an H100: one small product leaves most of the GPU idle).
+    // int32 (the staged product's n), with room for the tiled sampler's last tile past the end; then, for even
+    // chunks (GemmChunks), as few chunks as that allows, of equal size but the last.
+    bool const even = options.chunks == kGemmChunksEven;
     if (imageBytes <= columnBudget)
     {
         int64_t const most = std::min<int64_t>({batch, int64_t(columnBudget / std::max<size_t>(imageBytes, 1)),
             std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImage, 1))), int64_t(65535),
             std::max<int64_t>(1, int64_t(kChunkPixelsMax) / std::max<int64_t>(plane, 1))});
-        plan.images = int32_t(ceilDiv(batch, ceilDiv(batch, most)));
+        plan.images = int32_t(even ? ceilDiv(batch, ceilDiv(batch, most)) : most);
     }
     else // a slice of one image: a multiple of 256 pixels, at least 256
     {
         int64_t const most = std::min<int64_t>({plane,
             std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256), int64_t(kChunkPixelsMax) / 256 * 256});
-        plan.pixels = std::min(plane, ceilDiv(ceilDiv(plane, ceilDiv(plane, most)), 256) * 256);
+        plan.pixels = even ? std::min(plane, ceilDiv(ceilDiv(plane, ceilDiv(plane, most)), 256) * 256) : most;
     }
     plan.vector = columnVectorWidth(geo, elementBytes);
     // Caps (see above). What a chunk uses fits: images * image <= budget and <= N * image; a slice uses at most

@@ -350,7 +350,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items)
+    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks)
 {
     return dcn::guarded([&] {
         if (!dcn::validGemmOutput(output_mode))
@@ -362,12 +362,16 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         if (tile_items < 0)
             return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: tile_items must be 0 (the default) or "
                                         "positive, got " + std::to_string(tile_items));
+        if (!dcn::validGemmChunks(chunks))
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: chunks must be 0 (full) or 1 (even), "
+                                        "got " + std::to_string(chunks));
         dcn::DeformConvGeometry geo;
         dcn::GemmOptions options;
         if (column_budget_bytes)
             options.columnBudget = column_budget_bytes;
         options.output = output_mode;
         options.sampler = sampler;
+        options.chunks = chunks;
         if (tile_items)
             options.tileItems = tile_items;
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_gemm", desc, dtype, input, offset, weight, output, geo,
