@@ -94,8 +94,9 @@ constexpr int32_t kChunkPixelsMax = INT32_MAX - kTileMaxPixels; // a chunk's pix
 constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
 
 // The GEMM paths' tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
-// DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M and
-// DCN_DEPLOY_IMPLICIT_THREADS (benchmarks, tests); the host build takes them as arguments.
+// DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
+// DCN_DEPLOY_IMPLICIT_TILE_M and DCN_DEPLOY_IMPLICIT_THREADS (benchmarks, tests); the host build takes them as
+// arguments.
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
@@ -136,7 +137,7 @@ inline size_t accumulatorBytes(size_t elementBytes)
 struct GemmPlan
 {
     int32_t images;      // whole images per chunk (1 when slicing pixels)
-    int32_t inputImages; // images per channels-last transpose: a multiple of images, as many as its room holds
+    int32_t inputImages; // images per channels-last transpose: the batch, or as many chunks' images as the room holds
     int64_t pixels;      // output pixels per chunk of one image (all of them unless slicing)
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
     bool staged;         // the product goes through the staging scratch (GemmOutput)
@@ -288,8 +289,8 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     }
     else // a slice of one image: a multiple of 256 pixels, at least 256
     {
-        int64_t const most = std::min<int64_t>({plane,
-            std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256), int64_t(kChunkPixelsMax) / 256 * 256});
+        int64_t const fit = std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256);
+        int64_t const most = std::min<int64_t>({plane, fit, int64_t(kChunkPixelsMax) / 256 * 256});
         plan.pixels = even ? std::min(plane, ceilDiv(ceilDiv(plane, ceilDiv(plane, most)), 256) * 256) : most;
     }
     plan.vector = columnVectorWidth(geo, elementBytes);
