@@ -368,13 +368,20 @@ def _err_cell(r: dict, key: str) -> str:
     return "n/a" if err is None else f"{err:.1e}"
 
 
-# The C ABI's GEMM options a run was made under (read by the kernels library from the environment).
-GEMM_ENV = ("DCN_DEPLOY_GEMM_OUTPUT", "DCN_DEPLOY_GEMM_CHUNK_MB")
+# The C ABI's GEMM and implicit-GEMM options a run was made under (read by the kernels library from the
+# environment: DCN_DEPLOY_GEMM_CHUNK_MB, _CHUNKS, _OUTPUT, _SAMPLER, _TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M, _THREADS).
+GEMM_ENV_PREFIXES = ("DCN_DEPLOY_GEMM_", "DCN_DEPLOY_IMPLICIT_")
+
+
+def kernel_settings() -> str:
+    """The kernel knobs set in this process's environment, as NAME=VALUE words (for the command line shown)."""
+    return " ".join(f"{name}={os.environ[name]}" for name in sorted(os.environ)
+                    if name.startswith(GEMM_ENV_PREFIXES) and os.environ[name])
 
 
 def to_markdown(rows: List[dict], args) -> str:
     algos = args.algos.split(",")
-    env = " ".join(f"{name}={os.environ[name]}" for name in GEMM_ENV if os.environ.get(name))
+    env = kernel_settings()
     run_context = _run_context(rows)
     lines = [
         f"## Deformable convolution, {run_context['device']} ({datetime.date.today().isoformat()})",
