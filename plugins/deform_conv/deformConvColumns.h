@@ -200,14 +200,20 @@ struct TileRowVector
     int32_t channel, point;
 };
 
+// Where a tile pixel is: its image within the chunk (-1 past the chunk's end) and its output row and column.
+struct TilePixel
+{
+    int32_t image, y, x;
+};
+
 // The tiled sampler's shared memory, in this order: the taps of every (point, tile pixel), where the image of each
-// tile pixel starts, and one TileRowVector per vector of a column row.
+// tile pixel starts, where each tile pixel is (TilePixel), and one TileRowVector per vector of a column row.
 inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes, int32_t vector, int32_t tilePixels)
 {
     size_t const points = size_t(geo.kernelPoints) * size_t(geo.d.offset_group);
     size_t const rowVectors = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) / size_t(vector);
-    return points * size_t(tilePixels) * tapsBytes(elementBytes) + size_t(tilePixels) * sizeof(int32_t)
-        + rowVectors * sizeof(TileRowVector);
+    return points * size_t(tilePixels) * tapsBytes(elementBytes)
+        + size_t(tilePixels) * (sizeof(int32_t) + sizeof(TilePixel)) + rowVectors * sizeof(TileRowVector);
 }
 
 // Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileItems channel
@@ -512,8 +518,8 @@ DCN_HD void columnVector(DeformConvGeometry const& geo, T const* nhwc, T const* 
 // The tiled sampler (GemmSampler), in two steps per tile; the CUDA kernel and the host build both call these.
 // A tile is tilePixels consecutive pixels of the chunk, counted across its images (flat = img * pixels + p), from
 // flat pixel `first`; a column row holds C * kH*kW / Vector vectors ("row vectors").
-//   1. the tables: tileRowVector for every row vector, tileRowImage for every tile pixel, tileEntryTaps for every
-//      (point, tile pixel) entry, entry = point * tilePixels + tile pixel;
+//   1. the tables: tileRowVector for every row vector, tileRowImage and tilePixel for every tile pixel, then (after
+//      a barrier) tileEntryTaps for every (point, tile pixel) entry, entry = point * tilePixels + tile pixel;
 //   2. then, for every item (row, r) of the tile, tileItem samples row vector r of tile pixel `row`: the tile's
 //      columns are one contiguous block, and the item's vector is at (row * rowVectors + r) * Vector in it.
 
@@ -576,22 +582,38 @@ inline int32_t tileZeroOffset(GemmPlan const& plan, DeformConvGeometry const& ge
     return int32_t(plan.zeroVector - channelsLastChunkStart(plan, geo, n0));
 }
 
-// The taps of entry e (point * tilePixels + tile pixel) of the tile at `first` (chunkPixelTaps), as element offsets
-// from the pixel's image (tileRowImage), each outside neighbour redirected to the zero vector, zeroOffset elements
-// from the chunk's first image.
+// Where the chunk's flat pixel `flat` is (TilePixel). Computed once per tile pixel, so that the taps of its
+// points need no division to find it.
+DCN_HD TilePixel tilePixel(DeformConvGeometry const& geo, int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t flat)
+{
+    if (flat >= chunkPixels)
+        return TilePixel{-1, 0, 0};
+    int32_t const img = flat / pixels;
+    int64_t const pixel = p0 + (flat - img * pixels);
+    int32_t const y = int32_t(pixel / geo.outW);
+    return TilePixel{img, y, int32_t(pixel - int64_t(y) * geo.outW)};
+}
+
+// The taps of point (offset group * kernel points + kernel point) of a tile pixel (where it is, and where its image
+// starts: tileRowImage), as chunkPixelTaps computes them, as element offsets from the pixel's image, each outside
+// neighbour redirected to the zero vector, zeroOffset elements from the chunk's first image. None past the chunk.
 template <typename Acc, typename T>
 DCN_HD TileTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
-    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t first, int32_t tilePixels, int32_t zeroOffset, int32_t e)
+    TilePixel const& place, int32_t rowImage, int32_t point, int32_t zeroOffset)
 {
-    int32_t const point = e / tilePixels;
-    int32_t const flat = first + (e - point * tilePixels);
-    BilinearTaps<Acc> const taps = chunkPixelTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, flat, point);
-    int32_t const toZero = zeroOffset - int32_t(tileRowImage(geo, flat, pixels, chunkPixels));
+    BilinearTaps<Acc> taps = noTaps<Acc>();
+    if (place.image >= 0)
+    {
+        int32_t const og = point / geo.kernelPoints;
+        taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + place.image, og, point - og * geo.kernelPoints, place.y,
+            place.x);
+    }
+    int32_t const toZero = zeroOffset - rowImage;
     TileTaps<Acc> out;
     for (int t = 0; t < 4; ++t)
     {
         bool const inside = (taps.valid >> t) & 1u;
-        out.index[t] = inside ? taps.index[t] : toZero;
+        out.index[t] = inside ? taps.index[t] * geo.d.in_channels : toZero;
         out.weight[t] = inside ? taps.weight[t] : Acc(0);
     }
     return out;

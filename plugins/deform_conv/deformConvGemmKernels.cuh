@@ -46,14 +46,33 @@ __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformC
     int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
     auto* taps = reinterpret_cast<TileTaps<Acc>*>(tileTables);
     auto* rowImage = reinterpret_cast<int32_t*>(taps + entries);
-    auto* rowVectorTable = reinterpret_cast<TileRowVector*>(rowImage + tilePixels);
+    auto* pixelTable = reinterpret_cast<TilePixel*>(rowImage + tilePixels);
+    auto* rowVectorTable = reinterpret_cast<TileRowVector*>(pixelTable + tilePixels);
     int32_t const first = int32_t(blockIdx.x) * tilePixels;
-    for (int32_t e = threadIdx.x; e < entries; e += blockDim.x)
-        taps[e] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels, zeroOffset, e);
+    for (int32_t row = threadIdx.x; row < tilePixels; row += blockDim.x)
+    {
+        rowImage[row] = int32_t(tileRowImage(geo, first + row, pixels, chunkPixels));
+        pixelTable[row] = tilePixel(geo, p0, pixels, chunkPixels, first + row);
+    }
     for (int32_t r = threadIdx.x; r < rowVectors; r += blockDim.x)
         rowVectorTable[r] = tileRowVector(geo, Vector, r);
-    for (int32_t row = threadIdx.x; row < tilePixels; row += blockDim.x)
-        rowImage[row] = int32_t(tileRowImage(geo, first + row, pixels, chunkPixels));
+    __syncthreads();
+    // Entry (point, row) = point * tilePixels + row, blockDim.x apart, counted without dividing.
+    int32_t const stepPoints = int32_t(blockDim.x) / tilePixels;
+    int32_t const stepRow = int32_t(blockDim.x) - stepPoints * tilePixels;
+    for (int32_t point = int32_t(threadIdx.x) / tilePixels, row = int32_t(threadIdx.x) - point * tilePixels;
+         point < points;)
+    {
+        taps[point * tilePixels + row]
+            = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[row], rowImage[row], point, zeroOffset);
+        point += stepPoints;
+        row += stepRow;
+        if (row >= tilePixels)
+        {
+            row -= tilePixels;
+            ++point;
+        }
+    }
     __syncthreads();
     int32_t const rows = min(tilePixels, chunkPixels - first);
     int32_t const stepRows = int32_t(blockDim.x) / rowVectors;

@@ -117,15 +117,22 @@ void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T con
     std::vector<TileTaps<Acc>> taps(static_cast<size_t>(entries));
     std::vector<TileRowVector> rowVectorTable(static_cast<size_t>(rowVectors));
     std::vector<int32_t> rowImage(static_cast<size_t>(tilePixels));
+    std::vector<TilePixel> pixelTable(static_cast<size_t>(tilePixels));
     for (int32_t r = 0; r < rowVectors; ++r)
         rowVectorTable[size_t(r)] = tileRowVector(geo, Vector, r);
     for (int32_t first = 0; first < chunkPixels; first += tilePixels)
     {
-        for (int32_t e = 0; e < entries; ++e)
-            taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, p0, pixels, chunkPixels, first, tilePixels,
-                zeroOffset, e);
         for (int32_t row = 0; row < tilePixels; ++row)
+        {
             rowImage[size_t(row)] = int32_t(tileRowImage(geo, first + row, pixels, chunkPixels));
+            pixelTable[size_t(row)] = tilePixel(geo, p0, pixels, chunkPixels, first + row);
+        }
+        for (int32_t e = 0; e < entries; ++e)
+        {
+            int32_t const point = e / tilePixels, row = e % tilePixels;
+            taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[size_t(row)], rowImage[size_t(row)],
+                point, zeroOffset);
+        }
         int32_t const rows = std::min(tilePixels, chunkPixels - first);
         T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
         for (int32_t row = 0; row < rows; ++row)
