@@ -179,26 +179,28 @@ BUDGET = 64 << 20  # the GEMM path's default column budget
 
 
 def _gemm_workspace(batch, channels, height, width, out_channels, channels_per_group, kernel_points, out_pixels,
-                    element):
+                    element, vector):
     """The GEMM path's workspace (plugins/deform_conv/deformConvColumns.h): room for one chunk's columns,
     min(whole batch, max(budget, 256 pixels' columns)), and for the channels-last input, min(whole batch, max(budget,
-    one image)), then the zero vector (C elements), each rounded up to 256 bytes, the re-laid-out weights, the
-    staging scratch (one accumulator, 4 bytes or 8 for float64, per output channel of every pixel the columns room
-    holds), and 8 MiB for cuBLAS."""
+    one image)), then the zero vector (C elements), each rounded up to 256 bytes, the re-laid-out weights, the tiled
+    sampler's row table (8 bytes per `vector` channels of a pixel's column), the staging scratch (one accumulator,
+    4 bytes or 8 for float64, per output channel of every pixel the columns room holds), and 8 MiB for cuBLAS."""
     up = lambda n: -(-n // 256) * 256  # noqa: E731
     row = channels * kernel_points * element
     image = channels * height * width * element
     columns_room = min(batch * row * out_pixels, max(BUDGET, 256 * row))
     staging = columns_room // row * out_channels * (8 if element == 8 else 4)
     return (up(columns_room) + up(min(batch * image, max(BUDGET, image))) + up(channels * element)
-            + up(out_channels * channels_per_group * kernel_points * element) + up(staging) + (8 << 20))
+            + up(out_channels * channels_per_group * kernel_points * element)
+            + up(channels * kernel_points // vector * 8) + up(staging) + (8 << 20))
 
 
 def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     # Host-side logic of the CUDA library: no CUDA call is made, so this runs without a GPU.
     dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
     weights = 96 * 32 * 9
-    gemm = lambda element: _gemm_workspace(2, 64, 20, 20, 96, 32, 9, 400, element)  # noqa: E731 (one chunk)
+    # one chunk; channels per thread (vector): 16 bytes' worth, within the 16 channels of an offset group
+    gemm = lambda element: _gemm_workspace(2, 64, 20, 20, 96, 32, 9, 400, element, min(16 // element, 16))  # noqa: E731
     assert _workspace(kernels_lib, dense, 0, 2) == -(-weights * 4 // 256) * 256  # float32, fused
     assert _workspace(kernels_lib, dense, 1, 3) == gemm(2)                       # float16, GEMM
     assert _workspace(kernels_lib, dense, 3, 3) == gemm(8)                       # float64, GEMM
@@ -209,7 +211,7 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     assert _workspace(kernels_lib, depthwise, 1, 0) == 0                          # auto -> direct
     # One image whose columns exceed the 64 MiB budget runs in slices of its pixels: room for the budget.
     big = DeformConvDesc(1, 512, 128, 128, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
-    assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, 128 * 128, 4)
+    assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, 128 * 128, 4, 4)
 
 
 @pytest.mark.parametrize("variable,value,message", [

@@ -149,6 +149,7 @@ struct GemmPlan
     int64_t zeroVector;  // where the zero vector starts, in elements from the room's start: C zeros, which the tiled
                          // sampler reads for a neighbour outside the image
     size_t weightsBytes; // weights, kernel point outer
+    size_t rowTableBytes; // the tiled sampler's row vectors (one TileRowVector per vector of a column row)
     size_t stagingBytes; // room for the product of as many pixels as the columns room holds, oC accumulators each
     size_t totalBytes;   // + kCublasWorkspaceBytes
 };
@@ -322,7 +323,9 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room.
     plan.stagingBytes = alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels)
         * accumulatorBytes(elementBytes));
-    plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + plan.stagingBytes
+    plan.rowTableBytes = alignUp256(size_t(geo.d.in_channels) * size_t(geo.kernelPoints) / size_t(plan.vector)
+        * sizeof(TileRowVector));
+    plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + plan.rowTableBytes + plan.stagingBytes
         + kCublasWorkspaceBytes;
     return plan;
 }

@@ -65,23 +65,26 @@ void launchColumnsIndexed(int32_t vector, DeformConvGeometry const& geo, T const
 
 template <typename T>
 void launchTiledColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
-    T const* mask, T* columns, int32_t n0, int64_t p0, int32_t pixels, int32_t chunkPixels, cudaStream_t stream)
+    T const* mask, TileRowVector const* rowTable, T* columns, int32_t n0, int64_t p0, int32_t pixels,
+    int32_t chunkPixels, cudaStream_t stream)
 {
     unsigned const tiles = unsigned((int64_t(chunkPixels) + plan.tilePixels - 1) / plan.tilePixels);
     size_t const shared = plan.tileShared;
     int32_t const zeroOffset = tileZeroOffset(plan, geo, n0);
     withVectorWidth(plan.vector, [&](auto width) {
         tiledColumnsKernel<T, decltype(width)::value><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset,
-            mask, columns, n0, p0, pixels, chunkPixels, plan.tilePixels, zeroOffset);
+            mask, rowTable, columns, n0, p0, pixels, chunkPixels, plan.tilePixels, zeroOffset);
     });
 }
 
 template <typename T>
 void launchColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
-    T const* mask, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels, cudaStream_t stream)
+    T const* mask, TileRowVector const* rowTable, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels,
+    cudaStream_t stream)
 {
     if (plan.tilePixels > 0)
-        return launchTiledColumns<T>(plan, geo, nhwc, offset, mask, columns, n0, p0, pixels, images * pixels, stream);
+        return launchTiledColumns<T>(plan, geo, nhwc, offset, mask, rowTable, columns, n0, p0, pixels,
+            images * pixels, stream);
     int32_t const vector = plan.vector;
     int64_t const total = columnThreads(geo, images, pixels, vector);
     if (columnIndexFits32(geo, total))
@@ -117,10 +120,13 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
     T* columns = reinterpret_cast<T*>(base);
     T* nhwc = reinterpret_cast<T*>(base + plan.columnsBytes);
     T* weights = reinterpret_cast<T*>(base + plan.columnsBytes + plan.nhwcBytes);
-    Acc* staging = reinterpret_cast<Acc*>(base + plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes);
+    auto* rowTable = reinterpret_cast<TileRowVector*>(base + plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes);
+    Acc* staging = reinterpret_cast<Acc*>(base + plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes
+        + plan.rowTableBytes);
     int64_t const plane = int64_t(geo.outH) * geo.outW;
 
-    Status status = launchWeightsRelayout<T>(geo, weight, weights, stream);
+    Status status = launchWeightsRelayout<T>(geo, weight, weights, stream, plan.tilePixels > 0 ? rowTable : nullptr,
+        plan.vector);
     if (status.ok())
     {
         cudaMemsetAsync(nhwc + plan.zeroVector, 0, size_t(d.in_channels) * sizeof(T), stream);
@@ -136,7 +142,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
         for (int64_t p0 = 0; status.ok() && p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
-            launchColumns<T>(plan, geo, chunkInput, offset, mask, columns, n0, images, p0, pixels, stream);
+            launchColumns<T>(plan, geo, chunkInput, offset, mask, rowTable, columns, n0, images, p0, pixels, stream);
             status = launchStatus("the deformable sampling kernel");
             if (plan.staged)
             {

@@ -30,14 +30,15 @@ __global__ void __launch_bounds__(kGridStrideThreads) columnsKernel(DeformConvGe
 }
 
 // The tiled sampler (deformConvColumns.h): block b samples the tile of chunk pixels b * tilePixels.., its tables
-// in dynamic shared memory (plan.tileShared bytes: taps, pixel images, row vectors). nhwc is the chunk's first
-// channels-last image, and the zero vector is zeroOffset elements from it (tileZeroOffset). Each thread steps
-// through the tile's items blockDim.x apart, carrying (row, r) instead of dividing the item number.
+// in dynamic shared memory (plan.tileShared bytes: taps, pixel images and places, row vectors copied from rowTable,
+// which weightsKernel wrote). nhwc is the chunk's first channels-last image, and the zero vector is zeroOffset
+// elements from it (tileZeroOffset). Each thread steps through the tile's items blockDim.x apart, carrying (row, r)
+// instead of dividing the item number.
 template <typename T, int Vector>
 __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformConvGeometry const geo,
-    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ mask, T* __restrict__ columns,
-    int32_t const n0, int64_t const p0, int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels,
-    int32_t const zeroOffset)
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ mask,
+    TileRowVector const* __restrict__ rowTable, T* __restrict__ columns, int32_t const n0, int64_t const p0,
+    int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels, int32_t const zeroOffset)
 {
     using Acc = typename ElementTraits<T>::Acc;
     unsigned char* tileTables = dynamicShared();
@@ -55,7 +56,7 @@ __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformC
         pixelTable[row] = tilePixel(geo, p0, pixels, chunkPixels, first + row);
     }
     for (int32_t r = threadIdx.x; r < rowVectors; r += blockDim.x)
-        rowVectorTable[r] = tileRowVector(geo, Vector, r);
+        rowVectorTable[r] = rowTable[r];
     __syncthreads();
     // Entry (point, row) = point * tilePixels + row, blockDim.x apart, counted without dividing.
     int32_t const stepPoints = int32_t(blockDim.x) / tilePixels;

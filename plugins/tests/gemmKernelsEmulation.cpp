@@ -74,9 +74,24 @@ void checkTransposes(DeformConvGeometry const& geo, std::string const& name, std
     int64_t const rows = int64_t(d.out_channels) * geo.channelsPerGroup;
     for (int64_t row = 0; row < rows; ++row)
         weightRow<T>(geo, weight.data(), weightsExpected.data(), row);
-    std::string const failure = emulation::runGrid(dim3{2, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1},
-        [&] { weightsKernel<T>(geo, weight.data(), weightsGot.data(), rows); });
+    std::string failure = emulation::runGrid(dim3{2, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1},
+        [&] { weightsKernel<T>(geo, weight.data(), weightsGot.data(), rows, nullptr, 1, 0); });
     check(failure.empty() && sameBits(weightsGot, weightsExpected), name + ": weight re-layout (2 blocks) " + failure);
+
+    // with the tiled sampler's row-vector table in the same launch (one block: its threads loop over both)
+    int32_t const vector = columnVectorWidth(geo, sizeof(T));
+    int32_t const rowVectors = d.in_channels * geo.kernelPoints / vector;
+    std::vector<TileRowVector> tableExpected(static_cast<size_t>(rowVectors)), tableGot(tableExpected.size());
+    for (int32_t r = 0; r < rowVectors; ++r)
+        tableExpected[size_t(r)] = tileRowVector(geo, vector, r);
+    std::fill(weightsGot.begin(), weightsGot.end(), T{});
+    failure = emulation::runGrid(dim3{1, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
+        weightsKernel<T>(geo, weight.data(), weightsGot.data(), rows, tableGot.data(), vector, rowVectors);
+    });
+    bool const sameTable = std::memcmp(tableGot.data(), tableExpected.data(), tableGot.size() * sizeof(TileRowVector))
+        == 0;
+    check(failure.empty() && sameBits(weightsGot, weightsExpected) && sameTable,
+        name + ": weight re-layout with the row-vector table (1 block) " + failure);
 }
 
 // Both samplers over one chunk of the whole batch, against columnVector run for every item.
@@ -123,11 +138,14 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
         nhwcZero.resize(nhwc.size() + size_t(d.in_channels), ElementTraits<T>::fromAcc(Acc(0)));
         nhwcZero.resize(nhwcZero.size() + 16, ElementTraits<T>::fromAcc(Acc(NAN)));
         int32_t const zeroOffset = int32_t(nhwc.size());
+        std::vector<TileRowVector> rowTable(static_cast<size_t>(rowVectors));
+        for (int32_t r = 0; r < rowVectors; ++r)
+            rowTable[size_t(r)] = tileRowVector(geo, Vector, r);
         emulation::prepareShared(plan.tileShared);
         failure = emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
             dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
-                tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), tiled.data(), 0, 0,
-                    plane, chunkPixels, plan.tilePixels, zeroOffset);
+                tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), rowTable.data(),
+                    tiled.data(), 0, 0, plane, chunkPixels, plan.tilePixels, zeroOffset);
             });
         bool const canary = emulation::sharedUntouchedPast(plan.tileShared);
         tiled.resize(columnCount);
@@ -142,8 +160,8 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
         tiled.assign(columnCount + size_t(plan.tilePixels) * d.in_channels * geo.kernelPoints, T{});
         failure = emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
             dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
-                tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), tiled.data(), 0, 0,
-                    plane, chunkPixels, plan.tilePixels, zeroOffset);
+                tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), rowTable.data(),
+                    tiled.data(), 0, 0, plane, chunkPixels, plan.tilePixels, zeroOffset);
             });
         size_t poisoned = 0, outside = 0;
         bool agree = failure.empty();
