@@ -180,7 +180,7 @@ BUDGET = 64 << 20  # the GEMM path's default column budget
 
 def _gemm_workspace(batch, channels, height, width, out_channels, channels_per_group, kernel_points, out_pixels,
                     element, vector):
-    """The GEMM path's workspace (plugins/deform_conv/deformConvColumns.h): room for one chunk's columns,
+    """The GEMM path's workspace (plugins/deform_conv/deformConvGemmPlan.h): room for one chunk's columns,
     min(whole batch, max(budget, 256 pixels' columns)), and for the channels-last input, min(whole batch, max(budget,
     one image)), then the zero vector (C elements), each rounded up to 256 bytes, the re-laid-out weights, the tiled
     sampler's row table (8 bytes per `vector` channels of a pixel's column), the staging scratch (one accumulator,

@@ -90,7 +90,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 /* The CUDA GEMM path (DCN_ALGO_GEMM) step by step on the host: the same chunks (column_budget_bytes per chunk,
  * 0 = the CUDA default), layouts and sampling, with cuBLAS's product as a plain loop. output_mode: where the product
  * writes, 0 as the CUDA path chooses, 1 straight into NCHW, 2 through the staging scratch (GemmOutput in
- * plugins/deform_conv/deformConvColumns.h). sampler: 0 as the CUDA path chooses, 1 tiled, 2 one thread per channel
+ * plugins/deform_conv/deformConvGemmPlan.h). sampler: 0 as the CUDA path chooses, 1 tiled, 2 one thread per channel
  * vector (GemmSampler); tile_items: the tiled sampler's channel vectors per tile, 0 = the CUDA default; chunks: 0 as
  * many images or pixels per chunk as fit, then the remainder (the CUDA default), 1 even chunks (GemmChunks). For
  * tests. */

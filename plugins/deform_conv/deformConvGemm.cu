@@ -1,13 +1,13 @@
 // The GEMM path of deformable convolution: sample, then multiply with cuBLAS.
 //
-// Layout and per-thread work are in deformConvColumns.h (shared with the host build that CI checks). The input is
-// transposed to channels-last (64x64 tiles) for as many chunks at once as the room holds; per chunk of the batch
-// the tiled sampler writes the columns
-// (each tile's taps computed once into shared memory; 16-byte channel vectors, coalesced across a warp), then the
-// cuBLAS product (float32 accumulation for every type but float64). Staged: one strided-batched call over the
-// groups into a pixel-major float scratch, then a tiled transpose writes NCHW with the bias. Direct (auto's choice
-// for one group where the output rows are whole 16-byte vectors, GemmOutput): the bias is written into the output
-// and one call per group adds columns x weights into NCHW. The weights are re-laid out once per launch.
+// The plan is in deformConvGemmPlan.h, the per-thread work in deformConvColumns.h (both shared with the host build
+// that CI checks). The input is transposed to channels-last (64x64 tiles) for as many chunks at once as the room
+// holds; per chunk of the batch the tiled sampler writes the columns (each tile's taps computed once into shared
+// memory; 16-byte channel vectors, coalesced across a warp), then the cuBLAS product (float32 accumulation for every
+// type but float64). Staged: one strided-batched call over the groups into a pixel-major float scratch, then a tiled
+// transpose writes NCHW with the bias. Direct (auto's choice for one group where the output rows are whole 16-byte
+// vectors, GemmOutput): the bias is written into the output and one call per group adds columns x weights into
+// NCHW. The weights (and the tiled sampler's row table) are re-laid out once per launch.
 //
 // Measured on an H200 and an H100 (benchmarks/RESULTS.md, 2026-11-26): 0.70x to 1.36x torchvision's speed in fp16;
 // benchmarks/gpu_notes.md says where the time goes and what is next.

@@ -1,5 +1,5 @@
-// The GEMM path's kernels (deformConvGemm.cu launches them; layouts and per-thread work: deformConvColumns.h): the
-// two samplers, the bias fill of the direct output and the staged output's transpose. Also run on the CPU by
+// The GEMM path's kernels (deformConvGemm.cu launches them; plan and layouts: deformConvGemmPlan.h, per-thread work:
+// deformConvColumns.h): the two samplers, the bias fill of the direct output and the staged output's transpose. Also run on the CPU by
 // plugins/tests/gemmKernelsEmulation.cpp (each block's threads as threads), so CI checks these sources against the
 // host functions they are built from. Compiled by nvcc it includes what it uses from CUDA; the emulation provides,
 // before including it, threadIdx / blockIdx / blockDim / gridDim, __syncthreads, __shared__ as block-shared static

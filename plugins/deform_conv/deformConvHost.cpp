@@ -65,9 +65,10 @@ void forwardTyped(DeformConvGeometry const& geo, void const* input, void const* 
         static_cast<T const*>(bias), static_cast<T const*>(mask), static_cast<T*>(output));
 }
 
-// The CUDA GEMM path step by step on the host (deformConvColumns.h): same chunks, same layouts, same sampling, and
-// the cuBLAS calls' arguments (stagedProduct, directProduct) run through a plain column-major "TN" product, with C
-// in the output type (direct) or the accumulation type (staged), as the CUDA path asks cuBLAS for.
+// The CUDA GEMM path step by step on the host (deformConvGemmPlan.h, deformConvColumns.h): same chunks, same
+// layouts, same sampling, and the cuBLAS calls' arguments (stagedProduct, directProduct) run through a plain
+// column-major "TN" product, with C in the output type (direct) or the accumulation type (staged), as the CUDA path
+// asks cuBLAS for.
 template <typename In, typename Out>
 void gemmHost(GemmCall const& call, In const* a, In const* b, Out* c, bool accumulate)
 {

@@ -2,7 +2,7 @@
 #pragma once
 
 #include "dcnStatus.h"
-#include "deformConvColumns.h"
+#include "deformConvGemmPlan.h"
 #include "deformConvMath.h"
 
 #include <cstddef>

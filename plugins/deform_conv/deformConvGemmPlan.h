@@ -1,0 +1,408 @@
+// The GEMM path's plan, shared by the CUDA launcher (deformConvGemm.cu), the host build (deformConvHost.cpp) and the
+// workspace sizing of the plugin: its tunables (GemmOptions), how the batch is cut into chunks and where each buffer
+// sits in the workspace (planGemm), the layouts of the tiled sampler's shared-memory tables, the order of the
+// transposes, and the arguments of the cuBLAS products. What runs per element is in deformConvColumns.h.
+//
+// For a chunk of the batch (whole images, or a slice of one image's output pixels), with K = C*kH*kW:
+//   nhwc[image][y][x][c]                      the chunk's input, channels last, so the channels of one bilinear
+//                                             tap are contiguous and load as 16-byte vectors;
+//   columns[image][pixel][g][kp][c % (C/g)]   the sampled columns (mask folded in), K contiguous per pixel;
+//   weights[o][kp][c % (C/g)]                 the weights with the kernel point outer, matching the columns;
+//   out(pixels x oC/g) = columns_g (pixels x K/g) * weights_g^T, one product per group, through a pixel-major
+//                                             scratch (staged) or straight into NCHW (direct; GemmOutput says which).
+#pragma once
+
+#include "deformConvMath.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+namespace dcn
+{
+
+constexpr size_t kGemmDefaultColumnBudget = size_t(64) << 20; // the most bytes one chunk's columns take
+constexpr size_t kCublasWorkspaceBytes = size_t(8) << 20;     // handed to cuBLAS: it never allocates in enqueue
+
+DCN_HD size_t alignUp256(size_t bytes)
+{
+    return (bytes + 255) / 256 * 256;
+}
+
+inline int64_t ceilDiv(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+// Where the product writes. Straight into the NCHW output (direct), its rows start every oH*oW elements, so for
+// sizes such as 25x42 or 100x167 the rows are not 16-byte aligned and cuBLAS cannot use its aligned kernels, and the
+// bias must be written first (a pass over the output) for the product to add to; and it is one product per group.
+// Staged, the product goes to a pixel-major scratch in the accumulation type, staging[image][pixel][oC] (rows of
+// oC), and one more pass transposes it into NCHW with the bias added. With the vector bias fill, direct was 4-12%
+// faster than staged in fp16 where the rows are aligned, and up to 2.3x slower where not (benchmarks/RESULTS.md,
+// H100, 2026-11-26): auto takes direct where directOutputByDefault says.
+enum GemmOutput : int32_t
+{
+    kGemmOutputAuto = 0,   // directOutputByDefault: direct or staged
+    kGemmOutputDirect = 1, // into NCHW: the bias written first, the product added (beta = 1)
+    kGemmOutputStaged = 2, // through the scratch, rounded to the output type once, with the bias
+};
+
+// How the columns are sampled.
+//   Tiled: a block samples the columns of a tile of consecutive pixels. It first computes the bilinear taps of
+//     every (pixel, offset group, kernel point) of the tile once, reading the offsets and the mask coalesced along
+//     the pixels, into shared memory; then its threads sample the tile's channel vectors in column order, each
+//     reading its taps from shared memory, so the tile's columns (one contiguous block) are written front to back.
+//   Per thread: every thread computes its own taps (one channel vector of one pixel and kernel point), so the taps
+//     are recomputed C / vector times and each gather waits for the thread's own offset loads. Used where a tile's
+//     tables would not fit in shared memory or an image holds 2^31 elements or more, or when forced.
+enum GemmSampler : int32_t
+{
+    kGemmSamplerAuto = 0,   // tiled where it fits
+    kGemmSamplerTiled = 1,  // tiled where it fits (else per thread)
+    kGemmSamplerThread = 2, // per thread
+};
+
+// How the batch (or one image's pixels) is cut into chunks whose columns fit the budget.
+//   Full: as many images (or pixels) per chunk as fit, and the remainder last: seg res5's 8192 pixels an image go as
+//     7168 + 1024, and cuBLAS's product of the 1024 took 1.8x the time per pixel of the 7168's (H100, 09f36e1).
+//   Even: as few chunks as fit, of equal size but the last (4096 + 4096), so no product is a small remainder; but a
+//     chunk's product may then be a fraction of a wave of cuBLAS's tiles where the full one was a whole wave (det
+//     res5 at batch 8: 6 + 2 images, the 6 in 132 tiles of 128x192 on 132 SMs, become 4 + 4). Which is faster
+//     depends on cuBLAS's tile choice: not measured yet (benchmarks/gpu_notes.md), so full stays the default.
+enum GemmChunks : int32_t
+{
+    kGemmChunksFull = 0,
+    kGemmChunksEven = 1,
+};
+
+// The default tile: this many column elements, so tile pixels = this / (C * kH*kW), whatever the type. On an H200
+// (2026-11-26, fp16, 3x3, benchmarks/RESULTS.md) the best tiles measured were 14, 7 and 3 pixels for C = 128, 256
+// and 512: about 16K elements, 2048 channel vectors of 8 halves, 8 per thread of a 256-thread block. Smaller tiles
+// spend more of the block on its tables, larger ones leave part of the last wave of blocks idle. (Counted in
+// elements, not vectors, so that float32's half-width vectors do not shrink its tiles to one pixel at C = 512.)
+constexpr int32_t kTileDefaultElements = 16384;
+constexpr int32_t kTileMaxPixels = 64;
+constexpr int32_t kChunkPixelsMax = INT32_MAX - kTileMaxPixels; // a chunk's pixels, so that first + row fits int32
+constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
+
+// The GEMM paths' tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
+// DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
+// DCN_DEPLOY_IMPLICIT_TILE_M and DCN_DEPLOY_IMPLICIT_THREADS (benchmarks, tests); the host build takes them as
+// arguments.
+struct GemmOptions
+{
+    size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
+    int32_t output = kGemmOutputAuto;               // a GemmOutput
+    int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
+    int32_t chunks = kGemmChunksFull;               // a GemmChunks
+    int32_t tileItems = 0; // the tiled sampler's channel vectors per tile (a target); 0: kTileDefaultElements' worth
+    int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
+    int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
+};
+
+inline bool validGemmOutput(int32_t output)
+{
+    return output == kGemmOutputAuto || output == kGemmOutputDirect || output == kGemmOutputStaged;
+}
+
+inline bool validGemmSampler(int32_t sampler)
+{
+    return sampler == kGemmSamplerAuto || sampler == kGemmSamplerTiled || sampler == kGemmSamplerThread;
+}
+
+inline bool validGemmChunks(int32_t chunks)
+{
+    return chunks == kGemmChunksFull || chunks == kGemmChunksEven;
+}
+
+// Bytes of one element of the accumulation type (float, or double for float64), which the staging scratch holds.
+inline size_t accumulatorBytes(size_t elementBytes)
+{
+    return elementBytes == 8 ? 8 : 4;
+}
+
+// How the batch is cut and where each buffer sits in the workspace.
+//
+// The buffer sizes (the workspace) never shrink when N, H or W grow: a TensorRT plugin sizes its workspace for
+// the largest profile shape and then runs smaller ones in it. So each buffer is sized by a cap that only grows
+// with the shape, min(whole batch, max(budget, one unit)), and the chunks are chosen to fit the caps.
+struct GemmPlan
+{
+    int32_t images;      // whole images per chunk (1 when slicing pixels)
+    int32_t inputImages; // images per channels-last transpose: the batch, or as many chunks' images as the room holds
+    int64_t pixels;      // output pixels per chunk of one image (all of them unless slicing)
+    int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
+    bool staged;         // the product goes through the staging scratch (GemmOutput)
+    int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
+    size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
+    size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
+    size_t nhwcBytes;    // room for the channels-last input, min(N * image, max(budget, one image)), then the zero
+                         // vector
+    int64_t zeroVector;  // where the zero vector starts, in elements from the room's start: C zeros, which the tiled
+                         // sampler reads for a neighbour outside the image
+    size_t weightsBytes; // weights, kernel point outer
+    size_t rowTableBytes; // the tiled sampler's row vectors (one TileRowVector per vector of a column row)
+    size_t stagingBytes; // room for the product of as many pixels as the columns room holds, oC accumulators each
+    size_t totalBytes;   // + kCublasWorkspaceBytes
+};
+
+// Channels per sampling thread: a vector must not straddle a group or an offset group.
+inline int32_t columnVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    for (int32_t vector = int32_t(16 / elementBytes); vector > 1; vector /= 2)
+        if (geo.channelsPerGroup % vector == 0 && geo.channelsPerOffsetGroup % vector == 0)
+            return vector;
+    return 1;
+}
+
+// f(std::integral_constant<int, V>{}) with V = vector (8, 4 or 2; else 1): the samplers are instantiated per width,
+// and a launch picks its instance here.
+template <typename F>
+void withVectorWidth(int32_t vector, F&& f)
+{
+    switch (vector)
+    {
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 1>{});
+    }
+}
+
+// The tiled sampler's four neighbours of one (pixel, offset group, kernel point): element offsets from the pixel's
+// channels-last image, and weights (mask folded in). A neighbour outside the image points at the zero vector
+// (GemmPlan::zeroVector) with weight 0, so every item loads and blends all four unconditionally: no branches, the
+// four loads in flight together, and 0 * 0 adds exactly nothing (where reading a real pixel could be 0 * infinity).
+template <typename Acc>
+struct alignas(16) TileTaps
+{
+    int32_t index[4];
+    Acc weight[4];
+};
+
+// Bytes of one tap set in shared memory (float weights, or double for float64).
+inline size_t tapsBytes(size_t elementBytes)
+{
+    return elementBytes == 8 ? sizeof(TileTaps<double>) : sizeof(TileTaps<float>);
+}
+
+// One channel vector of a column row, in column order (group, kernel point, channel vector): its first channel,
+// and its point (offset group * kernel points + kernel point), which names its taps in a tile.
+struct TileRowVector
+{
+    int32_t channel, point;
+};
+
+// Where a tile pixel is: its image within the chunk (-1 past the chunk's end) and its output row and column.
+struct TilePixel
+{
+    int32_t image, y, x;
+};
+
+// The tiled sampler's shared memory, in this order: the taps of every (point, tile pixel), where the image of each
+// tile pixel starts, where each tile pixel is (TilePixel), and one TileRowVector per vector of a column row.
+inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes, int32_t vector, int32_t tilePixels)
+{
+    size_t const points = size_t(geo.kernelPoints) * size_t(geo.d.offset_group);
+    size_t const rowVectors = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) / size_t(vector);
+    return points * size_t(tilePixels) * tapsBytes(elementBytes)
+        + size_t(tilePixels) * (sizeof(int32_t) + sizeof(TilePixel)) + rowVectors * sizeof(TileRowVector);
+}
+
+// Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileItems channel
+// vectors per tile (or kTileDefaultElements' worth), at least one pixel and at most kTileMaxPixels, within
+// kTileSharedBytes. The tiled sampler keeps every offset within the channels-last room (its images and the zero
+// vector after them) in 32 bits; plan.nhwcBytes must be set.
+inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options, GemmPlan& plan)
+{
+    plan.tilePixels = 0;
+    plan.tileShared = 0;
+    if (options.sampler == kGemmSamplerThread || tileSharedBytes(geo, elementBytes, plan.vector, 1) > kTileSharedBytes
+        || plan.nhwcBytes / elementBytes > size_t(INT32_MAX))
+        return;
+    int64_t const rowVectors = int64_t(geo.d.in_channels) * geo.kernelPoints / plan.vector;
+    int64_t const items = options.tileItems > 0 ? options.tileItems : kTileDefaultElements / plan.vector;
+    int32_t pixels = int32_t(std::clamp<int64_t>(items / rowVectors, 1, kTileMaxPixels));
+    while (pixels > 1 && tileSharedBytes(geo, elementBytes, plan.vector, pixels) > kTileSharedBytes)
+        pixels /= 2;
+    plan.tilePixels = pixels;
+    plan.tileShared = tileSharedBytes(geo, elementBytes, plan.vector, pixels);
+}
+
+// Bytes of one image of the input.
+inline size_t inputImageBytes(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return size_t(geo.d.in_channels) * size_t(geo.d.height) * size_t(geo.d.width) * elementBytes;
+}
+
+// Room for a chunk's channels-last input, for chunks that hold at most max(budget, one image) of it: never smaller
+// for a larger batch or image (a TensorRT plugin sizes its workspace for the largest profile shape).
+inline size_t channelsLastRoomBytes(DeformConvGeometry const& geo, size_t elementBytes, size_t budget)
+{
+    size_t const image = inputImageBytes(geo, elementBytes);
+    return alignUp256(std::min(size_t(std::max<int64_t>(geo.d.batch, 1)) * image, std::max(budget, image)));
+}
+
+// Bytes of the zero vector after the channels-last room: C elements, rounded up to 256 bytes.
+inline size_t zeroVectorBytes(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return alignUp256(size_t(geo.d.in_channels) * elementBytes);
+}
+
+// Room for the weights re-laid out with the kernel point outer (weights[o][kp][c], weightRow).
+inline size_t relaidWeightsBytes(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return alignUp256(size_t(geo.d.out_channels) * size_t(geo.channelsPerGroup) * size_t(geo.kernelPoints)
+        * elementBytes);
+}
+
+// Whether auto writes the product straight into NCHW: one group (direct runs a product per group) and output rows
+// of whole 16-byte vectors (so that with a 256-byte aligned output, cuBLAS's aligned kernels write every row; a
+// chunk that slices an image starts at a multiple of 256 pixels).
+inline bool directOutputByDefault(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return geo.d.group == 1 && int64_t(geo.outH) * geo.outW * int64_t(elementBytes) % 16 == 0;
+}
+
+inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options)
+{
+    size_t const columnBudget = options.columnBudget;
+    int64_t const batch = std::max<int64_t>(geo.d.batch, 1);
+    size_t const rowBytes = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) * elementBytes; // one pixel's column
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    size_t const imageBytes = rowBytes * size_t(plane);
+    size_t const inputImage = inputImageBytes(geo, elementBytes);
+    GemmPlan plan{};
+    plan.images = 1;
+    plan.pixels = plane;
+    // Whole images, as many as both budgets allow, at most 65535 (a grid dimension) and with images * pixels within
+    // int32 (the staged product's n), with room for the tiled sampler's last tile past the end; then, for even
+    // chunks (GemmChunks), as few chunks as that allows, of equal size but the last.
+    bool const even = options.chunks == kGemmChunksEven;
+    if (imageBytes <= columnBudget)
+    {
+        int64_t const most = std::min<int64_t>({batch, int64_t(columnBudget / std::max<size_t>(imageBytes, 1)),
+            std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImage, 1))), int64_t(65535),
+            std::max<int64_t>(1, int64_t(kChunkPixelsMax) / std::max<int64_t>(plane, 1))});
+        plan.images = int32_t(even ? ceilDiv(batch, ceilDiv(batch, most)) : most);
+    }
+    else // a slice of one image: a multiple of 256 pixels, at least 256
+    {
+        int64_t const fit = std::max<int64_t>(256, int64_t(columnBudget / rowBytes) / 256 * 256);
+        int64_t const most = std::min<int64_t>({plane, fit, int64_t(kChunkPixelsMax) / 256 * 256});
+        plan.pixels = even ? std::min(plane, ceilDiv(ceilDiv(plane, ceilDiv(plane, most)), 256) * 256) : most;
+    }
+    plan.vector = columnVectorWidth(geo, elementBytes);
+    // Caps (see above). What a chunk uses fits: images * image <= budget and <= N * image; a slice uses at most
+    // max(budget, 256 pixels); images * input image <= max(budget, one input image) and <= N * input image.
+    size_t const columnsRoom = std::min(size_t(batch) * imageBytes, std::max(columnBudget, 256 * rowBytes));
+    plan.columnsBytes = alignUp256(columnsRoom);
+    size_t const nhwcRoom = channelsLastRoomBytes(geo, elementBytes, columnBudget);
+    plan.nhwcBytes = nhwcRoom + zeroVectorBytes(geo, elementBytes);
+    plan.zeroVector = int64_t(nhwcRoom / elementBytes);
+    // One transpose covers the whole batch, or as many whole chunks as the room holds (at least one: images * input
+    // image <= the room), so that it runs as one launch over several images where a chunk holds few (one image per
+    // chunk at det res3 gave it half a wave of blocks).
+    int64_t const roomImages = int64_t(nhwcRoom / std::max<size_t>(inputImage, 1));
+    plan.inputImages = roomImages >= batch ? int32_t(batch)
+                                           : int32_t(std::max<int64_t>(1, roomImages / plan.images) * plan.images);
+    plan.weightsBytes = relaidWeightsBytes(geo, elementBytes);
+    plan.staged = options.output == kGemmOutputStaged
+        || (options.output == kGemmOutputAuto && !directOutputByDefault(geo, elementBytes));
+    planTile(geo, elementBytes, options, plan);
+    // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
+    // go direct where a smaller shape of the same profile is staged (and the C ABI can force either way). A chunk
+    // has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room.
+    plan.stagingBytes = alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels)
+        * accumulatorBytes(elementBytes));
+    plan.rowTableBytes = alignUp256(size_t(geo.d.in_channels) * size_t(geo.kernelPoints) / size_t(plan.vector)
+        * sizeof(TileRowVector));
+    plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + plan.rowTableBytes + plan.stagingBytes
+        + kCublasWorkspaceBytes;
+    return plan;
+}
+
+// The transposes and the tiled sampler's zero vector, per chunk. Chunks start at multiples of plan.images, and a
+// transpose covers plan.inputImages (a multiple of them) from a multiple of that: chunk n0 transposes its range
+// when it is the range's first chunk (n0 == channelsLastFirst), and its images start (n0 - first) images into it.
+inline int32_t channelsLastFirst(GemmPlan const& plan, int32_t n0)
+{
+    return n0 / plan.inputImages * plan.inputImages;
+}
+
+// Elements from chunk n0's first channels-last image to its transpose's room start (its nhwc pointer is that far in).
+inline int64_t channelsLastChunkStart(GemmPlan const& plan, DeformConvGeometry const& geo, int32_t n0)
+{
+    return int64_t(n0 - channelsLastFirst(plan, n0)) * geo.d.height * geo.d.width * geo.d.in_channels;
+}
+
+// Elements from chunk n0's first channels-last image to the zero vector (within int32 where planTile tiles).
+inline int32_t tileZeroOffset(GemmPlan const& plan, DeformConvGeometry const& geo, int32_t n0)
+{
+    return int32_t(plan.zeroVector - channelsLastChunkStart(plan, geo, n0));
+}
+
+// The strided-batched products of the GEMM path, in BLAS's column-major terms, always "TN": for each batch entry b,
+// C_b (m x n, ldc) = A_b^T B_b [+ C_b when beta is 1], where A_b is k x m (lda) and B_b is k x n (ldb), so both
+// operands run along K.
+// Staged (stagedProduct, one call per chunk): A = weights, B = columns, C = the staging scratch (rows of output
+// channels), one batch entry per group,
+//   staging[pixel][g * oC/g + o] = sum_k weights[g][o][k] * columns[pixel][g][k],
+// with the chunk's images side by side (n = images * pixels): the columns and the scratch both hold the chunk's
+// pixels image after image. A grouped layer is one call, not one per group.
+// Direct (directProduct, one call per group): A = columns, B = weights, C = the NCHW output (rows of pixels), one
+// batch entry per image,
+//   out[o][pixel] = sum_k columns[pixel][k] * weights[o][k].
+// Offsets are in elements from each buffer's start; a batch stride of 0 shares the operand across the batch. The
+// CUDA path passes these to cublasGemmStridedBatchedEx; the host build runs the same call through a plain loop.
+struct GemmOperand
+{
+    int64_t offset, ld, stride;
+};
+
+struct GemmCall
+{
+    int32_t m, n, k;
+    GemmOperand a, b, c;
+    int32_t batch;
+};
+
+inline GemmCall stagedProduct(DeformConvGeometry const& geo, int32_t images, int32_t pixels)
+{
+    int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
+    int64_t const rowsPerGroup = int64_t(geo.channelsPerGroup) * geo.kernelPoints;
+    int32_t const ocg = geo.outChannelsPerGroup;
+    GemmCall call{};
+    call.m = ocg;
+    call.n = images * pixels;
+    call.k = int32_t(rowsPerGroup);
+    call.batch = geo.d.group;
+    call.a = GemmOperand{0, rowsPerGroup, int64_t(ocg) * rowsPerGroup};
+    call.b = GemmOperand{0, rows, rowsPerGroup};
+    call.c = GemmOperand{0, geo.d.out_channels, ocg};
+    return call;
+}
+
+inline GemmCall directProduct(DeformConvGeometry const& geo, int32_t g, int32_t n0, int32_t images, int64_t p0,
+    int32_t pixels)
+{
+    int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
+    int64_t const rowsPerGroup = int64_t(geo.channelsPerGroup) * geo.kernelPoints;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    int32_t const ocg = geo.outChannelsPerGroup;
+    int32_t const oc = geo.d.out_channels;
+    GemmCall call{};
+    call.m = pixels;
+    call.n = ocg;
+    call.k = int32_t(rowsPerGroup);
+    call.batch = images;
+    call.a = GemmOperand{int64_t(g) * rowsPerGroup, rows, rows * pixels};
+    call.b = GemmOperand{int64_t(g) * ocg * rowsPerGroup, rowsPerGroup, 0};
+    call.c = GemmOperand{(int64_t(n0) * oc + int64_t(g) * ocg) * plane + p0, plane, int64_t(oc) * plane};
+    return call;
+}
+
+} // namespace dcn
