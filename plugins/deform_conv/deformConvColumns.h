@@ -160,7 +160,7 @@ DCN_UNROLL
 
 // out[0..Vector) = the bilinear sample, by taps, of the Vector consecutive channels at `image` (a channels-last
 // image advanced to the first channel), rounded to T and stored as one vector: neighbour t is at element
-// taps.index[t] * scale (scale: the channels per pixel, or 1 where the indices are already element offsets).
+// taps.index[t] * scale (scale: the channels per pixel). The per-thread sampler's; the tiled one is tileItem.
 // All four neighbours are loaded before any is used, so the four loads are in flight together: an invalid one has
 // index 0 (the image's first pixel, always readable) and its value is discarded, not multiplied by a zero weight
 // (an infinity there would make NaN).
@@ -238,8 +238,9 @@ DCN_HD int64_t tileRowImage(DeformConvGeometry const& geo, int32_t flat, int32_t
 }
 
 // The taps of point (offset group * kernel points + kernel point) of the chunk's flat pixel `flat`, their indices
-// scaled to element offsets within the channels-last image (planTile keeps those in 32 bits); none for a pixel past
-// the chunk's end. The tiled sampler's and the implicit-GEMM kernel's taps tables both hold these.
+// scaled to element offsets within the channels-last image (in 32 bits: the callers refuse larger images); none for
+// a pixel past the chunk's end. The implicit-GEMM kernel's taps table holds these; the tiled sampler's
+// (tileEntryTaps) computes the same from its tile pixel table.
 template <typename Acc, typename T>
 DCN_HD BilinearTaps<Acc> chunkPixelTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
     int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t flat, int32_t point)
