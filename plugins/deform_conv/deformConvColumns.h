@@ -158,6 +158,13 @@ DCN_UNROLL
         result[v] = ElementTraits<T>::fromAcc(acc[v]);
 }
 
+// Vector consecutive channels, as one load of sizeof(T) * Vector bytes: what both samplers gather per neighbour.
+template <typename T, int Vector>
+struct alignas(sizeof(T) * Vector) ChannelPack
+{
+    T v[Vector];
+};
+
 // out[0..Vector) = the bilinear sample, by taps, of the Vector consecutive channels at `image` (a channels-last
 // image advanced to the first channel), rounded to T and stored as one vector: neighbour t is at element
 // taps.index[t] * scale (scale: the channels per pixel). The per-thread sampler's; the tiled one is tileItem.
@@ -167,10 +174,7 @@ DCN_UNROLL
 template <typename T, int Vector, typename Acc>
 DCN_HD void sampleVector(T const* image, BilinearTaps<Acc> const& taps, int32_t scale, T* out)
 {
-    struct alignas(sizeof(T) * Vector) Pack
-    {
-        T v[Vector];
-    };
+    using Pack = ChannelPack<T, Vector>;
     Pack packs[4];
 DCN_UNROLL
     for (int t = 0; t < 4; ++t)
@@ -207,14 +211,14 @@ DCN_HD void columnVector(DeformConvGeometry const& geo, T const* nhwc, T const* 
     int32_t const cig = c - g * geo.channelsPerGroup;
     T* out = columns + (int64_t(img) * pixels + p) * channels * kernelPoints
         + (int64_t(g) * kernelPoints + kp) * geo.channelsPerGroup + cig;
-    sampleVector<T, Vector>(nhwc + int64_t(img) * d.height * d.width * channels + c, taps, channels, out);
+    sampleVector<T, Vector>(nhwc + img * inputImageElements(geo) + c, taps, channels, out);
 }
 
 // The tiled sampler (GemmSampler), in two steps per tile; the CUDA kernel and the host build both call these.
 // A tile is tilePixels consecutive pixels of the chunk, counted across its images (flat = img * pixels + p), from
 // flat pixel `first`; a column row holds C * kH*kW / Vector vectors ("row vectors").
-//   1. the tables: tileRowVector for every row vector, tileRowImage and tilePixel for every tile pixel, then (after
-//      a barrier) tileEntryTaps for every (point, tile pixel) entry, entry = point * tilePixels + tile pixel;
+//   1. the tables: tileRowVector for every row vector, tilePixel for every tile pixel, then (after a barrier)
+//      tileEntryTaps for every (point, tile pixel) entry, entry = point * tilePixels + tile pixel;
 //   2. then, for every item (row, r) of the tile, tileItem samples row vector r of tile pixel `row`: the tile's
 //      columns are one contiguous block, and the item's vector is at (row * rowVectors + r) * Vector in it.
 
@@ -234,83 +238,77 @@ DCN_HD TileRowVector tileRowVector(DeformConvGeometry const& geo, int32_t vector
 // end (no item reads it).
 DCN_HD int64_t tileRowImage(DeformConvGeometry const& geo, int32_t flat, int32_t pixels, int32_t chunkPixels)
 {
-    return flat < chunkPixels ? int64_t(flat / pixels) * geo.d.height * geo.d.width * geo.d.in_channels : 0;
+    return flat < chunkPixels ? flat / pixels * inputImageElements(geo) : 0;
 }
 
-// The taps of point (offset group * kernel points + kernel point) of the chunk's flat pixel `flat`, their indices
-// scaled to element offsets within the channels-last image (in 32 bits: the callers refuse larger images); none for
-// a pixel past the chunk's end. The implicit-GEMM kernel's taps table holds these; the tiled sampler's
-// (tileEntryTaps) computes the same from its tile pixel table.
-template <typename Acc, typename T>
-DCN_HD BilinearTaps<Acc> chunkPixelTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
-    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t flat, int32_t point)
+// Where the chunk's flat pixel `flat` is (TilePixel). The tiled sampler computes it once per tile pixel, so that
+// the taps of its points need no division to find it.
+DCN_HD TilePixel tilePixel(DeformConvGeometry const& geo, int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t flat)
 {
     if (flat >= chunkPixels)
-        return noTaps<Acc>();
+        return TilePixel{-1, 0, 0, 0};
     int32_t const img = flat / pixels;
     int64_t const pixel = p0 + (flat - img * pixels);
     int32_t const y = int32_t(pixel / geo.outW);
-    int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
+    return TilePixel{img, y, int32_t(pixel - int64_t(y) * geo.outW), int32_t(img * inputImageElements(geo))};
+}
+
+// The taps of point (offset group * kernel points + kernel point) of the pixel at `place`, their indices scaled to
+// element offsets within its channels-last image (in 32 bits: the callers refuse larger images); none for a pixel
+// past the chunk's end.
+template <typename Acc, typename T>
+DCN_HD BilinearTaps<Acc> placeTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
+    TilePixel const& place, int32_t point)
+{
+    if (place.image < 0)
+        return noTaps<Acc>();
     int32_t const og = point / geo.kernelPoints;
-    BilinearTaps<Acc> taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, point - og * geo.kernelPoints, y, x);
+    BilinearTaps<Acc> taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + place.image, og,
+        point - og * geo.kernelPoints, place.y, place.x);
     for (int t = 0; t < 4; ++t)
         taps.index[t] *= geo.d.in_channels;
     return taps;
 }
 
-// Where the chunk's flat pixel `flat` is (TilePixel). Computed once per tile pixel, so that the taps of its
-// points need no division to find it.
-DCN_HD TilePixel tilePixel(DeformConvGeometry const& geo, int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t flat)
+// The taps of point `point` of the chunk's flat pixel `flat` (placeTaps): what the implicit-GEMM kernel's taps table
+// holds.
+template <typename Acc, typename T>
+DCN_HD BilinearTaps<Acc> chunkPixelTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
+    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t flat, int32_t point)
 {
-    if (flat >= chunkPixels)
-        return TilePixel{-1, 0, 0};
-    int32_t const img = flat / pixels;
-    int64_t const pixel = p0 + (flat - img * pixels);
-    int32_t const y = int32_t(pixel / geo.outW);
-    return TilePixel{img, y, int32_t(pixel - int64_t(y) * geo.outW)};
+    return placeTaps<Acc>(geo, offset, mask, n0, tilePixel(geo, p0, pixels, chunkPixels, flat), point);
 }
 
-// The taps of point (offset group * kernel points + kernel point) of a tile pixel (where it is, and where its image
-// starts: tileRowImage), as chunkPixelTaps computes them, as element offsets from the pixel's image, each outside
-// neighbour redirected to the zero vector, zeroOffset elements from the chunk's first image. None past the chunk.
+// The taps of point `point` of a tile pixel (placeTaps), as element offsets from the pixel's image, each outside
+// neighbour redirected to the zero vector, zeroOffset elements from the chunk's first image.
 template <typename Acc, typename T>
 DCN_HD TileTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
-    TilePixel const& place, int32_t rowImage, int32_t point, int32_t zeroOffset)
+    TilePixel const& place, int32_t point, int32_t zeroOffset)
 {
-    BilinearTaps<Acc> taps = noTaps<Acc>();
-    if (place.image >= 0)
-    {
-        int32_t const og = point / geo.kernelPoints;
-        taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + place.image, og, point - og * geo.kernelPoints, place.y,
-            place.x);
-    }
-    int32_t const toZero = zeroOffset - rowImage;
+    BilinearTaps<Acc> const taps = placeTaps<Acc>(geo, offset, mask, n0, place, point);
     TileTaps<Acc> out;
     for (int t = 0; t < 4; ++t)
     {
         bool const inside = (taps.valid >> t) & 1u;
-        out.index[t] = inside ? taps.index[t] * geo.d.in_channels : toZero;
+        out.index[t] = inside ? taps.index[t] : zeroOffset - place.start;
         out.weight[t] = inside ? taps.weight[t] : Acc(0);
     }
     return out;
 }
 
 // Item (row, r) of the tile into out, its column vector (at (row * rowVectors + r) * Vector in the tile's columns);
-// rowImage[row] is where tile pixel row's image starts (tileRowImage). All four neighbours are loaded before any is
+// pixelTable[row] is where tile pixel row is (tilePixel). All four neighbours are loaded before any is
 // used and blended unconditionally (an outside one is the zero vector), in blendVector's order, so the result is
 // bit for bit the per-thread sampler's (which skips an outside neighbour: adding 0 * 0 to a sum that started at +0
 // changes nothing). Offsets are summed in 32 bits (planTile), so each load address is one multiply-add.
 template <typename T, int Vector, typename Acc>
 DCN_HD void tileItem(T const* nhwc, TileTaps<Acc> const* taps, TileRowVector const* rowVectorTable,
-    int32_t const* rowImage, int32_t tilePixels, int32_t row, int32_t r, T* out)
+    TilePixel const* pixelTable, int32_t tilePixels, int32_t row, int32_t r, T* out)
 {
-    struct alignas(sizeof(T) * Vector) Pack
-    {
-        T v[Vector];
-    };
+    using Pack = ChannelPack<T, Vector>;
     TileRowVector const rv = rowVectorTable[r];
     TileTaps<Acc> const& tap = taps[rv.point * tilePixels + row];
-    uint32_t const start = uint32_t(rowImage[row] + rv.channel);
+    uint32_t const start = uint32_t(pixelTable[row].start + rv.channel);
     Pack packs[4];
 DCN_UNROLL
     for (int t = 0; t < 4; ++t)

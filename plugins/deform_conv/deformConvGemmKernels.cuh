@@ -1,9 +1,9 @@
 // The GEMM path's kernels (deformConvGemm.cu launches them; plan and layouts: deformConvGemmPlan.h, per-thread work:
-// deformConvColumns.h): the two samplers, the bias fill of the direct output and the staged output's transpose. Also run on the CPU by
-// plugins/tests/gemmKernelsEmulation.cpp (each block's threads as threads), so CI checks these sources against the
-// host functions they are built from. Compiled by nvcc it includes what it uses from CUDA; the emulation provides,
-// before including it, threadIdx / blockIdx / blockDim / gridDim, __syncthreads, __shared__ as block-shared static
-// storage, the CUDA function qualifiers and dcn::dynamicShared().
+// deformConvColumns.h): the two samplers, the bias fill of the direct output and the staged output's transpose.
+// Also run on the CPU by plugins/tests/gemmKernelsEmulation.cpp (each block's threads as threads), so CI checks
+// these sources against the host functions they are built from. Compiled by nvcc it includes what it uses from
+// CUDA; the emulation provides, before including it, threadIdx / blockIdx / blockDim / gridDim, __syncthreads,
+// __shared__ as block-shared static storage, the CUDA function qualifiers and dcn::dynamicShared().
 #pragma once
 
 #include "dcnGridStride.h"
@@ -29,11 +29,35 @@ __global__ void __launch_bounds__(kGridStrideThreads) columnsKernel(DeformConvGe
         columnVector<T, Vector>(geo, nhwc, offset, mask, columns, n0, p0, pixels, idx);
 }
 
+// (outer, inner) of the flat index outer * width + inner, for a thread that starts at `start` and steps `step` at a
+// time: each step adds and carries instead of dividing.
+struct SteppedIndex
+{
+    int32_t outer, inner;
+    int32_t const width, stepOuter, stepInner;
+
+    __device__ SteppedIndex(int32_t start, int32_t step, int32_t width_)
+        : outer(start / width_), inner(start - outer * width_), width(width_), stepOuter(step / width_),
+          stepInner(step - stepOuter * width_)
+    {
+    }
+
+    __device__ void advance()
+    {
+        outer += stepOuter;
+        inner += stepInner;
+        if (inner >= width)
+        {
+            inner -= width;
+            ++outer;
+        }
+    }
+};
+
 // The tiled sampler (deformConvColumns.h): block b samples the tile of chunk pixels b * tilePixels.., its tables
-// in dynamic shared memory (plan.tileShared bytes: taps, pixel images and places, row vectors copied from rowTable,
-// which weightsKernel wrote). nhwc is the chunk's first channels-last image, and the zero vector is zeroOffset
-// elements from it (tileZeroOffset). Each thread steps through the tile's items blockDim.x apart, carrying (row, r)
-// instead of dividing the item number.
+// in dynamic shared memory (plan.tileShared bytes: taps, pixel places, row vectors copied from rowTable, which
+// weightsKernel wrote). nhwc is the chunk's first channels-last image, and the zero vector is zeroOffset elements
+// from it (tileZeroOffset). Each thread steps through the tile's entries and items blockDim.x apart (SteppedIndex).
 template <typename T, int Vector>
 __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ mask,
@@ -44,55 +68,28 @@ __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformC
     unsigned char* tileTables = dynamicShared();
     int32_t const points = geo.kernelPoints * geo.d.offset_group;
     int32_t const entries = points * tilePixels;
-    int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
+    int32_t const rowVectors = columnRowVectors(geo, Vector);
     auto* taps = reinterpret_cast<TileTaps<Acc>*>(tileTables);
-    auto* rowImage = reinterpret_cast<int32_t*>(taps + entries);
-    auto* pixelTable = reinterpret_cast<TilePixel*>(rowImage + tilePixels);
+    auto* pixelTable = reinterpret_cast<TilePixel*>(taps + entries);
     auto* rowVectorTable = reinterpret_cast<TileRowVector*>(pixelTable + tilePixels);
     int32_t const first = int32_t(blockIdx.x) * tilePixels;
     for (int32_t row = threadIdx.x; row < tilePixels; row += blockDim.x)
-    {
-        rowImage[row] = int32_t(tileRowImage(geo, first + row, pixels, chunkPixels));
         pixelTable[row] = tilePixel(geo, p0, pixels, chunkPixels, first + row);
-    }
     for (int32_t r = threadIdx.x; r < rowVectors; r += blockDim.x)
         rowVectorTable[r] = rowTable[r];
     __syncthreads();
-    // Entry (point, row) = point * tilePixels + row, blockDim.x apart, counted without dividing.
-    int32_t const stepPoints = int32_t(blockDim.x) / tilePixels;
-    int32_t const stepRow = int32_t(blockDim.x) - stepPoints * tilePixels;
-    for (int32_t point = int32_t(threadIdx.x) / tilePixels, row = int32_t(threadIdx.x) - point * tilePixels;
-         point < points;)
-    {
-        taps[point * tilePixels + row]
-            = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[row], rowImage[row], point, zeroOffset);
-        point += stepPoints;
-        row += stepRow;
-        if (row >= tilePixels)
-        {
-            row -= tilePixels;
-            ++point;
-        }
-    }
+    // Entry (point, row) = point * tilePixels + row.
+    for (SteppedIndex e(int32_t(threadIdx.x), int32_t(blockDim.x), tilePixels); e.outer < points; e.advance())
+        taps[e.outer * tilePixels + e.inner]
+            = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[e.inner], e.outer, zeroOffset);
     __syncthreads();
     int32_t const rows = min(tilePixels, chunkPixels - first);
-    int32_t const stepRows = int32_t(blockDim.x) / rowVectors;
-    int32_t const stepR = int32_t(blockDim.x) - stepRows * rowVectors;
-    int32_t row = int32_t(threadIdx.x) / rowVectors;
-    int32_t r = int32_t(threadIdx.x) - row * rowVectors;
-    // Item (row, r)'s column vector: items are consecutive vectors of the tile's columns, blockDim.x per step.
+    // Item (row, r) = row * rowVectors + r; items are consecutive vectors of the tile's columns.
     T* out = columns + (int64_t(first) * geo.d.in_channels * geo.kernelPoints + int64_t(threadIdx.x) * Vector);
-    while (row < rows)
+    for (SteppedIndex item(int32_t(threadIdx.x), int32_t(blockDim.x), rowVectors); item.outer < rows; item.advance())
     {
-        tileItem<T, Vector>(nhwc, taps, rowVectorTable, rowImage, tilePixels, row, r, out);
+        tileItem<T, Vector>(nhwc, taps, rowVectorTable, pixelTable, tilePixels, item.outer, item.inner, out);
         out += blockDim.x * Vector;
-        row += stepRows;
-        r += stepR;
-        if (r >= rowVectors)
-        {
-            r -= rowVectors;
-            ++row;
-        }
     }
 }
 

@@ -57,7 +57,7 @@ enum GemmOutput : int32_t
 //     reading its taps from shared memory, so the tile's columns (one contiguous block) are written front to back.
 //   Per thread: every thread computes its own taps (one channel vector of one pixel and kernel point), so the taps
 //     are recomputed C / vector times and each gather waits for the thread's own offset loads. Used where a tile's
-//     tables would not fit in shared memory or an image holds 2^31 elements or more, or when forced.
+//     tables would not fit in shared memory or the channels-last room holds 2^31 elements or more, or when forced.
 enum GemmSampler : int32_t
 {
     kGemmSamplerAuto = 0,   // tiled where it fits
@@ -149,6 +149,19 @@ struct GemmPlan
     size_t totalBytes;   // + kCublasWorkspaceBytes
 };
 
+// Elements of one image of the input (C * H * W): the stride between images of the channels-last input.
+DCN_HD int64_t inputImageElements(DeformConvGeometry const& geo)
+{
+    return int64_t(geo.d.in_channels) * geo.d.height * geo.d.width;
+}
+
+// Channel vectors of one pixel's column row (C * kH*kW / vector): the items of a tile row, and the entries of the
+// tiled sampler's row table.
+DCN_HD int32_t columnRowVectors(DeformConvGeometry const& geo, int32_t vector)
+{
+    return geo.d.in_channels * geo.kernelPoints / vector;
+}
+
 // Channels per sampling thread: a vector must not straddle a group or an offset group.
 inline int32_t columnVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
 {
@@ -196,20 +209,20 @@ struct TileRowVector
     int32_t channel, point;
 };
 
-// Where a tile pixel is: its image within the chunk (-1 past the chunk's end) and its output row and column.
+// Where a tile pixel is: its image within the chunk (-1 past the chunk's end), its output row and column, and where
+// its channels-last image starts, in elements from the chunk's first (0 past the chunk's end: no item reads it).
 struct TilePixel
 {
-    int32_t image, y, x;
+    int32_t image, y, x, start;
 };
 
-// The tiled sampler's shared memory, in this order: the taps of every (point, tile pixel), where the image of each
-// tile pixel starts, where each tile pixel is (TilePixel), and one TileRowVector per vector of a column row.
+// The tiled sampler's shared memory, in this order: the taps of every (point, tile pixel), where each tile pixel
+// is (TilePixel), and one TileRowVector per vector of a column row.
 inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes, int32_t vector, int32_t tilePixels)
 {
     size_t const points = size_t(geo.kernelPoints) * size_t(geo.d.offset_group);
-    size_t const rowVectors = size_t(geo.d.in_channels) * size_t(geo.kernelPoints) / size_t(vector);
-    return points * size_t(tilePixels) * tapsBytes(elementBytes)
-        + size_t(tilePixels) * (sizeof(int32_t) + sizeof(TilePixel)) + rowVectors * sizeof(TileRowVector);
+    return points * size_t(tilePixels) * tapsBytes(elementBytes) + size_t(tilePixels) * sizeof(TilePixel)
+        + size_t(columnRowVectors(geo, vector)) * sizeof(TileRowVector);
 }
 
 // Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileItems channel
@@ -223,7 +236,7 @@ inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOpt
     if (options.sampler == kGemmSamplerThread || tileSharedBytes(geo, elementBytes, plan.vector, 1) > kTileSharedBytes
         || plan.nhwcBytes / elementBytes > size_t(INT32_MAX))
         return;
-    int64_t const rowVectors = int64_t(geo.d.in_channels) * geo.kernelPoints / plan.vector;
+    int64_t const rowVectors = columnRowVectors(geo, plan.vector);
     int64_t const items = options.tileItems > 0 ? options.tileItems : kTileDefaultElements / plan.vector;
     int32_t pixels = int32_t(std::clamp<int64_t>(items / rowVectors, 1, kTileMaxPixels));
     while (pixels > 1 && tileSharedBytes(geo, elementBytes, plan.vector, pixels) > kTileSharedBytes)
@@ -235,7 +248,7 @@ inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOpt
 // Bytes of one image of the input.
 inline size_t inputImageBytes(DeformConvGeometry const& geo, size_t elementBytes)
 {
-    return size_t(geo.d.in_channels) * size_t(geo.d.height) * size_t(geo.d.width) * elementBytes;
+    return size_t(inputImageElements(geo)) * elementBytes;
 }
 
 // Room for a chunk's channels-last input, for chunks that hold at most max(budget, one image) of it: never smaller
@@ -318,8 +331,7 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room.
     plan.stagingBytes = alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels)
         * accumulatorBytes(elementBytes));
-    plan.rowTableBytes = alignUp256(size_t(geo.d.in_channels) * size_t(geo.kernelPoints) / size_t(plan.vector)
-        * sizeof(TileRowVector));
+    plan.rowTableBytes = alignUp256(size_t(columnRowVectors(geo, plan.vector)) * sizeof(TileRowVector));
     plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + plan.rowTableBytes + plan.stagingBytes
         + kCublasWorkspaceBytes;
     return plan;
@@ -336,7 +348,7 @@ inline int32_t channelsLastFirst(GemmPlan const& plan, int32_t n0)
 // Elements from chunk n0's first channels-last image to its transpose's room start (its nhwc pointer is that far in).
 inline int64_t channelsLastChunkStart(GemmPlan const& plan, DeformConvGeometry const& geo, int32_t n0)
 {
-    return int64_t(n0 - channelsLastFirst(plan, n0)) * geo.d.height * geo.d.width * geo.d.in_channels;
+    return int64_t(n0 - channelsLastFirst(plan, n0)) * inputImageElements(geo);
 }
 
 // Elements from chunk n0's first channels-last image to the zero vector (within int32 where planTile tiles).

@@ -113,32 +113,25 @@ void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T con
     int32_t const chunkPixels = images * pixels;
     int32_t const tilePixels = plan.tilePixels;
     int32_t const entries = geo.kernelPoints * geo.d.offset_group * tilePixels;
-    int32_t const rowVectors = geo.d.in_channels * geo.kernelPoints / Vector;
+    int32_t const rowVectors = columnRowVectors(geo, Vector);
     int32_t const zeroOffset = tileZeroOffset(plan, geo, n0);
     std::vector<TileTaps<Acc>> taps(static_cast<size_t>(entries));
     std::vector<TileRowVector> rowVectorTable(static_cast<size_t>(rowVectors));
-    std::vector<int32_t> rowImage(static_cast<size_t>(tilePixels));
     std::vector<TilePixel> pixelTable(static_cast<size_t>(tilePixels));
     for (int32_t r = 0; r < rowVectors; ++r)
         rowVectorTable[size_t(r)] = tileRowVector(geo, Vector, r);
     for (int32_t first = 0; first < chunkPixels; first += tilePixels)
     {
         for (int32_t row = 0; row < tilePixels; ++row)
-        {
-            rowImage[size_t(row)] = int32_t(tileRowImage(geo, first + row, pixels, chunkPixels));
             pixelTable[size_t(row)] = tilePixel(geo, p0, pixels, chunkPixels, first + row);
-        }
         for (int32_t e = 0; e < entries; ++e)
-        {
-            int32_t const point = e / tilePixels, row = e % tilePixels;
-            taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[size_t(row)], rowImage[size_t(row)],
-                point, zeroOffset);
-        }
+            taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[size_t(e % tilePixels)],
+                e / tilePixels, zeroOffset);
         int32_t const rows = std::min(tilePixels, chunkPixels - first);
         T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
         for (int32_t row = 0; row < rows; ++row)
             for (int32_t r = 0; r < rowVectors; ++r)
-                tileItem<T, Vector>(nhwc, taps.data(), rowVectorTable.data(), rowImage.data(), tilePixels, row, r,
+                tileItem<T, Vector>(nhwc, taps.data(), rowVectorTable.data(), pixelTable.data(), tilePixels, row, r,
                     tileColumns + (int64_t(row) * rowVectors + r) * Vector);
     }
 }
@@ -176,8 +169,7 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
         int32_t const images = std::min(plan.images, d.batch - n0);
         if (n0 == channelsLastFirst(plan, n0))
         {
-            int64_t const nhwcCount = int64_t(std::min(plan.inputImages, d.batch - n0)) * d.in_channels * d.height
-                * d.width;
+            int64_t const nhwcCount = std::min(plan.inputImages, d.batch - n0) * inputImageElements(geo);
             for (int64_t idx = 0; idx < nhwcCount; ++idx)
                 nhwcElement<T>(geo, input, nhwc.data(), n0, idx);
         }

@@ -111,7 +111,7 @@ Status launchWeightsRelayout(DeformConvGeometry const& geo, T const* weight, T* 
     TileRowVector* rowTable = nullptr, int32_t vector = 1)
 {
     int64_t const rows = int64_t(geo.d.out_channels) * geo.channelsPerGroup;
-    int32_t const rowVectors = rowTable ? geo.d.in_channels * geo.kernelPoints / vector : 0;
+    int32_t const rowVectors = rowTable ? columnRowVectors(geo, vector) : 0;
     weightsKernel<T><<<gridStrideBlocks(std::max<int64_t>(rows, rowVectors)), kGridStrideThreads, 0, stream>>>(geo,
         weight, weights, rows, rowTable, vector, rowVectors);
     return launchStatus("the weight re-layout kernel");

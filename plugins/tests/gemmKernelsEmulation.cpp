@@ -80,7 +80,7 @@ void checkTransposes(DeformConvGeometry const& geo, std::string const& name, std
 
     // with the tiled sampler's row-vector table in the same launch (one block: its threads loop over both)
     int32_t const vector = columnVectorWidth(geo, sizeof(T));
-    int32_t const rowVectors = d.in_channels * geo.kernelPoints / vector;
+    int32_t const rowVectors = columnRowVectors(geo, vector);
     std::vector<TileRowVector> tableExpected(static_cast<size_t>(rowVectors)), tableGot(tableExpected.size());
     for (int32_t r = 0; r < rowVectors; ++r)
         tableExpected[size_t(r)] = tileRowVector(geo, vector, r);
@@ -118,7 +118,7 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
     });
     check(failure.empty() && sameBits(got, expected), name + ": per-thread sampler (2 blocks) " + failure);
 
-    int32_t const rowVectors = d.in_channels * geo.kernelPoints / Vector;
+    int32_t const rowVectors = columnRowVectors(geo, Vector);
     for (int32_t tileItems : {1, 7 * rowVectors, 0}) // 1 pixel, 7 (across images and cut short), the default
     {
         GemmOptions options;
