@@ -49,7 +49,7 @@ template <typename T>
 void checkTransposes(DeformConvGeometry const& geo, std::string const& name, std::mt19937& rng)
 {
     dcn_deform_conv_desc const& d = geo.d;
-    size_t const image = size_t(d.in_channels) * d.height * d.width;
+    size_t const image = size_t(inputImageElements(geo));
     std::vector<T> const input = randomValues<T>(rng, size_t(d.batch) * image);
     int32_t const n0 = d.batch > 1 ? 1 : 0;
     int32_t const images = d.batch - n0;
@@ -101,7 +101,7 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
     using Acc = typename ElementTraits<T>::Acc;
     dcn_deform_conv_desc const& d = geo.d;
     int32_t const plane = geo.outH * geo.outW;
-    size_t const image = size_t(d.in_channels) * d.height * d.width;
+    size_t const image = size_t(inputImageElements(geo));
     std::vector<T> const nhwc = randomValues<T>(rng, size_t(d.batch) * image);
     size_t const points = size_t(d.offset_group) * geo.kernelPoints;
     std::vector<T> const offset = randomValues<T>(rng, size_t(d.batch) * 2 * points * plane, 3.0);
@@ -141,12 +141,15 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
         std::vector<TileRowVector> rowTable(static_cast<size_t>(rowVectors));
         for (int32_t r = 0; r < rowVectors; ++r)
             rowTable[size_t(r)] = tileRowVector(geo, Vector, r);
+        auto const runTiled = [&] {
+            return emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
+                dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
+                    tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), rowTable.data(),
+                        tiled.data(), 0, 0, plane, chunkPixels, plan.tilePixels, zeroOffset);
+                });
+        };
         emulation::prepareShared(plan.tileShared);
-        failure = emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
-            dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
-                tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), rowTable.data(),
-                    tiled.data(), 0, 0, plane, chunkPixels, plan.tilePixels, zeroOffset);
-            });
+        failure = runTiled();
         bool const canary = emulation::sharedUntouchedPast(plan.tileShared);
         tiled.resize(columnCount);
         check(failure.empty() && canary && sameBits(tiled, expected),
@@ -158,11 +161,7 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
         // NaN (so those neighbours are read from there), and no other.
         std::fill(nhwcZero.begin() + zeroOffset, nhwcZero.end(), ElementTraits<T>::fromAcc(Acc(NAN)));
         tiled.assign(columnCount + size_t(plan.tilePixels) * d.in_channels * geo.kernelPoints, T{});
-        failure = emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
-            dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
-                tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), rowTable.data(),
-                    tiled.data(), 0, 0, plane, chunkPixels, plan.tilePixels, zeroOffset);
-            });
+        failure = runTiled();
         size_t poisoned = 0, outside = 0;
         bool agree = failure.empty();
         for (size_t i = 0; i < columnCount; ++i)
