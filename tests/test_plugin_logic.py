@@ -200,7 +200,7 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
     weights = 96 * 32 * 9
     # one chunk; channels per thread (vector): 16 bytes' worth, within the 16 channels of an offset group
-    gemm = lambda element: _gemm_workspace(2, 64, 20, 20, 96, 32, 9, 400, element, min(16 // element, 16))  # noqa: E731
+    gemm = lambda element: _gemm_workspace(2, 64, 20, 20, 96, 32, 9, 400, element, 16 // element)  # noqa: E731
     assert _workspace(kernels_lib, dense, 0, 2) == -(-weights * 4 // 256) * 256  # float32, fused
     assert _workspace(kernels_lib, dense, 1, 3) == gemm(2)                       # float16, GEMM
     assert _workspace(kernels_lib, dense, 3, 3) == gemm(8)                       # float64, GEMM

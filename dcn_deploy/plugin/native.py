@@ -269,14 +269,14 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     at most ``column_budget_bytes`` of columns, 0 for the CUDA default; channels-last sampling; the cuBLAS call's
     arguments through a plain product). ``gemm_output`` (gemm only): ``direct`` (the product adds into the NCHW
     output), ``staged`` (through a pixel-major scratch, then transposed with the bias) or ``auto`` (as on the GPU:
-    direct for one group where the output rows are whole 16-byte vectors, else staged). ``gemm_sampler`` (gemm only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU),
-    ``thread`` (each thread its own taps) or ``auto`` (as on the GPU: tiled where it can);
-    ``tile_items``: the tiled sampler's channel vectors per tile (0: the GPU's default). ``gemm_chunks``: ``full``
-    (as many images or pixels per chunk as fit, then the remainder: the GPU's default) or ``even`` (as few chunks as
-    fit, of equal size). ``implicit``: the CUDA
-    implicit-GEMM kernel (``algo="implicit"``) block by block, its tensor-core products as plain loops (every
-    dtype here; channels per group and per offset group must be multiples of 32). Returns
-    (N, out_channels, oH, oW) in the input's dtype.
+    direct for one group where the output rows are whole 16-byte vectors, else staged). ``gemm_sampler`` (gemm
+    only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU), ``thread`` (each thread its own
+    taps) or ``auto`` (as on the GPU: tiled where it can); ``tile_items``: the tiled sampler's channel vectors per
+    tile (0: the GPU's default). ``gemm_chunks``: ``full`` (as many images or pixels per chunk as fit, then the
+    remainder: the GPU's default) or ``even`` (as few chunks as fit, of equal size). ``implicit``: the CUDA
+    implicit-GEMM kernel (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype
+    here; channels per group and per offset group must be multiples of 32). Returns (N, out_channels, oH, oW) in the
+    input's dtype.
     """
     if path == "direct":
         return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride,
