@@ -117,12 +117,11 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
     using Acc = typename ElementTraits<T>::Acc;
     dcn_deform_conv_desc const& d = geo.d;
     char* base = static_cast<char*>(workspace);
-    T* columns = reinterpret_cast<T*>(base);
-    T* nhwc = reinterpret_cast<T*>(base + plan.columnsBytes);
-    T* weights = reinterpret_cast<T*>(base + plan.columnsBytes + plan.nhwcBytes);
-    auto* rowTable = reinterpret_cast<TileRowVector*>(base + plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes);
-    Acc* staging = reinterpret_cast<Acc*>(base + plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes
-        + plan.rowTableBytes);
+    T* columns = reinterpret_cast<T*>(base + plan.at.columns);
+    T* nhwc = reinterpret_cast<T*>(base + plan.at.nhwc);
+    T* weights = reinterpret_cast<T*>(base + plan.at.weights);
+    auto* rowTable = reinterpret_cast<TileRowVector*>(base + plan.at.rowTable);
+    Acc* staging = reinterpret_cast<Acc*>(base + plan.at.staging);
     int64_t const plane = int64_t(geo.outH) * geo.outW;
 
     Status status = launchWeightsRelayout<T>(geo, weight, weights, stream, plan.tilePixels > 0 ? rowTable : nullptr,
@@ -188,7 +187,7 @@ Status bindGemmHandle(DeformConvGeometry const& geo, int32_t dtype, GemmOptions 
     cudaStream_t stream, CublasHandle* cublas, CublasHandleT& handle)
 {
     GemmPlan const plan = planGemm(geo, dtypeBytes(dtype), gemm);
-    void* cublasWorkspace = static_cast<char*>(workspace) + (plan.totalBytes - kCublasWorkspaceBytes);
+    void* cublasWorkspace = static_cast<char*>(workspace) + plan.at.cublas;
     return (cublas ? *cublas : threadCublasHandle()).bind(stream, cublasWorkspace, kCublasWorkspaceBytes, handle);
 }
 

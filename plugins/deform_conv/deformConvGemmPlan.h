@@ -124,6 +124,12 @@ inline size_t accumulatorBytes(size_t elementBytes)
     return elementBytes == 8 ? 8 : 4;
 }
 
+// Where each buffer of the GEMM path starts, in bytes from the workspace's start (layOutGemmWorkspace).
+struct GemmWorkspaceLayout
+{
+    size_t columns, nhwc, weights, rowTable, staging, cublas;
+};
+
 // How the batch is cut and where each buffer sits in the workspace.
 //
 // The buffer sizes (the workspace) never shrink when N, H or W grow: a TensorRT plugin sizes its workspace for
@@ -146,7 +152,8 @@ struct GemmPlan
     size_t weightsBytes; // weights, kernel point outer
     size_t rowTableBytes; // the tiled sampler's row vectors (one TileRowVector per vector of a column row)
     size_t stagingBytes; // room for the product of as many pixels as the columns room holds, oC accumulators each
-    size_t totalBytes;   // + kCublasWorkspaceBytes
+    GemmWorkspaceLayout at; // where each buffer starts (layOutGemmWorkspace)
+    size_t totalBytes;   // the buffers + kCublasWorkspaceBytes
 };
 
 // Elements of one image of the input (C * H * W): the stride between images of the channels-last input.
@@ -280,6 +287,25 @@ inline bool directOutputByDefault(DeformConvGeometry const& geo, size_t elementB
     return geo.d.group == 1 && int64_t(geo.outH) * geo.outW * int64_t(elementBytes) % 16 == 0;
 }
 
+// The workspace's buffers one after another, in the one order the launcher and the sizing both follow (every
+// size is a multiple of 256 bytes, so every buffer starts 256-byte aligned), and the total.
+inline void layOutGemmWorkspace(GemmPlan& plan)
+{
+    size_t end = 0;
+    auto place = [&end](size_t bytes) {
+        size_t const start = end;
+        end += bytes;
+        return start;
+    };
+    plan.at.columns = place(plan.columnsBytes);
+    plan.at.nhwc = place(plan.nhwcBytes);
+    plan.at.weights = place(plan.weightsBytes);
+    plan.at.rowTable = place(plan.rowTableBytes);
+    plan.at.staging = place(plan.stagingBytes);
+    plan.at.cublas = place(kCublasWorkspaceBytes);
+    plan.totalBytes = end;
+}
+
 inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options)
 {
     size_t const columnBudget = options.columnBudget;
@@ -332,8 +358,7 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.stagingBytes = alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels)
         * accumulatorBytes(elementBytes));
     plan.rowTableBytes = alignUp256(size_t(columnRowVectors(geo, plan.vector)) * sizeof(TileRowVector));
-    plan.totalBytes = plan.columnsBytes + plan.nhwcBytes + plan.weightsBytes + plan.rowTableBytes + plan.stagingBytes
-        + kCublasWorkspaceBytes;
+    layOutGemmWorkspace(plan);
     return plan;
 }
 
