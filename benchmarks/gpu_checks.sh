@@ -21,7 +21,7 @@
 #
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
 #   (default: $OUT, else artifacts/gpu; writes these files there: checks.log, bench.json, bench.md,
-#    bench_implicit.json, bench_output_staged.json, bench_chunk_16.json, bench_grouped.json, bench_grouped.md, and
+#    bench_implicit.json, bench_output_staged.json, bench_chunk_64.json, bench_grouped.json, bench_grouped.md, and
 #    implicit_sass.csv with DCN_GPU_NCU=implicit; the device tool brings back 8: skip a step to stay within them)
 set -u
 OUT_DIR=${1:-${OUT:-artifacts/gpu}}
@@ -32,7 +32,7 @@ LOG="$OUT_DIR/checks.log"
 # A fresh set of results: the benchmark appends its tables to bench*.md, and a JSON left from an earlier run would be
 # taken for this run's rows.
 rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_implicit.json "$OUT_DIR"/bench_output_staged.json \
-    "$OUT_DIR"/bench_chunk_16.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md "$OUT_DIR"/implicit_sass.csv
+    "$OUT_DIR"/bench_chunk_64.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md "$OUT_DIR"/implicit_sass.csv
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
 # The package from this checkout, without installing it (the machine has no network and its own packages):
@@ -120,11 +120,11 @@ bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes
 step memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
     python3 tests/sanitizer_cases.py
 # 5. The GEMM path's product through the staging scratch everywhere (auto writes straight into NCHW for one group
-# where the rows are whole 16-byte vectors: directOutputByDefault), then a 16 MiB column budget (default 64), which
-# keeps a chunk's columns in L2 between the sampling kernel and the product.
+# where the rows are whole 16-byte vectors: directOutputByDefault), then the 64 MiB column budget that was the
+# default before 2026-11-26 (now 256: fewer, larger products), to time that choice with the current kernels.
 DCN_DEPLOY_GEMM_OUTPUT=staged bench bench-output-staged 90 bench_output_staged.json "" -- --algos gemm \
     --iters 20 --warmup 3 --breakdown
-DCN_DEPLOY_GEMM_CHUNK_MB=16 bench bench-chunk-16MB 90 bench_chunk_16.json "" -- --algos gemm --dtypes float16 \
+DCN_DEPLOY_GEMM_CHUNK_MB=64 bench bench-chunk-64MB 90 bench_chunk_64.json "" -- --algos gemm --dtypes float16 \
     --iters 20 --warmup 3
 # 6. The rest of the sanitizer runs (clean at bf7556d), then grouped and depth-wise layers.
 step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick

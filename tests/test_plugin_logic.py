@@ -175,7 +175,7 @@ def _workspace(lib, desc, dtype, algo):
     return size.value
 
 
-BUDGET = 64 << 20  # the GEMM path's default column budget
+BUDGET = 256 << 20  # the GEMM path's default column budget
 
 
 def _gemm_workspace(batch, channels, height, width, out_channels, channels_per_group, kernel_points, out_pixels,
@@ -209,7 +209,7 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     assert _workspace(kernels_lib, dense, 0, 1) == 0                              # direct
     depthwise = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 1)
     assert _workspace(kernels_lib, depthwise, 1, 0) == 0                          # auto -> direct
-    # One image whose columns exceed the 64 MiB budget runs in slices of its pixels: room for the budget.
+    # One image whose columns exceed the 256 MiB budget runs in slices of its pixels: room for the budget.
     big = DeformConvDesc(1, 512, 128, 128, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
     assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, 128 * 128, 4, 4)
 

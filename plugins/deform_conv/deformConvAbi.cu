@@ -30,7 +30,7 @@ namespace
 {
 
 // The GEMM path's options for the C ABI (benchmarks, tests), from the environment, read once:
-//   DCN_DEPLOY_GEMM_CHUNK_MB      the column budget in MiB (default 64);
+//   DCN_DEPLOY_GEMM_CHUNK_MB      the column budget in MiB (default 256);
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
 //   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'

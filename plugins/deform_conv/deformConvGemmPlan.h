@@ -23,7 +23,11 @@
 namespace dcn
 {
 
-constexpr size_t kGemmDefaultColumnBudget = size_t(64) << 20; // the most bytes one chunk's columns take
+// The most bytes one chunk's columns take, by default. Larger chunks are fewer, larger products: 256 MiB against 64
+// was 3-11% faster at batch 8 on an H100 (bf7556d) and 6-20% on an H200 (fbf73a9; seg res5, whose image is 75 MiB
+// of fp16 columns, also 19% at batch 1, one product instead of 7168 + 1024 pixels). The price is the workspace, in
+// fp16 at batch 8: 354 MiB instead of 119 at det res3, 389 instead of 155 at seg res5 (benchmarks/RESULTS.md).
+constexpr size_t kGemmDefaultColumnBudget = size_t(256) << 20;
 constexpr size_t kCublasWorkspaceBytes = size_t(8) << 20;     // handed to cuBLAS: it never allocates in enqueue
 
 DCN_HD size_t alignUp256(size_t bytes)

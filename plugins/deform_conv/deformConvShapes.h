@@ -45,7 +45,8 @@ constexpr char const* kFieldOffsetGroup = "offset_group";
 // (it would write past the workspace). Bump kKernelsRevision with every such change (deformConvLaunch.cu's AUTO,
 // planGemm's sizes, the tactics). An engine without the field predates it and is accepted.
 constexpr char const* kFieldKernelsRevision = "dcn_kernels_revision";
-constexpr int32_t kKernelsRevision = 3; // 2026-11-26: 2 a zero vector after the GEMM path's input, 3 a row table
+// 2026-11-26: 2 a zero vector after the GEMM path's input, 3 a row table, 4 a 256 MiB column budget (was 64).
+constexpr int32_t kKernelsRevision = 4;
 constexpr int32_t kFieldTypeInt32 = 5; // nvinfer1::PluginFieldType::kINT32
 
 dcn_deform_conv_attrs defaultAttrs();
