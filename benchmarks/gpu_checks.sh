@@ -126,6 +126,10 @@ DCN_DEPLOY_GEMM_OUTPUT=staged bench bench-output-staged 90 bench_output_staged.j
     --iters 20 --warmup 3 --breakdown
 DCN_DEPLOY_GEMM_CHUNK_MB=64 bench bench-chunk-64MB 90 bench_chunk_64.json "" -- --algos gemm --dtypes float16 \
     --iters 20 --warmup 3
+# Every implementation without a bias (DCN layers followed by batch norm have none): where staged, a half type's
+# product is then rounded by cuBLAS into a scratch of half the bytes (stagesNarrow); its table in the log.
+step bench-no-bias 60 python3 benchmarks/gpu_deform_conv.py --algos gemm --dtypes float16 --no-bias --iters 20 \
+    --warmup 3
 # 6. The rest of the sanitizer runs (clean at bf7556d), then grouped and depth-wise layers.
 step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do # their enqueue on the GPU

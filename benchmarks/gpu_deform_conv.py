@@ -204,8 +204,9 @@ def _short_kernel_name(name: str, width: int = 60) -> str:
     return short if len(short) <= width else short[:width - 3] + "..."
 
 
-def make_inputs(layer: Layer, batch: int, dtype_name: str):
-    """(x, offset, weight, bias, mask) on the GPU for one layer, random with a fixed seed (the same on every call)."""
+def make_inputs(layer: Layer, batch: int, dtype_name: str, with_bias: bool = True):
+    """(x, offset, weight, bias, mask) on the GPU for one layer, random with a fixed seed (the same on every call);
+    bias None unless with_bias."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -217,7 +218,7 @@ def make_inputs(layer: Layer, batch: int, dtype_name: str):
     bias = torch.randn(c, device="cuda", dtype=dtype, generator=g)
     offset = torch.randn(batch, 18 * og, h, w, device="cuda", dtype=dtype, generator=g) * 2.0
     mask = torch.rand(batch, 9 * og, h, w, device="cuda", dtype=dtype, generator=g)
-    return x, offset, weight, bias, mask
+    return x, offset, weight, bias if with_bias else None, mask
 
 
 def _failure_text(exc: BaseException) -> str:
@@ -251,8 +252,10 @@ def measure(row: dict, key: str, fn: Callable[[], object], reference, warmup: in
 
 def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str],
         graph: bool = True, breakdown: bool = False, layers: List[Layer] = LAYERS,
-        on_row: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
+        on_row: Optional[Callable[[List[dict]], None]] = None, with_bias: bool = True) -> List[dict]:
     """One row per (dtype, layer, batch): each implementation's error and median time (see :func:`measure`).
+
+    with_bias: False runs every implementation without a bias (as DCN layers followed by batch norm are).
 
     on_row(rows) is called after each row (and after the breakdown), so a run cut short still leaves its rows.
     breakdown: after all timings (so the profiler cannot disturb them), the `gemm` path's kernels of each dense row.
@@ -275,7 +278,7 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
         for layer in layers:
             for batch in batches:
                 d = layer.dilation
-                x, offset, weight, bias, mask = make_inputs(layer, batch, dtype_name)
+                x, offset, weight, bias, mask = make_inputs(layer, batch, dtype_name, with_bias)
 
                 def ours(algo):
                     if algo == "torch":  # the PyTorch op itself, as a user calls it
@@ -289,11 +292,11 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                 conv = lambda: F.conv2d(x, weight, bias, 1, d, d, layer.groups)  # noqa: E731
 
                 row = {"layer": layer.name, "shape": f"{batch}x{layer.channels}x{layer.height}x{layer.width}",
-                       "dtype": dtype_name, **context}
+                       "dtype": dtype_name, "bias": with_bias, **context}
                 with torch.no_grad():
                     # the float64 reference: torchvision's op on the same (rounded) inputs, upcast; dcn_deploy's
                     # composite in float64 if torchvision fails
-                    wide = [t.double() for t in (x, offset, weight, bias, mask)]
+                    wide = [None if t is None else t.double() for t in (x, offset, weight, bias, mask)]
                     try:
                         reference = torchvision.ops.deform_conv2d(*wide[:4], 1, d, d, wide[4])
                         row["reference"] = "torchvision"
@@ -322,7 +325,7 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                 x = offset = weight = bias = mask = None  # free the GPU memory before the next case
                 torch.cuda.empty_cache()
     for row, layer, batch, dtype_name in cases:
-        x, offset, weight, bias, mask = make_inputs(layer, batch, dtype_name)
+        x, offset, weight, bias, mask = make_inputs(layer, batch, dtype_name, with_bias)
         d = layer.dilation
         try:
             with torch.no_grad():
@@ -389,7 +392,8 @@ def to_markdown(rows: List[dict], args) -> str:
         f"commit `{run_context['commit']}`, torch {run_context['torch']}, CUDA {run_context['cuda']}, Python {run_context['python']}; "
         f"median of {args.iters} CUDA-event-timed "
         f"{'CUDA-graph replays (GPU time without Python launch overhead)' if not args.eager else 'eager calls'} "
-        f"after {args.warmup} warm-up runs; v2 (mask), 3x3, stride 1, "
+        f"after {args.warmup} warm-up runs; v2 (mask), "
+        f"{'with a bias' if all(r.get('bias', True) for r in rows) else 'no bias'}, 3x3, stride 1, "
         f"one offset group unless named, C = out channels. Errors are ||out - ref|| / ||ref|| against torchvision's op in float64 "
         f"on the same inputs. `fail`: that implementation raised (the reason is in the JSON rows and the log); "
         f"`*`: the call could not be captured in a CUDA graph, so that time is of eager calls.",
@@ -458,6 +462,8 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", default="issue", choices=sorted(LAYER_SETS),
                         help="issue: ResNet-50 res3-5 at 800x1333 and DeepLab res5 (default); grouped: grouped and "
                              "depth-wise layers at res4 size; all: both")
+    parser.add_argument("--no-bias", action="store_true",
+                        help="run every implementation without a bias (DCN layers followed by batch norm have none)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile the gemm path's kernels (torch.profiler) and print where its time goes")
     parser.add_argument("--json", type=Path, default=None,
@@ -491,7 +497,8 @@ def main(argv=None) -> int:
             return 2
         save = (lambda rows: atomic_write_text(args.json, json.dumps(rows, indent=1))) if args.json else None
         rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos,
-                   graph=not args.eager, breakdown=args.breakdown, layers=LAYER_SETS[args.layers], on_row=save)
+                   graph=not args.eager, breakdown=args.breakdown, layers=LAYER_SETS[args.layers], on_row=save,
+                   with_bias=not args.no_bias)
     table = render(rows, args)
     print(table)
     if args.output:

@@ -50,6 +50,14 @@ def test_table_has_one_column_per_kernel_and_the_ratios(bench, monkeypatch):
     assert "n/a" in lines[1]
 
 
+def test_the_table_says_whether_the_layers_had_a_bias(bench, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    row = {"layer": "det res3", "shape": "8x128x100x167", "dtype": "float16", "ours_gemm_ms": 0.3, "conv_ms": 0.2}
+    args = argparse.Namespace(algos="gemm", iters=20, warmup=3, eager=False)
+    assert "v2 (mask), with a bias," in bench.to_markdown([row], args)  # rows saved before the field: a bias
+    assert "v2 (mask), no bias," in bench.to_markdown([dict(row, bias=False)], args)
+
+
 def test_kernel_breakdown_table(bench):
     rows = [{"layer": "det res4", "shape": "8x256x50x84", "dtype": "float16", "gemm_kernels": [
         ("void dcn::(anonymous namespace)::columnsKernel<__half, 8>(dcn::DeformConvGeometry, __half const*)", 0.3),

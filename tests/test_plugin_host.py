@@ -163,6 +163,25 @@ def test_gemm_path_dtypes(host_lib, dtype, tolerance, seed, output):
     assert max_relative_error(got, expected) < tolerance, case
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(4))
+def test_half_types_staged_equals_direct_bit_for_bit(host_lib, dtype, seed, with_bias):
+    """Both outputs round the same float32 sum (plus the bias) once. Staged holds the sums as float32 with a bias,
+    and, without one, as the half type itself (cuBLAS rounds them: half the scratch's bytes): a misplaced element of
+    either scratch, or a second rounding, would show as a difference."""
+    case = _vector_friendly_case(random.Random(700 + seed))
+    x, off, w, b, m = make_tensors(case, dtype, seed=seed)
+    if with_bias and b is None:
+        b = torch.randn(w.shape[0], dtype=torch.float64).to(dtype)
+    b = b if with_bias else None
+    staged = run_host_gemm(host_lib, case, x, off, w, b, m, output="staged")
+    direct = run_host_gemm(host_lib, case, x, off, w, b, m, output="direct")
+    assert torch.equal(staged.view(torch.int16), direct.view(torch.int16)), case
+    expected = reference(case, *[None if t is None else t.double() for t in (x, off, w, b, m)])
+    assert max_relative_error(staged, expected) < (4e-3 if dtype == torch.float16 else 3e-2), case
+
+
 def test_dense_layer_with_mask_and_bias(host_lib):
     # A small "real" layer: 3x3, padding 1, 2 offset groups, v2.
     g = torch.Generator().manual_seed(7)

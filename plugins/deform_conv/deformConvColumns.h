@@ -318,10 +318,29 @@ DCN_UNROLL
     storeVector<T, Vector>(out, result);
 }
 
-// output[n0 + img][o][p0 + p] = staging[img][p][o] + bias[o], rounded once to T, for element idx of a chunk's
+// A value of the staging scratch in the accumulation type. The scratch holds accumulators (Staged = Acc), or, for a
+// half type without a bias, the product already rounded to T by cuBLAS (Staged = T: half the bytes to write and
+// read, and still one rounding, since no bias is added after it).
+template <typename T, typename Staged>
+DCN_HD typename ElementTraits<T>::Acc stagedAcc(Staged value)
+{
+    if constexpr (std::is_same<Staged, typename ElementTraits<T>::Acc>::value)
+        return value;
+    else
+        return ElementTraits<T>::toAcc(value);
+}
+
+// Whether the staging scratch holds T (a half type without a bias, stagedAcc) rather than accumulators.
+template <typename T>
+DCN_HD bool stagesNarrow(T const* bias)
+{
+    return bias == nullptr && !std::is_same<T, typename ElementTraits<T>::Acc>::value;
+}
+
+// output[n0 + img][o][p0 + p] = staging[img][p][o] (+ bias[o]), rounded to T, for element idx of a chunk's
 // images * oC * pixels in output order. The CUDA path does the same through shared-memory tiles.
-template <typename T, typename Acc>
-DCN_HD void stagedOutputElement(DeformConvGeometry const& geo, Acc const* staging, T const* bias, T* output,
+template <typename T, typename Staged>
+DCN_HD void stagedOutputElement(DeformConvGeometry const& geo, Staged const* staging, T const* bias, T* output,
     int32_t n0, int64_t p0, int32_t pixels, int64_t idx)
 {
     int32_t const oc = geo.d.out_channels;
@@ -329,7 +348,10 @@ DCN_HD void stagedOutputElement(DeformConvGeometry const& geo, Acc const* stagin
     int64_t const row = idx / pixels; // img * oC + o
     int32_t const o = int32_t(row % oc);
     int64_t const img = row / oc;
-    Acc const value = staging[(img * pixels + p) * oc + o] + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0));
+    // Without a bias, -0 is added: x + (-0) is x for every x, where + 0 would turn a staged -0 into +0.
+    using Acc = typename ElementTraits<T>::Acc;
+    Acc const value = stagedAcc<T>(staging[(img * pixels + p) * oc + o])
+        + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(-0.0));
     output[(int64_t(n0) * oc + row) * int64_t(geo.outH) * geo.outW + p0 + p] = ElementTraits<T>::fromAcc(value);
 }
 

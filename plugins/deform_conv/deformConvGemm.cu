@@ -110,6 +110,22 @@ Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool acc
     return Status::success();
 }
 
+// The staged output of one chunk: the product into the staging scratch, then its transpose into NCHW with the bias.
+template <typename T, typename Staged>
+Status runStagedChunk(DeformConvGeometry const& geo, T const* weights, T const* columns, Staged* staging,
+    T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels, cudaStream_t stream,
+    CublasHandleT handle)
+{
+    Status status = runProduct<T, Staged>(stagedProduct(geo, images, pixels), weights, columns, staging, false, handle);
+    if (!status.ok())
+        return status;
+    dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
+        unsigned(std::min((geo.d.out_channels + kTile - 1) / kTile, 65535)), unsigned(images));
+    stagedOutputKernel<T, Staged><<<outTiles, dim3(kTileThreadsX, kTileThreadsY), 0, stream>>>(geo, staging, bias,
+        output, n0, p0, pixels);
+    return launchStatus("the staged output kernel");
+}
+
 template <typename T>
 Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const* input, T const* offset,
     T const* weight, T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream, CublasHandleT handle)
@@ -145,15 +161,14 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             status = launchStatus("the deformable sampling kernel");
             if (plan.staged)
             {
-                status = runProduct<T, Acc>(stagedProduct(geo, images, pixels), weights, columns, staging, false, handle);
-                if (status.ok())
-                {
-                    dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
-                        unsigned(std::min((d.out_channels + kTile - 1) / kTile, 65535)), unsigned(images));
-                    stagedOutputKernel<T, Acc><<<outTiles, dim3(kTileThreadsX, kTileThreadsY), 0, stream>>>(geo, staging, bias, output, n0,
-                        p0, pixels);
-                    status = launchStatus("the staged output kernel");
-                }
+                // A half type without a bias stages the product as T (stagedAcc): cuBLAS rounds it once, as the
+                // transpose would have.
+                if (stagesNarrow<T>(bias))
+                    status = runStagedChunk<T, T>(geo, weights, columns, reinterpret_cast<T*>(staging), bias, output,
+                        n0, images, p0, pixels, stream, handle);
+                else
+                    status = runStagedChunk<T, Acc>(geo, weights, columns, staging, bias, output, n0, images, p0,
+                        pixels, stream, handle);
                 continue;
             }
             if (status.ok() && bias)

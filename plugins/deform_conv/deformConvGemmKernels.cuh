@@ -123,35 +123,36 @@ DCN_UNROLL
     }
 }
 
-// output[n0 + img][o][p0 + p] = staging[img][p][o] + bias[o] for the chunk (stagedOutputElement's mapping), through
-// 64x64 shared tiles: reads run along o, writes along p, both coalesced. Blocks loop over channel tiles. Each thread
-// loads its 16 values before using any (as the channels-last transpose does) and its two channels' bias once per
-// channel tile.
-template <typename T, typename Acc>
+// output[n0 + img][o][p0 + p] = staging[img][p][o] (+ bias[o]) for the chunk (stagedOutputElement's mapping, its
+// Staged types), through 64x64 shared tiles of accumulators: reads run along o, writes along p, both coalesced.
+// Blocks loop over channel tiles. Each thread loads its 16 values before using any (as the channels-last transpose
+// does) and its two channels' bias once per channel tile.
+template <typename T, typename Staged>
 __global__ void __launch_bounds__(kTileThreads) stagedOutputKernel(DeformConvGeometry const geo,
-    Acc const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ output, int32_t const n0,
+    Staged const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ output, int32_t const n0,
     int64_t const p0, int32_t const pixels)
 {
+    using Acc = typename ElementTraits<T>::Acc;
     constexpr int kColumnsPerThread = kTile / kTileThreadsX;
     __shared__ Acc tile[kTile][kTile + 1];
     int32_t const oc = geo.d.out_channels;
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     int32_t const img = blockIdx.z;
     int32_t const pix0 = int32_t(blockIdx.x) * kTile;
-    Acc const* source = staging + (int64_t(img) * pixels + pix0) * oc;
+    Staged const* source = staging + (int64_t(img) * pixels + pix0) * oc;
     T* target = output + (int64_t(n0) + img) * oc * plane + p0 + pix0;
     for (int32_t o0 = blockIdx.y * kTile; o0 < oc; o0 += gridDim.y * kTile)
     {
         Acc values[kTilePlaces];
         forTilePlaces([&](int k, int r, int x) { // r: pixel within the tile; x: channel
-            values[k] = pix0 + r < pixels && o0 + x < oc ? source[int64_t(r) * oc + o0 + x] : Acc(0);
+            values[k] = pix0 + r < pixels && o0 + x < oc ? stagedAcc<T>(source[int64_t(r) * oc + o0 + x]) : Acc(0);
         });
         Acc channelBias[kColumnsPerThread];
 DCN_UNROLL
         for (int xStep = 0; xStep < kColumnsPerThread; ++xStep)
         {
             int32_t const o = o0 + int32_t(threadIdx.x) + kTileThreadsX * xStep;
-            channelBias[xStep] = bias && o < oc ? ElementTraits<T>::toAcc(bias[o]) : Acc(0);
+            channelBias[xStep] = bias && o < oc ? ElementTraits<T>::toAcc(bias[o]) : Acc(-0.0); // stagedOutputElement
         }
         forTilePlaces([&](int k, int r, int x) { tile[r][x] = values[k] + channelBias[k % kColumnsPerThread]; });
         __syncthreads();

@@ -44,7 +44,8 @@ inline int64_t ceilDiv(int64_t a, int64_t b)
 // sizes such as 25x42 or 100x167 the rows are not 16-byte aligned and cuBLAS cannot use its aligned kernels, and the
 // bias must be written first (a pass over the output) for the product to add to; and it is one product per group.
 // Staged, the product goes to a pixel-major scratch in the accumulation type, staging[image][pixel][oC] (rows of
-// oC), and one more pass transposes it into NCHW with the bias added. With the vector bias fill, direct was 4-12%
+// oC), and one more pass transposes it into NCHW with the bias added (a half type without a bias: a scratch of T,
+// rounded once by cuBLAS, half the bytes to write and read; stagesNarrow). With the vector bias fill, direct was 4-12%
 // faster than staged in fp16 where the rows are aligned, and up to 2.3x slower where not (benchmarks/RESULTS.md,
 // H100, 2026-11-26): auto takes direct where directOutputByDefault says.
 enum GemmOutput : int32_t
@@ -122,7 +123,8 @@ inline bool validGemmChunks(int32_t chunks)
     return chunks == kGemmChunksFull || chunks == kGemmChunksEven;
 }
 
-// Bytes of one element of the accumulation type (float, or double for float64), which the staging scratch holds.
+// Bytes of one element of the accumulation type (float, or double for float64), which the staging scratch holds
+// (or, for a half type without a bias, T: stagesNarrow in deformConvColumns.h; the room is the same).
 inline size_t accumulatorBytes(size_t elementBytes)
 {
     return elementBytes == 8 ? 8 : 4;

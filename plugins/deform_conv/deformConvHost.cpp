@@ -146,6 +146,18 @@ void sampleColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T co
         columnsHost<T, Vector>(geo, nhwc, offset, mask, columns, n0, images, p0, pixels);
 }
 
+// The staged output of one chunk (runStagedChunk's steps): the product into the staging scratch, then each output
+// element from it.
+template <typename T, typename Staged>
+void stagedChunkHost(DeformConvGeometry const& geo, T const* weights, T const* columns, Staged* staging, T const* bias,
+    T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
+{
+    gemmHost<T, Staged>(stagedProduct(geo, images, pixels), weights, columns, staging, false);
+    int64_t const outCount = int64_t(images) * geo.d.out_channels * pixels;
+    for (int64_t idx = 0; idx < outCount; ++idx)
+        stagedOutputElement<T, Staged>(geo, staging, bias, output, n0, p0, pixels, idx);
+}
+
 template <typename T>
 void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, T const* input, T const* offset,
     T const* weight, T const* bias, T const* mask, T* output)
@@ -158,7 +170,10 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
     T const garbage = ElementTraits<T>::fromAcc(std::numeric_limits<Acc>::quiet_NaN());
     std::vector<T> columns(plan.columnsBytes / sizeof(T), garbage), nhwc(plan.nhwcBytes / sizeof(T), garbage),
         weights(plan.weightsBytes / sizeof(T), garbage);
-    std::vector<Acc> staging(plan.staged ? plan.stagingBytes / sizeof(Acc) : 0);
+    // The staging scratch: accumulators, or T for a half type without a bias (stagesNarrow), as the CUDA path.
+    bool const narrow = stagesNarrow<T>(bias);
+    std::vector<Acc> staging(plan.staged && !narrow ? plan.stagingBytes / sizeof(Acc) : 0);
+    std::vector<T> narrowStaging(plan.staged && narrow ? plan.stagingBytes / sizeof(T) : 0, garbage);
     int64_t const weightRows = int64_t(d.out_channels) * geo.channelsPerGroup;
     for (int64_t idx = 0; idx < weightRows; ++idx)
         weightRow<T>(geo, weight, weights.data(), idx);
@@ -183,11 +198,12 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
             });
             if (plan.staged)
             {
-                gemmHost<T, Acc>(stagedProduct(geo, images, pixels), weights.data(), columns.data(), staging.data(),
-                    false);
-                int64_t const outCount = int64_t(images) * d.out_channels * pixels;
-                for (int64_t idx = 0; idx < outCount; ++idx)
-                    stagedOutputElement<T, Acc>(geo, staging.data(), bias, output, n0, p0, pixels, idx);
+                if (narrow)
+                    stagedChunkHost<T>(geo, weights.data(), columns.data(), narrowStaging.data(), bias, output, n0,
+                        images, p0, pixels);
+                else
+                    stagedChunkHost<T>(geo, weights.data(), columns.data(), staging.data(), bias, output, n0, images,
+                        p0, pixels);
                 continue;
             }
             if (bias)

@@ -226,6 +226,30 @@ void checkOutputs(DeformConvGeometry const& geo, std::string const& name, std::m
         check(failure.empty() && sameBits(got, expected), name + ": staged output" + (withBias ? "" : " without bias")
             + ", blocks looping over channel tiles " + failure);
     }
+    if constexpr (!std::is_same<T, Acc>::value) // a half type without a bias stages T (stagesNarrow)
+    {
+        std::vector<T> const narrow = randomValues<T>(rng, size_t(images) * pixels * d.out_channels);
+        expected = before;
+        got = before;
+        for (int64_t idx = 0; idx < int64_t(images) * d.out_channels * pixels; ++idx)
+            stagedOutputElement<T, T>(geo, narrow.data(), static_cast<T const*>(nullptr), expected.data(), n0, p0,
+                pixels, idx);
+        failure = emulation::runGrid(dim3{unsigned((pixels + kTile - 1) / kTile), 1, unsigned(images)},
+            dim3{unsigned(kTileThreadsX), unsigned(kTileThreadsY), 1}, [&] {
+                stagedOutputKernel<T, T>(geo, narrow.data(), static_cast<T const*>(nullptr), got.data(), n0, p0,
+                    pixels);
+            });
+        // The output is the scratch's values moved: every element of the chunk equal, bit for bit, to its staged one.
+        bool moved = true;
+        for (int32_t img = 0; img < images; ++img)
+            for (int32_t o = 0; o < d.out_channels; ++o)
+                for (int32_t p = 0; p < pixels; ++p)
+                    moved = moved
+                        && std::memcmp(&expected[(size_t(n0 + img) * d.out_channels + o) * plane + p0 + p],
+                               &narrow[(size_t(img) * pixels + p) * d.out_channels + o], sizeof(T)) == 0;
+        check(failure.empty() && sameBits(got, expected) && moved,
+            name + ": staged output of a T scratch (no bias), a plain transpose " + failure);
+    }
 }
 
 template <typename T>
