@@ -71,12 +71,14 @@ enum GemmSampler : int32_t
 };
 
 // How the batch (or one image's pixels) is cut into chunks whose columns fit the budget.
-//   Full: as many images (or pixels) per chunk as fit, and the remainder last: seg res5's 8192 pixels an image go as
-//     7168 + 1024, and cuBLAS's product of the 1024 took 1.8x the time per pixel of the 7168's (H100, 09f36e1).
-//   Even: as few chunks as fit, of equal size but the last (4096 + 4096), so no product is a small remainder; but a
+//   Full: as many images (or pixels) per chunk as fit, and the remainder last. Under the old 64 MiB budget seg res5's
+//     8192 pixels an image went as 7168 + 1024, and cuBLAS's product of the 1024 took 1.8x the time per pixel of
+//     the 7168's (H100, 09f36e1); under 256 MiB det res3 at batch 8 goes as 6 + 2 images.
+//   Even: as few chunks as fit, of equal size but the last (4 + 4 images), so no product is a small remainder; but a
 //     chunk's product may then be a fraction of a wave of cuBLAS's tiles where the full one was a whole wave (det
-//     res5 at batch 8: 6 + 2 images, the 6 in 132 tiles of 128x192 on 132 SMs, become 4 + 4). Which is faster
-//     depends on cuBLAS's tile choice: not measured yet (benchmarks/gpu_notes.md), so full stays the default.
+//     res5 at batch 8 under 64 MiB: 6 + 2 images, the 6 in 132 tiles of 128x192 on 132 SMs, became 4 + 4). Which
+//     is faster depends on cuBLAS's tile choice: not measured yet (benchmarks/gpu_notes.md), so full stays the
+//     default.
 enum GemmChunks : int32_t
 {
     kGemmChunksFull = 0,
