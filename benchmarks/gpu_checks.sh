@@ -130,6 +130,9 @@ DCN_DEPLOY_GEMM_CHUNK_MB=64 bench bench-chunk-64MB 90 bench_chunk_64.json "" -- 
 # product is then rounded by cuBLAS into a scratch of half the bytes (stagesNarrow); its table in the log.
 step bench-no-bias 60 python3 benchmarks/gpu_deform_conv.py --algos gemm --dtypes float16 --no-bias --iters 20 \
     --warmup 3
+# cuBLAS on the layers' products in our operand layout (K contiguous) and in torchvision's (pixels contiguous):
+# whether our float32 products, 1.3x-1.5x slower than torchvision's layer at 09f36e1, are slow for their layout.
+step gemm-layouts 60 python3 benchmarks/gemm_layouts.py
 # 6. The rest of the sanitizer runs (clean at bf7556d), then grouped and depth-wise layers.
 step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do # their enqueue on the GPU

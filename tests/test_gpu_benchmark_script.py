@@ -171,3 +171,28 @@ def test_the_command_line_shown_names_the_kernel_knobs_set(bench, monkeypatch):
     monkeypatch.setenv("DCN_DEPLOY_IMPLICIT_TILE_M", "128")
     monkeypatch.setenv("DCN_DEPLOY_GEMM_OUTPUT", "")  # set but empty: the default, not shown
     assert bench.kernel_settings() == "DCN_DEPLOY_GEMM_CHUNKS=even DCN_DEPLOY_IMPLICIT_TILE_M=128"
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    path = SCRIPT.parent / "gemm_layouts.py"
+    spec = importlib.util.spec_from_file_location("gemm_layouts", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gemm_layouts_sizes_and_table(layouts):
+    res4 = next(layer for layer in layouts.LAYERS if layer.name.startswith("det res4"))
+    sizes = layouts.product_sizes(res4, 8)
+    assert sizes == {"out_channels": 256, "pixels": 8 * 50 * 84, "k": 2304}
+    row = {"layer": res4.name, "dtype": "float32", **sizes, "ours_ms": 1.0, "torchvision_ms": 0.8}
+    line = layouts.to_markdown([row]).splitlines()[2]
+    # 2 * 256 * 33600 * 2304 = 39.6 GFLOP: 39.6 TFLOP/s in 1 ms, 49.5 in 0.8
+    assert line.split(" | ")[3:] == ["1.000", "0.800", "39.6", "49.5", "1.25 |"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without a GPU")
+def test_gemm_layouts_without_a_gpu_is_a_clear_error(layouts, capsys):
+    assert layouts.main(["--dtypes", "float32"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

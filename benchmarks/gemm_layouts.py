@@ -1,0 +1,102 @@
+"""GPU micro-benchmark: does cuBLAS multiply the GEMM path's operand layout as fast as torchvision's?
+
+The GEMM path's product takes columns with the reduction K = C * kH * kW contiguous per pixel (cols[pixel][K], as
+the channels-last sampler writes them) and weights[oC][K]: both operands run along K, a "TN" product in BLAS
+terms. torchvision's deform_conv2d samples columns with the pixels contiguous (cols[K][pixel]) and multiplies
+weights[oC][K] by them. In float32 on an H100 (09f36e1, benchmarks/RESULTS.md) cuBLAS ran our products with
+`sm80_xmma_gemm_f32f32_f32f32_f32_tn_n` FFMA kernels at about 36-38 TFLOP/s, while torchvision's whole layer was
+1.3x to 1.5x faster than ours: is the layout the reason?
+
+This times the same product, the det/seg layers' sizes at a given batch, in both layouts, as plain torch.mm calls
+(cuBLAS underneath; TF32 off, so float32 is IEEE as in our path):
+
+    ours         out[pixel][o] = cols[pixel][:] . weights[o][:]     torch.mm(cols, weights.t())
+    torchvision  out[o][pixel] = weights[o][:] . cols[:][pixel]     torch.mm(weights, cols_t)
+
+Times are medians of CUDA-event-timed CUDA-graph replays. Needs a GPU:
+
+    python benchmarks/gemm_layouts.py [--batch 8] [--dtypes float32,float16]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_deform_conv import LAYERS, time_cuda  # noqa: E402  (the benchmark's layers and timer)
+
+LAYOUTS = ("ours", "torchvision")
+
+
+def product_sizes(layer, batch: int) -> Dict[str, int]:
+    """(M, N, K) of a layer's whole product: oC output channels, batch * oH * oW pixels, C * 9 (3x3, stride 1)."""
+    return {"out_channels": layer.channels, "pixels": batch * layer.height * layer.width, "k": layer.channels * 9}
+
+
+def time_layouts(layer, batch: int, dtype_name: str, warmup: int, iters: int) -> Dict[str, float]:
+    """Median milliseconds of the layer's product in each layout, on random operands of dtype_name."""
+    import torch
+
+    sizes = product_sizes(layer, batch)
+    dtype = getattr(torch, dtype_name)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    weights = torch.randn(sizes["out_channels"], sizes["k"], device="cuda", dtype=dtype, generator=g)
+    times = {}
+    cols = torch.randn(sizes["pixels"], sizes["k"], device="cuda", dtype=dtype, generator=g)
+    times["ours"] = time_cuda(lambda: torch.mm(cols, weights.t()), warmup, iters)
+    del cols
+    cols_t = torch.randn(sizes["k"], sizes["pixels"], device="cuda", dtype=dtype, generator=g)
+    times["torchvision"] = time_cuda(lambda: torch.mm(weights, cols_t), warmup, iters)
+    del cols_t
+    torch.cuda.empty_cache()
+    return times
+
+
+def to_markdown(rows: List[dict]) -> str:
+    lines = ["| layer | product (oC x pixels x K) | dtype | ours (K contiguous) ms | torchvision (pixels contiguous) ms "
+             "| ours TFLOP/s | torchvision TFLOP/s | ours / torchvision |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        flop = 2.0 * r["out_channels"] * r["pixels"] * r["k"]
+        ours, theirs = r["ours_ms"], r["torchvision_ms"]
+        lines.append(f"| {r['layer']} | {r['out_channels']} x {r['pixels']} x {r['k']} | {r['dtype']} | {ours:.3f} | "
+                     f"{theirs:.3f} | {flop / ours / 1e9:.1f} | {flop / theirs / 1e9:.1f} | {ours / theirs:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8, help="images whose pixels form one product (default 8)")
+    parser.add_argument("--dtypes", default="float32,float16", help="comma-separated (default float32,float16)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch must be at least 1, got {args.batch}")
+    import torch
+
+    if not torch.cuda.is_available():
+        print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False  # IEEE float32, as the GEMM path's cuBLAS calls
+    rows = []
+    for dtype_name in args.dtypes.split(","):
+        for layer in LAYERS:
+            times = time_layouts(layer, args.batch, dtype_name, args.warmup, args.iters)
+            rows.append({"layer": layer.name, "dtype": dtype_name, **product_sizes(layer, args.batch),
+                         **{f"{name}_ms": times[name] for name in LAYOUTS}})
+            print(rows[-1], file=sys.stderr, flush=True)
+    print(f"cuBLAS products in two operand layouts, {torch.cuda.get_device_name()}, batch {args.batch}, "
+          f"median of {args.iters} CUDA-graph replays:\n")
+    print(to_markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
