@@ -59,8 +59,8 @@ def time_layouts(layer, batch: int, dtype_name: str, warmup: int, iters: int) ->
 
 
 def to_markdown(rows: List[dict]) -> str:
-    lines = ["| layer | product (oC x pixels x K) | dtype | ours (K contiguous) ms | torchvision (pixels contiguous) ms "
-             "| ours TFLOP/s | torchvision TFLOP/s | ours / torchvision |",
+    lines = ["| layer | product (oC x pixels x K) | dtype | ours (K contiguous) ms "
+             "| torchvision (pixels contiguous) ms | ours TFLOP/s | torchvision TFLOP/s | ours / torchvision |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         flop = 2.0 * r["out_channels"] * r["pixels"] * r["k"]

@@ -16,7 +16,8 @@
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating).
 # DCN_GPU_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE] entries; each times $DCN_GPU_VARIANT_ALGOS (default:
-# gemm; fp16) with those variables set, its table in checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread" or,
+# gemm) in $DCN_GPU_VARIANT_DTYPES (default: float16; comma-separated) with those variables set, its table in
+# checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread" or,
 # with DCN_GPU_VARIANT_ALGOS=implicit, "m128:DCN_DEPLOY_IMPLICIT_TILE_M=128" or "t256:DCN_DEPLOY_IMPLICIT_THREADS=256".
 #
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
@@ -152,7 +153,7 @@ for variant in ${DCN_GPU_VARIANTS:-}; do
     settings=${variant#*:}
     step "variant-${variant%%:*}" 60 env ${settings//,/ } python3 benchmarks/gpu_deform_conv.py \
         --algos "${DCN_GPU_VARIANT_ALGOS:-gemm}" \
-        --dtypes float16 --iters 20 --warmup 3
+        --dtypes "${DCN_GPU_VARIANT_DTYPES:-float16}" --iters 20 --warmup 3
 done
 if [ -n "${DCN_GPU_NCU:-}" ]; then
     if command -v ncu >/dev/null; then

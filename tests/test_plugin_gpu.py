@@ -200,6 +200,7 @@ _CHILD_ENVS = {
     "direct": {"DCN_DEPLOY_GEMM_OUTPUT": "direct"},
     "staged": {"DCN_DEPLOY_GEMM_OUTPUT": "staged"},
     "thread": {"DCN_DEPLOY_GEMM_SAMPLER": "thread"},
+    "nn": {"DCN_DEPLOY_GEMM_PRODUCT": "nn", "DCN_DEPLOY_GEMM_OUTPUT": "staged", "DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
 }
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
 # All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
@@ -252,6 +253,11 @@ def test_gemm_path_in_even_chunks(dense_children):
     """The same budget with even chunks (DCN_DEPLOY_GEMM_CHUNKS=even: as few as fit, of equal size), each output way
     as auto chooses."""
     _check_dense_child(dense_children, "even")
+
+
+def test_gemm_path_staged_product_as_nn(dense_children):
+    """The staged product with output-major weights (DCN_DEPLOY_GEMM_PRODUCT=nn: cuBLAS "NN"), in 1 MiB chunks."""
+    _check_dense_child(dense_children, "nn")
 
 
 @pytest.mark.parametrize("output", ["direct", "staged"])

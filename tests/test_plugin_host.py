@@ -74,10 +74,10 @@ def _vector_friendly_case(rng: random.Random):
 
 
 def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto", sampler="auto", tile_items=0,
-                  chunks="full"):
+                  chunks="full", product="tn"):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
                               path="gemm", column_budget_bytes=budget, gemm_output=output, gemm_sampler=sampler,
-                              tile_items=tile_items, gemm_chunks=chunks, library=host_lib)
+                              tile_items=tile_items, gemm_chunks=chunks, gemm_product=product, library=host_lib)
 
 
 # How the columns are sampled: tiled (a tile's taps once, then its columns front to back; the default) with tiles
@@ -114,6 +114,29 @@ def test_gemm_path_float64_matches_reference(host_lib, seed, output):
     assert max_relative_error(run_host_gemm(host_lib, case, *tensors, output=output), expected) < 1e-12, case
 
 
+@pytest.mark.parametrize("seed", range(16))
+def test_staged_product_as_nn_matches_reference(host_lib, seed):
+    """The staged product with the weights re-laid out output channel last ("NN", GemmProduct): grouped layers (one
+    batch entry per group, A's stride a group's weights) and odd channel counts, in chunks and pixel slices."""
+    rng = random.Random(1200 + seed)
+    case = random_case(rng, max_channels_per_group=6) if seed % 3 == 0 else _vector_friendly_case(rng)
+    tensors = make_tensors(case, torch.float64, seed=seed)
+    expected = reference(case, *tensors)
+    budget = rng.choice([0, 1, 20_000])
+    got = run_host_gemm(host_lib, case, *tensors, budget=budget, output="staged", product="nn")
+    assert max_relative_error(got, expected) < 1e-12, (case, budget)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_staged_product_as_nn_equals_tn_in_each_type(host_lib, dtype):
+    """The same sums in the same order either way (the layout moves the weights, not the arithmetic): bit for bit."""
+    case = _vector_friendly_case(random.Random(1300))
+    tensors = make_tensors(case, dtype, seed=5)
+    tn = run_host_gemm(host_lib, case, *tensors, output="staged", product="tn")
+    nn = run_host_gemm(host_lib, case, *tensors, output="staged", product="nn")
+    assert torch.equal(tn, nn), case
+
+
 @pytest.mark.parametrize("sampler,tile_items", SAMPLERS)
 @pytest.mark.parametrize("output", GEMM_OUTPUTS)
 @pytest.mark.parametrize("budget,chunks", [(1, "full"), (150_000, "full"), (500_000, "full"), (1_000_000, "full"),
@@ -138,6 +161,7 @@ def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, chunks, output, 
     ({"sampler": "tile"}, "gemm_sampler must be one of auto, tiled, thread, got 'tile'"),
     ({"tile_items": -3}, "tile_items must be 0 .the default. or positive, got -3"),
     ({"chunks": "half"}, "gemm_chunks must be one of full, even, got 'half'"),
+    ({"product": "nt"}, "gemm_product must be one of tn, nn, got 'nt'"),
 ])
 def test_gemm_options_are_checked(host_lib, option, match):
     from plugin_configs import Case

@@ -22,7 +22,7 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h (a library of another version is a
 # stale build, which the op does not use).
-ABI_VERSION = 5
+ABI_VERSION = 6
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
@@ -83,7 +83,8 @@ class NativeLibrary:
         self._declare("dcn_deform_conv2d_forward_host", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_host_gemm",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6
-                      + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32])
+                      + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+                         ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_host_implicit", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
@@ -256,12 +257,13 @@ def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, 
 GEMM_OUTPUTS = {"auto": 0, "direct": 1, "staged": 2}
 GEMM_SAMPLERS = {"auto": 0, "tiled": 1, "thread": 2}
 GEMM_CHUNKS = {"full": 0, "even": 1}
+GEMM_PRODUCTS = {"tn": 0, "nn": 1}
 
 
 def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
                        path: str = "direct", column_budget_bytes: int = 0, gemm_output: str = "auto",
                        gemm_sampler: str = "auto", tile_items: int = 0, gemm_chunks: str = "full",
-                       library: Optional[NativeLibrary] = None):
+                       gemm_product: str = "tn", library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
@@ -273,7 +275,9 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU), ``thread`` (each thread its own
     taps) or ``auto`` (as on the GPU: tiled where it can); ``tile_items``: the tiled sampler's channel vectors per
     tile (0: the GPU's default). ``gemm_chunks``: ``full`` (as many images or pixels per chunk as fit, then the
-    remainder: the GPU's default) or ``even`` (as few chunks as fit, of equal size). ``implicit``: the CUDA
+    remainder: the GPU's default) or ``even`` (as few chunks as fit, of equal size). ``gemm_product``: the staged
+    product's operand layout, ``tn`` (weights along K: the GPU's default) or ``nn`` (weights along the output
+    channels; the direct product stays TN). ``implicit``: the CUDA
     implicit-GEMM kernel (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype
     here; channels per group and per offset group must be multiples of 32). Returns (N, out_channels, oH, oW) in the
     input's dtype.
@@ -290,9 +294,11 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
             raise ValueError(f"tile_items must be 0 (the default) or positive, got {tile_items}")
         if gemm_chunks not in GEMM_CHUNKS:
             raise ValueError(f"gemm_chunks must be one of {', '.join(GEMM_CHUNKS)}, got {gemm_chunks!r}")
+        if gemm_product not in GEMM_PRODUCTS:
+            raise ValueError(f"gemm_product must be one of {', '.join(GEMM_PRODUCTS)}, got {gemm_product!r}")
         extra = (ctypes.c_size_t(int(column_budget_bytes)), ctypes.c_int32(GEMM_OUTPUTS[gemm_output]),
                  ctypes.c_int32(GEMM_SAMPLERS[gemm_sampler]), ctypes.c_int32(int(tile_items)),
-                 ctypes.c_int32(GEMM_CHUNKS[gemm_chunks]))
+                 ctypes.c_int32(GEMM_CHUNKS[gemm_chunks]), ctypes.c_int32(GEMM_PRODUCTS[gemm_product]))
         return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", extra, input, offset, weight, bias, mask,
                                stride, padding, dilation, library)
     if path == "implicit":

@@ -26,7 +26,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 5
+#define DCN_ABI_VERSION 6
 
 typedef enum dcn_status
 {
@@ -92,11 +92,13 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
  * writes, 0 as the CUDA path chooses, 1 straight into NCHW, 2 through the staging scratch (GemmOutput in
  * plugins/deform_conv/deformConvGemmPlan.h). sampler: 0 as the CUDA path chooses, 1 tiled, 2 one thread per channel
  * vector (GemmSampler); tile_items: the tiled sampler's channel vectors per tile, 0 = the CUDA default; chunks: 0 as
- * many images or pixels per chunk as fit, then the remainder (the CUDA default), 1 even chunks (GemmChunks). For
+ * many images or pixels per chunk as fit, then the remainder (the CUDA default), 1 even chunks (GemmChunks);
+ * product: the staged product's layout, 0 TN (the CUDA default), 1 NN with output-major weights (GemmProduct). For
  * tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks);
+    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks,
+    int32_t product);
 /* The CUDA implicit-GEMM kernel (DCN_ALGO_IMPLICIT_GEMM) step by step on the host: the same chunks, tiles, reduction
  * steps, taps tables, gathers and rounding of the column tiles, with the tensor cores' product as a plain loop.
  * Takes float32 and float64 too (the CUDA kernel: half types only), for exact checks of the indexing. For tests. */

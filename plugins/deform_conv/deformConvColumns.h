@@ -51,6 +51,23 @@ DCN_HD void weightRow(DeformConvGeometry const& geo, T const* weight, T* weights
         target[int64_t(kp) * cg] = source[kp];
 }
 
+// weights[g][kp][cig][oig] = weight[g * oC/g + oig][cig][kp] for element idx of them, in that order: the staged
+// product's A as NN (GemmProduct), a group's output channels contiguous. One thread per element: the writes are
+// coalesced, the reads (all of the weights, small) come through the cache.
+template <typename T>
+DCN_HD void weightElementOutputMajor(DeformConvGeometry const& geo, T const* weight, T* weights, int64_t idx)
+{
+    int32_t const ocg = geo.outChannelsPerGroup;
+    int32_t const cg = geo.channelsPerGroup;
+    int32_t const oig = int32_t(idx % ocg);
+    int64_t rest = idx / ocg;
+    int32_t const cig = int32_t(rest % cg);
+    rest /= cg;
+    int32_t const kp = int32_t(rest % geo.kernelPoints);
+    int64_t const g = rest / geo.kernelPoints;
+    weights[idx] = weight[((g * ocg + oig) * cg + cig) * geo.kernelPoints + kp];
+}
+
 // The bits of one element, widened to 32 (elements of 2 or 4 bytes).
 template <typename T>
 DCN_HD uint32_t elementBits(T value)

@@ -93,16 +93,16 @@ void launchColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const*
         launchColumnsIndexed<T, int64_t>(vector, geo, nhwc, offset, mask, columns, n0, p0, pixels, total, stream);
 }
 
-// One cuBLAS "TN" strided-batched product (stagedProduct, directProduct): A and B of type T, C of type Out (T into
-// NCHW, Acc into the scratch).
+// One cuBLAS strided-batched product (stagedProduct, directProduct; "TN", or "NN" for output-major weights): A and
+// B of type T, C of type Out (T into NCHW, Acc or T into the scratch).
 template <typename T, typename Out>
 Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool accumulate, CublasHandleT handle)
 {
     using Scalar = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
     Scalar const one = 1, zero = 0;
     int const compute = std::is_same<T, double>::value ? kCublasCompute64F : kCublasCompute32F;
-    int const rc = cublasApi()->gemmStridedBatchedEx(handle, kCublasOpT, kCublasOpN, call.m, call.n, call.k, &one,
-        a + call.a.offset, cudaTypeOf<T>(), int(call.a.ld), call.a.stride, b + call.b.offset, cudaTypeOf<T>(),
+    int const rc = cublasApi()->gemmStridedBatchedEx(handle, call.transposeA ? kCublasOpT : kCublasOpN, kCublasOpN,
+        call.m, call.n, call.k, &one, a + call.a.offset, cudaTypeOf<T>(), int(call.a.ld), call.a.stride, b + call.b.offset, cudaTypeOf<T>(),
         int(call.b.ld), call.b.stride, accumulate ? &one : &zero, c + call.c.offset, cudaTypeOf<Out>(),
         int(call.c.ld), call.c.stride, call.batch, compute, kCublasGemmDefault);
     if (rc != 0)
@@ -112,11 +112,12 @@ Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool acc
 
 // The staged output of one chunk: the product into the staging scratch, then its transpose into NCHW with the bias.
 template <typename T, typename Staged>
-Status runStagedChunk(DeformConvGeometry const& geo, T const* weights, T const* columns, Staged* staging,
-    T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels, cudaStream_t stream,
-    CublasHandleT handle)
+Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
+    Staged* staging, T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels,
+    cudaStream_t stream, CublasHandleT handle)
 {
-    Status status = runProduct<T, Staged>(stagedProduct(geo, images, pixels), weights, columns, staging, false, handle);
+    Status status = runProduct<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights), weights,
+        columns, staging, false, handle);
     if (!status.ok())
         return status;
     dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
@@ -141,7 +142,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
     int64_t const plane = int64_t(geo.outH) * geo.outW;
 
     Status status = launchWeightsRelayout<T>(geo, weight, weights, stream, plan.tilePixels > 0 ? rowTable : nullptr,
-        plan.vector);
+        plan.vector, plan.outputMajorWeights);
     if (status.ok())
     {
         cudaMemsetAsync(nhwc + plan.zeroVector, 0, size_t(d.in_channels) * sizeof(T), stream);
@@ -164,11 +165,11 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
                 // A half type without a bias stages the product as T (stagedAcc): cuBLAS rounds it once, as the
                 // transpose would have.
                 if (stagesNarrow<T>(bias))
-                    status = runStagedChunk<T, T>(geo, weights, columns, reinterpret_cast<T*>(staging), bias, output,
-                        n0, images, p0, pixels, stream, handle);
+                    status = runStagedChunk<T, T>(geo, plan, weights, columns, reinterpret_cast<T*>(staging), bias,
+                        output, n0, images, p0, pixels, stream, handle);
                 else
-                    status = runStagedChunk<T, Acc>(geo, weights, columns, staging, bias, output, n0, images, p0,
-                        pixels, stream, handle);
+                    status = runStagedChunk<T, Acc>(geo, plan, weights, columns, staging, bias, output, n0, images,
+                        p0, pixels, stream, handle);
                 continue;
             }
             if (status.ok() && bias)

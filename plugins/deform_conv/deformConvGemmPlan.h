@@ -85,6 +85,20 @@ enum GemmChunks : int32_t
     kGemmChunksEven = 1,
 };
 
+// The operand layout of the staged product (GemmOutput), in BLAS's terms.
+//   TN: weights[o][kp][c], so that both operands run along K (the columns always do: columns[pixel][K]). cuBLAS's
+//     tensor-core kernels for half types are TN ones (nvjet ..._TNT / _TNN on an H100).
+//   NN: weights[g][kp][c][o], the output channels contiguous: the access pattern of torchvision's product (one
+//     operand along M, the other along K). In float32 our TN products ran cuBLAS's FFMA kernels at 36-38 TFLOP/s
+//     on an H100 (09f36e1), while torchvision's whole layer was 1.3x-1.5x faster than ours: whether the layout is
+//     why is for benchmarks/gemm_layouts.py to say, and this option to time (not the default: untimed). Staged only:
+//     the direct product stays TN.
+enum GemmProduct : int32_t
+{
+    kGemmProductTN = 0,
+    kGemmProductNN = 1,
+};
+
 // The default tile: this many column elements, so tile pixels = this / (C * kH*kW), whatever the type. On an H200
 // (2026-11-26, fp16, 3x3, benchmarks/RESULTS.md) the best tiles measured were 14, 7 and 3 pixels for C = 128, 256
 // and 512: about 16K elements, 2048 channel vectors of 8 halves, 8 per thread of a 256-thread block. Smaller tiles
@@ -96,7 +110,7 @@ constexpr int32_t kChunkPixelsMax = INT32_MAX - kTileMaxPixels; // a chunk's pix
 constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
 
 // The GEMM paths' tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
-// DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
+// DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
 // DCN_DEPLOY_IMPLICIT_TILE_M and DCN_DEPLOY_IMPLICIT_THREADS (benchmarks, tests); the host build takes them as
 // arguments.
 struct GemmOptions
@@ -105,6 +119,7 @@ struct GemmOptions
     int32_t output = kGemmOutputAuto;               // a GemmOutput
     int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
     int32_t chunks = kGemmChunksFull;               // a GemmChunks
+    int32_t product = kGemmProductTN;               // a GemmProduct
     int32_t tileItems = 0; // the tiled sampler's channel vectors per tile (a target); 0: kTileDefaultElements' worth
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
@@ -123,6 +138,11 @@ inline bool validGemmSampler(int32_t sampler)
 inline bool validGemmChunks(int32_t chunks)
 {
     return chunks == kGemmChunksFull || chunks == kGemmChunksEven;
+}
+
+inline bool validGemmProduct(int32_t product)
+{
+    return product == kGemmProductTN || product == kGemmProductNN;
 }
 
 // Bytes of one element of the accumulation type (float, or double for float64), which the staging scratch holds
@@ -150,6 +170,7 @@ struct GemmPlan
     int64_t pixels;      // output pixels per chunk of one image (all of them unless slicing)
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
     bool staged;         // the product goes through the staging scratch (GemmOutput)
+    bool outputMajorWeights; // staged as NN: the weights re-laid out [g][kp][c][o] (GemmProduct)
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
@@ -359,6 +380,7 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.weightsBytes = relaidWeightsBytes(geo, elementBytes);
     plan.staged = options.output == kGemmOutputStaged
         || (options.output == kGemmOutputAuto && !directOutputByDefault(geo, elementBytes));
+    plan.outputMajorWeights = plan.staged && options.product == kGemmProductNN;
     planTile(geo, elementBytes, options, plan);
     // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
     // go direct where a smaller shape of the same profile is staged (and the C ABI can force either way). A chunk
@@ -390,12 +412,13 @@ inline int32_t tileZeroOffset(GemmPlan const& plan, DeformConvGeometry const& ge
     return int32_t(plan.zeroVector - channelsLastChunkStart(plan, geo, n0));
 }
 
-// The strided-batched products of the GEMM path, in BLAS's column-major terms, always "TN": for each batch entry b,
-// C_b (m x n, ldc) = A_b^T B_b [+ C_b when beta is 1], where A_b is k x m (lda) and B_b is k x n (ldb), so both
-// operands run along K.
+// The strided-batched products of the GEMM path, in BLAS's column-major terms, "TN" but for the staged product with
+// output-major weights ("NN", GemmProduct): for each batch entry b, C_b (m x n, ldc) = op(A_b) B_b [+ C_b when beta
+// is 1], where B_b is k x n (ldb), running along K, and A_b is k x m (lda) with op = transpose (TN: along K), or
+// m x k (lda) as it is (NN: along M).
 // Staged (stagedProduct, one call per chunk): A = weights, B = columns, C = the staging scratch (rows of output
 // channels), one batch entry per group,
-//   staging[pixel][g * oC/g + o] = sum_k weights[g][o][k] * columns[pixel][g][k],
+//   staging[pixel][g * oC/g + o] = sum_k weights[g][o][k] * columns[pixel][g][k]   (NN: weights[g][k][o]),
 // with the chunk's images side by side (n = images * pixels): the columns and the scratch both hold the chunk's
 // pixels image after image. A grouped layer is one call, not one per group.
 // Direct (directProduct, one call per group): A = columns, B = weights, C = the NCHW output (rows of pixels), one
@@ -413,9 +436,10 @@ struct GemmCall
     int32_t m, n, k;
     GemmOperand a, b, c;
     int32_t batch;
+    bool transposeA; // TN (A along K) or NN (A along M)
 };
 
-inline GemmCall stagedProduct(DeformConvGeometry const& geo, int32_t images, int32_t pixels)
+inline GemmCall stagedProduct(DeformConvGeometry const& geo, int32_t images, int32_t pixels, bool outputMajorWeights)
 {
     int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
     int64_t const rowsPerGroup = int64_t(geo.channelsPerGroup) * geo.kernelPoints;
@@ -425,7 +449,8 @@ inline GemmCall stagedProduct(DeformConvGeometry const& geo, int32_t images, int
     call.n = images * pixels;
     call.k = int32_t(rowsPerGroup);
     call.batch = geo.d.group;
-    call.a = GemmOperand{0, rowsPerGroup, int64_t(ocg) * rowsPerGroup};
+    call.transposeA = !outputMajorWeights;
+    call.a = GemmOperand{0, outputMajorWeights ? ocg : rowsPerGroup, int64_t(ocg) * rowsPerGroup};
     call.b = GemmOperand{0, rows, rowsPerGroup};
     call.c = GemmOperand{0, geo.d.out_channels, ocg};
     return call;
@@ -441,6 +466,7 @@ inline GemmCall directProduct(DeformConvGeometry const& geo, int32_t g, int32_t 
     int32_t const oc = geo.d.out_channels;
     GemmCall call{};
     call.m = pixels;
+    call.transposeA = true;
     call.n = ocg;
     call.k = int32_t(rowsPerGroup);
     call.batch = images;

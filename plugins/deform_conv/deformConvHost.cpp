@@ -67,8 +67,8 @@ void forwardTyped(DeformConvGeometry const& geo, void const* input, void const* 
 
 // The CUDA GEMM path step by step on the host (deformConvGemmPlan.h, deformConvColumns.h): same chunks, same
 // layouts, same sampling, and the cuBLAS calls' arguments (stagedProduct, directProduct) run through a plain
-// column-major "TN" product, with C in the output type (direct) or the accumulation type (staged), as the CUDA path
-// asks cuBLAS for.
+// column-major "TN" (or "NN") product, with C in the output type (direct) or the staging type (staged), as the CUDA
+// path asks cuBLAS for.
 template <typename In, typename Out>
 void gemmHost(GemmCall const& call, In const* a, In const* b, Out* c, bool accumulate)
 {
@@ -77,12 +77,15 @@ void gemmHost(GemmCall const& call, In const* a, In const* b, Out* c, bool accum
         for (int32_t j = 0; j < call.n; ++j)
             for (int32_t i = 0; i < call.m; ++i)
             {
-                // C(i, j) (+)= sum_l A^T(i, l) * B(l, j); A is k x m column-major, so A^T(i, l) = A[l + i*lda].
+                // C(i, j) (+)= sum_l op(A)(i, l) * B(l, j); TN: A is k x m column-major, op(A)(i, l) = A[l + i*lda];
+                // NN: A is m x k, op(A)(i, l) = A[i + l*lda].
                 Acc acc = Acc(0);
-                In const* aColumn = a + call.a.offset + batch * call.a.stride + int64_t(i) * call.a.ld;
+                In const* aBatch = a + call.a.offset + batch * call.a.stride;
                 In const* bColumn = b + call.b.offset + batch * call.b.stride + int64_t(j) * call.b.ld;
+                int64_t const aRow = call.transposeA ? int64_t(i) * call.a.ld : i;
+                int64_t const aStep = call.transposeA ? 1 : call.a.ld;
                 for (int32_t l = 0; l < call.k; ++l)
-                    acc += ElementTraits<In>::toAcc(aColumn[l]) * ElementTraits<In>::toAcc(bColumn[l]);
+                    acc += ElementTraits<In>::toAcc(aBatch[aRow + l * aStep]) * ElementTraits<In>::toAcc(bColumn[l]);
                 Out& target = c[call.c.offset + batch * call.c.stride + i + int64_t(j) * call.c.ld];
                 if constexpr (std::is_same<Out, Acc>::value)
                     target = accumulate ? target + acc : acc;
@@ -149,10 +152,10 @@ void sampleColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T co
 // The staged output of one chunk (runStagedChunk's steps): the product into the staging scratch, then each output
 // element from it.
 template <typename T, typename Staged>
-void stagedChunkHost(DeformConvGeometry const& geo, T const* weights, T const* columns, Staged* staging, T const* bias,
-    T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
+void stagedChunkHost(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
+    Staged* staging, T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
 {
-    gemmHost<T, Staged>(stagedProduct(geo, images, pixels), weights, columns, staging, false);
+    gemmHost<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights), weights, columns, staging, false);
     int64_t const outCount = int64_t(images) * geo.d.out_channels * pixels;
     for (int64_t idx = 0; idx < outCount; ++idx)
         stagedOutputElement<T, Staged>(geo, staging, bias, output, n0, p0, pixels, idx);
@@ -175,8 +178,12 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
     std::vector<Acc> staging(plan.staged && !narrow ? plan.stagingBytes / sizeof(Acc) : 0);
     std::vector<T> narrowStaging(plan.staged && narrow ? plan.stagingBytes / sizeof(T) : 0, garbage);
     int64_t const weightRows = int64_t(d.out_channels) * geo.channelsPerGroup;
-    for (int64_t idx = 0; idx < weightRows; ++idx)
-        weightRow<T>(geo, weight, weights.data(), idx);
+    if (plan.outputMajorWeights)
+        for (int64_t idx = 0; idx < weightRows * geo.kernelPoints; ++idx)
+            weightElementOutputMajor<T>(geo, weight, weights.data(), idx);
+    else
+        for (int64_t idx = 0; idx < weightRows; ++idx)
+            weightRow<T>(geo, weight, weights.data(), idx);
     std::fill_n(nhwc.begin() + plan.zeroVector, d.in_channels, ElementTraits<T>::fromAcc(Acc(0)));
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     for (int32_t n0 = 0; n0 < d.batch; n0 += plan.images)
@@ -199,11 +206,11 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
             if (plan.staged)
             {
                 if (narrow)
-                    stagedChunkHost<T>(geo, weights.data(), columns.data(), narrowStaging.data(), bias, output, n0,
-                        images, p0, pixels);
+                    stagedChunkHost<T>(geo, plan, weights.data(), columns.data(), narrowStaging.data(), bias, output,
+                        n0, images, p0, pixels);
                 else
-                    stagedChunkHost<T>(geo, weights.data(), columns.data(), staging.data(), bias, output, n0, images,
-                        p0, pixels);
+                    stagedChunkHost<T>(geo, plan, weights.data(), columns.data(), staging.data(), bias, output, n0,
+                        images, p0, pixels);
                 continue;
             }
             if (bias)
@@ -366,7 +373,8 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks)
+    size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks,
+    int32_t product)
 {
     return dcn::guarded([&] {
         if (!dcn::validGemmOutput(output_mode))
@@ -381,6 +389,9 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         if (!dcn::validGemmChunks(chunks))
             return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: chunks must be 0 (full) or 1 (even), "
                                         "got " + std::to_string(chunks));
+        if (!dcn::validGemmProduct(product))
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: product must be 0 (TN) or 1 (NN), "
+                                        "got " + std::to_string(product));
         dcn::DeformConvGeometry geo;
         dcn::GemmOptions options;
         if (column_budget_bytes)
@@ -388,6 +399,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         options.output = output_mode;
         options.sampler = sampler;
         options.chunks = chunks;
+        options.product = product;
         if (tile_items)
             options.tileItems = tile_items;
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_gemm", desc, dtype, input, offset, weight, output, geo,

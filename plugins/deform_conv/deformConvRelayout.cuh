@@ -73,19 +73,22 @@ __global__ void __launch_bounds__(kTileThreads) nhwcKernel(
     }
 }
 
-// The weights re-laid out (weightRow, `total` rows) and, where rowTable is given, in the same launch, the GEMM path's
-// tiled sampler's row vectors for vector width `vector` (tileRowVector, rowVectors of them): the table every tile
-// copies into shared memory instead of computing it (three divisions per entry, a quarter of a tile's instructions
-// at C = 512 on sm_90).
+// The weights re-laid out (weightRow, `total` rows; or, outputMajor, weightElementOutputMajor, `total` elements) and,
+// where rowTable is given, in the same launch, the GEMM path's tiled sampler's row vectors for vector width
+// `vector` (tileRowVector, rowVectors of them): the table every tile copies into shared memory instead of computing
+// it (three divisions per entry, a quarter of a tile's instructions at C = 512 on sm_90).
 template <typename T>
 __global__ void __launch_bounds__(kGridStrideThreads) weightsKernel(DeformConvGeometry const geo,
-    T const* __restrict__ weight, T* __restrict__ weights, int64_t const total, TileRowVector* __restrict__ rowTable,
-    int32_t const vector, int32_t const rowVectors)
+    T const* __restrict__ weight, T* __restrict__ weights, int64_t const total, bool const outputMajor,
+    TileRowVector* __restrict__ rowTable, int32_t const vector, int32_t const rowVectors)
 {
     int64_t const first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     int64_t const stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t idx = first; idx < total; idx += stride)
-        weightRow<T>(geo, weight, weights, idx);
+        if (outputMajor)
+            weightElementOutputMajor<T>(geo, weight, weights, idx);
+        else
+            weightRow<T>(geo, weight, weights, idx);
     if (rowTable)
         for (int64_t r = first; r < rowVectors; r += stride)
             rowTable[r] = tileRowVector(geo, vector, int32_t(r));
@@ -104,16 +107,17 @@ Status launchChannelsLast(DeformConvGeometry const& geo, T const* input, T* nhwc
     return launchStatus("the channels-last transpose kernel");
 }
 
-// weights[o][kp][c] from the ONNX layout weight[o][c][kp], and, where rowTable is given, the tiled sampler's row
-// vectors for vector width `vector`.
+// weights[o][kp][c] (or, outputMajor, weights[g][kp][c][o]) from the ONNX layout weight[o][c][kp], and, where
+// rowTable is given, the tiled sampler's row vectors for vector width `vector`.
 template <typename T>
 Status launchWeightsRelayout(DeformConvGeometry const& geo, T const* weight, T* weights, cudaStream_t stream,
-    TileRowVector* rowTable = nullptr, int32_t vector = 1)
+    TileRowVector* rowTable = nullptr, int32_t vector = 1, bool outputMajor = false)
 {
     int64_t const rows = int64_t(geo.d.out_channels) * geo.channelsPerGroup;
+    int64_t const total = outputMajor ? rows * geo.kernelPoints : rows;
     int32_t const rowVectors = rowTable ? columnRowVectors(geo, vector) : 0;
-    weightsKernel<T><<<gridStrideBlocks(std::max<int64_t>(rows, rowVectors)), kGridStrideThreads, 0, stream>>>(geo,
-        weight, weights, rows, rowTable, vector, rowVectors);
+    weightsKernel<T><<<gridStrideBlocks(std::max<int64_t>(total, rowVectors)), kGridStrideThreads, 0, stream>>>(geo,
+        weight, weights, total, outputMajor, rowTable, vector, rowVectors);
     return launchStatus("the weight re-layout kernel");
 }
 #endif

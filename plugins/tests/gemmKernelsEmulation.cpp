@@ -75,8 +75,26 @@ void checkTransposes(DeformConvGeometry const& geo, std::string const& name, std
     for (int64_t row = 0; row < rows; ++row)
         weightRow<T>(geo, weight.data(), weightsExpected.data(), row);
     std::string failure = emulation::runGrid(dim3{2, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1},
-        [&] { weightsKernel<T>(geo, weight.data(), weightsGot.data(), rows, nullptr, 1, 0); });
+        [&] { weightsKernel<T>(geo, weight.data(), weightsGot.data(), rows, false, nullptr, 1, 0); });
     check(failure.empty() && sameBits(weightsGot, weightsExpected), name + ": weight re-layout (2 blocks) " + failure);
+
+    // output-major (the staged product as NN): every weight moved once, to its place in [g][kp][c][o]
+    std::vector<T> outputMajorExpected(weightCount), outputMajorGot(weightCount);
+    for (int64_t idx = 0; idx < int64_t(weightCount); ++idx)
+        weightElementOutputMajor<T>(geo, weight.data(), outputMajorExpected.data(), idx);
+    int32_t const ocg = geo.outChannelsPerGroup, cg = geo.channelsPerGroup, kps = geo.kernelPoints;
+    bool placed = true;
+    for (int32_t o = 0; o < d.out_channels; ++o)
+        for (int32_t c = 0; c < cg; ++c)
+            for (int32_t kp = 0; kp < kps; ++kp)
+                placed = placed
+                    && std::memcmp(&outputMajorExpected[((size_t(o / ocg) * kps + kp) * cg + c) * ocg + o % ocg],
+                           &weight[(size_t(o) * cg + c) * kps + kp], sizeof(T)) == 0;
+    failure = emulation::runGrid(dim3{2, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
+        weightsKernel<T>(geo, weight.data(), outputMajorGot.data(), int64_t(weightCount), true, nullptr, 1, 0);
+    });
+    check(failure.empty() && placed && sameBits(outputMajorGot, outputMajorExpected),
+        name + ": output-major weight re-layout (2 blocks) " + failure);
 
     // with the tiled sampler's row-vector table in the same launch (one block: its threads loop over both)
     int32_t const vector = columnVectorWidth(geo, sizeof(T));
@@ -86,7 +104,7 @@ void checkTransposes(DeformConvGeometry const& geo, std::string const& name, std
         tableExpected[size_t(r)] = tileRowVector(geo, vector, r);
     std::fill(weightsGot.begin(), weightsGot.end(), T{});
     failure = emulation::runGrid(dim3{1, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
-        weightsKernel<T>(geo, weight.data(), weightsGot.data(), rows, tableGot.data(), vector, rowVectors);
+        weightsKernel<T>(geo, weight.data(), weightsGot.data(), rows, false, tableGot.data(), vector, rowVectors);
     });
     bool const sameTable = std::memcmp(tableGot.data(), tableExpected.data(), tableGot.size() * sizeof(TileRowVector))
         == 0;
