@@ -102,9 +102,9 @@ Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool acc
     Scalar const one = 1, zero = 0;
     int const compute = std::is_same<T, double>::value ? kCublasCompute64F : kCublasCompute32F;
     int const rc = cublasApi()->gemmStridedBatchedEx(handle, call.transposeA ? kCublasOpT : kCublasOpN, kCublasOpN,
-        call.m, call.n, call.k, &one, a + call.a.offset, cudaTypeOf<T>(), int(call.a.ld), call.a.stride, b + call.b.offset, cudaTypeOf<T>(),
-        int(call.b.ld), call.b.stride, accumulate ? &one : &zero, c + call.c.offset, cudaTypeOf<Out>(),
-        int(call.c.ld), call.c.stride, call.batch, compute, kCublasGemmDefault);
+        call.m, call.n, call.k, &one, a + call.a.offset, cudaTypeOf<T>(), int(call.a.ld), call.a.stride,
+        b + call.b.offset, cudaTypeOf<T>(), int(call.b.ld), call.b.stride, accumulate ? &one : &zero,
+        c + call.c.offset, cudaTypeOf<Out>(), int(call.c.ld), call.c.stride, call.batch, compute, kCublasGemmDefault);
     if (rc != 0)
         return Status::error(DCN_ERROR_CUDA, "cublasGemmStridedBatchedEx failed with cuBLAS status " + std::to_string(rc));
     return Status::success();

@@ -45,9 +45,9 @@ inline int64_t ceilDiv(int64_t a, int64_t b)
 // bias must be written first (a pass over the output) for the product to add to; and it is one product per group.
 // Staged, the product goes to a pixel-major scratch in the accumulation type, staging[image][pixel][oC] (rows of
 // oC), and one more pass transposes it into NCHW with the bias added (a half type without a bias: a scratch of T,
-// rounded once by cuBLAS, half the bytes to write and read; stagesNarrow). With the vector bias fill, direct was 4-12%
-// faster than staged in fp16 where the rows are aligned, and up to 2.3x slower where not (benchmarks/RESULTS.md,
-// H100, 2026-11-26): auto takes direct where directOutputByDefault says.
+// rounded once by cuBLAS, half the bytes to write and read; stagesNarrow). With the vector bias fill, direct was
+// 4-12% faster than staged in fp16 where the rows are aligned, and up to 2.3x slower where not
+// (benchmarks/RESULTS.md, H100, 2026-11-26): auto takes direct where directOutputByDefault says.
 enum GemmOutput : int32_t
 {
     kGemmOutputAuto = 0,   // directOutputByDefault: direct or staged
@@ -85,7 +85,7 @@ enum GemmChunks : int32_t
     kGemmChunksEven = 1,
 };
 
-// The operand layout of the staged product (GemmOutput), in BLAS's terms.
+// The operand layout of the staged product (kGemmOutputStaged), in BLAS's terms.
 //   TN: weights[o][kp][c], so that both operands run along K (the columns always do: columns[pixel][K]). cuBLAS's
 //     tensor-core kernels for half types are TN ones (nvjet ..._TNT / _TNN on an H100).
 //   NN: weights[g][kp][c][o], the output channels contiguous: the access pattern of torchvision's product (one
@@ -110,9 +110,9 @@ constexpr int32_t kChunkPixelsMax = INT32_MAX - kTileMaxPixels; // a chunk's pix
 constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
 
 // The GEMM paths' tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
-// DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
-// DCN_DEPLOY_IMPLICIT_TILE_M and DCN_DEPLOY_IMPLICIT_THREADS (benchmarks, tests); the host build takes them as
-// arguments.
+// DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT, DCN_DEPLOY_GEMM_SAMPLER,
+// DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M and DCN_DEPLOY_IMPLICIT_THREADS (benchmarks, tests); the
+// host build takes them as arguments.
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
@@ -178,7 +178,7 @@ struct GemmPlan
                          // vector
     int64_t zeroVector;  // where the zero vector starts, in elements from the room's start: C zeros, which the tiled
                          // sampler reads for a neighbour outside the image
-    size_t weightsBytes; // weights, kernel point outer
+    size_t weightsBytes; // weights, kernel point outer (output channel last where outputMajorWeights)
     size_t rowTableBytes; // the tiled sampler's row vectors (one TileRowVector per vector of a column row)
     size_t stagingBytes; // room for the product of as many pixels as the columns room holds, oC accumulators each
     GemmWorkspaceLayout at; // where each buffer starts (layOutGemmWorkspace)
