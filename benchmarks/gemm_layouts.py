@@ -1,19 +1,27 @@
-"""GPU micro-benchmark: does cuBLAS multiply the GEMM path's operand layout as fast as torchvision's?
+"""GPU micro-benchmark: does cuBLAS multiply the GEMM path's operand layouts as fast as torchvision's?
 
-The GEMM path's product takes columns with the reduction K = C * kH * kW contiguous per pixel (cols[pixel][K], as
-the channels-last sampler writes them) and weights[oC][K]: both operands run along K, a "TN" product in BLAS
-terms. torchvision's deform_conv2d samples columns with the pixels contiguous (cols[K][pixel]) and multiplies
-weights[oC][K] by them. In float32 on an H100 (09f36e1, benchmarks/RESULTS.md) cuBLAS ran our products with
+The GEMM path's columns hold the reduction K = C * kH * kW contiguous per pixel (cols[pixel][K], as the
+channels-last sampler writes them). torchvision's deform_conv2d samples columns with the pixels contiguous
+(cols[K][pixel]). In float32 on an H100 (09f36e1, benchmarks/RESULTS.md), cuBLAS ran our products with
 `sm80_xmma_gemm_f32f32_f32f32_f32_tn_n` FFMA kernels at about 36-38 TFLOP/s, while torchvision's whole layer was
-1.3x to 1.5x faster than ours: is the layout the reason?
+1.3x to 1.5x faster than ours. Is the layout the reason?
 
-This times the same product, the det/seg layers' sizes at a given batch, in both layouts, as plain torch.mm calls
-(cuBLAS underneath; TF32 off, so float32 is IEEE as in our path):
+This times each layer's whole product, at the given batch, in four layouts, as plain torch.mm calls (cuBLAS
+underneath). TF32 is off, so float32 is IEEE as in our path. In cuBLAS's column-major terms (op(A) is m x k, B is
+k x n):
 
-    ours         out[pixel][o] = cols[pixel][:] . weights[o][:]     torch.mm(cols, weights.t())
-    torchvision  out[o][pixel] = weights[o][:] . cols[:][pixel]     torch.mm(weights, cols_t)
+    staged       our default where the output rows are not 16-byte aligned: T,N with m = oC (A = weights[oC][K],
+                 B = cols[pixel][K]), into a pixel-major scratch     torch.mm(cols, weights.t())
+    direct       our default for one group where they are: T,N with m = pixels (A = cols, B = weights), into NCHW
+                                                                    torch.mm(weights, cols.t())
+    nn_option    DCN_DEPLOY_GEMM_PRODUCT=nn: N,N with m = oC (A = weights re-laid out [K][oC], B = cols[pixel][K])
+                                                                    torch.mm(cols, weights_k_major)
+    torchvision  N,N with m = pixels (A = cols[K][pixel], B = weights[oC][K]): its columns pixel-contiguous, a
+                 layout our sampler does not write                  torch.mm(weights, cols_t)
 
-Times are medians of CUDA-event-timed CUDA-graph replays. Needs a GPU:
+The NN option gives cuBLAS the same transposes as torchvision's call, with the roles of the pixels and the output
+channels swapped; only this table says whether that is enough. Times are medians of CUDA-event-timed CUDA-graph
+replays. Needs a GPU:
 
     python benchmarks/gemm_layouts.py [--batch 8] [--dtypes float32,float16]
 """
@@ -31,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_deform_conv import LAYERS, time_cuda  # noqa: E402  (the benchmark's layers and timer)
 
-LAYOUTS = ("ours", "torchvision")
+LAYOUTS = ("staged", "direct", "nn_option", "torchvision")
 
 
 def product_sizes(layer, batch: int) -> Dict[str, int]:
@@ -40,16 +48,19 @@ def product_sizes(layer, batch: int) -> Dict[str, int]:
 
 
 def time_layouts(layer, batch: int, dtype_name: str, warmup: int, iters: int) -> Dict[str, float]:
-    """Median milliseconds of the layer's product in each layout, on random operands of dtype_name."""
+    """Median milliseconds of the layer's product in each of LAYOUTS, on random operands of dtype_name."""
     import torch
 
     sizes = product_sizes(layer, batch)
     dtype = getattr(torch, dtype_name)
     g = torch.Generator(device="cuda").manual_seed(0)
     weights = torch.randn(sizes["out_channels"], sizes["k"], device="cuda", dtype=dtype, generator=g)
+    weights_k_major = weights.t().contiguous()
     times = {}
     cols = torch.randn(sizes["pixels"], sizes["k"], device="cuda", dtype=dtype, generator=g)
-    times["ours"] = time_cuda(lambda: torch.mm(cols, weights.t()), warmup, iters)
+    times["staged"] = time_cuda(lambda: torch.mm(cols, weights.t()), warmup, iters)
+    times["direct"] = time_cuda(lambda: torch.mm(weights, cols.t()), warmup, iters)
+    times["nn_option"] = time_cuda(lambda: torch.mm(cols, weights_k_major), warmup, iters)
     del cols
     cols_t = torch.randn(sizes["k"], sizes["pixels"], device="cuda", dtype=dtype, generator=g)
     times["torchvision"] = time_cuda(lambda: torch.mm(weights, cols_t), warmup, iters)
@@ -59,14 +70,17 @@ def time_layouts(layer, batch: int, dtype_name: str, warmup: int, iters: int) ->
 
 
 def to_markdown(rows: List[dict]) -> str:
-    lines = ["| layer | product (oC x pixels x K) | dtype | ours (K contiguous) ms "
-             "| torchvision (pixels contiguous) ms | ours TFLOP/s | torchvision TFLOP/s | ours / torchvision |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    """One line per (layer, dtype): each layout's milliseconds and TFLOP/s, and the best of ours against
+    torchvision's."""
+    lines = ["| layer | product (oC x pixels x K) | dtype | "
+             + " | ".join(f"{name} ms (TFLOP/s)" for name in LAYOUTS) + " | best of ours / torchvision |",
+             "| --- | --- | --- | " + " | ".join("---:" for _ in LAYOUTS) + " | ---: |"]
     for r in rows:
         flop = 2.0 * r["out_channels"] * r["pixels"] * r["k"]
-        ours, theirs = r["ours_ms"], r["torchvision_ms"]
-        lines.append(f"| {r['layer']} | {r['out_channels']} x {r['pixels']} x {r['k']} | {r['dtype']} | {ours:.3f} | "
-                     f"{theirs:.3f} | {flop / ours / 1e9:.1f} | {flop / theirs / 1e9:.1f} | {ours / theirs:.2f} |")
+        cells = [f"{r[name + '_ms']:.3f} ({flop / r[name + '_ms'] / 1e9:.1f})" for name in LAYOUTS]
+        ours = min(r[name + "_ms"] for name in LAYOUTS if name != "torchvision")
+        lines.append(f"| {r['layer']} | {r['out_channels']} x {r['pixels']} x {r['k']} | {r['dtype']} | "
+                     + " | ".join(cells) + f" | {ours / r['torchvision_ms']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,11 @@ namespace dcn
 namespace
 {
 
+// cublasMath_t (cublas_api.h): CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION. The default
+// mode lets a product whose output is half or bfloat16 reduce partial sums (split-K) in the output type; this makes
+// cuBLAS reduce in the compute type (float32), so that every output is rounded once, as our products promise.
+constexpr int kCublasMathFloatReductions = 0 | 16;
+
 struct Loaded
 {
     CublasApi api{};
@@ -46,6 +51,7 @@ Loaded const& loaded()
             && resolve(library, "cublasDestroy_v2", api.destroy, state.reason)
             && resolve(library, "cublasSetStream_v2", api.setStream, state.reason)
             && resolve(library, "cublasSetWorkspace_v2", api.setWorkspace, state.reason)
+            && resolve(library, "cublasSetMathMode", api.setMathMode, state.reason)
             && resolve(library, "cublasGemmStridedBatchedEx", api.gemmStridedBatchedEx, state.reason);
     });
     return state;
@@ -92,11 +98,14 @@ Status CublasHandle::prepare()
         return Status::error(DCN_ERROR_CUDA, mCreateFailure);
     if (!mHandle)
     {
-        int const rc = api->create(&mHandle);
+        int rc = api->create(&mHandle);
+        if (rc == 0 && (rc = api->setMathMode(mHandle, kCublasMathFloatReductions)) != 0)
+            api->destroy(mHandle);
         if (rc != 0)
         {
             mHandle = nullptr;
-            std::string const failure = "cublasCreate failed with cuBLAS status " + std::to_string(rc);
+            std::string const failure = "creating the cuBLAS handle (cublasCreate, cublasSetMathMode) failed with "
+                "cuBLAS status " + std::to_string(rc);
             if (mRememberFailure)
                 mCreateFailure = failure;
             return Status::error(DCN_ERROR_CUDA, failure);

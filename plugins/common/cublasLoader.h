@@ -25,6 +25,7 @@ struct CublasApi
     int (*destroy)(CublasHandleT);
     int (*setStream)(CublasHandleT, cudaStream_t);
     int (*setWorkspace)(CublasHandleT, void*, size_t);
+    int (*setMathMode)(CublasHandleT, int);
     int (*gemmStridedBatchedEx)(CublasHandleT, int transa, int transb, int m, int n, int k, void const* alpha,
         void const* a, cudaDataType aType, int lda, long long strideA, void const* b, cudaDataType bType, int ldb,
         long long strideB, void const* beta, void* c, cudaDataType cType, int ldc, long long strideC, int batchCount,

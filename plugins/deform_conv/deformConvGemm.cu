@@ -160,7 +160,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
             launchColumns<T>(plan, geo, chunkInput, offset, mask, rowTable, columns, n0, images, p0, pixels, stream);
             status = launchStatus("the deformable sampling kernel");
-            if (plan.staged)
+            if (status.ok() && plan.staged)
             {
                 // A half type without a bias stages the product as T (stagedAcc): cuBLAS rounds it once, as the
                 // transpose would have.

@@ -88,11 +88,12 @@ enum GemmChunks : int32_t
 // The operand layout of the staged product (kGemmOutputStaged), in BLAS's terms.
 //   TN: weights[o][kp][c], so that both operands run along K (the columns always do: columns[pixel][K]). cuBLAS's
 //     tensor-core kernels for half types are TN ones (nvjet ..._TNT / _TNN on an H100).
-//   NN: weights[g][kp][c][o], the output channels contiguous: the access pattern of torchvision's product (one
-//     operand along M, the other along K). In float32 our TN products ran cuBLAS's FFMA kernels at 36-38 TFLOP/s
-//     on an H100 (09f36e1), while torchvision's whole layer was 1.3x-1.5x faster than ours: whether the layout is
-//     why is for benchmarks/gemm_layouts.py to say, and this option to time (not the default: untimed). Staged only:
-//     the direct product stays TN.
+//   NN: weights[g][kp][c][o], the output channels contiguous, so that cuBLAS gets an N,N call as torchvision's
+//     product does (A along M, B along K). Not torchvision's layout itself: there A is its pixel-contiguous columns
+//     and M the pixels, which would need a sampler writing columns[K][pixel]. In float32 our TN products ran
+//     cuBLAS's FFMA kernels at 36-38 TFLOP/s on an H100 (09f36e1), while torchvision's whole layer was 1.3x-1.5x
+//     faster than ours: benchmarks/gemm_layouts.py times all four calls, and this option is there to time in the
+//     layer (not the default: untimed). Staged only: the direct product stays TN.
 enum GemmProduct : int32_t
 {
     kGemmProductTN = 0,
@@ -374,7 +375,8 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // One transpose covers the whole batch, or as many whole chunks as the room holds (at least one: images * input
     // image <= the room), so that it runs as one launch over several images where a chunk holds few (one image per
     // chunk at det res3 gave it half a wave of blocks).
-    int64_t const roomImages = int64_t(nhwcRoom / std::max<size_t>(inputImage, 1));
+    // At most 65535 images, the transpose's grid z (plan.images is already within it).
+    int64_t const roomImages = std::min<int64_t>(int64_t(nhwcRoom / std::max<size_t>(inputImage, 1)), 65535);
     plan.inputImages = roomImages >= batch ? int32_t(batch)
                                            : int32_t(std::max<int64_t>(1, roomImages / plan.images) * plan.images);
     plan.weightsBytes = relaidWeightsBytes(geo, elementBytes);

@@ -170,11 +170,16 @@ struct ImplicitPlan
     size_t totalBytes;
 };
 
-// Images per chunk: as many as the GEMM path's column budget holds of channels-last input (at least one, at most
-// 65535: the transpose's grid), with the chunk's pixels within int32. The rooms are the GEMM path's.
+// The most bytes of channels-last input one chunk of the implicit kernel takes: 64 MiB, the GEMM path's column
+// budget when this kernel was timed (the GEMM path's is 256 MiB since 2026-11-26; this kernel has none of its
+// columns, and a larger room was not timed for it).
+constexpr size_t kImplicitInputBudget = size_t(64) << 20;
+
+// Images per chunk: as many as kImplicitInputBudget holds of channels-last input (at least one, at most 65535: the
+// transpose's grid), with the chunk's pixels within int32. The rooms are sized as the GEMM path's.
 inline ImplicitPlan planImplicit(DeformConvGeometry const& geo, size_t elementBytes)
 {
-    size_t const budget = kGemmDefaultColumnBudget;
+    size_t const budget = kImplicitInputBudget;
     int64_t const batch = std::max<int64_t>(geo.d.batch, 1);
     size_t const imageBytes = inputImageBytes(geo, elementBytes);
     int64_t const plane = std::max<int64_t>(int64_t(geo.outH) * geo.outW, 1);

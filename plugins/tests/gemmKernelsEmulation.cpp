@@ -326,9 +326,27 @@ void checkOutputRule()
     }
 }
 
+// The launches' grid limits in the plan: a huge batch of tiny images must still transpose at most 65535 images per
+// launch (the grid's z), the whole batch or a whole number of chunks, and chunk at most 65535 images (the staged
+// output's z).
+void checkGridLimits()
+{
+    for (int32_t batch : {65535, 70000, 200001})
+    {
+        DeformConvGeometry geo;
+        bool const made = makeGeometry({batch, 8, 4, 4, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, geo).ok();
+        GemmPlan const plan = planGemm(geo, sizeof(float), GemmOptions{});
+        check(made && plan.inputImages <= 65535 && plan.images <= 65535
+                && (plan.inputImages == batch || plan.inputImages % plan.images == 0),
+            "batch " + std::to_string(batch) + " of 8x4x4: " + std::to_string(plan.images) + " images per chunk, "
+                + std::to_string(plan.inputImages) + " per transpose (grid z at most 65535)");
+    }
+}
+
 int main()
 {
     checkOutputRule();
+    checkGridLimits();
     // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group
     struct Layer
     {
