@@ -377,21 +377,20 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
     int32_t product)
 {
     return dcn::guarded([&] {
-        if (!dcn::validGemmOutput(output_mode))
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: output_mode must be 0 (auto), 1 (direct) "
-                                        "or 2 (staged), got " + std::to_string(output_mode));
-        if (!dcn::validGemmSampler(sampler))
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: sampler must be 0 (auto), 1 (tiled) "
-                                        "or 2 (per thread), got " + std::to_string(sampler));
-        if (tile_items < 0)
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: tile_items must be 0 (the default) or "
-                                        "positive, got " + std::to_string(tile_items));
-        if (!dcn::validGemmChunks(chunks))
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: chunks must be 0 (full) or 1 (even), "
-                                        "got " + std::to_string(chunks));
-        if (!dcn::validGemmProduct(product))
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_gemm: product must be 0 (TN) or 1 (NN), "
-                                        "got " + std::to_string(product));
+        // The first option out of range, as "NAME must be ALLOWED, got VALUE".
+        std::string problem;
+        auto require = [&problem](bool valid, char const* name, char const* allowed, int32_t value) {
+            if (!valid && problem.empty())
+                problem = std::string("dcn_deform_conv2d_forward_host_gemm: ") + name + " must be " + allowed
+                    + ", got " + std::to_string(value);
+        };
+        require(dcn::validGemmOutput(output_mode), "output_mode", "0 (auto), 1 (direct) or 2 (staged)", output_mode);
+        require(dcn::validGemmSampler(sampler), "sampler", "0 (auto), 1 (tiled) or 2 (per thread)", sampler);
+        require(tile_items >= 0, "tile_items", "0 (the default) or positive", tile_items);
+        require(dcn::validGemmChunks(chunks), "chunks", "0 (full) or 1 (even)", chunks);
+        require(dcn::validGemmProduct(product), "product", "0 (TN) or 1 (NN)", product);
+        if (!problem.empty())
+            return dcn::Status::invalid(problem);
         dcn::DeformConvGeometry geo;
         dcn::GemmOptions options;
         if (column_budget_bytes)
