@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -618,6 +619,27 @@ class TestBuilderHelpers:
         assert parse_size("1.5GiB") == 3 << 29 and parse_size(256) == 256 << 20
         with pytest.raises(ValueError, match="--workspace"):
             parse_size("lots")
+
+    def test_plugin_told_the_workspace_limit_during_the_build_only(self, monkeypatch):
+        """build_engine wraps the build in plugin_workspace_limit: the plugin reads the variable in configurePlugin
+        (its parsing and the column budget it then picks: the plugin shell test). The value is the limit in whole
+        KiB, in the syntax both parsers share; an earlier value, or none, is restored, also after an error."""
+        from dcn_deploy.backends.trt_options import PLUGIN_WORKSPACE_VARIABLE, parse_size, plugin_workspace_limit
+
+        monkeypatch.delenv(PLUGIN_WORKSPACE_VARIABLE, raising=False)
+        limit = parse_size("300M") + 1000
+        with plugin_workspace_limit(limit):
+            told = os.environ[PLUGIN_WORKSPACE_VARIABLE]
+        assert told == f"{limit // 1024}K" and parse_size(told) == limit // 1024 * 1024
+        assert PLUGIN_WORKSPACE_VARIABLE not in os.environ
+        monkeypatch.setenv(PLUGIN_WORKSPACE_VARIABLE, "1G")
+        with pytest.raises(RuntimeError, match="build failed"):
+            with plugin_workspace_limit(parse_size("256M")):
+                assert os.environ[PLUGIN_WORKSPACE_VARIABLE] == "262144K"
+                raise RuntimeError("build failed")
+        assert os.environ[PLUGIN_WORKSPACE_VARIABLE] == "1G"
+        with plugin_workspace_limit(None):  # no --workspace: the user's own value stands
+            assert os.environ[PLUGIN_WORKSPACE_VARIABLE] == "1G"
 
     def test_parser_errors_with_plugin_hint(self):
         from dcn_deploy.backends.trt_build import format_parser_errors

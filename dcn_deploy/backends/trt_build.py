@@ -12,7 +12,8 @@ TensorRT (10.x or 11.x Python API) and puts the pieces together:
   obeyed and both versions build the same thing); ``OnnxParser.parse`` on the serialised model, or
   ``parse_from_file`` on a copy written with external data for models over protobuf's 2 GiB
   (:func:`choose_parse_route`); parser errors as one message (:func:`format_parser_errors`);
-- here: one ``IOptimizationProfile``; workspace pool limit; timing cache; ``build_serialized_network`` with an
+- here: one ``IOptimizationProfile``; workspace pool limit (also told to our plugin: :func:`plugin_workspace_limit`);
+  timing cache; ``build_serialized_network`` with an
   ``IProgressMonitor`` (:mod:`.trt_progress`: :class:`BuildProgress`, Ctrl-C); engine + sidecar
   (:mod:`.engine_meta`) written atomically.
 
@@ -34,7 +35,7 @@ from typing import Callable, Dict, Iterable, List, Optional, TextIO, Tuple, Unio
 from ..io_utils import PathLike, atomic_write_bytes, check_output_path
 from . import engine_meta
 from .trt_errors import BuildCancelled, BuildError, TensorRTMissingError, import_tensorrt, tensorrt_install_hint
-from .trt_options import check_build_options, parse_size
+from .trt_options import check_build_options, parse_size, plugin_workspace_limit
 from .trt_parse import (PARSE_IN_MEMORY_LIMIT, choose_parse_route, format_parser_errors, parse_network, prepare_onnx,
                         read_model_for_build)
 from .trt_plugins import (duplicate_library_message, load_plugin_library, load_plugins, looks_like_plugin_library,
@@ -79,7 +80,7 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
             ``dcn_deploy.export`` stored in the file (``dcn_deploy.feeds.stored_example_shapes``), with a note
             in ``log``; a file without one needs them in ``shapes``.
         workspace: workspace pool limit, e.g. "4G" (an int or a bare number is MiB, as :func:`parse_size` reads
-            it); None: TensorRT's default (the GPU's memory).
+            it); None: TensorRT's default (the GPU's memory). Our plugin's layers fit their workspace under it.
         timing_cache: a file read before and written after the build (created if missing) to speed up rebuilds.
         keep_fp32: node names kept in float32 by the precision conversion.
         io_dtype: "float32" (default) or "half": the engine's input/output type under fp16/bf16.
@@ -139,7 +140,8 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     config = _configure(trt, builder, profile, workspace_bytes=workspace_bytes, tf32=tf32,
                         optimization_level=optimization_level, say=say)
     cache = _attach_timing_cache(config, Path(timing_cache), say) if timing_cache is not None else None
-    serialized = build_with_progress(trt, builder, network, config, say if progress else None)
+    with plugin_workspace_limit(workspace_bytes):  # our plugin's layers fit their workspace to the limit
+        serialized = build_with_progress(trt, builder, network, config, say if progress else None)
 
     atomic_write_bytes(engine_path, bytes(serialized))
     if cache is not None:

@@ -3,10 +3,17 @@ such on any machine: the workspace size (:func:`parse_size`), precision and I/O 
 the builder optimisation level (:func:`check_build_options`)."""
 from __future__ import annotations
 
+import os
 import re
-from typing import Iterable, Optional, Union
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional, Union
 
-__all__ = ["check_build_options", "parse_size"]
+__all__ = ["PLUGIN_WORKSPACE_VARIABLE", "check_build_options", "parse_size", "plugin_workspace_limit"]
+
+# What our TensorRT plugin reads while an engine is built: the workspace limit, so that a deformable convolution
+# asks for no more than the builder allows (plugins/deform_conv/deformConvPluginWorkspace.h). Same syntax as
+# --workspace.
+PLUGIN_WORKSPACE_VARIABLE = "DCN_DEPLOY_PLUGIN_WORKSPACE"
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -38,3 +45,23 @@ def check_build_options(model, *, precision: str, io_dtype: str, keep_fp32: Iter
     if optimization_level is not None and not (isinstance(optimization_level, int) and 0 <= optimization_level <= 5):
         raise ValueError(f"optimization_level (--opt-level) must be an integer from 0 to 5 (TensorRT's builder "
                          f"optimisation levels; its default is 3), got {optimization_level!r}")
+
+
+@contextmanager
+def plugin_workspace_limit(workspace_bytes: Optional[int]) -> Iterator[None]:
+    """While the engine is built, tell our plugin the builder's workspace limit (``PLUGIN_WORKSPACE_VARIABLE``, in
+    whole KiB, rounded down): TensorRT gives a plugin layer no implementation when its workspace is over the limit,
+    and the plugin is not told the limit otherwise, so under one it fits its GEMM path's column buffer to it (more,
+    smaller chunks; the same results). None: leave the variable as it is. The previous value is restored after."""
+    if workspace_bytes is None:
+        yield
+        return
+    previous = os.environ.get(PLUGIN_WORKSPACE_VARIABLE)
+    os.environ[PLUGIN_WORKSPACE_VARIABLE] = f"{max(1, workspace_bytes // 1024)}K"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PLUGIN_WORKSPACE_VARIABLE, None)
+        else:
+            os.environ[PLUGIN_WORKSPACE_VARIABLE] = previous

@@ -29,7 +29,8 @@ from . import CliError
 @click.option("--max-batch", type=click.IntRange(min=1), default=DEFAULT_MAX_BATCH, show_default=True,
               help="Largest batch of the profile when the batch dimension is dynamic and not given in --shapes.")
 @click.option("--workspace", metavar="SIZE", default=None,
-              help="Workspace limit, e.g. 4G or 512M (a bare number is MiB) [default: TensorRT's].")
+              help="Workspace limit, e.g. 4G or 512M (a bare number is MiB) [default: TensorRT's]. Deformable "
+                   "convolutions fit their column buffer under it (more, smaller chunks).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Timing cache file to read and update (makes rebuilds much faster).")
 @click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NODE",

@@ -1,6 +1,7 @@
 #include "deformConvPlugin.h"
 
 #include "deformConvKernel.h"
+#include "deformConvPluginWorkspace.h"
 #include "trtDtype.h"
 #include "trtLogging.h"
 
@@ -65,8 +66,9 @@ void logTrtWarning(std::string const& message)
 
 } // namespace
 
-DeformConvPlugin::DeformConvPlugin(dcn_deform_conv_attrs const& attrs)
+DeformConvPlugin::DeformConvPlugin(dcn_deform_conv_attrs const& attrs, size_t columnBudget)
     : mAttrs(attrs)
+    , mColumnBudget(columnBudget)
     , mTimingCacheId(std::string(kDeformConvPluginName) + "/" + kDeformConvPluginVersion + ";"
           + timingCacheSuffix(attrs, gemmPathAvailable()))
 {
@@ -79,6 +81,7 @@ DeformConvPlugin::DeformConvPlugin(DeformConvPlugin const& other)
     , IPluginV3OneBuild(other)
     , IPluginV3OneRuntime(other)
     , mAttrs(other.mAttrs)
+    , mColumnBudget(other.mColumnBudget)
     , mGeometry(other.mGeometry)
     , mDtype(other.mDtype)
     , mNbInputs(other.mNbInputs)
@@ -211,6 +214,19 @@ int32_t DeformConvPlugin::configurePlugin(
                 return -1;
             }
             mValidTactics = validTactics(largest, dtype, gemmPathAvailable());
+            // The workspace TensorRT may give this layer: at most the build's limit, when one is set.
+            size_t limit = 0;
+            Status budget = workspaceLimitFromEnvironment(limit);
+            if (budget.ok())
+                budget = columnBudgetWithin(largest, dtype, gemmPathAvailable(), limit, mColumnBudget);
+            if (reject(budget))
+                return -1;
+            if (mColumnBudget < kGemmDefaultColumnBudget)
+                logTrt(ILogger::Severity::kINFO, kWho + "column budget " + describeBytes(mColumnBudget) + " instead of "
+                    + describeBytes(kGemmDefaultColumnBudget) + ", so that the workspace ("
+                    + describeBytes(pluginWorkspaceBytes(largest, dtype, gemmPathAvailable(), mColumnBudget))
+                    + ") fits " + kWorkspaceLimitVariable + " (" + describeBytes(limit)
+                    + "): the same results, in more chunks");
         }
         mNbInputs = nbInputs;
         mDtype = dtype;
@@ -233,12 +249,9 @@ size_t DeformConvPlugin::getWorkspaceSize(
         // An invalid largest shape is logged (enqueue would then fail on a missing workspace, not silently).
         if (reject(makeGeometry(descFromShapes(mAttrs, x, w), geometry)))
             return 0;
-        // Enough for whichever tactic TensorRT picks, and for the heuristic (tactic 0, the gemm tactic's fallback).
-        int32_t const dtype = dcnDtype(inputs[kInputX].desc.type);
-        size_t bytes = 0;
-        for (int32_t algo : workspaceAlgos(validTactics(geometry, dtype, gemmPathAvailable())))
-            bytes = std::max(bytes, deformConvWorkspaceSize(geometry, dtype, algo));
-        return bytes;
+        // Enough for whichever tactic TensorRT picks, and for the heuristic (tactic 0, the gemm tactic's fallback),
+        // with the column budget configurePlugin chose.
+        return pluginWorkspaceBytes(geometry, dcnDtype(inputs[kInputX].desc.type), gemmPathAvailable(), mColumnBudget);
     });
 }
 
@@ -307,10 +320,11 @@ int32_t DeformConvPlugin::enqueue(PluginTensorDesc const*, PluginTensorDesc cons
         // What this shape needs with this algorithm, not the allocation (sized in getWorkspaceSize for the profile's
         // largest shapes and every tactic, unknown here after deserialisation): the kernels plan their chunks from
         // the shapes alone, so more room would not change what they do, and the launch's check stays exact.
+        GemmOptions const gemm = gemmOptions();
         if (status.ok())
             status = launchDeformConv(mGeometry, mDtype, algo, inputs[kInputX], inputs[kInputOffset], inputs[kInputW],
-                bias, mask, outputs[0], workspace, deformConvWorkspaceSize(mGeometry, mDtype, algo), stream,
-                mCublas.get());
+                bias, mask, outputs[0], workspace, deformConvWorkspaceSize(mGeometry, mDtype, algo, gemm), stream,
+                mCublas.get(), gemm);
         return reject(status) ? -1 : 0;
     });
 }
@@ -337,9 +351,17 @@ PluginFieldCollection const* DeformConvPlugin::getFieldsToSerialize() noexcept
     return &mFieldCollection;
 }
 
+GemmOptions DeformConvPlugin::gemmOptions() const
+{
+    GemmOptions options;
+    options.columnBudget = mColumnBudget;
+    return options;
+}
+
 void DeformConvPlugin::refreshSerializedFields()
 {
     mOwnedFields = fieldsFromAttrs(mAttrs);
+    mOwnedFields.push_back({kFieldColumnBudget, {int32_t(mColumnBudget >> 20)}}); // whole MiB (columnBudgetWithin)
     mFields.clear();
     for (OwnedField const& field : mOwnedFields)
         mFields.emplace_back(field.name.c_str(), field.values.data(), PluginFieldType::kINT32, int32_t(field.values.size()));
@@ -368,13 +390,16 @@ IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCo
         for (int32_t k = 0; fc && k < fc->nbFields; ++k)
             fields.push_back({fc->fields[k].name, fc->fields[k].data, fc->fields[k].length, int32_t(fc->fields[k].type)});
         dcn_deform_conv_attrs attrs;
-        Status const status = parseFields(fields, attrs);
+        size_t columnBudget = kGemmDefaultColumnBudget;
+        Status status = parseFields(fields, attrs);
+        if (status.ok())
+            status = parseColumnBudgetField(fields, columnBudget);
         if (!status.ok())
         {
             logTrtError(kWho + "node '" + (name ? name : "?") + "': " + status.message);
             return nullptr;
         }
-        return new DeformConvPlugin(attrs);
+        return new DeformConvPlugin(attrs, columnBudget);
     });
 }
 

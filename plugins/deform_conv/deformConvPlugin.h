@@ -3,6 +3,7 @@
 #pragma once
 
 #include "cublasLoader.h"
+#include "deformConvGemmPlan.h"
 #include "deformConvMath.h"
 #include "deformConvShapes.h"
 #include "deformConvTactics.h"
@@ -26,7 +27,9 @@ class DeformConvPlugin : public nvinfer1::IPluginV3,
                          public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    explicit DeformConvPlugin(dcn_deform_conv_attrs const& attrs);
+    // columnBudget: the GEMM path's, as an engine's fields carry it (parseColumnBudgetField); a build chooses its
+    // own in configurePlugin (deformConvPluginWorkspace.h).
+    explicit DeformConvPlugin(dcn_deform_conv_attrs const& attrs, size_t columnBudget = kGemmDefaultColumnBudget);
     DeformConvPlugin(DeformConvPlugin const& other);
     DeformConvPlugin& operator=(DeformConvPlugin const&) = delete;
     ~DeformConvPlugin() override = default;
@@ -70,11 +73,17 @@ public:
 
     // The tactic the next enqueue runs (kTacticDefault until setTactic); for logs and the shell test.
     int32_t tactic() const noexcept { return mTactic; }
+    // The GEMM path's column budget the workspace is sized with; for logs and the shell test.
+    size_t columnBudget() const noexcept { return mColumnBudget; }
 
 private:
     void refreshSerializedFields();
+    GemmOptions gemmOptions() const;
 
     dcn_deform_conv_attrs mAttrs;
+    // The GEMM path's column budget: set by configurePlugin to fit kWorkspaceLimitVariable at the profile's largest
+    // shapes, serialised into the engine, and used by every enqueue (the workspace was sized with it).
+    size_t mColumnBudget;
     // Set by onShapeChange for the shapes of the next enqueue.
     DeformConvGeometry mGeometry{};
     int32_t mDtype = DCN_FLOAT32;

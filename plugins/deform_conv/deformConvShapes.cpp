@@ -1,5 +1,7 @@
 #include "deformConvShapes.h"
 
+#include "deformConvGemmPlan.h"
+
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -196,6 +198,25 @@ std::vector<OwnedField> fieldsFromAttrs(dcn_deform_conv_attrs const& a)
         {kFieldOffsetGroup, {a.offset_group}},
         {kFieldKernelsRevision, {kKernelsRevision}},
     };
+}
+
+Status parseColumnBudgetField(std::vector<RawField> const& fields, size_t& columnBudget)
+{
+    columnBudget = kGemmDefaultColumnBudget;
+    for (RawField const& field : fields)
+    {
+        if (field.name == nullptr || std::strcmp(field.name, kFieldColumnBudget) != 0)
+            continue;
+        int32_t mib = 0;
+        if (field.type == kFieldTypeInt32 && field.length == 1 && field.data != nullptr)
+            std::memcpy(&mib, field.data, sizeof(mib));
+        if (mib < 1 || mib > 4096)
+            return Status::invalid(std::string("field '") + kFieldColumnBudget
+                + "' must be one INT32 from 1 to 4096 (MiB): the engine is damaged or was not written by this plugin; "
+                  "rebuild it");
+        columnBudget = size_t(mib) << 20;
+    }
+    return Status::success();
 }
 
 Status checkInputShapes(dcn_deform_conv_attrs const& a, std::vector<TensorShape> const& in, TensorShape& output)

@@ -45,8 +45,13 @@ constexpr char const* kFieldOffsetGroup = "offset_group";
 // (it would write past the workspace). Bump kKernelsRevision with every such change (deformConvLaunch.cu's AUTO,
 // planGemm's sizes, the tactics). An engine without the field predates it and is accepted.
 constexpr char const* kFieldKernelsRevision = "dcn_kernels_revision";
-// 2026-11-26: 2 a zero vector after the GEMM path's input, 3 a row table, 4 a 256 MiB column budget (was 64).
-constexpr int32_t kKernelsRevision = 4;
+// 2026-11-26: 2 a zero vector after the GEMM path's input, 3 a row table, 4 a 256 MiB column budget (was 64),
+// 5 the column budget as a field (below), so that a library of revision 4 refuses engines built under a smaller one.
+constexpr int32_t kKernelsRevision = 5;
+// Written by the plugin into every engine it serialises, never an ONNX attribute: the GEMM path's column budget in
+// MiB that the build sized the workspace with (deformConvPluginWorkspace.h: lowered to fit a workspace limit). The
+// run plans its chunks with it. An engine without the field was built with the default.
+constexpr char const* kFieldColumnBudget = "dcn_column_budget_mib";
 constexpr int32_t kFieldTypeInt32 = 5; // nvinfer1::PluginFieldType::kINT32
 
 dcn_deform_conv_attrs defaultAttrs();
@@ -70,6 +75,9 @@ struct OwnedField
 Status checkAttrs(dcn_deform_conv_attrs const& attrs);
 Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& attrs);
 std::vector<OwnedField> fieldsFromAttrs(dcn_deform_conv_attrs const& attrs);
+// The column budget an engine's fields carry (kFieldColumnBudget), in bytes; kGemmDefaultColumnBudget where they
+// have none. Fails for a field that is not one INT32 from 1 to 4096 (MiB).
+Status parseColumnBudgetField(std::vector<RawField> const& fields, size_t& columnBudget);
 
 // Input order of the plugin (docs/ops.md): X, W, offset, then optional B, then optional mask.
 enum InputIndex : int32_t

@@ -5,6 +5,7 @@
 // behaviour (the engine build stays a GPU-machine check). Run by tests/test_plugin_logic.py; exit code = failures.
 #include "deformConvKernel.h"
 #include "deformConvPlugin.h"
+#include "deformConvPluginWorkspace.h"
 #include "shellTestSupport.h"
 #include "trtLogging.h"
 
@@ -282,7 +283,7 @@ void checkPluginTactics(dcn::DeformConvPluginCreator& creator, CaptureLogger& lo
     // The engine: fields only (the tactic is TensorRT's to keep); on load, createPlugin(kRUNTIME), setTactic with
     // the engine's tactic, then attachToContext per execution context.
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
-    bool fieldsOnly = serialized->nbFields == 6; // the five attributes and the kernels revision
+    bool fieldsOnly = serialized->nbFields == 7; // the five attributes, the kernels revision and the column budget
     for (int32_t k = 0; k < serialized->nbFields; ++k)
         fieldsOnly = fieldsOnly && std::string(serialized->fields[k].name).find("tactic") == std::string::npos;
     check(fieldsOnly, "the tactic is not serialised as a field (TensorRT stores it and calls setTactic on load)");
@@ -314,6 +315,144 @@ void checkPluginTactics(dcn::DeformConvPluginCreator& creator, CaptureLogger& lo
 
 // The library's entry point (plugin_registry.cpp), as TensorRT calls it.
 extern "C" void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
+
+// The size a string names, or 0 where parseByteSize refuses it.
+size_t parsedSize(std::string const& text)
+{
+    size_t bytes = 0;
+    return dcn::parseByteSize(text, "size", bytes).ok() ? bytes : 0;
+}
+
+void checkByteSizes()
+{
+    struct Case
+    {
+        char const* text;
+        size_t bytes; // 0: refused
+    };
+    Case const cases[] = {{"512M", size_t(512) << 20}, {"2G", size_t(2) << 30}, {"1024", size_t(1) << 30},
+        {"1.5G", size_t(3) << 29}, {"262144K", size_t(256) << 20}, {" 64 MiB ", size_t(64) << 20},
+        {"64mb", size_t(64) << 20}, {"1t", size_t(1) << 40}, {"0", 0}, {"-1", 0}, {"12Q", 0}, {"", 0}, {"M", 0},
+        {"1.G", 0}, {"99999999999999999999", 0}};
+    for (Case const& c : cases)
+        check(parsedSize(c.text) == c.bytes,
+            std::string("parseByteSize('") + c.text + "') = " + std::to_string(parsedSize(c.text)));
+}
+
+// Set (or with nullptr unset) the build's workspace limit for the plugin.
+void setWorkspaceLimit(char const* value)
+{
+    if (value)
+        setenv(dcn::kWorkspaceLimitVariable, value, 1);
+    else
+        unsetenv(dcn::kWorkspaceLimitVariable);
+}
+
+// A workspace limit at build time (DCN_DEPLOY_PLUGIN_WORKSPACE): a batch-8 det res3 layer in half precision needs
+// ~354 MiB with the default column budget; under a 256 MiB limit the plugin takes the largest budget that fits,
+// serialises it, and a deserialised plugin plans with it, at the largest shape and every smaller batch. A limit below
+// what the layer needs at the smallest budget, or a malformed one, stops the build with a message.
+void checkWorkspaceLimit(dcn::DeformConvPluginCreator& creator, CaptureLogger& logger)
+{
+    checkByteSizes();
+    Fields fields;
+    fields.add("strides", {1, 1});
+    fields.add("pads", {1, 1, 1, 1});
+    std::vector<std::vector<int64_t>> const shapes
+        = {{8, 128, 100, 167}, {128, 128, 3, 3}, {8, 18, 100, 167}, {128}, {8, 9, 100, 167}};
+    std::vector<DynamicPluginTensorDesc> io;
+    for (auto const& shape : shapes)
+        io.push_back(tensorDesc(shape, DataType::kHALF));
+    io.push_back(tensorDesc({8, 128, 100, 167}, DataType::kHALF));
+    for (int32_t k : {0, 2, 4, 5}) // a dynamic batch, 1 to 8
+    {
+        io[k].desc.dims.d[0] = -1;
+        io[k].min.d[0] = 1;
+    }
+    dcn_deform_conv_attrs const attrs{{1, 1}, {1, 1, 1, 1}, {1, 1}, 1, 1};
+    auto geometryAt = [&](int32_t batch) {
+        dcn::TensorShape x, w;
+        x.rank = w.rank = 4;
+        for (int k = 0; k < 4; ++k)
+        {
+            x.d[k] = shapes[0][k];
+            w.d[k] = shapes[1][k];
+        }
+        x.d[0] = batch;
+        dcn::DeformConvGeometry geometry{};
+        dcn::makeGeometry(dcn::descFromShapes(attrs, x, w), geometry);
+        return geometry;
+    };
+    dcn::DeformConvGeometry const largest = geometryAt(8);
+    bool const gemm = dcn::gemmPathAvailable();
+
+    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("res3", &fields.collection, TensorRTPhase::kBUILD));
+    auto* build = plugin ? capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD) : nullptr;
+    if (!build)
+    {
+        check(false, "createPlugin for the workspace-limit layer");
+        return;
+    }
+    auto* shell = static_cast<dcn::DeformConvPlugin*>(plugin.get());
+    setWorkspaceLimit(nullptr);
+    size_t const unlimited = dcn::pluginWorkspaceBytes(largest, DCN_FLOAT16, gemm, dcn::kGemmDefaultColumnBudget);
+    check(build->configurePlugin(io.data(), 5, &io[5], 1) == 0 && shell->columnBudget() == dcn::kGemmDefaultColumnBudget
+            && build->getWorkspaceSize(io.data(), 5, &io[5], 1) == unlimited && unlimited > (size_t(256) << 20),
+        "no limit: the default column budget, workspace " + dcn::describeBytes(unlimited));
+
+    setWorkspaceLimit("256M");
+    logger.lastInfo.clear();
+    bool const configured = build->configurePlugin(io.data(), 5, &io[5], 1) == 0;
+    size_t const budget = shell->columnBudget();
+    size_t const asked = build->getWorkspaceSize(io.data(), 5, &io[5], 1);
+    check(configured && budget < dcn::kGemmDefaultColumnBudget && asked <= (size_t(256) << 20)
+            && asked == dcn::pluginWorkspaceBytes(largest, DCN_FLOAT16, gemm, budget)
+            && dcn::pluginWorkspaceBytes(largest, DCN_FLOAT16, gemm, 2 * budget) > (size_t(256) << 20)
+            && logger.lastInfo.find(dcn::kWorkspaceLimitVariable) != std::string::npos,
+        "a 256 MiB limit: column budget " + dcn::describeBytes(budget) + ", workspace " + dcn::describeBytes(asked)
+            + " (the largest budget that fits): " + logger.lastInfo);
+
+    // The engine carries the budget; the loaded plugin plans with it, within the allocation, at every batch.
+    auto* runtime = capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME);
+    PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
+    int32_t carried = 0;
+    for (int32_t k = 0; k < serialized->nbFields; ++k)
+        if (std::string(serialized->fields[k].name) == dcn::kFieldColumnBudget)
+            carried = *static_cast<int32_t const*>(serialized->fields[k].data);
+    setWorkspaceLimit(nullptr); // a run never reads the variable
+    std::unique_ptr<IPluginV3> loaded(creator.createPlugin("res3", serialized, TensorRTPhase::kRUNTIME));
+    bool fits = loaded != nullptr && static_cast<dcn::DeformConvPlugin*>(loaded.get())->columnBudget() == budget
+        && size_t(carried) << 20 == budget;
+    dcn::GemmOptions options;
+    options.columnBudget = budget;
+    for (int32_t batch = 1; batch <= 8 && fits; ++batch)
+        for (int32_t algo : {DCN_ALGO_AUTO, DCN_ALGO_GEMM, DCN_ALGO_FUSED_GEMM})
+            fits = fits && dcn::deformConvWorkspaceSize(geometryAt(batch), DCN_FLOAT16, algo, options) <= asked;
+    check(fits, "the engine carries the budget (" + std::to_string(carried)
+            + " MiB); loaded, every batch 1..8 plans within the workspace");
+    {
+        Fields damaged = fields;
+        damaged.add(dcn::kFieldColumnBudget, {0});
+        logger.lastError.clear();
+        bool const refused = creator.createPlugin("res3", &damaged.collection, TensorRTPhase::kRUNTIME) == nullptr;
+        check(refused && logger.lastError.find(dcn::kFieldColumnBudget) != std::string::npos,
+            "createPlugin refuses a column budget of 0 MiB: " + logger.lastError);
+    }
+
+    setWorkspaceLimit("8M");
+    logger.lastError.clear();
+    bool const tooSmall = build->configurePlugin(io.data(), 5, &io[5], 1) != 0;
+    check(tooSmall && logger.lastError.find(dcn::kWorkspaceLimitVariable) != std::string::npos
+            && logger.lastError.find("needs at least") != std::string::npos,
+        "a limit below the layer's least workspace stops the build: " + logger.lastError);
+    setWorkspaceLimit("lots");
+    logger.lastError.clear();
+    bool const malformed = build->configurePlugin(io.data(), 5, &io[5], 1) != 0;
+    check(malformed && logger.lastError.find(dcn::kWorkspaceLimitVariable) != std::string::npos
+            && logger.lastError.find("'lots'") != std::string::npos,
+        "a malformed limit stops the build naming the variable: " + logger.lastError);
+    setWorkspaceLimit(nullptr);
+}
 
 int main()
 {
@@ -513,7 +652,7 @@ int main()
     check(runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0, "onShapeChange accepts the shapes");
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
     std::unique_ptr<IPluginV3> restored(creator.createPlugin("dcn", serialized, TensorRTPhase::kRUNTIME));
-    bool roundTrip = restored != nullptr && serialized->nbFields == 6;
+    bool roundTrip = restored != nullptr && serialized->nbFields == 7;
     if (restored)
     {
         PluginFieldCollection const* again
@@ -547,9 +686,10 @@ int main()
     PluginFieldCollection const* clonedFields
         = cloned ? capability<IPluginV3OneRuntime>(cloned.get(), PluginCapabilityType::kRUNTIME)->getFieldsToSerialize()
                  : nullptr;
-    check(clonedFields && clonedFields->nbFields == 6 && static_cast<int32_t const*>(clonedFields->fields[1].data)[2] == 2,
+    check(clonedFields && clonedFields->nbFields == 7 && static_cast<int32_t const*>(clonedFields->fields[1].data)[2] == 2,
         "clone keeps the fields after the original is destroyed");
 
+    checkWorkspaceLimit(creator, logger);
     checkEnqueueOnGpu(creator, fields, shapes, {2, 64, oh, ow});
 
     std::printf("%d failure(s)\n", failures);

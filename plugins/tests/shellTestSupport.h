@@ -35,8 +35,11 @@ public:
     {
         if (severity <= Severity::kERROR)
             lastError = msg;
+        else if (severity == Severity::kINFO)
+            lastInfo = msg;
     }
     std::string lastError;
+    std::string lastInfo;
 };
 
 class Finder : public ILoggerFinder

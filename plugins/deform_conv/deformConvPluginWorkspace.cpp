@@ -1,0 +1,148 @@
+#include "deformConvPluginWorkspace.h"
+
+#include "deformConvGemmPlan.h"
+#include "deformConvKernel.h"
+#include "deformConvTactics.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+
+namespace dcn
+{
+
+namespace
+{
+
+constexpr size_t kMaxByteSize = size_t(1) << 62;
+
+void skipSpaces(std::string const& text, size_t& at)
+{
+    while (at < text.size() && std::isspace(static_cast<unsigned char>(text[at])))
+        ++at;
+}
+
+// The value of a unit letter (K, M, G, T; none = MiB), 0 for another character.
+size_t unitBytes(char unit)
+{
+    switch (std::toupper(static_cast<unsigned char>(unit)))
+    {
+    case 'K': return size_t(1) << 10;
+    case 'M': return size_t(1) << 20;
+    case 'G': return size_t(1) << 30;
+    case 'T': return size_t(1) << 40;
+    default: return 0;
+    }
+}
+
+} // namespace
+
+Status parseByteSize(std::string const& text, char const* what, size_t& bytes)
+{
+    Status const malformed = Status::invalid(std::string(what) + " must be a size such as 512M, 2G or 1024 (MiB), got '"
+        + text + "'");
+    size_t at = 0;
+    skipSpaces(text, at);
+    // The number: digits, then optionally '.' and digits (kept as whole and fraction to stay exact).
+    size_t whole = 0, fraction = 0, fractionScale = 1;
+    size_t const digitsStart = at;
+    for (; at < text.size() && std::isdigit(static_cast<unsigned char>(text[at])); ++at)
+    {
+        whole = whole * 10 + size_t(text[at] - '0');
+        if (whole > kMaxByteSize)
+            return Status::invalid(std::string(what) + " is too large: '" + text + "'");
+    }
+    if (at == digitsStart)
+        return malformed;
+    if (at < text.size() && text[at] == '.')
+    {
+        size_t const fractionStart = ++at;
+        for (; at < text.size() && std::isdigit(static_cast<unsigned char>(text[at])); ++at)
+            if (fractionScale < size_t(1e15)) // more digits than that cannot change a byte count below 2^62
+            {
+                fraction = fraction * 10 + size_t(text[at] - '0');
+                fractionScale *= 10;
+            }
+        if (at == fractionStart)
+            return malformed;
+    }
+    skipSpaces(text, at);
+    size_t unit = unitBytes(at < text.size() ? text[at] : '\0');
+    if (unit)
+        ++at;
+    else
+        unit = size_t(1) << 20;
+    if (at < text.size() && (text[at] == 'i' || text[at] == 'I'))
+        ++at;
+    if (at < text.size() && (text[at] == 'b' || text[at] == 'B'))
+        ++at;
+    skipSpaces(text, at);
+    if (at != text.size())
+        return malformed;
+    if (whole > kMaxByteSize / unit)
+        return Status::invalid(std::string(what) + " is too large: '" + text + "'");
+    bytes = whole * unit + size_t((long double)(fraction) * (long double)(unit) / (long double)(fractionScale));
+    if (bytes == 0)
+        return Status::invalid(std::string(what) + " must be positive, got '" + text + "'");
+    return Status::success();
+}
+
+Status workspaceLimitFromEnvironment(size_t& limit)
+{
+    limit = 0;
+    char const* text = std::getenv(kWorkspaceLimitVariable);
+    if (text == nullptr || *text == '\0')
+        return Status::success();
+    Status const status = parseByteSize(text, kWorkspaceLimitVariable, limit);
+    if (!status.ok())
+        return Status::invalid(status.message + ": unset it, or set it to the engine build's workspace limit");
+    return status;
+}
+
+size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget)
+{
+    GemmOptions options;
+    options.columnBudget = columnBudget;
+    size_t bytes = 0;
+    for (int32_t algo : workspaceAlgos(validTactics(largest, dtype, gemmAvailable)))
+        bytes = std::max(bytes, deformConvWorkspaceSize(largest, dtype, algo, options));
+    return bytes;
+}
+
+Status columnBudgetWithin(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t limit,
+    size_t& columnBudget)
+{
+    columnBudget = kGemmDefaultColumnBudget;
+    if (limit == 0)
+        return Status::success();
+    for (size_t budget = kGemmDefaultColumnBudget; budget >= kSmallestColumnBudget; budget /= 2)
+        if (pluginWorkspaceBytes(largest, dtype, gemmAvailable, budget) <= limit)
+        {
+            columnBudget = budget;
+            return Status::success();
+        }
+    size_t const least = pluginWorkspaceBytes(largest, dtype, gemmAvailable, kSmallestColumnBudget);
+    return Status::invalid("at the optimisation profile's largest shapes (batch " + std::to_string(largest.d.batch)
+        + ", " + std::to_string(largest.d.in_channels) + "x" + std::to_string(largest.d.height) + "x"
+        + std::to_string(largest.d.width) + ") this layer needs at least " + describeBytes(least)
+        + " of workspace, over the limit of " + describeBytes(limit) + " (" + kWorkspaceLimitVariable
+        + "): raise the workspace limit (dcn-deploy build --workspace, trtexec --memPoolSize) and "
+        + kWorkspaceLimitVariable + " to at least that, or lower the profile's max shapes");
+}
+
+std::string describeBytes(size_t bytes)
+{
+    char text[64];
+    if (bytes >= (size_t(1) << 30))
+        std::snprintf(text, sizeof(text), "%.1f GiB", double(bytes) / double(size_t(1) << 30));
+    else if (bytes >= (size_t(1) << 20))
+        std::snprintf(text, sizeof(text), "%.1f MiB", double(bytes) / double(size_t(1) << 20));
+    else if (bytes >= (size_t(1) << 10))
+        std::snprintf(text, sizeof(text), "%.1f KiB", double(bytes) / double(size_t(1) << 10));
+    else
+        std::snprintf(text, sizeof(text), "%zu bytes", bytes);
+    return text;
+}
+
+} // namespace dcn

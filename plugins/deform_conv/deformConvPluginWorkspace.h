@@ -1,0 +1,53 @@
+// The TensorRT plugin's workspace: how many bytes it asks for a profile, and the GEMM path's column budget that
+// keeps that under a limit the user gives at build time. Plain C++ over the kernels' own sizes
+// (deformConvWorkspaceSize); the plugin shell (deformConvPlugin.cpp) asks these functions and the shell test checks
+// them.
+//
+// Why a limit: TensorRT gives a plugin no implementation when its workspace exceeds the builder's workspace pool
+// (`--workspace` of `dcn-deploy build`, `trtexec --memPoolSize=workspace:...`), and the plugin is not told that
+// limit. The default column budget (256 MiB) makes a batch-8 layer ask for up to ~390 MiB. So the limit reaches the
+// plugin through an environment variable read while the engine is built, and the plugin halves its column budget
+// until its workspace fits (more, smaller chunks: the same results, a little slower). The budget it chose is
+// serialised into the engine (kFieldColumnBudget), since the run must plan its chunks exactly as the build sized them.
+#pragma once
+
+#include "dcnStatus.h"
+#include "deformConvMath.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace dcn
+{
+
+// The variable the plugin reads at build time: the most bytes of workspace one layer may ask for, written as
+// `dcn-deploy build --workspace` takes it ("512M", "2G", "262144K"; a bare number is MiB). `dcn-deploy build` sets it
+// from its --workspace; with trtexec, set it to the --memPoolSize workspace value.
+constexpr char const* kWorkspaceLimitVariable = "DCN_DEPLOY_PLUGIN_WORKSPACE";
+
+// The smallest column budget the plugin tries (the GEMM path then slices images into pieces of 256 pixels or more).
+constexpr size_t kSmallestColumnBudget = size_t(1) << 20;
+
+// A size as the CLI writes it (`dcn_deploy.backends.trt_options.parse_size`): digits, optionally a unit K, M, G or T
+// (powers of 1024, case-insensitive, optionally followed by "iB" or "B"); no unit means MiB. Fails, naming `what`,
+// for anything else, zero, or more than 2^62 bytes.
+Status parseByteSize(std::string const& text, char const* what, size_t& bytes);
+
+// kWorkspaceLimitVariable's value in bytes; 0 when unset or empty (no limit). Fails for a malformed value.
+Status workspaceLimitFromEnvironment(size_t& limit);
+
+// The bytes the plugin asks for a layer whose profile's largest shapes are `largest`, with this column budget:
+// enough for every tactic offered (validTactics) and for the heuristic.
+size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget);
+
+// The largest column budget, from kGemmDefaultColumnBudget down by halves to kSmallestColumnBudget, under which
+// pluginWorkspaceBytes is at most `limit` (0: no limit, the default budget). Fails, saying what the layer needs at
+// the smallest budget and how to fix it, when even that is over the limit.
+Status columnBudgetWithin(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t limit,
+    size_t& columnBudget);
+
+// "256.0 MiB", "1.5 GiB", "512.0 KiB", "100 bytes": for messages.
+std::string describeBytes(size_t bytes);
+
+} // namespace dcn
