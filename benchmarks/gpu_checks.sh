@@ -4,7 +4,7 @@
 #   1. build the libraries for this GPU (skipped when $DCN_GPU_BUILD already holds them: build here and carry),
 #   2. the kernels against the reference (the GPU tests), and the plugin shells with a real enqueue,
 #   3. the benchmark against torchvision and cuDNN, with the GEMM path's kernel breakdown, then the experimental
-#      implicit-GEMM kernel beside the GEMM path (fp16),
+#      implicit-GEMM kernels beside the GEMM path (fp16; the warp-specialised one under racecheck first),
 #   4. compute-sanitizer memcheck over small cases of every kernel,
 #   5. the GEMM path's product output forced staged (auto writes NCHW directly where the rows allow), and a
 #      16 MiB column budget,
@@ -105,7 +105,7 @@ step pytest-gpu 200 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_g
     tests/test_deform_conv.py::test_tensors_on_two_devices_are_rejected tests/test_convert_modules.py
 # The experimental implicit-GEMM kernel in a process of its own: a fault there (a sticky CUDA error) must not fail
 # the other kernels' tests.
-step pytest-implicit 60 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_gpu.py -k implicit
+step pytest-implicit 120 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_gpu.py -k implicit
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do
     [ -x "$BUILD/bin/$shell" ] && step "$shell" 60 "$BUILD/bin/$shell"
 done
@@ -116,6 +116,13 @@ bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch,co
 # 3b. The implicit-GEMM kernel (experimental, fp16 only: it has no float32) beside the GEMM path, torchvision and
 # cuDNN in the same process.
 bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3
+# 3c. The warp-specialised implicit-GEMM kernel (DCN_DEPLOY_IMPLICIT_KERNEL=specialised; written without a GPU): its
+# ring of stages under racecheck (named barriers, cp.async groups), then its time beside the GEMM path (table in the
+# log). Its correctness: pytest-implicit's child process.
+step racecheck-specialised 60 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised compute-sanitizer --tool racecheck \
+    --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
+step bench-specialised 90 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised python3 benchmarks/gpu_deform_conv.py \
+    --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3
 # 4. memcheck over small cases of every kernel and dtype.
 # (torch's caching allocator off: an overrun inside one of its blocks would not be reported)
 step memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \

@@ -34,13 +34,20 @@ IMPLICIT = [Case(2, 1, 2, 64, 260, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer cases (for the slower racecheck tool)")
+    parser.add_argument("--algos", default="direct,fused,gemm,implicit",
+                        help="comma-separated kernels to run (default: all); e.g. implicit with "
+                             "DCN_DEPLOY_IMPLICIT_KERNEL=specialised for that kernel alone")
     args = parser.parse_args()
+    algos = [name.strip() for name in args.algos.split(",") if name.strip()]
+    unknown = sorted(set(algos) - {"direct", "fused", "gemm", "implicit"})
+    if unknown or not algos:
+        parser.error(f"--algos: {', '.join(unknown) or 'nothing'} is not one of direct, fused, gemm, implicit")
     kernels = load_library("kernels")
     cases = [random_case(random.Random(seed), max_channels_per_group=5, max_size=8) for seed in range(3 if args.quick else 8)]
     cases.append(DENSE)
     failures = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        for algo in ("direct", "fused", "gemm", "implicit"):
+        for algo in algos:
             if (dtype == torch.float64 and algo == "fused") or (algo == "implicit" and dtype.itemsize != 2):
                 continue
             for index, case in enumerate(IMPLICIT if algo == "implicit" else cases):

@@ -189,6 +189,27 @@ def test_implicit_kernel_refuses_what_it_cannot_run(kernels):
             "implicit")
 
 
+def test_specialised_implicit_kernel(kernels):
+    """The warp-specialised implicit-GEMM kernel (DCN_DEPLOY_IMPLICIT_KERNEL=specialised: producer warps feeding a
+    ring of stages to consumer warps at named barriers) on this file's implicit-kernel tests, in a child process (the
+    C ABI reads the variable once per process). A hang (a barrier protocol error) fails after the limit."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DCN_DEPLOY_IMPLICIT_KERNEL="specialised")
+    try:
+        child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                                "implicit_kernel_on or implicit_kernel_accumulates"],
+                               env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"the specialised implicit kernel's tests did not finish in {_CHILD_TIMEOUT_S} s: "
+                    f"{str(hung.stdout)[-3000:]}")
+    last = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else ""
+    assert child.returncode == 0 and " passed" in last and "skipped" not in last, \
+        child.stdout[-4000:] + child.stderr[-2000:]
+
+
 # The C ABI's GEMM options (read once per process) under which the dense-layer tests of this file run again, each
 # in a child process: a 1 MiB column budget (chunks of whole images and slices of one image's pixels, through the
 # staging scratch too), and each output way forced for every shape (by default: direct for one group where NCHW

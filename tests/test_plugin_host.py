@@ -364,16 +364,19 @@ def test_implicit_kernel_refuses_layers_it_cannot_tile(host_lib, groups, offset_
 
 
 def test_implicit_kernel_cuda_source_on_emulated_blocks():
-    """The implicit-GEMM kernel's CUDA source itself (deformConvImplicitKernel.cuh), run on the CPU block by block
-    with each block's 256 threads as threads at a real barrier and WMMA as plain tile products
-    (plugins/tests/implicitKernelEmulation.cpp): its shared-memory carve-up, two buffers and barrier a step, warp
-    layout, epilogue and WMMA alignment rules, every tile height, against the float64 reference. (The fragment
-    layout inside a warp and the timing need the GPU: tests/test_plugin_gpu.py.)"""
+    """The implicit-GEMM kernels' CUDA source itself (deformConvImplicitKernel.cuh, the stepwise kernel, and
+    deformConvImplicitSpecialised.cuh, the warp-specialised one), run on the CPU block by block with each block's
+    threads as threads at real barriers (named ones too), cp.async copies landing only at their wait, and WMMA as
+    plain tile products (plugins/tests/implicitKernelEmulation.cpp): each kernel's shared-memory carve-up, buffers
+    and barriers (the specialised kernel's ring: every copy waited for, every named-barrier phase completed, a
+    deadlock reported after 60 s), warp layout, epilogue and WMMA alignment rules, every tile height, against the
+    float64 reference. (The fragment layout inside a warp and the timing need the GPU: tests/test_plugin_gpu.py.)"""
     from shell_tests import run_shell_test
 
-    output = run_shell_test("dcn_implicit_kernel_emulation", min_checks=19, needs="a C++ compiler and cmake",
+    output = run_shell_test("dcn_implicit_kernel_emulation", min_checks=39, needs="a C++ compiler and cmake",
                             timeout=300)
     assert "never written" in output and "256-row tiles" in output and "64-row tiles" in output
+    assert "specialised, 256-row tiles, 384 threads" in output and "specialised, 64-row tiles" in output
 
 
 def test_gemm_path_cuda_kernel_sources_on_emulated_blocks():

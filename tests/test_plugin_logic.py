@@ -226,6 +226,8 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     ("DCN_DEPLOY_IMPLICIT_TILE_M", "96", "DCN_DEPLOY_IMPLICIT_TILE_M must be one of auto, 64, 128, 256, got '96'"),
     ("DCN_DEPLOY_IMPLICIT_THREADS", "1024",
      "DCN_DEPLOY_IMPLICIT_THREADS must be one of auto, 256, 512, got '1024'"),
+    ("DCN_DEPLOY_IMPLICIT_KERNEL", "specialized",
+     "DCN_DEPLOY_IMPLICIT_KERNEL must be one of stepwise, specialised, got 'specialized'"),
 ])
 def test_an_unknown_gemm_option_is_an_error_naming_it(kernels_lib, variable, value, message):
     """The C ABI reads its DCN_DEPLOY_GEMM_* options once per process, so each is set in a child process. The error

@@ -373,7 +373,8 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     ``algo``: ``auto`` (dense layers: ``gemm`` where cuBLAS loads, else ``fused``; others: ``direct``), ``gemm``
     (sampled columns in a workspace, then cuBLAS), ``fused`` (implicit GEMM, no column buffer), ``direct``, or
     ``implicit`` (experimental: column tiles sampled from a channels-last copy straight into tensor-core products;
-    float16/bfloat16, channels per group and per offset group multiples of 32; never chosen by ``auto``).
+    float16/bfloat16, channels per group and per offset group multiples of 32; never chosen by ``auto``; the
+    warp-specialised variant with ``DCN_DEPLOY_IMPLICIT_KERNEL=specialised`` set before the process's first call).
     ``out``: an optional contiguous output tensor of the right shape, dtype and device to write into.
     """
     import torch

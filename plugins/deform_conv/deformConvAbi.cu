@@ -39,7 +39,8 @@ namespace
 //                                 worth);
 //   DCN_DEPLOY_IMPLICIT_TILE_M    auto (default), 64, 128 or 256: the implicit-GEMM kernel's output channels per
 //                                 block;
-//   DCN_DEPLOY_IMPLICIT_THREADS   auto (default), 256 or 512: its threads per block (128- and 256-row tiles).
+//   DCN_DEPLOY_IMPLICIT_THREADS   auto (default), 256 or 512: its threads per block (128- and 256-row tiles);
+//   DCN_DEPLOY_IMPLICIT_KERNEL    stepwise (default) or specialised: which implicit-GEMM kernel (ImplicitKernel).
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
 // A bad value is reported by every entry that uses the options (abiGemmOptionsStatus).
 struct AbiGemmOptions
@@ -116,6 +117,8 @@ AbiGemmOptions const& abiGemmSettings()
         parsed.implicitTileM = numberChoiceFromEnvironment("DCN_DEPLOY_IMPLICIT_TILE_M", {"auto", "64", "128", "256"},
             read.problem);
         parsed.implicitThreads = numberChoiceFromEnvironment("DCN_DEPLOY_IMPLICIT_THREADS", {"auto", "256", "512"},
+            read.problem);
+        parsed.implicitKernel = choiceFromEnvironment("DCN_DEPLOY_IMPLICIT_KERNEL", {"stepwise", "specialised"},
             read.problem);
         return read;
     }();

@@ -100,6 +100,17 @@ enum GemmProduct : int32_t
     kGemmProductNN = 1,
 };
 
+// Which implicit-GEMM kernel runs (DCN_ALGO_IMPLICIT_GEMM; deformConvImplicit.h).
+//   Stepwise: every warp gathers, blends and multiplies, one barrier a step (deformConvImplicitKernel.cuh): measured
+//     on an H100 (2026-11-26), 1.3x-1.8x slower than the GEMM path at batch 8.
+//   Specialised: producer warps gather and blend into a ring of stages while consumer warps multiply, the two meeting
+//     at named barriers (deformConvImplicitSpecialised.cuh; sm_80 and newer). Untimed: written without a GPU.
+enum ImplicitKernel : int32_t
+{
+    kImplicitStepwise = 0,
+    kImplicitSpecialised = 1,
+};
+
 // The default tile: this many column elements, so tile pixels = this / (C * kH*kW), whatever the type. On an H200
 // (2026-11-26, fp16, 3x3, benchmarks/RESULTS.md) the best tiles measured were 14, 7 and 3 pixels for C = 128, 256
 // and 512: about 16K elements, 2048 channel vectors of 8 halves, 8 per thread of a 256-thread block. Smaller tiles
@@ -112,7 +123,8 @@ constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much share
 
 // The GEMM paths' tunables. The TensorRT plugin uses the defaults; the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
 // DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT, DCN_DEPLOY_GEMM_SAMPLER,
-// DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M and DCN_DEPLOY_IMPLICIT_THREADS (benchmarks, tests); the
+// DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and DCN_DEPLOY_IMPLICIT_KERNEL
+// (benchmarks, tests); the
 // host build takes them as arguments.
 struct GemmOptions
 {
@@ -124,6 +136,7 @@ struct GemmOptions
     int32_t tileItems = 0; // the tiled sampler's channel vectors per tile (a target); 0: kTileDefaultElements' worth
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
+    int32_t implicitKernel = kImplicitStepwise; // an ImplicitKernel
 };
 
 inline bool validGemmOutput(int32_t output)

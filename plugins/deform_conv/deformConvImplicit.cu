@@ -8,6 +8,7 @@
 #include "dcnDynamicShared.cuh"
 #include "deformConvImplicit.h"
 #include "deformConvImplicitKernel.cuh"
+#include "deformConvImplicitSpecialised.cuh"
 #include "deformConvKernel.h"
 #include "deformConvRelayout.cuh"
 
@@ -24,29 +25,51 @@ namespace dcn
 namespace
 {
 
+// The block's dynamic shared memory with tileM rows, for the stepwise or the specialised kernel.
+size_t implicitKernelSharedBytes(int32_t kernel, DeformConvGeometry const& geo, int32_t tileM, size_t elementBytes)
+{
+    return kernel == kImplicitSpecialised ? specialisedSharedBytes(geo, tileM, elementBytes)
+                                          : implicitSharedBytes(geo, tileM, elementBytes);
+}
+
+// f(kernel function) for the kernel, tile height and threads chosen; false where there is no such instance.
+template <typename T, typename F>
+bool withChosenImplicitKernel(int32_t kernel, int32_t tileM, int32_t threads, F&& f)
+{
+    if (kernel == kImplicitSpecialised)
+        return withSpecialisedKernel<T>(tileM, f);
+    return withImplicitKernel<T>(tileM, threads, f);
+}
+
 // The launch shape for this device, once per forward: tiles of tileM output channels (0: the layer's
-// implicitTileM), halved until their shared memory fits, their threads (implicitThreads), and that much dynamic
-// shared memory allowed to the kernel.
+// implicitTileM), halved until their shared memory fits, their threads (implicitThreads, or kSpecialisedThreads),
+// and that much dynamic shared memory allowed to the kernel.
 template <typename T>
-Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_t requestedTileM,
+Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_t kernel, int32_t requestedTileM,
     int32_t requestedThreads, int32_t& tileM, int32_t& threads, size_t& shared)
 {
+    if (kernel != kImplicitStepwise && kernel != kImplicitSpecialised)
+        return Status::invalid("the implicit-GEMM kernel is 0 (stepwise) or 1 (specialised), got "
+            + std::to_string(kernel));
+    if (kernel == kImplicitSpecialised && currentComputeCapability() < 80)
+        return Status::error(DCN_ERROR_UNSUPPORTED, "the specialised implicit-GEMM kernel runs on sm_80 and newer "
+                                                    "(cp.async); unset DCN_DEPLOY_IMPLICIT_KERNEL for the stepwise one");
     int device = 0;
     int sharedOptin = 0;
     if (cudaGetDevice(&device) != cudaSuccess
         || cudaDeviceGetAttribute(&sharedOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
         return launchStatus("the implicit-GEMM kernel (querying the device)");
     tileM = requestedTileM > 0 ? requestedTileM : implicitTileM(geo);
-    while (tileM > 64 && implicitSharedBytes(geo, tileM, sizeof(T)) > size_t(sharedOptin))
+    while (tileM > 64 && implicitKernelSharedBytes(kernel, geo, tileM, sizeof(T)) > size_t(sharedOptin))
         tileM /= 2;
-    threads = implicitThreads(tileM, dtype, requestedThreads);
-    shared = implicitSharedBytes(geo, tileM, sizeof(T));
+    threads = kernel == kImplicitSpecialised ? kSpecialisedThreads : implicitThreads(tileM, dtype, requestedThreads);
+    shared = implicitKernelSharedBytes(kernel, geo, tileM, sizeof(T));
     if (shared > size_t(sharedOptin))
         return Status::error(DCN_ERROR_UNSUPPORTED, "the implicit-GEMM kernel needs " + std::to_string(shared)
             + " bytes of shared memory per block for this layer, the device allows " + std::to_string(sharedOptin)
             + "; use algo 3 (GEMM)");
-    if (!withImplicitKernel<T>(tileM, threads, [&](auto kernel) {
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+    if (!withChosenImplicitKernel<T>(kernel, tileM, threads, [&](auto function) {
+            cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
         }))
         return Status::invalid("the implicit-GEMM kernel has no instance of " + std::to_string(tileM) + "-row tiles with "
             + std::to_string(requestedThreads) + " threads per block: use 0 (its rule), 256 or 512");
@@ -54,27 +77,28 @@ Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_
 }
 
 template <typename T>
-void launchImplicitTiles(DeformConvGeometry const& geo, int32_t tileM, int32_t threads, size_t shared,
-    T const* nhwc, T const* offset, T const* weights, T const* bias, T const* mask, T* output, int32_t n0,
-    int32_t chunkPixels, cudaStream_t stream)
+void launchImplicitTiles(DeformConvGeometry const& geo, int32_t kernel, int32_t tileM, int32_t threads,
+    size_t shared, T const* nhwc, T const* offset, T const* weights, T const* bias, T const* mask, T* output,
+    int32_t n0, int32_t chunkPixels, cudaStream_t stream)
 {
     dim3 const grid(unsigned((int64_t(chunkPixels) + kImplicitTileN - 1) / kImplicitTileN),
         unsigned((geo.outChannelsPerGroup + tileM - 1) / tileM), unsigned(geo.d.group));
-    withImplicitKernel<T>(tileM, threads, [&](auto kernel) {
-        kernel<<<grid, unsigned(threads), shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0,
+    withChosenImplicitKernel<T>(kernel, tileM, threads, [&](auto function) {
+        function<<<grid, unsigned(threads), shared, stream>>>(geo, nhwc, offset, weights, bias, mask, output, n0,
             chunkPixels);
     });
 }
 
 template <typename T>
-Status runImplicit(DeformConvGeometry const& geo, int32_t dtype, int32_t requestedTileM, int32_t requestedThreads,
-    T const* input, T const* offset, T const* weight, T const* bias, T const* mask, T* output, void* workspace,
-    cudaStream_t stream)
+Status runImplicit(DeformConvGeometry const& geo, int32_t dtype, int32_t kernel, int32_t requestedTileM,
+    int32_t requestedThreads, T const* input, T const* offset, T const* weight, T const* bias, T const* mask,
+    T* output, void* workspace, cudaStream_t stream)
 {
     int32_t tileM = 0;
     int32_t threads = 0;
     size_t shared = 0;
-    Status status = chooseImplicitLaunch<T>(geo, dtype, requestedTileM, requestedThreads, tileM, threads, shared);
+    Status status
+        = chooseImplicitLaunch<T>(geo, dtype, kernel, requestedTileM, requestedThreads, tileM, threads, shared);
     if (!status.ok())
         return status;
     ImplicitPlan const plan = planImplicit(geo, sizeof(T));
@@ -88,7 +112,7 @@ Status runImplicit(DeformConvGeometry const& geo, int32_t dtype, int32_t request
         status = launchChannelsLast<T>(geo, input, nhwc, n0, images, stream);
         if (!status.ok())
             break;
-        launchImplicitTiles<T>(geo, tileM, threads, shared, nhwc, offset, weights, bias, mask, output, n0,
+        launchImplicitTiles<T>(geo, kernel, tileM, threads, shared, nhwc, offset, weights, bias, mask, output, n0,
             images * plane, stream);
         status = launchStatus("the implicit-GEMM kernel");
     }
@@ -102,21 +126,21 @@ size_t implicitWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)
     return planImplicit(geo, dtypeBytes(dtype)).totalBytes;
 }
 
-Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t tileM, int32_t threads,
-    void const* input, void const* offset, void const* weight, void const* bias, void const* mask, void* output,
+Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t kernel, int32_t tileM,
+    int32_t threads, void const* input, void const* offset, void const* weight, void const* bias, void const* mask, void* output,
     void* workspace, cudaStream_t stream)
 {
     switch (dtype)
     {
     case DCN_FLOAT16:
-        return runImplicit<__half>(geo, dtype, tileM, threads, static_cast<__half const*>(input), static_cast<__half const*>(offset),
+        return runImplicit<__half>(geo, dtype, kernel, tileM, threads, static_cast<__half const*>(input), static_cast<__half const*>(offset),
             static_cast<__half const*>(weight), static_cast<__half const*>(bias), static_cast<__half const*>(mask),
             static_cast<__half*>(output), workspace, stream);
     case DCN_BFLOAT16:
         if (currentComputeCapability() < 80)
             return Status::error(DCN_ERROR_UNSUPPORTED,
                 "the implicit-GEMM kernel runs bfloat16 on sm_80 and newer (bfloat16 tensor cores); use algo 3 (GEMM)");
-        return runImplicit<__nv_bfloat16>(geo, dtype, tileM, threads, static_cast<__nv_bfloat16 const*>(input),
+        return runImplicit<__nv_bfloat16>(geo, dtype, kernel, tileM, threads, static_cast<__nv_bfloat16 const*>(input),
             static_cast<__nv_bfloat16 const*>(offset), static_cast<__nv_bfloat16 const*>(weight),
             static_cast<__nv_bfloat16 const*>(bias), static_cast<__nv_bfloat16 const*>(mask),
             static_cast<__nv_bfloat16*>(output), workspace, stream);

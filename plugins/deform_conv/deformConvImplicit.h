@@ -162,6 +162,41 @@ inline size_t implicitSharedBytes(DeformConvGeometry const& geo, int32_t tileM, 
     return tables + std::max(mainLoop, staging);
 }
 
+// The warp-specialised kernel (kImplicitSpecialised, deformConvImplicitSpecialised.cuh): the same tiles, steps, taps
+// table and epilogue, but the roles split. kSpecialisedProducerWarps warps copy each step's weights tile (cp.async)
+// and gather its column tile's neighbours (cp.async into a corner staging, one step ahead), then blend them into the
+// column tile of one of kSpecialisedStages ring stages; kSpecialisedConsumerWarps warps multiply the stages in turn.
+// They meet at named barriers: a stage's "full" (the producers arrive, the consumers wait) and "empty" (the other
+// way). So the tensor cores never wait for a block-wide barrier each step, and the gathers' latency is covered by
+// the copies in flight rather than by registers.
+constexpr int32_t kSpecialisedConsumerWarps = 8;
+constexpr int32_t kSpecialisedProducerWarps = 4;
+constexpr int32_t kSpecialisedProducerThreads = 32 * kSpecialisedProducerWarps;
+constexpr int32_t kSpecialisedThreads = 32 * (kSpecialisedConsumerWarps + kSpecialisedProducerWarps);
+constexpr int32_t kSpecialisedStages = 3;
+constexpr int32_t kSpecialisedCornerStages = 2; // the step being blended and the one being gathered
+// Column-tile vectors each producer thread gathers and blends per step.
+constexpr int32_t kSpecialisedColumnVectors
+    = kImplicitTileN * kImplicitTileK / kImplicitVector / kSpecialisedProducerThreads;
+
+// Bytes of one corner-staging stage: every column vector's four neighbours, one vector each.
+DCN_HD size_t specialisedCornerStageBytes(size_t elementBytes)
+{
+    return size_t(kSpecialisedColumnVectors) * 4 * kSpecialisedProducerThreads * kImplicitVector * elementBytes;
+}
+
+// Dynamic shared memory of the specialised kernel's block with tileM rows: the pixel tables, then either the taps,
+// the ring of stages (weights tile + column tile each) and the corner staging, or (after the last step) the output
+// staging.
+inline size_t specialisedSharedBytes(DeformConvGeometry const& geo, int32_t tileM, size_t elementBytes)
+{
+    size_t const tables = 2 * kImplicitTileN * sizeof(int64_t);
+    size_t const ring = size_t(kSpecialisedStages) * size_t(tileM + kImplicitTileN) * kImplicitLdk * elementBytes;
+    size_t const mainLoop = implicitTapsRoom(geo) + ring + kSpecialisedCornerStages * specialisedCornerStageBytes(elementBytes);
+    size_t const staging = size_t(kImplicitStageRows) * kImplicitLdc * sizeof(float);
+    return tables + std::max(mainLoop, staging);
+}
+
 struct ImplicitPlan
 {
     int32_t images;      // whole images per chunk

@@ -180,6 +180,47 @@ DCN_UNROLL
     implicitCopiesWait();
 }
 
+// A block's tables, filled by `threads` threads (this one `tid`; a barrier must follow): each tile column's
+// channels-last image and output element, and the taps of every (offset group, kernel point, tile pixel).
+template <typename T>
+__device__ __forceinline__ void implicitBlockTables(DeformConvGeometry const& geo, T const* __restrict__ offset,
+    T const* __restrict__ mask, int32_t n0, int32_t chunkPixels, int32_t first, int32_t g, int64_t* inputBase,
+    int64_t* outputBase, ImplicitTaps<float>* taps, int32_t tid, int32_t threads)
+{
+    for (int32_t col = tid; col < kImplicitTileN; col += threads)
+    {
+        inputBase[col] = tileRowImage(geo, first + col, geo.outH * geo.outW, chunkPixels);
+        outputBase[col] = implicitOutputBase(geo, n0, chunkPixels, first, col);
+    }
+    int32_t const entries = implicitTapsRows(geo) * kImplicitTileN;
+    for (int32_t e = tid; e < entries; e += threads)
+        taps[e] = implicitTapEntry<float>(geo, offset, mask, n0, chunkPixels, first, g, e);
+}
+
+// The epilogue's store of one staged pass: rows [firstRow, firstRow + kImplicitStageRows) of group g's output
+// channels (float, kImplicitLdc apart) written NCHW with the bias by `threads` threads (this one `tid`), consecutive
+// threads on consecutive pixels; rows past the group's channels and pixels past the chunk skipped.
+template <typename T>
+__device__ __forceinline__ void implicitStoreStaged(DeformConvGeometry const& geo, float const* staging,
+    int64_t const* outputBase, T const* __restrict__ bias, T* __restrict__ output, int32_t g, int32_t firstRow,
+    int32_t tid, int32_t threads)
+{
+    for (int32_t e = tid; e < kImplicitStageRows * kImplicitTileN; e += threads)
+    {
+        int32_t const row = e / kImplicitTileN;
+        int32_t const col = e - row * kImplicitTileN;
+        int32_t const m = firstRow + row;
+        int64_t const target = outputBase[col];
+        if (m >= geo.outChannelsPerGroup || target < 0)
+            continue;
+        int32_t const o = g * geo.outChannelsPerGroup + m;
+        float value = staging[row * kImplicitLdc + col];
+        if (bias)
+            value += ElementTraits<T>::toAcc(bias[o]);
+        output[target + int64_t(o) * geo.outH * geo.outW] = ElementTraits<T>::fromAcc(value);
+    }
+}
+
 // Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group) of Threads threads
 // (implicitThreads). Dynamic shared memory (implicitSharedBytes): inputBase[kImplicitTileN],
 // outputBase[kImplicitTileN], then the taps table and two buffers of (weights tile [TileM][ldk], column tile
@@ -214,14 +255,7 @@ __global__ void __launch_bounds__(Threads, TileM == 64 ? 2 : 1) implicitKernel(
     int32_t const first = int32_t(blockIdx.x) * kImplicitTileN;
     int32_t const tid = int32_t(threadIdx.x);
 
-    for (int32_t col = tid; col < kImplicitTileN; col += Threads)
-    {
-        inputBase[col] = tileRowImage(geo, first + col, geo.outH * geo.outW, chunkPixels);
-        outputBase[col] = implicitOutputBase(geo, n0, chunkPixels, first, col);
-    }
-    int32_t const entries = implicitTapsRows(geo) * kImplicitTileN;
-    for (int32_t e = tid; e < entries; e += Threads)
-        taps[e] = implicitTapEntry<float>(geo, offset, mask, n0, chunkPixels, first, g, e);
+    implicitBlockTables<T>(geo, offset, mask, n0, chunkPixels, first, g, inputBase, outputBase, taps, tid, Threads);
     __syncthreads();
 
     int32_t const warp = tid / 32;
@@ -291,20 +325,7 @@ DCN_UNROLL
                     wmma::store_matrix_sync(staging + i * 16 * kImplicitLdc + (warpN * W::kFragCols + j) * 16,
                         acc[i][j], kImplicitLdc, wmma::mem_row_major);
         __syncthreads();
-        for (int32_t e = tid; e < kImplicitStageRows * kImplicitTileN; e += Threads)
-        {
-            int32_t const row = e / kImplicitTileN;
-            int32_t const col = e - row * kImplicitTileN;
-            int32_t const m = m0 + pass * 64 + row;
-            int64_t const target = outputBase[col];
-            if (m >= geo.outChannelsPerGroup || target < 0)
-                continue;
-            int32_t const o = g * geo.outChannelsPerGroup + m;
-            float value = staging[row * kImplicitLdc + col];
-            if (bias)
-                value += ElementTraits<T>::toAcc(bias[o]);
-            output[target + int64_t(o) * geo.outH * geo.outW] = ElementTraits<T>::fromAcc(value);
-        }
+        implicitStoreStaged<T>(geo, staging, outputBase, bias, output, g, m0 + pass * 64, tid, Threads);
         __syncthreads(); // the staging is refilled by the next pass
     }
     }

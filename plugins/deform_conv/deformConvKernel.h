@@ -49,9 +49,10 @@ Status launchFusedPath(DeformConvGeometry const& geo, int32_t dtype, void const*
 // The implicit-GEMM kernel (deformConvImplicit.cu): only where implicitKernelRefusal(geo, dtype) is empty. Its
 // workspace holds the chunk's channels-last input and the re-laid-out weights: at least implicitWorkspaceBytes.
 size_t implicitWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype);
-// tileM: output channels per block (64, 128, 256), 0 for implicitTileM's choice; smaller where the device's shared
-// memory needs it. threads: per block (256, 512), 0 for implicitThreads' choice.
-Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t tileM, int32_t threads,
+// kernel: an ImplicitKernel. tileM: output channels per block (64, 128, 256), 0 for implicitTileM's choice; smaller
+// where the device's shared memory needs it. threads: per block of the stepwise kernel (256, 512), 0 for
+// implicitThreads' choice (the specialised kernel always has kSpecialisedThreads).
+Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t kernel, int32_t tileM, int32_t threads,
     void const* input, void const* offset, void const* weight, void const* bias, void const* mask, void* output,
     void* workspace, cudaStream_t stream);
 

@@ -122,8 +122,8 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read in 16-byte vectors
             return Status::invalid("the implicit-GEMM kernel's workspace must be 256-byte aligned (cudaMalloc's and "
                                    "TensorRT's are)");
-        return launchImplicitPath(geo, dtype, gemm.implicitTileM, gemm.implicitThreads, input, offset, weight, bias, mask, output,
-            workspace, stream);
+        return launchImplicitPath(geo, dtype, gemm.implicitKernel, gemm.implicitTileM, gemm.implicitThreads, input,
+            offset, weight, bias, mask, output, workspace, stream);
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;

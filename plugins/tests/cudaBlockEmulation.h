@@ -1,7 +1,8 @@
 // Just enough of CUDA to run a kernel's source on the CPU, for tests: one block at a time, its threads as
 // std::threads meeting at __syncthreads (a real barrier), __shared__ variables as static storage (shared by the
 // threads of the one block that runs), dcn::dynamicShared() as one buffer, and nvcuda::wmma as plain 16x16x16 tile
-// products, cp.async as copies that land at the wait (copyAsync, copiesWait). What it checks of a kernel: its
+// products, cp.async as copies that land at the wait (copyAsync, copiesWait, or by groups: commitCopies,
+// waitCopies), named barriers (bar.sync / bar.arrive with a thread count: namedBarrier). What it checks of a kernel: its
 // indexing, shared-memory layout, buffer protocol and barriers, and the WMMA calls' documented preconditions
 // (pointers 256-bit aligned, ldm a multiple of 16 bytes). What it does not:
 // the hardware's fragment layout (every thread holds a whole tile here, where a warp spreads it over its lanes),
@@ -9,6 +10,8 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -73,6 +76,55 @@ public:
             throw BlockAborted{};
     }
 
+    // PTX bar.sync id, count (wait) or bar.arrive id, count (no wait) on named barrier id (1 to 15; 0 is
+    // __syncthreads'): the barrier completes when `count` threads have arrived. Refuses a count that is not a whole
+    // number of warps, or that differs from the count of the threads already waiting there; a wait of over 60 s is
+    // reported as a deadlock.
+    void named(int id, int count, bool wait)
+    {
+        std::unique_lock<std::mutex> lock(mMutex);
+        if (mAborted)
+            throw BlockAborted{};
+        std::string const which = "named barrier " + std::to_string(id);
+        if (id < 1 || id > 15)
+            throw std::logic_error(which + ": ids 1 to 15 (0 is __syncthreads')");
+        if (count <= 0 || count % 32 != 0 || count > mThreads)
+            throw std::logic_error(which + ": a count of " + std::to_string(count)
+                + " threads (whole warps, at most the block's)");
+        Named& barrier = mNamed[size_t(id)];
+        if (barrier.arrived == 0)
+            barrier.count = count;
+        else if (barrier.count != count)
+            throw std::logic_error(which + ": counts " + std::to_string(barrier.count) + " and "
+                + std::to_string(count) + " in one phase");
+        uint64_t const generation = barrier.generation;
+        if (++barrier.arrived == count)
+        {
+            barrier.arrived = 0;
+            ++barrier.generation;
+            mChanged.notify_all();
+            return;
+        }
+        if (!wait)
+            return;
+        if (!mChanged.wait_for(lock, std::chrono::seconds(60),
+                [&] { return barrier.generation != generation || mAborted; }))
+            throw std::logic_error(which + ": waited 60 s for " + std::to_string(count - barrier.arrived)
+                + " more threads (a deadlock)");
+        if (mAborted)
+            throw BlockAborted{};
+    }
+
+    // Whether no named barrier has threads arrived in an unfinished phase (true at the end of a correct block).
+    bool namedIdle()
+    {
+        std::lock_guard<std::mutex> lock(mMutex);
+        for (Named const& barrier : mNamed)
+            if (barrier.arrived != 0)
+                return false;
+        return true;
+    }
+
     void abort()
     {
         std::lock_guard<std::mutex> lock(mMutex);
@@ -81,12 +133,20 @@ public:
     }
 
 private:
+    struct Named
+    {
+        int arrived = 0;
+        int count = 0;
+        uint64_t generation = 0;
+    };
+
     int const mThreads;
     std::mutex mMutex;
     std::condition_variable mChanged;
     int mArrived = 0;
     uint64_t mGeneration = 0;
     bool mAborted = false;
+    std::array<Named, 16> mNamed{};
 };
 
 inline BlockBarrier*& currentBarrier()
@@ -118,6 +178,9 @@ inline std::string runBlocks(std::vector<dim3> const& blocks, std::function<void
                     blockIdx = block;
                     body();
                     barrier.wait();
+                    if (t == 0 && !barrier.namedIdle())
+                        throw std::logic_error("the block ended with threads arrived at a named barrier whose phase "
+                                               "never completed");
                 }
             }
             catch (BlockAborted const&)
@@ -201,27 +264,56 @@ inline void requireAligned(void const* pointer, size_t bytes, char const* what)
 // cp.async as a kernel relies on it: the copy lands some time before the thread's wait. Here it lands exactly at the
 // wait, and until then its target holds NaN bytes, so a read of the target before the wait (and the barrier after
 // it) shows up as NaN in the result.
+// Copies are grouped as by cp.async.commit_group: a copy joins the thread's open group, which commitCopies closes.
 struct PendingCopy
 {
     void* target;
     void const* source;
     size_t bytes;
+    uint64_t group;
 };
 inline thread_local std::vector<PendingCopy> pendingCopies;
+inline thread_local uint64_t openCopyGroup = 0;
 
 inline void copyAsync(void* target, void const* source, size_t bytes)
 {
     requireAligned(target, bytes, "cp.async target");
     requireAligned(source, bytes, "cp.async source");
     std::memset(target, 0xFF, bytes);
-    pendingCopies.push_back(PendingCopy{target, source, bytes});
+    pendingCopies.push_back(PendingCopy{target, source, bytes, openCopyGroup});
 }
 
+// Land the copies that satisfy `done`, keep the others pending.
+template <typename Done>
+void landCopies(Done done)
+{
+    std::vector<PendingCopy> kept;
+    for (PendingCopy const& copy : pendingCopies)
+        if (done(copy))
+            std::memcpy(copy.target, copy.source, copy.bytes);
+        else
+            kept.push_back(copy);
+    pendingCopies.swap(kept);
+}
+
+// cp.async.wait_all: every copy lands (committed or not).
 inline void copiesWait()
 {
-    for (PendingCopy const& copy : pendingCopies)
-        std::memcpy(copy.target, copy.source, copy.bytes);
-    pendingCopies.clear();
+    landCopies([](PendingCopy const&) { return true; });
+}
+
+// cp.async.commit_group.
+inline void commitCopies()
+{
+    ++openCopyGroup;
+}
+
+// cp.async.wait_group n: the copies of every committed group but the newest n land; the newest n committed groups
+// and the open one stay pending.
+inline void waitCopies(int n)
+{
+    uint64_t const committed = openCopyGroup; // groups below this are committed
+    landCopies([&](PendingCopy const& copy) { return copy.group + uint64_t(n) < committed; });
 }
 
 } // namespace emulation
@@ -238,6 +330,15 @@ inline void __syncthreads()
 {
     emulation::currentBarrier()->wait();
 }
+
+namespace emulation
+{
+// PTX bar.sync / bar.arrive on a named barrier (BlockBarrier::named).
+inline void namedBarrier(int id, int count, bool wait)
+{
+    currentBarrier()->named(id, count, wait);
+}
+} // namespace emulation
 
 namespace nvcuda
 {

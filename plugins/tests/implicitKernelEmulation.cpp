@@ -1,8 +1,11 @@
-// The implicit-GEMM kernel's CUDA source (deformConvImplicitKernel.cuh) run on the CPU, block after block, each
-// block's 256 threads as threads meeting at a real barrier (cudaBlockEmulation.h), against the host library's
+// The implicit-GEMM kernels' CUDA source (deformConvImplicitKernel.cuh, the stepwise kernel, and
+// deformConvImplicitSpecialised.cuh, the warp-specialised one) run on the CPU, block after block, each block's
+// threads as threads meeting at real barriers (cudaBlockEmulation.h), against the host library's
 // reference forward in float64. It checks what the host build of that kernel (forwardHostImplicit), which shares
-// only the per-thread helpers, cannot: the kernel's own shared-memory carve-up and size, its two buffers and one
-// barrier a step, the warp layout over the tile, the epilogue's passes, and the WMMA calls' alignment rules. Every
+// only the per-thread helpers, cannot: each kernel's own shared-memory carve-up and size, its buffers and barriers
+// (the stepwise kernel's two buffers and one barrier a step; the specialised kernel's ring of stages, named
+// barriers and grouped copies, with every copy waited for and every barrier phase completed by the block's end),
+// the warp layout over the tile, the epilogue's passes, and the WMMA calls' alignment rules. Every
 // tile height is run (64, 128, 256 output channels per block) on layers with several pixel tiles, row blocks,
 // groups and offset groups. Shared memory starts as NaN, the output as NaN, and past the block's size as a canary.
 // Prints one "ok"/"FAIL" line per check and "<n> failure(s)"; the exit code is the failure count.
@@ -21,6 +24,7 @@
 #include <vector>
 
 #include "deformConvImplicitKernel.cuh" // after the emulation: the kernels use its CUDA stand-ins
+#include "deformConvImplicitSpecialised.cuh"
 
 namespace
 {
@@ -78,11 +82,22 @@ Tensors<T> makeTensors(Layer const& layer, DeformConvGeometry const& geo, unsign
     return t;
 }
 
-// A block's launch shape: output channels per block and threads per block (as implicitThreads allows).
+// A block's launch shape: which kernel (an ImplicitKernel), output channels per block and threads per block (as
+// implicitThreads allows; kSpecialisedThreads for the specialised kernel).
 struct LaunchShape
 {
-    int32_t tileM, threads;
+    int32_t kernel, tileM, threads;
 };
+
+LaunchShape stepwise(int32_t tileM, int32_t threads)
+{
+    return {kImplicitStepwise, tileM, threads};
+}
+
+LaunchShape specialised(int32_t tileM)
+{
+    return {kImplicitSpecialised, tileM, kSpecialisedThreads};
+}
 
 // The forward as deformConvImplicit.cu launches it (same plan, chunks and grid), every block emulated. "" or the
 // first failure.
@@ -95,7 +110,9 @@ std::string emulate(DeformConvGeometry const& geo, LaunchShape launch, Tensors<T
     ImplicitHostWorkspace<T> workspace(geo, plan, t.weight.data());
     T const* nhwc = workspace.nhwc();
     T const* weights = workspace.weights();
-    size_t const shared = implicitSharedBytes(geo, tileM, sizeof(T));
+    bool const isSpecialised = launch.kernel == kImplicitSpecialised;
+    size_t const shared = isSpecialised ? specialisedSharedBytes(geo, tileM, sizeof(T))
+                                        : implicitSharedBytes(geo, tileM, sizeof(T));
     if (shared > kSharedRoom)
         return "shared memory " + std::to_string(shared) + " bytes: more than any device gives a block";
     T const* bias = t.bias.empty() ? nullptr : t.bias.data();
@@ -111,10 +128,13 @@ std::string emulate(DeformConvGeometry const& geo, LaunchShape launch, Tensors<T
         gridDim = grid;
         blockDim = dim3{unsigned(launch.threads), 1, 1};
         auto body = [&] {
-            if (!withImplicitKernel<T>(tileM, launch.threads, [&](auto kernel) {
-                    kernel(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
-                }))
+            auto run = [&](auto kernel) {
+                kernel(geo, nhwc, t.offset.data(), weights, bias, mask, output.data(), n0, chunkPixels);
+            };
+            if (!(isSpecialised ? withSpecialisedKernel<T>(tileM, run) : withImplicitKernel<T>(tileM, launch.threads, run)))
                 throw std::logic_error("no kernel instance for this launch shape");
+            if (!emulation::pendingCopies.empty())
+                throw std::logic_error("the block ended with cp.async copies never waited for");
         };
         for (unsigned z = 0; z < grid.z; ++z)
             for (unsigned y = 0; y < grid.y; ++y)
@@ -165,7 +185,8 @@ void runLayer(Layer const& layer, char const* typeName, double tolerance, std::v
     for (LaunchShape const launch : launches)
     {
         std::vector<T> output(count, ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(NAN)));
-        std::string const what = std::string(layer.name) + ", " + typeName + ", " + std::to_string(launch.tileM)
+        std::string const what = std::string(layer.name) + ", " + typeName + ", "
+            + (launch.kernel == kImplicitSpecialised ? "specialised, " : "stepwise, ") + std::to_string(launch.tileM)
             + "-row tiles, " + std::to_string(launch.threads) + " threads";
         std::string const failure = emulate<T>(geo, launch, t, output);
         if (!failure.empty())
@@ -212,20 +233,25 @@ int main()
     std::vector<Layer> const all = layers();
     for (Layer const& layer : all)
     {
-        // every launch shape on the small layers (each instantiation), the layer's own and 64 rows on the wide one
-        std::vector<LaunchShape> launches{{64, 256}};
+        // every launch shape on the small layers (each instantiation of both kernels), the layer's own and 64 rows
+        // on the wide one
+        std::vector<LaunchShape> launches{stepwise(64, 256)};
         bool const small = layer.desc.out_channels <= 70;
         DeformConvGeometry geo;
         if (makeGeometry(layer.desc, geo).ok())
         {
             int32_t const own = implicitTileM(geo);
-            launches = small
-                ? std::vector<LaunchShape>{{64, 256}, {128, 256}, {128, 512}, {256, 256}, {256, 512}}
-                : std::vector<LaunchShape>{{own, implicitThreads(own, DCN_FLOAT16, 0)}, {64, 256}};
+            launches = small ? std::vector<LaunchShape>{stepwise(64, 256), stepwise(128, 256), stepwise(128, 512),
+                                   stepwise(256, 256), stepwise(256, 512), specialised(64), specialised(128),
+                                   specialised(256)}
+                             : std::vector<LaunchShape>{stepwise(own, implicitThreads(own, DCN_FLOAT16, 0)),
+                                   stepwise(64, 256), specialised(own)};
         }
         runLayer<HostHalf>(layer, "float16", 5e-3, launches);
-        runLayer<HostBFloat16>(layer, "bfloat16", 4e-2, {launches.front()});
-        runLayer<float>(layer, "float32", 1e-5, {launches.front()}); // not a GPU type: the indexing to float precision
+        runLayer<HostBFloat16>(layer, "bfloat16", 4e-2, {launches.front(), launches.back()});
+        // not a GPU type: the stepwise kernel's indexing to float precision (the specialised kernel's ring does not
+        // fit a block's shared memory in float32)
+        runLayer<float>(layer, "float32", 1e-5, {launches.front()});
     }
     std::printf("%d failure(s)\n", emulation::failures);
     return emulation::failures;

@@ -1,0 +1,336 @@
+// The warp-specialised implicit-GEMM kernel's device code (kImplicitSpecialised; its roles and shared memory:
+// deformConvImplicit.h). Included by deformConvImplicit.cu, which launches it, and by
+// plugins/tests/implicitKernelEmulation.cpp, which runs this same source on the CPU (named barriers and grouped
+// cp.async copies emulated by cudaBlockEmulation.h), so that CI checks its ring protocol, carve-up and epilogue.
+//
+// Per step t of the reduction (stage s = t mod kSpecialisedStages):
+//   producers  wait until stage s+1's consumers are done with it ("empty"), start step t+1's copies into it and into
+//              the other corner stage (weights tile and the column tile's neighbour vectors, one cp.async group), wait
+//              for step t's group, blend step t's neighbours into stage s's column tile, then arrive at "full" s;
+//   consumers  wait at "full" s, multiply stage s's tiles into their accumulators, then arrive at "empty" s (except
+//              for the last steps, which no producer waits for: every phase completes).
+// The producers run at most kSpecialisedStages - 1 stages ahead of the consumers.
+#pragma once
+
+#include "deformConvImplicitKernel.cuh"
+
+namespace dcn
+{
+namespace
+{
+
+// Named barriers of the ring: stage s is full at kFullBarrier + s and empty at kEmptyBarrier + s (0 is
+// __syncthreads'). Every thread of the block takes part in each.
+constexpr int kFullBarrier = 1;
+constexpr int kEmptyBarrier = kFullBarrier + kSpecialisedStages;
+static_assert(kEmptyBarrier + kSpecialisedStages <= 16, "a block has 16 named barriers");
+
+// PTX bar.sync: arrive at named barrier `id` and wait for the block's other threads.
+__device__ __forceinline__ void ringWait(int id)
+{
+#if defined(__CUDACC__)
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kSpecialisedThreads) : "memory");
+#else
+    emulation::namedBarrier(id, kSpecialisedThreads, true);
+#endif
+}
+
+// PTX bar.arrive: arrive at named barrier `id` without waiting. The thread's shared-memory writes before it are
+// visible to the threads that complete the barrier's wait.
+__device__ __forceinline__ void ringArrive(int id)
+{
+#if defined(__CUDACC__)
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kSpecialisedThreads) : "memory");
+#else
+    emulation::namedBarrier(id, kSpecialisedThreads, false);
+#endif
+}
+
+// One neighbour vector copied into the corner staging, cached in L1 as well (.ca): neighbouring samples share
+// neighbours, as in the GEMM path's sampler.
+template <typename T>
+__device__ __forceinline__ void copyCorner(T* sharedTarget, T const* source)
+{
+#if defined(__CUDACC__)
+    static_assert(sizeof(ImplicitPack<T>) == 16, "cp.async copies 16 bytes");
+    unsigned const target = unsigned(__cvta_generic_to_shared(sharedTarget));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(__cvta_generic_to_global(source))
+        : "memory");
+#else
+    emulation::copyAsync(sharedTarget, source, sizeof(ImplicitPack<T>));
+#endif
+}
+
+// cp.async.commit_group: the copies issued since the last commit form one group.
+__device__ __forceinline__ void commitCopies()
+{
+#if defined(__CUDACC__)
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#else
+    emulation::commitCopies();
+#endif
+}
+
+// cp.async.wait_group: every group but the newest `Pending` has landed (for this thread).
+template <int Pending>
+__device__ __forceinline__ void waitCopies()
+{
+#if defined(__CUDACC__)
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+#else
+    emulation::waitCopies(Pending);
+#endif
+}
+
+// The consumer warps over a TileM x kImplicitTileN tile: kWarpsM x kWarpsN, each 64 output channels x
+// (kImplicitTileN / kWarpsN) pixels as 4 x kFragCols WMMA 16x16 accumulators; and the producer threads' share of a
+// step's weights tile.
+template <int TileM>
+struct SpecialisedWarps
+{
+    static constexpr int kWarpsM = TileM / 64;
+    static constexpr int kWarpsN = kSpecialisedConsumerWarps / kWarpsM;
+    static constexpr int kFragCols = kImplicitTileN / kWarpsN / 16;
+    static constexpr int kWeightVectors = TileM * kImplicitTileK / kImplicitVector / kSpecialisedProducerThreads;
+    static constexpr int kStageElements = (TileM + kImplicitTileN) * kImplicitLdk; // weights tile, then column tile
+    static_assert(kWarpsM * kWarpsN == kSpecialisedConsumerWarps && kFragCols >= 1 && kWeightVectors >= 1,
+        "tile shape");
+};
+
+// What a producer thread (p of kSpecialisedProducerThreads) reads, fixed for the block: each weights-tile vector's
+// offset in the weights and each column-tile vector's in the chunk's input, both less the step's part.
+template <int TileM>
+struct SpecialisedSources
+{
+    int32_t weights[SpecialisedWarps<TileM>::kWeightVectors];
+    int32_t columns[kSpecialisedColumnVectors];
+};
+
+// Where a producer thread's corner c of its column vector i sits in a corner stage: consecutive threads 16 bytes
+// apart, so that their copies and reads are conflict-free.
+template <typename T>
+__device__ __forceinline__ T* cornerSlot(T* cornerStage, int32_t i, int32_t c, int32_t p)
+{
+    return cornerStage + ((i * 4 + c) * kSpecialisedProducerThreads + p) * kImplicitVector;
+}
+
+// Start step `step`'s copies: its weights tile into `stage` and its column vectors' neighbours into `cornerStage`,
+// as one group.
+template <typename T, int TileM>
+__device__ __forceinline__ void issueStep(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
+    T const* __restrict__ weights, ImplicitTaps<float> const* taps, SpecialisedSources<TileM> const& sources,
+    ImplicitStep const& step, T* stage, T* cornerStage, int32_t p)
+{
+    using W = SpecialisedWarps<TileM>;
+    T const* stepWeights = weights + implicitStepWeights(geo, step);
+DCN_UNROLL
+    for (int i = 0; i < W::kWeightVectors; ++i)
+    {
+        int32_t row, vector;
+        implicitTileVector(p + i * kSpecialisedProducerThreads, row, vector);
+        implicitCopyPack<T>(stage + row * kImplicitLdk + vector * kImplicitVector, stepWeights + sources.weights[i]);
+    }
+    T const* stepInput = nhwc + step.channel;
+    ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
+DCN_UNROLL
+    for (int i = 0; i < kSpecialisedColumnVectors; ++i)
+    {
+        int32_t col, vector;
+        implicitTileVector(p + i * kSpecialisedProducerThreads, col, vector);
+        ImplicitTaps<float> const tap = stepTaps[col];
+        T const* image = stepInput + sources.columns[i];
+DCN_UNROLL
+        for (int c = 0; c < 4; ++c) // an outside neighbour copies the image's first pixel; implicitBlend skips it
+            copyCorner<T>(cornerSlot(cornerStage, i, c, p), image + (tap.index[c] < 0 ? 0 : tap.index[c]));
+    }
+    commitCopies();
+}
+
+// Blend step `step`'s landed neighbours (cornerStage) into the column tile of its stage.
+template <typename T>
+__device__ __forceinline__ void blendStep(ImplicitTaps<float> const* taps, ImplicitStep const& step,
+    T const* cornerStage, T* columnTile, int32_t p)
+{
+    ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
+DCN_UNROLL
+    for (int i = 0; i < kSpecialisedColumnVectors; ++i)
+    {
+        int32_t col, vector;
+        implicitTileVector(p + i * kSpecialisedProducerThreads, col, vector);
+        ImplicitPack<T> corners[4];
+DCN_UNROLL
+        for (int c = 0; c < 4; ++c)
+            corners[c] = loadPack<T>(cornerSlot(cornerStage, i, c, p));
+        storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
+            implicitBlend<T, float>(stepTaps[col], corners));
+    }
+}
+
+// A producer thread's whole reduction: every step's copies one step ahead, its blend, and the ring's barriers.
+template <typename T, int TileM>
+__device__ __forceinline__ void produceSteps(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
+    T const* __restrict__ weights, int64_t const* inputBase, ImplicitTaps<float> const* taps, T* ring, T* corners,
+    int32_t g, int32_t m0, int32_t p)
+{
+    using W = SpecialisedWarps<TileM>;
+    SpecialisedSources<TileM> sources;
+DCN_UNROLL
+    for (int i = 0; i < W::kWeightVectors; ++i)
+        sources.weights[i] = implicitWeightSource(geo, g, m0, p + i * kSpecialisedProducerThreads);
+DCN_UNROLL
+    for (int i = 0; i < kSpecialisedColumnVectors; ++i)
+    {
+        int32_t col, vector;
+        implicitTileVector(p + i * kSpecialisedProducerThreads, col, vector);
+        sources.columns[i] = implicitColumnSource(geo, inputBase[col], g, vector);
+    }
+    int32_t const cornerStageElements = int32_t(specialisedCornerStageBytes(sizeof(T)) / sizeof(T));
+    int32_t const steps = implicitSteps(geo);
+    ImplicitStep step = implicitStep(geo, g, 0);
+    int32_t const firstOffsetGroupChannel = step.offsetGroupChannel;
+    issueStep<T, TileM>(geo, nhwc, weights, taps, sources, step, ring, corners, p);
+    int32_t stage = 0; // t mod kSpecialisedStages
+    for (int32_t t = 0; t < steps; ++t)
+    {
+        int32_t const nextStage = stage + 1 == kSpecialisedStages ? 0 : stage + 1;
+        ImplicitStep const current = step;
+        if (t + 1 < steps)
+        {
+            step = implicitNextStep(geo, firstOffsetGroupChannel, step);
+            if (t + 1 >= kSpecialisedStages) // the stage's last consumers (step t + 1 - stages) are done with it
+                ringWait(kEmptyBarrier + nextStage);
+            issueStep<T, TileM>(geo, nhwc, weights, taps, sources, step, ring + nextStage * W::kStageElements,
+                corners + ((t + 1) & 1) * cornerStageElements, p);
+            waitCopies<1>(); // step t's group has landed, step t + 1's is in flight
+        }
+        else
+            waitCopies<0>();
+        blendStep<T>(taps, current, corners + (t & 1) * cornerStageElements,
+            ring + stage * W::kStageElements + TileM * kImplicitLdk, p);
+        ringArrive(kFullBarrier + stage);
+        stage = nextStage;
+    }
+}
+
+// A consumer warp's whole reduction: each stage's tiles into its accumulators, as the stepwise kernel multiplies.
+template <typename T, int TileM>
+__device__ __forceinline__ void consumeSteps(DeformConvGeometry const& geo, T const* ring, int32_t warpM,
+    int32_t warpN,
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> (&acc)[4][SpecialisedWarps<TileM>::kFragCols])
+{
+    using namespace nvcuda;
+    using W = SpecialisedWarps<TileM>;
+    int32_t const steps = implicitSteps(geo);
+    int32_t stage = 0;
+    for (int32_t t = 0; t < steps; ++t)
+    {
+        ringWait(kFullBarrier + stage);
+        T const* weightTile = ring + stage * W::kStageElements;
+        T const* columnTile = weightTile + TileM * kImplicitLdk;
+DCN_UNROLL
+        for (int kk = 0; kk < kImplicitTileK; kk += 16)
+        {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[W::kFragCols];
+DCN_UNROLL
+            for (int j = 0; j < W::kFragCols; ++j)
+                wmma::load_matrix_sync(b[j], columnTile + (warpN * W::kFragCols + j) * 16 * kImplicitLdk + kk,
+                    kImplicitLdk);
+DCN_UNROLL
+            for (int i = 0; i < 4; ++i)
+            {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+                wmma::load_matrix_sync(a, weightTile + (warpM * 64 + i * 16) * kImplicitLdk + kk, kImplicitLdk);
+DCN_UNROLL
+                for (int j = 0; j < W::kFragCols; ++j)
+                    wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+            }
+        }
+        if (t + kSpecialisedStages < steps) // a producer waits for this stage again
+            ringArrive(kEmptyBarrier + stage);
+        stage = stage + 1 == kSpecialisedStages ? 0 : stage + 1;
+    }
+}
+
+// Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group) of kSpecialisedThreads threads:
+// consumer warps first, then producer warps. Dynamic shared memory (specialisedSharedBytes): inputBase,
+// outputBase, then the taps table, the ring of stages and the corner stages; after the last step, the output
+// staging instead. The epilogue is the stepwise kernel's, with every thread storing.
+template <typename T, int TileM>
+__global__ void __launch_bounds__(kSpecialisedThreads, 1) specialisedKernel(DeformConvGeometry const geo,
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weights,
+    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0,
+    int32_t const chunkPixels)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    return; // cp.async starts at sm_80; the launch refuses older devices
+#else
+    using namespace nvcuda;
+    using W = SpecialisedWarps<TileM>;
+    unsigned char* shared = dynamicShared();
+    int64_t* inputBase = reinterpret_cast<int64_t*>(shared);
+    int64_t* outputBase = inputBase + kImplicitTileN;
+    unsigned char* region = reinterpret_cast<unsigned char*>(outputBase + kImplicitTileN);
+    auto* taps = reinterpret_cast<ImplicitTaps<float>*>(region);
+    T* ring = reinterpret_cast<T*>(region + implicitTapsRoom(geo));
+    T* corners = ring + kSpecialisedStages * W::kStageElements;
+
+    int32_t const g = int32_t(blockIdx.z);
+    int32_t const m0 = int32_t(blockIdx.y) * TileM;
+    int32_t const first = int32_t(blockIdx.x) * kImplicitTileN;
+    int32_t const tid = int32_t(threadIdx.x);
+    implicitBlockTables<T>(geo, offset, mask, n0, chunkPixels, first, g, inputBase, outputBase, taps, tid,
+        kSpecialisedThreads);
+    __syncthreads();
+
+    int32_t const warp = tid / 32;
+    bool const consumer = warp < kSpecialisedConsumerWarps;
+    int32_t const warpM = warp / W::kWarpsN;
+    int32_t const warpN = warp - warpM * W::kWarpsN;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][W::kFragCols];
+    if (consumer)
+    {
+DCN_UNROLL
+        for (int i = 0; i < 4; ++i)
+DCN_UNROLL
+            for (int j = 0; j < W::kFragCols; ++j)
+                wmma::fill_fragment(acc[i][j], 0.0f);
+        consumeSteps<T, TileM>(geo, ring, warpM, warpN, acc);
+    }
+    else
+        produceSteps<T, TileM>(geo, nhwc, weights, inputBase, taps, ring, corners, g, m0,
+            tid - 32 * kSpecialisedConsumerWarps);
+    __syncthreads(); // both roles are done with the ring: the staging may overwrite it
+
+    float* staging = reinterpret_cast<float*>(region);
+    for (int32_t pass = 0; pass < W::kWarpsM; ++pass)
+    {
+        if (consumer && warpM == pass)
+DCN_UNROLL
+            for (int i = 0; i < 4; ++i)
+DCN_UNROLL
+                for (int j = 0; j < W::kFragCols; ++j)
+                    wmma::store_matrix_sync(staging + i * 16 * kImplicitLdc + (warpN * W::kFragCols + j) * 16,
+                        acc[i][j], kImplicitLdc, wmma::mem_row_major);
+        __syncthreads();
+        implicitStoreStaged<T>(geo, staging, outputBase, bias, output, g, m0 + pass * 64, tid, kSpecialisedThreads);
+        __syncthreads(); // the staging is refilled by the next pass
+    }
+#endif
+}
+
+// f(kernel) with the specialised kernel instance for tileM rows; false where there is none. The launcher and the
+// CPU emulation both pick the instance here.
+template <typename T, typename F>
+bool withSpecialisedKernel(int32_t tileM, F&& f)
+{
+    switch (tileM)
+    {
+    case 256: f(specialisedKernel<T, 256>); return true;
+    case 128: f(specialisedKernel<T, 128>); return true;
+    case 64: f(specialisedKernel<T, 64>); return true;
+    default: return false;
+    }
+}
+
+} // namespace
+} // namespace dcn
