@@ -117,9 +117,11 @@ bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch,co
 # cuDNN in the same process.
 bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3
 # 3c. The warp-specialised implicit-GEMM kernel (DCN_DEPLOY_IMPLICIT_KERNEL=specialised; written without a GPU): its
-# ring of stages under racecheck (named barriers, cp.async groups), then its time beside the GEMM path (table in the
-# log). Its correctness: pytest-implicit's child process.
+# ring of stages under racecheck (named barriers, cp.async groups) and synccheck (barriers reached by whole warps),
+# then its time beside the GEMM path (table in the log). Its correctness: pytest-implicit's child process.
 step racecheck-specialised 60 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised compute-sanitizer --tool racecheck \
+    --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
+step synccheck-specialised 40 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised compute-sanitizer --tool synccheck \
     --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
 step bench-specialised 90 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised python3 benchmarks/gpu_deform_conv.py \
     --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3

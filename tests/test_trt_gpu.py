@@ -252,6 +252,66 @@ class TestTensorRTRtxAheadOfTime:
         assert not engine.exists()
 
 
+    def test_workspace_limit_fits_the_plugins_column_budget(self, rtx_env, tmp_path):
+        """A real builder (TensorRT-RTX's, on the CPU) under a workspace limit: det res3's layer (128 channels,
+        100x167) in fp16 up to batch 8 asks 354 MiB with the default column budget, which TensorRT-RTX refuses under
+        --workspace 300M ("Failed to create any myelin custom layer tactic", tried on 2026-11-26). build_engine tells
+        the plugin the limit (DCN_DEPLOY_PLUGIN_WORKSPACE): it takes a 128 MiB budget (197 MiB of workspace), the
+        engine builds and carries the budget. Under 8M, less than the layer's least need, the build stops with the
+        plugin's message naming the variable."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        from dcn_deploy.onnx import opset
+
+        rng = np.random.default_rng(5)
+        weights = [numpy_helper.from_array((rng.standard_normal([128, 128, 3, 3]) * 0.05).astype(np.float32), "w"),
+                   numpy_helper.from_array((rng.standard_normal([128]) * 0.1).astype(np.float32), "b")]
+        node = helper.make_node("DeformConv2d", ["x", "w", "off", "b", "mask"], ["y"], domain="dcn_deploy",
+                                strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, offset_group=1,
+                                name="dcn_res3")
+        inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", channels, 100, 167])
+                  for name, channels in (("x", 128), ("off", 18), ("mask", 9))]
+        graph = helper.make_graph([node], "res3", inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 128, 100, 167])],
+                                  weights)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        model.ir_version = 10
+        model_path = tmp_path / "res3.onnx"
+        onnx.save(opset.attach_functions(model), model_path)
+        script = textwrap.dedent("""
+            import sys
+            from dcn_deploy.backends.trt_build import BuildError, build_engine
+            model, engine, workspace, plugin = sys.argv[1:5]
+            shapes = [f"{name}:1x{c}x100x167/8x{c}x100x167/8x{c}x100x167" for name, c in (("x", 128), ("off", 18),
+                                                                                         ("mask", 9))]
+            try:
+                build_engine(model, engine, precision="fp16", shapes=shapes, workspace=workspace,
+                             plugin_library=plugin, tensorrt_module="tensorrt_rtx",
+                             target_gpu=("RTX (ahead of time)", (8, 9)), progress=False)
+            except BuildError as exc:
+                print("BUILD_ERROR", exc)
+                sys.exit(3)
+            print("BUILT")
+        """)
+        python, environ, plugin = rtx_env
+        environ = {name: value for name, value in environ.items() if name != "DCN_DEPLOY_PLUGIN_WORKSPACE"}
+
+        def build(workspace: str):
+            engine = tmp_path / f"res3_{workspace}.engine"
+            out = subprocess.run([python, "-c", script, str(model_path), str(engine), workspace, str(plugin)],
+                                 capture_output=True, text=True, env=environ, timeout=600)
+            return out, engine
+
+        fits, engine = build("300M")
+        assert fits.returncode == 0 and "BUILT" in fits.stdout, fits.stdout[-2000:] + fits.stderr[-3000:]
+        data = engine.read_bytes()
+        assert b"dcn_deploy" in data and b"dcn_column_budget_mib" in data
+        too_small, engine = build("8M")
+        assert too_small.returncode == 3 and not engine.exists(), too_small.stdout[-2000:] + too_small.stderr[-2000:]
+        assert "this layer needs at least 13.6 MiB of workspace, over the limit of 8.0 MiB" in too_small.stderr
+        assert "DCN_DEPLOY_PLUGIN_WORKSPACE" in too_small.stderr
+
+
 # 2. TensorRT and a GPU ---------------------------------------------------------------------------------------------------
 def _gpu_reason():
     if importlib.util.find_spec("tensorrt") is None:

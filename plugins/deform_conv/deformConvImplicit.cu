@@ -65,9 +65,13 @@ Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_
     threads = kernel == kImplicitSpecialised ? kSpecialisedThreads : implicitThreads(tileM, dtype, requestedThreads);
     shared = implicitKernelSharedBytes(kernel, geo, tileM, sizeof(T));
     if (shared > size_t(sharedOptin))
-        return Status::error(DCN_ERROR_UNSUPPORTED, "the implicit-GEMM kernel needs " + std::to_string(shared)
-            + " bytes of shared memory per block for this layer, the device allows " + std::to_string(sharedOptin)
-            + "; use algo 3 (GEMM)");
+        return Status::error(DCN_ERROR_UNSUPPORTED, std::string("the ")
+            + (kernel == kImplicitSpecialised ? "specialised " : "") + "implicit-GEMM kernel needs "
+            + std::to_string(shared) + " bytes of shared memory per block for this layer, the device allows "
+            + std::to_string(sharedOptin)
+            + (kernel == kImplicitSpecialised ? "; unset DCN_DEPLOY_IMPLICIT_KERNEL (the stepwise kernel needs less) "
+                                                "or use algo 3 (GEMM)"
+                                              : "; use algo 3 (GEMM)"));
     if (!withChosenImplicitKernel<T>(kernel, tileM, threads, [&](auto function) {
             cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
         }))

@@ -389,6 +389,23 @@ DCN_UNROLL
     return out;
 }
 
+// The same sample from neighbours an outside one of which was copied as zeros (the specialised kernel's copies
+// zero-fill it): all four blended unconditionally, in blendVector's order, so the result is implicitBlend's (adding
+// 0 * 0 to a sum that started at +0 changes no value), without a branch per neighbour.
+template <typename T, typename Acc>
+DCN_HD ImplicitPack<T> implicitBlendZeroFilled(ImplicitTaps<Acc> const& taps, ImplicitPack<T> const (&corners)[4])
+{
+    ImplicitPack<T> out;
+#if defined(__CUDA_ARCH__)
+    blendVector<T, kImplicitVector>(corners, taps.weight, 0xFu, reinterpret_cast<T(&)[kImplicitVector]>(out.w));
+#else
+    T result[kImplicitVector];
+    blendVector<T, kImplicitVector>(corners, taps.weight, 0xFu, result);
+    std::memcpy(out.w, result, sizeof(out.w));
+#endif
+    return out;
+}
+
 // Vector e of a step's tile, in either tile (weights: a row per output channel; columns: a row per pixel): its
 // row and its channel vector within the step (kImplicitTileK / kImplicitVector per row).
 DCN_HD void implicitTileVector(int32_t e, int32_t& row, int32_t& vector)

@@ -47,17 +47,20 @@ __device__ __forceinline__ void ringArrive(int id)
 }
 
 // One neighbour vector copied into the corner staging, cached in L1 as well (.ca): neighbouring samples share
-// neighbours, as in the GEMM path's sampler.
+// neighbours, as in the GEMM path's sampler. An outside neighbour reads nothing and lands as zeros (src-size 0), so
+// the blend needs no branch (implicitBlendZeroFilled); `source` is then any readable address.
 template <typename T>
-__device__ __forceinline__ void copyCorner(T* sharedTarget, T const* source)
+__device__ __forceinline__ void copyCorner(T* sharedTarget, T const* source, bool inside)
 {
+    unsigned const sourceBytes = inside ? unsigned(sizeof(ImplicitPack<T>)) : 0u;
 #if defined(__CUDACC__)
     static_assert(sizeof(ImplicitPack<T>) == 16, "cp.async copies 16 bytes");
     unsigned const target = unsigned(__cvta_generic_to_shared(sharedTarget));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(__cvta_generic_to_global(source))
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(target),
+        "l"(__cvta_generic_to_global(source)), "r"(sourceBytes)
         : "memory");
 #else
-    emulation::copyAsync(sharedTarget, source, sizeof(ImplicitPack<T>));
+    emulation::copyAsync(sharedTarget, source, sizeof(ImplicitPack<T>), sourceBytes);
 #endif
 }
 
@@ -140,8 +143,9 @@ DCN_UNROLL
         ImplicitTaps<float> const tap = stepTaps[col];
         T const* image = stepInput + sources.columns[i];
 DCN_UNROLL
-        for (int c = 0; c < 4; ++c) // an outside neighbour copies the image's first pixel; implicitBlend skips it
-            copyCorner<T>(cornerSlot(cornerStage, i, c, p), image + (tap.index[c] < 0 ? 0 : tap.index[c]));
+        for (int c = 0; c < 4; ++c) // an outside neighbour lands as zeros (read from nowhere: the image's start)
+            copyCorner<T>(cornerSlot(cornerStage, i, c, p), image + (tap.index[c] < 0 ? 0 : tap.index[c]),
+                tap.index[c] >= 0);
     }
     commitCopies();
 }
@@ -162,7 +166,7 @@ DCN_UNROLL
         for (int c = 0; c < 4; ++c)
             corners[c] = loadPack<T>(cornerSlot(cornerStage, i, c, p));
         storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
-            implicitBlend<T, float>(stepTaps[col], corners));
+            implicitBlendZeroFilled<T, float>(stepTaps[col], corners));
     }
 }
 

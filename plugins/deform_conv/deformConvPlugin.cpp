@@ -216,11 +216,16 @@ int32_t DeformConvPlugin::configurePlugin(
             mValidTactics = validTactics(largest, dtype, gemmPathAvailable());
             // The workspace TensorRT may give this layer: at most the build's limit, when one is set.
             size_t limit = 0;
+            size_t fitted = kGemmDefaultColumnBudget;
             Status budget = workspaceLimitFromEnvironment(limit);
             if (budget.ok())
-                budget = columnBudgetWithin(largest, dtype, gemmPathAvailable(), limit, mColumnBudget);
+                budget = columnBudgetWithin(largest, dtype, gemmPathAvailable(), limit, fitted);
             if (reject(budget))
                 return -1;
+            // The smallest budget any configuration (optimisation profile) needed: every workspace sized earlier
+            // with a larger one still covers it (planGemm's rooms never shrink as the budget grows), and the engine
+            // keeps one budget per layer.
+            mColumnBudget = std::min(mColumnBudget, fitted);
             if (mColumnBudget < kGemmDefaultColumnBudget)
                 logTrt(ILogger::Severity::kINFO, kWho + "column budget " + describeBytes(mColumnBudget) + " instead of "
                     + describeBytes(kGemmDefaultColumnBudget) + ", so that the workspace ("
@@ -383,7 +388,7 @@ DeformConvPluginCreator::DeformConvPluginCreator()
     mFieldCollection.fields = mFieldNames.data();
 }
 
-IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase phase) noexcept
 {
     return guardTrtCall(kDeformConvPluginName, "createPlugin", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
         std::vector<RawField> fields;
@@ -391,7 +396,9 @@ IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCo
             fields.push_back({fc->fields[k].name, fc->fields[k].data, fc->fields[k].length, int32_t(fc->fields[k].type)});
         dcn_deform_conv_attrs attrs;
         size_t columnBudget = kGemmDefaultColumnBudget;
-        Status status = parseFields(fields, attrs);
+        Status status = phase == TensorRTPhase::kRUNTIME ? requireEngineFields(fields) : Status::success();
+        if (status.ok())
+            status = parseFields(fields, attrs);
         if (status.ok())
             status = parseColumnBudgetField(fields, columnBudget);
         if (!status.ok())

@@ -49,9 +49,10 @@ Status parseByteSize(std::string const& text, char const* what, size_t& bytes)
     size_t const digitsStart = at;
     for (; at < text.size() && std::isdigit(static_cast<unsigned char>(text[at])); ++at)
     {
-        whole = whole * 10 + size_t(text[at] - '0');
-        if (whole > kMaxByteSize)
+        size_t const digit = size_t(text[at] - '0');
+        if (whole > (kMaxByteSize - digit) / 10) // checked before the multiply, which could wrap
             return Status::invalid(std::string(what) + " is too large: '" + text + "'");
+        whole = whole * 10 + digit;
     }
     if (at == digitsStart)
         return malformed;

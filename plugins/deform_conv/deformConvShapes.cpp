@@ -3,6 +3,7 @@
 #include "deformConvGemmPlan.h"
 
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <sstream>
 
@@ -198,6 +199,22 @@ std::vector<OwnedField> fieldsFromAttrs(dcn_deform_conv_attrs const& a)
         {kFieldOffsetGroup, {a.offset_group}},
         {kFieldKernelsRevision, {kKernelsRevision}},
     };
+}
+
+Status requireEngineFields(std::vector<RawField> const& fields)
+{
+    for (char const* required : {kFieldKernelsRevision, kFieldColumnBudget})
+    {
+        bool found = false;
+        for (RawField const& field : fields)
+            found = found || (field.name != nullptr && std::strcmp(field.name, required) == 0);
+        if (!found)
+            return Status::invalid(std::string("this engine has no field '") + required
+                + "': it was built by an older dcn_deploy plugin library, whose workspace sizes differ from this "
+                  "one's. Rebuild the engine with this library (dcn-deploy build), or load the library it was built "
+                  "with");
+    }
+    return Status::success();
 }
 
 Status parseColumnBudgetField(std::vector<RawField> const& fields, size_t& columnBudget)

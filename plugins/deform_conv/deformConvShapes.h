@@ -43,7 +43,7 @@ constexpr char const* kFieldOffsetGroup = "offset_group";
 // algorithm choice and workspace sizing that built the engine. An engine's workspace and tactics are fixed when it is
 // built, so a library whose AUTO picks another algorithm, or whose algorithms need more workspace, must not run it
 // (it would write past the workspace). Bump kKernelsRevision with every such change (deformConvLaunch.cu's AUTO,
-// planGemm's sizes, the tactics). An engine without the field predates it and is accepted.
+// planGemm's sizes, the tactics). An engine without the field predates it and is refused (requireEngineFields).
 constexpr char const* kFieldKernelsRevision = "dcn_kernels_revision";
 // 2026-11-26: 2 a zero vector after the GEMM path's input, 3 a row table, 4 a 256 MiB column budget (was 64),
 // 5 the column budget as a field (below), so that a library of revision 4 refuses engines built under a smaller one.
@@ -75,6 +75,10 @@ struct OwnedField
 Status checkAttrs(dcn_deform_conv_attrs const& attrs);
 Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& attrs);
 std::vector<OwnedField> fieldsFromAttrs(dcn_deform_conv_attrs const& attrs);
+// An engine's fields (a plugin deserialised, TensorRTPhase::kRUNTIME) must carry kFieldKernelsRevision and
+// kFieldColumnBudget: an engine without them was built by a library of older workspace sizes (64 MiB column budget,
+// other layouts), so it is refused with "rebuild" rather than run past its workspace.
+Status requireEngineFields(std::vector<RawField> const& fields);
 // The column budget an engine's fields carry (kFieldColumnBudget), in bytes; kGemmDefaultColumnBudget where they
 // have none. Fails for a field that is not one INT32 from 1 to 4096 (MiB).
 Status parseColumnBudgetField(std::vector<RawField> const& fields, size_t& columnBudget);

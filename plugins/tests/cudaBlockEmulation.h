@@ -271,16 +271,26 @@ struct PendingCopy
     void const* source;
     size_t bytes;
     uint64_t group;
+    size_t sourceBytes; // the bytes read; the rest of the target is zero-filled
 };
 inline thread_local std::vector<PendingCopy> pendingCopies;
 inline thread_local uint64_t openCopyGroup = 0;
 
-inline void copyAsync(void* target, void const* source, size_t bytes)
+// cp.async of `bytes`, of which only the first sourceBytes are read from `source` (PTX's src-size operand) and the
+// rest are zeros.
+inline void copyAsync(void* target, void const* source, size_t bytes, size_t sourceBytes)
 {
     requireAligned(target, bytes, "cp.async target");
     requireAligned(source, bytes, "cp.async source");
+    if (sourceBytes > bytes)
+        throw std::logic_error("cp.async: src-size larger than the copy");
     std::memset(target, 0xFF, bytes);
-    pendingCopies.push_back(PendingCopy{target, source, bytes, openCopyGroup});
+    pendingCopies.push_back(PendingCopy{target, source, bytes, openCopyGroup, sourceBytes});
+}
+
+inline void copyAsync(void* target, void const* source, size_t bytes)
+{
+    copyAsync(target, source, bytes, bytes);
 }
 
 // Land the copies that satisfy `done`, keep the others pending.
@@ -290,7 +300,10 @@ void landCopies(Done done)
     std::vector<PendingCopy> kept;
     for (PendingCopy const& copy : pendingCopies)
         if (done(copy))
-            std::memcpy(copy.target, copy.source, copy.bytes);
+        {
+            std::memcpy(copy.target, copy.source, copy.sourceBytes);
+            std::memset(static_cast<unsigned char*>(copy.target) + copy.sourceBytes, 0, copy.bytes - copy.sourceBytes);
+        }
         else
             kept.push_back(copy);
     pendingCopies.swap(kept);

@@ -333,7 +333,7 @@ void checkByteSizes()
     Case const cases[] = {{"512M", size_t(512) << 20}, {"2G", size_t(2) << 30}, {"1024", size_t(1) << 30},
         {"1.5G", size_t(3) << 29}, {"262144K", size_t(256) << 20}, {" 64 MiB ", size_t(64) << 20},
         {"64mb", size_t(64) << 20}, {"1t", size_t(1) << 40}, {"0", 0}, {"-1", 0}, {"12Q", 0}, {"", 0}, {"M", 0},
-        {"1.G", 0}, {"99999999999999999999", 0}};
+        {"1.G", 0}, {"99999999999999999999", 0}, {"18446744073709551620", 0}};
     for (Case const& c : cases)
         check(parsedSize(c.text) == c.bytes,
             std::string("parseByteSize('") + c.text + "') = " + std::to_string(parsedSize(c.text)));
@@ -412,6 +412,12 @@ void checkWorkspaceLimit(dcn::DeformConvPluginCreator& creator, CaptureLogger& l
         "a 256 MiB limit: column budget " + dcn::describeBytes(budget) + ", workspace " + dcn::describeBytes(asked)
             + " (the largest budget that fits): " + logger.lastInfo);
 
+    // A second optimisation profile configured afterwards without the limit (or with a smaller max shape) keeps the
+    // smaller budget: the engine holds one budget per layer, and every workspace sized so far covers it.
+    setWorkspaceLimit(nullptr);
+    check(build->configurePlugin(io.data(), 5, &io[5], 1) == 0 && shell->columnBudget() == budget,
+        "a later configuration without the limit keeps the smallest budget chosen (" + dcn::describeBytes(budget) + ")");
+
     // The engine carries the budget; the loaded plugin plans with it, within the allocation, at every batch.
     auto* runtime = capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME);
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
@@ -431,12 +437,27 @@ void checkWorkspaceLimit(dcn::DeformConvPluginCreator& creator, CaptureLogger& l
     check(fits, "the engine carries the budget (" + std::to_string(carried)
             + " MiB); loaded, every batch 1..8 plans within the workspace");
     {
-        Fields damaged = fields;
-        damaged.add(dcn::kFieldColumnBudget, {0});
+        Fields damaged; // the engine's fields with a budget of 0 MiB
+        for (int32_t k = 0; k < serialized->nbFields; ++k)
+        {
+            auto const* values = static_cast<int32_t const*>(serialized->fields[k].data);
+            std::vector<int32_t> copy(values, values + serialized->fields[k].length);
+            if (std::string(serialized->fields[k].name) == dcn::kFieldColumnBudget)
+                copy = {0};
+            damaged.add(serialized->fields[k].name, copy);
+        }
         logger.lastError.clear();
         bool const refused = creator.createPlugin("res3", &damaged.collection, TensorRTPhase::kRUNTIME) == nullptr;
         check(refused && logger.lastError.find(dcn::kFieldColumnBudget) != std::string::npos,
             "createPlugin refuses a column budget of 0 MiB: " + logger.lastError);
+        // An engine without the revision and budget fields (built by an older library): refused, not run with a
+        // workspace of other sizes; the same fields build a plugin (from ONNX).
+        logger.lastError.clear();
+        bool const old = creator.createPlugin("res3", &fields.collection, TensorRTPhase::kRUNTIME) == nullptr;
+        std::unique_ptr<IPluginV3> fromOnnx(creator.createPlugin("res3", &fields.collection, TensorRTPhase::kBUILD));
+        check(old && fromOnnx != nullptr && logger.lastError.find("has no field 'dcn_kernels_revision'") != std::string::npos
+                && logger.lastError.find("Rebuild the engine") != std::string::npos,
+            "createPlugin(kRUNTIME) refuses an engine without the revision field: " + logger.lastError);
     }
 
     setWorkspaceLimit("8M");
