@@ -42,7 +42,7 @@ bool withChosenImplicitKernel(int32_t kernel, int32_t tileM, int32_t threads, F&
 }
 
 // The launch shape for this device, once per forward: tiles of tileM output channels (0: the layer's
-// implicitTileM), halved until their shared memory fits, their threads (implicitThreads, or kSpecialisedThreads),
+// implicitTileM), halved until their shared memory fits, their threads (implicitThreads, or specialisedThreads),
 // and that much dynamic shared memory allowed to the kernel.
 template <typename T>
 Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_t kernel, int32_t requestedTileM,
@@ -62,7 +62,8 @@ Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_
     tileM = requestedTileM > 0 ? requestedTileM : implicitTileM(geo);
     while (tileM > 64 && implicitKernelSharedBytes(kernel, geo, tileM, sizeof(T)) > size_t(sharedOptin))
         tileM /= 2;
-    threads = kernel == kImplicitSpecialised ? kSpecialisedThreads : implicitThreads(tileM, dtype, requestedThreads);
+    threads = kernel == kImplicitSpecialised ? specialisedThreads(tileM)
+                                             : implicitThreads(tileM, dtype, requestedThreads);
     shared = implicitKernelSharedBytes(kernel, geo, tileM, sizeof(T));
     if (shared > size_t(sharedOptin))
         return Status::error(DCN_ERROR_UNSUPPORTED, std::string("the ")

@@ -163,26 +163,35 @@ inline size_t implicitSharedBytes(DeformConvGeometry const& geo, int32_t tileM, 
 }
 
 // The warp-specialised kernel (kImplicitSpecialised, deformConvImplicitSpecialised.cuh): the same tiles, steps, taps
-// table and epilogue, but the roles split. kSpecialisedProducerWarps warps copy each step's weights tile (cp.async)
-// and gather its column tile's neighbours (cp.async into a corner staging, one step ahead), then blend them into the
-// column tile of one of kSpecialisedStages ring stages; kSpecialisedConsumerWarps warps multiply the stages in turn.
-// They meet at named barriers: a stage's "full" (the producers arrive, the consumers wait) and "empty" (the other
-// way). So the tensor cores never wait for a block-wide barrier each step, and the gathers' latency is covered by
-// the copies in flight rather than by registers.
+// table and epilogue, but the roles split. Producer warps copy each step's weights tile (cp.async) and gather its
+// column tile's neighbours (cp.async into a corner staging, one step ahead), then blend them into the column tile of
+// one of kSpecialisedStages ring stages; kSpecialisedConsumerWarps warps multiply the stages in turn. They meet at
+// named barriers: a stage's "full" (the producers arrive, the consumers wait) and "empty" (the other way). So the
+// tensor cores never wait for a block-wide barrier each step, and the gathers' latency is covered by the copies in
+// flight rather than by registers.
 constexpr int32_t kSpecialisedConsumerWarps = 8;
-constexpr int32_t kSpecialisedProducerWarps = 4;
-constexpr int32_t kSpecialisedProducerThreads = 32 * kSpecialisedProducerWarps;
-constexpr int32_t kSpecialisedThreads = 32 * (kSpecialisedConsumerWarps + kSpecialisedProducerWarps);
 constexpr int32_t kSpecialisedStages = 3;
 constexpr int32_t kSpecialisedCornerStages = 2; // the step being blended and the one being gathered
-// Column-tile vectors each producer thread gathers and blends per step.
-constexpr int32_t kSpecialisedColumnVectors
-    = kImplicitTileN * kImplicitTileK / kImplicitVector / kSpecialisedProducerThreads;
+// Column-tile vectors of a step (each producer thread gathers and blends its share).
+constexpr int32_t kSpecialisedStepVectors = kImplicitTileN * kImplicitTileK / kImplicitVector;
+
+// Producer warps for tileM-row tiles: 4 with 256 rows, whose consumers hold 128 accumulators a thread (384 threads
+// leave them 168 registers, ptxas for sm_90: no spill); 8 below, where the sampling is as much work for half the
+// product or less, and 512 threads' 128 registers a thread suffice.
+DCN_HD constexpr int32_t specialisedProducerWarps(int32_t tileM)
+{
+    return tileM == 256 ? 4 : 8;
+}
+
+DCN_HD constexpr int32_t specialisedThreads(int32_t tileM)
+{
+    return 32 * (kSpecialisedConsumerWarps + specialisedProducerWarps(tileM));
+}
 
 // Bytes of one corner-staging stage: every column vector's four neighbours, one vector each.
 DCN_HD size_t specialisedCornerStageBytes(size_t elementBytes)
 {
-    return size_t(kSpecialisedColumnVectors) * 4 * kSpecialisedProducerThreads * kImplicitVector * elementBytes;
+    return size_t(kSpecialisedStepVectors) * 4 * kImplicitVector * elementBytes;
 }
 
 // Dynamic shared memory of the specialised kernel's block with tileM rows: the pixel tables, then either the taps,

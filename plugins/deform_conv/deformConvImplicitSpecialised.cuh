@@ -25,24 +25,26 @@ constexpr int kFullBarrier = 1;
 constexpr int kEmptyBarrier = kFullBarrier + kSpecialisedStages;
 static_assert(kEmptyBarrier + kSpecialisedStages <= 16, "a block has 16 named barriers");
 
-// PTX bar.sync: arrive at named barrier `id` and wait for the block's other threads.
+// PTX bar.sync: arrive at named barrier `id` and wait for the block's other Threads threads.
+template <int Threads>
 __device__ __forceinline__ void ringWait(int id)
 {
 #if defined(__CUDACC__)
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kSpecialisedThreads) : "memory");
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(Threads) : "memory");
 #else
-    emulation::namedBarrier(id, kSpecialisedThreads, true);
+    emulation::namedBarrier(id, Threads, true);
 #endif
 }
 
 // PTX bar.arrive: arrive at named barrier `id` without waiting. The thread's shared-memory writes before it are
 // visible to the threads that complete the barrier's wait.
+template <int Threads>
 __device__ __forceinline__ void ringArrive(int id)
 {
 #if defined(__CUDACC__)
-    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kSpecialisedThreads) : "memory");
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(Threads) : "memory");
 #else
-    emulation::namedBarrier(id, kSpecialisedThreads, false);
+    emulation::namedBarrier(id, Threads, false);
 #endif
 }
 
@@ -85,36 +87,40 @@ __device__ __forceinline__ void waitCopies()
 #endif
 }
 
-// The consumer warps over a TileM x kImplicitTileN tile: kWarpsM x kWarpsN, each 64 output channels x
-// (kImplicitTileN / kWarpsN) pixels as 4 x kFragCols WMMA 16x16 accumulators; and the producer threads' share of a
-// step's weights tile.
+// The block's warps for a TileM x kImplicitTileN tile. Consumers: kWarpsM x kWarpsN, each 64 output channels x
+// (kImplicitTileN / kWarpsN) pixels as 4 x kFragCols WMMA 16x16 accumulators. Producers: kProducerThreads, each
+// with kColumnVectors of a step's column vectors and kWeightVectors of its weights tile.
 template <int TileM>
 struct SpecialisedWarps
 {
     static constexpr int kWarpsM = TileM / 64;
     static constexpr int kWarpsN = kSpecialisedConsumerWarps / kWarpsM;
     static constexpr int kFragCols = kImplicitTileN / kWarpsN / 16;
-    static constexpr int kWeightVectors = TileM * kImplicitTileK / kImplicitVector / kSpecialisedProducerThreads;
+    static constexpr int kProducerThreads = 32 * specialisedProducerWarps(TileM);
+    static constexpr int kThreads = specialisedThreads(TileM);
+    static constexpr int kColumnVectors = kSpecialisedStepVectors / kProducerThreads;
+    static constexpr int kWeightVectors = TileM * kImplicitTileK / kImplicitVector / kProducerThreads;
     static constexpr int kStageElements = (TileM + kImplicitTileN) * kImplicitLdk; // weights tile, then column tile
-    static_assert(kWarpsM * kWarpsN == kSpecialisedConsumerWarps && kFragCols >= 1 && kWeightVectors >= 1,
+    static_assert(kWarpsM * kWarpsN == kSpecialisedConsumerWarps && kFragCols >= 1 && kWeightVectors >= 1
+            && kColumnVectors * kProducerThreads == kSpecialisedStepVectors,
         "tile shape");
 };
 
-// What a producer thread (p of kSpecialisedProducerThreads) reads, fixed for the block: each weights-tile vector's
-// offset in the weights and each column-tile vector's in the chunk's input, both less the step's part.
+// What a producer thread (p of kProducerThreads) reads, fixed for the block: each weights-tile vector's offset in the
+// weights and each column-tile vector's in the chunk's input, both less the step's part.
 template <int TileM>
 struct SpecialisedSources
 {
     int32_t weights[SpecialisedWarps<TileM>::kWeightVectors];
-    int32_t columns[kSpecialisedColumnVectors];
+    int32_t columns[SpecialisedWarps<TileM>::kColumnVectors];
 };
 
 // Where a producer thread's corner c of its column vector i sits in a corner stage: consecutive threads 16 bytes
 // apart, so that their copies and reads are conflict-free.
-template <typename T>
+template <int ProducerThreads, typename T>
 __device__ __forceinline__ T* cornerSlot(T* cornerStage, int32_t i, int32_t c, int32_t p)
 {
-    return cornerStage + ((i * 4 + c) * kSpecialisedProducerThreads + p) * kImplicitVector;
+    return cornerStage + ((i * 4 + c) * ProducerThreads + p) * kImplicitVector;
 }
 
 // Start step `step`'s copies: its weights tile into `stage` and its column vectors' neighbours into `cornerStage`,
@@ -130,41 +136,42 @@ DCN_UNROLL
     for (int i = 0; i < W::kWeightVectors; ++i)
     {
         int32_t row, vector;
-        implicitTileVector(p + i * kSpecialisedProducerThreads, row, vector);
+        implicitTileVector(p + i * W::kProducerThreads, row, vector);
         implicitCopyPack<T>(stage + row * kImplicitLdk + vector * kImplicitVector, stepWeights + sources.weights[i]);
     }
     T const* stepInput = nhwc + step.channel;
     ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
 DCN_UNROLL
-    for (int i = 0; i < kSpecialisedColumnVectors; ++i)
+    for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
-        implicitTileVector(p + i * kSpecialisedProducerThreads, col, vector);
+        implicitTileVector(p + i * W::kProducerThreads, col, vector);
         ImplicitTaps<float> const tap = stepTaps[col];
         T const* image = stepInput + sources.columns[i];
 DCN_UNROLL
         for (int c = 0; c < 4; ++c) // an outside neighbour lands as zeros (read from nowhere: the image's start)
-            copyCorner<T>(cornerSlot(cornerStage, i, c, p), image + (tap.index[c] < 0 ? 0 : tap.index[c]),
-                tap.index[c] >= 0);
+            copyCorner<T>(cornerSlot<W::kProducerThreads>(cornerStage, i, c, p),
+                image + (tap.index[c] < 0 ? 0 : tap.index[c]), tap.index[c] >= 0);
     }
     commitCopies();
 }
 
 // Blend step `step`'s landed neighbours (cornerStage) into the column tile of its stage.
-template <typename T>
+template <typename T, int TileM>
 __device__ __forceinline__ void blendStep(ImplicitTaps<float> const* taps, ImplicitStep const& step,
     T const* cornerStage, T* columnTile, int32_t p)
 {
+    using W = SpecialisedWarps<TileM>;
     ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
 DCN_UNROLL
-    for (int i = 0; i < kSpecialisedColumnVectors; ++i)
+    for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
-        implicitTileVector(p + i * kSpecialisedProducerThreads, col, vector);
+        implicitTileVector(p + i * W::kProducerThreads, col, vector);
         ImplicitPack<T> corners[4];
 DCN_UNROLL
         for (int c = 0; c < 4; ++c)
-            corners[c] = loadPack<T>(cornerSlot(cornerStage, i, c, p));
+            corners[c] = loadPack<T>(cornerSlot<W::kProducerThreads>(cornerStage, i, c, p));
         storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
             implicitBlendZeroFilled<T, float>(stepTaps[col], corners));
     }
@@ -180,12 +187,12 @@ __device__ __forceinline__ void produceSteps(DeformConvGeometry const& geo, T co
     SpecialisedSources<TileM> sources;
 DCN_UNROLL
     for (int i = 0; i < W::kWeightVectors; ++i)
-        sources.weights[i] = implicitWeightSource(geo, g, m0, p + i * kSpecialisedProducerThreads);
+        sources.weights[i] = implicitWeightSource(geo, g, m0, p + i * W::kProducerThreads);
 DCN_UNROLL
-    for (int i = 0; i < kSpecialisedColumnVectors; ++i)
+    for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
-        implicitTileVector(p + i * kSpecialisedProducerThreads, col, vector);
+        implicitTileVector(p + i * W::kProducerThreads, col, vector);
         sources.columns[i] = implicitColumnSource(geo, inputBase[col], g, vector);
     }
     int32_t const cornerStageElements = int32_t(specialisedCornerStageBytes(sizeof(T)) / sizeof(T));
@@ -202,16 +209,16 @@ DCN_UNROLL
         {
             step = implicitNextStep(geo, firstOffsetGroupChannel, step);
             if (t + 1 >= kSpecialisedStages) // the stage's last consumers (step t + 1 - stages) are done with it
-                ringWait(kEmptyBarrier + nextStage);
+                ringWait<W::kThreads>(kEmptyBarrier + nextStage);
             issueStep<T, TileM>(geo, nhwc, weights, taps, sources, step, ring + nextStage * W::kStageElements,
                 corners + ((t + 1) & 1) * cornerStageElements, p);
             waitCopies<1>(); // step t's group has landed, step t + 1's is in flight
         }
         else
             waitCopies<0>();
-        blendStep<T>(taps, current, corners + (t & 1) * cornerStageElements,
+        blendStep<T, TileM>(taps, current, corners + (t & 1) * cornerStageElements,
             ring + stage * W::kStageElements + TileM * kImplicitLdk, p);
-        ringArrive(kFullBarrier + stage);
+        ringArrive<W::kThreads>(kFullBarrier + stage);
         stage = nextStage;
     }
 }
@@ -228,7 +235,7 @@ __device__ __forceinline__ void consumeSteps(DeformConvGeometry const& geo, T co
     int32_t stage = 0;
     for (int32_t t = 0; t < steps; ++t)
     {
-        ringWait(kFullBarrier + stage);
+        ringWait<W::kThreads>(kFullBarrier + stage);
         T const* weightTile = ring + stage * W::kStageElements;
         T const* columnTile = weightTile + TileM * kImplicitLdk;
 DCN_UNROLL
@@ -250,17 +257,17 @@ DCN_UNROLL
             }
         }
         if (t + kSpecialisedStages < steps) // a producer waits for this stage again
-            ringArrive(kEmptyBarrier + stage);
+            ringArrive<W::kThreads>(kEmptyBarrier + stage);
         stage = stage + 1 == kSpecialisedStages ? 0 : stage + 1;
     }
 }
 
-// Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group) of kSpecialisedThreads threads:
-// consumer warps first, then producer warps. Dynamic shared memory (specialisedSharedBytes): inputBase,
+// Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group) of specialisedThreads(TileM)
+// threads: consumer warps first, then producer warps. Dynamic shared memory (specialisedSharedBytes): inputBase,
 // outputBase, then the taps table, the ring of stages and the corner stages; after the last step, the output
 // staging instead. The epilogue is the stepwise kernel's, with every thread storing.
 template <typename T, int TileM>
-__global__ void __launch_bounds__(kSpecialisedThreads, 1) specialisedKernel(DeformConvGeometry const geo,
+__global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weights,
     T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0,
     int32_t const chunkPixels)
@@ -283,7 +290,7 @@ __global__ void __launch_bounds__(kSpecialisedThreads, 1) specialisedKernel(Defo
     int32_t const first = int32_t(blockIdx.x) * kImplicitTileN;
     int32_t const tid = int32_t(threadIdx.x);
     implicitBlockTables<T>(geo, offset, mask, n0, chunkPixels, first, g, inputBase, outputBase, taps, tid,
-        kSpecialisedThreads);
+        W::kThreads);
     __syncthreads();
 
     int32_t const warp = tid / 32;
@@ -316,7 +323,7 @@ DCN_UNROLL
                     wmma::store_matrix_sync(staging + i * 16 * kImplicitLdc + (warpN * W::kFragCols + j) * 16,
                         acc[i][j], kImplicitLdc, wmma::mem_row_major);
         __syncthreads();
-        implicitStoreStaged<T>(geo, staging, outputBase, bias, output, g, m0 + pass * 64, tid, kSpecialisedThreads);
+        implicitStoreStaged<T>(geo, staging, outputBase, bias, output, g, m0 + pass * 64, tid, W::kThreads);
         __syncthreads(); // the staging is refilled by the next pass
     }
 #endif

@@ -51,7 +51,7 @@ Status launchFusedPath(DeformConvGeometry const& geo, int32_t dtype, void const*
 size_t implicitWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype);
 // kernel: an ImplicitKernel. tileM: output channels per block (64, 128, 256), 0 for implicitTileM's choice; smaller
 // where the device's shared memory needs it. threads: per block of the stepwise kernel (256, 512), 0 for
-// implicitThreads' choice (the specialised kernel always has kSpecialisedThreads).
+// implicitThreads' choice (the specialised kernel has specialisedThreads(tileM)).
 Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t kernel, int32_t tileM, int32_t threads,
     void const* input, void const* offset, void const* weight, void const* bias, void const* mask, void* output,
     void* workspace, cudaStream_t stream);

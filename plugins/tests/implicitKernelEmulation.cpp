@@ -83,7 +83,7 @@ Tensors<T> makeTensors(Layer const& layer, DeformConvGeometry const& geo, unsign
 }
 
 // A block's launch shape: which kernel (an ImplicitKernel), output channels per block and threads per block (as
-// implicitThreads allows; kSpecialisedThreads for the specialised kernel).
+// implicitThreads allows; specialisedThreads(tileM) for the specialised kernel).
 struct LaunchShape
 {
     int32_t kernel, tileM, threads;
@@ -96,7 +96,7 @@ LaunchShape stepwise(int32_t tileM, int32_t threads)
 
 LaunchShape specialised(int32_t tileM)
 {
-    return {kImplicitSpecialised, tileM, kSpecialisedThreads};
+    return {kImplicitSpecialised, tileM, specialisedThreads(tileM)};
 }
 
 // The forward as deformConvImplicit.cu launches it (same plan, chunks and grid), every block emulated. "" or the
