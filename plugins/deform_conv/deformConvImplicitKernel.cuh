@@ -180,6 +180,60 @@ DCN_UNROLL
     implicitCopiesWait();
 }
 
+// A warp's accumulators: 64 output channels x (16 FragCols) pixels as 4 x FragCols WMMA 16x16 tiles, float.
+template <int FragCols>
+using ImplicitAccumulators = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>[4][FragCols];
+
+template <int FragCols>
+__device__ __forceinline__ void clearAccumulators(ImplicitAccumulators<FragCols>& acc)
+{
+DCN_UNROLL
+    for (int i = 0; i < 4; ++i)
+DCN_UNROLL
+        for (int j = 0; j < FragCols; ++j)
+            nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+}
+
+// One step's product on the tensor cores: the warp at (warpM, warpN) of the tile adds rows [64 warpM, +64) of the
+// weights tile times columns [16 FragCols warpN, +16 FragCols) of the column tile (both kImplicitLdk apart, the
+// reduction contiguous) to its accumulators.
+template <typename T, int FragCols>
+__device__ __forceinline__ void multiplyStepTiles(T const* weightTile, T const* columnTile, int32_t warpM,
+    int32_t warpN, ImplicitAccumulators<FragCols>& acc)
+{
+    using namespace nvcuda;
+DCN_UNROLL
+    for (int kk = 0; kk < kImplicitTileK; kk += 16)
+    {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[FragCols];
+DCN_UNROLL
+        for (int j = 0; j < FragCols; ++j)
+            wmma::load_matrix_sync(b[j], columnTile + (warpN * FragCols + j) * 16 * kImplicitLdk + kk, kImplicitLdk);
+DCN_UNROLL
+        for (int i = 0; i < 4; ++i)
+        {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+            wmma::load_matrix_sync(a, weightTile + (warpM * 64 + i * 16) * kImplicitLdk + kk, kImplicitLdk);
+DCN_UNROLL
+            for (int j = 0; j < FragCols; ++j)
+                wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+        }
+    }
+}
+
+// The epilogue's staging of a warp's accumulators: its 64 rows, at its pixel columns, kImplicitLdc floats apart.
+template <int FragCols>
+__device__ __forceinline__ void stageAccumulators(
+    float* staging, int32_t warpN, ImplicitAccumulators<FragCols> const& acc)
+{
+DCN_UNROLL
+    for (int i = 0; i < 4; ++i)
+DCN_UNROLL
+        for (int j = 0; j < FragCols; ++j)
+            nvcuda::wmma::store_matrix_sync(staging + i * 16 * kImplicitLdc + (warpN * FragCols + j) * 16, acc[i][j],
+                kImplicitLdc, nvcuda::wmma::mem_row_major);
+}
+
 // A block's tables, filled by `threads` threads (this one `tid`; a barrier must follow): each tile column's
 // channels-last image and output element, and the taps of every (offset group, kernel point, tile pixel).
 template <typename T>
@@ -240,7 +294,6 @@ __global__ void __launch_bounds__(Threads, TileM == 64 ? 2 : 1) implicitKernel(
     else
 #endif
     {
-    using namespace nvcuda;
     using W = ImplicitWarps<TileM, Threads>;
     unsigned char* shared = dynamicShared();
     int64_t* inputBase = reinterpret_cast<int64_t*>(shared);
@@ -261,12 +314,8 @@ __global__ void __launch_bounds__(Threads, TileM == 64 ? 2 : 1) implicitKernel(
     int32_t const warp = tid / 32;
     int32_t const warpM = warp / W::kWarpsN;
     int32_t const warpN = warp - warpM * W::kWarpsN;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][W::kFragCols];
-DCN_UNROLL
-    for (int i = 0; i < 4; ++i)
-DCN_UNROLL
-        for (int j = 0; j < W::kFragCols; ++j)
-            wmma::fill_fragment(acc[i][j], 0.0f);
+    ImplicitAccumulators<W::kFragCols> acc;
+    clearAccumulators<W::kFragCols>(acc);
 
     int32_t const steps = implicitSteps(geo);
     ImplicitThreadSources<TileM, Threads> const sources = threadSources<TileM, Threads>(geo, inputBase, g, m0);
@@ -289,24 +338,7 @@ DCN_UNROLL
             loadStepWeights<T, TileM, Threads>(geo, weights, sources, step, nextWeights, loads);
             gatherStep<T, TileM, Threads>(nhwc, taps, sources, step, loads);
         }
-DCN_UNROLL
-        for (int kk = 0; kk < kImplicitTileK; kk += 16)
-        {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[W::kFragCols];
-DCN_UNROLL
-            for (int j = 0; j < W::kFragCols; ++j)
-                wmma::load_matrix_sync(b[j], columnTile + (warpN * W::kFragCols + j) * 16 * kImplicitLdk + kk,
-                    kImplicitLdk);
-DCN_UNROLL
-            for (int i = 0; i < 4; ++i)
-            {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-                wmma::load_matrix_sync(a, weightTile + (warpM * 64 + i * 16) * kImplicitLdk + kk, kImplicitLdk);
-DCN_UNROLL
-                for (int j = 0; j < W::kFragCols; ++j)
-                    wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
-            }
-        }
+        multiplyStepTiles<T, W::kFragCols>(weightTile, columnTile, warpM, warpN, acc);
         if (more)
             storeStepTiles<T, TileM, Threads>(step, taps, loads, nextWeights, nextWeights + TileM * kImplicitLdk);
         __syncthreads(); // one barrier a step: the buffer written here was last read before the previous barrier
@@ -318,12 +350,7 @@ DCN_UNROLL
     for (int32_t pass = 0; pass < W::kWarpsM; ++pass)
     {
         if (warpM == pass)
-DCN_UNROLL
-            for (int i = 0; i < 4; ++i)
-DCN_UNROLL
-                for (int j = 0; j < W::kFragCols; ++j)
-                    wmma::store_matrix_sync(staging + i * 16 * kImplicitLdc + (warpN * W::kFragCols + j) * 16,
-                        acc[i][j], kImplicitLdc, wmma::mem_row_major);
+            stageAccumulators<W::kFragCols>(staging, warpN, acc);
         __syncthreads();
         implicitStoreStaged<T>(geo, staging, outputBase, bias, output, g, m0 + pass * 64, tid, Threads);
         __syncthreads(); // the staging is refilled by the next pass

@@ -226,10 +226,8 @@ DCN_UNROLL
 // A consumer warp's whole reduction: each stage's tiles into its accumulators, as the stepwise kernel multiplies.
 template <typename T, int TileM>
 __device__ __forceinline__ void consumeSteps(DeformConvGeometry const& geo, T const* ring, int32_t warpM,
-    int32_t warpN,
-    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> (&acc)[4][SpecialisedWarps<TileM>::kFragCols])
+    int32_t warpN, ImplicitAccumulators<SpecialisedWarps<TileM>::kFragCols>& acc)
 {
-    using namespace nvcuda;
     using W = SpecialisedWarps<TileM>;
     int32_t const steps = implicitSteps(geo);
     int32_t stage = 0;
@@ -237,25 +235,7 @@ __device__ __forceinline__ void consumeSteps(DeformConvGeometry const& geo, T co
     {
         ringWait<W::kThreads>(kFullBarrier + stage);
         T const* weightTile = ring + stage * W::kStageElements;
-        T const* columnTile = weightTile + TileM * kImplicitLdk;
-DCN_UNROLL
-        for (int kk = 0; kk < kImplicitTileK; kk += 16)
-        {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[W::kFragCols];
-DCN_UNROLL
-            for (int j = 0; j < W::kFragCols; ++j)
-                wmma::load_matrix_sync(b[j], columnTile + (warpN * W::kFragCols + j) * 16 * kImplicitLdk + kk,
-                    kImplicitLdk);
-DCN_UNROLL
-            for (int i = 0; i < 4; ++i)
-            {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-                wmma::load_matrix_sync(a, weightTile + (warpM * 64 + i * 16) * kImplicitLdk + kk, kImplicitLdk);
-DCN_UNROLL
-                for (int j = 0; j < W::kFragCols; ++j)
-                    wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
-            }
-        }
+        multiplyStepTiles<T, W::kFragCols>(weightTile, weightTile + TileM * kImplicitLdk, warpM, warpN, acc);
         if (t + kSpecialisedStages < steps) // a producer waits for this stage again
             ringArrive<W::kThreads>(kEmptyBarrier + stage);
         stage = stage + 1 == kSpecialisedStages ? 0 : stage + 1;
@@ -275,7 +255,6 @@ __global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKerne
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     return; // cp.async starts at sm_80; the launch refuses older devices
 #else
-    using namespace nvcuda;
     using W = SpecialisedWarps<TileM>;
     unsigned char* shared = dynamicShared();
     int64_t* inputBase = reinterpret_cast<int64_t*>(shared);
@@ -297,14 +276,10 @@ __global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKerne
     bool const consumer = warp < kSpecialisedConsumerWarps;
     int32_t const warpM = warp / W::kWarpsN;
     int32_t const warpN = warp - warpM * W::kWarpsN;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][W::kFragCols];
+    ImplicitAccumulators<W::kFragCols> acc;
     if (consumer)
     {
-DCN_UNROLL
-        for (int i = 0; i < 4; ++i)
-DCN_UNROLL
-            for (int j = 0; j < W::kFragCols; ++j)
-                wmma::fill_fragment(acc[i][j], 0.0f);
+        clearAccumulators<W::kFragCols>(acc);
         consumeSteps<T, TileM>(geo, ring, warpM, warpN, acc);
     }
     else
@@ -316,12 +291,7 @@ DCN_UNROLL
     for (int32_t pass = 0; pass < W::kWarpsM; ++pass)
     {
         if (consumer && warpM == pass)
-DCN_UNROLL
-            for (int i = 0; i < 4; ++i)
-DCN_UNROLL
-                for (int j = 0; j < W::kFragCols; ++j)
-                    wmma::store_matrix_sync(staging + i * 16 * kImplicitLdc + (warpN * W::kFragCols + j) * 16,
-                        acc[i][j], kImplicitLdc, wmma::mem_row_major);
+            stageAccumulators<W::kFragCols>(staging, warpN, acc);
         __syncthreads();
         implicitStoreStaged<T>(geo, staging, outputBase, bias, output, g, m0 + pass * 64, tid, W::kThreads);
         __syncthreads(); // the staging is refilled by the next pass
