@@ -4,7 +4,8 @@
 #   1. build the libraries for this GPU (skipped when $DCN_GPU_BUILD already holds them: build here and carry),
 #   2. the kernels against the reference (the GPU tests), and the plugin shells with a real enqueue,
 #   3. the benchmark against torchvision and cuDNN, with the GEMM path's kernel breakdown, then the experimental
-#      implicit-GEMM kernels beside the GEMM path (fp16; the warp-specialised one under racecheck first),
+#      implicit-GEMM kernels beside the GEMM path (fp16; the warp-specialised one under racecheck and synccheck
+#      first),
 #   4. compute-sanitizer memcheck over small cases of every kernel,
 #   5. the GEMM path's product output forced staged (auto writes NCHW directly where the rows allow), and a
 #      16 MiB column budget,

@@ -26,7 +26,9 @@ DENSE = Case(2, 1, 2, 40, 72, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 1), True, 
 # groups, pixels of two images in one 128-pixel tile and a tile cut short.
 # The last case's groups start inside an offset group (C/group = 64, C/offset_group = 96): its taps table has a row
 # for an offset group past the last, which must never be read from the offsets.
+# The second case has 96 output channels: 128-row tiles (the specialised kernel's 512-thread instance).
 IMPLICIT = [Case(2, 1, 2, 64, 260, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0, False),
+            Case(2, 1, 1, 64, 96, 7, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 4.0, False),
             Case(3, 2, 1, 64, 24, 5, 7, (2, 3), (1, 2), (0, 1, 1, 0), (2, 1), False, True, 1.5, False),
             Case(1, 3, 2, 192, 24, 6, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)]
 

@@ -59,7 +59,9 @@ Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_
     if (cudaGetDevice(&device) != cudaSuccess
         || cudaDeviceGetAttribute(&sharedOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
         return launchStatus("the implicit-GEMM kernel (querying the device)");
-    tileM = requestedTileM > 0 ? requestedTileM : implicitTileM(geo);
+    tileM = requestedTileM > 0 ? requestedTileM
+        : kernel == kImplicitSpecialised ? specialisedTileM(geo, dtype)
+                                         : implicitTileM(geo);
     while (tileM > 64 && implicitKernelSharedBytes(kernel, geo, tileM, sizeof(T)) > size_t(sharedOptin))
         tileM /= 2;
     threads = kernel == kImplicitSpecialised ? specialisedThreads(tileM)
@@ -76,8 +78,12 @@ Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_
     if (!withChosenImplicitKernel<T>(kernel, tileM, threads, [&](auto function) {
             cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
         }))
-        return Status::invalid("the implicit-GEMM kernel has no instance of " + std::to_string(tileM) + "-row tiles with "
-            + std::to_string(requestedThreads) + " threads per block: use 0 (its rule), 256 or 512");
+        return Status::invalid(kernel == kImplicitSpecialised
+                ? "the specialised implicit-GEMM kernel has no instance of " + std::to_string(tileM)
+                    + "-row tiles: use 64, 128 or 256 (its threads follow the tile; DCN_DEPLOY_IMPLICIT_THREADS is "
+                      "not read for it)"
+                : "the implicit-GEMM kernel has no instance of " + std::to_string(tileM) + "-row tiles with "
+                    + std::to_string(requestedThreads) + " threads per block: use 0 (its rule), 256 or 512");
     return launchStatus("the implicit-GEMM kernel (allowing its shared memory)");
 }
 

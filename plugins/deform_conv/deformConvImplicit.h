@@ -176,7 +176,8 @@ constexpr int32_t kSpecialisedCornerStages = 2; // the step being blended and th
 constexpr int32_t kSpecialisedStepVectors = kImplicitTileN * kImplicitTileK / kImplicitVector;
 
 // Producer warps for tileM-row tiles: 4 with 256 rows, whose consumers hold 128 accumulators a thread (384 threads
-// leave them 168 registers, ptxas for sm_90: no spill); 8 below, where the sampling is as much work for half the
+// leave them 168 registers; ptxas for sm_90: no spill in float16, but bfloat16 spills 96 bytes inside the consumers'
+// loop, so bfloat16 takes 128-row tiles: specialisedTileM); 8 below, where the sampling is as much work for half the
 // product or less, and 512 threads' 128 registers a thread suffice.
 DCN_HD constexpr int32_t specialisedProducerWarps(int32_t tileM)
 {
@@ -186,6 +187,14 @@ DCN_HD constexpr int32_t specialisedProducerWarps(int32_t tileM)
 DCN_HD constexpr int32_t specialisedThreads(int32_t tileM)
 {
     return 32 * (kSpecialisedConsumerWarps + specialisedProducerWarps(tileM));
+}
+
+// The specialised kernel's tile height for a layer when none is asked for: implicitTileM's, but at most 128 rows
+// for bfloat16 (whose 256-row instance spills inside the consumers' loop on sm_90).
+inline int32_t specialisedTileM(DeformConvGeometry const& geo, int32_t dtype)
+{
+    int32_t const tileM = implicitTileM(geo);
+    return dtype == DCN_BFLOAT16 ? std::min<int32_t>(tileM, 128) : tileM;
 }
 
 // Bytes of one corner-staging stage: every column vector's four neighbours, one vector each.

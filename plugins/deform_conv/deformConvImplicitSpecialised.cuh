@@ -102,8 +102,9 @@ struct SpecialisedWarps
     static constexpr int kWeightVectors = TileM * kImplicitTileK / kImplicitVector / kProducerThreads;
     static constexpr int kStageElements = (TileM + kImplicitTileN) * kImplicitLdk; // weights tile, then column tile
     static_assert(kWarpsM * kWarpsN == kSpecialisedConsumerWarps && kFragCols >= 1 && kWeightVectors >= 1
-            && kColumnVectors * kProducerThreads == kSpecialisedStepVectors,
-        "tile shape");
+            && kColumnVectors * kProducerThreads == kSpecialisedStepVectors
+            && kWeightVectors * kProducerThreads == TileM * kImplicitTileK / kImplicitVector,
+        "tile shape: every producer thread an equal share of both tiles");
 };
 
 // What a producer thread (p of kProducerThreads) reads, fixed for the block: each weights-tile vector's offset in the
