@@ -135,12 +135,14 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
 
     gpu_name, capability = target_gpu if target_gpu is not None else cuda_device_facts(device)
     builder = trt.Builder(logger)
-    network, _parser = parse_network(trt, builder, logger, prepared, onnx_path, source_external=source_external,
-                                     scratch=engine_path.parent, say=say)
-    config = _configure(trt, builder, profile, workspace_bytes=workspace_bytes, tf32=tf32,
-                        optimization_level=optimization_level, say=say)
-    cache = _attach_timing_cache(config, Path(timing_cache), say) if timing_cache is not None else None
-    with plugin_workspace_limit(workspace_bytes):  # our plugin's layers fit their workspace to the limit
+    # Our plugin reads the limit when the parser creates its layers (their timing-cache ID) and when the builder
+    # configures them (the column budget that fits it).
+    with plugin_workspace_limit(workspace_bytes):
+        network, _parser = parse_network(trt, builder, logger, prepared, onnx_path, source_external=source_external,
+                                         scratch=engine_path.parent, say=say)
+        config = _configure(trt, builder, profile, workspace_bytes=workspace_bytes, tf32=tf32,
+                            optimization_level=optimization_level, say=say)
+        cache = _attach_timing_cache(config, Path(timing_cache), say) if timing_cache is not None else None
         serialized = build_with_progress(trt, builder, network, config, say if progress else None)
 
     atomic_write_bytes(engine_path, bytes(serialized))

@@ -70,7 +70,7 @@ DeformConvPlugin::DeformConvPlugin(dcn_deform_conv_attrs const& attrs, size_t co
     : mAttrs(attrs)
     , mColumnBudget(columnBudget)
     , mTimingCacheId(std::string(kDeformConvPluginName) + "/" + kDeformConvPluginVersion + ";"
-          + timingCacheSuffix(attrs, gemmPathAvailable()))
+          + timingCacheSuffix(attrs, gemmPathAvailable()) + workspaceLimitCacheSuffix())
 {
     refreshSerializedFields();
 }

@@ -101,6 +101,14 @@ Status workspaceLimitFromEnvironment(size_t& limit)
     return status;
 }
 
+std::string workspaceLimitCacheSuffix()
+{
+    size_t limit = 0;
+    if (!workspaceLimitFromEnvironment(limit).ok() || limit == 0) // a malformed value stops configurePlugin instead
+        return "";
+    return ";workspace_limit=" + std::to_string(limit);
+}
+
 size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget)
 {
     GemmOptions options;

@@ -37,6 +37,11 @@ Status parseByteSize(std::string const& text, char const* what, size_t& bytes);
 // kWorkspaceLimitVariable's value in bytes; 0 when unset or empty (no limit). Fails for a malformed value.
 Status workspaceLimitFromEnvironment(size_t& limit);
 
+// The part of the plugin's timing-cache ID that the limit decides (";workspace_limit=<bytes>", or "" without a valid
+// one): the limit picks the GEMM path's column budget for given shapes, and so its timings. Read when the plugin is
+// created (TensorRT asks for the ID of the creation state), which `dcn-deploy build` does inside the variable's scope.
+std::string workspaceLimitCacheSuffix();
+
 // The bytes the plugin asks for a layer whose profile's largest shapes are `largest`, with this column budget:
 // enough for every tactic offered (validTactics) and for the heuristic.
 size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget);

@@ -393,6 +393,19 @@ void checkWorkspaceLimit(dcn::DeformConvPluginCreator& creator, CaptureLogger& l
         check(false, "createPlugin for the workspace-limit layer");
         return;
     }
+    {
+        // The limit is part of the creation state TensorRT's timing cache keys on: it decides the column budget.
+        setWorkspaceLimit("256M");
+        std::unique_ptr<IPluginV3> limited(creator.createPlugin("res3", &fields.collection, TensorRTPhase::kBUILD));
+        setWorkspaceLimit(nullptr);
+        std::string const plain = build->getTimingCacheID();
+        std::string const underLimit = limited
+            ? capability<IPluginV3OneBuild>(limited.get(), PluginCapabilityType::kBUILD)->getTimingCacheID()
+            : "";
+        check(plain.find("workspace_limit") == std::string::npos
+                && underLimit == plain + ";workspace_limit=" + std::to_string(size_t(256) << 20),
+            "the timing-cache ID carries the workspace limit: " + underLimit);
+    }
     auto* shell = static_cast<dcn::DeformConvPlugin*>(plugin.get());
     setWorkspaceLimit(nullptr);
     size_t const unlimited = dcn::pluginWorkspaceBytes(largest, DCN_FLOAT16, gemm, dcn::kGemmDefaultColumnBudget);
