@@ -234,6 +234,29 @@ DCN_UNROLL
                 kImplicitLdc, nvcuda::wmma::mem_row_major);
 }
 
+// The start of both implicit kernels' dynamic shared memory: the pixel tables (each tile column's channels-last
+// image and output element), then the taps table; the kernel's own buffers follow at `buffers`, and after the last
+// step the output staging reuses `region` (taps and buffers).
+struct ImplicitSharedStart
+{
+    int64_t* inputBase;
+    int64_t* outputBase;
+    unsigned char* region;
+    ImplicitTaps<float>* taps;
+    unsigned char* buffers;
+};
+
+__device__ __forceinline__ ImplicitSharedStart implicitSharedStart(DeformConvGeometry const& geo)
+{
+    ImplicitSharedStart start;
+    start.inputBase = reinterpret_cast<int64_t*>(dynamicShared());
+    start.outputBase = start.inputBase + kImplicitTileN;
+    start.region = reinterpret_cast<unsigned char*>(start.outputBase + kImplicitTileN);
+    start.taps = reinterpret_cast<ImplicitTaps<float>*>(start.region);
+    start.buffers = start.region + implicitTapsRoom(geo);
+    return start;
+}
+
 // A block's tables, filled by `threads` threads (this one `tid`; a barrier must follow): each tile column's
 // channels-last image and output element, and the taps of every (offset group, kernel point, tile pixel).
 template <typename T>
@@ -295,12 +318,11 @@ __global__ void __launch_bounds__(Threads, TileM == 64 ? 2 : 1) implicitKernel(
 #endif
     {
     using W = ImplicitWarps<TileM, Threads>;
-    unsigned char* shared = dynamicShared();
-    int64_t* inputBase = reinterpret_cast<int64_t*>(shared);
-    int64_t* outputBase = inputBase + kImplicitTileN;
-    unsigned char* region = reinterpret_cast<unsigned char*>(outputBase + kImplicitTileN);
-    auto* taps = reinterpret_cast<ImplicitTaps<float>*>(region);
-    T* buffers = reinterpret_cast<T*>(region + implicitTapsRoom(geo));
+    ImplicitSharedStart const start = implicitSharedStart(geo);
+    int64_t* inputBase = start.inputBase;
+    int64_t* outputBase = start.outputBase;
+    ImplicitTaps<float>* taps = start.taps;
+    T* buffers = reinterpret_cast<T*>(start.buffers);
     constexpr int kBufferElements = (TileM + kImplicitTileN) * kImplicitLdk;
 
     int32_t const g = int32_t(blockIdx.z);
@@ -346,7 +368,7 @@ __global__ void __launch_bounds__(Threads, TileM == 64 ? 2 : 1) implicitKernel(
 
     // Epilogue, one warp row (64 output channels) at a time: accumulators -> float staging -> NCHW with the bias,
     // consecutive threads on consecutive pixels.
-    float* staging = reinterpret_cast<float*>(region);
+    float* staging = reinterpret_cast<float*>(start.region);
     for (int32_t pass = 0; pass < W::kWarpsM; ++pass)
     {
         if (warpM == pass)

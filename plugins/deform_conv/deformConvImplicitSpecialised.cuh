@@ -257,12 +257,11 @@ __global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKerne
     return; // cp.async starts at sm_80; the launch refuses older devices
 #else
     using W = SpecialisedWarps<TileM>;
-    unsigned char* shared = dynamicShared();
-    int64_t* inputBase = reinterpret_cast<int64_t*>(shared);
-    int64_t* outputBase = inputBase + kImplicitTileN;
-    unsigned char* region = reinterpret_cast<unsigned char*>(outputBase + kImplicitTileN);
-    auto* taps = reinterpret_cast<ImplicitTaps<float>*>(region);
-    T* ring = reinterpret_cast<T*>(region + implicitTapsRoom(geo));
+    ImplicitSharedStart const start = implicitSharedStart(geo);
+    int64_t* inputBase = start.inputBase;
+    int64_t* outputBase = start.outputBase;
+    ImplicitTaps<float>* taps = start.taps;
+    T* ring = reinterpret_cast<T*>(start.buffers);
     T* corners = ring + kSpecialisedStages * W::kStageElements;
 
     int32_t const g = int32_t(blockIdx.z);
@@ -288,7 +287,7 @@ __global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKerne
             tid - 32 * kSpecialisedConsumerWarps);
     __syncthreads(); // both roles are done with the ring: the staging may overwrite it
 
-    float* staging = reinterpret_cast<float*>(region);
+    float* staging = reinterpret_cast<float*>(start.region);
     for (int32_t pass = 0; pass < W::kWarpsM; ++pass)
     {
         if (consumer && warpM == pass)
