@@ -138,8 +138,8 @@ size_t implicitWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype)
 }
 
 Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t kernel, int32_t tileM,
-    int32_t threads, void const* input, void const* offset, void const* weight, void const* bias, void const* mask, void* output,
-    void* workspace, cudaStream_t stream)
+    int32_t threads, void const* input, void const* offset, void const* weight, void const* bias, void const* mask,
+    void* output, void* workspace, cudaStream_t stream)
 {
     switch (dtype)
     {

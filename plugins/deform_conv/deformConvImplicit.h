@@ -151,15 +151,19 @@ inline int32_t implicitThreads(int32_t tileM, int32_t dtype, int32_t requested)
     return requested == 256 || requested == 512 ? requested : 0;
 }
 
-// Dynamic shared memory of a block with tileM rows: the pixel tables, then either the taps and two buffers of
-// (weights tile + column tile), or (after the last step) the output staging.
-inline size_t implicitSharedBytes(DeformConvGeometry const& geo, int32_t tileM, size_t elementBytes)
+// Dynamic shared memory of either implicit kernel's block (its start: implicitSharedStart): the pixel tables, then
+// either the taps and the kernel's own buffers (bufferBytes), or (after the last step) the output staging.
+inline size_t implicitBlockSharedBytes(DeformConvGeometry const& geo, size_t bufferBytes)
 {
     size_t const tables = 2 * kImplicitTileN * sizeof(int64_t);
-    size_t const buffers = 2 * size_t(tileM + kImplicitTileN) * kImplicitLdk * elementBytes;
-    size_t const mainLoop = implicitTapsRoom(geo) + buffers;
     size_t const staging = size_t(kImplicitStageRows) * kImplicitLdc * sizeof(float);
-    return tables + std::max(mainLoop, staging);
+    return tables + std::max(implicitTapsRoom(geo) + bufferBytes, staging);
+}
+
+// The stepwise kernel's, with tileM rows: two buffers of (weights tile + column tile).
+inline size_t implicitSharedBytes(DeformConvGeometry const& geo, int32_t tileM, size_t elementBytes)
+{
+    return implicitBlockSharedBytes(geo, 2 * size_t(tileM + kImplicitTileN) * kImplicitLdk * elementBytes);
 }
 
 // The warp-specialised kernel (kImplicitSpecialised, deformConvImplicitSpecialised.cuh): the same tiles, steps, taps
@@ -203,16 +207,12 @@ DCN_HD size_t specialisedCornerStageBytes(size_t elementBytes)
     return size_t(kSpecialisedStepVectors) * 4 * kImplicitVector * elementBytes;
 }
 
-// Dynamic shared memory of the specialised kernel's block with tileM rows: the pixel tables, then either the taps,
-// the ring of stages (weights tile + column tile each) and the corner staging, or (after the last step) the output
+// The specialised kernel's, with tileM rows: the ring of stages (weights tile + column tile each), then the corner
 // staging.
 inline size_t specialisedSharedBytes(DeformConvGeometry const& geo, int32_t tileM, size_t elementBytes)
 {
-    size_t const tables = 2 * kImplicitTileN * sizeof(int64_t);
     size_t const ring = size_t(kSpecialisedStages) * size_t(tileM + kImplicitTileN) * kImplicitLdk * elementBytes;
-    size_t const mainLoop = implicitTapsRoom(geo) + ring + kSpecialisedCornerStages * specialisedCornerStageBytes(elementBytes);
-    size_t const staging = size_t(kImplicitStageRows) * kImplicitLdc * sizeof(float);
-    return tables + std::max(mainLoop, staging);
+    return implicitBlockSharedBytes(geo, ring + kSpecialisedCornerStages * specialisedCornerStageBytes(elementBytes));
 }
 
 struct ImplicitPlan
@@ -388,14 +388,10 @@ DCN_UNROLL
 }
 
 // The bilinear sample of the vector's channels from its gathered neighbours (blendVector: the GEMM path's
-// arithmetic), rounded to T; an outside neighbour (index -1) is skipped.
+// arithmetic), rounded to T, as a pack: neighbour t counts where bit t of `valid` is set.
 template <typename T, typename Acc>
-DCN_HD ImplicitPack<T> implicitBlend(ImplicitTaps<Acc> const& taps, ImplicitPack<T> const (&corners)[4])
+DCN_HD ImplicitPack<T> blendPack(ImplicitTaps<Acc> const& taps, ImplicitPack<T> const (&corners)[4], uint32_t valid)
 {
-    uint32_t valid = 0;
-DCN_UNROLL
-    for (int t = 0; t < 4; ++t)
-        valid |= taps.index[t] < 0 ? 0u : 1u << t;
     ImplicitPack<T> out;
 #if defined(__CUDA_ARCH__)
     blendVector<T, kImplicitVector>(corners, taps.weight, valid, reinterpret_cast<T(&)[kImplicitVector]>(out.w));
@@ -407,21 +403,24 @@ DCN_UNROLL
     return out;
 }
 
-// The same sample from neighbours an outside one of which was copied as zeros (the specialised kernel's copies
-// zero-fill it): all four blended unconditionally, in blendVector's order, so the result is implicitBlend's (adding
-// 0 * 0 to a sum that started at +0 changes no value), without a branch per neighbour.
+// The sample from neighbours gathered as implicitGather does: an outside neighbour (index -1) is skipped.
+template <typename T, typename Acc>
+DCN_HD ImplicitPack<T> implicitBlend(ImplicitTaps<Acc> const& taps, ImplicitPack<T> const (&corners)[4])
+{
+    uint32_t valid = 0;
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+        valid |= taps.index[t] < 0 ? 0u : 1u << t;
+    return blendPack<T>(taps, corners, valid);
+}
+
+// The sample from neighbours an outside one of which was copied as zeros (the specialised kernel's copies zero-fill
+// it): all four blended unconditionally, in blendVector's order, so the result is implicitBlend's (adding 0 * 0 to a
+// sum that started at +0 changes no value), without a branch per neighbour.
 template <typename T, typename Acc>
 DCN_HD ImplicitPack<T> implicitBlendZeroFilled(ImplicitTaps<Acc> const& taps, ImplicitPack<T> const (&corners)[4])
 {
-    ImplicitPack<T> out;
-#if defined(__CUDA_ARCH__)
-    blendVector<T, kImplicitVector>(corners, taps.weight, 0xFu, reinterpret_cast<T(&)[kImplicitVector]>(out.w));
-#else
-    T result[kImplicitVector];
-    blendVector<T, kImplicitVector>(corners, taps.weight, 0xFu, result);
-    std::memcpy(out.w, result, sizeof(out.w));
-#endif
-    return out;
+    return blendPack<T>(taps, corners, 0xFu);
 }
 
 // Vector e of a step's tile, in either tile (weights: a row per output channel; columns: a row per pixel): its

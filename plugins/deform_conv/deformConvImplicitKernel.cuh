@@ -81,33 +81,36 @@ struct ImplicitStepLoads
 };
 
 // What a thread's vectors read, fixed for the block: each weights-tile vector's offset in the weights and each
-// column-tile vector's in the chunk's input, both less the step's part.
-template <int TileM, int Threads>
-struct ImplicitThreadSources
+// column-tile vector's in the chunk's input, both less the step's part. Vector i of the thread is vector
+// thread + i * threads of its tile (both kernels share a step's vectors out this way).
+template <int WeightVectors, int ColumnVectors>
+struct ImplicitSources
 {
-    using W = ImplicitWarps<TileM, Threads>;
-    int32_t weights[W::kWeightVectors];
-    int32_t columns[W::kColumnVectors];
+    int32_t weights[WeightVectors];
+    int32_t columns[ColumnVectors];
 };
 
-template <int TileM, int Threads>
-__device__ __forceinline__ ImplicitThreadSources<TileM, Threads> threadSources(DeformConvGeometry const& geo,
-    int64_t const* inputBase, int32_t g, int32_t m0)
+template <int WeightVectors, int ColumnVectors>
+__device__ __forceinline__ ImplicitSources<WeightVectors, ColumnVectors> implicitSources(DeformConvGeometry const& geo,
+    int64_t const* inputBase, int32_t g, int32_t m0, int32_t thread, int32_t threads)
 {
-    using W = ImplicitWarps<TileM, Threads>;
-    ImplicitThreadSources<TileM, Threads> sources;
+    ImplicitSources<WeightVectors, ColumnVectors> sources;
 DCN_UNROLL
-    for (int i = 0; i < W::kWeightVectors; ++i)
-        sources.weights[i] = implicitWeightSource(geo, g, m0, int32_t(threadIdx.x) + i * Threads);
+    for (int i = 0; i < WeightVectors; ++i)
+        sources.weights[i] = implicitWeightSource(geo, g, m0, thread + i * threads);
 DCN_UNROLL
-    for (int i = 0; i < W::kColumnVectors; ++i)
+    for (int i = 0; i < ColumnVectors; ++i)
     {
         int32_t col, vector;
-        implicitTileVector(int32_t(threadIdx.x) + i * Threads, col, vector);
+        implicitTileVector(thread + i * threads, col, vector);
         sources.columns[i] = implicitColumnSource(geo, inputBase[col], g, vector);
     }
     return sources;
 }
+
+template <int TileM, int Threads>
+using ImplicitThreadSources
+    = ImplicitSources<ImplicitWarps<TileM, Threads>::kWeightVectors, ImplicitWarps<TileM, Threads>::kColumnVectors>;
 
 // Step `step`'s weights tile: copied into weightTile (in flight until implicitCopiesWait), or below sm_80 loaded
 // into registers (stored by storeStepTiles).
@@ -340,7 +343,8 @@ __global__ void __launch_bounds__(Threads, TileM == 64 ? 2 : 1) implicitKernel(
     clearAccumulators<W::kFragCols>(acc);
 
     int32_t const steps = implicitSteps(geo);
-    ImplicitThreadSources<TileM, Threads> const sources = threadSources<TileM, Threads>(geo, inputBase, g, m0);
+    ImplicitThreadSources<TileM, Threads> const sources
+        = implicitSources<W::kWeightVectors, W::kColumnVectors>(geo, inputBase, g, m0, tid, Threads);
     ImplicitStepLoads<T, TileM, Threads> loads;
     ImplicitStep step = implicitStep(geo, g, 0);
     int32_t const firstOffsetGroupChannel = step.offsetGroupChannel;

@@ -107,14 +107,10 @@ struct SpecialisedWarps
         "tile shape: every producer thread an equal share of both tiles");
 };
 
-// What a producer thread (p of kProducerThreads) reads, fixed for the block: each weights-tile vector's offset in the
-// weights and each column-tile vector's in the chunk's input, both less the step's part.
+// What a producer thread (p of kProducerThreads) reads, fixed for the block (implicitSources).
 template <int TileM>
-struct SpecialisedSources
-{
-    int32_t weights[SpecialisedWarps<TileM>::kWeightVectors];
-    int32_t columns[SpecialisedWarps<TileM>::kColumnVectors];
-};
+using SpecialisedSources
+    = ImplicitSources<SpecialisedWarps<TileM>::kWeightVectors, SpecialisedWarps<TileM>::kColumnVectors>;
 
 // Where a producer thread's corner c of its column vector i sits in a corner stage: consecutive threads 16 bytes
 // apart, so that their copies and reads are conflict-free.
@@ -185,17 +181,8 @@ __device__ __forceinline__ void produceSteps(DeformConvGeometry const& geo, T co
     int32_t g, int32_t m0, int32_t p)
 {
     using W = SpecialisedWarps<TileM>;
-    SpecialisedSources<TileM> sources;
-DCN_UNROLL
-    for (int i = 0; i < W::kWeightVectors; ++i)
-        sources.weights[i] = implicitWeightSource(geo, g, m0, p + i * W::kProducerThreads);
-DCN_UNROLL
-    for (int i = 0; i < W::kColumnVectors; ++i)
-    {
-        int32_t col, vector;
-        implicitTileVector(p + i * W::kProducerThreads, col, vector);
-        sources.columns[i] = implicitColumnSource(geo, inputBase[col], g, vector);
-    }
+    SpecialisedSources<TileM> const sources
+        = implicitSources<W::kWeightVectors, W::kColumnVectors>(geo, inputBase, g, m0, p, W::kProducerThreads);
     int32_t const cornerStageElements = int32_t(specialisedCornerStageBytes(sizeof(T)) / sizeof(T));
     int32_t const steps = implicitSteps(geo);
     ImplicitStep step = implicitStep(geo, g, 0);
