@@ -12,10 +12,13 @@
 #   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark,
 #   7. optional: variants of the GEMM path's settings (DCN_GPU_VARIANTS) and an Nsight Compute profile of the
 #      transpose, sampling and output kernels at res4, batch 8, fp16 (DCN_GPU_NCU="tiled thread": the samplers to
-#      profile; "implicit": the implicit-GEMM kernel with its stall sites), both into checks.log.
+#      profile; "implicit": the implicit-GEMM kernel with its stall sites, the specialised one under
+#      DCN_DEPLOY_IMPLICIT_KERNEL=specialised), both into checks.log, on the layer DCN_GPU_NCU_AT (res3, res4
+#      (default), res5 or seg).
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
-# DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating).
+# DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating); DCN_GPU_ONLY: the step
+# names to run, the device step always (e.g. "plugin-info variant-even ncu-implicit ncu-implicit-sass").
 # DCN_GPU_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE] entries; each times $DCN_GPU_VARIANT_ALGOS (default:
 # gemm) in $DCN_GPU_VARIANT_DTYPES (default: float16; comma-separated) with those variables set, its table in
 # checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread" or,
@@ -49,6 +52,9 @@ step() { # step NAME TIMEOUT_S COMMAND...
     local name=$1 limit=$2 start rc
     shift 2
     case " ${DCN_GPU_SKIP:-} " in *" $name "*) SUMMARY+=("$name skipped: DCN_GPU_SKIP"); return 0 ;; esac
+    if [ -n "${DCN_GPU_ONLY:-}" ] && [ "$name" != device ]; then
+        case " $DCN_GPU_ONLY " in *" $name "*) ;; *) SUMMARY+=("$name skipped: not in DCN_GPU_ONLY"); return 0 ;; esac
+    fi
     start=$(date +%s)
     if (( start + limit > DEADLINE )); then limit=$(( DEADLINE - start )); fi
     if (( limit < 10 )); then SUMMARY+=("$name skipped: out of time"); return 0; fi
@@ -169,21 +175,23 @@ if [ -n "${DCN_GPU_NCU:-}" ]; then
     if command -v ncu >/dev/null; then
         for target in $DCN_GPU_NCU; do
             if [ "$target" = implicit ]; then # the implicit-GEMM kernel, with where its warps stall (source counters)
-                step "ncu-implicit" 120 ncu --kernel-name regex:implicitKernel --launch-count 1 \
+                step "ncu-implicit" 120 ncu --kernel-name regex:'implicitKernel|specialisedKernel' --launch-count 1 \
                     --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
                     --section WarpStateStats --section SchedulerStats --section InstructionStats --section LaunchStats \
-                    --section SourceCounters python3 benchmarks/gpu_deform_conv.py --profile-layer implicit
+                    --section SourceCounters python3 benchmarks/gpu_deform_conv.py --profile-layer implicit \
+                    --profile-at "${DCN_GPU_NCU_AT:-res4}"
                 # its SASS with each instruction's stall samples, as CSV (a file of its own: thousands of lines)
-                step "ncu-implicit-sass" 120 bash -c "ncu --kernel-name regex:implicitKernel --launch-count 1 \
+                step "ncu-implicit-sass" 120 bash -c "ncu --kernel-name regex:'implicitKernel|specialisedKernel' --launch-count 1 \
                     --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
-                    python3 benchmarks/gpu_deform_conv.py --profile-layer implicit >'$OUT_DIR/implicit_sass.csv'"
+                    python3 benchmarks/gpu_deform_conv.py --profile-layer implicit --profile-at '${DCN_GPU_NCU_AT:-res4}' \
+                    >'$OUT_DIR/implicit_sass.csv'"
                 continue
             fi
             # a sampler of the GEMM path: the first chunk's transpose, sampling and output kernels
             step "ncu-$target" 90 env DCN_DEPLOY_GEMM_SAMPLER=$target ncu \
                 --kernel-name regex:'olumnsKernel|nhwcKernel|stagedOutputKernel' --launch-count 3 \
                 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
-                --section LaunchStats python3 benchmarks/gpu_deform_conv.py --profile-layer
+                --section LaunchStats python3 benchmarks/gpu_deform_conv.py --profile-layer --profile-at "${DCN_GPU_NCU_AT:-res4}"
         done
     else
         echo "ncu: not on this machine" | tee -a "$LOG"

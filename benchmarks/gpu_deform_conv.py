@@ -435,14 +435,17 @@ def render(rows: List[dict], args) -> str:
     return table
 
 
-def profile_layer(algo: str = "gemm") -> int:
-    """One call of the CUDA kernels' `algo` path (gemm or implicit) on det res4, batch 8, float16, synchronised: the
-    launch a profiler looks at."""
+PROFILE_LAYERS = {"res3": LAYERS[0], "res4": LAYERS[1], "res5": LAYERS[2], "seg": LAYERS[3]}
+
+
+def profile_layer(algo: str = "gemm", at: str = "res4") -> int:
+    """One call of the CUDA kernels' `algo` path (gemm or implicit) on the detection layer `at` (or seg res5), batch
+    8, float16, synchronised: the launch a profiler looks at."""
     import torch
 
     from dcn_deploy.plugin.native import deform_conv2d_cuda
 
-    x, offset, weight, bias, mask = make_inputs(LAYERS[1], 8, "float16")
+    x, offset, weight, bias, mask = make_inputs(PROFILE_LAYERS[at], 8, "float16")
     deform_conv2d_cuda(x, offset, weight, bias, padding=1, mask=mask, algo=algo)
     torch.cuda.synchronize()
     return 0
@@ -477,10 +480,12 @@ def main(argv=None) -> int:
                         help="time nothing: run the gemm path (or the implicit-GEMM kernel: --profile-layer implicit) "
                              "once on det res4 at batch 8 in float16 and exit (for a profiler such as Nsight Compute: "
                              "`ncu --kernel-name regex:olumnsKernel ...`)")
+    parser.add_argument("--profile-at", default="res4", choices=sorted(PROFILE_LAYERS),
+                        help="the layer --profile-layer runs: det res3, res4 (default), res5 or seg res5")
     args = parser.parse_args(argv)
 
     if args.profile_layer:
-        return profile_layer(args.profile_layer)
+        return profile_layer(args.profile_layer, args.profile_at)
     algos = args.algos.split(",")
     unknown = sorted(set(algos) - set(ALGOS))
     if unknown:
