@@ -12,9 +12,9 @@
 #   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark,
 #   7. optional: variants of the GEMM path's settings (DCN_GPU_VARIANTS) and an Nsight Compute profile of the
 #      transpose, sampling and output kernels at res4, batch 8, fp16 (DCN_GPU_NCU="tiled thread": the samplers to
-#      profile; "implicit": the implicit-GEMM kernel with its stall sites, the specialised one under
-#      DCN_DEPLOY_IMPLICIT_KERNEL=specialised), both into checks.log, on the layer DCN_GPU_NCU_AT (res3, res4
-#      (default), res5 or seg).
+#      profile; "implicit" or "specialised": that implicit-GEMM kernel with its stall sites, and its SASS with
+#      stall samples in implicit_sass.csv or specialised_sass.csv), into checks.log, on the layer DCN_GPU_NCU_AT
+#      (res3, res4 (default), res5 or seg).
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating); DCN_GPU_ONLY: the step
@@ -27,7 +27,8 @@
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
 #   (default: $OUT, else artifacts/gpu; writes these files there: checks.log, bench.json, bench.md,
 #    bench_implicit.json, bench_output_staged.json, bench_chunk_64.json, bench_grouped.json, bench_grouped.md, and
-#    implicit_sass.csv with DCN_GPU_NCU=implicit; the device tool brings back 8: skip a step to stay within them)
+#    implicit_sass.csv or specialised_sass.csv with DCN_GPU_NCU; the device tool brings back 8: skip a step to stay
+#    within them)
 set -u
 OUT_DIR=${1:-${OUT:-artifacts/gpu}}
 mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) || exit 1  # absolute: the cd below must not move it
@@ -37,7 +38,7 @@ LOG="$OUT_DIR/checks.log"
 # A fresh set of results: the benchmark appends its tables to bench*.md, and a JSON left from an earlier run would be
 # taken for this run's rows.
 rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_implicit.json "$OUT_DIR"/bench_output_staged.json \
-    "$OUT_DIR"/bench_chunk_64.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md "$OUT_DIR"/implicit_sass.csv
+    "$OUT_DIR"/bench_chunk_64.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md "$OUT_DIR"/implicit_sass.csv "$OUT_DIR"/specialised_sass.csv
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
 # The package from this checkout, without installing it (the machine has no network and its own packages):
@@ -174,17 +175,22 @@ done
 if [ -n "${DCN_GPU_NCU:-}" ]; then
     if command -v ncu >/dev/null; then
         for target in $DCN_GPU_NCU; do
-            if [ "$target" = implicit ]; then # the implicit-GEMM kernel, with where its warps stall (source counters)
-                step "ncu-implicit" 120 ncu --kernel-name regex:'implicitKernel|specialisedKernel' --launch-count 1 \
+            if [ "$target" = implicit ] || [ "$target" = specialised ]; then
+                # an implicit-GEMM kernel (the stepwise one, or the warp-specialised one), with where its warps stall
+                # (source counters), then its SASS with each instruction's stall samples as CSV (a file of its own)
+                kernel=stepwise
+                [ "$target" = specialised ] && kernel=specialised
+                step "ncu-$target" 120 env DCN_DEPLOY_IMPLICIT_KERNEL=$kernel ncu \
+                    --kernel-name regex:'implicitKernel|specialisedKernel' --launch-count 1 \
                     --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
                     --section WarpStateStats --section SchedulerStats --section InstructionStats --section LaunchStats \
                     --section SourceCounters python3 benchmarks/gpu_deform_conv.py --profile-layer implicit \
                     --profile-at "${DCN_GPU_NCU_AT:-res4}"
-                # its SASS with each instruction's stall samples, as CSV (a file of its own: thousands of lines)
-                step "ncu-implicit-sass" 120 bash -c "ncu --kernel-name regex:'implicitKernel|specialisedKernel' --launch-count 1 \
+                step "ncu-$target-sass" 120 bash -c "DCN_DEPLOY_IMPLICIT_KERNEL=$kernel ncu \
+                    --kernel-name regex:'implicitKernel|specialisedKernel' --launch-count 1 \
                     --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
                     python3 benchmarks/gpu_deform_conv.py --profile-layer implicit --profile-at '${DCN_GPU_NCU_AT:-res4}' \
-                    >'$OUT_DIR/implicit_sass.csv'"
+                    >'$OUT_DIR/${target}_sass.csv'"
                 continue
             fi
             # a sampler of the GEMM path: the first chunk's transpose, sampling and output kernels

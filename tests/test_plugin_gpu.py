@@ -217,7 +217,7 @@ def test_specialised_implicit_kernel(kernels):
 _CHILD_ENVS = {
     "chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
                "DCN_DEPLOY_GEMM_TILE_ITEMS": "1"},
-    "even": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_CHUNKS": "even"},
+    "full": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1", "DCN_DEPLOY_GEMM_CHUNKS": "full"},
     "direct": {"DCN_DEPLOY_GEMM_OUTPUT": "direct"},
     "staged": {"DCN_DEPLOY_GEMM_OUTPUT": "staged"},
     "thread": {"DCN_DEPLOY_GEMM_SAMPLER": "thread"},
@@ -270,10 +270,10 @@ def test_gemm_path_in_chunks_and_pixel_slices(dense_children):
     _check_dense_child(dense_children, "chunks")
 
 
-def test_gemm_path_in_even_chunks(dense_children):
-    """The same budget with even chunks (DCN_DEPLOY_GEMM_CHUNKS=even: as few as fit, of equal size), each output way
-    as auto chooses."""
-    _check_dense_child(dense_children, "even")
+def test_gemm_path_in_full_chunks(dense_children):
+    """The same budget with full chunks (DCN_DEPLOY_GEMM_CHUNKS=full: as many as fit, then the remainder; the
+    default is even chunks), each output way as auto chooses."""
+    _check_dense_child(dense_children, "full")
 
 
 def test_gemm_path_staged_product_as_nn(dense_children):

@@ -74,7 +74,7 @@ def _vector_friendly_case(rng: random.Random):
 
 
 def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto", sampler="auto", tile_items=0,
-                  chunks="full", product="tn"):
+                  chunks="even", product="tn"):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
                               path="gemm", column_budget_bytes=budget, gemm_output=output, gemm_sampler=sampler,
                               tile_items=tile_items, gemm_chunks=chunks, gemm_product=product, library=host_lib)
@@ -160,7 +160,7 @@ def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, chunks, output, 
     ({"output": "nchw"}, "gemm_output must be one of auto, direct, staged, got 'nchw'"),
     ({"sampler": "tile"}, "gemm_sampler must be one of auto, tiled, thread, got 'tile'"),
     ({"tile_items": -3}, "tile_items must be 0 .the default. or positive, got -3"),
-    ({"chunks": "half"}, "gemm_chunks must be one of full, even, got 'half'"),
+    ({"chunks": "half"}, "gemm_chunks must be one of even, full, got 'half'"),
     ({"product": "nt"}, "gemm_product must be one of tn, nn, got 'nt'"),
 ])
 def test_gemm_options_are_checked(host_lib, option, match):

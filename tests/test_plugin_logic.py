@@ -217,7 +217,7 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
 @pytest.mark.parametrize("variable,value,message", [
     ("DCN_DEPLOY_GEMM_OUTPUT", "nchw", "DCN_DEPLOY_GEMM_OUTPUT must be one of auto, direct, staged, got 'nchw'"),
     ("DCN_DEPLOY_GEMM_SAMPLER", "tile", "DCN_DEPLOY_GEMM_SAMPLER must be one of auto, tiled, thread, got 'tile'"),
-    ("DCN_DEPLOY_GEMM_CHUNKS", "half", "DCN_DEPLOY_GEMM_CHUNKS must be one of full, even, got 'half'"),
+    ("DCN_DEPLOY_GEMM_CHUNKS", "half", "DCN_DEPLOY_GEMM_CHUNKS must be one of even, full, got 'half'"),
     ("DCN_DEPLOY_GEMM_PRODUCT", "NT", "DCN_DEPLOY_GEMM_PRODUCT must be one of tn, nn, got 'NT'"),
     ("DCN_DEPLOY_GEMM_TILE_ITEMS", "64k",
      "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '64k'"),

@@ -256,13 +256,13 @@ def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, 
 # plugins/deform_conv/deformConvColumns.h).
 GEMM_OUTPUTS = {"auto": 0, "direct": 1, "staged": 2}
 GEMM_SAMPLERS = {"auto": 0, "tiled": 1, "thread": 2}
-GEMM_CHUNKS = {"full": 0, "even": 1}
+GEMM_CHUNKS = {"even": 0, "full": 1}
 GEMM_PRODUCTS = {"tn": 0, "nn": 1}
 
 
 def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
                        path: str = "direct", column_budget_bytes: int = 0, gemm_output: str = "auto",
-                       gemm_sampler: str = "auto", tile_items: int = 0, gemm_chunks: str = "full",
+                       gemm_sampler: str = "auto", tile_items: int = 0, gemm_chunks: str = "even",
                        gemm_product: str = "tn", library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
@@ -274,8 +274,8 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     direct for one group where the output rows are whole 16-byte vectors, else staged). ``gemm_sampler`` (gemm
     only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU), ``thread`` (each thread its own
     taps) or ``auto`` (as on the GPU: tiled where it can); ``tile_items``: the tiled sampler's channel vectors per
-    tile (0: the GPU's default). ``gemm_chunks``: ``full`` (as many images or pixels per chunk as fit, then the
-    remainder: the GPU's default) or ``even`` (as few chunks as fit, of equal size). ``gemm_product``: the staged
+    tile (0: the GPU's default). ``gemm_chunks``: ``even`` (as few chunks as fit, of equal size: the GPU's default)
+    or ``full`` (as many images or pixels per chunk as fit, then the remainder). ``gemm_product``: the staged
     product's operand layout, ``tn`` (weights along K: the GPU's default) or ``nn`` (weights along the output
     channels; the direct product stays TN). ``implicit``: the CUDA
     implicit-GEMM kernel (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype

@@ -92,7 +92,8 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
  * writes, 0 as the CUDA path chooses, 1 straight into NCHW, 2 through the staging scratch (GemmOutput in
  * plugins/deform_conv/deformConvGemmPlan.h). sampler: 0 as the CUDA path chooses, 1 tiled, 2 one thread per channel
  * vector (GemmSampler); tile_items: the tiled sampler's channel vectors per tile, 0 = the CUDA default; chunks: 0 as
- * many images or pixels per chunk as fit, then the remainder (the CUDA default), 1 even chunks (GemmChunks);
+ * few chunks as fit, of equal size (the CUDA default), 1 as many images or pixels per chunk as fit, then the
+ * remainder (GemmChunks);
  * product: the staged product's layout, 0 TN (the CUDA default), 1 NN with output-major weights (GemmProduct). For
  * tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,

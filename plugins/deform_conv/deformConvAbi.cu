@@ -31,7 +31,7 @@ namespace
 
 // The GEMM path's options for the C ABI (benchmarks, tests), from the environment, read once:
 //   DCN_DEPLOY_GEMM_CHUNK_MB      the column budget in MiB (default 256);
-//   DCN_DEPLOY_GEMM_CHUNKS        full (default) or even: how the batch is cut into chunks (GemmChunks);
+//   DCN_DEPLOY_GEMM_CHUNKS        even (default) or full: how the batch is cut into chunks (GemmChunks);
 //   DCN_DEPLOY_GEMM_PRODUCT       tn (default) or nn: the staged product's operand layout (GemmProduct);
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
@@ -108,7 +108,7 @@ AbiGemmOptions const& abiGemmSettings()
         long const mb = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_CHUNK_MB", 1, 1 << 20, read.problem);
         if (mb > 0)
             parsed.columnBudget = size_t(mb) << 20;
-        parsed.chunks = choiceFromEnvironment("DCN_DEPLOY_GEMM_CHUNKS", {"full", "even"}, read.problem);
+        parsed.chunks = choiceFromEnvironment("DCN_DEPLOY_GEMM_CHUNKS", {"even", "full"}, read.problem);
         parsed.product = choiceFromEnvironment("DCN_DEPLOY_GEMM_PRODUCT", {"tn", "nn"}, read.problem);
         parsed.output = choiceFromEnvironment("DCN_DEPLOY_GEMM_OUTPUT", {"auto", "direct", "staged"}, read.problem);
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);

@@ -71,18 +71,17 @@ enum GemmSampler : int32_t
 };
 
 // How the batch (or one image's pixels) is cut into chunks whose columns fit the budget.
-//   Full: as many images (or pixels) per chunk as fit, and the remainder last. Under the old 64 MiB budget seg res5's
-//     8192 pixels an image went as 7168 + 1024, and cuBLAS's product of the 1024 took 1.8x the time per pixel of
-//     the 7168's (H100, 09f36e1); under 256 MiB det res3 at batch 8 goes as 6 + 2 images.
-//   Even: as few chunks as fit, of equal size but the last (4 + 4 images), so no product is a small remainder; but a
-//     chunk's product may then be a fraction of a wave of cuBLAS's tiles where the full one was a whole wave (det
-//     res5 at batch 8 under 64 MiB: 6 + 2 images, the 6 in 132 tiles of 128x192 on 132 SMs, became 4 + 4). Which
-//     is faster depends on cuBLAS's tile choice: not measured yet (benchmarks/gpu_notes.md), so full stays the
-//     default.
+//   Even (the default): as few chunks as fit, of equal size but the last (4 + 4 images), so no product is a small
+//     remainder. Measured on an H100 (2026-11-26, b43d8de, RESULTS.md): float32 det res4 at batch 8 (6 + 2 images
+//     under full chunks, 4 + 4 even) 1.185 -> 0.995 ms; every other issue layer, which both rules cut alike or
+//     into one chunk, within 1-2% (the spread between runs).
+//   Full: as many images (or pixels) per chunk as fit, and the remainder last. Under the old 64 MiB budget seg
+//     res5's 8192 pixels an image went as 7168 + 1024, and cuBLAS's product of the 1024 took 1.8x the time per pixel
+//     of the 7168's (H100, 09f36e1).
 enum GemmChunks : int32_t
 {
-    kGemmChunksFull = 0,
-    kGemmChunksEven = 1,
+    kGemmChunksEven = 0,
+    kGemmChunksFull = 1,
 };
 
 // The operand layout of the staged product (kGemmOutputStaged), in BLAS's terms.
@@ -130,7 +129,7 @@ struct GemmOptions
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
     int32_t output = kGemmOutputAuto;               // a GemmOutput
     int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
-    int32_t chunks = kGemmChunksFull;               // a GemmChunks
+    int32_t chunks = kGemmChunksEven;               // a GemmChunks
     int32_t product = kGemmProductTN;               // a GemmProduct
     int32_t tileItems = 0; // the tiled sampler's channel vectors per tile (a target); 0: kTileDefaultElements' worth
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
@@ -150,7 +149,7 @@ inline bool validGemmSampler(int32_t sampler)
 
 inline bool validGemmChunks(int32_t chunks)
 {
-    return chunks == kGemmChunksFull || chunks == kGemmChunksEven;
+    return chunks == kGemmChunksEven || chunks == kGemmChunksFull;
 }
 
 inline bool validGemmProduct(int32_t product)

@@ -387,7 +387,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         require(dcn::validGemmOutput(output_mode), "output_mode", "0 (auto), 1 (direct) or 2 (staged)", output_mode);
         require(dcn::validGemmSampler(sampler), "sampler", "0 (auto), 1 (tiled) or 2 (per thread)", sampler);
         require(tile_items >= 0, "tile_items", "0 (the default) or positive", tile_items);
-        require(dcn::validGemmChunks(chunks), "chunks", "0 (full) or 1 (even)", chunks);
+        require(dcn::validGemmChunks(chunks), "chunks", "0 (even) or 1 (full)", chunks);
         require(dcn::validGemmProduct(product), "product", "0 (TN) or 1 (NN)", product);
         if (!problem.empty())
             return dcn::Status::invalid(problem);
