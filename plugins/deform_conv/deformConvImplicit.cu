@@ -25,24 +25,6 @@ namespace dcn
 namespace
 {
 
-// The step-major weights (implicitWeightElement) from the ONNX layout weight[o][c][kp], one thread per element.
-template <typename T>
-__global__ void __launch_bounds__(kGridStrideThreads) implicitWeightsKernel(DeformConvGeometry const geo,
-    T const* __restrict__ weight, T* __restrict__ weights, int64_t const total)
-{
-    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-         idx += int64_t(gridDim.x) * blockDim.x)
-        implicitWeightElement<T>(geo, weight, weights, idx);
-}
-
-template <typename T>
-Status launchImplicitWeights(DeformConvGeometry const& geo, T const* weight, T* weights, cudaStream_t stream)
-{
-    int64_t const total = int64_t(geo.d.out_channels) * geo.channelsPerGroup * geo.kernelPoints;
-    implicitWeightsKernel<T><<<gridStrideBlocks(total), kGridStrideThreads, 0, stream>>>(geo, weight, weights, total);
-    return launchStatus("the implicit-GEMM kernel's weight re-layout");
-}
-
 // The block's dynamic shared memory with tileM rows, for the stepwise or the specialised kernel.
 size_t implicitKernelSharedBytes(int32_t kernel, DeformConvGeometry const& geo, int32_t tileM, size_t elementBytes)
 {
@@ -134,7 +116,7 @@ Status runImplicit(DeformConvGeometry const& geo, int32_t dtype, int32_t kernel,
     T* nhwc = static_cast<T*>(workspace);
     T* weights = reinterpret_cast<T*>(static_cast<char*>(workspace) + plan.nhwcBytes);
     int32_t const plane = geo.outH * geo.outW;
-    status = launchImplicitWeights<T>(geo, weight, weights, stream);
+    status = launchWeightsRelayout<T>(geo, weight, weights, stream);
     for (int32_t n0 = 0; status.ok() && n0 < geo.d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, geo.d.batch - n0);

@@ -18,9 +18,9 @@
 //   output   the accumulators go through shared memory (64 rows at a time) and are written NCHW with the bias,
 //            consecutive threads on consecutive pixels.
 //
-// Workspace: the chunk's channels-last input (images per chunk within the GEMM path's budget) and the weights
-// step-major (implicitWeightElement: weights[g][kp][c / 32][o][c % 32]), so a step's weights tile is one contiguous
-// run.
+// Workspace: the chunk's channels-last input (images per chunk within the GEMM path's budget) and the weights with
+// the kernel point outer (weights[o][kp][c], the GEMM path's layout), so a step's weights are 64 contiguous bytes
+// per output channel.
 #pragma once
 
 #include "deformConvColumns.h"
@@ -441,46 +441,22 @@ DCN_HD int32_t implicitColumnSource(DeformConvGeometry const& geo, int64_t input
     return int32_t(inputBase + int64_t(g) * geo.channelsPerGroup + vector * kImplicitVector);
 }
 
-// The implicit-GEMM kernel's weights, step-major: weights[g][kp][c / 32][oig][c % 32] = weight[g * oC/g + oig][c][kp]
-// for element idx of them, in that order. A step's weights tile (one kernel point, 32 channels, tileM consecutive
-// output channels) is then one contiguous run, so a warp's 16-byte copies of it are whole cache lines; with the
-// GEMM path's weights[o][kp][c] each tile row was 64 bytes of its own, and the copies took 3.75x the ideal shared
-// wavefronts (Nsight Compute, det res3 batch 8, H100). One thread per element: coalesced writes, cached reads.
-template <typename T>
-DCN_HD void implicitWeightElement(DeformConvGeometry const& geo, T const* weight, T* weights, int64_t idx)
-{
-    int32_t const ocg = geo.outChannelsPerGroup;
-    int32_t const cg = geo.channelsPerGroup;
-    int32_t const within = int32_t(idx % kImplicitTileK);
-    int64_t rest = idx / kImplicitTileK;
-    int32_t const oig = int32_t(rest % ocg);
-    rest /= ocg;
-    int32_t const stepsPerPoint = cg / kImplicitTileK;
-    int32_t const channel = int32_t(rest % stepsPerPoint) * kImplicitTileK + within;
-    rest /= stepsPerPoint;
-    int32_t const kp = int32_t(rest % geo.kernelPoints);
-    int64_t const g = rest / geo.kernelPoints;
-    weights[idx] = weight[((g * ocg + oig) * cg + channel) * geo.kernelPoints + kp];
-}
-
 // Where weights-tile vector e (of tileM * kImplicitTileK / kImplicitVector) of the block at output channel m0 of
-// group g starts in the step-major weights (implicitWeightElement), less the step's part (implicitStepWeights). A
-// row past the group's output channels reads the group's last row instead: its products are never stored, and every
-// load stays in bounds.
+// group g starts in weights[o][kp][c], less the step's part (implicitStepWeights). A row past the group's output
+// channels reads the group's last row instead: its products are never stored, and every load stays in bounds.
 DCN_HD int32_t implicitWeightSource(DeformConvGeometry const& geo, int32_t g, int32_t m0, int32_t e)
 {
     int32_t row, vector;
     implicitTileVector(e, row, vector);
     int32_t const m = m0 + row < geo.outChannelsPerGroup ? m0 + row : geo.outChannelsPerGroup - 1;
-    int64_t const group = int64_t(g) * geo.kernelPoints * geo.channelsPerGroup * geo.outChannelsPerGroup;
-    return int32_t(group + int64_t(m) * kImplicitTileK + vector * kImplicitVector);
+    int64_t const o = int64_t(g) * geo.outChannelsPerGroup + m;
+    return int32_t(o * geo.kernelPoints * geo.channelsPerGroup + vector * kImplicitVector);
 }
 
-// The step's part of every weights-tile vector's offset: its kernel point and channel (a multiple of 32), whose
-// tiles lie oC/group rows of the step-major weights apart.
+// The step's part of every weights-tile vector's offset: its kernel point and channel.
 DCN_HD int32_t implicitStepWeights(DeformConvGeometry const& geo, ImplicitStep const& step)
 {
-    return (step.kp * geo.channelsPerGroup + step.channel) * geo.outChannelsPerGroup;
+    return step.kp * geo.channelsPerGroup + step.channel;
 }
 
 #if !defined(__CUDACC__)
@@ -494,8 +470,8 @@ struct ImplicitHostWorkspace
         : nhwcStore(plan.nhwcBytes / sizeof(Vector))
         , weightsStore(plan.weightsBytes / sizeof(Vector))
     {
-        for (int64_t idx = 0; idx < int64_t(geo.d.out_channels) * geo.channelsPerGroup * geo.kernelPoints; ++idx)
-            implicitWeightElement<T>(geo, weight, weights(), idx);
+        for (int64_t row = 0; row < int64_t(geo.d.out_channels) * geo.channelsPerGroup; ++row)
+            weightRow<T>(geo, weight, weights(), row);
     }
 
     // nhwc() = images n0..n0+images-1 of input, channels last.

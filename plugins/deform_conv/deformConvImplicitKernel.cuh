@@ -46,15 +46,14 @@ constexpr bool kImplicitAsyncWeights = true;
 #endif
 
 // One weights-tile vector, copied asynchronously into shared memory (waited for by implicitCopiesWait before the
-// step's barrier), through L1 (.ca): Nsight Compute counted the L2-only copies (.cg) as a shared-memory wavefront
-// per 32-byte sector (14.6 per warp's copy against 4 ideal, det res3 batch 8, H100).
+// step's barrier).
 template <typename T>
 __device__ __forceinline__ void implicitCopyPack(T* sharedTarget, T const* source)
 {
 #if defined(__CUDACC__)
     static_assert(sizeof(ImplicitPack<T>) == 16, "cp.async copies 16 bytes");
     unsigned const target = unsigned(__cvta_generic_to_shared(sharedTarget));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(__cvta_generic_to_global(source))
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(__cvta_generic_to_global(source))
         : "memory");
 #else
     emulation::copyAsync(sharedTarget, source, sizeof(ImplicitPack<T>));
