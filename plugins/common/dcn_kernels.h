@@ -26,7 +26,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 6
+#define DCN_ABI_VERSION 7
 
 typedef enum dcn_status
 {
