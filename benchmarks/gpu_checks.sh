@@ -18,7 +18,8 @@
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating); DCN_GPU_ONLY: the step
-# names to run, the device step always (e.g. "plugin-info variant-even ncu-implicit ncu-implicit-sass").
+# names to run, besides the device step and (without a carried build) the build (e.g. "plugin-info variant-even
+# ncu-specialised ncu-specialised-sass").
 # DCN_GPU_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE] entries; each times $DCN_GPU_VARIANT_ALGOS (default:
 # gemm) in $DCN_GPU_VARIANT_DTYPES (default: float16; comma-separated) with those variables set, its table in
 # checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread" or,
@@ -53,7 +54,7 @@ step() { # step NAME TIMEOUT_S COMMAND...
     local name=$1 limit=$2 start rc
     shift 2
     case " ${DCN_GPU_SKIP:-} " in *" $name "*) SUMMARY+=("$name skipped: DCN_GPU_SKIP"); return 0 ;; esac
-    if [ -n "${DCN_GPU_ONLY:-}" ] && [ "$name" != device ]; then
+    if [ -n "${DCN_GPU_ONLY:-}" ] && [ "$name" != device ] && [ "$name" != build ]; then
         case " $DCN_GPU_ONLY " in *" $name "*) ;; *) SUMMARY+=("$name skipped: not in DCN_GPU_ONLY"); return 0 ;; esac
     fi
     start=$(date +%s)

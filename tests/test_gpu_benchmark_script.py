@@ -197,3 +197,39 @@ def test_gemm_layouts_sizes_and_table(layouts):
 def test_gemm_layouts_without_a_gpu_is_a_clear_error(layouts, capsys):
     assert layouts.main(["--dtypes", "float32"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def _run_gpu_checks(tmp_path, **env_vars):
+    """benchmarks/gpu_checks.sh on this machine, with a stand-in build (so that it builds nothing): its summary."""
+    import os
+    import subprocess
+
+    build = tmp_path / "build"
+    (build / "lib").mkdir(parents=True)
+    (build / "lib" / "libdcn_deploy_kernels.so").write_bytes(b"")  # present: the script skips its build step
+    out = tmp_path / "out"
+    env = dict(os.environ, DCN_GPU_BUILD=str(build), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               **env_vars)
+    done = subprocess.run(["bash", str(SCRIPT.parent / "gpu_checks.sh"), str(out)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = done.stdout.split("--- summary\n")[1].splitlines()
+    assert sorted(p.name for p in out.iterdir()) == ["checks.log"]  # nothing else was run
+    return summary
+
+
+def test_gpu_checks_runs_only_the_named_steps(tmp_path):
+    """DCN_GPU_ONLY: the named steps and the device step run, every other one is listed as skipped; a malformed
+    variant is reported, not run (no GPU is needed for this: the step's command is plain Python)."""
+    summary = _run_gpu_checks(tmp_path, DCN_GPU_ONLY="plugin-info", DCN_GPU_VARIANTS="bad")
+    assert any(line.startswith("device rc=") for line in summary)
+    assert any(line.startswith("plugin-info rc=0 ") for line in summary), summary
+    for step in ("pytest-gpu", "bench", "racecheck-specialised", "memcheck", "bench-grouped"):
+        assert f"{step} skipped: not in DCN_GPU_ONLY" in summary
+    assert "variant 'bad' skipped: not NAME:VAR=VALUE" in summary
+    assert summary[-1].startswith("total ")
+
+
+def test_gpu_checks_skips_the_steps_named_in_dcn_gpu_skip(tmp_path):
+    summary = _run_gpu_checks(tmp_path, DCN_GPU_ONLY="plugin-info", DCN_GPU_SKIP="plugin-info")
+    assert "plugin-info skipped: DCN_GPU_SKIP" in summary
