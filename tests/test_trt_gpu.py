@@ -256,9 +256,11 @@ class TestTensorRTRtxAheadOfTime:
         """A real builder (TensorRT-RTX's, on the CPU) under a workspace limit: det res3's layer (128 channels,
         100x167) in fp16 up to batch 8 asks 354 MiB with the default column budget, which TensorRT-RTX refuses under
         --workspace 300M ("Failed to create any myelin custom layer tactic", tried on 2026-11-26). build_engine tells
-        the plugin the limit (DCN_DEPLOY_PLUGIN_WORKSPACE): it takes a 128 MiB budget (197 MiB of workspace), the
-        engine builds and carries the budget. Under 8M, less than the layer's least need, the build stops with the
-        plugin's message naming the variable."""
+        the plugin the limit (DCN_DEPLOY_PLUGIN_WORKSPACE) and that this builder counts the layer's inputs and outputs
+        (72.4 MiB here) against it too (DCN_DEPLOY_PLUGIN_WORKSPACE_CHARGES_TENSORS): under 300M and under 256M (where
+        a 128 MiB budget, 197 MiB of workspace, failed with "OutOfMemory" before the tensors were counted) the engine
+        builds and carries its budget. Under 64M, less than the layer's tensors and least workspace, the build stops
+        with the plugin's message naming both variables."""
         from onnx import TensorProto, helper, numpy_helper
 
         from dcn_deploy.onnx import opset
@@ -294,7 +296,8 @@ class TestTensorRTRtxAheadOfTime:
             print("BUILT")
         """)
         python, environ, plugin = rtx_env
-        environ = {name: value for name, value in environ.items() if name != "DCN_DEPLOY_PLUGIN_WORKSPACE"}
+        environ = {name: value for name, value in environ.items()
+                   if not name.startswith("DCN_DEPLOY_PLUGIN_WORKSPACE")}
 
         def build(workspace: str):
             engine = tmp_path / f"res3_{workspace}.engine"
@@ -302,14 +305,16 @@ class TestTensorRTRtxAheadOfTime:
                                  capture_output=True, text=True, env=environ, timeout=600)
             return out, engine
 
-        fits, engine = build("300M")
-        assert fits.returncode == 0 and "BUILT" in fits.stdout, fits.stdout[-2000:] + fits.stderr[-3000:]
-        data = engine.read_bytes()
-        assert b"dcn_deploy" in data and b"dcn_column_budget_mib" in data
-        too_small, engine = build("8M")
+        for limit in ("300M", "256M"):
+            fits, engine = build(limit)
+            assert fits.returncode == 0 and "BUILT" in fits.stdout, (limit, fits.stdout[-2000:] + fits.stderr[-3000:])
+            data = engine.read_bytes()
+            assert b"dcn_deploy" in data and b"dcn_column_budget_mib" in data
+        too_small, engine = build("64M")
         assert too_small.returncode == 3 and not engine.exists(), too_small.stdout[-2000:] + too_small.stderr[-2000:]
-        assert "this layer needs at least 13.6 MiB of workspace, over the limit of 8.0 MiB" in too_small.stderr
-        assert "DCN_DEPLOY_PLUGIN_WORKSPACE" in too_small.stderr
+        assert ("this layer needs at least 13.6 MiB of workspace and 72.4 MiB for its inputs and outputs, which this "
+                "builder counts against the limit too (DCN_DEPLOY_PLUGIN_WORKSPACE_CHARGES_TENSORS=1), in all 86.0 MiB, "
+                "over the limit of 64.0 MiB (DCN_DEPLOY_PLUGIN_WORKSPACE)") in too_small.stderr
 
 
 # 2. TensorRT and a GPU ---------------------------------------------------------------------------------------------------

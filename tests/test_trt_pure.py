@@ -641,6 +641,22 @@ class TestBuilderHelpers:
         with plugin_workspace_limit(None):  # no --workspace: the user's own value stands
             assert os.environ[PLUGIN_WORKSPACE_VARIABLE] == "1G"
 
+    def test_plugin_told_whether_the_builder_counts_layer_tensors(self, monkeypatch):
+        """TensorRT-RTX's builder counts a layer's inputs and outputs against the workspace limit: with
+        charges_tensors the plugin is told so, for the build only; without it, "0" (a value left by an earlier RTX
+        build in the same process must not carry over)."""
+        from dcn_deploy.backends.trt_options import (PLUGIN_WORKSPACE_CHARGES_TENSORS_VARIABLE as CHARGES,
+                                                     plugin_workspace_limit)
+
+        monkeypatch.delenv(CHARGES, raising=False)
+        with plugin_workspace_limit(256 << 20, charges_tensors=True):
+            assert os.environ[CHARGES] == "1"
+        assert CHARGES not in os.environ
+        monkeypatch.setenv(CHARGES, "1")
+        with plugin_workspace_limit(256 << 20):
+            assert os.environ[CHARGES] == "0"
+        assert os.environ[CHARGES] == "1"
+
     def test_parser_errors_with_plugin_hint(self):
         from dcn_deploy.backends.trt_build import format_parser_errors
 

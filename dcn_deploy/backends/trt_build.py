@@ -136,8 +136,9 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     gpu_name, capability = target_gpu if target_gpu is not None else cuda_device_facts(device)
     builder = trt.Builder(logger)
     # Our plugin reads the limit when the parser creates its layers (their timing-cache ID) and when the builder
-    # configures them (the column budget that fits it).
-    with plugin_workspace_limit(workspace_bytes):
+    # configures them (the column budget that fits it). TensorRT-RTX's builder counts a layer's inputs and outputs
+    # against the limit as well (measured: plugins/deform_conv/README.md, "Under a workspace limit").
+    with plugin_workspace_limit(workspace_bytes, charges_tensors=tensorrt_module == "tensorrt_rtx"):
         network, _parser = parse_network(trt, builder, logger, prepared, onnx_path, source_external=source_external,
                                          scratch=engine_path.parent, say=say)
         config = _configure(trt, builder, profile, workspace_bytes=workspace_bytes, tf32=tf32,

@@ -8,12 +8,16 @@ import re
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Optional, Union
 
-__all__ = ["PLUGIN_WORKSPACE_VARIABLE", "check_build_options", "parse_size", "plugin_workspace_limit"]
+__all__ = ["PLUGIN_WORKSPACE_CHARGES_TENSORS_VARIABLE", "PLUGIN_WORKSPACE_VARIABLE", "check_build_options",
+           "parse_size", "plugin_workspace_limit"]
 
 # What our TensorRT plugin reads while an engine is built: the workspace limit, so that a deformable convolution
 # asks for no more than the builder allows (plugins/deform_conv/deformConvPluginWorkspace.h). Same syntax as
 # --workspace.
 PLUGIN_WORKSPACE_VARIABLE = "DCN_DEPLOY_PLUGIN_WORKSPACE"
+# Set to 1 with the limit where the builder counts a layer's inputs and outputs against it too, as TensorRT-RTX's
+# does (kWorkspaceChargesTensorsVariable in plugins/deform_conv/deformConvPluginWorkspace.h).
+PLUGIN_WORKSPACE_CHARGES_TENSORS_VARIABLE = "DCN_DEPLOY_PLUGIN_WORKSPACE_CHARGES_TENSORS"
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -48,20 +52,26 @@ def check_build_options(model, *, precision: str, io_dtype: str, keep_fp32: Iter
 
 
 @contextmanager
-def plugin_workspace_limit(workspace_bytes: Optional[int]) -> Iterator[None]:
+def plugin_workspace_limit(workspace_bytes: Optional[int], charges_tensors: bool = False) -> Iterator[None]:
     """While the engine is built, tell our plugin the builder's workspace limit (``PLUGIN_WORKSPACE_VARIABLE``, in
     whole KiB, rounded down): TensorRT gives a plugin layer no implementation when its workspace is over the limit,
     and the plugin is not told the limit otherwise, so under one it fits its GEMM path's column buffer to it (more,
-    smaller chunks; the same results). None: leave the variable as it is. The previous value is restored after."""
+    smaller chunks; the same results). ``charges_tensors``: the builder counts each layer's inputs and outputs against
+    the limit too (TensorRT-RTX's does), so the plugin leaves room for them
+    (``PLUGIN_WORKSPACE_CHARGES_TENSORS_VARIABLE``). None: leave the variables as they are. The previous values are
+    restored after."""
     if workspace_bytes is None:
         yield
         return
-    previous = os.environ.get(PLUGIN_WORKSPACE_VARIABLE)
-    os.environ[PLUGIN_WORKSPACE_VARIABLE] = f"{max(1, workspace_bytes // 1024)}K"
+    told = {PLUGIN_WORKSPACE_VARIABLE: f"{max(1, workspace_bytes // 1024)}K",
+            PLUGIN_WORKSPACE_CHARGES_TENSORS_VARIABLE: "1" if charges_tensors else "0"}
+    previous = {name: os.environ.get(name) for name in told}
+    os.environ.update(told)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(PLUGIN_WORKSPACE_VARIABLE, None)
-        else:
-            os.environ[PLUGIN_WORKSPACE_VARIABLE] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

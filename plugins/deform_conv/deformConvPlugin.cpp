@@ -217,9 +217,14 @@ int32_t DeformConvPlugin::configurePlugin(
             // The workspace TensorRT may give this layer: at most the build's limit, when one is set.
             size_t limit = 0;
             size_t fitted = kGemmDefaultColumnBudget;
+            bool chargesTensors = false;
             Status budget = workspaceLimitFromEnvironment(limit);
             if (budget.ok())
-                budget = columnBudgetWithin(largest, dtype, gemmPathAvailable(), limit, fitted);
+                budget = workspaceChargesTensorsFromEnvironment(chargesTensors);
+            size_t const tensorBytes
+                = chargesTensors ? layerTensorBytes(largest, dtype, nbInputs > kInputBias, nbInputs > kInputMask) : 0;
+            if (budget.ok())
+                budget = columnBudgetWithin(largest, dtype, gemmPathAvailable(), limit, tensorBytes, fitted);
             if (reject(budget))
                 return -1;
             // The smallest budget any configuration (optimisation profile) needed: every workspace sized earlier
@@ -230,6 +235,7 @@ int32_t DeformConvPlugin::configurePlugin(
                 logTrt(ILogger::Severity::kINFO, kWho + "column budget " + describeBytes(mColumnBudget) + " instead of "
                     + describeBytes(kGemmDefaultColumnBudget) + ", so that the workspace ("
                     + describeBytes(pluginWorkspaceBytes(largest, dtype, gemmPathAvailable(), mColumnBudget))
+                    + (tensorBytes ? ", with " + describeBytes(tensorBytes) + " of inputs and outputs" : std::string())
                     + ") fits " + kWorkspaceLimitVariable + " (" + describeBytes(limit)
                     + "): the same results, in more chunks");
         }

@@ -101,12 +101,39 @@ Status workspaceLimitFromEnvironment(size_t& limit)
     return status;
 }
 
+Status workspaceChargesTensorsFromEnvironment(bool& charges)
+{
+    char const* text = std::getenv(kWorkspaceChargesTensorsVariable);
+    std::string const value = text ? text : "";
+    charges = value == "1";
+    if (value.empty() || value == "0" || value == "1")
+        return Status::success();
+    return Status::invalid(std::string(kWorkspaceChargesTensorsVariable) + " must be 1 (the builder counts a layer's "
+        "inputs and outputs against the workspace limit, as TensorRT-RTX's does) or 0, got '" + value
+        + "': unset it or set one of those");
+}
+
+size_t layerTensorBytes(DeformConvGeometry const& largest, int32_t dtype, bool hasBias, bool hasMask)
+{
+    dcn_deform_conv_desc const& d = largest.d;
+    size_t const pixels = size_t(d.batch) * size_t(largest.outH) * size_t(largest.outW);
+    size_t const samples = size_t(d.offset_group) * size_t(largest.kernelPoints); // per output pixel
+    size_t const elements = size_t(d.batch) * size_t(d.in_channels) * size_t(d.height) * size_t(d.width) // x
+        + size_t(d.out_channels) * size_t(largest.channelsPerGroup) * size_t(largest.kernelPoints)      // weight
+        + pixels * 2 * samples                                                                          // offset
+        + (hasBias ? size_t(d.out_channels) : 0) + (hasMask ? pixels * samples : 0)
+        + pixels * size_t(d.out_channels); // output
+    return elements * dtypeBytes(dtype);
+}
+
 std::string workspaceLimitCacheSuffix()
 {
     size_t limit = 0;
+    bool chargesTensors = false;
     if (!workspaceLimitFromEnvironment(limit).ok() || limit == 0) // a malformed value stops configurePlugin instead
         return "";
-    return ";workspace_limit=" + std::to_string(limit);
+    workspaceChargesTensorsFromEnvironment(chargesTensors);
+    return ";workspace_limit=" + std::to_string(limit) + (chargesTensors ? ";charges_tensors=1" : "");
 }
 
 size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget)
@@ -120,22 +147,26 @@ size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bo
 }
 
 Status columnBudgetWithin(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t limit,
-    size_t& columnBudget)
+    size_t tensorBytes, size_t& columnBudget)
 {
     columnBudget = kGemmDefaultColumnBudget;
     if (limit == 0)
         return Status::success();
     for (size_t budget = kGemmDefaultColumnBudget; budget >= kSmallestColumnBudget; budget /= 2)
-        if (pluginWorkspaceBytes(largest, dtype, gemmAvailable, budget) <= limit)
+        if (tensorBytes <= limit && pluginWorkspaceBytes(largest, dtype, gemmAvailable, budget) <= limit - tensorBytes)
         {
             columnBudget = budget;
             return Status::success();
         }
     size_t const least = pluginWorkspaceBytes(largest, dtype, gemmAvailable, kSmallestColumnBudget);
+    std::string const tensors = tensorBytes == 0 ? std::string(" of workspace")
+        : " of workspace and " + describeBytes(tensorBytes) + " for its inputs and outputs, which this builder counts "
+            "against the limit too (" + kWorkspaceChargesTensorsVariable + "=1), in all "
+            + describeBytes(least + tensorBytes) + ",";
     return Status::invalid("at the optimisation profile's largest shapes (batch " + std::to_string(largest.d.batch)
         + ", " + std::to_string(largest.d.in_channels) + "x" + std::to_string(largest.d.height) + "x"
-        + std::to_string(largest.d.width) + ") this layer needs at least " + describeBytes(least)
-        + " of workspace, over the limit of " + describeBytes(limit) + " (" + kWorkspaceLimitVariable
+        + std::to_string(largest.d.width) + ") this layer needs at least " + describeBytes(least) + tensors
+        + " over the limit of " + describeBytes(limit) + " (" + kWorkspaceLimitVariable
         + "): raise the workspace limit (dcn-deploy build --workspace, trtexec --memPoolSize) and "
         + kWorkspaceLimitVariable + " to at least that, or lower the profile's max shapes");
 }

@@ -26,6 +26,14 @@ namespace dcn
 // from its --workspace; with trtexec, set it to the --memPoolSize workspace value.
 constexpr char const* kWorkspaceLimitVariable = "DCN_DEPLOY_PLUGIN_WORKSPACE";
 
+// Set to 1 where the builder counts a layer's inputs and outputs against the workspace limit as well as its
+// workspace, as TensorRT-RTX's does: its builder failed with "OutOfMemory" exactly where workspace + the layer's
+// input and output tensors at the profile's largest shapes passed the limit (det res3 fp16 at batch 8, 197.3 MiB of
+// workspace and 72.1 MiB of tensors: 269M failed, 270M built; the same with a convolution before the layer; 1.7,
+// 2026-11-26). TensorRT 10 defines the limit as scratch memory only, so unset (or 0) is the default.
+// `dcn-deploy build` sets it with the limit when it builds with TensorRT-RTX.
+constexpr char const* kWorkspaceChargesTensorsVariable = "DCN_DEPLOY_PLUGIN_WORKSPACE_CHARGES_TENSORS";
+
 // The smallest column budget the plugin tries (the GEMM path then slices images into pieces of 256 pixels or more).
 constexpr size_t kSmallestColumnBudget = size_t(1) << 20;
 
@@ -37,8 +45,16 @@ Status parseByteSize(std::string const& text, char const* what, size_t& bytes);
 // kWorkspaceLimitVariable's value in bytes; 0 when unset or empty (no limit). Fails for a malformed value.
 Status workspaceLimitFromEnvironment(size_t& limit);
 
-// The part of the plugin's timing-cache ID that the limit decides (";workspace_limit=<bytes>", or "" without a valid
-// one): the limit picks the GEMM path's column budget for given shapes, and so its timings. Read when the plugin is
+// kWorkspaceChargesTensorsVariable's value: false when unset, empty or "0", true for "1". Fails for anything else.
+Status workspaceChargesTensorsFromEnvironment(bool& charges);
+
+// The bytes of a layer's input and output tensors at the shapes of `largest` (x, weight, offset, and the bias and
+// the mask where given, and the output), in dtype.
+size_t layerTensorBytes(DeformConvGeometry const& largest, int32_t dtype, bool hasBias, bool hasMask);
+
+// The part of the plugin's timing-cache ID that the limit decides (";workspace_limit=<bytes>", then
+// ";charges_tensors=1" where kWorkspaceChargesTensorsVariable is set, or "" without a valid limit): the limit picks
+// the GEMM path's column budget for given shapes, and so its timings. Read when the plugin is
 // created (TensorRT asks for the ID of the creation state), which `dcn-deploy build` does inside the variable's scope.
 std::string workspaceLimitCacheSuffix();
 
@@ -47,10 +63,11 @@ std::string workspaceLimitCacheSuffix();
 size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget);
 
 // The largest column budget, from kGemmDefaultColumnBudget down by halves to kSmallestColumnBudget, under which
-// pluginWorkspaceBytes is at most `limit` (0: no limit, the default budget). Fails, saying what the layer needs at
-// the smallest budget and how to fix it, when even that is over the limit.
+// pluginWorkspaceBytes plus `tensorBytes` (0, or layerTensorBytes where the builder counts them) is at most `limit`
+// (0: no limit, the default budget). Fails, saying what the layer needs at the smallest budget and how to fix it,
+// when even that is over the limit.
 Status columnBudgetWithin(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t limit,
-    size_t& columnBudget);
+    size_t tensorBytes, size_t& columnBudget);
 
 // "256.0 MiB", "1.5 GiB", "512.0 KiB", "100 bytes": for messages.
 std::string describeBytes(size_t bytes);

@@ -479,6 +479,45 @@ void checkWorkspaceLimit(dcn::DeformConvPluginCreator& creator, CaptureLogger& l
     check(tooSmall && logger.lastError.find(dcn::kWorkspaceLimitVariable) != std::string::npos
             && logger.lastError.find("needs at least") != std::string::npos,
         "a limit below the layer's least workspace stops the build: " + logger.lastError);
+    // A builder that counts the layer's inputs and outputs against the limit too (TensorRT-RTX's): the budget leaves
+    // room for them (x, weight, offset, bias, mask and output at batch 8, half precision), and the timing-cache ID
+    // says so. A fresh plugin: one configured earlier keeps its smallest budget.
+    size_t const tensorBytes
+        = size_t(8 * 128 * 16700 + 128 * 128 * 9 + 8 * 18 * 16700 + 128 + 8 * 9 * 16700 + 8 * 128 * 16700) * 2;
+    check(dcn::layerTensorBytes(largest, DCN_FLOAT16, true, true) == tensorBytes
+            && dcn::layerTensorBytes(largest, DCN_FLOAT16, false, false)
+                == tensorBytes - size_t(128 + 8 * 9 * 16700) * 2,
+        "layerTensorBytes: " + dcn::describeBytes(dcn::layerTensorBytes(largest, DCN_FLOAT16, true, true)));
+    setWorkspaceLimit("256M");
+    setenv(dcn::kWorkspaceChargesTensorsVariable, "1", 1);
+    std::unique_ptr<IPluginV3> charged(creator.createPlugin("res3", &fields.collection, TensorRTPhase::kBUILD));
+    auto* chargedBuild = charged ? capability<IPluginV3OneBuild>(charged.get(), PluginCapabilityType::kBUILD) : nullptr;
+    bool const chargedConfigured = chargedBuild && chargedBuild->configurePlugin(io.data(), 5, &io[5], 1) == 0;
+    size_t const chargedBudget
+        = chargedConfigured ? static_cast<dcn::DeformConvPlugin*>(charged.get())->columnBudget() : 0;
+    size_t const chargedAsk = chargedConfigured ? chargedBuild->getWorkspaceSize(io.data(), 5, &io[5], 1) : 0;
+    check(chargedConfigured && chargedBudget < budget && chargedAsk + tensorBytes <= (size_t(256) << 20)
+            && dcn::pluginWorkspaceBytes(largest, DCN_FLOAT16, gemm, 2 * chargedBudget) + tensorBytes
+                > (size_t(256) << 20)
+            && std::string(chargedBuild->getTimingCacheID()) == std::string(build->getTimingCacheID())
+                    + ";workspace_limit=" + std::to_string(size_t(256) << 20) + ";charges_tensors=1",
+        std::string("a limit that also counts the layer's tensors (") + dcn::describeBytes(tensorBytes) + "): column budget "
+            + dcn::describeBytes(chargedBudget) + ", workspace " + dcn::describeBytes(chargedAsk) + ", ID "
+            + (chargedBuild ? chargedBuild->getTimingCacheID() : ""));
+    setWorkspaceLimit("64M");
+    logger.lastError.clear();
+    bool const chargedTooSmall = chargedBuild && chargedBuild->configurePlugin(io.data(), 5, &io[5], 1) != 0;
+    check(chargedTooSmall && logger.lastError.find("for its inputs and outputs") != std::string::npos
+            && logger.lastError.find(dcn::kWorkspaceChargesTensorsVariable) != std::string::npos,
+        "under 64 MiB, less than the layer's tensors, the build stops saying why: " + logger.lastError);
+    setenv(dcn::kWorkspaceChargesTensorsVariable, "yes", 1);
+    logger.lastError.clear();
+    bool const chargedMalformed = chargedBuild && chargedBuild->configurePlugin(io.data(), 5, &io[5], 1) != 0;
+    check(chargedMalformed && logger.lastError.find(std::string(dcn::kWorkspaceChargesTensorsVariable) + " must be 1")
+            != std::string::npos,
+        "a malformed " + std::string(dcn::kWorkspaceChargesTensorsVariable) + " stops the build: " + logger.lastError);
+    unsetenv(dcn::kWorkspaceChargesTensorsVariable);
+
     setWorkspaceLimit("lots");
     logger.lastError.clear();
     bool const malformed = build->configurePlugin(io.data(), 5, &io[5], 1) != 0;
