@@ -445,8 +445,10 @@ def profile_layer(algo: str = "gemm", at: str = "res4") -> int:
 
     from dcn_deploy.plugin.native import deform_conv2d_cuda
 
-    x, offset, weight, bias, mask = make_inputs(PROFILE_LAYERS[at], 8, "float16")
-    deform_conv2d_cuda(x, offset, weight, bias, padding=1, mask=mask, algo=algo)
+    layer = PROFILE_LAYERS[at]
+    x, offset, weight, bias, mask = make_inputs(layer, 8, "float16")
+    # as the benchmark calls it: padding = dilation (seg res5's 2), so the output keeps the input's size
+    deform_conv2d_cuda(x, offset, weight, bias, 1, layer.dilation, layer.dilation, mask, algo=algo)
     torch.cuda.synchronize()
     return 0
 
@@ -478,7 +480,8 @@ def main(argv=None) -> int:
                              "give the --algos, --iters, --warmup of that run")
     parser.add_argument("--profile-layer", nargs="?", const="gemm", default=None, choices=("gemm", "implicit"),
                         help="time nothing: run the gemm path (or the implicit-GEMM kernel: --profile-layer implicit) "
-                             "once on det res4 at batch 8 in float16 and exit (for a profiler such as Nsight Compute: "
+                             "once on --profile-at's layer (det res4 by default) at batch 8 in float16 and exit (for a "
+                             "profiler such as Nsight Compute: "
                              "`ncu --kernel-name regex:olumnsKernel ...`)")
     parser.add_argument("--profile-at", default="res4", choices=sorted(PROFILE_LAYERS),
                         help="the layer --profile-layer runs: det res3, res4 (default), res5 or seg res5")
