@@ -72,9 +72,11 @@ enum GemmSampler : int32_t
 
 // How the batch (or one image's pixels) is cut into chunks whose columns fit the budget.
 //   Even (the default): as few chunks as fit, of equal size but the last (4 + 4 images), so no product is a small
-//     remainder. Measured on an H100 (2026-11-26, b43d8de, RESULTS.md): float32 det res4 at batch 8 (6 + 2 images
-//     under full chunks, 4 + 4 even) 1.185 -> 0.995 ms; every other issue layer, which both rules cut alike or
-//     into one chunk, within 1-2% (the spread between runs).
+//     remainder. Measured on an H100 (2026-11-26, session 22, RESULTS.md): float32 det res4 at batch 8 (6 + 2
+//     images under full chunks, 4 + 4 even) 1.185 -> 0.995 ms; float16 det res3 at batch 8 (also 6 + 2 against
+//     4 + 4) 0-2% slower, within the spread between runs; the other issue layers, cut alike by both rules or into one
+//     chunk, within 1-2%. A chunk's product can still be a fraction of a wave of cuBLAS's tiles where the full one
+//     was a whole wave.
 //   Full: as many images (or pixels) per chunk as fit, and the remainder last. Under the old 64 MiB budget seg
 //     res5's 8192 pixels an image went as 7168 + 1024, and cuBLAS's product of the 1024 took 1.8x the time per pixel
 //     of the 7168's (H100, 09f36e1).

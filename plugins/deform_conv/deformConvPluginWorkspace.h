@@ -29,8 +29,8 @@ constexpr char const* kWorkspaceLimitVariable = "DCN_DEPLOY_PLUGIN_WORKSPACE";
 // Set to 1 where the builder counts a layer's inputs and outputs against the workspace limit as well as its
 // workspace, as TensorRT-RTX's does: its builder failed with "OutOfMemory" exactly where workspace + the layer's
 // input and output tensors at the profile's largest shapes passed the limit (det res3 fp16 at batch 8, 197.3 MiB of
-// workspace and 72.1 MiB of tensors: 269M failed, 270M built; the same with a convolution before the layer; 1.7,
-// 2026-11-26). TensorRT 10 defines the limit as scratch memory only, so unset (or 0) is the default.
+// workspace and 72.4 MiB of tensors, layerTensorBytes: 269M failed, 270M built; the same with a convolution before
+// the layer; 1.7, 2026-11-26). TensorRT 10 defines the limit as scratch memory only, so unset (or 0) is the default.
 // `dcn-deploy build` sets it with the limit when it builds with TensorRT-RTX.
 constexpr char const* kWorkspaceChargesTensorsVariable = "DCN_DEPLOY_PLUGIN_WORKSPACE_CHARGES_TENSORS";
 
