@@ -82,6 +82,34 @@ def on_composite(op, *args):
         return op(*args)
 
 
+def without_tf32(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn with cuDNN's TF32 off while it runs (captured that way in a CUDA graph). Torch lets cuDNN run float32
+    convolutions in TF32 by default (10-bit mantissa products); our float32 kernels and torchvision's float32 products
+    (cuBLAS under torch.backends.cuda.matmul.allow_tf32, off by default) do not. The legacy flag only: mixing it with
+    torch's newer fp32_precision settings makes reading either an error."""
+    import torch
+
+    def call():
+        allowed = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            return fn()
+        finally:
+            torch.backends.cudnn.allow_tf32 = allowed
+    return call
+
+
+def tf32_settings() -> dict:
+    """Whether torch lets cuDNN's convolutions and cuBLAS's float32 products use TF32 in this process."""
+    import torch
+
+    try:
+        return {"cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
+                "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+    except RuntimeError as exc:  # flags set through both of torch's APIs: unreadable as one value
+        return {"tf32_settings_unreadable": str(exc).splitlines()[0]}
+
+
 def time_cuda(fn: Callable[[], object], warmup: int, iters: int, graph: bool = True) -> float:
     """Median milliseconds of fn over iters runs, each timed with CUDA events.
 
@@ -271,7 +299,7 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
     torch.backends.cudnn.benchmark = True
     # where and what ran, in every row, so that --from-json renders the run's own header anywhere
     context = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-               "commit": _git_commit(), "python": platform.python_version()}
+               "commit": _git_commit(), "python": platform.python_version(), **tf32_settings()}
     rows = []
     cases = []
     for dtype_name in dtypes:
@@ -315,6 +343,8 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                         measure(row, f"ours_{algo}", ours(algo), reference, warmup, iters, graph)
                     measure(row, "torchvision", tv, reference, warmup, iters, graph)
                     measure(row, "conv", conv, None, warmup, iters, graph)
+                    if dtype_name == "float32":  # the plain convolution at our float32 kernels' precision
+                        measure(row, "conv_no_tf32", without_tf32(conv), None, warmup, iters, graph)
                     del reference
                 rows.append(row)
                 if breakdown and layer.groups == 1:
@@ -383,10 +413,28 @@ def kernel_settings() -> str:
                     if name.startswith(GEMM_ENV_PREFIXES) and os.environ[name])
 
 
+def _tf32_note(rows: List[dict]) -> str:
+    """What the cuDNN columns ran under in float32: torch's TF32 setting of the run (rows saved before it was
+    recorded: unknown), and the column timed without TF32."""
+    if not any(r.get("dtype") == "float32" for r in rows):
+        return ""
+    settings = {r.get("cudnn_tf32") for r in rows if r.get("dtype") == "float32"}
+    if settings == {True}:
+        said = "with TF32 allowed (torch's default for cuDNN convolutions)"
+    elif settings == {False}:
+        said = "without TF32"
+    else:
+        said = "under a TF32 setting this run did not record"
+    strict = (" `cuDNN conv2d without TF32` is the same convolution with TF32 off (IEEE float32 products, as ours and "
+              "torchvision's)." if any("conv_no_tf32_ms" in r for r in rows) else "")
+    return f" In float32, `cuDNN conv2d` ran {said}.{strict}"
+
+
 def to_markdown(rows: List[dict], args) -> str:
     algos = args.algos.split(",")
     env = kernel_settings()
     run_context = _run_context(rows)
+    strict_conv = any("conv_no_tf32_ms" in r for r in rows)
     lines = [
         f"## Deformable convolution, {run_context['device']} ({datetime.date.today().isoformat()})",
         "",
@@ -397,15 +445,16 @@ def to_markdown(rows: List[dict], args) -> str:
         f"{'with a bias' if all(r.get('bias', True) for r in rows) else 'no bias'}, 3x3, stride 1, "
         f"one offset group unless named, C = out channels. Errors are ||out - ref|| / ||ref|| against torchvision's op in float64 "
         f"on the same inputs. `fail`: that implementation raised (the reason is in the JSON rows and the log); "
-        f"`*`: the call could not be captured in a CUDA graph, so that time is of eager calls.",
+        f"`*`: the call could not be captured in a CUDA graph, so that time is of eager calls.{_tf32_note(rows)}",
         "",
         f"command: `{env + ' ' if env else ''}python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
         "",
         "| layer | NxCxHxW | dtype | " + " | ".join(f"ours {a} ms" for a in algos)
         + " | torchvision ms | cuDNN conv2d ms | best speed-up vs torchvision | best / conv2d | "
+        + ("cuDNN conv2d without TF32 ms | best / that | " if strict_conv else "")
         + " | ".join(f"err {a}" for a in algos) + " | err torchvision |",
         "| --- | --- | --- | " + " | ".join("---:" for _ in algos) + " | ---: | ---: | ---: | ---: | "
-        + " | ".join("---:" for _ in algos) + " | ---: |",
+        + ("---: | ---: | " if strict_conv else "") + " | ".join("---:" for _ in algos) + " | ---: |",
     ]
     for r in rows:
         times = [r.get(f"ours_{a}_ms") for a in algos]
@@ -413,9 +462,13 @@ def to_markdown(rows: List[dict], args) -> str:
         tv, conv = r.get("torchvision_ms"), r.get("conv_ms")
         speedup = f"{tv / best:.2f}x" if tv and best else "n/a"
         to_conv = f"{best / conv:.2f}x" if conv and best else "n/a"
+        strict = r.get("conv_no_tf32_ms")
+        strict_cells = (f"{_ms_cell(r, 'conv_no_tf32')} | {f'{best / strict:.2f}x' if strict and best else 'n/a'} | "
+                        if strict_conv else "")
         lines.append(f"| {r['layer']} | {r['shape']} | {r['dtype']} | "
                      + " | ".join(_ms_cell(r, f"ours_{a}") for a in algos)
                      + f" | {_ms_cell(r, 'torchvision')} | {_ms_cell(r, 'conv')} | {speedup} | {to_conv} | "
+                     + strict_cells
                      + " | ".join(_err_cell(r, f"ours_{a}") for a in algos) + f" | {_err_cell(r, 'torchvision')} |")
     other_references = sorted({r["reference"] for r in rows if r.get("reference", "torchvision") != "torchvision"})
     if other_references:

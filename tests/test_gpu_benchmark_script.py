@@ -233,3 +233,35 @@ def test_gpu_checks_runs_only_the_named_steps(tmp_path):
 def test_gpu_checks_skips_the_steps_named_in_dcn_gpu_skip(tmp_path):
     summary = _run_gpu_checks(tmp_path, DCN_GPU_ONLY="plugin-info", DCN_GPU_SKIP="plugin-info")
     assert "plugin-info skipped: DCN_GPU_SKIP" in summary
+
+
+def test_float32_rows_show_cudnn_without_tf32_beside_its_default(bench, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    half = {"layer": "det res4", "shape": "8x256x50x84", "dtype": "float16", "ours_gemm_ms": 0.18, "conv_ms": 0.12,
+            "torchvision_ms": 0.18, "cudnn_tf32": True, "matmul_tf32": False}
+    single = dict(half, dtype="float32", ours_gemm_ms=1.0, conv_ms=0.25, conv_no_tf32_ms=0.8, torchvision_ms=1.1)
+    args = argparse.Namespace(algos="gemm", iters=20, warmup=3, eager=False)
+    table = bench.to_markdown([half, single], args)
+    assert "| best / conv2d | cuDNN conv2d without TF32 ms | best / that |" in table
+    assert "In float32, `cuDNN conv2d` ran with TF32 allowed" in table
+    lines = [line.split(" | ") for line in table.splitlines() if line.startswith("| det res4")]
+    assert lines[0][8:10] == ["n/a", "n/a"]  # float16: no such column measured
+    assert lines[1][6:10] == ["1.10x", "4.00x", "0.800", "1.25x"]
+    assert len(lines[0]) == len(lines[1]) == len(table.splitlines()[table.splitlines().index(
+        next(line for line in table.splitlines() if line.startswith("| layer")))].split(" | "))
+    # float16 only: neither the columns nor the note
+    only_half = bench.to_markdown([half], args)
+    assert "without TF32" not in only_half and "In float32" not in only_half
+
+
+def test_without_tf32_turns_cudnn_tf32_off_for_the_call_only(bench):
+    seen = []
+    before = torch.backends.cudnn.allow_tf32
+    assert bench.without_tf32(lambda: seen.append(torch.backends.cudnn.allow_tf32) or "out")() == "out"
+
+    def failing():
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        bench.without_tf32(failing)()
+    assert seen == [False] and torch.backends.cudnn.allow_tf32 == before
+    assert bench.tf32_settings() == {"cudnn_tf32": before, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
