@@ -130,6 +130,17 @@ bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes
 # then its time beside the GEMM path (table in the log). Its correctness: pytest-implicit's child process.
 step racecheck-specialised 60 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised compute-sanitizer --tool racecheck \
     --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
+# The same racecheck under a diagnostic build whose consumers bar.sync (not bar.arrive) the ring's "empty" barriers
+# (DCN_RING_CONSUMERS_SYNC, deformConvImplicitSpecialised.cuh): hazards still reported there are not about
+# bar.arrive. Its kernels library is built on the CPU machine and carried (gpu_notes.md, runbook); without it: skipped.
+RING_SYNC=${DCN_GPU_RING_SYNC_BUILD:-build/gpu-ringsync}
+case $RING_SYNC in /*) ;; *) RING_SYNC=$PWD/$RING_SYNC ;; esac
+if [ -f "$RING_SYNC/lib/libdcn_deploy_kernels.so" ]; then
+    step racecheck-ring-sync 60 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised DCN_DEPLOY_PLUGIN_DIR="$RING_SYNC/lib" \
+        compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
+else
+    SUMMARY+=("racecheck-ring-sync skipped: no $RING_SYNC/lib/libdcn_deploy_kernels.so carried")
+fi
 step synccheck-specialised 40 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised compute-sanitizer --tool synccheck \
     --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
 step bench-specialised 90 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised python3 benchmarks/gpu_deform_conv.py \

@@ -48,6 +48,21 @@ __device__ __forceinline__ void ringArrive(int id)
 #endif
 }
 
+// A consumer hands stage `id - kEmptyBarrier` back to the producers: bar.arrive, as the ring's protocol needs. A
+// diagnostic build with DCN_RING_CONSUMERS_SYNC=1 (nvcc -D; benchmarks/gpu_notes.md) waits there instead (bar.sync):
+// slower, still deadlock-free (the producers reach each "empty" wait without waiting for the consumers' next step),
+// and the consumers' reads of a stage and the producers' next copies into it are then ordered by a barrier that
+// every thread waits at. It tells racecheck's reports on this ring (RESULTS.md) from a limit of its bar.arrive model.
+template <int Threads>
+__device__ __forceinline__ void ringRelease(int id)
+{
+#if defined(DCN_RING_CONSUMERS_SYNC) && DCN_RING_CONSUMERS_SYNC
+    ringWait<Threads>(id);
+#else
+    ringArrive<Threads>(id);
+#endif
+}
+
 // One neighbour vector copied into the corner staging, cached in L1 as well (.ca): neighbouring samples share
 // neighbours, as in the GEMM path's sampler. An outside neighbour reads nothing and lands as zeros (src-size 0), so
 // the blend needs no branch (implicitBlendZeroFilled); `source` is then any readable address.
@@ -225,7 +240,7 @@ __device__ __forceinline__ void consumeSteps(DeformConvGeometry const& geo, T co
         T const* weightTile = ring + stage * W::kStageElements;
         multiplyStepTiles<T, W::kFragCols>(weightTile, weightTile + TileM * kImplicitLdk, warpM, warpN, acc);
         if (t + kSpecialisedStages < steps) // a producer waits for this stage again
-            ringArrive<W::kThreads>(kEmptyBarrier + stage);
+            ringRelease<W::kThreads>(kEmptyBarrier + stage);
         stage = stage + 1 == kSpecialisedStages ? 0 : stage + 1;
     }
 }
