@@ -24,6 +24,8 @@
 # gemm) in $DCN_GPU_VARIANT_DTYPES (default: float16; comma-separated) with those variables set, its table in
 # checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread" or,
 # with DCN_GPU_VARIANT_ALGOS=implicit, "m128:DCN_DEPLOY_IMPLICIT_TILE_M=128" or "t256:DCN_DEPLOY_IMPLICIT_THREADS=256".
+# DCN_GPU_VARIANT_ARGS: more gpu_deform_conv.py arguments for every variant (e.g. "--batches 8 --breakdown": where
+# each variant's time goes, kernel by kernel).
 #
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
 #   (default: $OUT, else artifacts/gpu; writes these files there: checks.log, bench.json, bench.md,
@@ -182,7 +184,7 @@ for variant in ${DCN_GPU_VARIANTS:-}; do
     settings=${variant#*:}
     step "variant-${variant%%:*}" 60 env ${settings//,/ } python3 benchmarks/gpu_deform_conv.py \
         --algos "${DCN_GPU_VARIANT_ALGOS:-gemm}" \
-        --dtypes "${DCN_GPU_VARIANT_DTYPES:-float16}" --iters 20 --warmup 3
+        --dtypes "${DCN_GPU_VARIANT_DTYPES:-float16}" --iters 20 --warmup 3 ${DCN_GPU_VARIANT_ARGS:-}
 done
 if [ -n "${DCN_GPU_NCU:-}" ]; then
     if command -v ncu >/dev/null; then

@@ -227,7 +227,19 @@ def test_gpu_checks_runs_only_the_named_steps(tmp_path):
     for step in ("pytest-gpu", "bench", "racecheck-specialised", "memcheck", "bench-grouped"):
         assert f"{step} skipped: not in DCN_GPU_ONLY" in summary
     assert "variant 'bad' skipped: not NAME:VAR=VALUE" in summary
+    assert any(line.startswith("racecheck-ring-sync skipped: ") for line in summary)  # not named, or not carried
     assert summary[-1].startswith("total ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the variant's benchmark exits at once without a GPU")
+def test_gpu_checks_passes_dcn_gpu_variant_args_to_every_variant(tmp_path):
+    summary = _run_gpu_checks(tmp_path, DCN_GPU_ONLY="variant-c20", DCN_GPU_VARIANTS="c20:DCN_DEPLOY_GEMM_CHUNK_MB=20",
+                              DCN_GPU_VARIANT_ARGS="--batches 8 --breakdown")
+    assert any(line.startswith("variant-c20 rc=2 ") for line in summary), summary  # no CUDA device here
+    log = (tmp_path / "out" / "checks.log").read_text()
+    assert ("=== variant-c20 (limit 60s): env DCN_DEPLOY_GEMM_CHUNK_MB=20 python3 benchmarks/gpu_deform_conv.py "
+            "--algos gemm --dtypes float16 --iters 20 --warmup 3 --batches 8 --breakdown") in log
+    assert "no CUDA device" in log
 
 
 def test_gpu_checks_skips_the_steps_named_in_dcn_gpu_skip(tmp_path):
