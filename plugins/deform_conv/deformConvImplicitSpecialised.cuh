@@ -135,12 +135,41 @@ __device__ __forceinline__ T* cornerSlot(T* cornerStage, int32_t i, int32_t c, i
     return cornerStage + ((i * 4 + c) * ProducerThreads + p) * kImplicitVector;
 }
 
-// Start step `step`'s copies: its weights tile into `stage` and its column vectors' neighbours into `cornerStage`,
-// as one group.
+// A producer thread's column vectors' neighbour indices for one step (the first half of their taps). Read before
+// the producer waits at the stage's "empty" barrier (the taps table does not change during the reduction), so that
+// the shared-memory latency overlaps the wait instead of stalling the copies' address arithmetic after it (session
+// 22's profile: 7% of the kernel's stall samples on those two reads' first use).
+template <int TileM>
+struct SpecialisedStepIndices
+{
+    int32_t index[SpecialisedWarps<TileM>::kColumnVectors][4];
+};
+
+template <int TileM>
+__device__ __forceinline__ SpecialisedStepIndices<TileM> loadStepIndices(
+    ImplicitTaps<float> const* taps, ImplicitStep const& step, int32_t p)
+{
+    using W = SpecialisedWarps<TileM>;
+    ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
+    SpecialisedStepIndices<TileM> indices;
+DCN_UNROLL
+    for (int i = 0; i < W::kColumnVectors; ++i)
+    {
+        int32_t col, vector;
+        implicitTileVector(p + i * W::kProducerThreads, col, vector);
+DCN_UNROLL
+        for (int c = 0; c < 4; ++c)
+            indices.index[i][c] = stepTaps[col].index[c];
+    }
+    return indices;
+}
+
+// Start step `step`'s copies: its weights tile into `stage` and its column vectors' neighbours (at `indices`) into
+// `cornerStage`, as one group.
 template <typename T, int TileM>
 __device__ __forceinline__ void issueStep(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
-    T const* __restrict__ weights, ImplicitTaps<float> const* taps, SpecialisedSources<TileM> const& sources,
-    ImplicitStep const& step, T* stage, T* cornerStage, int32_t p)
+    T const* __restrict__ weights, SpecialisedStepIndices<TileM> const& indices,
+    SpecialisedSources<TileM> const& sources, ImplicitStep const& step, T* stage, T* cornerStage, int32_t p)
 {
     using W = SpecialisedWarps<TileM>;
     T const* stepWeights = weights + implicitStepWeights(geo, step);
@@ -152,40 +181,49 @@ DCN_UNROLL
         implicitCopyPack<T>(stage + row * kImplicitLdk + vector * kImplicitVector, stepWeights + sources.weights[i]);
     }
     T const* stepInput = nhwc + step.channel;
-    ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
-        int32_t col, vector;
-        implicitTileVector(p + i * W::kProducerThreads, col, vector);
-        ImplicitTaps<float> const tap = stepTaps[col];
         T const* image = stepInput + sources.columns[i];
 DCN_UNROLL
         for (int c = 0; c < 4; ++c) // an outside neighbour lands as zeros (read from nowhere: the image's start)
-            copyCorner<T>(cornerSlot<W::kProducerThreads>(cornerStage, i, c, p),
-                image + (tap.index[c] < 0 ? 0 : tap.index[c]), tap.index[c] >= 0);
+        {
+            int32_t const index = indices.index[i][c];
+            copyCorner<T>(cornerSlot<W::kProducerThreads>(cornerStage, i, c, p), image + (index < 0 ? 0 : index),
+                index >= 0);
+        }
     }
     commitCopies();
 }
 
-// Blend step `step`'s landed neighbours (cornerStage) into the column tile of its stage.
+// Blend step `step`'s landed neighbours (cornerStage) into the column tile of its stage: every vector's neighbours
+// and taps read first, then blended and stored. (Blending each vector as it is read made the second vector's reads
+// wait behind the first one's store: the compiler cannot move a shared load above a shared store that may alias it.)
 template <typename T, int TileM>
 __device__ __forceinline__ void blendStep(ImplicitTaps<float> const* taps, ImplicitStep const& step,
     T const* cornerStage, T* columnTile, int32_t p)
 {
     using W = SpecialisedWarps<TileM>;
     ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
+    ImplicitPack<T> corners[W::kColumnVectors][4];
+    ImplicitTaps<float> vectorTaps[W::kColumnVectors];
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
         int32_t col, vector;
         implicitTileVector(p + i * W::kProducerThreads, col, vector);
-        ImplicitPack<T> corners[4];
+        vectorTaps[i] = stepTaps[col];
 DCN_UNROLL
         for (int c = 0; c < 4; ++c)
-            corners[c] = loadPack<T>(cornerSlot<W::kProducerThreads>(cornerStage, i, c, p));
+            corners[i][c] = loadPack<T>(cornerSlot<W::kProducerThreads>(cornerStage, i, c, p));
+    }
+DCN_UNROLL
+    for (int i = 0; i < W::kColumnVectors; ++i)
+    {
+        int32_t col, vector;
+        implicitTileVector(p + i * W::kProducerThreads, col, vector);
         storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
-            implicitBlendZeroFilled<T, float>(stepTaps[col], corners));
+            implicitBlendZeroFilled<T, float>(vectorTaps[i], corners[i]));
     }
 }
 
@@ -202,7 +240,7 @@ __device__ __forceinline__ void produceSteps(DeformConvGeometry const& geo, T co
     int32_t const steps = implicitSteps(geo);
     ImplicitStep step = implicitStep(geo, g, 0);
     int32_t const firstOffsetGroupChannel = step.offsetGroupChannel;
-    issueStep<T, TileM>(geo, nhwc, weights, taps, sources, step, ring, corners, p);
+    issueStep<T, TileM>(geo, nhwc, weights, loadStepIndices<TileM>(taps, step, p), sources, step, ring, corners, p);
     int32_t stage = 0; // t mod kSpecialisedStages
     for (int32_t t = 0; t < steps; ++t)
     {
@@ -211,9 +249,10 @@ __device__ __forceinline__ void produceSteps(DeformConvGeometry const& geo, T co
         if (t + 1 < steps)
         {
             step = implicitNextStep(geo, firstOffsetGroupChannel, step);
+            SpecialisedStepIndices<TileM> const indices = loadStepIndices<TileM>(taps, step, p);
             if (t + 1 >= kSpecialisedStages) // the stage's last consumers (step t + 1 - stages) are done with it
                 ringWait<W::kThreads>(kEmptyBarrier + nextStage);
-            issueStep<T, TileM>(geo, nhwc, weights, taps, sources, step, ring + nextStage * W::kStageElements,
+            issueStep<T, TileM>(geo, nhwc, weights, indices, sources, step, ring + nextStage * W::kStageElements,
                 corners + ((t + 1) & 1) * cornerStageElements, p);
             waitCopies<1>(); // step t's group has landed, step t + 1's is in flight
         }
