@@ -55,7 +55,7 @@ def assert_bad_input(result, *fragments):
     assert not any(line.startswith("Error: ") for line in result.stderr.splitlines())  # click's spelling
 
 
-# Item 3: model files that are not ONNX models ------------------------------------------------------------------
+# model files that are not ONNX models --------------------------------------------------------------------------
 @pytest.mark.parametrize("command", [
     ["infer", "JUNK", "--input", "X"],
     ["verify", "JUNK", "--against", "torch", "--model", "FACTORY"],
@@ -87,7 +87,7 @@ def test_onnx_io_metadata_names_a_file_protobuf_cannot_read(files, tmp_path):
     assert [m.name for m in inputs] == ["x"] and outputs == ("y",)
 
 
-# Items 3 and 6: an execution provider that is not there ---------------------------------------------------------
+# an execution provider that is not there ------------------------------------------------------------------------
 @pytest.mark.skipif(CUDA_PROVIDER, reason="this onnxruntime has the CUDA provider, so ort-cuda loads")
 def test_ort_cuda_without_the_cuda_provider(files):
     result = run("infer", files["onnx"], "--input", files["x"], "--runner", "ort-cuda")
@@ -100,7 +100,7 @@ def test_ort_cuda_without_the_cuda_provider(files):
         OrtRunner(files["onnx"], device="cuda").activate()
 
 
-# Item 3: the user's model code fails --------------------------------------------------------------------------
+# the user's model code fails ----------------------------------------------------------------------------------
 def test_a_factory_that_raises_is_named_with_its_error(files):
     boom = files["folder"] / "boom.py"
     result = run("verify", files["onnx"], "--model", f"{boom}:build", "--shape", "x=1x2x5x5")
@@ -144,7 +144,7 @@ def test_verify_when_the_torch_model_does_not_fit_the_inputs(files):
                      "builds the network tiny.onnx was exported from")
 
 
-# Item 7: a failed comparison is exit 1, with a hint about --weights only when it applies -------------------------
+# a failed comparison is exit 1, with a hint about --weights only when it applies ---------------------------------
 def test_verify_failure_without_weights_hints_at_weights(files):
     factory = f"{files['folder'] / 'untrained.py'}:build"
     failed = run("verify", files["onnx"], "--model", factory, "--shape", "x=1x2x5x5")
@@ -165,7 +165,7 @@ def test_verify_failure_without_weights_hints_at_weights(files):
     assert failed_with_weights.exit_code == 1 and "hint:" not in failed_with_weights.stderr
 
 
-# Item 6: hints name the options of the command that was run ---------------------------------------------------
+# hints name the options of the command that was run -----------------------------------------------------------
 @pytest.mark.parametrize("command, hint", [
     (["bench", "ONNX", "--shape", "x=1x2x4x4"], "--runner ort,torch"),
     (["verify", "ONNX", "--runner", "ort", "--against", "onnx-reference"], "--against torch"),
@@ -179,7 +179,7 @@ def test_model_without_the_torch_runner_names_the_commands_option(files, command
         assert "--against" not in result.stderr  # bench has no --against
 
 
-# Item 11: one error style; the --debug hint puts --debug before the command -----------------------------------
+# one error style; the --debug hint puts --debug before the command --------------------------------------------
 def test_cli_errors_and_library_errors_print_the_same_way(files):
     usage = run("verify", files["onnx"], "--runner", "ort", "--against", "ort")  # a CliError
     assert_bad_input(usage, "--runner and --against are both 'ort'")

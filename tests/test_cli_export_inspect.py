@@ -131,8 +131,8 @@ def test_inspect_describes_the_exported_file(exported):
 
 
 def test_inspect_nodes_lists_the_names_build_keep_fp32_takes(exported):
-    """audit14 #7: `build --keep-fp32 NAME` sends the user to inspect for node names; --nodes lists them (text and
-    JSON), the plain summary says how to get them, and every listed name is one --keep-fp32 accepts."""
+    """`build --keep-fp32 NAME` sends the user to inspect for node names; --nodes lists them (text and JSON), the
+    plain summary says how to get them, and every listed name is one --keep-fp32 accepts."""
     from dcn_deploy.onnx.precision import check_keep_fp32_nodes
 
     _, out, _ = exported

@@ -82,7 +82,7 @@ class Doubling(Runner):
 def test_runners_load_their_model_once_per_use():
     """benchmark's first runner, activated to read the input metadata, is measured in that activation (it loaded
     its model once more before); compare_runners asks for RoI inputs (the ONNX Runtime runner reads its file for
-    them) only to make a random feed, or to check a given feed's (K, 5) arrays (tests/test_cli_inputs_audit.py)."""
+    them) only to make a random feed, or to check a given feed's (K, 5) arrays (tests/test_cli_input_checks.py)."""
     first, second = Doubling("a"), Doubling("b")
     result = benchmark([first, second], batches=[1, 2], iterations=1, warmup=0, progress=False)
     assert [(e.runner, e.batch) for e in result.entries] == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
@@ -137,7 +137,7 @@ def test_of_tolerance_with_a_zero_allowance():
 
 
 def test_a_nan_reference_fails_even_against_the_same_values(rng):
-    # audit: an all-NaN model "verified" against itself (max abs 0, max rel nan, PASS): NaN never matches NaN now;
+    # an all-NaN model must not "verify" against itself (max abs 0, max rel nan, PASS): NaN never matches NaN;
     # an inf matches only the same inf (here the output has -inf where the reference has +inf)
     ref = rng.standard_normal(6).astype(np.float32)
     ref[0], ref[1] = np.nan, np.inf
@@ -157,7 +157,7 @@ def test_a_nan_reference_fails_even_against_the_same_values(rng):
 
 
 def test_an_inf_reproduced_exactly_matches(rng):
-    # review: a model that masks logits with -inf failed its verification although ONNX Runtime gave the same -inf
+    # a model that masks logits with -inf passes when ONNX Runtime gives the same -inf
     ref = rng.standard_normal(10).astype(np.float32)
     ref[ref < 0] = -np.inf
     got = ref.copy()
@@ -173,7 +173,7 @@ def test_an_all_nan_reference_reports_no_nan_numbers():
     result = compare_outputs("onnxruntime", "logits", ref.copy(), ref, reference="PyTorch")
     assert not result.passed and result.mismatched == 2000
     assert "the reference (PyTorch) output has 2000 of 2000 NaN/inf values" in result.note
-    # nothing could be compared: every error is unbounded, none is NaN (the audit printed "max rel nan")
+    # nothing could be compared: every error is unbounded, none is NaN (never "max rel nan")
     numbers = (result.max_abs, result.max_rel, result.mean_abs, result.of_tolerance)
     assert all(v == float("inf") for v in numbers), numbers
     table = ComparisonResult("torch", ["torch", "ort"], {"x": ((2, 3), "float32")}, [result]).table()

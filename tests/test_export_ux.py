@@ -90,7 +90,7 @@ def old_export(dynamic_export):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# item 1: the demo model exports as the help says
+# the demo model exports as the help says
 # --------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [["--input-shape", "1x1x28x28"], ["--dynamic"]], ids=["input-shape", "own-inputs"])
@@ -158,7 +158,7 @@ def test_example_inputs_with_a_size(model_file):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# item 2: example shapes stored at export, used where the user gives no --shape
+# example shapes stored at export, used where the user gives no --shape
 # --------------------------------------------------------------------------------------------------------------
 
 def test_export_stores_the_example_shapes(dynamic_export):
@@ -252,7 +252,7 @@ def test_stored_shapes_follow_the_batch_given_and_ignore_what_no_longer_fits(tmp
 
 
 # --------------------------------------------------------------------------------------------------------------
-# item 4: example inputs that do not fit the model
+# example inputs that do not fit the model
 # --------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shapes, cause", [
@@ -290,7 +290,7 @@ def test_library_names_the_model_and_its_own_error(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# item 6: the no-deformable-layer error names the CLI flag too
+# the no-deformable-layer error names the CLI flag too
 # --------------------------------------------------------------------------------------------------------------
 
 def test_no_deformable_layer_error_names_the_flag_and_the_argument(tmp_path):
@@ -303,7 +303,7 @@ def test_no_deformable_layer_error_names_the_flag_and_the_argument(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# item 10: --shape NAME=SHAPE or NAME:SHAPE
+# --shape NAME=SHAPE or NAME:SHAPE
 # --------------------------------------------------------------------------------------------------------------
 
 def test_shape_option_accepts_both_separators():
@@ -353,7 +353,7 @@ def test_the_early_run_leaves_a_training_mode_model_as_it_was(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# audit14: --weights that do not fit or cannot be read, data-dependent control flow, small wording
+# --weights that do not fit or cannot be read, data-dependent control flow, small wording
 # --------------------------------------------------------------------------------------------------------------
 
 def _smaller_state_dict(path):
@@ -505,7 +505,7 @@ def test_empty_input_names_get_an_example_of_input_names(tmp_path):
     assert "e.g. --input-names image,rois" in line and "cls_score" not in line
 
 
-# audit: a checkpoint of another architecture gave an all-NaN model that "verified" (NaN matched NaN), exit 0
+# an all-NaN model fails verification (NaN never matches NaN); weights of another architecture are refused
 # --------------------------------------------------------------------------------------------------------------
 
 NAN_MODEL_FILE = textwrap.dedent("""

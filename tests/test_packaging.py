@@ -35,7 +35,7 @@ def test_import_and_cli_help_do_not_import_torch():
     assert _imports_torch("import dcn_deploy\ndcn_deploy.deform_conv2d")  # the probe itself can tell
 
 
-# ---- plugin build: when CMake's configure step runs again (audit14 #1) ----------------------------------------------
+# ---- plugin build: when CMake's configure step runs again -----------------------------------------------------------
 _ARGS = "cmake\n-S\n/src\n-B\n/src/build/native\n-DCMAKE_BUILD_TYPE=Release\n-DDCN_WITH_CUDA=ON"
 _NOTFOUND_CACHE = "CMAKE_BUILD_TYPE:STRING=Release\nTENSORRT_INCLUDE_DIR:PATH=TENSORRT_INCLUDE_DIR-NOTFOUND\n"
 _FOUND_CACHE = "TENSORRT_INCLUDE_DIR:PATH=/src/.third_party/tensorrt/include\n"
@@ -61,7 +61,7 @@ def test_configure_reason(state, expected):
 
 
 def test_fetching_headers_after_a_build_without_them_configures_again(tmp_path, monkeypatch):
-    """The audit's steps: `plugin build` without headers, then `plugin build --fetch-trt-headers`. The second run
+    """A user's steps: `plugin build` without headers, then `plugin build --fetch-trt-headers`. The second run
     must run CMake's configure step (so find_path looks again) though its arguments are the same. CMake itself is
     replaced by a recorder here (a real build takes minutes); the reason is checked above."""
     import dcn_deploy.plugin.library as library

@@ -137,7 +137,7 @@ def _conv_model(elem_type: int, dtype, rng):
 
 
 def test_float64_model_load_error_says_to_export_in_float32(tmp_path, rng):
-    """audit14 #11: ONNX Runtime's CPU provider has no float64 Conv; the load error says so and gives export's fix."""
+    """ONNX Runtime's CPU provider has no float64 Conv; the load error says so and gives export's fix."""
     import onnx
 
     from dcn_deploy.backends.ort_runner import missing_float64_kernel

@@ -992,9 +992,9 @@ def dynamic_dcn_model(example=None) -> onnx.ModelProto:
 
 
 def test_build_engine_takes_the_stored_example_size_for_dynamic_height_and_width(tmp_path):
-    """audit14 #2: a file exported with --dynamic builds without shapes=: H/W are fixed to the stored example (one
-    note line says so) and the batch ranges over 1..max_batch. Checked up to the TensorRT import (the engine build
-    itself needs TensorRT and a GPU: tests/test_trt_gpu.py)."""
+    """A file exported with --dynamic builds without shapes=: H/W are fixed to the stored example (one note line says
+    so) and the batch ranges over 1..max_batch. Checked up to the TensorRT import (the engine build itself needs
+    TensorRT and a GPU: tests/test_trt_gpu.py)."""
     import io
 
     from dcn_deploy.backends import trt_build

@@ -1,7 +1,7 @@
-"""Fixes from the library audit's items 7 and 13-19 (docs: /tmp/libaudit/REPORT.md at the time): the torch runner
-gives the model back as it found it; export runs a training-mode model in eval mode (as torch.onnx.export does)
-and gives it back in its modes; it refuses bad tolerances and clashing names before the (slow) exporter runs, and says what a float64 failure or a float32 roundoff mismatch means; feed errors name the
-library argument and the CLI option."""
+"""Arguments that export, the feeds and compare_runners refuse, and what they say: export refuses bad tolerances and
+clashing input/output names before the (slow) exporter runs, and says what a float64 failure or a float32 roundoff
+mismatch means; feed errors (batch, shapes) name the library argument with the CLI option in parentheses, and the
+CLI names the option alone."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dcn_deploy.backends.base import TensorMeta
-from dcn_deploy.backends.torch_runner import TorchRunner, metas_from_examples
 from dcn_deploy.feeds import FeedError, resolve_shapes
 from dcn_deploy.onnx import export as export_module
 from dcn_deploy.onnx.export import ExportError, VerificationError, export
@@ -31,88 +30,7 @@ def no_exporter(monkeypatch):
     monkeypatch.setattr(export_module, "run_exporter", refuse)  # export() looks it up in its own module
 
 
-def _net() -> torch.nn.Sequential:
-    return torch.nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
-
-
-# ---- 13: TorchRunner restores train/eval mode and device --------------------------------------------------------
-
-def test_torch_runner_restores_each_modules_mode():
-    net = _net().train()
-    net[1].eval()  # a frozen BatchNorm, as detectors train: must stay frozen, not be switched by net.train()
-    x = torch.randn(2, 3, 8, 8)
-    with TorchRunner(net, metas_from_examples(["x"], [x])) as runner:
-        assert not any(m.training for m in net.modules())
-        first, second = runner.infer({"x": x.numpy()}), runner.infer({"x": x.numpy()})
-        np.testing.assert_array_equal(first["output_0"], second["output_0"])  # no dropout while it runs
-    assert net.training and net[0].training and net[2].training and not net[1].training
-
-
-class _MoveRecorder(torch.nn.Sequential):
-    """Records the devices it is asked to move to, and stays where it is (no second device on a CPU machine)."""
-
-    def __init__(self, *layers):
-        super().__init__(*layers)
-        self.moves = []
-
-    def to(self, device):
-        self.moves.append(torch.device(device))
-        return self
-
-
-def test_torch_runner_moves_the_model_back_to_its_device():
-    net = _MoveRecorder(DeformConv2dPack(3, 4, 3, padding=1))
-    x = torch.randn(1, 3, 6, 6)
-    runner = TorchRunner(net, metas_from_examples(["x"], [x]))
-    runner.device = torch.device("meta")  # another device than the parameters' (cpu), without a GPU
-    with runner:
-        assert net.moves == [torch.device("meta")]
-    assert net.moves == [torch.device("meta"), torch.device("cpu")]
-    net.moves.clear()
-    with TorchRunner(net, metas_from_examples(["x"], [x])):  # already on the runner's device: no move back
-        pass
-    assert net.moves == [torch.device("cpu")]
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (PyTorch has none here)")
-def test_torch_runner_moves_the_model_back_from_cuda():
-    net = _net().eval()
-    x = torch.randn(1, 3, 6, 6)
-    with TorchRunner(net, metas_from_examples(["x"], [x]), device="cuda") as runner:
-        assert next(net.parameters()).is_cuda
-        runner.infer({"x": x.numpy()})
-    assert all(p.device.type == "cpu" for p in net.parameters())
-
-
-# ---- 14: a model in training mode is exported and verified in eval mode, then put back -----------------------------
-
-def test_export_runs_a_training_mode_model_in_eval_mode_and_puts_it_back(tmp_path):
-    """Without eval mode the file would hold training-mode dropout and BatchNorm, and verification would fail on
-    dropout's randomness; torch.onnx.export's own default is to export in eval mode."""
-    net = _net().train()
-    net[1].eval()  # a BatchNorm the user froze stays frozen
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    report = export(net, (torch.randn(2, 3, 8, 8),), tmp_path / "m.onnx")
-    assert report.verified
-    assert any("Sequential: it was in training mode; exported and verified in eval mode" in w for w in report.warnings)
-    assert net.training and net[0].training and not net[1].training and net[2].training
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BatchNorm statistics untouched
-    net.eval()[2].train()  # one submodule left in training mode is named
-    report = export(net, (torch.randn(2, 3, 8, 8),), tmp_path / "m2.onnx")
-    assert any("its submodule '2' was in training mode" in w for w in report.warnings)
-    assert net[2].training and not net.training
-
-
-def test_a_programs_module_is_not_taken_for_training_mode(tmp_path):
-    # torch.export's module() reports training=True and refuses eval(): its graph was fixed when it was exported
-    x = torch.randn(1, 3, 8, 8)
-    program = torch.export.export(_net().eval(), (x,))
-    assert program.module().training
-    report = export(program, (x,), tmp_path / "p.onnx")
-    assert report.verified and not any("training mode" in w for w in report.warnings)
-
-
-# ---- 7 (rest): tolerances are checked before the export ------------------------------------------------------------
+# ---- tolerances are checked before the export ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(atol=-1.0), r"atol \(CLI: --atol\) must be a finite number >= 0, got -1.0"),
@@ -125,7 +43,7 @@ def test_export_checks_the_tolerance_before_exporting(tmp_path, no_exporter, kwa
     assert not (tmp_path / "m.onnx").exists()
 
 
-# ---- 15: repeated input/output names are refused before the export -------------------------------------------------
+# ---- repeated input/output names are refused before the export -----------------------------------------------------
 
 @pytest.mark.parametrize("names, message", [
     (dict(input_names=["a"], output_names=["a"]), r"output_names \(CLI: --output-names\) repeats the input name 'a'"),
@@ -151,7 +69,7 @@ def test_cli_export_refuses_an_output_named_like_the_input(tmp_path, no_exporter
     assert not out.exists()
 
 
-# ---- 16 and 19: float64 in ONNX Runtime; float32 roundoff in the verification message --------------------------
+# ---- float64 in ONNX Runtime; float32 roundoff in the verification message -------------------------------------
 
 def test_float64_model_with_a_conv_says_what_onnx_runtime_lacks(tmp_path):
     model = ModulatedDeformConv2dPack(2, 2, 3, padding=1).double().eval()
@@ -191,7 +109,7 @@ def test_verification_error_explains_float32_roundoff_before_asking_for_a_report
     assert "copy.deepcopy(model).double()" in text[hint:] and "no float64 Conv" in text[hint:]
 
 
-# ---- 17: feed errors name the library argument and the CLI option ----------------------------------------------
+# ---- feed errors name the library argument and the CLI option --------------------------------------------------
 
 def test_batch_below_one_is_refused_as_such():
     fixed = (TensorMeta("x", F32, (1, 3, 8, 8)),)
@@ -231,7 +149,7 @@ def test_cli_tolerances_are_finite_and_not_negative(tmp_path, command, option, v
     assert not (tmp_path / "d.onnx").exists()
 
 
-# ---- audit14, 9: library errors name the library argument, the CLI option in parentheses ------------------------
+# ---- library errors name the library argument, the CLI option in parentheses ------------------------------------
 
 def test_a_shape_given_as_text_names_the_argument_and_the_tuple():
     metas = (TensorMeta("image", F32, ("N", 3, "H", "W")),)
@@ -258,57 +176,3 @@ def test_compare_runners_with_a_text_shape_says_so(tmp_path):
     message = str(info.value)
     assert "pass torch_model=module" in message and "(CLI: --model FILE.py:FACTORY" in message
     assert message.index("torch_model=") < message.index("--model")
-
-
-# ---- audit14, 8: every name docs/library.md says is importable from dcn_deploy is ------------------------------
-
-def _library_doc_claims():
-    """(top-level names, dotted paths) that docs/library.md writes: ``dcn_deploy.NAME``, ``from dcn_deploy import
-    ...``, the error and tolerance classes it names; and every ``dcn_deploy.a.b`` path (module, then attribute)."""
-    import builtins
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "library.md").read_text()
-    # dcn_deploy.NAME, not "import dcn_deploy.feeds" / "from dcn_deploy.feeds import ..." (a module path)
-    names = set(re.findall(r"(?<!import )(?<!from )\bdcn_deploy\.([A-Za-z_]\w*)\b(?!\.)", text))
-    for group in re.findall(r"from dcn_deploy import ([\w, ]+)", text):
-        names.update(n.strip() for n in group.split(",") if n.strip())
-    names.update(n for n in re.findall(r"`(\w*(?:Error|Tolerance))\b", text) if not hasattr(builtins, n))
-    names.discard("NAME")  # the placeholder in "each name written `dcn_deploy.NAME`"
-    paths = set(re.findall(r"\bdcn_deploy(?:\.[A-Za-z_]\w*){2,}", text))
-    return names, paths
-
-
-def test_every_name_the_library_doc_shows_is_importable_without_tensorrt():
-    import subprocess
-    import sys
-
-    names, paths = _library_doc_claims()
-    assert {"VerificationError", "RunnerError", "FeedError", "TensorRTMissingError", "Tolerance", "ShapeError",
-            "export", "compare_runners", "OrtRunner"} <= names  # the parse found what the doc lists
-    script = (
-        "import importlib, sys\n"
-        f"names, paths = {sorted(names)!r}, {sorted(paths)!r}\n"
-        "import dcn_deploy\n"
-        "missing = [n for n in names if n not in dcn_deploy.__all__]  # before any import adds a submodule\n"
-        "for n in names:\n"
-        "    exec(f'from dcn_deploy import {n}')\n"
-        "unresolved = []\n"
-        "for path in paths:\n"
-        "    parts = path.split('.')\n"
-        "    for cut in range(len(parts), 0, -1):\n"
-        "        try:\n"
-        "            value = importlib.import_module('.'.join(parts[:cut]))\n"
-        "        except ImportError:\n"
-        "            continue\n"
-        "        try:\n"
-        "            for part in parts[cut:]:\n"
-        "                value = getattr(value, part)\n"
-        "        except AttributeError:\n"
-        "            unresolved.append(path)\n"
-        "        break\n"
-        "print(missing, unresolved, 'tensorrt' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[0] == "[] [] False", done.stdout

@@ -1,5 +1,7 @@
-"""The library as a new user calls it (from torchvision or mmcv): argument checks that name the argument and the
-fix, and the conveniences the CLI had but the library calls lacked (RoI inputs found from the runners)."""
+"""The library's public calls as a user coming from torchvision or mmcv makes them: ``deform_conv2d`` against a loop
+written from the formula; layers and RoI ops that check their arguments and input, naming the argument and the fix;
+``compare_runners`` and ``benchmark`` giving valid boxes to the RoI inputs a runner reports; ``OrtRunner``'s
+argument checks; and docs/library.md (its example runs as written, every name it shows is importable)."""
 from __future__ import annotations
 
 import math
@@ -233,6 +235,10 @@ def test_ort_runner_reads_its_roi_inputs_from_the_graph(relu_model):
     assert OrtRunner(model.SerializeToString()).roi_inputs() == ("boxes",)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# docs/library.md: its example runs, and every name it shows is importable
+# --------------------------------------------------------------------------------------------------------------
+
 def test_docs_library_example_runs_as_written(tmp_path, monkeypatch):
     """docs/library.md's Python blocks, in order: train a step, export, run, compare, benchmark, inspect."""
     import re
@@ -246,3 +252,55 @@ def test_docs_library_example_runs_as_written(tmp_path, monkeypatch):
     exec(compile("\n".join(blocks), "docs/library.md example", "exec"), namespace)  # noqa: S102 - our own docs
     assert namespace["result"].passed and (tmp_path / "net.onnx").is_file()
     assert [e.batch for e in namespace["timing"].entries] == [1, 1, 4, 4]
+
+
+def _library_doc_claims():
+    """(top-level names, dotted paths) that docs/library.md writes: ``dcn_deploy.NAME``, ``from dcn_deploy import
+    ...``, the error and tolerance classes it names; and every ``dcn_deploy.a.b`` path (module, then attribute)."""
+    import builtins
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "library.md").read_text()
+    # dcn_deploy.NAME, not "import dcn_deploy.feeds" / "from dcn_deploy.feeds import ..." (a module path)
+    names = set(re.findall(r"(?<!import )(?<!from )\bdcn_deploy\.([A-Za-z_]\w*)\b(?!\.)", text))
+    for group in re.findall(r"from dcn_deploy import ([\w, ]+)", text):
+        names.update(n.strip() for n in group.split(",") if n.strip())
+    names.update(n for n in re.findall(r"`(\w*(?:Error|Tolerance))\b", text) if not hasattr(builtins, n))
+    names.discard("NAME")  # the placeholder in "each name written `dcn_deploy.NAME`"
+    paths = set(re.findall(r"\bdcn_deploy(?:\.[A-Za-z_]\w*){2,}", text))
+    return names, paths
+
+
+def test_every_name_the_library_doc_shows_is_importable_without_tensorrt():
+    import subprocess
+    import sys
+
+    names, paths = _library_doc_claims()
+    assert {"VerificationError", "RunnerError", "FeedError", "TensorRTMissingError", "Tolerance", "ShapeError",
+            "export", "compare_runners", "OrtRunner"} <= names  # the parse found what the doc lists
+    script = (
+        "import importlib, sys\n"
+        f"names, paths = {sorted(names)!r}, {sorted(paths)!r}\n"
+        "import dcn_deploy\n"
+        "missing = [n for n in names if n not in dcn_deploy.__all__]  # before any import adds a submodule\n"
+        "for n in names:\n"
+        "    exec(f'from dcn_deploy import {n}')\n"
+        "unresolved = []\n"
+        "for path in paths:\n"
+        "    parts = path.split('.')\n"
+        "    for cut in range(len(parts), 0, -1):\n"
+        "        try:\n"
+        "            value = importlib.import_module('.'.join(parts[:cut]))\n"
+        "        except ImportError:\n"
+        "            continue\n"
+        "        try:\n"
+        "            for part in parts[cut:]:\n"
+        "                value = getattr(value, part)\n"
+        "        except AttributeError:\n"
+        "            unresolved.append(path)\n"
+        "        break\n"
+        "print(missing, unresolved, 'tensorrt' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "[] [] False", done.stdout

@@ -1,6 +1,8 @@
-"""The new-user audit's wording fixes (audit 45): each error names what its reader types. A library caller reads the
-Python argument with the CLI option in parentheses; a ``dcn-deploy`` user reads the option alone, and no advice
-twice (:mod:`dcn_deploy.wording`)."""
+"""The advice in export, model-loading and file-reading errors names what its reader types: a failed verification,
+input/output names of the wrong count, an exporter failure, bad tolerances, a missing weights file or layer package,
+a missing input file, and a PyTorch file given where an ONNX file belongs. A library caller reads the Python argument
+with the CLI option in parentheses; a ``dcn-deploy`` user reads the option alone, and no advice twice
+(:mod:`dcn_deploy.wording`; the wording mechanism itself: tests/test_error_wording.py)."""
 from __future__ import annotations
 
 import sys
@@ -59,7 +61,7 @@ class Branchy(torch.nn.Module):
 
 @pytest.fixture
 def models_file(tmp_path):
-    path = tmp_path / "audit_models.py"
+    path = tmp_path / "wording_models.py"
     path.write_text(_MODELS)
     return path
 
@@ -78,7 +80,7 @@ def _one_error(result) -> str:
     return lines[0]
 
 
-# ---- 1: the verification-failure advice ---------------------------------------------------------------------------
+# ---- the verification-failure advice ------------------------------------------------------------------------------
 
 def test_cli_verification_advice_names_the_options(models_file, tmp_path):
     out = tmp_path / "w.onnx"
@@ -100,7 +102,7 @@ def test_library_verification_advice_names_the_arguments_and_the_options(models_
     assert text.endswith("Otherwise please report it")
 
 
-# ---- 2: input/output names of the wrong count ---------------------------------------------------------------------
+# ---- input/output names of the wrong count ------------------------------------------------------------------------
 
 def _two_output_graph() -> onnx.ModelProto:
     """x (1x3) -> Relu -> r, Neg -> n: one input, two outputs."""
@@ -139,7 +141,7 @@ def test_wrong_name_count_cli_wording(models_file, tmp_path):
                                   "give one non-empty name")
 
 
-# ---- 3: an exporter failure points at its details once -----------------------------------------------------------
+# ---- an exporter failure points at its details once --------------------------------------------------------------
 
 def test_exporter_failure_library_points_at_the_chained_exception(models_file, tmp_path):
     with pytest.raises(ExportError) as info:
@@ -159,7 +161,7 @@ def test_exporter_failure_cli_gives_the_debug_advice_once(models_file, tmp_path)
     assert result.stderr.count("--debug") == 1  # the CLI's own "(for the traceback run: ...)" line
 
 
-# ---- 4: tolerances ------------------------------------------------------------------------------------------------
+# ---- tolerances ---------------------------------------------------------------------------------------------------
 
 def test_tolerance_error_names_the_cli_option_for_a_library_caller(tmp_path):
     with pytest.raises(ValueError) as info:
@@ -176,7 +178,7 @@ def test_tolerance_error_in_the_cli_names_the_option_once(tmp_path):
     assert _one_error(result) == "error: --atol must be a finite number >= 0, got -1.0"
 
 
-# ---- 5: model loading ---------------------------------------------------------------------------------------------
+# ---- model loading ------------------------------------------------------------------------------------------------
 
 def test_missing_weights_file_library_and_cli(models_file, tmp_path):
     missing = tmp_path / "nope.pt"
@@ -211,11 +213,11 @@ def test_a_model_file_needing_a_layer_package_says_both_ways_out(tmp_path, monke
 
 def test_a_module_needing_mmcv_says_both_ways_out(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mmcv", None)
-    (tmp_path / "audit45_mmcv_user.py").write_text("from mmcv.ops import DeformConv2dPack\n")
+    (tmp_path / "fake_mmcv_user_model.py").write_text("from mmcv.ops import DeformConv2dPack\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModelCodeError, match=r"importing module 'audit45_mmcv_user' raised ModuleNotFoundError.*; "
+    with pytest.raises(ModelCodeError, match=r"importing module 'fake_mmcv_user_model' raised ModuleNotFoundError.*; "
                                              r"mmcv is not installed here: load the model"):
-        load_model("audit45_mmcv_user:build")
+        load_model("fake_mmcv_user_model:build")
     monkeypatch.setitem(sys.modules, "mmdet", None)
     with pytest.raises(ValueError, match=r"cannot import module 'mmdet.apis' \(no module 'mmdet(.apis)?'\); mmdet is "
                                          r"not installed here: load the model"):
@@ -224,7 +226,7 @@ def test_a_module_needing_mmcv_says_both_ways_out(tmp_path, monkeypatch):
 
 def test_other_missing_modules_keep_the_plain_advice(tmp_path):
     path = tmp_path / "uses_other.py"
-    path.write_text("import audit45_no_such_package_xyz\n")
+    path.write_text("import no_such_package_xyz\n")
     with pytest.raises(ModelCodeError) as info:
         load_model(f"{path}:build")
     assert str(info.value).endswith(f"; fix {path} (or the module it imports)")
@@ -249,7 +251,7 @@ def test_reference_forms_point_to_zoo_list(tmp_path):
     assert "python -c" not in str(info.value)
 
 
-# ---- 6: a missing input file names --input -----------------------------------------------------------------------
+# ---- a missing input file names --input --------------------------------------------------------------------------
 
 def _relu_onnx(path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
@@ -273,7 +275,7 @@ def test_missing_input_file_names_the_option(tmp_path):
     assert _cli("infer", model, "--input", f"x={tmp_path / 'x.npy'}").exit_code == 0  # the fix works
 
 
-# ---- 7: a PyTorch file given where an ONNX file belongs -----------------------------------------------------------
+# ---- a PyTorch file given where an ONNX file belongs --------------------------------------------------------------
 
 def test_verify_of_a_state_dict_says_to_export_it_first(tmp_path):
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
-"""``dcn-deploy export`` findings of a new-user audit: a .pt2 program's fixed shapes against --input-shape and
+"""Shapes and names in ``dcn-deploy export`` and ``export()``: a .pt2 program's fixed shapes against --input-shape and
 --dynamic, one symbol per size shared by the inputs of a dynamic export (and ``num_rois`` for RoI boxes), the default
-output name, the summary's shapes, unreadable --weights and a file that is no torch.export program.
+output name, the summary's shapes, input/output names, and the errors for unreadable --weights and a file that is
+no torch.export program.
 
 Every model is tiny; the tests that need no exporter run none.
 """
@@ -51,7 +52,7 @@ def _input_dims(path) -> dict:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("audit")
+    path = tmp_path_factory.mktemp("export")
     (path / "my_model.py").write_text(MODEL_FILE)
     return path
 
@@ -81,7 +82,7 @@ def dynamic_program(folder):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 1: a saved program keeps its shapes
+# a saved program keeps its shapes
 # --------------------------------------------------------------------------------------------------------------
 
 def test_input_shape_that_a_static_program_cannot_take_is_bad_input_and_writes_nothing(static_program):
@@ -148,7 +149,7 @@ def test_a_file_onnx_runtime_cannot_run_is_kept_and_the_message_says_where(tmp_p
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 2: the inputs of a dynamic export share their sizes' symbols
+# the inputs of a dynamic export share their sizes' symbols
 # --------------------------------------------------------------------------------------------------------------
 
 def test_inputs_of_equal_example_sizes_share_batch_height_and_width(folder):
@@ -220,7 +221,7 @@ def test_roi_box_count_is_num_rois_never_the_batch(tmp_path, batch, count):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 3, 4: the default output name, and the summary's shapes
+# the default output name, and the summary's shapes
 # --------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("reference, name", [
@@ -254,7 +255,7 @@ def test_summary_keeps_derived_sizes_readable(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 5, 6: files that are not what they claim
+# files that are not what they claim
 # --------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content, reason", [

@@ -1,7 +1,8 @@
-"""Inputs a new user gets wrong, found by a new-user audit: mislabelled or pickled input files, a float16 export
-verified against its float32 PyTorch factory, RoI batch indices outside the batch, zero-sized shapes, a silent
-float64 cast, a list fed to ``Runner.infer``, and gaps in ``--batch`` lists. Bad input exits 2 with one
-``error: ...`` line naming the file or option, the expectation and the fix."""
+"""How the CLI checks the inputs it is given: mislabelled or pickled input files, a float16 export verified against
+its float32 PyTorch factory, RoI batch indices outside the batch and RoI rows with a NaN or infinite coordinate,
+zero-sized shapes, a float64 input cast to float32 (with a note), a list fed to ``Runner.infer``, and gaps in
+``--batch`` lists. Bad input exits 2 with one ``error: ...`` line naming the file or option, the expectation and the
+fix."""
 from __future__ import annotations
 
 import pickle
@@ -74,7 +75,7 @@ def files(tmp_path_factory):
             "factory": f"{write_tiny_net(folder)}:build", "roi": _roi_pool_onnx(folder / "roi.onnx"), "x": x}
 
 
-# 1. input files that are not what their name says ---------------------------------------------------------------
+# input files that are not what their name says ------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["infer", "verify"])
 def test_an_npz_that_holds_one_npy_array_says_to_rename_it(files, command):
     fake = files["folder"] / "fake.npz"
@@ -122,7 +123,7 @@ def test_files_numpy_would_unpickle_are_refused_without_numpys_allow_pickle_advi
     assert "allow_pickle" not in result.stderr
 
 
-# 2. a float16 export verified against the float32 factory it came from ------------------------------------------
+# a float16 export verified against the float32 factory it came from ---------------------------------------------
 def test_verify_casts_the_torch_model_to_the_files_float16_inputs(files):
     result = run("verify", files["half"], "--against", "torch", "--model", files["factory"], "--shape", "x=1x2x6x6")
     assert result.exit_code == 0, (result.output, result.stderr)
@@ -144,7 +145,7 @@ def test_a_saved_program_in_another_dtype_says_it_cannot_be_cast(files, tmp_path
                      "float16 inputs: save the program in float16")
 
 
-# 3. RoI batch indices outside the image batch --------------------------------------------------------------------
+# RoI batch indices outside the image batch -----------------------------------------------------------------------
 @pytest.mark.parametrize("command", [["infer"], ["verify", "--against", "ort"]])
 def test_roi_batch_index_outside_the_batch_is_named_before_running(files, command):
     result = run(*command, files["roi"], "--input", files["folder"] / "bad_rois.npz")
@@ -164,7 +165,7 @@ def test_roi_batch_indices_are_truncated_toward_zero_and_nan_is_outside():
             check_roi_batch_indices({"image": image, "rois": boxes}, ["rois"])
 
 
-# 4. zero-sized inputs: nothing to compare -------------------------------------------------------------------------
+# zero-sized inputs: nothing to compare ----------------------------------------------------------------------------
 def test_a_zero_sized_shape_or_input_is_refused(files, tmp_path):
     assert_bad_input(run("verify", files["tiny"], "--shape", "x=0x2x6x6"),
                      "input 'x': --shape gives shape 0x2x6x6, with size 0 in dimension 0", "nothing to run or compare")
@@ -175,7 +176,7 @@ def test_a_zero_sized_shape_or_input_is_refused(files, tmp_path):
                      "input 'x': --input gives shape 0x2x6x6", "give every dimension a size >= 1")
 
 
-# 5. the float64 -> float32 cast is told; a list fed to Runner.infer ----------------------------------------------
+# the float64 -> float32 cast is told; a list fed to Runner.infer -------------------------------------------------
 def test_infer_notes_a_float64_input_cast_to_the_models_float32(files):
     result = run("infer", files["tiny"], "--input", f"x={files['folder'] / 'x64.npy'}", "--json")
     assert result.exit_code == 0, (result.output, result.stderr)
@@ -192,14 +193,14 @@ def test_runner_infer_with_a_list_says_it_takes_a_dict(files):
         assert runner.infer({"x": x})["y"].shape == (1, 4, 6, 6)
 
 
-# 6. --batch lists with gaps --------------------------------------------------------------------------------------
+# --batch lists with gaps -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sizes", ["1,,2", "1,2,", ",1"])
 def test_bench_batch_list_with_an_empty_item_is_refused(files, sizes):
     assert_bad_input(run("bench", files["tiny"], "--batch", sizes, "--no-progress"),
                      f"--batch '{sizes}' has an empty item", "e.g. --batch 1,8")
 
 
-# audit14: RoI rows with a NaN or infinite coordinate -------------------------------------------------------------
+# RoI rows with a NaN or infinite coordinate ----------------------------------------------------------------------
 def test_roi_rows_with_non_finite_coordinates_are_named():
     rng = np.random.default_rng(5)
     image = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
