@@ -958,6 +958,9 @@ def test_build_engine_refuses_a_device_other_than_the_first_visible(tmp_path):
     ({"precision": "int8"}, "precision must be fp32, fp16 or bf16, got 'int8'"),
     ({"precision": "fp16", "io_dtype": "float16"}, "io_dtype must be 'float32' or 'half'"),
     ({"precision": "fp16", "keep_fp32": ["no_such_node"]}, r"keep_fp32 \(CLI: --keep-fp32\): no node named \['no_such_node'\]"),
+    ({"io_dtype": "half"}, r"io_dtype='half' \(CLI: --io-dtype half\) applies to half-precision builds only, but "
+                           r"the precision is fp32 \(the default\): add precision=\"fp16\""),
+    ({"keep_fp32": ["conv"]}, r"keep_fp32 \(CLI: --keep-fp32\) applies to half-precision builds only"),
     ({"workspace": "lots"}, "--workspace: 'lots' is not a size"),
     ({"optimization_level": 7}, r"optimization_level \(--opt-level\) must be an integer from 0 to 5"),
 ])

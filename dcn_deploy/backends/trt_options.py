@@ -41,11 +41,19 @@ def check_build_options(model, *, precision: str, io_dtype: str, keep_fp32: Iter
                         optimization_level: Optional[int]) -> None:
     """The build options that need no TensorRT, checked before it is imported (see build_engine; the workspace
     size is read before the model)."""
-    from ..onnx.precision import check_keep_fp32_nodes, check_precision_options
+    from ..onnx.precision import PrecisionError, check_keep_fp32_nodes, check_precision_options
+    from ..wording import argument
 
     check_precision_options(precision, io_dtype)
+    keep_fp32 = list(keep_fp32)
     if precision != "fp32":
         check_keep_fp32_nodes(model, keep_fp32)
+    elif io_dtype != "float32" or keep_fp32:  # options of a half-precision build, which this is not
+        given = argument("io_dtype='half'", "--io-dtype half") if io_dtype != "float32" else \
+            argument("keep_fp32", "--keep-fp32")
+        fix = argument('precision="fp16"', "--precision fp16")
+        raise PrecisionError(f"{given} applies to half-precision builds only, but the precision is fp32 (the "
+                             f"default): add {fix} (or bf16), or drop it")
     if optimization_level is not None and not (isinstance(optimization_level, int) and 0 <= optimization_level <= 5):
         raise ValueError(f"optimization_level (--opt-level) must be an integer from 0 to 5 (TensorRT's builder "
                          f"optimisation levels; its default is 3), got {optimization_level!r}")

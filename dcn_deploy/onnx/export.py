@@ -36,7 +36,7 @@ from ..io_utils import check_output_path
 from ..ops.convert import refuse_unconverted_layers
 from ..wording import argument
 from . import opset as dcn_opset
-from .export_file import external_data_name, needs_external_data, write_checked
+from .export_file import EarlierFile, external_data_name, needs_external_data, write_checked
 from .export_report import (ExampleInputsError, ExportError, ExportReport, NoDeformableLayerError,
                             VerificationError, VerificationRun)
 from .export_verification import verify_export
@@ -64,7 +64,9 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
             ``torch.export.ExportedProgram``.
         example_inputs: tuple of tensors, one per model input, e.g. ``(torch.randn(1, 3, 224, 224),)``; may be None
             for an ExportedProgram (its own example inputs are used).
-        path: output file; written atomically (a temporary file, renamed once checked). A model whose weights
+        path: output file; written atomically (a temporary file, renamed once checked). A file already there
+            survives a failed verification: the new file is then kept as ``<stem>.failed<suffix>`` (not for models
+            with external weights, below, which replace it). A model whose weights
             exceed ~1.9 GiB (protobuf's 2 GiB limit) keeps them in ``<path>.data`` beside it (ONNX external data;
             ``report.weights_path``); keep the two files together. Its ``metadata_props``
             record the example input shapes under ``"dcn_deploy.example_shapes"`` (:data:`EXAMPLE_SHAPES_KEY`) as
@@ -115,18 +117,30 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     input_names, output_names = check_io_names(input_names, output_names)  # before the export: it is slow
     path = Path(path)
     check_output_path(path, "output path")  # before the (slow) export, not after
-    with _eval_mode(model) as training:
-        report, proto = _export_checked(model, example_inputs, path, dynamic=dynamic, standard=standard,
-                                        opset=opset, rtol=rtol, atol=atol, input_names=input_names,
-                                        output_names=output_names, require_deformable=require_deformable, say=say)
-        if training is not None:
-            where = f"its submodule {training!r} was" if training else "it was"
-            report.warnings.append(f"{type(model).__name__}: {where} in training mode; exported and verified in "
-                                   "eval mode, as torch.onnx.export does (dropout off, BatchNorm's running "
-                                   "statistics), and put back in training mode afterwards")
-        if verify:
-            verify_export(report, model, example_inputs, proto, seed, say, verify_inputs, verify_examples,
-                          uses_float64=torch.float64 in dtypes)
+    earlier = EarlierFile(path) if verify else None  # a file already there survives a failed export
+    try:
+        with _eval_mode(model) as training:
+            report, proto = _export_checked(model, example_inputs, path, dynamic=dynamic, standard=standard,
+                                            opset=opset, rtol=rtol, atol=atol, input_names=input_names,
+                                            output_names=output_names, require_deformable=require_deformable,
+                                            say=say)
+            if training is not None:
+                where = f"its submodule {training!r} was" if training else "it was"
+                report.warnings.append(f"{type(model).__name__}: {where} in training mode; exported and verified "
+                                       "in eval mode, as torch.onnx.export does (dropout off, BatchNorm's running "
+                                       "statistics), and put back in training mode afterwards")
+            if verify:
+                if report.weights_path is not None:  # the new file's weights replaced the old: it stays
+                    earlier.discard()
+                verify_export(report, model, example_inputs, proto, seed, say, verify_inputs, verify_examples,
+                              uses_float64=torch.float64 in dtypes,
+                              kept_as=earlier.failed_name() if earlier.kept else None)
+    except BaseException:
+        if earlier is not None:
+            earlier.restore()
+        raise
+    if earlier is not None:
+        earlier.discard()
     return report
 
 

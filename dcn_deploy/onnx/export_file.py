@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import onnx
 
@@ -14,7 +15,8 @@ from ..io_utils import atomic_path, give_default_permissions
 from .export_report import ExportError
 from .external_data import PROTOBUF_LIMIT, data_file_name, serialized_size, write_with_external_data
 
-__all__ = ["EXTERNAL_DATA_THRESHOLD_BYTES", "external_data_name", "needs_external_data", "write_checked"]
+__all__ = ["EXTERNAL_DATA_THRESHOLD_BYTES", "EarlierFile", "external_data_name", "needs_external_data",
+           "write_checked"]
 
 
 # A model file is one protobuf message, which cannot reach 2 GiB. From this serialised size on (external_data.
@@ -86,3 +88,58 @@ def _check_file(path: Path) -> onnx.ModelProto:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. This is a bug in "
                           "dcn_deploy's exporter or op set: please report it with the model") from exc
+
+
+class EarlierFile:
+    """A model file already at ``path`` when an export starts, kept until the new file is verified.
+
+    The export writes its file to ``path`` as before (ONNX Runtime verifies it there); a second name for the earlier
+    file (a hard link, or a copy where links are refused) keeps it meanwhile. After a failure, :meth:`restore` moves
+    the new file to :meth:`failed_name` and puts the earlier one back; after success, :meth:`discard` drops the
+    second name. Files with external weights (``path.data``) are not kept this way: a model refers to its weights
+    by file name, so the new one stays at ``path`` (``kept`` is False) and the failure message says so."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.backup: Optional[Path] = None
+        self._identity = None
+        if not self.path.is_file() or (self.path.parent / external_data_name(self.path)).exists():
+            return
+        stat = self.path.stat()
+        self._identity = (stat.st_dev, stat.st_ino)
+        backup = self.path.with_name(f".{self.path.name}.{os.getpid()}.earlier")
+        try:
+            os.link(self.path, backup)
+        except OSError:  # a file system without hard links: a copy
+            shutil.copy2(self.path, backup)
+        self.backup = backup
+
+    @property
+    def kept(self) -> bool:
+        return self.backup is not None
+
+    def failed_name(self) -> Path:
+        """Where a new file that failed its verification goes when an earlier one is put back: ``model.failed.onnx``."""
+        return self.path.with_name(f"{self.path.stem}.failed{self.path.suffix}")
+
+    def _replaced(self) -> bool:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return False
+        return (stat.st_dev, stat.st_ino) != self._identity
+
+    def restore(self) -> None:
+        """After a failed export or verification: a new file written over the earlier one goes to
+        :meth:`failed_name`, and the earlier file is back at ``path``."""
+        if self.backup is None:
+            return
+        if self._replaced():
+            os.replace(self.path, self.failed_name())
+            os.replace(self.backup, self.path)
+        self.discard()
+
+    def discard(self) -> None:
+        if self.backup is not None:
+            self.backup.unlink(missing_ok=True)
+            self.backup = None

@@ -23,11 +23,14 @@ __all__ = ["verify_export"]
 
 
 def verify_export(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int, say,
-                  verify_inputs=None, verify_examples: bool = False, *, uses_float64: bool) -> None:
+                  verify_inputs=None, verify_examples: bool = False, *, uses_float64: bool,
+                  kept_as: Optional[Path] = None) -> None:
     """Fill ``report.verification`` (and ``report.seconds["verify"]``) from ONNX Runtime vs PyTorch runs; raise
     :class:`VerificationError` beyond tolerance, :class:`ExportError` when ONNX Runtime cannot load or run the file.
     ``verify_examples``: run on the example inputs too, first (the user's own data).
-    ``uses_float64``: the model or its inputs hold float64 tensors (names the missing ONNX Runtime kernel)."""
+    ``uses_float64``: the model or its inputs hold float64 tensors (names the missing ONNX Runtime kernel).
+    ``kept_as``: where the file will be kept after a failure, when not at ``report.path`` (an earlier file there is
+    put back: :class:`dcn_deploy.onnx.export_file.EarlierFile`)."""
     if any(t.dtype == torch.bfloat16 for t in example_inputs):
         report.warnings.append("not verified: ONNX Runtime's CPU provider has no bfloat16 kernels for Conv or "
                                "DeformConv (1.32), so this file runs only where bfloat16 does (ONNX Runtime's CUDA "
@@ -43,7 +46,7 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
         runs = _verification_runs(report, model, example_inputs, proto, seed, verify_inputs, verify_examples,
                                   uses_float64)
     except ExportError as exc:  # ONNX Runtime could not load or run the file it passed onnx.checker
-        raise ExportError(f"{str(exc).rstrip('. ')}. {_kept(report.path)}") from exc
+        raise ExportError(f"{str(exc).rstrip('. ')}. {_kept(report.path, kept_as)}") from exc
     report.verification = runs
     report.seconds["verify"] = time.perf_counter() - start
     for run in runs:
@@ -64,7 +67,7 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
             head = f"{report.path} does not match PyTorch"
             advice = _mismatch_advice()
         raise VerificationError(
-            f"{head}: " + "; ".join(bad) + f". {_kept(report.path)}. {advice}", report)
+            f"{head}: " + "; ".join(bad) + f". {_kept(report.path, kept_as)}. {advice}", report)
 
 
 
@@ -86,9 +89,12 @@ def _mismatch_advice() -> str:
             f"{roundoff}{tell}")
 
 
-def _kept(path: Path) -> str:
+def _kept(path: Path, kept_as: Optional[Path] = None) -> str:
     """What a failed verification leaves: the written file, kept on purpose (it passed onnx.checker) so the
-    failure can be looked into."""
+    failure can be looked into; at ``kept_as`` when the file that was at ``path`` before is put back."""
+    if kept_as is not None:
+        return (f"The new file was kept for inspection as {kept_as} (dcn-deploy inspect {kept_as}); {path}, which "
+                "was there before, is unchanged")
     return f"The file {path} was kept for inspection (dcn-deploy inspect {path}); delete it if not needed"
 
 
