@@ -1,5 +1,14 @@
 """dcn_deploy: deformable convolution networks from PyTorch to ONNX, ONNX Runtime and TensorRT.
 
+The main calls (each CLI command is one of them; docs/library.md walks through them):
+
+- ``deform_conv2d``, ``DeformConv2d``, ``DeformConv2dPack``, ``ModulatedDeformConv2dPack``, the RoI pooling
+  layers: the op and modules (torchvision's and mmcv's signatures); ``convert_modules(model)`` swaps theirs for ours;
+- ``export(model, (x,), "model.onnx", dynamic=True)``: ONNX with ``dcn_deploy`` ops, verified in ONNX Runtime;
+- ``make_runner(kind, path)`` (``ort``, ``torch``, ``trt``, ...), ``compare_runners([ref, other])``,
+  ``benchmark(runners, batches=[1, 8])``, ``inspect_model(path)``;
+- ``build_engine("model.onnx", "model.engine", precision="fp16")``: a TensorRT engine through our plugin.
+
 Importing this package is cheap: torch, onnx, onnxruntime and tensorrt are imported only when a name
 that needs them is first used (``dcn_deploy.deform_conv2d``, ``dcn_deploy.export``, ...).
 """

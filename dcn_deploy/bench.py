@@ -104,7 +104,7 @@ class BenchResult:
             lat = e.latency_ms
             rows.append((str(e.batch), e.runner, str(e.iterations), _ms(lat.mean), _ms(lat.median), _ms(lat.p90),
                          _ms(lat.p99), _ms(lat.min), _ms(lat.max), f"{e.samples_per_s:,.1f}",
-                         f"{e.relative_speed:.2f}x"))
+                         f"{e.relative_speed:.3g}x"))
             for phase, stats in e.phases_ms.items():
                 rows.append(("", f"  {phase}", "", _ms(stats.mean), _ms(stats.median), _ms(stats.p90),
                              _ms(stats.p99), _ms(stats.min), _ms(stats.max), "", ""))

@@ -83,8 +83,8 @@ def debug_command(ctx: click.Context) -> str:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dcn-deploy")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors (goes before the command: "
-              "dcn-deploy --debug verify ...).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors. It goes before the command, as in "
+              "'dcn-deploy --debug verify ...'.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """Deploy deformable convolution networks: PyTorch -> ONNX -> ONNX Runtime / TensorRT.

@@ -255,6 +255,11 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
     """
     if len(runners) < 2:
         raise ValueError("compare_runners needs at least two runners: a reference and one to check")
+    strangers = [r for r in runners if not isinstance(r, Runner)]
+    if strangers:
+        raise TypeError(f"compare_runners takes Runner objects, got {type(strangers[0]).__name__} "
+                        f"{strangers[0]!r}; make them with dcn_deploy.make_runner(kind, path), e.g. "
+                        "make_runner('ort', 'model.onnx')")
     if len({id(r) for r in runners}) != len(runners):
         raise ValueError("compare_runners got the same runner object twice: it would only be compared with itself; "
                          "make a second runner (e.g. another backend) to compare with")

@@ -34,7 +34,11 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     check_output_path(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    except OSError as exc:  # a folder that refuses new files (a read-only or virtual file system, such as /proc)
+        raise type(exc)(f"cannot write {target}: {exc.strerror or exc} when creating a file in "
+                        f"{target.parent or '.'}; choose another path") from exc
     os.close(fd)
     tmp = Path(name)
     try:

@@ -177,7 +177,7 @@ def test_export_of_a_saved_torch_export_program(tmp_path, model_file, trained_we
 @pytest.mark.parametrize("args, message", [
     (["missing.py:build"], "missing.py: no such file"),
     (["{model}:no_such_factory"], "defines no function or class 'no_such_factory'; it defines TinyNet, build"),
-    (["{model}:not_a_model"], "returned a int, not a torch.nn.Module"),
+    (["{model}:not_a_model"], "returned an int, not a torch.nn.Module"),
     (["{model}"], "name the function or class that builds the model"),
     (["no_such_zoo_model"], "no_such_zoo_model"),
     (["missing.pt2"], "missing.pt2: no such file"),
@@ -260,3 +260,19 @@ def test_export_dtype_choices_are_the_loaders_dtypes():
     from dcn_deploy.onnx.model_loading import DTYPES
 
     assert _DTYPES == tuple(DTYPES)
+
+
+@pytest.mark.parametrize("given,name", [("fp16", "float16"), ("BF16", "bfloat16"), ("fp32", "float32"),
+                                        ("float64", "float64"), ("half", "float16")])
+def test_export_dtype_takes_the_short_spellings_build_uses(given, name):
+    from dcn_deploy.commands.export import _dtype_option
+
+    assert _dtype_option(None, None, given) == name
+
+
+def test_export_dtype_names_the_choices_for_an_unknown_one(tmp_path):
+    result = cli_runner().invoke(main, ["export", "dcn_deploy.models.demo:DemoNet", "--dtype", "fp8",
+                                        "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2
+    assert "'fp8' is not one of float32, float16, bfloat16, float64 (or fp32, fp16, bf16, fp64)" in result.stderr
+    assert not list(tmp_path.iterdir())

@@ -244,3 +244,22 @@ def test_library_compare_runners_checks_a_given_feeds_boxes(files):
     feed["rois"][1, 2], feed["rois"][0, 0] = 1.0, 4.0
     with pytest.raises(FeedError, match=r"rois\[:, 0\] \(batch index\) must lie in \[0, 1\)"):
         compare_runners(runners, feed=feed)
+
+
+def test_an_output_folder_that_refuses_new_files_is_named_with_the_file(tmp_path, monkeypatch):
+    """A folder that passes the permission check but refuses files (a virtual or read-only file system): the error
+    names the file the user gave, not the temporary name it was written under."""
+    import tempfile
+
+    from dcn_deploy.io_utils import atomic_write_text
+
+    def refuse(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / ".out.txt.x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    target = tmp_path / "out.txt"
+    with pytest.raises(FileNotFoundError) as failure:
+        atomic_write_text(target, "x")
+    assert str(failure.value) == (f"cannot write {target}: No such file or directory when creating a file in "
+                                  f"{tmp_path}; choose another path")
+    assert not target.exists()

@@ -249,3 +249,16 @@ def test_trt_runner_in_verify_and_bench(files):
     results = json.loads(bench.output)["results"]
     trt = [r for r in results if r["runner"] != "ort"]
     assert len(trt) == 2 and all(set(r["phases_ms"]) == {"h2d", "compute", "d2h"} for r in trt)
+
+
+def test_infer_warns_when_an_output_holds_nan(files, tmp_path):
+    x = np.load(files["x"])
+    x[0, 0, 0, 0] = np.nan
+    nan_input = tmp_path / "nan.npy"
+    np.save(nan_input, x)
+    result = run("infer", files["onnx"], "--input", f"x={nan_input}")
+    assert result.exit_code == 0, result.output
+    (warning,) = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: output y holds ") and " NaN and 0 infinite value(s) of 240:" in warning
+    clean = run("infer", files["onnx"], "--input", f"x={files['x']}")
+    assert "warning" not in clean.output

@@ -174,6 +174,12 @@ def test_compare_runners_gives_valid_boxes_to_the_roi_inputs_a_runner_reports():
         compare_runners([_BoxRunner("a", False), _BoxRunner("b", True)], rois=())
 
 
+def test_compare_runners_names_what_it_takes_when_given_runner_names():
+    with pytest.raises(TypeError, match=r"compare_runners takes Runner objects, got str 'ort'; make them with "
+                                        r"dcn_deploy.make_runner\(kind, path\)"):
+        compare_runners(["ort", "onnx-reference"])
+
+
 def test_benchmark_gives_valid_boxes_to_the_roi_inputs_a_runner_reports():
     result = benchmark([_BoxRunner("b", report_rois=True)], iterations=2, warmup=0, progress=False)
     assert result.entries[0].iterations == 2

@@ -114,16 +114,16 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     check_output_path(engine_path, "engine path")
     log = sys.stderr if log is None else log  # looked up per call, so a redirected stderr is honoured
 
-    def note(line: str) -> None:
-        print(f"[build] note: {line}", file=log, flush=True)
-
+    notes: List[str] = []  # the profile's notes, printed once TensorRT is there to build it
     profile: Profile = compute_profile(onnx_input_shapes(model), shapes=shapes, min_shapes=min_shapes,
                                        opt_shapes=opt_shapes, max_shapes=max_shapes, max_batch=max_batch,
-                                       examples=_stored_examples(model), note=note,
+                                       examples=_stored_examples(model), note=notes.append,
                                        rois=_roi_inputs(model))
     check_build_options(model, precision=precision, io_dtype=io_dtype, keep_fp32=keep_fp32,
                         optimization_level=optimization_level)
     trt = import_tensorrt(tensorrt_module)
+    for line in notes:
+        print(f"[build] note: {line}", file=log, flush=True)
     say = (lambda line: print(line, file=log, flush=True)) if progress else (lambda line: None)
     logger = trt.Logger(trt.Logger.WARNING)
     routed_lib, fields = load_plugins(trt, model, plugin_library if use_plugin else False,

@@ -29,8 +29,8 @@ def tensorrt_install_hint(reason: str = "") -> str:
         "  (if pip cannot find the wheels: add --extra-index-url https://pypi.nvidia.com)\n"
         "or run inside NVIDIA's container, which has TensorRT and CUDA: "
         "docker run --gpus all -it -v $PWD:/work nvcr.io/nvidia/tensorrt:<yy.mm>-py3\n"
-        "On a machine without a GPU use ONNX Runtime instead: --runner ort (or dcn-deploy verify MODEL.onnx "
-        "--against ort)")
+        "On a machine without a GPU use ONNX Runtime instead: `--runner ort` with verify, bench and infer (e.g. "
+        "dcn-deploy bench MODEL.onnx --runner ort)")
 
 
 def import_tensorrt(module: str = "tensorrt"):

@@ -11,6 +11,18 @@ from . import CliError, echo_report, json_stdout
 from ._runtime import check_tolerance_options
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.loaded_model.DTYPES, without importing torch
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64", "half": "float16"}
+
+
+def _dtype_option(ctx, param, value: Optional[str]) -> Optional[str]:
+    """--dtype: a dtype name, or the short spelling ``build --precision`` uses (fp16, bf16, ...)."""
+    if value is None:
+        return None
+    name = _DTYPE_ALIASES.get(value.lower(), value.lower())
+    if name not in _DTYPES:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(_DTYPES)} (or fp32, fp16, bf16, fp64)",
+                                 ctx=ctx, param=param)
+    return name
 
 
 def _default_output(reference: str) -> Path:
@@ -49,8 +61,9 @@ def _default_output(reference: str) -> Path:
               help="Samples per bin side for deformable RoI pooling layers that sample adaptively (mmcv's default "
                    "sampling_ratio=0, which has no ONNX form). The outputs differ from adaptive sampling: re-check "
                    "accuracy.")
-@click.option("--dtype", type=click.Choice(_DTYPES), default=None,
-              help="Cast the model and inputs before export (bfloat16 needs --opset 22). Default: as built.")
+@click.option("--dtype", default=None, callback=_dtype_option, metavar="[" + "|".join(_DTYPES) + "]",
+              help="Cast the model and inputs before export (bfloat16 needs --opset 22; fp16, bf16 ... also "
+                   "accepted). Default: as built.")
 @click.option("--dynamic", is_flag=True,
               help="Dynamic batch, height and width (where the model allows them); inputs of equal example sizes "
                    "share them. A .pt2 program keeps the shapes it was saved with.")

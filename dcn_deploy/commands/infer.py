@@ -1,6 +1,7 @@
 """``dcn-deploy infer``: run a model on input files and save (or summarise) its outputs."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
@@ -73,6 +74,11 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
     for name, info in summary["outputs"].items():
         stats = (f"  min {info['min']:.4g}  max {info['max']:.4g}  mean {info['mean']:.4g}" if "min" in info else "")
         click.echo(f"  {name}: {format_shape(info['shape'])} {info['dtype']}{stats}")
+    for name, info in summary["outputs"].items():
+        if info.get("nan") or info.get("inf"):
+            click.echo(f"warning: output {name} holds {info['nan']} NaN and {info['inf']} infinite value(s) of "
+                       f"{math.prod(info['shape'])}: check the inputs (a NaN in gives NaN out) and the weights",
+                       err=True)
     if output is not None:
         click.echo(f"outputs written to {output}")
 
@@ -99,4 +105,7 @@ def _array_summary(array: np.ndarray) -> dict:
 
     stats = ({"min": float(array.min()), "max": float(array.max()), "mean": float(array.mean(dtype=np.float64))}
              if array.size and array.dtype.kind in "fiub" else {})
+    if array.size and array.dtype.kind == "f":  # how many values are not numbers: min/max/mean then say nan
+        stats["nan"] = int(np.isnan(array).sum())
+        stats["inf"] = int(np.isinf(array).sum())
     return {"shape": list(array.shape), "dtype": str(array.dtype), **stats}

@@ -23,7 +23,8 @@ from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, 
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE",
               help="Use real inputs: NAME=file.npy or file.npz (keys = input names); repeatable. Default: random.")
 @shape_options
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size of random inputs.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Batch size of random inputs; it also replaces the batch of a --shape given for a dynamic batch.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for every output (default per dtype).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every output (default per dtype).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -40,7 +41,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     \b
     Examples:
       dcn-deploy verify demo.onnx --model dcn_deploy.models.demo:DemoNet --weights demo_weights.pt --shape image=1x1x28x28
-      dcn-deploy verify demo.onnx --against torch --model net.py:build_model --shape input=1x3x224x224
+      dcn-deploy verify demo.onnx --against torch --model net.py:build_model --weights net.pt --shape input=1x3x224x224
       dcn-deploy verify demo.onnx --against ort --shape image=1x1x28x28   # vs onnx's reference evaluator (numpy)
       dcn-deploy verify demo.onnx --runner trt --against ort --input image=batch.npy
       dcn-deploy verify demo.onnx --runner trt --engine demo.engine --against torch --model net.py:build

@@ -222,7 +222,7 @@ def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:
         raise ModelCodeError(f"{reference} raised {describe_exception(exc, getattr(owner, '__file__', None))}; "
                              "the factory is called with no arguments and must return the torch.nn.Module") from exc
     if not isinstance(model, torch.nn.Module):
-        raise ModelCodeError(f"{reference} returned a {type(model).__name__}, not a torch.nn.Module; the factory "
+        raise ModelCodeError(f"{reference} returned {_a(type(model).__name__)}, not a torch.nn.Module; the factory "
                              "must build and return the model (called with no arguments)")
     return model
 
@@ -264,3 +264,8 @@ def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
         print(report, file=sys.stderr)
     return LoadedModel(model.eval(), name, "zoo", zoo_sampler(entry), tuple(entry.input_names),
                        tuple(entry.output_names))
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: "an int", "a tuple"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
