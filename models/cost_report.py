@@ -2,7 +2,7 @@
 deformable model next to its plain twin (same network, ordinary 3x3 convolutions, plain PS RoI pooling).
 
     dcn-deploy zoo report                                          # default pairs, ONNX Runtime CPU
-    dcn-deploy zoo report --pairs resnet50_dcn_c5 --size 224 --iterations 20 --json out.json
+    dcn-deploy zoo report --pairs resnet50_dcn_c5 --size 224 --iterations 20 -o out.json
     (benchmarks/zoo_report.py runs the same report as a script)
 
 Counting (analytic, from forward hooks on one run at the report's input size):

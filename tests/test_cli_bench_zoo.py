@@ -128,11 +128,15 @@ def test_zoo_size_refuses_other_text(text):
 
 def test_zoo_report_single_size_and_json(tmp_path):
     out = tmp_path / "zoo.json"
-    result = run("zoo", "report", "--pairs", "resnet50_dcn_c5", "--size", "64", "--backend", "none", "--json", out)
+    result = run("zoo", "report", "--pairs", "resnet50_dcn_c5", "--size", "64", "--backend", "none", "-o", out)
     assert result.exit_code == 0, result.output
     assert "| resnet50_dcn_c5 (vs resnet50_plain) | 1x3x64x64 |" in result.output
     (row,) = json.loads(out.read_text())["rows"]
     assert row["name"] == "resnet50_dcn_c5" and row["size"] == [64, 64] and row["dcn_total_macs"] > 0
+    # --json: the same numbers on stdout instead of the table, as bench and inspect print them
+    printed = run("zoo", "report", "--pairs", "resnet50_dcn_c5", "--size", "64", "--backend", "none", "--json")
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout)["rows"][0]["dcn_total_macs"] == row["dcn_total_macs"]
 
 
 def test_zoo_report_checks_the_json_folder_before_measuring(tmp_path, monkeypatch):
@@ -143,9 +147,9 @@ def test_zoo_report_checks_the_json_folder_before_measuring(tmp_path, monkeypatc
 
     monkeypatch.setattr(cost_report, "run_report", must_not_run)
     missing = tmp_path / "nodir" / "z.json"
-    result = run("zoo", "report", "--pairs", "resnet50_dcn_c5", "--json", missing)
+    result = run("zoo", "report", "--pairs", "resnet50_dcn_c5", "-o", missing)
     assert result.exit_code == 2, result.output
-    assert f"--json {missing}" in result.output and "does not exist" in result.output and "mkdir -p" in result.output
+    assert f"--output {missing}" in result.output and "does not exist" in result.output and "mkdir -p" in result.output
 
 
 # ---- bench: checks before measuring ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import click
 
 from ..io_utils import check_output_path
-from . import CliError
+from . import CliError, echo_report, json_stdout
 
 
 @click.group("zoo")
@@ -61,10 +61,12 @@ def list_command(as_json: bool) -> None:
               help="Timed runs of each model; a model and its twin alternate run by run.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
               help="Untimed runs of each model before timing.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the raw numbers to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw numbers as JSON instead of the table.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the raw numbers (JSON) to this file.")
+@json_stdout
 def report_command(pairs: Sequence[str], size: Optional[str], backend: str, threads: int, rois: int, iterations: int,
-                   warmup: int, json_path: Optional[Path]) -> None:
+                   warmup: int, as_json: bool, output: Optional[Path]) -> None:
     """Parameters, multiply-accumulates and latency of deformable zoo models next to their plain twins.
 
     Prints a markdown table (the one in benchmarks/RESULTS.md) and the settings it was measured with.
@@ -73,11 +75,11 @@ def report_command(pairs: Sequence[str], size: Optional[str], backend: str, thre
     Examples:
       dcn-deploy zoo report
       dcn-deploy zoo report --pairs resnet50_dcn_c5 --size 128x128 --backend none
-      dcn-deploy zoo report --pairs rfcn_resnet50_dcn --size 256 --rois 50 --iterations 20 --json rfcn.json
+      dcn-deploy zoo report --pairs rfcn_resnet50_dcn --size 256 --rois 50 --iterations 20 -o rfcn.json
     """
     hw = None if size is None else parse_size(size)
-    if json_path is not None:
-        check_output_path(json_path, "--json")  # before the (minutes-long) measurement, not after it
+    if output is not None:
+        check_output_path(output, "--output")  # before the (minutes-long) measurement, not after it
 
     from ..io_utils import atomic_write_text
     from ..models.cost_report import DEFAULT_PAIRS, check_pair, markdown, report_json, run_report
@@ -91,11 +93,15 @@ def report_command(pairs: Sequence[str], size: Optional[str], backend: str, thre
             raise CliError(f"--pairs {exc}") from None
     rows, settings = run_report(pairs or DEFAULT_PAIRS, hw, backend, threads, iterations, warmup, rois,
                                 progress=lambda message: click.echo(message, err=True))
+    if output is not None:
+        atomic_write_text(output, report_json(rows, settings))
+    if as_json:
+        echo_report(report_json(rows, settings))
+        return
     click.echo(markdown(rows, settings))
     click.echo("\n" + ", ".join(f"{k}: {v}" for k, v in settings.items()))
-    if json_path is not None:
-        atomic_write_text(json_path, report_json(rows, settings))
-        click.echo(f"JSON: {json_path}")
+    if output is not None:
+        click.echo(f"JSON: {output}")
 
 
 def parse_size(text: str) -> tuple:
