@@ -171,6 +171,33 @@ def test_attach_functions_is_idempotent_and_adds_the_domain():
     assert opset.used_ops(model) == ["DeformConv2d"]
 
 
+def test_attach_functions_finds_our_ops_inside_a_local_function_and_ort_runs_it():
+    """An exporter may keep a module as a local function: our node inside it still gets its body (the same walk
+    plugin routing uses: opset.domain_nodes), and stock ONNX Runtime runs the model."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    off = rng.standard_normal((1, 18, 3, 3)).astype(np.float32)
+    inner = helper.make_node("DeformConv2d", ["X", "W", "offset"], ["Y"], domain=opset.DOMAIN, name="dcn")
+    block = helper.make_function("local", "Block", ["X", "W", "offset"], ["Y"], [inner],
+                                 [helper.make_opsetid("", 19), helper.make_opsetid(opset.DOMAIN, opset.VERSION)])
+    call = helper.make_node("Block", ["X", "W", "offset"], ["Y"], domain="local")
+    graph = helper.make_graph([call], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape)
+                                            for n, a in (("X", x), ("W", w), ("offset", off))],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3, 3, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("local", 1)],
+                              functions=[block])
+    model.ir_version = 10
+    assert opset.used_ops(model) == ["DeformConv2d"]
+    opset.attach_functions(model)
+    assert (opset.DOMAIN, "DeformConv2d") in [(f.domain, f.name) for f in model.functions]
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"X": x, "W": w, "offset": off})
+    expected = _torch_reference(x, off, w, None, None, (1, 1), (0, 0, 0, 0), (1, 1))
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
 # --- stock ONNX Runtime runs the function body ----------------------------------------------------------------------
 
 def _torch_reference(x, offset, weight, bias, mask, strides, pads, dilations):

@@ -217,6 +217,10 @@ class TestTensorRTRtxAheadOfTime:
             return data
 
         build("external", external, 1 << 30)
+        # If this comparison fails after a change that leaves the prepared model byte for byte the same (check
+        # trt_parse.prepare_onnx's output first): in session 23 (2026-11-26) a refactor of plugin_routing that did
+        # so swapped the order of the two outputs in one route's engine, reproducibly, until the code was arranged
+        # otherwise; RTX's engine layout then depends on more than the model.
         memory, forced = build("memory", plain, 1 << 30), build("forced", plain, 1)
         assert _same_engine_up_to_id_order(memory, forced), "the file route's engine differed from the in-memory one"
 

@@ -12,9 +12,12 @@ from typing import Optional, Tuple
 from ..wording import argument, for_reader
 from .base import Runner, RunnerError, TensorMeta
 
-__all__ = ["RUNNER_KINDS", "make_runner", "onnx_io_metadata", "read_onnx_model", "tensorrt_missing_reason"]
+__all__ = ["ENGINE_SUFFIXES", "RUNNER_KINDS", "make_runner", "onnx_io_metadata", "read_onnx_model",
+           "tensorrt_missing_reason"]
 
 RUNNER_KINDS = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")
+# File suffixes read as TensorRT engines (trtexec writes .engine, .plan or .trt).
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def onnx_io_metadata(path: os.PathLike) -> Tuple[Tuple[TensorMeta, ...], Tuple[str, ...]]:
@@ -89,7 +92,7 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
     path = Path(model_path)
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist")
-    is_engine = path.suffix.lower() in (".engine", ".plan", ".trt")
+    is_engine = path.suffix.lower() in ENGINE_SUFFIXES
     if kind not in RUNNER_KINDS:
         raise ValueError(f"unknown runner {kind!r}; choose from {', '.join(RUNNER_KINDS)}")
     if kind == "trt":

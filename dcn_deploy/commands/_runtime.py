@@ -92,7 +92,9 @@ def parse_runner_list(text: str) -> List[str]:
 
 
 def default_runner(model_path: Path) -> str:
-    return "trt" if model_path.suffix.lower() in (".engine", ".plan", ".trt") else "ort"
+    from ..backends.factory import ENGINE_SUFFIXES
+
+    return "trt" if model_path.suffix.lower() in ENGINE_SUFFIXES else "ort"
 
 
 def trt_build_options(model_path: Path, shapes: Dict[str, tuple], batches: Sequence[int]) -> dict:

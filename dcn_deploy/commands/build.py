@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 import click
 
-from ..backends.trt_profiles import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROIS  # no TensorRT, no torch
+from ..backends.engine_meta import PRECISIONS  # no TensorRT, no torch
+from ..backends.trt_profiles import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROIS
 from . import CliError
 
 
@@ -15,7 +16,7 @@ from . import CliError
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Engine file to write [default: MODEL.engine beside the model]. A MODEL.engine.json sidecar "
                    "records TensorRT version, GPU, plugin hash, precision and profile.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="fp16/bf16 convert the ONNX graph (TensorRT 11 networks are strongly typed), keeping reductions, "
                    "softmax, normalisation and exp/log in float32.")
 @click.option("--shapes", multiple=True, metavar="NAME:SHAPE[/OPT/MAX]",

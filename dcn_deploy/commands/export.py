@@ -117,6 +117,8 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
 
     check_tolerance_options(atol, rtol)
     shapes = [parse_input_shape(s) for s in input_shapes]
+    if input_files and shapes:  # before the (slow) model load
+        raise CliError("give the example inputs either as --input files or as --input-shape sizes, not both")
     torch_dtype = DTYPES[dtype] if dtype else None
     output = output or _default_output(model_ref)
 
@@ -127,8 +129,6 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
             stage(line)
     if roi_sampling_ratio is not None:
         _fix_adaptive_sampling(loaded, roi_sampling_ratio, stage)
-    if input_files and shapes:
-        raise CliError("give the example inputs either as --input files or as --input-shape sizes, not both")
     example = (loaded.inputs_from_files(input_files, torch_dtype, note=stage) if input_files
                else loaded.example_inputs(shapes, torch_dtype, seed=0))
     # Models that make their own inputs (e.g. boxes) are verified on inputs they make, from another seed.

@@ -7,6 +7,8 @@ from typing import Dict, Optional
 
 import click
 
+from ..plugin.library import TENSORRT_HEADERS_WHEEL  # stdlib only: the CLI still starts fast
+
 
 @click.group("plugin")
 def command() -> None:
@@ -30,7 +32,7 @@ def command() -> None:
 @click.option("--no-cuda", is_flag=True, help="Build only the host library (needs just a C++ compiler).")
 @click.option("--fetch-trt-headers", is_flag=True,
               help="Download TensorRT's headers into .third_party/ if none are there. They come from the pip wheel "
-                   "kernel-lens==2.0.1 (a third-party tools package that carries NVIDIA's Apache-2.0 TensorRT "
+                   f"{TENSORRT_HEADERS_WHEEL} (a third-party tools package that carries NVIDIA's Apache-2.0 TensorRT "
                    "10.14 runtime and plugin headers); only its include folder is unpacked, nothing is installed.")
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream CMake's output.")

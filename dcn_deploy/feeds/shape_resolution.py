@@ -54,40 +54,50 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
         default_batch = given_batches[0] if given_batches else None
     resolved: Dict[str, Shape] = {}
     for meta in metas:
+        is_roi = meta.name in rois
         given = shapes.get(meta.name)
-        if given is not None:
-            if len(given) != len(meta.shape):
-                raise FeedError(f"input {meta.name!r}: {argument('shapes', '--shape')} gives {format_shape(given)}, "
-                                f"{len(given)} dimensions; the model's input has {len(meta.shape)} "
-                                f"({format_shape(meta.shape)})")
-            for axis, (want, got) in enumerate(zip(meta.shape, given)):
-                if isinstance(want, int) and want != got:
-                    raise FeedError(f"input {meta.name!r}: dimension {axis} is fixed to {want} in the model, "
-                                    f"{argument('shapes', '--shape')} gives {got} (model shape "
-                                    f"{format_shape(meta.shape)})")
-            if batch is not None and given and not isinstance(meta.shape[0], int) and meta.name not in rois:
-                given = (int(batch),) + given[1:]
-            resolved[meta.name] = given
-            continue
-        dims = []
-        for axis, dim in enumerate(meta.shape):
-            if isinstance(dim, int):
-                dims.append(dim)
-            elif axis == 0 and meta.name in rois:
-                dims.append(DEFAULT_BOX_COUNT)
-            elif axis == 0:
-                dims.append(1 if default_batch is None else int(default_batch))
-            else:
-                example = _example_shape(meta.shape)
-                raise FeedError(
-                    f"input {meta.name!r} has a dynamic dimension {axis} ({dim or 'unnamed'}) in shape "
-                    f"{format_shape(meta.shape)}; give its size: "
-                    + argument(f"shapes={{{meta.name!r}: {example}}}", f"--shape {meta.name}={format_shape(example)}"))
-        resolved[meta.name] = tuple(dims)
+        resolved[meta.name] = (_given_shape(meta, given, batch, is_roi) if given is not None
+                               else _default_shape(meta, default_batch, is_roi))
     fixed = fixed_batch(metas, rois)
     if batch is not None and fixed is not None and batch != fixed:
         raise fixed_batch_error(metas, [batch], rois)
     return resolved
+
+
+def _given_shape(meta: TensorMeta, given: Shape, batch: Optional[int], is_roi: bool) -> Shape:
+    """The shape the user gave for ``meta``, checked against its fixed dimensions; ``batch`` (when given) replaces
+    a dynamic first dimension, except a RoI input's (it counts boxes)."""
+    if len(given) != len(meta.shape):
+        raise FeedError(f"input {meta.name!r}: {argument('shapes', '--shape')} gives {format_shape(given)}, "
+                        f"{len(given)} dimensions; the model's input has {len(meta.shape)} "
+                        f"({format_shape(meta.shape)})")
+    for axis, (want, got) in enumerate(zip(meta.shape, given)):
+        if isinstance(want, int) and want != got:
+            raise FeedError(f"input {meta.name!r}: dimension {axis} is fixed to {want} in the model, "
+                            f"{argument('shapes', '--shape')} gives {got} (model shape {format_shape(meta.shape)})")
+    if batch is not None and given and not isinstance(meta.shape[0], int) and not is_roi:
+        return (int(batch),) + tuple(given[1:])
+    return given
+
+
+def _default_shape(meta: TensorMeta, default_batch: Optional[int], is_roi: bool) -> Shape:
+    """``meta``'s shape when the user gave none: fixed dimensions as they are, a dynamic first dimension the batch
+    (a RoI input's: :data:`DEFAULT_BOX_COUNT` boxes); any other dynamic dimension is a FeedError naming it."""
+    dims = []
+    for axis, dim in enumerate(meta.shape):
+        if isinstance(dim, int):
+            dims.append(dim)
+        elif axis == 0 and is_roi:
+            dims.append(DEFAULT_BOX_COUNT)
+        elif axis == 0:
+            dims.append(1 if default_batch is None else int(default_batch))
+        else:
+            example = _example_shape(meta.shape)
+            raise FeedError(
+                f"input {meta.name!r} has a dynamic dimension {axis} ({dim or 'unnamed'}) in shape "
+                f"{format_shape(meta.shape)}; give its size: "
+                + argument(f"shapes={{{meta.name!r}: {example}}}", f"--shape {meta.name}={format_shape(example)}"))
+    return tuple(dims)
 
 
 def _shape_argument(meta: TensorMeta, given: object) -> Shape:

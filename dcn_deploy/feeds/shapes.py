@@ -7,9 +7,7 @@ raise for an input that cannot be made or loaded; it is defined here, the one mo
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Tuple
-
-import numpy as np
+from typing import Sequence, Tuple
 
 Shape = Tuple[int, ...]
 
@@ -33,6 +31,3 @@ def parse_shape(text: str) -> Shape:
 def format_shape(shape: Sequence[object]) -> str:
     return "x".join("?" if d is None else str(d) for d in shape) or "scalar"
 
-
-def describe_feed(feed: Mapping[str, np.ndarray]) -> str:
-    return ", ".join(f"{k}: {format_shape(v.shape)} {v.dtype}" for k, v in feed.items())

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import onnx
 from onnx import defs, helper
@@ -28,6 +28,7 @@ from ..ops.spec import ShapeError, conv_output_size
 __all__ = [
     "DOMAIN", "VERSION", "MIN_OPSET", "BFLOAT16_MIN_OPSET", "FLOAT_TYPES", "OpDefinition", "ExportRefusal", "register_op",
     "definitions", "get_definition", "attach_functions", "used_ops", "is_deformable_node", "all_nodes",
+    "domain_nodes",
     "deform_conv_function", "deform_conv_schema", "plugin_attribute_schemas",
 ]
 
@@ -109,7 +110,11 @@ def get_definition(name: str) -> OpDefinition:
 
 def all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
     """Nodes of ``graph`` and of its subgraphs (If/Loop/Scan bodies)."""
-    for node in graph.node:
+    return _with_subgraphs(graph.node)
+
+
+def _with_subgraphs(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    for node in nodes:
         yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
@@ -119,14 +124,26 @@ def all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
                     yield from all_nodes(g)
 
 
+def domain_nodes(model: onnx.ModelProto, domain: str = DOMAIN) -> Iterator[onnx.NodeProto]:
+    """The nodes of ``domain`` in the model's graph, its subgraphs and the bodies of its local functions (an
+    exporter may keep a module as a function; ONNX Runtime and TensorRT's parser inline them). The bodies of
+    ``domain``'s own functions are skipped: ours are standard ONNX."""
+    for node in all_nodes(model.graph):
+        if node.domain == domain:
+            yield node
+    for function in model.functions:
+        if function.domain != domain:
+            yield from (node for node in _with_subgraphs(function.node) if node.domain == domain)
+
+
 def is_deformable_node(node: onnx.NodeProto) -> bool:
     """A node of our domain, or a standard ``DeformConv``."""
     return node.domain == DOMAIN or (node.domain in ("", "ai.onnx") and node.op_type == "DeformConv")
 
 
-def used_ops(model: onnx.ModelProto) -> List[str]:
-    """op_types of the ``dcn_deploy`` domain used in the model's graph (subgraphs included), sorted."""
-    return sorted({n.op_type for n in all_nodes(model.graph) if n.domain == DOMAIN})
+def used_ops(model: onnx.ModelProto, domain: str = DOMAIN) -> List[str]:
+    """op_types of ``domain`` (ours by default) the model uses, sorted: :func:`domain_nodes`' op types."""
+    return sorted({n.op_type for n in domain_nodes(model, domain)})
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

@@ -17,17 +17,17 @@ finds attributes the plugin would silently drop (the "deform_groups vs deformabl
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
 from onnx import helper
 
-from .opset import all_nodes
+from .opset import DOMAIN, domain_nodes
 
 __all__ = ["PLUGIN_DOMAIN", "PLUGIN_NAMESPACE", "PLUGIN_FIELDS", "RoutingError", "check_plugin_fields",
            "route_to_plugin", "routed_nodes", "unrouted_ops", "used_ops"]
 
-PLUGIN_DOMAIN = "dcn_deploy"
+PLUGIN_DOMAIN = DOMAIN
 PLUGIN_NAMESPACE = "dcn_deploy"
 # The parser consumes these itself; they are not plugin fields.
 _PARSER_ATTRIBUTES = ("plugin_namespace", "plugin_version")
@@ -44,19 +44,6 @@ class RoutingError(ValueError):
     """A node cannot be routed to our plugin as it is; the message names the node and the fix."""
 
 
-def _our_nodes(model: onnx.ModelProto, domain: str) -> Iterator[onnx.NodeProto]:
-    """Our-domain nodes of the main graph, its subgraphs, and of functions (whose bodies the parser inlines)."""
-    for node in all_nodes(model.graph):
-        if node.domain == domain:
-            yield node
-    for function in model.functions:
-        if function.domain == domain:
-            continue  # the bodies of our own ops are standard ONNX; never rewritten
-        for node in function.node:
-            if node.domain == domain:
-                yield node
-
-
 def _label(node: onnx.NodeProto) -> str:
     return f"{node.name or '(unnamed)'} ({node.domain}::{node.op_type})"
 
@@ -66,7 +53,7 @@ def check_plugin_fields(model: onnx.ModelProto, fields: Optional[Mapping[str, Se
     """Problems that would make the parser feed a plugin badly: node attributes that are not its fields."""
     fields = PLUGIN_FIELDS if fields is None else fields
     problems = []
-    for node in _our_nodes(model, domain):
+    for node in domain_nodes(model, domain):
         known = fields.get(node.op_type)
         if known is None:
             continue  # no plugin: not routed, built from its function body
@@ -84,7 +71,8 @@ def route_to_plugin(model: onnx.ModelProto, *, namespace: str = PLUGIN_NAMESPACE
     """A copy of ``model`` whose ``domain`` nodes with a plugin carry ``plugin_namespace=namespace``.
 
     Returns (copy, number of nodes routed). ``fields`` (op_type -> plugin field names, default
-    :data:`PLUGIN_FIELDS`) says which ops have a plugin; nodes of other ops are left as they are. ``version`` also sets ``plugin_version`` (the parser's default is "1", our creators' version). An existing
+    :data:`PLUGIN_FIELDS`) says which ops have a plugin; nodes of other ops are left as they are. ``version``
+    also sets ``plugin_version`` (the parser's default is "1", our creators' version). An existing
     ``plugin_namespace`` is overwritten, so the rewrite is idempotent. With ``strict`` a node the plugin would
     misread (see :func:`check_plugin_fields`) raises :class:`RoutingError`.
     """
@@ -96,7 +84,7 @@ def route_to_plugin(model: onnx.ModelProto, *, namespace: str = PLUGIN_NAMESPACE
             raise RoutingError("cannot route to the dcn_deploy TensorRT plugin:\n  " + "\n  ".join(problems))
     fields = PLUGIN_FIELDS if fields is None else fields
     count = 0
-    for node in _our_nodes(out, domain):
+    for node in domain_nodes(out, domain):
         if node.op_type not in fields:
             continue
         _set_string(node, "plugin_namespace", namespace)
@@ -118,18 +106,18 @@ def unrouted_ops(model: onnx.ModelProto, fields: Optional[Mapping[str, Sequence[
                  domain: str = PLUGIN_DOMAIN) -> List[str]:
     """op_types of ``domain`` used in the model that have no plugin in ``fields`` (sorted)."""
     fields = PLUGIN_FIELDS if fields is None else fields
-    return sorted({n.op_type for n in _our_nodes(model, domain) if n.op_type not in fields})
+    return sorted({n.op_type for n in domain_nodes(model, domain) if n.op_type not in fields})
 
 
 def used_ops(model: onnx.ModelProto, domain: str = PLUGIN_DOMAIN) -> List[str]:
-    """op_types of ``domain`` used in the model's graphs (sorted)."""
-    return sorted({n.op_type for n in _our_nodes(model, domain)})
+    """op_types of ``domain`` used in the model's graphs and local functions (sorted)."""
+    return sorted({n.op_type for n in domain_nodes(model, domain)})
 
 
 def routed_nodes(model: onnx.ModelProto, domain: str = PLUGIN_DOMAIN) -> List[Tuple[str, Optional[str]]]:
     """``[(node label, plugin_namespace or None)]`` for every ``domain`` node: what the parser will do with it."""
     out = []
-    for node in _our_nodes(model, domain):
+    for node in domain_nodes(model, domain):
         ns = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "plugin_namespace"), None)
         out.append((_label(node), ns.decode() if isinstance(ns, bytes) else ns))
     return out

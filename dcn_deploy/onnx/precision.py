@@ -57,7 +57,8 @@ from ..wording import argument
 # type parameters then guide the conversion of our nodes.
 from .opset import BFLOAT16_MIN_OPSET
 
-__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "check_keep_fp32_nodes", "check_precision_options", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
+__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "check_keep_fp32_nodes",
+           "check_precision_options", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
 
 # op_type (default domain) -> why it stays float32. See the module docstring for the rule.
 KEEP_FP32_OPS: Dict[str, str] = {
@@ -238,7 +239,7 @@ def _known_types(model: onnx.ModelProto) -> Dict[str, int]:
 def check_precision_options(precision: str, io_dtype: str = "float32") -> None:
     """Raises :class:`PrecisionError` for a ``precision`` or ``io_dtype`` that :func:`convert_precision` does not
     take (callers that must check before slower work, e.g. before importing TensorRT, call this first)."""
-    if precision not in ("fp32", "fp16", "bf16"):
+    if precision != "fp32" and precision not in _HALF:
         raise PrecisionError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
     if io_dtype not in ("float32", "half"):
         raise PrecisionError(f"io_dtype must be 'float32' or 'half', got {io_dtype!r}")
