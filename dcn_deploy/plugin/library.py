@@ -24,7 +24,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 from ..wording import argument
 
@@ -317,27 +317,3 @@ def _gemm_path_status(kernels: Optional[str]) -> Optional[str]:
         return "available (cuBLAS loads; dense layers use it)"
     reason = (lib.dcn_last_error() or b"").decode(errors="replace")
     return f"unavailable, dense layers use the fused kernel: {reason}"
-
-
-def _main(argv: Sequence[str]) -> int:
-    """``python -m dcn_deploy.plugin.library`` builds like ``dcn-deploy plugin build`` (used by ./dev test)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Build dcn_deploy's native libraries with CMake.")
-    parser.add_argument("--fetch-trt-headers", action="store_true")
-    parser.add_argument("--no-cuda", action="store_true")
-    parser.add_argument("--cuda-archs", default=None)
-    args = parser.parse_args(argv)
-    try:
-        result = build_libraries(cuda=not args.no_cuda, fetch_headers=args.fetch_trt_headers,
-                                 cuda_architectures=args.cuda_archs, echo=True)
-    except PluginBuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for kind, path in result.libraries.items():
-        print(f"[dcn_deploy] {kind}: {path}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
