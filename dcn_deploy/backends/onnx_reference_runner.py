@@ -87,6 +87,6 @@ class OnnxReferenceRunner(Runner):
         arrays = {m.name: np.ascontiguousarray(feed[m.name]) for m in self._inputs}
         try:
             values = self._evaluator.run(None, arrays)
-        except Exception as exc:
+        except Exception as exc:  # the evaluator raises anything its op implementations raise
             raise RunnerError(f"onnx-reference: inference failed: {exc}") from exc
         return {name: np.asarray(v) for name, v in zip(self._output_names, values)}

@@ -40,7 +40,7 @@ from .trt_parse import (PARSE_IN_MEMORY_LIMIT, choose_parse_route, format_parser
                         read_model_for_build)
 from .trt_plugins import (duplicate_library_message, load_plugin_library, load_plugins, looks_like_plugin_library,
                           mapped_shared_objects, plugin_fields_from_registry, register_tensorrt_plugins)
-from .trt_profiles import DEFAULT_MAX_BATCH, Profile, compute_profile, format_shape, onnx_input_shapes
+from .trt_profiles import DEFAULT_MAX_BATCH, Profile, compute_profile, format_profile_shape, onnx_input_shapes
 from .trt_progress import BuildProgress, build_with_progress
 
 __all__ = [
@@ -215,12 +215,12 @@ def _configure(trt, builder, profile: Profile, *, workspace_bytes: Optional[int]
     trt_profile = builder.create_optimization_profile()
     for name, rng in profile.items():
         trt_profile.set_shape(name, rng.min, rng.opt, rng.max)
-        say(f"[build] profile {name}: min {format_shape(rng.min)} opt {format_shape(rng.opt)} "
-            f"max {format_shape(rng.max)}")
+        say(f"[build] profile {name}: min {format_profile_shape(rng.min)} opt {format_profile_shape(rng.opt)} "
+            f"max {format_profile_shape(rng.max)}")
     if config.add_optimization_profile(trt_profile) < 0:
-        raise BuildError("TensorRT rejected the optimisation profile "
-                         + "; ".join(f"{n}: {format_shape(r.min)}/{format_shape(r.opt)}/{format_shape(r.max)}"
-                                     for n, r in profile.items())
+        ranges = "; ".join(f"{n}: " + "/".join(format_profile_shape(s) for s in (r.min, r.opt, r.max))
+                           for n, r in profile.items())
+        raise BuildError("TensorRT rejected the optimisation profile " + ranges
                          + ". Check --shapes (or --min/--opt/--max-shapes) against the model's inputs: names, ranks "
                            "and fixed dimensions must match, and min <= opt <= max")
     return config

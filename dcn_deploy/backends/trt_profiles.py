@@ -25,7 +25,7 @@ from ..wording import argument, for_reader
 
 __all__ = [
     "DEFAULT_MAX_BATCH", "DEFAULT_MAX_ROIS", "Dim", "InputShape", "Profile", "ProfileError", "TensorRange",
-    "check_shapes_in_profile", "compute_profile", "format_shape", "onnx_input_shapes", "parse_shape",
+    "check_shapes_in_profile", "compute_profile", "format_profile_shape", "onnx_input_shapes", "parse_profile_shape",
     "parse_shape_specs", "parse_range_specs", "profile_from_json", "profile_to_json", "select_profile",
 ]
 
@@ -79,7 +79,7 @@ Profile = Dict[str, TensorRange]  # input name -> its range (one TensorRT optimi
 _SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
 
 
-def parse_shape(text: str, what: str = "shape") -> Shape:
+def parse_profile_shape(text: str, what: str = "shape") -> Shape:
     """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``."""
     text = text.strip().lower()
     if not _SHAPE_RE.match(text):
@@ -87,7 +87,7 @@ def parse_shape(text: str, what: str = "shape") -> Shape:
     return tuple(int(v) for v in text.split("x"))
 
 
-def format_shape(shape: Sequence[int]) -> str:
+def format_profile_shape(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
@@ -117,7 +117,7 @@ def parse_shape_specs(specs: Union[str, Iterable[str], None], option: str = "--s
     for name, shape in _split_specs(specs):
         if name in out:
             raise ProfileError(f"{option}: input {name!r} is given twice")
-        out[name] = parse_shape(shape, f"{option}, input {name!r}")
+        out[name] = parse_profile_shape(shape, f"{option}, input {name!r}")
     return out
 
 
@@ -129,10 +129,10 @@ def parse_range_specs(specs: Union[str, Iterable[str], None], option: str = "--s
             raise ProfileError(f"{option}: input {name!r} is given twice")
         parts = text.split("/")
         if len(parts) == 1:
-            shape = parse_shape(parts[0], f"{option}, input {name!r}")
+            shape = parse_profile_shape(parts[0], f"{option}, input {name!r}")
             out[name] = TensorRange(shape, shape, shape)
         elif len(parts) == 3:
-            lo, opt, hi = (parse_shape(p, f"{option}, input {name!r}") for p in parts)
+            lo, opt, hi = (parse_profile_shape(p, f"{option}, input {name!r}") for p in parts)
             out[name] = TensorRange(lo, opt, hi)
         else:
             raise ProfileError(f"{option}, input {name!r}: write one shape (fixed) or three joined by '/' "
@@ -146,19 +146,19 @@ def _validate_range(inp: InputShape, rng: TensorRange, option: str) -> None:
     for label, shape in (("min", rng.min), ("opt", rng.opt), ("max", rng.max)):
         if len(shape) != rank:
             raise ProfileError(f"{option}: input {inp.name!r} has {rank} dimensions {_describe(inp)}, "
-                               f"the {label} shape {format_shape(shape)} has {len(shape)}")
+                               f"the {label} shape {format_profile_shape(shape)} has {len(shape)}")
         for axis, (declared, size) in enumerate(zip(inp.dims, shape)):
             if size < 1:
-                raise ProfileError(f"{option}: input {inp.name!r} {label} shape {format_shape(shape)} has size "
+                raise ProfileError(f"{option}: input {inp.name!r} {label} shape {format_profile_shape(shape)} has size "
                                    f"{size} at dimension {axis}; sizes must be >= 1")
             if not inp.is_dynamic(axis) and size != declared:
                 raise ProfileError(f"{option}: input {inp.name!r} dimension {axis} is fixed to {declared} in the "
-                                   f"model {_describe(inp)}, the {label} shape {format_shape(shape)} has {size}")
+                                   f"model {_describe(inp)}, the {label} shape {format_profile_shape(shape)} has {size}")
     for axis, (lo, opt, hi) in enumerate(zip(rng.min, rng.opt, rng.max)):
         if not lo <= opt <= hi:
             raise ProfileError(f"{option}: input {inp.name!r} dimension {axis} needs min <= opt <= max, got "
-                               f"{lo} / {opt} / {hi} (shapes {format_shape(rng.min)} / {format_shape(rng.opt)} / "
-                               f"{format_shape(rng.max)})")
+                               f"{lo} / {opt} / {hi} (shapes {format_profile_shape(rng.min)} / {format_profile_shape(rng.opt)} / "
+                               f"{format_profile_shape(rng.max)})")
 
 
 def _describe(inp: InputShape) -> str:
@@ -330,7 +330,7 @@ def _derived_range(inp: InputShape, symbols: Mapping[str, Tuple[int, int, int]],
 
 def _roi_note(inp: InputShape, rng: TensorRange) -> str:
     """The line saying how many boxes a RoI input's default range allows, and how to give another."""
-    spec = f"{inp.name}:{format_shape(rng.min)}/{format_shape(rng.opt)}/{format_shape(rng.max)}"
+    spec = f"{inp.name}:{format_profile_shape(rng.min)}/{format_profile_shape(rng.opt)}/{format_profile_shape(rng.max)}"
     return (f"no shapes for RoI input {inp.name!r}: {rng.min[0]} to {rng.max[0]} boxes per call (tuned for "
             f"{rng.opt[0]}); for another range give "
             + for_reader(f"shapes=\"{spec}\" with your counts (CLI: --shapes {spec})",
@@ -346,7 +346,7 @@ def _example_note(inp: InputShape, rng: TensorRange, axes: Sequence[int]) -> str
     lo, hi = list(rng.min), list(rng.max)
     for a in axes:
         lo[a], hi[a] = max(1, rng.opt[a] // 2), rng.opt[a] * 2
-    suggestion = f"{inp.name}:{format_shape(lo)}/{format_shape(rng.opt)}/{format_shape(hi)}"
+    suggestion = f"{inp.name}:{format_profile_shape(lo)}/{format_profile_shape(rng.opt)}/{format_profile_shape(hi)}"
     batch = (f" (batch {rng.min[0]}..{rng.max[0]})" if inp.dims and inp.is_dynamic(0) and 0 not in axes
              and rng.min[0] != rng.max[0] else "")
     return (f"no shapes for input {inp.name!r}: {which} fixed to the exported example {sizes}{batch}; for a range "
@@ -369,10 +369,10 @@ def check_shapes_in_profile(shapes: Mapping[str, Sequence[int]], profile: Mappin
                 detail = "dimension(s) " + ", ".join(f"{a} ({shape[a]} not in {rng.min[a]}..{rng.max[a]})"
                                                      for a in bad)
             raise ProfileError(
-                f"input {name!r} has shape {format_shape(shape)}, outside the engine's profile "
-                f"min {format_shape(rng.min)} .. max {format_shape(rng.max)}: {detail}. Rebuild the engine with a "
-                f"wider range (dcn-deploy build ... --shapes {name}:{format_shape(rng.min)}/"
-                f"{format_shape(rng.opt)}/<MAX>) or change the input")
+                f"input {name!r} has shape {format_profile_shape(shape)}, outside the engine's profile "
+                f"min {format_profile_shape(rng.min)} .. max {format_profile_shape(rng.max)}: {detail}. Rebuild the engine with a "
+                f"wider range (dcn-deploy build ... --shapes {name}:{format_profile_shape(rng.min)}/"
+                f"{format_profile_shape(rng.opt)}/<MAX>) or change the input")
 
 
 def _outside_detail(shape: Shape, rng: TensorRange) -> str:
@@ -403,10 +403,10 @@ def select_profile(shapes: Mapping[str, Sequence[int]], profiles: Sequence[Mappi
     for index, profile in enumerate(profiles):
         if all(profile[name].contains(shape) for name, shape in shapes.items()):
             return index
-    given = ", ".join(f"{name} {format_shape(shape)}" for name, shape in shapes.items())
+    given = ", ".join(f"{name} {format_profile_shape(shape)}" for name, shape in shapes.items())
     lines = [f"input shape(s) {given} fit none of the engine's {len(profiles)} optimisation profiles:"]
     for index, profile in enumerate(profiles):
-        ranges = "; ".join(f"{name} min {format_shape(rng.min)} .. max {format_shape(rng.max)}"
+        ranges = "; ".join(f"{name} min {format_profile_shape(rng.min)} .. max {format_profile_shape(rng.max)}"
                            for name, rng in profile.items())
         outside = "; ".join(f"{name}: {_outside_detail(shape, profile[name])}" for name, shape in shapes.items()
                             if not profile[name].contains(shape))

@@ -193,7 +193,7 @@ def _pads(padding) -> Tuple[int, int, int, int]:
     raise ValueError(f"padding must be an int, (pad_h, pad_w) or (top, left, bottom, right), got {padding!r}")
 
 
-def _describe(input, offset, weight, bias, mask, stride, padding, dilation) -> DeformConvDesc:
+def _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation) -> DeformConvDesc:
     """Validate the tensors' shapes with the shared spec and fill the C descriptor."""
     from ..ops.spec import ShapeError, as_pair, deform_conv_spec
 
@@ -242,7 +242,7 @@ def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, 
     """Call one of the host library's forward entries on CPU tensors; returns a new output tensor."""
     import torch
 
-    desc = _describe(input, offset, weight, bias, mask, stride, padding, dilation)
+    desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
     t, dtype = _prepare(input, offset, weight, bias, mask, "cpu")
     lib = library or load_library("host")
     oh, ow = lib.output_size(desc)
@@ -338,7 +338,7 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
     """Dense layers: compiled sampling of a slice of output pixels, then one matrix product per slice."""
     import torch
 
-    desc = _describe(input, offset, weight, bias, mask, stride, padding, dilation)
+    desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
     t, dtype = _prepare(input, offset, weight, bias, mask, "cpu")
     t = {name: None if v is None else v.detach() for name, v in t.items()}  # mm(out=...) refuses autograd inputs
     lib = library or load_library("host")
@@ -381,7 +381,7 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
 
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {sorted(ALGOS)}, got {algo!r}")
-    desc = _describe(input, offset, weight, bias, mask, stride, padding, dilation)
+    desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
     t, dtype = _prepare(input, offset, weight, bias, mask, "cuda")
     lib = library or load_library("kernels")
     oh, ow = lib.output_size(desc)
