@@ -24,6 +24,7 @@ import onnx
 from onnx import defs, helper
 
 from ..ops.spec import ShapeError, conv_output_size
+from .schema_inference import inference_error, known_size, tensor_dims
 
 __all__ = [
     "DOMAIN", "VERSION", "MIN_OPSET", "BFLOAT16_MIN_OPSET", "FLOAT_TYPES", "OpDefinition", "ExportRefusal", "register_op",
@@ -244,19 +245,8 @@ def _attribute_value(ctx, name: str):
     return list(value) if isinstance(value, (list, tuple)) or hasattr(value, "__len__") else value
 
 
-def _dims(type_proto: Optional[onnx.TypeProto]) -> Optional[List[onnx.TensorShapeProto.Dimension]]:
-    """The dimensions of a tensor type, or None when its shape is unknown."""
-    if type_proto is None or not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
-        return None
-    return list(type_proto.tensor_type.shape.dim)
-
-
-def _value(dim: Optional[onnx.TensorShapeProto.Dimension]) -> Optional[int]:
-    return dim.dim_value if dim is not None and dim.HasField("dim_value") else None
-
-
 def _inference_error(message: str) -> Exception:
-    return onnx.shape_inference.InferenceError(f"[{DOMAIN}::{DEFORM_CONV}] {message}")
+    return inference_error(DOMAIN, DEFORM_CONV, message)
 
 
 def _check_rank(dims, name: str, rank: int, layout: str) -> None:
@@ -272,7 +262,7 @@ def _infer_deform_conv(ctx) -> None:
     """
     n_inputs = ctx.get_num_inputs()
     types = [ctx.get_input_type(i) if i < n_inputs and ctx.has_input(i) else None for i in range(5)]
-    x, w, off, b, mask = (_dims(t) for t in types)
+    x, w, off, b, mask = (tensor_dims(t) for t in types)
     _check_rank(x, "X", 4, "(N, C, H, W)")
     _check_rank(w, "W", 4, "(oC, C/group, kH, kW)")
     _check_rank(off, "offset", 4, "(N, 2*offset_group*kH*kW, oH, oW)")
@@ -315,10 +305,10 @@ def _deform_conv_attributes(ctx) -> tuple:
 
 def _check_channels(x, w, off, b, mask, group: int, offset_group: int) -> None:
     """The channel counts of X, W, B, offset and mask agree with each other and the groups, where known."""
-    c = _value(x[1]) if x else None
-    oc = _value(w[0]) if w else None
-    c_per_group = _value(w[1]) if w else None
-    kh, kw = (_value(w[2]), _value(w[3])) if w else (None, None)
+    c = known_size(x[1]) if x else None
+    oc = known_size(w[0]) if w else None
+    c_per_group = known_size(w[1]) if w else None
+    kh, kw = (known_size(w[2]), known_size(w[3])) if w else (None, None)
     if c is not None and c_per_group is not None and c != c_per_group * group:
         raise _inference_error(f"X has {c} channels but W.shape[1] * group = {c_per_group} * {group}; "
                                "set group = C / W.shape[1]")
@@ -326,32 +316,32 @@ def _check_channels(x, w, off, b, mask, group: int, offset_group: int) -> None:
         raise _inference_error(f"W.shape[0] ({oc} output channels) must be divisible by group ({group})")
     if c is not None and c % offset_group:
         raise _inference_error(f"X channels ({c}) must be divisible by offset_group ({offset_group})")
-    if b is not None and oc is not None and _value(b[0]) not in (None, oc):
-        raise _inference_error(f"B must have shape ({oc},), got ({_value(b[0])},)")
+    if b is not None and oc is not None and known_size(b[0]) not in (None, oc):
+        raise _inference_error(f"B must have shape ({oc},), got ({known_size(b[0])},)")
     if kh is not None and kw is not None:
         points = offset_group * kh * kw
-        if off is not None and _value(off[1]) not in (None, 2 * points):
-            raise _inference_error(f"offset must have 2*offset_group*kH*kW = {2 * points} channels, got {_value(off[1])}")
-        if mask is not None and _value(mask[1]) not in (None, points):
-            raise _inference_error(f"mask must have offset_group*kH*kW = {points} channels, got {_value(mask[1])}")
+        if off is not None and known_size(off[1]) not in (None, 2 * points):
+            raise _inference_error(f"offset must have 2*offset_group*kH*kW = {2 * points} channels, got {known_size(off[1])}")
+        if mask is not None and known_size(mask[1]) not in (None, points):
+            raise _inference_error(f"mask must have offset_group*kH*kW = {points} channels, got {known_size(mask[1])}")
 
 
 def _spatial_output_dims(x, w, off, mask, strides, pads, dilations) -> List[onnx.TensorShapeProto.Dimension]:
     """(oH, oW): computed when X's size and the kernel are known (and checked against offset and mask), else
     taken from offset, else unknown."""
-    kh, kw = (_value(w[2]), _value(w[3])) if w else (None, None)
+    kh, kw = (known_size(w[2]), known_size(w[3])) if w else (None, None)
     spatial: List[onnx.TensorShapeProto.Dimension] = []
     for axis, kernel in ((0, kh), (1, kw)):
         dim = onnx.TensorShapeProto.Dimension()
-        size = _value(x[2 + axis]) if x else None
+        size = known_size(x[2 + axis]) if x else None
         if size is not None and kernel is not None:
             out = conv_output_size(size, kernel, strides[axis], pads[axis], pads[axis + 2], dilations[axis])
             if out < 1:
                 raise _inference_error(f"the output would be empty along {'HW'[axis]}: input size {size}, kernel {kernel}, "
                                        f"stride {strides[axis]}, pads {pads[axis]}/{pads[axis + 2]}, dilation {dilations[axis]}")
             for name, dims in (("offset", off), ("mask", mask)):
-                if dims is not None and _value(dims[2 + axis]) not in (None, out):
-                    raise _inference_error(f"{name} {'HW'[axis]} ({_value(dims[2 + axis])}) must equal the output size {out}")
+                if dims is not None and known_size(dims[2 + axis]) not in (None, out):
+                    raise _inference_error(f"{name} {'HW'[axis]} ({known_size(dims[2 + axis])}) must equal the output size {out}")
             dim.dim_value = out
         elif off is not None:
             dim.CopyFrom(off[2 + axis])

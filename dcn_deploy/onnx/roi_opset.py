@@ -26,6 +26,7 @@ from onnx import TensorProto, defs, helper
 
 from ..wording import for_reader
 from .opset import DOMAIN, FLOAT_TYPES, VERSION, ExportRefusal, OpDefinition, plugin_attribute_schemas, register_op
+from .schema_inference import inference_error, known_size, tensor_dims
 
 __all__ = ["DEFORM_ROI_POOL", "DEFORM_PSROI_POOL", "deform_roi_pool_function", "deform_psroi_pool_function",
            "check_model", "AdaptiveSamplingError"]
@@ -68,7 +69,7 @@ def _attribute_protos(table: dict) -> List["defs.OpSchema.Attribute"]:
 
 
 def _inference_error(op: str, message: str) -> Exception:
-    return onnx.shape_inference.InferenceError(f"[{DOMAIN}::{op}] {message}")
+    return inference_error(DOMAIN, op, message)
 
 
 def _attr(ctx, table: dict, name: str):
@@ -77,16 +78,10 @@ def _attr(ctx, table: dict, name: str):
 
 
 def _dims(ctx, index: int) -> Optional[list]:
+    """Input ``index``'s dimensions, or None when it is absent or its shape unknown."""
     if index >= ctx.get_num_inputs() or not ctx.has_input(index):
         return None
-    t = ctx.get_input_type(index)
-    if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
-        return None
-    return list(t.tensor_type.shape.dim)
-
-
-def _value(dim) -> Optional[int]:
-    return dim.dim_value if dim is not None and dim.HasField("dim_value") else None
+    return tensor_dims(ctx.get_input_type(index))
 
 
 def _check(op: str, dims, name: str, expected: list) -> None:
@@ -96,7 +91,7 @@ def _check(op: str, dims, name: str, expected: list) -> None:
     if len(dims) != len(expected):
         raise _inference_error(op, f"input {name} must be {len(expected)}-D, got rank {len(dims)}")
     for axis, (dim, want) in enumerate(zip(dims, expected)):
-        got = _value(dim)
+        got = known_size(dim)
         if want is not None and got is not None and got != want:
             raise _inference_error(op, f"input {name} dim {axis} must be {want}, got {got} (expected shape {expected})")
 
@@ -131,7 +126,7 @@ def _infer_roi_pool(ctx) -> None:
     x, rois, offset = _dims(ctx, 0), _dims(ctx, 1), _dims(ctx, 2)
     _check(op, x, "X", [None] * 4)
     _check(op, rois, "rois", [None, 5])
-    k = _value(rois[0]) if rois else None
+    k = known_size(rois[0]) if rois else None
     _check(op, offset, "offset", [k, 2, ph, pw])
     count = rois[0] if rois else (offset[0] if offset else None)
     _set_output(ctx, [_dim(copy=count), _dim(copy=x[1] if x else None), _dim(ph), _dim(pw)])
@@ -149,10 +144,10 @@ def _infer_psroi_pool(ctx) -> None:
     x, rois, trans = _dims(ctx, 0), _dims(ctx, 1), _dims(ctx, 2)
     _check(op, x, "X", [None, output_dim * group * group, None, None])
     _check(op, rois, "rois", [None, 5])
-    k = _value(rois[0]) if rois else None
+    k = known_size(rois[0]) if rois else None
     _check(op, trans, "trans", [k, None, part, part])
-    if trans is not None and _value(trans[1]) is not None:
-        channels = _value(trans[1])
+    if trans is not None and known_size(trans[1]) is not None:
+        channels = known_size(trans[1])
         if channels < 2 or channels % 2 or output_dim % (channels // 2):
             raise _inference_error(op, f"trans must have 2*num_classes channels with output_dim ({output_dim}) "
                                        f"divisible by num_classes, got {channels}")
