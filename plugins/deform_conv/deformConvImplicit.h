@@ -424,12 +424,18 @@ DCN_HD ImplicitPack<T> implicitBlendZeroFilled(ImplicitTaps<Acc> const& taps, Im
 }
 
 // Vector e of a step's tile, in either tile (weights: a row per output channel; columns: a row per pixel): its
-// row and its channel vector within the step (kImplicitTileK / kImplicitVector per row).
+// row and its channel vector within the step (4 per row). Every 32 consecutive e (a warp's) cover 8 rows, and the
+// 8 of each quarter-warp take two whole rows 4 apart: a row's 4 vectors are still 64 contiguous bytes in global
+// memory (one pixel's or one output channel's channels), and the two rows lie in disjoint shared-memory banks
+// (rows kImplicitLdk = 40 half elements, 80 bytes, apart: 4 rows start 320 bytes = 2.5 x 128 further), so a
+// quarter-warp's 16-byte stores into a tile need one wavefront. Adjacent rows (e / 4) overlapped in one bank group:
+// the specialised kernel's column-tile stores took 8 wavefronts a warp where 4 do (session 22's profile).
 DCN_HD void implicitTileVector(int32_t e, int32_t& row, int32_t& vector)
 {
-    constexpr int32_t kVectors = kImplicitTileK / kImplicitVector;
-    row = e / kVectors;
-    vector = e - row * kVectors;
+    static_assert(kImplicitTileK / kImplicitVector == 4, "four channel vectors per tile row");
+    int32_t const lane = e & 31;
+    vector = lane & 3;
+    row = (e >> 5) * 8 + (lane >> 3) + ((lane >> 2) & 1) * 4;
 }
 
 // Where a column-tile vector's channels start in the chunk's channels-last input, less the step's channel: tile
