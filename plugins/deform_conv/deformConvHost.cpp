@@ -278,8 +278,13 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
                             throw std::logic_error("implicitNextStep disagrees with implicitStep at step "
                                 + std::to_string(s) + " of group " + std::to_string(g));
                         T const* stepWeights = weights + implicitStepWeights(geo, step);
-                        for (int32_t e = 0; e < tileM * kVectors; ++e) // in tile order: e = row * kVectors + vector
-                            weightTile[size_t(e)] = loadPack<T>(stepWeights + implicitWeightSource(geo, g, m0, e));
+                        for (int32_t e = 0; e < tileM * kVectors; ++e) // each vector where the kernel's copy puts it
+                        {
+                            int32_t row, vector;
+                            implicitTileVector(e, row, vector);
+                            weightTile[size_t(row) * kVectors + size_t(vector)]
+                                = loadPack<T>(stepWeights + implicitWeightSource(geo, g, m0, e));
+                        }
                         for (int32_t e = 0; e < kImplicitTileN * kVectors; ++e)
                         {
                             int32_t col, vector;

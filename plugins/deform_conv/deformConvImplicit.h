@@ -168,14 +168,12 @@ inline size_t implicitSharedBytes(DeformConvGeometry const& geo, int32_t tileM, 
 
 // The warp-specialised kernel (kImplicitSpecialised, deformConvImplicitSpecialised.cuh): the same tiles, steps, taps
 // table and epilogue, but the roles split. Producer warps copy each step's weights tile (cp.async) and gather its
-// column tile's neighbours (cp.async into a corner staging, one step ahead), then blend them into the column tile of
-// one of kSpecialisedStages ring stages; kSpecialisedConsumerWarps warps multiply the stages in turn. They meet at
-// named barriers: a stage's "full" (the producers arrive, the consumers wait) and "empty" (the other way). So the
-// tensor cores never wait for a block-wide barrier each step, and the gathers' latency is covered by the copies in
-// flight rather than by registers.
+// column tile's neighbours into registers, one step ahead, then blend them into the column tile of one of
+// kSpecialisedStages ring stages; kSpecialisedConsumerWarps warps multiply the stages in turn. They meet at named
+// barriers: a stage's "full" (the producers arrive, the consumers wait) and "empty" (the other way). So the tensor
+// cores never wait for a block-wide barrier each step.
 constexpr int32_t kSpecialisedConsumerWarps = 8;
 constexpr int32_t kSpecialisedStages = 3;
-constexpr int32_t kSpecialisedCornerStages = 2; // the step being blended and the one being gathered
 // Column-tile vectors of a step (each producer thread gathers and blends its share).
 constexpr int32_t kSpecialisedStepVectors = kImplicitTileN * kImplicitTileK / kImplicitVector;
 
@@ -201,18 +199,11 @@ inline int32_t specialisedTileM(DeformConvGeometry const& geo, int32_t dtype)
     return dtype == DCN_BFLOAT16 ? std::min<int32_t>(tileM, 128) : tileM;
 }
 
-// Bytes of one corner-staging stage: every column vector's four neighbours, one vector each.
-DCN_HD size_t specialisedCornerStageBytes(size_t elementBytes)
-{
-    return size_t(kSpecialisedStepVectors) * 4 * kImplicitVector * elementBytes;
-}
-
-// The specialised kernel's, with tileM rows: the ring of stages (weights tile + column tile each), then the corner
-// staging.
+// The specialised kernel's, with tileM rows: the ring of stages (weights tile + column tile each).
 inline size_t specialisedSharedBytes(DeformConvGeometry const& geo, int32_t tileM, size_t elementBytes)
 {
     size_t const ring = size_t(kSpecialisedStages) * size_t(tileM + kImplicitTileN) * kImplicitLdk * elementBytes;
-    return implicitBlockSharedBytes(geo, ring + kSpecialisedCornerStages * specialisedCornerStageBytes(elementBytes));
+    return implicitBlockSharedBytes(geo, ring);
 }
 
 struct ImplicitPlan

@@ -4,9 +4,10 @@
 // cp.async copies emulated by cudaBlockEmulation.h), so that CI checks its ring protocol, carve-up and epilogue.
 //
 // Per step t of the reduction (stage s = t mod kSpecialisedStages):
-//   producers  wait until stage s+1's consumers are done with it ("empty"), start step t+1's copies into it and into
-//              the other corner stage (weights tile and the column tile's neighbour vectors, one cp.async group), wait
-//              for step t's group, blend step t's neighbours into stage s's column tile, then arrive at "full" s;
+//   producers  wait until stage s+1's consumers are done with it ("empty"), start step t+1's loads (its weights tile
+//              copied into stage s+1 as one cp.async group, its column vectors' neighbours gathered into registers),
+//              wait for step t's weights, blend step t's neighbours (gathered one step earlier) into stage s's
+//              column tile, then arrive at "full" s;
 //   consumers  wait at "full" s, multiply stage s's tiles into their accumulators, then arrive at "empty" s (except
 //              for the last steps, which no producer waits for: every phase completes).
 // The producers run at most kSpecialisedStages - 1 stages ahead of the consumers.
@@ -63,24 +64,6 @@ __device__ __forceinline__ void ringRelease(int id)
 #endif
 }
 
-// One neighbour vector copied into the corner staging, cached in L1 as well (.ca): neighbouring samples share
-// neighbours, as in the GEMM path's sampler. An outside neighbour reads nothing and lands as zeros (src-size 0), so
-// the blend needs no branch (implicitBlendZeroFilled); `source` is then any readable address.
-template <typename T>
-__device__ __forceinline__ void copyCorner(T* sharedTarget, T const* source, bool inside)
-{
-    unsigned const sourceBytes = inside ? unsigned(sizeof(ImplicitPack<T>)) : 0u;
-#if defined(__CUDACC__)
-    static_assert(sizeof(ImplicitPack<T>) == 16, "cp.async copies 16 bytes");
-    unsigned const target = unsigned(__cvta_generic_to_shared(sharedTarget));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(target),
-        "l"(__cvta_generic_to_global(source)), "r"(sourceBytes)
-        : "memory");
-#else
-    emulation::copyAsync(sharedTarget, source, sizeof(ImplicitPack<T>), sourceBytes);
-#endif
-}
-
 // cp.async.commit_group: the copies issued since the last commit form one group.
 __device__ __forceinline__ void commitCopies()
 {
@@ -127,14 +110,6 @@ template <int TileM>
 using SpecialisedSources
     = ImplicitSources<SpecialisedWarps<TileM>::kWeightVectors, SpecialisedWarps<TileM>::kColumnVectors>;
 
-// Where a producer thread's corner c of its column vector i sits in a corner stage: consecutive threads 16 bytes
-// apart, so that their copies and reads are conflict-free.
-template <int ProducerThreads, typename T>
-__device__ __forceinline__ T* cornerSlot(T* cornerStage, int32_t i, int32_t c, int32_t p)
-{
-    return cornerStage + ((i * 4 + c) * ProducerThreads + p) * kImplicitVector;
-}
-
 // A producer thread's column vectors' neighbour indices for one step (the first half of their taps). Read before
 // the producer waits at the stage's "empty" barrier (the taps table does not change during the reduction), so that
 // the shared-memory latency overlaps the wait instead of stalling the copies' address arithmetic after it (session
@@ -164,12 +139,35 @@ DCN_UNROLL
     return indices;
 }
 
-// Start step `step`'s copies: its weights tile into `stage` and its column vectors' neighbours (at `indices`) into
-// `cornerStage`, as one group.
+// A producer thread's column vectors' four neighbours for one step, in registers: gathered a step before their blend,
+// so that the gathers' latency is covered by a step of work, as the corner copies did before (session 23). Those
+// copies went through shared memory and were read back: 46% of its wavefronts in session 22's profile, whose shared
+// pipe was 73% busy. The registers fit: the producers' path needs 72 of the 128 a 512-thread block allows (ptxas,
+// sm_90, float16, 128-row tiles), the consumers' 120.
+template <typename T, int TileM>
+struct SpecialisedCorners
+{
+    ImplicitPack<T> pack[SpecialisedWarps<TileM>::kColumnVectors][4];
+};
+
+// One neighbour vector: an outside neighbour (index < 0) reads nothing and is zero, so the blend needs no branch
+// (implicitBlendZeroFilled).
+template <typename T>
+__device__ __forceinline__ ImplicitPack<T> gatherCorner(T const* image, int32_t index)
+{
+    ImplicitPack<T> pack{};
+    if (index >= 0)
+        pack = loadPack<T>(image + index);
+    return pack;
+}
+
+// Start step `step`'s loads: its weights tile copied into `stage` (one cp.async group) and its column vectors'
+// neighbours (at `indices`) gathered into `corners`.
 template <typename T, int TileM>
 __device__ __forceinline__ void issueStep(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
     T const* __restrict__ weights, SpecialisedStepIndices<TileM> const& indices,
-    SpecialisedSources<TileM> const& sources, ImplicitStep const& step, T* stage, T* cornerStage, int32_t p)
+    SpecialisedSources<TileM> const& sources, ImplicitStep const& step, T* stage, SpecialisedCorners<T, TileM>& corners,
+    int32_t p)
 {
     using W = SpecialisedWarps<TileM>;
     T const* stepWeights = weights + implicitStepWeights(geo, step);
@@ -180,32 +178,26 @@ DCN_UNROLL
         implicitTileVector(p + i * W::kProducerThreads, row, vector);
         implicitCopyPack<T>(stage + row * kImplicitLdk + vector * kImplicitVector, stepWeights + sources.weights[i]);
     }
+    commitCopies();
     T const* stepInput = nhwc + step.channel;
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
     {
         T const* image = stepInput + sources.columns[i];
 DCN_UNROLL
-        for (int c = 0; c < 4; ++c) // an outside neighbour lands as zeros (read from nowhere: the image's start)
-        {
-            int32_t const index = indices.index[i][c];
-            copyCorner<T>(cornerSlot<W::kProducerThreads>(cornerStage, i, c, p), image + (index < 0 ? 0 : index),
-                index >= 0);
-        }
+        for (int c = 0; c < 4; ++c)
+            corners.pack[i][c] = gatherCorner<T>(image, indices.index[i][c]);
     }
-    commitCopies();
 }
 
-// Blend step `step`'s landed neighbours (cornerStage) into the column tile of its stage: every vector's neighbours
-// and taps read first, then blended and stored. (Blending each vector as it is read made the second vector's reads
-// wait behind the first one's store: the compiler cannot move a shared load above a shared store that may alias it.)
+// Blend step `step`'s gathered neighbours into the column tile of its stage: every vector's taps read first, then
+// blended and stored.
 template <typename T, int TileM>
 __device__ __forceinline__ void blendStep(ImplicitTaps<float> const* taps, ImplicitStep const& step,
-    T const* cornerStage, T* columnTile, int32_t p)
+    SpecialisedCorners<T, TileM> const& corners, T* columnTile, int32_t p)
 {
     using W = SpecialisedWarps<TileM>;
     ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
-    ImplicitPack<T> corners[W::kColumnVectors][4];
     ImplicitTaps<float> vectorTaps[W::kColumnVectors];
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
@@ -213,9 +205,6 @@ DCN_UNROLL
         int32_t col, vector;
         implicitTileVector(p + i * W::kProducerThreads, col, vector);
         vectorTaps[i] = stepTaps[col];
-DCN_UNROLL
-        for (int c = 0; c < 4; ++c)
-            corners[i][c] = loadPack<T>(cornerSlot<W::kProducerThreads>(cornerStage, i, c, p));
     }
 DCN_UNROLL
     for (int i = 0; i < W::kColumnVectors; ++i)
@@ -223,45 +212,71 @@ DCN_UNROLL
         int32_t col, vector;
         implicitTileVector(p + i * W::kProducerThreads, col, vector);
         storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
-            implicitBlendZeroFilled<T, float>(vectorTaps[i], corners[i]));
+            implicitBlendZeroFilled<T, float>(vectorTaps[i], corners.pack[i]));
     }
 }
 
-// A producer thread's whole reduction: every step's copies one step ahead, its blend, and the ring's barriers.
+// What a producer thread carries from step to step.
 template <typename T, int TileM>
-__device__ __forceinline__ void produceSteps(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
-    T const* __restrict__ weights, int64_t const* inputBase, ImplicitTaps<float> const* taps, T* ring, T* corners,
-    int32_t g, int32_t m0, int32_t p)
+struct SpecialisedProducer
+{
+    DeformConvGeometry const& geo;
+    T const* nhwc;
+    T const* weights;
+    ImplicitTaps<float> const* taps;
+    T* ring;
+    SpecialisedSources<TileM> sources;
+    int32_t steps, firstOffsetGroupChannel, p;
+    ImplicitStep step; // the step whose loads were issued last
+    int32_t stage;     // t mod kSpecialisedStages
+};
+
+// Producer step t: issue step t + 1's loads into `next` (its corners), then blend step t from `current` (gathered
+// by the step before) and hand its stage to the consumers.
+template <typename T, int TileM>
+__device__ __forceinline__ void produceStep(SpecialisedProducer<T, TileM>& pr, int32_t t,
+    SpecialisedCorners<T, TileM> const& current, SpecialisedCorners<T, TileM>& next)
 {
     using W = SpecialisedWarps<TileM>;
-    SpecialisedSources<TileM> const sources
-        = implicitSources<W::kWeightVectors, W::kColumnVectors>(geo, inputBase, g, m0, p, W::kProducerThreads);
-    int32_t const cornerStageElements = int32_t(specialisedCornerStageBytes(sizeof(T)) / sizeof(T));
-    int32_t const steps = implicitSteps(geo);
-    ImplicitStep step = implicitStep(geo, g, 0);
-    int32_t const firstOffsetGroupChannel = step.offsetGroupChannel;
-    issueStep<T, TileM>(geo, nhwc, weights, loadStepIndices<TileM>(taps, step, p), sources, step, ring, corners, p);
-    int32_t stage = 0; // t mod kSpecialisedStages
-    for (int32_t t = 0; t < steps; ++t)
+    int32_t const nextStage = pr.stage + 1 == kSpecialisedStages ? 0 : pr.stage + 1;
+    ImplicitStep const blended = pr.step;
+    if (t + 1 < pr.steps)
     {
-        int32_t const nextStage = stage + 1 == kSpecialisedStages ? 0 : stage + 1;
-        ImplicitStep const current = step;
-        if (t + 1 < steps)
-        {
-            step = implicitNextStep(geo, firstOffsetGroupChannel, step);
-            SpecialisedStepIndices<TileM> const indices = loadStepIndices<TileM>(taps, step, p);
-            if (t + 1 >= kSpecialisedStages) // the stage's last consumers (step t + 1 - stages) are done with it
-                ringWait<W::kThreads>(kEmptyBarrier + nextStage);
-            issueStep<T, TileM>(geo, nhwc, weights, indices, sources, step, ring + nextStage * W::kStageElements,
-                corners + ((t + 1) & 1) * cornerStageElements, p);
-            waitCopies<1>(); // step t's group has landed, step t + 1's is in flight
-        }
-        else
-            waitCopies<0>();
-        blendStep<T, TileM>(taps, current, corners + (t & 1) * cornerStageElements,
-            ring + stage * W::kStageElements + TileM * kImplicitLdk, p);
-        ringArrive<W::kThreads>(kFullBarrier + stage);
-        stage = nextStage;
+        pr.step = implicitNextStep(pr.geo, pr.firstOffsetGroupChannel, pr.step);
+        SpecialisedStepIndices<TileM> const indices = loadStepIndices<TileM>(pr.taps, pr.step, pr.p);
+        if (t + 1 >= kSpecialisedStages) // the stage's last consumers (step t + 1 - stages) are done with it
+            ringWait<W::kThreads>(kEmptyBarrier + nextStage);
+        issueStep<T, TileM>(pr.geo, pr.nhwc, pr.weights, indices, pr.sources, pr.step,
+            pr.ring + nextStage * W::kStageElements, next, pr.p);
+        waitCopies<1>(); // step t's weights have landed, step t + 1's are in flight
+    }
+    else
+        waitCopies<0>();
+    blendStep<T, TileM>(pr.taps, blended, current, pr.ring + pr.stage * W::kStageElements + TileM * kImplicitLdk,
+        pr.p);
+    ringArrive<W::kThreads>(kFullBarrier + pr.stage);
+    pr.stage = nextStage;
+}
+
+// A producer thread's whole reduction: every step's loads one step ahead, its blend, and the ring's barriers. Two
+// steps an iteration, so that the two sets of corner registers swap roles without a copy.
+template <typename T, int TileM>
+__device__ __forceinline__ void produceSteps(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
+    T const* __restrict__ weights, int64_t const* inputBase, ImplicitTaps<float> const* taps, T* ring, int32_t g,
+    int32_t m0, int32_t p)
+{
+    using W = SpecialisedWarps<TileM>;
+    ImplicitStep const first = implicitStep(geo, g, 0);
+    SpecialisedProducer<T, TileM> pr{geo, nhwc, weights, taps, ring,
+        implicitSources<W::kWeightVectors, W::kColumnVectors>(geo, inputBase, g, m0, p, W::kProducerThreads),
+        implicitSteps(geo), first.offsetGroupChannel, p, first, 0};
+    SpecialisedCorners<T, TileM> even, odd; // step t's neighbours: even t in `even`, odd t in `odd`
+    issueStep<T, TileM>(geo, nhwc, weights, loadStepIndices<TileM>(taps, first, p), pr.sources, first, ring, even, p);
+    for (int32_t t = 0; t < pr.steps; t += 2)
+    {
+        produceStep<T, TileM>(pr, t, even, odd);
+        if (t + 1 < pr.steps)
+            produceStep<T, TileM>(pr, t + 1, odd, even);
     }
 }
 
@@ -286,8 +301,7 @@ __device__ __forceinline__ void consumeSteps(DeformConvGeometry const& geo, T co
 
 // Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group) of specialisedThreads(TileM)
 // threads: consumer warps first, then producer warps. Dynamic shared memory (specialisedSharedBytes): inputBase,
-// outputBase, then the taps table, the ring of stages and the corner stages; after the last step, the output
-// staging instead. The epilogue is the stepwise kernel's, with every thread storing.
+// outputBase, then the taps table and the ring of stages; after the last step, the output staging instead. The epilogue is the stepwise kernel's, with every thread storing.
 template <typename T, int TileM>
 __global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weights,
@@ -303,7 +317,6 @@ __global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKerne
     int64_t* outputBase = start.outputBase;
     ImplicitTaps<float>* taps = start.taps;
     T* ring = reinterpret_cast<T*>(start.buffers);
-    T* corners = ring + kSpecialisedStages * W::kStageElements;
 
     int32_t const g = int32_t(blockIdx.z);
     int32_t const m0 = int32_t(blockIdx.y) * TileM;
@@ -324,8 +337,7 @@ __global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKerne
         consumeSteps<T, TileM>(geo, ring, warpM, warpN, acc);
     }
     else
-        produceSteps<T, TileM>(geo, nhwc, weights, inputBase, taps, ring, corners, g, m0,
-            tid - 32 * kSpecialisedConsumerWarps);
+        produceSteps<T, TileM>(geo, nhwc, weights, inputBase, taps, ring, g, m0, tid - 32 * kSpecialisedConsumerWarps);
     __syncthreads(); // both roles are done with the ring: the staging may overwrite it
 
     float* staging = reinterpret_cast<float*>(start.region);
