@@ -190,29 +190,36 @@ DCN_UNROLL
     }
 }
 
-// Blend step `step`'s gathered neighbours into the column tile of its stage: every vector's taps read first, then
-// blended and stored.
+// Blend step `step`'s gathered neighbours into the column tile of its stage, two vectors at a time: both vectors'
+// taps read first, then blended and stored (two, not all: with four vectors a thread, at 256-row tiles, holding all
+// their taps spilled).
 template <typename T, int TileM>
 __device__ __forceinline__ void blendStep(ImplicitTaps<float> const* taps, ImplicitStep const& step,
     SpecialisedCorners<T, TileM> const& corners, T* columnTile, int32_t p)
 {
     using W = SpecialisedWarps<TileM>;
+    constexpr int kTogether = W::kColumnVectors < 2 ? W::kColumnVectors : 2;
+    static_assert(W::kColumnVectors % kTogether == 0, "whole pairs of column vectors");
     ImplicitTaps<float> const* stepTaps = taps + step.tapsRow * kImplicitTileN;
-    ImplicitTaps<float> vectorTaps[W::kColumnVectors];
 DCN_UNROLL
-    for (int i = 0; i < W::kColumnVectors; ++i)
+    for (int first = 0; first < W::kColumnVectors; first += kTogether)
     {
-        int32_t col, vector;
-        implicitTileVector(p + i * W::kProducerThreads, col, vector);
-        vectorTaps[i] = stepTaps[col];
-    }
+        ImplicitTaps<float> vectorTaps[kTogether];
 DCN_UNROLL
-    for (int i = 0; i < W::kColumnVectors; ++i)
-    {
-        int32_t col, vector;
-        implicitTileVector(p + i * W::kProducerThreads, col, vector);
-        storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
-            implicitBlendZeroFilled<T, float>(vectorTaps[i], corners.pack[i]));
+        for (int k = 0; k < kTogether; ++k)
+        {
+            int32_t col, vector;
+            implicitTileVector(p + (first + k) * W::kProducerThreads, col, vector);
+            vectorTaps[k] = stepTaps[col];
+        }
+DCN_UNROLL
+        for (int k = 0; k < kTogether; ++k)
+        {
+            int32_t col, vector;
+            implicitTileVector(p + (first + k) * W::kProducerThreads, col, vector);
+            storePack<T>(columnTile + col * kImplicitLdk + vector * kImplicitVector,
+                implicitBlendZeroFilled<T, float>(vectorTaps[k], corners.pack[first + k]));
+        }
     }
 }
 
