@@ -145,6 +145,9 @@ else
 fi
 step synccheck-specialised 40 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised compute-sanitizer --tool synccheck \
     --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
+# Its gathers read the input through computed indices (into registers since session 23): memcheck on it as well.
+step memcheck-specialised 40 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    compute-sanitizer --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
 step bench-specialised 90 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised python3 benchmarks/gpu_deform_conv.py \
     --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3
 # 4. memcheck over small cases of every kernel and dtype.
