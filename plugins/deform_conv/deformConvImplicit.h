@@ -290,18 +290,16 @@ DCN_HD int64_t implicitOutputBase(DeformConvGeometry const& geo, int32_t n0, int
     return (int64_t(n0) + img) * geo.d.out_channels * plane + (flat - img * plane);
 }
 
-// Taps table entry e = row * kImplicitTileN + col (row = offset group within the span * kernel points + kernel
-// point) of group g's block at chunk pixel `first`: the tiled sampler's taps (chunkPixelTaps), each outside
-// neighbour as index -1. None for a row past the last offset group (the last groups' span) or a pixel past the chunk.
+// Taps table entry (row, col) (row = offset group within the span * kernel points + kernel point) of group g's
+// block, for its tile pixel col at `place` (tilePixel): the tiled sampler's taps (placeTaps), each outside neighbour
+// as index -1. None for a row past the last offset group (the last groups' span) or a pixel past the chunk.
 template <typename Acc, typename T>
-DCN_HD ImplicitTaps<Acc> implicitTapEntry(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
-    int32_t chunkPixels, int32_t first, int32_t g, int32_t e)
+DCN_HD ImplicitTaps<Acc> implicitTapEntryAt(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
+    int32_t g, int32_t row, TilePixel const& place)
 {
-    int32_t const row = e / kImplicitTileN;
     int32_t const og = implicitFirstOffsetGroup(geo, g) + row / geo.kernelPoints;
     BilinearTaps<Acc> const taps = og < geo.d.offset_group
-        ? chunkPixelTaps<Acc>(geo, offset, mask, n0, 0, geo.outH * geo.outW, chunkPixels,
-            first + (e - row * kImplicitTileN), og * geo.kernelPoints + row % geo.kernelPoints)
+        ? placeTaps<Acc>(geo, offset, mask, n0, place, og * geo.kernelPoints + row % geo.kernelPoints)
         : noTaps<Acc>();
     ImplicitTaps<Acc> out;
     for (int t = 0; t < 4; ++t)
@@ -311,6 +309,23 @@ DCN_HD ImplicitTaps<Acc> implicitTapEntry(DeformConvGeometry const& geo, T const
         out.weight[t] = valid ? taps.weight[t] : Acc(0);
     }
     return out;
+}
+
+// Where tile pixel col of the block at chunk pixel `first` is (tilePixel): the kernels keep it in a table, one
+// entry per pixel, so that the taps table's entries (kernel points x pixels) do not each divide to find it.
+DCN_HD TilePixel implicitTilePixel(DeformConvGeometry const& geo, int32_t chunkPixels, int32_t first, int32_t col)
+{
+    return tilePixel(geo, 0, geo.outH * geo.outW, chunkPixels, first + col);
+}
+
+// Taps table entry e = row * kImplicitTileN + col (implicitTapEntryAt), its pixel found outright.
+template <typename Acc, typename T>
+DCN_HD ImplicitTaps<Acc> implicitTapEntry(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
+    int32_t chunkPixels, int32_t first, int32_t g, int32_t e)
+{
+    int32_t const row = e / kImplicitTileN;
+    return implicitTapEntryAt<Acc>(geo, offset, mask, n0, g, row,
+        implicitTilePixel(geo, chunkPixels, first, e - row * kImplicitTileN));
 }
 
 // 16 raw bytes: the unit in which a tile vector is loaded, held and stored.

@@ -260,21 +260,29 @@ __device__ __forceinline__ ImplicitSharedStart implicitSharedStart(DeformConvGeo
     return start;
 }
 
-// A block's tables, filled by `threads` threads (this one `tid`; a barrier must follow): each tile column's
-// channels-last image and output element, and the taps of every (offset group, kernel point, tile pixel).
+// A block's tables, filled by all its `threads` threads (this one `tid`; a barrier must follow): each tile column's
+// channels-last image and output element, and the taps of every (offset group, kernel point, tile pixel). Each
+// pixel's place is found once, into `places` (kImplicitTileN entries of scratch: the kernel's buffers, unused
+// until the tables are done), not once per taps entry.
 template <typename T>
 __device__ __forceinline__ void implicitBlockTables(DeformConvGeometry const& geo, T const* __restrict__ offset,
     T const* __restrict__ mask, int32_t n0, int32_t chunkPixels, int32_t first, int32_t g, int64_t* inputBase,
-    int64_t* outputBase, ImplicitTaps<float>* taps, int32_t tid, int32_t threads)
+    int64_t* outputBase, ImplicitTaps<float>* taps, TilePixel* places, int32_t tid, int32_t threads)
 {
     for (int32_t col = tid; col < kImplicitTileN; col += threads)
     {
         inputBase[col] = tileRowImage(geo, first + col, geo.outH * geo.outW, chunkPixels);
         outputBase[col] = implicitOutputBase(geo, n0, chunkPixels, first, col);
+        places[col] = implicitTilePixel(geo, chunkPixels, first, col);
     }
+    __syncthreads();
     int32_t const entries = implicitTapsRows(geo) * kImplicitTileN;
     for (int32_t e = tid; e < entries; e += threads)
-        taps[e] = implicitTapEntry<float>(geo, offset, mask, n0, chunkPixels, first, g, e);
+    {
+        int32_t const row = e / kImplicitTileN;
+        int32_t const col = e - row * kImplicitTileN;
+        taps[e] = implicitTapEntryAt<float>(geo, offset, mask, n0, g, row, places[col]);
+    }
 }
 
 // Four consecutive elements, stored as one (8 bytes for a half type) where they are consecutive and aligned in memory.
@@ -369,7 +377,8 @@ __global__ void __launch_bounds__(Threads, TileM == 64 ? 2 : 1) implicitKernel(
     int32_t const first = int32_t(blockIdx.x) * kImplicitTileN;
     int32_t const tid = int32_t(threadIdx.x);
 
-    implicitBlockTables<T>(geo, offset, mask, n0, chunkPixels, first, g, inputBase, outputBase, taps, tid, Threads);
+    implicitBlockTables<T>(geo, offset, mask, n0, chunkPixels, first, g, inputBase, outputBase, taps,
+        reinterpret_cast<TilePixel*>(start.buffers), tid, Threads);
     __syncthreads();
 
     int32_t const warp = tid / 32;

@@ -329,8 +329,8 @@ __global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKerne
     int32_t const m0 = int32_t(blockIdx.y) * TileM;
     int32_t const first = int32_t(blockIdx.x) * kImplicitTileN;
     int32_t const tid = int32_t(threadIdx.x);
-    implicitBlockTables<T>(geo, offset, mask, n0, chunkPixels, first, g, inputBase, outputBase, taps, tid,
-        W::kThreads);
+    implicitBlockTables<T>(geo, offset, mask, n0, chunkPixels, first, g, inputBase, outputBase, taps,
+        reinterpret_cast<TilePixel*>(start.buffers), tid, W::kThreads);
     __syncthreads();
 
     int32_t const warp = tid / 32;
