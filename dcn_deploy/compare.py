@@ -260,6 +260,10 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
         raise TypeError(f"compare_runners takes Runner objects, got {type(strangers[0]).__name__} "
                         f"{strangers[0]!r}; make them with dcn_deploy.make_runner(kind, path), e.g. "
                         "make_runner('ort', 'model.onnx')")
+    for name, value in (("tolerance", tolerance), *((f"tolerances[{k!r}]", v) for k, v in (tolerances or {}).items())):
+        if value is not None and not isinstance(value, Tolerance):
+            raise TypeError(f"compare_runners' {name} must be a Tolerance, got {value!r}; write "
+                            "Tolerance(atol=1e-4, rtol=1e-3)")
     if len({id(r) for r in runners}) != len(runners):
         raise ValueError("compare_runners got the same runner object twice: it would only be compared with itself; "
                          "make a second runner (e.g. another backend) to compare with")

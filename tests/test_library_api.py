@@ -310,3 +310,11 @@ def test_every_name_the_library_doc_shows_is_importable_without_tensorrt():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "[] [] False", done.stdout
+
+
+def test_compare_runners_names_a_tolerance_that_is_not_one():
+    with pytest.raises(TypeError, match=r"compare_runners' tolerance must be a Tolerance, got \(1, 2\); write "
+                                        r"Tolerance\(atol=1e-4, rtol=1e-3\)"):
+        compare_runners([_BoxRunner("a", False), _BoxRunner("b", True)], tolerance=(1, 2))
+    with pytest.raises(TypeError, match=r"tolerances\['float32'\] must be a Tolerance"):
+        compare_runners([_BoxRunner("a", False), _BoxRunner("b", True)], tolerances={"float32": 1e-3})

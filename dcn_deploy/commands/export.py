@@ -91,7 +91,8 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
             input_files: Sequence[str]) -> None:
     """Export MODEL to ONNX with deformable convolutions as dcn_deploy ops, check it (onnx.checker full check,
     shape inference) and verify it against PyTorch in ONNX Runtime. Exit 0 on success, 1 when verification
-    fails (the file is kept), 2 on bad input.
+    fails (the new file is kept for inspection: at the output path, or as NAME.failed.onnx beside an earlier file
+    there, which stays as it was), 2 on bad input.
 
     \b
     MODEL is one of:
