@@ -140,6 +140,18 @@ def test_shape_checks_name_the_input(lib):
         lib.plugin_output_dims([(2, 8, 10)] + good[1:], **ATTRS)
 
 
+def test_shape_checks_take_batch_0_and_refuse_impossible_sizes(lib):
+    good = _shapes(oh=OH, ow=OW)
+    empty = [(0,) + tuple(s[1:]) if k in (0, 2, 4) else s for k, s in enumerate(good)]
+    assert lib.plugin_output_dims(empty, **ATTRS) == (0, 16, OH, OW)  # an empty batch: X, offset and mask at N = 0
+    with pytest.raises(NativeError, match=r"input X dimension 0 must be from 0 to 2\^31-1 \(or -1 while unknown\), got -7"):
+        lib.plugin_output_dims([(-7,) + tuple(good[0][1:])] + good[1:], **ATTRS)
+    with pytest.raises(NativeError, match="input W dimension 1 must be from 0 to 2\\^31-1"):
+        lib.plugin_output_dims(good[:1] + [(16, 2**32 + 4, 3, 2)] + good[2:], **ATTRS)
+    with pytest.raises(NativeError, match="input W has an empty dimension"):
+        lib.plugin_output_dims(good[:1] + [(0,) + tuple(good[1][1:])] + good[2:], **ATTRS)
+
+
 def test_libraries_export_the_c_abi_and_plugin_entry_points():
     """Whatever was built exports the same ABI; the plugin library also exports TensorRT's entry points."""
     found = {kind: library.find_library(kind) for kind in library.LIBRARY_FILES}
@@ -173,6 +185,17 @@ def _workspace(lib, desc, dtype, algo):
     size = ctypes.c_size_t()
     lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, algo, ctypes.byref(size))
     return size.value
+
+
+def test_workspace_size_refuses_an_unknown_dtype_or_algo(kernels_lib):
+    desc = DeformConvDesc(batch=1, in_channels=16, height=8, width=8, out_channels=16, kernel_h=3, kernel_w=3,
+                          stride_h=1, stride_w=1, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1, dilation_h=1,
+                          dilation_w=1, group=1, offset_group=1)
+    with pytest.raises(NativeError, match=r"dtype 99 is not one of float32 \(0\)"):
+        _workspace(kernels_lib, desc, 99, 0)
+    with pytest.raises(NativeError, match=r"algo must be 0 \(auto\).*got 99"):
+        _workspace(kernels_lib, desc, 0, 99)
+    assert _workspace(kernels_lib, desc, 0, 1) == 0  # direct: none
 
 
 BUDGET = 256 << 20  # the GEMM path's default column budget

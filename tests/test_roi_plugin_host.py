@@ -252,6 +252,31 @@ def test_plugin_fields_parse(host_lib):
     assert ps.trans_std == pytest.approx(0.1) and ps.spatial_scale == 0.0625
 
 
+def test_sample_counts_are_bounded_so_a_huge_one_fails_instead_of_running_for_hours(host_lib):
+    """sampling_ratio and sample_per_part at most 1024 (the kernels loop over a bin's samples: 2^31 - 1 ran for
+    hours); an INT64 field beyond 32 bits and a negative field count are refused, not truncated or ignored."""
+    x = torch.rand(1, 2, 4, 4, dtype=torch.float64)
+    rois = torch.tensor([[0.0, 0, 0, 3, 3]], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="DeformRoIPool: sampling_ratio must be from 0 to 1024, got 2147483647"):
+        roi_pool_host(host_lib, x, rois, None, (1, 1), 1.0, 2**31 - 1, 0.1)
+    with pytest.raises(RuntimeError, match="DeformPSRoIPool: sample_per_part must be from 1 to 1024, got 1025"):
+        psroi_pool_host(host_lib, x, rois, None, 1.0, 2, 1, 1, 1, 1025, 0.1, True)
+    assert roi_pool_host(host_lib, x, rois, None, (1, 1), 1.0, 1024, 0.1).shape == (1, 2, 1, 1)
+    desc = RoiPoolDesc()
+    for spec, message in [([("sampling_ratio", 1025, 5)], "sampling_ratio must be from 0 to 1024, got 1025"),
+                          ([("pooled_height", 2**32 + 7, 10)], "field 'pooled_height' must fit 32 bits, got 4294967303")]:
+        n, names, data, lengths, types, _keep = _fields(spec)
+        with pytest.raises(RuntimeError, match=message):
+            _check(host_lib, host_lib.dcn_plugin_deform_roi_pool_parse_fields(n, names, data, lengths, types,
+                                                                               ctypes.byref(desc)))
+    n, names, data, lengths, types, _keep = _fields([("sample_per_part", 2000, 5)])
+    with pytest.raises(RuntimeError, match="sample_per_part must be from 1 to 1024, got 2000"):
+        _check(host_lib, host_lib.dcn_plugin_deform_psroi_pool_parse_fields(n, names, data, lengths, types,
+                                                                            ctypes.byref(PsroiPoolDesc())))
+    with pytest.raises(RuntimeError, match="negative count"):
+        _check(host_lib, host_lib.dcn_plugin_deform_roi_pool_parse_fields(-5, None, None, None, None, ctypes.byref(desc)))
+
+
 def test_tensorrt_plugin_shells_without_tensorrt():
     """plugins/tests/roiPoolShellTest.cpp drives both IPluginV3 classes (creators, fields, getOutputShapes with a
     constant-folding stand-in for TensorRT's expression builder, type/format checks, configure, onShapeChange,

@@ -454,7 +454,7 @@ def test_ops_export_with_dynamic_rois():
 
 
 def test_non_finite_rois_are_refused_and_absurd_boxes_are_capped():
-    from dcn_deploy.ops.roi_pool import MAX_ADAPTIVE_SAMPLES, deform_roi_pool
+    from dcn_deploy.ops.roi_pool import MAX_SAMPLES_PER_BIN_SIDE, deform_roi_pool
 
     x = torch.randn(1, 2, 6, 6)
     bad = torch.tensor([[0.0, 1.0, float("nan"), 3.0, 4.0]])
@@ -464,4 +464,31 @@ def test_non_finite_rois_are_refused_and_absurd_boxes_are_capped():
     huge = torch.tensor([[0.0, 0.0, 0.0, 1e7, 3.0]])
     out = deform_roi_pool(x, huge, None, (2, 2), sampling_ratio=0)
     assert out.shape == (1, 2, 2, 2) and torch.isfinite(out).all()
-    assert MAX_ADAPTIVE_SAMPLES == 1024
+    assert MAX_SAMPLES_PER_BIN_SIDE == 1024
+
+
+def test_sample_counts_past_the_bound_are_refused_everywhere():
+    """A fixed sampling_ratio or sample_per_part over 1024 per bin side: the op, the modules and the ONNX schema
+    refuse it, as the kernels' descriptor check does (tests/test_roi_plugin_host.py)."""
+    import onnx
+    from onnx import helper
+
+    from dcn_deploy.onnx import roi_opset  # noqa: F401 - registers the schemas
+    from dcn_deploy.ops.roi_modules import DeformPSRoIPool, DeformRoIPool
+    from dcn_deploy.ops.roi_pool import deform_roi_pool
+
+    x, rois = torch.randn(1, 2, 6, 6), torch.tensor([[0.0, 0, 0, 4, 4]])
+    with pytest.raises(ValueError, match=r"sampling_ratio must be an int from 0 \(adaptive\) to 1024"):
+        deform_roi_pool(x, rois, None, (2, 2), sampling_ratio=1025)
+    with pytest.raises(ValueError, match="sampling_ratio must be an int from 0"):
+        DeformRoIPool((2, 2), sampling_ratio=2**31 - 1)
+    with pytest.raises(ValueError, match="sample_per_part must be an int from 1 to 1024"):
+        DeformPSRoIPool(2, 1, 1.0, sample_per_part=5000)
+    assert DeformRoIPool((2, 2), sampling_ratio=1024).sampling_ratio == 1024
+    node = helper.make_node("DeformRoIPool", ["X", "rois"], ["Y"], domain="dcn_deploy", sampling_ratio=1025)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 2, 6, 6]),
+                                            helper.make_tensor_value_info("rois", onnx.TensorProto.FLOAT, [1, 5])],
+                              [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("dcn_deploy", 1)])
+    with pytest.raises(onnx.shape_inference.InferenceError, match="sampling_ratio must be from 1 .* to 1024, got 1025"):
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)

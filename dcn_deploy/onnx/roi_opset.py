@@ -24,6 +24,7 @@ from typing import Callable, List, NamedTuple, Optional
 import onnx
 from onnx import TensorProto, defs, helper
 
+from ..ops.roi_spec import MAX_SAMPLES_PER_BIN_SIDE
 from ..wording import for_reader
 from .opset import DOMAIN, FLOAT_TYPES, VERSION, ExportRefusal, OpDefinition, plugin_attribute_schemas, register_op
 from .schema_inference import inference_error, known_size, tensor_dims
@@ -121,8 +122,9 @@ def _infer_roi_pool(ctx) -> None:
     ratio = _attr(ctx, _ROI_ATTRIBUTES, "sampling_ratio")
     if ph < 1 or pw < 1:
         raise _inference_error(op, f"pooled_height and pooled_width must be >= 1, got {ph}, {pw}")
-    if ratio < 1:
-        raise _inference_error(op, f"sampling_ratio must be >= 1 (the adaptive 0 has no static form), got {ratio}")
+    if not 1 <= ratio <= MAX_SAMPLES_PER_BIN_SIDE:
+        raise _inference_error(op, f"sampling_ratio must be from 1 (the adaptive 0 has no static form) to "
+                                   f"{MAX_SAMPLES_PER_BIN_SIDE}, got {ratio}")
     x, rois, offset = _dims(ctx, 0), _dims(ctx, 1), _dims(ctx, 2)
     _check(op, x, "X", [None] * 4)
     _check(op, rois, "rois", [None, 5])
@@ -138,9 +140,10 @@ def _infer_psroi_pool(ctx) -> None:
     values = {name: _attr(ctx, _PSROI_ATTRIBUTES, name) for name in _PSROI_ATTRIBUTES}
     output_dim, group, pooled = values["output_dim"], values["group_size"], values["pooled_size"]
     part = values["part_size"] or pooled
-    if min(output_dim, group, pooled, values["sample_per_part"]) < 1 or values["part_size"] < 0:
-        raise _inference_error(op, f"output_dim, group_size, pooled_size and sample_per_part must be >= 1 and "
-                                   f"part_size >= 0, got {values}")
+    if (min(output_dim, group, pooled, values["sample_per_part"]) < 1 or values["part_size"] < 0
+            or values["sample_per_part"] > MAX_SAMPLES_PER_BIN_SIDE):
+        raise _inference_error(op, f"output_dim, group_size, pooled_size and sample_per_part must be >= 1 (and "
+                                   f"sample_per_part <= {MAX_SAMPLES_PER_BIN_SIDE}) and part_size >= 0, got {values}")
     x, rois, trans = _dims(ctx, 0), _dims(ctx, 1), _dims(ctx, 2)
     _check(op, x, "X", [None, output_dim * group * group, None, None])
     _check(op, rois, "rois", [None, 5])

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .roi_pool import deform_psroi_pool, deform_roi_pool
-from .roi_spec import check_float
+from .roi_spec import check_float, check_sample_per_part, check_sampling_ratio
 from .spec import ShapeError, as_pair, positive_int
 
 __all__ = ["DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "DeformPSRoIPool",
@@ -44,9 +44,7 @@ class DeformRoIPool(nn.Module):
         super().__init__()
         self.output_size = as_pair(output_size, "output_size", 1)
         self.spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
-        if isinstance(sampling_ratio, bool) or not hasattr(sampling_ratio, "__index__") or sampling_ratio < 0:
-            raise ShapeError(f"sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
-        self.sampling_ratio = int(sampling_ratio)
+        self.sampling_ratio = check_sampling_ratio(sampling_ratio)
         self.gamma = check_float(gamma, "gamma")
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -160,7 +158,7 @@ class DeformPSRoIPool(nn.Module):
         self.group_size = positive_int(group_size, "group_size")
         self.spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
         self.pooled_size = positive_int(pooled_size or group_size, "pooled_size")
-        self.sample_per_part = positive_int(sample_per_part, "sample_per_part")
+        self.sample_per_part = check_sample_per_part(sample_per_part)
         self.trans_std = check_float(trans_std, "trans_std")
         self.num_offset_classes = positive_int(num_offset_classes, "num_offset_classes")
         if self.output_dim % self.num_offset_classes:
@@ -208,7 +206,7 @@ def fix_adaptive_sampling(model: nn.Module, sampling_ratio: int) -> List[str]:
     on each box at run time, which an ONNX graph cannot hold. A fixed count changes the outputs (the more so the
     larger the boxes): choose about that ceil for your typical boxes, and re-check accuracy on real data.
     """
-    sampling_ratio = positive_int(sampling_ratio, "sampling_ratio")
+    sampling_ratio = check_sampling_ratio(positive_int(sampling_ratio, "sampling_ratio"))
     changed = adaptive_sampling_layers(model)
     for name in changed:
         model.get_submodule(name).sampling_ratio = sampling_ratio

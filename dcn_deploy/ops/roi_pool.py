@@ -51,13 +51,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ._checks import check_tensors, compute_dtype, has_concrete_shapes
-from .roi_spec import check_float, deform_psroi_pool_spec, deform_roi_pool_spec
+from .roi_spec import (MAX_SAMPLES_PER_BIN_SIDE, check_float, check_sampling_ratio, deform_psroi_pool_spec,
+                       deform_roi_pool_spec)
 from .spec import ShapeError, as_pair
 
 __all__ = ["deform_roi_pool", "deform_psroi_pool"]
 
-# Most samples per bin side with the adaptive sampling_ratio=0 (the same cap as plugins/deform_roi_pool/roiPoolMath.h).
-MAX_ADAPTIVE_SAMPLES = 1024
+
 # Largest gathered-sample buffer (elements) built at once; more RoIs are processed in chunks. Why this small (8 MiB
 # in float32): a fresh buffer of tens of MB is mapped anew by the allocator on every call and its first touch
 # (page faults) can cost more than the gather itself; buffers this size are reused. On benchmarks/cpu_roi_pool.py's
@@ -141,10 +141,10 @@ def _roi_grid(rois: torch.Tensor, output_size: Sequence[int], spatial_scale: flo
         grid_w = grid_h
     else:
         # mmcv takes ceilf of the single-precision quotient, also for double inputs.
-        # Capped at MAX_ADAPTIVE_SAMPLES per bin side, as in the CUDA/host kernels: a guard against absurd boxes
+        # Capped at MAX_SAMPLES_PER_BIN_SIDE per bin side, as in the CUDA/host kernels: a guard against absurd boxes
         # (mmcv has none and can loop for ever); it only differs from mmcv for bins over 1024 pixels wide.
-        grid_h = torch.ceil((roi_h / out_h).detach().float()).clamp(min=0, max=MAX_ADAPTIVE_SAMPLES).to(torch.int64)
-        grid_w = torch.ceil((roi_w / out_w).detach().float()).clamp(min=0, max=MAX_ADAPTIVE_SAMPLES).to(torch.int64)
+        grid_h = torch.ceil((roi_h / out_h).detach().float()).clamp(min=0, max=MAX_SAMPLES_PER_BIN_SIDE).to(torch.int64)
+        grid_w = torch.ceil((roi_w / out_w).detach().float()).clamp(min=0, max=MAX_SAMPLES_PER_BIN_SIDE).to(torch.int64)
     return start_x, start_y, roi_w, roi_h, grid_h, grid_w
 
 
@@ -438,8 +438,7 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
     out = as_pair(output_size, "output_size", 1)
     spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
     gamma = check_float(gamma, "gamma")
-    if isinstance(sampling_ratio, bool) or int(sampling_ratio) != sampling_ratio or sampling_ratio < 0:
-        raise ShapeError(f"sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
     if has_concrete_shapes(input, rois, offset):
         deform_roi_pool_spec(input.shape, rois.shape, None if offset is None else offset.shape, out, sampling_ratio)
     elif input.dim() != 4 or rois.dim() != 2:

@@ -13,8 +13,14 @@ from typing import Optional, Sequence, Tuple
 
 from .spec import ShapeError, as_pair
 
-__all__ = ["RoIPoolSpec", "PSRoIPoolSpec", "deform_roi_pool_spec", "deform_psroi_pool_spec", "check_rois_shape",
-           "check_float"]
+__all__ = ["MAX_SAMPLES_PER_BIN_SIDE", "RoIPoolSpec", "PSRoIPoolSpec", "deform_roi_pool_spec", "deform_psroi_pool_spec",
+           "check_rois_shape", "check_float", "check_sampling_ratio", "check_sample_per_part"]
+
+# Most samples per bin side: a fixed sampling_ratio or sample_per_part may not exceed it, and the adaptive
+# sampling_ratio=0 is capped at it (a guard against absurd boxes). The same bound as kMaxSamplesPerBinSide in
+# plugins/deform_roi_pool/roiPoolMath.h: the kernels loop over the samples of a bin, so an unbounded count would
+# run for hours rather than fail.
+MAX_SAMPLES_PER_BIN_SIDE = 1024
 
 
 def _shape(shape: Sequence[int], name: str, rank: int, layout: str) -> Tuple[int, ...]:
@@ -41,6 +47,22 @@ def check_float(value, name: str, positive: bool = False) -> float:
             if name == "spatial_scale" else ""
         raise ShapeError(f"{name} must be {kind}{hint}, got {value!r}")
     return number
+
+
+def check_sampling_ratio(value) -> int:
+    """deform_roi_pool's ``sampling_ratio``: an int from 0 (adaptive) to :data:`MAX_SAMPLES_PER_BIN_SIDE`."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or not 0 <= value <= MAX_SAMPLES_PER_BIN_SIDE:
+        raise ShapeError(f"sampling_ratio must be an int from 0 (adaptive) to {MAX_SAMPLES_PER_BIN_SIDE} (samples per "
+                         f"bin side; mmcv's models use 0 or 2), got {value!r}")
+    return int(value)
+
+
+def check_sample_per_part(value) -> int:
+    """deform_psroi_pool's ``sample_per_part``: an int from 1 to :data:`MAX_SAMPLES_PER_BIN_SIDE`."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or not 1 <= value <= MAX_SAMPLES_PER_BIN_SIDE:
+        raise ShapeError(f"sample_per_part must be an int from 1 to {MAX_SAMPLES_PER_BIN_SIDE} (samples per bin "
+                         f"side; the paper's code uses 4), got {value!r}")
+    return int(value)
 
 
 def check_rois_shape(rois_shape: Sequence[int]) -> int:
@@ -83,8 +105,7 @@ def deform_roi_pool_spec(input_shape: Sequence[int], rois_shape: Sequence[int],
         raise ShapeError(f"input must have C, H and W >= 1, got shape {(n, c, h, w)}")
     k = check_rois_shape(rois_shape)
     out = as_pair(output_size, "output_size", 1)
-    if isinstance(sampling_ratio, bool) or int(sampling_ratio) != sampling_ratio or sampling_ratio < 0:
-        raise ShapeError(f"sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
     if offset_shape is not None:
         off = _shape(offset_shape, "offset", 4, "(K, 2, out_h, out_w)")
         if off != (k, 2, *out):
@@ -145,7 +166,7 @@ def deform_psroi_pool_spec(input_shape: Sequence[int], rois_shape: Sequence[int]
     output_dim = _positive(output_dim, "output_dim")
     group_size = _positive(group_size, "group_size")
     pooled_size = _positive(pooled_size, "pooled_size")
-    sample_per_part = _positive(sample_per_part, "sample_per_part")
+    sample_per_part = check_sample_per_part(sample_per_part)
     part_size = _positive(part_size, "part_size", 0) or pooled_size
     if c != output_dim * group_size * group_size:
         raise ShapeError(

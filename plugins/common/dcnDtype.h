@@ -26,6 +26,12 @@
 namespace dcn
 {
 
+// Whether dtype is one of the dcn_dtype values.
+inline bool validDtype(int32_t dtype)
+{
+    return dtype == DCN_FLOAT32 || dtype == DCN_FLOAT16 || dtype == DCN_BFLOAT16 || dtype == DCN_FLOAT64;
+}
+
 // Bytes per element of a dcn_dtype.
 inline size_t dtypeBytes(int32_t dtype)
 {

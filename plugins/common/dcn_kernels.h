@@ -7,8 +7,9 @@
  *                             indexing and math are checked on machines without a GPU.
  * Both also export the shape/field logic of the TensorRT plugin (dcn_plugin_*), which has no TensorRT types.
  *
- * Every function returns a dcn_status; on failure dcn_last_error() returns a message (per thread) that names
- * the argument, the expected and the actual value.
+ * Every function but the queries (dcn_abi_version, dcn_cuda_available, dcn_gemm_path_available, dcn_last_error)
+ * returns a dcn_status; on failure dcn_last_error() returns a message (per thread) that names the argument, the
+ * expected and the actual value.
  *
  * Layout: NCHW, contiguous. Offsets (N, 2*offset_group*kH*kW, oH, oW), channel ((g*kH+i)*kW+j)*2 is dy, +1 is dx.
  * Mask (N, offset_group*kH*kW, oH, oW), or NULL for all ones (v1). Bias (out_channels,) or NULL.
@@ -43,7 +44,7 @@ typedef enum dcn_dtype
     DCN_FLOAT32 = 0,
     DCN_FLOAT16 = 1,
     DCN_BFLOAT16 = 2,
-    DCN_FLOAT64 = 3 /* host library and the direct CUDA kernel only; for tests */
+    DCN_FLOAT64 = 3 /* for tests: the host library, and the direct and GEMM CUDA paths */
 } dcn_dtype;
 
 typedef enum dcn_algo

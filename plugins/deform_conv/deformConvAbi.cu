@@ -147,6 +147,8 @@ DCN_API int32_t dcn_deform_conv2d_workspace_size(
         dcn::DeformConvGeometry geo;
         dcn::Status status = abiGemmOptionsStatus();
         if (status.ok())
+            status = dcn::checkDtypeAndAlgo(dtype, algo);
+        if (status.ok())
             status = dcn::makeGeometry(*desc, geo);
         if (status.ok())
             *bytes = dcn::deformConvWorkspaceSize(geo, dtype, algo, abiGemmOptions());

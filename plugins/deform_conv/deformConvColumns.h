@@ -287,15 +287,6 @@ DCN_HD BilinearTaps<Acc> placeTaps(DeformConvGeometry const& geo, T const* offse
     return taps;
 }
 
-// The taps of point `point` of the chunk's flat pixel `flat` (placeTaps): what the implicit-GEMM kernel's taps table
-// holds.
-template <typename Acc, typename T>
-DCN_HD BilinearTaps<Acc> chunkPixelTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
-    int64_t p0, int32_t pixels, int32_t chunkPixels, int32_t flat, int32_t point)
-{
-    return placeTaps<Acc>(geo, offset, mask, n0, tilePixel(geo, p0, pixels, chunkPixels, flat), point);
-}
-
 // The taps of point `point` of a tile pixel (placeTaps), as element offsets from the pixel's image, each outside
 // neighbour redirected to the zero vector, zeroOffset elements from the chunk's first image.
 template <typename Acc, typename T>

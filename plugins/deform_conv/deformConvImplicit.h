@@ -178,9 +178,9 @@ constexpr int32_t kSpecialisedStages = 3;
 constexpr int32_t kSpecialisedStepVectors = kImplicitTileN * kImplicitTileK / kImplicitVector;
 
 // Producer warps for tileM-row tiles: 4 with 256 rows, whose consumers hold 128 accumulators a thread (384 threads
-// leave them 168 registers; ptxas for sm_90: no spill in float16, but bfloat16 spills 96 bytes inside the consumers'
-// loop, so bfloat16 takes 128-row tiles: specialisedTileM); 8 below, where the sampling is as much work for half the
-// product or less, and 512 threads' 128 registers a thread suffice.
+// leave them 168 registers; ptxas for sm_90, session 23: float16 keeps a 16-byte stack, bfloat16 spills 128 bytes,
+// so bfloat16 takes 128-row tiles: specialisedTileM); 8 below, where the sampling is as much work for half the
+// product or less, and 512 threads' 128 registers a thread suffice (float16: 127, no spill).
 DCN_HD constexpr int32_t specialisedProducerWarps(int32_t tileM)
 {
     return tileM == 256 ? 4 : 8;

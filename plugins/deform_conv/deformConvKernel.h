@@ -13,6 +13,9 @@ namespace dcn
 
 class CublasHandle;
 
+// dtype a dcn_dtype and algo a dcn_algo, or an error naming the one that is not (before any sizing or launch).
+Status checkDtypeAndAlgo(int32_t dtype, int32_t algo);
+
 // Which kernel serves (geo, dtype, algo) on the current device; DCN_ALGO_AUTO resolved. Fails for impossible pairs
 // (float64 with the fused kernel, the GEMM path without a loadable cuBLAS).
 Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved);

@@ -27,12 +27,22 @@ bool denseLayer(DeformConvGeometry const& geo)
 
 } // namespace
 
-Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved)
+Status checkDtypeAndAlgo(int32_t dtype, int32_t algo)
 {
+    if (!validDtype(dtype))
+        return Status::unsupportedDtype(dtype);
     if (algo != DCN_ALGO_AUTO && algo != DCN_ALGO_DIRECT && algo != DCN_ALGO_FUSED_GEMM && algo != DCN_ALGO_GEMM
         && algo != DCN_ALGO_IMPLICIT_GEMM)
         return Status::invalid("algo must be 0 (auto), 1 (direct), 2 (fused GEMM), 3 (GEMM) or 4 (implicit GEMM), got "
             + std::to_string(algo));
+    return Status::success();
+}
+
+Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved)
+{
+    Status const checked = checkDtypeAndAlgo(dtype, algo);
+    if (!checked.ok())
+        return checked;
     if (algo == DCN_ALGO_IMPLICIT_GEMM)
     {
         std::string const refusal = implicitKernelRefusal(geo, dtype);
@@ -69,7 +79,7 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
     case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, gemm);
     case DCN_ALGO_FUSED_GEMM: return fused;
     case DCN_ALGO_IMPLICIT_GEMM: return implicitKernelRefusal(geo, dtype).empty() ? implicitWorkspaceBytes(geo, dtype) : 0;
-    default: return 0; // direct; an invalid algo is reported by the launch
+    default: return 0; // direct (callers check dtype and algo first: checkDtypeAndAlgo)
     }
 }
 
@@ -132,6 +142,9 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         status = requireWorkspace("the fused kernel", needed, workspace, workspaceBytes);
         if (!status.ok())
             return status;
+        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // as dcn_kernels.h asks of every workspace
+            return Status::invalid("the fused kernel's workspace must be 256-byte aligned (cudaMalloc's and TensorRT's "
+                                   "are)");
     }
     // The fused kernel runs only where fusedKernelAccepts(geo, dtype) (resolveAlgo, the fallback above).
     return fused ? launchFusedPath(geo, dtype, input, offset, weight, bias, mask, output, workspace, stream)

@@ -253,8 +253,16 @@ Status checkInputShapes(dcn_deform_conv_attrs const& a, std::vector<TensorShape>
             return Status::invalid(std::string("input ") + names[k] + " must be " + std::to_string(ranks[k]) + "-D, got shape "
                 + shapeText(in[k]));
         for (int32_t r = 0; r < in[k].rank; ++r)
-            if (in[k].d[r] == 0 && !(k == kInputX && r == 0))
+        {
+            int64_t const dim = in[k].d[r];
+            // the batch (dimension 0 of X, offset and mask) may be 0: the kernels then write nothing
+            if (dim == 0 && !(r == 0 && (k == kInputX || k == kInputOffset || k == kInputMask)))
                 return Status::invalid(std::string("input ") + names[k] + " has an empty dimension: " + shapeText(in[k]));
+            if (dim < -1 || dim > INT32_MAX) // -1: not known yet (a dynamic dimension at build time)
+                return Status::invalid(std::string("input ") + names[k] + " dimension " + std::to_string(r)
+                    + " must be from 0 to 2^31-1 (or -1 while unknown), got " + std::to_string(dim) + ": "
+                    + shapeText(in[k]));
+        }
     }
     TensorShape const& x = in[kInputX];
     TensorShape const& w = in[kInputW];

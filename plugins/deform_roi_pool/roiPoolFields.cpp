@@ -1,4 +1,5 @@
 #include "roiPoolFields.h"
+#include "roiPoolShapes.h"
 
 #include <cstring>
 
@@ -35,7 +36,12 @@ Status parseInto(char const* op, std::vector<RoiRawField> const& fields, std::ve
                 if (field.type == kTypeInt32)
                     *slot.intTarget = *static_cast<int32_t const*>(field.data);
                 else if (field.type == kTypeInt64)
-                    *slot.intTarget = int32_t(*static_cast<int64_t const*>(field.data));
+                {
+                    int64_t const value = *static_cast<int64_t const*>(field.data);
+                    if (value < INT32_MIN || value > INT32_MAX)
+                        return Status::invalid(who + " must fit 32 bits, got " + std::to_string(value));
+                    *slot.intTarget = int32_t(value);
+                }
                 else
                     return Status::invalid(who + " must be an INT32 (or INT64), got field type " + std::to_string(field.type));
             }
@@ -51,14 +57,6 @@ Status parseInto(char const* op, std::vector<RoiRawField> const& fields, std::ve
         }
     }
     return Status::success();
-}
-
-Status atLeast(char const* op, char const* name, int64_t value, int64_t minimum)
-{
-    if (value >= minimum)
-        return Status::success();
-    return Status::invalid(std::string(op) + ": " + name + " must be >= " + std::to_string(minimum) + ", got "
-        + std::to_string(value));
 }
 
 // Known dimension d of an input must equal want (when both known).
@@ -118,9 +116,9 @@ Status parseRoiPoolFields(std::vector<RoiRawField> const& fields, dcn_deform_roi
         {{"pooled_height", &a.pooled_height, nullptr}, {"pooled_width", &a.pooled_width, nullptr},
             {"sampling_ratio", &a.sampling_ratio, nullptr}, {"spatial_scale", nullptr, &a.spatial_scale},
             {"gamma", nullptr, &a.gamma}}));
-    DCN_RETURN_IF_ERROR(atLeast(op, "pooled_height", a.pooled_height, 1));
-    DCN_RETURN_IF_ERROR(atLeast(op, "pooled_width", a.pooled_width, 1));
-    DCN_RETURN_IF_ERROR(atLeast(op, "sampling_ratio", a.sampling_ratio, 0));
+    DCN_RETURN_IF_ERROR(inRange(op, "pooled_height", a.pooled_height, 1));
+    DCN_RETURN_IF_ERROR(inRange(op, "pooled_width", a.pooled_width, 1));
+    DCN_RETURN_IF_ERROR(inRange(op, "sampling_ratio", a.sampling_ratio, 0, kMaxSamplesPerBinSide));
     return Status::success();
 }
 
@@ -133,11 +131,11 @@ Status parsePsroiPoolFields(std::vector<RoiRawField> const& fields, dcn_deform_p
             {"pooled_size", &a.pooled_size, nullptr}, {"part_size", &a.part_size, nullptr},
             {"sample_per_part", &a.sample_per_part, nullptr}, {"no_trans", &a.no_trans, nullptr},
             {"spatial_scale", nullptr, &a.spatial_scale}, {"trans_std", nullptr, &a.trans_std}}));
-    DCN_RETURN_IF_ERROR(atLeast(op, "output_dim", a.output_dim, 1));
-    DCN_RETURN_IF_ERROR(atLeast(op, "group_size", a.group_size, 1));
-    DCN_RETURN_IF_ERROR(atLeast(op, "pooled_size", a.pooled_size, 1));
-    DCN_RETURN_IF_ERROR(atLeast(op, "part_size", a.part_size, 0));
-    DCN_RETURN_IF_ERROR(atLeast(op, "sample_per_part", a.sample_per_part, 1));
+    DCN_RETURN_IF_ERROR(inRange(op, "output_dim", a.output_dim, 1));
+    DCN_RETURN_IF_ERROR(inRange(op, "group_size", a.group_size, 1));
+    DCN_RETURN_IF_ERROR(inRange(op, "pooled_size", a.pooled_size, 1));
+    DCN_RETURN_IF_ERROR(inRange(op, "part_size", a.part_size, 0));
+    DCN_RETURN_IF_ERROR(inRange(op, "sample_per_part", a.sample_per_part, 1, kMaxSamplesPerBinSide));
     if (a.part_size == 0)
         a.part_size = a.pooled_size;
     a.no_trans = a.no_trans ? 1 : 0;
@@ -229,8 +227,8 @@ DCN_API int32_t dcn_plugin_deform_roi_pool_parse_fields(int32_t count, const cha
     const void* const* data, const int32_t* lengths, const int32_t* types, dcn_deform_roi_pool_desc* attrs)
 {
     return dcn::guarded([&] {
-        if (!attrs || (count > 0 && (!names || !data || !lengths || !types)))
-            return dcn::Status::invalid("dcn_plugin_deform_roi_pool_parse_fields: NULL argument");
+        if (!attrs || count < 0 || (count > 0 && (!names || !data || !lengths || !types)))
+            return dcn::Status::invalid("dcn_plugin_deform_roi_pool_parse_fields: NULL argument or negative count");
         return dcn::parseRoiPoolFields(rawFields(count, names, data, lengths, types), *attrs);
     });
 }
@@ -239,8 +237,8 @@ DCN_API int32_t dcn_plugin_deform_psroi_pool_parse_fields(int32_t count, const c
     const void* const* data, const int32_t* lengths, const int32_t* types, dcn_deform_psroi_pool_desc* attrs)
 {
     return dcn::guarded([&] {
-        if (!attrs || (count > 0 && (!names || !data || !lengths || !types)))
-            return dcn::Status::invalid("dcn_plugin_deform_psroi_pool_parse_fields: NULL argument");
+        if (!attrs || count < 0 || (count > 0 && (!names || !data || !lengths || !types)))
+            return dcn::Status::invalid("dcn_plugin_deform_psroi_pool_parse_fields: NULL argument or negative count");
         return dcn::parsePsroiPoolFields(rawFields(count, names, data, lengths, types), *attrs);
     });
 }

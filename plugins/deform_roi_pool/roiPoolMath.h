@@ -11,8 +11,10 @@
 namespace dcn
 {
 
-// Most samples per bin side with the adaptive sampling_ratio = 0 (a guard against malformed boxes).
-constexpr int32_t kMaxAdaptiveSamples = 1024;
+// Most samples per bin side: the bound on a fixed sampling_ratio or sample_per_part (checkRoiPool, checkPsroiPool:
+// the kernels loop over a bin's samples, so an unbounded count would run for hours, not fail) and the cap of the
+// adaptive sampling_ratio = 0 (a guard against malformed boxes). As dcn_deploy.ops.roi_spec.MAX_SAMPLES_PER_BIN_SIDE.
+constexpr int32_t kMaxSamplesPerBinSide = 1024;
 
 template <typename Acc>
 DCN_HD Acc accFloor(Acc v) { return floor(v); }
@@ -75,12 +77,12 @@ DCN_HD Acc deformRoiPoolElement(dcn_deform_roi_pool_desc const& d, T const* inpu
     int32_t gh = d.sampling_ratio, gw = d.sampling_ratio;
     if (d.sampling_ratio <= 0) // mmcv: ceilf of the single-precision quotient
     {
-        // Capped at kMaxAdaptiveSamples per side (as dcn_deploy.ops.roi_pool.MAX_ADAPTIVE_SAMPLES): an absurd box
+        // Capped at kMaxSamplesPerBinSide per side: an absurd box
         // must not loop for ever. `q > 0` is false for NaN, so a NaN box samples nothing instead of casting NaN.
         float const qh = ceilf(float(rh / Acc(d.pooled_height)));
         float const qw = ceilf(float(rw / Acc(d.pooled_width)));
-        gh = qh > 0.f ? int32_t(fminf(qh, float(kMaxAdaptiveSamples))) : 0;
-        gw = qw > 0.f ? int32_t(fminf(qw, float(kMaxAdaptiveSamples))) : 0;
+        gh = qh > 0.f ? int32_t(fminf(qh, float(kMaxSamplesPerBinSide))) : 0;
+        gw = qw > 0.f ? int32_t(fminf(qw, float(kMaxSamplesPerBinSide))) : 0;
     }
     if (offset)
     {
@@ -131,13 +133,13 @@ DCN_HD Acc deformPsroiPoolElement(dcn_deform_psroi_pool_desc const& d, T const* 
     if (useTrans)
     {
         int32_t const cls = ctop / (d.output_dim / classes);
-        int32_t const partH = ph * part / p, partW = pw * part / p;
+        int32_t const partH = int32_t(int64_t(ph) * part / p), partW = int32_t(int64_t(pw) * part / p);
         int64_t const xAt = ((int64_t(k) * classes + cls) * 2 * part + partH) * part + partW;
         int64_t const yAt = xAt + int64_t(part) * part;
         wstart += Traits::toAcc(trans[xAt]) * Acc(d.trans_std) * rw;
         hstart += Traits::toAcc(trans[yAt]) * Acc(d.trans_std) * rh;
     }
-    int32_t gi = ph * g / p, gj = pw * g / p;
+    int32_t gi = int32_t(int64_t(ph) * g / p), gj = int32_t(int64_t(pw) * g / p); // ph < p: gi < g, no overflow
     gi = gi < g - 1 ? gi : g - 1;
     gj = gj < g - 1 ? gj : g - 1;
     int32_t const channel = (ctop * g + gi) * g + gj;

@@ -5,28 +5,28 @@
 
 namespace dcn
 {
-namespace
-{
 
-Status atLeast(char const* op, char const* name, int64_t value, int64_t minimum)
+Status inRange(char const* op, char const* name, int64_t value, int64_t minimum, int64_t maximum)
 {
-    if (value >= minimum)
+    if (value >= minimum && value <= maximum)
         return Status::success();
-    return Status::invalid(std::string(op) + ": " + name + " must be >= " + std::to_string(minimum) + ", got "
-        + std::to_string(value));
+    return Status::invalid(std::string(op) + ": " + name + " must be "
+        + (maximum == INT32_MAX ? ">= " + std::to_string(minimum)
+                                : "from " + std::to_string(minimum) + " to " + std::to_string(maximum))
+        + ", got " + std::to_string(value));
 }
-
-} // namespace
 
 Status checkRoiPool(dcn_deform_roi_pool_desc const& d)
 {
     char const* op = "DeformRoIPool";
-    for (auto const& [name, value, minimum] : {std::tuple<char const*, int64_t, int64_t>{"batch", d.batch, 0},
-             {"channels", d.channels, 1}, {"height", d.height, 1}, {"width", d.width, 1}, {"num_rois", d.num_rois, 0},
-             {"pooled_height", d.pooled_height, 1}, {"pooled_width", d.pooled_width, 1},
-             {"sampling_ratio", d.sampling_ratio, 0}})
+    for (auto const& [name, value, minimum, maximum] :
+        {std::tuple<char const*, int64_t, int64_t, int64_t>{"batch", d.batch, 0, INT32_MAX},
+            {"channels", d.channels, 1, INT32_MAX}, {"height", d.height, 1, INT32_MAX},
+            {"width", d.width, 1, INT32_MAX}, {"num_rois", d.num_rois, 0, INT32_MAX},
+            {"pooled_height", d.pooled_height, 1, INT32_MAX}, {"pooled_width", d.pooled_width, 1, INT32_MAX},
+            {"sampling_ratio", d.sampling_ratio, 0, kMaxSamplesPerBinSide}})
     {
-        Status s = atLeast(op, name, value, minimum);
+        Status s = inRange(op, name, value, minimum, maximum);
         if (!s.ok())
             return s;
     }
@@ -36,12 +36,15 @@ Status checkRoiPool(dcn_deform_roi_pool_desc const& d)
 Status checkPsroiPool(dcn_deform_psroi_pool_desc const& d)
 {
     char const* op = "DeformPSRoIPool";
-    for (auto const& [name, value, minimum] : {std::tuple<char const*, int64_t, int64_t>{"batch", d.batch, 0},
-             {"channels", d.channels, 1}, {"height", d.height, 1}, {"width", d.width, 1}, {"num_rois", d.num_rois, 0},
-             {"output_dim", d.output_dim, 1}, {"group_size", d.group_size, 1}, {"pooled_size", d.pooled_size, 1},
-             {"part_size", d.part_size, 0}, {"sample_per_part", d.sample_per_part, 1}})
+    for (auto const& [name, value, minimum, maximum] :
+        {std::tuple<char const*, int64_t, int64_t, int64_t>{"batch", d.batch, 0, INT32_MAX},
+            {"channels", d.channels, 1, INT32_MAX}, {"height", d.height, 1, INT32_MAX},
+            {"width", d.width, 1, INT32_MAX}, {"num_rois", d.num_rois, 0, INT32_MAX},
+            {"output_dim", d.output_dim, 1, INT32_MAX}, {"group_size", d.group_size, 1, INT32_MAX},
+            {"pooled_size", d.pooled_size, 1, INT32_MAX}, {"part_size", d.part_size, 0, INT32_MAX},
+            {"sample_per_part", d.sample_per_part, 1, kMaxSamplesPerBinSide}})
     {
-        Status s = atLeast(op, name, value, minimum);
+        Status s = inRange(op, name, value, minimum, maximum);
         if (!s.ok())
             return s;
     }

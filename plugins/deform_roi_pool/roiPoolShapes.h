@@ -2,6 +2,9 @@
 #pragma once
 
 #include "dcnStatus.h"
+#include "roiPoolMath.h"
+
+#include <cstdint>
 #include "roi_pool_kernels.h"
 
 namespace dcn
@@ -10,5 +13,8 @@ namespace dcn
 // Every field in range; names the field, the expected and the actual value otherwise.
 Status checkRoiPool(dcn_deform_roi_pool_desc const& d);
 Status checkPsroiPool(dcn_deform_psroi_pool_desc const& d);
+
+// `op: name must be from minimum to maximum, got value` unless value is in [minimum, maximum].
+Status inRange(char const* op, char const* name, int64_t value, int64_t minimum, int64_t maximum = INT32_MAX);
 
 } // namespace dcn
