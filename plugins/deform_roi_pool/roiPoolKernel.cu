@@ -1,5 +1,6 @@
 // CUDA kernels of the deformable RoI pooling ops: one thread per output element, the arithmetic of roiPoolMath.h
 // (half types load into float32 and round once at the end), behind the C ABI of roi_pool_kernels.h.
+#include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
 #include "dcnGridStride.h"
 #include "dcnStatus.h"
@@ -18,38 +19,18 @@ namespace dcn
 namespace
 {
 
-// Element loads/stores for the kernels (ElementTraits of dcnDtype.h for float/double, these for the half types).
-template <typename T>
-struct RoiTraits : ElementTraits<T>
-{
-};
-template <>
-struct RoiTraits<__half>
-{
-    using Acc = float;
-    static __device__ __forceinline__ float toAcc(__half v) { return __half2float(v); }
-    static __device__ __forceinline__ __half fromAcc(float v) { return __float2half_rn(v); }
-};
-template <>
-struct RoiTraits<__nv_bfloat16>
-{
-    using Acc = float;
-    static __device__ __forceinline__ float toAcc(__nv_bfloat16 v) { return __bfloat162float(v); }
-    static __device__ __forceinline__ __nv_bfloat16 fromAcc(float v) { return __float2bfloat16_rn(v); }
-};
-
 template <typename T>
 __global__ void roiPoolKernel(dcn_deform_roi_pool_desc d, T const* input, T const* rois, T const* offset, T* output,
     int64_t total)
 {
-    using Acc = typename RoiTraits<T>::Acc;
+    using Acc = typename ElementTraits<T>::Acc;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     {
         int32_t const pw = int32_t(i % d.pooled_width);
         int32_t const ph = int32_t((i / d.pooled_width) % d.pooled_height);
         int32_t const c = int32_t((i / (int64_t(d.pooled_width) * d.pooled_height)) % d.channels);
         int32_t const k = int32_t(i / (int64_t(d.pooled_width) * d.pooled_height * d.channels));
-        output[i] = RoiTraits<T>::fromAcc(deformRoiPoolElement<RoiTraits<T>, Acc>(d, input, rois, offset, k, c, ph, pw));
+        output[i] = ElementTraits<T>::fromAcc(deformRoiPoolElement<ElementTraits<T>, Acc>(d, input, rois, offset, k, c, ph, pw));
     }
 }
 
@@ -57,14 +38,14 @@ template <typename T>
 __global__ void psroiPoolKernel(dcn_deform_psroi_pool_desc d, T const* input, T const* rois, T const* trans,
     T* output, int64_t total)
 {
-    using Acc = typename RoiTraits<T>::Acc;
+    using Acc = typename ElementTraits<T>::Acc;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     {
         int32_t const pw = int32_t(i % d.pooled_size);
         int32_t const ph = int32_t((i / d.pooled_size) % d.pooled_size);
         int32_t const c = int32_t((i / (int64_t(d.pooled_size) * d.pooled_size)) % d.output_dim);
         int32_t const k = int32_t(i / (int64_t(d.pooled_size) * d.pooled_size * d.output_dim));
-        output[i] = RoiTraits<T>::fromAcc(deformPsroiPoolElement<RoiTraits<T>, Acc>(d, input, rois, trans, k, c, ph, pw));
+        output[i] = ElementTraits<T>::fromAcc(deformPsroiPoolElement<ElementTraits<T>, Acc>(d, input, rois, trans, k, c, ph, pw));
     }
 }
 
