@@ -1,4 +1,4 @@
-// TensorRT data types <-> the C ABI's element types, shared by every plugin.
+// TensorRT data types and formats <-> the C ABI's element types, shared by every plugin.
 #pragma once
 
 #include "dcn_kernels.h"
@@ -15,6 +15,19 @@ inline bool supportedType(nvinfer1::DataType type)
 {
     return type == nvinfer1::DataType::kFLOAT || type == nvinfer1::DataType::kHALF
         || type == nvinfer1::DataType::kBF16;
+}
+
+// supportsFormatCombination of our plugins: every input and the output linear (NCHW) and of one supported type,
+// the first input's.
+inline bool linearOfOneType(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+    int32_t nbOutputs)
+{
+    if (pos < 0 || pos >= nbInputs + nbOutputs)
+        return false;
+    nvinfer1::PluginTensorDesc const& desc = inOut[pos].desc;
+    if (desc.format != nvinfer1::TensorFormat::kLINEAR || !supportedType(desc.type))
+        return false;
+    return pos == 0 || desc.type == inOut[0].desc.type;
 }
 
 // The C ABI element type of a supported TensorRT type.

@@ -171,12 +171,7 @@ int32_t DeformConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInp
 bool DeformConvPlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (pos < 0 || pos >= nbInputs + nbOutputs)
-        return false;
-    PluginTensorDesc const& desc = inOut[pos].desc;
-    if (desc.format != TensorFormat::kLINEAR || !supportedType(desc.type))
-        return false;
-    return pos == 0 || desc.type == inOut[0].desc.type; // one data type for every input and the output
+    return linearOfOneType(pos, inOut, nbInputs, nbOutputs);
 }
 
 int32_t DeformConvPlugin::configurePlugin(

@@ -172,12 +172,7 @@ public:
     bool supportsFormatCombination(
         int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept override
     {
-        if (pos < 0 || pos >= nbInputs + nbOutputs)
-            return false;
-        PluginTensorDesc const& desc = inOut[pos].desc;
-        if (desc.format != TensorFormat::kLINEAR || !supportedType(desc.type))
-            return false;
-        return pos == 0 || desc.type == inOut[0].desc.type;
+        return linearOfOneType(pos, inOut, nbInputs, nbOutputs);
     }
 
     int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*,
