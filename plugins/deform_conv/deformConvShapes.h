@@ -5,6 +5,7 @@
 
 #include "dcnStatus.h"
 #include "deformConvMath.h"
+#include "pluginFields.h"
 
 #include <cstdint>
 #include <string>
@@ -52,18 +53,8 @@ constexpr int32_t kKernelsRevision = 5;
 // MiB that the build sized the workspace with (deformConvPluginWorkspace.h: lowered to fit a workspace limit). The
 // run plans its chunks with it. An engine without the field was built with the default.
 constexpr char const* kFieldColumnBudget = "dcn_column_budget_mib";
-constexpr int32_t kFieldTypeInt32 = 5; // nvinfer1::PluginFieldType::kINT32
 
 dcn_deform_conv_attrs defaultAttrs();
-
-// One field as TensorRT hands it over (the pointer is borrowed).
-struct RawField
-{
-    char const* name;
-    void const* data;
-    int32_t length;
-    int32_t type;
-};
 
 // One field to serialise: its name and int32 values (owned).
 struct OwnedField

@@ -8,7 +8,6 @@ namespace dcn
 namespace
 {
 
-constexpr int32_t kTypeFloat32 = 1, kTypeFloat64 = 2, kTypeInt32 = 5, kTypeInt64 = 10; // PluginFieldType codes
 
 // Where a named field lands in the descriptor.
 struct Slot
@@ -18,9 +17,9 @@ struct Slot
     float* floatTarget;
 };
 
-Status parseInto(char const* op, std::vector<RoiRawField> const& fields, std::vector<Slot> const& slots)
+Status parseInto(char const* op, std::vector<RawField> const& fields, std::vector<Slot> const& slots)
 {
-    for (RoiRawField const& field : fields)
+    for (RawField const& field : fields)
     {
         if (!field.name)
             continue;
@@ -33,9 +32,9 @@ Status parseInto(char const* op, std::vector<RoiRawField> const& fields, std::ve
                 return Status::invalid(who + " must hold one value, got " + std::to_string(field.length));
             if (slot.intTarget)
             {
-                if (field.type == kTypeInt32)
+                if (field.type == kFieldTypeInt32)
                     *slot.intTarget = *static_cast<int32_t const*>(field.data);
-                else if (field.type == kTypeInt64)
+                else if (field.type == kFieldTypeInt64)
                 {
                     int64_t const value = *static_cast<int64_t const*>(field.data);
                     if (value < INT32_MIN || value > INT32_MAX)
@@ -47,9 +46,9 @@ Status parseInto(char const* op, std::vector<RoiRawField> const& fields, std::ve
             }
             else
             {
-                if (field.type == kTypeFloat32)
+                if (field.type == kFieldTypeFloat32)
                     *slot.floatTarget = *static_cast<float const*>(field.data);
-                else if (field.type == kTypeFloat64)
+                else if (field.type == kFieldTypeFloat64)
                     *slot.floatTarget = float(*static_cast<double const*>(field.data));
                 else
                     return Status::invalid(who + " must be a FLOAT32 (or FLOAT64), got field type " + std::to_string(field.type));
@@ -108,7 +107,7 @@ dcn_deform_psroi_pool_desc defaultPsroiPoolAttrs()
     return d;
 }
 
-Status parseRoiPoolFields(std::vector<RoiRawField> const& fields, dcn_deform_roi_pool_desc& a)
+Status parseRoiPoolFields(std::vector<RawField> const& fields, dcn_deform_roi_pool_desc& a)
 {
     char const* op = "DeformRoIPool";
     a = defaultRoiPoolAttrs();
@@ -122,7 +121,7 @@ Status parseRoiPoolFields(std::vector<RoiRawField> const& fields, dcn_deform_roi
     return Status::success();
 }
 
-Status parsePsroiPoolFields(std::vector<RoiRawField> const& fields, dcn_deform_psroi_pool_desc& a)
+Status parsePsroiPoolFields(std::vector<RawField> const& fields, dcn_deform_psroi_pool_desc& a)
 {
     char const* op = "DeformPSRoIPool";
     a = defaultPsroiPoolAttrs();
@@ -212,10 +211,10 @@ Status psroiPoolDescFromShapes(dcn_deform_psroi_pool_desc const& attrs, int32_t 
 namespace
 {
 
-std::vector<dcn::RoiRawField> rawFields(int32_t count, const char* const* names, const void* const* data,
+std::vector<dcn::RawField> rawFields(int32_t count, const char* const* names, const void* const* data,
     const int32_t* lengths, const int32_t* types)
 {
-    std::vector<dcn::RoiRawField> fields;
+    std::vector<dcn::RawField> fields;
     for (int32_t k = 0; k < count; ++k)
         fields.push_back({names[k], data[k], lengths[k], types[k]});
     return fields;

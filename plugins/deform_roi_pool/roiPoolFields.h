@@ -4,6 +4,7 @@
 #pragma once
 
 #include "dcnStatus.h"
+#include "pluginFields.h"
 #include "roi_pool_kernels.h"
 
 #include <cstdint>
@@ -12,15 +13,6 @@
 
 namespace dcn
 {
-
-// One field as TensorRT hands it over (borrowed pointer); type is a PluginFieldType code.
-struct RoiRawField
-{
-    char const* name;
-    void const* data;
-    int32_t length;
-    int32_t type;
-};
 
 // One field to serialise (owned): an int32 or a float32 value.
 struct RoiOwnedField
@@ -37,8 +29,8 @@ dcn_deform_psroi_pool_desc defaultPsroiPoolAttrs();
 
 // Parse known fields (int fields: INT32 or INT64; float fields: FLOAT32 or FLOAT64; one value each), ignore
 // unknown ones (plugin_namespace, ...), then check the values. Shape members of the descriptor are left 0.
-Status parseRoiPoolFields(std::vector<RoiRawField> const& fields, dcn_deform_roi_pool_desc& attrs);
-Status parsePsroiPoolFields(std::vector<RoiRawField> const& fields, dcn_deform_psroi_pool_desc& attrs);
+Status parseRoiPoolFields(std::vector<RawField> const& fields, dcn_deform_roi_pool_desc& attrs);
+Status parsePsroiPoolFields(std::vector<RawField> const& fields, dcn_deform_psroi_pool_desc& attrs);
 
 std::vector<RoiOwnedField> roiPoolFields(dcn_deform_roi_pool_desc const& attrs);
 std::vector<RoiOwnedField> psroiPoolFields(dcn_deform_psroi_pool_desc const& attrs);

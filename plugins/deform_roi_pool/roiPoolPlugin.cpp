@@ -18,7 +18,7 @@ struct DeformRoiPoolOp
     using Desc = dcn_deform_roi_pool_desc;
     static constexpr char const* kName = "DeformRoIPool";
     static constexpr char const* kInputs = "X, rois, offset";
-    static Status parse(std::vector<RoiRawField> const& f, Desc& d) { return parseRoiPoolFields(f, d); }
+    static Status parse(std::vector<RawField> const& f, Desc& d) { return parseRoiPoolFields(f, d); }
     static std::vector<RoiOwnedField> fields(Desc const& d) { return roiPoolFields(d); }
     static Status fromShapes(Desc const& a, int32_t const* ranks, int64_t const* const* dims, Desc& d)
     {
@@ -43,7 +43,7 @@ struct DeformPsroiPoolOp
     using Desc = dcn_deform_psroi_pool_desc;
     static constexpr char const* kName = "DeformPSRoIPool";
     static constexpr char const* kInputs = "X, rois, trans";
-    static Status parse(std::vector<RoiRawField> const& f, Desc& d) { return parsePsroiPoolFields(f, d); }
+    static Status parse(std::vector<RawField> const& f, Desc& d) { return parsePsroiPoolFields(f, d); }
     static std::vector<RoiOwnedField> fields(Desc const& d) { return psroiPoolFields(d); }
     static Status fromShapes(Desc const& a, int32_t const* ranks, int64_t const* const* dims, Desc& d)
     {
@@ -302,7 +302,7 @@ template <typename Op>
 IPluginV3* RoiPoolPluginCreator<Op>::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
 {
     return guardTrtCall(Op::kName, "createPlugin", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
-        std::vector<RoiRawField> fields;
+        std::vector<RawField> fields;
         for (int32_t k = 0; fc && k < fc->nbFields; ++k)
             fields.push_back({fc->fields[k].name, fc->fields[k].data, fc->fields[k].length, int32_t(fc->fields[k].type)});
         typename Op::Desc attrs;
