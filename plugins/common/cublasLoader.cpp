@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace dcn
 {
@@ -136,10 +137,16 @@ CublasHandle& threadCublasHandle()
 {
     // One per thread and device in use. Never destroyed: a thread-local destructor can run while the process
     // tears CUDA down (after main returns), when cublasDestroy may crash; a handle per thread is the cost.
-    thread_local CublasHandle* handles = new CublasHandle[16];
+    thread_local std::vector<CublasHandle*>* handles = new std::vector<CublasHandle*>();
     int device = 0;
-    cudaGetDevice(&device);
-    return handles[device >= 0 && device < 16 ? device : 0];
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0)
+        device = 0; // the handle's own device check (prepare) then reports the problem
+    if (size_t(device) >= handles->size())
+        handles->resize(size_t(device) + 1, nullptr);
+    CublasHandle*& slot = (*handles)[size_t(device)];
+    if (slot == nullptr)
+        slot = new CublasHandle();
+    return *slot;
 }
 
 } // namespace dcn
