@@ -15,8 +15,8 @@ import torch
 from dcn_deploy.ops.spec import ShapeError
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
-from plugin_configs import (Case, make_tensors, max_relative_error, random_case, random_implicit_case,
-                            random_layer_case, reference)
+from plugin_configs import (HALF_EPS, Case, make_tensors, max_relative_error, peak_relative_error, random_case,
+                            random_implicit_case, random_layer_case, reference)
 
 
 @pytest.fixture(scope="module")
@@ -178,13 +178,17 @@ def test_gemm_options_are_checked(host_lib, option, match):
 def test_gemm_path_dtypes(host_lib, dtype, tolerance, seed, output):
     # Wider vectors than float64 allows (4 float32 or 8 half channels per thread). Half types: samples rounded to
     # the type in the columns (as on the GPU), products summed in float32 (staged: kept in float32 until the bias
-    # is added, then rounded once).
+    # is added, then rounded once): within one unit of the type at the output's peak. These cases' reductions are
+    # short, so a half-type sum would pass too: tests/test_cross_implementation.py's long ones check the sum.
     case = _vector_friendly_case(random.Random(300 + seed))
     tensors = make_tensors(case, dtype, seed=seed)
     got = run_host_gemm(host_lib, case, *tensors, output=output)
     assert got.dtype == dtype
     expected = reference(case, *[None if t is None else t.double() for t in tensors])
-    assert max_relative_error(got, expected) < tolerance, case
+    if dtype == torch.float32:
+        assert max_relative_error(got, expected) < tolerance, case
+    else:
+        assert peak_relative_error(got, expected) <= HALF_EPS[dtype], case
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -336,17 +340,18 @@ def test_implicit_kernel_float64_matches_reference(host_lib, seed):
     assert max_relative_error(run_host_implicit(host_lib, case, *tensors), reference(case, *tensors)) < 1e-12, case
 
 
-@pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seed", range(4))
-def test_implicit_kernel_half_types(host_lib, dtype, tolerance, seed):
+def test_implicit_kernel_half_types(host_lib, dtype, seed):
     # As on the GPU: samples rounded to the type in the column tiles, products summed in float32, the bias added
-    # before the one rounding of the output.
+    # before the one rounding of the output: within one unit of the type at the output's peak (HALF_EPS). Summing
+    # the products in the type itself measured 0.77-3.98 units on these cases (session 23), this path 0.27-0.44.
     case = random_implicit_case(random.Random(950 + seed))
     tensors = make_tensors(case, dtype, seed=seed)
     got = run_host_implicit(host_lib, case, *tensors)
     assert got.dtype == dtype
     expected = reference(case, *[None if t is None else t.double() for t in tensors])
-    assert max_relative_error(got, expected) < tolerance, case
+    assert peak_relative_error(got, expected) <= HALF_EPS[dtype], case
 
 
 @pytest.mark.parametrize("groups,offset_groups,cpg,fragment", [

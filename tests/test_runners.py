@@ -190,7 +190,7 @@ def test_factory_makes_each_runner_and_explains_what_is_missing(tiny, tmp_path):
         make_runner("torch", path)
     with pytest.raises(ValueError, match="unknown runner 'tvm'"):
         make_runner("tvm", path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
         make_runner("ort", tmp_path / "missing.onnx")
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\0")
