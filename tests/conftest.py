@@ -34,3 +34,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def host_library_path(tmp_path_factory):
+    """libdcn_deploy_host.so: the built one (./dev test builds it), else built host-only (a C++ compiler and cmake,
+    well under a minute) into a temporary folder, once per session, so that a bare ``pytest`` checks the host
+    code too instead of skipping it."""
+    from pathlib import Path
+
+    from dcn_deploy.plugin import library
+
+    path = library.find_library("host")
+    if path is not None:
+        return Path(path)
+    if not library.repo_root().joinpath("CMakeLists.txt").is_file():
+        pytest.skip("libdcn_deploy_host.so is not built and there is no source checkout to build it from")
+    return Path(library.build_libraries(tmp_path_factory.mktemp("dcn_host_build"), cuda=False).libraries["host"])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dcn_deploy.ops import deform_conv as dc
 from dcn_deploy.ops import native_paths
-from dcn_deploy.plugin import library, native as native_module
+from dcn_deploy.plugin import native as native_module
 from dcn_deploy.plugin.native import DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_cpu
 from plugin_configs import Case, make_tensors, max_relative_error
 
@@ -26,10 +26,8 @@ ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu")
 
 
 @pytest.fixture(scope="module")
-def cpu_lib() -> NativeLibrary:
-    path = library.find_library("host")
-    if path is None:
-        pytest.skip("libdcn_deploy_host.so is not built (run `dcn-deploy plugin build`)")
+def cpu_lib(host_library_path) -> NativeLibrary:
+    path = host_library_path
     lib = NativeLibrary(path)
     missing = [entry for entry in ENTRIES if not lib.has(entry)]
     if missing:

@@ -42,7 +42,6 @@ import torch.nn.functional as F
 
 from dcn_deploy.ops import deform_conv as dc
 from dcn_deploy.ops import roi_pool as rp
-from dcn_deploy.plugin import library
 from plugin_configs import HALF_EPS as EPS
 from plugin_configs import (Case, half_precision_cases, layer_case, make_tensors, peak_relative_error as relative_error,
                             reference)
@@ -74,14 +73,10 @@ def _numpy(t: Optional[torch.Tensor]):
 
 
 @pytest.fixture(scope="module")
-def host_lib():
-    """The host library (built by ./dev or `dcn-deploy plugin build`); the tests that need it skip without it."""
+def host_lib(host_library_path):
     from dcn_deploy.plugin.native import NativeLibrary
 
-    path = library.find_library("host")
-    if path is None:
-        pytest.skip("libdcn_deploy_host.so is not built (run `dcn-deploy plugin build` or ./dev)")
-    return NativeLibrary(path)
+    return NativeLibrary(host_library_path)
 
 
 # ================================================================================================================

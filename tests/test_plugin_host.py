@@ -13,20 +13,14 @@ import pytest
 import torch
 
 from dcn_deploy.ops.spec import ShapeError
-from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
 from plugin_configs import (HALF_EPS, Case, make_tensors, max_relative_error, peak_relative_error, random_case,
                             random_implicit_case, random_layer_case, reference)
 
 
 @pytest.fixture(scope="module")
-def host_lib(tmp_path_factory) -> NativeLibrary:
-    """The built host library; built (host only, a few seconds) into a temporary folder when none is found."""
-    path = library.find_library("host")
-    if path is None:
-        result = library.build_libraries(tmp_path_factory.mktemp("dcn_build"), cuda=False)
-        path = result.libraries["host"]
-    return NativeLibrary(path)
+def host_lib(host_library_path) -> NativeLibrary:
+    return NativeLibrary(host_library_path)
 
 
 def run_host(host_lib, case, x, off, w, b, m):
