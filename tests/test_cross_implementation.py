@@ -175,6 +175,15 @@ def _ort_session(model):
         raise
 
 
+def _ort_run(model, feed: dict) -> np.ndarray:
+    """ONNX Runtime's output for `feed`; a skip naming the limit where a bfloat16 input cannot be fed (its Python API
+    takes no ml_dtypes arrays) or the model has no CPU kernel for the type (_ort_session)."""
+    session = _ort_session(model)
+    if any(str(a.dtype) == "bfloat16" for a in feed.values()):
+        pytest.skip(f"ONNX Runtime {ort.__version__}'s Python API takes no bfloat16 numpy (ml_dtypes) arrays")
+    return session.run(None, feed)[0]
+
+
 def _run_onnx(case: Case, tensors, standard: bool, evaluator: str):
     """The file's output: a numpy array, or for bfloat16 a torch tensor (numpy has no bfloat16 of its own; onnx's
     reference evaluator takes and returns ml_dtypes' bfloat16 arrays). ONNX Runtime's CPU provider has no bfloat16
@@ -183,7 +192,7 @@ def _run_onnx(case: Case, tensors, standard: bool, evaluator: str):
     feed, has_bias, has_mask = _conv_feed(*tensors)
     model = _conv_model(case, dtype, standard, has_bias, has_mask)
     if evaluator == "ort":
-        return _ort_session(model).run(None, feed)[0]
+        return _ort_run(model, feed)
     from dcn_deploy.backends.reference_evaluator import OracleEvaluator
 
     out = OracleEvaluator(model).run(None, feed)[0]
@@ -497,13 +506,17 @@ def _roi_node_model(op: str, dtype: torch.dtype, **attrs):
     return opset.attach_functions(model)
 
 
-def _run_roi_model(model, evaluator: str, arrays) -> np.ndarray:
-    feed = dict(zip([i.name for i in model.graph.input], (a.numpy() for a in arrays)))
+def _run_roi_model(model, evaluator: str, arrays):
+    """The model's output: a numpy array, or for bfloat16 a torch tensor (as :func:`_run_onnx`)."""
+    bfloat16 = arrays[0].dtype == torch.bfloat16
+    feed = dict(zip([i.name for i in model.graph.input],
+                    (_bfloat16_numpy(a) if a.dtype == torch.bfloat16 else a.numpy() for a in arrays)))
     if evaluator == "ort":
-        return _ort_session(model).run(None, feed)[0]
+        return _ort_run(model, feed)
     from dcn_deploy.backends.reference_evaluator import OracleEvaluator
 
-    return OracleEvaluator(model).run(None, feed)[0]
+    out = OracleEvaluator(model).run(None, feed)[0]
+    return torch.from_numpy(out.astype(np.float32)).to(torch.bfloat16) if bfloat16 else out
 
 
 class _HostRoi:
@@ -564,8 +577,6 @@ def host_roi(host_lib):
 def _roi_pool_by(implementation: str, case: RoiCase, tensors, request):
     if implementation == "host":
         return request.getfixturevalue("host_roi").roi_pool(case, *tensors)
-    if tensors[0].dtype == torch.bfloat16:
-        pytest.skip("onnxruntime's and onnx's Python APIs take no bfloat16 numpy arrays")
     model = _roi_node_model(roi_opset.DEFORM_ROI_POOL, tensors[0].dtype, pooled_height=case.pooled[0],
                             pooled_width=case.pooled[1], spatial_scale=case.spatial_scale,
                             sampling_ratio=case.sampling_ratio, gamma=case.gamma)
@@ -575,8 +586,6 @@ def _roi_pool_by(implementation: str, case: RoiCase, tensors, request):
 def _psroi_pool_by(implementation: str, case: PsroiCase, tensors, no_trans: bool, request):
     if implementation == "host":
         return request.getfixturevalue("host_roi").psroi_pool(case, *tensors, no_trans=no_trans)
-    if tensors[0].dtype == torch.bfloat16:
-        pytest.skip("onnxruntime's and onnx's Python APIs take no bfloat16 numpy arrays")
     model = _roi_node_model(roi_opset.DEFORM_PSROI_POOL, tensors[0].dtype, spatial_scale=case.spatial_scale,
                             output_dim=case.output_dim, group_size=case.group_size, pooled_size=case.pooled_size,
                             part_size=case.part_size, sample_per_part=case.sample_per_part,
