@@ -314,8 +314,9 @@ def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dil
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
     ``num_threads``: OpenMP threads (default: torch's intra-op thread count). Not differentiable.
     Grouped and depth-wise layers run the library's whole forward; dense layers (groups == 1) its sampling, slice
-    by slice, each slice multiplied with the weights by torch's matrix product (MKL beats the library's own
-    contraction there). Returns (N, out_channels, oH, oW) in the input's dtype.
+    by slice, each slice multiplied with the weights by torch (beats the library's own contraction there): in
+    float32 as a convolution over the columns (oneDNN, :func:`_columns_product`), else a matrix product. Returns
+    (N, out_channels, oH, oW) in the input's dtype.
     """
     import torch
 
@@ -335,7 +336,8 @@ _DENSE_SLICE_BYTES = 16 << 20
 
 def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilation, threads: int,
                        library: Optional[NativeLibrary]):
-    """Dense layers: compiled sampling of a slice of output pixels, then one matrix product per slice."""
+    """Dense layers: compiled sampling of a slice of output pixels (whole output rows for the convolution
+    product), then one product per slice (:func:`_columns_product`)."""
     import torch
 
     desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
@@ -348,22 +350,55 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
     out = torch.empty((desc.batch, desc.out_channels, plane), dtype=input.dtype)
     if desc.batch == 0 or plane == 0:
         return out.view(desc.batch, desc.out_channels, oh, ow)
-    from ..ops.deform_conv import dense_weight_matrix
-
     table = t["input"].permute(0, 2, 3, 1).contiguous()  # (N, H, W, C): a tap's channels are contiguous
-    weights = dense_weight_matrix(t["weight"])  # (oC, row), the columns' (kernel point, channel) order
+    product = _columns_product(t["weight"], ow)
     slice_pixels = max(16, min(plane, _DENSE_SLICE_BYTES // (row * input.element_size())))
+    if product.whole_rows:
+        slice_pixels = max(1, slice_pixels // ow) * ow
     columns = torch.empty((slice_pixels, row), dtype=input.dtype)
     for image in range(desc.batch):
         for begin in range(0, plane, slice_pixels):
             count = min(slice_pixels, plane - begin)
             lib.call("dcn_deform_conv2d_columns_cpu", ctypes.byref(desc), dtype, _ptr(table), _ptr(t["offset"]),
                      _ptr(t["mask"]), image, begin, count, _ptr(columns), threads)
-            # (oC, row) x (row, count) straight into the output's rows (stride plane): BLAS writes in place
-            torch.mm(weights, columns[:count].t(), out=out[image, :, begin:begin + count])
+            product(columns[:count], out[image, :, begin:begin + count])
     if t["bias"] is not None:
         out += t["bias"].view(1, -1, 1)
     return out.view(desc.batch, desc.out_channels, oh, ow)
+
+
+class _columns_product:
+    """(oC, row) weights times a slice's sampled columns (count, row), written into out (oC, count) (rows of the
+    output: stride plane). In float32 where torch has oneDNN, as a convolution: a slice of whole output rows is a
+    channels-last image of (rows, oW * kernel points) pixels of C channels, and a (1, kernel points) kernel with that
+    stride is the product. oneDNN's convolution runs it at 2.3x the speed of torch's matrix product (MKL) on an AVX-512
+    AMD EPYC (dense C=256 at 64x64, one thread: 19 ms against 45; benchmarks/RESULTS.md, 2026-11-26), where MKL
+    takes its AVX2 code; elsewhere, and for float64, the matrix product (BLAS writes into the output's rows)."""
+
+    def __init__(self, weight, ow: int):
+        import torch
+
+        from ..ops.deform_conv import dense_weight_matrix
+
+        self.ow = ow
+        self.weights = dense_weight_matrix(weight)  # (oC, row), the columns' (kernel point, channel) order
+        self.whole_rows = weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        if self.whole_rows:
+            oc, c, points = weight.shape[0], weight.shape[1], weight.shape[2] * weight.shape[3]
+            self.kernel = self.weights.view(oc, points, c).permute(0, 2, 1).reshape(oc, c, 1, points) \
+                .contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, columns, out) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        if not self.whole_rows:
+            torch.mm(self.weights, columns.t(), out=out)
+            return
+        rows = columns.shape[0] // self.ow
+        oc, c, _, points = self.kernel.shape
+        image = columns.view(1, rows, self.ow * points, c).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+        out.view(oc, rows, self.ow).copy_(F.conv2d(image, self.kernel, stride=(1, points))[0])
 
 
 def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
