@@ -20,7 +20,7 @@ from dcn_deploy.ops import deform_conv as dc
 from dcn_deploy.ops import native_paths
 from dcn_deploy.plugin import native as native_module
 from dcn_deploy.plugin.native import DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_cpu
-from plugin_configs import Case, make_tensors, max_relative_error
+from plugin_configs import Case, make_tensors, max_relative_error, reference
 
 ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu")
 
@@ -331,3 +331,26 @@ def test_columns_entry_rejects_bad_ranges_pointers_and_dtypes(cpu_lib):
     assert "float32" in cpu_lib.last_error()
     assert fn(ctypes.byref(_desc(group=3)), f32, buf, buf, None, 0, 0, 5, buf, 1) == 1
     assert "group" in cpu_lib.last_error()
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_dense_product_either_way_matches_the_reference(cpu_lib, onednn):
+    """The dense float32 forward's product: a oneDNN convolution over whole output rows of columns, or (oneDNN off)
+    the matrix product; slices of several rows and a last, shorter one (a small slice budget), batch 2."""
+    import dcn_deploy.plugin.native as native
+
+    case = Case(2, 1, 1, 8, 12, 9, 7, (3, 3), (1, 2), (1, 1, 2, 0), (2, 1), True, True, 3.0, False)
+    tensors = make_tensors(case, torch.float32, seed=5)
+    x, off, w, b, m = tensors
+    expected = reference(case, *[None if t is None else t.double() for t in tensors])
+    previous = torch.backends.mkldnn.enabled
+    budget = native._DENSE_SLICE_BYTES
+    try:
+        torch.backends.mkldnn.enabled = onednn
+        native._DENSE_SLICE_BYTES = 2 * case.out_size[1] * 9 * case.in_channels * 4  # two output rows a slice
+        got = native.deform_conv2d_cpu(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation,
+                                       mask=m, library=cpu_lib)
+    finally:
+        torch.backends.mkldnn.enabled = previous
+        native._DENSE_SLICE_BYTES = budget
+    assert got.shape == expected.shape and max_relative_error(got, expected) < 1e-5

@@ -382,7 +382,8 @@ class _columns_product:
 
         self.ow = ow
         self.weights = dense_weight_matrix(weight)  # (oC, row), the columns' (kernel point, channel) order
-        self.whole_rows = weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        self.whole_rows = (weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+                           and torch.backends.mkldnn.enabled)
         if self.whole_rows:
             oc, c, points = weight.shape[0], weight.shape[1], weight.shape[2] * weight.shape[3]
             self.kernel = self.weights.view(oc, points, c).permute(0, 2, 1).reshape(oc, c, 1, points) \
