@@ -143,10 +143,25 @@ def dense_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(oc, c, k).transpose(1, 2).reshape(oc, k * c)
 
 
-def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """The convolution's weighted sum over (kernel point, channel): columns (n, L, K, C) -> (n, oC, L), contiguous."""
+def _onednn_product(columns: torch.Tensor) -> bool:
+    """Whether a dense band's product runs as a oneDNN convolution: float32 on the CPU, torch's oneDNN enabled."""
+    return (columns.device.type == "cpu" and columns.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
+
+
+def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int, row_width: int) -> torch.Tensor:
+    """The convolution's weighted sum over (kernel point, channel): columns (n, L, K, C) -> (n, oC, L), contiguous;
+    L is whole output rows of ``row_width`` pixels."""
     n, length, k, c = columns.shape
     oc, c_per_group = weight.shape[0], weight.shape[1]
+    if groups == 1 and _onednn_product(columns):
+        # a band of whole output rows as a channels-last image of (rows, oW * K) pixels of C channels, multiplied by
+        # a (1, K) kernel of that stride: oneDNN's convolution, 2.3x torch's matrix product on an AVX-512 AMD EPYC
+        # (as dcn_deploy.plugin.native._columns_product; benchmarks/RESULTS.md, 2026-11-26)
+        rows = length // row_width
+        image = columns.view(n, rows, row_width * k, c).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+        kernel = weight.reshape(oc, c, k).unsqueeze(2)  # (oC, C, 1, K): the columns' kernel-point order
+        return torch.nn.functional.conv2d(image, kernel, stride=(1, k)).contiguous().view(n, oc, length)
     if groups == 1:
         # (oC, C, kH, kW) -> (oC, K*C), matching the (kernel point, channel) order of the columns; the transposed
         # columns go to the matrix product as they are, so the result comes out NCHW-contiguous with no copy
@@ -198,7 +213,7 @@ def _forward_composite(input: torch.Tensor, offset: torch.Tensor, weight: torch.
             columns = _sample_columns(table, (h, w), offset[start:stop, :, top:bottom],
                                       None if mask is None else mask[start:stop, :, top:bottom], (kh, kw), stride,
                                       padding, dilation, first_row=top)
-            bands.append(_contract_columns(columns, weight, groups))      # (images, oC, band rows * oW)
+            bands.append(_contract_columns(columns, weight, groups, ow))  # (images, oC, band rows * oW)
         band = bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)
         outputs.append(band.view(stop - start, oc, oh, ow))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
