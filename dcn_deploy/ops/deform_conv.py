@@ -143,10 +143,28 @@ def dense_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(oc, c, k).transpose(1, 2).reshape(oc, k * c)
 
 
-def _onednn_product(columns: torch.Tensor) -> bool:
-    """Whether a dense band's product runs as a oneDNN convolution: float32 on the CPU, torch's oneDNN enabled."""
-    return (columns.device.type == "cpu" and columns.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+def onednn_columns_product(t: torch.Tensor) -> bool:
+    """Whether a dense layer's columns like ``t`` are multiplied as a oneDNN convolution (:func:`multiply_column_rows`):
+    float32 on the CPU, torch's oneDNN enabled. There oneDNN's convolution ran 2.3x torch's matrix product on an
+    AVX-512 AMD EPYC, where MKL keeps to its AVX2 code (benchmarks/RESULTS.md, 2026-11-26)."""
+    return (t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled)
+
+
+def columns_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """A dense layer's weights (oC, C, kH, kW) as the (oC, C, 1, K) kernel of :func:`multiply_column_rows`, in the
+    columns' kernel-point order, channels-last (oneDNN's layout)."""
+    oc, c = weight.shape[0], weight.shape[1]
+    return weight.reshape(oc, c, -1).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def multiply_column_rows(columns: torch.Tensor, kernel: torch.Tensor, row_width: int) -> torch.Tensor:
+    """Columns (n, L, K, C) of whole output rows of ``row_width`` pixels times the weights, as a convolution: the
+    columns are a channels-last image of (rows, row_width * K) pixels of C channels, and ``kernel``
+    (:func:`columns_kernel`), of stride (1, K), is the product. Returns (n, oC, rows, row_width), channels-last."""
+    n, length, k, c = columns.shape
+    image = columns.view(n, length // row_width, row_width * k, c).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+    return torch.nn.functional.conv2d(image, kernel, stride=(1, k))
 
 
 def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int, row_width: int) -> torch.Tensor:
@@ -154,14 +172,8 @@ def _contract_columns(columns: torch.Tensor, weight: torch.Tensor, groups: int, 
     L is whole output rows of ``row_width`` pixels."""
     n, length, k, c = columns.shape
     oc, c_per_group = weight.shape[0], weight.shape[1]
-    if groups == 1 and _onednn_product(columns):
-        # a band of whole output rows as a channels-last image of (rows, oW * K) pixels of C channels, multiplied by
-        # a (1, K) kernel of that stride: oneDNN's convolution, 2.3x torch's matrix product on an AVX-512 AMD EPYC
-        # (as dcn_deploy.plugin.native._columns_product; benchmarks/RESULTS.md, 2026-11-26)
-        rows = length // row_width
-        image = columns.view(n, rows, row_width * k, c).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
-        kernel = weight.reshape(oc, c, k).unsqueeze(2)  # (oC, C, 1, K): the columns' kernel-point order
-        return torch.nn.functional.conv2d(image, kernel, stride=(1, k)).contiguous().view(n, oc, length)
+    if groups == 1 and onednn_columns_product(columns):
+        return multiply_column_rows(columns, columns_kernel(weight), row_width).contiguous().view(n, oc, length)
     if groups == 1:
         # (oC, C, kH, kW) -> (oC, K*C), matching the (kernel point, channel) order of the columns; the transposed
         # columns go to the matrix product as they are, so the result comes out NCHW-contiguous with no copy

@@ -369,37 +369,32 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
 
 class _columns_product:
     """(oC, row) weights times a slice's sampled columns (count, row), written into out (oC, count) (rows of the
-    output: stride plane). In float32 where torch has oneDNN, as a convolution: a slice of whole output rows is a
-    channels-last image of (rows, oW * kernel points) pixels of C channels, and a (1, kernel points) kernel with that
-    stride is the product. oneDNN's convolution runs it at 2.3x the speed of torch's matrix product (MKL) on an AVX-512
-    AMD EPYC (dense C=256 at 64x64, one thread: 19 ms against 45; benchmarks/RESULTS.md, 2026-11-26), where MKL
-    takes its AVX2 code; elsewhere, and for float64, the matrix product (BLAS writes into the output's rows)."""
+    output: stride plane): where :func:`dcn_deploy.ops.deform_conv.onednn_columns_product`, as the composite's
+    oneDNN convolution over whole output rows (``whole_rows``; 19 ms against the matrix product's 45 for a dense
+    C=256 layer at 64x64 on an AVX-512 AMD EPYC, benchmarks/RESULTS.md), else the matrix product (BLAS writes into
+    the output's rows)."""
 
     def __init__(self, weight, ow: int):
-        import torch
-
-        from ..ops.deform_conv import dense_weight_matrix
+        from ..ops.deform_conv import columns_kernel, dense_weight_matrix, onednn_columns_product
 
         self.ow = ow
-        self.weights = dense_weight_matrix(weight)  # (oC, row), the columns' (kernel point, channel) order
-        self.whole_rows = (weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-                           and torch.backends.mkldnn.enabled)
+        self.whole_rows = onednn_columns_product(weight)
         if self.whole_rows:
-            oc, c, points = weight.shape[0], weight.shape[1], weight.shape[2] * weight.shape[3]
-            self.kernel = self.weights.view(oc, points, c).permute(0, 2, 1).reshape(oc, c, 1, points) \
-                .contiguous(memory_format=torch.channels_last)
+            self.kernel = columns_kernel(weight)
+        else:
+            self.weights = dense_weight_matrix(weight)  # (oC, row), the columns' (kernel point, channel) order
 
     def __call__(self, columns, out) -> None:
         import torch
-        import torch.nn.functional as F
+
+        from ..ops.deform_conv import multiply_column_rows
 
         if not self.whole_rows:
             torch.mm(self.weights, columns.t(), out=out)
             return
-        rows = columns.shape[0] // self.ow
         oc, c, _, points = self.kernel.shape
-        image = columns.view(1, rows, self.ow * points, c).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
-        out.view(oc, rows, self.ow).copy_(F.conv2d(image, self.kernel, stride=(1, points))[0])
+        product = multiply_column_rows(columns.view(1, -1, points, c), self.kernel, self.ow)[0]
+        out.view(oc, -1, self.ow).copy_(product)
 
 
 def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
