@@ -93,10 +93,11 @@ def report_command(pairs: Sequence[str], size: Optional[str], backend: str, thre
             raise CliError(f"--pairs {exc}") from None
     rows, settings = run_report(pairs or DEFAULT_PAIRS, hw, backend, threads, iterations, warmup, rois,
                                 progress=lambda message: click.echo(message, err=True))
+    raw = report_json(rows, settings) if output is not None or as_json else None
     if output is not None:
-        atomic_write_text(output, report_json(rows, settings))
+        atomic_write_text(output, raw)
     if as_json:
-        echo_report(report_json(rows, settings))
+        echo_report(raw)
         return
     click.echo(markdown(rows, settings))
     click.echo("\n" + ", ".join(f"{k}: {v}" for k, v in settings.items()))

@@ -49,20 +49,22 @@ def check_float(value, name: str, positive: bool = False) -> float:
     return number
 
 
+def _samples_per_side(value, name: str, minimum: int, minimum_meaning: str, usual: str) -> int:
+    """``value`` as an int from ``minimum`` to :data:`MAX_SAMPLES_PER_BIN_SIDE`, or a ShapeError naming ``name``."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or not minimum <= value <= MAX_SAMPLES_PER_BIN_SIDE:
+        raise ShapeError(f"{name} must be an int from {minimum}{minimum_meaning} to {MAX_SAMPLES_PER_BIN_SIDE} "
+                         f"(samples per bin side; {usual}), got {value!r}")
+    return int(value)
+
+
 def check_sampling_ratio(value) -> int:
     """deform_roi_pool's ``sampling_ratio``: an int from 0 (adaptive) to :data:`MAX_SAMPLES_PER_BIN_SIDE`."""
-    if isinstance(value, bool) or not hasattr(value, "__index__") or not 0 <= value <= MAX_SAMPLES_PER_BIN_SIDE:
-        raise ShapeError(f"sampling_ratio must be an int from 0 (adaptive) to {MAX_SAMPLES_PER_BIN_SIDE} (samples per "
-                         f"bin side; mmcv's models use 0 or 2), got {value!r}")
-    return int(value)
+    return _samples_per_side(value, "sampling_ratio", 0, " (adaptive)", "mmcv's models use 0 or 2")
 
 
 def check_sample_per_part(value) -> int:
     """deform_psroi_pool's ``sample_per_part``: an int from 1 to :data:`MAX_SAMPLES_PER_BIN_SIDE`."""
-    if isinstance(value, bool) or not hasattr(value, "__index__") or not 1 <= value <= MAX_SAMPLES_PER_BIN_SIDE:
-        raise ShapeError(f"sample_per_part must be an int from 1 to {MAX_SAMPLES_PER_BIN_SIDE} (samples per bin "
-                         f"side; the paper's code uses 4), got {value!r}")
-    return int(value)
+    return _samples_per_side(value, "sample_per_part", 1, "", "the paper's code uses 4")
 
 
 def check_rois_shape(rois_shape: Sequence[int]) -> int:
