@@ -152,8 +152,9 @@ def _conv_feed(x, off, w, b, m) -> Tuple[dict, bool, bool]:
     if m is not None and b is None:
         b = torch.zeros(w.shape[0], dtype=w.dtype)
     feed = {"X": x, "W": w, "offset": off, "B": b, "mask": m}
-    return {k: _bfloat16_numpy(v) if v.dtype == torch.bfloat16 else v.numpy() for k, v in feed.items() if v is not None}, \
-        b is not None, m is not None
+    arrays = {k: _bfloat16_numpy(v) if v.dtype == torch.bfloat16 else v.numpy() for k, v in feed.items()
+              if v is not None}
+    return arrays, b is not None, m is not None
 
 
 def _bfloat16_numpy(t: torch.Tensor) -> np.ndarray:

@@ -153,12 +153,13 @@ def _validate_range(inp: InputShape, rng: TensorRange, option: str) -> None:
                                    f"{size} at dimension {axis}; sizes must be >= 1")
             if not inp.is_dynamic(axis) and size != declared:
                 raise ProfileError(f"{option}: input {inp.name!r} dimension {axis} is fixed to {declared} in the "
-                                   f"model {_describe(inp)}, the {label} shape {format_profile_shape(shape)} has {size}")
+                                   f"model {_describe(inp)}, the {label} shape {format_profile_shape(shape)} has "
+                                   f"{size}")
     for axis, (lo, opt, hi) in enumerate(zip(rng.min, rng.opt, rng.max)):
         if not lo <= opt <= hi:
             raise ProfileError(f"{option}: input {inp.name!r} dimension {axis} needs min <= opt <= max, got "
-                               f"{lo} / {opt} / {hi} (shapes {format_profile_shape(rng.min)} / {format_profile_shape(rng.opt)} / "
-                               f"{format_profile_shape(rng.max)})")
+                               f"{lo} / {opt} / {hi} (shapes {format_profile_shape(rng.min)} / "
+                               f"{format_profile_shape(rng.opt)} / {format_profile_shape(rng.max)})")
 
 
 def _describe(inp: InputShape) -> str:
@@ -370,8 +371,8 @@ def check_shapes_in_profile(shapes: Mapping[str, Sequence[int]], profile: Mappin
                                                      for a in bad)
             raise ProfileError(
                 f"input {name!r} has shape {format_profile_shape(shape)}, outside the engine's profile "
-                f"min {format_profile_shape(rng.min)} .. max {format_profile_shape(rng.max)}: {detail}. Rebuild the engine with a "
-                f"wider range (dcn-deploy build ... --shapes {name}:{format_profile_shape(rng.min)}/"
+                f"min {format_profile_shape(rng.min)} .. max {format_profile_shape(rng.max)}: {detail}. Rebuild the "
+                f"engine with a wider range (dcn-deploy build ... --shapes {name}:{format_profile_shape(rng.min)}/"
                 f"{format_profile_shape(rng.opt)}/<MAX>) or change the input")
 
 

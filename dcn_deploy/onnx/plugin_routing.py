@@ -110,7 +110,10 @@ def unrouted_ops(model: onnx.ModelProto, fields: Optional[Mapping[str, Sequence[
 
 
 def used_ops(model: onnx.ModelProto, domain: str = PLUGIN_DOMAIN) -> List[str]:
-    """op_types of ``domain`` used in the model's graphs and local functions (sorted)."""
+    """op_types of ``domain`` used in the model's graphs and local functions (sorted). The same as
+    :func:`dcn_deploy.onnx.opset.used_ops`; importing that one here instead flipped the output order of an engine
+    TensorRT-RTX parsed from memory (tests/test_trt_gpu.py, test_models_parsed_from_file), which RTX takes from the
+    process's allocations, not the model: kept until that test compares output order apart."""
     return sorted({n.op_type for n in domain_nodes(model, domain)})
 
 

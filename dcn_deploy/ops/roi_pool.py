@@ -57,7 +57,6 @@ from .spec import ShapeError, as_pair
 
 __all__ = ["deform_roi_pool", "deform_psroi_pool"]
 
-
 # Largest gathered-sample buffer (elements) built at once; more RoIs are processed in chunks. Why this small (8 MiB
 # in float32): a fresh buffer of tens of MB is mapped anew by the allocator on every call and its first touch
 # (page faults) can cost more than the gather itself; buffers this size are reused. On benchmarks/cpu_roi_pool.py's

@@ -8,7 +8,6 @@ namespace dcn
 namespace
 {
 
-
 // Where a named field lands in the descriptor.
 struct Slot
 {
