@@ -315,7 +315,7 @@ def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dil
     ``num_threads``: OpenMP threads (default: torch's intra-op thread count). Not differentiable.
     Grouped and depth-wise layers run the library's whole forward; dense layers (groups == 1) its sampling, slice
     by slice, each slice multiplied with the weights by torch (beats the library's own contraction there): in
-    float32 as a convolution over the columns (oneDNN, :func:`_columns_product`), else a matrix product. Returns
+    float32 as a convolution over the columns (oneDNN, :class:`_ColumnsProduct`), else a matrix product. Returns
     (N, out_channels, oH, oW) in the input's dtype.
     """
     import torch
@@ -337,7 +337,7 @@ _DENSE_SLICE_BYTES = 16 << 20
 def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilation, threads: int,
                        library: Optional[NativeLibrary]):
     """Dense layers: compiled sampling of a slice of output pixels (whole output rows for the convolution
-    product), then one product per slice (:func:`_columns_product`)."""
+    product), then one product per slice (:class:`_ColumnsProduct`)."""
     import torch
 
     desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
@@ -351,7 +351,7 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
     if desc.batch == 0 or plane == 0:
         return out.view(desc.batch, desc.out_channels, oh, ow)
     table = t["input"].permute(0, 2, 3, 1).contiguous()  # (N, H, W, C): a tap's channels are contiguous
-    product = _columns_product(t["weight"], ow)
+    product = _ColumnsProduct(t["weight"], ow)
     slice_pixels = max(16, min(plane, _DENSE_SLICE_BYTES // (row * input.element_size())))
     if product.whole_rows:
         slice_pixels = max(1, slice_pixels // ow) * ow
@@ -367,7 +367,7 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
     return out.view(desc.batch, desc.out_channels, oh, ow)
 
 
-class _columns_product:
+class _ColumnsProduct:
     """(oC, row) weights times a slice's sampled columns (count, row), written into out (oC, count) (rows of the
     output: stride plane): where :func:`dcn_deploy.ops.deform_conv.onednn_columns_product`, as the composite's
     oneDNN convolution over whole output rows (``whole_rows``; 19 ms against the matrix product's 45 for a dense
