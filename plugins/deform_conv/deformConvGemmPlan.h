@@ -123,10 +123,10 @@ constexpr int32_t kChunkPixelsMax = INT32_MAX - kTileMaxPixels; // a chunk's pix
 constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much shared memory per tile (48 KiB per block)
 
 // The GEMM path's and the implicit kernels' tunables. The TensorRT plugin uses the defaults but for the column
-// budget, which it fits to the builder's workspace limit (configurePlugin, the engine's field); the C ABI reads DCN_DEPLOY_GEMM_CHUNK_MB,
-// DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT, DCN_DEPLOY_GEMM_SAMPLER,
-// DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and DCN_DEPLOY_IMPLICIT_KERNEL
-// (benchmarks, tests); the host build takes them as arguments.
+// budget, which it fits to the builder's workspace limit (configurePlugin, the engine's field); the C ABI reads
+// DCN_DEPLOY_GEMM_CHUNK_MB, DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT,
+// DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and
+// DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the host build takes them as arguments.
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take

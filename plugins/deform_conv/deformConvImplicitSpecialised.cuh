@@ -308,7 +308,8 @@ __device__ __forceinline__ void consumeSteps(DeformConvGeometry const& geo, T co
 
 // Block (x: pixel tile of the chunk, y: tile of TileM output channels, z: group) of specialisedThreads(TileM)
 // threads: consumer warps first, then producer warps. Dynamic shared memory (specialisedSharedBytes): inputBase,
-// outputBase, then the taps table and the ring of stages; after the last step, the output staging instead. The epilogue is the stepwise kernel's, with every thread storing.
+// outputBase, then the taps table and the ring of stages; after the last step, the output staging instead. The
+// epilogue is the stepwise kernel's, with every thread storing.
 template <typename T, int TileM>
 __global__ void __launch_bounds__(specialisedThreads(TileM), 1) specialisedKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weights,

@@ -77,8 +77,8 @@ DCN_HD Acc deformRoiPoolElement(dcn_deform_roi_pool_desc const& d, T const* inpu
     int32_t gh = d.sampling_ratio, gw = d.sampling_ratio;
     if (d.sampling_ratio <= 0) // mmcv: ceilf of the single-precision quotient
     {
-        // Capped at kMaxSamplesPerBinSide per side: an absurd box
-        // must not loop for ever. `q > 0` is false for NaN, so a NaN box samples nothing instead of casting NaN.
+        // Capped at kMaxSamplesPerBinSide per side: an absurd box must not loop for ever. `q > 0` is false for NaN,
+        // so a NaN box samples nothing instead of casting NaN.
         float const qh = ceilf(float(rh / Acc(d.pooled_height)));
         float const qw = ceilf(float(rw / Acc(d.pooled_width)));
         gh = qh > 0.f ? int32_t(fminf(qh, float(kMaxSamplesPerBinSide))) : 0;

@@ -3,9 +3,9 @@
 
 #include "dcnStatus.h"
 #include "roiPoolMath.h"
+#include "roi_pool_kernels.h"
 
 #include <cstdint>
-#include "roi_pool_kernels.h"
 
 namespace dcn
 {
