@@ -17,8 +17,9 @@ The reference: the torch composite (``_forward_composite``, never the compiled p
 padding is zero padding of the input.
 
 Deformable RoI pooling (DeformRoIPool, its modulated form, DeformPSRoIPool), implementations under test: the
-function bodies in ONNX Runtime and in the ReferenceEvaluator, the host build through the C ABI, the exported
-ModulatedDeformRoIPoolPack. The reference: dcn_deploy.ops.roi_pool in float64.
+function bodies in ONNX Runtime and in the ReferenceEvaluator, the host build and the fast CPU forward through the
+C ABI (dcn_deploy.plugin.native_roi), the PyTorch op (half types), the exported ModulatedDeformRoIPoolPack. The
+reference: dcn_deploy.ops.roi_pool in float64 (its composite: the op never runs the compiled code in float64).
 
 Half precision: inputs are rounded to the half type once; every implementation and the float64 reference see the
 same rounded values. The tolerance is one unit of the half type at the output's largest magnitude
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 
 from dcn_deploy.ops import deform_conv as dc
 from dcn_deploy.ops import roi_pool as rp
+from dcn_deploy.plugin.native_roi import deform_psroi_pool_native, deform_roi_pool_native
 from plugin_configs import HALF_EPS as EPS
 from plugin_configs import (Case, half_precision_cases, layer_case, make_tensors, peak_relative_error as relative_error,
                             reference)
@@ -520,64 +522,18 @@ def _run_roi_model(model, evaluator: str, arrays):
     return torch.from_numpy(out.astype(np.float32)).to(torch.bfloat16) if bfloat16 else out
 
 
-class _HostRoi:
-    """The host build's RoI pooling entries through ctypes (descriptors as in
-    plugins/deform_roi_pool/roi_pool_kernels.h)."""
-
-    DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-
-    def __init__(self, lib):
-        import ctypes
-
-        self.ctypes = ctypes
-        names = ("batch", "channels", "height", "width", "num_rois")
-        floats = [("spatial_scale", ctypes.c_float), ("gamma", ctypes.c_float)]
-
-        class RoiDesc(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_int32) for n in names + ("pooled_height", "pooled_width", "sampling_ratio")] \
-                + floats
-
-        class PsroiDesc(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_int32) for n in names + (
-                "output_dim", "group_size", "pooled_size", "part_size", "sample_per_part", "num_classes",
-                "no_trans")] + [("spatial_scale", ctypes.c_float), ("trans_std", ctypes.c_float)]
-
-        self.RoiDesc, self.PsroiDesc = RoiDesc, PsroiDesc
-        self.lib = lib.lib
-        self.lib.dcn_last_error.restype = ctypes.c_char_p
-
-    def _call(self, fn, desc, tensors, out):
-        p = [self.ctypes.c_void_p(t.data_ptr()) if t is not None else None for t in tensors]
-        code = fn(self.ctypes.byref(desc), self.DTYPES[out.dtype], *p, self.ctypes.c_void_p(out.data_ptr()))
-        if code != 0:
-            raise RuntimeError(self.lib.dcn_last_error().decode())
-        return out
-
-    def roi_pool(self, case: RoiCase, x, rois, offset):
-        d = self.RoiDesc(*x.shape, rois.shape[0], *case.pooled, case.sampling_ratio, case.spatial_scale, case.gamma)
-        out = torch.empty(rois.shape[0], x.shape[1], *case.pooled, dtype=x.dtype)
-        return self._call(self.lib.dcn_deform_roi_pool_forward_host, d,
-                          [t.contiguous() for t in (x, rois, offset)], out)
-
-    def psroi_pool(self, case: PsroiCase, x, rois, trans, no_trans=False):
-        d = self.PsroiDesc(*x.shape, rois.shape[0], case.output_dim, case.group_size, case.pooled_size,
-                           case.part_size, case.sample_per_part, case.classes, int(no_trans), case.spatial_scale,
-                           case.trans_std)
-        out = torch.empty(rois.shape[0], case.output_dim, case.pooled_size, case.pooled_size, dtype=x.dtype)
-        return self._call(self.lib.dcn_deform_psroi_pool_forward_host, d,
-                          [t.contiguous() for t in (x, rois, trans)], out)
-
-
 @pytest.fixture(scope="module")
 def host_roi(host_lib):
-    if not host_lib.has("dcn_deform_roi_pool_forward_host"):
-        pytest.skip(f"{host_lib.path} predates the RoI pooling kernels; rebuild with `dcn-deploy plugin build`")
-    return _HostRoi(host_lib)
+    if not host_lib.has("dcn_deform_roi_pool_forward_cpu"):
+        pytest.skip(f"{host_lib.path} predates the RoI pooling kernels' CPU forward; rebuild with "
+                    "`dcn-deploy plugin build`")
+    return host_lib
 
 
 def _roi_pool_by(implementation: str, case: RoiCase, tensors, request):
-    if implementation == "host":
-        return request.getfixturevalue("host_roi").roi_pool(case, *tensors)
+    if implementation in ("host", "cpu"):  # the host build of the CUDA kernels' arithmetic, the fast CPU forward
+        return deform_roi_pool_native(*tensors, case.pooled, case.spatial_scale, case.sampling_ratio, case.gamma,
+                                      entry=implementation, library=request.getfixturevalue("host_roi"))
     model = _roi_node_model(roi_opset.DEFORM_ROI_POOL, tensors[0].dtype, pooled_height=case.pooled[0],
                             pooled_width=case.pooled[1], spatial_scale=case.spatial_scale,
                             sampling_ratio=case.sampling_ratio, gamma=case.gamma)
@@ -585,8 +541,10 @@ def _roi_pool_by(implementation: str, case: RoiCase, tensors, request):
 
 
 def _psroi_pool_by(implementation: str, case: PsroiCase, tensors, no_trans: bool, request):
-    if implementation == "host":
-        return request.getfixturevalue("host_roi").psroi_pool(case, *tensors, no_trans=no_trans)
+    if implementation in ("host", "cpu"):
+        return deform_psroi_pool_native(*tensors, case.spatial_scale, case.output_dim, case.group_size,
+                                        case.pooled_size, case.part_size, case.sample_per_part, case.trans_std,
+                                        no_trans, entry=implementation, library=request.getfixturevalue("host_roi"))
     model = _roi_node_model(roi_opset.DEFORM_PSROI_POOL, tensors[0].dtype, spatial_scale=case.spatial_scale,
                             output_dim=case.output_dim, group_size=case.group_size, pooled_size=case.pooled_size,
                             part_size=case.part_size, sample_per_part=case.sample_per_part,
@@ -594,7 +552,7 @@ def _psroi_pool_by(implementation: str, case: PsroiCase, tensors, no_trans: bool
     return _run_roi_model(model, implementation, tensors)
 
 
-ROI_IMPLEMENTATIONS = ["ort", "onnx_reference", "host"]
+ROI_IMPLEMENTATIONS = ["ort", "onnx_reference", "host", "cpu"]
 
 
 @pytest.mark.parametrize("case_name", list(ROI_CASES))

@@ -10,24 +10,13 @@ import ctypes
 import pytest
 import torch
 
+from dcn_deploy.ops.native_paths import composite_forward
 from dcn_deploy.ops.roi_pool import deform_psroi_pool, deform_roi_pool
 from dcn_deploy.plugin import library
+from dcn_deploy.plugin.native_roi import PsroiPoolDesc, RoiPoolDesc
 from shell_tests import run_shell_test
 
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-
-
-class RoiPoolDesc(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int32) for n in ("batch", "channels", "height", "width", "num_rois", "pooled_height",
-                                              "pooled_width", "sampling_ratio")] + \
-               [("spatial_scale", ctypes.c_float), ("gamma", ctypes.c_float)]
-
-
-class PsroiPoolDesc(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int32) for n in ("batch", "channels", "height", "width", "num_rois", "output_dim",
-                                              "group_size", "pooled_size", "part_size", "sample_per_part",
-                                              "num_classes", "no_trans")] + \
-               [("spatial_scale", ctypes.c_float), ("trans_std", ctypes.c_float)]
 
 
 def _load(path):
@@ -119,9 +108,12 @@ def test_host_dtypes(host_lib, dtype, tol):
     offset = (torch.randn(5, 2, 2, 2, generator=gen) * 0.3).to(dtype)
     got = roi_pool_host(host_lib, x, rois, offset, (2, 2), 0.5, 2, 0.1)
     assert got.dtype == dtype
-    torch.testing.assert_close(got.float(), deform_roi_pool(x, rois, offset, 2, 0.5, 2, 0.1).float(), atol=tol, rtol=tol)
+    with composite_forward():  # the reference, not the host library's own CPU forward
+        want = deform_roi_pool(x, rois, offset, 2, 0.5, 2, 0.1)
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
     got = psroi_pool_host(host_lib, x, rois, offset, 0.5, 2, 2, 2, 2, 2, 0.1, False)
-    want = deform_psroi_pool(x, rois, offset, 0.5, 2, 2, 2, 2, 2, 0.1, False)
+    with composite_forward():
+        want = deform_psroi_pool(x, rois, offset, 0.5, 2, 2, 2, 2, 2, 0.1, False)
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
 
 
@@ -205,6 +197,35 @@ def test_cuda_kernels_match_reference(dtype, tol):
     _check(lib, lib.dcn_deform_psroi_pool_forward_cuda(ctypes.byref(d), DTYPES[dtype], *map(_ptr, dev), _ptr(out), None))
     torch.cuda.synchronize()
     torch.testing.assert_close(out.cpu().float(), want_ps, atol=tol, rtol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_ops_on_a_gpu_run_the_cuda_kernels(monkeypatch, dtype, tol):
+    """deform_roi_pool / deform_psroi_pool on CUDA tensors run the kernels (through native_roi, entry "cuda"), in
+    the tensors' own dtype, and agree with the composite on the CPU."""
+    from dcn_deploy.ops import native_paths
+    from dcn_deploy.ops import roi_pool as rp
+
+    if native_paths.cuda_library_for(torch.zeros(1, device="cuda")) is None:
+        pytest.skip("the CUDA kernels library is not built or does not run on this GPU (dcn-deploy plugin build)")
+    entries = []
+    for name in ("deform_roi_pool_native", "deform_psroi_pool_native"):
+        real = getattr(rp, name)
+        monkeypatch.setattr(rp, name, lambda *a, _real=real, **k: entries.append(k["entry"]) or _real(*a, **k))
+    gen = torch.Generator().manual_seed(25)
+    x = torch.randn(2, 2 * 9, 12, 13, generator=gen).to(dtype)
+    rois = _rois(gen, 50, 2, 26.0, torch.float32).to(dtype)
+    offset = (torch.randn(50, 2, 3, 3, generator=gen) * 0.3).to(dtype)
+    got_roi = rp.deform_roi_pool(x.cuda(), rois.cuda(), offset.cuda(), 3, 0.5, 0, 0.1)
+    got_ps = rp.deform_psroi_pool(x.cuda(), rois.cuda(), offset.cuda(), 0.5, 2, 3, 3, 3, 4, 0.1, False)
+    assert entries == ["cuda", "cuda"] and got_roi.dtype == dtype and got_ps.dtype == dtype
+    with native_paths.composite_forward():
+        want_roi = rp.deform_roi_pool(x, rois, offset, 3, 0.5, 0, 0.1)
+        want_ps = rp.deform_psroi_pool(x, rois, offset, 0.5, 2, 3, 3, 3, 4, 0.1, False)
+    torch.testing.assert_close(got_roi.cpu().float(), want_roi.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(got_ps.cpu().float(), want_ps.float(), atol=tol, rtol=tol)
 
 
 def _fields(spec):

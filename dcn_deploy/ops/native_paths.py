@@ -1,15 +1,18 @@
-"""Which compiled forward :func:`dcn_deploy.deform_conv2d` runs: the host library's on the CPU, the CUDA kernels on
-a GPU, or neither (the op's torch composite, :func:`dcn_deploy.ops.deform_conv._forward_composite`).
+"""Which compiled forward the ops run: the host library's on the CPU, the CUDA kernels on a GPU, or neither (the
+op's torch composite: :func:`dcn_deploy.ops.deform_conv._forward_composite`, and the RoI pooling ops' composites in
+:mod:`dcn_deploy.ops.roi_pool`).
 
 - CPU: the host library's forward, for float32/float64 tensors (half types are upcast before). Why: the
   composite's sampling (a weighted ``embedding_bag`` over freshly allocated columns) costs a third of a dense
-  layer's time, and for grouped and depth-wise layers its many small products cost 3-4x ONNX Runtime's kernel
-  (benchmarks/RESULTS.md). ``DCN_DEPLOY_NATIVE_CPU=0`` turns it off.
+  layer's time, and for grouped and depth-wise layers its many small products cost 3-4x ONNX Runtime's kernel;
+  the RoI pooling composites' gathers cost 5-20x the compiled forwards (benchmarks/RESULTS.md).
+  ``DCN_DEPLOY_NATIVE_CPU=0`` turns it off.
 - CUDA: the kernels (algorithm ``auto``), every dtype as it is: float16/bfloat16 are read and written in the half
   type and summed in float32 (the GEMM path's sampled columns are rounded to the half type, as its product reads
   them). Why: the composite builds a float32 column buffer of C*kH*kW*oH*oW values per image. A device the
   library cannot run on (built without that GPU's architecture, say) is found by one tiny forward the first time
-  the device is used, and then keeps the composite, with a warning. ``DCN_DEPLOY_NATIVE_CUDA=0`` turns it off.
+  the device is used, and then keeps the composite, with a warning. The RoI pooling ops run their kernels the same
+  way (every dtype as it is, float32 sums). ``DCN_DEPLOY_NATIVE_CUDA=0`` turns it off.
 - :func:`composite_forward`: a block in which this thread's forwards run the composite on every device, as an
   independent reference for tests and benchmarks of the compiled code.
 
@@ -33,8 +36,10 @@ __all__ = ["NATIVE_CPU_ENV", "NATIVE_CUDA_ENV", "composite_forward", "cpu_librar
 # Set to 0 to keep every CPU (CUDA) forward on the torch composite, e.g. to compare the two.
 NATIVE_CPU_ENV = "DCN_DEPLOY_NATIVE_CPU"
 NATIVE_CUDA_ENV = "DCN_DEPLOY_NATIVE_CUDA"
-_CPU_ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu")
-_CUDA_ENTRIES = ("dcn_deform_conv2d_forward_cuda", "dcn_cuda_available")
+_CPU_ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu", "dcn_deform_roi_pool_forward_cpu",
+                "dcn_deform_psroi_pool_forward_cpu")
+_CUDA_ENTRIES = ("dcn_deform_conv2d_forward_cuda", "dcn_cuda_available", "dcn_deform_roi_pool_forward_cuda",
+                 "dcn_deform_psroi_pool_forward_cuda")
 
 # A ContextVar, not the environment: a block in one thread must not switch another thread's forwards.
 _COMPOSITE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("dcn_deploy_composite_only", default=False)
@@ -76,7 +81,7 @@ def _load(kind: str, entries: Sequence[str]):
 
 
 def _unusable(path, why: str) -> None:
-    warnings.warn(f"dcn_deploy: {path} is not used ({why}); deform_conv2d runs its torch composite instead. Rebuild "
+    warnings.warn(f"dcn_deploy: {path} is not used ({why}); the ops run their torch composites instead. Rebuild "
                   "it: dcn-deploy plugin build", RuntimeWarning, stacklevel=2)
     return None
 
@@ -138,7 +143,7 @@ def _probe(lib, device: torch.device) -> None:
     if problem is not None:
         major, minor = torch.cuda.get_device_capability(device)
         warnings.warn(f"dcn_deploy: the CUDA kernels library {lib.path} does not run on "
-                      f"{torch.cuda.get_device_name(device)} ({problem}); deform_conv2d runs its torch composite "
+                      f"{torch.cuda.get_device_name(device)} ({problem}); the ops run their torch composites "
                       f"there. Rebuild it for this GPU: dcn-deploy plugin build --cuda-archs {major}{minor}",
                       RuntimeWarning, stacklevel=2)
 

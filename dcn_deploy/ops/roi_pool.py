@@ -40,16 +40,20 @@ CUDA kernels' offset gradients differ in one place: for a sample clamped onto th
 a pixel for psroi, outside the map) the forward is flat, so this gradient is 0 there while theirs uses the slope of
 the border pixels; input gradients agree.
 
-Implementation: vectorised gathers from a channels-last copy of the input (four bilinear corners per sample, all
-bins and RoIs at once), in chunks of RoIs that bound memory; with the adaptive ``sampling_ratio=0`` the RoIs are
-sorted by grid size so each chunk pads its sample grid only to its own largest RoI. Half types compute in float32.
+Implementation: the forward runs compiled code when the library is built (:mod:`dcn_deploy.ops.native_paths`
+chooses): the host library's CPU forward, or the CUDA kernels on a GPU. Otherwise, and for every backward pass, the
+composite: vectorised gathers from a channels-last copy of the input (four bilinear corners per sample, all bins
+and RoIs at once), in chunks of RoIs that bound memory; with the adaptive ``sampling_ratio=0`` the RoIs are sorted
+by grid size so each chunk pads its sample grid only to its own largest RoI. Half types compute in float32.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..plugin.native_roi import deform_psroi_pool_native, deform_roi_pool_native
+from . import native_paths
 from ._checks import check_tensors, compute_dtype, has_concrete_shapes
 from .roi_spec import (MAX_SAMPLES_PER_BIN_SIDE, check_float, check_sampling_ratio, deform_psroi_pool_spec,
                        deform_roi_pool_spec)
@@ -230,17 +234,38 @@ def _roi_pool_composite(input: torch.Tensor, rois: torch.Tensor, offset: Optiona
     return out
 
 
+def _forward(native: Callable, composite: Callable, input: torch.Tensor, rois: torch.Tensor,
+             shifts: Optional[torch.Tensor], *params) -> torch.Tensor:
+    """One op's forward, in the input's dtype: the CUDA kernels on a GPU (half types as they are, float32 sums), the
+    host library's CPU forward, or the composite (:mod:`dcn_deploy.ops.native_paths` chooses). float64 always runs
+    the composite: the kernels take spatial_scale, gamma and trans_std in float32 (as ONNX attributes and TensorRT
+    fields hold them), which would move float64 samples that lie on a boundary. ``native``: the
+    :mod:`dcn_deploy.plugin.native_roi` function; ``shifts``: offset or trans. rois must be non-empty."""
+    exact = input.dtype == torch.float64
+    with torch.no_grad():
+        kernels = None if exact else native_paths.cuda_library_for(input)
+        if kernels is not None:
+            _check_batch_indices(rois, input.shape[0])  # the kernels pool such a RoI to 0; the op raises
+            return native(input, rois, shifts, *params, entry="cuda", library=kernels)
+        compute = compute_dtype(input.dtype)
+        args = (input.to(compute), rois.to(compute), None if shifts is None else shifts.to(compute))
+        host = None if exact else native_paths.cpu_library_for(args[0])
+        if host is not None:
+            _check_batch_indices(rois, input.shape[0])
+            out = native(*args, *params, entry="cpu", library=host)
+        else:
+            out = composite(*args, *params)
+    return out.to(input.dtype)
+
+
 @torch.library.custom_op("dcn_deploy::deform_roi_pool", mutates_args=())
 def _deform_roi_pool_op(input: torch.Tensor, rois: torch.Tensor, offset: Optional[torch.Tensor],
                         output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
                         gamma: float) -> torch.Tensor:
-    compute = compute_dtype(input.dtype)
     if rois.shape[0] == 0:
         return input.new_zeros((0, input.shape[1], output_size[0], output_size[1]))
-    with torch.no_grad():
-        out = _roi_pool_composite(input.to(compute), rois.to(compute), None if offset is None else offset.to(compute),
-                                  output_size, spatial_scale, sampling_ratio, gamma)
-    return out.to(input.dtype)
+    return _forward(deform_roi_pool_native, _roi_pool_composite, input, rois, offset, output_size, spatial_scale,
+                    sampling_ratio, gamma)
 
 
 @_deform_roi_pool_op.register_fake
@@ -378,14 +403,10 @@ def _psroi_composite(input: torch.Tensor, rois: torch.Tensor, trans: Optional[to
 def _deform_psroi_pool_op(input: torch.Tensor, rois: torch.Tensor, trans: Optional[torch.Tensor],
                           spatial_scale: float, output_dim: int, group_size: int, pooled_size: int,
                           part_size: int, sample_per_part: int, trans_std: float, no_trans: bool) -> torch.Tensor:
-    compute = compute_dtype(input.dtype)
     if rois.shape[0] == 0:
         return input.new_zeros((0, output_dim, pooled_size, pooled_size))
-    with torch.no_grad():
-        out = _psroi_composite(input.to(compute), rois.to(compute), None if trans is None else trans.to(compute),
-                               spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
-                               trans_std, no_trans)
-    return out.to(input.dtype)
+    return _forward(deform_psroi_pool_native, _psroi_composite, input, rois, trans, spatial_scale, output_dim,
+                    group_size, pooled_size, part_size, sample_per_part, trans_std, no_trans)
 
 
 @_deform_psroi_pool_op.register_fake

@@ -2,10 +2,11 @@
 
 ``deform_conv2d_host`` runs the host build of the kernels (CPU tensors; CI checks the CUDA code's indexing and
 math this way), ``deform_conv2d_cpu`` the fast CPU forward (what :func:`dcn_deploy.deform_conv2d` uses on the CPU
-when the library is built), ``deform_conv2d_cuda`` the CUDA kernels (CUDA tensors, on the current stream). Both take
+when the library is built), ``deform_conv2d_cuda`` the CUDA kernels (CUDA tensors, on the current stream). They take
 torchvision's arguments, plus ``padding`` as 4 values ``(top, left, bottom, right)`` for asymmetric padding
-(ONNX ``pads`` order). The plugin's plain logic (field parsing, serialisation, shape checks) is reachable through
-:class:`NativeLibrary` too, for tests.
+(ONNX ``pads`` order). The RoI pooling entries are bound in :mod:`dcn_deploy.plugin.native_roi`. The plugin's
+plain logic (field parsing, serialisation, shape checks) is reachable through :class:`NativeLibrary` too, for
+tests.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .library import require_library
+from .native_roi import declare_entries as declare_roi_entries
 
 __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeError", "DeformConvDesc",
            "DeformConvAttrs", "NativeLibrary", "load_library", "deform_conv2d_host", "deform_conv2d_cpu",
@@ -22,7 +24,7 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h (a library of another version is a
 # stale build, which the op does not use).
-ABI_VERSION = 7
+ABI_VERSION = 8
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
@@ -102,6 +104,7 @@ class NativeLibrary:
         self._declare("dcn_plugin_deform_conv_roundtrip", [_P(DeformConvAttrs), _P(DeformConvAttrs)])
         self._declare("dcn_plugin_deform_conv_output_dims",
                       [_P(DeformConvAttrs), ctypes.c_int32, _P(ctypes.c_int32), _P(ctypes.c_int64), _P(ctypes.c_int64)])
+        declare_roi_entries(self.lib)
 
     def _declare(self, name: str, argtypes, restype=ctypes.c_int32) -> None:
         fn = getattr(self.lib, name, None)

@@ -27,7 +27,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 7
+#define DCN_ABI_VERSION 8
 
 typedef enum dcn_status
 {

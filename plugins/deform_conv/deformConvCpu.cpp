@@ -12,6 +12,7 @@
 //
 // OpenMP (when CMake finds it) splits the (image, output row) pairs between threads. The hot loops are compiled
 // twice (AVX2+FMA and the x86-64 baseline) and picked at load time, so the library runs on any x86-64 CPU.
+#include "dcnCpu.h"
 #include "dcnDtype.h"
 #include "dcnStatus.h"
 #include "deformConvMath.h"
@@ -21,19 +22,6 @@
 #include <cstring>
 #include <string>
 #include <vector>
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(DCN_CPU_NO_CLONES)
-// One AVX2+FMA clone and one baseline clone, chosen by the dynamic loader (ifunc) on the CPU at hand.
-#define DCN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define DCN_CPU_CLONES
-#endif
-// Inlined into each clone, so compiled for that clone's instruction set.
-#define DCN_CPU_INLINE inline __attribute__((always_inline))
 
 namespace dcn
 {
@@ -60,35 +48,6 @@ struct CpuProblem
     int32_t outLanes; // padded output channels per group (grouped path)
     bool depthwise;   // one input channel per group
 };
-
-// (N, C, H*W) -> (N, H*W, C), in cache-sized blocks.
-template <typename T>
-void toChannelsLast(T const* input, T* table, int32_t batch, int32_t channels, int64_t plane, int32_t threads)
-{
-    constexpr int64_t kBlock = 64;
-    int64_t const pixelBlocks = (plane + kBlock - 1) / kBlock;
-    int64_t const jobs = int64_t(batch) * pixelBlocks;
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(threads)
-#else
-    (void) threads;
-#endif
-    for (int64_t job = 0; job < jobs; ++job)
-    {
-        int64_t const n = job / pixelBlocks;
-        int64_t const p0 = (job % pixelBlocks) * kBlock;
-        int64_t const p1 = std::min(plane, p0 + kBlock);
-        T const* src = input + n * channels * plane;
-        T* dst = table + n * channels * plane;
-        for (int32_t c0 = 0; c0 < channels; c0 += 16)
-        {
-            int32_t const c1 = std::min(channels, c0 + 16);
-            for (int64_t p = p0; p < p1; ++p)
-                for (int32_t c = c0; c < c1; ++c)
-                    dst[p * channels + c] = src[c * plane + p];
-        }
-    }
-}
 
 // Depth-wise (one input channel per group, multiplier m = oC/groups): packed[j][k][g] = weight[g*m + j][0][k].
 // Otherwise: packed[g][k][c'][o'] = weight[g*oCg + o'][c'][k], o' padded with zeros to outLanes.
@@ -400,15 +359,6 @@ void columnsCpu(DeformConvGeometry const& geo, T const* inputNhwc, T const* offs
         pixelColumns(pb, image, pixelBegin + p, columns + p * columnPerPixel);
 }
 
-int32_t defaultThreads()
-{
-#if defined(_OPENMP)
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 } // namespace
 } // namespace dcn
 
@@ -422,19 +372,15 @@ DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, 
         dcn::Status status = dcn::makeGeometry(*desc, geo);
         if (!status.ok())
             return status;
-        if (num_threads < 0)
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_cpu: num_threads must be >= 0 (0: OpenMP's default), got "
-                + std::to_string(num_threads));
-        if (dtype != DCN_FLOAT32 && dtype != DCN_FLOAT64)
-            return dcn::Status::error(DCN_ERROR_UNSUPPORTED,
-                std::string("dcn_deform_conv2d_forward_cpu: dtype ") + dcn::dtypeName(dtype) + " (" + std::to_string(dtype)
-                    + ") is not supported; use float32 (0) or float64 (3) (upcast half types to float32)");
+        int32_t threads = 1;
+        if (!(status = dcn::cpuThreads("dcn_deform_conv2d_forward_cpu", num_threads, threads)).ok()
+            || !(status = dcn::cpuDtype("dcn_deform_conv2d_forward_cpu", dtype)).ok())
+            return status;
         if (desc->batch > 0 && (!input || !offset || !weight || !output))
             return dcn::Status::invalid("dcn_deform_conv2d_forward_cpu: input, offset, weight and output must not be NULL "
                                         "(bias and mask may be)");
         if (desc->batch == 0)
             return dcn::Status::success();
-        int32_t const threads = num_threads > 0 ? num_threads : dcn::defaultThreads();
         if (dtype == DCN_FLOAT32)
             dcn::forwardCpu<float>(geo, static_cast<float const*>(input), static_cast<float const*>(offset),
                 static_cast<float const*>(weight), static_cast<float const*>(bias), static_cast<float const*>(mask),
@@ -459,12 +405,10 @@ DCN_API int32_t dcn_deform_conv2d_columns_cpu(const dcn_deform_conv_desc* desc, 
         dcn::Status status = dcn::makeGeometry(*desc, geo);
         if (!status.ok())
             return status;
-        if (num_threads < 0)
-            return dcn::Status::invalid(std::string(name) + "num_threads must be >= 0 (0: OpenMP's default), got "
-                + std::to_string(num_threads));
-        if (dtype != DCN_FLOAT32 && dtype != DCN_FLOAT64)
-            return dcn::Status::error(DCN_ERROR_UNSUPPORTED, std::string(name) + "dtype " + dcn::dtypeName(dtype) + " ("
-                + std::to_string(dtype) + ") is not supported; use float32 (0) or float64 (3) (upcast half types to float32)");
+        int32_t threads = 1;
+        if (!(status = dcn::cpuThreads("dcn_deform_conv2d_columns_cpu", num_threads, threads)).ok()
+            || !(status = dcn::cpuDtype("dcn_deform_conv2d_columns_cpu", dtype)).ok())
+            return status;
         int64_t const plane = int64_t(geo.outH) * geo.outW;
         if (image < 0 || image >= desc->batch)
             return dcn::Status::invalid(std::string(name) + "image " + std::to_string(image) + " is outside the batch [0, "
@@ -476,7 +420,6 @@ DCN_API int32_t dcn_deform_conv2d_columns_cpu(const dcn_deform_conv_desc* desc, 
             return dcn::Status::success();
         if (!input_nhwc || !offset || !columns)
             return dcn::Status::invalid(std::string(name) + "input_nhwc, offset and columns must not be NULL (mask may be)");
-        int32_t const threads = num_threads > 0 ? num_threads : dcn::defaultThreads();
         if (dtype == DCN_FLOAT32)
             dcn::columnsCpu<float>(geo, static_cast<float const*>(input_nhwc), static_cast<float const*>(offset),
                 static_cast<float const*>(mask), image, pixel_begin, pixel_count, static_cast<float*>(columns), threads);

@@ -40,6 +40,12 @@ DCN_API int32_t dcn_deform_roi_pool_forward_host(const dcn_deform_roi_pool_desc*
     const void* input, const void* rois, const void* offset, void* output);
 DCN_API int32_t dcn_deform_psroi_pool_forward_host(const dcn_deform_psroi_pool_desc* desc, int32_t dtype,
     const void* input, const void* rois, const void* trans, void* output);
+/* The fast CPU forwards (PyTorch's CPU path): the same results, float32 (0) or float64 (3) only; num_threads OpenMP
+ * threads, 0 for OpenMP's default. */
+DCN_API int32_t dcn_deform_roi_pool_forward_cpu(const dcn_deform_roi_pool_desc* desc, int32_t dtype,
+    const void* input, const void* rois, const void* offset, void* output, int32_t num_threads);
+DCN_API int32_t dcn_deform_psroi_pool_forward_cpu(const dcn_deform_psroi_pool_desc* desc, int32_t dtype,
+    const void* input, const void* rois, const void* trans, void* output, int32_t num_threads);
 
 /* ---- libdcn_deploy_kernels.so / libdcn_deploy_plugin.so ---- */
 DCN_API int32_t dcn_deform_roi_pool_forward_cuda(const dcn_deform_roi_pool_desc* desc, int32_t dtype,

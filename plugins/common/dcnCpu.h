@@ -1,0 +1,151 @@
+// What the fast CPU forwards (deformConvCpu.cpp, roiPoolCpu.cpp) share: per-CPU code selection, OpenMP threads,
+// the argument checks of their C entries, and the copy of an input to channels-last.
+#pragma once
+
+#include "dcnDtype.h"
+#include "dcnStatus.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(DCN_CPU_NO_CLONES)
+// One AVX2+FMA clone and one baseline clone, chosen by the dynamic loader (ifunc) on the CPU at hand.
+#define DCN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DCN_CPU_CLONES
+#endif
+// Inlined into each clone, so compiled for that clone's instruction set.
+#define DCN_CPU_INLINE inline __attribute__((always_inline))
+
+namespace dcn
+{
+
+// OpenMP's default thread count, or 1 without OpenMP.
+inline int32_t defaultCpuThreads()
+{
+#if defined(_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+// The thread count a CPU entry runs on: num_threads, or OpenMP's default for 0; a negative count is refused.
+inline Status cpuThreads(char const* entry, int32_t numThreads, int32_t& threads)
+{
+    if (numThreads < 0)
+        return Status::invalid(std::string(entry) + ": num_threads must be >= 0 (0: OpenMP's default), got "
+            + std::to_string(numThreads));
+    threads = numThreads > 0 ? numThreads : defaultCpuThreads();
+    return Status::success();
+}
+
+// The CPU entries compute in float32 or float64 only; callers upcast half types.
+inline Status cpuDtype(char const* entry, int32_t dtype)
+{
+    if (dtype == DCN_FLOAT32 || dtype == DCN_FLOAT64)
+        return Status::success();
+    return Status::error(DCN_ERROR_UNSUPPORTED, std::string(entry) + ": dtype " + dtypeName(dtype) + " ("
+        + std::to_string(dtype) + ") is not supported; use float32 (0) or float64 (3) (upcast half types to float32)");
+}
+
+// An uninitialised array of n T for a large scratch copy (a channels-last table). Why not std::vector: glibc maps
+// an allocation of this size afresh on every call, and faulting its 4 KiB pages in one by one, from every thread
+// that first writes them, cost more than the work (26 of 37 ms for a 35 MB table, benchmarks/cpu_roi_pool.py's
+// rfcn_offsets case). Here an array of 2 MiB or more is mapped directly, marked for transparent huge pages where
+// the kernel allows them on request, and populated by one call before any thread writes it (Linux; elsewhere, and
+// where the kernel refuses either piece of advice, the mapping works as it is).
+template <typename T>
+class ScratchArray
+{
+public:
+    explicit ScratchArray(size_t n)
+        : mBytes(std::max<size_t>(n * sizeof(T), 1))
+    {
+#if defined(__linux__)
+        constexpr size_t kHugePage = size_t(2) << 20;
+        if (mBytes >= kHugePage)
+        {
+            void* p = mmap(nullptr, mBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED)
+                throw std::bad_alloc();
+#if defined(MADV_HUGEPAGE)
+            madvise(p, mBytes, MADV_HUGEPAGE);
+#endif
+#if defined(MADV_POPULATE_WRITE)
+            madvise(p, mBytes, MADV_POPULATE_WRITE);
+#endif
+            mData = static_cast<T*>(p);
+            mMapped = true;
+            return;
+        }
+#endif
+        mData = static_cast<T*>(std::malloc(mBytes));
+        if (!mData)
+            throw std::bad_alloc();
+    }
+
+    ~ScratchArray()
+    {
+#if defined(__linux__)
+        if (mMapped)
+        {
+            munmap(mData, mBytes);
+            return;
+        }
+#endif
+        std::free(mData);
+    }
+
+    ScratchArray(ScratchArray const&) = delete;
+    ScratchArray& operator=(ScratchArray const&) = delete;
+
+    T* data() { return mData; }
+
+private:
+    size_t mBytes;
+    T* mData = nullptr;
+    bool mMapped = false;
+};
+
+// (N, C, P) -> (N, P, C), in cache-sized blocks: afterwards the channels of one pixel are contiguous.
+template <typename T>
+void toChannelsLast(T const* input, T* table, int32_t batch, int32_t channels, int64_t plane, int32_t threads)
+{
+    constexpr int64_t kBlock = 64;
+    int64_t const pixelBlocks = (plane + kBlock - 1) / kBlock;
+    int64_t const jobs = int64_t(batch) * pixelBlocks;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads)
+#else
+    (void) threads;
+#endif
+    for (int64_t job = 0; job < jobs; ++job)
+    {
+        int64_t const n = job / pixelBlocks;
+        int64_t const p0 = (job % pixelBlocks) * kBlock;
+        int64_t const p1 = std::min(plane, p0 + kBlock);
+        T const* src = input + n * channels * plane;
+        T* dst = table + n * channels * plane;
+        for (int32_t c0 = 0; c0 < channels; c0 += 16)
+        {
+            int32_t const c1 = std::min(channels, c0 + 16);
+            for (int64_t p = p0; p < p1; ++p)
+                for (int32_t c = c0; c < c1; ++c)
+                    dst[p * channels + c] = src[c * plane + p];
+        }
+    }
+}
+
+} // namespace dcn

@@ -1,0 +1,231 @@
+"""The fast CPU forwards of the RoI pooling ops (``dcn_deform_roi_pool_forward_cpu``,
+``dcn_deform_psroi_pool_forward_cpu`` in the host library) against the torch composites, and their use by
+:func:`deform_roi_pool` / :func:`deform_psroi_pool` on the CPU.
+
+The composites (``_roi_pool_composite``, ``_psroi_composite``) are the reference here, called directly: the ops
+themselves may now run the compiled forwards.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from dcn_deploy.ops import native_paths
+from dcn_deploy.ops import roi_pool as rp
+from dcn_deploy.ops.spec import ShapeError
+from dcn_deploy.plugin.native import NativeError, NativeLibrary
+from dcn_deploy.plugin.native_roi import deform_psroi_pool_native, deform_roi_pool_native
+from plugin_configs import max_relative_error
+
+ENTRIES = ("dcn_deform_roi_pool_forward_cpu", "dcn_deform_psroi_pool_forward_cpu")
+
+
+@pytest.fixture(scope="module")
+def cpu_lib(host_library_path) -> NativeLibrary:
+    lib = NativeLibrary(host_library_path)
+    missing = [entry for entry in ENTRIES if not lib.has(entry)]
+    if missing:
+        pytest.skip(f"{host_library_path} predates {missing}; rebuild with `dcn-deploy plugin build`")
+    return lib
+
+
+def _rois(rng: random.Random, gen: torch.Generator, count: int, batch: int, height: int, width: int,
+          scale: float, dtype) -> torch.Tensor:
+    """Boxes in image pixels: some reaching past the map's edges, some tiny, some flipped (x2 < x1)."""
+    rows = []
+    for _ in range(count):
+        x1 = rng.uniform(-0.3, 1.1) * width / scale
+        y1 = rng.uniform(-0.3, 1.1) * height / scale
+        w = rng.choice([rng.uniform(0.0, 0.3), rng.uniform(0.2, 1.2), -rng.uniform(0.0, 0.2)]) * width / scale
+        h = rng.choice([rng.uniform(0.0, 0.3), rng.uniform(0.2, 1.2)]) * height / scale
+        rows.append([rng.randrange(batch), x1, y1, x1 + w, y1 + h])
+    return torch.tensor(rows, dtype=dtype)
+
+
+def roi_case(seed: int, dtype=torch.float32):
+    """A random DeformRoIPool call: batch 1-3, H or W of 1 sometimes, non-square output, adaptive or fixed
+    sampling, offsets large enough to push samples off the map, or none."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    batch, channels = rng.randint(1, 3), rng.choice([1, 3, 8, 17])
+    height, width = rng.choice([1, rng.randint(2, 12)]), rng.choice([1, rng.randint(2, 15)])
+    out = (rng.randint(1, 4), rng.randint(1, 4))
+    scale = rng.choice([1.0, 0.5, 0.25])
+    x = torch.randn(batch, channels, height, width, generator=gen, dtype=dtype)
+    rois = _rois(rng, gen, rng.randint(1, 9), batch, height, width, scale, dtype)
+    offset = None if rng.random() < 0.25 else \
+        torch.randn(rois.shape[0], 2, *out, generator=gen, dtype=dtype) * rng.choice([0.3, 3.0])
+    params = dict(output_size=out, spatial_scale=scale, sampling_ratio=rng.choice([0, 0, 1, 2, 3]),
+                  gamma=rng.choice([0.1, 0.5]))
+    return x, rois, offset, params
+
+
+def psroi_case(seed: int, dtype=torch.float32):
+    """A random DeformPSRoIPool call: offset classes 1 to output_dim (one channel per class included), a part grid
+    and a group grid other than the pooled grid, or no offsets."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    batch = rng.randint(1, 3)
+    group, pooled = rng.randint(1, 3), rng.randint(1, 4)
+    part = rng.choice([0, rng.randint(1, 4)])
+    classes = rng.choice([1, 2, 3])
+    output_dim = classes * rng.choice([1, 1, 2, 5])
+    height, width = rng.choice([1, rng.randint(2, 10)]), rng.choice([1, rng.randint(2, 12)])
+    scale = rng.choice([1.0, 0.5])
+    no_trans = rng.random() < 0.25
+    x = torch.randn(batch, output_dim * group * group, height, width, generator=gen, dtype=dtype)
+    rois = _rois(rng, gen, rng.randint(1, 9), batch, height, width, scale, dtype)
+    trans = None if no_trans else \
+        torch.randn(rois.shape[0], 2 * classes, part or pooled, part or pooled, generator=gen, dtype=dtype)
+    params = dict(spatial_scale=scale, output_dim=output_dim, group_size=group, pooled_size=pooled,
+                  part_size=part or pooled, sample_per_part=rng.randint(1, 4), trans_std=rng.choice([0.1, 1.0]),
+                  no_trans=no_trans)
+    return x, rois, trans, params
+
+
+def composite_roi(x, rois, offset, params):
+    p = params
+    return rp._roi_pool_composite(x, rois, offset, p["output_size"], p["spatial_scale"], p["sampling_ratio"],
+                                  p["gamma"])
+
+
+def composite_psroi(x, rois, trans, params):
+    return rp._psroi_composite(x, rois, trans, *params.values())
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_roi_pool_float32_matches_composite(cpu_lib, seed):
+    x, rois, offset, params = roi_case(seed)
+    got = deform_roi_pool_native(x, rois, offset, **params, library=cpu_lib)
+    want = composite_roi(x, rois, offset, params)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert max_relative_error(got, want) < 1e-5, params
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_psroi_pool_float32_matches_composite(cpu_lib, seed):
+    x, rois, trans, params = psroi_case(seed)
+    got = deform_psroi_pool_native(x, rois, trans, **params, library=cpu_lib)
+    want = composite_psroi(x, rois, trans, params)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert max_relative_error(got, want) < 1e-5, params
+
+
+def _exact_in_float32(params, *names):
+    """The attributes the kernels take in float32, replaced by values float32 holds exactly, so that float64
+    results can be compared at 1e-12."""
+    return {**params, **{n: {0.1: 0.125, 1.0: 1.0, 0.5: 0.5, 0.25: 0.25}[params[n]] for n in names}}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_float64_agrees_to_rounding(cpu_lib, seed):
+    x, rois, offset, params = roi_case(100 + seed, torch.float64)
+    params = _exact_in_float32(params, "gamma")
+    got = deform_roi_pool_native(x, rois, offset, **params, library=cpu_lib)
+    torch.testing.assert_close(got, composite_roi(x, rois, offset, params), rtol=1e-12, atol=1e-12)
+    x, rois, trans, params = psroi_case(100 + seed, torch.float64)
+    params = _exact_in_float32(params, "trans_std")
+    got = deform_psroi_pool_native(x, rois, trans, **params, library=cpu_lib)
+    torch.testing.assert_close(got, composite_psroi(x, rois, trans, params), rtol=1e-12, atol=1e-12)
+
+
+def test_thread_counts_give_identical_results(cpu_lib):
+    x, rois, offset, params = roi_case(7)
+    one = deform_roi_pool_native(x, rois, offset, **params, num_threads=1, library=cpu_lib)
+    assert torch.equal(one, deform_roi_pool_native(x, rois, offset, **params, num_threads=3, library=cpu_lib))
+    x, rois, trans, params = psroi_case(8)
+    one = deform_psroi_pool_native(x, rois, trans, **params, num_threads=1, library=cpu_lib)
+    assert torch.equal(one, deform_psroi_pool_native(x, rois, trans, **params, num_threads=3, library=cpu_lib))
+
+
+def test_offsets_far_off_the_map_pool_to_zero(cpu_lib):
+    x = torch.randn(2, 5, 6, 7) + 3.0  # no zero values: a zero result means no sample was taken
+    rois = torch.tensor([[0, 1.0, 1.0, 5.0, 4.0], [1, 0.0, 0.0, 6.0, 5.0]])
+    far = torch.full((2, 2, 2, 3), 50.0)
+    assert torch.count_nonzero(deform_roi_pool_native(x, rois, far, (2, 3), 1.0, 2, 1.0, library=cpu_lib)) == 0
+    trans = torch.full((2, 2, 2, 2), -60.0)
+    out = deform_psroi_pool_native(x[:, :4], rois, trans, 1.0, 1, 2, 2, 2, 3, 1.0, library=cpu_lib)
+    assert torch.count_nonzero(out) == 0
+
+
+def test_empty_rois_and_argument_errors(cpu_lib):
+    x = torch.randn(1, 4, 5, 5)
+    assert deform_roi_pool_native(x, torch.zeros(0, 5), None, 2, library=cpu_lib).shape == (0, 4, 2, 2)
+    rois = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]])
+    with pytest.raises(NativeError, match="dtype float16 .* is not supported; use float32"):
+        deform_roi_pool_native(x.half(), rois.half(), None, 2, library=cpu_lib)
+    with pytest.raises(NativeError, match="num_threads must be >= 0"):
+        deform_psroi_pool_native(x, rois, None, 1.0, 1, 2, 2, no_trans=True, num_threads=-1, library=cpu_lib)
+    with pytest.raises(ValueError, match="entry must be one of host, cpu, cuda, got 'gpu'"):
+        deform_roi_pool_native(x, rois, None, 2, entry="gpu", library=cpu_lib)
+    with pytest.raises(ShapeError, match="offset must have shape"):
+        deform_roi_pool_native(x, rois, torch.zeros(1, 2, 3, 3), 2, library=cpu_lib)
+    with pytest.raises(TypeError, match="rois has dtype torch.float64 but input has torch.float32"):
+        deform_roi_pool_native(x, rois.double(), None, 2, library=cpu_lib)
+
+
+# ---- the ops' dispatch ----
+
+def _count_calls(monkeypatch, name):
+    calls = []
+    real = getattr(rp, name)
+    monkeypatch.setattr(rp, name, lambda *args, **kwargs: calls.append(kwargs["entry"]) or real(*args, **kwargs))
+    return calls
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1.6e-2),
+                                             (torch.float16, 2e-3)])
+def test_ops_run_the_cpu_forward_with_the_same_results(cpu_lib, monkeypatch, dtype, tolerance):
+    roi_calls = _count_calls(monkeypatch, "deform_roi_pool_native")
+    psroi_calls = _count_calls(monkeypatch, "deform_psroi_pool_native")
+    x, rois, offset, params = roi_case(11)
+    cast = [None if t is None else t.to(dtype) for t in (x, rois, offset)]
+    x2, rois2, trans, params2 = psroi_case(12)
+    cast2 = [None if t is None else t.to(dtype) for t in (x2, rois2, trans)]
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "1")
+    roi_native = rp.deform_roi_pool(*cast, **params)
+    psroi_native = rp.deform_psroi_pool(*cast2, **params2)
+    assert roi_calls == ["cpu"] and psroi_calls == ["cpu"], "the CPU ops did not take the compiled path"
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "0")
+    roi_composite = rp.deform_roi_pool(*cast, **params)
+    psroi_composite = rp.deform_psroi_pool(*cast2, **params2)
+    assert roi_calls == ["cpu"] and psroi_calls == ["cpu"]
+    assert roi_native.dtype == dtype and psroi_native.dtype == dtype
+    assert max_relative_error(roi_native, roi_composite) < tolerance
+    assert max_relative_error(psroi_native, psroi_composite) < tolerance
+
+
+def test_float64_stays_on_the_composite(cpu_lib, monkeypatch):
+    calls = _count_calls(monkeypatch, "deform_roi_pool_native")
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "1")
+    x, rois, offset, params = roi_case(13, torch.float64)
+    torch.testing.assert_close(rp.deform_roi_pool(x, rois, offset, **params),
+                               composite_roi(x, rois, offset, params), rtol=0, atol=0)
+    assert calls == []
+
+
+def test_ops_still_refuse_batch_indices_the_kernels_would_pool_to_zero(cpu_lib, monkeypatch):
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "1")
+    x = torch.randn(2, 4, 5, 5)
+    with pytest.raises(ShapeError, match=r"rois\[:, 0\] holds batch index 2, outside \[0, 2\)"):
+        rp.deform_roi_pool(x, torch.tensor([[2, 0.0, 0.0, 3.0, 3.0]]), None, 2)
+    with pytest.raises(ShapeError, match="NaN or infinite"):
+        rp.deform_psroi_pool(x, torch.tensor([[0, float("nan"), 0.0, 3.0, 3.0]]), None, 1.0, 1, 2, 2, no_trans=True)
+
+
+def test_gradients_are_the_composites(cpu_lib, monkeypatch):
+    x, rois, offset, params = roi_case(14)
+    offset = torch.randn(rois.shape[0], 2, *params["output_size"]) if offset is None else offset
+    grad_out = torch.randn(rois.shape[0], x.shape[1], *params["output_size"])
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, flag)
+        leaves = [x.clone().requires_grad_(), offset.clone().requires_grad_()]
+        out = rp.deform_roi_pool(leaves[0], rois, leaves[1], **params)
+        out.backward(grad_out)
+        results[flag] = (out.detach(), [t.grad for t in leaves])
+    assert max_relative_error(results["1"][0], results["0"][0]) < 1e-5
+    for a, b in zip(results["1"][1], results["0"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
