@@ -2,10 +2,11 @@
 op's torch composite: :func:`dcn_deploy.ops.deform_conv._forward_composite`, and the RoI pooling ops' composites in
 :mod:`dcn_deploy.ops.roi_pool`).
 
-- CPU: the host library's forward, for float32/float64 tensors (half types are upcast before). Why: the
+- CPU: the host library's forward, for float32/float64 tensors (half types are upcast before; the RoI pooling
+  ops keep float64 on their composites). Why: the
   composite's sampling (a weighted ``embedding_bag`` over freshly allocated columns) costs a third of a dense
   layer's time, and for grouped and depth-wise layers its many small products cost 3-4x ONNX Runtime's kernel;
-  the RoI pooling composites' gathers cost 5-20x the compiled forwards (benchmarks/RESULTS.md).
+  the RoI pooling composites' gathers cost 3-18x the compiled forwards (benchmarks/RESULTS.md).
   ``DCN_DEPLOY_NATIVE_CPU=0`` turns it off.
 - CUDA: the kernels (algorithm ``auto``), every dtype as it is: float16/bfloat16 are read and written in the half
   type and summed in float32 (the GEMM path's sampled columns are rounded to the half type, as its product reads
