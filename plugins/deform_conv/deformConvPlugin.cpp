@@ -15,7 +15,9 @@ namespace dcn
 namespace
 {
 
-std::string const kWho = std::string(kPluginNamespace) + "::" + kDeformConvPluginName + ": ";
+std::string const kWho = pluginWho(kDeformConvPluginName);
+// The inputs as the count checks' messages list them.
+constexpr char const* kInputNames = "X, W, offset[, B[, mask]]";
 
 // A TensorRT dimension expression with the operators convOutputExtent needs, so the plugin's symbolic output
 // shape and the tested integer arithmetic are one formula.
@@ -69,17 +71,14 @@ void logTrtWarning(std::string const& message)
 DeformConvPlugin::DeformConvPlugin(dcn_deform_conv_attrs const& attrs, size_t columnBudget)
     : mAttrs(attrs)
     , mColumnBudget(columnBudget)
-    , mTimingCacheId(std::string(kDeformConvPluginName) + "/" + kDeformConvPluginVersion + ";"
+    , mTimingCacheId(std::string(kDeformConvPluginName) + "/" + kPluginVersion + ";"
           + timingCacheSuffix(attrs, gemmPathAvailable()) + workspaceLimitCacheSuffix())
 {
     refreshSerializedFields();
 }
 
 DeformConvPlugin::DeformConvPlugin(DeformConvPlugin const& other)
-    : IPluginV3(other)
-    , IPluginV3OneCore(other)
-    , IPluginV3OneBuild(other)
-    , IPluginV3OneRuntime(other)
+    : PluginV3Shell(other)
     , mAttrs(other.mAttrs)
     , mColumnBudget(other.mColumnBudget)
     , mGeometry(other.mGeometry)
@@ -93,34 +92,12 @@ DeformConvPlugin::DeformConvPlugin(DeformConvPlugin const& other)
     refreshSerializedFields(); // the field list points into this object's storage, never the other's
 }
 
-IPluginCapability* DeformConvPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
-{
-    switch (type)
-    {
-    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-}
-
-IPluginV3* DeformConvPlugin::clone() noexcept
-{
-    return guardTrtCall(kDeformConvPluginName, "clone", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
-        return new DeformConvPlugin(*this);
-    });
-}
-
 int32_t DeformConvPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
     return guardTrtCall(kDeformConvPluginName, "getOutputDataTypes", int32_t(-1), [&]() -> int32_t {
-        if (nbOutputs != 1 || nbInputs < 3 || nbInputs > 5)
-        {
-            logTrtError(kWho + "expects 3 to 5 inputs (X, W, offset[, B[, mask]]) and 1 output, got "
-                + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
+        if (reject(checkInputOutputCounts(3, 5, kInputNames, nbInputs, nbOutputs)))
             return -1;
-        }
         for (int32_t k = 1; k < nbInputs; ++k)
             if (inputTypes[k] != inputTypes[0])
             {
@@ -139,7 +116,8 @@ int32_t DeformConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInp
     return guardTrtCall(kDeformConvPluginName, "getOutputShapes", int32_t(-1), [&]() -> int32_t {
         if (nbOutputs != 1 || nbInputs < 3 || nbInputs > 5)
         {
-            reject(Status::invalid("expects 3 to 5 inputs (X, W, offset[, B[, mask]]), got " + std::to_string(nbInputs)));
+            reject(Status::invalid(
+                "expects 3 to 5 inputs (" + std::string(kInputNames) + "), got " + std::to_string(nbInputs)));
             return -1;
         }
         // Check what is known now (constants), so bad fields fail while the network is built.
@@ -168,12 +146,6 @@ int32_t DeformConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInp
     });
 }
 
-bool DeformConvPlugin::supportsFormatCombination(
-    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
-{
-    return linearOfOneType(pos, inOut, nbInputs, nbOutputs);
-}
-
 int32_t DeformConvPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
 {
@@ -183,12 +155,8 @@ int32_t DeformConvPlugin::configurePlugin(
             reject(Status::invalid("has one output, got " + std::to_string(nbOutputs)));
             return -1;
         }
-        for (int32_t k = 0; k < nbInputs; ++k)
-            if (!supportedType(in[k].desc.type) || in[k].desc.type != in[0].desc.type)
-            {
-                reject(Status::invalid("input " + std::to_string(k) + " must be float, half or bfloat16, the same type as X"));
-                return -1;
-            }
+        if (reject(checkInputTypes(in, nbInputs)))
+            return -1;
         TensorShape output;
         if (reject(checkInputShapes(mAttrs, shapesOf(in, nbInputs), output)))
             return -1;
@@ -354,7 +322,7 @@ IPluginV3* DeformConvPlugin::attachToContext(IPluginResourceContext*) noexcept
 PluginFieldCollection const* DeformConvPlugin::getFieldsToSerialize() noexcept
 {
     refreshSerializedFields();
-    return &mFieldCollection;
+    return mSerializedFields.collection();
 }
 
 GemmOptions DeformConvPlugin::gemmOptions() const
@@ -366,35 +334,31 @@ GemmOptions DeformConvPlugin::gemmOptions() const
 
 void DeformConvPlugin::refreshSerializedFields()
 {
-    mOwnedFields = fieldsFromAttrs(mAttrs);
-    mOwnedFields.push_back({kFieldColumnBudget, {int32_t(mColumnBudget >> 20)}}); // whole MiB (columnBudgetWithin)
-    mFields.clear();
-    for (OwnedField const& field : mOwnedFields)
-        mFields.emplace_back(field.name.c_str(), field.values.data(), PluginFieldType::kINT32, int32_t(field.values.size()));
-    mFieldCollection.nbFields = int32_t(mFields.size());
-    mFieldCollection.fields = mFields.data();
+    std::vector<OwnedField> owned = fieldsFromAttrs(mAttrs);
+    owned.push_back({kFieldColumnBudget, {int32_t(mColumnBudget >> 20)}}); // whole MiB (columnBudgetWithin)
+    mSerializedFields.assign(std::move(owned), [](OwnedField const& field) {
+        return PluginField(
+            field.name.c_str(), field.values.data(), PluginFieldType::kINT32, int32_t(field.values.size()));
+    });
 }
 
+// The names the ONNX parser passes on (docs/ops.md); the pointers are static strings.
 DeformConvPluginCreator::DeformConvPluginCreator()
+    : PluginCreatorShell(kDeformConvPluginName,
+        {
+            PluginField(kFieldStrides, nullptr, PluginFieldType::kINT32, 2),
+            PluginField(kFieldPads, nullptr, PluginFieldType::kINT32, 4),
+            PluginField(kFieldDilations, nullptr, PluginFieldType::kINT32, 2),
+            PluginField(kFieldGroup, nullptr, PluginFieldType::kINT32, 1),
+            PluginField(kFieldOffsetGroup, nullptr, PluginFieldType::kINT32, 1),
+        })
 {
-    // The names the ONNX parser passes on (docs/ops.md); the pointers are static strings.
-    mFieldNames = {
-        PluginField(kFieldStrides, nullptr, PluginFieldType::kINT32, 2),
-        PluginField(kFieldPads, nullptr, PluginFieldType::kINT32, 4),
-        PluginField(kFieldDilations, nullptr, PluginFieldType::kINT32, 2),
-        PluginField(kFieldGroup, nullptr, PluginFieldType::kINT32, 1),
-        PluginField(kFieldOffsetGroup, nullptr, PluginFieldType::kINT32, 1),
-    };
-    mFieldCollection.nbFields = int32_t(mFieldNames.size());
-    mFieldCollection.fields = mFieldNames.data();
 }
 
 IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase phase) noexcept
 {
     return guardTrtCall(kDeformConvPluginName, "createPlugin", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
-        std::vector<RawField> fields;
-        for (int32_t k = 0; fc && k < fc->nbFields; ++k)
-            fields.push_back({fc->fields[k].name, fc->fields[k].data, fc->fields[k].length, int32_t(fc->fields[k].type)});
+        std::vector<RawField> const fields = rawFields(fc);
         dcn_deform_conv_attrs attrs;
         size_t columnBudget = kGemmDefaultColumnBudget;
         Status status = phase == TensorRTPhase::kRUNTIME ? requireEngineFields(fields) : Status::success();

@@ -7,6 +7,7 @@
 #include "deformConvMath.h"
 #include "deformConvShapes.h"
 #include "deformConvTactics.h"
+#include "pluginShell.h"
 
 #include <NvInferRuntime.h>
 
@@ -18,30 +19,20 @@ namespace dcn
 {
 
 constexpr char const* kDeformConvPluginName = "DeformConv2d";
-constexpr char const* kDeformConvPluginVersion = "1";
-constexpr char const* kPluginNamespace = "dcn_deploy";
 
-class DeformConvPlugin : public nvinfer1::IPluginV3,
-                         public nvinfer1::IPluginV3OneCore,
-                         public nvinfer1::IPluginV3OneBuild,
-                         public nvinfer1::IPluginV3OneRuntime
+// The IPluginV3 parts every plugin shares (capabilities, clone, name, version, namespace, one output, formats) are
+// PluginV3Shell's (pluginShell.h).
+class DeformConvPlugin : public PluginV3Shell<DeformConvPlugin>
 {
 public:
+    static constexpr char const* kName = kDeformConvPluginName;
+
     // columnBudget: the GEMM path's, as an engine's fields carry it (parseColumnBudgetField); a build chooses its
     // own in configurePlugin (deformConvPluginWorkspace.h).
     explicit DeformConvPlugin(dcn_deform_conv_attrs const& attrs, size_t columnBudget = kGemmDefaultColumnBudget);
     DeformConvPlugin(DeformConvPlugin const& other);
     DeformConvPlugin& operator=(DeformConvPlugin const&) = delete;
     ~DeformConvPlugin() override = default;
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override { return kDeformConvPluginName; }
-    char const* getPluginVersion() const noexcept override { return kDeformConvPluginVersion; }
-    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -51,9 +42,6 @@ public:
     int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
         int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
         nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override { return 1; }
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
     // The kernels TensorRT times for the last configurePlugin's types and profile (deformConvTactics.h).
@@ -100,12 +88,11 @@ private:
     // bound to each enqueue's stream, destroyed with the instance.
     std::unique_ptr<CublasHandle> mCublas = std::make_unique<CublasHandle>(/*rememberFailure=*/true);
     // Storage behind getFieldsToSerialize.
-    std::vector<OwnedField> mOwnedFields;
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
+    SerializedFields<OwnedField> mSerializedFields;
 };
 
-class DeformConvPluginCreator : public nvinfer1::IPluginCreatorV3One
+// Name, version, namespace and field names: PluginCreatorShell (pluginShell.h).
+class DeformConvPluginCreator : public PluginCreatorShell
 {
 public:
     DeformConvPluginCreator();
@@ -113,14 +100,6 @@ public:
 
     nvinfer1::IPluginV3* createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
         nvinfer1::TensorRTPhase phase) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override { return &mFieldCollection; }
-    char const* getPluginName() const noexcept override { return kDeformConvPluginName; }
-    char const* getPluginVersion() const noexcept override { return kDeformConvPluginVersion; }
-    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
-
-private:
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
 } // namespace dcn

@@ -83,11 +83,14 @@ struct Shapes
 
 } // namespace
 
+// Capabilities, clone, name, version, namespace, one output, formats and attachToContext: PluginV3Shell
+// (pluginShell.h).
 template <typename Op>
-class RoiPoolPlugin : public IPluginV3, public IPluginV3OneCore, public IPluginV3OneBuild, public IPluginV3OneRuntime
+class RoiPoolPlugin : public PluginV3Shell<RoiPoolPlugin<Op>>
 {
 public:
     using Desc = typename Op::Desc;
+    static constexpr char const* kName = Op::kName;
 
     explicit RoiPoolPlugin(Desc const& attrs)
         : mAttrs(attrs)
@@ -96,10 +99,7 @@ public:
     }
 
     RoiPoolPlugin(RoiPoolPlugin const& other)
-        : IPluginV3(other)
-        , IPluginV3OneCore(other)
-        , IPluginV3OneBuild(other)
-        , IPluginV3OneRuntime(other)
+        : PluginV3Shell<RoiPoolPlugin>(other)
         , mAttrs(other.mAttrs)
         , mDesc(other.mDesc)
         , mDtype(other.mDtype)
@@ -109,35 +109,13 @@ public:
 
     RoiPoolPlugin& operator=(RoiPoolPlugin const&) = delete;
 
-    IPluginCapability* getCapabilityInterface(PluginCapabilityType type) noexcept override
-    {
-        switch (type)
-        {
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-        }
-        return nullptr;
-    }
-
-    IPluginV3* clone() noexcept override
-    {
-        return guardTrtCall(Op::kName, "clone", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
-            return new RoiPoolPlugin(*this);
-        });
-    }
-
-    char const* getPluginName() const noexcept override { return Op::kName; }
-    char const* getPluginVersion() const noexcept override { return "1"; }
-    char const* getPluginNamespace() const noexcept override { return "dcn_deploy"; }
-
     int32_t getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
         int32_t nbInputs) const noexcept override
     {
         return guardTrtCall(Op::kName, "getOutputDataTypes", int32_t(-1), [&]() -> int32_t {
-            if (nbOutputs != 1 || nbInputs != 3)
-                return fail("expects 3 inputs (" + std::string(Op::kInputs) + ") and 1 output, got "
-                    + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
+            Status const counts = checkInputOutputCounts(3, 3, Op::kInputs, nbInputs, nbOutputs);
+            if (!counts.ok())
+                return fail(counts.message);
             for (int32_t k = 1; k < nbInputs; ++k)
                 if (inputTypes[k] != inputTypes[0])
                     return fail("all inputs must have X's data type (float, half or bfloat16); input " + std::to_string(k)
@@ -169,25 +147,18 @@ public:
         });
     }
 
-    bool supportsFormatCombination(
-        int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept override
-    {
-        return linearOfOneType(pos, inOut, nbInputs, nbOutputs);
-    }
-
     int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*,
         int32_t nbOutputs) noexcept override
     {
         return guardTrtCall(Op::kName, "configurePlugin", int32_t(-1), [&]() -> int32_t {
             if (nbInputs != 3 || nbOutputs != 1)
                 return fail("expects 3 inputs (" + std::string(Op::kInputs) + ") and 1 output");
+            Status const types = checkInputTypes(in, 3);
+            if (!types.ok())
+                return fail(types.message);
             Shapes shapes;
             for (int32_t k = 0; k < 3; ++k)
-            {
-                if (!supportedType(in[k].desc.type) || in[k].desc.type != in[0].desc.type)
-                    return fail("input " + std::to_string(k) + " must be float, half or bfloat16, the same type as X");
                 shapes.set(k, in[k].desc.dims);
-            }
             Desc unused;
             Status const status = Op::fromShapes(mAttrs, shapes.ranks, shapes.ptrs, unused);
             if (!status.ok())
@@ -196,8 +167,6 @@ public:
             return 0;
         });
     }
-
-    int32_t getNbOutputs() const noexcept override { return 1; }
 
     size_t getWorkspaceSize(DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*,
         int32_t) const noexcept override
@@ -230,50 +199,43 @@ public:
         });
     }
 
-    IPluginV3* attachToContext(IPluginResourceContext*) noexcept override { return clone(); }
-
     PluginFieldCollection const* getFieldsToSerialize() noexcept override
     {
         refreshSerializedFields();
-        return &mFieldCollection;
+        return mSerializedFields.collection();
     }
 
 private:
-    static std::string who() { return std::string("dcn_deploy::") + Op::kName + ": "; }
+    static std::string who() { return pluginWho(Op::kName); }
 
     static int32_t fail(std::string const& message)
     {
         // messages of roiPoolFields already start with the op's name
         bool const named = message.rfind(Op::kName, 0) == 0;
-        logTrtError(named ? "dcn_deploy::" + message : who() + message);
+        logTrtError(named ? std::string(kPluginNamespace) + "::" + message : who() + message);
         return -1;
     }
 
     void refreshSerializedFields()
     {
-        mOwnedFields = Op::fields(mAttrs); // filled first: mFields points into it
-        mFields.clear();
-        for (RoiOwnedField& f : mOwnedFields)
-        {
-            if (f.isFloat)
-                mFields.emplace_back(f.name.c_str(), &f.floatValue, PluginFieldType::kFLOAT32, 1);
-            else
-                mFields.emplace_back(f.name.c_str(), &f.intValue, PluginFieldType::kINT32, 1);
-        }
-        mFieldCollection.nbFields = int32_t(mFields.size());
-        mFieldCollection.fields = mFields.data();
+        mSerializedFields.assign(Op::fields(mAttrs), [](RoiOwnedField const& f) {
+            return f.isFloat ? PluginField(f.name.c_str(), &f.floatValue, PluginFieldType::kFLOAT32, 1)
+                             : PluginField(f.name.c_str(), &f.intValue, PluginFieldType::kINT32, 1);
+        });
     }
 
     Desc mAttrs;
     Desc mDesc{}; // set by onShapeChange for the next enqueue
     int32_t mDtype = DCN_FLOAT32;
-    std::vector<RoiOwnedField> mOwnedFields;
-    std::vector<PluginField> mFields;
-    PluginFieldCollection mFieldCollection{};
+    SerializedFields<RoiOwnedField> mSerializedFields;
 };
 
+namespace
+{
+
+// The creator's field names and types: Op's serialised fields, in their order.
 template <typename Op>
-RoiPoolPluginCreator<Op>::RoiPoolPluginCreator()
+std::vector<PluginField> creatorFieldNames()
 {
     typename Op::Desc defaults{};
     // PluginField names must outlive the creator: keep one static copy per op
@@ -285,31 +247,32 @@ RoiPoolPluginCreator<Op>::RoiPoolPluginCreator()
         return out;
     }();
     std::vector<RoiOwnedField> const kinds = Op::fields(defaults);
+    std::vector<PluginField> fieldNames;
     for (size_t k = 0; k < names.size(); ++k)
-        mFieldNames.emplace_back(names[k].c_str(), nullptr,
+        fieldNames.emplace_back(names[k].c_str(), nullptr,
             kinds[k].isFloat ? PluginFieldType::kFLOAT32 : PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = int32_t(mFieldNames.size());
-    mFieldCollection.fields = mFieldNames.data();
+    return fieldNames;
 }
 
+} // namespace
+
 template <typename Op>
-char const* RoiPoolPluginCreator<Op>::getPluginName() const noexcept
+RoiPoolPluginCreator<Op>::RoiPoolPluginCreator()
+    : PluginCreatorShell(Op::kName, creatorFieldNames<Op>())
 {
-    return Op::kName;
 }
 
 template <typename Op>
 IPluginV3* RoiPoolPluginCreator<Op>::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
 {
     return guardTrtCall(Op::kName, "createPlugin", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
-        std::vector<RawField> fields;
-        for (int32_t k = 0; fc && k < fc->nbFields; ++k)
-            fields.push_back({fc->fields[k].name, fc->fields[k].data, fc->fields[k].length, int32_t(fc->fields[k].type)});
+        std::vector<RawField> const fields = rawFields(fc);
         typename Op::Desc attrs;
         Status const status = Op::parse(fields, attrs);
         if (!status.ok())
         {
-            logTrtError(std::string("dcn_deploy::") + status.message + " (node '" + (name ? name : "?") + "')");
+            logTrtError(
+                std::string(kPluginNamespace) + "::" + status.message + " (node '" + (name ? name : "?") + "')");
             return nullptr;
         }
         return new RoiPoolPlugin<Op>(attrs);

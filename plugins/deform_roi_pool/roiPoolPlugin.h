@@ -3,18 +3,18 @@
 // (roiPoolPlugin.cpp) only translate types. Both are one class template over the op.
 #pragma once
 
+#include "pluginShell.h"
 #include "roiPoolFields.h"
 
 #include <NvInferRuntime.h>
 
-#include <vector>
-
 namespace dcn
 {
 
-// The creator of one op's plugin; Op is DeformRoiPoolOp or DeformPsroiPoolOp (roiPoolPlugin.cpp).
+// The creator of one op's plugin; Op is DeformRoiPoolOp or DeformPsroiPoolOp (roiPoolPlugin.cpp). Name, version,
+// namespace and field names: PluginCreatorShell (pluginShell.h).
 template <typename Op>
-class RoiPoolPluginCreator : public nvinfer1::IPluginCreatorV3One
+class RoiPoolPluginCreator : public PluginCreatorShell
 {
 public:
     RoiPoolPluginCreator();
@@ -22,14 +22,6 @@ public:
 
     nvinfer1::IPluginV3* createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
         nvinfer1::TensorRTPhase phase) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override { return &mFieldCollection; }
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override { return "1"; }
-    char const* getPluginNamespace() const noexcept override { return "dcn_deploy"; }
-
-private:
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
 struct DeformRoiPoolOp;
