@@ -103,6 +103,9 @@ def test_demo_model_exports_and_verifies(tmp_path, args):
     verified_on = [run["input_shapes"]["image"] for run in report["verification"]]
     # the digits DemoNet makes itself (28x28); a dynamic export is also verified at the next batch size
     assert verified_on == ([[1, 1, 28, 28], [2, 1, 28, 28]] if "--dynamic" in args else [[1, 1, 28, 28]])
+    # named as what they are: the user gave none
+    assert "on the model's own inputs" in result.stderr and "given inputs" not in result.stderr
+    assert all(run["label"].startswith("model's own inputs ") for run in report["verification"])
     assert stored_example_shapes(out) == {"image": (1, 1, 28, 28)}
 
 

@@ -140,7 +140,8 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
     try:
         report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
                         verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
-                        verify_inputs=verify_inputs, verify_examples=bool(input_files), progress=stage,
+                        verify_inputs=verify_inputs, verify_examples=bool(input_files),
+                        verify_inputs_label="model's own inputs", progress=stage,
                         input_names=_names(input_names, "--input-names") or loaded.input_names,
                         output_names=_names(output_names, "--output-names") or loaded.output_names)
     except ExampleInputsError as exc:  # bad input (exit 2), named as the user wrote it

@@ -54,7 +54,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
            opset: int = 19, standard: bool = False, verify: bool = True, rtol: Optional[float] = None,
            atol: Optional[float] = None, require_deformable: bool = True, seed: int = 0,
            verify_inputs: Optional[Sequence[Tuple[torch.Tensor, ...]]] = None, verify_examples: bool = False,
-           progress: Progress = None,
+           verify_inputs_label: str = "given inputs", progress: Progress = None,
            input_names: Optional[Sequence[str]] = None, output_names: Optional[Sequence[str]] = None) -> ExportReport:
     """Export ``model`` to the ONNX file ``path`` with its deformable convolutions as ``dcn_deploy`` ops.
 
@@ -90,6 +90,8 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
             invalid, e.g. boxes); for a dynamic export, give tuples of other sizes too.
         verify_examples: also verify on ``example_inputs`` themselves, first (real data, such as the CLI's
             ``--input`` files, with real boxes).
+        verify_inputs_label: what the progress messages and ``report.verification`` call ``verify_inputs``
+            (the CLI: "model's own inputs", those its input sampler made).
         progress: called with a short message at each stage (the CLI prints them on stderr).
 
         input_names, output_names: names for the file's inputs / outputs, one per input / output in order
@@ -133,7 +135,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
                 if report.weights_path is not None:  # the new file's weights replaced the old: it stays
                     earlier.discard()
                 verify_export(report, model, example_inputs, proto, seed, say, verify_inputs, verify_examples,
-                              uses_float64=torch.float64 in dtypes,
+                              inputs_label=verify_inputs_label, uses_float64=torch.float64 in dtypes,
                               kept_as=earlier.failed_name() if earlier.kept else None)
     except BaseException:
         if earlier is not None:

@@ -23,11 +23,12 @@ __all__ = ["verify_export"]
 
 
 def verify_export(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int, say,
-                  verify_inputs=None, verify_examples: bool = False, *, uses_float64: bool,
-                  kept_as: Optional[Path] = None) -> None:
+                  verify_inputs=None, verify_examples: bool = False, *, inputs_label: str = "given inputs",
+                  uses_float64: bool, kept_as: Optional[Path] = None) -> None:
     """Fill ``report.verification`` (and ``report.seconds["verify"]``) from ONNX Runtime vs PyTorch runs; raise
     :class:`VerificationError` beyond tolerance, :class:`ExportError` when ONNX Runtime cannot load or run the file.
-    ``verify_examples``: run on the example inputs too, first (the user's own data).
+    ``verify_examples``: run on the example inputs too, first (the user's own data). ``inputs_label``: what the
+    messages call ``verify_inputs``.
     ``uses_float64``: the model or its inputs hold float64 tensors (names the missing ONNX Runtime kernel).
     ``kept_as``: where the file will be kept after a failure, when not at ``report.path`` (an earlier file there is
     put back: :class:`dcn_deploy.onnx.export_file.EarlierFile`)."""
@@ -41,10 +42,10 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
     start = time.perf_counter()
     say("verifying against PyTorch in ONNX Runtime (CPUExecutionProvider) on "
         + ("the example inputs and " if verify_examples else "")
-        + ("the given inputs" if verify_inputs is not None else "random inputs"))
+        + (f"the {inputs_label}" if verify_inputs is not None else "random inputs"))
     try:
         runs = _verification_runs(report, model, example_inputs, proto, seed, verify_inputs, verify_examples,
-                                  uses_float64)
+                                  uses_float64, inputs_label)
     except ExportError as exc:  # ONNX Runtime could not load or run the file it passed onnx.checker
         raise ExportError(f"{str(exc).rstrip('. ')}. {_kept(report.path, kept_as)}") from exc
     report.verification = runs
@@ -68,8 +69,6 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
             advice = _mismatch_advice()
         raise VerificationError(
             f"{head}: " + "; ".join(bad) + f". {_kept(report.path, kept_as)}. {advice}", report)
-
-
 
 
 def _mismatch_advice() -> str:
@@ -99,8 +98,8 @@ def _kept(path: Path, kept_as: Optional[Path] = None) -> str:
 
 
 def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int,
-                       verify_inputs=None, verify_examples: bool = False,
-                       uses_float64: bool = False) -> List[VerificationRun]:
+                       verify_inputs=None, verify_examples: bool = False, uses_float64: bool = False,
+                       inputs_label: str = "given inputs") -> List[VerificationRun]:
     """ONNX Runtime vs PyTorch on the example inputs (``verify_examples``), then on ``verify_inputs``, or on random
     inputs of the example shapes and, for a dynamic file, of other shapes (:func:`_other_shapes`)."""
     try:
@@ -115,7 +114,7 @@ def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.
     examples = ([_verify_once(session, model, tuple(example_inputs), "example inputs " + _shapes_text(example_inputs),
                               report.rtol, report.atol)] if verify_examples else [])
     if verify_inputs is not None:
-        return examples + [_verify_once(session, model, tuple(inputs), "given inputs " + _shapes_text(inputs),
+        return examples + [_verify_once(session, model, tuple(inputs), f"{inputs_label} " + _shapes_text(inputs),
                                         report.rtol, report.atol) for inputs in verify_inputs]
     roi_names = roi_input_names(proto.graph)
     rois = [i for i, graph_input in enumerate(proto.graph.input) if graph_input.name in roi_names]
