@@ -589,7 +589,8 @@ class TestPluginRouting:
         assert count == 1
 
     def test_ops_without_a_plugin_stay_unrouted(self):
-        from dcn_deploy.onnx.plugin_routing import unrouted_ops, used_ops
+        from dcn_deploy.onnx.opset import used_ops
+        from dcn_deploy.onnx.plugin_routing import unrouted_ops
 
         model = dcn_model()
         next(n for n in model.graph.node if n.op_type == "DeformConv2d").op_type = "DeformRoIPool2d"

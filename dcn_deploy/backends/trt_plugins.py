@@ -21,7 +21,7 @@ def load_plugins(trt, model, plugin_library, *, rtx: bool, say: Callable[[str], 
                  ) -> Tuple[Optional[Path], Dict[str, Sequence[str]]]:
     """Load our plugin library when the model uses our ops (``plugin_library=False``: do not), and TensorRT's own
     plugins. Returns (library path or None, op_type -> field names of the ops that have a plugin)."""
-    from ..onnx.plugin_routing import used_ops
+    from ..onnx.opset import used_ops
 
     ours = used_ops(model)
     routed_lib, fields = None, {}

@@ -25,7 +25,7 @@ from onnx import helper
 from .opset import DOMAIN, domain_nodes
 
 __all__ = ["PLUGIN_DOMAIN", "PLUGIN_NAMESPACE", "PLUGIN_FIELDS", "RoutingError", "check_plugin_fields",
-           "route_to_plugin", "routed_nodes", "unrouted_ops", "used_ops"]
+           "route_to_plugin", "routed_nodes", "unrouted_ops"]
 
 PLUGIN_DOMAIN = DOMAIN
 PLUGIN_NAMESPACE = "dcn_deploy"
@@ -107,14 +107,6 @@ def unrouted_ops(model: onnx.ModelProto, fields: Optional[Mapping[str, Sequence[
     """op_types of ``domain`` used in the model that have no plugin in ``fields`` (sorted)."""
     fields = PLUGIN_FIELDS if fields is None else fields
     return sorted({n.op_type for n in domain_nodes(model, domain) if n.op_type not in fields})
-
-
-def used_ops(model: onnx.ModelProto, domain: str = PLUGIN_DOMAIN) -> List[str]:
-    """op_types of ``domain`` used in the model's graphs and local functions (sorted). The same as
-    :func:`dcn_deploy.onnx.opset.used_ops`; importing that one here instead flipped the output order of an engine
-    TensorRT-RTX parsed from memory (tests/test_trt_gpu.py, test_models_parsed_from_file), which RTX takes from the
-    process's allocations, not the model: kept until that test compares output order apart."""
-    return sorted({n.op_type for n in domain_nodes(model, domain)})
 
 
 def routed_nodes(model: onnx.ModelProto, domain: str = PLUGIN_DOMAIN) -> List[Tuple[str, Optional[str]]]:
