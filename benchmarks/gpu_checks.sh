@@ -113,6 +113,7 @@ print(json.dumps(library_info(), indent=1, default=str))"
 # this machine; about 6 s).
 step pytest-gpu 200 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_gpu.py -k "not implicit" \
     tests/test_roi_plugin_host.py::test_cuda_kernels_match_reference \
+    tests/test_roi_plugin_host.py::test_ops_on_a_gpu_run_the_cuda_kernels \
     tests/test_deform_conv.py::test_tensors_on_two_devices_are_rejected tests/test_convert_modules.py
 # The experimental implicit-GEMM kernel in a process of its own: a fault there (a sticky CUDA error) must not fail
 # the other kernels' tests.
@@ -178,6 +179,8 @@ for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do # their enqueue o
 done
 step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
     tests/test_roi_plugin_host.py -k cuda
+# The RoI pooling ops: the PyTorch op on the CUDA kernels against its composite (table in checks.log).
+step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
 bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm --iters 20 --warmup 3
 
 # 7. Variants of the GEMM path's settings, each a table in the log, and the sampling kernels under Nsight Compute.

@@ -199,6 +199,16 @@ def test_gemm_layouts_without_a_gpu_is_a_clear_error(layouts, capsys):
     assert "no CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without a GPU")
+def test_gpu_roi_pool_without_a_gpu_is_a_clear_error():
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_roi_pool.py"), "--dtypes", "float16"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "needs a CUDA GPU" in done.stderr and "benchmarks/cpu_roi_pool.py" in done.stderr
+
+
 def _run_gpu_checks(tmp_path, **env_vars):
     """benchmarks/gpu_checks.sh on this machine, with a stand-in build (so that it builds nothing): its summary."""
     import os
@@ -224,7 +234,7 @@ def test_gpu_checks_runs_only_the_named_steps(tmp_path):
     summary = _run_gpu_checks(tmp_path, DCN_GPU_ONLY="plugin-info", DCN_GPU_VARIANTS="bad")
     assert any(line.startswith("device rc=") for line in summary)
     assert any(line.startswith("plugin-info rc=0 ") for line in summary), summary
-    for step in ("pytest-gpu", "bench", "racecheck-specialised", "memcheck", "bench-grouped"):
+    for step in ("pytest-gpu", "bench", "racecheck-specialised", "memcheck", "bench-roi", "bench-grouped"):
         assert f"{step} skipped: not in DCN_GPU_ONLY" in summary
     assert "variant 'bad' skipped: not NAME:VAR=VALUE" in summary
     assert any(line.startswith("racecheck-ring-sync skipped: ") for line in summary)  # not named, or not carried
