@@ -31,8 +31,8 @@ def cpu_lib(host_library_path) -> NativeLibrary:
     return lib
 
 
-def _rois(rng: random.Random, gen: torch.Generator, count: int, batch: int, height: int, width: int,
-          scale: float, dtype) -> torch.Tensor:
+def _rois(rng: random.Random, count: int, batch: int, height: int, width: int, scale: float,
+          dtype) -> torch.Tensor:
     """Boxes in image pixels: some reaching past the map's edges, some tiny, some flipped (x2 < x1)."""
     rows = []
     for _ in range(count):
@@ -54,7 +54,7 @@ def roi_case(seed: int, dtype=torch.float32):
     out = (rng.randint(1, 4), rng.randint(1, 4))
     scale = rng.choice([1.0, 0.5, 0.25])
     x = torch.randn(batch, channels, height, width, generator=gen, dtype=dtype)
-    rois = _rois(rng, gen, rng.randint(1, 9), batch, height, width, scale, dtype)
+    rois = _rois(rng, rng.randint(1, 9), batch, height, width, scale, dtype)
     offset = None if rng.random() < 0.25 else \
         torch.randn(rois.shape[0], 2, *out, generator=gen, dtype=dtype) * rng.choice([0.3, 3.0])
     params = dict(output_size=out, spatial_scale=scale, sampling_ratio=rng.choice([0, 0, 1, 2, 3]),
@@ -76,7 +76,7 @@ def psroi_case(seed: int, dtype=torch.float32):
     scale = rng.choice([1.0, 0.5])
     no_trans = rng.random() < 0.25
     x = torch.randn(batch, output_dim * group * group, height, width, generator=gen, dtype=dtype)
-    rois = _rois(rng, gen, rng.randint(1, 9), batch, height, width, scale, dtype)
+    rois = _rois(rng, rng.randint(1, 9), batch, height, width, scale, dtype)
     trans = None if no_trans else \
         torch.randn(rois.shape[0], 2 * classes, part or pooled, part or pooled, generator=gen, dtype=dtype)
     params = dict(spatial_scale=scale, output_dim=output_dim, group_size=group, pooled_size=pooled,
@@ -132,6 +132,8 @@ def test_float64_agrees_to_rounding(cpu_lib, seed):
 
 
 def test_thread_counts_give_identical_results(cpu_lib):
+    """Each RoI is pooled by one thread, so thread counts must agree bit for bit: this catches shared scratch or
+    a race, not arithmetic."""
     x, rois, offset, params = roi_case(7)
     one = deform_roi_pool_native(x, rois, offset, **params, num_threads=1, library=cpu_lib)
     assert torch.equal(one, deform_roi_pool_native(x, rois, offset, **params, num_threads=3, library=cpu_lib))
@@ -229,3 +231,38 @@ def test_gradients_are_the_composites(cpu_lib, monkeypatch):
     assert max_relative_error(results["1"][0], results["0"][0]) < 1e-5
     for a, b in zip(results["1"][1], results["0"][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_tables_of_2_mib_and_more_match_the_host_build(cpu_lib):
+    """Inputs whose channels-last copy takes ScratchArray's mapped branch (>= 2 MiB: mmap, MADV_HUGEPAGE,
+    MADV_POPULATE_WRITE); the random cases above all stay on its malloc branch."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 67, 64, 61, generator=gen)  # 4.2 MB as float32
+    xy = torch.rand(24, 2, generator=gen) * 60
+    rois = torch.cat([torch.randint(0, 2, (24, 1), generator=gen).float(), xy - 4, xy + 25], 1)
+    offset = torch.randn(24, 2, 7, 7, generator=gen)
+    for threads in (1, 2):
+        got = deform_roi_pool_native(x, rois, offset, 7, 0.5, 2, 0.1, num_threads=threads, library=cpu_lib)
+        want = deform_roi_pool_native(x, rois, offset, 7, 0.5, 2, 0.1, entry="host", library=cpu_lib)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    xp = torch.randn(1, 3 * 49, 60, 62, generator=gen)  # 2.2 MB
+    trans = torch.randn(24, 6, 7, 7, generator=gen)
+    rois[:, 0] = 0
+    got = deform_psroi_pool_native(xp, rois, trans, 0.5, 3, 7, 7, 7, 2, 0.1, num_threads=2, library=cpu_lib)
+    want = deform_psroi_pool_native(xp, rois, trans, 0.5, 3, 7, 7, 7, 2, 0.1, entry="host", library=cpu_lib)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("flag", ["1", "0"], ids=["compiled", "composite"])
+def test_nan_offsets_give_nan_on_every_path(cpu_lib, monkeypatch, flag):
+    """A NaN offset / trans pools to NaN (roiPoolMath.h's BilinearTap) on the compiled forward and the composite
+    alike, and the backward (always the composite) runs."""
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, flag)
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    rois = torch.tensor([[0, 1.0, 1.0, 4.0, 4.0]])
+    shifts = torch.full((1, 2, 1, 1), float("nan"), requires_grad=True)
+    out = rp.deform_roi_pool(x, rois, shifts, 1, 1.0, 2)
+    assert torch.isnan(out).all()
+    out.sum().backward()
+    ps = rp.deform_psroi_pool(x.detach(), rois, shifts.detach(), 1.0, 4, 1, 1, 1, 2, 0.1)
+    assert torch.isnan(ps).all()

@@ -13,7 +13,8 @@ op's torch composite: :func:`dcn_deploy.ops.deform_conv._forward_composite`, and
   them). Why: the composite builds a float32 column buffer of C*kH*kW*oH*oW values per image. A device the
   library cannot run on (built without that GPU's architecture, say) is found by one tiny forward the first time
   the device is used, and then keeps the composite, with a warning. The RoI pooling ops run their kernels the same
-  way (every dtype as it is, float32 sums). ``DCN_DEPLOY_NATIVE_CUDA=0`` turns it off.
+  way (float32 and the half types as they are, float32 sums; float64 on the composite).
+  ``DCN_DEPLOY_NATIVE_CUDA=0`` turns it off.
 - :func:`composite_forward`: a block in which this thread's forwards run the composite on every device, as an
   independent reference for tests and benchmarks of the compiled code.
 

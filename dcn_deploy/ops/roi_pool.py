@@ -84,7 +84,9 @@ def _axis_corners(coord: torch.Tensor, size: int, valid: torch.Tensor):
     """
     low = coord.detach().floor()
     frac = coord - low  # the derivative w.r.t. coord flows through frac
-    low_i = low.long()
+    # A NaN coordinate (a NaN offset or trans; the clamps keep NaN) takes pixel 0 with NaN weights, so the value is
+    # NaN as in the kernels (roiPoolMath.h, BilinearTap); NaN cast to int64 is a wild index (IndexError before).
+    low_i = low.nan_to_num(0.0).long()
     high_i = (low_i + 1).clamp(max=size - 1)
     valid = valid.to(coord.dtype)
     index = torch.cat((low_i, high_i), dim=-1)

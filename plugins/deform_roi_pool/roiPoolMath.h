@@ -87,7 +87,7 @@ struct RoiAlignBin
 
     DCN_HD Acc y(int32_t v) const { return startY + (Acc(v) + Acc(0.5)) * binH / Acc(samplesY); }
     DCN_HD Acc x(int32_t u) const { return startX + (Acc(u) + Acc(0.5)) * binW / Acc(samplesX); }
-    // The divisor of the bin's sum (a sampling_ratio above 46340 overflows an int32 product).
+    // The divisor of the bin's sum.
     DCN_HD Acc divisor() const
     {
         int64_t const count = int64_t(samplesY) * samplesX;
