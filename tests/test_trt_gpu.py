@@ -254,6 +254,56 @@ class TestTensorRTRtxAheadOfTime:
         assert "TensorRT's ONNX parser rejected" in out.stdout and "dcn1" in out.stdout
         assert not engine.exists()
 
+    @pytest.mark.parametrize("op", ["DeformRoIPool", "DeformPSRoIPool"])
+    @pytest.mark.parametrize("precision", ["fp32", "fp16"])
+    def test_roi_pooling_plugins_build_with_dynamic_rois(self, rtx_env, tmp_path, op, precision):
+        """The RoI pooling plugins under a real builder (TensorRT-RTX's, on the CPU): a one-node model with a
+        dynamic RoI count builds with our plugin layer (creator, fields, output shapes from dynamic dimensions,
+        formats, serialisation), in fp32 and fp16; the engine holds the plugin and its field names."""
+        from onnx import TensorProto, helper
+
+        from dcn_deploy.onnx import opset
+
+        python, environ, plugin = rtx_env
+        if op == "DeformRoIPool":
+            channels, shifts = 8, "offset"
+            attrs = dict(pooled_height=3, pooled_width=2, spatial_scale=0.5, sampling_ratio=2, gamma=0.1)
+            shift_shape = ["num_rois", 2, 3, 2]
+            fields = [b"pooled_height", b"sampling_ratio", b"gamma"]
+        else:
+            channels, shifts = 2 * 9, "trans"
+            attrs = dict(spatial_scale=0.5, output_dim=2, group_size=3, pooled_size=3, part_size=3,
+                         sample_per_part=2, trans_std=0.1, no_trans=0)
+            shift_shape = ["num_rois", 4, 3, 3]  # two offset classes
+            fields = [b"output_dim", b"group_size", b"trans_std"]
+        inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, channels, 10, 12]),
+                  helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["num_rois", 5]),
+                  helper.make_tensor_value_info(shifts, TensorProto.FLOAT, shift_shape)]
+        node = helper.make_node(op, ["X", "rois", shifts], ["Y"], domain=opset.DOMAIN, name="pool", **attrs)
+        graph = helper.make_graph([node], "roi", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+        model = opset.attach_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+        model_path, engine = tmp_path / "roi.onnx", tmp_path / "roi.engine"
+        onnx.save(model, model_path)
+        k = "1x{}/8x{}/32x{}"
+        shapes = [f"rois:{k.format(5, 5, 5)}",
+                  f"{shifts}:" + k.format(*["x".join(map(str, shift_shape[1:]))] * 3)]
+        script = textwrap.dedent("""
+            import json, sys
+            from dcn_deploy.backends.trt_build import build_engine
+            model, engine, precision, plugin, shapes = sys.argv[1:6]
+            result = build_engine(model, engine, precision=precision, shapes=json.loads(shapes), plugin_library=plugin,
+                                  tensorrt_module="tensorrt_rtx", target_gpu=("RTX (ahead of time)", (8, 9)))
+            print("RESULT", json.dumps(result.meta.to_json()))
+        """)
+        out = subprocess.run([python, "-c", script, str(model_path), str(engine), precision, str(plugin),
+                              json.dumps(shapes)], capture_output=True, text=True, env=environ, timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        meta = json.loads(out.stdout.split("RESULT ", 1)[1])
+        assert meta["extra"]["routed_nodes"] == 1 and meta["precision"] == precision
+        assert meta["profiles"][0]["rois"] == {"min": [1, 5], "opt": [8, 5], "max": [32, 5]}
+        data = engine.read_bytes()
+        assert b"dcn_deploy" in data and op.encode() in data
+        assert all(name in data for name in fields), "the plugin's serialised fields are not in the engine"
 
     def test_workspace_limit_fits_the_plugins_column_budget(self, rtx_env, tmp_path):
         """A real builder (TensorRT-RTX's, on the CPU) under a workspace limit: det res3's layer (128 channels,
