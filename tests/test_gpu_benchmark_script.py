@@ -209,6 +209,37 @@ def test_gpu_roi_pool_without_a_gpu_is_a_clear_error():
     assert "needs a CUDA GPU" in done.stderr and "benchmarks/cpu_roi_pool.py" in done.stderr
 
 
+def test_gpu_roi_pool_rows_on_the_cpu(monkeypatch):
+    """benchmarks/gpu_roi_pool.py's measuring code, run on the CPU with CUDA's calls stood in (tensors stay put,
+    events read a clock), on a small case: it must reach the table row with both timings and the comparison."""
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("gpu_roi_pool", SCRIPT.parent / "gpu_roi_pool.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.at = None
+
+        def record(self):
+            self.at = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return (other.at - self.at) * 1e3
+
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    case = module.RoiCase("tiny", module.CASES["mmdet_roi"].op, 5, 4, samples=2)
+    row = module.run_case(case, torch.float32, iterations=2, warmup=1)
+    assert row["dtype"] == "float32" and row["op_ms"] > 0 and row["composite_ms"] > 0
+    assert row["max_abs_diff"] < 1e-5
+
+
 def _run_gpu_checks(tmp_path, **env_vars):
     """benchmarks/gpu_checks.sh on this machine, with a stand-in build (so that it builds nothing): its summary."""
     import os
