@@ -168,6 +168,21 @@ def test_empty_rois_and_argument_errors(cpu_lib):
         deform_roi_pool_native(x, rois.double(), None, 2, library=cpu_lib)
 
 
+def test_a_table_too_large_to_allocate_is_an_error_not_a_crash(cpu_lib):
+    """The channels-last copy is allocated before the input is read: a descriptor asking for 2^48 bytes (more than
+    the address space) gets the library's out-of-memory message."""
+    import ctypes
+
+    from dcn_deploy.plugin.native_roi import RoiPoolDesc
+
+    x, rois = torch.zeros(4), torch.tensor([[0, 0.0, 0.0, 1.0, 1.0]])
+    out = torch.zeros(1, 1 << 20, 1, 1)
+    desc = RoiPoolDesc(1, 1 << 20, 1 << 13, 1 << 13, 1, 1, 1, 1, 1.0, 0.1)
+    with pytest.raises(NativeError, match="out of memory: a scratch buffer .* pass fewer images or RoIs per call"):
+        cpu_lib.call("dcn_deform_roi_pool_forward_cpu", ctypes.byref(desc), 0, x.data_ptr(), rois.data_ptr(), None,
+                     out.data_ptr(), 1)
+
+
 # ---- the ops' dispatch ----
 
 def _count_calls(monkeypatch, name):

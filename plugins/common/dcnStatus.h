@@ -3,6 +3,7 @@
 
 #include "dcn_kernels.h"
 
+#include <new>
 #include <string>
 
 namespace dcn
@@ -36,6 +37,12 @@ int32_t guarded(Body&& body) noexcept
     try
     {
         return publish(body());
+    }
+    catch (std::bad_alloc const&)
+    {
+        return publish(Status::error(DCN_ERROR_INTERNAL,
+            "out of memory: a scratch buffer (a channels-last copy of the input, columns, weights) could not be "
+            "allocated; pass fewer images or RoIs per call"));
     }
     catch (std::exception const& e)
     {
