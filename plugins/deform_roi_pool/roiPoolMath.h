@@ -39,8 +39,10 @@ struct BilinearTap
     template <typename Traits, typename T>
     DCN_HD Acc blend(T const* values, int64_t stride = 1) const
     {
-        return weight[0] * Traits::toAcc(values[pixel[0] * stride]) + weight[1] * Traits::toAcc(values[pixel[1] * stride])
-            + weight[2] * Traits::toAcc(values[pixel[2] * stride]) + weight[3] * Traits::toAcc(values[pixel[3] * stride]);
+        return weight[0] * Traits::toAcc(values[pixel[0] * stride])
+            + weight[1] * Traits::toAcc(values[pixel[1] * stride])
+            + weight[2] * Traits::toAcc(values[pixel[2] * stride])
+            + weight[3] * Traits::toAcc(values[pixel[3] * stride]);
     }
 };
 
