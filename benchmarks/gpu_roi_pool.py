@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_roi_pool import CASES, RoiCase, _inputs, _reference  # noqa: E402
+from gpu_deform_conv import time_cuda  # noqa: E402
 
 from dcn_deploy.io_utils import atomic_write_text  # noqa: E402
 from dcn_deploy.ops import native_paths  # noqa: E402
@@ -30,29 +30,16 @@ from dcn_deploy.ops.native_paths import composite_forward  # noqa: E402
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _median_ms(call, iterations: int, warmup: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(iterations):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def run_case(case: RoiCase, dtype: torch.dtype, iterations: int, warmup: int) -> Dict[str, object]:
     cast = [t.cuda().to(dtype) for t in _inputs(case)]
     with torch.inference_mode():
         with composite_forward():
             want = _reference(case, *cast).float()
         got = _reference(case, *cast).float()
-        op_ms = _median_ms(lambda: _reference(case, *cast), iterations, warmup)
+        # eager, not CUDA graphs: the op checks the RoIs' batch indices on the host
+        op_ms = time_cuda(lambda: _reference(case, *cast), warmup, iterations, graph=False)
         with composite_forward():
-            composite_ms = _median_ms(lambda: _reference(case, *cast), max(5, iterations // 5), 2)
+            composite_ms = time_cuda(lambda: _reference(case, *cast), 2, max(5, iterations // 5), graph=False)
     return {"case": case.name, "describe": case.describe(), "dtype": str(dtype).replace("torch.", ""),
             "op_ms": op_ms, "composite_ms": composite_ms,
             "op_uses_kernels": native_paths.cuda_library_for(cast[0]) is not None,

@@ -95,20 +95,17 @@ def composite_psroi(x, rois, trans, params):
     return rp._psroi_composite(x, rois, trans, *params.values())
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_random_roi_pool_float32_matches_composite(cpu_lib, seed):
-    x, rois, offset, params = roi_case(seed)
-    got = deform_roi_pool_native(x, rois, offset, **params, library=cpu_lib)
-    want = composite_roi(x, rois, offset, params)
-    assert got.shape == want.shape and got.dtype == torch.float32
-    assert max_relative_error(got, want) < 1e-5, params
+OPS = {"roi": (roi_case, deform_roi_pool_native, composite_roi),
+       "psroi": (psroi_case, deform_psroi_pool_native, composite_psroi)}
 
 
+@pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("seed", range(40))
-def test_random_psroi_pool_float32_matches_composite(cpu_lib, seed):
-    x, rois, trans, params = psroi_case(seed)
-    got = deform_psroi_pool_native(x, rois, trans, **params, library=cpu_lib)
-    want = composite_psroi(x, rois, trans, params)
+def test_random_calls_float32_match_composite(cpu_lib, op, seed):
+    make_case, native, composite = OPS[op]
+    x, rois, shifts, params = make_case(seed)
+    got = native(x, rois, shifts, **params, library=cpu_lib)
+    want = composite(x, rois, shifts, params)
     assert got.shape == want.shape and got.dtype == torch.float32
     assert max_relative_error(got, want) < 1e-5, params
 
