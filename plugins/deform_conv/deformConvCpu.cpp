@@ -271,7 +271,7 @@ void forwardCpu(DeformConvGeometry const& geo, T const* input, T const* offset, 
 {
     dcn_deform_conv_desc const& d = geo.d;
     int64_t const plane = int64_t(d.height) * d.width;
-    std::vector<T> table(size_t(d.batch) * d.in_channels * plane);
+    ScratchArray<T> table(size_t(d.batch) * d.in_channels * plane);
     toChannelsLast(input, table.data(), d.batch, d.in_channels, plane, threads);
 
     CpuProblem<T> pb;
