@@ -2,7 +2,7 @@
 """CPU speed of dcn_deploy.deform_conv2d against ONNX Runtime's native DeformConv, with torch's conv2d of the
 same shape as a floor (what the convolution costs with no sampling at all).
 
-    python benchmarks/cpu_deform_conv.py                       # all cases, 2 threads, median of 20 runs
+    python benchmarks/cpu_deform_conv.py                       # the three 64x64 cases, 2 threads, median of 20 runs
     python benchmarks/cpu_deform_conv.py --threads 1 --iterations 50 --json results.json
     python benchmarks/cpu_deform_conv.py --case dense --case depthwise
 
@@ -57,7 +57,11 @@ CASES = {
     "dense": BenchCase("dense"),
     "grouped": BenchCase("grouped", groups=32, offset_groups=4),
     "depthwise": BenchCase("depthwise", groups=256),
+    # larger inputs (a 64 MB and a 38 MB channels-last copy), only when named: --case grouped_large
+    "grouped_large": BenchCase("grouped_large", n=4, size=128, groups=32, offset_groups=4),
+    "depthwise_large": BenchCase("depthwise_large", n=8, channels=128, out_channels=128, size=96, groups=128),
 }
+DEFAULT_CASES = ("dense", "grouped", "depthwise")
 
 
 def make_inputs(case: BenchCase, seed: int = 0) -> Dict[str, np.ndarray]:
@@ -166,7 +170,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=20, help="timed rounds (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     parser.add_argument("--case", action="append", choices=sorted(CASES),
-                        help="run only this case (repeatable; default: all)")
+                        help=f"run only this case (repeatable; default: {', '.join(DEFAULT_CASES)})")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.iterations < 1 or args.warmup < 0:
@@ -174,7 +178,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     env = environment(args.threads)
-    results = [run_case(CASES[name], args.threads, args.warmup, args.iterations) for name in (args.case or list(CASES))]
+    results = [run_case(CASES[name], args.threads, args.warmup, args.iterations) for name in (args.case or DEFAULT_CASES)]
     print(f"CPU: {env['cpu']}; threads={env['threads']}; torch {env['torch']}; onnxruntime {env['onnxruntime']}; "
           f"median of {args.iterations} rounds after {args.warmup} warm-up\n")
     print(markdown_table(results))
