@@ -354,3 +354,45 @@ def test_dense_product_either_way_matches_the_reference(cpu_lib, onednn):
         torch.backends.mkldnn.enabled = previous
         native._DENSE_SLICE_BYTES = budget
     assert got.shape == expected.shape and max_relative_error(got, expected) < 1e-5
+
+
+# ---- the layout helpers the dense forward's Python side calls ----
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_channels_last_copy_matches_torch(cpu_lib, dtype, threads):
+    """dcn_channels_last_cpu moves elements (any dtype: NaN payloads and -0.0 survive) exactly as torch's permuted
+    copy, for odd sizes that leave partial blocks of pixels and channels."""
+    x = torch.randn(2, 37, 9, 13).to(dtype)
+    x[0, 0, 0, 0], x[1, 36, 8, 12] = float("nan"), -0.0
+    out = torch.empty(2, 9, 13, 37, dtype=dtype)
+    cpu_lib.call("dcn_channels_last_cpu", DTYPE_CODES[str(dtype)[6:]], x.data_ptr(), out.data_ptr(), 2, 37, 9 * 13,
+                 threads)
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]  # compared bit for bit
+    assert torch.equal(out.view(bits), x.permute(0, 2, 3, 1).contiguous().view(bits))
+
+
+def test_channels_last_copy_of_a_large_table_and_prefault(cpu_lib):
+    """From 32 MiB the output is faulted in first (huge-page advice, one call): the copy is still exact, and
+    dcn_prefault_cpu leaves a buffer's contents as they were."""
+    x = torch.randn(1, 64, 384, 384)  # 36 MiB
+    out = torch.empty(1, 384, 384, 64)
+    cpu_lib.call("dcn_channels_last_cpu", 0, x.data_ptr(), out.data_ptr(), 1, 64, 384 * 384, 2)
+    assert torch.equal(out, x.permute(0, 2, 3, 1))
+    before = out.clone()
+    cpu_lib.call("dcn_prefault_cpu", out.data_ptr(), out.numel() * 4)
+    assert torch.equal(out, before)
+
+
+def test_layout_helpers_reject_bad_arguments(cpu_lib):
+    x = torch.zeros(4)
+    with pytest.raises(NativeError, match="batch, channels and plane must be >= 0, got 1, -2, 2"):
+        cpu_lib.call("dcn_channels_last_cpu", 0, x.data_ptr(), x.data_ptr(), 1, -2, 2, 1)
+    with pytest.raises(NativeError, match="dtype 9 is not one of"):
+        cpu_lib.call("dcn_channels_last_cpu", 9, x.data_ptr(), x.data_ptr(), 1, 2, 2, 1)
+    with pytest.raises(NativeError, match="num_threads must be >= 0"):
+        cpu_lib.call("dcn_channels_last_cpu", 0, x.data_ptr(), x.data_ptr(), 1, 2, 2, -1)
+    with pytest.raises(NativeError, match="input and output must not be NULL"):
+        cpu_lib.call("dcn_channels_last_cpu", 0, None, x.data_ptr(), 1, 2, 2, 1)
+    with pytest.raises(NativeError, match="bytes must be >= 0 and data not NULL, got -1 bytes"):
+        cpu_lib.call("dcn_prefault_cpu", x.data_ptr(), -1)

@@ -93,6 +93,9 @@ class NativeLibrary:
         self._declare("dcn_deform_conv2d_columns_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 3
                       + [ctypes.c_int32, ctypes.c_int64, ctypes.c_int64, _VOIDP, ctypes.c_int32])
+        self._declare("dcn_channels_last_cpu",
+                      [ctypes.c_int32, _VOIDP, _VOIDP, ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32])
+        self._declare("dcn_prefault_cpu", [_VOIDP, ctypes.c_int64])
         self._declare("dcn_cuda_available", [], ctypes.c_int32)
         self._declare("dcn_deform_conv2d_workspace_size",
                       [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32, _P(ctypes.c_size_t)])
@@ -353,9 +356,13 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
     out = torch.empty((desc.batch, desc.out_channels, plane), dtype=input.dtype)
     if desc.batch == 0 or plane == 0:
         return out.view(desc.batch, desc.out_channels, oh, ow)
-    table = t["input"].permute(0, 2, 3, 1).contiguous()  # (N, H, W, C): a tap's channels are contiguous
-    product = _ColumnsProduct(t["weight"], ow)
+    lib.call("dcn_prefault_cpu", _ptr(out), out.numel() * out.element_size())  # written whole below
+    # (N, H, W, C): a tap's channels are contiguous. The library's copy: 5x faster than torch's permuted one.
+    table = torch.empty((desc.batch, desc.height, desc.width, desc.in_channels), dtype=input.dtype)
+    lib.call("dcn_channels_last_cpu", dtype, _ptr(t["input"]), _ptr(table), desc.batch, desc.in_channels,
+             desc.height * desc.width, threads)
     slice_pixels = max(16, min(plane, _DENSE_SLICE_BYTES // (row * input.element_size())))
+    product = _ColumnsProduct(t["weight"], ow)
     if product.whole_rows:
         slice_pixels = max(1, slice_pixels // ow) * ow
     columns = torch.empty((slice_pixels, row), dtype=input.dtype)
@@ -397,7 +404,18 @@ class _ColumnsProduct:
             return
         oc, c, _, points = self.kernel.shape
         product = multiply_column_rows(columns.view(1, -1, points, c), self.kernel, self.ow)[0]
-        out.view(oc, -1, self.ow).copy_(product)
+        # The product is channels-last: (pixels, oC) in memory. torch copies a transposed 2-D matrix into a
+        # contiguous one by blocks, 3.4x faster than its copy into out's strided rows (0.2 against 0.7 ms for 256
+        # channels x 1792 pixels): into out directly where its rows are contiguous (a slice of whole images), else
+        # through a contiguous staging matrix in the columns' memory, read already (no new buffer: a fresh one
+        # changed which buffers glibc reused, and some processes then faulted the columns in on every call).
+        transposed = product.permute(1, 2, 0).reshape(-1, oc).t()
+        if out.is_contiguous():
+            out.copy_(transposed)
+            return
+        staging = columns.view(-1)[:out.numel()].view(out.shape)
+        staging.copy_(transposed)
+        out.copy_(staging)
 
 
 def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,

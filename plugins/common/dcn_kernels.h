@@ -118,6 +118,15 @@ DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, 
 DCN_API int32_t dcn_deform_conv2d_columns_cpu(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input_nhwc,
     const void* offset, const void* mask, int32_t image, int64_t pixel_begin, int64_t pixel_count, void* columns,
     int32_t num_threads);
+/* The input of that call: (batch, channels, plane) -> (batch, plane, channels), any dtype, in cache-sized blocks,
+ * into `output` (not overlapping `input`). An output of 32 MiB or more is first faulted in at once, as by
+ * dcn_prefault_cpu. About 5x faster than torch's permuted copy on one thread. */
+DCN_API int32_t dcn_channels_last_cpu(int32_t dtype, const void* input, void* output, int32_t batch, int32_t channels,
+    int64_t plane, int32_t num_threads);
+/* Fault in a buffer of `bytes` from malloc (32 MiB or more, which glibc maps afresh on every allocation; smaller
+ * ones are left alone) at once, with huge pages where the kernel allows them, before it is written whole (a torch
+ * tensor the caller is about to fill). Advice only: the contents do not change. */
+DCN_API int32_t dcn_prefault_cpu(void* data, int64_t bytes);
 
 /* ---- libdcn_deploy_kernels.so (and the TensorRT plugin library) ---- */
 DCN_API int32_t dcn_cuda_available(void);
