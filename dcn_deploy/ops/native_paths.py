@@ -38,8 +38,8 @@ __all__ = ["NATIVE_CPU_ENV", "NATIVE_CUDA_ENV", "composite_forward", "cpu_librar
 # Set to 0 to keep every CPU (CUDA) forward on the torch composite, e.g. to compare the two.
 NATIVE_CPU_ENV = "DCN_DEPLOY_NATIVE_CPU"
 NATIVE_CUDA_ENV = "DCN_DEPLOY_NATIVE_CUDA"
-_CPU_ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu", "dcn_deform_roi_pool_forward_cpu",
-                "dcn_deform_psroi_pool_forward_cpu")
+_CPU_ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu", "dcn_channels_last_cpu",
+                "dcn_prefault_cpu", "dcn_deform_roi_pool_forward_cpu", "dcn_deform_psroi_pool_forward_cpu")
 _CUDA_ENTRIES = ("dcn_deform_conv2d_forward_cuda", "dcn_cuda_available", "dcn_deform_roi_pool_forward_cuda",
                  "dcn_deform_psroi_pool_forward_cuda")
 

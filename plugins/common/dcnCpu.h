@@ -121,9 +121,9 @@ private:
 
 // Faults in [data, data + bytes) at once, with huge pages where the kernel allows them on request: for a buffer
 // from malloc (a torch tensor, say) that is about to be written whole. Only from 32 MiB: glibc maps an allocation
-// that large afresh every time, to be faulted in anew; a smaller one comes back from its heap already faulted in,
-// and huge-page advice on such memory made a 64x64 layer's time vary from call to call (28 to 39 ms). Advice only:
-// without it (another system, an older kernel) the buffer faults in as it is written.
+// that large afresh every time, to be faulted in anew; a smaller one mostly comes back from its heap already
+// faulted in, with nothing to gain. Advice only: without it (another system, an older kernel) the buffer faults in
+// as it is written.
 inline void prefaultForWriting(void* data, size_t bytes)
 {
 #if defined(__linux__)
