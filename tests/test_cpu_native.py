@@ -117,6 +117,16 @@ def test_dense_layer_sampled_in_several_slices(cpu_lib, monkeypatch, batch, offs
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=3))
 
 
+def test_dense_layer_in_slices_with_more_outputs_than_column_values(cpu_lib, monkeypatch):
+    # A 1x1 kernel on 4 channels has 4 column values per pixel for 40 outputs: a slice's output is larger than its
+    # columns, so the product's transpose cannot be staged in the columns' memory.
+    monkeypatch.setattr(native_module, "_DENSE_SLICE_BYTES", 1 << 8)
+    case = Case(batch=2, groups=1, offset_groups=2, in_channels=4, out_channels=40, height=6, width=9, kernel=(1, 1),
+                stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), with_mask=True, with_bias=True, offset_scale=3.0)
+    tensors = make_tensors(case, torch.float32, seed=11)
+    assert max_relative_error(native(cpu_lib, case, *tensors), composite(case, *tensors)) < 1e-5
+
+
 @pytest.mark.parametrize("in_channels_per_group", [2, 4], ids=["grouped", "dense"])
 def test_inputs_that_require_grad(cpu_lib, in_channels_per_group):
     # a trained module's Parameter straight in: the result is a plain tensor (not differentiable), not an error

@@ -408,12 +408,16 @@ class _ColumnsProduct:
         # contiguous one by blocks, 3.4x faster than its copy into out's strided rows (0.2 against 0.7 ms for 256
         # channels x 1792 pixels): into out directly where its rows are contiguous (a slice of whole images), else
         # through a contiguous staging matrix in the columns' memory, read already (no new buffer: a fresh one
-        # changed which buffers glibc reused, and some processes then faulted the columns in on every call).
+        # changed which buffers glibc reused, and some processes then faulted the columns in on every call), or
+        # a new one where the output outgrows the columns (fewer kernel points x channels than outputs).
         transposed = product.permute(1, 2, 0).reshape(-1, oc).t()
         if out.is_contiguous():
             out.copy_(transposed)
             return
-        staging = columns.view(-1)[:out.numel()].view(out.shape)
+        if columns.numel() >= out.numel():
+            staging = columns.view(-1)[:out.numel()].view(out.shape)
+        else:
+            staging = torch.empty(out.shape, dtype=out.dtype)
         staging.copy_(transposed)
         out.copy_(staging)
 
