@@ -22,7 +22,7 @@ from dcn_deploy.plugin import native as native_module
 from dcn_deploy.plugin.native import DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_cpu
 from plugin_configs import Case, make_tensors, max_relative_error, reference
 
-ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu")
+ENTRIES = ("dcn_deform_conv2d_forward_cpu", "dcn_deform_conv2d_columns_cpu", "dcn_channels_last_cpu", "dcn_prefault_cpu")
 
 
 @pytest.fixture(scope="module")

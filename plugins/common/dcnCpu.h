@@ -13,6 +13,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #if defined(_OPENMP)
@@ -127,9 +128,15 @@ private:
 inline void prefaultForWriting(void* data, size_t bytes)
 {
 #if defined(__linux__)
-    constexpr uintptr_t kFreshMapping = uintptr_t(32) << 20, kPage = 4096;
+    constexpr uintptr_t kFreshMapping = uintptr_t(32) << 20;
     if (bytes < kFreshMapping)
         return;
+    // The kernel's page (16 or 64 KiB on some arm64 and ppc64 kernels): madvise refuses a start that is not on one
+    // and rounds the length up to one, past the buffer's end, where another allocation may lie.
+    static uintptr_t const kPage = [] {
+        long const page = sysconf(_SC_PAGESIZE);
+        return page > 0 ? uintptr_t(page) : uintptr_t(4096);
+    }();
     uintptr_t const begin = (reinterpret_cast<uintptr_t>(data) + kPage - 1) / kPage * kPage; // whole pages only
     uintptr_t const end = (reinterpret_cast<uintptr_t>(data) + bytes) / kPage * kPage;
     if (end <= begin)

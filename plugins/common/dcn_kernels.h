@@ -123,9 +123,10 @@ DCN_API int32_t dcn_deform_conv2d_columns_cpu(const dcn_deform_conv_desc* desc, 
  * dcn_prefault_cpu. About 5x faster than torch's permuted copy on one thread. */
 DCN_API int32_t dcn_channels_last_cpu(int32_t dtype, const void* input, void* output, int32_t batch, int32_t channels,
     int64_t plane, int32_t num_threads);
-/* Fault in a buffer of `bytes` from malloc (32 MiB or more, which glibc maps afresh on every allocation; smaller
- * ones are left alone) at once, with huge pages where the kernel allows them, before it is written whole (a torch
- * tensor the caller is about to fill). Advice only: the contents do not change. */
+/* Fault in a buffer of `bytes` of private anonymous memory from malloc (32 MiB or more, which glibc maps afresh on
+ * every allocation; smaller ones are left alone) at once, with huge pages where the kernel allows them, before it
+ * is written whole (a torch tensor the caller is about to fill). The contents do not change. Not for a file
+ * mapping: populating a shared one would dirty every page and allocate the file's holes. */
 DCN_API int32_t dcn_prefault_cpu(void* data, int64_t bytes);
 
 /* ---- libdcn_deploy_kernels.so (and the TensorRT plugin library) ---- */
