@@ -71,6 +71,12 @@ class OrtDeformConv:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # ONNX Runtime's intra-op threads spin after a run by default, taking the CPU from whatever runs next
+        # (benchmarks/cpu_deform_conv.py alternates implementations call by call): with 2 threads on 2 cores that
+        # moved dcn_deploy's median from 15.5 to 22-32 ms, while this one-node model's own time stayed at about
+        # 22 ms either way (benchmarks/RESULTS.md). (A model of many small nodes does lose by it: the RoI
+        # pooling bodies took 80 ms spinning, 123 without, so benchmarks/cpu_roi_pool.py keeps the default.)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self.has_mask = mask_shape is not None
 
