@@ -57,7 +57,7 @@ CASES = {
     "dense": BenchCase("dense"),
     "grouped": BenchCase("grouped", groups=32, offset_groups=4),
     "depthwise": BenchCase("depthwise", groups=256),
-    # larger inputs (64 MB, 64 MB and 38 MB in float32), only when named: --case grouped_large
+    # larger inputs (64 MiB, 64 MiB and 36 MiB in float32), only when named: --case grouped_large
     "dense_large": BenchCase("dense_large", n=4, size=128),
     "grouped_large": BenchCase("grouped_large", n=4, size=128, groups=32, offset_groups=4),
     "depthwise_large": BenchCase("depthwise_large", n=8, channels=128, out_channels=128, size=96, groups=128),

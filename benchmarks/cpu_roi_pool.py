@@ -90,7 +90,9 @@ def _model(case: RoiCase) -> onnx.ModelProto:
     return model
 
 
-def _reference(case: RoiCase, x, rois, offsets) -> torch.Tensor:
+def _run_op(case: RoiCase, x, rois, offsets) -> torch.Tensor:
+    """The PyTorch op of ``case``: its compiled forward where the library is built, else (and under
+    ``composite_forward``, the reference) its composite."""
     if case.op == roi_opset.DEFORM_ROI_POOL:
         return deform_roi_pool(x, rois, offsets, case.pooled, 1 / STRIDE, case.samples, 0.1)
     return deform_psroi_pool(x, rois, None if case.no_trans else offsets, 1 / STRIDE, case.output_dim, case.pooled,
@@ -114,21 +116,21 @@ def run_case(case: RoiCase, threads: int, iterations: int, warmup: int) -> Dict[
     feed = {"X": x.numpy(), "rois": rois.numpy(), "offset": offsets.numpy()}
     with torch.inference_mode():
         with composite_forward():
-            want = _reference(case, x, rois, offsets).numpy()
+            want = _run_op(case, x, rois, offsets).numpy()
         got = session.run(None, feed)[0]
-        compiled = _reference(case, x, rois, offsets).numpy()
+        op_out = _run_op(case, x, rois, offsets).numpy()
         for _ in range(warmup):
             session.run(None, feed)
-            _reference(case, x, rois, offsets)
+            _run_op(case, x, rois, offsets)
         ort_ms = _times_ms(lambda: session.run(None, feed), iterations)
-        op_ms = _times_ms(lambda: _reference(case, x, rois, offsets), iterations)
+        op_ms = _times_ms(lambda: _run_op(case, x, rois, offsets), iterations)
         with composite_forward():
-            composite_ms = _times_ms(lambda: _reference(case, x, rois, offsets), max(3, iterations // 3))
+            composite_ms = _times_ms(lambda: _run_op(case, x, rois, offsets), max(3, iterations // 3))
     return {"case": asdict(case), "describe": case.describe(), "ort_median_ms": statistics.median(ort_ms),
             "ort_min_ms": min(ort_ms), "op_median_ms": statistics.median(op_ms), "op_min_ms": min(op_ms),
             "op_compiled": native_paths.cpu_library_for(x) is not None,
             "composite_median_ms": statistics.median(composite_ms),
-            "max_abs_diff": float(np.abs(got - want).max()), "op_max_abs_diff": float(np.abs(compiled - want).max())}
+            "max_abs_diff": float(np.abs(got - want).max()), "op_max_abs_diff": float(np.abs(op_out - want).max())}
 
 
 def main() -> int:

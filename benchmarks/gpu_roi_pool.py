@@ -20,7 +20,7 @@ from typing import Dict, List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_roi_pool import CASES, RoiCase, _inputs, _reference  # noqa: E402
+from cpu_roi_pool import CASES, RoiCase, _inputs, _run_op  # noqa: E402
 from gpu_deform_conv import time_cuda  # noqa: E402
 
 from dcn_deploy.io_utils import atomic_write_text  # noqa: E402
@@ -34,12 +34,12 @@ def run_case(case: RoiCase, dtype: torch.dtype, iterations: int, warmup: int) ->
     cast = [t.cuda().to(dtype) for t in _inputs(case)]
     with torch.inference_mode():
         with composite_forward():
-            want = _reference(case, *cast).float()
-        got = _reference(case, *cast).float()
+            want = _run_op(case, *cast).float()
+        got = _run_op(case, *cast).float()
         # eager, not CUDA graphs: the op checks the RoIs' batch indices on the host
-        op_ms = time_cuda(lambda: _reference(case, *cast), warmup, iterations, graph=False)
+        op_ms = time_cuda(lambda: _run_op(case, *cast), warmup, iterations, graph=False)
         with composite_forward():
-            composite_ms = time_cuda(lambda: _reference(case, *cast), 2, max(5, iterations // 5), graph=False)
+            composite_ms = time_cuda(lambda: _run_op(case, *cast), 2, max(5, iterations // 5), graph=False)
     return {"case": case.name, "describe": case.describe(), "dtype": str(dtype).replace("torch.", ""),
             "op_ms": op_ms, "composite_ms": composite_ms,
             "op_uses_kernels": native_paths.cuda_library_for(cast[0]) is not None,

@@ -23,7 +23,7 @@ __all__ = ["verify_export"]
 
 
 def verify_export(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int, say,
-                  verify_inputs=None, verify_examples: bool = False, *, inputs_label: str = "given inputs",
+                  verify_inputs=None, verify_examples: bool = False, *, inputs_label: str,
                   uses_float64: bool, kept_as: Optional[Path] = None) -> None:
     """Fill ``report.verification`` (and ``report.seconds["verify"]``) from ONNX Runtime vs PyTorch runs; raise
     :class:`VerificationError` beyond tolerance, :class:`ExportError` when ONNX Runtime cannot load or run the file.
@@ -45,7 +45,7 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
         + (f"the {inputs_label}" if verify_inputs is not None else "random inputs"))
     try:
         runs = _verification_runs(report, model, example_inputs, proto, seed, verify_inputs, verify_examples,
-                                  uses_float64, inputs_label)
+                                  uses_float64, inputs_label=inputs_label)
     except ExportError as exc:  # ONNX Runtime could not load or run the file it passed onnx.checker
         raise ExportError(f"{str(exc).rstrip('. ')}. {_kept(report.path, kept_as)}") from exc
     report.verification = runs
@@ -98,8 +98,8 @@ def _kept(path: Path, kept_as: Optional[Path] = None) -> str:
 
 
 def _verification_runs(report: ExportReport, model, example_inputs, proto: onnx.ModelProto, seed: int,
-                       verify_inputs=None, verify_examples: bool = False, uses_float64: bool = False,
-                       inputs_label: str = "given inputs") -> List[VerificationRun]:
+                       verify_inputs=None, verify_examples: bool = False, uses_float64: bool = False, *,
+                       inputs_label: str) -> List[VerificationRun]:
     """ONNX Runtime vs PyTorch on the example inputs (``verify_examples``), then on ``verify_inputs``, or on random
     inputs of the example shapes and, for a dynamic file, of other shapes (:func:`_other_shapes`)."""
     try:

@@ -228,12 +228,20 @@ def _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation) 
 
 
 def _prepare(input, offset, weight, bias, mask, device_type: str):
+    return _prepare_tensors({"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask},
+                            device_type, "this entry point")
+
+
+def _prepare_tensors(tensors, device_type: str, caller: str):
+    """Check ``tensors`` (name -> tensor or None, ``"input"`` among them: one supported float dtype, one
+    ``device_type`` device; ``caller`` names the entry in the device error); returns (name -> contiguous tensor or
+    None, the dtype's code in :data:`DTYPE_CODES`)."""
     from ..ops._checks import check_tensors  # tensors, one supported float dtype, one device
 
-    tensors = {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask}
     check_tensors(tensors)
+    input = tensors["input"]
     if input.device.type != device_type:
-        raise ValueError(f"input is on {input.device}; this entry point needs every tensor on one {device_type} device")
+        raise ValueError(f"input is on {input.device}; {caller} needs every tensor on one {device_type} device")
     dtype_name = str(input.dtype).replace("torch.", "")
     contiguous = {k: (None if t is None else t.contiguous()) for k, t in tensors.items()}
     return contiguous, DTYPE_CODES[dtype_name]
@@ -357,7 +365,7 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
     if desc.batch == 0 or plane == 0:
         return out.view(desc.batch, desc.out_channels, oh, ow)
     lib.call("dcn_prefault_cpu", _ptr(out), out.numel() * out.element_size())  # written whole below
-    # (N, H, W, C): a tap's channels are contiguous. The library's copy: 5x faster than torch's permuted one.
+    # (N, H, W, C): a pixel's channels are contiguous. The library's copy: 5x faster than torch's permuted one.
     table = torch.empty((desc.batch, desc.height, desc.width, desc.in_channels), dtype=input.dtype)
     lib.call("dcn_channels_last_cpu", dtype, _ptr(t["input"]), _ptr(table), desc.batch, desc.in_channels,
              desc.height * desc.width, threads)

@@ -82,22 +82,16 @@ def deform_psroi_pool_native(input, rois, trans, spatial_scale: float, output_di
 def _run(op: str, desc, shape: Sequence[int], entry: str, tensors, num_threads: Optional[int], library):
     import torch
 
-    from ..ops._checks import check_tensors
-    from .native import DTYPE_CODES, load_library
+    from .native import _prepare_tensors, _ptr, load_library
 
     if entry not in ROI_ENTRIES:
         raise ValueError(f"entry must be one of {', '.join(ROI_ENTRIES)}, got {entry!r}")
-    check_tensors(tensors)
-    input = tensors["input"]
-    device = ROI_ENTRIES[entry]
-    if input.device.type != device:
-        raise ValueError(f"input is on {input.device}; the {entry} forward needs every tensor on one {device} device")
-    dtype = DTYPE_CODES[str(input.dtype).replace("torch.", "")]
-    pointers = [None if t is None else t.contiguous() for t in tensors.values()]
+    contiguous, dtype = _prepare_tensors(tensors, ROI_ENTRIES[entry], f"the {entry} forward")
+    input = contiguous["input"]
     lib = library or load_library("kernels" if entry == "cuda" else "host")
     out = torch.empty(tuple(shape), dtype=input.dtype, device=input.device)
     name = f"dcn_deform_{op}_forward_{entry}"
-    args = [ctypes.byref(desc), dtype, *[None if t is None else t.data_ptr() for t in pointers], out.data_ptr()]
+    args = [ctypes.byref(desc), dtype, *[_ptr(t) for t in contiguous.values()], out.data_ptr()]
     if entry == "cpu":
         lib.call(name, *args, torch.get_num_threads() if num_threads is None else int(num_threads))
     elif entry == "cuda":

@@ -1,5 +1,6 @@
-// What the fast CPU forwards (deformConvCpu.cpp, roiPoolCpu.cpp) share: per-CPU code selection, OpenMP threads,
-// the argument checks of their C entries, and the copy of an input to channels-last.
+// What the fast CPU forwards (deformConvCpu.cpp, roiPoolCpu.cpp) and the layout helpers (dcnCpuLayout.cpp) share:
+// per-CPU code selection, OpenMP threads, the argument checks of their C entries, ScratchArray for a large scratch
+// table, prefaultForWriting, and the copy of an input to channels-last.
 #pragma once
 
 #include "dcnDtype.h"

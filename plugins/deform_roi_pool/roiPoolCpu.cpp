@@ -240,8 +240,10 @@ DCN_API int32_t dcn_deform_roi_pool_forward_cpu(const dcn_deform_roi_pool_desc* 
         dcn::Status status = dcn::checkRoiPool(*desc);
         int32_t threads = 1;
         if (!status.ok() || !(status = dcn::cpuThreads(name, num_threads, threads)).ok()
-            || !(status = dcn::cpuDtype(name, dtype)).ok() || desc->num_rois == 0)
+            || !(status = dcn::cpuDtype(name, dtype)).ok())
             return status;
+        if (desc->num_rois == 0)
+            return dcn::Status::success();
         if (!input || !rois || !output)
             return dcn::Status::invalid(
                 std::string(name) + ": input, rois and output must not be NULL (offset may be)");
@@ -265,8 +267,10 @@ DCN_API int32_t dcn_deform_psroi_pool_forward_cpu(const dcn_deform_psroi_pool_de
         dcn::Status status = dcn::checkPsroiPool(*desc);
         int32_t threads = 1;
         if (!status.ok() || !(status = dcn::cpuThreads(name, num_threads, threads)).ok()
-            || !(status = dcn::cpuDtype(name, dtype)).ok() || desc->num_rois == 0)
+            || !(status = dcn::cpuDtype(name, dtype)).ok())
             return status;
+        if (desc->num_rois == 0)
+            return dcn::Status::success();
         if (!input || !rois || !output || (!desc->no_trans && !trans))
             return dcn::Status::invalid(std::string(name) + ": input, rois, output (and trans unless no_trans) must "
                                                             "not be NULL");

@@ -1,4 +1,5 @@
-// Per-output-element arithmetic of the deformable RoI pooling ops, shared by the CUDA kernels and the host build.
+// The arithmetic of the deformable RoI pooling ops: each op's bin geometry, the bilinear taps of a sample and one
+// output element, shared by the CUDA kernels, the host build and the fast CPU forwards (roiPoolCpu.cpp).
 // The formulas are those of dcn_deploy/ops/roi_pool.py (its module docstring), evaluated in Acc (float32 for
 // float/half/bfloat16, double for double). Traits<T>::toAcc loads an element.
 #pragma once
@@ -89,10 +90,10 @@ struct RoiAlignBin
 
     DCN_HD Acc y(int32_t v) const { return startY + (Acc(v) + Acc(0.5)) * binH / Acc(samplesY); }
     DCN_HD Acc x(int32_t u) const { return startX + (Acc(u) + Acc(0.5)) * binW / Acc(samplesX); }
-    // The divisor of the bin's sum.
+    // The divisor of the bin's sum: its sample count, at least 1.
     DCN_HD Acc divisor() const
     {
-        int64_t const count = int64_t(samplesY) * samplesX;
+        int64_t const count = int64_t(samplesY) * samplesX; // a sampling_ratio above 46340 overflows an int32 product
         return Acc(count > 1 ? count : 1);
     }
 };
