@@ -154,6 +154,16 @@ inline void prefaultForWriting(void* data, size_t bytes)
 #endif
 }
 
+// The checks every float-computing CPU entry makes after its descriptor's own (descStatus): the thread count and
+// the dtype; the first failure, else success with threads set.
+inline Status cpuEntryChecks(char const* entry, Status descStatus, int32_t numThreads, int32_t dtype, int32_t& threads)
+{
+    if (!descStatus.ok())
+        return descStatus;
+    Status status = cpuThreads(entry, numThreads, threads);
+    return status.ok() ? cpuDtype(entry, dtype) : status;
+}
+
 // (N, C, P) -> (N, P, C), in cache-sized blocks: afterwards the channels of one pixel are contiguous.
 template <typename T>
 void toChannelsLast(T const* input, T* table, int32_t batch, int32_t channels, int64_t plane, int32_t threads)

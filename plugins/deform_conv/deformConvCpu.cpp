@@ -369,12 +369,10 @@ DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, 
         if (!desc)
             return dcn::Status::invalid("dcn_deform_conv2d_forward_cpu: desc must not be NULL");
         dcn::DeformConvGeometry geo;
-        dcn::Status status = dcn::makeGeometry(*desc, geo);
-        if (!status.ok())
-            return status;
         int32_t threads = 1;
-        if (!(status = dcn::cpuThreads("dcn_deform_conv2d_forward_cpu", num_threads, threads)).ok()
-            || !(status = dcn::cpuDtype("dcn_deform_conv2d_forward_cpu", dtype)).ok())
+        dcn::Status const status
+            = dcn::cpuEntryChecks("dcn_deform_conv2d_forward_cpu", dcn::makeGeometry(*desc, geo), num_threads, dtype, threads);
+        if (!status.ok())
             return status;
         if (desc->batch > 0 && (!input || !offset || !weight || !output))
             return dcn::Status::invalid("dcn_deform_conv2d_forward_cpu: input, offset, weight and output must not be NULL "
@@ -402,12 +400,10 @@ DCN_API int32_t dcn_deform_conv2d_columns_cpu(const dcn_deform_conv_desc* desc, 
         if (!desc)
             return dcn::Status::invalid(std::string(name) + "desc must not be NULL");
         dcn::DeformConvGeometry geo;
-        dcn::Status status = dcn::makeGeometry(*desc, geo);
-        if (!status.ok())
-            return status;
         int32_t threads = 1;
-        if (!(status = dcn::cpuThreads("dcn_deform_conv2d_columns_cpu", num_threads, threads)).ok()
-            || !(status = dcn::cpuDtype("dcn_deform_conv2d_columns_cpu", dtype)).ok())
+        dcn::Status const status
+            = dcn::cpuEntryChecks("dcn_deform_conv2d_columns_cpu", dcn::makeGeometry(*desc, geo), num_threads, dtype, threads);
+        if (!status.ok())
             return status;
         int64_t const plane = int64_t(geo.outH) * geo.outW;
         if (image < 0 || image >= desc->batch)

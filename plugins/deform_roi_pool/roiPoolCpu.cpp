@@ -237,10 +237,9 @@ DCN_API int32_t dcn_deform_roi_pool_forward_cpu(const dcn_deform_roi_pool_desc* 
         char const* const name = "dcn_deform_roi_pool_forward_cpu";
         if (!desc)
             return dcn::Status::invalid(std::string(name) + ": desc must not be NULL");
-        dcn::Status status = dcn::checkRoiPool(*desc);
         int32_t threads = 1;
-        if (!status.ok() || !(status = dcn::cpuThreads(name, num_threads, threads)).ok()
-            || !(status = dcn::cpuDtype(name, dtype)).ok())
+        dcn::Status const status = dcn::cpuEntryChecks(name, dcn::checkRoiPool(*desc), num_threads, dtype, threads);
+        if (!status.ok())
             return status;
         if (desc->num_rois == 0)
             return dcn::Status::success();
@@ -264,10 +263,9 @@ DCN_API int32_t dcn_deform_psroi_pool_forward_cpu(const dcn_deform_psroi_pool_de
         char const* const name = "dcn_deform_psroi_pool_forward_cpu";
         if (!desc)
             return dcn::Status::invalid(std::string(name) + ": desc must not be NULL");
-        dcn::Status status = dcn::checkPsroiPool(*desc);
         int32_t threads = 1;
-        if (!status.ok() || !(status = dcn::cpuThreads(name, num_threads, threads)).ok()
-            || !(status = dcn::cpuDtype(name, dtype)).ok())
+        dcn::Status const status = dcn::cpuEntryChecks(name, dcn::checkPsroiPool(*desc), num_threads, dtype, threads);
+        if (!status.ok())
             return status;
         if (desc->num_rois == 0)
             return dcn::Status::success();
