@@ -93,7 +93,6 @@ def _run(op: str, desc, shape: Sequence[int], entry: str, tensors, num_threads: 
     name = f"dcn_deform_{op}_forward_{entry}"
     args = [ctypes.byref(desc), dtype, *[_ptr(t) for t in contiguous.values()], out.data_ptr()]
     if entry == "cpu":
-        lib.call("dcn_prefault_cpu", out.data_ptr(), out.numel() * out.element_size())  # fresh from 32 MiB
         lib.call(name, *args, torch.get_num_threads() if num_threads is None else int(num_threads))
     elif entry == "cuda":
         with torch.cuda.device(input.device):

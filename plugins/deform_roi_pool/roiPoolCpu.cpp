@@ -8,7 +8,7 @@
 //   2. each bin's sample grid, and each sample's four bilinear corners and weights, are computed once per bin (per
 //      bin and offset class for DeformPSRoIPool), not once per channel;
 //   3. the corners' channel rows are blended into the bin's sums, a loop over contiguous channels that the compiler
-//      vectorises.
+//      vectorises, and written once to the output, which is faulted in first when large (prefaultForWriting).
 //
 // DeformPSRoIPool visits a RoI's bins in the outer loops and the offset classes inside: with class-specific offsets
 // (R-FCN's classification head, one channel per class) the classes of one bin then read neighbouring table entries.
@@ -208,6 +208,7 @@ void roiPoolCpu(dcn_deform_roi_pool_desc const& d, T const* input, T const* rois
     ScratchArray<T> table(size_t(d.batch) * d.channels * plane);
     toChannelsLast(input, table.data(), d.batch, d.channels, plane, threads);
     RoiPoolProblem<T> const pb{d, table.data(), rois, offset, output};
+    prefaultForWriting(output, size_t(d.num_rois) * d.channels * d.pooled_height * d.pooled_width * sizeof(T));
     poolRois<RoiPoolProblem<T>, T>(pb, d.num_rois, d.channels, threads);
 }
 
@@ -224,6 +225,7 @@ void psroiPoolCpu(dcn_deform_psroi_pool_desc const& d, T const* input, T const* 
     ScratchArray<T> table(size_t(d.batch) * d.channels * plane);
     toChannelsLast(input, table.data(), d.batch, d.output_dim, groups * plane, threads);
     PsroiPoolProblem<T> const pb{d, table.data(), perClass, rois, trans, output};
+    prefaultForWriting(output, size_t(d.num_rois) * d.output_dim * d.pooled_size * d.pooled_size * sizeof(T));
     poolRois<PsroiPoolProblem<T>, T>(pb, d.num_rois, perClass, threads);
 }
 
