@@ -281,6 +281,7 @@ void forwardCpu(DeformConvGeometry const& geo, T const* input, T const* offset, 
     pb.mask = mask;
     pb.bias = bias;
     pb.output = output;
+    prefaultForWriting(output, size_t(d.batch) * d.out_channels * geo.outH * geo.outW * sizeof(T)); // written whole
     pb.depthwise = geo.channelsPerGroup == 1;
     pb.outLanes = (geo.outChannelsPerGroup + kOutLanes - 1) / kOutLanes * kOutLanes;
     std::vector<T> packed = packWeights(geo, weight, pb.depthwise, pb.outLanes);
