@@ -242,6 +242,7 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     ("DCN_DEPLOY_GEMM_SAMPLER", "tile", "DCN_DEPLOY_GEMM_SAMPLER must be one of auto, tiled, thread, got 'tile'"),
     ("DCN_DEPLOY_GEMM_CHUNKS", "half", "DCN_DEPLOY_GEMM_CHUNKS must be one of even, full, got 'half'"),
     ("DCN_DEPLOY_GEMM_PRODUCT", "NT", "DCN_DEPLOY_GEMM_PRODUCT must be one of tn, nn, got 'NT'"),
+    ("DCN_DEPLOY_GEMM_ENTRY", "single", "DCN_DEPLOY_GEMM_ENTRY must be one of batched, gemmex, got 'single'"),
     ("DCN_DEPLOY_GEMM_TILE_ITEMS", "64k",
      "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '64k'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "64MB", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '64MB'"),

@@ -101,6 +101,17 @@ enum GemmProduct : int32_t
     kGemmProductNN = 1,
 };
 
+// Which cuBLAS entry runs a product of one batch entry (DCN_DEPLOY_GEMM_ENTRY, an experiment of 2026-11-26).
+//   Batched: cublasGemmStridedBatchedEx, whatever the batch count.
+//   GemmEx: cublasGemmEx where the batch count is 1. On an H100 (session 25), at batch 1 in float32 our products
+//     ran 32x32- and 64x64-tile kernels (det res5: 0.219 ms) where torch.mm's of the same operands took 0.130 ms:
+//     this asks whether cuBLAS's heuristic for a single product chooses better tiles than for a batch of one.
+enum GemmEntry : int32_t
+{
+    kGemmEntryBatched = 0,
+    kGemmEntryGemmEx = 1,
+};
+
 // Which implicit-GEMM kernel runs (DCN_ALGO_IMPLICIT_GEMM; deformConvImplicit.h).
 //   Stepwise: every warp gathers, blends and multiplies, one barrier a step (deformConvImplicitKernel.cuh): measured
 //     on an H100 (2026-11-26), 1.3x-1.8x slower than the GEMM path at batch 8.
@@ -125,7 +136,7 @@ constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much share
 // The GEMM path's and the implicit kernels' tunables. The TensorRT plugin uses the defaults but for the column
 // budget, which it fits to the builder's workspace limit (configurePlugin, the engine's field); the C ABI reads
 // DCN_DEPLOY_GEMM_CHUNK_MB, DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT,
-// DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and
+// DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_GEMM_ENTRY, DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and
 // DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the host build takes them as arguments.
 struct GemmOptions
 {
@@ -138,6 +149,7 @@ struct GemmOptions
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
     int32_t implicitKernel = kImplicitStepwise; // an ImplicitKernel
+    int32_t entry = kGemmEntryBatched; // a GemmEntry
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -186,6 +198,7 @@ struct GemmPlan
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
     bool staged;         // the product goes through the staging scratch (GemmOutput)
     bool outputMajorWeights; // staged as NN: the weights re-laid out [g][kp][c][o] (GemmProduct)
+    bool gemmEx;         // a product of one batch entry through cublasGemmEx (GemmEntry)
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
@@ -397,6 +410,7 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.staged = options.output == kGemmOutputStaged
         || (options.output == kGemmOutputAuto && !directOutputByDefault(geo, elementBytes));
     plan.outputMajorWeights = plan.staged && options.product == kGemmProductNN;
+    plan.gemmEx = options.entry == kGemmEntryGemmEx;
     planTile(geo, elementBytes, options, plan);
     // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
     // go direct where a smaller shape of the same profile is staged (and the C ABI can force either way). A chunk
