@@ -144,6 +144,17 @@ if [ -f "$RING_SYNC/lib/libdcn_deploy_kernels.so" ]; then
 else
     SUMMARY+=("racecheck-ring-sync skipped: no $RING_SYNC/lib/libdcn_deploy_kernels.so carried")
 fi
+# And under one whose weights copies are also plain loads and shared stores (DCN_IMPLICIT_SYNC_COPIES=1 besides
+# DCN_RING_CONSUMERS_SYNC=1, deformConvImplicitKernel.cuh): hazards gone there put the ring's reports on racecheck's
+# model of cp.async (session 25's SASS mapping found every reported pair ordered by a barrier).
+SYNC_COPIES=${DCN_GPU_SYNC_COPIES_BUILD:-build/gpu-synccopies}
+case $SYNC_COPIES in /*) ;; *) SYNC_COPIES=$PWD/$SYNC_COPIES ;; esac
+if [ -f "$SYNC_COPIES/lib/libdcn_deploy_kernels.so" ]; then
+    step racecheck-sync-copies 60 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised DCN_DEPLOY_PLUGIN_DIR="$SYNC_COPIES/lib" \
+        compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
+else
+    SUMMARY+=("racecheck-sync-copies skipped: no $SYNC_COPIES/lib/libdcn_deploy_kernels.so carried")
+fi
 step synccheck-specialised 40 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised compute-sanitizer --tool synccheck \
     --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
 # Its gathers read the input through computed indices (into registers since session 23): memcheck on it as well.

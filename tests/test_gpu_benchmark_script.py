@@ -270,6 +270,7 @@ def test_gpu_checks_runs_only_the_named_steps(tmp_path):
         assert f"{step} skipped: not in DCN_GPU_ONLY" in summary
     assert "variant 'bad' skipped: not NAME:VAR=VALUE" in summary
     assert any(line.startswith("racecheck-ring-sync skipped: ") for line in summary)  # not named, or not carried
+    assert any(line.startswith("racecheck-sync-copies skipped: ") for line in summary)
     assert summary[-1].startswith("total ")
 
 

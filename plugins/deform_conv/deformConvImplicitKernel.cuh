@@ -50,7 +50,11 @@ constexpr bool kImplicitAsyncWeights = true;
 template <typename T>
 __device__ __forceinline__ void implicitCopyPack(T* sharedTarget, T const* source)
 {
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) && defined(DCN_IMPLICIT_SYNC_COPIES) && DCN_IMPLICIT_SYNC_COPIES
+    // A diagnostic build (nvcc -D; benchmarks/gpu_notes.md): the copy as a 16-byte load and a shared store, which
+    // racecheck models fully, to tell its reports on the specialised kernel's ring from its model of cp.async.
+    *reinterpret_cast<uint4*>(sharedTarget) = __ldg(reinterpret_cast<uint4 const*>(source));
+#elif defined(__CUDACC__)
     static_assert(sizeof(ImplicitPack<T>) == 16, "cp.async copies 16 bytes");
     unsigned const target = unsigned(__cvta_generic_to_shared(sharedTarget));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(__cvta_generic_to_global(source))
