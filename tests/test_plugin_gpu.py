@@ -112,6 +112,35 @@ def test_dense_layers_fused_and_direct_agree_with_reference(kernels, dtype, inde
         assert error < TOLERANCE[dtype], (algo, case, error)
 
 
+def _split_k_cases():
+    """Dense layers whose K = C*kH*kW is a multiple of 64, so that every split-K (2, 4, 8) applies
+    (gemmSplitK in plugins/deform_conv/deformConvGemmPlan.h): det res5- and res4-like in float32 at batch 1 (the
+    products cuBLAS ran on few output tiles), then random small ones in each type, with and without a bias, batch
+    up to 3, output planes that are not multiples of the 64-pixel tile."""
+    cases = [(Case(1, 1, 1, 512, 512, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0), torch.float32),
+             (Case(1, 1, 1, 256, 256, 50, 84, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0), torch.float32)]
+    rng = random.Random(4242)
+    for index in range(9):
+        case = Case(rng.randint(1, 3), 1, rng.choice([1, 2, 4]), rng.choice([64, 128]), rng.randint(8, 100),
+                    rng.randint(5, 20), rng.randint(5, 20), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), rng.random() < 0.5,
+                    index % 2 == 0, rng.choice([1.0, 4.0]))
+        cases.append((case, [torch.float32, torch.float16, torch.bfloat16][index % 3]))
+    return cases
+
+
+def test_split_k_layers_match_reference(kernels):
+    """The GEMM path on layers where split-K applies. In this process DCN_DEPLOY_GEMM_SPLIT_K is whatever the
+    environment says (unset: 1); the split2 and split4 children of test_gemm_path_split_k run it with the staged
+    product in 2 and 4 slices of K."""
+    for index, (case, dtype) in enumerate(_split_k_cases()):
+        tensors = make_tensors(case, dtype, device="cuda", seed=index)
+        expected = expected_for(case, tensors)
+        got = run(kernels, case, tensors, "gemm")
+        assert not got.isnan().any(), (index, case, dtype, "an output element was never written")
+        error = max_relative_error(got, expected)
+        assert error < TOLERANCE[dtype], (index, case, dtype, error)
+
+
 HALF_CASES = half_precision_cases()
 
 
@@ -225,7 +254,15 @@ _CHILD_ENVS = {
     "gemmex_direct": {"DCN_DEPLOY_GEMM_ENTRY": "gemmex", "DCN_DEPLOY_GEMM_OUTPUT": "direct"},
     "gemmex_staged": {"DCN_DEPLOY_GEMM_ENTRY": "gemmex", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
                       "DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
+    # split-K (experimental, off by default): the staged product in slices of K where K allows (K = 9 * C: C a
+    # multiple of 16 for 2 slices, of 32 for 4), summed by the staged output's transpose; these children also run
+    # test_split_k_layers_match_reference, whose layers all split
+    "split2": {"DCN_DEPLOY_GEMM_SPLIT_K": "2", "DCN_DEPLOY_GEMM_OUTPUT": "staged"},
+    "split4": {"DCN_DEPLOY_GEMM_SPLIT_K": "4", "DCN_DEPLOY_GEMM_OUTPUT": "staged", "DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
 }
+# The tests each child runs: the dense-layer tests, and for the split-K children the split-K layers too.
+_CHILD_TESTS = "random_dense_configs or dense_layers"
+_SPLIT_K_CHILD_TESTS = _CHILD_TESTS + " or split_k_layers"
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
 # All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
 # turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.
@@ -240,7 +277,7 @@ def dense_children():
     import sys
 
     children = {name: subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                                        "-k", "random_dense_configs or dense_layers"],
+                                        "-k", _SPLIT_K_CHILD_TESTS if name.startswith("split") else _CHILD_TESTS],
                                        env=dict(os.environ, **env_vars), stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
                 for name, env_vars in _CHILD_ENVS.items()}
@@ -289,6 +326,14 @@ def test_gemm_path_single_products_through_gemm_ex(dense_children, output):
 def test_gemm_path_staged_product_as_nn(dense_children):
     """The staged product with output-major weights (DCN_DEPLOY_GEMM_PRODUCT=nn: cuBLAS "NN"), in 1 MiB chunks."""
     _check_dense_child(dense_children, "nn")
+
+
+@pytest.mark.parametrize("slices", [2, 4])
+def test_gemm_path_split_k(dense_children, slices):
+    """The staged product as 2 or 4 slices of K (DCN_DEPLOY_GEMM_SPLIT_K; 4 in 1 MiB chunks and pixel slices): the
+    dense-layer tests (those whose K allows it split, the others fall back to 1) and the split-K layers, det res5-like
+    float32 at batch 1 among them."""
+    _check_dense_child(dense_children, f"split{slices}")
 
 
 @pytest.mark.parametrize("output", ["direct", "staged"])

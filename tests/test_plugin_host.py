@@ -6,6 +6,7 @@ CUDA kernels, so these tests check the kernels' indexing, sampling and boundary 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import random
 import re
 
@@ -68,10 +69,11 @@ def _vector_friendly_case(rng: random.Random):
 
 
 def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto", sampler="auto", tile_items=0,
-                  chunks="even", product="tn"):
+                  chunks="even", product="tn", split_k=1):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
                               path="gemm", column_budget_bytes=budget, gemm_output=output, gemm_sampler=sampler,
-                              tile_items=tile_items, gemm_chunks=chunks, gemm_product=product, library=host_lib)
+                              tile_items=tile_items, gemm_chunks=chunks, gemm_product=product, gemm_split_k=split_k,
+                              library=host_lib)
 
 
 # How the columns are sampled: tiled (a tile's taps once, then its columns front to back; the default) with tiles
@@ -150,12 +152,56 @@ def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, chunks, output, 
     assert max_relative_error(got, expected) < 1e-12
 
 
+def _split_k_case(rng: random.Random, split_k: int, splits: bool):
+    """A one-group layer whose K = C * kH*kW is a multiple of split_k * 8 (splits) or not (the plan falls back to 1
+    slice): C a multiple of 8 * split_k with a 3x3 kernel, else 8 * split_k + 4 channels."""
+    channels = 8 * split_k * rng.randint(1, 2) if splits else 8 * split_k + 4
+    return Case(rng.randint(1, 3), 1, rng.choice([1, 2, 4]), channels, rng.randint(3, 40), rng.randint(4, 11),
+                rng.randint(4, 11), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), rng.random() < 0.7, rng.random() < 0.5,
+                rng.choice([1.0, 3.0]))
+
+
+@pytest.mark.parametrize("split_k", [2, 4, 8])
+@pytest.mark.parametrize("seed", range(6))
+def test_split_k_matches_reference(host_lib, split_k, seed):
+    """The staged product in slices of K (GemmOptions::splitK), the slices summed by the transpose, in float64
+    against the reference: TN and NN, with and without a bias, whole chunks and pixel slices (small budgets), and
+    layers whose K does not allow the split (1 slice)."""
+    rng = random.Random(1500 + 10 * split_k + seed)
+    case = _split_k_case(rng, split_k, splits=seed % 3 != 2)
+    tensors = make_tensors(case, torch.float64, seed=seed)
+    expected = reference(case, *tensors)
+    budget = rng.choice([0, 1, 20_000])
+    product = "nn" if seed % 2 else "tn"
+    got = run_host_gemm(host_lib, case, *tensors, budget=budget, output="staged", product=product, split_k=split_k)
+    assert max_relative_error(got, expected) < 1e-12, (case, budget, product)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 2e-6), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("split_k", [2, 4, 8])
+def test_split_k_in_each_type(host_lib, dtype, tolerance, split_k):
+    """Each type, with and without a bias (a half type without one stages accumulators when split, not T): against
+    the reference on the same rounded inputs, and as close to the unsplit product as the type's rounding allows."""
+    for seed, with_bias in ((0, True), (1, False)):
+        case = dataclasses.replace(_split_k_case(random.Random(1600 + seed), split_k, splits=True),
+                                   with_bias=with_bias, batch=2)
+        tensors = make_tensors(case, dtype, seed=seed)
+        expected = reference(case, *[None if t is None else t.double() for t in tensors])
+        got = run_host_gemm(host_lib, case, *tensors, output="staged", split_k=split_k)
+        single = run_host_gemm(host_lib, case, *tensors, output="staged")
+        assert got.dtype == dtype and not got.isnan().any()
+        assert max_relative_error(got, expected) < tolerance, (case, split_k)
+        assert max_relative_error(got, single.double()) < tolerance, (case, split_k)
+
+
 @pytest.mark.parametrize("option,match", [
     ({"output": "nchw"}, "gemm_output must be one of auto, direct, staged, got 'nchw'"),
     ({"sampler": "tile"}, "gemm_sampler must be one of auto, tiled, thread, got 'tile'"),
     ({"tile_items": -3}, "tile_items must be 0 .the default. or positive, got -3"),
     ({"chunks": "half"}, "gemm_chunks must be one of even, full, got 'half'"),
     ({"product": "nt"}, "gemm_product must be one of tn, nn, got 'nt'"),
+    ({"split_k": 3}, "gemm_split_k must be one of 1, 2, 4, 8, got 3"),
+    ({"split_k": 16}, "gemm_split_k must be one of 1, 2, 4, 8, got 16"),
 ])
 def test_gemm_options_are_checked(host_lib, option, match):
     from plugin_configs import Case

@@ -202,12 +202,13 @@ BUDGET = 256 << 20  # the GEMM path's default column budget
 
 
 def _gemm_workspace(batch, channels, height, width, out_channels, channels_per_group, kernel_points, out_pixels,
-                    element, vector):
+                    element, vector, split_k=1):
     """The GEMM path's workspace (plugins/deform_conv/deformConvGemmPlan.h): room for one chunk's columns,
     min(whole batch, max(budget, 256 pixels' columns)), and for the channels-last input, min(whole batch, max(budget,
     one image)), then the zero vector (C elements), each rounded up to 256 bytes, the re-laid-out weights, the tiled
     sampler's row table (8 bytes per `vector` channels of a pixel's column), the staging scratch (one accumulator,
-    4 bytes or 8 for float64, per output channel of every pixel the columns room holds), and 8 MiB for cuBLAS."""
+    4 bytes or 8 for float64, per output channel of every pixel the columns room holds; split_k times, one room
+    per slice of K, where the split applies), and 8 MiB for cuBLAS."""
     up = lambda n: -(-n // 256) * 256  # noqa: E731
     row = channels * kernel_points * element
     image = channels * height * width * element
@@ -215,7 +216,7 @@ def _gemm_workspace(batch, channels, height, width, out_channels, channels_per_g
     staging = columns_room // row * out_channels * (8 if element == 8 else 4)
     return (up(columns_room) + up(min(batch * image, max(BUDGET, image))) + up(channels * element)
             + up(out_channels * channels_per_group * kernel_points * element)
-            + up(channels * kernel_points // vector * 8) + up(staging) + (8 << 20))
+            + up(channels * kernel_points // vector * 8) + split_k * up(staging) + (8 << 20))
 
 
 def test_workspace_sizes_follow_the_algorithm(kernels_lib):
@@ -243,6 +244,9 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     ("DCN_DEPLOY_GEMM_CHUNKS", "half", "DCN_DEPLOY_GEMM_CHUNKS must be one of even, full, got 'half'"),
     ("DCN_DEPLOY_GEMM_PRODUCT", "NT", "DCN_DEPLOY_GEMM_PRODUCT must be one of tn, nn, got 'NT'"),
     ("DCN_DEPLOY_GEMM_ENTRY", "single", "DCN_DEPLOY_GEMM_ENTRY must be one of batched, gemmex, got 'single'"),
+    ("DCN_DEPLOY_GEMM_SPLIT_K", "3", "DCN_DEPLOY_GEMM_SPLIT_K must be one of 1, 2, 4, 8, got '3'"),
+    ("DCN_DEPLOY_GEMM_SPLIT_K", "16", "DCN_DEPLOY_GEMM_SPLIT_K must be one of 1, 2, 4, 8, got '16'"),
+    ("DCN_DEPLOY_GEMM_SPLIT_K", "auto", "DCN_DEPLOY_GEMM_SPLIT_K must be one of 1, 2, 4, 8, got 'auto'"),
     ("DCN_DEPLOY_GEMM_TILE_ITEMS", "64k",
      "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '64k'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "64MB", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '64MB'"),
@@ -270,6 +274,53 @@ def test_an_unknown_gemm_option_is_an_error_naming_it(kernels_lib, variable, val
     proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path)], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.count(message) == 2, (proc.returncode, proc.stdout + proc.stderr)
+
+
+# (desc, dtype, the slices the staging room holds under DCN_DEPLOY_GEMM_SPLIT_K=4) for the GEMM path's workspace:
+# split-K applies to one group with K = C*kH*kW a multiple of 4 * 8, and its room is reserved whether or not the shape
+# is staged (a plugin's largest shape may go direct where a smaller one is staged).
+_SPLIT_K_WORKSPACES = [
+    (DeformConvDesc(2, 64, 19, 19, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4), 0, 4),  # K 576: staged 19x19 float32
+    (DeformConvDesc(2, 64, 16, 16, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4), 1, 4),  # direct by default: still 4
+    (DeformConvDesc(1, 8, 9, 9, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1), 0, 1),     # K 72: not a multiple of 32
+    (DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4), 0, 1),  # two groups
+]
+
+
+def test_split_k_workspace_holds_a_staging_room_per_slice(kernels_lib):
+    """DCN_DEPLOY_GEMM_SPLIT_K (read once per process, so in a child): the GEMM workspace grows by (S - 1) staging
+    rooms where the split applies, and not at all where it does not; 1 is the default's size."""
+    import subprocess
+    import sys
+
+    script = ("import ctypes, json, sys; from dcn_deploy.plugin.native import DeformConvDesc, NativeLibrary;"
+              "lib = NativeLibrary(sys.argv[1]); cases = json.loads(sys.argv[2]); sizes = []\n"
+              "for fields, dtype in cases:\n"
+              " size = ctypes.c_size_t(); desc = DeformConvDesc(*fields)\n"
+              " lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), dtype, 3, ctypes.byref(size))\n"
+              " sizes.append(size.value)\n"
+              "print(json.dumps(sizes))")
+    import json
+    cases = [([getattr(desc, name) for name, _ in DeformConvDesc._fields_], dtype)
+             for desc, dtype, _ in _SPLIT_K_WORKSPACES]
+
+    def sizes(value):
+        env = dict(os.environ, DCN_DEPLOY_GEMM_SPLIT_K=value)
+        proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path), json.dumps(cases)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(proc.stdout)
+
+    split, plain = sizes("4"), sizes("1")
+    for (desc, dtype, slices), got, default in zip(_SPLIT_K_WORKSPACES, split, plain):
+        assert default == _workspace(kernels_lib, desc, dtype, 3), desc  # 1 is the default
+        element = 4 if dtype == 0 else 2
+        oh = desc.height + desc.pad_top + desc.pad_bottom - (desc.kernel_h - 1)
+        ow = desc.width + desc.pad_left + desc.pad_right - (desc.kernel_w - 1)
+        row = desc.in_channels * desc.kernel_h * desc.kernel_w * element
+        room = min(desc.batch * row * oh * ow, max(BUDGET, 256 * row))
+        staging = -(-(room // row * desc.out_channels * 4) // 256) * 256
+        assert got == default + (slices - 1) * staging, (desc, dtype, got, default)
 
 
 @pytest.mark.parametrize("dtype", [0, 1])

@@ -24,7 +24,7 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h (a library of another version is a
 # stale build, which the op does not use).
-ABI_VERSION = 8
+ABI_VERSION = 9
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
@@ -86,7 +86,7 @@ class NativeLibrary:
         self._declare("dcn_deform_conv2d_forward_host_gemm",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6
                       + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-                         ctypes.c_int32])
+                         ctypes.c_int32, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_host_implicit", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
@@ -272,12 +272,13 @@ GEMM_OUTPUTS = {"auto": 0, "direct": 1, "staged": 2}
 GEMM_SAMPLERS = {"auto": 0, "tiled": 1, "thread": 2}
 GEMM_CHUNKS = {"even": 0, "full": 1}
 GEMM_PRODUCTS = {"tn": 0, "nn": 1}
+GEMM_SPLIT_KS = (1, 2, 4, 8)
 
 
 def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
                        path: str = "direct", column_budget_bytes: int = 0, gemm_output: str = "auto",
                        gemm_sampler: str = "auto", tile_items: int = 0, gemm_chunks: str = "even",
-                       gemm_product: str = "tn", library: Optional[NativeLibrary] = None):
+                       gemm_product: str = "tn", gemm_split_k: int = 1, library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
@@ -291,7 +292,9 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     tile (0: the GPU's default). ``gemm_chunks``: ``even`` (as few chunks as fit, of equal size: the GPU's default)
     or ``full`` (as many images or pixels per chunk as fit, then the remainder). ``gemm_product``: the staged
     product's operand layout, ``tn`` (weights along K: the GPU's default) or ``nn`` (weights along the output
-    channels; the direct product stays TN). ``implicit``: the CUDA
+    channels; the direct product stays TN). ``gemm_split_k``: the staged product in 1 (the GPU's default), 2, 4 or 8
+    slices of K, summed by the transpose, where one group and K = C*kH*kW a multiple of 8 * slices (else 1).
+    ``implicit``: the CUDA
     implicit-GEMM kernel (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype
     here; channels per group and per offset group must be multiples of 32). Returns (N, out_channels, oH, oW) in the
     input's dtype.
@@ -310,9 +313,12 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
             raise ValueError(f"gemm_chunks must be one of {', '.join(GEMM_CHUNKS)}, got {gemm_chunks!r}")
         if gemm_product not in GEMM_PRODUCTS:
             raise ValueError(f"gemm_product must be one of {', '.join(GEMM_PRODUCTS)}, got {gemm_product!r}")
+        if gemm_split_k not in GEMM_SPLIT_KS or isinstance(gemm_split_k, bool):
+            raise ValueError(f"gemm_split_k must be one of {', '.join(map(str, GEMM_SPLIT_KS))}, got {gemm_split_k!r}")
         extra = (ctypes.c_size_t(int(column_budget_bytes)), ctypes.c_int32(GEMM_OUTPUTS[gemm_output]),
                  ctypes.c_int32(GEMM_SAMPLERS[gemm_sampler]), ctypes.c_int32(int(tile_items)),
-                 ctypes.c_int32(GEMM_CHUNKS[gemm_chunks]), ctypes.c_int32(GEMM_PRODUCTS[gemm_product]))
+                 ctypes.c_int32(GEMM_CHUNKS[gemm_chunks]), ctypes.c_int32(GEMM_PRODUCTS[gemm_product]),
+                 ctypes.c_int32(int(gemm_split_k)))
         return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", extra, input, offset, weight, bias, mask,
                                stride, padding, dilation, library)
     if path == "implicit":

@@ -27,7 +27,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 8
+#define DCN_ABI_VERSION 9
 
 typedef enum dcn_status
 {
@@ -95,12 +95,13 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
  * vector (GemmSampler); tile_items: the tiled sampler's channel vectors per tile, 0 = the CUDA default; chunks: 0 as
  * few chunks as fit, of equal size (the CUDA default), 1 as many images or pixels per chunk as fit, then the
  * remainder (GemmChunks);
- * product: the staged product's layout, 0 TN (the CUDA default), 1 NN with output-major weights (GemmProduct). For
- * tests. */
+ * product: the staged product's layout, 0 TN (the CUDA default), 1 NN with output-major weights (GemmProduct);
+ * split_k: the staged product in 1 (the CUDA default), 2, 4 or 8 slices of K, where one group and K a multiple of
+ * split_k * 8 (else 1; GemmOptions::splitK). For tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
     size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks,
-    int32_t product);
+    int32_t product, int32_t split_k);
 /* The CUDA implicit-GEMM kernel (DCN_ALGO_IMPLICIT_GEMM) step by step on the host: the same chunks, tiles, reduction
  * steps, taps tables, gathers and rounding of the column tiles, with the tensor cores' product as a plain loop.
  * Takes float32 and float64 too (the CUDA kernel: half types only), for exact checks of the indexing. For tests. */

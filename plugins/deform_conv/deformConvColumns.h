@@ -345,11 +345,23 @@ DCN_HD bool stagesNarrow(T const* bias)
     return bias == nullptr && !std::is_same<T, typename ElementTraits<T>::Acc>::value;
 }
 
+// The staged value at `at` summed over the split-K slices (GemmPlan::splitK) `sliceStride` elements apart, in slice
+// order, in the accumulation type: the one order the CUDA transpose and the host build both follow.
+template <typename T, typename Staged>
+DCN_HD typename ElementTraits<T>::Acc stagedSum(Staged const* at, int32_t slices, int64_t sliceStride)
+{
+    typename ElementTraits<T>::Acc sum = stagedAcc<T>(at[0]);
+    for (int32_t s = 1; s < slices; ++s)
+        sum += stagedAcc<T>(at[s * sliceStride]);
+    return sum;
+}
+
 // output[n0 + img][o][p0 + p] = staging[img][p][o] (+ bias[o]), rounded to T, for element idx of a chunk's
-// images * oC * pixels in output order. The CUDA path does the same through shared-memory tiles.
+// images * oC * pixels in output order; with split-K, the sum of the slices' staging[s][img][p][o] (stagedSum)
+// before the bias. The CUDA path does the same through shared-memory tiles.
 template <typename T, typename Staged>
 DCN_HD void stagedOutputElement(DeformConvGeometry const& geo, Staged const* staging, T const* bias, T* output,
-    int32_t n0, int64_t p0, int32_t pixels, int64_t idx)
+    int32_t n0, int64_t p0, int32_t pixels, int64_t idx, int32_t slices = 1, int64_t sliceStride = 0)
 {
     int32_t const oc = geo.d.out_channels;
     int32_t const p = int32_t(idx % pixels);
@@ -358,7 +370,7 @@ DCN_HD void stagedOutputElement(DeformConvGeometry const& geo, Staged const* sta
     int64_t const img = row / oc;
     // Without a bias, -0 is added: x + (-0) is x for every x, where + 0 would turn a staged -0 into +0.
     using Acc = typename ElementTraits<T>::Acc;
-    Acc const value = stagedAcc<T>(staging[(img * pixels + p) * oc + o])
+    Acc const value = stagedSum<T>(staging + (img * pixels + p) * oc + o, slices, sliceStride)
         + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(-0.0));
     output[(int64_t(n0) * oc + row) * int64_t(geo.outH) * geo.outW + p0 + p] = ElementTraits<T>::fromAcc(value);
 }

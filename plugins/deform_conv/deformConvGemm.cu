@@ -123,20 +123,23 @@ Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool acc
     return Status::success();
 }
 
-// The staged output of one chunk: the product into the staging scratch, then its transpose into NCHW with the bias.
+// The staged output of one chunk: the product into the staging scratch (with split-K, plan.splitK slices of K as
+// the call's batch entries, each into its own slice of the scratch), then its transpose into NCHW with the bias
+// (summing the slices).
 template <typename T, typename Staged>
 Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
     Staged* staging, T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels,
     cudaStream_t stream, CublasHandleT handle)
 {
-    Status status = runProduct<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights), weights,
-        columns, staging, false, plan.gemmEx, handle);
+    int64_t const sliceStride = stagingSliceElements(int64_t(images) * pixels * geo.d.out_channels, sizeof(Staged));
+    Status status = runProduct<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK,
+        sliceStride), weights, columns, staging, false, plan.gemmEx, handle);
     if (!status.ok())
         return status;
     dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
         unsigned(std::min((geo.d.out_channels + kTile - 1) / kTile, 65535)), unsigned(images));
     stagedOutputKernel<T, Staged><<<outTiles, dim3(kTileThreadsX, kTileThreadsY), 0, stream>>>(geo, staging, bias,
-        output, n0, p0, pixels);
+        output, n0, p0, pixels, plan.splitK, sliceStride);
     return launchStatus("the staged output kernel");
 }
 
@@ -176,8 +179,9 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             if (status.ok() && plan.staged)
             {
                 // A half type without a bias stages the product as T (stagedAcc): cuBLAS rounds it once, as the
-                // transpose would have.
-                if (stagesNarrow<T>(bias))
+                // transpose would have. Not with split-K: the slices are partial sums, added in Acc and rounded once
+                // by the transpose (the scratch holds accumulators for every slice).
+                if (stagesNarrow<T>(bias) && plan.splitK == 1)
                     status = runStagedChunk<T, T>(geo, plan, weights, columns, reinterpret_cast<T*>(staging), bias,
                         output, n0, images, p0, pixels, stream, handle);
                 else

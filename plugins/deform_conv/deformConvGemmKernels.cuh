@@ -126,11 +126,13 @@ DCN_UNROLL
 // output[n0 + img][o][p0 + p] = staging[img][p][o] (+ bias[o]) for the chunk (stagedOutputElement's mapping, its
 // Staged types), through 64x64 shared tiles of accumulators: reads run along o, writes along p, both coalesced.
 // Blocks loop over channel tiles. Each thread loads its 16 values before using any (as the channels-last transpose
-// does) and its two channels' bias once per channel tile.
+// does) and its two channels' bias once per channel tile. With split-K (slices > 1) it adds the other slices'
+// values, sliceStride elements apart, in slice order (stagedSum's order), slice after slice so that each slice's
+// 16 loads are in flight together.
 template <typename T, typename Staged>
 __global__ void __launch_bounds__(kTileThreads) stagedOutputKernel(DeformConvGeometry const geo,
     Staged const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ output, int32_t const n0,
-    int64_t const p0, int32_t const pixels)
+    int64_t const p0, int32_t const pixels, int32_t const slices, int64_t const sliceStride)
 {
     using Acc = typename ElementTraits<T>::Acc;
     constexpr int kColumnsPerThread = kTile / kTileThreadsX;
@@ -147,6 +149,14 @@ __global__ void __launch_bounds__(kTileThreads) stagedOutputKernel(DeformConvGeo
         forTilePlaces([&](int k, int r, int x) { // r: pixel within the tile; x: channel
             values[k] = pix0 + r < pixels && o0 + x < oc ? stagedAcc<T>(source[int64_t(r) * oc + o0 + x]) : Acc(0);
         });
+        for (int32_t s = 1; s < slices; ++s)
+        {
+            Staged const* slice = source + s * sliceStride;
+            forTilePlaces([&](int k, int r, int x) {
+                if (pix0 + r < pixels && o0 + x < oc)
+                    values[k] += stagedAcc<T>(slice[int64_t(r) * oc + o0 + x]);
+            });
+        }
         Acc channelBias[kColumnsPerThread];
 DCN_UNROLL
         for (int xStep = 0; xStep < kColumnsPerThread; ++xStep)

@@ -112,6 +112,15 @@ enum GemmEntry : int32_t
     kGemmEntryGemmEx = 1,
 };
 
+// Split-K of the staged product: the product as S slices of K, each its own batch entry of the one strided-batched
+// call (weights and columns from s * K/S along K, the result into slice s of the staging scratch), and the staged
+// output's transpose sums the S slices in order (in the accumulation type) before adding the bias. For products of
+// few output tiles, where cuBLAS leaves most SMs idle: float32 det res5 at batch 1 (512 x 1050 pixels x K = 4608)
+// ran a 32x32-tile FFMA kernel at 22 TFLOP/s on an H100. Off by default (1): experimental, untimed on a GPU.
+// Applies where valid (gemmSplitK): one group, staged output, K a multiple of S * 8 (every slice starts 16-byte
+// aligned in any type); elsewhere S is 1.
+constexpr int32_t kGemmSplitKMax = 8;
+
 // Which implicit-GEMM kernel runs (DCN_ALGO_IMPLICIT_GEMM; deformConvImplicit.h).
 //   Stepwise: every warp gathers, blends and multiplies, one barrier a step (deformConvImplicitKernel.cuh): measured
 //     on an H100 (2026-11-26), 1.3x-1.8x slower than the GEMM path at batch 8.
@@ -136,8 +145,9 @@ constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much share
 // The GEMM path's and the implicit kernels' tunables. The TensorRT plugin uses the defaults but for the column
 // budget, which it fits to the builder's workspace limit (configurePlugin, the engine's field); the C ABI reads
 // DCN_DEPLOY_GEMM_CHUNK_MB, DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT,
-// DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_GEMM_ENTRY, DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and
-// DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the host build takes them as arguments.
+// DCN_DEPLOY_GEMM_SPLIT_K, DCN_DEPLOY_GEMM_ENTRY, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M,
+// DCN_DEPLOY_IMPLICIT_THREADS and DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the host build takes them as
+// arguments. (The plugin's split-K is the default, 1, in both its workspace sizing and its runs.)
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
@@ -145,6 +155,7 @@ struct GemmOptions
     int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
     int32_t chunks = kGemmChunksEven;               // a GemmChunks
     int32_t product = kGemmProductTN;               // a GemmProduct
+    int32_t splitK = 1; // slices of K in the staged product (1, 2, 4 or 8; kGemmSplitKMax); 1: no split
     int32_t tileItems = 0; // the tiled sampler's channel vectors per tile (a target); 0: kTileDefaultElements' worth
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
@@ -170,6 +181,11 @@ inline bool validGemmChunks(int32_t chunks)
 inline bool validGemmProduct(int32_t product)
 {
     return product == kGemmProductTN || product == kGemmProductNN;
+}
+
+inline bool validGemmSplitK(int32_t splitK)
+{
+    return splitK == 1 || splitK == 2 || splitK == 4 || splitK == kGemmSplitKMax;
 }
 
 // Bytes of one element of the accumulation type (float, or double for float64), which the staging scratch holds
@@ -199,6 +215,7 @@ struct GemmPlan
     bool staged;         // the product goes through the staging scratch (GemmOutput)
     bool outputMajorWeights; // staged as NN: the weights re-laid out [g][kp][c][o] (GemmProduct)
     bool gemmEx;         // a product of one batch entry through cublasGemmEx (GemmEntry)
+    int32_t splitK;      // slices of K of the staged product (1 unless staged and gemmSplitK allows more)
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
@@ -208,7 +225,8 @@ struct GemmPlan
                          // sampler reads for a neighbour outside the image
     size_t weightsBytes; // weights, kernel point outer (output channel last where outputMajorWeights)
     size_t rowTableBytes; // the tiled sampler's row vectors (one TileRowVector per vector of a column row)
-    size_t stagingBytes; // room for the product of as many pixels as the columns room holds, oC accumulators each
+    size_t stagingBytes; // room for the product of as many pixels as the columns room holds, oC accumulators each,
+                         // once per split-K slice (stagingSliceElements apart)
     GemmWorkspaceLayout at; // where each buffer starts (layOutGemmWorkspace)
     size_t totalBytes;   // the buffers + kCublasWorkspaceBytes
 };
@@ -344,6 +362,24 @@ inline bool directOutputByDefault(DeformConvGeometry const& geo, size_t elementB
     return geo.d.group == 1 && int64_t(geo.outH) * geo.outW * int64_t(elementBytes) % 16 == 0;
 }
 
+// The split-K slices (GemmOptions::splitK) a layer's staged product may take: the requested S where one group (the
+// staged product's batch entries are then free for the slices) and K = C * kH*kW a multiple of S * 8 (every slice
+// of the weights and columns starts 16-byte aligned whatever the type, as cuBLAS's vector loads want); else 1.
+// Independent of N, H and W, so that a plugin's smaller shapes never need more staging room than its largest.
+inline int32_t gemmSplitK(DeformConvGeometry const& geo, GemmOptions const& options)
+{
+    int64_t const k = int64_t(geo.d.in_channels) * geo.kernelPoints;
+    bool const fits = validGemmSplitK(options.splitK) && geo.d.group == 1 && k % (int64_t(options.splitK) * 8) == 0;
+    return fits ? options.splitK : 1;
+}
+
+// Elements from one split-K slice of the staging scratch to the next, for a chunk's `values` (pixels * oC): rounded
+// up to 256 bytes of accumulators, so that every slice starts as aligned as the scratch itself.
+DCN_HD int64_t stagingSliceElements(int64_t values, size_t accBytes)
+{
+    return int64_t(alignUp256(size_t(values) * accBytes) / accBytes);
+}
+
 // The workspace's buffers one after another, in the one order the launcher and the sizing both follow (every
 // size is a multiple of 256 bytes, so every buffer starts 256-byte aligned), and the total.
 inline void layOutGemmWorkspace(GemmPlan& plan)
@@ -414,9 +450,13 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     planTile(geo, elementBytes, options, plan);
     // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
     // go direct where a smaller shape of the same profile is staged (and the C ABI can force either way). A chunk
-    // has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room.
-    plan.stagingBytes = alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels)
-        * accumulatorBytes(elementBytes));
+    // has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room. Likewise the
+    // split-K slices: gemmSplitK's of them whether or not this shape is staged (a slice of a smaller chunk,
+    // stagingSliceElements, is never larger).
+    int32_t const slices = gemmSplitK(geo, options);
+    plan.splitK = plan.staged ? slices : 1;
+    plan.stagingBytes = size_t(slices) * alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1)
+        * size_t(geo.d.out_channels) * accumulatorBytes(elementBytes));
     plan.rowTableBytes = alignUp256(size_t(columnRowVectors(geo, plan.vector)) * sizeof(TileRowVector));
     layOutGemmWorkspace(plan);
     return plan;
@@ -450,7 +490,9 @@ inline int32_t tileZeroOffset(GemmPlan const& plan, DeformConvGeometry const& ge
 // channels), one batch entry per group,
 //   staging[pixel][g * oC/g + o] = sum_k weights[g][o][k] * columns[pixel][g][k]   (NN: weights[g][k][o]),
 // with the chunk's images side by side (n = images * pixels): the columns and the scratch both hold the chunk's
-// pixels image after image. A grouped layer is one call, not one per group.
+// pixels image after image. A grouped layer is one call, not one per group. Split into S slices of K (one group,
+// plan.splitK), one batch entry per slice instead, each into its own slice of the scratch `sliceStride` apart:
+//   staging[s][pixel][o] = sum_{k in slice s} weights[o][k] * columns[pixel][k].
 // Direct (directProduct, one call per group): A = columns, B = weights, C = the NCHW output (rows of pixels), one
 // batch entry per image,
 //   out[o][pixel] = sum_k columns[pixel][k] * weights[o][k].
@@ -469,7 +511,8 @@ struct GemmCall
     bool transposeA; // TN (A along K) or NN (A along M)
 };
 
-inline GemmCall stagedProduct(DeformConvGeometry const& geo, int32_t images, int32_t pixels, bool outputMajorWeights)
+inline GemmCall stagedProduct(DeformConvGeometry const& geo, int32_t images, int32_t pixels, bool outputMajorWeights,
+    int32_t splitK = 1, int64_t sliceStride = 0)
 {
     int64_t const rows = int64_t(geo.d.in_channels) * geo.kernelPoints;
     int64_t const rowsPerGroup = int64_t(geo.channelsPerGroup) * geo.kernelPoints;
@@ -483,6 +526,15 @@ inline GemmCall stagedProduct(DeformConvGeometry const& geo, int32_t images, int
     call.a = GemmOperand{0, outputMajorWeights ? ocg : rowsPerGroup, int64_t(ocg) * rowsPerGroup};
     call.b = GemmOperand{0, rows, rowsPerGroup};
     call.c = GemmOperand{0, geo.d.out_channels, ocg};
+    if (splitK > 1) // one group (gemmSplitK): the batch entries are the slices of K instead
+    {
+        int64_t const slice = rowsPerGroup / splitK;
+        call.k = int32_t(slice);
+        call.batch = splitK;
+        call.a.stride = outputMajorWeights ? slice * ocg : slice; // TN: along a weight row; NN: rows of oC
+        call.b.stride = slice;
+        call.c.stride = sliceStride;
+    }
     return call;
 }
 

@@ -149,16 +149,18 @@ void sampleColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T co
         columnsHost<T, Vector>(geo, nhwc, offset, mask, columns, n0, images, p0, pixels);
 }
 
-// The staged output of one chunk (runStagedChunk's steps): the product into the staging scratch, then each output
-// element from it.
+// The staged output of one chunk (runStagedChunk's steps): the product into the staging scratch (split-K: a slice
+// of it per slice of K), then each output element from it (the slices summed).
 template <typename T, typename Staged>
 void stagedChunkHost(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
     Staged* staging, T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
 {
-    gemmHost<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights), weights, columns, staging, false);
+    int64_t const sliceStride = stagingSliceElements(int64_t(images) * pixels * geo.d.out_channels, sizeof(Staged));
+    gemmHost<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride),
+        weights, columns, staging, false);
     int64_t const outCount = int64_t(images) * geo.d.out_channels * pixels;
     for (int64_t idx = 0; idx < outCount; ++idx)
-        stagedOutputElement<T, Staged>(geo, staging, bias, output, n0, p0, pixels, idx);
+        stagedOutputElement<T, Staged>(geo, staging, bias, output, n0, p0, pixels, idx, plan.splitK, sliceStride);
 }
 
 template <typename T>
@@ -173,9 +175,11 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
     T const garbage = ElementTraits<T>::fromAcc(std::numeric_limits<Acc>::quiet_NaN());
     std::vector<T> columns(plan.columnsBytes / sizeof(T), garbage), nhwc(plan.nhwcBytes / sizeof(T), garbage),
         weights(plan.weightsBytes / sizeof(T), garbage);
-    // The staging scratch: accumulators, or T for a half type without a bias (stagesNarrow), as the CUDA path.
-    bool const narrow = stagesNarrow<T>(bias);
-    std::vector<Acc> staging(plan.staged && !narrow ? plan.stagingBytes / sizeof(Acc) : 0);
+    // The staging scratch: accumulators, or T for a half type without a bias (stagesNarrow) unless split, as the
+    // CUDA path.
+    bool const narrow = stagesNarrow<T>(bias) && plan.splitK == 1;
+    std::vector<Acc> staging(plan.staged && !narrow ? plan.stagingBytes / sizeof(Acc) : 0,
+        std::numeric_limits<Acc>::quiet_NaN());
     std::vector<T> narrowStaging(plan.staged && narrow ? plan.stagingBytes / sizeof(T) : 0, garbage);
     int64_t const weightRows = int64_t(d.out_channels) * geo.channelsPerGroup;
     if (plan.outputMajorWeights)
@@ -379,7 +383,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
     size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks,
-    int32_t product)
+    int32_t product, int32_t split_k)
 {
     return dcn::guarded([&] {
         // The first option out of range, as "NAME must be ALLOWED, got VALUE".
@@ -394,6 +398,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         require(tile_items >= 0, "tile_items", "0 (the default) or positive", tile_items);
         require(dcn::validGemmChunks(chunks), "chunks", "0 (even) or 1 (full)", chunks);
         require(dcn::validGemmProduct(product), "product", "0 (TN) or 1 (NN)", product);
+        require(dcn::validGemmSplitK(split_k), "split_k", "1, 2, 4 or 8", split_k);
         if (!problem.empty())
             return dcn::Status::invalid(problem);
         dcn::DeformConvGeometry geo;
@@ -404,6 +409,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         options.sampler = sampler;
         options.chunks = chunks;
         options.product = product;
+        options.splitK = split_k;
         if (tile_items)
             options.tileItems = tile_items;
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_gemm", desc, dtype, input, offset, weight, output, geo,

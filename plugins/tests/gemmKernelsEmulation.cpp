@@ -2,7 +2,9 @@
 // after block, each block's threads as threads at a real barrier (cudaBlockEmulation.h), against the host functions
 // they are built from: the channels-last transpose against nhwcElement, the weight re-layout against weightRow, both
 // samplers against the per-thread sampler's columnVector (bit for bit), the direct output's bias fill, and the
-// staged output's transpose against stagedOutputElement; and the rule for which of the two outputs auto takes. Grids are cut smaller than the launchers' where a kernel
+// staged output's transpose against stagedOutputElement; split-K (stagedProduct's slices through a plain product,
+// the transpose summing them) against a double reference and the plan's rule for where it applies; and the rule for
+// which of the two outputs auto takes. Grids are cut smaller than the launchers' where a kernel
 // loops over what its grid does not cover, so those loops run too. Prints one "ok"/"FAIL" line per check and
 // "<n> failure(s)"; the exit code is the failure count.
 #include "dcnDtype.h"
@@ -12,8 +14,11 @@
 
 #include "cudaBlockEmulation.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -240,7 +245,7 @@ void checkOutputs(DeformConvGeometry const& geo, std::string const& name, std::m
             stagedOutputElement<T, Acc>(geo, staging.data(), withBias, expected.data(), n0, p0, pixels, idx);
         failure = emulation::runGrid(dim3{unsigned((pixels + kTile - 1) / kTile), 1, unsigned(images)},
             dim3{unsigned(kTileThreadsX), unsigned(kTileThreadsY), 1},
-            [&] { stagedOutputKernel<T, Acc>(geo, staging.data(), withBias, got.data(), n0, p0, pixels); });
+            [&] { stagedOutputKernel<T, Acc>(geo, staging.data(), withBias, got.data(), n0, p0, pixels, 1, 0); });
         check(failure.empty() && sameBits(got, expected), name + ": staged output" + (withBias ? "" : " without bias")
             + ", blocks looping over channel tiles " + failure);
     }
@@ -255,7 +260,7 @@ void checkOutputs(DeformConvGeometry const& geo, std::string const& name, std::m
         failure = emulation::runGrid(dim3{unsigned((pixels + kTile - 1) / kTile), 1, unsigned(images)},
             dim3{unsigned(kTileThreadsX), unsigned(kTileThreadsY), 1}, [&] {
                 stagedOutputKernel<T, T>(geo, narrow.data(), static_cast<T const*>(nullptr), got.data(), n0, p0,
-                    pixels);
+                    pixels, 1, 0);
             });
         // The output is the scratch's values moved: every element of the chunk equal, bit for bit, to its staged one.
         bool moved = true;
@@ -268,6 +273,211 @@ void checkOutputs(DeformConvGeometry const& geo, std::string const& name, std::m
         check(failure.empty() && sameBits(got, expected) && moved,
             name + ": staged output of a T scratch (no bias), a plain transpose " + failure);
     }
+}
+
+// cuBLAS's strided-batched call (GemmCall) as a plain column-major loop, C in the accumulation type: what the
+// split-K slices ask of cuBLAS, so that a wrong stride or k shows against the reference below.
+template <typename T>
+void productByCall(GemmCall const& call, T const* a, T const* b, typename ElementTraits<T>::Acc* c)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    for (int32_t batch = 0; batch < call.batch; ++batch)
+        for (int32_t j = 0; j < call.n; ++j)
+            for (int32_t i = 0; i < call.m; ++i)
+            {
+                Acc acc = Acc(0);
+                T const* aBatch = a + call.a.offset + batch * call.a.stride;
+                T const* bColumn = b + call.b.offset + batch * call.b.stride + int64_t(j) * call.b.ld;
+                int64_t const aRow = call.transposeA ? int64_t(i) * call.a.ld : i;
+                int64_t const aStep = call.transposeA ? 1 : call.a.ld;
+                for (int32_t l = 0; l < call.k; ++l)
+                    acc += ElementTraits<T>::toAcc(aBatch[aRow + l * aStep]) * ElementTraits<T>::toAcc(bColumn[l]);
+                c[call.c.offset + batch * call.c.stride + i + int64_t(j) * call.c.ld] = acc;
+            }
+}
+
+// One split-K configuration of a staged chunk (images n0.. of the batch, pixels p0..): the plan's slices
+// (gemmSplitK), stagedProduct's call through productByCall into a scratch of NaN (every slice must be written, and
+// nothing past the last read), then the staged output kernel summing the slices; against stagedOutputElement bit
+// for bit and against a double product within the type's rounding. `expectSlices`: what the plan must choose.
+template <typename T>
+void checkSplitK(dcn_deform_conv_desc const& desc, int32_t splitK, int32_t expectSlices, bool withBias,
+    bool outputMajor, std::string const& name, std::mt19937& rng)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    DeformConvGeometry geo;
+    if (!makeGeometry(desc, geo).ok())
+    {
+        check(false, name + ": bad geometry");
+        return;
+    }
+    GemmOptions options;
+    options.output = kGemmOutputStaged;
+    options.splitK = splitK;
+    options.product = outputMajor ? kGemmProductNN : kGemmProductTN;
+    GemmPlan const plan = planGemm(geo, sizeof(T), options);
+    int32_t const oc = desc.out_channels;
+    int64_t const k = int64_t(desc.in_channels) * geo.kernelPoints;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    int32_t const n0 = desc.batch > 1 ? 1 : 0;
+    int32_t const images = desc.batch - n0;
+    int64_t const p0 = plane > 3 ? 2 : 0;
+    int32_t const pixels = int32_t(plane - p0);
+    int64_t const chunkPixels = int64_t(images) * pixels;
+    int64_t const sliceStride = stagingSliceElements(chunkPixels * oc, sizeof(Acc));
+    std::vector<T> const weights = randomValues<T>(rng, size_t(oc) * size_t(k)); // [o][k], or [k][o] (NN)
+    std::vector<T> const columns = randomValues<T>(rng, size_t(chunkPixels) * size_t(k));
+    std::vector<T> const bias = randomValues<T>(rng, size_t(oc));
+    T const* biasOrNull = withBias ? bias.data() : nullptr;
+    std::vector<Acc> staging(size_t(plan.splitK * sliceStride + 64), std::numeric_limits<Acc>::quiet_NaN());
+    productByCall<T>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride),
+        weights.data(), columns.data(), staging.data());
+    std::vector<T> const before = randomValues<T>(rng, size_t(desc.batch) * oc * plane);
+    std::vector<T> expected = before, got = before;
+    for (int64_t idx = 0; idx < int64_t(images) * oc * pixels; ++idx)
+        stagedOutputElement<T, Acc>(geo, staging.data(), biasOrNull, expected.data(), n0, p0, pixels, idx,
+            plan.splitK, sliceStride);
+    std::string const failure = emulation::runGrid(dim3{unsigned((pixels + kTile - 1) / kTile), 1, unsigned(images)},
+        dim3{unsigned(kTileThreadsX), unsigned(kTileThreadsY), 1}, [&] {
+            stagedOutputKernel<T, Acc>(geo, staging.data(), biasOrNull, got.data(), n0, p0, pixels, plan.splitK,
+                sliceStride);
+        });
+    // The reference: the whole sum in double, plus the bias; the tolerance scales with sum |w * x|.
+    double const tolerance = sizeof(T) == 2 ? 2e-3 : sizeof(T) == 4 ? 1e-5 : 1e-12;
+    double worst = 0;
+    bool untouched = true;
+    for (int32_t img = 0; img < desc.batch; ++img)
+        for (int32_t o = 0; o < oc; ++o)
+            for (int64_t p = 0; p < plane; ++p)
+            {
+                size_t const at = (size_t(img) * oc + size_t(o)) * size_t(plane) + size_t(p);
+                if (img < n0 || p < p0)
+                {
+                    untouched = untouched && std::memcmp(&got[at], &before[at], sizeof(T)) == 0;
+                    continue;
+                }
+                int64_t const pixel = int64_t(img - n0) * pixels + (p - p0);
+                double sum = withBias ? double(ElementTraits<T>::toAcc(bias[size_t(o)])) : 0.0, scale = std::abs(sum);
+                for (int64_t l = 0; l < k; ++l)
+                {
+                    size_t const w = outputMajor ? size_t(l) * oc + size_t(o) : size_t(o) * size_t(k) + size_t(l);
+                    double const term = double(ElementTraits<T>::toAcc(weights[w]))
+                        * double(ElementTraits<T>::toAcc(columns[size_t(pixel * k + l)]));
+                    sum += term;
+                    scale += std::abs(term);
+                }
+                worst = std::max(worst, std::abs(double(ElementTraits<T>::toAcc(got[at])) - sum) / (scale + 1e-30));
+            }
+    bool allWritten = true; // each slice's chunkPixels * oC values (the rest of its stride is padding)
+    for (int32_t slice = 0; slice < plan.splitK; ++slice)
+        allWritten = allWritten && std::none_of(staging.begin() + slice * sliceStride,
+            staging.begin() + slice * sliceStride + chunkPixels * oc, [](Acc v) { return std::isnan(double(v)); });
+    check(failure.empty() && plan.splitK == expectSlices && allWritten && untouched && sameBits(got, expected)
+            && worst <= tolerance,
+        name + ": split-K " + std::to_string(splitK) + " -> " + std::to_string(plan.splitK) + " slice(s) (expected "
+            + std::to_string(expectSlices) + "), " + (outputMajor ? "NN" : "TN") + (withBias ? ", bias" : ", no bias")
+            + ", worst relative error " + std::to_string(worst) + " " + failure);
+}
+
+// Random split-K configurations, each type: S of 2, 4 or 8, with and without a bias, TN and NN, batch 1 to 3,
+// output planes that are not multiples of the 64-pixel tile; K = C * kH*kW a multiple of S * 8 (split) or not
+// (S = 1: the plan falls back).
+void checkSplitKConfigurations()
+{
+    std::mt19937 rng(2024);
+    int32_t const splits[] = {2, 4, 8};
+    for (int32_t trial = 0; trial < 12; ++trial)
+    {
+        int32_t const splitK = splits[trial % 3];
+        bool const valid = trial % 4 != 3;
+        // C * 9 a multiple of S * 8 where valid: C a multiple of S * 8 (9 is odd); else C = S * 8 + 4
+        int32_t const channels = valid ? splitK * 8 * int32_t(1 + rng() % 2) : splitK * 8 + 4;
+        int32_t const height = 3 + int32_t(rng() % 7), width = 5 + int32_t(rng() % 11);
+        int32_t const batch = 1 + int32_t(rng() % 3);
+        int32_t const outChannels = 8 + int32_t(rng() % 3) * 36; // 8, 44 or 80: one or two channel tiles
+        dcn_deform_conv_desc const desc{batch, channels, height, width, outChannels, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1,
+            1, 1};
+        std::string const name = "split-K trial " + std::to_string(trial) + " (batch " + std::to_string(batch)
+            + ", C " + std::to_string(channels) + ", " + std::to_string(height) + "x" + std::to_string(width) + ", oC "
+            + std::to_string(outChannels) + ")";
+        int32_t const expect = valid ? splitK : 1;
+        bool const withBias = trial % 2 == 0;
+        bool const outputMajor = trial % 5 == 1;
+        checkSplitK<float>(desc, splitK, expect, withBias, outputMajor, name + ", float32", rng);
+        checkSplitK<HostHalf>(desc, splitK, expect, !withBias, outputMajor, name + ", float16", rng);
+        if (trial % 3 == 0)
+            checkSplitK<double>(desc, splitK, expect, withBias, outputMajor, name + ", float64", rng);
+    }
+    // det res5-like, float32 at batch 1: 512 channels, 512 out, 25x42 (K 4608 = 8 * 576)
+    dcn_deform_conv_desc const res5{1, 512, 25, 42, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    checkSplitK<float>(res5, 8, 8, true, false, "split-K det res5-like (oC cut to 64), float32", rng);
+}
+
+// Where split-K applies in the plan (gemmSplitK): staged, one group, K a multiple of S * 8; its staging room is S
+// rooms whether or not this shape is staged (a plugin's largest shape may go direct), and never shrinks as the
+// batch or the image grows; an invalid request is 1.
+void checkSplitKPlan()
+{
+    struct Case
+    {
+        char const* name;
+        dcn_deform_conv_desc desc;
+        int32_t output, splitK;
+        int32_t slices;   // the plan's splitK
+        int32_t reserved; // staging rooms reserved
+    };
+    Case const cases[] = {
+        {"dense K 576, staged, S 4", {1, 64, 7, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, kGemmOutputStaged, 4, 4, 4},
+        {"dense K 576, staged, S 8", {1, 64, 7, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, kGemmOutputStaged, 8, 8, 8},
+        {"dense K 576, direct, S 4: 1, 4 rooms", {1, 64, 8, 8, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+            kGemmOutputDirect, 4, 1, 4},
+        {"dense K 576, auto (direct rows), S 2", {1, 64, 8, 8, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, kGemmOutputAuto,
+            2, 1, 2},
+        {"K 144 (16 * 9), S 4: 144 % 32, 1", {1, 16, 7, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, kGemmOutputStaged,
+            4, 1, 1},
+        {"K 144, S 2: 144 % 16 == 0", {1, 16, 7, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, kGemmOutputStaged, 2, 2,
+            2},
+        {"two groups, S 2: 1", {1, 64, 7, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1}, kGemmOutputStaged, 2, 1, 1},
+        {"S 3 (invalid): 1", {1, 64, 7, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, kGemmOutputStaged, 3, 1, 1},
+        {"default: 1", {1, 64, 7, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, kGemmOutputStaged, 1, 1, 1},
+    };
+    for (Case const& c : cases)
+        for (size_t elementBytes : {size_t(2), size_t(4), size_t(8)})
+        {
+            DeformConvGeometry geo;
+            bool const made = makeGeometry(c.desc, geo).ok();
+            GemmOptions options;
+            options.output = c.output;
+            GemmPlan const single = planGemm(geo, elementBytes, options);
+            options.splitK = c.splitK;
+            GemmPlan const plan = planGemm(geo, elementBytes, options);
+            GemmCall const call = stagedProduct(geo, 1, geo.outH * geo.outW, false, plan.splitK, 1000);
+            bool const callRight = plan.splitK == 1
+                ? call.batch == c.desc.group && call.k == c.desc.in_channels / c.desc.group * 9
+                : call.batch == plan.splitK && call.k * plan.splitK == c.desc.in_channels * 9
+                    && call.a.stride == call.k && call.b.stride == call.k && call.c.stride == 1000;
+            check(made && plan.splitK == c.slices && plan.stagingBytes == size_t(c.reserved) * single.stagingBytes
+                    && plan.totalBytes == single.totalBytes + size_t(c.reserved - 1) * single.stagingBytes && callRight,
+                std::string("split-K plan, ") + c.name + ", " + std::to_string(elementBytes) + "-byte elements");
+        }
+    // Never shrinks as N, H or W grow (with a small budget, so that chunks and slices of images are planned too).
+    bool grows = true;
+    size_t last = 0;
+    for (int32_t batch : {1, 2, 3, 8})
+        for (int32_t side : {5, 17, 40, 120})
+        {
+            DeformConvGeometry geo;
+            grows = grows && makeGeometry({batch, 64, side, side, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, geo).ok();
+            GemmOptions options;
+            options.splitK = 4;
+            options.columnBudget = size_t(1) << 20;
+            GemmPlan const plan = planGemm(geo, 4, options);
+            int64_t const chunk = int64_t(plan.images) * plan.pixels;
+            grows = grows && plan.stagingBytes >= last
+                && size_t(4 * stagingSliceElements(chunk * 96, 4)) * 4 <= plan.stagingBytes;
+            last = side == 120 ? 0 : plan.stagingBytes;
+        }
+    check(grows, "split-K staging room: S slices of every chunk fit, and it never shrinks as H and W grow");
 }
 
 template <typename T>
@@ -347,6 +557,8 @@ int main()
 {
     checkOutputRule();
     checkGridLimits();
+    checkSplitKPlan();
+    checkSplitKConfigurations();
     // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group
     struct Layer
     {
