@@ -62,6 +62,37 @@ inline Status cpuDtype(char const* entry, int32_t dtype)
         + std::to_string(dtype) + ") is not supported; use float32 (0) or float64 (3) (upcast half types to float32)");
 }
 
+// The element type an entry's kernel is instantiated for, passed as a value (withCpuElementType).
+template <typename T>
+struct CpuElementType
+{
+    using type = T;
+};
+
+// Runs f(CpuElementType<float>{}) for DCN_FLOAT32, else f(CpuElementType<double>{}), and returns what f returns.
+// For a dtype that cpuDtype (cpuEntryChecks) has already accepted: each entry then writes its kernel call once, in
+// a generic lambda (`using T = typename decltype(tag)::type;`), instead of once per type.
+template <typename F>
+auto withCpuElementType(int32_t dtype, F&& f)
+{
+    if (dtype == DCN_FLOAT32)
+        return f(CpuElementType<float>{});
+    return f(CpuElementType<double>{});
+}
+
+// A C entry's untyped buffer as the kernel's element pointer: typed<T>(input) is a T const*, typed<T>(output) a T*.
+template <typename T>
+T const* typed(void const* p)
+{
+    return static_cast<T const*>(p);
+}
+
+template <typename T>
+T* typed(void* p)
+{
+    return static_cast<T*>(p);
+}
+
 // An uninitialised array of n T for a large scratch copy (a channels-last table). Why not std::vector: glibc maps
 // an allocation of this size afresh on every call, and faulting its 4 KiB pages in one by one, from every thread
 // that first writes them, cost more than the work (26 of 37 ms for a 35 MB table, benchmarks/cpu_roi_pool.py's

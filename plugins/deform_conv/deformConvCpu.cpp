@@ -380,14 +380,11 @@ DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, 
                                         "(bias and mask may be)");
         if (desc->batch == 0)
             return dcn::Status::success();
-        if (dtype == DCN_FLOAT32)
-            dcn::forwardCpu<float>(geo, static_cast<float const*>(input), static_cast<float const*>(offset),
-                static_cast<float const*>(weight), static_cast<float const*>(bias), static_cast<float const*>(mask),
-                static_cast<float*>(output), threads);
-        else
-            dcn::forwardCpu<double>(geo, static_cast<double const*>(input), static_cast<double const*>(offset),
-                static_cast<double const*>(weight), static_cast<double const*>(bias), static_cast<double const*>(mask),
-                static_cast<double*>(output), threads);
+        dcn::withCpuElementType(dtype, [&](auto tag) {
+            using T = typename decltype(tag)::type;
+            dcn::forwardCpu<T>(geo, dcn::typed<T>(input), dcn::typed<T>(offset), dcn::typed<T>(weight),
+                dcn::typed<T>(bias), dcn::typed<T>(mask), dcn::typed<T>(output), threads);
+        });
         return dcn::Status::success();
     });
 }
@@ -417,12 +414,11 @@ DCN_API int32_t dcn_deform_conv2d_columns_cpu(const dcn_deform_conv_desc* desc, 
             return dcn::Status::success();
         if (!input_nhwc || !offset || !columns)
             return dcn::Status::invalid(std::string(name) + "input_nhwc, offset and columns must not be NULL (mask may be)");
-        if (dtype == DCN_FLOAT32)
-            dcn::columnsCpu<float>(geo, static_cast<float const*>(input_nhwc), static_cast<float const*>(offset),
-                static_cast<float const*>(mask), image, pixel_begin, pixel_count, static_cast<float*>(columns), threads);
-        else
-            dcn::columnsCpu<double>(geo, static_cast<double const*>(input_nhwc), static_cast<double const*>(offset),
-                static_cast<double const*>(mask), image, pixel_begin, pixel_count, static_cast<double*>(columns), threads);
+        dcn::withCpuElementType(dtype, [&](auto tag) {
+            using T = typename decltype(tag)::type;
+            dcn::columnsCpu<T>(geo, dcn::typed<T>(input_nhwc), dcn::typed<T>(offset), dcn::typed<T>(mask), image,
+                pixel_begin, pixel_count, dcn::typed<T>(columns), threads);
+        });
         return dcn::Status::success();
     });
 }

@@ -200,8 +200,9 @@ void poolRois(Problem const& pb, int32_t numRois, int32_t channels, int32_t thre
     }
 }
 
+// The two forwards, one overload per descriptor, so that roiPoolEntry names its kernel call once.
 template <typename T>
-void roiPoolCpu(dcn_deform_roi_pool_desc const& d, T const* input, T const* rois, T const* offset, T* output,
+void poolCpu(dcn_deform_roi_pool_desc const& d, T const* input, T const* rois, T const* offset, T* output,
     int32_t threads)
 {
     int64_t const plane = int64_t(d.height) * d.width;
@@ -213,7 +214,7 @@ void roiPoolCpu(dcn_deform_roi_pool_desc const& d, T const* input, T const* rois
 }
 
 template <typename T>
-void psroiPoolCpu(dcn_deform_psroi_pool_desc const& d, T const* input, T const* rois, T const* trans, T* output,
+void poolCpu(dcn_deform_psroi_pool_desc const& d, T const* input, T const* rois, T const* trans, T* output,
     int32_t threads)
 {
     if (d.no_trans)
@@ -229,6 +230,42 @@ void psroiPoolCpu(dcn_deform_psroi_pool_desc const& d, T const* input, T const* 
     poolRois<PsroiPoolProblem<T>, T>(pb, d.num_rois, perClass, threads);
 }
 
+// Whether the entry's fourth tensor must be given: DeformRoIPool's offset never (NULL: no offsets), DeformPSRoIPool's
+// trans unless no_trans.
+bool extraRequired(dcn_deform_roi_pool_desc const&)
+{
+    return false;
+}
+
+bool extraRequired(dcn_deform_psroi_pool_desc const& d)
+{
+    return !d.no_trans;
+}
+
+// Both RoI entries: a NULL desc, then the descriptor's own checks (checkDesc) and the CPU ones, nothing to do for no
+// RoIs, the data pointers (refused in the entry's own words, missingData), and the pool in the dtype's element type.
+// The order and the messages are those each entry had on its own, which callers and tests match.
+template <typename Desc>
+Status roiPoolEntry(char const* name, Status (*checkDesc)(Desc const&), char const* missingData, Desc const* desc,
+    int32_t dtype, void const* input, void const* rois, void const* extra, void* output, int32_t numThreads)
+{
+    if (!desc)
+        return Status::invalid(std::string(name) + ": desc must not be NULL");
+    int32_t threads = 1;
+    Status const status = cpuEntryChecks(name, checkDesc(*desc), numThreads, dtype, threads);
+    if (!status.ok())
+        return status;
+    if (desc->num_rois == 0)
+        return Status::success();
+    if (!input || !rois || !output || (extraRequired(*desc) && !extra))
+        return Status::invalid(std::string(name) + ": " + missingData);
+    withCpuElementType(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        poolCpu<T>(*desc, typed<T>(input), typed<T>(rois), typed<T>(extra), typed<T>(output), threads);
+    });
+    return Status::success();
+}
+
 } // namespace
 } // namespace dcn
 
@@ -236,25 +273,9 @@ DCN_API int32_t dcn_deform_roi_pool_forward_cpu(const dcn_deform_roi_pool_desc* 
     const void* input, const void* rois, const void* offset, void* output, int32_t num_threads)
 {
     return dcn::guarded([&] {
-        char const* const name = "dcn_deform_roi_pool_forward_cpu";
-        if (!desc)
-            return dcn::Status::invalid(std::string(name) + ": desc must not be NULL");
-        int32_t threads = 1;
-        dcn::Status const status = dcn::cpuEntryChecks(name, dcn::checkRoiPool(*desc), num_threads, dtype, threads);
-        if (!status.ok())
-            return status;
-        if (desc->num_rois == 0)
-            return dcn::Status::success();
-        if (!input || !rois || !output)
-            return dcn::Status::invalid(
-                std::string(name) + ": input, rois and output must not be NULL (offset may be)");
-        if (dtype == DCN_FLOAT32)
-            dcn::roiPoolCpu<float>(*desc, static_cast<float const*>(input), static_cast<float const*>(rois),
-                static_cast<float const*>(offset), static_cast<float*>(output), threads);
-        else
-            dcn::roiPoolCpu<double>(*desc, static_cast<double const*>(input), static_cast<double const*>(rois),
-                static_cast<double const*>(offset), static_cast<double*>(output), threads);
-        return dcn::Status::success();
+        return dcn::roiPoolEntry("dcn_deform_roi_pool_forward_cpu", dcn::checkRoiPool,
+            "input, rois and output must not be NULL (offset may be)", desc, dtype, input, rois, offset, output,
+            num_threads);
     });
 }
 
@@ -262,24 +283,8 @@ DCN_API int32_t dcn_deform_psroi_pool_forward_cpu(const dcn_deform_psroi_pool_de
     const void* input, const void* rois, const void* trans, void* output, int32_t num_threads)
 {
     return dcn::guarded([&] {
-        char const* const name = "dcn_deform_psroi_pool_forward_cpu";
-        if (!desc)
-            return dcn::Status::invalid(std::string(name) + ": desc must not be NULL");
-        int32_t threads = 1;
-        dcn::Status const status = dcn::cpuEntryChecks(name, dcn::checkPsroiPool(*desc), num_threads, dtype, threads);
-        if (!status.ok())
-            return status;
-        if (desc->num_rois == 0)
-            return dcn::Status::success();
-        if (!input || !rois || !output || (!desc->no_trans && !trans))
-            return dcn::Status::invalid(std::string(name) + ": input, rois, output (and trans unless no_trans) must "
-                                                            "not be NULL");
-        if (dtype == DCN_FLOAT32)
-            dcn::psroiPoolCpu<float>(*desc, static_cast<float const*>(input), static_cast<float const*>(rois),
-                static_cast<float const*>(trans), static_cast<float*>(output), threads);
-        else
-            dcn::psroiPoolCpu<double>(*desc, static_cast<double const*>(input), static_cast<double const*>(rois),
-                static_cast<double const*>(trans), static_cast<double*>(output), threads);
-        return dcn::Status::success();
+        return dcn::roiPoolEntry("dcn_deform_psroi_pool_forward_cpu", dcn::checkPsroiPool,
+            "input, rois, output (and trans unless no_trans) must not be NULL", desc, dtype, input, rois, trans,
+            output, num_threads);
     });
 }
