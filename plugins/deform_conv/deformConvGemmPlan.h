@@ -145,9 +145,9 @@ constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much share
 // The GEMM path's and the implicit kernels' tunables. The TensorRT plugin uses the defaults but for the column
 // budget, which it fits to the builder's workspace limit (configurePlugin, the engine's field); the C ABI reads
 // DCN_DEPLOY_GEMM_CHUNK_MB, DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT,
-// DCN_DEPLOY_GEMM_SPLIT_K, DCN_DEPLOY_GEMM_ENTRY, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS, DCN_DEPLOY_IMPLICIT_TILE_M,
-// DCN_DEPLOY_IMPLICIT_THREADS and DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the host build takes them as
-// arguments. (The plugin's split-K is the default, 1, in both its workspace sizing and its runs.)
+// DCN_DEPLOY_GEMM_SPLIT_K, DCN_DEPLOY_GEMM_ENTRY, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
+// DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the
+// host build takes them as arguments. (The plugin's split-K is the default, 1, in both its workspace sizing and its runs.)
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
