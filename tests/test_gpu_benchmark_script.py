@@ -164,7 +164,7 @@ def test_from_json_renders_saved_rows_without_a_gpu(bench, monkeypatch, tmp_path
 
 def test_the_command_line_shown_names_the_kernel_knobs_set(bench, monkeypatch):
     for name in ("DCN_DEPLOY_GEMM_CHUNK_MB", "DCN_DEPLOY_GEMM_CHUNKS", "DCN_DEPLOY_GEMM_OUTPUT",
-                 "DCN_DEPLOY_GEMM_PRODUCT", "DCN_DEPLOY_GEMM_SPLIT_K", "DCN_DEPLOY_GEMM_ENTRY",
+                 "DCN_DEPLOY_GEMM_PRODUCT", "DCN_DEPLOY_GEMM_SPLIT_K",
                  "DCN_DEPLOY_GEMM_SAMPLER", "DCN_DEPLOY_GEMM_TILE_ITEMS", "DCN_DEPLOY_IMPLICIT_TILE_M",
                  "DCN_DEPLOY_IMPLICIT_THREADS", "DCN_DEPLOY_IMPLICIT_KERNEL"):
         monkeypatch.delenv(name, raising=False)

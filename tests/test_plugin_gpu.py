@@ -251,9 +251,6 @@ _CHILD_ENVS = {
     "staged": {"DCN_DEPLOY_GEMM_OUTPUT": "staged"},
     "thread": {"DCN_DEPLOY_GEMM_SAMPLER": "thread"},
     "nn": {"DCN_DEPLOY_GEMM_PRODUCT": "nn", "DCN_DEPLOY_GEMM_OUTPUT": "staged", "DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
-    "gemmex_direct": {"DCN_DEPLOY_GEMM_ENTRY": "gemmex", "DCN_DEPLOY_GEMM_OUTPUT": "direct"},
-    "gemmex_staged": {"DCN_DEPLOY_GEMM_ENTRY": "gemmex", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
-                      "DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
     # split-K (experimental, off by default): the staged product in slices of K where K allows (K = 9 * C: C a
     # multiple of 16 for 2 slices, of 32 for 4), summed by the staged output's transpose; these children also run
     # test_split_k_layers_match_reference, whose layers all split
@@ -314,13 +311,6 @@ def test_gemm_path_in_full_chunks(dense_children):
     """The same budget with full chunks (DCN_DEPLOY_GEMM_CHUNKS=full: as many as fit, then the remainder; the
     default is even chunks), each output way as auto chooses."""
     _check_dense_child(dense_children, "full")
-
-
-@pytest.mark.parametrize("output", ["direct", "staged"])
-def test_gemm_path_single_products_through_gemm_ex(dense_children, output):
-    """DCN_DEPLOY_GEMM_ENTRY=gemmex: a product of one batch entry (one image direct, one group staged) through
-    cublasGemmEx instead of the strided-batched call; staged in 1 MiB chunks."""
-    _check_dense_child(dense_children, f"gemmex_{output}")
 
 
 def test_gemm_path_staged_product_as_nn(dense_children):

@@ -243,7 +243,6 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     ("DCN_DEPLOY_GEMM_SAMPLER", "tile", "DCN_DEPLOY_GEMM_SAMPLER must be one of auto, tiled, thread, got 'tile'"),
     ("DCN_DEPLOY_GEMM_CHUNKS", "half", "DCN_DEPLOY_GEMM_CHUNKS must be one of even, full, got 'half'"),
     ("DCN_DEPLOY_GEMM_PRODUCT", "NT", "DCN_DEPLOY_GEMM_PRODUCT must be one of tn, nn, got 'NT'"),
-    ("DCN_DEPLOY_GEMM_ENTRY", "single", "DCN_DEPLOY_GEMM_ENTRY must be one of batched, gemmex, got 'single'"),
     ("DCN_DEPLOY_GEMM_SPLIT_K", "3", "DCN_DEPLOY_GEMM_SPLIT_K must be one of 1, 2, 4, 8, got '3'"),
     ("DCN_DEPLOY_GEMM_SPLIT_K", "16", "DCN_DEPLOY_GEMM_SPLIT_K must be one of 1, 2, 4, 8, got '16'"),
     ("DCN_DEPLOY_GEMM_SPLIT_K", "auto", "DCN_DEPLOY_GEMM_SPLIT_K must be one of 1, 2, 4, 8, got 'auto'"),

@@ -53,8 +53,7 @@ Loaded const& loaded()
             && resolve(library, "cublasSetStream_v2", api.setStream, state.reason)
             && resolve(library, "cublasSetWorkspace_v2", api.setWorkspace, state.reason)
             && resolve(library, "cublasSetMathMode", api.setMathMode, state.reason)
-            && resolve(library, "cublasGemmStridedBatchedEx", api.gemmStridedBatchedEx, state.reason)
-            && resolve(library, "cublasGemmEx", api.gemmEx, state.reason);
+            && resolve(library, "cublasGemmStridedBatchedEx", api.gemmStridedBatchedEx, state.reason);
     });
     return state;
 }

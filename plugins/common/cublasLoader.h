@@ -30,9 +30,6 @@ struct CublasApi
         void const* a, cudaDataType aType, int lda, long long strideA, void const* b, cudaDataType bType, int ldb,
         long long strideB, void const* beta, void* c, cudaDataType cType, int ldc, long long strideC, int batchCount,
         int computeType, int algo);
-    int (*gemmEx)(CublasHandleT, int transa, int transb, int m, int n, int k, void const* alpha, void const* a,
-        cudaDataType aType, int lda, void const* b, cudaDataType bType, int ldb, void const* beta, void* c,
-        cudaDataType cType, int ldc, int computeType, int algo);
 };
 
 // The loaded API, or null when no libcublas.so.13/.12/.so can be opened (why: cublasUnavailableReason()).

@@ -124,7 +124,6 @@ AbiGemmOptions const& abiGemmSettings()
             read.problem);
         parsed.implicitKernel = choiceFromEnvironment("DCN_DEPLOY_IMPLICIT_KERNEL", {"stepwise", "specialised"},
             read.problem);
-        parsed.entry = choiceFromEnvironment("DCN_DEPLOY_GEMM_ENTRY", {"batched", "gemmex"}, read.problem);
         return read;
     }();
     return settings;

@@ -93,31 +93,18 @@ void launchColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const*
         launchColumnsIndexed<T, int64_t>(vector, geo, nhwc, offset, mask, columns, n0, p0, pixels, total, stream);
 }
 
-// One cuBLAS product (stagedProduct, directProduct; "TN", or "NN" for output-major weights): A and B of type T, C of
-// type Out (T into NCHW, Acc or T into the scratch). Strided-batched, or cublasGemmEx for a batch of one where the
-// plan says so (GemmEntry).
+// One cuBLAS strided-batched product (stagedProduct, directProduct; "TN", or "NN" for output-major weights): A and
+// B of type T, C of type Out (T into NCHW, Acc or T into the scratch).
 template <typename T, typename Out>
-Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool accumulate, bool gemmEx,
-    CublasHandleT handle)
+Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool accumulate, CublasHandleT handle)
 {
     using Scalar = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
     Scalar const one = 1, zero = 0;
     int const compute = std::is_same<T, double>::value ? kCublasCompute64F : kCublasCompute32F;
-    int const transposeA = call.transposeA ? kCublasOpT : kCublasOpN;
-    if (gemmEx && call.batch == 1)
-    {
-        int const rc = cublasApi()->gemmEx(handle, transposeA, kCublasOpN, call.m, call.n, call.k, &one,
-            a + call.a.offset, cudaTypeOf<T>(), int(call.a.ld), b + call.b.offset, cudaTypeOf<T>(), int(call.b.ld),
-            accumulate ? &one : &zero, c + call.c.offset, cudaTypeOf<Out>(), int(call.c.ld), compute,
-            kCublasGemmDefault);
-        if (rc != 0)
-            return Status::error(DCN_ERROR_CUDA, "cublasGemmEx failed with cuBLAS status " + std::to_string(rc));
-        return Status::success();
-    }
-    int const rc = cublasApi()->gemmStridedBatchedEx(handle, transposeA, kCublasOpN, call.m, call.n, call.k, &one,
-        a + call.a.offset, cudaTypeOf<T>(), int(call.a.ld), call.a.stride, b + call.b.offset, cudaTypeOf<T>(),
-        int(call.b.ld), call.b.stride, accumulate ? &one : &zero, c + call.c.offset, cudaTypeOf<Out>(),
-        int(call.c.ld), call.c.stride, call.batch, compute, kCublasGemmDefault);
+    int const rc = cublasApi()->gemmStridedBatchedEx(handle, call.transposeA ? kCublasOpT : kCublasOpN, kCublasOpN,
+        call.m, call.n, call.k, &one, a + call.a.offset, cudaTypeOf<T>(), int(call.a.ld), call.a.stride,
+        b + call.b.offset, cudaTypeOf<T>(), int(call.b.ld), call.b.stride, accumulate ? &one : &zero,
+        c + call.c.offset, cudaTypeOf<Out>(), int(call.c.ld), call.c.stride, call.batch, compute, kCublasGemmDefault);
     if (rc != 0)
         return Status::error(DCN_ERROR_CUDA, "cublasGemmStridedBatchedEx failed with cuBLAS status " + std::to_string(rc));
     return Status::success();
@@ -133,7 +120,7 @@ Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T con
 {
     int64_t const sliceStride = stagingSliceElements(int64_t(images) * pixels * geo.d.out_channels, sizeof(Staged));
     Status status = runProduct<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK,
-        sliceStride), weights, columns, staging, false, plan.gemmEx, handle);
+        sliceStride), weights, columns, staging, false, handle);
     if (!status.ok())
         return status;
     dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
@@ -198,7 +185,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             }
             for (int32_t g = 0; status.ok() && g < d.group; ++g)
                 status = runProduct<T, T>(directProduct(geo, g, n0, images, p0, pixels), columns, weights,
-                    output, bias != nullptr, plan.gemmEx, handle);
+                    output, bias != nullptr, handle);
         }
     }
     return status;

@@ -101,17 +101,6 @@ enum GemmProduct : int32_t
     kGemmProductNN = 1,
 };
 
-// Which cuBLAS entry runs a product of one batch entry (DCN_DEPLOY_GEMM_ENTRY, an experiment of 2026-11-26).
-//   Batched: cublasGemmStridedBatchedEx, whatever the batch count.
-//   GemmEx: cublasGemmEx where the batch count is 1. On an H100 (session 25), at batch 1 in float32 our products
-//     ran 32x32- and 64x64-tile kernels (det res5: 0.219 ms) where torch.mm's of the same operands took 0.130 ms:
-//     this asks whether cuBLAS's heuristic for a single product chooses better tiles than for a batch of one.
-enum GemmEntry : int32_t
-{
-    kGemmEntryBatched = 0,
-    kGemmEntryGemmEx = 1,
-};
-
 // Split-K of the staged product: the product as S slices of K, each its own batch entry of the one strided-batched
 // call (weights and columns from s * K/S along K, the result into slice s of the staging scratch), and the staged
 // output's transpose sums the S slices in order (in the accumulation type) before adding the bias. For products of
@@ -145,7 +134,7 @@ constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much share
 // The GEMM path's and the implicit kernels' tunables. The TensorRT plugin uses the defaults but for the column
 // budget, which it fits to the builder's workspace limit (configurePlugin, the engine's field); the C ABI reads
 // DCN_DEPLOY_GEMM_CHUNK_MB, DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT,
-// DCN_DEPLOY_GEMM_SPLIT_K, DCN_DEPLOY_GEMM_ENTRY, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
+// DCN_DEPLOY_GEMM_SPLIT_K, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
 // DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the
 // host build takes them as arguments. (The plugin's split-K is the default, 1, in both its workspace sizing and its runs.)
 struct GemmOptions
@@ -160,7 +149,6 @@ struct GemmOptions
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
     int32_t implicitKernel = kImplicitStepwise; // an ImplicitKernel
-    int32_t entry = kGemmEntryBatched; // a GemmEntry
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -214,7 +202,6 @@ struct GemmPlan
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
     bool staged;         // the product goes through the staging scratch (GemmOutput)
     bool outputMajorWeights; // staged as NN: the weights re-laid out [g][kp][c][o] (GemmProduct)
-    bool gemmEx;         // a product of one batch entry through cublasGemmEx (GemmEntry)
     int32_t splitK;      // slices of K of the staged product (1 unless staged and gemmSplitK allows more)
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
@@ -446,7 +433,6 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.staged = options.output == kGemmOutputStaged
         || (options.output == kGemmOutputAuto && !directOutputByDefault(geo, elementBytes));
     plan.outputMajorWeights = plan.staged && options.product == kGemmProductNN;
-    plan.gemmEx = options.entry == kGemmEntryGemmEx;
     planTile(geo, elementBytes, options, plan);
     // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
     // go direct where a smaller shape of the same profile is staged (and the C ABI can force either way). A chunk
