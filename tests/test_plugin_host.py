@@ -200,8 +200,8 @@ def test_split_k_in_each_type(host_lib, dtype, tolerance, split_k):
     ({"tile_items": -3}, "tile_items must be 0 .the default. or positive, got -3"),
     ({"chunks": "half"}, "gemm_chunks must be one of even, full, got 'half'"),
     ({"product": "nt"}, "gemm_product must be one of tn, nn, got 'nt'"),
-    ({"split_k": 3}, "gemm_split_k must be one of 1, 2, 4, 8, got 3"),
-    ({"split_k": 16}, "gemm_split_k must be one of 1, 2, 4, 8, got 16"),
+    ({"split_k": 3}, "gemm_split_k must be one of 0, 1, 2, 4, 8, got 3"),
+    ({"split_k": 16}, "gemm_split_k must be one of 0, 1, 2, 4, 8, got 16"),
 ])
 def test_gemm_options_are_checked(host_lib, option, match):
     from plugin_configs import Case

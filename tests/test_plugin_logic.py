@@ -243,9 +243,9 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     ("DCN_DEPLOY_GEMM_SAMPLER", "tile", "DCN_DEPLOY_GEMM_SAMPLER must be one of auto, tiled, thread, got 'tile'"),
     ("DCN_DEPLOY_GEMM_CHUNKS", "half", "DCN_DEPLOY_GEMM_CHUNKS must be one of even, full, got 'half'"),
     ("DCN_DEPLOY_GEMM_PRODUCT", "NT", "DCN_DEPLOY_GEMM_PRODUCT must be one of tn, nn, got 'NT'"),
-    ("DCN_DEPLOY_GEMM_SPLIT_K", "3", "DCN_DEPLOY_GEMM_SPLIT_K must be one of 1, 2, 4, 8, got '3'"),
-    ("DCN_DEPLOY_GEMM_SPLIT_K", "16", "DCN_DEPLOY_GEMM_SPLIT_K must be one of 1, 2, 4, 8, got '16'"),
-    ("DCN_DEPLOY_GEMM_SPLIT_K", "auto", "DCN_DEPLOY_GEMM_SPLIT_K must be one of 1, 2, 4, 8, got 'auto'"),
+    ("DCN_DEPLOY_GEMM_SPLIT_K", "3", "DCN_DEPLOY_GEMM_SPLIT_K must be one of auto, 1, 2, 4, 8, got '3'"),
+    ("DCN_DEPLOY_GEMM_SPLIT_K", "16", "DCN_DEPLOY_GEMM_SPLIT_K must be one of auto, 1, 2, 4, 8, got '16'"),
+    ("DCN_DEPLOY_GEMM_SPLIT_K", "0", "DCN_DEPLOY_GEMM_SPLIT_K must be one of auto, 1, 2, 4, 8, got '0'"),
     ("DCN_DEPLOY_GEMM_TILE_ITEMS", "64k",
      "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '64k'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "64MB", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '64MB'"),
@@ -286,9 +286,10 @@ _SPLIT_K_WORKSPACES = [
 ]
 
 
-def test_split_k_workspace_holds_a_staging_room_per_slice(kernels_lib):
-    """DCN_DEPLOY_GEMM_SPLIT_K (read once per process, so in a child): the GEMM workspace grows by (S - 1) staging
-    rooms where the split applies, and not at all where it does not; 1 is the default's size."""
+def _workspaces_under(kernels_lib, split_k, cases):
+    """The GEMM workspace (algo 3) of each (desc, dtype) with DCN_DEPLOY_GEMM_SPLIT_K=split_k ("" for the default), in
+    a child process (the C ABI reads its options once per process)."""
+    import json
     import subprocess
     import sys
 
@@ -299,27 +300,62 @@ def test_split_k_workspace_holds_a_staging_room_per_slice(kernels_lib):
               " lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), dtype, 3, ctypes.byref(size))\n"
               " sizes.append(size.value)\n"
               "print(json.dumps(sizes))")
-    import json
-    cases = [([getattr(desc, name) for name, _ in DeformConvDesc._fields_], dtype)
-             for desc, dtype, _ in _SPLIT_K_WORKSPACES]
+    fields = [([getattr(desc, name) for name, _ in DeformConvDesc._fields_], dtype) for desc, dtype in cases]
+    env = dict(os.environ, DCN_DEPLOY_GEMM_SPLIT_K=split_k)
+    proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path), json.dumps(fields)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
 
-    def sizes(value):
-        env = dict(os.environ, DCN_DEPLOY_GEMM_SPLIT_K=value)
-        proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path), json.dumps(cases)], env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return json.loads(proc.stdout)
 
-    split, plain = sizes("4"), sizes("1")
+def _staging_room(desc, element):
+    """Bytes of one staging room (float accumulators) under the default budget: planGemm's formula."""
+    oh = desc.height + desc.pad_top + desc.pad_bottom - (desc.kernel_h - 1)
+    ow = desc.width + desc.pad_left + desc.pad_right - (desc.kernel_w - 1)
+    row = desc.in_channels * desc.kernel_h * desc.kernel_w * element
+    room = min(desc.batch * row * oh * ow, max(BUDGET, 256 * row))
+    return room // row * desc.out_channels
+
+
+def _align256(nbytes):
+    return -(-nbytes // 256) * 256
+
+
+def test_split_k_workspace_holds_a_staging_room_per_slice(kernels_lib):
+    """DCN_DEPLOY_GEMM_SPLIT_K=4: the GEMM workspace grows by (S - 1) staging rooms where the split applies, and not
+    at all where it does not; for these layers (none an auto candidate) 1 is the default's size."""
+    cases = [(desc, dtype) for desc, dtype, _ in _SPLIT_K_WORKSPACES]
+    split, plain = _workspaces_under(kernels_lib, "4", cases), _workspaces_under(kernels_lib, "1", cases)
     for (desc, dtype, slices), got, default in zip(_SPLIT_K_WORKSPACES, split, plain):
-        assert default == _workspace(kernels_lib, desc, dtype, 3), desc  # 1 is the default
-        element = 4 if dtype == 0 else 2
-        oh = desc.height + desc.pad_top + desc.pad_bottom - (desc.kernel_h - 1)
-        ow = desc.width + desc.pad_left + desc.pad_right - (desc.kernel_w - 1)
-        row = desc.in_channels * desc.kernel_h * desc.kernel_w * element
-        room = min(desc.batch * row * oh * ow, max(BUDGET, 256 * row))
-        staging = -(-(room // row * desc.out_channels * 4) // 256) * 256
+        assert default == _workspace(kernels_lib, desc, dtype, 3), desc
+        staging = _align256(_staging_room(desc, 4 if dtype == 0 else 2) * 4)
         assert got == default + (slices - 1) * staging, (desc, dtype, got, default)
+
+
+# Float32 layers of one group with K = C * 9 >= 2048, auto's candidates for 4 slices (autoSplitK): det res4 at batch
+# 1 (split: 264 tiles) and 8 (not split, but its room still holds the slices of a smaller shape); det res5 at batch 1;
+# and the same det res4 in float16 and det res3 (K 1152) in float32, which auto never splits.
+_AUTO_SPLIT_WORKSPACES = [
+    (DeformConvDesc(1, 256, 50, 84, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1), 0, True),
+    (DeformConvDesc(8, 256, 50, 84, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1), 0, True),
+    (DeformConvDesc(1, 512, 25, 42, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1), 0, True),
+    (DeformConvDesc(1, 256, 50, 84, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1), 1, False),
+    (DeformConvDesc(1, 128, 100, 167, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1), 0, False),
+]
+
+
+def test_auto_split_k_reserves_its_slices_for_candidate_layers(kernels_lib):
+    """Auto (the default) reserves 4 staging slices of at most 264 * 64 * 64 accumulators for a candidate layer,
+    whatever its shape, and nothing more for the others; DCN_DEPLOY_GEMM_SPLIT_K=1 turns it off."""
+    cases = [(desc, dtype) for desc, dtype, _ in _AUTO_SPLIT_WORKSPACES]
+    auto, off = _workspaces_under(kernels_lib, "", cases), _workspaces_under(kernels_lib, "1", cases)
+    for (desc, dtype, candidate), got, plain in zip(_AUTO_SPLIT_WORKSPACES, auto, off):
+        values = _staging_room(desc, 4 if dtype == 0 else 2)
+        room = _align256(values * 4)
+        expected = max(room, 4 * _align256(min(values, 264 * 64 * 64) * 4)) if candidate else room
+        assert got - plain == expected - room, (desc, dtype, got, plain)
+    # det res4 and res5 at batch 1 grow; at batch 8 the one room already holds 4 slices of the largest split product
+    assert auto[0] > off[0] and auto[2] > off[2] and auto[1] == off[1]
 
 
 @pytest.mark.parametrize("dtype", [0, 1])

@@ -272,13 +272,13 @@ GEMM_OUTPUTS = {"auto": 0, "direct": 1, "staged": 2}
 GEMM_SAMPLERS = {"auto": 0, "tiled": 1, "thread": 2}
 GEMM_CHUNKS = {"even": 0, "full": 1}
 GEMM_PRODUCTS = {"tn": 0, "nn": 1}
-GEMM_SPLIT_KS = (1, 2, 4, 8)
+GEMM_SPLIT_KS = (0, 1, 2, 4, 8)  # 0: auto, as the GPU chooses
 
 
 def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
                        path: str = "direct", column_budget_bytes: int = 0, gemm_output: str = "auto",
                        gemm_sampler: str = "auto", tile_items: int = 0, gemm_chunks: str = "even",
-                       gemm_product: str = "tn", gemm_split_k: int = 1, library: Optional[NativeLibrary] = None):
+                       gemm_product: str = "tn", gemm_split_k: int = 0, library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
@@ -292,8 +292,9 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     tile (0: the GPU's default). ``gemm_chunks``: ``even`` (as few chunks as fit, of equal size: the GPU's default)
     or ``full`` (as many images or pixels per chunk as fit, then the remainder). ``gemm_product``: the staged
     product's operand layout, ``tn`` (weights along K: the GPU's default) or ``nn`` (weights along the output
-    channels; the direct product stays TN). ``gemm_split_k``: the staged product in 1 (the GPU's default), 2, 4 or 8
-    slices of K, summed by the transpose, where one group and K = C*kH*kW a multiple of 8 * slices (else 1).
+    channels; the direct product stays TN). ``gemm_split_k``: the staged product in slices of K, summed by the
+    transpose: 0 as the GPU chooses (4 for float32 layers of few output tiles and K = C*kH*kW of 2048 or more, staged
+    then; else 1), or 1, 2, 4 or 8 where one group and K a multiple of 8 * slices (else 1).
     ``implicit``: the CUDA
     implicit-GEMM kernel (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype
     here; channels per group and per offset group must be multiples of 32). Returns (N, out_channels, oH, oW) in the

@@ -96,8 +96,9 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
  * few chunks as fit, of equal size (the CUDA default), 1 as many images or pixels per chunk as fit, then the
  * remainder (GemmChunks);
  * product: the staged product's layout, 0 TN (the CUDA default), 1 NN with output-major weights (GemmProduct);
- * split_k: the staged product in 1 (the CUDA default), 2, 4 or 8 slices of K, where one group and K a multiple of
- * split_k * 8 (else 1; GemmOptions::splitK). For tests. */
+ * split_k: the staged product in slices of K: 0 as the CUDA path chooses (4 for float32 layers of few output tiles
+ * and a long K, else 1; autoSplitK), or 1, 2, 4 or 8 where one group and K a multiple of split_k * 8 (else 1;
+ * GemmOptions::splitK). For tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
     size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks,

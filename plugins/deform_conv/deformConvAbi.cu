@@ -33,8 +33,8 @@ namespace
 //   DCN_DEPLOY_GEMM_CHUNK_MB      the column budget in MiB (default 256);
 //   DCN_DEPLOY_GEMM_CHUNKS        even (default) or full: how the batch is cut into chunks (GemmChunks);
 //   DCN_DEPLOY_GEMM_PRODUCT       tn (default) or nn: the staged product's operand layout (GemmProduct);
-//   DCN_DEPLOY_GEMM_SPLIT_K       1 (default), 2, 4 or 8: slices of K of the staged product, where valid
-//                                 (GemmOptions::splitK, gemmSplitK; experimental);
+//   DCN_DEPLOY_GEMM_SPLIT_K       auto (default), 1, 2, 4 or 8: slices of K of the staged product, where
+//                                 valid (GemmOptions::splitK, gemmSplitK);
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
 //   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'
@@ -112,8 +112,8 @@ AbiGemmOptions const& abiGemmSettings()
             parsed.columnBudget = size_t(mb) << 20;
         parsed.chunks = choiceFromEnvironment("DCN_DEPLOY_GEMM_CHUNKS", {"even", "full"}, read.problem);
         parsed.product = choiceFromEnvironment("DCN_DEPLOY_GEMM_PRODUCT", {"tn", "nn"}, read.problem);
-        int32_t const splitK = choiceFromEnvironment("DCN_DEPLOY_GEMM_SPLIT_K", {"1", "2", "4", "8"}, read.problem);
-        parsed.splitK = splitK > 0 ? 1 << splitK : 1; // the choice's index is log2 of the slices
+        parsed.splitK = numberChoiceFromEnvironment("DCN_DEPLOY_GEMM_SPLIT_K", {"auto", "1", "2", "4", "8"},
+            read.problem);
         parsed.output = choiceFromEnvironment("DCN_DEPLOY_GEMM_OUTPUT", {"auto", "direct", "staged"}, read.problem);
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
         long const tileItems = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_TILE_ITEMS", 1, 1 << 20, read.problem);

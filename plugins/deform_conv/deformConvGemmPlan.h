@@ -105,10 +105,20 @@ enum GemmProduct : int32_t
 // call (weights and columns from s * K/S along K, the result into slice s of the staging scratch), and the staged
 // output's transpose sums the S slices in order (in the accumulation type) before adding the bias. For products of
 // few output tiles, where cuBLAS leaves most SMs idle: float32 det res5 at batch 1 (512 x 1050 pixels x K = 4608)
-// ran a 32x32-tile FFMA kernel at 22 TFLOP/s on an H100. Off by default (1): experimental, untimed on a GPU.
-// Applies where valid (gemmSplitK): one group, staged output, K a multiple of S * 8 (every slice starts 16-byte
-// aligned in any type); elsewhere S is 1.
+// ran a 32x32-tile FFMA kernel at 22 TFLOP/s on an H100. Applies where valid (gemmSplitK): one group, staged
+// output, K a multiple of S * 8 (every slice starts 16-byte aligned in any type); elsewhere S is 1.
+//
+// Auto (GemmOptions::splitK 0, the default) takes kAutoSplitK slices for float32 layers whose whole product has
+// few output tiles and a long K (autoSplitK), staging them where the output would otherwise go direct. Measured on
+// an H100 (session 25, RESULTS.md; forced slices, batch 1): float32 det res5 (512 x 1050 pixels x K 4608) 0.259 ->
+// 0.203 ms with 4 slices (0.195 with 8), det res4 (256 x 4200 x 2304, staged) 0.177 -> 0.157; slower or equal where
+// the product has more tiles (det res3 float32 staged 0.183 -> 0.220, seg res5 0.870 -> 0.935) and in float16
+// (det res3 0.056 -> 0.080: cuBLAS's half kernels already fill the GPU there).
 constexpr int32_t kGemmSplitKMax = 8;
+constexpr int32_t kAutoSplitK = 4;
+constexpr int64_t kAutoSplitMinK = 2048;       // C * kH*kW: det res4's 2304 and res5's 4608 gained, res3's 1152 not
+constexpr int64_t kAutoSplitMaxTiles = 264;    // 64x64 tiles of the output (oC x N*oH*oW): two waves of 132 SMs
+constexpr int64_t kAutoSplitMaxValues = kAutoSplitMaxTiles * 64 * 64; // so at most this many outputs
 
 // Which implicit-GEMM kernel runs (DCN_ALGO_IMPLICIT_GEMM; deformConvImplicit.h).
 //   Stepwise: every warp gathers, blends and multiplies, one barrier a step (deformConvImplicitKernel.cuh): measured
@@ -144,7 +154,7 @@ struct GemmOptions
     int32_t sampler = kGemmSamplerAuto;             // a GemmSampler
     int32_t chunks = kGemmChunksEven;               // a GemmChunks
     int32_t product = kGemmProductTN;               // a GemmProduct
-    int32_t splitK = 1; // slices of K in the staged product (1, 2, 4 or 8; kGemmSplitKMax); 1: no split
+    int32_t splitK = 0; // slices of K in the staged product (1, 2, 4 or 8; kGemmSplitKMax); 0: auto (autoSplitK)
     int32_t tileItems = 0; // the tiled sampler's channel vectors per tile (a target); 0: kTileDefaultElements' worth
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
@@ -173,7 +183,7 @@ inline bool validGemmProduct(int32_t product)
 
 inline bool validGemmSplitK(int32_t splitK)
 {
-    return splitK == 1 || splitK == 2 || splitK == 4 || splitK == kGemmSplitKMax;
+    return splitK == 0 || splitK == 1 || splitK == 2 || splitK == 4 || splitK == kGemmSplitKMax;
 }
 
 // Bytes of one element of the accumulation type (float, or double for float64), which the staging scratch holds
@@ -349,15 +359,56 @@ inline bool directOutputByDefault(DeformConvGeometry const& geo, size_t elementB
     return geo.d.group == 1 && int64_t(geo.outH) * geo.outW * int64_t(elementBytes) % 16 == 0;
 }
 
-// The split-K slices (GemmOptions::splitK) a layer's staged product may take: the requested S where one group (the
-// staged product's batch entries are then free for the slices) and K = C * kH*kW a multiple of S * 8 (every slice
-// of the weights and columns starts 16-byte aligned whatever the type, as cuBLAS's vector loads want); else 1.
-// Independent of N, H and W, so that a plugin's smaller shapes never need more staging room than its largest.
-inline int32_t gemmSplitK(DeformConvGeometry const& geo, GemmOptions const& options)
+// Whether a layer's staged product can be cut into `slices` slices of K: one group (the staged product's batch
+// entries are then free for the slices) and K = C * kH*kW a multiple of slices * 8 (every slice of the weights and
+// columns starts 16-byte aligned whatever the type, as cuBLAS's vector loads want).
+inline bool splitKFits(DeformConvGeometry const& geo, int32_t slices)
 {
     int64_t const k = int64_t(geo.d.in_channels) * geo.kernelPoints;
-    bool const fits = validGemmSplitK(options.splitK) && geo.d.group == 1 && k % (int64_t(options.splitK) * 8) == 0;
-    return fits ? options.splitK : 1;
+    return geo.d.group == 1 && k % (int64_t(slices) * 8) == 0;
+}
+
+// Whether auto may ever split this layer, whatever its N, H and W (the staging room is reserved from this): float32
+// (elementBytes 4), a long K that kAutoSplitK slices fit.
+inline bool autoSplitKCandidate(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return elementBytes == 4 && int64_t(geo.d.in_channels) * geo.kernelPoints >= kAutoSplitMinK
+        && splitKFits(geo, kAutoSplitK);
+}
+
+// Auto's slices for this shape: kAutoSplitK for a candidate whose whole product (oC x N*oH*oW) has at most
+// kAutoSplitMaxTiles output tiles of 64x64, else 1.
+inline int32_t autoSplitK(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    int64_t const pixels = int64_t(std::max(geo.d.batch, 1)) * geo.outH * geo.outW;
+    int64_t const tiles = ceilDiv(int64_t(geo.d.out_channels), int64_t(64)) * ceilDiv(pixels, int64_t(64));
+    return autoSplitKCandidate(geo, elementBytes) && tiles <= kAutoSplitMaxTiles ? kAutoSplitK : 1;
+}
+
+// The split-K slices a layer's staged product takes (GemmOptions::splitK): auto's (0), or the requested S where it
+// fits (splitKFits), else 1.
+inline int32_t gemmSplitK(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options)
+{
+    if (options.splitK == 0)
+        return autoSplitK(geo, elementBytes);
+    return validGemmSplitK(options.splitK) && splitKFits(geo, options.splitK) ? options.splitK : 1;
+}
+
+// Staging room, in bytes, for `roomValues` accumulators a chunk (pixels * oC) and the split-K slices any shape of
+// this layer may take: a requested S reserves S rooms whether or not this shape is staged; auto reserves
+// kAutoSplitK slices of at most kAutoSplitMaxValues each for a candidate (its shapes above that do not split). Both
+// only grow with N, H and W, so that a plugin's smaller shapes never need more room than its largest.
+inline size_t stagingRoomBytes(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options,
+    size_t roomValues)
+{
+    size_t const accBytes = accumulatorBytes(elementBytes);
+    size_t const room = alignUp256(roomValues * accBytes);
+    if (options.splitK != 0)
+        return size_t(gemmSplitK(geo, elementBytes, options)) * room;
+    if (!autoSplitKCandidate(geo, elementBytes))
+        return room;
+    size_t const slice = alignUp256(std::min(roomValues, size_t(kAutoSplitMaxValues)) * accBytes);
+    return std::max(room, size_t(kAutoSplitK) * slice);
 }
 
 // Elements from one split-K slice of the staging scratch to the next, for a chunk's `values` (pixels * oC): rounded
@@ -430,19 +481,19 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.inputImages = roomImages >= batch ? int32_t(batch)
                                            : int32_t(std::max<int64_t>(1, roomImages / plan.images) * plan.images);
     plan.weightsBytes = relaidWeightsBytes(geo, elementBytes);
+    int32_t const slices = gemmSplitK(geo, elementBytes, options);
+    bool const autoSplits = options.splitK == 0 && slices > 1; // auto's split: staged, where it goes direct
     plan.staged = options.output == kGemmOutputStaged
-        || (options.output == kGemmOutputAuto && !directOutputByDefault(geo, elementBytes));
+        || (options.output == kGemmOutputAuto && (autoSplits || !directOutputByDefault(geo, elementBytes)));
     plan.outputMajorWeights = plan.staged && options.product == kGemmProductNN;
     planTile(geo, elementBytes, options, plan);
     // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
     // go direct where a smaller shape of the same profile is staged (and the C ABI can force either way). A chunk
     // has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room. Likewise the
-    // split-K slices: gemmSplitK's of them whether or not this shape is staged (a slice of a smaller chunk,
-    // stagingSliceElements, is never larger).
-    int32_t const slices = gemmSplitK(geo, options);
+    // split-K slices (stagingRoomBytes; a slice of a smaller chunk, stagingSliceElements, is never larger).
     plan.splitK = plan.staged ? slices : 1;
-    plan.stagingBytes = size_t(slices) * alignUp256(columnsRoom / std::max<size_t>(rowBytes, 1)
-        * size_t(geo.d.out_channels) * accumulatorBytes(elementBytes));
+    plan.stagingBytes = stagingRoomBytes(geo, elementBytes, options,
+        columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels));
     plan.rowTableBytes = alignUp256(size_t(columnRowVectors(geo, plan.vector)) * sizeof(TileRowVector));
     layOutGemmWorkspace(plan);
     return plan;

@@ -398,7 +398,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         require(tile_items >= 0, "tile_items", "0 (the default) or positive", tile_items);
         require(dcn::validGemmChunks(chunks), "chunks", "0 (even) or 1 (full)", chunks);
         require(dcn::validGemmProduct(product), "product", "0 (TN) or 1 (NN)", product);
-        require(dcn::validGemmSplitK(split_k), "split_k", "1, 2, 4 or 8", split_k);
+        require(dcn::validGemmSplitK(split_k), "split_k", "0 (auto), 1, 2, 4 or 8", split_k);
         if (!problem.empty())
             return dcn::Status::invalid(problem);
         dcn::DeformConvGeometry geo;

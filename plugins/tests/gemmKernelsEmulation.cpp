@@ -480,6 +480,79 @@ void checkSplitKPlan()
     check(grows, "split-K staging room: S slices of every chunk fit, and it never shrinks as H and W grow");
 }
 
+// Auto's split-K (GemmOptions::splitK 0, autoSplitK): 4 slices, staged, for float32 layers of one group with
+// K >= 2048 whose whole product has at most 264 output tiles of 64x64 (det res5 and res4 at batch 1, as measured on
+// an H100), 1 elsewhere; its staging room (kAutoSplitK slices of at most kAutoSplitMaxValues) reserved for every
+// shape of such a layer and never shrinking as N, H or W grow.
+void checkAutoSplitKPlan()
+{
+    struct Case
+    {
+        char const* name;
+        dcn_deform_conv_desc desc;
+        size_t elementBytes;
+        int32_t output;
+        int32_t slices;
+        bool staged;
+    };
+    Case const cases[] = {
+        {"det res5 batch 1, float32", {1, 512, 25, 42, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 4, kGemmOutputAuto, 4,
+            true},
+        {"det res4 batch 1, float32 (direct rows, 264 tiles)", {1, 256, 50, 84, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+            4, kGemmOutputAuto, 4, true},
+        {"det res4 batch 1, float32, direct forced", {1, 256, 50, 84, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 4,
+            kGemmOutputDirect, 1, false},
+        {"det res4 batch 2, float32 (528 tiles)", {2, 256, 50, 84, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 4,
+            kGemmOutputAuto, 1, false},
+        {"det res4 batch 1, float16", {1, 256, 50, 84, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 2, kGemmOutputAuto, 1,
+            false},
+        {"det res5 batch 1, float64 (direct rows)", {1, 512, 25, 42, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 8,
+            kGemmOutputAuto, 1, false},
+        {"det res3 batch 1, float32 (K 1152)", {1, 128, 100, 167, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 4,
+            kGemmOutputAuto, 1, false},
+        {"det res5 batch 1, float32, two groups", {1, 512, 25, 42, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1}, 4,
+            kGemmOutputAuto, 1, true},
+    };
+    for (Case const& c : cases)
+    {
+        DeformConvGeometry geo;
+        bool const made = makeGeometry(c.desc, geo).ok();
+        GemmOptions options;
+        options.output = c.output;
+        GemmPlan const plan = planGemm(geo, c.elementBytes, options);
+        options.splitK = 1;
+        bool const forcedOff = planGemm(geo, c.elementBytes, options).splitK == 1;
+        check(made && plan.splitK == c.slices && plan.staged == c.staged && forcedOff,
+            std::string("auto split-K plan, ") + c.name + ": " + std::to_string(plan.splitK) + " slice(s), "
+                + (plan.staged ? "staged" : "direct"));
+    }
+    // The room: never shrinks as N, H or W grow, and holds the slices of every chunk that splits (default and small
+    // budgets: chunks of images and slices of one image).
+    for (size_t budget : {kGemmDefaultColumnBudget, size_t(1) << 20})
+    {
+        bool ok = true;
+        int32_t splitShapes = 0;
+        size_t last = 0;
+        for (int32_t batch : {1, 2, 4})
+            for (int32_t side : {4, 9, 17, 25, 40, 64})
+            {
+                DeformConvGeometry geo;
+                ok = ok && makeGeometry({batch, 256, side, side + 3, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, geo).ok();
+                GemmOptions options;
+                options.columnBudget = budget;
+                GemmPlan const plan = planGemm(geo, 4, options);
+                int64_t const chunk = int64_t(plan.images) * plan.pixels;
+                splitShapes += plan.splitK > 1;
+                ok = ok && plan.stagingBytes >= last
+                    && size_t(plan.splitK * stagingSliceElements(chunk * 256, 4)) * 4 <= plan.stagingBytes;
+                last = side == 64 ? 0 : plan.stagingBytes;
+            }
+        check(ok && splitShapes > 0 && splitShapes < 18,
+            "auto split-K staging room, " + std::to_string(budget >> 20) + " MiB budget: never shrinks, fits ("
+                + std::to_string(splitShapes) + " of 18 shapes split)");
+    }
+}
+
 template <typename T>
 void checkLayer(dcn_deform_conv_desc const& desc, char const* layerName, char const* typeName, unsigned seed)
 {
@@ -558,6 +631,7 @@ int main()
     checkOutputRule();
     checkGridLimits();
     checkSplitKPlan();
+    checkAutoSplitKPlan();
     checkSplitKConfigurations();
     // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group
     struct Layer
