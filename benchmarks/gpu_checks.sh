@@ -133,28 +133,24 @@ bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes
 # then its time beside the GEMM path (table in the log). Its correctness: pytest-implicit's child process.
 step racecheck-specialised 60 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised compute-sanitizer --tool racecheck \
     --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
-# The same racecheck under a diagnostic build whose consumers bar.sync (not bar.arrive) the ring's "empty" barriers
-# (DCN_RING_CONSUMERS_SYNC, deformConvImplicitSpecialised.cuh): hazards still reported there are not about
-# bar.arrive. Its kernels library is built on the CPU machine and carried (gpu_notes.md, runbook); without it: skipped.
-RING_SYNC=${DCN_GPU_RING_SYNC_BUILD:-build/gpu-ringsync}
-case $RING_SYNC in /*) ;; *) RING_SYNC=$PWD/$RING_SYNC ;; esac
-if [ -f "$RING_SYNC/lib/libdcn_deploy_kernels.so" ]; then
-    step racecheck-ring-sync 60 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised DCN_DEPLOY_PLUGIN_DIR="$RING_SYNC/lib" \
-        compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
-else
-    SUMMARY+=("racecheck-ring-sync skipped: no $RING_SYNC/lib/libdcn_deploy_kernels.so carried")
-fi
-# And under one whose weights copies are also plain loads and shared stores (DCN_IMPLICIT_SYNC_COPIES=1 besides
-# DCN_RING_CONSUMERS_SYNC=1, deformConvImplicitKernel.cuh): hazards gone there put the ring's reports on racecheck's
-# model of cp.async (session 25's SASS mapping found every reported pair ordered by a barrier).
-SYNC_COPIES=${DCN_GPU_SYNC_COPIES_BUILD:-build/gpu-synccopies}
-case $SYNC_COPIES in /*) ;; *) SYNC_COPIES=$PWD/$SYNC_COPIES ;; esac
-if [ -f "$SYNC_COPIES/lib/libdcn_deploy_kernels.so" ]; then
-    step racecheck-sync-copies 60 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised DCN_DEPLOY_PLUGIN_DIR="$SYNC_COPIES/lib" \
-        compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
-else
-    SUMMARY+=("racecheck-sync-copies skipped: no $SYNC_COPIES/lib/libdcn_deploy_kernels.so carried")
-fi
+# The same racecheck under diagnostic builds of the kernels library, built on the CPU machine and carried
+# (gpu_notes.md, runbook; without one: skipped): racecheck_build STEP FOLDER.
+racecheck_build() {
+    local name=$1 folder=$2
+    case $folder in /*) ;; *) folder=$PWD/$folder ;; esac
+    if [ -f "$folder/lib/libdcn_deploy_kernels.so" ]; then
+        step "$name" 60 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised DCN_DEPLOY_PLUGIN_DIR="$folder/lib" \
+            compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
+    else
+        SUMMARY+=("$name skipped: no $folder/lib/libdcn_deploy_kernels.so carried")
+    fi
+}
+# Consumers that bar.sync (not bar.arrive) the ring's "empty" barriers (DCN_RING_CONSUMERS_SYNC,
+# deformConvImplicitSpecialised.cuh); session 25: 47 hazard groups, against 37 without.
+racecheck_build racecheck-ring-sync "${DCN_GPU_RING_SYNC_BUILD:-build/gpu-ringsync}"
+# And weights copies as plain loads and shared stores besides (DCN_IMPLICIT_SYNC_COPIES=1,
+# deformConvImplicitKernel.cuh); session 25: 46, so cp.async is not their cause either (RESULTS.md).
+racecheck_build racecheck-sync-copies "${DCN_GPU_SYNC_COPIES_BUILD:-build/gpu-synccopies}"
 step synccheck-specialised 40 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised compute-sanitizer --tool synccheck \
     --error-exitcode 3 python3 tests/sanitizer_cases.py --algos implicit
 # Its gathers read the input through computed indices (into registers since session 23): memcheck on it as well.

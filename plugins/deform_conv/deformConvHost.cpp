@@ -4,6 +4,7 @@
 #include "dcnDtype.h"
 #include "dcnStatus.h"
 #include "deformConvColumns.h"
+#include "deformConvGemmReference.h"
 #include "deformConvImplicit.h"
 #include "deformConvMath.h"
 #include "deformConvShapes.h"
@@ -66,34 +67,8 @@ void forwardTyped(DeformConvGeometry const& geo, void const* input, void const* 
 }
 
 // The CUDA GEMM path step by step on the host (deformConvGemmPlan.h, deformConvColumns.h): same chunks, same
-// layouts, same sampling, and the cuBLAS calls' arguments (stagedProduct, directProduct) run through a plain
-// column-major "TN" (or "NN") product, with C in the output type (direct) or the staging type (staged), as the CUDA
-// path asks cuBLAS for.
-template <typename In, typename Out>
-void gemmHost(GemmCall const& call, In const* a, In const* b, Out* c, bool accumulate)
-{
-    using Acc = typename ElementTraits<In>::Acc;
-    for (int32_t batch = 0; batch < call.batch; ++batch)
-        for (int32_t j = 0; j < call.n; ++j)
-            for (int32_t i = 0; i < call.m; ++i)
-            {
-                // C(i, j) (+)= sum_l op(A)(i, l) * B(l, j); TN: A is k x m column-major, op(A)(i, l) = A[l + i*lda];
-                // NN: A is m x k, op(A)(i, l) = A[i + l*lda].
-                Acc acc = Acc(0);
-                In const* aBatch = a + call.a.offset + batch * call.a.stride;
-                In const* bColumn = b + call.b.offset + batch * call.b.stride + int64_t(j) * call.b.ld;
-                int64_t const aRow = call.transposeA ? int64_t(i) * call.a.ld : i;
-                int64_t const aStep = call.transposeA ? 1 : call.a.ld;
-                for (int32_t l = 0; l < call.k; ++l)
-                    acc += ElementTraits<In>::toAcc(aBatch[aRow + l * aStep]) * ElementTraits<In>::toAcc(bColumn[l]);
-                Out& target = c[call.c.offset + batch * call.c.stride + i + int64_t(j) * call.c.ld];
-                if constexpr (std::is_same<Out, Acc>::value)
-                    target = accumulate ? target + acc : acc;
-                else
-                    target = ElementTraits<Out>::fromAcc(accumulate ? ElementTraits<Out>::toAcc(target) + acc : acc);
-            }
-}
-
+// layouts, same sampling, and the cuBLAS calls' arguments (stagedProduct, directProduct) run through gemmHost
+// (deformConvGemmReference.h).
 template <typename T, int Vector>
 void columnsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* mask, T* columns, int32_t n0,
     int32_t images, int64_t p0, int32_t pixels)

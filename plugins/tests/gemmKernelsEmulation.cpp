@@ -10,6 +10,7 @@
 #include "dcnDtype.h"
 #include "dcn_kernels.h"
 #include "deformConvColumns.h"
+#include "deformConvGemmReference.h"
 #include "deformConvShapes.h"
 
 #include "cudaBlockEmulation.h"
@@ -275,29 +276,8 @@ void checkOutputs(DeformConvGeometry const& geo, std::string const& name, std::m
     }
 }
 
-// cuBLAS's strided-batched call (GemmCall) as a plain column-major loop, C in the accumulation type: what the
-// split-K slices ask of cuBLAS, so that a wrong stride or k shows against the reference below.
-template <typename T>
-void productByCall(GemmCall const& call, T const* a, T const* b, typename ElementTraits<T>::Acc* c)
-{
-    using Acc = typename ElementTraits<T>::Acc;
-    for (int32_t batch = 0; batch < call.batch; ++batch)
-        for (int32_t j = 0; j < call.n; ++j)
-            for (int32_t i = 0; i < call.m; ++i)
-            {
-                Acc acc = Acc(0);
-                T const* aBatch = a + call.a.offset + batch * call.a.stride;
-                T const* bColumn = b + call.b.offset + batch * call.b.stride + int64_t(j) * call.b.ld;
-                int64_t const aRow = call.transposeA ? int64_t(i) * call.a.ld : i;
-                int64_t const aStep = call.transposeA ? 1 : call.a.ld;
-                for (int32_t l = 0; l < call.k; ++l)
-                    acc += ElementTraits<T>::toAcc(aBatch[aRow + l * aStep]) * ElementTraits<T>::toAcc(bColumn[l]);
-                c[call.c.offset + batch * call.c.stride + i + int64_t(j) * call.c.ld] = acc;
-            }
-}
-
 // One split-K configuration of a staged chunk (images n0.. of the batch, pixels p0..): the plan's slices
-// (gemmSplitK), stagedProduct's call through productByCall into a scratch of NaN (every slice must be written, and
+// (gemmSplitK), stagedProduct's call through gemmHost into a scratch of NaN (every slice must be written, and
 // nothing past the last read), then the staged output kernel summing the slices; against stagedOutputElement bit
 // for bit and against a double product within the type's rounding. `expectSlices`: what the plan must choose.
 template <typename T>
@@ -330,8 +310,8 @@ void checkSplitK(dcn_deform_conv_desc const& desc, int32_t splitK, int32_t expec
     std::vector<T> const bias = randomValues<T>(rng, size_t(oc));
     T const* biasOrNull = withBias ? bias.data() : nullptr;
     std::vector<Acc> staging(size_t(plan.splitK * sliceStride + 64), std::numeric_limits<Acc>::quiet_NaN());
-    productByCall<T>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride),
-        weights.data(), columns.data(), staging.data());
+    gemmHost<T, Acc>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride),
+        weights.data(), columns.data(), staging.data(), false);
     std::vector<T> const before = randomValues<T>(rng, size_t(desc.batch) * oc * plane);
     std::vector<T> expected = before, got = before;
     for (int64_t idx = 0; idx < int64_t(images) * oc * pixels; ++idx)
