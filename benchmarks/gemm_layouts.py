@@ -20,10 +20,16 @@ k x n):
                  layout our sampler does not write                  torch.mm(weights, cols_t)
 
 The NN option gives cuBLAS the same transposes as torchvision's call, with the roles of the pixels and the output
-channels swapped; only this table says whether that is enough. Times are medians of CUDA-event-timed CUDA-graph
-replays. Needs a GPU:
+channels swapped; only this table says whether that is enough. `staged_bmm` is the staged product as a batch of one
+(torch.bmm: cuBLAS's strided-batched call, as the GEMM path makes it). Times are medians of CUDA-event-timed
+CUDA-graph replays.
 
-    python benchmarks/gemm_layouts.py [--batch 8] [--dtypes float32,float16]
+`--blas cublas,cublaslt` times every layout once under each of torch's BLAS back ends
+(torch.backends.cuda.preferred_blas_library): on an H100 (session 25) float32 det res5 at batch 1 took 0.130 ms as
+torch.mm but 0.219 inside our layer, whose cuBLAS handle chose a 32x32-tile kernel whether called strided-batched or
+as cublasGemmEx; this says whether torch's speed comes from cuBLASLt's heuristic. Needs a GPU:
+
+    python benchmarks/gemm_layouts.py [--batch 8] [--dtypes float32,float16] [--blas default|cublas,cublaslt]
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_deform_conv import LAYERS, time_cuda  # noqa: E402  (the benchmark's layers and timer)
 
-LAYOUTS = ("staged", "direct", "nn_option", "torchvision")
+LAYOUTS = ("staged", "staged_bmm", "direct", "nn_option", "torchvision")
 
 
 def product_sizes(layer, batch: int) -> Dict[str, int]:
@@ -59,6 +65,7 @@ def time_layouts(layer, batch: int, dtype_name: str, warmup: int, iters: int) ->
     times = {}
     cols = torch.randn(sizes["pixels"], sizes["k"], device="cuda", dtype=dtype, generator=g)
     times["staged"] = time_cuda(lambda: torch.mm(cols, weights.t()), warmup, iters)
+    times["staged_bmm"] = time_cuda(lambda: torch.bmm(cols[None], weights.t()[None]), warmup, iters)
     times["direct"] = time_cuda(lambda: torch.mm(weights, cols.t()), warmup, iters)
     times["nn_option"] = time_cuda(lambda: torch.mm(cols, weights_k_major), warmup, iters)
     del cols
@@ -72,14 +79,15 @@ def time_layouts(layer, batch: int, dtype_name: str, warmup: int, iters: int) ->
 def to_markdown(rows: List[dict]) -> str:
     """One line per (layer, dtype): each layout's milliseconds and TFLOP/s, and the best of ours against
     torchvision's."""
-    lines = ["| layer | product (oC x pixels x K) | dtype | "
+    lines = ["| layer | product (oC x pixels x K) | dtype | BLAS | "
              + " | ".join(f"{name} ms (TFLOP/s)" for name in LAYOUTS) + " | best of ours / torchvision |",
-             "| --- | --- | --- | " + " | ".join("---:" for _ in LAYOUTS) + " | ---: |"]
+             "| --- | --- | --- | --- | " + " | ".join("---:" for _ in LAYOUTS) + " | ---: |"]
     for r in rows:
         flop = 2.0 * r["out_channels"] * r["pixels"] * r["k"]
         cells = [f"{r[name + '_ms']:.3f} ({flop / r[name + '_ms'] / 1e9:.1f})" for name in LAYOUTS]
         ours = min(r[name + "_ms"] for name in LAYOUTS if name != "torchvision")
         lines.append(f"| {r['layer']} | {r['out_channels']} x {r['pixels']} x {r['k']} | {r['dtype']} | "
+                     f"{r.get('blas', 'default')} | "
                      + " | ".join(cells) + f" | {ours / r['torchvision_ms']:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -90,7 +98,13 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="float32,float16", help="comma-separated (default float32,float16)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--blas", default="default",
+                        help="comma-separated torch BLAS back ends to time under: default, cublas, cublaslt")
     args = parser.parse_args(argv)
+    backends = args.blas.split(",")
+    unknown = [name for name in backends if name not in ("default", "cublas", "cublaslt")]
+    if unknown:
+        parser.error(f"--blas takes default, cublas or cublaslt, got {', '.join(unknown)}")
     if args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
     import torch
@@ -100,12 +114,15 @@ def main(argv=None) -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False  # IEEE float32, as the GEMM path's cuBLAS calls
     rows = []
-    for dtype_name in args.dtypes.split(","):
-        for layer in LAYERS:
-            times = time_layouts(layer, args.batch, dtype_name, args.warmup, args.iters)
-            rows.append({"layer": layer.name, "dtype": dtype_name, **product_sizes(layer, args.batch),
-                         **{f"{name}_ms": times[name] for name in LAYOUTS}})
-            print(rows[-1], file=sys.stderr, flush=True)
+    for blas in backends:
+        if blas != "default":
+            torch.backends.cuda.preferred_blas_library(blas)
+        for dtype_name in args.dtypes.split(","):
+            for layer in LAYERS:
+                times = time_layouts(layer, args.batch, dtype_name, args.warmup, args.iters)
+                rows.append({"layer": layer.name, "dtype": dtype_name, "blas": blas,
+                             **product_sizes(layer, args.batch), **{f"{name}_ms": times[name] for name in LAYOUTS}})
+                print(rows[-1], file=sys.stderr, flush=True)
     print(f"cuBLAS products in two operand layouts, {torch.cuda.get_device_name()}, batch {args.batch}, "
           f"median of {args.iters} CUDA-graph replays:\n")
     print(to_markdown(rows))

@@ -176,9 +176,9 @@ step bench-no-bias 60 python3 benchmarks/gpu_deform_conv.py --algos gemm --dtype
 # cuBLAS on the layers' products in our operand layout (K contiguous) and in torchvision's (pixels contiguous):
 # whether our float32 products, 1.3x-1.5x slower than torchvision's layer at 09f36e1, are slow for their layout.
 step gemm-layouts 60 python3 benchmarks/gemm_layouts.py
-# The same at batch 1, float32: our product there ran a 32x32-tile kernel at 22 TFLOP/s on det res5 (session 22's
-# breakdown) where torchvision's whole layer took less time than that product.
-step gemm-layouts-batch1 40 python3 benchmarks/gemm_layouts.py --batch 1 --dtypes float32
+# The same at batch 1, float32, under both of torch's BLAS back ends: our product there ran a 32x32-tile kernel at
+# 22 TFLOP/s on det res5 (0.219 ms) where torch.mm of the same operands took 0.130 (session 25): is that cuBLASLt's?
+step gemm-layouts-batch1 40 python3 benchmarks/gemm_layouts.py --batch 1 --dtypes float32 --blas cublas,cublaslt
 # 6. The rest of the sanitizer runs (clean at bf7556d), then grouped and depth-wise layers.
 step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do # their enqueue on the GPU

@@ -189,11 +189,18 @@ def test_gemm_layouts_sizes_and_table(layouts):
     res4 = next(layer for layer in layouts.LAYERS if layer.name.startswith("det res4"))
     sizes = layouts.product_sizes(res4, 8)
     assert sizes == {"out_channels": 256, "pixels": 8 * 50 * 84, "k": 2304}
-    times = {"staged_ms": 1.0, "direct_ms": 0.99, "nn_option_ms": 0.9, "torchvision_ms": 0.8}
-    row = {"layer": res4.name, "dtype": "float32", **sizes, **times}
+    times = {"staged_ms": 1.0, "staged_bmm_ms": 1.1, "direct_ms": 0.99, "nn_option_ms": 0.9, "torchvision_ms": 0.8}
+    row = {"layer": res4.name, "dtype": "float32", "blas": "cublaslt", **sizes, **times}
     line = layouts.to_markdown([row]).splitlines()[2]
     # 2 * 256 * 33600 * 2304 = 39.6 GFLOP: 39.6 TFLOP/s in 1 ms, 49.5 in 0.8; the best of ours is the NN option's
-    assert line.split(" | ")[3:] == ["1.000 (39.6)", "0.990 (40.0)", "0.900 (44.0)", "0.800 (49.5)", "1.12 |"]
+    assert line.split(" | ")[3:] == ["cublaslt", "1.000 (39.6)", "1.100 (36.0)", "0.990 (40.0)", "0.900 (44.0)",
+                                     "0.800 (49.5)", "1.12 |"]
+
+
+def test_gemm_layouts_refuses_an_unknown_blas(layouts, capsys):
+    with pytest.raises(SystemExit):
+        layouts.main(["--blas", "cublas,mkl"])
+    assert "--blas takes default, cublas or cublaslt, got mkl" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without a GPU")
