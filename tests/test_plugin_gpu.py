@@ -6,6 +6,7 @@ plugins/README.md).
 """
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -130,8 +131,8 @@ def _split_k_cases():
 
 def test_split_k_layers_match_reference(kernels):
     """The GEMM path on layers where split-K applies. In this process DCN_DEPLOY_GEMM_SPLIT_K is whatever the
-    environment says (unset: 1); the split2 and split4 children of test_gemm_path_split_k run it with the staged
-    product in 2 and 4 slices of K."""
+    environment says (unset: auto, which splits the first two, float32 layers of few output tiles, in 4); the
+    split2 and split4 children of test_gemm_path_split_k run it with the staged product in 2 and 4 slices of K."""
     for index, (case, dtype) in enumerate(_split_k_cases()):
         tensors = make_tensors(case, dtype, device="cuda", seed=index)
         expected = expected_for(case, tensors)
@@ -139,6 +140,22 @@ def test_split_k_layers_match_reference(kernels):
         assert not got.isnan().any(), (index, case, dtype, "an output element was never written")
         error = max_relative_error(got, expected)
         assert error < TOLERANCE[dtype], (index, case, dtype, error)
+
+
+@pytest.mark.skipif(os.environ.get("DCN_DEPLOY_GEMM_TF32") != "1",
+                    reason="runs in test_gemm_path_tf32's child process (DCN_DEPLOY_GEMM_TF32=1)")
+def test_tf32_products_within_tf32_precision(kernels):
+    """DCN_DEPLOY_GEMM_TF32=1: float32 products on TF32 tensor cores (inputs rounded to 10 mantissa bits). Within
+    5e-3 of the float64 reference on the split-K layers' float32 cases, and on det res5 at batch 1 measurably not
+    IEEE float32 (above 1e-5; IEEE float32 is near 1e-7 there), so the setting took effect."""
+    for index, (case, dtype) in enumerate(_split_k_cases()):
+        if dtype != torch.float32:
+            continue
+        tensors = make_tensors(case, dtype, device="cuda", seed=index)
+        error = max_relative_error(run(kernels, case, tensors, "gemm"), expected_for(case, tensors))
+        assert error < 5e-3, (index, case, error)
+        if index == 0:
+            assert error > 1e-5, ("float32 products still IEEE under DCN_DEPLOY_GEMM_TF32=1", error)
 
 
 HALF_CASES = half_precision_cases()
@@ -256,14 +273,25 @@ _CHILD_ENVS = {
     # test_split_k_layers_match_reference, whose layers all split
     "split2": {"DCN_DEPLOY_GEMM_SPLIT_K": "2", "DCN_DEPLOY_GEMM_OUTPUT": "staged"},
     "split4": {"DCN_DEPLOY_GEMM_SPLIT_K": "4", "DCN_DEPLOY_GEMM_OUTPUT": "staged", "DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
+    # float32 products on TF32 tensor cores (an experiment, off by default): only its own test, whose tolerance is
+    # TF32's (the dense tests' float32 tolerance is IEEE float32's)
+    "tf32": {"DCN_DEPLOY_GEMM_TF32": "1"},
 }
 # The tests each child runs: the dense-layer tests, and for the split-K children the split-K layers too.
 _CHILD_TESTS = "random_dense_configs or dense_layers"
 _SPLIT_K_CHILD_TESTS = _CHILD_TESTS + " or split_k_layers"
+_TF32_CHILD_TESTS = "tf32_products"
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
 # All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
 # turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.
 _CHILD_TIMEOUT_S = 150
+
+
+def _child_tests(name: str) -> str:
+    """The -k expression a child runs: see _CHILD_ENVS."""
+    if name == "tf32":
+        return _TF32_CHILD_TESTS
+    return _SPLIT_K_CHILD_TESTS if name.startswith("split") else _CHILD_TESTS
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +302,7 @@ def dense_children():
     import sys
 
     children = {name: subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                                        "-k", _SPLIT_K_CHILD_TESTS if name.startswith("split") else _CHILD_TESTS],
+                                        "-k", _child_tests(name)],
                                        env=dict(os.environ, **env_vars), stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
                 for name, env_vars in _CHILD_ENVS.items()}
@@ -298,6 +326,11 @@ def _check_dense_child(children, name: str) -> None:
     assert children[name].returncode == 0, (_CHILD_ENVS[name], stdout[-4000:] + stderr[-2000:])
     last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     assert " passed" in last and "skipped" not in last, (_CHILD_ENVS[name], stdout[-2000:] + stderr[-2000:])
+
+
+def test_gemm_path_tf32(dense_children):
+    """DCN_DEPLOY_GEMM_TF32=1 (test_tf32_products_within_tf32_precision, in its child)."""
+    _check_dense_child(dense_children, "tf32")
 
 
 def test_gemm_path_in_chunks_and_pixel_slices(dense_children):

@@ -35,6 +35,7 @@ namespace
 //   DCN_DEPLOY_GEMM_PRODUCT       tn (default) or nn: the staged product's operand layout (GemmProduct);
 //   DCN_DEPLOY_GEMM_SPLIT_K       auto (default), 1, 2, 4 or 8: slices of K of the staged product, where
 //                                 valid (GemmOptions::splitK, gemmSplitK);
+//   DCN_DEPLOY_GEMM_TF32          0 (default) or 1: float32 products on TF32 tensor cores (GemmOptions::tf32);
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
 //   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'
@@ -114,6 +115,7 @@ AbiGemmOptions const& abiGemmSettings()
         parsed.product = choiceFromEnvironment("DCN_DEPLOY_GEMM_PRODUCT", {"tn", "nn"}, read.problem);
         parsed.splitK = numberChoiceFromEnvironment("DCN_DEPLOY_GEMM_SPLIT_K", {"auto", "1", "2", "4", "8"},
             read.problem);
+        parsed.tf32 = choiceFromEnvironment("DCN_DEPLOY_GEMM_TF32", {"0", "1"}, read.problem) == 1;
         parsed.output = choiceFromEnvironment("DCN_DEPLOY_GEMM_OUTPUT", {"auto", "direct", "staged"}, read.problem);
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
         long const tileItems = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_TILE_ITEMS", 1, 1 << 20, read.problem);

@@ -35,6 +35,7 @@ namespace
 constexpr int kCublasOpN = 0;
 constexpr int kCublasOpT = 1;
 constexpr int kCublasCompute32F = 68;
+constexpr int kCublasCompute32FFastTf32 = 77;
 constexpr int kCublasCompute64F = 70;
 constexpr int kCublasGemmDefault = -1;
 
@@ -94,13 +95,15 @@ void launchColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const*
 }
 
 // One cuBLAS strided-batched product (stagedProduct, directProduct; "TN", or "NN" for output-major weights): A and
-// B of type T, C of type Out (T into NCHW, Acc or T into the scratch).
+// B of type T, C of type Out (T into NCHW, Acc or T into the scratch); float32 on TF32 tensor cores where tf32.
 template <typename T, typename Out>
-Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool accumulate, CublasHandleT handle)
+Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool accumulate, bool tf32,
+    CublasHandleT handle)
 {
     using Scalar = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
     Scalar const one = 1, zero = 0;
-    int const compute = std::is_same<T, double>::value ? kCublasCompute64F : kCublasCompute32F;
+    int const compute = std::is_same<T, double>::value ? kCublasCompute64F
+        : (tf32 && std::is_same<T, float>::value ? kCublasCompute32FFastTf32 : kCublasCompute32F);
     int const rc = cublasApi()->gemmStridedBatchedEx(handle, call.transposeA ? kCublasOpT : kCublasOpN, kCublasOpN,
         call.m, call.n, call.k, &one, a + call.a.offset, cudaTypeOf<T>(), int(call.a.ld), call.a.stride,
         b + call.b.offset, cudaTypeOf<T>(), int(call.b.ld), call.b.stride, accumulate ? &one : &zero,
@@ -120,7 +123,7 @@ Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T con
 {
     int64_t const sliceStride = stagingSliceElements(int64_t(images) * pixels * geo.d.out_channels, sizeof(Staged));
     Status status = runProduct<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK,
-        sliceStride), weights, columns, staging, false, handle);
+        sliceStride), weights, columns, staging, false, plan.tf32, handle);
     if (!status.ok())
         return status;
     dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
@@ -185,7 +188,7 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             }
             for (int32_t g = 0; status.ok() && g < d.group; ++g)
                 status = runProduct<T, T>(directProduct(geo, g, n0, images, p0, pixels), columns, weights,
-                    output, bias != nullptr, handle);
+                    output, bias != nullptr, plan.tf32, handle);
         }
     }
     return status;

@@ -144,7 +144,7 @@ constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much share
 // The GEMM path's and the implicit kernels' tunables. The TensorRT plugin uses the defaults but for the column
 // budget, which it fits to the builder's workspace limit (configurePlugin, the engine's field); the C ABI reads
 // DCN_DEPLOY_GEMM_CHUNK_MB, DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT,
-// DCN_DEPLOY_GEMM_SPLIT_K, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
+// DCN_DEPLOY_GEMM_SPLIT_K, DCN_DEPLOY_GEMM_TF32, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
 // DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the
 // host build takes them as arguments. (The plugin's split-K is the default, 1, in both its workspace sizing and its runs.)
 struct GemmOptions
@@ -159,6 +159,11 @@ struct GemmOptions
     int32_t implicitTileM = 0; // the implicit-GEMM kernel's output channels per block (64, 128, 256); 0: by layer
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
     int32_t implicitKernel = kImplicitStepwise; // an ImplicitKernel
+    // float32 products on TF32 tensor cores (cuBLAS's CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to 10 mantissa
+    // bits, float32 accumulation), as torch lets cuDNN's convolutions do by default. Off: IEEE float32. An
+    // experiment (DCN_DEPLOY_GEMM_TF32, the C ABI only): untimed; on an H100 (session 25) our float32 layers took
+    // 0.93x-1.38x cuDNN's IEEE float32 convolution but 3.4x-6.4x its TF32 one.
+    bool tf32 = false;
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -213,6 +218,7 @@ struct GemmPlan
     bool staged;         // the product goes through the staging scratch (GemmOutput)
     bool outputMajorWeights; // staged as NN: the weights re-laid out [g][kp][c][o] (GemmProduct)
     int32_t splitK;      // slices of K of the staged product (1 unless staged and gemmSplitK allows more)
+    bool tf32;           // float32 products on TF32 tensor cores (GemmOptions::tf32; float32 layers only)
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
@@ -492,6 +498,7 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room. Likewise the
     // split-K slices (stagingRoomBytes; a slice of a smaller chunk, stagingSliceElements, is never larger).
     plan.splitK = plan.staged ? slices : 1;
+    plan.tf32 = options.tf32 && elementBytes == 4;
     plan.stagingBytes = stagingRoomBytes(geo, elementBytes, options,
         columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels));
     plan.rowTableBytes = alignUp256(size_t(columnRowVectors(geo, plan.vector)) * sizeof(TileRowVector));
