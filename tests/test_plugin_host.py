@@ -69,7 +69,7 @@ def _vector_friendly_case(rng: random.Random):
 
 
 def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto", sampler="auto", tile_items=0,
-                  chunks="even", product="tn", split_k=1):
+                  chunks="even", product="tn", split_k=0):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
                               path="gemm", column_budget_bytes=budget, gemm_output=output, gemm_sampler=sampler,
                               tile_items=tile_items, gemm_chunks=chunks, gemm_product=product, gemm_split_k=split_k,
@@ -192,6 +192,24 @@ def test_split_k_in_each_type(host_lib, dtype, tolerance, split_k):
         assert got.dtype == dtype and not got.isnan().any()
         assert max_relative_error(got, expected) < tolerance, (case, split_k)
         assert max_relative_error(got, single.double()) < tolerance, (case, split_k)
+
+
+def test_auto_split_k_stages_float32_products_of_few_tiles(host_lib):
+    """Auto (split_k 0, the CUDA default): a float32 layer of one group with K = C * 9 >= 2048 and few output tiles
+    goes staged in 4 slices of K (autoSplitK), even where its rows would go direct; within float32 rounding of the
+    reference and of the unsplit direct product. A float64 layer of the same shape is not split (exact to 1e-12)."""
+    from plugin_configs import Case
+
+    case = Case(1, 1, 1, 256, 64, 8, 10, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)  # K 2304, 8x10 rows
+    tensors = make_tensors(case, torch.float32, seed=7)
+    expected = reference(case, *[None if t is None else t.double() for t in tensors])
+    auto = run_host_gemm(host_lib, case, *tensors)
+    unsplit = run_host_gemm(host_lib, case, *tensors, split_k=1)
+    assert max_relative_error(auto, expected) < 2e-6 and max_relative_error(auto, unsplit.double()) < 2e-6
+    assert not torch.equal(auto, unsplit)  # summed in another order: the split took effect
+    assert torch.equal(auto, run_host_gemm(host_lib, case, *tensors, output="staged", split_k=4))
+    tensors64 = make_tensors(case, torch.float64, seed=7)
+    assert max_relative_error(run_host_gemm(host_lib, case, *tensors64), reference(case, *tensors64)) < 1e-12
 
 
 @pytest.mark.parametrize("option,match", [
