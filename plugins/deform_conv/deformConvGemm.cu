@@ -169,9 +169,8 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             if (status.ok() && plan.staged)
             {
                 // A half type without a bias stages the product as T (stagedAcc): cuBLAS rounds it once, as the
-                // transpose would have. Not with split-K: the slices are partial sums, added in Acc and rounded once
-                // by the transpose (the scratch holds accumulators for every slice).
-                if (stagesNarrow<T>(bias) && plan.splitK == 1)
+                // transpose would have (unsplit only: stagesNarrow).
+                if (stagesNarrow<T>(bias, plan.splitK))
                     status = runStagedChunk<T, T>(geo, plan, weights, columns, reinterpret_cast<T*>(staging), bias,
                         output, n0, images, p0, pixels, stream, handle);
                 else

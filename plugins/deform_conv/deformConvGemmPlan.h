@@ -146,7 +146,8 @@ constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much share
 // DCN_DEPLOY_GEMM_CHUNK_MB, DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT,
 // DCN_DEPLOY_GEMM_SPLIT_K, DCN_DEPLOY_GEMM_TF32, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
 // DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the
-// host build takes them as arguments. (The plugin's split-K is the default, 1, in both its workspace sizing and its runs.)
+// host build takes them as arguments. (The plugin's split-K and TF32 are the defaults, auto and off, in both its
+// workspace sizing and its runs.)
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take

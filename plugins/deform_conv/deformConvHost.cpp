@@ -150,9 +150,9 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
     T const garbage = ElementTraits<T>::fromAcc(std::numeric_limits<Acc>::quiet_NaN());
     std::vector<T> columns(plan.columnsBytes / sizeof(T), garbage), nhwc(plan.nhwcBytes / sizeof(T), garbage),
         weights(plan.weightsBytes / sizeof(T), garbage);
-    // The staging scratch: accumulators, or T for a half type without a bias (stagesNarrow) unless split, as the
-    // CUDA path.
-    bool const narrow = stagesNarrow<T>(bias) && plan.splitK == 1;
+    // The staging scratch: accumulators, or T for a half type without a bias, unsplit (stagesNarrow), as the CUDA
+    // path.
+    bool const narrow = stagesNarrow<T>(bias, plan.splitK);
     std::vector<Acc> staging(plan.staged && !narrow ? plan.stagingBytes / sizeof(Acc) : 0,
         std::numeric_limits<Acc>::quiet_NaN());
     std::vector<T> narrowStaging(plan.staged && narrow ? plan.stagingBytes / sizeof(T) : 0, garbage);
