@@ -93,8 +93,9 @@ enum GemmChunks : int32_t
 //     product does (A along M, B along K). Not torchvision's layout itself: there A is its pixel-contiguous columns
 //     and M the pixels, which would need a sampler writing columns[K][pixel]. In float32 our TN products ran
 //     cuBLAS's FFMA kernels at 36-38 TFLOP/s on an H100 (09f36e1), while torchvision's whole layer was 1.3x-1.5x
-//     faster than ours: benchmarks/gemm_layouts.py times all four calls, and this option is there to time in the
-//     layer (not the default: untimed). Staged only: the direct product stays TN.
+//     faster than ours: benchmarks/gemm_layouts.py times all four calls. Timed in the layer on an H100 (session 22,
+//     benchmarks/RESULTS.md): 0-10% slower than TN on every row in both types, so not the default. Staged only: the
+//     direct product stays TN.
 enum GemmProduct : int32_t
 {
     kGemmProductTN = 0,
@@ -124,7 +125,9 @@ constexpr int64_t kAutoSplitMaxValues = kAutoSplitMaxTiles * 64 * 64; // so at m
 //   Stepwise: every warp gathers, blends and multiplies, one barrier a step (deformConvImplicitKernel.cuh): measured
 //     on an H100 (2026-11-26), 1.3x-1.8x slower than the GEMM path at batch 8.
 //   Specialised: producer warps gather and blend into a ring of stages while consumer warps multiply, the two meeting
-//     at named barriers (deformConvImplicitSpecialised.cuh; sm_80 and newer). Untimed: written without a GPU.
+//     at named barriers (deformConvImplicitSpecialised.cuh; sm_80 and newer). Measured on an H100 (sessions 22 and
+//     25): correct, 1.1x-1.3x faster than stepwise at batch 8, but slower than the GEMM path on every layer (det res3
+//     at batch 8: 0.377 ms against 0.359), its producer warps latency-bound. Opt-in.
 enum ImplicitKernel : int32_t
 {
     kImplicitStepwise = 0,
