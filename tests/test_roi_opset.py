@@ -85,6 +85,52 @@ def test_psroi_body_matches_torch(output_dim, classes, group, pooled, part, samp
         assert empty.shape == (0, output_dim, pooled, pooled)
 
 
+def test_bodies_pool_a_roi_whose_batch_index_is_outside_the_batch_to_zero():
+    """As the kernels do (batchIndexInside): a negative index must not wrap around to the last images (Gather's
+    negative indices), NaN must not read image 0, and N or more must not fail inside Gather."""
+    from dcn_deploy.backends.reference_evaluator import OracleEvaluator
+
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 8, 9, 10, generator=gen)
+    boxes = _rois(gen, 8, 1, 18.0)[:, 1:]
+    index = torch.tensor([-1.0, float("nan"), 2.0, 5.0, -2.0, -0.5, 1.9999, 0.0])
+    inside = torch.tensor([False, False, False, False, False, True, True, True])
+    rois = torch.cat([index[:, None], boxes], dim=1)
+    offset = torch.randn(8, 2, 2, 2, generator=gen) * 0.3
+    trans = torch.randn(8, 2, 2, 2, generator=gen) * 0.3
+    cases = [
+        (_model(roi_opset.DEFORM_ROI_POOL, [[2, 8, 9, 10], [None, 5], [None, 2, 2, 2]], pooled_height=2,
+                pooled_width=2, spatial_scale=0.5, sampling_ratio=2, gamma=0.2), ["X", "rois", "offset"], offset,
+         lambda r, o: deform_roi_pool(x, r, o, 2, 0.5, 2, 0.2)),
+        (_model(roi_opset.DEFORM_PSROI_POOL, [[2, 8, 9, 10], [None, 5], [None, 2, 2, 2]], spatial_scale=0.5,
+                output_dim=2, group_size=2, pooled_size=2, sample_per_part=2, trans_std=0.1), ["X", "rois", "trans"],
+         trans, lambda r, t: deform_psroi_pool(x, r, t, 0.5, 2, 2, 2, 2, 2, 0.1, False)),
+    ]
+    for model, names, third, op in cases:
+        want = op(rois[inside], third[inside]).numpy()
+        arrays = [x.numpy(), rois.numpy(), third.numpy()]
+        for got in (_run(model, arrays), OracleEvaluator(model).run(None, dict(zip(names, arrays)))[0]):
+            assert np.all(got[~inside.numpy()] == 0)
+            np.testing.assert_allclose(got[inside.numpy()], want, atol=1e-5, rtol=1e-5)
+            assert np.count_nonzero(want) > 0
+
+
+def test_psroi_body_with_no_trans_pools_one_class_whatever_trans_holds():
+    """no_trans=1 pools as one class (the kernels' rule): a trans of 3 classes, which do not divide output_dim 4,
+    is ignored, in shape inference and in the body."""
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(1, 4 * 4, 6, 6, generator=gen)
+    rois = _rois(gen, 3, 1, 12.0)
+    trans = torch.randn(3, 6, 2, 2, generator=gen)
+    model = _model(roi_opset.DEFORM_PSROI_POOL, [[1, 16, 6, 6], [3, 5], [3, 6, 2, 2]], spatial_scale=0.5,
+                   output_dim=4, group_size=2, pooled_size=2, sample_per_part=2, trans_std=0.1, no_trans=1)
+    dims = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [3, 4, 2, 2]
+    want = deform_psroi_pool(x, rois, None, 0.5, 4, 2, 2, 2, 2, 0.1, True)
+    np.testing.assert_allclose(_run(model, [x.numpy(), rois.numpy(), trans.numpy()]), want.numpy(),
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_bodies_run_in_float16():
     gen = torch.Generator().manual_seed(12)
     x = torch.randn(1, 8, 10, 10, generator=gen).half()

@@ -402,6 +402,13 @@ def test_pack_modules_have_mmcv_keys_and_start_as_roialign():
         pack(torch.randn(1, 4, 8, 8), rois)
 
 
+def test_pack_modules_take_no_rois():
+    """An image without proposals: both pack modules return (0, C, h, w), as the plain ops do."""
+    x = torch.randn(1, 3, 8, 8)
+    for module in (DeformRoIPoolPack(2, 3, deform_fc_channels=8), ModulatedDeformRoIPoolPack(2, 3, deform_fc_channels=8)):
+        assert module(x, torch.zeros(0, 5)).shape == (0, 3, 2, 2)
+
+
 def test_pack_loads_an_mmcv_style_state_dict():
     source = ModulatedDeformRoIPoolPack(3, 2, deform_fc_channels=6)
     for p in source.parameters():

@@ -151,7 +151,8 @@ def _infer_psroi_pool(ctx) -> None:
     _check(op, trans, "trans", [k, None, part, part])
     if trans is not None and known_size(trans[1]) is not None:
         channels = known_size(trans[1])
-        if channels < 2 or channels % 2 or output_dim % (channels // 2):
+        classes = 1 if values["no_trans"] else channels // 2   # no_trans pools as one class, whatever trans holds
+        if channels < 2 or channels % 2 or output_dim % classes:
             raise _inference_error(op, f"trans must have 2*num_classes channels with output_dim ({output_dim}) "
                                        f"divisible by num_classes, got {channels}")
     count = rois[0] if rois else (trans[0] if trans else None)
@@ -291,6 +292,17 @@ def _function(name: str, inputs: List[str], body: _Body, result: str, attributes
                                 attribute_protos=defaults, doc_string=doc)
 
 
+def _batch_index(b: _Body, index: str, batch_size: str):
+    """(image, inside) for rois[:, 0] given as ``index`` (float, (K, 1, 1, 1)): ``image`` the index truncated toward
+    zero (int64), 0 where it lies outside [0, N) or is NaN; ``inside`` 1.0 or 0.0 (float), to zero the samples of
+    such a RoI so that it pools to 0 as in the kernels (batchIndexInside, roiPoolMath.h). Without it Gather wraps a
+    negative index (-1 read the last image) and a NaN one read image 0."""
+    n_f = b.to_float(batch_size)
+    inside = b("And", b("Greater", index, b.f(-1.0)), b("Less", index, n_f))   # False for NaN
+    image = b("Cast", b("Where", inside, index, b.f(0.0)), to=TensorProto.INT64)
+    return image, b("Cast", inside, to=TensorProto.FLOAT)
+
+
 def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     """Body of ``dcn_deploy::DeformRoIPool`` (standard ONNX at ``opset`` >= 19); formulas of deform_roi_pool."""
     b = _Body()
@@ -309,7 +321,7 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     def col(i):  # rois[:, i] as (K, 1, 1, 1)
         return b("Reshape", b("Gather", rois, b.i(i), axis=1), b.ints([-1, 1, 1, 1]))
 
-    batch = b("Cast", col(0), to=TensorProto.INT64)  # truncation toward zero, as the kernels' (int) cast
+    batch, inside = _batch_index(b, col(0), b.dim(shape, 0))  # truncation toward zero, as the kernels' (int) cast
     half = b.f(0.5)
     sx = b("Sub", b("Mul", col(1), scale), half)
     sy = b("Sub", b("Mul", col(2), scale), half)
@@ -329,7 +341,8 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     x_s = b("Add", b("Add", sx, b("Mul", j, bin_w)), b("Div", b("Mul", u, bin_w), ratio_f))
     y_s = b("Add", b("Add", sy, b("Mul", i, bin_h)), b("Div", b("Mul", u, bin_h), ratio_f))
     minus_one = b.f(-1.0)
-    valid_x = b("Cast", b("And", b("GreaterOrEqual", x_s, minus_one), b("LessOrEqual", x_s, w_f)), to=TensorProto.FLOAT)
+    valid_x = b("Mul", b("Cast", b("And", b("GreaterOrEqual", x_s, minus_one), b("LessOrEqual", x_s, w_f)),
+                         to=TensorProto.FLOAT), inside)
     valid_y = b("Cast", b("And", b("GreaterOrEqual", y_s, minus_one), b("LessOrEqual", y_s, h_f)), to=TensorProto.FLOAT)
     x_idx, x_wt = _axis_corners(b, x_s, 0.0, b("Sub", w_f, one_f), valid_x, w_i)
     y_idx, y_wt = _axis_corners(b, y_s, 0.0, b("Sub", h_f, one_f), valid_y, h_i)
@@ -426,8 +439,11 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
     part_i = b("Where", b("Equal", part_attr, b.i(0)), p_i, part_attr)
     trans_shape = b("Shape", trans)
     k_i = b.dim(b("Shape", rois), 0)
-    classes_i = b("Div", b.dim(trans_shape, 1), b.i(2))
+    # no_trans pools as one class (the kernels' rule), whatever number of classes trans holds: its first two
+    # channels then stand for the (zeroed) offsets
+    classes_i = b("Where", b("Equal", no_trans, b.i(0)), b("Div", b.dim(trans_shape, 1), b.i(2)), b.i(1))
     per_class_i = b("Div", out_i, classes_i)
+    trans = b("Slice", trans, b.ints([0]), b.unsq(b("Mul", classes_i, b.i(2)), 0), b.ints([1]))
 
     def cat(*scalars):
         return b("Concat", *[b.unsq(s, 0) for s in scalars], axis=0)
@@ -439,7 +455,7 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
         return b("Mul", b("Sign", v), b("Floor", b("Add", b("Abs", v), b.f(0.5))))
 
     half, one_f, zero_f = b.f(0.5), b.f(1.0), b.f(0.0)
-    batch = b("Cast", col(0), to=TensorProto.INT64)
+    batch, inside = _batch_index(b, col(0), n_i)
     sx = b("Sub", b("Mul", c_round(col(1)), scale), half)
     sy = b("Sub", b("Mul", c_round(col(2)), scale), half)
     ex = b("Sub", b("Mul", b("Add", c_round(col(3)), one_f), scale), half)
@@ -466,8 +482,9 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
     x_s = b("Add", b.unsq(wstart, 4), b("Mul", samples, b.unsq(sub_w, 4)))           # (K, classes, P, P, S)
     y_s = b("Add", b.unsq(hstart, 4), b("Mul", samples, b.unsq(sub_h, 4)))
     minus_half = b.f(-0.5)
-    valid_x = b("Cast", b("And", b("GreaterOrEqual", x_s, minus_half),
-                          b("LessOrEqual", x_s, b("Sub", w_f, half))), to=TensorProto.FLOAT)
+    valid_x = b("Mul", b("Cast", b("And", b("GreaterOrEqual", x_s, minus_half),
+                                      b("LessOrEqual", x_s, b("Sub", w_f, half))), to=TensorProto.FLOAT),
+                b.unsq(inside, 4))
     valid_y = b("Cast", b("And", b("GreaterOrEqual", y_s, minus_half),
                           b("LessOrEqual", y_s, b("Sub", h_f, half))), to=TensorProto.FLOAT)
     count = b("Mul", b("ReduceSum", valid_x, b.ints([4]), keepdims=0), b("ReduceSum", valid_y, b.ints([4]), keepdims=0))

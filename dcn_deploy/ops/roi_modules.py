@@ -95,7 +95,7 @@ class DeformRoIPoolPack(DeformRoIPool):
 
     def _offsets(self, pooled: torch.Tensor) -> torch.Tensor:
         k = pooled.shape[0]
-        return self.offset_fc(pooled.reshape(k, -1)).view(k, 2, *self.output_size)
+        return self.offset_fc(pooled.flatten(1)).view(k, 2, *self.output_size)
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         self._check_channels(input)
@@ -127,7 +127,7 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
         self._check_channels(input)
         pooled = DeformRoIPool.forward(self, input, rois, None)
         k = pooled.shape[0]
-        mask = self.mask_fc(pooled.reshape(k, -1)).view(k, 1, *self.output_size)
+        mask = self.mask_fc(pooled.flatten(1)).view(k, 1, *self.output_size)
         return DeformRoIPool.forward(self, input, rois, self._offsets(pooled)) * mask
 
 
