@@ -467,6 +467,9 @@ def test_non_finite_rois_are_refused_and_absurd_boxes_are_capped():
     bad = torch.tensor([[0.0, 1.0, float("nan"), 3.0, 4.0]])
     with pytest.raises(ValueError, match="NaN or infinite"):
         deform_roi_pool(x, bad, None, (2, 2))
+    huge = torch.tensor([[0.0, -3e38, 0.0, 3e38, 4.0]])   # finite corners, a width of infinity in float32
+    with pytest.raises(ValueError, match="width or height overflows"):
+        deform_roi_pool(x, huge, None, (2, 2))
     # A box 10^7 pixels wide would ask mmcv for ~5e6 samples per bin side; the cap keeps it finite and fast.
     huge = torch.tensor([[0.0, 0.0, 0.0, 1e7, 3.0]])
     out = deform_roi_pool(x, huge, None, (2, 2), sampling_ratio=0)

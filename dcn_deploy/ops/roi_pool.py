@@ -115,10 +115,15 @@ def _bilinear_sum(table: torch.Tensor, row_base: torch.Tensor, height: int, widt
 
 
 def _check_batch_indices(rois: torch.Tensor, batch: int) -> torch.Tensor:
-    """The (truncated) batch index of every RoI, checked to lie in [0, batch)."""
+    """The (truncated) batch index of every RoI, after checking the rows: finite, boxes of finite width and height,
+    the index in [0, batch)."""
     if rois.numel() and not bool(torch.isfinite(rois).all()):
         raise ShapeError("rois hold NaN or infinite coordinates; every row must be finite "
                          "(batch index, x1, y1, x2, y2) in input-image pixels")
+    corners = rois[:, 1:].to(torch.promote_types(rois.dtype, torch.float32))   # the kernels' accumulation type
+    if corners.numel() and not bool(torch.isfinite(corners[:, 2:] - corners[:, :2]).all()):
+        raise ShapeError("rois hold a box whose width or height overflows to infinity (corners near the float32 "
+                         "limit, about 3.4e38); give boxes in input-image pixels")
     index = rois[:, 0].to(torch.int64)
     if index.numel():
         lo, hi = int(index.min()), int(index.max())
