@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -23,6 +23,23 @@ def check_output_path(target: PathLike, what: str = "output") -> None:
                                 "or choose another path")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {target}: folder {folder} is not writable; choose another path")
+
+
+def check_not_an_input(target: PathLike, what: str, inputs: Sequence[Tuple[str, Optional[PathLike]]]) -> None:
+    """Raise ValueError when ``target`` (an output, ``what``: e.g. ``--output``) is one of the files the command
+    reads (``inputs``: (what it is, its path or None where not given)): writing it would replace that file."""
+    target = Path(target)
+    for label, source in inputs:
+        if source is None:
+            continue
+        source = Path(source)
+        if target.exists() and source.exists():
+            same = os.path.samefile(target, source)
+        else:
+            same = os.path.abspath(target) == os.path.abspath(source)
+        if same:
+            raise ValueError(f"{what} {target} is the {label} this command reads; writing there would replace it: "
+                             "choose another path")
 
 
 @contextlib.contextmanager

@@ -178,6 +178,31 @@ def test_ort_type_mapping():
         ort_type_to_numpy("tensor(bfloat16)", "x")
 
 
+def test_torch_runner_runs_with_the_threads_asked_for_and_puts_torch_back(tiny):
+    """bench --threads N reaches the torch runner too (make_runner's device_threads), so that a comparison with
+    ONNX Runtime at N threads is like for like; torch's own setting comes back after."""
+    model, path, _ = tiny
+    seen = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return self.inner(x)
+
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    x = np.ones((1, 2, 6, 6), dtype=np.float32)
+    with make_runner("torch", path, torch_model=Counting(), device_threads=wanted) as runner:
+        runner.infer({"x": x})
+    assert seen == [wanted] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be None or >= 1"):
+        TorchRunner(model, runner.input_metadata(), threads=0)
+
+
 def test_factory_makes_each_runner_and_explains_what_is_missing(tiny, tmp_path):
     model, path, _ = tiny
     inputs, outputs = onnx_io_metadata(path)

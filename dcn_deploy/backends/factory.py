@@ -131,4 +131,4 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
     from .torch_runner import TorchRunner
 
     inputs, outputs = onnx_io_metadata(path)
-    return TorchRunner(torch_model, inputs, output_names=outputs)
+    return TorchRunner(torch_model, inputs, output_names=outputs, threads=device_threads)

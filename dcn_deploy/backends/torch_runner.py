@@ -77,10 +77,13 @@ class TorchRunner(Runner):
             :func:`metas_from_examples`.
         output_names: names for the flattened outputs, in order (e.g. the ONNX file's outputs).
         device: ``"cpu"`` or ``"cuda"`` (inputs are moved there; outputs come back as numpy).
+        threads: PyTorch's intra-op threads while active (``torch.set_num_threads``, process-wide: the previous
+            count is put back on deactivation); None leaves torch's setting as it is.
     """
 
     def __init__(self, model: torch.nn.Module, inputs: Sequence[TensorMeta],
-                 output_names: Optional[Sequence[str]] = None, device: str = "cpu", name: str = "torch") -> None:
+                 output_names: Optional[Sequence[str]] = None, device: str = "cpu", name: str = "torch",
+                 threads: Optional[int] = None) -> None:
         super().__init__()
         self.model = as_module(model)
         self._inputs = tuple(inputs)
@@ -89,6 +92,10 @@ class TorchRunner(Runner):
         self.name = name
         self._modes: List[tuple] = []  # (submodule, its training flag) before activate
         self._home: Optional[torch.device] = None  # the parameters' device before activate, when it differs
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be None or >= 1, got {threads}")
+        self.threads = threads
+        self._threads_before: Optional[int] = None  # torch's thread count before activate, when threads is set
 
     def input_metadata(self) -> tuple:
         return self._inputs
@@ -102,8 +109,14 @@ class TorchRunner(Runner):
         # one device to go back to; a model spread over several stays on ``device``
         self._home = next(iter(devices)) if len(devices) == 1 and self.device not in devices else None
         _eval_mode(self.model).to(self.device)
+        if self.threads is not None:
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
 
     def _deactivate(self) -> None:
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
         # the flags themselves, not model.train(): a user may keep some layers (e.g. frozen BatchNorm) in eval mode
         for module, training in self._modes:
             module.training = training

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, TextIO, Tuple, Union
 
-from ..io_utils import PathLike, atomic_write_bytes, check_output_path
+from ..io_utils import PathLike, atomic_write_bytes, check_not_an_input, check_output_path
 from . import engine_meta
 from .trt_errors import BuildCancelled, BuildError, TensorRTMissingError, import_tensorrt, tensorrt_install_hint
 from .trt_options import check_build_options, parse_size, plugin_workspace_limit
@@ -112,6 +112,9 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     model, source_external = read_model_for_build(onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
     check_output_path(engine_path, "engine path")
+    check_not_an_input(engine_path, "engine path", [("ONNX model", onnx_path), ("timing cache", timing_cache)])
+    if timing_cache is not None:  # read, then rewritten after the build
+        check_not_an_input(timing_cache, "timing cache", [("ONNX model", onnx_path)])
     log = sys.stderr if log is None else log  # looked up per call, so a redirected stderr is honoured
 
     notes: List[str] = []  # the profile's notes, printed once TensorRT is there to build it

@@ -34,7 +34,8 @@ def torch_model_options(fn: Callable) -> Callable:
 
 
 def shape_options(fn: Callable) -> Callable:
-    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")(fn)
+    fn = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                      help="Seed of the random inputs.")(fn)
     fn = click.option("--shape", "shapes", multiple=True, metavar="NAME=SHAPE",
                       help="Size of an input with dynamic dimensions, e.g. --shape input=1x3x224x224 (repeatable).")(fn)
     return fn
@@ -58,6 +59,43 @@ def shapes_and_rois(shapes: Sequence[str], model_path: Path):
 
     model = read_onnx_file(model_path)
     return parse_shape_options(shapes, model=model), (() if model is None else roi_input_names(model.graph))
+
+
+def model_ref_file(reference: Optional[str]) -> Optional[Path]:
+    """The file a model reference reads: FILE for FILE.py:FACTORY and FILE.pt2; None for a module or a zoo name."""
+    if not reference:
+        return None
+    owner, sep, _factory = reference.rpartition(":")
+    if sep and owner.lower().endswith(".py"):
+        return Path(owner)
+    return Path(reference) if reference.lower().endswith(".pt2") else None
+
+
+def input_option_files(items: Sequence[str]) -> List[Path]:
+    """The files of ``--input NAME=FILE`` / ``--input FILE`` options."""
+    return [Path(item.partition("=")[2] if "=" in item else item) for item in items]
+
+
+def check_output_option(output: Path, model_path: Optional[Path], torch_model: Optional[str],
+                        checkpoint: Optional[Path], engine: Optional[Path] = None,
+                        inputs: Sequence[str] = ()) -> None:
+    """-o/--output of verify/bench/infer: a writable path that is none of the files the command reads; checked
+    before the runners load and the work runs, not after."""
+    from ..io_utils import check_not_an_input, check_output_path
+
+    check_output_path(output, "--output")
+    read = [("model", model_path), ("--model file", model_ref_file(torch_model)), ("--weights file", checkpoint),
+            ("--engine file", engine)] + [("--input file", path) for path in input_option_files(inputs)]
+    check_not_an_input(output, "--output", read)
+
+
+def inference_failure(message: str, model_path: Path, torch_model: Optional[str]) -> str:
+    """A runner's inference error, with what to check; the torch runner's names --model (RunnerError messages
+    start with the runner's name)."""
+    if torch_model and message.startswith("torch:"):
+        return (f"--model {torch_model}{message[len('torch'):]}; check that --model builds the network "
+                f"{model_path.name} was exported from and that --shape/--input fit it")
+    return f"{message}; check that --shape/--input fit {model_path.name}"
 
 
 def echo_note(message: str) -> None:

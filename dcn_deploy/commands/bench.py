@@ -6,10 +6,10 @@ from typing import Optional, Sequence
 
 import click
 
-from ..io_utils import check_output_path
 from . import CliError, echo_report, json_stdout
-from ._runtime import (default_runner, engine_option, make_runners, model_argument, parse_int_list,
-                       parse_runner_list, shape_options, shapes_and_rois, torch_model_options)
+from ._runtime import (check_output_option, default_runner, engine_option, inference_failure, make_runners,
+                       model_argument, parse_int_list, parse_runner_list, shape_options, shapes_and_rois,
+                       torch_model_options)
 
 
 @click.command("bench")
@@ -30,7 +30,7 @@ from ._runtime import (default_runner, engine_option, make_runners, model_argume
 @torch_model_options
 @engine_option
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="ONNX Runtime intra-op threads (default: one per core).")
+              help="Intra-op threads of the ort and torch runners (default: one per core).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON report to this file.")
@@ -58,14 +58,19 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
     if iterations is not None and duration is not None:
         raise CliError("give --iterations or --duration, not both")
     if output is not None:
-        check_output_path(output, "--output")  # before the runners load and the timing runs, not after
+        check_output_option(output, model_path, torch_model, checkpoint, engine)  # before the runners load
     kinds = parse_runner_list(runner_list) if runner_list else [default_runner(model_path)]
     batches = parse_int_list(batch_list, "--batch") if batch_list is not None else None
     shape_map, rois = shapes_and_rois(shapes, model_path)  # one read of the file, dropped before the runners load
     runners = make_runners(kinds, model_path, torch_model, checkpoint, threads, engine, shapes=shape_map,
                            batches=batches or (), keep_active=False)  # benchmark activates each while it times it
-    result = benchmark(runners, batches=batches, shapes=shape_map, iterations=iterations,
-                       duration=duration, warmup=warmup, seed=seed, progress=progress, rois=rois)
+    from ..backends.base import RunnerError
+
+    try:
+        result = benchmark(runners, batches=batches, shapes=shape_map, iterations=iterations,
+                           duration=duration, warmup=warmup, seed=seed, progress=progress, rois=rois)
+    except RunnerError as exc:  # a runner could not run these inputs (as verify reports it: exit 2, what to check)
+        raise CliError(inference_failure(str(exc), model_path, torch_model)) from exc
     if output is not None:
         atomic_write_text(output, result.to_json() + "\n")
     if as_json:

@@ -18,7 +18,8 @@ import click
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Training batch size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-3, show_default=True,
               help="Peak learning rate (one-cycle schedule).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data, the weights and the inputs.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the data, the weights and the inputs.")
 @click.option("--bench-iterations", type=click.IntRange(min=1), default=50, show_default=True,
               help="Timed inferences per runner and batch size.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress still goes to stderr).")

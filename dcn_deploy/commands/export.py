@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import click
 
 from . import CliError, echo_report, json_stdout
-from ._runtime import check_tolerance_options
+from ._runtime import check_tolerance_options, input_option_files, model_ref_file
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.loaded_model.DTYPES, without importing torch
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64", "half": "float16"}
@@ -122,6 +122,10 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
         raise CliError("give the example inputs either as --input files or as --input-shape sizes, not both")
     torch_dtype = DTYPES[dtype] if dtype else None
     output = output or _default_output(model_ref)
+    from ..io_utils import check_not_an_input
+
+    check_not_an_input(output, "--output", [("model file", model_ref_file(model_ref)), ("--weights file", weights)]
+                       + [("--input file", path) for path in input_option_files(input_files)])
 
     stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
     loaded = load_model(model_ref, weights).cast(torch_dtype)

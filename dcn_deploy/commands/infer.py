@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Dict, Optional, Sequence
 import click
 
 from . import CliError, echo_report, json_stdout
-from ._runtime import RUNNER_CHOICES, default_runner, echo_note, make_runners, model_argument, torch_model_options
+from ._runtime import (RUNNER_CHOICES, check_output_option, default_runner, echo_note, inference_failure,
+                       make_runners, model_argument, torch_model_options)
 
 if TYPE_CHECKING:  # numpy is imported when the command runs, not when the CLI starts
     import numpy as np
@@ -48,13 +49,20 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
 
     if output is not None and output.suffix.lower() not in (".npz", ".npy"):
         raise CliError(f"--output {output}: use a .npz file (or .npy for a model with one output)")
+    if output is not None:
+        check_output_option(output, model_path, torch_model, checkpoint, inputs=inputs)  # before the model loads
     kind = runner or default_runner(model_path)
+    from ..backends.base import RunnerError
+
     (model_runner,) = make_runners([kind], model_path, torch_model, checkpoint)
     with model_runner:
         feed = load_feed(inputs, model_runner.input_metadata(), rois=roi_inputs(model_path), note=echo_note)
         # A first call pays one-time costs (1 s and more for torch, vs ms warm): timing it as the latency would
         # mislead, and a warm second call costs little next to it.
-        model_runner.infer(feed)
+        try:
+            model_runner.infer(feed)
+        except RunnerError as exc:  # these inputs do not fit the model (as verify reports it: exit 2)
+            raise CliError(inference_failure(str(exc), model_path, torch_model)) from exc
         first_seconds = model_runner.last_inference_time()
         outputs = model_runner.infer(feed)
         seconds = model_runner.last_inference_time()

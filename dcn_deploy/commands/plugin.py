@@ -34,7 +34,7 @@ def command() -> None:
               help="Download TensorRT's headers into .third_party/ if none are there. They come from the pip wheel "
                    f"{TENSORRT_HEADERS_WHEEL} (a third-party tools package that carries NVIDIA's Apache-2.0 TensorRT "
                    "10.14 runtime and plugin headers); only its include folder is unpacked, nothing is installed.")
-@click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Parallel compile jobs.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream CMake's output.")
 def build_command(build_dir, tensorrt_include_dir, cuda_archs, no_cuda, fetch_trt_headers, jobs, quiet) -> None:
     """Configure and build with CMake (incremental after the first run).

@@ -8,7 +8,8 @@ import click
 
 from . import EXIT_FAILED, CliError, echo_report, json_stdout
 from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, echo_note, engine_option,
-                       make_runners, model_argument, shape_options, shapes_and_rois, torch_model_options)
+                       inference_failure, make_runners, model_argument, shape_options, shapes_and_rois,
+                       torch_model_options)
 
 
 @click.command("verify")
@@ -72,7 +73,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
         result = compare_runners(runners, feed, shapes=shape_map, batch=batch, seed=seed,
                                  tolerances=overrides, rois=rois)
     except RunnerError as exc:  # a runner could not run these inputs: nothing was compared
-        raise CliError(_inference_failure(str(exc), model_path, torch_model)) from exc
+        raise CliError(inference_failure(str(exc), model_path, torch_model)) from exc
     finally:
         for r in runners:
             r.deactivate()
@@ -103,11 +104,3 @@ def _runner_pair(against: Optional[str], subject: Optional[str], torch_model: Op
         raise CliError(f"--runner and --against are both {against!r}: choose two different runners")
     return against, subject
 
-
-def _inference_failure(message: str, model_path: Path, torch_model: Optional[str]) -> str:
-    """A runner's inference error, with what to check; the torch runner's names --model (RunnerError messages
-    start with the runner's name)."""
-    if torch_model and message.startswith("torch:"):
-        return (f"--model {torch_model}{message[len('torch'):]}; check that --model builds the network "
-                f"{model_path.name} was exported from and that --shape/--input fit it")
-    return f"{message}; check that --shape/--input fit {model_path.name}"

@@ -117,4 +117,6 @@ def parse_size(text: str) -> tuple:
         hw = hw * 2
     if len(hw) != 2 or min(hw) < 1:
         raise CliError(f"--size {text!r}: give HEIGHTxWIDTH or one size N for NxN, e.g. 224x224 or 224")
+    if min(hw) < 32:  # models.zoo refuses it too, but only once the measurement has started
+        raise CliError(f"--size {text!r}: the zoo's networks have stride 32; give at least 32x32, e.g. 224x224")
     return hw

@@ -60,7 +60,15 @@ def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Seque
     as a file)."""
     resolved = resolve_shapes(metas, shapes, batch, rois)
     rng = np.random.default_rng(seed)
-    feed = {m.name: random_array(resolved[m.name], m.dtype, rng) for m in metas if m.name not in rois}
+    feed = {}
+    for m in metas:
+        if m.name not in rois:
+            try:
+                feed[m.name] = random_array(resolved[m.name], m.dtype, rng)
+            except MemoryError as exc:
+                raise FeedError(f"input {m.name!r}: a random {format_shape(resolved[m.name])} {np.dtype(m.dtype)} "
+                                f"array does not fit in memory ({exc}); give smaller sizes with "
+                                + argument("shapes=/batch=", "--shape/--batch")) from None
     image = box_image([resolved[m.name] for m in metas], [m.name in rois for m in metas])
     for m in metas:
         if m.name in rois:

@@ -36,6 +36,9 @@ def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] 
         if match is None:
             raise FeedError(f"--shape {item!r}: expected NAME=SHAPE or NAME:SHAPE, "
                             "e.g. --shape input=1x3x64x64 or --shape input:1x3x64x64")
+        if match["name"] in shapes:
+            raise FeedError(f"--shape {item!r}: input {match['name']!r} is given twice (also "
+                            f"{format_shape(shapes[match['name']])}); give one --shape per input")
         shapes[match["name"]] = parse_shape(match["shape"])
     reject_empty(shapes, "--shape")
     if model is not None or model_path is not None:

@@ -1,0 +1,100 @@
+"""Outputs that would replace a file the command reads (the model, a --weights/--input file, the ONNX file under
+build), a --shape given twice, negative seeds and job counts, random inputs too large for memory, and a torch model
+that does not fit the inputs under bench/infer: bad input (exit 2) with one ``error: ...`` line, and nothing
+overwritten."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from dcn_deploy.io_utils import check_not_an_input  # noqa: E402
+from runtime_models import build_tiny_net, tiny_net_onnx, write_tiny_net  # noqa: E402
+from test_cli_errors import assert_bad_input, run  # noqa: E402
+
+
+@pytest.fixture()
+def files(tmp_path):
+    tiny = tiny_net_onnx(build_tiny_net(), tmp_path / "tiny.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((1, 2, 6, 6), dtype=np.float32))
+    torch.save(build_tiny_net().state_dict(), tmp_path / "w.pt")
+    return {"folder": tmp_path, "tiny": tiny, "factory": f"{write_tiny_net(tmp_path)}:build"}
+
+
+def _unchanged(paths):
+    return {p: p.read_bytes() for p in paths}
+
+
+def test_export_refuses_to_write_over_its_model_file_weights_or_input(files):
+    folder = files["folder"]
+    source, weights, x = folder / "tiny_net.py", folder / "w.pt", folder / "x.npy"
+    before = _unchanged([source, weights, x])
+    assert_bad_input(run("export", files["factory"], "-o", source, "--input-shape", "1x2x6x6"),
+                     f"--output {source} is the model file", "choose another path")
+    assert_bad_input(run("export", files["factory"], "--weights", weights, "-o", weights, "--input-shape", "1x2x6x6"),
+                     "is the --weights file")
+    assert_bad_input(run("export", files["factory"], "--input", f"x={x}", "-o", x), "is the --input file")
+    assert _unchanged([source, weights, x]) == before
+
+
+def test_bench_and_infer_refuse_to_write_over_the_model_or_an_input(files):
+    folder, tiny, x = files["folder"], files["tiny"], files["folder"] / "x.npy"
+    before = _unchanged([tiny, x])
+    assert_bad_input(run("bench", tiny, "-o", tiny, "--iterations", "1", "--no-progress"),
+                     f"--output {tiny} is the model")
+    assert_bad_input(run("infer", tiny, "--input", f"x={x}", "-o", x), f"--output {x} is the --input file")
+    assert _unchanged([tiny, x]) == before
+    missing = folder / "no_such_folder" / "out.npz"
+    assert_bad_input(run("infer", tiny, "--input", f"x={x}", "-o", missing), "folder", "does not exist")
+
+
+def test_check_not_an_input_compares_files_not_spellings(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    with pytest.raises(ValueError, match="engine path .* is the ONNX model"):
+        check_not_an_input(tmp_path / "." / "m.onnx", "engine path", [("ONNX model", model)])
+    check_not_an_input(tmp_path / "m.engine", "engine path", [("ONNX model", model), ("timing cache", None)])
+
+
+def test_a_shape_given_twice_for_one_input_is_refused(files):
+    assert_bad_input(run("verify", files["tiny"], "--shape", "x=1x2x6x6", "--shape", "x=1x2x8x8"),
+                     "input 'x' is given twice", "one --shape per input")
+
+
+@pytest.mark.parametrize("command", [("verify",), ("bench", "--no-progress")])
+def test_a_negative_seed_is_a_usage_error(files, command):
+    result = run(*command[:1], files["tiny"], "--seed", "-1", *command[1:])
+    assert result.exit_code == 2 and "--seed" in result.stderr, (result.output, result.stderr)
+
+
+def test_random_inputs_too_large_for_memory_name_the_input_and_option(files, monkeypatch):
+    import dcn_deploy.feeds.random_feeds as random_feeds
+
+    def no_memory(shape, dtype, rng):
+        raise MemoryError("Unable to allocate 37.3 GiB")
+
+    monkeypatch.setattr(random_feeds, "random_array", no_memory)
+    assert_bad_input(run("verify", files["tiny"], "--shape", "x=1x2x99999x99999"),
+                     "input 'x'", "does not fit in memory", "--shape/--batch")
+
+
+@pytest.mark.parametrize("command", ["bench", "infer"])
+def test_a_torch_model_that_does_not_fit_the_inputs_is_bad_input_as_in_verify(files, tmp_path, command):
+    (tmp_path / "three.py").write_text("import torch\ndef build():\n    return torch.nn.Conv2d(3, 4, 3).eval()\n")
+    factory = f"{tmp_path / 'three.py'}:build"
+    args = (["--runner", "ort,torch", "--shape", "x=1x2x6x6", "--iterations", "1", "--warmup", "0", "--no-progress"]
+            if command == "bench" else ["--runner", "torch", "--input", f"x={files['folder'] / 'x.npy'}"])
+    assert_bad_input(run(command, files["tiny"], "--model", factory, *args),
+                     f"--model {factory}: the model failed on inputs",
+                     "builds the network tiny.onnx was exported from")
+
+
+def test_build_refuses_to_write_its_engine_or_timing_cache_over_the_onnx_file(files):
+    """Checked before TensorRT is imported, so this machine (no TensorRT) sees the same error a GPU machine does."""
+    tiny = files["tiny"]
+    before = _unchanged([tiny])
+    assert_bad_input(run("build", tiny, "-o", tiny), f"engine path {tiny} is the ONNX model", "choose another path")
+    assert_bad_input(run("build", tiny, "--timing-cache", tiny), f"timing cache {tiny} is the ONNX model")
+    assert _unchanged([tiny]) == before
