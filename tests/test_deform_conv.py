@@ -418,6 +418,20 @@ def test_gradient_flows_to_every_argument_that_asks():
     assert torch.count_nonzero(offset.grad) > 0 and torch.count_nonzero(weight.grad) > 0
 
 
+def test_double_backward_is_refused_not_silently_first_order():
+    """A gradient penalty (create_graph=True) would get gradients without this op's second-order terms: the
+    backward works on detached copies, and the composite it runs has no double backward itself. It says so."""
+    case = GRAD_CASES["v2_groups_per_axis"]
+    x, offset, weight, bias, mask = case.tensors(seed=14)
+    x.requires_grad_()
+    weight.requires_grad_()
+    out = case.run(x, offset, weight, bias, mask).square().sum()
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(out, x, create_graph=True)
+    (grad,) = torch.autograd.grad(case.run(x, offset, weight, bias, mask).square().sum(), x)   # first order works
+    assert torch.count_nonzero(grad) > 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # dtypes
 

@@ -223,6 +223,18 @@ def _assert_within_one_half_unit(out: torch.Tensor, ref: torch.Tensor) -> None:
     assert error <= bound, f"{out.dtype}: max error {error:.3g} is {error / bound:.2f} units (allowed: 1)"
 
 
+def test_double_backward_is_refused_not_silently_first_order():
+    """As deform_conv2d: create_graph=True would otherwise return gradients without the ops' second-order terms."""
+    x = torch.randn(1, 8, 6, 6, requires_grad=True)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 9.0, 8.0]])
+    offset = torch.randn(1, 2, 2, 2) * 0.1
+    calls = {"deform_roi_pool": lambda: deform_roi_pool(x, rois, offset, 2, 0.5, 2),
+             "deform_psroi_pool": lambda: deform_psroi_pool(x, rois, offset, 0.5, 2, 2, 2, 2, 2, 0.1, False)}
+    for name, call in calls.items():
+        with pytest.raises(RuntimeError, match=f"dcn_deploy.{name} supports first-order gradients only"):
+            torch.autograd.grad(call().square().sum(), x, create_graph=True)
+        (grad,) = torch.autograd.grad(call().square().sum(), x)
+        assert torch.count_nonzero(grad) > 0
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_roi_pool_dtypes(dtype):
     gen = torch.Generator().manual_seed(4)

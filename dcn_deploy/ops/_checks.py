@@ -14,6 +14,15 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in HALF_TYPES else dtype
 
 
+def refuse_double_backward(op: str) -> None:
+    """Raise when a backward runs under grad mode (create_graph=True: double backward, gradient penalties). The ops'
+    backwards re-run their composite on detached copies, so a graph through the gradients would silently drop the
+    op's second-order terms."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"dcn_deploy.{op} supports first-order gradients only: its backward cannot be "
+                           "differentiated (create_graph=True, double backward, gradient penalties)")
+
+
 def check_tensors(named: Mapping[str, Optional[torch.Tensor]]) -> None:
     """Every value is a tensor (or None) of the first one's dtype and device; that dtype is a supported float.
 

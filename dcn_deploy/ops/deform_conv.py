@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native_paths
-from ._checks import check_tensors, compute_dtype, has_concrete_shapes
+from ._checks import check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward
 from .spec import ShapeError, as_pair, conv_output_size, deform_conv_spec
 
 __all__ = ["deform_conv2d"]
@@ -278,6 +278,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_output):
     # Gradients by re-running the differentiable composite: the same arithmetic as the forward, so the
     # gradients are exactly those of the function the forward computes.
+    if any(ctx.needs_input_grad[:5]):
+        refuse_double_backward("deform_conv2d")
     input, offset, weight, bias, mask = ctx.saved_tensors
     stride, padding, dilation = ctx.conv_args
     compute = compute_dtype(input.dtype)

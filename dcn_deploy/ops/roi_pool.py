@@ -54,7 +54,7 @@ import torch
 
 from ..plugin.native_roi import deform_psroi_pool_native, deform_roi_pool_native
 from . import native_paths
-from ._checks import check_tensors, compute_dtype, has_concrete_shapes
+from ._checks import check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward
 from .roi_spec import (MAX_SAMPLES_PER_BIN_SIDE, check_float, check_sampling_ratio, deform_psroi_pool_spec,
                        deform_roi_pool_spec)
 from .spec import ShapeError, as_pair
@@ -286,8 +286,9 @@ def _roi_pool_setup_context(ctx, inputs, output):
     ctx.pool_args = (output_size, spatial_scale, sampling_ratio, gamma)
 
 
-def _recompute_grads(ctx, composite, grad_output, args):
-    """Gradients for (input, rois, offset) by re-running the differentiable composite in the compute dtype."""
+def _recompute_grads(ctx, op: str, composite, grad_output, args):
+    """Gradients for (input, rois, offset) by re-running the differentiable composite in the compute dtype (``op``:
+    the op's name, for the error on a double backward)."""
     input, rois, offset = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grads = [None, None, None]
@@ -295,6 +296,7 @@ def _recompute_grads(ctx, composite, grad_output, args):
     want_offset = offset is not None and needs[2]
     if not (want_input or want_offset):
         return grads
+    refuse_double_backward(op)
     if rois.shape[0] == 0:
         if want_input:
             grads[0] = torch.zeros_like(input)
@@ -318,7 +320,7 @@ def _recompute_grads(ctx, composite, grad_output, args):
 
 
 def _roi_pool_backward(ctx, grad_output):
-    grads = _recompute_grads(ctx, _roi_pool_composite, grad_output, ctx.pool_args)
+    grads = _recompute_grads(ctx, "deform_roi_pool", _roi_pool_composite, grad_output, ctx.pool_args)
     return (*grads, None, None, None, None)
 
 
@@ -429,7 +431,7 @@ def _psroi_setup_context(ctx, inputs, output):
 
 
 def _psroi_backward(ctx, grad_output):
-    grads = _recompute_grads(ctx, _psroi_composite, grad_output, ctx.pool_args)
+    grads = _recompute_grads(ctx, "deform_psroi_pool", _psroi_composite, grad_output, ctx.pool_args)
     return (*grads, *([None] * len(ctx.pool_args)))
 
 
