@@ -24,7 +24,10 @@ reference: dcn_deploy.ops.roi_pool in float64 (its composite: the op never runs 
 Half precision: inputs are rounded to the half type once; every implementation and the float64 reference see the
 same rounded values. The tolerance is one unit of the half type at the output's largest magnitude
 (max|got - ref| <= eps * max|ref|, eps = 2**-10 for float16, 2**-7 for bfloat16). How it was chosen: every
-implementation here accumulates in float32 and rounds once, and measured 0.20-0.57 units (convolution) and
+implementation here accumulates in float32 and rounds its output once (the GEMM path, ``host_gemm_*``, also rounds
+its sampled columns to the half type before the product, as a half-precision convolution rounds its operands: on
+short sums with cancellation that alone can reach 1.7 units against the float64 reference, which the cases here,
+with their long reductions, do not show), and measured 0.20-0.57 units (convolution) and
 0.15-0.41 units (RoI pooling); a convolution that sums its products in the half type measured 2.1-7.2 units on the
 same cases (the cases have long reductions, 144-288 products per output, since short ones hide it), RoI pooling
 computed in the half type 4-29 units. ``test_half_tolerance_rejects_half_accumulation`` keeps that separation true

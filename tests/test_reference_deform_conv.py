@@ -141,3 +141,22 @@ def test_infinite_and_nan_offsets_sample_nothing_without_warnings():
         warnings.simplefilter("error")
         got = deform_conv_2d(x, w, offset, **kwargs)
     np.testing.assert_allclose(got, deform_conv_2d(x, w, far, **kwargs), rtol=1e-12, atol=1e-12)
+
+
+def test_bad_shapes_and_attributes_are_named_not_numpy_errors():
+    """What the op's own checks (spec.py) refuse, the onnx-reference runner's DeformConv refuses too, in its words
+    (before: numpy reshape errors, a ZeroDivisionError for stride 0, and negative pads accepted)."""
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    w = np.ones((2, 2, 3, 3), np.float32)
+    attrs = dict(dilations=(1, 1), group=1, offset_group=1, pads=(1, 1, 1, 1), strides=(1, 1))
+    offset = np.zeros((1, 18, 4, 4), np.float32)
+    bad = [
+        (dict(attrs, strides=(0, 1)), offset, None, "strides=\\[0, 1\\] and dilations=\\[1, 1\\] must be >= 1"),
+        (dict(attrs, pads=(-1, -1, 0, 0)), np.zeros((1, 18, 2, 4), np.float32), None, "pads=\\[-1, -1, 0, 0\\] >= 0"),
+        (dict(attrs, pads=(0, 0, 0, 0)), offset, np.ones(2, np.float32)[:1], "B \\(1,\\) must have shape \\(2,\\)"),
+    ]
+    for kwargs, off, bias, message in bad:
+        with pytest.raises(ValueError, match=message):
+            deform_conv_2d(x, w, off, bias, **kwargs)
+    with pytest.raises(ValueError, match="empty 0x0 output"):
+        deform_conv_2d(x[:, :, :2, :2], w, np.zeros((1, 18, 0, 0), np.float32), **dict(attrs, pads=(0, 0, 0, 0)))

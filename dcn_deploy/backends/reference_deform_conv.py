@@ -43,6 +43,15 @@ def deform_conv_2d(X, W, offset, B=None, mask=None, *, dilations, group, offset_
     n, channels, height, width = X.shape
     out_channels, channels_per_group, kh, kw = W.shape
     points = kh * kw
+    if min(strides) < 1 or min(dilations) < 1 or min(pads) < 0 or group < 1 or offset_group < 1:
+        raise ValueError(f"DeformConv: strides={list(strides)} and dilations={list(dilations)} must be >= 1, "
+                         f"pads={list(pads)} >= 0, group={group} and offset_group={offset_group} >= 1")
+    if min(channels, height, width, out_channels, channels_per_group, kh, kw) < 1:
+        raise ValueError(f"DeformConv: X {X.shape} and W {W.shape} must have C, H, W, output channels, channels "
+                         "per group and kernel sizes >= 1")
+    if B is not None and B.shape != (out_channels,):
+        raise ValueError(f"DeformConv: B {B.shape} must have shape ({out_channels},), one value per output channel "
+                         f"of W {W.shape}")
     if channels != channels_per_group * group or out_channels % group or channels % offset_group:
         raise ValueError(f"DeformConv: X {X.shape} and W {W.shape} do not fit group={group} and "
                          f"offset_group={offset_group} (C = W.shape[1] * group; group and offset_group divide C, "
@@ -50,6 +59,10 @@ def deform_conv_2d(X, W, offset, B=None, mask=None, *, dilations, group, offset_
     oh, ow = (  # the output size the attributes give; offset and mask must have it
         (size + pads[axis] + pads[axis + 2] - dilations[axis] * (kernel - 1) - 1) // strides[axis] + 1
         for axis, (size, kernel) in enumerate(((height, kh), (width, kw))))
+    if oh < 1 or ow < 1:
+        raise ValueError(f"DeformConv: X {X.shape} gives an empty {oh}x{ow} output with W {W.shape}, "
+                         f"strides={list(strides)}, pads={list(pads)} and dilations={list(dilations)}: the padded "
+                         "image is smaller than the dilated kernel")
     if kernel_shape is not None and tuple(kernel_shape) != (kh, kw):
         raise ValueError(f"DeformConv: kernel_shape={list(kernel_shape)} but W {W.shape} has a {kh}x{kw} kernel")
     if offset.shape != (n, offset_group * points * 2, oh, ow) or (mask is not None and mask.shape != (
