@@ -160,3 +160,13 @@ def test_bad_shapes_and_attributes_are_named_not_numpy_errors():
             deform_conv_2d(x, w, off, bias, **kwargs)
     with pytest.raises(ValueError, match="empty 0x0 output"):
         deform_conv_2d(x[:, :, :2, :2], w, np.zeros((1, 18, 0, 0), np.float32), **dict(attrs, pads=(0, 0, 0, 0)))
+
+
+def test_an_inf_pixel_reaches_only_the_outputs_that_sample_it():
+    """Neighbours outside the image are zero padding (GridSample's), not pixel 0 with weight 0: an inf at (0, 0)
+    must not turn every border output into NaN (ONNX Runtime's DeformConv does; the kernels and torchvision do not)."""
+    x = np.arange(9.0, dtype=np.float32).reshape(1, 1, 3, 3)
+    x[0, 0, 0, 0] = np.inf
+    out = deform_conv_2d(x, np.ones((1, 1, 1, 1), np.float32), np.zeros((1, 2, 3, 3), np.float32), dilations=(1, 1),
+                         group=1, offset_group=1, pads=(0, 0, 0, 0), strides=(1, 1))
+    np.testing.assert_array_equal(out.ravel(), [np.inf, 1, 2, 3, 4, 5, 6, 7, 8])

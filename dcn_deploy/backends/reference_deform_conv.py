@@ -22,7 +22,8 @@ __all__ = ["DeformConv", "deform_conv_2d"]
 
 
 def _corner_taps(py: np.ndarray, px: np.ndarray, height: int, width: int):
-    """The four bilinear neighbours of each sample: [(flat index, weight)], weight 0 where outside the image."""
+    """The four bilinear neighbours of each sample: [(flat index, weight, inside)], weight 0 where outside the
+    image (index 0 there: the caller drops those values, so that an inf at pixel 0 cannot leak in as 0 x inf)."""
     y0 = np.floor(py)
     x0 = np.floor(px)
     with np.errstate(invalid="ignore"):  # inf - inf: that sample is outside, its weight is set to 0 below
@@ -33,7 +34,7 @@ def _corner_taps(py: np.ndarray, px: np.ndarray, height: int, width: int):
             row, col = y0 + dy, x0 + dx
             inside = (row >= 0) & (row <= height - 1) & (col >= 0) & (col <= width - 1)  # False for NaN too
             index = np.where(inside, row, 0).astype(np.int64) * width + np.where(inside, col, 0).astype(np.int64)
-            taps.append((index, np.where(inside, wy * wx, 0.0)))
+            taps.append((index, np.where(inside, wy * wx, 0.0), inside))
     return taps
 
 
@@ -93,8 +94,9 @@ def deform_conv_2d(X, W, offset, B=None, mask=None, *, dilations, group, offset_
             px = (base_x + offsets[image, g, :, :, 1]).reshape(points, oh * ow)
             plane = x64[image, g * per_offset_group:(g + 1) * per_offset_group].reshape(per_offset_group, -1)
             sampled = np.zeros((per_offset_group, points, oh * ow))
-            for index, weight in _corner_taps(py, px, height, width):
-                sampled += plane[:, index] * weight
+            for index, weight, inside in _corner_taps(py, px, height, width):
+                with np.errstate(invalid="ignore"):  # 0 x inf of an outside neighbour, dropped by the where
+                    sampled += np.where(inside, plane[:, index] * weight, 0.0)   # outside: zero, as GridSample
             columns[g * per_offset_group:(g + 1) * per_offset_group] = (
                 sampled * scale[image, g].reshape(points, oh * ow))
         for g in range(group):
