@@ -3,7 +3,8 @@
 Importing this module must stay cheap (no torch, onnx or tensorrt): each command imports what it needs
 inside its function, so ``dcn-deploy --help`` starts fast.
 
-Exit codes: 0 success, 1 the job ran and failed (e.g. verification beyond tolerance), 2 bad usage or input.
+Exit codes: 0 success, 1 the job ran and failed (e.g. verification beyond tolerance), 2 bad usage or input,
+130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import traceback
 import click
 
 from . import __version__
-from .commands import EXIT_BAD_INPUT, EXIT_FAILED, CliError, echo_error  # noqa: F401 - CliError re-exported
+from .commands import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CliError, echo_error  # noqa: F401 - CliError re-exported
 from .wording import cli_wording
 
 # Library errors that mean the input was wrong (a file, an option, a model that does not fit) when our own code
@@ -41,6 +42,10 @@ class _Group(click.Group):
             raise
         except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
+        except KeyboardInterrupt:  # Ctrl-C: not a failure of the run (1), and not click's bare "Aborted!"
+            echo_error("interrupted (Ctrl-C); every file is written under a temporary name and renamed when "
+                       "complete, so none is left half-written")
+            sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)

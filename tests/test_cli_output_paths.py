@@ -98,3 +98,31 @@ def test_build_refuses_to_write_its_engine_or_timing_cache_over_the_onnx_file(fi
     assert_bad_input(run("build", tiny, "-o", tiny), f"engine path {tiny} is the ONNX model", "choose another path")
     assert_bad_input(run("build", tiny, "--timing-cache", tiny), f"timing cache {tiny} is the ONNX model")
     assert _unchanged([tiny]) == before
+
+
+def test_ctrl_c_exits_130_with_one_error_line_and_leaves_no_report(files):
+    """A real SIGINT to a running bench: exit 130 (not 1, "the run failed"), `error: interrupted ...`, and the -o
+    report neither written nor left half-written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    report = files["folder"] / "report.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dcn_deploy.cli", "bench", str(files["tiny"]), "--shape", "x=1x2x6x6", "--duration", "8",
+         "-o", str(report)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        first = os.read(process.stderr.fileno(), 1)   # the progress bar's first quarter (unbuffered read): timing
+        assert first, "bench ended before printing progress"
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    stderr = (first + rest).decode()
+    assert process.returncode == 130, stderr
+    assert "error: interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
+    assert not list(files["folder"].glob("report*"))

@@ -13,6 +13,7 @@ from typing import IO, Optional
 import click
 
 EXIT_FAILED = 1  # the job ran and failed, e.g. a verification beyond tolerance
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: 128 + the signal's number
 EXIT_BAD_INPUT = 2  # bad usage or input: a missing or unreadable file, an option that does not fit the model
 
 

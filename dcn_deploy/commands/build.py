@@ -8,7 +8,7 @@ import click
 
 from ..backends.engine_meta import PRECISIONS  # no TensorRT, no torch
 from ..backends.trt_profiles import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROIS
-from . import CliError
+from . import EXIT_INTERRUPTED, CliError
 
 
 @click.command("build")
@@ -76,7 +76,7 @@ def command(model_path: Path, output: Optional[Path], precision: str, shapes: Se
     except (ProfileError, TensorRTMissingError) as exc:  # after the arguments are checked: see build_engine
         raise CliError(str(exc)) from None
     except BuildCancelled as exc:
-        raise click.exceptions.Exit(130) from exc
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from exc
     except BuildError as exc:
         click.echo(f"error: {exc}", err=True)
         raise click.exceptions.Exit(1) from exc
