@@ -126,3 +126,20 @@ def test_ctrl_c_exits_130_with_one_error_line_and_leaves_no_report(files):
     assert process.returncode == 130, stderr
     assert "error: interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
     assert not list(files["folder"].glob("report*"))
+
+
+def test_options_that_contradict_each_other_are_refused(files, tmp_path):
+    """Each pair would otherwise run with one of the two silently ignored."""
+    library = tmp_path / "libfake.so"
+    library.write_bytes(b"\0")
+    cases = [
+        (("export", files["factory"], "-o", tmp_path / "m.onnx", "--input-shape", "1x2x6x6", "--no-verify",
+          "--atol", "1e-3"), "--no-verify skips verification"),
+        (("build", files["tiny"], "--no-plugin", "--plugin", library), "--no-plugin builds without it"),
+        (("plugin", "build", "--no-cuda", "--cuda-archs", "80", "--build-dir", tmp_path / "b"),
+         "--no-cuda compiles none"),
+        (("zoo", "report", "--pairs", "resnet50_dcn_c5", "--pairs", "resnet50_dcn_c5"), "given more than once"),
+    ]
+    for args, message in cases:
+        assert_bad_input(run(*args), message, "give ")
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "b").exists()

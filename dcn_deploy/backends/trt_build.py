@@ -108,6 +108,11 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     # wrong argument is reported as such on any machine, not hidden behind TensorRT's install instructions. The
     # size comes before the model, which can take seconds to read. The CLI's --workspace is checked here only.
     workspace_bytes = parse_size(workspace) if workspace is not None else None
+    if plugin_library is not None and not use_plugin:
+        from ..wording import argument
+
+        raise ValueError(f"{argument('plugin_library', '--plugin')} names our plugin library to load, and "
+                         f"{argument('use_plugin=False', '--no-plugin')} builds without it: give one or the other")
     onnx_path = Path(onnx_path)
     model, source_external = read_model_for_build(onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")

@@ -117,6 +117,9 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
         click.echo(f"[export] {message}", err=True)
 
     check_tolerance_options(atol, rtol)
+    if no_verify and (atol is not None or rtol is not None):
+        raise CliError("--atol/--rtol are verification tolerances, and --no-verify skips verification: give one or "
+                       "the other")
     shapes = [parse_input_shape(s) for s in input_shapes]
     if input_files and shapes:  # before the (slow) model load
         raise CliError("give the example inputs either as --input files or as --input-shape sizes, not both")

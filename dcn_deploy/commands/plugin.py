@@ -8,6 +8,7 @@ from typing import Dict, Optional
 import click
 
 from ..plugin.library import TENSORRT_HEADERS_WHEEL  # stdlib only: the CLI still starts fast
+from . import CliError
 
 
 @click.group("plugin")
@@ -48,6 +49,9 @@ def build_command(build_dir, tensorrt_include_dir, cuda_archs, no_cuda, fetch_tr
     """
     from ..plugin.library import PluginBuildError, build_libraries
 
+    if no_cuda and cuda_archs:
+        raise CliError("--cuda-archs chooses the GPUs the CUDA sources are compiled for, and --no-cuda compiles none: "
+                       "give one or the other")
     try:
         result = build_libraries(build_dir, cuda=not no_cuda, tensorrt_include_dir=tensorrt_include_dir,
                                  cuda_architectures=cuda_archs, jobs=jobs, fetch_headers=fetch_trt_headers,

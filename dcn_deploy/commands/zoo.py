@@ -84,6 +84,9 @@ def report_command(pairs: Sequence[str], size: Optional[str], backend: str, thre
     from ..io_utils import atomic_write_text
     from ..models.cost_report import DEFAULT_PAIRS, check_pair, markdown, report_json, run_report
 
+    repeated = sorted({name for name in pairs if pairs.count(name) > 1})
+    if repeated:
+        raise CliError(f"--pairs {', '.join(repeated)} given more than once; give each network once")
     for name in pairs:  # every name before any measuring: bad input (exit 2); errors of the measurement are not
         try:
             check_pair(name)
