@@ -206,6 +206,12 @@ def run_demo(config: Optional[DemoConfig] = None, say: Callable[[str], None] = _
 
     config = config or DemoConfig()
     out = config.output_dir
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        from .wording import argument
+
+        raise ValueError(f"{argument('output_dir', '--output-dir')} {out}: {blocking} is a file, not a folder; "
+                         "choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     seconds: Dict[str, float] = {}
     total_start = time.perf_counter()

@@ -143,3 +143,11 @@ def test_options_that_contradict_each_other_are_refused(files, tmp_path):
     for args, message in cases:
         assert_bad_input(run(*args), message, "give ")
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_input_option_without_a_file_and_a_demo_folder_under_a_file_are_named(files):
+    assert_bad_input(run("infer", files["tiny"], "--input", "x="), "--input x= names no file", "--input NAME=file.npy")
+    blocker = files["folder"] / "not_a_folder"
+    blocker.write_text("")
+    assert_bad_input(run("demo", "-o", blocker / "sub", "--epochs", "1"),
+                     f"--output-dir {blocker / 'sub'}: {blocker} is a file, not a folder", "choose another folder")

@@ -103,6 +103,9 @@ def read_input_files(items: Sequence[str], names: Sequence[str],
         name, sep, file = item.partition("=")
         if not sep:
             name, file = "", item
+        if not file:
+            raise FeedError(f"{argument(f'items entry {item!r}', f'--input {item}')} names no file; give "
+                            + argument("'NAME=file.npy'", "--input NAME=file.npy") + " (or a .npz file of all inputs)")
         path = Path(os.path.expanduser(file))
         for key, array in _load_file(path, named=bool(name)).items():
             target = name or key
