@@ -134,14 +134,18 @@ def test_options_that_contradict_each_other_are_refused(files, tmp_path):
     library.write_bytes(b"\0")
     cases = [
         (("export", files["factory"], "-o", tmp_path / "m.onnx", "--input-shape", "1x2x6x6", "--no-verify",
-          "--atol", "1e-3"), "--no-verify skips verification"),
-        (("build", files["tiny"], "--no-plugin", "--plugin", library), "--no-plugin builds without it"),
+          "--atol", "1e-3"), "--no-verify skips verification", "give one or the other"),
+        (("build", files["tiny"], "--no-plugin", "--plugin", library), "--no-plugin builds without it",
+         "give one or the other"),
         (("plugin", "build", "--no-cuda", "--cuda-archs", "80", "--build-dir", tmp_path / "b"),
-         "--no-cuda compiles none"),
-        (("zoo", "report", "--pairs", "resnet50_dcn_c5", "--pairs", "resnet50_dcn_c5"), "given more than once"),
+         "--cuda-archs with --no-cuda", "drop one of the two"),
+        (("plugin", "build", "--cuda-archs", "sm_90", "--build-dir", tmp_path / "b"),
+         "--cuda-archs 'sm_90' is not a CMake CUDA architecture list", "\"80;90\""),
+        (("zoo", "report", "--pairs", "resnet50_dcn_c5", "--pairs", "resnet50_dcn_c5"), "given more than once",
+         "give each network once"),
     ]
-    for args, message in cases:
-        assert_bad_input(run(*args), message, "give ")
+    for args, *fragments in cases:
+        assert_bad_input(run(*args), *fragments)
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "b").exists()
 
 
@@ -151,3 +155,13 @@ def test_an_input_option_without_a_file_and_a_demo_folder_under_a_file_are_named
     blocker.write_text("")
     assert_bad_input(run("demo", "-o", blocker / "sub", "--epochs", "1"),
                      f"--output-dir {blocker / 'sub'}: {blocker} is a file, not a folder", "choose another folder")
+
+
+def test_cuda_architecture_lists_cmake_accepts_pass_the_check():
+    from dcn_deploy.plugin.library import _CUDA_ARCHITECTURES
+
+    for good in ("90", "80;90", "75-real;80-real;86-real;89-real;90", "90a-real", "100f-virtual", "all", "all-major",
+                 "native"):
+        assert _CUDA_ARCHITECTURES.fullmatch(good), good
+    for bad in ("sm_90", "80,90", "compute_90", "90;", "garbage"):
+        assert not _CUDA_ARCHITECTURES.fullmatch(bad), bad

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import click
 
 from ..plugin.library import TENSORRT_HEADERS_WHEEL  # stdlib only: the CLI still starts fast
-from . import CliError
+from . import EXIT_FAILED, echo_error
 
 
 @click.group("plugin")
@@ -49,15 +49,13 @@ def build_command(build_dir, tensorrt_include_dir, cuda_archs, no_cuda, fetch_tr
     """
     from ..plugin.library import PluginBuildError, build_libraries
 
-    if no_cuda and cuda_archs:
-        raise CliError("--cuda-archs chooses the GPUs the CUDA sources are compiled for, and --no-cuda compiles none: "
-                       "give one or the other")
     try:
         result = build_libraries(build_dir, cuda=not no_cuda, tensorrt_include_dir=tensorrt_include_dir,
                                  cuda_architectures=cuda_archs, jobs=jobs, fetch_headers=fetch_trt_headers,
                                  echo=not quiet)
-    except PluginBuildError as exc:
-        raise click.ClickException(str(exc)) from None
+    except PluginBuildError as exc:  # the build ran and failed (CMake's or the compiler's output is above): exit 1
+        echo_error(str(exc))
+        raise click.exceptions.Exit(EXIT_FAILED) from None
     for kind, path in result.libraries.items():
         click.echo(f"{kind:8s} {path}")
     if "plugin" not in result.libraries and not no_cuda:

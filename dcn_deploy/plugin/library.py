@@ -17,6 +17,7 @@ CMake; ``dcn-deploy plugin build`` is its command-line form.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,10 @@ def configure_reason(*, generated: bool, saved_args: Optional[str], wanted_args:
     return None
 
 
+# CMAKE_CUDA_ARCHITECTURES: "80;90", "90a-real", "all", ... (CMake's documented forms)
+_CUDA_ARCHITECTURES = re.compile(r"all|all-major|native|\d+[af]?(-real|-virtual)?(;\d+[af]?(-real|-virtual)?)*")
+
+
 def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
                     tensorrt_include_dir: Optional[str] = None, cuda_architectures: Optional[str] = None,
                     build_type: str = "Release", jobs: Optional[int] = None, fetch_headers: bool = False,
@@ -209,6 +214,15 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
         option = argument("fetch_headers=True with cuda=False", "--fetch-trt-headers with --no-cuda")
         raise ValueError(f"{option}: the TensorRT plugin is built only with the CUDA kernels, so its headers would not "
                          "be used; drop one of the two")
+    if cuda_architectures and not cuda:
+        option = argument("cuda_architectures with cuda=False", "--cuda-archs with --no-cuda")
+        raise ValueError(f"{option}: the architectures choose the GPUs the CUDA sources are compiled for, and no CUDA "
+                         "source is compiled; drop one of the two")
+    if cuda_architectures and not _CUDA_ARCHITECTURES.fullmatch(cuda_architectures):
+        option = argument("cuda_architectures", "--cuda-archs")
+        raise ValueError(f"{option} {cuda_architectures!r} is not a CMake CUDA architecture list: give numbers "
+                         "separated by ';', each optionally -real or -virtual (e.g. \"80;90\" or \"90-real\"), "
+                         "or all, all-major or native")
     if shutil.which("cmake") is None:
         raise PluginBuildError("cmake not found on PATH; install cmake >= 3.24 (and ninja) first")
     source = repo_root()
