@@ -396,7 +396,7 @@ def test_bad_arguments_raise_instead_of_launching(kernels):
     off = torch.randn(1, 18, 5, 5, device="cuda")
     out = torch.empty(1, 4, 5, 5, device="cuda")
     with pytest.raises(NativeError, match="workspace"):
-        kernels.call("dcn_deform_conv2d_forward_cuda", ctypes.byref(desc), 0, 2, x.data_ptr(), off.data_ptr(),
+        kernels.call("dcn_deform_conv2d_forward_cuda", ctypes.byref(desc), 0, 2, 0, x.data_ptr(), off.data_ptr(),
                      w.data_ptr(), None, None, out.data_ptr(), None, 0, None)
     with pytest.raises(ValueError, match="cuda"):
         deform_conv2d_cuda(x.cpu(), torch.randn(1, 18, 5, 5), torch.randn(4, 4, 3, 3), padding=1, library=kernels)
@@ -463,6 +463,25 @@ def test_torch_op_on_cuda_runs_the_kernels(op_on_kernels, dtype, monkeypatch):
     composite = dcn_deploy.deform_conv2d(x, off, w, b, stride=case.stride, padding=case.pads[:2],
                                          dilation=case.dilation, mask=m)
     assert not calls and composite.dtype == dtype
+
+
+@pytest.mark.skipif(os.environ.get("DCN_DEPLOY_GEMM_TF32") == "1", reason="DCN_DEPLOY_GEMM_TF32=1 forces TF32 on")
+def test_torch_op_follows_torchs_tf32_setting_for_float32(op_on_kernels, monkeypatch):
+    """torch.backends.cuda.matmul.allow_tf32 (off by default) reaches the kernels (DCN_FORWARD_ALLOW_TF32): off,
+    det res5 at batch 1 in float32 is IEEE float32 (under 1e-5 of the float64 reference); on, TF32 products
+    (above 1e-5, within 5e-3), as torch's own float32 products under set_float32_matmul_precision("high")."""
+    import dcn_deploy
+
+    case, dtype = _split_k_cases()[0]
+    x, off, w, b, m = make_tensors(case, dtype, device="cuda", seed=0)
+    expected = expected_for(case, (x, off, w, b, m))
+    errors = {}
+    for allowed in (False, True):
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allowed)
+        got = dcn_deploy.deform_conv2d(x, off, w, b, stride=case.stride, padding=case.pads[:2],
+                                       dilation=case.dilation, mask=m)
+        errors[allowed] = max_relative_error(got, expected)
+    assert errors[False] < 1e-5 and 1e-5 < errors[True] < 5e-3, errors
 
 
 def test_torch_op_on_cuda_trains_through_the_kernels_forward(op_on_kernels, monkeypatch):

@@ -166,7 +166,8 @@ def test_libraries_export_the_c_abi_and_plugin_entry_points():
         if kind in ("kernels", "plugin"):
             assert lib.has("dcn_deform_conv2d_forward_cuda")
             # Bad arguments are rejected before any CUDA call, so this runs without a GPU.
-            code = lib.lib.dcn_deform_conv2d_forward_cuda(ctypes.byref(DeformConvDesc()), 0, 0, *([None] * 7), 0, None)
+            code = lib.lib.dcn_deform_conv2d_forward_cuda(ctypes.byref(DeformConvDesc()), 0, 0, 0, *([None] * 7), 0,
+                                                           None)
             assert code == 1 and "C, H and W" in lib.last_error()
             assert lib.lib.dcn_cuda_available() in (0, 1)
         if kind == "plugin":
@@ -391,20 +392,22 @@ def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib)
     dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
     fake = ctypes.c_void_p(0x1000)  # never dereferenced: every check below fails first
     forward = kernels_lib.lib.dcn_deform_conv2d_forward_cuda
-    assert forward(ctypes.byref(dense), 1, 2, fake, fake, fake, None, None, fake, None, 0, None) == 4
+    assert forward(ctypes.byref(dense), 1, 2, 0, fake, fake, fake, None, None, fake, None, 0, None) == 4
     assert "workspace" in kernels_lib.last_error()
-    assert forward(ctypes.byref(dense), 3, 2, fake, fake, fake, None, None, fake, None, 0, None) == 2
+    assert forward(ctypes.byref(dense), 3, 2, 0, fake, fake, fake, None, None, fake, None, 0, None) == 2
     assert "direct" in kernels_lib.last_error()
-    assert forward(ctypes.byref(dense), 0, 7, fake, fake, fake, None, None, fake, None, 0, None) == 1
+    assert forward(ctypes.byref(dense), 0, 7, 0, fake, fake, fake, None, None, fake, None, 0, None) == 1
     assert "algo" in kernels_lib.last_error()
-    assert forward(ctypes.byref(dense), 0, 0, None, fake, fake, None, None, fake, None, 0, None) == 1
+    assert forward(ctypes.byref(dense), 0, 0, 0, None, fake, fake, None, None, fake, None, 0, None) == 1
     assert "NULL" in kernels_lib.last_error()
     if kernels_lib.lib.dcn_gemm_path_available() == 1:  # the GEMM path's checks come after cuBLAS is found
-        assert forward(ctypes.byref(dense), 0, 3, fake, fake, fake, None, None, fake, ctypes.c_void_p(0x1010),
+        assert forward(ctypes.byref(dense), 0, 3, 0, fake, fake, fake, None, None, fake, ctypes.c_void_p(0x1010),
                        1 << 30, None) == 1
         assert "256-byte aligned" in kernels_lib.last_error()
+    assert forward(ctypes.byref(dense), 0, 3, 2, fake, fake, fake, None, None, fake, None, 0, None) == 1
+    assert "flags 2 has bits other than DCN_FORWARD_ALLOW_TF32 (1)" in kernels_lib.last_error()
     # The GEMM path: without a loadable cuBLAS an "unsupported" error that says so, else a workspace error.
-    code = forward(ctypes.byref(dense), 0, 3, fake, fake, fake, None, None, fake, None, 0, None)
+    code = forward(ctypes.byref(dense), 0, 3, 0, fake, fake, fake, None, None, fake, None, 0, None)
     assert code in (2, 4), kernels_lib.last_error()
     assert ("cuBLAS" if code == 2 else "GEMM path needs a workspace") in kernels_lib.last_error()
 

@@ -161,12 +161,15 @@ def forward_cpu(library, input, offset, weight, bias, mask, stride, padding, dil
 def forward_cuda(library, input, offset, weight, bias, mask, stride, padding,
                  dilation) -> Optional[torch.Tensor]:
     """The CUDA kernels' forward (the composite's function) on torch's current stream; None when the kernels
-    cannot serve this request (the C ABI's "unsupported": the composite then runs it). Other errors propagate."""
+    cannot serve this request (the C ABI's "unsupported": the composite then runs it). Other errors propagate.
+    Float32 products run on TF32 tensor cores where ``torch.backends.cuda.matmul.allow_tf32`` allows torch's own
+    (``torch.set_float32_matmul_precision("high")``; off by default), as torchvision's deform_conv2d products do."""
     from ..plugin.native import DCN_ERROR_UNSUPPORTED, NativeError, deform_conv2d_cuda
 
     try:
         return deform_conv2d_cuda(input, offset, weight, bias, stride=tuple(stride), padding=tuple(padding),
-                                  dilation=tuple(dilation), mask=mask, library=library)
+                                  dilation=tuple(dilation), mask=mask, library=library,
+                                  allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     except NativeError as exc:
         if exc.code != DCN_ERROR_UNSUPPORTED:
             raise

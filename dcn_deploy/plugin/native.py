@@ -24,10 +24,11 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h (a library of another version is a
 # stale build, which the op does not use).
-ABI_VERSION = 9
+ABI_VERSION = 10
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
+DCN_FORWARD_ALLOW_TF32 = 1  # dcn_deform_conv2d_forward_cuda's flags
 STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported", 3: "CUDA error", 4: "workspace too small",
                 5: "internal error"}
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
@@ -100,7 +101,8 @@ class NativeLibrary:
         self._declare("dcn_deform_conv2d_workspace_size",
                       [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32, _P(ctypes.c_size_t)])
         self._declare("dcn_deform_conv2d_forward_cuda",
-                      [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32] + [_VOIDP] * 7 + [ctypes.c_size_t, _VOIDP])
+                      [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32] + [_VOIDP] * 7
+                      + [ctypes.c_size_t, _VOIDP])
         self._declare("dcn_plugin_deform_conv_parse_fields",
                       [ctypes.c_int32, _P(ctypes.c_char_p), _P(_VOIDP), _P(ctypes.c_int32), _P(ctypes.c_int32),
                        _P(DeformConvAttrs)])
@@ -438,7 +440,8 @@ class _ColumnsProduct:
 
 
 def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
-                       algo: str = "auto", out=None, library: Optional[NativeLibrary] = None):
+                       algo: str = "auto", allow_tf32: bool = False, out=None,
+                       library: Optional[NativeLibrary] = None):
     """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
 
     ``algo``: ``auto`` (dense layers: ``gemm`` where cuBLAS loads, else ``fused``; others: ``direct``), ``gemm``
@@ -446,6 +449,9 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     ``implicit`` (experimental: column tiles sampled from a channels-last copy straight into tensor-core products;
     float16/bfloat16, channels per group and per offset group multiples of 32; never chosen by ``auto``; the
     warp-specialised variant with ``DCN_DEPLOY_IMPLICIT_KERNEL=specialised`` set before the process's first call).
+    ``allow_tf32``: float32 layers may run the GEMM path's products on TF32 tensor cores (10-bit mantissa inputs,
+    float32 sums; ``DCN_FORWARD_ALLOW_TF32``), as ``torch.backends.cuda.matmul.allow_tf32`` lets torch's own
+    products; the op passes that setting. No effect on other dtypes and paths.
     ``out``: an optional contiguous output tensor of the right shape, dtype and device to write into.
     """
     import torch
@@ -468,7 +474,8 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
         lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, ALGOS[algo], ctypes.byref(size))
         workspace = torch.empty((max(size.value, 1),), dtype=torch.uint8, device=input.device) if size.value else None
         stream = torch.cuda.current_stream(input.device).cuda_stream
-        lib.call("dcn_deform_conv2d_forward_cuda", ctypes.byref(desc), dtype, ALGOS[algo], _ptr(t["input"]),
+        flags = DCN_FORWARD_ALLOW_TF32 if allow_tf32 else 0
+        lib.call("dcn_deform_conv2d_forward_cuda", ctypes.byref(desc), dtype, ALGOS[algo], flags, _ptr(t["input"]),
                  _ptr(t["offset"]), _ptr(t["weight"]), _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out),
                  _ptr(workspace), size.value, stream)
     return out

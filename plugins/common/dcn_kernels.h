@@ -27,7 +27,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 9
+#define DCN_ABI_VERSION 10
 
 typedef enum dcn_status
 {
@@ -57,6 +57,12 @@ typedef enum dcn_algo
                                   bfloat16; channels per group and per offset group multiples of 32). Experimental:
                                   neither AUTO nor TensorRT's tactics choose it until it is measured on a GPU */
 } dcn_algo;
+
+/* Bits of dcn_deform_conv2d_forward_cuda's flags. */
+typedef enum dcn_forward_flag
+{
+    DCN_FORWARD_ALLOW_TF32 = 1
+} dcn_forward_flag;
 
 /* Every integer of one deformable convolution. Padding is per side, ONNX order (top, left, bottom, right). */
 typedef struct dcn_deform_conv_desc
@@ -139,9 +145,12 @@ DCN_API int32_t dcn_gemm_path_available(void);
 /* The workspace: at least dcn_deform_conv2d_workspace_size bytes, 256-byte aligned (cudaMalloc's are). */
 DCN_API int32_t dcn_deform_conv2d_workspace_size(
     const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, size_t* bytes);
+/* flags: 0, or DCN_FORWARD_ALLOW_TF32 (float32 layers: the GEMM path's products on TF32 tensor cores, inputs
+ * rounded to 10 mantissa bits, float32 sums; what torch.backends.cuda.matmul.allow_tf32 allows PyTorch's own float32
+ * products; the op passes it from there). Other bits are an error. */
 DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo,
-    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    void* workspace, size_t workspace_bytes, void* stream);
+    int32_t flags, const void* input, const void* offset, const void* weight, const void* bias, const void* mask,
+    void* output, void* workspace, size_t workspace_bytes, void* stream);
 
 /* ---- the plugin's plain logic (both libraries) ---- */
 /* Parse TensorRT-style fields: names[i], data[i] (int32 values), lengths[i], types[i] (PluginFieldType codes,

@@ -35,7 +35,8 @@ namespace
 //   DCN_DEPLOY_GEMM_PRODUCT       tn (default) or nn: the staged product's operand layout (GemmProduct);
 //   DCN_DEPLOY_GEMM_SPLIT_K       auto (default), 1, 2, 4 or 8: slices of K of the staged product, where
 //                                 valid (GemmOptions::splitK, gemmSplitK);
-//   DCN_DEPLOY_GEMM_TF32          0 (default) or 1: float32 products on TF32 tensor cores (GemmOptions::tf32);
+//   DCN_DEPLOY_GEMM_TF32          0 (default) or 1: float32 products on TF32 tensor cores (GemmOptions::tf32),
+//                                 whatever dcn_deform_conv2d_forward_cuda's flags say (1 forces it on);
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
 //   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'
@@ -163,19 +164,24 @@ DCN_API int32_t dcn_deform_conv2d_workspace_size(
 }
 
 DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo,
-    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    void* workspace, size_t workspace_bytes, void* stream)
+    int32_t flags, const void* input, const void* offset, const void* weight, const void* bias, const void* mask,
+    void* output, void* workspace, size_t workspace_bytes, void* stream)
 {
     return dcn::guarded([&] {
         if (!desc)
             return dcn::Status::invalid("dcn_deform_conv2d_forward_cuda: desc must not be NULL");
+        if (flags & ~int32_t(DCN_FORWARD_ALLOW_TF32))
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_cuda: flags " + std::to_string(flags)
+                + " has bits other than DCN_FORWARD_ALLOW_TF32 (1); pass 0 or 1");
         dcn::DeformConvGeometry geo;
         dcn::Status status = abiGemmOptionsStatus();
         if (status.ok())
             status = dcn::makeGeometry(*desc, geo);
         if (!status.ok())
             return status;
+        dcn::GemmOptions options = abiGemmOptions(); // DCN_DEPLOY_GEMM_TF32=1 forces TF32 whatever the flags say
+        options.tf32 = options.tf32 || (flags & DCN_FORWARD_ALLOW_TF32) != 0;
         return dcn::launchDeformConv(geo, dtype, algo, input, offset, weight, bias, mask, output, workspace,
-            workspace_bytes, static_cast<cudaStream_t>(stream), nullptr, abiGemmOptions());
+            workspace_bytes, static_cast<cudaStream_t>(stream), nullptr, options);
     });
 }

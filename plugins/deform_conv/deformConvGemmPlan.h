@@ -164,9 +164,11 @@ struct GemmOptions
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
     int32_t implicitKernel = kImplicitStepwise; // an ImplicitKernel
     // float32 products on TF32 tensor cores (cuBLAS's CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to 10 mantissa
-    // bits, float32 accumulation), as torch lets cuDNN's convolutions do by default. Off: IEEE float32. An
-    // experiment (DCN_DEPLOY_GEMM_TF32, the C ABI only): untimed; on an H100 (session 25) our float32 layers took
-    // 0.93x-1.38x cuDNN's IEEE float32 convolution but 3.4x-6.4x its TF32 one.
+    // bits, float32 accumulation), as torch lets cuDNN's convolutions do by default. Off: IEEE float32. Through the
+    // C ABI only: its forward's DCN_FORWARD_ALLOW_TF32 flag (the PyTorch op passes torch's
+    // torch.backends.cuda.matmul.allow_tf32, off by default, as for torchvision's products) or DCN_DEPLOY_GEMM_TF32=1
+    // (benchmarks). Untimed; on an H100 (session 25) our float32 layers took 0.93x-1.38x cuDNN's IEEE float32
+    // convolution but 3.4x-6.4x its TF32 one.
     bool tf32 = false;
 };
 
