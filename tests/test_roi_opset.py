@@ -295,6 +295,25 @@ def test_fp16_conversion_keeps_roi_pooling_in_float32(monkeypatch):
     assert kept_error < 2e-3 < half_error, (kept_error, half_error)
 
 
+def test_half_model_io_keeps_roi_boxes_in_float32():
+    """io_dtype="half" makes the image (and trans) half but not the RoI boxes: a float16 input would round a corner
+    to 1 px past 1024 before the float32 pooling ever saw it."""
+    from dcn_deploy.onnx import precision
+
+    model = _conv_then_psroi_model()
+    half, _ = precision.convert_precision(model, "fp16", io_dtype="half")
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in half.graph.input}
+    assert types == {"X": TensorProto.FLOAT16, "rois": TensorProto.FLOAT, "trans": TensorProto.FLOAT16}
+    gen = torch.Generator().manual_seed(15)
+    x = torch.randn(1, 4, 64, 512, generator=gen)
+    rois = torch.tensor([[0.0, 1100.3, 20.7, 1300.9, 180.2], [0.0, 1500.6, 3.1, 1901.4, 250.5]])
+    trans = torch.randn(2, 2, 3, 3, generator=gen) * 0.1
+    want = _run(model, [x.numpy(), rois.numpy(), trans.numpy()])
+    got = _run(half, [x.half().numpy(), rois.numpy(), trans.half().numpy()])
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want, atol=5e-3 * np.abs(want).max(), rtol=0)
+
+
 def test_inspect_shows_float_attributes_as_written(tmp_path):
     """ONNX keeps float attributes in float32: inspect prints gamma=0.1, not 0.10000000149011612."""
     from dcn_deploy import inspect_model

@@ -964,6 +964,9 @@ def test_build_engine_refuses_a_device_other_than_the_first_visible(tmp_path):
     ({"keep_fp32": ["conv"]}, r"keep_fp32 \(CLI: --keep-fp32\) applies to half-precision builds only"),
     ({"workspace": "lots"}, "--workspace: 'lots' is not a size"),
     ({"optimization_level": 7}, r"optimization_level \(--opt-level\) must be an integer from 0 to 5"),
+    ({"precision": "bf16"}, r"bf16: the model imports ONNX opset 19, .* re-export with --opset 22, or use fp16"),
+    ({"timing_cache": "no_such_folder/t.cache"}, r"timing cache .*t.cache: folder .*no_such_folder does not exist"),
+    ({"timing_cache": "m.engine.json"}, r"engine sidecar .*m.engine.json is the timing cache this command reads"),
 ])
 def test_build_engine_checks_its_options_before_tensorrt(tmp_path, options, message):
     """A wrong option is reported as such on any machine, not after installing TensorRT (whose absence is reported
@@ -972,7 +975,9 @@ def test_build_engine_checks_its_options_before_tensorrt(tmp_path, options, mess
 
     path = tmp_path / "model.onnx"
     onnx.save(dcn_model(), str(path))
-    with pytest.raises(ValueError, match=message):
+    if "timing_cache" in options:  # paths beside the engine, written after the build: checked before it
+        options = dict(options, timing_cache=tmp_path / options["timing_cache"])
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         build_engine(path, tmp_path / "m.engine", tensorrt_module="no_such_tensorrt_module", **options)
     with pytest.raises(TensorRTMissingError):  # the same call with good options gets as far as importing TensorRT
         build_engine(path, tmp_path / "m.engine", tensorrt_module="no_such_tensorrt_module")
@@ -1211,7 +1216,7 @@ class TestDuplicatePluginLibrary:
         registry.creators.add("DeformConv2d")
         junk = tmp_path / "libdcn_deploy_plugin_junk.so"
         junk.write_text("not a shared library")
-        with pytest.raises(trt_build.BuildError, match="must be built for this TensorRT major version"):
+        with pytest.raises(trt_build.BuildError, match="is not a TensorRT plugin library .* give libdcn_deploy_plugin"):
             trt_build.load_plugin_library(trt, junk)
         assert trt_build.looks_like_plugin_library(first) and not trt_build.looks_like_plugin_library(junk)
         assert not trt_build.looks_like_plugin_library(tmp_path / "absent.so")
@@ -1391,3 +1396,53 @@ def test_real_plugin_library_is_recognised_and_seen_mapped(tmp_path):
     out = subprocess.run([sys.executable, "-c", script, str(library)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert str(library) in out.stdout.splitlines()
+
+
+def test_profile_errors_name_the_option_the_range_came_from():
+    """A range given with trtexec's --min/--opt/--max-shapes is reported under those options, not --shapes."""
+    from dcn_deploy.backends.trt_profiles import compute_profile
+    from dcn_deploy.wording import cli_wording
+
+    inputs = [InputShape("image", ("N", 3, "H", "W"))]
+    with cli_wording():
+        with pytest.raises(ProfileError, match=r"^--min-shapes/--opt-shapes/--max-shapes: input 'image' dimension 0 "
+                                               r"needs min <= opt <= max, got 4 / 2 / 1"):
+            compute_profile(inputs, min_shapes="image:4x3x8x8", opt_shapes="image:2x3x8x8", max_shapes="image:1x3x8x8")
+        with pytest.raises(ProfileError, match=r"^--min-shapes/--opt-shapes/--max-shapes: shape given for \['foo'\]"):
+            compute_profile(inputs, min_shapes="foo:1x3x8x8", opt_shapes="foo:1x3x8x8", max_shapes="foo:1x3x8x8")
+        with pytest.raises(ProfileError, match=r"^--shapes: input 'image' has 4 dimensions"):
+            compute_profile(inputs, shapes="image:1x3x8")
+
+
+def test_parser_error_on_a_standard_deform_conv_without_tensorrt_plugin_names_the_fix():
+    """TensorRT-RTX 1.7 (no libnvinfer_plugin) on a --standard export or a --no-plugin build: the hint is not
+    "pass --plugin" (which --no-plugin refuses, and which a standard DeformConv never uses)."""
+    from dcn_deploy.backends.trt_build import format_parser_errors
+
+    text = format_parser_errors([{"desc": "Assertion failed: creator: Plugin not found, are the plugin name, "
+                                          "version, and namespace correct?", "code": "UNSUPPORTED_NODE",
+                                  "node": 3, "node_name": "node_deform_conv2d", "op": "DeformConv"}], "m.onnx")
+    assert "--plugin" not in text and "export without --standard and build without --no-plugin" in text
+
+
+def test_rebuild_command_reproduces_the_build(engine):
+    """The command a mismatch error prints builds the same engine: profile, I/O type, --keep-fp32, TF32."""
+    meta = make_meta(engine, precision="fp16",
+                     profiles=[{"x": TensorRange((1, 4, 8, 8), (2, 4, 8, 8), (4, 4, 16, 16))}],
+                     extra={"io_dtype": "half", "tf32": False, "precision_report": {"kept_fp32": [
+                         ["conv1", "Conv", "named in --keep-fp32"], ["mean", "ReduceMean", "rule: reduction"]]}})
+    assert engine_meta.rebuild_command(meta, "m.engine") == (
+        "dcn-deploy build m.onnx -o m.engine --precision fp16 --shapes x:1x4x8x8/2x4x8x8/4x4x16x16 --io-dtype half "
+        "--keep-fp32 conv1 --no-tf32")
+
+
+def test_progress_says_a_cancelled_build_stopped():
+    from dcn_deploy.backends.trt_progress import BuildProgress
+
+    lines = []
+    progress = BuildProgress(lines.append, clock=lambda: 0.0)
+    progress.phase_start("Building engine", None, 6)
+    progress.cancel()
+    assert progress.step_complete("Building engine", 0) is False
+    progress.phase_finish("Building engine")
+    assert lines[-1] == "[build] Building engine stopped (Ctrl-C) (0.0 s)"

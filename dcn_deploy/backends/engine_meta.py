@@ -34,7 +34,8 @@ from ..io_utils import atomic_write_text
 from .trt_profiles import Profile, profile_from_json, profile_to_json
 
 __all__ = ["FORMAT_VERSION", "EngineMeta", "EngineMetaError", "EngineMismatchError", "RuntimeFacts",
-           "check_compatible", "meta_path_for", "needs_plugin_library", "read_meta", "sha256_file", "write_meta"]
+           "check_compatible", "meta_path_for", "needs_plugin_library", "read_meta", "rebuild_command", "sha256_file",
+           "write_meta"]
 
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -214,6 +215,30 @@ def check_compatible(meta: EngineMeta, facts: RuntimeFacts, *, engine_name: str 
                             f"now has {facts.plugin_library_sha256[:12]}...)")
     if problems:
         raise EngineMismatchError(
-            f"{engine_name} cannot run here: " + "; ".join(problems) + ". Rebuild it on this machine: dcn-deploy build "
-            f"{meta.source_model.get('path', 'MODEL.onnx')} -o {engine_name} --precision {meta.precision}")
+            f"{engine_name} cannot run here: " + "; ".join(problems) + ". Rebuild it on this machine: "
+            + rebuild_command(meta, engine_name))
     return warnings
+
+
+def rebuild_command(meta: EngineMeta, engine_name: str = "ENGINE") -> str:
+    """The ``dcn-deploy build`` command that builds an engine like ``meta``'s: same model, precision, profile, I/O
+    type, nodes kept in float32 by name and TF32 setting (as far as the sidecar records them)."""
+    import shlex
+
+    words = ["dcn-deploy", "build", meta.source_model.get("path", "MODEL.onnx"), "-o", engine_name,
+             "--precision", meta.precision]
+    if len(meta.profiles) == 1:
+        words += ["--shapes", ",".join(f"{name}:" + "/".join("x".join(str(int(v)) for v in s)
+                                                               for s in (rng.min, rng.opt, rng.max))
+                                       for name, rng in meta.profiles[0].items())]
+    extra = meta.extra if isinstance(meta.extra, Mapping) else {}
+    if extra.get("io_dtype") == "half":
+        words += ["--io-dtype", "half"]
+    report = extra.get("precision_report")
+    kept = report.get("kept_fp32", []) if isinstance(report, Mapping) else []
+    for entry in kept:
+        if isinstance(entry, (list, tuple)) and len(entry) == 3 and entry[2] == "named in --keep-fp32":
+            words += ["--keep-fp32", str(entry[0])]
+    if extra.get("tf32") is False:
+        words.append("--no-tf32")
+    return " ".join(shlex.quote(w) for w in words)

@@ -118,7 +118,13 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
     check_output_path(engine_path, "engine path")
     check_not_an_input(engine_path, "engine path", [("ONNX model", onnx_path), ("timing cache", timing_cache)])
+    # The sidecar and the timing cache are written after the build, beside the engine: a path that cannot be written
+    # must stop the build now, not leave an engine without its sidecar after minutes of building.
+    sidecar = engine_meta.meta_path_for(engine_path)
+    check_output_path(sidecar, "engine sidecar")
+    check_not_an_input(sidecar, "engine sidecar", [("ONNX model", onnx_path), ("timing cache", timing_cache)])
     if timing_cache is not None:  # read, then rewritten after the build
+        check_output_path(timing_cache, "timing cache")
         check_not_an_input(timing_cache, "timing cache", [("ONNX model", onnx_path)])
     log = sys.stderr if log is None else log  # looked up per call, so a redirected stderr is honoured
 
@@ -134,6 +140,10 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
         print(f"[build] note: {line}", file=log, flush=True)
     say = (lambda line: print(line, file=log, flush=True)) if progress else (lambda line: None)
     logger = trt.Logger(trt.Logger.WARNING)
+    gpu_name, capability = target_gpu if target_gpu is not None else cuda_device_facts(device)
+    # Created before the plugin library is loaded: TensorRT's registry reports why load_library failed only once a
+    # builder has installed the logger (seen with TensorRT-RTX 1.7: nothing is printed otherwise).
+    builder = trt.Builder(logger)
     routed_lib, fields = load_plugins(trt, model, plugin_library if use_plugin else False,
                                       rtx=tensorrt_module == "tensorrt_rtx", say=say)
     prepared, report, routed = prepare_onnx(model, precision=precision, keep_fp32=keep_fp32, io_dtype=io_dtype,
@@ -141,8 +151,6 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     if precision != "fp32":
         say("[build] " + report.summary().replace("\n", "\n[build] "))
 
-    gpu_name, capability = target_gpu if target_gpu is not None else cuda_device_facts(device)
-    builder = trt.Builder(logger)
     # Our plugin reads the limit when the parser creates its layers (their timing-cache ID) and when the builder
     # configures them (the column budget that fits it). TensorRT-RTX's builder counts a layer's inputs and outputs
     # against the limit as well (measured: plugins/deform_conv/README.md, "Under a workspace limit").
@@ -161,7 +169,7 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     meta = engine_meta.EngineMeta(
         engine_sha256=engine_meta.sha256_file(engine_path), tensorrt_version=trt.__version__, gpu_name=gpu_name,
         compute_capability=capability, precision=precision, profiles=[profile],
-        source_model={"path": str(onnx_path), "sha256": engine_meta.sha256_file(onnx_path)},
+        source_model={"path": str(onnx_path.resolve()), "sha256": engine_meta.sha256_file(onnx_path)},
         plugin_library=({"path": str(routed_lib), "sha256": engine_meta.sha256_file(routed_lib)}
                         if routed_lib is not None and routed else None),
         inputs=inputs, outputs=outputs,

@@ -41,13 +41,14 @@ def check_build_options(model, *, precision: str, io_dtype: str, keep_fp32: Iter
                         optimization_level: Optional[int]) -> None:
     """The build options that need no TensorRT, checked before it is imported (see build_engine; the workspace
     size is read before the model)."""
-    from ..onnx.precision import PrecisionError, check_keep_fp32_nodes, check_precision_options
+    from ..onnx.precision import PrecisionError, check_convertible, check_keep_fp32_nodes, check_precision_options
     from ..wording import argument
 
     check_precision_options(precision, io_dtype)
     keep_fp32 = list(keep_fp32)
     if precision != "fp32":
         check_keep_fp32_nodes(model, keep_fp32)
+        check_convertible(model, precision)  # bf16 below opset 22 with our ops, control flow
     elif io_dtype != "float32" or keep_fp32:  # options of a half-precision build, which this is not
         given = argument("io_dtype='half'", "--io-dtype half") if io_dtype != "float32" else \
             argument("keep_fp32", "--keep-fp32")

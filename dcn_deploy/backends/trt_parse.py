@@ -118,7 +118,12 @@ def format_parser_errors(errors: Sequence[Dict[str, object]], model_name: str = 
         desc = str(err.get("desc", "")).strip()
         lines.append(f"  - {' '.join(where) + ': ' if where else ''}{desc}" + (f" [{err['code']}]" if err.get("code") else ""))
         low = desc.lower()
-        if "plugin" in low and ("could not find" in low or "not found" in low or "no importer" in low):
+        standard = str(err.get("op", "")) in ("DeformConv", "ModulatedDeformConv2d")
+        if standard and "plugin" in low and ("could not find" in low or "not found" in low):
+            hints.append("a standard DeformConv needs TensorRT's own plugin (libnvinfer_plugin's "
+                         "ModulatedDeformConv2d), which this TensorRT lacks: export without --standard and build "
+                         "without --no-plugin so our plugin handles it")
+        elif "plugin" in low and ("could not find" in low or "not found" in low or "no importer" in low):
             hints.append("the dcn_deploy plugin library was not loaded or has another name/version: check "
                          f"`dcn-deploy plugin info` and pass {argument('plugin_library=', '--plugin PATH')}")
         elif "deformconv" in low or "modulateddeformconv" in low:

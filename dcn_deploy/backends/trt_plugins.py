@@ -95,8 +95,14 @@ def load_plugin_library(trt, path: Optional[PathLike] = None, *, required_creato
             mapped_before = _mapped_files()
             handle = registry.load_library(str(path))
             if handle is None:
+                if not looks_like_plugin_library(path):
+                    from ..wording import argument
+
+                    raise BuildError(f"{argument('plugin_library', '--plugin')} {path} is not a TensorRT plugin "
+                                     "library (not a shared object exporting getCreators); give "
+                                     "libdcn_deploy_plugin.so (its path: dcn-deploy plugin info)")
                 registered = _registered_creators(registry, PLUGIN_FIELDS)
-                if not registered or not looks_like_plugin_library(path):
+                if not registered:
                     raise BuildError(f"TensorRT could not load the plugin library {path} (see the log above); it "
                                      "must be built for this TensorRT major version and CUDA")
                 origin = str(path)  # the application itself loaded this very file before, unless:

@@ -211,12 +211,17 @@ def compute_profile(inputs: Sequence[InputShape], *,
         raise ProfileError(f"{argument('max_batch', '--max-batch')} must be >= 1, got {max_batch}")
     by_name = {inp.name: inp for inp in inputs}
     given = _given_ranges(shapes, min_shapes, opt_shapes, max_shapes)
+    shapes_names = set(parse_range_specs(shapes, _shapes_argument()))  # the rest came from the trtexec triple
     unknown = sorted(set(given) - set(by_name))
     if unknown:
-        raise ProfileError(f"{_shapes_argument()}: shape given for {unknown}, which the model does not have as input; "
+        option = (_shapes_argument() if set(unknown) & shapes_names
+                  else argument("min_shapes/opt_shapes/max_shapes", "--min-shapes/--opt-shapes/--max-shapes"))
+        raise ProfileError(f"{option}: shape given for {unknown}, which the model does not have as input; "
                            f"its inputs are {sorted(by_name)}")
     for name, rng in given.items():
-        _validate_range(by_name[name], rng, _shapes_argument())
+        option = (_shapes_argument() if name in shapes_names
+                  else argument("min_shapes/opt_shapes/max_shapes", "--min-shapes/--opt-shapes/--max-shapes"))
+        _validate_range(by_name[name], rng, option)
     symbols = _symbol_ranges(given, by_name)
 
     profile: Profile = {}

@@ -82,7 +82,8 @@ class BuildProgress:
         with self._lock:
             info = self._phases.pop(name, None)
             if info is not None and info[0] == 0:
-                self._write(f"[build] {name} done ({self._clock() - info[2]:.1f} s)")
+                outcome = "stopped (Ctrl-C)" if self.cancelled else "done"
+                self._write(f"[build] {name} {outcome} ({self._clock() - info[2]:.1f} s)")
 
 
 def _make_monitor(trt, progress: BuildProgress):

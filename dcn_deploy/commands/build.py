@@ -76,6 +76,7 @@ def command(model_path: Path, output: Optional[Path], precision: str, shapes: Se
     except (ProfileError, TensorRTMissingError) as exc:  # after the arguments are checked: see build_engine
         raise CliError(str(exc)) from None
     except BuildCancelled as exc:
+        click.echo(f"error: {exc}", err=True)  # "build cancelled; nothing was written"
         raise click.exceptions.Exit(EXIT_INTERRUPTED) from exc
     except BuildError as exc:
         click.echo(f"error: {exc}", err=True)

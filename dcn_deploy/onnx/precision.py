@@ -11,10 +11,10 @@ A node stays float32 when
 1. its op is in :data:`KEEP_FP32_OPS`: reductions and global pooling (sums of many terms lose digits and
    overflow in half), Softmax/LogSoftmax, normalisations (mean/variance over many values), Exp, Log, Pow,
    Sqrt, Reciprocal (range: exp(12) already overflows float16), and ops that carry pixel coordinates
-   (GridSample, RoiAlign, NonMaxSuppression, Range: float16 has a 0.5 px step above 1024 px);
+   (GridSample, RoiAlign, NonMaxSuppression, Range: float16 has a 0.5 px step from 512 px, 1 px from 1024);
    Our own RoI pooling ops (``dcn_deploy`` DeformRoIPool, DeformPSRoIPool, :data:`KEEP_FP32_DOMAIN_OPS`) stay
    float32 for the same reason: their box corners share the feature map's type, and float16 boxes move in
-   0.5 px steps above 1024 px, bfloat16 boxes in 4 px steps from 512 px (their TensorRT plugin then runs its
+   1 px steps from 1024 px, bfloat16 boxes in 4 px steps from 512 px (their TensorRT plugin then runs its
    float32 kernel on a float32 copy of the pooled feature map);
 2. the caller names it (``keep_fp32_nodes``, the CLI's ``--keep-fp32 NODE``);
 3. its ONNX schema at the model's opset does not allow the half type (e.g. an op without bfloat16 before
@@ -36,7 +36,8 @@ Mechanics
 - Model inputs and outputs: by default they stay float32 (``io_dtype="float32"``): the same float32 feed works
   for every backend and for ``verify``, and the Casts at the boundary cost one pass over the input and output
   (TensorRT fuses them into the first and last kernels when it can). ``io_dtype="half"`` makes them half, for
-  pipelines that already hold half data.
+  pipelines that already hold half data, except RoI box inputs, which stay float32 (box corners in pixels: float16
+  rounds them to 1 px past 1024, bfloat16 to 4 px past 512).
 - ``dcn_deploy`` function bodies (``model.functions``) are type-polymorphic (attributes by reference, the
   zero bias built with CastLike) and need no change; a bfloat16 body needs the model's default opset >= 22,
   where standard DeformConv gained bfloat16.
@@ -57,7 +58,7 @@ from ..wording import argument
 # type parameters then guide the conversion of our nodes.
 from .opset import BFLOAT16_MIN_OPSET
 
-__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "check_keep_fp32_nodes",
+__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "check_convertible", "check_keep_fp32_nodes",
            "check_precision_options", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
 
 # op_type (default domain) -> why it stays float32. See the module docstring for the rule.
@@ -75,7 +76,7 @@ KEEP_FP32_OPS: Dict[str, str] = {
 }
 
 # (domain, op_type) of other domains -> why it stays float32: the RoI pooling ops take their boxes in the type of
-# the feature map, and a box corner in half precision is off by up to 0.25 px (float16, above 1024 px) or 2 px
+# the feature map, and a box corner in half precision is off by up to 0.5 px (float16, from 1024 px) or 2 px
 # (bfloat16, from 512 px).
 KEEP_FP32_DOMAIN_OPS: Dict[Tuple[str, str], str] = {
     ("dcn_deploy", op): "box coordinates" for op in ("DeformRoIPool", "DeformPSRoIPool")
@@ -275,7 +276,7 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
         return out, report
     keep_names = set(keep_fp32_nodes)
     check_keep_fp32_nodes(out, keep_names)
-    _check_convertible(out, precision)
+    check_convertible(out, precision)
     conversion = _HalfConversion(out, precision, io_dtype, report, keep_names,
                                  KEEP_FP32_OPS if keep_fp32_ops is None else keep_fp32_ops)
     conversion.plan_nodes()  # 1. which float inputs/outputs of each node run in half
@@ -288,8 +289,9 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
     return out, report
 
 
-def _check_convertible(model: onnx.ModelProto, precision: str) -> None:
-    """Raises :class:`PrecisionError` for control flow, and for bf16 with our ops below opset 22."""
+def check_convertible(model: onnx.ModelProto, precision: str) -> None:
+    """Raises :class:`PrecisionError` for control flow, and for bf16 with our ops below opset 22 (callers that must
+    check before slower work, e.g. before importing TensorRT, call this first)."""
     for node in model.graph.node:
         if node.op_type in _CONTROL_FLOW or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                                 for a in node.attribute):
@@ -339,6 +341,11 @@ class _HalfConversion:
         self.constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and _is_default_domain(n)
                           and self.types.get(n.output[0]) == _FLOAT}
         self.graph_inputs = {vi.name for vi in g.input if vi.name not in self.initializers}
+        # RoI boxes stay float32 even under io_dtype="half": in float16 a box corner moves by up to 0.5 px past 512
+        # px and 1 px past 1024 (bfloat16: 4 px past 512), which the float32 RoI pooling rule exists to avoid
+        from ..feeds.onnx_file_inputs import roi_input_names
+
+        self.float32_inputs = set(roi_input_names(g))
         self.current: Dict[str, int] = {}
         self.plan: Dict[int, List[Optional[int]]] = {}
         self.wants: Dict[str, List[int]] = {}
@@ -366,7 +373,8 @@ class _HalfConversion:
         """Decide, per node, which float inputs/outputs run in half (sources are decided after their consumers)."""
         for vi in self.graph.input:
             if vi.name in self.graph_inputs and self.types.get(vi.name) == _FLOAT:
-                self.current[vi.name] = self.half if self.io_dtype == "half" else _FLOAT
+                half_input = self.io_dtype == "half" and vi.name not in self.float32_inputs
+                self.current[vi.name] = self.half if half_input else _FLOAT
         for index, node in enumerate(self.graph.node):
             if node.output and node.output[0] in self.constants:
                 continue  # Constant nodes are sources, decided after their consumers
@@ -529,5 +537,6 @@ class _HalfConversion:
             vi.type.tensor_type.elem_type = want_out
         if self.io_dtype == "half":
             for vi in self.graph.input:
-                if vi.name in self.graph_inputs and vi.type.tensor_type.elem_type == _FLOAT:
+                if (vi.name in self.graph_inputs and vi.name not in self.float32_inputs
+                        and vi.type.tensor_type.elem_type == _FLOAT):
                     vi.type.tensor_type.elem_type = half
