@@ -31,8 +31,8 @@ __all__ = ["RFCNHead", "RFCN"]
 def _check_rois(rois: torch.Tensor) -> None:
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be (R, 5) = (batch_index, x1, y1, x2, y2) in image pixels, got shape {tuple(rois.shape)}")
-    if rois.dtype != torch.float32 and rois.dtype != torch.float64:
-        raise TypeError(f"rois must be a float tensor, got {rois.dtype}")
+    if not rois.is_floating_point():
+        raise TypeError(f"rois must be a floating-point tensor (the feature map's dtype), got {rois.dtype}")
 
 
 class RFCNHead(nn.Module):

@@ -278,6 +278,40 @@ def test_bfloat16_needs_opset_22(tmp_path):
     assert "--runner ort-cuda" in warning and "--precision bf16" in warning
 
 
+def test_bfloat16_with_batch_norm_exports(tmp_path):
+    # torch.onnx's optimizer folds BatchNorm into the Conv in float32 beside a bfloat16 input (onnx.checker: "W has
+    # inconsistent type"); every zoo network has BatchNorm
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2)).eval().bfloat16()
+    dcn = DeformConv2d(2, 2, 3, padding=1).eval().bfloat16()
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre, self.dcn = model, dcn
+
+        def forward(self, x, offset):
+            return self.dcn(self.pre(x), offset)
+
+    report = export(Net(), tuple(t.bfloat16() for t in _TINY), tmp_path / "bf16_bn.onnx", opset=22)
+    assert report.inputs[0][1] == "bfloat16"
+
+
+def test_program_traced_in_training_mode_is_refused(tmp_path):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn, self.drop, self.dcn = torch.nn.BatchNorm2d(2), torch.nn.Dropout(0.5), DeformConv2d(2, 2, 3, padding=1)
+
+        def forward(self, x, offset):
+            return self.dcn(self.drop(self.bn(x)), offset)
+
+    program = torch.export.export(Net().train(), _TINY)
+    with pytest.raises(ExportError, match="traced in training mode.*model.eval\\(\\) before torch.export"):
+        export(program, None, tmp_path / "train.onnx", verify=False)
+    assert not (tmp_path / "train.onnx").exists()
+    export(torch.export.export(Net().eval(), _TINY), None, tmp_path / "eval.onnx")  # eval mode: as before
+
+
 @pytest.mark.parametrize("bad, message", [
     (_TINY[0], "got a single tensor; pass \\(x,\\)"),
     (list(_TINY), "must be a tuple of tensors.*got list"),

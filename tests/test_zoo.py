@@ -343,6 +343,20 @@ def test_rfcn_rejects_badly_shaped_rois():
         head(torch.randn(1, 8, 4, 4), torch.randn(3, 4))
 
 
+def test_rfcn_runs_in_half_precision():
+    # `dcn-deploy export rfcn_resnet50_dcn --dtype fp16` casts the boxes with the image; the RoI ops take half types
+    head = RFCNHead(in_channels=8, num_classes=2, hidden_channels=4, group_size=2).eval()
+    rois = torch.tensor([[0.0, 0.0, 0.0, 7.0, 7.0]])
+    features = torch.randn(1, 8, 4, 4)
+    expected = head(features, rois)
+    for dtype in (torch.float16, torch.bfloat16):
+        got = head.to(dtype)(features.to(dtype), rois.to(dtype))
+        assert all(g.dtype == dtype and torch.allclose(g.float(), e, atol=5e-2, rtol=5e-2)
+                   for g, e in zip(got, expected))
+    with pytest.raises(TypeError, match="floating-point"):
+        head.float()(features, rois.long())
+
+
 # ---- the cost report's counting ---------------------------------------------------------------------------------------
 def test_cost_counts_add_exactly_the_offset_branches_and_sampling():
     from dcn_deploy.models import cost_report as report

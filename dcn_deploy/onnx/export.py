@@ -37,8 +37,8 @@ from ..ops.convert import refuse_unconverted_layers
 from ..wording import argument
 from . import opset as dcn_opset
 from .export_file import EarlierFile, external_data_name, needs_external_data, write_checked
-from .export_report import (ExampleInputsError, ExportError, ExportReport, NoDeformableLayerError,
-                            VerificationError, VerificationRun)
+from .export_report import (ExampleInputsError, ExportError, ExportRefusedError, ExportReport,
+                            NoDeformableLayerError, VerificationError, VerificationRun)
 from .export_verification import verify_export
 from .graph_names import check_io_names, rename_graph_io, rename_symbols, rois_sharing_the_batch
 from .model_loading import program_shape_mismatch
@@ -106,6 +106,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     """
     say = progress or (lambda message: None)
     _check_model(model)
+    _refuse_training_program(model)
     refuse_unconverted_layers(model)  # mmcv's compiled ops would fail inside the exporter, unexplained
     for definition in dcn_opset.definitions():  # layers an op cannot export, named before the exporter runs
         if definition.check_model is not None:
@@ -211,6 +212,38 @@ def _export_checked(model, example_inputs, path: Path, *, dynamic: bool, standar
 def _check_model(model) -> None:
     if not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
         raise TypeError(f"model must be a torch.nn.Module or a torch.export.ExportedProgram, got {type(model).__name__}")
+
+
+# aten op -> (index of its ``training``/``train`` argument, what it is), for programs traced in training mode
+_BATCH_STATISTICS = (5, "BatchNorm (batch statistics)")
+_TRAINING_ARGS = {"batch_norm": _BATCH_STATISTICS, "_native_batch_norm_legit": _BATCH_STATISTICS,
+                  "_native_batch_norm_legit_functional": _BATCH_STATISTICS,
+                  "dropout": (2, "dropout"), "native_dropout": (2, "dropout"), "feature_dropout": (2, "dropout"),
+                  "alpha_dropout": (2, "dropout"), "feature_alpha_dropout": (2, "dropout")}
+
+
+def _refuse_training_program(model) -> None:
+    """A torch.export program traced from a module in training mode holds training-mode dropout and batch norm: its
+    ONNX file would drop random values and its outputs would not match the program's (a nn.Module is exported in
+    eval mode instead, but a program's graph is fixed). Refused, naming the layers and the fix."""
+    if not isinstance(model, torch.export.ExportedProgram):
+        return
+    found = []
+    for node in model.graph.nodes:
+        name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", None)
+        if node.op != "call_function" or name not in _TRAINING_ARGS:
+            continue
+        index, what = _TRAINING_ARGS[name]
+        training = (node.args[index] if len(node.args) > index
+                    else node.kwargs.get("training", node.kwargs.get("train")))
+        if training is True:
+            found.append(f"{what} at {node.name}")
+    if found:
+        raise ExportRefusedError(
+            f"the torch.export program was traced in training mode ({', '.join(sorted(set(found))[:4])}"
+            f"{', ...' if len(set(found)) > 4 else ''}): its graph keeps training-mode dropout and batch norm, which "
+            "a deployed model must not run. Call model.eval() before torch.export.export(...), save the program "
+            "again, and export that (or export the nn.Module itself: it is exported in eval mode)")
 
 
 @contextlib.contextmanager
