@@ -404,5 +404,8 @@ def test_layout_helpers_reject_bad_arguments(cpu_lib):
         cpu_lib.call("dcn_channels_last_cpu", 0, x.data_ptr(), x.data_ptr(), 1, 2, 2, -1)
     with pytest.raises(NativeError, match="input and output must not be NULL"):
         cpu_lib.call("dcn_channels_last_cpu", 0, None, x.data_ptr(), 1, 2, 2, 1)
+    # 4 * 1 * 2^62 elements wrapped to 0 in 64 bits, and the call returned success having copied nothing
+    with pytest.raises(NativeError, match="batch\\*channels\\*plane = 4\\*1\\*4611686018427387904 elements do not fit"):
+        cpu_lib.call("dcn_channels_last_cpu", 0, x.data_ptr(), x.data_ptr(), 4, 1, 2**62, 1)
     with pytest.raises(NativeError, match="bytes must be >= 0 and data not NULL, got -1 bytes"):
         cpu_lib.call("dcn_prefault_cpu", x.data_ptr(), -1)

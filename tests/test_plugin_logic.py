@@ -126,6 +126,18 @@ def test_shape_checks_name_the_field_to_fix(lib, change, fragment):
         lib.plugin_output_dims(shapes, **{**ATTRS, **change})
 
 
+def test_shape_products_that_overflow_are_refused_not_wrapped(lib):
+    """Found by sanitizer fuzzing: 2*offset_group overflowed int32 from 2^30 (a negative channel count in the
+    message), and offset_group*kH*kW wrapped int64 for huge kernels, which skipped the mask check."""
+    big = 2**31 - 1
+    with pytest.raises(NativeError, match="offset_group\\*kH\\*kW = 1073741824\\*3\\*3 is too large"):
+        lib.plugin_output_dims([(1, -1, 8, 8), (4, -1, 3, 3), (1, 18, 6, 6)], **{**ATTRS, "offset_group": 2**30})
+    with pytest.raises(NativeError, match="is too large"):
+        lib.plugin_output_dims([(1, -1, big, big), (4, -1, big, big), (1, -1, 1, 1), (4,), (1, 12345, 1, 1)],
+                               **{**ATTRS, "offset_group": 4, "strides": (1, 1), "dilations": (1, 1),
+                                  "pads": (0, 0, 0, 0), "group": 1})
+
+
 def test_shape_checks_name_the_input(lib):
     good = _shapes(oh=OH, ow=OW)
     with pytest.raises(NativeError, match="B must have shape"):

@@ -303,3 +303,50 @@ def test_tensorrt_plugin_shells_without_tensorrt():
     constant-folding stand-in for TensorRT's expression builder, type/format checks, configure, onShapeChange,
     serialisation round trip, clone). It checks our shells, not TensorRT; it is built with the plugin."""
     run_shell_test("dcn_roi_pool_shell_test", min_checks=30)
+
+
+def test_out_of_range_descriptors_are_refused_not_run(host_lib):
+    """Found by sanitizer fuzzing: output_dim*group_size^2 wrapped in 64 bits onto the input's channel count (5 *
+    1920767767^2 = 2^64 + 21279829) and the forwards then crashed; a NaN, 0 or negative spatial_scale, a non-finite
+    gamma/trans_std, and a FLOAT64 field beyond float's range were accepted."""
+    wrapped = PsroiPoolDesc(1, 21279829, 1, 1, 1, 5, 1920767767, 1, 0, 1, 1, 1, 1.0, 0.0)
+    assert host_lib.dcn_deform_psroi_pool_check(ctypes.byref(wrapped)) == 1
+    assert "output_dim*group_size^2 = 5*1920767767^2 channels, got 21279829" in host_lib.dcn_last_error().decode()
+    x = torch.rand(1, 2, 4, 4, dtype=torch.float64)
+    rois = torch.tensor([[0.0, 0, 0, 3, 3]], dtype=torch.float64)
+    for scale in (float("nan"), 0.0, -1.0, float("inf")):
+        with pytest.raises(RuntimeError, match="spatial_scale must be a finite number > 0"):
+            roi_pool_host(host_lib, x, rois, None, (1, 1), scale, 1, 0.1)
+    with pytest.raises(RuntimeError, match="gamma must be a finite number, got nan"):
+        roi_pool_host(host_lib, x, rois, None, (1, 1), 1.0, 1, float("nan"))
+    with pytest.raises(RuntimeError, match="trans_std must be a finite number, got inf"):
+        psroi_pool_host(host_lib, x, rois, None, 1.0, 2, 1, 1, 1, 1, float("inf"), True)
+    n, names, data, lengths, types, _keep = _fields([("spatial_scale", 1e300, 2)])   # FLOAT64
+    with pytest.raises(RuntimeError, match="spatial_scale' must fit float32"):
+        _check(host_lib, host_lib.dcn_plugin_deform_roi_pool_parse_fields(n, names, data, lengths, types,
+                                                                           ctypes.byref(RoiPoolDesc())))
+
+
+def test_an_empty_batch_pools_a_roi_of_index_minus_half_to_zero(host_lib):
+    """Index -0.5 truncates to image 0, which an empty batch does not have: it pools to 0 (read past the input)."""
+    buffer = torch.rand(16, dtype=torch.float64)   # a caller's valid pointer, for a batch of 0 images
+    rois = torch.tensor([[-0.5, 1, 1, 2, 2]], dtype=torch.float64)
+    d = RoiPoolDesc(0, 1, 4, 4, 1, 2, 2, 2, 1.0, 0.1)
+    out = torch.full((1, 1, 2, 2), float("nan"), dtype=torch.float64)
+    _check(host_lib, host_lib.dcn_deform_roi_pool_forward_host(ctypes.byref(d), DTYPES[torch.float64], _ptr(buffer),
+                                                               _ptr(rois), None, _ptr(out)))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_maps_taller_than_2_to_the_24_keep_the_last_row_in_float32(host_lib):
+    """float32(H - 1) is H for H = 2^24 + 4: a sample clamped onto the last row floored to row H, one past the map
+    (read from the next channel's plane: 7 instead of 1). Host entry, the op's compiled forward and its composite."""
+    height = 2**24 + 4
+    x = torch.ones(1, 2, height, 1)
+    x[0, 1] = 7.0
+    rois = torch.tensor([[0.0, 0, height, 0, height]])
+    want = torch.tensor([1.0, 7.0])
+    assert torch.equal(roi_pool_host(host_lib, x, rois, None, (1, 1), 1.0, 1, 0.1).flatten(), want)
+    assert torch.equal(deform_roi_pool(x, rois, None, 1, 1.0, 1).flatten(), want)
+    with composite_forward():
+        assert torch.equal(deform_roi_pool(x, rois, None, 1, 1.0, 1).flatten(), want)

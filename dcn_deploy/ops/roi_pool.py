@@ -86,7 +86,9 @@ def _axis_corners(coord: torch.Tensor, size: int, valid: torch.Tensor):
     frac = coord - low  # the derivative w.r.t. coord flows through frac
     # A NaN coordinate (a NaN offset or trans; the clamps keep NaN) takes pixel 0 with NaN weights, so the value is
     # NaN as in the kernels (roiPoolMath.h, BilinearTap); NaN cast to int64 is a wild index (IndexError before).
-    low_i = low.nan_to_num(0.0).long()
+    # At most size - 1: a coordinate clamped onto float32(size - 1) is size itself for a size above 2^24 (e.g.
+    # 2^24 + 4), whose floor would index one row past the map; as in the kernels (bilinearTapInside).
+    low_i = low.nan_to_num(0.0).long().clamp(max=size - 1)
     high_i = (low_i + 1).clamp(max=size - 1)
     valid = valid.to(coord.dtype)
     index = torch.cat((low_i, high_i), dim=-1)

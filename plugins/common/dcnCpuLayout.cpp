@@ -35,8 +35,13 @@ DCN_API int32_t dcn_channels_last_cpu(int32_t dtype, const void* input, void* ou
         if (batch < 0 || channels < 0 || plane < 0)
             return dcn::Status::invalid(std::string(name) + ": batch, channels and plane must be >= 0, got "
                 + std::to_string(batch) + ", " + std::to_string(channels) + ", " + std::to_string(plane));
-        if (int64_t(batch) * channels * plane == 0)
+        int64_t const rows = int64_t(batch) * channels; // fits: both below 2^31
+        if (rows == 0 || plane == 0)
             return dcn::Status::success();
+        // The byte count must fit: batch*channels*plane wrapped (4 * 1 * 2^62 gave 0 and a silent success).
+        if (plane > INT64_MAX / int64_t(dcn::dtypeBytes(dtype)) / rows)
+            return dcn::Status::invalid(std::string(name) + ": batch*channels*plane = " + std::to_string(batch) + "*"
+                + std::to_string(channels) + "*" + std::to_string(plane) + " elements do not fit in memory");
         if (!input || !output)
             return dcn::Status::invalid(std::string(name) + ": input and output must not be NULL");
         switch (dcn::dtypeBytes(dtype))

@@ -1,7 +1,9 @@
 #include "roiPoolFields.h"
 #include "roiPoolShapes.h"
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 namespace dcn
 {
@@ -48,7 +50,13 @@ Status parseInto(char const* op, std::vector<RawField> const& fields, std::vecto
                 if (field.type == kFieldTypeFloat32)
                     *slot.floatTarget = *static_cast<float const*>(field.data);
                 else if (field.type == kFieldTypeFloat64)
-                    *slot.floatTarget = float(*static_cast<double const*>(field.data));
+                {
+                    // A finite double beyond float's range has no float value (the conversion is undefined).
+                    double const value = *static_cast<double const*>(field.data);
+                    if (std::isfinite(value) && std::fabs(value) > double(std::numeric_limits<float>::max()))
+                        return Status::invalid(who + " must fit float32, got " + std::to_string(value));
+                    *slot.floatTarget = float(value);
+                }
                 else
                     return Status::invalid(who + " must be a FLOAT32 (or FLOAT64), got field type " + std::to_string(field.type));
             }
@@ -117,6 +125,7 @@ Status parseRoiPoolFields(std::vector<RawField> const& fields, dcn_deform_roi_po
     DCN_RETURN_IF_ERROR(inRange(op, "pooled_height", a.pooled_height, 1));
     DCN_RETURN_IF_ERROR(inRange(op, "pooled_width", a.pooled_width, 1));
     DCN_RETURN_IF_ERROR(inRange(op, "sampling_ratio", a.sampling_ratio, 0, kMaxSamplesPerBinSide));
+    DCN_RETURN_IF_ERROR(checkRoiPoolFloats(op, a.spatial_scale, "gamma", a.gamma));
     return Status::success();
 }
 
@@ -134,6 +143,7 @@ Status parsePsroiPoolFields(std::vector<RawField> const& fields, dcn_deform_psro
     DCN_RETURN_IF_ERROR(inRange(op, "pooled_size", a.pooled_size, 1));
     DCN_RETURN_IF_ERROR(inRange(op, "part_size", a.part_size, 0));
     DCN_RETURN_IF_ERROR(inRange(op, "sample_per_part", a.sample_per_part, 1, kMaxSamplesPerBinSide));
+    DCN_RETURN_IF_ERROR(checkRoiPoolFloats(op, a.spatial_scale, "trans_std", a.trans_std));
     if (a.part_size == 0)
         a.part_size = a.pooled_size;
     a.no_trans = a.no_trans ? 1 : 0;
@@ -185,7 +195,14 @@ Status psroiPoolDescFromShapes(dcn_deform_psroi_pool_desc const& attrs, int32_t 
     int64_t const* x = dims[0];
     int64_t const* rois = dims[1];
     int64_t const* trans = dims[2];
-    int64_t const channels = int64_t(attrs.output_dim) * attrs.group_size * attrs.group_size;
+    // output_dim*group_size^2 in int64 without wrapping (it could wrap onto a valid channel count); a product above
+    // 2^31 - 1 fits no input, and is refused as such even while X's channels are unknown.
+    int64_t const groups = int64_t(attrs.group_size) * attrs.group_size;
+    if (groups > INT32_MAX || int64_t(attrs.output_dim) * groups > INT32_MAX)
+        return Status::invalid(std::string(op) + ": output_dim*group_size^2 = " + std::to_string(attrs.output_dim) + "*"
+            + std::to_string(attrs.group_size) + "^2 input channels must be below 2^31; check output_dim and "
+              "group_size");
+    int64_t const channels = int64_t(attrs.output_dim) * groups;
     DCN_RETURN_IF_ERROR(dimIs(op, "X", 1, x[1], channels, "output_dim*group_size^2"));
     DCN_RETURN_IF_ERROR(dimIs(op, "rois", 1, rois[1], 5, "(batch index, x1, y1, x2, y2)"));
     DCN_RETURN_IF_ERROR(dimIs(op, "trans", 0, trans[0], rois[0], "the number of RoIs"));

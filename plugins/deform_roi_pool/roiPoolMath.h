@@ -51,7 +51,10 @@ template <typename Acc>
 DCN_HD BilinearTap<Acc> bilinearTapInside(int32_t height, int32_t width, Acc y, Acc x)
 {
     Acc const yl = accFloor<Acc>(y), xl = accFloor<Acc>(x);
-    int32_t const y0 = yl >= Acc(0) ? int32_t(yl) : 0, x0 = xl >= Acc(0) ? int32_t(xl) : 0; // false for NaN
+    // At most size - 1: the callers clamp y onto Acc(height - 1), which in float32 rounds up past height - 1 for a
+    // size above 2^24 (H = 2^25 + 4: a sample clamped there floored to row H, one row past the plane).
+    int32_t const y0 = yl >= Acc(height - 1) ? height - 1 : (yl >= Acc(0) ? int32_t(yl) : 0); // 0 for NaN
+    int32_t const x0 = xl >= Acc(width - 1) ? width - 1 : (xl >= Acc(0) ? int32_t(xl) : 0);
     int32_t const y1 = y0 + 1 < height ? y0 + 1 : height - 1;
     int32_t const x1 = x0 + 1 < width ? x0 + 1 : width - 1;
     Acc const ly = y - yl, lx = x - xl, hy = Acc(1) - ly, hx = Acc(1) - lx;
@@ -64,7 +67,8 @@ DCN_HD BilinearTap<Acc> bilinearTapInside(int32_t height, int32_t width, Acc y, 
 template <typename Acc>
 DCN_HD bool batchIndexInside(Acc index, int32_t batch)
 {
-    return index > Acc(-1) && index < Acc(batch); // false for NaN
+    // batch > 0: for an empty batch an index in (-1, 0) truncates to image 0, which does not exist.
+    return batch > 0 && index > Acc(-1) && index < Acc(batch); // false for NaN
 }
 
 // RoIAlign's rule: no tap (the sample is 0) beyond one pixel outside the map, else the tap of the position clamped

@@ -1,5 +1,7 @@
 #include "roiPoolShapes.h"
 
+#include <cmath>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -16,6 +18,17 @@ Status inRange(char const* op, char const* name, int64_t value, int64_t minimum,
         + ", got " + std::to_string(value));
 }
 
+Status checkRoiPoolFloats(char const* op, float spatialScale, char const* shiftName, float shift)
+{
+    // NaN fails both comparisons; a scale of 0 or below pools every box onto one point, a NaN one pools NaN.
+    if (!(spatialScale > 0.f && spatialScale <= std::numeric_limits<float>::max()))
+        return Status::invalid(std::string(op) + ": spatial_scale must be a finite number > 0 (feature-map pixels per "
+            "image pixel, e.g. 1/16 = 0.0625 for a stride-16 map), got " + std::to_string(spatialScale));
+    if (!std::isfinite(shift))
+        return Status::invalid(std::string(op) + ": " + shiftName + " must be a finite number, got " + std::to_string(shift));
+    return Status::success();
+}
+
 Status checkRoiPool(dcn_deform_roi_pool_desc const& d)
 {
     char const* op = "DeformRoIPool";
@@ -30,7 +43,7 @@ Status checkRoiPool(dcn_deform_roi_pool_desc const& d)
         if (!s.ok())
             return s;
     }
-    return Status::success();
+    return checkRoiPoolFloats(op, d.spatial_scale, "gamma", d.gamma);
 }
 
 Status checkPsroiPool(dcn_deform_psroi_pool_desc const& d)
@@ -48,10 +61,18 @@ Status checkPsroiPool(dcn_deform_psroi_pool_desc const& d)
         if (!s.ok())
             return s;
     }
-    int64_t const expected = int64_t(d.output_dim) * d.group_size * d.group_size;
-    if (d.channels != expected)
-        return Status::invalid(std::string(op) + ": input must have output_dim*group_size^2 = " + std::to_string(expected)
+    // group_size^2 fits int64, and output_dim times it once that is below 2^31; a larger one wrapped, and could wrap
+    // onto the channel count (output_dim 5, group_size 1920767767 gave 2^64 + 21279829 and was accepted).
+    int64_t const groups = int64_t(d.group_size) * d.group_size;
+    bool const fits = groups <= INT32_MAX;
+    if (!fits || int64_t(d.output_dim) * groups != d.channels)
+        return Status::invalid(std::string(op) + ": input must have output_dim*group_size^2 = "
+            + (fits ? std::to_string(int64_t(d.output_dim) * groups)
+                    : std::to_string(d.output_dim) + "*" + std::to_string(d.group_size) + "^2")
             + " channels, got " + std::to_string(d.channels));
+    Status const floats = checkRoiPoolFloats(op, d.spatial_scale, "trans_std", d.trans_std);
+    if (!floats.ok())
+        return floats;
     if (!d.no_trans)
     {
         if (d.num_classes < 1 || d.output_dim % d.num_classes)

@@ -14,6 +14,9 @@ namespace dcn
 Status checkRoiPool(dcn_deform_roi_pool_desc const& d);
 Status checkPsroiPool(dcn_deform_psroi_pool_desc const& d);
 
+// The float fields: spatial_scale finite and > 0, gamma / trans_std finite (as dcn_deploy.ops.roi_spec.check_float).
+Status checkRoiPoolFloats(char const* op, float spatialScale, char const* shiftName, float shift);
+
 // `op: name must be from minimum to maximum, got value` unless value is in [minimum, maximum].
 Status inRange(char const* op, char const* name, int64_t value, int64_t minimum, int64_t maximum = INT32_MAX);
 
