@@ -420,6 +420,24 @@ class TestPrecisionFp16:
         report = accuracy_report(run_ort(model, {"x": x}), got, "fp16 with half I/O")
         assert_close_to_float32(report)  # measured: max/scale 3.8e-4 at most (the outputs rounded to half too)
 
+    def test_report_counts_what_each_node_runs_in(self):
+        """Counted as half only where a node computes in half (not a Shape of a float tensor, whose output is
+        int64); data movement left float32 after a kept node (a Relu after BatchNormalization) is counted apart."""
+        w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+        bn = [numpy_helper.from_array(np.full(2, v, np.float32), n) for n, v in
+              (("g", 1.0), ("b", 0.0), ("m", 0.0), ("v", 1.0))]
+        nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+                 helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                 helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"], name="bn"),
+                 helper.make_node("Relu", ["n"], ["y"], name="relu")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 2, 4, 4])],
+                                  [helper.make_tensor_value_info("y", TP.FLOAT, [1, 2, 4, 4]),
+                                   helper.make_tensor_value_info("s", TP.INT64, [4])], [w, *bn])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        _, report = convert_precision(model, "fp16")
+        assert report.half_nodes == 1 and [k[0] for k in report.kept_fp32] == ["bn"] and report.followed_fp32 == 1
+        assert "1 node(s) in fp16, 1 kept in float32 (and 1 data-movement node(s) after them)" in report.summary()
+
     def test_fp32_is_an_unchanged_copy(self):
         model = dcn_model()
         same, report = convert_precision(model, "fp32")

@@ -108,13 +108,16 @@ class PrecisionReport:
     io_dtype: str
     half_nodes: int = 0
     kept_fp32: List[Tuple[str, str, str]] = field(default_factory=list)  # (node, op_type, reason)
+    followed_fp32: int = 0  # data movement (Reshape, Relu, ...) left float32 after float32 inputs: no Cast round trip
     casts_inserted: int = 0
     initializers_converted: int = 0
     values_clipped: int = 0
 
     def summary(self) -> str:
         lines = [f"precision {self.precision}: {self.half_nodes} node(s) in {self.precision}, "
-                 f"{len(self.kept_fp32)} kept in float32, {self.casts_inserted} Cast(s) inserted, "
+                 f"{len(self.kept_fp32)} kept in float32"
+                 + (f" (and {self.followed_fp32} data-movement node(s) after them)" if self.followed_fp32 else "")
+                 + f", {self.casts_inserted} Cast(s) inserted, "
                  f"{self.initializers_converted} initializer(s) converted, model I/O {self.io_dtype}"]
         if self.values_clipped:
             lines.append(f"  warning: {self.values_clipped} constant value(s) beyond +-65504 clipped to float16's range")
@@ -124,7 +127,8 @@ class PrecisionReport:
 
     def to_json(self) -> dict:
         return {"precision": self.precision, "io_dtype": self.io_dtype, "half_nodes": self.half_nodes,
-                "kept_fp32": [list(k) for k in self.kept_fp32], "casts_inserted": self.casts_inserted,
+                "kept_fp32": [list(k) for k in self.kept_fp32], "followed_fp32": self.followed_fp32,
+                "casts_inserted": self.casts_inserted,
                 "initializers_converted": self.initializers_converted, "values_clipped": self.values_clipped}
 
 
@@ -407,6 +411,7 @@ class _HalfConversion:
             return False
         self._require(index, node, [_FLOAT if i in float_ins else None for i in range(len(node.input))])
         self._keep_output_types(node)
+        self.report.followed_fp32 += 1
         return True
 
     def _plan_compute_node(self, index: int, node: onnx.NodeProto, float_ins: List[int]) -> None:
@@ -430,8 +435,6 @@ class _HalfConversion:
         if reason is not None:
             self.report.kept_fp32.append((node.name or f"{node.op_type}#{index}", node.op_type, reason))
             half_params = set()
-        else:
-            self.report.half_nodes += 1
         any_type = _ANY_TYPE_INPUTS.get(node.op_type, ()) if _is_default_domain(node) else ()
         required: List[Optional[int]] = []
         for i, t in enumerate(node.input):
@@ -446,6 +449,9 @@ class _HalfConversion:
                 self.current[o] = self.half if (half_params and (outs[i] in half_params)) else _FLOAT
             elif o in self.types:
                 self.current[o] = self.types[o]
+        # counted when it computes in half: a Shape of a float tensor (any type in, int64 out) does not
+        if any(r == self.half for r in required) or any(self.current.get(o) == self.half for o in node.output if o):
+            self.report.half_nodes += 1
         self._require(index, node, required)
 
     # 2. ------------------------------------------------------------------------------------------------------
