@@ -22,7 +22,9 @@ infinity at the same place (a model that masks logits with -inf verifies). So:
 - the errors are computed over the elements whose reference is finite, so ``max_rel`` is never NaN; with no
   such element (or shapes that differ) every error is ``inf``, or 0 when every value is an inf reproduced.
 
-Tolerances depend on the output's dtype (:data:`DEFAULT_TOLERANCES`); the caller may override them.
+Tolerances depend on the output's dtype (:data:`DEFAULT_TOLERANCES`), or, for a float32/float64 output, on the half
+type either runner computes in (:meth:`Runner.compute_dtype`: an fp16 TensorRT engine, a graph converted to float16
+inside float32 inputs and outputs), with a note saying so; the caller may override them.
 """
 from __future__ import annotations
 
@@ -170,14 +172,18 @@ REFERENCE_NOT_FINITE = "NaN/inf values: nothing to compare there"
 def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.ndarray,
                     tolerance: Optional[Tolerance] = None,
                     overrides: Optional[Mapping[str, Tolerance]] = None,
-                    reference: str = "") -> OutputComparison:
+                    reference: str = "", computed_in: Optional[str] = None) -> OutputComparison:
     """Compare one output array with the reference's (see the module docstring for the rule).
 
     ``reference`` names the reference runner in the note of a failure (e.g. ``"PyTorch"``); empty: "reference".
+    ``computed_in``: ``"float16"``/``"bfloat16"`` when one side computed in that type (:meth:`Runner.compute_dtype`):
+    a float32 or float64 output is then held to that type's tolerance, and the note says so.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
-    tol = tolerance or tolerance_for(expected.dtype, overrides)
+    narrowed = (tolerance is None and computed_in is not None and expected.dtype.kind == "f"
+                and expected.dtype.itemsize > 2)
+    tol = tolerance or tolerance_for(computed_in if narrowed else expected.dtype, overrides)
     base = dict(runner=runner, output=name, dtype=str(expected.dtype), shape=tuple(expected.shape),
                 atol=tol.atol, rtol=tol.rtol)
     inf = float("inf")
@@ -208,7 +214,7 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
         with np.errstate(divide="ignore"):
             ratio = np.where(diff > 0, diff / allowed, 0.0)
     unchecked = int((~checked & ~same_inf).sum())
-    notes = []
+    notes = [f"computed in {computed_in}: {computed_in}'s tolerance"] if narrowed else []
     if unchecked:
         notes.append(f"the reference ({reference}) output" if reference else "the reference output")
         notes[-1] += (f" has {unchecked} of {expected.size} {REFERENCE_NOT_FINITE}; check the weights (tensors "
@@ -233,7 +239,8 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
                     shapes: Optional[Mapping[str, Sequence[int]]] = None, batch: Optional[int] = None,
                     seed: int = 0, tolerances: Optional[Mapping[str, Tolerance]] = None,
                     tolerance: Optional[Tolerance] = None,
-                    rois: Optional[Sequence[str]] = None) -> ComparisonResult:
+                    rois: Optional[Sequence[str]] = None,
+                    computed_in: Optional[str] = None) -> ComparisonResult:
     """Run every runner on one feed and compare each with ``runners[0]`` (the reference).
 
     Args:
@@ -248,6 +255,10 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
             None (default): those the runners report (:meth:`Runner.roi_inputs`; the ONNX Runtime runner reads
             them from its graph). Give them when you know them (the CLI does) to spare that runner a second read
             of its file. A given ``feed``'s boxes are checked (a batch index naming an image, finite coordinates).
+        computed_in: the narrowest type any runner computes in, ``"float32"`` (no half type), ``"float16"`` or
+            ``"bfloat16"``, when the caller knows it (the CLI reads the file once for everything); None (default):
+            each pair asks its runners (:meth:`Runner.compute_dtype`). A half type holds float32/float64 outputs to
+            its own tolerance, with a note.
 
     Returns:
         :class:`ComparisonResult` (``passed``, ``table()``, ``to_dict()``). Outputs are matched by name; if the
@@ -264,6 +275,8 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
         if value is not None and not isinstance(value, Tolerance):
             raise TypeError(f"compare_runners' {name} must be a Tolerance, got {value!r}; write "
                             "Tolerance(atol=1e-4, rtol=1e-3)")
+    if computed_in not in (None, "float32", "float16", "bfloat16"):
+        raise ValueError(f"computed_in must be None, 'float32', 'float16' or 'bfloat16', got {computed_in!r}")
     if len({id(r) for r in runners}) != len(runners):
         raise ValueError("compare_runners got the same runner object twice: it would only be compared with itself; "
                          "make a second runner (e.g. another backend) to compare with")
@@ -289,13 +302,20 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
         for runner in runners[1:]:
             actual = runner.infer(feed)
             pairs = _match_outputs(runner.name, actual, expected)
+            half = (_narrowest(reference.compute_dtype(), runner.compute_dtype()) if computed_in is None
+                    else _narrowest(computed_in))
             for name, act, exp in pairs:
                 result.outputs.append(compare_outputs(runner.name, name, act, exp, tolerance, tolerances,
-                                                      reference=reference.name))
+                                                      reference=reference.name, computed_in=half))
         return result
     finally:
         for r in activated:
             r.deactivate()
+
+
+def _narrowest(*types: Optional[str]) -> Optional[str]:
+    """The half type of the least precise side (bfloat16 before float16), or None."""
+    return next((t for t in ("bfloat16", "float16") if t in types), None)
 
 
 def runner_roi_inputs(runners: Sequence[Runner]) -> Tuple[str, ...]:

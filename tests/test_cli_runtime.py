@@ -262,3 +262,19 @@ def test_infer_warns_when_an_output_holds_nan(files, tmp_path):
     assert warning.startswith("warning: output y holds ") and " NaN and 0 infinite value(s) of 240:" in warning
     clean = run("infer", files["onnx"], "--input", f"x={files['x']}")
     assert "warning" not in clean.output
+
+
+def test_verify_holds_a_graph_converted_to_float16_to_float16s_tolerance(files, tmp_path):
+    """A file whose graph computes in float16 behind float32 inputs and outputs (convert_precision, what an fp16
+    engine runs): verify compares it at float16's tolerance and says so, instead of failing it at float32's."""
+    import onnx
+
+    from dcn_deploy.onnx.precision import convert_precision
+
+    half, _ = convert_precision(onnx.load(files["onnx"]), "fp16")
+    path = tmp_path / "half.onnx"
+    onnx.save(half, str(path))
+    result = run("verify", path, "--against", "ort", "--shape", "x=1x2x6x6", "--json")
+    assert result.exit_code == 0, result.output
+    (output,) = json.loads(result.stdout)["outputs"]
+    assert (output["atol"], output["rtol"]) == (1e-2, 1e-2) and "computed in float16" in output["note"]

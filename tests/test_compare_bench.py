@@ -248,6 +248,47 @@ def test_compare_runners_pass_then_fail_on_a_perturbed_output(tiny):
     assert "FAILED: 1 of 2 outputs" in failed.table()
 
 
+def test_a_graph_computing_in_half_is_held_to_the_half_types_tolerance(tiny, tmp_path):
+    """A float32-I/O graph converted to compute in float16 (what `dcn-deploy build --precision fp16` builds) is
+    compared at float16's tolerance, with a note, not at float32's, which its rounding would fail; a float32 graph
+    against itself keeps float32's."""
+    import onnx
+
+    from dcn_deploy.backends.ort_runner import OrtRunner
+    from dcn_deploy.feeds import half_compute_type
+    from dcn_deploy.onnx.precision import convert_precision
+
+    _, path = tiny
+    half, _ = convert_precision(onnx.load(str(path)), "fp16")
+    half_path = tmp_path / "tiny_fp16.onnx"
+    onnx.save(half, str(half_path))
+    assert half_compute_type(half) == "float16" and half_compute_type(onnx.load(str(path))) is None
+    assert OrtRunner(half_path).compute_dtype() == "float16" and OrtRunner(path).compute_dtype() is None
+    result = compare_runners([OrtRunner(path), OrtRunner(half_path)], shapes={"x": (1, 2, 6, 7)})
+    (output,) = result.outputs
+    assert output.dtype == "float32" and (output.atol, output.rtol) == (1e-2, 1e-2)
+    assert "computed in float16: float16's tolerance" in output.note and result.passed
+    same = compare_runners([OrtRunner(path), OrtRunner(path)], shapes={"x": (1, 2, 6, 7)}).outputs[0]
+    assert (same.atol, same.rtol) == (1e-4, 1e-3) and same.note == ""
+
+
+def test_an_engine_says_its_build_precision(tmp_path):
+    """The TensorRT runner reads its compute type from the engine's sidecar (no TensorRT needed for that)."""
+    from dcn_deploy.backends import engine_meta
+    from dcn_deploy.backends.trt_runner import TrtRunner
+
+    for precision, expected in (("fp16", "float16"), ("bf16", "bfloat16"), ("fp32", None)):
+        engine = tmp_path / f"{precision}.engine"
+        engine.write_bytes(b"engine")
+        engine_meta.write_meta(engine, engine_meta.EngineMeta(
+            engine_sha256=engine_meta.sha256_file(engine), tensorrt_version="10.14", gpu_name="GPU",
+            compute_capability=(9, 0), precision=precision, profiles=[], source_model={}, plugin_library=None,
+            inputs=[], outputs=[]))
+        assert TrtRunner(engine).compute_dtype() == expected
+    (tmp_path / "bare.engine").write_bytes(b"engine")
+    assert TrtRunner(tmp_path / "bare.engine").compute_dtype() is None   # no sidecar: unknown
+
+
 def test_compare_runners_uses_a_given_feed_and_needs_two_runners(tiny, rng):
     from dcn_deploy.backends.ort_runner import OrtRunner
 

@@ -91,6 +91,12 @@ class Runner(ABC):
         Empty unless the runner can tell from its model (the ONNX Runtime runner reads the graph)."""
         return ()
 
+    def compute_dtype(self) -> Optional[str]:
+        """``"float16"`` or ``"bfloat16"`` when the runner computes in that half type although its outputs may be
+        float32 (an fp16 TensorRT engine, a graph converted by ``convert_precision``): comparisons then allow that
+        type's error (:func:`dcn_deploy.compare.compare_runners`). None when unknown or not narrower."""
+        return None
+
     def last_inference_time(self) -> Optional[float]:
         """Seconds taken by the last ``infer`` call, or None before the first."""
         return self._last_time

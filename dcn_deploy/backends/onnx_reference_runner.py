@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -56,6 +56,12 @@ class OnnxReferenceRunner(Runner):
         self._evaluator = None
         self._inputs: Tuple[TensorMeta, ...] = ()
         self._output_names: Tuple[str, ...] = ()
+
+    def compute_dtype(self) -> Optional[str]:
+        """The half type the graph computes in, if any (as the ONNX Runtime runner)."""
+        from .ort_runner import _model_half_type
+
+        return _model_half_type(self.model)
 
     def _activate(self) -> None:
         import onnx

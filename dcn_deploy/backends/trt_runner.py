@@ -207,6 +207,16 @@ class TrtRunner(Runner):
         self._last_stages: Optional[StageTimes] = None
         self._graphs: Dict[tuple, Optional[_CudaGraph]] = {}  # at most one; None: capture failed
 
+    def compute_dtype(self) -> Optional[str]:
+        """float16 / bfloat16 for an engine built at that precision (its sidecar says), whatever its I/O type."""
+        from . import engine_meta
+
+        try:
+            precision = engine_meta.read_meta(self.engine_path, verify_engine_hash=False).precision
+        except (engine_meta.EngineMetaError, OSError, ValueError):
+            return None
+        return {"fp16": "float16", "bf16": "bfloat16"}.get(precision)
+
     # activation -------------------------------------------------------------------------------------------------
     def _plugin_path_for(self, meta) -> Optional[Path]:
         """The plugin library to load: None when the sidecar says the engine has no layers of ours (a broken or

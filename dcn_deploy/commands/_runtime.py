@@ -52,13 +52,15 @@ def check_tolerance_options(atol: Optional[float], rtol: Optional[float]) -> Non
         raise CliError(str(exc)) from None  # worded for the CLI: "--atol must be a finite number >= 0, got nan"
 
 
-def shapes_and_rois(shapes: Sequence[str], model_path: Path):
+def shapes_and_rois(shapes: Sequence[str], model_path: Path, *, half_type: bool = False):
     """``--shape`` options (with the file's stored example shapes) and the file's RoI box inputs, from one read of
-    ``model_path``; the copy is dropped on return, before the runners load their own."""
-    from ..feeds import parse_shape_options, read_onnx_file, roi_input_names
+    ``model_path``; the copy is dropped on return, before the runners load their own. With ``half_type``, also
+    the half type the file computes in (:func:`dcn_deploy.feeds.half_compute_type`; None for an engine)."""
+    from ..feeds import half_compute_type, parse_shape_options, read_onnx_file, roi_input_names
 
     model = read_onnx_file(model_path)
-    return parse_shape_options(shapes, model=model), (() if model is None else roi_input_names(model.graph))
+    found = (parse_shape_options(shapes, model=model), (() if model is None else roi_input_names(model.graph)))
+    return (*found, half_compute_type(model)) if half_type else found
 
 
 def model_ref_file(reference: Optional[str]) -> Optional[Path]:

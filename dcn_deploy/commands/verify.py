@@ -61,9 +61,13 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
         overrides = {k: Tolerance(v.atol if atol is None else atol, v.rtol if rtol is None else rtol)
                      for k, v in DEFAULT_TOLERANCES.items()}
 
-    shape_map, rois = shapes_and_rois(shapes, model_path)  # one read of the file, dropped before the runners load
+    # one read of the file, dropped before the runners load
+    shape_map, rois, file_half = shapes_and_rois(shapes, model_path, half_type=True)
     runners = make_runners([against, subject], model_path, torch_model, checkpoint, engine=engine, shapes=shape_map,
                            batches=[batch] if batch else [], keep_active=True)
+    # what the file computes in (ort, onnx-reference), or an engine (its sidecar, read without the engine)
+    engine_half = [r.compute_dtype() for r in runners if r.name == "tensorrt"]
+    computed_in = next((t for t in ("bfloat16", "float16") if t in (file_half, *engine_half)), "float32")
     if "onnx-reference" in (subject, against):  # once the arguments are known to be good: why this may take seconds
         echo_note("onnx-reference is onnx's numpy evaluator of the standard, slower than the runtimes")
     try:
@@ -71,7 +75,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
         if feed is not None:
             reject_empty({name: array.shape for name, array in feed.items()}, "--input")
         result = compare_runners(runners, feed, shapes=shape_map, batch=batch, seed=seed,
-                                 tolerances=overrides, rois=rois)
+                                 tolerances=overrides, rois=rois, computed_in=computed_in)
     except RunnerError as exc:  # a runner could not run these inputs: nothing was compared
         raise CliError(inference_failure(str(exc), model_path, torch_model)) from exc
     finally:
