@@ -464,7 +464,9 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // int32 (the staged product's n), with room for the tiled sampler's last tile past the end; then, for even
     // chunks (GemmChunks), as few chunks as that allows, of equal size but the last.
     bool const even = options.chunks == kGemmChunksEven;
-    if (imageBytes <= columnBudget)
+    // An image of more than kChunkPixelsMax output pixels is sliced whatever the budget: a whole one would make
+    // int32 chunk arithmetic (the staged output's grid, `pixels + kTile - 1`) overflow under budgets of 4 GiB or more.
+    if (imageBytes <= columnBudget && plane <= int64_t(kChunkPixelsMax))
     {
         int64_t const most = std::min<int64_t>({batch, int64_t(columnBudget / std::max<size_t>(imageBytes, 1)),
             std::max<int64_t>(1, int64_t(columnBudget / std::max<size_t>(inputImage, 1))), int64_t(65535),

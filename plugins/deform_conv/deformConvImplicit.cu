@@ -75,8 +75,10 @@ Status chooseImplicitLaunch(DeformConvGeometry const& geo, int32_t dtype, int32_
             + (kernel == kImplicitSpecialised ? "; unset DCN_DEPLOY_IMPLICIT_KERNEL (the stepwise kernel needs less) "
                                                 "or use algo 3 (GEMM)"
                                               : "; use algo 3 (GEMM)"));
+    // The device's whole opt-in, not this layer's need: the attribute is per function and device, process-wide, so a
+    // thread that set it to a smaller layer's size between another thread's set and launch made that launch fail.
     if (!withChosenImplicitKernel<T>(kernel, tileM, threads, [&](auto function) {
-            cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+            cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, sharedOptin);
         }))
         return Status::invalid(kernel == kImplicitSpecialised
                 ? "the specialised implicit-GEMM kernel has no instance of " + std::to_string(tileM)

@@ -604,6 +604,15 @@ void checkGridLimits()
             "batch " + std::to_string(batch) + " of 8x4x4: " + std::to_string(plan.images) + " images per chunk, "
                 + std::to_string(plan.inputImages) + " per transpose (grid z at most 65535)");
     }
+    // One image of more output pixels than kChunkPixelsMax, under a budget that would hold it whole (4 GiB, which
+    // DCN_DEPLOY_GEMM_CHUNK_MB allows): sliced, so that the chunk arithmetic (pixels + tile - 1) stays in int32.
+    DeformConvGeometry wide;
+    bool const made = makeGeometry({1, 1, 1, 2147483637, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1}, wide).ok();
+    GemmOptions options;
+    options.columnBudget = size_t(4) << 30;
+    GemmPlan const plan = planGemm(wide, 2, options);
+    check(made && plan.images == 1 && plan.pixels <= kChunkPixelsMax,
+        "an image of 2147483637 pixels under a 4 GiB budget: " + std::to_string(plan.pixels) + " pixels per chunk");
 }
 
 int main()
