@@ -66,8 +66,14 @@ class LoadReport:
         return [k for k in self.missing if ".conv_offset." in k]
 
     @property
+    def missing_counters(self) -> List[str]:
+        """Missing batch-norm step counters (``num_batches_tracked``): torchvision's ImageNet files have none, and
+        inference never reads them; they keep the model's values."""
+        return [k for k in self.missing if k.endswith(".num_batches_tracked")]
+
+    @property
     def missing_other(self) -> List[str]:
-        return [k for k in self.missing if ".conv_offset." not in k]
+        return [k for k in self.missing if ".conv_offset." not in k and not k.endswith(".num_batches_tracked")]
 
     @property
     def missing_head(self) -> List[str]:
@@ -83,12 +89,13 @@ class LoadReport:
         ImageNet files predate them; inference never reads them), plus those outside the head whose shapes did not
         fit (skipped, so also left at their initialisation). Any means the checkpoint is of another architecture."""
         head, missing_head = set(self.head), set(self.missing_head)
-        missing = [k for k in self.missing_other if k not in missing_head and not k.endswith(".num_batches_tracked")]
+        missing = [k for k in self.missing_other if k not in missing_head]
         return missing + [key for key, *_ in self.mismatched if key not in head]
 
     @property
     def complete(self) -> bool:
-        """True when every tensor of the model came from the checkpoint except the zero-initialised offsets."""
+        """True when every tensor of the model came from the checkpoint except the zero-initialised offsets (and
+        batch-norm step counters, :attr:`missing_counters`)."""
         return not self.missing_other and not self.mismatched
 
     def summary(self, limit: int = 8) -> str:
@@ -99,6 +106,9 @@ class LoadReport:
         if self.missing_offsets:
             lines.append(f"missing, kept at zero (the paper's initialisation of offsets): {len(self.missing_offsets)} "
                          f"offset-branch tensors in {_group(self.missing_offsets, limit)}")
+        if self.missing_counters:
+            lines.append(f"not in the checkpoint, kept as they were: {len(self.missing_counters)} batch-norm step "
+                         "counters (num_batches_tracked; inference does not read them)")
         if self.missing_other:
             lines.append(f"MISSING, kept at their random initial values: {len(self.missing_other)} tensors: "
                          f"{_listing(self.missing_other, limit)}")
@@ -227,7 +237,11 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
             f"like {sorted(own)[:3]}); pass prefix=(strip, add) to rename them")
     result = model.load_state_dict(loadable, strict=False)
     skipped = {m[0] for m in report.mismatched}
-    report.missing = [k for k in result.missing_keys if k not in skipped]
+    # BatchNorm fills in a num_batches_tracked that a state_dict without version metadata lacks (its loading path
+    # for pre-1.0 files), so load_state_dict does not list it as missing: count it here, or ``loaded`` would claim
+    # tensors the checkpoint does not hold (all 53 counters of a torchvision ResNet-50 file, a new head's).
+    missing = set(result.missing_keys) | {k for k in own if k.endswith(".num_batches_tracked") and k not in loadable}
+    report.missing = [k for k in own if k in missing and k not in skipped]
     original = {add + k[len(strip):]: k for k in state if k.startswith(strip)}
     report.unexpected = ([original.get(k, k) for k in result.unexpected_keys]
                          + sorted(k for k in state if not k.startswith(strip)))

@@ -51,7 +51,10 @@ class DeepLab(nn.Module):
     Args:
         depth: 50 or 101.
         num_classes: output classes (21 for PASCAL VOC, the paper's segmentation benchmark).
-        deform_stages, deform_version, deform_last_blocks: as :class:`ResNet`; ``()`` gives the plain network.
+        deform_stages, deform_version, deform_last_blocks, deform_groups: as :class:`ResNet`; ``()`` gives the
+            plain network.
+        contract_dilation: as :class:`ResNet`; False (default) gives the paper's c5, dilation 2 in all three
+            3x3 layers; True torchvision's (res5a's 3x3 keeps dilation 1).
         aspp_channels, aspp_rates: head width and dilation rates (for output stride 16).
 
     ``forward(x)``: x (N, 3, H, W) -> logits (N, num_classes, H, W).
@@ -59,10 +62,11 @@ class DeepLab(nn.Module):
 
     def __init__(self, depth: int = 50, num_classes: int = 21, deform_stages: Sequence[int] = (5,),
                  deform_version: str = "v1", deform_last_blocks=None, aspp_channels: int = 256,
-                 aspp_rates: Sequence[int] = (6, 12)):
+                 aspp_rates: Sequence[int] = (6, 12), deform_groups: int = 1, contract_dilation: bool = False):
         super().__init__()
         self.backbone = ResNet(depth, num_classes=None, deform_stages=deform_stages, deform_version=deform_version,
-                               deform_last_blocks=deform_last_blocks, dilate_stages=(5,))
+                               deform_last_blocks=deform_last_blocks, deform_groups=deform_groups,
+                               dilate_stages=(5,), contract_dilation=contract_dilation)
         self.head = ASPPLite(self.backbone.out_channels, aspp_channels, aspp_rates)
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
         self.num_classes = num_classes

@@ -79,6 +79,11 @@ class ResNet(nn.Module):
         deform_groups: offset groups of each deformable layer.
         dilate_stages: stages whose stride is replaced by dilation (torchvision's
             ``replace_stride_with_dilation``); ``(5,)`` gives output stride 16 (DeepLab, R-FCN).
+        contract_dilation: in a dilated stage, the first block's 3x3 keeps the previous stage's dilation (True:
+            torchvision's ``replace_stride_with_dilation``, mmsegmentation's ``contract_dilation``) or takes the
+            stage's new dilation like the other blocks (False: Dai et al. 2017, whose dilated c5 has dilation 2 in
+            all its 3x3 layers, res5a's included, as in the authors' code and mmdetection's ``dilations``).
+            Only the dilation differs: the parameters, and so the checkpoints, are the same.
 
     ``forward(x)``: x (N, 3, H, W) -> logits (N, num_classes), or with ``num_classes=None`` the c5 feature map
     (N, 2048, H/32, W/32) (H/16 when c5 is dilated). ``forward_features(x)`` returns ``{"c2".."c5": tensor}``.
@@ -86,7 +91,7 @@ class ResNet(nn.Module):
 
     def __init__(self, depth: int = 50, num_classes: Optional[int] = 1000, deform_stages: Sequence[int] = (5,),
                  deform_last_blocks: Optional[int] = None, deform_version: str = "v1", deform_groups: int = 1,
-                 dilate_stages: Sequence[int] = ()):
+                 dilate_stages: Sequence[int] = (), contract_dilation: bool = True):
         super().__init__()
         if depth not in STAGE_BLOCKS:
             raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)}, got {depth!r}")
@@ -105,6 +110,7 @@ class ResNet(nn.Module):
         self.deform_stages = tuple(sorted(set(deform_stages)))
         self.deform_version = deform_version
         self.dilate_stages = tuple(sorted(set(dilate_stages)))
+        self.contract_dilation = bool(contract_dilation)
         self.num_classes = num_classes
         self.out_channels = 512 * Bottleneck.expansion
 
@@ -141,7 +147,8 @@ class ResNet(nn.Module):
             downsample = nn.Sequential(
                 nn.Conv2d(self._in_channels, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * Bottleneck.expansion))
-        layers = [Bottleneck(self._in_channels, planes, stride, downsample, previous_dilation,
+        first_dilation = previous_dilation if self.contract_dilation else self._dilation
+        layers = [Bottleneck(self._in_channels, planes, stride, downsample, first_dilation,
                              deform if first_deform <= 0 else None, deform_groups)]
         self._in_channels = planes * Bottleneck.expansion
         for i in range(1, blocks):

@@ -106,7 +106,10 @@ class RFCN(nn.Module):
     Args:
         depth: 50 or 101.
         num_classes: classes including background.
-        deform_stages, deform_version: as :class:`ResNet` (``()`` for a plain backbone).
+        deform_stages, deform_version, deform_last_blocks, deform_groups: as :class:`ResNet` (``()`` for a plain
+            backbone; the authors' R-FCN uses ``deform_groups=4``).
+        contract_dilation: as :class:`ResNet`; False (default) gives the paper's c5, dilation 2 in all three
+            3x3 layers; True torchvision's (res5a's 3x3 keeps dilation 1).
         deformable_pooling: deformable (True, the paper's) or plain position-sensitive RoI pooling.
         head_kwargs: passed to :class:`RFCNHead` (group_size, sample_per_part, hidden_channels, ...).
 
@@ -115,10 +118,12 @@ class RFCN(nn.Module):
     """
 
     def __init__(self, depth: int = 50, num_classes: int = 21, deform_stages: Sequence[int] = (5,),
-                 deform_version: str = "v1", deformable_pooling: bool = True, **head_kwargs):
+                 deform_version: str = "v1", deformable_pooling: bool = True, deform_last_blocks=None,
+                 deform_groups: int = 1, contract_dilation: bool = False, **head_kwargs):
         super().__init__()
         self.backbone = ResNet(depth, num_classes=None, deform_stages=deform_stages, deform_version=deform_version,
-                               dilate_stages=(5,))
+                               deform_last_blocks=deform_last_blocks, deform_groups=deform_groups,
+                               dilate_stages=(5,), contract_dilation=contract_dilation)
         self.head = RFCNHead(self.backbone.out_channels, num_classes, spatial_scale=1.0 / 16,
                              deformable=deformable_pooling, **head_kwargs)
 

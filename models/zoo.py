@@ -144,8 +144,8 @@ def _register_all() -> None:
                           {"depth": depth, "deform_stages": ()}, ("image",), ("logits",)))
         variants = [("dcn", "c5"), ("dcnv2", "c3c5")] + ([("dcnv2", "c5"), ("dcn", "c3c5")] if depth == 50 else [])
         for kind, stages in variants:
-            where = ("the 3x3 layers of c5 (the paper's default: the last three blocks)" if stages == "c5"
-                     else "the 3x3 layers of c3-c5 (mmdetection's default)")
+            where = ("the 3x3 layers of c5 (the DCN paper's default: the last three blocks)" if stages == "c5"
+                     else "the 3x3 layers of c3-c5 (the DCNv2 paper's and mmdetection's default)")
             register(ZooEntry(
                 f"{base}_{kind}_{stages}",
                 f"ResNet-{depth} classifier with deformable convolution {_VERSIONS[kind]} in {where}",

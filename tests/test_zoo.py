@@ -305,6 +305,36 @@ def test_require_backbone_accepts_what_converted_checkpoints_lack():
         load_checkpoint(DeepLab(50, num_classes=5, deform_stages=(5,)), imagenet, require_backbone=True)
 
 
+def test_loaded_counts_only_what_the_checkpoint_holds():
+    # BatchNorm fills in num_batches_tracked that a file lacks (torchvision's ImageNet files): not "loaded"
+    source = randomise(ResNet(50, deform_stages=()), seed=13)
+    imagenet = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    report = load_checkpoint(ResNet(50, deform_stages=(5,)), imagenet, strict=True)
+    assert len(report.loaded) == len(imagenet) == 267 and len(report.missing_counters) == 53 and report.complete
+    assert "53 batch-norm step counters" in report.summary() and "MISSING" not in report.summary()
+    report = load_checkpoint(DeepLab(50, num_classes=5, deform_stages=(5,)), source.state_dict())
+    assert set(report.loaded) == {f"backbone.{k}" for k in source.state_dict() if not k.startswith("fc.")}
+    assert all(k.startswith("head.") for k in report.missing_counters) and len(report.missing_counters) == 4
+
+
+def test_dilated_c5_follows_the_paper_in_deeplab_and_rfcn_and_torchvision_in_resnet():
+    from dcn_deploy.models.rfcn import RFCN
+
+    def dilations(backbone):
+        return [backbone.layer4[i].conv2.dilation for i in range(3)]
+
+    # Dai et al. 2017 (and the authors' code): every 3x3 of the dilated c5 has dilation 2, res5a's included
+    assert dilations(DeepLab(50).backbone) == [(2, 2)] * 3
+    assert dilations(RFCN(50).backbone) == [(2, 2)] * 3
+    # torchvision's replace_stride_with_dilation keeps dilation 1 in the first block
+    assert dilations(ResNet(50, num_classes=None, dilate_stages=(5,))) == [(1, 1), (2, 2), (2, 2)]
+    assert dilations(DeepLab(50, contract_dilation=True).backbone) == [(1, 1), (2, 2), (2, 2)]
+    # the authors' R-FCN uses 4 offset groups (a 72-channel offset convolution)
+    model = RFCN(50, deform_groups=4, deform_last_blocks=2)
+    assert model.backbone.deformable_layers() == ["layer4.1.conv2", "layer4.2.conv2"]
+    assert model.backbone.layer4[1].conv2.conv_offset.weight.shape == (72, 512, 3, 3)
+
+
 def test_bad_arguments_name_the_option():
     with pytest.raises(ValueError, match="depth"):
         ResNet(34)

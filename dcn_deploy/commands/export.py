@@ -146,7 +146,8 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
 
     try:
         report = export(loaded.model, example, output, dynamic=dynamic, opset=opset, standard=standard,
-                        verify=not no_verify, rtol=rtol, atol=atol, require_deformable=not allow_no_deformable,
+                        verify=not no_verify, rtol=rtol, atol=atol,
+                        require_deformable=not allow_no_deformable and not _plain_zoo_model(loaded),
                         verify_inputs=verify_inputs, verify_examples=bool(input_files),
                         verify_inputs_label="model's own inputs", progress=stage,
                         input_names=_names(input_names, "--input-names") or loaded.input_names,
@@ -162,6 +163,16 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
         echo_report(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report))
         raise
     echo_report(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
+
+
+def _plain_zoo_model(loaded) -> bool:
+    """True for a zoo model listed as plain (a deformable model's twin): it has no deformable layer by design, so
+    the export does not ask for --allow-no-deformable (the zoo report exports it the same way)."""
+    if loaded.kind != "zoo":
+        return False
+    from ..models import zoo
+
+    return not zoo.get(loaded.reference).deformable
 
 
 def _fix_adaptive_sampling(loaded, ratio: int, stage: Callable[[str], None]) -> None:
