@@ -455,3 +455,18 @@ def test_unreadable_checkpoint_files_are_explained(tmp_path, kind, says):
         load_checkpoint(ResNet(50, num_classes=None, deform_stages=()), path)
     assert f"cannot read checkpoint {path}: {says}" in str(info.value)
     assert "174812789" not in str(info.value) and "two options" not in str(info.value)
+
+
+def test_untrained_deep_networks_keep_outputs_where_float32_verifies():
+    """bn3 starts at 0.5, not torchvision's 1: an untrained ResNet-101's logits were near 1.4e4, where float32
+    roundoff alone failed `dcn-deploy export resnet101_dcn_c5` verification; now near 10. The residual branches
+    (and their deformable layers) still reach the output (not zero_init_residual)."""
+    from dcn_deploy.models import zoo
+
+    model = zoo.get("resnet101_dcn_c5").build().eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(x)
+        assert 0.1 < float(logits.abs().max()) < 100
+        torch.nn.init.normal_(model.layer4[2].conv2.conv_offset.weight, std=0.05)   # offsets now move samples
+        assert not torch.allclose(model(x), logits)
