@@ -55,6 +55,10 @@ def test_check_not_an_input_compares_files_not_spellings(tmp_path):
     model.write_bytes(b"x")
     with pytest.raises(ValueError, match="engine path .* is the ONNX model"):
         check_not_an_input(tmp_path / "." / "m.onnx", "engine path", [("ONNX model", model)])
+    link = tmp_path / "link.onnx"
+    link.symlink_to(model)   # another spelling of the same file, which os.path.abspath does not see through
+    with pytest.raises(ValueError, match="engine path .*link.onnx is the ONNX model"):
+        check_not_an_input(link, "engine path", [("ONNX model", model)])
     check_not_an_input(tmp_path / "m.engine", "engine path", [("ONNX model", model), ("timing cache", None)])
 
 

@@ -502,3 +502,16 @@ def test_fixed_batch_has_one_wording_for_one_batch_and_for_several():
     assert own[own.index(", or export"):] == str(several.value)[str(several.value).index(", or export"):]
     with pytest.raises(ValueError, match="runs any batch size"):
         fixed_batch_error([TensorMeta("x", F32, ("N", 3))], [4])
+
+
+def test_a_bfloat16_compute_type_needs_no_bfloat16_numpy_dtype():
+    """computed_in="bfloat16" picks bfloat16's tolerance by name: numpy knows no bfloat16 until ml_dtypes (onnx)
+    registers it, and a torch runner against a bf16 engine need not import onnx."""
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\nfrom dcn_deploy.compare import compare_outputs\n"
+              "a = np.ones(4, np.float32)\n"
+              "print(compare_outputs('trt', 'y', a * 1.01, a, computed_in='bfloat16').passed)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]

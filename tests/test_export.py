@@ -342,3 +342,17 @@ def test_exporter_failure_is_one_clear_error(tmp_path):
     with pytest.raises(ExportError, match="torch.onnx.export \\(dynamo\\) failed on DataDependent"):
         export(DataDependent().eval(), (torch.randn(1, 2, 3, 3),), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_program_of_a_batch_norm_without_running_stats_in_eval_mode_is_not_refused(tmp_path):
+    """BatchNorm2d(track_running_stats=False) normalises with batch statistics in eval mode too (training=True in the
+    traced batch_norm, running_mean None): that is no training-mode trace, and the nn.Module itself exports."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn, self.dcn = torch.nn.BatchNorm2d(2, track_running_stats=False), DeformConv2d(2, 2, 3, padding=1)
+
+        def forward(self, x, offset):
+            return self.dcn(self.bn(x), offset)
+
+    export(torch.export.export(Net().eval(), _TINY), None, tmp_path / "no_stats.onnx", verify=False)

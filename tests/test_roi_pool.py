@@ -235,6 +235,8 @@ def test_double_backward_is_refused_not_silently_first_order():
             torch.autograd.grad(call().square().sum(), x, create_graph=True)
         (grad,) = torch.autograd.grad(call().square().sum(), x)
         assert torch.count_nonzero(grad) > 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_roi_pool_dtypes(dtype):
     gen = torch.Generator().manual_seed(4)

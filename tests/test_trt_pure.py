@@ -436,7 +436,7 @@ class TestPrecisionFp16:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
         _, report = convert_precision(model, "fp16")
         assert report.half_nodes == 1 and [k[0] for k in report.kept_fp32] == ["bn"] and report.followed_fp32 == 1
-        assert "1 node(s) in fp16, 1 kept in float32 (and 1 data-movement node(s) after them)" in report.summary()
+        assert "1 node(s) in fp16, 1 kept in float32 (and 1 data-movement node(s) left float32 on float32 values)" in report.summary()
 
     def test_fp32_is_an_unchanged_copy(self):
         model = dcn_model()

@@ -83,7 +83,8 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
             it); None: TensorRT's default (the GPU's memory). Our plugin's layers fit their workspace under it.
         timing_cache: a file read before and written after the build (created if missing) to speed up rebuilds.
         keep_fp32: node names kept in float32 by the precision conversion.
-        io_dtype: "float32" (default) or "half": the engine's input/output type under fp16/bf16.
+        io_dtype: "float32" (default) or "half": the engine's input/output type under fp16/bf16 (RoI box inputs
+            stay float32).
         plugin_library: our plugin library; default ``dcn_deploy.plugin.library.require_library("plugin")``.
         use_plugin: False leaves our nodes unrouted (TensorRT then uses the ONNX function body -> its own DCN plugin).
         tf32: allow TF32 for float32 layers (TensorRT's default); False for bit-closer fp32 results.

@@ -38,7 +38,8 @@ from . import EXIT_INTERRUPTED, CliError
               help="Keep this ONNX node in float32 under --precision fp16/bf16 (repeatable; the node names are "
                    "listed by `dcn-deploy inspect --nodes MODEL.onnx`).")
 @click.option("--io-dtype", type=click.Choice(["float32", "half"]), default="float32", show_default=True,
-              help="Engine input/output type under fp16/bf16: float32 (casts inside the engine) or the half type.")
+              help="Engine input/output type under fp16/bf16: float32 (casts inside the engine) or the half type "
+                   "(RoI box inputs stay float32).")
 @click.option("--plugin", "plugin_library", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Our TensorRT plugin library [default: the one `dcn-deploy plugin info` shows].")
 @click.option("--no-plugin", is_flag=True,

@@ -236,7 +236,10 @@ def _refuse_training_program(model) -> None:
         index, what = _TRAINING_ARGS[name]
         training = (node.args[index] if len(node.args) > index
                     else node.kwargs.get("training", node.kwargs.get("train")))
-        if training is True:
+        # a BatchNorm without running statistics (track_running_stats=False) normalises with the batch's in eval
+        # mode too: training=True there is no sign of a training-mode trace
+        no_running_stats = what == _BATCH_STATISTICS[1] and len(node.args) > 4 and node.args[3] is None
+        if training is True and not no_running_stats:
             found.append(f"{what} at {node.name}")
     if found:
         raise ExportRefusedError(

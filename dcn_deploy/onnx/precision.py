@@ -116,7 +116,8 @@ class PrecisionReport:
     def summary(self) -> str:
         lines = [f"precision {self.precision}: {self.half_nodes} node(s) in {self.precision}, "
                  f"{len(self.kept_fp32)} kept in float32"
-                 + (f" (and {self.followed_fp32} data-movement node(s) after them)" if self.followed_fp32 else "")
+                 + (f" (and {self.followed_fp32} data-movement node(s) left float32 on float32 values)"
+                    if self.followed_fp32 else "")
                  + f", {self.casts_inserted} Cast(s) inserted, "
                  f"{self.initializers_converted} initializer(s) converted, model I/O {self.io_dtype}"]
         if self.values_clipped:
@@ -269,7 +270,8 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
     Args:
         keep_fp32_nodes: node names to keep in float32 (each must exist).
         keep_fp32_ops: op_type -> reason; defaults to :data:`KEEP_FP32_OPS`.
-        io_dtype: "float32" (model inputs/outputs stay float32, Casts at the boundary) or "half".
+        io_dtype: "float32" (model inputs/outputs stay float32, Casts at the boundary) or "half" (RoI box inputs
+            stay float32).
     Raises :class:`PrecisionError` for unknown node names, control flow, or bf16 below opset 22 with our ops.
     """
     check_precision_options(precision, io_dtype)
@@ -345,8 +347,8 @@ class _HalfConversion:
         self.constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and _is_default_domain(n)
                           and self.types.get(n.output[0]) == _FLOAT}
         self.graph_inputs = {vi.name for vi in g.input if vi.name not in self.initializers}
-        # RoI boxes stay float32 even under io_dtype="half": in float16 a box corner moves by up to 0.5 px past 512
-        # px and 1 px past 1024 (bfloat16: 4 px past 512), which the float32 RoI pooling rule exists to avoid
+        # RoI boxes stay float32 even under io_dtype="half": float16 rounds a box corner to 0.5 px steps past 512 px
+        # and 1 px steps past 1024 (bfloat16: 4 px steps past 512), which the float32 RoI pooling rule exists to avoid
         from ..feeds.onnx_file_inputs import roi_input_names
 
         self.float32_inputs = set(roi_input_names(g))
