@@ -36,6 +36,7 @@ import numpy as np
 
 from .backends.base import Runner
 from .feeds import check_roi_batch_indices, format_shape, random_feed
+from .onnx.compute_type import narrowest_half_type
 from .wording import argument
 
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "OutputComparison", "ComparisonResult", "compare_outputs",
@@ -305,8 +306,8 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
         for runner in runners[1:]:
             actual = runner.infer(feed)
             pairs = _match_outputs(runner.name, actual, expected)
-            half = (_narrowest(reference.compute_dtype(), runner.compute_dtype()) if computed_in is None
-                    else _narrowest(computed_in))
+            half = (narrowest_half_type(reference.compute_dtype(), runner.compute_dtype()) if computed_in is None
+                    else narrowest_half_type(computed_in))
             for name, act, exp in pairs:
                 result.outputs.append(compare_outputs(runner.name, name, act, exp, tolerance, tolerances,
                                                       reference=reference.name, computed_in=half))
@@ -314,11 +315,6 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
     finally:
         for r in activated:
             r.deactivate()
-
-
-def _narrowest(*types: Optional[str]) -> Optional[str]:
-    """The half type of the least precise side (bfloat16 before float16), or None."""
-    return next((t for t in ("bfloat16", "float16") if t in types), None)
 
 
 def runner_roi_inputs(runners: Sequence[Runner]) -> Tuple[str, ...]:

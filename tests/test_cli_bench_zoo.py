@@ -260,3 +260,12 @@ def test_plugin_build_elsewhere_says_how_to_find_the_libraries(tmp_path, monkeyp
     monkeypatch.setenv(library.ENV_DIR, str(lib))
     assert library_dir_hint({"host": host}) is None  # found now: no hint
     assert library.find_library("host") == host
+
+
+def test_a_plain_zoo_twin_exports_without_allow_no_deformable(tmp_path):
+    """The zoo's plain networks have no deformable layer by design: export does not ask for --allow-no-deformable
+    for them (a FILE.py:FACTORY without one still does: test_export_ux)."""
+    out = tmp_path / "plain.onnx"
+    result = run("export", "resnet50_plain", "-o", out, "--input-shape", "1x3x32x32", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert out.is_file()

@@ -255,7 +255,7 @@ def test_a_graph_computing_in_half_is_held_to_the_half_types_tolerance(tiny, tmp
     import onnx
 
     from dcn_deploy.backends.ort_runner import OrtRunner
-    from dcn_deploy.feeds import half_compute_type
+    from dcn_deploy.onnx.compute_type import half_compute_type
     from dcn_deploy.onnx.precision import convert_precision
 
     _, path = tiny

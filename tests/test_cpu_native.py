@@ -213,6 +213,7 @@ def test_the_binding_speaks_the_headers_abi_version_and_a_stale_library_is_not_u
 
     header = (Path(__file__).resolve().parents[1] / "plugins" / "common" / "dcn_kernels.h").read_text()
     assert int(re.search(r"#define DCN_ABI_VERSION (\d+)", header).group(1)) == native_module.ABI_VERSION
+    assert int(re.search(r"DCN_FORWARD_ALLOW_TF32 = (\d+)", header).group(1)) == native_module.DCN_FORWARD_ALLOW_TF32
     assert cpu_lib.abi_version == native_module.ABI_VERSION
     monkeypatch.setattr(native_module, "ABI_VERSION", native_module.ABI_VERSION + 1)  # as if the build were stale
     native_paths._cpu_library.cache_clear()

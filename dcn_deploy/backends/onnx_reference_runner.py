@@ -59,9 +59,9 @@ class OnnxReferenceRunner(Runner):
 
     def compute_dtype(self) -> Optional[str]:
         """The half type the graph computes in, if any (as the ONNX Runtime runner)."""
-        from .ort_runner import _model_half_type
+        from ..onnx.compute_type import model_half_type
 
-        return _model_half_type(self.model)
+        return model_half_type(self.model)
 
     def _activate(self) -> None:
         import onnx

@@ -231,8 +231,10 @@ class OrtRunner(Runner):
         return self._output_metas
 
     def compute_dtype(self) -> Optional[str]:
-        """The half type the graph computes in, if any (:func:`dcn_deploy.feeds.half_compute_type`)."""
-        return _model_half_type(self.model)
+        """The half type the graph computes in, if any (:mod:`dcn_deploy.onnx.compute_type`)."""
+        from ..onnx.compute_type import model_half_type
+
+        return model_half_type(self.model)
 
     def roi_inputs(self) -> Tuple[str, ...]:
         """Inputs that are RoI boxes (input 1 of a ``dcn_deploy`` RoI pooling node), read from the model's graph."""
@@ -269,18 +271,3 @@ class OrtRunner(Runner):
             shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in arrays.items())
             raise RunnerError(f"ort: inference failed on inputs ({shapes}): {str(exc).strip()}") from exc
         return {meta.name: value for meta, value in zip(self._output_metas, values)}
-
-
-def _model_half_type(model) -> Optional[str]:
-    """:func:`dcn_deploy.feeds.half_compute_type` of a model given as a path, bytes or a ModelProto."""
-    from ..feeds import half_compute_type, read_onnx_file
-
-    if isinstance(model, (str, os.PathLike)):
-        return half_compute_type(read_onnx_file(model))
-    if isinstance(model, (bytes, bytearray)):
-        try:
-            return half_compute_type(_read_model(model))
-        except Exception:  # noqa: BLE001 - not a model: activate() reports that
-            return None
-    return half_compute_type(model) if hasattr(model, "graph") else None
-

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import click
 
@@ -52,15 +52,23 @@ def check_tolerance_options(atol: Optional[float], rtol: Optional[float]) -> Non
         raise CliError(str(exc)) from None  # worded for the CLI: "--atol must be a finite number >= 0, got nan"
 
 
-def shapes_and_rois(shapes: Sequence[str], model_path: Path, *, half_type: bool = False):
-    """``--shape`` options (with the file's stored example shapes) and the file's RoI box inputs, from one read of
-    ``model_path``; the copy is dropped on return, before the runners load their own. With ``half_type``, also
-    the half type the file computes in (:func:`dcn_deploy.feeds.half_compute_type`; None for an engine)."""
-    from ..feeds import half_compute_type, parse_shape_options, read_onnx_file, roi_input_names
+class FileFacts(NamedTuple):
+    """What verify and bench take from the model file itself, read once (:func:`file_facts`)."""
+
+    shapes: dict      # --shape options, with the file's stored example shapes for the sizes not given
+    rois: tuple       # the RoI box inputs
+    half_type: Optional[str]  # the half type the graph computes in (dcn_deploy.onnx.compute_type), else None
+
+
+def file_facts(shapes: Sequence[str], model_path: Path) -> FileFacts:
+    """:class:`FileFacts` from one read of ``model_path`` (an engine: no facts); the copy is dropped on return,
+    before the runners load their own."""
+    from ..feeds import parse_shape_options, read_onnx_file, roi_input_names
+    from ..onnx.compute_type import half_compute_type
 
     model = read_onnx_file(model_path)
-    found = (parse_shape_options(shapes, model=model), (() if model is None else roi_input_names(model.graph)))
-    return (*found, half_compute_type(model)) if half_type else found
+    return FileFacts(parse_shape_options(shapes, model=model), () if model is None else roi_input_names(model.graph),
+                     half_compute_type(model))
 
 
 def model_ref_file(reference: Optional[str]) -> Optional[Path]:

@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 import click
 
 from . import CliError, echo_report, json_stdout
-from ._runtime import (check_output_option, default_runner, engine_option, inference_failure, make_runners,
-                       model_argument, parse_int_list, parse_runner_list, shape_options, shapes_and_rois,
+from ._runtime import (check_output_option, default_runner, engine_option, file_facts, inference_failure,
+                       make_runners, model_argument, parse_int_list, parse_runner_list, shape_options,
                        torch_model_options)
 
 
@@ -61,7 +61,7 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
         check_output_option(output, model_path, torch_model, checkpoint, engine)  # before the runners load
     kinds = parse_runner_list(runner_list) if runner_list else [default_runner(model_path)]
     batches = parse_int_list(batch_list, "--batch") if batch_list is not None else None
-    shape_map, rois = shapes_and_rois(shapes, model_path)  # one read of the file, dropped before the runners load
+    shape_map, rois, _ = file_facts(shapes, model_path)  # one read of the file, dropped before the runners load
     runners = make_runners(kinds, model_path, torch_model, checkpoint, threads, engine, shapes=shape_map,
                            batches=batches or (), keep_active=False)  # benchmark activates each while it times it
     from ..backends.base import RunnerError

@@ -8,7 +8,7 @@ import click
 
 from . import EXIT_FAILED, CliError, echo_report, json_stdout
 from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, echo_note, engine_option,
-                       inference_failure, make_runners, model_argument, shape_options, shapes_and_rois,
+                       file_facts, inference_failure, make_runners, model_argument, shape_options,
                        torch_model_options)
 
 
@@ -50,6 +50,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     from ..backends.base import RunnerError
     from ..compare import DEFAULT_TOLERANCES, Tolerance, compare_runners
     from ..feeds import load_feed, reject_empty
+    from ..onnx.compute_type import narrowest_half_type
 
     against, subject = _runner_pair(against, subject, torch_model, model_path)
     if inputs and (shapes or batch):
@@ -61,13 +62,12 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
         overrides = {k: Tolerance(v.atol if atol is None else atol, v.rtol if rtol is None else rtol)
                      for k, v in DEFAULT_TOLERANCES.items()}
 
-    # one read of the file, dropped before the runners load
-    shape_map, rois, file_half = shapes_and_rois(shapes, model_path, half_type=True)
+    shape_map, rois, file_half = file_facts(shapes, model_path)  # one read, dropped before the runners load
     runners = make_runners([against, subject], model_path, torch_model, checkpoint, engine=engine, shapes=shape_map,
                            batches=[batch] if batch else [], keep_active=True)
     # what the file computes in (ort, onnx-reference), or an engine (its sidecar, read without the engine)
     engine_half = [r.compute_dtype() for r in runners if r.name == "tensorrt"]
-    computed_in = next((t for t in ("bfloat16", "float16") if t in (file_half, *engine_half)), "float32")
+    computed_in = narrowest_half_type(file_half, *engine_half) or "float32"
     if "onnx-reference" in (subject, against):  # once the arguments are known to be good: why this may take seconds
         echo_note("onnx-reference is onnx's numpy evaluator of the standard, slower than the runtimes")
     try:

@@ -22,15 +22,15 @@ way to make inputs. This package is the one import for all of it; each job lives
 from __future__ import annotations
 
 from .feed_files import Note, check_array, check_roi_batch_indices, load_feed
-from .onnx_file_inputs import (EXAMPLE_SHAPES_KEY, Dim, half_compute_type, read_onnx_file, roi_input_names,
-                               roi_inputs, stored_example_shapes)
+from .onnx_file_inputs import (EXAMPLE_SHAPES_KEY, Dim, read_onnx_file, roi_input_names, roi_inputs,
+                               stored_example_shapes)
 from .random_feeds import box_image, random_array, random_boxes, random_feed
 from .shape_options import parse_shape_options, reject_empty
 from .shape_resolution import DEFAULT_BOX_COUNT, fixed_batch, fixed_batch_error, resolve_shapes
 from .shapes import FeedError, Shape, format_shape, parse_shape
 
 __all__ = ["DEFAULT_BOX_COUNT", "Dim", "EXAMPLE_SHAPES_KEY", "FeedError", "Note", "Shape", "box_image", "check_array",
-           "check_roi_batch_indices", "fixed_batch", "fixed_batch_error", "format_shape", "half_compute_type",
+           "check_roi_batch_indices", "fixed_batch", "fixed_batch_error", "format_shape",
            "load_feed", "parse_shape", "parse_shape_options", "random_array", "random_boxes", "random_feed",
            "read_onnx_file", "reject_empty", "resolve_shapes", "roi_input_names", "roi_inputs",
            "stored_example_shapes"]

@@ -81,26 +81,3 @@ def roi_input_names(graph) -> Tuple[str, ...]:
     inputs = {v.name for v in graph.input}
     return tuple(dict.fromkeys(n.input[1] for n in graph.node
                                if (n.domain, n.op_type) in _ROI_OPS and len(n.input) > 1 and n.input[1] in inputs))
-
-
-_HALF_TYPES = {10: "float16", 16: "bfloat16"}  # onnx.TensorProto.FLOAT16, BFLOAT16
-
-
-def half_compute_type(model) -> "str | None":
-    """``"bfloat16"`` or ``"float16"`` when a model read by :func:`read_onnx_file` (or a ``ModelProto``) computes in
-    that half type anywhere (an initializer, a Cast to it, a typed value), e.g. after
-    ``dcn_deploy.onnx.precision.convert_precision`` with float32 inputs and outputs; the narrower one if both;
-    None for None (unreadable) or a model without either."""
-    if model is None:
-        return None
-    graph = model.graph
-    found = {t.data_type for t in graph.initializer}
-    found |= {v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
-    for node in graph.node:
-        for attribute in node.attribute:
-            if node.op_type == "Cast" and attribute.name == "to":
-                found.add(attribute.i)
-            elif attribute.name == "value" and attribute.HasField("t"):
-                found.add(attribute.t.data_type)
-    return next((_HALF_TYPES[code] for code in (16, 10) if code in found), None)
-
