@@ -210,7 +210,8 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
         checkpoint: a file path or a state_dict / ``{"state_dict": ...}`` mapping: torchvision's ImageNet
             weights, an mmdetection checkpoint (its ``backbone.*`` tensors are used) or one saved from a zoo model.
         prefix: ``(strip, add)`` to rename keys explicitly; None finds the renaming that matches most tensors.
-        strict: raise :class:`CheckpointError` unless every tensor except the zero-initialised offsets was loaded.
+        strict: raise :class:`CheckpointError` unless every tensor except the zero-initialised offsets (and
+            batch-norm step counters, which inference does not read) was loaded.
         trusted: allow a full unpickle of the file (see :func:`read_state_dict`).
         verbose: print the summary.
         require_backbone: raise :class:`IncompleteCheckpointError` when a tensor the checkpoint should hold is

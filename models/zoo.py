@@ -167,7 +167,9 @@ def _register_all() -> None:
                           {"depth": depth, "deform_stages": (), "deformable_pooling": False},
                           ("image", "rois"), ("cls_score", "bbox_pred"), rois_per_image=4))
         register(ZooEntry(det + "_dcn", f"R-FCN-style detector on dilated ResNet-{depth} with deformable v1 3x3 "
-                          "layers in c5 and deformable PS RoI pooling (the paper's detection setting)", "detection",
+                          "layers in c5 and deformable PS RoI pooling (the paper's detection setting, with "
+                          "mmdetection's one offset group; the authors' code uses 4: RFCN(deform_groups=4))",
+                          "detection",
                           _rfcn, {"depth": depth, "deform_stages": (5,), "deformable_pooling": True},
                           ("image", "rois"), ("cls_score", "bbox_pred"), plain=det + "_plain", rois_per_image=4))
 
