@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .backends.base import Runner, TensorMeta
-from .compare import runner_roi_inputs
+from .compare import check_rois_argument, check_runners_argument, json_safe, runner_roi_inputs
 from .feeds import fixed_batch, fixed_batch_error, format_shape, random_feed, resolve_shapes
 from .progress import Progress
 
@@ -93,7 +93,7 @@ class BenchResult:
                 "results": [asdict(e) for e in self.entries]}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False)
 
     def table(self) -> str:
         first = self.entries[0].runner if self.entries else ""
@@ -211,6 +211,10 @@ def _checked_settings(iterations, duration: Optional[float], warmup, batches) ->
         raise ValueError("give iterations or duration, not both")
     if iterations is None and duration is None:
         iterations = 100
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float, np.number))):
+        raise TypeError(f"duration must be a number of seconds, got {duration!r}")
+    if warmup is None:
+        raise TypeError("warmup must be an int >= 0 (untimed runs before the timed ones), got None")
     if iterations is not None and iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if duration is not None and not (duration > 0 and math.isfinite(duration)):
@@ -267,9 +271,11 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
         :class:`BenchResult`: one :class:`BenchEntry` per (batch, runner), latencies in milliseconds;
         ``table()`` for people, ``to_json()`` for files.
     """
+    runners = check_runners_argument(runners, "benchmark")
     if not runners:
         raise ValueError("benchmark needs at least one runner")
     iterations, warmup, batches = _checked_settings(iterations, duration, warmup, batches)
+    rois = check_rois_argument(rois)
     if rois is None:
         rois = runner_roi_inputs(runners)
     names = [r.name for r in runners]

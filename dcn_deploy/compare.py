@@ -133,7 +133,7 @@ class ComparisonResult:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_json_number)
+        return json.dumps(json_safe(self.to_dict()), indent=2, default=_json_number, allow_nan=False)
 
     def table(self) -> str:
         inputs = ", ".join(f"{k} {format_shape(s)} {d}" for k, (s, d) in self.feed.items())
@@ -159,6 +159,52 @@ def _json_number(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def json_safe(value):
+    """``value`` with every non-finite float written as the string ``"inf"``, ``"-inf"`` or ``"nan"``: json.dumps
+    would write ``Infinity``/``NaN``, which is not JSON (RFC 8259) and which strict parsers (JavaScript's
+    ``JSON.parse``, jq) refuse, exactly when a comparison failed and its report matters most."""
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if np.isfinite(value) else ("nan" if value != value else "inf" if value > 0 else "-inf")
+    if isinstance(value, np.integer):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def check_rois_argument(rois) -> Optional[Tuple[str, ...]]:
+    """``rois=`` of :func:`compare_runners` / :func:`dcn_deploy.bench.benchmark` as a tuple of names (None kept).
+    A bare string is refused: ``name in "rois_a"`` would match substrings, so inputs such as ``"a"`` would be
+    taken for RoI inputs."""
+    if rois is None:
+        return None
+    if isinstance(rois, (str, bytes)):
+        raise TypeError(f"rois must be a list of input names, e.g. rois=[{rois!r}], got the string {rois!r}")
+    names = tuple(rois)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"rois must be a list of input names (strings), got {names!r}")
+    return names
+
+
+def check_runners_argument(runners, call: str) -> List[Runner]:
+    """``runners`` of :func:`compare_runners` / :func:`dcn_deploy.bench.benchmark` as a list of Runner objects,
+    or a TypeError naming the call and the fix (a single runner, a model, a path)."""
+    if isinstance(runners, Runner):
+        raise TypeError(f"{call} takes a list of runners, got one {type(runners).__name__}; pass [runner]")
+    if isinstance(runners, (str, bytes)) or not hasattr(runners, "__iter__"):
+        raise TypeError(f"{call} takes a list of Runner objects, got {type(runners).__name__} {runners!r}")
+    runners = list(runners)
+    strangers = [r for r in runners if not isinstance(r, Runner)]
+    if strangers:
+        raise TypeError(f"{call} takes Runner objects, got {type(strangers[0]).__name__} "
+                        f"{strangers[0]!r}; make them with dcn_deploy.make_runner(kind, path), e.g. "
+                        "make_runner('ort', 'model.onnx')")
+    return runners
 
 
 def _format_rows(rows: Sequence[Sequence[str]]) -> List[str]:
@@ -268,13 +314,20 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
         :class:`ComparisonResult` (``passed``, ``table()``, ``to_dict()``). Outputs are matched by name; if the
         names differ but the counts agree they are matched by position.
     """
+    runners = check_runners_argument(runners, "compare_runners")
     if len(runners) < 2:
         raise ValueError("compare_runners needs at least two runners: a reference and one to check")
-    strangers = [r for r in runners if not isinstance(r, Runner)]
-    if strangers:
-        raise TypeError(f"compare_runners takes Runner objects, got {type(strangers[0]).__name__} "
-                        f"{strangers[0]!r}; make them with dcn_deploy.make_runner(kind, path), e.g. "
-                        "make_runner('ort', 'model.onnx')")
+    rois = check_rois_argument(rois)
+    if feed is not None and not isinstance(feed, Mapping):
+        raise TypeError(f"compare_runners' feed must be a dict {{input name: array}} (or None for random inputs), "
+                        f"got a {type(feed).__name__}")
+    if tolerances is not None and not isinstance(tolerances, Mapping):
+        raise TypeError(f"compare_runners' tolerances must be a dict {{dtype: Tolerance}}, e.g. "
+                        f"{{'float32': Tolerance(atol=1e-4, rtol=1e-3)}}, got {tolerances!r}; one Tolerance for every "
+                        "output is tolerance=")
+    unknown = sorted(set(tolerances or {}) - set(DEFAULT_TOLERANCES))
+    if unknown:  # a misspelt key would be ignored and the default tolerance used without a word
+        raise ValueError(f"compare_runners' tolerances has keys {unknown}; the keys are {sorted(DEFAULT_TOLERANCES)}")
     for name, value in (("tolerance", tolerance), *((f"tolerances[{k!r}]", v) for k, v in (tolerances or {}).items())):
         if value is not None and not isinstance(value, Tolerance):
             raise TypeError(f"compare_runners' {name} must be a Tolerance, got {value!r}; write "
@@ -301,7 +354,7 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
         else:
             seed = None
         result = ComparisonResult(reference=reference.name, runners=[r.name for r in runners],
-                                  feed={k: (tuple(v.shape), str(v.dtype)) for k, v in feed.items()}, seed=seed)
+                                  feed={k: _feed_summary(v) for k, v in feed.items()}, seed=seed)
         expected = reference.infer(feed)
         for runner in runners[1:]:
             actual = runner.infer(feed)
@@ -315,6 +368,18 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
     finally:
         for r in activated:
             r.deactivate()
+
+
+def _feed_summary(value) -> Tuple[Tuple[int, ...], str]:
+    """(shape, dtype name) of a feed value: a numpy array, a torch tensor (``float32``, not ``torch.float32``) or
+    anything else numpy reads (the runners then say whether they take it)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return tuple(int(d) for d in value.shape), str(value.dtype).replace("torch.", "")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):  # e.g. a ragged list: the runner reports it
+        return (), type(value).__name__
+    return tuple(array.shape), str(array.dtype)
 
 
 def runner_roi_inputs(runners: Sequence[Runner]) -> Tuple[str, ...]:

@@ -57,9 +57,22 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
-        for name in ("train_size", "test_size", "epochs", "batch_size", "width", "bench_iterations", "eval_batch"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
+        # every count is checked here, not minutes later when training, export or the benchmark reaches it
+        counts = ("train_size", "test_size", "epochs", "batch_size", "width", "bench_iterations", "eval_batch")
+        for name in counts + ("bench_warmup", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"DemoConfig.{name} must be an int, got {value!r}")
+            if value < (1 if name in counts else 0):
+                raise ValueError(f"DemoConfig.{name} must be >= {1 if name in counts else 0}, got {value}")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)):
+            raise TypeError(f"DemoConfig.learning_rate must be a number, got {self.learning_rate!r}")
+        if isinstance(self.bench_batches, (str, bytes)) or not hasattr(self.bench_batches, "__iter__"):
+            raise TypeError(f"DemoConfig.bench_batches must be a tuple of ints, e.g. (1, 32), got {self.bench_batches!r}")
+        self.bench_batches = tuple(self.bench_batches)
+        if not self.bench_batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                                         for b in self.bench_batches):
+            raise ValueError(f"DemoConfig.bench_batches must hold ints >= 1, e.g. (1, 32), got {self.bench_batches!r}")
         if self.width % 2:
             raise ValueError(f"DemoConfig.width must be even (the stem has width/2 channels), got {self.width}")
         if not self.learning_rate > 0:

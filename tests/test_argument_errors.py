@@ -155,7 +155,7 @@ def test_a_shape_given_as_text_names_the_argument_and_the_tuple():
     metas = (TensorMeta("image", F32, ("N", 3, "H", "W")),)
     with pytest.raises(FeedError) as info:
         resolve_shapes(metas, {"image": "1x3x8x8"})
-    assert str(info.value) == ("shapes={'image': '1x3x8x8'}: each shape must be a tuple of ints, e.g. "
+    assert str(info.value) == ("shapes={'image': '1x3x8x8'}: each shape must be a tuple of ints >= 0, e.g. "
                                "shapes={'image': (1, 3, 8, 8)} (CLI: --shape image=1x3x8x8)")
     for bad in (5, (1, 3, 8.0, 8), None):
         with pytest.raises(FeedError, match=r"shapes=\{'image': .*\}: each shape must be a tuple of ints"):

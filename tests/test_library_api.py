@@ -318,3 +318,65 @@ def test_compare_runners_names_a_tolerance_that_is_not_one():
         compare_runners([_BoxRunner("a", False), _BoxRunner("b", True)], tolerance=(1, 2))
     with pytest.raises(TypeError, match=r"tolerances\['float32'\] must be a Tolerance"):
         compare_runners([_BoxRunner("a", False), _BoxRunner("b", True)], tolerances={"float32": 1e-3})
+
+
+# --- found by the library API audit helper -------------------------------------------------------------------------
+def _audit_runners(tmp_path):
+    import torch
+
+    from dcn_deploy import ModulatedDeformConv2dPack, OrtRunner, TorchRunner, export
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+                                ModulatedDeformConv2dPack(4, 4, 3, padding=1)).eval()
+    path = tmp_path / "m.onnx"
+    export(model, (torch.randn(1, 3, 8, 8),), path, dynamic=True, verify=False)
+    with OrtRunner(path) as ort:
+        metas = ort.input_metadata()
+    return model, path, OrtRunner, lambda: TorchRunner(model, metas, output_names=["out"])
+
+
+def test_audit_argument_checks_of_compare_and_bench(tmp_path):
+    import numpy as np
+    import pytest
+
+    from dcn_deploy import FeedError, Tolerance, benchmark, compare_runners
+
+    model, path, OrtRunner, torch_runner = _audit_runners(tmp_path)
+    shapes = {"input": (1, 3, 8, 8)}
+    with pytest.raises(TypeError, match=r"rois must be a list of input names, e.g. rois=\['input_boxes'\]"):
+        compare_runners([torch_runner(), OrtRunner(path)], shapes=shapes, rois="input_boxes")
+    with pytest.raises(ValueError, match=r"tolerances has keys \['fp32'\]"):
+        compare_runners([torch_runner(), OrtRunner(path)], shapes=shapes, tolerances={"fp32": Tolerance(0, 0)})
+    with pytest.raises(TypeError, match="feed must be a dict"):
+        compare_runners([torch_runner(), OrtRunner(path)], [np.zeros((1, 3, 8, 8), np.float32)])
+    with pytest.raises(FeedError, match="tuple of ints >= 0"):
+        compare_runners([torch_runner(), OrtRunner(path)], shapes={"input": (1, 3, -8, 8)})
+    with pytest.raises(FeedError, match="seed"):
+        compare_runners([torch_runner(), OrtRunner(path)], shapes=shapes, seed="1")
+    with pytest.raises(TypeError, match=r"got one OrtRunner; pass \[runner\]"):
+        benchmark(OrtRunner(path), shapes=shapes, iterations=1, progress=False)
+    with pytest.raises(TypeError, match="warmup must be an int"):
+        benchmark([OrtRunner(path)], shapes=shapes, iterations=1, warmup=None, progress=False)
+
+
+def test_audit_nested_with_keeps_the_runner_active_and_repr_names_it(tmp_path):
+    model, path, OrtRunner, torch_runner = _audit_runners(tmp_path)
+    runner = OrtRunner(path)
+    with runner:
+        with runner:
+            pass
+        assert runner.is_active
+    assert not runner.is_active
+    assert repr(runner) == f"OrtRunner(name='ort', model={path!r}, inactive)"
+
+
+def test_audit_failed_comparison_is_strict_json(tmp_path):
+    import json
+
+    import numpy as np
+
+    from dcn_deploy.compare import ComparisonResult, compare_outputs
+
+    failed = compare_outputs("ort", "y", np.array([np.nan, 1.0], np.float32), np.ones(2, np.float32))
+    text = ComparisonResult("torch", ["torch", "ort"], {"x": ((2,), "float32")}, [failed], 0).to_json()
+    json.loads(text, parse_constant=lambda name: (_ for _ in ()).throw(AssertionError(name)))

@@ -199,7 +199,7 @@ def test_torch_runner_runs_with_the_threads_asked_for_and_puts_torch_back(tiny):
     with make_runner("torch", path, torch_model=Counting(), device_threads=wanted) as runner:
         runner.infer({"x": x})
     assert seen == [wanted] and torch.get_num_threads() == before
-    with pytest.raises(ValueError, match="threads must be None or >= 1"):
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
         TorchRunner(model, runner.input_metadata(), threads=0)
 
 

@@ -7,6 +7,7 @@ frees it. Inside, ``input_metadata()`` describes the inputs and ``infer(feed)`` 
 """
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -41,6 +42,14 @@ class Runner(ABC):
     def __init__(self) -> None:
         self._active = False
         self._last_time: Optional[float] = None
+        self._entered: list = []  # per ``with`` block: whether that block activated the runner
+
+    def __repr__(self) -> str:
+        model = getattr(self, "model", None)
+        what = f", model={model!r}" if isinstance(model, (str, os.PathLike)) else (
+            f", model={type(model).__name__}" if model is not None else "")
+        return (f"{type(self).__name__}(name={self.name!r}{what}, "
+                f"{'active' if getattr(self, '_active', False) else 'inactive'})")
 
     # context management -------------------------------------------------------------------------------------
     def activate(self) -> "Runner":
@@ -55,10 +64,14 @@ class Runner(ABC):
             self._active = False
 
     def __enter__(self) -> "Runner":
+        # A nested ``with runner:`` (or one around an already active runner) leaves the runner as it found it:
+        # only the block that activated it deactivates it, so the outer block's infer() still works.
+        self._entered.append(not self._active)
         return self.activate()
 
     def __exit__(self, *exc) -> None:
-        self.deactivate()
+        if self._entered.pop() if self._entered else True:
+            self.deactivate()
 
     @property
     def is_active(self) -> bool:

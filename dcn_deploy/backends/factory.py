@@ -38,6 +38,12 @@ def read_onnx_model(path: os.PathLike, *, load_external_data: bool = True):
     """
     import onnx
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"the ONNX model must be given as a path (str or pathlib.Path), got {type(path).__name__}"
+                        + ("; save it first (onnx.save(model, 'model.onnx')) or run it with OrtRunner(model)"
+                           if hasattr(path, "graph") or isinstance(path, (bytes, bytearray)) else ""))
+    if Path(path).is_dir():
+        raise ValueError(f"ONNX model {path} is a folder; give the .onnx file inside it")
     if not Path(path).is_file():
         raise FileNotFoundError(f"ONNX model {path} does not exist")
     try:
@@ -89,6 +95,9 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
     ``MODEL.engine`` beside the ``.onnx`` file with ``dcn_deploy.backends.trt_build.build_engine``
     (``engine_options`` are passed to it).
     """
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"make_runner: model_path must be the model file's path (str or pathlib.Path), "
+                        f"got {type(model_path).__name__}")
     path = Path(model_path)
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist")

@@ -15,7 +15,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from .base import Runner, RunnerError, TensorMeta
-from .ort_runner import register_dcn_schemas
+from .ort_runner import _host_array, register_dcn_schemas
 
 __all__ = ["OnnxReferenceRunner", "graph_io_metadata"]
 
@@ -68,13 +68,22 @@ class OnnxReferenceRunner(Runner):
 
         from .reference_evaluator import OracleEvaluator
 
+        from .factory import not_an_onnx_model
+
         register_dcn_schemas()
-        if isinstance(self.model, (str, os.PathLike)):
-            proto = onnx.load(str(self.model))
-        elif isinstance(self.model, (bytes, bytearray)):
-            proto = onnx.load_from_string(bytes(self.model))
-        else:
-            proto = self.model
+        label = str(self.model) if isinstance(self.model, (str, os.PathLike)) else "the model"
+        try:
+            if isinstance(self.model, (str, os.PathLike)):
+                proto = onnx.load(str(self.model))
+            elif isinstance(self.model, (bytes, bytearray)):
+                proto = onnx.load_from_string(bytes(self.model))
+            else:
+                proto = self.model
+        except Exception as exc:  # protobuf's DecodeError for a file that is not a ModelProto
+            raise RunnerError(f"onnx-reference: {not_an_onnx_model(label, f'{type(exc).__name__}: {exc}')}") from exc
+        if not hasattr(proto, "graph"):
+            raise TypeError(f"onnx-reference: model must be a path, bytes or onnx.ModelProto, "
+                            f"got {type(self.model).__name__}")
         self._inputs, self._output_names = graph_io_metadata(proto)
         try:
             self._evaluator = OracleEvaluator(proto)
@@ -90,7 +99,17 @@ class OnnxReferenceRunner(Runner):
         return self._inputs
 
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
-        arrays = {m.name: np.ascontiguousarray(feed[m.name]) for m in self._inputs}
+        arrays = {}
+        for meta in self._inputs:  # the ONNX Runtime runner's checks: the evaluator would compute in any dtype
+            array = np.ascontiguousarray(_host_array(feed[meta.name], "onnx-reference", meta.name))
+            if array.dtype != meta.dtype:
+                raise RunnerError(f"onnx-reference: input {meta.name!r} has dtype {array.dtype}, the model expects "
+                                  f"{meta.dtype}")
+            if array.ndim != len(meta.shape) or any(isinstance(d, int) and d != s
+                                                    for d, s in zip(meta.shape, array.shape)):
+                raise RunnerError(f"onnx-reference: input {meta.name!r} has shape {tuple(array.shape)}, the model "
+                                  f"expects {tuple('?' if d is None else d for d in meta.shape)}")
+            arrays[meta.name] = array
         try:
             values = self._evaluator.run(None, arrays)
         except Exception as exc:  # the evaluator raises anything its op implementations raise

@@ -94,10 +94,15 @@ def _metas(args) -> Tuple[TensorMeta, ...]:
                  for a in args)
 
 
-def _host_array(value):
-    """A torch tensor as a numpy array (detached, on the CPU); anything else as it is."""
+def _host_array(value, runner: str = "ort", name: str = ""):
+    """A torch tensor as a numpy array (detached, on the CPU); anything else as it is. A tensor of a type numpy
+    cannot hold (bfloat16) is a RunnerError naming the input, not torch's "Got unsupported ScalarType"."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
-        return value.detach().cpu().numpy()
+        try:
+            return value.detach().cpu().numpy()
+        except TypeError as exc:
+            raise RunnerError(f"{runner}: input {name!r} is a {value.dtype} tensor, which numpy cannot hold ({exc}); "
+                              f"convert it to the model's input dtype first, e.g. tensor.float()") from None
     return value
 
 
@@ -257,7 +262,7 @@ class OrtRunner(Runner):
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
         arrays = {}
         for meta in self._input_metas:
-            array = np.ascontiguousarray(_host_array(feed[meta.name]))
+            array = np.ascontiguousarray(_host_array(feed[meta.name], "ort", meta.name))
             if array.dtype != meta.dtype:
                 raise RunnerError(f"ort: input {meta.name!r} has dtype {array.dtype}, the model expects {meta.dtype}")
             if array.ndim != len(meta.shape) or any(isinstance(d, int) and d != s

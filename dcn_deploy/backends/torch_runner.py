@@ -36,6 +36,11 @@ def metas_from_examples(names: Sequence[str], examples: Sequence[torch.Tensor],
 
 def _to_torch(value: object, meta: TensorMeta, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
+        # the same rule as for numpy arrays (and as the ONNX Runtime runner's): a tensor of another dtype would
+        # fail deep in the model, or, in a model that casts its input, run where the exported file refuses it
+        dtype = str(value.dtype).replace("torch.", "")
+        if dtype != np.dtype(meta.dtype).name:
+            raise RunnerError(f"torch: input {meta.name!r} has dtype {dtype}, the model expects {meta.dtype}")
         return value.to(device)
     array = np.ascontiguousarray(value)
     if array.dtype != meta.dtype:
@@ -86,14 +91,23 @@ class TorchRunner(Runner):
                  threads: Optional[int] = None) -> None:
         super().__init__()
         self.model = as_module(model)
+        if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__iter__") \
+                or not all(isinstance(m, TensorMeta) for m in inputs):
+            raise TypeError(f"torch: inputs must be a list of TensorMeta (e.g. OrtRunner(path).activate()"
+                            f".input_metadata(), or metas_from_examples(names, example_tensors)), got {inputs!r}")
         self._inputs = tuple(inputs)
+        if isinstance(output_names, str):
+            raise TypeError(f"torch: output_names must be a list of names, e.g. [{output_names!r}], got a string")
         self._output_names = None if output_names is None else list(output_names)
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"torch: device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from exc
         self.name = name
         self._modes: List[tuple] = []  # (submodule, its training flag) before activate
         self._home: Optional[torch.device] = None  # the parameters' device before activate, when it differs
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be None or >= 1, got {threads}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"torch: threads must be an int >= 1 (or None to keep torch's setting), got {threads!r}")
         self.threads = threads
         self._threads_before: Optional[int] = None  # torch's thread count before activate, when threads is set
 

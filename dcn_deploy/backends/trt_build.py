@@ -74,7 +74,9 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
 
     Args:
         precision: "fp32", "fp16" or "bf16" (graph conversion, see ``dcn_deploy.onnx.precision``).
-        shapes / min_shapes / opt_shapes / max_shapes / max_batch: the optimisation profile
+        shapes / min_shapes / opt_shapes / max_shapes / max_batch: the optimisation profile, as trtexec's text
+            (``"input:1x3x64x64"``, ``"input:MIN/OPT/MAX"``) or a dict ``{name: (1, 3, 64, 64)}`` /
+            ``{name: (min_shape, opt_shape, max_shape)}``
             (see ``dcn_deploy.backends.trt_profiles.compute_profile``). A dynamic batch not given ranges over
             1..max_batch; other dynamic dimensions of an input not given are fixed to the example shape that
             ``dcn_deploy.export`` stored in the file (``dcn_deploy.feeds.stored_example_shapes``), with a note

@@ -45,6 +45,9 @@ def check_build_options(model, *, precision: str, io_dtype: str, keep_fp32: Iter
     from ..wording import argument
 
     check_precision_options(precision, io_dtype)
+    if isinstance(keep_fp32, (str, bytes)):  # list("node_a") would be its letters
+        raise PrecisionError(f"{argument('keep_fp32', '--keep-fp32')} must be a list of node names, e.g. "
+                             f"[{keep_fp32!r}], got the string {keep_fp32!r}")
     keep_fp32 = list(keep_fp32)
     if precision != "fp32":
         check_keep_fp32_nodes(model, keep_fp32)

@@ -91,10 +91,26 @@ def format_profile_shape(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
+def _spec_text(name: str, value) -> str:
+    """One ``{name: value}`` entry as trtexec's text: a shape ``(1, 3, 64, 64)`` -> ``1x3x64x64``, a (min, opt, max)
+    triple of shapes -> ``MIN/OPT/MAX``, a string as it is."""
+    if isinstance(value, str):
+        return value
+    items = list(value) if hasattr(value, "__iter__") else None
+    if items and all(hasattr(d, "__index__") and not isinstance(d, bool) for d in items):
+        return format_profile_shape(items)
+    if items and len(items) == 3 and all(hasattr(v, "__iter__") and not isinstance(v, str) for v in items):
+        return "/".join(format_profile_shape(v) for v in items)
+    raise ProfileError(f"shapes[{name!r}] must be a shape such as (1, 3, 64, 64), a (min, opt, max) triple of shapes, "
+                       f"or trtexec's text '1x3x64x64', got {value!r}")
+
+
 def _split_specs(specs: Union[str, Iterable[str], None]) -> List[Tuple[str, str]]:
     """``"a:1x2,b:3x4"`` (or several such strings) -> ``[("a", "1x2"), ("b", "3x4")]``."""
     if specs is None:
         return []
+    if isinstance(specs, Mapping):  # {name: shape}, as compare_runners/benchmark take shapes: trtexec's text
+        specs = [f"{name}:{_spec_text(name, value)}" for name, value in specs.items()]
     if isinstance(specs, str):
         specs = [specs]
     pairs = []

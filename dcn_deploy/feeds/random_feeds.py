@@ -58,8 +58,11 @@ def random_feed(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Seque
     ``rois``: inputs that hold RoI boxes (:func:`dcn_deploy.feeds.onnx_file_inputs.roi_inputs`); they get valid
     boxes inside the image, the first other 4-D input (a model with RoIs but no such input needs its boxes given
     as a file)."""
+    if isinstance(seed, bool) or not hasattr(seed, "__index__") or seed < 0:
+        # numpy's own message ("SeedSequence expects int or sequence of ints") names neither the argument nor the fix
+        raise FeedError(f"{argument('seed', '--seed')} must be an int >= 0 (it fixes the random inputs), got {seed!r}")
     resolved = resolve_shapes(metas, shapes, batch, rois)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(int(seed))
     feed = {}
     for m in metas:
         if m.name not in rois:

@@ -38,6 +38,9 @@ def resolve_shapes(metas: Sequence[TensorMeta], shapes: Optional[Mapping[str, Se
     if batch is not None and (isinstance(batch, bool) or not hasattr(batch, "__index__") or batch < 1):
         # first: a batch of 0 would otherwise read as a mismatch with a fixed batch size
         raise FeedError(f"{argument('batch', '--batch')} must be an int >= 1 (the batch size), got {batch!r}")
+    if shapes is not None and not isinstance(shapes, Mapping):
+        raise FeedError(f"{argument('shapes', '--shape')} must be a dict {{input name: shape}}, e.g. "
+                        f"shapes={{'input': (1, 3, 64, 64)}}, got a {type(shapes).__name__}")
     shapes = dict(shapes or {})
     batched_metas = [m for m in metas if m.name not in rois]  # the inputs whose first dimension is the batch
     known = {m.name for m in metas}
@@ -110,7 +113,7 @@ def _shape_argument(meta: TensorMeta, given: object) -> Shape:
         example = parse_shape(given) if isinstance(given, str) else _example_shape(meta.shape)
     except FeedError:
         example = _example_shape(meta.shape)
-    raise FeedError(f"shapes={{{meta.name!r}: {given!r}}}: each shape must be a tuple of ints, e.g. "
+    raise FeedError(f"shapes={{{meta.name!r}: {given!r}}}: each shape must be a tuple of ints >= 0, e.g. "
                     + argument(f"shapes={{{meta.name!r}: {tuple(example)}}}",
                                f"--shape {meta.name}={format_shape(example)}"))
 
@@ -120,8 +123,8 @@ def _int_sizes(given: object) -> Optional[Shape]:
         items = tuple(given)
     except TypeError:
         return None
-    if any(isinstance(d, bool) or not hasattr(d, "__index__") for d in items):
-        return None
+    if any(isinstance(d, bool) or not hasattr(d, "__index__") or d < 0 for d in items):
+        return None  # a negative size reached numpy as "negative dimensions are not allowed"
     return tuple(int(d) for d in items)
 
 

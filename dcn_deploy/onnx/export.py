@@ -104,6 +104,8 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         verification (ONNX Runtime cannot load or run the file, or its outputs differ) the file is kept, for
         inspection, and the message says so.
     """
+    _check_options(dynamic=dynamic, standard=standard, verify=verify, require_deformable=require_deformable,
+                   verify_examples=verify_examples, seed=seed, progress=progress)
     say = progress or (lambda message: None)
     _check_model(model)
     _refuse_training_program(model)
@@ -114,6 +116,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     if example_inputs is None and isinstance(model, torch.export.ExportedProgram) and model.example_inputs:
         example_inputs = tuple(model.example_inputs[0])
     example_inputs = _check_example_inputs(example_inputs)
+    verify_inputs = _check_verify_inputs(verify_inputs, len(example_inputs))
     dtypes = _float_dtypes(model, example_inputs)
     opset = _check_opset(opset, dtypes)
     _check_tolerance(rtol, atol)
@@ -208,6 +211,38 @@ def _export_checked(model, example_inputs, path: Path, *, dynamic: bool, standar
 # --------------------------------------------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------------------------------------------
+
+def _check_options(*, seed, progress, **flags) -> None:
+    """The switches and the seed, checked before the (slow) export: ``dynamic="no"`` is truthy and exported a dynamic
+    model, a seed torch refuses failed only in the verification, after the file was written."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, int)) or (isinstance(value, int) and not isinstance(value, bool)
+                                                  and value not in (0, 1)):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TypeError(f"seed must be an int >= 0 (it fixes the random verification inputs), got {seed!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function taking one message (e.g. print) or None, got {progress!r}")
+
+
+def _check_verify_inputs(verify_inputs, count: int):
+    """``verify_inputs``: a list of input tuples, one tensor per model input in each (a list of bare tensors was
+    unpacked along the batch dimension and failed in ONNX Runtime after the export, as a rank mismatch)."""
+    if verify_inputs is None:
+        return None
+    if isinstance(verify_inputs, (torch.Tensor, tuple)) and (isinstance(verify_inputs, torch.Tensor)
+                                                              or all(isinstance(t, torch.Tensor) for t in verify_inputs)):
+        raise TypeError("verify_inputs must be a list of input tuples, one tuple per verification run, e.g. "
+                        "[(x1,), (x2,)]; got a single run's inputs: wrap them as [inputs]")
+    runs = list(verify_inputs)
+    for i, run in enumerate(runs):
+        if not isinstance(run, (tuple, list)) or len(run) != count or not all(isinstance(t, torch.Tensor) for t in run):
+            got = (f"a {type(run).__name__}" if not isinstance(run, (tuple, list))
+                   else f"{len(run)} item(s): {[type(t).__name__ for t in run]}")
+            raise TypeError(f"verify_inputs[{i}] must be a tuple of {count} tensor(s), like example_inputs, got {got}; "
+                            "e.g. verify_inputs=[(x1,), (x2,)]")
+    return [tuple(run) for run in runs]
+
 
 def _check_model(model) -> None:
     if not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):

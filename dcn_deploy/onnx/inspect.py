@@ -87,8 +87,8 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
     """
     from ..backends.factory import read_onnx_model
 
+    model = read_onnx_model(path, load_external_data=False)  # checks the argument is a path first
     path = Path(path)
-    model = read_onnx_model(path, load_external_data=False)
 
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}

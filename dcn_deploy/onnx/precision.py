@@ -254,6 +254,9 @@ def check_precision_options(precision: str, io_dtype: str = "float32") -> None:
 def check_keep_fp32_nodes(model: onnx.ModelProto, keep_fp32_nodes: Iterable[str]) -> None:
     """Raises :class:`PrecisionError` naming the ``keep_fp32_nodes`` (``--keep-fp32``) that are not nodes of the
     model's graph."""
+    if isinstance(keep_fp32_nodes, (str, bytes)):  # set("node_a") would be its letters
+        raise PrecisionError(f"{argument('keep_fp32', '--keep-fp32')} must be a list of node names, e.g. "
+                             f"[{keep_fp32_nodes!r}], got the string {keep_fp32_nodes!r}")
     names = {n.name for n in model.graph.node if n.name}
     unknown = sorted(set(keep_fp32_nodes) - names)
     if unknown:
@@ -280,8 +283,8 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
     report = PrecisionReport(precision, io_dtype)
     if precision == "fp32":
         return out, report
+    check_keep_fp32_nodes(out, keep_fp32_nodes)
     keep_names = set(keep_fp32_nodes)
-    check_keep_fp32_nodes(out, keep_names)
     check_convertible(out, precision)
     conversion = _HalfConversion(out, precision, io_dtype, report, keep_names,
                                  KEEP_FP32_OPS if keep_fp32_ops is None else keep_fp32_ops)

@@ -47,6 +47,17 @@ def upgrade_mmcv_state_dict(state_dict: Mapping[str, torch.Tensor],
     renaming to keys the model has under the new name and not under the old one (a model whose own offset
     convolution is called ``<layer>_offset`` keeps its keys).
     """
+    if not isinstance(state_dict, Mapping):
+        hint = "; pass model.state_dict()" if isinstance(state_dict, nn.Module) else ""
+        raise TypeError(f"upgrade_mmcv_state_dict takes a state_dict (a dict of tensors), got "
+                        f"{type(state_dict).__name__}{hint}")
+    wrapped = [k for k in ("state_dict", "model") if isinstance(state_dict.get(k), Mapping)]
+    if wrapped and not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        # an mmcv/mmdetection checkpoint file's dict ({"meta": ..., "state_dict": ...}): nothing here would be renamed
+        raise ValueError(f"upgrade_mmcv_state_dict got a checkpoint wrapper (keys {sorted(state_dict)[:6]}), not a "
+                         f"state_dict; pass checkpoint[{wrapped[0]!r}]")
+    if isinstance(model_keys, (str, bytes)):  # ``in`` would match substrings
+        raise TypeError("model_keys must be a collection of key names, e.g. model.state_dict().keys(), got a string")
     upgraded: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     for key, value in state_dict.items():
         new_key = _upgraded_key(key, state_dict)
