@@ -15,7 +15,6 @@ expose ``last_stage_times()`` returning a dataclass of ``<stage>_ms`` fields (``
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -27,8 +26,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .backends.base import Runner, TensorMeta
-from .compare import check_rois_argument, check_runners_argument, json_safe, runner_roi_inputs
+from .compare import check_rois_argument, check_runners_argument, runner_roi_inputs
 from .feeds import fixed_batch, fixed_batch_error, format_shape, random_feed, resolve_shapes
+from .json_text import json_text
 from .progress import Progress
 
 __all__ = ["LatencyStats", "BenchEntry", "BenchResult", "benchmark", "check_batches", "default_batches",
@@ -93,7 +93,7 @@ class BenchResult:
                 "results": [asdict(e) for e in self.entries]}
 
     def to_json(self) -> str:
-        return json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False)
+        return json_text(self.to_dict())
 
     def table(self) -> str:
         first = self.entries[0].runner if self.entries else ""

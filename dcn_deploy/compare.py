@@ -28,7 +28,6 @@ inside float32 inputs and outputs), with a note saying so; the caller may overri
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -36,6 +35,7 @@ import numpy as np
 
 from .backends.base import Runner
 from .feeds import check_roi_batch_indices, format_shape, random_feed
+from .json_text import json_text
 from .onnx.compute_type import narrowest_half_type
 from .wording import argument
 
@@ -133,7 +133,7 @@ class ComparisonResult:
         }
 
     def to_json(self) -> str:
-        return json.dumps(json_safe(self.to_dict()), indent=2, default=_json_number, allow_nan=False)
+        return json_text(self.to_dict())
 
     def table(self) -> str:
         inputs = ", ".join(f"{k} {format_shape(s)} {d}" for k, (s, d) in self.feed.items())
@@ -153,28 +153,6 @@ class ComparisonResult:
                      f"{len(self.outputs)} outputs within tolerance (|err| <= atol + rtol*|ref| everywhere, i.e. "
                      f"'of tolerance' <= 1)")
         return "\n".join(lines)
-
-
-def _json_number(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-def json_safe(value):
-    """``value`` with every non-finite float written as the string ``"inf"``, ``"-inf"`` or ``"nan"``: json.dumps
-    would write ``Infinity``/``NaN``, which is not JSON (RFC 8259) and which strict parsers (JavaScript's
-    ``JSON.parse``, jq) refuse, exactly when a comparison failed and its report matters most."""
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if np.isfinite(value) else ("nan" if value != value else "inf" if value > 0 else "-inf")
-    if isinstance(value, np.integer):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def check_rois_argument(rois) -> Optional[Tuple[str, ...]]:

@@ -18,7 +18,6 @@ Steps (each a call into the library, as a user would make them):
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .io_utils import atomic_path, atomic_write_text
+from .json_text import json_text
 from .progress import Progress
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "TARGET_ACCURACY"]
@@ -303,7 +303,7 @@ def _write_reports(result: DemoResult, export_report, sample_images: np.ndarray,
     result.seconds["total"] = time.perf_counter() - total_start
     result.artefacts.update({"sample_inputs": sample_path, "sample_labels": labels_path, "bench": bench_path,
                              "report": report_path})
-    atomic_write_text(report_path, json.dumps({**result.to_dict(), "export": export_report.to_dict()}, indent=2)
+    atomic_write_text(report_path, json_text({**result.to_dict(), "export": export_report.to_dict()})
                       + "\n")
 
 

@@ -278,3 +278,14 @@ def test_verify_holds_a_graph_converted_to_float16_to_float16s_tolerance(files, 
     assert result.exit_code == 0, result.output
     (output,) = json.loads(result.stdout)["outputs"]
     assert (output["atol"], output["rtol"]) == (1e-2, 1e-2) and "computed in float16" in output["note"]
+
+
+def test_json_reports_are_strict_json_when_outputs_hold_nan(files, tmp_path):
+    """infer --json with a NaN in its input wrote bare NaN (not JSON: JSON.parse and jq refuse the file); every
+    report goes through dcn_deploy.json_text, which writes "nan"/"inf" strings."""
+    x = np.full((1, 2, 6, 6), np.nan, dtype=np.float32)
+    np.save(tmp_path / "nan.npy", x)
+    result = run("infer", files["onnx"], "--input", f"x={tmp_path / 'nan.npy'}", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
+    assert "nan" in json.dumps(summary)

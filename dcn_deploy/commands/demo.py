@@ -1,10 +1,11 @@
 """``dcn-deploy demo``: train, export, verify and benchmark a small deformable CNN (the README's first command)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+
+from ..json_text import json_text
 
 
 @click.command("demo")
@@ -46,7 +47,7 @@ def command(output_dir: Path, epochs: int, train_size: int, test_size: int, batc
     result = run_demo(config, say=lambda message: click.echo(message, err=True))
     total = time.perf_counter() - start
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), "command_seconds": total}, indent=2))
+        click.echo(json_text({**result.to_dict(), "command_seconds": total}))
     else:
         s = result.seconds
         click.echo("")

@@ -1,12 +1,12 @@
 """``dcn-deploy export``: a PyTorch model (file, module, .pt2 program or zoo name) -> a checked, verified ONNX file."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
 import click
 
+from ..json_text import json_text
 from . import CliError, echo_report, json_stdout
 from ._runtime import check_tolerance_options, input_option_files, model_ref_file
 
@@ -160,9 +160,9 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
         raise CliError(f"{model_ref} ({exc.model_name}) raised {exc.cause_text} on the example inputs "
                        f"({exc.shapes_text}); {fix}") from exc
     except VerificationError as exc:
-        echo_report(json.dumps(exc.report.to_dict(), indent=2) if as_json else str(exc.report))
+        echo_report(json_text(exc.report.to_dict()) if as_json else str(exc.report))
         raise
-    echo_report(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
+    echo_report(json_text(report.to_dict()) if as_json else str(report))
 
 
 def _plain_zoo_model(loaded) -> bool:

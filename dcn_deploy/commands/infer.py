@@ -43,9 +43,8 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
 
     (artifacts/demo/ is what `dcn-deploy demo` writes.)
     """
-    import json
-
     from ..feeds import format_shape, load_feed, roi_inputs
+    from ..json_text import json_text
 
     if output is not None and output.suffix.lower() not in (".npz", ".npy"):
         raise CliError(f"--output {output}: use a .npz file (or .npy for a model with one output)")
@@ -75,7 +74,7 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
         "saved_to": None if output is None else str(output),
     }
     if as_json:
-        echo_report(json.dumps(summary, indent=2))
+        echo_report(json_text(summary))
         return
     click.echo(f"infer {model_path} with {model_runner.name} in {summary['latency_ms']:.2f} ms (warm call; the first "
                f"call, with one-time set-up, took {summary['first_call_ms']:.2f} ms)")

@@ -1,10 +1,11 @@
 """``dcn-deploy inspect``: what an ONNX file holds (opsets, inputs/outputs, deformable nodes, function bodies)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+
+from ..json_text import json_text
 
 
 @click.command("inspect")
@@ -25,4 +26,4 @@ def command(model_path: Path, as_json: bool, list_nodes: bool) -> None:
     from ..onnx.inspect import format_inspection, inspect_model
 
     info = inspect_model(model_path, nodes=True) if list_nodes else inspect_model(model_path)
-    click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
+    click.echo(json_text(info) if as_json else format_inspection(info))
