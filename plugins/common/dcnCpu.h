@@ -62,22 +62,15 @@ inline Status cpuDtype(char const* entry, int32_t dtype)
         + std::to_string(dtype) + ") is not supported; use float32 (0) or float64 (3) (upcast half types to float32)");
 }
 
-// The element type an entry's kernel is instantiated for, passed as a value (withCpuElementType).
-template <typename T>
-struct CpuElementType
-{
-    using type = T;
-};
-
-// Runs f(CpuElementType<float>{}) for DCN_FLOAT32, else f(CpuElementType<double>{}), and returns what f returns.
-// For a dtype that cpuDtype (cpuEntryChecks) has already accepted: each entry then writes its kernel call once, in
-// a generic lambda (`using T = typename decltype(tag)::type;`), instead of once per type.
+// Runs f(float{}) for DCN_FLOAT32, else f(double{}), and returns what f returns. For a dtype that cpuDtype
+// (cpuEntryChecks) has already accepted: each entry then writes its kernel call once, in a generic lambda
+// (`using T = decltype(tag);`, as the host entries' hostEntry), instead of once per type.
 template <typename F>
 auto withCpuElementType(int32_t dtype, F&& f)
 {
     if (dtype == DCN_FLOAT32)
-        return f(CpuElementType<float>{});
-    return f(CpuElementType<double>{});
+        return f(float{});
+    return f(double{});
 }
 
 // A C entry's untyped buffer as the kernel's element pointer: typed<T>(input) is a T const*, typed<T>(output) a T*.
@@ -92,6 +85,20 @@ T* typed(void* p)
 {
     return static_cast<T*>(p);
 }
+
+#if defined(__linux__)
+// Advice for [p, p + bytes), p on a page: transparent huge pages where the kernel allows them on request, then every
+// page faulted in by one call (ScratchArray, prefaultForWriting). Where the kernel refuses either, nothing changes.
+inline void populateWithHugePages(void* p, size_t bytes)
+{
+#if defined(MADV_HUGEPAGE)
+    madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+#if defined(MADV_POPULATE_WRITE)
+    madvise(p, bytes, MADV_POPULATE_WRITE);
+#endif
+}
+#endif
 
 // An uninitialised array of n T for a large scratch copy (a channels-last table). Why not std::vector: glibc maps
 // an allocation of this size afresh on every call, and faulting its 4 KiB pages in one by one, from every thread
@@ -113,12 +120,7 @@ public:
             void* p = mmap(nullptr, mBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (p == MAP_FAILED)
                 throw std::bad_alloc();
-#if defined(MADV_HUGEPAGE)
-            madvise(p, mBytes, MADV_HUGEPAGE);
-#endif
-#if defined(MADV_POPULATE_WRITE)
-            madvise(p, mBytes, MADV_POPULATE_WRITE);
-#endif
+            populateWithHugePages(p, mBytes);
             mData = static_cast<T*>(p);
             mMapped = true;
             return;
@@ -173,12 +175,7 @@ inline void prefaultForWriting(void* data, size_t bytes)
     uintptr_t const end = (reinterpret_cast<uintptr_t>(data) + bytes) / kPage * kPage;
     if (end <= begin)
         return;
-#if defined(MADV_HUGEPAGE)
-    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-#if defined(MADV_POPULATE_WRITE)
-    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
-#endif
+    populateWithHugePages(reinterpret_cast<void*>(begin), end - begin);
 #else
     (void) data;
     (void) bytes;

@@ -381,7 +381,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, 
         if (desc->batch == 0)
             return dcn::Status::success();
         dcn::withCpuElementType(dtype, [&](auto tag) {
-            using T = typename decltype(tag)::type;
+            using T = decltype(tag);
             dcn::forwardCpu<T>(geo, dcn::typed<T>(input), dcn::typed<T>(offset), dcn::typed<T>(weight),
                 dcn::typed<T>(bias), dcn::typed<T>(mask), dcn::typed<T>(output), threads);
         });
@@ -415,7 +415,7 @@ DCN_API int32_t dcn_deform_conv2d_columns_cpu(const dcn_deform_conv_desc* desc, 
         if (!input_nhwc || !offset || !columns)
             return dcn::Status::invalid(std::string(name) + "input_nhwc, offset and columns must not be NULL (mask may be)");
         dcn::withCpuElementType(dtype, [&](auto tag) {
-            using T = typename decltype(tag)::type;
+            using T = decltype(tag);
             dcn::columnsCpu<T>(geo, dcn::typed<T>(input_nhwc), dcn::typed<T>(offset), dcn::typed<T>(mask), image,
                 pixel_begin, pixel_count, dcn::typed<T>(columns), threads);
         });

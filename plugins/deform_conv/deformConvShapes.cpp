@@ -289,18 +289,18 @@ Status checkInputShapes(dcn_deform_conv_attrs const& a, std::vector<TensorShape>
 
     if (known(n) && known(off.d[0]) && off.d[0] != n)
         return Status::invalid("offset batch (" + std::to_string(off.d[0]) + ") must equal X's (" + std::to_string(n) + ")");
-    // offset_group*kH*kW in int64 (2*offset_group alone overflowed int32 from 2^30), capped: past 2^31 no tensor
-    // dimension can match it, and the wrapped product had skipped the mask check or printed a negative count.
+    // offset_group*kH*kW, refused before it is formed where 2*offset_group*kH*kW would pass 2^31 - 1 (no tensor
+    // dimension can match it; the wrapped int32 product had skipped the mask check or printed a negative count).
     int64_t samples = -1; // per output pixel, -1 while kH or kW is unknown
     if (known(kh) && known(kw))
     {
         int64_t const points = kh * kw; // each at most 2^31 - 1: fits
-        samples = points > int64_t(INT32_MAX) / a.offset_group ? int64_t(INT32_MAX) + 1 : points * a.offset_group;
+        if (points > int64_t(INT32_MAX / 2) / a.offset_group)
+            return Status::invalid("offset_group*kH*kW = " + og + "*" + std::to_string(kh) + "*" + std::to_string(kw)
+                + " is too large: the offset's 2*offset_group*kH*kW channels must be below 2^31; check field "
+                  "'offset_group' and the weight");
+        samples = points * a.offset_group;
     }
-    if (samples > INT32_MAX / 2)
-        return Status::invalid("offset_group*kH*kW = " + og + "*" + std::to_string(kh) + "*" + std::to_string(kw)
-            + " is too large: the offset's 2*offset_group*kH*kW channels must be below 2^31; check field "
-              "'offset_group' and the weight");
     if (known(samples) && known(off.d[1]) && off.d[1] != 2 * samples)
         return Status::invalid("offset must have 2*offset_group*kH*kW = " + std::to_string(2 * samples)
             + " channels, got " + std::to_string(off.d[1]) + "; check field 'offset_group'");

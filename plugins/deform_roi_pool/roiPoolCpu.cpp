@@ -260,7 +260,7 @@ Status roiPoolEntry(char const* name, Status (*checkDesc)(Desc const&), char con
     if (!input || !rois || !output || (extraRequired(*desc) && !extra))
         return Status::invalid(std::string(name) + ": " + missingData);
     withCpuElementType(dtype, [&](auto tag) {
-        using T = typename decltype(tag)::type;
+        using T = decltype(tag);
         poolCpu<T>(*desc, typed<T>(input), typed<T>(rois), typed<T>(extra), typed<T>(output), threads);
     });
     return Status::success();
