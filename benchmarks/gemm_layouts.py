@@ -114,9 +114,9 @@ def main(argv=None) -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False  # IEEE float32, as the GEMM path's cuBLAS calls
     rows = []
+    default_blas = torch.backends.cuda.preferred_blas_library()  # torch's own choice, put back for "default" rows
     for blas in backends:
-        if blas != "default":
-            torch.backends.cuda.preferred_blas_library(blas)
+        torch.backends.cuda.preferred_blas_library(default_blas if blas == "default" else blas)
         for dtype_name in args.dtypes.split(","):
             for layer in LAYERS:
                 times = time_layouts(layer, args.batch, dtype_name, args.warmup, args.iters)
