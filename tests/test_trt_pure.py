@@ -404,6 +404,11 @@ class TestPrecisionFp16:
         report = accuracy_report(run_ort(model, feed), run_ort(half, feed), "fp16, conv_offset kept in fp32")
         assert_close_to_float32(report)  # measured: max/scale 2.8e-4 at most
 
+    def test_keep_named_nodes_from_a_generator(self):
+        # the names are read once: checking them must not use up a generator before the conversion reads it
+        _, report = convert_precision(dcn_model(), "fp16", keep_fp32_nodes=(n for n in ["conv_offset"]))
+        assert ("conv_offset", "Conv", "named in --keep-fp32") in report.kept_fp32
+
     def test_unknown_node_name_is_an_error(self):
         with pytest.raises(PrecisionError, match="no node named \\['nope'\\]"):
             convert_precision(dcn_model(), "fp16", keep_fp32_nodes=["nope"])

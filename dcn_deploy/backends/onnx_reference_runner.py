@@ -15,7 +15,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from .base import Runner, RunnerError, TensorMeta
-from .ort_runner import _host_array, register_dcn_schemas
+from .ort_runner import _checked_input, register_dcn_schemas
 
 __all__ = ["OnnxReferenceRunner", "graph_io_metadata"]
 
@@ -99,17 +99,8 @@ class OnnxReferenceRunner(Runner):
         return self._inputs
 
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
-        arrays = {}
-        for meta in self._inputs:  # the ONNX Runtime runner's checks: the evaluator would compute in any dtype
-            array = np.ascontiguousarray(_host_array(feed[meta.name], "onnx-reference", meta.name))
-            if array.dtype != meta.dtype:
-                raise RunnerError(f"onnx-reference: input {meta.name!r} has dtype {array.dtype}, the model expects "
-                                  f"{meta.dtype}")
-            if array.ndim != len(meta.shape) or any(isinstance(d, int) and d != s
-                                                    for d, s in zip(meta.shape, array.shape)):
-                raise RunnerError(f"onnx-reference: input {meta.name!r} has shape {tuple(array.shape)}, the model "
-                                  f"expects {tuple('?' if d is None else d for d in meta.shape)}")
-            arrays[meta.name] = array
+        # the ONNX Runtime runner's checks: the evaluator would compute in any dtype
+        arrays = {meta.name: _checked_input(feed[meta.name], meta, "onnx-reference") for meta in self._inputs}
         try:
             values = self._evaluator.run(None, arrays)
         except Exception as exc:  # the evaluator raises anything its op implementations raise

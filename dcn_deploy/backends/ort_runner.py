@@ -106,6 +106,18 @@ def _host_array(value, runner: str = "ort", name: str = ""):
     return value
 
 
+def _checked_input(value, meta: TensorMeta, runner: str) -> np.ndarray:
+    """A feed value as a contiguous numpy array of ``meta``'s dtype and shape (None dims: any size), or a
+    RunnerError naming ``runner`` and the input."""
+    array = np.ascontiguousarray(_host_array(value, runner, meta.name))
+    if array.dtype != meta.dtype:
+        raise RunnerError(f"{runner}: input {meta.name!r} has dtype {array.dtype}, the model expects {meta.dtype}")
+    if array.ndim != len(meta.shape) or any(isinstance(d, int) and d != s for d, s in zip(meta.shape, array.shape)):
+        raise RunnerError(f"{runner}: input {meta.name!r} has shape {tuple(array.shape)}, the model expects "
+                          f"{tuple('?' if d is None else d for d in meta.shape)}")
+    return array
+
+
 class OrtRunner(Runner):
     """Runs an ONNX model in an ``onnxruntime.InferenceSession``.
 
@@ -260,16 +272,7 @@ class OrtRunner(Runner):
         return [] if self.session is None else list(self.session.get_providers())
 
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
-        arrays = {}
-        for meta in self._input_metas:
-            array = np.ascontiguousarray(_host_array(feed[meta.name], "ort", meta.name))
-            if array.dtype != meta.dtype:
-                raise RunnerError(f"ort: input {meta.name!r} has dtype {array.dtype}, the model expects {meta.dtype}")
-            if array.ndim != len(meta.shape) or any(isinstance(d, int) and d != s
-                                                    for d, s in zip(meta.shape, array.shape)):
-                raise RunnerError(f"ort: input {meta.name!r} has shape {tuple(array.shape)}, the model expects "
-                                  f"{tuple('?' if d is None else d for d in meta.shape)}")
-            arrays[meta.name] = array
+        arrays = {meta.name: _checked_input(feed[meta.name], meta, "ort") for meta in self._input_metas}
         try:
             values = self.session.run(None, arrays)
         except Exception as exc:  # onnxruntime's own exception types

@@ -41,14 +41,12 @@ def check_build_options(model, *, precision: str, io_dtype: str, keep_fp32: Iter
                         optimization_level: Optional[int]) -> None:
     """The build options that need no TensorRT, checked before it is imported (see build_engine; the workspace
     size is read before the model)."""
-    from ..onnx.precision import PrecisionError, check_convertible, check_keep_fp32_nodes, check_precision_options
+    from ..onnx.precision import (PrecisionError, check_convertible, check_keep_fp32_nodes, check_precision_options,
+                                  keep_fp32_names)
     from ..wording import argument
 
     check_precision_options(precision, io_dtype)
-    if isinstance(keep_fp32, (str, bytes)):  # list("node_a") would be its letters
-        raise PrecisionError(f"{argument('keep_fp32', '--keep-fp32')} must be a list of node names, e.g. "
-                             f"[{keep_fp32!r}], got the string {keep_fp32!r}")
-    keep_fp32 = list(keep_fp32)
+    keep_fp32 = keep_fp32_names(keep_fp32)
     if precision != "fp32":
         check_keep_fp32_nodes(model, keep_fp32)
         check_convertible(model, precision)  # bf16 below opset 22 with our ops, control flow

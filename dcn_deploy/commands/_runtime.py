@@ -75,15 +75,17 @@ def model_ref_file(reference: Optional[str]) -> Optional[Path]:
     """The file a model reference reads: FILE for FILE.py:FACTORY and FILE.pt2; None for a module or a zoo name."""
     if not reference:
         return None
-    owner, sep, _factory = reference.rpartition(":")
-    if sep and owner.lower().endswith(".py"):
-        return Path(owner)
-    return Path(reference) if reference.lower().endswith(".pt2") else None
+    from ..onnx.model_loading import reference_file  # load_model's own rule (imports torch: --model loads it anyway)
+
+    return reference_file(reference)
 
 
 def input_option_files(items: Sequence[str]) -> List[Path]:
-    """The files of ``--input NAME=FILE`` / ``--input FILE`` options."""
-    return [Path(item.partition("=")[2] if "=" in item else item) for item in items]
+    """The files of ``--input NAME=FILE`` / ``--input FILE`` options, as the feed reader reads them."""
+    from ..feeds.feed_files import split_input_item
+
+    paths = (split_input_item(item)[1] for item in items)
+    return [path for path in paths if path is not None]
 
 
 def check_output_option(output: Path, model_path: Optional[Path], torch_model: Optional[str],

@@ -93,6 +93,15 @@ def check_array(meta: TensorMeta, array: np.ndarray, source: str, note: Note = N
     return np.ascontiguousarray(array)
 
 
+def split_input_item(item: str) -> Tuple[str, Optional[Path]]:
+    """An ``--input`` item, ``NAME=file.npy`` or ``file.npz``, as (NAME or "", the file's path with ``~`` expanded,
+    None when the item names no file)."""
+    name, sep, file = item.partition("=")
+    if not sep:
+        name, file = "", item
+    return name, (Path(os.path.expanduser(file)) if file else None)
+
+
 def read_input_files(items: Sequence[str], names: Sequence[str],
                      required: Optional[Sequence[str]] = None) -> Dict[str, Tuple[np.ndarray, str]]:
     """``{input name: (array, source file)}`` from ``NAME=file.npy`` or ``file.npz`` items (an .npz's keys are input
@@ -100,13 +109,10 @@ def read_input_files(items: Sequence[str], names: Sequence[str],
     input may be given once, and every one of ``required`` (default: all of ``names``) must be."""
     feed: Dict[str, Tuple[np.ndarray, str]] = {}
     for item in items:
-        name, sep, file = item.partition("=")
-        if not sep:
-            name, file = "", item
-        if not file:
+        name, path = split_input_item(item)
+        if path is None:
             raise FeedError(f"{argument(f'items entry {item!r}', f'--input {item}')} names no file; give "
                             + argument("'NAME=file.npy'", "--input NAME=file.npy") + " (or a .npz file of all inputs)")
-        path = Path(os.path.expanduser(file))
         for key, array in _load_file(path, named=bool(name)).items():
             target = name or key
             if not target:

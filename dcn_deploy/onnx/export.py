@@ -42,7 +42,7 @@ from .export_report import (ExampleInputsError, ExportError, ExportRefusedError,
 from .export_verification import verify_export
 from .graph_names import check_io_names, rename_graph_io, rename_symbols, rois_sharing_the_batch
 from .model_loading import program_shape_mismatch
-from .torch_exporter import run_exporter
+from .torch_exporter import float_dtypes, run_exporter
 
 __all__ = ["export", "ExportReport", "VerificationRun", "ExportError", "ExampleInputsError", "VerificationError",
            "NoDeformableLayerError", "EXAMPLE_SHAPES_KEY"]
@@ -117,7 +117,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         example_inputs = tuple(model.example_inputs[0])
     example_inputs = _check_example_inputs(example_inputs)
     verify_inputs = _check_verify_inputs(verify_inputs, len(example_inputs))
-    dtypes = _float_dtypes(model, example_inputs)
+    dtypes = float_dtypes(model, example_inputs)
     opset = _check_opset(opset, dtypes)
     _check_tolerance(rtol, atol)
     input_names, output_names = check_io_names(input_names, output_names)  # before the export: it is slow
@@ -216,8 +216,7 @@ def _check_options(*, seed, progress, **flags) -> None:
     """The switches and the seed, checked before the (slow) export: ``dynamic="no"`` is truthy and exported a dynamic
     model, a seed torch refuses failed only in the verification, after the file was written."""
     for name, value in flags.items():
-        if not isinstance(value, (bool, int)) or (isinstance(value, int) and not isinstance(value, bool)
-                                                  and value not in (0, 1)):
+        if not (isinstance(value, int) and value in (0, 1)):  # True, False, 1 or 0
             raise TypeError(f"{name} must be True or False, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise TypeError(f"seed must be an int >= 0 (it fixes the random verification inputs), got {seed!r}")
@@ -341,15 +340,6 @@ def _check_inputs_fit(model, example_inputs: Sequence[torch.Tensor]) -> None:
             module(*example_inputs)
     except Exception as exc:  # noqa: BLE001 - whatever the user's model raises is reported as its own error
         raise ExampleInputsError(shapes, type(model).__name__, exc) from exc
-
-
-def _float_dtypes(model, example_inputs: Sequence[torch.Tensor]) -> set:
-    tensors = list(example_inputs)
-    if isinstance(model, torch.nn.Module):
-        tensors += list(model.parameters()) + list(model.buffers())
-    else:
-        tensors += list(model.state_dict.values())
-    return {t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
 
 
 def _check_opset(opset, dtypes: set) -> int:

@@ -66,7 +66,7 @@ def load_model(reference: Union[str, Path], weights: Optional[Union[str, Path]] 
         return _load_program(Path(text))
     factory_ref, sep, factory_name = text.rpartition(":")
     if sep and factory_ref and not _is_windows_drive(text):
-        if factory_ref.endswith(".py") or "/" in factory_ref or "\\" in factory_ref:
+        if _names_file(factory_ref):
             owner, kind = _import_file(Path(factory_ref)), "file"
         else:
             owner, kind = _import_module(factory_ref), "module"
@@ -84,6 +84,23 @@ def load_model(reference: Union[str, Path], weights: Optional[Union[str, Path]] 
         raise ValueError(f"model {text}: not a model reference; give {_REFERENCE_FORMS} "
                          "(a state_dict goes to --weights, next to the FILE.py:FACTORY that builds the model)")
     return _load_zoo(text, weights)
+
+
+def reference_file(reference: Union[str, Path]) -> Optional[Path]:
+    """The file :func:`load_model` reads for ``reference``: FILE.pt2, or FILE of FILE.py:FACTORY; None for
+    package.module:FACTORY and zoo names (its weights file is not counted)."""
+    text = str(reference)
+    if text.endswith(".pt2"):
+        return Path(text)
+    factory_ref, sep, _ = text.rpartition(":")
+    if sep and factory_ref and not _is_windows_drive(text) and _names_file(factory_ref):
+        return Path(factory_ref)
+    return None
+
+
+def _names_file(factory_ref: str) -> bool:
+    """Whether the part before ``:FACTORY`` is a file (FILE.py, a path) rather than an importable module."""
+    return factory_ref.endswith(".py") or "/" in factory_ref or "\\" in factory_ref
 
 
 def _with_our_layers(model: torch.nn.Module):

@@ -59,7 +59,8 @@ from ..wording import argument
 from .opset import BFLOAT16_MIN_OPSET
 
 __all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "check_convertible", "check_keep_fp32_nodes",
-           "check_precision_options", "PrecisionReport", "convert_precision", "float_to_bfloat16_bits"]
+           "check_precision_options", "keep_fp32_names", "PrecisionReport", "convert_precision",
+           "float_to_bfloat16_bits"]
 
 # op_type (default domain) -> why it stays float32. See the module docstring for the rule.
 KEEP_FP32_OPS: Dict[str, str] = {
@@ -251,14 +252,20 @@ def check_precision_options(precision: str, io_dtype: str = "float32") -> None:
         raise PrecisionError(f"io_dtype must be 'float32' or 'half', got {io_dtype!r}")
 
 
+def keep_fp32_names(keep_fp32_nodes: Iterable[str]) -> List[str]:
+    """``keep_fp32_nodes`` (``--keep-fp32``) as a list, read once (a generator too); a bare string is a
+    :class:`PrecisionError` (``list("node_a")`` would be its letters)."""
+    if isinstance(keep_fp32_nodes, (str, bytes)):
+        raise PrecisionError(f"{argument('keep_fp32', '--keep-fp32')} must be a list of node names, e.g. "
+                             f"[{keep_fp32_nodes!r}], got the string {keep_fp32_nodes!r}")
+    return list(keep_fp32_nodes)
+
+
 def check_keep_fp32_nodes(model: onnx.ModelProto, keep_fp32_nodes: Iterable[str]) -> None:
     """Raises :class:`PrecisionError` naming the ``keep_fp32_nodes`` (``--keep-fp32``) that are not nodes of the
     model's graph."""
-    if isinstance(keep_fp32_nodes, (str, bytes)):  # set("node_a") would be its letters
-        raise PrecisionError(f"{argument('keep_fp32', '--keep-fp32')} must be a list of node names, e.g. "
-                             f"[{keep_fp32_nodes!r}], got the string {keep_fp32_nodes!r}")
     names = {n.name for n in model.graph.node if n.name}
-    unknown = sorted(set(keep_fp32_nodes) - names)
+    unknown = sorted(set(keep_fp32_names(keep_fp32_nodes)) - names)
     if unknown:
         raise PrecisionError(f"{argument('keep_fp32', '--keep-fp32')}: no node named {unknown} in the model; "
                              f"node names look like {sorted(names)[:8]} (all of them: dcn-deploy inspect --nodes "
@@ -283,8 +290,8 @@ def convert_precision(model: onnx.ModelProto, precision: str = "fp16", *,
     report = PrecisionReport(precision, io_dtype)
     if precision == "fp32":
         return out, report
-    check_keep_fp32_nodes(out, keep_fp32_nodes)
-    keep_names = set(keep_fp32_nodes)
+    keep_names = set(keep_fp32_names(keep_fp32_nodes))
+    check_keep_fp32_nodes(out, keep_names)
     check_convertible(out, precision)
     conversion = _HalfConversion(out, precision, io_dtype, report, keep_names,
                                  KEEP_FP32_OPS if keep_fp32_ops is None else keep_fp32_ops)

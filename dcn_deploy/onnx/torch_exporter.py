@@ -32,7 +32,7 @@ def run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: boo
     # the folded weights come out float32 beside a bfloat16 input, and onnx.checker rejects the Conv. A bfloat16
     # model is exported unoptimised (BatchNormalization stays a node of its own).
     kwargs = dict(dynamo=True, opset_version=opset, verbose=False,
-                  optimize=not _uses_bfloat16(model, example_inputs),
+                  optimize=torch.bfloat16 not in float_dtypes(model, example_inputs),
                   custom_translation_table=_translation_table(standard, opset))
     name = type(model).__name__
     if dynamic and isinstance(model, torch.nn.Module):
@@ -53,13 +53,15 @@ def run_exporter(model, example_inputs, opset: int, dynamic: bool, standard: boo
     return program.model_proto
 
 
-def _uses_bfloat16(model, example_inputs) -> bool:
+def float_dtypes(model, example_inputs: Sequence[torch.Tensor]) -> set:
+    """The floating-point dtypes of ``example_inputs`` and of the model's parameters and buffers (a program's
+    state_dict)."""
     tensors = list(example_inputs)
     if isinstance(model, torch.nn.Module):
         tensors += list(model.parameters()) + list(model.buffers())
     else:
         tensors += list(model.state_dict.values())
-    return any(isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 for t in tensors)
+    return {t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
 
 
 def _translation_table(standard: bool, opset: int) -> dict:
