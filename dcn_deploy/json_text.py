@@ -1,4 +1,5 @@
-"""JSON that strict parsers read: every report the library and the CLI write goes through :func:`json_text`.
+"""JSON that strict parsers read: the reports of compare_runners/verify, benchmark/bench, infer, export, inspect and
+the demo go through :func:`json_text` (the zoo report and `plugin info` still write with json.dumps).
 
 ``json.dumps`` writes non-finite floats as ``Infinity``/``NaN``, which is not JSON (RFC 8259): JavaScript's
 ``JSON.parse`` and jq refuse the whole file, typically when a comparison failed or an output held NaN, which is when
