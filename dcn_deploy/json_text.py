@@ -1,5 +1,5 @@
-"""JSON that strict parsers read: the reports of compare_runners/verify, benchmark/bench, infer, export, inspect and
-the demo go through :func:`json_text` (the zoo report and `plugin info` still write with json.dumps).
+"""JSON that strict parsers read: every JSON report the product writes (compare_runners/verify, benchmark/bench,
+infer, export, inspect, the demo, the zoo's list and report, `plugin info`) goes through :func:`json_text`.
 
 ``json.dumps`` writes non-finite floats as ``Infinity``/``NaN``, which is not JSON (RFC 8259): JavaScript's
 ``JSON.parse`` and jq refuse the whole file, typically when a comparison failed or an output held NaN, which is when

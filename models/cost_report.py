@@ -22,7 +22,6 @@ other processes on a shared machine hits both alike.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import re
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from . import zoo
+from dcn_deploy.json_text import json_text
 from dcn_deploy.ops.modules import DeformConv2d, ModulatedDeformConv2dPack
 
 DEFAULT_PAIRS = ("resnet50_dcn_c5", "resnet50_dcnv2_c3c5", "resnet101_dcn_c5", "deeplab_resnet50_dcn",
@@ -328,4 +328,4 @@ def report_json(rows: Sequence[Row], settings: Dict[str, object]) -> str:
     """The raw numbers of a report as JSON text."""
     payload = {"settings": settings, "rows": [
         {**asdict(r), "dcn_total_macs": r.dcn.total_macs, "plain_total_macs": r.base.total_macs} for r in rows]}
-    return json.dumps(payload, indent=2, default=str)
+    return json_text(payload)

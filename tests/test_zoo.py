@@ -404,6 +404,17 @@ def test_cost_counts_add_exactly_the_offset_branches_and_sampling():
     assert plain.deform_gemm_macs == plain.sampling_macs == 0
 
 
+
+def test_cost_report_json_is_strict_json_when_a_timing_is_not_finite():
+    """A failed timing (NaN) must not make the report unreadable to strict parsers (jq, JSON.parse)."""
+    from dcn_deploy.models import cost_report as report
+
+    row = report.Row("resnet50_dcn_c5", "resnet50_plain", (64, 64), 0, report.Cost(params=1), report.Cost(params=1),
+                     dcn_time=report.Timed("ort", float("nan"), float("inf"), 1.0))
+    text = report.report_json([row], {"threads": 2})
+    parsed = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
+    assert parsed["rows"][0]["dcn_time"]["median_ms"] == "nan" and parsed["rows"][0]["size"] == [64, 64]
+
 # ---- the CLI ------------------------------------------------------------------------------------------------------
 def test_cli_zoo_list_and_counts_only_report():
     from click.testing import CliRunner

@@ -1,13 +1,13 @@
 """``dcn-deploy plugin build|info``: build the native libraries with CMake, or show what was found."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, Optional
 
 import click
 
 from ..plugin.library import TENSORRT_HEADERS_WHEEL  # stdlib only: the CLI still starts fast
+from ..json_text import json_text
 from . import EXIT_FAILED, echo_error
 
 
@@ -106,7 +106,7 @@ def info_command(as_json: bool) -> None:
 
     info = library_info()
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(json_text(info))
         return
     for kind in ("host", "kernels", "plugin"):
         click.echo(f"{kind:22s} {info[kind] or 'not found'}")

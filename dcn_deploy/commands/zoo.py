@@ -1,13 +1,13 @@
 """``dcn-deploy zoo list|report``: the model zoo's names, and what deformable layers cost in each network."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 import click
 
 from ..io_utils import check_output_path
+from ..json_text import json_text
 from . import CliError, echo_report, json_stdout
 
 
@@ -36,8 +36,8 @@ def list_command(as_json: bool) -> None:
 
     entries = [zoo.get(name) for name in zoo.names()]
     if as_json:
-        click.echo(json.dumps([{"name": e.name, "task": e.task, "deformable": e.deformable, "plain_twin": e.plain,
-                                "description": e.description} for e in entries], indent=2))
+        click.echo(json_text([{"name": e.name, "task": e.task, "deformable": e.deformable, "plain_twin": e.plain,
+                                "description": e.description} for e in entries]))
         return
     rows = [("name", "task", "plain twin", "description")]
     rows += [(e.name, e.task, e.plain or "-", e.description) for e in entries]
