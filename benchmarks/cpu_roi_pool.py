@@ -133,14 +133,17 @@ def run_case(case: RoiCase, threads: int, iterations: int, warmup: int) -> Dict[
             "max_abs_diff": float(np.abs(got - want).max()), "op_max_abs_diff": float(np.abs(op_out - want).max())}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="repeatable; default: all")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for ONNX Runtime and torch")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", help="also write the raw numbers here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.iterations < 1 or args.warmup < 0:
+        parser.error(f"--threads and --iterations must be >= 1, --warmup >= 0; got {args.threads}, {args.iterations}, "
+                     f"{args.warmup}")
     torch.set_num_threads(args.threads)
     rows = [run_case(CASES[name], args.threads, args.iterations, args.warmup) for name in (args.case or CASES)]
     print(f"ONNX Runtime {ort.__version__}, torch {torch.__version__}, {args.threads} thread(s), "

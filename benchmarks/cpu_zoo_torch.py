@@ -50,14 +50,17 @@ MODES: Dict[str, Callable[[], contextlib.AbstractContextManager]] = {
 }
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="rfcn_resnet50_dcn", choices=zoo.names())
     parser.add_argument("--size", type=int, default=256, help="input height and width")
     parser.add_argument("--rois", type=int, default=100, help="RoIs per image (detection models)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=7)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.iterations < 1 or args.size < 1 or args.rois < 1:
+        parser.error(f"--threads, --iterations, --size and --rois must be >= 1; got {args.threads}, "
+                     f"{args.iterations}, {args.size}, {args.rois}")
     torch.set_num_threads(args.threads)
     entry = zoo.get(args.model)
     model = entry.build()

@@ -107,6 +107,8 @@ def main(argv=None) -> int:
         parser.error(f"--blas takes default, cublas or cublaslt, got {', '.join(unknown)}")
     if args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
+    if args.iters < 1 or args.warmup < 0:
+        parser.error(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
     import torch
 
     if not torch.cuda.is_available():

@@ -5,7 +5,8 @@ detection input (feature maps at strides 8/16/32), batch 1 and 8, and the paper'
 res5 with dilation 2 at output stride 16 on a 1024x2048 Cityscapes image). v2 (with mask) throughout, one offset
 group; fp16 and fp32. ``--layers grouped`` times grouped and depth-wise layers instead (where im2col designs
 collapse). Every implementation runs on the same tensors in the same process; times are medians over
-CUDA-event-timed CUDA-graph replays after a warm-up.
+CUDA-event-timed CUDA-graph replays after a warm-up, run back to back (no host wait between them, so a time is the
+GPU's work and not the host's launch of it) on the same buffers (no L2 flush: inputs that fit stay in the cache).
 
 Needs a GPU, torch with CUDA, torchvision and the built kernels library (``dcn-deploy plugin build``):
 
@@ -71,6 +72,7 @@ GROUPED_LAYERS = [
 # ran on CUDA before, and what its backward still runs).
 ALGOS = ("auto", "gemm", "fused", "direct", "implicit", "torch", "composite")
 LAYER_SETS = {"issue": LAYERS, "grouped": GROUPED_LAYERS, "all": LAYERS + GROUPED_LAYERS}
+DTYPES = ("float16", "bfloat16", "float32")
 
 
 def on_composite(op, *args):
@@ -148,15 +150,16 @@ def time_cuda_detail(fn: Callable[[], object], warmup: int, iters: int, graph: b
             print(f"warning: CUDA graph capture failed ({exc}); timing eager calls", file=sys.stderr)
             torch.cuda.synchronize()
             run = fn
-    times = []
-    for _ in range(iters):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    # Back to back: the host records every run's events without waiting in between, so the GPU has the next run
+    # queued when a start event fires. (Waiting after each run left the GPU idle at the next start event, which then
+    # fired at once: each time included the host's launch of the run, microseconds against a 40 us layer.)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for start, stop in events:
         start.record()
         run()
         stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times), graphed
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(stop) for start, stop in events), graphed
 
 
 def _git_commit() -> str:
@@ -167,6 +170,31 @@ def _git_commit() -> str:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def run_settings(iters: int, warmup: int, graph: bool) -> dict:
+    """How a run times (stored in each of its rows, so that --from-json renders the run's own settings): repeats,
+    warm-up runs, CUDA-graph replays or eager calls, the date and the command line."""
+    return {"iters": iters, "warmup": warmup, "timing": "graph" if graph else "eager",
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "command": command_line()}
+
+
+def command_line() -> str:
+    """This process's command, with the kernel knobs set in its environment (:func:`kernel_settings`) first."""
+    env = kernel_settings()
+    return f"{env + ' ' if env else ''}python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip()
+
+
+# Relative errors against the float64 reference above which an implementation's result is wrong, not rounded:
+# its time is marked and left out of the best (torchvision's own fp16 error reaches 1.6e-2, ours 2.4e-4).
+ERROR_LIMITS = {"float16": 5e-2, "bfloat16": 5e-2, "float32": 1e-3}
+
+
+def wrong_result(r: dict, key: str) -> bool:
+    """Whether row r's implementation `key` gave a result far from the reference (or NaN); False without one."""
+    err = r.get(f"{key}_err")
+    return err is not None and not (err <= ERROR_LIMITS.get(r.get("dtype"), 1e-3))
 
 
 def relative_error(got, reference) -> float:
@@ -299,7 +327,8 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
     torch.backends.cudnn.benchmark = True
     # where and what ran, in every row, so that --from-json renders the run's own header anywhere
     context = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-               "commit": _git_commit(), "python": platform.python_version(), **tf32_settings()}
+               "commit": _git_commit(), "python": platform.python_version(), **tf32_settings(),
+               **run_settings(iters, warmup, graph)}
     rows = []
     cases = []
     for dtype_name in dtypes:
@@ -389,11 +418,13 @@ def _run_context(rows: List[dict]) -> dict:
 
 
 def _ms_cell(r: dict, key: str) -> str:
-    """A time in ms; 'fail' where it failed; a * where a CUDA graph could not be captured (eager time)."""
+    """A time in ms; 'fail' where it failed; a * where a CUDA graph could not be captured (eager time); a ! where
+    its result was wrong (:func:`wrong_result`)."""
     ms = r.get(f"{key}_ms")
     if ms is None:
         return "fail" if r.get(f"{key}_failed") else "n/a"
-    return f"{ms:.3f}" + ("*" if r.get(f"{key}_timing") == "eager" else "")
+    return (f"{ms:.3f}" + ("*" if r.get(f"{key}_timing") == "eager" else "")
+            + ("!" if wrong_result(r, key) else ""))
 
 
 def _err_cell(r: dict, key: str) -> str:
@@ -430,24 +461,42 @@ def _tf32_note(rows: List[dict]) -> str:
     return f" In float32, `cuDNN conv2d` ran {said}.{strict}"
 
 
+def _saved_setting(rows: List[dict], key: str, default):
+    """The rows' own value of a run setting (:func:`run_settings`) where they all have the same; else ``default``
+    (rows saved before the rows held it, or rows of several runs: the renderer's arguments)."""
+    values = {r.get(key) for r in rows}
+    return values.pop() if len(values) == 1 and None not in values else default
+
+
 def to_markdown(rows: List[dict], args) -> str:
     algos = args.algos.split(",")
-    env = kernel_settings()
     run_context = _run_context(rows)
     strict_conv = any("conv_no_tf32_ms" in r for r in rows)
+    iters = _saved_setting(rows, "iters", args.iters)
+    warmup = _saved_setting(rows, "warmup", args.warmup)
+    eager = _saved_setting(rows, "timing", "eager" if args.eager else "graph") == "eager"
+    # rows saved before the rows held their settings were timed one run at a time, the host waiting after each
+    order = "back to back" if _saved_setting(rows, "timing", None) else "one at a time (a host wait after each run)"
+    date = _saved_setting(rows, "date_utc", datetime.date.today().isoformat())[:10]
+    command = _saved_setting(rows, "command", command_line())
+    wrong = any(wrong_result(r, f"ours_{a}") for r in rows for a in algos)
     lines = [
-        f"## Deformable convolution, {run_context['device']} ({datetime.date.today().isoformat()})",
+        f"## Deformable convolution, {run_context['device']} ({date})",
         "",
         f"commit `{run_context['commit']}`, torch {run_context['torch']}, CUDA {run_context['cuda']}, Python {run_context['python']}; "
-        f"median of {args.iters} CUDA-event-timed "
-        f"{'CUDA-graph replays (GPU time without Python launch overhead)' if not args.eager else 'eager calls'} "
-        f"after {args.warmup} warm-up runs; v2 (mask), "
+        f"median of {iters} CUDA-event-timed "
+        f"{'CUDA-graph replays (GPU time without Python launch overhead)' if not eager else 'eager calls'} "
+        f"after {warmup} warm-up runs, {order} on the same tensors (no L2 flush: inputs that fit in L2 stay "
+        "there between runs); v2 (mask), "
         f"{'with a bias' if all(r.get('bias', True) for r in rows) else 'no bias'}, 3x3, stride 1, "
         f"one offset group unless named, C = out channels. Errors are ||out - ref|| / ||ref|| against torchvision's op in float64 "
         f"on the same inputs. `fail`: that implementation raised (the reason is in the JSON rows and the log); "
-        f"`*`: the call could not be captured in a CUDA graph, so that time is of eager calls.{_tf32_note(rows)}",
+        f"`*`: the call could not be captured in a CUDA graph, so that time is of eager calls."
+        + (f" `!`: a wrong result (error over {ERROR_LIMITS['float16']:g} in half types, "
+           f"{ERROR_LIMITS['float32']:g} in float32), left out of the best." if wrong else "")
+        + _tf32_note(rows),
         "",
-        f"command: `{env + ' ' if env else ''}python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+        f"command: `{command}`",
         "",
         "| layer | NxCxHxW | dtype | " + " | ".join(f"ours {a} ms" for a in algos)
         + " | torchvision ms | cuDNN conv2d ms | best speed-up vs torchvision | best / conv2d | "
@@ -457,7 +506,7 @@ def to_markdown(rows: List[dict], args) -> str:
         + ("---: | ---: | " if strict_conv else "") + " | ".join("---:" for _ in algos) + " | ---: |",
     ]
     for r in rows:
-        times = [r.get(f"ours_{a}_ms") for a in algos]
+        times = [r.get(f"ours_{a}_ms") for a in algos if not wrong_result(r, f"ours_{a}")]
         best = min((t for t in times if t is not None), default=None)
         tv, conv = r.get("torchvision_ms"), r.get("conv_ms")
         speedup = f"{tv / best:.2f}x" if tv and best else "n/a"
@@ -546,6 +595,15 @@ def main(argv=None) -> int:
     unknown = sorted(set(algos) - set(ALGOS))
     if unknown:
         parser.error(f"--algos: unknown implementation(s) {unknown}; choose from {', '.join(ALGOS)}")
+    # checked here, not when their turn comes: a bad value would fail every cell, or stop the run after minutes
+    if args.iters < 1 or args.warmup < 0:
+        parser.error(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
+    batches = [b.strip() for b in args.batches.split(",")]
+    if not all(b.isdigit() and int(b) >= 1 for b in batches):
+        parser.error(f"--batches takes comma-separated integers >= 1, e.g. 1,8; got {args.batches!r}")
+    bad_dtypes = [d for d in args.dtypes.split(",") if d not in DTYPES]
+    if bad_dtypes:
+        parser.error(f"--dtypes: unknown {bad_dtypes}; choose from {', '.join(DTYPES)}")
 
     from dcn_deploy.io_utils import atomic_write_text
 
@@ -558,7 +616,7 @@ def main(argv=None) -> int:
             print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
             return 2
         save = (lambda rows: atomic_write_text(args.json, json.dumps(rows, indent=1))) if args.json else None
-        rows = run([int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.warmup, args.iters, algos,
+        rows = run([int(b) for b in batches], args.dtypes.split(","), args.warmup, args.iters, algos,
                    graph=not args.eager, breakdown=args.breakdown, layers=LAYER_SETS[args.layers], on_row=save,
                    with_bias=not args.no_bias)
     table = render(rows, args)

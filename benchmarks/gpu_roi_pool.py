@@ -54,6 +54,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
+    if args.iterations < 1 or args.warmup < 0:
+        parser.error(f"--iterations must be >= 1 and --warmup >= 0, got {args.iterations} and {args.warmup}")
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU (torch.cuda.is_available() is False); for the CPU: benchmarks/cpu_roi_pool.py")
     unknown = [d for d in args.dtypes.split(",") if d not in DTYPES]

@@ -4,9 +4,12 @@ Every requested batch size and input shape is checked against the model's input 
 so a bad ``--batch``/``--shape`` fails at once. For each batch size, every runner gets the same random feed, runs
 ``warmup`` untimed inferences, then a fixed number of ``iterations`` or as many as fit in ``duration`` seconds.
 Each inference's time is the runner's own ``last_inference_time()`` (the model call, without feed generation).
+The first output of every runner is checked against the first runner's (names and shapes) before that runner is
+timed: runners that do not compute the same function are refused, not compared.
 Reported per (runner, batch): latency min/mean/median/p90/p99/max/std in milliseconds, throughput in inferences
-and samples per second (samples = batch x inferences, over the summed inference time), and the speed relative to
-the first runner at the same batch (``first median / this median``, so 2.0 means twice as fast).
+and samples per second (samples = batch x inferences, over the summed inference time), the speed relative to
+the first runner at the same batch (``first median / this median``, so 2.0 means twice as fast), and the runner's
+intra-op thread count (None: the backend's default).
 
 Runners that time stages apart (the TensorRT runner: host-to-device, compute, device-to-host, as trtexec shows)
 expose ``last_stage_times()`` returning a dataclass of ``<stage>_ms`` fields (``h2d_ms``, ``compute_ms``,
@@ -15,17 +18,18 @@ expose ``last_stage_times()`` returning a dataclass of ``<stage>_ms`` fields (``
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .backends.base import Runner, TensorMeta
+from .backends.base import Runner, RunnerError, TensorMeta
 from .compare import check_rois_argument, check_runners_argument, runner_roi_inputs
 from .feeds import fixed_batch, fixed_batch_error, format_shape, random_feed, resolve_shapes
 from .json_text import json_text
@@ -74,6 +78,7 @@ class BenchEntry:
     samples_per_s: float
     relative_speed: float = 1.0  # first runner's median / this median, at the same batch
     phases_ms: Dict[str, LatencyStats] = field(default_factory=dict)
+    threads: Optional[int] = None  # intra-op threads while timed (intra_op_threads); None: the backend's default
 
 
 @dataclass
@@ -117,6 +122,9 @@ class BenchResult:
         runs = "warm-up run" if s["warmup"] == 1 else "warm-up runs"
         lines.append(f"latency in ms per inference ({mode} after {s['warmup']} {runs}); samples/s = batch x "
                      "inferences / summed latency; speed = first runner's median / this median")
+        threads = {e.runner: "the backend's default" if e.threads is None else str(e.threads) for e in self.entries}
+        if threads:
+            lines.append("intra-op threads: " + ", ".join(f"{name} {n}" for name, n in threads.items()))
         return "\n".join(lines)
 
 
@@ -126,8 +134,12 @@ def _ms(value: float) -> str:
 
 def environment_info() -> Dict[str, object]:
     """Versions and machine facts a reader needs to compare two reports (reads only modules already imported)."""
-    info: Dict[str, object] = {"python": platform.python_version(), "machine": platform.machine(),
-                               "system": platform.system(), "cpu_count": os.cpu_count(), "numpy": np.__version__}
+    from . import __version__
+
+    info: Dict[str, object] = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                               "dcn_deploy": __version__, "python": platform.python_version(),
+                               "machine": platform.machine(), "system": platform.system(),
+                               "cpu_count": os.cpu_count(), "numpy": np.__version__}
     for module in ("torch", "onnxruntime", "tensorrt"):
         if module in sys.modules:
             info[module] = getattr(sys.modules[module], "__version__", "?")
@@ -144,17 +156,56 @@ def stage_times(runner: Runner) -> Dict[str, float]:
     return {name[:-3]: float(ms) / 1e3 for name, ms in values.items() if name.endswith("_ms")}
 
 
+def intra_op_threads(runner: Runner) -> Optional[int]:
+    """The intra-op threads ``runner`` computes with (call it while the runner is active): its own ``threads``
+    setting; for a torch runner on the CPU without one, torch's process-wide count; else None (the backend's default,
+    e.g. ONNX Runtime's one per core, or no such setting, as TensorRT)."""
+    threads = getattr(runner, "threads", None)
+    if threads is not None:
+        return int(threads)
+    torch_runner = sys.modules.get("dcn_deploy.backends.torch_runner")  # loaded by any torch runner: no import here
+    if torch_runner is not None and isinstance(runner, torch_runner.TorchRunner) and runner.device.type == "cpu":
+        return int(sys.modules["torch"].get_num_threads())
+    return None
+
+
+def _output_shapes(outputs: Mapping[str, object]) -> Dict[str, tuple]:
+    return {name: tuple(int(d) for d in np.shape(value)) for name, value in outputs.items()}
+
+
+def _check_same_outputs(runner: Runner, outputs: Mapping[str, object], first: Optional[tuple]) -> Dict[str, tuple]:
+    """The output shapes of ``runner``'s inference; RunnerError when they differ from ``first`` ((name, shapes) of
+    the first runner at this batch): runners that do not compute the same function have no speed ratio."""
+    shapes = _output_shapes(outputs)
+    if first is None:
+        return shapes
+    name, want = first
+    if set(shapes) != set(want):
+        raise RunnerError(f"{runner.name}: outputs {sorted(shapes)} where {name}'s are {sorted(want)}: the runners "
+                          "do not run the same model, so their times cannot be compared")
+    for output, shape in shapes.items():
+        if shape != want[output]:
+            raise RunnerError(f"{runner.name}: output {output!r} has shape {shape} where {name}'s has "
+                              f"{want[output]} on the same inputs: the runners do not compute the same function, so "
+                              "their times cannot be compared")
+    return shapes
+
+
 def _measure(runner: Runner, feed: Mapping[str, np.ndarray], iterations: Optional[int], duration: Optional[float],
-             progress: Progress) -> tuple:
+             progress: Progress, on_first: Optional[Callable[[Mapping[str, object]], object]] = None) -> tuple:
     """Timed inferences of ``runner`` on ``feed``: ``(seconds per inference, {stage: seconds per inference},
-    wall seconds of the loop)``, over ``iterations`` runs or ``duration`` seconds."""
+    wall seconds of the loop)``, over ``iterations`` runs or ``duration`` seconds. ``on_first`` is given the first
+    inference's outputs (after its time is taken)."""
     times: List[float] = []
     phases: Dict[str, List[float]] = {}
     start = time.perf_counter()
     last_tick = start
     while True:
-        runner.infer(feed)
+        outputs = runner.infer(feed)
         times.append(runner.last_inference_time())
+        if on_first is not None and len(times) == 1:
+            on_first(outputs)
+        del outputs  # freed before the next inference: no two sets of outputs alive at once (allocation, faults)
         for phase, seconds in stage_times(runner).items():
             phases.setdefault(phase, []).append(seconds)
         now = time.perf_counter()
@@ -228,18 +279,29 @@ def _checked_settings(iterations, duration: Optional[float], warmup, batches) ->
 
 
 def _time_runner(runner: Runner, own: bool, feed: Mapping[str, np.ndarray], batch: int, warmup: int,
-                 iterations: Optional[int], duration: Optional[float], bar: Progress) -> BenchEntry:
-    """Warm ``runner`` up and time it on ``feed``; a runner it ``own``s is active only meanwhile."""
+                 iterations: Optional[int], duration: Optional[float], bar: Progress,
+                 first: Optional[tuple] = None) -> tuple:
+    """Warm ``runner`` up and time it on ``feed``; a runner it ``own``s is active only meanwhile. Its first
+    inference's outputs are checked against ``first`` (:func:`_check_same_outputs`). Returns (entry, output shapes)."""
+    shapes: Dict[str, tuple] = {}
+
+    def check(outputs: Mapping[str, object]) -> None:
+        shapes.update(_check_same_outputs(runner, outputs, first))
+
     runner.activate()
     try:
+        threads = intra_op_threads(runner)
         if warmup:
             bar.set_description(f"{runner.name} batch {batch} warm-up")
-        for _ in range(warmup):
-            runner.infer(feed)
+        for index in range(warmup):
+            if index == 0:
+                check(runner.infer(feed))
+            else:
+                runner.infer(feed)
             if iterations is not None:
                 bar.update(1)
         bar.set_description(f"{runner.name} batch {batch}")
-        times, phases, wall = _measure(runner, feed, iterations, duration, bar)
+        times, phases, wall = _measure(runner, feed, iterations, duration, bar, on_first=None if warmup else check)
     finally:
         if own:
             runner.deactivate()
@@ -249,7 +311,7 @@ def _time_runner(runner: Runner, own: bool, feed: Mapping[str, np.ndarray], batc
         warmup=warmup, iterations=len(times), total_s=total, wall_s=wall,
         latency_ms=latency_stats(times), inferences_per_s=len(times) / total if total else float("inf"),
         samples_per_s=batch * len(times) / total if total else float("inf"),
-        phases_ms={k: latency_stats(v) for k, v in phases.items()})
+        phases_ms={k: latency_stats(v) for k, v in phases.items()}, threads=threads), shapes
 
 
 def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = None,
@@ -265,7 +327,8 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
     the runners report, see :meth:`dcn_deploy.backends.base.Runner.roi_inputs`). Every batch and shape is checked
     against the first runner's input metadata before anything is timed (FeedError names the input and the fix).
     Runners that are not active are activated only while they are measured (so one runner's thread pool does not
-    slow the next); runners the caller activated stay active.
+    slow the next); runners the caller activated stay active. Each runner's first outputs must have the first
+    runner's names and shapes (RunnerError otherwise, before that runner's timed runs where there is a warm-up).
 
     Returns:
         :class:`BenchResult`: one :class:`BenchEntry` per (batch, runner), latencies in milliseconds;
@@ -305,8 +368,12 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
                        leave=False, enabled=progress)
         for batch in batches:
             feed = random_feed(metas, shapes, batch, seed, rois)
-            batch_entries = [_time_runner(runner, own, feed, batch, warmup, iterations, duration, bar)
-                             for runner, own in zip(runners, owned)]
+            batch_entries: List[BenchEntry] = []
+            first: Optional[tuple] = None  # (name, output shapes) of the first runner at this batch
+            for runner, own in zip(runners, owned):
+                entry, outputs = _time_runner(runner, own, feed, batch, warmup, iterations, duration, bar, first)
+                first = first or (runner.name, outputs)
+                batch_entries.append(entry)
             base = batch_entries[0].latency_ms.median
             for e in batch_entries:
                 e.relative_speed = base / e.latency_ms.median if e.latency_ms.median > 0 else float("inf")

@@ -357,6 +357,54 @@ def test_benchmark_by_duration_and_argument_checks(tiny):
         benchmark([OrtRunner(path), OrtRunner(path)], iterations=1)
 
 
+def test_the_report_says_each_runners_intra_op_threads_and_when(tiny):
+    """Two reports made with different --threads must not read the same: each entry says the runner's intra-op
+    threads (its own setting; torch's process-wide count for a torch runner without one; None: the backend's
+    default), the table's footer says them too, and the environment has the date and dcn_deploy's version."""
+    import torch
+
+    from dcn_deploy import __version__
+    from dcn_deploy.backends.ort_runner import OrtRunner
+    from dcn_deploy.backends.torch_runner import TorchRunner
+
+    model, path = tiny
+    with OrtRunner(path) as probe:
+        metas = probe.input_metadata()
+    runners = [OrtRunner(path, threads=1), OrtRunner(path, name="ort-default"), TorchRunner(model, metas, ["y"])]
+    result = benchmark(runners, batches=[1], shapes={"x": (1, 2, 4, 4)}, iterations=1, warmup=0, progress=False)
+    assert [e.threads for e in result.entries] == [1, None, torch.get_num_threads()]
+    assert [r["threads"] for r in json.loads(result.to_json())["results"]] == [1, None, torch.get_num_threads()]
+    assert (f"intra-op threads: ort 1, ort-default the backend's default, torch {torch.get_num_threads()}"
+            in result.table())
+    assert result.environment["dcn_deploy"] == __version__ and result.environment["date_utc"].startswith("20")
+
+
+class Truncating(Doubling):
+    """y = 2x on the first two columns only: a runner that does not compute what Doubling computes."""
+
+    def _infer(self, feed):
+        return {"y": feed["x"][:, :2] * 2}
+
+
+def test_runners_whose_outputs_differ_in_shape_are_not_timed_side_by_side():
+    """Times of runners that do not compute the same function (a --model that is not the ONNX file's network)
+    cannot be compared: the first output of each runner is checked against the first runner's, before its timing."""
+    from dcn_deploy.backends.base import RunnerError
+
+    timed = []
+
+    class Counting(Truncating):
+        def last_inference_time(self):
+            timed.append(self.name)
+            return super().last_inference_time()
+
+    with pytest.raises(RunnerError, match=r"b: output 'y' has shape \(1, 2\) where a's has \(1, 3\)"):
+        benchmark([Doubling("a"), Counting("b")], batches=[1], iterations=5, warmup=2, progress=False)
+    assert timed == []  # refused after its first warm-up run, before any timed one
+    with pytest.raises(RunnerError, match="b: output 'y' has shape"):  # without warm-up: its first timed run
+        benchmark([Doubling("a"), Truncating("b")], batches=[1], iterations=5, warmup=0, progress=False)
+
+
 def test_stage_times_from_runners_that_report_them():
     @dataclass(frozen=True)
     class Stages:  # the shape of TrtRunner.last_stage_times()'s result

@@ -330,3 +330,95 @@ def test_without_tf32_turns_cudnn_tf32_off_for_the_call_only(bench):
         bench.without_tf32(failing)()
     assert seen == [False] and torch.backends.cudnn.allow_tf32 == before
     assert bench.tf32_settings() == {"cudnn_tf32": before, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
+
+
+def test_timed_runs_go_back_to_back_with_no_host_sync_between_their_events(bench, monkeypatch):
+    """A host sync after each timed run leaves the GPU idle when the next start event is recorded: that event then
+    fires at once and the time includes the host's launch of the call (a graph launch: microseconds, a large share
+    of a 40 us layer). The events of every run are recorded back to back, and the host waits once, at the end."""
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.at = None
+
+        def record(self):
+            self.at = len(log)
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, other):
+            return float(other.at - self.at)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: log.append("sync"))
+    ms, graphed = bench.time_cuda_detail(lambda: log.append("run"), warmup=2, iters=4, graph=False)
+    timed = log[log.index("record"):]
+    assert timed.count("record") == 8 and timed.count("run") == 4
+    assert "sync" not in timed[:len(timed) - timed[::-1].index("record")]  # none between the first and last event
+    assert timed[-1] == "sync" and ms == 2.0 and graphed is False  # each run: start, run, stop
+
+
+def test_saved_rows_render_with_their_own_run_settings_not_the_renderers(bench, monkeypatch):
+    """--from-json (gpu_checks.sh re-renders a run cut short) must not print today's date, this command line or the
+    --iters/--warmup/--eager it was given (defaults 50/10/graphs) for rows timed otherwise: the rows say theirs."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    row = {"layer": "det res4", "shape": "1x256x50x84", "dtype": "float16", "ours_gemm_ms": 0.04, "conv_ms": 0.03,
+           "torchvision_ms": 0.05, "iters": 30, "warmup": 5, "timing": "eager", "date_utc": "2026-11-20 10:00",
+           "command": "DCN_DEPLOY_GEMM_CHUNKS=even python benchmarks/gpu_deform_conv.py --iters 30 --eager"}
+    args = argparse.Namespace(algos="gemm", iters=50, warmup=10, eager=False)
+    table = bench.to_markdown([row], args)
+    assert "## Deformable convolution, Test GPU (2026-11-20)" in table
+    assert "median of 30 CUDA-event-timed eager calls" in table and "after 5 warm-up runs" in table
+    assert "command: `DCN_DEPLOY_GEMM_CHUNKS=even python benchmarks/gpu_deform_conv.py --iters 30 --eager`" in table
+    assert "L2" in table  # whether the cache was flushed between runs (it is not) is said
+    assert "back to back" in table
+    # rows saved before they held their settings: the renderer's arguments, and how such runs were timed
+    old = {k: v for k, v in row.items() if k not in ("iters", "warmup", "timing", "date_utc", "command")}
+    assert "median of 50 CUDA-event-timed CUDA-graph replays" in bench.to_markdown([old], args)
+    assert "one at a time (a host wait after each run)" in bench.to_markdown([old], args)
+    # the run's rows record what the table needs: run() puts them in every row
+    context = bench.run_settings(iters=30, warmup=5, graph=False)
+    assert {k: context[k] for k in ("iters", "warmup", "timing")} == {"iters": 30, "warmup": 5, "timing": "eager"}
+    assert context["date_utc"].startswith("20") and "gpu_deform_conv.py" in context["command"]
+
+
+def test_an_implementation_with_a_wrong_output_is_not_the_best(bench, monkeypatch):
+    """The speed-up and /conv2d columns take the fastest of ours: one whose error against the float64 reference is
+    gross (a wrong result, or NaN) must not be that fastest, and its cell says why."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    row = {"layer": "det res4", "shape": "8x256x50x84", "dtype": "float16", "torchvision_ms": 0.4, "conv_ms": 0.1,
+           "ours_gemm_ms": 0.2, "ours_gemm_err": 2e-4, "ours_fused_ms": 0.05, "ours_fused_err": 0.9,
+           "ours_direct_ms": 0.01, "ours_direct_err": float("nan")}
+    args = argparse.Namespace(algos="gemm,fused,direct", iters=30, warmup=5, eager=False)
+    table = bench.to_markdown([row], args)
+    cells = next(line for line in table.splitlines() if line.startswith("| det res4")).split(" | ")
+    assert cells[3:10] == ["0.200", "0.050!", "0.010!", "0.400", "0.100", "2.00x", "2.00x"]
+    assert "`!`" in table
+
+
+@pytest.mark.parametrize("words, message", [
+    (["--iters", "0"], "--iters must be >= 1 and --warmup >= 0, got 0 and 10"),
+    (["--warmup", "-1"], "--iters must be >= 1 and --warmup >= 0, got 50 and -1"),
+    (["--batches", "1,x"], "--batches takes comma-separated integers >= 1, e.g. 1,8; got '1,x'"),
+    (["--batches", "0"], "--batches takes comma-separated integers >= 1"),
+    (["--dtypes", "float16,half"], "--dtypes: unknown ['half']; choose from float16, bfloat16, float32")])
+def test_gpu_scripts_refuse_bad_counts_before_timing(bench, layouts, words, message, capsys, monkeypatch):
+    """Checked before the GPU is asked for: on a GPU, --iters 0 failed every cell (no median of no times), and an
+    unknown dtype or batch stopped the run with a traceback when its turn came, after the other rows' minutes."""
+    with pytest.raises(SystemExit) as exc:
+        bench.main(words)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    if words[0] in ("--iters", "--warmup"):
+        with pytest.raises(SystemExit):
+            layouts.main(words)
+        assert "--iters must be >= 1 and --warmup >= 0" in capsys.readouterr().err
+        spec = importlib.util.spec_from_file_location("gpu_roi_pool", SCRIPT.parent / "gpu_roi_pool.py")
+        roi = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(roi)
+        monkeypatch.setattr(sys, "argv", ["gpu_roi_pool.py", words[0].replace("--iters", "--iterations"), words[1]])
+        with pytest.raises(SystemExit):
+            roi.main()
+        assert "--iterations must be >= 1 and --warmup >= 0" in capsys.readouterr().err
