@@ -29,6 +29,16 @@ class _Group(click.Group):
     The one place that maps exceptions to exit codes: CliError and bad input (:func:`is_bad_input`) give 2, others 1.
     """
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        # The group's own command line (dcn-deploy --bogus ...) is parsed here, before invoke.
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.ClickException as exc:
+            ours = in_our_form(exc)
+            if ours is exc:
+                raise
+            raise ours from exc.__cause__
+
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))  # the group's own option, parsed before invoke
         try:
@@ -39,7 +49,10 @@ class _Group(click.Group):
                 exc.message += f" (--debug goes before the command: {debug_command(ctx)})"
             if debug and exc.__cause__ is not None:  # CliError(...) from exc: show where the cause came from
                 traceback.print_exception(type(exc.__cause__), exc.__cause__, exc.__cause__.__traceback__)
-            raise
+            ours = in_our_form(exc)
+            if ours is exc:
+                raise
+            raise ours from exc.__cause__
         except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:  # Ctrl-C: not a failure of the run (1), and not click's bare "Aborted!"
@@ -56,6 +69,46 @@ class _Group(click.Group):
             if not debug:
                 click.echo(f"(for the traceback run: {debug_command(ctx)})", err=True)
             sys.exit(EXIT_BAD_INPUT if is_bad_input(exc) else EXIT_FAILED)
+
+
+# click's exception that shows the group's help when no command is given (click >= 8.2): help, not an error.
+_HELP_EXCEPTIONS = tuple(getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",)
+                         if hasattr(click.exceptions, name))
+
+
+class CommandLineError(CliError):
+    """An error click found in the command line (an unknown option, a value an option's type refuses, a missing
+    file for a path argument), printed in our form: ``error: MESSAGE``, then the command's usage on a second line,
+    where click would print ``Usage: ...`` and ``Error: MESSAGE``."""
+
+    def __init__(self, message: str, exit_code: int, usage: str = "") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.usage = usage
+
+    def show(self, file=None) -> None:
+        super().show(file)
+        if self.usage:
+            click.echo(self.usage, file=file, err=file is None)
+
+
+def in_our_form(exc: click.ClickException) -> click.ClickException:
+    """``exc`` as an exception that prints ``error: MESSAGE``: itself when it does already (a CliError, the help
+    of a bare ``dcn-deploy``), else a :class:`CommandLineError` with its message and exit code.
+
+    Click shows every ClickException with the exception's own ``show``, which for click's classes (and any
+    ClickException that is not this module's CliError) prints ``Error: MESSAGE``.
+    """
+    if isinstance(exc, (CliError,) + _HELP_EXCEPTIONS):
+        return exc
+    usage = ""
+    ctx = getattr(exc, "ctx", None)  # a UsageError's command
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        usage = " ".join([ctx.command_path] + ctx.command.collect_usage_pieces(ctx))
+        help_names = ctx.command.get_help_option_names(ctx) if ctx.command.get_help_option(ctx) else ()
+        usage = (f"(usage: {usage}; for help run: {ctx.command_path} {max(help_names, key=len)})" if help_names
+                 else f"(usage: {usage})")
+    return CommandLineError(exc.format_message(), exc.exit_code, usage)
 
 
 def _our_source_dirs() -> tuple:
