@@ -55,8 +55,11 @@ def test_schema_is_registered_with_the_documented_interface():
     assert [i.name for i in schema.inputs] == ["X", "W", "offset", "B", "mask"]
     assert schema.min_input == 3 and schema.max_input == 5
     assert set(schema.attributes) == {"strides", "pads", "dilations", "group", "offset_group",
-                                      "plugin_namespace", "plugin_version"}
+                                      "plugin_namespace", "plugin_version", "allow_tf32"}
     assert not schema.attributes["plugin_namespace"].required
+    # the build's TF32 setting for our TensorRT plugin (plugin_routing writes it): optional, an int, not in the body
+    assert not schema.attributes["allow_tf32"].required
+    assert schema.attributes["allow_tf32"].type == onnx.defs.OpSchema.AttrType.INT
     allowed = set(schema.type_constraints[0].allowed_type_strs)
     assert allowed == {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
     assert helper.get_attribute_value(schema.attributes["pads"].default_value) == [0, 0, 0, 0]

@@ -51,11 +51,24 @@ def test_fields_are_parsed_and_unknown_fields_ignored(lib):
     # The revision the plugin writes into engines: another library's engine is refused (its workspace may be short).
     ("dcn_kernels_revision", [999], FIELD_TYPE_INT32, "built by a dcn_deploy plugin library of kernels revision 999"),
     ("dcn_kernels_revision", [1, 1], FIELD_TYPE_INT32, "'dcn_kernels_revision' must be one INT32 value"),
+    # The build's TF32 setting (dcn-deploy build writes it on routed nodes): 0 or 1 only.
+    ("allow_tf32", [2], FIELD_TYPE_INT32, "'allow_tf32' must be 0 \\(IEEE float32\\) or 1 .*, got 2"),
+    ("allow_tf32", [-1], FIELD_TYPE_INT32, "'allow_tf32' must be 0 .*, got -1"),
+    ("allow_tf32", [1], 1, "'allow_tf32' must be INT32"),  # 1 = kFLOAT32
+    ("allow_tf32", [1, 1], FIELD_TYPE_INT32, "'allow_tf32' must hold 1 value"),
 ])
 def test_invalid_fields_are_rejected_naming_the_field(lib, field, values, ftype, fragment):
     with pytest.raises(NativeError, match=fragment) as info:
         lib.parse_fields([(field, values, ftype)])
     assert info.value.code == 1
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_allow_tf32_0_and_1_are_accepted(lib, value):
+    """The field has no place in the C ABI's attrs (the plugin keeps it; its round trip through the engine is the
+    shell test's, plugins/tests/pluginShellTest.cpp): accepted here, beside the other fields, which keep their values."""
+    fields = [("strides", [2, 3], FIELD_TYPE_INT32), ("allow_tf32", [value], FIELD_TYPE_INT32)]
+    assert lib.parse_fields(fields) == {**DEFAULTS, "strides": [2, 3]}
 
 
 @pytest.mark.parametrize("seed", range(10))

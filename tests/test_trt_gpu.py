@@ -139,8 +139,8 @@ class TestTensorRTRtxAheadOfTime:
         assert [o["dtype"] for o in meta["outputs"]] == ["float32", "float32"]  # float32 I/O under fp16 too
         assert "[build] Building engine" in out.stderr  # the progress monitor reported
         data = engine.read_bytes()
-        # our plugin layer, with its namespace and serialised fields, is in the engine
-        assert b"dcn_deploy" in data and b"DeformConv2d" in data
+        # our plugin layer, with its namespace and serialised fields (allow_tf32 among them), is in the engine
+        assert b"dcn_deploy" in data and b"DeformConv2d" in data and b"allow_tf32" in data
         assert engine_meta.read_meta(engine).engine_sha256 == engine_meta.sha256_file(engine)
         assert (tmp_path / f"m_{precision}.engine.cache").stat().st_size > 0
 
@@ -241,6 +241,49 @@ class TestTensorRTRtxAheadOfTime:
         assert f"SAME {paths[1]}" in out.stdout and "PROBE True" in out.stdout, out.stdout
         assert f"OTHER_ERROR TensorRT did not load the plugin library {paths[3]}" in out.stdout, out.stdout
         assert f"loaded earlier from {paths[0]} (its contents differ" in out.stdout, out.stdout
+
+    def test_the_builds_tf32_setting_reaches_our_plugin_as_its_field(self, rtx_env, tmp_path):
+        """A real ONNX parser (TensorRT-RTX's) passes a node's allow_tf32 to our creator, which lists the field:
+        prepare_onnx writes it from the build's setting (1 here), the parse takes 1 and 0, and a value the plugin
+        refuses (2) fails the parse with the plugin's message naming the field."""
+        python, environ, plugin = rtx_env
+        model_path = tmp_path / "m.onnx"
+        onnx.save(dcn_model(), model_path)
+        script = textwrap.dedent("""
+            import sys
+            from pathlib import Path
+            import onnx, tensorrt_rtx as trt
+            from dcn_deploy.backends.trt_build import (BuildError, load_plugin_library, plugin_fields_from_registry,
+                                                       prepare_onnx)
+            from dcn_deploy.backends.trt_parse import parse_network
+            model_path, plugin = sys.argv[1:3]
+            load_plugin_library(trt, plugin, required_creators=["DeformConv2d"])
+            fields = plugin_fields_from_registry(trt, ["DeformConv2d"])
+            print("FIELDS", ",".join(fields["DeformConv2d"]))
+            logger = trt.Logger(trt.Logger.WARNING)
+            for value in (None, 0, 2):
+                prepared, _, routed = prepare_onnx(onnx.load(model_path), plugin_fields=fields, tf32=True)
+                node = next(n for n in prepared.graph.node if n.op_type == "DeformConv2d")
+                stamped = next(a for a in node.attribute if a.name == "allow_tf32")
+                print("STAMPED", stamped.i, routed)
+                if value is not None:
+                    stamped.i = value
+                try:
+                    parse_network(trt, trt.Builder(logger), logger, prepared, Path(model_path), source_external=False,
+                                  scratch=Path(model_path).parent, say=print)
+                    print("PARSED", value)
+                except BuildError as exc:
+                    print("REFUSED", value, str(exc).replace(chr(10), " "))
+                sys.stdout.flush()
+        """)
+        out = subprocess.run([python, "-c", script, str(model_path), str(plugin)], capture_output=True, text=True,
+                             env=environ, timeout=600)
+        assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+        assert "FIELDS strides,pads,dilations,group,offset_group,allow_tf32" in out.stdout, out.stdout
+        assert out.stdout.count("STAMPED 1 1") == 3, out.stdout
+        assert "PARSED None" in out.stdout and "PARSED 0" in out.stdout, (out.stdout, out.stderr[-2000:])
+        assert "REFUSED 2" in out.stdout and "dcn1" in out.stdout, (out.stdout, out.stderr[-2000:])
+        assert "field 'allow_tf32' must be 0 (IEEE float32) or 1" in out.stderr + out.stdout, out.stderr[-2000:]
 
     def test_plugin_rejects_bad_shapes_with_a_parser_error(self, rtx_env, tmp_path):
         from onnx import numpy_helper

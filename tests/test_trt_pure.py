@@ -624,6 +624,48 @@ class TestPluginRouting:
         routed, count = route_to_plugin(model, fields={"DeformRoIPool2d": ("pooled_height",)}, strict=False)
         assert count == 1 and used_ops(routed) == ["DeformRoIPool2d"]
 
+    @staticmethod
+    def tf32_values(model):
+        """allow_tf32 of each DeformConv2d node, None where it has none."""
+        return [next((helper.get_attribute_value(a) for a in n.attribute if a.name == "allow_tf32"), None)
+                for n in model.graph.node if n.op_type == "DeformConv2d"]
+
+    def test_the_builds_tf32_setting_is_stamped_where_the_plugin_has_the_field(self):
+        """A plugin cannot see the builder's TF32 flag: the build writes it as the field allow_tf32 on routed
+        DeformConv2d nodes, 1 or 0 (the default), only where the loaded creator lists the field (an older library
+        without it gets no attribute, which its parse would drop)."""
+        from dcn_deploy.onnx.plugin_routing import PLUGIN_FIELDS, TF32_FIELD
+
+        model = dcn_model()
+        assert TF32_FIELD == "allow_tf32" and TF32_FIELD in PLUGIN_FIELDS["DeformConv2d"]
+        routed, count = route_to_plugin(model, allow_tf32=True)
+        assert count == 1 and self.tf32_values(routed) == [1]
+        assert self.tf32_values(model) == [None]  # the input is untouched
+        onnx.checker.check_model(routed, full_check=True)  # the op's schema declares the attribute
+        assert self.tf32_values(route_to_plugin(model, allow_tf32=False)[0]) == [0]
+        assert self.tf32_values(route_to_plugin(model)[0]) == [0]  # as trtexec users route: IEEE float32
+        # the build's setting wins over one already on the node, and stays a single attribute
+        again, _ = route_to_plugin(routed, allow_tf32=False)
+        assert self.tf32_values(again) == [0]
+        assert [a.name for a in next(n for n in again.graph.node if n.op_type == "DeformConv2d").attribute
+                ].count("allow_tf32") == 1
+        # a library whose creator does not list the field: routed, no attribute
+        older = {"DeformConv2d": ("strides", "pads", "dilations", "group", "offset_group")}
+        old_routed, count = route_to_plugin(model, fields=older, allow_tf32=True)
+        assert count == 1 and self.tf32_values(old_routed) == [None]
+        assert routed_nodes(old_routed) == [("dcn1 (dcn_deploy::DeformConv2d)", "dcn_deploy")]
+
+    def test_prepare_onnx_passes_the_tf32_setting(self):
+        from dcn_deploy.backends.trt_build import prepare_onnx
+
+        assert self.tf32_values(prepare_onnx(dcn_model(), tf32=True)[0]) == [1]
+        assert self.tf32_values(prepare_onnx(dcn_model(), tf32=False)[0]) == [0]
+        assert self.tf32_values(prepare_onnx(dcn_model())[0]) == [0]
+        older = {"DeformConv2d": ("strides", "pads", "dilations", "group", "offset_group")}
+        assert self.tf32_values(prepare_onnx(dcn_model(), tf32=True, plugin_fields=older)[0]) == [None]
+        half, _, _ = prepare_onnx(dcn_model(), precision="fp16", tf32=True)  # the plugin ignores it for half types
+        assert self.tf32_values(half) == [1]
+
     def test_prepare_onnx_converts_then_routes(self):
         from dcn_deploy.backends.trt_build import prepare_onnx
 
@@ -1061,6 +1103,58 @@ def test_build_engine_takes_the_stored_example_size_for_dynamic_height_and_width
     with pytest.raises(ProfileError) as info:
         build_engine(bare, tmp_path / "m.engine", tensorrt_module="no_such_tensorrt_module")
     assert 'give shapes="x:1x4x<H>x<W>"' in str(info.value) and "(CLI: --shapes x:1x4x<H>x<W>)" in str(info.value)
+
+
+class _ParsedModel(Exception):
+    """Raised by a stand-in parse_network, carrying the model TensorRT's parser would get."""
+
+    def __init__(self, prepared):
+        super().__init__("parsed")
+        self.prepared = prepared
+
+
+@pytest.mark.parametrize("tf32, library_fields, expected", [
+    (True, None, [1]),  # the default build: TF32 allowed, and the plugin told so
+    (False, None, [0]),  # --no-tf32
+    (True, ("strides", "pads", "dilations", "group", "offset_group"), [None]),  # an older library: no such field
+])
+def test_build_engine_tells_our_plugin_its_tf32_setting(tmp_path, monkeypatch, tf32, library_fields, expected):
+    """build_engine writes its tf32 onto the routed DeformConv2d nodes of the model the parser gets (in memory: the
+    file is not changed), where the loaded library's creator lists allow_tf32. Checked up to the parse with a
+    stand-in TensorRT (the real build: tests/test_trt_gpu.py)."""
+    from dcn_deploy.backends import trt_build
+    from dcn_deploy.onnx.plugin_routing import PLUGIN_FIELDS
+
+    path = tmp_path / "m.onnx"
+    onnx.save(dcn_model(), str(path))
+    before = path.read_bytes()
+
+    class FakeTensorRT:
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, level):
+                pass
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+    fields = {"DeformConv2d": library_fields or PLUGIN_FIELDS["DeformConv2d"]}
+
+    def parse(trt, builder, logger, prepared, onnx_path, **kwargs):
+        raise _ParsedModel(prepared)
+
+    monkeypatch.setattr(trt_build, "import_tensorrt", lambda module: FakeTensorRT)
+    monkeypatch.setattr(trt_build, "load_plugins", lambda trt, model, library, *, rtx, say: (None, fields))
+    monkeypatch.setattr(trt_build, "parse_network", parse)
+    kwargs = {} if tf32 else {"tf32": False}  # the default is True
+    with pytest.raises(_ParsedModel) as parsed:
+        trt_build.build_engine(path, tmp_path / "m.engine", shapes="x:1x4x8x8", progress=False,
+                               target_gpu=("stand-in", (8, 9)), **kwargs)
+    assert TestPluginRouting.tf32_values(parsed.value.prepared) == expected
+    assert routed_nodes(parsed.value.prepared) == [("dcn1 (dcn_deploy::DeformConv2d)", "dcn_deploy")]
+    assert path.read_bytes() == before
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="with tensorrt installed the command would build the engine")

@@ -89,7 +89,9 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
             stay float32).
         plugin_library: our plugin library; default ``dcn_deploy.plugin.library.require_library("plugin")``.
         use_plugin: False leaves our nodes unrouted (TensorRT then uses the ONNX function body -> its own DCN plugin).
-        tf32: allow TF32 for float32 layers (TensorRT's default); False for bit-closer fp32 results.
+        tf32: allow TF32 for float32 layers (TensorRT's default), our DeformConv2d plugin's included (its field
+            ``allow_tf32``, set on the routed nodes: its float32 GEMM-path products on TF32 tensor cores); False for
+            bit-closer fp32 results (IEEE float32 in TensorRT's layers and ours).
         optimization_level: builder optimisation level 0-5 (TensorRT's default 3).
         progress / log: progress lines go to ``log`` (default ``sys.stderr``) when ``progress`` is true; notes
             about defaults taken for you (the profile's example sizes) go there always.
@@ -149,8 +151,10 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
     builder = trt.Builder(logger)
     routed_lib, fields = load_plugins(trt, model, plugin_library if use_plugin else False,
                                       rtx=tensorrt_module == "tensorrt_rtx", say=say)
+    # The builder's TF32 flag does not reach plugins: our DeformConv2d layers get it as their field allow_tf32, where
+    # the loaded library's creator lists that field (an older library's layers stay IEEE float32).
     prepared, report, routed = prepare_onnx(model, precision=precision, keep_fp32=keep_fp32, io_dtype=io_dtype,
-                                            route_plugin=bool(fields), plugin_fields=fields)
+                                            route_plugin=bool(fields), plugin_fields=fields, tf32=tf32)
     if precision != "fp32":
         say("[build] " + report.summary().replace("\n", "\n[build] "))
 

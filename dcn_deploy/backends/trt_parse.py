@@ -35,11 +35,14 @@ def read_model_for_build(onnx_path: Path):
 
 
 def prepare_onnx(model, *, precision: str = "fp32", keep_fp32: Iterable[str] = (), io_dtype: str = "float32",
-                 route_plugin: bool = True, plugin_fields: Optional[Dict[str, Sequence[str]]] = None):
+                 route_plugin: bool = True, plugin_fields: Optional[Dict[str, Sequence[str]]] = None,
+                 tf32: bool = False):
     """The ONNX graph TensorRT will parse: converted to ``precision`` and (optionally) routed to our plugins.
 
     ``plugin_fields`` (op_type -> the creator's field names) says which of our ops have a plugin; default
-    ``plugin_routing.PLUGIN_FIELDS``. Returns ``(model, precision_report, routed_node_count)``. Pure ONNX.
+    ``plugin_routing.PLUGIN_FIELDS``. ``tf32``: the build's TF32 setting, written as ``allow_tf32`` (1, or 0 for
+    False, the default) on the routed nodes whose plugin lists that field (``route_to_plugin``'s ``allow_tf32``).
+    Returns ``(model, precision_report, routed_node_count)``. Pure ONNX.
     """
     from ..onnx.plugin_routing import route_to_plugin
     from ..onnx.precision import convert_precision
@@ -47,7 +50,7 @@ def prepare_onnx(model, *, precision: str = "fp32", keep_fp32: Iterable[str] = (
     converted, report = convert_precision(model, precision, keep_fp32_nodes=keep_fp32, io_dtype=io_dtype)
     routed = 0
     if route_plugin:
-        converted, routed = route_to_plugin(converted, fields=plugin_fields)
+        converted, routed = route_to_plugin(converted, fields=plugin_fields, allow_tf32=tf32)
     return converted, report, routed
 
 

@@ -44,7 +44,9 @@ from . import EXIT_INTERRUPTED, CliError
               default=None, help="Our TensorRT plugin library [default: the one `dcn-deploy plugin info` shows].")
 @click.option("--no-plugin", is_flag=True,
               help="Do not route dcn_deploy nodes to our plugin (TensorRT then uses its own DeformConv plugin).")
-@click.option("--no-tf32", is_flag=True, help="Disallow TF32 in float32 layers (closer to the float32 reference).")
+@click.option("--no-tf32", is_flag=True,
+              help="Disallow TF32 in float32 layers, TensorRT's and our DeformConv2d plugin's (its allow_tf32 field), "
+                   "for results closer to the float32 reference.")
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), default=None,
               help="Builder optimisation level 0-5 [default: TensorRT's, 3]; higher searches longer.")
 @click.option("--quiet", is_flag=True, help="No progress lines (notes about defaults still print).")

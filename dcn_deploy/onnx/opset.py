@@ -30,7 +30,7 @@ __all__ = [
     "DOMAIN", "VERSION", "MIN_OPSET", "BFLOAT16_MIN_OPSET", "FLOAT_TYPES", "OpDefinition", "ExportRefusal", "register_op",
     "definitions", "get_definition", "attach_functions", "used_ops", "is_deformable_node", "all_nodes",
     "domain_nodes",
-    "deform_conv_function", "deform_conv_schema", "plugin_attribute_schemas",
+    "deform_conv_function", "deform_conv_schema", "plugin_attribute_schemas", "TF32_ATTRIBUTE",
 ]
 
 DOMAIN = "dcn_deploy"
@@ -182,6 +182,9 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 
 DEFORM_CONV = "DeformConv2d"
 _DEFORM_CONV_INPUTS = ("X", "W", "offset", "B", "mask")
+# DeformConv2d's optional attribute for TensorRT only, never exported: the build's TF32 setting as our plugin's field
+# (1: float32 products may run on TF32 tensor cores; absent or 0: IEEE float32). plugin_routing writes it.
+TF32_ATTRIBUTE = "allow_tf32"
 # Integer attributes and their defaults; the names are the TensorRT plugin's field names.
 _DEFORM_CONV_INT_ATTRIBUTES = {
     "strides": [1, 1],
@@ -221,6 +224,9 @@ def deform_conv_schema() -> "defs.OpSchema":
     attributes = [attribute(name, helper.make_attribute(name, default), docs_by_attr[name])
                   for name, default in _DEFORM_CONV_INT_ATTRIBUTES.items()]
     attributes += plugin_attribute_schemas()
+    attributes.append(attribute(TF32_ATTRIBUTE, defs.OpSchema.AttrType.INT,
+                                "TensorRT: set by the build from its TF32 setting; 1 lets our plugin run float32 "
+                                "products on TF32 tensor cores, absent or 0 keeps IEEE float32", required=False))
     schema = defs.OpSchema(
         DEFORM_CONV, DOMAIN, VERSION, _DEFORM_CONV_DOC,
         inputs=[param("X", "T", "input (N, C, H, W)"),
@@ -353,8 +359,8 @@ def deform_conv_function(opset: int) -> onnx.FunctionProto:
     """The body of ``dcn_deploy::DeformConv2d``: one standard ``DeformConv`` at ``opset`` (>= 19).
 
     Attributes are references to the calling node's (``ref_attr_name``), with the op's defaults declared on
-    the function, so one function serves every node. ``plugin_namespace``/``plugin_version`` are for TensorRT
-    only and are not passed on. Missing optional inputs (B, mask) stay missing in the body.
+    the function, so one function serves every node. ``plugin_namespace``/``plugin_version`` and
+    ``allow_tf32`` are for TensorRT only and are not passed on. Missing optional inputs (B, mask) stay missing in the body.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"DeformConv needs ONNX opset >= {MIN_OPSET}, got {opset}")

@@ -14,6 +14,12 @@ builds them from their ONNX function bodies.
 
 The parser passes a plugin only the attributes named in the creator's fields; :func:`check_plugin_fields`
 finds attributes the plugin would silently drop (the "deform_groups vs deformable_groups" class of bug).
+
+A plugin cannot see the builder's TF32 flag, so the build also tells it in a field: :func:`route_to_plugin` writes
+``allow_tf32`` (1 where its ``allow_tf32`` is true, else 0) on each routed node whose plugin lists that field
+(:data:`TF32_FIELD`; DeformConv2d's, in libraries that have it). Always written there, so TensorRT's parser finds
+every field it was told of (it warns about a missing one). An older library without the field gets no such
+attribute, and its layers stay IEEE float32.
 """
 from __future__ import annotations
 
@@ -22,18 +28,21 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import onnx
 from onnx import helper
 
-from .opset import DOMAIN, domain_nodes
+from .opset import DOMAIN, TF32_ATTRIBUTE, domain_nodes
 
-__all__ = ["PLUGIN_DOMAIN", "PLUGIN_NAMESPACE", "PLUGIN_FIELDS", "RoutingError", "check_plugin_fields",
+__all__ = ["PLUGIN_DOMAIN", "PLUGIN_NAMESPACE", "PLUGIN_FIELDS", "TF32_FIELD", "RoutingError", "check_plugin_fields",
            "route_to_plugin", "routed_nodes", "unrouted_ops"]
 
 PLUGIN_DOMAIN = DOMAIN
 PLUGIN_NAMESPACE = "dcn_deploy"
 # The parser consumes these itself; they are not plugin fields.
 _PARSER_ATTRIBUTES = ("plugin_namespace", "plugin_version")
+# The field that carries the build's TF32 setting to a plugin: INT32, 1 lets float32 layers run their products on
+# TF32 tensor cores, 0 (the plugin's default) keeps IEEE float32. Written only by route_to_plugin, never exported.
+TF32_FIELD = TF32_ATTRIBUTE
 # Field names of our plugin creators (docs/ops.md); the node attributes must use exactly these names.
 PLUGIN_FIELDS: Dict[str, Tuple[str, ...]] = {
-    "DeformConv2d": ("strides", "pads", "dilations", "group", "offset_group"),
+    "DeformConv2d": ("strides", "pads", "dilations", "group", "offset_group", TF32_FIELD),
     "DeformRoIPool": ("pooled_height", "pooled_width", "sampling_ratio", "spatial_scale", "gamma"),
     "DeformPSRoIPool": ("spatial_scale", "output_dim", "group_size", "pooled_size", "part_size", "sample_per_part",
                         "trans_std", "no_trans"),
@@ -67,14 +76,17 @@ def check_plugin_fields(model: onnx.ModelProto, fields: Optional[Mapping[str, Se
 
 def route_to_plugin(model: onnx.ModelProto, *, namespace: str = PLUGIN_NAMESPACE, domain: str = PLUGIN_DOMAIN,
                     version: Optional[str] = None, strict: bool = True,
-                    fields: Optional[Mapping[str, Sequence[str]]] = None) -> Tuple[onnx.ModelProto, int]:
+                    fields: Optional[Mapping[str, Sequence[str]]] = None,
+                    allow_tf32: bool = False) -> Tuple[onnx.ModelProto, int]:
     """A copy of ``model`` whose ``domain`` nodes with a plugin carry ``plugin_namespace=namespace``.
 
     Returns (copy, number of nodes routed). ``fields`` (op_type -> plugin field names, default
     :data:`PLUGIN_FIELDS`) says which ops have a plugin; nodes of other ops are left as they are. ``version``
     also sets ``plugin_version`` (the parser's default is "1", our creators' version). An existing
     ``plugin_namespace`` is overwritten, so the rewrite is idempotent. With ``strict`` a node the plugin would
-    misread (see :func:`check_plugin_fields`) raises :class:`RoutingError`.
+    misread (see :func:`check_plugin_fields`) raises :class:`RoutingError`. ``allow_tf32`` (the build's TF32
+    setting) is written as ``allow_tf32`` = 1 (True) or 0 (False, the default: IEEE float32) on the routed nodes
+    whose plugin lists :data:`TF32_FIELD` in ``fields``, overwriting one already there.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -87,14 +99,16 @@ def route_to_plugin(model: onnx.ModelProto, *, namespace: str = PLUGIN_NAMESPACE
     for node in domain_nodes(out, domain):
         if node.op_type not in fields:
             continue
-        _set_string(node, "plugin_namespace", namespace)
+        _set_attribute(node, "plugin_namespace", namespace)
         if version is not None:
-            _set_string(node, "plugin_version", version)
+            _set_attribute(node, "plugin_version", version)
+        if TF32_FIELD in fields[node.op_type]:
+            _set_attribute(node, TF32_FIELD, int(bool(allow_tf32)))
         count += 1
     return out, count
 
 
-def _set_string(node: onnx.NodeProto, name: str, value: str) -> None:
+def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
     for attr in node.attribute:
         if attr.name == name:
             node.attribute.remove(attr)

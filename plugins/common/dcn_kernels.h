@@ -154,7 +154,8 @@ DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc,
 
 /* ---- the plugin's plain logic (both libraries) ---- */
 /* Parse TensorRT-style fields: names[i], data[i] (int32 values), lengths[i], types[i] (PluginFieldType codes,
- * 5 = INT32). Unknown fields are ignored; missing ones keep their defaults (docs/ops.md). */
+ * 5 = INT32). Unknown fields are ignored; missing ones keep their defaults (docs/ops.md). The plugin's allow_tf32
+ * field has no place in attrs: it is checked (one INT32, 0 or 1) like the others, and its value dropped. */
 DCN_API int32_t dcn_plugin_deform_conv_parse_fields(int32_t count, const char* const* names,
     const void* const* data, const int32_t* lengths, const int32_t* types, dcn_deform_conv_attrs* attrs);
 /* Serialise attrs into fields (as getFieldsToSerialize does) and parse them back. */

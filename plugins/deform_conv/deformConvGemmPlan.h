@@ -149,8 +149,8 @@ constexpr size_t kTileSharedBytes = size_t(40) << 10; // at most this much share
 // DCN_DEPLOY_GEMM_CHUNK_MB, DCN_DEPLOY_GEMM_CHUNKS, DCN_DEPLOY_GEMM_OUTPUT, DCN_DEPLOY_GEMM_PRODUCT,
 // DCN_DEPLOY_GEMM_SPLIT_K, DCN_DEPLOY_GEMM_TF32, DCN_DEPLOY_GEMM_SAMPLER, DCN_DEPLOY_GEMM_TILE_ITEMS,
 // DCN_DEPLOY_IMPLICIT_TILE_M, DCN_DEPLOY_IMPLICIT_THREADS and DCN_DEPLOY_IMPLICIT_KERNEL (benchmarks, tests); the
-// host build takes them as arguments. (The plugin's split-K and TF32 are the defaults, auto and off, in both its
-// workspace sizing and its runs.)
+// host build takes them as arguments. (The plugin's split-K is the default, auto, in both its workspace sizing and
+// its runs; its TF32 is the engine's field allow_tf32, which changes no size.)
 struct GemmOptions
 {
     size_t columnBudget = kGemmDefaultColumnBudget; // the most bytes one chunk's columns take
@@ -164,11 +164,12 @@ struct GemmOptions
     int32_t implicitThreads = 0; // its threads per block (256, 512); 0: by tile height (implicitThreads)
     int32_t implicitKernel = kImplicitStepwise; // an ImplicitKernel
     // float32 products on TF32 tensor cores (cuBLAS's CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to 10 mantissa
-    // bits, float32 accumulation), as torch lets cuDNN's convolutions do by default. Off: IEEE float32. Through the
-    // C ABI only: its forward's DCN_FORWARD_ALLOW_TF32 flag (the PyTorch op passes torch's
+    // bits, float32 accumulation), as torch lets cuDNN's convolutions do by default. Off: IEEE float32. Set by the
+    // C ABI's forward flag DCN_FORWARD_ALLOW_TF32 (the PyTorch op passes torch's
     // torch.backends.cuda.matmul.allow_tf32, off by default, as for torchvision's products) or DCN_DEPLOY_GEMM_TF32=1
-    // (benchmarks). Untimed; on an H100 (session 25) our float32 layers took 0.93x-1.38x cuDNN's IEEE float32
-    // convolution but 3.4x-6.4x its TF32 one.
+    // (benchmarks), and by the TensorRT plugin's field allow_tf32 (`dcn-deploy build` sets it unless --no-tf32).
+    // Untimed; on an H100 (session 25) our float32 layers took 0.93x-1.38x cuDNN's IEEE float32 convolution but
+    // 3.4x-6.4x its TF32 one.
     bool tf32 = false;
 };
 

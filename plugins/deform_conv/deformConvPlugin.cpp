@@ -68,11 +68,12 @@ void logTrtWarning(std::string const& message)
 
 } // namespace
 
-DeformConvPlugin::DeformConvPlugin(dcn_deform_conv_attrs const& attrs, size_t columnBudget)
+DeformConvPlugin::DeformConvPlugin(dcn_deform_conv_attrs const& attrs, size_t columnBudget, bool allowTf32)
     : mAttrs(attrs)
     , mColumnBudget(columnBudget)
+    , mAllowTf32(allowTf32)
     , mTimingCacheId(std::string(kDeformConvPluginName) + "/" + kPluginVersion + ";"
-          + timingCacheSuffix(attrs, gemmPathAvailable()) + workspaceLimitCacheSuffix())
+          + timingCacheSuffix(attrs, gemmPathAvailable(), allowTf32) + workspaceLimitCacheSuffix())
 {
     refreshSerializedFields();
 }
@@ -81,6 +82,7 @@ DeformConvPlugin::DeformConvPlugin(DeformConvPlugin const& other)
     : PluginV3Shell(other)
     , mAttrs(other.mAttrs)
     , mColumnBudget(other.mColumnBudget)
+    , mAllowTf32(other.mAllowTf32)
     , mGeometry(other.mGeometry)
     , mDtype(other.mDtype)
     , mNbInputs(other.mNbInputs)
@@ -329,6 +331,9 @@ GemmOptions DeformConvPlugin::gemmOptions() const
 {
     GemmOptions options;
     options.columnBudget = mColumnBudget;
+    // The field, as the C ABI's forward maps DCN_FORWARD_ALLOW_TF32: float32 layers only (the plan ignores it for
+    // other types too). It changes no workspace size, so the one sized at build time still fits.
+    options.tf32 = mAllowTf32 && mDtype == DCN_FLOAT32;
     return options;
 }
 
@@ -336,6 +341,7 @@ void DeformConvPlugin::refreshSerializedFields()
 {
     std::vector<OwnedField> owned = fieldsFromAttrs(mAttrs);
     owned.push_back({kFieldColumnBudget, {int32_t(mColumnBudget >> 20)}}); // whole MiB (columnBudgetWithin)
+    owned.push_back({kFieldAllowTf32, {mAllowTf32 ? 1 : 0}});
     mSerializedFields.assign(std::move(owned), [](OwnedField const& field) {
         return PluginField(
             field.name.c_str(), field.values.data(), PluginFieldType::kINT32, int32_t(field.values.size()));
@@ -351,6 +357,7 @@ DeformConvPluginCreator::DeformConvPluginCreator()
             PluginField(kFieldDilations, nullptr, PluginFieldType::kINT32, 2),
             PluginField(kFieldGroup, nullptr, PluginFieldType::kINT32, 1),
             PluginField(kFieldOffsetGroup, nullptr, PluginFieldType::kINT32, 1),
+            PluginField(kFieldAllowTf32, nullptr, PluginFieldType::kINT32, 1), // set by `dcn-deploy build`, not ONNX
         })
 {
 }
@@ -360,10 +367,11 @@ IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCo
     return guardTrtCall(kDeformConvPluginName, "createPlugin", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
         std::vector<RawField> const fields = rawFields(fc);
         dcn_deform_conv_attrs attrs;
+        bool allowTf32 = false;
         size_t columnBudget = kGemmDefaultColumnBudget;
         Status status = phase == TensorRTPhase::kRUNTIME ? requireEngineFields(fields) : Status::success();
         if (status.ok())
-            status = parseFields(fields, attrs);
+            status = parseFields(fields, attrs, allowTf32);
         if (status.ok())
             status = parseColumnBudgetField(fields, columnBudget);
         if (!status.ok())
@@ -371,7 +379,7 @@ IPluginV3* DeformConvPluginCreator::createPlugin(char const* name, PluginFieldCo
             logTrtError(kWho + "node '" + (name ? name : "?") + "': " + status.message);
             return nullptr;
         }
-        return new DeformConvPlugin(attrs, columnBudget);
+        return new DeformConvPlugin(attrs, columnBudget, allowTf32);
     });
 }
 

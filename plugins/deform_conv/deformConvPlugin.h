@@ -28,8 +28,9 @@ public:
     static constexpr char const* kName = kDeformConvPluginName;
 
     // columnBudget: the GEMM path's, as an engine's fields carry it (parseColumnBudgetField); a build chooses its
-    // own in configurePlugin (deformConvPluginWorkspace.h).
-    explicit DeformConvPlugin(dcn_deform_conv_attrs const& attrs, size_t columnBudget = kGemmDefaultColumnBudget);
+    // own in configurePlugin (deformConvPluginWorkspace.h). allowTf32: the field kFieldAllowTf32 (parseFields).
+    explicit DeformConvPlugin(
+        dcn_deform_conv_attrs const& attrs, size_t columnBudget = kGemmDefaultColumnBudget, bool allowTf32 = false);
     DeformConvPlugin(DeformConvPlugin const& other);
     DeformConvPlugin& operator=(DeformConvPlugin const&) = delete;
     ~DeformConvPlugin() override = default;
@@ -63,15 +64,22 @@ public:
     int32_t tactic() const noexcept { return mTactic; }
     // The GEMM path's column budget the workspace is sized with; for logs and the shell test.
     size_t columnBudget() const noexcept { return mColumnBudget; }
+    // Whether float32 layers may run the GEMM path's products on TF32 tensor cores (kFieldAllowTf32); for the shell test.
+    bool allowTf32() const noexcept { return mAllowTf32; }
+    // The GEMM path's options the next enqueue passes to the launch (column budget, TF32 for float32 layers where
+    // allowTf32); for the shell test.
+    GemmOptions gemmOptions() const;
 
 private:
     void refreshSerializedFields();
-    GemmOptions gemmOptions() const;
 
     dcn_deform_conv_attrs mAttrs;
     // The GEMM path's column budget: set by configurePlugin to fit kWorkspaceLimitVariable at the profile's largest
     // shapes, serialised into the engine, and used by every enqueue (the workspace was sized with it).
     size_t mColumnBudget;
+    // The field kFieldAllowTf32: the build allowed TF32, so float32 enqueues pass GemmOptions::tf32 (the C ABI's
+    // DCN_FORWARD_ALLOW_TF32) to the launch; half types ignore it. Serialised into the engine.
+    bool mAllowTf32;
     // Set by onShapeChange for the shapes of the next enqueue.
     DeformConvGeometry mGeometry{};
     int32_t mDtype = DCN_FLOAT32;

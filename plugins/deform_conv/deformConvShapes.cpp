@@ -140,11 +140,36 @@ Status checkKernelsRevision(RawField const& field)
           "the engine with this library (dcn-deploy build), or load the library it was built with");
 }
 
+// kFieldAllowTf32: one INT32, 0 or 1.
+Status parseAllowTf32(RawField const& field, bool& allowTf32)
+{
+    if (field.type != kFieldTypeInt32)
+        return Status::invalid(std::string("field '") + kFieldAllowTf32 + "' must be INT32 (PluginFieldType "
+            + std::to_string(kFieldTypeInt32) + "), got type " + std::to_string(field.type));
+    if (field.length != 1 || field.data == nullptr)
+        return Status::invalid(std::string("field '") + kFieldAllowTf32 + "' must hold 1 value (0 or 1), got "
+            + std::to_string(field.length));
+    int32_t value = 0;
+    std::memcpy(&value, field.data, sizeof(value));
+    if (value != 0 && value != 1)
+        return Status::invalid(std::string("field '") + kFieldAllowTf32
+            + "' must be 0 (IEEE float32) or 1 (float32 products on TF32 tensor cores), got " + std::to_string(value));
+    allowTf32 = value == 1;
+    return Status::success();
+}
+
 } // namespace
 
-Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& out)
+Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& attrs)
+{
+    bool unused = false;
+    return parseFields(fields, attrs, unused);
+}
+
+Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& out, bool& allowTf32)
 {
     dcn_deform_conv_attrs a = defaultAttrs();
+    bool tf32 = false;
     struct Target
     {
         char const* name;
@@ -170,6 +195,13 @@ Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& o
                 return revision;
             continue;
         }
+        if (std::strcmp(field.name, kFieldAllowTf32) == 0)
+        {
+            Status const allow = parseAllowTf32(field, tf32);
+            if (!allow.ok())
+                return allow;
+            continue;
+        }
         for (Target const& target : targets)
         {
             if (std::strcmp(field.name, target.name) != 0)
@@ -185,7 +217,10 @@ Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& o
     }
     Status const status = checkAttrs(a);
     if (status.ok())
+    {
         out = a;
+        allowTf32 = tf32;
+    }
     return status;
 }
 

@@ -54,6 +54,12 @@ constexpr int32_t kKernelsRevision = 6;
 // MiB that the build sized the workspace with (deformConvPluginWorkspace.h: lowered to fit a workspace limit). The
 // run plans its chunks with it. An engine without the field was built with the default.
 constexpr char const* kFieldColumnBudget = "dcn_column_budget_mib";
+// Optional, never in an exported file: `dcn-deploy build` sets it on routed nodes from the build's TF32 setting, which
+// a plugin cannot see (TensorRT keeps its builder flags to itself). One INT32: 1 lets float32 layers run the GEMM
+// path's products on TF32 tensor cores (GemmOptions::tf32, what the C ABI's DCN_FORWARD_ALLOW_TF32 asks for); 0, the
+// default, keeps them IEEE float32. Ignored for half types. Serialised into engines; an engine without it (written
+// before the field existed) runs IEEE float32, as it was built to.
+constexpr char const* kFieldAllowTf32 = "allow_tf32";
 
 dcn_deform_conv_attrs defaultAttrs();
 
@@ -65,6 +71,11 @@ struct OwnedField
 };
 
 Status checkAttrs(dcn_deform_conv_attrs const& attrs);
+// The fields as TensorRT hands them to createPlugin: the attributes, and allowTf32 from kFieldAllowTf32 (false when
+// absent). Unknown fields are ignored; a known one of the wrong type, length or value fails, naming it.
+Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& attrs, bool& allowTf32);
+// The same for callers that keep only the attributes (the C ABI's dcn_plugin_deform_conv_parse_fields): a bad
+// kFieldAllowTf32 fails here too.
 Status parseFields(std::vector<RawField> const& fields, dcn_deform_conv_attrs& attrs);
 std::vector<OwnedField> fieldsFromAttrs(dcn_deform_conv_attrs const& attrs);
 // An engine's fields (a plugin deserialised, TensorRTPhase::kRUNTIME) must carry kFieldKernelsRevision and

@@ -53,12 +53,14 @@ std::vector<int32_t> workspaceAlgos(std::vector<int32_t> const& tactics)
     return algos;
 }
 
-std::string timingCacheSuffix(dcn_deform_conv_attrs const& a, bool gemmAvailable)
+std::string timingCacheSuffix(dcn_deform_conv_attrs const& a, bool gemmAvailable, bool allowTf32)
 {
     std::ostringstream s;
     s << "strides=" << a.strides[0] << "," << a.strides[1] << ";pads=" << a.pads[0] << "," << a.pads[1] << ","
       << a.pads[2] << "," << a.pads[3] << ";dilations=" << a.dilations[0] << "," << a.dilations[1]
       << ";group=" << a.group << ";offset_group=" << a.offset_group << ";gemm=" << (gemmAvailable ? 1 : 0);
+    if (allowTf32)
+        s << ";tf32=1";
     return s.str();
 }
 

@@ -48,7 +48,9 @@ Status algoForTactic(int32_t tactic, bool gemmAvailable, int32_t& algo);
 std::vector<int32_t> workspaceAlgos(std::vector<int32_t> const& tactics);
 
 // The plugin's timing-cache ID suffix (TensorRT prefixes the I/O shapes, types and formats): everything else the
-// timings depend on, i.e. the fields and whether the gemm tactic is offered at all. Fixed at creation.
-std::string timingCacheSuffix(dcn_deform_conv_attrs const& attrs, bool gemmAvailable);
+// timings depend on, i.e. the fields (";tf32=1" where kFieldAllowTf32 is 1, nothing where it is 0, so the IDs of
+// IEEE float32 layers are those of libraries before the field) and whether the gemm tactic is offered at all. Fixed
+// at creation.
+std::string timingCacheSuffix(dcn_deform_conv_attrs const& attrs, bool gemmAvailable, bool allowTf32);
 
 } // namespace dcn

@@ -89,10 +89,12 @@ Capability* capability(IPluginV3* plugin, PluginCapabilityType type)
 
 // With a GPU: configure the plugin as the builder does, then enqueue every tactic it offers and the default (0),
 // each through a context-attached clone (as an engine runs), on random float32 data with the workspace
-// getWorkspaceSize asked for, and compare with the direct kernel on the same device buffers. Without a GPU:
+// getWorkspaceSize asked for, and compare with the direct kernel on the same device buffers, within `tolerance`
+// times (max |out| + 1) (IEEE float32, or TF32 products where the fields say allow_tf32 = 1). Without a GPU:
 // reported and skipped.
 void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
-    std::vector<std::vector<int64_t>> const& shapes, std::vector<int64_t> const& outShape)
+    std::vector<std::vector<int64_t>> const& shapes, std::vector<int64_t> const& outShape, double tolerance,
+    std::string const& label)
 {
     if (!shelltest::cudaDevicePresent())
     {
@@ -164,10 +166,114 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
             maxError = std::isnan(error) ? INFINITY : std::fmax(maxError, error);
             maxValue = std::fmax(maxValue, std::fabs(double(want[i])));
         }
-        check(rc == 0 && direct && buffers.ok() && maxError <= 1e-5 * (maxValue + 1.0),
-            std::string("GPU: tactic ") + dcn::tacticName(tactic) + " enqueue agrees with the direct kernel (max abs "
-                + "error " + std::to_string(maxError) + ", max |out| " + std::to_string(maxValue) + ")");
+        check(rc == 0 && direct && buffers.ok() && maxError <= tolerance * (maxValue + 1.0),
+            "GPU (" + label + "): tactic " + dcn::tacticName(tactic) + " enqueue agrees with the direct kernel (max "
+                + "abs error " + std::to_string(maxError) + ", max |out| " + std::to_string(maxValue) + ")");
     }
+}
+
+// The field allow_tf32 (the build's TF32 setting, which `dcn-deploy build` writes on routed nodes since a plugin
+// cannot see the builder's flags): 0 or 1, anything else refused naming the field and the node; absent means 0.
+// Serialised, kept by deserialisation and clone, in the timing-cache ID only where 1; an engine of the previous format
+// (no such field) still loads, in IEEE float32. The launch gets TF32 for float32 layers only.
+void checkAllowTf32(dcn::DeformConvPluginCreator& creator, CaptureLogger& logger,
+    std::vector<std::vector<int64_t>> const& shapes, std::vector<int64_t> const& outShape)
+{
+    auto allowOf = [](IPluginV3* p) { return p != nullptr && static_cast<dcn::DeformConvPlugin*>(p)->allowTf32(); };
+    auto withTf32 = [](std::vector<int32_t> values, PluginFieldType type) {
+        Fields fields = standardFields();
+        fields.add(dcn::kFieldAllowTf32, std::move(values), type);
+        return fields;
+    };
+    struct Bad
+    {
+        std::vector<int32_t> values;
+        PluginFieldType type;
+        char const* fragment;
+    };
+    Bad const bads[] = {{{2}, PluginFieldType::kINT32, "got 2"}, {{-1}, PluginFieldType::kINT32, "got -1"},
+        {{1}, PluginFieldType::kFLOAT32, "must be INT32"}, {{1, 1}, PluginFieldType::kINT32, "must hold 1 value"}};
+    for (Bad const& bad : bads)
+    {
+        Fields fields = withTf32(bad.values, bad.type);
+        logger.lastError.clear();
+        bool const refused = creator.createPlugin("node_tf32", &fields.collection, TensorRTPhase::kBUILD) == nullptr;
+        check(refused && logger.lastError.find("'allow_tf32'") != std::string::npos
+                && logger.lastError.find("node_tf32") != std::string::npos
+                && logger.lastError.find(bad.fragment) != std::string::npos,
+            "createPlugin refuses a bad allow_tf32 naming the field: " + logger.lastError);
+    }
+
+    Fields plain = standardFields();
+    Fields off = withTf32({0}, PluginFieldType::kINT32);
+    Fields on = withTf32({1}, PluginFieldType::kINT32);
+    std::unique_ptr<IPluginV3> plainPlugin(creator.createPlugin("dcn", &plain.collection, TensorRTPhase::kBUILD));
+    std::unique_ptr<IPluginV3> offPlugin(creator.createPlugin("dcn", &off.collection, TensorRTPhase::kBUILD));
+    std::unique_ptr<IPluginV3> onPlugin(creator.createPlugin("dcn", &on.collection, TensorRTPhase::kBUILD));
+    check(plainPlugin && offPlugin && onPlugin && !allowOf(plainPlugin.get()) && !allowOf(offPlugin.get())
+            && allowOf(onPlugin.get()),
+        "createPlugin takes allow_tf32 = 0 and 1; without the field, 0");
+    if (!plainPlugin || !offPlugin || !onPlugin)
+        return;
+    auto idOf = [](IPluginV3* p) {
+        return std::string(capability<IPluginV3OneBuild>(p, PluginCapabilityType::kBUILD)->getTimingCacheID());
+    };
+    std::string const plainId = idOf(plainPlugin.get());
+    check(idOf(offPlugin.get()) == plainId && idOf(onPlugin.get()) != plainId
+            && idOf(onPlugin.get()).find(";tf32=1") != std::string::npos,
+        "the timing-cache ID of a TF32 layer differs (" + idOf(onPlugin.get()) + "), an IEEE one's is as before");
+
+    // The launch's options: TF32 for float32 I/O only, and only where the field allows it.
+    auto optionsAfterShapes = [&](IPluginV3* p, DataType type, bool& tf32) {
+        std::vector<PluginTensorDesc> io;
+        for (auto const& shape : shapes)
+            io.push_back(tensorDesc(shape, type).desc);
+        io.push_back(tensorDesc(outShape, type).desc);
+        auto* runtime = capability<IPluginV3OneRuntime>(p, PluginCapabilityType::kRUNTIME);
+        bool const ok = runtime->onShapeChange(io.data(), 5, &io[5], 1) == 0;
+        tf32 = static_cast<dcn::DeformConvPlugin*>(p)->gemmOptions().tf32;
+        return ok;
+    };
+    bool onFloat = false, onHalf = true, onBf16 = true, plainFloat = true, offFloat = true;
+    bool const shaped = optionsAfterShapes(onPlugin.get(), DataType::kFLOAT, onFloat)
+        && optionsAfterShapes(plainPlugin.get(), DataType::kFLOAT, plainFloat)
+        && optionsAfterShapes(offPlugin.get(), DataType::kFLOAT, offFloat);
+    std::unique_ptr<IPluginV3> onHalfPlugin(onPlugin->clone());
+    std::unique_ptr<IPluginV3> onBf16Plugin(onPlugin->clone());
+    bool const shapedHalf = optionsAfterShapes(onHalfPlugin.get(), DataType::kHALF, onHalf)
+        && optionsAfterShapes(onBf16Plugin.get(), DataType::kBF16, onBf16);
+    check(shaped && shapedHalf && onFloat && !onHalf && !onBf16 && !plainFloat && !offFloat,
+        "the launch gets TF32 for float32 layers with allow_tf32 = 1 only (not half, bfloat16, 0 or absent)");
+
+    // Serialised, and kept by deserialisation (the engine) and clone.
+    auto* onRuntime = capability<IPluginV3OneRuntime>(onPlugin.get(), PluginCapabilityType::kRUNTIME);
+    PluginFieldCollection const* serialized = onRuntime->getFieldsToSerialize();
+    auto carried = [](PluginFieldCollection const* fields) {
+        int32_t value = -1;
+        for (int32_t k = 0; k < fields->nbFields; ++k)
+            if (std::string(fields->fields[k].name) == dcn::kFieldAllowTf32 && fields->fields[k].length == 1
+                && fields->fields[k].type == PluginFieldType::kINT32)
+                value = *static_cast<int32_t const*>(fields->fields[k].data);
+        return value;
+    };
+    std::unique_ptr<IPluginV3> loaded(creator.createPlugin("dcn", serialized, TensorRTPhase::kRUNTIME));
+    std::unique_ptr<IPluginV3> cloned(onPlugin->clone());
+    PluginFieldCollection const* plainSerialized
+        = capability<IPluginV3OneRuntime>(plainPlugin.get(), PluginCapabilityType::kRUNTIME)->getFieldsToSerialize();
+    check(serialized->nbFields == 8 && carried(serialized) == 1 && carried(plainSerialized) == 0
+            && allowOf(loaded.get()) && allowOf(cloned.get()) && idOf(loaded.get()) == idOf(onPlugin.get()),
+        "allow_tf32 is serialised (1, and 0 without the field) and kept by createPlugin(kRUNTIME) and clone");
+
+    // An engine written before the field existed: the same fields without allow_tf32. It loads, in IEEE float32.
+    std::vector<PluginField> previous;
+    for (int32_t k = 0; k < serialized->nbFields; ++k)
+        if (std::string(serialized->fields[k].name) != dcn::kFieldAllowTf32)
+            previous.push_back(serialized->fields[k]);
+    PluginFieldCollection previousCollection{int32_t(previous.size()), previous.data()};
+    logger.lastError.clear();
+    std::unique_ptr<IPluginV3> old(creator.createPlugin("dcn", &previousCollection, TensorRTPhase::kRUNTIME));
+    check(previous.size() == 7 && old != nullptr && !allowOf(old.get()) && logger.lastError.empty(),
+        "an engine of the previous format (7 fields, no allow_tf32) still loads, in IEEE float32");
 }
 
 // The tactic logic (deformConvTactics.h) on its own: ids, the algorithm each runs, what is offered, and the
@@ -229,10 +335,14 @@ void checkTacticLogic()
     dcn_deform_conv_attrs const attrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2};
     dcn_deform_conv_attrs other = attrs;
     other.pads[3] = 0;
-    check(dcn::timingCacheSuffix(attrs, true) != dcn::timingCacheSuffix(other, true)
-            && dcn::timingCacheSuffix(attrs, true) != dcn::timingCacheSuffix(attrs, false)
-            && dcn::timingCacheSuffix(attrs, false) == dcn::timingCacheSuffix(attrs, false),
-        "the timing-cache suffix tells fields and cuBLAS apart: " + dcn::timingCacheSuffix(attrs, false));
+    check(dcn::timingCacheSuffix(attrs, true, false) != dcn::timingCacheSuffix(other, true, false)
+            && dcn::timingCacheSuffix(attrs, true, false) != dcn::timingCacheSuffix(attrs, false, false)
+            && dcn::timingCacheSuffix(attrs, false, false) == dcn::timingCacheSuffix(attrs, false, false),
+        "the timing-cache suffix tells fields and cuBLAS apart: " + dcn::timingCacheSuffix(attrs, false, false));
+    check(dcn::timingCacheSuffix(attrs, true, true) == dcn::timingCacheSuffix(attrs, true, false) + ";tf32=1"
+            && dcn::timingCacheSuffix(attrs, true, false).find("tf32") == std::string::npos,
+        "the timing-cache suffix adds ';tf32=1' where TF32 is allowed, nothing otherwise: "
+            + dcn::timingCacheSuffix(attrs, true, true));
 }
 
 // The plugin's tactic interface as the builder and the runtime use it (no timing: TensorRT does that).
@@ -283,7 +393,8 @@ void checkPluginTactics(dcn::DeformConvPluginCreator& creator, CaptureLogger& lo
     // The engine: fields only (the tactic is TensorRT's to keep); on load, createPlugin(kRUNTIME), setTactic with
     // the engine's tactic, then attachToContext per execution context.
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
-    bool fieldsOnly = serialized->nbFields == 7; // the five attributes, the kernels revision and the column budget
+    // the five attributes, the kernels revision, the column budget and allow_tf32
+    bool fieldsOnly = serialized->nbFields == 8;
     for (int32_t k = 0; k < serialized->nbFields; ++k)
         fieldsOnly = fieldsOnly && std::string(serialized->fields[k].name).find("tactic") == std::string::npos;
     check(fieldsOnly, "the tactic is not serialised as a field (TensorRT stores it and calls setTactic on load)");
@@ -557,7 +668,8 @@ int main()
     std::string joined;
     for (int32_t k = 0; names && k < names->nbFields; ++k)
         joined += std::string(names->fields[k].name) + (names->fields[k].type == PluginFieldType::kINT32 ? "," : "?,");
-    check(joined == "strides,pads,dilations,group,offset_group,", "creator lists the five INT32 fields: " + joined);
+    check(joined == "strides,pads,dilations,group,offset_group,allow_tf32,",
+        "creator lists the five INT32 attribute fields and allow_tf32: " + joined);
 
     // Invalid fields: null plugin and a message naming the field and node.
     {
@@ -725,7 +837,7 @@ int main()
     check(runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0, "onShapeChange accepts the shapes");
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
     std::unique_ptr<IPluginV3> restored(creator.createPlugin("dcn", serialized, TensorRTPhase::kRUNTIME));
-    bool roundTrip = restored != nullptr && serialized->nbFields == 7;
+    bool roundTrip = restored != nullptr && serialized->nbFields == 8;
     if (restored)
     {
         PluginFieldCollection const* again
@@ -759,11 +871,17 @@ int main()
     PluginFieldCollection const* clonedFields
         = cloned ? capability<IPluginV3OneRuntime>(cloned.get(), PluginCapabilityType::kRUNTIME)->getFieldsToSerialize()
                  : nullptr;
-    check(clonedFields && clonedFields->nbFields == 7 && static_cast<int32_t const*>(clonedFields->fields[1].data)[2] == 2,
+    check(clonedFields && clonedFields->nbFields == 8 && static_cast<int32_t const*>(clonedFields->fields[1].data)[2] == 2,
         "clone keeps the fields after the original is destroyed");
 
+    checkAllowTf32(creator, logger, shapes, {2, 64, oh, ow});
     checkWorkspaceLimit(creator, logger);
-    checkEnqueueOnGpu(creator, fields, shapes, {2, 64, oh, ow});
+    checkEnqueueOnGpu(creator, fields, shapes, {2, 64, oh, ow}, 1e-5, "IEEE float32");
+    // allow_tf32 = 1: the gemm tactic's products on TF32 tensor cores (inputs rounded to 10 mantissa bits; the other
+    // kernels stay IEEE float32), so a looser bound.
+    Fields tf32Fields = standardFields();
+    tf32Fields.add(dcn::kFieldAllowTf32, {1});
+    checkEnqueueOnGpu(creator, tf32Fields, shapes, {2, 64, oh, ow}, 5e-3, "allow_tf32 = 1");
 
     std::printf("%d failure(s)\n", failures);
     return failures;
