@@ -24,7 +24,8 @@ infinity at the same place (a model that masks logits with -inf verifies). So:
 
 Tolerances depend on the output's dtype (:data:`DEFAULT_TOLERANCES`), or, for a float32/float64 output, on the half
 type either runner computes in (:meth:`Runner.compute_dtype`: an fp16 TensorRT engine, a graph converted to float16
-inside float32 inputs and outputs), with a note saying so; the caller may override them.
+inside float32 inputs and outputs; ``"tf32"`` for a float32 engine built with TF32 allowed), with a note saying so;
+the caller may override them.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import numpy as np
 from .backends.base import Runner
 from .feeds import check_roi_batch_indices, format_shape, random_feed
 from .json_text import json_text
-from .onnx.compute_type import narrowest_half_type
+from .onnx.compute_type import NARROW_TYPES, narrowest_compute_type
 from .wording import argument
 
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "OutputComparison", "ComparisonResult", "compare_outputs",
@@ -66,6 +67,9 @@ DEFAULT_TOLERANCES: Dict[str, Tolerance] = {
     "float32": Tolerance(1e-4, 1e-3),
     "float16": Tolerance(1e-2, 1e-2),
     "bfloat16": Tolerance(5e-2, 5e-2),
+    # float32 values whose products are rounded to float16's 10-bit mantissa (a float32 TensorRT engine built with
+    # TF32 allowed): float16's bounds, as the products lose what float16 storage would
+    "tf32": Tolerance(1e-2, 1e-2),
     "integer": Tolerance(0.0, 0.0),
     "bool": Tolerance(0.0, 0.0),
 }
@@ -197,6 +201,14 @@ def _format_rows(rows: Sequence[Sequence[str]]) -> List[str]:
 REFERENCE_NOT_FINITE = "NaN/inf values: nothing to compare there"
 
 
+def _narrowed_note(computed_in: str) -> str:
+    """The note of an output held to a narrower compute type's tolerance than its own dtype's."""
+    if computed_in == "tf32":
+        return ("computed with TF32 products (a float32 engine built with TF32 allowed, TensorRT's default): tf32's "
+                "tolerance; build with --no-tf32 for IEEE float32")
+    return f"computed in {computed_in}: {computed_in}'s tolerance"
+
+
 def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.ndarray,
                     tolerance: Optional[Tolerance] = None,
                     overrides: Optional[Mapping[str, Tolerance]] = None,
@@ -242,7 +254,7 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
         with np.errstate(divide="ignore"):
             ratio = np.where(diff > 0, diff / allowed, 0.0)
     unchecked = int((~checked & ~same_inf).sum())
-    notes = [f"computed in {computed_in}: {computed_in}'s tolerance"] if narrowed else []
+    notes = [_narrowed_note(computed_in)] if narrowed else []
     if unchecked:
         notes.append(f"the reference ({reference}) output" if reference else "the reference output")
         notes[-1] += (f" has {unchecked} of {expected.size} {REFERENCE_NOT_FINITE}; check the weights (tensors "
@@ -283,10 +295,10 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
             None (default): those the runners report (:meth:`Runner.roi_inputs`; the ONNX Runtime runner reads
             them from its graph). Give them when you know them (the CLI does) to spare that runner a second read
             of its file. A given ``feed``'s boxes are checked (a batch index naming an image, finite coordinates).
-        computed_in: the narrowest type any runner computes in, ``"float32"`` (no half type), ``"float16"`` or
-            ``"bfloat16"``, when the caller knows it (the CLI reads the file once for everything); None (default):
-            each pair asks its runners (:meth:`Runner.compute_dtype`). A half type holds float32/float64 outputs to
-            its own tolerance, with a note.
+        computed_in: the narrowest type any runner computes in, ``"float32"`` (none narrower), ``"float16"``,
+            ``"bfloat16"`` or ``"tf32"``, when the caller knows it (the CLI reads the file once for everything);
+            None (default): each pair asks its runners (:meth:`Runner.compute_dtype`). A narrower type holds
+            float32/float64 outputs to its own tolerance, with a note.
 
     Returns:
         :class:`ComparisonResult` (``passed``, ``table()``, ``to_dict()``). Outputs are matched by name; if the
@@ -310,8 +322,8 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
         if value is not None and not isinstance(value, Tolerance):
             raise TypeError(f"compare_runners' {name} must be a Tolerance, got {value!r}; write "
                             "Tolerance(atol=1e-4, rtol=1e-3)")
-    if computed_in not in (None, "float32", "float16", "bfloat16"):
-        raise ValueError(f"computed_in must be None, 'float32', 'float16' or 'bfloat16', got {computed_in!r}")
+    if computed_in not in (None, "float32", *NARROW_TYPES):
+        raise ValueError(f"computed_in must be None, 'float32', 'float16', 'bfloat16' or 'tf32', got {computed_in!r}")
     if len({id(r) for r in runners}) != len(runners):
         raise ValueError("compare_runners got the same runner object twice: it would only be compared with itself; "
                          "make a second runner (e.g. another backend) to compare with")
@@ -339,7 +351,7 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
         for runner in runners[1:]:
             actual = runner.infer(feed)
             pairs = _match_outputs(runner.name, actual, expected)
-            half = narrowest_half_type(reference_half, runner.compute_dtype() if computed_in is None else None)
+            half = narrowest_compute_type(reference_half, runner.compute_dtype() if computed_in is None else None)
             for name, act, exp in pairs:
                 result.outputs.append(compare_outputs(runner.name, name, act, exp, tolerance, tolerances,
                                                       reference=reference.name, computed_in=half))

@@ -272,19 +272,37 @@ def test_a_graph_computing_in_half_is_held_to_the_half_types_tolerance(tiny, tmp
     assert (same.atol, same.rtol) == (1e-4, 1e-3) and same.note == ""
 
 
+
+def test_an_output_computed_with_tf32_products_gets_tf32s_tolerance_and_a_note():
+    """A float32 engine built with TF32 allowed (TensorRT's default; our plugin follows it) rounds products to a
+    10-bit mantissa: its float32 outputs are held to tf32's tolerance, and the note says how to get IEEE float32."""
+    from dcn_deploy.compare import DEFAULT_TOLERANCES, compare_outputs
+
+    rng = np.random.default_rng(3)
+    expected = rng.standard_normal((4, 64)).astype(np.float32)
+    actual = (expected * (1 + 2e-3 * rng.standard_normal(expected.shape))).astype(np.float32)  # TF32-sized errors
+    strict = compare_outputs("tensorrt", "y", actual, expected)
+    tf32 = compare_outputs("tensorrt", "y", actual, expected, computed_in="tf32")
+    assert not strict.passed and tf32.passed
+    assert (tf32.atol, tf32.rtol) == (DEFAULT_TOLERANCES["tf32"].atol, DEFAULT_TOLERANCES["tf32"].rtol)
+    assert "TF32 products" in tf32.note and "--no-tf32" in tf32.note
+    wrong = compare_outputs("tensorrt", "y", expected[::-1].copy(), expected, computed_in="tf32")
+    assert not wrong.passed  # a wrong result still fails
+
 def test_an_engine_says_its_build_precision(tmp_path):
     """The TensorRT runner reads its compute type from the engine's sidecar (no TensorRT needed for that)."""
     from dcn_deploy.backends import engine_meta
     from dcn_deploy.backends.trt_runner import TrtRunner
 
-    for precision, expected in (("fp16", "float16"), ("bf16", "bfloat16"), ("fp32", None)):
-        engine = tmp_path / f"{precision}.engine"
+    for precision, tf32, expected in (("fp16", True, "float16"), ("bf16", True, "bfloat16"), ("fp32", False, None),
+                                      ("fp32", True, "tf32"), ("fp32", None, None)):
+        engine = tmp_path / f"{precision}-{tf32}.engine"
         engine.write_bytes(b"engine")
         engine_meta.write_meta(engine, engine_meta.EngineMeta(
             engine_sha256=engine_meta.sha256_file(engine), tensorrt_version="10.14", gpu_name="GPU",
             compute_capability=(9, 0), precision=precision, profiles=[], source_model={}, plugin_library=None,
-            inputs=[], outputs=[]))
-        assert TrtRunner(engine).compute_dtype() == expected
+            inputs=[], outputs=[], extra={} if tf32 is None else {"tf32": tf32}))
+        assert TrtRunner(engine).compute_dtype() == expected, (precision, tf32)
     (tmp_path / "bare.engine").write_bytes(b"engine")
     assert TrtRunner(tmp_path / "bare.engine").compute_dtype() is None   # no sidecar: unknown
 

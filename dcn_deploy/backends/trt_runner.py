@@ -208,14 +208,16 @@ class TrtRunner(Runner):
         self._graphs: Dict[tuple, Optional[_CudaGraph]] = {}  # at most one; None: capture failed
 
     def compute_dtype(self) -> Optional[str]:
-        """float16 / bfloat16 for an engine built at that precision (its sidecar says), whatever its I/O type."""
+        """float16 / bfloat16 for an engine built at that precision, whatever its I/O type; tf32 for a float32 engine
+        built with TF32 allowed (its sidecar says both; None without one)."""
         from . import engine_meta
 
         try:
-            precision = engine_meta.read_meta(self.engine_path, verify_engine_hash=False).precision
+            meta = engine_meta.read_meta(self.engine_path, verify_engine_hash=False)
         except (engine_meta.EngineMetaError, OSError, ValueError):
             return None
-        return {"fp16": "float16", "bf16": "bfloat16"}.get(precision)
+        tf32 = isinstance(meta.extra, dict) and meta.extra.get("tf32") is True
+        return {"fp16": "float16", "bf16": "bfloat16"}.get(meta.precision, "tf32" if tf32 else None)
 
     # activation -------------------------------------------------------------------------------------------------
     def _plugin_path_for(self, meta) -> Optional[Path]:

@@ -52,7 +52,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     from ..backends.base import RunnerError
     from ..compare import DEFAULT_TOLERANCES, Tolerance, compare_runners
     from ..feeds import load_feed, reject_empty
-    from ..onnx.compute_type import narrowest_half_type
+    from ..onnx.compute_type import narrowest_compute_type
 
     against, subject = _runner_pair(against, subject, torch_model, model_path)
     if inputs and (shapes or batch):
@@ -69,7 +69,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
                            batches=[batch] if batch else [], keep_active=True)
     # what the file computes in (ort, onnx-reference), or an engine (its sidecar, read without the engine)
     engine_half = [r.compute_dtype() for r in runners if r.name == "tensorrt"]
-    computed_in = narrowest_half_type(file_half, *engine_half) or "float32"
+    computed_in = narrowest_compute_type(file_half, *engine_half) or "float32"
     if "onnx-reference" in (subject, against):  # once the arguments are known to be good: why this may take seconds
         echo_note("onnx-reference is onnx's numpy evaluator of the standard, slower than the runtimes")
     try:

@@ -1,7 +1,9 @@
-"""Which half type a model computes in, when narrower than its inputs and outputs: a graph converted by
+"""Which type a model computes in, when narrower than its inputs and outputs: a half type for a graph converted by
 :func:`dcn_deploy.onnx.precision.convert_precision` with float32 I/O, or an fp16/bf16 TensorRT engine (its sidecar
-says; :meth:`dcn_deploy.backends.trt_runner.TrtRunner.compute_dtype`). Comparisons hold such a runner's float32
-outputs to that type's tolerance (:func:`dcn_deploy.compare.compare_runners`).
+says; :meth:`dcn_deploy.backends.trt_runner.TrtRunner.compute_dtype`); ``"tf32"`` for a float32 engine built with
+TF32 allowed (TensorRT's default, and our plugin's ``allow_tf32``: float32 values, products rounded to float16's
+10-bit mantissa). Comparisons hold such a runner's float32 outputs to that type's tolerance
+(:func:`dcn_deploy.compare.compare_runners`).
 
 Importing this module does not import onnx.
 """
@@ -10,15 +12,17 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["HALF_TYPES", "half_compute_type", "model_half_type", "narrowest_half_type"]
+__all__ = ["HALF_TYPES", "NARROW_TYPES", "half_compute_type", "model_half_type", "narrowest_compute_type"]
 
 HALF_TYPES = ("bfloat16", "float16")  # the narrowest first
+NARROW_TYPES = HALF_TYPES + ("tf32",)  # every compute type narrower than float32, the least precise first
 _ONNX_CODES = {16: "bfloat16", 10: "float16"}  # onnx.TensorProto.BFLOAT16, FLOAT16
 
 
-def narrowest_half_type(*types: Optional[str]) -> Optional[str]:
-    """The least precise half type among ``types`` (bfloat16 before float16), or None when there is none."""
-    return next((t for t in HALF_TYPES if t in types), None)
+def narrowest_compute_type(*types: Optional[str]) -> Optional[str]:
+    """The least precise of :data:`NARROW_TYPES` among ``types`` (bfloat16, then float16, then tf32), or None when
+    there is none."""
+    return next((t for t in NARROW_TYPES if t in types), None)
 
 
 def half_compute_type(model) -> Optional[str]:
@@ -36,7 +40,7 @@ def half_compute_type(model) -> Optional[str]:
                 found.add(attribute.i)
             elif attribute.name == "value" and attribute.HasField("t"):
                 found.add(attribute.t.data_type)
-    return narrowest_half_type(*(_ONNX_CODES[code] for code in found if code in _ONNX_CODES))
+    return narrowest_compute_type(*(_ONNX_CODES[code] for code in found if code in _ONNX_CODES))
 
 
 def model_half_type(source) -> Optional[str]:
