@@ -290,3 +290,76 @@ def test_converted_torchvision_model_exports_and_verifies_in_onnx_runtime(tmp_pa
     assert report.verified  # export raises when ONNX Runtime disagrees with PyTorch
     assert sum(report.op_counts.values()) == 3
     assert sum(type(m) is DeformConv2d for m in copy.deepcopy(model).modules()) == 3  # an ordinary module now
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torchvision's deform_conv2d called as a function: convert_modules cannot swap it, export says so
+
+FUNCTIONAL_TORCHVISION = '''
+import json, sys
+import torch
+import dcn_deploy
+
+# torchvision's op as torchvision registers it (its schema); computed by ours, since torchvision's compiled ops do
+# not load on CPU-only torch. The exporter translates torchvision::deform_conv2d to the standard DeformConv.
+lib = torch.library.Library("torchvision", "DEF")
+lib.define("deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, SymInt stride_h, "
+           "SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, SymInt groups, "
+           "SymInt offset_groups, bool use_mask) -> Tensor")
+
+
+def _impl(input, weight, offset, mask, bias, sh, sw, ph, pw, dh, dw, groups, offset_groups, use_mask):
+    return dcn_deploy.deform_conv2d(input, offset, weight, bias, (sh, sw), (ph, pw), (dh, dw),
+                                    mask if use_mask else None)
+
+
+lib.impl("deform_conv2d", _impl, "CPU")
+torch.library.register_fake("torchvision::deform_conv2d", lambda input, weight, offset, mask, bias, *args:
+                            input.new_empty(input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3]),
+                            lib=lib)
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.offset = torch.nn.Conv2d(4, 18, 3, padding=1)
+        self.dcn = dcn_deploy.DeformConv2d(4, 4, 3, padding=1)
+        self.weight = torch.nn.Parameter(torch.randn(4, 4, 3, 3) / 6)
+
+    def forward(self, x):
+        x = self.dcn(x, self.offset(x))
+        mask = torch.ones(x.shape[0], 9, x.shape[2], x.shape[3])
+        return torch.ops.torchvision.deform_conv2d(x, self.weight, self.offset(x), mask, torch.zeros(4),
+                                                   1, 1, 1, 1, 1, 1, 1, 1, True)  # torchvision.ops.deform_conv2d
+
+
+report = dcn_deploy.export(Net().eval(), (torch.randn(1, 4, 6, 5),), sys.argv[1], progress=None)
+print(json.dumps({"ops": report.op_counts, "warnings": report.warnings}))
+'''
+
+
+def test_export_warns_about_a_functional_torchvision_call_it_leaves_standard(tmp_path):
+    """A forward that calls torchvision.ops.deform_conv2d itself keeps torchvision's op (convert_modules swaps layers
+    only); the exporter writes it as a standard DeformConv beside ours, which is correct but not our op (no
+    plugin in TensorRT). The report says so, where it was called, and the fix. A separate process: the stand-in
+    torchvision op must not meet a real torchvision in this one."""
+    pytest.importorskip("onnxruntime")
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "functional_net.py").write_text(FUNCTIONAL_TORCHVISION)
+    # torch's exporter registers its torchvision translations only where a torchvision package is found: an empty
+    # one beside the script (sys.path[0]) stands in for it
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text("")
+    done = subprocess.run([sys.executable, str(tmp_path / "functional_net.py"), str(tmp_path / "net.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ops"] == {"dcn_deploy::DeformConv2d": 1, "ai.onnx::DeformConv": 1}
+    (warning,) = [w for w in result["warnings"] if "DeformConv" in w]
+    line = next(i for i, text in enumerate(FUNCTIONAL_TORCHVISION.splitlines(), 1)
+                if "return torch.ops.torchvision.deform_conv2d(" in text)
+    assert f"1 standard DeformConv node(s) (called at functional_net.py:{line})" in warning, warning
+    assert "torchvision.ops.deform_conv2d" in warning and "Call dcn_deploy.deform_conv2d" in warning

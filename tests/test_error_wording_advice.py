@@ -224,6 +224,34 @@ def test_a_module_needing_mmcv_says_both_ways_out(tmp_path, monkeypatch):
         load_model("mmdet.apis:init_detector")
 
 
+@pytest.mark.parametrize("package, files, raised", [
+    # torchvision built for another torch: its own import fails registering its ops
+    ("torchvision", {"__init__.py": "raise RuntimeError('operator torchvision::nms does not exist')\n"},
+     "RuntimeError: operator torchvision::nms does not exist"),
+    # mmcv without its compiled ops (mmcv-lite, or built without them): mmcv imports, mmcv.ops does not
+    ("mmcv", {"__init__.py": "", "ops/__init__.py": "import mmcv._ext\n"}, "No module named 'mmcv._ext'"),
+])
+def test_a_layer_package_that_is_installed_but_broken_is_not_called_missing(tmp_path, monkeypatch, package, files,
+                                                                             raised):
+    """The package is there but its import fails: the advice is a build that fits this torch (or our layers), not
+    'fix your file' and not 'not installed'."""
+    site = tmp_path / "site"
+    for name, text in files.items():
+        (site / package / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / package / name).write_text(text)
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.delitem(sys.modules, name)  # a real one imported by an earlier test: find this one instead
+    monkeypatch.syspath_prepend(str(site))
+    path = tmp_path / "uses_pkg.py"
+    path.write_text(f"import {package}.ops\n\n\ndef build():\n    pass\n")
+    with pytest.raises(ModelCodeError) as info:
+        load_model(f"{path}:build")
+    text = str(info.value)
+    assert raised in text and f"; {package} is installed here but fails to import" in text, text
+    assert f"install the {package} built for this torch" in text and f"({torch.__version__})" in text
+    assert _LAYER_HINT.format(package=package) in text and "fix " not in text and "not installed" not in text
+
+
 def test_other_missing_modules_keep_the_plain_advice(tmp_path):
     path = tmp_path / "uses_other.py"
     path.write_text("import no_such_package_xyz\n")

@@ -275,3 +275,68 @@ def test_modules_accept_an_empty_batch():
     layer = ModulatedDeformConv2dPack(4, 6, 3, stride=2, padding=1)
     out = layer(torch.randn(0, 4, 7, 8))
     assert out.shape == (0, 6, 4, 4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Migrating code that used mmcv's or torchvision's layers
+
+
+@pytest.mark.parametrize("cls", [DeformConv2dPack, ModulatedDeformConv2dPack])
+def test_pack_takes_mmcvs_old_deformable_groups_keyword(cls):
+    """mmcv's layers still take ``deformable_groups=`` (their old name for ``deform_groups``), and older
+    mmdetection code and configs pass it: the same call builds ours, with the same signature as before."""
+    layer = cls(8, 4, 3, padding=1, deformable_groups=4)
+    assert layer.deform_groups == 4 and layer.conv_offset.out_channels == 4 * cls._channels_per_point * 9
+    with pytest.raises(TypeError, match="deform_groups=2 and deformable_groups=4"):
+        cls(8, 4, 3, deform_groups=2, deformable_groups=4)
+    assert "deformable_groups" not in dict(_signature(cls))
+
+
+def test_mmcv_plain_layer_call_with_deform_groups_in_bias_place_is_refused():
+    """mmcv's DeformConv2d(in, out, k, stride, padding, dilation, groups, deform_groups) with the import swapped for
+    ours (torchvision's order: the 8th argument is bias) built a layer with a bias mmcv's has not: strict loading
+    then fails on a missing key, and strict=False keeps a random bias (wrong outputs, no error)."""
+    with pytest.raises(TypeError) as info:
+        DeformConv2d(8, 8, 3, 1, 1, 1, 1, 2)
+    assert "bias must be True or False, got 2" in str(info.value) and "deform_groups" in str(info.value)
+    assert DeformConv2d(8, 8, 3, 1, 1, 1, 1, False).bias is None and DeformConv2d(8, 8, 3, bias=True).bias is not None
+    assert ModulatedDeformConv2dPack(8, 8, 3, 1, 1, 1, 1, 2).deform_groups == 2  # mmcv's order for the Pack layers
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_op_under_autocast_computes_in_float32_as_torchvisions_does(dtype):
+    """Under torch.autocast the convolution before hands a half-precision input and offsets while the layer's
+    weight stays float32. torchvision's deform_conv2d (and mmcv's) run such a call, torchvision in float32 with the
+    result in the input's dtype; ours refused it (mixed dtypes)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 6, 5, generator=g).to(dtype)
+    offset = (2 * torch.randn(2, 2 * 2 * 9, 6, 5, generator=g)).to(dtype)
+    mask = torch.rand(2, 2 * 9, 6, 5, generator=g)
+    weight, bias = torch.randn(6, 2, 3, 3, generator=g), torch.randn(6, generator=g)
+    with torch.autocast("cpu", dtype=dtype):
+        out = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+        same = deform_conv2d(x.float(), offset.float(), weight, bias, padding=1, mask=mask)
+    expected = deform_conv2d(x.float(), offset.float(), weight, bias, padding=1, mask=mask)
+    assert out.dtype == dtype and torch.equal(out, expected.to(dtype))
+    assert same.dtype == torch.float32 and torch.equal(same, expected)
+    with pytest.raises(TypeError, match="weight has dtype torch.float32 but input has"):  # outside autocast: refused
+        deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+
+
+def test_model_under_autocast_runs_and_trains_its_float32_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ModulatedDeformConv2dPack(8, 8, 3, padding=1, deform_groups=2),
+                          nn.ReLU(), DeformConv2dPack(8, 4, 3, stride=2, padding=1))
+    for layer in (model[1], model[3]):
+        nn.init.normal_(layer.conv_offset.weight, std=0.1)
+    x = torch.randn(2, 3, 9, 8)
+    expected = model(x).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    # bfloat16 rounding of the autocast convolutions' inputs and outputs, a few units at the output's scale
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=8 * 2.0 ** -7 * float(expected.abs().max()))
+    out.float().square().mean().backward()
+    for layer in (model[1], model[3]):
+        assert layer.weight.grad.dtype == torch.float32 and layer.weight.grad.abs().sum() > 0
+        assert layer.conv_offset.weight.grad.abs().sum() > 0

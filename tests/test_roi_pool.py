@@ -516,3 +516,31 @@ def test_sample_counts_past_the_bound_are_refused_everywhere():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("dcn_deploy", 1)])
     with pytest.raises(onnx.shape_inference.InferenceError, match="sampling_ratio must be from 1 .* to 1024, got 1025"):
         onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_roi_layers_run_under_autocast_in_float32(dtype):
+    """Under torch.autocast the feature map (and a Pack layer's predicted offsets) come in a half type while the
+    boxes stay float32. Both ops refused those mixed dtypes (advising to cast the boxes to the half type, which moves
+    their corners); they now compute in float32 and return the map's dtype, as a float32 call on the same rounded
+    map does."""
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(3, 18, 3, padding=1)
+    pack = ModulatedDeformRoIPoolPack(3, 18, deform_fc_channels=8, sampling_ratio=2, spatial_scale=0.5)
+    torch.nn.init.normal_(pack.offset_fc[-1].weight, std=0.1)
+    ps = DeformPSRoIPool(output_dim=2, group_size=3, spatial_scale=0.5, sample_per_part=2)
+    torch.nn.init.normal_(ps.offset_conv.weight, std=0.1)
+    x = torch.randn(2, 3, 12, 10)
+    rois = torch.tensor([[0, 1.0, 2.0, 17.5, 13.25], [1, 3.0, 0.5, 19.0, 21.0]])
+    with torch.autocast("cpu", dtype=dtype):
+        features = conv(x)
+        pooled, parts = pack(features, rois), ps(features, rois)
+        plain = deform_roi_pool(features, rois, None, 3, 0.5, 2)
+    assert features.dtype == pooled.dtype == parts.dtype == plain.dtype == dtype
+    torch.testing.assert_close(plain, deform_roi_pool(features.float(), rois, None, 3, 0.5, 2).to(dtype),
+                               rtol=0, atol=0)
+    with torch.no_grad():  # the float32 model, within the half type's rounding of the map
+        expected = pack(conv(x), rois)
+    torch.testing.assert_close(pooled.float(), expected, rtol=0, atol=8 * 2.0 ** -7 * float(expected.abs().max()))
+    with pytest.raises(TypeError, match="rois has dtype torch.float32 but input has"):  # outside autocast: refused
+        deform_roi_pool(features, rois, None, 3, 0.5, 2)

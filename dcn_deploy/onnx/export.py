@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -200,7 +202,9 @@ def _export_checked(model, example_inputs, path: Path, *, dynamic: bool, standar
         report.warnings.append(f"--dynamic (dynamic=True) does not apply to a saved torch.export program: the file "
                                f"keeps the program's {'dynamic' if dynamic else 'static'} shapes; to change them "
                                "export the program again with dynamic_shapes (or export the nn.Module)")
-    elif dynamic and not program:
+    if not standard:
+        report.warnings.extend(_standard_deform_conv_warnings(proto))
+    if dynamic and not program:
         fixed = [name for name, _, shape in report.inputs if all(isinstance(d, int) for d in shape)]
         if fixed:
             report.warnings.append(f"inputs {fixed} came out with fixed shapes: the model fixes their sizes "
@@ -378,6 +382,31 @@ def _count_deformable(model: onnx.ModelProto) -> Dict[str, int]:
             key = f"{node.domain or 'ai.onnx'}::{node.op_type}"
             counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+_STACK_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def _standard_deform_conv_warnings(model: onnx.ModelProto) -> List[str]:
+    """A warning for standard ``DeformConv`` nodes in an export that asked for ours: they come from a deformable
+    convolution dcn_deploy does not own, typically ``torchvision.ops.deform_conv2d`` called in a forward, which
+    :func:`dcn_deploy.convert_modules` cannot swap (it swaps layers, not function calls). The file is correct, but
+    those nodes are not ours (TensorRT builds them with its own support, not our plugin); the warning names where
+    each was called, from the exporter's stack trace."""
+    nodes = [n for n in dcn_opset.all_nodes(model.graph) if n.domain in ("", "ai.onnx") and n.op_type == "DeformConv"]
+    if not nodes:
+        return []
+    places = []
+    for node in nodes:
+        trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), "")
+        frame = _STACK_FRAME.search(trace)
+        if frame:
+            places.append(f"{os.path.basename(frame.group(1))}:{frame.group(2)}")
+    where = f" (called at {', '.join(dict.fromkeys(places))})" if places else ""
+    return [f"{len(nodes)} standard DeformConv node(s){where} come from a deformable convolution that is not "
+            "dcn_deploy's, such as torchvision.ops.deform_conv2d called in forward (convert_modules swaps layers, "
+            "not function calls): they run as ONNX's DeformConv, and TensorRT builds them with its own support "
+            "instead of dcn_deploy's plugin. Call dcn_deploy.deform_conv2d (torchvision's arguments) there instead"]
 
 
 def _value_infos(values) -> List[Tuple[str, str, Tuple]]:

@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
@@ -210,19 +211,46 @@ def _import_module(name: str):
 
 
 def _missing_layer_package_hint(exc: BaseException) -> str:
-    """For a model's import that failed on a missing mmcv/mmdet/mmengine/torchvision: the two ways out (that
-    package's environment, or our layers of the same names); "" for any other failure."""
-    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+    """For a model's import that failed on a missing or broken mmcv/mmdet/mmengine/torchvision: the two ways out
+    (that package's environment, or our layers of the same names); "" for any other failure."""
+    package = _failing_layer_package(exc)
+    if package is None:
         return ""
-    package = exc.name.split(".")[0]
-    if package not in _LAYER_PACKAGES:
-        return ""
-    where = for_reader(f"load the model in the Python environment that has {package}",
-                       f"run dcn-deploy in the environment that has {package}")
-    return (f"{package} is not installed here: {where} (deformable layers of torchvision and mmcv are then "
-            f"converted to dcn_deploy's automatically); or, if the model needs {package} only for its deformable "
-            "layers, build it with dcn_deploy's layers of the same names (same arguments and state_dict keys): "
-            "dcn_deploy.DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack, dcn_deploy.ops.roi_modules.*")
+    ours = ("or, if the model needs {package} only for its deformable layers, build it with dcn_deploy's layers of the "
+            "same names (same arguments and state_dict keys): dcn_deploy.DeformConv2d, DeformConv2dPack, "
+            "ModulatedDeformConv2dPack, dcn_deploy.ops.roi_modules.*").format(package=package)
+    converted = "(deformable layers of torchvision and mmcv are then converted to dcn_deploy's automatically)"
+    if isinstance(exc, ModuleNotFoundError) and (exc.name == package or _package_spec(package) is None):
+        where = for_reader(f"load the model in the Python environment that has {package}",
+                           f"run dcn-deploy in the environment that has {package}")
+        return f"{package} is not installed here: {where} {converted}; {ours}"
+    # Installed, but its own import failed: mmcv without its compiled ops (No module named 'mmcv._ext'), or a
+    # torchvision built for another torch ("operator torchvision::nms does not exist").
+    return (f"{package} is installed here but fails to import, typically a build without its compiled ops or one made "
+            f"for another torch than this one ({torch.__version__}): install the {package} built for this torch "
+            f"{converted}; {ours}")
+
+
+def _failing_layer_package(exc: BaseException) -> Optional[str]:
+    """The layer package (:data:`_LAYER_PACKAGES`) whose import raised ``exc``: the missing module's package, or
+    the package whose own files raised it; None for other failures."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in _LAYER_PACKAGES:
+        return exc.name.split(".")[0]
+    files = [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
+    for package in _LAYER_PACKAGES:
+        spec = _package_spec(package)
+        places = [Path(p).resolve() for p in (spec.submodule_search_locations or [])] if spec else []
+        if any(Path(f).resolve().is_relative_to(place) for f in files for place in places):
+            return package
+    return None
+
+
+def _package_spec(package: str):
+    """importlib's spec of a top-level package, found without importing it; None where it is not installed."""
+    try:
+        return importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a module left in sys.modules without a spec
+        return None
 
 
 def _call_factory(owner, factory_name: str, reference: str) -> torch.nn.Module:

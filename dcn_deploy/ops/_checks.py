@@ -23,6 +23,29 @@ def refuse_double_backward(op: str) -> None:
                            "differentiated (create_graph=True, double backward, gradient penalties)")
 
 
+def autocast_to_float32(named: Mapping[str, Optional[torch.Tensor]]):
+    """Under ``torch.autocast`` for the first tensor's device: every float32/float16/bfloat16 tensor of ``named`` as
+    float32, and the dtype to return the result in (the first tensor's); otherwise ``named`` and None.
+
+    Why: under autocast the convolution before a deformable layer hands it a half-precision input (and
+    ``conv_offset`` half-precision offsets) while the layer's own weight stays float32. torchvision's op computes
+    such calls in float32 and returns the input's dtype (mmcv's casts to the input's type); without this rule the
+    mixed dtypes were refused. float64 tensors are left as they are, as autocast leaves them.
+    """
+    (_, first), *_ = named.items()
+    if not isinstance(first, torch.Tensor):
+        return named, None
+    try:
+        enabled = torch.is_autocast_enabled(first.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return named, None
+    if not enabled:
+        return named, None
+    cast = {name: t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16) else t
+            for name, t in named.items()}
+    return cast, first.dtype
+
+
 def check_tensors(named: Mapping[str, Optional[torch.Tensor]]) -> None:
     """Every value is a tensor (or None) of the first one's dtype and device; that dtype is a supported float.
 

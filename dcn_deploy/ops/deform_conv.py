@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native_paths
-from ._checks import check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward
+from ._checks import autocast_to_float32, check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward
 from .spec import ShapeError, as_pair, conv_output_size, deform_conv_spec
 
 __all__ = ["deform_conv2d"]
@@ -323,13 +323,18 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         (N, out_channels, oH, oW), ``oH = (H + 2*pad_h - dilation_h*(kH-1) - 1) // stride_h + 1`` (likewise oW),
         in the input's dtype; float16/bfloat16 are summed in float32 (on a GPU, the CUDA kernels' GEMM path
         rounds the sampled values to the half type before its product, as a half-precision convolution does).
+        Under ``torch.autocast`` the tensors may mix float32 and the half types: all are computed in float32
+        and the result is in the input's dtype (torchvision's rule).
 
     Raises:
         ShapeError (a ValueError) naming the argument whose shape or value does not fit; TypeError for a
         non-tensor, an unsupported dtype or mixed dtypes; ValueError for tensors on different devices;
         :class:`dcn_deploy.plugin.native.NativeError` when the CUDA kernels fail on a device they ran on before.
     """
-    check_tensors({"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
+    named, result_dtype = autocast_to_float32(  # under torch.autocast: float32, as torchvision's op
+        {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
+    input, offset, weight, bias, mask = named.values()
+    check_tensors(named)
     stride_hw = as_pair(stride, "stride", 1)
     padding_hw = as_pair(padding, "padding", 0)
     dilation_hw = as_pair(dilation, "dilation", 1)
@@ -339,4 +344,5 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
                          stride_hw, padding_hw, dilation_hw)
     elif input.dim() != 4 or offset.dim() != 4 or weight.dim() != 4:
         raise ShapeError("input, offset and weight must be 4-D (NCHW)")
-    return _deform_conv2d_op(input, offset, weight, bias, mask, list(stride_hw), list(padding_hw), list(dilation_hw))
+    out = _deform_conv2d_op(input, offset, weight, bias, mask, list(stride_hw), list(padding_hw), list(dilation_hw))
+    return out if result_dtype is None else out.to(result_dtype)

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from typing import Collection, Mapping, Optional
@@ -79,6 +80,12 @@ class DeformConv2d(nn.Module):
         in_channels = positive_int(in_channels, "in_channels")
         out_channels = positive_int(out_channels, "out_channels")
         groups = positive_int(groups, "groups")
+        if isinstance(bias, int) and not isinstance(bias, bool):
+            # mmcv's DeformConv2d/ModulatedDeformConv2d take deform_groups where torchvision's (and ours) take bias
+            raise TypeError(f"{type(self).__name__}: bias must be True or False, got {bias}. Converting a call to "
+                            "mmcv's DeformConv2d or ModulatedDeformConv2d? Their 8th argument is deform_groups, ours "
+                            "(torchvision's) is bias: drop deform_groups (it is read from the offset's channels) and "
+                            "give bias=False for mmcv's DeformConv2d, which has none")
         if in_channels % groups:
             raise ShapeError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
         if out_channels % groups:
@@ -129,11 +136,31 @@ class DeformConv2d(nn.Module):
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}")
 
 
+def _takes_deformable_groups(init):
+    """``__init__`` that also takes ``deformable_groups=``: mmcv's layers still accept that old name of
+    ``deform_groups`` (older mmdetection code and configs pass it), so the same call builds ours. The signature
+    shown (``inspect.signature``) stays mmcv's current one."""
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        if "deformable_groups" in kwargs:
+            old = kwargs.pop("deformable_groups")
+            if "deform_groups" in kwargs:
+                raise TypeError(f"{type(self).__name__}: got deform_groups={kwargs['deform_groups']} and "
+                                f"deformable_groups={old} (mmcv's old name for deform_groups); give deform_groups "
+                                "alone")
+            kwargs["deform_groups"] = old
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+
 class _PackBase(DeformConv2d):
     """A deformable convolution whose offsets come from ``conv_offset``, a plain convolution on the same input."""
 
     _channels_per_point: int  # 2 (dy, dx) or 3 (dy, dx, mask logit)
 
+    @_takes_deformable_groups
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, deform_groups: int = 1, bias: bool = True, im2col_step: int = 32):
         # im2col_step is accepted for mmcv config compatibility; it has no effect here (no im2col buffer).
@@ -172,6 +199,7 @@ class DeformConv2dPack(_PackBase):
 
     _channels_per_point = 2
 
+    @_takes_deformable_groups
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, deform_groups: int = 1, bias: bool = False, im2col_step: int = 32):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, deform_groups,

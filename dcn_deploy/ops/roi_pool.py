@@ -54,7 +54,7 @@ import torch
 
 from ..plugin.native_roi import deform_psroi_pool_native, deform_roi_pool_native
 from . import native_paths
-from ._checks import check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward
+from ._checks import autocast_to_float32, check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward
 from .roi_spec import (MAX_SAMPLES_PER_BIN_SIDE, check_float, check_sampling_ratio, deform_psroi_pool_spec,
                        deform_roi_pool_spec)
 from .spec import ShapeError, as_pair
@@ -459,13 +459,17 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
         gamma: offset scale.
 
     Returns:
-        (K, C, out_h, out_w) in the input's dtype (float16/bfloat16 computed in float32).
+        (K, C, out_h, out_w) in the input's dtype (float16/bfloat16 computed in float32). Under ``torch.autocast``
+        the tensors may mix float32 and the half types (float32 boxes beside a half-precision map): all are
+        computed in float32, the result in the input's dtype.
 
     Raises:
         ShapeError (a ValueError) for malformed rois, out-of-range batch indices, an offset of the wrong shape, or
-        a spatial_scale that is not a finite number > 0; TypeError for mixed dtypes.
+        a spatial_scale that is not a finite number > 0; TypeError for mixed dtypes (outside torch.autocast).
     """
-    check_tensors({"input": input, "rois": rois, "offset": offset})
+    named, result_dtype = autocast_to_float32({"input": input, "rois": rois, "offset": offset})  # torch.autocast
+    input, rois, offset = named.values()
+    check_tensors(named)
     out = as_pair(output_size, "output_size", 1)
     spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
     gamma = check_float(gamma, "gamma")
@@ -474,7 +478,9 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
         deform_roi_pool_spec(input.shape, rois.shape, None if offset is None else offset.shape, out, sampling_ratio)
     elif input.dim() != 4 or rois.dim() != 2:
         raise ShapeError("input must be 4-D (N, C, H, W) and rois 2-D (K, 5)")
-    return _deform_roi_pool_op(input, rois, offset, list(out), float(spatial_scale), int(sampling_ratio), float(gamma))
+    pooled = _deform_roi_pool_op(input, rois, offset, list(out), float(spatial_scale), int(sampling_ratio),
+                                 float(gamma))
+    return pooled if result_dtype is None else pooled.to(result_dtype)
 
 
 def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[torch.Tensor], spatial_scale: float,
@@ -503,7 +509,9 @@ def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[t
     """
     if no_trans:
         trans = None
-    check_tensors({"input": input, "rois": rois, "trans": trans})
+    named, result_dtype = autocast_to_float32({"input": input, "rois": rois, "trans": trans})  # torch.autocast
+    input, rois, trans = named.values()
+    check_tensors(named)
     spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
     trans_std = check_float(trans_std, "trans_std")
     if has_concrete_shapes(input, rois, trans):
@@ -514,6 +522,7 @@ def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[t
         if input.dim() != 4 or rois.dim() != 2:
             raise ShapeError("input must be 4-D (N, C, H, W) and rois 2-D (K, 5)")
         part_size = int(part_size) or int(pooled_size)
-    return _deform_psroi_pool_op(input, rois, trans, float(spatial_scale), int(output_dim), int(group_size),
-                                 int(pooled_size), int(part_size), int(sample_per_part), float(trans_std),
-                                 bool(no_trans))
+    pooled = _deform_psroi_pool_op(input, rois, trans, float(spatial_scale), int(output_dim), int(group_size),
+                                   int(pooled_size), int(part_size), int(sample_per_part), float(trans_std),
+                                   bool(no_trans))
+    return pooled if result_dtype is None else pooled.to(result_dtype)
