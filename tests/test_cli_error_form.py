@@ -119,3 +119,28 @@ def test_a_real_process_started_with_python_m():
     assert process.returncode == EXIT_BAD_INPUT, process.stderr
     assert process.stderr.startswith("error: Invalid value for 'MODEL'"), process.stderr
     assert "Error:" not in process.stderr and "Usage:" not in process.stderr
+
+
+@pytest.mark.parametrize("args, option, values", [
+    (["bench", "{model}", "--runner", "ort", "--runner", "torch"], "--runner", "('ort', 'torch')"),
+    (["verify", "{model}", "--batch", "1", "--batch=2"], "--batch", "('1', '2')"),
+    (["plugin", "build", "-j2", "--jobs", "3"], "-j", "('2', '3')"),
+    (["zoo", "report", "--size", "64", "--size=32"], "--size", "('64', '32')"),
+])
+def test_an_option_that_takes_one_value_is_refused_when_repeated(model_file, args, option, values):
+    """click keeps the last of a repeated single-value option and drops the rest without a word: `bench --runner
+    ort --runner torch` timed torch alone. Refused before any work, naming the option and both values."""
+    result = cli_runner().invoke(main, [a.format(model=model_file) for a in args])
+    assert_our_form(result, EXIT_BAD_INPUT, f"{option} is given 2 times {values}", "give it once")
+
+
+def test_repeatable_options_flags_and_option_like_values_are_not_refused(model_file):
+    from dcn_deploy.commands import repeated_options
+    from dcn_deploy.commands.bench import command as bench
+    from dcn_deploy.commands.infer import command as infer
+
+    assert repeated_options(infer, [model_file, "--input", "a=x.npy", "--input", "b=y.npy"]) == []  # multiple
+    assert repeated_options(bench, [model_file, "--json", "--json"]) == []  # a flag
+    # a value that looks like an option is the option's value, not a second use of it
+    assert repeated_options(bench, [model_file, "--output", "--runner", "--runner", "ort"]) == []
+    assert repeated_options(bench, [model_file, "--", "--runner", "x", "--runner", "y"]) == []  # after --

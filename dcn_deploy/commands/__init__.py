@@ -38,6 +38,53 @@ class CliError(click.ClickException):
         echo_error(self.format_message(), file)
 
 
+
+def repeated_options(command: click.Command, args) -> list:
+    """``(option, [values])`` for each option of ``command`` that takes one value and appears more than once in
+    ``args`` (its command line, before ``--``): click would keep the last value and drop the others silently."""
+    takes_one = {}
+    takes_values = {}  # every option that takes values: its values are skipped, never read as options
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.is_flag and not param.count:
+            for name in param.opts + param.secondary_opts:
+                takes_values[name] = param
+                if not param.multiple:
+                    takes_one[name] = param
+    seen = {}
+    index = 0
+    while index < len(args):
+        token = args[index]
+        if token == "--":
+            break
+        name, inline = (token.partition("=")[0], "=" in token) if token.startswith("--") else (token[:2], len(token) > 2)
+        param = takes_values.get(name) if token.startswith("-") else None
+        if param is not None:
+            value = (token.partition("=")[2] if token.startswith("--") else token[2:]) if inline else \
+                " ".join(args[index + 1:index + 1 + param.nargs])
+            if name in takes_one:
+                seen.setdefault(param.name, (name, []))[1].append(value)
+            index += 0 if inline else param.nargs
+        index += 1
+    return [(name, values) for name, values in seen.values() if len(values) > 1]
+
+
+class Command(click.Command):
+    """A command whose options that take one value may be given once: a second ``--runner`` or ``--batch`` is
+    refused, where click would keep the last one without a word."""
+
+    def parse_args(self, ctx: click.Context, args):
+        for option, values in repeated_options(self, args):
+            raise click.UsageError(f"{option} is given {len(values)} times ({', '.join(map(repr, values))}); it takes "
+                                   "one value: give it once (an option that takes several values says so in --help)",
+                                   ctx=ctx)
+        return super().parse_args(ctx, args)
+
+
+class Group(click.Group):
+    """A command group whose commands are :class:`Command` s."""
+
+    command_class = Command
+
 # Where echo_report prints while a --json command runs (the real stdout); None otherwise.
 _report_stream: Optional[IO] = None
 

@@ -6,13 +6,13 @@ from typing import Optional, Sequence
 
 import click
 
-from . import CliError, echo_report, json_stdout
+from . import CliError, Command, echo_report, json_stdout
 from ._runtime import (check_output_option, default_runner, engine_option, file_facts, inference_failure,
                        make_runners, model_argument, parse_int_list, parse_runner_list, shape_options,
                        torch_model_options)
 
 
-@click.command("bench")
+@click.command("bench", cls=Command)
 @model_argument
 @click.option("--runner", "runner_list", default=None, metavar="NAMES",
               help="Comma-separated runners, side by side; ratios are to the first. "

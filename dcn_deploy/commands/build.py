@@ -8,10 +8,10 @@ import click
 
 from ..backends.engine_meta import PRECISIONS  # no TensorRT, no torch
 from ..backends.trt_profiles import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROIS
-from . import EXIT_INTERRUPTED, CliError
+from . import EXIT_INTERRUPTED, CliError, Command
 
 
-@click.command("build")
+@click.command("build", cls=Command)
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Engine file to write [default: MODEL.engine beside the model]. A MODEL.engine.json sidecar "

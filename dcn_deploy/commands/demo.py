@@ -6,9 +6,10 @@ from pathlib import Path
 import click
 
 from ..json_text import json_text
+from . import Command
 
 
-@click.command("demo")
+@click.command("demo", cls=Command)
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/demo"),
               show_default=True, help="Folder for the weights, the ONNX file, sample inputs and the JSON reports.")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, help="Training epochs.")

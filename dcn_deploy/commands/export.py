@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import click
 
 from ..json_text import json_text
-from . import CliError, echo_report, json_stdout
+from . import CliError, Command, echo_report, json_stdout
 from ._runtime import check_tolerance_options, input_option_files, model_ref_file
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.loaded_model.DTYPES, without importing torch
@@ -38,7 +38,7 @@ def _default_output(reference: str) -> Path:
     return Path(f"{name or 'model'}.onnx")
 
 
-@click.command("export")
+@click.command("export", cls=Command)
 @click.argument("model_ref", metavar="MODEL")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write (atomically). Default, in the current folder: FILE.onnx for FILE.py:FACTORY "

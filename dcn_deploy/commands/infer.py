@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import click
 
-from . import CliError, echo_report, json_stdout
+from . import CliError, Command, echo_report, json_stdout
 from ._runtime import (RUNNER_CHOICES, check_output_option, default_runner, echo_note, inference_failure,
                        make_runners, model_argument, torch_model_options)
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # numpy is imported when the command runs, not when the CLI s
     import numpy as np
 
 
-@click.command("infer")
+@click.command("infer", cls=Command)
 @model_argument
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE", required=True,
               help="An input: NAME=file.npy, or file.npz whose keys are input names (or a bare file.npy when the "

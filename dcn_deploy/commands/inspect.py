@@ -6,9 +6,10 @@ from pathlib import Path
 import click
 
 from ..json_text import json_text
+from . import Command
 
 
-@click.command("inspect")
+@click.command("inspect", cls=Command)
 @click.argument("model_path", metavar="FILE.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 @click.option("--nodes", "list_nodes", is_flag=True,

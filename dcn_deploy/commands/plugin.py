@@ -8,10 +8,10 @@ import click
 
 from ..plugin.library import TENSORRT_HEADERS_WHEEL  # stdlib only: the CLI still starts fast
 from ..json_text import json_text
-from . import EXIT_FAILED, echo_error
+from . import EXIT_FAILED, Group, echo_error
 
 
-@click.group("plugin")
+@click.group("plugin", cls=Group)
 def command() -> None:
     """Build and locate the CUDA kernels, their host build and the TensorRT plugin library.
 

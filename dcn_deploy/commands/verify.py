@@ -6,13 +6,13 @@ from typing import Optional, Sequence, Tuple
 
 import click
 
-from . import EXIT_FAILED, CliError, echo_report, json_stdout
+from . import EXIT_FAILED, CliError, Command, echo_report, json_stdout
 from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, echo_note, engine_option,
                        file_facts, inference_failure, make_runners, model_argument, shape_options,
                        torch_model_options)
 
 
-@click.command("verify")
+@click.command("verify", cls=Command)
 @model_argument
 @click.option("--against", type=click.Choice(RUNNER_CHOICES), default=None,
               help="The reference runner. Default: torch when --model is given, else ort.")

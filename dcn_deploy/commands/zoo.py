@@ -8,10 +8,10 @@ import click
 
 from ..io_utils import check_output_path
 from ..json_text import json_text
-from . import CliError, echo_report, json_stdout
+from . import CliError, Group, echo_report, json_stdout
 
 
-@click.group("zoo")
+@click.group("zoo", cls=Group)
 def command() -> None:
     """The paper's networks (dcn_deploy.models): list them, or measure what deformable layers cost.
 
