@@ -87,7 +87,8 @@ def test_psroi_body_matches_torch(output_dim, classes, group, pooled, part, samp
 
 def test_bodies_pool_a_roi_whose_batch_index_is_outside_the_batch_to_zero():
     """As the kernels do (batchIndexInside): a negative index must not wrap around to the last images (Gather's
-    negative indices), NaN must not read image 0, and N or more must not fail inside Gather."""
+    negative indices), NaN must not read image 0, and N or more must not fail inside Gather; nor a NaN offset of
+    such a RoI, which the kernels never read (it had become an index far out of range)."""
     from dcn_deploy.backends.reference_evaluator import OracleEvaluator
 
     gen = torch.Generator().manual_seed(13)
@@ -98,6 +99,8 @@ def test_bodies_pool_a_roi_whose_batch_index_is_outside_the_batch_to_zero():
     rois = torch.cat([index[:, None], boxes], dim=1)
     offset = torch.randn(8, 2, 2, 2, generator=gen) * 0.3
     trans = torch.randn(8, 2, 2, 2, generator=gen) * 0.3
+    offset[[0, 3]] = float("nan")
+    trans[[1, 4]] = float("nan")
     cases = [
         (_model(roi_opset.DEFORM_ROI_POOL, [[2, 8, 9, 10], [None, 5], [None, 2, 2, 2]], pooled_height=2,
                 pooled_width=2, spatial_scale=0.5, sampling_ratio=2, gamma=0.2), ["X", "rois", "offset"], offset,
@@ -113,6 +116,73 @@ def test_bodies_pool_a_roi_whose_batch_index_is_outside_the_batch_to_zero():
             assert np.all(got[~inside.numpy()] == 0)
             np.testing.assert_allclose(got[inside.numpy()], want, atol=1e-5, rtol=1e-5)
             assert np.count_nonzero(want) > 0
+
+
+# name -> (op, channels of X, shape of the third input past K, attributes, output shape past K)
+_EMPTY_BATCH_CASES = {
+    "roi": (roi_opset.DEFORM_ROI_POOL, 8, [2, 2, 3],
+            dict(pooled_height=2, pooled_width=3, spatial_scale=0.5, sampling_ratio=2, gamma=0.2), [8, 2, 3]),
+    "psroi_rows": (roi_opset.DEFORM_PSROI_POOL, 2 * _ROWS * 4, [4, 2, 2],          # _ROWS channels per class
+                   dict(spatial_scale=0.5, output_dim=2 * _ROWS, group_size=2, pooled_size=2, sample_per_part=2,
+                        trans_std=0.1), [2 * _ROWS, 2, 2]),
+    "psroi_values": (roi_opset.DEFORM_PSROI_POOL, 3 * 9, [6, 2, 2],                 # one channel per class
+                     dict(spatial_scale=0.5, output_dim=3, group_size=3, pooled_size=3, part_size=2,
+                          sample_per_part=2, trans_std=0.1), [3, 3, 3]),
+    "psroi_no_trans": (roi_opset.DEFORM_PSROI_POOL, 2 * 4, [2, 2, 2],
+                       dict(spatial_scale=0.5, output_dim=2, group_size=2, pooled_size=2, sample_per_part=2,
+                            trans_std=0.1, no_trans=1), [2, 2, 2]),
+}
+
+
+def _typed_model(op, channels, third, elem, attrs) -> onnx.ModelProto:
+    """float32 inputs cast to ``elem`` for the node (ONNX Runtime's Python API takes no bfloat16 arrays); outputs
+    Y (``elem``) and Y as float32."""
+    names = ["X", "rois", "offset" if op == roi_opset.DEFORM_ROI_POOL else "trans"]
+    shapes = [[None, channels, None, None], [None, 5], [None, *third]]
+    nodes = [helper.make_node("Cast", [n], [f"{n}_typed"], to=elem) for n in names]
+    nodes += [helper.make_node(op, [f"{n}_typed" for n in names], ["Y"], domain=opset.DOMAIN, name="pool", **attrs),
+              helper.make_node("Cast", ["Y"], ["Y_float"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                                           for n, s in zip(names, shapes)],
+                              [helper.make_tensor_value_info("Y", elem, [None] * 4),
+                               helper.make_tensor_value_info("Y_float", TensorProto.FLOAT, [None] * 4)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    opset.attach_functions(model)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16],
+                         ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("case", list(_EMPTY_BATCH_CASES))
+def test_bodies_pool_every_roi_of_an_empty_batch_to_zero(case, elem):
+    """N = 0: every RoI's batch index lies outside [0, N), so each pools to 0 as in the kernels (batchIndexInside
+    is false for an empty batch, before any box or offset is read: a NaN offset too), with the output shape
+    (K, ...) and X's type, K = 0 included. The bodies' Gather (GatherElements) had failed on the empty table."""
+    from dcn_deploy.backends.reference_evaluator import OracleEvaluator
+
+    op, channels, third, attrs, out = _EMPTY_BATCH_CASES[case]
+    model = _typed_model(op, channels, third, elem, attrs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    type_name = {TensorProto.FLOAT: "float", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}[elem]
+    rois = np.array([[0, 1, 1, 8, 8], [-0.5, 2, 2, 9, 9], [float("nan"), 0, 0, 4, 4], [1, 3, 3, 4, 4]], np.float32)
+    shifts = np.random.default_rng(16).standard_normal((4, *third)).astype(np.float32)
+    shifts[1] = np.nan
+    for k in (4, 0):
+        arrays = dict(X=np.zeros((0, channels, 9, 10), np.float32), rois=rois[:k])
+        arrays[model.graph.input[2].name] = shifts[:k]
+        binding = session.io_binding()  # a bfloat16 output is only readable as an OrtValue
+        for name, array in arrays.items():
+            binding.bind_cpu_input(name, array)
+        for name in ("Y", "Y_float"):
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        typed, as_float = binding.get_outputs()
+        assert typed.data_type() == f"tensor({type_name})" and typed.shape() == [k, *out]
+        assert as_float.numpy().shape == (k, *out) and not as_float.numpy().any()
+        oracle_typed, oracle_float = OracleEvaluator(model).run(None, arrays)
+        assert oracle_float.shape == (k, *out) and not oracle_float.any()
+        assert str(oracle_typed.dtype) == ("float32" if elem == TensorProto.FLOAT else type_name)
 
 
 def test_psroi_body_with_no_trans_pools_one_class_whatever_trans_holds():

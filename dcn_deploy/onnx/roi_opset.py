@@ -11,6 +11,8 @@ with fewer (class-specific offsets give one channel per class) an ``If`` takes s
 ``GatherElements`` instead, which ONNX Runtime does 7x faster than one-value rows (benchmarks/RESULTS.md).
 The bodies compute in float32 (ONNX Runtime's CPU kernels for Floor/Clip/Gather-arithmetic lack float16 and
 bfloat16) and cast the result back to the input's type; for float64 inputs that means float32 precision.
+A RoI whose batch index lies outside [0, N) pools to 0, as in the kernels, an empty batch (N = 0) included: the
+gathered table is then one image of zeros (:func:`_transposed_table`).
 
 The node always has its third input (offset / trans): the exporter writes zeros when the torch call had None,
 which gives exactly the same result (plain RoIAlign, or no_trans). The adaptive ``sampling_ratio=0`` of
@@ -293,14 +295,55 @@ def _function(name: str, inputs: List[str], body: _Body, result: str, attributes
 
 
 def _batch_index(b: _Body, index: str, batch_size: str):
-    """(image, inside) for rois[:, 0] given as ``index`` (float, (K, 1, 1, 1)): ``image`` the index truncated toward
-    zero (int64), 0 where it lies outside [0, N) or is NaN; ``inside`` 1.0 or 0.0 (float), to zero the samples of
-    such a RoI so that it pools to 0 as in the kernels (batchIndexInside, roiPoolMath.h). Without it Gather wraps a
-    negative index (-1 read the last image) and a NaN one read image 0."""
+    """(image, inside, is_inside) for rois[:, 0] given as ``index`` (float, (K, 1, 1, 1)): ``image`` the index
+    truncated toward zero (int64), 0 where it lies outside [0, N) or is NaN; ``inside`` 1.0 or 0.0 (float), to zero
+    the samples of such a RoI so that it pools to 0 as in the kernels (batchIndexInside, roiPoolMath.h), and
+    ``is_inside`` the same as a bool (:func:`_outside_to_zero`). Without it Gather wraps a negative index (-1 read
+    the last image) and a NaN one read image 0."""
     n_f = b.to_float(batch_size)
     inside = b("And", b("Greater", index, b.f(-1.0)), b("Less", index, n_f))   # False for NaN
+    # N > 0: for an empty batch an index in (-1, 0) truncates to image 0, which does not exist (as in the kernels)
+    inside = b("And", inside, b("Greater", n_f, b.f(0.0)))
     image = b("Cast", b("Where", inside, index, b.f(0.0)), to=TensorProto.INT64)
-    return image, b("Cast", inside, to=TensorProto.FLOAT)
+    return image, b("Cast", inside, to=TensorProto.FLOAT), inside
+
+
+def _outside_to_zero(b: _Body, is_inside: str, *values: str) -> List[str]:
+    """``values`` (sample positions, or the terms they are summed from) set to 0 for the RoIs outside [0, N): the
+    kernels read neither the box nor the offsets of such a RoI, so a NaN there must not reach the index arithmetic
+    (a NaN position becomes an index far out of range, which Gather refuses) nor the weights (0 x NaN). For an empty
+    batch (N = 0) that is every RoI."""
+    zero = b.f(0.0)
+    return [b("Where", is_inside, v, zero) for v in values]
+
+
+def _branch(name: str, build: Callable[[_Body], str]) -> onnx.GraphProto:
+    """One branch of an If in a body: the nodes ``build`` adds (they may read the body's names), one float32
+    output, written by the last node itself (an Identity there would copy it)."""
+    b = _Body(prefix=name)
+    result = build(b)
+    output = f"{name}_out"
+    if b.nodes and list(b.nodes[-1].output) == [result]:
+        b.nodes[-1].output[0] = output
+    else:
+        b.nodes.append(helper.make_node("Identity", [result], [output]))
+    return helper.make_graph(b.nodes, name, [], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)])
+
+
+def _transposed_table(b: _Body, x: str, perm: List[int], batch_size: str) -> str:
+    """``Transpose(x, perm)`` (x's batch axis staying first): the table the body gathers from. For an empty batch
+    (N = 0) one image of zeros instead: every RoI then lies outside [0, N), its image index is 0 and its weights are
+    0 (:func:`_batch_index`), so it pools to 0 as in the kernels, where a Gather from the empty table would fail.
+    The If only chooses where the Transpose writes (its output is the If's, no copy); an If around the gather and
+    weighting instead measured 1-5% slower in ONNX Runtime for N >= 1."""
+    prefix = f"{b.prefix}_" if b.prefix else ""
+
+    def zero_image(t: _Body) -> str:
+        return t("ConstantOfShape", t("Gather", t("Concat", t.ints([1]), t("Shape", x, start=1), axis=0),
+                                      t.ints(perm), axis=0))
+
+    return b("If", b("Equal", batch_size, b.i(0)), then_branch=_branch(f"{prefix}empty_table", zero_image),
+             else_branch=_branch(f"{prefix}table", lambda t: t("Transpose", x, perm=perm)))
 
 
 def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
@@ -316,12 +359,13 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     ph_f, pw_f, ratio_f = b.to_float(ph_i), b.to_float(pw_i), b.to_float(ratio_i)
     scale, gamma = b.ref("spatial_scale", "float"), b.ref("gamma", "float")
     # channels-last table: one row per (n, y, x) holds all C channels
-    table = b("Reshape", b("Transpose", x, perm=[0, 2, 3, 1]), b("Concat", b.ints([-1]), b.unsq(c_i, 0), axis=0))
+    n_i = b.dim(shape, 0)
+    table = b("Reshape", _transposed_table(b, x, [0, 2, 3, 1], n_i), b("Concat", b.ints([-1]), b.unsq(c_i, 0), axis=0))
 
     def col(i):  # rois[:, i] as (K, 1, 1, 1)
         return b("Reshape", b("Gather", rois, b.i(i), axis=1), b.ints([-1, 1, 1, 1]))
 
-    batch, inside = _batch_index(b, col(0), b.dim(shape, 0))  # truncation toward zero, as the kernels' (int) cast
+    batch, inside, is_inside = _batch_index(b, col(0), n_i)  # truncation toward zero, as the kernels' (int) cast
     half = b.f(0.5)
     sx = b("Sub", b("Mul", col(1), scale), half)
     sy = b("Sub", b("Mul", col(2), scale), half)
@@ -340,6 +384,7 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     # x (K, ph, pw, ratio), y (K, ph, pw, ratio)
     x_s = b("Add", b("Add", sx, b("Mul", j, bin_w)), b("Div", b("Mul", u, bin_w), ratio_f))
     y_s = b("Add", b("Add", sy, b("Mul", i, bin_h)), b("Div", b("Mul", u, bin_h), ratio_f))
+    x_s, y_s = _outside_to_zero(b, is_inside, x_s, y_s)
     minus_one = b.f(-1.0)
     valid_x = b("Mul", b("Cast", b("And", b("GreaterOrEqual", x_s, minus_one), b("LessOrEqual", x_s, w_f)),
                          to=TensorProto.FLOAT), inside)
@@ -367,7 +412,8 @@ class _Corners(NamedTuple):
     """The bilinear corners of every sample of every bin, shared by both ways of gathering them.
 
     x_idx, x_wt: (K, classes, P, P, 2S) column indices and weights (low corners, then high ones); y_idx, y_wt
-    likewise for rows. base: (K, 1, P, P) the (image, gi, gj) block of each bin. The rest are int64 scalars.
+    likewise for rows. base: (K, 1, P, P) the (image, gi, gj) block of each bin. The rest are int64 scalars
+    (images: N).
     """
     x_idx: str
     x_wt: str
@@ -379,12 +425,13 @@ class _Corners(NamedTuple):
     height: str
     width: str
     pairs: str  # 4S^2, the (row corner, column corner) pairs of a bin
+    images: str
 
 
 def _psroi_scalar_gather(b: _Body, grouped: str, c: _Corners) -> str:
     """(K, classes, P, P, per_class) sums, each value fetched alone by GatherElements from a flat table laid out
     (n, gi, gj, class, channel, y, x): the fast way when a class has few channels."""
-    table = b("Reshape", b("Transpose", grouped, perm=[0, 3, 4, 1, 2, 5, 6]), b.ints([-1]))
+    table = b("Reshape", _transposed_table(b, grouped, [0, 3, 4, 1, 2, 5, 6], c.images), b.ints([-1]))
     class_range = b("Reshape", b("Range", b.i(0), c.classes, b.i(1)), b.ints([1, -1, 1, 1]))
     channel_range = b("Reshape", b("Range", b.i(0), c.per_class, b.i(1)), b.ints([1, 1, 1, 1, -1]))
     channel = b("Add", b("Mul", b.unsq(b("Add", b("Mul", c.base, c.classes), class_range), 4), c.per_class),
@@ -402,22 +449,13 @@ def _psroi_scalar_gather(b: _Body, grouped: str, c: _Corners) -> str:
 def _psroi_row_gather(b: _Body, grouped: str, c: _Corners) -> str:
     """(K, classes, P, P, per_class) sums from whole rows of a class's channels (Gather on a table laid out
     (n, gi, gj, y, x, class) x channel), weighted by one small matrix product per bin."""
-    table = b("Reshape", b("Transpose", grouped, perm=[0, 3, 4, 5, 6, 1, 2]),
+    table = b("Reshape", _transposed_table(b, grouped, [0, 3, 4, 5, 6, 1, 2], c.images),
               b("Concat", b.ints([-1]), b.unsq(c.per_class, 0), axis=0))
     class_range = b("Reshape", b("Range", b.i(0), c.classes, b.i(1)), b.ints([1, -1, 1, 1, 1]))
     rows = b("Add", b("Mul", b("Add", b("Mul", b.unsq(c.base, 4), c.height), c.y_idx), b("Mul", c.width, c.classes)),
              class_range)
     flat = b("Add", b.unsq(rows, 5), b.unsq(b("Mul", c.x_idx, c.classes), 4))         # (K, classes, P, P, 2S, 2S)
     return _weighted_rows(b, b("Gather", table, flat, axis=0), c.y_wt, c.x_wt, c.pairs, c.per_class)
-
-
-def _psroi_branch(grouped: str, corners: _Corners, gather: Callable, name: str) -> onnx.GraphProto:
-    """One branch of the body's If: ``gather``'s nodes in a subgraph that reads the body's names."""
-    b = _Body(prefix=name)
-    result = gather(b, grouped, corners)
-    b.nodes.append(helper.make_node("Identity", [result], [f"{name}_pooled"]))
-    return helper.make_graph(b.nodes, name, [], [helper.make_tensor_value_info(f"{name}_pooled", TensorProto.FLOAT,
-                                                                                None)])
 
 
 def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
@@ -455,7 +493,7 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
         return b("Mul", b("Sign", v), b("Floor", b("Add", b("Abs", v), b.f(0.5))))
 
     half, one_f, zero_f = b.f(0.5), b.f(1.0), b.f(0.0)
-    batch, inside = _batch_index(b, col(0), n_i)
+    batch, inside, is_inside = _batch_index(b, col(0), n_i)
     sx = b("Sub", b("Mul", c_round(col(1)), scale), half)
     sy = b("Sub", b("Mul", c_round(col(2)), scale), half)
     ex = b("Sub", b("Mul", b("Add", c_round(col(3)), one_f), scale), half)
@@ -478,6 +516,7 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
     i = b("Reshape", bins_f, b.ints([1, 1, -1, 1]))
     wstart = b("Add", b("Add", b("Mul", j, bin_w), sx), b("Mul", tx, roi_w))          # (K, classes, P, P)
     hstart = b("Add", b("Add", b("Mul", i, bin_h), sy), b("Mul", ty, roi_h))
+    wstart, hstart, sub_w, sub_h = _outside_to_zero(b, is_inside, wstart, hstart, sub_w, sub_h)
     samples = b("Reshape", b("Range", zero_f, s_f, one_f), b.ints([1, 1, 1, 1, -1]))
     x_s = b("Add", b.unsq(wstart, 4), b("Mul", samples, b.unsq(sub_w, 4)))           # (K, classes, P, P, S)
     y_s = b("Add", b.unsq(hstart, 4), b("Mul", samples, b.unsq(sub_h, 4)))
@@ -495,10 +534,11 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
     base = b("Add", b("Mul", b("Add", b("Mul", batch, g_i), gi), g_i), gj)             # (K, 1, P, P)
     grouped = b("Reshape", x, cat(n_i, classes_i, per_class_i, g_i, g_i, h_i, w_i))
     two_s = b("Mul", s_i, b.i(2))
-    corners = _Corners(x_idx, x_wt, y_idx, y_wt, base, classes_i, per_class_i, h_i, w_i, b("Mul", two_s, two_s))
+    corners = _Corners(x_idx, x_wt, y_idx, y_wt, base, classes_i, per_class_i, h_i, w_i, b("Mul", two_s, two_s),
+                       n_i)
     small = b("Less", per_class_i, b.i(_ROWS_FROM_CHANNELS))
-    pooled = b("If", small, then_branch=_psroi_branch(grouped, corners, _psroi_scalar_gather, "scalar"),
-               else_branch=_psroi_branch(grouped, corners, _psroi_row_gather, "rows"))
+    pooled = b("If", small, then_branch=_branch("scalar", lambda t: _psroi_scalar_gather(t, grouped, corners)),
+               else_branch=_branch("rows", lambda t: _psroi_row_gather(t, grouped, corners)))
     pooled = b("Div", pooled, b.unsq(b("Max", count, one_f), 4))
     pooled = b("Transpose", pooled, perm=[0, 1, 4, 2, 3])
     result = b("CastLike", b("Reshape", pooled, cat(k_i, out_i, p_i, p_i)), "X")
