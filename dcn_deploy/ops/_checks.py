@@ -1,9 +1,12 @@
-"""Argument checks shared by the PyTorch ops: tensor types, one dtype and one device for all tensors."""
+"""Argument checks shared by the PyTorch ops: tensor types, one dtype and one device for all tensors; the
+autocast rule; the autodiff transforms the ops refuse."""
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping, Optional
 
 import torch
+from torch.autograd import forward_ad
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -73,3 +76,106 @@ def has_concrete_shapes(*tensors: Optional[torch.Tensor]) -> bool:
     """True when no shape is symbolic (under torch.export/compile tracing shapes can be SymInts, which the
     pure-Python shape checks would specialise)."""
     return all(t is None or all(type(s) is int for s in t.shape) for t in tensors)
+
+
+def register_float32_autocast(op) -> None:
+    """Under autocast the custom op ``op`` takes its half-type inputs as float32 and runs with autocast off, on every
+    device type this torch autocasts. Why: :func:`autocast_to_float32` casts the public functions' arguments, but
+    autocast stayed on inside the op, so the products of the host library's path and of the composites ran in the
+    half type (a float32 call under CPU autocast came back float32 with bfloat16's error, 3e-3 relative); and a
+    program that calls ``torch.ops.dcn_deploy.*`` directly (a loaded torch.export program) gets the same rule."""
+    if not hasattr(op, "register_autocast"):  # torch < 2.5: the public functions' cast (autocast_to_float32) only
+        return
+    for device_type in ("cpu", "cuda"):
+        if _autocast_available(device_type):
+            op.register_autocast(device_type, torch.float32)
+
+
+def _autocast_available(device_type: str) -> bool:
+    check = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4's name
+    return device_type in ("cpu", "cuda") if check is None else bool(check(device_type))
+
+
+def autocast_off(device_type: str):
+    """A block with autocast off on ``device_type`` (the backward passes recompute their composites in float32 also
+    when ``backward()`` is called inside ``torch.autocast``, as torch's own ops do)."""
+    if _autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def autograd_inside_kernel():
+    """Autograd back on inside a custom op's kernel, which torch runs with the autograd dispatch keys excluded
+    (and perhaps under inference mode): the RoI ops' backward ops recompute their composites' gradients there with
+    ``torch.autograd.grad``. (``torch.func.vjp`` would run there too, but not under a torch dispatch mode such as
+    FlopCounterMode or opcheck's: 'Cannot access storage of TensorWrapper'.)"""
+    names = ("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor", "ADInplaceOrView")
+    keys = [getattr(torch._C.DispatchKey, name) for name in names if hasattr(torch._C.DispatchKey, name)]
+    with torch.inference_mode(False):
+        excluded = [torch._C._dispatch_tls_is_dispatch_key_excluded(key) for key in keys]
+        for key in keys:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
+        try:
+            yield
+        finally:
+            for key, was in zip(keys, excluded):
+                torch._C._dispatch_tls_set_dispatch_key_excluded(key, was)
+
+
+def _below_vmap(t: torch.Tensor) -> torch.Tensor:
+    """The tensor a ``torch.func.vmap`` batched tensor wraps (itself for any other tensor): a transform below vmap
+    (vmap inside jvp or grad) shows only there."""
+    functorch = getattr(torch._C, "_functorch", None)
+    if functorch is None or not hasattr(functorch, "is_batchedtensor"):
+        return t
+    while functorch.is_batchedtensor(t):
+        t = functorch.get_unwrapped(t)
+    return t
+
+
+def refuse_function_transforms(op: str, *tensors: Optional[torch.Tensor]) -> None:
+    """Raise when a tensor argument is differentiated by a transform the ops do not support.
+
+    - Forward mode (``torch.func.jvp``/``jacfwd``/``hessian``, ``torch.autograd.forward_ad``): the ops have no
+      forward-mode formula, and torch's custom-op machinery returns their output without a tangent, i.e. a
+      derivative of zero, silently.
+    - ``torch.func.grad``/``vjp``/``jacrev`` (and per-sample gradients, vmap over grad): torch refuses those with an
+      error about ``autograd.Function.setup_context`` that names neither the op nor the fix.
+
+    ``torch.func.vmap`` and ``functional_call`` work, as do ``backward()`` and ``torch.autograd.grad`` (also of a
+    vmapped call). Nothing is checked while torch.compile or torch.export traces.
+    """
+    if torch.compiler.is_compiling():
+        return
+    # the common case in 0.2 us instead of 3: no forward-mode level entered and no torch.func transform running
+    transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+    if getattr(forward_ad, "_current_level", 0) < 0 and not transforms_active():
+        return
+    functorch = getattr(torch._C, "_functorch", None)
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = _below_vmap(t)
+        if forward_ad.unpack_dual(t).tangent is not None:
+            raise RuntimeError(
+                f"dcn_deploy.{op} has no forward-mode derivative (torch.func.jvp, jacfwd, hessian, "
+                "torch.autograd.forward_ad); its output would carry no tangent. Use reverse mode: loss.backward() "
+                "or torch.autograd.grad")
+        if functorch is not None and hasattr(functorch, "is_gradtrackingtensor") and \
+                functorch.is_gradtrackingtensor(t) and t.requires_grad:
+            raise RuntimeError(
+                f"dcn_deploy.{op} does not support torch.func.grad, vjp, jacrev or per-sample gradients "
+                "(vmap over grad); use loss.backward() or torch.autograd.grad (torch.func.vmap of the forward "
+                "works)")
+
+
+def refuse_torchscript(what: str):
+    """A ``__prepare_scriptable__`` for ``what`` (a layer class or an op): ``torch.jit.script`` calls it first, so it
+    raises one clear error instead of a TorchScript compiler error about this package's internals (its Python
+    argument checks, keyword-only helpers and error messages are not TorchScript)."""
+    def prepare_scriptable(*_):
+        raise RuntimeError(f"dcn_deploy's {what} cannot be compiled with torch.jit.script (TorchScript); use "
+                           "torch.jit.trace, torch.export.export or torch.compile instead, or dcn_deploy.export "
+                           "for ONNX")
+    return prepare_scriptable

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from . import native_paths
-from ._checks import autocast_to_float32, check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward
+from ._checks import (autocast_off, autocast_to_float32, check_tensors, compute_dtype, has_concrete_shapes,
+                      refuse_double_backward, refuse_function_transforms, refuse_torchscript,
+                      register_float32_autocast)
 from .spec import ShapeError, as_pair, conv_output_size, deform_conv_spec
 
 __all__ = ["deform_conv2d"]
@@ -69,8 +71,9 @@ def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: i
     base_y = (oy.view(oh, 1, 1, 1) + ky.view(1, 1, kh, 1)).expand(oh, ow, kh, kw).reshape(1, oh * ow, k, 1)
     base_x = (ox.view(1, ow, 1, 1) + kx.view(1, 1, 1, kw)).expand(oh, ow, kh, kw).reshape(1, oh * ow, k, 1)
 
-    # offset (N, G*K*2, oH, oW) -> (N, oH*oW, K, G, 2)
-    off = offset.view(n, groups, k, 2, oh * ow).permute(0, 4, 2, 1, 3)
+    # offset (N, G*K*2, oH, oW) -> (N, oH*oW, K, G, 2); reshape, not view: the backward re-runs this on the caller's
+    # own offset and mask, whose rows may not merge into one axis (a slice along the width, transposed strides)
+    off = offset.reshape(n, groups, k, 2, oh * ow).permute(0, 4, 2, 1, 3)
     py = base_y + off[..., 0]
     px = base_x + off[..., 1]
     # A NaN or infinite offset samples nothing (as in the kernels, ONNX Runtime and the ONNX reference): move the
@@ -88,7 +91,7 @@ def _bilinear_taps(offset: torch.Tensor, mask: Optional[torch.Tensor], height: i
     wx0 = (1 - lx) * ((x0 >= 0) & (x0 <= width - 1))
     wx1 = lx * ((x0 >= -1) & (x0 <= width - 2))
     if mask is not None:
-        modulation = mask.view(n, groups, k, oh * ow).permute(0, 3, 2, 1)
+        modulation = mask.reshape(n, groups, k, oh * ow).permute(0, 3, 2, 1)
         wy0, wy1 = wy0 * modulation, wy1 * modulation
     weight = torch.stack((wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1), dim=-1)
 
@@ -289,7 +292,7 @@ def _backward(ctx, grad_output):
     wanted = [t for t in leaves if t is not None and t.requires_grad]
     grads = [None] * 5
     if wanted and input.shape[0] > 0:
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast_off(input.device.type):
             out = _forward_composite(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], stride, padding, dilation)
             found = torch.autograd.grad(out, wanted, grad_output.to(compute))
         found_iter = iter(found)
@@ -304,6 +307,7 @@ def _backward(ctx, grad_output):
 
 
 _deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+register_float32_autocast(_deform_conv2d_op)
 
 
 def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
@@ -326,15 +330,20 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         Under ``torch.autocast`` the tensors may mix float32 and the half types: all are computed in float32
         and the result is in the input's dtype (torchvision's rule).
 
+    Autodiff: ``backward()``/``torch.autograd.grad`` (first order) and ``torch.func.vmap``; forward mode
+    (``torch.func.jvp``, ``torch.autograd.forward_ad``) and ``torch.func.grad``/``vjp``/``jacrev`` raise.
+
     Raises:
         ShapeError (a ValueError) naming the argument whose shape or value does not fit; TypeError for a
-        non-tensor, an unsupported dtype or mixed dtypes; ValueError for tensors on different devices;
+        non-tensor, an unsupported dtype or mixed dtypes (outside autocast); ValueError for tensors on different
+        devices; RuntimeError for an unsupported autodiff transform (above);
         :class:`dcn_deploy.plugin.native.NativeError` when the CUDA kernels fail on a device they ran on before.
     """
     named, result_dtype = autocast_to_float32(  # under torch.autocast: float32, as torchvision's op
         {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
     input, offset, weight, bias, mask = named.values()
     check_tensors(named)
+    refuse_function_transforms("deform_conv2d", input, offset, weight, bias, mask)
     stride_hw = as_pair(stride, "stride", 1)
     padding_hw = as_pair(padding, "padding", 0)
     dilation_hw = as_pair(dilation, "dilation", 1)
@@ -346,3 +355,7 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         raise ShapeError("input, offset and weight must be 4-D (NCHW)")
     out = _deform_conv2d_op(input, offset, weight, bias, mask, list(stride_hw), list(padding_hw), list(dilation_hw))
     return out if result_dtype is None else out.to(result_dtype)
+
+
+# torch.jit.script(deform_conv2d): one clear error
+deform_conv2d.__prepare_scriptable__ = refuse_torchscript("deform_conv2d")

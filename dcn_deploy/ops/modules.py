@@ -16,6 +16,7 @@ from typing import Collection, Mapping, Optional
 import torch
 from torch import nn
 
+from ._checks import refuse_torchscript
 from .deform_conv import deform_conv2d
 from .spec import ShapeError, as_pair, positive_int
 
@@ -100,6 +101,8 @@ class DeformConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
+
+    __prepare_scriptable__ = refuse_torchscript("DeformConv2d layers")
 
     def reset_parameters(self) -> None:
         # torchvision's (and nn.Conv2d's) initialisation.

@@ -25,6 +25,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from ._checks import refuse_torchscript
 from .roi_pool import deform_psroi_pool, deform_roi_pool
 from .roi_spec import check_float, check_sample_per_part, check_sampling_ratio
 from .spec import ShapeError, as_pair, positive_int
@@ -39,6 +40,8 @@ class DeformRoIPool(nn.Module):
     ``forward(input, rois, offset=None)``: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None
     -> (K, C, out_h, out_w).
     """
+
+    __prepare_scriptable__ = refuse_torchscript("DeformRoIPool layers")
 
     def __init__(self, output_size, spatial_scale: float = 1.0, sampling_ratio: int = 0, gamma: float = 0.1):
         super().__init__()
@@ -149,6 +152,8 @@ class DeformPSRoIPool(nn.Module):
     ``forward(input, rois, offset_input=None)``: input (N, output_dim*k*k, H, W), rois (K, 5)
     -> (K, output_dim, pooled_size, pooled_size). Parameters: ``offset_conv.{weight, bias}`` (zero-initialised).
     """
+
+    __prepare_scriptable__ = refuse_torchscript("DeformPSRoIPool layer")
 
     def __init__(self, output_dim: int, group_size: int, spatial_scale: float, pooled_size: Optional[int] = None,
                  sample_per_part: int = 4, trans_std: float = 0.1, num_offset_classes: int = 1,

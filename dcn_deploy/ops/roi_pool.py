@@ -54,7 +54,9 @@ import torch
 
 from ..plugin.native_roi import deform_psroi_pool_native, deform_roi_pool_native
 from . import native_paths
-from ._checks import autocast_to_float32, check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward
+from ._checks import (autocast_off, autocast_to_float32, autograd_inside_kernel, check_tensors, compute_dtype,
+                      has_concrete_shapes, refuse_double_backward, refuse_function_transforms, refuse_torchscript,
+                      register_float32_autocast)
 from .roi_spec import (MAX_SAMPLES_PER_BIN_SIDE, check_float, check_sampling_ratio, deform_psroi_pool_spec,
                        deform_roi_pool_spec)
 from .spec import ShapeError, as_pair
@@ -264,7 +266,9 @@ def _forward(native: Callable, composite: Callable, input: torch.Tensor, rois: t
             out = native(*args, *params, entry="cpu", library=host)
         else:
             out = composite(*args, *params)
-    return out.to(input.dtype)
+    # contiguous, as the fake implementations promise (the composites' outputs are channels-last views): torch.compile
+    # and torch.export plan the next ops on the promised strides
+    return out.to(input.dtype).contiguous()
 
 
 @torch.library.custom_op("dcn_deploy::deform_roi_pool", mutates_args=())
@@ -288,45 +292,81 @@ def _roi_pool_setup_context(ctx, inputs, output):
     ctx.pool_args = (output_size, spatial_scale, sampling_ratio, gamma)
 
 
-def _recompute_grads(ctx, op: str, composite, grad_output, args):
-    """Gradients for (input, rois, offset) by re-running the differentiable composite in the compute dtype (``op``:
-    the op's name, for the error on a double backward)."""
-    input, rois, offset = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    grads = [None, None, None]
-    want_input = needs[0]
-    want_offset = offset is not None and needs[2]
-    if not (want_input or want_offset):
-        return grads
-    refuse_double_backward(op)
+def _composite_gradients(composite, grad_output: torch.Tensor, input: torch.Tensor, rois: torch.Tensor,
+                         shifts: Optional[torch.Tensor], params, input_grad: bool,
+                         shifts_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(grad_input, grad_shifts) of ``composite`` (an op's differentiable torch form, re-run in the compute dtype)
+    for the output gradient ``grad_output``; ``shifts``: offset or trans; a gradient not asked for is an empty
+    tensor."""
+    nothing = input.new_empty(0)
     if rois.shape[0] == 0:
-        if want_input:
-            grads[0] = torch.zeros_like(input)
-        if want_offset:
-            grads[2] = torch.zeros_like(offset)
-        return grads
+        return (input.new_zeros(input.shape) if input_grad else nothing,
+                shifts.new_zeros(shifts.shape) if shifts_grad else nothing)
     compute = compute_dtype(input.dtype)
-    x = input.detach().to(compute).requires_grad_(want_input)
-    off = None if offset is None else offset.detach().to(compute).requires_grad_(want_offset)
-    with torch.enable_grad():
-        out = composite(x, rois.detach().to(compute), off, *args)
-        wanted = [t for t, flag in ((x, want_input), (off, want_offset)) if flag]
-        found = iter(torch.autograd.grad(out, wanted, grad_output.to(compute), allow_unused=True))
-    if want_input:
+    x, r = input.detach().to(compute), rois.detach().to(compute)
+    s = None if shifts is None else shifts.detach().to(compute)
+    primals = [t.requires_grad_() for t, flag in ((x, input_grad), (s, shifts_grad)) if flag]
+    with torch.enable_grad(), autocast_off(input.device.type):
+        out = composite(x, r, s, *params)
+        found = iter(torch.autograd.grad(out, primals, grad_output.to(compute), allow_unused=True))
+    grads = []
+    for flag, like in ((input_grad, input), (shifts_grad, shifts)):
+        if not flag:
+            grads.append(nothing)
+            continue
         g = next(found)
-        grads[0] = torch.zeros_like(input) if g is None else g.to(input.dtype)
-    if want_offset:
-        g = next(found)
-        grads[2] = torch.zeros_like(offset) if g is None else g.to(offset.dtype)
-    return grads
+        # contiguous, as the fake kernels promise (the composites' gradients come out channels-last)
+        grads.append(like.new_zeros(like.shape) if g is None else g.to(like.dtype).contiguous())
+    return grads[0], grads[1]
+
+
+def _gradients_fake(input: torch.Tensor, shifts: Optional[torch.Tensor], input_grad: bool, shifts_grad: bool):
+    nothing = input.new_empty(0)
+    return (input.new_empty(input.shape) if input_grad else nothing,
+            shifts.new_empty(shifts.shape) if shifts_grad else nothing)
+
+
+@torch.library.custom_op("dcn_deploy::deform_roi_pool_backward", mutates_args=())
+def _deform_roi_pool_backward_op(grad_output: torch.Tensor, input: torch.Tensor, rois: torch.Tensor,
+                                 offset: Optional[torch.Tensor], output_size: Sequence[int], spatial_scale: float,
+                                 sampling_ratio: int, gamma: float, input_grad: bool,
+                                 offset_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """deform_roi_pool's backward as one opaque op with a fake kernel: the composite's data-dependent steps (the RoI
+    checks, the adaptive grid sizes) cannot be traced by torch.compile, meta or fake tensors, so a compiled training
+    step failed (and a meta or fake backward). Torch runs a kernel with autograd off: it is turned back on."""
+    with autograd_inside_kernel():
+        return _composite_gradients(_roi_pool_composite, grad_output, input, rois, offset,
+                                    (output_size, spatial_scale, sampling_ratio, gamma), input_grad, offset_grad)
+
+
+@_deform_roi_pool_backward_op.register_fake
+def _deform_roi_pool_backward_fake(grad_output, input, rois, offset, output_size, spatial_scale, sampling_ratio,
+                                   gamma, input_grad, offset_grad):
+    return _gradients_fake(input, offset, input_grad, offset_grad)
+
+
+def _recompute_grads(ctx, op: str, backward_op, grad_output):
+    """Gradients for (input, rois, shifts) through ``backward_op``, which re-runs the differentiable composite in
+    the compute dtype (``op``: the op's name, for the error on a double backward)."""
+    input, rois, shifts = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    want_input = bool(needs[0])
+    want_shifts = shifts is not None and bool(needs[2])
+    if not (want_input or want_shifts):
+        return [None, None, None]
+    refuse_double_backward(op)
+    grad_input, grad_shifts = backward_op(grad_output, input, rois, shifts, *ctx.pool_args, want_input, want_shifts)
+    return [grad_input if want_input else None, None, grad_shifts if want_shifts else None]
 
 
 def _roi_pool_backward(ctx, grad_output):
-    grads = _recompute_grads(ctx, "deform_roi_pool", _roi_pool_composite, grad_output, ctx.pool_args)
+    grads = _recompute_grads(ctx, "deform_roi_pool", _deform_roi_pool_backward_op, grad_output)
     return (*grads, None, None, None, None)
 
 
 _deform_roi_pool_op.register_autograd(_roi_pool_backward, setup_context=_roi_pool_setup_context)
+register_float32_autocast(_deform_roi_pool_op)
+register_float32_autocast(_deform_roi_pool_backward_op)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,12 +472,34 @@ def _psroi_setup_context(ctx, inputs, output):
     ctx.pool_args = tuple(args)
 
 
+@torch.library.custom_op("dcn_deploy::deform_psroi_pool_backward", mutates_args=())
+def _deform_psroi_pool_backward_op(grad_output: torch.Tensor, input: torch.Tensor, rois: torch.Tensor,
+                                   trans: Optional[torch.Tensor], spatial_scale: float, output_dim: int,
+                                   group_size: int, pooled_size: int, part_size: int, sample_per_part: int,
+                                   trans_std: float, no_trans: bool, input_grad: bool,
+                                   trans_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """deform_psroi_pool's backward as one opaque op (see :func:`_deform_roi_pool_backward_op`)."""
+    with autograd_inside_kernel():
+        return _composite_gradients(_psroi_composite, grad_output, input, rois, trans,
+                                    (spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
+                                     trans_std, no_trans), input_grad, trans_grad)
+
+
+@_deform_psroi_pool_backward_op.register_fake
+def _deform_psroi_pool_backward_fake(grad_output, input, rois, trans, spatial_scale, output_dim, group_size,
+                                     pooled_size, part_size, sample_per_part, trans_std, no_trans, input_grad,
+                                     trans_grad):
+    return _gradients_fake(input, trans, input_grad, trans_grad)
+
+
 def _psroi_backward(ctx, grad_output):
-    grads = _recompute_grads(ctx, "deform_psroi_pool", _psroi_composite, grad_output, ctx.pool_args)
+    grads = _recompute_grads(ctx, "deform_psroi_pool", _deform_psroi_pool_backward_op, grad_output)
     return (*grads, *([None] * len(ctx.pool_args)))
 
 
 _deform_psroi_pool_op.register_autograd(_psroi_backward, setup_context=_psroi_setup_context)
+register_float32_autocast(_deform_psroi_pool_op)
+register_float32_autocast(_deform_psroi_pool_backward_op)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -461,7 +523,8 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
     Returns:
         (K, C, out_h, out_w) in the input's dtype (float16/bfloat16 computed in float32). Under ``torch.autocast``
         the tensors may mix float32 and the half types (float32 boxes beside a half-precision map): all are
-        computed in float32, the result in the input's dtype.
+        computed in float32, the result in the input's dtype. Autodiff as
+        :func:`dcn_deploy.ops.deform_conv.deform_conv2d`'s: backward and vmap, no forward mode or torch.func.grad.
 
     Raises:
         ShapeError (a ValueError) for malformed rois, out-of-range batch indices, an offset of the wrong shape, or
@@ -470,6 +533,7 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
     named, result_dtype = autocast_to_float32({"input": input, "rois": rois, "offset": offset})  # torch.autocast
     input, rois, offset = named.values()
     check_tensors(named)
+    refuse_function_transforms("deform_roi_pool", input, rois, offset)
     out = as_pair(output_size, "output_size", 1)
     spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
     gamma = check_float(gamma, "gamma")
@@ -505,13 +569,15 @@ def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[t
         no_trans: pool without offsets.
 
     Returns:
-        (K, output_dim, pooled_size, pooled_size) in the input's dtype (float16/bfloat16 computed in float32).
+        (K, output_dim, pooled_size, pooled_size) in the input's dtype (float16/bfloat16 computed in float32);
+        autocast and autodiff as :func:`deform_roi_pool`.
     """
     if no_trans:
         trans = None
     named, result_dtype = autocast_to_float32({"input": input, "rois": rois, "trans": trans})  # torch.autocast
     input, rois, trans = named.values()
     check_tensors(named)
+    refuse_function_transforms("deform_psroi_pool", input, rois, trans)
     spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
     trans_std = check_float(trans_std, "trans_std")
     if has_concrete_shapes(input, rois, trans):
@@ -526,3 +592,8 @@ def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[t
                                    int(pooled_size), int(part_size), int(sample_per_part), float(trans_std),
                                    bool(no_trans))
     return pooled if result_dtype is None else pooled.to(result_dtype)
+
+
+# torch.jit.script of either function: one clear error
+deform_roi_pool.__prepare_scriptable__ = refuse_torchscript("deform_roi_pool")
+deform_psroi_pool.__prepare_scriptable__ = refuse_torchscript("deform_psroi_pool")

@@ -41,7 +41,9 @@ def check_float(value, name: str, positive: bool = False) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ShapeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or (positive and number <= 0):
+    # comparisons, not math.isfinite: under torch.compile(dynamic=True) a layer's float attribute is a symbolic
+    # float, which comparisons guard on and math.isfinite cannot take (a graph break, an error with fullgraph=True)
+    if number != number or number in (math.inf, -math.inf) or (positive and number <= 0):
         kind = "a finite number > 0" if positive else "a finite number"
         hint = " (feature-map pixels per image pixel, e.g. 1/16 = 0.0625 for a stride-16 map)" \
             if name == "spatial_scale" else ""
