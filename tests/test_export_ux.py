@@ -619,3 +619,19 @@ def _saved_input(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32))
     return path
+
+
+def test_an_export_under_bfloat16_autocast_that_fails_the_checker_names_autocast_not_a_bug(tmp_path):
+    """Under torch.autocast the exporter writes bfloat16 Conv nodes, which the checker refuses at this opset: the
+    error said "a bug in dcn_deploy's exporter"; it now names autocast and the way out."""
+    import torch
+
+    import dcn_deploy
+    from dcn_deploy import ModulatedDeformConv2dPack
+    from dcn_deploy.onnx.export_report import ExportError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), ModulatedDeformConv2dPack(8, 8, 3, padding=1))
+    with torch.autocast("cpu", torch.bfloat16), pytest.raises(ExportError) as info:
+        dcn_deploy.export(model.eval(), (torch.randn(1, 3, 16, 16),), tmp_path / "m.onnx")
+    assert "torch.autocast was on" in str(info.value) and "export outside torch.autocast" in str(info.value)
+    assert "bug" not in str(info.value)

@@ -86,8 +86,22 @@ def _check_file(path: Path) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False), check_type=True,
                                                  strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        if _autocast_enabled():
+            raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. torch.autocast was on "
+                              "during the export, and the exporter writes its casts into the graph (half-precision "
+                              "nodes, such as a bfloat16 Conv, that this opset may not allow for that type): export "
+                              "outside torch.autocast, and for a half-precision file give dtype= (CLI: --dtype) or "
+                              "use dcn_deploy.onnx.precision.convert_precision") from exc
         raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. This is a bug in "
                           "dcn_deploy's exporter or op set: please report it with the model") from exc
+
+
+def _autocast_enabled() -> bool:
+    """Whether torch.autocast is on for the CPU or CUDA in this thread."""
+    import torch
+
+    return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda")) \
+        if hasattr(torch, "is_autocast_enabled") else False
 
 
 class EarlierFile:
