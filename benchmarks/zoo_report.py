@@ -24,7 +24,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="input H [W] for every model (default: 224 for classifiers, 256 otherwise)")
     parser.add_argument("--backend", choices=("ort", "torch", "none"), default="ort",
                         help="ort: export and run in ONNX Runtime CPU (falls back to eager per model); none: counts only")
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for ORT and PyTorch")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads for ORT and PyTorch (ORT's stop spinning when a run returns)")
     parser.add_argument("--rois", type=int, default=100, help="proposals per image for the detectors")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)

@@ -17,7 +17,14 @@ Latency: each model is exported with ``dcn_deploy.onnx.export`` (its ONNX Runtim
 the report's inputs) and run with
 ``dcn_deploy.backends.ort_runner.OrtRunner`` on the CPU. A model that cannot be exported is timed in PyTorch
 eager instead, and the table says so. Twins are timed alternately, iteration by iteration, so that load from
-other processes on a shared machine hits both alike.
+other processes on a shared machine hits both alike. Both sessions are open meanwhile, so their worker threads
+(``--threads`` > 1) spin only during a run (``OrtRunner(spinning="within-run")``, ONNX Runtime's
+``session.force_spinning_stop``): with its default, a session's threads spin on after a run and took the CPU from
+the twin's timed run (resnet50_dcn_c5 and its twin at 128x128, 2 threads on 2 cores: medians of 12.3-25.8 ms and a
+difference between the twins of -32% to +44%; stopping: 7.8-9.2 ms and +1% to +7%, as each session timed alone,
+7.8-10.3 ms; benchmarks/RESULTS.md). Spinning is not turned off altogether (``spinning="off"``), which slows models
+of many small nodes, such as the RoI pooling bodies, and would time the sessions in a setting deployments do not
+run. The settings say so (``ort_spinning``).
 """
 from __future__ import annotations
 
@@ -44,6 +51,10 @@ from dcn_deploy.ops.modules import DeformConv2d, ModulatedDeformConv2dPack
 DEFAULT_PAIRS = ("resnet50_dcn_c5", "resnet50_dcnv2_c3c5", "resnet101_dcn_c5", "deeplab_resnet50_dcn",
                  "rfcn_resnet50_dcn")
 DEFAULT_SIZES = {"classification": (224, 224), "segmentation": (256, 256), "detection": (256, 256)}
+# How the report's ONNX Runtime sessions spin (OrtRunner's ``spinning``; see the module docstring), and what the
+# settings say about it.
+ORT_SPINNING = "within-run"
+ORT_SPINNING_NOTE = "within-run (session.force_spinning_stop=1: worker threads stop spinning when a run returns)"
 
 
 # ---- counting --------------------------------------------------------------------------------------------------------
@@ -162,7 +173,8 @@ def _ort_callable(model, inputs, entry, folder: Path, threads: int, stack):
     except Exception as exc:  # noqa: BLE001 - any export failure falls back to eager, and is reported
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).strip().splitlines()[0])[:160]  # no terminal colours
         return None, f"{type(exc).__name__}: {first}"
-    runner = stack.enter_context(OrtRunner(path, threads=threads))
+    # Both twins' sessions stay open while they are timed by turns: their threads must not spin between runs.
+    runner = stack.enter_context(OrtRunner(path, threads=threads, spinning=ORT_SPINNING))
     names = [meta.name for meta in runner.input_metadata()]
     feed = {n: t.numpy() for n, t in zip(names, inputs)}
     with torch.no_grad():
@@ -321,6 +333,8 @@ def run_report(pairs: Sequence[str] = DEFAULT_PAIRS, size: Optional[Tuple[int, i
             progress(f"[zoo report] {name} ...")
             rows.append(measure(name, size, backend, threads, iterations, warmup, Path(folder), rois))
     settings = {"iterations": iterations, "warmup": warmup, "rois": rois, **environment(threads)}
+    if backend == "ort":
+        settings["ort_spinning"] = ORT_SPINNING_NOTE
     return rows, settings
 
 

@@ -41,6 +41,30 @@ def test_ort_runner_reads_input_and_output_metadata(tiny):
         assert not runner.input_metadata()[0].is_dynamic()
 
 
+@pytest.mark.parametrize("spinning, entries", [
+    ("on", {"session.force_spinning_stop": None, "session.intra_op.allow_spinning": None}),
+    ("within-run", {"session.force_spinning_stop": "1", "session.intra_op.allow_spinning": None}),
+    ("off", {"session.force_spinning_stop": None, "session.intra_op.allow_spinning": "0",
+             "session.inter_op.allow_spinning": "0"}),
+])
+def test_ort_runner_spinning_reaches_the_session(tiny, spinning, entries):
+    _, path, _ = tiny
+    with OrtRunner(path, threads=2, spinning=spinning) as runner:
+        options = runner.session.get_session_options()
+        for key, value in entries.items():
+            if value is None:  # onnxruntime's default: not set
+                with pytest.raises(RuntimeError, match="does not have configuration with key"):
+                    options.get_session_config_entry(key)
+            else:
+                assert options.get_session_config_entry(key) == value
+        assert runner.spinning == spinning
+
+
+def test_ort_runner_refuses_an_unknown_spinning_setting(tiny):
+    with pytest.raises(ValueError, match="spinning must be on, within-run or off, got 'no'"):
+        OrtRunner(tiny[1], spinning="no")
+
+
 def test_ort_matches_torch_on_random_inputs_of_several_shapes(tiny, rng):
     model, path, _ = tiny
     with OrtRunner(path) as ort_runner, TorchRunner(model, ort_runner.input_metadata(), ["y"]) as torch_runner:

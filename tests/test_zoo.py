@@ -415,6 +415,57 @@ def test_cost_report_json_is_strict_json_when_a_timing_is_not_finite():
     parsed = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
     assert parsed["rows"][0]["dcn_time"]["median_ms"] == "nan" and parsed["rows"][0]["size"] == [64, 64]
 
+def _idle_cpu_ms(seconds=0.1):
+    """The process's CPU time (ms) while its main thread sleeps: what threads left running (spinning) take."""
+    import time
+
+    start = time.process_time()
+    time.sleep(seconds)
+    return (time.process_time() - start) * 1e3
+
+
+def test_cost_report_sessions_leave_no_thread_spinning_between_runs(tmp_path, monkeypatch):
+    """The report times a model and its twin by turns with both ONNX Runtime sessions open: with more than one
+    thread, ONNX Runtime's workers spin on after a run by default (about 25 ms of a core here) and take the CPU
+    from the other session's timed run. The report's sessions stop spinning when a run returns."""
+    from dcn_deploy.models import cost_report as report
+
+    seen = {}
+
+    def inspect(calls, iterations, warmup):
+        for name, call in calls.items():
+            assert isinstance(call, report._OrtCall), f"{name} was not timed in ONNX Runtime"
+            call()
+            call()  # the pool is started; what runs after a returned run is what the other session would meet
+            seen[name + " idle"] = _idle_cpu_ms()
+            try:
+                seen[name] = call.runner.session.get_session_options().get_session_config_entry(
+                    "session.force_spinning_stop")
+            except RuntimeError:  # not set: onnxruntime's default, spinning on after a run
+                seen[name] = None
+        return {name: [1e-3] for name in calls}
+
+    monkeypatch.setattr(report, "time_pair", inspect)
+    row = report.measure("resnet50_dcn_c5", (64, 64), "ort", threads=2, iterations=1, warmup=0, folder=tmp_path)
+    assert row.dcn_time.backend == row.base_time.backend == "ORT CPU (2 threads)"
+    assert seen["resnet50_dcn_c5 idle"] < 15 and seen["resnet50_plain idle"] < 15, seen  # ms of CPU in 100 ms (36-46 before)
+    assert seen["resnet50_dcn_c5"] == seen["resnet50_plain"] == "1", seen
+
+
+def test_cost_report_settings_say_how_its_sessions_spin(monkeypatch):
+    from dcn_deploy.models import cost_report as report
+
+    def counted(name, size, backend, *args):
+        return report.Row(name, "plain", size, 0, report.Cost(), report.Cost())
+
+    monkeypatch.setattr(report, "measure", counted)
+    _, settings = report.run_report(["resnet50_dcn_c5"], (64, 64), "ort", threads=2, progress=lambda message: None)
+    assert settings["ort_spinning"].startswith("within-run (session.force_spinning_stop=1")
+    assert json.loads(report.report_json([], settings))["settings"]["ort_spinning"] == settings["ort_spinning"]
+    _, settings = report.run_report(["resnet50_dcn_c5"], (64, 64), "none", progress=lambda message: None)
+    assert "ort_spinning" not in settings  # nothing was timed in ONNX Runtime
+
+
 # ---- the CLI ------------------------------------------------------------------------------------------------------
 def test_cli_zoo_list_and_counts_only_report():
     from click.testing import CliRunner

@@ -27,6 +27,13 @@ _ORT_TYPES = {
     "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
 }
 
+# OrtRunner's ``spinning`` settings as ONNX Runtime session config entries ("on" is its default: none).
+_SPINNING: Dict[str, Dict[str, str]] = {
+    "on": {},
+    "within-run": {"session.force_spinning_stop": "1"},
+    "off": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+}
+
 ModelSource = Union[str, os.PathLike, bytes, "onnx.ModelProto"]  # noqa: F821
 
 
@@ -128,6 +135,15 @@ class OrtRunner(Runner):
         providers: an explicit provider list for ``InferenceSession``; overrides ``device``.
         threads: intra-op threads, an int >= 1 (None: onnxruntime's default, one per core).
         optimization: graph optimisation level ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
+        spinning: what the session's worker threads do while they wait for work (moot with ``threads=1``, which
+            has none). ``"on"`` (default, ONNX Runtime's): they spin, also for a while after ``infer`` returns
+            (25-46 ms of a core after a ResNet-50 run at 64x64 on a 2-core machine), so an idle session takes
+            the CPU from whatever runs next beside it, such as another session being timed. ``"within-run"``: they
+            spin during a run and stop when it returns (``session.force_spinning_stop``): a run is timed as with
+            ``"on"``, and nothing is left spinning in between (what ``dcn-deploy zoo report`` uses, timing two
+            sessions by turns). ``"off"``: they never spin (``session.intra_op.allow_spinning`` and
+            ``session.inter_op.allow_spinning`` = 0): the least CPU, but a model of many small nodes runs slower
+            (benchmarks/RESULTS.md: the RoI pooling bodies took 123 ms without spinning, 80 with).
         name: the runner's name in reports (default ``"ort"``, ``"ort-cuda"``).
 
     ``infer`` takes numpy arrays (torch tensors are converted) of the model's dtypes and returns numpy arrays.
@@ -141,12 +157,15 @@ class OrtRunner(Runner):
     """
 
     def __init__(self, model: ModelSource, *, device: str = "cpu", providers: Optional[Sequence[str]] = None,
-                 threads: Optional[int] = None, optimization: str = "all", name: Optional[str] = None) -> None:
+                 threads: Optional[int] = None, optimization: str = "all", spinning: str = "on",
+                 name: Optional[str] = None) -> None:
         super().__init__()
         if device not in ("cpu", "cuda"):
             raise ValueError(f"ort: device must be 'cpu' or 'cuda', got {device!r}")
         if optimization not in ("all", "extended", "basic", "disable"):
             raise ValueError(f"ort: optimization must be all, extended, basic or disable, got {optimization!r}")
+        if not isinstance(spinning, str) or spinning not in _SPINNING:
+            raise ValueError(f"ort: spinning must be on, within-run or off, got {spinning!r}")
         if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
             raise FileNotFoundError(f"ONNX model {model} does not exist")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -158,6 +177,7 @@ class OrtRunner(Runner):
         self.providers = None if providers is None else list(providers)
         self.threads = threads
         self.optimization = optimization
+        self.spinning = spinning
         self.name = name or ("ort" if device == "cpu" else "ort-cuda")
         self.session = None
 
@@ -206,6 +226,8 @@ class OrtRunner(Runner):
         }[self.optimization]
         if self.threads is not None:
             options.intra_op_num_threads = int(self.threads)
+        for key, value in _SPINNING[self.spinning].items():
+            options.add_session_config_entry(key, value)
         options.log_severity_level = 4  # fatal only: its warnings are noise here, and its errors come back as our
         # exceptions (one message); logged too, they printed a second, red copy first
         source = self._model_bytes_or_path()

@@ -54,7 +54,9 @@ def list_command(as_json: bool) -> None:
               "[default: 224x224 for classifiers, 256x256 otherwise].")
 @click.option("--backend", type=click.Choice(["ort", "torch", "none"]), default="ort", show_default=True,
               help="ort: export and time in ONNX Runtime on the CPU; torch: PyTorch eager; none: counts only.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Intra-op threads (ONNX Runtime's stop spinning when a run returns, so that the twin's idle "
+                   "session does not slow the one being timed).")
 @click.option("--rois", type=click.IntRange(min=1), default=100, show_default=True,
               help="Proposals per image for the detectors.")
 @click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True,
