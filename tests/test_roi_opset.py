@@ -111,11 +111,163 @@ def test_bodies_pool_a_roi_whose_batch_index_is_outside_the_batch_to_zero():
     ]
     for model, names, third, op in cases:
         want = op(rois[inside], third[inside]).numpy()
-        arrays = [x.numpy(), rois.numpy(), third.numpy()]
-        for got in (_run(model, arrays), OracleEvaluator(model).run(None, dict(zip(names, arrays)))[0]):
-            assert np.all(got[~inside.numpy()] == 0)
-            np.testing.assert_allclose(got[inside.numpy()], want, atol=1e-5, rtol=1e-5)
-            assert np.count_nonzero(want) > 0
+        # with NaN (the bodies' exact form) and without (their finite form, where such a RoI's samples are not
+        # taken at all)
+        for shifts in (third, third.nan_to_num(0.5)):
+            arrays = [x.numpy(), rois.numpy(), shifts.numpy()]
+            for got in (_run(model, arrays), OracleEvaluator(model).run(None, dict(zip(names, arrays)))[0]):
+                assert np.all(got[~inside.numpy()] == 0)
+                np.testing.assert_allclose(got[inside.numpy()], want, atol=1e-5, rtol=1e-5)
+                assert np.count_nonzero(want) > 0
+
+
+_NONFINITE = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
+
+# name -> (op, channels of X, attributes, offset classes, part_size): one case per op and per PS gather
+_NONFINITE_CASES = {
+    "roi": (roi_opset.DEFORM_ROI_POOL, 5,
+            dict(pooled_height=2, pooled_width=3, spatial_scale=0.5, sampling_ratio=2, gamma=0.2), 1, None),
+    "psroi_values": (roi_opset.DEFORM_PSROI_POOL, 3 * 9,                       # one channel per class
+                     dict(spatial_scale=0.5, output_dim=3, group_size=3, pooled_size=3, part_size=2,
+                          sample_per_part=2, trans_std=0.1), 3, 2),
+    "psroi_rows": (roi_opset.DEFORM_PSROI_POOL, 3 * _ROWS * 4,                 # _ROWS channels per class
+                   dict(spatial_scale=0.5, output_dim=3 * _ROWS, group_size=2, pooled_size=3, part_size=3,
+                        sample_per_part=2, trans_std=0.1), 3, 3),
+}
+
+
+def _nonfinite_rows(case):
+    """(model, input names, X, rois, third, labels): RoI 0 finite; each other RoI one NaN or infinite value in its
+    offset/trans (one bin's x or y shift of the first class) or in one box coordinate, or a NaN shift whose other
+    coordinate is shifted off the map (the kernels skip such a sample: 0, where the torch composite gives NaN)."""
+    op, channels, attrs, classes, part = _NONFINITE_CASES[case]
+    gen = torch.Generator().manual_seed(17)
+    # W and the classes odd: the -2^63 of a NaN times them does not wrap to index 0 (it did for even ones)
+    x = torch.randn(2, channels, 9, 11, generator=gen)
+    grid = (attrs["pooled_height"], attrs["pooled_width"]) if op == roi_opset.DEFORM_ROI_POOL else (part, part)
+    far = 40.0 if op == roi_opset.DEFORM_ROI_POOL else 400.0  # x gamma (trans_std) x RoI size: off the map
+    box = [3.0, 2.0, 15.0, 13.0]
+    rows, shifts, labels = [], [], []
+
+    def add(label, coords=box, changes=()):
+        third = torch.randn(2 * classes, *grid, generator=gen) * 0.3
+        for (channel, i, j), value in changes:
+            third[channel, i, j] = value
+        rows.append([len(rows) % 2, *coords])
+        shifts.append(third)
+        labels.append(label)
+
+    add("finite")
+    for channel, axis in ((0, "x"), (1, "y")):
+        for name, value in _NONFINITE.items():
+            add(f"{axis} shift {name}", changes=[((channel, 0, 1), value)])
+    add("x shift nan, y off the map", changes=[((0, 1, 1), float("nan")), ((1, 1, 1), far)])
+    add("y shift nan, x off the map", changes=[((1, 0, 0), float("nan")), ((0, 0, 0), -far)])
+    for i, corner in enumerate(["x1", "y1", "x2", "y2"]):
+        for name, value in _NONFINITE.items():
+            coords = list(box)
+            coords[i] = value
+            add(f"box {corner} {name}", coords)
+    add("box x1 nan, y below the map", [float("nan"), 40.0, 15.0, 60.0])
+    rois, third = torch.tensor(rows), torch.stack(shifts)
+    names = ["X", "rois", "offset" if op == roi_opset.DEFORM_ROI_POOL else "trans"]
+    model = _model(op, [[None, channels, None, None], [None, 5], [None, 2 * classes, *grid]], **attrs)
+    return model, names, x, rois, third, labels
+
+
+def _kernels(case, library, x, rois, third):
+    """The host build of the kernels' arithmetic (roiPoolMath.h) through the C ABI: the reference."""
+    from dcn_deploy.plugin.native_roi import deform_psroi_pool_native, deform_roi_pool_native
+
+    op, _, attrs, _, part = _NONFINITE_CASES[case]
+    if op == roi_opset.DEFORM_ROI_POOL:
+        return deform_roi_pool_native(x, rois, third, (attrs["pooled_height"], attrs["pooled_width"]),
+                                      attrs["spatial_scale"], attrs["sampling_ratio"], attrs["gamma"], entry="host",
+                                      library=library).numpy()
+    return deform_psroi_pool_native(x, rois, third, attrs["spatial_scale"], attrs["output_dim"], attrs["group_size"],
+                                    attrs["pooled_size"], part, attrs["sample_per_part"], attrs["trans_std"], False,
+                                    entry="host", library=library).numpy()
+
+
+@pytest.mark.parametrize("case", list(_NONFINITE_CASES))
+def test_bodies_give_the_kernels_nan_for_nonfinite_offsets_and_boxes(case, host_library_path):
+    """A NaN or infinite offset/trans or box coordinate of a RoI inside the batch: ONNX Runtime and the reference
+    evaluator had failed (a NaN sample position cast to the int64 index -2^63, which Gather and GatherElements
+    refuse). Now the NaN lands where the kernels put it, bin by bin: a bin is NaN where it takes a sample at a NaN
+    position (one whose other coordinate is not off the map), a shift to +-inf moves its bin's samples off the map
+    (0), DeformPSRoIPool takes a NaN RoI width as 0.1; every other value is the kernels'."""
+    from dcn_deploy.backends.reference_evaluator import OracleEvaluator
+    from dcn_deploy.plugin.native import NativeLibrary
+
+    model, names, x, rois, third, labels = _nonfinite_rows(case)
+    want = _kernels(case, NativeLibrary(host_library_path), x, rois, third)
+    nan = np.isnan(want)
+    # what the kernels do here: NaN in only some bins of a RoI, and a NaN shift beside a shift off the map is 0
+    assert not nan[0].any() and nan[labels.index("x shift nan")].any() and not nan[labels.index("x shift nan")].all()
+    for label in ("x shift nan, y off the map", "y shift nan, x off the map", "box x1 nan, y below the map"):
+        assert not nan[labels.index(label)].any() and (want[labels.index(label)] == 0).any(), label
+    assert nan[labels.index("box x1 nan")].all() and not nan[labels.index("x shift +inf")].any()
+    arrays = [x.numpy(), rois.numpy(), third.numpy()]
+    with np.errstate(invalid="ignore"):  # numpy's warnings of inf - inf, 0 x inf: the NaN wanted
+        oracle = OracleEvaluator(model).run(None, dict(zip(names, arrays)))[0]
+    for runner, got in (("onnxruntime", _run(model, arrays)), ("reference evaluator", oracle)):
+        for k, label in enumerate(labels):
+            np.testing.assert_array_equal(np.isnan(got[k]), nan[k], err_msg=f"{runner}, RoI {k}: {label}")
+            np.testing.assert_allclose(got[k], want[k], atol=1e-5, rtol=1e-5, err_msg=f"{runner}, RoI {k}: {label}")
+
+
+@pytest.mark.parametrize("case", list(_NONFINITE_CASES))
+def test_bodies_nan_only_in_the_bins_of_a_nan_offset(case):
+    """Without the host library: a NaN shift of one bin (one part cell for DeformPSRoIPool) makes exactly the bins
+    it moves NaN, for every channel of its class; the other bins are the PyTorch op's for the same (finite)
+    shifts, and an infinite shift leaves its bins 0."""
+    model, _, x, rois, third, labels = _nonfinite_rows(case)
+    op, _, attrs, classes, part = _NONFINITE_CASES[case]
+    k_nan, k_inf = labels.index("x shift nan"), labels.index("x shift +inf")
+    rois, third = rois[[0, k_nan, k_inf]], third[[0, k_nan, k_inf]]
+    got = _run(model, [x.numpy(), rois.numpy(), third.numpy()])
+    finite = third.clone()
+    finite[1:, 0, 0, 1] = 0.0
+    if op == roi_opset.DEFORM_ROI_POOL:
+        want = deform_roi_pool(x, rois, finite, (attrs["pooled_height"], attrs["pooled_width"]),
+                               attrs["spatial_scale"], attrs["sampling_ratio"], attrs["gamma"]).numpy()
+        moved = np.zeros(want.shape[1:], bool)
+        moved[:, 0, 1] = True
+    else:
+        want = deform_psroi_pool(x, rois, finite, attrs["spatial_scale"], attrs["output_dim"], attrs["group_size"],
+                                 attrs["pooled_size"], part, attrs["sample_per_part"], attrs["trans_std"]).numpy()
+        pooled, per_class = attrs["pooled_size"], attrs["output_dim"] // classes
+        cells = np.arange(pooled) * part // pooled                      # the part cell of each bin row / column
+        moved = np.zeros(want.shape[1:], bool)
+        moved[:per_class] = (cells[:, None] == 0) & (cells[None, :] == 1)  # class 0's bins of cell (0, 1)
+    assert moved.any() and not moved.all()
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(np.isnan(got[1]), moved)
+    np.testing.assert_allclose(got[1][~moved], want[1][~moved], atol=1e-5, rtol=1e-5)
+    assert np.all(got[2][moved] == 0)
+    np.testing.assert_allclose(got[2][~moved], want[2][~moved], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("output_dim,classes,group", [(3, 3, 3), (2 * _ROWS, 2, 2)], ids=["values", "rows"])
+def test_psroi_body_with_no_trans_ignores_a_nonfinite_trans(output_dim, classes, group):
+    """no_trans=1 reads no offsets, as the kernels: a NaN or infinite trans changes nothing (a 0 x trans_std
+    factor had made every position NaN, and the body fail)."""
+    from dcn_deploy.backends.reference_evaluator import OracleEvaluator
+
+    gen = torch.Generator().manual_seed(18)
+    x = torch.randn(2, output_dim * group * group, 9, 11, generator=gen)
+    rois = _rois(gen, 4, 2, 18.0)
+    trans = torch.randn(4, 2 * classes, 2, 2, generator=gen)
+    trans[1], trans[2, 0, 1, 1], trans[3, 1, 0, 0] = float("nan"), float("inf"), float("-inf")
+    model = _model(roi_opset.DEFORM_PSROI_POOL, [[None, output_dim * group * group, None, None], [None, 5],
+                                                 [None, 2 * classes, 2, 2]],
+                   spatial_scale=0.5, output_dim=output_dim, group_size=group, pooled_size=3, part_size=2,
+                   sample_per_part=2, trans_std=0.1, no_trans=1)
+    want = deform_psroi_pool(x, rois, None, 0.5, output_dim, group, 3, 2, 2, 0.1, True).numpy()
+    arrays = [x.numpy(), rois.numpy(), trans.numpy()]
+    np.testing.assert_allclose(_run(model, arrays), want, atol=1e-5, rtol=1e-5)
+    oracle = OracleEvaluator(model).run(None, dict(zip(["X", "rois", "trans"], arrays)))[0]
+    np.testing.assert_allclose(oracle, want, atol=1e-5, rtol=1e-5)
 
 
 # name -> (op, channels of X, shape of the third input past K, attributes, output shape past K)

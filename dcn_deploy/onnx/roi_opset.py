@@ -14,6 +14,13 @@ bfloat16) and cast the result back to the input's type; for float64 inputs that 
 A RoI whose batch index lies outside [0, N) pools to 0, as in the kernels, an empty batch (N = 0) included: the
 gathered table is then one image of zeros (:func:`_transposed_table`).
 
+Non-finite offsets, trans or boxes give what the kernels give (roiPoolMath.h): a sample whose position is NaN is
+taken, with NaN weights, so a bin is NaN where it takes such a sample (its other coordinate not off the map), and a
+position at +-inf is off the map, so that sample is skipped. The sample indices and weights come from an If
+(:func:`_positions`): the arithmetic of the finite case, unchanged, unless a sample start or step is NaN or
+infinite; then an exact form that keeps NaN out of the indices (Gather refuses the -2^63 a NaN casts to) and puts
+it back once per bin (:func:`_axis_samples`, :func:`_nan_bins`).
+
 The node always has its third input (offset / trans): the exporter writes zeros when the torch call had None,
 which gives exactly the same result (plain RoIAlign, or no_trans). The adaptive ``sampling_ratio=0`` of
 DeformRoIPool makes the number of samples per bin depend on each RoI's size and has no static form: the exporter
@@ -253,7 +260,8 @@ class _Body:
 
 def _axis_corners(b: _Body, coord: str, low_bound: float, high: str, valid: str, size_i: str):
     """Clamp ``coord`` to [0, high] and return (indices, weights) with the low corners then the high ones on the
-    last axis; weights are zeroed where ``valid`` is 0. ``size_i`` is the axis length (int64 scalar)."""
+    last axis; weights are zeroed where ``valid`` is 0. ``size_i`` is the axis length (int64 scalar). ``coord``
+    must hold no NaN (its int64 cast would be an index far out of range): see :func:`_axis_samples`."""
     clamped = b("Clip", coord, b.f(low_bound), high)
     low = b("Floor", clamped)
     frac = b("Sub", clamped, low)
@@ -262,6 +270,78 @@ def _axis_corners(b: _Body, coord: str, low_bound: float, high: str, valid: str,
     index = b("Concat", low_i, high_i, axis=-1)
     weight = b("Concat", b("Mul", b("Sub", b.f(1.0), frac), valid), b("Mul", frac, valid), axis=-1)
     return index, weight
+
+
+class _AxisSamples(NamedTuple):
+    """One axis of every sample of every bin (:func:`_axis_samples`): ``index``, ``weight`` as
+    :func:`_axis_corners`'s (2S on the last axis); ``valid`` (S on the last axis, float 0/1) whether the sample is
+    taken, times ``inside`` where given; ``nan`` (float 0/1, the samples axis reduced away; None in the finite
+    form) whether a coordinate of the bin is NaN."""
+    index: str
+    weight: str
+    valid: str
+    nan: Optional[str]
+
+
+def _axis_samples(b: _Body, coord: str, low: float, high_shift: float, size_i: str, inside: Optional[str],
+                  finite: bool) -> _AxisSamples:
+    """The kernels' rule for one coordinate of a sample (roiAlignTap, psroiSampleCoordinate in roiPoolMath.h): the
+    sample is skipped when ``coord`` < ``low`` or > size + ``high_shift``, else clamped onto [0, size - 1] and
+    interpolated; ``size_i`` the axis length (int64 scalar), ``inside`` (bool, optional) False where the sample
+    is not taken whatever its position.
+
+    ``finite``: the form for coordinates without NaN (:func:`_positions`). Otherwise a NaN coordinate (from a NaN
+    or infinite offset, trans or box: inf - inf, 0 x inf) is what the kernels make of it: taken (the comparisons
+    are false), with NaN weights, so that its bin is NaN when the sample's other coordinate is taken too
+    (:func:`_nan_bins`) and pools as if it were not there when it is not. Here it counts as taken and reads
+    position 0 (inside the bounds for both ops) with finite weights, so that no NaN reaches the int64 indices
+    (Gather and GatherElements refuse -2^63) nor the weights (0 x NaN is NaN where the kernels skip the sample);
+    the caller puts the bin's NaN back, once per bin.
+
+    Runs in an If's branch: the float size is cast here (ONNX Runtime's optimizer warns, at every session, of
+    a Cast output that a branch reads from the enclosing graph)."""
+    nan = None
+    if not finite:
+        is_nan = b("IsNaN", coord)
+        coord = b("Where", is_nan, b.f(0.0), coord)
+        nan = b("ReduceMax", b("Cast", is_nan, to=TensorProto.FLOAT), b.ints([-1]), keepdims=0)
+    size_f = b.to_float(size_i)
+    high = size_f if high_shift == 0 else b("Add", size_f, b.f(high_shift))
+    valid = b("And", b("GreaterOrEqual", coord, b.f(low)), b("LessOrEqual", coord, high))
+    if inside is not None:
+        valid = b("And", valid, inside)
+    valid = b("Cast", valid, to=TensorProto.FLOAT)
+    index, weight = _axis_corners(b, coord, 0.0, b("Sub", size_f, b.f(1.0)), valid, size_i)
+    return _AxisSamples(index, weight, valid, nan)
+
+
+def _nan_bins(b: _Body, x: _AxisSamples, y: _AxisSamples, x_taken: str, y_taken: str) -> str:
+    """Bool, per bin: whether the kernels give NaN there, i.e. take a sample with a NaN coordinate: a bin with a
+    NaN x and a taken y (a NaN one included), or the other way round. ``x_taken``, ``y_taken``: per bin, > 0
+    where some x (y) coordinate is taken (a count or a maximum of ``valid``)."""
+    return b("Greater", b("Add", b("Mul", x.nan, y_taken), b("Mul", y.nan, x_taken)), b.f(0.0))
+
+
+def _any_nonfinite(b: _Body, *values: str) -> str:
+    """Bool scalar: whether ``values`` hold a NaN or an infinity (or sum past the float32 range, which only
+    chooses the exact form for nothing). The sample coordinates are sums start + step x (sample offset): NaN in
+    them needs a start or a step that is NaN or infinite (two finite terms overflow to an infinity of one sign
+    only), so these, far fewer than the samples, decide between the two forms of :func:`_positions`."""
+    total = b("Sum", *[b("ReduceSum", v, keepdims=0) for v in values])
+    return b("IsNaN", b("Sub", total, total))
+
+
+def _positions(b: _Body, nonfinite: str, build: Callable[[_Body, bool], List[str]], types: List[int],
+               name: str) -> List[str]:
+    """The per-axis sample indices and weights (and what else ``build`` returns, ``types`` its element types),
+    built by ``build(t, finite)`` in the two branches of an If on ``nonfinite``: the finite form, the body's
+    arithmetic as it always was, for the inputs every model feeds, and the exact form (NaN coordinates as the
+    kernels take them, :func:`_axis_samples`) only where a start or step is not finite. The exact form's ops (a
+    Where and a max per sample and axis; ONNX Runtime's Where takes ~4 ns a value) made R-FCN's classification
+    head ~3% slower in ONNX Runtime when always run; the If costs a sum over the starts and steps."""
+    return b.outputs("If", [nonfinite], len(types),
+                     then_branch=_branch(f"{name}_nonfinite", lambda t: build(t, False), types),
+                     else_branch=_branch(f"{name}_finite", lambda t: build(t, True), types))
 
 
 def _lead_then(b: _Body, like: str, *last: str) -> str:
@@ -295,39 +375,50 @@ def _function(name: str, inputs: List[str], body: _Body, result: str, attributes
 
 
 def _batch_index(b: _Body, index: str, batch_size: str):
-    """(image, inside, is_inside) for rois[:, 0] given as ``index`` (float, (K, 1, 1, 1)): ``image`` the index
-    truncated toward zero (int64), 0 where it lies outside [0, N) or is NaN; ``inside`` 1.0 or 0.0 (float), to zero
-    the samples of such a RoI so that it pools to 0 as in the kernels (batchIndexInside, roiPoolMath.h), and
-    ``is_inside`` the same as a bool (:func:`_outside_to_zero`). Without it Gather wraps a negative index (-1 read
-    the last image) and a NaN one read image 0."""
+    """(image, inside) for rois[:, 0] given as ``index`` (float, (K, 1, 1, 1)): ``image`` the index truncated toward
+    zero (int64), 0 where it lies outside [0, N) or is NaN; ``inside`` (bool) False there, to zero the samples of
+    such a RoI so that it pools to 0 as in the kernels (batchIndexInside, roiPoolMath.h; :func:`_axis_samples`,
+    :func:`_outside_to_zero`). Without it Gather wraps a negative index (-1 read the last image) and a NaN one read
+    image 0."""
     n_f = b.to_float(batch_size)
     inside = b("And", b("Greater", index, b.f(-1.0)), b("Less", index, n_f))   # False for NaN
     # N > 0: for an empty batch an index in (-1, 0) truncates to image 0, which does not exist (as in the kernels)
     inside = b("And", inside, b("Greater", n_f, b.f(0.0)))
     image = b("Cast", b("Where", inside, index, b.f(0.0)), to=TensorProto.INT64)
-    return image, b("Cast", inside, to=TensorProto.FLOAT), inside
+    return image, inside
 
 
 def _outside_to_zero(b: _Body, is_inside: str, *values: str) -> List[str]:
-    """``values`` (sample positions, or the terms they are summed from) set to 0 for the RoIs outside [0, N): the
-    kernels read neither the box nor the offsets of such a RoI, so a NaN there must not reach the index arithmetic
-    (a NaN position becomes an index far out of range, which Gather refuses) nor the weights (0 x NaN). For an empty
-    batch (N = 0) that is every RoI."""
+    """``values`` (sample positions) set to 0 for the RoIs outside [0, N): the kernels read neither the box nor the
+    offsets of such a RoI, so a NaN there must not reach the index arithmetic (a NaN position becomes an index far
+    out of range, which Gather refuses) nor the weights (0 x NaN), nor make its bins NaN (:func:`_nan_bins`). For
+    an empty batch (N = 0) that is every RoI. Only in the exact form of :func:`_positions`: in the finite one such
+    a RoI's positions are finite indices like any others, and its samples are not taken (``inside``)."""
     zero = b.f(0.0)
     return [b("Where", is_inside, v, zero) for v in values]
 
 
-def _branch(name: str, build: Callable[[_Body], str]) -> onnx.GraphProto:
-    """One branch of an If in a body: the nodes ``build`` adds (they may read the body's names), one float32
-    output, written by the last node itself (an Identity there would copy it)."""
+def _branch(name: str, build: Callable[[_Body], object], types: Optional[List[int]] = None) -> onnx.GraphProto:
+    """One branch of an If in a body: the nodes ``build`` adds (they may read the body's names) and its result, one
+    name (float32) or a list of names (element types ``types``), each written by the node that computes it (an
+    Identity there would copy it), unless it is not computed here or is read again in the branch."""
     b = _Body(prefix=name)
-    result = build(b)
-    output = f"{name}_out"
-    if b.nodes and list(b.nodes[-1].output) == [result]:
-        b.nodes[-1].output[0] = output
-    else:
-        b.nodes.append(helper.make_node("Identity", [result], [output]))
-    return helper.make_graph(b.nodes, name, [], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)])
+    results = build(b)
+    single = isinstance(results, str)
+    results = [results] if single else list(results)
+    types = types or [TensorProto.FLOAT] * len(results)
+    producers = {out: node for node in b.nodes for out in node.output}
+    read = {i for node in b.nodes for i in node.input}
+    outputs = []
+    for index, result in enumerate(results):
+        output = f"{name}_out" if single else f"{name}_out{index}"
+        node = producers.get(result)
+        if node is not None and result not in read and result not in results[:index]:
+            node.output[list(node.output).index(result)] = output
+        else:
+            b.nodes.append(helper.make_node("Identity", [result], [output]))
+        outputs.append(helper.make_tensor_value_info(output, types[index], None))
+    return helper.make_graph(b.nodes, name, [], outputs)
 
 
 def _transposed_table(b: _Body, x: str, perm: List[int], batch_size: str) -> str:
@@ -354,7 +445,6 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     offset = b.to_float("offset")
     shape = b("Shape", x)
     h_i, w_i, c_i = b.dim(shape, 2), b.dim(shape, 3), b.dim(shape, 1)
-    h_f, w_f = b.to_float(h_i), b.to_float(w_i)
     ph_i, pw_i, ratio_i = b.ref("pooled_height", "int"), b.ref("pooled_width", "int"), b.ref("sampling_ratio", "int")
     ph_f, pw_f, ratio_f = b.to_float(ph_i), b.to_float(pw_i), b.to_float(ratio_i)
     scale, gamma = b.ref("spatial_scale", "float"), b.ref("gamma", "float")
@@ -365,7 +455,7 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     def col(i):  # rois[:, i] as (K, 1, 1, 1)
         return b("Reshape", b("Gather", rois, b.i(i), axis=1), b.ints([-1, 1, 1, 1]))
 
-    batch, inside, is_inside = _batch_index(b, col(0), n_i)  # truncation toward zero, as the kernels' (int) cast
+    batch, is_inside = _batch_index(b, col(0), n_i)  # truncation toward zero, as the kernels' (int) cast
     half = b.f(0.5)
     sx = b("Sub", b("Mul", col(1), scale), half)
     sy = b("Sub", b("Mul", col(2), scale), half)
@@ -384,13 +474,23 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     # x (K, ph, pw, ratio), y (K, ph, pw, ratio)
     x_s = b("Add", b("Add", sx, b("Mul", j, bin_w)), b("Div", b("Mul", u, bin_w), ratio_f))
     y_s = b("Add", b("Add", sy, b("Mul", i, bin_h)), b("Div", b("Mul", u, bin_h), ratio_f))
-    x_s, y_s = _outside_to_zero(b, is_inside, x_s, y_s)
-    minus_one = b.f(-1.0)
-    valid_x = b("Mul", b("Cast", b("And", b("GreaterOrEqual", x_s, minus_one), b("LessOrEqual", x_s, w_f)),
-                         to=TensorProto.FLOAT), inside)
-    valid_y = b("Cast", b("And", b("GreaterOrEqual", y_s, minus_one), b("LessOrEqual", y_s, h_f)), to=TensorProto.FLOAT)
-    x_idx, x_wt = _axis_corners(b, x_s, 0.0, b("Sub", w_f, one_f), valid_x, w_i)
-    y_idx, y_wt = _axis_corners(b, y_s, 0.0, b("Sub", h_f, one_f), valid_y, h_i)
+    # RoIAlign's rule: a sample beyond one pixel outside the map is 0 (skipped); a NaN one is NaN
+    F, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+    def sample_corners(br: _Body, finite: bool) -> List[str]:
+        x, y = (x_s, y_s) if finite else _outside_to_zero(br, is_inside, x_s, y_s)
+        xs = _axis_samples(br, x, -1.0, 0.0, w_i, is_inside, finite)
+        ys = _axis_samples(br, y, -1.0, 0.0, h_i, None, finite)
+        if finite:
+            return [xs.index, xs.weight, ys.index, ys.weight]
+        taken = [br("ReduceMax", a.valid, br.ints([-1]), keepdims=0) for a in (xs, ys)]
+        # the bins the kernels make NaN: a NaN weight, (K, ph, pw, 1), on their x corners
+        nan_bin = br.unsq(br("Where", _nan_bins(br, xs, ys, *taken), br.f(float("nan")), br.f(0.0)), 3)
+        return [xs.index, br("Add", xs.weight, nan_bin), ys.index, ys.weight]
+
+    # sx, sy (offsets in) (K, ph, pw, 1), bin_w, bin_h (K, 1, 1, 1): the starts and steps of the samples
+    nonfinite = _any_nonfinite(b, sx, sy, bin_w, bin_h)
+    x_idx, x_wt, y_idx, y_wt = _positions(b, nonfinite, sample_corners, [I64, F, I64, F], "roi")
     rows = b("Mul", b("Add", b("Mul", batch, h_i), y_idx), w_i)                      # (K, ph, pw, 2r)
     flat = b("Add", b.unsq(rows, 4), b.unsq(x_idx, 3))                               # (K, ph, pw, 2r, 2r)
     pairs = b("Mul", b("Mul", ratio_i, ratio_i), b.i(4))                              # 4r^2 corner pairs per bin
@@ -466,22 +566,29 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
     trans = b.to_float("trans")
     shape = b("Shape", x)
     n_i, h_i, w_i = b.dim(shape, 0), b.dim(shape, 2), b.dim(shape, 3)
-    h_f, w_f = b.to_float(h_i), b.to_float(w_i)
     out_i, g_i, p_i = b.ref("output_dim", "int"), b.ref("group_size", "int"), b.ref("pooled_size", "int")
     s_i, part_attr = b.ref("sample_per_part", "int"), b.ref("part_size", "int")
     no_trans = b.ref("no_trans", "int")
     p_f, s_f = b.to_float(p_i), b.to_float(s_i)
     scale = b.ref("spatial_scale", "float")
-    # no_trans zeroes the offsets: the positions then no longer depend on the class, whatever trans holds
-    trans_std = b("Mul", b.ref("trans_std", "float"), b.to_float(b("Sub", b.i(1), no_trans)))
+    trans_std = b.ref("trans_std", "float")
     part_i = b("Where", b("Equal", part_attr, b.i(0)), p_i, part_attr)
     trans_shape = b("Shape", trans)
     k_i = b.dim(b("Shape", rois), 0)
-    # no_trans pools as one class (the kernels' rule), whatever number of classes trans holds: its first two
-    # channels then stand for the (zeroed) offsets
-    classes_i = b("Where", b("Equal", no_trans, b.i(0)), b("Div", b.dim(trans_shape, 1), b.i(2)), b.i(1))
+    # no_trans pools as one class (the kernels' rule), whatever number of classes trans holds
+    use_trans = b("Equal", no_trans, b.i(0))
+    classes_i = b("Where", use_trans, b("Div", b.dim(trans_shape, 1), b.i(2)), b.i(1))
     per_class_i = b("Div", out_i, classes_i)
-    trans = b("Slice", trans, b.ints([0]), b.unsq(b("Mul", classes_i, b.i(2)), 0), b.ints([1]))
+
+    def zero_trans(t: _Body) -> str:  # (K, 2, part, part) zeros
+        return t("ConstantOfShape", t("Concat", t("Shape", trans, start=0, end=1), t.ints([2]),
+                                      t("Shape", trans, start=2), axis=0))
+
+    # no_trans reads no offsets, zeros stand for them (as in the kernels a NaN or infinite trans then changes
+    # nothing: a 0 x trans_std factor would have kept it); else the classes' 2*classes channels
+    trans = b("If", use_trans, then_branch=_branch("trans", lambda t: t(
+                  "Slice", trans, t.ints([0]), t.unsq(t("Mul", classes_i, t.i(2)), 0), t.ints([1]))),
+              else_branch=_branch("no_trans", zero_trans))
 
     def cat(*scalars):
         return b("Concat", *[b.unsq(s, 0) for s in scalars], axis=0)
@@ -493,13 +600,17 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
         return b("Mul", b("Sign", v), b("Floor", b("Add", b("Abs", v), b.f(0.5))))
 
     half, one_f, zero_f = b.f(0.5), b.f(1.0), b.f(0.0)
-    batch, inside, is_inside = _batch_index(b, col(0), n_i)
+    batch, is_inside = _batch_index(b, col(0), n_i)
     sx = b("Sub", b("Mul", c_round(col(1)), scale), half)
     sy = b("Sub", b("Mul", c_round(col(2)), scale), half)
     ex = b("Sub", b("Mul", b("Add", c_round(col(3)), one_f), scale), half)
     ey = b("Sub", b("Mul", b("Add", c_round(col(4)), one_f), scale), half)
     tenth = b.f(0.1)
-    roi_w, roi_h = b("Max", b("Sub", ex, sx), tenth), b("Max", b("Sub", ey, sy), tenth)
+
+    def at_least_tenth(v):  # the kernels' `v > 0.1 ? v : 0.1`: 0.1 for NaN too (Max would keep NaN)
+        return b("Where", b("Greater", v, tenth), v, tenth)
+
+    roi_w, roi_h = at_least_tenth(b("Sub", ex, sx)), at_least_tenth(b("Sub", ey, sy))
     bin_w, bin_h = b("Div", roi_w, p_f), b("Div", roi_h, p_f)
     sub_w, sub_h = b("Div", bin_w, s_f), b("Div", bin_h, s_f)
 
@@ -516,19 +627,25 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
     i = b("Reshape", bins_f, b.ints([1, 1, -1, 1]))
     wstart = b("Add", b("Add", b("Mul", j, bin_w), sx), b("Mul", tx, roi_w))          # (K, classes, P, P)
     hstart = b("Add", b("Add", b("Mul", i, bin_h), sy), b("Mul", ty, roi_h))
-    wstart, hstart, sub_w, sub_h = _outside_to_zero(b, is_inside, wstart, hstart, sub_w, sub_h)
     samples = b("Reshape", b("Range", zero_f, s_f, one_f), b.ints([1, 1, 1, 1, -1]))
     x_s = b("Add", b.unsq(wstart, 4), b("Mul", samples, b.unsq(sub_w, 4)))           # (K, classes, P, P, S)
     y_s = b("Add", b.unsq(hstart, 4), b("Mul", samples, b.unsq(sub_h, 4)))
-    minus_half = b.f(-0.5)
-    valid_x = b("Mul", b("Cast", b("And", b("GreaterOrEqual", x_s, minus_half),
-                                      b("LessOrEqual", x_s, b("Sub", w_f, half))), to=TensorProto.FLOAT),
-                b.unsq(inside, 4))
-    valid_y = b("Cast", b("And", b("GreaterOrEqual", y_s, minus_half),
-                          b("LessOrEqual", y_s, b("Sub", h_f, half))), to=TensorProto.FLOAT)
-    count = b("Mul", b("ReduceSum", valid_x, b.ints([4]), keepdims=0), b("ReduceSum", valid_y, b.ints([4]), keepdims=0))
-    x_idx, x_wt = _axis_corners(b, x_s, 0.0, b("Sub", w_f, one_f), valid_x, w_i)
-    y_idx, y_wt = _axis_corners(b, y_s, 0.0, b("Sub", h_f, one_f), valid_y, h_i)
+    # the kernels' rule: a sample outside [-0.5, size - 0.5] is skipped; a NaN one is taken (and is NaN)
+    F, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+    def sample_corners(br: _Body, finite: bool) -> List[str]:
+        x, y = (x_s, y_s) if finite else _outside_to_zero(br, br.unsq(is_inside, 4), x_s, y_s)
+        xs = _axis_samples(br, x, -0.5, -0.5, w_i, br.unsq(is_inside, 4), finite)
+        ys = _axis_samples(br, y, -0.5, -0.5, h_i, None, finite)
+        taken = [br("ReduceSum", a.valid, br.ints([4]), keepdims=0) for a in (xs, ys)]  # (K, classes, P, P)
+        divisor = br("Max", br("Mul", *taken), br.f(1.0))  # the mean over the samples taken, 0 where none is
+        if not finite:  # NaN (a NaN divisor) in the bins the kernels make NaN
+            divisor = br("Where", _nan_bins(br, xs, ys, *taken), br.f(float("nan")), divisor)
+        return [xs.index, xs.weight, ys.index, ys.weight, divisor]
+
+    # wstart, hstart (K, classes, P, P), sub_w, sub_h (K, 1, 1, 1): the starts and steps of the samples
+    nonfinite = _any_nonfinite(b, wstart, hstart, sub_w, sub_h)
+    x_idx, x_wt, y_idx, y_wt, divisor = _positions(b, nonfinite, sample_corners, [I64, F, I64, F, F], "psroi")
     gi = b("Reshape", group_idx, b.ints([1, 1, -1, 1]))
     gj = b("Reshape", group_idx, b.ints([1, 1, 1, -1]))
     base = b("Add", b("Mul", b("Add", b("Mul", batch, g_i), gi), g_i), gj)             # (K, 1, P, P)
@@ -539,7 +656,7 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
     small = b("Less", per_class_i, b.i(_ROWS_FROM_CHANNELS))
     pooled = b("If", small, then_branch=_branch("scalar", lambda t: _psroi_scalar_gather(t, grouped, corners)),
                else_branch=_branch("rows", lambda t: _psroi_row_gather(t, grouped, corners)))
-    pooled = b("Div", pooled, b.unsq(b("Max", count, one_f), 4))
+    pooled = b("Div", pooled, b.unsq(divisor, 4))
     pooled = b("Transpose", pooled, perm=[0, 1, 4, 2, 3])
     result = b("CastLike", b("Reshape", pooled, cat(k_i, out_i, p_i, p_i)), "X")
     return _function(DEFORM_PSROI_POOL, ["X", "rois", "trans"], b, result, _PSROI_ATTRIBUTES, opset,
