@@ -187,8 +187,9 @@ def command_line() -> str:
 
 
 # Relative errors against the float64 reference above which an implementation's result is wrong, not rounded:
-# its time is marked and left out of the best (torchvision's own fp16 error reaches 1.6e-2, ours 2.4e-4).
-ERROR_LIMITS = {"float16": 5e-2, "bfloat16": 5e-2, "float32": 1e-3}
+# its time is marked and left out of the best (torchvision's own fp16 error reaches 1.6e-2, ours 2.4e-4; float32 allows
+# TF32 products, up to ~8e-4 on a 256-channel layer in a CPU emulation).
+ERROR_LIMITS = {"float16": 5e-2, "bfloat16": 5e-2, "float32": 5e-3}
 
 
 def wrong_result(r: dict, key: str) -> bool:
@@ -476,7 +477,8 @@ def to_markdown(rows: List[dict], args) -> str:
     warmup = _saved_setting(rows, "warmup", args.warmup)
     eager = _saved_setting(rows, "timing", "eager" if args.eager else "graph") == "eager"
     # rows saved before the rows held their settings were timed one run at a time, the host waiting after each
-    order = "back to back" if _saved_setting(rows, "timing", None) else "one at a time (a host wait after each run)"
+    order = ("back to back" if all(r.get("timing") for r in rows)
+             else "one at a time (a host wait after each run)")
     date = _saved_setting(rows, "date_utc", datetime.date.today().isoformat())[:10]
     command = _saved_setting(rows, "command", command_line())
     wrong = any(wrong_result(r, f"ours_{a}") for r in rows for a in algos)

@@ -216,8 +216,9 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
     """Compare one output array with the reference's (see the module docstring for the rule).
 
     ``reference`` names the reference runner in the note of a failure (e.g. ``"PyTorch"``); empty: "reference".
-    ``computed_in``: ``"float16"``/``"bfloat16"`` when one side computed in that type (:meth:`Runner.compute_dtype`):
-    a float32 or float64 output is then held to that type's tolerance, and the note says so.
+    ``computed_in``: ``"float16"``/``"bfloat16"``/``"tf32"`` when one side computed in that type
+    (:meth:`Runner.compute_dtype`): a float32 or float64 output is then held to that type's tolerance, and the note
+    says so.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)

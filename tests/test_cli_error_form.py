@@ -144,3 +144,44 @@ def test_repeatable_options_flags_and_option_like_values_are_not_refused(model_f
     # a value that looks like an option is the option's value, not a second use of it
     assert repeated_options(bench, [model_file, "--output", "--runner", "--runner", "ort"]) == []
     assert repeated_options(bench, [model_file, "--", "--runner", "x", "--runner", "y"]) == []  # after --
+
+
+def test_short_option_clusters_and_inline_values_of_several_are_read_as_click_reads_them():
+    """A cluster of short options (``-qj2``: the flag -q, then -j with the value 2) uses -j as much as ``-j 2``; an
+    inline value of an option that takes several (``--span=a b``) is the first of them, the next token the second,
+    whatever it looks like."""
+    from dcn_deploy.commands import Command, repeated_options
+    from dcn_deploy.commands.plugin import build_command
+
+    assert repeated_options(build_command, ["-qj2", "-j", "3"]) == [("-j", ["2", "3"])]
+    assert repeated_options(build_command, ["-q", "-j", "2", "-qj", "3"]) == [("-j", ["2", "3"])]
+    assert repeated_options(build_command, ["-qj2"]) == []
+
+    @click.command(cls=Command)
+    @click.option("-o", "out")
+    @click.option("--span", nargs=2)
+    def spans(out, span):
+        click.echo(f"{out} {span}")
+
+    args = ["-o", "x", "--span=a", "-o"]  # --span's values: a and -o
+    assert repeated_options(spans, args) == []
+    result = cli_runner().invoke(spans, args)
+    assert result.exit_code == 0 and result.output == "x ('a', '-o')\n", (result.output, result.stderr)
+    assert repeated_options(spans, ["-o", "x", "--span", "a", "b", "-oy"]) == [("-o", ["x", "y"])]
+    from dcn_deploy.commands.verify import command as verify
+
+    assert repeated_options(verify, ["m", "--atol", "-1", "--atol=-2"]) == [("--atol", ["-1", "-2"])]
+    assert repeated_options(verify, ["-", "--seed", "-", "--seed", "3"]) == [("--seed", ["-", "3"])]
+    assert repeated_options(verify, ["m", "--atol", "-1e-3", "--input", "-"]) == []
+
+
+def test_a_repeated_option_does_not_stop_help_or_shell_completion(model_file):
+    """--help still shows the help, and the shell's completion of a command line that repeats an option still
+    completes (click parses it resiliently) rather than printing the refusal while the user presses Tab."""
+    result = cli_runner().invoke(main, ["bench", model_file, "--runner", "ort", "--runner", "torch", "--help"],
+                                 prog_name="dcn-deploy")
+    assert result.exit_code == 0 and "Usage:" in result.output, (result.output, result.stderr)
+    env = {"_DCN_DEPLOY_COMPLETE": "bash_complete", "COMP_WORDS": "dcn-deploy bench m.onnx --runner ort --runner "
+           "torch --thr", "COMP_CWORD": "7"}
+    result = cli_runner().invoke(main, [], prog_name="dcn-deploy", env=env)
+    assert result.exit_code == 0 and "--threads" in result.output, (result.output, result.stderr, result.exception)

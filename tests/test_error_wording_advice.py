@@ -252,6 +252,27 @@ def test_a_layer_package_that_is_installed_but_broken_is_not_called_missing(tmp_
     assert _LAYER_HINT.format(package=package) in text and "fix " not in text and "not installed" not in text
 
 
+def test_a_layer_package_that_imports_but_raises_in_a_call_keeps_the_plain_advice(tmp_path, monkeypatch):
+    """The model file's own module-level code called the package (which imported fine) and the call raised: the
+    package is not broken, the file is; the advice is 'fix the file', not 'install another build'."""
+    site = tmp_path / "site"
+    (site / "torchvision").mkdir(parents=True)
+    (site / "torchvision" / "__init__.py").write_text("")
+    (site / "torchvision" / "ops.py").write_text(
+        "def deform_layer(groups):\n    raise ValueError(f'groups must divide the channels, got {groups}')\n")
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(site))
+    path = tmp_path / "calls_pkg.py"
+    path.write_text("import torchvision.ops\n\nLAYER = torchvision.ops.deform_layer(groups=3)\n\n\n"
+                    "def build():\n    pass\n")
+    with pytest.raises(ModelCodeError) as info:
+        load_model(f"{path}:build")
+    text = str(info.value)
+    assert "groups must divide the channels, got 3" in text and "fails to import" not in text, text
+    assert text.endswith(f"; fix {path} (or the module it imports)"), text
+
+
 def test_other_missing_modules_keep_the_plain_advice(tmp_path):
     path = tmp_path / "uses_other.py"
     path.write_text("import no_such_package_xyz\n")

@@ -422,3 +422,14 @@ def test_gpu_scripts_refuse_bad_counts_before_timing(bench, layouts, words, mess
         with pytest.raises(SystemExit):
             roi.main()
         assert "--iterations must be >= 1 and --warmup >= 0" in capsys.readouterr().err
+
+
+def test_rows_of_two_runs_timed_back_to_back_are_not_said_to_be_timed_one_at_a_time(bench, monkeypatch):
+    """Rows of two runs that differ in a setting (one run's CUDA graphs, another's eager calls) were both timed back
+    to back: only rows saved before the rows held their settings were timed one at a time."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    row = {"layer": "det res4", "shape": "1x256x50x84", "dtype": "float16", "ours_gemm_ms": 0.04, "conv_ms": 0.03,
+           "torchvision_ms": 0.05, "iters": 30, "warmup": 5, "date_utc": "2026-11-20 10:00", "command": "x"}
+    args = argparse.Namespace(algos="gemm", iters=50, warmup=10, eager=False)
+    table = bench.to_markdown([{**row, "timing": "graph"}, {**row, "timing": "eager"}], args)
+    assert "back to back" in table and "one at a time" not in table

@@ -248,6 +248,56 @@ def test_autocast_runs_the_ops_inside_in_float32_forward_and_backward(monkeypatc
         assert _relative_error(g_, w_) < 1e-5
 
 
+_WITHOUT_REGISTER_AUTOCAST = """
+import json, sys
+import torch
+from torch._library import custom_ops
+
+if hasattr(custom_ops.CustomOpDef, "register_autocast"):
+    del custom_ops.CustomOpDef.register_autocast  # as in torch before 2.7: the ops get no autocast rule
+import dcn_deploy
+from dcn_deploy.ops.roi_pool import deform_psroi_pool, deform_roi_pool
+
+g = torch.Generator().manual_seed(5)
+x = torch.randn(2, 32, 6, 5, generator=g)
+offset = torch.randn(2, 2 * 9, 6, 5, generator=g) * 2
+weight, bias = torch.randn(32, 32, 3, 3, generator=g), torch.randn(32, generator=g)
+rois = torch.tensor([[0, 1.0, 1.0, 7.0, 8.0], [1, 0.5, 2.0, 8.0, 6.0]])
+trans = torch.randn(2, 2, 2, 2, generator=g) * 0.3
+calls = {
+    "deform_conv2d": lambda: dcn_deploy.deform_conv2d(x, offset, weight, bias, padding=1),
+    "deform_roi_pool": lambda: deform_roi_pool(x, rois, None, 3, 1.0, 2),
+    "deform_psroi_pool": lambda: deform_psroi_pool(x[:, :8], rois, trans, 1.0, 2, 2, 2, 2, 2, 0.1),
+}
+errors = {}
+for name, call in calls.items():
+    want = call()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = call()
+    errors[name] = [str(got.dtype), float((got - want).abs().max() / want.abs().max())]
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.parametrize("path", ["host library", "composite"])
+def test_autocast_is_off_inside_the_ops_also_where_torch_cannot_register_it(path):
+    """torch before 2.7 has no ``register_autocast`` for custom ops (register_float32_autocast then does nothing):
+    the public functions' own cast to float32 was all, and autocast stayed on inside the op, so a float32 call under
+    CPU autocast came back with bfloat16's error (2e-3 relative). A separate process: the op's registration happens
+    at import, with the method removed as it is in those versions."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DCN_DEPLOY_NATIVE_CPU": "0" if path == "composite" else "1"}
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_REGISTER_AUTOCAST], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(dtype == "torch.float32" and error < 1e-5 for dtype, error in errors.values()), errors
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # torch.func and forward-mode autodiff
 

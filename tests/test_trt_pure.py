@@ -655,6 +655,16 @@ class TestPluginRouting:
         assert count == 1 and self.tf32_values(old_routed) == [None]
         assert routed_nodes(old_routed) == [("dcn1 (dcn_deploy::DeformConv2d)", "dcn_deploy")]
 
+    def test_a_routed_file_routes_again_for_a_library_without_the_field(self):
+        """A file routed before (the trtexec recipe writes allow_tf32 = 0 or 1) and built with a library whose
+        creator does not list the field: the stale attribute is the build's to set, not the model's, so it is
+        dropped (that library runs IEEE float32), not refused as an attribute to re-export without."""
+        routed, _ = route_to_plugin(dcn_model(), allow_tf32=True)
+        older = {"DeformConv2d": ("strides", "pads", "dilations", "group", "offset_group")}
+        again, count = route_to_plugin(routed, fields=older, allow_tf32=True)
+        assert count == 1 and self.tf32_values(again) == [None]
+        assert self.tf32_values(routed) == [1]  # the input is untouched
+
     def test_prepare_onnx_passes_the_tf32_setting(self):
         from dcn_deploy.backends.trt_build import prepare_onnx
 

@@ -106,8 +106,9 @@ class Runner(ABC):
 
     def compute_dtype(self) -> Optional[str]:
         """``"float16"`` or ``"bfloat16"`` when the runner computes in that half type although its outputs may be
-        float32 (an fp16 TensorRT engine, a graph converted by ``convert_precision``): comparisons then allow that
-        type's error (:func:`dcn_deploy.compare.compare_runners`). None when unknown or not narrower."""
+        float32 (an fp16 TensorRT engine, a graph converted by ``convert_precision``); ``"tf32"`` for float32 values
+        whose products are rounded to TF32 (a float32 TensorRT engine built with TF32 allowed): comparisons then allow
+        that type's error (:func:`dcn_deploy.compare.compare_runners`). None when unknown or not narrower."""
         return None
 
     def last_inference_time(self) -> Optional[float]:

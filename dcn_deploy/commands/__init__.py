@@ -38,52 +38,79 @@ class CliError(click.ClickException):
         echo_error(self.format_message(), file)
 
 
-
 def repeated_options(command: click.Command, args) -> list:
     """``(option, [values])`` for each option of ``command`` that takes one value and appears more than once in
-    ``args`` (its command line, before ``--``): click would keep the last value and drop the others silently."""
+    ``args`` (its command line, before ``--``): click would keep the last value and drop the others silently.
+
+    Read as click's parser reads them: a value (``--opt VALUE``, ``--opt=VALUE``, ``-oVALUE``) is never an option,
+    whatever it looks like (``-1``, ``-``, ``--``); an option that takes N values takes the inline one and N - 1 more
+    (or N); a cluster of short options (``-qj2``) is its flags, then the first that takes a value, with the rest.
+    """
     takes_one = {}
     takes_values = {}  # every option that takes values: its values are skipped, never read as options
+    flags = set()  # short and long names of flags, for the clusters
     for param in command.params:
-        if isinstance(param, click.Option) and not param.is_flag and not param.count:
-            for name in param.opts + param.secondary_opts:
-                takes_values[name] = param
-                if not param.multiple:
-                    takes_one[name] = param
+        if not isinstance(param, click.Option):
+            continue
+        for name in param.opts + param.secondary_opts:
+            if param.is_flag or param.count:
+                flags.add(name)
+                continue
+            takes_values[name] = param
+            if not param.multiple:
+                takes_one[name] = param
     seen = {}
     index = 0
     while index < len(args):
         token = args[index]
+        index += 1
         if token == "--":
             break
-        name, inline = (token.partition("=")[0], "=" in token) if token.startswith("--") else (token[:2], len(token) > 2)
-        param = takes_values.get(name) if token.startswith("-") else None
-        if param is not None:
-            value = (token.partition("=")[2] if token.startswith("--") else token[2:]) if inline else \
-                " ".join(args[index + 1:index + 1 + param.nargs])
-            if name in takes_one:
-                seen.setdefault(param.name, (name, []))[1].append(value)
-            index += 0 if inline else param.nargs
-        index += 1
+        if token.startswith("--"):
+            name, has_inline, inline = token.partition("=")
+        elif token.startswith("-") and len(token) > 1:  # -o, -oVALUE, or a cluster -qo / -qoVALUE
+            name, has_inline, inline = "", "", ""
+            for position in range(1, len(token)):
+                short = "-" + token[position]
+                if short in takes_values:
+                    name, inline = short, token[position + 1:]
+                    has_inline = inline != ""
+                    break
+                if short not in flags:
+                    break  # not our option (a negative number, an unknown option for click to refuse)
+        else:
+            continue
+        param = takes_values.get(name)
+        if param is None:
+            continue
+        count = param.nargs - (1 if has_inline else 0)
+        value = " ".join(([inline] if has_inline else []) + list(args[index:index + count]))
+        index += count
+        if name in takes_one:
+            seen.setdefault(param.name, (name, []))[1].append(value)
     return [(name, values) for name, values in seen.values() if len(values) > 1]
 
 
 class Command(click.Command):
     """A command whose options that take one value may be given once: a second ``--runner`` or ``--batch`` is
-    refused, where click would keep the last one without a word."""
+    refused, where click would keep the last one without a word. Not while the shell completes a command line
+    (click parses it resiliently), and after click's own parse, so that ``--help`` still shows the help."""
 
     def parse_args(self, ctx: click.Context, args):
-        for option, values in repeated_options(self, args):
+        repeated = [] if ctx.resilient_parsing else repeated_options(self, args)
+        rest = super().parse_args(ctx, list(args))
+        for option, values in repeated:
             raise click.UsageError(f"{option} is given {len(values)} times ({', '.join(map(repr, values))}); it takes "
                                    "one value: give it once (an option that takes several values says so in --help)",
                                    ctx=ctx)
-        return super().parse_args(ctx, args)
+        return rest
 
 
 class Group(click.Group):
     """A command group whose commands are :class:`Command` s."""
 
     command_class = Command
+
 
 # Where echo_report prints while a --json command runs (the real stdout); None otherwise.
 _report_stream: Optional[IO] = None

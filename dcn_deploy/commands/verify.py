@@ -39,7 +39,8 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     Per output: max absolute error, max relative error (|diff| / max(|ref|, atol)) and pass/fail by
     |out - ref| <= atol + rtol*|ref| (float32: atol 1e-4, rtol 1e-3; float16: 1e-2, 1e-2; bfloat16: 5e-2, 5e-2;
     float64: 1e-7, 1e-6). A float32 output of a model that computes in float16/bfloat16 (a graph converted to
-    half precision, an fp16/bf16 engine) is held to that type's tolerance, with a note.
+    half precision, an fp16/bf16 engine) is held to that type's tolerance, with a note; so is one of a float32
+    engine built with TF32 allowed (the default; tf32: 1e-2, 1e-2), unless built with --no-tf32.
 
     \b
     Examples:

@@ -98,10 +98,9 @@ def _check_file(path: Path) -> onnx.ModelProto:
 
 def _autocast_enabled() -> bool:
     """Whether torch.autocast is on for the CPU or CUDA in this thread."""
-    import torch
+    from ..ops._checks import autocast_enabled
 
-    return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda")) \
-        if hasattr(torch, "is_autocast_enabled") else False
+    return autocast_enabled("cpu", "cuda")
 
 
 class EarlierFile:

@@ -233,10 +233,11 @@ def _missing_layer_package_hint(exc: BaseException) -> str:
 
 def _failing_layer_package(exc: BaseException) -> Optional[str]:
     """The layer package (:data:`_LAYER_PACKAGES`) whose import raised ``exc``: the missing module's package, or
-    the package whose own files raised it; None for other failures."""
+    the package whose own module-level code was running (one of its modules being imported); None for other
+    failures, such as a call into the package from the model's code that raised."""
     if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in _LAYER_PACKAGES:
         return exc.name.split(".")[0]
-    files = [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
+    files = [frame.filename for frame in traceback.extract_tb(exc.__traceback__) if frame.name == "<module>"]
     for package in _LAYER_PACKAGES:
         spec = _package_spec(package)
         places = [Path(p).resolve() for p in (spec.submodule_search_locations or [])] if spec else []

@@ -86,15 +86,19 @@ def route_to_plugin(model: onnx.ModelProto, *, namespace: str = PLUGIN_NAMESPACE
     ``plugin_namespace`` is overwritten, so the rewrite is idempotent. With ``strict`` a node the plugin would
     misread (see :func:`check_plugin_fields`) raises :class:`RoutingError`. ``allow_tf32`` (the build's TF32
     setting) is written as ``allow_tf32`` = 1 (True) or 0 (False, the default: IEEE float32) on the routed nodes
-    whose plugin lists :data:`TF32_FIELD` in ``fields``, overwriting one already there.
+    whose plugin lists :data:`TF32_FIELD` in ``fields``, overwriting one already there; removed from those whose
+    plugin does not (a file routed before, built with an older library: that library runs IEEE float32).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    fields = PLUGIN_FIELDS if fields is None else fields
+    for node in domain_nodes(out, domain):  # the build's to set, not the model's: a stale one is not refused
+        if node.op_type in fields and TF32_FIELD not in fields[node.op_type]:
+            _remove_attribute(node, TF32_FIELD)
     if strict:
         problems = check_plugin_fields(out, fields, domain)
         if problems:
             raise RoutingError("cannot route to the dcn_deploy TensorRT plugin:\n  " + "\n  ".join(problems))
-    fields = PLUGIN_FIELDS if fields is None else fields
     count = 0
     for node in domain_nodes(out, domain):
         if node.op_type not in fields:
@@ -109,11 +113,15 @@ def route_to_plugin(model: onnx.ModelProto, *, namespace: str = PLUGIN_NAMESPACE
 
 
 def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    _remove_attribute(node, name)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _remove_attribute(node: onnx.NodeProto, name: str) -> None:
     for attr in node.attribute:
         if attr.name == name:
             node.attribute.remove(attr)
             break
-    node.attribute.append(helper.make_attribute(name, value))
 
 
 def unrouted_ops(model: onnx.ModelProto, fields: Optional[Mapping[str, Sequence[str]]] = None,

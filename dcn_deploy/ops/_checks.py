@@ -38,15 +38,23 @@ def autocast_to_float32(named: Mapping[str, Optional[torch.Tensor]]):
     (_, first), *_ = named.items()
     if not isinstance(first, torch.Tensor):
         return named, None
-    try:
-        enabled = torch.is_autocast_enabled(first.device.type)
-    except RuntimeError:  # a device type autocast does not know (meta)
+    if not autocast_enabled(first.device.type):
         return named, None
-    if not enabled:
-        return named, None
-    cast = {name: t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16) else t
+    cast = {name: t.float() if isinstance(t, torch.Tensor) and t.dtype in HALF_TYPES else t
             for name, t in named.items()}
     return cast, first.dtype
+
+
+def autocast_enabled(*device_types: str) -> bool:
+    """Whether torch.autocast is on in this thread for any of ``device_types`` (False for a device type autocast
+    does not know, such as meta)."""
+    for device_type in device_types:
+        try:
+            if torch.is_autocast_enabled(device_type):
+                return True
+        except RuntimeError:
+            continue
+    return False
 
 
 def check_tensors(named: Mapping[str, Optional[torch.Tensor]]) -> None:
@@ -84,7 +92,7 @@ def register_float32_autocast(op) -> None:
     autocast stayed on inside the op, so the products of the host library's path and of the composites ran in the
     half type (a float32 call under CPU autocast came back float32 with bfloat16's error, 3e-3 relative); and a
     program that calls ``torch.ops.dcn_deploy.*`` directly (a loaded torch.export program) gets the same rule."""
-    if not hasattr(op, "register_autocast"):  # torch < 2.5: the public functions' cast (autocast_to_float32) only
+    if not hasattr(op, "register_autocast"):  # torch < 2.7: the public functions' rule only (autocast_off_where_cast)
         return
     for device_type in ("cpu", "cuda"):
         if _autocast_available(device_type):
@@ -102,6 +110,14 @@ def autocast_off(device_type: str):
     if _autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def autocast_off_where_cast(input: torch.Tensor, result_dtype: Optional[torch.dtype]):
+    """Autocast off around an op whose arguments :func:`autocast_to_float32` cast (``result_dtype`` set): what
+    :func:`register_float32_autocast` registers on the op, done here too where torch cannot register it (< 2.7),
+    else the op's products ran in the half type. A block that does nothing otherwise (an export's graph gets no
+    autocast region)."""
+    return autocast_off(input.device.type) if result_dtype is not None else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from . import native_paths
-from ._checks import (autocast_off, autocast_to_float32, check_tensors, compute_dtype, has_concrete_shapes,
-                      refuse_double_backward, refuse_function_transforms, refuse_torchscript,
+from ._checks import (autocast_off, autocast_off_where_cast, autocast_to_float32, check_tensors, compute_dtype,
+                      has_concrete_shapes, refuse_double_backward, refuse_function_transforms, refuse_torchscript,
                       register_float32_autocast)
 from .spec import ShapeError, as_pair, conv_output_size, deform_conv_spec
 
@@ -353,7 +353,9 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
                          stride_hw, padding_hw, dilation_hw)
     elif input.dim() != 4 or offset.dim() != 4 or weight.dim() != 4:
         raise ShapeError("input, offset and weight must be 4-D (NCHW)")
-    out = _deform_conv2d_op(input, offset, weight, bias, mask, list(stride_hw), list(padding_hw), list(dilation_hw))
+    with autocast_off_where_cast(input, result_dtype):
+        out = _deform_conv2d_op(input, offset, weight, bias, mask, list(stride_hw), list(padding_hw),
+                                list(dilation_hw))
     return out if result_dtype is None else out.to(result_dtype)
 
 

@@ -54,9 +54,9 @@ import torch
 
 from ..plugin.native_roi import deform_psroi_pool_native, deform_roi_pool_native
 from . import native_paths
-from ._checks import (autocast_off, autocast_to_float32, autograd_inside_kernel, check_tensors, compute_dtype,
-                      has_concrete_shapes, refuse_double_backward, refuse_function_transforms, refuse_torchscript,
-                      register_float32_autocast)
+from ._checks import (autocast_off, autocast_off_where_cast, autocast_to_float32, autograd_inside_kernel,
+                      check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward,
+                      refuse_function_transforms, refuse_torchscript, register_float32_autocast)
 from .roi_spec import (MAX_SAMPLES_PER_BIN_SIDE, check_float, check_sampling_ratio, deform_psroi_pool_spec,
                        deform_roi_pool_spec)
 from .spec import ShapeError, as_pair
@@ -542,8 +542,9 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
         deform_roi_pool_spec(input.shape, rois.shape, None if offset is None else offset.shape, out, sampling_ratio)
     elif input.dim() != 4 or rois.dim() != 2:
         raise ShapeError("input must be 4-D (N, C, H, W) and rois 2-D (K, 5)")
-    pooled = _deform_roi_pool_op(input, rois, offset, list(out), float(spatial_scale), int(sampling_ratio),
-                                 float(gamma))
+    with autocast_off_where_cast(input, result_dtype):
+        pooled = _deform_roi_pool_op(input, rois, offset, list(out), float(spatial_scale), int(sampling_ratio),
+                                     float(gamma))
     return pooled if result_dtype is None else pooled.to(result_dtype)
 
 
@@ -588,9 +589,10 @@ def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[t
         if input.dim() != 4 or rois.dim() != 2:
             raise ShapeError("input must be 4-D (N, C, H, W) and rois 2-D (K, 5)")
         part_size = int(part_size) or int(pooled_size)
-    pooled = _deform_psroi_pool_op(input, rois, trans, float(spatial_scale), int(output_dim), int(group_size),
-                                   int(pooled_size), int(part_size), int(sample_per_part), float(trans_std),
-                                   bool(no_trans))
+    with autocast_off_where_cast(input, result_dtype):
+        pooled = _deform_psroi_pool_op(input, rois, trans, float(spatial_scale), int(output_dim), int(group_size),
+                                       int(pooled_size), int(part_size), int(sample_per_part), float(trans_std),
+                                       bool(no_trans))
     return pooled if result_dtype is None else pooled.to(result_dtype)
 
 
