@@ -12,7 +12,7 @@ Needs a GPU, torch with CUDA, torchvision and the built kernels library (``dcn-d
 
     python benchmarks/gpu_deform_conv.py                       # prints a markdown table
     python benchmarks/gpu_deform_conv.py --output benchmarks/RESULTS.md
-    python benchmarks/gpu_deform_conv.py --from-json bench.json --algos gemm,torch --iters 30 --warmup 5  # no GPU
+    python benchmarks/gpu_deform_conv.py --from-json bench.json --algos gemm,torch  # no GPU
 
 An implementation that raises (an unsupported dtype, out of memory) gets `fail` in its cells and its reason under the
 table; the other implementations and rows go on. ``--json`` is rewritten after every row, so a run cut short by a
@@ -581,7 +581,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="append the table to this markdown file")
     parser.add_argument("--from-json", type=Path, default=None, metavar="ROWS.json",
                         help="time nothing: render the table of rows saved with --json (e.g. by a run cut short); "
-                             "give the --algos, --iters, --warmup of that run")
+                             "give the --algos of that run (rows saved before they held the run's settings also "
+                             "need its --iters, --warmup and --eager)")
     parser.add_argument("--profile-layer", nargs="?", const="gemm", default=None, choices=("gemm", "implicit"),
                         help="time nothing: run the gemm path (or the implicit-GEMM kernel: --profile-layer implicit) "
                              "once on --profile-at's layer (det res4 by default) at batch 8 in float16 and exit (for a "

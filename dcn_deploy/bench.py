@@ -4,8 +4,9 @@ Every requested batch size and input shape is checked against the model's input 
 so a bad ``--batch``/``--shape`` fails at once. For each batch size, every runner gets the same random feed, runs
 ``warmup`` untimed inferences, then a fixed number of ``iterations`` or as many as fit in ``duration`` seconds.
 Each inference's time is the runner's own ``last_inference_time()`` (the model call, without feed generation).
-The first output of every runner is checked against the first runner's (names and shapes) before that runner is
-timed: runners that do not compute the same function are refused, not compared.
+The outputs of every runner's first inference (its first warm-up run, or with no warm-up its first timed run) are
+checked against the first runner's (names and shapes): runners that do not run the same model are refused, not
+compared.
 Reported per (runner, batch): latency min/mean/median/p90/p99/max/std in milliseconds, throughput in inferences
 and samples per second (samples = batch x inferences, over the summed inference time), the speed relative to
 the first runner at the same batch (``first median / this median``, so 2.0 means twice as fast), and the runner's

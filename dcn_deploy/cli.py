@@ -24,7 +24,8 @@ BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, SyntaxError)
 
 
 class _Group(click.Group):
-    """Turns errors into one line ``error: MESSAGE`` and an exit code unless --debug is given.
+    """Turns errors into one line ``error: MESSAGE`` (for an error click finds in the command line, then the
+    command's usage on a second line) and an exit code unless --debug is given.
 
     The one place that maps exceptions to exit codes: CliError and bad input (:func:`is_bad_input`) give 2, others 1.
     """

@@ -50,7 +50,8 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
       dcn-deploy bench demo.engine --runner trt --batch 1,16
 
     Batch sizes and shapes are checked against the model's inputs, and the -o folder exists, before anything is
-    timed. (artifacts/demo/ is what `dcn-deploy demo` writes.)
+    timed; a runner whose outputs differ from the first runner's in names or shapes is refused. The report gives
+    each runner's intra-op threads. (artifacts/demo/ is what `dcn-deploy demo` writes.)
     """
     from ..bench import benchmark
     from ..io_utils import atomic_write_text

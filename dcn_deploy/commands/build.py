@@ -24,9 +24,12 @@ from . import EXIT_INTERRUPTED, CliError, Command
                    "(min/opt/max); comma-separated or repeated. A dynamic batch defaults to 1..--max-batch, other "
                    "dynamic sizes of an input not given to the example shape export stored in the file, and a "
                    f"RoI input's box count to 1..{DEFAULT_MAX_ROIS} (a note says each).")
-@click.option("--min-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --minShapes.")
-@click.option("--opt-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --optShapes.")
-@click.option("--max-shapes", multiple=True, metavar="NAME:SHAPE", help="trtexec's --maxShapes.")
+@click.option("--min-shapes", multiple=True, metavar="NAME:SHAPE",
+              help="trtexec's --minShapes (comma-separated or repeated).")
+@click.option("--opt-shapes", multiple=True, metavar="NAME:SHAPE",
+              help="trtexec's --optShapes (comma-separated or repeated).")
+@click.option("--max-shapes", multiple=True, metavar="NAME:SHAPE",
+              help="trtexec's --maxShapes (comma-separated or repeated).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=DEFAULT_MAX_BATCH, show_default=True,
               help="Largest batch of the profile when the batch dimension is dynamic and not given in --shapes.")
 @click.option("--workspace", metavar="SIZE", default=None,

@@ -90,8 +90,9 @@ def _check_file(path: Path) -> onnx.ModelProto:
             raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. torch.autocast was on "
                               "during the export, and the exporter writes its casts into the graph (half-precision "
                               "nodes, such as a bfloat16 Conv, that this opset may not allow for that type): export "
-                              "outside torch.autocast, and for a half-precision file give dtype= (CLI: --dtype) or "
-                              "use dcn_deploy.onnx.precision.convert_precision") from exc
+                              "outside torch.autocast, and for a half-precision file cast the model and its inputs to "
+                              "that type (model.to(torch.float16); CLI: --dtype) or use "
+                              "dcn_deploy.onnx.precision.convert_precision") from exc
         raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. This is a bug in "
                           "dcn_deploy's exporter or op set: please report it with the model") from exc
 

@@ -153,7 +153,7 @@ class DeformPSRoIPool(nn.Module):
     -> (K, output_dim, pooled_size, pooled_size). Parameters: ``offset_conv.{weight, bias}`` (zero-initialised).
     """
 
-    __prepare_scriptable__ = refuse_torchscript("DeformPSRoIPool layer")
+    __prepare_scriptable__ = refuse_torchscript("DeformPSRoIPool layers")
 
     def __init__(self, output_dim: int, group_size: int, spatial_scale: float, pooled_size: Optional[int] = None,
                  sample_per_part: int = 4, trans_std: float = 0.1, num_offset_classes: int = 1,
