@@ -278,3 +278,150 @@ def test_nan_offsets_give_nan_on_every_path(cpu_lib, monkeypatch, flag):
     out.sum().backward()
     ps = rp.deform_psroi_pool(x.detach(), rois, shifts.detach(), 1.0, 4, 1, 1, 1, 2, 0.1)
     assert torch.isnan(ps).all()
+
+
+# ---- non-finite offsets / trans: the composite against the kernels ----
+
+_NAN, _INF = float("nan"), float("inf")
+
+
+def _nonfinite_shift_rows(op: str, dtype, ratio: int = 2, scale: float = 0.5):
+    """(x, rois, shifts, params, labels) for ``op``: RoI 0 finite; every other RoI one or two non-finite (or far)
+    values in the x / y shift of one bin (DeformRoIPool) or of one part cell of class 0 (DeformPSRoIPool).
+    ``scale``: gamma / trans_std (0: an infinite shift meets 0 x inf = NaN); ``ratio``: DeformRoIPool's
+    sampling_ratio (0: adaptive, so the zero-width / zero-height boxes take no samples)."""
+    gen = torch.Generator().manual_seed(23)
+    if op == "roi":
+        x = torch.randn(2, 5, 9, 11, generator=gen, dtype=dtype)
+        grid, classes = (2, 3), 1
+        params = dict(output_size=grid, spatial_scale=0.5, sampling_ratio=ratio, gamma=scale)
+    else:
+        x = torch.randn(2, 2 * 2 * 9, 9, 11, generator=gen, dtype=dtype)   # output_dim 4, group 3, 2 classes
+        grid, classes = (2, 2), 2
+        params = dict(spatial_scale=0.5, output_dim=4, group_size=3, pooled_size=3, part_size=2, sample_per_part=2,
+                      trans_std=scale, no_trans=False)
+    far = 100.0  # x 0.5 (gamma, trans_std) x a RoI side of about 6: a shift far off the 9 x 11 map
+    box = [3.0, 2.0, 15.0, 13.0]
+    rows, shifts, labels = [], [], []
+
+    def add(label, changes=(), coords=box):
+        third = torch.randn(2 * classes, *grid, generator=gen, dtype=dtype) * 0.3
+        for channel, value in changes:
+            third[channel, 1, 1] = value  # channel 0: x shift, 1: y shift (class 0), of bin / cell (1, 1)
+        rows.append([len(rows) % 2, *coords])
+        shifts.append(third)
+        labels.append(label)
+
+    add("finite")
+    for channel, axis in ((0, "x"), (1, "y")):
+        for name, value in (("nan", _NAN), ("+inf", _INF), ("-inf", -_INF)):
+            add(f"{axis} {name}", [(channel, value)])
+    add("x nan, y off the map", [(0, _NAN), (1, far)])
+    add("y nan, x off the map", [(1, _NAN), (0, -far)])
+    add("x nan, y +inf", [(0, _NAN), (1, _INF)])
+    add("y nan, x -inf", [(1, _NAN), (0, -_INF)])
+    add("x nan, y nan", [(0, _NAN), (1, _NAN)])
+    add("x +inf, y -inf", [(0, _INF), (1, -_INF)])
+    add("zero-width box, y nan", [(1, _NAN)], [3.0, 2.0, 3.0, 13.0])
+    add("zero-height box, x nan", [(0, _NAN)], [3.0, 2.0, 15.0, 2.0])
+    add("box below the map, x nan", [(0, _NAN)], [3.0, 40.0, 15.0, 60.0])
+    return x, torch.tensor(rows, dtype=dtype), torch.stack(shifts), params, labels
+
+
+def _host(op, x, rois, shifts, params, lib):
+    native = deform_roi_pool_native if op == "roi" else deform_psroi_pool_native
+    return native(x, rois, shifts, **params, entry="host", library=lib)
+
+
+def _op(op, x, rois, shifts, params):
+    if op == "roi":
+        return rp.deform_roi_pool(x, rois, shifts, **params)
+    return rp.deform_psroi_pool(x, rois, shifts, **params)
+
+
+_NONFINITE_CONFIGS = [("roi", 2, 0.5), ("roi", 0, 0.5), ("roi", 0, 0.0), ("psroi", 0, 0.5), ("psroi", 0, 0.0)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("op,ratio,scale", _NONFINITE_CONFIGS)
+def test_composite_puts_nan_where_the_kernels_do_for_nonfinite_shifts(cpu_lib, monkeypatch, op, ratio, scale,
+                                                                     dtype):
+    """NaN / +-inf offsets and trans: the composite (DCN_DEPLOY_NATIVE_CPU=0; float64 always) gives the host
+    build's results bin by bin. A sample at +-inf is off the map (skipped); one at a NaN position is taken (the
+    kernels' boundary tests are false for NaN) and makes its bin NaN, unless its other coordinate is off the map
+    or its grid side is 0 (no sample: 0; the composite gave NaN there, 0 x NaN in its outer product of weights).
+    The scale 0 cases make NaN of an infinite shift (0 x inf) and move nothing off the map, but the box below the
+    map still leaves a NaN shift without a sample."""
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "0")
+    x, rois, shifts, params, labels = _nonfinite_shift_rows(op, dtype, ratio, scale)
+    want = _host(op, x, rois, shifts, params, cpu_lib)
+    got = _op(op, x, rois, shifts, params)
+    nan = want.isnan()
+    # what the kernels do here (the cases mean what their labels say)
+    assert not nan[0].any() and nan[labels.index("x nan")].any() and not nan[labels.index("x nan")].all()
+    if scale == 0:  # every shift is 0 x shift: NaN for +-inf, nothing off the map
+        assert nan[labels.index("x +inf")].any() and nan[labels.index("x nan, y off the map")].any()
+    else:
+        for label in ("x nan, y off the map", "y nan, x off the map", "x nan, y +inf", "y nan, x -inf"):
+            assert not nan[labels.index(label)].any() and (want[labels.index(label)] == 0).any(), label
+        assert not nan[labels.index("x +inf")].any()
+    empty = ["box below the map, x nan"] + (["zero-width box, y nan", "zero-height box, x nan"]
+                                            if op == "roi" and ratio == 0 else [])
+    for label in empty:  # no sample taken in any bin
+        assert torch.count_nonzero(want[labels.index(label)]) == 0, label
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12  # gamma, trans_std 0.5 or 0: exact in float32
+    for k, label in enumerate(labels):
+        assert torch.equal(got[k].isnan(), nan[k]), f"RoI {k}: {label}: NaN in other bins than the kernels'"
+        torch.testing.assert_close(got[k], want[k], rtol=tolerance, atol=tolerance, equal_nan=True,
+                                   msg=lambda m, label=label: f"{label}: {m}")
+
+
+@pytest.mark.parametrize("op", ["roi", "psroi"])
+def test_nonfinite_shifts_the_kernels_skip_change_no_other_value(cpu_lib, monkeypatch, op):
+    """The composite's values beside a skipped non-finite shift are those of the same RoIs with that bin's (cell's)
+    shift finite, in every other bin; the skipped bin itself is the kernels' (0 where every sample is skipped). The
+    backward (the composite) gives finite gradients there: no skipped NaN sample reaches them."""
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "0")
+    x, rois, shifts, params, labels = _nonfinite_shift_rows(op, torch.float32)
+    keep = [labels.index(label) for label in ("x +inf", "x nan, y off the map", "y nan, x -inf",
+                                              "box below the map, x nan")]
+    rois, shifts = rois[keep], shifts[keep]
+    leaves = [x.clone().requires_grad_(), shifts.clone().requires_grad_()]
+    got = _op(op, leaves[0], rois, leaves[1], params)
+    got.backward(torch.ones_like(got))
+    assert all(torch.isfinite(t.grad).all() for t in leaves)
+    got = got.detach()
+    assert not got.isnan().any()
+    finite = shifts.clone()
+    finite[:, :2, 1, 1] = 0.0
+    want = _op(op, x, rois, finite, params)
+    moved = torch.zeros(got.shape[1:], dtype=torch.bool)
+    if op == "roi":
+        moved[:, 1, 1] = True
+    else:  # class 0's channels (0, 1) in the bins of part cell (1, 1): rows and columns 2 of a 3 x 3 grid
+        moved[:2, 2, 2] = True
+    torch.testing.assert_close(got[:, ~moved], want[:, ~moved], rtol=0, atol=0)
+    torch.testing.assert_close(got, _host(op, x, rois, shifts, params, cpu_lib), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["roi", "psroi"])
+def test_the_nonfinite_step_changes_nothing_for_finite_shifts(monkeypatch, op):
+    """The composite's extra step for non-finite shifts (taken when their sum is not finite, so also when a finite
+    sum overflows) gives the same values and gradients as the plain arithmetic on finite shifts."""
+    results = {}
+    for forced in (False, True):
+        if forced:
+            monkeypatch.setattr(rp, "_has_nonfinite", lambda shifts: shifts is not None)
+        runs = []
+        for seed in range(6):
+            x, rois, shifts, params = (roi_case if op == "roi" else psroi_case)(200 + seed, torch.float64)
+            if shifts is None:
+                continue
+            leaves = [x.requires_grad_(), shifts.requires_grad_()]
+            out = (composite_roi if op == "roi" else composite_psroi)(leaves[0], rois, leaves[1], params)
+            runs.append([out.detach(), *torch.autograd.grad(out, leaves, torch.ones_like(out))])
+        results[forced] = runs
+    assert len(results[True]) >= 3
+    for plain, careful in zip(results[False], results[True]):
+        for a, b in zip(plain, careful):
+            assert torch.equal(a, b)

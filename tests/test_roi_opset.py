@@ -139,7 +139,7 @@ _NONFINITE_CASES = {
 def _nonfinite_rows(case):
     """(model, input names, X, rois, third, labels): RoI 0 finite; each other RoI one NaN or infinite value in its
     offset/trans (one bin's x or y shift of the first class) or in one box coordinate, or a NaN shift whose other
-    coordinate is shifted off the map (the kernels skip such a sample: 0, where the torch composite gives NaN)."""
+    coordinate is shifted off the map (the kernels skip such a sample: 0, as does the torch composite)."""
     op, channels, attrs, classes, part = _NONFINITE_CASES[case]
     gen = torch.Generator().manual_seed(17)
     # W and the classes odd: the -2^63 of a NaN times them does not wrap to index 0 (it did for even ones)

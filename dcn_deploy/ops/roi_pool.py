@@ -87,7 +87,9 @@ def _axis_corners(coord: torch.Tensor, size: int, valid: torch.Tensor):
     low = coord.detach().floor()
     frac = coord - low  # the derivative w.r.t. coord flows through frac
     # A NaN coordinate (a NaN offset or trans; the clamps keep NaN) takes pixel 0 with NaN weights, so the value is
-    # NaN as in the kernels (roiPoolMath.h, BilinearTap); NaN cast to int64 is a wild index (IndexError before).
+    # NaN as in the kernels (roiPoolMath.h, BilinearTap), valid or not (NaN x 0: the callers leave no NaN position
+    # in a bin the kernels take no sample in, _positions_of_taken_bins). NaN cast to int64 is a wild index
+    # (IndexError before).
     # At most size - 1: a coordinate clamped onto float32(size - 1) is size itself for a size above 2^24 (e.g.
     # 2^24 + 4), whose floor would index one row past the map; as in the kernels (bilinearTapInside).
     low_i = low.nan_to_num(0.0).long().clamp(max=size - 1)
@@ -96,6 +98,28 @@ def _axis_corners(coord: torch.Tensor, size: int, valid: torch.Tensor):
     index = torch.cat((low_i, high_i), dim=-1)
     weight = torch.cat(((1 - frac) * valid, frac * valid), dim=-1)
     return index, weight
+
+
+def _has_nonfinite(shifts: Optional[torch.Tensor]) -> bool:
+    """Whether an offset / trans may hold NaN or +-inf: only then can a sample position be NaN (the rois are
+    finite), and the chunks keep NaN out of the bins the kernels take no sample in (:func:`_positions_of_taken_bins`);
+    finite shifts, the usual case, run the arithmetic as it was. Its sum is NaN or infinite when any element is (a
+    finite sum that overflows only takes that step for nothing): one pass, 30x faster here than
+    ``isfinite(shifts).all()``, and one read back per call (the composite reads the rois back anyway)."""
+    return shifts is not None and not bool(torch.isfinite(shifts.detach().sum()))
+
+
+def _positions_of_taken_bins(x: torch.Tensor, y: torch.Tensor, taken: torch.Tensor):
+    """x and y (a bin's sample positions along the trailing axis) where ``taken``, else 0; ``taken``: whether the
+    bin has a valid x and a valid y, so that the kernels take a sample in it.
+
+    The kernels' boundary tests are false for NaN, so a NaN position counts as valid: its NaN weights make its bin
+    NaN, as in the kernels. A bin that takes no sample (every sample of the other axis outside, or a grid side of
+    0) is 0 in the kernels, but there a NaN position would meet the other axis's zero weights in
+    :func:`_bilinear_sum` (0 x NaN = NaN). Position 0 instead leaves the weights 0 (validity is decided before)
+    and the gradients finite.
+    """
+    return torch.where(taken, x, 0.0), torch.where(taken, y, 0.0)
 
 
 def _bilinear_sum(table: torch.Tensor, row_base: torch.Tensor, height: int, width: int,
@@ -165,8 +189,10 @@ def _roi_grid(rois: torch.Tensor, output_size: Sequence[int], spatial_scale: flo
 def _roi_pool_chunk(table: torch.Tensor, height: int, width: int, batch: torch.Tensor,
                     start_x: torch.Tensor, start_y: torch.Tensor, roi_w: torch.Tensor, roi_h: torch.Tensor,
                     grid_h: torch.Tensor, grid_w: torch.Tensor, offset: Optional[torch.Tensor],
-                    output_size: Sequence[int], gamma: float, max_h: int, max_w: int) -> torch.Tensor:
-    """Pooled values (k, C, out_h, out_w) for one chunk of k RoIs whose grids fit max_h x max_w."""
+                    output_size: Sequence[int], gamma: float, max_h: int, max_w: int,
+                    nonfinite: bool = False) -> torch.Tensor:
+    """Pooled values (k, C, out_h, out_w) for one chunk of k RoIs whose grids fit max_h x max_w; ``nonfinite``:
+    the offset may hold NaN or +-inf (:func:`_has_nonfinite`)."""
     out_h, out_w = output_size
     dtype, device = table.dtype, table.device
     bin_w = (roi_w / out_w).view(-1, 1, 1, 1)
@@ -187,9 +213,13 @@ def _roi_pool_chunk(table: torch.Tensor, height: int, width: int, batch: torch.T
     gh = grid_h.view(-1, 1, 1, 1)
     x = sx + j * bin_w + (u + 0.5) * bin_w / gw.clamp(min=1).to(dtype)          # (k, out_h, out_w, max_w)
     y = sy + i * bin_h + (v + 0.5) * bin_h / gh.clamp(min=1).to(dtype)          # (k, out_h, out_w, max_h)
-    # RoIAlign's rule: samples beyond one pixel outside the map are 0, the rest clamp onto it.
-    valid_x = (x >= -1) & (x <= width) & (u < gw)
-    valid_y = (y >= -1) & (y <= height) & (v < gh)
+    # RoIAlign's rule: samples beyond one pixel outside the map are 0, the rest clamp onto it. Tested as the kernels
+    # test it (roiAlignTap), "outside" being false for NaN: a sample at a NaN position (a NaN offset, or 0 x inf) is
+    # taken and makes its bin NaN; one at +-inf is outside.
+    valid_x = ~((x < -1) | (x > width)) & (u < gw)
+    valid_y = ~((y < -1) | (y > height)) & (v < gh)
+    if nonfinite:
+        x, y = _positions_of_taken_bins(x, y, valid_x.any(-1, keepdim=True) & valid_y.any(-1, keepdim=True))
     x_index, x_weight = _axis_corners(x.clamp(0, width - 1), width, valid_x)
     y_index, y_weight = _axis_corners(y.clamp(0, height - 1), height, valid_y)
     pooled = _bilinear_sum(table, batch.view(-1, 1, 1), height, width, y_index, y_weight, x_index, x_weight)
@@ -222,6 +252,7 @@ def _roi_pool_composite(input: torch.Tensor, rois: torch.Tensor, offset: Optiona
     batch = _check_batch_indices(rois, n)
     table = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # channels last: one gather fetches all channels
     start_x, start_y, roi_w, roi_h, grid_h, grid_w = _roi_grid(rois, output_size, spatial_scale, sampling_ratio)
+    nonfinite = _has_nonfinite(offset)
     per_unit = 4 * out_h * out_w * c  # gathered elements per RoI per sample of a side-1 grid
     if sampling_ratio > 0:
         order = None
@@ -238,7 +269,7 @@ def _roi_pool_composite(input: torch.Tensor, rois: torch.Tensor, offset: Optiona
         max_w = max(1, int(grid_w[sel].max())) if order is not None else sampling_ratio
         outputs.append(_roi_pool_chunk(
             table, h, w, pick(batch), pick(start_x), pick(start_y), pick(roi_w), pick(roi_h), pick(grid_h),
-            pick(grid_w), None if offset is None else pick(offset), output_size, gamma, max_h, max_w))
+            pick(grid_w), None if offset is None else pick(offset), output_size, gamma, max_h, max_w, nonfinite))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if order is not None:
         out = out.index_select(0, torch.argsort(order))
@@ -380,8 +411,10 @@ def _round_half_away(t: torch.Tensor) -> torch.Tensor:
 
 def _psroi_chunk(table: torch.Tensor, height: int, width: int, batch: torch.Tensor, rois: torch.Tensor,
                  trans: Optional[torch.Tensor], spatial_scale: float, group_size: int, pooled_size: int,
-                 part_size: int, sample_per_part: int, trans_std: float, num_classes: int) -> torch.Tensor:
-    """Pooled values (k, num_classes, P, P, channels_per_class) for one chunk of RoIs."""
+                 part_size: int, sample_per_part: int, trans_std: float, num_classes: int,
+                 nonfinite: bool = False) -> torch.Tensor:
+    """Pooled values (k, num_classes, P, P, channels_per_class) for one chunk of RoIs; ``nonfinite``: the trans may
+    hold NaN or +-inf (:func:`_has_nonfinite`)."""
     dtype, device = table.dtype, table.device
     p, s, g = pooled_size, sample_per_part, group_size
     k = rois.shape[0]
@@ -408,9 +441,13 @@ def _psroi_chunk(table: torch.Tensor, height: int, width: int, batch: torch.Tens
     samples = torch.arange(s, device=device, dtype=dtype)
     x = wstart.expand(shape).unsqueeze(-1) + samples * sub_w.unsqueeze(-1)  # (k, classes, P, P, S)
     y = hstart.expand(shape).unsqueeze(-1) + samples * sub_h.unsqueeze(-1)
-    valid_x = (x >= -0.5) & (x <= width - 0.5)
-    valid_y = (y >= -0.5) & (y <= height - 0.5)
+    # tested as the kernels test it (psroiSampleCoordinate), "outside" being false for NaN: a sample at a NaN
+    # position (a NaN trans, or 0 x inf) is taken and makes its bin NaN; one at +-inf is outside
+    valid_x = ~((x < -0.5) | (x > width - 0.5))
+    valid_y = ~((y < -0.5) | (y > height - 0.5))
     count = valid_x.sum(-1) * valid_y.sum(-1)                              # valid (x, y) pairs per bin
+    if nonfinite:
+        x, y = _positions_of_taken_bins(x, y, (count > 0).unsqueeze(-1))
     x_index, x_weight = _axis_corners(x.clamp(0, width - 1), width, valid_x)
     y_index, y_weight = _axis_corners(y.clamp(0, height - 1), height, valid_y)
 
@@ -441,11 +478,13 @@ def _psroi_composite(input: torch.Tensor, rois: torch.Tensor, trans: Optional[to
     k = rois.shape[0]
     per_roi = num_classes * p * p * 4 * sample_per_part ** 2 * per_class
     step = max(1, _gather_budget(input.device) // per_roi)
+    nonfinite = _has_nonfinite(trans)
     outputs = []
     for start in range(0, k, step):
         sel = slice(start, min(k, start + step))
         outputs.append(_psroi_chunk(table, h, w, batch[sel], rois[sel], None if trans is None else trans[sel],
-                                    spatial_scale, g, p, part_size, sample_per_part, trans_std, num_classes))
+                                    spatial_scale, g, p, part_size, sample_per_part, trans_std, num_classes,
+                                    nonfinite))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)         # (K, classes, P, P, per_class)
     return out.permute(0, 1, 4, 2, 3).reshape(k, output_dim, p, p)
 
