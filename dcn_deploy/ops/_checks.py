@@ -3,7 +3,7 @@ autocast rule; the autodiff transforms the ops refuse."""
 from __future__ import annotations
 
 import contextlib
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch.autograd import forward_ad
@@ -92,7 +92,7 @@ def register_float32_autocast(op) -> None:
     autocast stayed on inside the op, so the products of the host library's path and of the composites ran in the
     half type (a float32 call under CPU autocast came back float32 with bfloat16's error, 3e-3 relative); and a
     program that calls ``torch.ops.dcn_deploy.*`` directly (a loaded torch.export program) gets the same rule."""
-    if not hasattr(op, "register_autocast"):  # torch < 2.7: the public functions' rule only (autocast_off_where_cast)
+    if not hasattr(op, "register_autocast"):  # torch < 2.7: the public functions' rule only (call_in_float32)
         return
     for device_type in ("cpu", "cuda"):
         if _autocast_available(device_type):
@@ -112,12 +112,26 @@ def autocast_off(device_type: str):
     return contextlib.nullcontext()
 
 
-def autocast_off_where_cast(input: torch.Tensor, result_dtype: Optional[torch.dtype]):
-    """Autocast off around an op whose arguments :func:`autocast_to_float32` cast (``result_dtype`` set): what
-    :func:`register_float32_autocast` registers on the op, done here too where torch cannot register it (< 2.7),
-    else the op's products ran in the half type. A block that does nothing otherwise (an export's graph gets no
-    autocast region)."""
-    return autocast_off(input.device.type) if result_dtype is not None else contextlib.nullcontext()
+def checked_arguments(op: str, named: Mapping[str, Optional[torch.Tensor]]):
+    """The public functions' rule for their tensor arguments ``named`` (the input first), in order: under autocast
+    the half types as float32 (:func:`autocast_to_float32`), one dtype and one device (:func:`check_tensors`), no
+    unsupported autodiff transform (:func:`refuse_function_transforms`). Returns (the tensors, in ``named``'s order;
+    the dtype to return the result in, None outside autocast), for :func:`call_in_float32`."""
+    named, result_dtype = autocast_to_float32(named)
+    check_tensors(named)
+    refuse_function_transforms(op, *named.values())
+    return tuple(named.values()), result_dtype
+
+
+def call_in_float32(call: Callable[[], torch.Tensor], input: torch.Tensor, result_dtype: Optional[torch.dtype]):
+    """``call()`` (the custom op on :func:`checked_arguments`' tensors): as it is outside autocast (an export's graph
+    gets no autocast region); under autocast with autocast off, what :func:`register_float32_autocast` registers on
+    the op, done here too where torch cannot register it (< 2.7), else the op's products ran in the half type; and
+    its result in ``result_dtype``."""
+    if result_dtype is None:
+        return call()
+    with autocast_off(input.device.type):
+        return call().to(result_dtype)
 
 
 @contextlib.contextmanager

@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from . import native_paths
-from ._checks import (autocast_off, autocast_off_where_cast, autocast_to_float32, check_tensors, compute_dtype,
-                      has_concrete_shapes, refuse_double_backward, refuse_function_transforms, refuse_torchscript,
-                      register_float32_autocast)
+from ._checks import (autocast_off, call_in_float32, checked_arguments, compute_dtype, has_concrete_shapes,
+                      refuse_double_backward, refuse_torchscript, register_float32_autocast)
 from .spec import ShapeError, as_pair, conv_output_size, deform_conv_spec
 
 __all__ = ["deform_conv2d"]
@@ -339,11 +338,8 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         devices; RuntimeError for an unsupported autodiff transform (above);
         :class:`dcn_deploy.plugin.native.NativeError` when the CUDA kernels fail on a device they ran on before.
     """
-    named, result_dtype = autocast_to_float32(  # under torch.autocast: float32, as torchvision's op
-        {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
-    input, offset, weight, bias, mask = named.values()
-    check_tensors(named)
-    refuse_function_transforms("deform_conv2d", input, offset, weight, bias, mask)
+    (input, offset, weight, bias, mask), result_dtype = checked_arguments(  # under autocast: float32, as torchvision
+        "deform_conv2d", {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
     stride_hw = as_pair(stride, "stride", 1)
     padding_hw = as_pair(padding, "padding", 0)
     dilation_hw = as_pair(dilation, "dilation", 1)
@@ -353,10 +349,8 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
                          stride_hw, padding_hw, dilation_hw)
     elif input.dim() != 4 or offset.dim() != 4 or weight.dim() != 4:
         raise ShapeError("input, offset and weight must be 4-D (NCHW)")
-    with autocast_off_where_cast(input, result_dtype):
-        out = _deform_conv2d_op(input, offset, weight, bias, mask, list(stride_hw), list(padding_hw),
-                                list(dilation_hw))
-    return out if result_dtype is None else out.to(result_dtype)
+    return call_in_float32(lambda: _deform_conv2d_op(input, offset, weight, bias, mask, list(stride_hw),
+                                                     list(padding_hw), list(dilation_hw)), input, result_dtype)
 
 
 # torch.jit.script(deform_conv2d): one clear error

@@ -54,9 +54,8 @@ import torch
 
 from ..plugin.native_roi import deform_psroi_pool_native, deform_roi_pool_native
 from . import native_paths
-from ._checks import (autocast_off, autocast_off_where_cast, autocast_to_float32, autograd_inside_kernel,
-                      check_tensors, compute_dtype, has_concrete_shapes, refuse_double_backward,
-                      refuse_function_transforms, refuse_torchscript, register_float32_autocast)
+from ._checks import (autocast_off, autograd_inside_kernel, call_in_float32, checked_arguments, compute_dtype,
+                      has_concrete_shapes, refuse_double_backward, refuse_torchscript, register_float32_autocast)
 from .roi_spec import (MAX_SAMPLES_PER_BIN_SIDE, check_float, check_sampling_ratio, deform_psroi_pool_spec,
                        deform_roi_pool_spec)
 from .spec import ShapeError, as_pair
@@ -569,10 +568,8 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
         ShapeError (a ValueError) for malformed rois, out-of-range batch indices, an offset of the wrong shape, or
         a spatial_scale that is not a finite number > 0; TypeError for mixed dtypes (outside torch.autocast).
     """
-    named, result_dtype = autocast_to_float32({"input": input, "rois": rois, "offset": offset})  # torch.autocast
-    input, rois, offset = named.values()
-    check_tensors(named)
-    refuse_function_transforms("deform_roi_pool", input, rois, offset)
+    (input, rois, offset), result_dtype = checked_arguments("deform_roi_pool",
+                                                            {"input": input, "rois": rois, "offset": offset})
     out = as_pair(output_size, "output_size", 1)
     spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
     gamma = check_float(gamma, "gamma")
@@ -581,10 +578,8 @@ def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: Optional[to
         deform_roi_pool_spec(input.shape, rois.shape, None if offset is None else offset.shape, out, sampling_ratio)
     elif input.dim() != 4 or rois.dim() != 2:
         raise ShapeError("input must be 4-D (N, C, H, W) and rois 2-D (K, 5)")
-    with autocast_off_where_cast(input, result_dtype):
-        pooled = _deform_roi_pool_op(input, rois, offset, list(out), float(spatial_scale), int(sampling_ratio),
-                                     float(gamma))
-    return pooled if result_dtype is None else pooled.to(result_dtype)
+    return call_in_float32(lambda: _deform_roi_pool_op(input, rois, offset, list(out), float(spatial_scale),
+                                                       int(sampling_ratio), float(gamma)), input, result_dtype)
 
 
 def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[torch.Tensor], spatial_scale: float,
@@ -614,10 +609,8 @@ def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[t
     """
     if no_trans:
         trans = None
-    named, result_dtype = autocast_to_float32({"input": input, "rois": rois, "trans": trans})  # torch.autocast
-    input, rois, trans = named.values()
-    check_tensors(named)
-    refuse_function_transforms("deform_psroi_pool", input, rois, trans)
+    (input, rois, trans), result_dtype = checked_arguments("deform_psroi_pool",
+                                                           {"input": input, "rois": rois, "trans": trans})
     spatial_scale = check_float(spatial_scale, "spatial_scale", positive=True)
     trans_std = check_float(trans_std, "trans_std")
     if has_concrete_shapes(input, rois, trans):
@@ -628,11 +621,10 @@ def deform_psroi_pool(input: torch.Tensor, rois: torch.Tensor, trans: Optional[t
         if input.dim() != 4 or rois.dim() != 2:
             raise ShapeError("input must be 4-D (N, C, H, W) and rois 2-D (K, 5)")
         part_size = int(part_size) or int(pooled_size)
-    with autocast_off_where_cast(input, result_dtype):
-        pooled = _deform_psroi_pool_op(input, rois, trans, float(spatial_scale), int(output_dim), int(group_size),
-                                       int(pooled_size), int(part_size), int(sample_per_part), float(trans_std),
-                                       bool(no_trans))
-    return pooled if result_dtype is None else pooled.to(result_dtype)
+    return call_in_float32(lambda: _deform_psroi_pool_op(input, rois, trans, float(spatial_scale), int(output_dim),
+                                                         int(group_size), int(pooled_size), int(part_size),
+                                                         int(sample_per_part), float(trans_std), bool(no_trans)),
+                           input, result_dtype)
 
 
 # torch.jit.script of either function: one clear error
