@@ -5,8 +5,8 @@ so a bad ``--batch``/``--shape`` fails at once. For each batch size, every runne
 ``warmup`` untimed inferences, then a fixed number of ``iterations`` or as many as fit in ``duration`` seconds.
 Each inference's time is the runner's own ``last_inference_time()`` (the model call, without feed generation).
 The outputs of every runner's first inference (its first warm-up run, or with no warm-up its first timed run) are
-checked against the first runner's (names and shapes): runners that do not run the same model are refused, not
-compared.
+checked against the first runner's (shapes, matched as compare_runners matches them: by name, else by position):
+runners that do not run the same model are refused, not compared.
 Reported per (runner, batch): latency min/mean/median/p90/p99/max/std in milliseconds, throughput in inferences
 and samples per second (samples = batch x inferences, over the summed inference time), the speed relative to
 the first runner at the same batch (``first median / this median``, so 2.0 means twice as fast), and the runner's
@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .backends.base import Runner, RunnerError, TensorMeta
-from .compare import check_rois_argument, check_runners_argument, runner_roi_inputs
+from .compare import check_rois_argument, check_runners_argument, match_outputs, runner_roi_inputs
 from .feeds import fixed_batch, fixed_batch_error, format_shape, random_feed, resolve_shapes
 from .json_text import json_text
 from .progress import Progress
@@ -176,19 +176,22 @@ def _output_shapes(outputs: Mapping[str, object]) -> Dict[str, tuple]:
 
 def _check_same_outputs(runner: Runner, outputs: Mapping[str, object], first: Optional[tuple]) -> Dict[str, tuple]:
     """The output shapes of ``runner``'s inference; RunnerError when they differ from ``first`` ((name, shapes) of
-    the first runner at this batch): runners that do not compute the same function have no speed ratio."""
+    the first runner at this batch), the outputs matched as compare_runners matches them (by name, else by
+    position): runners that do not compute the same function have no speed ratio."""
     shapes = _output_shapes(outputs)
     if first is None:
         return shapes
     name, want = first
-    if set(shapes) != set(want):
-        raise RunnerError(f"{runner.name}: outputs {sorted(shapes)} where {name}'s are {sorted(want)}: the runners "
-                          "do not run the same model, so their times cannot be compared")
-    for output, shape in shapes.items():
-        if shape != want[output]:
-            raise RunnerError(f"{runner.name}: output {output!r} has shape {shape} where {name}'s has "
-                              f"{want[output]} on the same inputs: the runners do not compute the same function, so "
-                              "their times cannot be compared")
+    try:
+        pairs = match_outputs(runner.name, shapes, want)
+    except ValueError as exc:
+        raise RunnerError(f"{exc}: the runners do not run the same model, so their times cannot be compared") \
+            from None
+    for output, shape, wanted in pairs:
+        if shape != wanted:
+            raise RunnerError(f"{runner.name}: output {output!r} has shape {shape} where {name}'s has {wanted} on "
+                              "the same inputs: the runners do not compute the same function, so their times cannot "
+                              "be compared")
     return shapes
 
 
@@ -328,8 +331,9 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
     the runners report, see :meth:`dcn_deploy.backends.base.Runner.roi_inputs`). Every batch and shape is checked
     against the first runner's input metadata before anything is timed (FeedError names the input and the fix).
     Runners that are not active are activated only while they are measured (so one runner's thread pool does not
-    slow the next); runners the caller activated stay active. Each runner's first outputs must have the first
-    runner's names and shapes (RunnerError otherwise, before that runner's timed runs where there is a warm-up).
+    slow the next); runners the caller activated stay active. Each runner's first outputs must match the first
+    runner's, by name or else by position, in shape (RunnerError otherwise, before that runner's timed runs where
+    there is a warm-up).
 
     Returns:
         :class:`BenchResult`: one :class:`BenchEntry` per (batch, runner), latencies in milliseconds;

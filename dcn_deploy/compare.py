@@ -351,7 +351,7 @@ def compare_runners(runners: Sequence[Runner], feed: Optional[Mapping[str, np.nd
         reference_half = reference.compute_dtype() if computed_in is None else computed_in
         for runner in runners[1:]:
             actual = runner.infer(feed)
-            pairs = _match_outputs(runner.name, actual, expected)
+            pairs = match_outputs(runner.name, actual, expected)
             half = narrowest_compute_type(reference_half, runner.compute_dtype() if computed_in is None else None)
             for name, act, exp in pairs:
                 result.outputs.append(compare_outputs(runner.name, name, act, exp, tolerance, tolerances,
@@ -383,8 +383,10 @@ def runner_roi_inputs(runners: Sequence[Runner]) -> Tuple[str, ...]:
     return tuple(names)
 
 
-def _match_outputs(runner: str, actual: Mapping[str, np.ndarray],
-                   expected: Mapping[str, np.ndarray]) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+def match_outputs(runner: str, actual: Mapping[str, object],
+                  expected: Mapping[str, object]) -> List[Tuple[str, object, object]]:
+    """``(reference name, runner's value, reference's value)`` per output: by name, else by position when the
+    counts agree (compare_runners and bench's output check); ValueError when neither matches."""
     if set(actual) == set(expected):
         return [(k, actual[k], expected[k]) for k in expected]
     if len(actual) == len(expected):  # e.g. a PyTorch model's unnamed outputs vs an ONNX file's names

@@ -581,3 +581,22 @@ def test_a_bfloat16_compute_type_needs_no_bfloat16_numpy_dtype():
               "print(compare_outputs('trt', 'y', a * 1.01, a, computed_in='bfloat16').passed)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+def test_bench_matches_outputs_as_verify_does_by_position_when_names_differ():
+    """A PyTorch runner without output names (a library caller's TorchRunner) names its outputs output0, ...: bench
+    matches them by position, as compare_runners does, instead of refusing the runners as different models."""
+    from dcn_deploy.backends.base import RunnerError
+
+    class Renamed(Doubling):
+        def _infer(self, feed):
+            return {f"out{i}": v for i, v in enumerate(super()._infer(feed).values())}
+
+    class Two(Doubling):
+        def _infer(self, feed):
+            return {"y": feed["x"] * 2, "z": feed["x"]}
+
+    result = benchmark([Doubling("a"), Renamed("b")], batches=[1], iterations=2, warmup=1, progress=False)
+    assert [e.runner for e in result.entries] == ["a", "b"]
+    with pytest.raises(RunnerError, match=r"cannot be matched by name or by position: the runners do not run"):
+        benchmark([Doubling("a"), Two("b")], batches=[1], iterations=2, warmup=1, progress=False)

@@ -50,7 +50,7 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
       dcn-deploy bench demo.engine --runner trt --batch 1,16
 
     Batch sizes and shapes are checked against the model's inputs, and the -o folder exists, before anything is
-    timed; a runner whose outputs differ from the first runner's in names or shapes is refused. The report gives
+    timed; a runner whose outputs differ from the first runner's (as verify matches them) is refused. The report gives
     each runner's intra-op threads. (artifacts/demo/ is what `dcn-deploy demo` writes.)
     """
     from ..bench import benchmark
