@@ -40,6 +40,9 @@ _PARSER_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 # The field that carries the build's TF32 setting to a plugin: INT32, 1 lets float32 layers run their products on
 # TF32 tensor cores, 0 (the plugin's default) keeps IEEE float32. Written only by route_to_plugin, never exported.
 TF32_FIELD = TF32_ATTRIBUTE
+# What route_to_plugin writes, not the model: never a field the plugin would misread (a stale allow_tf32, from a
+# file routed before, is rewritten for the library at hand).
+_ROUTING_ATTRIBUTES = _PARSER_ATTRIBUTES + (TF32_FIELD,)
 # Field names of our plugin creators (docs/ops.md); the node attributes must use exactly these names.
 PLUGIN_FIELDS: Dict[str, Tuple[str, ...]] = {
     "DeformConv2d": ("strides", "pads", "dilations", "group", "offset_group", TF32_FIELD),
@@ -66,7 +69,7 @@ def check_plugin_fields(model: onnx.ModelProto, fields: Optional[Mapping[str, Se
         known = fields.get(node.op_type)
         if known is None:
             continue  # no plugin: not routed, built from its function body
-        dropped = [a.name for a in node.attribute if a.name not in known and a.name not in _PARSER_ATTRIBUTES]
+        dropped = [a.name for a in node.attribute if a.name not in known and a.name not in _ROUTING_ATTRIBUTES]
         if dropped:
             problems.append(f"{_label(node)}: attribute(s) {dropped} are not fields of the {node.op_type} plugin "
                             f"({', '.join(known)}) and would be dropped by TensorRT's parser; re-export the model "
@@ -92,9 +95,6 @@ def route_to_plugin(model: onnx.ModelProto, *, namespace: str = PLUGIN_NAMESPACE
     out = onnx.ModelProto()
     out.CopyFrom(model)
     fields = PLUGIN_FIELDS if fields is None else fields
-    for node in domain_nodes(out, domain):  # the build's to set, not the model's: a stale one is not refused
-        if node.op_type in fields and TF32_FIELD not in fields[node.op_type]:
-            _remove_attribute(node, TF32_FIELD)
     if strict:
         problems = check_plugin_fields(out, fields, domain)
         if problems:
@@ -108,6 +108,8 @@ def route_to_plugin(model: onnx.ModelProto, *, namespace: str = PLUGIN_NAMESPACE
             _set_attribute(node, "plugin_version", version)
         if TF32_FIELD in fields[node.op_type]:
             _set_attribute(node, TF32_FIELD, int(bool(allow_tf32)))
+        else:  # an older library: it would drop the field, and runs IEEE float32
+            _remove_attribute(node, TF32_FIELD)
         count += 1
     return out, count
 
