@@ -86,7 +86,9 @@ def _check_file(path: Path) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False), check_type=True,
                                                  strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        if _autocast_enabled():
+        from ..ops._checks import autocast_enabled
+
+        if autocast_enabled("cpu", "cuda"):
             raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. torch.autocast was on "
                               "during the export, and the exporter writes its casts into the graph (half-precision "
                               "nodes, such as a bfloat16 Conv, that this opset may not allow for that type): export "
@@ -95,13 +97,6 @@ def _check_file(path: Path) -> onnx.ModelProto:
                               "dcn_deploy.onnx.precision.convert_precision") from exc
         raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. This is a bug in "
                           "dcn_deploy's exporter or op set: please report it with the model") from exc
-
-
-def _autocast_enabled() -> bool:
-    """Whether torch.autocast is on for the CPU or CUDA in this thread."""
-    from ..ops._checks import autocast_enabled
-
-    return autocast_enabled("cpu", "cuda")
 
 
 class EarlierFile:
