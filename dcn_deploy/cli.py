@@ -35,10 +35,7 @@ class _Group(click.Group):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.ClickException as exc:
-            ours = in_our_form(exc)
-            if ours is exc:
-                raise
-            raise ours from exc.__cause__
+            raise in_our_form(exc) from exc.__cause__
 
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))  # the group's own option, parsed before invoke
@@ -50,10 +47,7 @@ class _Group(click.Group):
                 exc.message += f" (--debug goes before the command: {debug_command(ctx)})"
             if debug and exc.__cause__ is not None:  # CliError(...) from exc: show where the cause came from
                 traceback.print_exception(type(exc.__cause__), exc.__cause__, exc.__cause__.__traceback__)
-            ours = in_our_form(exc)
-            if ours is exc:
-                raise
-            raise ours from exc.__cause__
+            raise in_our_form(exc) from exc.__cause__
         except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:  # Ctrl-C: not a failure of the run (1), and not click's bare "Aborted!"
