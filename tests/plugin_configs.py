@@ -81,6 +81,17 @@ def random_layer_case(rng: random.Random, groups: int, offset_groups: int, chann
             return case
 
 
+def random_many_groups_case(rng: random.Random) -> Case:
+    """A layer with many small groups, for the direct kernel's blocks of 8 output channels (deformConvDirectBlock.h):
+    depth-wise, 2 or 3 outputs per group (a block spanning several groups, or ending inside one), groups of 1-3
+    channels, offset groups inside a group or spanning several, out_channels not a multiple of 8."""
+    groups = rng.choice([5, 8, 12, 19])
+    channels_per_group = rng.choice([1, 1, 2, 3])
+    in_channels = groups * channels_per_group
+    offset_groups = rng.choice([d for d in range(1, in_channels + 1) if in_channels % d == 0])
+    return random_layer_case(rng, groups, offset_groups, channels_per_group, (1, 3), 7, 9, (0.5, 2.0, 25.0))
+
+
 def random_implicit_case(rng: random.Random) -> Case:
     """A layer the implicit-GEMM kernel (algo "implicit") takes (channels per group and per offset group multiples
     of 32): groups and offset groups in every relation (a group holding several offset groups, an offset group

@@ -15,7 +15,8 @@ import torch
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda
 from plugin_configs import (HALF_EPS, Case, half_precision_cases, make_tensors, max_relative_error, peak_relative_error,
-                            random_case, random_implicit_case, random_layer_case, reference)
+                            random_case, random_implicit_case, random_layer_case, random_many_groups_case,
+                            reference)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -64,6 +65,19 @@ def test_random_small_configs(kernels, dtype, algo):
         error = max_relative_error(got, expected_for(case, tensors))
         assert not got.isnan().any(), (seed, case, "an output element was never written")
         assert error < TOLERANCE[dtype], (seed, case, error)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_direct_kernel_blocks_across_groups(kernels, dtype):
+    """The direct kernel (8 output channels a thread) on many small groups: depth-wise, blocks spanning groups."""
+    for seed in range(24):
+        case = random_many_groups_case(random.Random(900 + seed))
+        tensors = make_tensors(case, dtype, device="cuda", seed=seed)
+        for algo in ("direct", "auto"):
+            got = run(kernels, case, tensors, algo)
+            assert not got.isnan().any(), (algo, seed, case, "an output element was never written")
+            error = max_relative_error(got, expected_for(case, tensors))
+            assert error < TOLERANCE[dtype], (algo, seed, case, error)
 
 
 def random_dense_case(rng: random.Random) -> Case:

@@ -16,7 +16,7 @@ import torch
 from dcn_deploy.ops.spec import ShapeError
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
 from plugin_configs import (HALF_EPS, Case, make_tensors, max_relative_error, peak_relative_error, random_case,
-                            random_implicit_case, random_layer_case, reference)
+                            random_implicit_case, random_layer_case, random_many_groups_case, reference)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,16 @@ def test_random_configs_float32_match_reference(host_lib, seed):
     tensors = make_tensors(case, torch.float32, seed=seed)
     got = run_host(host_lib, case, *tensors)
     assert max_relative_error(got, reference(case, *tensors)) < 2e-6, case
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_direct_blocks_across_groups_match_reference(host_lib, seed):
+    """The direct kernel's item is 8 consecutive output channels: blocks spanning several small groups (each
+    output may add only its own group's channels), a last block cut short, offset groups starting mid-block."""
+    case = random_many_groups_case(random.Random(900 + seed))
+    tensors = make_tensors(case, torch.float64, seed=seed)
+    got = run_host(host_lib, case, *tensors)
+    assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])

@@ -4,6 +4,7 @@
 #include "dcnDtype.h"
 #include "dcnStatus.h"
 #include "deformConvColumns.h"
+#include "deformConvDirectBlock.h"
 #include "deformConvGemmReference.h"
 #include "deformConvImplicit.h"
 #include "deformConvMath.h"
@@ -21,41 +22,17 @@ namespace dcn
 namespace
 {
 
-// For each output pixel: sample the (C, kH*kW) column once, then one dot product per output channel.
+// The direct kernel's work items (deformConvDirectBlock.h) one after another, in the CUDA kernel's index order.
 template <typename T>
 void forwardHost(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight, T const* bias,
     T const* mask, T* output)
 {
-    using Acc = typename ElementTraits<T>::Acc;
-    dcn_deform_conv_desc const& d = geo.d;
-    int32_t const kp = geo.kernelPoints;
-    int64_t const plane = int64_t(d.height) * d.width;
-    int64_t const outPlane = int64_t(geo.outH) * geo.outW;
-    std::vector<Acc> column(size_t(d.in_channels) * kp);
-
-    for (int32_t n = 0; n < d.batch; ++n)
-        for (int32_t y = 0; y < geo.outH; ++y)
-            for (int32_t x = 0; x < geo.outW; ++x)
-            {
-                for (int32_t og = 0; og < d.offset_group; ++og)
-                    for (int32_t k = 0; k < kp; ++k)
-                    {
-                        BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n, og, k, y, x);
-                        for (int32_t c = og * geo.channelsPerOffsetGroup; c < (og + 1) * geo.channelsPerOffsetGroup; ++c)
-                            column[size_t(c) * kp + k] = sampleTaps<Acc>(input + (int64_t(n) * d.in_channels + c) * plane, taps);
-                    }
-                for (int32_t o = 0; o < d.out_channels; ++o)
-                {
-                    int32_t const g = o / geo.outChannelsPerGroup;
-                    Acc acc = bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(0);
-                    T const* w = weight + int64_t(o) * geo.channelsPerGroup * kp;
-                    Acc const* col = column.data() + size_t(g) * geo.channelsPerGroup * kp;
-                    for (int32_t e = 0; e < geo.channelsPerGroup * kp; ++e)
-                        acc += ElementTraits<T>::toAcc(w[e]) * col[e];
-                    output[(int64_t(n) * d.out_channels + o) * outPlane + int64_t(y) * geo.outW + x]
-                        = ElementTraits<T>::fromAcc(acc);
-                }
-            }
+    int32_t const blocks = directBlocks(geo);
+    for (int32_t n = 0; n < geo.d.batch; ++n)
+        for (int32_t block = 0; block < blocks; ++block)
+            for (int32_t y = 0; y < geo.outH; ++y)
+                for (int32_t x = 0; x < geo.outW; ++x)
+                    directOutputBlock<T>(geo, input, offset, weight, bias, mask, output, n, block, y, x);
 }
 
 template <typename T>
