@@ -188,7 +188,7 @@ step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python
     tests/test_roi_plugin_host.py -k cuda
 # The RoI pooling ops: the PyTorch op on the CUDA kernels against its composite (table in checks.log).
 step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
-bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm --iters 20 --warmup 3
+bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct --iters 20 --warmup 3
 
 # 7. Variants of the GEMM path's settings, each a table in the log, and the sampling kernels under Nsight Compute.
 for variant in ${DCN_GPU_VARIANTS:-}; do
