@@ -277,6 +277,10 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
      "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '64k'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "64MB", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '64MB'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "0", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '0'"),
+    ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "32MB",
+     "DCN_DEPLOY_CUBLAS_WORKSPACE_MB must be a whole number from 1 to 1024, got '32MB'"),
+    ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "2048",
+     "DCN_DEPLOY_CUBLAS_WORKSPACE_MB must be a whole number from 1 to 1024, got '2048'"),
     ("DCN_DEPLOY_IMPLICIT_TILE_M", "96", "DCN_DEPLOY_IMPLICIT_TILE_M must be one of auto, 64, 128, 256, got '96'"),
     ("DCN_DEPLOY_IMPLICIT_THREADS", "1024",
      "DCN_DEPLOY_IMPLICIT_THREADS must be one of auto, 256, 512, got '1024'"),
@@ -313,9 +317,9 @@ _SPLIT_K_WORKSPACES = [
 ]
 
 
-def _workspaces_under(kernels_lib, split_k, cases):
-    """The GEMM workspace (algo 3) of each (desc, dtype) with DCN_DEPLOY_GEMM_SPLIT_K=split_k ("" for the default), in
-    a child process (the C ABI reads its options once per process)."""
+def _workspaces_under(kernels_lib, split_k, cases, **environment):
+    """The GEMM workspace (algo 3) of each (desc, dtype) with DCN_DEPLOY_GEMM_SPLIT_K=split_k ("" for the default) and
+    the other variables given, in a child process (the C ABI reads its options once per process)."""
     import json
     import subprocess
     import sys
@@ -328,7 +332,7 @@ def _workspaces_under(kernels_lib, split_k, cases):
               " sizes.append(size.value)\n"
               "print(json.dumps(sizes))")
     fields = [([getattr(desc, name) for name, _ in DeformConvDesc._fields_], dtype) for desc, dtype in cases]
-    env = dict(os.environ, DCN_DEPLOY_GEMM_SPLIT_K=split_k)
+    env = dict(os.environ, DCN_DEPLOY_GEMM_SPLIT_K=split_k, **environment)
     proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path), json.dumps(fields)], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -383,6 +387,16 @@ def test_auto_split_k_reserves_its_slices_for_candidate_layers(kernels_lib):
         assert got - plain == expected - room, (desc, dtype, got, plain)
     # det res4 and res5 at batch 1 grow; at batch 8 the one room already holds 4 slices of the largest split product
     assert auto[0] > off[0] and auto[2] > off[2] and auto[1] == off[1]
+
+
+def test_cublas_workspace_size_follows_its_knob(kernels_lib):
+    """DCN_DEPLOY_CUBLAS_WORKSPACE_MB=32 (cuBLAS's recommendation on Hopper) makes cuBLAS's slice of the GEMM
+    workspace 32 MiB instead of the default 8, for every layer and dtype; unset it is the default."""
+    cases = [(desc, dtype) for desc, dtype, _ in _AUTO_SPLIT_WORKSPACES]
+    default = _workspaces_under(kernels_lib, "", cases, DCN_DEPLOY_CUBLAS_WORKSPACE_MB="")
+    larger = _workspaces_under(kernels_lib, "", cases, DCN_DEPLOY_CUBLAS_WORKSPACE_MB="32")
+    assert default == [_workspace(kernels_lib, desc, dtype, 3) for desc, dtype in cases]
+    assert [big - small for big, small in zip(larger, default)] == [(32 - 8) << 20] * len(cases)
 
 
 @pytest.mark.parametrize("dtype", [0, 1])

@@ -210,7 +210,7 @@ Status bindGemmHandle(DeformConvGeometry const& geo, int32_t dtype, GemmOptions 
 {
     GemmPlan const plan = planGemm(geo, dtypeBytes(dtype), gemm);
     void* cublasWorkspace = static_cast<char*>(workspace) + plan.at.cublas;
-    return (cublas ? *cublas : threadCublasHandle()).bind(stream, cublasWorkspace, kCublasWorkspaceBytes, handle);
+    return (cublas ? *cublas : threadCublasHandle()).bind(stream, cublasWorkspace, plan.cublasBytes, handle);
 }
 
 Status launchGemmPath(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm, void const* input,

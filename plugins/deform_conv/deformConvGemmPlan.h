@@ -28,7 +28,10 @@ namespace dcn
 // of fp16 columns, also 19% at batch 1, one product instead of 7168 + 1024 pixels). The price is the workspace, in
 // fp16 at batch 8: 354 MiB instead of 119 at det res3, 389 instead of 155 at seg res5 (benchmarks/RESULTS.md).
 constexpr size_t kGemmDefaultColumnBudget = size_t(256) << 20;
-constexpr size_t kCublasWorkspaceBytes = size_t(8) << 20;     // handed to cuBLAS: it never allocates in enqueue
+// Handed to cuBLAS (it never allocates in enqueue). cuBLAS's documentation recommends 32 MiB on Hopper and 4 MiB
+// elsewhere; a product's algorithm may need workspace (its own split-K), so the heuristic's choice can depend on
+// it. The C ABI's DCN_DEPLOY_CUBLAS_WORKSPACE_MB sets another size (GemmOptions::cublasWorkspaceBytes) to time that.
+constexpr size_t kCublasWorkspaceBytes = size_t(8) << 20;
 
 DCN_HD size_t alignUp256(size_t bytes)
 {
@@ -168,9 +171,10 @@ struct GemmOptions
     // C ABI's forward flag DCN_FORWARD_ALLOW_TF32 (the PyTorch op passes torch's
     // torch.backends.cuda.matmul.allow_tf32, off by default, as for torchvision's products) or DCN_DEPLOY_GEMM_TF32=1
     // (benchmarks), and by the TensorRT plugin's field allow_tf32 (`dcn-deploy build` sets it unless --no-tf32).
-    // Untimed; on an H100 (session 25) our float32 layers took 0.93x-1.38x cuDNN's IEEE float32 convolution but
-    // 3.4x-6.4x its TF32 one.
+    // On an H100 (session 28, benchmarks/RESULTS.md) it made our float32 layers 1.6x-4.1x faster (errors about
+    // 1e-4), 1.2x-2.7x cuDNN's TF32 convolution's time.
     bool tf32 = false;
+    size_t cublasWorkspaceBytes = kCublasWorkspaceBytes; // cuBLAS's slice of the workspace (a multiple of 256)
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -237,8 +241,9 @@ struct GemmPlan
     size_t rowTableBytes; // the tiled sampler's row vectors (one TileRowVector per vector of a column row)
     size_t stagingBytes; // room for the product of as many pixels as the columns room holds, oC accumulators each,
                          // once per split-K slice (stagingSliceElements apart)
+    size_t cublasBytes;  // cuBLAS's workspace (GemmOptions::cublasWorkspaceBytes)
     GemmWorkspaceLayout at; // where each buffer starts (layOutGemmWorkspace)
-    size_t totalBytes;   // the buffers + kCublasWorkspaceBytes
+    size_t totalBytes;   // the buffers + cublasBytes
 };
 
 // Elements of one image of the input (C * H * W): the stride between images of the channels-last input.
@@ -446,7 +451,7 @@ inline void layOutGemmWorkspace(GemmPlan& plan)
     plan.at.weights = place(plan.weightsBytes);
     plan.at.rowTable = place(plan.rowTableBytes);
     plan.at.staging = place(plan.stagingBytes);
-    plan.at.cublas = place(kCublasWorkspaceBytes);
+    plan.at.cublas = place(plan.cublasBytes);
     plan.totalBytes = end;
 }
 
@@ -511,6 +516,7 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.stagingBytes = stagingRoomBytes(geo, elementBytes, options,
         columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels));
     plan.rowTableBytes = alignUp256(size_t(columnRowVectors(geo, plan.vector)) * sizeof(TileRowVector));
+    plan.cublasBytes = alignUp256(options.cublasWorkspaceBytes);
     layOutGemmWorkspace(plan);
     return plan;
 }
