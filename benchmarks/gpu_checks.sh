@@ -13,8 +13,9 @@
 #   7. optional: variants of the GEMM path's settings (DCN_GPU_VARIANTS) and an Nsight Compute profile of the
 #      transpose, sampling and output kernels at res4, batch 8, fp16 (DCN_GPU_NCU="tiled thread": the samplers to
 #      profile; "implicit" or "specialised": that implicit-GEMM kernel with its stall sites, and its SASS with
-#      stall samples in implicit_sass.csv or specialised_sass.csv), into checks.log, on the layer DCN_GPU_NCU_AT
-#      (res3, res4 (default), res5 or seg).
+#      stall samples in implicit_sass.csv or specialised_sass.csv; "direct": the direct kernel, by default on the
+#      depth-wise layer), into checks.log, on the layer DCN_GPU_NCU_AT (res3, res4 (default), res5, seg, grouped or
+#      depthwise).
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating); DCN_GPU_ONLY: the step
@@ -221,6 +222,15 @@ if [ -n "${DCN_GPU_NCU:-}" ]; then
                     --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
                     python3 benchmarks/gpu_deform_conv.py --profile-layer implicit --profile-at '${DCN_GPU_NCU_AT:-res4}' \
                     >'$OUT_DIR/${target}_sass.csv'"
+                continue
+            fi
+            if [ "$target" = direct ]; then
+                # the direct kernel (auto's choice for depth-wise layers) on the depth-wise res4 layer by default:
+                # whether its scattered 2-byte gathers bound it (L1 sectors per request, memory throughput)
+                step "ncu-direct" 90 ncu --kernel-name regex:deformConvDirectKernel --launch-count 1 \
+                    --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+                    --section Occupancy --section WarpStateStats --section SchedulerStats --section SourceCounters \
+                    python3 benchmarks/gpu_deform_conv.py --profile-layer direct --profile-at "${DCN_GPU_NCU_AT:-depthwise}"
                 continue
             fi
             # a sampler of the GEMM path: the first chunk's transpose, sampling and output kernels

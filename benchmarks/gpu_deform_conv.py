@@ -539,12 +539,14 @@ def render(rows: List[dict], args) -> str:
     return table
 
 
-PROFILE_LAYERS = {"res3": LAYERS[0], "res4": LAYERS[1], "res5": LAYERS[2], "seg": LAYERS[3]}
+PROFILE_LAYERS = {"res3": LAYERS[0], "res4": LAYERS[1], "res5": LAYERS[2], "seg": LAYERS[3],
+                  "grouped": GROUPED_LAYERS[0], "depthwise": GROUPED_LAYERS[1]}
 
 
 def profile_layer(algo: str = "gemm", at: str = "res4") -> int:
-    """One call of the CUDA kernels' `algo` path (gemm or implicit) on the detection layer `at` (or seg res5), batch
-    8, float16, synchronised: the launch a profiler looks at."""
+    """One call of the CUDA kernels' `algo` path (gemm, implicit or direct) on the layer `at` (a detection layer,
+    seg res5, or the grouped or depth-wise res4 layer), batch 8, float16, synchronised: the launch a profiler looks
+    at."""
     import torch
 
     from dcn_deploy.plugin.native import deform_conv2d_cuda
@@ -583,13 +585,15 @@ def main(argv=None) -> int:
                         help="time nothing: render the table of rows saved with --json (e.g. by a run cut short); "
                              "give the --algos of that run (rows saved before they held the run's settings also "
                              "need its --iters, --warmup and --eager)")
-    parser.add_argument("--profile-layer", nargs="?", const="gemm", default=None, choices=("gemm", "implicit"),
-                        help="time nothing: run the gemm path (or the implicit-GEMM kernel: --profile-layer implicit) "
-                             "once on --profile-at's layer (det res4 by default) at batch 8 in float16 and exit (for a "
-                             "profiler such as Nsight Compute: "
+    parser.add_argument("--profile-layer", nargs="?", const="gemm", default=None,
+                        choices=("gemm", "implicit", "direct"),
+                        help="time nothing: run the gemm path (or the implicit-GEMM or the direct kernel: "
+                             "--profile-layer implicit|direct) once on --profile-at's layer (det res4 by default) at "
+                             "batch 8 in float16 and exit (for a profiler such as Nsight Compute: "
                              "`ncu --kernel-name regex:olumnsKernel ...`)")
     parser.add_argument("--profile-at", default="res4", choices=sorted(PROFILE_LAYERS),
-                        help="the layer --profile-layer runs: det res3, res4 (default), res5 or seg res5")
+                        help="the layer --profile-layer runs: det res3, res4 (default), res5, seg res5, or the "
+                             "grouped or depth-wise res4 layer of --layers grouped")
     args = parser.parse_args(argv)
 
     if args.profile_layer:
