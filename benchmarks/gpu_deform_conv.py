@@ -436,7 +436,7 @@ def _err_cell(r: dict, key: str) -> str:
 # The C ABI's GEMM and implicit-GEMM options a run was made under (read by the kernels library from the
 # environment: DCN_DEPLOY_GEMM_CHUNK_MB, _CHUNKS, _OUTPUT, _PRODUCT, _SPLIT_K, _TF32, _SAMPLER, _TILE_ITEMS,
 # DCN_DEPLOY_IMPLICIT_TILE_M, _THREADS, _KERNEL).
-GEMM_ENV_PREFIXES = ("DCN_DEPLOY_GEMM_", "DCN_DEPLOY_IMPLICIT_", "DCN_DEPLOY_CUBLAS_")
+GEMM_ENV_PREFIXES = ("DCN_DEPLOY_GEMM_", "DCN_DEPLOY_IMPLICIT_", "DCN_DEPLOY_CUBLAS_", "DCN_DEPLOY_DIRECT_")
 
 
 def kernel_settings() -> str:

@@ -92,6 +92,14 @@ def random_many_groups_case(rng: random.Random) -> Case:
     return random_layer_case(rng, groups, offset_groups, channels_per_group, (1, 3), 7, 9, (0.5, 2.0, 25.0))
 
 
+def random_depthwise_case(rng: random.Random) -> Case:
+    """A depth-wise layer (groups = C = out_channels) that the channels-last direct kernel takes: C and the channels
+    per offset group in vectors of 8, 4 or 2 channels, one or several offset groups."""
+    channels = rng.choice([8, 16, 24, 4, 12, 2, 6])
+    offset_groups = rng.choice([d for d in range(1, channels + 1) if channels % d == 0 and (channels // d) % 2 == 0])
+    return random_layer_case(rng, channels, offset_groups, 1, (1, 1), 9, 11, (0.5, 2.0, 25.0))
+
+
 def random_implicit_case(rng: random.Random) -> Case:
     """A layer the implicit-GEMM kernel (algo "implicit") takes (channels per group and per offset group multiples
     of 32): groups and offset groups in every relation (a group holding several offset groups, an offset group

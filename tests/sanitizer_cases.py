@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # plugin_configs
 import torch  # noqa: E402
 
 from dcn_deploy.plugin.native import deform_conv2d_cuda, load_library  # noqa: E402
-from plugin_configs import Case, make_tensors, max_relative_error, random_case, reference  # noqa: E402
+from plugin_configs import (Case, make_tensors, max_relative_error, random_case, random_depthwise_case,  # noqa: E402
+                            reference)
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 DENSE = Case(2, 1, 2, 40, 72, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 1), True, True, 3.0, False)
@@ -47,6 +48,8 @@ def main() -> int:
     kernels = load_library("kernels")
     cases = [random_case(random.Random(seed), max_channels_per_group=5, max_size=8) for seed in range(3 if args.quick else 8)]
     cases.append(DENSE)
+    # depth-wise layers: the direct kernel's channels-last items under DCN_DEPLOY_DIRECT_LAYOUT=nhwc
+    cases += [random_depthwise_case(random.Random(1300 + seed)) for seed in range(1 if args.quick else 3)]
     failures = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         for algo in algos:

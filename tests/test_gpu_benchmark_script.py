@@ -166,15 +166,18 @@ def test_the_command_line_shown_names_the_kernel_knobs_set(bench, monkeypatch):
     for name in ("DCN_DEPLOY_GEMM_CHUNK_MB", "DCN_DEPLOY_GEMM_CHUNKS", "DCN_DEPLOY_GEMM_OUTPUT",
                  "DCN_DEPLOY_GEMM_PRODUCT", "DCN_DEPLOY_GEMM_SPLIT_K",
                  "DCN_DEPLOY_GEMM_SAMPLER", "DCN_DEPLOY_GEMM_TILE_ITEMS", "DCN_DEPLOY_IMPLICIT_TILE_M",
-                 "DCN_DEPLOY_IMPLICIT_THREADS", "DCN_DEPLOY_IMPLICIT_KERNEL", "DCN_DEPLOY_CUBLAS_WORKSPACE_MB"):
+                 "DCN_DEPLOY_IMPLICIT_THREADS", "DCN_DEPLOY_IMPLICIT_KERNEL", "DCN_DEPLOY_CUBLAS_WORKSPACE_MB",
+                 "DCN_DEPLOY_DIRECT_LAYOUT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DCN_DEPLOY_GEMM_CHUNKS", "even")
     monkeypatch.setenv("DCN_DEPLOY_IMPLICIT_TILE_M", "128")
     monkeypatch.setenv("DCN_DEPLOY_GEMM_SPLIT_K", "4")
     monkeypatch.setenv("DCN_DEPLOY_GEMM_OUTPUT", "")  # set but empty: the default, not shown
     monkeypatch.setenv("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "32")
-    assert bench.kernel_settings() == ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB=32 DCN_DEPLOY_GEMM_CHUNKS=even "
-                                       "DCN_DEPLOY_GEMM_SPLIT_K=4 DCN_DEPLOY_IMPLICIT_TILE_M=128")
+    monkeypatch.setenv("DCN_DEPLOY_DIRECT_LAYOUT", "nhwc")
+    assert bench.kernel_settings() == ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB=32 DCN_DEPLOY_DIRECT_LAYOUT=nhwc "
+                                       "DCN_DEPLOY_GEMM_CHUNKS=even DCN_DEPLOY_GEMM_SPLIT_K=4 "
+                                       "DCN_DEPLOY_IMPLICIT_TILE_M=128")
 
 
 @pytest.fixture(scope="module")

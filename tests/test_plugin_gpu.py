@@ -15,8 +15,8 @@ import torch
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda
 from plugin_configs import (HALF_EPS, Case, half_precision_cases, make_tensors, max_relative_error, peak_relative_error,
-                            random_case, random_implicit_case, random_layer_case, random_many_groups_case,
-                            reference)
+                            random_case, random_depthwise_case, random_implicit_case, random_layer_case,
+                            random_many_groups_case, reference)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -72,6 +72,21 @@ def test_direct_kernel_blocks_across_groups(kernels, dtype):
     """The direct kernel (8 output channels a thread) on many small groups: depth-wise, blocks spanning groups."""
     for seed in range(24):
         case = random_many_groups_case(random.Random(900 + seed))
+        tensors = make_tensors(case, dtype, device="cuda", seed=seed)
+        for algo in ("direct", "auto"):
+            got = run(kernels, case, tensors, algo)
+            assert not got.isnan().any(), (algo, seed, case, "an output element was never written")
+            error = max_relative_error(got, expected_for(case, tensors))
+            assert error < TOLERANCE[dtype], (algo, seed, case, error)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_depthwise_layers_match_reference(kernels, dtype):
+    """Depth-wise layers on the direct kernel and on auto (which picks it): over NCHW here, over a channels-last copy
+    of the input in the direct_nhwc child (DCN_DEPLOY_DIRECT_LAYOUT=nhwc), whose outputs are also written into
+    NaN-poisoned tensors, so an item the kernel skips fails."""
+    for seed in range(24):
+        case = random_depthwise_case(random.Random(1300 + seed))
         tensors = make_tensors(case, dtype, device="cuda", seed=seed)
         for algo in ("direct", "auto"):
             got = run(kernels, case, tensors, algo)
@@ -290,11 +305,14 @@ _CHILD_ENVS = {
     # float32 products on TF32 tensor cores (an experiment, off by default): only its own test, whose tolerance is
     # TF32's (the dense tests' float32 tolerance is IEEE float32's)
     "tf32": {"DCN_DEPLOY_GEMM_TF32": "1"},
+    # the direct kernel over a channels-last copy of the input (off by default until timed): its own tests only
+    "direct_nhwc": {"DCN_DEPLOY_DIRECT_LAYOUT": "nhwc"},
 }
 # The tests each child runs: the dense-layer tests, and for the split-K children the split-K layers too.
 _CHILD_TESTS = "random_dense_configs or dense_layers"
 _SPLIT_K_CHILD_TESTS = _CHILD_TESTS + " or split_k_layers"
 _TF32_CHILD_TESTS = "tf32_products"
+_DIRECT_CHILD_TESTS = "depthwise_layers or direct_kernel_blocks"
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
 # All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
 # turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.
@@ -305,6 +323,8 @@ def _child_tests(name: str) -> str:
     """The -k expression a child runs: see _CHILD_ENVS."""
     if name == "tf32":
         return _TF32_CHILD_TESTS
+    if name == "direct_nhwc":
+        return _DIRECT_CHILD_TESTS
     return _SPLIT_K_CHILD_TESTS if name.startswith("split") else _CHILD_TESTS
 
 
@@ -340,6 +360,11 @@ def _check_dense_child(children, name: str) -> None:
     assert children[name].returncode == 0, (_CHILD_ENVS[name], stdout[-4000:] + stderr[-2000:])
     last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     assert " passed" in last and "skipped" not in last, (_CHILD_ENVS[name], stdout[-2000:] + stderr[-2000:])
+
+
+def test_direct_kernel_channels_last(dense_children):
+    """The depth-wise and many-group direct-kernel tests under DCN_DEPLOY_DIRECT_LAYOUT=nhwc."""
+    _check_dense_child(dense_children, "direct_nhwc")
 
 
 def test_gemm_path_tf32(dense_children):

@@ -16,7 +16,8 @@ import torch
 from dcn_deploy.ops.spec import ShapeError
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
 from plugin_configs import (HALF_EPS, Case, make_tensors, max_relative_error, peak_relative_error, random_case,
-                            random_implicit_case, random_layer_case, random_many_groups_case, reference)
+                            random_depthwise_case, random_implicit_case, random_layer_case, random_many_groups_case,
+                            reference)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,38 @@ def test_direct_blocks_across_groups_match_reference(host_lib, seed):
     tensors = make_tensors(case, torch.float64, seed=seed)
     got = run_host(host_lib, case, *tensors)
     assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
+
+
+def run_host_direct_channels_last(host_lib, case, x, off, w, b, m):
+    return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
+                              path="direct-channels-last", library=host_lib)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(10))
+def test_direct_channels_last_matches_the_direct_kernel(host_lib, seed, dtype):
+    """The channels-last direct kernel (DCN_DEPLOY_DIRECT_LAYOUT=nhwc on a GPU) on depth-wise layers: vectors of 8, 4
+    or 2 channels, offset groups of one vector or several, far offsets. It sums each channel in the NCHW direct
+    kernel's order, so on the host (no FMA contraction: no -march) the two are bit for bit equal; float64 also
+    agrees with the reference to 1e-12. (On a GPU the compiler may contract differently: tests/test_plugin_gpu.py
+    holds the two to the reference's tolerance.)"""
+    case = random_depthwise_case(random.Random(1300 + seed))
+    tensors = make_tensors(case, dtype, seed=seed)
+    got = run_host_direct_channels_last(host_lib, case, *tensors)
+    nchw = run_host(host_lib, case, *tensors)
+    assert got.dtype == dtype and torch.equal(got, nchw), case
+    if dtype == torch.float64:
+        assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
+
+
+def test_direct_channels_last_refuses_other_layers(host_lib):
+    """Not depth-wise, or channels per offset group odd: an error naming why, not a wrong result."""
+    dense = Case(1, 1, 1, 8, 8, 5, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0, False)
+    odd = Case(1, 6, 2, 6, 6, 5, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0, False)
+    with pytest.raises(NativeError, match="depth-wise layers only"):
+        run_host_direct_channels_last(host_lib, dense, *make_tensors(dense, torch.float32, seed=0))
+    with pytest.raises(NativeError, match="multiples of 2"):
+        run_host_direct_channels_last(host_lib, odd, *make_tensors(odd, torch.float32, seed=0))
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])

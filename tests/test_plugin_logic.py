@@ -277,6 +277,7 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
      "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '64k'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "64MB", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '64MB'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "0", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '0'"),
+    ("DCN_DEPLOY_DIRECT_LAYOUT", "NHWC", "DCN_DEPLOY_DIRECT_LAYOUT must be one of nchw, nhwc, got 'NHWC'"),
     ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "32MB",
      "DCN_DEPLOY_CUBLAS_WORKSPACE_MB must be a whole number from 1 to 1024, got '32MB'"),
     ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "2048",
@@ -317,23 +318,24 @@ _SPLIT_K_WORKSPACES = [
 ]
 
 
-def _workspaces_under(kernels_lib, split_k, cases, **environment):
-    """The GEMM workspace (algo 3) of each (desc, dtype) with DCN_DEPLOY_GEMM_SPLIT_K=split_k ("" for the default) and
-    the other variables given, in a child process (the C ABI reads its options once per process)."""
+def _workspaces_under(kernels_lib, split_k, cases, algo=3, **environment):
+    """The workspace of `algo` (the GEMM path's by default) for each (desc, dtype) with
+    DCN_DEPLOY_GEMM_SPLIT_K=split_k ("" for the default) and the other variables given, in a child process (the C
+    ABI reads its options once per process)."""
     import json
     import subprocess
     import sys
 
     script = ("import ctypes, json, sys; from dcn_deploy.plugin.native import DeformConvDesc, NativeLibrary;"
-              "lib = NativeLibrary(sys.argv[1]); cases = json.loads(sys.argv[2]); sizes = []\n"
+              "lib = NativeLibrary(sys.argv[1]); cases = json.loads(sys.argv[2]); algo = int(sys.argv[3]); sizes = []\n"
               "for fields, dtype in cases:\n"
               " size = ctypes.c_size_t(); desc = DeformConvDesc(*fields)\n"
-              " lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), dtype, 3, ctypes.byref(size))\n"
+              " lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), dtype, algo, ctypes.byref(size))\n"
               " sizes.append(size.value)\n"
               "print(json.dumps(sizes))")
     fields = [([getattr(desc, name) for name, _ in DeformConvDesc._fields_], dtype) for desc, dtype in cases]
     env = dict(os.environ, DCN_DEPLOY_GEMM_SPLIT_K=split_k, **environment)
-    proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path), json.dumps(fields)], env=env,
+    proc = subprocess.run([sys.executable, "-c", script, str(kernels_lib.path), json.dumps(fields), str(algo)], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout)
@@ -387,6 +389,22 @@ def test_auto_split_k_reserves_its_slices_for_candidate_layers(kernels_lib):
         assert got - plain == expected - room, (desc, dtype, got, plain)
     # det res4 and res5 at batch 1 grow; at batch 8 the one room already holds 4 slices of the largest split product
     assert auto[0] > off[0] and auto[2] > off[2] and auto[1] == off[1]
+
+
+def test_direct_channels_last_workspace_holds_the_channels_last_input(kernels_lib):
+    """DCN_DEPLOY_DIRECT_LAYOUT=nhwc: the direct kernel (and auto, which picks it) on a depth-wise layer needs room
+    for the channels-last input (the whole batch here, under the 256 MiB budget); on a layer it does not take (dense,
+    or channels per offset group odd) the direct kernel needs none, as without the knob."""
+    depthwise = DeformConvDesc(3, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 2)
+    odd = DeformConvDesc(3, 6, 20, 20, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 2)
+    dense = DeformConvDesc(3, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+    cases = [(depthwise, 0), (depthwise, 1), (odd, 0), (dense, 0)]
+    for algo in (1, 0):
+        unset = _workspaces_under(kernels_lib, "", cases, algo, DCN_DEPLOY_DIRECT_LAYOUT="")
+        nhwc = _workspaces_under(kernels_lib, "", cases, algo, DCN_DEPLOY_DIRECT_LAYOUT="nhwc")
+        assert unset[:3] == [0, 0, 0], unset
+        assert nhwc[:3] == [_align256(3 * 32 * 400 * 4), _align256(3 * 32 * 400 * 2), 0], nhwc
+        assert nhwc[3] == unset[3] == _workspace(kernels_lib, dense, 0, algo)  # dense: untouched
 
 
 def test_cublas_workspace_size_follows_its_knob(kernels_lib):

@@ -89,6 +89,8 @@ class NativeLibrary:
                       + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
                          ctypes.c_int32, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_host_implicit", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
+        self._declare("dcn_deform_conv2d_forward_host_direct_channels_last",
+                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
         self._declare("dcn_deform_conv2d_columns_cpu",
@@ -284,9 +286,9 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
-    ``path``: ``direct`` (the direct kernel's arithmetic) or ``gemm`` (the CUDA GEMM path step by step: chunks of
-    at most ``column_budget_bytes`` of columns, 0 for the CUDA default; channels-last sampling; the cuBLAS call's
-    arguments through a plain product). ``gemm_output`` (gemm only): ``direct`` (the product adds into the NCHW
+    ``path``: ``direct`` (the direct kernel's arithmetic), ``direct-channels-last`` (below) or ``gemm`` (the CUDA
+    GEMM path step by step: chunks of at most ``column_budget_bytes`` of columns, 0 for the CUDA default;
+    channels-last sampling; the cuBLAS call's arguments through a plain product). ``gemm_output`` (gemm only): ``direct`` (the product adds into the NCHW
     output), ``staged`` (through a pixel-major scratch, then transposed with the bias) or ``auto`` (as on the GPU:
     direct for one group where the output rows are whole 16-byte vectors, else staged). ``gemm_sampler`` (gemm
     only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU), ``thread`` (each thread its own
@@ -297,7 +299,8 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     channels; the direct product stays TN). ``gemm_split_k``: the staged product in slices of K, summed by the
     transpose: 0 as the GPU chooses (4 for float32 layers of few output tiles and K = C*kH*kW of 2048 or more, staged
     then; else 1), or 1, 2, 4 or 8 where one group and K a multiple of 8 * slices (else 1).
-    ``implicit``: the CUDA
+    ``direct-channels-last``: the CUDA direct kernel over a channels-last copy of the input
+    (``DCN_DEPLOY_DIRECT_LAYOUT=nhwc`` there), depth-wise layers only. ``implicit``: the CUDA
     implicit-GEMM kernel (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype
     here; channels per group and per offset group must be multiples of 32). Returns (N, out_channels, oH, oW) in the
     input's dtype.
@@ -324,10 +327,13 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
                  ctypes.c_int32(int(gemm_split_k)))
         return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", extra, input, offset, weight, bias, mask,
                                stride, padding, dilation, library)
+    if path == "direct-channels-last":
+        return _run_host_entry("dcn_deform_conv2d_forward_host_direct_channels_last", (), input, offset, weight, bias,
+                               mask, stride, padding, dilation, library)
     if path == "implicit":
         return _run_host_entry("dcn_deform_conv2d_forward_host_implicit", (), input, offset, weight, bias, mask,
                                stride, padding, dilation, library)
-    raise ValueError(f"path must be 'direct', 'gemm' or 'implicit', got {path!r}")
+    raise ValueError(f"path must be 'direct', 'direct-channels-last', 'gemm' or 'implicit', got {path!r}")
 
 
 def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,

@@ -1,17 +1,21 @@
 // The direct deformable-convolution kernel: one thread per block of output channels at one pixel (forward, v1/v2,
 // groups, offset groups, asymmetric padding), from the per-sample arithmetic in deformConvMath.h. Simple; the
 // correctness baseline, and the better choice for depth-wise-like layers (few output channels per group) where a
-// matrix product has nothing to share. Every dtype, float64 included. Which kernel runs is decided in deformConvLaunch.cu.
+// matrix product has nothing to share. Every dtype, float64 included. Which kernel runs is decided in
+// deformConvLaunch.cu. Also its variant over a channels-last copy of the input, for depth-wise layers
+// (DCN_DEPLOY_DIRECT_LAYOUT=nhwc in the C ABI; off by default until timed).
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
 #include "dcnGridStride.h"
 #include "deformConvDirectBlock.h"
 #include "deformConvKernel.h"
+#include "deformConvRelayout.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <string>
 
 namespace dcn
@@ -47,13 +51,72 @@ Status launchDirect(DeformConvGeometry const& geo, void const* input, void const
     void const* bias, void const* mask, void* output, cudaStream_t stream)
 {
     int64_t const total = int64_t(geo.d.batch) * directBlocks(geo) * geo.outH * geo.outW;
-    deformConvDirectKernel<T><<<gridStrideBlocks(total), kGridStrideThreads, 0, stream>>>(geo, static_cast<T const*>(input),
-        static_cast<T const*>(offset), static_cast<T const*>(weight), static_cast<T const*>(bias),
-        static_cast<T const*>(mask), static_cast<T*>(output), total);
+    deformConvDirectKernel<T><<<gridStrideBlocks(total), kGridStrideThreads, 0, stream>>>(geo,
+        static_cast<T const*>(input), static_cast<T const*>(offset), static_cast<T const*>(weight),
+        static_cast<T const*>(bias), static_cast<T const*>(mask), static_cast<T*>(output), total);
     return launchStatus("the direct deformable-convolution kernel");
 }
 
+// The channels-last direct kernel (depth-wise layers): one thread per item of depthwiseItem.
+template <typename T, int Vector>
+__global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKernel(DeformConvGeometry const geo,
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
+    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0,
+    int64_t const total)
+{
+    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+         idx += int64_t(gridDim.x) * blockDim.x)
+        depthwiseItem<T, Vector>(geo, nhwc, offset, weight, bias, mask, output, n0, idx);
+}
+
+// Per chunk of images: the input to channels-last in the workspace, then the items of those images.
+template <typename T>
+Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight,
+    T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream)
+{
+    int32_t const vector = depthwiseVectorWidth(geo, sizeof(T));
+    int32_t const images = directChannelsLastImages(geo, sizeof(T));
+    T* nhwc = static_cast<T*>(workspace);
+    for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
+    {
+        int32_t const count = std::min(images, geo.d.batch - n0);
+        Status status = launchChannelsLast<T>(geo, input, nhwc, n0, count, stream);
+        if (!status.ok())
+            return status;
+        int64_t const total = depthwiseItems(geo, count, vector);
+        withVectorWidth(vector, [&](auto width) {
+            depthwiseChannelsLastKernel<T, decltype(width)::value><<<gridStrideBlocks(total), kGridStrideThreads, 0,
+                stream>>>(geo, nhwc, offset, weight, bias, mask, output, n0, total);
+        });
+        status = launchStatus("the channels-last direct kernel");
+        if (!status.ok())
+            return status;
+    }
+    return Status::success();
+}
+
 } // namespace
+
+Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
+    void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
+    cudaStream_t stream)
+{
+    auto run = [&](auto tag) {
+        using T = decltype(tag);
+        return launchDirectChannelsLast<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
+            static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
+            static_cast<T*>(output), workspace, stream);
+    };
+    switch (dtype)
+    {
+    case DCN_FLOAT32: return run(float());
+    case DCN_FLOAT64: return run(double());
+    case DCN_FLOAT16: return run(__half());
+    case DCN_BFLOAT16: return run(__nv_bfloat16());
+    default:
+        return Status::unsupportedDtype(dtype);
+    }
+}
 
 Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
     void const* weight, void const* bias, void const* mask, void* output, cudaStream_t stream)

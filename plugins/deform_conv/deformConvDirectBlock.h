@@ -7,7 +7,10 @@
 // block spans kDirectBlock groups of one channel each, which share their offset group's taps.
 #pragma once
 
+#include "deformConvColumns.h"
 #include "deformConvMath.h"
+
+#include <string>
 
 namespace dcn
 {
@@ -88,6 +91,121 @@ DCN_UNROLL
     for (int32_t j = 0; j < kDirectBlock; ++j)
         if (j < count)
             out[int64_t(j) * outPlane] = ElementTraits<T>::fromAcc(acc[j]);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The direct kernel over a channels-last copy of the input (DCN_DEPLOY_DIRECT_LAYOUT=nhwc; not the default until
+// timed). For depth-wise layers: a work item is Vector consecutive channels at one output pixel, and each
+// neighbour's Vector channels are one 16-byte gather instead of Vector 2- or 4-byte gathers from Vector planes.
+
+// Channels per item: 16 bytes' worth, within an offset group (a vector shares its sample positions); 1 where none
+// fits, which the direct kernel over NCHW serves instead.
+inline int32_t depthwiseVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    for (int32_t vector = int32_t(16 / elementBytes); vector > 1; vector /= 2)
+        if (geo.d.in_channels % vector == 0 && geo.channelsPerOffsetGroup % vector == 0)
+            return vector;
+    return 1;
+}
+
+// Why the channels-last direct kernel cannot take the layer, or "" where it can: a depth-wise layer (one input and
+// one output channel per group) whose channels come in vectors of at least two within offset groups.
+inline std::string directChannelsLastRefusal(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    if (geo.channelsPerGroup != 1 || geo.outChannelsPerGroup != 1)
+        return "the channels-last direct kernel takes depth-wise layers only (one input and one output channel per "
+               "group), got " + std::to_string(geo.channelsPerGroup) + " and "
+            + std::to_string(geo.outChannelsPerGroup);
+    if (depthwiseVectorWidth(geo, elementBytes) < 2)
+        return "the channels-last direct kernel needs channels (and channels per offset group) in multiples of 2";
+    return std::string();
+}
+
+// Its workspace: the channels-last input of as many images as the GEMM path's default budget holds (at least one).
+inline size_t directChannelsLastWorkspaceBytes(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return channelsLastRoomBytes(geo, elementBytes, kGemmDefaultColumnBudget);
+}
+
+// Images per transpose (and launch) of the channels-last direct kernel: what its workspace holds, at most 65535
+// (the transpose's grid z).
+inline int32_t directChannelsLastImages(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    size_t const image = std::max<size_t>(inputImageBytes(geo, elementBytes), 1);
+    int64_t const fit = int64_t(directChannelsLastWorkspaceBytes(geo, elementBytes) / image);
+    return int32_t(std::min<int64_t>({std::max<int64_t>(fit, 1), std::max(geo.d.batch, 1), 65535}));
+}
+
+// out[n0 + img, c .. c + Vector, y, x] from nhwc (the images from n0, channels-last) for a depth-wise layer: per
+// channel the same sum, in the same order, as directOutputBlock (bias, then kernel point by kernel point the
+// weight times the bilinear sample, its valid neighbours added in order).
+template <typename T, int Vector>
+DCN_HD void depthwiseVectorItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
+    T const* bias, T const* mask, T* output, int32_t n0, int32_t img, int32_t c, int32_t y, int32_t x)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    using Pack = ChannelPack<T, Vector>;
+    int32_t const channels = geo.d.in_channels;
+    int32_t const kernelPoints = geo.kernelPoints;
+    int32_t const og = c / geo.channelsPerOffsetGroup;
+    T const* image = nhwc + int64_t(img) * inputImageElements(geo) + c;
+    Acc acc[Vector];
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        acc[v] = bias ? ElementTraits<T>::toAcc(bias[c + v]) : Acc(0);
+    for (int32_t kp = 0; kp < kernelPoints; ++kp)
+    {
+        BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, kp, y, x);
+        // all four neighbours loaded before any is used (an invalid one reads the image's first pixel, discarded)
+        Pack packs[4];
+DCN_UNROLL
+        for (int t = 0; t < 4; ++t)
+            packs[t] = *reinterpret_cast<Pack const*>(image + int64_t(taps.index[t]) * channels);
+        Acc sample[Vector];
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            sample[v] = Acc(0);
+DCN_UNROLL
+        for (int t = 0; t < 4; ++t)
+        {
+            if (!(taps.valid & (1u << t)))
+                continue;
+DCN_UNROLL
+            for (int v = 0; v < Vector; ++v)
+                sample[v] += taps.weight[t] * ElementTraits<T>::toAcc(packs[t].v[v]);
+        }
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            acc[v] += ElementTraits<T>::toAcc(weight[int64_t(c + v) * kernelPoints + kp]) * sample[v];
+    }
+    int64_t const outPlane = int64_t(geo.outH) * geo.outW;
+    T* out = output + (int64_t(n0 + img) * geo.d.out_channels + c) * outPlane + int64_t(y) * geo.outW + x;
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        out[v * outPlane] = ElementTraits<T>::fromAcc(acc[v]);
+}
+
+// Work items of one launch (images from n0): images * C / vector * oH * oW, pixels fastest.
+inline int64_t depthwiseItems(DeformConvGeometry const& geo, int32_t images, int32_t vector)
+{
+    return int64_t(images) * (geo.d.in_channels / vector) * geo.outH * geo.outW;
+}
+
+// Item idx of a launch: (img, channel vector, y, x), pixels fastest so that a warp's offset and mask reads and its
+// output stores run along a row.
+template <typename T, int Vector>
+DCN_HD void depthwiseItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
+    T const* bias, T const* mask, T* output, int32_t n0, int64_t idx)
+{
+    int64_t const outPlane = int64_t(geo.outH) * geo.outW;
+    int64_t const pixel = idx % outPlane;
+    int64_t const rest = idx / outPlane;
+    int32_t const vectors = geo.d.in_channels / Vector;
+    int32_t const c = int32_t(rest % vectors) * Vector;
+    int32_t const img = int32_t(rest / vectors);
+    int32_t const y = int32_t(pixel / geo.outW);
+    int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
+    depthwiseVectorItem<T, Vector>(geo, nhwc, offset, weight, bias, mask, output, n0, img, c, y, x);
 }
 
 } // namespace dcn

@@ -175,6 +175,9 @@ struct GemmOptions
     // 1e-4), 1.2x-2.7x cuDNN's TF32 convolution's time.
     bool tf32 = false;
     size_t cublasWorkspaceBytes = kCublasWorkspaceBytes; // cuBLAS's slice of the workspace (a multiple of 256)
+    // The direct kernel (depth-wise layers) over a channels-last copy of the input in the workspace
+    // (deformConvDirectBlock.h) instead of NCHW. Off until timed on a GPU; the C ABI's DCN_DEPLOY_DIRECT_LAYOUT=nhwc.
+    bool directChannelsLast = false;
 };
 
 inline bool validGemmOutput(int32_t output)

@@ -279,6 +279,31 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
     }
 }
 
+// The channels-last direct kernel as the CUDA launch runs it (deformConvDirectBlock.h): the same chunks of images,
+// each transposed element by element (as the transpose kernel moves them) into a NaN-filled room, then every item.
+template <typename T>
+void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight,
+    T const* bias, T const* mask, T* output)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    int32_t const images = directChannelsLastImages(geo, sizeof(T));
+    T const garbage = ElementTraits<T>::fromAcc(std::numeric_limits<Acc>::quiet_NaN());
+    std::vector<T> nhwc(directChannelsLastWorkspaceBytes(geo, sizeof(T)) / sizeof(T), garbage);
+    withVectorWidth(depthwiseVectorWidth(geo, sizeof(T)), [&](auto width) {
+        constexpr int kVector = decltype(width)::value;
+        for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
+        {
+            int32_t const count = std::min(images, geo.d.batch - n0);
+            int64_t const elements = int64_t(count) * inputImageElements(geo);
+            for (int64_t idx = 0; idx < elements; ++idx)
+                nhwcElement<T>(geo, input, nhwc.data(), n0, idx);
+            int64_t const items = depthwiseItems(geo, count, kVector);
+            for (int64_t idx = 0; idx < items; ++idx)
+                depthwiseItem<T, kVector>(geo, nhwc.data(), offset, weight, bias, mask, output, n0, idx);
+        }
+    });
+}
+
 // The checks every host entry makes, then body<T>() for the dtype (tag: a T value). refusal(geo): "" or why this
 // entry cannot take the layer, asked once the geometry is made. Empty batches succeed at once.
 template <typename Refusal, typename Body>
@@ -329,6 +354,26 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
         dcn::DeformConvGeometry geo;
         return dcn::hostEntry("dcn_deform_conv2d_forward_host", desc, dtype, input, offset, weight, output, geo,
             [&](auto tag) { dcn::forwardTyped<decltype(tag)>(geo, input, offset, weight, bias, mask, output); });
+    });
+}
+
+DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_deform_conv_desc* desc, int32_t dtype,
+    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output)
+{
+    return dcn::guarded([&] {
+        dcn::DeformConvGeometry geo;
+        return dcn::hostEntry("dcn_deform_conv2d_forward_host_direct_channels_last", desc, dtype, input, offset,
+            weight, output, geo,
+            [&](dcn::DeformConvGeometry const& made) {
+                return dcn::validDtype(dtype) ? dcn::directChannelsLastRefusal(made, dcn::dtypeBytes(dtype))
+                                              : std::string();
+            },
+            [&](auto tag) {
+                using T = decltype(tag);
+                dcn::forwardHostDirectChannelsLast<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
+                    static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
+                    static_cast<T*>(output));
+            });
     });
 }
 

@@ -22,8 +22,8 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
 
 // Workspace bytes the launch needs: the GEMM path's column buffer (at most gemm.columnBudget bytes, the batch runs
 // in chunks), the chunk's channels-last input, the re-laid-out weights, the staging scratch and cuBLAS's
-// workspace; the fused kernel's
-// re-laid-out weights; 0 for the direct kernel. For DCN_ALGO_AUTO, the most any choice needs, so a plan made where
+// workspace; the fused kernel's re-laid-out weights; for the direct kernel 0, or the channels-last input where
+// gemm.directChannelsLast and the layer is depth-wise (directChannelsLastRefusal). For DCN_ALGO_AUTO, the most any choice needs, so a plan made where
 // cuBLAS loads still fits a run where it does not. Never smaller for a larger N, H or W (TensorRT sizes the
 // workspace for the largest profile shape).
 size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo,
@@ -42,6 +42,13 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
 // DCN_ERROR_UNSUPPORTED.
 Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
     void const* weight, void const* bias, void const* mask, void* output, cudaStream_t stream);
+
+// The direct kernel over a channels-last copy of the input (deformConvDirect.cu, deformConvDirectBlock.h): only
+// where directChannelsLastRefusal(geo, dtype's bytes) is empty. Its workspace (256-byte aligned) holds the
+// channels-last input: at least directChannelsLastWorkspaceBytes.
+Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
+    void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
+    cudaStream_t stream);
 
 // The fused kernel (deformConvFused.cu): only where fusedKernelAccepts(geo, dtype). Its workspace holds the
 // re-laid-out weights: at least fusedWorkspaceBytes.

@@ -3,6 +3,7 @@
 // implicit GEMM (deformConvFused.cu), the GEMM path over sampled columns and cuBLAS (deformConvGemm.cu) or the
 // tensor-core implicit GEMM over a channels-last input (deformConvImplicit.cu; only when asked for).
 #include "cublasLoader.h"
+#include "deformConvDirectBlock.h"
 #include "deformConvImplicit.h"
 #include "deformConvKernel.h"
 #include "deformConvShapes.h"
@@ -68,18 +69,27 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
     return Status::success();
 }
 
+// Whether the direct kernel runs over a channels-last copy of the input (GemmOptions::directChannelsLast, on a layer
+// it takes).
+static bool directChannelsLast(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm)
+{
+    return gemm.directChannelsLast && directChannelsLastRefusal(geo, dtypeBytes(dtype)).empty();
+}
+
 size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, GemmOptions const& gemm)
 {
     // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
     // on another.
     size_t const fused = fusedKernelAccepts(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
+    size_t const direct
+        = directChannelsLast(geo, dtype, gemm) ? directChannelsLastWorkspaceBytes(geo, dtypeBytes(dtype)) : 0;
     switch (algo)
     {
-    case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm)) : 0;
+    case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm)) : direct;
     case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, gemm);
     case DCN_ALGO_FUSED_GEMM: return fused;
     case DCN_ALGO_IMPLICIT_GEMM: return implicitKernelRefusal(geo, dtype).empty() ? implicitWorkspaceBytes(geo, dtype) : 0;
-    default: return 0; // direct (callers check dtype and algo first: checkDtypeAndAlgo)
+    default: return direct; // direct (callers check dtype and algo first: checkDtypeAndAlgo)
     }
 }
 
@@ -134,6 +144,17 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
                                    "TensorRT's are)");
         return launchImplicitPath(geo, dtype, gemm.implicitKernel, gemm.implicitTileM, gemm.implicitThreads, input,
             offset, weight, bias, mask, output, workspace, stream);
+    }
+    if (resolved == DCN_ALGO_DIRECT && directChannelsLast(geo, dtype, gemm))
+    {
+        status = requireWorkspace("the channels-last direct kernel",
+            directChannelsLastWorkspaceBytes(geo, dtypeBytes(dtype)), workspace, workspaceBytes);
+        if (!status.ok())
+            return status;
+        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read in 16-byte vectors
+            return Status::invalid("the channels-last direct kernel's workspace must be 256-byte aligned "
+                                   "(cudaMalloc's and TensorRT's are)");
+        return launchDirectChannelsLastPath(geo, dtype, input, offset, weight, bias, mask, output, workspace, stream);
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;
