@@ -331,9 +331,13 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
     the runners report, see :meth:`dcn_deploy.backends.base.Runner.roi_inputs`). Every batch and shape is checked
     against the first runner's input metadata before anything is timed (FeedError names the input and the fix).
     Runners that are not active are activated only while they are measured (so one runner's thread pool does not
-    slow the next); runners the caller activated stay active. Each runner's first outputs must match the first
-    runner's, by name or else by position, in shape (RunnerError otherwise, before that runner's timed runs where
-    there is a warm-up).
+    slow the next); runners the caller activated stay active throughout, never closed nor reloaded (the caller's
+    session, loaded once). Such a runner can still take the CPU while the next one runs: an active
+    :class:`~dcn_deploy.backends.ort_runner.OrtRunner` with ``spinning="on"`` (its default) spins its threads for
+    tens of milliseconds after each run, into the next runner's warm-up and, for a model that runs in less, its
+    timed runs. To time runners side by side, pass them inactive (as ``dcn-deploy bench`` does), or create such
+    OrtRunners with ``spinning="within-run"``. Each runner's first outputs must match the first runner's, by name
+    or else by position, in shape (RunnerError otherwise, before that runner's timed runs where there is a warm-up).
 
     Returns:
         :class:`BenchResult`: one :class:`BenchEntry` per (batch, runner), latencies in milliseconds;
@@ -351,7 +355,9 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
         raise ValueError(f"runner names must be distinct to be reported side by side, got {names}")
 
     # Runners the caller did not activate are active only while they are measured: ONNX Runtime's thread pool
-    # spins after each run, and a live session would compete with the next runner's threads. The first runner,
+    # spins after each run, and a live session would compete with the next runner's threads. Those the caller
+    # activated are theirs, left active (see the docstring: ONNX Runtime has no call that stops a live session's
+    # spinning, only the session option spinning="within-run" sets). The first runner,
     # activated to read the input metadata, stays active through the checks into its first measurement (no other
     # runner runs meanwhile): deactivating it in between would load its model twice.
     owned = [not r.is_active for r in runners]

@@ -3,8 +3,8 @@
 Importing this module must stay cheap (no torch, onnx or tensorrt): each command imports what it needs
 inside its function, so ``dcn-deploy --help`` starts fast.
 
-Exit codes: 0 success, 1 the job ran and failed (e.g. verification beyond tolerance), 2 bad usage or input,
-130 interrupted (Ctrl-C).
+Exit codes: 0 success (also a bare ``dcn-deploy``, which prints the help), 1 the job ran and failed (e.g.
+verification beyond tolerance), 2 bad usage or input, 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import traceback
 import click
 
 from . import __version__
-from .commands import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CliError, echo_error  # noqa: F401 - CliError re-exported
+from .commands import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CliError,  # noqa: F401 - CliError re-exported
+                       HelpWhenBare, echo_error)
 from .wording import cli_wording
 
 # Library errors that mean the input was wrong (a file, an option, a model that does not fit) when our own code
@@ -23,9 +24,10 @@ from .wording import cli_wording
 BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, SyntaxError)
 
 
-class _Group(click.Group):
+class _Group(HelpWhenBare):
     """Turns errors into one line ``error: MESSAGE`` (for an error click finds in the command line, then the
-    command's usage on a second line) and an exit code unless --debug is given.
+    command's usage on a second line) and an exit code unless --debug is given. Given no command, prints the help
+    on stdout and exits 0 (:class:`~dcn_deploy.commands.HelpWhenBare`).
 
     The one place that maps exceptions to exit codes: CliError and bad input (:func:`is_bad_input`) give 2, others 1.
     """
@@ -66,11 +68,6 @@ class _Group(click.Group):
             sys.exit(EXIT_BAD_INPUT if is_bad_input(exc) else EXIT_FAILED)
 
 
-# click's exception that shows the group's help when no command is given (click >= 8.2): help, not an error.
-_HELP_EXCEPTIONS = tuple(getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",)
-                         if hasattr(click.exceptions, name))
-
-
 class CommandLineError(CliError):
     """An error click found in the command line (an unknown option, a value an option's type refuses, a missing
     file for a path argument), printed in our form: ``error: MESSAGE``, then the command's usage on a second line,
@@ -88,13 +85,13 @@ class CommandLineError(CliError):
 
 
 def in_our_form(exc: click.ClickException) -> click.ClickException:
-    """``exc`` as an exception that prints ``error: MESSAGE``: itself when it does already (a CliError, the help
-    of a bare ``dcn-deploy``), else a :class:`CommandLineError` with its message and exit code.
+    """``exc`` as an exception that prints ``error: MESSAGE``: itself when it does already (a CliError), else a
+    :class:`CommandLineError` with its message and exit code.
 
     Click shows every ClickException with the exception's own ``show``, which for click's classes (and any
     ClickException that is not this module's CliError) prints ``Error: MESSAGE``.
     """
-    if isinstance(exc, (CliError,) + _HELP_EXCEPTIONS):
+    if isinstance(exc, CliError):
         return exc
     usage = ""
     ctx = getattr(exc, "ctx", None)  # a UsageError's command

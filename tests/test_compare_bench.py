@@ -100,6 +100,32 @@ def test_runners_load_their_model_once_per_use():
     assert (first.roi_questions, second.roi_questions) == (1, 1)
 
 
+def test_benchmark_leaves_a_runner_the_caller_activated_as_it_was():
+    """The caller's session is theirs: active while the others are timed, never closed nor reloaded (benchmark's
+    docstring says what that costs with a spinning ONNX Runtime session); the others are active only while timed."""
+
+    class Watching(Doubling):
+        """Records, at each of its runs, whether the caller's runner is active then."""
+
+        def __init__(self, name, other):
+            super().__init__(name)
+            self.other, self.saw_other_active = other, []
+
+        def _infer(self, feed):
+            self.saw_other_active.append(self.other.is_active)
+            return super()._infer(feed)
+
+    for callers_index in (0, 1):
+        callers = Doubling("callers")
+        ours = Watching("ours", callers)
+        callers.activate()
+        runners = [callers, ours] if callers_index == 0 else [ours, callers]
+        benchmark(runners, batches=[1, 2], iterations=2, warmup=1, progress=False)
+        assert callers.is_active and callers.loads == 1, callers_index
+        assert not ours.is_active and ours.loads == 2, callers_index  # once per measurement
+        assert ours.saw_other_active == [True] * 6, callers_index  # 2 batches x (1 warm-up + 2 timed)
+
+
 # --- compare ------------------------------------------------------------------------------------------------------
 def test_compare_outputs_rule(rng):
     ref = rng.standard_normal((4, 5)).astype(np.float32)

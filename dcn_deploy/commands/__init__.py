@@ -106,8 +106,20 @@ class Command(click.Command):
         return rest
 
 
-class Group(click.Group):
-    """A command group whose commands are :class:`Command` s."""
+class HelpWhenBare(click.Group):
+    """A group that, given no command (a bare ``dcn-deploy``, ``dcn-deploy zoo``), prints its help on stdout and
+    exits 0, as ``--help`` does, whatever click's version: click 8.1 did that itself, click >= 8.2 prints the help
+    on stderr and exits 2 (its NoArgsIsHelpError, a usage error)."""
+
+    def parse_args(self, ctx: click.Context, args):
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit()
+        return super().parse_args(ctx, args)
+
+
+class Group(HelpWhenBare):
+    """A command group whose commands are :class:`Command` s; given no command, its help (:class:`HelpWhenBare`)."""
 
     command_class = Command
 

@@ -39,6 +39,8 @@ PLUGIN_NAMESPACE = "dcn_deploy"
 _PARSER_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 # The field that carries the build's TF32 setting to a plugin: INT32, 1 lets float32 layers run their products on
 # TF32 tensor cores, 0 (the plugin's default) keeps IEEE float32. Written only by route_to_plugin, never exported.
+# One name, not two that happen to agree: the parser hands a plugin the node attributes named as its fields, so
+# the field is DeformConv2d's schema attribute (defined once, in opset), named here as this module names fields.
 TF32_FIELD = TF32_ATTRIBUTE
 # What route_to_plugin writes, not the model: never a field the plugin would misread (a stale allow_tf32, from a
 # file routed before, is rewritten for the library at hand).

@@ -331,6 +331,10 @@ def _any_nonfinite(b: _Body, *values: str) -> str:
     return b("IsNaN", b("Sub", total, total))
 
 
+# The element types of what both ops' ``sample_corners`` return first: x index, x weight, y index, y weight.
+_POSITION_TYPES = [TensorProto.INT64, TensorProto.FLOAT, TensorProto.INT64, TensorProto.FLOAT]
+
+
 def _positions(b: _Body, nonfinite: str, build: Callable[[_Body, bool], List[str]], types: List[int],
                name: str) -> List[str]:
     """The per-axis sample indices and weights (and what else ``build`` returns, ``types`` its element types),
@@ -474,9 +478,8 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
     # x (K, ph, pw, ratio), y (K, ph, pw, ratio)
     x_s = b("Add", b("Add", sx, b("Mul", j, bin_w)), b("Div", b("Mul", u, bin_w), ratio_f))
     y_s = b("Add", b("Add", sy, b("Mul", i, bin_h)), b("Div", b("Mul", u, bin_h), ratio_f))
-    # RoIAlign's rule: a sample beyond one pixel outside the map is 0 (skipped); a NaN one is NaN
-    F, I64 = TensorProto.FLOAT, TensorProto.INT64
 
+    # RoIAlign's rule: a sample beyond one pixel outside the map is 0 (skipped); a NaN one is NaN
     def sample_corners(br: _Body, finite: bool) -> List[str]:
         x, y = (x_s, y_s) if finite else _outside_to_zero(br, is_inside, x_s, y_s)
         xs = _axis_samples(br, x, -1.0, 0.0, w_i, is_inside, finite)
@@ -490,7 +493,7 @@ def deform_roi_pool_function(opset: int) -> onnx.FunctionProto:
 
     # sx, sy (offsets in) (K, ph, pw, 1), bin_w, bin_h (K, 1, 1, 1): the starts and steps of the samples
     nonfinite = _any_nonfinite(b, sx, sy, bin_w, bin_h)
-    x_idx, x_wt, y_idx, y_wt = _positions(b, nonfinite, sample_corners, [I64, F, I64, F], "roi")
+    x_idx, x_wt, y_idx, y_wt = _positions(b, nonfinite, sample_corners, _POSITION_TYPES, "roi")
     rows = b("Mul", b("Add", b("Mul", batch, h_i), y_idx), w_i)                      # (K, ph, pw, 2r)
     flat = b("Add", b.unsq(rows, 4), b.unsq(x_idx, 3))                               # (K, ph, pw, 2r, 2r)
     pairs = b("Mul", b("Mul", ratio_i, ratio_i), b.i(4))                              # 4r^2 corner pairs per bin
@@ -630,9 +633,8 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
     samples = b("Reshape", b("Range", zero_f, s_f, one_f), b.ints([1, 1, 1, 1, -1]))
     x_s = b("Add", b.unsq(wstart, 4), b("Mul", samples, b.unsq(sub_w, 4)))           # (K, classes, P, P, S)
     y_s = b("Add", b.unsq(hstart, 4), b("Mul", samples, b.unsq(sub_h, 4)))
-    # the kernels' rule: a sample outside [-0.5, size - 0.5] is skipped; a NaN one is taken (and is NaN)
-    F, I64 = TensorProto.FLOAT, TensorProto.INT64
 
+    # the kernels' rule: a sample outside [-0.5, size - 0.5] is skipped; a NaN one is taken (and is NaN)
     def sample_corners(br: _Body, finite: bool) -> List[str]:
         x, y = (x_s, y_s) if finite else _outside_to_zero(br, br.unsq(is_inside, 4), x_s, y_s)
         xs = _axis_samples(br, x, -0.5, -0.5, w_i, br.unsq(is_inside, 4), finite)
@@ -645,7 +647,8 @@ def deform_psroi_pool_function(opset: int) -> onnx.FunctionProto:
 
     # wstart, hstart (K, classes, P, P), sub_w, sub_h (K, 1, 1, 1): the starts and steps of the samples
     nonfinite = _any_nonfinite(b, wstart, hstart, sub_w, sub_h)
-    x_idx, x_wt, y_idx, y_wt, divisor = _positions(b, nonfinite, sample_corners, [I64, F, I64, F, F], "psroi")
+    x_idx, x_wt, y_idx, y_wt, divisor = _positions(b, nonfinite, sample_corners,
+                                                   _POSITION_TYPES + [TensorProto.FLOAT], "psroi")
     gi = b("Reshape", group_idx, b.ints([1, 1, -1, 1]))
     gj = b("Reshape", group_idx, b.ints([1, 1, 1, -1]))
     base = b("Add", b("Mul", b("Add", b("Mul", batch, g_i), gi), g_i), gj)             # (K, 1, P, P)

@@ -50,7 +50,9 @@ std::vector<int32_t> workspaceAlgos(std::vector<int32_t> const& tactics);
 // The plugin's timing-cache ID suffix (TensorRT prefixes the I/O shapes, types and formats): everything else the
 // timings depend on, i.e. the fields (";tf32=1" where kFieldAllowTf32 is 1, nothing where it is 0, so the IDs of
 // IEEE float32 layers are those of libraries before the field) and whether the gemm tactic is offered at all. Fixed
-// at creation.
+// at creation: TensorRT may ask for it before it has chosen the layer's types ("considering only the creation state",
+// NvInferRuntime.h), so float16 and bfloat16 layers, which ignore TF32, carry ";tf32=1" too: a timing cache shared by
+// builds with and without TF32 then times a half layer once per setting, a cache miss, never a wrong timing.
 std::string timingCacheSuffix(dcn_deform_conv_attrs const& attrs, bool gemmAvailable, bool allowTf32);
 
 } // namespace dcn
