@@ -67,26 +67,20 @@ def test_random_small_configs(kernels, dtype, algo):
         assert error < TOLERANCE[dtype], (seed, case, error)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_direct_kernel_blocks_across_groups(kernels, dtype):
-    """The direct kernel (8 output channels a thread) on many small groups: depth-wise, blocks spanning groups."""
-    for seed in range(24):
-        case = random_many_groups_case(random.Random(900 + seed))
-        tensors = make_tensors(case, dtype, device="cuda", seed=seed)
-        for algo in ("direct", "auto"):
-            got = run(kernels, case, tensors, algo)
-            assert not got.isnan().any(), (algo, seed, case, "an output element was never written")
-            error = max_relative_error(got, expected_for(case, tensors))
-            assert error < TOLERANCE[dtype], (algo, seed, case, error)
+# The direct kernel's small-group layers, each with its generator and first seed: many small groups (blocks of 8
+# output channels spanning groups: deformConvDirectBlock.h) and depth-wise layers.
+_SMALL_GROUP_LAYERS = {"many_groups": (random_many_groups_case, 900), "depthwise": (random_depthwise_case, 1300)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_depthwise_layers_match_reference(kernels, dtype):
-    """Depth-wise layers on the direct kernel and on auto (which picks it): over NCHW here, over a channels-last copy
-    of the input in the direct_nhwc child (DCN_DEPLOY_DIRECT_LAYOUT=nhwc), whose outputs are also written into
-    NaN-poisoned tensors, so an item the kernel skips fails."""
+@pytest.mark.parametrize("layers", list(_SMALL_GROUP_LAYERS))
+def test_direct_kernel_on_small_groups(kernels, dtype, layers):
+    """The direct kernel and auto (which picks it) on small-group layers: over NCHW here, over a channels-last copy
+    of the input for the depth-wise ones in the direct_nhwc child (DCN_DEPLOY_DIRECT_LAYOUT=nhwc). Outputs are
+    written into NaN-poisoned tensors, so an item the kernel skips fails."""
+    make_case, first_seed = _SMALL_GROUP_LAYERS[layers]
     for seed in range(24):
-        case = random_depthwise_case(random.Random(1300 + seed))
+        case = make_case(random.Random(first_seed + seed))
         tensors = make_tensors(case, dtype, device="cuda", seed=seed)
         for algo in ("direct", "auto"):
             got = run(kernels, case, tensors, algo)
@@ -312,7 +306,7 @@ _CHILD_ENVS = {
 _CHILD_TESTS = "random_dense_configs or dense_layers"
 _SPLIT_K_CHILD_TESTS = _CHILD_TESTS + " or split_k_layers"
 _TF32_CHILD_TESTS = "tf32_products"
-_DIRECT_CHILD_TESTS = "depthwise_layers or direct_kernel_blocks"
+_DIRECT_CHILD_TESTS = "direct_kernel_on_small_groups"
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
 # All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
 # turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.
@@ -363,7 +357,7 @@ def _check_dense_child(children, name: str) -> None:
 
 
 def test_direct_kernel_channels_last(dense_children):
-    """The depth-wise and many-group direct-kernel tests under DCN_DEPLOY_DIRECT_LAYOUT=nhwc."""
+    """The small-group direct-kernel tests under DCN_DEPLOY_DIRECT_LAYOUT=nhwc."""
     _check_dense_child(dense_children, "direct_nhwc")
 
 

@@ -151,13 +151,13 @@ DCN_HD auto vectorElement(Pack const& pack, int v) -> decltype(pack.v[v])
     return pack.v[v];
 }
 
-// result[0..Vector) = the bilinear blend of Vector channels from their four gathered neighbours (packs[t]),
-// rounded to T: neighbour t counts where bit t of `valid` is set; an outside one is skipped, not multiplied by a
-// zero weight (an infinity in what was read in its place would make NaN). Both matrix paths' samplers blend here.
+// acc[0..Vector) = the bilinear blend of Vector channels of element type T from their four gathered neighbours
+// (packs[t]), in the accumulation type: neighbour t counts where bit t of `valid` is set; an outside one is
+// skipped, not multiplied by a zero weight (an infinity in what was read in its place would make NaN). The valid
+// neighbours are added in order from 0, as sampleTaps adds them.
 template <typename T, int Vector, typename Acc, typename Pack>
-DCN_HD void blendVector(Pack const (&packs)[4], Acc const (&weight)[4], uint32_t valid, T (&result)[Vector])
+DCN_HD void blendInAcc(Pack const (&packs)[4], Acc const (&weight)[4], uint32_t valid, Acc (&acc)[Vector])
 {
-    Acc acc[Vector];
 DCN_UNROLL
     for (int v = 0; v < Vector; ++v)
         acc[v] = Acc(0);
@@ -170,6 +170,14 @@ DCN_UNROLL
         for (int v = 0; v < Vector; ++v)
             acc[v] += weight[t] * ElementTraits<T>::toAcc(vectorElement(packs[t], v));
     }
+}
+
+// result[0..Vector) = blendInAcc's blend rounded to T. Both matrix paths' samplers blend here.
+template <typename T, int Vector, typename Acc, typename Pack>
+DCN_HD void blendVector(Pack const (&packs)[4], Acc const (&weight)[4], uint32_t valid, T (&result)[Vector])
+{
+    Acc acc[Vector];
+    blendInAcc<T, Vector>(packs, weight, valid, acc);
 DCN_UNROLL
     for (int v = 0; v < Vector; ++v)
         result[v] = ElementTraits<T>::fromAcc(acc[v]);
@@ -182,20 +190,27 @@ struct alignas(sizeof(T) * Vector) ChannelPack
     T v[Vector];
 };
 
-// out[0..Vector) = the bilinear sample, by taps, of the Vector consecutive channels at `image` (a channels-last
-// image advanced to the first channel), rounded to T and stored as one vector: neighbour t is at element
-// taps.index[t] * scale (scale: the channels per pixel). The per-thread sampler's; the tiled one is tileItem.
-// All four neighbours are loaded before any is used, so the four loads are in flight together: an invalid one has
-// index 0 (the image's first pixel, always readable) and its value is discarded, not multiplied by a zero weight
-// (an infinity there would make NaN).
+// packs[t] = the Vector consecutive channels of neighbour t of a sample, by taps, at `image` (a channels-last image
+// advanced to the first channel): element taps.index[t] * scale (scale: the channels per pixel). All four are
+// loaded before any is used, so the four loads are in flight together: an invalid one has index 0 (the image's
+// first pixel, always readable) and its value is discarded by the blend, not multiplied by a zero weight (an
+// infinity there would make NaN).
+template <typename T, int Vector, typename Acc>
+DCN_HD void gatherNeighbours(T const* image, BilinearTaps<Acc> const& taps, int32_t scale,
+    ChannelPack<T, Vector> (&packs)[4])
+{
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+        packs[t] = *reinterpret_cast<ChannelPack<T, Vector> const*>(image + int64_t(taps.index[t]) * scale);
+}
+
+// out[0..Vector) = the bilinear sample, by taps, of the Vector consecutive channels at `image` (gatherNeighbours),
+// rounded to T and stored as one vector. The per-thread sampler's; the tiled one is tileItem.
 template <typename T, int Vector, typename Acc>
 DCN_HD void sampleVector(T const* image, BilinearTaps<Acc> const& taps, int32_t scale, T* out)
 {
-    using Pack = ChannelPack<T, Vector>;
-    Pack packs[4];
-DCN_UNROLL
-    for (int t = 0; t < 4; ++t)
-        packs[t] = *reinterpret_cast<Pack const*>(image + int64_t(taps.index[t]) * scale);
+    ChannelPack<T, Vector> packs[4];
+    gatherNeighbours<T, Vector>(image, taps, scale, packs);
     T result[Vector];
     blendVector<T, Vector>(packs, taps.weight, taps.valid, result);
     storeVector<T, Vector>(out, result);

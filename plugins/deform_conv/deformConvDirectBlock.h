@@ -144,7 +144,6 @@ DCN_HD void depthwiseVectorItem(DeformConvGeometry const& geo, T const* nhwc, T 
     T const* bias, T const* mask, T* output, int32_t n0, int32_t img, int32_t c, int32_t y, int32_t x)
 {
     using Acc = typename ElementTraits<T>::Acc;
-    using Pack = ChannelPack<T, Vector>;
     int32_t const channels = geo.d.in_channels;
     int32_t const kernelPoints = geo.kernelPoints;
     int32_t const og = c / geo.channelsPerOffsetGroup;
@@ -156,24 +155,10 @@ DCN_UNROLL
     for (int32_t kp = 0; kp < kernelPoints; ++kp)
     {
         BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, kp, y, x);
-        // all four neighbours loaded before any is used (an invalid one reads the image's first pixel, discarded)
-        Pack packs[4];
-DCN_UNROLL
-        for (int t = 0; t < 4; ++t)
-            packs[t] = *reinterpret_cast<Pack const*>(image + int64_t(taps.index[t]) * channels);
+        ChannelPack<T, Vector> packs[4];
+        gatherNeighbours<T, Vector>(image, taps, channels, packs);
         Acc sample[Vector];
-DCN_UNROLL
-        for (int v = 0; v < Vector; ++v)
-            sample[v] = Acc(0);
-DCN_UNROLL
-        for (int t = 0; t < 4; ++t)
-        {
-            if (!(taps.valid & (1u << t)))
-                continue;
-DCN_UNROLL
-            for (int v = 0; v < Vector; ++v)
-                sample[v] += taps.weight[t] * ElementTraits<T>::toAcc(packs[t].v[v]);
-        }
+        blendInAcc<T, Vector>(packs, taps.weight, taps.valid, sample);
 DCN_UNROLL
         for (int v = 0; v < Vector; ++v)
             acc[v] += ElementTraits<T>::toAcc(weight[int64_t(c + v) * kernelPoints + kp]) * sample[v];
