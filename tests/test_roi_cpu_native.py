@@ -285,11 +285,12 @@ def test_nan_offsets_give_nan_on_every_path(cpu_lib, monkeypatch, flag):
 _NAN, _INF = float("nan"), float("inf")
 
 
-def _nonfinite_shift_rows(op: str, dtype, ratio: int = 2, scale: float = 0.5):
+def _nonfinite_shift_rows(op: str, dtype, ratio: int = 2, scale: float = 0.5, box=(3.0, 2.0, 15.0, 13.0)):
     """(x, rois, shifts, params, labels) for ``op``: RoI 0 finite; every other RoI one or two non-finite (or far)
     values in the x / y shift of one bin (DeformRoIPool) or of one part cell of class 0 (DeformPSRoIPool).
     ``scale``: gamma / trans_std (0: an infinite shift meets 0 x inf = NaN); ``ratio``: DeformRoIPool's
-    sampling_ratio (0: adaptive, so the zero-width / zero-height boxes take no samples)."""
+    sampling_ratio (0: adaptive, so the zero-width / zero-height boxes take no samples); ``box``: the RoIs' box
+    (x1, y1, x2, y2) but for the last three cases."""
     gen = torch.Generator().manual_seed(23)
     if op == "roi":
         x = torch.randn(2, 5, 9, 11, generator=gen, dtype=dtype)
@@ -301,7 +302,6 @@ def _nonfinite_shift_rows(op: str, dtype, ratio: int = 2, scale: float = 0.5):
         params = dict(spatial_scale=0.5, output_dim=4, group_size=3, pooled_size=3, part_size=2, sample_per_part=2,
                       trans_std=scale, no_trans=False)
     far = 100.0  # x 0.5 (gamma, trans_std) x a RoI side of about 6: a shift far off the 9 x 11 map
-    box = [3.0, 2.0, 15.0, 13.0]
     rows, shifts, labels = [], [], []
 
     def add(label, changes=(), coords=box):
@@ -374,6 +374,29 @@ def test_composite_puts_nan_where_the_kernels_do_for_nonfinite_shifts(cpu_lib, m
         assert torch.equal(got[k].isnan(), nan[k]), f"RoI {k}: {label}: NaN in other bins than the kernels'"
         torch.testing.assert_close(got[k], want[k], rtol=tolerance, atol=tolerance, equal_nan=True,
                                    msg=lambda m, label=label: f"{label}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ratio", [0, 300])
+def test_composite_matches_the_kernels_on_boxes_far_larger_than_the_map(cpu_lib, monkeypatch, ratio, dtype):
+    """Boxes about 60 times the 9 x 11 map (bins of about 175 x 200 pixels: an adaptive grid of that many samples
+    per side, or a fixed 300), of which the composite gathers only the samples that land on the map: the host
+    build's values, and NaN in the same bins, for the finite, NaN, infinite and far offsets of
+    :func:`_nonfinite_shift_rows` (the far ones move a bin off the map, so the samples are chosen after the shift).
+    Its three small boxes, pooled over their whole grids, are compared for NaN only: with the fixed ratio the
+    zero-width and zero-height ones sum 90000 samples per bin, which the kernels add one by one (1e-4 apart in
+    float32, as before this composite took runs)."""
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "0")
+    x, rois, shifts, params, labels = _nonfinite_shift_rows("roi", dtype, ratio, 0.5, box=(-300.0, -250.0, 400.0,
+                                                                                        350.0))
+    want = _host("roi", x, rois, shifts, params, cpu_lib)
+    got = _op("roi", x, rois, shifts, params)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert (want[0] != 0).any() and want.isnan().any() and (want[labels.index("x +inf")] == 0).any()
+    huge = slice(0, len(labels) - 3)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got[huge], want[huge], rtol=tolerance, atol=tolerance * float(want[0].abs().max()),
+                               equal_nan=True)
 
 
 @pytest.mark.parametrize("op", ["roi", "psroi"])

@@ -211,6 +211,66 @@ def test_roi_pool_gradcheck():
     assert torch.autograd.gradcheck(lambda a: deform_roi_pool(a, rois, None, 2, 1.0, 2), (x,))
 
 
+def _huge_box_case(gen, ratio_of_map=60.0, small_box=True):
+    """A 2 x 2 x 6 x 7 map; three boxes, each covering the map, of 0.6 to 1 times ``ratio_of_map`` times its size,
+    and, with ``small_box``, one box inside it; offsets that move the huge boxes' bins by up to a few map sizes."""
+    x = torch.randn(2, 2, 6, 7, generator=gen, dtype=torch.float64)
+    side = torch.tensor([7.0, 6.0], dtype=torch.float64) * ratio_of_map
+    corner = -side * (0.2 + 0.3 * torch.rand(3, 2, generator=gen, dtype=torch.float64))
+    huge = torch.cat([corner, corner + side * (0.6 + 0.4 * torch.rand(3, 2, generator=gen, dtype=torch.float64))], 1)
+    boxes = torch.cat([huge, torch.tensor([[1.2, 0.7, 5.3, 4.1]], dtype=torch.float64)])
+    rois = torch.cat([torch.tensor([[0.0], [1.0], [1.0], [0.0]], dtype=torch.float64), boxes], 1)
+    offset = torch.randn(4, 2, 2, 2, generator=gen, dtype=torch.float64) * 0.3
+    keep = 4 if small_box else 3
+    return x, rois[:keep], offset[:keep]
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 200])
+def test_roi_pool_boxes_far_larger_than_the_map_gather_only_the_samples_on_it(monkeypatch, sampling_ratio):
+    """Boxes 36 to 60 times the 6 x 7 map: grids of about 100 to 200 samples per bin side (adaptive), or 200 (fixed),
+    over half a pixel apart, so at most 2 (size + 2) of them per side lie in RoIAlign's range [-1, size]; the rest are
+    0 but still divide. The composite (float64: forward and backward) gathers only those (4 corners each), and
+    gives the values and gradients of pooling over the whole grids, as it did before (offsets move the bins by
+    up to a few map sizes, so the samples must be chosen after the shift)."""
+    import dcn_deploy.ops.roi_pool as module
+
+    # with the fixed ratio a box inside the map would rightly gather its 200 x 200 samples: huge boxes only
+    x, rois, offset = _huge_box_case(torch.Generator().manual_seed(11), small_box=sampling_ratio == 0)
+    grad_out = torch.randn(rois.shape[0], 2, 2, 2, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+
+    def pool():
+        leaves = [x.clone().requires_grad_(), offset.clone().requires_grad_()]
+        out = deform_roi_pool(leaves[0], rois, leaves[1], 2, 1.0, sampling_ratio, gamma=0.1)
+        return [out.detach(), *torch.autograd.grad(out, leaves, grad_out)]
+
+    gathered = []
+    gather = module._bilinear_sum
+
+    def counting_gather(table, row_base, height, width, y_index, y_weight, x_index, x_weight, **kwargs):
+        gathered.append(y_index.shape[-1] * x_index.shape[-1])  # rows read per bin: (2 * max_h) x (2 * max_w)
+        return gather(table, row_base, height, width, y_index, y_weight, x_index, x_weight, **kwargs)
+
+    monkeypatch.setattr(module, "_bilinear_sum", counting_gather)
+    windowed = pool()
+    assert len(gathered) >= 2 and max(gathered) <= 4 * (2 * 6 + 4) * (2 * 7 + 4), gathered
+    monkeypatch.setattr(module, "_sample_runs", lambda *args: None)  # the whole grids, as before
+    gathered.clear()
+    whole = pool()
+    assert max(gathered) >= 4 * 100 * 100
+    for got, want in zip(windowed, whole):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert all(torch.count_nonzero(t) for t in windowed)  # some bins sample the map
+
+
+def test_roi_pool_gradcheck_boxes_far_larger_than_the_map():
+    """Gradients through the runs of samples on the map (boxes 5 to 8 times the map), adaptive and fixed grids."""
+    x, rois, offset = _huge_box_case(torch.Generator().manual_seed(13), ratio_of_map=8.0)
+    x.requires_grad_()
+    offset.requires_grad_()
+    for ratio in (0, 9):
+        assert torch.autograd.gradcheck(lambda a, b: deform_roi_pool(a, rois, b, 2, 1.0, ratio, 0.1), (x, offset))
+
+
 # One unit in the last place of the half type, at the output's largest magnitude: computed in float32 and rounded
 # once, the half results measured 0.25-0.35 units from float64 on the same rounded inputs (the two tests below);
 # the same ops computed in the half type itself measured 2.4-2.8 units.

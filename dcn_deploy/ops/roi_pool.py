@@ -44,7 +44,10 @@ Implementation: the forward runs compiled code when the library is built (:mod:`
 chooses): the host library's CPU forward, or the CUDA kernels on a GPU. Otherwise, and for every backward pass, the
 composite: vectorised gathers from a channels-last copy of the input (four bilinear corners per sample, all bins
 and RoIs at once), in chunks of RoIs that bound memory; with the adaptive ``sampling_ratio=0`` the RoIs are sorted
-by grid size so each chunk pads its sample grid only to its own largest RoI. Half types compute in float32.
+by grid size so each chunk pads its sample grid only to its own largest RoI. A RoI whose bins are larger than the
+map (a box many times the image) gathers per bin only the run of samples that lands in RoIAlign's range, found
+exactly by a binary search on the sample positions; its other samples are 0 (and still counted in the divisor).
+Half types compute in float32.
 """
 from __future__ import annotations
 
@@ -185,15 +188,12 @@ def _roi_grid(rois: torch.Tensor, output_size: Sequence[int], spatial_scale: flo
     return start_x, start_y, roi_w, roi_h, grid_h, grid_w
 
 
-def _roi_pool_chunk(table: torch.Tensor, height: int, width: int, batch: torch.Tensor,
-                    start_x: torch.Tensor, start_y: torch.Tensor, roi_w: torch.Tensor, roi_h: torch.Tensor,
-                    grid_h: torch.Tensor, grid_w: torch.Tensor, offset: Optional[torch.Tensor],
-                    output_size: Sequence[int], gamma: float, max_h: int, max_w: int,
-                    nonfinite: bool = False) -> torch.Tensor:
-    """Pooled values (k, C, out_h, out_w) for one chunk of k RoIs whose grids fit max_h x max_w; ``nonfinite``:
-    the offset may hold NaN or +-inf (:func:`_has_nonfinite`)."""
+def _bin_origins(start_x: torch.Tensor, start_y: torch.Tensor, roi_w: torch.Tensor, roi_h: torch.Tensor,
+                 offset: Optional[torch.Tensor], gamma: float, output_size: Sequence[int], dtype: torch.dtype):
+    """Where each bin's samples start, the deformable shift applied: (origin_x, origin_y), each (k, out_h, out_w, 1),
+    and the bin sizes (bin_w, bin_h), each (k, 1, 1, 1). Sample u of a bin lies at :func:`_sample_positions`."""
     out_h, out_w = output_size
-    dtype, device = table.dtype, table.device
+    device = start_x.device
     bin_w = (roi_w / out_w).view(-1, 1, 1, 1)
     bin_h = (roi_h / out_h).view(-1, 1, 1, 1)
     sx = start_x.view(-1, 1, 1)
@@ -202,21 +202,134 @@ def _roi_pool_chunk(table: torch.Tensor, height: int, width: int, batch: torch.T
         sx = sx + gamma * roi_w.view(-1, 1, 1) * offset[:, 0]
         sy = sy + gamma * roi_h.view(-1, 1, 1) * offset[:, 1]
     k = start_x.shape[0]
-    sx = sx.expand(k, out_h, out_w).unsqueeze(-1)
-    sy = sy.expand(k, out_h, out_w).unsqueeze(-1)
     j = torch.arange(out_w, device=device, dtype=dtype).view(1, 1, out_w, 1)
     i = torch.arange(out_h, device=device, dtype=dtype).view(1, out_h, 1, 1)
-    u = torch.arange(max_w, device=device, dtype=dtype).view(1, 1, 1, max_w)
-    v = torch.arange(max_h, device=device, dtype=dtype).view(1, 1, 1, max_h)
+    origin_x = sx.expand(k, out_h, out_w).unsqueeze(-1) + j * bin_w
+    origin_y = sy.expand(k, out_h, out_w).unsqueeze(-1) + i * bin_h
+    return origin_x, origin_y, bin_w, bin_h
+
+
+def _sample_positions(origin: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor,
+                      index: torch.Tensor) -> torch.Tensor:
+    """Positions along one axis of the samples ``index`` (in the positions' dtype) of bins of ``grid`` samples:
+    origin + (index + 0.5) * bin_size / grid. The one formula for the pooling and for :func:`_sample_run`, so that
+    both see the same positions, bit for bit."""
+    return origin + (index + 0.5) * bin_size / grid.clamp(min=1).to(origin.dtype)
+
+
+def _first_index_where(is_past: Callable[[torch.Tensor], torch.Tensor], grid: torch.Tensor,
+                       longest: int) -> torch.Tensor:
+    """Per bin, the least sample index u in [0, grid) with ``is_past(u)``, or ``grid`` if none, for a test that is
+    false and then true along u: a binary search of bit_length(longest) steps, ``longest`` the largest grid."""
+    low = torch.zeros_like(grid)
+    high = grid
+    for _ in range(longest.bit_length()):
+        middle = (low + high) // 2
+        searching = low < high
+        past = is_past(middle)
+        high = torch.where(searching & past, middle, high)
+        low = torch.where(searching & ~past, middle + 1, low)
+    return low
+
+
+def _sample_run(origin: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, size: int, longest: int):
+    """Per bin along one axis: [first, stop), the indices of the samples that pass RoIAlign's test (a position in
+    [-1, size]; every other sample is 0), each (k, out_h, out_w, 1) int64.
+
+    Exact, not an estimate. A sample's position is monotone in its index (a chain of correctly rounded products, a
+    quotient and a sum of a growing term), rising for a bin size >= 0 and falling below 0 (a flipped RoI with a fixed
+    sampling_ratio), so the samples that pass form one run, whose two ends are searched on the very positions the
+    pooling computes (:func:`_sample_positions`). A NaN position passes the test, as in the kernels: every sample of
+    a NaN bin (a NaN offset) passes and all sit at the same NaN position (pixels 0 and 1 of the axis), so the run
+    keeps one of them, which makes the bin and the gradients on those pixels NaN, as all of them do.
+    """
+    grid = grid.expand(origin.shape).contiguous()
+    rising = bin_size >= 0
+
+    def position(index):
+        return _sample_positions(origin, bin_size, grid, index.to(origin.dtype))
+
+    def before(index):  # on the side of the map the bin's samples come from
+        p = position(index)
+        return torch.where(rising, p < -1, p > size)
+
+    def beyond(index):  # on the side they go to
+        p = position(index)
+        return torch.where(rising, p > size, p < -1)
+
+    first = _first_index_where(lambda index: ~before(index), grid, longest)
+    stop = _first_index_where(beyond, grid, longest)
+    nan_bin = position(first).isnan()
+    return first, torch.where(nan_bin, torch.minimum(stop, first + 1), stop)
+
+
+def _sample_runs(start_x: torch.Tensor, start_y: torch.Tensor, roi_w: torch.Tensor, roi_h: torch.Tensor,
+                 grid_h: torch.Tensor, grid_w: torch.Tensor, offset: Optional[torch.Tensor], gamma: float,
+                 output_size: Sequence[int], height: int, width: int, dtype: torch.dtype):
+    """The samples to take per bin: (first_x, stop_x, first_y, stop_y), each (K, out_h, out_w, 1), or None when no
+    RoI has bins larger than the map.
+
+    A bin wider (taller) than the range RoIAlign samples, [-1, W] ([-1, H]), always has samples off the map, whatever
+    its offset: a box many times the map (an adaptive grid of up to 1024 x 1024 samples per bin) has few on it. For
+    the RoIs with such bins the runs hold only the samples that pass the test (:func:`_sample_run`), so the pooling
+    gathers no more than about (H + 2) x (W + 2) samples per bin with the adaptive grid (ceil(bin) samples per side:
+    more than (size + 1) / (size + 2) pixels apart) instead of the whole grid; the skipped samples were 0 and the
+    divisor still counts them. Every other RoI keeps its whole grid, [0, grid), and is pooled exactly as before.
+    """
+    out_h, out_w = output_size
+    with torch.no_grad():
+        large = ((roi_w / out_w).abs() > width + 1) | ((roi_h / out_h).abs() > height + 1)
+        if not bool(large.any()):
+            return None
+        shape = (roi_w.shape[0], out_h, out_w, 1)
+        first_x = torch.zeros(shape, dtype=torch.int64, device=roi_w.device)
+        first_y = torch.zeros_like(first_x)
+        stop_x = grid_w.view(-1, 1, 1, 1).expand(shape).clone()
+        stop_y = grid_h.view(-1, 1, 1, 1).expand(shape).clone()
+        rows = large.nonzero().squeeze(1)
+        pick = lambda t: t.index_select(0, rows)
+        origin_x, origin_y, bin_w, bin_h = _bin_origins(pick(start_x), pick(start_y), pick(roi_w), pick(roi_h),
+                                                        None if offset is None else pick(offset), gamma,
+                                                        output_size, dtype)
+        grid_x, grid_y = pick(grid_w).view(-1, 1, 1, 1), pick(grid_h).view(-1, 1, 1, 1)
+        first_x[rows], stop_x[rows] = _sample_run(origin_x, bin_w, grid_x, width, int(grid_x.max()))
+        first_y[rows], stop_y[rows] = _sample_run(origin_y, bin_h, grid_y, height, int(grid_y.max()))
+    return first_x, stop_x, first_y, stop_y
+
+
+def _sample_indices(length: int, first: Optional[torch.Tensor], stop: torch.Tensor, dtype: torch.dtype):
+    """Indices first + (0 .. length-1) of the samples to gather along one axis (from 0 when ``first`` is None), in
+    ``dtype``, and whether each is below ``stop`` (a sample of the run, not padding to ``length``)."""
+    if first is None:  # as the whole grids always were: the test on the index in dtype (bfloat16 rounds it past 256)
+        index = torch.arange(length, device=stop.device, dtype=dtype).view(1, 1, 1, length)
+        return index, index < stop
+    index = first + torch.arange(length, device=stop.device)
+    return index.to(dtype), index < stop
+
+
+def _roi_pool_chunk(table: torch.Tensor, height: int, width: int, batch: torch.Tensor,
+                    start_x: torch.Tensor, start_y: torch.Tensor, roi_w: torch.Tensor, roi_h: torch.Tensor,
+                    grid_h: torch.Tensor, grid_w: torch.Tensor, offset: Optional[torch.Tensor],
+                    output_size: Sequence[int], gamma: float, max_h: int, max_w: int,
+                    nonfinite: bool = False, runs: Optional[Tuple[torch.Tensor, ...]] = None) -> torch.Tensor:
+    """Pooled values (k, C, out_h, out_w) for one chunk of k RoIs whose runs of samples fit max_h x max_w;
+    ``nonfinite``: the offset may hold NaN or +-inf (:func:`_has_nonfinite`); ``runs``: the chunk's
+    (first_x, stop_x, first_y, stop_y) (:func:`_sample_runs`), None for the whole grids."""
+    dtype = table.dtype
+    origin_x, origin_y, bin_w, bin_h = _bin_origins(start_x, start_y, roi_w, roi_h, offset, gamma, output_size,
+                                                    dtype)
     gw = grid_w.view(-1, 1, 1, 1)
     gh = grid_h.view(-1, 1, 1, 1)
-    x = sx + j * bin_w + (u + 0.5) * bin_w / gw.clamp(min=1).to(dtype)          # (k, out_h, out_w, max_w)
-    y = sy + i * bin_h + (v + 0.5) * bin_h / gh.clamp(min=1).to(dtype)          # (k, out_h, out_w, max_h)
+    first_x, stop_x, first_y, stop_y = (None, gw, None, gh) if runs is None else runs
+    u, in_run_x = _sample_indices(max_w, first_x, stop_x, dtype)
+    v, in_run_y = _sample_indices(max_h, first_y, stop_y, dtype)
+    x = _sample_positions(origin_x, bin_w, gw, u)          # (k, out_h, out_w, max_w)
+    y = _sample_positions(origin_y, bin_h, gh, v)          # (k, out_h, out_w, max_h)
     # RoIAlign's rule: samples beyond one pixel outside the map are 0, the rest clamp onto it. Tested as the kernels
     # test it (roiAlignTap), "outside" being false for NaN: a sample at a NaN position (a NaN offset, or 0 x inf) is
     # taken and makes its bin NaN; one at +-inf is outside.
-    valid_x = ~((x < -1) | (x > width)) & (u < gw)
-    valid_y = ~((y < -1) | (y > height)) & (v < gh)
+    valid_x = ~((x < -1) | (x > width)) & in_run_x
+    valid_y = ~((y < -1) | (y > height)) & in_run_y
     if nonfinite:
         x, y = _positions_of_taken_bins(x, y, valid_x.any(-1, keepdim=True) & valid_y.any(-1, keepdim=True))
     x_index, x_weight = _axis_corners(x.clamp(0, width - 1), width, valid_x)
@@ -227,8 +340,8 @@ def _roi_pool_chunk(table: torch.Tensor, height: int, width: int, batch: torch.T
 
 
 def _chunks(sizes: List[int], per_unit: int, budget: int) -> List[Tuple[int, int]]:
-    """Split sorted, non-decreasing grid sides into [start, stop) runs with (stop-start)*per_unit*side**2 <= budget
-    (a run is at least one RoI)."""
+    """Split sorted, non-decreasing sides (of grids or of runs of samples) into [start, stop) runs with
+    (stop-start)*per_unit*side**2 <= budget (a run is at least one RoI)."""
     import numpy as np
 
     side = np.maximum(np.asarray(sizes, dtype=np.int64), 1)
@@ -242,6 +355,23 @@ def _chunks(sizes: List[int], per_unit: int, budget: int) -> List[Tuple[int, int
     return out
 
 
+def _longest_run(runs: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Per RoI, its longest run of samples (:func:`_sample_runs`) along either axis over its bins: the grid side
+    that its chunk pads to."""
+    first_x, stop_x, first_y, stop_y = runs
+    return torch.maximum(stop_x - first_x, stop_y - first_y).flatten(1).amax(1)
+
+
+def _padded_sides(grid_h: torch.Tensor, grid_w: torch.Tensor,
+                  runs: Optional[Tuple[torch.Tensor, ...]]) -> Tuple[int, int]:
+    """(max_h, max_w): the sides a chunk pads its bins' samples to, its longest grids or, with ``runs``, its longest
+    runs (:func:`_sample_runs`); at least 1."""
+    if runs is None:
+        return max(1, int(grid_h.max())), max(1, int(grid_w.max()))
+    first_x, stop_x, first_y, stop_y = runs
+    return max(1, int((stop_y - first_y).max())), max(1, int((stop_x - first_x).max()))
+
+
 def _roi_pool_composite(input: torch.Tensor, rois: torch.Tensor, offset: Optional[torch.Tensor],
                         output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
                         gamma: float) -> torch.Tensor:
@@ -251,24 +381,28 @@ def _roi_pool_composite(input: torch.Tensor, rois: torch.Tensor, offset: Optiona
     batch = _check_batch_indices(rois, n)
     table = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # channels last: one gather fetches all channels
     start_x, start_y, roi_w, roi_h, grid_h, grid_w = _roi_grid(rois, output_size, spatial_scale, sampling_ratio)
+    runs = _sample_runs(start_x, start_y, roi_w, roi_h, grid_h, grid_w, offset, gamma, output_size, h, w,
+                        table.dtype)
     nonfinite = _has_nonfinite(offset)
     per_unit = 4 * out_h * out_w * c  # gathered elements per RoI per sample of a side-1 grid
-    if sampling_ratio > 0:
+    if sampling_ratio > 0 and runs is None:
         order = None
         sizes = [sampling_ratio] * rois.shape[0]
     else:
-        side = torch.maximum(grid_h, grid_w)
+        side = torch.maximum(grid_h, grid_w) if runs is None else _longest_run(runs)
         side, order = torch.sort(side)
         sizes = side.tolist()
     outputs = []
     for start, stop in _chunks(sizes, per_unit, _gather_budget(input.device)):
         sel = slice(start, stop) if order is None else order[start:stop]
         pick = (lambda t: t[sel]) if order is None else (lambda t: t.index_select(0, sel))
-        max_h = max(1, int(grid_h[sel].max())) if order is not None else sampling_ratio
-        max_w = max(1, int(grid_w[sel].max())) if order is not None else sampling_ratio
+        chunk_runs = None if runs is None else tuple(pick(t) for t in runs)
+        max_h, max_w = (sampling_ratio, sampling_ratio) if order is None else \
+            _padded_sides(pick(grid_h), pick(grid_w), chunk_runs)
         outputs.append(_roi_pool_chunk(
             table, h, w, pick(batch), pick(start_x), pick(start_y), pick(roi_w), pick(roi_h), pick(grid_h),
-            pick(grid_w), None if offset is None else pick(offset), output_size, gamma, max_h, max_w, nonfinite))
+            pick(grid_w), None if offset is None else pick(offset), output_size, gamma, max_h, max_w, nonfinite,
+            chunk_runs))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if order is not None:
         out = out.index_select(0, torch.argsort(order))
