@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, inliner, numpy_helper
 
 from dcn_deploy.onnx import opset
 from dcn_deploy.ops.spec import conv_output_size
@@ -281,14 +281,42 @@ def test_another_op_family_registers_through_the_same_hook():
 
 
 def test_node_without_attributes_runs_with_the_documented_defaults(rng):
-    """The function declares the defaults (strides 1, pads 0, dilations 1, group 1, offset_group 1)."""
+    """A node with none of its attributes (all have defaults: strides 1, pads 0, dilations 1, group 1, offset_group 1)
+    gives the torch reference and what the node with the defaults written gives: (c) the same inferred output, (b)
+    in ONNX Runtime, which expands the function and applies its declared defaults (FunctionProto.attribute_proto),
+    also to a call that a later tool stripped of them, and (a) through onnx's inliner, then the checker and ONNX
+    Runtime. The inliner ignores declared defaults: it deletes a reference to an attribute the call does not set.
+    The standard DeformConv of the body happens to have our defaults, but attach_functions writes them onto the
+    call, so the inlined node states them instead of relying on that (as the RoI pooling bodies must)."""
+    attributes = onnx.defs.get_schema("DeformConv2d", opset.VERSION, opset.DOMAIN).attributes
+    defaults = {name: helper.get_attribute_value(a.default_value) for name, a in attributes.items()
+                if a.default_value.type != onnx.AttributeProto.UNDEFINED}
+    assert set(defaults) == {"strides", "pads", "dilations", "group", "offset_group"}
     x = rng.standard_normal((1, 2, 6, 5)).astype(np.float32)
     weight = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
     offset = rng.standard_normal((1, 18, 4, 3)).astype(np.float32)
-    model = _deform_model([1, 2, 6, 5], [3, 2, 3, 3], [1, 18, 4, 3], initial={"W": weight})
-    assert not model.graph.node[0].attribute
-    onnx.checker.check_model(model, full_check=True)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"X": x, "offset": offset})
-    expected = _torch_reference(x, offset, weight, None, None, [1, 1], [0, 0, 0, 0], [1, 1])
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    shapes = ([1, 2, 6, 5], [3, 2, 3, 3], [1, 18, 4, 3])
+
+    def run(model):
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"X": x, "offset": offset})[0]
+
+    written = _deform_model(*shapes, initial={"W": weight}, **defaults)
+    want = run(written)
+    np.testing.assert_allclose(want, _torch_reference(x, offset, weight, None, None, [1, 1], [0, 0, 0, 0], [1, 1]),
+                               rtol=1e-4, atol=1e-4)
+    bare = _deform_model(*shapes, initial={"W": weight})
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(written)
+    del stripped.graph.node[0].attribute[:]
+    for model in (bare, stripped):
+        onnx.checker.check_model(model, full_check=True)
+    assert _inferred_output(stripped) == _inferred_output(written)                               # (c)
+    for model in (bare, stripped):                                                               # (b)
+        np.testing.assert_array_equal(run(model), want)
+    for model in (bare, opset.attach_functions(stripped)):                                       # (a)
+        inlined = inliner.inline_local_functions(model)
+        onnx.checker.check_model(inlined, full_check=True)
+        (node,) = inlined.graph.node
+        assert {a.name: helper.get_attribute_value(a) for a in node.attribute} == defaults
+        np.testing.assert_array_equal(run(inlined), want)

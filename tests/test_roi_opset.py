@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, inliner
 
 from dcn_deploy.onnx import opset
 from dcn_deploy.onnx import roi_opset
@@ -369,6 +369,55 @@ def test_bodies_run_in_float16():
     got = _run(model, [x.numpy(), rois.numpy(), offset.numpy()])
     want = deform_psroi_pool(x, rois, offset, 0.5, 2, 2, 2, 2, 2, 0.1, False)
     np.testing.assert_allclose(got.astype(np.float32), want.float().numpy(), atol=2e-3, rtol=2e-3)
+
+
+def _schema_defaults(op: str) -> dict:
+    """The attributes the op's registered schema gives a default (docs/ops.md's table), name -> value."""
+    attributes = onnx.defs.get_schema(op, opset.VERSION, opset.DOMAIN).attributes
+    return {name: helper.get_attribute_value(a.default_value) for name, a in attributes.items()
+            if a.default_value.type != onnx.AttributeProto.UNDEFINED}
+
+
+def _without_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose dcn_deploy nodes carry no attributes: what a tool that drops default-valued ones leaves."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    for node in opset.domain_nodes(stripped):
+        del node.attribute[:]
+    return stripped
+
+
+@pytest.mark.parametrize("op", [roi_opset.DEFORM_ROI_POOL, roi_opset.DEFORM_PSROI_POOL])
+def test_a_node_leaving_every_attribute_at_its_default_inlines_and_runs_like_one_that_writes_them(op):
+    """A node built with no attributes (all have defaults) gives what the node with the defaults written gives:
+    (c) the same inferred output; (b) the same numbers in ONNX Runtime, which expands the function itself and
+    applies its declared defaults (FunctionProto.attribute_proto), also when a later tool drops the attributes
+    again; (a) the same numbers through onnx's inliner, then the checker and ONNX Runtime on the inlined graph.
+    onnx's inliner ignores those declared defaults (it deletes a reference to an attribute the call does not set,
+    leaving the body's Constant nodes empty), so attach_functions writes the defaults onto the call; attach_functions
+    again restores a call stripped after it."""
+    defaults = _schema_defaults(op)
+    assert defaults and set(defaults) == {a.name for a in opset.get_definition(op).make_function(19).attribute_proto}
+    gen = torch.Generator().manual_seed(17)
+    x = torch.randn(2, 3 if op == roi_opset.DEFORM_ROI_POOL else 1, 9, 11, generator=gen)
+    rois = _rois(gen, 6, 2, 9.0)
+    third = torch.randn(6, 2, 1, 1, generator=gen)          # offset / trans for the default 1x1 output
+    arrays = [x.numpy(), rois.numpy(), third.numpy()]
+    shapes = [[None, x.shape[1], None, None], [None, 5], [None, 2, 1, 1]]
+    written = _model(op, shapes, **defaults)
+    want = _run(written, arrays)
+    assert np.abs(want).max() > 0
+
+    bare, stripped = _model(op, shapes), _without_attributes(written)
+    inferred = [onnx.shape_inference.infer_shapes(m, strict_mode=True).graph.output[0] for m in (written, stripped)]
+    assert inferred[0] == inferred[1]                                                          # (c)
+    for model in (bare, stripped):                                                             # (b)
+        np.testing.assert_array_equal(_run(model, arrays), want)
+    for model in (bare, opset.attach_functions(stripped)):                                     # (a)
+        inlined = inliner.inline_local_functions(model)
+        onnx.checker.check_model(inlined, full_check=True)
+        np.testing.assert_array_equal(_run(inlined, arrays), want)
+        assert {a.name: helper.get_attribute_value(a) for a in model.graph.node[0].attribute} == defaults
 
 
 def test_shape_inference_and_its_errors():

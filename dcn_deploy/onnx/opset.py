@@ -28,8 +28,8 @@ from .schema_inference import inference_error, known_size, tensor_dims
 
 __all__ = [
     "DOMAIN", "VERSION", "MIN_OPSET", "BFLOAT16_MIN_OPSET", "FLOAT_TYPES", "OpDefinition", "ExportRefusal", "register_op",
-    "definitions", "get_definition", "attach_functions", "used_ops", "is_deformable_node", "all_nodes",
-    "domain_nodes",
+    "definitions", "get_definition", "attach_functions", "write_default_attributes", "used_ops", "is_deformable_node",
+    "all_nodes", "domain_nodes",
     "deform_conv_function", "deform_conv_schema", "plugin_attribute_schemas", "TF32_ATTRIBUTE",
 ]
 
@@ -155,7 +155,9 @@ def _default_opset(model: onnx.ModelProto) -> int:
 
 
 def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give ``model`` (in place) the function body of every ``dcn_deploy`` op it uses and the domain import.
+    """Give ``model`` (in place) the function body of every ``dcn_deploy`` op it uses and the domain import, and
+    write onto each of its ``dcn_deploy`` nodes the attributes it leaves at their defaults
+    (:func:`write_default_attributes`).
 
     The bodies use the model's default opset, which must be >= 19 (>= 22 when a body runs in bfloat16).
     Functions already present are replaced, so calling this twice is harmless. Returns ``model``.
@@ -173,6 +175,30 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         model.functions.append(get_definition(name).make_function(opset))
     if not any(imp.domain == DOMAIN for imp in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
+    write_default_attributes(model)
+    return model
+
+
+def write_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Write onto every ``dcn_deploy`` node of ``model`` (in place, :func:`domain_nodes`) each attribute it leaves
+    out that its function in ``model.functions`` gives a default (``FunctionProto.attribute_proto``, built from the
+    same table as the op's schema). Returns ``model``.
+
+    Why: ONNX Runtime and onnx's shape inference apply a function's declared defaults, but onnx's inliner
+    (``onnx.inliner.inline_local_functions``; onnx 1.23.2 and its main branch when this was written) does not: it
+    deletes a reference (``ref_attr_name``) to an attribute the call leaves out, which leaves the RoI pooling
+    bodies' ``Constant`` nodes with no value, so the inlined model fails the checker and ONNX Runtime (DeformConv2d's
+    body survives only because standard DeformConv's own defaults equal ours). Nothing in a body can stand in for a
+    missing value (Constant has no default), so the call must state it. A node whose op's function is not in the
+    model is left as it is.
+    """
+    functions = {f.name: f for f in model.functions if f.domain == DOMAIN}
+    for node in domain_nodes(model):
+        function = functions.get(node.op_type)
+        if function is None:
+            continue
+        given = {a.name for a in node.attribute}
+        node.attribute.extend(a for a in function.attribute_proto if a.name not in given)
     return model
 
 
