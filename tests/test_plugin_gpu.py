@@ -6,6 +6,7 @@ plugins/README.md).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 
@@ -67,6 +68,18 @@ def test_random_small_configs(kernels, dtype, algo):
         assert error < TOLERANCE[dtype], (seed, case, error)
 
 
+def _workspace_bytes(kernels, case: Case, tensors, algo: str) -> int:
+    """The C ABI's workspace size for the case's layer, dtype and algo (as deform_conv2d_cuda asks for it)."""
+    from dcn_deploy.plugin.native import ALGOS, DTYPE_CODES, _checked_desc
+
+    x, off, w, b, m = tensors
+    desc = _checked_desc(x, off, w, b, m, case.stride, case.pads, case.dilation)
+    size = ctypes.c_size_t()
+    kernels.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), DTYPE_CODES[str(x.dtype).split(".")[-1]],
+                 ALGOS[algo], ctypes.byref(size))
+    return size.value
+
+
 # The direct kernel's small-group layers, each with its generator and first seed: many small groups (blocks of 8
 # output channels spanning groups: deformConvDirectBlock.h) and depth-wise layers.
 _SMALL_GROUP_LAYERS = {"many_groups": (random_many_groups_case, 900), "depthwise": (random_depthwise_case, 1300)}
@@ -79,9 +92,12 @@ def test_direct_kernel_on_small_groups(kernels, dtype, layers):
     of the input for the depth-wise ones in the direct_nhwc child (DCN_DEPLOY_DIRECT_LAYOUT=nhwc). Outputs are
     written into NaN-poisoned tensors, so an item the kernel skips fails."""
     make_case, first_seed = _SMALL_GROUP_LAYERS[layers]
+    channels_last = layers == "depthwise" and os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") == "nhwc"
     for seed in range(24):
         case = make_case(random.Random(first_seed + seed))
         tensors = make_tensors(case, dtype, device="cuda", seed=seed)
+        # in the direct_nhwc child, the channels-last kernel runs: its workspace (the channels-last input) is sized
+        assert (_workspace_bytes(kernels, case, tensors, "direct") > 0) == channels_last, (seed, case)
         for algo in ("direct", "auto"):
             got = run(kernels, case, tensors, algo)
             assert not got.isnan().any(), (algo, seed, case, "an output element was never written")

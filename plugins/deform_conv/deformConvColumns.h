@@ -172,6 +172,32 @@ DCN_UNROLL
     }
 }
 
+// blendInAcc's sums, each outside neighbour's skipped by a select of the sum instead of a branch: the same values
+// bit for bit (an outside neighbour's sum is computed from what was read in its place and dropped). For the
+// channels-last direct kernel, whose gatherNeighbours loads are meant to be in flight together: with blendInAcc's
+// branches the front end moved neighbour 1's 16-byte load into its branch, issued only after neighbour 0's blend
+// had waited for its load (SASS on sm_90, CUDA 13.0, __half and __nv_bfloat16 with Vector 8). With the selects
+// the PTX has the four loads together (ptxas may still split them in two to save registers). Not used by the
+// matrix paths: in the implicit-GEMM kernel the selects cost registers (spills in one instance).
+template <typename T, int Vector, typename Acc, typename Pack>
+DCN_HD void blendInAccSelected(Pack const (&packs)[4], Acc const (&weight)[4], uint32_t valid, Acc (&acc)[Vector])
+{
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        acc[v] = Acc(0);
+DCN_UNROLL
+    for (int t = 0; t < 4; ++t)
+    {
+        bool const inside = (valid >> t) & 1u;
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+        {
+            Acc const sum = acc[v] + weight[t] * ElementTraits<T>::toAcc(vectorElement(packs[t], v));
+            acc[v] = inside ? sum : acc[v];
+        }
+    }
+}
+
 // result[0..Vector) = blendInAcc's blend rounded to T. Both matrix paths' samplers blend here.
 template <typename T, int Vector, typename Acc, typename Pack>
 DCN_HD void blendVector(Pack const (&packs)[4], Acc const (&weight)[4], uint32_t valid, T (&result)[Vector])

@@ -84,10 +84,21 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
         if (!status.ok())
             return status;
         int64_t const total = depthwiseItems(geo, count, vector);
+        bool launched = false;
         withVectorWidth(vector, [&](auto width) {
-            depthwiseChannelsLastKernel<T, decltype(width)::value><<<gridStrideBlocks(total), kGridStrideThreads, 0,
-                stream>>>(geo, nhwc, offset, weight, bias, mask, output, n0, total);
+            // Only the widths depthwiseVectorWidth can pick (2 up to 16 bytes' worth): no kernels for the others
+            // (float with 8, double with 4 or 8, any type with 1), which would never run.
+            constexpr int kVector = decltype(width)::value;
+            if constexpr (kVector >= 2 && kVector * sizeof(T) <= 16)
+            {
+                depthwiseChannelsLastKernel<T, kVector><<<gridStrideBlocks(total), kGridStrideThreads, 0, stream>>>(
+                    geo, nhwc, offset, weight, bias, mask, output, n0, total);
+                launched = true;
+            }
         });
+        if (!launched) // directChannelsLastRefusal turns such layers away before this
+            return Status::invalid("the channels-last direct kernel has no instance for vectors of "
+                + std::to_string(vector) + " elements of " + std::to_string(sizeof(T)) + " bytes");
         status = launchStatus("the channels-last direct kernel");
         if (!status.ok())
             return status;

@@ -158,7 +158,7 @@ DCN_UNROLL
         ChannelPack<T, Vector> packs[4];
         gatherNeighbours<T, Vector>(image, taps, channels, packs);
         Acc sample[Vector];
-        blendInAcc<T, Vector>(packs, taps.weight, taps.valid, sample);
+        blendInAccSelected<T, Vector>(packs, taps.weight, taps.valid, sample);
 DCN_UNROLL
         for (int v = 0; v < Vector; ++v)
             acc[v] += ElementTraits<T>::toAcc(weight[int64_t(c + v) * kernelPoints + kp]) * sample[v];
