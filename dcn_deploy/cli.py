@@ -17,6 +17,7 @@ import click
 from . import __version__
 from .commands import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CliError,  # noqa: F401 - CliError re-exported
                        HelpWhenBare, echo_error)
+from .interrupts import interrupt_in
 from .wording import cli_wording
 
 # Library errors that mean the input was wrong (a file, an option, a model that does not fit) when our own code
@@ -53,19 +54,25 @@ class _Group(HelpWhenBare):
         except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:  # Ctrl-C: not a failure of the run (1), and not click's bare "Aborted!"
-            echo_error("interrupted (Ctrl-C); every file is written under a temporary name and renamed when "
-                       "complete, so none is left half-written")
-            sys.exit(EXIT_INTERRUPTED)
+            _interrupted()
         except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into messages
             if debug:
                 traceback.print_exception(type(exc), exc, exc.__traceback__)
+            if interrupt_in(exc) is not None:  # Ctrl-C while e.g. onnxruntime loaded: "initialization failed"
+                _interrupted()
             echo_error(str(exc).strip() or type(exc).__name__)
             if not debug:
                 click.echo(f"(for the traceback run: {debug_command(ctx)})", err=True)
             sys.exit(EXIT_BAD_INPUT if is_bad_input(exc) else EXIT_FAILED)
+
+
+def _interrupted() -> None:
+    echo_error("interrupted (Ctrl-C); every file is written under a temporary name and renamed when "
+               "complete, so none is left half-written")
+    sys.exit(EXIT_INTERRUPTED)
 
 
 class CommandLineError(CliError):

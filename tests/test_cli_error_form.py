@@ -138,6 +138,17 @@ def test_an_option_that_takes_one_value_is_refused_when_repeated(model_file, arg
     assert_our_form(result, EXIT_BAD_INPUT, f"{option} is given 2 times {values}", "give it once")
 
 
+@pytest.mark.parametrize("args, fix", [
+    (["bench", "{model}", "--batch", "1", "--batch", "8"], "--batch 1,8"),
+    (["bench", "{model}", "--runner", "ort", "--runner=torch"], "--runner ort,torch"),
+    (["export", "{model}", "--input-names", "a", "--input-names", "b"], "--input-names a,b"),
+])
+def test_a_repeated_list_option_is_answered_with_the_list(model_file, args, fix):
+    """`bench --batch 1 --batch 8` means --batch 1,8: the error writes it so."""
+    result = cli_runner().invoke(main, [a.format(model=model_file) for a in args])
+    assert_our_form(result, EXIT_BAD_INPUT, "is given 2 times", f"give it once, comma-separated: {fix}")
+
+
 def test_repeatable_options_flags_and_option_like_values_are_not_refused(model_file):
     from dcn_deploy.commands import repeated_options
     from dcn_deploy.commands.bench import command as bench

@@ -72,3 +72,45 @@ def test_without_an_earlier_file_a_failed_one_stays_at_the_path(tmp_path):
     with pytest.raises(VerificationError, match=f"The file {path} was kept for inspection"):
         export(_model(float("nan")), EXAMPLE, path)
     assert _folder(tmp_path) == ["model.onnx"]
+
+
+def _interrupt_the_verification(monkeypatch, disguised: bool):
+    """Ctrl-C as the verification starts: a KeyboardInterrupt, or (``disguised``) the ExportError that a Ctrl-C
+    during ``import onnxruntime`` became (ImportError "initialization failed" raised from the interrupt)."""
+    import dcn_deploy.onnx.export as export_module
+    from dcn_deploy.onnx.export_report import ExportError
+
+    def interrupted(report, *args, **kwargs):
+        assert report.path.is_file()  # the new file is at the path, not yet verified
+        if not disguised:
+            raise KeyboardInterrupt
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as interrupt:
+                raise ImportError("initialization failed") from interrupt
+        except ImportError as exc:
+            raise ExportError(f"ONNX Runtime cannot load {report.path}: initialization failed") from exc
+
+    monkeypatch.setattr(export_module, "verify_export", interrupted)
+
+
+@pytest.mark.parametrize("disguised", [False, True])
+def test_ctrl_c_during_the_verification_puts_the_earlier_file_back_and_keeps_no_failed_copy(tmp_path, monkeypatch,
+                                                                                             disguised):
+    path = tmp_path / "model.onnx"
+    export(_model(), EXAMPLE, path)
+    earlier = path.read_bytes()
+    _interrupt_the_verification(monkeypatch, disguised)
+    with pytest.raises(KeyboardInterrupt):
+        export(_model(2.0), EXAMPLE, path)
+    assert path.read_bytes() == earlier
+    assert _folder(tmp_path) == ["model.onnx"]  # no model.failed.onnx: the new file did not fail, it was not checked
+
+
+@pytest.mark.parametrize("disguised", [False, True])
+def test_ctrl_c_during_the_verification_leaves_no_unverified_file(tmp_path, monkeypatch, disguised):
+    _interrupt_the_verification(monkeypatch, disguised)
+    with pytest.raises(KeyboardInterrupt):
+        export(_model(), EXAMPLE, tmp_path / "model.onnx")
+    assert _folder(tmp_path) == []

@@ -321,6 +321,37 @@ def test_bad_shape_option_lists_both_forms(item):
         parse_shape_options([item])
 
 
+@pytest.mark.parametrize("name, fragment", [
+    ("notes.txt", "model notes.txt: not a model reference; give FILE.py:FACTORY"),  # was: "no zoo model named"
+    ("demo.onnx", "model demo.onnx: an ONNX file, where the PyTorch model is wanted"),
+])
+def test_a_file_that_is_no_model_reference_is_named_as_such(tmp_path, monkeypatch, name, fragment):
+    from dcn_deploy.onnx.model_loading import load_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text("x")
+    with pytest.raises(ValueError) as info:
+        load_model(name)
+    assert str(info.value).startswith(fragment), str(info.value)
+    assert "zoo model named" not in str(info.value)
+
+
+def test_a_bare_shape_is_answered_with_the_models_input_names(tmp_path):
+    """`--shape 1x1x28x28` (trtexec's habit): the error writes the option with the model's own input name."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["out"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1, 28, 28])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(FeedError, match=r"expected NAME=SHAPE or NAME:SHAPE, e\.g\. --shape image=1x1x28x28 "
+                                        r"\(the model's inputs: image\)"):
+        parse_shape_options(["1x1x28x28"], path)
+    with pytest.raises(FeedError, match="--shape input:1x3x64x64"):  # not a shape: the general form
+        parse_shape_options(["image"], path)
+
+
 def test_a_given_shape_resizes_the_stored_shapes_of_inputs_tied_to_it(tmp_path):
     # x and y share batch, height and width symbols (the model adds them): --shape for x resizes y as well
     from dcn_deploy.feeds import parse_shape_options

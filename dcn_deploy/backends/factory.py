@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Optional, Tuple
 
+from ..interrupts import reraise_interrupt
 from ..wording import argument, for_reader
 from .base import Runner, RunnerError, TensorMeta
 
@@ -80,6 +81,7 @@ def tensorrt_missing_reason() -> Optional[str]:
     try:
         import tensorrt  # noqa: F401
     except ImportError as exc:
+        reraise_interrupt(exc)  # a Ctrl-C while TensorRT loaded is no missing TensorRT
         from .trt_build import tensorrt_install_hint
 
         return tensorrt_install_hint(str(exc))

@@ -2,6 +2,8 @@
 TensorRT (:func:`import_tensorrt`) with install instructions when it is missing. Needs no TensorRT."""
 from __future__ import annotations
 
+from ..interrupts import reraise_interrupt
+
 __all__ = ["BuildCancelled", "BuildError", "TensorRTMissingError", "import_tensorrt", "tensorrt_install_hint"]
 
 
@@ -41,4 +43,5 @@ def import_tensorrt(module: str = "tensorrt"):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        reraise_interrupt(exc)  # a Ctrl-C while TensorRT loaded is no missing TensorRT
         raise TensorRTMissingError(tensorrt_install_hint(str(exc))) from exc

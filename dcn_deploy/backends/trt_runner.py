@@ -40,6 +40,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..interrupts import reraise_interrupt
 from .base import Runner, RunnerError, TensorMeta
 from .trt_profiles import Profile, ProfileError, TensorRange, select_profile
 
@@ -61,6 +62,7 @@ def _import_cuda():
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
+        reraise_interrupt(exc)
         raise RunnerError(
             f"trt: pycuda is needed to run TensorRT engines but cannot be imported ({exc}). Install it with "
             "`pip install pycuda` on a machine with the CUDA toolkit and an NVIDIA driver (it builds from source; "

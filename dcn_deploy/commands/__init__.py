@@ -100,10 +100,22 @@ class Command(click.Command):
         repeated = [] if ctx.resilient_parsing else repeated_options(self, args)
         rest = super().parse_args(ctx, list(args))
         for option, values in repeated:
-            raise click.UsageError(f"{option} is given {len(values)} times ({', '.join(map(repr, values))}); it takes "
-                                   "one value: give it once (an option that takes several values says so in --help)",
+            if _takes_a_list(self, option):  # bench --batch 1 --batch 8: the user meant --batch 1,8
+                fix = f"it takes one list: give it once, comma-separated: {option} {','.join(values)}"
+            else:
+                fix = "it takes one value: give it once (an option that takes several values says so in --help)"
+            raise click.UsageError(f"{option} is given {len(values)} times ({', '.join(map(repr, values))}); {fix}",
                                    ctx=ctx)
         return rest
+
+
+def _takes_a_list(command: click.Command, option: str) -> bool:
+    """Whether ``option`` of ``command`` takes one comma-separated list (its help says so), as bench's --batch and
+    --runner and export's --input-names do."""
+    for param in command.params:
+        if isinstance(param, click.Option) and option in param.opts + param.secondary_opts:
+            return "comma-separated" in (param.help or "").lower()
+    return False
 
 
 class HelpWhenBare(click.Group):

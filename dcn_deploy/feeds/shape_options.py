@@ -34,8 +34,10 @@ def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] 
     for item in items:
         match = _SHAPE_OPTION.match(item)
         if match is None:
-            raise FeedError(f"--shape {item!r}: expected NAME=SHAPE or NAME:SHAPE, "
-                            "e.g. --shape input=1x3x64x64 or --shape input:1x3x64x64")
+            if model is None and model_path is not None:
+                model = read_onnx_file(Path(model_path))
+            raise FeedError(f"--shape {item!r}: expected NAME=SHAPE or NAME:SHAPE, e.g. "
+                            + (_named_example(item, model) or "--shape input=1x3x64x64 or --shape input:1x3x64x64"))
         if match["name"] in shapes:
             raise FeedError(f"--shape {item!r}: input {match['name']!r} is given twice (also "
                             f"{format_shape(shapes[match['name']])}); give one --shape per input")
@@ -44,6 +46,22 @@ def parse_shape_options(items: Sequence[str], model_path: Optional[os.PathLike] 
     if model is not None or model_path is not None:
         shapes.update(_stored_defaults(model if model is not None else read_onnx_file(Path(model_path)), shapes))
     return shapes
+
+
+def _named_example(item: str, model) -> str:
+    """For a bare shape (``--shape 1x3x64x64``, as trtexec users write it) and a model read: the option as it should
+    be written, with the model's input names; "" otherwise."""
+    if model is None:
+        return ""
+    try:
+        shape = format_shape(parse_shape(item))
+    except (FeedError, ValueError):
+        return ""
+    initialisers = {t.name for t in model.graph.initializer}
+    names = [v.name for v in model.graph.input if v.name not in initialisers]
+    if not names:
+        return ""
+    return f"--shape {names[0]}={shape} (the model's inputs: {', '.join(names)})"
 
 
 def reject_empty(shapes: Mapping[str, Sequence[int]], source: str) -> None:

@@ -110,6 +110,7 @@ class EarlierFile:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.existed = self.path.exists()
         self.backup: Optional[Path] = None
         self._identity = None
         if not self.path.is_file() or (self.path.parent / external_data_name(self.path)).exists():
@@ -147,6 +148,18 @@ class EarlierFile:
             os.replace(self.path, self.failed_name())
             os.replace(self.backup, self.path)
         self.discard()
+
+    def abandon(self) -> None:
+        """After an interrupt (Ctrl-C) while the new file at ``path`` was being verified: the folder as the export
+        found it. The earlier file is back at ``path`` and the unverified new one is dropped, not kept as
+        :meth:`failed_name` (it did not fail: nobody knows); where there was no file, ``path`` is removed. A new
+        file that replaced an earlier one which could not be kept (external weights) stays."""
+        if self.backup is not None:
+            if self._replaced():
+                os.replace(self.backup, self.path)
+            self.discard()
+        elif not self.existed:
+            self.path.unlink(missing_ok=True)
 
     def discard(self) -> None:
         if self.backup is not None:

@@ -79,9 +79,14 @@ def load_model(reference: Union[str, Path], weights: Optional[Union[str, Path]] 
         return LoadedModel(model.eval(), text, kind, sampler, converted=converted)
     if text.endswith(".py"):
         raise ValueError(f"{text}: name the function or class that builds the model, e.g. {text}:build_model")
-    if "/" in text or "\\" in text or Path(text).suffix in (".pt", ".pth", ".onnx", ".ckpt"):
+    if ("/" in text or "\\" in text or Path(text).suffix in (".pt", ".pth", ".onnx", ".ckpt")
+            or (Path(text).suffix and Path(text).is_file())):  # notes.txt here: no zoo name has a suffix
         if not Path(text).exists():
             raise FileNotFoundError(f"model {text}: no such file; give {_REFERENCE_FORMS}")
+        if Path(text).suffix.lower() == ".onnx":
+            raise ValueError(f"model {text}: an ONNX file, where the PyTorch model is wanted: give "
+                             f"{_REFERENCE_FORMS} (an ONNX file is the MODEL of inspect, verify, bench, infer "
+                             "and build)")
         raise ValueError(f"model {text}: not a model reference; give {_REFERENCE_FORMS} "
                          "(a state_dict goes to --weights, next to the FILE.py:FACTORY that builds the model)")
     return _load_zoo(text, weights)
