@@ -105,6 +105,21 @@ def test_direct_kernel_on_small_groups(kernels, dtype, layers):
             assert error < TOLERANCE[dtype], (algo, seed, case, error)
 
 
+# A depth-wise layer of 1 MiB an image in float32 (0.5 MiB in the half types): in the direct_nhwc child, whose 1 MiB
+# budget holds one image (two), the channels-last kernel runs in 3 chunks (2), the last one cut short.
+DEPTHWISE_IN_CHUNKS = Case(3, 64, 2, 64, 64, 64, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_direct_kernel_depthwise_in_chunks(kernels, dtype):
+    case = DEPTHWISE_IN_CHUNKS
+    tensors = make_tensors(case, dtype, device="cuda", seed=5)
+    got = run(kernels, case, tensors, "direct")
+    assert not got.isnan().any(), (case, "an output element was never written")
+    error = max_relative_error(got, expected_for(case, tensors))
+    assert error < TOLERANCE[dtype], (case, error)
+
+
 def random_dense_case(rng: random.Random) -> Case:
     """A layer wide enough for the fused kernel's tiles, with every size off the tile multiples."""
     groups = rng.choice([1, 1, 2])
@@ -315,14 +330,15 @@ _CHILD_ENVS = {
     # float32 products on TF32 tensor cores (an experiment, off by default): only its own test, whose tolerance is
     # TF32's (the dense tests' float32 tolerance is IEEE float32's)
     "tf32": {"DCN_DEPLOY_GEMM_TF32": "1"},
-    # the direct kernel over a channels-last copy of the input (off by default until timed): its own tests only
-    "direct_nhwc": {"DCN_DEPLOY_DIRECT_LAYOUT": "nhwc"},
+    # the direct kernel over a channels-last copy of the input (off by default until timed): its own tests only, its
+    # input transposed in chunks of 1 MiB
+    "direct_nhwc": {"DCN_DEPLOY_DIRECT_LAYOUT": "nhwc", "DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
 }
 # The tests each child runs: the dense-layer tests, and for the split-K children the split-K layers too.
 _CHILD_TESTS = "random_dense_configs or dense_layers"
 _SPLIT_K_CHILD_TESTS = _CHILD_TESTS + " or split_k_layers"
 _TF32_CHILD_TESTS = "tf32_products"
-_DIRECT_CHILD_TESTS = "direct_kernel_on_small_groups"
+_DIRECT_CHILD_TESTS = "direct_kernel_on_small_groups or direct_kernel_depthwise_in_chunks"
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
 # All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
 # turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.

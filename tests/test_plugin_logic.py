@@ -405,6 +405,11 @@ def test_direct_channels_last_workspace_holds_the_channels_last_input(kernels_li
         assert unset[:3] == [0, 0, 0], unset
         assert nhwc[:3] == [_align256(3 * 32 * 400 * 4), _align256(3 * 32 * 400 * 2), 0], nhwc
         assert nhwc[3] == unset[3] == _workspace(kernels_lib, dense, 0, algo)  # dense: untouched
+    # under a 1 MiB column budget (DCN_DEPLOY_GEMM_CHUNK_MB): room for the images it holds, at least one
+    big = DeformConvDesc(3, 64, 64, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 64, 2)  # 1 MiB an image in float32
+    small = _workspaces_under(kernels_lib, "", [(big, 0), (big, 1), (depthwise, 0)], 1,
+                              DCN_DEPLOY_DIRECT_LAYOUT="nhwc", DCN_DEPLOY_GEMM_CHUNK_MB="1")
+    assert small == [1 << 20, 1 << 20, _align256(3 * 32 * 400 * 4)], small
 
 
 def test_cublas_workspace_size_follows_its_knob(kernels_lib):

@@ -72,10 +72,10 @@ __global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKerne
 // Per chunk of images: the input to channels-last in the workspace, then the items of those images.
 template <typename T>
 Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight,
-    T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream)
+    T const* bias, T const* mask, T* output, void* workspace, size_t budget, cudaStream_t stream)
 {
     int32_t const vector = depthwiseVectorWidth(geo, sizeof(T));
-    int32_t const images = directChannelsLastImages(geo, sizeof(T));
+    int32_t const images = directChannelsLastImages(geo, sizeof(T), budget);
     T* nhwc = static_cast<T*>(workspace);
     for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
     {
@@ -110,13 +110,13 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
 
 Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    cudaStream_t stream)
+    size_t budget, cudaStream_t stream)
 {
     auto run = [&](auto tag) {
         using T = decltype(tag);
         return launchDirectChannelsLast<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
             static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
-            static_cast<T*>(output), workspace, stream);
+            static_cast<T*>(output), workspace, budget, stream);
     };
     switch (dtype)
     {

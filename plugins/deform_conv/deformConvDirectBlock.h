@@ -121,18 +121,21 @@ inline std::string directChannelsLastRefusal(DeformConvGeometry const& geo, size
     return std::string();
 }
 
-// Its workspace: the channels-last input of as many images as the GEMM path's default budget holds (at least one).
-inline size_t directChannelsLastWorkspaceBytes(DeformConvGeometry const& geo, size_t elementBytes)
+// Its workspace: the channels-last input of as many images as `budget` holds (at least one): the GEMM path's
+// column budget (GemmOptions::columnBudget, DCN_DEPLOY_GEMM_CHUNK_MB in the C ABI).
+inline size_t directChannelsLastWorkspaceBytes(DeformConvGeometry const& geo, size_t elementBytes,
+    size_t budget = kGemmDefaultColumnBudget)
 {
-    return channelsLastRoomBytes(geo, elementBytes, kGemmDefaultColumnBudget);
+    return channelsLastRoomBytes(geo, elementBytes, budget);
 }
 
 // Images per transpose (and launch) of the channels-last direct kernel: what its workspace holds, at most 65535
 // (the transpose's grid z).
-inline int32_t directChannelsLastImages(DeformConvGeometry const& geo, size_t elementBytes)
+inline int32_t directChannelsLastImages(DeformConvGeometry const& geo, size_t elementBytes,
+    size_t budget = kGemmDefaultColumnBudget)
 {
     size_t const image = std::max<size_t>(inputImageBytes(geo, elementBytes), 1);
-    int64_t const fit = int64_t(directChannelsLastWorkspaceBytes(geo, elementBytes) / image);
+    int64_t const fit = int64_t(directChannelsLastWorkspaceBytes(geo, elementBytes, budget) / image);
     return int32_t(std::min<int64_t>({std::max<int64_t>(fit, 1), std::max(geo.d.batch, 1), 65535}));
 }
 

@@ -81,8 +81,9 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
     // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
     // on another.
     size_t const fused = fusedKernelAccepts(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
-    size_t const direct
-        = directChannelsLast(geo, dtype, gemm) ? directChannelsLastWorkspaceBytes(geo, dtypeBytes(dtype)) : 0;
+    size_t const direct = directChannelsLast(geo, dtype, gemm)
+        ? directChannelsLastWorkspaceBytes(geo, dtypeBytes(dtype), gemm.columnBudget)
+        : 0;
     switch (algo)
     {
     case DCN_ALGO_AUTO: return denseLayer(geo) ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm)) : direct;
@@ -148,13 +149,14 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
     if (resolved == DCN_ALGO_DIRECT && directChannelsLast(geo, dtype, gemm))
     {
         status = requireWorkspace("the channels-last direct kernel",
-            directChannelsLastWorkspaceBytes(geo, dtypeBytes(dtype)), workspace, workspaceBytes);
+            directChannelsLastWorkspaceBytes(geo, dtypeBytes(dtype), gemm.columnBudget), workspace, workspaceBytes);
         if (!status.ok())
             return status;
         if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read in 16-byte vectors
             return Status::invalid("the channels-last direct kernel's workspace must be 256-byte aligned "
                                    "(cudaMalloc's and TensorRT's are)");
-        return launchDirectChannelsLastPath(geo, dtype, input, offset, weight, bias, mask, output, workspace, stream);
+        return launchDirectChannelsLastPath(geo, dtype, input, offset, weight, bias, mask, output, workspace,
+            gemm.columnBudget, stream);
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;
