@@ -433,16 +433,16 @@ def _err_cell(r: dict, key: str) -> str:
     return "n/a" if err is None else f"{err:.1e}"
 
 
-# The C ABI's GEMM and implicit-GEMM options a run was made under (read by the kernels library from the
-# environment: DCN_DEPLOY_GEMM_CHUNK_MB, _CHUNKS, _OUTPUT, _PRODUCT, _SPLIT_K, _TF32, _SAMPLER, _TILE_ITEMS,
-# DCN_DEPLOY_IMPLICIT_TILE_M, _THREADS, _KERNEL).
-GEMM_ENV_PREFIXES = ("DCN_DEPLOY_GEMM_", "DCN_DEPLOY_IMPLICIT_", "DCN_DEPLOY_CUBLAS_", "DCN_DEPLOY_DIRECT_")
+# The C ABI's kernel options a run was made under (read by the kernels library from the environment:
+# DCN_DEPLOY_GEMM_CHUNK_MB, _CHUNKS, _OUTPUT, _PRODUCT, _SPLIT_K, _TF32, _SAMPLER, _TILE_ITEMS,
+# DCN_DEPLOY_IMPLICIT_TILE_M, _THREADS, _KERNEL, DCN_DEPLOY_CUBLAS_WORKSPACE_MB, DCN_DEPLOY_DIRECT_LAYOUT).
+KERNEL_ENV_PREFIXES = ("DCN_DEPLOY_GEMM_", "DCN_DEPLOY_IMPLICIT_", "DCN_DEPLOY_CUBLAS_", "DCN_DEPLOY_DIRECT_")
 
 
 def kernel_settings() -> str:
     """The kernel knobs set in this process's environment, as NAME=VALUE words (for the command line shown)."""
     return " ".join(f"{name}={os.environ[name]}" for name in sorted(os.environ)
-                    if name.startswith(GEMM_ENV_PREFIXES) and os.environ[name])
+                    if name.startswith(KERNEL_ENV_PREFIXES) and os.environ[name])
 
 
 def _tf32_note(rows: List[dict]) -> str:

@@ -54,7 +54,7 @@ class _Group(HelpWhenBare):
         except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:  # Ctrl-C: not a failure of the run (1), and not click's bare "Aborted!"
-            _interrupted()
+            _exit_interrupted()
         except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
@@ -62,14 +62,15 @@ class _Group(HelpWhenBare):
             if debug:
                 traceback.print_exception(type(exc), exc, exc.__traceback__)
             if interrupt_in(exc) is not None:  # Ctrl-C while e.g. onnxruntime loaded: "initialization failed"
-                _interrupted()
+                _exit_interrupted()
             echo_error(str(exc).strip() or type(exc).__name__)
             if not debug:
                 click.echo(f"(for the traceback run: {debug_command(ctx)})", err=True)
             sys.exit(EXIT_BAD_INPUT if is_bad_input(exc) else EXIT_FAILED)
 
 
-def _interrupted() -> None:
+def _exit_interrupted() -> None:
+    """Report a Ctrl-C and exit 130 (EXIT_INTERRUPTED): the run was stopped, it did not fail."""
     echo_error("interrupted (Ctrl-C); every file is written under a temporary name and renamed when "
                "complete, so none is left half-written")
     sys.exit(EXIT_INTERRUPTED)

@@ -336,6 +336,15 @@ def test_a_file_that_is_no_model_reference_is_named_as_such(tmp_path, monkeypatc
     assert "zoo model named" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["missing.onnx", "MISSING.ONNX", "Weights.PT"])
+def test_a_missing_model_file_is_named_whatever_its_suffix_case(tmp_path, monkeypatch, name):
+    from dcn_deploy.onnx.model_loading import load_model
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"model {name}: no such file"):
+        load_model(name)
+
+
 def test_a_bare_shape_is_answered_with_the_models_input_names(tmp_path):
     """`--shape 1x1x28x28` (trtexec's habit): the error writes the option with the model's own input name."""
     from onnx import TensorProto, helper

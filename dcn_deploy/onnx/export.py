@@ -70,9 +70,10 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
         path: output file; written atomically (a temporary file, renamed once checked). A file already there
             survives a failed verification: the new file is then kept as ``<stem>.failed<suffix>`` (not for models
             with external weights, below, which replace it). A KeyboardInterrupt (Ctrl-C) during the verification
-            leaves the folder as it was: the unverified new file is removed and an earlier one is back. A model
-            whose weights exceed ~1.9 GiB (protobuf's 2 GiB limit) keeps them in ``<path>.data`` beside it (ONNX
-            external data; ``report.weights_path``); keep the two files together. Its ``metadata_props``
+            leaves the folder as it was: the unverified new file is removed and an earlier one is back (again not
+            for external weights: the new file stays). A model whose weights exceed ~1.9 GiB (protobuf's 2 GiB
+            limit) keeps them in ``<path>.data`` beside it (ONNX external data; ``report.weights_path``); keep the
+            two files together. Its ``metadata_props``
             record the example input shapes under ``"dcn_deploy.example_shapes"`` (:data:`EXAMPLE_SHAPES_KEY`) as
             JSON ``{input name: [dims]}``, e.g. ``{"input": [1, 3, 64, 64]}``; ``dcn-deploy verify/bench`` take
             them as the size of dynamic dimensions the user does not give with ``--shape``.
@@ -128,14 +129,14 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
     path = Path(path)
     check_output_path(path, "output path")  # before the (slow) export, not after
     earlier = EarlierFile(path) if verify else None  # a file already there survives a failed export
-    unverified = False  # the new file is at path, in one piece (no external weights), not yet verified
+    abandonable = False  # the new file is at path in one piece (no external weights): an interrupt may drop it
     try:
         with _eval_mode(model) as training:
             report, proto = _export_checked(model, example_inputs, path, dynamic=dynamic, standard=standard,
                                             opset=opset, rtol=rtol, atol=atol, input_names=input_names,
                                             output_names=output_names, require_deformable=require_deformable,
                                             say=say)
-            unverified = report.weights_path is None
+            abandonable = report.weights_path is None
             if training is not None:
                 where = f"its submodule {training!r} was" if training else "it was"
                 report.warnings.append(f"{type(model).__name__}: {where} in training mode; exported and verified "
@@ -149,7 +150,7 @@ def export(model, example_inputs: Optional[Tuple[torch.Tensor, ...]], path, *, d
                               kept_as=earlier.failed_name() if earlier.kept else None)
     except BaseException as exc:
         interrupted = interrupt_in(exc) is not None  # also a Ctrl-C that onnxruntime's import turned into an error
-        if earlier is not None and interrupted and unverified:
+        if earlier is not None and interrupted and abandonable:
             earlier.abandon()  # the folder as it was: an interrupted check proves nothing either way
         elif earlier is not None:
             earlier.restore()

@@ -104,9 +104,10 @@ class EarlierFile:
 
     The export writes its file to ``path`` as before (ONNX Runtime verifies it there); a second name for the earlier
     file (a hard link, or a copy where links are refused) keeps it meanwhile. After a failure, :meth:`restore` moves
-    the new file to :meth:`failed_name` and puts the earlier one back; after success, :meth:`discard` drops the
-    second name. Files with external weights (``path.data``) are not kept this way: a model refers to its weights
-    by file name, so the new one stays at ``path`` (``kept`` is False) and the failure message says so."""
+    the new file to :meth:`failed_name` and puts the earlier one back; after a Ctrl-C during the verification,
+    :meth:`abandon` puts the folder back as it was; after success, :meth:`discard` drops the second name. Files with
+    external weights (``path.data``) are not kept this way: a model refers to its weights by file name, so the new
+    one stays at ``path`` (``kept`` is False) and the failure message says so."""
 
     def __init__(self, path: Path):
         self.path = Path(path)

@@ -79,8 +79,8 @@ def load_model(reference: Union[str, Path], weights: Optional[Union[str, Path]] 
         return LoadedModel(model.eval(), text, kind, sampler, converted=converted)
     if text.endswith(".py"):
         raise ValueError(f"{text}: name the function or class that builds the model, e.g. {text}:build_model")
-    if ("/" in text or "\\" in text or Path(text).suffix in (".pt", ".pth", ".onnx", ".ckpt")
-            or (Path(text).suffix and Path(text).is_file())):  # notes.txt here: no zoo name has a suffix
+    if ("/" in text or "\\" in text or Path(text).suffix.lower() in (".pt", ".pth", ".onnx", ".ckpt")
+            or (Path(text).suffix and Path(text).is_file())):  # any file, e.g. notes.txt: no zoo name has a suffix
         if not Path(text).exists():
             raise FileNotFoundError(f"model {text}: no such file; give {_REFERENCE_FORMS}")
         if Path(text).suffix.lower() == ".onnx":

@@ -340,15 +340,15 @@ def _roi_pool_chunk(table: torch.Tensor, height: int, width: int, batch: torch.T
 
 
 def _chunks(sizes: List[int], per_unit: int, budget: int) -> List[Tuple[int, int]]:
-    """Split sorted, non-decreasing sides (of grids or of runs of samples) into [start, stop) runs with
-    (stop-start)*per_unit*side**2 <= budget (a run is at least one RoI)."""
+    """Split sorted, non-decreasing sides (of grids or of runs of samples) into [start, stop) chunks of RoIs with
+    (stop-start)*per_unit*side**2 <= budget (a chunk is at least one RoI)."""
     import numpy as np
 
     side = np.maximum(np.asarray(sizes, dtype=np.int64), 1)
     out, start, n = [], 0, len(sizes)
     while start < n:
         counts = np.arange(1, n - start + 1, dtype=np.float64)
-        cost = counts * per_unit * side[start:].astype(np.float64) ** 2   # non-decreasing in the run length
+        cost = counts * per_unit * side[start:].astype(np.float64) ** 2   # non-decreasing in the chunk length
         stop = start + max(1, int(np.searchsorted(cost, budget, side="right")))
         out.append((start, stop))
         start = stop
@@ -356,8 +356,8 @@ def _chunks(sizes: List[int], per_unit: int, budget: int) -> List[Tuple[int, int
 
 
 def _longest_run(runs: Tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Per RoI, its longest run of samples (:func:`_sample_runs`) along either axis over its bins: the grid side
-    that its chunk pads to."""
+    """Per RoI, its longest run of samples (:func:`_sample_runs`) along either axis over its bins: the side that
+    :func:`_chunks` sizes its chunk by (the chunk pads each axis to at most its largest such side)."""
     first_x, stop_x, first_y, stop_y = runs
     return torch.maximum(stop_x - first_x, stop_y - first_y).flatten(1).amax(1)
 

@@ -286,24 +286,23 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
-    ``path``: ``direct`` (the direct kernel's arithmetic), ``direct-channels-last`` (below) or ``gemm`` (the CUDA
-    GEMM path step by step: chunks of at most ``column_budget_bytes`` of columns, 0 for the CUDA default;
-    channels-last sampling; the cuBLAS call's arguments through a plain product). ``gemm_output`` (gemm only): ``direct`` (the product adds into the NCHW
-    output), ``staged`` (through a pixel-major scratch, then transposed with the bias) or ``auto`` (as on the GPU:
-    direct for one group where the output rows are whole 16-byte vectors, else staged). ``gemm_sampler`` (gemm
-    only): ``tiled`` (a tile's taps computed once, in shared memory on the GPU), ``thread`` (each thread its own
-    taps) or ``auto`` (as on the GPU: tiled where it can); ``tile_items``: the tiled sampler's channel vectors per
-    tile (0: the GPU's default). ``gemm_chunks``: ``even`` (as few chunks as fit, of equal size: the GPU's default)
-    or ``full`` (as many images or pixels per chunk as fit, then the remainder). ``gemm_product``: the staged
-    product's operand layout, ``tn`` (weights along K: the GPU's default) or ``nn`` (weights along the output
-    channels; the direct product stays TN). ``gemm_split_k``: the staged product in slices of K, summed by the
-    transpose: 0 as the GPU chooses (4 for float32 layers of few output tiles and K = C*kH*kW of 2048 or more, staged
-    then; else 1), or 1, 2, 4 or 8 where one group and K a multiple of 8 * slices (else 1).
-    ``direct-channels-last``: the CUDA direct kernel over a channels-last copy of the input
-    (``DCN_DEPLOY_DIRECT_LAYOUT=nhwc`` there), depth-wise layers only. ``implicit``: the CUDA
-    implicit-GEMM kernel (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype
-    here; channels per group and per offset group must be multiples of 32). Returns (N, out_channels, oH, oW) in the
-    input's dtype.
+    ``path``: ``direct`` (the direct kernel's arithmetic), ``direct-channels-last``, ``implicit`` (both below) or
+    ``gemm`` (the CUDA GEMM path step by step: chunks of at most ``column_budget_bytes`` of columns, 0 for the CUDA
+    default; channels-last sampling; the cuBLAS call's arguments through a plain product). ``gemm_output`` (gemm
+    only): ``direct`` (the product adds into the NCHW output), ``staged`` (through a pixel-major scratch, then
+    transposed with the bias) or ``auto`` (as on the GPU: direct for one group where the output rows are whole
+    16-byte vectors, else staged). ``gemm_sampler`` (gemm only): ``tiled`` (a tile's taps computed once, in shared
+    memory on the GPU), ``thread`` (each thread its own taps) or ``auto`` (as on the GPU: tiled where it can);
+    ``tile_items``: the tiled sampler's channel vectors per tile (0: the GPU's default). ``gemm_chunks``: ``even``
+    (as few chunks as fit, of equal size: the GPU's default) or ``full`` (as many images or pixels per chunk as fit,
+    then the remainder). ``gemm_product``: the staged product's operand layout, ``tn`` (weights along K: the GPU's
+    default) or ``nn`` (weights along the output channels; the direct product stays TN). ``gemm_split_k``: the
+    staged product in slices of K, summed by the transpose: 0 as the GPU chooses (4 for float32 layers of few output
+    tiles and K = C*kH*kW of 2048 or more, staged then; else 1), or 1, 2, 4 or 8 where one group and K a multiple of
+    8 * slices (else 1). ``direct-channels-last``: the CUDA direct kernel over a channels-last copy of the input
+    (``DCN_DEPLOY_DIRECT_LAYOUT=nhwc`` there), depth-wise layers only. ``implicit``: the CUDA implicit-GEMM kernel
+    (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype here; channels per
+    group and per offset group must be multiples of 32). Returns (N, out_channels, oH, oW) in the input's dtype.
     """
     if path == "direct":
         return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride,

@@ -117,7 +117,9 @@ inline std::string directChannelsLastRefusal(DeformConvGeometry const& geo, size
                "group), got " + std::to_string(geo.channelsPerGroup) + " and "
             + std::to_string(geo.outChannelsPerGroup);
     if (depthwiseVectorWidth(geo, elementBytes) < 2)
-        return "the channels-last direct kernel needs channels (and channels per offset group) in multiples of 2";
+        return "the channels-last direct kernel needs channels (and channels per offset group) in multiples of 2, "
+               "got " + std::to_string(geo.d.in_channels) + " channels, "
+            + std::to_string(geo.channelsPerOffsetGroup) + " per offset group";
     return std::string();
 }
 

@@ -94,14 +94,19 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
     }
 }
 
-// A path that needs ``needed`` bytes of workspace refuses a smaller (or NULL) one, naming the size entry.
+// A path that needs ``needed`` bytes of workspace refuses a smaller (or NULL) one, naming the size entry, and one
+// that is not 256-byte aligned, as dcn_kernels.h asks of every workspace (the GEMM path and the implicit-GEMM and
+// channels-last direct kernels read theirs in 16-byte vectors).
 static Status requireWorkspace(char const* path, size_t needed, void const* workspace, size_t workspaceBytes)
 {
-    if (workspace != nullptr && workspaceBytes >= needed)
-        return Status::success();
-    return Status::error(DCN_ERROR_WORKSPACE, std::string(path) + " needs a workspace of " + std::to_string(needed)
-        + " bytes (dcn_deform_conv2d_workspace_size), got " + std::to_string(workspaceBytes)
-        + (workspace ? "" : " (NULL)"));
+    if (workspace == nullptr || workspaceBytes < needed)
+        return Status::error(DCN_ERROR_WORKSPACE, std::string(path) + " needs a workspace of "
+            + std::to_string(needed) + " bytes (dcn_deform_conv2d_workspace_size), got "
+            + std::to_string(workspaceBytes) + (workspace ? "" : " (NULL)"));
+    if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0)
+        return Status::invalid(std::string(path) + "'s workspace must be 256-byte aligned (cudaMalloc's and "
+                                                   "TensorRT's are)");
+    return Status::success();
 }
 
 Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, void const* input,
@@ -121,8 +126,6 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         status = requireWorkspace("the GEMM path", gemmWorkspaceBytes(geo, dtype, gemm), workspace, workspaceBytes);
         if (!status.ok())
             return status;
-        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read and written in 16-byte vectors
-            return Status::invalid("the GEMM path's workspace must be 256-byte aligned (cudaMalloc's and TensorRT's are)");
         void* handle = nullptr;
         status = bindGemmHandle(geo, dtype, gemm, workspace, stream, cublas, handle);
         if (status.ok())
@@ -140,9 +143,6 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
             workspaceBytes);
         if (!status.ok())
             return status;
-        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read in 16-byte vectors
-            return Status::invalid("the implicit-GEMM kernel's workspace must be 256-byte aligned (cudaMalloc's and "
-                                   "TensorRT's are)");
         return launchImplicitPath(geo, dtype, gemm.implicitKernel, gemm.implicitTileM, gemm.implicitThreads, input,
             offset, weight, bias, mask, output, workspace, stream);
     }
@@ -152,9 +152,6 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
             directChannelsLastWorkspaceBytes(geo, dtypeBytes(dtype), gemm.columnBudget), workspace, workspaceBytes);
         if (!status.ok())
             return status;
-        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // read in 16-byte vectors
-            return Status::invalid("the channels-last direct kernel's workspace must be 256-byte aligned "
-                                   "(cudaMalloc's and TensorRT's are)");
         return launchDirectChannelsLastPath(geo, dtype, input, offset, weight, bias, mask, output, workspace,
             gemm.columnBudget, stream);
     }
@@ -165,9 +162,6 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         status = requireWorkspace("the fused kernel", needed, workspace, workspaceBytes);
         if (!status.ok())
             return status;
-        if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) // as dcn_kernels.h asks of every workspace
-            return Status::invalid("the fused kernel's workspace must be 256-byte aligned (cudaMalloc's and TensorRT's "
-                                   "are)");
     }
     // The fused kernel runs only where fusedKernelAccepts(geo, dtype) (resolveAlgo, the fallback above).
     return fused ? launchFusedPath(geo, dtype, input, offset, weight, bias, mask, output, workspace, stream)
