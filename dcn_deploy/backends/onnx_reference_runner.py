@@ -39,8 +39,9 @@ def _value_info_meta(value_info) -> TensorMeta:
 
 def graph_io_metadata(proto) -> Tuple[Tuple[TensorMeta, ...], Tuple[str, ...]]:
     """The inputs (initialisers left out: they are weights, not feeds) and the output names of a ModelProto."""
-    initialisers = {t.name for t in proto.graph.initializer}
-    inputs = tuple(_value_info_meta(v) for v in proto.graph.input if v.name not in initialisers)
+    from ..feeds.onnx_file_inputs import fed_inputs
+
+    inputs = tuple(_value_info_meta(v) for v in fed_inputs(proto.graph))
     return inputs, tuple(v.name for v in proto.graph.output)
 
 

@@ -449,11 +449,10 @@ def profile_from_json(data: Mapping[str, Mapping[str, Sequence[int]]]) -> Profil
 
 def onnx_input_shapes(model) -> List[InputShape]:
     """The graph inputs of an ``onnx.ModelProto`` (initialisers excluded) as :class:`InputShape`."""
-    initialisers = {t.name for t in model.graph.initializer}
+    from ..feeds.onnx_file_inputs import fed_inputs
+
     out = []
-    for vi in model.graph.input:
-        if vi.name in initialisers:
-            continue
+    for vi in fed_inputs(model.graph):
         dims: List[Dim] = []
         for d in vi.type.tensor_type.shape.dim:
             if d.HasField("dim_value") and d.dim_value > 0:

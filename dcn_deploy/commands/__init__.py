@@ -109,13 +109,16 @@ class Command(click.Command):
         return rest
 
 
+class ListOption(click.Option):
+    """An option whose one value is a comma-separated list (bench's --runner and --batch, export's --input-names and
+    --output-names): declared with ``cls=ListOption``, so that :class:`Command` tells a user who repeats it to give
+    one list instead."""
+
+
 def _takes_a_list(command: click.Command, option: str) -> bool:
-    """Whether ``option`` of ``command`` takes one comma-separated list (its help says so), as bench's --batch and
-    --runner and export's --input-names do."""
-    for param in command.params:
-        if isinstance(param, click.Option) and option in param.opts + param.secondary_opts:
-            return "comma-separated" in (param.help or "").lower()
-    return False
+    """Whether ``option`` of ``command`` takes one comma-separated list (declared as a :class:`ListOption`)."""
+    return any(isinstance(param, ListOption) and option in param.opts + param.secondary_opts
+               for param in command.params)
 
 
 class HelpWhenBare(click.Group):

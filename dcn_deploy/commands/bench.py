@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import click
 
-from . import CliError, Command, echo_report, json_stdout
+from . import CliError, Command, ListOption, echo_report, json_stdout
 from ._runtime import (check_output_option, default_runner, engine_option, file_facts, inference_failure,
                        make_runners, model_argument, parse_int_list, parse_runner_list, shape_options,
                        torch_model_options)
@@ -14,10 +14,10 @@ from ._runtime import (check_output_option, default_runner, engine_option, file_
 
 @click.command("bench", cls=Command)
 @model_argument
-@click.option("--runner", "runner_list", default=None, metavar="NAMES",
+@click.option("--runner", "runner_list", default=None, cls=ListOption, metavar="NAMES",
               help="Comma-separated runners, side by side; ratios are to the first. "
                    "ort, ort-cuda, torch (needs --model), trt, onnx-reference. Default: trt for an engine, else ort.")
-@click.option("--batch", "batch_list", default=None, metavar="SIZES",
+@click.option("--batch", "batch_list", default=None, cls=ListOption, metavar="SIZES",
               help="Comma-separated batch sizes (the model needs a dynamic batch dimension for more than its own) "
                    "[default: the model's fixed batch size, else 1].")
 @click.option("--iterations", type=click.IntRange(min=1), default=None,

@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import click
 
 from ..json_text import json_text
-from . import CliError, Command, echo_report, json_stdout
+from . import CliError, Command, ListOption, echo_report, json_stdout
 from ._runtime import check_tolerance_options, input_option_files, model_ref_file
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.loaded_model.DTYPES, without importing torch
@@ -76,10 +76,10 @@ def _default_output(reference: str) -> Path:
 @click.option("--atol", type=float, default=None, help="Verification absolute tolerance (default per dtype).")
 @click.option("--rtol", type=float, default=None, help="Verification relative tolerance (default per dtype).")
 @click.option("--allow-no-deformable", is_flag=True, help="Export even if the model has no deformable layer.")
-@click.option("--input-names", default=None, metavar="A,B",
+@click.option("--input-names", default=None, cls=ListOption, metavar="A,B",
               help="Names of the file's inputs, comma-separated in the model's order [default: a zoo model's own "
                    "(image, rois), else the forward's argument names].")
-@click.option("--output-names", default=None, metavar="A,B",
+@click.option("--output-names", default=None, cls=ListOption, metavar="A,B",
               help="Names of the file's outputs, comma-separated in order [default: a zoo model's own (logits; "
                    "cls_score,bbox_pred), else the exporter's, e.g. 'linear' or 'mean'].")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")

@@ -7,7 +7,8 @@ way to make inputs. This package is the one import for all of it; each job lives
   ``name:1x3x64x64``) and, given the model file, adds the example shapes :func:`dcn_deploy.export` stored in it
   (:data:`EXAMPLE_SHAPES_KEY`) for the inputs the user did not name, so a dynamic model runs without ``--shape``.
 - :mod:`dcn_deploy.feeds.onnx_file_inputs`: what an ONNX file says about its inputs: :func:`read_onnx_file`,
-  :func:`stored_example_shapes`, and the inputs that are RoI boxes (:func:`roi_inputs`, :func:`roi_input_names`).
+  :func:`stored_example_shapes`, the inputs a run feeds (:func:`fed_inputs`), and the inputs that are RoI boxes
+  (:func:`roi_inputs`, :func:`roi_input_names`).
 - :mod:`dcn_deploy.feeds.shape_resolution`: :func:`resolve_shapes` turns each input's metadata (fixed and dynamic
   dimensions) plus what the user gave (``--shape name=1x3x64x64``, ``--batch 8``) into concrete shapes, or says
   which dimension is missing; :func:`fixed_batch` and :func:`fixed_batch_error` for a model with one batch size.
@@ -22,7 +23,7 @@ way to make inputs. This package is the one import for all of it; each job lives
 from __future__ import annotations
 
 from .feed_files import Note, check_array, check_roi_batch_indices, load_feed
-from .onnx_file_inputs import (EXAMPLE_SHAPES_KEY, Dim, read_onnx_file, roi_input_names, roi_inputs,
+from .onnx_file_inputs import (EXAMPLE_SHAPES_KEY, Dim, fed_inputs, read_onnx_file, roi_input_names, roi_inputs,
                                stored_example_shapes)
 from .random_feeds import box_image, random_array, random_boxes, random_feed
 from .shape_options import parse_shape_options, reject_empty
@@ -30,7 +31,7 @@ from .shape_resolution import DEFAULT_BOX_COUNT, fixed_batch, fixed_batch_error,
 from .shapes import FeedError, Shape, format_shape, parse_shape
 
 __all__ = ["DEFAULT_BOX_COUNT", "Dim", "EXAMPLE_SHAPES_KEY", "FeedError", "Note", "Shape", "box_image", "check_array",
-           "check_roi_batch_indices", "fixed_batch", "fixed_batch_error", "format_shape",
+           "check_roi_batch_indices", "fed_inputs", "fixed_batch", "fixed_batch_error", "format_shape",
            "load_feed", "parse_shape", "parse_shape_options", "random_array", "random_boxes", "random_feed",
            "read_onnx_file", "reject_empty", "resolve_shapes", "roi_input_names", "roi_inputs",
            "stored_example_shapes"]

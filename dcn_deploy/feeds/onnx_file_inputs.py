@@ -4,6 +4,7 @@ file is read, so importing this module stays cheap):
 - :func:`read_onnx_file` reads the file once; None for engines and unreadable files;
 - :func:`stored_example_shapes`: the example input shapes :func:`dcn_deploy.export` recorded in it
   (:data:`EXAMPLE_SHAPES_KEY`);
+- :func:`fed_inputs`: the graph inputs a run feeds (the initialisers left out);
 - :func:`roi_inputs` / :func:`roi_input_names`: the inputs that are RoI boxes, which random feeds fill with valid
   boxes;
 - :func:`read_stored_inputs`: the stored shapes with each graph input's dimensions and the RoI inputs, what
@@ -59,11 +60,18 @@ def read_stored_inputs(proto) -> Tuple[Dict[str, Shape], Dict[str, Tuple[Dim, ..
         stored = {str(name): tuple(int(d) for d in dims) for name, dims in raw.items()}
     except (ValueError, TypeError, AttributeError):  # a hand-edited or foreign value: as if absent
         return {}, {}, ()
-    initialisers = {t.name for t in proto.graph.initializer}
     dims = {v.name: tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                           for d in v.type.tensor_type.shape.dim)
-            for v in proto.graph.input if v.name not in initialisers}
+            for v in fed_inputs(proto.graph)}
     return stored, dims, roi_input_names(proto.graph)
+
+
+def fed_inputs(graph) -> list:
+    """The inputs of an ONNX ``GraphProto`` that a run feeds: its ``input`` ValueInfoProtos, in the graph's order,
+    less those an initialiser of the same name gives (an older exporter lists weights as inputs too). This graph's
+    own, not its subgraphs'."""
+    initialisers = {t.name for t in graph.initializer}
+    return [v for v in graph.input if v.name not in initialisers]
 
 
 def roi_inputs(model_path: os.PathLike) -> Tuple[str, ...]:

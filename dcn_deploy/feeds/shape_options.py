@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
-from .onnx_file_inputs import read_onnx_file, read_stored_inputs
+from .onnx_file_inputs import fed_inputs, read_onnx_file, read_stored_inputs
 from .shapes import FeedError, Shape, format_shape, parse_shape
 
 # NAME=SHAPE or NAME:SHAPE, split at the last separator: ONNX names may hold ':' (e.g. "input:0"), shapes never do
@@ -57,8 +57,7 @@ def _named_example(item: str, model) -> str:
         shape = format_shape(parse_shape(item))
     except (FeedError, ValueError):
         return ""
-    initialisers = {t.name for t in model.graph.initializer}
-    names = [v.name for v in model.graph.input if v.name not in initialisers]
+    names = [v.name for v in fed_inputs(model.graph)]
     if not names:
         return ""
     return f"--shape {names[0]}={shape} (the model's inputs: {', '.join(names)})"

@@ -33,7 +33,7 @@ import onnx
 import torch
 
 from ..compare import Tolerance
-from ..feeds import EXAMPLE_SHAPES_KEY
+from ..feeds import EXAMPLE_SHAPES_KEY, fed_inputs
 from ..interrupts import interrupt_in, reraise_interrupt
 from ..io_utils import check_output_path
 from ..ops.convert import refuse_unconverted_layers
@@ -376,8 +376,7 @@ def _check_opset(opset, dtypes: set) -> int:
 def _record_example_shapes(proto: onnx.ModelProto, example_inputs: Sequence[torch.Tensor]) -> None:
     """Store ``{input name: [dims]}`` of the example inputs under :data:`EXAMPLE_SHAPES_KEY`: the sizes a dynamic
     model is known to run at, the default of ``dcn-deploy verify/bench`` for dimensions not given with --shape."""
-    initialisers = {t.name for t in proto.graph.initializer}
-    names = [v.name for v in proto.graph.input if v.name not in initialisers]
+    names = [v.name for v in fed_inputs(proto.graph)]
     if len(names) != len(example_inputs):  # inputs the model ignores were dropped: no sure pairing, record none
         return
     shapes = {name: [int(d) for d in t.shape] for name, t in zip(names, example_inputs)}

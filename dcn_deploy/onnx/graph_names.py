@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import onnx
 
-from ..feeds import roi_input_names
+from ..feeds import fed_inputs, roi_input_names
 from ..wording import argument, for_reader
 from .opset import all_nodes
 
@@ -62,7 +62,7 @@ def rename_graph_io(proto: onnx.ModelProto, input_names: Optional[Sequence[str]]
     graph = proto.graph
     initialisers = {t.name for t in graph.initializer}
     mapping: Dict[str, str] = {}
-    for kind, values, names in (("input", [v for v in graph.input if v.name not in initialisers], input_names),
+    for kind, values, names in (("input", fed_inputs(graph), input_names),
                                 ("output", list(graph.output), output_names)):
         if names is None:
             continue

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..feeds import fed_inputs
 from .opset import DOMAIN, is_deformable_node
 
 __all__ = ["inspect_model", "format_inspection"]
@@ -92,7 +93,7 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
 
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    graph_inputs = [v for v in graph.input if v.name not in initializers]
+    graph_inputs = fed_inputs(graph)
     counts = Counter(f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in graph.node)
     info = {
         "path": str(path),

@@ -356,11 +356,11 @@ class _HalfConversion:
         self.initializers = {t.name: t for t in g.initializer}
         self.constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and _is_default_domain(n)
                           and self.types.get(n.output[0]) == _FLOAT}
-        self.graph_inputs = {vi.name for vi in g.input if vi.name not in self.initializers}
+        from ..feeds.onnx_file_inputs import fed_inputs, roi_input_names
+
+        self.graph_inputs = {vi.name for vi in fed_inputs(g)}
         # RoI boxes stay float32 even under io_dtype="half": float16 rounds a box corner to 0.5 px steps past 512 px
         # and 1 px steps past 1024 (bfloat16: 4 px steps past 512), which the float32 RoI pooling rule exists to avoid
-        from ..feeds.onnx_file_inputs import roi_input_names
-
         self.float32_inputs = set(roi_input_names(g))
         self.current: Dict[str, int] = {}
         self.plan: Dict[int, List[Optional[int]]] = {}
