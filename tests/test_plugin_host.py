@@ -58,9 +58,9 @@ def test_direct_blocks_across_groups_match_reference(host_lib, seed):
     assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
 
 
-def run_host_direct_channels_last(host_lib, case, x, off, w, b, m):
+def run_host_direct_channels_last(host_lib, case, x, off, w, b, m, budget=0):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
-                              path="direct-channels-last", library=host_lib)
+                              path="direct-channels-last", column_budget_bytes=budget, library=host_lib)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
@@ -78,6 +78,19 @@ def test_direct_channels_last_matches_the_direct_kernel(host_lib, seed, dtype):
     assert got.dtype == dtype and torch.equal(got, nchw), case
     if dtype == torch.float64:
         assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_direct_channels_last_in_chunks_matches_the_direct_kernel(host_lib, dtype):
+    """Under a budget of about one image, then of two, the input is transposed in chunks (3 of 1 image and 2 of
+    2 + 1 from 3 images): every chunk's items read their own images (offsets, masks and outputs at n0 + img), and the
+    last chunk, cut short, too. Bit for bit the NCHW kernel's result."""
+    case = Case(3, 8, 2, 8, 8, 9, 11, (3, 3), (1, 2), (1, 0, 2, 1), (2, 1), True, True, 4.0, False)
+    tensors = make_tensors(case, dtype, seed=7)
+    image = case.in_channels * case.height * case.width * tensors[0].element_size()
+    nchw = run_host(host_lib, case, *tensors)
+    for budget in (image, 2 * image, image // 2):  # the last: less than an image still takes one
+        assert torch.equal(run_host_direct_channels_last(host_lib, case, *tensors, budget=budget), nchw), budget
 
 
 def test_direct_channels_last_refuses_other_layers(host_lib):

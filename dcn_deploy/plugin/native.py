@@ -90,7 +90,7 @@ class NativeLibrary:
                          ctypes.c_int32, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_host_implicit", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_host_direct_channels_last",
-                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
+                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_size_t])
         self._declare("dcn_deform_conv2d_forward_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
         self._declare("dcn_deform_conv2d_columns_cpu",
@@ -300,7 +300,8 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     staged product in slices of K, summed by the transpose: 0 as the GPU chooses (4 for float32 layers of few output
     tiles and K = C*kH*kW of 2048 or more, staged then; else 1), or 1, 2, 4 or 8 where one group and K a multiple of
     8 * slices (else 1). ``direct-channels-last``: the CUDA direct kernel over a channels-last copy of the input
-    (``DCN_DEPLOY_DIRECT_LAYOUT=nhwc`` there), depth-wise layers only. ``implicit``: the CUDA implicit-GEMM kernel
+    (``DCN_DEPLOY_DIRECT_LAYOUT=nhwc`` there), depth-wise layers only, the input transposed in chunks of the images
+    ``column_budget_bytes`` holds (at least one; 0 for the CUDA default). ``implicit``: the CUDA implicit-GEMM kernel
     (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype here; channels per
     group and per offset group must be multiples of 32). Returns (N, out_channels, oH, oW) in the input's dtype.
     """
@@ -327,8 +328,9 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
         return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", extra, input, offset, weight, bias, mask,
                                stride, padding, dilation, library)
     if path == "direct-channels-last":
-        return _run_host_entry("dcn_deform_conv2d_forward_host_direct_channels_last", (), input, offset, weight, bias,
-                               mask, stride, padding, dilation, library)
+        return _run_host_entry("dcn_deform_conv2d_forward_host_direct_channels_last",
+                               (ctypes.c_size_t(int(column_budget_bytes)),), input, offset, weight, bias, mask, stride,
+                               padding, dilation, library)
     if path == "implicit":
         return _run_host_entry("dcn_deform_conv2d_forward_host_implicit", (), input, offset, weight, bias, mask,
                                stride, padding, dilation, library)

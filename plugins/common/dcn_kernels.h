@@ -96,9 +96,11 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
     const void* offset, const void* weight, const void* bias, const void* mask, void* output);
 /* The direct kernel over a channels-last copy of the input (DCN_DEPLOY_DIRECT_LAYOUT=nhwc on the CUDA side) step by
  * step on the host: depth-wise layers only (one input and one output channel per group, channels in vectors of 2 or
- * more within offset groups; others are DCN_ERROR_UNSUPPORTED). For tests. */
+ * more within offset groups; others are DCN_ERROR_UNSUPPORTED), the input transposed in chunks of the images that
+ * column_budget_bytes holds (at least one; 0 = the CUDA default, 256 MiB). For tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_deform_conv_desc* desc, int32_t dtype,
-    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output);
+    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
+    size_t column_budget_bytes);
 /* The CUDA GEMM path (DCN_ALGO_GEMM) step by step on the host: the same chunks (column_budget_bytes per chunk,
  * 0 = the CUDA default), layouts and sampling, with cuBLAS's product as a plain loop. output_mode: where the product
  * writes, 0 as the CUDA path chooses, 1 straight into NCHW, 2 through the staging scratch (GemmOutput in

@@ -282,13 +282,13 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
 // The channels-last direct kernel as the CUDA launch runs it (deformConvDirectBlock.h): the same chunks of images,
 // each transposed element by element (as the transpose kernel moves them) into a NaN-filled room, then every item.
 template <typename T>
-void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight,
-    T const* bias, T const* mask, T* output)
+void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget, T const* input, T const* offset,
+    T const* weight, T const* bias, T const* mask, T* output)
 {
     using Acc = typename ElementTraits<T>::Acc;
-    int32_t const images = directChannelsLastImages(geo, sizeof(T));
+    int32_t const images = directChannelsLastImages(geo, sizeof(T), budget);
     T const garbage = ElementTraits<T>::fromAcc(std::numeric_limits<Acc>::quiet_NaN());
-    std::vector<T> nhwc(directChannelsLastWorkspaceBytes(geo, sizeof(T)) / sizeof(T), garbage);
+    std::vector<T> nhwc(directChannelsLastWorkspaceBytes(geo, sizeof(T), budget) / sizeof(T), garbage);
     withVectorWidth(depthwiseVectorWidth(geo, sizeof(T)), [&](auto width) {
         constexpr int kVector = decltype(width)::value;
         for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
@@ -358,7 +358,8 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 }
 
 DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_deform_conv_desc* desc, int32_t dtype,
-    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output)
+    const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
+    size_t column_budget_bytes)
 {
     return dcn::guarded([&] {
         dcn::DeformConvGeometry geo;
@@ -370,9 +371,10 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_de
             },
             [&](auto tag) {
                 using T = decltype(tag);
-                dcn::forwardHostDirectChannelsLast<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
-                    static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
-                    static_cast<T*>(output));
+                dcn::forwardHostDirectChannelsLast<T>(geo,
+                    column_budget_bytes ? column_budget_bytes : dcn::kGemmDefaultColumnBudget,
+                    static_cast<T const*>(input), static_cast<T const*>(offset), static_cast<T const*>(weight),
+                    static_cast<T const*>(bias), static_cast<T const*>(mask), static_cast<T*>(output));
             });
     });
 }
