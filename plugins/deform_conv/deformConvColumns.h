@@ -155,7 +155,14 @@ DCN_HD auto vectorElement(Pack const& pack, int v) -> decltype(pack.v[v])
 // (packs[t]), in the accumulation type: neighbour t counts where bit t of `valid` is set; an outside one is
 // skipped, not multiplied by a zero weight (an infinity in what was read in its place would make NaN). The valid
 // neighbours are added in order from 0, as sampleTaps adds them.
-template <typename T, int Vector, typename Acc, typename Pack>
+// Selected: an outside neighbour is skipped by a select of the sum instead of a branch, with the same values bit for
+// bit (its sum is computed from what was read in its place and dropped). For the channels-last direct kernel, whose
+// gatherNeighbours loads are meant to be in flight together: with branches the front end moved neighbour 1's
+// 16-byte load into its branch, issued only after neighbour 0's blend had waited for its load (SASS on sm_90, CUDA
+// 13.0, __half and __nv_bfloat16 with Vector 8); with selects the PTX has the four loads together (ptxas may still
+// split them in two to save registers). The matrix paths keep the branches: in the implicit-GEMM kernel the selects
+// cost registers (spills in one instance).
+template <typename T, int Vector, bool Selected = false, typename Acc, typename Pack>
 DCN_HD void blendInAcc(Pack const (&packs)[4], Acc const (&weight)[4], uint32_t valid, Acc (&acc)[Vector])
 {
 DCN_UNROLL
@@ -164,36 +171,20 @@ DCN_UNROLL
 DCN_UNROLL
     for (int t = 0; t < 4; ++t)
     {
-        if (!(valid & (1u << t)))
-            continue;
-DCN_UNROLL
-        for (int v = 0; v < Vector; ++v)
-            acc[v] += weight[t] * ElementTraits<T>::toAcc(vectorElement(packs[t], v));
-    }
-}
-
-// blendInAcc's sums, each outside neighbour's skipped by a select of the sum instead of a branch: the same values
-// bit for bit (an outside neighbour's sum is computed from what was read in its place and dropped). For the
-// channels-last direct kernel, whose gatherNeighbours loads are meant to be in flight together: with blendInAcc's
-// branches the front end moved neighbour 1's 16-byte load into its branch, issued only after neighbour 0's blend
-// had waited for its load (SASS on sm_90, CUDA 13.0, __half and __nv_bfloat16 with Vector 8). With the selects
-// the PTX has the four loads together (ptxas may still split them in two to save registers). Not used by the
-// matrix paths: in the implicit-GEMM kernel the selects cost registers (spills in one instance).
-template <typename T, int Vector, typename Acc, typename Pack>
-DCN_HD void blendInAccSelected(Pack const (&packs)[4], Acc const (&weight)[4], uint32_t valid, Acc (&acc)[Vector])
-{
-DCN_UNROLL
-    for (int v = 0; v < Vector; ++v)
-        acc[v] = Acc(0);
-DCN_UNROLL
-    for (int t = 0; t < 4; ++t)
-    {
         bool const inside = (valid >> t) & 1u;
+        if constexpr (!Selected)
+        {
+            if (!inside)
+                continue;
+        }
 DCN_UNROLL
         for (int v = 0; v < Vector; ++v)
         {
             Acc const sum = acc[v] + weight[t] * ElementTraits<T>::toAcc(vectorElement(packs[t], v));
-            acc[v] = inside ? sum : acc[v];
+            if constexpr (Selected)
+                acc[v] = inside ? sum : acc[v];
+            else
+                acc[v] = sum;
         }
     }
 }

@@ -163,7 +163,7 @@ DCN_UNROLL
         ChannelPack<T, Vector> packs[4];
         gatherNeighbours<T, Vector>(image, taps, channels, packs);
         Acc sample[Vector];
-        blendInAccSelected<T, Vector>(packs, taps.weight, taps.valid, sample);
+        blendInAcc<T, Vector, /*Selected=*/true>(packs, taps.weight, taps.valid, sample);
 DCN_UNROLL
         for (int v = 0; v < Vector; ++v)
             acc[v] += ElementTraits<T>::toAcc(weight[int64_t(c + v) * kernelPoints + kp]) * sample[v];
