@@ -35,6 +35,16 @@ DCN_HD void nhwcElement(DeformConvGeometry const& geo, T const* input, T* nhwc, 
     nhwc[idx] = input[((n0 + img) * channels + c) * plane + pix];
 }
 
+// The host builds' transpose: nhwc = images n0..n0+images-1 of input, channels last, element by element as the
+// CUDA transpose kernel moves them (nhwcElement).
+template <typename T>
+inline void channelsLastHost(DeformConvGeometry const& geo, T const* input, T* nhwc, int32_t n0, int64_t images)
+{
+    int64_t const elements = images * inputImageElements(geo);
+    for (int64_t idx = 0; idx < elements; ++idx)
+        nhwcElement<T>(geo, input, nhwc, n0, idx);
+}
+
 // weights[o][kp][cig] = weight[o][cig][kp] for the kH*kW weights of row idx = o * C/group + cig: one thread reads a
 // row's kernel points (contiguous) and writes them C/group apart, so neighbouring threads write neighbouring
 // elements and each thread has all its loads in flight at once.

@@ -102,10 +102,7 @@ DCN_UNROLL
 // fits, which the direct kernel over NCHW serves instead.
 inline int32_t depthwiseVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
 {
-    for (int32_t vector = int32_t(16 / elementBytes); vector > 1; vector /= 2)
-        if (geo.d.in_channels % vector == 0 && geo.channelsPerOffsetGroup % vector == 0)
-            return vector;
-    return 1;
+    return vectorWidthDividing(elementBytes, geo.d.in_channels, geo.channelsPerOffsetGroup);
 }
 
 // Why the channels-last direct kernel cannot take the layer, or "" where it can: a depth-wise layer (one input and

@@ -262,13 +262,20 @@ DCN_HD int32_t columnRowVectors(DeformConvGeometry const& geo, int32_t vector)
     return geo.d.in_channels * geo.kernelPoints / vector;
 }
 
+// The widest channel vector, from 16 bytes' worth of elements down to 2, whose width divides both counts; 1 where
+// none does.
+inline int32_t vectorWidthDividing(size_t elementBytes, int32_t channels, int32_t moreChannels)
+{
+    for (int32_t vector = int32_t(16 / elementBytes); vector > 1; vector /= 2)
+        if (channels % vector == 0 && moreChannels % vector == 0)
+            return vector;
+    return 1;
+}
+
 // Channels per sampling thread: a vector must not straddle a group or an offset group.
 inline int32_t columnVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
 {
-    for (int32_t vector = int32_t(16 / elementBytes); vector > 1; vector /= 2)
-        if (geo.channelsPerGroup % vector == 0 && geo.channelsPerOffsetGroup % vector == 0)
-            return vector;
-    return 1;
+    return vectorWidthDividing(elementBytes, geo.channelsPerGroup, geo.channelsPerOffsetGroup);
 }
 
 // f(std::integral_constant<int, V>{}) with V = vector (8, 4 or 2; else 1): the samplers are instantiated per width,

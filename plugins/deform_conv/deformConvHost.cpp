@@ -147,9 +147,7 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
         int32_t const images = std::min(plan.images, d.batch - n0);
         if (n0 == channelsLastFirst(plan, n0))
         {
-            int64_t const nhwcCount = std::min(plan.inputImages, d.batch - n0) * inputImageElements(geo);
-            for (int64_t idx = 0; idx < nhwcCount; ++idx)
-                nhwcElement<T>(geo, input, nhwc.data(), n0, idx);
+            channelsLastHost<T>(geo, input, nhwc.data(), n0, std::min(plan.inputImages, d.batch - n0));
         }
         T const* chunkInput = nhwc.data() + channelsLastChunkStart(plan, geo, n0);
         for (int64_t p0 = 0; p0 < plane; p0 += plan.pixels)
@@ -294,9 +292,7 @@ void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget,
         for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
         {
             int32_t const count = std::min(images, geo.d.batch - n0);
-            int64_t const elements = int64_t(count) * inputImageElements(geo);
-            for (int64_t idx = 0; idx < elements; ++idx)
-                nhwcElement<T>(geo, input, nhwc.data(), n0, idx);
+            channelsLastHost<T>(geo, input, nhwc.data(), n0, count);
             int64_t const items = depthwiseItems(geo, count, kVector);
             for (int64_t idx = 0; idx < items; ++idx)
                 depthwiseItem<T, kVector>(geo, nhwc.data(), offset, weight, bias, mask, output, n0, idx);

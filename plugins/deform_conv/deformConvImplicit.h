@@ -489,8 +489,7 @@ struct ImplicitHostWorkspace
     // nhwc() = images n0..n0+images-1 of input, channels last.
     void loadChunk(DeformConvGeometry const& geo, T const* input, int32_t n0, int32_t images)
     {
-        for (int64_t idx = 0; idx < int64_t(images) * geo.d.in_channels * geo.d.height * geo.d.width; ++idx)
-            nhwcElement<T>(geo, input, nhwc(), n0, idx);
+        channelsLastHost<T>(geo, input, nhwc(), n0, images);
     }
 
     T* nhwc() { return reinterpret_cast<T*>(nhwcStore.data()); }
