@@ -2,6 +2,7 @@
 #pragma once
 
 #include "dcnDtype.h"
+#include "dcnStatus.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -24,5 +25,20 @@ struct ElementTraits<__nv_bfloat16>
     static DCN_HD float toAcc(__nv_bfloat16 v) { return __bfloat162float(v); }
     static DCN_HD __nv_bfloat16 fromAcc(float v) { return __float2bfloat16_rn(v); }
 };
+
+// f(T{}) for the element type of a dcn_dtype (float, double, __half, __nv_bfloat16): its Status, or
+// unsupportedDtype for any other value.
+template <typename F>
+Status withElementType(int32_t dtype, F&& f)
+{
+    switch (dtype)
+    {
+    case DCN_FLOAT32: return f(float());
+    case DCN_FLOAT64: return f(double());
+    case DCN_FLOAT16: return f(__half());
+    case DCN_BFLOAT16: return f(__nv_bfloat16());
+    default: return Status::unsupportedDtype(dtype);
+    }
+}
 
 } // namespace dcn

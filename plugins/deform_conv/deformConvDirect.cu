@@ -112,35 +112,20 @@ Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
     size_t budget, cudaStream_t stream)
 {
-    auto run = [&](auto tag) {
+    return withElementType(dtype, [&](auto tag) {
         using T = decltype(tag);
         return launchDirectChannelsLast<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
             static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
             static_cast<T*>(output), workspace, budget, stream);
-    };
-    switch (dtype)
-    {
-    case DCN_FLOAT32: return run(float());
-    case DCN_FLOAT64: return run(double());
-    case DCN_FLOAT16: return run(__half());
-    case DCN_BFLOAT16: return run(__nv_bfloat16());
-    default:
-        return Status::unsupportedDtype(dtype);
-    }
+    });
 }
 
 Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
     void const* weight, void const* bias, void const* mask, void* output, cudaStream_t stream)
 {
-    switch (dtype)
-    {
-    case DCN_FLOAT32: return launchDirect<float>(geo, input, offset, weight, bias, mask, output, stream);
-    case DCN_FLOAT64: return launchDirect<double>(geo, input, offset, weight, bias, mask, output, stream);
-    case DCN_FLOAT16: return launchDirect<__half>(geo, input, offset, weight, bias, mask, output, stream);
-    case DCN_BFLOAT16: return launchDirect<__nv_bfloat16>(geo, input, offset, weight, bias, mask, output, stream);
-    default:
-        return Status::unsupportedDtype(dtype);
-    }
+    return withElementType(dtype, [&](auto tag) {
+        return launchDirect<decltype(tag)>(geo, input, offset, weight, bias, mask, output, stream);
+    });
 }
 
 } // namespace dcn
