@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Optional, Tuple
 
-from ..interrupts import reraise_interrupt
 from ..wording import argument, for_reader
 from .base import Runner, RunnerError, TensorMeta
 
@@ -77,14 +76,14 @@ def not_an_onnx_model(path: os.PathLike, reason: object) -> str:
 
 
 def tensorrt_missing_reason() -> Optional[str]:
-    """None when ``import tensorrt`` works, else what is missing and how to install it (trt_build's hint)."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as exc:
-        reraise_interrupt(exc)  # a Ctrl-C while TensorRT loaded is no missing TensorRT
-        from .trt_build import tensorrt_install_hint
+    """None when ``import tensorrt`` works, else what is missing and how to install it (:func:`import_tensorrt`'s
+    message)."""
+    from .trt_errors import TensorRTMissingError, import_tensorrt
 
-        return tensorrt_install_hint(str(exc))
+    try:
+        import_tensorrt()
+    except TensorRTMissingError as exc:
+        return str(exc)
     return None
 
 
