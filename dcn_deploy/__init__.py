@@ -7,7 +7,9 @@ The main calls (each CLI command is one of them; docs/library.md walks through t
 - ``export(model, (x,), "model.onnx", dynamic=True)``: ONNX with ``dcn_deploy`` ops, verified in ONNX Runtime;
 - ``make_runner(kind, path)`` (``ort``, ``torch``, ``trt``, ...), ``compare_runners([ref, other])``,
   ``benchmark(runners, batches=[1, 8])``, ``inspect_model(path)``;
-- ``build_engine("model.onnx", "model.engine", precision="fp16")``: a TensorRT engine through our plugin.
+- ``build_engine("model.onnx", "model.engine", precision="fp16")``: a TensorRT engine through our plugin;
+- ``adopt_file("end2end.onnx")``: a file from mmdeploy, mmcv or torchvision's export with its deformable nodes
+  rewritten as ours.
 
 Importing this package is cheap: torch, onnx, onnxruntime and tensorrt are imported only when a name
 that needs them is first used (``dcn_deploy.deform_conv2d``, ``dcn_deploy.export``, ...).
@@ -26,6 +28,7 @@ _LAZY.update({
     "build_engine": "dcn_deploy.backends.trt_build",
     # What the CLI's commands call (docs/library.md): one import for a library user too.
     "inspect_model": "dcn_deploy.onnx.inspect",
+    "adopt_file": "dcn_deploy.onnx.adopt",
     "OrtRunner": "dcn_deploy.backends.ort_runner",
     "TorchRunner": "dcn_deploy.backends.torch_runner",
     "make_runner": "dcn_deploy.backends.factory",
@@ -37,6 +40,7 @@ _LAZY.update({
     "RunnerError": "dcn_deploy.backends.base",
     "FeedError": "dcn_deploy.feeds",
     "TensorRTMissingError": "dcn_deploy.backends.trt_build",
+    "AdoptionError": "dcn_deploy.onnx.adopt",
     "Tolerance": "dcn_deploy.compare",
 })
 

@@ -162,7 +162,7 @@ def _register_commands() -> None:
     # Each module defines one command object named ``command``; importing them is cheap (click only).
     import importlib
 
-    for module in ("demo", "export", "verify", "bench", "inspect", "infer", "build", "plugin", "zoo"):
+    for module in ("demo", "export", "adopt", "verify", "bench", "inspect", "infer", "build", "plugin", "zoo"):
         main.add_command(importlib.import_module(f"dcn_deploy.commands.{module}").command)
 
 

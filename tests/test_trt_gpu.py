@@ -33,7 +33,7 @@ import pytest
 from dcn_deploy.backends import engine_meta
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_trt_pure import accuracy_report, dcn_model, run_ort  # noqa: E402
+from test_trt_pure import accuracy_report, dcn_model, mmdeploy_dcn_model, run_ort  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,6 +143,20 @@ class TestTensorRTRtxAheadOfTime:
         assert b"dcn_deploy" in data and b"DeformConv2d" in data and b"allow_tf32" in data
         assert engine_meta.read_meta(engine).engine_sha256 == engine_meta.sha256_file(engine)
         assert (tmp_path / f"m_{precision}.engine.cache").stat().st_size > 0
+
+    def test_adopted_mmdeploy_export_builds_with_our_plugin(self, rtx_env, tmp_path):
+        """mmdeploy's file (opset 11, mmdeploy::MMCVModulatedDeformConv2d), refused as it is (no TensorRT needed for
+        that), builds once adopted, with its deformable node routed to our plugin layer."""
+        from dcn_deploy.onnx.adopt import adopt_model
+
+        refused, _ = self.build(rtx_env, mmdeploy_dcn_model(), tmp_path, "fp32")
+        assert refused.returncode != 0 and "dcn-deploy adopt" in refused.stderr + refused.stdout
+        adopted, _ = adopt_model(mmdeploy_dcn_model())
+        out, engine = self.build(rtx_env, adopted, tmp_path, "fp16")
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        meta = json.loads(out.stdout.split("RESULT ", 1)[1])
+        assert meta["extra"]["routed_nodes"] == 1
+        assert b"dcn_deploy" in engine.read_bytes() and b"DeformConv2d" in engine.read_bytes()
 
     def test_models_parsed_from_file(self, rtx_env, tmp_path):
         """The file route under a real ONNX parser (TensorRT-RTX's, on the CPU): a model whose weights live in an

@@ -62,6 +62,22 @@ def dcn_model(opset_version: int = 19, seed: int = 0) -> onnx.ModelProto:
     return opset.attach_functions(model)
 
 
+def mmdeploy_dcn_model(seed: int = 0) -> onnx.ModelProto:
+    """:func:`dcn_model` as mmdeploy exports it: opset 11, its deformable node mmdeploy's
+    ``MMCVModulatedDeformConv2d`` (inputs x, offset, mask, weight, bias; mmcv's attribute names), no function."""
+    model = dcn_model(19, seed)  # its standard ops mean the same at opset 11
+    index = next(i for i, n in enumerate(model.graph.node) if n.domain == opset.DOMAIN)
+    x, w, offset, b, mask = model.graph.node[index].input
+    foreign = helper.make_node("MMCVModulatedDeformConv2d", [x, offset, mask, w, b], ["d1"], domain="mmdeploy",
+                               name="dcn1", stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1, deform_groups=1)
+    model.graph.node.remove(model.graph.node[index])
+    model.graph.node.insert(index, foreign)
+    del model.functions[:]
+    del model.opset_import[:]
+    model.opset_import.extend([helper.make_opsetid("", 11), helper.make_opsetid("mmdeploy", 1)])
+    return model
+
+
 def run_ort(model: onnx.ModelProto, feed: dict) -> dict:
     import onnxruntime as ort
 

@@ -71,6 +71,17 @@ def _read_model(source):
     return source
 
 
+def _foreign_op_advice(source, label: str) -> Optional[str]:
+    """The adopt step for a model holding mmcv's/mmdeploy's deformable ops (:func:`dcn_deploy.onnx.adopt.
+    foreign_op_advice`); None otherwise or when the model cannot be read."""
+    try:
+        from ..onnx.adopt import foreign_op_advice
+
+        return foreign_op_advice(_read_model(source), label, "ONNX Runtime runs")
+    except Exception:  # noqa: BLE001 - only a hint depends on it
+        return None
+
+
 def _computes_in_float64(source) -> bool:
     """Whether the model (a path, serialised bytes or a ModelProto) has float64 inputs or weights; False when it
     cannot be read (the load error then speaks for itself)."""
@@ -245,8 +256,11 @@ class OrtRunner(Runner):
 
                 raise RunnerError(f"ort: {not_an_onnx_model(label, 'onnxruntime: ' + text)}") from exc
             op = missing_float64_kernel(text, "NOT_IMPLEMENTED" in text and _computes_in_float64(self.model))
+            foreign = _foreign_op_advice(self.model, label)
             if op is not None:
                 hint = f" (the model is float64, and {no_float64_kernel_hint(op)})"
+            elif foreign is not None:
+                hint = f". {foreign}"
             elif "dcn_deploy" in text or "DeformConv" in text:
                 hint = (" (onnxruntime runs DeformConv from version 1.25 on, and dcn_deploy ops through the function "
                         f"body stored in the file; this is onnxruntime {ort.__version__}; re-export the model with "

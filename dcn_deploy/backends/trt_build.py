@@ -35,7 +35,7 @@ from typing import Callable, Dict, Iterable, List, Optional, TextIO, Tuple, Unio
 from ..io_utils import PathLike, atomic_write_bytes, check_not_an_input, check_output_path
 from . import engine_meta
 from .trt_errors import BuildCancelled, BuildError, TensorRTMissingError, import_tensorrt, tensorrt_install_hint
-from .trt_options import check_build_options, parse_size, plugin_workspace_limit
+from .trt_options import check_build_options, parse_size, plugin_workspace_limit, refuse_foreign_ops
 from .trt_parse import (PARSE_IN_MEMORY_LIMIT, choose_parse_route, format_parser_errors, parse_network, prepare_onnx,
                         read_model_for_build)
 from .trt_plugins import (duplicate_library_message, load_plugin_library, load_plugins, looks_like_plugin_library,
@@ -120,6 +120,7 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
                          f"{argument('use_plugin=False', '--no-plugin')} builds without it: give one or the other")
     onnx_path = Path(onnx_path)
     model, source_external = read_model_for_build(onnx_path)
+    refuse_foreign_ops(model, onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
     check_output_path(engine_path, "engine path")
     check_not_an_input(engine_path, "engine path", [("ONNX model", onnx_path), ("timing cache", timing_cache)])

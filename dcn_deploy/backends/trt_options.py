@@ -61,6 +61,17 @@ def check_build_options(model, *, precision: str, io_dtype: str, keep_fp32: Iter
                          f"optimisation levels; its default is 3), got {optimization_level!r}")
 
 
+def refuse_foreign_ops(model, onnx_path) -> None:
+    """Refuse (ValueError naming them and the ``adopt`` step) a model with mmcv's or mmdeploy's deformable nodes:
+    only their project's plugin library builds them, and TensorRT would stop at the parser with "plugin not found"
+    after the slow part of the setup."""
+    from ..onnx.adopt import foreign_op_advice
+
+    advice = foreign_op_advice(model, onnx_path, "TensorRT builds")
+    if advice is not None:
+        raise ValueError(advice)
+
+
 @contextmanager
 def plugin_workspace_limit(workspace_bytes: Optional[int], charges_tensors: bool = False) -> Iterator[None]:
     """While the engine is built, tell our plugin the builder's workspace limit (``PLUGIN_WORKSPACE_VARIABLE``, in

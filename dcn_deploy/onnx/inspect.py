@@ -1,9 +1,9 @@
 """What an ONNX file holds, as data (:func:`inspect_model`) and as text (:func:`format_inspection`).
 
 Opsets, inputs/outputs (dtype, shape with fixed sizes and dimension names), the deformable nodes (our
-``dcn_deploy`` domain and standard ``DeformConv``) with their attributes, the local functions stored in the
-model (the bodies that let stock ONNX Runtime run our ops), a count of every op type and, when asked for, every
-node's name and op type (the names ``build_engine(keep_fp32=...)`` / ``dcn-deploy build --keep-fp32`` take).
+``dcn_deploy`` domain, standard ``DeformConv``, and mmcv's/mmdeploy's ops that ``dcn-deploy adopt`` rewrites) with
+their attributes, the local functions stored in the model (the bodies that let stock ONNX Runtime run our ops), a
+count of every op type and, when asked for, every node's name and op type (the names ``build_engine(keep_fp32=...)`` / ``dcn-deploy build --keep-fp32`` take).
 Needs onnx only.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import onnx
 from onnx import helper
 
 from ..feeds import fed_inputs
+from .adopt import FOREIGN_DOMAINS, is_adoptable
 from .opset import DOMAIN, is_deformable_node
 
 __all__ = ["inspect_model", "format_inspection"]
@@ -102,7 +103,8 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
         "opsets": {(imp.domain or "ai.onnx"): imp.version for imp in model.opset_import},
         "inputs": [_value_info(v) for v in graph_inputs],
         "outputs": [_value_info(v) for v in graph.output],
-        "deformable_nodes": [_node(n, initializers, i) for i, n in enumerate(graph.node) if is_deformable_node(n)],
+        "deformable_nodes": [_node(n, initializers, i) for i, n in enumerate(graph.node)
+                             if is_deformable_node(n) or is_adoptable(n)],
         "functions": [{
             "domain": f.domain,
             "name": f.name,
@@ -168,6 +170,13 @@ def format_inspection(info: dict) -> str:
         lines.append(f"  {n['name']}: {n['domain']}::{n['op_type']}" + (f"  [{'; '.join(extras)}]" if extras else ""))
         if attrs:
             lines.append(f"      {attrs}")
+    foreign = sorted({f"{n['domain']}::{n['op_type']}" for n in nodes if n["domain"] in FOREIGN_DOMAINS})
+    if foreign:
+        lines.append(f"  hint: mmcv's/mmdeploy's ops ({', '.join(foreign)}) run only with their project's plugin "
+                     f"library; dcn-deploy adopt {info['path']} rewrites them as {DOMAIN}'s")
+    elif any(n["op_type"] == "DeformConv" and n["domain"] == "ai.onnx" for n in nodes):
+        lines.append(f"  hint: TensorRT builds a standard DeformConv with its own plugin (float and half, symmetric "
+                     f"pads); dcn-deploy adopt {info['path']} rewrites them as {DOMAIN}'s, for our plugin")
     if info["functions"]:
         lines.append("functions (bodies that stock ONNX Runtime inlines):")
         for f in info["functions"]:

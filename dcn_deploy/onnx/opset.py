@@ -29,7 +29,7 @@ from .schema_inference import inference_error, known_size, tensor_dims
 __all__ = [
     "DOMAIN", "VERSION", "MIN_OPSET", "BFLOAT16_MIN_OPSET", "FLOAT_TYPES", "OpDefinition", "ExportRefusal", "register_op",
     "definitions", "get_definition", "attach_functions", "write_default_attributes", "used_ops", "is_deformable_node",
-    "all_nodes", "domain_nodes",
+    "all_nodes", "domain_nodes", "default_opset",
     "deform_conv_function", "deform_conv_schema", "plugin_attribute_schemas", "TF32_ATTRIBUTE",
 ]
 
@@ -147,7 +147,8 @@ def used_ops(model: onnx.ModelProto, domain: str = DOMAIN) -> List[str]:
     return sorted({n.op_type for n in domain_nodes(model, domain)})
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (``ai.onnx``) domain the model imports."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
@@ -165,7 +166,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     names = used_ops(model)
     if not names:
         return model
-    opset = _default_opset(model)
+    opset = default_opset(model)
     if opset < MIN_OPSET:
         raise ValueError(f"the model imports ONNX opset {opset}; the {DOMAIN} function bodies need >= {MIN_OPSET}")
     kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name in names)]

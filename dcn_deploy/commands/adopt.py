@@ -1,0 +1,54 @@
+"""``dcn-deploy adopt``: an ONNX file from another exporter (mmcv, mmdeploy, torchvision via torch's exporter) -> the
+same model with dcn_deploy's ops, which our TensorRT plugin builds and stock ONNX Runtime runs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ..json_text import json_text
+from . import Command, echo_report, json_stdout
+
+
+@click.command("adopt", cls=Command)
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ONNX file to write (atomically) [default: MODEL.adopted.onnx beside the model].")
+@click.option("--roi-sampling-ratio", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Samples per bin side for mmcv DeformRoIPool nodes with adaptive sampling (sampling_ratio=0), "
+                   "which has no static form; the outputs then differ from adaptive sampling.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was rewritten as JSON.")
+@json_stdout
+def command(model_path: Path, output: Optional[Path], roi_sampling_ratio: Optional[int], as_json: bool) -> None:
+    """Rewrite the deformable nodes other exporters wrote as dcn_deploy's ops: mmcv's and mmdeploy's
+    MMCVDeformConv2d, MMCVModulatedDeformConv2d and MMCVDeformRoIPool, and ONNX's DeformConv (torchvision's
+    deform_conv2d through torch's exporter).
+
+    \b
+    The result builds with our TensorRT plugin (no mmdeploy plugin library, any TensorRT 10/11) and runs in stock
+    ONNX Runtime. Nodes keep their names; a missing bias or RoI offset becomes zeros; mmdeploy's 4-value padding
+    of MMCVDeformConv2d is read as it was written ([pad_h, pad_h, pad_w, pad_w]); a default opset below 19 is
+    raised to 19 (our ops' function bodies need it). Other mmcv/mmdeploy ops (NMS, say) are left as they are.
+
+    \b
+    Examples:
+      dcn-deploy adopt end2end.onnx                      # mmdeploy's export -> end2end.adopted.onnx
+      dcn-deploy adopt model.onnx -o model_dcn.onnx --roi-sampling-ratio 2
+      dcn-deploy build end2end.adopted.onnx --precision fp16
+    """
+    from ..onnx.adopt import adopt_file
+
+    result = adopt_file(model_path, output, roi_sampling_ratio=roi_sampling_ratio)
+    if as_json:
+        report = result.adoption.to_dict()
+        report.update(path=str(result.path),
+                      weights_path=str(result.weights_path) if result.weights_path is not None else None)
+        echo_report(json_text(report))
+        return
+    click.echo(result.adoption.summary())
+    weights = f" and its weights {result.weights_path.name}" if result.weights_path is not None else ""
+    click.echo(f"wrote {result.path}{weights} (checked: onnx.checker full check, shape inference)")
+    click.echo("next:")
+    click.echo(f"  dcn-deploy verify {result.path} --against ort      # runs it in ONNX Runtime and onnx's reference")
+    click.echo(f"  dcn-deploy build {result.path}                     # TensorRT, with our plugin")

@@ -1,0 +1,369 @@
+"""dcn_deploy.onnx.adopt and ``dcn-deploy adopt``: other exporters' deformable nodes rewritten as ours.
+
+The foreign nodes are built by hand with the op names, input orders and attributes that mmcv's symbolics and
+mmdeploy's rewrites write (mmcv ``mmcv/ops/{deform_conv,modulated_deform_conv,deform_roi_pool}.py``, mmdeploy
+``mmdeploy/mmcv/ops/{deform_conv,modulated_deform_conv}.py``), and the ONNX standard's ``DeformConv``. The adopted
+file runs in ONNX Runtime (our function bodies) and is compared with references that know nothing of the rewrite:
+the per-sample float64 definition (tests/ort_reference.naive_deform_conv2d) called with the PyTorch layer's
+arguments, the PyTorch RoI op, and ONNX Runtime's own run of the standard node before the rewrite.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ort = pytest.importorskip("onnxruntime")
+
+from cli_helpers import cli_runner  # noqa: E402
+from dcn_deploy.cli import main  # noqa: E402
+from dcn_deploy.onnx.adopt import AdoptionError, adopt_file, adopt_model, foreign_nodes  # noqa: E402
+from ort_reference import naive_deform_conv2d  # noqa: E402
+from test_trt_pure import dcn_model, mmdeploy_dcn_model, run_ort  # noqa: E402
+
+
+def _conv_out(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+class ConvCase:
+    """Random tensors for one deformable convolution in the PyTorch layer's terms (symmetric padding (ph, pw))."""
+
+    def __init__(self, seed=0, n=2, c=4, h=7, w=5, oc=6, kernel=(3, 2), stride=(2, 1), padding=(1, 2),
+                 dilation=(1, 2), groups=2, offset_groups=2, offset_scale=3.0):
+        rng = np.random.default_rng(seed)
+        self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
+        self.groups, self.offset_groups = groups, offset_groups
+        oh, ow = (_conv_out(size, k, s, p, d) for size, k, s, p, d in zip((h, w), kernel, stride, padding, dilation))
+        points = offset_groups * kernel[0] * kernel[1]
+        self.x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        # large enough that many samples land off the image, some far off
+        self.offset = (rng.standard_normal((n, 2 * points, oh, ow)) * offset_scale).astype(np.float32)
+        self.mask = rng.uniform(-0.5, 1.5, (n, points, oh, ow)).astype(np.float32)
+        self.weight = rng.standard_normal((oc, c // groups, *kernel)).astype(np.float32)
+        self.bias = rng.standard_normal(oc).astype(np.float32)
+        self.out_shape = [n, oc, oh, ow]
+
+    def expected(self, bias=True, mask=True):
+        return naive_deform_conv2d(self.x, self.offset, self.weight, self.bias if bias else None, self.stride,
+                                   self.padding, self.dilation, self.mask if mask else None)
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=11, domains=("mmdeploy",)):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]
+                              + [helper.make_opsetid(d, 1) for d in domains])
+    model.ir_version = 8
+    return model
+
+
+def _tensor(name, array):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(array.shape))
+
+
+def _run(model, feed):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0]
+
+
+def _assert_close(actual, expected, rtol=1e-5):
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
+
+
+def _modulated_model(case: ConvCase, domain: str, bias: bool):
+    inputs = ["x", "offset", "mask", "weight"] + (["bias"] if bias else [])
+    node = helper.make_node("MMCVModulatedDeformConv2d", inputs, ["y"], domain=domain, name="dcn",
+                            stride=list(case.stride), padding=list(case.padding), dilation=list(case.dilation),
+                            groups=case.groups, deform_groups=case.offset_groups)
+    inits = [numpy_helper.from_array(case.weight, "weight")]
+    if bias:
+        inits.append(numpy_helper.from_array(case.bias, "bias"))
+    return _model([node], [_tensor("x", case.x), _tensor("offset", case.offset), _tensor("mask", case.mask)],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, case.out_shape)], inits, domains=(domain,))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Deformable convolutions
+
+
+@pytest.mark.parametrize("domain", ["mmcv", "mmdeploy"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_modulated_deform_conv_matches_the_definition(domain, bias):
+    case = ConvCase(seed=1)
+    adopted, adoption = adopt_model(_modulated_model(case, domain, bias))
+    assert [n.target for n in adoption.nodes] == ["dcn_deploy::DeformConv2d"]
+    assert (adoption.opset_before, adoption.opset_after) == (11, 19)
+    assert domain not in {imp.domain for imp in adopted.opset_import}
+    node = next(n for n in adopted.graph.node if n.domain == "dcn_deploy")
+    assert node.name == "dcn" and len(node.input) == 5  # a zero bias fills the hole before the mask
+    got = _run(adopted, {"x": case.x, "offset": case.offset, "mask": case.mask})
+    _assert_close(got, case.expected(bias=bias))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(h=1, w=6, kernel=(1, 3), stride=(1, 2), padding=(0, 1), dilation=(1, 1), groups=1, offset_groups=1),
+    dict(h=5, w=1, kernel=(3, 1), stride=(1, 1), padding=(2, 0), dilation=(2, 1), groups=4, offset_groups=4, c=4, oc=4),
+    dict(n=3, h=6, w=7, kernel=(3, 3), stride=(1, 2), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=2,
+         offset_scale=12.0),
+])
+def test_modulated_deform_conv_edge_shapes(kw):
+    case = ConvCase(seed=2, **kw)
+    adopted, _ = adopt_model(_modulated_model(case, "mmdeploy", True))
+    _assert_close(_run(adopted, {"x": case.x, "offset": case.offset, "mask": case.mask}), case.expected())
+
+
+def _deform_conv_model(case: ConvCase, domain: str, padding):
+    node = helper.make_node("MMCVDeformConv2d", ["x", "offset", "weight"], ["y"], domain=domain, name="dcn_v1",
+                            stride=list(case.stride), padding=list(padding), dilation=list(case.dilation),
+                            groups=case.groups, deform_groups=case.offset_groups)
+    if domain == "mmcv":  # mmcv's own symbolic also writes these two
+        node.attribute.extend([helper.make_attribute("bias", 0), helper.make_attribute("im2col_step", 32)])
+    return _model([node], [_tensor("x", case.x), _tensor("offset", case.offset)],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, case.out_shape)],
+                  [numpy_helper.from_array(case.weight, "weight")], domains=(domain,))
+
+
+def test_deform_conv_reads_mmcvs_and_mmdeploys_padding_as_the_layer_had_it():
+    case = ConvCase(seed=3, padding=(1, 2))
+    expected = case.expected(bias=False, mask=False)
+    for domain, padding in (("mmcv", [1, 2]), ("mmdeploy", [1, 1, 2, 2])):  # mmdeploy: each value twice
+        adopted, adoption = adopt_model(_deform_conv_model(case, domain, padding))
+        assert adoption.nodes[0].attributes["pads"] == [1, 2, 1, 2]
+        node = next(n for n in adopted.graph.node if n.domain == "dcn_deploy")
+        assert list(node.input) == ["x", "weight", "offset"]
+        _assert_close(_run(adopted, {"x": case.x, "offset": case.offset}), expected)
+    assert "lose the width padding" in adoption.nodes[0].notes[0]  # the mmdeploy file's note
+
+
+@pytest.mark.parametrize("padding, words", [([1, 2, 1, 2], r"neither \(pad_h, pad_w\) nor mmdeploy.s"),
+                                            ([1, 2, 3], "neither")])
+def test_deform_conv_padding_of_no_known_form_is_refused(padding, words):
+    case = ConvCase(seed=4)
+    with pytest.raises(AdoptionError, match=r"node 'dcn_v1' \(mmdeploy::MMCVDeformConv2d\).*" + words):
+        adopt_model(_deform_conv_model(case, "mmdeploy", padding))
+
+
+def test_standard_deform_conv_with_a_bias_hole_and_asymmetric_pads():
+    """The standard node (mask without bias, pads top != bottom) before and after, both in ONNX Runtime."""
+    case = ConvCase(seed=5, padding=(1, 1))
+    pads = [0, 1, 2, 1]
+    oh = (case.x.shape[2] + 2 - case.dilation[0] * (case.kernel[0] - 1) - 1) // case.stride[0] + 1
+    ow = (case.x.shape[3] + 2 - case.dilation[1] * (case.kernel[1] - 1) - 1) // case.stride[1] + 1
+    rng = np.random.default_rng(6)
+    points = case.offset_groups * case.kernel[0] * case.kernel[1]
+    offset = (rng.standard_normal((2, 2 * points, oh, ow)) * 3).astype(np.float32)
+    mask = rng.uniform(0, 1, (2, points, oh, ow)).astype(np.float32)
+    node = helper.make_node("DeformConv", ["x", "weight", "offset", "", "mask"], ["y"], name="std",
+                            kernel_shape=list(case.kernel), strides=list(case.stride), pads=pads,
+                            dilations=list(case.dilation), group=case.groups, offset_group=case.offset_groups)
+    source = _model([node], [_tensor("x", case.x), _tensor("offset", offset), _tensor("mask", mask)],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, oh, ow])],
+                    [numpy_helper.from_array(case.weight, "weight")], opset=19, domains=())
+    feed = {"x": case.x, "offset": offset, "mask": mask}
+    before = _run(source, feed)
+    adopted, adoption = adopt_model(source)
+    assert adoption.nodes[0].source == "ai.onnx::DeformConv" and adoption.opset_after == 19
+    assert adoption.nodes[0].attributes["pads"] == pads
+    assert foreign_nodes(source) and not foreign_nodes(adopted)
+    np.testing.assert_array_equal(_run(adopted, feed), before)
+    assert len(source.graph.node) == 1 and source.graph.node[0].op_type == "DeformConv"  # the source is untouched
+
+
+def test_three_d_deform_conv_is_refused():
+    node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], name="conv3d", strides=[1, 1, 1])
+    model = _model([node], [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 1, 1, 1])
+                            for n in ("x", "w", "offset")],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 1, 1])], opset=19, domains=())
+    with pytest.raises(AdoptionError, match="node 'conv3d'.*2-D only"):
+        adopt_model(model)
+
+
+def test_mmcv_deform_conv_with_bias_set_is_refused():
+    case = ConvCase(seed=7)
+    model = _deform_conv_model(case, "mmcv", [1, 2])
+    next(a for a in model.graph.node[0].attribute if a.name == "bias").i = 1
+    with pytest.raises(AdoptionError, match="bias=1"):
+        adopt_model(model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Deformable RoI pooling
+
+
+def _roi_case(seed=8, k=5):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
+    x1 = rng.uniform(-8, 30, k)
+    y1 = rng.uniform(-8, 25, k)
+    rois = np.stack([rng.integers(0, 2, k), x1, y1, x1 + rng.uniform(0, 40, k), y1 + rng.uniform(0, 30, k)], 1)
+    offset = rng.standard_normal((k, 2, 3, 2)).astype(np.float32)
+    return x, rois.astype(np.float32), offset
+
+
+def _roi_model(offset_input, sampling_ratio, initializers=()):
+    node = helper.make_node("MMCVDeformRoIPool", ["x", "rois", offset_input], ["y"], domain="mmcv", name="roi",
+                            pooled_height=3, pooled_width=2, spatial_scale=0.5, sampling_ratio=float(sampling_ratio),
+                            gamma=0.2)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 11]),
+              helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["k", 5])]
+    if offset_input == "offset":
+        inputs.append(helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["k", 2, 3, 2]))
+    return _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["k", 3, 3, 2])],
+                  initializers, domains=("mmcv",))
+
+
+def _torch_roi_pool(x, rois, offset, sampling_ratio):
+    torch = pytest.importorskip("torch")
+    from dcn_deploy.ops.roi_pool import deform_roi_pool
+
+    return deform_roi_pool(torch.from_numpy(x), torch.from_numpy(rois),
+                           None if offset is None else torch.from_numpy(offset), (3, 2), 0.5, sampling_ratio,
+                           0.2).numpy()
+
+
+def test_roi_pool_matches_the_pytorch_op():
+    x, rois, offset = _roi_case()
+    adopted, adoption = adopt_model(_roi_model("offset", 2))
+    assert adoption.nodes[0].attributes == {"pooled_height": 3, "pooled_width": 2, "spatial_scale": 0.5,
+                                            "sampling_ratio": 2, "gamma": pytest.approx(0.2)}
+    _assert_close(_run(adopted, {"x": x, "rois": rois, "offset": offset}), _torch_roi_pool(x, rois, offset, 2))
+
+
+@pytest.mark.parametrize("form", ["left out", "empty initializer"])
+def test_roi_pool_without_offset_pools_as_with_none(form):
+    x, rois, _ = _roi_case(seed=9)
+    inits = [numpy_helper.from_array(np.zeros((0,), np.float32), "no_offset")] if form != "left out" else []
+    model = _roi_model("" if form == "left out" else "no_offset", 2, inits)
+    adopted, _ = adopt_model(model)
+    _assert_close(_run(adopted, {"x": x, "rois": rois}), _torch_roi_pool(x, rois, None, 2))
+
+
+def test_roi_pool_adaptive_sampling_needs_a_fixed_ratio():
+    x, rois, offset = _roi_case(seed=10)
+    with pytest.raises(AdoptionError, match=r"node 'roi' \(mmcv::MMCVDeformRoIPool\) samples adaptively.*"
+                                            r"roi_sampling_ratio=N \(CLI: --roi-sampling-ratio N\)"):
+        adopt_model(_roi_model("offset", 0))
+    adopted, adoption = adopt_model(_roi_model("offset", 0), roi_sampling_ratio=3)
+    assert "replaced by 3" in adoption.nodes[0].notes[0]
+    _assert_close(_run(adopted, {"x": x, "rois": rois, "offset": offset}), _torch_roi_pool(x, rois, offset, 3))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model around the nodes
+
+
+def test_an_mmdeploy_export_becomes_our_export_of_the_same_model():
+    """A whole network (convolutions, the offset and mask branches, residual, softmax) exported by mmdeploy at opset
+    11 computes, once adopted, what our own export of it computes (the file TensorRT tests build too)."""
+    adopted, adoption = adopt_model(mmdeploy_dcn_model(seed=3))
+    assert [(n.name, n.source) for n in adoption.nodes] == [("dcn1", "mmdeploy::MMCVModulatedDeformConv2d")]
+    assert adoption.left == [] and {imp.domain for imp in adopted.opset_import} == {"", "dcn_deploy"}
+    x = np.random.default_rng(4).standard_normal((3, 4, 8, 8)).astype(np.float32)
+    ours, theirs = run_ort(dcn_model(19, seed=3), {"x": x}), run_ort(adopted, {"x": x})
+    for name in ("prob", "s1"):
+        _assert_close(theirs[name], ours[name])
+
+
+def test_other_foreign_ops_are_left_with_their_import():
+    case = ConvCase(seed=11)
+    model = _modulated_model(case, "mmdeploy", True)
+    model.graph.node[0].output[0] = "features"
+    model.graph.node.append(helper.make_node("TRTBatchedNMS", ["features"], ["y"], domain="mmdeploy", name="nms"))
+    adopted, adoption = adopt_model(model)
+    assert adoption.left == ["nms (mmdeploy::TRTBatchedNMS)"]
+    assert "mmdeploy" in {imp.domain for imp in adopted.opset_import}
+    assert [n.op_type for n in adopted.graph.node][-1] == "TRTBatchedNMS"
+
+
+def test_nodes_inside_subgraphs_are_rewritten():
+    case = ConvCase(seed=12)
+    inner = _modulated_model(case, "mmdeploy", True).graph
+    inner_graph = helper.make_graph(list(inner.node), "then", [], list(inner.output), list(inner.initializer))
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=inner_graph, else_branch=inner_graph, name="if")
+    model = _model([node], [cond, _tensor("x", case.x), _tensor("offset", case.offset), _tensor("mask", case.mask)],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, case.out_shape)])
+    adopted, adoption = adopt_model(model)
+    assert len(adoption.nodes) == 2  # one per branch
+    got = _run(adopted, {"cond": np.array(True), "x": case.x, "offset": case.offset, "mask": case.mask})
+    _assert_close(got, case.expected())
+
+
+def test_nodes_inside_local_functions_are_refused_with_the_way_out():
+    case = ConvCase(seed=13)
+    model = _modulated_model(case, "mmdeploy", True)
+    model.functions.append(helper.make_function("local", "Block", ["a", "b", "c", "d"], ["e"], [
+        helper.make_node("MMCVModulatedDeformConv2d", ["a", "b", "c", "d"], ["e"], domain="mmdeploy")],
+        opset_imports=[helper.make_opsetid("mmdeploy", 1)]))
+    with pytest.raises(AdoptionError, match=r"local::Block.*inline_local_functions"):
+        adopt_model(model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The file and the CLI
+
+
+@pytest.fixture
+def mmdeploy_file(tmp_path) -> Path:
+    path = tmp_path / "end2end.onnx"
+    onnx.save(_modulated_model(ConvCase(seed=14), "mmdeploy", True), str(path))
+    return path
+
+
+def test_cli_adopt_writes_a_checked_file_beside_the_source(mmdeploy_file):
+    result = cli_runner().invoke(main, ["adopt", str(mmdeploy_file)])
+    assert result.exit_code == 0, result.stderr
+    written = mmdeploy_file.with_name("end2end.adopted.onnx")
+    assert f"wrote {written}" in result.stdout
+    assert "dcn: mmdeploy::MMCVModulatedDeformConv2d -> dcn_deploy::DeformConv2d" in result.stdout
+    onnx.checker.check_model(str(written), full_check=True)
+    case = ConvCase(seed=14)
+    _assert_close(_run(onnx.load(str(written)), {"x": case.x, "offset": case.offset, "mask": case.mask}),
+                  case.expected())
+
+
+def test_cli_adopt_json(mmdeploy_file, tmp_path):
+    out = tmp_path / "ours.onnx"
+    result = cli_runner().invoke(main, ["adopt", str(mmdeploy_file), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["path"] == str(out) and report["nodes"][0]["source"] == "mmdeploy::MMCVModulatedDeformConv2d"
+
+
+def test_cli_adopt_refusal_writes_nothing(tmp_path):
+    source = tmp_path / "roi.onnx"
+    onnx.save(_roi_model("offset", 0), str(source))
+    result = cli_runner().invoke(main, ["adopt", str(source)])
+    assert result.exit_code == 2
+    assert "--roi-sampling-ratio N" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["roi.onnx"]
+
+
+def test_cli_adopt_a_file_with_nothing_to_adopt(mmdeploy_file):
+    adopted = adopt_file(mmdeploy_file).path
+    result = cli_runner().invoke(main, ["adopt", str(adopted)])
+    assert result.exit_code == 2
+    assert "nothing to adopt" in result.stderr and "ours already" in result.stderr
+
+
+def test_cli_adopt_refuses_to_overwrite_its_source(mmdeploy_file):
+    result = cli_runner().invoke(main, ["adopt", str(mmdeploy_file), "-o", str(mmdeploy_file)])
+    assert result.exit_code == 2
+    assert "--output" in result.stderr and "choose another path" in result.stderr
+
+
+def test_build_and_ort_point_to_adopt(mmdeploy_file):
+    """TensorRT is not needed: the build refuses the file before importing it."""
+    build = cli_runner().invoke(main, ["build", str(mmdeploy_file)])
+    assert build.exit_code == 2
+    assert f"dcn-deploy adopt {mmdeploy_file}" in build.stderr and "Traceback" not in build.stderr
+    verify = cli_runner().invoke(main, ["verify", str(mmdeploy_file), "--against", "ort", "--runner",
+                                        "onnx-reference"])
+    assert verify.exit_code == 2 and f"dcn-deploy adopt {mmdeploy_file}" in verify.stderr, verify.stderr
+    inspect = cli_runner().invoke(main, ["inspect", str(mmdeploy_file)])
+    assert inspect.exit_code == 0 and "dcn-deploy adopt" in inspect.stdout
