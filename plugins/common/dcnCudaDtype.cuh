@@ -7,6 +7,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <utility>
+
 namespace dcn
 {
 
@@ -26,10 +28,11 @@ struct ElementTraits<__nv_bfloat16>
     static DCN_HD __nv_bfloat16 fromAcc(float v) { return __float2bfloat16_rn(v); }
 };
 
-// f(T{}) for the element type of a dcn_dtype (float, double, __half, __nv_bfloat16): its Status, or
-// unsupportedDtype for any other value.
-template <typename F>
-Status withElementType(int32_t dtype, F&& f)
+// f(T{}) for the element type of a dcn_dtype (float, double, __half, __nv_bfloat16): its Status, or refuse()'s for
+// any other value. A kernel that takes only some of the four refuses the rest inside f, under if constexpr (so no
+// kernel is instantiated for them), usually with the same refuse.
+template <typename F, typename Refuse>
+Status withElementType(int32_t dtype, F&& f, Refuse&& refuse)
 {
     switch (dtype)
     {
@@ -37,8 +40,15 @@ Status withElementType(int32_t dtype, F&& f)
     case DCN_FLOAT64: return f(double());
     case DCN_FLOAT16: return f(__half());
     case DCN_BFLOAT16: return f(__nv_bfloat16());
-    default: return Status::unsupportedDtype(dtype);
+    default: return refuse();
     }
+}
+
+// The same, refusing a value outside dcn_dtype with unsupportedDtype.
+template <typename F>
+Status withElementType(int32_t dtype, F&& f)
+{
+    return withElementType(dtype, std::forward<F>(f), [dtype] { return Status::unsupportedDtype(dtype); });
 }
 
 } // namespace dcn

@@ -218,28 +218,18 @@ Status launchGemmPath(DeformConvGeometry const& geo, int32_t dtype, GemmOptions 
     cudaStream_t stream, CublasHandleT handle)
 {
     GemmPlan const plan = planGemm(geo, dtypeBytes(dtype), gemm);
-    switch (dtype)
-    {
-    case DCN_FLOAT32:
-        return runGemmPath<float>(geo, plan, static_cast<float const*>(input), static_cast<float const*>(offset),
-            static_cast<float const*>(weight), static_cast<float const*>(bias), static_cast<float const*>(mask),
-            static_cast<float*>(output), workspace, stream, handle);
-    case DCN_FLOAT64:
-        return runGemmPath<double>(geo, plan, static_cast<double const*>(input), static_cast<double const*>(offset),
-            static_cast<double const*>(weight), static_cast<double const*>(bias), static_cast<double const*>(mask),
-            static_cast<double*>(output), workspace, stream, handle);
-    case DCN_FLOAT16:
-        return runGemmPath<__half>(geo, plan, static_cast<__half const*>(input), static_cast<__half const*>(offset),
-            static_cast<__half const*>(weight), static_cast<__half const*>(bias), static_cast<__half const*>(mask),
-            static_cast<__half*>(output), workspace, stream, handle);
-    case DCN_BFLOAT16:
-        return runGemmPath<__nv_bfloat16>(geo, plan, static_cast<__nv_bfloat16 const*>(input),
-            static_cast<__nv_bfloat16 const*>(offset), static_cast<__nv_bfloat16 const*>(weight),
-            static_cast<__nv_bfloat16 const*>(bias), static_cast<__nv_bfloat16 const*>(mask),
-            static_cast<__nv_bfloat16*>(output), workspace, stream, handle);
-    default:
+    auto const refuse = [dtype] {
         return Status::error(DCN_ERROR_UNSUPPORTED, "dtype " + std::to_string(dtype) + " has no GEMM path");
-    }
+    };
+    return withElementType(
+        dtype,
+        [&](auto tag) {
+            using T = decltype(tag);
+            return runGemmPath<T>(geo, plan, static_cast<T const*>(input), static_cast<T const*>(offset),
+                static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
+                static_cast<T*>(output), workspace, stream, handle);
+        },
+        refuse);
 }
 
 } // namespace dcn

@@ -143,23 +143,27 @@ Status launchImplicitPath(DeformConvGeometry const& geo, int32_t dtype, int32_t 
     int32_t threads, void const* input, void const* offset, void const* weight, void const* bias, void const* mask,
     void* output, void* workspace, cudaStream_t stream)
 {
-    switch (dtype)
-    {
-    case DCN_FLOAT16:
-        return runImplicit<__half>(geo, dtype, kernel, tileM, threads, static_cast<__half const*>(input), static_cast<__half const*>(offset),
-            static_cast<__half const*>(weight), static_cast<__half const*>(bias), static_cast<__half const*>(mask),
-            static_cast<__half*>(output), workspace, stream);
-    case DCN_BFLOAT16:
-        if (currentComputeCapability() < 80)
-            return Status::error(DCN_ERROR_UNSUPPORTED,
-                "the implicit-GEMM kernel runs bfloat16 on sm_80 and newer (bfloat16 tensor cores); use algo 3 (GEMM)");
-        return runImplicit<__nv_bfloat16>(geo, dtype, kernel, tileM, threads, static_cast<__nv_bfloat16 const*>(input),
-            static_cast<__nv_bfloat16 const*>(offset), static_cast<__nv_bfloat16 const*>(weight),
-            static_cast<__nv_bfloat16 const*>(bias), static_cast<__nv_bfloat16 const*>(mask),
-            static_cast<__nv_bfloat16*>(output), workspace, stream);
-    default: // not reached: the launch picks this kernel only where implicitKernelRefusal is empty
-        return Status::error(DCN_ERROR_UNSUPPORTED, implicitKernelRefusal(geo, dtype));
-    }
+    // float32 and float64 (and codes outside dcn_dtype): not reached, the launch picks this kernel only where
+    // implicitKernelRefusal is empty.
+    auto const refuse = [&] { return Status::error(DCN_ERROR_UNSUPPORTED, implicitKernelRefusal(geo, dtype)); };
+    return withElementType(
+        dtype,
+        [&](auto tag) {
+            using T = decltype(tag);
+            if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value)
+                return refuse();
+            else
+            {
+                if (std::is_same<T, __nv_bfloat16>::value && currentComputeCapability() < 80)
+                    return Status::error(DCN_ERROR_UNSUPPORTED,
+                        "the implicit-GEMM kernel runs bfloat16 on sm_80 and newer (bfloat16 tensor cores); use algo 3 "
+                        "(GEMM)");
+                return runImplicit<T>(geo, dtype, kernel, tileM, threads, static_cast<T const*>(input),
+                    static_cast<T const*>(offset), static_cast<T const*>(weight), static_cast<T const*>(bias),
+                    static_cast<T const*>(mask), static_cast<T*>(output), workspace, stream);
+            }
+        },
+        refuse);
 }
 
 } // namespace dcn

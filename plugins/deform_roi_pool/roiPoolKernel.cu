@@ -78,14 +78,9 @@ Status launchDeformRoiPool(dcn_deform_roi_pool_desc const& d, int32_t dtype, voi
     Status status = checkRoiPool(d);
     if (!status.ok() || d.num_rois == 0)
         return status;
-    switch (dtype)
-    {
-    case DCN_FLOAT32: return launchRoiPool<float>(d, input, rois, offset, output, stream);
-    case DCN_FLOAT64: return launchRoiPool<double>(d, input, rois, offset, output, stream);
-    case DCN_FLOAT16: return launchRoiPool<__half>(d, input, rois, offset, output, stream);
-    case DCN_BFLOAT16: return launchRoiPool<__nv_bfloat16>(d, input, rois, offset, output, stream);
-    default: return Status::unsupportedDtype(dtype);
-    }
+    return withElementType(dtype, [&](auto tag) {
+        return launchRoiPool<decltype(tag)>(d, input, rois, offset, output, stream);
+    });
 }
 
 Status launchDeformPsroiPool(dcn_deform_psroi_pool_desc const& d, int32_t dtype, void const* input, void const* rois,
@@ -94,14 +89,9 @@ Status launchDeformPsroiPool(dcn_deform_psroi_pool_desc const& d, int32_t dtype,
     Status status = checkPsroiPool(d);
     if (!status.ok() || d.num_rois == 0)
         return status;
-    switch (dtype)
-    {
-    case DCN_FLOAT32: return launchPsroiPool<float>(d, input, rois, trans, output, stream);
-    case DCN_FLOAT64: return launchPsroiPool<double>(d, input, rois, trans, output, stream);
-    case DCN_FLOAT16: return launchPsroiPool<__half>(d, input, rois, trans, output, stream);
-    case DCN_BFLOAT16: return launchPsroiPool<__nv_bfloat16>(d, input, rois, trans, output, stream);
-    default: return Status::unsupportedDtype(dtype);
-    }
+    return withElementType(dtype, [&](auto tag) {
+        return launchPsroiPool<decltype(tag)>(d, input, rois, trans, output, stream);
+    });
 }
 
 } // namespace dcn
