@@ -153,6 +153,10 @@ def main(ctx: click.Context, debug: bool) -> None:
       dcn-deploy verify demo.onnx --against ort
       dcn-deploy bench demo.onnx --runner ort --batch 1,8
       dcn-deploy build demo.onnx -o demo.engine      (TensorRT)
+
+    \b
+    A file exported by mmdeploy, mmcv or torchvision (their own deformable ops):
+      dcn-deploy adopt end2end.onnx                  -> end2end.adopted.onnx, with ours
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
