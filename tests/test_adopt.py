@@ -367,3 +367,50 @@ def test_build_and_ort_point_to_adopt(mmdeploy_file):
     assert verify.exit_code == 2 and f"dcn-deploy adopt {mmdeploy_file}" in verify.stderr, verify.stderr
     inspect = cli_runner().invoke(main, ["inspect", str(mmdeploy_file)])
     assert inspect.exit_code == 0 and "dcn-deploy adopt" in inspect.stdout
+
+
+def test_a_file_from_torchs_legacy_exporter_with_mmdeploys_node(tmp_path):
+    """The way mmdeploy's files are made: torch's TorchScript exporter at opset 11, the deformable layer's autograd
+    Function writing ``mmdeploy::MMCVModulatedDeformConv2d`` from its symbolic (the op, input order and attribute
+    names of mmdeploy's rewrite; a stand-in here, whose forward is our op). Adopted, the file computes the model."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    from dcn_deploy import deform_conv2d
+
+    class ModulatedDeformConvFunction(torch.autograd.Function):
+        @staticmethod
+        def symbolic(g, x, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups):
+            return g.op("mmdeploy::MMCVModulatedDeformConv2d", x, offset, mask, weight, bias, stride_i=stride,
+                        padding_i=padding, dilation_i=dilation, groups_i=groups, deform_groups_i=deform_groups)
+
+        @staticmethod
+        def forward(ctx, x, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups):
+            return deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                 mask=mask)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.offset = torch.nn.Conv2d(4, 3 * 2 * 6, 3, padding=1, stride=(2, 1))
+            self.weight = torch.nn.Parameter(torch.randn(6, 2, 3, 2))
+            self.bias = torch.nn.Parameter(torch.randn(6))
+
+        def forward(self, x):
+            o1, o2, mask = torch.chunk(self.offset(x) * 4, 3, dim=1)
+            return ModulatedDeformConvFunction.apply(x, torch.cat((o1, o2), 1), torch.sigmoid(mask), self.weight,
+                                                     self.bias, (2, 1), (1, 1), (1, 2), 2, 2)
+
+    net, x = Net().eval(), torch.randn(2, 4, 9, 8)
+    path = tmp_path / "end2end.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=11, input_names=["x"],
+                          output_names=["y"])
+    assert {(n.domain, n.op_type) for n in onnx.load(str(path)).graph.node} >= {
+        ("mmdeploy", "MMCVModulatedDeformConv2d")}
+    adopted = adopt_file(path)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    _assert_close(_run(onnx.load(str(adopted.path)), {"x": x.numpy()}), expected)
