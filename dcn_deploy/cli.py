@@ -20,9 +20,9 @@ from .commands import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CliError, 
 from .interrupts import interrupt_in
 from .wording import cli_wording
 
-# Library errors that mean the input was wrong (a file, an option, a model that does not fit) when our own code
-# raised them (is_bad_input); every other exception from a command means it ran and failed.
-BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, SyntaxError)
+# Library errors that mean the input was wrong (a file, an option, a model that does not fit, an output folder the
+# user may not write) when our own code raised them (is_bad_input); every other exception means it ran and failed.
+BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, PermissionError, SyntaxError)
 
 
 class _Group(HelpWhenBare):

@@ -201,6 +201,10 @@ def _format_rows(rows: Sequence[Sequence[str]]) -> List[str]:
 REFERENCE_NOT_FINITE = "NaN/inf values: nothing to compare there"
 
 
+# How the note of an output whose shape differs from the reference's begins (verify's hint looks for it).
+SHAPE_MISMATCH = "shape "
+
+
 def _narrowed_note(computed_in: str) -> str:
     """The note of an output held to a narrower compute type's tolerance than its own dtype's."""
     if computed_in == "tf32":
@@ -231,7 +235,8 @@ def compare_outputs(runner: str, name: str, actual: np.ndarray, expected: np.nda
     if actual.shape != expected.shape:
         return OutputComparison(**base, max_abs=inf, max_rel=inf, mean_abs=inf,
                                 mismatched=int(expected.size), of_tolerance=inf, passed=False,
-                                note=f"shape {format_shape(actual.shape)} != reference {format_shape(expected.shape)}")
+                                note=f"{SHAPE_MISMATCH}{format_shape(actual.shape)} != reference "
+                                     f"{format_shape(expected.shape)}")
     if expected.size == 0:
         return OutputComparison(**base, max_abs=0.0, max_rel=0.0, mean_abs=0.0, mismatched=0, of_tolerance=0.0,
                                 passed=True,

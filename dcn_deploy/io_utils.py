@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple, Union
@@ -19,8 +20,11 @@ def check_output_path(target: PathLike, what: str = "output") -> None:
     if target.is_dir():
         raise ValueError(f"{what} {target} is a folder; give a file name inside it")
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} {target}: folder {folder} does not exist; create it (mkdir -p {folder}) "
-                                "or choose another path")
+        above = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if above is not None and not above.is_dir():  # e.g. model.py/out.onnx: mkdir -p would fail too
+            raise FileNotFoundError(f"{what} {target}: {above} is a file, not a folder; choose another path")
+        raise FileNotFoundError(f"{what} {target}: folder {folder} does not exist; create it "
+                                f"(mkdir -p {shlex.quote(str(folder))}) or choose another path")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {target}: folder {folder} is not writable; choose another path")
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from dcn_deploy.onnx.model_loading import describe_exception, unreadable_weights_reason
 from dcn_deploy.ops.modules import upgrade_mmcv_state_dict
+from dcn_deploy.wording import for_reader
 
 __all__ = ["CheckpointError", "IncompleteCheckpointError", "LoadReport", "load_checkpoint", "read_state_dict"]
 
@@ -235,7 +236,11 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     if not any(k in own for k in loadable) and not any(".conv_offset_mask." in k for k in loadable):
         raise CheckpointError(
             f"no tensor of {source} matches the model (checkpoint keys look like {sorted(state)[:3]}, the model's "
-            f"like {sorted(own)[:3]}); pass prefix=(strip, add) to rename them")
+            f"like {sorted(own)[:3]}); " + for_reader(
+                "pass prefix=(strip, add) to rename them",
+                "check that it is a checkpoint of this model; if only the key prefixes differ, rename them in Python "
+                "(dcn_deploy.models.checkpoint.load_checkpoint(model, FILE, prefix=(strip, add)), then "
+                "torch.save(model.state_dict(), NEW_FILE)) and give NEW_FILE"))
     result = model.load_state_dict(loadable, strict=False)
     skipped = {m[0] for m in report.mismatched}
     # BatchNorm fills in a num_batches_tracked that a state_dict without version metadata lacks (its loading path

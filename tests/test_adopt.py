@@ -174,6 +174,23 @@ def test_standard_deform_conv_with_a_bias_hole_and_asymmetric_pads():
     assert len(source.graph.node) == 1 and source.graph.node[0].op_type == "DeformConv"  # the source is untouched
 
 
+def test_a_source_node_whose_shapes_contradict_its_attributes_is_the_sources_fault(tmp_path):
+    """onnx's checker passes a DeformConv with offset_group=3 over 4 channels; our schema's inference does not. That
+    is the source's error (ONNX Runtime refuses the node when it runs), not "a bug in dcn_deploy's adoption"."""
+    node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], name="bad", pads=[1, 1, 1, 1], offset_group=3)
+    source = tmp_path / "bad.onnx"
+    onnx.save(_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
+                              helper.make_tensor_value_info("offset", TensorProto.FLOAT, [1, 54, 8, 8])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])],
+                     [numpy_helper.from_array(np.ones((6, 4, 3, 3), np.float32), "w")], opset=19, domains=()),
+              str(source))
+    result = cli_runner().invoke(main, ["adopt", str(source)])
+    assert result.exit_code == 2, result.stderr
+    assert "inputs do not fit its attributes" in result.stderr and "divisible by offset_group (3)" in result.stderr
+    assert "bug in dcn_deploy" not in result.stderr and "fix or re-export the source" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
 def test_three_d_deform_conv_is_refused():
     node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], name="conv3d", strides=[1, 1, 1])
     model = _model([node], [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 1, 1, 1])

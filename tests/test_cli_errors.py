@@ -34,6 +34,8 @@ def files(tmp_path_factory):
     (folder / "untrained.py").write_text(
         "import torch\nfrom tiny_net import build as trained\n\n\ndef build():\n    model = trained()\n"
         "    with torch.no_grad():\n        for p in model.parameters():\n            p.add_(0.05)\n    return model\n")
+    # Another network on the same input: weights cannot make its output the file's shape.
+    (folder / "wider.py").write_text("import torch\n\n\ndef build():\n    return torch.nn.Conv2d(2, 7, 1)\n")
     torch.save({"other.weight": torch.ones(2)}, folder / "unrelated.pt")
     np.save(folder / "x.npy", np.random.default_rng(3).standard_normal((1, 2, 5, 5)).astype(np.float32))
     return {"folder": folder, "onnx": str(onnx_path), "factory": f"{source}:build", "junk": str(folder / "junk.onnx"),
@@ -163,6 +165,15 @@ def test_verify_failure_without_weights_hints_at_weights(files):
     failed_with_weights = run("verify", files["onnx"], "--model", files["factory"], "--weights", wrong,
                               "--shape", "x=1x2x5x5")
     assert failed_with_weights.exit_code == 1 and "hint:" not in failed_with_weights.stderr
+
+
+def test_verify_against_another_network_says_so_not_that_weights_are_missing(files):
+    factory = f"{files['folder'] / 'wider.py'}:build"
+    failed = run("verify", files["onnx"], "--model", factory, "--shape", "x=1x2x5x5")
+    assert failed.exit_code == 1, (failed.output, failed.stderr)
+    assert "shape 1x4x5x5 != reference 1x7x5x5" in failed.output
+    assert f"--model {factory} does not build the network tiny.onnx was exported from" in failed.stderr
+    assert "untrained" not in failed.stderr  # --weights cannot fix a shape
 
 
 # hints name the options of the command that was run -----------------------------------------------------------

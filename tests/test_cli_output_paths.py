@@ -50,6 +50,32 @@ def test_bench_and_infer_refuse_to_write_over_the_model_or_an_input(files):
     assert_bad_input(run("infer", tiny, "--input", f"x={x}", "-o", missing), "folder", "does not exist")
 
 
+def test_an_output_under_a_file_or_in_a_folder_with_a_space_gets_a_fix_that_works(files):
+    folder, tiny, x = files["folder"], files["tiny"], files["folder"] / "x.npy"
+    # x.npy/out.npz: "create it (mkdir -p x.npy)" would fail, x.npy being a file
+    assert_bad_input(run("infer", tiny, "--input", f"x={x}", "-o", x / "sub" / "out.npz"),
+                     f"{x} is a file, not a folder", "choose another path")
+    spaced = folder / "new folder"
+    result = run("infer", tiny, "--input", f"x={x}", "-o", spaced / "out.npz")
+    assert_bad_input(result, f"(mkdir -p '{spaced}')")  # quoted: unquoted, it would make two folders
+
+
+def test_an_output_folder_the_user_may_not_write_is_bad_input(files, monkeypatch):
+    """Exit 2 like any other output path that cannot be written, not 1 ("ran and failed"); nothing was run."""
+    import os
+
+    locked = files["folder"] / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: (
+        False if str(path) == str(locked) and mode & os.W_OK else real_access(path, mode, *a, **k)))
+    x = files["folder"] / "x.npy"
+    for args in (("infer", files["tiny"], "--input", f"x={x}", "-o", locked / "out.npz"),
+                 ("export", files["factory"], "--input-shape", "1x2x6x6", "-o", locked / "m.onnx")):
+        assert_bad_input(run(*args), f"{locked / args[-1].name}", f"folder {locked} is not writable")
+    assert list(locked.iterdir()) == []
+
+
 def test_check_not_an_input_compares_files_not_spellings(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
@@ -147,6 +173,9 @@ def test_options_that_contradict_each_other_are_refused(files, tmp_path):
          "--cuda-archs 'sm_90' is not a CMake CUDA architecture list", "\"80;90\""),
         (("zoo", "report", "--pairs", "resnet50_dcn_c5", "--pairs", "resnet50_dcn_c5"), "given more than once",
          "give each network once"),
+        # CMake would take the folder as it is, and the plugin's #include <NvInfer.h> fail after the kernels compile
+        (("plugin", "build", "--tensorrt-include-dir", files["folder"], "--build-dir", tmp_path / "b"),
+         f"--tensorrt-include-dir {files['folder']} holds no NvInfer.h", "give the folder that holds it"),
     ]
     for args, *fragments in cases:
         assert_bad_input(run(*args), *fragments)

@@ -257,8 +257,13 @@ def test_unreadable_or_unrelated_checkpoints_give_clear_errors(tmp_path):
     model = ResNet(50, num_classes=None, deform_stages=())
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(model, tmp_path / "missing.pth")
-    with pytest.raises(CheckpointError, match="no tensor .* matches the model"):
+    with pytest.raises(CheckpointError, match=r"no tensor .* matches the model.*pass prefix=\(strip, add\)"):
         load_checkpoint(model, {"encoder.block.weight": torch.ones(2)})
+    from dcn_deploy.wording import cli_wording
+
+    with cli_wording(), pytest.raises(CheckpointError) as info:  # the CLI's --weights has no prefix= to pass
+        load_checkpoint(model, {"encoder.block.weight": torch.ones(2)})
+    assert "pass prefix=" not in str(info.value) and "check that it is a checkpoint of this model" in str(info.value)
     with pytest.raises(CheckpointError, match="no tensors"):
         load_checkpoint(model, {"epoch": 3})
 

@@ -51,7 +51,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
       dcn-deploy verify demo.onnx --runner trt --engine demo.engine --against torch --model net.py:build
     """
     from ..backends.base import RunnerError
-    from ..compare import DEFAULT_TOLERANCES, Tolerance, compare_runners
+    from ..compare import DEFAULT_TOLERANCES, SHAPE_MISMATCH, Tolerance, compare_runners
     from ..feeds import load_feed, reject_empty
     from ..onnx.compute_type import narrowest_compute_type
 
@@ -89,7 +89,14 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     else:
         click.echo(f"verify {model_path}: {subject} against {against}")
         click.echo(result.table())
-    if not result.passed and torch_model and checkpoint is None and not torch_model.endswith(".pt2"):
+    reshaped = [o for o in result.outputs if o.note.startswith(SHAPE_MISMATCH)]
+    if reshaped and torch_model and "torch" in (subject, against):
+        # Weights never change an output's shape: --model builds another network than the file holds.
+        first = reshaped[0]
+        click.echo(f"hint: output {first.output!r} has another shape from each runner ({first.note}): --model "
+                   f"{torch_model} does not build the network {model_path.name} was exported from (weights would not "
+                   f"change a shape); give the factory, zoo name or .pt2 that {model_path.name} came from", err=True)
+    elif not result.passed and torch_model and checkpoint is None and not torch_model.endswith(".pt2"):
         # A factory or zoo entry builds its model with initial weights: without --weights a mismatch is expected.
         click.echo(f"hint: --model {torch_model} builds an untrained model unless --weights STATE_DICT.pt is given; "
                    f"pass the weights {model_path.name} was exported with", err=True)

@@ -539,6 +539,10 @@ def adopt_file(source, output=None, *, roi_sampling_ratio: Optional[int] = None)
         except onnx.checker.ValidationError as invalid:
             raise AdoptionError(f"{source} itself fails onnx's checker ({str(invalid).strip().rstrip('.')}), and so "
                                 f"does the adopted model ({cause}); fix or re-export the source") from exc
+        if cause.startswith(f"[{DOMAIN}::"):  # our schema's check of a node's inputs against its attributes
+            raise AdoptionError(f"{source} holds a deformable node whose inputs do not fit its attributes ({cause}); "
+                                "onnx's checker does not check this for the source's op, and ONNX Runtime refuses "
+                                "the node when it runs: fix or re-export the source") from exc
         raise AdoptionError(f"the adopted model fails onnx's checker or shape inference ({cause}), though {source} "
                             "passes the checker: this is a bug in dcn_deploy's adoption; please report it with the "
                             "file") from exc

@@ -223,6 +223,15 @@ def build_libraries(build_dir: Optional[Path] = None, *, cuda: bool = True,
         raise ValueError(f"{option} {cuda_architectures!r} is not a CMake CUDA architecture list: give numbers "
                          "separated by ';', each optionally -real or -virtual (e.g. \"80;90\" or \"90-real\"), "
                          "or all, all-major or native")
+    if tensorrt_include_dir and not (Path(tensorrt_include_dir) / "NvInfer.h").is_file():
+        # CMake takes the folder as given (find_path does not search a set cache variable), and the plugin's first
+        # #include then fails, after every CUDA kernel has compiled.
+        option = argument("tensorrt_include_dir", "--tensorrt-include-dir")
+        inside = Path(tensorrt_include_dir) / "include"
+        fix = (f"give {inside}, which holds it" if (inside / "NvInfer.h").is_file() else
+               "give the folder that holds it (TensorRT's include/, e.g. /usr/include/x86_64-linux-gnu), or drop the "
+               "option for CMake's search (--fetch-trt-headers downloads them)")
+        raise ValueError(f"{option} {tensorrt_include_dir} holds no NvInfer.h; {fix}")
     if shutil.which("cmake") is None:
         raise PluginBuildError("cmake not found on PATH; install cmake >= 3.24 (and ninja) first")
     source = repo_root()
