@@ -8,9 +8,11 @@ verification beyond tolerance), 2 bad usage or input, 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -43,7 +45,8 @@ class _Group(HelpWhenBare):
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))  # the group's own option, parsed before invoke
         try:
-            with cli_wording():  # errors built while the command runs name its options (--keep-fp32), not arguments
+            # errors built while the command runs name its options (--keep-fp32), not arguments
+            with cli_wording(), _our_warnings_as_lines():
                 return super().invoke(ctx)
         except click.ClickException as exc:
             if isinstance(exc, click.NoSuchOption) and exc.option_name == "--debug":
@@ -67,6 +70,26 @@ class _Group(HelpWhenBare):
             if not debug:
                 click.echo(f"(for the traceback run: {debug_command(ctx)})", err=True)
             sys.exit(EXIT_BAD_INPUT if is_bad_input(exc) else EXIT_FAILED)
+
+
+@contextlib.contextmanager
+def _our_warnings_as_lines():
+    """While a command runs, a warning our own code raises prints as one line ``warning: MESSAGE`` on stderr (the
+    form of the CLI's other notes), not Python's ``path.py:316: UserWarning: MESSAGE`` and the source line after it;
+    other libraries' warnings keep Python's form."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and os.path.abspath(filename).startswith(_our_source_dirs()):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _exit_interrupted() -> None:

@@ -260,6 +260,13 @@ def test_roi_pool_without_offset_pools_as_with_none(form):
     _assert_close(_run(adopted, {"x": x, "rois": rois}), _torch_roi_pool(x, rois, None, 2))
 
 
+def test_a_sampling_ratio_for_no_adaptive_node_is_refused():
+    case = ConvCase(seed=15)
+    for model in (_roi_model("offset", 2), _modulated_model(case, "mmcv", True)):
+        with pytest.raises(AdoptionError, match="roi_sampling_ratio .* this model has none: drop it"):
+            adopt_model(model, roi_sampling_ratio=2)
+
+
 def test_roi_pool_adaptive_sampling_needs_a_fixed_ratio():
     x, rois, offset = _roi_case(seed=10)
     with pytest.raises(AdoptionError, match=r"node 'roi' \(mmcv::MMCVDeformRoIPool\) samples adaptively.*"

@@ -168,8 +168,15 @@ def test_dispatch_decision(cpu_lib, monkeypatch):
     assert native_paths.cpu_library_for(x) is not None
     assert native_paths.cpu_library_for(x.double()) is not None
     assert native_paths.cpu_library_for(x.half()) is None  # upcast before asking
-    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "0")
-    assert native_paths.cpu_library_for(x) is None
+    for off in ("0", "false", "OFF", "no"):
+        monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, off)
+        assert native_paths.cpu_library_for(x) is None, off
+    for on in ("1", "true", "On", ""):
+        monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, on)
+        assert native_paths.cpu_library_for(x) is not None, on
+    monkeypatch.setenv(native_paths.NATIVE_CPU_ENV, "disabled please")  # neither: kept on, and said so
+    with pytest.warns(UserWarning, match=r"DCN_DEPLOY_NATIVE_CPU='disabled please' is neither on .* nor off"):
+        assert native_paths.cpu_library_for(x) is not None
 
 
 def test_composite_forward_turns_off_every_compiled_path_in_its_thread_only(cpu_lib, monkeypatch):

@@ -516,3 +516,27 @@ def test_plugin_info_reports_the_build_settings_of_the_libraries_it_found(tmp_pa
     assert info["host"] == str(other / "lib" / lib.path.name)
     assert info["build_dir"] == str(other.resolve())
     assert info["cuda_architectures"] == "90" and info["tensorrt_include_dir"] == "/opt/trt/include"
+
+
+def test_a_library_folder_override_that_is_no_folder_is_named_in_a_warning(tmp_path, monkeypatch):
+    """DCN_DEPLOY_PLUGIN_DIR at the library file itself, or at nothing: the search falls back to the default
+    places, and a warning says so (a silent fallback could run another build than the one meant)."""
+    the_file = tmp_path / library.LIBRARY_FILES["host"]
+    the_file.write_bytes(b"\x7fELF")
+    monkeypatch.setenv(library.ENV_DIR, str(the_file))
+    with pytest.warns(UserWarning, match=r"is not a folder; give the folder that holds the library, not the file"):
+        library.search_dirs()
+    monkeypatch.setenv(library.ENV_DIR, str(tmp_path / "missing"))
+    with pytest.warns(UserWarning, match=r"missing is not a folder: the libraries are looked for in the default"):
+        library.search_dirs()
+
+
+def test_the_cli_prints_our_warnings_as_one_line(tmp_path, monkeypatch):
+    from cli_helpers import cli_runner
+
+    from dcn_deploy.cli import main
+
+    monkeypatch.setenv(library.ENV_DIR, str(tmp_path / "nowhere"))
+    result = cli_runner().invoke(main, ["plugin", "info"])
+    assert f"warning: {library.ENV_DIR}={tmp_path / 'nowhere'} is not a folder" in result.stderr
+    assert "UserWarning" not in result.stderr

@@ -476,6 +476,11 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     if inside_functions:
         raise AdoptionError(f"the model's local function(s) {inside_functions} hold foreign deformable nodes; inline "
                             "them first (onnx.inliner.inline_local_functions(model)), then adopt the result")
+    adaptive = [n for n in foreign_nodes(model) if n.op_type == "MMCVDeformRoIPool"
+                and float(_attributes(n).get("sampling_ratio", 0)) == 0]
+    if roi_sampling_ratio is not None and not adaptive:
+        raise AdoptionError(f"{argument('roi_sampling_ratio', '--roi-sampling-ratio')} is for mmcv DeformRoIPool "
+                            "nodes with adaptive sampling (sampling_ratio=0), and this model has none: drop it")
     adoption = Adoption(opset_before=default_opset(model))
     work = onnx.ModelProto()
     work.CopyFrom(model)

@@ -7,14 +7,14 @@ op's torch composite: :func:`dcn_deploy.ops.deform_conv._forward_composite`, and
   composite's sampling (a weighted ``embedding_bag`` over freshly allocated columns) costs a third of a dense
   layer's time, and for grouped and depth-wise layers its many small products cost 3-4x ONNX Runtime's kernel;
   the RoI pooling composites' gathers cost 3-18x the compiled forwards (benchmarks/RESULTS.md).
-  ``DCN_DEPLOY_NATIVE_CPU=0`` turns it off.
+  ``DCN_DEPLOY_NATIVE_CPU=0`` (or false, off, no) turns it off.
 - CUDA: the kernels (algorithm ``auto``), every dtype as it is: float16/bfloat16 are read and written in the half
   type and summed in float32 (the GEMM path's sampled columns are rounded to the half type, as its product reads
   them). Why: the composite builds a float32 column buffer of C*kH*kW*oH*oW values per image. A device the
   library cannot run on (built without that GPU's architecture, say) is found by one tiny forward the first time
   the device is used, and then keeps the composite, with a warning. The RoI pooling ops run their kernels the same
   way (float32 and the half types as they are, float32 sums; float64 on the composite).
-  ``DCN_DEPLOY_NATIVE_CUDA=0`` turns it off.
+  ``DCN_DEPLOY_NATIVE_CUDA=0`` (or false, off, no) turns it off.
 - :func:`composite_forward`: a block in which this thread's forwards run the composite on every device, as an
   independent reference for tests and benchmarks of the compiled code.
 
@@ -59,8 +59,25 @@ def composite_forward() -> Iterator[None]:
         _COMPOSITE_ONLY.reset(token)
 
 
+_OFF = ("0", "false", "off", "no")
+_ON = ("", "1", "true", "on", "yes")
+
+
 def _switched_off(env_name: str) -> bool:
-    return _COMPOSITE_ONLY.get() or os.environ.get(env_name, "1") == "0"
+    """Whether the composite is asked for: in :func:`composite_forward`, or ``env_name`` set to 0, false, off or no
+    (any case). Another value keeps the library on and is named in a warning, once."""
+    if _COMPOSITE_ONLY.get():
+        return True
+    value = os.environ.get(env_name, "1").strip().lower()
+    if value not in _OFF and value not in _ON:
+        _warn_unknown_switch(env_name, os.environ[env_name])
+    return value in _OFF
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unknown_switch(env_name: str, value: str) -> None:
+    warnings.warn(f"{env_name}={value!r} is neither on (1, true, on, yes) nor off (0, false, off, no); the compiled "
+                  f"forward stays on. Set {env_name}=0 to run the torch composite", stacklevel=4)
 
 
 def _load(kind: str, entries: Sequence[str]):

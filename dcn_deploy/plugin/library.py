@@ -16,12 +16,14 @@ CMake; ``dcn-deploy plugin build`` is its command-line form.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,10 +78,20 @@ def search_dirs() -> List[Path]:
     dirs = []
     override = os.environ.get(ENV_DIR)
     if override:
-        dirs.append(Path(override).expanduser())
+        folder = Path(override).expanduser()
+        if not folder.is_dir():
+            _warn_override_not_a_folder(override)
+        dirs.append(folder)
     dirs.append(default_build_dir() / "lib")
     dirs.append(Path(__file__).resolve().parent / "lib")
     return dirs
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_override_not_a_folder(value: str) -> None:
+    hint = "; give the folder that holds the library, not the file" if Path(value).expanduser().is_file() else ""
+    warnings.warn(f"{ENV_DIR}={value} is not a folder{hint}: the libraries are looked for in the default places "
+                  "instead", stacklevel=3)
 
 
 def _check_kind(kind: str) -> str:
