@@ -285,6 +285,16 @@ def test_a_file_that_is_no_program_prints_one_line_and_leaves_torch_logging_as_i
     assert (logger.handlers[:], logger.propagate, logger.level) == before
 
 
+def test_a_state_dict_saved_as_pt2_is_told_apart_from_a_broken_program(folder):
+    weights = folder / "weights.pt2"
+    torch.save({"w": torch.zeros(2)}, weights)
+    result = cli_runner().invoke(main, ["export", str(weights), "-o", str(folder / "f.onnx")])
+    assert result.exit_code == 2, result.output + result.stderr
+    assert error_lines(result) == [f"error: {weights} was written by torch.save (a state_dict or a pickled model), not "
+                                   "by torch.export.save: give the model's code and the weights, as FILE.py:FACTORY "
+                                   f"--weights {weights} (or a zoo name --weights {weights})"]
+
+
 def test_a_program_that_fails_to_deserialise_names_the_logged_cause():
     from dcn_deploy.onnx.model_loading import _load_failure
 

@@ -134,10 +134,28 @@ def _load_program(path: Path) -> LoadedModel:
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # torch raises several types for a bad archive
+            if _is_torch_save_archive(path):
+                raise ValueError(f"{path} was written by torch.save (a state_dict or a pickled model), not by "
+                                 "torch.export.save: give the model's code and the weights, as FILE.py:FACTORY "
+                                 f"--weights {path} (or a zoo name --weights {path})") from exc
             cause = _load_failure(exc, logged)
             raise ValueError(f"{path} is not a program saved with torch.export.save: "
                              f"{describe_exception(cause, path)}") from cause  # path: no torch/zipfile line
     return LoadedModel(program, str(path), "pt2")
+
+
+def _is_torch_save_archive(path: Path) -> bool:
+    """Whether ``path`` is torch.save's zip archive (``<name>/data.pkl`` and no ``archive_format``, which
+    torch.export.save's archives hold)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return (any(n.endswith("/data.pkl") for n in names)
+            and not any(n.endswith("/archive_format") for n in names))
 
 
 class _Records(logging.Handler):
