@@ -519,6 +519,8 @@ def test_parse_shapes():
         parse_shape_options(["2x3"])
     with pytest.raises(FeedError, match="joined by 'x'"):
         parse_shape("2 by 3")
+    with pytest.raises(FeedError, match=r"negative size \(-2\); every size must be >= 0"):
+        parse_shape("1x3x-2x64")
 
 
 def test_load_feed_from_npy_and_npz(tmp_path, rng):

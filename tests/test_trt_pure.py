@@ -1215,8 +1215,9 @@ def test_workspace_is_checked_once_by_the_library_before_the_model_is_read(tmp_p
 
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="--workspace must be positive, got '0'"):
-        build_engine(junk, tmp_path / "m.engine", workspace="0", tensorrt_module="no_such_tensorrt_module")
+    for size in ("0", "-5", "-2G"):
+        with pytest.raises(ValueError, match=f"--workspace must be positive, got '{size}'"):
+            build_engine(junk, tmp_path / "m.engine", workspace=size, tensorrt_module="no_such_tensorrt_module")
     result = CliRunner().invoke(main, ["build", str(junk), "--workspace", "plenty"])
     assert result.exit_code == 2, result.output
     assert result.output.splitlines()[0] == ("error: --workspace: 'plenty' is not a size; write e.g. 4G, 512M or "

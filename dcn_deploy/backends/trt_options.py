@@ -28,6 +28,8 @@ def parse_size(text: Union[str, int], default_unit: str = "M") -> int:
     if isinstance(text, int):
         text = str(text)
     match = _SIZE_RE.match(text)
+    if not match and text.strip().startswith("-") and _SIZE_RE.match(text.strip()[1:]):
+        raise ValueError(f"--workspace must be positive, got {text!r}; write e.g. 4G, 512M or 1024 (MiB)")
     if not match:
         raise ValueError(f"--workspace: {text!r} is not a size; write e.g. 4G, 512M or 1024 (MiB)")
     number, unit = float(match.group(1)), (match.group(2) or default_unit).upper()

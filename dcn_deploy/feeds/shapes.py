@@ -24,7 +24,8 @@ def parse_shape(text: str) -> Shape:
     except ValueError:
         raise FeedError(f"cannot read shape {text!r}: write it as sizes joined by 'x', e.g. 1x3x64x64") from None
     if any(s < 0 for s in shape):
-        raise FeedError(f"shape {text!r} has a negative size")
+        raise FeedError(f"shape {text!r} has a negative size ({min(shape)}); every size must be >= 0, "
+                        "e.g. 1x3x64x64")
     return shape
 
 
