@@ -279,7 +279,9 @@ def _mmcv_conv_attributes(node: onnx.NodeProto, attrs: Dict[str, object]) -> Tup
     return {"strides": _pair(node, attrs, "stride", 1), "pads": [pad[0], pad[1], pad[0], pad[1]],
             "dilations": _pair(node, attrs, "dilation", 1),
             "group": _positive(node, "groups", int(attrs.get("groups", 1))),
-            "offset_group": _positive(node, "deform_groups", int(attrs.get("deform_groups", 1)))}, notes
+            # deformable_groups: the older spelling (mmdetection 1.x's layers), which some plugins still read
+            "offset_group": _positive(node, "deform_groups",
+                                      int(attrs.get("deform_groups", attrs.get("deformable_groups", 1))))}, notes
 
 
 def _adopt_mmcv_deform_conv(node: onnx.NodeProto, scope: _Scope, roi_sampling_ratio: Optional[int]):
