@@ -140,8 +140,6 @@ def test_deform_conv_reads_mmcvs_and_mmdeploys_padding_as_the_layer_had_it():
     assert "lose the width padding" in adoption.nodes[0].notes[0]  # the mmdeploy file's note
 
 
-@pytest.mark.parametrize("padding, words", [([1, 2, 1, 2], r"neither \(pad_h, pad_w\) nor mmdeploy.s"),
-                                            ([1, 2, 3], "neither")])
 def test_the_older_deformable_groups_spelling_is_read():
     case = ConvCase(seed=16)
     model = _modulated_model(case, "mmdeploy", True)
@@ -151,6 +149,8 @@ def test_the_older_deformable_groups_spelling_is_read():
     _assert_close(_run(adopted, {"x": case.x, "offset": case.offset, "mask": case.mask}), case.expected())
 
 
+@pytest.mark.parametrize("padding, words", [([1, 2, 1, 2], r"neither \(pad_h, pad_w\) nor mmdeploy.s"),
+                                            ([1, 2, 3], "neither")])
 def test_deform_conv_padding_of_no_known_form_is_refused(padding, words):
     case = ConvCase(seed=4)
     with pytest.raises(AdoptionError, match=r"node 'dcn_v1' \(mmdeploy::MMCVDeformConv2d\).*" + words):
