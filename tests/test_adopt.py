@@ -337,6 +337,57 @@ def test_nodes_inside_local_functions_are_refused_with_the_way_out():
         adopt_model(model)
 
 
+def test_a_model_holding_our_ops_and_their_bodies_adopts_its_other_foreign_nodes():
+    """Our ops' function bodies (standard DeformConv inside) are not local functions holding foreign nodes: a model
+    that already holds our node (adopted, or exported by dcn_deploy) and an mmcv node besides adopts the latter."""
+    case = ConvCase(seed=16)
+    model, _ = adopt_model(_modulated_model(case, "mmcv", True))
+    assert [f.domain for f in model.functions] == ["dcn_deploy"]
+    dcn = helper.make_node("MMCVModulatedDeformConv2d", ["x", "offset", "mask", "weight", "bias"], ["y2"],
+                           domain="mmcv", name="dcn2", stride=list(case.stride), padding=list(case.padding),
+                           dilation=list(case.dilation), groups=case.groups, deform_groups=case.offset_groups)
+    model.graph.node.append(dcn)
+    model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, case.out_shape))
+    model.opset_import.append(helper.make_opsetid("mmcv", 1))
+    assert [n.name for n in foreign_nodes(model)] == ["dcn2"]
+    adopted, adoption = adopt_model(model)
+    assert [n.name for n in adoption.nodes] == ["dcn2"] and len(adopted.functions) == 1
+    session = ort.InferenceSession(adopted.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got in session.run(None, {"x": case.x, "offset": case.offset, "mask": case.mask}):
+        _assert_close(got, case.expected())
+
+
+def test_a_file_whose_nodes_are_all_inside_local_functions_is_refused_with_the_way_out(tmp_path):
+    """torch's export_modules_as_functions puts mmcv's node in a local function and only a call to it in the graph
+    (as a real mmcv export does: tests/test_convert_mmcv.py). The file and the CLI say to inline it, not that there
+    is nothing to adopt; inlined, it adopts."""
+    case = ConvCase(seed=15)
+    source = _modulated_model(case, "mmcv", True)
+    dcn = source.graph.node[0]
+    block = helper.make_function("mmcv.ops.modulated_deform_conv", "ModulatedDeformConv2dPack", list(dcn.input),
+                                 ["y"], [dcn], opset_imports=[helper.make_opsetid("mmcv", 1)])
+    call = helper.make_node("ModulatedDeformConv2dPack", list(dcn.input), ["y"], domain=block.domain, name="call")
+    del source.graph.node[:]
+    source.graph.node.append(call)
+    source.functions.append(block)
+    source.opset_import.append(helper.make_opsetid(block.domain, 1))
+    path = tmp_path / "fn.onnx"
+    onnx.save(source, str(path))
+    assert [n.op_type for n in foreign_nodes(source)] == ["MMCVModulatedDeformConv2d"]
+    with pytest.raises(AdoptionError, match=r"mmcv\.ops\.modulated_deform_conv::ModulatedDeformConv2dPack.*"
+                                            r"inline_local_functions"):
+        adopt_file(path)
+    result = cli_runner().invoke(main, ["adopt", str(path)])
+    assert result.exit_code == 2 and "inline_local_functions" in result.stderr, result.output + result.stderr
+    assert "nothing to adopt" not in result.stderr
+    from onnx.inliner import inline_local_functions
+
+    onnx.save(inline_local_functions(source), str(tmp_path / "inlined.onnx"))
+    adopted = adopt_file(tmp_path / "inlined.onnx")
+    feed = {"x": case.x, "offset": case.offset, "mask": case.mask}
+    _assert_close(_run(onnx.load(str(adopted.path)), feed), case.expected())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The file and the CLI
 

@@ -5,9 +5,11 @@ class becomes which, parameters and submodules taken over as the same objects, s
 with the reason) on stand-ins that carry mmcv's module paths and attributes and whose forward fails, as mmcv's does
 where its compiled ops are missing. Whether a converted layer computes what mmcv's computes is checked against mmcv
 itself at the end (skipped where ``mmcv.ops`` cannot be imported: mmcv is not a dependency, and its compiled ops
-must be built for this torch). Run on 2026-11-26 in a venv with torch 2.13.0 (CPU) and mmcv 2.2.0 built from its
-source package (``MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.2.0`` with setuptools < 81; about 15 min on
-2 cores): ``PYTHONPATH=. /tmp/mmcvenv/bin/python -m pytest -q tests/test_convert_mmcv.py``: all 44 passed (the 26
+must be built for this torch), and so is ``dcn_deploy.onnx.adopt`` on the files mmcv's own ONNX symbolics write
+(torch's TorchScript exporter, ``mmcv::MMCV*`` nodes), run in ONNX Runtime. Run on 2026-11-27 in a venv with torch
+2.13.0 (CPU), onnx 1.23.2, onnxruntime 1.32.0 and mmcv 2.2.0 built from its source package (``MMCV_WITH_OPS=1
+MAX_JOBS=2 pip install --no-build-isolation mmcv==2.2.0`` with setuptools < 81 and mmengine 0.10.7; about 12 min on
+2 cores): ``PYTHONPATH=. /tmp/mmcvenv/bin/python -m pytest -q tests/test_convert_mmcv.py``: all 59 passed (the 41
 that need mmcv skip without it).
 """
 from __future__ import annotations
@@ -373,6 +375,181 @@ def test_converted_mmcv_model_exports_and_verifies_in_onnx_runtime(tmp_path):
     assert report.verified and sum(report.op_counts.values()) == 2
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# mmcv's own ONNX export (its symbolics write mmcv::MMCV* nodes) adopted as ours (dcn_deploy.onnx.adopt), run in ONNX
+# Runtime against mmcv's CPU forward
+
+
+def _export_legacy(model, args, path, names, opset=11, **kwargs):
+    """As mmcv users export: torch's TorchScript exporter, which calls mmcv's autograd Functions' symbolics."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=opset, input_names=names,
+                          output_names=["y"], **kwargs)
+
+
+def _adopted_run(path, feeds, **kwargs):
+    ort = pytest.importorskip("onnxruntime")
+    from dcn_deploy.onnx.adopt import adopt_file
+
+    adopted = adopt_file(path, **kwargs)
+    session = ort.InferenceSession(str(adopted.path), providers=["CPUExecutionProvider"])
+    return adopted.adoption, [torch.from_numpy(session.run(None, feed)[0]) for feed in feeds]
+
+
+def _mmcv_nodes(path):
+    import onnx
+    from onnx import helper
+
+    return [(n.op_type, list(n.input), {a.name: helper.get_attribute_value(a) for a in n.attribute})
+            for n in onnx.load(str(path)).graph.node if n.domain == "mmcv"]
+
+
+def _close(actual, expected, rtol=1e-5):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("modulated, case", [(False, c) for c in V1_CASES] + [(True, c) for c in CASES])
+def test_adopted_mmcv_export_matches_mmcv(tmp_path, case, modulated):
+    ops = _mmcv_ops()
+    cin, cout, k, stride, padding, dilation, groups, deform_groups, (h, w) = case
+    cls = ops.ModulatedDeformConv2dPack if modulated else ops.DeformConv2dPack
+    layer = cls(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                deform_groups=deform_groups).eval()
+    nn.init.normal_(layer.conv_offset.weight, std=0.5)
+    nn.init.normal_(layer.conv_offset.bias, std=2.0)  # offsets of pixels: some samples leave the image
+    if modulated:
+        nn.init.normal_(layer.bias)
+    x = torch.randn(2, cin, h, w)
+    with torch.no_grad():
+        expected = layer(x)
+    _export_legacy(layer, (x,), tmp_path / "m.onnx", ["x"])
+    (op, inputs, attrs), = _mmcv_nodes(tmp_path / "m.onnx")
+    # what mmcv's symbolic writes: (h, w) pairs as lists, the input order of mmcv's Function
+    assert op == ("MMCVModulatedDeformConv2d" if modulated else "MMCVDeformConv2d")
+    assert (attrs["stride"], attrs["padding"], attrs["dilation"]) == (list(pair(stride)), list(pair(padding)),
+                                                                      list(pair(dilation)))
+    assert (attrs["groups"], attrs["deform_groups"]) == (groups, deform_groups)
+    assert inputs[0] == "x" and len(inputs) == (5 if modulated else 3)
+    adoption, (actual,) = _adopted_run(tmp_path / "m.onnx", [{"x": x.numpy()}])
+    (node,) = adoption.nodes
+    ph, pw = pair(padding)
+    assert node.attributes == {"strides": list(pair(stride)), "pads": [ph, pw, ph, pw],
+                               "dilations": list(pair(dilation)), "group": groups, "offset_group": deform_groups}
+    _close(actual, expected)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_adopted_mmcv_network_with_a_dynamic_batch_matches_mmcv(tmp_path, opset):
+    """Both mmcv layers in one network, one modulated layer without a bias (a zero bias is added), the batch a
+    dynamic axis (run at 2 and 3), the functional ops called with plain ints (the symbolic writes int attributes)."""
+    ops = _mmcv_ops()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.v2 = ops.ModulatedDeformConv2dPack(8, 8, 3, padding=1, deform_groups=2, bias=False)
+            self.v1 = ops.DeformConv2dPack(8, 4, 3, stride=2, padding=(1, 2), groups=2, deform_groups=2)
+            self.offset = nn.Conv2d(4, 27, 3, padding=1)
+            self.weight = nn.Parameter(torch.randn(4, 4, 3, 3) * 0.2)
+
+        def forward(self, x):
+            y = self.v1(torch.relu(self.v2(torch.relu(self.stem(x)))))
+            o1, o2, mask = torch.chunk(self.offset(y), 3, dim=1)
+            return ops.modulated_deform_conv2d(y, torch.cat((o1, o2), 1), torch.sigmoid(mask), self.weight, None,
+                                               1, 1, 1, 1, 1)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    for layer in (net.v2, net.v1):
+        nn.init.normal_(layer.conv_offset.weight, std=0.5)
+        nn.init.normal_(layer.conv_offset.bias, std=2.0)
+    inputs = [torch.randn(2, 3, 12, 10), torch.randn(3, 3, 12, 10)]
+    with torch.no_grad():
+        expected = [net(x) for x in inputs]
+    path = tmp_path / "net.onnx"
+    _export_legacy(net, (inputs[0],), path, ["x"], opset, dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    nodes = _mmcv_nodes(path)
+    assert [op for op, _, _ in nodes] == ["MMCVModulatedDeformConv2d", "MMCVDeformConv2d",
+                                          "MMCVModulatedDeformConv2d"]
+    assert len(nodes[0][1]) == 4 and nodes[1][2]["bias"] == 0 and nodes[1][2]["im2col_step"] == 32
+    assert (nodes[2][2]["stride"], nodes[2][2]["padding"]) == (1, 1)  # ints, not lists
+    adoption, actual = _adopted_run(path, [{"x": x.numpy()} for x in inputs])
+    assert (adoption.opset_before, adoption.opset_after) == (opset, 19)
+    assert [n.attributes["pads"] for n in adoption.nodes] == [[1, 1, 1, 1], [1, 2, 1, 2], [1, 1, 1, 1]]
+    for got, want in zip(actual, expected):
+        _close(got, want)
+
+
+def test_mmcv_export_with_modules_as_functions_is_refused_then_adopted_inlined(tmp_path):
+    """torch's export_modules_as_functions puts mmcv's node inside a local function: adopt says to inline it (not
+    that the file holds nothing to adopt), and the inlined file adopts and computes mmcv's result."""
+    ops = _mmcv_ops()
+    import onnx
+    from onnx.inliner import inline_local_functions
+
+    from dcn_deploy.onnx.adopt import AdoptionError, adopt_file
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ops.ModulatedDeformConv2dPack(8, 4, 3, padding=1,
+                                                                                     deform_groups=2)).eval()
+    nn.init.normal_(net[1].conv_offset.weight, std=0.5)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = net(x)
+    path = tmp_path / "fn.onnx"
+    _export_legacy(net, (x,), path, ["x"], 15, export_modules_as_functions={ops.ModulatedDeformConv2dPack})
+    with pytest.raises(AdoptionError, match=r"ModulatedDeformConv2dPack.*inline_local_functions"):
+        adopt_file(path)
+    onnx.save(inline_local_functions(onnx.load(str(path))), str(tmp_path / "inlined.onnx"))
+    _, (actual,) = _adopted_run(tmp_path / "inlined.onnx", [{"x": x.numpy()}])
+    _close(actual, expected)
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+@pytest.mark.parametrize("modulated", [False, True], ids=["plain", "modulated"])
+def test_adopted_mmcv_roi_pack_export_matches_our_op_with_the_same_weights(tmp_path, monkeypatch, modulated,
+                                                                        sampling_ratio):
+    """mmcv's DeformRoIPoolPack/ModulatedDeformRoIPoolPack exported through mmcv's symbolic (two MMCVDeformRoIPool
+    nodes: without the offset, then with the offset_fc's). mmcv has no CPU forward for deformable RoI pooling, and
+    the TorchScript exporter runs the forward while tracing ("deform_roi_pool_forward_impl: implementation for
+    device cpu not found"), so the Function's forward is our deform_roi_pool here (its symbolic stays mmcv's), and
+    the reference is the same mmcv module computing with our op: the adopted file is checked against our op with
+    mmcv's weights and mmcv's module around it, not against mmcv's kernels."""
+    ops = _mmcv_ops()
+    from mmcv.ops.deform_roi_pool import DeformRoIPoolFunction
+
+    from dcn_deploy.ops.roi_pool import deform_roi_pool
+
+    def forward(ctx, input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+        return deform_roi_pool(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma)
+
+    monkeypatch.setattr(DeformRoIPoolFunction, "forward", staticmethod(forward))
+    cls = ops.ModulatedDeformRoIPoolPack if modulated else ops.DeformRoIPoolPack
+    torch.manual_seed(0)
+    pool = cls((3, 2), 4, deform_fc_channels=8, spatial_scale=0.5, sampling_ratio=sampling_ratio, gamma=0.2).eval()
+    for fc in pool.offset_fc:
+        if isinstance(fc, nn.Linear):
+            nn.init.normal_(fc.weight, std=0.5)
+    x = torch.randn(2, 4, 10, 12)
+    rois = torch.tensor([[0, 1.0, 2.0, 9.0, 7.0], [1, 0.0, 0.0, 11.0, 9.0], [1, 3.0, 1.0, 6.0, 8.0]])
+    path = tmp_path / "roi.onnx"
+    _export_legacy(pool, (x, rois), path, ["x", "rois"])
+    nodes = _mmcv_nodes(path)
+    assert [(op, len(inputs)) for op, inputs, _ in nodes] == [("MMCVDeformRoIPool", 2), ("MMCVDeformRoIPool", 3)]
+    assert nodes[0][2] == pytest.approx({"pooled_height": 3, "pooled_width": 2, "spatial_scale": 0.5,
+                                         "sampling_ratio": float(sampling_ratio), "gamma": 0.2})
+    fixed = {} if sampling_ratio else {"roi_sampling_ratio": 2}  # adaptive sampling has no static form in our op
+    adoption, (actual,) = _adopted_run(path, [{"x": x.numpy(), "rois": rois.numpy()}], **fixed)
+    assert [n.attributes["sampling_ratio"] for n in adoption.nodes] == [2, 2]
+    if not sampling_ratio:
+        pool.sampling_ratio = 2  # the reference samples as the adopted file does
+    with torch.no_grad():
+        expected = pool(x, rois)
+    _close(actual, expected)
 
 
 # ----------------------------------------------------------------------------------------------------------------

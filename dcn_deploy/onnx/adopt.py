@@ -358,10 +358,23 @@ def is_adoptable(node: onnx.NodeProto) -> bool:
     return _translation(node) is not None
 
 
+def _function_nodes(function: onnx.FunctionProto) -> Iterator[onnx.NodeProto]:
+    """A local function's nodes and those of their subgraphs; none for our own ops' bodies (attach_functions), whose
+    standard DeformConv nodes are how ONNX Runtime runs our ops, not nodes to rewrite."""
+    if function.domain == DOMAIN:
+        return
+    for node in function.node:
+        yield node
+        for subgraph in _graphs_in(node):
+            yield from all_nodes(subgraph)
+
+
 def foreign_nodes(model: onnx.ModelProto, *, standard: bool = True) -> List[onnx.NodeProto]:
-    """The nodes :func:`adopt_model` rewrites, in the graph and its subgraphs; ``standard=False`` leaves out the
-    standard ``DeformConv`` nodes (which ONNX Runtime runs as they are)."""
-    return [n for n in all_nodes(model.graph) if is_adoptable(n) and (standard or n.domain in FOREIGN_DOMAINS)]
+    """The nodes :func:`adopt_model` rewrites, in the graph and its subgraphs, and those inside local functions
+    (which it refuses, saying to inline them: torch's ``export_modules_as_functions`` writes mmcv's nodes there);
+    ``standard=False`` leaves out the standard ``DeformConv`` nodes (which ONNX Runtime runs as they are)."""
+    nodes = list(all_nodes(model.graph)) + [n for f in model.functions for n in _function_nodes(f)]
+    return [n for n in nodes if is_adoptable(n) and (standard or n.domain in FOREIGN_DOMAINS)]
 
 
 def node_summary(nodes: Sequence[onnx.NodeProto]) -> str:
@@ -474,7 +487,7 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
                                            or roi_sampling_ratio < 1):
         raise ValueError(f"roi_sampling_ratio must be an int >= 1, got {roi_sampling_ratio!r}")
     inside_functions = [f"{f.domain}::{f.name}" for f in model.functions
-                        if any(_translation(n) is not None for n in f.node)]
+                        if any(_translation(n) is not None for n in _function_nodes(f))]
     if inside_functions:
         raise AdoptionError(f"the model's local function(s) {inside_functions} hold foreign deformable nodes; inline "
                             "them first (onnx.inliner.inline_local_functions(model)), then adopt the result")
