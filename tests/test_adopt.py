@@ -327,16 +327,6 @@ def test_nodes_inside_subgraphs_are_rewritten():
     _assert_close(got, case.expected())
 
 
-def test_nodes_inside_local_functions_are_refused_with_the_way_out():
-    case = ConvCase(seed=13)
-    model = _modulated_model(case, "mmdeploy", True)
-    model.functions.append(helper.make_function("local", "Block", ["a", "b", "c", "d"], ["e"], [
-        helper.make_node("MMCVModulatedDeformConv2d", ["a", "b", "c", "d"], ["e"], domain="mmdeploy")],
-        opset_imports=[helper.make_opsetid("mmdeploy", 1)]))
-    with pytest.raises(AdoptionError, match=r"local::Block.*inline_local_functions"):
-        adopt_model(model)
-
-
 def test_a_model_holding_our_ops_and_their_bodies_adopts_its_other_foreign_nodes():
     """Our ops' function bodies (standard DeformConv inside) are not local functions holding foreign nodes: a model
     that already holds our node (adopted, or exported by dcn_deploy) and an mmcv node besides adopts the latter."""
@@ -357,10 +347,10 @@ def test_a_model_holding_our_ops_and_their_bodies_adopts_its_other_foreign_nodes
         _assert_close(got, case.expected())
 
 
-def test_a_file_whose_nodes_are_all_inside_local_functions_is_refused_with_the_way_out(tmp_path):
+def test_a_file_whose_nodes_are_inside_local_functions_is_inlined_then_adopted(tmp_path):
     """torch's export_modules_as_functions puts mmcv's node in a local function and only a call to it in the graph
-    (as a real mmcv export does: tests/test_convert_mmcv.py). The file and the CLI say to inline it, not that there
-    is nothing to adopt; inlined, it adopts."""
+    (as a real mmcv export does: tests/test_convert_mmcv.py). The call is inlined, then the node adopted; the
+    function and its domain's import go."""
     case = ConvCase(seed=15)
     source = _modulated_model(case, "mmcv", True)
     dcn = source.graph.node[0]
@@ -374,18 +364,15 @@ def test_a_file_whose_nodes_are_all_inside_local_functions_is_refused_with_the_w
     path = tmp_path / "fn.onnx"
     onnx.save(source, str(path))
     assert [n.op_type for n in foreign_nodes(source)] == ["MMCVModulatedDeformConv2d"]
-    with pytest.raises(AdoptionError, match=r"mmcv\.ops\.modulated_deform_conv::ModulatedDeformConv2dPack.*"
-                                            r"inline_local_functions"):
-        adopt_file(path)
     result = cli_runner().invoke(main, ["adopt", str(path)])
-    assert result.exit_code == 2 and "inline_local_functions" in result.stderr, result.output + result.stderr
-    assert "nothing to adopt" not in result.stderr
-    from onnx.inliner import inline_local_functions
-
-    onnx.save(inline_local_functions(source), str(tmp_path / "inlined.onnx"))
-    adopted = adopt_file(tmp_path / "inlined.onnx")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "inlined the local function(s) holding them: mmcv.ops.modulated_deform_conv::ModulatedDeformConv2dPack" \
+        in result.stdout
+    adopted = onnx.load(str(tmp_path / "fn.adopted.onnx"))
+    assert [f.domain for f in adopted.functions] == ["dcn_deploy"]
+    assert {imp.domain for imp in adopted.opset_import} == {"", "dcn_deploy"}
     feed = {"x": case.x, "offset": case.offset, "mask": case.mask}
-    _assert_close(_run(onnx.load(str(adopted.path)), feed), case.expected())
+    _assert_close(_run(adopted, feed), case.expected())
 
 
 # ----------------------------------------------------------------------------------------------------------------

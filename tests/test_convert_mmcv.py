@@ -484,14 +484,11 @@ def test_adopted_mmcv_network_with_a_dynamic_batch_matches_mmcv(tmp_path, opset)
         _close(got, want)
 
 
-def test_mmcv_export_with_modules_as_functions_is_refused_then_adopted_inlined(tmp_path):
-    """torch's export_modules_as_functions puts mmcv's node inside a local function: adopt says to inline it (not
-    that the file holds nothing to adopt), and the inlined file adopts and computes mmcv's result."""
+def test_mmcv_export_with_modules_as_functions_is_inlined_and_adopted(tmp_path):
+    """torch's export_modules_as_functions puts mmcv's node inside a local function: adoption inlines the call, then
+    rewrites the node, and the file computes mmcv's result."""
     ops = _mmcv_ops()
-    import onnx
-    from onnx.inliner import inline_local_functions
-
-    from dcn_deploy.onnx.adopt import AdoptionError, adopt_file
+    from dcn_deploy.onnx.adopt import adopt_model
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ops.ModulatedDeformConv2dPack(8, 4, 3, padding=1,
@@ -502,10 +499,11 @@ def test_mmcv_export_with_modules_as_functions_is_refused_then_adopted_inlined(t
         expected = net(x)
     path = tmp_path / "fn.onnx"
     _export_legacy(net, (x,), path, ["x"], 15, export_modules_as_functions={ops.ModulatedDeformConv2dPack})
-    with pytest.raises(AdoptionError, match=r"ModulatedDeformConv2dPack.*inline_local_functions"):
-        adopt_file(path)
-    onnx.save(inline_local_functions(onnx.load(str(path))), str(tmp_path / "inlined.onnx"))
-    _, (actual,) = _adopted_run(tmp_path / "inlined.onnx", [{"x": x.numpy()}])
+    import onnx
+
+    _, adoption = adopt_model(onnx.load(str(path)))
+    assert adoption.inlined and "ModulatedDeformConv2dPack" in adoption.inlined[0]
+    _, (actual,) = _adopted_run(path, [{"x": x.numpy()}])
     _close(actual, expected)
 
 

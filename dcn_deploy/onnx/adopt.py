@@ -75,11 +75,14 @@ class Adoption:
     opset_before: int = 0
     opset_after: int = 0
     left: List[str] = field(default_factory=list)  # other mmcv/mmdeploy nodes, "name (domain::op)"
+    inlined: List[str] = field(default_factory=list)  # local functions inlined because they held foreign nodes
 
     def summary(self) -> str:
         lines = [f"rewrote {len(self.nodes)} node(s) as {DOMAIN} ops"
                  + (f"; raised the default opset from {self.opset_before} to {self.opset_after}"
                     if self.opset_after != self.opset_before else "")]
+        if self.inlined:
+            lines.append(f"  inlined the local function(s) holding them: {', '.join(self.inlined)}")
         for node in self.nodes:
             attrs = ", ".join(f"{k}={v}" for k, v in node.attributes.items())
             lines.append(f"  {node.name}: {node.source} -> {node.target} ({attrs})")
@@ -91,7 +94,7 @@ class Adoption:
 
     def to_dict(self) -> dict:
         return {"nodes": [n.to_dict() for n in self.nodes], "opset_before": self.opset_before,
-                "opset_after": self.opset_after, "left": list(self.left)}
+                "opset_after": self.opset_after, "left": list(self.left), "inlined": list(self.inlined)}
 
 
 def _source(node: onnx.NodeProto) -> str:
@@ -371,7 +374,7 @@ def _function_nodes(function: onnx.FunctionProto) -> Iterator[onnx.NodeProto]:
 
 def foreign_nodes(model: onnx.ModelProto, *, standard: bool = True) -> List[onnx.NodeProto]:
     """The nodes :func:`adopt_model` rewrites, in the graph and its subgraphs, and those inside local functions
-    (which it refuses, saying to inline them: torch's ``export_modules_as_functions`` writes mmcv's nodes there);
+    (whose calls it inlines first: torch's ``export_modules_as_functions`` writes mmcv's nodes there);
     ``standard=False`` leaves out the standard ``DeformConv`` nodes (which ONNX Runtime runs as they are)."""
     nodes = list(all_nodes(model.graph)) + [n for f in model.functions for n in _function_nodes(f)]
     return [n for n in nodes if is_adoptable(n) and (standard or n.domain in FOREIGN_DOMAINS)]
@@ -451,6 +454,24 @@ def _rewrite_graph(graph: onnx.GraphProto, scope: _Scope, roi_sampling_ratio: Op
     graph.initializer.extend(scope.added)
 
 
+def _inlined(model: onnx.ModelProto, functions: List[Tuple[str, str]]) -> onnx.ModelProto:
+    """``model`` with the calls to these local functions replaced by their bodies (onnx's inliner), so that the
+    foreign nodes inside become graph nodes."""
+    from onnx import inliner
+
+    try:
+        inlined = inliner.inline_selected_functions(model, functions)
+    except Exception as exc:  # noqa: BLE001 - the inliner raises its own C++ error types
+        raise AdoptionError(f"the local function(s) {[f'{d}::{n}' for d, n in functions]} hold foreign deformable "
+                            f"nodes, and onnx's inliner could not inline them: {str(exc).strip()}; export the model "
+                            "without export_modules_as_functions") from exc
+    left = [f"{f.domain}::{f.name}" for f in inlined.functions if any(is_adoptable(n) for n in _function_nodes(f))]
+    if left:
+        raise AdoptionError(f"the local function(s) {left} still hold foreign deformable nodes after inlining; export "
+                            "the model without export_modules_as_functions")
+    return inlined
+
+
 def _raised_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     from onnx import version_converter
 
@@ -480,17 +501,14 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
 
     Returns ``(adopted, adoption)``: the new model and an :class:`Adoption` listing the rewritten nodes. Raises
     :class:`AdoptionError` naming the node when one cannot be rewritten (a 3-D DeformConv, a malformed attribute,
-    adaptive RoI sampling without ``roi_sampling_ratio``), when foreign nodes sit inside local functions, or when
-    the opset cannot be raised.
+    adaptive RoI sampling without ``roi_sampling_ratio``), or when the local functions holding foreign nodes (which
+    torch's ``export_modules_as_functions`` writes; their calls are inlined first, listed in ``adoption.inlined``)
+    cannot be inlined, or when the opset cannot be raised.
     """
     if roi_sampling_ratio is not None and (isinstance(roi_sampling_ratio, bool) or not isinstance(roi_sampling_ratio, int)
                                            or roi_sampling_ratio < 1):
         raise ValueError(f"roi_sampling_ratio must be an int >= 1, got {roi_sampling_ratio!r}")
-    inside_functions = [f"{f.domain}::{f.name}" for f in model.functions
-                        if any(_translation(n) is not None for n in _function_nodes(f))]
-    if inside_functions:
-        raise AdoptionError(f"the model's local function(s) {inside_functions} hold foreign deformable nodes; inline "
-                            "them first (onnx.inliner.inline_local_functions(model)), then adopt the result")
+    holding = [(f.domain, f.name) for f in model.functions if any(is_adoptable(n) for n in _function_nodes(f))]
     adaptive = [n for n in foreign_nodes(model) if n.op_type == "MMCVDeformRoIPool"
                 and float(_attributes(n).get("sampling_ratio", 0)) == 0]
     if roi_sampling_ratio is not None and not adaptive:
@@ -499,6 +517,9 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     adoption = Adoption(opset_before=default_opset(model))
     work = onnx.ModelProto()
     work.CopyFrom(model)
+    if holding:  # torch's export_modules_as_functions puts a layer's node inside a function of its module
+        work = _inlined(work, holding)
+        adoption.inlined = [f"{domain}::{name}" for domain, name in holding]
     if adoption.opset_before < MIN_OPSET and foreign_nodes(work):
         work = _raised_opset(work, MIN_OPSET)
     _rewrite_graph(work.graph, _Scope(work.graph, _value_names(work)), roi_sampling_ratio, adoption.nodes)
@@ -506,7 +527,8 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     adoption.left = [f"{n.name or n.output[0]} ({_source(n)})" for n in all_nodes(work.graph)
                      if n.domain in FOREIGN_DOMAINS]
     used = {n.domain for n in all_nodes(work.graph)} | {n.domain for f in work.functions for n in f.node}
-    kept = [imp for imp in work.opset_import if imp.domain not in FOREIGN_DOMAINS or imp.domain in used]
+    dropped = set(FOREIGN_DOMAINS) | {domain for domain, _ in holding}  # no longer needed where no node uses them
+    kept = [imp for imp in work.opset_import if imp.domain not in dropped or imp.domain in used]
     del work.opset_import[:]
     work.opset_import.extend(kept)
     attach_functions(work)
