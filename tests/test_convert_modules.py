@@ -363,3 +363,4 @@ def test_export_warns_about_a_functional_torchvision_call_it_leaves_standard(tmp
                 if "return torch.ops.torchvision.deform_conv2d(" in text)
     assert f"1 standard DeformConv node(s) (called at functional_net.py:{line})" in warning, warning
     assert "torchvision.ops.deform_conv2d" in warning and "Call dcn_deploy.deform_conv2d" in warning
+    assert f"dcn_deploy.adopt_file({str(tmp_path / 'net.onnx')!r})" in warning

@@ -37,7 +37,7 @@ from ..feeds import EXAMPLE_SHAPES_KEY, fed_inputs
 from ..interrupts import interrupt_in, reraise_interrupt
 from ..io_utils import check_output_path
 from ..ops.convert import refuse_unconverted_layers
-from ..wording import argument
+from ..wording import argument, for_reader
 from . import opset as dcn_opset
 from .export_file import EarlierFile, external_data_name, needs_external_data, write_checked
 from .export_report import (ExampleInputsError, ExportError, ExportRefusedError, ExportReport,
@@ -212,7 +212,7 @@ def _export_checked(model, example_inputs, path: Path, *, dynamic: bool, standar
                                f"keeps the program's {'dynamic' if dynamic else 'static'} shapes; to change them "
                                "export the program again with dynamic_shapes (or export the nn.Module)")
     if not standard:
-        report.warnings.extend(_standard_deform_conv_warnings(proto))
+        report.warnings.extend(_standard_deform_conv_warnings(proto, path))
     if dynamic and not program:
         fixed = [name for name, _, shape in report.inputs if all(isinstance(d, int) for d in shape)]
         if fixed:
@@ -395,7 +395,7 @@ def _count_deformable(model: onnx.ModelProto) -> Dict[str, int]:
 _STACK_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
-def _standard_deform_conv_warnings(model: onnx.ModelProto) -> List[str]:
+def _standard_deform_conv_warnings(model: onnx.ModelProto, path: Path) -> List[str]:
     """A warning for standard ``DeformConv`` nodes in an export that asked for ours: they come from a deformable
     convolution dcn_deploy does not own, typically ``torchvision.ops.deform_conv2d`` called in a forward, which
     :func:`dcn_deploy.convert_modules` cannot swap (it swaps layers, not function calls). The file is correct, but
@@ -414,7 +414,9 @@ def _standard_deform_conv_warnings(model: onnx.ModelProto) -> List[str]:
     return [f"{len(nodes)} standard DeformConv node(s){where} come from a deformable convolution that is not "
             "dcn_deploy's, such as torchvision.ops.deform_conv2d called in forward (convert_modules swaps layers, "
             "not function calls): they run as ONNX's DeformConv, and TensorRT builds them with its own support "
-            "instead of dcn_deploy's plugin. Call dcn_deploy.deform_conv2d (torchvision's arguments) there instead"]
+            "instead of dcn_deploy's plugin. Call dcn_deploy.deform_conv2d (torchvision's arguments) there instead, "
+            "or rewrite the file's nodes as ours with "
+            + for_reader(f"dcn_deploy.adopt_file({str(path)!r})", f"dcn-deploy adopt {path}")]
 
 
 def _value_infos(values) -> List[Tuple[str, str, Tuple]]:
