@@ -271,16 +271,24 @@ CASES = [  # in, out, kernel, stride, padding, dilation, groups, deform_groups, 
 V1_CASES = [c for c in CASES if min(c[-1]) >= 3]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("modulated, case", [(False, c) for c in V1_CASES] + [(True, c) for c in CASES])
-def test_converted_mmcv_pack_computes_what_mmcv_computes(case, modulated, dtype):
+def _mmcv_pack(case, modulated: bool, offset_weight_std: float):
+    """mmcv's DCN (v1) or DCNv2 Pack layer of a CASES row, in eval mode, its offset branch drawn so that offsets
+    span pixels (some samples leave the image); and the input shape (cin, h, w)."""
     ops = _mmcv_ops()
     cin, cout, k, stride, padding, dilation, groups, deform_groups, (h, w) = case
     cls = ops.ModulatedDeformConv2dPack if modulated else ops.DeformConv2dPack
     layer = cls(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                deform_groups=deform_groups).to(dtype).eval()
-    nn.init.normal_(layer.conv_offset.weight, std=2.0)  # offsets of several pixels: many samples leave the image
+                deform_groups=deform_groups).eval()
+    nn.init.normal_(layer.conv_offset.weight, std=offset_weight_std)
     nn.init.normal_(layer.conv_offset.bias, std=2.0)
+    return layer, (cin, h, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("modulated, case", [(False, c) for c in V1_CASES] + [(True, c) for c in CASES])
+def test_converted_mmcv_pack_computes_what_mmcv_computes(case, modulated, dtype):
+    layer, (cin, h, w) = _mmcv_pack(case, modulated, offset_weight_std=2.0)  # many samples leave the image
+    layer = layer.to(dtype)
     x = torch.randn(2, cin, h, w, dtype=dtype)
     with torch.no_grad():
         expected = layer(x)
@@ -413,13 +421,8 @@ def _close(actual, expected, rtol=1e-5):
 
 @pytest.mark.parametrize("modulated, case", [(False, c) for c in V1_CASES] + [(True, c) for c in CASES])
 def test_adopted_mmcv_export_matches_mmcv(tmp_path, case, modulated):
-    ops = _mmcv_ops()
-    cin, cout, k, stride, padding, dilation, groups, deform_groups, (h, w) = case
-    cls = ops.ModulatedDeformConv2dPack if modulated else ops.DeformConv2dPack
-    layer = cls(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                deform_groups=deform_groups).eval()
-    nn.init.normal_(layer.conv_offset.weight, std=0.5)
-    nn.init.normal_(layer.conv_offset.bias, std=2.0)  # offsets of pixels: some samples leave the image
+    _, _, _, stride, padding, dilation, groups, deform_groups, _ = case
+    layer, (cin, h, w) = _mmcv_pack(case, modulated, offset_weight_std=0.5)
     if modulated:
         nn.init.normal_(layer.bias)
     x = torch.randn(2, cin, h, w)
