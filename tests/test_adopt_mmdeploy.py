@@ -1,0 +1,200 @@
+"""``dcn_deploy.onnx.adopt`` on files that mmdeploy itself writes, run in ONNX Runtime against mmcv's CPU forward.
+
+mmdeploy exports mmcv's deformable layers through torch's TorchScript exporter with its own symbolic rewrites of mmcv's
+autograd Functions (``mmdeploy/mmcv/ops/{deform_conv,modulated_deform_conv}.py``): the nodes are
+``mmdeploy::MMCVDeformConv2d`` (inputs input, offset, weight; padding written as four values) and
+``mmdeploy::MMCVModulatedDeformConv2d`` (input, offset, mask, weight[, bias]). The files here are written by
+``mmdeploy.apis.onnx.export`` with a deploy config for the TensorRT backend, as ``mmdeploy.apis.torch2onnx`` calls it
+(opset 11, names, dynamic axes), from plain modules holding mmcv's layers (no codebase such as mmdet is needed).
+
+Skipped where mmdeploy or mmcv's compiled ops cannot be imported (neither is a dependency of dcn_deploy). Run on
+2026-11-27 with mmdeploy 1.3.1 (its wheel installed with ``--no-deps``: its metadata pins protobuf<=3.20.2; its
+runtime dependencies aenum, multiprocess, prettytable, six, terminaltables installed by hand) next to mmcv 2.2.0
+(compiled CPU ops), mmengine 0.10.7, torch 2.13.0 (CPU), onnx 1.23.2 and onnxruntime 1.32.0. mmdeploy 1.3.1 calls
+``torch.onnx.export`` without ``dynamo=``, and torch 2.13 then takes its dynamo exporter (its default), which neither
+traces mmcv's compiled ops nor uses mmdeploy's symbolic rewrites; so these tests give mmdeploy ``dynamo=False`` (as a
+user of mmdeploy on such a torch must).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+AXES = {"input": {0: "batch"}, "output": {0: "batch"}}
+
+
+def _skip_unless(module: str, missing: str):
+    try:
+        return pytest.importorskip(module, reason=missing)
+    except (OSError, RuntimeError, ImportError) as exc:  # installed, but broken here (compiled ops, dependencies)
+        pytest.skip(f"{module.split('.')[0]} is installed but {module} cannot be imported: "
+                    f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _mmcv_ops():
+    _skip_unless("mmdeploy.apis.onnx", "mmdeploy is not installed here (it is not a dependency of dcn_deploy)")
+    return _skip_unless("mmcv.ops", "mmcv is not installed here (it is not a dependency of dcn_deploy)")
+
+
+@pytest.fixture
+def mmdeploy_export(monkeypatch):
+    """Export as mmdeploy's torch2onnx does for a TensorRT deploy config; returns the .onnx path."""
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:  # where torch defaults to its dynamo exporter
+        monkeypatch.setattr(torch.onnx, "export", functools.partial(torch.onnx.export, dynamo=False))
+
+    def export(model, x, prefix, opset=11, keep_initializers_as_inputs=False, dynamic_axes=AXES):
+        from mmdeploy.apis.onnx import export as mmdeploy_export
+        from mmengine import Config
+
+        onnx_config = dict(type="onnx", export_params=True, keep_initializers_as_inputs=keep_initializers_as_inputs,
+                           opset_version=opset, save_file="end2end.onnx", input_names=["input"],
+                           output_names=["output"], input_shape=None, dynamic_axes=dynamic_axes)
+        deploy_cfg = Config(dict(onnx_config=onnx_config, backend_config=dict(type="tensorrt", common_config=dict(
+            fp16_mode=False, max_workspace_size=1 << 30))))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's warnings on mmcv's shape checks
+            mmdeploy_export(model, x, str(prefix), backend="tensorrt", input_names=["input"], output_names=["output"],
+                            context_info={"deploy_cfg": deploy_cfg}, opset_version=opset, dynamic_axes=dynamic_axes,
+                            keep_initializers_as_inputs=keep_initializers_as_inputs)
+        return prefix.with_name(prefix.name + ".onnx")
+
+    return export
+
+
+def _foreign_nodes(path):
+    import onnx
+    from onnx import helper
+
+    return [(n.domain, n.op_type, list(n.input), {a.name: helper.get_attribute_value(a) for a in n.attribute})
+            for n in onnx.load(str(path)).graph.node if n.domain not in ("", "ai.onnx")]
+
+
+def _adopted_run(path, inputs, **kwargs):
+    ort = pytest.importorskip("onnxruntime")
+    from dcn_deploy.onnx.adopt import adopt_file
+
+    adopted = adopt_file(path, **kwargs)
+    session = ort.InferenceSession(str(adopted.path), providers=["CPUExecutionProvider"])
+    return adopted.adoption, [torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) for x in inputs]
+
+
+def _close(actual, expected, rtol=1e-5):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+
+
+def _randomise_offsets(*layers):
+    for layer in layers:
+        nn.init.normal_(layer.conv_offset.weight, std=0.5)
+        nn.init.normal_(layer.conv_offset.bias, std=2.0)  # offsets of pixels: some samples leave the image
+
+
+# in, out, kernel, stride, padding (pad_h != pad_w), dilation, groups, deform_groups
+LAYER = dict(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2),
+             groups=2, deform_groups=2)
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2", "v2-no-bias"])
+def test_mmdeploy_export_of_an_mmcv_pack_adopted_matches_mmcv(tmp_path, mmdeploy_export, kind):
+    ops = _mmcv_ops()
+    torch.manual_seed(0)
+    if kind == "v1":
+        layer = ops.DeformConv2dPack(**LAYER)
+    else:
+        layer = ops.ModulatedDeformConv2dPack(**LAYER, bias=kind == "v2")
+    layer.eval()
+    _randomise_offsets(layer)
+    if kind == "v2":
+        nn.init.normal_(layer.bias)
+    inputs = [torch.randn(2, 4, 11, 9), torch.randn(3, 4, 11, 9)]  # the batch is a dynamic axis
+    with torch.no_grad():
+        expected = [layer(x) for x in inputs]
+    path = mmdeploy_export(layer, inputs[0], tmp_path / kind)
+    (domain, op, names, attrs), = _foreign_nodes(path)
+    # what mmdeploy 1.3.1's rewrites wrote: mmcv's attribute names, (h, w) lists, and for MMCVDeformConv2d the
+    # padding as each of the layer's two values twice
+    assert domain == "mmdeploy" and names[0] == "input"
+    if kind == "v1":
+        assert op == "MMCVDeformConv2d" and len(names) == 3 and names[2] == "weight"
+        assert attrs == {"stride": [2, 1], "padding": [1, 1, 2, 2], "dilation": [1, 2], "groups": 2,
+                         "deform_groups": 2}
+    else:
+        assert op == "MMCVModulatedDeformConv2d" and names[3:] == (["weight", "bias"] if kind == "v2" else ["weight"])
+        assert attrs == {"stride": [2, 1], "padding": [1, 2], "dilation": [1, 2], "groups": 2, "deform_groups": 2}
+    adoption, actual = _adopted_run(path, inputs)
+    (node,) = adoption.nodes
+    assert (adoption.opset_before, adoption.opset_after, node.source) == (11, 19, f"mmdeploy::{op}")
+    assert node.attributes == {"strides": [2, 1], "pads": [1, 2, 1, 2], "dilations": [1, 2], "group": 2,
+                               "offset_group": 2}
+    assert bool(node.notes) == (kind == "v1")  # the note on mmdeploy's own plugins, which read pads (1, 1)
+    for got, want in zip(actual, expected):
+        _close(got, want)
+
+
+class _Net(nn.Module):
+    def __init__(self, ops):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.v2 = ops.ModulatedDeformConv2dPack(8, 8, 3, stride=(1, 2), padding=(2, 1), dilation=(2, 1), groups=2,
+                                                deform_groups=2, bias=False)
+        self.v1 = ops.DeformConv2dPack(8, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2,
+                                       deform_groups=2)
+
+    def forward(self, x):
+        return self.v1(torch.relu(self.v2(torch.relu(self.stem(x)))))
+
+
+@pytest.mark.parametrize("opset, keep_initializers_as_inputs", [(11, False), (13, True)])
+def test_mmdeploy_export_of_a_network_adopted_matches_mmcv(tmp_path, mmdeploy_export, opset,
+                                                           keep_initializers_as_inputs):
+    """Both layers in one network, batch, height and width dynamic; also opset 13 with the weights as graph inputs
+    too (torch2onnx's default where a deploy config leaves keep_initializers_as_inputs out)."""
+    ops = _mmcv_ops()
+    torch.manual_seed(0)
+    net = _Net(ops).eval()
+    _randomise_offsets(net.v2, net.v1)
+    inputs = [torch.randn(2, 3, 11, 9), torch.randn(1, 3, 13, 10)]
+    with torch.no_grad():
+        expected = [net(x) for x in inputs]
+    axes = {name: {0: "batch", 2: "height", 3: "width"} for name in ("input", "output")}
+    path = mmdeploy_export(net, inputs[0], tmp_path / "net", opset, keep_initializers_as_inputs, axes)
+    nodes = _foreign_nodes(path)
+    assert [(domain, op, len(names)) for domain, op, names, _ in nodes] == [
+        ("mmdeploy", "MMCVModulatedDeformConv2d", 4), ("mmdeploy", "MMCVDeformConv2d", 3)]
+    assert [attrs["padding"] for *_, attrs in nodes] == [[2, 1], [1, 1, 2, 2]]
+    adoption, actual = _adopted_run(path, inputs)
+    assert (adoption.opset_before, adoption.opset_after, adoption.left) == (opset, 19, [])
+    assert [n.attributes["pads"] for n in adoption.nodes] == [[2, 1, 2, 1], [1, 2, 1, 2]]
+    for got, want in zip(actual, expected):
+        _close(got, want)
+
+
+def test_cli_adopt_of_an_mmdeploy_export(tmp_path, mmdeploy_export):
+    ops = _mmcv_ops()
+    pytest.importorskip("onnxruntime")
+    from cli_helpers import cli_runner
+    from dcn_deploy.cli import main
+
+    torch.manual_seed(0)
+    layer = ops.DeformConv2dPack(**LAYER).eval()
+    _randomise_offsets(layer)
+    x = torch.randn(2, 4, 11, 9)
+    with torch.no_grad():
+        expected = layer(x)
+    path = mmdeploy_export(layer, x, tmp_path / "end2end")
+    result = cli_runner().invoke(main, ["adopt", str(path)])
+    assert result.exit_code == 0, result.stderr
+    written = tmp_path / "end2end.adopted.onnx"
+    assert f"wrote {written}" in result.stdout
+    assert ("/MMCVDeformConv2d: mmdeploy::MMCVDeformConv2d -> dcn_deploy::DeformConv2d (strides=[2, 1], "
+            "pads=[1, 2, 1, 2], dilations=[1, 2], group=2, offset_group=2)") in result.stdout
+    assert "padding [1, 1, 2, 2] read as mmdeploy writes it, (pad_h, pad_w) = (1, 2)" in result.stdout
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
+    _close(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), expected)
