@@ -485,3 +485,87 @@ def test_a_file_from_torchs_legacy_exporter_with_mmdeploys_node(tmp_path):
     with torch.no_grad():
         expected = net(x).numpy()
     _assert_close(_run(onnx.load(str(adopted.path)), {"x": x.numpy()}), expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Review regressions
+
+
+def test_nested_local_functions_holding_a_foreign_node_are_all_inlined():
+    """torch's export_modules_as_functions with a block and its layer: the block's function calls the layer's,
+    which holds the node. Both are inlined (before: 'still hold foreign deformable nodes after inlining')."""
+    case = ConvCase(seed=17)
+    source = _modulated_model(case, "mmdeploy", True)
+    dcn = source.graph.node[0]
+    layer = helper.make_function("pkg", "Layer", list(dcn.input), ["y"], [dcn],
+                                 opset_imports=[helper.make_opsetid("mmdeploy", 1)])
+    block = helper.make_function("pkg", "Block", list(dcn.input), ["z"],
+                                 [helper.make_node("Layer", list(dcn.input), ["y"], domain="pkg"),
+                                  helper.make_node("Relu", ["y"], ["z"])],
+                                 opset_imports=[helper.make_opsetid("", 11), helper.make_opsetid("pkg", 1)])
+    del source.graph.node[:]
+    source.graph.node.append(helper.make_node("Block", list(dcn.input), ["y"], domain="pkg", name="call"))
+    source.functions.extend([layer, block])
+    source.opset_import.append(helper.make_opsetid("pkg", 1))
+    adopted, adoption = adopt_model(source)
+    assert sorted(adoption.inlined) == ["pkg::Block", "pkg::Layer"]
+    assert [f.domain for f in adopted.functions] == ["dcn_deploy"]
+    got = _run(adopted, {"x": case.x, "offset": case.offset, "mask": case.mask})
+    _assert_close(got, np.maximum(case.expected(), 0))
+
+
+@pytest.mark.parametrize("axis", [None, 2, -2, -1])
+def test_raising_the_opset_keeps_what_hardmax_computes(axis):
+    """Below opset 13 Hardmax flattens at its axis; onnx's version converter leaves the node as it is, so the raised
+    file picked the maximum along that axis alone (another result) until adoption rewrote the node first."""
+    case = ConvCase(seed=18)
+    source = _modulated_model(case, "mmdeploy", True)
+    hardmax = helper.make_node("Hardmax", ["x"], ["h"], name="hm", **({} if axis is None else {"axis": axis}))
+    source.graph.node.append(hardmax)
+    source.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, list(case.x.shape)))
+    x = np.random.default_rng(19).standard_normal(case.x.shape).astype(np.float32)
+    alone = _model([hardmax], [_tensor("x", x)], [helper.make_tensor_value_info("h", TensorProto.FLOAT, None)],
+                   domains=())
+    expected = _run(alone, {"x": x})  # ONNX Runtime's opset-11 Hardmax
+    adopted, _ = adopt_model(source)
+    session = ort.InferenceSession(adopted.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(["h"], {"x": x, "offset": case.offset, "mask": case.mask})[0],
+                                  expected)
+    assert adopted.graph.node[-1].output[0] == "h"
+
+
+@pytest.mark.parametrize("attribute, value, words", [
+    ("stride", 1.0, "stride must be an int or ints, got 1.0"),
+    ("padding", 1.0, "padding must be an int or ints"),
+    ("groups", [1], r"groups must be a whole number, got \[1\]"),
+    ("deform_groups", 1.5, "deform_groups must be a whole number, got 1.5"),  # was read as 1
+])
+def test_an_attribute_of_the_wrong_type_is_refused_naming_it(attribute, value, words):
+    case = ConvCase(seed=20)
+    source = _modulated_model(case, "mmcv", True)
+    node = source.graph.node[0]
+    kept = [a for a in node.attribute if a.name != attribute]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(attribute, value)])
+    with pytest.raises(AdoptionError, match=r"node 'dcn' \(mmcv::MMCVModulatedDeformConv2d\): " + words):
+        adopt_model(source)
+
+
+def test_an_unnamed_foreign_node_without_outputs_is_refused_not_a_traceback():
+    node = helper.make_node("MMCVDeformConv2d", ["x", "offset", "weight"], [], domain="mmcv")
+    model = _model([node], [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 3, 3])
+                            for n in ("x", "offset", "weight")], [], domains=("mmcv",))
+    with pytest.raises(AdoptionError, match=r"node '\(unnamed\)' \(mmcv::MMCVDeformConv2d\) has 0 outputs"):
+        adopt_model(model)
+
+
+def test_ort_advice_for_a_model_in_memory_names_adopt_model():
+    """An OrtRunner given a ModelProto has no file to adopt: the hint names adopt_model, not adopt_file('the model')."""
+    from dcn_deploy.backends.base import RunnerError
+    from dcn_deploy.backends.ort_runner import OrtRunner
+
+    runner = OrtRunner(_modulated_model(ConvCase(seed=21), "mmdeploy", True))
+    with pytest.raises(RunnerError) as info:
+        runner.activate()
+    assert "adopt_model(model), then use the model it returns" in str(info.value)
+    assert "the model.adopted.onnx" not in str(info.value) and "adopt_file" not in str(info.value)

@@ -510,6 +510,32 @@ def test_mmcv_export_with_modules_as_functions_is_inlined_and_adopted(tmp_path):
     _close(actual, expected)
 
 
+def test_mmcv_export_with_nested_module_functions_is_inlined_and_adopted(tmp_path):
+    """A block's function calling mmcv's layer's function (export_modules_as_functions={Block, the layer}): both
+    calls are inlined (before, the block's function was refused as still holding the node)."""
+    ops = _mmcv_ops()
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dcn = ops.ModulatedDeformConv2dPack(8, 4, 3, padding=1, deform_groups=2)
+
+        def forward(self, x):
+            return torch.relu(self.dcn(x))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Block()).eval()
+    nn.init.normal_(net[1].dcn.conv_offset.weight, std=0.5)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = net(x)
+    path = tmp_path / "nested.onnx"
+    _export_legacy(net, (x,), path, ["x"], 15, export_modules_as_functions={Block, ops.ModulatedDeformConv2dPack})
+    adoption, (actual,) = _adopted_run(path, [{"x": x.numpy()}])
+    assert len(adoption.inlined) == 2
+    _close(actual, expected)
+
+
 @pytest.mark.parametrize("sampling_ratio", [2, 0])
 @pytest.mark.parametrize("modulated", [False, True], ids=["plain", "modulated"])
 def test_adopted_mmcv_roi_pack_export_matches_our_op_with_the_same_weights(tmp_path, monkeypatch, modulated,

@@ -71,13 +71,14 @@ def _read_model(source):
     return source
 
 
-def _foreign_op_advice(source, label: str) -> Optional[str]:
+def _foreign_op_advice(source, path: Optional[str]) -> Optional[str]:
     """The adopt step for a model holding mmcv's/mmdeploy's deformable ops (:func:`dcn_deploy.onnx.adopt.
-    foreign_op_advice`); None otherwise or when the model cannot be read."""
+    foreign_op_advice`; ``path`` None for a model given as bytes or a ModelProto); None otherwise or when the model
+    cannot be read."""
     try:
         from ..onnx.adopt import foreign_op_advice
 
-        return foreign_op_advice(_read_model(source), label, "ONNX Runtime runs")
+        return foreign_op_advice(_read_model(source), path, "ONNX Runtime runs")
     except Exception:  # noqa: BLE001 - only a hint depends on it
         return None
 
@@ -256,7 +257,7 @@ class OrtRunner(Runner):
 
                 raise RunnerError(f"ort: {not_an_onnx_model(label, 'onnxruntime: ' + text)}") from exc
             op = missing_float64_kernel(text, "NOT_IMPLEMENTED" in text and _computes_in_float64(self.model))
-            foreign = _foreign_op_advice(self.model, label)
+            foreign = _foreign_op_advice(self.model, source if isinstance(source, str) else None)
             if op is not None:
                 hint = f" (the model is float64, and {no_float64_kernel_hint(op)})"
             elif foreign is not None:

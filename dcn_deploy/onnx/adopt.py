@@ -23,7 +23,9 @@ layouts) are the same in all of these ops: torchvision's, which mmcv's kernels f
 
 The model's default opset is raised to 19 when it is lower (``onnx.version_converter``; mmdeploy exports opset 11),
 because the function bodies stored with our ops (so that ONNX Runtime runs the file) use the standard
-``DeformConv`` of opset 19. Nodes keep their names and their output names, so the rest of the graph is unchanged.
+``DeformConv`` of opset 19. Nodes keep their names and their output names, so the rest of the graph is unchanged,
+but for a ``Hardmax`` below opset 13 whose axis is not -1: the converter keeps it as it is though opset 13 changed its
+meaning, so it is first written in the form that means the same in both (Flatten, Hardmax, Reshape).
 """
 from __future__ import annotations
 
@@ -101,8 +103,15 @@ def _source(node: onnx.NodeProto) -> str:
     return f"{node.domain or 'ai.onnx'}::{node.op_type}"
 
 
+def _node_id(node: onnx.NodeProto) -> str:
+    """How the report names a node: its name, else its first output's."""
+    return node.name or (node.output[0] if node.output else "(unnamed)")
+
+
 def _label(node: onnx.NodeProto) -> str:
-    return f"node {node.name!r} ({_source(node)})" if node.name else f"the {_source(node)} node writing {node.output[0]!r}"
+    if node.name or not node.output:
+        return f"node {_node_id(node)!r} ({_source(node)})"
+    return f"the {_source(node)} node writing {node.output[0]!r}"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -113,10 +122,39 @@ def _attributes(node: onnx.NodeProto) -> Dict[str, object]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _int_values(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default) -> List[int]:
+    """An attribute written as an int or ints (INT or INTS), as a list; refused when of another type."""
+    value = attrs.get(name, default)
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return value
+    raise AdoptionError(f"{_label(node)}: {name} must be an int or ints, got {value!r}; the file is malformed: "
+                        "re-export it")
+
+
+def _int(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default: int) -> int:
+    """An int attribute (INT, or a FLOAT holding a whole number); refused otherwise."""
+    value = attrs.get(name, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise AdoptionError(f"{_label(node)}: {name} must be a whole number, got {value!r}; the file is malformed: "
+                            "re-export it")
+    return value
+
+
+def _number(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default: float) -> float:
+    value = attrs.get(name, default)
+    if not isinstance(value, (int, float)):
+        raise AdoptionError(f"{_label(node)}: {name} must be a number, got {value!r}; the file is malformed: "
+                            "re-export it")
+    return float(value)
+
+
 def _pair(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default: int) -> List[int]:
     """An mmcv pair attribute: an int (both axes) or two ints, (h, w)."""
-    value = attrs.get(name, default)
-    values = [int(value)] * 2 if isinstance(value, int) else [int(v) for v in value]
+    values = _int_values(node, attrs, name, default)
     if len(values) == 1:
         values *= 2
     if len(values) != 2:
@@ -127,8 +165,7 @@ def _pair(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default: in
 def _mmcv_padding(node: onnx.NodeProto, attrs: Dict[str, object]) -> Tuple[List[int], Tuple[str, ...]]:
     """(pad_h, pad_w) of an mmcv convolution: one or two values (mmcv's symbolic), or mmdeploy's four, each of the
     layer's two values twice ([pad_h, pad_h, pad_w, pad_w]). Also the notes for the report."""
-    value = attrs.get("padding", 0)
-    values = [int(value)] if isinstance(value, int) else [int(v) for v in value]
+    values = _int_values(node, attrs, "padding", 0)
     if len(values) in (1, 2):
         return _pair(node, attrs, "padding", 0), ()
     if len(values) == 4 and values[0] == values[1] and values[2] == values[3]:
@@ -179,12 +216,17 @@ class _Scope:
         return tensor is not None and any(d == 0 for d in tensor.dims)
 
     def fresh(self, base: str) -> str:
-        name, index = base, 1
-        while name in self.names:
-            index += 1
-            name = f"{base}_{index}"
-        self.names.add(name)
-        return name
+        return _fresh(self.names, base)
+
+
+def _fresh(names: set, base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``, ...: the first not in ``names``, which it joins."""
+    name, index = base, 1
+    while name in names:
+        index += 1
+        name = f"{base}_{index}"
+    names.add(name)
+    return name
 
 
 def _zero_bias(weight: str, stem: str, scope: _Scope) -> Tuple[str, List[onnx.NodeProto]]:
@@ -244,19 +286,20 @@ def _deform_conv_node(node: onnx.NodeProto, x: str, w: str, offset: str, bias: s
                             f"dilations={dilations}, pads={pads}; the file is malformed: re-export it")
     added: List[onnx.NodeProto] = []
     if mask and not bias:
-        bias, added = _zero_bias(w, node.name or node.output[0], scope)
+        bias, added = _zero_bias(w, _node_id(node), scope)
     inputs = [x, w, offset] + ([bias] if bias else []) + ([mask] if mask else [])
     ours = helper.make_node(DEFORM_CONV, inputs, list(node.output[:1]), name=node.name, domain=DOMAIN, **attributes)
-    return added + [ours], AdoptedNode(node.name or node.output[0], _source(node), f"{DOMAIN}::{DEFORM_CONV}",
+    return added + [ours], AdoptedNode(_node_id(node), _source(node), f"{DOMAIN}::{DEFORM_CONV}",
                                        attributes, notes)
 
 
 def _check_standard_2d(node: onnx.NodeProto, attrs: Dict[str, object], weight: Optional[onnx.TensorProto]) -> None:
     lengths = {"strides": 2, "dilations": 2, "pads": 4, "kernel_shape": 2}
     for name, length in lengths.items():
-        if name in attrs and len(attrs[name]) != length:
-            raise AdoptionError(f"{_label(node)}: {name} has {len(attrs[name])} values; {DOMAIN}'s DeformConv2d is "
-                                f"2-D only ({length} values), so this node cannot be adopted")
+        if name in attrs and len(_int_values(node, attrs, name, 0)) != length:
+            raise AdoptionError(f"{_label(node)}: {name} has {len(_int_values(node, attrs, name, 0))} values; "
+                                f"{DOMAIN}'s DeformConv2d is 2-D only ({length} values), so this node cannot be "
+                                "adopted")
     if weight is not None and len(weight.dims) != 4:
         raise AdoptionError(f"{_label(node)}: its weight has rank {len(weight.dims)}; {DOMAIN}'s DeformConv2d is "
                             "2-D only (rank 4)")
@@ -270,10 +313,10 @@ def _adopt_standard_deform_conv(node: onnx.NodeProto, scope: _Scope, roi_samplin
     x, w, offset, bias, mask = _inputs(node, 5)
     _require(node, ("X", "W", "offset"), (x, w, offset))
     _check_standard_2d(node, attrs, scope.initializer(w))
-    ours = {"strides": [int(v) for v in attrs.get("strides", [1, 1])],
-            "pads": [int(v) for v in attrs.get("pads", [0, 0, 0, 0])],
-            "dilations": [int(v) for v in attrs.get("dilations", [1, 1])],
-            "group": int(attrs.get("group", 1)), "offset_group": int(attrs.get("offset_group", 1))}
+    ours = {"strides": _int_values(node, attrs, "strides", [1, 1]),
+            "pads": _int_values(node, attrs, "pads", [0, 0, 0, 0]),
+            "dilations": _int_values(node, attrs, "dilations", [1, 1]),
+            "group": _int(node, attrs, "group", 1), "offset_group": _int(node, attrs, "offset_group", 1)}
     return _deform_conv_node(node, x, w, offset, bias, mask, ours, scope)
 
 
@@ -281,15 +324,15 @@ def _mmcv_conv_attributes(node: onnx.NodeProto, attrs: Dict[str, object]) -> Tup
     pad, notes = _mmcv_padding(node, attrs)
     return {"strides": _pair(node, attrs, "stride", 1), "pads": [pad[0], pad[1], pad[0], pad[1]],
             "dilations": _pair(node, attrs, "dilation", 1),
-            "group": _positive(node, "groups", int(attrs.get("groups", 1))),
+            "group": _positive(node, "groups", _int(node, attrs, "groups", 1)),
             # deformable_groups: the older spelling (mmdetection 1.x's layers), which some plugins still read
-            "offset_group": _positive(node, "deform_groups",
-                                      int(attrs.get("deform_groups", attrs.get("deformable_groups", 1))))}, notes
+            "offset_group": _positive(node, "deform_groups", _int(node, attrs, "deform_groups",
+                                                                  attrs.get("deformable_groups", 1)))}, notes
 
 
 def _adopt_mmcv_deform_conv(node: onnx.NodeProto, scope: _Scope, roi_sampling_ratio: Optional[int]):
     attrs = _attributes(node)
-    if int(attrs.get("bias", 0)):
+    if _int(node, attrs, "bias", 0):
         raise AdoptionError(f"{_label(node)} has bias=1, which mmcv's DeformConv2d never computes (it has no bias "
                             "input); the file is malformed: re-export it")
     x, offset, w = _inputs(node, 3)
@@ -309,8 +352,8 @@ def _adopt_mmcv_deform_roi_pool(node: onnx.NodeProto, scope: _Scope, roi_samplin
     attrs = _attributes(node)
     x, rois, offset = _inputs(node, 3)
     _require(node, ("input", "rois"), (x, rois))
-    pooled = [_positive(node, name, int(attrs.get(name, 1))) for name in ("pooled_height", "pooled_width")]
-    ratio = float(attrs.get("sampling_ratio", 0))
+    pooled = [_positive(node, name, _int(node, attrs, name, 1)) for name in ("pooled_height", "pooled_width")]
+    ratio = _number(node, attrs, "sampling_ratio", 0)
     notes: Tuple[str, ...] = ()
     if ratio != int(ratio) or ratio < 0:
         raise AdoptionError(f"{_label(node)}: sampling_ratio {ratio} is not a whole number >= 0; the file is "
@@ -327,13 +370,13 @@ def _adopt_mmcv_deform_roi_pool(node: onnx.NodeProto, scope: _Scope, roi_samplin
         ratio = roi_sampling_ratio
     added: List[onnx.NodeProto] = []
     if not offset or scope.is_empty_constant(offset):
-        offset, added = _zero_roi_offset(rois, x, pooled, node.name or node.output[0], scope)
+        offset, added = _zero_roi_offset(rois, x, pooled, _node_id(node), scope)
     ours = {"pooled_height": pooled[0], "pooled_width": pooled[1],
-            "spatial_scale": float(attrs.get("spatial_scale", 1.0)), "sampling_ratio": int(ratio),
-            "gamma": float(attrs.get("gamma", 0.1))}
+            "spatial_scale": _number(node, attrs, "spatial_scale", 1.0), "sampling_ratio": int(ratio),
+            "gamma": _number(node, attrs, "gamma", 0.1)}
     new = helper.make_node(DEFORM_ROI_POOL, [x, rois, offset], list(node.output[:1]), name=node.name, domain=DOMAIN,
                            **ours)
-    return added + [new], AdoptedNode(node.name or node.output[0], _source(node), f"{DOMAIN}::{DEFORM_ROI_POOL}",
+    return added + [new], AdoptedNode(_node_id(node), _source(node), f"{DOMAIN}::{DEFORM_ROI_POOL}",
                                       ours, notes)
 
 
@@ -390,17 +433,20 @@ def node_summary(nodes: Sequence[onnx.NodeProto]) -> str:
 
 def foreign_op_advice(model: onnx.ModelProto, path, runs_it: str) -> Optional[str]:
     """For a model holding mmcv's or mmdeploy's deformable nodes, what to tell the user who wants ``runs_it``
-    ("TensorRT builds", "ONNX Runtime runs") to run it: what the nodes are and the adopt step; None without them."""
+    ("TensorRT builds", "ONNX Runtime runs") to run it: what the nodes are and the adopt step (``adopt_model`` where
+    ``path`` is None, a model held in memory); None without them."""
     from ..wording import for_reader
 
     nodes = foreign_nodes(model, standard=False)
     if not nodes:
         return None
+    what = (f"{node_summary(nodes)} node(s): mmcv's/mmdeploy's own ops, which {runs_it} only with that project's "
+            f"plugin library. Rewrite them as {DOMAIN}'s ops with ")
+    if path is None:  # a model in memory: no file to name
+        return f"the model holds {what}dcn_deploy.onnx.adopt.adopt_model(model), then use the model it returns"
     adopt = for_reader(f"dcn_deploy.onnx.adopt.adopt_file({str(path)!r}) (CLI: dcn-deploy adopt {path})",
                        f"dcn-deploy adopt {path}")
-    return (f"{path} holds {node_summary(nodes)} node(s): mmcv's/mmdeploy's own ops, which {runs_it} only with "
-            f"that project's plugin library. Rewrite them as {DOMAIN}'s ops with {adopt}, then use the file it "
-            f"writes ({adopted_name(Path(path))})")
+    return f"{path} holds {what}{adopt}, then use the file it writes ({adopted_name(Path(path))})"
 
 
 def adopted_name(source: Path) -> Path:
@@ -454,6 +500,20 @@ def _rewrite_graph(graph: onnx.GraphProto, scope: _Scope, roi_sampling_ratio: Op
     graph.initializer.extend(scope.added)
 
 
+def _functions_holding_foreign_nodes(model: onnx.ModelProto) -> List[Tuple[str, str]]:
+    """(domain, name) of the local functions whose bodies hold a node :func:`adopt_model` rewrites, directly or
+    through a call to another such function (torch's export_modules_as_functions nests a block's function around its
+    layer's), in the model's order."""
+    holding = {(f.domain, f.name) for f in model.functions if any(is_adoptable(n) for n in _function_nodes(f))}
+    grown = True
+    while grown:
+        callers = {(f.domain, f.name) for f in model.functions
+                   if any((n.domain, n.op_type) in holding for n in _function_nodes(f))}
+        grown = not callers <= holding
+        holding |= callers
+    return [(f.domain, f.name) for f in model.functions if (f.domain, f.name) in holding]
+
+
 def _inlined(model: onnx.ModelProto, functions: List[Tuple[str, str]]) -> onnx.ModelProto:
     """``model`` with the calls to these local functions replaced by their bodies (onnx's inliner), so that the
     foreign nodes inside become graph nodes."""
@@ -472,9 +532,34 @@ def _inlined(model: onnx.ModelProto, functions: List[Tuple[str, str]]) -> onnx.M
     return inlined
 
 
+def _keep_hardmax_meaning(model: onnx.ModelProto) -> None:
+    """Before opset 13, Hardmax(axis=a) flattens its input to 2-D at ``a`` and takes the hardmax of each row; from 13
+    on it works along axis ``a`` alone, and onnx's version converter keeps the node as it is (it rewrites Softmax and
+    LogSoftmax, not Hardmax). So, in place, each such node whose axis is not -1 becomes the opset-11 form that means
+    the same in both: Flatten at ``a``, Hardmax along the rows, Reshape back (the node's output name kept)."""
+    names = _value_names(model)
+    for graph in _all_graphs(model.graph):
+        nodes: List[onnx.NodeProto] = []
+        for node in graph.node:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if node.op_type != "Hardmax" or node.domain not in _STANDARD or axis == -1:
+                nodes.append(node)
+                continue
+            stem = _node_id(node)
+            shape, flat, rows = (_fresh(names, f"{stem}_{part}") for part in ("shape", "flat", "rows"))
+            nodes += [helper.make_node("Shape", [node.input[0]], [shape], name=shape),
+                      helper.make_node("Flatten", [node.input[0]], [flat], axis=axis, name=flat),
+                      helper.make_node("Hardmax", [flat], [rows], axis=1, name=node.name),
+                      helper.make_node("Reshape", [rows, shape], list(node.output), name=rows)]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
 def _raised_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     from onnx import version_converter
 
+    if default_opset(model) < 13:
+        _keep_hardmax_meaning(model)
     try:
         return version_converter.convert_version(model, opset)
     except Exception as exc:  # noqa: BLE001 - the converter raises its own C++ error types
@@ -508,9 +593,9 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     if roi_sampling_ratio is not None and (isinstance(roi_sampling_ratio, bool) or not isinstance(roi_sampling_ratio, int)
                                            or roi_sampling_ratio < 1):
         raise ValueError(f"roi_sampling_ratio must be an int >= 1, got {roi_sampling_ratio!r}")
-    holding = [(f.domain, f.name) for f in model.functions if any(is_adoptable(n) for n in _function_nodes(f))]
+    holding = _functions_holding_foreign_nodes(model)
     adaptive = [n for n in foreign_nodes(model) if n.op_type == "MMCVDeformRoIPool"
-                and float(_attributes(n).get("sampling_ratio", 0)) == 0]
+                and _number(n, _attributes(n), "sampling_ratio", 0) == 0]
     if roi_sampling_ratio is not None and not adaptive:
         raise AdoptionError(f"{argument('roi_sampling_ratio', '--roi-sampling-ratio')} is for mmcv DeformRoIPool "
                             "nodes with adaptive sampling (sampling_ratio=0), and this model has none: drop it")
@@ -524,7 +609,7 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
         work = _raised_opset(work, MIN_OPSET)
     _rewrite_graph(work.graph, _Scope(work.graph, _value_names(work)), roi_sampling_ratio, adoption.nodes)
     adoption.opset_after = default_opset(work)
-    adoption.left = [f"{n.name or n.output[0]} ({_source(n)})" for n in all_nodes(work.graph)
+    adoption.left = [f"{_node_id(n)} ({_source(n)})" for n in all_nodes(work.graph)
                      if n.domain in FOREIGN_DOMAINS]
     used = {n.domain for n in all_nodes(work.graph)} | {n.domain for f in work.functions for n in f.node}
     dropped = set(FOREIGN_DOMAINS) | {domain for domain, _ in holding}  # no longer needed where no node uses them
