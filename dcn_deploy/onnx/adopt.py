@@ -207,6 +207,17 @@ class _Scope:
             return self.initializers[name]
         return self.outer.initializer(name) if self.outer is not None else None
 
+    def rank(self, name: str) -> Optional[int]:
+        """The rank the graph declares for value ``name`` (an input, a value_info or an initializer of this graph or
+        an outer one); None where unknown."""
+        tensor = self.initializer(name)
+        if tensor is not None:
+            return len(tensor.dims)
+        for value in list(self.graph.input) + list(self.graph.value_info):
+            if value.name == name and value.type.tensor_type.HasField("shape"):
+                return len(value.type.tensor_type.shape.dim)
+        return self.outer.rank(name) if self.outer is not None else None
+
     def is_empty_constant(self, name: str) -> bool:
         """``name`` is a tensor of no elements stored in the file (an initializer or a Constant)."""
         tensor = self.initializer(name)
@@ -293,7 +304,14 @@ def _deform_conv_node(node: onnx.NodeProto, x: str, w: str, offset: str, bias: s
                                        attributes, notes)
 
 
-def _check_standard_2d(node: onnx.NodeProto, attrs: Dict[str, object], weight: Optional[onnx.TensorProto]) -> None:
+def _check_standard_2d(node: onnx.NodeProto, attrs: Dict[str, object], weight: Optional[onnx.TensorProto],
+                       ranks: Dict[str, int]) -> None:
+    """A standard DeformConv that our 2-D op can take: 2-D attributes, a rank-4 weight and input where known
+    (``ranks``: X's and W's ranks from the graph's declared types)."""
+    for name, rank in ranks.items():
+        if rank != 4:
+            raise AdoptionError(f"{_label(node)}: its {name} has rank {rank}; {DOMAIN}'s DeformConv2d is 2-D only "
+                                "(rank 4), so this node cannot be adopted")
     lengths = {"strides": 2, "dilations": 2, "pads": 4, "kernel_shape": 2}
     for name, length in lengths.items():
         if name in attrs and len(_int_values(node, attrs, name, 0)) != length:
@@ -312,7 +330,8 @@ def _adopt_standard_deform_conv(node: onnx.NodeProto, scope: _Scope, roi_samplin
     attrs = _attributes(node)
     x, w, offset, bias, mask = _inputs(node, 5)
     _require(node, ("X", "W", "offset"), (x, w, offset))
-    _check_standard_2d(node, attrs, scope.initializer(w))
+    _check_standard_2d(node, attrs, scope.initializer(w),
+                       {name: rank for name, rank in (("X", scope.rank(x)), ("W", scope.rank(w))) if rank is not None})
     ours = {"strides": _int_values(node, attrs, "strides", [1, 1]),
             "pads": _int_values(node, attrs, "pads", [0, 0, 0, 0]),
             "dilations": _int_values(node, attrs, "dilations", [1, 1]),
