@@ -374,6 +374,9 @@ def test_a_file_whose_nodes_are_inside_local_functions_is_inlined_then_adopted(t
     path = tmp_path / "fn.onnx"
     onnx.save(source, str(path))
     assert [n.op_type for n in foreign_nodes(source)] == ["MMCVModulatedDeformConv2d"]
+    inspect = cli_runner().invoke(main, ["inspect", str(path)])
+    assert "deformable nodes: 0 in the graph" in inspect.stdout
+    assert f"inside local functions: 1 mmcv::MMCVModulatedDeformConv2d; dcn-deploy adopt {path}" in inspect.stdout
     result = cli_runner().invoke(main, ["adopt", str(path)])
     assert result.exit_code == 0, result.output + result.stderr
     assert "inlined the local function(s) holding them: mmcv.ops.modulated_deform_conv::ModulatedDeformConv2dPack" \

@@ -434,11 +434,15 @@ def _function_nodes(function: onnx.FunctionProto) -> Iterator[onnx.NodeProto]:
             yield from all_nodes(subgraph)
 
 
-def foreign_nodes(model: onnx.ModelProto, *, standard: bool = True) -> List[onnx.NodeProto]:
-    """The nodes :func:`adopt_model` rewrites, in the graph and its subgraphs, and those inside local functions
-    (whose calls it inlines first: torch's ``export_modules_as_functions`` writes mmcv's nodes there);
-    ``standard=False`` leaves out the standard ``DeformConv`` nodes (which ONNX Runtime runs as they are)."""
-    nodes = list(all_nodes(model.graph)) + [n for f in model.functions for n in _function_nodes(f)]
+def foreign_nodes(model: onnx.ModelProto, *, standard: bool = True, where: str = "everywhere"
+                  ) -> List[onnx.NodeProto]:
+    """The nodes :func:`adopt_model` rewrites: in the graph and its subgraphs (``where="graph"``), inside local
+    functions (``where="functions"``, whose calls it inlines first: torch's ``export_modules_as_functions`` writes
+    mmcv's nodes there), or both (the default). ``standard=False`` leaves out the standard ``DeformConv`` nodes (which
+    ONNX Runtime runs as they are)."""
+    nodes = list(all_nodes(model.graph)) if where != "functions" else []
+    if where != "graph":
+        nodes += [n for f in model.functions for n in _function_nodes(f)]
     return [n for n in nodes if is_adoptable(n) and (standard or n.domain in FOREIGN_DOMAINS)]
 
 

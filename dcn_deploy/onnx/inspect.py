@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from ..feeds import fed_inputs
-from .adopt import FOREIGN_DOMAINS, is_adoptable
+from .adopt import FOREIGN_DOMAINS, foreign_nodes, is_adoptable, node_summary
 from .opset import DOMAIN, is_deformable_node
 
 __all__ = ["inspect_model", "format_inspection"]
@@ -83,6 +83,7 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
 
     Keys: path, ir_version, producer, opsets {domain: version}, inputs/outputs [{name, dtype, shape}],
     deformable_nodes [{name, op_type, domain, inputs, outputs, attributes, has_bias, has_mask, weight_shape}],
+    foreign_in_functions (mmcv's/mmdeploy's deformable nodes inside local functions, counted; "" without),
     functions [{domain, name, opsets, body}], op_counts {"domain::op_type": n}, node_count, metadata; with
     ``nodes=True`` (CLI: ``--nodes``) also nodes [{name, op_type, domain}] for every graph node in order (an
     unnamed node is "#<index>").
@@ -111,6 +112,8 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
             "opsets": {(imp.domain or "ai.onnx"): imp.version for imp in f.opset_import},
             "body": [f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in f.node],
         } for f in model.functions],
+        # mmcv's/mmdeploy's nodes inside local functions (torch's export_modules_as_functions), which adopt inlines
+        "foreign_in_functions": node_summary(foreign_nodes(model, standard=False, where="functions")),
         "op_counts": dict(sorted(counts.items())),
         "node_count": len(graph.node),
         "initializer_count": len(graph.initializer),
@@ -159,7 +162,8 @@ def format_inspection(info: dict) -> str:
     lines.append("outputs:")
     lines += [f"  {v['name']}: {v['dtype']} [{spaced_shape(v['shape'])}]" for v in info["outputs"]]
     nodes = info["deformable_nodes"]
-    lines.append(f"deformable nodes: {len(nodes)}" + ("" if nodes else " (none: this model has no deformable layer)"))
+    none = " (none: this model has no deformable layer)" if not info.get("foreign_in_functions") else " in the graph"
+    lines.append(f"deformable nodes: {len(nodes)}" + ("" if nodes else none))
     for n in nodes:
         extras = []
         if "weight_shape" in n:
@@ -171,6 +175,9 @@ def format_inspection(info: dict) -> str:
         if attrs:
             lines.append(f"      {attrs}")
     foreign = sorted({f"{n['domain']}::{n['op_type']}" for n in nodes if n["domain"] in FOREIGN_DOMAINS})
+    if info.get("foreign_in_functions"):
+        lines.append(f"  inside local functions: {info['foreign_in_functions']}; dcn-deploy adopt {info['path']} "
+                     f"inlines them and rewrites them as {DOMAIN}'s")
     if foreign:
         lines.append(f"  hint: mmcv's/mmdeploy's ops ({', '.join(foreign)}) run only with their project's plugin "
                      f"library; dcn-deploy adopt {info['path']} rewrites them as {DOMAIN}'s")
