@@ -200,22 +200,14 @@ def test_a_source_node_whose_shapes_contradict_its_attributes_is_the_sources_fau
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
 
 
-def test_three_d_deform_conv_with_2d_looking_attributes_is_refused_by_its_ranks():
-    """No 3-value attribute and the weight a graph input: the declared ranks still tell a 3-D node."""
-    node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], name="conv3d")
+@pytest.mark.parametrize("attributes", [{}, {"strides": [1, 1, 1]}], ids=["2-D looking", "3 strides"])
+def test_three_d_deform_conv_is_refused(attributes):
+    """Told by its attributes, or by the ranks its graph declares (no 3-value attribute, the weight a graph input)."""
+    node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], name="conv3d", **attributes)
     model = _model([node], [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 2, 2, 2])
                             for n in ("x", "w", "offset")],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 1, 1])], opset=19, domains=())
-    with pytest.raises(AdoptionError, match="node 'conv3d'.*its X has rank 5.*2-D only"):
-        adopt_model(model)
-
-
-def test_three_d_deform_conv_is_refused():
-    node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], name="conv3d", strides=[1, 1, 1])
-    model = _model([node], [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 1, 1, 1])
-                            for n in ("x", "w", "offset")],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 1, 1])], opset=19, domains=())
-    with pytest.raises(AdoptionError, match="node 'conv3d'.*2-D only"):
+    with pytest.raises(AdoptionError, match="node 'conv3d'.*(its X has rank 5|strides has 3 values).*2-D only"):
         adopt_model(model)
 
 
