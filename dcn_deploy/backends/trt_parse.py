@@ -108,6 +108,8 @@ def parse_network(trt, builder, logger, prepared, onnx_path: Path, *, source_ext
 
 def format_parser_errors(errors: Sequence[Dict[str, object]], model_name: str = "the model") -> str:
     """One message from the ONNX parser's errors (dicts with desc, code, node, node_name, op), with a hint."""
+    from ..onnx.plugin_routing import PLUGIN_FIELDS
+
     lines = [f"TensorRT's ONNX parser rejected {model_name} ({len(errors)} error(s)):"]
     hints = []
     for err in errors:
@@ -121,12 +123,20 @@ def format_parser_errors(errors: Sequence[Dict[str, object]], model_name: str = 
         desc = str(err.get("desc", "")).strip()
         lines.append(f"  - {' '.join(where) + ': ' if where else ''}{desc}" + (f" [{err['code']}]" if err.get("code") else ""))
         low = desc.lower()
-        standard = str(err.get("op", "")) in ("DeformConv", "ModulatedDeformConv2d")
-        if standard and "plugin" in low and ("could not find" in low or "not found" in low):
+        op = str(err.get("op", ""))
+        standard = op in ("DeformConv", "ModulatedDeformConv2d")
+        missing = "plugin" in low and ("could not find" in low or "not found" in low or "no importer" in low)
+        if standard and missing:
             hints.append("a standard DeformConv needs TensorRT's own plugin (libnvinfer_plugin's "
-                         "ModulatedDeformConv2d), which this TensorRT lacks: export without --standard and build "
-                         "without --no-plugin so our plugin handles it")
-        elif "plugin" in low and ("could not find" in low or "not found" in low or "no importer" in low):
+                         "ModulatedDeformConv2d), which this TensorRT lacks: export without --standard (or rewrite "
+                         f"the file's DeformConv nodes as ours with {argument('dcn_deploy.adopt_file', 'dcn-deploy adopt')}) "
+                         "and build without --no-plugin so our plugin handles it")
+        elif missing and op and op not in PLUGIN_FIELDS:
+            hints.append(f"{op} is not one of dcn_deploy's ops ({', '.join(PLUGIN_FIELDS)}), and the build loads "
+                         "only our plugin library (and TensorRT's own): the library that defines that op must be "
+                         "loaded into the process first (mmdeploy's ops: its libmmdeploy_tensorrt_ops.so, e.g. "
+                         "with LD_PRELOAD), or the op replaced before the build")
+        elif missing:
             hints.append("the dcn_deploy plugin library was not loaded or has another name/version: check "
                          f"`dcn-deploy plugin info` and pass {argument('plugin_library=', '--plugin PATH')}")
         elif "deformconv" in low or "modulateddeformconv" in low:
