@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import onnx
 from onnx import helper
@@ -39,7 +39,7 @@ from onnx import helper
 from ..wording import argument
 from .adopt_nodes import (FOREIGN_DOMAINS, MMCV_OPS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, attributes_of,
                           fresh_name, is_adoptable, node_id, number_attribute, source_op, translate)
-from .opset import DOMAIN, MIN_OPSET, all_nodes, attach_functions, default_opset
+from .opset import DOMAIN, MIN_OPSET, all_nodes, attach_functions, default_opset, subgraphs, with_subgraphs
 
 __all__ = ["FOREIGN_DOMAINS", "AdoptedNode", "AdoptedFile", "Adoption", "AdoptionError", "is_adoptable", "foreign_nodes",
            "node_summary", "foreign_op_advice", "adopt_model", "adopt_file"]
@@ -79,15 +79,10 @@ class Adoption:
 # The model
 # --------------------------------------------------------------------------------------------------------------
 
-def _function_nodes(function: onnx.FunctionProto) -> Iterator[onnx.NodeProto]:
+def _function_nodes(function: onnx.FunctionProto) -> Iterable[onnx.NodeProto]:
     """A local function's nodes and those of their subgraphs; none for our own ops' bodies (attach_functions), whose
     standard DeformConv nodes are how ONNX Runtime runs our ops, not nodes to rewrite."""
-    if function.domain == DOMAIN:
-        return
-    for node in function.node:
-        yield node
-        for subgraph in _graphs_in(node):
-            yield from all_nodes(subgraph)
+    return () if function.domain == DOMAIN else with_subgraphs(function.node)
 
 
 def foreign_nodes(model: onnx.ModelProto, *, standard: bool = True, where: str = "everywhere"
@@ -133,18 +128,10 @@ def adopted_name(source: Path) -> Path:
     return source.with_name(f"{source.stem}.adopted.onnx")
 
 
-def _graphs_in(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
-
-
 def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     yield graph
     for node in graph.node:
-        for subgraph in _graphs_in(node):
+        for subgraph in subgraphs(node):
             yield from _all_graphs(subgraph)
 
 
@@ -163,7 +150,7 @@ def _rewrite_graph(graph: onnx.GraphProto, scope: GraphScope, roi_sampling_ratio
                    adopted: List[AdoptedNode]) -> None:
     rewritten: List[onnx.NodeProto] = []
     for node in graph.node:
-        for subgraph in _graphs_in(node):
+        for subgraph in subgraphs(node):
             _rewrite_graph(subgraph, GraphScope(subgraph, scope.names, scope), roi_sampling_ratio, adopted)
         if not is_adoptable(node):
             rewritten.append(node)

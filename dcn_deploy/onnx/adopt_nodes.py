@@ -262,10 +262,10 @@ def _check_standard_2d(node: onnx.NodeProto, attrs: Dict[str, object], weight: O
                                 "(rank 4), so this node cannot be adopted")
     lengths = {"strides": 2, "dilations": 2, "pads": 4, "kernel_shape": 2}
     for name, length in lengths.items():
-        if name in attrs and len(_int_values(node, attrs, name, 0)) != length:
-            raise AdoptionError(f"{_label(node)}: {name} has {len(_int_values(node, attrs, name, 0))} values; "
-                                f"{DOMAIN}'s DeformConv2d is 2-D only ({length} values), so this node cannot be "
-                                "adopted")
+        given = len(_int_values(node, attrs, name, 0)) if name in attrs else length
+        if given != length:
+            raise AdoptionError(f"{_label(node)}: {name} has {given} values; {DOMAIN}'s DeformConv2d is 2-D only "
+                                f"({length} values), so this node cannot be adopted")
     if weight is not None and len(weight.dims) != 4:
         raise AdoptionError(f"{_label(node)}: its weight has rank {len(weight.dims)}; {DOMAIN}'s DeformConv2d is "
                             "2-D only (rank 4)")

@@ -29,7 +29,7 @@ from .schema_inference import inference_error, known_size, tensor_dims
 __all__ = [
     "DOMAIN", "VERSION", "MIN_OPSET", "BFLOAT16_MIN_OPSET", "FLOAT_TYPES", "OpDefinition", "ExportRefusal", "register_op",
     "definitions", "get_definition", "attach_functions", "write_default_attributes", "used_ops", "is_deformable_node",
-    "all_nodes", "domain_nodes", "default_opset",
+    "all_nodes", "subgraphs", "with_subgraphs", "domain_nodes", "default_opset",
     "deform_conv_function", "deform_conv_schema", "plugin_attribute_schemas", "TF32_ATTRIBUTE",
 ]
 
@@ -111,18 +111,24 @@ def get_definition(name: str) -> OpDefinition:
 
 def all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
     """Nodes of ``graph`` and of its subgraphs (If/Loop/Scan bodies)."""
-    return _with_subgraphs(graph.node)
+    return with_subgraphs(graph.node)
 
 
-def _with_subgraphs(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs ``node`` holds in its attributes (an If's branches, a Loop's or Scan's body)."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def with_subgraphs(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    """``nodes`` and the nodes of their subgraphs, each node before those of its subgraphs."""
     for node in nodes:
         yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from all_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from all_nodes(g)
+        for graph in subgraphs(node):
+            yield from all_nodes(graph)
 
 
 def domain_nodes(model: onnx.ModelProto, domain: str = DOMAIN) -> Iterator[onnx.NodeProto]:
@@ -134,7 +140,7 @@ def domain_nodes(model: onnx.ModelProto, domain: str = DOMAIN) -> Iterator[onnx.
             yield node
     for function in model.functions:
         if function.domain != domain:
-            yield from (node for node in _with_subgraphs(function.node) if node.domain == domain)
+            yield from (node for node in with_subgraphs(function.node) if node.domain == domain)
 
 
 def is_deformable_node(node: onnx.NodeProto) -> bool:
