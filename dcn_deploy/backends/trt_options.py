@@ -20,7 +20,7 @@ PLUGIN_WORKSPACE_VARIABLE = "DCN_DEPLOY_PLUGIN_WORKSPACE"
 PLUGIN_WORKSPACE_CHARGES_TENSORS_VARIABLE = "DCN_DEPLOY_PLUGIN_WORKSPACE_CHARGES_TENSORS"
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)  # a sign, for its own message
 
 
 def parse_size(text: Union[str, int], default_unit: str = "M") -> int:
@@ -28,14 +28,12 @@ def parse_size(text: Union[str, int], default_unit: str = "M") -> int:
     if isinstance(text, int):
         text = str(text)
     match = _SIZE_RE.match(text)
-    if not match and text.strip().startswith("-") and _SIZE_RE.match(text.strip()[1:]):
-        raise ValueError(f"--workspace must be positive, got {text!r}; write e.g. 4G, 512M or 1024 (MiB)")
     if not match:
         raise ValueError(f"--workspace: {text!r} is not a size; write e.g. 4G, 512M or 1024 (MiB)")
     number, unit = float(match.group(1)), (match.group(2) or default_unit).upper()
     size = int(number * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit])
     if size <= 0:
-        raise ValueError(f"--workspace must be positive, got {text!r}")
+        raise ValueError(f"--workspace must be positive, got {text!r}; write e.g. 4G, 512M or 1024 (MiB)")
     return size
 
 
