@@ -28,7 +28,8 @@ from dcn_deploy.onnx.model_loading import describe_exception, unreadable_weights
 from dcn_deploy.ops.modules import upgrade_mmcv_state_dict
 from dcn_deploy.wording import for_reader
 
-__all__ = ["CheckpointError", "IncompleteCheckpointError", "LoadReport", "load_checkpoint", "read_state_dict"]
+__all__ = ["CheckpointError", "IncompleteCheckpointError", "LoadReport", "head_class_count", "load_checkpoint",
+           "read_state_dict"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
 _STRIP_PREFIXES = ("", "module.", "backbone.", "module.backbone.", "model.", "model.backbone.")
@@ -124,6 +125,31 @@ class LoadReport:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def head_class_count(report: LoadReport, num_classes: int) -> Optional[int]:
+    """The class count the checkpoint's head was trained for, when it differs from the model's ``num_classes``;
+    None when no head tensor's shape differs, or when they differ in another way than a class count would.
+
+    A head tensor's first dimension is proportional to the class count (a ResNet's ``fc`` and a DeepLab's
+    ``classifier``: one row per class; R-FCN's score maps: k*k per class, its offset maps 2*k*k): every mismatched
+    head tensor must then differ in that dimension alone, by one common ratio."""
+    head = set(report.head)
+    counts = set()
+    for key, checkpoint_shape, model_shape in report.mismatched:
+        if key not in head:
+            return None
+        if (len(checkpoint_shape) != len(model_shape) or not model_shape
+                or checkpoint_shape[1:] != model_shape[1:]):
+            return None
+        scaled = checkpoint_shape[0] * num_classes
+        if scaled % model_shape[0]:
+            return None
+        counts.add(scaled // model_shape[0])
+    if len(counts) != 1:
+        return None
+    count = counts.pop()
+    return count if count > 0 else None
 
 
 def _group(keys: List[str], limit: int) -> str:

@@ -124,6 +124,7 @@ class RFCN(nn.Module):
         self.backbone = ResNet(depth, num_classes=None, deform_stages=deform_stages, deform_version=deform_version,
                                deform_last_blocks=deform_last_blocks, deform_groups=deform_groups,
                                dilate_stages=(5,), contract_dilation=contract_dilation)
+        self.num_classes = num_classes
         self.head = RFCNHead(self.backbone.out_channels, num_classes, spatial_scale=1.0 / 16,
                              deformable=deformable_pooling, **head_kwargs)
 

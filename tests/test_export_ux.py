@@ -605,6 +605,41 @@ def test_zoo_weights_of_another_architecture_are_refused(tmp_path):
     assert "Traceback" not in result.stderr and not out.exists()
 
 
+def test_zoo_export_takes_the_class_count_of_a_fine_tuned_checkpoint(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from dcn_deploy.models import zoo
+
+    fine_tuned = zoo.get("resnet50_dcn_c5").build(seed=5, num_classes=10)
+    weights = tmp_path / "ten_classes.pt"
+    torch.save(fine_tuned.state_dict(), weights)
+    out = tmp_path / "r50.onnx"
+    result = cli_runner().invoke(main, ["export", "resnet50_dcn_c5", "--weights", str(weights), "--input-shape",
+                                        "1x3x32x32", "-o", str(out)])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert ("note: the checkpoint's head is for 10 classes, not 1000: built resnet50_dcn_c5 with num_classes=10"
+            in result.stderr)
+    assert "SHAPE MISMATCH" not in result.stderr and "output logits: float 1 x 10" in result.output
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    (logits,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": image.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, fine_tuned(image).numpy(), rtol=1e-4, atol=1e-5)
+
+    # a head that differs in another way than a class count would export random tensors: refused
+    state = fine_tuned.state_dict()
+    state["fc.weight"] = state["fc.weight"][:, :100]
+    torch.save(state, weights)
+    refused = tmp_path / "refused.onnx"
+    result = cli_runner().invoke(main, ["export", "resnet50_dcn_c5", "--weights", str(weights), "--input-shape",
+                                        "1x3x32x32", "-o", str(refused)])
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = error_lines(result)
+    assert (f"--weights {weights} does not fit zoo model resnet50_dcn_c5's head: fc.weight (checkpoint 10x100 vs "
+            "model 1000x2048), fc.bias (checkpoint 10 vs model 1000)") in line
+    assert "not those of another class count" in line and not refused.exists()
+
+
 CHATTY_MODEL_FILE = textwrap.dedent("""
     import torch
     import dcn_deploy

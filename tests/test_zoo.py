@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dcn_deploy.models import zoo
-from dcn_deploy.models.checkpoint import CheckpointError, IncompleteCheckpointError, load_checkpoint
+from dcn_deploy.models.checkpoint import (CheckpointError, IncompleteCheckpointError, LoadReport, head_class_count,
+                                          load_checkpoint)
 from dcn_deploy.models.deeplab import DeepLab
 from dcn_deploy.models.resnet import ResNet
 from dcn_deploy.models.rfcn import RFCNHead
@@ -251,6 +252,29 @@ def test_own_dataparallel_checkpoint_and_class_count_mismatch():
     assert not report.complete
     with pytest.raises(CheckpointError, match="strict=True"):
         load_checkpoint(model, state, strict=True)
+
+
+def test_head_class_count_reads_the_class_count_of_a_fine_tuned_head():
+    from dcn_deploy.models.rfcn import RFCN
+
+    source = randomise(RFCN(50, num_classes=81, deform_stages=(5,)), seed=3)
+    report = load_checkpoint(RFCN(50, num_classes=21, deform_stages=(5,)), source.state_dict())
+    # the score maps (k*k per class) and their offset maps (2*k*k per class) scale alike; the box maps do not
+    assert sorted(k for k, *_ in report.mismatched) == ["head.cls_conv.bias", "head.cls_conv.weight",
+                                                       "head.cls_offset_conv.bias", "head.cls_offset_conv.weight"]
+    assert head_class_count(report, 21) == 81
+    model = RFCN(50, num_classes=head_class_count(report, 21), deform_stages=(5,))
+    assert load_checkpoint(model, source.state_dict(), strict=True).complete
+
+    def count(mismatched, head=("fc.weight", "fc.bias"), num_classes=1000):
+        return head_class_count(LoadReport("x", mismatched=mismatched, head=list(head)), num_classes)
+
+    assert count([("fc.weight", (10, 2048), (1000, 2048)), ("fc.bias", (10,), (1000,))]) == 10
+    assert count([]) is None  # nothing differs
+    assert count([("fc.weight", (10, 100), (1000, 2048))]) is None  # another input width
+    assert count([("fc.weight", (10, 2048), (1000, 2048)), ("fc.bias", (20,), (1000,))]) is None  # disagree
+    assert count([("layer1.0.conv1.weight", (32, 64, 1, 1), (64, 64, 1, 1))]) is None  # not the head
+    assert count([("head.cls_conv.weight", (50, 8, 1, 1), (49 * 21, 8, 1, 1))], ("head.cls_conv.weight",), 21) is None
 
 
 def test_unreadable_or_unrelated_checkpoints_give_clear_errors(tmp_path):

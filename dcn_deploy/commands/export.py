@@ -46,7 +46,8 @@ def _default_output(reference: str) -> Path:
 @click.option("--weights", "--checkpoint", "weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="state_dict (torch.save) to load into the model that FILE.py:FACTORY or the zoo builds; also a "
                    "checkpoint dict holding it under 'state_dict' or 'model' (mmdetection's), with DataParallel's "
-                   "'module.' prefixes and old mmcv offset-branch keys (<layer>_offset.*) renamed.")
+                   "'module.' prefixes and old mmcv offset-branch keys (<layer>_offset.*) renamed. A zoo model "
+                   "takes the class count of the checkpoint's head.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE",
               help="Shape of an example input, e.g. 1x3x224x224; repeat once per model input, in order. "
                    "Zoo models take one image shape. A (K, 5) input of a model with dcn_deploy's (or mmcv's, "

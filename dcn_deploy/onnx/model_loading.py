@@ -31,6 +31,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from ..feeds.shapes import format_shape
 from ..wording import argument, for_reader
 from .example_samplers import Sampler, module_sampler, zoo_sampler
 from .loaded_model import DTYPES, LoadedModel, parse_input_shape
@@ -321,6 +322,8 @@ def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
         # random (even NaN) outputs that "verifies" against an equally random PyTorch model.
         try:
             report = load_checkpoint(model, weights, strict=False, require_backbone=True)
+            if report.mismatched:  # only the head's may differ here: another class count, or refused
+                model, report = _rebuild_for_checkpoint_classes(entry, model, weights, report)
         except IncompleteCheckpointError as exc:
             required = exc.report.missing_required
             raise ValueError(
@@ -333,6 +336,26 @@ def _load_zoo(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
         print(report, file=sys.stderr)
     return LoadedModel(model.eval(), name, "zoo", zoo_sampler(entry), tuple(entry.input_names),
                        tuple(entry.output_names))
+
+
+def _rebuild_for_checkpoint_classes(entry, model: torch.nn.Module, weights: Union[str, Path], report):
+    """The zoo model ``entry`` built with the class count of the checkpoint's head (a fine-tuned checkpoint: a
+    10-class ``fc`` against the zoo's 1000), loaded again; a head that differs in another way is refused, as its
+    tensors would keep their random values."""
+    from dcn_deploy.models.checkpoint import head_class_count, load_checkpoint
+
+    classes = head_class_count(report, model.num_classes)
+    if classes is None:
+        shown = ", ".join(f"{key} (checkpoint {format_shape(a)} vs model {format_shape(b)})"
+                          for key, a, b in report.mismatched[:3])
+        raise ValueError(f"{argument('weights', '--weights')} {weights} does not fit zoo model {entry.name}'s head: "
+                         f"{shown}; those tensors would keep their random initial values and the outputs would "
+                         "mean nothing, and the shapes are not those of another class count. Give the checkpoint "
+                         f"saved from {entry.name}, or export your own model as FILE.py:FACTORY")
+    print(f"note: the checkpoint's head is for {classes} classes, not {model.num_classes}: built {entry.name} with "
+          f"num_classes={classes}", file=sys.stderr)
+    model = entry.build(num_classes=classes)
+    return model, load_checkpoint(model, weights, strict=False, require_backbone=True)
 
 
 def _a(noun: str) -> str:
