@@ -308,11 +308,12 @@ def test_other_foreign_ops_are_left_with_their_import():
     case = ConvCase(seed=11)
     model = _modulated_model(case, "mmdeploy", True)
     model.graph.node[0].output[0] = "features"
-    model.graph.node.append(helper.make_node("TRTBatchedNMS", ["features"], ["y"], domain="mmdeploy", name="nms"))
+    model.graph.node.append(helper.make_node("TRTBatchedRotatedNMS", ["features"], ["y"], domain="mmdeploy",
+                                             name="nms"))
     adopted, adoption = adopt_model(model)
-    assert adoption.left == ["nms (mmdeploy::TRTBatchedNMS)"]
+    assert adoption.left == ["nms (mmdeploy::TRTBatchedRotatedNMS)"]
     assert "mmdeploy" in {imp.domain for imp in adopted.opset_import}
-    assert [n.op_type for n in adopted.graph.node][-1] == "TRTBatchedNMS"
+    assert [n.op_type for n in adopted.graph.node][-1] == "TRTBatchedRotatedNMS"
 
 
 def test_nodes_inside_subgraphs_are_rewritten():

@@ -198,3 +198,70 @@ def test_cli_adopt_of_an_mmdeploy_export(tmp_path, mmdeploy_export):
 
     session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
     _close(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# mmdeploy's multi-class NMS (mmdeploy.mmcv.ops.nms.multiclass_nms, as its detectors' heads call it)
+
+
+def _nms_export(tmp_path, backend, pre_top_k, keep_top_k):
+    """The file mmdeploy writes for ``multiclass_nms`` under the ``backend`` rewrites: ``mmdeploy::TRTBatchedNMS``
+    for TensorRT, standard NonMaxSuppression and mmdeploy's own ranking for ONNX Runtime."""
+    from mmdeploy.apis.onnx import export as mmdeploy_export
+    from mmdeploy.mmcv.ops.nms import multiclass_nms
+    from mmengine import Config
+
+    class Head(nn.Module):
+        def forward(self, boxes, scores):
+            return multiclass_nms(boxes, scores, max_output_boxes_per_class=200, iou_threshold=0.5,
+                                  score_threshold=0.05, pre_top_k=pre_top_k, keep_top_k=keep_top_k)
+
+    names, axes = ["boxes", "scores"], {"boxes": {0: "batch", 1: "num"}, "scores": {0: "batch", 1: "num"}}
+    onnx_config = dict(type="onnx", export_params=True, keep_initializers_as_inputs=False, opset_version=11,
+                       save_file="end2end.onnx", input_names=names, output_names=["dets", "labels"],
+                       input_shape=None, dynamic_axes=axes)
+    deploy_cfg = Config(dict(onnx_config=onnx_config, codebase_config=dict(type="mmdet", task="ObjectDetection"),
+                             backend_config=dict(type=backend)))
+    prefix = tmp_path / backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mmdeploy_export(Head(), (torch.rand(2, 50, 4), torch.rand(2, 50, 3)), str(prefix), backend=backend,
+                        input_names=names, output_names=["dets", "labels"], context_info={"deploy_cfg": deploy_cfg},
+                        opset_version=11, dynamic_axes=axes)
+    return prefix.with_name(prefix.name + ".onnx")
+
+
+def test_mmdeploy_nms_for_tensorrt_adopted_matches_its_onnxruntime_export(tmp_path, mmdeploy_export):
+    """mmdeploy's TensorRT file (TRTBatchedNMS, pre_top_k 5000 over 50-90 boxes: every box a candidate), adopted,
+    against mmdeploy's own ONNX Runtime file of the same call (its ranking of ONNX NMS's selections) and against
+    the NumPy model of the plugin (tests/test_adopt_nms.py), on random boxes at two batch sizes and box counts."""
+    _skip_unless("mmdeploy.mmcv.ops.nms", "mmdeploy is not installed here (it is not a dependency of dcn_deploy)")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    from dcn_deploy.onnx.adopt import adopt_file
+    from test_adopt_nms import plugin_batched_nms
+
+    theirs = _nms_export(tmp_path, "tensorrt", 5000, 20)
+    assert [n[1] for n in _foreign_nodes(theirs)] == ["TRTBatchedNMS"]
+    adopted = adopt_file(theirs)
+    assert [n.source for n in adopted.adoption.nodes] == ["mmdeploy::TRTBatchedNMS"] and not adopted.adoption.left
+    ours = ort.InferenceSession(str(adopted.path), providers=["CPUExecutionProvider"])
+    mmdeploy_ort = ort.InferenceSession(str(_nms_export(tmp_path, "onnxruntime", -1, 20)),
+                                        providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for images, count in ((2, 50), (3, 90)):
+        corner = rng.uniform(0, 40, (images, count, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(2, 25, (images, count, 2))], axis=2).astype(np.float32)
+        scores = rng.random((images, count, 3)).astype(np.float32)
+        feed = {"boxes": boxes, "scores": scores}
+        dets, labels = ours.run(None, feed)
+        expected = plugin_batched_nms(boxes[:, :, None], scores, num_classes=3, score_threshold=0.05,
+                                      iou_threshold=0.5, topk=5000, keep_topk=20)
+        np.testing.assert_array_equal(dets, expected[0])
+        np.testing.assert_array_equal(labels, expected[1])
+        assert labels.dtype == np.int64 and dets.shape == (images, 20, 5)
+        their_dets, their_labels = mmdeploy_ort.run(None, feed)
+        valid = labels >= 0
+        assert valid.sum() == (their_dets[..., 4] > 0).sum() > images * 10
+        np.testing.assert_array_equal(dets[valid], their_dets[:, :20][valid])
+        np.testing.assert_array_equal(labels[valid], their_labels[:, :20][valid])

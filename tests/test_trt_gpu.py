@@ -158,6 +158,45 @@ class TestTensorRTRtxAheadOfTime:
         assert meta["extra"]["routed_nodes"] == 1
         assert b"dcn_deploy" in engine.read_bytes() and b"DeformConv2d" in engine.read_bytes()
 
+    def test_adopted_mmdeploy_nms_parses(self, rtx_env, tmp_path):
+        """mmdeploy's TRTBatchedNMS, adopted as standard ops (dynamic boxes and batch, shared and per-class boxes),
+        goes through a real ONNX parser into TensorRT layers: NMS, TopK with a K computed at run time, ScatterND.
+        Building stops at the NMS layer: TensorRT-RTX has no implementation of it (TensorRT's INMSLayer; RTX lacks
+        data-dependent layers, as NonZero), which is asserted here so that a release that adds one is noticed."""
+        from test_adopt_nms import nms_model
+
+        from dcn_deploy.onnx.adopt import adopt_model
+
+        python, environ, _ = rtx_env
+        script = textwrap.dedent("""
+            import sys, tensorrt_rtx as trt
+            logger = trt.Logger(trt.Logger.ERROR)
+            builder = trt.Builder(logger)
+            network = builder.create_network(0)
+            parser = trt.OnnxParser(network, logger)
+            ok = parser.parse(open(sys.argv[1], "rb").read())
+            print("ERRORS", [parser.get_error(i).desc() for i in range(parser.num_errors)])
+            print("LAYERS", sorted({str(network.get_layer(i).type).split(".")[-1] for i in range(network.num_layers)}))
+            config = builder.create_builder_config()
+            profile = builder.create_optimization_profile()
+            layers = int(sys.argv[2])
+            profile.set_shape("boxes", (1, 10, layers, 4), (2, 100, layers, 4), (4, 1000, layers, 4))
+            profile.set_shape("scores", (1, 10, 3), (2, 100, 3), (4, 1000, 3))
+            config.add_optimization_profile(profile)
+            print("BUILT", builder.build_serialized_network(network, config) is not None)
+        """)
+        for layers, topk in ((1, 50), (3, -1)):
+            adopted, _ = adopt_model(nms_model(0, 0, layers, 3, dynamic=True, topk=topk, keep_topk=20))
+            path = tmp_path / f"nms_{layers}.onnx"
+            onnx.save(adopted, path)
+            out = subprocess.run([python, "-c", script, str(path), str(layers)], capture_output=True, text=True,
+                                 env=environ, timeout=600)
+            assert "ERRORS []" in out.stdout, out.stdout + out.stderr[-2000:]
+            found = json.loads(out.stdout.split("LAYERS ", 1)[1].splitlines()[0].replace("'", '"'))
+            assert {"NMS", "TOPK", "SCATTER", "GATHER"} <= set(found), found
+            log = out.stdout + out.stderr
+            assert "BUILT False" in log and "NonMaxSuppression" in log and "has no runners" in log, log[-2000:]
+
     def test_models_parsed_from_file(self, rtx_env, tmp_path):
         """The file route under a real ONNX parser (TensorRT-RTX's, on the CPU): a model whose weights live in an
         external file, and an ordinary one pushed onto the route by a limit of 1 byte, both build with our plugin

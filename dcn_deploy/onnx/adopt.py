@@ -12,6 +12,7 @@ by the ``dcn_deploy`` node that computes the same thing:
 | ``mmcv::MMCVDeformConv2d``, ``mmdeploy::MMCVDeformConv2d`` | ``DeformConv2d`` | inputs (input, offset, weight) -> (X, W, offset) |
 | ``mmcv::MMCVModulatedDeformConv2d``, ``mmdeploy::...`` | ``DeformConv2d`` | (input, offset, mask, weight[, bias]) -> (X, W, offset, B, mask) |
 | ``mmcv::MMCVDeformRoIPool``, ``mmdeploy::...`` | ``DeformRoIPool`` | same inputs and attribute names (ours are mmcv's) |
+| ``mmdeploy::TRTBatchedNMS`` | standard ``NonMaxSuppression``, ``TopK``, ... | what mmdeploy's TensorRT plugin computes (:mod:`dcn_deploy.onnx.adopt_nms`) |
 
 mmcv's attributes ``stride``, ``padding``, ``dilation``, ``groups``, ``deform_groups`` become ``strides``, ``pads``
 (padding on both sides), ``dilations``, ``group`` and ``offset_group``. mmdeploy writes ``MMCVDeformConv2d``'s
@@ -37,11 +38,13 @@ import onnx
 from onnx import helper
 
 from ..wording import argument
-from .adopt_nodes import (FOREIGN_DOMAINS, MMCV_OPS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, attributes_of,
-                          fresh_name, is_adoptable, node_id, number_attribute, source_op, translate)
+from .adopt_dispatch import MMCV_OPS, is_adoptable, is_adoptable_deformable, translate
+from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, attributes_of,
+                          fresh_name, node_id, number_attribute, source_op)
 from .opset import DOMAIN, MIN_OPSET, all_nodes, attach_functions, default_opset, subgraphs, with_subgraphs
 
-__all__ = ["FOREIGN_DOMAINS", "AdoptedNode", "AdoptedFile", "Adoption", "AdoptionError", "is_adoptable", "foreign_nodes",
+__all__ = ["FOREIGN_DOMAINS", "AdoptedNode", "AdoptedFile", "Adoption", "AdoptionError", "is_adoptable",
+           "is_adoptable_deformable", "foreign_nodes",
            "node_summary", "foreign_op_advice", "adopt_model", "adopt_file"]
 
 
@@ -56,7 +59,10 @@ class Adoption:
     inlined: List[str] = field(default_factory=list)  # local functions inlined because they held foreign nodes
 
     def summary(self) -> str:
-        lines = [f"rewrote {len(self.nodes)} node(s) as {DOMAIN} ops"
+        ours = sum(1 for node in self.nodes if node.target.startswith(f"{DOMAIN}::"))
+        kinds = [f"{ours} as {DOMAIN} ops"] if ours else []
+        kinds += [f"{len(self.nodes) - ours} as standard ONNX"] if ours < len(self.nodes) else []
+        lines = [f"rewrote {len(self.nodes)} node(s): {' and '.join(kinds)}"
                  + (f"; raised the default opset from {self.opset_before} to {self.opset_after}"
                     if self.opset_after != self.opset_before else "")]
         if self.inlined:
@@ -66,7 +72,7 @@ class Adoption:
             lines.append(f"  {node.name}: {node.source} -> {node.target} ({attrs})")
             lines += [f"    note: {note}" for note in node.notes]
         if self.left:
-            lines.append(f"left as they are (not deformable layers; they still need their project's plugin "
+            lines.append(f"left as they are (no standard form here; they still need their project's plugin "
                          f"library): {', '.join(self.left)}")
         return "\n".join(lines)
 
@@ -115,7 +121,7 @@ def foreign_op_advice(model: onnx.ModelProto, path, runs_it: str) -> Optional[st
     if not nodes:
         return None
     what = (f"{node_summary(nodes)} node(s): mmcv's/mmdeploy's own ops, which {runs_it} only with that project's "
-            f"plugin library. Rewrite them as {DOMAIN}'s ops with ")
+            f"plugin library. Rewrite them as {DOMAIN}'s ops and standard ONNX with ")
     if path is None:  # a model in memory: no file to name
         return f"the model holds {what}dcn_deploy.onnx.adopt.adopt_model(model), then use the model it returns"
     adopt = for_reader(f"dcn_deploy.onnx.adopt.adopt_file({str(path)!r}) (CLI: dcn-deploy adopt {path})",
@@ -239,7 +245,9 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     node, our function bodies attached (:func:`dcn_deploy.onnx.opset.attach_functions`), the default opset raised to
     19 where lower, and the imports of foreign domains no node uses any more dropped. ``model`` is not changed.
 
-    Other mmcv/mmdeploy nodes (``mmdeploy::TRTBatchedNMS``, say) are left as they are and listed in
+    mmdeploy's multi-class NMS (``mmdeploy::TRTBatchedNMS``) becomes standard ONNX ops that compute what its
+    TensorRT plugin computes (:mod:`dcn_deploy.onnx.adopt_nms`). Other mmcv/mmdeploy nodes
+    (``mmdeploy::TRTBatchedRotatedNMS``, say) are left as they are and listed in
     ``adoption.left``: they still need their project's plugin library.
 
     Args:
@@ -315,7 +323,7 @@ def adopt_file(source, output=None, *, roi_sampling_ratio: Optional[int] = None)
     if not foreign_nodes(model):
         ours = sum(1 for n in all_nodes(model.graph) if n.domain == DOMAIN)
         raise AdoptionError(
-            f"{source} has no deformable node of another exporter (ONNX DeformConv; mmcv's or mmdeploy's "
+            f"{source} has no node of another exporter that adopt rewrites (ONNX DeformConv; mmcv's or mmdeploy's "
             f"{', '.join(MMCV_OPS)}), so there is nothing to adopt"
             + (f"; its {ours} {DOMAIN} node(s) are ours already: build or run it as it is" if ours else ""))
     adopted, adoption = adopt_model(model, roi_sampling_ratio=roi_sampling_ratio)

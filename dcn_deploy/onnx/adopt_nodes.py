@@ -1,5 +1,6 @@
-"""One foreign deformable node -> the ``dcn_deploy`` node that computes the same (:func:`translate`), for
-:mod:`dcn_deploy.onnx.adopt`, whose docstring has the table of ops and how their inputs and attributes map.
+"""One foreign deformable node -> the ``dcn_deploy`` node that computes the same (dispatched by
+:mod:`dcn_deploy.onnx.adopt_dispatch`), for :mod:`dcn_deploy.onnx.adopt`, whose docstring has the table of ops and
+how their inputs and attributes map.
 
 Each translation reads the node's attributes (refusing malformed ones, naming the node), writes our node under the
 same name and output, and adds what our op needs that the source leaves out: a zero bias before a mask, a zero RoI
@@ -18,8 +19,10 @@ from ..wording import argument
 from .opset import DEFORM_CONV, DOMAIN
 from .roi_opset import DEFORM_ROI_POOL
 
-__all__ = ["FOREIGN_DOMAINS", "STANDARD_DOMAINS", "MMCV_OPS", "AdoptionError", "AdoptedNode", "GraphScope", "fresh_name",
-           "is_adoptable", "translate", "node_id", "source_op", "number_attribute", "attributes_of"]
+__all__ = ["FOREIGN_DOMAINS", "STANDARD_DOMAINS", "AdoptionError", "AdoptedNode", "GraphScope", "Translation",
+           "fresh_name", "node_id", "node_label", "source_op", "int_attribute", "number_attribute", "attributes_of",
+           "adopt_standard_deform_conv", "adopt_mmcv_deform_conv", "adopt_mmcv_modulated_deform_conv",
+           "adopt_mmcv_deform_roi_pool"]
 
 # The custom-op domains of mmcv's own ONNX symbolics and of mmdeploy's rewrites of them.
 FOREIGN_DOMAINS = ("mmcv", "mmdeploy")
@@ -56,7 +59,7 @@ def node_id(node: onnx.NodeProto) -> str:
     return node.name or (node.output[0] if node.output else "(unnamed)")
 
 
-def _label(node: onnx.NodeProto) -> str:
+def node_label(node: onnx.NodeProto) -> str:
     if node.name or not node.output:
         return f"node {node_id(node)!r} ({source_op(node)})"
     return f"the {source_op(node)} node writing {node.output[0]!r}"
@@ -77,27 +80,29 @@ def _int_values(node: onnx.NodeProto, attrs: Dict[str, object], name: str, defau
         return [value]
     if isinstance(value, list) and all(isinstance(v, int) for v in value):
         return value
-    raise AdoptionError(f"{_label(node)}: {name} must be an int or ints, got {value!r}; the file is malformed: "
+    raise AdoptionError(f"{node_label(node)}: {name} must be an int or ints, got {value!r}; the file is malformed: "
                         "re-export it")
 
 
-def _int(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default: int) -> int:
+def int_attribute(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default: int) -> int:
     """An int attribute (INT, or a FLOAT holding a whole number); refused otherwise."""
     value = attrs.get(name, default)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int):
-        raise AdoptionError(f"{_label(node)}: {name} must be a whole number, got {value!r}; the file is malformed: "
+        raise AdoptionError(f"{node_label(node)}: {name} must be a whole number, got {value!r}; the file is malformed: "
                             "re-export it")
     return value
 
 
 def number_attribute(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default: float) -> float:
+    """A number attribute, as the shortest decimal that is the same float32 (a FLOAT 0.05 reads 0.05, not
+    0.05000000074505806, in reports and messages; written back as a FLOAT it is the same value)."""
     value = attrs.get(name, default)
-    if not isinstance(value, (int, float)):
-        raise AdoptionError(f"{_label(node)}: {name} must be a number, got {value!r}; the file is malformed: "
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise AdoptionError(f"{node_label(node)}: {name} must be a number, got {value!r}; the file is malformed: "
                             "re-export it")
-    return float(value)
+    return float(str(np.float32(value)))
 
 
 def _pair(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default: int) -> List[int]:
@@ -106,7 +111,7 @@ def _pair(node: onnx.NodeProto, attrs: Dict[str, object], name: str, default: in
     if len(values) == 1:
         values *= 2
     if len(values) != 2:
-        raise AdoptionError(f"{_label(node)}: {name} must hold 1 or 2 values (h, w), got {values}")
+        raise AdoptionError(f"{node_label(node)}: {name} must hold 1 or 2 values (h, w), got {values}")
     return values
 
 
@@ -123,13 +128,13 @@ def _mmcv_padding(node: onnx.NodeProto, attrs: Dict[str, object]) -> Tuple[List[
             notes = (f"padding {values} read as mmdeploy writes it, (pad_h, pad_w) = ({pad[0]}, {pad[1]}); mmdeploy's "
                      f"own plugins read ({values[0]}, {values[1]}) and lose the width padding",)
         return pad, notes
-    raise AdoptionError(f"{_label(node)}: padding {values} is neither (pad_h, pad_w) nor mmdeploy's "
+    raise AdoptionError(f"{node_label(node)}: padding {values} is neither (pad_h, pad_w) nor mmdeploy's "
                         "[pad_h, pad_h, pad_w, pad_w]; fix the attribute to one of those forms")
 
 
 def _positive(node: onnx.NodeProto, name: str, value: int) -> int:
     if value < 1:
-        raise AdoptionError(f"{_label(node)}: {name} must be >= 1, got {value}")
+        raise AdoptionError(f"{node_label(node)}: {name} must be >= 1, got {value}")
     return value
 
 
@@ -230,7 +235,7 @@ def _inputs(node: onnx.NodeProto, count: int) -> List[str]:
 def _require(node: onnx.NodeProto, names: Sequence[str], values: Sequence[str]) -> None:
     missing = [n for n, v in zip(names, values) if not v]
     if missing:
-        raise AdoptionError(f"{_label(node)} lacks its required input(s) {missing}; the file is malformed: "
+        raise AdoptionError(f"{node_label(node)} lacks its required input(s) {missing}; the file is malformed: "
                             "re-export it")
 
 
@@ -241,8 +246,9 @@ def _deform_conv_node(node: onnx.NodeProto, x: str, w: str, offset: str, bias: s
     without a bias gets a zero bias."""
     strides, pads, dilations = attributes["strides"], attributes["pads"], attributes["dilations"]
     if min(strides) < 1 or min(dilations) < 1 or min(pads) < 0:
-        raise AdoptionError(f"{_label(node)}: needs strides and dilations >= 1 and pads >= 0, got strides={strides}, "
-                            f"dilations={dilations}, pads={pads}; the file is malformed: re-export it")
+        raise AdoptionError(f"{node_label(node)}: needs strides and dilations >= 1 and pads >= 0, got "
+                            f"strides={strides}, dilations={dilations}, pads={pads}; the file is malformed: "
+                            "re-export it")
     added: List[onnx.NodeProto] = []
     if mask and not bias:
         bias, added = _zero_bias(w, node_id(node), scope)
@@ -258,23 +264,23 @@ def _check_standard_2d(node: onnx.NodeProto, attrs: Dict[str, object], weight: O
     (``ranks``: X's and W's ranks from the graph's declared types)."""
     for name, rank in ranks.items():
         if rank != 4:
-            raise AdoptionError(f"{_label(node)}: its {name} has rank {rank}; {DOMAIN}'s DeformConv2d is 2-D only "
+            raise AdoptionError(f"{node_label(node)}: its {name} has rank {rank}; {DOMAIN}'s DeformConv2d is 2-D only "
                                 "(rank 4), so this node cannot be adopted")
     lengths = {"strides": 2, "dilations": 2, "pads": 4, "kernel_shape": 2}
     for name, length in lengths.items():
         given = len(_int_values(node, attrs, name, 0)) if name in attrs else length
         if given != length:
-            raise AdoptionError(f"{_label(node)}: {name} has {given} values; {DOMAIN}'s DeformConv2d is 2-D only "
+            raise AdoptionError(f"{node_label(node)}: {name} has {given} values; {DOMAIN}'s DeformConv2d is 2-D only "
                                 f"({length} values), so this node cannot be adopted")
     if weight is not None and len(weight.dims) != 4:
-        raise AdoptionError(f"{_label(node)}: its weight has rank {len(weight.dims)}; {DOMAIN}'s DeformConv2d is "
+        raise AdoptionError(f"{node_label(node)}: its weight has rank {len(weight.dims)}; {DOMAIN}'s DeformConv2d is "
                             "2-D only (rank 4)")
     if weight is not None and "kernel_shape" in attrs and list(attrs["kernel_shape"]) != list(weight.dims[2:]):
-        raise AdoptionError(f"{_label(node)}: kernel_shape {list(attrs['kernel_shape'])} disagrees with its weight's "
-                            f"kernel {list(weight.dims[2:])}; the file is malformed: re-export it")
+        raise AdoptionError(f"{node_label(node)}: kernel_shape {list(attrs['kernel_shape'])} disagrees with its "
+                            f"weight's kernel {list(weight.dims[2:])}; the file is malformed: re-export it")
 
 
-def _adopt_standard_deform_conv(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]):
+def adopt_standard_deform_conv(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]):
     attrs = attributes_of(node)
     x, w, offset, bias, mask = _inputs(node, 5)
     _require(node, ("X", "W", "offset"), (x, w, offset))
@@ -283,7 +289,8 @@ def _adopt_standard_deform_conv(node: onnx.NodeProto, scope: GraphScope, roi_sam
     ours = {"strides": _int_values(node, attrs, "strides", [1, 1]),
             "pads": _int_values(node, attrs, "pads", [0, 0, 0, 0]),
             "dilations": _int_values(node, attrs, "dilations", [1, 1]),
-            "group": _int(node, attrs, "group", 1), "offset_group": _int(node, attrs, "offset_group", 1)}
+            "group": int_attribute(node, attrs, "group", 1),
+            "offset_group": int_attribute(node, attrs, "offset_group", 1)}
     return _deform_conv_node(node, x, w, offset, bias, mask, ours, scope)
 
 
@@ -291,16 +298,16 @@ def _mmcv_conv_attributes(node: onnx.NodeProto, attrs: Dict[str, object]) -> Tup
     pad, notes = _mmcv_padding(node, attrs)
     return {"strides": _pair(node, attrs, "stride", 1), "pads": [pad[0], pad[1], pad[0], pad[1]],
             "dilations": _pair(node, attrs, "dilation", 1),
-            "group": _positive(node, "groups", _int(node, attrs, "groups", 1)),
+            "group": _positive(node, "groups", int_attribute(node, attrs, "groups", 1)),
             # deformable_groups: the older spelling (mmdetection 1.x's layers), which some plugins still read
-            "offset_group": _positive(node, "deform_groups", _int(node, attrs, "deform_groups",
+            "offset_group": _positive(node, "deform_groups", int_attribute(node, attrs, "deform_groups",
                                                                   attrs.get("deformable_groups", 1)))}, notes
 
 
-def _adopt_mmcv_deform_conv(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]):
+def adopt_mmcv_deform_conv(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]):
     attrs = attributes_of(node)
-    if _int(node, attrs, "bias", 0):
-        raise AdoptionError(f"{_label(node)} has bias=1, which mmcv's DeformConv2d never computes (it has no bias "
+    if int_attribute(node, attrs, "bias", 0):
+        raise AdoptionError(f"{node_label(node)} has bias=1, which mmcv's DeformConv2d never computes (it has no bias "
                             "input); the file is malformed: re-export it")
     x, offset, w = _inputs(node, 3)
     _require(node, ("input", "offset", "weight"), (x, offset, w))
@@ -308,27 +315,27 @@ def _adopt_mmcv_deform_conv(node: onnx.NodeProto, scope: GraphScope, roi_samplin
     return _deform_conv_node(node, x, w, offset, "", "", ours, scope, notes)
 
 
-def _adopt_mmcv_modulated_deform_conv(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]):
+def adopt_mmcv_modulated_deform_conv(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]):
     x, offset, mask, w, bias = _inputs(node, 5)
     _require(node, ("input", "offset", "mask", "weight"), (x, offset, mask, w))
     ours, notes = _mmcv_conv_attributes(node, attributes_of(node))
     return _deform_conv_node(node, x, w, offset, bias, mask, ours, scope, notes)
 
 
-def _adopt_mmcv_deform_roi_pool(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]):
+def adopt_mmcv_deform_roi_pool(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]):
     attrs = attributes_of(node)
     x, rois, offset = _inputs(node, 3)
     _require(node, ("input", "rois"), (x, rois))
-    pooled = [_positive(node, name, _int(node, attrs, name, 1)) for name in ("pooled_height", "pooled_width")]
+    pooled = [_positive(node, name, int_attribute(node, attrs, name, 1)) for name in ("pooled_height", "pooled_width")]
     ratio = number_attribute(node, attrs, "sampling_ratio", 0)
     notes: Tuple[str, ...] = ()
     if ratio != int(ratio) or ratio < 0:
-        raise AdoptionError(f"{_label(node)}: sampling_ratio {ratio} is not a whole number >= 0; the file is "
+        raise AdoptionError(f"{node_label(node)}: sampling_ratio {ratio} is not a whole number >= 0; the file is "
                             "malformed: re-export it")
     if int(ratio) == 0:
         if roi_sampling_ratio is None:
             raise AdoptionError(
-                f"{_label(node)} samples adaptively (sampling_ratio=0: ceil(RoI size / output size) points per "
+                f"{node_label(node)} samples adaptively (sampling_ratio=0: ceil(RoI size / output size) points per "
                 "bin side, which depends on each box), which has no static form in our op; give a fixed count "
                 f"with {argument('roi_sampling_ratio=N', '--roi-sampling-ratio N')} (2, say). The outputs then differ "
                 "from adaptive sampling: check the accuracy")
@@ -345,35 +352,3 @@ def _adopt_mmcv_deform_roi_pool(node: onnx.NodeProto, scope: GraphScope, roi_sam
                            **ours)
     return added + [new], AdoptedNode(node_id(node), source_op(node), f"{DOMAIN}::{DEFORM_ROI_POOL}",
                                       ours, notes)
-
-
-_MMCV_TRANSLATIONS: Dict[str, Translation] = {
-    "MMCVDeformConv2d": _adopt_mmcv_deform_conv,
-    "MMCVModulatedDeformConv2d": _adopt_mmcv_modulated_deform_conv,
-    "MMCVDeformRoIPool": _adopt_mmcv_deform_roi_pool,
-}
-
-
-# The mmcv/mmdeploy op types adopted, for messages.
-MMCV_OPS = tuple(sorted(_MMCV_TRANSLATIONS))
-
-
-def _translation(node: onnx.NodeProto) -> Optional[Translation]:
-    if node.domain in STANDARD_DOMAINS and node.op_type == "DeformConv":
-        return _adopt_standard_deform_conv
-    if node.domain in FOREIGN_DOMAINS:
-        return _MMCV_TRANSLATIONS.get(node.op_type)
-    return None
-
-
-def is_adoptable(node: onnx.NodeProto) -> bool:
-    """A node :func:`adopt_model` rewrites: a standard ``DeformConv`` or mmcv's/mmdeploy's deformable ops."""
-    return _translation(node) is not None
-
-
-def translate(node: onnx.NodeProto, scope: "GraphScope", roi_sampling_ratio: Optional[int]
-              ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
-    """(the nodes that replace ``node``: ours, after any it needs, and the report of it); ``node`` must be adoptable."""
-    if len(node.output) != 1:
-        raise AdoptionError(f"{_label(node)} has {len(node.output)} outputs; the op has one")
-    return _translation(node)(node, scope, roi_sampling_ratio)

@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from ..feeds import fed_inputs
-from .adopt import FOREIGN_DOMAINS, foreign_nodes, is_adoptable, node_summary
+from .adopt import FOREIGN_DOMAINS, foreign_nodes, is_adoptable_deformable, node_summary
 from .opset import DOMAIN, is_deformable_node
 
 __all__ = ["inspect_model", "format_inspection"]
@@ -105,7 +105,7 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
         "inputs": [_value_info(v) for v in graph_inputs],
         "outputs": [_value_info(v) for v in graph.output],
         "deformable_nodes": [_node(n, initializers, i) for i, n in enumerate(graph.node)
-                             if is_deformable_node(n) or is_adoptable(n)],
+                             if is_deformable_node(n) or is_adoptable_deformable(n)],
         "functions": [{
             "domain": f.domain,
             "name": f.name,

@@ -1,0 +1,55 @@
+"""Which translation rewrites which foreign node: the deformable layers (:mod:`dcn_deploy.onnx.adopt_nodes`, into our
+ops) and mmdeploy's multi-class NMS (:mod:`dcn_deploy.onnx.adopt_nms`, into standard ONNX)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import onnx
+
+from .adopt_nms import adopt_batched_nms
+from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, Translation,
+                          adopt_mmcv_deform_conv, adopt_mmcv_deform_roi_pool, adopt_mmcv_modulated_deform_conv,
+                          adopt_standard_deform_conv, node_label)
+
+__all__ = ["MMCV_OPS", "is_adoptable", "is_adoptable_deformable", "translate"]
+
+# mmcv's/mmdeploy's deformable ops, each becoming one of ours (one output each)
+_DEFORMABLE: Dict[str, Translation] = {
+    "MMCVDeformConv2d": adopt_mmcv_deform_conv,
+    "MMCVModulatedDeformConv2d": adopt_mmcv_modulated_deform_conv,
+    "MMCVDeformRoIPool": adopt_mmcv_deform_roi_pool,
+}
+# mmdeploy's other ops that have a standard form (their translations check their own outputs)
+_OTHER: Dict[str, Translation] = {
+    "TRTBatchedNMS": adopt_batched_nms,
+}
+
+# The mmcv/mmdeploy op types adopted, for messages.
+MMCV_OPS = tuple(sorted(_DEFORMABLE)) + tuple(sorted(_OTHER))
+
+
+def _translation(node: onnx.NodeProto) -> Optional[Translation]:
+    if node.domain in STANDARD_DOMAINS and node.op_type == "DeformConv":
+        return adopt_standard_deform_conv
+    if node.domain in FOREIGN_DOMAINS:
+        return _DEFORMABLE.get(node.op_type) or _OTHER.get(node.op_type)
+    return None
+
+
+def is_adoptable(node: onnx.NodeProto) -> bool:
+    """A node :func:`dcn_deploy.onnx.adopt.adopt_model` rewrites: a standard ``DeformConv``, mmcv's/mmdeploy's
+    deformable ops, mmdeploy's ``TRTBatchedNMS``."""
+    return _translation(node) is not None
+
+
+def is_adoptable_deformable(node: onnx.NodeProto) -> bool:
+    """An adoptable node that is a deformable layer (not the NMS)."""
+    return is_adoptable(node) and not (node.domain in FOREIGN_DOMAINS and node.op_type in _OTHER)
+
+
+def translate(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]
+              ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
+    """(the nodes that replace ``node``, writing its outputs, and the report of it); ``node`` must be adoptable."""
+    if is_adoptable_deformable(node) and len(node.output) != 1:
+        raise AdoptionError(f"{node_label(node)} has {len(node.output)} outputs; the op has one")
+    return _translation(node)(node, scope, roi_sampling_ratio)
