@@ -204,19 +204,11 @@ def test_cli_adopt_of_an_mmdeploy_export(tmp_path, mmdeploy_export):
 # mmdeploy's multi-class NMS (mmdeploy.mmcv.ops.nms.multiclass_nms, as its detectors' heads call it)
 
 
-def _nms_export(tmp_path, backend, pre_top_k, keep_top_k):
-    """The file mmdeploy writes for ``multiclass_nms`` under the ``backend`` rewrites: ``mmdeploy::TRTBatchedNMS``
-    for TensorRT, standard NonMaxSuppression and mmdeploy's own ranking for ONNX Runtime."""
+def _export_for(tmp_path, backend, module, inputs, names, axes):
+    """The file mmdeploy writes for ``module`` under the ``backend`` rewrites (outputs dets, labels)."""
     from mmdeploy.apis.onnx import export as mmdeploy_export
-    from mmdeploy.mmcv.ops.nms import multiclass_nms
     from mmengine import Config
 
-    class Head(nn.Module):
-        def forward(self, boxes, scores):
-            return multiclass_nms(boxes, scores, max_output_boxes_per_class=200, iou_threshold=0.5,
-                                  score_threshold=0.05, pre_top_k=pre_top_k, keep_top_k=keep_top_k)
-
-    names, axes = ["boxes", "scores"], {"boxes": {0: "batch", 1: "num"}, "scores": {0: "batch", 1: "num"}}
     onnx_config = dict(type="onnx", export_params=True, keep_initializers_as_inputs=False, opset_version=11,
                        save_file="end2end.onnx", input_names=names, output_names=["dets", "labels"],
                        input_shape=None, dynamic_axes=axes)
@@ -225,10 +217,25 @@ def _nms_export(tmp_path, backend, pre_top_k, keep_top_k):
     prefix = tmp_path / backend
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mmdeploy_export(Head(), (torch.rand(2, 50, 4), torch.rand(2, 50, 3)), str(prefix), backend=backend,
-                        input_names=names, output_names=["dets", "labels"], context_info={"deploy_cfg": deploy_cfg},
-                        opset_version=11, dynamic_axes=axes)
+        mmdeploy_export(module, inputs, str(prefix), backend=backend, input_names=names,
+                        output_names=["dets", "labels"], context_info={"deploy_cfg": deploy_cfg}, opset_version=11,
+                        dynamic_axes=axes)
     return prefix.with_name(prefix.name + ".onnx")
+
+
+def _nms_export(tmp_path, backend, pre_top_k, keep_top_k):
+    """``multiclass_nms`` alone: ``mmdeploy::TRTBatchedNMS`` for TensorRT, standard NonMaxSuppression and mmdeploy's
+    own ranking for ONNX Runtime."""
+    from mmdeploy.mmcv.ops.nms import multiclass_nms
+
+    class Head(nn.Module):
+        def forward(self, boxes, scores):
+            return multiclass_nms(boxes, scores, max_output_boxes_per_class=200, iou_threshold=0.5,
+                                  score_threshold=0.05, pre_top_k=pre_top_k, keep_top_k=keep_top_k)
+
+    axes = {"boxes": {0: "batch", 1: "num"}, "scores": {0: "batch", 1: "num"}}
+    return _export_for(tmp_path, backend, Head(), (torch.rand(2, 50, 4), torch.rand(2, 50, 3)), ["boxes", "scores"],
+                       axes)
 
 
 def test_mmdeploy_nms_for_tensorrt_adopted_matches_its_onnxruntime_export(tmp_path, mmdeploy_export):
@@ -265,3 +272,53 @@ def test_mmdeploy_nms_for_tensorrt_adopted_matches_its_onnxruntime_export(tmp_pa
         assert valid.sum() == (their_dets[..., 4] > 0).sum() > images * 10
         np.testing.assert_array_equal(dets[valid], their_dets[:, :20][valid])
         np.testing.assert_array_equal(labels[valid], their_labels[:, :20][valid])
+
+
+def test_mmdeploy_detector_with_dcn_and_nms_adopted_matches_mmcv_and_the_plugin(tmp_path, mmdeploy_export):
+    """A small detector as mmdeploy exports one for TensorRT: mmcv's modulated deformable convolution, box and class
+    heads, mmdeploy's multiclass_nms. Adopted, the whole file runs in stock ONNX Runtime; its detections are those of
+    mmcv's forward passed through the NumPy model of mmdeploy's plugin (tests/test_adopt_nms.py)."""
+    ops = _mmcv_ops()
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    from dcn_deploy.onnx.adopt import adopt_file
+    from mmdeploy.mmcv.ops.nms import multiclass_nms
+    from test_adopt_nms import plugin_batched_nms
+
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dcn = ops.ModulatedDeformConv2dPack(3, 8, 3, padding=1)
+            self.box, self.cls = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 3, 1)
+
+        def candidates(self, image):
+            features = torch.relu(self.dcn(image))
+            n = image.shape[0]
+            raw = self.box(features).flatten(2).transpose(1, 2)  # (N, H*W, 4)
+            corner = raw[..., :2] * 30
+            boxes = torch.cat([corner, corner + nn.functional.softplus(raw[..., 2:]) * 6], dim=2)
+            return boxes, torch.sigmoid(self.cls(features)).flatten(2).transpose(1, 2).reshape(n, -1, 3)
+
+        def forward(self, image):
+            return multiclass_nms(*self.candidates(image), max_output_boxes_per_class=200, iou_threshold=0.5,
+                                  score_threshold=0.05, pre_top_k=60, keep_top_k=25)
+
+    torch.manual_seed(2)
+    detector = Detector().eval()
+    _randomise_offsets(detector.dcn)
+    image = torch.randn(2, 3, 9, 11)
+    path = _export_for(tmp_path, "tensorrt", detector, (image,), ["image"], {"image": {0: "batch"}})
+    assert sorted(n[1] for n in _foreign_nodes(path)) == ["MMCVModulatedDeformConv2d", "TRTBatchedNMS"]
+    adopted = adopt_file(path)
+    assert [n.target for n in adopted.adoption.nodes] == ["dcn_deploy::DeformConv2d", "ONNX NonMaxSuppression + TopK"]
+    session = ort.InferenceSession(str(adopted.path), providers=["CPUExecutionProvider"])
+    for batch in (2, 3):
+        image = torch.randn(batch, 3, 9, 11)
+        dets, labels = session.run(None, {"image": image.numpy()})
+        with torch.no_grad():
+            boxes, scores = (t.numpy() for t in detector.candidates(image))
+        expected = plugin_batched_nms(boxes[:, :, None], scores, num_classes=3, score_threshold=0.05,
+                                      iou_threshold=0.5, topk=60, keep_topk=25)
+        np.testing.assert_array_equal(labels, expected[1])
+        np.testing.assert_allclose(dets, expected[0], rtol=1e-5, atol=1e-5)
+        assert (labels >= 0).sum() > batch * 10
