@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -322,3 +323,56 @@ def test_mmdeploy_detector_with_dcn_and_nms_adopted_matches_mmcv_and_the_plugin(
         np.testing.assert_array_equal(labels, expected[1])
         np.testing.assert_allclose(dets, expected[0], rtol=1e-5, atol=1e-5)
         assert (labels >= 0).sum() > batch * 10
+
+
+def _mmdeploy_multi_level_roi_align():
+    """mmdeploy's ``MultiLevelRoiAlign`` autograd Function (what its TensorRT rewrite of mmdet's SingleRoIExtractor
+    calls), loaded from its file: ``mmdeploy.codebase.mmdet`` imports mmdet, which is not installed next to mmcv
+    2.2 (mmdet 3.3 pins mmcv < 2.2)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mmdeploy")
+    path = Path(spec.submodule_search_locations[0]) / "codebase/mmdet/models/roi_heads/single_level_roi_extractor.py"
+    module_spec = importlib.util.spec_from_file_location("mmdeploy_single_level_roi_extractor", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.MultiLevelRoiAlign
+
+
+def test_mmdeploy_multi_level_roi_align_adopted_matches_mmcv_and_mmdet_levels(tmp_path, mmdeploy_export):
+    """The node mmdeploy writes for a Faster R-CNN's RoI extractor (4 levels, strides 4-32, 7x7, adaptive sampling,
+    aligned, average), adopted, against mmcv's own CPU roi_align on the level mmdet's map_roi_levels picks."""
+    ops = _mmcv_ops()
+    ort = pytest.importorskip("onnxruntime")
+    from dcn_deploy.onnx.adopt import adopt_file
+
+    multi_level_roi_align = _mmdeploy_multi_level_roi_align()
+    strides = [4.0, 8.0, 16.0, 32.0]
+
+    class Extractor(nn.Module):
+        def forward(self, rois, p2, p3, p4, p5):
+            return multi_level_roi_align.apply(p2, p3, p4, p5, rois, (7, 7), "avg", 0, 1.0, 56, strides, True)
+
+    generator = torch.Generator().manual_seed(5)
+    feats = [torch.randn(2, 6, 256 // int(s), 320 // int(s), generator=generator) for s in strides]
+    centre = torch.rand(120, 2, generator=generator) * torch.tensor([320.0, 256.0])
+    extent = torch.exp(torch.rand(120, 2, generator=generator) * 6.5)  # 1 to 665 pixels
+    rois = torch.cat([torch.randint(0, 2, (120, 1), generator=generator).float(), centre - extent / 2,
+                      centre + extent / 2], dim=1)
+    path = tmp_path / "extractor.onnx"
+    names = ["rois", "p2", "p3", "p4", "p5"]
+    torch.onnx.export(Extractor(), (rois, *feats), str(path), opset_version=11, input_names=names,
+                      output_names=["bbox_feats"], dynamic_axes={"rois": {0: "K"}})
+    assert [n[1] for n in _foreign_nodes(path)] == ["MMCVMultiLevelRoiAlign"]
+    adopted = adopt_file(path)
+    session = ort.InferenceSession(str(adopted.path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, dict(zip(names, [t.numpy() for t in (rois, *feats)])))[0])
+
+    scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))  # mmdet's map_roi_levels
+    levels = torch.floor(torch.log2(scale / 56 + 1e-6)).clamp(min=0, max=3).long()
+    assert set(levels.tolist()) == {0, 1, 2, 3}
+    expected = torch.zeros_like(got)
+    for level, stride in enumerate(strides):
+        chosen = levels == level
+        expected[chosen] = ops.roi_align(feats[level], rois[chosen], (7, 7), 1 / stride, 0, "avg", True)
+    _close(got, expected, rtol=1e-4)

@@ -1,5 +1,6 @@
 """Which translation rewrites which foreign node: the deformable layers (:mod:`dcn_deploy.onnx.adopt_nodes`, into our
-ops) and mmdeploy's multi-class NMS (:mod:`dcn_deploy.onnx.adopt_nms`, into standard ONNX)."""
+ops), and mmdeploy's multi-class NMS and RoIAlign (:mod:`dcn_deploy.onnx.adopt_nms`,
+:mod:`dcn_deploy.onnx.adopt_roi_align`, into standard ONNX)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
@@ -7,6 +8,7 @@ from typing import Dict, List, Optional, Tuple
 import onnx
 
 from .adopt_nms import adopt_batched_nms
+from .adopt_roi_align import adopt_mmcv_roi_align, adopt_multi_level_roi_align
 from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, Translation,
                           adopt_mmcv_deform_conv, adopt_mmcv_deform_roi_pool, adopt_mmcv_modulated_deform_conv,
                           adopt_standard_deform_conv, node_label)
@@ -19,10 +21,13 @@ _DEFORMABLE: Dict[str, Translation] = {
     "MMCVModulatedDeformConv2d": adopt_mmcv_modulated_deform_conv,
     "MMCVDeformRoIPool": adopt_mmcv_deform_roi_pool,
 }
-# mmdeploy's other ops that have a standard form (their translations check their own outputs)
+# mmdeploy's other ops of detectors that have a standard form
 _OTHER: Dict[str, Translation] = {
     "TRTBatchedNMS": adopt_batched_nms,
+    "MMCVMultiLevelRoiAlign": adopt_multi_level_roi_align,
+    "MMCVRoiAlign": adopt_mmcv_roi_align,
 }
+_MORE_OUTPUTS = {"TRTBatchedNMS"}  # (its translation checks them)
 
 # The mmcv/mmdeploy op types adopted, for messages.
 MMCV_OPS = tuple(sorted(_DEFORMABLE)) + tuple(sorted(_OTHER))
@@ -38,18 +43,18 @@ def _translation(node: onnx.NodeProto) -> Optional[Translation]:
 
 def is_adoptable(node: onnx.NodeProto) -> bool:
     """A node :func:`dcn_deploy.onnx.adopt.adopt_model` rewrites: a standard ``DeformConv``, mmcv's/mmdeploy's
-    deformable ops, mmdeploy's ``TRTBatchedNMS``."""
+    deformable ops, mmdeploy's ``TRTBatchedNMS``, ``MMCVMultiLevelRoiAlign`` and ``MMCVRoiAlign``."""
     return _translation(node) is not None
 
 
 def is_adoptable_deformable(node: onnx.NodeProto) -> bool:
-    """An adoptable node that is a deformable layer (not the NMS)."""
+    """An adoptable node that is a deformable layer (not the NMS or a RoIAlign)."""
     return is_adoptable(node) and not (node.domain in FOREIGN_DOMAINS and node.op_type in _OTHER)
 
 
 def translate(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]
               ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
     """(the nodes that replace ``node``, writing its outputs, and the report of it); ``node`` must be adoptable."""
-    if is_adoptable_deformable(node) and len(node.output) != 1:
+    if node.op_type not in _MORE_OUTPUTS and len(node.output) != 1:
         raise AdoptionError(f"{node_label(node)} has {len(node.output)} outputs; the op has one")
     return _translation(node)(node, scope, roi_sampling_ratio)

@@ -39,8 +39,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .adopt_nodes import (AdoptedNode, AdoptionError, GraphScope, attributes_of, int_attribute, node_id, node_label,
-                          number_attribute, source_op)
+from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, int_attribute, node_id,
+                          node_label, number_attribute, source_op)
 
 __all__ = ["adopt_batched_nms", "BATCHED_NMS_TARGET"]
 
@@ -50,32 +50,6 @@ BATCHED_NMS_TARGET = "ONNX NonMaxSuppression + TopK"
 _CLIP_BOXES_DEFAULT = 1
 _PLUGIN_TOPK_LIMIT = 5120  # t_size = (top_k + 511) / 512 must be <= 10, else the plugin aborts
 _TENSORRT_TOPK_LIMIT = 3840
-
-
-class _Graph:
-    """Builds the replacement's nodes: each op's output gets a fresh name under ``stem``."""
-
-    def __init__(self, scope: GraphScope, stem: str):
-        self.scope, self.stem = scope, stem
-        self.nodes: List[onnx.NodeProto] = []
-
-    def op(self, op_type: str, inputs: List[str], outputs: Optional[List[str]] = None, count: int = 1,
-           **attributes) -> str:
-        """Add one node; returns its (first) output name. ``outputs`` given: those names (the source's)."""
-        if outputs is None:
-            outputs = [self.scope.fresh(f"{self.stem}_{op_type.lower()}") for _ in range(count)]
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.scope.fresh(f"{self.stem}_{op_type}"),
-                                           **attributes))
-        return outputs[0]
-
-    def op2(self, op_type: str, inputs: List[str], **attributes) -> Tuple[str, str]:
-        first = self.op(op_type, inputs, count=2, **attributes)
-        return first, self.nodes[-1].output[1]
-
-    def const(self, values, dtype=np.int64, name: str = "const") -> str:
-        tensor_name = self.scope.fresh(f"{self.stem}_{name}")
-        self.scope.added.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), tensor_name))
-        return tensor_name
 
 
 def _declared_type(scope: GraphScope, name: str) -> Optional[int]:
@@ -148,7 +122,7 @@ def adopt_batched_nms(node: onnx.NodeProto, scope: GraphScope, roi_sampling_rati
     """The standard nodes that replace ``node`` (an ``mmdeploy::TRTBatchedNMS``), writing its output names, and the
     report of it."""
     read = _read_attributes(node, scope)
-    g = _Graph(scope, node_id(node))
+    g = GraphBuilder(scope, node_id(node))
     boxes, scores = node.input[0], node.input[1]
     sizes = _Sizes(g, scores, read["num_classes"])
     by_class, candidates, most = _candidates(g, scores, read, sizes)
@@ -162,7 +136,7 @@ class _Sizes:
     """The run-time sizes, as 1-D int64 values: ``batch`` [N], ``boxes`` [B], ``images`` [N * C]; ``classes`` C
     from the attribute; ``by_class`` the (N, C, B, 4) shape of boxes per class."""
 
-    def __init__(self, g: _Graph, scores: str, classes: int):
+    def __init__(self, g: GraphBuilder, scores: str, classes: int):
         shape = g.op("Shape", [scores])
         self.classes = classes
         self.batch = g.op("Slice", [shape, g.const([0]), g.const([1])])
@@ -172,7 +146,7 @@ class _Sizes:
         self.minus_inf = g.op("CastLike", [g.const(-np.inf, np.float32, "minus_inf"), scores])
 
 
-def _candidates(g: _Graph, scores: str, read: Dict[str, object], sizes: _Sizes) -> Tuple[str, str, str]:
+def _candidates(g: GraphBuilder, scores: str, read: Dict[str, object], sizes: _Sizes) -> Tuple[str, str, str]:
     """(scores as (N, C, B); the same with -inf where a box is no candidate of its class: not above the threshold
     (NaN never is), of the background class, or not among the class's ``topk`` best; the most a class can keep)."""
     by_class = g.op("Transpose", [scores], perm=[0, 2, 1])
@@ -192,7 +166,8 @@ def _candidates(g: _Graph, scores: str, read: Dict[str, object], sizes: _Sizes) 
     return by_class, g.op("ScatterElements", [none, where, best], axis=2), k
 
 
-def _kept_by_nms(g: _Graph, boxes: str, candidates: str, most: str, read: Dict[str, object], sizes: _Sizes) -> str:
+def _kept_by_nms(g: GraphBuilder, boxes: str, candidates: str, most: str, read: Dict[str, object],
+                 sizes: _Sizes) -> str:
     """(N, C, B) booleans: the candidates greedy NMS keeps, per image and class. ONNX's NMS runs over N * C images of
     one class each (so that TensorRT's NMS layer limits the candidates per class, as the plugin does, not per
     image), on boxes (N, C, B, 4) (shared boxes repeated for every class) where a box with x2 < x1 or y2 < y1 is
@@ -214,7 +189,7 @@ def _kept_by_nms(g: _Graph, boxes: str, candidates: str, most: str, read: Dict[s
     return g.op("Reshape", [g.op("ScatterND", [nothing, marks, marked]), g.op("Shape", [candidates])])
 
 
-def _ranked(g: _Graph, kept: str, by_class: str, keep: int, sizes: _Sizes) -> Tuple[str, str, str]:
+def _ranked(g: GraphBuilder, kept: str, by_class: str, keep: int, sizes: _Sizes) -> Tuple[str, str, str]:
     """(the ``keep`` best scores of each image's survivors, (N, keep); their places c * B + b; which rows are
     survivors). Ranked over (N, C * B) padded with ``keep`` misses, so that there are ``keep`` rows whatever B; equal
     scores: the lower class, then the lower box (TopK's order, the plugin's stable sort's)."""
@@ -227,7 +202,7 @@ def _ranked(g: _Graph, kept: str, by_class: str, keep: int, sizes: _Sizes) -> Tu
     return top, g.op("Where", [valid, position, g.const(0)]), valid
 
 
-def _write_outputs(g: _Graph, node: onnx.NodeProto, boxes: str, top: str, position: str, valid: str,
+def _write_outputs(g: GraphBuilder, node: onnx.NodeProto, boxes: str, top: str, position: str, valid: str,
                    read: Dict[str, object], sizes: _Sizes) -> None:
     """The node's outputs: dets (the boxes as given, clipped to [0, 1] with ``clip_boxes``, and the score), the
     labels, and with ``return_index`` the index (b for shared boxes, c * B + b per class: the plugin's); rows that
@@ -251,7 +226,7 @@ def _write_outputs(g: _Graph, node: onnx.NodeProto, boxes: str, top: str, positi
         _integer_output(g, valid, index, node.output[2])
 
 
-def _integer_output(g: _Graph, valid: str, values: str, name: str) -> None:
+def _integer_output(g: GraphBuilder, valid: str, values: str, name: str) -> None:
     """``values`` where ``valid``, else -1, as ``name`` in the type the file declares for it, else int64: what the
     exporter traced (mmdeploy's dummy forward gives int64, and the nodes after it were typed so; the plugin's
     TensorRT engine gives int32)."""

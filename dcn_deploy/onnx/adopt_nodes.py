@@ -19,7 +19,8 @@ from ..wording import argument
 from .opset import DEFORM_CONV, DOMAIN
 from .roi_opset import DEFORM_ROI_POOL
 
-__all__ = ["FOREIGN_DOMAINS", "STANDARD_DOMAINS", "AdoptionError", "AdoptedNode", "GraphScope", "Translation",
+__all__ = ["FOREIGN_DOMAINS", "STANDARD_DOMAINS", "AdoptionError", "AdoptedNode", "GraphBuilder", "GraphScope",
+           "Translation",
            "fresh_name", "node_id", "node_label", "source_op", "int_attribute", "number_attribute", "attributes_of",
            "adopt_standard_deform_conv", "adopt_mmcv_deform_conv", "adopt_mmcv_modulated_deform_conv",
            "adopt_mmcv_deform_roi_pool"]
@@ -181,6 +182,33 @@ class GraphScope:
 
     def fresh(self, base: str) -> str:
         return fresh_name(self.names, base)
+
+
+class GraphBuilder:
+    """Builds a replacement made of several standard nodes: each op's output gets a fresh name under ``stem``, each
+    constant is an initializer of the scope's graph."""
+
+    def __init__(self, scope: GraphScope, stem: str):
+        self.scope, self.stem = scope, stem
+        self.nodes: List[onnx.NodeProto] = []
+
+    def op(self, op_type: str, inputs: List[str], outputs: Optional[List[str]] = None, count: int = 1,
+           **attributes) -> str:
+        """Add one node; returns its (first) output name. ``outputs`` given: those names (the source's)."""
+        if outputs is None:
+            outputs = [self.scope.fresh(f"{self.stem}_{op_type.lower()}") for _ in range(count)]
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.scope.fresh(f"{self.stem}_{op_type}"),
+                                           **attributes))
+        return outputs[0]
+
+    def op2(self, op_type: str, inputs: List[str], **attributes) -> Tuple[str, str]:
+        first = self.op(op_type, inputs, count=2, **attributes)
+        return first, self.nodes[-1].output[1]
+
+    def const(self, values, dtype=np.int64, name: str = "const") -> str:
+        tensor_name = self.scope.fresh(f"{self.stem}_{name}")
+        self.scope.added.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), tensor_name))
+        return tensor_name
 
 
 def fresh_name(names: set, base: str) -> str:
