@@ -178,7 +178,7 @@ def main(ctx: click.Context, debug: bool) -> None:
       dcn-deploy build demo.onnx -o demo.engine      (TensorRT)
 
     \b
-    A file exported by mmdeploy, mmcv or torchvision (their own deformable, NMS and RoIAlign ops):
+    A file exported by mmdeploy, mmcv or torchvision (their own deformable and detection ops):
       dcn-deploy adopt end2end.onnx                  -> end2end.adopted.onnx, with ours
     """
     ctx.ensure_object(dict)

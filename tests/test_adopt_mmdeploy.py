@@ -325,18 +325,23 @@ def test_mmdeploy_detector_with_dcn_and_nms_adopted_matches_mmcv_and_the_plugin(
         assert (labels >= 0).sum() > batch * 10
 
 
-def _mmdeploy_multi_level_roi_align():
-    """mmdeploy's ``MultiLevelRoiAlign`` autograd Function (what its TensorRT rewrite of mmdet's SingleRoIExtractor
-    calls), loaded from its file: ``mmdeploy.codebase.mmdet`` imports mmdet, which is not installed next to mmcv
-    2.2 (mmdet 3.3 pins mmcv < 2.2)."""
+def _mmdeploy_mmdet_module(relative: str):
+    """A module of ``mmdeploy.codebase.mmdet`` loaded from its file (the autograd Functions its TensorRT rewrites of
+    mmdet call): importing the package imports mmdet, which is not installed next to mmcv 2.2 (mmdet 3.3 pins
+    mmcv < 2.2)."""
     import importlib.util
 
     spec = importlib.util.find_spec("mmdeploy")
-    path = Path(spec.submodule_search_locations[0]) / "codebase/mmdet/models/roi_heads/single_level_roi_extractor.py"
-    module_spec = importlib.util.spec_from_file_location("mmdeploy_single_level_roi_extractor", path)
+    path = Path(spec.submodule_search_locations[0]) / "codebase/mmdet" / relative
+    module_spec = importlib.util.spec_from_file_location("mmdeploy_" + path.stem, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.MultiLevelRoiAlign
+    return module
+
+
+def _mmdeploy_multi_level_roi_align():
+    """mmdeploy's ``MultiLevelRoiAlign`` (what its TensorRT rewrite of mmdet's SingleRoIExtractor calls)."""
+    return _mmdeploy_mmdet_module("models/roi_heads/single_level_roi_extractor.py").MultiLevelRoiAlign
 
 
 def test_mmdeploy_multi_level_roi_align_adopted_matches_mmcv_and_mmdet_levels(tmp_path, mmdeploy_export):
@@ -376,3 +381,42 @@ def test_mmdeploy_multi_level_roi_align_adopted_matches_mmcv_and_mmdet_levels(tm
         chosen = levels == level
         expected[chosen] = ops.roi_align(feats[level], rois[chosen], (7, 7), 1 / stride, 0, "avg", True)
     _close(got, expected, rtol=1e-4)
+
+
+def test_mmdeploy_head_ops_adopted_match_their_torch_forward(tmp_path, mmdeploy_export):
+    """The anchors and top-k gather of a dense head as mmdeploy writes them for TensorRT (GridPriorsTRT for a
+    dynamic feature size, GatherTopk), adopted, against the torch forward of mmdeploy's own Functions, at two feature
+    sizes and batches."""
+    _skip_unless("mmdeploy.core", "mmdeploy is not installed here (it is not a dependency of dcn_deploy)")
+    ort = pytest.importorskip("onnxruntime")
+    from dcn_deploy.onnx.adopt import adopt_file
+
+    priors = _mmdeploy_mmdet_module("models/task_modules/prior_generators/anchor.py").GridPriorsTRTOp
+    gather = _mmdeploy_mmdet_module("deploy/utils.py").TRTGatherTopk
+    base = torch.tensor([[-8.5, -8.0, 8.5, 8.0], [-16.25, -4.0, 16.25, 4.0], [-3.0, -11.0, 3.0, 11.0]])
+
+    def anchors_of(height, width):
+        priors.output = None  # as mmdeploy's rewrite does: the forward computes them once, the export records it
+        return priors.forward(None, base, height, width, 8, 16)
+
+    class Head(nn.Module):
+        def forward(self, feat, scores):
+            priors.output = anchors_of(feat.shape[2], feat.shape[3]).data
+            anchors = priors.apply(base, feat.shape[2], feat.shape[3], 8, 16)
+            _, top = scores.max(dim=2)[0].topk(6, dim=1)  # the best boxes by their best class, as mmdeploy's heads
+            return anchors, gather.apply(scores, top)
+
+    path = tmp_path / "head.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Head(), (torch.rand(1, 3, 5, 7), torch.rand(2, 30, 4)), str(path), opset_version=11,
+                          input_names=["feat", "scores"], output_names=["anchors", "top"],
+                          dynamic_axes={"feat": {2: "h", 3: "w"}, "scores": {0: "n", 1: "boxes"}})
+    assert sorted(n[1] for n in _foreign_nodes(path)) == ["GatherTopk", "GridPriorsTRT"]
+    session = ort.InferenceSession(str(adopt_file(path).path), providers=["CPUExecutionProvider"])
+    for (height, width), batch in (((5, 7), 2), ((9, 4), 3)):
+        scores = torch.rand(batch, 40, 4)
+        anchors, top = session.run(None, {"feat": torch.rand(1, 3, height, width).numpy(), "scores": scores.numpy()})
+        assert torch.equal(torch.from_numpy(anchors), anchors_of(height, width))
+        _, indices = scores.max(dim=2)[0].topk(6, dim=1)
+        assert torch.equal(torch.from_numpy(top), scores[torch.arange(batch)[:, None], indices])

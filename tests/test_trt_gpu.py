@@ -197,6 +197,50 @@ class TestTensorRTRtxAheadOfTime:
             log = out.stdout + out.stderr
             assert "BUILT False" in log and "NonMaxSuppression" in log and "has no runners" in log, log[-2000:]
 
+    def test_adopted_mmdeploy_head_ops_build(self, rtx_env, tmp_path):
+        """mmdeploy's GridPriorsTRT and GatherTopk, adopted as standard ops (Range, Expand, GatherND with a batch
+        axis), parse and build into an engine with dynamic feature sizes and batch."""
+        from onnx import TensorProto, helper
+
+        from dcn_deploy.onnx.adopt import adopt_model
+
+        def info(name, dtype, shape):
+            return helper.make_tensor_value_info(name, dtype, shape)
+
+        graph = helper.make_graph(
+            [helper.make_node("GridPriorsTRT", ["base", "zero_h", "zero_w"], ["anchors"], domain="mmdeploy",
+                              stride_h=8, stride_w=8),
+             helper.make_node("GatherTopk", ["data", "indices"], ["top"], domain="mmdeploy")], "head",
+            [info("base", TensorProto.FLOAT, [9, 4]), info("zero_h", TensorProto.INT64, ["H"]),
+             info("zero_w", TensorProto.INT64, ["W"]), info("data", TensorProto.FLOAT, ["B", 50, 4]),
+             info("indices", TensorProto.INT64, ["B", 7])],
+            [info("anchors", TensorProto.FLOAT, ["n", 4]), info("top", TensorProto.FLOAT, ["B", 7, 4])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11),
+                                                        helper.make_opsetid("mmdeploy", 1)])
+        adopted, _ = adopt_model(model)
+        path = tmp_path / "head.onnx"
+        onnx.save(adopted, path)
+        script = textwrap.dedent("""
+            import sys, tensorrt_rtx as trt
+            logger = trt.Logger(trt.Logger.ERROR)
+            builder = trt.Builder(logger)
+            network = builder.create_network(0)
+            parser = trt.OnnxParser(network, logger)
+            parser.parse(open(sys.argv[1], "rb").read())
+            print("ERRORS", [parser.get_error(i).desc() for i in range(parser.num_errors)])
+            config = builder.create_builder_config()
+            profile = builder.create_optimization_profile()
+            for name, low, high in (("zero_h", (1,), (100,)), ("zero_w", (1,), (100,)),
+                                    ("data", (1, 50, 4), (4, 50, 4)), ("indices", (1, 7), (4, 7))):
+                profile.set_shape(name, low, high, high)
+            config.add_optimization_profile(profile)
+            print("BUILT", builder.build_serialized_network(network, config) is not None)
+        """)
+        python, environ, _ = rtx_env
+        out = subprocess.run([python, "-c", script, str(path)], capture_output=True, text=True, env=environ,
+                             timeout=600)
+        assert "ERRORS []" in out.stdout and "BUILT True" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+
     def test_models_parsed_from_file(self, rtx_env, tmp_path):
         """The file route under a real ONNX parser (TensorRT-RTX's, on the CPU): a model whose weights live in an
         external file, and an ordinary one pushed onto the route by a limit of 1 byte, both build with our plugin

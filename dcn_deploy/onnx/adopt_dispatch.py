@@ -1,12 +1,13 @@
 """Which translation rewrites which foreign node: the deformable layers (:mod:`dcn_deploy.onnx.adopt_nodes`, into our
-ops), and mmdeploy's multi-class NMS and RoIAlign (:mod:`dcn_deploy.onnx.adopt_nms`,
-:mod:`dcn_deploy.onnx.adopt_roi_align`, into standard ONNX)."""
+ops), and mmdeploy's multi-class NMS, RoIAlign and head ops (:mod:`dcn_deploy.onnx.adopt_nms`,
+:mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_head_ops`, into standard ONNX)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
 import onnx
 
+from .adopt_head_ops import adopt_gather_topk, adopt_grid_priors
 from .adopt_nms import adopt_batched_nms
 from .adopt_roi_align import adopt_mmcv_roi_align, adopt_multi_level_roi_align
 from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, Translation,
@@ -26,6 +27,8 @@ _OTHER: Dict[str, Translation] = {
     "TRTBatchedNMS": adopt_batched_nms,
     "MMCVMultiLevelRoiAlign": adopt_multi_level_roi_align,
     "MMCVRoiAlign": adopt_mmcv_roi_align,
+    "GatherTopk": adopt_gather_topk,
+    "GridPriorsTRT": adopt_grid_priors,
 }
 _MORE_OUTPUTS = {"TRTBatchedNMS"}  # (its translation checks them)
 
@@ -43,12 +46,13 @@ def _translation(node: onnx.NodeProto) -> Optional[Translation]:
 
 def is_adoptable(node: onnx.NodeProto) -> bool:
     """A node :func:`dcn_deploy.onnx.adopt.adopt_model` rewrites: a standard ``DeformConv``, mmcv's/mmdeploy's
-    deformable ops, mmdeploy's ``TRTBatchedNMS``, ``MMCVMultiLevelRoiAlign`` and ``MMCVRoiAlign``."""
+    deformable ops, mmdeploy's ``TRTBatchedNMS``, ``MMCVMultiLevelRoiAlign``, ``MMCVRoiAlign``, ``GatherTopk`` and
+    ``GridPriorsTRT``."""
     return _translation(node) is not None
 
 
 def is_adoptable_deformable(node: onnx.NodeProto) -> bool:
-    """An adoptable node that is a deformable layer (not the NMS or a RoIAlign)."""
+    """An adoptable node that is a deformable layer (not one of the detection ops)."""
     return is_adoptable(node) and not (node.domain in FOREIGN_DOMAINS and node.op_type in _OTHER)
 
 

@@ -1,0 +1,73 @@
+"""mmdeploy's small ops of detection heads -> standard ONNX: ``GatherTopk`` and ``GridPriorsTRT``.
+
+mmdeploy's TensorRT exports of detectors (RetinaNet, FCOS, the RPN of Faster R-CNN) hold two more of its plugin ops
+besides the NMS and RoIAlign (:mod:`dcn_deploy.onnx.adopt_nms`, :mod:`dcn_deploy.onnx.adopt_roi_align`). What
+their plugins compute (mmdeploy 1.3.1, ``csrc/mmdeploy/backend_ops/tensorrt/{gather_topk,grid_priors}``):
+
+- ``GatherTopk(data, indices)``: with indices of rank r, the first r - 1 axes of both are batch axes and each index
+  picks along data's axis r - 1: ``out[b..., k, rest...] = data[b..., indices[b..., k], rest...]`` (mmdeploy's
+  heads gather their ``topk`` indices (batch, k) so). Standard: ``GatherND`` with ``batch_dims = r - 1``.
+- ``GridPriorsTRT(base_anchors (A, 4), zero_h (H,), zero_w (W,))`` with ``stride_h``, ``stride_w`` (default 1):
+  the anchors of every cell, (H * W * A, 4), row after row of cells, each cell's A anchors, anchor a of cell (y, x)
+  ``base[a] + (x * stride_w, y * stride_h, x * stride_w, y * stride_h)`` (the shifts exact integers; only the
+  lengths of ``zero_h``/``zero_w`` are read). Standard: ``Range``, ``Expand`` and an addition, bit for bit.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import onnx
+
+from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, int_attribute, node_id,
+                          node_label, source_op)
+
+__all__ = ["adopt_gather_topk", "adopt_grid_priors"]
+
+
+def _inputs(node: onnx.NodeProto, names: Tuple[str, ...]) -> List[str]:
+    if len(node.input) != len(names) or not all(node.input):
+        raise AdoptionError(f"{node_label(node)} has inputs {list(node.input)}; the op takes ({', '.join(names)}); "
+                            "the file is malformed: re-export it")
+    return list(node.input)
+
+
+def adopt_gather_topk(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
+                      ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
+    """``mmdeploy::GatherTopk`` as ``GatherND`` over its batch axes."""
+    data, indices = _inputs(node, ("data", "indices"))
+    rank, notes = scope.rank(indices), ()
+    if rank is None:  # mmdeploy's heads gather topk indices of shape (batch, k)
+        rank, notes = 2, ("the indices' rank is not declared: read as mmdeploy writes them, (batch, k)",)
+    data_rank = scope.rank(data)
+    if rank < 1 or (data_rank is not None and data_rank < rank):
+        raise AdoptionError(f"{node_label(node)}: indices of rank {rank} need data of at least that rank, got "
+                            f"{data_rank}; the file is malformed: re-export it")
+    g = GraphBuilder(scope, node_id(node))
+    where = g.op("Unsqueeze", [g.op("Cast", [indices], to=onnx.TensorProto.INT64), g.const([-1])])
+    g.op("GatherND", [data, where], [node.output[0]], batch_dims=rank - 1)
+    return g.nodes, AdoptedNode(node_id(node), source_op(node), "ONNX GatherND", {"batch_dims": rank - 1}, notes)
+
+
+def adopt_grid_priors(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
+                      ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
+    """``mmdeploy::GridPriorsTRT`` as the anchors of every cell from ``Range`` and ``Expand``."""
+    base, zero_h, zero_w = _inputs(node, ("base_anchors", "zero_h", "zero_w"))
+    attrs = attributes_of(node)
+    strides = {name: int_attribute(node, attrs, name, 1) for name in ("stride_h", "stride_w")}
+    g = GraphBuilder(scope, node_id(node))
+
+    def shifts(zeros: str, stride: int) -> str:  # (length,) multiples of the stride, as the anchors' type
+        length = g.op("Squeeze", [g.op("Shape", [zeros], start=0, end=1), g.const([0])])
+        steps = g.op("Range", [g.const(0, np.int64, "start"), length, g.const(1, np.int64, "step")])
+        return g.op("CastLike", [g.op("Mul", [steps, g.const(stride, np.int64, "stride")]), base])
+
+    ys, xs = shifts(zero_h, strides["stride_h"]), shifts(zero_w, strides["stride_w"])
+    cells = g.op("Concat", [g.op("Shape", [zero_h], start=0, end=1), g.op("Shape", [zero_w], start=0, end=1)], axis=0)
+    x_grid = g.op("Expand", [g.op("Unsqueeze", [xs, g.const([0])]), cells])  # (H, W)
+    y_grid = g.op("Expand", [g.op("Unsqueeze", [ys, g.const([1])]), cells])
+    parts = [g.op("Unsqueeze", [part, g.const([2])]) for part in (x_grid, y_grid, x_grid, y_grid)]
+    offsets = g.op("Unsqueeze", [g.op("Concat", parts, axis=2), g.const([2])])  # (H, W, 1, 4)
+    anchors = g.op("Add", [offsets, g.op("Unsqueeze", [base, g.const([0, 1])])])  # (H, W, A, 4)
+    g.op("Reshape", [anchors, g.const([-1, 4])], [node.output[0]])
+    return g.nodes, AdoptedNode(node_id(node), source_op(node), "ONNX Range + Expand", strides, ())

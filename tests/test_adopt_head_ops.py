@@ -1,0 +1,101 @@
+"""mmdeploy's GatherTopk and GridPriorsTRT adopted as standard ONNX (dcn_deploy.onnx.adopt_head_ops), run in ONNX
+Runtime against NumPy written from mmdeploy 1.3.1's plugin kernels (``gather_topk_kernel.cu``,
+``trt_grid_priors_kernel.cu``)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+ort = pytest.importorskip("onnxruntime")
+
+from dcn_deploy.onnx.adopt import AdoptionError, adopt_model  # noqa: E402
+
+
+def _model(node, inputs, outputs, before=(), opset=11):
+    graph = helper.make_graph([*before, node], "g", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid("mmdeploy", 1)])
+    model.ir_version = 8
+    return model
+
+
+def _run(model, feed):
+    adopted, adoption = adopt_model(model)
+    onnx.checker.check_model(adopted, full_check=True)
+    session = ort.InferenceSession(adopted.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0], adoption
+
+
+def plugin_gather_topk(data, indices):
+    """The kernel: the first r - 1 axes (r the indices' rank) are one batch axis, gather along the next."""
+    r = indices.ndim
+    batch = int(np.prod(data.shape[: r - 1]))
+    flat = data.reshape(batch, data.shape[r - 1], -1)
+    picks = indices.reshape(batch, -1)
+    out = np.stack([flat[b, picks[b]] for b in range(batch)])
+    return out.reshape(*indices.shape, *data.shape[r:])
+
+
+@pytest.mark.parametrize("data_shape, index_shape, declared", [
+    ((2, 50, 4), (2, 7), True),  # boxes of a head, topk indices
+    ((3, 40, 80), (3, 12), False),  # scores; the indices' rank undeclared: mmdeploy's (batch, k)
+    ((2, 30), (2, 30), True),
+    ((2, 3, 20, 5), (2, 3, 6), True),  # two batch axes
+])
+def test_gather_topk_matches_the_plugin(data_shape, index_shape, declared):
+    rng = np.random.default_rng(len(data_shape) * 10 + index_shape[-1])
+    data = rng.standard_normal(data_shape).astype(np.float32)
+    indices = rng.integers(0, data_shape[len(index_shape) - 1], index_shape).astype(np.int64)
+    node = helper.make_node("GatherTopk", ["data", "indices"], ["out"], domain="mmdeploy", name="gather")
+    # declared: the indices are an input of the graph; not: the output of a node with no value_info, at opset 19
+    # (below it, raising the opset infers the shapes)
+    before = [] if declared else [helper.make_node("Identity", ["topk_indices"], ["indices"], name="topk")]
+    index_info = helper.make_tensor_value_info("indices" if declared else "topk_indices", TensorProto.INT64,
+                                               list(index_shape))
+    model = _model(node, [helper.make_tensor_value_info("data", TensorProto.FLOAT, list(data_shape)), index_info],
+                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["?"] * len(data_shape))], before,
+                   opset=11 if declared else 19)
+    got, adoption = _run(model, {"data": data, "indices" if declared else "topk_indices": indices})
+    np.testing.assert_array_equal(got, plugin_gather_topk(data, indices))
+    assert adoption.nodes[0].notes == (() if declared else
+                                       ("the indices' rank is not declared: read as mmdeploy writes them, (batch, k)",))
+
+
+def plugin_grid_priors(base, height, width, stride_h, stride_w):
+    """The kernel, element by element (float32 base plus the integer shift cast to float)."""
+    anchors = base.shape[0]
+    out = np.zeros((height * width * anchors, 4), np.float32)
+    for index in range(out.shape[0]):
+        a = index % anchors
+        x = np.float32(((index // anchors) % width) * stride_w)
+        y = np.float32((index // (width * anchors)) * stride_h)
+        out[index] = base[a] + np.array([x, y, x, y], np.float32)
+    return out
+
+
+@pytest.mark.parametrize("height, width, stride_h, stride_w", [(5, 7, 8, 8), (1, 3, 16, 32), (4, 1, 4, 4),
+                                                                 (0, 6, 8, 8)])
+def test_grid_priors_match_the_plugin(height, width, stride_h, stride_w):
+    rng = np.random.default_rng(height * 100 + width)
+    base = (rng.standard_normal((9, 4)) * 40).astype(np.float32)  # RetinaNet's 9 anchors a cell
+    node = helper.make_node("GridPriorsTRT", ["base", "zero_h", "zero_w"], ["anchors"], domain="mmdeploy",
+                            name="priors", stride_h=stride_h, stride_w=stride_w)
+    model = _model(node, [helper.make_tensor_value_info("base", TensorProto.FLOAT, [9, 4]),
+                          helper.make_tensor_value_info("zero_h", TensorProto.INT64, ["H"]),
+                          helper.make_tensor_value_info("zero_w", TensorProto.INT64, ["W"])],
+                   [helper.make_tensor_value_info("anchors", TensorProto.FLOAT, ["count", 4])])
+    got, adoption = _run(model, {"base": base, "zero_h": np.zeros(height, np.int64),
+                                 "zero_w": np.zeros(width, np.int64)})
+    np.testing.assert_array_equal(got, plugin_grid_priors(base, height, width, stride_h, stride_w))
+    assert adoption.nodes[0].attributes == {"stride_h": stride_h, "stride_w": stride_w}
+
+
+def test_malformed_head_ops_are_refused_naming_the_node():
+    node = helper.make_node("GatherTopk", ["data"], ["out"], domain="mmdeploy", name="gather")
+    model = _model(node, [helper.make_tensor_value_info("data", TensorProto.FLOAT, [2, 5])],
+                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 5])])
+    with pytest.raises(AdoptionError, match=r"node 'gather' \(mmdeploy::GatherTopk\) has inputs \['data'\]; the op "
+                                            r"takes \(data, indices\)"):
+        adopt_model(model)
