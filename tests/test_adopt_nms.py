@@ -214,3 +214,22 @@ def test_the_notes_say_where_the_plugin_or_tensorrt_would_differ():
     assert "keep_topk 4000 > topk 3: mmdeploy's plugin leaves its outputs unwritten" in notes
     assert "TensorRT's TopK takes k <= 3840" in notes
     assert "mmdeploy::TRTBatchedNMS -> ONNX NonMaxSuppression + TopK" in adoption.summary()
+
+
+def test_a_half_precision_build_keeps_the_nms_float32():
+    """Under --precision fp16 the rewrite stays float32, as mmdeploy's plugin is: the same detections."""
+    from dcn_deploy.onnx.precision import convert_precision
+
+    rng = np.random.default_rng(12)
+    boxes, scores = random_case(rng, 2, 40, 1, 3)
+    boxes = boxes * 150  # corners past 1024 pixels, where float16 steps by 1
+    adopted, _ = adopt_model(nms_model(2, 40, 1, 3, topk=20, keep_topk=10))
+    half, report = convert_precision(adopted, "fp16")
+
+    def outputs(model):
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"boxes": boxes, "scores": scores})
+
+    for got, expected in zip(outputs(half), outputs(adopted)):
+        np.testing.assert_array_equal(got, expected)
+    assert report.half_nodes == 0 and report.kept_fp32

@@ -248,3 +248,37 @@ def test_what_it_cannot_honour_is_refused_naming_the_node(model, words):
     with pytest.raises(AdoptionError, match=r"node '(roi_extractor|roi_align)'") as caught:
         adopt_model(model())
     assert words in str(caught.value)
+
+
+def test_a_half_precision_build_keeps_the_box_arithmetic_float32():
+    """Under --precision fp16 the rewrite stays float32 (mmdeploy's plugin is float32): in float16 a RoI area past
+    65504 (256 x 256 pixels) is inf, and such a RoI would pool from the coarsest level. Run by onnx's reference
+    evaluator, which computes each node in its declared type (ONNX Runtime's CPU provider has no float16 kernels for
+    these ops and quietly computes them in float32, hiding the overflow; TensorRT's strongly typed network would
+    not)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from dcn_deploy.onnx.precision import convert_precision
+
+    rng = np.random.default_rng(9)
+    size = (256, 320)
+    feed = {f"p{i + 2}": rng.standard_normal((2, 3, size[0] // s, size[1] // s)).astype(np.float32)
+            for i, s in enumerate(STRIDES)}
+    feed["rois"] = np.array([[0, 5, 5, 305, 305], [1, 20, 0, 320, 250], [0, 3, 4, 60, 90]], np.float32)
+    adopted, _ = adopt_model(multi_level_model(STRIDES))
+    expected = plugin_multi_level(feed["rois"], [feed[f"p{i + 2}"] for i in range(4)], STRIDES, 7, 7, 0, 1, 56, 1.0)
+
+    half, report = convert_precision(adopted, "fp16")
+    assert report.half_nodes == 0
+    assert {reason for _, _, reason in report.kept_fp32} >= {
+        "mmdeploy's RoIAlign plugins are float32 (RoI corners in pixels, RoI areas)"}
+    np.testing.assert_allclose(ReferenceEvaluator(half).run(None, feed)[0], expected, rtol=0, atol=5e-5)
+
+    unmarked = onnx.ModelProto()
+    unmarked.CopyFrom(adopted)
+    for node in unmarked.graph.node:
+        node.doc_string = ""
+    with np.errstate(over="ignore", invalid="ignore"):  # the float16 overflow this shows
+        wrong = ReferenceEvaluator(convert_precision(unmarked, "fp16")[0]).run(None, feed)[0]
+    error = np.abs(wrong - expected).max(axis=(1, 2, 3))
+    assert (error[:2] > 0.1).all() and error[2] < 0.01  # the two large RoIs pooled from level 3

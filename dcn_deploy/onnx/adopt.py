@@ -114,7 +114,7 @@ def node_summary(nodes: Sequence[onnx.NodeProto]) -> str:
 
 
 def foreign_op_advice(model: onnx.ModelProto, path, runs_it: str) -> Optional[str]:
-    """For a model holding mmcv's or mmdeploy's deformable nodes, what to tell the user who wants ``runs_it``
+    """For a model holding mmcv's or mmdeploy's nodes that adopt rewrites, what to tell the user who wants ``runs_it``
     ("TensorRT builds", "ONNX Runtime runs") to run it: what the nodes are and the adopt step (``adopt_model`` where
     ``path`` is None, a model held in memory); None without them."""
     from ..wording import for_reader

@@ -55,7 +55,7 @@ def adopt_grid_priors(node: onnx.NodeProto, scope: GraphScope, roi_sampling_rati
     base, zero_h, zero_w = _inputs(node, ("base_anchors", "zero_h", "zero_w"))
     attrs = attributes_of(node)
     strides = {name: int_attribute(node, attrs, name, 1) for name in ("stride_h", "stride_w")}
-    g = GraphBuilder(scope, node_id(node))
+    g = GraphBuilder(scope, node_id(node), keep_fp32="anchor corners in pixels (mmdeploy's plugin is float32)")
 
     def shifts(zeros: str, stride: int) -> str:  # (length,) multiples of the stride, as the anchors' type
         length = g.op("Squeeze", [g.op("Shape", [zeros], start=0, end=1), g.const([0])])

@@ -122,7 +122,7 @@ def adopt_batched_nms(node: onnx.NodeProto, scope: GraphScope, roi_sampling_rati
     """The standard nodes that replace ``node`` (an ``mmdeploy::TRTBatchedNMS``), writing its output names, and the
     report of it."""
     read = _read_attributes(node, scope)
-    g = GraphBuilder(scope, node_id(node))
+    g = GraphBuilder(scope, node_id(node), keep_fp32="mmdeploy's NMS plugin is float32 (box coordinates, score ranks)")
     boxes, scores = node.input[0], node.input[1]
     sizes = _Sizes(g, scores, read["num_classes"])
     by_class, candidates, most = _candidates(g, scores, read, sizes)

@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 
 from ..wording import argument
 from .opset import DEFORM_CONV, DOMAIN
+from .precision import KEEP_FP32_MARK
 from .roi_opset import DEFORM_ROI_POOL
 
 __all__ = ["FOREIGN_DOMAINS", "STANDARD_DOMAINS", "AdoptionError", "AdoptedNode", "GraphBuilder", "GraphScope",
@@ -188,8 +189,10 @@ class GraphBuilder:
     """Builds a replacement made of several standard nodes: each op's output gets a fresh name under ``stem``, each
     constant is an initializer of the scope's graph."""
 
-    def __init__(self, scope: GraphScope, stem: str):
-        self.scope, self.stem = scope, stem
+    def __init__(self, scope: GraphScope, stem: str, keep_fp32: Optional[str] = None):
+        """``keep_fp32``: why every node built here stays float32 when the model is converted to a half type
+        (:data:`dcn_deploy.onnx.precision.KEEP_FP32_MARK`); None: they convert as any node."""
+        self.scope, self.stem, self.keep_fp32 = scope, stem, keep_fp32
         self.nodes: List[onnx.NodeProto] = []
 
     def op(self, op_type: str, inputs: List[str], outputs: Optional[List[str]] = None, count: int = 1,
@@ -197,8 +200,9 @@ class GraphBuilder:
         """Add one node; returns its (first) output name. ``outputs`` given: those names (the source's)."""
         if outputs is None:
             outputs = [self.scope.fresh(f"{self.stem}_{op_type.lower()}") for _ in range(count)]
+        doc = f"{KEEP_FP32_MARK}: {self.keep_fp32}" if self.keep_fp32 else None
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.scope.fresh(f"{self.stem}_{op_type}"),
-                                           **attributes))
+                                           doc_string=doc, **attributes))
         return outputs[0]
 
     def op2(self, op_type: str, inputs: List[str], **attributes) -> Tuple[str, str]:

@@ -46,6 +46,8 @@ from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, 
 __all__ = ["adopt_multi_level_roi_align", "adopt_mmcv_roi_align", "level_area_thresholds", "ROI_ALIGN_TARGET"]
 
 ROI_ALIGN_TARGET = "ONNX RoiAlign"
+# why the rewrite stays float32 in a half-precision build: box corners in pixels, areas past float16's range
+_BOX_ARITHMETIC = "mmdeploy's RoIAlign plugins are float32 (RoI corners in pixels, RoI areas)"
 
 
 def level_area_thresholds(finest_scale: int, levels: int) -> List[float]:
@@ -141,7 +143,7 @@ def adopt_multi_level_roi_align(node: onnx.NodeProto, scope: GraphScope, roi_sam
     """The standard nodes that replace ``node`` (an ``mmdeploy::MMCVMultiLevelRoiAlign``), writing its output, and
     the report of it."""
     read = _read_multi_level(node)
-    g = GraphBuilder(scope, node_id(node))
+    g = GraphBuilder(scope, node_id(node), keep_fp32=_BOX_ARITHMETIC)
     rois, maps = node.input[0], list(node.input[1:])
     image, (x1, y1, x2, y2) = _rois_columns(g, rois)
 
@@ -203,7 +205,7 @@ def adopt_mmcv_roi_align(node: onnx.NodeProto, scope: GraphScope, roi_sampling_r
     if min(read["output_height"], read["output_width"]) < 1 or read["sampling_ratio"] < 0:
         raise AdoptionError(f"{where}: needs output sizes >= 1 and sampling_ratio >= 0, got {read}; the file is "
                             "malformed: re-export it")
-    g = GraphBuilder(scope, node_id(node))
+    g = GraphBuilder(scope, node_id(node), keep_fp32=_BOX_ARITHMETIC)
     features, rois = node.input
     image, corners = _rois_columns(g, rois)
     boxes = g.op("Concat", corners, axis=1)

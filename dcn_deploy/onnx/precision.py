@@ -16,7 +16,10 @@ A node stays float32 when
    float32 for the same reason: their box corners share the feature map's type, and float16 boxes move in
    1 px steps from 1024 px, bfloat16 boxes in 4 px steps from 512 px (their TensorRT plugin then runs its
    float32 kernel on a float32 copy of the pooled feature map);
-2. the caller names it (``keep_fp32_nodes``, the CLI's ``--keep-fp32 NODE``);
+2. the caller names it (``keep_fp32_nodes``, the CLI's ``--keep-fp32 NODE``), or its ``doc_string`` starts with
+   :data:`KEEP_FP32_MARK`: the standard ops that ``dcn-deploy adopt`` writes for mmdeploy's NMS, RoIAlign and
+   anchor plugins (box arithmetic in pixels, RoI areas past float16's 65504, score ranking), which are float32
+   plugins;
 3. its ONNX schema at the model's opset does not allow the half type (e.g. an op without bfloat16 before
    opset 22) -- such nodes are listed in the report.
 
@@ -58,7 +61,7 @@ from ..wording import argument
 # type parameters then guide the conversion of our nodes.
 from .opset import BFLOAT16_MIN_OPSET
 
-__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_OPS", "PrecisionError", "check_convertible", "check_keep_fp32_nodes",
+__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_MARK", "KEEP_FP32_OPS", "PrecisionError", "check_convertible", "check_keep_fp32_nodes",
            "check_precision_options", "keep_fp32_names", "PrecisionReport", "convert_precision",
            "float_to_bfloat16_bits"]
 
@@ -82,6 +85,9 @@ KEEP_FP32_OPS: Dict[str, str] = {
 KEEP_FP32_DOMAIN_OPS: Dict[Tuple[str, str], str] = {
     ("dcn_deploy", op): "box coordinates" for op in ("DeformRoIPool", "DeformPSRoIPool")
 }
+
+# A node whose doc_string starts so stays float32, for the reason written after it (``MARK: reason``).
+KEEP_FP32_MARK = "dcn_deploy: keep float32"
 
 _HALF = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 _TYPE_STR = {TensorProto.FLOAT16: "tensor(float16)", TensorProto.BFLOAT16: "tensor(bfloat16)"}
@@ -326,6 +332,8 @@ def _rule_reason(node: onnx.NodeProto, keep_names: Set[str], keep_ops: Dict[str,
     """Why ``node`` stays float32 by name or by op rule (1. and 2. of the module docstring), or None."""
     if node.name and node.name in keep_names:
         return "named in --keep-fp32"
+    if node.doc_string.startswith(KEEP_FP32_MARK):
+        return node.doc_string[len(KEEP_FP32_MARK):].lstrip(": ") or "marked"
     if _is_default_domain(node) and node.op_type in keep_ops:
         return f"rule: {keep_ops[node.op_type]}"
     if (node.domain, node.op_type) in KEEP_FP32_DOMAIN_OPS:
