@@ -203,6 +203,15 @@ def test_no_roi_and_an_empty_level():
     np.testing.assert_allclose(got, expected, rtol=0, atol=5e-5)
 
 
+def test_one_level():
+    """A single-level extractor (mmdeploy writes MMCVMultiLevelRoiAlign for every SingleRoIExtractor)."""
+    rng = np.random.default_rng(4)
+    feed = {"p2": rng.standard_normal((2, 3, 20, 24)).astype(np.float32), "rois": random_rois(rng, 30, 2, (80, 96))}
+    got, _ = run(multi_level_model((4,), sampling_ratio=2), feed)
+    expected = plugin_multi_level(feed["rois"], [feed["p2"]], (4,), 7, 7, 2, 1, 56, 1.0)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=5e-5)
+
+
 def mmcv_roi_align_model(channels=3, **attributes):
     attributes = {"output_height": 7, "output_width": 7, "spatial_scale": 0.25, "sampling_ratio": 0, "mode": "avg",
                   "aligned": 1, **attributes}

@@ -148,7 +148,8 @@ def adopt_multi_level_roi_align(node: onnx.NodeProto, scope: GraphScope, roi_sam
     image, (x1, y1, x2, y2) = _rois_columns(g, rois)
 
     area = g.op("Squeeze", [g.op("Mul", [g.op("Sub", [y2, y1]), g.op("Sub", [x2, x1])]), g.const([1])])  # (K,)
-    level = g.const(0, np.int64, "level0")
+    level = g.op("ConstantOfShape", [g.op("Shape", [area])],
+                 value=helper.make_tensor("zero", onnx.TensorProto.INT64, [1], [0]))  # (K,): also with one level
     for threshold in level_area_thresholds(read["finest_scale"], len(maps)):
         above = g.op("GreaterOrEqual", [area, g.op("CastLike", [g.const(threshold, np.float32, "area"), area])])
         level = g.op("Add", [level, g.op("Cast", [above], to=onnx.TensorProto.INT64)])
