@@ -167,6 +167,14 @@ def test_dynamic_shapes_and_scores_on_the_threshold():
         assert not np.isin(0.25, outputs[0][..., 4][outputs[1] >= 0])
 
 
+def test_no_boxes():
+    for topk in (5, -1):
+        outputs, _ = run_adopted(nms_model(0, 0, 1, 3, dynamic=True, topk=topk, keep_topk=4),
+                                 np.zeros((2, 0, 1, 4), np.float32), np.zeros((2, 0, 3), np.float32))
+        assert [o.shape for o in outputs] == [(2, 4, 5), (2, 4), (2, 4)]
+        assert (outputs[0] == 0).all() and (outputs[1] == -1).all() and (outputs[2] == -1).all()
+
+
 def test_without_index_and_after_a_network():
     """Two outputs (mmdeploy's default), the node fed by other nodes, the file's other nodes kept."""
     base = nms_model(2, 12, 1, 3, return_index=False, topk=5, keep_topk=4)

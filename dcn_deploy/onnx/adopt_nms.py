@@ -176,8 +176,11 @@ def _kept_by_nms(g: GraphBuilder, boxes: str, candidates: str, most: str, read: 
     inverted = g.op("Or", [g.op("Less", [x2, x1]), g.op("Less", [y2, y1])])
     collapsed = g.op("Where", [inverted, g.op("Concat", [x1, y1, x1, y1], axis=3), boxes])  # (N, B, L, 4)
     per_class = g.op("Expand", [g.op("Transpose", [collapsed], perm=[0, 2, 1, 3]), sizes.by_class])
-    folded = g.op("Reshape", [per_class, g.op("Concat", [sizes.images, sizes.boxes, g.const([4])], axis=0)])
-    one_class = g.op("Reshape", [candidates, g.op("Concat", [sizes.images, g.const([1]), sizes.boxes], axis=0)])
+    # (allowzero: B may be 0, which Reshape would otherwise read as "copy that axis")
+    folded = g.op("Reshape", [per_class, g.op("Concat", [sizes.images, sizes.boxes, g.const([4])], axis=0)],
+                  allowzero=1)
+    one_class = g.op("Reshape", [candidates, g.op("Concat", [sizes.images, g.const([1]), sizes.boxes], axis=0)],
+                     allowzero=1)
     iou = g.const([read["iou_threshold"]], np.float32, "iou_threshold")
     any_score = g.const([-np.inf], np.float32, "no_score_threshold")  # the candidates are chosen already
     selected = g.op("NonMaxSuppression", [folded, one_class, most, iou, any_score])  # (M, 3): image*C+class, 0, b
@@ -186,7 +189,7 @@ def _kept_by_nms(g: GraphBuilder, boxes: str, candidates: str, most: str, read: 
                    value=helper.make_tensor("false", TensorProto.BOOL, [1], [False]))
     marked = g.op("Expand", [g.const([True], bool, "true"),
                              g.op("Slice", [g.op("Shape", [marks]), g.const([0]), g.const([1])])])
-    return g.op("Reshape", [g.op("ScatterND", [nothing, marks, marked]), g.op("Shape", [candidates])])
+    return g.op("Reshape", [g.op("ScatterND", [nothing, marks, marked]), g.op("Shape", [candidates])], allowzero=1)
 
 
 def _ranked(g: GraphBuilder, kept: str, by_class: str, keep: int, sizes: _Sizes) -> Tuple[str, str, str]:
@@ -209,7 +212,13 @@ def _write_outputs(g: GraphBuilder, node: onnx.NodeProto, boxes: str, top: str, 
     are not survivors 0, -1 and -1."""
     table = g.op("Reshape", [g.op("Expand", [g.op("Transpose", [boxes], perm=[0, 2, 1, 3]), sizes.by_class]),
                              g.op("Concat", [sizes.batch, g.const([-1, 4])], axis=0)])  # (N, C * B, 4)
-    along = g.op("Expand", [g.op("Unsqueeze", [position, g.const([2])]),
+    # one more row, read by the rows that are not survivors (so that there is a row to read when B is 0)
+    spare = g.op("Slice", [g.op("Shape", [table]), g.const([1]), g.const([2])])
+    zero_row = g.op("Expand", [g.op("CastLike", [g.const(0.0, np.float32, "zero"), boxes]),
+                               g.op("Concat", [sizes.batch, g.const([1, 4])], axis=0)])
+    table = g.op("Concat", [table, zero_row], axis=1)
+    read_at = g.op("Where", [valid, position, spare])
+    along = g.op("Expand", [g.op("Unsqueeze", [read_at, g.const([2])]),
                             g.op("Concat", [g.op("Shape", [position]), g.const([4])], axis=0)])
     corners = g.op("GatherElements", [table, along], axis=1)
     if read["clip_boxes"]:
@@ -218,11 +227,12 @@ def _write_outputs(g: GraphBuilder, node: onnx.NodeProto, boxes: str, top: str, 
     rows = g.op("Concat", [corners, g.op("Unsqueeze", [g.op("CastLike", [top, boxes]), g.const([2])])], axis=2)
     g.op("Where", [g.op("Unsqueeze", [valid, g.const([2])]), rows,
                    g.op("CastLike", [g.const(0.0, np.float32, "zero_row"), boxes])], outputs=[node.output[0]])
-    _integer_output(g, valid, g.op("Div", [position, sizes.boxes]), node.output[1])
+    per_class = g.op("Max", [sizes.boxes, g.const([1])])  # B, or 1 where there are no boxes (no valid row either)
+    _integer_output(g, valid, g.op("Div", [position, per_class]), node.output[1])
     if read["return_index"]:
         layers = g.op("Slice", [g.op("Shape", [boxes]), g.const([2]), g.const([3])])
         index = g.op("Where", [g.op("Greater", [layers, g.const([1])]), position,
-                               g.op("Mod", [position, sizes.boxes])])
+                               g.op("Mod", [position, per_class])])
         _integer_output(g, valid, index, node.output[2])
 
 
