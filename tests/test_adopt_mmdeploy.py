@@ -420,3 +420,34 @@ def test_mmdeploy_head_ops_adopted_match_their_torch_forward(tmp_path, mmdeploy_
         assert torch.equal(torch.from_numpy(anchors), anchors_of(height, width))
         _, indices = scores.max(dim=2)[0].topk(6, dim=1)
         assert torch.equal(torch.from_numpy(top), scores[torch.arange(batch)[:, None], indices])
+
+
+def test_mmdeploy_group_norm_adopted_matches_torch(tmp_path, mmdeploy_export):
+    """mmdeploy writes GroupNorm (FCOS's and VFNet's GN heads) for TensorRT as mmdeploy::TRTInstanceNormalization on
+    the (N, groups, -1) reshape; adopted as the standard InstanceNormalization, the file equals torch's forward."""
+    ops = _mmcv_ops()
+    torch.manual_seed(0)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = ops.ModulatedDeformConv2dPack(3, 8, 3, padding=1)
+            self.gn = nn.GroupNorm(4, 8)
+
+        def forward(self, x):
+            return torch.relu(self.gn(self.conv(x)))
+
+    head = Head().eval()
+    _randomise_offsets(head.conv)
+    nn.init.normal_(head.gn.weight)
+    nn.init.normal_(head.gn.bias)
+    inputs = [torch.randn(2, 3, 9, 11), torch.randn(3, 3, 9, 11)]
+    with torch.no_grad():
+        expected = [head(x) for x in inputs]
+    path = mmdeploy_export(head, inputs[0], tmp_path / "gn")
+    assert sorted(n[1] for n in _foreign_nodes(path)) == ["MMCVModulatedDeformConv2d", "TRTInstanceNormalization"]
+    adoption, actual = _adopted_run(path, inputs)
+    assert not adoption.left and [n.target for n in adoption.nodes] == ["dcn_deploy::DeformConv2d",
+                                                                         "ONNX InstanceNormalization"]
+    for got, want in zip(actual, expected):
+        _close(got, want)

@@ -220,7 +220,11 @@ def test_the_notes_say_where_the_plugin_or_tensorrt_would_differ():
     _, adoption = adopt_model(nms_model(1, 5, 1, 2, topk=3, keep_topk=4000))
     notes = " ".join(adoption.nodes[0].notes)
     assert "keep_topk 4000 > topk 3: mmdeploy's plugin leaves its outputs unwritten" in notes
-    assert "TensorRT's TopK takes k <= 3840" in notes
+    assert "keep_topk 4000 is above TensorRT's TopK limit 3840" in notes
+    _, adoption = adopt_model(nms_model(1, 5, 1, 2, topk=5000, keep_topk=100))  # mmdeploy's defaults
+    (note,) = adoption.nodes[0].notes
+    assert note.startswith("TensorRT's TopK takes k <= 3840, and the per-class pre-selection takes "
+                           "k = min(5000, boxes)")
     assert "mmdeploy::TRTBatchedNMS -> ONNX NonMaxSuppression + TopK" in adoption.summary()
 
 

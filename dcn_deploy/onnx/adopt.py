@@ -14,7 +14,7 @@ by the ``dcn_deploy`` node that computes the same thing:
 | ``mmcv::MMCVDeformRoIPool``, ``mmdeploy::...`` | ``DeformRoIPool`` | same inputs and attribute names (ours are mmcv's) |
 | ``mmdeploy::TRTBatchedNMS`` | standard ``NonMaxSuppression``, ``TopK``, ... | what mmdeploy's TensorRT plugin computes (:mod:`dcn_deploy.onnx.adopt_nms`) |
 | ``mmdeploy::MMCVMultiLevelRoiAlign``, ``mmcv::MMCVRoiAlign`` | standard ``RoiAlign`` (opset 16), per level | what mmdeploy's TensorRT plugins compute, average pooling (:mod:`dcn_deploy.onnx.adopt_roi_align`) |
-| ``mmdeploy::GatherTopk``, ``mmdeploy::GridPriorsTRT`` | standard ``GatherND``; ``Range``, ``Expand`` | the same (:mod:`dcn_deploy.onnx.adopt_head_ops`) |
+| ``mmdeploy::GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization`` | standard ``GatherND``; ``Range``, ``Expand``; ``InstanceNormalization`` | the same (:mod:`dcn_deploy.onnx.adopt_small_ops`) |
 
 mmcv's attributes ``stride``, ``padding``, ``dilation``, ``groups``, ``deform_groups`` become ``strides``, ``pads``
 (padding on both sides), ``dilations``, ``group`` and ``offset_group``. mmdeploy writes ``MMCVDeformConv2d``'s
@@ -248,10 +248,10 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     19 where lower, and the imports of foreign domains no node uses any more dropped. ``model`` is not changed.
 
     mmdeploy's multi-class NMS (``mmdeploy::TRTBatchedNMS``), RoIAlign (``MMCVMultiLevelRoiAlign``,
-    ``MMCVRoiAlign``) and dense-head ops (``GatherTopk``, ``GridPriorsTRT``) become standard ONNX ops that compute
-    what its TensorRT plugins compute (:mod:`dcn_deploy.onnx.adopt_nms`, :mod:`dcn_deploy.onnx.adopt_roi_align`,
-    :mod:`dcn_deploy.onnx.adopt_head_ops`). Other mmcv/mmdeploy nodes
-    (``mmdeploy::TRTBatchedRotatedNMS``, say) are left as they are and listed in
+    ``MMCVRoiAlign``) and ops with a direct standard form (``GatherTopk``, ``GridPriorsTRT``,
+    ``TRTInstanceNormalization``) become standard ONNX ops that compute what its TensorRT plugins compute
+    (:mod:`dcn_deploy.onnx.adopt_nms`, :mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_small_ops`).
+    Other mmcv/mmdeploy nodes (``mmdeploy::TRTBatchedRotatedNMS``, say) are left as they are and listed in
     ``adoption.left``: they still need their project's plugin library.
 
     Args:

@@ -1,13 +1,13 @@
 """Which translation rewrites which foreign node: the deformable layers (:mod:`dcn_deploy.onnx.adopt_nodes`, into our
-ops), and mmdeploy's multi-class NMS, RoIAlign and head ops (:mod:`dcn_deploy.onnx.adopt_nms`,
-:mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_head_ops`, into standard ONNX)."""
+ops), and mmdeploy's multi-class NMS, RoIAlign and its ops with a direct standard form (:mod:`dcn_deploy.onnx.adopt_nms`,
+:mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_small_ops`, into standard ONNX)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
 import onnx
 
-from .adopt_head_ops import adopt_gather_topk, adopt_grid_priors
+from .adopt_small_ops import adopt_gather_topk, adopt_grid_priors, adopt_instance_norm
 from .adopt_nms import adopt_batched_nms
 from .adopt_roi_align import adopt_mmcv_roi_align, adopt_multi_level_roi_align
 from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, Translation,
@@ -22,13 +22,14 @@ _DEFORMABLE: Dict[str, Translation] = {
     "MMCVModulatedDeformConv2d": adopt_mmcv_modulated_deform_conv,
     "MMCVDeformRoIPool": adopt_mmcv_deform_roi_pool,
 }
-# mmdeploy's other ops of detectors that have a standard form
+# mmdeploy's other ops (of detectors) that have a standard form
 _OTHER: Dict[str, Translation] = {
     "TRTBatchedNMS": adopt_batched_nms,
     "MMCVMultiLevelRoiAlign": adopt_multi_level_roi_align,
     "MMCVRoiAlign": adopt_mmcv_roi_align,
     "GatherTopk": adopt_gather_topk,
     "GridPriorsTRT": adopt_grid_priors,
+    "TRTInstanceNormalization": adopt_instance_norm,
 }
 _MORE_OUTPUTS = {"TRTBatchedNMS"}  # (its translation checks them)
 
@@ -46,8 +47,8 @@ def _translation(node: onnx.NodeProto) -> Optional[Translation]:
 
 def is_adoptable(node: onnx.NodeProto) -> bool:
     """A node :func:`dcn_deploy.onnx.adopt.adopt_model` rewrites: a standard ``DeformConv``, mmcv's/mmdeploy's
-    deformable ops, mmdeploy's ``TRTBatchedNMS``, ``MMCVMultiLevelRoiAlign``, ``MMCVRoiAlign``, ``GatherTopk`` and
-    ``GridPriorsTRT``."""
+    deformable ops, mmdeploy's ``TRTBatchedNMS``, ``MMCVMultiLevelRoiAlign``, ``MMCVRoiAlign``, ``GatherTopk``,
+    ``GridPriorsTRT`` and ``TRTInstanceNormalization``."""
     return _translation(node) is not None
 
 

@@ -1,4 +1,4 @@
-"""mmdeploy's GatherTopk and GridPriorsTRT adopted as standard ONNX (dcn_deploy.onnx.adopt_head_ops), run in ONNX
+"""mmdeploy's GatherTopk and GridPriorsTRT adopted as standard ONNX (dcn_deploy.onnx.adopt_small_ops), run in ONNX
 Runtime against NumPy written from mmdeploy 1.3.1's plugin kernels (``gather_topk_kernel.cu``,
 ``trt_grid_priors_kernel.cu``)."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -99,3 +99,39 @@ def test_malformed_head_ops_are_refused_naming_the_node():
     with pytest.raises(AdoptionError, match=r"node 'gather' \(mmdeploy::GatherTopk\) has inputs \['data'\]; the op "
                                             r"takes \(data, indices\)"):
         adopt_model(model)
+
+
+def test_instance_norm_as_mmdeploy_writes_group_norm_matches_torch():
+    """mmdeploy's GroupNorm for TensorRT: Reshape (N, groups, -1), TRTInstanceNormalization with unit scale and zero
+    bias, Reshape back, the affine; adopted, against torch's group_norm."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 8, 5, 6)).astype(np.float32) * 3 + 1
+    weight, bias = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    groups = 4
+    nodes = [
+        helper.make_node("Constant", [], ["grouped_shape"], value=numpy_helper.from_array(
+            np.array([0, groups, -1], np.int64), "grouped_shape")),
+        helper.make_node("Reshape", ["x", "grouped_shape"], ["grouped"]),
+        helper.make_node("Constant", [], ["ones"], value=numpy_helper.from_array(np.ones(groups, np.float32), "o")),
+        helper.make_node("Constant", [], ["zeros"], value=numpy_helper.from_array(np.zeros(groups, np.float32), "z")),
+        helper.make_node("TRTInstanceNormalization", ["grouped", "ones", "zeros"], ["normed"], domain="mmdeploy",
+                         name="gn", epsilon=1e-5),
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Reshape", ["normed", "x_shape"], ["back"]),
+        helper.make_node("Mul", ["back", "weight"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "bias"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "gn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+                              [numpy_helper.from_array(weight.reshape(8, 1, 1), "weight"),
+                               numpy_helper.from_array(bias.reshape(8, 1, 1), "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11), helper.make_opsetid("mmdeploy", 1)])
+    model.ir_version = 8
+    got, adoption = _run(model, {"x": x})
+    expected = torch.nn.functional.group_norm(torch.from_numpy(x), groups, torch.from_numpy(weight),
+                                              torch.from_numpy(bias), eps=1e-5).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert adoption.nodes[0].target == "ONNX InstanceNormalization" and adoption.nodes[0].attributes == {
+        "epsilon": 1e-5}

@@ -1,8 +1,10 @@
-"""mmdeploy's small ops of detection heads -> standard ONNX: ``GatherTopk`` and ``GridPriorsTRT``.
+"""mmdeploy's ops with a direct standard form -> standard ONNX: ``GatherTopk``, ``GridPriorsTRT`` and
+``TRTInstanceNormalization``.
 
-mmdeploy's TensorRT exports of detectors (RetinaNet, FCOS, the RPN of Faster R-CNN) hold two more of its plugin ops
+mmdeploy's TensorRT exports of detectors (RetinaNet, FCOS, the RPN of Faster R-CNN) hold these of its plugin ops
 besides the NMS and RoIAlign (:mod:`dcn_deploy.onnx.adopt_nms`, :mod:`dcn_deploy.onnx.adopt_roi_align`). What
-their plugins compute (mmdeploy 1.3.1, ``csrc/mmdeploy/backend_ops/tensorrt/{gather_topk,grid_priors}``):
+their plugins compute (mmdeploy 1.3.1, ``csrc/mmdeploy/backend_ops/tensorrt/{gather_topk,grid_priors,
+instance_norm}``):
 
 - ``GatherTopk(data, indices)``: with indices of rank r, the first r - 1 axes of both are batch axes and each index
   picks along data's axis r - 1: ``out[b..., k, rest...] = data[b..., indices[b..., k], rest...]`` (mmdeploy's
@@ -11,6 +13,11 @@ their plugins compute (mmdeploy 1.3.1, ``csrc/mmdeploy/backend_ops/tensorrt/{gat
   the anchors of every cell, (H * W * A, 4), row after row of cells, each cell's A anchors, anchor a of cell (y, x)
   ``base[a] + (x * stride_w, y * stride_h, x * stride_w, y * stride_h)`` (the shifts exact integers; only the
   lengths of ``zero_h``/``zero_w`` are read). Standard: ``Range``, ``Expand`` and an addition, bit for bit.
+- ``TRTInstanceNormalization(input, scale, bias)`` with ``epsilon`` (default 1e-5): how mmdeploy writes GroupNorm
+  (FCOS's and VFNet's heads) for TensorRT, on the input reshaped to (N, groups, -1): cuDNN's batch normalisation
+  over N * C channels of (H, W), i.e. per (image, channel) the mean and the biased variance over the rest, then the
+  scale and bias of the channel. Standard: ``InstanceNormalization``, the same inputs and ``epsilon``. The plugin
+  reads an input of rank 3 or 4 only.
 """
 from __future__ import annotations
 
@@ -18,11 +25,12 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, int_attribute, node_id,
-                          node_label, source_op)
+                          node_label, number_attribute, source_op)
 
-__all__ = ["adopt_gather_topk", "adopt_grid_priors"]
+__all__ = ["adopt_gather_topk", "adopt_grid_priors", "adopt_instance_norm"]
 
 
 def _inputs(node: onnx.NodeProto, names: Tuple[str, ...]) -> List[str]:
@@ -71,3 +79,17 @@ def adopt_grid_priors(node: onnx.NodeProto, scope: GraphScope, roi_sampling_rati
     anchors = g.op("Add", [offsets, g.op("Unsqueeze", [base, g.const([0, 1])])])  # (H, W, A, 4)
     g.op("Reshape", [anchors, g.const([-1, 4])], [node.output[0]])
     return g.nodes, AdoptedNode(node_id(node), source_op(node), "ONNX Range + Expand", strides, ())
+
+
+def adopt_instance_norm(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
+                        ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
+    """``mmdeploy::TRTInstanceNormalization`` as the standard ``InstanceNormalization`` (same name and values)."""
+    inputs = _inputs(node, ("input", "scale", "bias"))
+    rank = scope.rank(inputs[0])
+    if rank is not None and rank not in (3, 4):
+        raise AdoptionError(f"{node_label(node)}: its input has rank {rank}, and mmdeploy's plugin reads ranks 3 and 4 "
+                            "only (N, C, H[, W]); the file is malformed: re-export it")
+    epsilon = number_attribute(node, attributes_of(node), "epsilon", 1e-5)
+    standard = helper.make_node("InstanceNormalization", inputs, [node.output[0]], name=node.name, epsilon=epsilon)
+    return [standard], AdoptedNode(node_id(node), source_op(node), "ONNX InstanceNormalization",
+                                   {"epsilon": epsilon}, ())
