@@ -197,16 +197,15 @@ def _kept_by_nms(g: GraphBuilder, boxes: str, candidates: str, most: str, read: 
 
 
 def _ranked(g: GraphBuilder, kept: str, by_class: str, keep: int, sizes: _Sizes) -> Tuple[str, str, str]:
-    """(the ``keep`` best scores of each image's survivors, (N, keep); their places c * B + b; which rows are
-    survivors). Ranked over (N, C * B) padded with ``keep`` misses, so that there are ``keep`` rows whatever B; equal
+    """(the ``keep`` best scores of each image's survivors, (N, keep); their places c * B + b (meaningless in the rows
+    that are not survivors); which rows are survivors). Ranked over (N, C * B) padded with ``keep`` misses, so that there are ``keep`` rows whatever B; equal
     scores: the lower class, then the lower box (TopK's order, the plugin's stable sort's)."""
     survivors = g.op("Where", [kept, by_class, sizes.minus_inf])
     flat = g.op("Reshape", [survivors, g.op("Concat", [sizes.batch, g.const([-1])], axis=0)])
     misses = g.op("Expand", [sizes.minus_inf, g.op("Concat", [sizes.batch, g.const([keep])], axis=0)])
     top, position = g.op2("TopK", [g.op("Concat", [flat, misses], axis=1), g.const([keep])], axis=1, largest=1,
                           sorted=1)
-    valid = g.op("Greater", [top, sizes.minus_inf])
-    return top, g.op("Where", [valid, position, g.const(0)]), valid
+    return top, position, g.op("Greater", [top, sizes.minus_inf])
 
 
 def _write_outputs(g: GraphBuilder, node: onnx.NodeProto, boxes: str, top: str, position: str, valid: str,
