@@ -112,9 +112,9 @@ def _notes(read: Dict[str, object]) -> Tuple[str, ...]:
                      "rewrite gives the survivors, padded")
     if topk > _TENSORRT_TOPK_LIMIT:
         notes.append(f"TensorRT's TopK takes k <= {_TENSORRT_TOPK_LIMIT}, and the per-class pre-selection takes "
-                     f"k = min({topk}, boxes): it builds in TensorRT where this node gets at most "
-                     f"{_TENSORRT_TOPK_LIMIT} boxes (a two-stage detector's 1000 proposals), else in ONNX Runtime "
-                     f"only; for more boxes, re-export with pre_top_k <= {_TENSORRT_TOPK_LIMIT}")
+                     f"k = min({topk}, boxes): it can build in TensorRT only where this node gets at most "
+                     f"{_TENSORRT_TOPK_LIMIT} boxes (a two-stage detector's 1000 proposals), else it runs in ONNX "
+                     f"Runtime only; for more boxes, re-export with pre_top_k <= {_TENSORRT_TOPK_LIMIT}")
     if keep > _TENSORRT_TOPK_LIMIT:
         notes.append(f"keep_topk {keep} is above TensorRT's TopK limit {_TENSORRT_TOPK_LIMIT}: it runs in ONNX Runtime "
                      f"but does not build in TensorRT; re-export with keep_top_k <= {_TENSORRT_TOPK_LIMIT}")
