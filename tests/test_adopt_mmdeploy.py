@@ -326,11 +326,18 @@ def test_mmdeploy_detector_with_dcn_and_nms_adopted_matches_mmcv_and_the_plugin(
 
 
 def _mmdeploy_mmdet_module(relative: str):
-    """A module of ``mmdeploy.codebase.mmdet`` loaded from its file (the autograd Functions its TensorRT rewrites of
-    mmdet call): importing the package imports mmdet, which is not installed next to mmcv 2.2 (mmdet 3.3 pins
-    mmcv < 2.2)."""
+    """A module of ``mmdeploy.codebase.mmdet`` (the autograd Functions its TensorRT rewrites of mmdet call): imported
+    where mmdet can be imported, else loaded from its file (importing the package imports mmdet, which is not
+    installed next to mmcv 2.2: mmdet 3.3 pins mmcv < 2.2). Not a copy where the real one imports: a copy registers
+    its rewrites again, and for the rest of the session mmdeploy's rewrites of mmdet call the copy's Functions
+    (tests/test_adopt_mmdet.py gives the real ones computing forwards)."""
+    import importlib
     import importlib.util
 
+    try:
+        return importlib.import_module("mmdeploy.codebase.mmdet." + relative.removesuffix(".py").replace("/", "."))
+    except (ImportError, AssertionError, OSError, RuntimeError):  # no mmdet here, or one that refuses this mmcv
+        pass
     spec = importlib.util.find_spec("mmdeploy")
     path = Path(spec.submodule_search_locations[0]) / "codebase/mmdet" / relative
     module_spec = importlib.util.spec_from_file_location("mmdeploy_" + path.stem, path)
