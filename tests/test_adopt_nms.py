@@ -222,9 +222,8 @@ def test_the_notes_say_where_the_plugin_or_tensorrt_would_differ():
     assert "keep_topk 4000 > topk 3: mmdeploy's plugin leaves its outputs unwritten" in notes
     assert "keep_topk 4000 is above TensorRT's TopK limit 3840" in notes
     _, adoption = adopt_model(nms_model(1, 5, 1, 2, topk=5000, keep_topk=100))  # mmdeploy's defaults
-    (note,) = adoption.nodes[0].notes
-    assert note.startswith("TensorRT's TopK takes k <= 3840, and the per-class pre-selection takes "
-                           "k = min(5000, boxes)")
+    assert adoption.nodes[0].notes == ()  # the pre-selection of 5000 runs in two TopK stages
+    assert [n.op_type for n in adopt_model(nms_model(1, 5, 1, 2, topk=5000))[0].graph.node].count("TopK") == 3
     assert "mmdeploy::TRTBatchedNMS -> ONNX NonMaxSuppression + TopK" in adoption.summary()
 
 
@@ -245,3 +244,19 @@ def test_a_half_precision_build_keeps_the_nms_float32():
     for got, expected in zip(outputs(half), outputs(adopted)):
         np.testing.assert_array_equal(got, expected)
     assert report.half_nodes == 0 and report.kept_fp32
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_per_class_preselection_in_stages_is_the_same_selection(monkeypatch, seed):
+    """TensorRT's TopK takes k <= 3840, so a topk above that is selected in stages; with stages of 3 here, topk
+    4 to 20 over 0 to 30 boxes takes 2 to 7 stages, more than the candidates where the scores run out."""
+    from dcn_deploy.onnx import adopt_nms
+
+    monkeypatch.setattr(adopt_nms, "_TOPK_STAGE", 3)
+    rng = np.random.default_rng(100 + seed)
+    for trial in range(8):
+        topk, count, classes = int(rng.integers(4, 21)), int(rng.integers(0, 31)), int(rng.integers(1, 4))
+        attributes = dict(topk=topk, keep_topk=int(rng.integers(1, 25)), iou_threshold=0.4, score_threshold=0.2)
+        boxes, scores = random_case(rng, 2, count, 1, classes)
+        outputs, _ = run_adopted(nms_model(0, 0, 1, classes, dynamic=True, **attributes), boxes, scores)
+        assert_same(outputs, plugin_batched_nms(boxes, scores, num_classes=classes, **attributes))

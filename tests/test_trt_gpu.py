@@ -197,6 +197,46 @@ class TestTensorRTRtxAheadOfTime:
             log = out.stdout + out.stderr
             assert "BUILT False" in log and "NonMaxSuppression" in log and "has no runners" in log, log[-2000:]
 
+    def test_adopted_nms_preselection_of_5000_builds_in_stages(self, rtx_env, tmp_path, monkeypatch):
+        """mmdeploy's pre_top_k=5000 over up to 6000 boxes: the adopted NMS's per-class pre-selection (everything
+        before its NonMaxSuppression, which RTX cannot build) builds as TopK stages of at most 3840; as one TopK of
+        min(5000, B), TensorRT refuses it (its TopK takes k <= 3840)."""
+        from onnx import utils
+
+        from dcn_deploy.onnx import adopt_nms
+        from dcn_deploy.onnx.adopt import adopt_model
+        from test_adopt_nms import nms_model
+
+        python, environ, _ = rtx_env
+        script = textwrap.dedent("""
+            import sys, tensorrt_rtx as trt
+            logger = trt.Logger(trt.Logger.ERROR)
+            builder = trt.Builder(logger)
+            network = builder.create_network(0)
+            parser = trt.OnnxParser(network, logger)
+            parser.parse(open(sys.argv[1], "rb").read())
+            print("ERRORS", [parser.get_error(i).desc() for i in range(parser.num_errors)])
+            config = builder.create_builder_config()
+            profile = builder.create_optimization_profile()
+            profile.set_shape("boxes", (1, 10, 1, 4), (1, 6000, 1, 4), (1, 6000, 1, 4))
+            profile.set_shape("scores", (1, 10, 3), (1, 6000, 3), (1, 6000, 3))
+            config.add_optimization_profile(profile)
+            print("BUILT", builder.build_serialized_network(network, config) is not None)
+        """)
+        built = {}
+        for name, stage in (("staged", adopt_nms._TOPK_STAGE), ("one TopK", 10 ** 6)):
+            monkeypatch.setattr(adopt_nms, "_TOPK_STAGE", stage)
+            adopted, _ = adopt_model(nms_model(0, 0, 1, 3, dynamic=True, topk=5000, keep_topk=100))
+            nms = next(n for n in adopted.graph.node if n.op_type == "NonMaxSuppression")
+            full, part = tmp_path / f"{stage}_full.onnx", tmp_path / f"{stage}.onnx"
+            onnx.save(adopted, full)
+            utils.extract_model(str(full), str(part), ["boxes", "scores"], [nms.input[1]])
+            out = subprocess.run([python, "-c", script, str(part)], capture_output=True, text=True, env=environ,
+                                 timeout=600)
+            assert "ERRORS []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+            built[name] = "BUILT True" in out.stdout
+        assert built == {"staged": True, "one TopK": False}
+
     def test_adopted_mmdeploy_head_ops_build(self, rtx_env, tmp_path):
         """mmdeploy's GridPriorsTRT and GatherTopk, adopted as standard ops (Range, Expand, GatherND with a batch
         axis), parse and build into an engine with dynamic feature sizes and batch."""

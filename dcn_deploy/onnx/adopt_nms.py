@@ -27,9 +27,11 @@ leaves its outputs unwritten (mmdeploy's ``keep_top_k=100`` over fewer than 100 
 aborts the process; here the survivors are ranked and padded as always. A negative ``score_threshold`` (the plugin's
 padding then mixes with its candidates) and an ``iou_threshold`` outside [0, 1] (ONNX's NMS refuses it) are refused.
 
-On TensorRT, two limits of its layers apply: ``TopK`` takes at most 3840 (``min(topk, B)`` and ``keep_topk`` above
-it do not build), and its NMS layer considers the 5000 best (box, class) candidates of an image (the plugin: T per
-class), so results can differ where more pass the score threshold.
+On TensorRT, two limits of its layers apply. Its ``TopK`` takes k <= 3840: the per-class pre-selection runs in stages
+of at most 3840 (the same selection; TensorRT-RTX builds a TopK of ``min(5000, B)`` only where B stays under 3840,
+and the staged one for any B), and a ``keep_topk`` above 3840 does not build. Its NMS layer considers the 5000 best
+candidates of each of its images, here one (image, class) pair each; the plugin takes up to T (at most 5120), so
+results can differ only where T is over 5000.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ BATCHED_NMS_TARGET = "ONNX NonMaxSuppression + TopK"
 _CLIP_BOXES_DEFAULT = 1
 _PLUGIN_TOPK_LIMIT = 5120  # t_size = (top_k + 511) / 512 must be <= 10, else the plugin aborts
 _TENSORRT_TOPK_LIMIT = 3840
+_TOPK_STAGE = _TENSORRT_TOPK_LIMIT  # the largest k of one TopK in the per-class pre-selection (tests lower it)
 
 
 def _declared_type(scope: GraphScope, name: str) -> Optional[int]:
@@ -110,11 +113,6 @@ def _notes(read: Dict[str, object]) -> Tuple[str, ...]:
     if 0 < topk < keep:
         notes.append(f"keep_topk {keep} > topk {topk}: mmdeploy's plugin leaves its outputs unwritten there; the "
                      "rewrite gives the survivors, padded")
-    if topk > _TENSORRT_TOPK_LIMIT:
-        notes.append(f"TensorRT's TopK takes k <= {_TENSORRT_TOPK_LIMIT}, and the per-class pre-selection takes "
-                     f"k = min({topk}, boxes): it can build in TensorRT only where this node gets at most "
-                     f"{_TENSORRT_TOPK_LIMIT} boxes (a two-stage detector's 1000 proposals), else it runs in ONNX "
-                     f"Runtime only; for more boxes, re-export with pre_top_k <= {_TENSORRT_TOPK_LIMIT}")
     if keep > _TENSORRT_TOPK_LIMIT:
         notes.append(f"keep_topk {keep} is above TensorRT's TopK limit {_TENSORRT_TOPK_LIMIT}: it runs in ONNX Runtime "
                      f"but does not build in TensorRT; re-export with keep_top_k <= {_TENSORRT_TOPK_LIMIT}")
@@ -165,9 +163,28 @@ def _candidates(g: GraphBuilder, scores: str, read: Dict[str, object], sizes: _S
     if read["topk"] <= 0:
         return by_class, candidates, sizes.boxes
     k = g.op("Min", [g.const([read["topk"]]), sizes.boxes])
-    best, where = g.op2("TopK", [candidates, k], axis=2, largest=1, sorted=1)  # equal scores: the lower box first
+    return by_class, _best_of_each_class(g, candidates, k, read["topk"], sizes), k
+
+
+def _best_of_each_class(g: GraphBuilder, candidates: str, k: str, topk: int, sizes: _Sizes) -> str:
+    """``candidates`` with -inf but for the ``k`` best of each class (equal scores: the lower box first, TopK's order
+    and the plugin's stable sort's). In stages of at most ``_TOPK_STAGE`` (TensorRT's TopK takes k <= 3840): each
+    stage takes the best of what the stages before it left, which is the same selection."""
     none = g.op("Expand", [sizes.minus_inf, g.op("Shape", [candidates])])
-    return by_class, g.op("ScatterElements", [none, where, best], axis=2), k
+    stages = -(-topk // _TOPK_STAGE)
+    if stages == 1:
+        best, where = g.op2("TopK", [candidates, k], axis=2, largest=1, sorted=1)
+        return g.op("ScatterElements", [none, where, best], axis=2)
+    chosen, pool = none, candidates
+    for stage in range(stages):
+        left = g.op("Max", [g.op("Sub", [k, g.const([stage * _TOPK_STAGE])]), g.const([0])])
+        best, where = g.op2("TopK", [pool, g.op("Min", [left, g.const([_TOPK_STAGE])])], axis=2, largest=1, sorted=1)
+        # where a stage reaches past the last candidate (-inf), it may pick a place an earlier stage chose: keep that
+        earlier = g.op("GatherElements", [chosen, where], axis=2)
+        chosen = g.op("ScatterElements", [chosen, where, g.op("Max", [best, earlier])], axis=2)
+        pool = g.op("ScatterElements", [pool, where, g.op("Expand", [sizes.minus_inf, g.op("Shape", [where])])],
+                    axis=2)
+    return chosen
 
 
 def _kept_by_nms(g: GraphBuilder, boxes: str, candidates: str, most: str, read: Dict[str, object],
