@@ -25,6 +25,7 @@ import sys
 import threading
 import textwrap
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import onnx
@@ -102,6 +103,40 @@ _RTX_BUILD = textwrap.dedent("""
 """)
 
 
+# Parse an ONNX file with TensorRT-RTX's parser and build it under one profile: argv = (file, profile as JSON:
+# {input: [min, opt, max]}); prints the parser's errors, the layer types and whether an engine came out.
+_RTX_PARSE_AND_BUILD = textwrap.dedent("""
+    import json, sys, tensorrt_rtx as trt
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    parser.parse(open(sys.argv[1], "rb").read())
+    print("ERRORS", json.dumps([parser.get_error(i).desc() for i in range(parser.num_errors)]))
+    print("LAYERS", json.dumps(sorted({str(network.get_layer(i).type).split(".")[-1]
+                                       for i in range(network.num_layers)})))
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in json.loads(sys.argv[2]).items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    print("BUILT", builder.build_serialized_network(network, config) is not None)
+""")
+
+
+def _rtx_parse_and_build(env, model: onnx.ModelProto, path: Path, profile: dict) -> Tuple[list, list, bool, str]:
+    """(the parser's errors, the network's layer types, whether RTX built an engine, the log) for ``model``."""
+    python, environ, _ = env
+    onnx.save(model, path)
+    out = subprocess.run([python, "-c", _RTX_PARSE_AND_BUILD, str(path), json.dumps(profile)], capture_output=True,
+                         text=True, env=environ, timeout=600)
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.stdout.splitlines()
+             if line.startswith(("ERRORS ", "LAYERS ", "BUILT "))}
+    log = out.stdout[-2000:] + out.stderr[-2000:]
+    assert "ERRORS" in lines and "BUILT" in lines, log
+    return json.loads(lines["ERRORS"]), json.loads(lines.get("LAYERS", "[]")), lines["BUILT"] == "True", log
+
+
 @pytest.fixture(scope="module")
 def rtx_env(tmp_path_factory):
     """(python, environment, private plugin copy) for the RTX subprocess."""
@@ -167,35 +202,14 @@ class TestTensorRTRtxAheadOfTime:
 
         from dcn_deploy.onnx.adopt import adopt_model
 
-        python, environ, _ = rtx_env
-        script = textwrap.dedent("""
-            import sys, tensorrt_rtx as trt
-            logger = trt.Logger(trt.Logger.ERROR)
-            builder = trt.Builder(logger)
-            network = builder.create_network(0)
-            parser = trt.OnnxParser(network, logger)
-            ok = parser.parse(open(sys.argv[1], "rb").read())
-            print("ERRORS", [parser.get_error(i).desc() for i in range(parser.num_errors)])
-            print("LAYERS", sorted({str(network.get_layer(i).type).split(".")[-1] for i in range(network.num_layers)}))
-            config = builder.create_builder_config()
-            profile = builder.create_optimization_profile()
-            layers = int(sys.argv[2])
-            profile.set_shape("boxes", (1, 10, layers, 4), (2, 100, layers, 4), (4, 1000, layers, 4))
-            profile.set_shape("scores", (1, 10, 3), (2, 100, 3), (4, 1000, 3))
-            config.add_optimization_profile(profile)
-            print("BUILT", builder.build_serialized_network(network, config) is not None)
-        """)
         for layers, topk in ((1, 50), (3, -1)):
             adopted, _ = adopt_model(nms_model(0, 0, layers, 3, dynamic=True, topk=topk, keep_topk=20))
-            path = tmp_path / f"nms_{layers}.onnx"
-            onnx.save(adopted, path)
-            out = subprocess.run([python, "-c", script, str(path), str(layers)], capture_output=True, text=True,
-                                 env=environ, timeout=600)
-            assert "ERRORS []" in out.stdout, out.stdout + out.stderr[-2000:]
-            found = json.loads(out.stdout.split("LAYERS ", 1)[1].splitlines()[0].replace("'", '"'))
-            assert {"NMS", "TOPK", "SCATTER", "GATHER"} <= set(found), found
-            log = out.stdout + out.stderr
-            assert "BUILT False" in log and "NonMaxSuppression" in log and "has no runners" in log, log[-2000:]
+            profile = {"boxes": [[1, 10, layers, 4], [2, 100, layers, 4], [4, 1000, layers, 4]],
+                       "scores": [[1, 10, 3], [2, 100, 3], [4, 1000, 3]]}
+            errors, found, built, log = _rtx_parse_and_build(rtx_env, adopted, tmp_path / f"nms_{layers}.onnx",
+                                                             profile)
+            assert errors == [] and {"NMS", "TOPK", "SCATTER", "GATHER"} <= set(found), (errors, found)
+            assert not built and "NonMaxSuppression" in log and "has no runners" in log, log
 
     def test_adopted_nms_preselection_of_5000_builds_in_stages(self, rtx_env, tmp_path, monkeypatch):
         """mmdeploy's pre_top_k=5000 over up to 6000 boxes: the adopted NMS's per-class pre-selection (everything
@@ -207,34 +221,19 @@ class TestTensorRTRtxAheadOfTime:
         from dcn_deploy.onnx.adopt import adopt_model
         from test_adopt_nms import nms_model
 
-        python, environ, _ = rtx_env
-        script = textwrap.dedent("""
-            import sys, tensorrt_rtx as trt
-            logger = trt.Logger(trt.Logger.ERROR)
-            builder = trt.Builder(logger)
-            network = builder.create_network(0)
-            parser = trt.OnnxParser(network, logger)
-            parser.parse(open(sys.argv[1], "rb").read())
-            print("ERRORS", [parser.get_error(i).desc() for i in range(parser.num_errors)])
-            config = builder.create_builder_config()
-            profile = builder.create_optimization_profile()
-            profile.set_shape("boxes", (1, 10, 1, 4), (1, 6000, 1, 4), (1, 6000, 1, 4))
-            profile.set_shape("scores", (1, 10, 3), (1, 6000, 3), (1, 6000, 3))
-            config.add_optimization_profile(profile)
-            print("BUILT", builder.build_serialized_network(network, config) is not None)
-        """)
+        profile = {"boxes": [[1, 10, 1, 4], [1, 6000, 1, 4], [1, 6000, 1, 4]],
+                   "scores": [[1, 10, 3], [1, 6000, 3], [1, 6000, 3]]}
         built = {}
         for name, stage in (("staged", adopt_nms._TOPK_STAGE), ("one TopK", 10 ** 6)):
             monkeypatch.setattr(adopt_nms, "_TOPK_STAGE", stage)
             adopted, _ = adopt_model(nms_model(0, 0, 1, 3, dynamic=True, topk=5000, keep_topk=100))
             nms = next(n for n in adopted.graph.node if n.op_type == "NonMaxSuppression")
-            full, part = tmp_path / f"{stage}_full.onnx", tmp_path / f"{stage}.onnx"
+            full = tmp_path / f"{stage}_full.onnx"
             onnx.save(adopted, full)
-            utils.extract_model(str(full), str(part), ["boxes", "scores"], [nms.input[1]])
-            out = subprocess.run([python, "-c", script, str(part)], capture_output=True, text=True, env=environ,
-                                 timeout=600)
-            assert "ERRORS []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
-            built[name] = "BUILT True" in out.stdout
+            utils.extract_model(str(full), str(tmp_path / f"{stage}.onnx"), ["boxes", "scores"], [nms.input[1]])
+            errors, _, built[name], _ = _rtx_parse_and_build(rtx_env, onnx.load(str(tmp_path / f"{stage}.onnx")),
+                                                             tmp_path / f"{stage}.onnx", profile)
+            assert errors == []
         assert built == {"staged": True, "one TopK": False}
 
     def test_adopted_mmdeploy_head_ops_build(self, rtx_env, tmp_path):
@@ -258,28 +257,10 @@ class TestTensorRTRtxAheadOfTime:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11),
                                                         helper.make_opsetid("mmdeploy", 1)])
         adopted, _ = adopt_model(model)
-        path = tmp_path / "head.onnx"
-        onnx.save(adopted, path)
-        script = textwrap.dedent("""
-            import sys, tensorrt_rtx as trt
-            logger = trt.Logger(trt.Logger.ERROR)
-            builder = trt.Builder(logger)
-            network = builder.create_network(0)
-            parser = trt.OnnxParser(network, logger)
-            parser.parse(open(sys.argv[1], "rb").read())
-            print("ERRORS", [parser.get_error(i).desc() for i in range(parser.num_errors)])
-            config = builder.create_builder_config()
-            profile = builder.create_optimization_profile()
-            for name, low, high in (("zero_h", (1,), (100,)), ("zero_w", (1,), (100,)),
-                                    ("data", (1, 50, 4), (4, 50, 4)), ("indices", (1, 7), (4, 7))):
-                profile.set_shape(name, low, high, high)
-            config.add_optimization_profile(profile)
-            print("BUILT", builder.build_serialized_network(network, config) is not None)
-        """)
-        python, environ, _ = rtx_env
-        out = subprocess.run([python, "-c", script, str(path)], capture_output=True, text=True, env=environ,
-                             timeout=600)
-        assert "ERRORS []" in out.stdout and "BUILT True" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+        profile = {"zero_h": [[1], [100], [100]], "zero_w": [[1], [100], [100]],
+                   "data": [[1, 50, 4], [4, 50, 4], [4, 50, 4]], "indices": [[1, 7], [4, 7], [4, 7]]}
+        errors, _, built, log = _rtx_parse_and_build(rtx_env, adopted, tmp_path / "head.onnx", profile)
+        assert errors == [] and built, log
 
     def test_models_parsed_from_file(self, rtx_env, tmp_path):
         """The file route under a real ONNX parser (TensorRT-RTX's, on the CPU): a model whose weights live in an
