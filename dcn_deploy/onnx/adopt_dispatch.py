@@ -1,18 +1,18 @@
 """Which translation rewrites which foreign node: the deformable layers (:mod:`dcn_deploy.onnx.adopt_nodes`, into our
-ops), and mmdeploy's multi-class NMS, RoIAlign and its ops with a direct standard form (:mod:`dcn_deploy.onnx.adopt_nms`,
-:mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_small_ops`, into standard ONNX)."""
+ops), and mmdeploy's multi-class NMS, RoIAlign and ops with a direct standard form (:mod:`dcn_deploy.onnx.adopt_nms`,
+:mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_small_ops`; into standard ONNX)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
 import onnx
 
-from .adopt_small_ops import adopt_gather_topk, adopt_grid_priors, adopt_instance_norm
 from .adopt_nms import adopt_batched_nms
-from .adopt_roi_align import adopt_mmcv_roi_align, adopt_multi_level_roi_align
 from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, Translation,
                           adopt_mmcv_deform_conv, adopt_mmcv_deform_roi_pool, adopt_mmcv_modulated_deform_conv,
                           adopt_standard_deform_conv, node_label)
+from .adopt_roi_align import adopt_mmcv_roi_align, adopt_multi_level_roi_align
+from .adopt_small_ops import adopt_gather_topk, adopt_grid_priors, adopt_instance_norm
 
 __all__ = ["MMCV_OPS", "is_adoptable", "is_adoptable_deformable", "translate"]
 
