@@ -63,9 +63,9 @@ def check_build_options(model, *, precision: str, io_dtype: str, keep_fp32: Iter
 
 def refuse_foreign_ops(model, onnx_path) -> None:
     """Refuse (ValueError naming them and the ``adopt`` step) a model with mmcv's or mmdeploy's nodes that adopt
-    rewrites (deformable layers, mmdeploy's NMS, RoIAlign and head ops): only their project's plugin library builds
-    them, and TensorRT would stop at the parser with "plugin not found"
-    after the slow part of the setup."""
+    rewrites (deformable layers, mmdeploy's NMS, RoIAlign and other detection ops): only their project's plugin
+    library builds them, and TensorRT would stop at the parser with "plugin not found" after the slow part of the
+    setup."""
     from ..onnx.adopt import foreign_op_advice
 
     advice = foreign_op_advice(model, onnx_path, "TensorRT builds")

@@ -129,8 +129,9 @@ def format_parser_errors(errors: Sequence[Dict[str, object]], model_name: str = 
         if standard and missing:
             hints.append("a standard DeformConv needs TensorRT's own plugin (libnvinfer_plugin's "
                          "ModulatedDeformConv2d), which this TensorRT lacks: export without --standard (or rewrite "
-                         f"the file's DeformConv nodes as ours with {argument('dcn_deploy.adopt_file', 'dcn-deploy adopt')}) "
-                         "and build without --no-plugin so our plugin handles it")
+                         "the file's DeformConv nodes as ours with "
+                         f"{argument('dcn_deploy.adopt_file', 'dcn-deploy adopt')}) and build without --no-plugin so "
+                         "our plugin handles it")
         elif missing and op and op not in PLUGIN_FIELDS:
             hints.append(f"{op} is not one of dcn_deploy's ops ({', '.join(PLUGIN_FIELDS)}), and the build loads "
                          "only our plugin library (and TensorRT's own): the library that defines that op must be "

@@ -265,7 +265,8 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     torch's ``export_modules_as_functions`` writes; their calls are inlined first, listed in ``adoption.inlined``)
     cannot be inlined, or when the opset cannot be raised.
     """
-    if roi_sampling_ratio is not None and (isinstance(roi_sampling_ratio, bool) or not isinstance(roi_sampling_ratio, int)
+    if roi_sampling_ratio is not None and (isinstance(roi_sampling_ratio, bool)
+                                           or not isinstance(roi_sampling_ratio, int)
                                            or roi_sampling_ratio < 1):
         raise ValueError(f"roi_sampling_ratio must be an int >= 1, got {roi_sampling_ratio!r}")
     holding = _functions_holding_foreign_nodes(model)

@@ -39,10 +39,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, int_attribute, node_id,
-                          node_label, number_attribute, source_op)
+from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, exact_inputs,
+                          int_attribute, node_id, node_label, number_attribute, source_op)
 
 __all__ = ["adopt_batched_nms", "BATCHED_NMS_TARGET"]
 
@@ -53,14 +53,6 @@ _CLIP_BOXES_DEFAULT = 1
 _PLUGIN_TOPK_LIMIT = 5120  # t_size = (top_k + 511) / 512 must be <= 10, else the plugin aborts
 _TENSORRT_TOPK_LIMIT = 3840
 _TOPK_STAGE = _TENSORRT_TOPK_LIMIT  # the largest k of one TopK in the per-class pre-selection (tests lower it)
-
-
-def _declared_type(scope: GraphScope, name: str) -> Optional[int]:
-    """The element type the graph declares for value ``name`` (an output or a value_info), or None."""
-    for value in list(scope.graph.output) + list(scope.graph.value_info):
-        if value.name == name and value.type.tensor_type.elem_type:
-            return value.type.tensor_type.elem_type
-    return None
 
 
 def _read_attributes(node: onnx.NodeProto, scope: GraphScope) -> Dict[str, object]:
@@ -92,9 +84,7 @@ def _read_attributes(node: onnx.NodeProto, scope: GraphScope) -> Dict[str, objec
         raise AdoptionError(f"{where} has outputs {list(node.output)}, and with return_index={read['return_index']} "
                             f"the op has {expected} (dets, labels{', index' if expected == 3 else ''}); the file is "
                             "malformed: re-export it")
-    if len(node.input) != 2 or not all(node.input):
-        raise AdoptionError(f"{where} has inputs {list(node.input)}; the op takes (boxes, scores); the file is "
-                            "malformed: re-export it")
+    exact_inputs(node, ("boxes", "scores"))
     for value, rank, what in ((node.input[0], 4, "boxes (N, B, 1 or num_classes, 4)"),
                               (node.input[1], 3, "scores (N, B, num_classes)")):
         if scope.rank(value) not in (None, rank):
@@ -145,14 +135,14 @@ class _Sizes:
         self.boxes = g.op("Slice", [shape, g.const([1]), g.const([2])])
         self.images = g.op("Mul", [self.batch, g.const([classes])])
         self.by_class = g.op("Concat", [self.batch, g.const([classes]), self.boxes, g.const([4])], axis=0)
-        self.minus_inf = g.op("CastLike", [g.const(-np.inf, np.float32, "minus_inf"), scores])
+        self.minus_inf = g.float_like(-np.inf, scores, "minus_inf")
 
 
 def _candidates(g: GraphBuilder, scores: str, read: Dict[str, object], sizes: _Sizes) -> Tuple[str, str, str]:
     """(scores as (N, C, B); the same with -inf where a box is no candidate of its class: not above the threshold
     (NaN never is), of the background class, or not among the class's ``topk`` best; the most a class can keep)."""
     by_class = g.op("Transpose", [scores], perm=[0, 2, 1])
-    threshold = g.op("CastLike", [g.const(read["score_threshold"], np.float32, "score_threshold"), scores])
+    threshold = g.float_like(read["score_threshold"], scores, "score_threshold")
     above = g.op("Greater", [by_class, threshold])
     background = read["background_label_id"]
     if 0 <= background < sizes.classes:
@@ -215,8 +205,9 @@ def _kept_by_nms(g: GraphBuilder, boxes: str, candidates: str, most: str, read: 
 
 def _ranked(g: GraphBuilder, kept: str, by_class: str, keep: int, sizes: _Sizes) -> Tuple[str, str, str]:
     """(the ``keep`` best scores of each image's survivors, (N, keep); their places c * B + b (meaningless in the rows
-    that are not survivors); which rows are survivors). Ranked over (N, C * B) padded with ``keep`` misses, so that there are ``keep`` rows whatever B; equal
-    scores: the lower class, then the lower box (TopK's order, the plugin's stable sort's)."""
+    that are not survivors); which rows are survivors). Ranked over (N, C * B) padded with ``keep`` misses, so that
+    there are ``keep`` rows whatever B; equal scores: the lower class, then the lower box (TopK's order, the plugin's
+    stable sort's)."""
     survivors = g.op("Where", [kept, by_class, sizes.minus_inf])
     flat = g.op("Reshape", [survivors, g.op("Concat", [sizes.batch, g.const([-1])], axis=0)])
     misses = g.op("Expand", [sizes.minus_inf, g.op("Concat", [sizes.batch, g.const([keep])], axis=0)])
@@ -234,19 +225,17 @@ def _write_outputs(g: GraphBuilder, node: onnx.NodeProto, boxes: str, top: str, 
                              g.op("Concat", [sizes.batch, g.const([-1, 4])], axis=0)])  # (N, C * B, 4)
     # one more row, read by the rows that are not survivors (so that there is a row to read when B is 0)
     spare = g.op("Slice", [g.op("Shape", [table]), g.const([1]), g.const([2])])
-    zero_row = g.op("Expand", [g.op("CastLike", [g.const(0.0, np.float32, "zero"), boxes]),
-                               g.op("Concat", [sizes.batch, g.const([1, 4])], axis=0)])
+    zero = g.float_like(0.0, boxes, "zero")
+    zero_row = g.op("Expand", [zero, g.op("Concat", [sizes.batch, g.const([1, 4])], axis=0)])
     table = g.op("Concat", [table, zero_row], axis=1)
     read_at = g.op("Where", [valid, position, spare])
     along = g.op("Expand", [g.op("Unsqueeze", [read_at, g.const([2])]),
                             g.op("Concat", [g.op("Shape", [position]), g.const([4])], axis=0)])
     corners = g.op("GatherElements", [table, along], axis=1)
     if read["clip_boxes"]:
-        zero, one = (g.op("CastLike", [g.const(v, np.float32, n), boxes]) for v, n in ((0.0, "zero"), (1.0, "one")))
-        corners = g.op("Clip", [corners, zero, one])
+        corners = g.op("Clip", [corners, zero, g.float_like(1.0, boxes, "one")])
     rows = g.op("Concat", [corners, g.op("Unsqueeze", [g.op("CastLike", [top, boxes]), g.const([2])])], axis=2)
-    g.op("Where", [g.op("Unsqueeze", [valid, g.const([2])]), rows,
-                   g.op("CastLike", [g.const(0.0, np.float32, "zero_row"), boxes])], outputs=[node.output[0]])
+    g.op("Where", [g.op("Unsqueeze", [valid, g.const([2])]), rows, zero], outputs=[node.output[0]])
     per_class = g.op("Max", [sizes.boxes, g.const([1])])  # B, or 1 where there are no boxes (no valid row either)
     _integer_output(g, valid, g.op("Div", [position, per_class]), node.output[1])
     if read["return_index"]:
@@ -260,6 +249,6 @@ def _integer_output(g: GraphBuilder, valid: str, values: str, name: str) -> None
     """``values`` where ``valid``, else -1, as ``name`` in the type the file declares for it, else int64: what the
     exporter traced (mmdeploy's dummy forward gives int64, and the nodes after it were typed so; the plugin's
     TensorRT engine gives int32)."""
-    declared = _declared_type(g.scope, name) or TensorProto.INT64
+    declared = g.scope.elem_type(name) or TensorProto.INT64
     marked = g.op("Where", [valid, values, g.const(-1)])
     g.op("Cast", [marked], outputs=[name], to=declared)

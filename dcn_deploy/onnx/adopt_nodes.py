@@ -23,6 +23,7 @@ from .roi_opset import DEFORM_ROI_POOL
 __all__ = ["FOREIGN_DOMAINS", "STANDARD_DOMAINS", "AdoptionError", "AdoptedNode", "GraphBuilder", "GraphScope",
            "Translation",
            "fresh_name", "node_id", "node_label", "source_op", "int_attribute", "number_attribute", "attributes_of",
+           "exact_inputs",
            "adopt_standard_deform_conv", "adopt_mmcv_deform_conv", "adopt_mmcv_modulated_deform_conv",
            "adopt_mmcv_deform_roi_pool"]
 
@@ -173,6 +174,14 @@ class GraphScope:
                 return len(value.type.tensor_type.shape.dim)
         return self.outer.rank(name) if self.outer is not None else None
 
+    def elem_type(self, name: str) -> Optional[int]:
+        """The element type the graph declares for value ``name`` (an output or a value_info of this graph or an
+        outer one); None where unknown."""
+        for value in list(self.graph.output) + list(self.graph.value_info):
+            if value.name == name and value.type.tensor_type.elem_type:
+                return value.type.tensor_type.elem_type
+        return self.outer.elem_type(name) if self.outer is not None else None
+
     def is_empty_constant(self, name: str) -> bool:
         """``name`` is a tensor of no elements stored in the file (an initializer or a Constant)."""
         tensor = self.initializer(name)
@@ -208,6 +217,10 @@ class GraphBuilder:
     def op2(self, op_type: str, inputs: List[str], **attributes) -> Tuple[str, str]:
         first = self.op(op_type, inputs, count=2, **attributes)
         return first, self.nodes[-1].output[1]
+
+    def float_like(self, value: float, like: str, name: str) -> str:
+        """The float ``value`` (written as float32) in the element type of value ``like``."""
+        return self.op("CastLike", [self.const(value, np.float32, name), like])
 
     def const(self, values, dtype=np.int64, name: str = "const") -> str:
         tensor_name = self.scope.fresh(f"{self.stem}_{name}")
@@ -257,6 +270,14 @@ def _zero_roi_offset(rois: str, like: str, pooled: Sequence[int], stem: str,
 # --------------------------------------------------------------------------------------------------------------
 
 Translation = Callable[[onnx.NodeProto, GraphScope, Optional[int]], Tuple[List[onnx.NodeProto], AdoptedNode]]
+
+
+def exact_inputs(node: onnx.NodeProto, names: Sequence[str]) -> List[str]:
+    """The node's inputs, refused (naming them and ``names``, the op's) unless there is exactly one per name."""
+    if len(node.input) != len(names) or not all(node.input):
+        raise AdoptionError(f"{node_label(node)} has inputs {list(node.input)}; the op takes ({', '.join(names)}); "
+                            "the file is malformed: re-export it")
+    return list(node.input)
 
 
 def _inputs(node: onnx.NodeProto, count: int) -> List[str]:

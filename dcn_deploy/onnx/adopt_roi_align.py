@@ -40,8 +40,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, int_attribute, node_id,
-                          node_label, number_attribute, source_op)
+from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, exact_inputs,
+                          int_attribute, node_id, node_label, number_attribute, source_op)
 
 __all__ = ["adopt_multi_level_roi_align", "adopt_mmcv_roi_align", "level_area_thresholds", "ROI_ALIGN_TARGET"]
 
@@ -105,7 +105,7 @@ def _zero_where_empty(g: GraphBuilder, pooled: str, corners: Sequence[str], outp
     x1, y1, x2, y2 = corners
     empty = g.op("Or", [g.op("Equal", [x1, x2]), g.op("Equal", [y1, y2])])  # (K, 1)
     empty = g.op("Unsqueeze", [empty, g.const([2, 3])])
-    g.op("Where", [empty, g.op("CastLike", [g.const(0.0, np.float32, "zero"), pooled]), pooled], [output])
+    g.op("Where", [empty, g.float_like(0.0, pooled, "zero"), pooled], [output])
 
 
 def _read_multi_level(node: onnx.NodeProto) -> Dict[str, object]:
@@ -151,13 +151,13 @@ def adopt_multi_level_roi_align(node: onnx.NodeProto, scope: GraphScope, roi_sam
     level = g.op("ConstantOfShape", [g.op("Shape", [area])],
                  value=helper.make_tensor("zero", onnx.TensorProto.INT64, [1], [0]))  # (K,): also with one level
     for threshold in level_area_thresholds(read["finest_scale"], len(maps)):
-        above = g.op("GreaterOrEqual", [area, g.op("CastLike", [g.const(threshold, np.float32, "area"), area])])
+        above = g.op("GreaterOrEqual", [area, g.float_like(threshold, area, "area")])
         level = g.op("Add", [level, g.op("Cast", [above], to=onnx.TensorProto.INT64)])
 
     factor = read["roi_scale_factor"]
     if factor > 0:  # the plugin's rescale about the centre, in float32, as it computes it
-        half = g.op("CastLike", [g.const(np.float32(factor) * np.float32(0.5), np.float32, "half_factor"), area])
-        one, mid = (g.op("CastLike", [g.const(v, np.float32, n), area]) for v, n in ((1.0, "one"), (0.5, "mid")))
+        half = g.float_like(np.float32(factor) * np.float32(0.5), area, "half_factor")
+        one, mid = g.float_like(1.0, area, "one"), g.float_like(0.5, area, "mid")
         rescaled = []
         for low, high in ((x1, x2), (y1, y2)):
             centre = g.op("Mul", [g.op("Add", [low, high]), mid])
@@ -190,9 +190,7 @@ def adopt_mmcv_roi_align(node: onnx.NodeProto, scope: GraphScope, roi_sampling_r
     it for TensorRT), writing its output, and the report of it."""
     attrs = attributes_of(node)
     where = node_label(node)
-    if len(node.input) != 2 or not all(node.input):
-        raise AdoptionError(f"{where} has inputs {list(node.input)}; the op takes (input, rois); the file is "
-                            "malformed: re-export it")
+    features, rois = exact_inputs(node, ("input", "rois"))
     mode = attrs.get("mode", b"avg")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if mode not in ("avg", "max"):
@@ -207,7 +205,6 @@ def adopt_mmcv_roi_align(node: onnx.NodeProto, scope: GraphScope, roi_sampling_r
         raise AdoptionError(f"{where}: needs output sizes >= 1 and sampling_ratio >= 0, got {read}; the file is "
                             "malformed: re-export it")
     g = GraphBuilder(scope, node_id(node), keep_fp32=_BOX_ARITHMETIC)
-    features, rois = node.input
     image, corners = _rois_columns(g, rois)
     boxes = g.op("Concat", corners, axis=1)
     if read["aligned"] and read["sampling_ratio"] == 0:

@@ -27,23 +27,16 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, int_attribute, node_id,
-                          node_label, number_attribute, source_op)
+from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, exact_inputs,
+                          int_attribute, node_id, node_label, number_attribute, source_op)
 
 __all__ = ["adopt_gather_topk", "adopt_grid_priors", "adopt_instance_norm"]
-
-
-def _inputs(node: onnx.NodeProto, names: Tuple[str, ...]) -> List[str]:
-    if len(node.input) != len(names) or not all(node.input):
-        raise AdoptionError(f"{node_label(node)} has inputs {list(node.input)}; the op takes ({', '.join(names)}); "
-                            "the file is malformed: re-export it")
-    return list(node.input)
 
 
 def adopt_gather_topk(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
                       ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
     """``mmdeploy::GatherTopk`` as ``GatherND`` over its batch axes."""
-    data, indices = _inputs(node, ("data", "indices"))
+    data, indices = exact_inputs(node, ("data", "indices"))
     rank, notes = scope.rank(indices), ()
     if rank is None:  # mmdeploy's heads gather topk indices of shape (batch, k)
         rank, notes = 2, ("the indices' rank is not declared: read as mmdeploy writes them, (batch, k)",)
@@ -60,7 +53,7 @@ def adopt_gather_topk(node: onnx.NodeProto, scope: GraphScope, roi_sampling_rati
 def adopt_grid_priors(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
                       ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
     """``mmdeploy::GridPriorsTRT`` as the anchors of every cell from ``Range`` and ``Expand``."""
-    base, zero_h, zero_w = _inputs(node, ("base_anchors", "zero_h", "zero_w"))
+    base, zero_h, zero_w = exact_inputs(node, ("base_anchors", "zero_h", "zero_w"))
     attrs = attributes_of(node)
     strides = {name: int_attribute(node, attrs, name, 1) for name in ("stride_h", "stride_w")}
     g = GraphBuilder(scope, node_id(node), keep_fp32="anchor corners in pixels (mmdeploy's plugin is float32)")
@@ -84,7 +77,7 @@ def adopt_grid_priors(node: onnx.NodeProto, scope: GraphScope, roi_sampling_rati
 def adopt_instance_norm(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
                         ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
     """``mmdeploy::TRTInstanceNormalization`` as the standard ``InstanceNormalization`` (same name and values)."""
-    inputs = _inputs(node, ("input", "scale", "bias"))
+    inputs = exact_inputs(node, ("input", "scale", "bias"))
     rank = scope.rank(inputs[0])
     if rank is not None and rank not in (3, 4):
         raise AdoptionError(f"{node_label(node)}: its input has rank {rank}, and mmdeploy's plugin reads ranks 3 and 4 "

@@ -3,7 +3,8 @@
 Opsets, inputs/outputs (dtype, shape with fixed sizes and dimension names), the deformable nodes (our
 ``dcn_deploy`` domain, standard ``DeformConv``, and mmcv's/mmdeploy's ops that ``dcn-deploy adopt`` rewrites) with
 their attributes, the local functions stored in the model (the bodies that let stock ONNX Runtime run our ops), a
-count of every op type and, when asked for, every node's name and op type (the names ``build_engine(keep_fp32=...)`` / ``dcn-deploy build --keep-fp32`` take).
+count of every op type and, when asked for, every node's name and op type (the names
+``build_engine(keep_fp32=...)`` / ``dcn-deploy build --keep-fp32`` take).
 Needs onnx only.
 """
 from __future__ import annotations

@@ -31,13 +31,12 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from ..feeds.shapes import format_shape
 from ..wording import argument, for_reader
 from .example_samplers import Sampler, module_sampler, zoo_sampler
 from .loaded_model import DTYPES, LoadedModel, parse_input_shape
 from .program_shapes import program_input_shapes, program_shape_mismatch
 from .user_code_errors import ModelCodeError, describe_exception
-from .weights_loading import load_weights, unreadable_weights_reason
+from .weights_loading import load_weights, shape_mismatches, unreadable_weights_reason
 
 __all__ = ["LoadedModel", "ModelCodeError", "Sampler", "describe_exception", "load_model", "parse_input_shape",
            "program_input_shapes", "program_shape_mismatch", "unreadable_weights_reason", "DTYPES"]
@@ -346,11 +345,10 @@ def _rebuild_for_checkpoint_classes(entry, model: torch.nn.Module, weights: Unio
 
     classes = head_class_count(report, model.num_classes)
     if classes is None:
-        shown = ", ".join(f"{key} (checkpoint {format_shape(a)} vs model {format_shape(b)})"
-                          for key, a, b in report.mismatched[:3])
         raise ValueError(f"{argument('weights', '--weights')} {weights} does not fit zoo model {entry.name}'s head: "
-                         f"{shown}; those tensors would keep their random initial values and the outputs would "
-                         "mean nothing, and the shapes are not those of another class count. Give the checkpoint "
+                         f"{shape_mismatches(report.mismatched)}; those tensors would keep their random initial "
+                         "values and the outputs would mean nothing, and the shapes are not those of another class "
+                         "count. Give the checkpoint "
                          f"saved from {entry.name}, or export your own model as FILE.py:FACTORY")
     print(f"note: the checkpoint's head is for {classes} classes, not {model.num_classes}: built {entry.name} with "
           f"num_classes={classes}", file=sys.stderr)

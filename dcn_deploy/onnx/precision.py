@@ -61,9 +61,9 @@ from ..wording import argument
 # type parameters then guide the conversion of our nodes.
 from .opset import BFLOAT16_MIN_OPSET
 
-__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_MARK", "KEEP_FP32_OPS", "PrecisionError", "check_convertible", "check_keep_fp32_nodes",
-           "check_precision_options", "keep_fp32_names", "PrecisionReport", "convert_precision",
-           "float_to_bfloat16_bits"]
+__all__ = ["KEEP_FP32_DOMAIN_OPS", "KEEP_FP32_MARK", "KEEP_FP32_OPS", "PrecisionError", "check_convertible",
+           "check_keep_fp32_nodes", "check_precision_options", "keep_fp32_names", "PrecisionReport",
+           "convert_precision", "float_to_bfloat16_bits"]
 
 # op_type (default domain) -> why it stays float32. See the module docstring for the rule.
 KEEP_FP32_OPS: Dict[str, str] = {

@@ -106,6 +106,12 @@ def _state_dict_from(path: Path) -> Mapping[str, torch.Tensor]:
     return state
 
 
+def shape_mismatches(mismatched) -> str:
+    """``(key, checkpoint shape, model shape)`` triples as ``"fc.weight (checkpoint 10x2048 vs model 1000x2048), ..."``,
+    the first three."""
+    return ", ".join(f"{k} (checkpoint {format_shape(a)} vs model {format_shape(b)})" for k, a, b in mismatched[:3])
+
+
 def load_weights(model: torch.nn.Module, path: Path, reference: str) -> None:
     """Load the state_dict in ``path`` into ``model`` exactly: a missing, unexpected or differently shaped tensor
     is a ValueError naming a few of each (load_state_dict(strict=False) still raises on shapes, in torch's words)."""
@@ -117,8 +123,7 @@ def load_weights(model: torch.nn.Module, path: Path, reference: str) -> None:
     result = model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
     problems = []
     if resized:
-        shown = ", ".join(f"{k} (checkpoint {format_shape(a)} vs model {format_shape(b)})" for k, a, b in resized[:3])
-        problems.append(f"{len(resized)} with another shape (e.g. {shown})")
+        problems.append(f"{len(resized)} with another shape (e.g. {shape_mismatches(resized)})")
     missing = [k for k in result.missing_keys if k not in skipped]
     if missing:
         problems.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
