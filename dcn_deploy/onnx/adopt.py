@@ -283,7 +283,7 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
         adoption.inlined = [f"{domain}::{name}" for domain, name in holding]
     if adoption.opset_before < MIN_OPSET and foreign_nodes(work):
         work = _raised_opset(work, MIN_OPSET)
-    _rewrite_graph(work.graph, GraphScope(work.graph, _value_names(work)), roi_sampling_ratio, adoption.nodes)
+    _rewrite_graph(work.graph, GraphScope(work.graph, _value_names(work), model=work), roi_sampling_ratio, adoption.nodes)
     adoption.opset_after = default_opset(work)
     adoption.left = [f"{node_id(n)} ({source_op(n)})" for n in all_nodes(work.graph)
                      if n.domain in FOREIGN_DOMAINS]

@@ -1,12 +1,14 @@
 """Which translation rewrites which foreign node: the deformable layers (:mod:`dcn_deploy.onnx.adopt_nodes`, into our
-ops), and mmdeploy's multi-class NMS, RoIAlign and ops with a direct standard form (:mod:`dcn_deploy.onnx.adopt_nms`,
-:mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_small_ops`; into standard ONNX)."""
+ops), and mmdeploy's multi-class NMS, RoIAlign, multi-scale deformable attention and ops with a direct standard form
+(:mod:`dcn_deploy.onnx.adopt_nms`, :mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_msda`,
+:mod:`dcn_deploy.onnx.adopt_small_ops`; into standard ONNX)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
 import onnx
 
+from .adopt_msda import adopt_multi_scale_deformable_attention
 from .adopt_nms import adopt_batched_nms
 from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, Translation,
                           adopt_mmcv_deform_conv, adopt_mmcv_deform_roi_pool, adopt_mmcv_modulated_deform_conv,
@@ -22,7 +24,7 @@ _DEFORMABLE: Dict[str, Translation] = {
     "MMCVModulatedDeformConv2d": adopt_mmcv_modulated_deform_conv,
     "MMCVDeformRoIPool": adopt_mmcv_deform_roi_pool,
 }
-# mmdeploy's other ops (of detectors) that have a standard form
+# mmdeploy's other ops (of detectors; Deformable DETR's attention) that have a standard form
 _OTHER: Dict[str, Translation] = {
     "TRTBatchedNMS": adopt_batched_nms,
     "MMCVMultiLevelRoiAlign": adopt_multi_level_roi_align,
@@ -30,6 +32,7 @@ _OTHER: Dict[str, Translation] = {
     "GatherTopk": adopt_gather_topk,
     "GridPriorsTRT": adopt_grid_priors,
     "TRTInstanceNormalization": adopt_instance_norm,
+    "MMCVMultiScaleDeformableAttention": adopt_multi_scale_deformable_attention,
 }
 _MORE_OUTPUTS = {"TRTBatchedNMS"}  # (its translation checks them)
 
@@ -47,8 +50,8 @@ def _translation(node: onnx.NodeProto) -> Optional[Translation]:
 
 def is_adoptable(node: onnx.NodeProto) -> bool:
     """A node :func:`dcn_deploy.onnx.adopt.adopt_model` rewrites: a standard ``DeformConv``, mmcv's/mmdeploy's
-    deformable ops, mmdeploy's ``TRTBatchedNMS``, ``MMCVMultiLevelRoiAlign``, ``MMCVRoiAlign``, ``GatherTopk``,
-    ``GridPriorsTRT`` and ``TRTInstanceNormalization``."""
+    deformable ops, mmdeploy's ``TRTBatchedNMS``, ``MMCVMultiLevelRoiAlign``, ``MMCVRoiAlign``,
+    ``MMCVMultiScaleDeformableAttention``, ``GatherTopk``, ``GridPriorsTRT`` and ``TRTInstanceNormalization``."""
     return _translation(node) is not None
 
 

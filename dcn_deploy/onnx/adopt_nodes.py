@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..wording import argument
-from .opset import DEFORM_CONV, DOMAIN
+from .opset import DEFORM_CONV, DOMAIN, subgraphs
 from .precision import KEEP_FP32_MARK
 from .roi_opset import DEFORM_ROI_POOL
 
@@ -149,10 +149,15 @@ class GraphScope:
     """One graph's rewrite: the initializers visible in it (its own and its outer graphs'), fresh value names, and
     the initializers to add to it."""
 
-    def __init__(self, graph: onnx.GraphProto, names: set, outer: Optional["GraphScope"] = None):
+    def __init__(self, graph: onnx.GraphProto, names: set, outer: Optional["GraphScope"] = None,
+                 model: Optional[onnx.ModelProto] = None):
+        """``model``: the model whose main graph this is (None for a subgraph's scope, which asks ``outer``): its
+        default opset, and the shapes onnx's inference finds in it (:meth:`dims`)."""
         self.graph = graph
         self.names = names  # every value name of the model, shared by the scopes
         self.outer = outer
+        self.model = model
+        self._inferred: Optional[Dict[str, Tuple[Optional[int], ...]]] = None
         self.initializers = {t.name: t for t in graph.initializer}
         self.constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS
                           and len(n.output) == 1}
@@ -174,6 +179,42 @@ class GraphScope:
                 return len(value.type.tensor_type.shape.dim)
         return self.outer.rank(name) if self.outer is not None else None
 
+    def dims(self, name: str) -> Optional[Tuple[Optional[int], ...]]:
+        """The shape of value ``name``, each axis a size or None where unknown: as the file declares it (an
+        initializer, a Constant, an input, a value_info or an output of this graph or an outer one), else as onnx's
+        shape inference (with data propagation) finds it in the model; None where the rank is unknown too."""
+        declared = self._declared_dims(name)
+        if declared is not None and all(d is not None for d in declared):
+            return declared
+        return self._inferred_dims().get(name, declared)
+
+    def _declared_dims(self, name: str) -> Optional[Tuple[Optional[int], ...]]:
+        tensor = self.initializer(name)
+        if tensor is None and name in self.constants:
+            value = next((a for a in self.constants[name].attribute if a.name == "value"), None)
+            tensor = value.t if value is not None else None
+        if tensor is not None:
+            return tuple(int(d) for d in tensor.dims)
+        for value in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
+            if value.name == name and value.type.tensor_type.HasField("shape"):
+                return _shape_dims(value)
+        return self.outer._declared_dims(name) if self.outer is not None else None
+
+    def _inferred_dims(self) -> Dict[str, Tuple[Optional[int], ...]]:
+        if self.outer is not None:
+            return self.outer._inferred_dims()
+        if self._inferred is None:
+            self._inferred = _inferred_shapes(self.model) if self.model is not None else {}
+        return self._inferred
+
+    def opset(self) -> Optional[int]:
+        """The model's default opset; None where the scope has no model."""
+        if self.outer is not None:
+            return self.outer.opset()
+        if self.model is None:
+            return None
+        return next((imp.version for imp in self.model.opset_import if imp.domain in STANDARD_DOMAINS), None)
+
     def elem_type(self, name: str) -> Optional[int]:
         """The element type the graph declares for value ``name`` (an output or a value_info of this graph or an
         outer one); None where unknown."""
@@ -192,6 +233,28 @@ class GraphScope:
 
     def fresh(self, base: str) -> str:
         return fresh_name(self.names, base)
+
+
+def _shape_dims(value: onnx.ValueInfoProto) -> Tuple[Optional[int], ...]:
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim)
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[Optional[int], ...]]:
+    """Value name -> shape, as onnx's shape inference with data propagation finds them in ``model`` (in every graph;
+    empty where inference fails: the shapes are then unknown, not wrong)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference raises its own C++ error types; unknown shapes are handled
+        return {}
+    shapes: Dict[str, Tuple[Optional[int], ...]] = {}
+    graphs = [inferred.graph]
+    while graphs:
+        graph = graphs.pop()
+        for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+            if value.type.tensor_type.HasField("shape"):
+                shapes[value.name] = _shape_dims(value)
+        graphs += [subgraph for node in graph.node for subgraph in subgraphs(node)]
+    return shapes
 
 
 class GraphBuilder:
