@@ -262,6 +262,26 @@ class TestTensorRTRtxAheadOfTime:
         errors, _, built, log = _rtx_parse_and_build(rtx_env, adopted, tmp_path / "head.onnx", profile)
         assert errors == [] and built, log
 
+    def test_adopted_multi_scale_deformable_attention_builds(self, rtx_env, tmp_path):
+        """mmdeploy's MMCVMultiScaleDeformableAttention, adopted as GridSample per level (4 levels of a 800x800
+        input's strides 8-64, int32 shapes as mmdeploy's plugin reads them, stored in the file), parses and builds
+        with dynamic batch and queries: the level sizes and start indices feed Slice and Reshape as shape values."""
+        import numpy as np
+        from test_adopt_msda import _model
+
+        from dcn_deploy.onnx.adopt import adopt_model
+
+        shapes = np.array([[100, 100], [50, 50], [25, 25], [13, 13]])
+        starts = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]])
+        adopted, _ = adopt_model(_model(4, index_type=onnx.TensorProto.INT32, shapes_as=(shapes, starts)))
+        keys, queries = int((shapes[:, 0] * shapes[:, 1]).sum()), 300
+        profile = {"value": [[1, keys, 8, 32], [2, keys, 8, 32], [2, keys, 8, 32]],
+                   "sampling_locations": [[1, 1, 8, 4, 4, 2], [2, queries, 8, 4, 4, 2], [2, queries, 8, 4, 4, 2]],
+                   "attention_weights": [[1, 1, 8, 4, 4], [2, queries, 8, 4, 4], [2, queries, 8, 4, 4]]}
+        errors, layers, built, log = _rtx_parse_and_build(rtx_env, adopted, tmp_path / "msda.onnx", profile)
+        assert errors == [] and built, log
+        assert "GRID_SAMPLE" in layers, layers
+
     def test_models_parsed_from_file(self, rtx_env, tmp_path):
         """The file route under a real ONNX parser (TensorRT-RTX's, on the CPU): a model whose weights live in an
         external file, and an ordinary one pushed onto the route by a limit of 1 byte, both build with our plugin
