@@ -14,6 +14,7 @@ by the ``dcn_deploy`` node that computes the same thing:
 | ``mmcv::MMCVDeformRoIPool``, ``mmdeploy::...`` | ``DeformRoIPool`` | same inputs and attribute names (ours are mmcv's) |
 | ``mmdeploy::TRTBatchedNMS`` | standard ``NonMaxSuppression``, ``TopK``, ... | what mmdeploy's TensorRT plugin computes (:mod:`dcn_deploy.onnx.adopt_nms`) |
 | ``mmdeploy::MMCVMultiLevelRoiAlign``, ``mmcv::MMCVRoiAlign`` | standard ``RoiAlign`` (opset 16), per level | what mmdeploy's TensorRT plugins compute, average pooling (:mod:`dcn_deploy.onnx.adopt_roi_align`) |
+| ``mmdeploy::MMCVMultiScaleDeformableAttention`` | standard ``GridSample``, per level | what mmdeploy's TensorRT plugin computes (:mod:`dcn_deploy.onnx.adopt_msda`) |
 | ``mmdeploy::GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization`` | standard ``GatherND``; ``Range``, ``Expand``; ``InstanceNormalization`` | the same (:mod:`dcn_deploy.onnx.adopt_small_ops`) |
 
 mmcv's attributes ``stride``, ``padding``, ``dilation``, ``groups``, ``deform_groups`` become ``strides``, ``pads``
@@ -248,9 +249,10 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     19 where lower, and the imports of foreign domains no node uses any more dropped. ``model`` is not changed.
 
     mmdeploy's multi-class NMS (``mmdeploy::TRTBatchedNMS``), RoIAlign (``MMCVMultiLevelRoiAlign``,
-    ``MMCVRoiAlign``) and ops with a direct standard form (``GatherTopk``, ``GridPriorsTRT``,
-    ``TRTInstanceNormalization``) become standard ONNX ops that compute what its TensorRT plugins compute
-    (:mod:`dcn_deploy.onnx.adopt_nms`, :mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_small_ops`).
+    ``MMCVRoiAlign``), multi-scale deformable attention (``MMCVMultiScaleDeformableAttention``) and ops with a
+    direct standard form (``GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization``) become standard ONNX ops
+    that compute what its TensorRT plugins compute (:mod:`dcn_deploy.onnx.adopt_nms`,
+    :mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_msda`, :mod:`dcn_deploy.onnx.adopt_small_ops`).
     Other mmcv/mmdeploy nodes (``mmdeploy::TRTBatchedRotatedNMS``, say) are left as they are and listed in
     ``adoption.left``: they still need their project's plugin library.
 
