@@ -233,3 +233,19 @@ def test_a_float16_build_keeps_the_attention_float32():
     got = session.run(None, {"value": value, "spatial_shapes": shapes, "level_start_index": starts,
                              "sampling_locations": locations, "attention_weights": weights})[0]
     np.testing.assert_allclose(got, plugin_msda(value, shapes, starts, locations, weights), rtol=1e-5, atol=1e-5)
+
+
+def test_inspect_points_to_adopt_for_mmdeploy_ops_that_are_not_convolutions(tmp_path):
+    """A file whose only mmdeploy node is the attention: ``inspect`` names it and the adopt command."""
+    from dcn_deploy.onnx.inspect import format_inspection, inspect_model
+
+    path = tmp_path / "detr.onnx"
+    onnx.save(_model(2), path)
+    info = inspect_model(path)
+    assert info["foreign_other"] == "1 mmdeploy::MMCVMultiScaleDeformableAttention"
+    text = format_inspection(info)
+    assert (f"other mmdeploy ops: 1 mmdeploy::MMCVMultiScaleDeformableAttention: they run only with mmdeploy's plugin "
+            f"library; dcn-deploy adopt {path} rewrites them as standard ONNX") in text
+    adopted, _ = adopt_model(onnx.load(path))
+    onnx.save(adopted, tmp_path / "adopted.onnx")
+    assert inspect_model(tmp_path / "adopted.onnx")["foreign_other"] == ""

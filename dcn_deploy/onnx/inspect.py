@@ -85,6 +85,8 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
     Keys: path, ir_version, producer, opsets {domain: version}, inputs/outputs [{name, dtype, shape}],
     deformable_nodes [{name, op_type, domain, inputs, outputs, attributes, has_bias, has_mask, weight_shape}],
     foreign_in_functions (mmcv's/mmdeploy's deformable nodes inside local functions, counted; "" without),
+    foreign_other (mmdeploy's other ops that adopt rewrites as standard ONNX: its NMS, RoIAlign, multi-scale
+    deformable attention, ..., counted; "" without),
     functions [{domain, name, opsets, body}], op_counts {"domain::op_type": n}, node_count, metadata; with
     ``nodes=True`` (CLI: ``--nodes``) also nodes [{name, op_type, domain}] for every graph node in order (an
     unnamed node is "#<index>").
@@ -115,6 +117,9 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
         } for f in model.functions],
         # mmcv's/mmdeploy's nodes inside local functions (torch's export_modules_as_functions), which adopt inlines
         "foreign_in_functions": node_summary(foreign_nodes(model, standard=False, where="functions")),
+        # mmdeploy's other ops that adopt rewrites as standard ONNX (NMS, RoIAlign, deformable attention, ...)
+        "foreign_other": node_summary([n for n in foreign_nodes(model, standard=False, where="graph")
+                                       if not is_adoptable_deformable(n)]),
         "op_counts": dict(sorted(counts.items())),
         "node_count": len(graph.node),
         "initializer_count": len(graph.initializer),
@@ -163,7 +168,8 @@ def format_inspection(info: dict) -> str:
     lines.append("outputs:")
     lines += [f"  {v['name']}: {v['dtype']} [{spaced_shape(v['shape'])}]" for v in info["outputs"]]
     nodes = info["deformable_nodes"]
-    none = " (none: this model has no deformable layer)" if not info.get("foreign_in_functions") else " in the graph"
+    none = (" (none: no deformable convolution or RoI pooling)" if not info.get("foreign_in_functions")
+            else " in the graph")
     lines.append(f"deformable nodes: {len(nodes)}" + ("" if nodes else none))
     for n in nodes:
         extras = []
@@ -185,6 +191,9 @@ def format_inspection(info: dict) -> str:
     elif any(n["op_type"] == "DeformConv" and n["domain"] == "ai.onnx" for n in nodes):
         lines.append(f"  hint: TensorRT builds a standard DeformConv with its own plugin (float and half, symmetric "
                      f"pads); dcn-deploy adopt {info['path']} rewrites them as {DOMAIN}'s, for our plugin")
+    if info.get("foreign_other"):
+        lines.append(f"other mmdeploy ops: {info['foreign_other']}: they run only with mmdeploy's plugin library; "
+                     f"dcn-deploy adopt {info['path']} rewrites them as standard ONNX")
     if info["functions"]:
         lines.append("functions (bodies that stock ONNX Runtime inlines):")
         for f in info["functions"]:
