@@ -249,3 +249,34 @@ def test_inspect_points_to_adopt_for_mmdeploy_ops_that_are_not_convolutions(tmp_
     adopted, _ = adopt_model(onnx.load(path))
     onnx.save(adopted, tmp_path / "adopted.onnx")
     assert inspect_model(tmp_path / "adopted.onnx")["foreign_other"] == ""
+
+
+def test_level_count_inferred_through_other_mmdeploy_nodes():
+    """As in mmdeploy's Deformable DETR exports: the locations' shape is only known by data propagation through the
+    output of another mmdeploy node (GroupNorm as TRTInstanceNormalization, which shape inference cannot see
+    through), so the attention is rewritten after that node is standard ONNX."""
+    rng = np.random.default_rng(12)
+    value, shapes, starts, _, weights = _case(rng, 2, 3, 2, 2, [(3, 4), (2, 2)], 2)
+    features = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    ones, zeros = (numpy_helper.from_array(np.full(3, v, np.float32), n) for v, n in ((1, "scale"), (0, "bias")))
+    tail = numpy_helper.from_array(np.array([2, 2, 2, 2], np.int64), "tail")
+    before = [helper.make_node("TRTInstanceNormalization", ["features", "scale", "bias"], ["normed"],
+                               domain="mmdeploy", epsilon=1e-5),
+              helper.make_node("Shape", ["normed"], ["lead"], start=0, end=2),
+              helper.make_node("Concat", ["lead", "tail"], ["target"], axis=0),
+              helper.make_node("Reshape", ["normed", "target"], ["raw_locations"]),
+              helper.make_node("Sigmoid", ["raw_locations"], ["sampling_locations"])]
+    model = _model(2, declare_levels=False, before=before)
+    model.graph.input[1].CopyFrom(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["bs", "nq", 16]))
+    model.graph.initializer.extend([ones, zeros, tail])
+    adopted, adoption = adopt_model(model)
+    assert [n.source for n in adoption.nodes] == ["mmdeploy::TRTInstanceNormalization",
+                                                  "mmdeploy::MMCVMultiScaleDeformableAttention"]
+    assert adoption.nodes[1].attributes == {"levels": 2} and adoption.left == []
+    session = ort.InferenceSession(adopted.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"value": value, "spatial_shapes": shapes, "level_start_index": starts,
+                             "features": features, "attention_weights": weights})[0]
+    centred = features - features.mean(-1, keepdims=True)
+    normed = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-5)
+    locations = 1 / (1 + np.exp(-normed.reshape(2, 3, 2, 2, 2, 2)))
+    np.testing.assert_allclose(got, plugin_msda(value, shapes, starts, locations, weights), rtol=1e-5, atol=1e-5)

@@ -41,7 +41,7 @@ import onnx
 from onnx import helper
 
 from ..wording import argument
-from .adopt_dispatch import MMCV_OPS, is_adoptable, is_adoptable_deformable, translate
+from .adopt_dispatch import MMCV_OPS, is_adoptable, is_adoptable_deformable, reads_inferred_shapes, translate
 from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, attributes_of,
                           fresh_name, node_id, number_attribute, source_op)
 from .opset import DOMAIN, MIN_OPSET, all_nodes, attach_functions, default_opset, subgraphs, with_subgraphs
@@ -53,7 +53,8 @@ __all__ = ["FOREIGN_DOMAINS", "AdoptedNode", "AdoptedFile", "Adoption", "Adoptio
 
 @dataclass
 class Adoption:
-    """What :func:`adopt_model` did: the nodes rewritten, in graph order, and the default opset before and after."""
+    """What :func:`adopt_model` did: the nodes rewritten, in graph order (multi-scale deformable attention last: it
+    is rewritten once the others are standard ONNX), and the default opset before and after."""
 
     nodes: List[AdoptedNode] = field(default_factory=list)
     opset_before: int = 0
@@ -156,12 +157,14 @@ def _value_names(model: onnx.ModelProto) -> set:
 
 
 def _rewrite_graph(graph: onnx.GraphProto, scope: GraphScope, roi_sampling_ratio: Optional[int],
-                   adopted: List[AdoptedNode]) -> None:
+                   adopted: List[AdoptedNode], late: bool) -> None:
+    """Rewrite the adoptable nodes of ``graph`` and its subgraphs, in place: those whose translation reads inferred
+    shapes (``late``), or the others."""
     rewritten: List[onnx.NodeProto] = []
     for node in graph.node:
         for subgraph in subgraphs(node):
-            _rewrite_graph(subgraph, GraphScope(subgraph, scope.names, scope), roi_sampling_ratio, adopted)
-        if not is_adoptable(node):
+            _rewrite_graph(subgraph, GraphScope(subgraph, scope.names, scope), roi_sampling_ratio, adopted, late)
+        if not is_adoptable(node) or reads_inferred_shapes(node) != late:
             rewritten.append(node)
             continue
         new_nodes, report = translate(node, scope, roi_sampling_ratio)
@@ -285,7 +288,10 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
         adoption.inlined = [f"{domain}::{name}" for domain, name in holding]
     if adoption.opset_before < MIN_OPSET and foreign_nodes(work):
         work = _raised_opset(work, MIN_OPSET)
-    _rewrite_graph(work.graph, GraphScope(work.graph, _value_names(work), model=work), roi_sampling_ratio, adoption.nodes)
+    names = _value_names(work)
+    for late in (False, True):  # the second round's shape inference sees the first round's standard ops
+        _rewrite_graph(work.graph, GraphScope(work.graph, names, model=work), roi_sampling_ratio, adoption.nodes,
+                       late)
     adoption.opset_after = default_opset(work)
     adoption.left = [f"{node_id(n)} ({source_op(n)})" for n in all_nodes(work.graph)
                      if n.domain in FOREIGN_DOMAINS]

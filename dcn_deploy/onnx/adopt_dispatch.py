@@ -16,7 +16,7 @@ from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, Adopti
 from .adopt_roi_align import adopt_mmcv_roi_align, adopt_multi_level_roi_align
 from .adopt_small_ops import adopt_gather_topk, adopt_grid_priors, adopt_instance_norm
 
-__all__ = ["MMCV_OPS", "is_adoptable", "is_adoptable_deformable", "translate"]
+__all__ = ["MMCV_OPS", "is_adoptable", "is_adoptable_deformable", "reads_inferred_shapes", "translate"]
 
 # mmcv's/mmdeploy's deformable ops, each becoming one of ours (one output each)
 _DEFORMABLE: Dict[str, Translation] = {
@@ -35,6 +35,9 @@ _OTHER: Dict[str, Translation] = {
     "MMCVMultiScaleDeformableAttention": adopt_multi_scale_deformable_attention,
 }
 _MORE_OUTPUTS = {"TRTBatchedNMS"}  # (its translation checks them)
+# Translations that read shapes the file may leave to onnx's shape inference, which cannot see through the other
+# foreign nodes: they run after those are rewritten.
+_READS_INFERRED_SHAPES = {"MMCVMultiScaleDeformableAttention"}
 
 # The mmcv/mmdeploy op types adopted, for messages.
 MMCV_OPS = tuple(sorted(_DEFORMABLE)) + tuple(sorted(_OTHER))
@@ -58,6 +61,12 @@ def is_adoptable(node: onnx.NodeProto) -> bool:
 def is_adoptable_deformable(node: onnx.NodeProto) -> bool:
     """An adoptable node that is a deformable layer (not one of the detection ops)."""
     return is_adoptable(node) and not (node.domain in FOREIGN_DOMAINS and node.op_type in _OTHER)
+
+
+def reads_inferred_shapes(node: onnx.NodeProto) -> bool:
+    """An adoptable node whose translation reads shapes from onnx's shape inference: rewrite it after the others
+    (inference knows nothing past a foreign node, such as mmdeploy's GroupNorm before Deformable DETR's attention)."""
+    return node.domain in FOREIGN_DOMAINS and node.op_type in _READS_INFERRED_SHAPES
 
 
 def translate(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int]
