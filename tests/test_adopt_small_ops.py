@@ -135,3 +135,62 @@ def test_instance_norm_as_mmdeploy_writes_group_norm_matches_torch():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert adoption.nodes[0].target == "ONNX InstanceNormalization" and adoption.nodes[0].attributes == {
         "epsilon": 1e-5}
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("padding_mode", [0, 1, 2])
+@pytest.mark.parametrize("align_corners", [0, 1])
+def test_grid_sampler_matches_torch_grid_sample(mode, padding_mode, align_corners):
+    """mmdeploy's grid_sampler (PyTorch's enums) as GridSample gives what F.grid_sample gives, grid points off the
+    map included (the grid reaches 1.4 past each border)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(mode * 6 + padding_mode * 2 + align_corners)
+    data = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    grid = rng.uniform(-1.4, 1.4, (2, 4, 6, 2)).astype(np.float32)
+    domain = "mmcv" if mode == 1 else "mmdeploy"  # mmdeploy's PPL exports write mmcv::grid_sampler
+    node = helper.make_node("grid_sampler", ["data", "grid"], ["out"], domain=domain, name="sampler",
+                            interpolation_mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    model = _model(node, [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+                          helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["N", "h", "w", 2])],
+                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "h", "w"])])
+    if domain == "mmcv":
+        model.opset_import.append(helper.make_opsetid("mmcv", 1))
+    got, adoption = _run(model, {"data": data, "grid": grid})
+    want = torch.nn.functional.grid_sample(torch.from_numpy(data), torch.from_numpy(grid),
+                                           mode=("bilinear", "nearest", "bicubic")[mode],
+                                           padding_mode=("zeros", "border", "reflection")[padding_mode],
+                                           align_corners=bool(align_corners)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    report = adoption.nodes[0]
+    assert report.target == "ONNX GridSample" and report.attributes["align_corners"] == align_corners
+    assert bool(report.notes) == (mode == 2)  # bicubic: mmdeploy's plugin computes bilinear, noted
+
+
+def test_grid_sampler_of_rank_5_needs_opset_20():
+    node = helper.make_node("grid_sampler", ["data", "grid"], ["out"], domain="mmdeploy", name="sampler3d",
+                            interpolation_mode=0, padding_mode=0, align_corners=0)
+    model = _model(node, [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 2, 3, 4, 5]),
+                          helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 2, 2, 2, 3])],
+                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 2, 2, 2])])
+    with pytest.raises(AdoptionError, match=r"'sampler3d'.*rank 5.*opset >= 20"):
+        adopt_model(model)
+    next(a for a in node.attribute if a.name == "interpolation_mode").i = 7
+    with pytest.raises(AdoptionError, match=r"'sampler3d'.*interpolation_mode 7.*PyTorch's values"):
+        adopt_model(_model(node, list(model.graph.input), list(model.graph.output)))
+
+
+def test_grid_sampler_of_rank_5_at_opset_20_matches_torch():
+    """From opset 20, GridSample takes 5-D inputs (and renames bilinear "linear"): a 3-D grid_sample adopts."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(40)
+    data = rng.standard_normal((1, 2, 3, 4, 5)).astype(np.float32)
+    grid = rng.uniform(-1.2, 1.2, (1, 2, 3, 2, 3)).astype(np.float32)
+    node = helper.make_node("grid_sampler", ["data", "grid"], ["out"], domain="mmdeploy", name="sampler3d",
+                            interpolation_mode=0, padding_mode=1, align_corners=0)
+    model = _model(node, [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 2, 3, 4, 5]),
+                          helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 2, 3, 2, 3])],
+                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 2, 3, 2])], opset=20)
+    got, _ = _run(model, {"data": data, "grid": grid})
+    want = torch.nn.functional.grid_sample(torch.from_numpy(data), torch.from_numpy(grid), mode="bilinear",
+                                           padding_mode="border", align_corners=False).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -24,8 +24,8 @@ def command(model_path: Path, output: Optional[Path], roi_sampling_ratio: Option
     """Rewrite the deformable nodes other exporters wrote as dcn_deploy's ops: mmcv's and mmdeploy's
     MMCVDeformConv2d, MMCVModulatedDeformConv2d and MMCVDeformRoIPool, and ONNX's DeformConv (torchvision's
     deform_conv2d through torch's exporter); and mmdeploy's detection ops (TRTBatchedNMS, MMCVMultiLevelRoiAlign,
-    MMCVRoiAlign, GatherTopk, GridPriorsTRT, TRTInstanceNormalization) and Deformable DETR's attention
-    (MMCVMultiScaleDeformableAttention) as standard ONNX ops.
+    MMCVRoiAlign, GatherTopk, GridPriorsTRT, TRTInstanceNormalization, grid_sampler) and Deformable DETR's
+    attention (MMCVMultiScaleDeformableAttention) as standard ONNX ops.
 
     \b
     The result builds with our TensorRT plugin (no mmdeploy plugin library, any TensorRT 10/11) and runs in stock
@@ -33,8 +33,8 @@ def command(model_path: Path, output: Optional[Path], roi_sampling_ratio: Option
     of MMCVDeformConv2d is read as it was written ([pad_h, pad_h, pad_w, pad_w]); a default opset below 19 is
     raised to 19 (our ops' function bodies need it). TRTBatchedNMS becomes NonMaxSuppression, TopK and indexing;
     the RoIAlign nodes RoiAlign per feature level; GatherTopk GatherND; GridPriorsTRT Range and Expand;
-    TRTInstanceNormalization InstanceNormalization; MMCVMultiScaleDeformableAttention GridSample per feature
-    level: each computes what mmdeploy's TensorRT plugin computes (dcn_deploy/onnx/adopt_nms.py,
+    TRTInstanceNormalization InstanceNormalization; grid_sampler GridSample; MMCVMultiScaleDeformableAttention
+    GridSample per feature level: each computes what mmdeploy's TensorRT plugin computes (dcn_deploy/onnx/adopt_nms.py,
     adopt_roi_align.py, adopt_small_ops.py, adopt_msda.py; a max-pooled RoIAlign is refused).
     Other mmcv/mmdeploy ops (TRTBatchedRotatedNMS, say) are left as they are, and listed.
 

@@ -15,7 +15,7 @@ by the ``dcn_deploy`` node that computes the same thing:
 | ``mmdeploy::TRTBatchedNMS`` | standard ``NonMaxSuppression``, ``TopK``, ... | what mmdeploy's TensorRT plugin computes (:mod:`dcn_deploy.onnx.adopt_nms`) |
 | ``mmdeploy::MMCVMultiLevelRoiAlign``, ``mmcv::MMCVRoiAlign`` | standard ``RoiAlign`` (opset 16), per level | what mmdeploy's TensorRT plugins compute, average pooling (:mod:`dcn_deploy.onnx.adopt_roi_align`) |
 | ``mmdeploy::MMCVMultiScaleDeformableAttention`` | standard ``GridSample``, per level | what mmdeploy's TensorRT plugin computes (:mod:`dcn_deploy.onnx.adopt_msda`) |
-| ``mmdeploy::GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization`` | standard ``GatherND``; ``Range``, ``Expand``; ``InstanceNormalization`` | the same (:mod:`dcn_deploy.onnx.adopt_small_ops`) |
+| ``mmdeploy::GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization``, ``grid_sampler`` | standard ``GatherND``; ``Range``, ``Expand``; ``InstanceNormalization``; ``GridSample`` | the same (:mod:`dcn_deploy.onnx.adopt_small_ops`) |
 
 mmcv's attributes ``stride``, ``padding``, ``dilation``, ``groups``, ``deform_groups`` become ``strides``, ``pads``
 (padding on both sides), ``dilations``, ``group`` and ``offset_group``. mmdeploy writes ``MMCVDeformConv2d``'s
@@ -253,8 +253,8 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
 
     mmdeploy's multi-class NMS (``mmdeploy::TRTBatchedNMS``), RoIAlign (``MMCVMultiLevelRoiAlign``,
     ``MMCVRoiAlign``), multi-scale deformable attention (``MMCVMultiScaleDeformableAttention``) and ops with a
-    direct standard form (``GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization``) become standard ONNX ops
-    that compute what its TensorRT plugins compute (:mod:`dcn_deploy.onnx.adopt_nms`,
+    direct standard form (``GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization``, ``grid_sampler``) become
+    standard ONNX ops that compute what its TensorRT plugins compute (:mod:`dcn_deploy.onnx.adopt_nms`,
     :mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_msda`, :mod:`dcn_deploy.onnx.adopt_small_ops`).
     Other mmcv/mmdeploy nodes (``mmdeploy::TRTBatchedRotatedNMS``, say) are left as they are and listed in
     ``adoption.left``: they still need their project's plugin library.

@@ -14,7 +14,7 @@ from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, Adopti
                           adopt_mmcv_deform_conv, adopt_mmcv_deform_roi_pool, adopt_mmcv_modulated_deform_conv,
                           adopt_standard_deform_conv, node_label)
 from .adopt_roi_align import adopt_mmcv_roi_align, adopt_multi_level_roi_align
-from .adopt_small_ops import adopt_gather_topk, adopt_grid_priors, adopt_instance_norm
+from .adopt_small_ops import adopt_gather_topk, adopt_grid_priors, adopt_grid_sampler, adopt_instance_norm
 
 __all__ = ["MMCV_OPS", "is_adoptable", "is_adoptable_deformable", "reads_inferred_shapes", "translate"]
 
@@ -33,6 +33,7 @@ _OTHER: Dict[str, Translation] = {
     "GridPriorsTRT": adopt_grid_priors,
     "TRTInstanceNormalization": adopt_instance_norm,
     "MMCVMultiScaleDeformableAttention": adopt_multi_scale_deformable_attention,
+    "grid_sampler": adopt_grid_sampler,
 }
 _MORE_OUTPUTS = {"TRTBatchedNMS"}  # (its translation checks them)
 # Translations that read shapes the file may leave to onnx's shape inference, which cannot see through the other
@@ -54,7 +55,8 @@ def _translation(node: onnx.NodeProto) -> Optional[Translation]:
 def is_adoptable(node: onnx.NodeProto) -> bool:
     """A node :func:`dcn_deploy.onnx.adopt.adopt_model` rewrites: a standard ``DeformConv``, mmcv's/mmdeploy's
     deformable ops, mmdeploy's ``TRTBatchedNMS``, ``MMCVMultiLevelRoiAlign``, ``MMCVRoiAlign``,
-    ``MMCVMultiScaleDeformableAttention``, ``GatherTopk``, ``GridPriorsTRT`` and ``TRTInstanceNormalization``."""
+    ``MMCVMultiScaleDeformableAttention``, ``GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization`` and
+    ``grid_sampler``."""
     return _translation(node) is not None
 
 

@@ -1,5 +1,5 @@
-"""mmdeploy's ops with a direct standard form -> standard ONNX: ``GatherTopk``, ``GridPriorsTRT`` and
-``TRTInstanceNormalization``.
+"""mmdeploy's ops with a direct standard form -> standard ONNX: ``GatherTopk``, ``GridPriorsTRT``,
+``TRTInstanceNormalization`` and ``grid_sampler``.
 
 mmdeploy's TensorRT exports of detectors (RetinaNet, FCOS, the RPN of Faster R-CNN) hold these of its plugin ops
 besides the NMS and RoIAlign (:mod:`dcn_deploy.onnx.adopt_nms`, :mod:`dcn_deploy.onnx.adopt_roi_align`). What
@@ -18,6 +18,15 @@ instance_norm}``):
   over N * C channels of (H, W), i.e. per (image, channel) the mean and the biased variance over the rest, then the
   scale and bias of the channel. Standard: ``InstanceNormalization``, the same inputs and ``epsilon``. The plugin
   reads an input of rank 3 or 4 only.
+- ``grid_sampler(input, grid)`` (``mmdeploy::``, or ``mmcv::`` in mmdeploy's PPL exports) with PyTorch's enum
+  values ``interpolation_mode`` (0 bilinear, 1 nearest, 2 bicubic), ``padding_mode`` (0 zeros, 1 border,
+  2 reflection) and ``align_corners``: how mmdeploy writes ``F.grid_sample`` at opset 11, which has no GridSample
+  (mmdeploy ``pytorch/symbolics/grid_sampler.py``; e.g. mmcv's multi-scale deformable attention when exported on
+  the CPU). Standard: ``GridSample`` (opset 16; 4-D, or 5-D from opset 20), the same modes, which computes what
+  ``F.grid_sample`` does. Where mmdeploy's TensorRT plugin departs from PyTorch, the rewrite follows PyTorch: the
+  plugin computes bicubic as bilinear (noted in the report), rounds a nearest position exactly halfway between two
+  pixels away from zero (PyTorch and ONNX Runtime to even), and reads a non-finite position as off the map (ONNX
+  leaves that to the runtime).
 """
 from __future__ import annotations
 
@@ -30,7 +39,7 @@ from onnx import helper
 from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, exact_inputs,
                           int_attribute, node_id, node_label, number_attribute, source_op)
 
-__all__ = ["adopt_gather_topk", "adopt_grid_priors", "adopt_instance_norm"]
+__all__ = ["adopt_gather_topk", "adopt_grid_priors", "adopt_grid_sampler", "adopt_instance_norm"]
 
 
 def adopt_gather_topk(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
@@ -86,3 +95,36 @@ def adopt_instance_norm(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ra
     standard = helper.make_node("InstanceNormalization", inputs, [node.output[0]], name=node.name, epsilon=epsilon)
     return [standard], AdoptedNode(node_id(node), source_op(node), "ONNX InstanceNormalization",
                                    {"epsilon": epsilon}, ())
+
+
+_GRID_MODES = {0: "bilinear", 1: "nearest", 2: "bicubic"}  # PyTorch's enum -> GridSample's mode (opset 16)
+_GRID_MODES_20 = {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"}  # renamed in opset 20
+_GRID_PADDINGS = {0: "zeros", 1: "border", 2: "reflection"}
+
+
+def adopt_grid_sampler(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
+                       ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
+    """``mmdeploy::grid_sampler`` (PyTorch's ``grid_sampler`` at opset 11) as the standard ``GridSample``."""
+    inputs = exact_inputs(node, ("input", "grid"))
+    attrs = attributes_of(node)
+    values = {name: int_attribute(node, attrs, name, 0)
+              for name in ("interpolation_mode", "padding_mode", "align_corners")}
+    if values["interpolation_mode"] not in _GRID_MODES or values["padding_mode"] not in _GRID_PADDINGS:
+        raise AdoptionError(f"{node_label(node)}: interpolation_mode {values['interpolation_mode']} and padding_mode "
+                            f"{values['padding_mode']} must be PyTorch's values (0-2 each); the file is malformed: "
+                            "re-export it")
+    opset = scope.opset() or 0
+    rank = scope.rank(inputs[0])
+    if rank is not None and rank != 4 and not (rank == 5 and opset >= 20):
+        raise AdoptionError(f"{node_label(node)}: its input has rank {rank}; GridSample takes rank 4 before opset 20 "
+                            "(and 5 from it): re-export the model at opset >= 20 for a 3-D grid_sample")
+    mode = _GRID_MODES[values["interpolation_mode"]]
+    notes = (("bicubic as PyTorch computes it; mmdeploy's TensorRT plugin computes it as bilinear",)
+             if mode == "bicubic" else ())
+    standard = helper.make_node("GridSample", inputs, [node.output[0]], name=node.name,
+                                mode=_GRID_MODES_20[mode] if opset >= 20 else mode,
+                                padding_mode=_GRID_PADDINGS[values["padding_mode"]],
+                                align_corners=1 if values["align_corners"] else 0)
+    return [standard], AdoptedNode(node_id(node), source_op(node), "ONNX GridSample",
+                                   {"mode": mode, "padding_mode": _GRID_PADDINGS[values["padding_mode"]],
+                                    "align_corners": int(bool(values["align_corners"]))}, notes)
