@@ -280,3 +280,62 @@ def test_level_count_inferred_through_other_mmdeploy_nodes():
     normed = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-5)
     locations = 1 / (1 + np.exp(-normed.reshape(2, 3, 2, 2, 2, 2)))
     np.testing.assert_allclose(got, plugin_msda(value, shapes, starts, locations, weights), rtol=1e-5, atol=1e-5)
+
+
+def detr_like_model(heads=2, dim=4, levels=4, points=2):
+    """The attention as mmdet's Deformable DETR feeds it in mmdeploy's exports: the spatial shapes from the Shape of
+    each feature map (so they change with the input size), the start indices from their running sum (CumSum), the
+    value from the maps flattened and concatenated, split into heads by a Reshape."""
+    nodes, initializers = [], []
+
+    def const(name, values):
+        initializers.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
+
+    for level in range(levels):
+        nodes += [helper.make_node("Shape", [f"feat{level}"], [f"shape{level}"]),  # opset 11: Slice, no start=2
+                  helper.make_node("Slice", [f"shape{level}", const(f"from{level}", [2]), const(f"to{level}", [4])],
+                                   [f"size{level}"]),
+                  helper.make_node("Reshape", [f"feat{level}", const(f"flat{level}", [0, 0, -1])], [f"keys{level}"])]
+    nodes += [helper.make_node("Concat", [f"size{level}" for level in range(levels)], ["sizes"], axis=0),
+              helper.make_node("Reshape", ["sizes", const("pairs", [-1, 2])], ["spatial_shapes"]),
+              helper.make_node("ReduceProd", ["spatial_shapes"], ["areas"], axes=[1], keepdims=0),
+              helper.make_node("CumSum", ["areas", const("axis0", 0)], ["ends"]),
+              helper.make_node("Slice", ["ends", const("start0", [0]), const("end_last", [-1])], ["later"]),
+              helper.make_node("Concat", [const("zero", [0]), "later"], ["level_start_index"], axis=0),
+              helper.make_node("Concat", [f"keys{level}" for level in range(levels)], ["all_keys"], axis=2),
+              helper.make_node("Transpose", ["all_keys"], ["keys_first"], perm=[0, 2, 1]),
+              helper.make_node("Reshape", ["keys_first", const("split_heads", [0, 0, heads, dim])], ["value"]),
+              helper.make_node("MMCVMultiScaleDeformableAttention", _INPUT_NAMES, ["out"], domain="mmdeploy",
+                               name="msda", im2col_step=64)]
+    inputs = [helper.make_tensor_value_info(f"feat{level}", TensorProto.FLOAT,
+                                            ["bs", heads * dim, f"h{level}", f"w{level}"]) for level in range(levels)]
+    inputs += [helper.make_tensor_value_info("sampling_locations", TensorProto.FLOAT,
+                                             ["bs", "nq", heads, levels, points, 2]),
+               helper.make_tensor_value_info("attention_weights", TensorProto.FLOAT,
+                                             ["bs", "nq", heads, levels, points])]
+    graph = helper.make_graph(nodes, "detr", inputs,
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["bs", "nq", heads * dim])],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11), helper.make_opsetid("mmdeploy", 1)])
+    model.ir_version = 8
+    return model
+
+
+def test_detr_like_feeding_at_two_input_sizes():
+    """Spatial shapes and start indices computed in the graph from the feature maps, at two pyramid sizes."""
+    adopted, _ = adopt_model(detr_like_model())
+    session = ort.InferenceSession(adopted.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(13)
+    for height, width in ((12, 10), (9, 16)):
+        maps = [rng.standard_normal((2, 8, -(-height // 2 ** k), -(-width // 2 ** k))).astype(np.float32)
+                for k in range(4)]
+        feed = {f"feat{k}": m for k, m in enumerate(maps)}
+        feed["sampling_locations"] = rng.uniform(-0.2, 1.2, (2, 5, 2, 4, 2, 2)).astype(np.float32)
+        feed["attention_weights"] = rng.uniform(0, 1, (2, 5, 2, 4, 2)).astype(np.float32)
+        value = np.concatenate([m.reshape(2, 8, -1) for m in maps], axis=2).transpose(0, 2, 1).reshape(2, -1, 2, 4)
+        shapes = np.array([m.shape[2:] for m in maps])
+        starts = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]])
+        np.testing.assert_allclose(session.run(None, feed)[0],
+                                   plugin_msda(value, shapes, starts, feed["sampling_locations"],
+                                               feed["attention_weights"]), rtol=1e-5, atol=1e-5)

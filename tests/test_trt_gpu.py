@@ -263,21 +263,19 @@ class TestTensorRTRtxAheadOfTime:
         assert errors == [] and built, log
 
     def test_adopted_multi_scale_deformable_attention_builds(self, rtx_env, tmp_path):
-        """mmdeploy's MMCVMultiScaleDeformableAttention, adopted as GridSample per level (4 levels of a 800x800
-        input's strides 8-64, int32 shapes as mmdeploy's plugin reads them, stored in the file), parses and builds
-        with dynamic batch and queries: the level sizes and start indices feed Slice and Reshape as shape values."""
-        import numpy as np
-        from test_adopt_msda import _model
+        """mmdeploy's MMCVMultiScaleDeformableAttention, adopted as GridSample per level and fed as in mmdeploy's
+        Deformable DETR exports (4 levels whose spatial shapes come from the feature maps' Shape and start indices
+        from a CumSum), parses and builds with dynamic batch, queries and feature sizes up to an 800x1600 input's
+        strides 8-64."""
+        from test_adopt_msda import detr_like_model
 
         from dcn_deploy.onnx.adopt import adopt_model
 
-        shapes = np.array([[100, 100], [50, 50], [25, 25], [13, 13]])
-        starts = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]])
-        adopted, _ = adopt_model(_model(4, index_type=onnx.TensorProto.INT32, shapes_as=(shapes, starts)))
-        keys, queries = int((shapes[:, 0] * shapes[:, 1]).sum()), 300
-        profile = {"value": [[1, keys, 8, 32], [2, keys, 8, 32], [2, keys, 8, 32]],
-                   "sampling_locations": [[1, 1, 8, 4, 4, 2], [2, queries, 8, 4, 4, 2], [2, queries, 8, 4, 4, 2]],
-                   "attention_weights": [[1, 1, 8, 4, 4], [2, queries, 8, 4, 4], [2, queries, 8, 4, 4]]}
+        adopted, _ = adopt_model(detr_like_model())
+        profile = {f"feat{k}": [[1, 8, 1, 1], [1, 8, 100 >> k, 134 >> k], [2, 8, 100 >> k, 200 >> k]]
+                   for k in range(4)}
+        profile.update(sampling_locations=[[1, 1, 2, 4, 2, 2], [1, 300, 2, 4, 2, 2], [2, 300, 2, 4, 2, 2]],
+                       attention_weights=[[1, 1, 2, 4, 2], [1, 300, 2, 4, 2], [2, 300, 2, 4, 2]])
         errors, layers, built, log = _rtx_parse_and_build(rtx_env, adopted, tmp_path / "msda.onnx", profile)
         assert errors == [] and built, log
         assert "GRID_SAMPLE" in layers, layers
