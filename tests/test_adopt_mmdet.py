@@ -17,6 +17,17 @@ that
   within 1e-2 px and its score within 1e-4 (order-free: rows whose scores tie to float32 rounding may come out in
   either order; see ``_match_detections``); for Mask R-CNN the matched rows' masks within 1e-3.
 
+Likewise for Deformable DETR and DINO (mmdet's configs, 4 feature levels, shrunk to 2 encoder and 2 decoder layers
+and 50 queries) and their multi-scale deformable attention, as exported on a GPU: mmcv calls the op that mmdeploy
+exports as ``MMCVMultiScaleDeformableAttention`` only for CUDA tensors, and on the CPU its PyTorch implementation,
+which exports as one ``mmdeploy::grid_sampler`` per level; so for the export that call goes to the op, computing by
+the PyTorch implementation (``_msda_exported_as_on_cuda``). The file holds 4 such nodes and 4
+``TRTInstanceNormalization``, adopt leaves none, the adopted file holds only standard ONNX, and its 100 (DINO: 300)
+rows match the reference's, boxes within 1e-2 px and scores within 3e-5 (measured on 2026-11-27: at most 2.7e-3 px
+and 3.3e-6); the reference's attention is mmcv's PyTorch implementation (counted), 2 to 32 % of its locations
+off the map. A sampling location moved by 0.05 px on one level of one layer in the reference fails it. Deformable
+DETR is also exported as on the CPU (16 ``grid_sampler`` nodes, adopted as ``GridSample``), with the same result.
+
 The reference is mmdeploy's own rewritten forward for TensorRT (``patch_model`` and ``RewriterContext``: what the
 export traces) with the two plugins whose torch forwards are placeholders computing for real: ``TRTBatchedNMSop``
 (random rows in mmdeploy) by the NumPy model of the plugin in tests/test_adopt_nms.py, ``MultiLevelRoiAlign`` (zeros)
@@ -25,7 +36,7 @@ test time instead of mmdet's 1000, for the NumPy NMS's sake (seconds instead of 
 
 Environment: mmdet, mmdeploy and mmcv with its compiled ops, none of them a dependency of dcn_deploy; every test
 skips, naming what is missing, where one cannot be imported (as in the project's CI). Run on 2026-11-27 (2 CPU cores,
-about 70 s for the module) with Python 3.11, mmdet 3.3.0, mmdeploy 1.3.1, mmcv 2.2.0 (compiled CPU ops), mmengine
+about 100 s for the module) with Python 3.11, mmdet 3.3.0, mmdeploy 1.3.1, mmcv 2.2.0 (compiled CPU ops), mmengine
 0.10.7, torch 2.13.0 (CPU), onnx 1.23.2, onnxruntime 1.32.0, and pycocotools, shapely, scipy for mmdet; mmdet 3.3.0
 asserts mmcv < 2.2.0 on import, so its ``mmdet/__init__.py`` had that bound (``mmcv_maximum_version``) raised to 2.3.0,
 the one edit to any of them. As in tests/test_adopt_mmdeploy.py, mmdeploy 1.3.1 is given
@@ -35,6 +46,7 @@ TensorRT task processor on the CPU (``check_backend_device``) is lifted: the exp
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import inspect
 import math
@@ -406,3 +418,146 @@ def test_mmdeploy_tensorrt_export_of_an_mmdet_dcn_detector_adopted_matches_pytor
             report += f", |mask| {worst:.2g}"
             assert worst <= 1e-3, report
         print(report)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Multi-scale deformable attention: Deformable DETR and DINO
+
+DETR_CASES = {  # name: (mmdet config, exported as on a GPU, the mmdeploy nodes the export holds)
+    "deformable-detr": ("deformable_detr/deformable-detr_r50_16xb2-50e_coco.py", True,
+                        {"MMCVMultiScaleDeformableAttention": 4, "TRTInstanceNormalization": 4}),
+    "dino": ("dino/dino-4scale_r50_8xb2-12e_coco.py", True,
+             {"MMCVMultiScaleDeformableAttention": 4, "TRTInstanceNormalization": 4}),
+    # on the CPU: the attention's PyTorch implementation, one grid_sampler per level
+    "deformable-detr-cpu": ("deformable_detr/deformable-detr_r50_16xb2-50e_coco.py", False,
+                            {"grid_sampler": 16, "TRTInstanceNormalization": 4}),
+}
+DETR_LAYERS, DETR_QUERIES = 2, 50  # encoder and decoder layers (6 in mmdet), queries (300; DINO 900): seconds, not tens
+
+
+@contextlib.contextmanager
+def _msda_exported_as_on_cuda():
+    """mmcv's ``MultiScaleDeformableAttention`` calls ``MultiScaleDeformableAttnFunction`` (which mmdeploy exports as
+    ``mmdeploy::MMCVMultiScaleDeformableAttention``) only for CUDA (MLU, NPU) tensors; on the CPU it calls
+    ``multi_scale_deformable_attn_pytorch``, which traces into one ``mmdeploy::grid_sampler`` per level. For the
+    export, that call goes to the Function with the module's level start indices and im2col step (what the CUDA path
+    passes), and the Function computes by ``multi_scale_deformable_attn_pytorch`` (mmcv has no CPU kernel for it):
+    the file holds the node of an export on a GPU."""
+    import mmcv.ops.multi_scale_deform_attn as msda
+
+    pytorch = msda.multi_scale_deformable_attn_pytorch
+    forward = msda.MultiScaleDeformableAttention.forward
+    signature = inspect.signature(forward)
+    current = {}
+
+    def module_forward(self, *args, **kwargs):
+        current.update(starts=signature.bind(self, *args, **kwargs).arguments["level_start_index"],
+                       step=self.im2col_step)
+        return forward(self, *args, **kwargs)
+
+    def to_function(value, spatial_shapes, sampling_locations, attention_weights):
+        return msda.MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, current["starts"], sampling_locations,
+                                                           attention_weights, current["step"])
+
+    def function_forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, step):
+        return pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(msda.MultiScaleDeformableAttention, "forward", module_forward)
+        patch.setattr(msda, "multi_scale_deformable_attn_pytorch", to_function)
+        patch.setattr(msda.MultiScaleDeformableAttnFunction, "forward", staticmethod(function_forward))
+        yield
+
+
+@contextlib.contextmanager
+def _counting_msda_pytorch(calls):
+    """Record the calls of mmcv's ``multi_scale_deformable_attn_pytorch`` (the reference's attention on the CPU):
+    per call, the locations' shape and the fraction of them outside the map."""
+    import mmcv.ops.multi_scale_deform_attn as msda
+
+    pytorch = msda.multi_scale_deformable_attn_pytorch
+
+    def counted(value, spatial_shapes, sampling_locations, attention_weights):
+        outside = ((sampling_locations < 0) | (sampling_locations > 1)).any(-1).float().mean().item()
+        calls.append((tuple(sampling_locations.shape), outside))
+        return pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(msda, "multi_scale_deformable_attn_pytorch", counted)
+        yield
+
+
+def _random_detr(task_processor, images, seed=0):
+    """The DETR with seeded random weights: ``_random_weights``' (the attention's sampling offsets He-normal too,
+    so that each point samples a pixel or two around its reference, between pixel centres; its weights' logits
+    likewise, so that they are far from uniform), the embeddings and level embeddings normal (mmdeploy builds the model
+    without mmdet's init_weights: the level embeddings would be uninitialised memory), the plain attentions'
+    projections Xavier; BatchNorm statistics measured on the images and the residual branches damped."""
+    model = task_processor.build_pytorch_model(None)
+    batches = []
+    for image in images:
+        data, inputs = task_processor.create_input(image, image.shape[1::-1], data_preprocessor=model.data_preprocessor)
+        batches.append((inputs, data["data_samples"]))
+    _random_weights(model, seed)
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight)
+            elif isinstance(module, nn.MultiheadAttention):
+                module._reset_parameters()
+        nn.init.normal_(model.level_embed)
+    _batch_norm_from_images(model, batches)
+    _damp_residual_branches(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize("case", DETR_CASES)
+def test_mmdeploy_tensorrt_export_of_an_mmdet_detr_with_msda_adopted_matches_pytorch(case, mmdet_stack, tmp_path):
+    """mmdeploy's TensorRT export of a random mmdet DETR (multi-scale deformable attention, as exported on a GPU):
+    the nodes expected, all adopted, and in ONNX Runtime the detections of mmdeploy's forward (its attention computed
+    by mmcv's PyTorch implementation, as on the CPU), on two image sizes."""
+    import onnxruntime as ort
+    from mmdeploy.apis import build_task_processor
+    from mmdeploy.utils import load_config
+
+    from dcn_deploy.onnx.adopt import adopt_file
+
+    relative, as_on_gpu, expected_nodes = DETR_CASES[case]
+    deploy_cfg, model_cfg = load_config(_deploy_config(False), str(mmdet_stack / relative))
+    model_cfg.model.backbone.pop("init_cfg", None)  # no pretrained weights to download
+    model_cfg.model.encoder.num_layers = model_cfg.model.decoder.num_layers = DETR_LAYERS
+    model_cfg.model.num_queries = DETR_QUERIES
+    task_processor = build_task_processor(model_cfg, deploy_cfg, "cpu")
+    images = [synthetic_image(INPUT_WH[1], INPUT_WH[0], 1), synthetic_image(SECOND_WH[1], SECOND_WH[0], 2)]
+    model = _random_detr(task_processor, images)
+
+    with _msda_exported_as_on_cuda() if as_on_gpu else contextlib.nullcontext():
+        exported = _export(model, model_cfg, deploy_cfg, images[0], tmp_path)
+    assert _custom_nodes(exported) == {f"mmdeploy::{op}": count for op, count in expected_nodes.items()}
+    adopted = adopt_file(exported)
+    exported.unlink()
+    assert adopted.adoption.left == []
+    assert _custom_nodes(adopted.path) == {}
+    session = ort.InferenceSession(str(adopted.path), providers=["CPUExecutionProvider"])
+    adopted.path.unlink()
+
+    calls = []
+    with warnings.catch_warnings(), _counting_msda_pytorch(calls):
+        warnings.simplefilter("ignore")
+        expected = _reference(task_processor, model, deploy_cfg, images)
+    # the reference's attention is mmcv's PyTorch one, 4 levels of 4 points, some locations off the map (the zero
+    # padding at work), most on it
+    assert len(calls) == 2 * DETR_LAYERS * len(images)  # the encoder's and the decoder's attentions
+    assert all(shape[3:] == (4, 4, 2) and 0.01 < outside < 0.5 for shape, outside in calls), calls
+    max_per_img = model_cfg.model.test_cfg.max_per_img
+    for (inputs, want), image in zip(expected, images):
+        assert inputs.shape[2:] == image.shape[:2]
+        got = session.run(None, {"input": inputs})
+        assert [g.shape for g in got] == [w.shape for w in want] == [(1, max_per_img, 5), (1, max_per_img)]
+        scores = want[0][0, :, 4]
+        rows = _match_detections((got[0][0], got[1][0]), (want[0][0], want[1][0]), score=3e-5)
+        box = max(np.abs(got[0][0, j, :4] - want[0][0, i, :4]).max() for i, j in rows.items())
+        score = max(abs(got[0][0, j, 4] - want[0][0, i, 4]) for i, j in rows.items())
+        print(f"{case} {image.shape[:2]}: {len(rows)} rows matched, max |box| {box:.2g} px, |score| {score:.2g}; "
+              f"scores {scores.min():.3f}..{scores.max():.3f}, {len(np.unique(want[1]))} labels")
