@@ -62,12 +62,16 @@ def _level_count(node: onnx.NodeProto, scope: GraphScope, inputs: List[str]) -> 
     if not counts:
         raise AdoptionError(
             f"{node_label(node)}: the number of feature levels is not known from the file (no shape is declared or "
-            f"inferred for axis 3 of its sampling_locations, nor for its value_spatial_shapes); adopt writes one "
-            "GridSample per level, so it needs that number: re-export with a fixed number of levels (mmdeploy's "
-            "torch2onnx does), or declare the shape of sampling_locations in the file's value_info")
-    if len(set(counts.values())) > 1 or min(counts.values()) < 1:
+            "inferred that gives it: axis 3 of sampling_locations or attention_weights, axis 0 of "
+            "value_spatial_shapes or value_level_start_index); adopt writes one GridSample per level, so it needs "
+            "that number: re-export with a fixed number of levels (mmdeploy's torch2onnx does), or declare the shape "
+            "of sampling_locations in the file's value_info")
+    if len(set(counts.values())) > 1:
         raise AdoptionError(f"{node_label(node)}: its inputs disagree on the number of feature levels ({counts}); the "
                             "file is malformed: re-export it")
+    if min(counts.values()) < 1:
+        raise AdoptionError(f"{node_label(node)}: its inputs hold no feature level ({counts}); the file is malformed: "
+                            "re-export it")
     return next(iter(counts.values()))
 
 
