@@ -339,3 +339,26 @@ def test_detr_like_feeding_at_two_input_sizes():
         np.testing.assert_allclose(session.run(None, feed)[0],
                                    plugin_msda(value, shapes, starts, feed["sampling_locations"],
                                                feed["attention_weights"]), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_adopt_then_verify_against_ort(tmp_path):
+    """The two commands adopt prints for next: the adopted attention (stored level sizes, as a fixed-size export
+    has them) passes ``verify --against ort``, the onnx reference evaluator (our GridSample, both mode names)
+    against ONNX Runtime."""
+    from cli_helpers import cli_runner
+
+    from dcn_deploy.cli import main
+
+    shapes = np.array([[6, 5], [3, 3], [2, 2]])
+    starts = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]])
+    for opset in (11, 20):
+        path = tmp_path / f"detr_{opset}.onnx"
+        onnx.save(_model(3, shapes_as=(shapes, starts), opset=opset), path)
+        adopt = cli_runner().invoke(main, ["adopt", str(path)])
+        assert adopt.exit_code == 0, adopt.output
+        adopted = tmp_path / f"detr_{opset}.adopted.onnx"
+        assert f"dcn-deploy verify {adopted} --against ort" in adopt.stdout
+        verify = cli_runner().invoke(main, ["verify", str(adopted), "--against", "ort", "--shape", "value=2x43x2x4",
+                                            "--shape", "sampling_locations=2x6x2x3x2x2",
+                                            "--shape", "attention_weights=2x6x2x3x2"])
+        assert verify.exit_code == 0 and "PASSED: 1 of 1" in verify.stdout, verify.output

@@ -97,3 +97,54 @@ def test_function_calls_that_leave_attributes_at_their_defaults():
     got = OracleEvaluator(model).run(None, {"X": x.numpy(), "rois": rois.numpy(), "offset": offset.numpy()})[0]
     want = deform_roi_pool(x, rois, offset, (2, 3), 1.0, 2, 0.1)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _grid_sample_model(rank, opset, mode, padding_mode, align_corners):
+    node = helper.make_node("GridSample", ["x", "grid"], ["out"], mode=mode, padding_mode=padding_mode,
+                            align_corners=align_corners)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                                            helper.make_tensor_value_info("grid", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [0, 1])
+@pytest.mark.parametrize("opset", [16, 20])
+def test_grid_sample_matches_torch(mode, padding_mode, align_corners, opset):
+    """The evaluator's GridSample (onnx's own refuses opset 16's mode names) against torch's grid_sample, an
+    independent implementation of the same definition, with a grid reaching 1.6 past the borders (reflection folds
+    such positions more than once) and maps of 1 pixel on an axis."""
+    rng = np.random.default_rng(len(mode) * 7 + len(padding_mode) + align_corners)
+    name = {16: mode, 20: {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)}[opset]
+    for shape in ((2, 3, 5, 6), (1, 2, 1, 4)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        grid = rng.uniform(-2.6, 2.6, (shape[0], 4, 7, 2)).astype(np.float32)
+        got = OracleEvaluator(_grid_sample_model(2, opset, name, padding_mode, align_corners)).run(
+            None, {"x": x, "grid": grid})[0]
+        want = torch.nn.functional.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=mode,
+                                               padding_mode=padding_mode, align_corners=bool(align_corners)).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_grid_sample_of_volumes_matches_torch(mode, padding_mode):
+    rng = np.random.default_rng(len(mode) + len(padding_mode))
+    x = rng.standard_normal((2, 2, 3, 4, 5)).astype(np.float32)
+    grid = rng.uniform(-1.5, 1.5, (2, 2, 3, 4, 3)).astype(np.float32)
+    got = OracleEvaluator(_grid_sample_model(3, 20, mode, padding_mode, 0)).run(None, {"x": x, "grid": grid})[0]
+    want = torch.nn.functional.grid_sample(torch.from_numpy(x), torch.from_numpy(grid),
+                                           mode={"linear": "bilinear"}.get(mode, mode), padding_mode=padding_mode,
+                                           align_corners=False).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_grid_sample_nearest_rounds_halves_to_even():
+    """Positions exactly between two pixels (0.5, 1.5, 2.5, 3.5 with align_corners=1 on 5 pixels) take the even one,
+    as torch's and ONNX Runtime's nearest do."""
+    x = np.arange(1, 6, dtype=np.float32).reshape(1, 1, 1, 5)
+    grid = np.array([[[[-0.75, 0.0], [-0.25, 0.0], [0.25, 0.0], [0.75, 0.0]]]], np.float32)
+    got = OracleEvaluator(_grid_sample_model(2, 16, "nearest", "zeros", 1)).run(None, {"x": x, "grid": grid})[0]
+    np.testing.assert_array_equal(got.ravel(), [1, 3, 3, 5])

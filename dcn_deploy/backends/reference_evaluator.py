@@ -1,11 +1,13 @@
-"""onnx's reference evaluator with the two ops our function bodies need replaced by versions written from the
-standard's text alone (numpy only, no torch, no ONNX Runtime), so the ``onnx-reference`` runner stays an independent
-oracle that can run our models:
+"""onnx's reference evaluator with the ops our function bodies and adopted files need replaced by versions written from
+the standard's text alone (numpy only, no torch, no ONNX Runtime), so the ``onnx-reference`` runner stays an
+independent oracle that can run our models:
 
 - ``DeformConv``: onnx's own runs a Python loop per output value (minutes per small layer) and divides by zero when
   H or W is 1: :mod:`.reference_deform_conv`.
 - ``GatherElements``: onnx's own picks values with ``numpy.choose``, which takes at most 64 choices along the axis,
   so it fails on any real table (the PS RoI pooling body gathers single values from a flat copy of the input).
+- ``GridSample``: onnx's own refuses the mode names of opsets 16-19 and loops per output value; adopt writes it for
+  mmdeploy's deformable attention and ``grid_sampler``: :mod:`.reference_grid_sample`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from .reference_deform_conv import DeformConv
+from .reference_grid_sample import GridSample
 
 __all__ = ["GatherElements", "OracleEvaluator"]
 
@@ -66,7 +69,8 @@ def _with_complete_function_calls(proto):
 
 
 class OracleEvaluator(ReferenceEvaluator):
-    """``ReferenceEvaluator`` with :class:`DeformConv` and :class:`GatherElements`, in function bodies too.
+    """``ReferenceEvaluator`` with :class:`DeformConv`, :class:`GatherElements` and :class:`GridSample`, in function
+    bodies too.
 
     onnx builds the evaluators of a model's functions (our ``dcn_deploy`` ops' bodies) as ``self.__class__(...)``
     without the ``new_ops`` argument, so the replacements are given here, by default, instead of by the caller.
@@ -77,4 +81,4 @@ class OracleEvaluator(ReferenceEvaluator):
     def __init__(self, proto, *args, new_ops=None, **kwargs):
         if isinstance(proto, ModelProto):  # (onnx also builds the function bodies' evaluators with this class)
             proto = _with_complete_function_calls(proto)
-        super().__init__(proto, *args, new_ops=[*(new_ops or []), DeformConv, GatherElements], **kwargs)
+        super().__init__(proto, *args, new_ops=[*(new_ops or []), DeformConv, GatherElements, GridSample], **kwargs)
