@@ -23,7 +23,7 @@ def _script(name: str):
 @pytest.mark.parametrize("script, words", [
     ("cpu_roi_pool", ["--iterations", "0"]), ("cpu_roi_pool", ["--threads", "0"]),
     ("cpu_roi_pool", ["--warmup", "-1"]), ("cpu_zoo_torch", ["--iterations", "0"]),
-    ("cpu_zoo_torch", ["--threads", "0"])])
+    ("cpu_zoo_torch", ["--threads", "0"]), ("cpu_detr_files", ["OUT", "--custom-ops", "LIB", "--threads", "0"])])
 def test_bad_counts_are_refused_before_timing(script, words, capsys):
     """--iterations 0 ended in statistics' "no median for empty data" traceback after the model was built and
     checked (cpu_zoo_torch: after its three warm-up passes); --threads 0 in torch's own error."""
