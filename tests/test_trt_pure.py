@@ -701,6 +701,26 @@ class TestPluginRouting:
         assert any(a.name == "plugin_namespace" for a in dcn.attribute)
         assert tensor_types(prepared)[dcn.output[0]] == TP.FLOAT16
 
+    @pytest.mark.parametrize("opset", [19, 20])
+    def test_prepare_onnx_names_grid_sample_modes_as_before_opset_20(self, opset):
+        """TensorRT's ONNX parser reads opset 20's "linear" and "cubic" as nearest (onnx-tensorrt's importer knows
+        opset 16's names only), so the graph it gets has those; the model given is left as it is."""
+        from dcn_deploy.backends.trt_build import prepare_onnx
+
+        names = {19: ["bilinear", "bicubic", "nearest"], 20: ["linear", "cubic", "nearest"]}[opset]
+        nodes = [helper.make_node("GridSample", ["x", "grid"], [f"y{i}"], mode=mode) for i, mode in enumerate(names)]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 1, 4, 4]),
+                                               helper.make_tensor_value_info("grid", TP.FLOAT, [1, 2, 2, 2])],
+                                  [helper.make_tensor_value_info(f"y{i}", TP.FLOAT, None) for i in range(3)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        prepared, _, _ = prepare_onnx(model)
+
+        def modes(m):
+            return [helper.get_attribute_value(a).decode() for n in m.graph.node for a in n.attribute
+                    if a.name == "mode"]
+
+        assert modes(prepared) == ["bilinear", "bicubic", "nearest"] and modes(model) == names
+
 
 # builder helpers ---------------------------------------------------------------------------------------------------
 class TestBuilderHelpers:

@@ -37,7 +37,8 @@ def read_model_for_build(onnx_path: Path):
 def prepare_onnx(model, *, precision: str = "fp32", keep_fp32: Iterable[str] = (), io_dtype: str = "float32",
                  route_plugin: bool = True, plugin_fields: Optional[Dict[str, Sequence[str]]] = None,
                  tf32: bool = False):
-    """The ONNX graph TensorRT will parse: converted to ``precision`` and (optionally) routed to our plugins.
+    """The ONNX graph TensorRT will parse: converted to ``precision``, GridSample's modes named as before opset 20
+    (:data:`_GRID_SAMPLE_MODES_BEFORE_20`) and (optionally) routed to our plugins.
 
     ``plugin_fields`` (op_type -> the creator's field names) says which of our ops have a plugin; default
     ``plugin_routing.PLUGIN_FIELDS``. ``tf32``: the build's TF32 setting, written as ``allow_tf32`` (1, or 0 for
@@ -48,10 +49,29 @@ def prepare_onnx(model, *, precision: str = "fp32", keep_fp32: Iterable[str] = (
     from ..onnx.precision import convert_precision
 
     converted, report = convert_precision(model, precision, keep_fp32_nodes=keep_fp32, io_dtype=io_dtype)
+    _grid_sample_modes_as_before_opset_20(converted)
     routed = 0
     if route_plugin:
         converted, routed = route_to_plugin(converted, fields=plugin_fields, allow_tf32=tf32)
     return converted, report, routed
+
+
+# GridSample's modes renamed by opset 20 -> their opset-16 names. TensorRT's ONNX parser (onnx-tensorrt 10.1's
+# importer, and per onnx/onnx-tensorrt#1060 still TensorRT 11.1 and TensorRT-RTX 1.5) compares the mode with the old
+# names only and reads any other as nearest, silently; it does not check the names against the opset.
+_GRID_SAMPLE_MODES_BEFORE_20 = {b"linear": b"bilinear", b"cubic": b"bicubic"}
+
+
+def _grid_sample_modes_as_before_opset_20(model) -> None:
+    """In place: each standard GridSample's mode of opset 20 ("linear", "cubic") written as opset 16 names it, for
+    the parser (an absent mode is read as "bilinear" by the parser, as opset 20 reads it "linear")."""
+    from ..onnx.opset import with_subgraphs
+
+    for node in with_subgraphs([*model.graph.node, *(n for f in model.functions for n in f.node)]):
+        if node.op_type == "GridSample" and node.domain in ("", "ai.onnx"):
+            for attribute in node.attribute:
+                if attribute.name == "mode" and attribute.s in _GRID_SAMPLE_MODES_BEFORE_20:
+                    attribute.s = _GRID_SAMPLE_MODES_BEFORE_20[attribute.s]
 
 
 # Protobuf refuses to serialise or parse a message of 2 GiB or more, so ``parser.parse(model.SerializeToString())``
