@@ -120,8 +120,9 @@ def test_locations_far_off_the_map_nan_and_infinite_add_nothing():
     """The plugin skips a sample out of (-1, H) x (-1, W), a NaN one included; GridSample alone would read a pixel
     for NaN, infinity or 1e30 (ONNX Runtime returns one), so the adopted graph clips the locations first."""
     rng = np.random.default_rng(5)
-    value, shapes, starts, locations, weights = _case(rng, 1, 8, 2, 3, [(4, 5), (2, 3)], 2)
-    odd = [np.nan, np.inf, -np.inf, 1e30, -1e30, 5.0, -4.0, 1.0 + 1.5 / 5]  # last: x * W - 0.5 = W exactly
+    value, shapes, starts, locations, weights = _case(rng, 1, 10, 2, 3, [(4, 5), (2, 3)], 2)
+    # queries 7 and 9 set y (odd), on level 0 (H = 4) exactly at y * H - 0.5 = -1 and = H
+    odd = [np.nan, np.inf, -np.inf, 1e30, -1e30, 5.0, -4.0, -0.5 / 4, 1.0 + 1.5 / 5, 1.0 + 0.5 / 4]
     for q, bad in enumerate(odd):
         locations[0, q, :, :, 0, q % 2] = bad  # one coordinate of the first point of each level
     got, _ = _run(_model(2), value, shapes, starts, locations, weights)
@@ -152,6 +153,13 @@ def test_spatial_shapes_as_stored_constants_of_either_integer_type(index_type):
     got, adoption = _run(model, *inputs)
     np.testing.assert_allclose(got, plugin_msda(*inputs), rtol=1e-5, atol=1e-5)
     assert adoption.nodes[0].attributes == {"levels": 3}
+
+
+def test_spatial_shapes_fed_as_int32_inputs():
+    """The same, the shapes and start indices fed at run time as int32 (what the plugin reads)."""
+    inputs = _case(np.random.default_rng(16), 2, 4, 2, 3, [(5, 4), (3, 2)], 2)
+    got, _ = _run(_model(2, index_type=TensorProto.INT32), *inputs, index_type=np.int32)
+    np.testing.assert_allclose(got, plugin_msda(*inputs), rtol=1e-5, atol=1e-5)
 
 
 def test_level_sizes_and_start_indices_are_read_at_run_time():
@@ -280,6 +288,51 @@ def test_level_count_inferred_through_other_mmdeploy_nodes():
     normed = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-5)
     locations = 1 / (1 + np.exp(-normed.reshape(2, 3, 2, 2, 2, 2)))
     np.testing.assert_allclose(got, plugin_msda(value, shapes, starts, locations, weights), rtol=1e-5, atol=1e-5)
+
+
+def test_level_count_inferred_through_an_adopted_deformable_convolution():
+    """As above with a deformable convolution (a DCN backbone) before the locations: adopted in the first round as
+    our op, whose schema shape inference must know in the second (the model imports our domain only at the end)."""
+    rng = np.random.default_rng(14)
+    value, shapes, starts, _, weights = _case(rng, 2, 3, 2, 2, [(3, 4), (2, 2)], 2)
+    features = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    offset = rng.uniform(-1, 1, (2, 18, 4, 4)).astype(np.float32)
+    mask = rng.uniform(0, 1, (2, 9, 4, 4)).astype(np.float32)
+    kernel = numpy_helper.from_array((rng.standard_normal((3, 3, 3, 3)) * 0.3).astype(np.float32), "kernel")
+    bias = numpy_helper.from_array(np.zeros(3, np.float32), "bias")
+    tail = numpy_helper.from_array(np.array([2, 2, 2, 2], np.int64), "tail")
+    before = [helper.make_node("MMCVModulatedDeformConv2d", ["features", "offset", "mask", "kernel", "bias"],
+                               ["convolved"], domain="mmdeploy", name="dcn", stride=[1, 1], padding=[1, 1],
+                               dilation=[1, 1], groups=1, deform_groups=1),
+              helper.make_node("Shape", ["convolved"], ["lead"], start=0, end=2),
+              helper.make_node("Concat", ["lead", "tail"], ["target"], axis=0),
+              helper.make_node("Reshape", ["convolved", "target"], ["raw_locations"]),
+              helper.make_node("Sigmoid", ["raw_locations"], ["sampling_locations"])]
+    model = _model(2, declare_levels=False, before=before)
+    model.graph.input[1].CopyFrom(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["bs", 3, 4, 4]))
+    model.graph.input.extend([helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["bs", 18, 4, 4]),
+                              helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["bs", 9, 4, 4])])
+    model.graph.output.append(helper.make_tensor_value_info("sampling_locations", TensorProto.FLOAT, None))
+    model.graph.initializer.extend([kernel, bias, tail])
+    adopted, adoption = adopt_model(model)
+    assert [n.source for n in adoption.nodes] == ["mmdeploy::MMCVModulatedDeformConv2d",
+                                                  "mmdeploy::MMCVMultiScaleDeformableAttention"]
+    assert adoption.nodes[1].attributes == {"levels": 2} and adoption.left == []
+    session = ort.InferenceSession(adopted.SerializeToString(), providers=["CPUExecutionProvider"])
+    got, locations = session.run(None, {"value": value, "spatial_shapes": shapes, "level_start_index": starts,
+                                        "features": features, "offset": offset, "mask": mask,
+                                        "attention_weights": weights})
+    assert locations.shape == (2, 3, 2, 2, 2, 2)
+    np.testing.assert_allclose(got, plugin_msda(value, shapes, starts, locations, weights), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bs, nq, dim", [(0, 3, 2), (2, 0, 2), (2, 3, 0)])
+def test_an_empty_batch_query_set_or_channel_set_gives_an_empty_output(bs, nq, dim):
+    """The heads are folded into the batch and back by Reshapes given every size (a -1 beside a 0 is ambiguous, and
+    a 0 would copy the input's size)."""
+    inputs = _case(np.random.default_rng(15), bs, nq, 2, dim, [(3, 4), (2, 2)], 2)
+    got, _ = _run(_model(2), *inputs)
+    assert got.shape == (bs, nq, 2 * dim)
 
 
 def detr_like_model(heads=2, dim=4, levels=4, points=2):

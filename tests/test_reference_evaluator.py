@@ -99,7 +99,7 @@ def test_function_calls_that_leave_attributes_at_their_defaults():
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def _grid_sample_model(rank, opset, mode, padding_mode, align_corners):
+def _grid_sample_model(opset, mode, padding_mode, align_corners):
     node = helper.make_node("GridSample", ["x", "grid"], ["out"], mode=mode, padding_mode=padding_mode,
                             align_corners=align_corners)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
@@ -121,7 +121,7 @@ def test_grid_sample_matches_torch(mode, padding_mode, align_corners, opset):
     for shape in ((2, 3, 5, 6), (1, 2, 1, 4)):
         x = rng.standard_normal(shape).astype(np.float32)
         grid = rng.uniform(-2.6, 2.6, (shape[0], 4, 7, 2)).astype(np.float32)
-        got = OracleEvaluator(_grid_sample_model(2, opset, name, padding_mode, align_corners)).run(
+        got = OracleEvaluator(_grid_sample_model(opset, name, padding_mode, align_corners)).run(
             None, {"x": x, "grid": grid})[0]
         want = torch.nn.functional.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=mode,
                                                padding_mode=padding_mode, align_corners=bool(align_corners)).numpy()
@@ -134,7 +134,7 @@ def test_grid_sample_of_volumes_matches_torch(mode, padding_mode):
     rng = np.random.default_rng(len(mode) + len(padding_mode))
     x = rng.standard_normal((2, 2, 3, 4, 5)).astype(np.float32)
     grid = rng.uniform(-1.5, 1.5, (2, 2, 3, 4, 3)).astype(np.float32)
-    got = OracleEvaluator(_grid_sample_model(3, 20, mode, padding_mode, 0)).run(None, {"x": x, "grid": grid})[0]
+    got = OracleEvaluator(_grid_sample_model(20, mode, padding_mode, 0)).run(None, {"x": x, "grid": grid})[0]
     want = torch.nn.functional.grid_sample(torch.from_numpy(x), torch.from_numpy(grid),
                                            mode={"linear": "bilinear"}.get(mode, mode), padding_mode=padding_mode,
                                            align_corners=False).numpy()
@@ -146,5 +146,14 @@ def test_grid_sample_nearest_rounds_halves_to_even():
     as torch's and ONNX Runtime's nearest do."""
     x = np.arange(1, 6, dtype=np.float32).reshape(1, 1, 1, 5)
     grid = np.array([[[[-0.75, 0.0], [-0.25, 0.0], [0.25, 0.0], [0.75, 0.0]]]], np.float32)
-    got = OracleEvaluator(_grid_sample_model(2, 16, "nearest", "zeros", 1)).run(None, {"x": x, "grid": grid})[0]
+    got = OracleEvaluator(_grid_sample_model(16, "nearest", "zeros", 1)).run(None, {"x": x, "grid": grid})[0]
     np.testing.assert_array_equal(got.ravel(), [1, 3, 3, 5])
+
+
+@pytest.mark.parametrize("x_shape, grid_shape", [((0, 3, 4, 5), (0, 2, 3, 2)), ((2, 0, 4, 5), (2, 2, 3, 2)),
+                                                 ((2, 3, 4, 5), (2, 0, 3, 2))])
+def test_grid_sample_of_an_empty_batch_channel_set_or_grid(x_shape, grid_shape):
+    """An empty output, as ONNX Runtime gives (an adopted attention fed a batch of 0 samples its maps so)."""
+    x, grid = np.ones(x_shape, np.float32), np.zeros(grid_shape, np.float32)
+    got = OracleEvaluator(_grid_sample_model(16, "bilinear", "zeros", 0)).run(None, {"x": x, "grid": grid})[0]
+    assert got.shape == x_shape[:2] + grid_shape[1:3]

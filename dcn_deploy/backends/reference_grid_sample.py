@@ -87,7 +87,7 @@ class GridSample(OpRun):
             raise ValueError(f"GridSample: cubic mode takes 4-D X only, got rank {X.ndim}")
         sizes = X.shape[2:]
         batch, channels = X.shape[:2]
-        flat = X.reshape(batch, channels, -1).astype(np.float64)
+        flat = X.reshape(batch, channels, int(np.prod(sizes))).astype(np.float64)  # (no -1: batch or C may be 0)
         positions = [_unnormalised(grid[..., rank - 1 - axis].astype(np.float64), sizes[axis], bool(align_corners))
                      for axis in range(rank)]
         if mode != "cubic":
@@ -98,7 +98,7 @@ class GridSample(OpRun):
             for index, size in zip(indices, sizes):
                 inside &= (index >= 0) & (index < size)
             clipped = [np.clip(index, 0, size - 1) for index, size in zip(indices, sizes)]
-            where = np.ravel_multi_index(clipped, sizes).reshape(batch, 1, -1)
+            where = np.ravel_multi_index(clipped, sizes).reshape(batch, 1, int(np.prod(grid.shape[1:-1])))
             values = np.take_along_axis(flat, where, axis=2).reshape(total.shape)
             total += np.where(inside[:, None], values, 0.0) * weight[:, None]
         return (total.astype(X.dtype),)

@@ -34,8 +34,9 @@ def command(model_path: Path, output: Optional[Path], roi_sampling_ratio: Option
     raised to 19 (our ops' function bodies need it). TRTBatchedNMS becomes NonMaxSuppression, TopK and indexing;
     the RoIAlign nodes RoiAlign per feature level; GatherTopk GatherND; GridPriorsTRT Range and Expand;
     TRTInstanceNormalization InstanceNormalization; grid_sampler GridSample; MMCVMultiScaleDeformableAttention
-    GridSample per feature level: each computes what mmdeploy's TensorRT plugin computes (dcn_deploy/onnx/adopt_nms.py,
-    adopt_roi_align.py, adopt_small_ops.py, adopt_msda.py; a max-pooled RoIAlign is refused).
+    GridSample per feature level: each computes what mmdeploy's TensorRT plugin computes, grid_sampler what PyTorch's
+    grid_sample does (dcn_deploy/onnx/adopt_nms.py, adopt_roi_align.py, adopt_small_ops.py, adopt_msda.py; a
+    max-pooled RoIAlign is refused).
     Other mmcv/mmdeploy ops (TRTBatchedRotatedNMS, say) are left as they are, and listed.
 
     \b

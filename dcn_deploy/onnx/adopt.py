@@ -15,7 +15,7 @@ by the ``dcn_deploy`` node that computes the same thing:
 | ``mmdeploy::TRTBatchedNMS`` | standard ``NonMaxSuppression``, ``TopK``, ... | what mmdeploy's TensorRT plugin computes (:mod:`dcn_deploy.onnx.adopt_nms`) |
 | ``mmdeploy::MMCVMultiLevelRoiAlign``, ``mmcv::MMCVRoiAlign`` | standard ``RoiAlign`` (opset 16), per level | what mmdeploy's TensorRT plugins compute, average pooling (:mod:`dcn_deploy.onnx.adopt_roi_align`) |
 | ``mmdeploy::MMCVMultiScaleDeformableAttention`` | standard ``GridSample``, per level | what mmdeploy's TensorRT plugin computes (:mod:`dcn_deploy.onnx.adopt_msda`) |
-| ``mmdeploy::GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization``, ``grid_sampler`` | standard ``GatherND``; ``Range``, ``Expand``; ``InstanceNormalization``; ``GridSample`` | the same (:mod:`dcn_deploy.onnx.adopt_small_ops`) |
+| ``mmdeploy::GatherTopk``, ``GridPriorsTRT``, ``TRTInstanceNormalization``, ``grid_sampler`` | standard ``GatherND``; ``Range``, ``Expand``; ``InstanceNormalization``; ``GridSample`` | the same; ``grid_sampler`` as PyTorch's ``grid_sample`` computes it (:mod:`dcn_deploy.onnx.adopt_small_ops`) |
 
 mmcv's attributes ``stride``, ``padding``, ``dilation``, ``groups``, ``deform_groups`` become ``strides``, ``pads``
 (padding on both sides), ``dilations``, ``group`` and ``offset_group``. mmdeploy writes ``MMCVDeformConv2d``'s

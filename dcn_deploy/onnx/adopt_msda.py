@@ -30,11 +30,11 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-import numpy as np
 import onnx
 
 from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, exact_inputs, node_id, node_label,
                           source_op)
+from .adopt_small_ops import grid_sample_mode
 
 __all__ = ["adopt_multi_scale_deformable_attention"]
 
@@ -89,9 +89,14 @@ def adopt_multi_scale_deformable_attention(node: onnx.NodeProto, scope: GraphSco
     def dims(tensor: str, start: int, end: Optional[int] = None) -> str:  # its sizes start..end, as a 1-D tensor
         return g.op("Shape", [tensor], start=start, **({} if end is None else {"end": end}))
 
+    # the Reshapes that fold and unfold the heads get every size (no -1, allowzero): a batch, query count or channel
+    # count of 0 stays 0
+    batch, heads = dims(value, 0, 1), dims(value, 2, 3)
+    batch_heads = g.op("Mul", [batch, heads])
+
     def fold_heads(tensor: str, perm: List[int]) -> str:  # transposed so that (bs, heads, ...) lead, those two folded
         moved = g.op("Transpose", [tensor], perm=perm)
-        return g.op("Reshape", [moved, g.op("Concat", [g.const([-1]), dims(moved, 2)], axis=0)])
+        return g.op("Reshape", [moved, g.op("Concat", [batch_heads, dims(moved, 2)], axis=0)], allowzero=1)
 
     # value (bs, keys, heads, dim) -> (bs*heads, dim, keys)
     maps = fold_heads(value, [0, 2, 3, 1])
@@ -109,7 +114,7 @@ def adopt_multi_scale_deformable_attention(node: onnx.NodeProto, scope: GraphSco
     sizes = g.op("Mul", [g.op("Gather", [shapes64, g.const(0, name="h")], axis=1),
                          g.op("Gather", [shapes64, g.const(1, name="w")], axis=1)])
     ends = g.op("Add", [starts64, sizes])
-    mode = "linear" if (scope.opset() or 0) >= 20 else "bilinear"  # opset 20 renamed the mode
+    mode = grid_sample_mode("bilinear", scope.opset() or 0)
     parts = []
     for level in range(levels):
         index, first = g.const(level, name=f"level{level}"), g.const([level], name=f"level{level}_first")
@@ -124,7 +129,8 @@ def adopt_multi_scale_deformable_attention(node: onnx.NodeProto, scope: GraphSco
                           keepdims=0))  # (bs*heads, dim, nq)
     total = g.op("Sum", parts) if len(parts) > 1 else parts[0]
     # (bs*heads, dim, nq) -> (bs, heads*dim, nq) -> (bs, nq, heads*dim)
-    unfolded = g.op("Reshape", [total, g.op("Concat", [dims(value, 0, 1), g.const([-1]), dims(locations, 1, 2)],
-                                            axis=0)])
+    channels = g.op("Mul", [heads, dims(value, 3, 4)])
+    unfolded = g.op("Reshape", [total, g.op("Concat", [batch, channels, dims(locations, 1, 2)], axis=0)],
+                    allowzero=1)
     g.op("Transpose", [unfolded], [node.output[0]], perm=[0, 2, 1])
     return g.nodes, AdoptedNode(node_id(node), source_op(node), "ONNX GridSample, per level", {"levels": levels}, ())

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..wording import argument
-from .opset import DEFORM_CONV, DOMAIN, subgraphs
+from .opset import DEFORM_CONV, DOMAIN, VERSION, all_nodes, subgraphs
 from .precision import KEEP_FP32_MARK
 from .roi_opset import DEFORM_ROI_POOL
 
@@ -188,11 +188,17 @@ class GraphScope:
             return declared
         return self._inferred_dims().get(name, declared)
 
-    def _declared_dims(self, name: str) -> Optional[Tuple[Optional[int], ...]]:
+    def _stored_tensor(self, name: str) -> Optional[onnx.TensorProto]:
+        """``name``'s tensor where the file stores it: an initializer (of this graph or an outer one) or a Constant
+        of this graph."""
         tensor = self.initializer(name)
         if tensor is None and name in self.constants:
             value = next((a for a in self.constants[name].attribute if a.name == "value"), None)
             tensor = value.t if value is not None else None
+        return tensor
+
+    def _declared_dims(self, name: str) -> Optional[Tuple[Optional[int], ...]]:
+        tensor = self._stored_tensor(name)
         if tensor is not None:
             return tuple(int(d) for d in tensor.dims)
         for value in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
@@ -225,10 +231,7 @@ class GraphScope:
 
     def is_empty_constant(self, name: str) -> bool:
         """``name`` is a tensor of no elements stored in the file (an initializer or a Constant)."""
-        tensor = self.initializer(name)
-        if tensor is None and name in self.constants:
-            value = next((a for a in self.constants[name].attribute if a.name == "value"), None)
-            tensor = value.t if value is not None else None
+        tensor = self._stored_tensor(name)
         return tensor is not None and any(d == 0 for d in tensor.dims)
 
     def fresh(self, base: str) -> str:
@@ -241,7 +244,14 @@ def _shape_dims(value: onnx.ValueInfoProto) -> Tuple[Optional[int], ...]:
 
 def _inferred_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[Optional[int], ...]]:
     """Value name -> shape, as onnx's shape inference with data propagation finds them in ``model`` (in every graph;
-    empty where inference fails: the shapes are then unknown, not wrong)."""
+    empty where inference fails: the shapes are then unknown, not wrong). Our ops written by an earlier round of the
+    rewrite are inferred by their schemas, whose domain the model imports only once the rewrite ends."""
+    if (not any(imp.domain == DOMAIN for imp in model.opset_import)
+            and any(n.domain == DOMAIN for n in all_nodes(model.graph))):
+        imported = onnx.ModelProto()
+        imported.CopyFrom(model)
+        imported.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
+        model = imported
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - inference raises its own C++ error types; unknown shapes are handled

@@ -39,7 +39,7 @@ from onnx import helper
 from .adopt_nodes import (AdoptedNode, AdoptionError, GraphBuilder, GraphScope, attributes_of, exact_inputs,
                           int_attribute, node_id, node_label, number_attribute, source_op)
 
-__all__ = ["adopt_gather_topk", "adopt_grid_priors", "adopt_grid_sampler", "adopt_instance_norm"]
+__all__ = ["adopt_gather_topk", "adopt_grid_priors", "adopt_grid_sampler", "adopt_instance_norm", "grid_sample_mode"]
 
 
 def adopt_gather_topk(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
@@ -102,6 +102,12 @@ _GRID_MODES_20 = {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"
 _GRID_PADDINGS = {0: "zeros", 1: "border", 2: "reflection"}
 
 
+def grid_sample_mode(mode: str, opset: int) -> str:
+    """GridSample's name at ``opset`` for ``mode`` given by opset 16's name (bilinear, nearest or bicubic): opset 20
+    renamed bilinear and bicubic."""
+    return _GRID_MODES_20[mode] if opset >= 20 else mode
+
+
 def adopt_grid_sampler(node: onnx.NodeProto, scope: GraphScope, roi_sampling_ratio: Optional[int] = None
                        ) -> Tuple[List[onnx.NodeProto], AdoptedNode]:
     """``mmdeploy::grid_sampler`` (PyTorch's ``grid_sampler`` at opset 11) as the standard ``GridSample``."""
@@ -122,7 +128,7 @@ def adopt_grid_sampler(node: onnx.NodeProto, scope: GraphScope, roi_sampling_rat
     notes = (("bicubic as PyTorch computes it; mmdeploy's TensorRT plugin computes it as bilinear",)
              if mode == "bicubic" else ())
     standard = helper.make_node("GridSample", inputs, [node.output[0]], name=node.name,
-                                mode=_GRID_MODES_20[mode] if opset >= 20 else mode,
+                                mode=grid_sample_mode(mode, opset),
                                 padding_mode=_GRID_PADDINGS[values["padding_mode"]],
                                 align_corners=1 if values["align_corners"] else 0)
     return [standard], AdoptedNode(node_id(node), source_op(node), "ONNX GridSample",
