@@ -252,8 +252,8 @@ def test_inspect_points_to_adopt_for_mmdeploy_ops_that_are_not_convolutions(tmp_
     info = inspect_model(path)
     assert info["foreign_other"] == "1 mmdeploy::MMCVMultiScaleDeformableAttention"
     text = format_inspection(info)
-    assert (f"other mmdeploy ops: 1 mmdeploy::MMCVMultiScaleDeformableAttention: they run only with mmdeploy's plugin "
-            f"library; dcn-deploy adopt {path} rewrites them as standard ONNX") in text
+    assert (f"other mmcv/mmdeploy ops: 1 mmdeploy::MMCVMultiScaleDeformableAttention: they run only with their "
+            f"project's plugin library; dcn-deploy adopt {path} rewrites them as standard ONNX") in text
     adopted, _ = adopt_model(onnx.load(path))
     onnx.save(adopted, tmp_path / "adopted.onnx")
     assert inspect_model(tmp_path / "adopted.onnx")["foreign_other"] == ""

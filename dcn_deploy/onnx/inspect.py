@@ -85,8 +85,8 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
     Keys: path, ir_version, producer, opsets {domain: version}, inputs/outputs [{name, dtype, shape}],
     deformable_nodes [{name, op_type, domain, inputs, outputs, attributes, has_bias, has_mask, weight_shape}],
     foreign_in_functions (mmcv's/mmdeploy's deformable nodes inside local functions, counted; "" without),
-    foreign_other (mmdeploy's other ops that adopt rewrites as standard ONNX: its NMS, RoIAlign, multi-scale
-    deformable attention, ..., counted; "" without),
+    foreign_other (mmcv's/mmdeploy's other ops that adopt rewrites as standard ONNX: mmdeploy's NMS, RoIAlign,
+    multi-scale deformable attention, ..., counted; "" without),
     functions [{domain, name, opsets, body}], op_counts {"domain::op_type": n}, node_count, metadata; with
     ``nodes=True`` (CLI: ``--nodes``) also nodes [{name, op_type, domain}] for every graph node in order (an
     unnamed node is "#<index>").
@@ -117,7 +117,7 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
         } for f in model.functions],
         # mmcv's/mmdeploy's nodes inside local functions (torch's export_modules_as_functions), which adopt inlines
         "foreign_in_functions": node_summary(foreign_nodes(model, standard=False, where="functions")),
-        # mmdeploy's other ops that adopt rewrites as standard ONNX (NMS, RoIAlign, deformable attention, ...)
+        # mmcv's/mmdeploy's other ops that adopt rewrites as standard ONNX (NMS, RoIAlign, deformable attention, ...)
         "foreign_other": node_summary([n for n in foreign_nodes(model, standard=False, where="graph")
                                        if not is_adoptable_deformable(n)]),
         "op_counts": dict(sorted(counts.items())),
@@ -192,8 +192,8 @@ def format_inspection(info: dict) -> str:
         lines.append(f"  hint: TensorRT builds a standard DeformConv with its own plugin (float and half, symmetric "
                      f"pads); dcn-deploy adopt {info['path']} rewrites them as {DOMAIN}'s, for our plugin")
     if info.get("foreign_other"):
-        lines.append(f"other mmdeploy ops: {info['foreign_other']}: they run only with mmdeploy's plugin library; "
-                     f"dcn-deploy adopt {info['path']} rewrites them as standard ONNX")
+        lines.append(f"other mmcv/mmdeploy ops: {info['foreign_other']}: they run only with their project's plugin "
+                     f"library; dcn-deploy adopt {info['path']} rewrites them as standard ONNX")
     if info["functions"]:
         lines.append("functions (bodies that stock ONNX Runtime inlines):")
         for f in info["functions"]:
