@@ -27,6 +27,8 @@ rows match the reference's, boxes within 1e-2 px and scores within 3e-5 (measure
 and 3.3e-6); the reference's attention is mmcv's PyTorch implementation (counted), 2 to 32 % of its locations
 off the map. A sampling location moved by 0.05 px on one level of one layer in the reference fails it. Deformable
 DETR is also exported as on the CPU (16 ``grid_sampler`` nodes, adopted as ``GridSample``), with the same result.
+Converted to float16 as ``build --precision fp16`` converts it for TensorRT (the attention kept float32), Deformable
+DETR keeps 99 of its 100 rows within 1 px in ONNX Runtime (DINO is only printed: see the test).
 
 The reference is mmdeploy's own rewritten forward for TensorRT (``patch_model`` and ``RewriterContext``: what the
 export traces) with the two plugins whose torch forwards are placeholders computing for real: ``TRTBatchedNMSop``
@@ -521,7 +523,10 @@ def test_mmdeploy_tensorrt_export_of_an_mmdet_detr_with_msda_adopted_matches_pyt
     from mmdeploy.apis import build_task_processor
     from mmdeploy.utils import load_config
 
+    import onnx
+
     from dcn_deploy.onnx.adopt import adopt_file
+    from dcn_deploy.onnx.precision import KEEP_FP32_MARK, convert_precision
 
     relative, as_on_gpu, expected_nodes = DETR_CASES[case]
     deploy_cfg, model_cfg = load_config(_deploy_config(False), str(mmdet_stack / relative))
@@ -540,6 +545,12 @@ def test_mmdeploy_tensorrt_export_of_an_mmdet_detr_with_msda_adopted_matches_pyt
     assert adopted.adoption.left == []
     assert _custom_nodes(adopted.path) == {}
     session = ort.InferenceSession(str(adopted.path), providers=["CPUExecutionProvider"])
+    # what build --precision fp16 hands TensorRT, run in ONNX Runtime: the attention stays float32 (marked; the
+    # CPU export's GridSample nodes by their op)
+    half, _ = convert_precision(onnx.load(str(adopted.path)), "fp16")
+    assert all(n.doc_string.startswith(KEEP_FP32_MARK) == as_on_gpu for n in half.graph.node
+               if n.op_type == "GridSample")
+    half_session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
     adopted.path.unlink()
 
     calls = []
@@ -561,3 +572,13 @@ def test_mmdeploy_tensorrt_export_of_an_mmdet_detr_with_msda_adopted_matches_pyt
         score = max(abs(got[0][0, j, 4] - want[0][0, i, 4]) for i, j in rows.items())
         print(f"{case} {image.shape[:2]}: {len(rows)} rows matched, max |box| {box:.2g} px, |score| {score:.2g}; "
               f"scores {scores.min():.3f}..{scores.max():.3f}, {len(np.unique(want[1]))} labels")
+        # float16: the random model's scores lie within a few hundredths, so half rounding reorders rows and may
+        # swap the last ones in or out; nearly every reference row keeps a row of its label within 1 px. Not DINO:
+        # its two-stage head picks its queries by a top-k over near-tied random scores, which half rounding changes
+        # (on 2026-11-27 the encoder's attention outputs were within 1 % in float16, the decoder's queries other ones)
+        dets, labels = half_session.run(None, {"input": inputs})
+        same_label = [dets[0, labels[0] == label, :4] for label in want[1][0]]
+        near = [len(rows) > 0 and np.abs(rows - row[:4]).max(1).min() < 1.0
+                for rows, row in zip(same_label, want[0][0])]
+        print(f"{case} {image.shape[:2]} float16: {sum(near)} of {len(near)} rows within 1 px")
+        assert case == "dino" or sum(near) >= 0.95 * len(near)
