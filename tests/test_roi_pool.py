@@ -3,6 +3,7 @@ reference kernels (mmcv's deform_roi_pool, Deformable-ConvNets' DeformablePSROIP
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -576,6 +577,45 @@ def test_sample_counts_past_the_bound_are_refused_everywhere():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("dcn_deploy", 1)])
     with pytest.raises(onnx.shape_inference.InferenceError, match="sampling_ratio must be from 1 .* to 1024, got 1025"):
         onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+@pytest.mark.parametrize("op, attributes, message", [
+    ("DeformRoIPool", {"sampling_ratio": 0}, r"sampling_ratio must be from 1 \(the adaptive 0 has no static form\)"),
+    ("DeformPSRoIPool", {"sample_per_part": 0, "output_dim": 2, "group_size": 1},
+     r"output_dim, .*sample_per_part must be >= 1"),
+])
+def test_runners_refuse_hand_built_roi_nodes_the_op_refuses(tmp_path, op, attributes, message):
+    """A hand-built node with an attribute our schema refuses (mmcv's adaptive sampling_ratio=0 written into a file,
+    say): onnx's checker refuses it through the schema, but ONNX Runtime does not run our inference, and the function
+    body computed NaN without a word (verify then blamed the weights). verify and bench refuse the file (exit 2), and
+    the runners a model in memory, naming the node."""
+    import onnx
+    from onnx import helper
+
+    from cli_helpers import cli_runner
+
+    from dcn_deploy.backends.base import RunnerError
+    from dcn_deploy.backends.onnx_reference_runner import OnnxReferenceRunner
+    from dcn_deploy.cli import main
+    from dcn_deploy.backends.ort_runner import OrtRunner
+    from dcn_deploy.onnx.opset import attach_functions
+
+    node = helper.make_node(op, ["X", "rois"], ["Y"], domain="dcn_deploy", name="pool", **attributes)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 2, 6, 6]),
+                                            helper.make_tensor_value_info("rois", onnx.TensorProto.FLOAT, [1, 5])],
+                              [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("dcn_deploy", 1)])
+    attach_functions(model)
+    path = tmp_path / "hand_built.onnx"
+    onnx.save(model, path)
+    named = rf"node 'pool' \(dcn_deploy::{op}\): {message}.*fix the attributes"
+    for runner in (OnnxReferenceRunner(str(path)), OrtRunner(model)):
+        with pytest.raises(RunnerError, match=named):
+            with runner:
+                pass
+    for command in (["verify", str(path), "--against", "ort"], ["bench", str(path), "--no-progress"]):
+        result = cli_runner().invoke(main, command)
+        assert result.exit_code == 2 and re.search(named, result.stderr), result.output
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -15,7 +15,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from .base import Runner, RunnerError, TensorMeta
-from .ort_runner import _checked_input, register_dcn_schemas
+from .ort_runner import _checked_input, invalid_roi_pool_message, register_dcn_schemas
 
 __all__ = ["OnnxReferenceRunner", "graph_io_metadata"]
 
@@ -85,6 +85,9 @@ class OnnxReferenceRunner(Runner):
         if not hasattr(proto, "graph"):
             raise TypeError(f"onnx-reference: model must be a path, bytes or onnx.ModelProto, "
                             f"got {type(self.model).__name__}")
+        invalid = invalid_roi_pool_message(proto, label)
+        if invalid is not None:
+            raise RunnerError(f"onnx-reference: {invalid}")
         self._inputs, self._output_names = graph_io_metadata(proto)
         try:
             self._evaluator = OracleEvaluator(proto)

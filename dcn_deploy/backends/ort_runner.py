@@ -96,6 +96,22 @@ def _computes_in_float64(source) -> bool:
         return False
 
 
+def invalid_roi_pool_message(proto, label: str) -> Optional[str]:
+    """What to tell about the ``dcn_deploy`` RoI pooling nodes of the ModelProto ``proto`` whose attributes the op
+    refuses (:func:`dcn_deploy.onnx.roi_opset.invalid_roi_pool_nodes`: a hand-edited ``sampling_ratio=0``, say),
+    where the function body would compute NaN without a word; None if there are none. Checked where the model is in
+    memory anyway: the CLI's one read of the file (``commands._runtime.file_facts``), a ModelProto given to
+    :class:`OrtRunner`, and the onnx-reference runner's load (a path given to OrtRunner is not read again for it)."""
+    from ..onnx.roi_opset import invalid_roi_pool_nodes
+
+    problems = invalid_roi_pool_nodes(proto)
+    if not problems:
+        return None
+    return (f"{label} holds RoI pooling node(s) whose attributes the op refuses: {'; '.join(problems)}. Their "
+            "function bodies would compute NaN or wrong values: fix the attributes in the file, or re-export the "
+            "model (dcn-deploy export refuses them, saying how)")
+
+
 def register_dcn_schemas() -> bool:
     """Import ``dcn_deploy.onnx.opset`` (which registers our op schemas with onnx) if it exists."""
     try:
@@ -244,6 +260,9 @@ class OrtRunner(Runner):
         # exceptions (one message); logged too, they printed a second, red copy first
         source = self._model_bytes_or_path()
         label = source if isinstance(source, str) else "the model"
+        invalid = invalid_roi_pool_message(self.model, label) if hasattr(self.model, "graph") else None
+        if invalid is not None:  # (a ModelProto in memory; a path is checked by the CLI's one read of it)
+            raise RunnerError(f"ort: {invalid}")
         try:
             self.session = ort.InferenceSession(source, sess_options=options,
                                                 providers=self._session_providers(ort))

@@ -62,11 +62,18 @@ class FileFacts(NamedTuple):
 
 def file_facts(shapes: Sequence[str], model_path: Path) -> FileFacts:
     """:class:`FileFacts` from one read of ``model_path`` (an engine: no facts); the copy is dropped on return,
-    before the runners load their own."""
+    before the runners load their own. A RoI pooling node whose attributes the op refuses is refused here
+    (:func:`dcn_deploy.backends.ort_runner.invalid_roi_pool_message`)."""
     from ..feeds import parse_shape_options, read_onnx_file, roi_input_names
     from ..onnx.compute_type import half_compute_type
 
     model = read_onnx_file(model_path)
+    if model is not None:
+        from ..backends.ort_runner import invalid_roi_pool_message
+
+        invalid = invalid_roi_pool_message(model, str(model_path))
+        if invalid is not None:
+            raise ValueError(invalid)
     return FileFacts(parse_shape_options(shapes, model=model), () if model is None else roi_input_names(model.graph),
                      half_compute_type(model))
 

@@ -35,11 +35,12 @@ from onnx import TensorProto, defs, helper
 
 from ..ops.roi_spec import MAX_SAMPLES_PER_BIN_SIDE
 from ..wording import for_reader
-from .opset import DOMAIN, FLOAT_TYPES, VERSION, ExportRefusal, OpDefinition, plugin_attribute_schemas, register_op
+from .opset import (DOMAIN, FLOAT_TYPES, VERSION, ExportRefusal, OpDefinition, all_nodes, plugin_attribute_schemas,
+                    register_op)
 from .schema_inference import inference_error, known_size, tensor_dims
 
 __all__ = ["DEFORM_ROI_POOL", "DEFORM_PSROI_POOL", "deform_roi_pool_function", "deform_psroi_pool_function",
-           "check_model", "AdaptiveSamplingError"]
+           "check_model", "invalid_roi_pool_nodes", "AdaptiveSamplingError"]
 
 DEFORM_ROI_POOL = "DeformRoIPool"
 DEFORM_PSROI_POOL = "DeformPSRoIPool"
@@ -124,16 +125,56 @@ def _dim(value=None, copy=None):
     return d
 
 
+def _roi_pool_attribute_error(values: dict) -> Optional[str]:
+    """What is wrong with DeformRoIPool's attributes ``values`` (all of them, defaults filled in); None if nothing."""
+    ph, pw, ratio = values["pooled_height"], values["pooled_width"], values["sampling_ratio"]
+    if ph < 1 or pw < 1:
+        return f"pooled_height and pooled_width must be >= 1, got {ph}, {pw}"
+    if not 1 <= ratio <= MAX_SAMPLES_PER_BIN_SIDE:
+        return (f"sampling_ratio must be from 1 (the adaptive 0 has no static form) to {MAX_SAMPLES_PER_BIN_SIDE}, "
+                f"got {ratio}")
+    return None
+
+
+def _psroi_pool_attribute_error(values: dict) -> Optional[str]:
+    """What is wrong with DeformPSRoIPool's attributes ``values`` (all of them, defaults filled in); None if
+    nothing."""
+    if (min(values["output_dim"], values["group_size"], values["pooled_size"], values["sample_per_part"]) < 1
+            or values["part_size"] < 0 or values["sample_per_part"] > MAX_SAMPLES_PER_BIN_SIDE):
+        return (f"output_dim, group_size, pooled_size and sample_per_part must be >= 1 (and sample_per_part <= "
+                f"{MAX_SAMPLES_PER_BIN_SIDE}) and part_size >= 0, got {values}")
+    return None
+
+
+# op type -> (its attribute table, the check of its attributes)
+_ATTRIBUTE_CHECKS = {DEFORM_ROI_POOL: (_ROI_ATTRIBUTES, _roi_pool_attribute_error),
+                     DEFORM_PSROI_POOL: (_PSROI_ATTRIBUTES, _psroi_pool_attribute_error)}
+
+
+def invalid_roi_pool_nodes(model: onnx.ModelProto) -> List[str]:
+    """``"node 'pool' (dcn_deploy::DeformRoIPool): sampling_ratio must be ..."`` for each RoI pooling node of the
+    model (graph and subgraphs) whose attributes the op refuses. onnx's checker reports these through the schemas'
+    inference, which ONNX Runtime does not run: there, the function body computes NaN (sampling_ratio 0) or garbage."""
+    problems = []
+    for node in all_nodes(model.graph):
+        if node.domain != DOMAIN or node.op_type not in _ATTRIBUTE_CHECKS:
+            continue
+        table, check = _ATTRIBUTE_CHECKS[node.op_type]
+        given = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        error = check({name: given.get(name, default) for name, (default, _) in table.items()})
+        if error is not None:
+            problems.append(f"node {node.name or node.output[0]!r} ({DOMAIN}::{node.op_type}): {error}")
+    return problems
+
+
 def _infer_roi_pool(ctx) -> None:
     """Y (K, C, pooled_height, pooled_width): K from rois, C from X; checks rois (K, 5) and offset (K, 2, ph, pw)."""
     op = DEFORM_ROI_POOL
-    ph, pw = _attr(ctx, _ROI_ATTRIBUTES, "pooled_height"), _attr(ctx, _ROI_ATTRIBUTES, "pooled_width")
-    ratio = _attr(ctx, _ROI_ATTRIBUTES, "sampling_ratio")
-    if ph < 1 or pw < 1:
-        raise _inference_error(op, f"pooled_height and pooled_width must be >= 1, got {ph}, {pw}")
-    if not 1 <= ratio <= MAX_SAMPLES_PER_BIN_SIDE:
-        raise _inference_error(op, f"sampling_ratio must be from 1 (the adaptive 0 has no static form) to "
-                                   f"{MAX_SAMPLES_PER_BIN_SIDE}, got {ratio}")
+    values = {name: _attr(ctx, _ROI_ATTRIBUTES, name) for name in _ROI_ATTRIBUTES}
+    error = _roi_pool_attribute_error(values)
+    if error is not None:
+        raise _inference_error(op, error)
+    ph, pw = values["pooled_height"], values["pooled_width"]
     x, rois, offset = _dims(ctx, 0), _dims(ctx, 1), _dims(ctx, 2)
     _check(op, x, "X", [None] * 4)
     _check(op, rois, "rois", [None, 5])
@@ -149,10 +190,9 @@ def _infer_psroi_pool(ctx) -> None:
     values = {name: _attr(ctx, _PSROI_ATTRIBUTES, name) for name in _PSROI_ATTRIBUTES}
     output_dim, group, pooled = values["output_dim"], values["group_size"], values["pooled_size"]
     part = values["part_size"] or pooled
-    if (min(output_dim, group, pooled, values["sample_per_part"]) < 1 or values["part_size"] < 0
-            or values["sample_per_part"] > MAX_SAMPLES_PER_BIN_SIDE):
-        raise _inference_error(op, f"output_dim, group_size, pooled_size and sample_per_part must be >= 1 (and "
-                                   f"sample_per_part <= {MAX_SAMPLES_PER_BIN_SIDE}) and part_size >= 0, got {values}")
+    error = _psroi_pool_attribute_error(values)
+    if error is not None:
+        raise _inference_error(op, error)
     x, rois, trans = _dims(ctx, 0), _dims(ctx, 1), _dims(ctx, 2)
     _check(op, x, "X", [None, output_dim * group * group, None, None])
     _check(op, rois, "rois", [None, 5])
