@@ -50,7 +50,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the DETR's random weights, the deploy configs and the detection matcher
+sys.path.insert(0, str(REPO / "benchmarks"))  # the timing script's sessions
 import test_adopt_mmdet as mmdet_check  # noqa: E402
+from cpu_onnx_files import ort_session  # noqa: E402
 
 from dcn_deploy.onnx.adopt import adopt_file  # noqa: E402
 
@@ -174,21 +176,6 @@ def make_files(folder: Path, height: int, width: int):
     np.save(folder / "image_input.npy", inputs.numpy())
 
 
-def _session(path, threads=1, library="", profile_prefix=""):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    if library:
-        options.register_custom_ops_library(library)
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def _runnable(folder: Path, library: str):
     """(label, path, library) of the three files ONNX Runtime runs."""
     return [("mmdeploy ORT export + mmdeploy's library", folder / "detr_ort.onnx", library),
@@ -215,7 +202,7 @@ def try_unadopted(folder: Path, library: str):
     for what, model in (("detr_trt.onnx", str(folder / "detr_trt.onnx")),
                         ("one MMCVMultiScaleDeformableAttention node", _one_attention_node().SerializeToString())):
         try:
-            _session(model, library=library)
+            ort_session(model, library=library)
         except Exception as exc:  # what ONNX Runtime says is the point
             print(f"{what} in ONNX Runtime {ort.__version__} with mmdeploy's library: {type(exc).__name__}: "
                   f"{str(exc).strip()[:300]}")
@@ -228,7 +215,7 @@ def check_agreement(folder: Path, library: str, shape):
     timed = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     feeds = {"timed input (standard normal, seed 0)": timed, "synthetic image": np.load(folder / "image_input.npy")}
     files = _runnable(folder, library)
-    sessions = [_session(path, library=lib) for _, path, lib in files]
+    sessions = [ort_session(path, library=lib) for _, path, lib in files]
     for what, x in feeds.items():
         outputs = [s.run(None, {"input": x}) for s in sessions]
         (dets, labels) = outputs[0][0][0], outputs[0][1][0]
@@ -252,7 +239,7 @@ def profile(folder: Path, library: str, shape, threads: int, runs: int):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     print(f"profile: {threads} intra-op thread(s), {runs} runs after 2 warm-up, ms per run (sum of node times)")
     for label, path, lib in _runnable(folder, library):
-        session = _session(path, threads, lib, profile_prefix=str(folder / f"profile_{path.stem}"))
+        session = ort_session(path, threads, lib, profile_prefix=str(folder / f"profile_{path.stem}"))
         for _ in range(2):
             session.run(None, {"input": x})
         wall = []

@@ -24,7 +24,10 @@ def _shape(text: str):
     return name, tuple(int(d) for d in dims.split("x"))
 
 
-def _session(path: Path, threads: int, library: str = ""):
+def ort_session(path, threads: int = 1, library: str = "", profile_prefix: str = ""):
+    """An ONNX Runtime CPU session of ``path`` (a file, or the model's bytes) as these timings run it: ``threads``
+    intra-op threads, no spinning; with mmdeploy's (or another) custom-op ``library``; profiling to
+    ``profile_prefix`` when given (benchmarks/cpu_detr_files.py)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -32,7 +35,11 @@ def _session(path: Path, threads: int, library: str = ""):
     options.log_severity_level = 3
     if library:
         options.register_custom_ops_library(library)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:
@@ -48,7 +55,7 @@ def main() -> None:
     feed = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in args.shape}
     print(f"onnxruntime {ort.__version__}, {args.threads} intra-op thread(s), {args.iterations} runs after 2 warm-up")
     for path in args.files:
-        session = _session(path, args.threads, libraries.get(path.resolve(), ""))
+        session = ort_session(path, args.threads, libraries.get(path.resolve(), ""))
         names = {i.name for i in session.get_inputs()}
         inputs = {k: v for k, v in feed.items() if k in names}
         for _ in range(2):

@@ -256,13 +256,19 @@ def _spread_head_scores(model, batches):
                     layer.bias.sub_(factor * out.mean(1) - mean)
 
 
-def _random_detector(task_processor, images, seed=0):
-    """The detector with random weights that detect, calibrated on ``images`` (the test's own)."""
+def _model_and_batches(task_processor, images):
+    """The task's model as mmdeploy builds it (no weights), and each image as (its input, its data samples)."""
     model = task_processor.build_pytorch_model(None)
     batches = []
     for image in images:
         data, inputs = task_processor.create_input(image, image.shape[1::-1], data_preprocessor=model.data_preprocessor)
         batches.append((inputs, data["data_samples"]))
+    return model, batches
+
+
+def _random_detector(task_processor, images, seed=0):
+    """The detector with random weights that detect, calibrated on ``images`` (the test's own)."""
+    model, batches = _model_and_batches(task_processor, images)
     _random_weights(model, seed)
     _batch_norm_from_images(model, batches)
     _damp_residual_branches(model)
@@ -495,11 +501,7 @@ def _random_detr(task_processor, images, seed=0):
     likewise, so that they are far from uniform), the embeddings and level embeddings normal (mmdeploy builds the model
     without mmdet's init_weights: the level embeddings would be uninitialised memory), the plain attentions'
     projections Xavier; BatchNorm statistics measured on the images and the residual branches damped."""
-    model = task_processor.build_pytorch_model(None)
-    batches = []
-    for image in images:
-        data, inputs = task_processor.create_input(image, image.shape[1::-1], data_preprocessor=model.data_preprocessor)
-        batches.append((inputs, data["data_samples"]))
+    model, batches = _model_and_batches(task_processor, images)
     _random_weights(model, seed)
     torch.manual_seed(seed + 1)
     with torch.no_grad():

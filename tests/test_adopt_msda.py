@@ -259,6 +259,24 @@ def test_inspect_points_to_adopt_for_mmdeploy_ops_that_are_not_convolutions(tmp_
     assert inspect_model(tmp_path / "adopted.onnx")["foreign_other"] == ""
 
 
+def _locations_reshaped_from(source: str):
+    """Nodes making sampling_locations (bs, nq, 2, 2, 2, 2) from ``source``'s first two sizes and a constant ``tail``
+    (2, 2, 2, 2), as DETR heads' Reshapes do: only data propagation through ``source``'s shape gives the levels."""
+    return [helper.make_node("Shape", [source], ["lead"], start=0, end=2),
+            helper.make_node("Concat", ["lead", "tail"], ["target"], axis=0),
+            helper.make_node("Reshape", [source, "target"], ["raw_locations"]),
+            helper.make_node("Sigmoid", ["raw_locations"], ["sampling_locations"])]
+
+
+def _adopted_both(model, first: str):
+    """The ONNX Runtime session of ``model`` adopted: its ``first`` node, then the attention in the second round,
+    whose 2 levels shape inference found through the first's rewrite."""
+    adopted, adoption = adopt_model(model)
+    assert [n.source for n in adoption.nodes] == [first, "mmdeploy::MMCVMultiScaleDeformableAttention"]
+    assert adoption.nodes[1].attributes == {"levels": 2} and adoption.left == []
+    return ort.InferenceSession(adopted.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def test_level_count_inferred_through_other_mmdeploy_nodes():
     """As in mmdeploy's Deformable DETR exports: the locations' shape is only known by data propagation through the
     output of another mmdeploy node (GroupNorm as TRTInstanceNormalization, which shape inference cannot see
@@ -270,18 +288,11 @@ def test_level_count_inferred_through_other_mmdeploy_nodes():
     tail = numpy_helper.from_array(np.array([2, 2, 2, 2], np.int64), "tail")
     before = [helper.make_node("TRTInstanceNormalization", ["features", "scale", "bias"], ["normed"],
                                domain="mmdeploy", epsilon=1e-5),
-              helper.make_node("Shape", ["normed"], ["lead"], start=0, end=2),
-              helper.make_node("Concat", ["lead", "tail"], ["target"], axis=0),
-              helper.make_node("Reshape", ["normed", "target"], ["raw_locations"]),
-              helper.make_node("Sigmoid", ["raw_locations"], ["sampling_locations"])]
+              *_locations_reshaped_from("normed")]
     model = _model(2, declare_levels=False, before=before)
     model.graph.input[1].CopyFrom(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["bs", "nq", 16]))
     model.graph.initializer.extend([ones, zeros, tail])
-    adopted, adoption = adopt_model(model)
-    assert [n.source for n in adoption.nodes] == ["mmdeploy::TRTInstanceNormalization",
-                                                  "mmdeploy::MMCVMultiScaleDeformableAttention"]
-    assert adoption.nodes[1].attributes == {"levels": 2} and adoption.left == []
-    session = ort.InferenceSession(adopted.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = _adopted_both(model, "mmdeploy::TRTInstanceNormalization")
     got = session.run(None, {"value": value, "spatial_shapes": shapes, "level_start_index": starts,
                              "features": features, "attention_weights": weights})[0]
     centred = features - features.mean(-1, keepdims=True)
@@ -304,21 +315,14 @@ def test_level_count_inferred_through_an_adopted_deformable_convolution():
     before = [helper.make_node("MMCVModulatedDeformConv2d", ["features", "offset", "mask", "kernel", "bias"],
                                ["convolved"], domain="mmdeploy", name="dcn", stride=[1, 1], padding=[1, 1],
                                dilation=[1, 1], groups=1, deform_groups=1),
-              helper.make_node("Shape", ["convolved"], ["lead"], start=0, end=2),
-              helper.make_node("Concat", ["lead", "tail"], ["target"], axis=0),
-              helper.make_node("Reshape", ["convolved", "target"], ["raw_locations"]),
-              helper.make_node("Sigmoid", ["raw_locations"], ["sampling_locations"])]
+              *_locations_reshaped_from("convolved")]
     model = _model(2, declare_levels=False, before=before)
     model.graph.input[1].CopyFrom(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["bs", 3, 4, 4]))
     model.graph.input.extend([helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["bs", 18, 4, 4]),
                               helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["bs", 9, 4, 4])])
     model.graph.output.append(helper.make_tensor_value_info("sampling_locations", TensorProto.FLOAT, None))
     model.graph.initializer.extend([kernel, bias, tail])
-    adopted, adoption = adopt_model(model)
-    assert [n.source for n in adoption.nodes] == ["mmdeploy::MMCVModulatedDeformConv2d",
-                                                  "mmdeploy::MMCVMultiScaleDeformableAttention"]
-    assert adoption.nodes[1].attributes == {"levels": 2} and adoption.left == []
-    session = ort.InferenceSession(adopted.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = _adopted_both(model, "mmdeploy::MMCVModulatedDeformConv2d")
     got, locations = session.run(None, {"value": value, "spatial_shapes": shapes, "level_start_index": starts,
                                         "features": features, "offset": offset, "mask": mask,
                                         "attention_weights": weights})
