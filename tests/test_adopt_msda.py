@@ -69,7 +69,8 @@ def _model(levels, *, index_type=TensorProto.INT64, shapes_as=None, declare_leve
     inputs = [helper.make_tensor_value_info("value", float_type, ["bs", "keys", "heads", "dim"]),
               helper.make_tensor_value_info("sampling_locations", float_type,
                                             ["bs", "nq", "heads", level_dim, "points", 2]),
-              helper.make_tensor_value_info("attention_weights", float_type, ["bs", "nq", "heads", level_dim, "points"])]
+              helper.make_tensor_value_info("attention_weights", float_type,
+                                            ["bs", "nq", "heads", level_dim, "points"])]
     initializers = []
     if shapes_as is None:
         inputs += [helper.make_tensor_value_info("spatial_shapes", index_type, [level_dim, 2]),
@@ -78,8 +79,8 @@ def _model(levels, *, index_type=TensorProto.INT64, shapes_as=None, declare_leve
         np_type = helper.tensor_dtype_to_np_dtype(index_type)
         initializers = [numpy_helper.from_array(shapes_as[0].astype(np_type), "spatial_shapes"),
                         numpy_helper.from_array(shapes_as[1].astype(np_type), "level_start_index")]
-    graph = helper.make_graph([*before, node], "g", inputs, [helper.make_tensor_value_info("out", float_type, ["bs", "nq", "channels"])],
-                              initializer=initializers)
+    output = helper.make_tensor_value_info("out", float_type, ["bs", "nq", "channels"])
+    graph = helper.make_graph([*before, node], "g", inputs, [output], initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("mmdeploy", 1)])
     model.ir_version = 8
     return model
