@@ -101,9 +101,9 @@ def adopt_multi_scale_deformable_attention(node: onnx.NodeProto, scope: GraphSco
     # value (bs, keys, heads, dim) -> (bs*heads, dim, keys)
     maps = fold_heads(value, [0, 2, 3, 1])
     # locations -> (bs*heads, L, nq, P, 2) in GridSample's [-1, 1], out-of-map ones kept out of the map
-    clipped = g.op("Clip", [locations, g.float_like(-1.0, locations, "lowest"), g.float_like(2.0, locations, "highest")])
-    far = g.float_like(2.0, locations, "far")
-    safe = g.op("Where", [g.op("IsNaN", [locations]), far, clipped])
+    lowest, highest = g.float_like(-1.0, locations, "lowest"), g.float_like(2.0, locations, "highest")
+    clipped = g.op("Clip", [locations, lowest, highest])
+    safe = g.op("Where", [g.op("IsNaN", [locations]), highest, clipped])  # NaN: as far as the highest
     grid = g.op("Sub", [g.op("Mul", [fold_heads(safe, [0, 2, 3, 1, 4, 5]), g.float_like(2.0, locations, "two")]),
                         g.float_like(1.0, locations, "one")])
     # weights (bs, nq, heads, L, P) -> (bs*heads, L, nq, P)
