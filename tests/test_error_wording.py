@@ -76,10 +76,10 @@ def test_shape_errors_of_verify_and_bench_name_the_option(tmp_path):
 
     dynamic = relu_model(tmp_path / "dynamic.onnx", ["N", 2, "H", "W"])
     line = cli_error("verify", dynamic, "--against", "ort")
-    assert line == ("input 'x' has a dynamic dimension 2 (H) in shape Nx2xHxW; give its size: "
+    assert line == ("input 'x' has a dynamic dimension 2 (H) in shape N x 2 x H x W; give its size: "
                     "--shape x=1x2x64x64"), line
     line = cli_error("verify", dynamic, "--against", "ort", "--shape", "x=1x3x4x4")
-    assert line == "input 'x': dimension 1 is fixed to 2 in the model, --shape gives 3 (model shape Nx2xHxW)", line
+    assert line == "input 'x': dimension 1 is fixed to 2 in the model, --shape gives 3 (model shape N x 2 x H x W)", line
     fixed = relu_model(tmp_path / "fixed.onnx", [1, 2, 4, 4])
     line = cli_error("bench", fixed, "--batch", "1,8", "--iterations", "1", "--warmup", "0", "--no-progress")
     assert line == ("--batch 1,8: input 'x' has a fixed batch size 1 (model shape 1x2x4x4), so batch 8 cannot run; "

@@ -49,7 +49,11 @@ def read_onnx_model(path: os.PathLike, *, load_external_data: bool = True):
     try:
         proto = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:  # protobuf's DecodeError (and its relatives) for a file that is not a ModelProto
-        raise ValueError(not_an_onnx_model(path, f"{type(exc).__name__}: {exc}")) from exc
+        reason = f"{type(exc).__name__}: {exc}"
+        if type(exc).__name__ == "DecodeError" and Path(path).suffix.lower() == ".onnx":
+            reason += (f"; a truncated or damaged copy reads so: compare its size, {Path(path).stat().st_size} "
+                       "bytes, with the original's")
+        raise ValueError(not_an_onnx_model(path, reason)) from exc
     if not proto.ir_version or not proto.HasField("graph"):
         raise ValueError(not_an_onnx_model(path, "no ONNX graph in it"))
     return proto

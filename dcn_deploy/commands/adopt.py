@@ -57,6 +57,29 @@ def command(model_path: Path, output: Optional[Path], roi_sampling_ratio: Option
     click.echo(result.adoption.summary())
     weights = f" and its weights {result.weights_path.name}" if result.weights_path is not None else ""
     click.echo(f"wrote {result.path}{weights} (checked: onnx.checker full check, shape inference)")
+    ours = any(node.target.startswith("dcn_deploy::") for node in result.adoption.nodes)
+    placeholders = {name: _placeholder_shape(dims) for name, dims in result.sized_inputs.items()}
+    verify = f"dcn-deploy verify {result.path} --against ort" + "".join(
+        f" --shape {name}={shape}" for name, shape in placeholders.items())
+    build = f"dcn-deploy build {result.path}" + "".join(
+        f" --shapes {name}:{shape}" for name, shape in placeholders.items())
+    width = max(len(verify), len(build)) + 2
     click.echo("next:")
-    click.echo(f"  dcn-deploy verify {result.path} --against ort      # runs it in ONNX Runtime and onnx's reference")
-    click.echo(f"  dcn-deploy build {result.path}                     # TensorRT, with our plugin")
+    click.echo(f"  {verify.ljust(width)}# runs it in ONNX Runtime and onnx's reference")
+    click.echo(f"  {build.ljust(width)}# TensorRT" + (", with our plugin" if ours else ""))
+    for name, dims in result.sized_inputs.items():
+        names = [_placeholder(axis, dim) for axis, dim in enumerate(dims) if axis and not isinstance(dim, int)]
+        click.echo(f"  (input {name!r} has dynamic sizes and the file stores no example: write the sizes you run it "
+                   f"at for {', '.join(names)}; build also takes a range, {name}:MIN/OPT/MAX)")
+
+
+def _placeholder(axis: int, dim: object) -> str:
+    """A dynamic dimension's stand-in in a printed command: its symbol in capitals (HEIGHT), else D<axis>."""
+    text = "".join(c for c in str(dim or "") if c.isalnum() or c == "_").upper()
+    return text if text and not text[0].isdigit() else f"D{axis}"
+
+
+def _placeholder_shape(dims) -> str:
+    """``1x3xHEIGHTxWIDTH``: batch 1 where dynamic, the fixed sizes, a placeholder for each other dynamic size."""
+    return "x".join(str(d) if isinstance(d, int) else ("1" if axis == 0 else _placeholder(axis, d))
+                    for axis, d in enumerate(dims))

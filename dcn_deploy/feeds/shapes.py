@@ -30,5 +30,8 @@ def parse_shape(text: str) -> Shape:
 
 
 def format_shape(shape: Sequence[object]) -> str:
-    return "x".join("?" if d is None else str(d) for d in shape) or "scalar"
+    """``(1, 3, 64, 64)`` -> ``1x3x64x64``; a shape with symbolic dimensions is spaced, ``batch x 3 x height x width``
+    (``batchx3xheightxwidth`` reads as one word)."""
+    joiner = " x " if any(isinstance(d, str) for d in shape) else "x"
+    return joiner.join("?" if d is None else str(d) for d in shape) or "scalar"
 

@@ -61,6 +61,7 @@ class Adoption:
     opset_after: int = 0
     left: List[str] = field(default_factory=list)  # other mmcv/mmdeploy nodes, "name (domain::op)"
     inlined: List[str] = field(default_factory=list)  # local functions inlined because they held foreign nodes
+    notes: List[str] = field(default_factory=list)  # about the whole model (adopt_batch_offsets), not one node
 
     def summary(self) -> str:
         ours = sum(1 for node in self.nodes if node.target.startswith(f"{DOMAIN}::"))
@@ -78,11 +79,13 @@ class Adoption:
         if self.left:
             lines.append(f"left as they are (no standard form here; they still need their project's plugin "
                          f"library): {', '.join(self.left)}")
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"nodes": [n.to_dict() for n in self.nodes], "opset_before": self.opset_before,
-                "opset_after": self.opset_after, "left": list(self.left), "inlined": list(self.inlined)}
+                "opset_after": self.opset_after, "left": list(self.left), "inlined": list(self.inlined),
+                "notes": list(self.notes)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -311,6 +314,9 @@ class AdoptedFile:
     path: Path
     weights_path: Optional[Path]
     adoption: Adoption
+    # the written model's fed inputs that have a dynamic size beyond the batch and no stored example shape (the
+    # sizes verify, bench and build ask for): {input name: dims (ints, symbol names or None)}
+    sized_inputs: Dict[str, Tuple[object, ...]] = field(default_factory=dict)
 
 
 def adopt_file(source, output=None, *, roi_sampling_ratio: Optional[int] = None) -> AdoptedFile:
@@ -335,14 +341,21 @@ def adopt_file(source, output=None, *, roi_sampling_ratio: Optional[int] = None)
     model = read_onnx_model(source)
     if not foreign_nodes(model):
         ours = sum(1 for n in all_nodes(model.graph) if n.domain == DOMAIN)
+        custom = {n.domain for n in all_nodes(model.graph) if n.domain not in STANDARD_DOMAINS + (DOMAIN,)}
         raise AdoptionError(
             f"{source} has no node of another exporter that adopt rewrites (ONNX DeformConv; mmcv's or mmdeploy's "
             f"{', '.join(MMCV_OPS)}), so there is nothing to adopt"
-            + (f"; its {ours} {DOMAIN} node(s) are ours already: build or run it as it is" if ours else ""))
+            + (f"; its {ours} {DOMAIN} node(s) are ours already: build or run it as it is" if ours else "")
+            + ("" if ours or custom else "; its nodes are all standard ONNX (a file adopt wrote already, say), so "
+               "ONNX Runtime and TensorRT run it as it is"))
+    if not any(imp.domain in STANDARD_DOMAINS for imp in model.opset_import):
+        raise AdoptionError(f"{source} imports no default ONNX opset (its opset_import lists "
+                            f"{[imp.domain for imp in model.opset_import] or 'nothing'}), though its nodes are ONNX "
+                            "ops: a truncated or hand-edited file reads so; adopt the exporter's original file")
     adopted, adoption = adopt_model(model, roi_sampling_ratio=roi_sampling_ratio)
     external = needs_external_data(adopted)
     try:
-        write_checked(adopted, output, external)
+        inferred = write_checked(adopted, output, external)
     except ExportError as exc:
         cause = str(exc.__cause__ or exc).strip().rstrip(".")
         try:
@@ -357,4 +370,11 @@ def adopt_file(source, output=None, *, roi_sampling_ratio: Optional[int] = None)
         raise AdoptionError(f"the adopted model fails onnx's checker or shape inference ({cause}), though {source} "
                             "passes the checker: this is a bug in dcn_deploy's adoption; please report it with the "
                             "file") from exc
-    return AdoptedFile(output, output.parent / external_data_name(output) if external else None, adoption)
+    from ..feeds.onnx_file_inputs import read_stored_inputs
+    from .adopt_batch_offsets import batch_offset_notes
+
+    adoption.notes += batch_offset_notes(inferred)
+    stored, dims, _ = read_stored_inputs(adopted)
+    sized = {name: shape for name, shape in dims.items()
+             if name not in stored and any(not isinstance(d, int) for d in shape[1:])}
+    return AdoptedFile(output, output.parent / external_data_name(output) if external else None, adoption, sized)
