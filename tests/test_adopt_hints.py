@@ -23,10 +23,12 @@ def _constant(name, value):
     return helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(np.array(value), name))
 
 
-def _detr_like(step):
+def _detr_like(step, boxes="static"):
     """An mmdeploy grid_sampler beside a DETR-like head as mmdeploy 1.3.1 writes it (opset 11): TopK over the
     flattened (queries x classes) sigmoid scores, query = index // classes, plus Range(batch) * ``step`` to reach
-    each image's rows of the (batch * queries, 4) boxes."""
+    each image's rows of the (batch * queries, 4) box table. ``boxes``: "static", the table reshaped from
+    (batch, queries, 4) boxes; "dynamic", from (batch, q, 4) boxes with q a symbol, and the scores' too (as DINO's
+    two-stage head leaves them to inference); "flat", boxes given as the (rows, 4) table (the spacing not shown)."""
     nodes = [
         helper.make_node("grid_sampler", ["data", "grid"], ["sampled"], domain="mmdeploy", name="sampler",
                          interpolation_mode=0, padding_mode=0, align_corners=0),
@@ -52,8 +54,10 @@ def _detr_like(step):
         nodes, "g",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, "height", "width"]),
          helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["N", 4, 5, 2]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", QUERIES, CLASSES]),
-         helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", QUERIES, 4])],
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT,
+                                       ["N", "queries" if boxes == "dynamic" else QUERIES, CLASSES]),
+         helper.make_tensor_value_info("boxes", TensorProto.FLOAT, {"static": ["N", QUERIES, 4], "flat": ["rows", 4],
+                                                                    "dynamic": ["N", "queries", 4]}[boxes])],
         [helper.make_tensor_value_info("sampled", TensorProto.FLOAT, ["N", 3, 4, 5]),
          helper.make_tensor_value_info("dets", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11), helper.make_opsetid("mmdeploy", 1)])
@@ -61,30 +65,40 @@ def _detr_like(step):
     return model
 
 
-@pytest.mark.parametrize("step", [PER_IMAGE, QUERIES])
-def test_batch_offset_of_the_wrong_rows_is_noted(tmp_path, step):
-    """A step of max_per_img (mmdeploy 1.3.1's) gets a note naming the Add and both counts, and at batch 2 the second
-    image does read other rows; a step of the query count gets none, and each image its own rows."""
+@pytest.mark.parametrize("step, boxes", [(PER_IMAGE, "static"), (PER_IMAGE, "dynamic"), (PER_IMAGE, "flat"),
+                                         (QUERIES, "static")])
+def test_batch_offset_of_the_wrong_rows_is_repaired_or_noted(tmp_path, step, boxes):
+    """A step of max_per_img (mmdeploy 1.3.1's): where the boxes show their rows per image (a static count, or a
+    (batch, q, 4) tensor of dynamic q), adopt repairs the offset (the second image of a batch of 2 gets its own
+    boxes) and says so; where they do not, a note names the Add, both counts and the workaround, and the rows stay as
+    they were. A step of the query count: nothing said or changed."""
     source = tmp_path / "detr.onnx"
-    onnx.save(_detr_like(step), source)
+    onnx.save(_detr_like(step, boxes), source)
     adopted = adopt_file(source)
     rng = np.random.default_rng(0)
-    scores, boxes = rng.standard_normal((2, QUERIES, CLASSES), np.float32), rng.standard_normal((2, QUERIES, 4))
+    scores, table = rng.standard_normal((2, QUERIES, CLASSES), np.float32), rng.standard_normal((2, QUERIES, 4))
     feed = {"data": rng.standard_normal((2, 3, 8, 8), np.float32), "grid": rng.uniform(-1, 1, (2, 4, 5, 2)),
-            "scores": scores, "boxes": boxes.astype(np.float32)}
+            "scores": scores, "boxes": (table.reshape(-1, 4) if boxes == "flat" else table).astype(np.float32)}
     feed["grid"] = feed["grid"].astype(np.float32)
     session = ort.InferenceSession(str(adopted.path), providers=["CPUExecutionProvider"])
     dets = session.run(["dets"], feed)[0].reshape(2, PER_IMAGE, 4)
     second = np.argsort(-scores[1].reshape(-1), kind="stable")[:PER_IMAGE] // CLASSES
-    right = np.allclose(dets[1], boxes[1][second].astype(np.float32))
+    right = np.allclose(dets[1], table[1][second].astype(np.float32))
     if step == QUERIES:
         assert adopted.adoption.notes == [] and right
-    else:
-        (note,) = adopted.adoption.notes
+        return
+    (note,) = adopted.adoption.notes
+    assert adopted.adoption.to_dict()["notes"] == [note] and f"note: {note}" in adopted.adoption.summary()
+    if boxes == "flat":
         assert note.startswith(f"offset offsets the box rows of image i by i*{PER_IMAGE}, but topk picks from "
                                f"{QUERIES} rows per image") and "batch 1" in note, note
         assert not right
-        assert adopted.adoption.to_dict()["notes"] == [note] and f"note: {note}" in adopted.adoption.summary()
+        return
+    spacing = f"i*{QUERIES}" if boxes == "static" else "i * the rows of boxes per image, read at run time"
+    assert note.startswith(f"repaired offset: it offset the box rows of image i by i*{PER_IMAGE}, but topk picks ")
+    assert f"now offsets them by {spacing}" in note, note
+    assert right
+    assert "step" not in {out for n in onnx.load(str(adopted.path)).graph.node for out in n.output}  # unused: gone
 
 
 def test_next_commands_carry_the_sizes_a_dynamic_input_needs(tmp_path):

@@ -41,6 +41,7 @@ import onnx
 from onnx import helper
 
 from ..wording import argument
+from .adopt_batch_offsets import repair_batch_offsets
 from .adopt_dispatch import MMCV_OPS, is_adoptable, is_adoptable_deformable, reads_inferred_shapes, translate
 from .adopt_nodes import (FOREIGN_DOMAINS, STANDARD_DOMAINS, AdoptedNode, AdoptionError, GraphScope, attributes_of,
                           fresh_name, node_id, number_attribute, source_op)
@@ -260,7 +261,9 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     standard ONNX ops that compute what its TensorRT plugins compute (:mod:`dcn_deploy.onnx.adopt_nms`,
     :mod:`dcn_deploy.onnx.adopt_roi_align`, :mod:`dcn_deploy.onnx.adopt_msda`, :mod:`dcn_deploy.onnx.adopt_small_ops`).
     Other mmcv/mmdeploy nodes (``mmdeploy::TRTBatchedRotatedNMS``, say) are left as they are and listed in
-    ``adoption.left``: they still need their project's plugin library.
+    ``adoption.left``: they still need their project's plugin library. mmdeploy's DETR-head batch offset, which
+    gives wrong boxes after the first image at batch > 1, is repaired where the graph shows the rows' spacing, and
+    noted in ``adoption.notes`` (:mod:`dcn_deploy.onnx.adopt_batch_offsets`).
 
     Args:
         model: the ONNX model.
@@ -304,6 +307,7 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     del work.opset_import[:]
     work.opset_import.extend(kept)
     attach_functions(work)
+    adoption.notes += repair_batch_offsets(work)
     return work, adoption
 
 
@@ -355,7 +359,7 @@ def adopt_file(source, output=None, *, roi_sampling_ratio: Optional[int] = None)
     adopted, adoption = adopt_model(model, roi_sampling_ratio=roi_sampling_ratio)
     external = needs_external_data(adopted)
     try:
-        inferred = write_checked(adopted, output, external)
+        write_checked(adopted, output, external)
     except ExportError as exc:
         cause = str(exc.__cause__ or exc).strip().rstrip(".")
         try:
@@ -371,9 +375,7 @@ def adopt_file(source, output=None, *, roi_sampling_ratio: Optional[int] = None)
                             "passes the checker: this is a bug in dcn_deploy's adoption; please report it with the "
                             "file") from exc
     from ..feeds.onnx_file_inputs import read_stored_inputs
-    from .adopt_batch_offsets import batch_offset_notes
 
-    adoption.notes += batch_offset_notes(inferred)
     stored, dims, _ = read_stored_inputs(adopted)
     sized = {name: shape for name, shape in dims.items()
              if name not in stored and any(not isinstance(d, int) for d in shape[1:])}

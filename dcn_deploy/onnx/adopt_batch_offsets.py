@@ -1,31 +1,58 @@
-"""A check adopt runs on the model it wrote: mmdeploy 1.3.1's export of DETR heads with sigmoid scores (Deformable
+"""A repair adopt makes beside the rewrite: mmdeploy 1.3.1's export of DETR heads with sigmoid scores (Deformable
 DETR, DINO) picks each image's boxes by
 
     index = TopK(Flatten(scores (batch, queries, classes)), max_per_img).indices // classes
     rows  = index + Range(batch) * max_per_img          # the batch offset
-    boxes = Gather(Reshape(bbox_pred, (-1, 4)), rows)
+    boxes = Gather(Reshape(bbox_pred (batch, queries, 4), (-1, 4)), rows)
 
 where the rows of image ``i`` start at ``i * queries``, not ``i * max_per_img``. At batch 1 the offset is zero and
 all is well; at batch > 1 every image after the first reads another image's rows (or an index out of range, where
 ``max_per_img`` > ``queries``), in ONNX Runtime and TensorRT alike, and two runners agree on the wrong boxes, so
-``verify`` passes. ONNX holds no mistake to refuse here, so :func:`batch_offset_notes` finds the pattern in the
-inferred model (the TopK input's static width ``queries * classes``, the Div by ``classes``, the Add of
-``Range * step``) and says where the step differs from ``queries``; nothing is changed.
+``verify`` passes. ONNX holds no mistake to refuse here, so :func:`repair_batch_offsets` finds the pattern in the
+model's inferred shapes (the TopK input's static width ``queries * classes``, the Div by ``classes``, the Add of
+``Range * step``):
+
+- where the gathered table is Reshape(x (batch, rows, 4), (-1, 4)), so the rows are x's second size apart for
+  sure, the step is replaced by that size, which is what the PyTorch head computes, and a note says so: a new
+  constant where it is static (Deformable DETR), else x's size read at run time (DINO, whose two-stage head leaves
+  the query count to inference, which does not find it); the file's old constant goes where nothing else uses it;
+- otherwise only a note names the Add, both counts and the workaround.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .adopt_nodes import fresh_name
+
+__all__ = ["repair_batch_offsets"]
+
 # ops a value passes through unchanged in meaning on its way between the pattern's nodes
-_PASS_THROUGH = {"Cast", "Unsqueeze", "Expand", "Reshape", "Squeeze", "Identity"}
+_PASS_THROUGH = {"Cast", "Unsqueeze", "Expand", "Reshape", "Squeeze", "Identity", "Flatten"}
 
 
-def batch_offset_notes(model: onnx.ModelProto) -> List[str]:
-    """One note per batch offset of a TopK's box rows whose step is not the rows' spacing (module docstring), for a
-    model with inferred shapes (the graph's own nodes; subgraphs are not searched). Empty when none is found."""
+@dataclass(frozen=True)
+class _BatchOffset:
+    """One batch offset whose step differs from the rows' spacing."""
+
+    add: str            # the Add's name (or output)
+    topk: str           # the TopK's name
+    mul_output: str     # the Mul computing Range * step, by its output
+    step_input: str     # the Mul's input holding the step
+    step: int
+    queries: Optional[int]  # the scores' rows per image, where their shape is static
+    classes: int
+    table_rows: Optional[int]  # rows per image of the gathered table, where the file shows them
+    table_source: Optional[str]  # the (batch, rows, 4) tensor the table is reshaped from, where its rank shows it
+
+
+def _find(model: onnx.ModelProto) -> List[_BatchOffset]:
+    """The batch offsets of TopK box rows whose step is not the rows' spacing, in ``model`` (with inferred shapes;
+    the graph's own nodes, not its subgraphs')."""
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
     consumers: Dict[str, List[onnx.NodeProto]] = {}
@@ -62,18 +89,42 @@ def batch_offset_notes(model: onnx.ModelProto) -> List[str]:
                     found.append(node)
         return found
 
-    notes = []
+    def table(add: onnx.NodeProto):
+        """(x, rows per image or None) of the table the Add's rows index: the data of the one Gather they index, made
+        by Reshape(x (batch, rows, 4), (-1, 4)); (None, None) where the graph does not show it so."""
+        gathers, todo = [], [add.output[0]]
+        while todo:
+            name = todo.pop()
+            for node in consumers.get(name, []):
+                if node.op_type in _PASS_THROUGH and node.input[0] == name:
+                    todo.append(node.output[0])
+                elif node.op_type == "Gather" and node.input[1] == name:
+                    gathers.append(node)
+        reshape = producer.get(gathers[0].input[0]) if len(gathers) == 1 else None
+        if reshape is None or reshape.op_type != "Reshape" or _values(reshape.input[1]) != [-1, 4]:
+            return None, None
+        source = dims.get(reshape.input[0])
+        if not source or len(source) != 3 or source[2] not in (4, None):
+            return None, None
+        return reshape.input[0], source[1]
+
+    def _values(name: str) -> Optional[list]:
+        node = producer.get(name)
+        tensor = initialisers.get(name)
+        if node is not None and node.op_type == "Constant":
+            tensor = next((a.t for a in node.attribute if a.name == "value"), None)
+        return None if tensor is None else numpy_helper.to_array(tensor).reshape(-1).tolist()
+
+    found = []
     for topk in (n for n in graph.node if n.op_type == "TopK" and len(n.output) > 1):
         shape = dims.get(topk.input[0]) or []
         axis = next((a.i for a in topk.attribute if a.name == "axis"), -1)
         width = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
-        if not width:
-            continue
         for div in (n for n in forward(topk.output[1]) if n.op_type == "Div" and n.input[0] != n.input[1]):
             classes = scalar(div.input[1])
-            if not classes or classes < 1 or width % classes:
+            if not classes or classes < 1 or (width and width % classes):
                 continue
-            queries = width // classes
+            queries = width // classes if width else None
             for add in (n for n in forward(div.output[0]) if n.op_type == "Add"):
                 others = [name for name in add.input if back(name) is not div]
                 offset = back(others[0]) if len(others) == 1 else None
@@ -81,13 +132,130 @@ def batch_offset_notes(model: onnx.ModelProto) -> List[str]:
                     continue
                 if not any(getattr(back(name), "op_type", None) == "Range" for name in offset.input):
                     continue
-                step = next((s for s in map(scalar, offset.input) if s is not None), None)
-                if step is not None and step != queries:
-                    notes.append(
-                        f"{add.name or add.output[0]} offsets the box rows of image i by i*{step}, but "
-                        f"{topk.name or 'TopK'} picks from {queries} rows per image ({width} scores = {queries} x "
-                        f"{classes} classes): at "
-                        f"batch > 1 each image after the first gets wrong boxes (mmdeploy 1.3.1's DETR heads write "
-                        f"max_per_img there; docs/library.md). Run batch 1, or re-export with max_per_img = "
-                        f"{queries} in the model's test_cfg")
+                step_input = next((name for name in offset.input if scalar(name) is not None), None)
+                source, rows = table(add)
+                if step_input is None or scalar(step_input) == (queries or rows):
+                    continue
+                if queries is None and source is None:
+                    continue  # neither count shown: nothing to say
+                found.append(_BatchOffset(add.name or add.output[0], topk.name or "TopK", offset.output[0],
+                                          step_input, scalar(step_input), queries, classes, rows, source))
+    return found
+
+
+def repair_batch_offsets(model: onnx.ModelProto) -> List[str]:
+    """Repair, in place, each batch offset of this module's pattern whose table shows its rows per image (a static
+    count: a new constant; a (batch, rows, 4) tensor of dynamic rows: its size read at run time); return a note for
+    each offset found, repaired or not. Nothing is changed or said for a model without one, or whose shapes onnx
+    cannot infer (a model over 2 GiB, say)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference raises its own C++ error types; then nothing is found
+        return []
+    notes = []
+    names = {t.name for t in model.graph.initializer} | {out for n in model.graph.node for out in n.output}
+    muls = {node.output[0]: node for node in model.graph.node if node.op_type == "Mul"}
+    added: List[onnx.NodeProto] = []
+    for found in _find(inferred):
+        counts = (f"{found.topk} picks from {found.queries} rows per image ({found.queries * found.classes} scores = "
+                  f"{found.queries} x {found.classes} classes)" if found.queries is not None else
+                  f"{found.topk} picks from the {found.table_source} rows of each image")
+        mul = muls.get(found.mul_output)
+        if mul is not None and found.queries is not None and found.table_rows == found.queries:
+            step, spacing = _constant_like(model, found.step_input, found.queries,
+                                           fresh_name(names, f"{mul.name}_rows")), f"i*{found.queries}"
+        elif mul is not None and found.table_source is not None and found.table_rows in (None, found.queries):
+            step, nodes = _rows_at_run_time(model, found.table_source, found.step_input, names, mul.name)
+            added += nodes
+            spacing = f"i * the rows of {found.table_source} per image, read at run time"
+        else:
+            notes.append(f"{found.add} offsets the box rows of image i by i*{found.step}, but {counts}: at batch > 1 "
+                         f"each image after the first gets wrong boxes (mmdeploy 1.3.1's DETR heads write max_per_img "
+                         f"there; docs/library.md). Run batch 1, or re-export with max_per_img equal to the number "
+                         "of queries in the model's test_cfg")
+            continue
+        mul.input[list(mul.input).index(found.step_input)] = step
+        _drop_if_unused(model, found.step_input)
+        notes.append(f"repaired {found.add}: it offset the box rows of image i by i*{found.step}, but {counts}, so at "
+                     f"batch > 1 each image after the first got another image's boxes (mmdeploy 1.3.1's DETR heads "
+                     f"write max_per_img there); it now offsets them by {spacing}, as the PyTorch head does")
+    if added:
+        _insert_in_order(model.graph, added)
     return notes
+
+
+def _rows_at_run_time(model: onnx.ModelProto, source: str, like: str, names: set, stem: str):
+    """(the name of, the nodes computing) ``source``'s size on axis 1 in the type and shape of the constant
+    ``like``."""
+    from onnx import helper
+
+    tensor = _constant_tensor(model, like)
+    shape, sized, cast = (fresh_name(names, f"{stem}_rows_{part}") for part in ("shape", "sized", "cast"))
+    nodes = [helper.make_node("Shape", [source], [shape], name=shape, start=1, end=2),
+             helper.make_node("Reshape", [shape, _shape_constant(model, tuple(tensor.dims), names, stem)], [sized],
+                              name=sized),
+             helper.make_node("Cast", [sized], [cast], name=cast, to=tensor.data_type)]
+    return cast, nodes
+
+
+def _shape_constant(model: onnx.ModelProto, shape, names: set, stem: str) -> str:
+    name = fresh_name(names, f"{stem}_rows_target")
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(shape, np.int64).reshape(-1), name))
+    return name
+
+
+def _constant_tensor(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    tensor = next((t for t in model.graph.initializer if t.name == name), None)
+    if tensor is None:
+        node = next(n for n in model.graph.node if n.op_type == "Constant" and name in n.output)
+        tensor = next(a.t for a in node.attribute if a.name == "value")
+    return tensor
+
+
+def _insert_in_order(graph: onnx.GraphProto, added: List[onnx.NodeProto]) -> None:
+    """Add ``added`` to ``graph`` and keep its nodes in an order where each comes after the producers of its inputs:
+    the graph's own order wherever that allows (Kahn's algorithm, taking the earliest ready node first)."""
+    import heapq
+
+    nodes = list(graph.node) + added
+    producer = {out: index for index, node in enumerate(nodes) for out in node.output}
+    waiting = [0] * len(nodes)
+    users: Dict[int, List[int]] = {}
+    for index, node in enumerate(nodes):
+        for source in {producer[name] for name in node.input if name in producer and producer[name] != index}:
+            waiting[index] += 1
+            users.setdefault(source, []).append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(nodes[index])
+        for user in users.get(index, []):
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, user)
+    del graph.node[:]
+    graph.node.extend(order)
+
+
+def _constant_like(model: onnx.ModelProto, like: str, value: int, name: str) -> str:
+    """A new initializer ``name`` holding ``value`` in the type and shape of the constant ``like`` (an initializer
+    or a Constant's output); returns ``name``."""
+    template = numpy_helper.to_array(_constant_tensor(model, like))
+    model.graph.initializer.append(numpy_helper.from_array(np.full(template.shape, value, template.dtype), name))
+    return name
+
+
+def _drop_if_unused(model: onnx.ModelProto, name: str) -> None:
+    """Remove the constant ``name`` (an initializer or a Constant node) where no node or graph output uses it any
+    more (ONNX Runtime warns of unused initializers)."""
+    graph = model.graph
+    if any(name in node.input for node in graph.node) or any(o.name == name for o in graph.output):
+        return
+    kept = [t for t in graph.initializer if t.name != name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = [n for n in graph.node if not (n.op_type == "Constant" and list(n.output) == [name])]
+    del graph.node[:]
+    graph.node.extend(nodes)
