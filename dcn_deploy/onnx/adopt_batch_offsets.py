@@ -161,6 +161,8 @@ def repair_batch_offsets(model: onnx.ModelProto) -> List[str]:
                   f"{found.queries} x {found.classes} classes)" if found.queries is not None else
                   f"{found.topk} picks from the {found.table_source} rows of each image")
         mul = muls.get(found.mul_output)
+        if mul is not None and found.step_input not in mul.input:
+            continue  # the same offset reached through a second Add: repaired already
         if mul is not None and found.queries is not None and found.table_rows == found.queries:
             step, spacing = _constant_like(model, found.step_input, found.queries,
                                            fresh_name(names, f"{mul.name}_rows")), f"i*{found.queries}"
