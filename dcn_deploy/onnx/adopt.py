@@ -307,7 +307,7 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     del work.opset_import[:]
     work.opset_import.extend(kept)
     attach_functions(work)
-    adoption.notes += repair_batch_offsets(work)
+    adoption.notes += repair_batch_offsets(work, names)
     return work, adoption
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .adopt_nodes import fresh_name
+from .adopt_nodes import GraphScope
 
 __all__ = ["repair_batch_offsets"]
 
@@ -50,28 +50,23 @@ class _BatchOffset:
     table_source: Optional[str]  # the (batch, rows, 4) tensor the table is reshaped from, where its rank shows it
 
 
-def _find(model: onnx.ModelProto) -> List[_BatchOffset]:
-    """The batch offsets of TopK box rows whose step is not the rows' spacing, in ``model`` (with inferred shapes;
-    the graph's own nodes, not its subgraphs')."""
-    graph = model.graph
+def _find(scope: GraphScope) -> List[_BatchOffset]:
+    """The batch offsets of TopK box rows whose step is not the rows' spacing, in the scope's graph (its own nodes,
+    not its subgraphs'), with the shapes the scope finds (declared, or inferred)."""
+    graph = scope.graph
     producer = {out: node for node in graph.node for out in node.output}
     consumers: Dict[str, List[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-            for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
-    initialisers = {t.name: t for t in graph.initializer}
+
+    def values(name: str) -> Optional[list]:  # a constant's values, flat; None for a computed value
+        tensor = scope.stored_tensor(name)
+        return None if tensor is None else numpy_helper.to_array(tensor).reshape(-1).tolist()
 
     def scalar(name: str) -> Optional[int]:
-        node = producer.get(name)
-        tensor = initialisers.get(name)
-        if node is not None and node.op_type == "Constant":
-            tensor = next((a.t for a in node.attribute if a.name == "value"), None)
-        if tensor is None:
-            return None
-        value = numpy_helper.to_array(tensor)
-        return int(value.reshape(-1)[0]) if value.size == 1 and float(value.reshape(-1)[0]).is_integer() else None
+        flat = values(name)
+        return int(flat[0]) if flat is not None and len(flat) == 1 and float(flat[0]).is_integer() else None
 
     def back(name: str) -> Optional[onnx.NodeProto]:
         node = producer.get(name)
@@ -101,23 +96,16 @@ def _find(model: onnx.ModelProto) -> List[_BatchOffset]:
                 elif node.op_type == "Gather" and node.input[1] == name:
                     gathers.append(node)
         reshape = producer.get(gathers[0].input[0]) if len(gathers) == 1 else None
-        if reshape is None or reshape.op_type != "Reshape" or _values(reshape.input[1]) != [-1, 4]:
+        if reshape is None or reshape.op_type != "Reshape" or values(reshape.input[1]) != [-1, 4]:
             return None, None
-        source = dims.get(reshape.input[0])
+        source = scope.dims(reshape.input[0])
         if not source or len(source) != 3 or source[2] not in (4, None):
             return None, None
         return reshape.input[0], source[1]
 
-    def _values(name: str) -> Optional[list]:
-        node = producer.get(name)
-        tensor = initialisers.get(name)
-        if node is not None and node.op_type == "Constant":
-            tensor = next((a.t for a in node.attribute if a.name == "value"), None)
-        return None if tensor is None else numpy_helper.to_array(tensor).reshape(-1).tolist()
-
     found = []
     for topk in (n for n in graph.node if n.op_type == "TopK" and len(n.output) > 1):
-        shape = dims.get(topk.input[0]) or []
+        shape = scope.dims(topk.input[0]) or ()
         axis = next((a.i for a in topk.attribute if a.name == "axis"), -1)
         width = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
         for div in (n for n in forward(topk.output[1]) if n.op_type == "Div" and n.input[0] != n.input[1]):
@@ -143,20 +131,17 @@ def _find(model: onnx.ModelProto) -> List[_BatchOffset]:
     return found
 
 
-def repair_batch_offsets(model: onnx.ModelProto) -> List[str]:
+def repair_batch_offsets(model: onnx.ModelProto, names: set) -> List[str]:
     """Repair, in place, each batch offset of this module's pattern whose table shows its rows per image (a static
     count: a new constant; a (batch, rows, 4) tensor of dynamic rows: its size read at run time); return a note for
-    each offset found, repaired or not. Nothing is changed or said for a model without one, or whose shapes onnx
-    cannot infer (a model over 2 GiB, say)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference raises its own C++ error types; then nothing is found
-        return []
+    each offset found, repaired or not. ``names``: every value name of the model (new ones join it). Nothing is
+    changed or said for a model without one, or whose shapes onnx cannot infer (a model over 2 GiB, say); shapes are
+    inferred only for a model with a TopK."""
+    scope = GraphScope(model.graph, names, model=model)
     notes = []
-    names = {t.name for t in model.graph.initializer} | {out for n in model.graph.node for out in n.output}
     muls = {node.output[0]: node for node in model.graph.node if node.op_type == "Mul"}
     added: List[onnx.NodeProto] = []
-    for found in _find(inferred):
+    for found in _find(scope):
         counts = (f"{found.topk} picks from {found.queries} rows per image ({found.queries * found.classes} scores = "
                   f"{found.queries} x {found.classes} classes)" if found.queries is not None else
                   f"{found.topk} picks from the {found.table_source} rows of each image")
@@ -164,10 +149,11 @@ def repair_batch_offsets(model: onnx.ModelProto) -> List[str]:
         if mul is not None and found.step_input not in mul.input:
             continue  # the same offset reached through a second Add: repaired already
         if mul is not None and found.queries is not None and found.table_rows == found.queries:
-            step, spacing = _constant_like(model, found.step_input, found.queries,
-                                           fresh_name(names, f"{mul.name}_rows")), f"i*{found.queries}"
+            step, spacing = _constant_like(model, scope.stored_tensor(found.step_input), found.queries,
+                                           scope.fresh(f"{mul.name}_rows")), f"i*{found.queries}"
         elif mul is not None and found.table_source is not None and found.table_rows in (None, found.queries):
-            step, nodes = _rows_at_run_time(model, found.table_source, found.step_input, names, mul.name)
+            step, nodes = _rows_at_run_time(model, found.table_source, scope.stored_tensor(found.step_input), scope,
+                                            mul.name)
             added += nodes
             spacing = f"i * the rows of {found.table_source} per image, read at run time"
         else:
@@ -186,32 +172,17 @@ def repair_batch_offsets(model: onnx.ModelProto) -> List[str]:
     return notes
 
 
-def _rows_at_run_time(model: onnx.ModelProto, source: str, like: str, names: set, stem: str):
+def _rows_at_run_time(model: onnx.ModelProto, source: str, like: onnx.TensorProto, scope: GraphScope, stem: str):
     """(the name of, the nodes computing) ``source``'s size on axis 1 in the type and shape of the constant
     ``like``."""
     from onnx import helper
 
-    tensor = _constant_tensor(model, like)
-    shape, sized, cast = (fresh_name(names, f"{stem}_rows_{part}") for part in ("shape", "sized", "cast"))
+    shape, target, sized, cast = (scope.fresh(f"{stem}_rows_{part}") for part in ("shape", "target", "sized", "cast"))
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(like.dims, np.int64).reshape(-1), target))
     nodes = [helper.make_node("Shape", [source], [shape], name=shape, start=1, end=2),
-             helper.make_node("Reshape", [shape, _shape_constant(model, tuple(tensor.dims), names, stem)], [sized],
-                              name=sized),
-             helper.make_node("Cast", [sized], [cast], name=cast, to=tensor.data_type)]
+             helper.make_node("Reshape", [shape, target], [sized], name=sized),
+             helper.make_node("Cast", [sized], [cast], name=cast, to=like.data_type)]
     return cast, nodes
-
-
-def _shape_constant(model: onnx.ModelProto, shape, names: set, stem: str) -> str:
-    name = fresh_name(names, f"{stem}_rows_target")
-    model.graph.initializer.append(numpy_helper.from_array(np.asarray(shape, np.int64).reshape(-1), name))
-    return name
-
-
-def _constant_tensor(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
-    tensor = next((t for t in model.graph.initializer if t.name == name), None)
-    if tensor is None:
-        node = next(n for n in model.graph.node if n.op_type == "Constant" and name in n.output)
-        tensor = next(a.t for a in node.attribute if a.name == "value")
-    return tensor
 
 
 def _insert_in_order(graph: onnx.GraphProto, added: List[onnx.NodeProto]) -> None:
@@ -241,10 +212,10 @@ def _insert_in_order(graph: onnx.GraphProto, added: List[onnx.NodeProto]) -> Non
     graph.node.extend(order)
 
 
-def _constant_like(model: onnx.ModelProto, like: str, value: int, name: str) -> str:
-    """A new initializer ``name`` holding ``value`` in the type and shape of the constant ``like`` (an initializer
-    or a Constant's output); returns ``name``."""
-    template = numpy_helper.to_array(_constant_tensor(model, like))
+def _constant_like(model: onnx.ModelProto, like: onnx.TensorProto, value: int, name: str) -> str:
+    """A new initializer ``name`` holding ``value`` in the type and shape of the constant ``like``; returns
+    ``name``."""
+    template = numpy_helper.to_array(like)
     model.graph.initializer.append(numpy_helper.from_array(np.full(template.shape, value, template.dtype), name))
     return name
 

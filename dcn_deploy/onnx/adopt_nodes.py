@@ -188,7 +188,7 @@ class GraphScope:
             return declared
         return self._inferred_dims().get(name, declared)
 
-    def _stored_tensor(self, name: str) -> Optional[onnx.TensorProto]:
+    def stored_tensor(self, name: str) -> Optional[onnx.TensorProto]:
         """``name``'s tensor where the file stores it: an initializer (of this graph or an outer one) or a Constant
         of this graph."""
         tensor = self.initializer(name)
@@ -198,7 +198,7 @@ class GraphScope:
         return tensor
 
     def _declared_dims(self, name: str) -> Optional[Tuple[Optional[int], ...]]:
-        tensor = self._stored_tensor(name)
+        tensor = self.stored_tensor(name)
         if tensor is not None:
             return tuple(int(d) for d in tensor.dims)
         for value in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
@@ -231,7 +231,7 @@ class GraphScope:
 
     def is_empty_constant(self, name: str) -> bool:
         """``name`` is a tensor of no elements stored in the file (an initializer or a Constant)."""
-        tensor = self._stored_tensor(name)
+        tensor = self.stored_tensor(name)
         return tensor is not None and any(d == 0 for d in tensor.dims)
 
     def fresh(self, base: str) -> str:
