@@ -163,9 +163,9 @@ step bench-specialised 90 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised python3 ben
 # (torch's caching allocator off: an overrun inside one of its blocks would not be reported)
 step memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
     python3 tests/sanitizer_cases.py
-# The direct kernel over a channels-last copy of the input (DCN_DEPLOY_DIRECT_LAYOUT=nhwc; off by default until
-# timed): its gathers and the transposes into its workspace under memcheck.
-step memcheck-direct-nhwc 40 env DCN_DEPLOY_DIRECT_LAYOUT=nhwc PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer \
+# The direct kernel over NCHW on depth-wise layers too (DCN_DEPLOY_DIRECT_LAYOUT=nchw; the default there is a
+# channels-last copy of the input, which the memcheck step above covers).
+step memcheck-direct-nchw 40 env DCN_DEPLOY_DIRECT_LAYOUT=nchw PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer \
     --tool memcheck --error-exitcode 3 python3 tests/sanitizer_cases.py --algos direct
 # 5. The GEMM path's product through the staging scratch everywhere (auto writes straight into NCHW for one group
 # where the rows are whole 16-byte vectors: directOutputByDefault), then the 64 MiB column budget that was the
@@ -194,8 +194,9 @@ step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python
 # The RoI pooling ops: the PyTorch op on the CUDA kernels against its composite (table in checks.log).
 step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
 bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct --iters 20 --warmup 3
-# The depth-wise layer again with the direct kernel over a channels-last copy of the input (table in checks.log).
-step bench-direct-nhwc 60 env DCN_DEPLOY_DIRECT_LAYOUT=nhwc python3 benchmarks/gpu_deform_conv.py --layers grouped \
+# The depth-wise layer again with the direct kernel over NCHW (the layout before kernels revision 7; table in
+# checks.log), against bench-grouped's direct column (channels-last by default).
+step bench-direct-nchw 60 env DCN_DEPLOY_DIRECT_LAYOUT=nchw python3 benchmarks/gpu_deform_conv.py --layers grouped \
     --algos auto,direct --iters 20 --warmup 3
 
 # 7. Variants of the GEMM path's settings, each a table in the log, and the sampling kernels under Nsight Compute.

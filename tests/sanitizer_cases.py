@@ -48,7 +48,8 @@ def main() -> int:
     kernels = load_library("kernels")
     cases = [random_case(random.Random(seed), max_channels_per_group=5, max_size=8) for seed in range(3 if args.quick else 8)]
     cases.append(DENSE)
-    # depth-wise layers: the direct kernel's channels-last items under DCN_DEPLOY_DIRECT_LAYOUT=nhwc
+    # depth-wise layers: the direct kernel's channels-last items (its default; over NCHW under
+    # DCN_DEPLOY_DIRECT_LAYOUT=nchw)
     cases += [random_depthwise_case(random.Random(1300 + seed)) for seed in range(1 if args.quick else 3)]
     failures = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):

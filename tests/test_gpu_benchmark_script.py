@@ -174,8 +174,8 @@ def test_the_command_line_shown_names_the_kernel_knobs_set(bench, monkeypatch):
     monkeypatch.setenv("DCN_DEPLOY_GEMM_SPLIT_K", "4")
     monkeypatch.setenv("DCN_DEPLOY_GEMM_OUTPUT", "")  # set but empty: the default, not shown
     monkeypatch.setenv("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "32")
-    monkeypatch.setenv("DCN_DEPLOY_DIRECT_LAYOUT", "nhwc")
-    assert bench.kernel_settings() == ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB=32 DCN_DEPLOY_DIRECT_LAYOUT=nhwc "
+    monkeypatch.setenv("DCN_DEPLOY_DIRECT_LAYOUT", "nchw")
+    assert bench.kernel_settings() == ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB=32 DCN_DEPLOY_DIRECT_LAYOUT=nchw "
                                        "DCN_DEPLOY_GEMM_CHUNKS=even DCN_DEPLOY_GEMM_SPLIT_K=4 "
                                        "DCN_DEPLOY_IMPLICIT_TILE_M=128")
 

@@ -88,15 +88,16 @@ _SMALL_GROUP_LAYERS = {"many_groups": (random_many_groups_case, 900), "depthwise
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("layers", list(_SMALL_GROUP_LAYERS))
 def test_direct_kernel_on_small_groups(kernels, dtype, layers):
-    """The direct kernel and auto (which picks it) on small-group layers: over NCHW here, over a channels-last copy
-    of the input for the depth-wise ones in the direct_nhwc child (DCN_DEPLOY_DIRECT_LAYOUT=nhwc). Outputs are
-    written into NaN-poisoned tensors, so an item the kernel skips fails."""
+    """The direct kernel and auto (which picks it) on small-group layers: over a channels-last copy of the input for
+    the depth-wise ones (the default), over NCHW for the others, and for every layer in the direct_nchw child
+    (DCN_DEPLOY_DIRECT_LAYOUT=nchw). Outputs are written into NaN-poisoned tensors, so an item the kernel skips
+    fails."""
     make_case, first_seed = _SMALL_GROUP_LAYERS[layers]
-    channels_last = layers == "depthwise" and os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") == "nhwc"
+    channels_last = layers == "depthwise" and os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") != "nchw"
     for seed in range(24):
         case = make_case(random.Random(first_seed + seed))
         tensors = make_tensors(case, dtype, device="cuda", seed=seed)
-        # in the direct_nhwc child, the channels-last kernel runs: its workspace (the channels-last input) is sized
+        # where the channels-last kernel runs, its workspace (the channels-last input) is sized
         assert (_workspace_bytes(kernels, case, tensors, "direct") > 0) == channels_last, (seed, case)
         for algo in ("direct", "auto"):
             got = run(kernels, case, tensors, algo)
@@ -105,7 +106,7 @@ def test_direct_kernel_on_small_groups(kernels, dtype, layers):
             assert error < TOLERANCE[dtype], (algo, seed, case, error)
 
 
-# A depth-wise layer of 1 MiB an image in float32 (0.5 MiB in the half types): in the direct_nhwc child, whose 1 MiB
+# A depth-wise layer of 1 MiB an image in float32 (0.5 MiB in the half types): in the direct_chunks child, whose 1 MiB
 # budget holds one image (two), the channels-last kernel runs in 3 chunks (2), the last one cut short.
 DEPTHWISE_IN_CHUNKS = Case(3, 64, 2, 64, 64, 64, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
 
@@ -330,9 +331,10 @@ _CHILD_ENVS = {
     # float32 products on TF32 tensor cores (an experiment, off by default): only its own test, whose tolerance is
     # TF32's (the dense tests' float32 tolerance is IEEE float32's)
     "tf32": {"DCN_DEPLOY_GEMM_TF32": "1"},
-    # the direct kernel over a channels-last copy of the input (off by default until timed): its own tests only, its
-    # input transposed in chunks of 1 MiB
-    "direct_nhwc": {"DCN_DEPLOY_DIRECT_LAYOUT": "nhwc", "DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
+    # the direct kernel's own tests only: over a channels-last copy of the input (the default on depth-wise layers)
+    # transposed in chunks of 1 MiB, and over NCHW (DCN_DEPLOY_DIRECT_LAYOUT=nchw, no workspace)
+    "direct_chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
+    "direct_nchw": {"DCN_DEPLOY_DIRECT_LAYOUT": "nchw"},
 }
 # The tests each child runs: the dense-layer tests, and for the split-K children the split-K layers too.
 _CHILD_TESTS = "random_dense_configs or dense_layers"
@@ -349,7 +351,7 @@ def _child_tests(name: str) -> str:
     """The -k expression a child runs: see _CHILD_ENVS."""
     if name == "tf32":
         return _TF32_CHILD_TESTS
-    if name == "direct_nhwc":
+    if name.startswith("direct_"):
         return _DIRECT_CHILD_TESTS
     return _SPLIT_K_CHILD_TESTS if name.startswith("split") else _CHILD_TESTS
 
@@ -388,9 +390,14 @@ def _check_dense_child(children, name: str) -> None:
     assert " passed" in last and "skipped" not in last, (_CHILD_ENVS[name], stdout[-2000:] + stderr[-2000:])
 
 
-def test_direct_kernel_channels_last(dense_children):
-    """The small-group direct-kernel tests under DCN_DEPLOY_DIRECT_LAYOUT=nhwc."""
-    _check_dense_child(dense_children, "direct_nhwc")
+def test_direct_kernel_channels_last_in_chunks(dense_children):
+    """The small-group direct-kernel tests with a 1 MiB budget: the channels-last input transposed in chunks."""
+    _check_dense_child(dense_children, "direct_chunks")
+
+
+def test_direct_kernel_over_nchw(dense_children):
+    """The small-group direct-kernel tests under DCN_DEPLOY_DIRECT_LAYOUT=nchw: every layer over NCHW."""
+    _check_dense_child(dense_children, "direct_nchw")
 
 
 def test_gemm_path_tf32(dense_children):

@@ -66,7 +66,7 @@ def run_host_direct_channels_last(host_lib, case, x, off, w, b, m, budget=0):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seed", range(10))
 def test_direct_channels_last_matches_the_direct_kernel(host_lib, seed, dtype):
-    """The channels-last direct kernel (DCN_DEPLOY_DIRECT_LAYOUT=nhwc on a GPU) on depth-wise layers: vectors of 8, 4
+    """The channels-last direct kernel (the GPU's default on depth-wise layers) on depth-wise layers: vectors of 8, 4
     or 2 channels, offset groups of one vector or several, far offsets. It sums each channel in the NCHW direct
     kernel's order, so on the host (no FMA contraction: no -march) the two are bit for bit equal; float64 also
     agrees with the reference to 1e-12. (On a GPU the compiler may contract differently: tests/test_plugin_gpu.py

@@ -258,7 +258,8 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     assert _workspace(kernels_lib, dense, 1, 0) == gemm(2)
     assert _workspace(kernels_lib, dense, 0, 1) == 0                              # direct
     depthwise = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 1)
-    assert _workspace(kernels_lib, depthwise, 1, 0) == 0                          # auto -> direct
+    # auto -> direct, over a channels-last copy of the input (float16: 32 x 20 x 20 x 2 bytes)
+    assert _workspace(kernels_lib, depthwise, 1, 0) == -(-32 * 400 * 2 // 256) * 256
     # One image whose columns exceed the 256 MiB budget runs in slices of its pixels: room for the budget.
     big = DeformConvDesc(1, 512, 128, 128, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
     assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, 128 * 128, 4, 4)
@@ -277,7 +278,7 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
      "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '64k'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "64MB", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '64MB'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "0", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '0'"),
-    ("DCN_DEPLOY_DIRECT_LAYOUT", "NHWC", "DCN_DEPLOY_DIRECT_LAYOUT must be one of nchw, nhwc, got 'NHWC'"),
+    ("DCN_DEPLOY_DIRECT_LAYOUT", "NHWC", "DCN_DEPLOY_DIRECT_LAYOUT must be one of nhwc, nchw, got 'NHWC'"),
     ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "32MB",
      "DCN_DEPLOY_CUBLAS_WORKSPACE_MB must be a whole number from 1 to 1024, got '32MB'"),
     ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "2048",
@@ -392,9 +393,10 @@ def test_auto_split_k_reserves_its_slices_for_candidate_layers(kernels_lib):
 
 
 def test_direct_channels_last_workspace_holds_the_channels_last_input(kernels_lib):
-    """DCN_DEPLOY_DIRECT_LAYOUT=nhwc: the direct kernel (and auto, which picks it) on a depth-wise layer needs room
-    for the channels-last input (the whole batch here, under the 256 MiB budget); on a layer it does not take (dense,
-    or channels per offset group odd) the direct kernel needs none, as without the knob."""
+    """By default (unset, or DCN_DEPLOY_DIRECT_LAYOUT=nhwc) the direct kernel (and auto, which picks it) on a
+    depth-wise layer needs room for the channels-last input (the whole batch here, under the 256 MiB budget); on a
+    layer it does not take (dense, or channels per offset group odd), and everywhere under nchw, the direct kernel
+    needs none."""
     depthwise = DeformConvDesc(3, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 2)
     odd = DeformConvDesc(3, 6, 20, 20, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 2)
     dense = DeformConvDesc(3, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
@@ -402,13 +404,14 @@ def test_direct_channels_last_workspace_holds_the_channels_last_input(kernels_li
     for algo in (1, 0):
         unset = _workspaces_under(kernels_lib, "", cases, algo, DCN_DEPLOY_DIRECT_LAYOUT="")
         nhwc = _workspaces_under(kernels_lib, "", cases, algo, DCN_DEPLOY_DIRECT_LAYOUT="nhwc")
-        assert unset[:3] == [0, 0, 0], unset
+        nchw = _workspaces_under(kernels_lib, "", cases, algo, DCN_DEPLOY_DIRECT_LAYOUT="nchw")
+        assert nchw[:3] == [0, 0, 0], nchw
+        assert nhwc == unset, (nhwc, unset)
         assert nhwc[:3] == [_align256(3 * 32 * 400 * 4), _align256(3 * 32 * 400 * 2), 0], nhwc
-        assert nhwc[3] == unset[3] == _workspace(kernels_lib, dense, 0, algo)  # dense: untouched
+        assert nhwc[3] == nchw[3] == _workspace(kernels_lib, dense, 0, algo)  # dense: untouched
     # under a 1 MiB column budget (DCN_DEPLOY_GEMM_CHUNK_MB): room for the images it holds, at least one
     big = DeformConvDesc(3, 64, 64, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 64, 2)  # 1 MiB an image in float32
-    small = _workspaces_under(kernels_lib, "", [(big, 0), (big, 1), (depthwise, 0)], 1,
-                              DCN_DEPLOY_DIRECT_LAYOUT="nhwc", DCN_DEPLOY_GEMM_CHUNK_MB="1")
+    small = _workspaces_under(kernels_lib, "", [(big, 0), (big, 1), (depthwise, 0)], 1, DCN_DEPLOY_GEMM_CHUNK_MB="1")
     assert small == [1 << 20, 1 << 20, _align256(3 * 32 * 400 * 4)], small
 
 

@@ -94,7 +94,7 @@ DCN_API int32_t dcn_deform_conv2d_output_size(const dcn_deform_conv_desc* desc, 
 /* ---- libdcn_deploy_host.so ---- */
 DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input,
     const void* offset, const void* weight, const void* bias, const void* mask, void* output);
-/* The direct kernel over a channels-last copy of the input (DCN_DEPLOY_DIRECT_LAYOUT=nhwc on the CUDA side) step by
+/* The direct kernel over a channels-last copy of the input (the CUDA side's default for depth-wise layers) step by
  * step on the host: depth-wise layers only (one input and one output channel per group, channels in vectors of 2 or
  * more within offset groups; others are DCN_ERROR_UNSUPPORTED), the input transposed in chunks of the images that
  * column_budget_bytes holds (at least one; 0 = the CUDA default, 256 MiB). For tests. */

@@ -42,8 +42,9 @@ namespace
 //   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'
 //                                 worth);
 //   DCN_DEPLOY_CUBLAS_WORKSPACE_MB cuBLAS's workspace in MiB (default 8: kCublasWorkspaceBytes);
-//   DCN_DEPLOY_DIRECT_LAYOUT      nchw (default) or nhwc: the direct kernel on depth-wise layers samples a
-//                                 channels-last copy of the input (GemmOptions::directChannelsLast);
+//   DCN_DEPLOY_DIRECT_LAYOUT      nhwc (default) or nchw: whether the direct kernel on depth-wise layers samples
+//                                 a channels-last copy of the input (GemmOptions::directChannelsLast) or the
+//                                 input as it is;
 //   DCN_DEPLOY_IMPLICIT_TILE_M    auto (default), 64, 128 or 256: the implicit-GEMM kernel's output channels per
 //                                 block;
 //   DCN_DEPLOY_IMPLICIT_THREADS   auto (default), 256 or 512: its threads per block (128- and 256-row tiles);
@@ -124,8 +125,8 @@ AbiGemmOptions const& abiGemmSettings()
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
         long const tileItems = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_TILE_ITEMS", 1, 1 << 20, read.problem);
         parsed.tileItems = int32_t(tileItems > 0 ? tileItems : 0);
-        parsed.directChannelsLast = choiceFromEnvironment("DCN_DEPLOY_DIRECT_LAYOUT", {"nchw", "nhwc"}, read.problem)
-            == 1;
+        parsed.directChannelsLast = choiceFromEnvironment("DCN_DEPLOY_DIRECT_LAYOUT", {"nhwc", "nchw"}, read.problem)
+            == 0;
         long const cublasMb = wholeNumberFromEnvironment("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", 1, 1024, read.problem);
         if (cublasMb > 0)
             parsed.cublasWorkspaceBytes = size_t(cublasMb) << 20;

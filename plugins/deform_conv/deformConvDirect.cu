@@ -2,8 +2,8 @@
 // groups, offset groups, asymmetric padding), from the per-sample arithmetic in deformConvMath.h. Simple; the
 // correctness baseline, and the better choice for depth-wise-like layers (few output channels per group) where a
 // matrix product has nothing to share. Every dtype, float64 included. Which kernel runs is decided in
-// deformConvLaunch.cu. Also its variant over a channels-last copy of the input, for depth-wise layers
-// (DCN_DEPLOY_DIRECT_LAYOUT=nhwc in the C ABI; off by default until timed).
+// deformConvLaunch.cu. Also its variant over a channels-last copy of the input, which serves depth-wise layers by
+// default (GemmOptions::directChannelsLast; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off).
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
 #include "dcnGridStride.h"

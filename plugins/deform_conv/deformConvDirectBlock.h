@@ -94,9 +94,10 @@ DCN_UNROLL
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The direct kernel over a channels-last copy of the input (DCN_DEPLOY_DIRECT_LAYOUT=nhwc; not the default until
-// timed). For depth-wise layers: a work item is Vector consecutive channels at one output pixel, and each
-// neighbour's Vector channels are one 16-byte gather instead of Vector 2- or 4-byte gathers from Vector planes.
+// The direct kernel over a channels-last copy of the input (GemmOptions::directChannelsLast, the default for the
+// layers it takes; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off). For depth-wise layers: a work item is
+// Vector consecutive channels at one output pixel, and each neighbour's Vector channels are one 16-byte gather
+// instead of Vector 2- or 4-byte gathers from Vector planes.
 
 // Channels per item: 16 bytes' worth, within an offset group (a vector shares its sample positions); 1 where none
 // fits, which the direct kernel over NCHW serves instead.

@@ -48,8 +48,10 @@ constexpr char const* kFieldOffsetGroup = "offset_group";
 constexpr char const* kFieldKernelsRevision = "dcn_kernels_revision";
 // 2026-11-26: 2 a zero vector after the GEMM path's input, 3 a row table, 4 a 256 MiB column budget (was 64),
 // 5 the column budget as a field (below), so that a library of revision 4 refuses engines built under a smaller one;
-// 6 (session 25) auto's split-K: float32 layers of few output tiles staged in 4 slices of K, a larger staging room.
-constexpr int32_t kKernelsRevision = 6;
+// 6 (session 25) auto's split-K: float32 layers of few output tiles staged in 4 slices of K, a larger staging room;
+// 7 (session 32) the direct kernel over a channels-last copy of the input on depth-wise layers, which takes a
+// workspace (an engine of revision 6 has none for them).
+constexpr int32_t kKernelsRevision = 7;
 // Written by the plugin into every engine it serialises, never an ONNX attribute: the GEMM path's column budget in
 // MiB that the build sized the workspace with (deformConvPluginWorkspace.h: lowered to fit a workspace limit). The
 // run plans its chunks with it. An engine without the field was built with the default.

@@ -67,8 +67,11 @@ Fields standardFields()
     return f;
 }
 
-// The kernels' geometry for the standard fields and the X, W shapes of `shapes`; false if they do not fit.
-bool standardGeometry(std::vector<std::vector<int64_t>> const& shapes, dcn::DeformConvGeometry& geometry)
+dcn_deform_conv_attrs const kStandardAttrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2}; // standardFields()
+
+// The kernels' geometry for these attributes and the X, W shapes of `shapes`; false if they do not fit.
+bool geometryOf(dcn_deform_conv_attrs const& attrs, std::vector<std::vector<int64_t>> const& shapes,
+    dcn::DeformConvGeometry& geometry)
 {
     dcn::TensorShape x, w;
     x.rank = w.rank = 4;
@@ -77,8 +80,13 @@ bool standardGeometry(std::vector<std::vector<int64_t>> const& shapes, dcn::Defo
         x.d[k] = shapes[0][k];
         w.d[k] = shapes[1][k];
     }
-    dcn_deform_conv_attrs const attrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2}; // standardFields()
     return dcn::makeGeometry(dcn::descFromShapes(attrs, x, w), geometry).ok();
+}
+
+// The same for the standard fields.
+bool standardGeometry(std::vector<std::vector<int64_t>> const& shapes, dcn::DeformConvGeometry& geometry)
+{
+    return geometryOf(kStandardAttrs, shapes, geometry);
 }
 
 template <typename Capability>
@@ -89,10 +97,10 @@ Capability* capability(IPluginV3* plugin, PluginCapabilityType type)
 
 // With a GPU: configure the plugin as the builder does, then enqueue every tactic it offers and the default (0),
 // each through a context-attached clone (as an engine runs), on random float32 data with the workspace
-// getWorkspaceSize asked for, and compare with the direct kernel on the same device buffers, within `tolerance`
-// times (max |out| + 1) (IEEE float32, or TF32 products where the fields say allow_tf32 = 1). Without a GPU:
-// reported and skipped.
-void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
+// getWorkspaceSize asked for, and compare with the direct kernel over NCHW on the same device buffers, within
+// `tolerance` times (max |out| + 1) (IEEE float32, or TF32 products where the fields say allow_tf32 = 1). `attrs`
+// are the fields' attributes. Without a GPU: reported and skipped.
+void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields, dcn_deform_conv_attrs const& attrs,
     std::vector<std::vector<int64_t>> const& shapes, std::vector<int64_t> const& outShape, double tolerance,
     std::string const& label)
 {
@@ -142,9 +150,11 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
     if (!buffers.ok())
         return;
     dcn::DeformConvGeometry geometry;
-    bool const direct = standardGeometry(shapes, geometry)
+    dcn::GemmOptions nchw; // the reference: the direct kernel over NCHW, which needs no workspace
+    nchw.directChannelsLast = false;
+    bool const direct = geometryOf(attrs, shapes, geometry)
         && dcn::launchDeformConv(geometry, DCN_FLOAT32, DCN_ALGO_DIRECT, device[0], device[2], device[1], device[3],
-               device[4], reference, nullptr, 0, nullptr).ok();
+               device[4], reference, nullptr, 0, nullptr, nullptr, nchw).ok();
     std::vector<float> const want = buffers.download(reference, outCount);
     void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
     void* outputs[1] = {output};
@@ -876,12 +886,25 @@ int main()
 
     checkAllowTf32(creator, logger, shapes, {2, 64, oh, ow});
     checkWorkspaceLimit(creator, logger);
-    checkEnqueueOnGpu(creator, fields, shapes, {2, 64, oh, ow}, 1e-5, "IEEE float32");
+    checkEnqueueOnGpu(creator, fields, kStandardAttrs, shapes, {2, 64, oh, ow}, 1e-5, "IEEE float32");
     // allow_tf32 = 1: the gemm tactic's products on TF32 tensor cores (inputs rounded to 10 mantissa bits; the other
     // kernels stay IEEE float32), so a looser bound.
     Fields tf32Fields = standardFields();
     tf32Fields.add(dcn::kFieldAllowTf32, {1});
-    checkEnqueueOnGpu(creator, tf32Fields, shapes, {2, 64, oh, ow}, 5e-3, "allow_tf32 = 1");
+    checkEnqueueOnGpu(creator, tf32Fields, kStandardAttrs, shapes, {2, 64, oh, ow}, 5e-3, "allow_tf32 = 1");
+    // A depth-wise layer (16 groups of one channel, 2 offset groups): the default runs the direct kernel over a
+    // channels-last copy of the input in the workspace.
+    Fields depthwiseFields;
+    depthwiseFields.add("strides", {2, 1});
+    depthwiseFields.add("pads", {1, 0, 2, 1});
+    depthwiseFields.add("dilations", {1, 2});
+    depthwiseFields.add("group", {16});
+    depthwiseFields.add("offset_group", {2});
+    std::vector<std::vector<int64_t>> const depthwiseShapes
+        = {{2, 16, 10, 12}, {16, 1, 3, 2}, {2, 2 * 2 * 3 * 2, oh, ow}, {16}, {2, 2 * 3 * 2, oh, ow}};
+    dcn_deform_conv_attrs depthwiseAttrs = kStandardAttrs;
+    depthwiseAttrs.group = 16;
+    checkEnqueueOnGpu(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes, {2, 16, oh, ow}, 1e-5, "depth-wise");
 
     std::printf("%d failure(s)\n", failures);
     return failures;
