@@ -474,8 +474,11 @@ def test_bad_arguments_raise_instead_of_launching(kernels):
         deform_conv2d_cuda(x.cpu(), torch.randn(1, 18, 5, 5), torch.randn(4, 4, 3, 3), padding=1, library=kernels)
 
 
-# dcn_deploy.deform_conv2d on CUDA tensors runs these kernels (dcn_deploy/ops/native_paths.py)
-_SYMMETRIC = [c for c in DENSE_CASES + list(HALF_CASES.values()) if c.pads[:2] == c.pads[2:]]
+# dcn_deploy.deform_conv2d on CUDA tensors runs these kernels (dcn_deploy/ops/native_paths.py): dense layers, and
+# depth-wise ones (the direct kernel over a channels-last copy of the input, in a workspace the op allocates)
+_DEPTHWISE = [random_depthwise_case(random.Random(1300 + seed)) for seed in range(40)]
+_SYMMETRIC = [c for c in DENSE_CASES + list(HALF_CASES.values()) if c.pads[:2] == c.pads[2:]] + \
+    [c for c in _DEPTHWISE if c.pads[:2] == c.pads[2:]][:3]
 
 
 @pytest.fixture
