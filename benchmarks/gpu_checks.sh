@@ -42,7 +42,8 @@ LOG="$OUT_DIR/checks.log"
 # A fresh set of results: the benchmark appends its tables to bench*.md, and a JSON left from an earlier run would be
 # taken for this run's rows.
 rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_implicit.json "$OUT_DIR"/bench_output_staged.json \
-    "$OUT_DIR"/bench_chunk_64.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md "$OUT_DIR"/implicit_sass.csv "$OUT_DIR"/specialised_sass.csv
+    "$OUT_DIR"/bench_chunk_64.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md "$OUT_DIR"/implicit_sass.csv "$OUT_DIR"/specialised_sass.csv \
+    "$OUT_DIR"/direct_sass.csv
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
 # The package from this checkout, without installing it (the machine has no network and its own packages):
@@ -126,6 +127,11 @@ done
 # against torchvision and cuDNN.
 bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch,composite}" --iters 30 --warmup 5 \
     --breakdown
+# 3a. cuDNN's convolution on channels-last tensors as well (its half-precision kernels' own layout, and TensorRT's
+# around a plugin), beside ours on NCHW (table in checks.log): what the goal's 1.5x would mean for a channels-last
+# path of ours, whose layer would skip the input transpose and the staged output (the breakdown above).
+step bench-cudnn-nhwc 90 python3 benchmarks/gpu_deform_conv.py --algos gemm --dtypes float16 --iters 30 --warmup 5 \
+    --conv-channels-last
 # 3b. The implicit-GEMM kernel (experimental, fp16 only: it has no float32) beside the GEMM path, torchvision and
 # cuDNN in the same process.
 bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3
@@ -233,12 +239,19 @@ if [ -n "${DCN_GPU_NCU:-}" ]; then
                 continue
             fi
             if [ "$target" = direct ]; then
-                # the direct kernel (auto's choice for depth-wise layers) on the depth-wise res4 layer by default:
-                # whether its scattered 2-byte gathers bound it (L1 sectors per request, memory throughput)
-                step "ncu-direct" 90 ncu --kernel-name regex:deformConvDirectKernel --launch-count 1 \
+                # the direct kernel (auto's choice for depth-wise layers: over a channels-last copy of the input
+                # since kernels revision 7) on the depth-wise res4 layer by default: what bounds it (memory
+                # throughput, sectors per request, issue), then its SASS with each instruction's stall samples
+                # as CSV (direct_sass.csv)
+                step "ncu-direct" 90 ncu --kernel-name regex:'deformConvDirectKernel|depthwiseChannelsLastKernel' \
+                    --launch-count 1 \
                     --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
                     --section Occupancy --section WarpStateStats --section SchedulerStats --section SourceCounters \
                     python3 benchmarks/gpu_deform_conv.py --profile-layer direct --profile-at "${DCN_GPU_NCU_AT:-depthwise}"
+                step "ncu-direct-sass" 90 bash -c "ncu --kernel-name regex:'deformConvDirectKernel|depthwiseChannelsLastKernel' \
+                    --launch-count 1 --section SourceCounters --section WarpStateStats --page source --print-source sass \
+                    --csv python3 benchmarks/gpu_deform_conv.py --profile-layer direct \
+                    --profile-at '${DCN_GPU_NCU_AT:-depthwise}' >'$OUT_DIR/direct_sass.csv'"
                 continue
             fi
             # a sampler of the GEMM path: the first chunk's transpose, sampling and output kernels

@@ -323,6 +323,20 @@ def test_float32_rows_show_cudnn_without_tf32_beside_its_default(bench, monkeypa
     assert "without TF32" not in only_half and "In float32" not in only_half
 
 
+def test_rows_with_cudnn_on_channels_last_tensors_show_it_beside_the_nchw_convolution(bench, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    row = {"layer": "det res3", "shape": "8x128x100x167", "dtype": "float16", "ours_gemm_ms": 0.30, "conv_ms": 0.18,
+           "conv_nhwc_ms": 0.15, "torchvision_ms": 0.31}
+    args = argparse.Namespace(algos="gemm", iters=20, warmup=3, eager=False)
+    table = bench.to_markdown([row], args)
+    assert "| best / conv2d | cuDNN conv2d channels-last ms | best / that |" in table
+    cells = next(line for line in table.splitlines() if line.startswith("| det res3")).split(" | ")
+    assert cells[6:10] == ["1.03x", "1.67x", "0.150", "2.00x"]
+    # rows without the measurement: no such columns
+    plain = {k: v for k, v in row.items() if k != "conv_nhwc_ms"}
+    assert "channels-last" not in bench.to_markdown([plain], args)
+
+
 def test_without_tf32_turns_cudnn_tf32_off_for_the_call_only(bench):
     seen = []
     before = torch.backends.cudnn.allow_tf32
