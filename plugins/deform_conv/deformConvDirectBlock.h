@@ -173,24 +173,39 @@ DCN_UNROLL
         out[v * outPlane] = ElementTraits<T>::fromAcc(acc[v]);
 }
 
-// Work items of one launch (images from n0): images * C / vector * oH * oW, pixels fastest.
+// Work items of one launch (images from n0): images * C / vector * oH * oW.
 inline int64_t depthwiseItems(DeformConvGeometry const& geo, int32_t images, int32_t vector)
 {
     return int64_t(images) * (geo.d.in_channels / vector) * geo.outH * geo.outW;
 }
 
-// Item idx of a launch: (img, channel vector, y, x), pixels fastest so that a warp's offset and mask reads and its
-// output stores run along a row.
+// Channel vectors side by side in a warp: 2 where the channels hold an even number of vectors, else 1. Two
+// neighbouring vectors make each lane pair's gather of a neighbour one whole 32-byte sector (one vector alone used
+// half of each sector it loaded: Nsight Compute on depth-wise res4, session 32, found the kernel L1-bound at 92 %
+// with 15.6 of 32 bytes used per loaded sector), while 16 consecutive pixels keep the output stores (2 bytes a
+// channel in float16) and the offset and mask reads in whole sectors too.
+DCN_HD int32_t depthwiseVectorsAcross(int32_t vectors)
+{
+    return vectors % 2 == 0 ? 2 : 1;
+}
+
+// Item idx of a launch: (img, pair of channel vectors, y, x, vector of the pair), the pair's vectors fastest, then
+// pixels (depthwiseVectorsAcross).
 template <typename T, int Vector>
 DCN_HD void depthwiseItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
     T const* bias, T const* mask, T* output, int32_t n0, int64_t idx)
 {
     int64_t const outPlane = int64_t(geo.outH) * geo.outW;
-    int64_t const pixel = idx % outPlane;
-    int64_t const rest = idx / outPlane;
     int32_t const vectors = geo.d.in_channels / Vector;
-    int32_t const c = int32_t(rest % vectors) * Vector;
-    int32_t const img = int32_t(rest / vectors);
+    int32_t const across = depthwiseVectorsAcross(vectors);
+    int32_t const shift = across == 2 ? 1 : 0; // across is 1 or 2: no 64-bit division for it
+    int32_t const inPair = int32_t(idx & (across - 1));
+    int64_t const rest = idx >> shift;
+    int64_t const pixel = rest % outPlane;
+    int64_t const outer = rest / outPlane;
+    int32_t const pairs = vectors / across;
+    int32_t const c = (int32_t(outer % pairs) * across + inPair) * Vector;
+    int32_t const img = int32_t(outer / pairs);
     int32_t const y = int32_t(pixel / geo.outW);
     int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
     depthwiseVectorItem<T, Vector>(geo, nhwc, offset, weight, bias, mask, output, n0, img, c, y, x);
