@@ -221,14 +221,15 @@ struct alignas(sizeof(T) * Vector) ChannelPack
 // advanced to the first channel): element taps.index[t] * scale (scale: the channels per pixel). All four are
 // loaded before any is used, so the four loads are in flight together: an invalid one has index 0 (the image's
 // first pixel, always readable) and its value is discarded by the blend, not multiplied by a zero weight (an
-// infinity there would make NaN).
-template <typename T, int Vector, typename Acc>
+// infinity there would make NaN). Offset: the type the element offsets are computed in, int64_t, or uint32_t where
+// the caller knows an image's elements fit (fewer address instructions a gather).
+template <typename T, int Vector, typename Acc, typename Offset = int64_t>
 DCN_HD void gatherNeighbours(T const* image, BilinearTaps<Acc> const& taps, int32_t scale,
     ChannelPack<T, Vector> (&packs)[4])
 {
 DCN_UNROLL
     for (int t = 0; t < 4; ++t)
-        packs[t] = *reinterpret_cast<ChannelPack<T, Vector> const*>(image + int64_t(taps.index[t]) * scale);
+        packs[t] = *reinterpret_cast<ChannelPack<T, Vector> const*>(image + Offset(taps.index[t]) * Offset(scale));
 }
 
 // out[0..Vector) = the bilinear sample, by taps, of the Vector consecutive channels at `image` (gatherNeighbours),

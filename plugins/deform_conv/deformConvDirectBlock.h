@@ -107,9 +107,14 @@ inline int32_t depthwiseVectorWidth(DeformConvGeometry const& geo, size_t elemen
 }
 
 // Why the channels-last direct kernel cannot take the layer, or "" where it can: a depth-wise layer (one input and
-// one output channel per group) whose channels come in vectors of at least two within offset groups.
+// one output channel per group) whose channels come in vectors of at least two within offset groups, and whose
+// input images hold fewer than 2^31 elements each (its gathers add 32-bit offsets). The direct kernel over NCHW
+// serves the others.
 inline std::string directChannelsLastRefusal(DeformConvGeometry const& geo, size_t elementBytes)
 {
+    if (inputImageElements(geo) > int64_t(INT32_MAX))
+        return "the channels-last direct kernel takes images of fewer than 2^31 elements, got "
+            + std::to_string(inputImageElements(geo));
     if (geo.channelsPerGroup != 1 || geo.outChannelsPerGroup != 1)
         return "the channels-last direct kernel takes depth-wise layers only (one input and one output channel per "
                "group), got " + std::to_string(geo.channelsPerGroup) + " and "
@@ -141,30 +146,54 @@ inline int32_t directChannelsLastImages(DeformConvGeometry const& geo, size_t el
 
 // out[n0 + img, c .. c + Vector, y, x] from nhwc (the images from n0, channels-last) for a depth-wise layer: per
 // channel the same sum, in the same order, as directOutputBlock (bias, then kernel point by kernel point the
-// weight times the bilinear sample, its valid neighbours added in order).
+// weight times the bilinear sample, its valid neighbours added in order). The kernel points are walked row by row
+// with pointers into the offsets, the mask and the weights (kernelPointTaps's positions and values, without its
+// per-point 64-bit indexing and division: Nsight Compute's SASS view, session 32, had integer work at a third of
+// this item's instructions).
 template <typename T, int Vector>
 DCN_HD void depthwiseVectorItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
     T const* bias, T const* mask, T* output, int32_t n0, int32_t img, int32_t c, int32_t y, int32_t x)
 {
     using Acc = typename ElementTraits<T>::Acc;
-    int32_t const channels = geo.d.in_channels;
+    dcn_deform_conv_desc const& d = geo.d;
+    int32_t const channels = d.in_channels;
     int32_t const kernelPoints = geo.kernelPoints;
     int32_t const og = c / geo.channelsPerOffsetGroup;
     T const* image = nhwc + int64_t(img) * inputImageElements(geo) + c;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    // kernel point 0's channel of (image, offset group) in the mask; the offsets' dy channel is twice it
+    int64_t const firstPoint = (int64_t(n0 + img) * d.offset_group + og) * kernelPoints;
+    int64_t const pixel = int64_t(y) * geo.outW + x;
+    T const* dyAt = offset + 2 * firstPoint * plane + pixel; // dy of kernel point 0; dx one plane on
+    T const* scaleAt = mask ? mask + firstPoint * plane + pixel : nullptr;
+    T const* weightAt = weight + int64_t(c) * kernelPoints; // weight[c][0]; channel c + v is v * kernelPoints on
     Acc acc[Vector];
 DCN_UNROLL
     for (int v = 0; v < Vector; ++v)
         acc[v] = bias ? ElementTraits<T>::toAcc(bias[c + v]) : Acc(0);
-    for (int32_t kp = 0; kp < kernelPoints; ++kp)
+    for (int32_t i = 0; i < d.kernel_h; ++i)
     {
-        BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset, mask, n0 + img, og, kp, y, x);
-        ChannelPack<T, Vector> packs[4];
-        gatherNeighbours<T, Vector>(image, taps, channels, packs);
-        Acc sample[Vector];
-        blendInAcc<T, Vector, /*Selected=*/true>(packs, taps.weight, taps.valid, sample);
+        int32_t const row = baseRow(d, y, i);
+        for (int32_t j = 0; j < d.kernel_w; ++j)
+        {
+            Acc const dy = ElementTraits<T>::toAcc(dyAt[0]);
+            Acc const dx = ElementTraits<T>::toAcc(dyAt[plane]);
+            Acc const scale = scaleAt ? ElementTraits<T>::toAcc(scaleAt[0]) : Acc(1);
+            BilinearTaps<Acc> const taps
+                = bilinearTaps<Acc>(Acc(row) + dy, Acc(baseCol(d, x, j)) + dx, d.height, d.width, scale);
+            ChannelPack<T, Vector> packs[4];
+            // element offsets in 32 bits: an image's elements fit (directChannelsLastRefusal)
+            gatherNeighbours<T, Vector, Acc, uint32_t>(image, taps, channels, packs);
+            Acc sample[Vector];
+            blendInAcc<T, Vector, /*Selected=*/true>(packs, taps.weight, taps.valid, sample);
 DCN_UNROLL
-        for (int v = 0; v < Vector; ++v)
-            acc[v] += ElementTraits<T>::toAcc(weight[int64_t(c + v) * kernelPoints + kp]) * sample[v];
+            for (int v = 0; v < Vector; ++v)
+                acc[v] += ElementTraits<T>::toAcc(weightAt[v * kernelPoints]) * sample[v];
+            dyAt += 2 * plane;
+            if (scaleAt)
+                scaleAt += plane;
+            ++weightAt;
+        }
     }
     int64_t const outPlane = int64_t(geo.outH) * geo.outW;
     T* out = output + (int64_t(n0 + img) * geo.d.out_channels + c) * outPlane + int64_t(y) * geo.outW + x;
