@@ -413,6 +413,11 @@ def test_direct_channels_last_workspace_holds_the_channels_last_input(kernels_li
     big = DeformConvDesc(3, 64, 64, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 64, 2)  # 1 MiB an image in float32
     small = _workspaces_under(kernels_lib, "", [(big, 0), (big, 1), (depthwise, 0)], 1, DCN_DEPLOY_GEMM_CHUNK_MB="1")
     assert small == [1 << 20, 1 << 20, _align256(3 * 32 * 400 * 4)], small
+    # an image of 2^31 elements or more: its gathers' 32-bit offsets would overflow, so the NCHW kernel (no
+    # workspace) serves it, for every dtype
+    huge = DeformConvDesc(1, 2, 33000, 33000, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1)  # 2.18e9 elements an image
+    assert _workspaces_under(kernels_lib, "", [(huge, 0), (huge, 1)], 1) == [0, 0]
+    assert _workspaces_under(kernels_lib, "", [(huge, 1)], 0) == [0]
 
 
 def test_cublas_workspace_size_follows_its_knob(kernels_lib):
