@@ -10,6 +10,8 @@ arguments, the PyTorch RoI op, and ONNX Runtime's own run of the standard node b
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,9 @@ from dcn_deploy.cli import main  # noqa: E402
 from dcn_deploy.onnx.adopt import AdoptionError, adopt_file, adopt_model, foreign_nodes  # noqa: E402
 from ort_reference import naive_deform_conv2d  # noqa: E402
 from test_trt_pure import dcn_model, mmdeploy_dcn_model, run_ort  # noqa: E402
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _conv_out(size, k, s, p, d):
@@ -183,16 +188,21 @@ def test_standard_deform_conv_with_a_bias_hole_and_asymmetric_pads():
     assert len(source.graph.node) == 1 and source.graph.node[0].op_type == "DeformConv"  # the source is untouched
 
 
-def test_a_source_node_whose_shapes_contradict_its_attributes_is_the_sources_fault(tmp_path):
-    """onnx's checker passes a DeformConv with offset_group=3 over 4 channels; our schema's inference does not. That
-    is the source's error (ONNX Runtime refuses the node when it runs), not "a bug in dcn_deploy's adoption"."""
+def _save_contradicting_source(source: Path) -> Path:
+    """A DeformConv with offset_group=3 over 4 channels: onnx's checker passes it, our schema's inference does not."""
     node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], name="bad", pads=[1, 1, 1, 1], offset_group=3)
-    source = tmp_path / "bad.onnx"
     onnx.save(_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
                               helper.make_tensor_value_info("offset", TensorProto.FLOAT, [1, 54, 8, 8])],
                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])],
                      [numpy_helper.from_array(np.ones((6, 4, 3, 3), np.float32), "w")], opset=19, domains=()),
               str(source))
+    return source
+
+
+def test_a_source_node_whose_shapes_contradict_its_attributes_is_the_sources_fault(tmp_path):
+    """onnx's checker passes a DeformConv with offset_group=3 over 4 channels; our schema's inference does not. That
+    is the source's error (ONNX Runtime refuses the node when it runs), not "a bug in dcn_deploy's adoption"."""
+    source = _save_contradicting_source(tmp_path / "bad.onnx")
     result = cli_runner().invoke(main, ["adopt", str(source)])
     assert result.exit_code == 2, result.stderr
     assert "inputs do not fit its attributes" in result.stderr and "divisible by offset_group (3)" in result.stderr
@@ -370,6 +380,8 @@ def test_a_file_whose_nodes_are_inside_local_functions_is_inlined_then_adopted(t
     inspect = cli_runner().invoke(main, ["inspect", str(path)])
     assert "deformable nodes: 0 in the graph" in inspect.stdout
     assert f"inside local functions: 1 mmcv::MMCVModulatedDeformConv2d; dcn-deploy adopt {path}" in inspect.stdout
+    info = json.loads(cli_runner().invoke(main, ["inspect", str(path), "--json"]).stdout)
+    assert info["foreign_in_functions"] == {"mmcv::MMCVModulatedDeformConv2d": 1} and info["foreign_other"] == {}
     result = cli_runner().invoke(main, ["adopt", str(path)])
     assert result.exit_code == 0, result.output + result.stderr
     assert "inlined the local function(s) holding them: mmcv.ops.modulated_deform_conv::ModulatedDeformConv2dPack" \
@@ -432,6 +444,34 @@ def test_cli_adopt_refuses_to_overwrite_its_source(mmdeploy_file):
     result = cli_runner().invoke(main, ["adopt", str(mmdeploy_file), "-o", str(mmdeploy_file)])
     assert result.exit_code == 2
     assert "--output" in result.stderr and "choose another path" in result.stderr
+
+
+def test_cli_adopt_does_not_import_torch(mmdeploy_file, tmp_path):
+    """Adopting rewrites ONNX alone: importing torch added about 1.7 s to every run (through export_report's import
+    of model_loading), and again where the adopted file fails the checker (export_file asked torch about autocast).
+    Run in a fresh interpreter: this one has imported torch already."""
+    bad = _save_contradicting_source(tmp_path / "bad.onnx")
+    paths = [str(mmdeploy_file), str(bad)]
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom dcn_deploy.cli import main\n"
+            f"codes = [CliRunner().invoke(main, ['adopt', path]).exit_code for path in {paths!r}]\n"
+            "print(codes, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[0, 2] False", out.stdout + out.stderr
+
+
+def test_cli_adopt_output_must_be_named_onnx(mmdeploy_file):
+    """adopt wrote ONNX into any name it was given (out.txt); the name is how verify, bench and infer tell ONNX from a
+    TensorRT engine (out.engine), so it is refused before any work, as export refuses it."""
+    for name, renamed in [("out.txt", "out.onnx"), ("out.engine", "out.onnx"), ("out", "out.onnx")]:
+        output = mmdeploy_file.with_name(name)
+        result = cli_runner().invoke(main, ["adopt", str(mmdeploy_file), "-o", str(output)])
+        assert result.exit_code == 2, result.output
+        assert (f"--output {output}: the file written is an ONNX model; give a name ending in .onnx "
+                f"(e.g. {output.with_name(renamed)})") in result.stderr
+        assert sorted(p.name for p in mmdeploy_file.parent.iterdir()) == ["end2end.onnx"]
+    upper = mmdeploy_file.with_name("OUT.ONNX")  # the suffix in any case, as the readers take it
+    assert cli_runner().invoke(main, ["adopt", str(mmdeploy_file), "-o", str(upper)]).exit_code == 0
+    assert upper.is_file()
 
 
 def test_build_and_ort_point_to_adopt(mmdeploy_file):
@@ -538,6 +578,18 @@ def test_raising_the_opset_keeps_what_hardmax_computes(axis):
     np.testing.assert_array_equal(session.run(["h"], {"x": x, "offset": case.offset, "mask": case.mask})[0],
                                   expected)
     assert adopted.graph.node[-1].output[0] == "h"
+
+
+@pytest.mark.parametrize("ir_before, ir_after", [(6, 9), (10, 10)], ids=["raised", "never lowered"])
+def test_raising_the_opset_raises_the_ir_version_it_needs(ir_before, ir_after):
+    """onnx's version converter keeps the IR version: an mmdeploy export (IR 6, opset 11) must not come out as IR 6
+    with opset 19, which needs IR 9 (onnx.helper's table)."""
+    source = _modulated_model(ConvCase(seed=20), "mmcv", True)
+    source.ir_version = ir_before
+    adopted, adoption = adopt_model(source)
+    assert (adoption.opset_before, adoption.opset_after) == (11, 19)
+    assert adopted.ir_version == ir_after >= helper.find_min_ir_version_for([helper.make_opsetid("", 19)])
+    onnx.checker.check_model(adopted, full_check=True)
 
 
 @pytest.mark.parametrize("attribute, value, words", [

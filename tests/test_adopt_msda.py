@@ -5,6 +5,7 @@ the bilinear sample at ``(y * H - 0.5, x * W - 0.5)``, counted only inside (-1, 
 the map reading zero), written element by element in float64 with no GridSample in it."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -246,18 +247,22 @@ def test_a_float16_build_keeps_the_attention_float32():
 
 def test_inspect_points_to_adopt_for_mmdeploy_ops_that_are_not_convolutions(tmp_path):
     """A file whose only mmdeploy node is the attention: ``inspect`` names it and the adopt command."""
+    from cli_helpers import cli_runner
+    from dcn_deploy.cli import main
     from dcn_deploy.onnx.inspect import format_inspection, inspect_model
 
     path = tmp_path / "detr.onnx"
     onnx.save(_model(2), path)
     info = inspect_model(path)
-    assert info["foreign_other"] == "1 mmdeploy::MMCVMultiScaleDeformableAttention"
+    assert info["foreign_other"] == {"mmdeploy::MMCVMultiScaleDeformableAttention": 1}  # counted, as op_counts is
+    printed = cli_runner().invoke(main, ["inspect", str(path), "--json"])
+    assert json.loads(printed.stdout)["foreign_other"] == {"mmdeploy::MMCVMultiScaleDeformableAttention": 1}
     text = format_inspection(info)
     assert (f"other mmcv/mmdeploy ops: 1 mmdeploy::MMCVMultiScaleDeformableAttention: they run only with their "
             f"project's plugin library; dcn-deploy adopt {path} rewrites them as standard ONNX") in text
     adopted, _ = adopt_model(onnx.load(path))
     onnx.save(adopted, tmp_path / "adopted.onnx")
-    assert inspect_model(tmp_path / "adopted.onnx")["foreign_other"] == ""
+    assert inspect_model(tmp_path / "adopted.onnx")["foreign_other"] == {}
 
 
 def _locations_reshaped_from(source: str):

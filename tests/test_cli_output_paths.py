@@ -39,6 +39,30 @@ def test_export_refuses_to_write_over_its_model_file_weights_or_input(files):
     assert _unchanged([source, weights, x]) == before
 
 
+def test_export_refuses_an_output_not_named_onnx(files):
+    """The file holds ONNX, and the name is how verify, bench and infer tell ONNX from a TensorRT engine: m.txt or
+    m.engine is refused before the model loads (adopt's -o too: tests/test_adopt.py)."""
+    folder = files["folder"]
+    for name in ("m.txt", "m.engine"):
+        out = folder / name
+        assert_bad_input(run("export", files["factory"], "-o", out, "--input-shape", "1x2x6x6"),
+                         f"--output {out}: the file written is an ONNX model; give a name ending in .onnx",
+                         f"(e.g. {folder / 'm.onnx'})")
+        assert not out.exists()
+
+
+def test_build_refuses_an_output_not_named_as_an_engine(files):
+    """verify, bench and infer read .engine/.plan/.trt as a TensorRT engine and anything else as ONNX: build's -o
+    must be such a name, checked before TensorRT is looked for (so here, without TensorRT, too)."""
+    folder, tiny = files["folder"], files["tiny"]
+    for name in ("m.onnx", "m"):
+        out = folder / name
+        assert_bad_input(run("build", tiny, "-o", out),
+                         f"--output {out}: the file written is a TensorRT engine; give a name ending in .engine or "
+                         f".plan or .trt (e.g. {folder / 'm.engine'})")
+        assert not out.exists()
+
+
 def test_bench_and_infer_refuse_to_write_over_the_model_or_an_input(files):
     folder, tiny, x = files["folder"], files["tiny"], files["folder"] / "x.npy"
     before = _unchanged([tiny, x])

@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from typing import IO, Optional
+from pathlib import Path
+from typing import IO, Optional, Sequence
 
 import click
 
@@ -36,6 +37,18 @@ class CliError(click.ClickException):
 
     def show(self, file: Optional[IO] = None) -> None:  # click's default prints "Error: ..."
         echo_error(self.format_message(), file)
+
+
+def check_output_suffix(output: Path, suffixes: Sequence[str], holds: str) -> None:
+    """Raise :class:`CliError` when ``--output`` (``output``) does not end in one of ``suffixes`` (any case): the
+    file will hold ``holds`` (e.g. "an ONNX model"). Why: the name is how the other commands tell what a file is
+    (verify, bench and infer read .engine/.plan/.trt as a TensorRT engine and anything else as ONNX), and how the
+    user does. A folder is left to io_utils.check_output_path, which says so. Call it before slow work."""
+    if output.name.lower().endswith(tuple(suffixes)) or output.is_dir():
+        return
+    renamed = output.with_suffix(suffixes[0]) if output.suffix else output.with_name(output.name + suffixes[0])
+    raise CliError(f"--output {output}: the file written is {holds}; give a name ending in {' or '.join(suffixes)} "
+                   f"(e.g. {renamed})")
 
 
 def repeated_options(command: click.Command, args) -> list:

@@ -8,7 +8,7 @@ from typing import Optional
 import click
 
 from ..json_text import json_text
-from . import Command, echo_report, json_stdout
+from . import Command, check_output_suffix, echo_report, json_stdout
 
 
 @click.command("adopt", cls=Command)
@@ -28,15 +28,15 @@ def command(model_path: Path, output: Optional[Path], roi_sampling_ratio: Option
     attention (MMCVMultiScaleDeformableAttention) as standard ONNX ops.
 
     \b
-    The result builds with our TensorRT plugin (no mmdeploy plugin library, any TensorRT 10/11) and runs in stock
-    ONNX Runtime. Nodes keep their names; a missing bias or RoI offset becomes zeros; mmdeploy's 4-value padding
-    of MMCVDeformConv2d is read as it was written ([pad_h, pad_h, pad_w, pad_w]); a default opset below 19 is
-    raised to 19 (our ops' function bodies need it). TRTBatchedNMS becomes NonMaxSuppression, TopK and indexing;
-    the RoIAlign nodes RoiAlign per feature level; GatherTopk GatherND; GridPriorsTRT Range and Expand;
-    TRTInstanceNormalization InstanceNormalization; grid_sampler GridSample; MMCVMultiScaleDeformableAttention
-    GridSample per feature level: each computes what mmdeploy's TensorRT plugin computes, grid_sampler what PyTorch's
-    grid_sample does (dcn_deploy/onnx/adopt_nms.py, adopt_roi_align.py, adopt_small_ops.py, adopt_msda.py; a
-    max-pooled RoIAlign is refused).
+    The result builds with our TensorRT plugin (no mmdeploy plugin library, any TensorRT 10/11) and runs in stock ONNX
+    Runtime. Nodes keep their names; a missing bias or RoI offset becomes zeros; mmdeploy's 4-value padding of
+    MMCVDeformConv2d is read as it was written ([pad_h, pad_h, pad_w, pad_w]); a default opset below 19 is raised to
+    19 (our ops' function bodies need it), and an IR version below what the opset needs (9 for opset 19) is raised to
+    it. TRTBatchedNMS becomes NonMaxSuppression, TopK and indexing; the RoIAlign nodes RoiAlign per feature level;
+    GatherTopk GatherND; GridPriorsTRT Range and Expand; TRTInstanceNormalization InstanceNormalization; grid_sampler
+    GridSample; MMCVMultiScaleDeformableAttention GridSample per feature level: each computes what mmdeploy's TensorRT
+    plugin computes, grid_sampler what PyTorch's grid_sample does (dcn_deploy/onnx/adopt_nms.py, adopt_roi_align.py,
+    adopt_small_ops.py, adopt_msda.py; a max-pooled RoIAlign is refused).
     Other mmcv/mmdeploy ops (TRTBatchedRotatedNMS, say) are left as they are, and listed.
 
     \b
@@ -47,6 +47,8 @@ def command(model_path: Path, output: Optional[Path], roi_sampling_ratio: Option
     """
     from ..onnx.adopt import adopt_file
 
+    if output is not None:
+        check_output_suffix(output, [".onnx"], "an ONNX model")
     result = adopt_file(model_path, output, roi_sampling_ratio=roi_sampling_ratio)
     if as_json:
         report = result.adoption.to_dict()

@@ -7,8 +7,9 @@ from typing import Optional, Sequence
 import click
 
 from ..backends.engine_meta import PRECISIONS  # no TensorRT, no torch
+from ..backends.factory import ENGINE_SUFFIXES
 from ..backends.trt_profiles import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROIS
-from . import EXIT_INTERRUPTED, CliError, Command
+from . import EXIT_INTERRUPTED, CliError, Command, check_output_suffix
 
 
 @click.command("build", cls=Command)
@@ -71,6 +72,10 @@ def command(model_path: Path, output: Optional[Path], precision: str, shapes: Se
     from ..backends.trt_build import BuildCancelled, BuildError, TensorRTMissingError, build_engine
     from ..backends.trt_profiles import ProfileError
 
+    # verify, bench and infer read the file as an engine by its name; -o naming the model itself gets build_engine's
+    # more specific "is the ONNX model" error instead
+    if output is not None and output.resolve() != model_path.resolve():
+        check_output_suffix(output, ENGINE_SUFFIXES, "a TensorRT engine")
     # A bad --workspace (and any other option build_engine checks) is a ValueError from the library, raised before
     # the model is read or TensorRT imported: the CLI prints it as bad input, exit 2 (cli.is_bad_input).
     try:

@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import click
 
 from ..json_text import json_text
-from . import CliError, Command, ListOption, echo_report, json_stdout
+from . import CliError, Command, ListOption, check_output_suffix, echo_report, json_stdout
 from ._runtime import check_tolerance_options, input_option_files, model_ref_file
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.loaded_model.DTYPES, without importing torch
@@ -130,6 +130,7 @@ def command(model_ref: str, output: Optional[Path], weights: Optional[Path], inp
 
     check_not_an_input(output, "--output", [("model file", model_ref_file(model_ref)), ("--weights file", weights)]
                        + [("--input file", path) for path in input_option_files(input_files)])
+    check_output_suffix(output, [".onnx"], "an ONNX model")  # second: "would replace the model file" says more
 
     stage(f"loading {model_ref}" + (f" with weights {weights}" if weights else ""))
     loaded = load_model(model_ref, weights).cast(torch_dtype)

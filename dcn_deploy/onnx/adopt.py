@@ -27,9 +27,10 @@ layouts) are the same in all of these ops: torchvision's, which mmcv's kernels f
 
 The model's default opset is raised to 19 when it is lower (``onnx.version_converter``; mmdeploy exports opset 11),
 because the function bodies stored with our ops (so that ONNX Runtime runs the file) use the standard
-``DeformConv`` of opset 19. Nodes keep their names and their output names, so the rest of the graph is unchanged,
-but for a ``Hardmax`` below opset 13 whose axis is not -1: the converter keeps it as it is though opset 13 changed its
-meaning, so it is first written in the form that means the same in both (Flatten, Hardmax, Reshape).
+``DeformConv`` of opset 19, and the IR version with it where lower than the opset needs (9 for opset 19: the converter
+keeps the old one). Nodes keep their names and their output names, so the rest of the graph is unchanged, but for a
+``Hardmax`` below opset 13 whose axis is not -1: the converter keeps it as it is though opset 13 changed its meaning,
+so it is first written in the form that means the same in both (Flatten, Hardmax, Reshape).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from .opset import DOMAIN, MIN_OPSET, all_nodes, attach_functions, default_opset
 
 __all__ = ["FOREIGN_DOMAINS", "AdoptedNode", "AdoptedFile", "Adoption", "AdoptionError", "is_adoptable",
            "is_adoptable_deformable", "foreign_nodes",
-           "node_summary", "foreign_op_advice", "adopt_model", "adopt_file"]
+           "node_counts", "count_summary", "node_summary", "foreign_op_advice", "adopt_model", "adopt_file"]
 
 
 @dataclass
@@ -111,12 +112,22 @@ def foreign_nodes(model: onnx.ModelProto, *, standard: bool = True, where: str =
     return [n for n in nodes if is_adoptable(n) and (standard or n.domain in FOREIGN_DOMAINS)]
 
 
-def node_summary(nodes: Sequence[onnx.NodeProto]) -> str:
-    """``"3 mmdeploy::MMCVModulatedDeformConv2d, 1 ai.onnx::DeformConv"``."""
+def node_counts(nodes: Sequence[onnx.NodeProto]) -> Dict[str, int]:
+    """``{"mmdeploy::MMCVModulatedDeformConv2d": 3, "ai.onnx::DeformConv": 1}``, in the order the ops first appear."""
     counts: Dict[str, int] = {}
     for node in nodes:
         counts[source_op(node)] = counts.get(source_op(node), 0) + 1
+    return counts
+
+
+def count_summary(counts: Dict[str, int]) -> str:
+    """:func:`node_counts`' result as text: ``"3 mmdeploy::MMCVModulatedDeformConv2d, 1 ai.onnx::DeformConv"``."""
     return ", ".join(f"{n} {op}" for op, n in counts.items())
+
+
+def node_summary(nodes: Sequence[onnx.NodeProto]) -> str:
+    """``"3 mmdeploy::MMCVModulatedDeformConv2d, 1 ai.onnx::DeformConv"``."""
+    return count_summary(node_counts(nodes))
 
 
 def foreign_op_advice(model: onnx.ModelProto, path, runs_it: str) -> Optional[str]:
@@ -249,11 +260,20 @@ def _raised_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         ) from exc
 
 
+def _raise_ir_version(model: onnx.ModelProto) -> None:
+    """Raise ``model.ir_version`` (in place, never lower it) to the least IR version its opset imports need (onnx's
+    table; domains it does not know need none). Why: onnx's version converter raises the opset and keeps the IR
+    version, so an mmdeploy export (IR 6, opset 11) would come out as IR 6 with opset 19, which needs IR 9."""
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(model.ir_version, needed)
+
+
 def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = None
                 ) -> Tuple[onnx.ModelProto, Adoption]:
     """A copy of ``model`` with every foreign deformable node (this module's table) rewritten as a ``dcn_deploy``
     node, our function bodies attached (:func:`dcn_deploy.onnx.opset.attach_functions`), the default opset raised to
-    19 where lower, and the imports of foreign domains no node uses any more dropped. ``model`` is not changed.
+    19 where lower (and the IR version to what the opsets need), and the imports of foreign domains no node uses any
+    more dropped. ``model`` is not changed.
 
     mmdeploy's multi-class NMS (``mmdeploy::TRTBatchedNMS``), RoIAlign (``MMCVMultiLevelRoiAlign``,
     ``MMCVRoiAlign``), multi-scale deformable attention (``MMCVMultiScaleDeformableAttention``) and ops with a
@@ -307,6 +327,7 @@ def adopt_model(model: onnx.ModelProto, *, roi_sampling_ratio: Optional[int] = N
     del work.opset_import[:]
     work.opset_import.extend(kept)
     attach_functions(work)
+    _raise_ir_version(work)
     adoption.notes += repair_batch_offsets(work, names)
     return work, adoption
 

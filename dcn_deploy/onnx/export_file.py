@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -78,6 +79,16 @@ def _uses_data_file(path: Path, data: Path) -> bool:
                for t in proto.graph.initializer for entry in t.external_data)
 
 
+def _autocast_enabled() -> bool:
+    """Whether torch.autocast is on, asked without importing torch: it cannot be on where nothing imported torch, and
+    adopt, which writes its files through here, needs no torch (importing it costs over a second)."""
+    if "torch" not in sys.modules:
+        return False
+    from ..ops._checks import autocast_enabled
+
+    return autocast_enabled("cpu", "cuda")
+
+
 def _check_file(path: Path) -> onnx.ModelProto:
     """Full checker and strict shape inference on the written file; returns the inferred model (without its
     weights' values: shape inference needs only their shapes, and a model over 2 GiB cannot be one message)."""
@@ -86,9 +97,7 @@ def _check_file(path: Path) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False), check_type=True,
                                                  strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        from ..ops._checks import autocast_enabled
-
-        if autocast_enabled("cpu", "cuda"):
+        if _autocast_enabled():
             raise ExportError(f"the exported model fails onnx.checker/shape inference: {exc}. torch.autocast was on "
                               "during the export, and the exporter writes its casts into the graph (half-precision "
                               "nodes, such as a bfloat16 Conv, that this opset may not allow for that type): export "

@@ -10,7 +10,7 @@ from ..compare import OutputComparison
 from ..feeds import format_shape
 from . import opset as dcn_opset
 from .inspect import spaced_shape
-from .model_loading import describe_exception
+from .user_code_errors import describe_exception  # not model_loading: that imports torch (adopt needs none)
 
 __all__ = ["ExportReport", "VerificationRun", "ExportError", "ExportRefusedError", "ExampleInputsError",
            "VerificationError", "NoDeformableLayerError"]

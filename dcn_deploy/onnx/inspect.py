@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 
 from ..feeds import fed_inputs
-from .adopt import FOREIGN_DOMAINS, foreign_nodes, is_adoptable_deformable, node_summary
+from .adopt import FOREIGN_DOMAINS, count_summary, foreign_nodes, is_adoptable_deformable, node_counts
 from .opset import DOMAIN, is_deformable_node
 
 __all__ = ["inspect_model", "format_inspection"]
@@ -84,9 +84,9 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
 
     Keys: path, ir_version, producer, opsets {domain: version}, inputs/outputs [{name, dtype, shape}],
     deformable_nodes [{name, op_type, domain, inputs, outputs, attributes, has_bias, has_mask, weight_shape}],
-    foreign_in_functions (mmcv's/mmdeploy's deformable nodes inside local functions, counted; "" without),
-    foreign_other (mmcv's/mmdeploy's other ops that adopt rewrites as standard ONNX: mmdeploy's NMS, RoIAlign,
-    multi-scale deformable attention, ..., counted; "" without),
+    foreign_in_functions {"domain::op_type": n} (mmcv's/mmdeploy's deformable nodes inside local functions; {}
+    without), foreign_other {"domain::op_type": n} (mmcv's/mmdeploy's other ops that adopt rewrites as standard ONNX:
+    mmdeploy's NMS, RoIAlign, multi-scale deformable attention, ...; {} without),
     functions [{domain, name, opsets, body}], op_counts {"domain::op_type": n}, node_count, metadata; with
     ``nodes=True`` (CLI: ``--nodes``) also nodes [{name, op_type, domain}] for every graph node in order (an
     unnamed node is "#<index>").
@@ -116,10 +116,10 @@ def inspect_model(path: Union[str, Path], *, nodes: bool = False) -> dict:
             "body": [f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in f.node],
         } for f in model.functions],
         # mmcv's/mmdeploy's nodes inside local functions (torch's export_modules_as_functions), which adopt inlines
-        "foreign_in_functions": node_summary(foreign_nodes(model, standard=False, where="functions")),
+        "foreign_in_functions": node_counts(foreign_nodes(model, standard=False, where="functions")),
         # mmcv's/mmdeploy's other ops that adopt rewrites as standard ONNX (NMS, RoIAlign, deformable attention, ...)
-        "foreign_other": node_summary([n for n in foreign_nodes(model, standard=False, where="graph")
-                                       if not is_adoptable_deformable(n)]),
+        "foreign_other": node_counts([n for n in foreign_nodes(model, standard=False, where="graph")
+                                      if not is_adoptable_deformable(n)]),
         "op_counts": dict(sorted(counts.items())),
         "node_count": len(graph.node),
         "initializer_count": len(graph.initializer),
@@ -183,8 +183,8 @@ def format_inspection(info: dict) -> str:
             lines.append(f"      {attrs}")
     foreign = sorted({f"{n['domain']}::{n['op_type']}" for n in nodes if n["domain"] in FOREIGN_DOMAINS})
     if info.get("foreign_in_functions"):
-        lines.append(f"  inside local functions: {info['foreign_in_functions']}; dcn-deploy adopt {info['path']} "
-                     f"inlines them and rewrites them as {DOMAIN}'s")
+        lines.append(f"  inside local functions: {count_summary(info['foreign_in_functions'])}; "
+                     f"dcn-deploy adopt {info['path']} inlines them and rewrites them as {DOMAIN}'s")
     if foreign:
         lines.append(f"  hint: mmcv's/mmdeploy's ops ({', '.join(foreign)}) run only with their project's plugin "
                      f"library; dcn-deploy adopt {info['path']} rewrites them as {DOMAIN}'s")
@@ -192,8 +192,8 @@ def format_inspection(info: dict) -> str:
         lines.append(f"  hint: TensorRT builds a standard DeformConv with its own plugin (float and half, symmetric "
                      f"pads); dcn-deploy adopt {info['path']} rewrites them as {DOMAIN}'s, for our plugin")
     if info.get("foreign_other"):
-        lines.append(f"other mmcv/mmdeploy ops: {info['foreign_other']}: they run only with their project's plugin "
-                     f"library; dcn-deploy adopt {info['path']} rewrites them as standard ONNX")
+        lines.append(f"other mmcv/mmdeploy ops: {count_summary(info['foreign_other'])}: they run only with their "
+                     f"project's plugin library; dcn-deploy adopt {info['path']} rewrites them as standard ONNX")
     if info["functions"]:
         lines.append("functions (bodies that stock ONNX Runtime inlines):")
         for f in info["functions"]:
