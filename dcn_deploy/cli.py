@@ -17,8 +17,8 @@ import warnings
 import click
 
 from . import __version__
-from .commands import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CliError,  # noqa: F401 - CliError re-exported
-                       HelpWhenBare, echo_error)
+from .commands import (EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED,  # noqa: F401
+                       CliError, HelpWhenBare, echo_error)  # CliError re-exported
 from .interrupts import interrupt_in
 from .wording import cli_wording
 
@@ -58,9 +58,10 @@ class _Group(HelpWhenBare):
             raise
         except KeyboardInterrupt:  # Ctrl-C: not a failure of the run (1), and not click's bare "Aborted!"
             _exit_interrupted()
-        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: no error message, but no
+            # success either (the command did not finish; a failed verify must not pass a pipeline)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
+            sys.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into messages
             if debug:
                 traceback.print_exception(type(exc), exc, exc.__traceback__)

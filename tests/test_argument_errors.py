@@ -69,6 +69,20 @@ def test_cli_export_refuses_an_output_named_like_the_input(tmp_path, no_exporter
     assert not out.exists()
 
 
+def test_cli_export_input_shape_with_a_name_says_to_give_the_sizes_alone(tmp_path, no_exporter):
+    """verify's --shape takes NAME=SHAPE; export's --input-shape cannot (the inputs have no names before export)."""
+    from dcn_deploy.cli import main
+
+    out = tmp_path / "demo.onnx"
+    for text in ("input=1x1x28x28", "input:1x1x28x28"):
+        result = cli_runner().invoke(main, ["export", "dcn_deploy.models.demo:DemoNet", "--input-shape", text,
+                                            "-o", str(out)])
+        assert result.exit_code == 2, result.output
+        assert (f"error: --input-shape '{text}': give the sizes alone, one --input-shape per model input in the "
+                "order of its forward's arguments") in result.stderr
+        assert not out.exists()
+
+
 # ---- float64 in ONNX Runtime; float32 roundoff in the verification message -------------------------------------
 
 def test_float64_model_with_a_conv_says_what_onnx_runtime_lacks(tmp_path):

@@ -63,6 +63,18 @@ def test_build_refuses_an_output_not_named_as_an_engine(files):
         assert not out.exists()
 
 
+def test_an_output_name_ending_in_a_separator_is_refused_as_a_folder(files):
+    """Path("outdir/") drops the "/", so `-o outdir/` for a folder not yet made would write a file named outdir."""
+    folder = files["folder"]
+    target = f"{folder / 'outdir'}/"
+    for args in (("export", files["factory"], "--input-shape", "1x2x6x6"), ("adopt", files["tiny"]),
+                 ("infer", files["tiny"])):
+        result = run(*args, "-o", target)
+        assert result.exit_code == 2, result.output
+        assert f"'{target}' names a folder (it ends in '/'); give the name of the file to write" in result.stderr
+        assert not (folder / "outdir").exists()
+
+
 def test_bench_and_infer_refuse_to_write_over_the_model_or_an_input(files):
     folder, tiny, x = files["folder"], files["tiny"], files["folder"] / "x.npy"
     before = _unchanged([tiny, x])
@@ -180,6 +192,24 @@ def test_ctrl_c_exits_130_with_one_error_line_and_leaves_no_report(files):
     assert process.returncode == 130, stderr
     assert "error: interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
     assert not list(files["folder"].glob("report*"))
+
+
+def test_output_closed_by_its_reader_exits_141_not_0(files):
+    """`dcn-deploy verify ... | head`: the reader gone, the command cannot finish (nor say whether it passed), so it
+    exits 141 (128 + SIGPIPE), quietly: a pipeline under `set -o pipefail` must not pass a run it never saw end."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "dcn_deploy.cli", "inspect", str(files["tiny"])],
+                              stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr.decode()
+    assert b"Traceback" not in done.stderr and b"error" not in done.stderr, done.stderr.decode()
 
 
 def test_options_that_contradict_each_other_are_refused(files, tmp_path):

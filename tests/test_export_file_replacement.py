@@ -46,6 +46,11 @@ def test_a_failed_verification_keeps_the_earlier_file_and_the_new_one_beside_it(
     assert (f"The new file was kept for inspection as {failed} (dcn-deploy inspect {failed}); {path}, which was "
             "there before, is unchanged") in str(failure.value)
     assert _folder(tmp_path) == ["model.failed.onnx", "model.onnx"]  # no backup name left
+    # the report (the CLI prints it before the error) says where the new file went, not "wrote model.onnx"
+    report = failure.value.report
+    assert report.kept_as == failed and report.to_dict()["kept_as"] == str(failed)
+    assert str(report).splitlines()[0].startswith(
+        f"wrote {failed} (failed verification: {path}, which was there before, is unchanged) (ONNX opset")
 
 
 def test_a_verified_export_replaces_the_earlier_file(tmp_path):

@@ -119,6 +119,9 @@ class TestShapeStrings:
         assert parse_shape_specs("x:1x3x224x224,offset:1x18x224x224") == {
             "x": (1, 3, 224, 224), "offset": (1, 18, 224, 224)}
         assert parse_shape_specs(["a:2x3", "b:4"]) == {"a": (2, 3), "b": (4,)}
+        # NAME=SHAPE too, as verify's and bench's --shape take it
+        assert parse_shape_specs("x=1x3x8x8,y:2") == {"x": (1, 3, 8, 8), "y": (2,)}
+        assert parse_range_specs("x=1x3x8x8/2x3x8x8/4x3x8x8")["x"].max == (4, 3, 8, 8)
 
     def test_names_with_colons_and_quotes(self):
         assert parse_shape_specs("'input:0':1x3") == {"input:0": (1, 3)}
@@ -880,11 +883,27 @@ class TestWithoutTensorRT:
         junk = tmp_path / "junk.onnx"
         junk.write_bytes(b"not a model")
         for args, words in ((["build", str(junk)], "junk.onnx is not a readable ONNX model"),
-                            (["build", str(model), "--shapes", "x=1x4x8x8"], "must be NAME:SHAPE"),
+                            (["build", str(model), "--shapes", "1x4x8x8"], "must be NAME:SHAPE"),
                             (["build", str(model), "-o", str(tmp_path / "no" / "m.engine")], "does not exist")):
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 2 and words in result.output, (args, result.output)
             assert "TensorRT is not installed" not in result.output
+
+    def test_precision_takes_exports_dtype_names_too(self, tmp_path):
+        from click.testing import CliRunner
+
+        from dcn_deploy.cli import main
+
+        model = tmp_path / "m.onnx"
+        onnx.save(dcn_model(), model)
+        for name in ("float16", "HALF", "fp16"):  # past the options: stops only where TensorRT is missing
+            result = CliRunner().invoke(main, ["build", str(model), "--precision", name])
+            assert result.exit_code == 2 and "TensorRT is not installed" in result.output, (name, result.output)
+        result = CliRunner().invoke(main, ["build", str(model), "--precision", "bfloat16"])  # read as bf16
+        assert result.exit_code == 2 and "bf16: the model imports ONNX opset 19" in result.output, result.output
+        result = CliRunner().invoke(main, ["build", str(model), "--precision", "fp8"])
+        assert result.exit_code == 2 and "'fp8' is not one of fp32, fp16, bf16 (or float32, float16, half, bfloat16)" \
+            in result.output, result.output
 
     def test_library_call_raises_an_import_error_with_the_hint(self, tmp_path):
         import dcn_deploy

@@ -119,9 +119,11 @@ def _split_specs(specs: Union[str, Iterable[str], None]) -> List[Tuple[str, str]
             if not item:
                 continue
             name, sep, shape = item.rpartition(":")  # names may contain ':'; shapes never do
+            if not sep:  # NAME=SHAPE, as verify's and bench's --shape take it
+                name, sep, shape = item.rpartition("=")
             name = name.strip().strip("'\"")
             if not sep or not name:
-                raise ProfileError(f"shape spec {item!r} must be NAME:SHAPE, e.g. input:1x3x224x224 "
+                raise ProfileError(f"shape spec {item!r} must be NAME:SHAPE (or NAME=SHAPE), e.g. input:1x3x224x224 "
                                    "(NAME is the ONNX input's name)")
             pairs.append((name, shape))
     return pairs

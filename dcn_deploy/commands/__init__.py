@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import IO, Optional, Sequence
@@ -15,6 +16,9 @@ import click
 
 EXIT_FAILED = 1  # the job ran and failed, e.g. a verification beyond tolerance
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: 128 + the signal's number
+# stdout closed by its reader (`dcn-deploy verify ... | head`) before the command finished: 128 + SIGPIPE, as a
+# process the signal ends reports it. Not 0: the run's own result (a verification beyond tolerance) is unknown then.
+EXIT_BROKEN_PIPE = 141
 EXIT_BAD_INPUT = 2  # bad usage or input: a missing or unreadable file, an option that does not fit the model
 
 
@@ -37,6 +41,22 @@ class CliError(click.ClickException):
 
     def show(self, file: Optional[IO] = None) -> None:  # click's default prints "Error: ..."
         echo_error(self.format_message(), file)
+
+
+class OutputFile(click.Path):
+    """A file the command writes (``-o/--output``, ``--timing-cache``): click's path to a file (``dir_okay=False``,
+    a ``Path``), refusing a name that ends in a path separator. ``Path("outdir/")`` drops the separator, so without
+    this ``-o outdir/`` for a folder not yet made writes a file named ``outdir``."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        text = value if isinstance(value, str) else None
+        if text and text.endswith(("/", os.sep)):
+            self.fail(f"{text!r} names a folder (it ends in {text[-1]!r}); give the name of the file to write, "
+                      f"e.g. {text}FILE", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def check_output_suffix(output: Path, suffixes: Sequence[str], holds: str) -> None:

@@ -8,12 +8,12 @@ from typing import Optional
 import click
 
 from ..json_text import json_text
-from . import Command, check_output_suffix, echo_report, json_stdout
+from . import Command, OutputFile, check_output_suffix, echo_report, json_stdout
 
 
 @click.command("adopt", cls=Command)
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=OutputFile(), default=None,
               help="ONNX file to write (atomically) [default: MODEL.adopted.onnx beside the model].")
 @click.option("--roi-sampling-ratio", type=click.IntRange(min=1), default=None, metavar="N",
               help="Samples per bin side for mmcv DeformRoIPool nodes with adaptive sampling (sampling_ratio=0), "

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import click
 
-from . import CliError, Command, ListOption, echo_report, json_stdout
+from . import CliError, Command, ListOption, OutputFile, echo_report, json_stdout
 from ._runtime import (check_output_option, default_runner, engine_option, file_facts, inference_failure,
                        make_runners, model_argument, parse_int_list, parse_runner_list, shape_options,
                        torch_model_options)
@@ -32,7 +32,7 @@ from ._runtime import (check_output_option, default_runner, engine_option, file_
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads of the ort and torch runners (default: one per core).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=OutputFile(), default=None,
               help="Also write the JSON report to this file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @json_stdout

@@ -9,20 +9,35 @@ import click
 from ..backends.engine_meta import PRECISIONS  # no TensorRT, no torch
 from ..backends.factory import ENGINE_SUFFIXES
 from ..backends.trt_profiles import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROIS
-from . import EXIT_INTERRUPTED, CliError, Command, check_output_suffix
+from . import EXIT_INTERRUPTED, CliError, Command, OutputFile, check_output_suffix
+
+
+# export's --dtype names, accepted for --precision too
+_PRECISION_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+
+def _precision_option(ctx, param, value: str) -> str:
+    """--precision: fp32, fp16 or bf16, or the dtype names export's --dtype takes (float16, half, bfloat16, ...)."""
+    name = _PRECISION_ALIASES.get(value.lower(), value.lower())
+    if name not in PRECISIONS:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(PRECISIONS)} (or float32, float16, half, "
+                                 "bfloat16)", ctx=ctx, param=param)
+    return name
 
 
 @click.command("build", cls=Command)
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=OutputFile(), default=None,
               help="Engine file to write [default: MODEL.engine beside the model]. A MODEL.engine.json sidecar "
                    "records TensorRT version, GPU, plugin hash, precision and profile.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+@click.option("--precision", default="fp32", show_default=True, callback=_precision_option,
+              metavar="[" + "|".join(PRECISIONS) + "]",
               help="fp16/bf16 convert the ONNX graph (TensorRT 11 networks are strongly typed), keeping reductions, "
-                   "softmax, normalisation and exp/log in float32.")
+                   "softmax, normalisation and exp/log in float32 (float16, half, bfloat16 also accepted).")
 @click.option("--shapes", multiple=True, metavar="NAME:SHAPE[/OPT/MAX]",
               help="Input shapes, trtexec style: x:1x3x224x224 (fixed) or x:1x3x224x224/4x3x224x224/8x3x224x224 "
-                   "(min/opt/max); comma-separated or repeated. A dynamic batch defaults to 1..--max-batch, other "
+                   "(min/opt/max; x=... also works); comma-separated or repeated. A dynamic batch defaults to "
+                   "1..--max-batch, other "
                    "dynamic sizes of an input not given to the example shape export stored in the file, and a "
                    f"RoI input's box count to 1..{DEFAULT_MAX_ROIS} (a note says each).")
 @click.option("--min-shapes", multiple=True, metavar="NAME:SHAPE",
@@ -36,7 +51,7 @@ from . import EXIT_INTERRUPTED, CliError, Command, check_output_suffix
 @click.option("--workspace", metavar="SIZE", default=None,
               help="Workspace limit, e.g. 4G or 512M (a bare number is MiB) [default: TensorRT's]. Deformable "
                    "convolutions fit their column buffer under it (more, smaller chunks).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--timing-cache", type=OutputFile(), default=None,
               help="Timing cache file to read and update (makes rebuilds much faster).")
 @click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NODE",
               help="Keep this ONNX node in float32 under --precision fp16/bf16 (repeatable; the node names are "

@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import click
 
 from ..json_text import json_text
-from . import CliError, Command, ListOption, check_output_suffix, echo_report, json_stdout
+from . import CliError, Command, ListOption, OutputFile, check_output_suffix, echo_report, json_stdout
 from ._runtime import check_tolerance_options, input_option_files, model_ref_file
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.loaded_model.DTYPES, without importing torch
@@ -40,7 +40,7 @@ def _default_output(reference: str) -> Path:
 
 @click.command("export", cls=Command)
 @click.argument("model_ref", metavar="MODEL")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=OutputFile(), default=None,
               help="ONNX file to write (atomically). Default, in the current folder: FILE.onnx for FILE.py:FACTORY "
                    "or FILE.pt2, FACTORY.onnx for package.module:FACTORY, NAME.onnx for a zoo model.")
 @click.option("--weights", "--checkpoint", "weights", type=click.Path(dir_okay=False, path_type=Path), default=None,

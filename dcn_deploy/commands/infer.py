@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import click
 
-from . import CliError, Command, echo_report, json_stdout
+from . import CliError, Command, OutputFile, echo_report, json_stdout
 from ._runtime import (RUNNER_CHOICES, check_output_option, default_runner, echo_note, inference_failure,
                        make_runners, model_argument, torch_model_options)
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # numpy is imported when the command runs, not when the CLI s
 @click.option("--runner", type=click.Choice(RUNNER_CHOICES), default=None,
               help="Default: trt for an engine (.engine/.plan), ort for an ONNX file.")
 @torch_model_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=OutputFile(), default=None,
               help="Write the outputs to this .npz (keys = output names), or .npy for a single output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the output summary as JSON.")
 @json_stdout

@@ -8,7 +8,7 @@ import click
 
 from ..io_utils import check_output_path
 from ..json_text import json_text
-from . import CliError, Group, echo_report, json_stdout
+from . import CliError, Group, OutputFile, echo_report, json_stdout
 
 
 @click.group("zoo", cls=Group)
@@ -64,7 +64,7 @@ def list_command(as_json: bool) -> None:
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
               help="Untimed runs of each model before timing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw numbers as JSON instead of the table.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=OutputFile(), default=None,
               help="Also write the raw numbers (JSON) to this file.")
 @json_stdout
 def report_command(pairs: Sequence[str], size: Optional[str], backend: str, threads: int, rois: int, iterations: int,

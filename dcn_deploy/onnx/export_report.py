@@ -89,6 +89,8 @@ class ExportReport:
     seconds: Dict[str, float] = field(default_factory=dict)
     weights_path: Optional[Path] = None  # the external data file beside ``path`` (models over ~2 GiB), else None
     program: bool = False  # exported from a torch.export program: its shapes, whatever ``dynamic`` asked
+    # where a file that failed verification was kept when an earlier file at ``path`` was put back, else None
+    kept_as: Optional[Path] = None
 
     @property
     def verified(self) -> bool:
@@ -97,6 +99,7 @@ class ExportReport:
     def to_dict(self) -> dict:
         return {
             "path": str(self.path), "weights_path": None if self.weights_path is None else str(self.weights_path),
+            "kept_as": None if self.kept_as is None else str(self.kept_as),
             "opset": self.opset, "dynamic": self.dynamic, "standard": self.standard, "program": self.program,
             "inputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.inputs],
             "outputs": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.outputs],
@@ -115,7 +118,9 @@ class ExportReport:
         shapes = f"{'dynamic' if self.dynamic else 'static'} shapes{' kept from the program' if self.program else ''}"
         ops = ("no deformable ops" if not self.op_counts
                else "standard DeformConv" if self.standard else dcn_opset.DOMAIN + " ops")
-        lines = [f"wrote {self.path} (ONNX opset {self.opset}, {shapes}, {ops})"]
+        written = (f"{self.kept_as} (failed verification: {self.path}, which was there before, is unchanged)"
+                   if self.kept_as is not None else str(self.path))
+        lines = [f"wrote {written} (ONNX opset {self.opset}, {shapes}, {ops})"]
         if self.weights_path is not None:
             lines.append(f"  weights in {self.weights_path} (over 2 GiB: keep the two files together)")
         # " x " between sizes, as dcn-deploy inspect prints them: a derived size such as "((height - 1)//2) + 1"

@@ -67,6 +67,7 @@ def verify_export(report: ExportReport, model, example_inputs, proto: onnx.Model
         else:
             head = f"{report.path} does not match PyTorch"
             advice = _mismatch_advice()
+        report.kept_as = kept_as
         raise VerificationError(
             f"{head}: " + "; ".join(bad) + f". {_kept(report.path, kept_as)}. {advice}", report)
 

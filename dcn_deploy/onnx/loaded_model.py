@@ -27,6 +27,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def parse_input_shape(text: str) -> Tuple[int, ...]:
     """``"1x3x64x64"`` -> ``(1, 3, 64, 64)``; every size must be a positive integer."""
+    name, sep, _ = str(text).partition("=") if "=" in str(text) else str(text).rpartition(":")
+    if sep and name:  # NAME=SHAPE, as verify's --shape takes it: here the model's inputs have no names yet
+        raise ValueError(f"--input-shape {text!r}: give the sizes alone, one --input-shape per model input in the "
+                         f"order of its forward's arguments (the exported inputs are named from them, or by "
+                         f"--input-names), e.g. --input-shape 1x3x64x64")
     try:
         shape = parse_shape(str(text))
     except FeedError as exc:
