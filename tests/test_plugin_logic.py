@@ -548,3 +548,15 @@ def test_the_cli_prints_our_warnings_as_one_line(tmp_path, monkeypatch):
     result = cli_runner().invoke(main, ["plugin", "info"])
     assert f"warning: {library.ENV_DIR}={tmp_path / 'nowhere'} is not a folder" in result.stderr
     assert "UserWarning" not in result.stderr
+
+
+def test_plugin_info_says_how_to_build_libraries_it_did_not_find(tmp_path, monkeypatch):
+    from cli_helpers import cli_runner
+
+    from dcn_deploy.cli import main
+
+    monkeypatch.setattr(library, "search_dirs", lambda: [tmp_path])  # an empty folder: nothing built there
+    result = cli_runner().invoke(main, ["plugin", "info"])
+    assert result.exit_code == 0, result.output
+    assert "host                   not found" in result.stdout
+    assert "not built: host, kernels, plugin; build them with `dcn-deploy plugin build`" in result.stdout

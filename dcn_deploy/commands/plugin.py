@@ -118,3 +118,8 @@ def info_command(as_json: bool) -> None:
         if key in info:
             click.echo(f"{labels.get(key, key):22s} {info[key] if info[key] is not None else '-'}")
     click.echo(f"{'searched':22s} {', '.join(info['search_dirs'])}  (override: ${ENV_DIR})")
+    missing = [kind for kind in ("host", "kernels", "plugin") if not info[kind]]
+    if missing:  # what to do about it: without them the PyTorch op and ONNX Runtime paths still work
+        click.echo(f"not built: {', '.join(missing)}; build them with `dcn-deploy plugin build` (needs nvcc and "
+                   "cmake; add --fetch-trt-headers for the TensorRT plugin). Without them, the PyTorch op runs its "
+                   "torch composite and ONNX Runtime its own DeformConv")
