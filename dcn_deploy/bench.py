@@ -103,17 +103,18 @@ class BenchResult:
 
     def table(self) -> str:
         first = self.entries[0].runner if self.entries else ""
+        compared = len({e.runner for e in self.entries}) > 1  # one runner: no speed ratio to show
         header = ("batch", "runner", "iters", "mean ms", "median", "p90", "p99", "min", "max",
-                  "samples/s", f"speed vs {first}")
+                  "samples/s", f"speed vs {first}")[:None if compared else -1]
         rows = [header]
         for e in self.entries:
             lat = e.latency_ms
             rows.append((str(e.batch), e.runner, str(e.iterations), _ms(lat.mean), _ms(lat.median), _ms(lat.p90),
                          _ms(lat.p99), _ms(lat.min), _ms(lat.max), f"{e.samples_per_s:,.1f}",
-                         f"{e.relative_speed:.3g}x"))
+                         f"{e.relative_speed:.3g}x")[:len(header)])
             for phase, stats in e.phases_ms.items():
                 rows.append(("", f"  {phase}", "", _ms(stats.mean), _ms(stats.median), _ms(stats.p90),
-                             _ms(stats.p99), _ms(stats.min), _ms(stats.max), "", ""))
+                             _ms(stats.p99), _ms(stats.min), _ms(stats.max), "", "")[:len(header)])
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.rjust(w) if i not in (1,) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
                  for row in rows]
@@ -122,10 +123,12 @@ class BenchResult:
         mode = f"{s['iterations']} iterations" if s.get("iterations") else f"{s['duration_s']} s per measurement"
         runs = "warm-up run" if s["warmup"] == 1 else "warm-up runs"
         lines.append(f"latency in ms per inference ({mode} after {s['warmup']} {runs}); samples/s = batch x "
-                     "inferences / summed latency; speed = first runner's median / this median")
-        threads = {e.runner: "the backend's default" if e.threads is None else str(e.threads) for e in self.entries}
+                     "inferences / summed latency" + ("; speed = first runner's median / this median" if compared
+                                                      else ""))
+        threads = {e.runner: "the backend's default (ONNX Runtime: one per core)" if e.threads is None
+                   else str(e.threads) for e in self.entries}
         if threads:
-            lines.append("intra-op threads: " + ", ".join(f"{name} {n}" for name, n in threads.items()))
+            lines.append("intra-op threads: " + ", ".join(f"{name}: {n}" for name, n in threads.items()))
         return "\n".join(lines)
 
 

@@ -418,8 +418,8 @@ def test_the_report_says_each_runners_intra_op_threads_and_when(tiny):
     result = benchmark(runners, batches=[1], shapes={"x": (1, 2, 4, 4)}, iterations=1, warmup=0, progress=False)
     assert [e.threads for e in result.entries] == [1, None, torch.get_num_threads()]
     assert [r["threads"] for r in json.loads(result.to_json())["results"]] == [1, None, torch.get_num_threads()]
-    assert (f"intra-op threads: ort 1, ort-default the backend's default, torch {torch.get_num_threads()}"
-            in result.table())
+    assert (f"intra-op threads: ort: 1, ort-default: the backend's default (ONNX Runtime: one per core), torch: "
+            f"{torch.get_num_threads()}" in result.table())
     assert result.environment["dcn_deploy"] == __version__ and result.environment["date_utc"].startswith("20")
 
 
