@@ -55,14 +55,14 @@ struct Fields
     }
 };
 
-// Attributes used throughout: strides (2,1), pads (1,0,2,1), dilations (1,2), group 2, offset_group 2.
-Fields standardFields()
+// Attributes used throughout: strides (2,1), pads (1,0,2,1), dilations (1,2), group 2 (or `group`), offset_group 2.
+Fields standardFields(int32_t group = 2)
 {
     Fields f;
     f.add("strides", {2, 1});
     f.add("pads", {1, 0, 2, 1});
     f.add("dilations", {1, 2});
-    f.add("group", {2});
+    f.add("group", {group});
     f.add("offset_group", {2});
     return f;
 }
@@ -894,12 +894,7 @@ int main()
     checkEnqueueOnGpu(creator, tf32Fields, kStandardAttrs, shapes, {2, 64, oh, ow}, 5e-3, "allow_tf32 = 1");
     // A depth-wise layer (16 groups of one channel, 2 offset groups): the default runs the direct kernel over a
     // channels-last copy of the input in the workspace.
-    Fields depthwiseFields;
-    depthwiseFields.add("strides", {2, 1});
-    depthwiseFields.add("pads", {1, 0, 2, 1});
-    depthwiseFields.add("dilations", {1, 2});
-    depthwiseFields.add("group", {16});
-    depthwiseFields.add("offset_group", {2});
+    Fields depthwiseFields = standardFields(16);
     std::vector<std::vector<int64_t>> const depthwiseShapes
         = {{2, 16, 10, 12}, {16, 1, 3, 2}, {2, 2 * 2 * 3 * 2, oh, ow}, {16}, {2, 2 * 3 * 2, oh, ow}};
     dcn_deform_conv_attrs depthwiseAttrs = kStandardAttrs;
