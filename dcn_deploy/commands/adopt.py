@@ -27,7 +27,6 @@ def command(model_path: Path, output: Optional[Path], roi_sampling_ratio: Option
     MMCVRoiAlign, GatherTopk, GridPriorsTRT, TRTInstanceNormalization, grid_sampler) and Deformable DETR's
     attention (MMCVMultiScaleDeformableAttention) as standard ONNX ops.
 
-    \b
     The result builds with our TensorRT plugin (no mmdeploy plugin library, any TensorRT 10/11) and runs in stock ONNX
     Runtime. Nodes keep their names; a missing bias or RoI offset becomes zeros; mmdeploy's 4-value padding of
     MMCVDeformConv2d is read as it was written ([pad_h, pad_h, pad_w, pad_w]); a default opset below 19 is raised to
@@ -35,9 +34,8 @@ def command(model_path: Path, output: Optional[Path], roi_sampling_ratio: Option
     it. TRTBatchedNMS becomes NonMaxSuppression, TopK and indexing; the RoIAlign nodes RoiAlign per feature level;
     GatherTopk GatherND; GridPriorsTRT Range and Expand; TRTInstanceNormalization InstanceNormalization; grid_sampler
     GridSample; MMCVMultiScaleDeformableAttention GridSample per feature level: each computes what mmdeploy's TensorRT
-    plugin computes, grid_sampler what PyTorch's grid_sample does (dcn_deploy/onnx/adopt_nms.py, adopt_roi_align.py,
-    adopt_small_ops.py, adopt_msda.py; a max-pooled RoIAlign is refused).
-    Other mmcv/mmdeploy ops (TRTBatchedRotatedNMS, say) are left as they are, and listed.
+    plugin computes, grid_sampler what PyTorch's grid_sample does (a max-pooled RoIAlign is refused). Other
+    mmcv/mmdeploy ops (TRTBatchedRotatedNMS, say) are left as they are, and listed.
 
     \b
     Examples:

@@ -35,7 +35,6 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
             batch: Optional[int], atol: Optional[float], rtol: Optional[float], as_json: bool) -> None:
     """Compare MODEL's outputs from two runners; exit 0 when within tolerance, 1 when not, 2 on bad input.
 
-    \b
     Per output: max absolute error, max relative error (|diff| / max(|ref|, atol)) and pass/fail by
     |out - ref| <= atol + rtol*|ref| (float32: atol 1e-4, rtol 1e-3; float16: 1e-2, 1e-2; bfloat16: 5e-2, 5e-2;
     float64: 1e-7, 1e-6). A float32 output of a model that computes in float16/bfloat16 (a graph converted to
