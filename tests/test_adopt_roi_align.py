@@ -291,3 +291,30 @@ def test_a_half_precision_build_keeps_the_box_arithmetic_float32():
         wrong = ReferenceEvaluator(convert_precision(unmarked, "fp16")[0]).run(None, feed)[0]
     error = np.abs(wrong - expected).max(axis=(1, 2, 3))
     assert (error[:2] > 0.1).all() and error[2] < 0.01  # the two large RoIs pooled from level 3
+
+
+def test_verify_and_bench_give_the_adopted_rois_valid_boxes(tmp_path):
+    """An adopted RoIAlign's (K, 5) rows reach the standard RoiAlign's batch indices through Slice, Squeeze and Cast:
+    random_feed must fill them with boxes (a batch index of 7 in a batch of 2 is refused by ONNX Runtime), as it
+    does for our own RoI ops' input 1; a (K, 5) input that feeds no RoiAlign is left alone."""
+    from dcn_deploy.feeds.onnx_file_inputs import roi_input_names
+    from dcn_deploy.feeds.random_feeds import random_feed
+    from dcn_deploy.backends.ort_runner import OrtRunner
+
+    for model in (mmcv_roi_align_model(), multi_level_model(STRIDES)):
+        adopted, _ = adopt_model(model)
+        assert roi_input_names(adopted.graph) == ("rois",)
+        path = tmp_path / "adopted.onnx"
+        onnx.save(adopted, path)
+        with OrtRunner(path) as runner:
+            metas = runner.input_metadata()
+            shapes = {m.name: (2, 3, 32 >> i, 32 >> i) for i, m in enumerate(m for m in metas if m.name != "rois")}
+            feed = random_feed(metas, shapes, rois=roi_input_names(adopted.graph))
+            batch_index = feed["rois"][:, 0]
+            assert np.all((batch_index >= 0) & (batch_index < 2) & (batch_index == np.round(batch_index)))
+            assert np.all(feed["rois"][:, 3] >= feed["rois"][:, 1]) and np.all(feed["rois"][:, 4] >= feed["rois"][:, 2])
+            assert runner.infer(feed)  # ONNX Runtime takes them
+    rows = helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["K", 5])
+    other = helper.make_model(helper.make_graph([helper.make_node("Relu", ["rows"], ["out"])], "g", [rows],
+                                                [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["K", 5])]))
+    assert roi_input_names(other.graph) == ()

@@ -24,6 +24,11 @@ from .shapes import Shape
 EXAMPLE_SHAPES_KEY = "dcn_deploy.example_shapes"
 # The ops whose input 1 is a box list, rows (batch index, x1, y1, x2, y2) in input-image pixels.
 _ROI_OPS = {("dcn_deploy", "DeformRoIPool"), ("dcn_deploy", "DeformPSRoIPool")}
+# The ops such rows pass through on their way to a standard RoiAlign's batch indices (input 2) in `dcn-deploy adopt`'s
+# rewrite of mmcv's and mmdeploy's RoIAlign nodes: column 0 sliced, squeezed and cast to int64 (and, per feature
+# level, gathered), each op's data being its input 0.
+_BATCH_INDEX_PATH_OPS = {"Slice", "Squeeze", "Unsqueeze", "Cast", "Gather", "GatherND", "GatherElements", "Reshape",
+                         "Flatten", "Identity", "Compress"}
 Dim = object  # a graph input's dimension: an int, a symbol name (str), or None (dynamic, unnamed)
 
 
@@ -85,7 +90,32 @@ def roi_inputs(model_path: os.PathLike) -> Tuple[str, ...]:
 
 
 def roi_input_names(graph) -> Tuple[str, ...]:
-    """:func:`roi_inputs` for an ONNX ``GraphProto`` in memory."""
+    """:func:`roi_inputs` for an ONNX ``GraphProto`` in memory: input 1 of our RoI pooling nodes, and (K, 5) rows
+    whose column 0 becomes a standard ``RoiAlign``'s batch indices (:func:`_rows_indexing_roi_align`)."""
     inputs = {v.name for v in graph.input}
-    return tuple(dict.fromkeys(n.input[1] for n in graph.node
-                               if (n.domain, n.op_type) in _ROI_OPS and len(n.input) > 1 and n.input[1] in inputs))
+    ours = [n.input[1] for n in graph.node
+            if (n.domain, n.op_type) in _ROI_OPS and len(n.input) > 1 and n.input[1] in inputs]
+    return tuple(dict.fromkeys(ours + _rows_indexing_roi_align(graph)))
+
+
+def _rows_indexing_roi_align(graph) -> list:
+    """The graph inputs declared (K, 5) from which a standard ``RoiAlign``'s batch indices (its input 2) are cut
+    through :data:`_BATCH_INDEX_PATH_OPS` alone: the RoI rows of a file `dcn-deploy adopt` rewrote from mmcv's or
+    mmdeploy's RoIAlign. Random values there are no boxes (ONNX Runtime refuses a batch index out of range)."""
+    rows = {v.name for v in fed_inputs(graph) if len(v.type.tensor_type.shape.dim) == 2
+            and v.type.tensor_type.shape.dim[1].dim_value == 5}
+    producers = {out: n for n in graph.node for out in n.output}
+    found = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type != "RoiAlign" or len(node.input) < 3:
+            continue
+        name, seen = node.input[2], set()
+        while name in producers and name not in seen:  # back along each op's data input
+            seen.add(name)
+            producer = producers[name]
+            if producer.op_type not in _BATCH_INDEX_PATH_OPS or not producer.input:
+                break
+            name = producer.input[0]
+        if name in rows:
+            found.append(name)
+    return found
