@@ -205,6 +205,26 @@ bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped 
 step bench-direct-nchw 60 env DCN_DEPLOY_DIRECT_LAYOUT=nchw python3 benchmarks/gpu_deform_conv.py --layers grouped \
     --algos auto,direct --iters 20 --warmup 3
 
+# 6b. A/B against other builds of the kernels (an older commit's, a variant's), built on the CPU machine and carried:
+# DCN_GPU_ALT_BUILDS="NAME:FOLDER ..." (FOLDER holding lib/libdcn_deploy_kernels.so). Each runs the benchmark of
+# DCN_GPU_ALT_ARGS (default: the grouped and depth-wise layers under auto) under its library, then again under this
+# build's, in neighbouring processes, so the pair is timed under the same conditions (tables in checks.log).
+for alt in ${DCN_GPU_ALT_BUILDS:-}; do
+    alt_name=${alt%%:*} alt_folder=${alt#*:}
+    case $alt_folder in /*) ;; *) alt_folder=$PWD/$alt_folder ;; esac
+    if [ "$alt_name" = "$alt" ] || [ ! -f "$alt_folder/lib/libdcn_deploy_kernels.so" ]; then
+        echo "DCN_GPU_ALT_BUILDS: '$alt' is not NAME:FOLDER with FOLDER/lib/libdcn_deploy_kernels.so; skipped" | tee -a "$LOG"
+        SUMMARY+=("alt '$alt' skipped: not NAME:FOLDER with a carried library")
+        continue
+    fi
+    # shellcheck disable=SC2086  # the arguments are words
+    step "alt-$alt_name" 60 env DCN_DEPLOY_PLUGIN_DIR="$alt_folder/lib" python3 benchmarks/gpu_deform_conv.py \
+        ${DCN_GPU_ALT_ARGS:---layers grouped --algos auto --iters 20 --warmup 3}
+    # shellcheck disable=SC2086
+    step "alt-$alt_name-base" 60 python3 benchmarks/gpu_deform_conv.py \
+        ${DCN_GPU_ALT_ARGS:---layers grouped --algos auto --iters 20 --warmup 3}
+done
+
 # 7. Variants of the GEMM path's settings, each a table in the log, and the sampling kernels under Nsight Compute.
 for variant in ${DCN_GPU_VARIANTS:-}; do
     if [[ $variant != *:*=* ]]; then

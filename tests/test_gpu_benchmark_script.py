@@ -288,6 +288,24 @@ def test_gpu_checks_runs_only_the_named_steps(tmp_path):
     assert summary[-1].startswith("total ")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the benchmark exits at once without a GPU")
+def test_gpu_checks_times_each_alternative_build_beside_this_one(tmp_path):
+    """DCN_GPU_ALT_BUILDS: each carried build's benchmark under its own library, then this build's, in neighbouring
+    processes; a name without a carried library is reported, not run."""
+    alt = tmp_path / "old"
+    (alt / "lib").mkdir(parents=True)
+    (alt / "lib" / "libdcn_deploy_kernels.so").write_bytes(b"")
+    summary = _run_gpu_checks(tmp_path, DCN_GPU_ONLY="alt-old alt-old-base",
+                              DCN_GPU_ALT_BUILDS=f"old:{alt} missing:{tmp_path / 'nowhere'}",
+                              DCN_GPU_ALT_ARGS="--layers grouped --algos direct")
+    assert [line.split(" rc=")[0] for line in summary if line.startswith("alt-")] == ["alt-old", "alt-old-base"]
+    assert any(line.startswith(f"alt 'missing:{tmp_path / 'nowhere'}' skipped") for line in summary), summary
+    log = (tmp_path / "out" / "checks.log").read_text()
+    assert (f"=== alt-old (limit 60s): env DCN_DEPLOY_PLUGIN_DIR={alt}/lib python3 benchmarks/gpu_deform_conv.py "
+            "--layers grouped --algos direct") in log
+    assert "=== alt-old-base (limit 60s): python3 benchmarks/gpu_deform_conv.py --layers grouped --algos direct" in log
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the variant's benchmark exits at once without a GPU")
 def test_gpu_checks_passes_dcn_gpu_variant_args_to_every_variant(tmp_path):
     summary = _run_gpu_checks(tmp_path, DCN_GPU_ONLY="variant-c20", DCN_GPU_VARIANTS="c20:DCN_DEPLOY_GEMM_CHUNK_MB=20",
