@@ -889,6 +889,19 @@ class TestWithoutTensorRT:
             assert result.exit_code == 2 and words in result.output, (args, result.output)
             assert "TensorRT is not installed" not in result.output
 
+    def test_an_onnx_file_named_like_an_engine_needs_an_engine_path(self, tmp_path):
+        from click.testing import CliRunner
+
+        from dcn_deploy.cli import main
+
+        model = tmp_path / "m.engine"
+        onnx.save(dcn_model(), model)
+        result = CliRunner().invoke(main, ["build", str(model)])
+        assert result.exit_code == 2 and (f"{model} is named like an engine, so the default engine path (m.engine "
+                                          "beside it) is the model itself: give the engine's path (-o)") in \
+            result.output, result.output
+        assert model.read_bytes() == dcn_model().SerializeToString()
+
     def test_precision_takes_exports_dtype_names_too(self, tmp_path):
         from click.testing import CliRunner
 

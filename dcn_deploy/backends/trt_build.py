@@ -119,6 +119,12 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None, *,
         raise ValueError(f"{argument('plugin_library', '--plugin')} names our plugin library to load, and "
                          f"{argument('use_plugin=False', '--no-plugin')} builds without it: give one or the other")
     onnx_path = Path(onnx_path)
+    if engine_path is None and onnx_path.suffix.lower() == ".engine":  # its default name would be the model itself
+        from ..wording import argument
+
+        raise ValueError(f"{onnx_path} is named like an engine, so the default engine path ({onnx_path.stem}.engine "
+                         f"beside it) is the model itself: give the engine's path ({argument('engine_path', '-o')}), "
+                         f"or name the ONNX file .onnx")
     model, source_external = read_model_for_build(onnx_path)
     refuse_foreign_ops(model, onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
