@@ -75,6 +75,21 @@ def test_an_output_name_ending_in_a_separator_is_refused_as_a_folder(files):
         assert not (folder / "outdir").exists()
 
 
+def test_verify_writes_its_json_result_with_o(files):
+    """As bench's -o: the JSON result in a file (atomically), the table still on stdout; never over the model."""
+    import json
+
+    folder, tiny = files["folder"], files["tiny"]
+    out = folder / "verify.json"
+    result = run("verify", tiny, "--shape", "x=1x2x6x6", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert f"JSON result: {out}" in result.stdout and "PASSED" in result.stdout
+    assert json.loads(out.read_text())["passed"] is True
+    before = _unchanged([tiny])
+    assert_bad_input(run("verify", tiny, "-o", tiny), f"--output {tiny} is the model")
+    assert _unchanged([tiny]) == before
+
+
 def test_bench_and_infer_refuse_to_write_over_the_model_or_an_input(files):
     folder, tiny, x = files["folder"], files["tiny"], files["folder"] / "x.npy"
     before = _unchanged([tiny, x])

@@ -6,9 +6,9 @@ from typing import Optional, Sequence, Tuple
 
 import click
 
-from . import EXIT_FAILED, CliError, Command, echo_report, json_stdout
-from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, echo_note, engine_option,
-                       file_facts, inference_failure, make_runners, model_argument, shape_options,
+from . import EXIT_FAILED, CliError, Command, OutputFile, echo_report, json_stdout
+from ._runtime import (RUNNER_CHOICES, check_output_option, check_tolerance_options, default_runner, echo_note,
+                       engine_option, file_facts, inference_failure, make_runners, model_argument, shape_options,
                        torch_model_options)
 
 
@@ -29,10 +29,13 @@ from ._runtime import (RUNNER_CHOICES, check_tolerance_options, default_runner, 
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for every output (default per dtype).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every output (default per dtype).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-o", "--output", type=OutputFile(), default=None,
+              help="Also write the JSON result to this file (written whether or not the outputs pass).")
 @json_stdout
 def command(model_path: Path, against: Optional[str], subject: Optional[str], torch_model: Optional[str],
             checkpoint: Optional[Path], engine: Optional[Path], inputs: Sequence[str], shapes: Sequence[str], seed: int,
-            batch: Optional[int], atol: Optional[float], rtol: Optional[float], as_json: bool) -> None:
+            batch: Optional[int], atol: Optional[float], rtol: Optional[float], as_json: bool,
+            output: Optional[Path]) -> None:
     """Compare MODEL's outputs from two runners; exit 0 when within tolerance, 1 when not, 2 on bad input.
 
     Per output: max absolute error, max relative error (|diff| / max(|ref|, atol)) and pass/fail by
@@ -52,12 +55,15 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     from ..backends.base import RunnerError
     from ..compare import DEFAULT_TOLERANCES, SHAPE_MISMATCH, Tolerance, compare_runners
     from ..feeds import load_feed, reject_empty
+    from ..io_utils import atomic_write_text
     from ..onnx.compute_type import narrowest_compute_type
 
     against, subject = _runner_pair(against, subject, torch_model, model_path)
     if inputs and (shapes or batch):
         raise CliError("--input gives the inputs; --shape/--batch only apply to random inputs")
     check_tolerance_options(atol, rtol)
+    if output is not None:
+        check_output_option(output, model_path, torch_model, checkpoint, engine, inputs)  # before the runners load
 
     overrides = None
     if atol is not None or rtol is not None:
@@ -83,11 +89,15 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
     finally:
         for r in runners:
             r.deactivate()
+    if output is not None:
+        atomic_write_text(output, result.to_json() + "\n")
     if as_json:
         echo_report(result.to_json())
     else:
         click.echo(f"verify {model_path}: {subject} against {against}")
         click.echo(result.table())
+        if output is not None:
+            click.echo(f"JSON result: {output}")
     reshaped = [o for o in result.outputs if o.note.startswith(SHAPE_MISMATCH)]
     if reshaped and torch_model and "torch" in (subject, against):
         # Weights never change an output's shape: --model builds another network than the file holds.
