@@ -331,6 +331,9 @@ _CHILD_ENVS = {
     # float32 products on TF32 tensor cores (an experiment, off by default): only its own test, whose tolerance is
     # TF32's (the dense tests' float32 tolerance is IEEE float32's)
     "tf32": {"DCN_DEPLOY_GEMM_TF32": "1"},
+    # a half type's bias added by the staged product (cuBLASLt's epilogue; an experiment, off by default), every
+    # dense layer staged
+    "bias_epilogue": {"DCN_DEPLOY_GEMM_BIAS": "epilogue", "DCN_DEPLOY_GEMM_OUTPUT": "staged"},
     # the direct kernel's own tests only: over a channels-last copy of the input (the default on depth-wise layers)
     # transposed in chunks of 1 MiB, and over NCHW (DCN_DEPLOY_DIRECT_LAYOUT=nchw, no workspace)
     "direct_chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
@@ -435,6 +438,11 @@ def test_gemm_path_split_k(dense_children, slices):
 def test_gemm_path_each_output_way(dense_children, output):
     """Where the product writes, forced for every shape (by default: direct for one group and 16-byte rows)."""
     _check_dense_child(dense_children, output)
+
+
+def test_gemm_path_bias_added_by_the_product(dense_children):
+    """The dense-layer tests under DCN_DEPLOY_GEMM_BIAS=epilogue: the half types' staged products add the bias."""
+    _check_dense_child(dense_children, "bias_epilogue")
 
 
 def test_gemm_path_per_thread_sampler(dense_children):

@@ -189,6 +189,27 @@ def test_staged_product_as_nn_equals_tn_in_each_type(host_lib, dtype):
     assert torch.equal(tn, nn), case
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(8))
+def test_bias_added_by_the_staged_product_equals_the_other_ways(host_lib, dtype, seed):
+    """DCN_DEPLOY_GEMM_BIAS=epilogue's arithmetic (the staged product adds a half type's bias and rounds once into a
+    half-width scratch; the transpose only moves it): bit for bit the direct output's and the float staging's, which
+    also add the bias to the float32 sum before one rounding; in chunks and pixel slices too. Grouped layers and
+    float64 keep the float staging (the option applies to one group of a half type)."""
+    rng = random.Random(2400 + seed)
+    case = _vector_friendly_case(rng)
+    tensors = make_tensors(case, dtype, seed=seed)
+    budget = rng.choice([0, 1, 150_000])
+    staged = run_host_gemm(host_lib, case, *tensors, budget=budget, output="staged")
+    in_product = run_host_gemm(host_lib, case, *tensors, budget=budget, output="staged-bias-in-product")
+    assert torch.equal(in_product, staged), (case, budget)
+    if case.groups == 1:
+        assert torch.equal(in_product, run_host_gemm(host_lib, case, *tensors, budget=budget, output="direct"))
+    tensors64 = make_tensors(case, torch.float64, seed=seed)
+    got64 = run_host_gemm(host_lib, case, *tensors64, output="staged-bias-in-product")
+    assert max_relative_error(got64, reference(case, *tensors64)) < 1e-12, case
+
+
 @pytest.mark.parametrize("sampler,tile_items", SAMPLERS)
 @pytest.mark.parametrize("output", GEMM_OUTPUTS)
 @pytest.mark.parametrize("budget,chunks", [(1, "full"), (150_000, "full"), (500_000, "full"), (1_000_000, "full"),
@@ -269,7 +290,7 @@ def test_auto_split_k_stages_float32_products_of_few_tiles(host_lib):
 
 
 @pytest.mark.parametrize("option,match", [
-    ({"output": "nchw"}, "gemm_output must be one of auto, direct, staged, got 'nchw'"),
+    ({"output": "nchw"}, "gemm_output must be one of auto, direct, staged, staged-bias-in-product, got 'nchw'"),
     ({"sampler": "tile"}, "gemm_sampler must be one of auto, tiled, thread, got 'tile'"),
     ({"tile_items": -3}, "tile_items must be 0 .the default. or positive, got -3"),
     ({"chunks": "half"}, "gemm_chunks must be one of even, full, got 'half'"),

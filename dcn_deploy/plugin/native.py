@@ -272,7 +272,7 @@ def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, 
 
 # Where the GEMM path's product writes and how it samples (GemmOutput, GemmSampler in
 # plugins/deform_conv/deformConvColumns.h).
-GEMM_OUTPUTS = {"auto": 0, "direct": 1, "staged": 2}
+GEMM_OUTPUTS = {"auto": 0, "direct": 1, "staged": 2, "staged-bias-in-product": 3}
 GEMM_SAMPLERS = {"auto": 0, "tiled": 1, "thread": 2}
 GEMM_CHUNKS = {"even": 0, "full": 1}
 GEMM_PRODUCTS = {"tn": 0, "nn": 1}
@@ -290,8 +290,9 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     ``gemm`` (the CUDA GEMM path step by step: chunks of at most ``column_budget_bytes`` of columns, 0 for the CUDA
     default; channels-last sampling; the cuBLAS call's arguments through a plain product). ``gemm_output`` (gemm
     only): ``direct`` (the product adds into the NCHW output), ``staged`` (through a pixel-major scratch, then
-    transposed with the bias) or ``auto`` (as on the GPU: direct for one group where the output rows are whole
-    16-byte vectors, else staged). ``gemm_sampler`` (gemm only): ``tiled`` (a tile's taps computed once, in shared
+    transposed with the bias), ``staged-bias-in-product`` (staged, a half type's bias added by the product, as
+    ``DCN_DEPLOY_GEMM_BIAS=epilogue`` does on the GPU) or ``auto`` (as on the GPU: direct for one group where the
+    output rows are whole 16-byte vectors, else staged). ``gemm_sampler`` (gemm only): ``tiled`` (a tile's taps computed once, in shared
     memory on the GPU), ``thread`` (each thread its own taps) or ``auto`` (as on the GPU: tiled where it can);
     ``tile_items``: the tiled sampler's channel vectors per tile (0: the GPU's default). ``gemm_chunks``: ``even``
     (as few chunks as fit, of equal size: the GPU's default) or ``full`` (as many images or pixels per chunk as fit,

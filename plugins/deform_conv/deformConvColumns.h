@@ -381,13 +381,14 @@ DCN_HD typename ElementTraits<T>::Acc stagedAcc(Staged value)
         return ElementTraits<T>::toAcc(value);
 }
 
-// Whether the staging scratch holds T (a half type without a bias, stagedAcc) rather than accumulators. Not when
-// the product is split (splitK slices, GemmPlan::splitK): the slices are partial sums, added in the accumulation
-// type and rounded once by the transpose.
+// Whether the staging scratch holds T (a half type without a bias, or whose bias the product adds: biasInProduct;
+// stagedAcc) rather than accumulators. Not when the product is split (splitK slices, GemmPlan::splitK): the slices
+// are partial sums, added in the accumulation type and rounded once by the transpose.
 template <typename T>
-DCN_HD bool stagesNarrow(T const* bias, int32_t splitK)
+DCN_HD bool stagesNarrow(T const* bias, int32_t splitK, bool biasInProduct = false)
 {
-    return bias == nullptr && splitK == 1 && !std::is_same<T, typename ElementTraits<T>::Acc>::value;
+    return (bias == nullptr || biasInProduct) && splitK == 1
+        && !std::is_same<T, typename ElementTraits<T>::Acc>::value;
 }
 
 // The staged value at `at` summed over the split-K slices (GemmPlan::splitK) `sliceStride` elements apart, in slice

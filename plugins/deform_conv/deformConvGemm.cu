@@ -12,6 +12,7 @@
 // Measured on an H200 and an H100 (benchmarks/RESULTS.md, 2026-11-26): 0.70x to 1.36x torchvision's speed in fp16;
 // benchmarks/gpu_notes.md says where the time goes and what is next.
 #include "cublasLoader.h"
+#include "cublasLtLoader.h"
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
 #include "dcnGridStride.h"
@@ -113,23 +114,115 @@ Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool acc
     return Status::success();
 }
 
+// The staged product with the bias in cuBLASLt's epilogue (GemmPlan::biasInProduct: a half type, one group,
+// unsplit): d = round(weights x columns + bias), the bias along the product's rows (the output channels), partial
+// sums never reduced in T (only the compute type's reduction scheme allowed, as kCublasMathFloatReductions asks of
+// cuBLAS). DCN_ERROR_UNSUPPORTED where cuBLASLt does not load or offers no algorithm: the caller falls back.
+template <typename T>
+Status runLtBiasProduct(GemmCall const& call, T const* a, T const* b, T const* bias, T* d, void* workspace,
+    size_t workspaceBytes, cudaStream_t stream)
+{
+    CublasLtApi const* lt = cublasLtApi();
+    CublasLtHandleT handle = nullptr;
+    Status status = threadCublasLtHandle(handle);
+    if (!status.ok())
+        return status;
+    CublasLtMatmulDescT desc = nullptr;
+    CublasLtLayoutT aLayout = nullptr, bLayout = nullptr, dLayout = nullptr;
+    CublasLtPreferenceT preference = nullptr;
+    int32_t const transA = call.transposeA ? kCublasOpT : kCublasOpN, transB = kCublasOpN;
+    uint32_t const epilogue = kLtEpilogueBias;
+    int32_t const biasType = int32_t(cudaTypeOf<T>());
+    void const* biasPointer = bias;
+    uint64_t const maxWorkspace = workspaceBytes;
+    uint32_t const reductions = 2; // CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE (and none): never in the output type
+    CublasLtHeuristicResult chosen{};
+    int found = 0;
+    int rc = lt->descCreate(&desc, kCublasCompute32F, CUDA_R_32F);
+    if (rc == 0)
+        rc = lt->descSetAttribute(desc, kLtDescTransA, &transA, sizeof(transA))
+            | lt->descSetAttribute(desc, kLtDescTransB, &transB, sizeof(transB))
+            | lt->descSetAttribute(desc, kLtDescEpilogue, &epilogue, sizeof(epilogue))
+            | lt->descSetAttribute(desc, kLtDescBiasPointer, &biasPointer, sizeof(biasPointer))
+            | lt->descSetAttribute(desc, kLtDescBiasDataType, &biasType, sizeof(biasType));
+    // the stored matrices (column-major, before op): A k x m (TN) or m x k (NN), B k x n, D m x n
+    if (rc == 0)
+        rc = lt->layoutCreate(&aLayout, cudaTypeOf<T>(), call.transposeA ? call.k : call.m,
+                 call.transposeA ? call.m : call.k, call.a.ld)
+            | lt->layoutCreate(&bLayout, cudaTypeOf<T>(), call.k, call.n, call.b.ld)
+            | lt->layoutCreate(&dLayout, cudaTypeOf<T>(), call.m, call.n, call.c.ld);
+    if (rc == 0)
+        rc = lt->preferenceCreate(&preference)
+            | lt->preferenceSetAttribute(preference, kLtPreferenceMaxWorkspace, &maxWorkspace, sizeof(maxWorkspace))
+            | lt->preferenceSetAttribute(preference, kLtPreferenceReductionSchemeMask, &reductions,
+                sizeof(reductions));
+    if (rc == 0)
+        rc = lt->algoGetHeuristic(handle, desc, aLayout, bLayout, dLayout, dLayout, preference, 1, &chosen, &found);
+    if (rc == 0 && found > 0 && chosen.state == 0)
+    {
+        float const one = 1.0f, zero = 0.0f;
+        rc = lt->matmul(handle, desc, &one, a + call.a.offset, aLayout, b + call.b.offset, bLayout, &zero,
+            d + call.c.offset, dLayout, d + call.c.offset, dLayout, &chosen.algo, workspace, workspaceBytes, stream);
+        status = rc == 0 ? Status::success()
+                         : Status::error(DCN_ERROR_CUDA, "cublasLtMatmul failed with cuBLAS status " + std::to_string(rc));
+    }
+    else
+        status = Status::error(DCN_ERROR_UNSUPPORTED, "cuBLASLt offers no algorithm for the bias epilogue (status "
+            + std::to_string(rc) + ")");
+    for (CublasLtLayoutT layout : {aLayout, bLayout, dLayout})
+        if (layout)
+            lt->layoutDestroy(layout);
+    if (preference)
+        lt->preferenceDestroy(preference);
+    if (desc)
+        lt->descDestroy(desc);
+    return status;
+}
+
+// The staged product of a chunk with its bias (GemmPlan::biasInProduct) into the half-width scratch: cuBLASLt's
+// bias epilogue, or, where it is unavailable, the scratch filled with the bias and the product accumulated into it
+// (the same sums: the bias added to the float32 sum, one rounding; the host build runs this one).
+template <typename T>
+Status runBiasInProduct(GemmCall const& call, T const* weights, T const* columns, T const* bias, T* staging,
+    int32_t outChannels, bool tf32, void* ltWorkspace, size_t ltWorkspaceBytes, cudaStream_t stream,
+    CublasHandleT handle)
+{
+    Status const lt = runLtBiasProduct<T>(call, weights, columns, bias, staging, ltWorkspace, ltWorkspaceBytes, stream);
+    if (lt.ok() || lt.code != DCN_ERROR_UNSUPPORTED)
+        return lt;
+    int64_t const total = int64_t(call.n) * outChannels;
+    fillStagingBiasKernel<T><<<gridStrideBlocks(total), kGridStrideThreads, 0, stream>>>(staging + call.c.offset,
+        bias, outChannels, total);
+    Status const filled = launchStatus("the staging scratch's bias fill");
+    return filled.ok() ? runProduct<T, T>(call, weights, columns, staging, true, tf32, handle) : filled;
+}
+
 // The staged output of one chunk: the product into the staging scratch (with split-K, plan.splitK slices of K as
 // the call's batch entries, each into its own slice of the scratch), then its transpose into NCHW with the bias
 // (summing the slices).
 template <typename T, typename Staged>
 Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
     Staged* staging, T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels,
-    cudaStream_t stream, CublasHandleT handle)
+    void* cublasWorkspace, cudaStream_t stream, CublasHandleT handle)
 {
     int64_t const sliceStride = stagingSliceElements(int64_t(images) * pixels * geo.d.out_channels, sizeof(Staged));
-    Status status = runProduct<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK,
-        sliceStride), weights, columns, staging, false, plan.tf32, handle);
+    GemmCall const call = stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride);
+    bool inProduct = false; // the bias added by the product (biasInProduct; staged as T)
+    Status status;
+    if constexpr (std::is_same<Staged, T>::value)
+        inProduct = bias && plan.biasInProduct;
+    if constexpr (std::is_same<Staged, T>::value)
+        if (inProduct)
+            status = runBiasInProduct<T>(call, weights, columns, bias, staging, geo.d.out_channels, plan.tf32,
+                cublasWorkspace, plan.cublasBytes, stream, handle);
+    if (!inProduct)
+        status = runProduct<T, Staged>(call, weights, columns, staging, false, plan.tf32, handle);
     if (!status.ok())
         return status;
     dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),
         unsigned(std::min((geo.d.out_channels + kTile - 1) / kTile, 65535)), unsigned(images));
-    stagedOutputKernel<T, Staged><<<outTiles, dim3(kTileThreadsX, kTileThreadsY), 0, stream>>>(geo, staging, bias,
-        output, n0, p0, pixels, plan.splitK, sliceStride);
+    stagedOutputKernel<T, Staged><<<outTiles, dim3(kTileThreadsX, kTileThreadsY), 0, stream>>>(geo, staging,
+        inProduct ? nullptr : bias, output, n0, p0, pixels, plan.splitK, sliceStride);
     return launchStatus("the staged output kernel");
 }
 
@@ -168,14 +261,15 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             status = launchStatus("the deformable sampling kernel");
             if (status.ok() && plan.staged)
             {
-                // A half type without a bias stages the product as T (stagedAcc): cuBLAS rounds it once, as the
-                // transpose would have (unsplit only: stagesNarrow).
-                if (stagesNarrow<T>(bias, plan.splitK))
+                // A half type without a bias (or whose bias the product adds: biasInProduct) stages the product as
+                // T (stagedAcc): rounded once, as the transpose would have (unsplit only: stagesNarrow).
+                void* cublasWorkspace = base + plan.at.cublas;
+                if (stagesNarrow<T>(bias, plan.splitK, plan.biasInProduct))
                     status = runStagedChunk<T, T>(geo, plan, weights, columns, reinterpret_cast<T*>(staging), bias,
-                        output, n0, images, p0, pixels, stream, handle);
+                        output, n0, images, p0, pixels, cublasWorkspace, stream, handle);
                 else
                     status = runStagedChunk<T, Acc>(geo, plan, weights, columns, staging, bias, output, n0, images,
-                        p0, pixels, stream, handle);
+                        p0, pixels, cublasWorkspace, stream, handle);
                 continue;
             }
             if (status.ok() && bias)

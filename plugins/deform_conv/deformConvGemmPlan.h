@@ -180,6 +180,12 @@ struct GemmOptions
     // benchmarks/RESULTS.md) 3.3x-3.4x faster than over NCHW in fp16 and 1.9x in float32 on depth-wise res4. Off
     // (NCHW, no workspace) with the C ABI's DCN_DEPLOY_DIRECT_LAYOUT=nchw.
     bool directChannelsLast = true;
+    // An experiment (off; the C ABI's DCN_DEPLOY_GEMM_BIAS=epilogue): where the staged product of a half type has a
+    // bias (one group, unsplit: GemmPlan::biasInProduct), the product adds it and rounds once into the half-width
+    // scratch (cuBLASLt's bias epilogue; without cuBLASLt, the scratch filled with the bias and accumulated into,
+    // the same sums), and the transpose only moves it: half the scratch bytes of the float staging, as a layer
+    // without a bias already gets (stagesNarrow). benchmarks/gpu_notes.md, item 6: det res3 at batch 8.
+    bool biasEpilogue = false;
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -235,6 +241,8 @@ struct GemmPlan
     bool outputMajorWeights; // staged as NN: the weights re-laid out [g][kp][c][o] (GemmProduct)
     int32_t splitK;      // slices of K of the staged product (1 unless staged and gemmSplitK allows more)
     bool tf32;           // float32 products on TF32 tensor cores (GemmOptions::tf32; float32 layers only)
+    bool biasInProduct;  // a bias, where the layer has one, is added by the staged product (GemmOptions::biasEpilogue:
+                         // half types, one group, staged, unsplit)
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
@@ -525,6 +533,8 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // split-K slices (stagingRoomBytes; a slice of a smaller chunk, stagingSliceElements, is never larger).
     plan.splitK = plan.staged ? slices : 1;
     plan.tf32 = options.tf32 && elementBytes == 4;
+    plan.biasInProduct = options.biasEpilogue && plan.staged && elementBytes == 2 && geo.d.group == 1
+        && plan.splitK == 1;
     plan.stagingBytes = stagingRoomBytes(geo, elementBytes, options,
         columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels));
     plan.rowTableBytes = alignUp256(size_t(columnRowVectors(geo, plan.vector)) * sizeof(TileRowVector));

@@ -108,11 +108,20 @@ void stagedChunkHost(DeformConvGeometry const& geo, GemmPlan const& plan, T cons
     Staged* staging, T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
 {
     int64_t const sliceStride = stagingSliceElements(int64_t(images) * pixels * geo.d.out_channels, sizeof(Staged));
+    // biasInProduct: the product adds the bias before its one rounding (cuBLASLt's epilogue on the GPU; here, as the
+    // GPU's fallback does it, the scratch holds the bias and the product accumulates into it), the transpose none
+    bool const inProduct = bias && plan.biasInProduct;
+    if (inProduct)
+        for (int64_t pixel = 0; pixel < int64_t(images) * pixels; ++pixel)
+            for (int32_t o = 0; o < geo.d.out_channels; ++o)
+                if constexpr (std::is_same<Staged, T>::value) // inProduct stages T (stagesNarrow)
+                    staging[pixel * geo.d.out_channels + o] = bias[o];
     gemmHost<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride),
-        weights, columns, staging, false);
+        weights, columns, staging, inProduct);
     int64_t const outCount = int64_t(images) * geo.d.out_channels * pixels;
     for (int64_t idx = 0; idx < outCount; ++idx)
-        stagedOutputElement<T, Staged>(geo, staging, bias, output, n0, p0, pixels, idx, plan.splitK, sliceStride);
+        stagedOutputElement<T, Staged>(geo, staging, inProduct ? nullptr : bias, output, n0, p0, pixels, idx,
+            plan.splitK, sliceStride);
 }
 
 template <typename T>
@@ -127,9 +136,9 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
     T const garbage = ElementTraits<T>::fromAcc(std::numeric_limits<Acc>::quiet_NaN());
     std::vector<T> columns(plan.columnsBytes / sizeof(T), garbage), nhwc(plan.nhwcBytes / sizeof(T), garbage),
         weights(plan.weightsBytes / sizeof(T), garbage);
-    // The staging scratch: accumulators, or T for a half type without a bias, unsplit (stagesNarrow), as the CUDA
-    // path.
-    bool const narrow = stagesNarrow<T>(bias, plan.splitK);
+    // The staging scratch: accumulators, or T for a half type without a bias or whose bias the product adds,
+    // unsplit (stagesNarrow), as the CUDA path.
+    bool const narrow = stagesNarrow<T>(bias, plan.splitK, plan.biasInProduct);
     std::vector<Acc> staging(plan.staged && !narrow ? plan.stagingBytes / sizeof(Acc) : 0,
         std::numeric_limits<Acc>::quiet_NaN());
     std::vector<T> narrowStaging(plan.staged && narrow ? plan.stagingBytes / sizeof(T) : 0, garbage);
@@ -388,7 +397,10 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
                 problem = std::string("dcn_deform_conv2d_forward_host_gemm: ") + name + " must be " + allowed
                     + ", got " + std::to_string(value);
         };
-        require(dcn::validGemmOutput(output_mode), "output_mode", "0 (auto), 1 (direct) or 2 (staged)", output_mode);
+        // output_mode 3: staged, a half type's bias added by the product (GemmOptions::biasEpilogue)
+        bool const biasInProduct = output_mode == 3;
+        require(dcn::validGemmOutput(output_mode) || biasInProduct, "output_mode",
+            "0 (auto), 1 (direct), 2 (staged) or 3 (staged, the bias added by the product)", output_mode);
         require(dcn::validGemmSampler(sampler), "sampler", "0 (auto), 1 (tiled) or 2 (per thread)", sampler);
         require(tile_items >= 0, "tile_items", "0 (the default) or positive", tile_items);
         require(dcn::validGemmChunks(chunks), "chunks", "0 (even) or 1 (full)", chunks);
@@ -400,7 +412,8 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         dcn::GemmOptions options;
         if (column_budget_bytes)
             options.columnBudget = column_budget_bytes;
-        options.output = output_mode;
+        options.output = biasInProduct ? dcn::kGemmOutputStaged : output_mode;
+        options.biasEpilogue = biasInProduct;
         options.sampler = sampler;
         options.chunks = chunks;
         options.product = product;
