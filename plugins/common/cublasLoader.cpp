@@ -25,10 +25,10 @@ struct Loaded
 template <typename Fn>
 bool resolve(void* library, char const* name, Fn& fn, std::string& reason)
 {
-    fn = reinterpret_cast<Fn>(dlsym(library, name));
-    if (!fn)
+    bool const found = resolveSymbol(library, name, fn);
+    if (!found)
         reason = std::string("libcublas has no symbol ") + name;
-    return fn != nullptr;
+    return found;
 }
 
 Loaded const& loaded()
@@ -59,6 +59,12 @@ Loaded const& loaded()
 }
 
 } // namespace
+
+bool resolveSymbol(void* library, char const* name, void*& fn)
+{
+    fn = dlsym(library, name);
+    return fn != nullptr;
+}
 
 CublasApi const* cublasApi()
 {

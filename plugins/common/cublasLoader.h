@@ -32,6 +32,19 @@ struct CublasApi
         int computeType, int algo);
 };
 
+// fn = the symbol `name` of a dlopen'ed library; false (and fn null) where it has none. For the cuBLAS and cuBLASLt
+// loaders.
+bool resolveSymbol(void* library, char const* name, void*& fn);
+
+template <typename Fn>
+bool resolveSymbol(void* library, char const* name, Fn& fn)
+{
+    void* found = nullptr;
+    bool const ok = resolveSymbol(library, name, found);
+    fn = reinterpret_cast<Fn>(found);
+    return ok;
+}
+
 // The loaded API, or null when no libcublas.so.13/.12/.so can be opened (why: cublasUnavailableReason()).
 CublasApi const* cublasApi();
 char const* cublasUnavailableReason();

@@ -1,5 +1,7 @@
 #include "cublasLtLoader.h"
 
+#include "cublasLoader.h" // resolveSymbol
+
 #include <dlfcn.h>
 #include <mutex>
 #include <string>
@@ -16,13 +18,6 @@ struct LoadedLt
     bool ok = false;
 };
 
-template <typename Fn>
-bool resolveLt(void* library, char const* name, Fn& fn)
-{
-    fn = reinterpret_cast<Fn>(dlsym(library, name));
-    return fn != nullptr;
-}
-
 LoadedLt const& loadedLt()
 {
     static LoadedLt state;
@@ -35,17 +30,17 @@ LoadedLt const& loadedLt()
         if (!library)
             return;
         CublasLtApi& api = state.api;
-        state.ok = resolveLt(library, "cublasLtCreate", api.create)
-            && resolveLt(library, "cublasLtMatmulDescCreate", api.descCreate)
-            && resolveLt(library, "cublasLtMatmulDescDestroy", api.descDestroy)
-            && resolveLt(library, "cublasLtMatmulDescSetAttribute", api.descSetAttribute)
-            && resolveLt(library, "cublasLtMatrixLayoutCreate", api.layoutCreate)
-            && resolveLt(library, "cublasLtMatrixLayoutDestroy", api.layoutDestroy)
-            && resolveLt(library, "cublasLtMatmulPreferenceCreate", api.preferenceCreate)
-            && resolveLt(library, "cublasLtMatmulPreferenceDestroy", api.preferenceDestroy)
-            && resolveLt(library, "cublasLtMatmulPreferenceSetAttribute", api.preferenceSetAttribute)
-            && resolveLt(library, "cublasLtMatmulAlgoGetHeuristic", api.algoGetHeuristic)
-            && resolveLt(library, "cublasLtMatmul", api.matmul);
+        state.ok = resolveSymbol(library, "cublasLtCreate", api.create)
+            && resolveSymbol(library, "cublasLtMatmulDescCreate", api.descCreate)
+            && resolveSymbol(library, "cublasLtMatmulDescDestroy", api.descDestroy)
+            && resolveSymbol(library, "cublasLtMatmulDescSetAttribute", api.descSetAttribute)
+            && resolveSymbol(library, "cublasLtMatrixLayoutCreate", api.layoutCreate)
+            && resolveSymbol(library, "cublasLtMatrixLayoutDestroy", api.layoutDestroy)
+            && resolveSymbol(library, "cublasLtMatmulPreferenceCreate", api.preferenceCreate)
+            && resolveSymbol(library, "cublasLtMatmulPreferenceDestroy", api.preferenceDestroy)
+            && resolveSymbol(library, "cublasLtMatmulPreferenceSetAttribute", api.preferenceSetAttribute)
+            && resolveSymbol(library, "cublasLtMatmulAlgoGetHeuristic", api.algoGetHeuristic)
+            && resolveSymbol(library, "cublasLtMatmul", api.matmul);
     });
     return state;
 }
