@@ -117,7 +117,8 @@ Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool acc
 // The staged product with the bias in cuBLASLt's epilogue (GemmPlan::biasInProduct: a half type, one group,
 // unsplit): d = round(weights x columns + bias), the bias along the product's rows (the output channels), partial
 // sums never reduced in T (only the compute type's reduction scheme allowed, as kCublasMathFloatReductions asks of
-// cuBLAS). DCN_ERROR_UNSUPPORTED where cuBLASLt does not load or offers no algorithm: the caller falls back.
+// cuBLAS). No fallback: where cuBLASLt does not load or offers no algorithm, DCN_ERROR_UNSUPPORTED saying so (the
+// experiment must show that cuBLASLt ran; the host build runs the same sums as a bias-filled scratch accumulated into).
 template <typename T>
 Status runLtBiasProduct(GemmCall const& call, T const* a, T const* b, T const* bias, T* d, void* workspace,
     size_t workspaceBytes, cudaStream_t stream)
@@ -138,26 +139,37 @@ Status runLtBiasProduct(GemmCall const& call, T const* a, T const* b, T const* b
     uint32_t const reductions = 2; // CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE (and none): never in the output type
     CublasLtHeuristicResult chosen{};
     int found = 0;
-    int rc = lt->descCreate(&desc, kCublasCompute32F, CUDA_R_32F);
-    if (rc == 0)
-        rc = lt->descSetAttribute(desc, kLtDescTransA, &transA, sizeof(transA))
-            | lt->descSetAttribute(desc, kLtDescTransB, &transB, sizeof(transB))
-            | lt->descSetAttribute(desc, kLtDescEpilogue, &epilogue, sizeof(epilogue))
-            | lt->descSetAttribute(desc, kLtDescBiasPointer, &biasPointer, sizeof(biasPointer))
-            | lt->descSetAttribute(desc, kLtDescBiasDataType, &biasType, sizeof(biasType));
-    // the stored matrices (column-major, before op): A k x m (TN) or m x k (NN), B k x n, D m x n
-    if (rc == 0)
-        rc = lt->layoutCreate(&aLayout, cudaTypeOf<T>(), call.transposeA ? call.k : call.m,
-                 call.transposeA ? call.m : call.k, call.a.ld)
-            | lt->layoutCreate(&bLayout, cudaTypeOf<T>(), call.k, call.n, call.b.ld)
-            | lt->layoutCreate(&dLayout, cudaTypeOf<T>(), call.m, call.n, call.c.ld);
-    if (rc == 0)
-        rc = lt->preferenceCreate(&preference)
-            | lt->preferenceSetAttribute(preference, kLtPreferenceMaxWorkspace, &maxWorkspace, sizeof(maxWorkspace))
-            | lt->preferenceSetAttribute(preference, kLtPreferenceReductionSchemeMask, &reductions,
-                sizeof(reductions));
-    if (rc == 0)
-        rc = lt->algoGetHeuristic(handle, desc, aLayout, bLayout, dLayout, dLayout, preference, 1, &chosen, &found);
+    // Each step only after the previous one succeeded (operands of | are unsequenced: a create and a set on the
+    // object it creates must not share one expression), and the first failing step named.
+    char const* failed = nullptr;
+    int rc = 0;
+    auto step = [&](char const* name, int status) {
+        if (rc == 0 && status != 0)
+        {
+            rc = status;
+            failed = name;
+        }
+        return rc == 0;
+    };
+    step("cublasLtMatmulDescCreate", lt->descCreate(&desc, kCublasCompute32F, CUDA_R_32F))
+        && step("TRANSA", lt->descSetAttribute(desc, kLtDescTransA, &transA, sizeof(transA)))
+        && step("TRANSB", lt->descSetAttribute(desc, kLtDescTransB, &transB, sizeof(transB)))
+        && step("EPILOGUE", lt->descSetAttribute(desc, kLtDescEpilogue, &epilogue, sizeof(epilogue)))
+        && step("BIAS_POINTER", lt->descSetAttribute(desc, kLtDescBiasPointer, &biasPointer, sizeof(biasPointer)))
+        && step("BIAS_DATA_TYPE", lt->descSetAttribute(desc, kLtDescBiasDataType, &biasType, sizeof(biasType)))
+        // the stored matrices (column-major, before op): A k x m (TN) or m x k (NN), B k x n, D m x n
+        && step("A layout", lt->layoutCreate(&aLayout, cudaTypeOf<T>(), call.transposeA ? call.k : call.m,
+               call.transposeA ? call.m : call.k, call.a.ld))
+        && step("B layout", lt->layoutCreate(&bLayout, cudaTypeOf<T>(), call.k, call.n, call.b.ld))
+        && step("D layout", lt->layoutCreate(&dLayout, cudaTypeOf<T>(), call.m, call.n, call.c.ld))
+        && step("cublasLtMatmulPreferenceCreate", lt->preferenceCreate(&preference))
+        && step("MAX_WORKSPACE_BYTES",
+               lt->preferenceSetAttribute(preference, kLtPreferenceMaxWorkspace, &maxWorkspace, sizeof(maxWorkspace)))
+        && step("REDUCTION_SCHEME_MASK", lt->preferenceSetAttribute(preference, kLtPreferenceReductionSchemeMask,
+               &reductions, sizeof(reductions)))
+        && step("cublasLtMatmulAlgoGetHeuristic",
+               lt->algoGetHeuristic(handle, desc, aLayout, bLayout, dLayout, dLayout, preference, 1, &chosen, &found));
+    constexpr int kCublasStatusNotSupported = 15; // CUBLAS_STATUS_NOT_SUPPORTED (cublas_api.h)
     if (rc == 0 && found > 0 && chosen.state == 0)
     {
         float const one = 1.0f, zero = 0.0f;
@@ -166,9 +178,11 @@ Status runLtBiasProduct(GemmCall const& call, T const* a, T const* b, T const* b
         status = rc == 0 ? Status::success()
                          : Status::error(DCN_ERROR_CUDA, "cublasLtMatmul failed with cuBLAS status " + std::to_string(rc));
     }
-    else
-        status = Status::error(DCN_ERROR_UNSUPPORTED, "cuBLASLt offers no algorithm for the bias epilogue (status "
-            + std::to_string(rc) + ")");
+    else if (rc == 0 || (failed == std::string("cublasLtMatmulAlgoGetHeuristic") && rc == kCublasStatusNotSupported))
+        status = Status::error(DCN_ERROR_UNSUPPORTED, "cuBLASLt offers no algorithm for the bias epilogue");
+    else // a descriptor cuBLASLt refused (a wrong attribute size or value here) or could not allocate: not hidden
+        status = Status::error(DCN_ERROR_CUDA, std::string("cuBLASLt's bias epilogue: ") + failed
+            + " failed with cuBLAS status " + std::to_string(rc));
     for (CublasLtLayoutT layout : {aLayout, bLayout, dLayout})
         if (layout)
             lt->layoutDestroy(layout);
@@ -177,24 +191,6 @@ Status runLtBiasProduct(GemmCall const& call, T const* a, T const* b, T const* b
     if (desc)
         lt->descDestroy(desc);
     return status;
-}
-
-// The staged product of a chunk with its bias (GemmPlan::biasInProduct) into the half-width scratch: cuBLASLt's
-// bias epilogue, or, where it is unavailable, the scratch filled with the bias and the product accumulated into it
-// (the same sums: the bias added to the float32 sum, one rounding; the host build runs this one).
-template <typename T>
-Status runBiasInProduct(GemmCall const& call, T const* weights, T const* columns, T const* bias, T* staging,
-    int32_t outChannels, bool tf32, void* ltWorkspace, size_t ltWorkspaceBytes, cudaStream_t stream,
-    CublasHandleT handle)
-{
-    Status const lt = runLtBiasProduct<T>(call, weights, columns, bias, staging, ltWorkspace, ltWorkspaceBytes, stream);
-    if (lt.ok() || lt.code != DCN_ERROR_UNSUPPORTED)
-        return lt;
-    int64_t const total = int64_t(call.n) * outChannels;
-    fillStagingBiasKernel<T><<<gridStrideBlocks(total), kGridStrideThreads, 0, stream>>>(staging + call.c.offset,
-        bias, outChannels, total);
-    Status const filled = launchStatus("the staging scratch's bias fill");
-    return filled.ok() ? runProduct<T, T>(call, weights, columns, staging, true, tf32, handle) : filled;
 }
 
 // The staged output of one chunk: the product into the staging scratch (with split-K, plan.splitK slices of K as
@@ -213,8 +209,8 @@ Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T con
         inProduct = bias && plan.biasInProduct;
     if constexpr (std::is_same<Staged, T>::value)
         if (inProduct)
-            status = runBiasInProduct<T>(call, weights, columns, bias, staging, geo.d.out_channels, plan.tf32,
-                cublasWorkspace, plan.cublasBytes, stream, handle);
+            status = runLtBiasProduct<T>(call, weights, columns, bias, staging, cublasWorkspace, plan.cublasBytes,
+                stream);
     if (!inProduct)
         status = runProduct<T, Staged>(call, weights, columns, staging, false, plan.tf32, handle);
     if (!status.ok())

@@ -93,17 +93,6 @@ __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformC
     }
 }
 
-// staging[pixel][o] = bias[o] for `pixels` pixels of oC values (GemmOptions::biasEpilogue without cuBLASLt: the
-// staged product then accumulates into it): one thread per element.
-template <typename T>
-__global__ void __launch_bounds__(kGridStrideThreads) fillStagingBiasKernel(T* __restrict__ staging,
-    T const* __restrict__ bias, int32_t const outChannels, int64_t const total)
-{
-    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-         idx += int64_t(gridDim.x) * blockDim.x)
-        staging[idx] = bias[idx % outChannels];
-}
-
 // output[n0 + img][o][p0 + p] = bias[o] for the chunk (the product then adds to it): a block per output row
 // (img * oC + o; blocks gridDim.x apart), its threads writing 16-byte vectors along the row, single elements before
 // the row's first 16-byte boundary and after its last vector. (One grid-stride loop with a 64-bit division per

@@ -182,9 +182,10 @@ struct GemmOptions
     bool directChannelsLast = true;
     // An experiment (off; the C ABI's DCN_DEPLOY_GEMM_BIAS=epilogue): where the staged product of a half type has a
     // bias (one group, unsplit: GemmPlan::biasInProduct), the product adds it and rounds once into the half-width
-    // scratch (cuBLASLt's bias epilogue; without cuBLASLt, the scratch filled with the bias and accumulated into,
-    // the same sums), and the transpose only moves it: half the scratch bytes of the float staging, as a layer
-    // without a bias already gets (stagesNarrow). benchmarks/gpu_notes.md, item 6: det res3 at batch 8.
+    // scratch (cuBLASLt's bias epilogue: an error where cuBLASLt cannot, no fallback, so that a run shows it ran;
+    // the host build: the scratch filled with the bias and accumulated into, the same sums), and the transpose only
+    // moves it: half the scratch bytes of the float staging, as a layer without a bias already gets
+    // (stagesNarrow). benchmarks/gpu_notes.md, item 6: det res3 at batch 8.
     bool biasEpilogue = false;
 };
 
