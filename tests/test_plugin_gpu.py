@@ -334,6 +334,8 @@ _CHILD_ENVS = {
     # a half type's bias added by the staged product (cuBLASLt's epilogue; an experiment, off by default), every
     # dense layer staged
     "bias_epilogue": {"DCN_DEPLOY_GEMM_BIAS": "epilogue", "DCN_DEPLOY_GEMM_OUTPUT": "staged"},
+    "bias_epilogue_nn": {"DCN_DEPLOY_GEMM_BIAS": "epilogue", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
+                         "DCN_DEPLOY_GEMM_PRODUCT": "nn"},
     # the direct kernel's own tests only: over a channels-last copy of the input (the default on depth-wise layers)
     # transposed in chunks of 1 MiB, and over NCHW (DCN_DEPLOY_DIRECT_LAYOUT=nchw, no workspace)
     "direct_chunks": {"DCN_DEPLOY_GEMM_CHUNK_MB": "1"},
@@ -440,9 +442,11 @@ def test_gemm_path_each_output_way(dense_children, output):
     _check_dense_child(dense_children, output)
 
 
-def test_gemm_path_bias_added_by_the_product(dense_children):
-    """The dense-layer tests under DCN_DEPLOY_GEMM_BIAS=epilogue: the half types' staged products add the bias."""
-    _check_dense_child(dense_children, "bias_epilogue")
+@pytest.mark.parametrize("child", ["bias_epilogue", "bias_epilogue_nn"])
+def test_gemm_path_bias_added_by_the_product(dense_children, child):
+    """The dense-layer tests under DCN_DEPLOY_GEMM_BIAS=epilogue (the half types' staged products add the bias in
+    cuBLASLt's epilogue, which fails rather than falls back: passing means it ran), with TN and NN products."""
+    _check_dense_child(dense_children, child)
 
 
 def test_gemm_path_per_thread_sampler(dense_children):

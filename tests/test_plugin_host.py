@@ -203,6 +203,8 @@ def test_bias_added_by_the_staged_product_equals_the_other_ways(host_lib, dtype,
     staged = run_host_gemm(host_lib, case, *tensors, budget=budget, output="staged")
     in_product = run_host_gemm(host_lib, case, *tensors, budget=budget, output="staged-bias-in-product")
     assert torch.equal(in_product, staged), (case, budget)
+    nn = run_host_gemm(host_lib, case, *tensors, budget=budget, output="staged-bias-in-product", product="nn")
+    assert torch.equal(nn, staged), (case, budget)
     if case.groups == 1:
         assert torch.equal(in_product, run_host_gemm(host_lib, case, *tensors, budget=budget, output="direct"))
     tensors64 = make_tensors(case, torch.float64, seed=seed)
