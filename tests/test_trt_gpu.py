@@ -179,6 +179,16 @@ class TestTensorRTRtxAheadOfTime:
         assert engine_meta.read_meta(engine).engine_sha256 == engine_meta.sha256_file(engine)
         assert (tmp_path / f"m_{precision}.engine.cache").stat().st_size > 0
 
+    @pytest.mark.parametrize("precision", ["fp32", "fp16"])
+    def test_depthwise_layer_builds_with_its_workspace(self, rtx_env, tmp_path, precision):
+        """A depth-wise layer (8 groups of one channel): since kernels revision 7 the plugin asks for a workspace for
+        it (the direct kernel's channels-last copy of the input); the builder must accept the plugin's sizes."""
+        out, engine = self.build(rtx_env, dcn_model(19, group=8), tmp_path, precision)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        meta = json.loads(out.stdout.split("RESULT ", 1)[1])
+        assert meta["extra"]["routed_nodes"] == 1 and meta["precision"] == precision
+        assert b"DeformConv2d" in engine.read_bytes()
+
     def test_adopted_mmdeploy_export_builds_with_our_plugin(self, rtx_env, tmp_path):
         """mmdeploy's file (opset 11, mmdeploy::MMCVModulatedDeformConv2d), refused as it is (no TensorRT needed for
         that), builds once adopted, with its deformable node routed to our plugin layer."""

@@ -30,16 +30,17 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
 # test models ------------------------------------------------------------------------------------------------------
-def dcn_model(opset_version: int = 19, seed: int = 0) -> onnx.ModelProto:
-    """conv -> relu -> (offset conv, mask conv+sigmoid) -> dcn_deploy DeformConv2d -> residual add -> GAP -> fc ->
-    softmax. Input x (N, 4, 8, 8); outputs prob (N, 5) and the feature map s1 (N, 8, 8, 8)."""
+def dcn_model(opset_version: int = 19, seed: int = 0, group: int = 1) -> onnx.ModelProto:
+    """conv -> relu -> (offset conv, mask conv+sigmoid) -> dcn_deploy DeformConv2d (``group`` groups of its 8
+    channels; 8: depth-wise) -> residual add -> GAP -> fc -> softmax. Input x (N, 4, 8, 8); outputs prob (N, 5) and
+    the feature map s1 (N, 8, 8, 8)."""
     rng = np.random.default_rng(seed)
 
     def init(name, shape, scale=0.3):
         return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
 
     inits = [init("w1", [8, 4, 3, 3]), init("b1", [8]), init("w_off", [18, 8, 3, 3], 0.05),
-             init("w_dcn", [8, 8, 3, 3]), init("b_dcn", [8]), init("w_mask", [9, 8, 3, 3], 0.1), init("fc", [8, 5])]
+             init("w_dcn", [8, 8 // group, 3, 3]), init("b_dcn", [8]), init("w_mask", [9, 8, 3, 3], 0.1), init("fc", [8, 5])]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
@@ -47,7 +48,8 @@ def dcn_model(opset_version: int = 19, seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Conv", ["r1", "w_mask"], ["m0"], pads=[1, 1, 1, 1], name="conv_mask"),
         helper.make_node("Sigmoid", ["m0"], ["mask"], name="sigmoid_mask"),
         helper.make_node("DeformConv2d", ["r1", "w_dcn", "off", "b_dcn", "mask"], ["d1"], domain="dcn_deploy",
-                         strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, offset_group=1, name="dcn1"),
+                         strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=group, offset_group=1,
+                         name="dcn1"),
         helper.make_node("Add", ["d1", "r1"], ["s1"], name="residual"),
         helper.make_node("GlobalAveragePool", ["s1"], ["gap"], name="gap"),
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
