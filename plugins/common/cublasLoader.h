@@ -45,7 +45,7 @@ bool resolveSymbol(void* library, char const* name, Fn& fn)
     return ok;
 }
 
-// The loaded API, or null when no libcublas.so.13/.12/.so can be opened (why: cublasUnavailableReason()).
+// The loaded API, or null when no libcublas.so.13/.12 can be opened (why: cublasUnavailableReason()).
 CublasApi const* cublasApi();
 char const* cublasUnavailableReason();
 

@@ -195,11 +195,10 @@ DCN_UNROLL
             ++weightAt;
         }
     }
-    int64_t const outPlane = int64_t(geo.outH) * geo.outW;
-    T* out = output + (int64_t(n0 + img) * geo.d.out_channels + c) * outPlane + int64_t(y) * geo.outW + x;
+    T* out = output + (int64_t(n0 + img) * d.out_channels + c) * plane + pixel;
 DCN_UNROLL
     for (int v = 0; v < Vector; ++v)
-        out[v * outPlane] = ElementTraits<T>::fromAcc(acc[v]);
+        out[v * plane] = ElementTraits<T>::fromAcc(acc[v]);
 }
 
 // Work items of one launch (images from n0): images * C / vector * oH * oW.

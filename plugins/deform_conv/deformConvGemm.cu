@@ -194,8 +194,8 @@ Status runLtBiasProduct(GemmCall const& call, T const* a, T const* b, T const* b
 }
 
 // The staged output of one chunk: the product into the staging scratch (with split-K, plan.splitK slices of K as
-// the call's batch entries, each into its own slice of the scratch), then its transpose into NCHW with the bias
-// (summing the slices).
+// the call's batch entries, each into its own slice of the scratch; with biasInProduct, the bias added by the
+// product), then its transpose into NCHW with the bias where the product did not add it (summing the slices).
 template <typename T, typename Staged>
 Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
     Staged* staging, T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels,
@@ -203,16 +203,11 @@ Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T con
 {
     int64_t const sliceStride = stagingSliceElements(int64_t(images) * pixels * geo.d.out_channels, sizeof(Staged));
     GemmCall const call = stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride);
-    bool inProduct = false; // the bias added by the product (biasInProduct; staged as T)
-    Status status;
-    if constexpr (std::is_same<Staged, T>::value)
-        inProduct = bias && plan.biasInProduct;
-    if constexpr (std::is_same<Staged, T>::value)
-        if (inProduct)
-            status = runLtBiasProduct<T>(call, weights, columns, bias, staging, cublasWorkspace, plan.cublasBytes,
-                stream);
-    if (!inProduct)
-        status = runProduct<T, Staged>(call, weights, columns, staging, false, plan.tf32, handle);
+    bool const inProduct = std::is_same<Staged, T>::value && bias && plan.biasInProduct; // stagesNarrow: T
+    Status const status = inProduct
+        ? runLtBiasProduct<T>(call, weights, columns, bias, reinterpret_cast<T*>(staging), cublasWorkspace,
+            plan.cublasBytes, stream)
+        : runProduct<T, Staged>(call, weights, columns, staging, false, plan.tf32, handle);
     if (!status.ok())
         return status;
     dim3 const outTiles(unsigned((pixels + kTile - 1) / kTile),

@@ -108,14 +108,18 @@ void stagedChunkHost(DeformConvGeometry const& geo, GemmPlan const& plan, T cons
     Staged* staging, T const* bias, T* output, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
 {
     int64_t const sliceStride = stagingSliceElements(int64_t(images) * pixels * geo.d.out_channels, sizeof(Staged));
-    // biasInProduct: the product adds the bias before its one rounding (cuBLASLt's epilogue on the GPU; here, as the
-    // GPU's fallback does it, the scratch holds the bias and the product accumulates into it), the transpose none
-    bool const inProduct = bias && plan.biasInProduct;
-    if (inProduct)
-        for (int64_t pixel = 0; pixel < int64_t(images) * pixels; ++pixel)
-            for (int32_t o = 0; o < geo.d.out_channels; ++o)
-                if constexpr (std::is_same<Staged, T>::value) // inProduct stages T (stagesNarrow)
+    // biasInProduct (which stages T: stagesNarrow): the product adds the bias before its one rounding (cuBLASLt's
+    // epilogue on the GPU; here the scratch holds the bias and the product accumulates into it, the same sums), the
+    // transpose none
+    bool inProduct = false;
+    if constexpr (std::is_same<Staged, T>::value)
+    {
+        inProduct = bias && plan.biasInProduct;
+        if (inProduct)
+            for (int64_t pixel = 0; pixel < int64_t(images) * pixels; ++pixel)
+                for (int32_t o = 0; o < geo.d.out_channels; ++o)
                     staging[pixel * geo.d.out_channels + o] = bias[o];
+    }
     gemmHost<T, Staged>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride),
         weights, columns, staging, inProduct);
     int64_t const outCount = int64_t(images) * geo.d.out_channels * pixels;
