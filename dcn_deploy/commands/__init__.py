@@ -21,6 +21,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: 128 + the signal
 EXIT_BROKEN_PIPE = 141
 EXIT_BAD_INPUT = 2  # bad usage or input: a missing or unreadable file, an option that does not fit the model
 
+# Each dtype name of export's --dtype and its short spelling, build --precision's; both also take "half" for float16.
+DTYPE_SHORT_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+
 
 def echo_error(message: str, file: Optional[IO] = None) -> None:
     """Print ``error: MESSAGE`` (on stderr unless ``file``): the one form of every error the CLI reports."""

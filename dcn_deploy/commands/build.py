@@ -9,11 +9,10 @@ import click
 from ..backends.engine_meta import PRECISIONS  # no TensorRT, no torch
 from ..backends.factory import ENGINE_SUFFIXES
 from ..backends.trt_profiles import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROIS
-from . import EXIT_INTERRUPTED, CliError, Command, OutputFile, check_output_suffix
+from . import DTYPE_SHORT_NAMES, EXIT_INTERRUPTED, CliError, Command, OutputFile, check_output_suffix
 
-
-# export's --dtype names, accepted for --precision too
-_PRECISION_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+# export's --dtype names, accepted for --precision too (float64 has no precision: refused as before)
+_PRECISION_ALIASES = {**DTYPE_SHORT_NAMES, "half": "fp16"}
 
 
 def _precision_option(ctx, param, value: str) -> str:

@@ -7,11 +7,12 @@ from typing import Callable, Optional, Sequence, Tuple
 import click
 
 from ..json_text import json_text
-from . import CliError, Command, ListOption, OutputFile, check_output_suffix, echo_report, json_stdout
+from . import (DTYPE_SHORT_NAMES, CliError, Command, ListOption, OutputFile, check_output_suffix, echo_report,
+               json_stdout)
 from ._runtime import check_tolerance_options, input_option_files, model_ref_file
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # = onnx.loaded_model.DTYPES, without importing torch
-_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64", "half": "float16"}
+_DTYPE_ALIASES = {**{short: name for name, short in DTYPE_SHORT_NAMES.items()}, "half": "float16"}
 
 
 def _dtype_option(ctx, param, value: Optional[str]) -> Optional[str]:
