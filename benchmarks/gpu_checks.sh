@@ -132,6 +132,9 @@ bench bench 240 bench.json bench.md -- --algos "${DCN_BENCH_ALGOS:-gemm,torch,co
 # path of ours, whose layer would skip the input transpose and the staged output (the breakdown above).
 step bench-cudnn-nhwc 90 python3 benchmarks/gpu_deform_conv.py --algos gemm --dtypes float16 --iters 30 --warmup 5 \
     --conv-channels-last
+# 3a'. Ours on channels-last tensors too (DCN_FORWARD_CHANNELS_LAST: the GEMM path without its input transpose and
+# staged output), beside ours on NCHW, torchvision and cuDNN both ways, in both types; the markdown goes to bench_nhwc.md.
+bench bench-nhwc 150 bench_nhwc.json bench_nhwc.md -- --algos gemm --iters 30 --warmup 5 --channels-last
 # 3b. The implicit-GEMM kernel (experimental, fp16 only: it has no float32) beside the GEMM path, torchvision and
 # cuDNN in the same process.
 bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3

@@ -310,12 +310,14 @@ def measure(row: dict, key: str, fn: Callable[[], object], reference, warmup: in
 def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str],
         graph: bool = True, breakdown: bool = False, layers: List[Layer] = LAYERS,
         on_row: Optional[Callable[[List[dict]], None]] = None, with_bias: bool = True,
-        conv_channels_last: bool = False) -> List[dict]:
+        conv_channels_last: bool = False, channels_last: bool = False) -> List[dict]:
     """One row per (dtype, layer, batch): each implementation's error and median time (see :func:`measure`).
 
     with_bias: False runs every implementation without a bias (as DCN layers followed by batch norm are).
     conv_channels_last: also time cuDNN's convolution on channels-last copies of the input and weight (the layout
     cuDNN's half-precision kernels work in, and TensorRT's around a plugin), as ``conv_nhwc``.
+    channels_last: that, and ours (algo auto) on channels-last tensors too (``DCN_FORWARD_CHANNELS_LAST``: the GEMM
+    path with no transposes; the output channels-last), as ``ours_nhwc``.
 
     on_row(rows) is called after each row (and after the breakdown), so a run cut short still leaves its rows.
     breakdown: after all timings (so the profiler cannot disturb them), the `gemm` path's kernels of each dense row.
@@ -378,11 +380,16 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                     measure(row, "conv", conv, None, warmup, iters, graph)
                     if dtype_name == "float32":  # the plain convolution at our float32 kernels' precision
                         measure(row, "conv_no_tf32", without_tf32(conv), None, warmup, iters, graph)
-                    if conv_channels_last:
+                    if conv_channels_last or channels_last:
                         nhwc = x.contiguous(memory_format=torch.channels_last)
                         nhwc_weight = weight.contiguous(memory_format=torch.channels_last)
                         measure(row, "conv_nhwc", lambda: F.conv2d(nhwc, nhwc_weight, bias, 1, d, d, layer.groups),
                                 None, warmup, iters, graph)
+                        if channels_last:
+                            measure(row, "ours_nhwc",
+                                    lambda: deform_conv2d_cuda(nhwc, offset, weight, bias, 1, d, d, mask,
+                                                               channels_last=True, library=kernels),
+                                    reference, warmup, iters, graph)
                         del nhwc, nhwc_weight
                     del reference
                 rows.append(row)
@@ -483,6 +490,7 @@ def to_markdown(rows: List[dict], args) -> str:
     run_context = _run_context(rows)
     strict_conv = any("conv_no_tf32_ms" in r for r in rows)
     nhwc_conv = any("conv_nhwc_ms" in r for r in rows)
+    nhwc_ours = any("ours_nhwc_ms" in r for r in rows)
     iters = _saved_setting(rows, "iters", args.iters)
     warmup = _saved_setting(rows, "warmup", args.warmup)
     eager = _saved_setting(rows, "timing", "eager" if args.eager else "graph") == "eager"
@@ -514,9 +522,12 @@ def to_markdown(rows: List[dict], args) -> str:
         + " | torchvision ms | cuDNN conv2d ms | best speed-up vs torchvision | best / conv2d | "
         + ("cuDNN conv2d without TF32 ms | best / that | " if strict_conv else "")
         + ("cuDNN conv2d channels-last ms | best / that | " if nhwc_conv else "")
+        + ("ours channels-last ms | its speed-up vs torchvision | it / cuDNN channels-last | err channels-last | "
+           if nhwc_ours else "")
         + " | ".join(f"err {a}" for a in algos) + " | err torchvision |",
         "| --- | --- | --- | " + " | ".join("---:" for _ in algos) + " | ---: | ---: | ---: | ---: | "
         + ("---: | ---: | " if strict_conv else "") + ("---: | ---: | " if nhwc_conv else "")
+        + ("---: | ---: | ---: | ---: | " if nhwc_ours else "")
         + " | ".join("---:" for _ in algos) + " | ---: |",
     ]
     for r in rows:
@@ -531,6 +542,11 @@ def to_markdown(rows: List[dict], args) -> str:
         nhwc = r.get("conv_nhwc_ms")
         nhwc_cells = (f"{_ms_cell(r, 'conv_nhwc')} | {f'{best / nhwc:.2f}x' if nhwc and best else 'n/a'} | "
                       if nhwc_conv else "")
+        if nhwc_ours:
+            ours_nhwc = None if wrong_result(r, "ours_nhwc") else r.get("ours_nhwc_ms")
+            nhwc_cells += (f"{_ms_cell(r, 'ours_nhwc')} | {f'{tv / ours_nhwc:.2f}x' if tv and ours_nhwc else 'n/a'} | "
+                           f"{f'{ours_nhwc / nhwc:.2f}x' if nhwc and ours_nhwc else 'n/a'} | "
+                           f"{_err_cell(r, 'ours_nhwc')} | ")
         lines.append(f"| {r['layer']} | {r['shape']} | {r['dtype']} | "
                      + " | ".join(_ms_cell(r, f"ours_{a}") for a in algos)
                      + f" | {_ms_cell(r, 'torchvision')} | {_ms_cell(r, 'conv')} | {speedup} | {to_conv} | "
@@ -594,6 +610,9 @@ def main(argv=None) -> int:
     parser.add_argument("--conv-channels-last", action="store_true",
                         help="also time cuDNN's conv2d on channels-last input and weight (torch.channels_last), the "
                              "layout of its half-precision kernels and of TensorRT's layers around a plugin")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="that, and ours (auto) on channels-last input and output too (DCN_FORWARD_CHANNELS_LAST: "
+                             "the GEMM path reads and writes them where they are, with no transposes)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile the gemm path's kernels (torch.profiler) and print where its time goes")
     parser.add_argument("--json", type=Path, default=None,
@@ -643,7 +662,8 @@ def main(argv=None) -> int:
         save = (lambda rows: atomic_write_text(args.json, json.dumps(rows, indent=1))) if args.json else None
         rows = run([int(b) for b in batches], args.dtypes.split(","), args.warmup, args.iters, algos,
                    graph=not args.eager, breakdown=args.breakdown, layers=LAYER_SETS[args.layers], on_row=save,
-                   with_bias=not args.no_bias, conv_channels_last=args.conv_channels_last)
+                   with_bias=not args.no_bias, conv_channels_last=args.conv_channels_last,
+                   channels_last=args.channels_last)
     table = render(rows, args)
     print(table)
     if args.output:

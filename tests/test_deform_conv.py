@@ -589,6 +589,27 @@ def test_opcheck_custom_op(name):
                           test_utils=FAST_OPCHECKS)
 
 
+@pytest.mark.parametrize("name", ["v2_groups_per_axis", "depthwise"])
+def test_a_channels_last_input_gives_a_channels_last_output(name):
+    """As torch's convolutions: the output follows the input's memory format (on the GPU a dense layer's GEMM path
+    reads and writes channels-last tensors where they are), with the same values; the fake implementation plans
+    the same strides (opcheck's fake-tensor check compares them), so torch.compile's code indexes it rightly."""
+    case = GRAD_CASES[name]
+    x, offset, weight, bias, mask = case.tensors(seed=5)
+    expected = deform_conv2d(x, offset, weight, bias, stride=case.stride, padding=case.padding,
+                             dilation=case.dilation, mask=mask)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    got = deform_conv2d(x_last, offset, weight, bias, stride=case.stride, padding=case.padding,
+                        dilation=case.dilation, mask=mask)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert torch.equal(got, expected)
+    assert expected.is_contiguous()
+    args = list(_opcheck_args(name, seed=7))
+    args[0] = args[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.dcn_deploy.deform_conv2d.default, tuple(args),
+                          test_utils=("test_faketensor", "test_autograd_registration"))
+
+
 class _OffsetsFromInput(torch.nn.Module):
     """A tiny DCNv2 block that predicts its offsets and mask from the input, as models do."""
 

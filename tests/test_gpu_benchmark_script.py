@@ -355,6 +355,26 @@ def test_rows_with_cudnn_on_channels_last_tensors_show_it_beside_the_nchw_convol
     assert "channels-last" not in bench.to_markdown([plain], args)
 
 
+def test_rows_with_ours_on_channels_last_tensors_show_it_beside_cudnn_channels_last(bench, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    row = {"layer": "det res3", "shape": "8x128x100x167", "dtype": "float16", "ours_gemm_ms": 0.30, "conv_ms": 0.18,
+           "conv_nhwc_ms": 0.15, "torchvision_ms": 0.31, "ours_nhwc_ms": 0.20, "ours_nhwc_err": 2e-4,
+           "ours_gemm_err": 2e-4, "torchvision_err": 3e-4}
+    args = argparse.Namespace(algos="gemm", iters=20, warmup=3, eager=False)
+    table = bench.to_markdown([row], args)
+    header = next(line for line in table.splitlines() if line.startswith("| layer"))
+    assert ("| cuDNN conv2d channels-last ms | best / that | ours channels-last ms | its speed-up vs torchvision | "
+            "it / cuDNN channels-last | err channels-last |") in header
+    cells = next(line for line in table.splitlines() if line.startswith("| det res3")).split(" | ")
+    assert cells[8:14] == ["0.150", "2.00x", "0.200", "1.55x", "1.33x", "2.0e-04"]
+    assert len(cells) == len(header.split(" | "))
+    # a wrong channels-last result is shown with its mark and left out of the ratios
+    wrong = dict(row, ours_nhwc_err=0.5)
+    cells = next(line for line in bench.to_markdown([wrong], args).splitlines()
+                 if line.startswith("| det res3")).split(" | ")
+    assert cells[10:13] == ["0.200!", "n/a", "n/a"]
+
+
 def test_without_tf32_turns_cudnn_tf32_off_for_the_call_only(bench):
     seen = []
     before = torch.backends.cudnn.allow_tf32

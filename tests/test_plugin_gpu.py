@@ -76,7 +76,7 @@ def _workspace_bytes(kernels, case: Case, tensors, algo: str) -> int:
     desc = _checked_desc(x, off, w, b, m, case.stride, case.pads, case.dilation)
     size = ctypes.c_size_t()
     kernels.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), DTYPE_CODES[str(x.dtype).split(".")[-1]],
-                 ALGOS[algo], ctypes.byref(size))
+                 ALGOS[algo], 0, ctypes.byref(size))
     return size.value
 
 
@@ -166,6 +166,58 @@ def test_dense_layers_fused_and_direct_agree_with_reference(kernels, dtype, inde
         assert not got.isnan().any(), (algo, case, "an output element was never written")
         error = max_relative_error(got, expected)
         assert error < TOLERANCE[dtype], (algo, case, error)
+
+
+def _run_channels_last(kernels, case: Case, tensors, algo: str = "auto"):
+    """The kernels on channels-last tensors (DCN_FORWARD_CHANNELS_LAST), into a NaN-poisoned channels-last output."""
+    x, off, w, b, m = tensors
+    oh, ow = case.out_size
+    out = torch.full((case.batch, case.out_channels, oh, ow), float("nan"), dtype=x.dtype, device=x.device)
+    out = out.contiguous(memory_format=torch.channels_last)
+    return deform_conv2d_cuda(x.contiguous(memory_format=torch.channels_last), off, w, b, stride=case.stride,
+                              padding=case.pads, dilation=case.dilation, mask=m, algo=algo, channels_last=True,
+                              out=out, library=kernels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dense_layers_on_channels_last_tensors(kernels, dtype):
+    """The GEMM path reading a channels-last input where it is (an outside neighbour from the zero vector by its own
+    pointer) and its product writing the channels-last output (the bias written first, or in the children with
+    DCN_DEPLOY_GEMM_BIAS=epilogue added by cuBLASLt): the dense cases and random dense layers against the reference.
+    Named to run in every child of _CHILD_ENVS too (1 MiB chunks and pixel slices, one-pixel tiles, the per-thread
+    sampler, NN products; the output and split-K settings do not apply)."""
+    cases = DENSE_CASES + [random_dense_case(random.Random(3000 + seed)) for seed in range(8)]
+    for index, case in enumerate(cases):
+        tensors = make_tensors(case, dtype, device="cuda", seed=index)
+        for algo in ("auto", "gemm"):
+            got = _run_channels_last(kernels, case, tensors, algo)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert not got.isnan().any(), (algo, case, "an output element was never written")
+            error = max_relative_error(got, expected_for(case, tensors))
+            assert error < TOLERANCE[dtype], (algo, case, error)
+
+
+def test_channels_last_tensors_refused_off_the_gemm_path_and_misaligned_input_copied(kernels):
+    """A depth-wise layer (auto: the direct kernel) or algo fused refuse channels-last tensors as "unsupported"
+    (the op then runs NCHW copies); an input view starting off a 16-byte boundary is copied by the binding."""
+    from dcn_deploy.plugin.native import DCN_ERROR_UNSUPPORTED
+
+    depthwise = Case(2, 16, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
+    for case, algo in ((depthwise, "auto"), (DENSE_CASES[0], "fused")):
+        tensors = make_tensors(case, torch.float16, device="cuda", seed=1)
+        with pytest.raises(NativeError, match="take the GEMM path only") as refused:
+            _run_channels_last(kernels, case, tensors, algo)
+        assert refused.value.code == DCN_ERROR_UNSUPPORTED
+    case = DENSE_CASES[0]
+    x, off, w, b, m = make_tensors(case, torch.float16, device="cuda", seed=2)
+    n, c, h, width = x.shape
+    room = torch.empty(x.numel() + 8, dtype=x.dtype, device=x.device)
+    misaligned = room[1:1 + x.numel()].view(n, h, width, c).permute(0, 3, 1, 2)
+    misaligned.copy_(x)
+    assert misaligned.is_contiguous(memory_format=torch.channels_last) and misaligned.data_ptr() % 16
+    got = deform_conv2d_cuda(misaligned, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation,
+                             mask=m, channels_last=True, library=kernels)
+    assert peak_relative_error(got, expected_for(case, (x, off, w, b, m))) <= HALF_EPS[torch.float16]
 
 
 def _split_k_cases():
@@ -550,6 +602,29 @@ def test_torch_op_on_cuda_runs_the_kernels(op_on_kernels, dtype, monkeypatch):
     composite = dcn_deploy.deform_conv2d(x, off, w, b, stride=case.stride, padding=case.pads[:2],
                                          dilation=case.dilation, mask=m)
     assert not calls and composite.dtype == dtype
+
+
+def test_torch_op_reads_and_writes_channels_last_tensors_in_place(op_on_kernels, monkeypatch):
+    """A channels-last input: a dense layer's kernels called with channels_last (DCN_FORWARD_CHANNELS_LAST, no
+    transposes), a depth-wise one's refused there and run on an NCHW copy; both outputs channels-last, as torch's
+    convolutions give, and within the half type's rounding of the reference."""
+    import dcn_deploy
+    from dcn_deploy.plugin import native
+
+    calls = []
+    real = native.deform_conv2d_cuda
+    monkeypatch.setattr(native, "deform_conv2d_cuda",
+                        lambda *a, **k: calls.append(k.get("channels_last", False)) or real(*a, **k))
+    dense = DENSE_CASES[0]
+    depthwise = Case(2, 16, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
+    for case, expected_calls in ((dense, [True]), (depthwise, [True, False])):
+        x, off, w, b, m = make_tensors(case, torch.float16, device="cuda", seed=4)
+        calls.clear()
+        got = dcn_deploy.deform_conv2d(x.contiguous(memory_format=torch.channels_last), off, w, b,
+                                       stride=case.stride, padding=case.pads[:2], dilation=case.dilation, mask=m)
+        assert calls[-len(expected_calls):] == expected_calls, (case, calls)
+        assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+        assert peak_relative_error(got, expected_for(case, (x, off, w, b, m))) <= HALF_EPS[torch.float16], case
 
 
 @pytest.mark.skipif(os.environ.get("DCN_DEPLOY_GEMM_TF32") == "1", reason="DCN_DEPLOY_GEMM_TF32=1 forces TF32 on")

@@ -125,11 +125,11 @@ def _vector_friendly_case(rng: random.Random):
 
 
 def run_host_gemm(host_lib, case, x, off, w, b, m, budget=0, output="auto", sampler="auto", tile_items=0,
-                  chunks="even", product="tn", split_k=0):
+                  chunks="even", product="tn", split_k=0, channels_last=False):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
                               path="gemm", column_budget_bytes=budget, gemm_output=output, gemm_sampler=sampler,
                               tile_items=tile_items, gemm_chunks=chunks, gemm_product=product, gemm_split_k=split_k,
-                              library=host_lib)
+                              channels_last=channels_last, library=host_lib)
 
 
 # How the columns are sampled: tiled (a tile's taps once, then its columns front to back; the default) with tiles
@@ -229,6 +229,62 @@ def test_gemm_path_in_chunks_and_pixel_slices(host_lib, budget, chunks, output, 
     got = run_host_gemm(host_lib, case, *tensors, budget=budget, output=output, sampler=sampler,
                         tile_items=tile_items, chunks=chunks)
     assert max_relative_error(got, expected) < 1e-12
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_channels_last_tensors_match_reference(host_lib, seed):
+    """DCN_FORWARD_CHANNELS_LAST on the host: the input read where it is (channels-last), an outside neighbour read
+    from the zero vector by a pointer of its own, the product writing the channels-last output. Random layers (odd
+    channel counts, groups, offset groups, H or W of 1, offsets far off the image), each sampler, TN and NN
+    products, in chunks and pixel slices (small budgets); the output is channels-last in memory."""
+    rng = random.Random(2600 + seed)
+    case = random_case(rng, max_channels_per_group=6) if seed % 3 == 0 else _vector_friendly_case(rng)
+    tensors = make_tensors(case, torch.float64, seed=seed)
+    expected = reference(case, *tensors)
+    sampler, tile_items = SAMPLERS[seed % len(SAMPLERS)]
+    budget = rng.choice([0, 1, 20_000])
+    product = "nn" if seed % 2 else "tn"
+    got = run_host_gemm(host_lib, case, *tensors, budget=budget, sampler=sampler, tile_items=tile_items,
+                        product=product, channels_last=True)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert max_relative_error(got, expected) < 1e-12, (case, sampler, tile_items, budget, product)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(6))
+def test_channels_last_tensors_equal_nchw_bit_for_bit(host_lib, dtype, seed):
+    """The same samples and the same sums (bias written first, the product added: one rounding), only their places
+    differ: bit for bit the staged NCHW output in each type, with and without a bias, and with a half type's bias
+    "added by the product" (the same sums on the host); an NCHW input is made channels-last by the binding."""
+    rng = random.Random(2700 + seed)
+    case = _vector_friendly_case(rng)
+    x, off, w, b, m = make_tensors(case, dtype, seed=seed)
+    budget = rng.choice([0, 1, 150_000])
+    for bias in (b, None):
+        staged = run_host_gemm(host_lib, case, x, off, w, bias, m, budget=budget, output="staged")
+        channels_last = run_host_gemm(host_lib, case, x.contiguous(memory_format=torch.channels_last), off, w, bias,
+                                      m, budget=budget, channels_last=True)
+        assert torch.equal(channels_last, staged), (case, budget, bias is None)
+        assert torch.equal(run_host_gemm(host_lib, case, x, off, w, bias, m, budget=budget, channels_last=True),
+                           staged)
+        if dtype != torch.float32:
+            in_product = run_host_gemm(host_lib, case, x, off, w, bias, m, budget=budget,
+                                       output="staged-bias-in-product", channels_last=True)
+            assert torch.equal(in_product, staged), (case, budget, bias is None)
+
+
+def test_channels_last_tensors_refuse_other_paths_and_outputs(host_lib):
+    from plugin_configs import Case
+
+    case = Case(1, 1, 1, 8, 8, 5, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0)
+    tensors = make_tensors(case, torch.float64, seed=0)
+    with pytest.raises(ValueError, match="channels_last applies to path='gemm' only"):
+        deform_conv2d_host(*tensors[:4], padding=1, mask=tensors[4], path="direct", channels_last=True,
+                           library=host_lib)
+    for output in ("direct", "staged"):
+        with pytest.raises(NativeError, match="output_mode with DCN_FORWARD_CHANNELS_LAST must be 0 .the product "
+                                              "writes the channels-last output. or 3"):
+            run_host_gemm(host_lib, case, *tensors, output=output, channels_last=True)
 
 
 def _split_k_case(rng: random.Random, split_k: int, splits: bool):

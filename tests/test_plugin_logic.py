@@ -207,9 +207,9 @@ def kernels_lib() -> NativeLibrary:
     return NativeLibrary(path)
 
 
-def _workspace(lib, desc, dtype, algo):
+def _workspace(lib, desc, dtype, algo, flags=0):
     size = ctypes.c_size_t()
-    lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, algo, ctypes.byref(size))
+    lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, algo, flags, ctypes.byref(size))
     return size.value
 
 
@@ -228,19 +228,22 @@ BUDGET = 256 << 20  # the GEMM path's default column budget
 
 
 def _gemm_workspace(batch, channels, height, width, out_channels, channels_per_group, kernel_points, out_pixels,
-                    element, vector, split_k=1):
+                    element, vector, split_k=1, channels_last=False):
     """The GEMM path's workspace (plugins/deform_conv/deformConvGemmPlan.h): room for one chunk's columns,
     min(whole batch, max(budget, 256 pixels' columns)), and for the channels-last input, min(whole batch, max(budget,
     one image)), then the zero vector (C elements), each rounded up to 256 bytes, the re-laid-out weights, the tiled
     sampler's row table (8 bytes per `vector` channels of a pixel's column), the staging scratch (one accumulator,
     4 bytes or 8 for float64, per output channel of every pixel the columns room holds; split_k times, one room
-    per slice of K, where the split applies), and 8 MiB for cuBLAS."""
+    per slice of K, where the split applies), and 8 MiB for cuBLAS. For channels-last tensors
+    (DCN_FORWARD_CHANNELS_LAST) neither the input's room nor the staging scratch: the input is read where it is and
+    the product writes the output."""
     up = lambda n: -(-n // 256) * 256  # noqa: E731
     row = channels * kernel_points * element
     image = channels * height * width * element
     columns_room = min(batch * row * out_pixels, max(BUDGET, 256 * row))
-    staging = columns_room // row * out_channels * (8 if element == 8 else 4)
-    return (up(columns_room) + up(min(batch * image, max(BUDGET, image))) + up(channels * element)
+    staging = 0 if channels_last else columns_room // row * out_channels * (8 if element == 8 else 4)
+    input_room = 0 if channels_last else up(min(batch * image, max(BUDGET, image)))
+    return (up(columns_room) + input_room + up(channels * element)
             + up(out_channels * channels_per_group * kernel_points * element)
             + up(channels * kernel_points // vector * 8) + split_k * up(staging) + (8 << 20))
 
@@ -263,6 +266,41 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     # One image whose columns exceed the 256 MiB budget runs in slices of its pixels: room for the budget.
     big = DeformConvDesc(1, 512, 128, 128, 512, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
     assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, 128 * 128, 4, 4)
+
+
+def test_channels_last_tensors_take_the_gemm_path_only(kernels_lib):
+    """DCN_FORWARD_CHANNELS_LAST (2): the GEMM path's workspace without the input's room or the staging scratch,
+    none for the other paths, and a forward that refuses, before any CUDA call, a layer auto sends elsewhere
+    ("unsupported", naming the path and the fix) and a misaligned input."""
+    channels_last = 2
+    dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
+    gemm = lambda element: _gemm_workspace(2, 64, 20, 20, 96, 32, 9, 400, element, 16 // element,  # noqa: E731
+                                           channels_last=True)
+    assert _workspace(kernels_lib, dense, 1, 3, channels_last) == gemm(2)
+    assert _workspace(kernels_lib, dense, 0, 0, channels_last) == gemm(4)  # auto: the GEMM path alone
+    assert _workspace(kernels_lib, dense, 1, 3, channels_last) < _workspace(kernels_lib, dense, 1, 3)
+    assert _workspace(kernels_lib, dense, 1, 2, channels_last) == 0        # fused: refused at the forward
+    depthwise = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 1)
+    assert _workspace(kernels_lib, depthwise, 1, 0, channels_last) == 0
+    with pytest.raises(NativeError, match=r"flags 4 has bits other than DCN_FORWARD_ALLOW_TF32 \(1\) and "
+                                          r"DCN_FORWARD_CHANNELS_LAST \(2\)"):
+        _workspace(kernels_lib, dense, 1, 3, 4)
+
+    forward = kernels_lib.lib.dcn_deform_conv2d_forward_cuda
+    fake = ctypes.c_void_p(0x1000)  # never dereferenced: every check below fails first
+    assert forward(ctypes.byref(depthwise), 1, 0, channels_last, fake, fake, fake, None, None, fake, None, 0,
+                   None) == 2
+    assert ("channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the GEMM path only, and this layer resolves to "
+            "algo 1" in kernels_lib.last_error()) and "or pass NCHW tensors" in kernels_lib.last_error()
+    assert forward(ctypes.byref(dense), 1, 1, channels_last, fake, fake, fake, None, None, fake, None, 0, None) == 2
+    assert "take the GEMM path only, not algo 1: ask for algo 3 (GEMM) or 0 (auto)" in kernels_lib.last_error()
+    misaligned = ctypes.c_void_p(0x1008)
+    code = forward(ctypes.byref(dense), 1, 0, channels_last, misaligned, fake, fake, None, None, fake, None, 0, None)
+    message = kernels_lib.last_error()
+    if kernels_lib.lib.dcn_gemm_path_available() == 1:
+        assert code == 1 and "must start 16-byte aligned" in message
+    else:  # auto falls back to the fused kernel without cuBLAS, which reads no channels-last tensors
+        assert code == 2 and "which this layer cannot take here: cuBLAS could not be loaded" in message
 
 
 @pytest.mark.parametrize("variable,value,message", [
@@ -300,7 +338,7 @@ def test_an_unknown_gemm_option_is_an_error_naming_it(kernels_lib, variable, val
               "lib = NativeLibrary(sys.argv[1]); size = ctypes.c_size_t();"
               "desc = DeformConvDesc(1, 8, 6, 6, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)\n"
               "for attempt in range(2):\n"
-              " try:\n  lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), 0, 3, ctypes.byref(size))\n"
+              " try:\n  lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), 0, 3, 0, ctypes.byref(size))\n"
               " except NativeError as exc:\n  print(exc, flush=True)\n"
               f" os.environ.pop('{variable}', None)")
     env = dict(os.environ, **{variable: value})
@@ -332,7 +370,7 @@ def _workspaces_under(kernels_lib, split_k, cases, algo=3, **environment):
               "lib = NativeLibrary(sys.argv[1]); cases = json.loads(sys.argv[2]); algo = int(sys.argv[3]); sizes = []\n"
               "for fields, dtype in cases:\n"
               " size = ctypes.c_size_t(); desc = DeformConvDesc(*fields)\n"
-              " lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), dtype, algo, ctypes.byref(size))\n"
+              " lib.call('dcn_deform_conv2d_workspace_size', ctypes.byref(desc), dtype, algo, 0, ctypes.byref(size))\n"
               " sizes.append(size.value)\n"
               "print(json.dumps(sizes))")
     fields = [([getattr(desc, name) for name, _ in DeformConvDesc._fields_], dtype) for desc, dtype in cases]
@@ -475,8 +513,8 @@ def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib)
         assert forward(ctypes.byref(dense), 0, 3, 0, fake, fake, fake, None, None, fake, ctypes.c_void_p(0x1010),
                        1 << 30, None) == 1
         assert "256-byte aligned" in kernels_lib.last_error()
-    assert forward(ctypes.byref(dense), 0, 3, 2, fake, fake, fake, None, None, fake, None, 0, None) == 1
-    assert "flags 2 has bits other than DCN_FORWARD_ALLOW_TF32 (1)" in kernels_lib.last_error()
+    assert forward(ctypes.byref(dense), 0, 3, 4, fake, fake, fake, None, None, fake, None, 0, None) == 1
+    assert "flags 4 has bits other than DCN_FORWARD_ALLOW_TF32 (1)" in kernels_lib.last_error()
     # The GEMM path: without a loadable cuBLAS an "unsupported" error that says so, else a workspace error.
     code = forward(ctypes.byref(dense), 0, 3, 0, fake, fake, fake, None, None, fake, None, 0, None)
     assert code in (2, 4), kernels_lib.last_error()

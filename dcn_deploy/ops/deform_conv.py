@@ -240,35 +240,49 @@ def _upcast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Ten
     return None if t is None else t.to(dtype)
 
 
+def _output_memory_format(input: torch.Tensor) -> torch.memory_format:
+    """The op's output memory format, as torch's convolutions choose it: channels-last where the input is
+    channels-last (and not also plainly contiguous, as when C or H*W is 1), else contiguous. The real op and its
+    fake (which torch.compile plans strides by) both follow it."""
+    if not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _output_shape(input: torch.Tensor, weight: torch.Tensor, stride, padding, dilation):
+    out_h = conv_output_size(input.shape[2], weight.shape[2], stride[0], padding[0], padding[0], dilation[0])
+    out_w = conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], padding[1], dilation[1])
+    return (input.shape[0], weight.shape[0], out_h, out_w)
+
+
 @torch.library.custom_op("dcn_deploy::deform_conv2d", mutates_args=())
 def _deform_conv2d_op(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
                       bias: Optional[torch.Tensor], mask: Optional[torch.Tensor],
                       stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> torch.Tensor:
     compute = compute_dtype(input.dtype)
+    memory_format = _output_memory_format(input)
     if input.shape[0] == 0:
-        spec_h = conv_output_size(input.shape[2], weight.shape[2], stride[0], padding[0], padding[0], dilation[0])
-        spec_w = conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], padding[1], dilation[1])
-        return input.new_zeros((0, weight.shape[0], spec_h, spec_w))
+        return torch.empty(_output_shape(input, weight, stride, padding, dilation), dtype=input.dtype,
+                           device=input.device, memory_format=memory_format)  # no elements to fill
     kernels = native_paths.cuda_library_for(input)
     if kernels is not None:  # every dtype as it is: the kernels sum half types in float32
         with torch.no_grad():
             out = native_paths.forward_cuda(kernels, input, offset.contiguous(), weight, bias, mask, stride, padding,
-                                            dilation)
+                                            dilation, channels_last=memory_format == torch.channels_last)
         if out is not None:
-            return out
+            return out.contiguous(memory_format=memory_format)
     with torch.no_grad():
         args = (input.to(compute).contiguous(), offset.to(compute).contiguous(), weight.to(compute),
                 _upcast(bias, compute), _upcast(mask, compute), stride, padding, dilation)
         host = native_paths.cpu_library_for(args[0])
         out = native_paths.forward_cpu(host, *args) if host is not None else _forward_composite(*args)
-    return out.to(input.dtype)
+    return out.to(input.dtype).contiguous(memory_format=memory_format)
 
 
 @_deform_conv2d_op.register_fake
 def _deform_conv2d_fake(input, offset, weight, bias, mask, stride, padding, dilation):
-    out_h = conv_output_size(input.shape[2], weight.shape[2], stride[0], padding[0], padding[0], dilation[0])
-    out_w = conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], padding[1], dilation[1])
-    return input.new_empty((input.shape[0], weight.shape[0], out_h, out_w))
+    return torch.empty(_output_shape(input, weight, stride, padding, dilation), dtype=input.dtype,
+                       device=input.device, memory_format=_output_memory_format(input))
 
 
 def _setup_context(ctx, inputs, output):

@@ -24,11 +24,12 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h (a library of another version is a
 # stale build, which the op does not use).
-ABI_VERSION = 10
+ABI_VERSION = 11
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
 DCN_FORWARD_ALLOW_TF32 = 1  # dcn_deform_conv2d_forward_cuda's flags
+DCN_FORWARD_CHANNELS_LAST = 2
 STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported", 3: "CUDA error", 4: "workspace too small",
                 5: "internal error"}
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
@@ -87,7 +88,7 @@ class NativeLibrary:
         self._declare("dcn_deform_conv2d_forward_host_gemm",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6
                       + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-                         ctypes.c_int32, ctypes.c_int32])
+                         ctypes.c_int32, ctypes.c_int32, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_host_implicit", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_host_direct_channels_last",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_size_t])
@@ -101,7 +102,7 @@ class NativeLibrary:
         self._declare("dcn_prefault_cpu", [_VOIDP, ctypes.c_int64])
         self._declare("dcn_cuda_available", [], ctypes.c_int32)
         self._declare("dcn_deform_conv2d_workspace_size",
-                      [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32, _P(ctypes.c_size_t)])
+                      [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _P(ctypes.c_size_t)])
         self._declare("dcn_deform_conv2d_forward_cuda",
                       [_P(DeformConvDesc), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32] + [_VOIDP] * 7
                       + [ctypes.c_size_t, _VOIDP])
@@ -256,15 +257,19 @@ def _ptr(t) -> Optional[int]:
 
 
 def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, mask, stride, padding, dilation,
-                    library: Optional[NativeLibrary]):
-    """Call one of the host library's forward entries on CPU tensors; returns a new output tensor."""
+                    library: Optional[NativeLibrary], channels_last: bool = False):
+    """Call one of the host library's forward entries on CPU tensors; returns a new output tensor (channels-last in
+    memory, with the input passed so, where ``channels_last``: the entry's flags must say so)."""
     import torch
 
     desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
     t, dtype = _prepare(input, offset, weight, bias, mask, "cpu")
     lib = library or load_library("host")
     oh, ow = lib.output_size(desc)
-    out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        t["input"] = input.contiguous(memory_format=memory_format)
+    out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype, memory_format=memory_format)
     lib.call(entry, ctypes.byref(desc), dtype, _ptr(t["input"]), _ptr(t["offset"]), _ptr(t["weight"]),
              _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out), *extra_args)
     return out
@@ -282,7 +287,8 @@ GEMM_SPLIT_KS = (0, 1, 2, 4, 8)  # 0: auto, as the GPU chooses
 def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
                        path: str = "direct", column_budget_bytes: int = 0, gemm_output: str = "auto",
                        gemm_sampler: str = "auto", tile_items: int = 0, gemm_chunks: str = "even",
-                       gemm_product: str = "tn", gemm_split_k: int = 0, library: Optional[NativeLibrary] = None):
+                       gemm_product: str = "tn", gemm_split_k: int = 0, channels_last: bool = False,
+                       library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
@@ -305,8 +311,14 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     the input transposed in chunks of the images
     ``column_budget_bytes`` holds (at least one; 0 for the CUDA default). ``implicit``: the CUDA implicit-GEMM kernel
     (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype here; channels per
-    group and per offset group must be multiples of 32). Returns (N, out_channels, oH, oW) in the input's dtype.
+    group and per offset group must be multiples of 32). ``channels_last`` (gemm only): the input and output
+    channels-last in memory, as ``DCN_FORWARD_CHANNELS_LAST`` on the GPU (the input read where it is, the product
+    writing the output; ``gemm_output`` auto, or ``staged-bias-in-product`` for the product adding a half type's
+    bias; never split). Returns (N, out_channels, oH, oW) in the input's dtype (channels-last in memory where
+    ``channels_last``).
     """
+    if channels_last and path != "gemm":
+        raise ValueError(f"channels_last applies to path='gemm' only (the GPU's GEMM path), got path={path!r}")
     if path == "direct":
         return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride,
                                padding, dilation, library)
@@ -326,9 +338,10 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
         extra = (ctypes.c_size_t(int(column_budget_bytes)), ctypes.c_int32(GEMM_OUTPUTS[gemm_output]),
                  ctypes.c_int32(GEMM_SAMPLERS[gemm_sampler]), ctypes.c_int32(int(tile_items)),
                  ctypes.c_int32(GEMM_CHUNKS[gemm_chunks]), ctypes.c_int32(GEMM_PRODUCTS[gemm_product]),
-                 ctypes.c_int32(int(gemm_split_k)))
+                 ctypes.c_int32(int(gemm_split_k)),
+                 ctypes.c_int32(DCN_FORWARD_CHANNELS_LAST if channels_last else 0))
         return _run_host_entry("dcn_deform_conv2d_forward_host_gemm", extra, input, offset, weight, bias, mask,
-                               stride, padding, dilation, library)
+                               stride, padding, dilation, library, channels_last=channels_last)
     if path == "direct-channels-last":
         return _run_host_entry("dcn_deform_conv2d_forward_host_direct_channels_last",
                                (ctypes.c_size_t(int(column_budget_bytes)),), input, offset, weight, bias, mask, stride,
@@ -449,7 +462,7 @@ class _ColumnsProduct:
 
 
 def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
-                       algo: str = "auto", allow_tf32: bool = False, out=None,
+                       algo: str = "auto", allow_tf32: bool = False, channels_last: bool = False, out=None,
                        library: Optional[NativeLibrary] = None):
     """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
 
@@ -461,7 +474,13 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     ``allow_tf32``: float32 layers may run the GEMM path's products on TF32 tensor cores (10-bit mantissa inputs,
     float32 sums; ``DCN_FORWARD_ALLOW_TF32``), as ``torch.backends.cuda.matmul.allow_tf32`` lets torch's own
     products; the op passes that setting. No effect on other dtypes and paths.
-    ``out``: an optional contiguous output tensor of the right shape, dtype and device to write into.
+    ``channels_last``: the input is read, and the output written, channels-last in memory (torch's
+    ``channels_last`` memory format; ``DCN_FORWARD_CHANNELS_LAST``): the GEMM path reads the input where it is and
+    its product writes the output, with no transposes. The GEMM path only (``gemm``, or ``auto`` on a dense layer;
+    else :class:`NativeError` with code ``DCN_ERROR_UNSUPPORTED``). An input in another memory format, or starting
+    off a 16-byte boundary, is copied first.
+    ``out``: an optional output tensor of the right shape, dtype and device to write into, contiguous (in the
+    channels-last memory format where ``channels_last``).
     """
     import torch
 
@@ -469,21 +488,28 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
         raise ValueError(f"algo must be one of {sorted(ALGOS)}, got {algo!r}")
     desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
     t, dtype = _prepare(input, offset, weight, bias, mask, "cuda")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        t["input"] = input.contiguous(memory_format=memory_format)
+        if t["input"].data_ptr() % 16:
+            t["input"] = t["input"].clone(memory_format=memory_format)
     lib = library or load_library("kernels")
     oh, ow = lib.output_size(desc)
     shape = (desc.batch, desc.out_channels, oh, ow)
     if out is not None and (tuple(out.shape) != shape or out.dtype != input.dtype or out.device != input.device
-                            or not out.is_contiguous()):
-        raise ValueError(f"out must be a contiguous {input.dtype} tensor of shape {shape} on {input.device}, got "
-                         f"{out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
+                            or not out.is_contiguous(memory_format=memory_format)):
+        layout = "channels-last " if channels_last else ""
+        raise ValueError(f"out must be a contiguous {layout}{input.dtype} tensor of shape {shape} on {input.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device} with strides {tuple(out.stride())}")
     with torch.cuda.device(input.device):
         if out is None:
-            out = torch.empty(shape, dtype=input.dtype, device=input.device)
+            out = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=memory_format)
+        flags = (DCN_FORWARD_ALLOW_TF32 if allow_tf32 else 0) | (DCN_FORWARD_CHANNELS_LAST if channels_last else 0)
         size = ctypes.c_size_t()
-        lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, ALGOS[algo], ctypes.byref(size))
+        lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, ALGOS[algo], flags,
+                 ctypes.byref(size))
         workspace = torch.empty((max(size.value, 1),), dtype=torch.uint8, device=input.device) if size.value else None
         stream = torch.cuda.current_stream(input.device).cuda_stream
-        flags = DCN_FORWARD_ALLOW_TF32 if allow_tf32 else 0
         lib.call("dcn_deform_conv2d_forward_cuda", ctypes.byref(desc), dtype, ALGOS[algo], flags, _ptr(t["input"]),
                  _ptr(t["offset"]), _ptr(t["weight"]), _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out),
                  _ptr(workspace), size.value, stream)

@@ -11,7 +11,8 @@
  * returns a dcn_status; on failure dcn_last_error() returns a message (per thread) that names the argument, the
  * expected and the actual value.
  *
- * Layout: NCHW, contiguous. Offsets (N, 2*offset_group*kH*kW, oH, oW), channel ((g*kH+i)*kW+j)*2 is dy, +1 is dx.
+ * Layout: NCHW, contiguous (the CUDA forward also takes a channels-last input and output: DCN_FORWARD_CHANNELS_LAST).
+ * Offsets (N, 2*offset_group*kH*kW, oH, oW), channel ((g*kH+i)*kW+j)*2 is dy, +1 is dx.
  * Mask (N, offset_group*kH*kW, oH, oW), or NULL for all ones (v1). Bias (out_channels,) or NULL.
  */
 #ifndef DCN_KERNELS_H
@@ -27,7 +28,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 10
+#define DCN_ABI_VERSION 11
 
 typedef enum dcn_status
 {
@@ -58,10 +59,15 @@ typedef enum dcn_algo
                                   neither AUTO nor TensorRT's tactics choose it until it is measured on a GPU */
 } dcn_algo;
 
-/* Bits of dcn_deform_conv2d_forward_cuda's flags. */
+/* Bits of dcn_deform_conv2d_forward_cuda's flags (and dcn_deform_conv2d_workspace_size's, which sizes for them). */
 typedef enum dcn_forward_flag
 {
-    DCN_FORWARD_ALLOW_TF32 = 1
+    DCN_FORWARD_ALLOW_TF32 = 1,
+    /* The input and the output are channels-last in memory: (N, H, W, C) and (N, oH, oW, oC), as torch's
+     * channels_last tensors; offset, mask, weight and bias as always. The input and output 16-byte aligned. The GEMM
+     * path only (algo 3, or algo 0 on a layer it takes to the GEMM path; else DCN_ERROR_UNSUPPORTED): it samples
+     * the input where it is and its product writes the output, with no transposes and no staging. */
+    DCN_FORWARD_CHANNELS_LAST = 2
 } dcn_forward_flag;
 
 /* Every integer of one deformable convolution. Padding is per side, ONNX order (top, left, bottom, right). */
@@ -112,11 +118,12 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_de
  * product: the staged product's layout, 0 TN (the CUDA default), 1 NN with output-major weights (GemmProduct);
  * split_k: the staged product in slices of K: 0 as the CUDA path chooses (4 for float32 layers of few output tiles
  * and a long K, else 1; autoSplitK), or 1, 2, 4 or 8 where one group and K a multiple of split_k * 8 (else 1;
- * GemmOptions::splitK). For tests. */
+ * GemmOptions::splitK); flags: 0, or DCN_FORWARD_CHANNELS_LAST (channels-last input and output; output_mode 0, or
+ * 3 for a half type's bias added by the product; never split). For tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
     size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks,
-    int32_t product, int32_t split_k);
+    int32_t product, int32_t split_k, int32_t flags);
 /* The CUDA implicit-GEMM kernel (DCN_ALGO_IMPLICIT_GEMM) step by step on the host: the same chunks, tiles, reduction
  * steps, taps tables, gathers and rounding of the column tiles, with the tensor cores' product as a plain loop.
  * Takes float32 and float64 too (the CUDA kernel: half types only), for exact checks of the indexing. For tests. */
@@ -150,12 +157,13 @@ DCN_API int32_t dcn_cuda_available(void);
 /* 1 when cuBLAS loads, so DCN_ALGO_GEMM (and AUTO's choice of it) is available; else 0 with the reason in
  * dcn_last_error(). Needs no GPU. */
 DCN_API int32_t dcn_gemm_path_available(void);
-/* The workspace: at least dcn_deform_conv2d_workspace_size bytes, 256-byte aligned (cudaMalloc's are). */
+/* The workspace: at least dcn_deform_conv2d_workspace_size bytes (for the same flags as the forward's),
+ * 256-byte aligned (cudaMalloc's are). */
 DCN_API int32_t dcn_deform_conv2d_workspace_size(
-    const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, size_t* bytes);
+    const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, int32_t flags, size_t* bytes);
 /* flags: 0, or DCN_FORWARD_ALLOW_TF32 (float32 layers: the GEMM path's products on TF32 tensor cores, inputs
  * rounded to 10 mantissa bits, float32 sums; what torch.backends.cuda.matmul.allow_tf32 allows PyTorch's own float32
- * products; the op passes it from there). Other bits are an error. */
+ * products; the op passes it from there) and/or DCN_FORWARD_CHANNELS_LAST (see above). Other bits are an error. */
 DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo,
     int32_t flags, const void* input, const void* offset, const void* weight, const void* bias, const void* mask,
     void* output, void* workspace, size_t workspace_bytes, void* stream);

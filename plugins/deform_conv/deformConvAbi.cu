@@ -155,22 +155,37 @@ dcn::Status abiGemmOptionsStatus()
     return settings.problem.empty() ? dcn::Status::success() : dcn::Status::invalid(settings.problem);
 }
 
+// The ABI's options for a call's flags (dcn_forward_flag), or a problem naming `entry` where a bit is unknown.
+dcn::Status abiOptionsForFlags(char const* entry, int32_t flags, dcn::GemmOptions& options)
+{
+    constexpr int32_t kKnown = DCN_FORWARD_ALLOW_TF32 | DCN_FORWARD_CHANNELS_LAST;
+    if (flags & ~kKnown)
+        return dcn::Status::invalid(std::string(entry) + ": flags " + std::to_string(flags)
+            + " has bits other than DCN_FORWARD_ALLOW_TF32 (1) and DCN_FORWARD_CHANNELS_LAST (2); pass a sum of those");
+    dcn::Status const status = abiGemmOptionsStatus();
+    options = abiGemmOptions(); // DCN_DEPLOY_GEMM_TF32=1 forces TF32 whatever the flags say
+    options.tf32 = options.tf32 || (flags & DCN_FORWARD_ALLOW_TF32) != 0;
+    options.channelsLastTensors = (flags & DCN_FORWARD_CHANNELS_LAST) != 0;
+    return status;
+}
+
 } // namespace
 
 DCN_API int32_t dcn_deform_conv2d_workspace_size(
-    const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, size_t* bytes)
+    const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, int32_t flags, size_t* bytes)
 {
     return dcn::guarded([&] {
         if (!desc || !bytes)
             return dcn::Status::invalid("dcn_deform_conv2d_workspace_size: desc and bytes must not be NULL");
         dcn::DeformConvGeometry geo;
-        dcn::Status status = abiGemmOptionsStatus();
+        dcn::GemmOptions options;
+        dcn::Status status = abiOptionsForFlags("dcn_deform_conv2d_workspace_size", flags, options);
         if (status.ok())
             status = dcn::checkDtypeAndAlgo(dtype, algo);
         if (status.ok())
             status = dcn::makeGeometry(*desc, geo);
         if (status.ok())
-            *bytes = dcn::deformConvWorkspaceSize(geo, dtype, algo, abiGemmOptions());
+            *bytes = dcn::deformConvWorkspaceSize(geo, dtype, algo, options);
         return status;
     });
 }
@@ -182,17 +197,13 @@ DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc,
     return dcn::guarded([&] {
         if (!desc)
             return dcn::Status::invalid("dcn_deform_conv2d_forward_cuda: desc must not be NULL");
-        if (flags & ~int32_t(DCN_FORWARD_ALLOW_TF32))
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_cuda: flags " + std::to_string(flags)
-                + " has bits other than DCN_FORWARD_ALLOW_TF32 (1); pass 0 or 1");
         dcn::DeformConvGeometry geo;
-        dcn::Status status = abiGemmOptionsStatus();
+        dcn::GemmOptions options;
+        dcn::Status status = abiOptionsForFlags("dcn_deform_conv2d_forward_cuda", flags, options);
         if (status.ok())
             status = dcn::makeGeometry(*desc, geo);
         if (!status.ok())
             return status;
-        dcn::GemmOptions options = abiGemmOptions(); // DCN_DEPLOY_GEMM_TF32=1 forces TF32 whatever the flags say
-        options.tf32 = options.tf32 || (flags & DCN_FORWARD_ALLOW_TF32) != 0;
         return dcn::launchDeformConv(geo, dtype, algo, input, offset, weight, bias, mask, output, workspace,
             workspace_bytes, static_cast<cudaStream_t>(stream), nullptr, options);
     });

@@ -330,18 +330,24 @@ DCN_HD BilinearTaps<Acc> placeTaps(DeformConvGeometry const& geo, T const* offse
     return taps;
 }
 
+// The index of an outside neighbour where the zero vector is reached by a pointer of its own (GemmPlan::channelsLast:
+// the input is not in the workspace, so no 32-bit offset from it is known to reach the zero vector). An inside
+// index is an element offset within one image, never negative.
+constexpr int32_t kTapOutside = INT32_MIN;
+
 // The taps of point `point` of a tile pixel (placeTaps), as element offsets from the pixel's image, each outside
-// neighbour redirected to the zero vector, zeroOffset elements from the chunk's first image.
+// neighbour redirected to the zero vector, zeroOffset elements from the chunk's first image, or marked kTapOutside
+// where zeroApart (the zero vector apart from the input: tileItem's ZeroApart).
 template <typename Acc, typename T>
 DCN_HD TileTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n0,
-    TilePixel const& place, int32_t point, int32_t zeroOffset)
+    TilePixel const& place, int32_t point, int32_t zeroOffset, bool zeroApart = false)
 {
     BilinearTaps<Acc> const taps = placeTaps<Acc>(geo, offset, mask, n0, place, point);
     TileTaps<Acc> out;
     for (int t = 0; t < 4; ++t)
     {
         bool const inside = (taps.valid >> t) & 1u;
-        out.index[t] = inside ? taps.index[t] : zeroOffset - place.start;
+        out.index[t] = inside ? taps.index[t] : (zeroApart ? kTapOutside : zeroOffset - place.start);
         out.weight[t] = inside ? taps.weight[t] : Acc(0);
     }
     return out;
@@ -351,9 +357,11 @@ DCN_HD TileTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offse
 // pixelTable[row] is where tile pixel row is (tilePixel). All four neighbours are loaded before any is
 // used and blended unconditionally (an outside one is the zero vector), in blendVector's order, so the result is
 // bit for bit the per-thread sampler's (which skips an outside neighbour: adding 0 * 0 to a sum that started at +0
-// changes nothing). Offsets are summed in 32 bits (planTile), so each load address is one multiply-add.
-template <typename T, int Vector, typename Acc>
-DCN_HD void tileItem(T const* nhwc, TileTaps<Acc> const* taps, TileRowVector const* rowVectorTable,
+// changes nothing). Offsets are summed in 32 bits (planTile), so each load address is one multiply-add. ZeroApart
+// (GemmPlan::channelsLast): an outside neighbour (kTapOutside) reads `zero`, the zero vector, by its own pointer
+// instead, a select per neighbour; otherwise `zero` is unused.
+template <typename T, int Vector, bool ZeroApart = false, typename Acc>
+DCN_HD void tileItem(T const* nhwc, T const* zero, TileTaps<Acc> const* taps, TileRowVector const* rowVectorTable,
     TilePixel const* pixelTable, int32_t tilePixels, int32_t row, int32_t r, T* out)
 {
     using Pack = ChannelPack<T, Vector>;
@@ -363,7 +371,11 @@ DCN_HD void tileItem(T const* nhwc, TileTaps<Acc> const* taps, TileRowVector con
     Pack packs[4];
 DCN_UNROLL
     for (int t = 0; t < 4; ++t)
-        packs[t] = *reinterpret_cast<Pack const*>(nhwc + (start + uint32_t(tap.index[t])));
+    {
+        T const* source = ZeroApart && tap.index[t] == kTapOutside ? zero + rv.channel
+                                                                    : nhwc + (start + uint32_t(tap.index[t]));
+        packs[t] = *reinterpret_cast<Pack const*>(source);
+    }
     T result[Vector];
     blendVector<T, Vector>(packs, tap.weight, 0xFu, result);
     storeVector<T, Vector>(out, result);

@@ -7,7 +7,9 @@
 // type but float64). Staged: one strided-batched call over the groups into a pixel-major float scratch, then a tiled
 // transpose writes NCHW with the bias. Direct (auto's choice for one group where the output rows are whole 16-byte
 // vectors, GemmOutput): the bias is written into the output and one call per group adds columns x weights into
-// NCHW. The weights (and the tiled sampler's row table) are re-laid out once per launch.
+// NCHW. Channels-last tensors (GemmOptions::channelsLastTensors): no transposes, the sampler reads the input where
+// it is and the staged product's call writes the output, whose rows of output channels are its pixels. The
+// weights (and the tiled sampler's row table) are re-laid out once per launch.
 //
 // Measured on an H200 and an H100 (benchmarks/RESULTS.md, 2026-11-26): 0.70x to 1.36x torchvision's speed in fp16;
 // benchmarks/gpu_notes.md says where the time goes and what is next.
@@ -65,27 +67,34 @@ void launchColumnsIndexed(int32_t vector, DeformConvGeometry const& geo, T const
     });
 }
 
+// The tiled sampler over the chunk at nhwc; where plan.channelsLast that is the input itself and the zero vector
+// is `zero` (ZeroApart), else the room, which the zero vector follows.
 template <typename T>
-void launchTiledColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
-    T const* mask, TileRowVector const* rowTable, T* columns, int32_t n0, int64_t p0, int32_t pixels,
+void launchTiledColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* zero,
+    T const* offset, T const* mask, TileRowVector const* rowTable, T* columns, int32_t n0, int64_t p0, int32_t pixels,
     int32_t chunkPixels, cudaStream_t stream)
 {
     unsigned const tiles = unsigned((int64_t(chunkPixels) + plan.tilePixels - 1) / plan.tilePixels);
     size_t const shared = plan.tileShared;
-    int32_t const zeroOffset = tileZeroOffset(plan, geo, n0);
+    int32_t const zeroOffset = plan.channelsLast ? 0 : tileZeroOffset(plan, geo, n0);
     withVectorWidth(plan.vector, [&](auto width) {
-        tiledColumnsKernel<T, decltype(width)::value><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset,
-            mask, rowTable, columns, n0, p0, pixels, chunkPixels, plan.tilePixels, zeroOffset);
+        constexpr int kWidth = decltype(width)::value;
+        if (plan.channelsLast)
+            tiledColumnsKernel<T, kWidth, true><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset,
+                mask, rowTable, columns, n0, p0, pixels, chunkPixels, plan.tilePixels, zeroOffset, zero);
+        else
+            tiledColumnsKernel<T, kWidth><<<tiles, kGridStrideThreads, shared, stream>>>(geo, nhwc, offset, mask,
+                rowTable, columns, n0, p0, pixels, chunkPixels, plan.tilePixels, zeroOffset, zero);
     });
 }
 
 template <typename T>
-void launchColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
-    T const* mask, TileRowVector const* rowTable, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels,
-    cudaStream_t stream)
+void launchColumns(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* zero,
+    T const* offset, T const* mask, TileRowVector const* rowTable, T* columns, int32_t n0, int32_t images, int64_t p0,
+    int32_t pixels, cudaStream_t stream)
 {
     if (plan.tilePixels > 0)
-        return launchTiledColumns<T>(plan, geo, nhwc, offset, mask, rowTable, columns, n0, p0, pixels,
+        return launchTiledColumns<T>(plan, geo, nhwc, zero, offset, mask, rowTable, columns, n0, p0, pixels,
             images * pixels, stream);
     int32_t const vector = plan.vector;
     int64_t const total = columnThreads(geo, images, pixels, vector);
@@ -217,6 +226,35 @@ Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T con
     return launchStatus("the staged output kernel");
 }
 
+// A chunk of a channels-last output (GemmPlan::channelsLast), at `rows` (the chunk's first pixel, images * pixels
+// rows of oC): the staged product's call writes it, its rows being the output's pixels. With a bias: added by the
+// product (biasInProduct: cuBLASLt's epilogue), or written first and the product added to it (beta = 1: one
+// rounding either way, as the direct output).
+template <typename T>
+Status runChannelsLastChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
+    T const* bias, T* rows, int32_t images, int32_t pixels, void* cublasWorkspace, cudaStream_t stream,
+    CublasHandleT handle)
+{
+    GemmCall const call = stagedProduct(geo, images, pixels, plan.outputMajorWeights);
+    if (bias && plan.biasInProduct)
+        return runLtBiasProduct<T>(call, weights, columns, bias, rows, cublasWorkspace, plan.cublasBytes, stream);
+    if (bias)
+    {
+        int32_t const oc = geo.d.out_channels;
+        int64_t const count = int64_t(images) * pixels;
+        constexpr int kVector = sizeof(T) < 16 ? int(16 / sizeof(T)) : 1;
+        bool const vectors = oc % kVector == 0 && reinterpret_cast<uintptr_t>(rows) % 16 == 0;
+        int32_t const width = vectors ? oc / kVector : oc;
+        int64_t const rowsPerBlock = width < kGridStrideThreads ? kGridStrideThreads / width : 1;
+        unsigned const blocks = unsigned(std::min<int64_t>((count + rowsPerBlock - 1) / rowsPerBlock, 65535 * 16));
+        fillBiasRowsKernel<T><<<blocks, kGridStrideThreads, 0, stream>>>(rows, bias, oc, count, vectors);
+        Status const filled = launchStatus("the channels-last bias kernel");
+        if (!filled.ok())
+            return filled;
+    }
+    return runProduct<T, T>(call, weights, columns, rows, bias != nullptr, plan.tf32, handle);
+}
+
 template <typename T>
 Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const* input, T const* offset,
     T const* weight, T const* bias, T const* mask, T* output, void* workspace, cudaStream_t stream, CublasHandleT handle)
@@ -238,23 +276,32 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
         cudaMemsetAsync(nhwc + plan.zeroVector, 0, size_t(d.in_channels) * sizeof(T), stream);
         status = launchStatus("the zero vector's memset");
     }
+    T const* zero = nhwc + plan.zeroVector;
+    void* cublasWorkspace = base + plan.at.cublas;
     for (int32_t n0 = 0; status.ok() && n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        int32_t const transposed = channelsLastFirst(plan, n0);
-        if (n0 == transposed)
+        if (!plan.channelsLast && n0 == channelsLastFirst(plan, n0))
             status = launchChannelsLast<T>(geo, input, nhwc, n0, std::min(plan.inputImages, d.batch - n0), stream);
-        T const* chunkInput = nhwc + channelsLastChunkStart(plan, geo, n0);
+        T const* chunkInput = plan.channelsLast ? input + int64_t(n0) * inputImageElements(geo)
+                                                : nhwc + channelsLastChunkStart(plan, geo, n0);
         for (int64_t p0 = 0; status.ok() && p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
-            launchColumns<T>(plan, geo, chunkInput, offset, mask, rowTable, columns, n0, images, p0, pixels, stream);
+            launchColumns<T>(plan, geo, chunkInput, zero, offset, mask, rowTable, columns, n0, images, p0, pixels,
+                stream);
             status = launchStatus("the deformable sampling kernel");
+            if (status.ok() && plan.channelsLast)
+            {
+                status = runChannelsLastChunk<T>(geo, plan, weights, columns, bias,
+                    output + (int64_t(n0) * plane + p0) * d.out_channels, images, pixels, cublasWorkspace, stream,
+                    handle);
+                continue;
+            }
             if (status.ok() && plan.staged)
             {
                 // A half type without a bias (or whose bias the product adds: biasInProduct) stages the product as
                 // T (stagedAcc): rounded once, as the transpose would have (unsplit only: stagesNarrow).
-                void* cublasWorkspace = base + plan.at.cublas;
                 if (stagesNarrow<T>(bias, plan.splitK, plan.biasInProduct))
                     status = runStagedChunk<T, T>(geo, plan, weights, columns, reinterpret_cast<T*>(staging), bias,
                         output, n0, images, p0, pixels, cublasWorkspace, stream, handle);

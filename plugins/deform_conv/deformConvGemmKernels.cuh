@@ -1,5 +1,6 @@
 // The GEMM path's kernels (deformConvGemm.cu launches them; plan and layouts: deformConvGemmPlan.h, per-thread work:
-// deformConvColumns.h): the two samplers, the bias fill of the direct output and the staged output's transpose.
+// deformConvColumns.h): the two samplers, the bias fills of the direct and the channels-last output, and the staged
+// output's transpose.
 // Also run on the CPU by plugins/tests/gemmKernelsEmulation.cpp (each block's threads as threads), so CI checks
 // these sources against the host functions they are built from. Compiled by nvcc it includes what it uses from
 // CUDA; the emulation provides, before including it, threadIdx / blockIdx / blockDim / gridDim, __syncthreads,
@@ -57,12 +58,14 @@ struct SteppedIndex
 // The tiled sampler (deformConvColumns.h): block b samples the tile of chunk pixels b * tilePixels.., its tables
 // in dynamic shared memory (plan.tileShared bytes: taps, pixel places, row vectors copied from rowTable, which
 // weightsKernel wrote). nhwc is the chunk's first channels-last image, and the zero vector is zeroOffset elements
-// from it (tileZeroOffset). Each thread steps through the tile's entries and items blockDim.x apart (SteppedIndex).
-template <typename T, int Vector>
+// from it (tileZeroOffset), or, ZeroApart (GemmPlan::channelsLast: nhwc is the input itself), at `zero`. Each thread
+// steps through the tile's entries and items blockDim.x apart (SteppedIndex).
+template <typename T, int Vector, bool ZeroApart = false>
 __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ mask,
     TileRowVector const* __restrict__ rowTable, T* __restrict__ columns, int32_t const n0, int64_t const p0,
-    int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels, int32_t const zeroOffset)
+    int32_t const pixels, int32_t const chunkPixels, int32_t const tilePixels, int32_t const zeroOffset,
+    T const* __restrict__ zero)
 {
     using Acc = typename ElementTraits<T>::Acc;
     unsigned char* tileTables = dynamicShared();
@@ -81,14 +84,15 @@ __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformC
     // Entry (point, row) = point * tilePixels + row.
     for (SteppedIndex e(int32_t(threadIdx.x), int32_t(blockDim.x), tilePixels); e.outer < points; e.advance())
         taps[e.outer * tilePixels + e.inner]
-            = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[e.inner], e.outer, zeroOffset);
+            = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[e.inner], e.outer, zeroOffset, ZeroApart);
     __syncthreads();
     int32_t const rows = min(tilePixels, chunkPixels - first);
     // Item (row, r) = row * rowVectors + r; items are consecutive vectors of the tile's columns.
     T* out = columns + (int64_t(first) * geo.d.in_channels * geo.kernelPoints + int64_t(threadIdx.x) * Vector);
     for (SteppedIndex item(int32_t(threadIdx.x), int32_t(blockDim.x), rowVectors); item.outer < rows; item.advance())
     {
-        tileItem<T, Vector>(nhwc, taps, rowVectorTable, pixelTable, tilePixels, item.outer, item.inner, out);
+        tileItem<T, Vector, ZeroApart>(nhwc, zero, taps, rowVectorTable, pixelTable, tilePixels, item.outer,
+            item.inner, out);
         out += blockDim.x * Vector;
     }
 }
@@ -120,6 +124,44 @@ DCN_UNROLL
             storeVector<T, kVector>(target + head + v * kVector, values);
         for (int32_t p = head + vectors * kVector + int32_t(threadIdx.x); p < pixels; p += threads)
             target[p] = values[0];
+    }
+}
+
+// rows[row][o] = bias[o] for `count` rows of oC (a chunk of a channels-last output, GemmPlan::channelsLast: the
+// product then adds to it). Threads of a block share out the rows of a step, each row's items (16-byte vectors
+// where `vectors`: oC a whole number of them and rows 16-byte aligned; else elements) to consecutive threads, so that
+// a block's stores of a step are one contiguous run; a row of more items than the block has threads is looped over.
+template <typename T>
+__global__ void __launch_bounds__(kGridStrideThreads) fillBiasRowsKernel(T* __restrict__ rows,
+    T const* __restrict__ bias, int32_t const outChannels, int64_t const count, bool const vectors)
+{
+    constexpr int kVector = sizeof(T) < 16 ? int(16 / sizeof(T)) : 1;
+    int32_t const threads = int32_t(blockDim.x);
+    int32_t const width = vectors ? outChannels / kVector : outChannels; // items per row
+    bool const several = width < threads; // several rows per step, one item per thread
+    int32_t const rowsPerStep = several ? threads / width : 1;
+    int32_t const rowInStep = several ? int32_t(threadIdx.x) / width : 0;
+    int32_t const firstItem = several ? int32_t(threadIdx.x) - rowInStep * width : int32_t(threadIdx.x);
+    int32_t const itemStep = several ? width : threads;
+    if (rowInStep >= rowsPerStep)
+        return;
+    for (int64_t row = int64_t(blockIdx.x) * rowsPerStep + rowInStep; row < count;
+         row += int64_t(gridDim.x) * rowsPerStep)
+    {
+        T* target = rows + row * outChannels;
+        for (int32_t item = firstItem; item < width; item += itemStep)
+        {
+            if (vectors)
+            {
+                T values[kVector];
+DCN_UNROLL
+                for (int v = 0; v < kVector; ++v)
+                    values[v] = bias[item * kVector + v];
+                storeVector<T, kVector>(target + item * kVector, values);
+            }
+            else
+                target[item] = bias[item];
+        }
     }
 }
 

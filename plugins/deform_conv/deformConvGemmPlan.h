@@ -187,6 +187,14 @@ struct GemmOptions
     // moves it: half the scratch bytes of the float staging, as a layer without a bias already gets
     // (stagesNarrow). benchmarks/gpu_notes.md, item 6: det res3 at batch 8.
     bool biasEpilogue = false;
+    // The input and the output are channels-last tensors in memory, (N, H, W, C) and (N, oH, oW, oC) (torch's
+    // channels_last, TensorRT's HWC formats), the offsets, mask and weights as always (the C ABI's forward flag
+    // DCN_FORWARD_CHANNELS_LAST). Then the sampler reads the input where it is (no transpose, no room for it; an
+    // outside neighbour reads the zero vector by a pointer of its own: GemmPlan::channelsLast) and the product writes
+    // the output itself, since its rows of output channels are the output's pixels (no staging, no transpose): the
+    // bias written first and the product added (beta = 1), or added by cuBLASLt's epilogue with biasEpilogue.
+    // Unsplit (split-K needs a scratch to sum in).
+    bool channelsLastTensors = false;
 };
 
 inline bool validGemmOutput(int32_t output)
@@ -242,13 +250,16 @@ struct GemmPlan
     bool outputMajorWeights; // staged as NN: the weights re-laid out [g][kp][c][o] (GemmProduct)
     int32_t splitK;      // slices of K of the staged product (1 unless staged and gemmSplitK allows more)
     bool tf32;           // float32 products on TF32 tensor cores (GemmOptions::tf32; float32 layers only)
-    bool biasInProduct;  // a bias, where the layer has one, is added by the staged product (GemmOptions::biasEpilogue:
-                         // half types, one group, staged, unsplit)
+    bool biasInProduct;  // a bias, where the layer has one, is added by the product (GemmOptions::biasEpilogue:
+                         // half types, one group, staged or channelsLast, unsplit)
+    bool channelsLast;   // channels-last input and output (GemmOptions::channelsLastTensors): the input is sampled
+                         // where it is (nhwcBytes holds only the zero vector, at zeroVector 0, reached by a pointer
+                         // of its own), and the product (stagedProduct's call) writes the output, not staged
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
     size_t nhwcBytes;    // room for the channels-last input, min(N * image, max(budget, one image)), then the zero
-                         // vector
+                         // vector (only the zero vector where channelsLast)
     int64_t zeroVector;  // where the zero vector starts, in elements from the room's start: C zeros, which the tiled
                          // sampler reads for a neighbour outside the image
     size_t weightsBytes; // weights, kernel point outer (output channel last where outputMajorWeights)
@@ -346,13 +357,18 @@ inline size_t tileSharedBytes(DeformConvGeometry const& geo, size_t elementBytes
 // Pixels per tile of the tiled sampler (GemmSampler), or 0 for the per-thread sampler: options.tileItems channel
 // vectors per tile (or kTileDefaultElements' worth), at least one pixel and at most kTileMaxPixels, within
 // kTileSharedBytes. The tiled sampler keeps every offset within the channels-last room (its images and the zero
-// vector after them) in 32 bits; plan.nhwcBytes must be set.
+// vector after them, or with channelsLast a chunk's images) in 32 bits; plan.nhwcBytes, images and channelsLast must
+// be set.
 inline void planTile(DeformConvGeometry const& geo, size_t elementBytes, GemmOptions const& options, GemmPlan& plan)
 {
     plan.tilePixels = 0;
     plan.tileShared = 0;
+    // What the tiles' 32-bit offsets reach: the room and its zero vector, or (channelsLast) a chunk's images of the
+    // input, the zero vector being reached by a pointer of its own.
+    size_t const reach = plan.channelsLast ? size_t(plan.images) * size_t(inputImageElements(geo))
+                                           : plan.nhwcBytes / elementBytes;
     if (options.sampler == kGemmSamplerThread || tileSharedBytes(geo, elementBytes, plan.vector, 1) > kTileSharedBytes
-        || plan.nhwcBytes / elementBytes > size_t(INT32_MAX))
+        || reach > size_t(INT32_MAX))
         return;
     int64_t const rowVectors = columnRowVectors(geo, plan.vector);
     int64_t const items = options.tileItems > 0 ? options.tileItems : kTileDefaultElements / plan.vector;
@@ -511,7 +527,8 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // max(budget, 256 pixels); images * input image <= max(budget, one input image) and <= N * input image.
     size_t const columnsRoom = std::min(size_t(batch) * imageBytes, std::max(columnBudget, 256 * rowBytes));
     plan.columnsBytes = alignUp256(columnsRoom);
-    size_t const nhwcRoom = channelsLastRoomBytes(geo, elementBytes, columnBudget);
+    plan.channelsLast = options.channelsLastTensors;
+    size_t const nhwcRoom = plan.channelsLast ? 0 : channelsLastRoomBytes(geo, elementBytes, columnBudget);
     plan.nhwcBytes = nhwcRoom + zeroVectorBytes(geo, elementBytes);
     plan.zeroVector = int64_t(nhwcRoom / elementBytes);
     // One transpose covers the whole batch, or as many whole chunks as the room holds (at least one: images * input
@@ -524,9 +541,12 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.weightsBytes = relaidWeightsBytes(geo, elementBytes);
     int32_t const slices = gemmSplitK(geo, elementBytes, options);
     bool const autoSplits = options.splitK == 0 && slices > 1; // auto's split: staged, where it goes direct
-    plan.staged = options.output == kGemmOutputStaged
-        || (options.output == kGemmOutputAuto && (autoSplits || !directOutputByDefault(geo, elementBytes)));
-    plan.outputMajorWeights = plan.staged && options.product == kGemmProductNN;
+    plan.staged = !plan.channelsLast
+        && (options.output == kGemmOutputStaged
+            || (options.output == kGemmOutputAuto && (autoSplits || !directOutputByDefault(geo, elementBytes))));
+    // The staged product's operands serve the channels-last output too (stagedProduct's call, into the output).
+    bool const stagedCall = plan.staged || plan.channelsLast;
+    plan.outputMajorWeights = stagedCall && options.product == kGemmProductNN;
     planTile(geo, elementBytes, options, plan);
     // Reserved whether or not this shape is staged: a plugin sizes the workspace for its largest shape, which may
     // go direct where a smaller shape of the same profile is staged (and the C ABI can force either way). A chunk
@@ -534,10 +554,11 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // split-K slices (stagingRoomBytes; a slice of a smaller chunk, stagingSliceElements, is never larger).
     plan.splitK = plan.staged ? slices : 1;
     plan.tf32 = options.tf32 && elementBytes == 4;
-    plan.biasInProduct = options.biasEpilogue && plan.staged && elementBytes == 2 && geo.d.group == 1
+    plan.biasInProduct = options.biasEpilogue && stagedCall && elementBytes == 2 && geo.d.group == 1
         && plan.splitK == 1;
-    plan.stagingBytes = stagingRoomBytes(geo, elementBytes, options,
-        columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels));
+    plan.stagingBytes = plan.channelsLast ? 0
+                                          : stagingRoomBytes(geo, elementBytes, options,
+                                              columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels));
     plan.rowTableBytes = alignUp256(size_t(columnRowVectors(geo, plan.vector)) * sizeof(TileRowVector));
     plan.cublasBytes = alignUp256(options.cublasWorkspaceBytes);
     layOutGemmWorkspace(plan);

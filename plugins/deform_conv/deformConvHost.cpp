@@ -60,16 +60,17 @@ void columnsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offset, 
 }
 
 // The tiled sampler as the CUDA kernel runs it, one tile (block) after another.
+// With plan.channelsLast, nhwc is the input itself and the zero vector is at `zero` (ZeroApart).
 template <typename T, int Vector>
-void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
-    T const* mask, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
+void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* zero,
+    T const* offset, T const* mask, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
 {
     using Acc = typename ElementTraits<T>::Acc;
     int32_t const chunkPixels = images * pixels;
     int32_t const tilePixels = plan.tilePixels;
     int32_t const entries = geo.kernelPoints * geo.d.offset_group * tilePixels;
     int32_t const rowVectors = columnRowVectors(geo, Vector);
-    int32_t const zeroOffset = tileZeroOffset(plan, geo, n0);
+    int32_t const zeroOffset = plan.channelsLast ? 0 : tileZeroOffset(plan, geo, n0);
     std::vector<TileTaps<Acc>> taps(static_cast<size_t>(entries));
     std::vector<TileRowVector> rowVectorTable(static_cast<size_t>(rowVectors));
     std::vector<TilePixel> pixelTable(static_cast<size_t>(tilePixels));
@@ -81,22 +82,29 @@ void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T con
             pixelTable[size_t(row)] = tilePixel(geo, p0, pixels, chunkPixels, first + row);
         for (int32_t e = 0; e < entries; ++e)
             taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[size_t(e % tilePixels)],
-                e / tilePixels, zeroOffset);
+                e / tilePixels, zeroOffset, plan.channelsLast);
         int32_t const rows = std::min(tilePixels, chunkPixels - first);
         T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
         for (int32_t row = 0; row < rows; ++row)
             for (int32_t r = 0; r < rowVectors; ++r)
-                tileItem<T, Vector>(nhwc, taps.data(), rowVectorTable.data(), pixelTable.data(), tilePixels, row, r,
-                    tileColumns + (int64_t(row) * rowVectors + r) * Vector);
+            {
+                T* out = tileColumns + (int64_t(row) * rowVectors + r) * Vector;
+                if (plan.channelsLast)
+                    tileItem<T, Vector, true>(nhwc, zero, taps.data(), rowVectorTable.data(), pixelTable.data(),
+                        tilePixels, row, r, out);
+                else
+                    tileItem<T, Vector>(nhwc, zero, taps.data(), rowVectorTable.data(), pixelTable.data(), tilePixels,
+                        row, r, out);
+            }
     }
 }
 
 template <typename T, int Vector>
-void sampleColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* offset,
-    T const* mask, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
+void sampleColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T const* nhwc, T const* zero,
+    T const* offset, T const* mask, T* columns, int32_t n0, int32_t images, int64_t p0, int32_t pixels)
 {
     if (plan.tilePixels > 0)
-        tiledColumnsHost<T, Vector>(plan, geo, nhwc, offset, mask, columns, n0, images, p0, pixels);
+        tiledColumnsHost<T, Vector>(plan, geo, nhwc, zero, offset, mask, columns, n0, images, p0, pixels);
     else
         columnsHost<T, Vector>(geo, nhwc, offset, mask, columns, n0, images, p0, pixels);
 }
@@ -128,6 +136,20 @@ void stagedChunkHost(DeformConvGeometry const& geo, GemmPlan const& plan, T cons
             plan.splitK, sliceStride);
 }
 
+// A chunk of a channels-last output (runChannelsLastChunk's steps) at `rows`: the bias written first (or, with
+// biasInProduct, added by the product: here the same sums), then the staged product's call accumulated into it.
+template <typename T>
+void channelsLastChunkHost(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
+    T const* bias, T* rows, int32_t images, int32_t pixels)
+{
+    int64_t const count = int64_t(images) * pixels;
+    if (bias)
+        for (int64_t row = 0; row < count; ++row)
+            std::copy_n(bias, geo.d.out_channels, rows + row * geo.d.out_channels);
+    gemmHost<T, T>(stagedProduct(geo, images, pixels, plan.outputMajorWeights), weights, columns, rows,
+        bias != nullptr);
+}
+
 template <typename T>
 void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, T const* input, T const* offset,
     T const* weight, T const* bias, T const* mask, T* output)
@@ -155,21 +177,27 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
             weightRow<T>(geo, weight, weights.data(), idx);
     std::fill_n(nhwc.begin() + plan.zeroVector, d.in_channels, ElementTraits<T>::fromAcc(Acc(0)));
     int64_t const plane = int64_t(geo.outH) * geo.outW;
+    T const* zero = nhwc.data() + plan.zeroVector;
     for (int32_t n0 = 0; n0 < d.batch; n0 += plan.images)
     {
         int32_t const images = std::min(plan.images, d.batch - n0);
-        if (n0 == channelsLastFirst(plan, n0))
-        {
+        if (!plan.channelsLast && n0 == channelsLastFirst(plan, n0))
             channelsLastHost<T>(geo, input, nhwc.data(), n0, std::min(plan.inputImages, d.batch - n0));
-        }
-        T const* chunkInput = nhwc.data() + channelsLastChunkStart(plan, geo, n0);
+        T const* chunkInput = plan.channelsLast ? input + int64_t(n0) * inputImageElements(geo)
+                                                : nhwc.data() + channelsLastChunkStart(plan, geo, n0);
         for (int64_t p0 = 0; p0 < plane; p0 += plan.pixels)
         {
             int32_t const pixels = int32_t(std::min<int64_t>(plan.pixels, plane - p0));
             withVectorWidth(plan.vector, [&](auto width) {
-                sampleColumnsHost<T, decltype(width)::value>(plan, geo, chunkInput, offset, mask, columns.data(), n0,
-                    images, p0, pixels);
+                sampleColumnsHost<T, decltype(width)::value>(plan, geo, chunkInput, zero, offset, mask,
+                    columns.data(), n0, images, p0, pixels);
             });
+            if (plan.channelsLast)
+            {
+                channelsLastChunkHost<T>(geo, plan, weights.data(), columns.data(), bias,
+                    output + (int64_t(n0) * plane + p0) * d.out_channels, images, pixels);
+                continue;
+            }
             if (plan.staged)
             {
                 if (narrow)
@@ -391,7 +419,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_de
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
     size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks,
-    int32_t product, int32_t split_k)
+    int32_t product, int32_t split_k, int32_t flags)
 {
     return dcn::guarded([&] {
         // The first option out of range, as "NAME must be ALLOWED, got VALUE".
@@ -410,13 +438,19 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         require(dcn::validGemmChunks(chunks), "chunks", "0 (even) or 1 (full)", chunks);
         require(dcn::validGemmProduct(product), "product", "0 (TN) or 1 (NN)", product);
         require(dcn::validGemmSplitK(split_k), "split_k", "0 (auto), 1, 2, 4 or 8", split_k);
+        require(flags == 0 || flags == DCN_FORWARD_CHANNELS_LAST, "flags", "0 or DCN_FORWARD_CHANNELS_LAST (2)", flags);
+        bool const channelsLast = flags == DCN_FORWARD_CHANNELS_LAST;
+        require(!channelsLast || output_mode == 0 || biasInProduct, "output_mode with DCN_FORWARD_CHANNELS_LAST",
+            "0 (the product writes the channels-last output) or 3 (and adds a half type's bias)", output_mode);
         if (!problem.empty())
             return dcn::Status::invalid(problem);
         dcn::DeformConvGeometry geo;
         dcn::GemmOptions options;
         if (column_budget_bytes)
             options.columnBudget = column_budget_bytes;
-        options.output = biasInProduct ? dcn::kGemmOutputStaged : output_mode;
+        // with channels-last tensors the product writes the output whatever the mode (auto's, 0)
+        options.output = biasInProduct ? (channelsLast ? dcn::kGemmOutputAuto : dcn::kGemmOutputStaged) : output_mode;
+        options.channelsLastTensors = channelsLast;
         options.biasEpilogue = biasInProduct;
         options.sampler = sampler;
         options.chunks = chunks;

@@ -76,10 +76,19 @@ static bool directChannelsLast(DeformConvGeometry const& geo, int32_t dtype, Gem
     return gemm.directChannelsLast && directChannelsLastRefusal(geo, dtypeBytes(dtype)).empty();
 }
 
+// Whether channels-last tensors (GemmOptions::channelsLastTensors) can be served: by the GEMM path only, asked for
+// or AUTO's choice on a dense layer (whether cuBLAS loads is checked at launch, as for NCHW).
+static bool channelsLastTakesGemm(DeformConvGeometry const& geo, int32_t algo)
+{
+    return algo == DCN_ALGO_GEMM || (algo == DCN_ALGO_AUTO && denseLayer(geo));
+}
+
 size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, GemmOptions const& gemm)
 {
     // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
     // on another.
+    if (gemm.channelsLastTensors)
+        return channelsLastTakesGemm(geo, algo) ? gemmWorkspaceBytes(geo, dtype, gemm) : 0;
     size_t const fused = fusedKernelAccepts(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
     size_t const direct = directChannelsLast(geo, dtype, gemm)
         ? directChannelsLastWorkspaceBytes(geo, dtypeBytes(dtype), gemm.columnBudget)
@@ -121,6 +130,27 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         return Status::success();
     if (!input || !offset || !weight || !output)
         return Status::invalid("input, offset, weight and output must be device pointers, got NULL (bias and mask may be NULL)");
+    if (gemm.channelsLastTensors)
+    {
+        if (resolved != DCN_ALGO_GEMM)
+        {
+            std::string why;
+            if (algo != DCN_ALGO_AUTO)
+                why = "not algo " + std::to_string(algo) + ": ask for algo 3 (GEMM) or 0 (auto)";
+            else if (channelsLastTakesGemm(geo, algo))
+                why = "which this layer cannot take here: " + std::string(cublasUnavailableReason());
+            else
+                why = "and this layer resolves to algo " + std::to_string(resolved)
+                    + " (auto takes the GEMM path for 8 or more output channels per group)";
+            return Status::error(DCN_ERROR_UNSUPPORTED,
+                "channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the GEMM path only, " + why
+                    + "; or pass NCHW tensors");
+        }
+        if (reinterpret_cast<uintptr_t>(input) % 16 != 0 || reinterpret_cast<uintptr_t>(output) % 16 != 0)
+            return Status::invalid("channels-last tensors (DCN_FORWARD_CHANNELS_LAST): the input and the output must "
+                                   "start 16-byte aligned (the sampler reads 16-byte channel vectors); copy a "
+                                   "misaligned view into a fresh tensor");
+    }
     if (resolved == DCN_ALGO_GEMM)
     {
         status = requireWorkspace("the GEMM path", gemmWorkspaceBytes(geo, dtype, gemm), workspace, workspaceBytes);
@@ -133,7 +163,7 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
                 stream, handle);
         // cuBLAS loaded but its handle cannot be made or bound (an old driver, an unsupported GPU): AUTO falls
         // back to the fused kernel (whose workspace AUTO's size covers), or the direct one for float64.
-        if (algo != DCN_ALGO_AUTO)
+        if (algo != DCN_ALGO_AUTO || gemm.channelsLastTensors) // no other path reads channels-last tensors
             return status;
         resolved = fusedKernelAccepts(geo, dtype) ? DCN_ALGO_FUSED_GEMM : DCN_ALGO_DIRECT;
     }

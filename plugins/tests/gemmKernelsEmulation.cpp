@@ -1,7 +1,8 @@
 // The GEMM path's CUDA kernel sources (deformConvGemmKernels.cuh, deformConvRelayout.cuh) run on the CPU, block
 // after block, each block's threads as threads at a real barrier (cudaBlockEmulation.h), against the host functions
 // they are built from: the channels-last transpose against nhwcElement, the weight re-layout against weightRow, both
-// samplers against the per-thread sampler's columnVector (bit for bit), the direct output's bias fill, and the
+// samplers against the per-thread sampler's columnVector (bit for bit; the tiled one also with the zero vector apart
+// from the input, as for channels-last tensors), the direct and channels-last outputs' bias fills, and the
 // staged output's transpose against stagedOutputElement; split-K (stagedProduct's slices through a plain product,
 // the transpose summing them) against a double reference and the plan's rule for where it applies; and the rule for
 // which of the two outputs auto takes. Grids are cut smaller than the launchers' where a kernel
@@ -118,6 +119,43 @@ void checkTransposes(DeformConvGeometry const& geo, std::string const& name, std
         name + ": weight re-layout with the row-vector table (1 block) " + failure);
 }
 
+// The tiled sampler run by `run` (into `tiled`) with NaN where it should find the zero vector: every column value
+// with a neighbour outside the image turns NaN (so those neighbours are read from there), and no other.
+template <typename T, typename Run>
+void checkPoisonedZero(DeformConvGeometry const& geo, std::string const& name, std::vector<T> const& offset,
+    std::vector<T> const& mask, std::vector<T> const& expected, Run const& run, std::vector<T> const& tiled)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    dcn_deform_conv_desc const& d = geo.d;
+    int32_t const plane = geo.outH * geo.outW;
+    std::string const failure = run();
+    size_t poisoned = 0, outside = 0;
+    bool agree = failure.empty() && tiled.size() == expected.size();
+    for (size_t i = 0; agree && i < expected.size(); ++i)
+    {
+        bool const isNan = std::isnan(double(ElementTraits<T>::toAcc(tiled[i])));
+        bool const wasNan = std::isnan(double(ElementTraits<T>::toAcc(expected[i])));
+        poisoned += isNan && !wasNan;
+        agree = agree && (isNan || std::memcmp(&tiled[i], &expected[i], sizeof(T)) == 0);
+    }
+    for (int64_t idx = 0; idx < int64_t(d.batch) * plane * geo.kernelPoints * d.offset_group; ++idx)
+    {
+        // (image, pixel, offset group, kernel point) with an outside neighbour: channelsPerOffsetGroup values
+        int32_t const kp = int32_t(idx % geo.kernelPoints);
+        int64_t rest = idx / geo.kernelPoints;
+        int32_t const og = int32_t(rest % d.offset_group);
+        rest /= d.offset_group;
+        int32_t const p = int32_t(rest % plane);
+        int32_t const img = int32_t(rest / plane);
+        BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset.data(), mask.data(), img, og, kp,
+            p / geo.outW, p % geo.outW);
+        outside += taps.valid != 0xFu ? size_t(geo.channelsPerOffsetGroup) : 0;
+    }
+    check(agree && outside > 0 && poisoned == outside,
+        name + ": tiled sampler reads outside neighbours from the zero vector (" + std::to_string(poisoned)
+            + " values poisoned through it, " + std::to_string(outside) + " with an outside neighbour) " + failure);
+}
+
 // Both samplers over one chunk of the whole batch, against columnVector run for every item.
 template <typename T, int Vector>
 void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::mt19937& rng)
@@ -165,52 +203,52 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
         std::vector<TileRowVector> rowTable(static_cast<size_t>(rowVectors));
         for (int32_t r = 0; r < rowVectors; ++r)
             rowTable[size_t(r)] = tileRowVector(geo, Vector, r);
-        auto const runTiled = [&] {
+        // Zero apart (GemmPlan::channelsLast, the input read where it is): the images alone, NaN after them, and
+        // the zero vector in a buffer of its own (C zeros, then NaN).
+        std::vector<T> imagesAlone(nhwc);
+        imagesAlone.resize(nhwc.size() + 16, ElementTraits<T>::fromAcc(Acc(NAN)));
+        std::vector<T> zeroApart(size_t(d.in_channels), ElementTraits<T>::fromAcc(Acc(0)));
+        zeroApart.resize(zeroApart.size() + 16, ElementTraits<T>::fromAcc(Acc(NAN)));
+        auto const runTiled = [&](bool apart) {
             return emulation::runGrid(dim3{unsigned((chunkPixels + plan.tilePixels - 1) / plan.tilePixels), 1, 1},
                 dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
-                    tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(), rowTable.data(),
-                        tiled.data(), 0, 0, plane, chunkPixels, plan.tilePixels, zeroOffset);
+                    if (apart)
+                        tiledColumnsKernel<T, Vector, true>(geo, imagesAlone.data(), offset.data(), mask.data(),
+                            rowTable.data(), tiled.data(), 0, 0, plane, chunkPixels, plan.tilePixels, 0,
+                            zeroApart.data());
+                    else
+                        tiledColumnsKernel<T, Vector>(geo, nhwcZero.data(), offset.data(), mask.data(),
+                            rowTable.data(), tiled.data(), 0, 0, plane, chunkPixels, plan.tilePixels, zeroOffset,
+                            static_cast<T const*>(nullptr));
                 });
         };
-        emulation::prepareShared(plan.tileShared);
-        failure = runTiled();
-        bool const canary = emulation::sharedUntouchedPast(plan.tileShared);
-        tiled.resize(columnCount);
-        check(failure.empty() && canary && sameBits(tiled, expected),
-            name + ": tiled sampler, " + std::to_string(plan.tilePixels) + "-pixel tiles" + (canary ? "" : ", wrote "
-                "shared memory past its tables") + " " + failure);
+        for (bool apart : {false, true})
+        {
+            tiled.assign(columnCount + size_t(plan.tilePixels) * d.in_channels * geo.kernelPoints, T{});
+            emulation::prepareShared(plan.tileShared);
+            failure = runTiled(apart);
+            bool const canary = emulation::sharedUntouchedPast(plan.tileShared);
+            tiled.resize(columnCount);
+            check(failure.empty() && canary && sameBits(tiled, expected),
+                name + ": tiled sampler, " + std::to_string(plan.tilePixels) + "-pixel tiles"
+                    + (apart ? ", the zero vector apart" : "")
+                    + (canary ? "" : ", wrote shared memory past its tables") + " " + failure);
+        }
         if (tileItems != 0)
             continue;
-        // The same with NaN where the zero vector was: every column value with a neighbour outside the image turns
-        // NaN (so those neighbours are read from there), and no other.
+        // The same with NaN where the zero vector was (after the room, or apart): every column value with a
+        // neighbour outside the image turns NaN (so those neighbours are read from there), and no other.
         std::fill(nhwcZero.begin() + zeroOffset, nhwcZero.end(), ElementTraits<T>::fromAcc(Acc(NAN)));
-        tiled.assign(columnCount + size_t(plan.tilePixels) * d.in_channels * geo.kernelPoints, T{});
-        failure = runTiled();
-        size_t poisoned = 0, outside = 0;
-        bool agree = failure.empty();
-        for (size_t i = 0; i < columnCount; ++i)
-        {
-            bool const isNan = std::isnan(double(ElementTraits<T>::toAcc(tiled[i])));
-            bool const wasNan = std::isnan(double(ElementTraits<T>::toAcc(expected[i])));
-            poisoned += isNan && !wasNan;
-            agree = agree && (isNan || std::memcmp(&tiled[i], &expected[i], sizeof(T)) == 0);
-        }
-        for (int64_t idx = 0; idx < int64_t(d.batch) * plane * geo.kernelPoints * d.offset_group; ++idx)
-        {
-            // (image, pixel, offset group, kernel point) with an outside neighbour: channelsPerOffsetGroup values
-            int32_t const kp = int32_t(idx % geo.kernelPoints);
-            int64_t rest = idx / geo.kernelPoints;
-            int32_t const og = int32_t(rest % d.offset_group);
-            rest /= d.offset_group;
-            int32_t const p = int32_t(rest % plane);
-            int32_t const img = int32_t(rest / plane);
-            BilinearTaps<Acc> const taps = kernelPointTaps<Acc>(geo, offset.data(), mask.data(), img, og, kp,
-                p / geo.outW, p % geo.outW);
-            outside += taps.valid != 0xFu ? size_t(geo.channelsPerOffsetGroup) : 0;
-        }
-        check(agree && outside > 0 && poisoned == outside,
-            name + ": tiled sampler reads outside neighbours from the zero vector (" + std::to_string(poisoned)
-                + " values poisoned through it, " + std::to_string(outside) + " with an outside neighbour) " + failure);
+        std::fill(zeroApart.begin(), zeroApart.end(), ElementTraits<T>::fromAcc(Acc(NAN)));
+        for (bool apart : {false, true})
+            checkPoisonedZero<T>(geo, name + (apart ? ", the zero vector apart" : ""), offset, mask, expected,
+                [&] {
+                    tiled.assign(columnCount + size_t(plan.tilePixels) * d.in_channels * geo.kernelPoints, T{});
+                    std::string const ran = runTiled(apart);
+                    tiled.resize(columnCount);
+                    return ran;
+                },
+                tiled);
     }
 }
 
@@ -236,6 +274,30 @@ void checkOutputs(DeformConvGeometry const& geo, std::string const& name, std::m
     std::string failure = emulation::runGrid(dim3{3, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1},
         [&] { fillBiasKernel<T>(got.data(), bias.data(), d.out_channels, plane, n0, rows, p0, pixels); });
     check(failure.empty() && sameBits(got, expected), name + ": bias fill (3 blocks looping over rows) " + failure);
+
+    // The channels-last output's bias fill (GemmPlan::channelsLast): the chunk's rows of oC from (n0, p0), element
+    // by element and (where oC allows) in vectors, with blocks of several rows a step (256 threads) and of a row
+    // looped over (32 threads: fewer than a row's items at oC 130).
+    constexpr int kVector = sizeof(T) < 16 ? int(16 / sizeof(T)) : 1;
+    for (bool vectors : {false, true})
+    {
+        if (vectors && d.out_channels % kVector != 0)
+            continue;
+        for (unsigned threads : {256u, 32u})
+        {
+            expected = before;
+            got = before;
+            int64_t const first = (int64_t(n0) * plane + p0) * d.out_channels;
+            int64_t const count = int64_t(images) * pixels;
+            for (int64_t row = 0; row < count; ++row)
+                std::copy(bias.begin(), bias.end(), expected.begin() + first + row * d.out_channels);
+            failure = emulation::runGrid(dim3{3, 1, 1}, dim3{threads, 1, 1},
+                [&] { fillBiasRowsKernel<T>(got.data() + first, bias.data(), d.out_channels, count, vectors); });
+            check(failure.empty() && sameBits(got, expected),
+                name + ": channels-last bias fill, " + (vectors ? "vectors" : "elements") + ", 3 blocks of "
+                    + std::to_string(threads) + " threads " + failure);
+        }
+    }
 
     std::vector<Acc> const staging = randomValues<Acc>(rng, size_t(images) * pixels * d.out_channels);
     for (T const* withBias : {bias.data(), static_cast<T const*>(nullptr)})
