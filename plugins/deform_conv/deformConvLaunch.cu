@@ -18,12 +18,11 @@ namespace dcn
 namespace
 {
 
-// A matrix product pays when a sampled column feeds several output channels and the reduction is long. On an H200
-// (2026-11-26, benchmarks/RESULTS.md) the GEMM path took 0.29x the direct kernel's time for 32 groups of 8 channels
-// (3x3) and 3.9x for a depth-wise layer.
+// A matrix product pays when a sampled column feeds several output channels and the reduction is long
+// (autoTakesMatrixPath, deformConvShapes.h).
 bool denseLayer(DeformConvGeometry const& geo)
 {
-    return geo.outChannelsPerGroup >= 8 && geo.channelsPerGroup * geo.kernelPoints >= 32;
+    return autoTakesMatrixPath(geo.outChannelsPerGroup, geo.channelsPerGroup, geo.kernelPoints);
 }
 
 } // namespace

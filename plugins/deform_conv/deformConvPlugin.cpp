@@ -86,6 +86,7 @@ DeformConvPlugin::DeformConvPlugin(DeformConvPlugin const& other)
     , mGeometry(other.mGeometry)
     , mDtype(other.mDtype)
     , mNbInputs(other.mNbInputs)
+    , mChannelsLast(other.mChannelsLast)
     , mValidTactics(other.mValidTactics)
     , mTactic(other.mTactic)
     , mTimingCacheId(other.mTimingCacheId)
@@ -148,6 +149,28 @@ int32_t DeformConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInp
     });
 }
 
+bool DeformConvPlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    return guardTrtCall(kDeformConvPluginName, "supportsFormatCombination", false, [&]() -> bool {
+        if (pos < 0 || pos >= nbInputs + nbOutputs || nbInputs <= kInputOffset)
+            return false;
+        PluginTensorDesc const& desc = inOut[pos].desc;
+        bool const output = pos == nbInputs;
+        if (desc.format != TensorFormat::kHWC8) // linear: X's format for the output
+            return linearOfOneType(pos, inOut, nbInputs, nbOutputs)
+                && (!output || inOut[kInputX].desc.format == TensorFormat::kLINEAR);
+        if (pos != kInputX && !output) // the offsets, mask, weights and bias stay linear
+            return false;
+        if (output && (inOut[kInputX].desc.format != TensorFormat::kHWC8 || desc.type != inOut[kInputX].desc.type))
+            return false;
+        return channelsLastRefusal(mAttrs, shapeOf(inOut[kInputX].desc.dims), shapeOf(inOut[kInputW].desc.dims),
+                   dcnDtype(desc.type), gemmPathAvailable())
+                   .empty()
+            && supportedType(desc.type);
+    });
+}
+
 int32_t DeformConvPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
 {
@@ -168,6 +191,7 @@ int32_t DeformConvPlugin::configurePlugin(
         DeformConvGeometry largest;
         TensorShape const maxX = shapeOf(in[kInputX].max), maxW = shapeOf(in[kInputW].max);
         int32_t const dtype = dcnDtype(in[0].desc.type);
+        bool const channelsLast = in[kInputX].desc.format == TensorFormat::kHWC8;
         mValidTactics.clear(); // unknown largest shapes: no tactics to time, the heuristic runs
         if (maxX.rank == 4 && maxW.rank == 4)
         {
@@ -178,7 +202,7 @@ int32_t DeformConvPlugin::configurePlugin(
                     + "; lower the profile's max shapes"));
                 return -1;
             }
-            mValidTactics = validTactics(largest, dtype, gemmPathAvailable());
+            mValidTactics = channelsLast ? channelsLastTactics() : validTactics(largest, dtype, gemmPathAvailable());
             // The workspace TensorRT may give this layer: at most the build's limit, when one is set.
             size_t limit = 0;
             size_t fitted = kGemmDefaultColumnBudget;
@@ -189,7 +213,8 @@ int32_t DeformConvPlugin::configurePlugin(
             size_t const tensorBytes
                 = chargesTensors ? layerTensorBytes(largest, dtype, nbInputs > kInputBias, nbInputs > kInputMask) : 0;
             if (budget.ok())
-                budget = columnBudgetWithin(largest, dtype, gemmPathAvailable(), limit, tensorBytes, fitted);
+                budget = columnBudgetWithin(largest, dtype, gemmPathAvailable(), limit, tensorBytes, fitted,
+                    channelsLast);
             if (reject(budget))
                 return -1;
             // The smallest budget any configuration (optimisation profile) needed: every workspace sized earlier
@@ -199,13 +224,15 @@ int32_t DeformConvPlugin::configurePlugin(
             if (mColumnBudget < kGemmDefaultColumnBudget)
                 logTrt(ILogger::Severity::kINFO, kWho + "column budget " + describeBytes(mColumnBudget) + " instead of "
                     + describeBytes(kGemmDefaultColumnBudget) + ", so that the workspace ("
-                    + describeBytes(pluginWorkspaceBytes(largest, dtype, gemmPathAvailable(), mColumnBudget))
+                    + describeBytes(pluginWorkspaceBytes(largest, dtype, gemmPathAvailable(), mColumnBudget,
+                        channelsLast))
                     + (tensorBytes ? ", with " + describeBytes(tensorBytes) + " of inputs and outputs" : std::string())
                     + ") fits " + kWorkspaceLimitVariable + " (" + describeBytes(limit)
                     + "): the same results, in more chunks");
         }
         mNbInputs = nbInputs;
         mDtype = dtype;
+        mChannelsLast = channelsLast;
         return 0;
     });
 }
@@ -227,7 +254,8 @@ size_t DeformConvPlugin::getWorkspaceSize(
             return 0;
         // Enough for whichever tactic TensorRT picks, and for the heuristic (tactic 0, the gemm tactic's fallback),
         // with the column budget configurePlugin chose.
-        return pluginWorkspaceBytes(geometry, dcnDtype(inputs[kInputX].desc.type), gemmPathAvailable(), mColumnBudget);
+        return pluginWorkspaceBytes(geometry, dcnDtype(inputs[kInputX].desc.type), gemmPathAvailable(), mColumnBudget,
+            inputs[kInputX].desc.format == TensorFormat::kHWC8);
     });
 }
 
@@ -281,6 +309,7 @@ int32_t DeformConvPlugin::onShapeChange(
             return -1;
         mNbInputs = nbInputs;
         mDtype = dcnDtype(in[0].type);
+        mChannelsLast = in[kInputX].format == TensorFormat::kHWC8;
         return 0;
     });
 }
@@ -334,6 +363,9 @@ GemmOptions DeformConvPlugin::gemmOptions() const
     // The field, as the C ABI's forward maps DCN_FORWARD_ALLOW_TF32: float32 layers only (the plan ignores it for
     // other types too). It changes no workspace size, so the one sized at build time still fits.
     options.tf32 = mAllowTf32 && mDtype == DCN_FLOAT32;
+    // X and Y channels-last (kHWC8; supportsFormatCombination offers it only for C and oC multiples of 8, where it
+    // is plain NHWC): the GEMM path reads and writes them where they are (the only path that does).
+    options.channelsLastTensors = mChannelsLast;
     return options;
 }
 

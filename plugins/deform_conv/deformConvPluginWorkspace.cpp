@@ -136,29 +136,33 @@ std::string workspaceLimitCacheSuffix()
     return ";workspace_limit=" + std::to_string(limit) + (chargesTensors ? ";charges_tensors=1" : "");
 }
 
-size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget)
+size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget,
+    bool channelsLast)
 {
     GemmOptions options;
     options.columnBudget = columnBudget;
+    options.channelsLastTensors = channelsLast;
     size_t bytes = 0;
-    for (int32_t algo : workspaceAlgos(validTactics(largest, dtype, gemmAvailable)))
+    for (int32_t algo :
+        workspaceAlgos(channelsLast ? channelsLastTactics() : validTactics(largest, dtype, gemmAvailable)))
         bytes = std::max(bytes, deformConvWorkspaceSize(largest, dtype, algo, options));
     return bytes;
 }
 
 Status columnBudgetWithin(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t limit,
-    size_t tensorBytes, size_t& columnBudget)
+    size_t tensorBytes, size_t& columnBudget, bool channelsLast)
 {
     columnBudget = kGemmDefaultColumnBudget;
     if (limit == 0)
         return Status::success();
     for (size_t budget = kGemmDefaultColumnBudget; budget >= kSmallestColumnBudget; budget /= 2)
-        if (tensorBytes <= limit && pluginWorkspaceBytes(largest, dtype, gemmAvailable, budget) <= limit - tensorBytes)
+        if (tensorBytes <= limit
+            && pluginWorkspaceBytes(largest, dtype, gemmAvailable, budget, channelsLast) <= limit - tensorBytes)
         {
             columnBudget = budget;
             return Status::success();
         }
-    size_t const least = pluginWorkspaceBytes(largest, dtype, gemmAvailable, kSmallestColumnBudget);
+    size_t const least = pluginWorkspaceBytes(largest, dtype, gemmAvailable, kSmallestColumnBudget, channelsLast);
     std::string const tensors = tensorBytes == 0 ? std::string(" of workspace")
         : " of workspace and " + describeBytes(tensorBytes) + " for its inputs and outputs, which this builder counts "
             "against the limit too (" + kWorkspaceChargesTensorsVariable + "=1), in all "

@@ -59,15 +59,17 @@ size_t layerTensorBytes(DeformConvGeometry const& largest, int32_t dtype, bool h
 std::string workspaceLimitCacheSuffix();
 
 // The bytes the plugin asks for a layer whose profile's largest shapes are `largest`, with this column budget:
-// enough for every tactic offered (validTactics) and for the heuristic.
-size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget);
+// enough for every tactic offered (validTactics, or channelsLastTactics where X and Y are channels-last) and for the
+// heuristic.
+size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t columnBudget,
+    bool channelsLast = false);
 
 // The largest column budget, from kGemmDefaultColumnBudget down by halves to kSmallestColumnBudget, under which
 // pluginWorkspaceBytes plus `tensorBytes` (0, or layerTensorBytes where the builder counts them) is at most `limit`
 // (0: no limit, the default budget). Fails, saying what the layer needs at the smallest budget and how to fix it,
 // when even that is over the limit.
 Status columnBudgetWithin(DeformConvGeometry const& largest, int32_t dtype, bool gemmAvailable, size_t limit,
-    size_t tensorBytes, size_t& columnBudget);
+    size_t tensorBytes, size_t& columnBudget, bool channelsLast = false);
 
 // "256.0 MiB", "1.5 GiB", "512.0 KiB", "100 bytes": for messages.
 std::string describeBytes(size_t bytes);

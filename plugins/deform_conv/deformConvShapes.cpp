@@ -387,6 +387,11 @@ dcn_deform_conv_desc descFromShapes(dcn_deform_conv_attrs const& a, TensorShape 
     return d;
 }
 
+bool autoTakesMatrixPath(int64_t outChannelsPerGroup, int64_t channelsPerGroup, int64_t kernelPoints)
+{
+    return outChannelsPerGroup >= 8 && channelsPerGroup * kernelPoints >= 32;
+}
+
 bool fusedKernelAccepts(DeformConvGeometry const& geo, int32_t dtype)
 {
     bool const typeOk = dtype == DCN_FLOAT32 || dtype == DCN_FLOAT16 || dtype == DCN_BFLOAT16;

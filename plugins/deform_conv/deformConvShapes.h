@@ -50,8 +50,9 @@ constexpr char const* kFieldKernelsRevision = "dcn_kernels_revision";
 // 5 the column budget as a field (below), so that a library of revision 4 refuses engines built under a smaller one;
 // 6 (session 25) auto's split-K: float32 layers of few output tiles staged in 4 slices of K, a larger staging room;
 // 7 (session 32) the direct kernel over a channels-last copy of the input on depth-wise layers, which takes a
-// workspace (an engine of revision 6 has none for them).
-constexpr int32_t kKernelsRevision = 7;
+// workspace (an engine of revision 6 has none for them); 8 (session 33) X and Y channels-last (kHWC8) on dense half
+// layers, which a library of revision 7 would read as NCHW.
+constexpr int32_t kKernelsRevision = 8;
 // Written by the plugin into every engine it serialises, never an ONNX attribute: the GEMM path's column budget in
 // MiB that the build sized the workspace with (deformConvPluginWorkspace.h: lowered to fit a workspace limit). The
 // run plans its chunks with it. An engine without the field was built with the default.
@@ -112,6 +113,12 @@ Status checkInputShapes(dcn_deform_conv_attrs const& attrs, std::vector<TensorSh
 // 65535 tiles of 64 output channels per group (its grid's limits). The kernels' resolveAlgo and the plugin's
 // tactics both ask this.
 bool fusedKernelAccepts(DeformConvGeometry const& geo, int32_t dtype);
+
+// Whether the heuristic (DCN_ALGO_AUTO) sends a layer to a matrix product (the GEMM path where cuBLAS loads, else
+// the fused kernel) rather than the direct kernel: a sampled column feeds 8 or more output channels of its group and
+// the reduction (C/group * kH*kW) is 32 or longer. On an H200 (2026-11-26, benchmarks/RESULTS.md) the GEMM path took
+// 0.29x the direct kernel's time for 32 groups of 8 channels (3x3) and 3.9x for a depth-wise layer.
+bool autoTakesMatrixPath(int64_t outChannelsPerGroup, int64_t channelsPerGroup, int64_t kernelPoints);
 
 // The kernel descriptor for fully known shapes.
 dcn_deform_conv_desc descFromShapes(dcn_deform_conv_attrs const& attrs, TensorShape const& x, TensorShape const& w);

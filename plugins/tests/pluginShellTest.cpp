@@ -432,6 +432,109 @@ void checkPluginTactics(dcn::DeformConvPluginCreator& creator, CaptureLogger& lo
         std::string("getTimingCacheID: ") + (id ? id : "null"));
 }
 
+// X and Y channels-last (kHWC8): the rules of channelsLastRefusal one by one (as where cuBLAS loads), the formats
+// the plugin accepts (channels-last only where cuBLAS loads in this process, which the CPU machines lack), and a
+// configuration with X and Y in HWC8: the gemm tactic alone, the channels-last workspace (no room for a transposed
+// input, no staging: smaller than the linear one's), and the launch options of the next enqueue, kept by a clone and
+// set again by onShapeChange from X's format. `io`: the standard half layer (C 16, oC 64, group 2), linear.
+void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, std::vector<DynamicPluginTensorDesc> io)
+{
+    auto shape = [](std::vector<int64_t> const& dims) {
+        dcn::TensorShape t;
+        t.rank = int32_t(dims.size());
+        std::copy(dims.begin(), dims.end(), t.d);
+        return t;
+    };
+    dcn::TensorShape const x = shape({2, 16, 10, 12}), w = shape({64, 8, 3, 2});
+    check(dcn::channelsLastRefusal(kStandardAttrs, x, w, DCN_FLOAT16, true).empty()
+            && dcn::channelsLastRefusal(kStandardAttrs, x, w, DCN_BFLOAT16, true).empty(),
+        "channels-last: a dense half layer with C and oC multiples of 8 may take it where cuBLAS loads");
+    struct Refusal
+    {
+        char const* what;
+        dcn::TensorShape x, w;
+        int32_t dtype;
+        bool gemm;
+        char const* fragment;
+    };
+    Refusal const refusals[] = {
+        {"float32", x, w, DCN_FLOAT32, true, "half or bfloat16"},
+        {"C of 12", shape({2, 12, 10, 12}), shape({64, 6, 3, 2}), DCN_FLOAT16, true, "multiples of 8, got 12 and 64"},
+        {"oC of 60", x, shape({60, 8, 3, 2}), DCN_FLOAT16, true, "multiples of 8, got 16 and 60"},
+        {"unknown C", shape({2, -1, 10, 12}), w, DCN_FLOAT16, true, "known at build time"},
+        {"4 output channels per group", x, shape({8, 8, 3, 2}), DCN_FLOAT16, true, "not a dense one"},
+        {"no cuBLAS", x, w, DCN_FLOAT16, false, "cuBLAS does not load here"},
+    };
+    for (Refusal const& r : refusals)
+    {
+        std::string const why = dcn::channelsLastRefusal(kStandardAttrs, r.x, r.w, r.dtype, r.gemm);
+        check(why.find(r.fragment) != std::string::npos, std::string("channels-last refused for ") + r.what + ": " + why);
+    }
+
+    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("hwc8", &fields.collection, TensorRTPhase::kBUILD));
+    auto* build = capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD);
+    size_t const linearBytes = build->getWorkspaceSize(io.data(), 5, &io[5], 1);
+    bool const gemm = dcn::gemmPathAvailable();
+    io[0].desc.format = TensorFormat::kHWC8;
+    bool const xTaken = build->supportsFormatCombination(0, io.data(), 5, 1);
+    io[5].desc.format = TensorFormat::kHWC8;
+    bool const yTaken = build->supportsFormatCombination(5, io.data(), 5, 1);
+    io[5].desc.format = TensorFormat::kLINEAR;
+    bool const linearYRefused = !build->supportsFormatCombination(5, io.data(), 5, 1);
+    io[2].desc.format = TensorFormat::kHWC8;
+    bool const offsetRefused = !build->supportsFormatCombination(2, io.data(), 5, 1);
+    io[2].desc.format = TensorFormat::kLINEAR;
+    check(xTaken == gemm && yTaken == gemm && linearYRefused && offsetRefused,
+        std::string("supportsFormatCombination: X and Y in HWC8 together ") + (gemm ? "(cuBLAS loads)" : "refused "
+            "(cuBLAS does not load here)") + ", never the offsets, never Y linear beside X in HWC8");
+    io[0].desc.format = TensorFormat::kLINEAR;
+    io[5].desc.format = TensorFormat::kHWC8;
+    check(!build->supportsFormatCombination(5, io.data(), 5, 1), "supportsFormatCombination: Y in HWC8 beside X linear "
+                                                                  "is refused");
+    for (int32_t k : {0, 5})
+        io[size_t(k)].desc.format = TensorFormat::kHWC8;
+    for (auto& d : io)
+        d.desc.type = DataType::kFLOAT;
+    check(!build->supportsFormatCombination(0, io.data(), 5, 1), "supportsFormatCombination: float32 X in HWC8 is "
+                                                                  "refused");
+    for (auto& d : io)
+        d.desc.type = DataType::kHALF;
+
+    // A configuration TensorRT chose with X and Y in HWC8 (offered only where cuBLAS loads; the plain logic below
+    // holds either way).
+    bool const configured = build->configurePlugin(io.data(), 5, &io[5], 1) == 0;
+    std::vector<int32_t> tactics(size_t(build->getNbTactics()));
+    bool const listed = build->getValidTactics(tactics.data(), int32_t(tactics.size())) == 0;
+    check(configured && listed && tactics == std::vector<int32_t>{dcn::kTacticGemm},
+        "configurePlugin with X and Y in HWC8 offers the gemm tactic alone");
+    size_t const channelsLastBytes = build->getWorkspaceSize(io.data(), 5, &io[5], 1);
+    dcn::DeformConvGeometry largest;
+    dcn::GemmOptions options;
+    options.channelsLastTensors = true;
+    bool const made = standardGeometry({{2, 16, 10, 12}, {64, 8, 3, 2}}, largest);
+    size_t const gemmBytes = made ? dcn::deformConvWorkspaceSize(largest, DCN_FLOAT16, DCN_ALGO_GEMM, options) : 0;
+    check(made && channelsLastBytes == gemmBytes && channelsLastBytes > 0 && channelsLastBytes < linearBytes,
+        "getWorkspaceSize with X and Y in HWC8: the channels-last GEMM path's " + std::to_string(channelsLastBytes)
+            + " bytes (linear: " + std::to_string(linearBytes) + ")");
+    auto* self = static_cast<dcn::DeformConvPlugin*>(plugin.get());
+    std::unique_ptr<IPluginV3> cloned(plugin->clone());
+    check(self->gemmOptions().channelsLastTensors
+            && static_cast<dcn::DeformConvPlugin*>(cloned.get())->gemmOptions().channelsLastTensors,
+        "the next enqueue reads and writes channels-last tensors, in a clone too");
+    std::vector<PluginTensorDesc> runtimeIo;
+    for (auto const& d : io)
+        runtimeIo.push_back(d.desc);
+    auto* runtime = capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME);
+    for (auto& d : runtimeIo)
+        d.format = TensorFormat::kLINEAR;
+    bool const linearAgain = runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0
+        && !self->gemmOptions().channelsLastTensors;
+    runtimeIo[0].format = runtimeIo[5].format = TensorFormat::kHWC8;
+    bool const hwc8Again = runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0
+        && self->gemmOptions().channelsLastTensors;
+    check(linearAgain && hwc8Again, "onShapeChange sets the layout of the next enqueue from X's format");
+}
+
 } // namespace
 
 // The library's entry point (plugin_registry.cpp), as TensorRT calls it.
@@ -839,6 +942,7 @@ int main()
 
     checkTacticLogic();
     checkPluginTactics(creator, logger, fields, io);
+    checkChannelsLast(creator, fields, io);
 
     // Runtime: shape change, serialisation round trip, clone.
     std::vector<PluginTensorDesc> runtimeIo;
