@@ -37,14 +37,16 @@ IMPLICIT = [Case(2, 1, 2, 64, 260, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer cases (for the slower racecheck tool)")
-    parser.add_argument("--algos", default="direct,fused,gemm,implicit",
-                        help="comma-separated kernels to run (default: all); e.g. implicit with "
-                             "DCN_DEPLOY_IMPLICIT_KERNEL=specialised for that kernel alone")
+    parser.add_argument("--algos", default="direct,fused,gemm,gemm-nhwc,implicit",
+                        help="comma-separated kernels to run (default: all; gemm-nhwc is the GEMM path on "
+                             "channels-last tensors); e.g. implicit with DCN_DEPLOY_IMPLICIT_KERNEL=specialised for "
+                             "that kernel alone")
     args = parser.parse_args()
     algos = [name.strip() for name in args.algos.split(",") if name.strip()]
-    unknown = sorted(set(algos) - {"direct", "fused", "gemm", "implicit"})
+    unknown = sorted(set(algos) - {"direct", "fused", "gemm", "gemm-nhwc", "implicit"})
     if unknown or not algos:
-        parser.error(f"--algos: {', '.join(unknown) or 'nothing'} is not one of direct, fused, gemm, implicit")
+        parser.error(f"--algos: {', '.join(unknown) or 'nothing'} is not one of direct, fused, gemm, gemm-nhwc, "
+                     "implicit")
     kernels = load_library("kernels")
     cases = [random_case(random.Random(seed), max_channels_per_group=5, max_size=8) for seed in range(3 if args.quick else 8)]
     cases.append(DENSE)
@@ -59,10 +61,13 @@ def main() -> int:
             for index, case in enumerate(IMPLICIT if algo == "implicit" else cases):
                 tensors = make_tensors(case, dtype, device="cuda", seed=index)
                 x, off, w, b, m = tensors
+                channels_last = algo == "gemm-nhwc"
+                layout = torch.channels_last if channels_last else torch.contiguous_format
                 out = torch.full((case.batch, case.out_channels, *case.out_size), float("nan"), dtype=dtype,
-                                 device="cuda")
-                deform_conv2d_cuda(x, off, w, b, case.stride, case.pads, case.dilation, m, algo=algo, out=out,
-                                   library=kernels)
+                                 device="cuda").contiguous(memory_format=layout)
+                deform_conv2d_cuda(x.contiguous(memory_format=layout), off, w, b, case.stride, case.pads,
+                                   case.dilation, m, algo="gemm" if channels_last else algo,
+                                   channels_last=channels_last, out=out, library=kernels)
                 torch.cuda.synchronize()
                 expected = reference(case, *[None if t is None else t.double() for t in tensors])
                 error = max_relative_error(out, expected)
