@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # plugin_configs
 
 import torch  # noqa: E402
 
-from dcn_deploy.plugin.native import deform_conv2d_cuda, load_library  # noqa: E402
+from dcn_deploy.plugin.native import (DCN_ERROR_UNSUPPORTED, NativeError, deform_conv2d_cuda,  # noqa: E402
+                                      load_library)
 from plugin_configs import (Case, make_tensors, max_relative_error, random_case, random_depthwise_case,  # noqa: E402
                             reference)
 
@@ -37,16 +38,17 @@ IMPLICIT = [Case(2, 1, 2, 64, 260, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer cases (for the slower racecheck tool)")
-    parser.add_argument("--algos", default="direct,fused,gemm,gemm-nhwc,implicit",
-                        help="comma-separated kernels to run (default: all; gemm-nhwc is the GEMM path on "
-                             "channels-last tensors); e.g. implicit with DCN_DEPLOY_IMPLICIT_KERNEL=specialised for "
-                             "that kernel alone")
+    parser.add_argument("--algos", default="direct,fused,gemm,gemm-nhwc,direct-nhwc,implicit",
+                        help="comma-separated kernels to run (default: all; gemm-nhwc and direct-nhwc are the GEMM "
+                             "path and the direct kernel on channels-last tensors, the latter on the depth-wise "
+                             "cases); e.g. implicit with DCN_DEPLOY_IMPLICIT_KERNEL=specialised for that kernel "
+                             "alone")
     args = parser.parse_args()
     algos = [name.strip() for name in args.algos.split(",") if name.strip()]
-    unknown = sorted(set(algos) - {"direct", "fused", "gemm", "gemm-nhwc", "implicit"})
+    unknown = sorted(set(algos) - {"direct", "fused", "gemm", "gemm-nhwc", "direct-nhwc", "implicit"})
     if unknown or not algos:
         parser.error(f"--algos: {', '.join(unknown) or 'nothing'} is not one of direct, fused, gemm, gemm-nhwc, "
-                     "implicit")
+                     "direct-nhwc, implicit")
     kernels = load_library("kernels")
     cases = [random_case(random.Random(seed), max_channels_per_group=5, max_size=8) for seed in range(3 if args.quick else 8)]
     cases.append(DENSE)
@@ -61,13 +63,18 @@ def main() -> int:
             for index, case in enumerate(IMPLICIT if algo == "implicit" else cases):
                 tensors = make_tensors(case, dtype, device="cuda", seed=index)
                 x, off, w, b, m = tensors
-                channels_last = algo == "gemm-nhwc"
+                channels_last = algo.endswith("-nhwc")
                 layout = torch.channels_last if channels_last else torch.contiguous_format
                 out = torch.full((case.batch, case.out_channels, *case.out_size), float("nan"), dtype=dtype,
                                  device="cuda").contiguous(memory_format=layout)
-                deform_conv2d_cuda(x.contiguous(memory_format=layout), off, w, b, case.stride, case.pads,
-                                   case.dilation, m, algo="gemm" if channels_last else algo,
-                                   channels_last=channels_last, out=out, library=kernels)
+                try:
+                    deform_conv2d_cuda(x.contiguous(memory_format=layout), off, w, b, case.stride, case.pads,
+                                       case.dilation, m, algo=algo.split("-")[0], channels_last=channels_last,
+                                       out=out, library=kernels)
+                except NativeError as exc:
+                    if algo == "direct-nhwc" and exc.code == DCN_ERROR_UNSUPPORTED:
+                        continue  # the channels-last direct kernel takes depth-wise layers with channels in pairs
+                    raise
                 torch.cuda.synchronize()
                 expected = reference(case, *[None if t is None else t.double() for t in tensors])
                 error = max_relative_error(out, expected)

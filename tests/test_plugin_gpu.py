@@ -197,15 +197,32 @@ def test_dense_layers_on_channels_last_tensors(kernels, dtype):
             assert error < TOLERANCE[dtype], (algo, case, error)
 
 
-def test_channels_last_tensors_refused_off_the_gemm_path_and_misaligned_input_copied(kernels):
-    """A depth-wise layer (auto: the direct kernel) or algo fused refuse channels-last tensors as "unsupported"
-    (the op then runs NCHW copies); an input view starting off a 16-byte boundary is copied by the binding."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_direct_kernel_depthwise_on_channels_last_tensors(kernels, dtype):
+    """The channels-last direct kernel reading a channels-last input where it is and writing each item's channels as
+    one store into a channels-last output (no workspace), auto's choice and asked for, against the reference."""
+    for seed in range(6):
+        case = random_depthwise_case(random.Random(1400 + seed))
+        tensors = make_tensors(case, dtype, device="cuda", seed=seed)
+        for algo in ("auto", "direct"):
+            got = _run_channels_last(kernels, case, tensors, algo)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert not got.isnan().any(), (algo, case, "an output element was never written")
+            error = max_relative_error(got, expected_for(case, tensors))
+            assert error < TOLERANCE[dtype], (algo, case, error)
+
+
+def test_channels_last_tensors_refused_elsewhere_and_misaligned_input_copied(kernels):
+    """A layer neither the GEMM path nor the channels-last direct kernel takes (4 channels a group: auto sends it to
+    the NCHW direct kernel), or algo fused, refuse channels-last tensors as "unsupported" (the op then runs NCHW
+    copies); an input view starting off a 16-byte boundary is copied by the binding."""
     from dcn_deploy.plugin.native import DCN_ERROR_UNSUPPORTED
 
-    depthwise = Case(2, 16, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
-    for case, algo in ((depthwise, "auto"), (DENSE_CASES[0], "fused")):
+    few_per_group = Case(2, 4, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
+    for case, algo in ((few_per_group, "auto"), (DENSE_CASES[0], "fused")):
         tensors = make_tensors(case, torch.float16, device="cuda", seed=1)
-        with pytest.raises(NativeError, match="take the GEMM path only") as refused:
+        with pytest.raises(NativeError, match="take the GEMM path .dense layers. or the channels-last direct kernel") \
+                as refused:
             _run_channels_last(kernels, case, tensors, algo)
         assert refused.value.code == DCN_ERROR_UNSUPPORTED
     case = DENSE_CASES[0]
@@ -605,9 +622,9 @@ def test_torch_op_on_cuda_runs_the_kernels(op_on_kernels, dtype, monkeypatch):
 
 
 def test_torch_op_reads_and_writes_channels_last_tensors_in_place(op_on_kernels, monkeypatch):
-    """A channels-last input: a dense layer's kernels called with channels_last (DCN_FORWARD_CHANNELS_LAST, no
-    transposes), a depth-wise one's refused there and run on an NCHW copy; both outputs channels-last, as torch's
-    convolutions give, and within the half type's rounding of the reference."""
+    """A channels-last input: a dense and a depth-wise layer's kernels called with channels_last
+    (DCN_FORWARD_CHANNELS_LAST, no transposes), a layer of 4 channels a group refused there and run on an NCHW copy;
+    every output channels-last, as torch's convolutions give, and within the half type's rounding of the reference."""
     import dcn_deploy
     from dcn_deploy.plugin import native
 
@@ -617,7 +634,8 @@ def test_torch_op_reads_and_writes_channels_last_tensors_in_place(op_on_kernels,
                         lambda *a, **k: calls.append(k.get("channels_last", False)) or real(*a, **k))
     dense = DENSE_CASES[0]
     depthwise = Case(2, 16, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
-    for case, expected_calls in ((dense, [True]), (depthwise, [True, False])):
+    few_per_group = Case(2, 4, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
+    for case, expected_calls in ((dense, [True]), (depthwise, [True]), (few_per_group, [True, False])):
         x, off, w, b, m = make_tensors(case, torch.float16, device="cuda", seed=4)
         calls.clear()
         got = dcn_deploy.deform_conv2d(x.contiguous(memory_format=torch.channels_last), off, w, b,

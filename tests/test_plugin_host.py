@@ -58,9 +58,10 @@ def test_direct_blocks_across_groups_match_reference(host_lib, seed):
     assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
 
 
-def run_host_direct_channels_last(host_lib, case, x, off, w, b, m, budget=0):
+def run_host_direct_channels_last(host_lib, case, x, off, w, b, m, budget=0, channels_last=False):
     return deform_conv2d_host(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
-                              path="direct-channels-last", column_budget_bytes=budget, library=host_lib)
+                              path="direct-channels-last", column_budget_bytes=budget, channels_last=channels_last,
+                              library=host_lib)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
@@ -78,6 +79,10 @@ def test_direct_channels_last_matches_the_direct_kernel(host_lib, seed, dtype):
     assert got.dtype == dtype and torch.equal(got, nchw), case
     if dtype == torch.float64:
         assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
+    # channels-last tensors (DCN_FORWARD_CHANNELS_LAST): read and written where they are, the same sums
+    tensors_last = (tensors[0].contiguous(memory_format=torch.channels_last),) + tuple(tensors[1:])
+    on_tensors = run_host_direct_channels_last(host_lib, case, *tensors_last, channels_last=True)
+    assert on_tensors.is_contiguous(memory_format=torch.channels_last) and torch.equal(on_tensors, nchw), case
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -278,7 +283,7 @@ def test_channels_last_tensors_refuse_other_paths_and_outputs(host_lib):
 
     case = Case(1, 1, 1, 8, 8, 5, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0)
     tensors = make_tensors(case, torch.float64, seed=0)
-    with pytest.raises(ValueError, match="channels_last applies to path='gemm' only"):
+    with pytest.raises(ValueError, match="channels_last applies to path='gemm' and path='direct-channels-last'"):
         deform_conv2d_host(*tensors[:4], padding=1, mask=tensors[4], path="direct", channels_last=True,
                            library=host_lib)
     for output in ("direct", "staged"):

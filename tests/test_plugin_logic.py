@@ -268,10 +268,10 @@ def test_workspace_sizes_follow_the_algorithm(kernels_lib):
     assert _workspace(kernels_lib, big, 0, 3) == _gemm_workspace(1, 512, 128, 128, 512, 512, 9, 128 * 128, 4, 4)
 
 
-def test_channels_last_tensors_take_the_gemm_path_only(kernels_lib):
+def test_channels_last_tensors_take_the_gemm_path_or_the_depthwise_kernel(kernels_lib):
     """DCN_FORWARD_CHANNELS_LAST (2): the GEMM path's workspace without the input's room or the staging scratch,
-    none for the other paths, and a forward that refuses, before any CUDA call, a layer auto sends elsewhere
-    ("unsupported", naming the path and the fix) and a misaligned input."""
+    none for the channels-last direct kernel (depth-wise layers) or the other paths, and a forward that refuses,
+    before any CUDA call, a layer neither takes ("unsupported", naming why and the fix) and a misaligned input."""
     channels_last = 2
     dense = DeformConvDesc(2, 64, 20, 20, 96, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4)
     gemm = lambda element: _gemm_workspace(2, 64, 20, 20, 96, 32, 9, 400, element, 16 // element,  # noqa: E731
@@ -288,19 +288,25 @@ def test_channels_last_tensors_take_the_gemm_path_only(kernels_lib):
 
     forward = kernels_lib.lib.dcn_deform_conv2d_forward_cuda
     fake = ctypes.c_void_p(0x1000)  # never dereferenced: every check below fails first
-    assert forward(ctypes.byref(depthwise), 1, 0, channels_last, fake, fake, fake, None, None, fake, None, 0,
-                   None) == 2
-    assert ("channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the GEMM path only, and this layer resolves to "
-            "algo 1" in kernels_lib.last_error()) and "or pass NCHW tensors" in kernels_lib.last_error()
-    assert forward(ctypes.byref(dense), 1, 1, channels_last, fake, fake, fake, None, None, fake, None, 0, None) == 2
-    assert "take the GEMM path only, not algo 1: ask for algo 3 (GEMM) or 0 (auto)" in kernels_lib.last_error()
     misaligned = ctypes.c_void_p(0x1008)
+    assert forward(ctypes.byref(depthwise), 1, 0, channels_last, misaligned, fake, fake, None, None, fake, None, 0,
+                   None) == 1
+    assert "must start 16-byte aligned" in kernels_lib.last_error()
+    prefix = ("channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the GEMM path (dense layers) or the "
+              "channels-last direct kernel (depth-wise layers), ")
+    few_per_group = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, 1)  # 4 in, 4 out a group
+    for desc, algo, why in ((few_per_group, 0, "and this layer is neither (the channels-last direct kernel takes "
+                                               "depth-wise layers only"),
+                            (dense, 1, "and this layer is neither"), (dense, 2, "not algo 2: ask for algo 0 (auto)")):
+        assert forward(ctypes.byref(desc), 1, algo, channels_last, fake, fake, fake, None, None, fake, None, 0,
+                       None) == 2
+        assert prefix + why in kernels_lib.last_error() and "or pass NCHW tensors" in kernels_lib.last_error()
     code = forward(ctypes.byref(dense), 1, 0, channels_last, misaligned, fake, fake, None, None, fake, None, 0, None)
     message = kernels_lib.last_error()
     if kernels_lib.lib.dcn_gemm_path_available() == 1:
         assert code == 1 and "must start 16-byte aligned" in message
     else:  # auto falls back to the fused kernel without cuBLAS, which reads no channels-last tensors
-        assert code == 2 and "which this layer cannot take here: cuBLAS could not be loaded" in message
+        assert code == 2 and "this layer cannot take the GEMM path here: cuBLAS could not be loaded" in message
 
 
 @pytest.mark.parametrize("variable,value,message", [

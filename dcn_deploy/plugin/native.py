@@ -91,7 +91,7 @@ class NativeLibrary:
                          ctypes.c_int32, ctypes.c_int32, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_host_implicit", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)
         self._declare("dcn_deform_conv2d_forward_host_direct_channels_last",
-                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_size_t])
+                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_size_t, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
         self._declare("dcn_deform_conv2d_columns_cpu",
@@ -311,14 +311,15 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     the input transposed in chunks of the images
     ``column_budget_bytes`` holds (at least one; 0 for the CUDA default). ``implicit``: the CUDA implicit-GEMM kernel
     (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype here; channels per
-    group and per offset group must be multiples of 32). ``channels_last`` (gemm only): the input and output
-    channels-last in memory, as ``DCN_FORWARD_CHANNELS_LAST`` on the GPU (the input read where it is, the product
-    writing the output; ``gemm_output`` auto, or ``staged-bias-in-product`` for the product adding a half type's
-    bias; never split). Returns (N, out_channels, oH, oW) in the input's dtype (channels-last in memory where
-    ``channels_last``).
+    group and per offset group must be multiples of 32). ``channels_last`` (gemm and direct-channels-last): the
+    input and output channels-last in memory, as ``DCN_FORWARD_CHANNELS_LAST`` on the GPU (gemm: the input read
+    where it is, the product writing the output; ``gemm_output`` auto, or ``staged-bias-in-product`` for the product
+    adding a half type's bias; never split. direct-channels-last: no transpose, each item's channels one store).
+    Returns (N, out_channels, oH, oW) in the input's dtype (channels-last in memory where ``channels_last``).
     """
-    if channels_last and path != "gemm":
-        raise ValueError(f"channels_last applies to path='gemm' only (the GPU's GEMM path), got path={path!r}")
+    if channels_last and path not in ("gemm", "direct-channels-last"):
+        raise ValueError("channels_last applies to path='gemm' and path='direct-channels-last' (the GPU paths that "
+                         f"read channels-last tensors), got path={path!r}")
     if path == "direct":
         return _run_host_entry("dcn_deform_conv2d_forward_host", (), input, offset, weight, bias, mask, stride,
                                padding, dilation, library)
@@ -344,8 +345,10 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
                                stride, padding, dilation, library, channels_last=channels_last)
     if path == "direct-channels-last":
         return _run_host_entry("dcn_deform_conv2d_forward_host_direct_channels_last",
-                               (ctypes.c_size_t(int(column_budget_bytes)),), input, offset, weight, bias, mask, stride,
-                               padding, dilation, library)
+                               (ctypes.c_size_t(int(column_budget_bytes)),
+                                ctypes.c_int32(DCN_FORWARD_CHANNELS_LAST if channels_last else 0)),
+                               input, offset, weight, bias, mask, stride, padding, dilation, library,
+                               channels_last=channels_last)
     if path == "implicit":
         return _run_host_entry("dcn_deform_conv2d_forward_host_implicit", (), input, offset, weight, bias, mask,
                                stride, padding, dilation, library)
@@ -476,9 +479,11 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     products; the op passes that setting. No effect on other dtypes and paths.
     ``channels_last``: the input is read, and the output written, channels-last in memory (torch's
     ``channels_last`` memory format; ``DCN_FORWARD_CHANNELS_LAST``): the GEMM path reads the input where it is and
-    its product writes the output, with no transposes. The GEMM path only (``gemm``, or ``auto`` on a dense layer;
-    else :class:`NativeError` with code ``DCN_ERROR_UNSUPPORTED``). An input in another memory format, or starting
-    off a 16-byte boundary, is copied first.
+    its product writes the output, with no transposes; so does the direct kernel on the depth-wise layers it takes
+    (channels in pairs or more within offset groups). Those two only (``gemm``, or ``auto`` on a dense layer;
+    ``direct`` or ``auto`` on such a depth-wise layer; else :class:`NativeError` with code
+    ``DCN_ERROR_UNSUPPORTED``). An input in another memory format, or starting off a 16-byte boundary, is copied
+    first.
     ``out``: an optional output tensor of the right shape, dtype and device to write into, contiguous (in the
     channels-last memory format where ``channels_last``).
     """

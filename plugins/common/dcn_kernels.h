@@ -64,9 +64,11 @@ typedef enum dcn_forward_flag
 {
     DCN_FORWARD_ALLOW_TF32 = 1,
     /* The input and the output are channels-last in memory: (N, H, W, C) and (N, oH, oW, oC), as torch's
-     * channels_last tensors; offset, mask, weight and bias as always. The input and output 16-byte aligned. The GEMM
-     * path only (algo 3, or algo 0 on a layer it takes to the GEMM path; else DCN_ERROR_UNSUPPORTED): it samples
-     * the input where it is and its product writes the output, with no transposes and no staging. */
+     * channels_last tensors; offset, mask, weight and bias as always. The input and output 16-byte aligned. Served
+     * by the GEMM path (algo 3, or algo 0 on a dense layer), which samples the input where it is and whose product
+     * writes the output, with no transposes and no staging, and by the channels-last direct kernel (algo 1 or 0 on
+     * the depth-wise layers it takes: channels in pairs or more within offset groups), reading and writing them
+     * where they are, with no workspace; else DCN_ERROR_UNSUPPORTED. */
     DCN_FORWARD_CHANNELS_LAST = 2
 } dcn_forward_flag;
 
@@ -103,10 +105,11 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 /* The direct kernel over a channels-last copy of the input (the CUDA side's default for depth-wise layers) step by
  * step on the host: depth-wise layers only (one input and one output channel per group, channels in vectors of 2 or
  * more within offset groups; others are DCN_ERROR_UNSUPPORTED), the input transposed in chunks of the images that
- * column_budget_bytes holds (at least one; 0 = the CUDA default, 256 MiB). For tests. */
+ * column_budget_bytes holds (at least one; 0 = the CUDA default, 256 MiB); flags DCN_FORWARD_CHANNELS_LAST: the
+ * input and output channels-last themselves (no transpose). For tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    size_t column_budget_bytes);
+    size_t column_budget_bytes, int32_t flags);
 /* The CUDA GEMM path (DCN_ALGO_GEMM) step by step on the host: the same chunks (column_budget_bytes per chunk,
  * 0 = the CUDA default), layouts and sampling, with cuBLAS's product as a plain loop. output_mode: where the product
  * writes, 0 as the CUDA path chooses, 1 straight into NCHW, 2 through the staging scratch (GemmOutput in

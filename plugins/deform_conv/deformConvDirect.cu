@@ -57,8 +57,9 @@ Status launchDirect(DeformConvGeometry const& geo, void const* input, void const
     return launchStatus("the direct deformable-convolution kernel");
 }
 
-// The channels-last direct kernel (depth-wise layers): one thread per item of depthwiseItem.
-template <typename T, int Vector>
+// The channels-last direct kernel (depth-wise layers): one thread per item of depthwiseItem (ChannelsLastOut: its
+// output channels-last too).
+template <typename T, int Vector, bool ChannelsLastOut>
 __global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
     T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0,
@@ -66,23 +67,28 @@ __global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKerne
 {
     for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
          idx += int64_t(gridDim.x) * blockDim.x)
-        depthwiseItem<T, Vector>(geo, nhwc, offset, weight, bias, mask, output, n0, idx);
+        depthwiseItem<T, Vector, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0, idx);
 }
 
-// Per chunk of images: the input to channels-last in the workspace, then the items of those images.
+// Per chunk of images: the input to channels-last in the workspace, then the items of those images. With
+// channelsLastTensors the input already is channels-last (and the output is written so): one launch over the batch,
+// no workspace.
 template <typename T>
 Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight,
-    T const* bias, T const* mask, T* output, void* workspace, size_t budget, cudaStream_t stream)
+    T const* bias, T const* mask, T* output, void* workspace, size_t budget, bool channelsLastTensors,
+    cudaStream_t stream)
 {
     int32_t const vector = depthwiseVectorWidth(geo, sizeof(T));
-    int32_t const images = directChannelsLastImages(geo, sizeof(T), budget);
+    int32_t const images = channelsLastTensors ? geo.d.batch : directChannelsLastImages(geo, sizeof(T), budget);
     T* nhwc = static_cast<T*>(workspace);
     for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
     {
         int32_t const count = std::min(images, geo.d.batch - n0);
-        Status status = launchChannelsLast<T>(geo, input, nhwc, n0, count, stream);
+        Status status = channelsLastTensors ? Status::success()
+                                            : launchChannelsLast<T>(geo, input, nhwc, n0, count, stream);
         if (!status.ok())
             return status;
+        T const* source = channelsLastTensors ? input : nhwc;
         int64_t const total = depthwiseItems(geo, count, vector);
         bool launched = false;
         withVectorWidth(vector, [&](auto width) {
@@ -91,8 +97,13 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
             constexpr int kVector = decltype(width)::value;
             if constexpr (kVector >= 2 && kVector * sizeof(T) <= 16)
             {
-                depthwiseChannelsLastKernel<T, kVector><<<gridStrideBlocks(total), kGridStrideThreads, 0, stream>>>(
-                    geo, nhwc, offset, weight, bias, mask, output, n0, total);
+                unsigned const blocks = gridStrideBlocks(total);
+                if (channelsLastTensors)
+                    depthwiseChannelsLastKernel<T, kVector, true><<<blocks, kGridStrideThreads, 0, stream>>>(
+                        geo, source, offset, weight, bias, mask, output, n0, total);
+                else
+                    depthwiseChannelsLastKernel<T, kVector, false><<<blocks, kGridStrideThreads, 0, stream>>>(
+                        geo, source, offset, weight, bias, mask, output, n0, total);
                 launched = true;
             }
         });
@@ -110,13 +121,13 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
 
 Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t budget, cudaStream_t stream)
+    size_t budget, bool channelsLastTensors, cudaStream_t stream)
 {
     return withElementType(dtype, [&](auto tag) {
         using T = decltype(tag);
         return launchDirectChannelsLast<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
             static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
-            static_cast<T*>(output), workspace, budget, stream);
+            static_cast<T*>(output), workspace, budget, channelsLastTensors, stream);
     });
 }
 

@@ -149,8 +149,9 @@ inline int32_t directChannelsLastImages(DeformConvGeometry const& geo, size_t el
 // weight times the bilinear sample, its valid neighbours added in order). The kernel points are walked row by row
 // with pointers into the offsets, the mask and the weights (kernelPointTaps's positions and values, without its
 // per-point 64-bit indexing and division: Nsight Compute's SASS view, session 32, had integer work at a third of
-// this item's instructions).
-template <typename T, int Vector>
+// this item's instructions). ChannelsLastOut: the output is channels-last too (GemmOptions::channelsLastTensors),
+// and the item's Vector channels are one store.
+template <typename T, int Vector, bool ChannelsLastOut = false>
 DCN_HD void depthwiseVectorItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
     T const* bias, T const* mask, T* output, int32_t n0, int32_t img, int32_t c, int32_t y, int32_t x)
 {
@@ -195,10 +196,21 @@ DCN_UNROLL
             ++weightAt;
         }
     }
-    T* out = output + (int64_t(n0 + img) * d.out_channels + c) * plane + pixel;
+    if constexpr (ChannelsLastOut)
+    {
+        T values[Vector];
 DCN_UNROLL
-    for (int v = 0; v < Vector; ++v)
-        out[v * plane] = ElementTraits<T>::fromAcc(acc[v]);
+        for (int v = 0; v < Vector; ++v)
+            values[v] = ElementTraits<T>::fromAcc(acc[v]);
+        storeVector<T, Vector>(output + (int64_t(n0 + img) * plane + pixel) * d.out_channels + c, values);
+    }
+    else
+    {
+        T* out = output + (int64_t(n0 + img) * d.out_channels + c) * plane + pixel;
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            out[v * plane] = ElementTraits<T>::fromAcc(acc[v]);
+    }
 }
 
 // Work items of one launch (images from n0): images * C / vector * oH * oW.
@@ -218,8 +230,8 @@ DCN_HD int32_t depthwiseVectorsAcross(int32_t vectors)
 }
 
 // Item idx of a launch: (img, pair of channel vectors, y, x, vector of the pair), the pair's vectors fastest, then
-// pixels (depthwiseVectorsAcross).
-template <typename T, int Vector>
+// pixels (depthwiseVectorsAcross). ChannelsLastOut: as depthwiseVectorItem's.
+template <typename T, int Vector, bool ChannelsLastOut = false>
 DCN_HD void depthwiseItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
     T const* bias, T const* mask, T* output, int32_t n0, int64_t idx)
 {
@@ -236,7 +248,7 @@ DCN_HD void depthwiseItem(DeformConvGeometry const& geo, T const* nhwc, T const*
     int32_t const img = int32_t(outer / pairs);
     int32_t const y = int32_t(pixel / geo.outW);
     int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
-    depthwiseVectorItem<T, Vector>(geo, nhwc, offset, weight, bias, mask, output, n0, img, c, y, x);
+    depthwiseVectorItem<T, Vector, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0, img, c, y, x);
 }
 
 } // namespace dcn

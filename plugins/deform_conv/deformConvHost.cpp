@@ -319,24 +319,30 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
 }
 
 // The channels-last direct kernel as the CUDA launch runs it (deformConvDirectBlock.h): the same chunks of images,
-// each transposed element by element (as the transpose kernel moves them) into a NaN-filled room, then every item.
+// each transposed element by element (as the transpose kernel moves them) into a NaN-filled room, then every item;
+// with channelsLastTensors (input and output channels-last themselves) the items of the whole batch from the input.
 template <typename T>
-void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget, T const* input, T const* offset,
-    T const* weight, T const* bias, T const* mask, T* output)
+void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget, bool channelsLastTensors,
+    T const* input, T const* offset, T const* weight, T const* bias, T const* mask, T* output)
 {
     using Acc = typename ElementTraits<T>::Acc;
-    int32_t const images = directChannelsLastImages(geo, sizeof(T), budget);
+    int32_t const images = channelsLastTensors ? geo.d.batch : directChannelsLastImages(geo, sizeof(T), budget);
     T const garbage = ElementTraits<T>::fromAcc(std::numeric_limits<Acc>::quiet_NaN());
-    std::vector<T> nhwc(directChannelsLastWorkspaceBytes(geo, sizeof(T), budget) / sizeof(T), garbage);
+    std::vector<T> nhwc(
+        channelsLastTensors ? 0 : directChannelsLastWorkspaceBytes(geo, sizeof(T), budget) / sizeof(T), garbage);
     withVectorWidth(depthwiseVectorWidth(geo, sizeof(T)), [&](auto width) {
         constexpr int kVector = decltype(width)::value;
         for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
         {
             int32_t const count = std::min(images, geo.d.batch - n0);
-            channelsLastHost<T>(geo, input, nhwc.data(), n0, count);
+            if (!channelsLastTensors)
+                channelsLastHost<T>(geo, input, nhwc.data(), n0, count);
             int64_t const items = depthwiseItems(geo, count, kVector);
             for (int64_t idx = 0; idx < items; ++idx)
-                depthwiseItem<T, kVector>(geo, nhwc.data(), offset, weight, bias, mask, output, n0, idx);
+                if (channelsLastTensors)
+                    depthwiseItem<T, kVector, true>(geo, input, offset, weight, bias, mask, output, n0, idx);
+                else
+                    depthwiseItem<T, kVector>(geo, nhwc.data(), offset, weight, bias, mask, output, n0, idx);
         }
     });
 }
@@ -396,9 +402,12 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
 
 DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
-    size_t column_budget_bytes)
+    size_t column_budget_bytes, int32_t flags)
 {
     return dcn::guarded([&] {
+        if (flags != 0 && flags != DCN_FORWARD_CHANNELS_LAST)
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_direct_channels_last: flags must be 0 or "
+                                        "DCN_FORWARD_CHANNELS_LAST (2), got " + std::to_string(flags));
         dcn::DeformConvGeometry geo;
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_direct_channels_last", desc, dtype, input, offset,
             weight, output, geo,
@@ -410,7 +419,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_de
                 using T = decltype(tag);
                 dcn::forwardHostDirectChannelsLast<T>(geo,
                     column_budget_bytes ? column_budget_bytes : dcn::kGemmDefaultColumnBudget,
-                    static_cast<T const*>(input), static_cast<T const*>(offset), static_cast<T const*>(weight),
+                    flags == DCN_FORWARD_CHANNELS_LAST, static_cast<T const*>(input), static_cast<T const*>(offset), static_cast<T const*>(weight),
                     static_cast<T const*>(bias), static_cast<T const*>(mask), static_cast<T*>(output));
             });
     });

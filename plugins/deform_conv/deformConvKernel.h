@@ -46,9 +46,11 @@ Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const
 // The direct kernel over a channels-last copy of the input (deformConvDirect.cu, deformConvDirectBlock.h): only
 // where directChannelsLastRefusal(geo, dtype's bytes) is empty. Its workspace (256-byte aligned) holds the
 // channels-last input of the images `budget` holds: at least directChannelsLastWorkspaceBytes(.., budget).
+// channelsLastTensors: the input and the output are channels-last themselves (GemmOptions::channelsLastTensors),
+// 16-byte aligned; no workspace.
 Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t budget, cudaStream_t stream);
+    size_t budget, bool channelsLastTensors, cudaStream_t stream);
 
 // The fused kernel (deformConvFused.cu): only where fusedKernelAccepts(geo, dtype). Its workspace holds the
 // re-laid-out weights: at least fusedWorkspaceBytes.

@@ -75,19 +75,24 @@ static bool directChannelsLast(DeformConvGeometry const& geo, int32_t dtype, Gem
     return gemm.directChannelsLast && directChannelsLastRefusal(geo, dtypeBytes(dtype)).empty();
 }
 
-// Whether channels-last tensors (GemmOptions::channelsLastTensors) can be served: by the GEMM path only, asked for
-// or AUTO's choice on a dense layer (whether cuBLAS loads is checked at launch, as for NCHW).
-static bool channelsLastTakesGemm(DeformConvGeometry const& geo, int32_t algo)
+// The path that serves channels-last tensors (GemmOptions::channelsLastTensors) for this request, or -1 for none:
+// the GEMM path, asked for or AUTO's choice on a dense layer (whether cuBLAS loads is checked at launch, as for
+// NCHW), or the channels-last direct kernel on the depth-wise layers it takes, asked for as direct or AUTO's choice.
+static int32_t channelsLastAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo)
 {
-    return algo == DCN_ALGO_GEMM || (algo == DCN_ALGO_AUTO && denseLayer(geo));
+    if (algo == DCN_ALGO_GEMM || (algo == DCN_ALGO_AUTO && denseLayer(geo)))
+        return DCN_ALGO_GEMM;
+    if ((algo == DCN_ALGO_DIRECT || algo == DCN_ALGO_AUTO) && directChannelsLastRefusal(geo, dtypeBytes(dtype)).empty())
+        return DCN_ALGO_DIRECT;
+    return -1;
 }
 
 size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, GemmOptions const& gemm)
 {
     // Sizes depend on the shapes only, never on whether cuBLAS loads here: an engine planned on one machine runs
     // on another.
-    if (gemm.channelsLastTensors)
-        return channelsLastTakesGemm(geo, algo) ? gemmWorkspaceBytes(geo, dtype, gemm) : 0;
+    if (gemm.channelsLastTensors) // the channels-last direct kernel then reads the input where it is: none
+        return channelsLastAlgo(geo, dtype, algo) == DCN_ALGO_GEMM ? gemmWorkspaceBytes(geo, dtype, gemm) : 0;
     size_t const fused = fusedKernelAccepts(geo, dtype) ? fusedWorkspaceBytes(geo, dtype) : 0;
     size_t const direct = directChannelsLast(geo, dtype, gemm)
         ? directChannelsLastWorkspaceBytes(geo, dtypeBytes(dtype), gemm.columnBudget)
@@ -131,24 +136,27 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         return Status::invalid("input, offset, weight and output must be device pointers, got NULL (bias and mask may be NULL)");
     if (gemm.channelsLastTensors)
     {
-        if (resolved != DCN_ALGO_GEMM)
+        int32_t const serving = channelsLastAlgo(geo, dtype, algo);
+        if (serving < 0 || resolved != serving)
         {
             std::string why;
-            if (algo != DCN_ALGO_AUTO)
-                why = "not algo " + std::to_string(algo) + ": ask for algo 3 (GEMM) or 0 (auto)";
-            else if (channelsLastTakesGemm(geo, algo))
-                why = "which this layer cannot take here: " + std::string(cublasUnavailableReason());
+            if (serving == DCN_ALGO_GEMM)
+                why = "this layer cannot take the GEMM path here: " + std::string(cublasUnavailableReason());
+            else if (algo != DCN_ALGO_AUTO && algo != DCN_ALGO_DIRECT)
+                why = "not algo " + std::to_string(algo) + ": ask for algo 0 (auto)";
             else
-                why = "and this layer resolves to algo " + std::to_string(resolved)
-                    + " (auto takes the GEMM path for 8 or more output channels per group)";
-            return Status::error(DCN_ERROR_UNSUPPORTED,
-                "channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the GEMM path only, " + why
+                why = "and this layer is neither (" + directChannelsLastRefusal(geo, dtypeBytes(dtype)) + ")";
+            return Status::error(DCN_ERROR_UNSUPPORTED, "channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the "
+                "GEMM path (dense layers) or the channels-last direct kernel (depth-wise layers), " + why
                     + "; or pass NCHW tensors");
         }
         if (reinterpret_cast<uintptr_t>(input) % 16 != 0 || reinterpret_cast<uintptr_t>(output) % 16 != 0)
             return Status::invalid("channels-last tensors (DCN_FORWARD_CHANNELS_LAST): the input and the output must "
-                                   "start 16-byte aligned (the sampler reads 16-byte channel vectors); copy a "
-                                   "misaligned view into a fresh tensor");
+                                   "start 16-byte aligned (the kernels read and write 16-byte channel vectors); copy "
+                                   "a misaligned view into a fresh tensor");
+        if (resolved == DCN_ALGO_DIRECT)
+            return launchDirectChannelsLastPath(geo, dtype, input, offset, weight, bias, mask, output, nullptr,
+                gemm.columnBudget, true, stream);
     }
     if (resolved == DCN_ALGO_GEMM)
     {
@@ -182,7 +190,7 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         if (!status.ok())
             return status;
         return launchDirectChannelsLastPath(geo, dtype, input, offset, weight, bias, mask, output, workspace,
-            gemm.columnBudget, stream);
+            gemm.columnBudget, false, stream);
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;

@@ -1,5 +1,7 @@
 #include "deformConvPlugin.h"
 
+#include "deformConvDirectBlock.h"
+
 #include "deformConvKernel.h"
 #include "deformConvPluginWorkspace.h"
 #include "trtDtype.h"
@@ -202,7 +204,19 @@ int32_t DeformConvPlugin::configurePlugin(
                     + "; lower the profile's max shapes"));
                 return -1;
             }
-            mValidTactics = channelsLast ? channelsLastTactics() : validTactics(largest, dtype, gemmPathAvailable());
+            // A depth-wise layer's channels-last tensors are read by the direct kernel, whose gathers add 32-bit
+            // offsets within an image (supportsFormatCombination could not see the largest H and W).
+            std::string const depthwiseRefusal = channelsLast
+                    && !autoTakesMatrixPath(largest.outChannelsPerGroup, largest.channelsPerGroup, largest.kernelPoints)
+                ? directChannelsLastRefusal(largest, dtypeBytes(dtype))
+                : std::string();
+            if (!depthwiseRefusal.empty())
+            {
+                reject(Status::invalid("X and Y channels-last (HWC8) at the optimisation profile's largest shapes: "
+                    + depthwiseRefusal + "; lower the profile's max shapes"));
+                return -1;
+            }
+            mValidTactics = channelsLast ? channelsLastTactics(largest) : validTactics(largest, dtype, gemmPathAvailable());
             // The workspace TensorRT may give this layer: at most the build's limit, when one is set.
             size_t limit = 0;
             size_t fitted = kGemmDefaultColumnBudget;

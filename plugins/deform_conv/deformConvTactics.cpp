@@ -37,17 +37,21 @@ std::string channelsLastRefusal(dcn_deform_conv_attrs const& attrs, TensorShape 
     if (x.d[1] % 8 != 0 || w.d[0] % 8 != 0)
         return "channels-last tensors (HWC8) need C and out_channels multiples of 8, got " + std::to_string(x.d[1])
             + " and " + std::to_string(w.d[0]);
-    if (attrs.group < 1 || w.d[0] % attrs.group != 0
-        || !autoTakesMatrixPath(w.d[0] / attrs.group, w.d[1], w.d[2] * w.d[3]))
-        return "only the GEMM path reads channels-last tensors, and this layer is not a dense one";
-    if (!gemmAvailable)
-        return "only the GEMM path reads channels-last tensors, and cuBLAS does not load here";
+    if (attrs.group < 1 || attrs.offset_group < 1 || w.d[0] % attrs.group != 0)
+        return "channels-last tensors need out_channels a multiple of group";
+    if (autoTakesMatrixPath(w.d[0] / attrs.group, w.d[1], w.d[2] * w.d[3]))
+        return gemmAvailable ? "" : "a dense layer reads channels-last tensors on the GEMM path, and cuBLAS does not load here";
+    bool const depthwise = w.d[1] == 1 && w.d[0] == attrs.group && x.d[1] == attrs.group;
+    if (!depthwise || x.d[1] % attrs.offset_group != 0 || (x.d[1] / attrs.offset_group) % 2 != 0)
+        return "channels-last tensors are read by the GEMM path (dense layers) and the channels-last direct kernel "
+               "(depth-wise layers, channels in pairs within offset groups), and this layer is neither";
     return "";
 }
 
-std::vector<int32_t> channelsLastTactics()
+std::vector<int32_t> channelsLastTactics(DeformConvGeometry const& largest)
 {
-    return {kTacticGemm};
+    bool const dense = autoTakesMatrixPath(largest.outChannelsPerGroup, largest.channelsPerGroup, largest.kernelPoints);
+    return {dense ? kTacticGemm : kTacticDirect};
 }
 
 Status algoForTactic(int32_t tactic, bool gemmAvailable, int32_t& algo)

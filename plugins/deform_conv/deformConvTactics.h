@@ -48,17 +48,18 @@ Status algoForTactic(int32_t tactic, bool gemmAvailable, int32_t& algo);
 std::vector<int32_t> workspaceAlgos(std::vector<int32_t> const& tactics);
 
 // Why TensorRT may not give this layer X and Y channels-last (TensorFormat::kHWC8, which the launch reads as
-// GemmOptions::channelsLastTensors: the GEMM path without its two transposes), or "" where it may: a half type
-// (HWC8 is bound to FP16 and BF16), C and oC known multiples of 8 (HWC8 pads C to 8, so then it is plain NHWC), a
-// layer the heuristic sends to the matrix path (autoTakesMatrixPath: the GEMM path is the only one that reads
-// channels-last tensors) and cuBLAS loading here. x (N, C, H, W) and w (oC, C/group, kH, kW) as the builder gives
-// them, -1 where unknown.
+// GemmOptions::channelsLastTensors), or "" where it may: a half type (HWC8 is bound to FP16 and BF16), C and oC
+// known multiples of 8 (HWC8 pads C to 8, so then it is plain NHWC), and a layer one of the two paths that read
+// channels-last tensors takes: a dense one (autoTakesMatrixPath) with cuBLAS loading here (the GEMM path, without
+// its two transposes), or a depth-wise one with channels in pairs within offset groups (the channels-last direct
+// kernel, without its transpose; directChannelsLastRefusal). x (N, C, H, W) and w (oC, C/group, kH, kW) as the
+// builder gives them, -1 where unknown.
 std::string channelsLastRefusal(dcn_deform_conv_attrs const& attrs, TensorShape const& x, TensorShape const& w,
     int32_t dtype, bool gemmAvailable);
 
-// The tactics for a configuration whose X and Y are channels-last: the gemm tactic alone (the only path that reads
-// them; the heuristic, tactic 0, also takes it).
-std::vector<int32_t> channelsLastTactics();
+// The tactics for a configuration whose X and Y are channels-last: the path that reads them for this layer alone,
+// gemm for a dense layer, direct for a depth-wise one (the heuristic, tactic 0, takes the same).
+std::vector<int32_t> channelsLastTactics(DeformConvGeometry const& largest);
 
 // The plugin's timing-cache ID suffix (TensorRT prefixes the I/O shapes, types and formats): everything else the
 // timings depend on, i.e. the fields (";tf32=1" where kFieldAllowTf32 is 1, nothing where it is 0, so the IDs of

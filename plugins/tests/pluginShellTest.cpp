@@ -462,13 +462,55 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
         {"C of 12", shape({2, 12, 10, 12}), shape({64, 6, 3, 2}), DCN_FLOAT16, true, "multiples of 8, got 12 and 64"},
         {"oC of 60", x, shape({60, 8, 3, 2}), DCN_FLOAT16, true, "multiples of 8, got 16 and 60"},
         {"unknown C", shape({2, -1, 10, 12}), w, DCN_FLOAT16, true, "known at build time"},
-        {"4 output channels per group", x, shape({8, 8, 3, 2}), DCN_FLOAT16, true, "not a dense one"},
+        {"4 output channels per group", x, shape({8, 8, 3, 2}), DCN_FLOAT16, true, "this layer is neither"},
         {"no cuBLAS", x, w, DCN_FLOAT16, false, "cuBLAS does not load here"},
     };
     for (Refusal const& r : refusals)
     {
         std::string const why = dcn::channelsLastRefusal(kStandardAttrs, r.x, r.w, r.dtype, r.gemm);
         check(why.find(r.fragment) != std::string::npos, std::string("channels-last refused for ") + r.what + ": " + why);
+    }
+    // Depth-wise layers: the channels-last direct kernel reads them, cuBLAS or not, where the channels of an offset
+    // group come in pairs.
+    dcn_deform_conv_attrs const depthwiseAttrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 16, 2};
+    dcn_deform_conv_attrs const oddOffsetGroups{{2, 1}, {1, 0, 2, 1}, {1, 2}, 16, 16};
+    dcn::TensorShape const depthwiseW = shape({16, 1, 3, 2});
+    std::string const oddWhy = dcn::channelsLastRefusal(oddOffsetGroups, x, depthwiseW, DCN_FLOAT16, true);
+    check(dcn::channelsLastRefusal(depthwiseAttrs, x, depthwiseW, DCN_FLOAT16, false).empty()
+            && oddWhy.find("channels in pairs within offset groups") != std::string::npos,
+        "channels-last: a depth-wise half layer may take it without cuBLAS (8 channels an offset group), not with "
+        "one channel an offset group: " + oddWhy);
+    {
+        dcn::DeformConvGeometry depthwise;
+        bool const made = geometryOf(depthwiseAttrs, {{2, 16, 10, 12}, {16, 1, 3, 2}}, depthwise);
+        dcn::GemmOptions options;
+        options.channelsLastTensors = true;
+        check(made && dcn::channelsLastTactics(depthwise) == std::vector<int32_t>{dcn::kTacticDirect}
+                && dcn::pluginWorkspaceBytes(depthwise, DCN_FLOAT16, true, dcn::kGemmDefaultColumnBudget, true) == 0,
+            "channels-last depth-wise layer: the direct tactic alone, no workspace");
+        // the plugin itself, cuBLAS or not
+        Fields depthwiseFields = standardFields(16);
+        std::unique_ptr<IPluginV3> plugin(
+            creator.createPlugin("hwc8_dw", &depthwiseFields.collection, TensorRTPhase::kBUILD));
+        auto* build = plugin ? capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD) : nullptr;
+        int64_t const oh = dcn::convOutputExtent<int64_t>(10, int64_t(3), 2, 1, 2, 1);
+        int64_t const ow = dcn::convOutputExtent<int64_t>(12, int64_t(2), 1, 0, 1, 2);
+        std::vector<DynamicPluginTensorDesc> dw = {tensorDesc({2, 16, 10, 12}, DataType::kHALF, TensorFormat::kHWC8),
+            tensorDesc({16, 1, 3, 2}, DataType::kHALF), tensorDesc({2, 2 * 2 * 3 * 2, oh, ow}, DataType::kHALF),
+            tensorDesc({16}, DataType::kHALF), tensorDesc({2, 2 * 3 * 2, oh, ow}, DataType::kHALF),
+            tensorDesc({2, 16, oh, ow}, DataType::kHALF, TensorFormat::kHWC8)};
+        bool const taken = build && build->supportsFormatCombination(0, dw.data(), 5, 1)
+            && build->supportsFormatCombination(5, dw.data(), 5, 1);
+        std::vector<int32_t> tactics;
+        if (build && build->configurePlugin(dw.data(), 5, &dw[5], 1) == 0)
+        {
+            tactics.resize(size_t(build->getNbTactics()));
+            build->getValidTactics(tactics.data(), int32_t(tactics.size()));
+        }
+        check(taken && tactics == std::vector<int32_t>{dcn::kTacticDirect}
+                && build->getWorkspaceSize(dw.data(), 5, &dw[5], 1) == 0
+                && static_cast<dcn::DeformConvPlugin*>(plugin.get())->gemmOptions().channelsLastTensors,
+            "a depth-wise half plugin layer takes X and Y in HWC8: the direct tactic alone, no workspace");
     }
 
     std::unique_ptr<IPluginV3> plugin(creator.createPlugin("hwc8", &fields.collection, TensorRTPhase::kBUILD));
