@@ -30,7 +30,8 @@
 #
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
 #   (default: $OUT, else artifacts/gpu; writes these files there: checks.log, bench.json, bench.md,
-#    bench_implicit.json, bench_output_staged.json, bench_chunk_64.json, bench_grouped.json, bench_grouped.md, and
+#    bench_implicit.json, bench_output_staged.json, bench_chunk_64.json, bench_grouped.json, bench_grouped.md,
+#    bench_nhwc.json, bench_nhwc.md, bench_grouped_nhwc.json, and
 #    implicit_sass.csv or specialised_sass.csv with DCN_GPU_NCU; the device tool brings back 8: skip a step to stay
 #    within them)
 set -u
@@ -43,7 +44,7 @@ LOG="$OUT_DIR/checks.log"
 # taken for this run's rows.
 rm -f "$OUT_DIR"/bench.json "$OUT_DIR"/bench.md "$OUT_DIR"/bench_implicit.json "$OUT_DIR"/bench_output_staged.json \
     "$OUT_DIR"/bench_chunk_64.json "$OUT_DIR"/bench_grouped.json "$OUT_DIR"/bench_grouped.md "$OUT_DIR"/implicit_sass.csv "$OUT_DIR"/specialised_sass.csv \
-    "$OUT_DIR"/direct_sass.csv
+    "$OUT_DIR"/direct_sass.csv "$OUT_DIR"/bench_nhwc.json "$OUT_DIR"/bench_nhwc.md "$OUT_DIR"/bench_grouped_nhwc.json
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
 # The package from this checkout, without installing it (the machine has no network and its own packages):
@@ -203,6 +204,10 @@ step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python
 # The RoI pooling ops: the PyTorch op on the CUDA kernels against its composite (table in checks.log).
 step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
 bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct --iters 20 --warmup 3
+# The grouped and depth-wise layers on channels-last tensors too (the depth-wise one: the channels-last direct kernel
+# without its transpose; the grouped one: the GEMM path without its two); the table in checks.log.
+bench bench-grouped-nhwc 90 bench_grouped_nhwc.json "" -- --layers grouped --algos auto --channels-last --iters 20 \
+    --warmup 3
 # The depth-wise layer again with the direct kernel over NCHW (the layout before kernels revision 7; table in
 # checks.log), against bench-grouped's direct column (channels-last by default).
 step bench-direct-nchw 60 env DCN_DEPLOY_DIRECT_LAYOUT=nchw python3 benchmarks/gpu_deform_conv.py --layers grouped \
@@ -290,7 +295,7 @@ fi
 
 rm -f "$OUT_DIR"/.*.tmp  # a write cut off by a timeout (the results come back only as plain, named files)
 # Tables first, the summary last: the device tool returns only the end of the output.
-for table in bench.md bench_grouped.md; do
+for table in bench.md bench_nhwc.md bench_grouped.md; do
     [ -f "$OUT_DIR/$table" ] && cat "$OUT_DIR/$table"
 done
 echo "--- log lines that matter"
