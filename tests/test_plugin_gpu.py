@@ -179,6 +179,19 @@ def _run_channels_last(kernels, case: Case, tensors, algo: str = "auto"):
                               out=out, library=kernels)
 
 
+def _check_channels_last_cases(kernels, cases, algos, dtype):
+    """Each case under each algo on channels-last tensors (_run_channels_last): a channels-last output, every
+    element written, within the dtype's tolerance of the reference."""
+    for index, case in enumerate(cases):
+        tensors = make_tensors(case, dtype, device="cuda", seed=index)
+        for algo in algos:
+            got = _run_channels_last(kernels, case, tensors, algo)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert not got.isnan().any(), (algo, case, "an output element was never written")
+            error = max_relative_error(got, expected_for(case, tensors))
+            assert error < TOLERANCE[dtype], (algo, case, error)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_dense_layers_on_channels_last_tensors(kernels, dtype):
     """The GEMM path reading a channels-last input where it is (an outside neighbour from the zero vector by its own
@@ -186,30 +199,16 @@ def test_dense_layers_on_channels_last_tensors(kernels, dtype):
     DCN_DEPLOY_GEMM_BIAS=epilogue added by cuBLASLt): the dense cases and random dense layers against the reference.
     Named to run in every child of _CHILD_ENVS too (1 MiB chunks and pixel slices, one-pixel tiles, the per-thread
     sampler, NN products; the output and split-K settings do not apply)."""
-    cases = DENSE_CASES + [random_dense_case(random.Random(3000 + seed)) for seed in range(8)]
-    for index, case in enumerate(cases):
-        tensors = make_tensors(case, dtype, device="cuda", seed=index)
-        for algo in ("auto", "gemm"):
-            got = _run_channels_last(kernels, case, tensors, algo)
-            assert got.is_contiguous(memory_format=torch.channels_last)
-            assert not got.isnan().any(), (algo, case, "an output element was never written")
-            error = max_relative_error(got, expected_for(case, tensors))
-            assert error < TOLERANCE[dtype], (algo, case, error)
+    _check_channels_last_cases(kernels, DENSE_CASES + [random_dense_case(random.Random(3000 + seed))
+                                                       for seed in range(8)], ("auto", "gemm"), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_direct_kernel_depthwise_on_channels_last_tensors(kernels, dtype):
     """The channels-last direct kernel reading a channels-last input where it is and writing each item's channels as
     one store into a channels-last output (no workspace), auto's choice and asked for, against the reference."""
-    for seed in range(6):
-        case = random_depthwise_case(random.Random(1400 + seed))
-        tensors = make_tensors(case, dtype, device="cuda", seed=seed)
-        for algo in ("auto", "direct"):
-            got = _run_channels_last(kernels, case, tensors, algo)
-            assert got.is_contiguous(memory_format=torch.channels_last)
-            assert not got.isnan().any(), (algo, case, "an output element was never written")
-            error = max_relative_error(got, expected_for(case, tensors))
-            assert error < TOLERANCE[dtype], (algo, case, error)
+    _check_channels_last_cases(kernels, [random_depthwise_case(random.Random(1400 + seed)) for seed in range(6)],
+                               ("auto", "direct"), dtype)
 
 
 def test_channels_last_tensors_refused_elsewhere_and_misaligned_input_copied(kernels):
