@@ -292,6 +292,38 @@ def test_channels_last_tensors_refuse_other_paths_and_outputs(host_lib):
             run_host_gemm(host_lib, case, *tensors, output=output, channels_last=True)
 
 
+@pytest.mark.parametrize("path", ["gemm", "direct-channels-last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_channels_last_tensors_misaligned_views(host_lib, path, dtype):
+    """A channels-last input that is a view starting one element past an aligned address: the binding runs it on an
+    aligned copy (as deform_conv2d_cuda does), and each host entry refuses a misaligned input or output pointer (as
+    the CUDA launch does) instead of reading vectors from it (it crashed the process)."""
+    depthwise = path == "direct-channels-last"
+    case = Case(2, 16 if depthwise else 1, 1, 16, 16 if depthwise else 8, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1),
+                (1, 1), True, True, 2.0)
+    x, off, w, b, m = make_tensors(case, dtype, seed=0)
+    n, c, h, wd = x.shape
+    view = torch.zeros(x.numel() + 1, dtype=dtype)[1:].view(n, h, wd, c).permute(0, 3, 1, 2)
+    view.copy_(x)
+    assert view.is_contiguous(memory_format=torch.channels_last) and view.data_ptr() % 16
+
+    def run(inp):
+        return deform_conv2d_host(inp, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation,
+                                  mask=m, path=path, channels_last=True, library=host_lib)
+
+    assert torch.equal(run(view), run(x))
+    desc = DeformConvDesc(n, c, h, wd, case.out_channels, *case.kernel, *case.stride, *case.pads, *case.dilation,
+                          case.groups, case.offset_groups)
+    extra = ((ctypes.c_size_t(0), ctypes.c_int32(2)) if depthwise
+             else (ctypes.c_size_t(0), *[ctypes.c_int32(0)] * 6, ctypes.c_int32(2)))
+    entry = "dcn_deform_conv2d_forward_host_" + ("direct_channels_last" if depthwise else "gemm")
+    out = torch.empty(n * case.out_channels * h * wd + 1, dtype=dtype)
+    for inp, output in ((view, out[:-1]), (x.contiguous(memory_format=torch.channels_last), out[1:])):
+        with pytest.raises(NativeError, match="must start 16-byte aligned"):
+            host_lib.call(entry, ctypes.byref(desc), DTYPE_CODES[str(dtype)[6:]], inp.data_ptr(), off.data_ptr(),
+                          w.data_ptr(), b.data_ptr(), m.data_ptr(), output.data_ptr(), *extra)
+
+
 def _split_k_case(rng: random.Random, split_k: int, splits: bool):
     """A one-group layer whose K = C * kH*kW is a multiple of split_k * 8 (splits) or not (the plan falls back to 1
     slice): C a multiple of 8 * split_k with a 3x3 kernel, else 8 * split_k + 4 channels."""

@@ -269,6 +269,8 @@ def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         t["input"] = input.contiguous(memory_format=memory_format)
+        if t["input"].data_ptr() % 16:  # a misaligned view: the entries read 16-byte vectors where it is
+            t["input"] = t["input"].clone(memory_format=memory_format)
     out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype, memory_format=memory_format)
     lib.call(entry, ctypes.byref(desc), dtype, _ptr(t["input"]), _ptr(t["offset"]), _ptr(t["weight"]),
              _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out), *extra_args)

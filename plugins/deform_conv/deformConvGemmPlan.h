@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <climits>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 namespace dcn
@@ -196,6 +197,17 @@ struct GemmOptions
     // Unsplit (split-K needs a scratch to sum in).
     bool channelsLastTensors = false;
 };
+
+// Why channels-last tensors (GemmOptions::channelsLastTensors) at these addresses cannot be read and written where
+// they are, or "" where they can: the kernels move 16-byte channel vectors (ChannelPack, aligned as such), so the
+// input and the output must start 16-byte aligned. The CUDA launch and the host entries both ask this.
+inline std::string channelsLastAlignmentRefusal(void const* input, void const* output)
+{
+    if (reinterpret_cast<uintptr_t>(input) % 16 == 0 && reinterpret_cast<uintptr_t>(output) % 16 == 0)
+        return std::string();
+    return "channels-last tensors (DCN_FORWARD_CHANNELS_LAST): the input and the output must start 16-byte aligned "
+           "(the kernels read and write 16-byte channel vectors); copy a misaligned view into a fresh tensor";
+}
 
 inline bool validGemmOutput(int32_t output)
 {

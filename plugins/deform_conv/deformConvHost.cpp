@@ -11,6 +11,7 @@
 #include "deformConvShapes.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <stdexcept>
@@ -387,6 +388,15 @@ Status hostEntry(char const* entry, dcn_deform_conv_desc const* desc, int32_t dt
         [](DeformConvGeometry const&) { return std::string(); }, body);
 }
 
+// As the CUDA launch (deformConvLaunch.cu): with channels-last tensors the kernels read the input where it is, and
+// write the output, in channel vectors of up to 16 bytes (ChannelPack, aligned as such), so a misaligned input or
+// output is refused rather than read (a misaligned vector load faults on the host too).
+Status channelsLastAlignment(char const* entry, void const* input, void const* output)
+{
+    std::string const misaligned = channelsLastAlignmentRefusal(input, output);
+    return misaligned.empty() ? Status::success() : Status::invalid(std::string(entry) + ": " + misaligned);
+}
+
 } // namespace
 } // namespace dcn
 
@@ -408,6 +418,13 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_de
         if (flags != 0 && flags != DCN_FORWARD_CHANNELS_LAST)
             return dcn::Status::invalid("dcn_deform_conv2d_forward_host_direct_channels_last: flags must be 0 or "
                                         "DCN_FORWARD_CHANNELS_LAST (2), got " + std::to_string(flags));
+        if (flags == DCN_FORWARD_CHANNELS_LAST)
+        {
+            dcn::Status const aligned = dcn::channelsLastAlignment(
+                "dcn_deform_conv2d_forward_host_direct_channels_last", input, output);
+            if (!aligned.ok())
+                return aligned;
+        }
         dcn::DeformConvGeometry geo;
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_direct_channels_last", desc, dtype, input, offset,
             weight, output, geo,
@@ -453,6 +470,13 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
             "0 (the product writes the channels-last output) or 3 (and adds a half type's bias)", output_mode);
         if (!problem.empty())
             return dcn::Status::invalid(problem);
+        if (channelsLast)
+        {
+            dcn::Status const aligned
+                = dcn::channelsLastAlignment("dcn_deform_conv2d_forward_host_gemm", input, output);
+            if (!aligned.ok())
+                return aligned;
+        }
         dcn::DeformConvGeometry geo;
         dcn::GemmOptions options;
         if (column_budget_bytes)

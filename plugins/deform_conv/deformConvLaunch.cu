@@ -150,10 +150,9 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
                 "GEMM path (dense layers) or the channels-last direct kernel (depth-wise layers), " + why
                     + "; or pass NCHW tensors");
         }
-        if (reinterpret_cast<uintptr_t>(input) % 16 != 0 || reinterpret_cast<uintptr_t>(output) % 16 != 0)
-            return Status::invalid("channels-last tensors (DCN_FORWARD_CHANNELS_LAST): the input and the output must "
-                                   "start 16-byte aligned (the kernels read and write 16-byte channel vectors); copy "
-                                   "a misaligned view into a fresh tensor");
+        std::string const misaligned = channelsLastAlignmentRefusal(input, output);
+        if (!misaligned.empty())
+            return Status::invalid(misaligned);
         if (resolved == DCN_ALGO_DIRECT)
             return launchDirectChannelsLastPath(geo, dtype, input, offset, weight, bias, mask, output, nullptr,
                 gemm.columnBudget, true, stream);
