@@ -135,7 +135,7 @@ step bench-cudnn-nhwc 90 python3 benchmarks/gpu_deform_conv.py --algos gemm --dt
     --conv-channels-last
 # 3a'. Ours on channels-last tensors too (DCN_FORWARD_CHANNELS_LAST: the GEMM path without its input transpose and
 # staged output), beside ours on NCHW, torchvision and cuDNN both ways, in both types; the markdown goes to bench_nhwc.md.
-bench bench-nhwc 150 bench_nhwc.json bench_nhwc.md -- --algos gemm --iters 30 --warmup 5 --channels-last
+bench bench-nhwc 150 bench_nhwc.json bench_nhwc.md -- --algos gemm --iters 30 --warmup 5 --channels-last --breakdown
 # 3b. The implicit-GEMM kernel (experimental, fp16 only: it has no float32) beside the GEMM path, torchvision and
 # cuDNN in the same process.
 bench bench-implicit 90 bench_implicit.json "" -- --algos implicit,gemm --dtypes float16 --iters 20 --warmup 3

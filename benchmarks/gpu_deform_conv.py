@@ -227,11 +227,12 @@ def kernel_breakdown(fn: Callable[[], object], calls: int = 10) -> List[Tuple[st
     return sorted(kernels, key=lambda item: -item[1])
 
 
-def breakdown_markdown(rows: List[dict], top: int = 6) -> str:
-    """One line per (layer, dtype): the GEMM path's largest kernels and their share of its time."""
-    lines = ["| layer | NxCxHxW | dtype | kernels of `gemm`, ms per call (share) |", "| --- | --- | --- | --- |"]
+def breakdown_markdown(rows: List[dict], top: int = 6, key: str = "gemm_kernels", path: str = "gemm") -> str:
+    """One line per (layer, dtype): the GEMM path's largest kernels (rows' ``key``: on NCHW tensors, or
+    ``gemm_nhwc_kernels`` on channels-last ones) and their share of its time; ``path`` names it in the header."""
+    lines = [f"| layer | NxCxHxW | dtype | kernels of `{path}`, ms per call (share) |", "| --- | --- | --- | --- |"]
     for r in rows:
-        kernels = r.get("gemm_kernels")
+        kernels = r.get(key)
         if not kernels:
             continue
         total = sum(ms for _, ms in kernels) or 1.0
@@ -320,7 +321,8 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
     path with no transposes; the output channels-last), as ``ours_nhwc``.
 
     on_row(rows) is called after each row (and after the breakdown), so a run cut short still leaves its rows.
-    breakdown: after all timings (so the profiler cannot disturb them), the `gemm` path's kernels of each dense row.
+    breakdown: after all timings (so the profiler cannot disturb them), the `gemm` path's kernels of each dense row
+    (and, with channels_last, of the same on channels-last tensors).
     """
     import torch
     import torch.nn.functional as F
@@ -403,14 +405,21 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
     for row, layer, batch, dtype_name in cases:
         x, offset, weight, bias, mask = make_inputs(layer, batch, dtype_name, with_bias)
         d = layer.dilation
-        try:
-            with torch.no_grad():
-                row["gemm_kernels"] = kernel_breakdown(
-                    lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask, algo="gemm", library=kernels))
-        except Exception as exc:  # noqa: BLE001 - the timings above stay
-            row["gemm_kernels_failed"] = _failure_text(exc)
-            print(f"breakdown failed on {row['layer']} {row['shape']} {dtype_name}: {row['gemm_kernels_failed']}",
-                  file=sys.stderr)
+        nhwc = x.contiguous(memory_format=torch.channels_last) if channels_last else None
+        for key, layout in (("gemm_kernels", None), ("gemm_nhwc_kernels", nhwc)):
+            if key == "gemm_nhwc_kernels" and layout is None:
+                continue
+            try:
+                with torch.no_grad():
+                    row[key] = kernel_breakdown(
+                        lambda: deform_conv2d_cuda(x if layout is None else layout, offset, weight, bias, 1, d, d,
+                                                   mask, algo="gemm", channels_last=layout is not None,
+                                                   library=kernels))
+            except Exception as exc:  # noqa: BLE001 - the timings above stay
+                row[f"{key}_failed"] = _failure_text(exc)
+                print(f"breakdown failed on {row['layer']} {row['shape']} {dtype_name}: {row[f'{key}_failed']}",
+                      file=sys.stderr)
+        nhwc = None
         x = offset = weight = bias = mask = None  # free the GPU memory before the next case
         torch.cuda.empty_cache()
         if on_row:
@@ -567,6 +576,9 @@ def render(rows: List[dict], args) -> str:
     table = to_markdown(rows, args)
     if any(r.get("gemm_kernels") for r in rows):
         table += "\nWhere the `gemm` path's time goes (torch.profiler, 10 eager calls):\n\n" + breakdown_markdown(rows)
+    if any(r.get("gemm_nhwc_kernels") for r in rows):
+        table += ("\nWhere the `gemm` path's time goes on channels-last tensors (torch.profiler, 10 eager calls):\n\n"
+                  + breakdown_markdown(rows, key="gemm_nhwc_kernels", path="gemm, channels-last"))
     return table
 
 

@@ -69,6 +69,11 @@ def test_kernel_breakdown_table(bench):
     assert "`fillBiasKernel<__half>` 0.100 (20%)" in table
     assert "`sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_...` 0.100 (20%)" in table
     assert "no breakdown" not in table
+    # the same path on channels-last tensors, from its own key, named in the header
+    rows[0]["gemm_nhwc_kernels"] = rows[0].pop("gemm_kernels")[:1]
+    assert "`columnsKernel<__half, 8>`" not in bench.breakdown_markdown(rows)
+    nhwc = bench.breakdown_markdown(rows, key="gemm_nhwc_kernels", path="gemm, channels-last")
+    assert "kernels of `gemm, channels-last`" in nhwc and "`columnsKernel<__half, 8>` 0.300 (100%)" in nhwc
 
 
 def test_layer_sets(bench, capsys):
