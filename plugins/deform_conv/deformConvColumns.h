@@ -353,6 +353,15 @@ DCN_HD TileTaps<Acc> tileEntryTaps(DeformConvGeometry const& geo, T const* offse
     return out;
 }
 
+// Whether a tap set has a neighbour marked outside (kTapOutside; only where the zero vector is apart): a tile with
+// none reads no zero vector, and needs no select.
+template <typename Acc>
+DCN_HD bool tileHasOutsideTap(TileTaps<Acc> const& taps)
+{
+    return taps.index[0] == kTapOutside || taps.index[1] == kTapOutside || taps.index[2] == kTapOutside
+        || taps.index[3] == kTapOutside;
+}
+
 // Item (row, r) of the tile into out, its column vector (at (row * rowVectors + r) * Vector in the tile's columns);
 // pixelTable[row] is where tile pixel row is (tilePixel). All four neighbours are loaded before any is
 // used and blended unconditionally (an outside one is the zero vector), in blendVector's order, so the result is

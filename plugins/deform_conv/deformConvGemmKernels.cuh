@@ -58,7 +58,9 @@ struct SteppedIndex
 // The tiled sampler (deformConvColumns.h): block b samples the tile of chunk pixels b * tilePixels.., its tables
 // in dynamic shared memory (plan.tileShared bytes: taps, pixel places, row vectors copied from rowTable, which
 // weightsKernel wrote). nhwc is the chunk's first channels-last image, and the zero vector is zeroOffset elements
-// from it (tileZeroOffset), or, ZeroApart (GemmPlan::channelsLast: nhwc is the input itself), at `zero`. Each thread
+// from it (tileZeroOffset), or, ZeroApart (GemmPlan::channelsLast: nhwc is the input itself), at `zero`: then only a
+// tile with an outside neighbour (the block finds out at the barrier after the taps, __syncthreads_or) runs the
+// items that select the zero vector's pointer; the others (the interior tiles) run the plain items. Each thread
 // steps through the tile's entries and items blockDim.x apart (SteppedIndex).
 template <typename T, int Vector, bool ZeroApart = false>
 __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformConvGeometry const geo,
@@ -82,19 +84,38 @@ __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformC
         rowVectorTable[r] = rowTable[r];
     __syncthreads();
     // Entry (point, row) = point * tilePixels + row.
+    bool sawOutside = false;
     for (SteppedIndex e(int32_t(threadIdx.x), int32_t(blockDim.x), tilePixels); e.outer < points; e.advance())
-        taps[e.outer * tilePixels + e.inner]
+    {
+        TileTaps<Acc> const entry
             = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[e.inner], e.outer, zeroOffset, ZeroApart);
-    __syncthreads();
+        sawOutside = sawOutside || tileHasOutsideTap(entry);
+        taps[e.outer * tilePixels + e.inner] = entry;
+    }
+    bool selectZero = false;
+    if constexpr (ZeroApart)
+        selectZero = __syncthreads_or(sawOutside) != 0; // the block's one choice: no divergence between the loops
+    else
+        __syncthreads();
     int32_t const rows = min(tilePixels, chunkPixels - first);
     // Item (row, r) = row * rowVectors + r; items are consecutive vectors of the tile's columns.
     T* out = columns + (int64_t(first) * geo.d.in_channels * geo.kernelPoints + int64_t(threadIdx.x) * Vector);
-    for (SteppedIndex item(int32_t(threadIdx.x), int32_t(blockDim.x), rowVectors); item.outer < rows; item.advance())
-    {
-        tileItem<T, Vector, ZeroApart>(nhwc, zero, taps, rowVectorTable, pixelTable, tilePixels, item.outer,
-            item.inner, out);
-        out += blockDim.x * Vector;
-    }
+    if (selectZero)
+        for (SteppedIndex item(int32_t(threadIdx.x), int32_t(blockDim.x), rowVectors); item.outer < rows;
+             item.advance())
+        {
+            tileItem<T, Vector, true>(nhwc, zero, taps, rowVectorTable, pixelTable, tilePixels, item.outer,
+                item.inner, out);
+            out += blockDim.x * Vector;
+        }
+    else
+        for (SteppedIndex item(int32_t(threadIdx.x), int32_t(blockDim.x), rowVectors); item.outer < rows;
+             item.advance())
+        {
+            tileItem<T, Vector>(nhwc, zero, taps, rowVectorTable, pixelTable, tilePixels, item.outer, item.inner,
+                out);
+            out += blockDim.x * Vector;
+        }
 }
 
 // output[n0 + img][o][p0 + p] = bias[o] for the chunk (the product then adds to it): a block per output row

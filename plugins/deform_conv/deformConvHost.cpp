@@ -81,16 +81,20 @@ void tiledColumnsHost(GemmPlan const& plan, DeformConvGeometry const& geo, T con
     {
         for (int32_t row = 0; row < tilePixels; ++row)
             pixelTable[size_t(row)] = tilePixel(geo, p0, pixels, chunkPixels, first + row);
+        bool selectZero = false; // the CUDA block's choice (tiledColumnsKernel): select only where a tap is outside
         for (int32_t e = 0; e < entries; ++e)
+        {
             taps[size_t(e)] = tileEntryTaps<Acc>(geo, offset, mask, n0, pixelTable[size_t(e % tilePixels)],
                 e / tilePixels, zeroOffset, plan.channelsLast);
+            selectZero = selectZero || tileHasOutsideTap(taps[size_t(e)]);
+        }
         int32_t const rows = std::min(tilePixels, chunkPixels - first);
         T* tileColumns = columns + int64_t(first) * geo.d.in_channels * geo.kernelPoints;
         for (int32_t row = 0; row < rows; ++row)
             for (int32_t r = 0; r < rowVectors; ++r)
             {
                 T* out = tileColumns + (int64_t(row) * rowVectors + r) * Vector;
-                if (plan.channelsLast)
+                if (selectZero)
                     tileItem<T, Vector, true>(nhwc, zero, taps.data(), rowVectorTable.data(), pixelTable.data(),
                         tilePixels, row, r, out);
                 else

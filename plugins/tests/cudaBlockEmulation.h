@@ -58,22 +58,28 @@ class BlockBarrier
 public:
     explicit BlockBarrier(int threads) : mThreads(threads) {}
 
-    void wait()
+    // __syncthreads, or __syncthreads_or(predicate): every thread gets whether any thread's predicate was non-zero
+    // (the result of a phase is read before any thread can reach the next one: that needs every thread to arrive).
+    int wait(int predicate = 0)
     {
         std::unique_lock<std::mutex> lock(mMutex);
         if (mAborted)
             throw BlockAborted{};
         uint64_t const generation = mGeneration;
+        mAnyPredicate = mAnyPredicate || predicate != 0;
         if (++mArrived == mThreads)
         {
             mArrived = 0;
+            mPhaseResult = mAnyPredicate ? 1 : 0;
+            mAnyPredicate = false;
             ++mGeneration;
             mChanged.notify_all();
-            return;
+            return mPhaseResult;
         }
         mChanged.wait(lock, [&] { return mGeneration != generation || mAborted; });
         if (mAborted)
             throw BlockAborted{};
+        return mPhaseResult;
     }
 
     // PTX bar.sync id, count (wait) or bar.arrive id, count (no wait) on named barrier id (1 to 15; 0 is
@@ -145,6 +151,8 @@ private:
     std::condition_variable mChanged;
     int mArrived = 0;
     uint64_t mGeneration = 0;
+    bool mAnyPredicate = false; // __syncthreads_or's OR over the threads arrived in this phase
+    int mPhaseResult = 0;       // and its result for the phase just completed
     bool mAborted = false;
     std::array<Named, 16> mNamed{};
 };
@@ -342,6 +350,11 @@ inline unsigned char* dynamicShared()
 inline void __syncthreads()
 {
     emulation::currentBarrier()->wait();
+}
+
+inline int __syncthreads_or(int predicate)
+{
+    return emulation::currentBarrier()->wait(predicate);
 }
 
 namespace emulation

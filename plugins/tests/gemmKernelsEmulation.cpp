@@ -252,6 +252,59 @@ void checkSamplers(DeformConvGeometry const& geo, std::string const& name, std::
     }
 }
 
+// The zero vector apart (channels-last tensors) with zero offsets and one-pixel tiles: a tile of an interior pixel
+// has no outside neighbour and runs the plain items (the block's __syncthreads_or), a border pixel's tile the
+// selecting ones; both against columnVector bit for bit, the zero vector apart NaN after its C zeros.
+template <typename T, int Vector>
+void checkZeroApartTileKinds(DeformConvGeometry const& geo, std::string const& name, std::mt19937& rng)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    dcn_deform_conv_desc const& d = geo.d;
+    int32_t const plane = geo.outH * geo.outW;
+    size_t const points = size_t(d.offset_group) * geo.kernelPoints;
+    std::vector<T> const nhwc = randomValues<T>(rng, size_t(d.batch) * size_t(inputImageElements(geo)));
+    std::vector<T> const offset(size_t(d.batch) * 2 * points * plane, ElementTraits<T>::fromAcc(Acc(0)));
+    std::vector<T> const mask = randomValues<T>(rng, size_t(d.batch) * points * plane, 0.3, 0.5);
+    size_t const columnCount = size_t(d.batch) * plane * d.in_channels * geo.kernelPoints;
+    std::vector<T> expected(columnCount);
+    int64_t const items = columnThreads(geo, d.batch, plane, Vector);
+    for (int64_t idx = 0; idx < items; ++idx)
+        columnVector<T, Vector>(geo, nhwc.data(), offset.data(), mask.data(), expected.data(), 0, 0, plane, idx);
+    GemmOptions options;
+    options.tileItems = 1;
+    options.channelsLastTensors = true;
+    GemmPlan const plan = planGemm(geo, sizeof(T), options);
+    int32_t const rowVectors = columnRowVectors(geo, Vector);
+    std::vector<TileRowVector> rowTable(static_cast<size_t>(rowVectors));
+    for (int32_t r = 0; r < rowVectors; ++r)
+        rowTable[size_t(r)] = tileRowVector(geo, Vector, r);
+    std::vector<T> zero(size_t(d.in_channels), ElementTraits<T>::fromAcc(Acc(0)));
+    zero.resize(zero.size() + 16, ElementTraits<T>::fromAcc(Acc(NAN)));
+    int32_t const chunkPixels = d.batch * plane;
+    int32_t interior = 0, border = 0;
+    for (int32_t flat = 0; flat < chunkPixels; ++flat) // one-pixel tiles: the kind of each, as the block finds it
+    {
+        TilePixel const place = tilePixel(geo, 0, plane, chunkPixels, flat);
+        bool outside = false;
+        for (int32_t point = 0; point < int32_t(points); ++point)
+            outside = outside || tileHasOutsideTap(tileEntryTaps<Acc>(geo, offset.data(), mask.data(), 0, place,
+                point, 0, true));
+        (outside ? border : interior) += 1;
+    }
+    std::vector<T> got(columnCount + size_t(d.in_channels) * geo.kernelPoints);
+    emulation::prepareShared(plan.tileShared);
+    std::string const failure = emulation::runGrid(dim3{unsigned(chunkPixels), 1, 1},
+        dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
+            tiledColumnsKernel<T, Vector, true>(geo, nhwc.data(), offset.data(), mask.data(), rowTable.data(),
+                got.data(), 0, 0, plane, chunkPixels, 1, 0, zero.data());
+        });
+    got.resize(columnCount);
+    bool const bothKinds = border > 0 && (interior > 0 || geo.outH <= 2 || geo.outW <= 2);
+    check(plan.tilePixels == 1 && failure.empty() && bothKinds && sameBits(got, expected),
+        name + ": the zero vector apart, one-pixel tiles of zero offsets: " + std::to_string(interior)
+            + " interior tiles (plain items), " + std::to_string(border) + " border tiles (selecting items) " + failure);
+}
+
 template <typename T>
 void checkOutputs(DeformConvGeometry const& geo, std::string const& name, std::mt19937& rng)
 {
@@ -608,13 +661,10 @@ void checkLayer(dcn_deform_conv_desc const& desc, char const* layerName, char co
     }
     std::mt19937 rng(seed);
     checkTransposes<T>(geo, name, rng);
-    switch (columnVectorWidth(geo, sizeof(T)))
-    {
-    case 8: checkSamplers<T, 8>(geo, name, rng); break;
-    case 4: checkSamplers<T, 4>(geo, name, rng); break;
-    case 2: checkSamplers<T, 2>(geo, name, rng); break;
-    default: checkSamplers<T, 1>(geo, name, rng);
-    }
+    withVectorWidth(columnVectorWidth(geo, sizeof(T)), [&](auto width) {
+        checkSamplers<T, decltype(width)::value>(geo, name, rng);
+        checkZeroApartTileKinds<T, decltype(width)::value>(geo, name, rng);
+    });
     checkOutputs<T>(geo, name, rng);
 }
 
