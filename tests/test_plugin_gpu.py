@@ -198,7 +198,7 @@ def test_dense_layers_on_channels_last_tensors(kernels, dtype):
     pointer) and its product writing the channels-last output (the bias written first, or in the children with
     DCN_DEPLOY_GEMM_BIAS=epilogue added by cuBLASLt): the dense cases and random dense layers against the reference.
     Named to run in every child of _CHILD_ENVS too (1 MiB chunks and pixel slices, one-pixel tiles, the per-thread
-    sampler, NN products; the output and split-K settings do not apply)."""
+    sampler, NN products, split-K; the output setting does not apply)."""
     _check_channels_last_cases(kernels, DENSE_CASES + [random_dense_case(random.Random(3000 + seed))
                                                        for seed in range(8)], ("auto", "gemm"), dtype)
 

@@ -316,7 +316,8 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     group and per offset group must be multiples of 32). ``channels_last`` (gemm and direct-channels-last): the
     input and output channels-last in memory, as ``DCN_FORWARD_CHANNELS_LAST`` on the GPU (gemm: the input read
     where it is, the product writing the output; ``gemm_output`` auto, or ``staged-bias-in-product`` for the product
-    adding a half type's bias; never split. direct-channels-last: no transpose, each item's channels one store).
+    adding a half type's bias; split-K's slices summed into the output. direct-channels-last: no transpose, each
+    item's channels one store).
     Returns (N, out_channels, oH, oW) in the input's dtype (channels-last in memory where ``channels_last``).
     """
     if channels_last and path not in ("gemm", "direct-channels-last"):

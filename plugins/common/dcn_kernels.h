@@ -122,7 +122,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_de
  * split_k: the staged product in slices of K: 0 as the CUDA path chooses (4 for float32 layers of few output tiles
  * and a long K, else 1; autoSplitK), or 1, 2, 4 or 8 where one group and K a multiple of split_k * 8 (else 1;
  * GemmOptions::splitK); flags: 0, or DCN_FORWARD_CHANNELS_LAST (channels-last input and output; output_mode 0, or
- * 3 for a half type's bias added by the product; never split). For tests. */
+ * 3 for a half type's bias added by the product; split_k as above, the slices summed into the output). For tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
     size_t column_budget_bytes, int32_t output_mode, int32_t sampler, int32_t tile_items, int32_t chunks,

@@ -423,6 +423,20 @@ DCN_HD typename ElementTraits<T>::Acc stagedSum(Staged const* at, int32_t slices
     return sum;
 }
 
+// rows[idx] = the split-K slices' sum at idx (stagedSum) + bias[idx % oC], rounded to T, for element idx of a
+// chunk of a channels-last output (images * pixels rows of oC, in the staging scratch's order: no transpose). As
+// stagedOutputElement, but for the place it writes.
+template <typename T, typename Staged>
+DCN_HD void channelsLastSumElement(DeformConvGeometry const& geo, Staged const* staging, T const* bias, T* rows,
+    int64_t idx, int32_t slices, int64_t sliceStride)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    int32_t const o = int32_t(idx % geo.d.out_channels);
+    Acc const value = stagedSum<T>(staging + idx, slices, sliceStride)
+        + (bias ? ElementTraits<T>::toAcc(bias[o]) : Acc(-0.0));
+    rows[idx] = ElementTraits<T>::fromAcc(value);
+}
+
 // output[n0 + img][o][p0 + p] = staging[img][p][o] (+ bias[o]), rounded to T, for element idx of a chunk's
 // images * oC * pixels in output order; with split-K, the sum of the slices' staging[s][img][p][o] (stagedSum)
 // before the bias. The CUDA path does the same through shared-memory tiles.

@@ -230,11 +230,27 @@ Status runStagedChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T con
 // rows of oC): the staged product's call writes it, its rows being the output's pixels. With a bias: added by the
 // product (biasInProduct: cuBLASLt's epilogue), or written first and the product added to it (beta = 1: one
 // rounding either way, as the direct output).
+// Split into slices of K (plan.splitK), the slices go to the staging scratch and one pass sums them, with the bias,
+// into the rows (channelsLastSumKernel).
 template <typename T>
 Status runChannelsLastChunk(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
-    T const* bias, T* rows, int32_t images, int32_t pixels, void* cublasWorkspace, cudaStream_t stream,
-    CublasHandleT handle)
+    T const* bias, T* rows, int32_t images, int32_t pixels, typename ElementTraits<T>::Acc* staging,
+    void* cublasWorkspace, cudaStream_t stream, CublasHandleT handle)
 {
+    using Acc = typename ElementTraits<T>::Acc;
+    int64_t const count = int64_t(images) * pixels * geo.d.out_channels;
+    if (plan.splitK > 1)
+    {
+        int64_t const sliceStride = stagingSliceElements(count, sizeof(Acc));
+        Status const product = runProduct<T, Acc>(
+            stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride), weights, columns,
+            staging, false, plan.tf32, handle);
+        if (!product.ok())
+            return product;
+        channelsLastSumKernel<T><<<gridStrideBlocks(count), kGridStrideThreads, 0, stream>>>(geo, staging, bias, rows,
+            count, plan.splitK, sliceStride);
+        return launchStatus("the channels-last split-K sum kernel");
+    }
     GemmCall const call = stagedProduct(geo, images, pixels, plan.outputMajorWeights);
     if (bias && plan.biasInProduct)
         return runLtBiasProduct<T>(call, weights, columns, bias, rows, cublasWorkspace, plan.cublasBytes, stream);
@@ -294,8 +310,8 @@ Status runGemmPath(DeformConvGeometry const& geo, GemmPlan const& plan, T const*
             if (status.ok() && plan.channelsLast)
             {
                 status = runChannelsLastChunk<T>(geo, plan, weights, columns, bias,
-                    output + (int64_t(n0) * plane + p0) * d.out_channels, images, pixels, cublasWorkspace, stream,
-                    handle);
+                    output + (int64_t(n0) * plane + p0) * d.out_channels, images, pixels, staging, cublasWorkspace,
+                    stream, handle);
                 continue;
             }
             if (status.ok() && plan.staged)

@@ -186,6 +186,18 @@ DCN_UNROLL
     }
 }
 
+// rows[idx] for the count elements of a chunk of a channels-last output: the split-K slices summed, with the bias
+// (channelsLastSumElement), element by element along the rows (reads and writes coalesced, no transpose).
+template <typename T>
+__global__ void __launch_bounds__(kGridStrideThreads) channelsLastSumKernel(DeformConvGeometry const geo,
+    typename ElementTraits<T>::Acc const* __restrict__ staging, T const* __restrict__ bias, T* __restrict__ rows,
+    int64_t const count, int32_t const slices, int64_t const sliceStride)
+{
+    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < count;
+         idx += int64_t(gridDim.x) * blockDim.x)
+        channelsLastSumElement<T>(geo, staging, bias, rows, idx, slices, sliceStride);
+}
+
 // output[n0 + img][o][p0 + p] = staging[img][p][o] (+ bias[o]) for the chunk (stagedOutputElement's mapping, its
 // Staged types), through 64x64 shared tiles of accumulators: reads run along o, writes along p, both coalesced.
 // Blocks loop over channel tiles. Each thread loads its 16 values before using any (as the channels-last transpose

@@ -193,8 +193,9 @@ struct GemmOptions
     // DCN_FORWARD_CHANNELS_LAST). Then the sampler reads the input where it is (no transpose, no room for it; an
     // outside neighbour reads the zero vector by a pointer of its own: GemmPlan::channelsLast) and the product writes
     // the output itself, since its rows of output channels are the output's pixels (no staging, no transpose): the
-    // bias written first and the product added (beta = 1), or added by cuBLASLt's epilogue with biasEpilogue.
-    // Unsplit (split-K needs a scratch to sum in).
+    // bias written first and the product added (beta = 1), or added by cuBLASLt's epilogue with biasEpilogue. Split
+    // into slices of K where the staged product would be (splitK): the slices staged, then summed into the output
+    // with the bias (channelsLastSumElement), no transpose.
     bool channelsLastTensors = false;
 };
 
@@ -260,13 +261,14 @@ struct GemmPlan
     int32_t vector;      // channels per sampling thread: 16 bytes' worth where the channel counts allow, else 1
     bool staged;         // the product goes through the staging scratch (GemmOutput)
     bool outputMajorWeights; // staged as NN: the weights re-laid out [g][kp][c][o] (GemmProduct)
-    int32_t splitK;      // slices of K of the staged product (1 unless staged and gemmSplitK allows more)
+    int32_t splitK;      // slices of K of the staged product (1 unless staged or channelsLast and gemmSplitK allows more)
     bool tf32;           // float32 products on TF32 tensor cores (GemmOptions::tf32; float32 layers only)
     bool biasInProduct;  // a bias, where the layer has one, is added by the product (GemmOptions::biasEpilogue:
                          // half types, one group, staged or channelsLast, unsplit)
     bool channelsLast;   // channels-last input and output (GemmOptions::channelsLastTensors): the input is sampled
                          // where it is (nhwcBytes holds only the zero vector, at zeroVector 0, reached by a pointer
-                         // of its own), and the product (stagedProduct's call) writes the output, not staged
+                         // of its own), and the product (stagedProduct's call) writes the output, not staged (but
+                         // for split-K's slices, summed into it)
     int32_t tilePixels;  // pixels per tile of the tiled sampler; 0: the per-thread sampler
     size_t tileShared;   // the tiled sampler's shared memory per block (its taps and tables)
     size_t columnsBytes; // room for one chunk's columns: min(N * image, max(budget, 256 pixels' columns))
@@ -564,13 +566,18 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // go direct where a smaller shape of the same profile is staged (and the C ABI can force either way). A chunk
     // has at most columnsRoom / rowBytes pixels, and that grows with the shape like the columns room. Likewise the
     // split-K slices (stagingRoomBytes; a slice of a smaller chunk, stagingSliceElements, is never larger).
-    plan.splitK = plan.staged ? slices : 1;
+    // Channels-last tensors split as the staged product does (the slices staged, then summed into the output), and
+    // reserve the staging only for a layer that may split: none for the others (their product writes the output).
+    plan.splitK = stagedCall ? slices : 1;
     plan.tf32 = options.tf32 && elementBytes == 4;
     plan.biasInProduct = options.biasEpilogue && stagedCall && elementBytes == 2 && geo.d.group == 1
         && plan.splitK == 1;
-    plan.stagingBytes = plan.channelsLast ? 0
-                                          : stagingRoomBytes(geo, elementBytes, options,
-                                              columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels));
+    bool const maySplit = options.splitK != 0 ? gemmSplitK(geo, elementBytes, options) > 1
+                                              : autoSplitKCandidate(geo, elementBytes);
+    plan.stagingBytes = plan.channelsLast && !maySplit
+        ? 0
+        : stagingRoomBytes(geo, elementBytes, options,
+            columnsRoom / std::max<size_t>(rowBytes, 1) * size_t(geo.d.out_channels));
     plan.rowTableBytes = alignUp256(size_t(columnRowVectors(geo, plan.vector)) * sizeof(TileRowVector));
     plan.cublasBytes = alignUp256(options.cublasWorkspaceBytes);
     layOutGemmWorkspace(plan);

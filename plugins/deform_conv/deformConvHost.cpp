@@ -142,12 +142,24 @@ void stagedChunkHost(DeformConvGeometry const& geo, GemmPlan const& plan, T cons
 }
 
 // A chunk of a channels-last output (runChannelsLastChunk's steps) at `rows`: the bias written first (or, with
-// biasInProduct, added by the product: here the same sums), then the staged product's call accumulated into it.
+// biasInProduct, added by the product: here the same sums), then the staged product's call accumulated into it;
+// split into slices of K, the slices into the staging scratch, then summed with the bias into the rows.
 template <typename T>
 void channelsLastChunkHost(DeformConvGeometry const& geo, GemmPlan const& plan, T const* weights, T const* columns,
-    T const* bias, T* rows, int32_t images, int32_t pixels)
+    T const* bias, T* rows, int32_t images, int32_t pixels, typename ElementTraits<T>::Acc* staging)
 {
+    using Acc = typename ElementTraits<T>::Acc;
     int64_t const count = int64_t(images) * pixels;
+    if (plan.splitK > 1)
+    {
+        int64_t const values = count * geo.d.out_channels;
+        int64_t const sliceStride = stagingSliceElements(values, sizeof(Acc));
+        gemmHost<T, Acc>(stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride),
+            weights, columns, staging, false);
+        for (int64_t idx = 0; idx < values; ++idx)
+            channelsLastSumElement<T>(geo, staging, bias, rows, idx, plan.splitK, sliceStride);
+        return;
+    }
     if (bias)
         for (int64_t row = 0; row < count; ++row)
             std::copy_n(bias, geo.d.out_channels, rows + row * geo.d.out_channels);
@@ -170,7 +182,7 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
     // The staging scratch: accumulators, or T for a half type without a bias or whose bias the product adds,
     // unsplit (stagesNarrow), as the CUDA path.
     bool const narrow = stagesNarrow<T>(bias, plan.splitK, plan.biasInProduct);
-    std::vector<Acc> staging(plan.staged && !narrow ? plan.stagingBytes / sizeof(Acc) : 0,
+    std::vector<Acc> staging((plan.staged && !narrow) || plan.splitK > 1 ? plan.stagingBytes / sizeof(Acc) : 0,
         std::numeric_limits<Acc>::quiet_NaN());
     std::vector<T> narrowStaging(plan.staged && narrow ? plan.stagingBytes / sizeof(T) : 0, garbage);
     int64_t const weightRows = int64_t(d.out_channels) * geo.channelsPerGroup;
@@ -200,7 +212,7 @@ void forwardHostGemm(DeformConvGeometry const& geo, GemmOptions const& options, 
             if (plan.channelsLast)
             {
                 channelsLastChunkHost<T>(geo, plan, weights.data(), columns.data(), bias,
-                    output + (int64_t(n0) * plane + p0) * d.out_channels, images, pixels);
+                    output + (int64_t(n0) * plane + p0) * d.out_channels, images, pixels, staging.data());
                 continue;
             }
             if (plan.staged)

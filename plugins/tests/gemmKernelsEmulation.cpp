@@ -472,6 +472,31 @@ void checkSplitK(dcn_deform_conv_desc const& desc, int32_t splitK, int32_t expec
         name + ": split-K " + std::to_string(splitK) + " -> " + std::to_string(plan.splitK) + " slice(s) (expected "
             + std::to_string(expectSlices) + "), " + (outputMajor ? "NN" : "TN") + (withBias ? ", bias" : ", no bias")
             + ", worst relative error " + std::to_string(worst) + " " + failure);
+
+    // The same slices summed into a channels-last output's rows (channelsLastSumKernel, 3 blocks looping over the
+    // elements): each the value the NCHW transpose wrote for that (pixel, channel), bit for bit.
+    options.channelsLastTensors = true;
+    GemmPlan const lastPlan = planGemm(geo, sizeof(T), options);
+    std::vector<T> rows(size_t(chunkPixels) * oc + 8, ElementTraits<T>::fromAcc(Acc(NAN)));
+    std::string const rowsFailure = emulation::runGrid(dim3{3, 1, 1}, dim3{unsigned(kGridStrideThreads), 1, 1}, [&] {
+        channelsLastSumKernel<T>(geo, staging.data(), biasOrNull, rows.data(), chunkPixels * oc, plan.splitK,
+            sliceStride);
+    });
+    // the plan stages the slices of a split layer only (an unsplit one's product writes the output)
+    bool const room = plan.splitK > 1 ? lastPlan.stagingBytes >= size_t(plan.splitK * sliceStride) * sizeof(Acc)
+                                      : lastPlan.stagingBytes == 0;
+    bool same = rowsFailure.empty() && lastPlan.splitK == plan.splitK && !lastPlan.staged && room;
+    for (int64_t pixel = 0; same && pixel < chunkPixels; ++pixel)
+        for (int32_t o = 0; o < oc; ++o)
+        {
+            int64_t const img = pixel / pixels, p = pixel % pixels;
+            size_t const at = (size_t(n0 + img) * oc + size_t(o)) * size_t(plane) + size_t(p0 + p);
+            same = same && std::memcmp(&rows[size_t(pixel) * oc + size_t(o)], &got[at], sizeof(T)) == 0;
+        }
+    for (size_t past = size_t(chunkPixels) * oc; same && past < rows.size(); ++past)
+        same = std::isnan(double(ElementTraits<T>::toAcc(rows[past])));
+    check(same, name + ": split-K " + std::to_string(plan.splitK) + " slice(s) summed into channels-last rows, "
+        "the NCHW transpose's values " + rowsFailure);
 }
 
 // Random split-K configurations, each type: S of 2, 4 or 8, with and without a bias, TN and NN, batch 1 to 3,
