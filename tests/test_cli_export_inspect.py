@@ -163,6 +163,19 @@ def test_inspect_json(exported):
     assert [i["dtype"] for i in info["inputs"]] == ["float"]
 
 
+def test_inspect_writes_its_json_to_a_file(exported, tmp_path):
+    _, out, _ = exported
+    target = tmp_path / "info.json"
+    result = cli_runner().invoke(main, ["inspect", str(out), "--nodes", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert f"JSON description: {target}" in result.stdout and "deformable" in result.stdout.lower()
+    written = json.loads(target.read_text())
+    assert written == json.loads(cli_runner().invoke(main, ["inspect", str(out), "--nodes", "--json"]).stdout)
+    assert written["nodes"] and not list(target.parent.glob("*.tmp*"))
+    folder = cli_runner().invoke(main, ["inspect", str(out), "-o", str(tmp_path) + "/"])
+    assert folder.exit_code == 2 and "names a folder" in folder.output
+
+
 def test_export_of_a_saved_torch_export_program(tmp_path, model_file, trained_weights):
     model, _ = trained_weights
     program_path = tmp_path / "tiny.pt2"
