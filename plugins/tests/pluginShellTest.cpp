@@ -182,6 +182,125 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields, dc
     }
 }
 
+// With a GPU: the plugin as TensorRT runs a float16 layer with X and Y channels-last (HWC8), where it offers them:
+// each tactic of that configuration and the default through a context-attached clone, onShapeChange with the HWC8
+// formats, enqueue on NHWC half buffers; against the direct kernel over NCHW on the same half values, the output
+// read back channels-last, within `tolerance` times (max |out| + 1). Without a GPU, or where the plugin does not
+// offer HWC8 for the layer (a dense one without cuBLAS): reported and skipped.
+void checkChannelsLastEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
+    dcn_deform_conv_attrs const& attrs, std::vector<std::vector<int64_t>> const& shapes,
+    std::vector<int64_t> const& outShape, double tolerance, std::string const& label)
+{
+    if (!shelltest::cudaDevicePresent())
+    {
+        std::printf("skip HWC8 enqueue on a GPU (%s): no CUDA device\n", label.c_str());
+        return;
+    }
+    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("gpu_hwc8", &fields.collection, TensorRTPhase::kBUILD));
+    auto* build = capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD);
+    std::vector<DynamicPluginTensorDesc> io;
+    for (size_t k = 0; k < shapes.size(); ++k)
+        io.push_back(tensorDesc(shapes[k], DataType::kHALF, k == 0 ? TensorFormat::kHWC8 : TensorFormat::kLINEAR));
+    io.push_back(tensorDesc(outShape, DataType::kHALF, TensorFormat::kHWC8));
+    if (!build->supportsFormatCombination(0, io.data(), 5, 1) || !build->supportsFormatCombination(5, io.data(), 5, 1))
+    {
+        std::printf("skip HWC8 enqueue on a GPU (%s): the plugin does not offer HWC8 for this layer here\n",
+            label.c_str());
+        return;
+    }
+    std::vector<PluginTensorDesc> runtimeIo;
+    for (auto const& d : io)
+        runtimeIo.push_back(d.desc);
+    check(build->configurePlugin(io.data(), 5, &io[5], 1) == 0, "GPU HWC8 (" + label + "): configurePlugin");
+    size_t const workspaceBytes = build->getWorkspaceSize(io.data(), 5, &io[5], 1);
+    std::vector<int32_t> tactics(size_t(build->getNbTactics()));
+    check(build->getValidTactics(tactics.data(), int32_t(tactics.size())) == 0, "GPU HWC8: getValidTactics");
+    tactics.insert(tactics.begin(), dcn::kTacticDefault);
+
+    auto count = [](std::vector<int64_t> const& shape) {
+        size_t n = 1;
+        for (int64_t d : shape)
+            n *= size_t(d);
+        return n;
+    };
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<std::vector<dcn::HostHalf>> host(5);
+    for (size_t k = 0; k < 5; ++k)
+    {
+        host[k].resize(count(shapes[k]));
+        for (dcn::HostHalf& v : host[k]) // offsets reach off the image; the mask positive
+            v = dcn::HostHalf{dcn::floatToHalf(k == 2 ? 3.0f * normal(rng) : k == 4 ? std::fabs(normal(rng)) : normal(rng))};
+    }
+    int64_t const n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+    std::vector<dcn::HostHalf> nhwc(host[0].size());
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t ch = 0; ch < c; ++ch)
+            for (int64_t p = 0; p < h * w; ++p)
+                nhwc[size_t((i * h * w + p) * c + ch)] = host[0][size_t((i * c + ch) * h * w + p)];
+    shelltest::DeviceBuffers buffers;
+    auto upload = [&](std::vector<dcn::HostHalf> const& values) {
+        void* ptr = buffers.allocate((values.size() + 1) / 2); // in floats: two halves each
+        if (ptr && cudaMemcpy(ptr, values.data(), values.size() * sizeof(dcn::HostHalf), cudaMemcpyHostToDevice)
+            != cudaSuccess)
+            return static_cast<void*>(nullptr);
+        return ptr;
+    };
+    void* device[5] = {upload(nhwc), upload(host[1]), upload(host[2]), upload(host[3]), upload(host[4])};
+    void* nchwInput = upload(host[0]);
+    size_t const outCount = count(outShape);
+    void* output = buffers.allocate((outCount + 1) / 2);
+    void* reference = buffers.allocate((outCount + 1) / 2);
+    void* workspace = buffers.allocate(workspaceBytes / sizeof(float) + 1);
+    bool const ready = buffers.ok() && nchwInput && device[0] && device[1] && device[2] && device[3] && device[4];
+    check(ready, "GPU HWC8 (" + label + "): buffers (workspace " + std::to_string(workspaceBytes) + " bytes)");
+    if (!ready)
+        return;
+    dcn::DeformConvGeometry geometry;
+    dcn::GemmOptions nchw; // the reference: the direct kernel over NCHW, which needs no workspace
+    nchw.directChannelsLast = false;
+    bool const direct = geometryOf(attrs, shapes, geometry)
+        && dcn::launchDeformConv(geometry, DCN_FLOAT16, DCN_ALGO_DIRECT, nchwInput, device[2], device[1], device[3],
+               device[4], reference, nullptr, 0, nullptr, nullptr, nchw).ok();
+    auto downloadHalves = [&](void const* ptr) {
+        std::vector<dcn::HostHalf> values(outCount);
+        bool const copied = cudaDeviceSynchronize() == cudaSuccess
+            && cudaMemcpy(values.data(), ptr, outCount * sizeof(dcn::HostHalf), cudaMemcpyDeviceToHost) == cudaSuccess;
+        return copied ? values : std::vector<dcn::HostHalf>();
+    };
+    std::vector<dcn::HostHalf> const want = downloadHalves(reference);
+    int64_t const oc = outShape[1], plane = outShape[2] * outShape[3];
+    void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
+    void* outputs[1] = {output};
+    for (int32_t tactic : tactics)
+    {
+        std::unique_ptr<IPluginV3> attached(
+            capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME)->attachToContext(nullptr));
+        auto* runtime = capability<IPluginV3OneRuntime>(attached.get(), PluginCapabilityType::kRUNTIME);
+        bool const set = runtime->setTactic(tactic) == 0
+            && runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0;
+        cudaMemset(output, 0xff, outCount * sizeof(dcn::HostHalf)); // NaN: an output the kernel never wrote shows
+        int32_t const rc
+            = set ? runtime->enqueue(runtimeIo.data(), &runtimeIo[5], inputs, outputs, workspace, nullptr) : -1;
+        std::vector<dcn::HostHalf> const got = downloadHalves(output);
+        double maxError = got.size() == outCount && want.size() == outCount ? 0.0 : INFINITY, maxValue = 0.0;
+        for (int64_t i = 0; i < n && std::isfinite(maxError); ++i)
+            for (int64_t o = 0; o < oc; ++o)
+                for (int64_t p = 0; p < plane; ++p)
+                {
+                    double const expected = dcn::halfToFloat(want[size_t((i * oc + o) * plane + p)].bits);
+                    double const error
+                        = std::fabs(double(dcn::halfToFloat(got[size_t((i * plane + p) * oc + o)].bits)) - expected);
+                    maxError = std::isnan(error) ? INFINITY : std::fmax(maxError, error);
+                    maxValue = std::fmax(maxValue, std::fabs(expected));
+                }
+        check(rc == 0 && direct && maxError <= tolerance * (maxValue + 1.0),
+            "GPU HWC8 (" + label + "): tactic " + dcn::tacticName(tactic) + " enqueue on channels-last half tensors "
+                + "agrees with the direct kernel over NCHW (max abs error " + std::to_string(maxError) + ", max |out| "
+                + std::to_string(maxValue) + ")");
+    }
+}
+
 // The field allow_tf32 (the build's TF32 setting, which `dcn-deploy build` writes on routed nodes since a plugin
 // cannot see the builder's flags): 0 or 1, anything else refused naming the field and the node; absent means 0.
 // Serialised, kept by deserialisation and clone, in the timing-cache ID only where 1; an engine of the previous format
@@ -1046,6 +1165,12 @@ int main()
     dcn_deform_conv_attrs depthwiseAttrs = kStandardAttrs;
     depthwiseAttrs.group = 16;
     checkEnqueueOnGpu(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes, {2, 16, oh, ow}, 1e-5, "depth-wise");
+    // X and Y channels-last in float16 (HWC8): the GEMM path on the dense layer (where cuBLAS loads; its columns are
+    // rounded to half, so a half-precision bound), the channels-last direct kernel on the depth-wise one (the NCHW
+    // direct kernel's sums in its order: rounding of the output only).
+    checkChannelsLastEnqueueOnGpu(creator, fields, kStandardAttrs, shapes, {2, 64, oh, ow}, 1e-2, "dense, gemm");
+    checkChannelsLastEnqueueOnGpu(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes, {2, 16, oh, ow}, 2e-3,
+        "depth-wise, direct");
 
     std::printf("%d failure(s)\n", failures);
     return failures;
