@@ -95,6 +95,22 @@ Capability* capability(IPluginV3* plugin, PluginCapabilityType type)
     return static_cast<Capability*>(plugin->getCapabilityInterface(type));
 }
 
+// One enqueue of the configured `plugin` as an engine runs it: a context-attached clone, setTactic(tactic),
+// onShapeChange with `io` (5 inputs, then the output), the output poisoned with 0xff bytes first (NaN in every float
+// type: an element the kernel never wrote shows), enqueue on the default stream. Its return code; -1 where a step
+// before it failed.
+int32_t enqueueAsEngine(IPluginV3* plugin, int32_t tactic, std::vector<PluginTensorDesc> const& io,
+    void const* const* inputs, void* output, size_t outputBytes, void* workspace)
+{
+    std::unique_ptr<IPluginV3> attached(
+        capability<IPluginV3OneRuntime>(plugin, PluginCapabilityType::kRUNTIME)->attachToContext(nullptr));
+    auto* runtime = capability<IPluginV3OneRuntime>(attached.get(), PluginCapabilityType::kRUNTIME);
+    bool const ready = runtime->setTactic(tactic) == 0 && runtime->onShapeChange(io.data(), 5, &io[5], 1) == 0;
+    cudaMemset(output, 0xff, outputBytes);
+    void* outputs[1] = {output};
+    return ready ? runtime->enqueue(io.data(), &io[5], inputs, outputs, workspace, nullptr) : -1;
+}
+
 // With a GPU: configure the plugin as the builder does, then enqueue every tactic it offers and the default (0),
 // each through a context-attached clone (as an engine runs), on random float32 data with the workspace
 // getWorkspaceSize asked for, and compare with the direct kernel over NCHW on the same device buffers, within
@@ -157,17 +173,10 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields, dc
                device[4], reference, nullptr, 0, nullptr, nullptr, nchw).ok();
     std::vector<float> const want = buffers.download(reference, outCount);
     void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
-    void* outputs[1] = {output};
     for (int32_t tactic : tactics)
     {
-        std::unique_ptr<IPluginV3> attached(
-            capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME)->attachToContext(nullptr));
-        auto* runtime = capability<IPluginV3OneRuntime>(attached.get(), PluginCapabilityType::kRUNTIME);
-        bool const ready = runtime->setTactic(tactic) == 0
-            && runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0;
-        cudaMemset(output, 0xff, outCount * sizeof(float)); // NaN: an output the kernel never wrote shows
         int32_t const rc
-            = ready ? runtime->enqueue(runtimeIo.data(), &runtimeIo[5], inputs, outputs, workspace, nullptr) : -1;
+            = enqueueAsEngine(plugin.get(), tactic, runtimeIo, inputs, output, outCount * sizeof(float), workspace);
         std::vector<float> const got = buffers.download(output, outCount);
         double maxError = 0.0, maxValue = 0.0;
         for (size_t i = 0; i < got.size(); ++i)
@@ -271,17 +280,10 @@ void checkChannelsLastEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields
     std::vector<dcn::HostHalf> const want = downloadHalves(reference);
     int64_t const oc = outShape[1], plane = outShape[2] * outShape[3];
     void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
-    void* outputs[1] = {output};
     for (int32_t tactic : tactics)
     {
-        std::unique_ptr<IPluginV3> attached(
-            capability<IPluginV3OneRuntime>(plugin.get(), PluginCapabilityType::kRUNTIME)->attachToContext(nullptr));
-        auto* runtime = capability<IPluginV3OneRuntime>(attached.get(), PluginCapabilityType::kRUNTIME);
-        bool const set = runtime->setTactic(tactic) == 0
-            && runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0;
-        cudaMemset(output, 0xff, outCount * sizeof(dcn::HostHalf)); // NaN: an output the kernel never wrote shows
-        int32_t const rc
-            = set ? runtime->enqueue(runtimeIo.data(), &runtimeIo[5], inputs, outputs, workspace, nullptr) : -1;
+        int32_t const rc = enqueueAsEngine(plugin.get(), tactic, runtimeIo, inputs, output,
+            outCount * sizeof(dcn::HostHalf), workspace);
         std::vector<dcn::HostHalf> const got = downloadHalves(output);
         double maxError = got.size() == outCount && want.size() == outCount ? 0.0 : INFINITY, maxValue = 0.0;
         for (int64_t i = 0; i < n && std::isfinite(maxError); ++i)
