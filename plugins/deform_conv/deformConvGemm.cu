@@ -238,17 +238,19 @@ Status runChannelsLastChunk(DeformConvGeometry const& geo, GemmPlan const& plan,
     void* cublasWorkspace, cudaStream_t stream, CublasHandleT handle)
 {
     using Acc = typename ElementTraits<T>::Acc;
-    int64_t const count = int64_t(images) * pixels * geo.d.out_channels;
+    int32_t const oc = geo.d.out_channels;
+    int64_t const rowCount = int64_t(images) * pixels;
     if (plan.splitK > 1)
     {
-        int64_t const sliceStride = stagingSliceElements(count, sizeof(Acc));
+        int64_t const values = rowCount * oc;
+        int64_t const sliceStride = stagingSliceElements(values, sizeof(Acc));
         Status const product = runProduct<T, Acc>(
             stagedProduct(geo, images, pixels, plan.outputMajorWeights, plan.splitK, sliceStride), weights, columns,
             staging, false, plan.tf32, handle);
         if (!product.ok())
             return product;
-        channelsLastSumKernel<T><<<gridStrideBlocks(count), kGridStrideThreads, 0, stream>>>(geo, staging, bias, rows,
-            count, plan.splitK, sliceStride);
+        channelsLastSumKernel<T><<<gridStrideBlocks(values), kGridStrideThreads, 0, stream>>>(geo, staging, bias,
+            rows, values, plan.splitK, sliceStride);
         return launchStatus("the channels-last split-K sum kernel");
     }
     GemmCall const call = stagedProduct(geo, images, pixels, plan.outputMajorWeights);
@@ -256,14 +258,11 @@ Status runChannelsLastChunk(DeformConvGeometry const& geo, GemmPlan const& plan,
         return runLtBiasProduct<T>(call, weights, columns, bias, rows, cublasWorkspace, plan.cublasBytes, stream);
     if (bias)
     {
-        int32_t const oc = geo.d.out_channels;
-        int64_t const count = int64_t(images) * pixels;
-        constexpr int kVector = sizeof(T) < 16 ? int(16 / sizeof(T)) : 1;
-        bool const vectors = oc % kVector == 0 && reinterpret_cast<uintptr_t>(rows) % 16 == 0;
-        int32_t const width = vectors ? oc / kVector : oc;
-        int64_t const rowsPerBlock = width < kGridStrideThreads ? kGridStrideThreads / width : 1;
-        unsigned const blocks = unsigned(std::min<int64_t>((count + rowsPerBlock - 1) / rowsPerBlock, 65535 * 16));
-        fillBiasRowsKernel<T><<<blocks, kGridStrideThreads, 0, stream>>>(rows, bias, oc, count, vectors);
+        bool const vectors = oc % kStoreVector<T> == 0 && reinterpret_cast<uintptr_t>(rows) % 16 == 0;
+        int64_t const rowsPerBlock = biasRowsShape<T>(oc, vectors, kGridStrideThreads).rowsPerStep;
+        unsigned const blocks
+            = unsigned(std::min<int64_t>((rowCount + rowsPerBlock - 1) / rowsPerBlock, 65535 * 16));
+        fillBiasRowsKernel<T><<<blocks, kGridStrideThreads, 0, stream>>>(rows, bias, oc, rowCount, vectors);
         Status const filled = launchStatus("the channels-last bias kernel");
         if (!filled.ok())
             return filled;

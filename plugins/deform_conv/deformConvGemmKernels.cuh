@@ -98,36 +98,38 @@ __global__ void __launch_bounds__(kGridStrideThreads) tiledColumnsKernel(DeformC
     else
         __syncthreads();
     int32_t const rows = min(tilePixels, chunkPixels - first);
-    // Item (row, r) = row * rowVectors + r; items are consecutive vectors of the tile's columns.
-    T* out = columns + (int64_t(first) * geo.d.in_channels * geo.kernelPoints + int64_t(threadIdx.x) * Vector);
-    if (selectZero)
+    // Item (row, r) = row * rowVectors + r; items are consecutive vectors of the tile's columns. `select`: whether
+    // the items select the zero vector's pointer (tileItem's ZeroApart).
+    auto sampleItems = [&](auto select) {
+        T* out = columns + (int64_t(first) * geo.d.in_channels * geo.kernelPoints + int64_t(threadIdx.x) * Vector);
         for (SteppedIndex item(int32_t(threadIdx.x), int32_t(blockDim.x), rowVectors); item.outer < rows;
              item.advance())
         {
-            tileItem<T, Vector, true>(nhwc, zero, taps, rowVectorTable, pixelTable, tilePixels, item.outer,
-                item.inner, out);
+            tileItem<T, Vector, decltype(select)::value>(nhwc, zero, taps, rowVectorTable, pixelTable, tilePixels,
+                item.outer, item.inner, out);
             out += blockDim.x * Vector;
         }
+    };
+    if (selectZero) // never without ZeroApart
+        sampleItems(std::integral_constant<bool, ZeroApart>{});
     else
-        for (SteppedIndex item(int32_t(threadIdx.x), int32_t(blockDim.x), rowVectors); item.outer < rows;
-             item.advance())
-        {
-            tileItem<T, Vector>(nhwc, zero, taps, rowVectorTable, pixelTable, tilePixels, item.outer, item.inner,
-                out);
-            out += blockDim.x * Vector;
-        }
+        sampleItems(std::false_type{});
 }
 
 // output[n0 + img][o][p0 + p] = bias[o] for the chunk (the product then adds to it): a block per output row
 // (img * oC + o; blocks gridDim.x apart), its threads writing 16-byte vectors along the row, single elements before
 // the row's first 16-byte boundary and after its last vector. (One grid-stride loop with a 64-bit division per
 // element took 62 us at res4 batch 8 on an H200; a thread per element in blocks of 512 bytes, 41 us on an H100.)
+// Elements of T in one 16-byte store (1 for types of 16 bytes or more): the bias fills' vector.
+template <typename T>
+constexpr int kStoreVector = sizeof(T) < 16 ? int(16 / sizeof(T)) : 1;
+
 template <typename T>
 __global__ void __launch_bounds__(kGridStrideThreads) fillBiasKernel(T* __restrict__ output, T const* __restrict__ bias,
     int32_t const outChannels, int64_t const plane, int32_t const n0, int64_t const rows, int64_t const p0,
     int32_t const pixels)
 {
-    constexpr int kVector = sizeof(T) < 16 ? int(16 / sizeof(T)) : 1;
+    constexpr int kVector = kStoreVector<T>;
     int32_t const threads = int32_t(blockDim.x);
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x)
     {
@@ -148,19 +150,34 @@ DCN_UNROLL
     }
 }
 
+// How fillBiasRowsKernel shares out rows of oC among a block's `threads`: `width` items a row (16-byte vectors
+// where `vectors`, else elements), `rowsPerStep` rows a step (several where a row has fewer items than the block
+// has threads, one item a thread; else one, looped over). The launch sizes its grid from the same.
+struct BiasRowsShape
+{
+    int32_t width, rowsPerStep;
+};
+
+template <typename T>
+DCN_HD BiasRowsShape biasRowsShape(int32_t outChannels, bool vectors, int32_t threads)
+{
+    int32_t const width = vectors ? outChannels / kStoreVector<T> : outChannels;
+    return BiasRowsShape{width, width < threads ? threads / width : 1};
+}
+
 // rows[row][o] = bias[o] for `count` rows of oC (a chunk of a channels-last output, GemmPlan::channelsLast: the
-// product then adds to it). Threads of a block share out the rows of a step, each row's items (16-byte vectors
-// where `vectors`: oC a whole number of them and rows 16-byte aligned; else elements) to consecutive threads, so that
-// a block's stores of a step are one contiguous run; a row of more items than the block has threads is looped over.
+// product then adds to it). Threads of a block share out the rows of a step (biasRowsShape), each row's items
+// (16-byte vectors where `vectors`: oC a whole number of them and rows 16-byte aligned; else elements) to
+// consecutive threads, so that a block's stores of a step are one contiguous run.
 template <typename T>
 __global__ void __launch_bounds__(kGridStrideThreads) fillBiasRowsKernel(T* __restrict__ rows,
     T const* __restrict__ bias, int32_t const outChannels, int64_t const count, bool const vectors)
 {
-    constexpr int kVector = sizeof(T) < 16 ? int(16 / sizeof(T)) : 1;
+    constexpr int kVector = kStoreVector<T>;
     int32_t const threads = int32_t(blockDim.x);
-    int32_t const width = vectors ? outChannels / kVector : outChannels; // items per row
-    bool const several = width < threads; // several rows per step, one item per thread
-    int32_t const rowsPerStep = several ? threads / width : 1;
+    BiasRowsShape const shape = biasRowsShape<T>(outChannels, vectors, threads);
+    int32_t const width = shape.width, rowsPerStep = shape.rowsPerStep;
+    bool const several = width < threads;
     int32_t const rowInStep = several ? int32_t(threadIdx.x) / width : 0;
     int32_t const firstItem = several ? int32_t(threadIdx.x) - rowInStep * width : int32_t(threadIdx.x);
     int32_t const itemStep = several ? width : threads;

@@ -572,8 +572,7 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     plan.tf32 = options.tf32 && elementBytes == 4;
     plan.biasInProduct = options.biasEpilogue && stagedCall && elementBytes == 2 && geo.d.group == 1
         && plan.splitK == 1;
-    bool const maySplit = options.splitK != 0 ? gemmSplitK(geo, elementBytes, options) > 1
-                                              : autoSplitKCandidate(geo, elementBytes);
+    bool const maySplit = options.splitK != 0 ? slices > 1 : autoSplitKCandidate(geo, elementBytes);
     plan.stagingBytes = plan.channelsLast && !maySplit
         ? 0
         : stagingRoomBytes(geo, elementBytes, options,
