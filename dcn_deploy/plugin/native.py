@@ -232,15 +232,27 @@ def _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation) 
                           top, left, bottom, right, dilation_h, dilation_w, spec.groups, spec.offset_groups)
 
 
-def _prepare(input, offset, weight, bias, mask, device_type: str):
-    return _prepare_tensors({"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask},
-                            device_type, "this entry point")
+def _prepare(input, offset, weight, bias, mask, device_type: str, channels_last: bool = False):
+    """_prepare_tensors for the deformable convolution's entries; where ``channels_last`` (DCN_FORWARD_CHANNELS_LAST),
+    the input channels-last in memory and starting 16-byte aligned (the kernels read 16-byte channel vectors where
+    it is), copied only where it is not already so."""
+    import torch
+
+    tensors = {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask}
+    skip = ("input",) if channels_last else ()
+    t, dtype = _prepare_tensors(tensors, device_type, "this entry point", skip_contiguous=skip)
+    if channels_last:
+        t["input"] = input.contiguous(memory_format=torch.channels_last)
+        if t["input"].data_ptr() % 16:  # a misaligned view
+            t["input"] = t["input"].clone(memory_format=torch.channels_last)
+    return t, dtype
 
 
-def _prepare_tensors(tensors, device_type: str, caller: str):
+def _prepare_tensors(tensors, device_type: str, caller: str, skip_contiguous=()):
     """Check ``tensors`` (name -> tensor or None, ``"input"`` among them: one supported float dtype, one
     ``device_type`` device; ``caller`` names the entry in the device error); returns (name -> contiguous tensor or
-    None, the dtype's code in :data:`DTYPE_CODES`)."""
+    None, the dtype's code in :data:`DTYPE_CODES`). The tensors named in ``skip_contiguous`` are returned as they
+    are (the caller lays them out)."""
     from ..ops._checks import check_tensors  # tensors, one supported float dtype, one device
 
     check_tensors(tensors)
@@ -248,7 +260,7 @@ def _prepare_tensors(tensors, device_type: str, caller: str):
     if input.device.type != device_type:
         raise ValueError(f"input is on {input.device}; {caller} needs every tensor on one {device_type} device")
     dtype_name = str(input.dtype).replace("torch.", "")
-    contiguous = {k: (None if t is None else t.contiguous()) for k, t in tensors.items()}
+    contiguous = {k: t if t is None or k in skip_contiguous else t.contiguous() for k, t in tensors.items()}
     return contiguous, DTYPE_CODES[dtype_name]
 
 
@@ -263,14 +275,10 @@ def _run_host_entry(entry: str, extra_args: tuple, input, offset, weight, bias, 
     import torch
 
     desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
-    t, dtype = _prepare(input, offset, weight, bias, mask, "cpu")
+    t, dtype = _prepare(input, offset, weight, bias, mask, "cpu", channels_last=channels_last)
     lib = library or load_library("host")
     oh, ow = lib.output_size(desc)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        t["input"] = input.contiguous(memory_format=memory_format)
-        if t["input"].data_ptr() % 16:  # a misaligned view: the entries read 16-byte vectors where it is
-            t["input"] = t["input"].clone(memory_format=memory_format)
     out = torch.empty((desc.batch, desc.out_channels, oh, ow), dtype=input.dtype, memory_format=memory_format)
     lib.call(entry, ctypes.byref(desc), dtype, _ptr(t["input"]), _ptr(t["offset"]), _ptr(t["weight"]),
              _ptr(t["bias"]), _ptr(t["mask"]), _ptr(out), *extra_args)
@@ -495,12 +503,8 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {sorted(ALGOS)}, got {algo!r}")
     desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
-    t, dtype = _prepare(input, offset, weight, bias, mask, "cuda")
+    t, dtype = _prepare(input, offset, weight, bias, mask, "cuda", channels_last=channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        t["input"] = input.contiguous(memory_format=memory_format)
-        if t["input"].data_ptr() % 16:
-            t["input"] = t["input"].clone(memory_format=memory_format)
     lib = library or load_library("kernels")
     oh, ow = lib.output_size(desc)
     shape = (desc.batch, desc.out_channels, oh, ow)
