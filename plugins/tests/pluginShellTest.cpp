@@ -95,6 +95,42 @@ Capability* capability(IPluginV3* plugin, PluginCapabilityType type)
     return static_cast<Capability*>(plugin->getCapabilityInterface(type));
 }
 
+// Elements of a tensor of this shape.
+size_t elementCount(std::vector<int64_t> const& shape)
+{
+    size_t n = 1;
+    for (int64_t d : shape)
+        n *= size_t(d);
+    return n;
+}
+
+// The GPU checks' reference: the direct kernel over NCHW (no workspace) on device buffers x, w, offset, bias and
+// mask of `shapes`, in dtype, into `reference`, on the default stream; false where the layer or the launch fails.
+bool launchNchwReference(dcn_deform_conv_attrs const& attrs, std::vector<std::vector<int64_t>> const& shapes,
+    int32_t dtype, void const* x, void const* w, void const* offset, void const* bias, void const* mask,
+    void* reference)
+{
+    dcn::DeformConvGeometry geometry;
+    dcn::GemmOptions nchw;
+    nchw.directChannelsLast = false;
+    return geometryOf(attrs, shapes, geometry)
+        && dcn::launchDeformConv(geometry, dtype, DCN_ALGO_DIRECT, x, offset, w, bias, mask, reference, nullptr, 0,
+            nullptr, nullptr, nchw).ok();
+}
+
+// The plugin configured as the builder does for `io` (5 inputs, then the output), each step checked (`who` names
+// them): its workspace size into workspaceBytes, and the tactics to run, the default (0) first, then those offered.
+std::vector<int32_t> configureAsBuilder(IPluginV3OneBuild* build, std::vector<DynamicPluginTensorDesc> const& io,
+    std::string const& who, size_t& workspaceBytes)
+{
+    check(build->configurePlugin(io.data(), 5, &io[5], 1) == 0, who + ": configurePlugin");
+    workspaceBytes = build->getWorkspaceSize(io.data(), 5, &io[5], 1);
+    std::vector<int32_t> tactics(size_t(build->getNbTactics()));
+    check(build->getValidTactics(tactics.data(), int32_t(tactics.size())) == 0, who + ": getValidTactics");
+    tactics.insert(tactics.begin(), dcn::kTacticDefault);
+    return tactics;
+}
+
 // One enqueue of the configured `plugin` as an engine runs it: a context-attached clone, setTactic(tactic),
 // onShapeChange with `io` (5 inputs, then the output), the output poisoned with 0xff bytes first (NaN in every float
 // type: an element the kernel never wrote shows), enqueue on the default stream. Its return code; -1 where a step
@@ -135,42 +171,29 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields, dc
     std::vector<PluginTensorDesc> runtimeIo;
     for (auto const& d : io)
         runtimeIo.push_back(d.desc);
-    check(build->configurePlugin(io.data(), 5, &io[5], 1) == 0, "GPU: configurePlugin");
-    size_t const workspaceBytes = build->getWorkspaceSize(io.data(), 5, &io[5], 1);
-    std::vector<int32_t> tactics(size_t(build->getNbTactics()));
-    check(build->getValidTactics(tactics.data(), int32_t(tactics.size())) == 0, "GPU: getValidTactics");
-    tactics.insert(tactics.begin(), dcn::kTacticDefault);
+    size_t workspaceBytes = 0;
+    std::vector<int32_t> const tactics = configureAsBuilder(build, io, "GPU", workspaceBytes);
 
     std::mt19937 rng(7);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    auto count = [](std::vector<int64_t> const& shape) {
-        size_t n = 1;
-        for (int64_t d : shape)
-            n *= size_t(d);
-        return n;
-    };
     shelltest::DeviceBuffers buffers;
     void* device[5];
     for (size_t k = 0; k < 5; ++k)
     {
-        std::vector<float> host(count(shapes[k]));
+        std::vector<float> host(elementCount(shapes[k]));
         for (float& v : host)
             v = k == 2 ? 3.0f * normal(rng) : k == 4 ? std::fabs(normal(rng)) : normal(rng); // offsets reach off the image
         device[k] = buffers.upload(host);
     }
-    size_t const outCount = count(outShape);
+    size_t const outCount = elementCount(outShape);
     void* output = buffers.allocate(outCount);
     void* reference = buffers.allocate(outCount);
     void* workspace = buffers.allocate(workspaceBytes / sizeof(float) + 1);
     check(buffers.ok(), "GPU: buffers allocated (workspace " + std::to_string(workspaceBytes) + " bytes)");
     if (!buffers.ok())
         return;
-    dcn::DeformConvGeometry geometry;
-    dcn::GemmOptions nchw; // the reference: the direct kernel over NCHW, which needs no workspace
-    nchw.directChannelsLast = false;
-    bool const direct = geometryOf(attrs, shapes, geometry)
-        && dcn::launchDeformConv(geometry, DCN_FLOAT32, DCN_ALGO_DIRECT, device[0], device[2], device[1], device[3],
-               device[4], reference, nullptr, 0, nullptr, nullptr, nchw).ok();
+    bool const direct = launchNchwReference(attrs, shapes, DCN_FLOAT32, device[0], device[1], device[2], device[3],
+        device[4], reference);
     std::vector<float> const want = buffers.download(reference, outCount);
     void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
     for (int32_t tactic : tactics)
@@ -220,24 +243,15 @@ void checkChannelsLastEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields
     std::vector<PluginTensorDesc> runtimeIo;
     for (auto const& d : io)
         runtimeIo.push_back(d.desc);
-    check(build->configurePlugin(io.data(), 5, &io[5], 1) == 0, "GPU HWC8 (" + label + "): configurePlugin");
-    size_t const workspaceBytes = build->getWorkspaceSize(io.data(), 5, &io[5], 1);
-    std::vector<int32_t> tactics(size_t(build->getNbTactics()));
-    check(build->getValidTactics(tactics.data(), int32_t(tactics.size())) == 0, "GPU HWC8: getValidTactics");
-    tactics.insert(tactics.begin(), dcn::kTacticDefault);
+    size_t workspaceBytes = 0;
+    std::vector<int32_t> const tactics = configureAsBuilder(build, io, "GPU HWC8 (" + label + ")", workspaceBytes);
 
-    auto count = [](std::vector<int64_t> const& shape) {
-        size_t n = 1;
-        for (int64_t d : shape)
-            n *= size_t(d);
-        return n;
-    };
     std::mt19937 rng(11);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<std::vector<dcn::HostHalf>> host(5);
     for (size_t k = 0; k < 5; ++k)
     {
-        host[k].resize(count(shapes[k]));
+        host[k].resize(elementCount(shapes[k]));
         for (dcn::HostHalf& v : host[k]) // offsets reach off the image; the mask positive
             v = dcn::HostHalf{dcn::floatToHalf(k == 2 ? 3.0f * normal(rng) : k == 4 ? std::fabs(normal(rng)) : normal(rng))};
     }
@@ -257,7 +271,7 @@ void checkChannelsLastEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields
     };
     void* device[5] = {upload(nhwc), upload(host[1]), upload(host[2]), upload(host[3]), upload(host[4])};
     void* nchwInput = upload(host[0]);
-    size_t const outCount = count(outShape);
+    size_t const outCount = elementCount(outShape);
     void* output = buffers.allocate((outCount + 1) / 2);
     void* reference = buffers.allocate((outCount + 1) / 2);
     void* workspace = buffers.allocate(workspaceBytes / sizeof(float) + 1);
@@ -265,12 +279,8 @@ void checkChannelsLastEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields
     check(ready, "GPU HWC8 (" + label + "): buffers (workspace " + std::to_string(workspaceBytes) + " bytes)");
     if (!ready)
         return;
-    dcn::DeformConvGeometry geometry;
-    dcn::GemmOptions nchw; // the reference: the direct kernel over NCHW, which needs no workspace
-    nchw.directChannelsLast = false;
-    bool const direct = geometryOf(attrs, shapes, geometry)
-        && dcn::launchDeformConv(geometry, DCN_FLOAT16, DCN_ALGO_DIRECT, nchwInput, device[2], device[1], device[3],
-               device[4], reference, nullptr, 0, nullptr, nullptr, nchw).ok();
+    bool const direct = launchNchwReference(attrs, shapes, DCN_FLOAT16, nchwInput, device[1], device[2], device[3],
+        device[4], reference);
     auto downloadHalves = [&](void const* ptr) {
         std::vector<dcn::HostHalf> values(outCount);
         bool const copied = cudaDeviceSynchronize() == cudaSuccess
