@@ -223,6 +223,12 @@ def test_the_binding_speaks_the_headers_abi_version_and_a_stale_library_is_not_u
     assert int(re.search(r"DCN_FORWARD_ALLOW_TF32 = (\d+)", header).group(1)) == native_module.DCN_FORWARD_ALLOW_TF32
     assert cpu_lib.abi_version == native_module.ABI_VERSION
     monkeypatch.setattr(native_module, "ABI_VERSION", native_module.ABI_VERSION + 1)  # as if the build were stale
+    monkeypatch.setattr(native_module, "_LOADED", {})
+    with pytest.raises(native_module.StaleLibraryError,
+                       match=rf"{re.escape(str(cpu_lib.path))} is a stale build: it speaks C ABI version "
+                             rf"{cpu_lib.abi_version}, this package speaks {cpu_lib.abi_version + 1}\. Rebuild it "
+                             r"\(dcn-deploy plugin build\)"):
+        native_module.load_library("host", cpu_lib.path)  # what a benchmark or a test calls: refused, not called
     native_paths._cpu_library.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match=r"is not used \(it is a stale build .*dcn-deploy plugin build"):

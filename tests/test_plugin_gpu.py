@@ -399,9 +399,10 @@ _CHILD_ENVS = {
     # float32 products on TF32 tensor cores (an experiment, off by default): only its own test, whose tolerance is
     # TF32's (the dense tests' float32 tolerance is IEEE float32's)
     "tf32": {"DCN_DEPLOY_GEMM_TF32": "1"},
-    # a half type's bias added by the staged product (cuBLASLt's epilogue; an experiment, off by default), every
-    # dense layer staged
+    # a half type's bias added by the staged product (cuBLASLt's epilogue; by default only on channels-last tensors),
+    # every dense layer staged; and never by it (the bias written first, or added by the transpose)
     "bias_epilogue": {"DCN_DEPLOY_GEMM_BIAS": "epilogue", "DCN_DEPLOY_GEMM_OUTPUT": "staged"},
+    "bias_fill": {"DCN_DEPLOY_GEMM_BIAS": "fill"},
     "bias_epilogue_nn": {"DCN_DEPLOY_GEMM_BIAS": "epilogue", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
                          "DCN_DEPLOY_GEMM_PRODUCT": "nn"},
     # the direct kernel's own tests only: over a channels-last copy of the input (the default on depth-wise layers)
@@ -510,10 +511,12 @@ def test_gemm_path_each_output_way(dense_children, output):
     _check_dense_child(dense_children, output)
 
 
-@pytest.mark.parametrize("child", ["bias_epilogue", "bias_epilogue_nn"])
-def test_gemm_path_bias_added_by_the_product(dense_children, child):
-    """The dense-layer tests under DCN_DEPLOY_GEMM_BIAS=epilogue (the half types' staged products add the bias in
-    cuBLASLt's epilogue, which fails rather than falls back: passing means it ran), with TN and NN products."""
+@pytest.mark.parametrize("child", ["bias_epilogue", "bias_epilogue_nn", "bias_fill"])
+def test_gemm_path_bias_added_by_the_product_or_not(dense_children, child):
+    """The dense-layer tests under DCN_DEPLOY_GEMM_BIAS=epilogue (the half types' staged and channels-last products
+    add the bias in cuBLASLt's epilogue, which fails rather than falls back: passing means it ran), with TN and NN
+    products; and under DCN_DEPLOY_GEMM_BIAS=fill (never the epilogue: the channels-last outputs filled with the bias
+    first, auto's way before it took the epilogue)."""
     _check_dense_child(dense_children, child)
 
 

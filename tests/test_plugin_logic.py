@@ -318,7 +318,7 @@ def test_channels_last_tensors_take_the_gemm_path_or_the_depthwise_kernel(kernel
     ("DCN_DEPLOY_GEMM_SPLIT_K", "16", "DCN_DEPLOY_GEMM_SPLIT_K must be one of auto, 1, 2, 4, 8, got '16'"),
     ("DCN_DEPLOY_GEMM_SPLIT_K", "0", "DCN_DEPLOY_GEMM_SPLIT_K must be one of auto, 1, 2, 4, 8, got '0'"),
     ("DCN_DEPLOY_GEMM_TF32", "yes", "DCN_DEPLOY_GEMM_TF32 must be one of 0, 1, got 'yes'"),
-    ("DCN_DEPLOY_GEMM_BIAS", "lt", "DCN_DEPLOY_GEMM_BIAS must be one of auto, epilogue, got 'lt'"),
+    ("DCN_DEPLOY_GEMM_BIAS", "lt", "DCN_DEPLOY_GEMM_BIAS must be one of auto, epilogue, fill, got 'lt'"),
     ("DCN_DEPLOY_GEMM_TILE_ITEMS", "64k",
      "DCN_DEPLOY_GEMM_TILE_ITEMS must be a whole number from 1 to 1048576, got '64k'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "64MB", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '64MB'"),

@@ -88,18 +88,20 @@ def _load(kind: str, entries: Sequence[str]):
     """The built library of ``kind`` if it loads, has ``entries`` and this package's ABI version, else None; a
     library that is built but unusable is named in a warning (once: the callers cache the answer)."""
     from ..plugin.library import find_library
-    from ..plugin.native import ABI_VERSION, load_library
+    from ..plugin.native import ABI_VERSION, StaleLibraryError, load_library
 
     path = find_library(kind)
     if path is None:
         return None
     try:
         lib = load_library(kind, path)
+    except StaleLibraryError as exc:
+        return _unusable(path, f"it is a stale build (C ABI version {exc.version}, this package speaks {ABI_VERSION})")
     except OSError as exc:  # a foreign-architecture build, or no CUDA driver for the kernels
         return _unusable(path, f"it does not load: {exc}")
-    if not all(lib.has(entry) for entry in entries) or lib.abi_version != ABI_VERSION:
-        return _unusable(path, f"it is a stale build (C ABI version {lib.abi_version}, this package speaks "
-                               f"{ABI_VERSION}, or entries missing)")
+    missing = [entry for entry in entries if not lib.has(entry)]
+    if missing:
+        return _unusable(path, f"it is a stale build (entries missing: {', '.join(missing)})")
     return lib
 
 

@@ -18,12 +18,12 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 from .library import require_library
 from .native_roi import declare_entries as declare_roi_entries
 
-__all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeError", "DeformConvDesc",
+__all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeError", "StaleLibraryError", "DeformConvDesc",
            "DeformConvAttrs", "NativeLibrary", "load_library", "deform_conv2d_host", "deform_conv2d_cpu",
            "deform_conv2d_cuda", "DTYPE_CODES", "ALGOS", "FIELD_TYPE_INT32"]
 
-# The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h (a library of another version is a
-# stale build, which the op does not use).
+# The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h. A library of another version is a
+# stale build: NativeLibrary refuses it (StaleLibraryError), since its entries may take other arguments.
 ABI_VERSION = 11
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
@@ -44,6 +44,17 @@ class NativeError(RuntimeError):
         super().__init__(f"{message} [{STATUS_NAMES.get(code, 'error')} {code}]")
         self.code = code
         self.message = message
+
+
+class StaleLibraryError(OSError):
+    """A built library speaks another C ABI version than this binding: calling it could pass wrong arguments."""
+
+    def __init__(self, path: Path, version: object):
+        super().__init__(f"{path} is a stale build: it speaks C ABI version {version}, this package speaks "
+                         f"{ABI_VERSION}. Rebuild it (dcn-deploy plugin build), or point DCN_DEPLOY_PLUGIN_DIR at a "
+                         "current build")
+        self.path = path
+        self.version = version
 
 
 class DeformConvDesc(ctypes.Structure):
@@ -76,12 +87,16 @@ _VOIDP = ctypes.c_void_p
 
 
 class NativeLibrary:
-    """One loaded library (host, kernels or plugin) with typed entry points; errors raise :class:`NativeError`."""
+    """One loaded library (host, kernels or plugin) with typed entry points; errors raise :class:`NativeError`. A
+    library of another C ABI version (or none) raises :class:`StaleLibraryError` here, before any entry is called."""
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
         self.lib = ctypes.CDLL(str(self.path))
         self._declare("dcn_abi_version", [], ctypes.c_int32)
+        version = self.abi_version if self.has("dcn_abi_version") else "none (no dcn_abi_version entry)"
+        if version != ABI_VERSION:
+            raise StaleLibraryError(self.path, version)
         self._declare("dcn_last_error", [], ctypes.c_char_p)
         self._declare("dcn_deform_conv2d_output_size", [_P(DeformConvDesc), _P(ctypes.c_int32), _P(ctypes.c_int32)])
         self._declare("dcn_deform_conv2d_forward_host", [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6)

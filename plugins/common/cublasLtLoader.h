@@ -1,5 +1,5 @@
 // cuBLASLt, loaded at run time (dlopen) like cuBLAS (cublasLoader.h), for the one product that needs it: the GEMM
-// path's staged product with the bias in its epilogue (GemmOptions::biasEpilogue, an experiment). Only the entry
+// path's product with the bias in its epilogue (GemmBias: auto's choice on channels-last tensors). Only the entry
 // points, enum values and structs used are declared here, as cublasLt.h of CUDA 12 and 13 defines them (checked
 // against the header of the nvidia-cublas 13.10 wheel; never vendored).
 #pragma once

@@ -114,8 +114,8 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_de
  * 0 = the CUDA default), layouts and sampling, with cuBLAS's product as a plain loop. output_mode: where the product
  * writes, 0 as the CUDA path chooses, 1 straight into NCHW, 2 through the staging scratch (GemmOutput in
  * plugins/deform_conv/deformConvGemmPlan.h), 3 through it with a half type's bias added by the product
- * (DCN_DEPLOY_GEMM_BIAS=epilogue on the CUDA side; GemmOptions::biasEpilogue). sampler: 0 as the CUDA path chooses, 1 tiled, 2 one thread per channel
- * vector (GemmSampler); tile_items: the tiled sampler's channel vectors per tile, 0 = the CUDA default; chunks: 0 as
+ * (DCN_DEPLOY_GEMM_BIAS=epilogue on the CUDA side; kGemmBiasEpilogue). sampler: 0 as the CUDA path chooses, 1 tiled,
+ * 2 one thread per channel vector (GemmSampler); tile_items: the tiled sampler's channel vectors per tile, 0 = the CUDA default; chunks: 0 as
  * few chunks as fit, of equal size (the CUDA default), 1 as many images or pixels per chunk as fit, then the
  * remainder (GemmChunks);
  * product: the staged product's layout, 0 TN (the CUDA default), 1 NN with output-major weights (GemmProduct);

@@ -38,8 +38,8 @@ namespace
 //   DCN_DEPLOY_GEMM_TF32          0 (default) or 1: float32 products on TF32 tensor cores (GemmOptions::tf32),
 //                                 whatever dcn_deform_conv2d_forward_cuda's flags say (1 forces it on);
 //   DCN_DEPLOY_GEMM_OUTPUT        auto (default), direct or staged: where the product writes (GemmOutput);
-//   DCN_DEPLOY_GEMM_BIAS          auto (default) or epilogue: a half type's staged product adds the bias itself
-//                                 (cuBLASLt's epilogue; GemmOptions::biasEpilogue, an experiment);
+//   DCN_DEPLOY_GEMM_BIAS          auto (default), epilogue or fill: where a half type's product adds the bias
+//                                 (cuBLASLt's epilogue or not: GemmBias);
 //   DCN_DEPLOY_GEMM_SAMPLER       auto (default), tiled or thread: how the columns are sampled (GemmSampler);
 //   DCN_DEPLOY_GEMM_TILE_ITEMS    the tiled sampler's channel vectors per tile (default: kTileDefaultElements'
 //                                 worth);
@@ -124,7 +124,7 @@ AbiGemmOptions const& abiGemmSettings()
             read.problem);
         parsed.tf32 = choiceFromEnvironment("DCN_DEPLOY_GEMM_TF32", {"0", "1"}, read.problem) == 1;
         parsed.output = choiceFromEnvironment("DCN_DEPLOY_GEMM_OUTPUT", {"auto", "direct", "staged"}, read.problem);
-        parsed.biasEpilogue = choiceFromEnvironment("DCN_DEPLOY_GEMM_BIAS", {"auto", "epilogue"}, read.problem) == 1;
+        parsed.bias = choiceFromEnvironment("DCN_DEPLOY_GEMM_BIAS", {"auto", "epilogue", "fill"}, read.problem);
         parsed.sampler = choiceFromEnvironment("DCN_DEPLOY_GEMM_SAMPLER", {"auto", "tiled", "thread"}, read.problem);
         long const tileItems = wholeNumberFromEnvironment("DCN_DEPLOY_GEMM_TILE_ITEMS", 1, 1 << 20, read.problem);
         parsed.tileItems = int32_t(tileItems > 0 ? tileItems : 0);

@@ -126,8 +126,9 @@ Status runProduct(GemmCall const& call, T const* a, T const* b, Out* c, bool acc
 // The staged product with the bias in cuBLASLt's epilogue (GemmPlan::biasInProduct: a half type, one group,
 // unsplit): d = round(weights x columns + bias), the bias along the product's rows (the output channels), partial
 // sums never reduced in T (only the compute type's reduction scheme allowed, as kCublasMathFloatReductions asks of
-// cuBLAS). No fallback: where cuBLASLt does not load or offers no algorithm, DCN_ERROR_UNSUPPORTED saying so (the
-// experiment must show that cuBLASLt ran; the host build runs the same sums as a bias-filled scratch accumulated into).
+// cuBLAS). Where cuBLASLt does not load or offers no algorithm, DCN_ERROR_UNSUPPORTED saying so: the caller falls
+// back to the fill unless the plan requires the epilogue (the host build runs the same sums as a bias-filled
+// scratch accumulated into).
 template <typename T>
 Status runLtBiasProduct(GemmCall const& call, T const* a, T const* b, T const* bias, T* d, void* workspace,
     size_t workspaceBytes, cudaStream_t stream)
@@ -255,7 +256,13 @@ Status runChannelsLastChunk(DeformConvGeometry const& geo, GemmPlan const& plan,
     }
     GemmCall const call = stagedProduct(geo, images, pixels, plan.outputMajorWeights);
     if (bias && plan.biasInProduct)
-        return runLtBiasProduct<T>(call, weights, columns, bias, rows, cublasWorkspace, plan.cublasBytes, stream);
+    {
+        Status const added
+            = runLtBiasProduct<T>(call, weights, columns, bias, rows, cublasWorkspace, plan.cublasBytes, stream);
+        // auto's epilogue gives way to the fill where cuBLASLt cannot add the bias; a required one says why
+        if (added.ok() || plan.biasInProductRequired || added.code != DCN_ERROR_UNSUPPORTED)
+            return added;
+    }
     if (bias)
     {
         bool const vectors = oc % kStoreVector<T> == 0 && reinterpret_cast<uintptr_t>(rows) % 16 == 0;

@@ -59,6 +59,20 @@ enum GemmOutput : int32_t
     kGemmOutputStaged = 2, // through the scratch, rounded to the output type once, with the bias
 };
 
+// Where a half type's product gets a layer's bias, in one group and unsplit (GemmOptions::bias; the C ABI's
+// DCN_DEPLOY_GEMM_BIAS). The epilogue is cuBLASLt's bias epilogue: the product adds the bias before its one rounding,
+// so nothing writes the bias first (a channels-last output) or adds it in the transpose (a staged one, which then
+// stages T: half the scratch bytes). On an H100 (session 34, benchmarks/RESULTS.md) it made the channels-last rows
+// 5-16% faster in fp16 (det res3 batch 8 0.306 -> 0.289 ms) and moved the staged NCHW rows by 2% at most.
+enum GemmBias : int32_t
+{
+    kGemmBiasAuto = 0,     // the epilogue on channels-last tensors, falling back to the fill where cuBLASLt does not
+                           // load or offers no algorithm; the fill otherwise
+    kGemmBiasEpilogue = 1, // the epilogue wherever the product is staged or channels-last; where cuBLASLt cannot,
+                           // DCN_ERROR_UNSUPPORTED saying so (no fallback: a run shows it ran)
+    kGemmBiasFill = 2,     // never the epilogue: the bias written first (beta = 1) or added by the transpose
+};
+
 // How the columns are sampled.
 //   Tiled: a block samples the columns of a tile of consecutive pixels. It first computes the bilinear taps of
 //     every (pixel, offset group, kernel point) of the tile once, reading the offsets and the mask coalesced along
@@ -181,19 +195,15 @@ struct GemmOptions
     // benchmarks/RESULTS.md) 3.3x-3.4x faster than over NCHW in fp16 and 1.9x in float32 on depth-wise res4. Off
     // (NCHW, no workspace) with the C ABI's DCN_DEPLOY_DIRECT_LAYOUT=nchw.
     bool directChannelsLast = true;
-    // An experiment (off; the C ABI's DCN_DEPLOY_GEMM_BIAS=epilogue): where the staged product of a half type has a
-    // bias (one group, unsplit: GemmPlan::biasInProduct), the product adds it and rounds once into the half-width
-    // scratch (cuBLASLt's bias epilogue: an error where cuBLASLt cannot, no fallback, so that a run shows it ran;
-    // the host build: the scratch filled with the bias and accumulated into, the same sums), and the transpose only
-    // moves it: half the scratch bytes of the float staging, as a layer without a bias already gets
-    // (stagesNarrow). benchmarks/gpu_notes.md, item 6: det res3 at batch 8.
-    bool biasEpilogue = false;
+    // Where a half type's product adds a layer's bias (GemmBias; GemmPlan::biasInProduct). The host build runs the
+    // epilogue's sums as the scratch or the output filled with the bias and accumulated into.
+    int32_t bias = kGemmBiasAuto;
     // The input and the output are channels-last tensors in memory, (N, H, W, C) and (N, oH, oW, oC) (torch's
     // channels_last, TensorRT's HWC formats), the offsets, mask and weights as always (the C ABI's forward flag
     // DCN_FORWARD_CHANNELS_LAST). Then the sampler reads the input where it is (no transpose, no room for it; an
     // outside neighbour reads the zero vector by a pointer of its own: GemmPlan::channelsLast) and the product writes
     // the output itself, since its rows of output channels are the output's pixels (no staging, no transpose): the
-    // bias written first and the product added (beta = 1), or added by cuBLASLt's epilogue with biasEpilogue. Split
+    // bias written first and the product added (beta = 1), or added by cuBLASLt's epilogue (GemmBias). Split
     // into slices of K where the staged product would be (splitK): the slices staged, then summed into the output
     // with the bias (channelsLastSumElement), no transpose.
     bool channelsLastTensors = false;
@@ -213,6 +223,11 @@ inline std::string channelsLastAlignmentRefusal(void const* input, void const* o
 inline bool validGemmOutput(int32_t output)
 {
     return output == kGemmOutputAuto || output == kGemmOutputDirect || output == kGemmOutputStaged;
+}
+
+inline bool validGemmBias(int32_t bias)
+{
+    return bias == kGemmBiasAuto || bias == kGemmBiasEpilogue || bias == kGemmBiasFill;
 }
 
 inline bool validGemmSampler(int32_t sampler)
@@ -263,8 +278,9 @@ struct GemmPlan
     bool outputMajorWeights; // staged as NN: the weights re-laid out [g][kp][c][o] (GemmProduct)
     int32_t splitK;      // slices of K of the staged product (1 unless staged or channelsLast and gemmSplitK allows more)
     bool tf32;           // float32 products on TF32 tensor cores (GemmOptions::tf32; float32 layers only)
-    bool biasInProduct;  // a bias, where the layer has one, is added by the product (GemmOptions::biasEpilogue:
-                         // half types, one group, staged or channelsLast, unsplit)
+    bool biasInProduct;  // a bias, where the layer has one, is added by the product (GemmOptions::bias: half
+                         // types, one group, unsplit; staged under kGemmBiasEpilogue, channelsLast under it or auto)
+    bool biasInProductRequired; // kGemmBiasEpilogue: where cuBLASLt cannot add it, an error rather than the fill
     bool channelsLast;   // channels-last input and output (GemmOptions::channelsLastTensors): the input is sampled
                          // where it is (nhwcBytes holds only the zero vector, at zeroVector 0, reached by a pointer
                          // of its own), and the product (stagedProduct's call) writes the output, not staged (but
@@ -570,8 +586,10 @@ inline GemmPlan planGemm(DeformConvGeometry const& geo, size_t elementBytes, Gem
     // reserve the staging only for a layer that may split: none for the others (their product writes the output).
     plan.splitK = stagedCall ? slices : 1;
     plan.tf32 = options.tf32 && elementBytes == 4;
-    plan.biasInProduct = options.biasEpilogue && stagedCall && elementBytes == 2 && geo.d.group == 1
-        && plan.splitK == 1;
+    bool const epilogueHere = options.bias == kGemmBiasEpilogue ? stagedCall
+        : options.bias == kGemmBiasAuto && plan.channelsLast;
+    plan.biasInProduct = epilogueHere && elementBytes == 2 && geo.d.group == 1 && plan.splitK == 1;
+    plan.biasInProductRequired = options.bias == kGemmBiasEpilogue;
     bool const maySplit = options.splitK != 0 ? slices > 1 : autoSplitKCandidate(geo, elementBytes);
     plan.stagingBytes = plan.channelsLast && !maySplit
         ? 0

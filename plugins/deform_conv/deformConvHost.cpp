@@ -471,7 +471,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
                 problem = std::string("dcn_deform_conv2d_forward_host_gemm: ") + name + " must be " + allowed
                     + ", got " + std::to_string(value);
         };
-        // output_mode 3: staged, a half type's bias added by the product (GemmOptions::biasEpilogue)
+        // output_mode 3: staged, a half type's bias added by the product (kGemmBiasEpilogue)
         bool const biasInProduct = output_mode == 3;
         require(dcn::validGemmOutput(output_mode) || biasInProduct, "output_mode",
             "0 (auto), 1 (direct), 2 (staged) or 3 (staged, the bias added by the product)", output_mode);
@@ -500,7 +500,7 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_gemm(const dcn_deform_conv_desc* 
         // with channels-last tensors the product writes the output whatever the mode (auto's, 0)
         options.output = biasInProduct ? (channelsLast ? dcn::kGemmOutputAuto : dcn::kGemmOutputStaged) : output_mode;
         options.channelsLastTensors = channelsLast;
-        options.biasEpilogue = biasInProduct;
+        options.bias = biasInProduct ? dcn::kGemmBiasEpilogue : dcn::kGemmBiasAuto;
         options.sampler = sampler;
         options.chunks = chunks;
         options.product = product;

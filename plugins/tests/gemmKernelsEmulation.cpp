@@ -752,9 +752,53 @@ void checkGridLimits()
         "an image of 2147483637 pixels under a 4 GiB budget: " + std::to_string(plan.pixels) + " pixels per chunk");
 }
 
+// Where the product adds a layer's bias (GemmBias, GemmPlan::biasInProduct): auto on channels-last tensors only,
+// epilogue wherever the product is staged or writes channels-last, fill never; only for half types, one group,
+// unsplit; and only epilogue requires cuBLASLt (auto falls back to the fill).
+void checkBiasRule()
+{
+    struct Case
+    {
+        char const* name;
+        int32_t bias;
+        bool channelsLast;
+        int32_t output;
+        int32_t group;
+        int32_t splitK;
+        size_t elementBytes;
+        bool inProduct;
+    };
+    Case const cases[] = {
+        {"auto, channels-last, fp16", kGemmBiasAuto, true, kGemmOutputAuto, 1, 0, 2, true},
+        {"auto, NCHW staged, fp16", kGemmBiasAuto, false, kGemmOutputStaged, 1, 0, 2, false},
+        {"auto, channels-last, float32", kGemmBiasAuto, true, kGemmOutputAuto, 1, 0, 4, false},
+        {"auto, channels-last, two groups", kGemmBiasAuto, true, kGemmOutputAuto, 2, 0, 2, false},
+        {"auto, channels-last, split in 2", kGemmBiasAuto, true, kGemmOutputAuto, 1, 2, 2, false},
+        {"epilogue, NCHW staged, fp16", kGemmBiasEpilogue, false, kGemmOutputStaged, 1, 0, 2, true},
+        {"epilogue, NCHW direct, fp16", kGemmBiasEpilogue, false, kGemmOutputDirect, 1, 0, 2, false},
+        {"epilogue, channels-last, fp16", kGemmBiasEpilogue, true, kGemmOutputAuto, 1, 0, 2, true},
+        {"fill, channels-last, fp16", kGemmBiasFill, true, kGemmOutputAuto, 1, 0, 2, false},
+        {"fill, NCHW staged, fp16", kGemmBiasFill, false, kGemmOutputStaged, 1, 0, 2, false},
+    };
+    for (Case const& c : cases)
+    {
+        DeformConvGeometry geo;
+        bool const made = makeGeometry({2, 64, 7, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, c.group, 1}, geo).ok();
+        GemmOptions options;
+        options.bias = c.bias;
+        options.channelsLastTensors = c.channelsLast;
+        options.output = c.output;
+        options.splitK = c.splitK;
+        GemmPlan const plan = planGemm(geo, c.elementBytes, options);
+        check(made && plan.biasInProduct == c.inProduct && plan.biasInProductRequired == (c.bias == kGemmBiasEpilogue),
+            std::string("bias rule: ") + c.name);
+    }
+}
+
 int main()
 {
     checkOutputRule();
+    checkBiasRule();
     checkGridLimits();
     checkSplitKPlan();
     checkAutoSplitKPlan();
