@@ -9,7 +9,8 @@
 #   4. compute-sanitizer memcheck over small cases of every kernel,
 #   5. the GEMM path's product output forced staged (auto writes NCHW directly where the rows allow), and a
 #      16 MiB column budget,
-#   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark,
+#   6. racecheck, memcheck of the plugin shells and the RoI kernels, then the grouped / depth-wise benchmark and
+#      whole zoo networks in PyTorch,
 #   7. optional: variants of the GEMM path's settings (DCN_GPU_VARIANTS) and an Nsight Compute profile of the
 #      transpose, sampling and output kernels at res4, batch 8, fp16 (DCN_GPU_NCU="tiled thread": the samplers to
 #      profile; "implicit" or "specialised": that implicit-GEMM kernel with its stall sites, and its SASS with
@@ -31,7 +32,7 @@
 #   DCN_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_checks.sh [output folder]
 #   (default: $OUT, else artifacts/gpu; writes these files there: checks.log, bench.json, bench.md,
 #    bench_implicit.json, bench_output_staged.json, bench_chunk_64.json, bench_grouped.json, bench_grouped.md,
-#    bench_nhwc.json, bench_nhwc.md, bench_grouped_nhwc.json, and
+#    bench_nhwc.json, bench_nhwc.md, bench_grouped_nhwc.json, bench_zoo.json, and
 #    implicit_sass.csv or specialised_sass.csv with DCN_GPU_NCU; the device tool brings back 8: skip a step to stay
 #    within them)
 set -u
@@ -208,6 +209,9 @@ bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped 
 # without its transpose; the grouped one: the GEMM path without its two); the table in checks.log.
 bench bench-grouped-nhwc 90 bench_grouped_nhwc.json "" -- --layers grouped --algos auto --channels-last --iters 20 \
     --warmup 3
+# Whole networks in PyTorch (fp16, NCHW and channels-last): the plain twin, the deformable network on our op and on
+# torchvision's (benchmarks/gpu_zoo_torch.py; rows in bench_zoo.json, the table in checks.log).
+step bench-zoo 150 python3 benchmarks/gpu_zoo_torch.py --json "$OUT_DIR/bench_zoo.json"
 # The depth-wise layer again with the direct kernel over NCHW (the layout before kernels revision 7; table in
 # checks.log), against bench-grouped's direct column (channels-last by default).
 step bench-direct-nchw 60 env DCN_DEPLOY_DIRECT_LAYOUT=nchw python3 benchmarks/gpu_deform_conv.py --layers grouped \
