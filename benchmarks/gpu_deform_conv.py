@@ -180,10 +180,12 @@ def run_settings(iters: int, warmup: int, graph: bool) -> dict:
             "command": command_line()}
 
 
-def command_line() -> str:
-    """This process's command, with the kernel knobs set in its environment (:func:`kernel_settings`) first."""
+def command_line(script: Optional[str] = None) -> str:
+    """This process's command (``script``: the benchmark's file, this one by default), with the kernel knobs set in
+    its environment (:func:`kernel_settings`) first."""
     env = kernel_settings()
-    return f"{env + ' ' if env else ''}python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip()
+    name = script or Path(__file__).name
+    return f"{env + ' ' if env else ''}python benchmarks/{name} {' '.join(sys.argv[1:])}".rstrip()
 
 
 # Relative errors against the float64 reference above which an implementation's result is wrong, not rounded:

@@ -186,7 +186,8 @@ def to_markdown(rows: Sequence[dict], settings: dict) -> str:
              f"{settings.get('torchvision', '?')}, CUDA {settings.get('cuda', '?')}; median of {settings.get('iters')} "
              f"CUDA-event-timed CUDA-graph replays after {settings.get('warmup')} warm-up runs (`*`: eager calls, the "
              "capture failed); random weights, offset convolutions redrawn from N(0, "
-             f"{settings.get('offset_std')}; cuDNN autotuned: `torch.backends.cudnn.benchmark`; `|offset|`: the offset convolutions' mean |output|, in pixels). `plain`: the plain twin (cuDNN's 3x3 convolutions); `ours` and "
+             f"{settings.get('offset_std')}); `|offset|`: the offset convolutions' mean |output|, in pixels; cuDNN "
+             "autotuned (`torch.backends.cudnn.benchmark`). `plain`: the plain twin (cuDNN's 3x3 convolutions); `ours` and "
              "`torchvision`: the deformable network on each op. Errors: ||out - ref|| / ||ref|| against the "
              "deformable network in float32 on our op.",
              "",
@@ -212,7 +213,7 @@ def run_settings(iters: int, warmup: int, offset_std: float) -> dict:
 
     return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "cuda": torch.version.cuda, "commit": _git_commit(), "iters": iters, "warmup": warmup,
-            "offset_std": offset_std, "kernel_settings": kernel_settings(), "command": command_line(),
+            "offset_std": offset_std, "kernel_settings": kernel_settings(), "command": command_line(Path(__file__).name),
             "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 

@@ -105,3 +105,12 @@ def test_one_row_measured_on_cpu_tensors(zoo_bench, monkeypatch, layout):
     assert all(c[2] == (1, 1) and c[3] == (1, 1) and c[4] for c in calls)
     assert min(c[5] for c in calls) > 0.01 and row["offset_abs_mean"] > 0.01  # redrawn: not the zoo's zero offsets
     assert not any("_failed" in key for key in row)
+
+
+def test_settings_name_this_script_in_the_command(zoo_bench, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(__version__="0.0-test"))
+    monkeypatch.setattr(sys, "argv", ["gpu_zoo_torch.py", "--batches", "1"])
+    settings = zoo_bench.run_settings(20, 3, 0.01)
+    assert settings["command"].endswith("python benchmarks/gpu_zoo_torch.py --batches 1")
+    assert settings["device"] == "Test GPU" and settings["torchvision"] == "0.0-test"
