@@ -102,6 +102,28 @@ def test_ort_cuda_without_the_cuda_provider(files):
         OrtRunner(files["onnx"], device="cuda").activate()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without a CUDA device")
+def test_torch_cuda_without_a_gpu(files):
+    result = run("verify", files["onnx"], "--runner", "torch-cuda", "--against", "ort", "--model", files["factory"],
+                 "--shape", "x=1x2x5x5")
+    assert_bad_input(result, "torch-cuda: device 'cuda' was asked for but this PyTorch", "has no usable CUDA device",
+                     "--runner torch")
+
+
+def test_torch_cuda_needs_the_model_too(files):
+    result = run("bench", files["onnx"], "--runner", "ort,torch-cuda", "--shape", "x=1x2x4x4")
+    assert_bad_input(result, "the torch-cuda runner needs the PyTorch model: add --model")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_cuda_verifies_against_torch_on_the_cpu(files):
+    """Both torch runners at once (each its own copy of the module: activating one moves it to its device)."""
+    result = run("verify", files["onnx"], "--runner", "torch-cuda", "--against", "torch", "--model",
+                 files["factory"], "--shape", "x=2x2x6x7")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert "torch-cuda against torch" in result.output
+
+
 # the user's model code fails ----------------------------------------------------------------------------------
 def test_a_factory_that_raises_is_named_with_its_error(files):
     boom = files["folder"] / "boom.py"

@@ -266,7 +266,8 @@ def test_exported_program_runs_in_torch_runner(tiny, rng):
 def test_cli_runner_choices_are_the_factorys_runner_kinds():
     """The CLI keeps its own copy (importing the factory would import numpy at `dcn-deploy --help`): the two must
     name the same runners, in the same order."""
-    from dcn_deploy.backends.factory import RUNNER_KINDS
-    from dcn_deploy.commands._runtime import RUNNER_CHOICES
+    from dcn_deploy.backends.factory import RUNNER_KINDS, TORCH_RUNNER_KINDS
+    from dcn_deploy.commands._runtime import RUNNER_CHOICES, TORCH_RUNNERS
 
     assert RUNNER_CHOICES == RUNNER_KINDS
+    assert TORCH_RUNNERS == TORCH_RUNNER_KINDS

@@ -12,10 +12,12 @@ from typing import Optional, Tuple
 from ..wording import argument, for_reader
 from .base import Runner, RunnerError, TensorMeta
 
-__all__ = ["ENGINE_SUFFIXES", "RUNNER_KINDS", "make_runner", "onnx_io_metadata", "read_onnx_model",
+__all__ = ["ENGINE_SUFFIXES", "RUNNER_KINDS", "TORCH_RUNNER_KINDS", "make_runner", "onnx_io_metadata", "read_onnx_model",
            "tensorrt_missing_reason"]
 
-RUNNER_KINDS = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")
+RUNNER_KINDS = ("ort", "ort-cuda", "torch", "torch-cuda", "trt", "onnx-reference")
+# The runners of the PyTorch model itself: on the CPU, and on the current CUDA device (the op's CUDA kernels)
+TORCH_RUNNER_KINDS = ("torch", "torch-cuda")
 # File suffixes read as TensorRT engines (trtexec writes .engine, .plan or .trt).
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -95,8 +97,8 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
                 engine: Optional[os.PathLike] = None, engine_options: Optional[dict] = None) -> Runner:
     """A runner of ``kind`` (one of :data:`RUNNER_KINDS`) for the model file ``model_path``.
 
-    ``torch_model`` (an nn.Module) is required for ``torch``: it runs with the ONNX file's input and output
-    names. ``trt`` runs ``engine`` when given, else ``model_path`` itself when it is an engine, else builds
+    ``torch_model`` (an nn.Module) is required for ``torch`` and ``torch-cuda`` (on the CUDA device): it runs with
+    the ONNX file's input and output names. ``trt`` runs ``engine`` when given, else ``model_path`` itself when it is an engine, else builds
     ``MODEL.engine`` beside the ``.onnx`` file with ``dcn_deploy.backends.trt_build.build_engine``
     (``engine_options`` are passed to it).
     """
@@ -135,9 +137,9 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
         from .onnx_reference_runner import OnnxReferenceRunner
 
         return OnnxReferenceRunner(path)
-    # torch
+    # torch, torch-cuda
     if torch_model is None:
-        raise ValueError("runner 'torch' needs the PyTorch model: pass "
+        raise ValueError(f"runner {kind!r} needs the PyTorch model: pass "
                          + argument("torch_model=module (an nn.Module, e.g. "
                                     "dcn_deploy.onnx.model_loading.load_model(ref, weights).model)",
                                     "--model FILE.py:FACTORY, module:FACTORY, a .pt2 file or a zoo name, and --weights "
@@ -145,4 +147,5 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
     from .torch_runner import TorchRunner
 
     inputs, outputs = onnx_io_metadata(path)
-    return TorchRunner(torch_model, inputs, output_names=outputs, threads=device_threads)
+    return TorchRunner(torch_model, inputs, output_names=outputs, threads=device_threads,
+                       device="cuda" if kind == "torch-cuda" else "cpu", name=kind)

@@ -116,8 +116,9 @@ class TorchRunner(Runner):
 
     def _activate(self) -> None:
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RunnerError("torch: device 'cuda' was asked for but this PyTorch has no usable CUDA device; "
-                              "use device 'cpu'")
+            raise RunnerError(f"{self.name}: device 'cuda' was asked for but this PyTorch (torch {torch.__version__}, "
+                              f"CUDA build {torch.version.cuda or 'none'}) has no usable CUDA device; use device "
+                              "'cpu' (CLI: --runner torch), or a CUDA build of torch on a machine with a GPU")
         self._modes = [(module, module.training) for module in self.model.modules()]
         devices = {t.device for t in (*self.model.parameters(), *self.model.buffers())}
         # one device to go back to; a model spread over several stays on ``device``

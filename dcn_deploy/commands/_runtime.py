@@ -8,8 +8,10 @@ import click
 
 from . import CliError
 
-# = backends.factory.RUNNER_KINDS (a test keeps them equal); a copy so that the CLI starts without numpy
-RUNNER_CHOICES = ("ort", "ort-cuda", "torch", "trt", "onnx-reference")
+# = backends.factory.RUNNER_KINDS and TORCH_RUNNER_KINDS (a test keeps them equal); copies so that the CLI starts
+# without numpy
+RUNNER_CHOICES = ("ort", "ort-cuda", "torch", "torch-cuda", "trt", "onnx-reference")
+TORCH_RUNNERS = ("torch", "torch-cuda")
 
 
 def model_argument(fn: Callable) -> Callable:
@@ -111,7 +113,7 @@ def check_output_option(output: Path, model_path: Optional[Path], torch_model: O
 def inference_failure(message: str, model_path: Path, torch_model: Optional[str]) -> str:
     """A runner's inference error, with what to check; the torch runner's names --model (RunnerError messages
     start with the runner's name)."""
-    if torch_model and message.startswith("torch:"):
+    if torch_model and message.startswith("torch:"):  # (both torch runners' model errors)
         return (f"--model {torch_model}{message[len('torch'):]}; check that --model builds the network "
                 f"{model_path.name} was exported from and that --shape/--input fit it")
     return f"{message}; check that --shape/--input fit {model_path.name}"
@@ -193,14 +195,21 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
 
     _check_trt_runner(kinds, engine)
     module = _torch_module(kinds, model_path, torch_model, checkpoint)
+    torch_kinds = [kind for kind in kinds if kind in TORCH_RUNNERS]
+    if len(torch_kinds) > 1:  # each its own copy: activating one moves its module to its device
+        import copy
+
+        modules = {torch_kinds[0]: module, **{kind: copy.deepcopy(module) for kind in torch_kinds[1:]}}
+    else:
+        modules = {kind: module for kind in torch_kinds}
     runners: list = []
     try:
         engine_options = None
         if "trt" in kinds and engine is None and model_path.suffix.lower() == ".onnx":
             engine_options = trt_build_options(model_path, shapes or {}, batches)
         for kind in kinds:
-            runners.append(make_runner(kind, model_path, torch_model=module, device_threads=threads, engine=engine,
-                                       engine_options=engine_options))
+            runners.append(make_runner(kind, model_path, torch_model=modules.get(kind), device_threads=threads,
+                                       engine=engine, engine_options=engine_options))
             runners[-1].activate()
     except BaseException as exc:
         for runner in runners:
@@ -229,12 +238,13 @@ def _check_trt_runner(kinds: Sequence[str], engine: Optional[Path]) -> None:
 def _torch_module(kinds: Sequence[str], model_path: Path, torch_model: Optional[str], checkpoint: Optional[Path]):
     """The nn.Module that --model/--weights build for the torch runner (None without it); CliError for a torch
     runner without --model, and for --model/--weights without a torch runner."""
-    if "torch" not in kinds:
+    if not any(kind in TORCH_RUNNERS for kind in kinds):
         if torch_model or checkpoint:
             raise CliError(f"--model/--weights are only used by the torch runner; add it ({_add_torch_runner_hint()})")
         return None
     if not torch_model:
-        raise CliError("the torch runner needs the PyTorch model: add --model FILE.py:FACTORY (or "
+        named = " and ".join(kind for kind in kinds if kind in TORCH_RUNNERS)
+        raise CliError(f"the {named} runner needs the PyTorch model: add --model FILE.py:FACTORY (or "
                        "package.module:FACTORY, a .pt2 file, a zoo name) and --weights STATE_DICT.pt "
                        "if the factory builds an untrained model")
     from ..onnx.model_loading import load_model

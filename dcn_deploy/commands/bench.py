@@ -16,7 +16,8 @@ from ._runtime import (check_output_option, default_runner, engine_option, file_
 @model_argument
 @click.option("--runner", "runner_list", default=None, cls=ListOption, metavar="NAMES",
               help="Comma-separated runners, side by side; ratios are to the first. "
-                   "ort, ort-cuda, torch (needs --model), trt, onnx-reference. Default: trt for an engine, else ort.")
+                   "ort, ort-cuda, torch (needs --model), torch-cuda (the same on the GPU), trt, onnx-reference. "
+                   "Default: trt for an engine, else ort.")
 @click.option("--batch", "batch_list", default=None, cls=ListOption, metavar="SIZES",
               help="Comma-separated batch sizes (the model needs a dynamic batch dimension for more than its own) "
                    "[default: the model's fixed batch size, else 1].")

@@ -7,9 +7,9 @@ from typing import Optional, Sequence, Tuple
 import click
 
 from . import EXIT_FAILED, CliError, Command, OutputFile, echo_report, json_stdout
-from ._runtime import (RUNNER_CHOICES, check_output_option, check_tolerance_options, default_runner, echo_note,
-                       engine_option, file_facts, inference_failure, make_runners, model_argument, shape_options,
-                       torch_model_options)
+from ._runtime import (RUNNER_CHOICES, TORCH_RUNNERS, check_output_option, check_tolerance_options, default_runner,
+                       echo_note, engine_option, file_facts, inference_failure, make_runners, model_argument,
+                       shape_options, torch_model_options)
 
 
 @click.command("verify", cls=Command)
@@ -99,7 +99,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
         if output is not None:
             click.echo(f"JSON result: {output}")
     reshaped = [o for o in result.outputs if o.note.startswith(SHAPE_MISMATCH)]
-    if reshaped and torch_model and "torch" in (subject, against):
+    if reshaped and torch_model and {subject, against} & set(TORCH_RUNNERS):
         # Weights never change an output's shape: --model builds another network than the file holds.
         first = reshaped[0]
         click.echo(f"hint: output {first.output!r} has another shape from each runner ({first.note}): --model "
