@@ -324,7 +324,7 @@ def _time_runner(runner: Runner, own: bool, feed: Mapping[str, np.ndarray], batc
 def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = None,
               shapes: Optional[Mapping[str, Sequence[int]]] = None, iterations: Optional[int] = None,
               duration: Optional[float] = None, warmup: int = 10, seed: int = 0,
-              progress: bool = True, rois: Optional[Sequence[str]] = None) -> BenchResult:
+              progress: bool = True, rois: Optional[Sequence[str]] = None, progress_prefix: str = "") -> BenchResult:
     """Time every runner at every batch size on the same random feed (see the module docstring).
 
     Give ``iterations`` (timed inferences per measurement) or ``duration`` (seconds per measurement); with
@@ -379,7 +379,7 @@ def benchmark(runners: Sequence[Runner], *, batches: Optional[Sequence[int]] = N
         # --duration the bar counts timed seconds and the description says when a runner is warming up.
         bar = Progress(jobs * (warmup + iterations if iterations is not None else duration),
                        unit="it" if iterations is not None else "s", decimals=0 if iterations is not None else 1,
-                       leave=False, enabled=progress)
+                       leave=False, enabled=progress, prefix=progress_prefix)
         for batch in batches:
             feed = random_feed(metas, shapes, batch, seed, rois)
             batch_entries: List[BenchEntry] = []

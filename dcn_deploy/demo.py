@@ -271,7 +271,7 @@ def run_demo(config: Optional[DemoConfig] = None, say: Callable[[str], None] = _
         bench = benchmark([TorchRunner(model, inputs, output_names=output_names), OrtRunner(onnx_path)],
                           batches=config.bench_batches, shapes={inputs[0].name: (1, 1, 28, 28)},
                           iterations=config.bench_iterations, warmup=config.bench_warmup, seed=config.seed,
-                          progress=config.progress)
+                          progress=config.progress, progress_prefix="[demo] ")
 
     latency: Dict[str, Dict[int, float]] = {}
     for entry in bench.entries:

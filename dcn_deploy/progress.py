@@ -29,17 +29,19 @@ class Progress:
     ``description`` names the current work ("ort batch 8 warm-up") and ``status`` adds a trailing note ("loss
     0.13"); both may change as the work goes. ``decimals``: how counts are printed (0 for steps, 1 for seconds).
     ``live``: force the terminal bar (True) or the plain lines (False); by default the stream decides.
-    ``enabled=False`` shows nothing (the counts are still kept), so callers need no second code path.
+    ``enabled=False`` shows nothing (the counts are still kept), so callers need no second code path. ``prefix``
+    goes before every description (``"[demo] "``: whose work this is, when a caller runs another's).
     """
 
     def __init__(self, total: float, *, description: str = "", unit: str = "it", decimals: int = 0,
                  stream: Optional[TextIO] = None, live: Optional[bool] = None, leave: bool = True,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, prefix: str = "") -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.total = float(total)
         self.unit = unit
         self.decimals = decimals
-        self.description = description
+        self.prefix = prefix
+        self.description = prefix + description
         self.status = ""
         self.done = 0.0
         self._started = time.perf_counter()
@@ -51,14 +53,14 @@ class Progress:
 
             counts = f"{{n:.{decimals}f}}/{{total:.{decimals}f}} {{unit}}"
             self._bar = tqdm(total=total, unit=unit, file=self.stream, leave=leave, dynamic_ncols=True,
-                             desc=description,
+                             desc=self.description,
                              bar_format="{desc} {percentage:3.0f}%|{bar}| " + counts
                                         + " [{elapsed}<{remaining}]{postfix}")
 
     def set_description(self, text: str) -> None:
-        self.description = text
+        self.description = self.prefix + text
         if self._bar is not None:
-            self._bar.set_description_str(text)
+            self._bar.set_description_str(self.description)
 
     def set_status(self, text: str) -> None:
         self.status = text

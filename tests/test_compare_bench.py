@@ -628,3 +628,14 @@ def test_bench_matches_outputs_as_verify_does_by_position_when_names_differ():
     assert [e.runner for e in result.entries] == ["a", "b"]
     with pytest.raises(RunnerError, match=r"cannot be matched by name or by position: the runners do not run"):
         benchmark([Doubling("a"), Two("b")], batches=[1], iterations=2, warmup=1, progress=False)
+
+
+def test_the_progress_lines_carry_the_callers_prefix(tiny, capsys):
+    """dcn_deploy.demo runs a benchmark inside its own work: its lines say whose they are ("[demo] ort batch 2")."""
+    from dcn_deploy.backends.ort_runner import OrtRunner
+
+    _, path = tiny
+    benchmark([OrtRunner(path)], batches=[2], shapes={"x": (1, 2, 4, 4)}, iterations=4, warmup=0,
+              progress=True, progress_prefix="[demo] ")
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: one plain line per quarter
+    assert lines and all(line.startswith("[demo] ort batch 2: ") for line in lines), lines

@@ -62,3 +62,13 @@ def test_a_terminal_gets_a_redrawn_bar():
         bar.update(4)
     text = screen.getvalue()
     assert "\r" in text and "training 100%|" in text and "4/4 steps" in text and "epoch 1/1" in text
+
+
+def test_a_prefix_goes_before_every_description():
+    log = io.StringIO()
+    with Progress(2, description="first", stream=log, prefix="[demo] ") as bar:
+        bar.update(1)
+        bar.set_description("second")
+        bar.update(1)
+    assert [line.split(":")[0] for line in log.getvalue().splitlines()] == ["[demo] first", "[demo] second"]
+    assert bar.description == "[demo] second"
