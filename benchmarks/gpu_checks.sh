@@ -113,12 +113,14 @@ echo "cuBLAS from: $cublas_from" | tee -a "$LOG"
 step plugin-info 30 python3 -c "import json, torch; from dcn_deploy.plugin.library import library_info; \
 print(json.dumps(library_info(), indent=1, default=str))"
 
-# 2. Correctness: every test that needs the GPU, and convert_modules against real torchvision (which imports only on
-# this machine; about 6 s).
+# 2. Correctness: every test that needs the GPU (the torch runners' on CUDA too), and convert_modules against real
+# torchvision (which imports only on this machine; about 6 s).
 step pytest-gpu 200 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_gpu.py -k "not implicit" \
     tests/test_roi_plugin_host.py::test_cuda_kernels_match_reference \
     tests/test_roi_plugin_host.py::test_ops_on_a_gpu_run_the_cuda_kernels \
-    tests/test_deform_conv.py::test_tensors_on_two_devices_are_rejected tests/test_convert_modules.py
+    tests/test_deform_conv.py::test_tensors_on_two_devices_are_rejected tests/test_convert_modules.py \
+    tests/test_model_left_as_found.py::test_torch_runner_moves_the_model_back_from_cuda \
+    tests/test_cli_errors.py::test_torch_cuda_verifies_against_torch_on_the_cpu
 # The experimental implicit-GEMM kernel in a process of its own: a fault there (a sticky CUDA error) must not fail
 # the other kernels' tests.
 step pytest-implicit 120 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_gpu.py -k implicit
