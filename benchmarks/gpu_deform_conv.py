@@ -162,7 +162,9 @@ def time_cuda_detail(fn: Callable[[], object], warmup: int, iters: int, graph: b
     return statistics.median(start.elapsed_time(stop) for start, stop in events), graphed
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The commit measured: $DCN_BENCH_COMMIT where set (a lent GPU machine's copy of the tree has no .git), else
+    git's short hash of HEAD, else "unknown"."""
     if os.environ.get("DCN_BENCH_COMMIT"):  # a copy of the tree without .git (a lent GPU machine)
         return os.environ["DCN_BENCH_COMMIT"]
     try:
@@ -337,7 +339,7 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
     torch.backends.cudnn.benchmark = True
     # where and what ran, in every row, so that --from-json renders the run's own header anywhere
     context = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-               "commit": _git_commit(), "python": platform.python_version(), **tf32_settings(),
+               "commit": git_commit(), "python": platform.python_version(), **tf32_settings(),
                **run_settings(iters, warmup, graph)}
     rows = []
     cases = []
@@ -435,7 +437,7 @@ def _run_context(rows: List[dict]) -> dict:
 
     first = rows[0] if rows else {}
     context = {"torch": first.get("torch") or torch.__version__, "cuda": first.get("cuda") or torch.version.cuda,
-               "commit": first.get("commit") or _git_commit(), "device": first.get("device"),
+               "commit": first.get("commit") or git_commit(), "device": first.get("device"),
                "python": first.get("python") or platform.python_version()}
     if not context["device"]:
         try:

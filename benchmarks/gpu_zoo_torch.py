@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_deform_conv import _git_commit, command_line, kernel_settings, time_cuda_detail, without_tf32  # noqa: E402
+from gpu_deform_conv import command_line, git_commit, kernel_settings, time_cuda_detail, without_tf32  # noqa: E402
 
 from dcn_deploy.io_utils import atomic_write_text  # noqa: E402
 
@@ -212,7 +212,7 @@ def run_settings(iters: int, warmup: int, offset_std: float) -> dict:
     import torchvision
 
     return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "cuda": torch.version.cuda, "commit": _git_commit(), "iters": iters, "warmup": warmup,
+            "cuda": torch.version.cuda, "commit": git_commit(), "iters": iters, "warmup": warmup,
             "offset_std": offset_std, "kernel_settings": kernel_settings(), "command": command_line(Path(__file__).name),
             "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
