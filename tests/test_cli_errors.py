@@ -124,6 +124,14 @@ def test_torch_cuda_verifies_against_torch_on_the_cpu(files):
     assert "torch-cuda against torch" in result.output
 
 
+def test_channels_last_runs_the_torch_runner_so_and_needs_one(files):
+    passed = run("verify", files["onnx"], "--against", "torch", "--model", files["factory"], "--channels-last",
+                 "--shape", "x=2x2x6x7")
+    assert passed.exit_code == 0, (passed.output, passed.stderr)
+    result = run("bench", files["onnx"], "--runner", "ort", "--channels-last", "--shape", "x=1x2x4x4")
+    assert_bad_input(result, "--channels-last is only used by the torch runners; add one (e.g. --runner ort,torch)")
+
+
 # the user's model code fails ----------------------------------------------------------------------------------
 def test_a_factory_that_raises_is_named_with_its_error(files):
     boom = files["folder"] / "boom.py"

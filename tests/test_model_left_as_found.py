@@ -31,6 +31,25 @@ def test_torch_runner_restores_each_modules_mode():
     assert net.training and net[0].training and net[2].training and not net[1].training
 
 
+def test_torch_runner_channels_last_runs_that_layout_and_puts_the_weights_back():
+    net = _net().eval()
+    net[0].conv_offset.weight.data = net[0].conv_offset.weight.data.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8)
+    seen = []
+    net[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous(
+        memory_format=torch.channels_last)))
+    with TorchRunner(net, metas_from_examples(["x"], [x])) as runner:
+        want = runner.infer({"x": x.numpy()})["output_0"]
+    with TorchRunner(net, metas_from_examples(["x"], [x]), channels_last=True) as runner:
+        assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+        got = runner.infer({"x": x.numpy()})["output_0"]
+    assert seen == [False, True]  # the input laid out channels-last for the model
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # put back: the weight it laid out is NCHW again, the one the user had made channels-last stays so
+    assert net[0].weight.is_contiguous() and not net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert net[0].conv_offset.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 class _MoveRecorder(torch.nn.Sequential):
     """Records the devices it is asked to move to, and stays where it is (no second device on a CPU machine)."""
 

@@ -94,11 +94,13 @@ def tensorrt_missing_reason() -> Optional[str]:
 
 
 def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_threads: Optional[int] = None,
-                engine: Optional[os.PathLike] = None, engine_options: Optional[dict] = None) -> Runner:
+                engine: Optional[os.PathLike] = None, engine_options: Optional[dict] = None,
+                torch_channels_last: bool = False) -> Runner:
     """A runner of ``kind`` (one of :data:`RUNNER_KINDS`) for the model file ``model_path``.
 
     ``torch_model`` (an nn.Module) is required for ``torch`` and ``torch-cuda`` (on the CUDA device): it runs with
-    the ONNX file's input and output names. ``trt`` runs ``engine`` when given, else ``model_path`` itself when it is an engine, else builds
+    the ONNX file's input and output names; ``torch_channels_last`` runs it and its 4-D inputs channels-last
+    in memory (:class:`~dcn_deploy.backends.torch_runner.TorchRunner`'s ``channels_last``). ``trt`` runs ``engine`` when given, else ``model_path`` itself when it is an engine, else builds
     ``MODEL.engine`` beside the ``.onnx`` file with ``dcn_deploy.backends.trt_build.build_engine``
     (``engine_options`` are passed to it).
     """
@@ -148,4 +150,4 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
 
     inputs, outputs = onnx_io_metadata(path)
     return TorchRunner(torch_model, inputs, output_names=outputs, threads=device_threads,
-                       device="cuda" if kind == "torch-cuda" else "cpu", name=kind)
+                       device="cuda" if kind == "torch-cuda" else "cpu", name=kind, channels_last=torch_channels_last)

@@ -32,6 +32,9 @@ def torch_model_options(fn: Callable) -> Callable:
     fn = click.option("--model", "torch_model", metavar="REF",
                       help="The PyTorch model for the torch runner: FILE.py:FACTORY, package.module:FACTORY, "
                            "a torch.export .pt2 file, or a zoo name (e.g. resnet50_dcn_c5).")(fn)
+    fn = click.option("--channels-last", "torch_channels_last", is_flag=True,
+                      help="Run the torch runners' model and 4-D inputs channels-last in memory "
+                           "(torch.channels_last: the faster layout for convolutions on a GPU).")(fn)
     return fn
 
 
@@ -180,12 +183,13 @@ def trt_build_options(model_path: Path, shapes: Dict[str, tuple], batches: Seque
 def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[str],
                  checkpoint: Optional[Path], threads: Optional[int] = None, engine: Optional[Path] = None,
                  shapes: Optional[Dict[str, tuple]] = None, batches: Sequence[int] = (),
-                 keep_active: bool = True) -> list:
+                 keep_active: bool = True, torch_channels_last: bool = False) -> list:
     """Runners for the CLI, each loaded once here, so that a model that cannot be loaded (not an ONNX file,
     a provider that is missing, TensorRT missing, no --model, a --model whose code raises) is a CliError (exit 2)
     naming the file and the fix before any work starts.
 
-    ``shapes``/``batches`` (the command's --shape/--batch) shape the profile of an engine built for ``trt``.
+    ``shapes``/``batches`` (the command's --shape/--batch) shape the profile of an engine built for ``trt``;
+    ``torch_channels_last`` (--channels-last) lays the torch runners' model and inputs out channels-last.
     The runners come back active (the caller deactivates them: ``with runner:``, or ``finally``) unless
     ``keep_active`` is false (``bench`` activates each only while it times it, so that an idle session does not
     compete for the cores).
@@ -194,6 +198,8 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
     from ..backends.factory import make_runner
 
     _check_trt_runner(kinds, engine)
+    if torch_channels_last and not any(kind in TORCH_RUNNERS for kind in kinds):
+        raise CliError(f"--channels-last is only used by the torch runners; add one ({_add_torch_runner_hint()})")
     module = _torch_module(kinds, model_path, torch_model, checkpoint)
     torch_kinds = [kind for kind in kinds if kind in TORCH_RUNNERS]
     if len(torch_kinds) > 1:  # each its own copy: activating one moves its module to its device
@@ -209,7 +215,8 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
             engine_options = trt_build_options(model_path, shapes or {}, batches)
         for kind in kinds:
             runners.append(make_runner(kind, model_path, torch_model=modules.get(kind), device_threads=threads,
-                                       engine=engine, engine_options=engine_options))
+                                       engine=engine, engine_options=engine_options,
+                                       torch_channels_last=torch_channels_last))
             runners[-1].activate()
     except BaseException as exc:
         for runner in runners:

@@ -39,7 +39,8 @@ from ._runtime import (check_output_option, default_runner, engine_option, file_
 @json_stdout
 def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[str], iterations: Optional[int],
             duration: Optional[float], warmup: int, shapes: Sequence[str], seed: int, torch_model: Optional[str],
-            checkpoint: Optional[Path], engine: Optional[Path], threads: Optional[int], as_json: bool,
+            checkpoint: Optional[Path], torch_channels_last: bool, engine: Optional[Path], threads: Optional[int],
+            as_json: bool,
             output: Optional[Path], progress: bool) -> None:
     """Time MODEL's inference: latency min/mean/median/p90/p99/max and throughput per runner and batch size.
 
@@ -65,6 +66,7 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
     batches = parse_int_list(batch_list, "--batch") if batch_list is not None else None
     shape_map, rois, _ = file_facts(shapes, model_path)  # one read of the file, dropped before the runners load
     runners = make_runners(kinds, model_path, torch_model, checkpoint, threads, engine, shapes=shape_map,
+                           torch_channels_last=torch_channels_last,
                            batches=batches or (), keep_active=False)  # benchmark activates each while it times it
     from ..backends.base import RunnerError
 

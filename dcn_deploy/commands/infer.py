@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # numpy is imported when the command runs, not when the CLI s
 @click.option("--json", "as_json", is_flag=True, help="Print the output summary as JSON.")
 @json_stdout
 def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torch_model: Optional[str],
-            checkpoint: Optional[Path], output: Optional[Path], as_json: bool) -> None:
+            checkpoint: Optional[Path], torch_channels_last: bool, output: Optional[Path], as_json: bool) -> None:
     """Run MODEL on real inputs; print each output's shape and statistics, optionally save them.
 
     The inputs run twice: a warm-up call (it pays one-time set-up: memory allocation, kernel selection, lazy
@@ -53,7 +53,7 @@ def command(model_path: Path, inputs: Sequence[str], runner: Optional[str], torc
     kind = runner or default_runner(model_path)
     from ..backends.base import RunnerError
 
-    (model_runner,) = make_runners([kind], model_path, torch_model, checkpoint)
+    (model_runner,) = make_runners([kind], model_path, torch_model, checkpoint, torch_channels_last=torch_channels_last)
     with model_runner:
         feed = load_feed(inputs, model_runner.input_metadata(), rois=roi_inputs(model_path), note=echo_note)
         # A first call pays one-time costs (1 s and more for torch, vs ms warm): timing it as the latency would

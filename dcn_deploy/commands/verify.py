@@ -33,7 +33,8 @@ from ._runtime import (RUNNER_CHOICES, TORCH_RUNNERS, check_output_option, check
               help="Also write the JSON result to this file (written whether or not the outputs pass).")
 @json_stdout
 def command(model_path: Path, against: Optional[str], subject: Optional[str], torch_model: Optional[str],
-            checkpoint: Optional[Path], engine: Optional[Path], inputs: Sequence[str], shapes: Sequence[str], seed: int,
+            checkpoint: Optional[Path], torch_channels_last: bool, engine: Optional[Path], inputs: Sequence[str],
+            shapes: Sequence[str], seed: int,
             batch: Optional[int], atol: Optional[float], rtol: Optional[float], as_json: bool,
             output: Optional[Path]) -> None:
     """Compare MODEL's outputs from two runners; exit 0 when within tolerance, 1 when not, 2 on bad input.
@@ -72,6 +73,7 @@ def command(model_path: Path, against: Optional[str], subject: Optional[str], to
 
     shape_map, rois, file_half = file_facts(shapes, model_path)  # one read, dropped before the runners load
     runners = make_runners([against, subject], model_path, torch_model, checkpoint, engine=engine, shapes=shape_map,
+                           torch_channels_last=torch_channels_last,
                            batches=[batch] if batch else [], keep_active=True)
     # what the file computes in (ort, onnx-reference), or an engine (its sidecar, read without the engine)
     engine_half = [r.compute_dtype() for r in runners if r.name == "tensorrt"]
