@@ -5,6 +5,7 @@ same shape as a floor (what the convolution costs with no sampling at all).
     python benchmarks/cpu_deform_conv.py                       # the three 64x64 cases, 2 threads, median of 20 runs
     python benchmarks/cpu_deform_conv.py --threads 1 --iterations 50 --json results.json
     python benchmarks/cpu_deform_conv.py --case dense --case depthwise
+    python benchmarks/cpu_deform_conv.py --channels-last        # also dcn_deploy on a channels-last input
 
 Every case runs forward only (inference: torch.inference_mode), float32, NCHW, with a mask (DCNv2).
 The implementations are timed round-robin (one call of each per round) so that a change of machine load hits
@@ -83,8 +84,10 @@ def make_inputs(case: BenchCase, seed: int = 0) -> Dict[str, np.ndarray]:
     return inputs
 
 
-def build_runners(case: BenchCase, inputs: Dict[str, np.ndarray], threads: int) -> Dict[str, Callable[[], object]]:
-    """Name -> a zero-argument callable that runs one forward pass."""
+def build_runners(case: BenchCase, inputs: Dict[str, np.ndarray], threads: int,
+                  channels_last: bool = False) -> Dict[str, Callable[[], object]]:
+    """Name -> a zero-argument callable that runs one forward pass; ``channels_last`` adds dcn_deploy on the same
+    input laid out channels-last (torch.channels_last; its output is channels-last too)."""
     pad = case.kernel // 2
     t = {name: torch.from_numpy(a) for name, a in inputs.items()}
     mask = t.get("mask")
@@ -102,7 +105,16 @@ def build_runners(case: BenchCase, inputs: Dict[str, np.ndarray], threads: int) 
         with torch.inference_mode():
             return F.conv2d(t["x"], t["weight"], t["bias"], padding=pad, groups=case.groups)
 
-    return {"dcn_deploy": run_dcn_deploy, "onnxruntime": run_ort, "torch conv2d (floor)": run_conv2d}
+    runners = {"dcn_deploy": run_dcn_deploy, "onnxruntime": run_ort, "torch conv2d (floor)": run_conv2d}
+    if channels_last:
+        x_last = t["x"].contiguous(memory_format=torch.channels_last)
+
+        def run_dcn_deploy_channels_last():
+            with torch.inference_mode():
+                return deform_conv2d(x_last, t["offset"], t["weight"], t["bias"], padding=pad, mask=mask)
+
+        runners["dcn_deploy, channels-last input"] = run_dcn_deploy_channels_last
+    return runners
 
 
 def time_round_robin(runners: Dict[str, Callable[[], object]], warmup: int, iterations: int) -> Dict[str, List[float]]:
@@ -119,9 +131,9 @@ def time_round_robin(runners: Dict[str, Callable[[], object]], warmup: int, iter
     return times
 
 
-def run_case(case: BenchCase, threads: int, warmup: int, iterations: int) -> dict:
+def run_case(case: BenchCase, threads: int, warmup: int, iterations: int, channels_last: bool = False) -> dict:
     inputs = make_inputs(case)
-    runners = build_runners(case, inputs, threads)
+    runners = build_runners(case, inputs, threads, channels_last)
     ours = runners["dcn_deploy"]().numpy()
     reference = runners["onnxruntime"]()
     max_diff = float(np.abs(ours - reference).max())
@@ -173,13 +185,16 @@ def main(argv=None) -> int:
     parser.add_argument("--case", action="append", choices=sorted(CASES),
                         help=f"run only this case (repeatable; default: {', '.join(DEFAULT_CASES)})")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time dcn_deploy on the input laid out channels-last (torch.channels_last)")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.iterations < 1 or args.warmup < 0:
         parser.error("--threads and --iterations must be >= 1, --warmup >= 0")
 
     torch.set_num_threads(args.threads)
     env = environment(args.threads)
-    results = [run_case(CASES[name], args.threads, args.warmup, args.iterations) for name in (args.case or DEFAULT_CASES)]
+    results = [run_case(CASES[name], args.threads, args.warmup, args.iterations, args.channels_last)
+               for name in (args.case or DEFAULT_CASES)]
     print(f"CPU: {env['cpu']}; threads={env['threads']}; torch {env['torch']}; onnxruntime {env['onnxruntime']}; "
           f"median of {args.iterations} rounds after {args.warmup} warm-up\n")
     print(markdown_table(results))

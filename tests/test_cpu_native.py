@@ -102,6 +102,22 @@ def test_wide_layer_several_tiles_per_row(cpu_lib, groups, offset_groups, multip
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=3))
 
 
+@pytest.mark.parametrize("width", [8200, 300])
+def test_grouped_rows_past_and_within_the_row_buffer(cpu_lib, width):
+    """An NCHW output row goes through a per-thread buffer of at most 2^19 elements (oC x oW) and then out channel by
+    channel; a wider row (64 x 8200) is written tile by tile. Both against the composite, and the same bits on any
+    thread count (a row is one thread's), in both layouts."""
+    case = Case(batch=2, groups=16, offset_groups=4, in_channels=64, out_channels=64, height=3, width=width,
+                kernel=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1), with_mask=True, with_bias=True,
+                offset_scale=3.0)
+    tensors = make_tensors(case, torch.float32, seed=width)
+    got = native(cpu_lib, case, *tensors, num_threads=2)
+    assert max_relative_error(got, composite(case, *tensors)) < 1e-5
+    assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=1))
+    x_last = tensors[0].contiguous(memory_format=torch.channels_last)
+    assert torch.equal(native(cpu_lib, case, x_last, *tensors[1:], num_threads=2), got)
+
+
 @pytest.mark.parametrize("batch,offset_groups,pads", [(2, 1, (1, 1, 1, 1)), (3, 4, (0, 2, 1, 0))])
 def test_dense_layer_sampled_in_several_slices(cpu_lib, monkeypatch, batch, offset_groups, pads):
     # 3 KiB would be 5 pixels of 16 channels x 9 points; the floor of 16 pixels per slice applies: slices cross
@@ -115,6 +131,34 @@ def test_dense_layer_sampled_in_several_slices(cpu_lib, monkeypatch, batch, offs
     assert max_relative_error(got, composite(case, *tensors)) < 1e-5
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=1))
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=3))
+
+
+@pytest.mark.parametrize("seed", range(2000, 2016))
+def test_channels_last_input_is_sampled_in_place_with_the_same_bits(cpu_lib, monkeypatch, seed):
+    """A channels-last input is read where it is (the dense sampling's (N, H, W, C) table, the grouped forward's
+    DCN_FORWARD_CHANNELS_LAST) and gives a channels-last output with the NCHW input's values bit for bit. Random
+    configurations (asymmetric everything, H or W of 1, samples off the image), float32 and float64."""
+    rng = random.Random(seed)
+    case = random_case(rng)
+    if seed % 2 == 0:  # half of them dense, the path that reads the input in place
+        case = Case(**{**case.__dict__, "groups": 1, "out_channels": rng.randint(1, 12)})
+    dtype = torch.float64 if seed % 3 == 0 else torch.float32
+    x, off, w, b, m = make_tensors(case, dtype, seed=seed)
+    if case.groups == 1:
+        w = torch.randn(case.out_channels, case.in_channels, *case.kernel, dtype=dtype,
+                        generator=torch.Generator().manual_seed(seed))
+    want = native(cpu_lib, case, x, off, w, b, m)
+    calls = []
+    real_call = cpu_lib.call
+    monkeypatch.setattr(cpu_lib, "call", lambda entry, *args: (calls.append(entry), real_call(entry, *args))[1])
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    got = native(cpu_lib, case, x_last, off, w, b, m)
+    assert torch.equal(got, want), case
+    channels_last = not x.is_contiguous(memory_format=torch.channels_last)  # not both (C or H*W of 1)
+    assert got.is_contiguous(memory_format=torch.channels_last) if channels_last else got.is_contiguous(), case
+    # the input is never copied to NCHW; a dense layer makes one library copy: the output's transpose where the
+    # input is channels-last, the input's table where it is NCHW too (C or H*W of 1); a grouped layer none
+    assert calls.count("dcn_channels_last_cpu") == int(case.groups == 1), (case, calls)
 
 
 def test_dense_layer_in_slices_with_more_outputs_than_column_values(cpu_lib, monkeypatch):
@@ -304,7 +348,7 @@ def _desc(**overrides) -> DeformConvDesc:
 def test_invalid_descriptor_returns_error_code_and_message(cpu_lib, overrides, fragment):
     buf = ctypes.create_string_buffer(4096)
     code = cpu_lib.lib.dcn_deform_conv2d_forward_cpu(ctypes.byref(_desc(**overrides)), DTYPE_CODES["float32"],
-                                                     buf, buf, buf, None, None, buf, 1)
+                                                     buf, buf, buf, None, None, buf, 1, 0)
     assert code == 1
     assert fragment in cpu_lib.last_error()
 
@@ -312,13 +356,15 @@ def test_invalid_descriptor_returns_error_code_and_message(cpu_lib, overrides, f
 def test_null_pointers_dtype_and_threads_are_rejected(cpu_lib):
     buf = ctypes.create_string_buffer(4096)
     fn = cpu_lib.lib.dcn_deform_conv2d_forward_cpu
-    assert fn(None, 0, buf, buf, buf, None, None, buf, 1) == 1
-    assert fn(ctypes.byref(_desc()), 0, buf, None, buf, None, None, buf, 1) == 1
+    assert fn(None, 0, buf, buf, buf, None, None, buf, 1, 0) == 1
+    assert fn(ctypes.byref(_desc()), 0, buf, None, buf, None, None, buf, 1, 0) == 1
     assert "NULL" in cpu_lib.last_error()
-    assert fn(ctypes.byref(_desc()), 0, buf, buf, buf, None, None, buf, -1) == 1
+    assert fn(ctypes.byref(_desc()), 0, buf, buf, buf, None, None, buf, -1, 0) == 1
     assert "num_threads" in cpu_lib.last_error()
+    assert fn(ctypes.byref(_desc()), 0, buf, buf, buf, None, None, buf, 1, 1) == 1
+    assert "flags must be 0 or DCN_FORWARD_CHANNELS_LAST (2), got 1" in cpu_lib.last_error()
     for dtype in (DTYPE_CODES["float16"], DTYPE_CODES["bfloat16"], 9):
-        assert fn(ctypes.byref(_desc()), dtype, buf, buf, buf, None, None, buf, 1) == 2
+        assert fn(ctypes.byref(_desc()), dtype, buf, buf, buf, None, None, buf, 1, 0) == 2
         assert "float32" in cpu_lib.last_error()
     assert cpu_lib.output_size(_desc()) == (5, 5)  # a later success clears the message
     assert cpu_lib.last_error() == ""

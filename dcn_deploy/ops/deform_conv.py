@@ -272,8 +272,9 @@ def _deform_conv2d_op(input: torch.Tensor, offset: torch.Tensor, weight: torch.T
         if out is not None:
             return out.contiguous(memory_format=memory_format)
     with torch.no_grad():
-        args = (input.to(compute).contiguous(), offset.to(compute).contiguous(), weight.to(compute),
-                _upcast(bias, compute), _upcast(mask, compute), stride, padding, dilation)
+        x = input.to(compute)  # channels-last stays so: the dense CPU forward and the composite read it in place
+        args = (x if memory_format == torch.channels_last else x.contiguous(), offset.to(compute).contiguous(),
+                weight.to(compute), _upcast(bias, compute), _upcast(mask, compute), stride, padding, dilation)
         host = native_paths.cpu_library_for(args[0])
         out = native_paths.forward_cpu(host, *args) if host is not None else _forward_composite(*args)
     return out.to(input.dtype).contiguous(memory_format=memory_format)

@@ -24,7 +24,7 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h. A library of another version is a
 # stale build: NativeLibrary refuses it (StaleLibraryError), since its entries may take other arguments.
-ABI_VERSION = 11
+ABI_VERSION = 12
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
@@ -108,7 +108,7 @@ class NativeLibrary:
         self._declare("dcn_deform_conv2d_forward_host_direct_channels_last",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_size_t, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_forward_cpu",
-                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32])
+                      [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 6 + [ctypes.c_int32, ctypes.c_int32])
         self._declare("dcn_deform_conv2d_columns_cpu",
                       [_P(DeformConvDesc), ctypes.c_int32] + [_VOIDP] * 3
                       + [ctypes.c_int32, ctypes.c_int64, ctypes.c_int64, _VOIDP, ctypes.c_int32])
@@ -389,16 +389,42 @@ def deform_conv2d_cpu(input, offset, weight, bias=None, stride=1, padding=0, dil
     ``num_threads``: OpenMP threads (default: torch's intra-op thread count). Not differentiable.
     Grouped and depth-wise layers run the library's whole forward; dense layers (groups == 1) its sampling, slice
     by slice, each slice multiplied with the weights by torch (beats the library's own contraction there): in
-    float32 as a convolution over the columns (oneDNN, :class:`_ColumnsProduct`), else a matrix product. Returns
-    (N, out_channels, oH, oW) in the input's dtype.
+    float32 as a convolution over the columns (oneDNN, :class:`_ColumnsProduct`), else a matrix product. A
+    channels-last input gives a channels-last output (as torch's convolutions), with the same values: every layer
+    reads the input where it is; grouped layers write the output so, dense ones transpose theirs once (the
+    library's copy). Returns (N, out_channels, oH, oW) in the input's dtype.
     """
     import torch
 
     threads = torch.get_num_threads() if num_threads is None else int(num_threads)
+    channels_last = _channels_last_only(input)
     if input.dim() == 4 and weight.dim() == 4 and input.shape[1] == weight.shape[1]:
-        return _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilation, threads, library)
-    return _run_host_entry("dcn_deform_conv2d_forward_cpu", (threads,), input, offset, weight, bias, mask, stride,
-                           padding, dilation, library)
+        out = _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilation, threads, library)
+        return _other_layout_cpu(out, library, threads) if channels_last else out
+    flags = DCN_FORWARD_CHANNELS_LAST if channels_last else 0
+    return _run_host_entry("dcn_deform_conv2d_forward_cpu", (threads, flags), input, offset, weight, bias, mask,
+                           stride, padding, dilation, library, channels_last=channels_last)
+
+
+def _channels_last_only(t) -> bool:
+    """Whether a 4-D tensor is channels-last in memory and not also plainly contiguous (as when C or H*W is 1)."""
+    import torch
+
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _other_layout_cpu(t, library: Optional[NativeLibrary], threads: int):
+    """A contiguous (N, C, H, W) tensor copied channels-last by the host library's transpose
+    (dcn_channels_last_cpu: about 5x faster than torch's permuted copy on one thread)."""
+    import torch
+
+    n, c, h, w = t.shape
+    out = torch.empty(t.shape, dtype=t.dtype, memory_format=torch.channels_last)
+    if t.numel():
+        lib = library or load_library("host")
+        lib.call("dcn_channels_last_cpu", DTYPE_CODES[str(t.dtype).replace("torch.", "")], _ptr(t), _ptr(out), n,
+                 c, h * w, threads)
+    return out
 
 
 # Sampled columns per slice of the dense CPU forward. Under glibc's 32 MiB ceiling for its mmap threshold, so that
@@ -415,7 +441,9 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
     import torch
 
     desc = _checked_desc(input, offset, weight, bias, mask, stride, padding, dilation)
-    t, dtype = _prepare(input, offset, weight, bias, mask, "cpu")
+    # A channels-last input is already the (N, H, W, C) table the sampling reads: no copy at all
+    channels_last = _channels_last_only(input)
+    t, dtype = _prepare(input, offset, weight, bias, mask, "cpu", channels_last=channels_last)
     t = {name: None if v is None else v.detach() for name, v in t.items()}  # mm(out=...) refuses autograd inputs
     lib = library or load_library("host")
     oh, ow = lib.output_size(desc)
@@ -426,9 +454,12 @@ def _dense_forward_cpu(input, offset, weight, bias, mask, stride, padding, dilat
         return out.view(desc.batch, desc.out_channels, oh, ow)
     lib.call("dcn_prefault_cpu", _ptr(out), out.numel() * out.element_size())  # written whole below
     # (N, H, W, C): a pixel's channels are contiguous. The library's copy: 5x faster than torch's permuted one.
-    table = torch.empty((desc.batch, desc.height, desc.width, desc.in_channels), dtype=input.dtype)
-    lib.call("dcn_channels_last_cpu", dtype, _ptr(t["input"]), _ptr(table), desc.batch, desc.in_channels,
-             desc.height * desc.width, threads)
+    if channels_last:
+        table = t["input"].permute(0, 2, 3, 1)  # a view: the memory is (N, H, W, C) already
+    else:
+        table = torch.empty((desc.batch, desc.height, desc.width, desc.in_channels), dtype=input.dtype)
+        lib.call("dcn_channels_last_cpu", dtype, _ptr(t["input"]), _ptr(table), desc.batch, desc.in_channels,
+                 desc.height * desc.width, threads)
     slice_pixels = max(16, min(plane, _DENSE_SLICE_BYTES // (row * input.element_size())))
     product = _ColumnsProduct(t["weight"], ow)
     if product.whole_rows:

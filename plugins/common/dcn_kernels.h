@@ -11,7 +11,8 @@
  * returns a dcn_status; on failure dcn_last_error() returns a message (per thread) that names the argument, the
  * expected and the actual value.
  *
- * Layout: NCHW, contiguous (the CUDA forward also takes a channels-last input and output: DCN_FORWARD_CHANNELS_LAST).
+ * Layout: NCHW, contiguous (the CUDA forward and the fast CPU forward also take a channels-last input and output:
+ * DCN_FORWARD_CHANNELS_LAST).
  * Offsets (N, 2*offset_group*kH*kW, oH, oW), channel ((g*kH+i)*kW+j)*2 is dy, +1 is dx.
  * Mask (N, offset_group*kH*kW, oH, oW), or NULL for all ones (v1). Bias (out_channels,) or NULL.
  */
@@ -28,7 +29,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 11
+#define DCN_ABI_VERSION 12
 
 typedef enum dcn_status
 {
@@ -134,9 +135,12 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_implicit(const dcn_deform_conv_de
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output);
 /* The fast CPU forward (float32 or float64; same arithmetic as the reference above, organised for speed: a
  * channels-last copy of the input, vectorised channel loops, OpenMP over images x output rows when built with it).
- * num_threads: 0 = OpenMP's default; ignored in a build without OpenMP. */
+ * num_threads: 0 = OpenMP's default; ignored in a build without OpenMP. flags: 0, or DCN_FORWARD_CHANNELS_LAST: the
+ * input and the output are channels-last in memory, (N, H, W, C) and (N, oH, oW, oC); the input is then read where
+ * it is (no copy), with the same sums. */
 DCN_API int32_t dcn_deform_conv2d_forward_cpu(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input,
-    const void* offset, const void* weight, const void* bias, const void* mask, void* output, int32_t num_threads);
+    const void* offset, const void* weight, const void* bias, const void* mask, void* output, int32_t num_threads,
+    int32_t flags);
 /* The first half of that forward for dense layers: the sampled columns of output pixels
  * [pixel_begin, pixel_begin + pixel_count) of one image (pixel = y * out_width + x), times the mask, as
  * (pixel_count, kernel_h*kernel_w, in_channels) into `columns`. input_nhwc is the input channels-last,
