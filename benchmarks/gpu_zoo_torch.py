@@ -81,7 +81,8 @@ def on_torchvision() -> Iterator[None]:
 
 
 def redraw_offset_weights(model, std: float, seed: int = 1) -> int:
-    """Redraw every ``conv_offset`` (the layers predicting offsets and masks) from N(0, std), bias 0; returns how many."""
+    """Redraw every ``conv_offset`` (the layers predicting offsets and masks) from N(0, std), bias 0; returns how
+    many."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -187,8 +188,8 @@ def to_markdown(rows: Sequence[dict], settings: dict) -> str:
              f"CUDA-event-timed CUDA-graph replays after {settings.get('warmup')} warm-up runs (`*`: eager calls, the "
              "capture failed); random weights, offset convolutions redrawn from N(0, "
              f"{settings.get('offset_std')}); `|offset|`: the offset convolutions' mean |output|, in pixels; cuDNN "
-             "autotuned (`torch.backends.cudnn.benchmark`). `plain`: the plain twin (cuDNN's 3x3 convolutions); `ours` and "
-             "`torchvision`: the deformable network on each op. Errors: ||out - ref|| / ||ref|| against the "
+             "autotuned (`torch.backends.cudnn.benchmark`). `plain`: the plain twin (cuDNN's 3x3 convolutions); "
+             "`ours` and `torchvision`: the deformable network on each op. Errors: ||out - ref|| / ||ref|| against the "
              "deformable network in float32 on our op.",
              "",
              f"command: `{settings.get('command', '?')}`",
@@ -213,7 +214,8 @@ def run_settings(iters: int, warmup: int, offset_std: float) -> dict:
 
     return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "cuda": torch.version.cuda, "commit": git_commit(), "iters": iters, "warmup": warmup,
-            "offset_std": offset_std, "kernel_settings": kernel_settings(), "command": command_line(Path(__file__).name),
+            "offset_std": offset_std, "kernel_settings": kernel_settings(),
+            "command": command_line(Path(__file__).name),
             "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 

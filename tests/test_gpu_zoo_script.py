@@ -59,7 +59,8 @@ def test_saved_rows_render_with_the_ratios_and_failures(zoo_bench, tmp_path, cap
     table = capsys.readouterr().out
     assert "Test GPU" in table and "`abc1234`" in table
     line = next(x for x in table.splitlines() if x.startswith("| resnet50_dcn_c5") and "float16" in x)
-    assert line.split(" | ")[4:13] == ["10.000", "12.500", "25.000", "1.25x", "2.50x", "2.00x", "1.0e-03", "2.0e-03", "1.23 |"]
+    assert line.split(" | ")[4:13] == ["10.000", "12.500", "25.000", "1.25x", "2.50x", "2.00x", "1.0e-03",
+                                       "2.0e-03", "1.23 |"]
     eager = next(x for x in table.splitlines() if "bfloat16" in x)
     assert "| nchw* |" in eager and "| fail |" in eager and "| n/a |" in eager
     assert "- resnet50_dcn_c5 8x3x800x1333 bfloat16 nchw, torchvision: RuntimeError: not implemented" in table

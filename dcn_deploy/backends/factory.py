@@ -12,7 +12,8 @@ from typing import Optional, Tuple
 from ..wording import argument, for_reader
 from .base import Runner, RunnerError, TensorMeta
 
-__all__ = ["ENGINE_SUFFIXES", "RUNNER_KINDS", "TORCH_RUNNER_KINDS", "make_runner", "onnx_io_metadata", "read_onnx_model",
+__all__ = ["ENGINE_SUFFIXES", "RUNNER_KINDS", "TORCH_RUNNER_KINDS", "make_runner", "onnx_io_metadata",
+           "read_onnx_model",
            "tensorrt_missing_reason"]
 
 RUNNER_KINDS = ("ort", "ort-cuda", "torch", "torch-cuda", "trt", "onnx-reference")
@@ -100,9 +101,9 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
 
     ``torch_model`` (an nn.Module) is required for ``torch`` and ``torch-cuda`` (on the CUDA device): it runs with
     the ONNX file's input and output names; ``torch_channels_last`` runs it and its 4-D inputs channels-last
-    in memory (:class:`~dcn_deploy.backends.torch_runner.TorchRunner`'s ``channels_last``). ``trt`` runs ``engine`` when given, else ``model_path`` itself when it is an engine, else builds
-    ``MODEL.engine`` beside the ``.onnx`` file with ``dcn_deploy.backends.trt_build.build_engine``
-    (``engine_options`` are passed to it).
+    in memory (:class:`~dcn_deploy.backends.torch_runner.TorchRunner`'s ``channels_last``). ``trt`` runs ``engine``
+    when given, else ``model_path`` itself when it is an engine, else builds ``MODEL.engine`` beside the ``.onnx``
+    file with ``dcn_deploy.backends.trt_build.build_engine`` (``engine_options`` are passed to it).
     """
     if not isinstance(model_path, (str, os.PathLike)):
         raise TypeError(f"make_runner: model_path must be the model file's path (str or pathlib.Path), "

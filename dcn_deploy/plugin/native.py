@@ -18,8 +18,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 from .library import require_library
 from .native_roi import declare_entries as declare_roi_entries
 
-__all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeError", "StaleLibraryError", "DeformConvDesc",
-           "DeformConvAttrs", "NativeLibrary", "load_library", "deform_conv2d_host", "deform_conv2d_cpu",
+__all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeError", "StaleLibraryError",
+           "DeformConvDesc", "DeformConvAttrs", "NativeLibrary", "load_library", "deform_conv2d_host", "deform_conv2d_cpu",
            "deform_conv2d_cuda", "DTYPE_CODES", "ALGOS", "FIELD_TYPE_INT32"]
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h. A library of another version is a
