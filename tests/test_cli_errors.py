@@ -128,6 +128,9 @@ def test_channels_last_runs_the_torch_runner_so_and_needs_one(files):
     passed = run("verify", files["onnx"], "--against", "torch", "--model", files["factory"], "--channels-last",
                  "--shape", "x=2x2x6x7")
     assert passed.exit_code == 0, (passed.output, passed.stderr)
+    timed = run("bench", files["onnx"], "--runner", "ort,torch", "--model", files["factory"], "--channels-last",
+                "--shape", "x=1x2x4x4", "--iterations", "2", "--warmup", "0", "--no-progress")
+    assert timed.exit_code == 0 and " torch-channels-last " in timed.output, (timed.output, timed.stderr)
     result = run("bench", files["onnx"], "--runner", "ort", "--channels-last", "--shape", "x=1x2x4x4")
     assert_bad_input(result, "--channels-last is only used by the torch runners; add one (e.g. --runner ort,torch)")
 

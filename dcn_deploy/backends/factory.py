@@ -151,4 +151,5 @@ def make_runner(kind: str, model_path: os.PathLike, *, torch_model=None, device_
 
     inputs, outputs = onnx_io_metadata(path)
     return TorchRunner(torch_model, inputs, output_names=outputs, threads=device_threads,
-                       device="cuda" if kind == "torch-cuda" else "cpu", name=kind, channels_last=torch_channels_last)
+                       device="cuda" if kind == "torch-cuda" else "cpu", channels_last=torch_channels_last,
+                       name=f"{kind}-channels-last" if torch_channels_last else kind)  # reports say which layout ran
