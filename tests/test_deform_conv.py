@@ -610,6 +610,22 @@ def test_a_channels_last_input_gives_a_channels_last_output(name):
                           test_utils=("test_faketensor", "test_autograd_registration"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(NAMED_CASES))
+def test_channels_last_inputs_give_the_nchw_values_on_every_path(name, dtype):
+    """Every named case, on the CPU forward the op runs (the host library's where built, which reads a channels-last
+    input where it is, else the composite) and in float32, float64 and bfloat16 (computed in float32): a
+    channels-last input gives the NCHW input's values exactly, in a channels-last output where the layout differs."""
+    case = NAMED_CASES[name]
+    x, offset, weight, bias, mask = (None if t is None else t.to(dtype) for t in case.tensors(seed=31))
+    expected = case.run(x, offset, weight, bias, mask)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    got = case.run(x_last, offset, weight, bias, mask)
+    assert torch.equal(got, expected), name
+    both = x.is_contiguous(memory_format=torch.channels_last)  # C or H*W of 1: the two layouts are one
+    assert got.is_contiguous() if both else got.is_contiguous(memory_format=torch.channels_last)
+
+
 class _OffsetsFromInput(torch.nn.Module):
     """A tiny DCNv2 block that predicts its offsets and mask from the input, as models do."""
 

@@ -112,7 +112,9 @@ def _channels_last_table(input: torch.Tensor, groups: int) -> torch.Tensor:
     # .contiguous(): with N = groups = 1 a reshape alone would return a column-major view, which embedding_bag
     # handles an order of magnitude slower
     table = input.reshape(n, groups, c // groups, h * w).permute(0, 1, 3, 2).contiguous()
-    return table.view(n * groups * h * w, c // groups)
+    # .view(-1).unsqueeze(1): one channel per group leaves the size-1 column a stride from the input's layout, and
+    # embedding_bag's sums then depend on it (by an ulp): the same strides whatever the input's memory format
+    return table.view(-1).unsqueeze(1) if c == groups else table.view(n * groups * h * w, c // groups)
 
 
 def _sample_columns(table: torch.Tensor, image_size: Sequence[int], offset: torch.Tensor,
