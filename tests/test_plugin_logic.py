@@ -13,6 +13,7 @@ import pytest
 
 from dcn_deploy.ops.spec import conv_output_size
 from dcn_deploy.plugin import library
+from dcn_deploy.plugin import native as native_module
 from dcn_deploy.plugin.native import ABI_VERSION, FIELD_TYPE_INT32, DeformConvDesc, NativeError, NativeLibrary
 from shell_tests import run_shell_test
 
@@ -569,6 +570,11 @@ def test_plugin_info_reports_the_build_settings_of_the_libraries_it_found(tmp_pa
     assert info["host"] == str(other / "lib" / lib.path.name)
     assert info["build_dir"] == str(other.resolve())
     assert info["cuda_architectures"] == "90" and info["tensorrt_include_dir"] == "/opt/trt/include"
+    assert info["abi_version"] == native_module.ABI_VERSION
+    monkeypatch.setattr(native_module, "ABI_VERSION", native_module.ABI_VERSION + 1)  # as if the build were stale
+    assert library.library_info()["abi_version"] == (
+        f"{native_module.ABI_VERSION - 1}: a stale build, this package speaks {native_module.ABI_VERSION}; rebuild it "
+        "(dcn-deploy plugin build)")
 
 
 def test_a_library_folder_override_that_is_no_folder_is_named_in_a_warning(tmp_path, monkeypatch):

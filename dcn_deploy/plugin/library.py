@@ -328,8 +328,12 @@ def library_info() -> Dict[str, object]:
     if info["host"]:
         import ctypes
 
+        from .native import ABI_VERSION
+
         try:
-            info["abi_version"] = int(ctypes.CDLL(str(info["host"])).dcn_abi_version())
+            version = int(ctypes.CDLL(str(info["host"])).dcn_abi_version())
+            info["abi_version"] = version if version == ABI_VERSION else (
+                f"{version}: a stale build, this package speaks {ABI_VERSION}; rebuild it (dcn-deploy plugin build)")
         except OSError as exc:
             info["abi_version"] = f"cannot load: {exc}"
     return info
