@@ -50,6 +50,22 @@ def test_torch_runner_channels_last_runs_that_layout_and_puts_the_weights_back()
     assert net[0].conv_offset.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_torch_runner_on_cuda_says_cudnn_may_round_float32_to_tf32(monkeypatch):
+    """Asked without running anything (no GPU needed): torch lets cuDNN's float32 convolutions use TF32 by default,
+    so a float32 model on CUDA computes in TF32 unless the user turned it off; on the CPU, or in float64, never."""
+    net = _net().eval()
+    x = torch.randn(1, 3, 6, 6)
+    on_cuda = TorchRunner(net, metas_from_examples(["x"], [x]), device="cuda")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert on_cuda.compute_dtype() == "tf32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert not torch.backends.cuda.matmul.allow_tf32  # torch's default for its own products
+    assert on_cuda.compute_dtype() is None
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert TorchRunner(net, metas_from_examples(["x"], [x])).compute_dtype() is None  # the CPU
+    assert TorchRunner(_net().double(), metas_from_examples(["x"], [x.double()]), device="cuda").compute_dtype() is None
+
+
 class _MoveRecorder(torch.nn.Sequential):
     """Records the devices it is asked to move to, and stays where it is (no second device on a CPU machine)."""
 

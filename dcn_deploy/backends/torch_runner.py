@@ -119,6 +119,18 @@ class TorchRunner(Runner):
     def input_metadata(self) -> tuple:
         return self._inputs
 
+    def compute_dtype(self) -> Optional[str]:
+        """``"tf32"`` for a float32 model on a CUDA device where torch lets cuDNN's convolutions (on by default) or
+        cuBLAS's products round to TF32, so that a comparison allows TF32's error; else None (also where torch's
+        settings cannot be read as one value)."""
+        if self.device.type != "cuda" or "float32" not in floating_dtypes(self.model):
+            return None
+        try:
+            tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+        except RuntimeError:  # set through both of torch's APIs: unreadable as one value
+            return None
+        return "tf32" if tf32 else None
+
     def _activate(self) -> None:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RunnerError(f"{self.name}: device 'cuda' was asked for but this PyTorch (torch {torch.__version__}, "
