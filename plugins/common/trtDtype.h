@@ -30,6 +30,18 @@ inline bool linearOfOneType(int32_t pos, nvinfer1::DynamicPluginTensorDesc const
     return pos == 0 || desc.type == inOut[0].desc.type;
 }
 
+// The channels-last format TensorRT binds to a supported type (NvInferRuntime.h's TensorFormat): HWC8 for the half
+// types (C padded to a multiple of 8), HWC for float32 (unpadded).
+inline nvinfer1::TensorFormat channelsLastFormatOf(nvinfer1::DataType type)
+{
+    return type == nvinfer1::DataType::kFLOAT ? nvinfer1::TensorFormat::kHWC : nvinfer1::TensorFormat::kHWC8;
+}
+
+inline bool isChannelsLastFormat(nvinfer1::TensorFormat format)
+{
+    return format == nvinfer1::TensorFormat::kHWC8 || format == nvinfer1::TensorFormat::kHWC;
+}
+
 // The C ABI element type of a supported TensorRT type.
 inline int32_t dcnDtype(nvinfer1::DataType type)
 {

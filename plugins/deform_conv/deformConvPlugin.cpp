@@ -158,12 +158,14 @@ bool DeformConvPlugin::supportsFormatCombination(
             return false;
         PluginTensorDesc const& desc = inOut[pos].desc;
         bool const output = pos == nbInputs;
-        if (desc.format != TensorFormat::kHWC8) // linear: X's format for the output
+        if (!isChannelsLastFormat(desc.format)) // linear: X's format for the output
             return linearOfOneType(pos, inOut, nbInputs, nbOutputs)
                 && (!output || inOut[kInputX].desc.format == TensorFormat::kLINEAR);
         if (pos != kInputX && !output) // the offsets, mask, weights and bias stay linear
             return false;
-        if (output && (inOut[kInputX].desc.format != TensorFormat::kHWC8 || desc.type != inOut[kInputX].desc.type))
+        if (!supportedType(desc.type) || desc.format != channelsLastFormatOf(desc.type))
+            return false;
+        if (output && (inOut[kInputX].desc.format != desc.format || desc.type != inOut[kInputX].desc.type))
             return false;
         return channelsLastRefusal(mAttrs, shapeOf(inOut[kInputX].desc.dims), shapeOf(inOut[kInputW].desc.dims),
                    dcnDtype(desc.type), gemmPathAvailable())
@@ -192,7 +194,7 @@ int32_t DeformConvPlugin::configurePlugin(
         DeformConvGeometry largest;
         TensorShape const maxX = shapeOf(in[kInputX].max), maxW = shapeOf(in[kInputW].max);
         int32_t const dtype = dcnDtype(in[0].desc.type);
-        bool const channelsLast = in[kInputX].desc.format == TensorFormat::kHWC8;
+        bool const channelsLast = isChannelsLastFormat(in[kInputX].desc.format);
         mValidTactics.clear(); // unknown largest shapes: no tactics to time, the heuristic runs
         if (maxX.rank == 4 && maxW.rank == 4)
         {
@@ -211,7 +213,7 @@ int32_t DeformConvPlugin::configurePlugin(
                 : std::string();
             if (!depthwiseRefusal.empty())
             {
-                reject(Status::invalid("X and Y channels-last (HWC8) at the optimisation profile's largest shapes: "
+                reject(Status::invalid("X and Y channels-last (HWC8 or HWC) at the optimisation profile's largest shapes: "
                     + depthwiseRefusal + "; lower the profile's max shapes"));
                 return -1;
             }
@@ -268,7 +270,7 @@ size_t DeformConvPlugin::getWorkspaceSize(
         // Enough for whichever tactic TensorRT picks, and for the heuristic (tactic 0, the gemm tactic's fallback),
         // with the column budget configurePlugin chose.
         return pluginWorkspaceBytes(geometry, dcnDtype(inputs[kInputX].desc.type), gemmPathAvailable(), mColumnBudget,
-            inputs[kInputX].desc.format == TensorFormat::kHWC8);
+            isChannelsLastFormat(inputs[kInputX].desc.format));
     });
 }
 
@@ -322,7 +324,7 @@ int32_t DeformConvPlugin::onShapeChange(
             return -1;
         mNbInputs = nbInputs;
         mDtype = dcnDtype(in[0].type);
-        mChannelsLast = in[kInputX].format == TensorFormat::kHWC8;
+        mChannelsLast = isChannelsLastFormat(in[kInputX].format);
         return 0;
     });
 }
@@ -376,8 +378,8 @@ GemmOptions DeformConvPlugin::gemmOptions() const
     // The field, as the C ABI's forward maps DCN_FORWARD_ALLOW_TF32: float32 layers only (the plan ignores it for
     // other types too). It changes no workspace size, so the one sized at build time still fits.
     options.tf32 = mAllowTf32 && mDtype == DCN_FLOAT32;
-    // X and Y channels-last (kHWC8; supportsFormatCombination offers it only for C and oC multiples of 8, where it
-    // is plain NHWC): the GEMM path reads and writes them where they are (the only path that does).
+    // X and Y channels-last (kHWC8 for half types, offered only for C and oC multiples of 8, where it is plain NHWC;
+    // kHWC for float32): the GEMM path or the channels-last direct kernel reads and writes them where they are.
     options.channelsLastTensors = mChannelsLast;
     return options;
 }

@@ -36,9 +36,9 @@ public:
     ~DeformConvPlugin() override = default;
 
     // IPluginV3OneBuild
-    // Linear tensors of one type (PluginV3Shell's), or, for half types, X and Y channels-last (kHWC8) where
-    // channelsLastRefusal allows: TensorRT's own half-precision convolutions run channels-last, so the layer then
-    // needs no reformat around it, and the GEMM path none of its own transposes.
+    // Linear tensors of one type (PluginV3Shell's), or X and Y channels-last (kHWC8 for half types, kHWC for
+    // float32: channelsLastFormatOf) where channelsLastRefusal allows: TensorRT's own half-precision convolutions
+    // run channels-last, so the layer then needs no reformat around it, and the GEMM path none of its own transposes.
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
         int32_t nbOutputs) noexcept override;
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -72,7 +72,7 @@ public:
     // Whether float32 layers may run the GEMM path's products on TF32 tensor cores (kFieldAllowTf32); for the shell test.
     bool allowTf32() const noexcept { return mAllowTf32; }
     // The GEMM path's options the next enqueue passes to the launch (column budget, TF32 for float32 layers where
-    // allowTf32, channels-last tensors where X is kHWC8); for the shell test.
+    // allowTf32, channels-last tensors where X is kHWC8 or kHWC); for the shell test.
     GemmOptions gemmOptions() const;
 
 private:
@@ -89,7 +89,7 @@ private:
     DeformConvGeometry mGeometry{};
     int32_t mDtype = DCN_FLOAT32;
     int32_t mNbInputs = 0;
-    // X and Y are channels-last (TensorFormat::kHWC8): set by configurePlugin and onShapeChange from X's format.
+    // X and Y are channels-last (kHWC8 or kHWC): set by configurePlugin and onShapeChange from X's format.
     bool mChannelsLast = false;
     // Set by configurePlugin: what getValidTactics offers (never tactic 0).
     std::vector<int32_t> mValidTactics;

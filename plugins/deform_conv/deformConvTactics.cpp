@@ -30,13 +30,14 @@ std::vector<int32_t> validTactics(DeformConvGeometry const& largest, int32_t dty
 std::string channelsLastRefusal(dcn_deform_conv_attrs const& attrs, TensorShape const& x, TensorShape const& w,
     int32_t dtype, bool gemmAvailable)
 {
-    if (dtype != DCN_FLOAT16 && dtype != DCN_BFLOAT16)
-        return "channels-last tensors (HWC8) are half or bfloat16";
+    bool const half = dtype == DCN_FLOAT16 || dtype == DCN_BFLOAT16;
+    if (!half && dtype != DCN_FLOAT32)
+        return "channels-last tensors are float32 (HWC) or half types (HWC8)";
     if (x.rank != 4 || w.rank != 4 || x.d[1] < 0 || w.d[0] < 0 || w.d[1] < 0 || w.d[2] < 0 || w.d[3] < 0)
         return "channels-last tensors need C and the weights' shape known at build time";
-    if (x.d[1] % 8 != 0 || w.d[0] % 8 != 0)
-        return "channels-last tensors (HWC8) need C and out_channels multiples of 8, got " + std::to_string(x.d[1])
-            + " and " + std::to_string(w.d[0]);
+    if (half && (x.d[1] % 8 != 0 || w.d[0] % 8 != 0))
+        return "half-type channels-last tensors (HWC8) need C and out_channels multiples of 8, got "
+            + std::to_string(x.d[1]) + " and " + std::to_string(w.d[0]);
     if (attrs.group < 1 || attrs.offset_group < 1 || w.d[0] % attrs.group != 0)
         return "channels-last tensors need out_channels a multiple of group";
     if (autoTakesMatrixPath(w.d[0] / attrs.group, w.d[1], w.d[2] * w.d[3]))

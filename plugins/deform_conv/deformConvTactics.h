@@ -47,9 +47,10 @@ Status algoForTactic(int32_t tactic, bool gemmAvailable, int32_t& algo);
 // and DCN_ALGO_AUTO (tactic 0, and the gemm tactic's fallback). getWorkspaceSize takes the largest of theirs.
 std::vector<int32_t> workspaceAlgos(std::vector<int32_t> const& tactics);
 
-// Why TensorRT may not give this layer X and Y channels-last (TensorFormat::kHWC8, which the launch reads as
-// GemmOptions::channelsLastTensors), or "" where it may: a half type (HWC8 is bound to FP16 and BF16), C and oC
-// known multiples of 8 (HWC8 pads C to 8, so then it is plain NHWC), and a layer one of the two paths that read
+// Why TensorRT may not give this layer X and Y channels-last (TensorFormat::kHWC8 for the half types, kHWC for
+// float32, which the launch reads as GemmOptions::channelsLastTensors), or "" where it may: float32 (HWC, unpadded
+// NHWC), or a half type (HWC8, bound to FP16 and BF16) with C and oC known multiples of 8 (HWC8 pads C to 8, so then
+// it is plain NHWC); C and the weights' shape known; and a layer one of the two paths that read
 // channels-last tensors takes: a dense one (autoTakesMatrixPath) with cuBLAS loading here (the GEMM path, without
 // its two transposes), or a depth-wise one with channels in pairs within offset groups (the channels-last direct
 // kernel, without its transpose; directChannelsLastRefusal). x (N, C, H, W) and w (oC, C/group, kH, kW) as the

@@ -214,101 +214,125 @@ void checkEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields, dc
     }
 }
 
-// With a GPU: the plugin as TensorRT runs a float16 layer with X and Y channels-last (HWC8), where it offers them:
-// each tactic of that configuration and the default through a context-attached clone, onShapeChange with the HWC8
-// formats, enqueue on NHWC half buffers; against the direct kernel over NCHW on the same half values, the output
+// The element types of the channels-last GPU check: float16 in HWC8, float32 in HWC (channelsLastFormatOf).
+template <typename T>
+struct ChannelsLastElement;
+template <>
+struct ChannelsLastElement<dcn::HostHalf>
+{
+    static constexpr DataType type = DataType::kHALF;
+    static constexpr int32_t dtype = DCN_FLOAT16;
+    static dcn::HostHalf from(float v) { return dcn::HostHalf{dcn::floatToHalf(v)}; }
+    static double value(dcn::HostHalf v) { return dcn::halfToFloat(v.bits); }
+};
+template <>
+struct ChannelsLastElement<float>
+{
+    static constexpr DataType type = DataType::kFLOAT;
+    static constexpr int32_t dtype = DCN_FLOAT32;
+    static float from(float v) { return v; }
+    static double value(float v) { return v; }
+};
+
+// With a GPU: the plugin as TensorRT runs a layer with X and Y channels-last (float16 in HWC8, float32 in HWC), where
+// it offers them: each tactic of that configuration and the default through a context-attached clone, onShapeChange
+// with those formats, enqueue on NHWC buffers; against the direct kernel over NCHW on the same values, the output
 // read back channels-last, within `tolerance` times (max |out| + 1). Without a GPU, or where the plugin does not
-// offer HWC8 for the layer (a dense one without cuBLAS): reported and skipped.
+// offer the format for the layer (a dense one without cuBLAS): reported and skipped.
+template <typename T>
 void checkChannelsLastEnqueueOnGpu(dcn::DeformConvPluginCreator& creator, Fields& fields,
     dcn_deform_conv_attrs const& attrs, std::vector<std::vector<int64_t>> const& shapes,
     std::vector<int64_t> const& outShape, double tolerance, std::string const& label)
 {
+    using Element = ChannelsLastElement<T>;
+    TensorFormat const format = dcn::channelsLastFormatOf(Element::type);
+    std::string const formatName = format == TensorFormat::kHWC ? "HWC" : "HWC8";
+    std::string const title = "GPU " + formatName + " (" + label + ")";
     if (!shelltest::cudaDevicePresent())
     {
-        std::printf("skip HWC8 enqueue on a GPU (%s): no CUDA device\n", label.c_str());
+        std::printf("skip %s enqueue on a GPU (%s): no CUDA device\n", formatName.c_str(), label.c_str());
         return;
     }
-    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("gpu_hwc8", &fields.collection, TensorRTPhase::kBUILD));
+    std::unique_ptr<IPluginV3> plugin(creator.createPlugin("gpu_nhwc", &fields.collection, TensorRTPhase::kBUILD));
     auto* build = capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD);
     std::vector<DynamicPluginTensorDesc> io;
     for (size_t k = 0; k < shapes.size(); ++k)
-        io.push_back(tensorDesc(shapes[k], DataType::kHALF, k == 0 ? TensorFormat::kHWC8 : TensorFormat::kLINEAR));
-    io.push_back(tensorDesc(outShape, DataType::kHALF, TensorFormat::kHWC8));
+        io.push_back(tensorDesc(shapes[k], Element::type, k == 0 ? format : TensorFormat::kLINEAR));
+    io.push_back(tensorDesc(outShape, Element::type, format));
     if (!build->supportsFormatCombination(0, io.data(), 5, 1) || !build->supportsFormatCombination(5, io.data(), 5, 1))
     {
-        std::printf("skip HWC8 enqueue on a GPU (%s): the plugin does not offer HWC8 for this layer here\n",
-            label.c_str());
+        std::printf("skip %s enqueue on a GPU (%s): the plugin does not offer it for this layer here\n",
+            formatName.c_str(), label.c_str());
         return;
     }
     std::vector<PluginTensorDesc> runtimeIo;
     for (auto const& d : io)
         runtimeIo.push_back(d.desc);
     size_t workspaceBytes = 0;
-    std::vector<int32_t> const tactics = configureAsBuilder(build, io, "GPU HWC8 (" + label + ")", workspaceBytes);
+    std::vector<int32_t> const tactics = configureAsBuilder(build, io, title, workspaceBytes);
 
     std::mt19937 rng(11);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<std::vector<dcn::HostHalf>> host(5);
+    std::vector<std::vector<T>> host(5);
     for (size_t k = 0; k < 5; ++k)
     {
         host[k].resize(elementCount(shapes[k]));
-        for (dcn::HostHalf& v : host[k]) // offsets reach off the image; the mask positive
-            v = dcn::HostHalf{dcn::floatToHalf(k == 2 ? 3.0f * normal(rng) : k == 4 ? std::fabs(normal(rng)) : normal(rng))};
+        for (T& v : host[k]) // offsets reach off the image; the mask positive
+            v = Element::from(k == 2 ? 3.0f * normal(rng) : k == 4 ? std::fabs(normal(rng)) : normal(rng));
     }
     int64_t const n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
-    std::vector<dcn::HostHalf> nhwc(host[0].size());
+    std::vector<T> nhwc(host[0].size());
     for (int64_t i = 0; i < n; ++i)
         for (int64_t ch = 0; ch < c; ++ch)
             for (int64_t p = 0; p < h * w; ++p)
                 nhwc[size_t((i * h * w + p) * c + ch)] = host[0][size_t((i * c + ch) * h * w + p)];
     shelltest::DeviceBuffers buffers;
-    auto upload = [&](std::vector<dcn::HostHalf> const& values) {
-        void* ptr = buffers.allocate((values.size() + 1) / 2); // in floats: two halves each
-        if (ptr && cudaMemcpy(ptr, values.data(), values.size() * sizeof(dcn::HostHalf), cudaMemcpyHostToDevice)
-            != cudaSuccess)
+    auto floatsFor = [](size_t count) { return (count * sizeof(T) + sizeof(float) - 1) / sizeof(float); };
+    auto upload = [&](std::vector<T> const& values) {
+        void* ptr = buffers.allocate(floatsFor(values.size()));
+        if (ptr && cudaMemcpy(ptr, values.data(), values.size() * sizeof(T), cudaMemcpyHostToDevice) != cudaSuccess)
             return static_cast<void*>(nullptr);
         return ptr;
     };
     void* device[5] = {upload(nhwc), upload(host[1]), upload(host[2]), upload(host[3]), upload(host[4])};
     void* nchwInput = upload(host[0]);
     size_t const outCount = elementCount(outShape);
-    void* output = buffers.allocate((outCount + 1) / 2);
-    void* reference = buffers.allocate((outCount + 1) / 2);
+    void* output = buffers.allocate(floatsFor(outCount));
+    void* reference = buffers.allocate(floatsFor(outCount));
     void* workspace = buffers.allocate(workspaceBytes / sizeof(float) + 1);
     bool const ready = buffers.ok() && nchwInput && device[0] && device[1] && device[2] && device[3] && device[4];
-    check(ready, "GPU HWC8 (" + label + "): buffers (workspace " + std::to_string(workspaceBytes) + " bytes)");
+    check(ready, title + ": buffers (workspace " + std::to_string(workspaceBytes) + " bytes)");
     if (!ready)
         return;
-    bool const direct = launchNchwReference(attrs, shapes, DCN_FLOAT16, nchwInput, device[1], device[2], device[3],
+    bool const direct = launchNchwReference(attrs, shapes, Element::dtype, nchwInput, device[1], device[2], device[3],
         device[4], reference);
-    auto downloadHalves = [&](void const* ptr) {
-        std::vector<dcn::HostHalf> values(outCount);
+    auto download = [&](void const* ptr) {
+        std::vector<T> values(outCount);
         bool const copied = cudaDeviceSynchronize() == cudaSuccess
-            && cudaMemcpy(values.data(), ptr, outCount * sizeof(dcn::HostHalf), cudaMemcpyDeviceToHost) == cudaSuccess;
-        return copied ? values : std::vector<dcn::HostHalf>();
+            && cudaMemcpy(values.data(), ptr, outCount * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess;
+        return copied ? values : std::vector<T>();
     };
-    std::vector<dcn::HostHalf> const want = downloadHalves(reference);
+    std::vector<T> const want = download(reference);
     int64_t const oc = outShape[1], plane = outShape[2] * outShape[3];
     void const* inputs[5] = {device[0], device[1], device[2], device[3], device[4]};
     for (int32_t tactic : tactics)
     {
-        int32_t const rc = enqueueAsEngine(plugin.get(), tactic, runtimeIo, inputs, output,
-            outCount * sizeof(dcn::HostHalf), workspace);
-        std::vector<dcn::HostHalf> const got = downloadHalves(output);
+        int32_t const rc
+            = enqueueAsEngine(plugin.get(), tactic, runtimeIo, inputs, output, outCount * sizeof(T), workspace);
+        std::vector<T> const got = download(output);
         double maxError = got.size() == outCount && want.size() == outCount ? 0.0 : INFINITY, maxValue = 0.0;
         for (int64_t i = 0; i < n && std::isfinite(maxError); ++i)
             for (int64_t o = 0; o < oc; ++o)
                 for (int64_t p = 0; p < plane; ++p)
                 {
-                    double const expected = dcn::halfToFloat(want[size_t((i * oc + o) * plane + p)].bits);
-                    double const error
-                        = std::fabs(double(dcn::halfToFloat(got[size_t((i * plane + p) * oc + o)].bits)) - expected);
+                    double const expected = Element::value(want[size_t((i * oc + o) * plane + p)]);
+                    double const error = std::fabs(Element::value(got[size_t((i * plane + p) * oc + o)]) - expected);
                     maxError = std::isnan(error) ? INFINITY : std::fmax(maxError, error);
                     maxValue = std::fmax(maxValue, std::fabs(expected));
                 }
         check(rc == 0 && direct && maxError <= tolerance * (maxValue + 1.0),
-            "GPU HWC8 (" + label + "): tactic " + dcn::tacticName(tactic) + " enqueue on channels-last half tensors "
-                + "agrees with the direct kernel over NCHW (max abs error " + std::to_string(maxError) + ", max |out| "
+            title + ": tactic " + dcn::tacticName(tactic) + " enqueue on channels-last tensors agrees with the "
+                + "direct kernel over NCHW (max abs error " + std::to_string(maxError) + ", max |out| "
                 + std::to_string(maxValue) + ")");
     }
 }
@@ -580,6 +604,9 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
     check(dcn::channelsLastRefusal(kStandardAttrs, x, w, DCN_FLOAT16, true).empty()
             && dcn::channelsLastRefusal(kStandardAttrs, x, w, DCN_BFLOAT16, true).empty(),
         "channels-last: a dense half layer with C and oC multiples of 8 may take it where cuBLAS loads");
+    check(dcn::channelsLastRefusal(kStandardAttrs, shape({2, 12, 10, 12}), shape({60, 6, 3, 2}), DCN_FLOAT32, true)
+                .empty(),
+        "channels-last: a dense float32 layer may take it (HWC, unpadded: C of 12 and oC of 60 too) where cuBLAS loads");
     struct Refusal
     {
         char const* what;
@@ -589,7 +616,7 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
         char const* fragment;
     };
     Refusal const refusals[] = {
-        {"float32", x, w, DCN_FLOAT32, true, "half or bfloat16"},
+        {"float64", x, w, DCN_FLOAT64, true, "float32 (HWC) or half types (HWC8)"},
         {"C of 12", shape({2, 12, 10, 12}), shape({64, 6, 3, 2}), DCN_FLOAT16, true, "multiples of 8, got 12 and 64"},
         {"oC of 60", x, shape({60, 8, 3, 2}), DCN_FLOAT16, true, "multiples of 8, got 16 and 60"},
         {"unknown C", shape({2, -1, 10, 12}), w, DCN_FLOAT16, true, "known at build time"},
@@ -664,14 +691,27 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
     io[5].desc.format = TensorFormat::kHWC8;
     check(!build->supportsFormatCombination(5, io.data(), 5, 1), "supportsFormatCombination: Y in HWC8 beside X linear "
                                                                   "is refused");
+    // float32: X and Y in HWC (unpadded), never HWC8; a half type never HWC (bound to FP32 and UINT8)
     for (int32_t k : {0, 5})
         io[size_t(k)].desc.format = TensorFormat::kHWC8;
     for (auto& d : io)
         d.desc.type = DataType::kFLOAT;
-    check(!build->supportsFormatCombination(0, io.data(), 5, 1), "supportsFormatCombination: float32 X in HWC8 is "
-                                                                  "refused");
+    bool const float32Hwc8Refused = !build->supportsFormatCombination(0, io.data(), 5, 1);
+    for (int32_t k : {0, 5})
+        io[size_t(k)].desc.format = TensorFormat::kHWC;
+    bool const float32HwcTaken = build->supportsFormatCombination(0, io.data(), 5, 1)
+        && build->supportsFormatCombination(5, io.data(), 5, 1);
+    io[5].desc.format = TensorFormat::kHWC8;
+    bool const mixedRefused = !build->supportsFormatCombination(5, io.data(), 5, 1);
     for (auto& d : io)
         d.desc.type = DataType::kHALF;
+    io[5].desc.format = TensorFormat::kHWC;
+    bool const halfHwcRefused = !build->supportsFormatCombination(0, io.data(), 5, 1);
+    check(float32Hwc8Refused && float32HwcTaken == gemm && mixedRefused && halfHwcRefused,
+        std::string("supportsFormatCombination: float32 X and Y in HWC ") + (gemm ? "taken" : "refused (no cuBLAS)")
+            + ", float32 in HWC8 and half types in HWC refused, never HWC beside HWC8");
+    for (int32_t k : {0, 5})
+        io[size_t(k)].desc.format = TensorFormat::kHWC8;
 
     // A configuration TensorRT chose with X and Y in HWC8 (offered only where cuBLAS loads; the plain logic below
     // holds either way).
@@ -706,6 +746,26 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
     bool const hwc8Again = runtime->onShapeChange(runtimeIo.data(), 5, &runtimeIo[5], 1) == 0
         && self->gemmOptions().channelsLastTensors;
     check(linearAgain && hwc8Again, "onShapeChange sets the layout of the next enqueue from X's format");
+
+    // A float32 configuration with X and Y in HWC: the gemm tactic alone, the channels-last GEMM path's workspace.
+    std::vector<DynamicPluginTensorDesc> f32 = io;
+    for (auto& d : f32)
+        d.desc.type = DataType::kFLOAT;
+    f32[0].desc.format = f32[5].desc.format = TensorFormat::kHWC;
+    std::unique_ptr<IPluginV3> f32Plugin(creator.createPlugin("hwc_f32", &fields.collection, TensorRTPhase::kBUILD));
+    auto* f32Build = capability<IPluginV3OneBuild>(f32Plugin.get(), PluginCapabilityType::kBUILD);
+    std::vector<int32_t> f32Tactics;
+    if (f32Build->configurePlugin(f32.data(), 5, &f32[5], 1) == 0)
+    {
+        f32Tactics.resize(size_t(f32Build->getNbTactics()));
+        f32Build->getValidTactics(f32Tactics.data(), int32_t(f32Tactics.size()));
+    }
+    size_t const f32Bytes = made ? dcn::deformConvWorkspaceSize(largest, DCN_FLOAT32, DCN_ALGO_GEMM, options) : 0;
+    check(f32Tactics == std::vector<int32_t>{dcn::kTacticGemm}
+            && f32Build->getWorkspaceSize(f32.data(), 5, &f32[5], 1) == f32Bytes && f32Bytes > 0
+            && static_cast<dcn::DeformConvPlugin*>(f32Plugin.get())->gemmOptions().channelsLastTensors,
+        "configurePlugin with float32 X and Y in HWC offers the gemm tactic alone, with the channels-last GEMM "
+        "path's workspace (" + std::to_string(f32Bytes) + " bytes)");
 }
 
 } // namespace
@@ -1177,12 +1237,17 @@ int main()
     dcn_deform_conv_attrs depthwiseAttrs = kStandardAttrs;
     depthwiseAttrs.group = 16;
     checkEnqueueOnGpu(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes, {2, 16, oh, ow}, 1e-5, "depth-wise");
-    // X and Y channels-last in float16 (HWC8): the GEMM path on the dense layer (where cuBLAS loads; its columns are
-    // rounded to half, so a half-precision bound), the channels-last direct kernel on the depth-wise one (the NCHW
-    // direct kernel's sums in its order: rounding of the output only).
-    checkChannelsLastEnqueueOnGpu(creator, fields, kStandardAttrs, shapes, {2, 64, oh, ow}, 1e-2, "dense, gemm");
-    checkChannelsLastEnqueueOnGpu(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes, {2, 16, oh, ow}, 2e-3,
-        "depth-wise, direct");
+    // X and Y channels-last, float16 in HWC8 and float32 in HWC: the GEMM path on the dense layer (where cuBLAS
+    // loads; in float16 its columns are rounded to half, so a half-precision bound), the channels-last direct kernel
+    // on the depth-wise one (the NCHW direct kernel's sums in its order: rounding of the output only).
+    checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, fields, kStandardAttrs, shapes, {2, 64, oh, ow}, 1e-2,
+        "dense, gemm");
+    checkChannelsLastEnqueueOnGpu<float>(creator, fields, kStandardAttrs, shapes, {2, 64, oh, ow}, 1e-5,
+        "dense, gemm");
+    checkChannelsLastEnqueueOnGpu<float>(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes, {2, 16, oh, ow},
+        1e-5, "depth-wise, direct");
+    checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes,
+        {2, 16, oh, ow}, 2e-3, "depth-wise, direct");
 
     std::printf("%d failure(s)\n", failures);
     return failures;
