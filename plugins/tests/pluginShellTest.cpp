@@ -646,29 +646,34 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
         check(made && dcn::channelsLastTactics(depthwise) == std::vector<int32_t>{dcn::kTacticDirect}
                 && dcn::pluginWorkspaceBytes(depthwise, DCN_FLOAT16, true, dcn::kGemmDefaultColumnBudget, true) == 0,
             "channels-last depth-wise layer: the direct tactic alone, no workspace");
-        // the plugin itself, cuBLAS or not
-        Fields depthwiseFields = standardFields(16);
-        std::unique_ptr<IPluginV3> plugin(
-            creator.createPlugin("hwc8_dw", &depthwiseFields.collection, TensorRTPhase::kBUILD));
-        auto* build = plugin ? capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD) : nullptr;
-        int64_t const oh = dcn::convOutputExtent<int64_t>(10, int64_t(3), 2, 1, 2, 1);
-        int64_t const ow = dcn::convOutputExtent<int64_t>(12, int64_t(2), 1, 0, 1, 2);
-        std::vector<DynamicPluginTensorDesc> dw = {tensorDesc({2, 16, 10, 12}, DataType::kHALF, TensorFormat::kHWC8),
-            tensorDesc({16, 1, 3, 2}, DataType::kHALF), tensorDesc({2, 2 * 2 * 3 * 2, oh, ow}, DataType::kHALF),
-            tensorDesc({16}, DataType::kHALF), tensorDesc({2, 2 * 3 * 2, oh, ow}, DataType::kHALF),
-            tensorDesc({2, 16, oh, ow}, DataType::kHALF, TensorFormat::kHWC8)};
-        bool const taken = build && build->supportsFormatCombination(0, dw.data(), 5, 1)
-            && build->supportsFormatCombination(5, dw.data(), 5, 1);
-        std::vector<int32_t> tactics;
-        if (build && build->configurePlugin(dw.data(), 5, &dw[5], 1) == 0)
+        // the plugin itself, cuBLAS or not: float16 in HWC8, float32 in HWC
+        for (DataType type : {DataType::kHALF, DataType::kFLOAT})
         {
-            tactics.resize(size_t(build->getNbTactics()));
-            build->getValidTactics(tactics.data(), int32_t(tactics.size()));
+            Fields depthwiseFields = standardFields(16);
+            std::unique_ptr<IPluginV3> plugin(
+                creator.createPlugin("nhwc_dw", &depthwiseFields.collection, TensorRTPhase::kBUILD));
+            auto* build = plugin ? capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD) : nullptr;
+            int64_t const oh = dcn::convOutputExtent<int64_t>(10, int64_t(3), 2, 1, 2, 1);
+            int64_t const ow = dcn::convOutputExtent<int64_t>(12, int64_t(2), 1, 0, 1, 2);
+            TensorFormat const format = dcn::channelsLastFormatOf(type);
+            std::vector<DynamicPluginTensorDesc> dw = {tensorDesc({2, 16, 10, 12}, type, format),
+                tensorDesc({16, 1, 3, 2}, type), tensorDesc({2, 2 * 2 * 3 * 2, oh, ow}, type), tensorDesc({16}, type),
+                tensorDesc({2, 2 * 3 * 2, oh, ow}, type), tensorDesc({2, 16, oh, ow}, type, format)};
+            bool const taken = build && build->supportsFormatCombination(0, dw.data(), 5, 1)
+                && build->supportsFormatCombination(5, dw.data(), 5, 1);
+            std::vector<int32_t> tactics;
+            if (build && build->configurePlugin(dw.data(), 5, &dw[5], 1) == 0)
+            {
+                tactics.resize(size_t(build->getNbTactics()));
+                build->getValidTactics(tactics.data(), int32_t(tactics.size()));
+            }
+            check(taken && tactics == std::vector<int32_t>{dcn::kTacticDirect}
+                    && build->getWorkspaceSize(dw.data(), 5, &dw[5], 1) == 0
+                    && static_cast<dcn::DeformConvPlugin*>(plugin.get())->gemmOptions().channelsLastTensors,
+                std::string("a depth-wise ") + (type == DataType::kHALF ? "half plugin layer takes X and Y in HWC8"
+                                                                         : "float32 plugin layer takes X and Y in HWC")
+                    + ": the direct tactic alone, no workspace");
         }
-        check(taken && tactics == std::vector<int32_t>{dcn::kTacticDirect}
-                && build->getWorkspaceSize(dw.data(), 5, &dw[5], 1) == 0
-                && static_cast<dcn::DeformConvPlugin*>(plugin.get())->gemmOptions().channelsLastTensors,
-            "a depth-wise half plugin layer takes X and Y in HWC8: the direct tactic alone, no workspace");
     }
 
     std::unique_ptr<IPluginV3> plugin(creator.createPlugin("hwc8", &fields.collection, TensorRTPhase::kBUILD));
