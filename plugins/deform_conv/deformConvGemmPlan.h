@@ -63,7 +63,7 @@ enum GemmOutput : int32_t
 // DCN_DEPLOY_GEMM_BIAS). The epilogue is cuBLASLt's bias epilogue: the product adds the bias before its one rounding,
 // so nothing writes the bias first (a channels-last output) or adds it in the transpose (a staged one, which then
 // stages T: half the scratch bytes). On an H100 (session 34, benchmarks/RESULTS.md) it made the channels-last rows
-// 5-16% faster in fp16 (det res3 batch 8 0.306 -> 0.289 ms) and moved the staged NCHW rows by 2% at most.
+// 5-10% faster in fp16 at batch 8 (det res3 0.306 -> 0.289 ms) and moved the staged NCHW rows by 2% at most.
 enum GemmBias : int32_t
 {
     kGemmBiasAuto = 0,     // the epilogue on channels-last tensors, falling back to the fill where cuBLASLt does not
