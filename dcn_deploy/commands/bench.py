@@ -50,6 +50,7 @@ def command(model_path: Path, runner_list: Optional[str], batch_list: Optional[s
       dcn-deploy bench artifacts/demo/demo.onnx --shape image=1x1x28x28 --runner ort,torch --duration 5 --model dcn_deploy.models.demo:DemoNet --weights artifacts/demo/demo_weights.pt
       dcn-deploy bench net.onnx --shape input=1x3x512x512 --batch 1,4 --json -o bench.json
       dcn-deploy bench demo.engine --runner trt --batch 1,16
+      dcn-deploy bench r50.onnx --shape image=1x3x800x1333 --runner ort-cuda,torch-cuda --model resnet50_dcnv2_c3c5 --channels-last
 
     Batch sizes and shapes are checked against the model's inputs, and the -o folder exists, before anything is
     timed; a runner whose outputs differ from the first runner's (as verify matches them) is refused. The report gives
