@@ -168,9 +168,8 @@ bool DeformConvPlugin::supportsFormatCombination(
         if (output && (inOut[kInputX].desc.format != desc.format || desc.type != inOut[kInputX].desc.type))
             return false;
         return channelsLastRefusal(mAttrs, shapeOf(inOut[kInputX].desc.dims), shapeOf(inOut[kInputW].desc.dims),
-                   dcnDtype(desc.type), gemmPathAvailable())
-                   .empty()
-            && supportedType(desc.type);
+            dcnDtype(desc.type), gemmPathAvailable())
+            .empty();
     });
 }
 
