@@ -80,6 +80,13 @@ def check_tensors(named: Mapping[str, Optional[torch.Tensor]]) -> None:
                              "move all tensors to one device")
 
 
+def channels_last_only(t: torch.Tensor) -> bool:
+    """Whether a 4-D tensor is channels-last in memory and not also plainly contiguous (as when C or H*W is 1): the
+    op then gives a channels-last output (as torch's convolutions), and its compiled forwards read the input where
+    it is."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def has_concrete_shapes(*tensors: Optional[torch.Tensor]) -> bool:
     """True when no shape is symbolic (under torch.export/compile tracing shapes can be SymInts, which the
     pure-Python shape checks would specialise)."""

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from . import native_paths
-from ._checks import (autocast_off, call_in_float32, checked_arguments, compute_dtype, has_concrete_shapes,
-                      refuse_double_backward, refuse_torchscript, register_float32_autocast)
+from ._checks import (autocast_off, call_in_float32, channels_last_only, checked_arguments, compute_dtype,
+                      has_concrete_shapes, refuse_double_backward, refuse_torchscript, register_float32_autocast)
 from .spec import ShapeError, as_pair, conv_output_size, deform_conv_spec
 
 __all__ = ["deform_conv2d"]
@@ -246,9 +246,7 @@ def _output_memory_format(input: torch.Tensor) -> torch.memory_format:
     """The op's output memory format, as torch's convolutions choose it: channels-last where the input is
     channels-last (and not also plainly contiguous, as when C or H*W is 1), else contiguous. The real op and its
     fake (which torch.compile plans strides by) both follow it."""
-    if not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+    return torch.channels_last if channels_last_only(input) else torch.contiguous_format
 
 
 def _output_shape(input: torch.Tensor, weight: torch.Tensor, stride, padding, dilation):
