@@ -1,6 +1,7 @@
 """Options and helpers shared by the commands that run models (verify, bench, infer). Imports click only."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -198,16 +199,12 @@ def make_runners(kinds: Sequence[str], model_path: Path, torch_model: Optional[s
     from ..backends.factory import make_runner
 
     _check_trt_runner(kinds, engine)
-    if torch_channels_last and not any(kind in TORCH_RUNNERS for kind in kinds):
-        raise CliError(f"--channels-last is only used by the torch runners; add one ({_add_torch_runner_hint()})")
-    module = _torch_module(kinds, model_path, torch_model, checkpoint)
     torch_kinds = [kind for kind in kinds if kind in TORCH_RUNNERS]
-    if len(torch_kinds) > 1:  # each its own copy: activating one moves its module to its device
-        import copy
-
-        modules = {torch_kinds[0]: module, **{kind: copy.deepcopy(module) for kind in torch_kinds[1:]}}
-    else:
-        modules = {kind: module for kind in torch_kinds}
+    if torch_channels_last and not torch_kinds:
+        raise CliError(f"--channels-last is only used by the torch runners; add one ({_add_torch_runner_hint()})")
+    module = _torch_module(torch_kinds, model_path, torch_model, checkpoint)
+    # each torch runner its own copy of the module but the first: activating one moves its module to its device
+    modules = {kind: copy.deepcopy(module) if i else module for i, kind in enumerate(torch_kinds)}
     runners: list = []
     try:
         engine_options = None
@@ -242,18 +239,18 @@ def _check_trt_runner(kinds: Sequence[str], engine: Optional[Path]) -> None:
             raise CliError(f"the trt runner cannot run: {reason}")
 
 
-def _torch_module(kinds: Sequence[str], model_path: Path, torch_model: Optional[str], checkpoint: Optional[Path]):
-    """The nn.Module that --model/--weights build for the torch runner (None without it); CliError for a torch
-    runner without --model, and for --model/--weights without a torch runner."""
-    if not any(kind in TORCH_RUNNERS for kind in kinds):
+def _torch_module(torch_kinds: Sequence[str], model_path: Path, torch_model: Optional[str],
+                  checkpoint: Optional[Path]):
+    """The nn.Module that --model/--weights build for the torch runners of the command (``torch_kinds``; None
+    without them); CliError for a torch runner without --model, and for --model/--weights without a torch runner."""
+    if not torch_kinds:
         if torch_model or checkpoint:
             raise CliError(f"--model/--weights are only used by the torch runner; add it ({_add_torch_runner_hint()})")
         return None
     if not torch_model:
-        named = " and ".join(kind for kind in kinds if kind in TORCH_RUNNERS)
-        raise CliError(f"the {named} runner needs the PyTorch model: add --model FILE.py:FACTORY (or "
-                       "package.module:FACTORY, a .pt2 file, a zoo name) and --weights STATE_DICT.pt "
-                       "if the factory builds an untrained model")
+        raise CliError(f"the {' and '.join(torch_kinds)} runner needs the PyTorch model: add --model FILE.py:FACTORY "
+                       "(or package.module:FACTORY, a .pt2 file, a zoo name) and --weights STATE_DICT.pt if the "
+                       "factory builds an untrained model")
     from ..onnx.model_loading import load_model
 
     loaded = load_model(torch_model, checkpoint)  # errors of the user's code: ModelCodeError, exit 2
