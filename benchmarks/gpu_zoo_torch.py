@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_deform_conv import command_line, git_commit, kernel_settings, time_cuda_detail, without_tf32  # noqa: E402
+from gpu_deform_conv import (command_line, git_commit, kernel_settings, relative_error,  # noqa: E402
+                             time_cuda_detail, without_tf32)
 
 from dcn_deploy.io_utils import atomic_write_text  # noqa: E402
 
@@ -96,11 +97,6 @@ def redraw_offset_weights(model, std: float, seed: int = 1) -> int:
                     conv.bias.zero_()
             count += 1
     return count
-
-
-def relative_error(got, reference) -> float:
-    got, reference = got.double(), reference.double()
-    return float((got - reference).norm() / reference.norm().clamp_min(1e-30))
 
 
 def measure_case(name: str, size: Tuple[int, int], batch: int, dtype_name: str, layout: str, iters: int, warmup: int,

@@ -1,23 +1,14 @@
 """The CPU benchmark scripts' command lines (benchmarks/cpu_*.py): counts are checked before anything is timed."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_scripts import load_benchmark_script
 
 
 def _script(name: str):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script(name)
 
 
 @pytest.mark.parametrize("script, words", [

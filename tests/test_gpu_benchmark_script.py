@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import sys
@@ -10,17 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_deform_conv.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_deform_conv", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("gpu_deform_conv")
 
 
 def test_unknown_algo_is_refused_naming_the_choices(bench, capsys):
@@ -187,11 +183,7 @@ def test_the_command_line_shown_names_the_kernel_knobs_set(bench, monkeypatch):
 
 @pytest.fixture(scope="module")
 def layouts():
-    path = SCRIPT.parent / "gemm_layouts.py"
-    spec = importlib.util.spec_from_file_location("gemm_layouts", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("gemm_layouts")
 
 
 def test_gemm_layouts_sizes_and_table(layouts):
@@ -231,12 +223,9 @@ def test_gpu_roi_pool_without_a_gpu_is_a_clear_error():
 def test_gpu_roi_pool_rows_on_the_cpu(monkeypatch):
     """benchmarks/gpu_roi_pool.py's measuring code, run on the CPU with CUDA's calls stood in (tensors stay put,
     events read a clock), on a small case: it must reach the table row with both timings and the comparison."""
-    import importlib.util
     import time
 
-    spec = importlib.util.spec_from_file_location("gpu_roi_pool", SCRIPT.parent / "gpu_roi_pool.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark_script("gpu_roi_pool")
 
     class Event:
         def __init__(self, enable_timing=False):
@@ -476,9 +465,7 @@ def test_gpu_scripts_refuse_bad_counts_before_timing(bench, layouts, words, mess
         with pytest.raises(SystemExit):
             layouts.main(words)
         assert "--iters must be >= 1 and --warmup >= 0" in capsys.readouterr().err
-        spec = importlib.util.spec_from_file_location("gpu_roi_pool", SCRIPT.parent / "gpu_roi_pool.py")
-        roi = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(roi)
+        roi = load_benchmark_script("gpu_roi_pool")
         monkeypatch.setattr(sys, "argv", ["gpu_roi_pool.py", words[0].replace("--iters", "--iterations"), words[1]])
         with pytest.raises(SystemExit):
             roi.main()

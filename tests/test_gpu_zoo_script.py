@@ -2,25 +2,18 @@
 (its timing needs a GPU: see gpu_checks.sh's `bench-zoo`)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_zoo_torch.py"
+from benchmark_scripts import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def zoo_bench():
-    spec = importlib.util.spec_from_file_location("gpu_zoo_torch", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("gpu_zoo_torch")
 
 
 def test_cases_name_a_deformable_zoo_model_and_a_size(zoo_bench, capsys):

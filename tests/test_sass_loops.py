@@ -1,15 +1,8 @@
 """benchmarks/sass_loops.py: reading cuobjdump's SASS listing (no CUDA tools needed for these)."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from benchmark_scripts import load_benchmark_script
 
-_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "sass_loops.py"
-_SPEC = importlib.util.spec_from_file_location("sass_loops", _SCRIPT)
-sass_loops = importlib.util.module_from_spec(_SPEC)
-sys.modules["sass_loops"] = sass_loops  # dataclasses look their module up there
-_SPEC.loader.exec_module(sass_loops)
+sass_loops = load_benchmark_script("sass_loops")
 
 # The shape of `cuobjdump -sass` output: a function header, then one instruction per line with its address.
 LISTING = """
