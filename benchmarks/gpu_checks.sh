@@ -208,9 +208,10 @@ step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python
 step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
 bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct --iters 20 --warmup 3
 # The grouped and depth-wise layers on channels-last tensors too (the depth-wise one: the channels-last direct kernel
-# without its transpose; the grouped one: the GEMM path without its two); the table in checks.log.
+# without its transpose; the grouped one: the GEMM path without its two); the table in checks.log, with the grouped
+# layer's kernels both ways (why its float32 rows were slower on channels-last tensors in session 34).
 bench bench-grouped-nhwc 90 bench_grouped_nhwc.json "" -- --layers grouped --algos auto --channels-last --iters 20 \
-    --warmup 3
+    --warmup 3 --breakdown
 # Whole networks in PyTorch (fp16, NCHW and channels-last): the plain twin, the deformable network on our op and on
 # torchvision's (benchmarks/gpu_zoo_torch.py; rows in bench_zoo.json, the table in checks.log).
 step bench-zoo 150 python3 benchmarks/gpu_zoo_torch.py --json "$OUT_DIR/bench_zoo.json"

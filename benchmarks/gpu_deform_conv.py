@@ -325,8 +325,9 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
     path with no transposes; the output channels-last), as ``ours_nhwc``.
 
     on_row(rows) is called after each row (and after the breakdown), so a run cut short still leaves its rows.
-    breakdown: after all timings (so the profiler cannot disturb them), the `gemm` path's kernels of each dense row
-    (and, with channels_last, of the same on channels-last tensors).
+    breakdown: after all timings (so the profiler cannot disturb them), the `gemm` path's kernels of each row where
+    auto takes that path (8 or more channels per group: the dense rows and the grouped one), and with channels_last
+    of the same on channels-last tensors.
     """
     import torch
     import torch.nn.functional as F
@@ -399,7 +400,7 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                         del nhwc, nhwc_weight
                     del reference
                 rows.append(row)
-                if breakdown and layer.groups == 1:
+                if breakdown and layer.channels // layer.groups >= 8:  # where auto takes the GEMM path
                     cases.append((row, layer, batch, dtype_name))
                 print(json.dumps(row), file=sys.stderr, flush=True)  # progress, and the raw numbers
                 if on_row:

@@ -403,6 +403,8 @@ _CHILD_ENVS = {
     # every dense layer staged; and never by it (the bias written first, or added by the transpose)
     "bias_epilogue": {"DCN_DEPLOY_GEMM_BIAS": "epilogue", "DCN_DEPLOY_GEMM_OUTPUT": "staged"},
     "bias_fill": {"DCN_DEPLOY_GEMM_BIAS": "fill"},
+    # no cuBLASLt (as where a cuBLAS comes without it): auto's epilogue on channels-last tensors gives way to the fill
+    "no_cublaslt": {"DCN_DEPLOY_CUBLASLT": "off"},
     "bias_epilogue_nn": {"DCN_DEPLOY_GEMM_BIAS": "epilogue", "DCN_DEPLOY_GEMM_OUTPUT": "staged",
                          "DCN_DEPLOY_GEMM_PRODUCT": "nn"},
     # the direct kernel's own tests only: over a channels-last copy of the input (the default on depth-wise layers)
@@ -518,6 +520,28 @@ def test_gemm_path_bias_added_by_the_product_or_not(dense_children, child):
     products; and under DCN_DEPLOY_GEMM_BIAS=fill (never the epilogue: the channels-last outputs filled with the bias
     first, auto's way before it took the epilogue)."""
     _check_dense_child(dense_children, child)
+
+
+def test_gemm_path_without_cublaslt(dense_children):
+    """DCN_DEPLOY_CUBLASLT=off, as where cuBLAS comes without cuBLASLt: auto's bias epilogue on channels-last half
+    tensors gives way to the fill at run time (the dense-layer tests pass in that child); a required epilogue
+    (DCN_DEPLOY_GEMM_BIAS=epilogue) is an error naming the switch instead of a silent fill."""
+    import subprocess
+    import sys
+
+    _check_dense_child(dense_children, "no_cublaslt")
+    script = ("import torch; from dcn_deploy.plugin import library;"
+              "from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda;"
+              "lib = NativeLibrary(library.find_library('kernels')); torch.manual_seed(0);"
+              "half = dict(device='cuda', dtype=torch.float16);"
+              "x = torch.randn(1, 16, 9, 9, **half).contiguous(memory_format=torch.channels_last);"
+              "args = (x, torch.randn(1, 18, 9, 9, **half), torch.randn(16, 16, 3, 3, **half), torch.randn(16, **half));"
+              "\ntry:\n    deform_conv2d_cuda(*args, padding=1, channels_last=True, library=lib); print('ran')"
+              "\nexcept NativeError as error:\n    print(error)")
+    required = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S,
+                              env=dict(os.environ, DCN_DEPLOY_CUBLASLT="off", DCN_DEPLOY_GEMM_BIAS="epilogue"))
+    assert required.returncode == 0, required.stderr[-2000:]
+    assert "cuBLASLt is switched off (DCN_DEPLOY_CUBLASLT=off)" in required.stdout, required.stdout
 
 
 def test_gemm_path_per_thread_sampler(dense_children):

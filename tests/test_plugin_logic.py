@@ -332,6 +332,7 @@ def test_channels_last_tensors_take_the_gemm_path_or_the_depthwise_kernel(kernel
     ("DCN_DEPLOY_IMPLICIT_TILE_M", "96", "DCN_DEPLOY_IMPLICIT_TILE_M must be one of auto, 64, 128, 256, got '96'"),
     ("DCN_DEPLOY_IMPLICIT_THREADS", "1024",
      "DCN_DEPLOY_IMPLICIT_THREADS must be one of auto, 256, 512, got '1024'"),
+    ("DCN_DEPLOY_CUBLASLT", "0", "DCN_DEPLOY_CUBLASLT must be one of on, off, got '0'"),
     ("DCN_DEPLOY_IMPLICIT_KERNEL", "specialized",
      "DCN_DEPLOY_IMPLICIT_KERNEL must be one of stepwise, specialised, got 'specialized'"),
 ])

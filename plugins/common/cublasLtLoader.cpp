@@ -2,6 +2,7 @@
 
 #include "cublasLoader.h" // resolveSymbol
 
+#include <cstdlib>
 #include <dlfcn.h>
 #include <mutex>
 #include <string>
@@ -16,6 +17,8 @@ struct LoadedLt
 {
     CublasLtApi api{};
     bool ok = false;
+    int32_t code = DCN_ERROR_UNSUPPORTED; // why not ok: DCN_ERROR_INVALID_ARGUMENT for a bad kCublasLtSwitch
+    std::string reason = "cuBLASLt could not be loaded (libcublasLt.so.13 or .12 on the library path)";
 };
 
 LoadedLt const& loadedLt()
@@ -23,6 +26,20 @@ LoadedLt const& loadedLt()
     static LoadedLt state;
     static std::once_flag once;
     std::call_once(once, [] {
+        char const* setting = std::getenv(kCublasLtSwitch);
+        std::string const value = setting ? setting : "";
+        if (value == "off")
+        {
+            state.reason = std::string("cuBLASLt is switched off (") + kCublasLtSwitch + "=off)";
+            return;
+        }
+        if (!value.empty() && value != "on")
+        {
+            state.code = DCN_ERROR_INVALID_ARGUMENT;
+            state.reason = std::string(kCublasLtSwitch) + " must be one of on, off, got '" + value
+                + "': unset it or set one of those";
+            return;
+        }
         void* library = nullptr;
         for (char const* name : {"libcublasLt.so.13", "libcublasLt.so.12"}) // the API these declarations match
             if ((library = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr)
@@ -30,6 +47,7 @@ LoadedLt const& loadedLt()
         if (!library)
             return;
         CublasLtApi& api = state.api;
+        state.reason = "libcublasLt lacks an entry point this library uses (cublasLtMatmul and its descriptors)";
         state.ok = resolveSymbol(library, "cublasLtCreate", api.create)
             && resolveSymbol(library, "cublasLtMatmulDescCreate", api.descCreate)
             && resolveSymbol(library, "cublasLtMatmulDescDestroy", api.descDestroy)
@@ -56,7 +74,7 @@ Status threadCublasLtHandle(CublasLtHandleT& handle)
 {
     CublasLtApi const* api = cublasLtApi();
     if (!api)
-        return Status::error(DCN_ERROR_UNSUPPORTED, "cuBLASLt could not be loaded (libcublasLt.so.13 or .12)");
+        return Status::error(loadedLt().code, loadedLt().reason);
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess)
         return Status::error(DCN_ERROR_CUDA, "cudaGetDevice failed before creating the cuBLASLt handle");

@@ -64,11 +64,17 @@ struct CublasLtApi
         cudaStream_t stream);
 };
 
-// The loaded API, or null when no libcublasLt.so.13/.12 can be opened.
+// The environment variable that rules cuBLASLt out: "off" makes cublasLtApi() null as if no library loaded (the
+// GEMM path's bias then takes the fill where the epilogue was only preferred: how its GPU test reaches that way);
+// unset or "on" loads it; any other value is an error (DCN_ERROR_INVALID_ARGUMENT) from threadCublasLtHandle.
+constexpr char const* kCublasLtSwitch = "DCN_DEPLOY_CUBLASLT";
+
+// The loaded API, or null when no libcublasLt.so.13/.12 can be opened or kCublasLtSwitch rules it out.
 CublasLtApi const* cublasLtApi();
 
 // This thread's cuBLASLt handle for the current device, created on first use (never destroyed, as the C ABI's
-// cuBLAS handles: threadCublasHandle). Fails where cuBLASLt does not load or cublasLtCreate fails.
+// cuBLAS handles: threadCublasHandle). Fails where cuBLASLt does not load (DCN_ERROR_UNSUPPORTED, saying why; a
+// bad kCublasLtSwitch value: DCN_ERROR_INVALID_ARGUMENT) or cublasLtCreate fails.
 Status threadCublasLtHandle(CublasLtHandleT& handle);
 
 } // namespace dcn

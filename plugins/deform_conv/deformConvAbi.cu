@@ -3,6 +3,7 @@
 // dcn_deform_conv2d_forward_cuda over launchDeformConv (deformConvLaunch.cu), with the GEMM path's options read
 // from the environment. Errors become a code + this thread's dcn_last_error() (guarded, dcnStatus.h).
 #include "cublasLoader.h"
+#include "cublasLtLoader.h" // kCublasLtSwitch
 #include "deformConvKernel.h"
 #include "deformConvShapes.h"
 
@@ -50,7 +51,9 @@ namespace
 //   DCN_DEPLOY_IMPLICIT_TILE_M    auto (default), 64, 128 or 256: the implicit-GEMM kernel's output channels per
 //                                 block;
 //   DCN_DEPLOY_IMPLICIT_THREADS   auto (default), 256 or 512: its threads per block (128- and 256-row tiles);
-//   DCN_DEPLOY_IMPLICIT_KERNEL    stepwise (default) or specialised: which implicit-GEMM kernel (ImplicitKernel).
+//   DCN_DEPLOY_IMPLICIT_KERNEL    stepwise (default) or specialised: which implicit-GEMM kernel (ImplicitKernel);
+//   DCN_DEPLOY_CUBLASLT           on (default) or off: off loads no cuBLASLt (kCublasLtSwitch, read by its loader,
+//                                 so by the plugin too; validated here as well, as the others).
 // The TensorRT plugin never reads them: its workspace is sized at build time and used at run time, maybe elsewhere.
 // A bad value is reported by every entry that uses the options (abiGemmOptionsStatus).
 struct AbiGemmOptions
@@ -137,6 +140,7 @@ AbiGemmOptions const& abiGemmSettings()
             read.problem);
         parsed.implicitThreads = numberChoiceFromEnvironment("DCN_DEPLOY_IMPLICIT_THREADS", {"auto", "256", "512"},
             read.problem);
+        choiceFromEnvironment(dcn::kCublasLtSwitch, {"on", "off"}, read.problem); // read by cublasLtLoader.cpp
         parsed.implicitKernel = choiceFromEnvironment("DCN_DEPLOY_IMPLICIT_KERNEL", {"stepwise", "specialised"},
             read.problem);
         return read;
