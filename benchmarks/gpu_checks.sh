@@ -206,7 +206,11 @@ step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python
     tests/test_roi_plugin_host.py -k cuda
 # The RoI pooling ops: the PyTorch op on the CUDA kernels against its composite (table in checks.log).
 step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
-bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct --iters 20 --warmup 3
+# The grouped and depth-wise layers, each way: auto, the GEMM path, the direct kernel (over a channels-last copy of
+# the input where it takes the layer: depth-wise, and groups of up to 8 channels in half types, 4 in float32), and
+# the direct kernel on channels-last tensors.
+bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct --iters 20 \
+    --warmup 3 --channels-last --channels-last-algo direct
 # The grouped and depth-wise layers on channels-last tensors too (the depth-wise one: the channels-last direct kernel
 # without its transpose; the grouped one: the GEMM path without its two); the table in checks.log, with the grouped
 # layer's kernels both ways (why its float32 rows were slower on channels-last tensors in session 34).

@@ -315,14 +315,16 @@ def measure(row: dict, key: str, fn: Callable[[], object], reference, warmup: in
 def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str],
         graph: bool = True, breakdown: bool = False, layers: List[Layer] = LAYERS,
         on_row: Optional[Callable[[List[dict]], None]] = None, with_bias: bool = True,
-        conv_channels_last: bool = False, channels_last: bool = False) -> List[dict]:
+        conv_channels_last: bool = False, channels_last: bool = False,
+        channels_last_algo: str = "auto") -> List[dict]:
     """One row per (dtype, layer, batch): each implementation's error and median time (see :func:`measure`).
 
     with_bias: False runs every implementation without a bias (as DCN layers followed by batch norm are).
     conv_channels_last: also time cuDNN's convolution on channels-last copies of the input and weight (the layout
     cuDNN's half-precision kernels work in, and TensorRT's around a plugin), as ``conv_nhwc``.
-    channels_last: that, and ours (algo auto) on channels-last tensors too (``DCN_FORWARD_CHANNELS_LAST``: the GEMM
-    path with no transposes; the output channels-last), as ``ours_nhwc``.
+    channels_last: that, and ours (algo channels_last_algo, auto by default) on channels-last tensors too
+    (``DCN_FORWARD_CHANNELS_LAST``: the GEMM path with no transposes, or the channels-last direct kernel; the output
+    channels-last), as ``ours_nhwc`` (the algo in each row's ``nhwc_algo``).
 
     on_row(rows) is called after each row (and after the breakdown), so a run cut short still leaves its rows.
     breakdown: after all timings (so the profiler cannot disturb them), the `gemm` path's kernels of each row where
@@ -393,9 +395,11 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                         measure(row, "conv_nhwc", lambda: F.conv2d(nhwc, nhwc_weight, bias, 1, d, d, layer.groups),
                                 None, warmup, iters, graph)
                         if channels_last:
+                            row["nhwc_algo"] = channels_last_algo
                             measure(row, "ours_nhwc",
                                     lambda: deform_conv2d_cuda(nhwc, offset, weight, bias, 1, d, d, mask,
-                                                               channels_last=True, library=kernels),
+                                                               algo=channels_last_algo, channels_last=True,
+                                                               library=kernels),
                                     reference, warmup, iters, graph)
                         del nhwc, nhwc_weight
                     del reference
@@ -505,6 +509,7 @@ def to_markdown(rows: List[dict], args) -> str:
     strict_conv = any("conv_no_tf32_ms" in r for r in rows)
     nhwc_conv = any("conv_nhwc_ms" in r for r in rows)
     nhwc_ours = any("ours_nhwc_ms" in r for r in rows)
+    nhwc_algo = _saved_setting(rows, "nhwc_algo", "auto")
     iters = _saved_setting(rows, "iters", args.iters)
     warmup = _saved_setting(rows, "warmup", args.warmup)
     eager = _saved_setting(rows, "timing", "eager" if args.eager else "graph") == "eager"
@@ -536,7 +541,7 @@ def to_markdown(rows: List[dict], args) -> str:
         + " | torchvision ms | cuDNN conv2d ms | best speed-up vs torchvision | best / conv2d | "
         + ("cuDNN conv2d without TF32 ms | best / that | " if strict_conv else "")
         + ("cuDNN conv2d channels-last ms | best / that | " if nhwc_conv else "")
-        + ("ours channels-last ms | its speed-up vs torchvision | it / cuDNN channels-last | err channels-last | "
+        + (f"ours channels-last{'' if nhwc_algo == 'auto' else f' ({nhwc_algo})'} ms | its speed-up vs torchvision | it / cuDNN channels-last | err channels-last | "
            if nhwc_ours else "")
         + " | ".join(f"err {a}" for a in algos) + " | err torchvision |",
         "| --- | --- | --- | " + " | ".join("---:" for _ in algos) + " | ---: | ---: | ---: | ---: | "
@@ -630,6 +635,10 @@ def main(argv=None) -> int:
     parser.add_argument("--channels-last", action="store_true",
                         help="that, and ours (auto) on channels-last input and output too (DCN_FORWARD_CHANNELS_LAST: "
                              "the GEMM path reads and writes them where they are, with no transposes)")
+    parser.add_argument("--channels-last-algo", default="auto", choices=("auto", "gemm", "direct"),
+                        help="the algo of ours on channels-last tensors (--channels-last): auto (default), gemm, or "
+                             "direct (the channels-last direct kernel: depth-wise layers and groups of 2, 4 or 8 "
+                             "channels)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile the gemm path's kernels (torch.profiler) and print where its time goes")
     parser.add_argument("--json", type=Path, default=None,
@@ -680,7 +689,7 @@ def main(argv=None) -> int:
         rows = run([int(b) for b in batches], args.dtypes.split(","), args.warmup, args.iters, algos,
                    graph=not args.eager, breakdown=args.breakdown, layers=LAYER_SETS[args.layers], on_row=save,
                    with_bias=not args.no_bias, conv_channels_last=args.conv_channels_last,
-                   channels_last=args.channels_last)
+                   channels_last=args.channels_last, channels_last_algo=args.channels_last_algo)
     table = render(rows, args)
     print(table)
     if args.output:

@@ -100,6 +100,34 @@ def random_depthwise_case(rng: random.Random) -> Case:
     return random_layer_case(rng, channels, offset_groups, 1, (1, 1), 9, 11, (0.5, 2.0, 25.0))
 
 
+def random_small_groups_case(rng: random.Random, max_group: int) -> Case:
+    """A grouped layer the channels-last direct kernel takes besides depth-wise ones: 2, 4 or 8 channels per group
+    in and out (at most max_group: a vector of the dtype, 16 bytes), offset groups of whole groups (one for all,
+    one per group, or one per few), so that each channel vector holds whole groups."""
+    channels_per_group = rng.choice([g for g in (2, 4, 8) if g <= max_group])
+    groups = rng.choice([1, 2, 3, 4, 6, 8])
+    offset_groups = rng.choice([d for d in range(1, groups + 1) if groups % d == 0])
+    return random_layer_case(rng, groups, offset_groups, channels_per_group,
+                             (channels_per_group, channels_per_group), 9, 11, (0.5, 2.0, 25.0))
+
+
+# The largest group the channels-last direct kernel takes in each dtype: a vector of 16 bytes.
+SMALL_GROUP_MAX = {torch.float64: 2, torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}
+
+
+def channels_last_direct_takes(case: Case, dtype: torch.dtype) -> bool:
+    """Whether the channels-last direct kernel takes the case's (small) layer, by the rule its refusal states
+    (plugins/deform_conv/deformConvDirectBlock.h): as many output as input channels per group, at most 8; the widest
+    vector of up to 16 bytes dividing C and the channels per offset group at least 2 channels and whole groups."""
+    channels_per_group = case.in_channels // case.groups
+    if channels_per_group != case.out_channels // case.groups or channels_per_group > 8:
+        return False
+    per_offset_group = case.in_channels // case.offset_groups
+    vector = next((v for v in (8, 4, 2) if v <= SMALL_GROUP_MAX[dtype]
+                   and case.in_channels % v == 0 and per_offset_group % v == 0), 1)
+    return vector >= 2 and vector % channels_per_group == 0
+
+
 def random_implicit_case(rng: random.Random) -> Case:
     """A layer the implicit-GEMM kernel (algo "implicit") takes (channels per group and per offset group multiples
     of 32): groups and offset groups in every relation (a group holding several offset groups, an offset group

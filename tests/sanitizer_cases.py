@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from dcn_deploy.plugin.native import (DCN_ERROR_UNSUPPORTED, NativeError, deform_conv2d_cuda,  # noqa: E402
                                       load_library)
 from plugin_configs import (Case, make_tensors, max_relative_error, random_case, random_depthwise_case,  # noqa: E402
-                            reference)
+                            random_small_groups_case, reference)
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 DENSE = Case(2, 1, 2, 40, 72, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 1), True, True, 3.0, False)
@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--algos", default="direct,fused,gemm,gemm-nhwc,direct-nhwc,implicit",
                         help="comma-separated kernels to run (default: all; gemm-nhwc and direct-nhwc are the GEMM "
                              "path and the direct kernel on channels-last tensors, the latter on the depth-wise "
-                             "cases); e.g. implicit with DCN_DEPLOY_IMPLICIT_KERNEL=specialised for that kernel "
+                             "and small-group cases); e.g. implicit with DCN_DEPLOY_IMPLICIT_KERNEL=specialised for that kernel "
                              "alone")
     args = parser.parse_args()
     algos = [name.strip() for name in args.algos.split(",") if name.strip()]
@@ -55,6 +55,9 @@ def main() -> int:
     # depth-wise layers: the direct kernel's channels-last items (its default; over NCHW under
     # DCN_DEPLOY_DIRECT_LAYOUT=nchw)
     cases += [random_depthwise_case(random.Random(1300 + seed)) for seed in range(1 if args.quick else 3)]
+    # groups of 2 or 4 channels in and out: its grouped instance, the weight tables in shared memory (what float32
+    # takes; the half types take these too)
+    cases += [random_small_groups_case(random.Random(1600 + seed), 4) for seed in range(1 if args.quick else 3)]
     failures = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         for algo in algos:
@@ -73,7 +76,7 @@ def main() -> int:
                                        out=out, library=kernels)
                 except NativeError as exc:
                     if algo == "direct-nhwc" and exc.code == DCN_ERROR_UNSUPPORTED:
-                        continue  # the channels-last direct kernel takes depth-wise layers with channels in pairs
+                        continue  # the channels-last direct kernel takes depth-wise layers and small groups
                     raise
                 torch.cuda.synchronize()
                 expected = reference(case, *[None if t is None else t.double() for t in tensors])

@@ -15,9 +15,10 @@ import torch
 
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda
-from plugin_configs import (HALF_EPS, Case, half_precision_cases, make_tensors, max_relative_error, peak_relative_error,
-                            random_case, random_depthwise_case, random_implicit_case, random_layer_case,
-                            random_many_groups_case, reference)
+from plugin_configs import (HALF_EPS, SMALL_GROUP_MAX, Case, channels_last_direct_takes, half_precision_cases,
+                            make_tensors, max_relative_error, peak_relative_error, random_case, random_depthwise_case,
+                            random_implicit_case, random_layer_case, random_many_groups_case, random_small_groups_case,
+                            reference)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -85,17 +86,44 @@ def _workspace_bytes(kernels, case: Case, tensors, algo: str) -> int:
 _SMALL_GROUP_LAYERS = {"many_groups": (random_many_groups_case, 900), "depthwise": (random_depthwise_case, 1300)}
 
 
+def _small_groups_cases(dtype):
+    """Grouped layers the channels-last direct kernel takes (2, 4 or 8 channels per group in and out, up to a vector
+    of the dtype), and one of 256 channels in groups of a vector's worth, 4 offset groups, 600 pixels: several
+    blocks of pixels and of channels, each filling its weight tables."""
+    cpg = SMALL_GROUP_MAX[dtype]
+    wide = Case(2, 256 // cpg, 4, 256, 256, 20, 30, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
+    return [random_small_groups_case(random.Random(1600 + seed), cpg) for seed in range(10)] + [wide]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_direct_kernel_on_small_groups_channels_last(kernels, dtype):
+    """The channels-last direct kernel on grouped layers (its grouped instance: each block's weight tables in shared
+    memory), asked for as direct: from NCHW tensors over its channels-last copy (in the direct_chunks child in
+    chunks of 1 MiB) and on channels-last tensors (no copy), against the reference."""
+    cases = _small_groups_cases(dtype)
+    for index, case in enumerate(cases):
+        tensors = make_tensors(case, dtype, device="cuda", seed=index)
+        assert _workspace_bytes(kernels, case, tensors, "direct") > 0 or \
+            os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") == "nchw", case
+        got = run(kernels, case, tensors, "direct")
+        assert not got.isnan().any(), (case, "an output element was never written")
+        error = max_relative_error(got, expected_for(case, tensors))
+        assert error < TOLERANCE[dtype], (case, error)
+    _check_channels_last_cases(kernels, cases, ("direct",), dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("layers", list(_SMALL_GROUP_LAYERS))
 def test_direct_kernel_on_small_groups(kernels, dtype, layers):
     """The direct kernel and auto (which picks it) on small-group layers: over a channels-last copy of the input for
-    the depth-wise ones (the default), over NCHW for the others, and for every layer in the direct_nchw child
-    (DCN_DEPLOY_DIRECT_LAYOUT=nchw). Outputs are written into NaN-poisoned tensors, so an item the kernel skips
-    fails."""
+    the layers that kernel takes (the default: depth-wise ones, and groups of 2, 4 or 8 channels in and out), over
+    NCHW for the others, and for every layer in the direct_nchw child (DCN_DEPLOY_DIRECT_LAYOUT=nchw). Outputs are
+    written into NaN-poisoned tensors, so an item the kernel skips fails."""
     make_case, first_seed = _SMALL_GROUP_LAYERS[layers]
-    channels_last = layers == "depthwise" and os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") != "nchw"
     for seed in range(24):
         case = make_case(random.Random(first_seed + seed))
+        channels_last = (channels_last_direct_takes(case, dtype)
+                         and os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") != "nchw")
         tensors = make_tensors(case, dtype, device="cuda", seed=seed)
         # where the channels-last kernel runs, its workspace (the channels-last input) is sized
         assert (_workspace_bytes(kernels, case, tensors, "direct") > 0) == channels_last, (seed, case)

@@ -17,6 +17,7 @@ from dcn_deploy.ops.spec import ShapeError
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
 from plugin_configs import (HALF_EPS, Case, make_tensors, max_relative_error, peak_relative_error, random_case,
                             random_depthwise_case, random_implicit_case, random_layer_case, random_many_groups_case,
+                            random_small_groups_case, SMALL_GROUP_MAX,
                             reference)
 
 
@@ -85,6 +86,24 @@ def test_direct_channels_last_matches_the_direct_kernel(host_lib, seed, dtype):
     assert on_tensors.is_contiguous(memory_format=torch.channels_last) and torch.equal(on_tensors, nchw), case
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(10))
+def test_direct_channels_last_on_small_groups_matches_the_direct_kernel(host_lib, seed, dtype):
+    """The same kernel on grouped layers of 2, 4 or 8 channels per group in and out (up to a vector of the dtype),
+    each group's samples times its block of weights from the item's weight table (the grouped kernel's shared
+    memory on the GPU): bit for bit the NCHW direct kernel's sums, on NCHW and on channels-last tensors."""
+    case = random_small_groups_case(random.Random(1500 + seed), SMALL_GROUP_MAX[dtype])
+    tensors = make_tensors(case, dtype, seed=seed)
+    got = run_host_direct_channels_last(host_lib, case, *tensors)
+    nchw = run_host(host_lib, case, *tensors)
+    assert got.dtype == dtype and torch.equal(got, nchw), case
+    if dtype == torch.float64:
+        assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
+    tensors_last = (tensors[0].contiguous(memory_format=torch.channels_last),) + tuple(tensors[1:])
+    on_tensors = run_host_direct_channels_last(host_lib, case, *tensors_last, channels_last=True)
+    assert on_tensors.is_contiguous(memory_format=torch.channels_last) and torch.equal(on_tensors, nchw), case
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_direct_channels_last_in_chunks_matches_the_direct_kernel(host_lib, dtype):
     """Under a budget of about one image, then of two, the input is transposed in chunks (3 of 1 image and 2 of
@@ -99,13 +118,25 @@ def test_direct_channels_last_in_chunks_matches_the_direct_kernel(host_lib, dtyp
 
 
 def test_direct_channels_last_refuses_other_layers(host_lib):
-    """Not depth-wise, or channels per offset group odd: an error naming why, not a wrong result."""
-    dense = Case(1, 1, 1, 8, 8, 5, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0, False)
-    odd = Case(1, 6, 2, 6, 6, 5, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 1.0, False)
-    with pytest.raises(NativeError, match="depth-wise layers only"):
-        run_host_direct_channels_last(host_lib, dense, *make_tensors(dense, torch.float32, seed=0))
-    with pytest.raises(NativeError, match="multiples of 2"):
-        run_host_direct_channels_last(host_lib, odd, *make_tensors(odd, torch.float32, seed=0))
+    """More output than input channels per group, groups past 8 channels, groups split by a vector (float32's 4
+    channels against groups of 8; an offset group inside a group), channels per offset group odd, or a weight table
+    past its shared memory: an error naming why, not a wrong result."""
+    def case(groups, offset_groups, channels, out_channels, kernel=(3, 3)):
+        return Case(1, groups, offset_groups, channels, out_channels, 12, 12, kernel, (1, 1), (1, 1, 1, 1), (1, 1),
+                    True, True, 1.0, False)
+
+    for layer, dtype, why in (
+            (case(1, 1, 8, 16), torch.float16, "as many output as input channels per group, at most 8 .depth-wise, "
+                                              "or small groups., got 8 and 16"),
+            (case(1, 1, 16, 16), torch.float16, "at most 8 .depth-wise, or small groups., got 16 and 16"),
+            (case(2, 1, 16, 16), torch.float32, "whole groups in each vector of 4 channels .16 bytes or fewer, "
+                                                "within an offset group., got 8 channels per group"),
+            (case(2, 4, 8, 8), torch.float16, "whole groups in each vector of 2 channels"),
+            (case(3, 3, 3, 3), torch.float32, "multiples of 2"),
+            (case(2, 1, 16, 16, (11, 11)), torch.float16, "keeps a block's weights in 49152 bytes, and this layer's "
+                                                          "121 kernel points need 61952")):
+        with pytest.raises(NativeError, match=why):
+            run_host_direct_channels_last(host_lib, layer, *make_tensors(layer, dtype, seed=0))
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])

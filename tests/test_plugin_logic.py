@@ -294,10 +294,10 @@ def test_channels_last_tensors_take_the_gemm_path_or_the_depthwise_kernel(kernel
                    None) == 1
     assert "must start 16-byte aligned" in kernels_lib.last_error()
     prefix = ("channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the GEMM path (dense layers) or the "
-              "channels-last direct kernel (depth-wise layers), ")
-    few_per_group = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, 1)  # 4 in, 4 out a group
-    for desc, algo, why in ((few_per_group, 0, "and this layer is neither (the channels-last direct kernel takes "
-                                               "depth-wise layers only"),
+              "channels-last direct kernel (depth-wise layers and groups of 2, 4 or 8 channels), ")
+    odd_groups = DeformConvDesc(1, 24, 20, 20, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, 1)  # 3 in, 3 out a group
+    for desc, algo, why in ((odd_groups, 0, "and this layer is neither (the channels-last direct kernel needs whole "
+                                            "groups in each vector of 8 channels"),
                             (dense, 1, "and this layer is neither"), (dense, 2, "not algo 2: ask for algo 0 (auto)")):
         assert forward(ctypes.byref(desc), 1, algo, channels_last, fake, fake, fake, None, None, fake, None, 0,
                        None) == 2

@@ -332,7 +332,8 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     staged product in slices of K, summed by the transpose: 0 as the GPU chooses (4 for float32 layers of few output
     tiles and K = C*kH*kW of 2048 or more, staged then; else 1), or 1, 2, 4 or 8 where one group and K a multiple of
     8 * slices (else 1). ``direct-channels-last``: the CUDA direct kernel over a channels-last copy of the input
-    (its default on depth-wise layers; ``DCN_DEPLOY_DIRECT_LAYOUT=nchw`` there turns it off), depth-wise layers only,
+    (its default on the layers it takes; ``DCN_DEPLOY_DIRECT_LAYOUT=nchw`` there turns it off): depth-wise layers and
+    groups of 2, 4 or 8 channels in and out,
     the input transposed in chunks of the images
     ``column_budget_bytes`` holds (at least one; 0 for the CUDA default). ``implicit``: the CUDA implicit-GEMM kernel
     (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype here; channels per

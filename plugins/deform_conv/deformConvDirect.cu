@@ -3,7 +3,8 @@
 // correctness baseline, and the better choice for depth-wise-like layers (few output channels per group) where a
 // matrix product has nothing to share. Every dtype, float64 included. Which kernel runs is decided in
 // deformConvLaunch.cu. Also its variant over a channels-last copy of the input, which serves depth-wise layers by
-// default (GemmOptions::directChannelsLast; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off).
+// default, and layers of small groups (2 to 8 channels per group in and out) where auto takes no matrix product
+// (GemmOptions::directChannelsLast; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off).
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
 #include "dcnGridStride.h"
@@ -70,6 +71,65 @@ __global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKerne
         depthwiseItem<T, Vector, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0, idx);
 }
 
+// The channels-last direct kernel for Cpg > 1 channels per group: a block of kGridStrideThreads threads takes
+// depthwiseVectorsAcross(vectors) neighbouring channel vectors (grid y) of one image (grid z, from n0) at
+// consecutive pixels (grid x), the vectors fastest as in depthwiseItem; first it fills its vectors' weight tables
+// (fillDirectWeightTable, Acc) in shared memory, which every item then reads (the same entry across a warp: a
+// broadcast), instead of Cpg weights of T per channel and kernel point from global memory.
+template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
+__global__ void __launch_bounds__(kGridStrideThreads) groupedChannelsLastKernel(DeformConvGeometry const geo,
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
+    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    extern __shared__ __align__(16) unsigned char tableBytes[];
+    Acc* const tables = reinterpret_cast<Acc*>(tableBytes);
+    int32_t const across = depthwiseVectorsAcross(geo.d.in_channels / Vector);
+    int32_t const entries = geo.kernelPoints * Vector * Cpg;
+    int32_t const firstChannel = int32_t(blockIdx.y) * across * Vector;
+    for (int32_t side = 0; side < across; ++side)
+        fillDirectWeightTable<T, Vector, Cpg>(geo, weight, firstChannel + side * Vector, tables + side * entries,
+            int32_t(threadIdx.x), int32_t(blockDim.x));
+    __syncthreads();
+    int32_t const side = across == 2 ? int32_t(threadIdx.x & 1) : 0;
+    int64_t const pixel = int64_t(blockIdx.x) * (blockDim.x / across) + (across == 2 ? threadIdx.x >> 1 : threadIdx.x);
+    if (pixel >= int64_t(geo.outH) * geo.outW)
+        return;
+    int32_t const y = int32_t(pixel / geo.outW);
+    int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
+    channelsLastDirectItem<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, offset, weight, tables + side * entries, bias,
+        mask, output, n0, int32_t(blockIdx.z), firstChannel + side * Vector, y, x);
+}
+
+// The items of `count` images from n0 of `source` (channels-last): the grid-stride kernel for depth-wise layers,
+// the grouped kernel (in launches of at most 65535 images, its grid z) for the others.
+template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
+void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T const* offset, T const* weight,
+    T const* bias, T const* mask, T* output, int32_t n0, int32_t count, cudaStream_t stream)
+{
+    if constexpr (Cpg == 1)
+    {
+        int64_t const total = depthwiseItems(geo, count, Vector);
+        depthwiseChannelsLastKernel<T, Vector, ChannelsLastOut><<<gridStrideBlocks(total), kGridStrideThreads, 0,
+            stream>>>(geo, source, offset, weight, bias, mask, output, n0, total);
+    }
+    else
+    {
+        int32_t const vectors = geo.d.in_channels / Vector;
+        int32_t const across = depthwiseVectorsAcross(vectors);
+        int64_t const pixelsPerBlock = kGridStrideThreads / across;
+        unsigned const pixelBlocks = unsigned((int64_t(geo.outH) * geo.outW + pixelsPerBlock - 1) / pixelsPerBlock);
+        size_t const tableBytes = directWeightTableBytes(geo, sizeof(T));
+        for (int32_t first = 0; first < count; first += 65535)
+        {
+            dim3 const grid(pixelBlocks, unsigned(vectors / across), unsigned(std::min(count - first, 65535)));
+            groupedChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut><<<grid, kGridStrideThreads, tableBytes,
+                stream>>>(geo, source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask, output,
+                n0 + first);
+        }
+    }
+}
+
 // Per chunk of images: the input to channels-last in the workspace, then the items of those images. With
 // channelsLastTensors the input already is channels-last (and the output is written so): one launch over the batch,
 // no workspace.
@@ -79,6 +139,7 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
     cudaStream_t stream)
 {
     int32_t const vector = depthwiseVectorWidth(geo, sizeof(T));
+    int32_t const cpg = geo.channelsPerGroup;
     int32_t const images = channelsLastTensors ? geo.d.batch : directChannelsLastImages(geo, sizeof(T), budget);
     T* nhwc = static_cast<T*>(workspace);
     for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
@@ -89,27 +150,31 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
         if (!status.ok())
             return status;
         T const* source = channelsLastTensors ? input : nhwc;
-        int64_t const total = depthwiseItems(geo, count, vector);
         bool launched = false;
         withVectorWidth(vector, [&](auto width) {
-            // Only the widths depthwiseVectorWidth can pick (2 up to 16 bytes' worth): no kernels for the others
-            // (float with 8, double with 4 or 8, any type with 1), which would never run.
-            constexpr int kVector = decltype(width)::value;
-            if constexpr (kVector >= 2 && kVector * sizeof(T) <= 16)
-            {
-                unsigned const blocks = gridStrideBlocks(total);
-                if (channelsLastTensors)
-                    depthwiseChannelsLastKernel<T, kVector, true><<<blocks, kGridStrideThreads, 0, stream>>>(
-                        geo, source, offset, weight, bias, mask, output, n0, total);
-                else
-                    depthwiseChannelsLastKernel<T, kVector, false><<<blocks, kGridStrideThreads, 0, stream>>>(
-                        geo, source, offset, weight, bias, mask, output, n0, total);
-                launched = true;
-            }
+            withVectorWidth(cpg, [&](auto group) {
+                // Only what directChannelsLastRefusal lets through (vectors of 2 up to 16 bytes' worth holding
+                // whole groups of 1, 2, 4 or 8): no kernels for the others, which would never run.
+                constexpr int kVector = decltype(width)::value;
+                constexpr int kCpg = decltype(group)::value;
+                if constexpr (kVector >= 2 && kVector * sizeof(T) <= 16 && kVector % kCpg == 0)
+                {
+                    if (kCpg != cpg) // withVectorWidth maps other counts to 1
+                        return;
+                    if (channelsLastTensors)
+                        launchChannelsLastItems<T, kVector, kCpg, true>(geo, source, offset, weight, bias, mask,
+                            output, n0, count, stream);
+                    else
+                        launchChannelsLastItems<T, kVector, kCpg, false>(geo, source, offset, weight, bias, mask,
+                            output, n0, count, stream);
+                    launched = true;
+                }
+            });
         });
         if (!launched) // directChannelsLastRefusal turns such layers away before this
             return Status::invalid("the channels-last direct kernel has no instance for vectors of "
-                + std::to_string(vector) + " elements of " + std::to_string(sizeof(T)) + " bytes");
+                + std::to_string(vector) + " elements of " + std::to_string(sizeof(T)) + " bytes and groups of "
+                + std::to_string(cpg) + " channels");
         status = launchStatus("the channels-last direct kernel");
         if (!status.ok())
             return status;

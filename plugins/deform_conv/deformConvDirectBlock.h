@@ -95,9 +95,19 @@ DCN_UNROLL
 
 // ---------------------------------------------------------------------------------------------------------------
 // The direct kernel over a channels-last copy of the input (GemmOptions::directChannelsLast, the default for the
-// layers it takes; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off). For depth-wise layers: a work item is
-// Vector consecutive channels at one output pixel, and each neighbour's Vector channels are one 16-byte gather
-// instead of Vector 2- or 4-byte gathers from Vector planes.
+// layers it takes; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off). For layers of small groups with as
+// many output as input channels per group (depth-wise: one; grouped as ResNeXt's: 2, 4 or 8): a work item is Vector
+// consecutive channels at one output pixel, whole groups, and each neighbour's Vector channels are one 16-byte
+// gather instead of Vector 2- or 4-byte gathers from Vector planes. A group of Cpg > 1 channels multiplies its Cpg
+// samples by a Cpg x Cpg block of weights per kernel point, read from a table of the item's weights in Acc
+// (directWeightTable: shared memory on the GPU, filled once per block).
+
+// Channels per group the channels-last direct kernel takes (as many output channels per group): a vector's worth
+// at most (16 bytes of a half type), so that an item holds whole groups.
+constexpr int32_t kDirectGroupMax = 8;
+// The largest weight table (DirectWeightTable) a block of the grouped kernel keeps in shared memory: the default
+// dynamic shared memory of every target, so that no launch needs an opt-in.
+constexpr size_t kDirectWeightTableMaxBytes = 48 * 1024;
 
 // Channels per item: 16 bytes' worth, within an offset group (a vector shares its sample positions); 1 where none
 // fits, which the direct kernel over NCHW serves instead.
@@ -106,23 +116,60 @@ inline int32_t depthwiseVectorWidth(DeformConvGeometry const& geo, size_t elemen
     return vectorWidthDividing(elementBytes, geo.d.in_channels, geo.channelsPerOffsetGroup);
 }
 
-// Why the channels-last direct kernel cannot take the layer, or "" where it can: a depth-wise layer (one input and
-// one output channel per group) whose channels come in vectors of at least two within offset groups, and whose
-// input images hold fewer than 2^31 elements each (its gathers add 32-bit offsets). The direct kernel over NCHW
-// serves the others.
+// Channel vectors side by side in a warp: 2 where the channels hold an even number of vectors, else 1. Two
+// neighbouring vectors make each lane pair's gather of a neighbour one whole 32-byte sector (one vector alone used
+// half of each sector it loaded: Nsight Compute on depth-wise res4, session 32, found the kernel L1-bound at 92 %
+// with 15.6 of 32 bytes used per loaded sector), while 16 consecutive pixels keep the output stores (2 bytes a
+// channel in float16) and the offset and mask reads in whole sectors too.
+DCN_HD int32_t depthwiseVectorsAcross(int32_t vectors)
+{
+    return vectors % 2 == 0 ? 2 : 1;
+}
+
+// Bytes of the weight tables a block of the grouped kernel keeps (one per vector side by side: Vector x Cpg
+// weights per kernel point in Acc, DirectWeightTable); 0 for depth-wise layers, which read their weights as they are.
+inline size_t directWeightTableBytes(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    int32_t const cpg = geo.channelsPerGroup;
+    if (cpg <= 1)
+        return 0;
+    int32_t const vector = depthwiseVectorWidth(geo, elementBytes);
+    size_t const accBytes = elementBytes == 8 ? 8 : 4; // ElementTraits<T>::Acc: double for double, else float
+    return size_t(depthwiseVectorsAcross(geo.d.in_channels / std::max(vector, 1))) * size_t(geo.kernelPoints)
+        * size_t(vector) * size_t(cpg) * accBytes;
+}
+
+// Why the channels-last direct kernel cannot take the layer, or "" where it can: as many output as input channels
+// per group, at most kDirectGroupMax (depth-wise layers, and grouped ones of small groups), channels in vectors of
+// at least two within offset groups, each vector whole groups, and input images of fewer than 2^31 elements (its
+// gathers add 32-bit offsets); for groups of several channels, a weight table that fits kDirectWeightTableMaxBytes
+// and few enough vectors for the grid. The direct kernel over NCHW serves the others.
 inline std::string directChannelsLastRefusal(DeformConvGeometry const& geo, size_t elementBytes)
 {
+    int32_t const cpg = geo.channelsPerGroup;
     if (inputImageElements(geo) > int64_t(INT32_MAX))
         return "the channels-last direct kernel takes images of fewer than 2^31 elements, got "
             + std::to_string(inputImageElements(geo));
-    if (geo.channelsPerGroup != 1 || geo.outChannelsPerGroup != 1)
-        return "the channels-last direct kernel takes depth-wise layers only (one input and one output channel per "
-               "group), got " + std::to_string(geo.channelsPerGroup) + " and "
-            + std::to_string(geo.outChannelsPerGroup);
-    if (depthwiseVectorWidth(geo, elementBytes) < 2)
+    if (cpg != geo.outChannelsPerGroup || cpg > kDirectGroupMax)
+        return "the channels-last direct kernel takes layers with as many output as input channels per group, at "
+               "most " + std::to_string(kDirectGroupMax) + " (depth-wise, or small groups), got "
+            + std::to_string(cpg) + " and " + std::to_string(geo.outChannelsPerGroup);
+    int32_t const vector = depthwiseVectorWidth(geo, elementBytes);
+    if (vector < 2)
         return "the channels-last direct kernel needs channels (and channels per offset group) in multiples of 2, "
                "got " + std::to_string(geo.d.in_channels) + " channels, "
             + std::to_string(geo.channelsPerOffsetGroup) + " per offset group";
+    if (vector % cpg != 0)
+        return "the channels-last direct kernel needs whole groups in each vector of " + std::to_string(vector)
+            + " channels (16 bytes or fewer, within an offset group), got " + std::to_string(cpg)
+            + " channels per group";
+    if (directWeightTableBytes(geo, elementBytes) > kDirectWeightTableMaxBytes)
+        return "the channels-last direct kernel keeps a block's weights in " + std::to_string(kDirectWeightTableMaxBytes)
+            + " bytes, and this layer's " + std::to_string(geo.kernelPoints) + " kernel points need "
+            + std::to_string(directWeightTableBytes(geo, elementBytes));
+    if (cpg > 1 && geo.d.in_channels / vector / depthwiseVectorsAcross(geo.d.in_channels / vector) > 65535)
+        return "the channels-last direct kernel takes at most 65535 blocks of channels (grid y), got "
+            + std::to_string(geo.d.in_channels / vector / depthwiseVectorsAcross(geo.d.in_channels / vector));
     return std::string();
 }
 
@@ -144,17 +191,39 @@ inline int32_t directChannelsLastImages(DeformConvGeometry const& geo, size_t el
     return int32_t(std::min<int64_t>({std::max<int64_t>(fit, 1), std::max(geo.d.batch, 1), 65535}));
 }
 
-// out[n0 + img, c .. c + Vector, y, x] from nhwc (the images from n0, channels-last) for a depth-wise layer: per
-// channel the same sum, in the same order, as directOutputBlock (bias, then kernel point by kernel point the
-// weight times the bilinear sample, its valid neighbours added in order). The kernel points are walked row by row
-// with pointers into the offsets, the mask and the weights (kernelPointTaps's positions and values, without its
+// The weights of the item at channels c .. c + Vector of a layer of Cpg > 1 channels per group, in Acc, as the item
+// reads them: table[(kp * Vector + v) * Cpg + l] = weight[c + v, l, kp] (output channel c + v, input channel l of
+// its group, kernel point kp). Entries first, first + step, ... (a block's threads share the work).
+template <typename T, int Vector, int Cpg>
+DCN_HD void fillDirectWeightTable(DeformConvGeometry const& geo, T const* weight, int32_t c,
+    typename ElementTraits<T>::Acc* table, int32_t first, int32_t step)
+{
+    int32_t const kernelPoints = geo.kernelPoints;
+    int32_t const entries = kernelPoints * Vector * Cpg;
+    for (int32_t i = first; i < entries; i += step)
+    {
+        int32_t const l = i % Cpg;
+        int32_t const v = (i / Cpg) % Vector;
+        int32_t const kp = i / (Cpg * Vector);
+        table[i] = ElementTraits<T>::toAcc(weight[(int64_t(c + v) * Cpg + l) * kernelPoints + kp]);
+    }
+}
+
+// out[n0 + img, c .. c + Vector, y, x] from nhwc (the images from n0, channels-last) for a layer of Cpg channels
+// per group in and out (directChannelsLastRefusal): per output channel the same sum, in the same order, as
+// directOutputBlock (bias, then kernel point by kernel point, input channel by input channel of its group, the
+// weight times the bilinear sample, its valid neighbours added in order). Depth-wise (Cpg 1): the weights read as
+// they are; else from `table` (fillDirectWeightTable's, for this c). The kernel points are walked row by row with
+// pointers into the offsets, the mask and the weights (kernelPointTaps's positions and values, without its
 // per-point 64-bit indexing and division: Nsight Compute's SASS view, session 32, had integer work at a third of
 // this item's instructions). ChannelsLastOut: the output is channels-last too (GemmOptions::channelsLastTensors),
 // and the item's Vector channels are one store.
-template <typename T, int Vector, bool ChannelsLastOut = false>
-DCN_HD void depthwiseVectorItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
-    T const* bias, T const* mask, T* output, int32_t n0, int32_t img, int32_t c, int32_t y, int32_t x)
+template <typename T, int Vector, int Cpg, bool ChannelsLastOut = false>
+DCN_HD void channelsLastDirectItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
+    typename ElementTraits<T>::Acc const* table, T const* bias, T const* mask, T* output, int32_t n0, int32_t img,
+    int32_t c, int32_t y, int32_t x)
 {
+    static_assert(Cpg >= 1 && Vector % Cpg == 0, "an item holds whole groups");
     using Acc = typename ElementTraits<T>::Acc;
     dcn_deform_conv_desc const& d = geo.d;
     int32_t const channels = d.in_channels;
@@ -187,13 +256,25 @@ DCN_UNROLL
             gatherNeighbours<T, Vector, Acc, uint32_t>(image, taps, channels, packs);
             Acc sample[Vector];
             blendInAcc<T, Vector, /*Selected=*/true>(packs, taps.weight, taps.valid, sample);
+            if constexpr (Cpg == 1)
+            {
 DCN_UNROLL
-            for (int v = 0; v < Vector; ++v)
-                acc[v] += ElementTraits<T>::toAcc(weightAt[v * kernelPoints]) * sample[v];
+                for (int v = 0; v < Vector; ++v)
+                    acc[v] += ElementTraits<T>::toAcc(weightAt[v * kernelPoints]) * sample[v];
+                ++weightAt;
+            }
+            else
+            {
+DCN_UNROLL
+                for (int v = 0; v < Vector; ++v)
+DCN_UNROLL
+                    for (int l = 0; l < Cpg; ++l)
+                        acc[v] += table[v * Cpg + l] * sample[v / Cpg * Cpg + l];
+                table += Vector * Cpg;
+            }
             dyAt += 2 * plane;
             if (scaleAt)
                 scaleAt += plane;
-            ++weightAt;
         }
     }
     if constexpr (ChannelsLastOut)
@@ -219,18 +300,9 @@ inline int64_t depthwiseItems(DeformConvGeometry const& geo, int32_t images, int
     return int64_t(images) * (geo.d.in_channels / vector) * geo.outH * geo.outW;
 }
 
-// Channel vectors side by side in a warp: 2 where the channels hold an even number of vectors, else 1. Two
-// neighbouring vectors make each lane pair's gather of a neighbour one whole 32-byte sector (one vector alone used
-// half of each sector it loaded: Nsight Compute on depth-wise res4, session 32, found the kernel L1-bound at 92 %
-// with 15.6 of 32 bytes used per loaded sector), while 16 consecutive pixels keep the output stores (2 bytes a
-// channel in float16) and the offset and mask reads in whole sectors too.
-DCN_HD int32_t depthwiseVectorsAcross(int32_t vectors)
-{
-    return vectors % 2 == 0 ? 2 : 1;
-}
-
 // Item idx of a launch: (img, pair of channel vectors, y, x, vector of the pair), the pair's vectors fastest, then
-// pixels (depthwiseVectorsAcross). ChannelsLastOut: as depthwiseVectorItem's.
+// pixels (depthwiseVectorsAcross), of a depth-wise layer (the grouped kernel maps its blocks itself). ChannelsLastOut:
+// as channelsLastDirectItem's.
 template <typename T, int Vector, bool ChannelsLastOut = false>
 DCN_HD void depthwiseItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
     T const* bias, T const* mask, T* output, int32_t n0, int64_t idx)
@@ -248,7 +320,8 @@ DCN_HD void depthwiseItem(DeformConvGeometry const& geo, T const* nhwc, T const*
     int32_t const img = int32_t(outer / pairs);
     int32_t const y = int32_t(pixel / geo.outW);
     int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
-    depthwiseVectorItem<T, Vector, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0, img, c, y, x);
+    channelsLastDirectItem<T, Vector, 1, ChannelsLastOut>(geo, nhwc, offset, weight, nullptr, bias, mask, output, n0,
+        img, c, y, x);
 }
 
 } // namespace dcn

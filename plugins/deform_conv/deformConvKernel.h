@@ -23,7 +23,7 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
 // Workspace bytes the launch needs: the GEMM path's column buffer (at most gemm.columnBudget bytes, the batch runs
 // in chunks), the chunk's channels-last input, the re-laid-out weights, the staging scratch and cuBLAS's
 // workspace; the fused kernel's re-laid-out weights; for the direct kernel 0, or the channels-last input where
-// gemm.directChannelsLast and the layer is depth-wise (directChannelsLastRefusal). For DCN_ALGO_AUTO, the most any
+// gemm.directChannelsLast and the kernel takes the layer (depth-wise, small groups: directChannelsLastRefusal). For DCN_ALGO_AUTO, the most any
 // choice needs, so a plan made where cuBLAS loads still fits a run where it does not. Never smaller for a larger N,
 // H or W (TensorRT sizes the workspace for the largest profile shape).
 size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int32_t algo,

@@ -77,7 +77,8 @@ static bool directChannelsLast(DeformConvGeometry const& geo, int32_t dtype, Gem
 
 // The path that serves channels-last tensors (GemmOptions::channelsLastTensors) for this request, or -1 for none:
 // the GEMM path, asked for or AUTO's choice on a dense layer (whether cuBLAS loads is checked at launch, as for
-// NCHW), or the channels-last direct kernel on the depth-wise layers it takes, asked for as direct or AUTO's choice.
+// NCHW), or the channels-last direct kernel on the layers it takes (depth-wise, small groups: directChannelsLastRefusal),
+// asked for as direct or AUTO's choice.
 static int32_t channelsLastAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo)
 {
     if (algo == DCN_ALGO_GEMM || (algo == DCN_ALGO_AUTO && denseLayer(geo)))
@@ -147,7 +148,8 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
             else
                 why = "and this layer is neither (" + directChannelsLastRefusal(geo, dtypeBytes(dtype)) + ")";
             return Status::error(DCN_ERROR_UNSUPPORTED, "channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the "
-                "GEMM path (dense layers) or the channels-last direct kernel (depth-wise layers), " + why
+                "GEMM path (dense layers) or the channels-last direct kernel (depth-wise layers and groups of 2, 4 or 8 "
+                "channels), " + why
                     + "; or pass NCHW tensors");
         }
         std::string const misaligned = channelsLastAlignmentRefusal(input, output);

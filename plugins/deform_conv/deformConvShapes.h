@@ -52,8 +52,9 @@ constexpr char const* kFieldKernelsRevision = "dcn_kernels_revision";
 // 7 (session 32) the direct kernel over a channels-last copy of the input on depth-wise layers, which takes a
 // workspace (an engine of revision 6 has none for them); 8 (session 33) X and Y channels-last (kHWC8) on dense half
 // layers, which a library of revision 7 would read as NCHW; 9 (session 34) X and Y channels-last (kHWC) on float32
-// layers, which a library of revision 8 would read as NCHW.
-constexpr int32_t kKernelsRevision = 9;
+// layers, which a library of revision 8 would read as NCHW; 10 (session 35) the channels-last direct kernel on layers
+// of 2, 4 or 8 channels per group in and out too, which takes a workspace (revision 9 has none for them).
+constexpr int32_t kKernelsRevision = 10;
 // Written by the plugin into every engine it serialises, never an ONNX attribute: the GEMM path's column budget in
 // MiB that the build sized the workspace with (deformConvPluginWorkspace.h: lowered to fit a workspace limit). The
 // run plans its chunks with it. An engine without the field was built with the default.
