@@ -66,6 +66,9 @@ GROUPED_LAYERS = [
     Layer("grouped res4 (32 groups, 4 offset groups)", 256, _feature(800, 16), _feature(1333, 16), groups=32,
           offset_groups=4),
     Layer("depth-wise res4", 256, _feature(800, 16), _feature(1333, 16), groups=256),
+    # groups of 4 (ResNeXt 32x4d's res3 width at res4 size): auto takes the direct kernel there, not a product
+    Layer("grouped res4 (64 groups of 4, 4 offset groups)", 256, _feature(800, 16), _feature(1333, 16), groups=64,
+          offset_groups=4),
 ]
 # The CUDA kernels through the C ABI; the PyTorch op as users call it ("torch": its CUDA forward runs these kernels
 # when the library is built); and the op's composite of torch ops ("composite", DCN_DEPLOY_NATIVE_CUDA=0: what it
