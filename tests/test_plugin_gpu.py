@@ -98,18 +98,21 @@ def _small_groups_cases(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_direct_kernel_on_small_groups_channels_last(kernels, dtype):
     """The channels-last direct kernel on grouped layers (its grouped instance: each block's weight tables in shared
-    memory), asked for as direct: from NCHW tensors over its channels-last copy (in the direct_chunks child in
-    chunks of 1 MiB) and on channels-last tensors (no copy), against the reference."""
+    memory), asked for as direct and as auto's choice (groups of 8 too, which are dense: the workspace auto sizes
+    is the direct kernel's): from NCHW tensors over its channels-last copy (in the direct_chunks child in chunks of
+    1 MiB) and on channels-last tensors (no copy), against the reference."""
     cases = _small_groups_cases(dtype)
     for index, case in enumerate(cases):
         tensors = make_tensors(case, dtype, device="cuda", seed=index)
-        assert _workspace_bytes(kernels, case, tensors, "direct") > 0 or \
-            os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") == "nchw", case
-        got = run(kernels, case, tensors, "direct")
-        assert not got.isnan().any(), (case, "an output element was never written")
-        error = max_relative_error(got, expected_for(case, tensors))
-        assert error < TOLERANCE[dtype], (case, error)
-    _check_channels_last_cases(kernels, cases, ("direct",), dtype)
+        direct_bytes = _workspace_bytes(kernels, case, tensors, "direct")
+        assert direct_bytes > 0 or os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") == "nchw", case
+        assert _workspace_bytes(kernels, case, tensors, "auto") == direct_bytes, case
+        for algo in ("direct", "auto"):
+            got = run(kernels, case, tensors, algo)
+            assert not got.isnan().any(), (algo, case, "an output element was never written")
+            error = max_relative_error(got, expected_for(case, tensors))
+            assert error < TOLERANCE[dtype], (algo, case, error)
+    _check_channels_last_cases(kernels, cases, ("direct", "auto"), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -240,12 +243,13 @@ def test_direct_kernel_depthwise_on_channels_last_tensors(kernels, dtype):
 
 
 def test_channels_last_tensors_refused_elsewhere_and_misaligned_input_copied(kernels):
-    """A layer neither the GEMM path nor the channels-last direct kernel takes (4 channels a group: auto sends it to
-    the NCHW direct kernel), or algo fused, refuse channels-last tensors as "unsupported" (the op then runs NCHW
-    copies); an input view starting off a 16-byte boundary is copied by the binding."""
+    """A layer neither the GEMM path nor the channels-last direct kernel takes (3 channels a group, which no vector
+    of 4 or 8 holds whole: auto sends it to the NCHW direct kernel), or algo fused, refuse channels-last tensors as
+    "unsupported" (the op then runs NCHW copies); an input view starting off a 16-byte boundary is copied by the
+    binding."""
     from dcn_deploy.plugin.native import DCN_ERROR_UNSUPPORTED
 
-    few_per_group = Case(2, 4, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
+    few_per_group = Case(2, 4, 1, 12, 12, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
     for case, algo in ((few_per_group, "auto"), (DENSE_CASES[0], "fused")):
         tensors = make_tensors(case, torch.float16, device="cuda", seed=1)
         with pytest.raises(NativeError, match="take the GEMM path .dense layers. or the channels-last direct kernel") \
@@ -676,8 +680,8 @@ def test_torch_op_on_cuda_runs_the_kernels(op_on_kernels, dtype, monkeypatch):
 
 
 def test_torch_op_reads_and_writes_channels_last_tensors_in_place(op_on_kernels, monkeypatch):
-    """A channels-last input: a dense and a depth-wise layer's kernels called with channels_last
-    (DCN_FORWARD_CHANNELS_LAST, no transposes), a layer of 4 channels a group refused there and run on an NCHW copy;
+    """A channels-last input: a dense, a depth-wise and a grouped layer's kernels called with channels_last
+    (DCN_FORWARD_CHANNELS_LAST, no transposes), a layer of 3 channels a group refused there and run on an NCHW copy;
     every output channels-last, as torch's convolutions give, and within the half type's rounding of the reference."""
     import dcn_deploy
     from dcn_deploy.plugin import native
@@ -688,8 +692,10 @@ def test_torch_op_reads_and_writes_channels_last_tensors_in_place(op_on_kernels,
                         lambda *a, **k: calls.append(k.get("channels_last", False)) or real(*a, **k))
     dense = DENSE_CASES[0]
     depthwise = Case(2, 16, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
-    few_per_group = Case(2, 4, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
-    for case, expected_calls in ((dense, [True]), (depthwise, [True]), (few_per_group, [True, False])):
+    grouped = Case(2, 4, 1, 16, 16, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
+    few_per_group = Case(2, 4, 1, 12, 12, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0)
+    for case, expected_calls in ((dense, [True]), (depthwise, [True]), (grouped, [True]),
+                                 (few_per_group, [True, False])):
         x, off, w, b, m = make_tensors(case, torch.float16, device="cuda", seed=4)
         calls.clear()
         got = dcn_deploy.deform_conv2d(x.contiguous(memory_format=torch.channels_last), off, w, b,

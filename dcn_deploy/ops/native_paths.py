@@ -15,7 +15,8 @@ op's torch composite: :func:`dcn_deploy.ops.deform_conv._forward_composite`, and
   the device is used, and then keeps the composite, with a warning. The RoI pooling ops run their kernels the same
   way (float32 and the half types as they are, float32 sums; float64 on the composite).
   A channels-last input (``torch.channels_last``) of a dense layer (the GEMM path, without its two transposes) or
-  of a depth-wise one (the channels-last direct kernel, without its transpose) is read, and the output written,
+  of a depth-wise one or one of groups of 2 to 8 channels (the channels-last direct kernel, without its transpose)
+  is read, and the output written,
   where it is; other layers run on NCHW copies. On every path the output follows the input's memory format, as
   torch's convolutions do.
   ``DCN_DEPLOY_NATIVE_CUDA=0`` (or false, off, no) turns it off.
@@ -187,8 +188,9 @@ def forward_cuda(library, input, offset, weight, bias, mask, stride, padding, di
     cannot serve this request (the C ABI's "unsupported": the composite then runs it). Other errors propagate.
     Float32 products run on TF32 tensor cores where ``torch.backends.cuda.matmul.allow_tf32`` allows torch's own
     (``torch.set_float32_matmul_precision("high")``; off by default), as torchvision's deform_conv2d products do.
-    ``channels_last``: the input is read and the output written channels-last (dense layers' GEMM path and
-    depth-wise layers' direct kernel, no transposes); a layer neither takes runs on NCHW copies instead, its output
+    ``channels_last``: the input is read and the output written channels-last (dense layers' GEMM path, and the
+    direct kernel of depth-wise layers and small groups; no transposes); a layer neither takes runs on NCHW copies
+    instead, its output
     NCHW."""
     from ..plugin.native import DCN_ERROR_UNSUPPORTED, NativeError, deform_conv2d_cuda
 

@@ -517,7 +517,8 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
                        library: Optional[NativeLibrary] = None):
     """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
 
-    ``algo``: ``auto`` (dense layers: ``gemm`` where cuBLAS loads, else ``fused``; others: ``direct``), ``gemm``
+    ``algo``: ``auto`` (``direct`` for depth-wise-like layers and groups of 2 to 8 channels in and out; other dense
+    layers: ``gemm`` where cuBLAS loads, else ``fused``), ``gemm``
     (sampled columns in a workspace, then cuBLAS), ``fused`` (implicit GEMM, no column buffer), ``direct``, or
     ``implicit`` (experimental: column tiles sampled from a channels-last copy straight into tensor-core products;
     float16/bfloat16, channels per group and per offset group multiples of 32; never chosen by ``auto``; the
@@ -527,9 +528,10 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     products; the op passes that setting. No effect on other dtypes and paths.
     ``channels_last``: the input is read, and the output written, channels-last in memory (torch's
     ``channels_last`` memory format; ``DCN_FORWARD_CHANNELS_LAST``): the GEMM path reads the input where it is and
-    its product writes the output, with no transposes; so does the direct kernel on the depth-wise layers it takes
-    (channels in pairs or more within offset groups). Those two only (``gemm``, or ``auto`` on a dense layer;
-    ``direct`` or ``auto`` on such a depth-wise layer; else :class:`NativeError` with code
+    its product writes the output, with no transposes; so does the direct kernel on the layers it takes (depth-wise,
+    or groups of 2, 4 or 8 channels in and out, in channel vectors of whole groups within offset groups). Those two
+    only (``gemm``; ``direct``, or ``auto``, on a layer the direct kernel takes; ``auto`` on another dense layer;
+    else :class:`NativeError` with code
     ``DCN_ERROR_UNSUPPORTED``). An input in another memory format, or starting off a 16-byte boundary, is copied
     first.
     ``out``: an optional output tensor of the right shape, dtype and device to write into, contiguous (in the

@@ -109,11 +109,35 @@ constexpr int32_t kDirectGroupMax = 8;
 // dynamic shared memory of every target, so that no launch needs an opt-in.
 constexpr size_t kDirectWeightTableMaxBytes = 48 * 1024;
 
+// The channel structure the channels-last direct kernel depends on, which the TensorRT plugin knows before the
+// spatial sizes (deformConvTactics.cpp).
+struct DirectChannelLayout
+{
+    int64_t channels;
+    int64_t channelsPerGroup;
+    int64_t outChannelsPerGroup;
+    int64_t channelsPerOffsetGroup;
+    int64_t kernelPoints;
+};
+
+inline DirectChannelLayout directChannelLayout(DeformConvGeometry const& geo)
+{
+    return {geo.d.in_channels, geo.channelsPerGroup, geo.outChannelsPerGroup, geo.channelsPerOffsetGroup,
+        geo.kernelPoints};
+}
+
 // Channels per item: 16 bytes' worth, within an offset group (a vector shares its sample positions); 1 where none
 // fits, which the direct kernel over NCHW serves instead.
+inline int32_t directVectorWidth(DirectChannelLayout const& layout, size_t elementBytes)
+{
+    if (layout.channels > INT32_MAX || layout.channelsPerOffsetGroup > INT32_MAX)
+        return 1;
+    return vectorWidthDividing(elementBytes, int32_t(layout.channels), int32_t(layout.channelsPerOffsetGroup));
+}
+
 inline int32_t depthwiseVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
 {
-    return vectorWidthDividing(elementBytes, geo.d.in_channels, geo.channelsPerOffsetGroup);
+    return directVectorWidth(directChannelLayout(geo), elementBytes);
 }
 
 // Channel vectors side by side in a warp: 2 where the channels hold an even number of vectors, else 1. Two
@@ -121,56 +145,69 @@ inline int32_t depthwiseVectorWidth(DeformConvGeometry const& geo, size_t elemen
 // half of each sector it loaded: Nsight Compute on depth-wise res4, session 32, found the kernel L1-bound at 92 %
 // with 15.6 of 32 bytes used per loaded sector), while 16 consecutive pixels keep the output stores (2 bytes a
 // channel in float16) and the offset and mask reads in whole sectors too.
-DCN_HD int32_t depthwiseVectorsAcross(int32_t vectors)
+DCN_HD int32_t depthwiseVectorsAcross(int64_t vectors)
 {
     return vectors % 2 == 0 ? 2 : 1;
 }
 
 // Bytes of the weight tables a block of the grouped kernel keeps (one per vector side by side: Vector x Cpg
-// weights per kernel point in Acc, DirectWeightTable); 0 for depth-wise layers, which read their weights as they are.
-inline size_t directWeightTableBytes(DeformConvGeometry const& geo, size_t elementBytes)
+// weights per kernel point in Acc, fillDirectWeightTable); 0 for depth-wise layers, which read their weights as
+// they are.
+inline int64_t directWeightTableBytes(DirectChannelLayout const& layout, size_t elementBytes)
 {
-    int32_t const cpg = geo.channelsPerGroup;
-    if (cpg <= 1)
+    if (layout.channelsPerGroup <= 1)
         return 0;
-    int32_t const vector = depthwiseVectorWidth(geo, elementBytes);
-    size_t const accBytes = elementBytes == 8 ? 8 : 4; // ElementTraits<T>::Acc: double for double, else float
-    return size_t(depthwiseVectorsAcross(geo.d.in_channels / std::max(vector, 1))) * size_t(geo.kernelPoints)
-        * size_t(vector) * size_t(cpg) * accBytes;
+    int64_t const vector = directVectorWidth(layout, elementBytes);
+    int64_t const accBytes = elementBytes == 8 ? 8 : 4; // ElementTraits<T>::Acc: double for double, else float
+    return depthwiseVectorsAcross(layout.channels / vector) * layout.kernelPoints * vector
+        * layout.channelsPerGroup * accBytes;
 }
 
-// Why the channels-last direct kernel cannot take the layer, or "" where it can: as many output as input channels
-// per group, at most kDirectGroupMax (depth-wise layers, and grouped ones of small groups), channels in vectors of
-// at least two within offset groups, each vector whole groups, and input images of fewer than 2^31 elements (its
-// gathers add 32-bit offsets); for groups of several channels, a weight table that fits kDirectWeightTableMaxBytes
-// and few enough vectors for the grid. The direct kernel over NCHW serves the others.
-inline std::string directChannelsLastRefusal(DeformConvGeometry const& geo, size_t elementBytes)
+inline size_t directWeightTableBytes(DeformConvGeometry const& geo, size_t elementBytes)
 {
-    int32_t const cpg = geo.channelsPerGroup;
-    if (inputImageElements(geo) > int64_t(INT32_MAX))
-        return "the channels-last direct kernel takes images of fewer than 2^31 elements, got "
-            + std::to_string(inputImageElements(geo));
-    if (cpg != geo.outChannelsPerGroup || cpg > kDirectGroupMax)
+    return size_t(directWeightTableBytes(directChannelLayout(geo), elementBytes));
+}
+
+// Why the channels-last direct kernel cannot take a layer of this channel structure, or "" where it can: as many
+// output as input channels per group, at most kDirectGroupMax (depth-wise layers, and grouped ones of small
+// groups), channels in vectors of at least two within offset groups, each vector whole groups; for groups of
+// several channels, a weight table that fits kDirectWeightTableMaxBytes and few enough vectors for the grid.
+inline std::string directChannelsLastLayoutRefusal(DirectChannelLayout const& layout, size_t elementBytes)
+{
+    int64_t const cpg = layout.channelsPerGroup;
+    if (cpg != layout.outChannelsPerGroup || cpg > kDirectGroupMax)
         return "the channels-last direct kernel takes layers with as many output as input channels per group, at "
                "most " + std::to_string(kDirectGroupMax) + " (depth-wise, or small groups), got "
-            + std::to_string(cpg) + " and " + std::to_string(geo.outChannelsPerGroup);
-    int32_t const vector = depthwiseVectorWidth(geo, elementBytes);
+            + std::to_string(cpg) + " and " + std::to_string(layout.outChannelsPerGroup);
+    int32_t const vector = directVectorWidth(layout, elementBytes);
     if (vector < 2)
         return "the channels-last direct kernel needs channels (and channels per offset group) in multiples of 2, "
-               "got " + std::to_string(geo.d.in_channels) + " channels, "
-            + std::to_string(geo.channelsPerOffsetGroup) + " per offset group";
+               "got " + std::to_string(layout.channels) + " channels, "
+            + std::to_string(layout.channelsPerOffsetGroup) + " per offset group";
     if (vector % cpg != 0)
         return "the channels-last direct kernel needs whole groups in each vector of " + std::to_string(vector)
             + " channels (16 bytes or fewer, within an offset group), got " + std::to_string(cpg)
             + " channels per group";
-    if (directWeightTableBytes(geo, elementBytes) > kDirectWeightTableMaxBytes)
+    int64_t const tableBytes = directWeightTableBytes(layout, elementBytes);
+    if (tableBytes > int64_t(kDirectWeightTableMaxBytes))
         return "the channels-last direct kernel keeps a block's weights in " + std::to_string(kDirectWeightTableMaxBytes)
-            + " bytes, and this layer's " + std::to_string(geo.kernelPoints) + " kernel points need "
-            + std::to_string(directWeightTableBytes(geo, elementBytes));
-    if (cpg > 1 && geo.d.in_channels / vector / depthwiseVectorsAcross(geo.d.in_channels / vector) > 65535)
+            + " bytes, and this layer's " + std::to_string(layout.kernelPoints) + " kernel points need "
+            + std::to_string(tableBytes);
+    int64_t const channelBlocks = layout.channels / vector / depthwiseVectorsAcross(layout.channels / vector);
+    if (cpg > 1 && channelBlocks > 65535)
         return "the channels-last direct kernel takes at most 65535 blocks of channels (grid y), got "
-            + std::to_string(geo.d.in_channels / vector / depthwiseVectorsAcross(geo.d.in_channels / vector));
+            + std::to_string(channelBlocks);
     return std::string();
+}
+
+// The same for a whole layer, which also needs input images of fewer than 2^31 elements (its gathers add 32-bit
+// offsets). The direct kernel over NCHW serves the layers it refuses.
+inline std::string directChannelsLastRefusal(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    if (inputImageElements(geo) > int64_t(INT32_MAX))
+        return "the channels-last direct kernel takes images of fewer than 2^31 elements, got "
+            + std::to_string(inputImageElements(geo));
+    return directChannelsLastLayoutRefusal(directChannelLayout(geo), elementBytes);
 }
 
 // Its workspace: the channels-last input of as many images as `budget` holds (at least one): the GEMM path's

@@ -216,7 +216,7 @@ int32_t DeformConvPlugin::configurePlugin(
                     + depthwiseRefusal + "; lower the profile's max shapes"));
                 return -1;
             }
-            mValidTactics = channelsLast ? channelsLastTactics(largest) : validTactics(largest, dtype, gemmPathAvailable());
+            mValidTactics = channelsLast ? channelsLastTactics(largest, dtype) : validTactics(largest, dtype, gemmPathAvailable());
             // The workspace TensorRT may give this layer: at most the build's limit, when one is set.
             size_t limit = 0;
             size_t fitted = kGemmDefaultColumnBudget;

@@ -144,7 +144,7 @@ size_t pluginWorkspaceBytes(DeformConvGeometry const& largest, int32_t dtype, bo
     options.channelsLastTensors = channelsLast;
     size_t bytes = 0;
     for (int32_t algo :
-        workspaceAlgos(channelsLast ? channelsLastTactics(largest) : validTactics(largest, dtype, gemmAvailable)))
+        workspaceAlgos(channelsLast ? channelsLastTactics(largest, dtype) : validTactics(largest, dtype, gemmAvailable)))
         bytes = std::max(bytes, deformConvWorkspaceSize(largest, dtype, algo, options));
     return bytes;
 }

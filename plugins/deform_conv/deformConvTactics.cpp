@@ -1,5 +1,7 @@
 #include "deformConvTactics.h"
 
+#include "deformConvDirectBlock.h" // directChannelsLastLayoutRefusal
+
 #include <sstream>
 
 namespace dcn
@@ -40,19 +42,28 @@ std::string channelsLastRefusal(dcn_deform_conv_attrs const& attrs, TensorShape 
             + std::to_string(x.d[1]) + " and " + std::to_string(w.d[0]);
     if (attrs.group < 1 || attrs.offset_group < 1 || w.d[0] % attrs.group != 0)
         return "channels-last tensors need out_channels a multiple of group";
+    if (x.d[1] % attrs.offset_group != 0)
+        return "channels-last tensors need C a multiple of offset_group";
+    std::string const direct = directChannelsLastLayoutRefusal(
+        DirectChannelLayout{x.d[1], w.d[1], w.d[0] / attrs.group, x.d[1] / attrs.offset_group, w.d[2] * w.d[3]},
+        dtypeBytes(dtype));
+    if (direct.empty())
+        return "";
     if (autoTakesMatrixPath(w.d[0] / attrs.group, w.d[1], w.d[2] * w.d[3]))
-        return gemmAvailable ? "" : "a dense layer reads channels-last tensors on the GEMM path, and cuBLAS does not load here";
-    bool const depthwise = w.d[1] == 1 && w.d[0] == attrs.group && x.d[1] == attrs.group;
-    if (!depthwise || x.d[1] % attrs.offset_group != 0 || (x.d[1] / attrs.offset_group) % 2 != 0)
-        return "channels-last tensors are read by the GEMM path (dense layers) and the channels-last direct kernel "
-               "(depth-wise layers, channels in pairs within offset groups), and this layer is neither";
-    return "";
+        return gemmAvailable ? "" : "a dense layer reads channels-last tensors on the GEMM path, and cuBLAS does not load here "
+                                    "(nor does the channels-last direct kernel take it: " + direct + ")";
+    return "channels-last tensors are read by the GEMM path (dense layers) and the channels-last direct kernel, and "
+           "this layer is neither (" + direct + ")";
 }
 
-std::vector<int32_t> channelsLastTactics(DeformConvGeometry const& largest)
+std::vector<int32_t> channelsLastTactics(DeformConvGeometry const& largest, int32_t dtype)
 {
-    bool const dense = autoTakesMatrixPath(largest.outChannelsPerGroup, largest.channelsPerGroup, largest.kernelPoints);
-    return {dense ? kTacticGemm : kTacticDirect};
+    std::vector<int32_t> tactics;
+    if (directChannelsLastRefusal(largest, dtypeBytes(dtype)).empty())
+        tactics.push_back(kTacticDirect);
+    if (autoTakesMatrixPath(largest.outChannelsPerGroup, largest.channelsPerGroup, largest.kernelPoints))
+        tactics.push_back(kTacticGemm);
+    return tactics;
 }
 
 Status algoForTactic(int32_t tactic, bool gemmAvailable, int32_t& algo)

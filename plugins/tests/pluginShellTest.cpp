@@ -635,15 +635,38 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
     dcn::TensorShape const depthwiseW = shape({16, 1, 3, 2});
     std::string const oddWhy = dcn::channelsLastRefusal(oddOffsetGroups, x, depthwiseW, DCN_FLOAT16, true);
     check(dcn::channelsLastRefusal(depthwiseAttrs, x, depthwiseW, DCN_FLOAT16, false).empty()
-            && oddWhy.find("channels in pairs within offset groups") != std::string::npos,
+            && oddWhy.find("in multiples of 2, got 16 channels, 1 per offset group") != std::string::npos,
         "channels-last: a depth-wise half layer may take it without cuBLAS (8 channels an offset group), not with "
         "one channel an offset group: " + oddWhy);
+    // Groups of 8 channels in and out (dense by autoTakesMatrixPath): the channels-last direct kernel takes them in a
+    // half type, cuBLAS or not, and TensorRT times it against the gemm tactic; float32's vectors of 4 split such a
+    // group, so float32 needs the GEMM path there; groups of 4 take the direct kernel in float32 too.
+    {
+        dcn_deform_conv_attrs const groupsOf8{{1, 1}, {1, 1, 1, 1}, {1, 1}, 2, 1};
+        dcn_deform_conv_attrs const groupsOf4{{1, 1}, {1, 1, 1, 1}, {1, 1}, 4, 1};
+        dcn::TensorShape const grouped = shape({2, 16, 10, 12});
+        dcn::DeformConvGeometry eight;
+        bool const made = geometryOf(groupsOf8, {{2, 16, 10, 12}, {16, 8, 3, 3}}, eight);
+        std::string const float32Why = dcn::channelsLastRefusal(groupsOf8, grouped, shape({16, 8, 3, 3}), DCN_FLOAT32,
+            false);
+        check(dcn::channelsLastRefusal(groupsOf8, grouped, shape({16, 8, 3, 3}), DCN_FLOAT16, false).empty()
+                && float32Why.find("whole groups in each vector of 4 channels") != std::string::npos
+                && dcn::channelsLastRefusal(groupsOf8, grouped, shape({16, 8, 3, 3}), DCN_FLOAT32, true).empty()
+                && dcn::channelsLastRefusal(groupsOf4, grouped, shape({16, 4, 3, 3}), DCN_FLOAT32, false).empty(),
+            "channels-last: groups of 8 in a half type and of 4 in float32 take the direct kernel without cuBLAS; "
+            "groups of 8 in float32 need the GEMM path: " + float32Why);
+        check(made && dcn::channelsLastTactics(eight, DCN_FLOAT16)
+                    == std::vector<int32_t>{dcn::kTacticDirect, dcn::kTacticGemm}
+                && dcn::channelsLastTactics(eight, DCN_FLOAT32) == std::vector<int32_t>{dcn::kTacticGemm},
+            "channels-last groups of 8: the direct and gemm tactics in float16 (TensorRT times both), gemm alone in "
+            "float32");
+    }
     {
         dcn::DeformConvGeometry depthwise;
         bool const made = geometryOf(depthwiseAttrs, {{2, 16, 10, 12}, {16, 1, 3, 2}}, depthwise);
         dcn::GemmOptions options;
         options.channelsLastTensors = true;
-        check(made && dcn::channelsLastTactics(depthwise) == std::vector<int32_t>{dcn::kTacticDirect}
+        check(made && dcn::channelsLastTactics(depthwise, DCN_FLOAT16) == std::vector<int32_t>{dcn::kTacticDirect}
                 && dcn::pluginWorkspaceBytes(depthwise, DCN_FLOAT16, true, dcn::kGemmDefaultColumnBudget, true) == 0,
             "channels-last depth-wise layer: the direct tactic alone, no workspace");
         // the plugin itself, cuBLAS or not: float16 in HWC8, float32 in HWC
