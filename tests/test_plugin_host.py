@@ -65,15 +65,25 @@ def run_host_direct_channels_last(host_lib, case, x, off, w, b, m, budget=0, cha
                               library=host_lib)
 
 
+# The layers the channels-last direct kernel takes, each from its generator: depth-wise ones (vectors of 8, 4 or 2
+# channels, offset groups of one vector or several) and groups of 2, 4 or 8 channels in and out (up to a vector of
+# the dtype; each group's samples times its block of weights from the item's weight table, the grouped kernel's
+# shared memory on the GPU).
+_CHANNELS_LAST_DIRECT_LAYERS = {
+    "depthwise": lambda seed, dtype: random_depthwise_case(random.Random(1300 + seed)),
+    "small_groups": lambda seed, dtype: random_small_groups_case(random.Random(1500 + seed), SMALL_GROUP_MAX[dtype]),
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seed", range(10))
-def test_direct_channels_last_matches_the_direct_kernel(host_lib, seed, dtype):
-    """The channels-last direct kernel (the GPU's default on depth-wise layers) on depth-wise layers: vectors of 8, 4
-    or 2 channels, offset groups of one vector or several, far offsets. It sums each channel in the NCHW direct
-    kernel's order, so on the host (no FMA contraction: no -march) the two are bit for bit equal; float64 also
-    agrees with the reference to 1e-12. (On a GPU the compiler may contract differently: tests/test_plugin_gpu.py
-    holds the two to the reference's tolerance.)"""
-    case = random_depthwise_case(random.Random(1300 + seed))
+@pytest.mark.parametrize("layers", list(_CHANNELS_LAST_DIRECT_LAYERS))
+def test_direct_channels_last_matches_the_direct_kernel(host_lib, layers, seed, dtype):
+    """The channels-last direct kernel (the GPU's default on the layers it takes) with far offsets. It sums each
+    channel in the NCHW direct kernel's order, so on the host (no FMA contraction: no -march) the two are bit for
+    bit equal, on NCHW and on channels-last tensors; float64 also agrees with the reference to 1e-12. (On a GPU the
+    compiler may contract differently: tests/test_plugin_gpu.py holds the two to the reference's tolerance.)"""
+    case = _CHANNELS_LAST_DIRECT_LAYERS[layers](seed, dtype)
     tensors = make_tensors(case, dtype, seed=seed)
     got = run_host_direct_channels_last(host_lib, case, *tensors)
     nchw = run_host(host_lib, case, *tensors)
@@ -81,24 +91,6 @@ def test_direct_channels_last_matches_the_direct_kernel(host_lib, seed, dtype):
     if dtype == torch.float64:
         assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
     # channels-last tensors (DCN_FORWARD_CHANNELS_LAST): read and written where they are, the same sums
-    tensors_last = (tensors[0].contiguous(memory_format=torch.channels_last),) + tuple(tensors[1:])
-    on_tensors = run_host_direct_channels_last(host_lib, case, *tensors_last, channels_last=True)
-    assert on_tensors.is_contiguous(memory_format=torch.channels_last) and torch.equal(on_tensors, nchw), case
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("seed", range(10))
-def test_direct_channels_last_on_small_groups_matches_the_direct_kernel(host_lib, seed, dtype):
-    """The same kernel on grouped layers of 2, 4 or 8 channels per group in and out (up to a vector of the dtype),
-    each group's samples times its block of weights from the item's weight table (the grouped kernel's shared
-    memory on the GPU): bit for bit the NCHW direct kernel's sums, on NCHW and on channels-last tensors."""
-    case = random_small_groups_case(random.Random(1500 + seed), SMALL_GROUP_MAX[dtype])
-    tensors = make_tensors(case, dtype, seed=seed)
-    got = run_host_direct_channels_last(host_lib, case, *tensors)
-    nchw = run_host(host_lib, case, *tensors)
-    assert got.dtype == dtype and torch.equal(got, nchw), case
-    if dtype == torch.float64:
-        assert max_relative_error(got, reference(case, *tensors)) < 1e-12, case
     tensors_last = (tensors[0].contiguous(memory_format=torch.channels_last),) + tuple(tensors[1:])
     on_tensors = run_host_direct_channels_last(host_lib, case, *tensors_last, channels_last=True)
     assert on_tensors.is_contiguous(memory_format=torch.channels_last) and torch.equal(on_tensors, nchw), case
