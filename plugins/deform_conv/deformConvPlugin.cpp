@@ -204,16 +204,17 @@ int32_t DeformConvPlugin::configurePlugin(
                     + "; lower the profile's max shapes"));
                 return -1;
             }
-            // A depth-wise layer's channels-last tensors are read by the direct kernel, whose gathers add 32-bit
-            // offsets within an image (supportsFormatCombination could not see the largest H and W).
-            std::string const depthwiseRefusal = channelsLast
+            // A layer that is not dense has its channels-last tensors read by the direct kernel alone, whose gathers
+            // add 32-bit offsets within an image (supportsFormatCombination could not see the largest H and W); a
+            // dense one falls back to the gemm tactic there (channelsLastTactics).
+            std::string const directRefusal = channelsLast
                     && !autoTakesMatrixPath(largest.outChannelsPerGroup, largest.channelsPerGroup, largest.kernelPoints)
                 ? directChannelsLastRefusal(largest, dtypeBytes(dtype))
                 : std::string();
-            if (!depthwiseRefusal.empty())
+            if (!directRefusal.empty())
             {
                 reject(Status::invalid("X and Y channels-last (HWC8 or HWC) at the optimisation profile's largest shapes: "
-                    + depthwiseRefusal + "; lower the profile's max shapes"));
+                    + directRefusal + "; lower the profile's max shapes"));
                 return -1;
             }
             mValidTactics = channelsLast ? channelsLastTactics(largest, dtype) : validTactics(largest, dtype, gemmPathAvailable());

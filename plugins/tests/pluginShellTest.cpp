@@ -1276,6 +1276,19 @@ int main()
         1e-5, "depth-wise, direct");
     checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes,
         {2, 16, oh, ow}, 2e-3, "depth-wise, direct");
+    // A grouped layer of 8 channels a group in and out (8 groups, 2 offset groups): dense by autoTakesMatrixPath, yet
+    // the channels-last direct kernel's (auto's choice since kernels revision 10) in float16, where HWC8 offers the
+    // direct and gemm tactics; in float32 (vectors of 4 split its groups) the GEMM path, HWC the gemm tactic alone.
+    Fields groupedFields = standardFields(8);
+    std::vector<std::vector<int64_t>> const groupedShapes
+        = {{2, 64, 10, 12}, {64, 8, 3, 2}, {2, 2 * 2 * 3 * 2, oh, ow}, {64}, {2, 2 * 3 * 2, oh, ow}};
+    dcn_deform_conv_attrs groupedAttrs = kStandardAttrs;
+    groupedAttrs.group = 8;
+    checkEnqueueOnGpu(creator, groupedFields, groupedAttrs, groupedShapes, {2, 64, oh, ow}, 1e-5, "groups of 8");
+    checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, groupedFields, groupedAttrs, groupedShapes,
+        {2, 64, oh, ow}, 1e-2, "groups of 8, direct and gemm");
+    checkChannelsLastEnqueueOnGpu<float>(creator, groupedFields, groupedAttrs, groupedShapes, {2, 64, oh, ow}, 1e-5,
+        "groups of 8, gemm");
 
     std::printf("%d failure(s)\n", failures);
     return failures;
