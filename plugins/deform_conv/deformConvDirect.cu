@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKerne
 }
 
 // The channels-last direct kernel for Cpg > 1 channels per group: a block of kGridStrideThreads threads takes
-// depthwiseVectorsAcross(vectors) neighbouring channel vectors (grid y) of one image (grid z, from n0) at
+// directVectorsAcross(vectors) neighbouring channel vectors (grid y) of one image (grid z, from n0) at
 // consecutive pixels (grid x), the vectors fastest as in depthwiseItem; first it fills its vectors' weight tables
 // (fillDirectWeightTable, Acc) in shared memory, which every item then reads (the same entry across a warp: a
 // broadcast), instead of Cpg weights of T per channel and kernel point from global memory.
@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kGridStrideThreads) groupedChannelsLastKernel(
     using Acc = typename ElementTraits<T>::Acc;
     extern __shared__ __align__(16) unsigned char tableBytes[];
     Acc* const tables = reinterpret_cast<Acc*>(tableBytes);
-    int32_t const across = depthwiseVectorsAcross(geo.d.in_channels / Vector);
+    int32_t const across = directVectorsAcross(geo.d.in_channels / Vector);
     int32_t const entries = geo.kernelPoints * Vector * Cpg;
     int32_t const firstChannel = int32_t(blockIdx.y) * across * Vector;
     for (int32_t side = 0; side < across; ++side)
@@ -116,7 +116,7 @@ void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T c
     else
     {
         int32_t const vectors = geo.d.in_channels / Vector;
-        int32_t const across = depthwiseVectorsAcross(vectors);
+        int32_t const across = directVectorsAcross(vectors);
         int64_t const pixelsPerBlock = kGridStrideThreads / across;
         unsigned const pixelBlocks = unsigned((int64_t(geo.outH) * geo.outW + pixelsPerBlock - 1) / pixelsPerBlock);
         size_t const tableBytes = directWeightTableBytes(geo, sizeof(T));
@@ -138,7 +138,7 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
     T const* bias, T const* mask, T* output, void* workspace, size_t budget, bool channelsLastTensors,
     cudaStream_t stream)
 {
-    int32_t const vector = depthwiseVectorWidth(geo, sizeof(T));
+    int32_t const vector = directVectorWidth(geo, sizeof(T));
     int32_t const cpg = geo.channelsPerGroup;
     int32_t const images = channelsLastTensors ? geo.d.batch : directChannelsLastImages(geo, sizeof(T), budget);
     T* nhwc = static_cast<T*>(workspace);

@@ -135,7 +135,7 @@ inline int32_t directVectorWidth(DirectChannelLayout const& layout, size_t eleme
     return vectorWidthDividing(elementBytes, int32_t(layout.channels), int32_t(layout.channelsPerOffsetGroup));
 }
 
-inline int32_t depthwiseVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
+inline int32_t directVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
 {
     return directVectorWidth(directChannelLayout(geo), elementBytes);
 }
@@ -145,7 +145,7 @@ inline int32_t depthwiseVectorWidth(DeformConvGeometry const& geo, size_t elemen
 // half of each sector it loaded: Nsight Compute on depth-wise res4, session 32, found the kernel L1-bound at 92 %
 // with 15.6 of 32 bytes used per loaded sector), while 16 consecutive pixels keep the output stores (2 bytes a
 // channel in float16) and the offset and mask reads in whole sectors too.
-DCN_HD int32_t depthwiseVectorsAcross(int64_t vectors)
+DCN_HD int32_t directVectorsAcross(int64_t vectors)
 {
     return vectors % 2 == 0 ? 2 : 1;
 }
@@ -159,7 +159,7 @@ inline int64_t directWeightTableBytes(DirectChannelLayout const& layout, size_t 
         return 0;
     int64_t const vector = directVectorWidth(layout, elementBytes);
     int64_t const accBytes = elementBytes == 8 ? 8 : 4; // ElementTraits<T>::Acc: double for double, else float
-    return depthwiseVectorsAcross(layout.channels / vector) * layout.kernelPoints * vector
+    return directVectorsAcross(layout.channels / vector) * layout.kernelPoints * vector
         * layout.channelsPerGroup * accBytes;
 }
 
@@ -193,7 +193,7 @@ inline std::string directChannelsLastLayoutRefusal(DirectChannelLayout const& la
         return "the channels-last direct kernel keeps a block's weights in " + std::to_string(kDirectWeightTableMaxBytes)
             + " bytes, and this layer's " + std::to_string(layout.kernelPoints) + " kernel points need "
             + std::to_string(tableBytes);
-    int64_t const channelBlocks = layout.channels / vector / depthwiseVectorsAcross(layout.channels / vector);
+    int64_t const channelBlocks = layout.channels / vector / directVectorsAcross(layout.channels / vector);
     if (cpg > 1 && channelBlocks > 65535)
         return "the channels-last direct kernel takes at most 65535 blocks of channels (grid y), got "
             + std::to_string(channelBlocks);
@@ -338,7 +338,7 @@ inline int64_t depthwiseItems(DeformConvGeometry const& geo, int32_t images, int
 }
 
 // Item idx of a launch: (img, pair of channel vectors, y, x, vector of the pair), the pair's vectors fastest, then
-// pixels (depthwiseVectorsAcross), of a depth-wise layer (the grouped kernel maps its blocks itself). ChannelsLastOut:
+// pixels (directVectorsAcross), of a depth-wise layer (the grouped kernel maps its blocks itself). ChannelsLastOut:
 // as channelsLastDirectItem's.
 template <typename T, int Vector, bool ChannelsLastOut = false>
 DCN_HD void depthwiseItem(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight,
@@ -346,7 +346,7 @@ DCN_HD void depthwiseItem(DeformConvGeometry const& geo, T const* nhwc, T const*
 {
     int64_t const outPlane = int64_t(geo.outH) * geo.outW;
     int32_t const vectors = geo.d.in_channels / Vector;
-    int32_t const across = depthwiseVectorsAcross(vectors);
+    int32_t const across = directVectorsAcross(vectors);
     int32_t const shift = across == 2 ? 1 : 0; // across is 1 or 2: no 64-bit division for it
     int32_t const inPair = int32_t(idx & (across - 1));
     int64_t const rest = idx >> shift;

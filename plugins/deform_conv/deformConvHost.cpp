@@ -349,7 +349,7 @@ void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget,
         channelsLastTensors ? 0 : directChannelsLastWorkspaceBytes(geo, sizeof(T), budget) / sizeof(T), garbage);
     int32_t const cpg = geo.channelsPerGroup;
     int64_t const plane = int64_t(geo.outH) * geo.outW;
-    withVectorWidth(depthwiseVectorWidth(geo, sizeof(T)), [&](auto width) {
+    withVectorWidth(directVectorWidth(geo, sizeof(T)), [&](auto width) {
         withVectorWidth(cpg, [&](auto group) {
             constexpr int kVector = decltype(width)::value;
             constexpr int kCpg = decltype(group)::value;
