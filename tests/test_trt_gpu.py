@@ -180,10 +180,12 @@ class TestTensorRTRtxAheadOfTime:
         assert (tmp_path / f"m_{precision}.engine.cache").stat().st_size > 0
 
     @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-    def test_depthwise_layer_builds_with_its_workspace(self, rtx_env, tmp_path, precision):
-        """A depth-wise layer (8 groups of one channel): since kernels revision 7 the plugin asks for a workspace for
-        it (the direct kernel's channels-last copy of the input); the builder must accept the plugin's sizes."""
-        out, engine = self.build(rtx_env, dcn_model(19, group=8), tmp_path, precision)
+    @pytest.mark.parametrize("group", [8, 2])
+    def test_small_group_layer_builds_with_its_workspace(self, rtx_env, tmp_path, precision, group):
+        """A depth-wise layer (8 groups of one channel) and one of 2 groups of 4: since kernels revisions 7 and 10 the
+        plugin asks for a workspace for them (the direct kernel's channels-last copy of the input) and offers them
+        channels-last formats; the builder must accept the plugin's sizes and formats."""
+        out, engine = self.build(rtx_env, dcn_model(19, group=group), tmp_path, precision)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         meta = json.loads(out.stdout.split("RESULT ", 1)[1])
         assert meta["extra"]["routed_nodes"] == 1 and meta["precision"] == precision
