@@ -218,7 +218,7 @@ bench bench-grouped-nhwc 90 bench_grouped_nhwc.json "" -- --layers grouped --alg
     --warmup 3 --breakdown
 # Whole networks in PyTorch (fp16, NCHW and channels-last): the plain twin, the deformable network on our op and on
 # torchvision's (benchmarks/gpu_zoo_torch.py; rows in bench_zoo.json, the table in checks.log).
-step bench-zoo 150 python3 benchmarks/gpu_zoo_torch.py --json "$OUT_DIR/bench_zoo.json"
+step bench-zoo 200 python3 benchmarks/gpu_zoo_torch.py --json "$OUT_DIR/bench_zoo.json"
 # The depth-wise layer again with the direct kernel over NCHW (the layout before kernels revision 7; table in
 # checks.log), against bench-grouped's direct column (channels-last by default).
 step bench-direct-nchw 60 env DCN_DEPLOY_DIRECT_LAYOUT=nchw python3 benchmarks/gpu_deform_conv.py --layers grouped \

@@ -39,8 +39,10 @@ from dcn_deploy.io_utils import atomic_write_text  # noqa: E402
 
 # name@HxW: the backbones of the layers (ResNet-50 with DCNv2 in c3-c5, mmdetection's default, at the
 # 800x1333 detection input; with DCN in c5, the paper's) and the paper's segmentation setting (DeepLab, c5, on a
-# 1024x2048 Cityscapes image)
-DEFAULT_CASES = ("resnet50_dcnv2_c3c5@800x1333", "resnet50_dcn_c5@800x1333", "deeplab_resnet50_dcn@1024x2048")
+# 1024x2048 Cityscapes image), and ResNeXt-50 32x4d with DCNv2 in c3-c5 (grouped deformable layers: 32 groups of 8,
+# 16 and 32 channels)
+DEFAULT_CASES = ("resnet50_dcnv2_c3c5@800x1333", "resnet50_dcn_c5@800x1333", "deeplab_resnet50_dcn@1024x2048",
+                 "resnext50_32x4d_dcnv2_c3c5@800x1333")
 LAYOUTS = ("nchw", "channels-last")
 DTYPES = ("float16", "float32", "bfloat16")
 

@@ -29,17 +29,21 @@ DEFORM_VERSIONS = {"v1": DeformConv2dPack, "v2": ModulatedDeformConv2dPack}
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int, dilation: int, deform: Optional[str],
-             deform_groups: int) -> nn.Module:
-    """The block's 3x3 convolution: plain, or deformable v1/v2 with the same ``weight`` (and no bias, like torchvision)."""
+             deform_groups: int, groups: int = 1) -> nn.Module:
+    """The block's 3x3 convolution (``groups`` groups: ResNeXt's): plain, or deformable v1/v2 with the same
+    ``weight`` (and no bias, like torchvision)."""
     if deform is None:
-        return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation,
+                         groups=groups, bias=False)
     layer = DEFORM_VERSIONS[deform]
-    return layer(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation,
+    return layer(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
                  deform_groups=deform_groups, bias=False)
 
 
 class Bottleneck(nn.Module):
-    """torchvision's Bottleneck (ResNet v1.5: the stride is on the 3x3), optionally with a deformable 3x3.
+    """torchvision's Bottleneck (ResNet v1.5: the stride is on the 3x3), optionally with a deformable 3x3; with
+    ``groups`` and ``width_per_group`` ResNeXt's (its 3x3 of ``planes * width_per_group / 64 * groups`` channels in
+    ``groups`` groups, as torchvision's ``resnext50_32x4d``).
 
     ``forward(x)``: (N, in_channels, H, W) -> (N, planes*4, H/stride, W/stride).
     """
@@ -47,13 +51,15 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 dilation: int = 1, deform: Optional[str] = None, deform_groups: int = 1):
+                 dilation: int = 1, deform: Optional[str] = None, deform_groups: int = 1, groups: int = 1,
+                 width_per_group: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride, dilation, deform, deform_groups)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        width = int(planes * (width_per_group / 64.0)) * groups
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = _conv3x3(width, width, stride, dilation, deform, deform_groups, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -68,10 +74,12 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet-50/101 backbone or classifier with deformable 3x3 convolutions in chosen stages.
+    """ResNet-50/101 (or ResNeXt) backbone or classifier with deformable 3x3 convolutions in chosen stages.
 
     Args:
         depth: 50 or 101.
+        groups, width_per_group: ResNeXt's cardinality and width (32 and 4: ResNeXt-50 32x4d, torchvision's
+            ``resnext50_32x4d`` and its key names); 1 and 64 (the default) give ResNet.
         num_classes: size of the ``fc`` classifier; None builds a backbone without ``avgpool``/``fc``.
         deform_stages: stages (2..5 = c2..c5) whose 3x3 convolutions are deformable. () gives the plain ResNet.
         deform_last_blocks: only the last this-many blocks of each deformable stage; None = every block.
@@ -91,7 +99,8 @@ class ResNet(nn.Module):
 
     def __init__(self, depth: int = 50, num_classes: Optional[int] = 1000, deform_stages: Sequence[int] = (5,),
                  deform_last_blocks: Optional[int] = None, deform_version: str = "v1", deform_groups: int = 1,
-                 dilate_stages: Sequence[int] = (), contract_dilation: bool = True):
+                 dilate_stages: Sequence[int] = (), contract_dilation: bool = True, groups: int = 1,
+                 width_per_group: int = 64):
         super().__init__()
         if depth not in STAGE_BLOCKS:
             raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)}, got {depth!r}")
@@ -105,6 +114,10 @@ class ResNet(nn.Module):
             raise ValueError("dilate_stages cannot include 2: c2 has stride 1 already (use stages 3, 4 or 5)")
         if deform_last_blocks is not None and deform_last_blocks < 1:
             raise ValueError(f"deform_last_blocks must be >= 1 or None (every block), got {deform_last_blocks}")
+        if groups < 1 or width_per_group < 1:
+            raise ValueError(f"groups and width_per_group must be >= 1, got {groups} and {width_per_group}")
+        self._groups = groups
+        self._width_per_group = width_per_group
 
         self.depth = depth
         self.deform_stages = tuple(sorted(set(deform_stages)))
@@ -129,7 +142,7 @@ class ResNet(nn.Module):
                                      first_deform=first_deform, deform_groups=deform_groups,
                                      dilate=stage in self.dilate_stages)
             setattr(self, f"layer{index + 1}", layer)
-        del self._in_channels, self._dilation
+        del self._in_channels, self._dilation, self._groups, self._width_per_group
 
         if num_classes is not None:
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
@@ -148,12 +161,14 @@ class ResNet(nn.Module):
                 nn.Conv2d(self._in_channels, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * Bottleneck.expansion))
         first_dilation = previous_dilation if self.contract_dilation else self._dilation
+        shape = {"groups": self._groups, "width_per_group": self._width_per_group}
         layers = [Bottleneck(self._in_channels, planes, stride, downsample, first_dilation,
-                             deform if first_deform <= 0 else None, deform_groups)]
+                             deform if first_deform <= 0 else None, deform_groups, **shape)]
         self._in_channels = planes * Bottleneck.expansion
         for i in range(1, blocks):
             layers.append(Bottleneck(self._in_channels, planes, dilation=self._dilation,
-                                     deform=deform if i >= first_deform else None, deform_groups=deform_groups))
+                                     deform=deform if i >= first_deform else None, deform_groups=deform_groups,
+                                     **shape))
         return nn.Sequential(*layers)
 
     def _init_weights(self) -> None:

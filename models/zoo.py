@@ -153,6 +153,19 @@ def _register_all() -> None:
                 {"depth": depth, "deform_stages": _STAGES[stages], "deform_version": _VERSIONS[kind]},
                 ("image",), ("logits",), plain=base + "_plain"))
 
+        if depth == 50:  # ResNeXt-50 32x4d: grouped 3x3 layers (4 to 32 channels a group), DCNv2 in c3-c5 as mmdetection's
+            register(ZooEntry("resnext50_32x4d_plain", "ResNeXt-50 (32x4d) ImageNet classifier, no deformable layers "
+                              "(torchvision's resnext50_32x4d architecture and key names)", "classification", _resnet,
+                              {"depth": 50, "deform_stages": (), "groups": 32, "width_per_group": 4},
+                              ("image",), ("logits",)))
+            register(ZooEntry(
+                "resnext50_32x4d_dcnv2_c3c5", "ResNeXt-50 (32x4d) classifier with deformable convolution v2 in the "
+                "grouped 3x3 layers of c3-c5 (32 groups of 8, 16 and 32 channels; one offset group, as mmdetection's "
+                "x101_32x4d dconv configs)", "classification", _resnet,
+                {"depth": 50, "deform_stages": _STAGES["c3c5"], "deform_version": "v2", "groups": 32,
+                 "width_per_group": 4},
+                ("image",), ("logits",), plain="resnext50_32x4d_plain"))
+
         seg = f"deeplab_resnet{depth}"
         register(ZooEntry(seg + "_plain", f"DeepLab-style segmentation (dilated ResNet-{depth}, output stride 16, "
                           "ASPP-lite head), no deformable layers", "segmentation", _deeplab,

@@ -76,6 +76,21 @@ def test_registry_has_the_papers_networks_and_their_plain_twins():
             assert not twin.deformable and twin.task == entry.task and twin.input_names == entry.input_names
 
 
+def test_resnext_is_torchvisions_resnext50_32x4d_with_grouped_deformable_layers():
+    """The ResNeXt entries have torchvision's resnext50_32x4d parameters (25,028,904; its grouped 3x3 weights of
+    4 to 32 input channels a group) and key names; the DCNv2 one's 13 deformable layers keep the 32 groups."""
+    plain = zoo.get("resnext50_32x4d_plain").build()
+    deformable = zoo.get("resnext50_32x4d_dcnv2_c3c5").build()
+    assert sum(p.numel() for p in plain.parameters()) == 25_028_904
+    shapes = {k: tuple(v.shape) for k, v in plain.state_dict().items()}
+    assert shapes["layer1.0.conv2.weight"] == (128, 4, 3, 3) and shapes["layer4.2.conv2.weight"] == (1024, 32, 3, 3)
+    layers = deformable.deformable_layers()
+    assert len(layers) == 13 and layers[0] == "layer2.0.conv2"
+    assert all(deformable.get_submodule(name).groups == 32 for name in layers)
+    own = {k: tuple(v.shape) for k, v in deformable.state_dict().items() if "conv_offset" not in k}
+    assert own == shapes  # a plain checkpoint's keys and shapes, plus the offset branches
+
+
 def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(KeyError, match="resnet50_dcn_c5"):
         zoo.get("resnet50_dcn")

@@ -67,6 +67,13 @@ def test_rfcn_resnet50_dcn_round_trip(tmp_path):
     assert sorted(report.op_counts.values()) == [3, 4], report.op_counts
 
 
+def test_resnext50_32x4d_dcnv2_c3c5_round_trip(tmp_path):
+    """Grouped deformable layers (ResNeXt's 32 groups of 8, 16 and 32 channels, one offset group; DCNv2 in c3-c5: 13
+    layers) through the export and ONNX Runtime."""
+    report = round_trip("resnext50_32x4d_dcnv2_c3c5", tmp_path, num_classes=10)
+    assert sum(report.op_counts.values()) == 13, report.op_counts
+
+
 def test_resnet50_dcnv2_c3c5_dynamic_round_trip(tmp_path):
     """mmdetection's layout (v2, modulated, deformable in c3-c5: 13 layers) exported with dynamic batch, height and
     width, then run by ONNX Runtime at sizes other than the export's: batch 2, a non-square image."""
