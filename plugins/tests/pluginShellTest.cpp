@@ -69,6 +69,25 @@ Fields standardFields(int32_t group = 2)
 
 dcn_deform_conv_attrs const kStandardAttrs{{2, 1}, {1, 0, 2, 1}, {1, 2}, 2, 2}; // standardFields()
 
+// A layer of `groups` groups with as many output as input channels (C in all), on the standard attributes
+// (standardFields(groups): 2 offset groups, a 3x2 kernel) at 2 x C x 10 x 12 with an oh x ow output: its five input
+// shapes, its attributes and its output shape.
+struct GroupedLayer
+{
+    std::vector<std::vector<int64_t>> shapes;
+    dcn_deform_conv_attrs attrs;
+    std::vector<int64_t> output;
+};
+
+GroupedLayer groupedLayer(int64_t channels, int32_t groups, int64_t oh, int64_t ow)
+{
+    dcn_deform_conv_attrs attrs = kStandardAttrs;
+    attrs.group = groups;
+    return {{{2, channels, 10, 12}, {channels, channels / groups, 3, 2}, {2, 2 * 2 * 3 * 2, oh, ow}, {channels},
+                {2, 2 * 3 * 2, oh, ow}},
+        attrs, {2, channels, oh, ow}};
+}
+
 // The kernels' geometry for these attributes and the X, W shapes of `shapes`; false if they do not fit.
 bool geometryOf(dcn_deform_conv_attrs const& attrs, std::vector<std::vector<int64_t>> const& shapes,
     dcn::DeformConvGeometry& geometry)
@@ -1260,11 +1279,8 @@ int main()
     // A depth-wise layer (16 groups of one channel, 2 offset groups): the default runs the direct kernel over a
     // channels-last copy of the input in the workspace.
     Fields depthwiseFields = standardFields(16);
-    std::vector<std::vector<int64_t>> const depthwiseShapes
-        = {{2, 16, 10, 12}, {16, 1, 3, 2}, {2, 2 * 2 * 3 * 2, oh, ow}, {16}, {2, 2 * 3 * 2, oh, ow}};
-    dcn_deform_conv_attrs depthwiseAttrs = kStandardAttrs;
-    depthwiseAttrs.group = 16;
-    checkEnqueueOnGpu(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes, {2, 16, oh, ow}, 1e-5, "depth-wise");
+    GroupedLayer const depthwise = groupedLayer(16, 16, oh, ow);
+    checkEnqueueOnGpu(creator, depthwiseFields, depthwise.attrs, depthwise.shapes, depthwise.output, 1e-5, "depth-wise");
     // X and Y channels-last, float16 in HWC8 and float32 in HWC: the GEMM path on the dense layer (where cuBLAS
     // loads; in float16 its columns are rounded to half, so a half-precision bound), the channels-last direct kernel
     // on the depth-wise one (the NCHW direct kernel's sums in its order: rounding of the output only).
@@ -1272,22 +1288,19 @@ int main()
         "dense, gemm");
     checkChannelsLastEnqueueOnGpu<float>(creator, fields, kStandardAttrs, shapes, {2, 64, oh, ow}, 1e-5,
         "dense, gemm");
-    checkChannelsLastEnqueueOnGpu<float>(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes, {2, 16, oh, ow},
-        1e-5, "depth-wise, direct");
-    checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, depthwiseFields, depthwiseAttrs, depthwiseShapes,
-        {2, 16, oh, ow}, 2e-3, "depth-wise, direct");
+    checkChannelsLastEnqueueOnGpu<float>(creator, depthwiseFields, depthwise.attrs, depthwise.shapes,
+        depthwise.output, 1e-5, "depth-wise, direct");
+    checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, depthwiseFields, depthwise.attrs, depthwise.shapes,
+        depthwise.output, 2e-3, "depth-wise, direct");
     // A grouped layer of 8 channels a group in and out (8 groups, 2 offset groups): dense by autoTakesMatrixPath, yet
     // the channels-last direct kernel's (auto's choice since kernels revision 10) in float16, where HWC8 offers the
     // direct and gemm tactics; in float32 (vectors of 4 split its groups) the GEMM path, HWC the gemm tactic alone.
     Fields groupedFields = standardFields(8);
-    std::vector<std::vector<int64_t>> const groupedShapes
-        = {{2, 64, 10, 12}, {64, 8, 3, 2}, {2, 2 * 2 * 3 * 2, oh, ow}, {64}, {2, 2 * 3 * 2, oh, ow}};
-    dcn_deform_conv_attrs groupedAttrs = kStandardAttrs;
-    groupedAttrs.group = 8;
-    checkEnqueueOnGpu(creator, groupedFields, groupedAttrs, groupedShapes, {2, 64, oh, ow}, 1e-5, "groups of 8");
-    checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, groupedFields, groupedAttrs, groupedShapes,
-        {2, 64, oh, ow}, 1e-2, "groups of 8, direct and gemm");
-    checkChannelsLastEnqueueOnGpu<float>(creator, groupedFields, groupedAttrs, groupedShapes, {2, 64, oh, ow}, 1e-5,
+    GroupedLayer const grouped = groupedLayer(64, 8, oh, ow);
+    checkEnqueueOnGpu(creator, groupedFields, grouped.attrs, grouped.shapes, grouped.output, 1e-5, "groups of 8");
+    checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, groupedFields, grouped.attrs, grouped.shapes, grouped.output,
+        1e-2, "groups of 8, direct and gemm");
+    checkChannelsLastEnqueueOnGpu<float>(creator, groupedFields, grouped.attrs, grouped.shapes, grouped.output, 1e-5,
         "groups of 8, gemm");
 
     std::printf("%d failure(s)\n", failures);
