@@ -16,9 +16,12 @@ class CublasHandle;
 // dtype a dcn_dtype and algo a dcn_algo, or an error naming the one that is not (before any sizing or launch).
 Status checkDtypeAndAlgo(int32_t dtype, int32_t algo);
 
-// Which kernel serves (geo, dtype, algo) on the current device; DCN_ALGO_AUTO resolved. Fails for impossible pairs
-// (float64 with the fused kernel, the GEMM path without a loadable cuBLAS).
-Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved);
+// Which kernel serves (geo, dtype, algo) on the current device; DCN_ALGO_AUTO resolved (directChannelsLast:
+// GemmOptions::directChannelsLast, whether the direct kernel may run over a channels-last copy of an NCHW input, which
+// is what makes it auto's choice for dense layers of small groups). Fails for impossible pairs (float64 with the
+// fused kernel, the GEMM path without a loadable cuBLAS).
+Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved,
+    bool directChannelsLast = true);
 
 // Workspace bytes the launch needs: the GEMM path's column buffer (at most gemm.columnBudget bytes, the batch runs
 // in chunks), the chunk's channels-last input, the re-laid-out weights, the staging scratch and cuBLAS's

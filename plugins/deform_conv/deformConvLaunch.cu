@@ -47,7 +47,8 @@ Status checkDtypeAndAlgo(int32_t dtype, int32_t algo)
     return Status::success();
 }
 
-Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved)
+Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, int32_t& resolved,
+    bool directChannelsLast)
 {
     Status const checked = checkDtypeAndAlgo(dtype, algo);
     if (!checked.ok())
@@ -67,7 +68,7 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
     {
         // Dense layers the channels-last direct kernel does not take: cuBLAS over sampled columns where cuBLAS
         // loads (fastest measured), else the fused kernel.
-        if (!denseLayer(geo) || autoTakesDirectChannelsLast(geo, dtype))
+        if (!denseLayer(geo) || (directChannelsLast && autoTakesDirectChannelsLast(geo, dtype)))
             algo = DCN_ALGO_DIRECT;
         else if (gemmPathAvailable())
             algo = DCN_ALGO_GEMM;
@@ -113,7 +114,7 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
     switch (algo)
     {
     case DCN_ALGO_AUTO:
-        return denseLayer(geo) && !autoTakesDirectChannelsLast(geo, dtype)
+        return denseLayer(geo) && !(gemm.directChannelsLast && autoTakesDirectChannelsLast(geo, dtype))
             ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm))
             : direct;
     case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, gemm);
@@ -143,7 +144,9 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
     size_t workspaceBytes, cudaStream_t stream, CublasHandle* cublas, GemmOptions const& gemm)
 {
     int32_t resolved = DCN_ALGO_DIRECT;
-    Status status = resolveAlgo(geo, dtype, algo, resolved);
+    // channels-last tensors are read by the direct kernel whatever directChannelsLast says (it only chooses how an
+    // NCHW input is read)
+    Status status = resolveAlgo(geo, dtype, algo, resolved, gemm.directChannelsLast || gemm.channelsLastTensors);
     if (!status.ok())
         return status;
     if (geo.d.batch == 0)
