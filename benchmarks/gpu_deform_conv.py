@@ -69,6 +69,10 @@ GROUPED_LAYERS = [
     # groups of 4 (ResNeXt 32x4d's res3 width at res4 size): auto takes the direct kernel there, not a product
     Layer("grouped res4 (64 groups of 4, 4 offset groups)", 256, _feature(800, 16), _feature(1333, 16), groups=64,
           offset_groups=4),
+    # ResNeXt-50 32x4d's deformable c4 and c5 layers at the detection input (32 groups of 16 and of 32, one offset
+    # group, as mmdetection's dconv configs): the GEMM path's (the direct kernel takes groups of up to 8)
+    Layer("ResNeXt c4 (32 groups of 16)", 512, _feature(800, 16), _feature(1333, 16), groups=32),
+    Layer("ResNeXt c5 (32 groups of 32)", 1024, _feature(800, 32), _feature(1333, 32), groups=32),
 ]
 # The CUDA kernels through the C ABI; the PyTorch op as users call it ("torch": its CUDA forward runs these kernels
 # when the library is built); and the op's composite of torch ops ("composite", DCN_DEPLOY_NATIVE_CUDA=0: what it

@@ -73,7 +73,7 @@ def test_kernel_breakdown_table(bench):
 
 
 def test_layer_sets(bench, capsys):
-    assert [layer.groups for layer in bench.LAYER_SETS["grouped"]] == [32, 256, 64]
+    assert [layer.groups for layer in bench.LAYER_SETS["grouped"]] == [32, 256, 64, 32, 32]
     assert bench.LAYER_SETS["all"] == bench.LAYERS + bench.GROUPED_LAYERS
     with pytest.raises(SystemExit):
         bench.main(["--layers", "resnext"])
