@@ -62,6 +62,8 @@ CASES = {
     "dense_large": BenchCase("dense_large", n=4, size=128),
     "grouped_large": BenchCase("grouped_large", n=4, size=128, groups=32, offset_groups=4),
     "depthwise_large": BenchCase("depthwise_large", n=8, channels=128, out_channels=128, size=96, groups=128),
+    # ResNeXt-50 32x4d's deformable c4 layer (32 groups of 16, one offset group) at a 512x512 input's stride 16
+    "resnext_c4": BenchCase("resnext_c4", channels=512, out_channels=512, size=32, groups=32),
 }
 DEFAULT_CASES = ("dense", "grouped", "depthwise")
 
