@@ -100,12 +100,12 @@ DCN_UNROLL
 // consecutive channels at one output pixel, whole groups, and each neighbour's Vector channels are one 16-byte
 // gather instead of Vector 2- or 4-byte gathers from Vector planes. A group of Cpg > 1 channels multiplies its Cpg
 // samples by a Cpg x Cpg block of weights per kernel point, read from a table of the item's weights in Acc
-// (directWeightTable: shared memory on the GPU, filled once per block).
+// (fillDirectWeightTable: shared memory on the GPU, filled once per block).
 
 // Channels per group the channels-last direct kernel takes (as many output channels per group): a vector's worth
 // at most (16 bytes of a half type), so that an item holds whole groups.
 constexpr int32_t kDirectGroupMax = 8;
-// The largest weight table (DirectWeightTable) a block of the grouped kernel keeps in shared memory: the default
+// The largest weight tables (fillDirectWeightTable) a block of the grouped kernel keeps in shared memory: the default
 // dynamic shared memory of every target, so that no launch needs an opt-in.
 constexpr size_t kDirectWeightTableMaxBytes = 48 * 1024;
 
