@@ -9,6 +9,7 @@
 #include "dcnCudaStatus.h"
 #include "dcnGridStride.h"
 #include "deformConvDirectBlock.h"
+#include "deformConvDirectChannelsLast.h"
 #include "deformConvKernel.h"
 #include "deformConvRelayout.cuh"
 

@@ -191,7 +191,7 @@ struct GemmOptions
     bool tf32 = false;
     size_t cublasWorkspaceBytes = kCublasWorkspaceBytes; // cuBLAS's slice of the workspace (a multiple of 256)
     // The direct kernel (depth-wise layers) over a channels-last copy of the input in the workspace
-    // (deformConvDirectBlock.h) instead of NCHW. The default since kernels revision 7: on an H200 (session 31,
+    // (deformConvDirectChannelsLast.h) instead of NCHW. The default since kernels revision 7: on an H200 (session 31,
     // benchmarks/RESULTS.md) 3.3x-3.4x faster than over NCHW in fp16 and 1.9x in float32 on depth-wise res4. Off
     // (NCHW, no workspace) with the C ABI's DCN_DEPLOY_DIRECT_LAYOUT=nchw.
     bool directChannelsLast = true;

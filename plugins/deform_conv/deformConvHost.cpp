@@ -5,6 +5,7 @@
 #include "dcnStatus.h"
 #include "deformConvColumns.h"
 #include "deformConvDirectBlock.h"
+#include "deformConvDirectChannelsLast.h"
 #include "deformConvGemmReference.h"
 #include "deformConvImplicit.h"
 #include "deformConvMath.h"

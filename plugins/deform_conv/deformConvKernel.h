@@ -46,7 +46,7 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
 Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const* input, void const* offset,
     void const* weight, void const* bias, void const* mask, void* output, cudaStream_t stream);
 
-// The direct kernel over a channels-last copy of the input (deformConvDirect.cu, deformConvDirectBlock.h): only
+// The direct kernel over a channels-last copy of the input (deformConvDirect.cu, deformConvDirectChannelsLast.h): only
 // where directChannelsLastRefusal(geo, dtype's bytes) is empty. Its workspace (256-byte aligned) holds the
 // channels-last input of the images `budget` holds: at least directChannelsLastWorkspaceBytes(.., budget).
 // channelsLastTensors: the input and the output are channels-last themselves (GemmOptions::channelsLastTensors),

@@ -3,7 +3,7 @@
 // implicit GEMM (deformConvFused.cu), the GEMM path over sampled columns and cuBLAS (deformConvGemm.cu) or the
 // tensor-core implicit GEMM over a channels-last input (deformConvImplicit.cu; only when asked for).
 #include "cublasLoader.h"
-#include "deformConvDirectBlock.h"
+#include "deformConvDirectChannelsLast.h"
 #include "deformConvImplicit.h"
 #include "deformConvKernel.h"
 #include "deformConvShapes.h"

@@ -1,6 +1,6 @@
 #include "deformConvPlugin.h"
 
-#include "deformConvDirectBlock.h"
+#include "deformConvDirectChannelsLast.h"
 #include "deformConvKernel.h"
 #include "deformConvPluginWorkspace.h"
 #include "trtDtype.h"

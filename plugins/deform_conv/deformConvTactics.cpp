@@ -1,6 +1,6 @@
 #include "deformConvTactics.h"
 
-#include "deformConvDirectBlock.h" // directChannelsLastLayoutRefusal
+#include "deformConvDirectChannelsLast.h" // directChannelsLastLayoutRefusal
 
 #include <sstream>
 
