@@ -139,8 +139,6 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
     T const* bias, T const* mask, T* output, void* workspace, size_t budget, bool channelsLastTensors,
     cudaStream_t stream)
 {
-    int32_t const vector = directVectorWidth(geo, sizeof(T));
-    int32_t const cpg = geo.channelsPerGroup;
     int32_t const images = channelsLastTensors ? geo.d.batch : directChannelsLastImages(geo, sizeof(T), budget);
     T* nhwc = static_cast<T*>(workspace);
     for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
@@ -151,31 +149,20 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
         if (!status.ok())
             return status;
         T const* source = channelsLastTensors ? input : nhwc;
-        bool launched = false;
-        withVectorWidth(vector, [&](auto width) {
-            withVectorWidth(cpg, [&](auto group) {
-                // Only what directChannelsLastRefusal lets through (vectors of 2 up to 16 bytes' worth holding
-                // whole groups of 1, 2, 4 or 8): no kernels for the others, which would never run.
-                constexpr int kVector = decltype(width)::value;
-                constexpr int kCpg = decltype(group)::value;
-                if constexpr (kVector >= 2 && kVector * sizeof(T) <= 16 && kVector % kCpg == 0)
-                {
-                    if (kCpg != cpg) // withVectorWidth maps other counts to 1
-                        return;
-                    if (channelsLastTensors)
-                        launchChannelsLastItems<T, kVector, kCpg, true>(geo, source, offset, weight, bias, mask,
-                            output, n0, count, stream);
-                    else
-                        launchChannelsLastItems<T, kVector, kCpg, false>(geo, source, offset, weight, bias, mask,
-                            output, n0, count, stream);
-                    launched = true;
-                }
-            });
+        bool const launched = withChannelsLastDirectInstance<T>(geo, [&](auto width, auto group) {
+            constexpr int kVector = decltype(width)::value;
+            constexpr int kCpg = decltype(group)::value;
+            if (channelsLastTensors)
+                launchChannelsLastItems<T, kVector, kCpg, true>(geo, source, offset, weight, bias, mask, output, n0,
+                    count, stream);
+            else
+                launchChannelsLastItems<T, kVector, kCpg, false>(geo, source, offset, weight, bias, mask, output, n0,
+                    count, stream);
         });
         if (!launched) // directChannelsLastRefusal turns such layers away before this
             return Status::invalid("the channels-last direct kernel has no instance for vectors of "
-                + std::to_string(vector) + " elements of " + std::to_string(sizeof(T)) + " bytes and groups of "
-                + std::to_string(cpg) + " channels");
+                + std::to_string(directVectorWidth(geo, sizeof(T))) + " elements of " + std::to_string(sizeof(T))
+                + " bytes and groups of " + std::to_string(geo.channelsPerGroup) + " channels");
         status = launchStatus("the channels-last direct kernel");
         if (!status.ok())
             return status;

@@ -75,9 +75,8 @@ inline int64_t directWeightTableBytes(DirectChannelLayout const& layout, size_t 
     if (layout.channelsPerGroup <= 1)
         return 0;
     int64_t const vector = directVectorWidth(layout, elementBytes);
-    int64_t const accBytes = elementBytes == 8 ? 8 : 4; // ElementTraits<T>::Acc: double for double, else float
-    return directVectorsAcross(layout.channels / vector) * layout.kernelPoints * vector
-        * layout.channelsPerGroup * accBytes;
+    return directVectorsAcross(layout.channels / vector) * layout.kernelPoints * vector * layout.channelsPerGroup
+        * int64_t(accumulatorBytes(elementBytes));
 }
 
 inline size_t directWeightTableBytes(DeformConvGeometry const& geo, size_t elementBytes)
@@ -143,6 +142,30 @@ inline int32_t directChannelsLastImages(DeformConvGeometry const& geo, size_t el
     size_t const image = std::max<size_t>(inputImageBytes(geo, elementBytes), 1);
     int64_t const fit = int64_t(directChannelsLastWorkspaceBytes(geo, elementBytes, budget) / image);
     return int32_t(std::min<int64_t>({std::max<int64_t>(fit, 1), std::max(geo.d.batch, 1), 65535}));
+}
+
+// f(std::integral_constant<int, Vector>{}, std::integral_constant<int, Cpg>{}) for the layer's instance of the
+// kernel (its directVectorWidth and channels per group), and true; false, calling nothing, where it has none:
+// instances exist for vectors of 2 up to 16 bytes' worth holding whole groups of 1, 2, 4 or 8, the layers
+// directChannelsLastRefusal lets through. The CUDA launch and the host build pick their instance here.
+template <typename T, typename F>
+bool withChannelsLastDirectInstance(DeformConvGeometry const& geo, F&& f)
+{
+    int32_t const cpg = geo.channelsPerGroup;
+    bool found = false;
+    withVectorWidth(directVectorWidth(geo, sizeof(T)), [&](auto width) {
+        withVectorWidth(cpg, [&](auto group) {
+            constexpr int kVector = decltype(width)::value;
+            constexpr int kCpg = decltype(group)::value;
+            if constexpr (kVector >= 2 && kVector * sizeof(T) <= 16 && kVector % kCpg == 0)
+                if (kCpg == cpg) // withVectorWidth maps other counts to 1
+                {
+                    f(width, group);
+                    found = true;
+                }
+        });
+    });
+    return found;
 }
 
 // The weights of the item at channels c .. c + Vector of a layer of Cpg > 1 channels per group, in Acc, as the item

@@ -348,53 +348,45 @@ void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget,
     T const garbage = ElementTraits<T>::fromAcc(std::numeric_limits<Acc>::quiet_NaN());
     std::vector<T> nhwc(
         channelsLastTensors ? 0 : directChannelsLastWorkspaceBytes(geo, sizeof(T), budget) / sizeof(T), garbage);
-    int32_t const cpg = geo.channelsPerGroup;
     int64_t const plane = int64_t(geo.outH) * geo.outW;
-    withVectorWidth(directVectorWidth(geo, sizeof(T)), [&](auto width) {
-        withVectorWidth(cpg, [&](auto group) {
-            constexpr int kVector = decltype(width)::value;
-            constexpr int kCpg = decltype(group)::value;
-            if constexpr (kVector % kCpg == 0)
+    // directChannelsLastRefusal turned away the layers without an instance, as for the CUDA launch
+    withChannelsLastDirectInstance<T>(geo, [&](auto width, auto group) {
+        constexpr int kVector = decltype(width)::value;
+        constexpr int kCpg = decltype(group)::value;
+        std::vector<Acc> table(kCpg > 1 ? size_t(geo.kernelPoints) * kVector * kCpg : 0);
+        for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
+        {
+            int32_t const count = std::min(images, geo.d.batch - n0);
+            if (!channelsLastTensors)
+                channelsLastHost<T>(geo, input, nhwc.data(), n0, count);
+            T const* source = channelsLastTensors ? input : nhwc.data();
+            if constexpr (kCpg == 1)
             {
-                if (kCpg != cpg) // withVectorWidth maps other counts to 1; directChannelsLastRefusal refused them
-                    return;
-                std::vector<Acc> table(kCpg > 1 ? size_t(geo.kernelPoints) * kVector * kCpg : 0);
-                for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
+                int64_t const items = depthwiseItems(geo, count, kVector);
+                for (int64_t idx = 0; idx < items; ++idx)
+                    if (channelsLastTensors)
+                        depthwiseItem<T, kVector, true>(geo, source, offset, weight, bias, mask, output, n0, idx);
+                    else
+                        depthwiseItem<T, kVector>(geo, source, offset, weight, bias, mask, output, n0, idx);
+            }
+            else // as the grouped kernel: each vector's weight table, then its items
+                for (int32_t c = 0; c < geo.d.in_channels; c += kVector)
                 {
-                    int32_t const count = std::min(images, geo.d.batch - n0);
-                    if (!channelsLastTensors)
-                        channelsLastHost<T>(geo, input, nhwc.data(), n0, count);
-                    T const* source = channelsLastTensors ? input : nhwc.data();
-                    if constexpr (kCpg == 1)
-                    {
-                        int64_t const items = depthwiseItems(geo, count, kVector);
-                        for (int64_t idx = 0; idx < items; ++idx)
-                            if (channelsLastTensors)
-                                depthwiseItem<T, kVector, true>(geo, source, offset, weight, bias, mask, output, n0,
-                                    idx);
-                            else
-                                depthwiseItem<T, kVector>(geo, source, offset, weight, bias, mask, output, n0, idx);
-                    }
-                    else // as the grouped kernel: each vector's weight table, then its items
-                        for (int32_t c = 0; c < geo.d.in_channels; c += kVector)
+                    fillDirectWeightTable<T, kVector, kCpg>(geo, weight, c, table.data(), 0, 1);
+                    for (int32_t img = 0; img < count; ++img)
+                        for (int64_t pixel = 0; pixel < plane; ++pixel)
                         {
-                            fillDirectWeightTable<T, kVector, kCpg>(geo, weight, c, table.data(), 0, 1);
-                            for (int32_t img = 0; img < count; ++img)
-                                for (int64_t pixel = 0; pixel < plane; ++pixel)
-                                {
-                                    int32_t const y = int32_t(pixel / geo.outW);
-                                    int32_t const x = int32_t(pixel % geo.outW);
-                                    if (channelsLastTensors)
-                                        channelsLastDirectItem<T, kVector, kCpg, true>(geo, source, offset, weight,
-                                            table.data(), bias, mask, output, n0, img, c, y, x);
-                                    else
-                                        channelsLastDirectItem<T, kVector, kCpg>(geo, source, offset, weight,
-                                            table.data(), bias, mask, output, n0, img, c, y, x);
-                                }
+                            int32_t const y = int32_t(pixel / geo.outW);
+                            int32_t const x = int32_t(pixel % geo.outW);
+                            if (channelsLastTensors)
+                                channelsLastDirectItem<T, kVector, kCpg, true>(geo, source, offset, weight,
+                                    table.data(), bias, mask, output, n0, img, c, y, x);
+                            else
+                                channelsLastDirectItem<T, kVector, kCpg>(geo, source, offset, weight, table.data(),
+                                    bias, mask, output, n0, img, c, y, x);
                         }
                 }
-            }
-        });
+        }
     });
 }
 

@@ -114,7 +114,7 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
     switch (algo)
     {
     case DCN_ALGO_AUTO:
-        return denseLayer(geo) && !(gemm.directChannelsLast && autoTakesDirectChannelsLast(geo, dtype))
+        return denseLayer(geo) && !directChannelsLast(geo, dtype, gemm)
             ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm))
             : direct;
     case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, gemm);
