@@ -644,8 +644,8 @@ def main(argv=None) -> int:
                              "the GEMM path reads and writes them where they are, with no transposes)")
     parser.add_argument("--channels-last-algo", default="auto", choices=("auto", "gemm", "direct"),
                         help="the algo of ours on channels-last tensors (--channels-last): auto (default), gemm, or "
-                             "direct (the channels-last direct kernel: depth-wise layers and groups of 2, 4 or 8 "
-                             "channels)")
+                             "direct (the channels-last direct kernel: depth-wise layers and groups of 2 to 16 "
+                             "channels, up to 32 bytes)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile the gemm path's kernels (torch.profiler) and print where its time goes")
     parser.add_argument("--json", type=Path, default=None,

@@ -101,31 +101,55 @@ def random_depthwise_case(rng: random.Random) -> Case:
 
 
 def random_small_groups_case(rng: random.Random, max_group: int) -> Case:
-    """A grouped layer the channels-last direct kernel takes besides depth-wise ones: 2, 4 or 8 channels per group
-    in and out (at most max_group: a vector of the dtype, 16 bytes), offset groups of whole groups (one for all,
-    one per group, or one per few), so that each channel vector holds whole groups."""
-    channels_per_group = rng.choice([g for g in (2, 4, 8) if g <= max_group])
+    """A grouped layer the channels-last direct kernel takes besides depth-wise ones: 2, 4, 8 or 16 channels per
+    group in and out (at most max_group: 32 bytes of the dtype, a wide item past 16), offset groups of whole groups
+    (one for all, one per group, or one per few), so that each item holds whole groups."""
+    channels_per_group = rng.choice([g for g in (2, 4, 8, 16) if g <= max_group])
     groups = rng.choice([1, 2, 3, 4, 6, 8])
     offset_groups = rng.choice([d for d in range(1, groups + 1) if groups % d == 0])
     return random_layer_case(rng, groups, offset_groups, channels_per_group,
                              (channels_per_group, channels_per_group), 9, 11, (0.5, 2.0, 25.0))
 
 
-# The largest group the channels-last direct kernel takes in each dtype: a vector of 16 bytes.
-SMALL_GROUP_MAX = {torch.float64: 2, torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}
+# The channels of 16 bytes in each dtype (the channels-last direct kernel's vector), and the largest group that
+# kernel takes: 32 bytes, a wide item (two 16-byte gathers per neighbour).
+VECTOR_CHANNELS = {torch.float64: 2, torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}
+SMALL_GROUP_MAX = {dtype: 2 * channels for dtype, channels in VECTOR_CHANNELS.items()}
+
+
+def channels_last_direct_item(case: Case, dtype: torch.dtype) -> int:
+    """The channels of the channels-last direct kernel's item for the case's layer, by the rule of directVectorWidth
+    (plugins/deform_conv/deformConvDirectChannelsLast.h): the widest vector of up to 16 bytes dividing C and the
+    channels per offset group, or a group wider than that (a power of two of at most 32 bytes, within an offset
+    group): a wide item."""
+    channels_per_group = case.in_channels // case.groups
+    per_offset_group = case.in_channels // case.offset_groups
+    vector = next((v for v in (8, 4, 2) if v <= VECTOR_CHANNELS[dtype]
+                   and case.in_channels % v == 0 and per_offset_group % v == 0), 1)
+    wide = (channels_per_group > vector and channels_per_group & (channels_per_group - 1) == 0
+            and channels_per_group <= SMALL_GROUP_MAX[dtype] and per_offset_group % channels_per_group == 0)
+    return channels_per_group if wide else vector
 
 
 def channels_last_direct_takes(case: Case, dtype: torch.dtype) -> bool:
     """Whether the channels-last direct kernel takes the case's (small) layer, by the rule its refusal states
-    (plugins/deform_conv/deformConvDirectBlock.h): as many output as input channels per group, at most 8; the widest
-    vector of up to 16 bytes dividing C and the channels per offset group at least 2 channels and whole groups."""
+    (directChannelsLastLayoutRefusal): as many output as input channels per group, at most 16; items
+    (channels_last_direct_item) of at least 2 channels and whole groups."""
     channels_per_group = case.in_channels // case.groups
-    if channels_per_group != case.out_channels // case.groups or channels_per_group > 8:
+    if channels_per_group != case.out_channels // case.groups or channels_per_group > 16:
         return False
-    per_offset_group = case.in_channels // case.offset_groups
-    vector = next((v for v in (8, 4, 2) if v <= SMALL_GROUP_MAX[dtype]
-                   and case.in_channels % v == 0 and per_offset_group % v == 0), 1)
-    return vector >= 2 and vector % channels_per_group == 0
+    item = channels_last_direct_item(case, dtype)
+    return item >= 2 and item % channels_per_group == 0
+
+
+def auto_takes_channels_last_direct(case: Case, dtype: torch.dtype) -> bool:
+    """Whether auto runs the channels-last direct kernel on the case's layer (autoTakesDirectChannelsLast): where
+    that kernel takes it, but for dense layers (autoTakesMatrixPath: 8 or more output channels per group, 32 or more
+    products per output) of wide items, whose GEMM path auto keeps until the two are timed."""
+    channels_per_group = case.in_channels // case.groups
+    dense = case.out_channels // case.groups >= 8 and channels_per_group * case.kernel[0] * case.kernel[1] >= 32
+    wide = channels_last_direct_item(case, dtype) > VECTOR_CHANNELS[dtype]
+    return channels_last_direct_takes(case, dtype) and not (dense and wide)
 
 
 def random_implicit_case(rng: random.Random) -> Case:

@@ -15,7 +15,8 @@ import torch
 
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda
-from plugin_configs import (HALF_EPS, SMALL_GROUP_MAX, Case, channels_last_direct_takes, half_precision_cases,
+from plugin_configs import (HALF_EPS, SMALL_GROUP_MAX, VECTOR_CHANNELS, Case, auto_takes_channels_last_direct,
+                            channels_last_direct_takes, half_precision_cases,
                             make_tensors, max_relative_error, peak_relative_error, random_case, random_depthwise_case,
                             random_implicit_case, random_layer_case, random_many_groups_case, random_small_groups_case,
                             reference)
@@ -87,27 +88,33 @@ _SMALL_GROUP_LAYERS = {"many_groups": (random_many_groups_case, 900), "depthwise
 
 
 def _small_groups_cases(dtype):
-    """Grouped layers the channels-last direct kernel takes (2, 4 or 8 channels per group in and out, up to a vector
-    of the dtype), and one of 256 channels in groups of a vector's worth, 4 offset groups, 600 pixels: several
-    blocks of pixels and of channels, each filling its weight tables."""
-    cpg = SMALL_GROUP_MAX[dtype]
-    wide = Case(2, 256 // cpg, 4, 256, 256, 20, 30, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
-    return [random_small_groups_case(random.Random(1600 + seed), cpg) for seed in range(10)] + [wide]
+    """Grouped layers the channels-last direct kernel takes (2 to 16 channels per group in and out, up to 32 bytes
+    of the dtype: wide items past a vector), and two of 256 channels, in groups of a vector's worth and of two (wide
+    items), 4 offset groups, 600 pixels: several blocks of pixels and of channels, each filling its weight
+    tables."""
+    def large(cpg):
+        return Case(2, 256 // cpg, 4, 256, 256, 20, 30, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
+
+    return ([random_small_groups_case(random.Random(1600 + seed), SMALL_GROUP_MAX[dtype]) for seed in range(12)]
+            + [large(VECTOR_CHANNELS[dtype]), large(SMALL_GROUP_MAX[dtype])])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_direct_kernel_on_small_groups_channels_last(kernels, dtype):
     """The channels-last direct kernel on grouped layers (its grouped instance: each block's weight tables in shared
-    memory), asked for as direct and as auto's choice (groups of 8 too, which are dense: the workspace auto sizes
-    is the direct kernel's): from NCHW tensors over its channels-last copy (in the direct_chunks child in chunks of
-    1 MiB; in the direct_nchw child the NCHW direct kernel, and auto's GEMM path for groups of 8) and on
-    channels-last tensors (no copy), against the reference."""
+    memory; wide items of two 16-byte gathers a neighbour for groups of 32 bytes), asked for as direct and as
+    auto's choice (groups of 8 in a half type too, which are dense: the workspace auto sizes is the direct kernel's;
+    not on dense layers of wide items, whose GEMM path auto keeps): from NCHW tensors over its channels-last copy
+    (in the direct_chunks child in chunks of 1 MiB; in the direct_nchw child the NCHW direct kernel, and auto's GEMM
+    path for groups of 8) and on channels-last tensors (no copy), against the reference."""
     cases = _small_groups_cases(dtype)
     for index, case in enumerate(cases):
         tensors = make_tensors(case, dtype, device="cuda", seed=index)
         direct_bytes = _workspace_bytes(kernels, case, tensors, "direct")
         if os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") != "nchw":  # there auto keeps the GEMM path for groups of 8
-            assert direct_bytes > 0 and _workspace_bytes(kernels, case, tensors, "auto") == direct_bytes, case
+            assert direct_bytes > 0, case
+            auto_bytes = _workspace_bytes(kernels, case, tensors, "auto")
+            assert (auto_bytes == direct_bytes) == auto_takes_channels_last_direct(case, dtype), case
         for algo in ("direct", "auto"):
             got = run(kernels, case, tensors, algo)
             assert not got.isnan().any(), (algo, case, "an output element was never written")

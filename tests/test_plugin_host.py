@@ -17,7 +17,7 @@ from dcn_deploy.ops.spec import ShapeError
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
 from plugin_configs import (HALF_EPS, Case, make_tensors, max_relative_error, peak_relative_error, random_case,
                             random_depthwise_case, random_implicit_case, random_layer_case, random_many_groups_case,
-                            random_small_groups_case, SMALL_GROUP_MAX,
+                            random_small_groups_case, SMALL_GROUP_MAX, channels_last_direct_takes,
                             reference)
 
 
@@ -66,9 +66,9 @@ def run_host_direct_channels_last(host_lib, case, x, off, w, b, m, budget=0, cha
 
 
 # The layers the channels-last direct kernel takes, each from its generator: depth-wise ones (vectors of 8, 4 or 2
-# channels, offset groups of one vector or several) and groups of 2, 4 or 8 channels in and out (up to a vector of
-# the dtype; each group's samples times its block of weights from the item's weight table, the grouped kernel's
-# shared memory on the GPU).
+# channels, offset groups of one vector or several) and groups of 2, 4, 8 or 16 channels in and out (up to 32 bytes
+# of the dtype, wide items past 16; each group's samples times its block of weights from the item's weight table,
+# the grouped kernel's shared memory on the GPU).
 _CHANNELS_LAST_DIRECT_LAYERS = {
     "depthwise": lambda seed, dtype: random_depthwise_case(random.Random(1300 + seed)),
     "small_groups": lambda seed, dtype: random_small_groups_case(random.Random(1500 + seed), SMALL_GROUP_MAX[dtype]),
@@ -110,25 +110,56 @@ def test_direct_channels_last_in_chunks_matches_the_direct_kernel(host_lib, dtyp
 
 
 def test_direct_channels_last_refuses_other_layers(host_lib):
-    """More output than input channels per group, groups past 8 channels, groups split by a vector (float32's 4
-    channels against groups of 8; an offset group inside a group), channels per offset group odd, or a weight table
-    past its shared memory: an error naming why, not a wrong result."""
+    """More output than input channels per group, groups past 16 channels or 32 bytes (float32's groups of 16),
+    groups split by a vector (groups of 12 channels; an offset group inside a group), channels per offset group odd,
+    or a weight table past its shared memory: an error naming why, not a wrong result."""
     def case(groups, offset_groups, channels, out_channels, kernel=(3, 3)):
         return Case(1, groups, offset_groups, channels, out_channels, 12, 12, kernel, (1, 1), (1, 1, 1, 1), (1, 1),
                     True, True, 1.0, False)
 
     for layer, dtype, why in (
-            (case(1, 1, 8, 16), torch.float16, "as many output as input channels per group, at most 8 .depth-wise, "
+            (case(1, 1, 8, 16), torch.float16, "as many output as input channels per group, at most 16 .depth-wise, "
                                               "or small groups., got 8 and 16"),
-            (case(1, 1, 16, 16), torch.float16, "at most 8 .depth-wise, or small groups., got 16 and 16"),
-            (case(2, 1, 16, 16), torch.float32, "whole groups in each vector of 4 channels .16 bytes or fewer, "
-                                                "within an offset group., got 8 channels per group"),
-            (case(2, 4, 8, 8), torch.float16, "whole groups in each vector of 2 channels"),
+            (case(1, 1, 32, 32), torch.float16, "at most 16 .depth-wise, or small groups., got 32 and 32"),
+            (case(2, 1, 32, 32), torch.float32, "whole groups in each item of 4 channels .16 bytes or fewer, "
+                                                "within an offset group, or one group of up to 32 bytes., got 16 "
+                                                "channels per group"),
+            (case(2, 1, 24, 24), torch.float16, "whole groups in each item of 8 channels"),
+            (case(2, 4, 8, 8), torch.float16, "whole groups in each item of 2 channels"),
             (case(3, 3, 3, 3), torch.float32, "multiples of 2"),
             (case(2, 1, 16, 16, (11, 11)), torch.float16, "keeps a block's weights in 49152 bytes, and this layer's "
-                                                          "121 kernel points need 61952")):
+                                                          "121 kernel points need 61952"),
+            (case(2, 1, 32, 32, (5, 5)), torch.float16, "keeps a block's weights in 49152 bytes, and this layer's "
+                                                        "25 kernel points need 51200")):
         with pytest.raises(NativeError, match=why):
             run_host_direct_channels_last(host_lib, layer, *make_tensors(layer, dtype, seed=0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_which_layers_the_channels_last_direct_kernel_takes(host_lib, dtype):
+    """tests/plugin_configs.py's channels_last_direct_takes, which the GPU tests use to know where that kernel runs,
+    states the library's rule (directChannelsLastLayoutRefusal): on layers of every channel structure the host
+    entry, which refuses what the kernel does not take, runs exactly where the oracle says (and then agrees with the
+    NCHW direct kernel)."""
+    rng = random.Random(2400)
+    structures = [(groups, offset_groups, cpg, ocpg) for groups in (1, 2, 3, 4)
+                  for cpg in (1, 2, 3, 4, 6, 8, 12, 16, 32)
+                  for ocpg in {cpg, 2 * cpg} for offset_groups in (1, 2, 4, 8)
+                  if groups * cpg % offset_groups == 0]
+    taken = 0
+    for groups, offset_groups, cpg, ocpg in structures:
+        case = Case(1, groups, offset_groups, groups * cpg, groups * ocpg, 3, 4, (rng.randint(1, 3), 2), (1, 1),
+                    (1, 0, 0, 1), (1, 1), rng.random() < 0.5, rng.random() < 0.5, 2.0, False)
+        tensors = make_tensors(case, dtype, seed=taken)
+        takes = channels_last_direct_takes(case, dtype)
+        try:
+            got = run_host_direct_channels_last(host_lib, case, *tensors)
+        except NativeError as error:
+            assert not takes and "channels-last direct kernel" in str(error), (case, error)
+            continue
+        assert takes and torch.equal(got, run_host(host_lib, case, *tensors)), case
+        taken += 1
+    assert 15 <= taken <= len(structures) - 100, (taken, len(structures))  # both answers, often
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])

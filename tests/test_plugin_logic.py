@@ -294,10 +294,10 @@ def test_channels_last_tensors_take_the_gemm_path_or_the_depthwise_kernel(kernel
                    None) == 1
     assert "must start 16-byte aligned" in kernels_lib.last_error()
     prefix = ("channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the GEMM path (dense layers) or the "
-              "channels-last direct kernel (depth-wise layers and groups of 2, 4 or 8 channels), ")
+              "channels-last direct kernel (depth-wise layers and groups of 2 to 16 channels), ")
     odd_groups = DeformConvDesc(1, 24, 20, 20, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, 1)  # 3 in, 3 out a group
     for desc, algo, why in ((odd_groups, 0, "and this layer is neither (the channels-last direct kernel needs whole "
-                                            "groups in each vector of 8 channels"),
+                                            "groups in each item of 8 channels"),
                             (dense, 1, "and this layer is neither"), (dense, 2, "not algo 2: ask for algo 0 (auto)")):
         assert forward(ctypes.byref(desc), 1, algo, channels_last, fake, fake, fake, None, None, fake, None, 0,
                        None) == 2
@@ -480,6 +480,51 @@ def test_direct_channels_last_workspace_holds_the_channels_last_input(kernels_li
     huge = DeformConvDesc(1, 2, 33000, 33000, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1)  # 2.18e9 elements an image
     assert _workspaces_under(kernels_lib, "", [(huge, 0), (huge, 1)], 1) == [0, 0]
     assert _workspaces_under(kernels_lib, "", [(huge, 1)], 0) == [0]
+
+
+def test_auto_keeps_the_gemm_path_on_dense_layers_of_wide_items(kernels_lib):
+    """Wide items (one group of 32 bytes: float32 groups of 8, half groups of 16; two 16-byte gathers a neighbour)
+    are the channels-last direct kernel's when it is asked for, and its workspace is then the channels-last input;
+    on those dense layers auto keeps the GEMM path until the two are timed, so its workspace is the GEMM path's, on
+    NCHW and on channels-last tensors. float16 groups of 8 (timed, session 35) stay auto's direct."""
+    def grouped(groups):  # 64 channels in and out, batch 2, 20 x 20, 3 x 3
+        return DeformConvDesc(2, 64, 20, 20, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, groups, 1)
+
+    channels_last = 2
+    for desc, dtype in ((grouped(4), 1), (grouped(4), 2), (grouped(8), 0)):  # float16, bfloat16 x 16; float32 x 8
+        element = 4 if dtype == 0 else 2
+        assert _workspace(kernels_lib, desc, dtype, 1) == _align256(2 * 64 * 400 * element)
+        assert _workspace(kernels_lib, desc, dtype, 0) == max(_workspace(kernels_lib, desc, dtype, 2),
+                                                              _workspace(kernels_lib, desc, dtype, 3))
+        assert _workspace(kernels_lib, desc, dtype, 1, channels_last) == 0
+        assert _workspace(kernels_lib, desc, dtype, 0, channels_last) == _workspace(kernels_lib, desc, dtype, 3,
+                                                                                    channels_last) > 0
+    halves8 = grouped(8)
+    room = _align256(2 * 64 * 400 * 2)
+    assert _workspace(kernels_lib, halves8, 1, 0) == _workspace(kernels_lib, halves8, 1, 1) == room
+    assert _workspace(kernels_lib, halves8, 1, 0, channels_last) == 0
+
+
+def test_auto_takes_the_channels_last_direct_kernel_where_the_oracle_says(kernels_lib):
+    """tests/plugin_configs.py's auto_takes_channels_last_direct (the GPU tests' oracle) states auto's rule: over
+    layers of every small channel structure and kernel size, auto's workspace is the channels-last direct kernel's
+    (a channels-last copy of the input) exactly where it says."""
+    import torch
+    from plugin_configs import Case, auto_takes_channels_last_direct, make_tensors
+
+    codes = {torch.float64: 3, torch.float32: 0, torch.float16: 1}
+    taken = set()
+    for dtype, code in codes.items():
+        for groups, cpg, kernel in ((g, c, k) for g in (1, 2, 4) for c in (1, 2, 4, 8, 16) for k in (1, 2, 3)):
+            case = Case(2, groups, 1, groups * cpg, groups * cpg, 6, 7, (kernel, kernel), (1, 1), (1, 1, 1, 1),
+                        (1, 1), True, True, 2.0, False)
+            x, off, w, b, m = make_tensors(case, dtype, seed=0)
+            desc = native_module._checked_desc(x, off, w, b, m, case.stride, case.pads, case.dilation)
+            room = _align256(2 * groups * cpg * 42 * x.element_size())
+            auto = _workspace(kernels_lib, desc, code, 0)
+            assert (auto == room) == auto_takes_channels_last_direct(case, dtype), (case, dtype, auto, room)
+            taken.add(auto == room)
+    assert taken == {True, False}
 
 
 def test_cublas_workspace_size_follows_its_knob(kernels_lib):

@@ -69,8 +69,9 @@ typedef enum dcn_forward_flag
      * channels_last tensors; offset, mask, weight and bias as always. The input and output 16-byte aligned. Served
      * by the GEMM path (algo 3, or algo 0 on a dense layer), which samples the input where it is and whose product
      * writes the output, with no transposes and no staging, and by the channels-last direct kernel (algo 1 or 0 on
-     * the layers it takes: depth-wise, or as many output as input channels per group, 2, 4 or 8, with channels in
-     * vectors of whole groups within offset groups), reading and writing them
+     * the layers it takes: depth-wise, or as many output as input channels per group, 2 to 16 and at most 32 bytes,
+     * with channels in items of whole groups within offset groups; algo 0 not on the dense ones of 32 bytes, float32
+     * groups of 8 and half groups of 16, which it leaves to the GEMM path), reading and writing them
      * where they are, with no workspace; else DCN_ERROR_UNSUPPORTED. */
     DCN_FORWARD_CHANNELS_LAST = 2
 } dcn_forward_flag;
@@ -106,8 +107,8 @@ DCN_API int32_t dcn_deform_conv2d_output_size(const dcn_deform_conv_desc* desc, 
 DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc, int32_t dtype, const void* input,
     const void* offset, const void* weight, const void* bias, const void* mask, void* output);
 /* The direct kernel over a channels-last copy of the input (the CUDA side's default for the layers it takes) step by
- * step on the host: depth-wise layers, and layers of as many output as input channels per group, 2, 4 or 8, with
- * channels in vectors of 2 or more within offset groups, each vector whole groups (others are
+ * step on the host: depth-wise layers, and layers of as many output as input channels per group, 2 to 16 and at most
+ * 32 bytes, with channels in items of 2 or more within offset groups, each item whole groups (others are
  * DCN_ERROR_UNSUPPORTED), the input transposed in chunks of the images that
  * column_budget_bytes holds (at least one; 0 = the CUDA default, 256 MiB); flags DCN_FORWARD_CHANNELS_LAST: the
  * input and output channels-last themselves (no transpose). For tests. */

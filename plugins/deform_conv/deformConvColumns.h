@@ -96,9 +96,10 @@ DCN_HD uint32_t elementBits(T value)
     }
 }
 
-// out[0..Vector) = values as one store of sizeof(T)*Vector bytes (out is aligned to that). Assigning a struct of
-// half elements instead compiled to one 2-byte store per element (PTX st.global.u16); packing the bits into
-// 32-bit words first gives a single vector store.
+// out[0..Vector) = values as one store of sizeof(T)*Vector bytes (out is aligned to that), or two of 16 bytes for 32
+// (the channels-last direct kernel's wide items; out 16-byte aligned). Assigning a struct of half elements instead
+// compiled to one 2-byte store per element (PTX st.global.u16); packing the bits into 32-bit words first gives a
+// single vector store.
 template <typename T, int Vector>
 DCN_HD void storeVector(T* out, T const (&values)[Vector])
 {
@@ -123,14 +124,20 @@ DCN_UNROLL
                 words[w] |= elementBits(values[w * kPerWord + e]) << (16 * e);
         }
 #if defined(__CUDA_ARCH__) // the store intrinsics keep the vector (a plain uint4 assignment was split too)
-        if constexpr (kWords == 4)
+        static_assert(kWords <= 8, "at most 32 bytes a vector");
+        if constexpr (kWords == 8)
+        {
+            __stcg(reinterpret_cast<uint4*>(out), make_uint4(words[0], words[1], words[2], words[3]));
+            __stcg(reinterpret_cast<uint4*>(out) + 1, make_uint4(words[4], words[5], words[6], words[7]));
+        }
+        else if constexpr (kWords == 4)
             __stcg(reinterpret_cast<uint4*>(out), make_uint4(words[0], words[1], words[2], words[3]));
         else if constexpr (kWords == 2)
             __stcg(reinterpret_cast<uint2*>(out), make_uint2(words[0], words[1]));
         else
             __stcg(reinterpret_cast<unsigned int*>(out), words[0]);
 #else // the host build checks the alignment the GPU's vector store relies on (the offsets are the same)
-        if (reinterpret_cast<uintptr_t>(out) % kBytes != 0)
+        if (reinterpret_cast<uintptr_t>(out) % (kBytes < 16 ? kBytes : 16) != 0)
             throw std::logic_error("misaligned column store: offset not a multiple of the vector width");
         std::memcpy(out, words, kBytes);
 #endif
@@ -210,9 +217,11 @@ DCN_UNROLL
         result[v] = ElementTraits<T>::fromAcc(acc[v]);
 }
 
-// Vector consecutive channels, as one load of sizeof(T) * Vector bytes: what both samplers gather per neighbour.
+// Vector consecutive channels, as one load of sizeof(T) * Vector bytes: what both samplers gather per neighbour. Past
+// 16 bytes (the channels-last direct kernel's wide items, 32), 16-byte aligned: loaded as 16-byte vectors, the
+// widest load of the targets built.
 template <typename T, int Vector>
-struct alignas(sizeof(T) * Vector) ChannelPack
+struct alignas(sizeof(T) * Vector < 16 ? sizeof(T) * Vector : 16) ChannelPack
 {
     T v[Vector];
 };

@@ -3,8 +3,8 @@
 // correctness baseline, and the better choice for depth-wise-like layers (few output channels per group) where a
 // matrix product has nothing to share. Every dtype, float64 included. Which kernel runs is decided in
 // deformConvLaunch.cu. Also its variant over a channels-last copy of the input, which serves depth-wise layers by
-// default, and layers of small groups (2 to 8 channels per group in and out) where auto takes no matrix product
-// (GemmOptions::directChannelsLast; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off).
+// default, and layers of small groups (2 to 16 channels per group in and out, at most 32 bytes) where auto takes no
+// matrix product (GemmOptions::directChannelsLast; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off).
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
 #include "dcnGridStride.h"

@@ -1,8 +1,9 @@
 // The direct kernel over a channels-last copy of the input (GemmOptions::directChannelsLast, the default for the
 // layers it takes; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off). For layers of small groups with as
-// many output as input channels per group (depth-wise: one; grouped as ResNeXt's: 2, 4 or 8): a work item is Vector
+// many output as input channels per group (depth-wise: one; grouped as ResNeXt's: 2 to 16): a work item is Vector
 // consecutive channels at one output pixel, whole groups, and each neighbour's Vector channels are one 16-byte
-// gather instead of Vector 2- or 4-byte gathers from Vector planes. A group of Cpg > 1 channels multiplies its Cpg
+// gather instead of Vector 2- or 4-byte gathers from Vector planes; or, for a group wider than 16 bytes (float32
+// groups of 8, half groups of 16: "wide items", one group each), two. A group of Cpg > 1 channels multiplies its Cpg
 // samples by a Cpg x Cpg block of weights per kernel point, read from a table of the item's weights in Acc
 // (fillDirectWeightTable: shared memory on the GPU, filled once per block).
 // Which layers it takes (directChannelsLastRefusal, also the TensorRT plugin's rule for channels-last formats), its
@@ -12,6 +13,7 @@
 
 #include "deformConvColumns.h"
 #include "deformConvMath.h"
+#include "deformConvShapes.h" // autoTakesMatrixPath
 
 #include <algorithm>
 #include <string>
@@ -19,9 +21,11 @@
 namespace dcn
 {
 
-// Channels per group the channels-last direct kernel takes (as many output channels per group): a vector's worth
-// at most (16 bytes of a half type), so that an item holds whole groups.
-constexpr int32_t kDirectGroupMax = 8;
+// Channels per group the channels-last direct kernel takes (as many output channels per group), and the bytes an
+// item's channels may span: an item holds whole groups, in one 16-byte gather per neighbour, or in two for a group
+// of up to 32 bytes (a wide item).
+constexpr int32_t kDirectGroupMax = 16;
+constexpr size_t kDirectItemMaxBytes = 32;
 // The largest weight tables (fillDirectWeightTable) a block of the grouped kernel keeps in shared memory: the default
 // dynamic shared memory of every target, so that no launch needs an opt-in.
 constexpr size_t kDirectWeightTableMaxBytes = 48 * 1024;
@@ -44,12 +48,35 @@ inline DirectChannelLayout directChannelLayout(DeformConvGeometry const& geo)
 }
 
 // Channels per item: 16 bytes' worth, within an offset group (a vector shares its sample positions); 1 where none
-// fits, which the direct kernel over NCHW serves instead.
+// fits, which the direct kernel over NCHW serves instead. A group wider than that (a power of two of channels, at
+// most kDirectItemMaxBytes, within an offset group) is an item of its own: a wide item.
 inline int32_t directVectorWidth(DirectChannelLayout const& layout, size_t elementBytes)
 {
     if (layout.channels > INT32_MAX || layout.channelsPerOffsetGroup > INT32_MAX)
         return 1;
-    return vectorWidthDividing(elementBytes, int32_t(layout.channels), int32_t(layout.channelsPerOffsetGroup));
+    int32_t const vector
+        = vectorWidthDividing(elementBytes, int32_t(layout.channels), int32_t(layout.channelsPerOffsetGroup));
+    int64_t const cpg = layout.channelsPerGroup;
+    bool const wideGroup = cpg > vector && (cpg & (cpg - 1)) == 0
+        && cpg * int64_t(elementBytes) <= int64_t(kDirectItemMaxBytes) && layout.channelsPerOffsetGroup % cpg == 0
+        && layout.channels % cpg == 0;
+    return wideGroup ? int32_t(cpg) : vector;
+}
+
+// Whether the layer's items are wide (two 16-byte gathers per neighbour).
+inline bool directItemsWide(DirectChannelLayout const& layout, size_t elementBytes)
+{
+    return size_t(directVectorWidth(layout, elementBytes)) * elementBytes > 16;
+}
+
+// Whether AUTO keeps the GEMM path on a layer the channels-last direct kernel may take: dense layers
+// (autoTakesMatrixPath) of wide items (float32 groups of 8, half groups of 16), built without a GPU (session 36)
+// and not yet timed against it; asked for as direct (or as the TensorRT plugin's direct tactic), the kernel takes
+// them. AUTO's rule in the launch (deformConvLaunch.cu) and the plugin's for channels-last formats.
+inline bool autoKeepsMatrixPathOnWideItems(DirectChannelLayout const& layout, size_t elementBytes)
+{
+    return directItemsWide(layout, elementBytes)
+        && autoTakesMatrixPath(layout.outChannelsPerGroup, layout.channelsPerGroup, layout.kernelPoints);
 }
 
 inline int32_t directVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
@@ -86,8 +113,9 @@ inline size_t directWeightTableBytes(DeformConvGeometry const& geo, size_t eleme
 
 // Why the channels-last direct kernel cannot take a layer of this channel structure, or "" where it can: as many
 // output as input channels per group, at most kDirectGroupMax (depth-wise layers, and grouped ones of small
-// groups), channels in vectors of at least two within offset groups, each vector whole groups; for groups of
-// several channels, a weight table that fits kDirectWeightTableMaxBytes and few enough vectors for the grid.
+// groups), channels in items of at least two within offset groups, each item whole groups (directVectorWidth); for
+// groups of several channels, a weight table that fits kDirectWeightTableMaxBytes and few enough items for the
+// grid.
 inline std::string directChannelsLastLayoutRefusal(DirectChannelLayout const& layout, size_t elementBytes)
 {
     int64_t const cpg = layout.channelsPerGroup;
@@ -101,9 +129,9 @@ inline std::string directChannelsLastLayoutRefusal(DirectChannelLayout const& la
                "got " + std::to_string(layout.channels) + " channels, "
             + std::to_string(layout.channelsPerOffsetGroup) + " per offset group";
     if (vector % cpg != 0)
-        return "the channels-last direct kernel needs whole groups in each vector of " + std::to_string(vector)
-            + " channels (16 bytes or fewer, within an offset group), got " + std::to_string(cpg)
-            + " channels per group";
+        return "the channels-last direct kernel needs whole groups in each item of " + std::to_string(vector)
+            + " channels (16 bytes or fewer, within an offset group, or one group of up to "
+            + std::to_string(kDirectItemMaxBytes) + " bytes), got " + std::to_string(cpg) + " channels per group";
     int64_t const tableBytes = directWeightTableBytes(layout, elementBytes);
     if (tableBytes > int64_t(kDirectWeightTableMaxBytes))
         return "the channels-last direct kernel keeps a block's weights in " + std::to_string(kDirectWeightTableMaxBytes)
@@ -144,21 +172,35 @@ inline int32_t directChannelsLastImages(DeformConvGeometry const& geo, size_t el
     return int32_t(std::min<int64_t>({std::max<int64_t>(fit, 1), std::max(geo.d.batch, 1), 65535}));
 }
 
+// f(std::integral_constant<int, N>{}) with N = count for the channels-last direct kernel's counts (16, 8, 4, 2:
+// its items' widths and groups; else 1).
+template <typename F>
+void withDirectCount(int32_t count, F&& f)
+{
+    if (count == 16)
+        f(std::integral_constant<int, 16>{});
+    else
+        withVectorWidth(count, f);
+}
+
 // f(std::integral_constant<int, Vector>{}, std::integral_constant<int, Cpg>{}) for the layer's instance of the
 // kernel (its directVectorWidth and channels per group), and true; false, calling nothing, where it has none:
-// instances exist for vectors of 2 up to 16 bytes' worth holding whole groups of 1, 2, 4 or 8, the layers
-// directChannelsLastRefusal lets through. The CUDA launch and the host build pick their instance here.
+// instances exist for vectors of 2 up to 16 bytes' worth holding whole groups of 1, 2, 4 or 8, and for wide items
+// of one group of up to 32 bytes, the layers directChannelsLastRefusal lets through. The CUDA launch and the host
+// build pick their instance here.
 template <typename T, typename F>
 bool withChannelsLastDirectInstance(DeformConvGeometry const& geo, F&& f)
 {
     int32_t const cpg = geo.channelsPerGroup;
     bool found = false;
-    withVectorWidth(directVectorWidth(geo, sizeof(T)), [&](auto width) {
-        withVectorWidth(cpg, [&](auto group) {
+    withDirectCount(directVectorWidth(geo, sizeof(T)), [&](auto width) {
+        withDirectCount(cpg, [&](auto group) {
             constexpr int kVector = decltype(width)::value;
             constexpr int kCpg = decltype(group)::value;
-            if constexpr (kVector >= 2 && kVector * sizeof(T) <= 16 && kVector % kCpg == 0)
-                if (kCpg == cpg) // withVectorWidth maps other counts to 1
+            constexpr size_t kBytes = kVector * sizeof(T);
+            if constexpr (kVector >= 2 && kVector % kCpg == 0
+                && (kBytes <= 16 || (kVector == kCpg && kBytes <= kDirectItemMaxBytes)))
+                if (kCpg == cpg) // withDirectCount maps other counts to 1
                 {
                     f(width, group);
                     found = true;

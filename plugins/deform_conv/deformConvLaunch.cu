@@ -26,12 +26,22 @@ bool denseLayer(DeformConvGeometry const& geo)
 }
 
 // AUTO's first choice: the channels-last direct kernel wherever it takes the layer (directChannelsLastRefusal:
-// depth-wise layers, and groups of 2 to 8 channels in and out, some of them dense by autoTakesMatrixPath). Measured
+// depth-wise layers, and groups of 2 to 16 channels in and out, some of them dense by autoTakesMatrixPath). Measured
 // on an H100 (session 35) at the grouped res4 layer in float16 (32 groups of 8): 0.185 ms at batch 8 against the
-// GEMM path's 0.334 (0.171 on channels-last tensors), 0.028 against 0.052 at batch 1.
+// GEMM path's 0.334 (0.171 on channels-last tensors), 0.028 against 0.052 at batch 1. Except dense layers of wide
+// items (autoKeepsMatrixPathOnWideItems).
 bool autoTakesDirectChannelsLast(DeformConvGeometry const& geo, int32_t dtype)
 {
-    return directChannelsLastRefusal(geo, dtypeBytes(dtype)).empty();
+    size_t const bytes = dtypeBytes(dtype);
+    return directChannelsLastRefusal(geo, bytes).empty()
+        && !autoKeepsMatrixPathOnWideItems(directChannelLayout(geo), bytes);
+}
+
+// Whether AUTO runs the direct kernel: resolveAlgo's rule, and its workspace size's (directChannelsLast as
+// resolveAlgo's argument).
+bool autoRunsDirect(DeformConvGeometry const& geo, int32_t dtype, bool directChannelsLast)
+{
+    return !denseLayer(geo) || (directChannelsLast && autoTakesDirectChannelsLast(geo, dtype));
 }
 
 } // namespace
@@ -68,7 +78,7 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
     {
         // Dense layers the channels-last direct kernel does not take: cuBLAS over sampled columns where cuBLAS
         // loads (fastest measured), else the fused kernel.
-        if (!denseLayer(geo) || (directChannelsLast && autoTakesDirectChannelsLast(geo, dtype)))
+        if (autoRunsDirect(geo, dtype, directChannelsLast))
             algo = DCN_ALGO_DIRECT;
         else if (gemmPathAvailable())
             algo = DCN_ALGO_GEMM;
@@ -89,12 +99,14 @@ static bool directChannelsLast(DeformConvGeometry const& geo, int32_t dtype, Gem
 // The path that serves channels-last tensors (GemmOptions::channelsLastTensors) for this request, or -1 for none:
 // the GEMM path, asked for or AUTO's choice on a dense layer (whether cuBLAS loads is checked at launch, as for
 // NCHW), or the channels-last direct kernel on the layers it takes (depth-wise, small groups: directChannelsLastRefusal),
-// asked for as direct or AUTO's choice.
+// asked for as direct, or AUTO's choice (autoTakesDirectChannelsLast).
 static int32_t channelsLastAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo)
 {
     if (algo == DCN_ALGO_GEMM)
         return DCN_ALGO_GEMM;
-    if ((algo == DCN_ALGO_DIRECT || algo == DCN_ALGO_AUTO) && autoTakesDirectChannelsLast(geo, dtype))
+    if (algo == DCN_ALGO_DIRECT && directChannelsLastRefusal(geo, dtypeBytes(dtype)).empty())
+        return DCN_ALGO_DIRECT;
+    if (algo == DCN_ALGO_AUTO && autoTakesDirectChannelsLast(geo, dtype))
         return DCN_ALGO_DIRECT;
     if (algo == DCN_ALGO_AUTO && denseLayer(geo))
         return DCN_ALGO_GEMM;
@@ -114,9 +126,9 @@ size_t deformConvWorkspaceSize(DeformConvGeometry const& geo, int32_t dtype, int
     switch (algo)
     {
     case DCN_ALGO_AUTO:
-        return denseLayer(geo) && !directChannelsLast(geo, dtype, gemm)
-            ? std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm))
-            : direct;
+        if (autoRunsDirect(geo, dtype, gemm.directChannelsLast))
+            return direct;
+        return std::max(fused, gemmWorkspaceBytes(geo, dtype, gemm));
     case DCN_ALGO_GEMM: return gemmWorkspaceBytes(geo, dtype, gemm);
     case DCN_ALGO_FUSED_GEMM: return fused;
     case DCN_ALGO_IMPLICIT_GEMM: return implicitKernelRefusal(geo, dtype).empty() ? implicitWorkspaceBytes(geo, dtype) : 0;
@@ -166,7 +178,7 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
             else
                 why = "and this layer is neither (" + directChannelsLastRefusal(geo, dtypeBytes(dtype)) + ")";
             return Status::error(DCN_ERROR_UNSUPPORTED, "channels-last tensors (DCN_FORWARD_CHANNELS_LAST) take the "
-                "GEMM path (dense layers) or the channels-last direct kernel (depth-wise layers and groups of 2, 4 or 8 "
+                "GEMM path (dense layers) or the channels-last direct kernel (depth-wise layers and groups of 2 to 16 "
                 "channels), " + why
                     + "; or pass NCHW tensors");
         }

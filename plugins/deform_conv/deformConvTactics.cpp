@@ -44,16 +44,23 @@ std::string channelsLastRefusal(dcn_deform_conv_attrs const& attrs, TensorShape 
         return "channels-last tensors need out_channels a multiple of group";
     if (x.d[1] % attrs.offset_group != 0)
         return "channels-last tensors need C a multiple of offset_group";
-    std::string const direct = directChannelsLastLayoutRefusal(
-        DirectChannelLayout{x.d[1], w.d[1], w.d[0] / attrs.group, x.d[1] / attrs.offset_group, w.d[2] * w.d[3]},
-        dtypeBytes(dtype));
-    if (direct.empty())
+    DirectChannelLayout const layout{
+        x.d[1], w.d[1], w.d[0] / attrs.group, x.d[1] / attrs.offset_group, w.d[2] * w.d[3]};
+    std::string const direct = directChannelsLastLayoutRefusal(layout, dtypeBytes(dtype));
+    bool const wideKeptOnGemm = direct.empty() && autoKeepsMatrixPathOnWideItems(layout, dtypeBytes(dtype));
+    if (direct.empty() && !wideKeptOnGemm)
         return "";
-    if (autoTakesMatrixPath(w.d[0] / attrs.group, w.d[1], w.d[2] * w.d[3]))
-        return gemmAvailable ? "" : "a dense layer reads channels-last tensors on the GEMM path, and cuBLAS does not load here "
-                                    "(nor does the channels-last direct kernel take it: " + direct + ")";
-    return "channels-last tensors are read by the GEMM path (dense layers) and the channels-last direct kernel, and "
-           "this layer is neither (" + direct + ")";
+    if (!autoTakesMatrixPath(w.d[0] / attrs.group, w.d[1], w.d[2] * w.d[3]))
+        return "channels-last tensors are read by the GEMM path (dense layers) and the channels-last direct kernel, "
+               "and this layer is neither (" + direct + ")";
+    if (gemmAvailable)
+        return "";
+    std::string const notDirect = wideKeptOnGemm
+        ? std::string("the channels-last direct kernel's wide items take it when asked for, but are not auto's choice "
+                      "until timed against the GEMM path")
+        : "nor does the channels-last direct kernel take it: " + direct;
+    return "a dense layer reads channels-last tensors on the GEMM path, and cuBLAS does not load here (" + notDirect
+        + ")";
 }
 
 std::vector<int32_t> channelsLastTactics(DeformConvGeometry const& largest, int32_t dtype)

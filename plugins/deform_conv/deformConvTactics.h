@@ -51,16 +51,17 @@ std::vector<int32_t> workspaceAlgos(std::vector<int32_t> const& tactics);
 // float32, which the launch reads as GemmOptions::channelsLastTensors), or "" where it may: float32 (HWC, unpadded
 // NHWC), or a half type (HWC8, bound to FP16 and BF16) with C and oC known multiples of 8 (HWC8 pads C to 8, so then
 // it is plain NHWC); C and the weights' shape known; and a layer one of the two paths that read
-// channels-last tensors takes: one the channels-last direct kernel takes (depth-wise, or groups of 2 to 8 channels
-// in and out; directChannelsLastLayoutRefusal), or a dense one (autoTakesMatrixPath) with cuBLAS loading here (the
-// GEMM path, without its two transposes). x (N, C, H, W) and w (oC, C/group, kH, kW) as the builder gives them, -1
+// channels-last tensors takes as AUTO's choice: one the channels-last direct kernel takes (depth-wise, or groups of
+// 2 to 16 channels in and out; directChannelsLastLayoutRefusal) but for dense ones of wide items
+// (autoKeepsMatrixPathOnWideItems), or a dense one (autoTakesMatrixPath) with cuBLAS loading here (the GEMM path,
+// without its two transposes). x (N, C, H, W) and w (oC, C/group, kH, kW) as the builder gives them, -1
 // where unknown.
 std::string channelsLastRefusal(dcn_deform_conv_attrs const& attrs, TensorShape const& x, TensorShape const& w,
     int32_t dtype, bool gemmAvailable);
 
 // The tactics for a configuration whose X and Y are channels-last: the paths that read them for this layer, direct
-// where the channels-last direct kernel takes it (the heuristic's choice, tactic 0, there), gemm for a dense layer
-// (both for a dense layer of small groups, for TensorRT to time).
+// where the channels-last direct kernel takes it (the heuristic's choice, tactic 0, there, but for dense layers of
+// wide items), gemm for a dense layer (both for a dense layer of small groups, for TensorRT to time).
 std::vector<int32_t> channelsLastTactics(DeformConvGeometry const& largest, int32_t dtype);
 
 // The plugin's timing-cache ID suffix (TensorRT prefixes the I/O shapes, types and formats): everything else the

@@ -658,8 +658,10 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
         "channels-last: a depth-wise half layer may take it without cuBLAS (8 channels an offset group), not with "
         "one channel an offset group: " + oddWhy);
     // Groups of 8 channels in and out (dense by autoTakesMatrixPath): the channels-last direct kernel takes them in a
-    // half type, cuBLAS or not, and TensorRT times it against the gemm tactic; float32's vectors of 4 split such a
-    // group, so float32 needs the GEMM path there; groups of 4 take the direct kernel in float32 too.
+    // half type, cuBLAS or not, and TensorRT times it against the gemm tactic; in float32 they are wide items (two
+    // 16-byte gathers), offered as the direct tactic beside gemm, but auto's choice is the GEMM path, so without
+    // cuBLAS channels-last is refused; groups of 4 take the direct kernel in float32 too. Groups of 16 in a half
+    // type are wide items as float32's groups of 8.
     {
         dcn_deform_conv_attrs const groupsOf8{{1, 1}, {1, 1, 1, 1}, {1, 1}, 2, 1};
         dcn_deform_conv_attrs const groupsOf4{{1, 1}, {1, 1, 1, 1}, {1, 1}, 4, 1};
@@ -668,17 +670,29 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
         bool const made = geometryOf(groupsOf8, {{2, 16, 10, 12}, {16, 8, 3, 3}}, eight);
         std::string const float32Why = dcn::channelsLastRefusal(groupsOf8, grouped, shape({16, 8, 3, 3}), DCN_FLOAT32,
             false);
+        dcn_deform_conv_attrs const groupsOf16{{1, 1}, {1, 1, 1, 1}, {1, 1}, 2, 1};
+        dcn::TensorShape const grouped32 = shape({2, 32, 10, 12});
+        dcn::DeformConvGeometry sixteen;
+        bool const madeSixteen = geometryOf(groupsOf16, {{2, 32, 10, 12}, {32, 16, 3, 3}}, sixteen);
+        std::string const wideWhy = dcn::channelsLastRefusal(groupsOf16, grouped32, shape({32, 16, 3, 3}),
+            DCN_FLOAT16, false);
         check(dcn::channelsLastRefusal(groupsOf8, grouped, shape({16, 8, 3, 3}), DCN_FLOAT16, false).empty()
-                && float32Why.find("whole groups in each vector of 4 channels") != std::string::npos
+                && float32Why.find("and cuBLAS does not load here (the channels-last direct kernel's wide items")
+                    != std::string::npos
+                && wideWhy == float32Why
                 && dcn::channelsLastRefusal(groupsOf8, grouped, shape({16, 8, 3, 3}), DCN_FLOAT32, true).empty()
+                && dcn::channelsLastRefusal(groupsOf16, grouped32, shape({32, 16, 3, 3}), DCN_FLOAT16, true).empty()
                 && dcn::channelsLastRefusal(groupsOf4, grouped, shape({16, 4, 3, 3}), DCN_FLOAT32, false).empty(),
             "channels-last: groups of 8 in a half type and of 4 in float32 take the direct kernel without cuBLAS; "
-            "groups of 8 in float32 need the GEMM path: " + float32Why);
-        check(made && dcn::channelsLastTactics(eight, DCN_FLOAT16)
-                    == std::vector<int32_t>{dcn::kTacticDirect, dcn::kTacticGemm}
-                && dcn::channelsLastTactics(eight, DCN_FLOAT32) == std::vector<int32_t>{dcn::kTacticGemm},
-            "channels-last groups of 8: the direct and gemm tactics in float16 (TensorRT times both), gemm alone in "
-            "float32");
+            "groups of 8 in float32 and of 16 in float16 (wide items) need the GEMM path as auto's choice: "
+                + float32Why + " / " + wideWhy);
+        std::vector<int32_t> const both{dcn::kTacticDirect, dcn::kTacticGemm};
+        check(made && madeSixteen && dcn::channelsLastTactics(eight, DCN_FLOAT16) == both
+                && dcn::channelsLastTactics(eight, DCN_FLOAT32) == both
+                && dcn::channelsLastTactics(sixteen, DCN_FLOAT16) == both
+                && dcn::channelsLastTactics(sixteen, DCN_FLOAT32) == std::vector<int32_t>{dcn::kTacticGemm},
+            "channels-last groups of 8 and 16: the direct and gemm tactics where the direct kernel takes them "
+            "(TensorRT times both), gemm alone for float32 groups of 16 (64 bytes)");
     }
     {
         dcn::DeformConvGeometry depthwise;
@@ -1294,14 +1308,20 @@ int main()
         depthwise.output, 2e-3, "depth-wise, direct");
     // A grouped layer of 8 channels a group in and out (8 groups, 2 offset groups): dense by autoTakesMatrixPath, yet
     // the channels-last direct kernel's (auto's choice since kernels revision 10) in float16, where HWC8 offers the
-    // direct and gemm tactics; in float32 (vectors of 4 split its groups) the GEMM path, HWC the gemm tactic alone.
+    // direct and gemm tactics; in float32 wide items (two 16-byte gathers a neighbour, kernels revision 11), HWC the
+    // direct and gemm tactics too, auto's choice the GEMM path. Groups of 16 in float16: wide items as well.
     Fields groupedFields = standardFields(8);
     GroupedLayer const grouped = groupedLayer(64, 8, oh, ow);
     checkEnqueueOnGpu(creator, groupedFields, grouped.attrs, grouped.shapes, grouped.output, 1e-5, "groups of 8");
     checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, groupedFields, grouped.attrs, grouped.shapes, grouped.output,
         1e-2, "groups of 8, direct and gemm");
     checkChannelsLastEnqueueOnGpu<float>(creator, groupedFields, grouped.attrs, grouped.shapes, grouped.output, 1e-5,
-        "groups of 8, gemm");
+        "groups of 8, wide direct and gemm");
+    Fields sixteenFields = standardFields(4);
+    GroupedLayer const sixteen = groupedLayer(64, 4, oh, ow);
+    checkEnqueueOnGpu(creator, sixteenFields, sixteen.attrs, sixteen.shapes, sixteen.output, 1e-5, "groups of 16");
+    checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, sixteenFields, sixteen.attrs, sixteen.shapes,
+        sixteen.output, 1e-2, "groups of 16, wide direct and gemm");
 
     std::printf("%d failure(s)\n", failures);
     return failures;
