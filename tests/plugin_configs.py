@@ -118,7 +118,7 @@ SMALL_GROUP_MAX = {dtype: 2 * channels for dtype, channels in VECTOR_CHANNELS.it
 
 
 def channels_last_direct_item(case: Case, dtype: torch.dtype) -> int:
-    """The channels of the channels-last direct kernel's item for the case's layer, by the rule of directVectorWidth
+    """The channels of the channels-last direct kernel's item for the case's layer, by the rule of directItemWidth
     (plugins/deform_conv/deformConvDirectChannelsLast.h): the widest vector of up to 16 bytes dividing C and the
     channels per offset group, or a group wider than that (a power of two of at most 32 bytes, within an offset
     group): a wide item."""

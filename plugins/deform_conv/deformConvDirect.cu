@@ -160,8 +160,8 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
                     count, stream);
         });
         if (!launched) // directChannelsLastRefusal turns such layers away before this
-            return Status::invalid("the channels-last direct kernel has no instance for vectors of "
-                + std::to_string(directVectorWidth(geo, sizeof(T))) + " elements of " + std::to_string(sizeof(T))
+            return Status::invalid("the channels-last direct kernel has no instance for items of "
+                + std::to_string(directItemWidth(geo, sizeof(T))) + " elements of " + std::to_string(sizeof(T))
                 + " bytes and groups of " + std::to_string(geo.channelsPerGroup) + " channels");
         status = launchStatus("the channels-last direct kernel");
         if (!status.ok())

@@ -50,7 +50,7 @@ inline DirectChannelLayout directChannelLayout(DeformConvGeometry const& geo)
 // Channels per item: 16 bytes' worth, within an offset group (a vector shares its sample positions); 1 where none
 // fits, which the direct kernel over NCHW serves instead. A group wider than that (a power of two of channels, at
 // most kDirectItemMaxBytes, within an offset group) is an item of its own: a wide item.
-inline int32_t directVectorWidth(DirectChannelLayout const& layout, size_t elementBytes)
+inline int32_t directItemWidth(DirectChannelLayout const& layout, size_t elementBytes)
 {
     if (layout.channels > INT32_MAX || layout.channelsPerOffsetGroup > INT32_MAX)
         return 1;
@@ -63,10 +63,15 @@ inline int32_t directVectorWidth(DirectChannelLayout const& layout, size_t eleme
     return wideGroup ? int32_t(cpg) : vector;
 }
 
+inline int32_t directItemWidth(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    return directItemWidth(directChannelLayout(geo), elementBytes);
+}
+
 // Whether the layer's items are wide (two 16-byte gathers per neighbour).
 inline bool directItemsWide(DirectChannelLayout const& layout, size_t elementBytes)
 {
-    return size_t(directVectorWidth(layout, elementBytes)) * elementBytes > 16;
+    return size_t(directItemWidth(layout, elementBytes)) * elementBytes > 16;
 }
 
 // Whether AUTO keeps the GEMM path on a layer the channels-last direct kernel may take: dense layers
@@ -79,11 +84,6 @@ inline bool autoKeepsMatrixPathOnWideItems(DirectChannelLayout const& layout, si
         && autoTakesMatrixPath(layout.outChannelsPerGroup, layout.channelsPerGroup, layout.kernelPoints);
 }
 
-inline int32_t directVectorWidth(DeformConvGeometry const& geo, size_t elementBytes)
-{
-    return directVectorWidth(directChannelLayout(geo), elementBytes);
-}
-
 // Channel vectors side by side in a warp: 2 where the channels hold an even number of vectors, else 1. Two
 // neighbouring vectors make each lane pair's gather of a neighbour one whole 32-byte sector (one vector alone used
 // half of each sector it loaded: Nsight Compute on depth-wise res4, session 32, found the kernel L1-bound at 92 %
@@ -94,15 +94,15 @@ DCN_HD int32_t directVectorsAcross(int64_t vectors)
     return vectors % 2 == 0 ? 2 : 1;
 }
 
-// Bytes of the weight tables a block of the grouped kernel keeps (one per vector side by side: Vector x Cpg
+// Bytes of the weight tables a block of the grouped kernel keeps (one per item side by side: Vector x Cpg
 // weights per kernel point in Acc, fillDirectWeightTable); 0 for depth-wise layers, which read their weights as
 // they are.
 inline int64_t directWeightTableBytes(DirectChannelLayout const& layout, size_t elementBytes)
 {
     if (layout.channelsPerGroup <= 1)
         return 0;
-    int64_t const vector = directVectorWidth(layout, elementBytes);
-    return directVectorsAcross(layout.channels / vector) * layout.kernelPoints * vector * layout.channelsPerGroup
+    int64_t const item = directItemWidth(layout, elementBytes);
+    return directVectorsAcross(layout.channels / item) * layout.kernelPoints * item * layout.channelsPerGroup
         * int64_t(accumulatorBytes(elementBytes));
 }
 
@@ -113,7 +113,7 @@ inline size_t directWeightTableBytes(DeformConvGeometry const& geo, size_t eleme
 
 // Why the channels-last direct kernel cannot take a layer of this channel structure, or "" where it can: as many
 // output as input channels per group, at most kDirectGroupMax (depth-wise layers, and grouped ones of small
-// groups), channels in items of at least two within offset groups, each item whole groups (directVectorWidth); for
+// groups), channels in items of at least two within offset groups, each item whole groups (directItemWidth); for
 // groups of several channels, a weight table that fits kDirectWeightTableMaxBytes and few enough items for the
 // grid.
 inline std::string directChannelsLastLayoutRefusal(DirectChannelLayout const& layout, size_t elementBytes)
@@ -123,13 +123,13 @@ inline std::string directChannelsLastLayoutRefusal(DirectChannelLayout const& la
         return "the channels-last direct kernel takes layers with as many output as input channels per group, at "
                "most " + std::to_string(kDirectGroupMax) + " (depth-wise, or small groups), got "
             + std::to_string(cpg) + " and " + std::to_string(layout.outChannelsPerGroup);
-    int32_t const vector = directVectorWidth(layout, elementBytes);
-    if (vector < 2)
+    int32_t const item = directItemWidth(layout, elementBytes);
+    if (item < 2)
         return "the channels-last direct kernel needs channels (and channels per offset group) in multiples of 2, "
                "got " + std::to_string(layout.channels) + " channels, "
             + std::to_string(layout.channelsPerOffsetGroup) + " per offset group";
-    if (vector % cpg != 0)
-        return "the channels-last direct kernel needs whole groups in each item of " + std::to_string(vector)
+    if (item % cpg != 0)
+        return "the channels-last direct kernel needs whole groups in each item of " + std::to_string(item)
             + " channels (16 bytes or fewer, within an offset group, or one group of up to "
             + std::to_string(kDirectItemMaxBytes) + " bytes), got " + std::to_string(cpg) + " channels per group";
     int64_t const tableBytes = directWeightTableBytes(layout, elementBytes);
@@ -137,7 +137,7 @@ inline std::string directChannelsLastLayoutRefusal(DirectChannelLayout const& la
         return "the channels-last direct kernel keeps a block's weights in " + std::to_string(kDirectWeightTableMaxBytes)
             + " bytes, and this layer's " + std::to_string(layout.kernelPoints) + " kernel points need "
             + std::to_string(tableBytes);
-    int64_t const channelBlocks = layout.channels / vector / directVectorsAcross(layout.channels / vector);
+    int64_t const channelBlocks = layout.channels / item / directVectorsAcross(layout.channels / item);
     if (cpg > 1 && channelBlocks > 65535)
         return "the channels-last direct kernel takes at most 65535 blocks of channels (grid y), got "
             + std::to_string(channelBlocks);
@@ -184,7 +184,7 @@ void withDirectCount(int32_t count, F&& f)
 }
 
 // f(std::integral_constant<int, Vector>{}, std::integral_constant<int, Cpg>{}) for the layer's instance of the
-// kernel (its directVectorWidth and channels per group), and true; false, calling nothing, where it has none:
+// kernel (its directItemWidth and channels per group), and true; false, calling nothing, where it has none:
 // instances exist for vectors of 2 up to 16 bytes' worth holding whole groups of 1, 2, 4 or 8, and for wide items
 // of one group of up to 32 bytes, the layers directChannelsLastRefusal lets through. The CUDA launch and the host
 // build pick their instance here.
@@ -193,7 +193,7 @@ bool withChannelsLastDirectInstance(DeformConvGeometry const& geo, F&& f)
 {
     int32_t const cpg = geo.channelsPerGroup;
     bool found = false;
-    withDirectCount(directVectorWidth(geo, sizeof(T)), [&](auto width) {
+    withDirectCount(directItemWidth(geo, sizeof(T)), [&](auto width) {
         withDirectCount(cpg, [&](auto group) {
             constexpr int kVector = decltype(width)::value;
             constexpr int kCpg = decltype(group)::value;
