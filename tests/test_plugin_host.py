@@ -96,6 +96,40 @@ def test_direct_channels_last_matches_the_direct_kernel(host_lib, layers, seed, 
     assert on_tensors.is_contiguous(memory_format=torch.channels_last) and torch.equal(on_tensors, nchw), case
 
 
+# Wide items (a group of 32 bytes: two 16-byte gathers a neighbour), each layer one edge: a row or a column of one
+# pixel, far offsets with integer ones (samples on pixels and the border), a non-square kernel with asymmetric
+# stride, padding and dilation, several images and offset groups of one group or of two.
+_WIDE_ITEM_EDGES = [
+    dict(height=1, width=9, kernel=(1, 3), stride=(1, 2), pads=(0, 1, 0, 2), dilation=(1, 1), offset_scale=25.0,
+         integer_offsets=False),
+    dict(height=7, width=1, kernel=(3, 1), stride=(2, 1), pads=(1, 0, 2, 0), dilation=(2, 1), offset_scale=2.0,
+         integer_offsets=True),
+    dict(height=6, width=7, kernel=(2, 3), stride=(1, 2), pads=(2, 0, 1, 1), dilation=(1, 2), offset_scale=25.0,
+         integer_offsets=False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("edge", range(len(_WIDE_ITEM_EDGES)))
+@pytest.mark.parametrize("offset_groups", [2, 1])
+def test_direct_channels_last_wide_items_at_the_edges(host_lib, dtype, edge, offset_groups):
+    """Groups of 32 bytes (float64 4, float32 8, the half types 16 channels), two groups of them over one or two
+    offset groups, three images: bit for bit the NCHW direct kernel, on NCHW and on channels-last tensors; float64
+    also the reference to 1e-12."""
+    cpg = SMALL_GROUP_MAX[dtype]
+    case = Case(batch=3, groups=2, offset_groups=offset_groups, in_channels=2 * cpg, out_channels=2 * cpg,
+                with_mask=edge != 1, with_bias=edge != 2, **_WIDE_ITEM_EDGES[edge])
+    assert min(case.out_size) >= 1
+    tensors = make_tensors(case, dtype, seed=40 + edge)
+    nchw = run_host(host_lib, case, *tensors)
+    assert torch.equal(run_host_direct_channels_last(host_lib, case, *tensors), nchw), case
+    tensors_last = (tensors[0].contiguous(memory_format=torch.channels_last),) + tuple(tensors[1:])
+    on_tensors = run_host_direct_channels_last(host_lib, case, *tensors_last, channels_last=True)
+    assert torch.equal(on_tensors, nchw), case
+    if dtype == torch.float64:
+        assert max_relative_error(nchw, reference(case, *tensors)) < 1e-12, case
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_direct_channels_last_in_chunks_matches_the_direct_kernel(host_lib, dtype):
     """Under a budget of about one image, then of two, the input is transposed in chunks (3 of 1 image and 2 of
