@@ -73,14 +73,15 @@ __global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKerne
 }
 
 // The channels-last direct kernel for Cpg > 1 channels per group: a block of kGridStrideThreads threads takes
-// directVectorsAcross(vectors) neighbouring channel vectors (grid y) of one image (grid z, from n0) at
-// consecutive pixels (grid x), the vectors fastest as in depthwiseItem; first it fills its vectors' weight tables
+// directVectorsAcross(vectors) neighbouring channel items (grid y) of one image (grid z, from n0) at consecutive
+// pixels (grid x), the items fastest as in depthwiseItem; first it fills its items' weight tables
 // (fillDirectWeightTable, Acc) in shared memory, which every item then reads (the same entry across a warp: a
-// broadcast), instead of Cpg weights of T per channel and kernel point from global memory.
+// broadcast), instead of Cpg weights of T per channel and kernel point from global memory. The body of both grouped
+// kernels below.
 template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
-__global__ void __launch_bounds__(kGridStrideThreads) groupedChannelsLastKernel(DeformConvGeometry const geo,
-    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
-    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
+__device__ __forceinline__ void groupedChannelsLastBlock(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
+    T const* __restrict__ offset, T const* __restrict__ weight, T const* __restrict__ bias,
+    T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
 {
     using Acc = typename ElementTraits<T>::Acc;
     extern __shared__ __align__(16) unsigned char tableBytes[];
@@ -100,6 +101,38 @@ __global__ void __launch_bounds__(kGridStrideThreads) groupedChannelsLastKernel(
     int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
     channelsLastDirectItem<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, offset, weight, tables + side * entries, bias,
         mask, output, n0, int32_t(blockIdx.z), firstChannel + side * Vector, y, x);
+}
+
+template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
+__global__ void __launch_bounds__(kGridStrideThreads) groupedChannelsLastKernel(DeformConvGeometry const geo,
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
+    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
+{
+    groupedChannelsLastBlock<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0);
+}
+
+// Wide items of a half type (groups of 16: groupedKernelFor) in blocks told to fit two a SM, so up to 128
+// registers: on sm_90 ptxas then issues an item's eight 16-byte gathers of a kernel point together (128 registers),
+// where under the plain bound it took 110 and split them into two waves, each waiting on its loads (SASS, session
+// 36); two blocks a SM either way. The other instances keep the plain bound: an explicit minimum changes their code
+// too (float32 groups of 8 72 -> 112 registers, three blocks a SM -> two), and theirs is the timed code.
+template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
+__global__ void __launch_bounds__(kGridStrideThreads, 2) wideHalfChannelsLastKernel(DeformConvGeometry const geo,
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
+    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
+{
+    groupedChannelsLastBlock<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0);
+}
+
+// The grouped kernel of an instance: wideHalfChannelsLastKernel for a half type's wide items, else
+// groupedChannelsLastKernel (only the one chosen is instantiated).
+template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
+constexpr auto groupedKernelFor()
+{
+    if constexpr (sizeof(T) == 2 && Vector * sizeof(T) > 16)
+        return &wideHalfChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut>;
+    else
+        return &groupedChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut>;
 }
 
 // The items of `count` images from n0 of `source` (channels-last): the grid-stride kernel for depth-wise layers,
@@ -124,9 +157,9 @@ void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T c
         for (int32_t first = 0; first < count; first += 65535)
         {
             dim3 const grid(pixelBlocks, unsigned(vectors / across), unsigned(std::min(count - first, 65535)));
-            groupedChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut><<<grid, kGridStrideThreads, tableBytes,
-                stream>>>(geo, source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask, output,
-                n0 + first);
+            auto const kernel = groupedKernelFor<T, Vector, Cpg, ChannelsLastOut>();
+            kernel<<<grid, kGridStrideThreads, tableBytes, stream>>>(geo,
+                source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask, output, n0 + first);
         }
     }
 }
