@@ -207,8 +207,8 @@ step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python
 # The RoI pooling ops: the PyTorch op on the CUDA kernels against its composite (table in checks.log).
 step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
 # The grouped and depth-wise layers, each way: auto, the GEMM path, the direct kernel (over a channels-last copy of
-# the input where it takes the layer: depth-wise, and groups of up to 8 channels in half types, 4 in float32), and
-# the direct kernel on channels-last tensors.
+# the input where it takes the layer: depth-wise, and groups of up to 16 channels in half types, 8 in float32, the
+# widest as wide items), and the direct kernel on channels-last tensors.
 bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct --iters 20 \
     --warmup 3 --channels-last --channels-last-algo direct
 # The grouped and depth-wise layers on channels-last tensors too (the depth-wise one: the channels-last direct kernel

@@ -127,7 +127,7 @@ def test_direct_kernel_on_small_groups_channels_last(kernels, dtype):
 @pytest.mark.parametrize("layers", list(_SMALL_GROUP_LAYERS))
 def test_direct_kernel_on_small_groups(kernels, dtype, layers):
     """The direct kernel and auto (which picks it) on small-group layers: over a channels-last copy of the input for
-    the layers that kernel takes (the default: depth-wise ones, and groups of 2, 4 or 8 channels in and out), over
+    the layers that kernel takes (the default: depth-wise ones, and groups of 2 to 16 channels in and out), over
     NCHW for the others, and for every layer in the direct_nchw child (DCN_DEPLOY_DIRECT_LAYOUT=nchw). Outputs are
     written into NaN-poisoned tensors, so an item the kernel skips fails."""
     make_case, first_seed = _SMALL_GROUP_LAYERS[layers]

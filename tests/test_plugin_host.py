@@ -145,7 +145,7 @@ def test_direct_channels_last_in_chunks_matches_the_direct_kernel(host_lib, dtyp
 
 def test_direct_channels_last_refuses_other_layers(host_lib):
     """More output than input channels per group, groups past 16 channels or 32 bytes (float32's groups of 16),
-    groups split by a vector (groups of 12 channels; an offset group inside a group), channels per offset group odd,
+    groups split by an item (groups of 12 channels; an offset group inside a group), channels per offset group odd,
     or a weight table past its shared memory: an error naming why, not a wrong result."""
     def case(groups, offset_groups, channels, out_channels, kernel=(3, 3)):
         return Case(1, groups, offset_groups, channels, out_channels, 12, 12, kernel, (1, 1), (1, 1, 1, 1), (1, 1),

@@ -392,8 +392,8 @@ def _workspaces_under(kernels_lib, split_k, cases, algo=3, **environment):
 def test_auto_sizes_the_direct_kernel_for_small_groups(kernels_lib):
     """Auto's rule (resolveAlgo, deformConvWorkspaceSize): groups of 8 channels in and out are dense by the matrix
     rule, yet in float16 (vectors of 8 hold a group) auto takes the channels-last direct kernel, whose workspace is
-    the input's channels-last copy; in float32 (vectors of 4 split a group) the GEMM path's; and under
-    DCN_DEPLOY_DIRECT_LAYOUT=nchw (no channels-last copy) the GEMM path's in float16 too."""
+    the input's channels-last copy; in float32 (a wide item, which auto leaves to that path until timed) the GEMM
+    path's; and under DCN_DEPLOY_DIRECT_LAYOUT=nchw (no channels-last copy) the GEMM path's in float16 too."""
     grouped = DeformConvDesc(2, 256, 20, 30, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 4)  # 32 groups of 8
     copy = 2 * 256 * 20 * 30 * 2  # the float16 input, channels-last
     direct, gemm = _workspace(kernels_lib, grouped, 1, 1), _workspace(kernels_lib, grouped, 1, 3)

@@ -51,8 +51,8 @@ typedef enum dcn_dtype
 
 typedef enum dcn_algo
 {
-    DCN_ALGO_AUTO = 0,       /* depth-wise-like layers, and groups of 2-8 channels in and out: direct; other dense
-                              * layers: GEMM where cuBLAS loads, else fused */
+    DCN_ALGO_AUTO = 0,       /* depth-wise-like layers, and groups of 2-8 channels in and out of up to 16 bytes:
+                              * direct; other dense layers: GEMM where cuBLAS loads, else fused */
     DCN_ALGO_DIRECT = 1,     /* one thread per output element; simple, the correctness baseline */
     DCN_ALGO_FUSED_GEMM = 2, /* sampling straight into shared-memory tiles of an implicit GEMM (tensor cores for half types) */
     DCN_ALGO_GEMM = 3,       /* sampled columns in the workspace (batch in chunks), then cuBLAS (loaded at run time) */

@@ -154,10 +154,10 @@ void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T c
         int64_t const pixelsPerBlock = kGridStrideThreads / across;
         unsigned const pixelBlocks = unsigned((int64_t(geo.outH) * geo.outW + pixelsPerBlock - 1) / pixelsPerBlock);
         size_t const tableBytes = directWeightTableBytes(geo, sizeof(T));
+        auto const kernel = groupedKernelFor<T, Vector, Cpg, ChannelsLastOut>();
         for (int32_t first = 0; first < count; first += 65535)
         {
             dim3 const grid(pixelBlocks, unsigned(vectors / across), unsigned(std::min(count - first, 65535)));
-            auto const kernel = groupedKernelFor<T, Vector, Cpg, ChannelsLastOut>();
             kernel<<<grid, kGridStrideThreads, tableBytes, stream>>>(geo,
                 source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask, output, n0 + first);
         }

@@ -190,7 +190,8 @@ struct GemmOptions
     // 1e-4), 1.2x-2.7x cuDNN's TF32 convolution's time.
     bool tf32 = false;
     size_t cublasWorkspaceBytes = kCublasWorkspaceBytes; // cuBLAS's slice of the workspace (a multiple of 256)
-    // The direct kernel (depth-wise layers) over a channels-last copy of the input in the workspace
+    // The direct kernel (depth-wise layers, and small groups: directChannelsLastRefusal) over a channels-last copy
+    // of the input in the workspace
     // (deformConvDirectChannelsLast.h) instead of NCHW. The default since kernels revision 7: on an H200 (session 31,
     // benchmarks/RESULTS.md) 3.3x-3.4x faster than over NCHW in fp16 and 1.9x in float32 on depth-wise res4. Off
     // (NCHW, no workspace) with the C ABI's DCN_DEPLOY_DIRECT_LAYOUT=nchw.
