@@ -78,7 +78,7 @@ GROUPED_LAYERS = [
 # The CUDA kernels through the C ABI; the PyTorch op as users call it ("torch": its CUDA forward runs these kernels
 # when the library is built); and the op's composite of torch ops ("composite", DCN_DEPLOY_NATIVE_CUDA=0: what it
 # ran on CUDA before, and what its backward still runs).
-ALGOS = ("auto", "gemm", "fused", "direct", "implicit", "torch", "composite")
+ALGOS = ("auto", "gemm", "fused", "direct", "direct-taps", "implicit", "torch", "composite")
 LAYER_SETS = {"issue": LAYERS, "grouped": GROUPED_LAYERS, "all": LAYERS + GROUPED_LAYERS}
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -320,6 +320,13 @@ def measure(row: dict, key: str, fn: Callable[[], object], reference, warmup: in
             pass
 
 
+def _cuda_options(algo: str) -> dict:
+    """deform_conv2d_cuda's arguments for one of our ALGOS: ``direct-taps`` is the direct kernel with
+    ``shared_taps`` (DCN_FORWARD_SHARED_TAPS: the depth-wise items' taps computed once per block where that kernel
+    takes the layer, the per-item kernel elsewhere)."""
+    return {"algo": "direct", "shared_taps": True} if algo == "direct-taps" else {"algo": algo}
+
+
 def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str],
         graph: bool = True, breakdown: bool = False, layers: List[Layer] = LAYERS,
         on_row: Optional[Callable[[List[dict]], None]] = None, with_bias: bool = True,
@@ -365,8 +372,8 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                         return lambda: deform_conv2d(x, offset, weight, bias, 1, d, d, mask)
                     if algo == "composite":
                         return lambda: on_composite(deform_conv2d, x, offset, weight, bias, 1, d, d, mask)
-                    return lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask, algo=algo,
-                                                      library=kernels)
+                    return lambda: deform_conv2d_cuda(x, offset, weight, bias, 1, d, d, mask,
+                                                      **_cuda_options(algo), library=kernels)
 
                 tv = lambda: torchvision.ops.deform_conv2d(x, offset, weight, bias, 1, d, d, mask)  # noqa: E731
                 conv = lambda: F.conv2d(x, weight, bias, 1, d, d, layer.groups)  # noqa: E731
@@ -406,8 +413,8 @@ def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: L
                             row["nhwc_algo"] = channels_last_algo
                             measure(row, "ours_nhwc",
                                     lambda: deform_conv2d_cuda(nhwc, offset, weight, bias, 1, d, d, mask,
-                                                               algo=channels_last_algo, channels_last=True,
-                                                               library=kernels),
+                                                               **_cuda_options(channels_last_algo),
+                                                               channels_last=True, library=kernels),
                                     reference, warmup, iters, graph)
                         del nhwc, nhwc_weight
                     del reference
@@ -605,9 +612,9 @@ PROFILE_LAYERS = {"res3": LAYERS[0], "res4": LAYERS[1], "res5": LAYERS[2], "seg"
 
 
 def profile_layer(algo: str = "gemm", at: str = "res4") -> int:
-    """One call of the CUDA kernels' `algo` path (gemm, implicit or direct) on the layer `at` (a detection layer,
-    seg res5, or the grouped or depth-wise res4 layer), batch 8, float16, synchronised: the launch a profiler looks
-    at."""
+    """One call of the CUDA kernels' `algo` path (gemm, implicit, direct or direct-taps) on the layer `at` (a
+    detection layer, seg res5, or the grouped or depth-wise res4 layer), batch 8, float16, synchronised: the launch
+    a profiler looks at."""
     import torch
 
     from dcn_deploy.plugin.native import deform_conv2d_cuda
@@ -615,7 +622,7 @@ def profile_layer(algo: str = "gemm", at: str = "res4") -> int:
     layer = PROFILE_LAYERS[at]
     x, offset, weight, bias, mask = make_inputs(layer, 8, "float16")
     # as the benchmark calls it: padding = dilation (seg res5's 2), so the output keeps the input's size
-    deform_conv2d_cuda(x, offset, weight, bias, 1, layer.dilation, layer.dilation, mask, algo=algo)
+    deform_conv2d_cuda(x, offset, weight, bias, 1, layer.dilation, layer.dilation, mask, **_cuda_options(algo))
     torch.cuda.synchronize()
     return 0
 
@@ -628,8 +635,9 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--algos", default="auto",
                         help="comma-separated implementations to time side by side: the CUDA kernels auto, gemm, "
-                             "fused, direct, and torch (dcn_deploy.ops.deform_conv2d, the PyTorch op a model runs "
-                             "when trained on the GPU) (default auto)")
+                             "fused, direct, direct-taps (direct with DCN_FORWARD_SHARED_TAPS: depth-wise items' taps "
+                             "shared by a block, experimental), implicit, and torch (dcn_deploy.ops.deform_conv2d, "
+                             "the PyTorch op a model runs when trained on the GPU) (default auto)")
     parser.add_argument("--eager", action="store_true",
                         help="time eager calls (with Python's launch overhead) instead of CUDA-graph replays")
     parser.add_argument("--layers", default="issue", choices=sorted(LAYER_SETS),
@@ -643,10 +651,10 @@ def main(argv=None) -> int:
     parser.add_argument("--channels-last", action="store_true",
                         help="that, and ours (auto) on channels-last input and output too (DCN_FORWARD_CHANNELS_LAST: "
                              "the GEMM path reads and writes them where they are, with no transposes)")
-    parser.add_argument("--channels-last-algo", default="auto", choices=("auto", "gemm", "direct"),
-                        help="the algo of ours on channels-last tensors (--channels-last): auto (default), gemm, or "
+    parser.add_argument("--channels-last-algo", default="auto", choices=("auto", "gemm", "direct", "direct-taps"),
+                        help="the algo of ours on channels-last tensors (--channels-last): auto (default), gemm, "
                              "direct (the channels-last direct kernel: depth-wise layers and groups of 2 to 16 "
-                             "channels, up to 32 bytes)")
+                             "channels, up to 32 bytes), or direct-taps (that with shared taps, as in --algos)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile the gemm path's kernels (torch.profiler) and print where its time goes")
     parser.add_argument("--json", type=Path, default=None,
@@ -657,9 +665,9 @@ def main(argv=None) -> int:
                              "give the --algos of that run (rows saved before they held the run's settings also "
                              "need its --iters, --warmup and --eager)")
     parser.add_argument("--profile-layer", nargs="?", const="gemm", default=None,
-                        choices=("gemm", "implicit", "direct"),
+                        choices=("gemm", "implicit", "direct", "direct-taps"),
                         help="time nothing: run the gemm path (or the implicit-GEMM or the direct kernel: "
-                             "--profile-layer implicit|direct) once on --profile-at's layer (det res4 by default) at "
+                             "--profile-layer implicit|direct|direct-taps) once on --profile-at's layer (det res4 by default) at "
                              "batch 8 in float16 and exit (for a profiler such as Nsight Compute: "
                              "`ncu --kernel-name regex:olumnsKernel ...`)")
     parser.add_argument("--profile-at", default="res4", choices=sorted(PROFILE_LAYERS),

@@ -152,6 +152,30 @@ def auto_takes_channels_last_direct(case: Case, dtype: torch.dtype) -> bool:
     return channels_last_direct_takes(case, dtype) and not (dense and wide)
 
 
+def shared_taps_takes(case: Case, dtype: torch.dtype) -> bool:
+    """Whether the shared-taps direct kernel (DCN_FORWARD_SHARED_TAPS) takes the case's layer, by the rule its
+    refusal states (sharedTapsRefusal, plugins/deform_conv/deformConvDirectSharedTaps.h): a depth-wise layer the
+    channels-last direct kernel takes, whose offset groups hold whole blocks of 8 items, with tables of at most
+    48 KiB: the taps (an entry of 48 bytes, 64 in float64, per kernel point and each of a block's 32 pixels) and the
+    weights (per kernel point, 8 items' channels in float32, float64 for float64)."""
+    if case.in_channels != case.groups or not channels_last_direct_takes(case, dtype):
+        return False
+    item = channels_last_direct_item(case, dtype)
+    entry, acc = (64, 8) if dtype == torch.float64 else (48, 4)
+    points = case.kernel[0] * case.kernel[1]
+    return ((case.in_channels // case.offset_groups) % (8 * item) == 0
+            and points * (32 * entry + 8 * item * acc) <= 48 * 1024)
+
+
+def random_shared_taps_case(rng: random.Random, dtype: torch.dtype) -> Case:
+    """A depth-wise layer the shared-taps direct kernel takes: one or two offset groups of one or two blocks of 8
+    channel vectors each, rows of up to 40 pixels (images of one block of 32 pixels or several, the last cut short,
+    or of one row or one column)."""
+    offset_groups = rng.choice([1, 2])
+    channels = 8 * VECTOR_CHANNELS[dtype] * offset_groups * rng.choice([1, 2])
+    return random_layer_case(rng, channels, offset_groups, 1, (1, 1), 9, 40, (0.5, 2.0, 25.0))
+
+
 def random_implicit_case(rng: random.Random) -> Case:
     """A layer the implicit-GEMM kernel (algo "implicit") takes (channels per group and per offset group multiples
     of 32): groups and offset groups in every relation (a group holding several offset groups, an offset group

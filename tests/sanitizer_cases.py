@@ -33,22 +33,28 @@ IMPLICIT = [Case(2, 1, 2, 64, 260, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 
             Case(2, 1, 1, 64, 96, 7, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 4.0, False),
             Case(3, 2, 1, 64, 24, 5, 7, (2, 3), (1, 2), (0, 1, 1, 0), (2, 1), False, True, 1.5, False),
             Case(1, 3, 2, 192, 24, 6, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)]
+# The shared-taps direct kernel's (DCN_FORWARD_SHARED_TAPS; depth-wise, offset groups of 8 vectors in every dtype):
+# its taps table filled, a barrier, then read by 256 threads; the second case's 40-pixel rows are two blocks of
+# pixels, the second cut short, at offsets of 25 pixels.
+SHARED_TAPS = [Case(2, 64, 1, 64, 64, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 2), True, True, 3.0, False),
+               Case(1, 128, 2, 128, 128, 5, 40, (3, 2), (2, 1), (1, 1, 1, 1), (1, 1), True, False, 25.0, False)]
+ALGOS = ("direct", "fused", "gemm", "gemm-nhwc", "direct-nhwc", "direct-taps", "direct-taps-nhwc", "implicit")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer cases (for the slower racecheck tool)")
-    parser.add_argument("--algos", default="direct,fused,gemm,gemm-nhwc,direct-nhwc,implicit",
+    parser.add_argument("--algos", default=",".join(ALGOS),
                         help="comma-separated kernels to run (default: all; gemm-nhwc and direct-nhwc are the GEMM "
                              "path and the direct kernel on channels-last tensors, the latter on the depth-wise "
-                             "and small-group cases); e.g. implicit with DCN_DEPLOY_IMPLICIT_KERNEL=specialised for that kernel "
-                             "alone")
+                             "and small-group cases; direct-taps and direct-taps-nhwc the shared-taps direct kernel "
+                             "on its own cases); e.g. implicit with DCN_DEPLOY_IMPLICIT_KERNEL=specialised for that "
+                             "kernel alone")
     args = parser.parse_args()
     algos = [name.strip() for name in args.algos.split(",") if name.strip()]
-    unknown = sorted(set(algos) - {"direct", "fused", "gemm", "gemm-nhwc", "direct-nhwc", "implicit"})
+    unknown = sorted(set(algos) - set(ALGOS))
     if unknown or not algos:
-        parser.error(f"--algos: {', '.join(unknown) or 'nothing'} is not one of direct, fused, gemm, gemm-nhwc, "
-                     "direct-nhwc, implicit")
+        parser.error(f"--algos: {', '.join(unknown) or 'nothing'} is not one of {', '.join(ALGOS)}")
     kernels = load_library("kernels")
     cases = [random_case(random.Random(seed), max_channels_per_group=5, max_size=8) for seed in range(3 if args.quick else 8)]
     cases.append(DENSE)
@@ -67,7 +73,8 @@ def main() -> int:
         for algo in algos:
             if (dtype == torch.float64 and algo == "fused") or (algo == "implicit" and dtype.itemsize != 2):
                 continue
-            for index, case in enumerate(IMPLICIT if algo == "implicit" else cases):
+            shared_taps = "-taps" in algo
+            for index, case in enumerate(IMPLICIT if algo == "implicit" else SHARED_TAPS if shared_taps else cases):
                 tensors = make_tensors(case, dtype, device="cuda", seed=index)
                 x, off, w, b, m = tensors
                 channels_last = algo.endswith("-nhwc")
@@ -77,7 +84,7 @@ def main() -> int:
                 try:
                     deform_conv2d_cuda(x.contiguous(memory_format=layout), off, w, b, case.stride, case.pads,
                                        case.dilation, m, algo=algo.split("-")[0], channels_last=channels_last,
-                                       out=out, library=kernels)
+                                       shared_taps=shared_taps, out=out, library=kernels)
                 except NativeError as exc:
                     if algo == "direct-nhwc" and exc.code == DCN_ERROR_UNSUPPORTED:
                         continue  # the channels-last direct kernel takes depth-wise layers and small groups

@@ -168,7 +168,7 @@ def test_the_command_line_shown_names_the_kernel_knobs_set(bench, monkeypatch):
                  "DCN_DEPLOY_GEMM_PRODUCT", "DCN_DEPLOY_GEMM_SPLIT_K",
                  "DCN_DEPLOY_GEMM_SAMPLER", "DCN_DEPLOY_GEMM_TILE_ITEMS", "DCN_DEPLOY_IMPLICIT_TILE_M",
                  "DCN_DEPLOY_IMPLICIT_THREADS", "DCN_DEPLOY_IMPLICIT_KERNEL", "DCN_DEPLOY_CUBLAS_WORKSPACE_MB",
-                 "DCN_DEPLOY_DIRECT_LAYOUT"):
+                 "DCN_DEPLOY_DIRECT_LAYOUT", "DCN_DEPLOY_DIRECT_TAPS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DCN_DEPLOY_GEMM_CHUNKS", "even")
     monkeypatch.setenv("DCN_DEPLOY_IMPLICIT_TILE_M", "128")

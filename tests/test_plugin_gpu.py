@@ -18,8 +18,8 @@ from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_c
 from plugin_configs import (HALF_EPS, SMALL_GROUP_MAX, VECTOR_CHANNELS, Case, auto_takes_channels_last_direct,
                             channels_last_direct_takes, half_precision_cases,
                             make_tensors, max_relative_error, peak_relative_error, random_case, random_depthwise_case,
-                            random_implicit_case, random_layer_case, random_many_groups_case, random_small_groups_case,
-                            reference)
+                            random_implicit_case, random_layer_case, random_many_groups_case, random_shared_taps_case,
+                            random_small_groups_case, reference, shared_taps_takes)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,13 +40,13 @@ def kernels(tmp_path_factory) -> NativeLibrary:
     return lib
 
 
-def run(kernels, case: Case, tensors, algo: str):
+def run(kernels, case: Case, tensors, algo: str, **options):
     """The kernel's output, written into a NaN-poisoned tensor: an element the kernel skips stays NaN and fails."""
     x, off, w, b, m = tensors
     oh, ow = case.out_size
     out = torch.full((case.batch, case.out_channels, oh, ow), float("nan"), dtype=x.dtype, device=x.device)
     return deform_conv2d_cuda(x, off, w, b, stride=case.stride, padding=case.pads, dilation=case.dilation, mask=m,
-                              algo=algo, out=out, library=kernels)
+                              algo=algo, out=out, library=kernels, **options)
 
 
 def expected_for(case: Case, tensors):
@@ -160,6 +160,32 @@ def test_direct_kernel_depthwise_in_chunks(kernels, dtype):
     assert error < TOLERANCE[dtype], (case, error)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_direct_kernel_depthwise_with_shared_taps(kernels, dtype):
+    """DCN_FORWARD_SHARED_TAPS (experimental): the depth-wise layers the shared-taps kernel takes (random ones, and
+    depth-wise res4's channels at batch 2: several blocks of pixels and of channels), as direct and as auto, from
+    NCHW tensors (in the direct_chunks child over 1 MiB chunks of images) and on channels-last tensors, against the
+    reference and within the dtype's tolerance of the per-item kernel (the last case, 1 MiB or more an image, in
+    chunks of one image there); a layer it does not take (offset groups of 4 vectors) runs the per-item kernel under
+    the flag."""
+    cases = [random_shared_taps_case(random.Random(3200 + seed), dtype) for seed in range(10)]
+    cases.append(Case(2, 256, 1, 256, 256, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
+    cases.append(Case(3, 128, 1, 128, 128, 64, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
+    untaken = Case(1, 64, 16 // VECTOR_CHANNELS[dtype], 64, 64, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True,
+                   True, 2.0, False)
+    assert all(shared_taps_takes(case, dtype) for case in cases) and not shared_taps_takes(untaken, dtype)
+    for index, case in enumerate(cases + [untaken]):
+        tensors = make_tensors(case, dtype, device="cuda", seed=index)
+        expected = expected_for(case, tensors)
+        per_item = run(kernels, case, tensors, "direct")
+        for algo in ("direct", "auto"):
+            got = run(kernels, case, tensors, algo, shared_taps=True)
+            assert not got.isnan().any(), (algo, case, "an output element was never written")
+            assert max_relative_error(got, expected) < TOLERANCE[dtype], (algo, case)
+            assert max_relative_error(got, per_item.double()) < TOLERANCE[dtype], (algo, case)
+    _check_channels_last_cases(kernels, cases, ("direct", "auto"), dtype, shared_taps=True)
+
+
 def random_dense_case(rng: random.Random) -> Case:
     """A layer wide enough for the fused kernel's tiles, with every size off the tile multiples."""
     groups = rng.choice([1, 1, 2])
@@ -207,7 +233,7 @@ def test_dense_layers_fused_and_direct_agree_with_reference(kernels, dtype, inde
         assert error < TOLERANCE[dtype], (algo, case, error)
 
 
-def _run_channels_last(kernels, case: Case, tensors, algo: str = "auto"):
+def _run_channels_last(kernels, case: Case, tensors, algo: str = "auto", **options):
     """The kernels on channels-last tensors (DCN_FORWARD_CHANNELS_LAST), into a NaN-poisoned channels-last output."""
     x, off, w, b, m = tensors
     oh, ow = case.out_size
@@ -215,16 +241,16 @@ def _run_channels_last(kernels, case: Case, tensors, algo: str = "auto"):
     out = out.contiguous(memory_format=torch.channels_last)
     return deform_conv2d_cuda(x.contiguous(memory_format=torch.channels_last), off, w, b, stride=case.stride,
                               padding=case.pads, dilation=case.dilation, mask=m, algo=algo, channels_last=True,
-                              out=out, library=kernels)
+                              out=out, library=kernels, **options)
 
 
-def _check_channels_last_cases(kernels, cases, algos, dtype):
+def _check_channels_last_cases(kernels, cases, algos, dtype, **options):
     """Each case under each algo on channels-last tensors (_run_channels_last): a channels-last output, every
     element written, within the dtype's tolerance of the reference."""
     for index, case in enumerate(cases):
         tensors = make_tensors(case, dtype, device="cuda", seed=index)
         for algo in algos:
-            got = _run_channels_last(kernels, case, tensors, algo)
+            got = _run_channels_last(kernels, case, tensors, algo, **options)
             assert got.is_contiguous(memory_format=torch.channels_last)
             assert not got.isnan().any(), (algo, case, "an output element was never written")
             error = max_relative_error(got, expected_for(case, tensors))
@@ -456,7 +482,8 @@ _CHILD_ENVS = {
 _CHILD_TESTS = "random_dense_configs or dense_layers"
 _SPLIT_K_CHILD_TESTS = _CHILD_TESTS + " or split_k_layers"
 _TF32_CHILD_TESTS = "tf32_products"
-_DIRECT_CHILD_TESTS = "direct_kernel_on_small_groups or direct_kernel_depthwise_in_chunks"
+_DIRECT_CHILD_TESTS = ("direct_kernel_on_small_groups or direct_kernel_depthwise_in_chunks or "
+                       "direct_kernel_depthwise_with_shared_taps")
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
 # All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
 # turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.

@@ -283,9 +283,12 @@ def test_channels_last_tensors_take_the_gemm_path_or_the_depthwise_kernel(kernel
     assert _workspace(kernels_lib, dense, 1, 2, channels_last) == 0        # fused: refused at the forward
     depthwise = DeformConvDesc(1, 32, 20, 20, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 1)
     assert _workspace(kernels_lib, depthwise, 1, 0, channels_last) == 0
-    with pytest.raises(NativeError, match=r"flags 4 has bits other than DCN_FORWARD_ALLOW_TF32 \(1\) and "
-                                          r"DCN_FORWARD_CHANNELS_LAST \(2\)"):
-        _workspace(kernels_lib, dense, 1, 3, 4)
+    # DCN_FORWARD_SHARED_TAPS (4) keeps the direct kernel's workspace (its taps table is in shared memory)
+    assert _workspace(kernels_lib, depthwise, 1, 0, 4) == _workspace(kernels_lib, depthwise, 1, 0) > 0
+    assert _workspace(kernels_lib, depthwise, 1, 0, channels_last | 4) == 0
+    with pytest.raises(NativeError, match=r"flags 8 has bits other than DCN_FORWARD_ALLOW_TF32 \(1\), "
+                                          r"DCN_FORWARD_CHANNELS_LAST \(2\) and DCN_FORWARD_SHARED_TAPS \(4\)"):
+        _workspace(kernels_lib, dense, 1, 3, 8)
 
     forward = kernels_lib.lib.dcn_deform_conv2d_forward_cuda
     fake = ctypes.c_void_p(0x1000)  # never dereferenced: every check below fails first
@@ -325,6 +328,7 @@ def test_channels_last_tensors_take_the_gemm_path_or_the_depthwise_kernel(kernel
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "64MB", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '64MB'"),
     ("DCN_DEPLOY_GEMM_CHUNK_MB", "0", "DCN_DEPLOY_GEMM_CHUNK_MB must be a whole number from 1 to 1048576, got '0'"),
     ("DCN_DEPLOY_DIRECT_LAYOUT", "NHWC", "DCN_DEPLOY_DIRECT_LAYOUT must be one of nhwc, nchw, got 'NHWC'"),
+    ("DCN_DEPLOY_DIRECT_TAPS", "block", "DCN_DEPLOY_DIRECT_TAPS must be one of item, shared, got 'block'"),
     ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "32MB",
      "DCN_DEPLOY_CUBLAS_WORKSPACE_MB must be a whole number from 1 to 1024, got '32MB'"),
     ("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", "2048",
@@ -581,8 +585,8 @@ def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib)
         assert forward(ctypes.byref(dense), 0, 3, 0, fake, fake, fake, None, None, fake, ctypes.c_void_p(0x1010),
                        1 << 30, None) == 1
         assert "256-byte aligned" in kernels_lib.last_error()
-    assert forward(ctypes.byref(dense), 0, 3, 4, fake, fake, fake, None, None, fake, None, 0, None) == 1
-    assert "flags 4 has bits other than DCN_FORWARD_ALLOW_TF32 (1)" in kernels_lib.last_error()
+    assert forward(ctypes.byref(dense), 0, 3, 8, fake, fake, fake, None, None, fake, None, 0, None) == 1
+    assert "flags 8 has bits other than DCN_FORWARD_ALLOW_TF32 (1)" in kernels_lib.last_error()
     # The GEMM path: without a loadable cuBLAS an "unsupported" error that says so, else a workspace error.
     code = forward(ctypes.byref(dense), 0, 3, 0, fake, fake, fake, None, None, fake, None, 0, None)
     assert code in (2, 4), kernels_lib.last_error()

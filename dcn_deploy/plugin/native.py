@@ -24,12 +24,13 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h. A library of another version is a
 # stale build: NativeLibrary refuses it (StaleLibraryError), since its entries may take other arguments.
-ABI_VERSION = 12
+ABI_VERSION = 13
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
 DCN_FORWARD_ALLOW_TF32 = 1  # dcn_deform_conv2d_forward_cuda's flags
 DCN_FORWARD_CHANNELS_LAST = 2
+DCN_FORWARD_SHARED_TAPS = 4
 STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported", 3: "CUDA error", 4: "workspace too small",
                 5: "internal error"}
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
@@ -313,7 +314,7 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
                        path: str = "direct", column_budget_bytes: int = 0, gemm_output: str = "auto",
                        gemm_sampler: str = "auto", tile_items: int = 0, gemm_chunks: str = "even",
                        gemm_product: str = "tn", gemm_split_k: int = 0, channels_last: bool = False,
-                       library: Optional[NativeLibrary] = None):
+                       shared_taps: bool = False, library: Optional[NativeLibrary] = None):
     """Deformable convolution by the host build of the kernels (CPU tensors; float32/64, float16, bfloat16).
 
     Shapes as :func:`dcn_deploy.ops.deform_conv.deform_conv2d`; ``padding`` may also be (top, left, bottom, right).
@@ -342,9 +343,13 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     input and output channels-last in memory, as ``DCN_FORWARD_CHANNELS_LAST`` on the GPU (gemm: the input read
     where it is, the product writing the output; ``gemm_output`` auto, or ``staged-bias-in-product`` for the product
     adding a half type's bias; split-K's slices summed into the output. direct-channels-last: no transpose, each
-    item's channels one store).
+    item's channels one store). ``shared_taps`` (direct-channels-last only; ``DCN_FORWARD_SHARED_TAPS``): the
+    depth-wise items in the shared-taps kernel's blocks (a block of 32 pixels x 8 channel vectors computes its taps
+    once), refusing the layers that kernel does not take.
     Returns (N, out_channels, oH, oW) in the input's dtype (channels-last in memory where ``channels_last``).
     """
+    if shared_taps and path != "direct-channels-last":
+        raise ValueError(f"shared_taps applies to path='direct-channels-last', got path={path!r}")
     if channels_last and path not in ("gemm", "direct-channels-last"):
         raise ValueError("channels_last applies to path='gemm' and path='direct-channels-last' (the GPU paths that "
                          f"read channels-last tensors), got path={path!r}")
@@ -374,7 +379,8 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     if path == "direct-channels-last":
         return _run_host_entry("dcn_deform_conv2d_forward_host_direct_channels_last",
                                (ctypes.c_size_t(int(column_budget_bytes)),
-                                ctypes.c_int32(DCN_FORWARD_CHANNELS_LAST if channels_last else 0)),
+                                ctypes.c_int32((DCN_FORWARD_CHANNELS_LAST if channels_last else 0)
+                                               | (DCN_FORWARD_SHARED_TAPS if shared_taps else 0))),
                                input, offset, weight, bias, mask, stride, padding, dilation, library,
                                channels_last=channels_last)
     if path == "implicit":
@@ -514,8 +520,8 @@ class _ColumnsProduct:
 
 
 def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
-                       algo: str = "auto", allow_tf32: bool = False, channels_last: bool = False, out=None,
-                       library: Optional[NativeLibrary] = None):
+                       algo: str = "auto", allow_tf32: bool = False, channels_last: bool = False,
+                       shared_taps: bool = False, out=None, library: Optional[NativeLibrary] = None):
     """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
 
     ``algo``: ``auto`` (``direct`` for depth-wise-like layers and groups of 2 to 8 channels in and out; other dense
@@ -536,6 +542,10 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     else :class:`NativeError` with code
     ``DCN_ERROR_UNSUPPORTED``). An input in another memory format, or starting off a 16-byte boundary, is copied
     first.
+    ``shared_taps`` (experimental, not yet timed; ``DCN_FORWARD_SHARED_TAPS``): where the channels-last direct kernel
+    runs a depth-wise layer whose offset groups hold whole blocks of 8 channel vectors, a block of 32 pixels x 8
+    vectors computes its taps once into shared memory instead of each item its own; the same results, other layers
+    unchanged (``DCN_DEPLOY_DIRECT_TAPS=shared`` does the same for every call).
     ``out``: an optional output tensor of the right shape, dtype and device to write into, contiguous (in the
     channels-last memory format where ``channels_last``).
     """
@@ -557,7 +567,8 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     with torch.cuda.device(input.device):
         if out is None:
             out = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=memory_format)
-        flags = (DCN_FORWARD_ALLOW_TF32 if allow_tf32 else 0) | (DCN_FORWARD_CHANNELS_LAST if channels_last else 0)
+        flags = ((DCN_FORWARD_ALLOW_TF32 if allow_tf32 else 0) | (DCN_FORWARD_CHANNELS_LAST if channels_last else 0)
+                 | (DCN_FORWARD_SHARED_TAPS if shared_taps else 0))
         size = ctypes.c_size_t()
         lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, ALGOS[algo], flags,
                  ctypes.byref(size))

@@ -29,7 +29,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 12
+#define DCN_ABI_VERSION 13
 
 typedef enum dcn_status
 {
@@ -73,7 +73,14 @@ typedef enum dcn_forward_flag
      * with channels in items of whole groups within offset groups; algo 0 not on the dense ones of 32 bytes, float32
      * groups of 8 and half groups of 16, which it leaves to the GEMM path), reading and writing them
      * where they are, with no workspace; else DCN_ERROR_UNSUPPORTED. */
-    DCN_FORWARD_CHANNELS_LAST = 2
+    DCN_FORWARD_CHANNELS_LAST = 2,
+    /* Experimental, not yet timed on a GPU: where the channels-last direct kernel runs a depth-wise layer whose offset
+     * groups hold whole blocks of 8 channel vectors (16 bytes each) and whose tables fit 48 KiB (3x3 in float16:
+     * 15.75 KiB), a block of 32 pixels x 8 vectors computes its taps once into shared memory, with its weights,
+     * instead of each item its own; other layers run as without it. The same results. DCN_DEPLOY_DIRECT_TAPS=shared
+     * turns it on for every call. The host entry dcn_deform_conv2d_forward_host_direct_channels_last refuses the
+     * layers it does not take. */
+    DCN_FORWARD_SHARED_TAPS = 4
 } dcn_forward_flag;
 
 /* Every integer of one deformable convolution. Padding is per side, ONNX order (top, left, bottom, right). */
@@ -111,7 +118,8 @@ DCN_API int32_t dcn_deform_conv2d_forward_host(const dcn_deform_conv_desc* desc,
  * 32 bytes, with channels in items of 2 or more within offset groups, each item whole groups (others are
  * DCN_ERROR_UNSUPPORTED), the input transposed in chunks of the images that
  * column_budget_bytes holds (at least one; 0 = the CUDA default, 256 MiB); flags DCN_FORWARD_CHANNELS_LAST: the
- * input and output channels-last themselves (no transpose). For tests. */
+ * input and output channels-last themselves (no transpose); DCN_FORWARD_SHARED_TAPS: the shared-taps kernel's blocks
+ * (layers it does not take are DCN_ERROR_UNSUPPORTED). For tests. */
 DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_deform_conv_desc* desc, int32_t dtype,
     const void* input, const void* offset, const void* weight, const void* bias, const void* mask, void* output,
     size_t column_budget_bytes, int32_t flags);
@@ -174,7 +182,8 @@ DCN_API int32_t dcn_deform_conv2d_workspace_size(
     const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, int32_t flags, size_t* bytes);
 /* flags: 0, or DCN_FORWARD_ALLOW_TF32 (float32 layers: the GEMM path's products on TF32 tensor cores, inputs
  * rounded to 10 mantissa bits, float32 sums; what torch.backends.cuda.matmul.allow_tf32 allows PyTorch's own float32
- * products; the op passes it from there) and/or DCN_FORWARD_CHANNELS_LAST (see above). Other bits are an error. */
+ * products; the op passes it from there), DCN_FORWARD_CHANNELS_LAST and DCN_FORWARD_SHARED_TAPS (see above). Other
+ * bits are an error. */
 DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo,
     int32_t flags, const void* input, const void* offset, const void* weight, const void* bias, const void* mask,
     void* output, void* workspace, size_t workspace_bytes, void* stream);

@@ -48,6 +48,9 @@ namespace
 //   DCN_DEPLOY_DIRECT_LAYOUT      nhwc (default) or nchw: whether the direct kernel on depth-wise layers samples
 //                                 a channels-last copy of the input (GemmOptions::directChannelsLast) or the
 //                                 input as it is;
+//   DCN_DEPLOY_DIRECT_TAPS        item (default) or shared: whether the channels-last direct kernel's depth-wise
+//                                 items compute their own taps or read a block's (GemmOptions::directSharedTaps),
+//                                 whatever the forward's flags say (DCN_FORWARD_SHARED_TAPS also turns it on);
 //   DCN_DEPLOY_IMPLICIT_TILE_M    auto (default), 64, 128 or 256: the implicit-GEMM kernel's output channels per
 //                                 block;
 //   DCN_DEPLOY_IMPLICIT_THREADS   auto (default), 256 or 512: its threads per block (128- and 256-row tiles);
@@ -133,6 +136,8 @@ AbiGemmOptions const& abiGemmSettings()
         parsed.tileItems = int32_t(tileItems > 0 ? tileItems : 0);
         parsed.directChannelsLast = choiceFromEnvironment("DCN_DEPLOY_DIRECT_LAYOUT", {"nhwc", "nchw"}, read.problem)
             == 0;
+        parsed.directSharedTaps = choiceFromEnvironment("DCN_DEPLOY_DIRECT_TAPS", {"item", "shared"}, read.problem)
+            == 1;
         long const cublasMb = wholeNumberFromEnvironment("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", 1, 1024, read.problem);
         if (cublasMb > 0)
             parsed.cublasWorkspaceBytes = size_t(cublasMb) << 20;
@@ -162,14 +167,16 @@ dcn::Status abiGemmOptionsStatus()
 // The ABI's options for a call's flags (dcn_forward_flag), or a problem naming `entry` where a bit is unknown.
 dcn::Status abiOptionsForFlags(char const* entry, int32_t flags, dcn::GemmOptions& options)
 {
-    constexpr int32_t kKnown = DCN_FORWARD_ALLOW_TF32 | DCN_FORWARD_CHANNELS_LAST;
+    constexpr int32_t kKnown = DCN_FORWARD_ALLOW_TF32 | DCN_FORWARD_CHANNELS_LAST | DCN_FORWARD_SHARED_TAPS;
     if (flags & ~kKnown)
         return dcn::Status::invalid(std::string(entry) + ": flags " + std::to_string(flags)
-            + " has bits other than DCN_FORWARD_ALLOW_TF32 (1) and DCN_FORWARD_CHANNELS_LAST (2); pass a sum of those");
+            + " has bits other than DCN_FORWARD_ALLOW_TF32 (1), DCN_FORWARD_CHANNELS_LAST (2) and "
+              "DCN_FORWARD_SHARED_TAPS (4); pass a sum of those");
     dcn::Status const status = abiGemmOptionsStatus();
-    options = abiGemmOptions(); // DCN_DEPLOY_GEMM_TF32=1 forces TF32 whatever the flags say
+    options = abiGemmOptions(); // DCN_DEPLOY_GEMM_TF32=1 forces TF32 whatever the flags say, and so on
     options.tf32 = options.tf32 || (flags & DCN_FORWARD_ALLOW_TF32) != 0;
     options.channelsLastTensors = (flags & DCN_FORWARD_CHANNELS_LAST) != 0;
+    options.directSharedTaps = options.directSharedTaps || (flags & DCN_FORWARD_SHARED_TAPS) != 0;
     return status;
 }
 

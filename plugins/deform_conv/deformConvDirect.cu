@@ -10,6 +10,7 @@
 #include "dcnGridStride.h"
 #include "deformConvDirectBlock.h"
 #include "deformConvDirectChannelsLast.h"
+#include "deformConvDirectSharedTaps.h"
 #include "deformConvKernel.h"
 #include "deformConvRelayout.cuh"
 
@@ -70,6 +71,28 @@ __global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKerne
     for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
          idx += int64_t(gridDim.x) * blockDim.x)
         depthwiseItem<T, Vector, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0, idx);
+}
+
+// The depth-wise items with their taps shared (deformConvDirectSharedTaps.h): block (pixel block, channel block, image
+// from n0) of kSharedTapsThreads threads fills its taps and weights tables in shared memory, then each thread runs
+// its item.
+template <typename T, int Vector, bool ChannelsLastOut>
+__global__ void __launch_bounds__(kSharedTapsThreads) depthwiseSharedTapsKernel(DeformConvGeometry const geo,
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
+    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    extern __shared__ __align__(16) unsigned char tapBytes[];
+    SharedTap<Acc>* const table = reinterpret_cast<SharedTap<Acc>*>(tapBytes);
+    int32_t const channelBlock = int32_t(blockIdx.y);
+    int32_t const og = channelBlock * kSharedTapsItems * Vector / geo.channelsPerOffsetGroup;
+    fillSharedTaps<T>(geo, offset, mask, n0 + int32_t(blockIdx.z), og, int64_t(blockIdx.x) * kSharedTapsPixels, table,
+        int32_t(threadIdx.x), int32_t(blockDim.x));
+    fillSharedTapsWeights<T, Vector>(geo, weight, channelBlock * kSharedTapsItems * Vector,
+        reinterpret_cast<Acc*>(table + sharedTapEntries(geo)), int32_t(threadIdx.x), int32_t(blockDim.x));
+    __syncthreads();
+    sharedTapsItem<T, Vector, ChannelsLastOut>(geo, nhwc, bias, table, output, n0, int32_t(blockIdx.z),
+        int64_t(blockIdx.x), channelBlock, int32_t(threadIdx.x));
 }
 
 // The channels-last direct kernel for Cpg > 1 channels per group: a block of kGridStrideThreads threads takes
@@ -135,14 +158,29 @@ constexpr auto groupedKernelFor()
         return &groupedChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut>;
 }
 
-// The items of `count` images from n0 of `source` (channels-last): the grid-stride kernel for depth-wise layers,
-// the grouped kernel (in launches of at most 65535 images, its grid z) for the others.
+// The items of `count` images from n0 of `source` (channels-last): for depth-wise layers the shared-taps kernel where
+// sharedTaps (sharedTapsRefusal passed), else the grid-stride kernel; the grouped kernel for the others. The
+// block-mapped kernels in launches of at most 65535 images (their grid z).
 template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
 void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T const* offset, T const* weight,
-    T const* bias, T const* mask, T* output, int32_t n0, int32_t count, cudaStream_t stream)
+    T const* bias, T const* mask, T* output, int32_t n0, int32_t count, bool sharedTaps, cudaStream_t stream)
 {
     if constexpr (Cpg == 1)
     {
+        if (sharedTaps)
+        {
+            unsigned const channelBlocks = unsigned(geo.d.in_channels / (Vector * kSharedTapsItems));
+            size_t const tableBytes = sharedTapsTablesBytes(geo, sizeof(T));
+            for (int32_t first = 0; first < count; first += 65535)
+            {
+                dim3 const grid(unsigned(sharedTapsPixelBlocks(geo)), channelBlocks,
+                    unsigned(std::min(count - first, 65535)));
+                depthwiseSharedTapsKernel<T, Vector, ChannelsLastOut><<<grid, kSharedTapsThreads, tableBytes,
+                    stream>>>(geo, source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask,
+                    output, n0 + first);
+            }
+            return;
+        }
         int64_t const total = depthwiseItems(geo, count, Vector);
         depthwiseChannelsLastKernel<T, Vector, ChannelsLastOut><<<gridStrideBlocks(total), kGridStrideThreads, 0,
             stream>>>(geo, source, offset, weight, bias, mask, output, n0, total);
@@ -166,12 +204,13 @@ void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T c
 
 // Per chunk of images: the input to channels-last in the workspace, then the items of those images. With
 // channelsLastTensors the input already is channels-last (and the output is written so): one launch over the batch,
-// no workspace.
+// no workspace. sharedTaps: depth-wise layers' taps shared by a block where sharedTapsRefusal passes.
 template <typename T>
 Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight,
     T const* bias, T const* mask, T* output, void* workspace, size_t budget, bool channelsLastTensors,
-    cudaStream_t stream)
+    bool sharedTaps, cudaStream_t stream)
 {
+    bool const shareTaps = sharedTaps && sharedTapsRefusal(geo, sizeof(T)).empty();
     int32_t const images = channelsLastTensors ? geo.d.batch : directChannelsLastImages(geo, sizeof(T), budget);
     T* nhwc = static_cast<T*>(workspace);
     for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
@@ -187,10 +226,10 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
             constexpr int kCpg = decltype(group)::value;
             if (channelsLastTensors)
                 launchChannelsLastItems<T, kVector, kCpg, true>(geo, source, offset, weight, bias, mask, output, n0,
-                    count, stream);
+                    count, shareTaps, stream);
             else
                 launchChannelsLastItems<T, kVector, kCpg, false>(geo, source, offset, weight, bias, mask, output, n0,
-                    count, stream);
+                    count, shareTaps, stream);
         });
         if (!launched) // directChannelsLastRefusal turns such layers away before this
             return Status::invalid("the channels-last direct kernel has no instance for items of "
@@ -207,13 +246,13 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
 
 Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t budget, bool channelsLastTensors, cudaStream_t stream)
+    size_t budget, bool channelsLastTensors, bool sharedTaps, cudaStream_t stream)
 {
     return withElementType(dtype, [&](auto tag) {
         using T = decltype(tag);
         return launchDirectChannelsLast<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
             static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
-            static_cast<T*>(output), workspace, budget, channelsLastTensors, stream);
+            static_cast<T*>(output), workspace, budget, channelsLastTensors, sharedTaps, stream);
     });
 }
 

@@ -228,6 +228,40 @@ DCN_HD void fillDirectWeightTable(DeformConvGeometry const& geo, T const* weight
     }
 }
 
+// An item's sums before its first kernel point: output channels c .. c + Vector's biases, or zeros.
+template <typename T, int Vector>
+DCN_HD void directItemStart(T const* bias, int32_t c, typename ElementTraits<T>::Acc (&acc)[Vector])
+{
+    using Acc = typename ElementTraits<T>::Acc;
+DCN_UNROLL
+    for (int v = 0; v < Vector; ++v)
+        acc[v] = bias ? ElementTraits<T>::toAcc(bias[c + v]) : Acc(0);
+}
+
+// An item's outputs (channels c .. c + Vector of image n at output pixel `pixel`, row-major), rounded to T: into an
+// NCHW output, one store a channel; ChannelsLastOut, one vector store.
+template <typename T, int Vector, bool ChannelsLastOut>
+DCN_HD void directItemStore(DeformConvGeometry const& geo, typename ElementTraits<T>::Acc const (&acc)[Vector],
+    T* output, int32_t n, int32_t c, int64_t pixel)
+{
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    if constexpr (ChannelsLastOut)
+    {
+        T values[Vector];
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            values[v] = ElementTraits<T>::fromAcc(acc[v]);
+        storeVector<T, Vector>(output + (int64_t(n) * plane + pixel) * geo.d.out_channels + c, values);
+    }
+    else
+    {
+        T* out = output + (int64_t(n) * geo.d.out_channels + c) * plane + pixel;
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            out[v * plane] = ElementTraits<T>::fromAcc(acc[v]);
+    }
+}
+
 // out[n0 + img, c .. c + Vector, y, x] from nhwc (the images from n0, channels-last) for a layer of Cpg channels
 // per group in and out (directChannelsLastRefusal): per output channel the same sum, in the same order, as
 // directOutputBlock (bias, then kernel point by kernel point, input channel by input channel of its group, the
@@ -257,9 +291,7 @@ DCN_HD void channelsLastDirectItem(DeformConvGeometry const& geo, T const* nhwc,
     T const* scaleAt = mask ? mask + firstPoint * plane + pixel : nullptr;
     T const* weightAt = weight + int64_t(c) * kernelPoints; // weight[c][0]; channel c + v is v * kernelPoints on
     Acc acc[Vector];
-DCN_UNROLL
-    for (int v = 0; v < Vector; ++v)
-        acc[v] = bias ? ElementTraits<T>::toAcc(bias[c + v]) : Acc(0);
+    directItemStart<T, Vector>(bias, c, acc);
     for (int32_t i = 0; i < d.kernel_h; ++i)
     {
         int32_t const row = baseRow(d, y, i);
@@ -296,21 +328,7 @@ DCN_UNROLL
                 scaleAt += plane;
         }
     }
-    if constexpr (ChannelsLastOut)
-    {
-        T values[Vector];
-DCN_UNROLL
-        for (int v = 0; v < Vector; ++v)
-            values[v] = ElementTraits<T>::fromAcc(acc[v]);
-        storeVector<T, Vector>(output + (int64_t(n0 + img) * plane + pixel) * d.out_channels + c, values);
-    }
-    else
-    {
-        T* out = output + (int64_t(n0 + img) * d.out_channels + c) * plane + pixel;
-DCN_UNROLL
-        for (int v = 0; v < Vector; ++v)
-            out[v * plane] = ElementTraits<T>::fromAcc(acc[v]);
-    }
+    directItemStore<T, Vector, ChannelsLastOut>(geo, acc, output, n0 + img, c, pixel);
 }
 
 // Work items of one launch (images from n0): images * C / vector * oH * oW.

@@ -6,6 +6,7 @@
 #include "deformConvColumns.h"
 #include "deformConvDirectBlock.h"
 #include "deformConvDirectChannelsLast.h"
+#include "deformConvDirectSharedTaps.h"
 #include "deformConvGemmReference.h"
 #include "deformConvImplicit.h"
 #include "deformConvMath.h"
@@ -336,12 +337,56 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
     }
 }
 
+// The shared-taps kernel's blocks of `count` images from n0 (deformConvDirectSharedTaps.h), as the CUDA kernel runs
+// them: each block's tables filled (over NaN: an entry the fills missed shows), then its threads one by one.
+template <typename T, int Vector, bool ChannelsLastOut>
+void sharedTapsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight, T const* bias,
+    T const* mask, T* output, int32_t n0, int32_t count)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    Acc const nan = std::numeric_limits<Acc>::quiet_NaN();
+    size_t const entries = size_t(sharedTapEntries(geo));
+    // the tables as the kernel's shared memory holds them: the taps, then the weights in Acc
+    size_t const tapBytes = entries * sizeof(SharedTap<Acc>);
+    std::vector<SharedTap<Acc>> tables((sharedTapsTablesBytes(geo, sizeof(T)) + sizeof(SharedTap<Acc>) - 1)
+        / sizeof(SharedTap<Acc>));
+    Acc* const weights = reinterpret_cast<Acc*>(reinterpret_cast<unsigned char*>(tables.data()) + tapBytes);
+    size_t const weightEntries = size_t(geo.kernelPoints) * kSharedTapsItems * Vector;
+    int32_t const channelBlocks = geo.d.in_channels / (Vector * kSharedTapsItems);
+    for (int32_t img = 0; img < count; ++img)
+        for (int32_t channelBlock = 0; channelBlock < channelBlocks; ++channelBlock)
+        {
+            int32_t const og = channelBlock * kSharedTapsItems * Vector / geo.channelsPerOffsetGroup;
+            for (int64_t pixelBlock = 0; pixelBlock < sharedTapsPixelBlocks(geo); ++pixelBlock)
+            {
+                for (size_t e = 0; e < entries; ++e)
+                {
+                    BilinearTaps<Acc>& taps = tables[e].taps;
+                    taps.valid = 0xFu;
+                    for (int t = 0; t < 4; ++t)
+                    {
+                        taps.index[t] = 0;
+                        taps.weight[t] = nan;
+                    }
+                }
+                std::fill(weights, weights + weightEntries, nan);
+                fillSharedTaps<T>(geo, offset, mask, n0 + img, og, pixelBlock * kSharedTapsPixels, tables.data(), 0,
+                    1);
+                fillSharedTapsWeights<T, Vector>(geo, weight, channelBlock * kSharedTapsItems * Vector, weights, 0, 1);
+                for (int32_t thread = 0; thread < kSharedTapsThreads; ++thread)
+                    sharedTapsItem<T, Vector, ChannelsLastOut>(geo, nhwc, bias, tables.data(), output, n0, img,
+                        pixelBlock, channelBlock, thread);
+            }
+        }
+}
+
 // The channels-last direct kernel as the CUDA launch runs it (deformConvDirectBlock.h): the same chunks of images,
 // each transposed element by element (as the transpose kernel moves them) into a NaN-filled room, then every item;
 // with channelsLastTensors (input and output channels-last themselves) the items of the whole batch from the input.
+// sharedTaps: the depth-wise items in the shared-taps kernel's blocks (sharedTapsRefusal passed).
 template <typename T>
 void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget, bool channelsLastTensors,
-    T const* input, T const* offset, T const* weight, T const* bias, T const* mask, T* output)
+    bool sharedTaps, T const* input, T const* offset, T const* weight, T const* bias, T const* mask, T* output)
 {
     using Acc = typename ElementTraits<T>::Acc;
     int32_t const images = channelsLastTensors ? geo.d.batch : directChannelsLastImages(geo, sizeof(T), budget);
@@ -362,6 +407,14 @@ void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget,
             T const* source = channelsLastTensors ? input : nhwc.data();
             if constexpr (kCpg == 1)
             {
+                if (sharedTaps)
+                {
+                    if (channelsLastTensors)
+                        sharedTapsHost<T, kVector, true>(geo, source, offset, weight, bias, mask, output, n0, count);
+                    else
+                        sharedTapsHost<T, kVector, false>(geo, source, offset, weight, bias, mask, output, n0, count);
+                    continue;
+                }
                 int64_t const items = depthwiseItems(geo, count, kVector);
                 for (int64_t idx = 0; idx < items; ++idx)
                     if (channelsLastTensors)
@@ -457,10 +510,13 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_de
     size_t column_budget_bytes, int32_t flags)
 {
     return dcn::guarded([&] {
-        if (flags != 0 && flags != DCN_FORWARD_CHANNELS_LAST)
-            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_direct_channels_last: flags must be 0 or "
-                                        "DCN_FORWARD_CHANNELS_LAST (2), got " + std::to_string(flags));
-        if (flags == DCN_FORWARD_CHANNELS_LAST)
+        if (flags & ~(DCN_FORWARD_CHANNELS_LAST | DCN_FORWARD_SHARED_TAPS))
+            return dcn::Status::invalid("dcn_deform_conv2d_forward_host_direct_channels_last: flags must be a sum of "
+                                        "DCN_FORWARD_CHANNELS_LAST (2) and DCN_FORWARD_SHARED_TAPS (4), got "
+                + std::to_string(flags));
+        bool const channelsLast = (flags & DCN_FORWARD_CHANNELS_LAST) != 0;
+        bool const sharedTaps = (flags & DCN_FORWARD_SHARED_TAPS) != 0;
+        if (channelsLast)
         {
             dcn::Status const aligned = dcn::channelsLastAlignment(
                 "dcn_deform_conv2d_forward_host_direct_channels_last", input, output);
@@ -471,15 +527,18 @@ DCN_API int32_t dcn_deform_conv2d_forward_host_direct_channels_last(const dcn_de
         return dcn::hostEntry("dcn_deform_conv2d_forward_host_direct_channels_last", desc, dtype, input, offset,
             weight, output, geo,
             [&](dcn::DeformConvGeometry const& made) {
-                return dcn::validDtype(dtype) ? dcn::directChannelsLastRefusal(made, dcn::dtypeBytes(dtype))
-                                              : std::string();
+                if (!dcn::validDtype(dtype))
+                    return std::string();
+                return sharedTaps ? dcn::sharedTapsRefusal(made, dcn::dtypeBytes(dtype))
+                                  : dcn::directChannelsLastRefusal(made, dcn::dtypeBytes(dtype));
             },
             [&](auto tag) {
                 using T = decltype(tag);
                 dcn::forwardHostDirectChannelsLast<T>(geo,
-                    column_budget_bytes ? column_budget_bytes : dcn::kGemmDefaultColumnBudget,
-                    flags == DCN_FORWARD_CHANNELS_LAST, static_cast<T const*>(input), static_cast<T const*>(offset), static_cast<T const*>(weight),
-                    static_cast<T const*>(bias), static_cast<T const*>(mask), static_cast<T*>(output));
+                    column_budget_bytes ? column_budget_bytes : dcn::kGemmDefaultColumnBudget, channelsLast,
+                    sharedTaps, static_cast<T const*>(input), static_cast<T const*>(offset),
+                    static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
+                    static_cast<T*>(output));
             });
     });
 }

@@ -1,0 +1,191 @@
+// The channels-last direct kernel's depth-wise items with their taps shared by a block (GemmOptions::directSharedTaps;
+// DCN_DEPLOY_DIRECT_TAPS=shared in the C ABI; opt-in until it is timed on a GPU). Every item of an offset group at one
+// pixel samples the same positions, yet channelsLastDirectItem computes its taps (the offsets' and the mask's loads,
+// the floors, the bilinear weights, the validity) for itself: 32 times over at depth-wise res4 in float16. Here a
+// block of kSharedTapsPixels consecutive output pixels x kSharedTapsItems channel vectors of one offset group first
+// computes the taps of its pixels' kernel points once, into a table (shared memory on the GPU), and its items'
+// weights, in Acc, into another, then each item gathers, blends and weights its vector reading them. The sums are
+// channelsLastDirectItem's, in its order, from the same taps and weights: bit for bit its results.
+// Shared by the CUDA kernel (deformConvDirect.cu) and the host build (deformConvHost.cpp), which runs a block's fill
+// and then its threads one by one, so that CI checks the kernel's own code on the CPU.
+#pragma once
+
+#include "deformConvDirectChannelsLast.h"
+
+#include <string>
+
+namespace dcn
+{
+
+// A block: 32 consecutive output pixels (in row-major order across rows) x 8 channel vectors, one thread each.
+constexpr int32_t kSharedTapsPixels = 32;
+constexpr int32_t kSharedTapsItems = 8;
+constexpr int32_t kSharedTapsThreads = kSharedTapsPixels * kSharedTapsItems;
+// The most a block keeps in its tables: the default dynamic shared memory of every target (no opt-in needed).
+constexpr size_t kSharedTapsTablesMaxBytes = 48 * 1024;
+
+// One table entry: the taps of one (kernel point, block pixel), their indices already element offsets in a
+// channels-last image (pixel index x channels). 16-byte aligned so that an item reads it in vector loads.
+template <typename Acc>
+struct alignas(16) SharedTap
+{
+    BilinearTaps<Acc> taps;
+};
+
+// Entries of a block's taps table: one per kernel point and block pixel. Its weights table follows it.
+DCN_HD int32_t sharedTapEntries(DeformConvGeometry const& geo)
+{
+    return geo.kernelPoints * kSharedTapsPixels;
+}
+
+// Bytes of a block's tables: the taps, then the weights (per kernel point, each item's Vector weights in Acc).
+inline size_t sharedTapsTablesBytes(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    size_t const acc = accumulatorBytes(elementBytes);
+    size_t const entry = acc == 8 ? sizeof(SharedTap<double>) : sizeof(SharedTap<float>);
+    size_t const weights = size_t(geo.kernelPoints) * kSharedTapsItems * directItemWidth(geo, elementBytes) * acc;
+    return size_t(sharedTapEntries(geo)) * entry + weights;
+}
+
+// Why the shared-taps kernel cannot take a layer, or "" where it can: a layer the channels-last direct kernel takes
+// (directChannelsLastRefusal), depth-wise (one channel per group), whose offset groups hold whole blocks of
+// kSharedTapsItems channel vectors, with tables within kSharedTapsTablesMaxBytes and at most 65535 blocks of
+// channels (grid y). The launch falls back to channelsLastDirectItem's kernel on the others.
+inline std::string sharedTapsRefusal(DeformConvGeometry const& geo, size_t elementBytes)
+{
+    std::string const direct = directChannelsLastRefusal(geo, elementBytes);
+    if (!direct.empty())
+        return direct;
+    if (geo.channelsPerGroup != 1)
+        return "the shared-taps direct kernel takes depth-wise layers (one channel per group), got "
+            + std::to_string(geo.channelsPerGroup) + " channels per group";
+    int64_t const item = directItemWidth(geo, elementBytes);
+    int64_t const blockChannels = item * kSharedTapsItems;
+    if (geo.channelsPerOffsetGroup % blockChannels != 0)
+        return "the shared-taps direct kernel needs offset groups of a multiple of " + std::to_string(blockChannels)
+            + " channels (" + std::to_string(kSharedTapsItems) + " items of " + std::to_string(item) + "), got "
+            + std::to_string(geo.channelsPerOffsetGroup);
+    size_t const tableBytes = sharedTapsTablesBytes(geo, elementBytes);
+    if (tableBytes > kSharedTapsTablesMaxBytes)
+        return "the shared-taps direct kernel keeps a block's taps and weights in "
+            + std::to_string(kSharedTapsTablesMaxBytes) + " bytes, and this layer's " + std::to_string(geo.kernelPoints)
+            + " kernel points need " + std::to_string(tableBytes);
+    if (geo.d.in_channels / blockChannels > 65535)
+        return "the shared-taps direct kernel takes at most 65535 blocks of channels (grid y), got "
+            + std::to_string(geo.d.in_channels / blockChannels);
+    return std::string();
+}
+
+// Pixel blocks of an image (grid x).
+DCN_HD int64_t sharedTapsPixelBlocks(DeformConvGeometry const& geo)
+{
+    return (int64_t(geo.outH) * geo.outW + kSharedTapsPixels - 1) / kSharedTapsPixels;
+}
+
+// Entries first, first + step, ... of the taps table of the block whose pixels start at firstPixel, for image n's
+// offset group og: entry kp * kSharedTapsPixels + p holds the taps of kernel point kp at pixel firstPixel + p (pixels
+// fastest, so that a warp's offset and mask reads run along a row), computed as channelsLastDirectItem computes them;
+// a pixel past the image's last has none.
+template <typename T>
+DCN_HD void fillSharedTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n, int32_t og,
+    int64_t firstPixel, SharedTap<typename ElementTraits<T>::Acc>* table, int32_t first, int32_t step)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    dcn_deform_conv_desc const& d = geo.d;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    int64_t const firstPoint = (int64_t(n) * d.offset_group + og) * geo.kernelPoints;
+    int32_t const entries = geo.kernelPoints * kSharedTapsPixels;
+    for (int32_t e = first; e < entries; e += step)
+    {
+        int32_t const kp = e / kSharedTapsPixels;
+        int64_t const pixel = firstPixel + (e - kp * kSharedTapsPixels);
+        BilinearTaps<Acc> taps = noTaps<Acc>();
+        if (pixel < plane)
+        {
+            int32_t const y = int32_t(pixel / geo.outW);
+            int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
+            int32_t const i = kp / d.kernel_w;
+            int32_t const j = kp - i * d.kernel_w;
+            int64_t const point = firstPoint + kp;
+            Acc const dy = ElementTraits<T>::toAcc(offset[2 * point * plane + pixel]);
+            Acc const dx = ElementTraits<T>::toAcc(offset[(2 * point + 1) * plane + pixel]);
+            Acc const scale = mask ? ElementTraits<T>::toAcc(mask[point * plane + pixel]) : Acc(1);
+            taps = bilinearTaps<Acc>(Acc(baseRow(d, y, i)) + dy, Acc(baseCol(d, x, j)) + dx, d.height, d.width, scale);
+DCN_UNROLL
+            for (int t = 0; t < 4; ++t) // an image's elements fit 32 bits (directChannelsLastRefusal)
+                taps.index[t] *= d.in_channels;
+        }
+        table[e].taps = taps;
+    }
+}
+
+// Entries first, first + step, ... of the weights table of the block whose channels start at firstChannel: entry
+// kp * kSharedTapsItems * Vector + i holds weight[firstChannel + i][kp] in Acc (kernel points outermost, so that an
+// item's Vector weights of a kernel point are side by side).
+template <typename T, int Vector>
+DCN_HD void fillSharedTapsWeights(DeformConvGeometry const& geo, T const* weight, int32_t firstChannel,
+    typename ElementTraits<T>::Acc* table, int32_t first, int32_t step)
+{
+    constexpr int32_t kRow = kSharedTapsItems * Vector;
+    int32_t const entries = geo.kernelPoints * kRow;
+    for (int32_t e = first; e < entries; e += step)
+    {
+        int32_t const kp = e / kRow;
+        table[e] = ElementTraits<T>::toAcc(weight[int64_t(firstChannel + e - kp * kRow) * geo.kernelPoints + kp]);
+    }
+}
+
+// Which item and which block pixel a block's thread takes: two items side by side at 16 consecutive pixels per warp
+// (channelsLastDirectItem's kernel's layout, directVectorsAcross: a lane pair's gathers of a neighbour fill a 32-byte
+// sector, and the NCHW output's stores run along 16 pixels); warps 2w and 2w + 1 take items 2w and 2w + 1 at the
+// block's two halves of pixels.
+struct SharedTapsPlace
+{
+    int32_t item;
+    int32_t pixel;
+};
+
+DCN_HD SharedTapsPlace sharedTapsPlace(int32_t thread)
+{
+    int32_t const warp = thread >> 5;
+    int32_t const lane = thread & 31;
+    return {(warp >> 1) * 2 + (lane & 1), (warp & 1) * 16 + (lane >> 1)};
+}
+
+// Thread `thread` of block (pixelBlock, channelBlock) of image img of a launch (images from n0; nhwc holds them,
+// channels-last) once the block's tables are filled (taps, then weights right after them): its item's output,
+// channelsLastDirectItem's sums from the tables. ChannelsLastOut: as channelsLastDirectItem's.
+template <typename T, int Vector, bool ChannelsLastOut = false>
+DCN_HD void sharedTapsItem(DeformConvGeometry const& geo, T const* nhwc, T const* bias,
+    SharedTap<typename ElementTraits<T>::Acc> const* table, T* output, int32_t n0, int32_t img, int64_t pixelBlock,
+    int32_t channelBlock, int32_t thread)
+{
+    using Acc = typename ElementTraits<T>::Acc;
+    SharedTapsPlace const place = sharedTapsPlace(thread);
+    int64_t const pixel = pixelBlock * kSharedTapsPixels + place.pixel;
+    if (pixel >= int64_t(geo.outH) * geo.outW)
+        return;
+    int32_t const c = (channelBlock * kSharedTapsItems + place.item) * Vector;
+    int32_t const kernelPoints = geo.kernelPoints;
+    T const* image = nhwc + int64_t(img) * inputImageElements(geo) + c;
+    SharedTap<Acc> const* entry = table + place.pixel;
+    Acc const* weightAt = reinterpret_cast<Acc const*>(table + sharedTapEntries(geo)) + place.item * Vector;
+    Acc acc[Vector];
+    directItemStart<T, Vector>(bias, c, acc);
+    for (int32_t kp = 0; kp < kernelPoints; ++kp)
+    {
+        BilinearTaps<Acc> const taps = entry->taps;
+        ChannelPack<T, Vector> packs[4];
+        gatherNeighbours<T, Vector, Acc, uint32_t>(image, taps, 1, packs);
+        Acc sample[Vector];
+        blendInAcc<T, Vector, /*Selected=*/true>(packs, taps.weight, taps.valid, sample);
+DCN_UNROLL
+        for (int v = 0; v < Vector; ++v)
+            acc[v] += weightAt[v] * sample[v];
+        weightAt += kSharedTapsItems * Vector;
+        entry += kSharedTapsPixels;
+    }
+    directItemStore<T, Vector, ChannelsLastOut>(geo, acc, output, n0 + img, c, pixel);
+}
+
+} // namespace dcn
