@@ -86,13 +86,14 @@ __global__ void __launch_bounds__(kSharedTapsThreads) depthwiseSharedTapsKernel(
     SharedTap<Acc>* const table = reinterpret_cast<SharedTap<Acc>*>(tapBytes);
     int32_t const channelBlock = int32_t(blockIdx.y);
     int32_t const og = channelBlock * kSharedTapsItems * Vector / geo.channelsPerOffsetGroup;
-    fillSharedTaps<T>(geo, offset, mask, n0 + int32_t(blockIdx.z), og, int64_t(blockIdx.x) * kSharedTapsPixels, table,
-        int32_t(threadIdx.x), int32_t(blockDim.x));
+    int32_t const thread = int32_t(threadIdx.x);
+    fillSharedTapsOfPixel<T>(geo, offset, mask, n0 + int32_t(blockIdx.z), og, int64_t(blockIdx.x) * kSharedTapsPixels,
+        thread % kSharedTapsPixels, table, thread / kSharedTapsPixels, kSharedTapsThreads / kSharedTapsPixels);
     fillSharedTapsWeights<T, Vector>(geo, weight, channelBlock * kSharedTapsItems * Vector,
-        reinterpret_cast<Acc*>(table + sharedTapEntries(geo)), int32_t(threadIdx.x), int32_t(blockDim.x));
+        reinterpret_cast<Acc*>(table + sharedTapEntries(geo)), thread, kSharedTapsThreads);
     __syncthreads();
     sharedTapsItem<T, Vector, ChannelsLastOut>(geo, nhwc, bias, table, output, n0, int32_t(blockIdx.z),
-        int64_t(blockIdx.x), channelBlock, int32_t(threadIdx.x));
+        int64_t(blockIdx.x), channelBlock, thread);
 }
 
 // The channels-last direct kernel for Cpg > 1 channels per group: a block of kGridStrideThreads threads takes

@@ -82,40 +82,46 @@ DCN_HD int64_t sharedTapsPixelBlocks(DeformConvGeometry const& geo)
     return (int64_t(geo.outH) * geo.outW + kSharedTapsPixels - 1) / kSharedTapsPixels;
 }
 
-// Entries first, first + step, ... of the taps table of the block whose pixels start at firstPixel, for image n's
-// offset group og: entry kp * kSharedTapsPixels + p holds the taps of kernel point kp at pixel firstPixel + p (pixels
-// fastest, so that a warp's offset and mask reads run along a row), computed as channelsLastDirectItem computes them;
-// a pixel past the image's last has none.
+// The taps table's entries of block pixel p (at firstPixel + p) for kernel points firstPoint, firstPoint + pointStep,
+// ... of the block whose pixels start at firstPixel, for image n's offset group og: entry kp * kSharedTapsPixels + p
+// holds the taps of kernel point kp at that pixel (pixels fastest, so that a warp's offset and mask reads run along
+// a row), computed as channelsLastDirectItem computes them; a pixel past the image's last has none. A block's
+// thread t fills pixel t % kSharedTapsPixels from point t / kSharedTapsPixels on (its pixel's place is found once).
 template <typename T>
-DCN_HD void fillSharedTaps(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n, int32_t og,
-    int64_t firstPixel, SharedTap<typename ElementTraits<T>::Acc>* table, int32_t first, int32_t step)
+DCN_HD void fillSharedTapsOfPixel(DeformConvGeometry const& geo, T const* offset, T const* mask, int32_t n, int32_t og,
+    int64_t firstPixel, int32_t p, SharedTap<typename ElementTraits<T>::Acc>* table, int32_t firstPoint,
+    int32_t pointStep)
 {
     using Acc = typename ElementTraits<T>::Acc;
     dcn_deform_conv_desc const& d = geo.d;
     int64_t const plane = int64_t(geo.outH) * geo.outW;
-    int64_t const firstPoint = (int64_t(n) * d.offset_group + og) * geo.kernelPoints;
-    int32_t const entries = geo.kernelPoints * kSharedTapsPixels;
-    for (int32_t e = first; e < entries; e += step)
+    int64_t const pixel = firstPixel + p;
+    int32_t const kernelPoints = geo.kernelPoints;
+    if (pixel >= plane)
     {
-        int32_t const kp = e / kSharedTapsPixels;
-        int64_t const pixel = firstPixel + (e - kp * kSharedTapsPixels);
-        BilinearTaps<Acc> taps = noTaps<Acc>();
-        if (pixel < plane)
-        {
-            int32_t const y = int32_t(pixel / geo.outW);
-            int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
-            int32_t const i = kp / d.kernel_w;
-            int32_t const j = kp - i * d.kernel_w;
-            int64_t const point = firstPoint + kp;
-            Acc const dy = ElementTraits<T>::toAcc(offset[2 * point * plane + pixel]);
-            Acc const dx = ElementTraits<T>::toAcc(offset[(2 * point + 1) * plane + pixel]);
-            Acc const scale = mask ? ElementTraits<T>::toAcc(mask[point * plane + pixel]) : Acc(1);
-            taps = bilinearTaps<Acc>(Acc(baseRow(d, y, i)) + dy, Acc(baseCol(d, x, j)) + dx, d.height, d.width, scale);
+        for (int32_t kp = firstPoint; kp < kernelPoints; kp += pointStep)
+            table[kp * kSharedTapsPixels + p].taps = noTaps<Acc>();
+        return;
+    }
+    int32_t const y = int32_t(pixel / geo.outW);
+    int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
+    int64_t const point0 = (int64_t(n) * d.offset_group + og) * kernelPoints; // kernel point 0's mask channel
+    T const* dyAt = offset + 2 * point0 * plane + pixel; // dy of kernel point 0; dx one plane on
+    T const* scaleAt = mask ? mask + point0 * plane + pixel : nullptr;
+    for (int32_t kp = firstPoint; kp < kernelPoints; kp += pointStep)
+    {
+        int32_t const i = kp / d.kernel_w;
+        int32_t const j = kp - i * d.kernel_w;
+        int64_t const at = int64_t(kp) * plane;
+        Acc const dy = ElementTraits<T>::toAcc(dyAt[2 * at]);
+        Acc const dx = ElementTraits<T>::toAcc(dyAt[2 * at + plane]);
+        Acc const scale = scaleAt ? ElementTraits<T>::toAcc(scaleAt[at]) : Acc(1);
+        BilinearTaps<Acc> taps
+            = bilinearTaps<Acc>(Acc(baseRow(d, y, i)) + dy, Acc(baseCol(d, x, j)) + dx, d.height, d.width, scale);
 DCN_UNROLL
-            for (int t = 0; t < 4; ++t) // an image's elements fit 32 bits (directChannelsLastRefusal)
-                taps.index[t] *= d.in_channels;
-        }
-        table[e].taps = taps;
+        for (int t = 0; t < 4; ++t) // an image's elements fit 32 bits (directChannelsLastRefusal)
+            taps.index[t] *= d.in_channels;
+        table[kp * kSharedTapsPixels + p].taps = taps;
     }
 }
 

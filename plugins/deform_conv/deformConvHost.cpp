@@ -338,7 +338,8 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
 }
 
 // The shared-taps kernel's blocks of `count` images from n0 (deformConvDirectSharedTaps.h), as the CUDA kernel runs
-// them: each block's tables filled (over NaN: an entry the fills missed shows), then its threads one by one.
+// them: each block's tables filled by its threads' shares (over NaN: an entry the shares miss shows), then its
+// threads' items one by one.
 template <typename T, int Vector, bool ChannelsLastOut>
 void sharedTapsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight, T const* bias,
     T const* mask, T* output, int32_t n0, int32_t count)
@@ -370,9 +371,14 @@ void sharedTapsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offse
                     }
                 }
                 std::fill(weights, weights + weightEntries, nan);
-                fillSharedTaps<T>(geo, offset, mask, n0 + img, og, pixelBlock * kSharedTapsPixels, tables.data(), 0,
-                    1);
-                fillSharedTapsWeights<T, Vector>(geo, weight, channelBlock * kSharedTapsItems * Vector, weights, 0, 1);
+                for (int32_t thread = 0; thread < kSharedTapsThreads; ++thread) // each thread's share, as on the GPU
+                {
+                    fillSharedTapsOfPixel<T>(geo, offset, mask, n0 + img, og, pixelBlock * kSharedTapsPixels,
+                        thread % kSharedTapsPixels, tables.data(), thread / kSharedTapsPixels,
+                        kSharedTapsThreads / kSharedTapsPixels);
+                    fillSharedTapsWeights<T, Vector>(geo, weight, channelBlock * kSharedTapsItems * Vector, weights,
+                        thread, kSharedTapsThreads);
+                }
                 for (int32_t thread = 0; thread < kSharedTapsThreads; ++thread)
                     sharedTapsItem<T, Vector, ChannelsLastOut>(geo, nhwc, bias, tables.data(), output, n0, img,
                         pixelBlock, channelBlock, thread);
