@@ -208,8 +208,9 @@ step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python
 step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
 # The grouped and depth-wise layers, each way: auto, the GEMM path, the direct kernel (over a channels-last copy of
 # the input where it takes the layer: depth-wise, and groups of up to 16 channels in half types, 8 in float32, the
-# widest as wide items), the same with shared taps (direct-taps: the depth-wise layer's taps once per block of 32
-# pixels x 8 channel vectors; experimental), and the direct kernel on channels-last tensors.
+# widest as wide items), the same with shared taps (direct-taps: the taps once per block of 32 pixels x 8 items;
+# experimental; the per-item kernel where it does not take the layer), and the direct kernel on channels-last
+# tensors.
 bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct,direct-taps \
     --iters 20 --warmup 3 --channels-last --channels-last-algo direct
 # The grouped and depth-wise layers on channels-last tensors too (the depth-wise one: the channels-last direct kernel

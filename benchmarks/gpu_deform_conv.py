@@ -322,7 +322,7 @@ def measure(row: dict, key: str, fn: Callable[[], object], reference, warmup: in
 
 def _cuda_options(algo: str) -> dict:
     """deform_conv2d_cuda's arguments for one of our ALGOS: ``direct-taps`` is the direct kernel with
-    ``shared_taps`` (DCN_FORWARD_SHARED_TAPS: the depth-wise items' taps computed once per block where that kernel
+    ``shared_taps`` (DCN_FORWARD_SHARED_TAPS: the items' taps computed once per block where that kernel
     takes the layer, the per-item kernel elsewhere)."""
     return {"algo": "direct", "shared_taps": True} if algo == "direct-taps" else {"algo": algo}
 
@@ -635,7 +635,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--algos", default="auto",
                         help="comma-separated implementations to time side by side: the CUDA kernels auto, gemm, "
-                             "fused, direct, direct-taps (direct with DCN_FORWARD_SHARED_TAPS: depth-wise items' taps "
+                             "fused, direct, direct-taps (direct with DCN_FORWARD_SHARED_TAPS: the items' taps "
                              "shared by a block, experimental), implicit, and torch (dcn_deploy.ops.deform_conv2d, "
                              "the PyTorch op a model runs when trained on the GPU) (default auto)")
     parser.add_argument("--eager", action="store_true",

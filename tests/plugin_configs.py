@@ -154,26 +154,35 @@ def auto_takes_channels_last_direct(case: Case, dtype: torch.dtype) -> bool:
 
 def shared_taps_takes(case: Case, dtype: torch.dtype) -> bool:
     """Whether the shared-taps direct kernel (DCN_FORWARD_SHARED_TAPS) takes the case's layer, by the rule its
-    refusal states (sharedTapsRefusal, plugins/deform_conv/deformConvDirectSharedTaps.h): a depth-wise layer the
-    channels-last direct kernel takes, whose offset groups hold whole blocks of 8 items, with tables of at most
-    48 KiB: the taps (an entry of 48 bytes, 64 in float64, per kernel point and each of a block's 32 pixels) and the
-    weights (per kernel point, 8 items' channels in float32, float64 for float64)."""
-    if case.in_channels != case.groups or not channels_last_direct_takes(case, dtype):
+    refusal states (sharedTapsRefusal, plugins/deform_conv/deformConvDirectSharedTaps.h): a layer the channels-last
+    direct kernel takes (depth-wise, or small groups), whose offset groups hold whole blocks of 8 items, with tables
+    of at most 48 KiB: the taps (an entry of 48 bytes, 64 in float64, per kernel point and each of a block's 32
+    pixels) and the weights (per kernel point, 8 items' channels times the channels per group, in float32, float64
+    for float64)."""
+    if not channels_last_direct_takes(case, dtype):
         return False
     item = channels_last_direct_item(case, dtype)
+    channels_per_group = case.in_channels // case.groups
     entry, acc = (64, 8) if dtype == torch.float64 else (48, 4)
     points = case.kernel[0] * case.kernel[1]
     return ((case.in_channels // case.offset_groups) % (8 * item) == 0
-            and points * (32 * entry + 8 * item * acc) <= 48 * 1024)
+            and points * (32 * entry + 8 * item * channels_per_group * acc) <= 48 * 1024)
 
 
 def random_shared_taps_case(rng: random.Random, dtype: torch.dtype) -> Case:
-    """A depth-wise layer the shared-taps direct kernel takes: one or two offset groups of one or two blocks of 8
-    channel vectors each, rows of up to 40 pixels (images of one block of 32 pixels or several, the last cut short,
-    or of one row or one column)."""
+    """A layer the shared-taps direct kernel takes: depth-wise, or groups of 2, 4 or 8 channels in and out within a
+    vector (8 in the half types only), or one group of two vectors' width (a wide item: float32 groups of 8, float64
+    groups of 4; the half types' groups of 16 need more than 48 KiB of weights at 3x3, so not those); one or two
+    offset groups of one or two blocks of 8 items each; rows of up to 40 pixels (images of one block of 32 pixels or
+    several, the last cut short, or of one row or one column)."""
+    vector = VECTOR_CHANNELS[dtype]
+    choices = [1] + [g for g in (2, 4, 8) if g <= vector] + ([2 * vector] if dtype.itemsize >= 4 else [])
+    channels_per_group = rng.choice(choices)
+    item = max(vector, channels_per_group)
     offset_groups = rng.choice([1, 2])
-    channels = 8 * VECTOR_CHANNELS[dtype] * offset_groups * rng.choice([1, 2])
-    return random_layer_case(rng, channels, offset_groups, 1, (1, 1), 9, 40, (0.5, 2.0, 25.0))
+    channels = 8 * item * offset_groups * rng.choice([1, 2])
+    return random_layer_case(rng, channels // channels_per_group, offset_groups, channels_per_group,
+                             (channels_per_group, channels_per_group), 9, 40, (0.5, 2.0, 25.0))
 
 
 def random_implicit_case(rng: random.Random) -> Case:

@@ -33,11 +33,13 @@ IMPLICIT = [Case(2, 1, 2, 64, 260, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 
             Case(2, 1, 1, 64, 96, 7, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 4.0, False),
             Case(3, 2, 1, 64, 24, 5, 7, (2, 3), (1, 2), (0, 1, 1, 0), (2, 1), False, True, 1.5, False),
             Case(1, 3, 2, 192, 24, 6, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)]
-# The shared-taps direct kernel's (DCN_FORWARD_SHARED_TAPS; depth-wise, offset groups of 8 vectors in every dtype):
-# its taps table filled, a barrier, then read by 256 threads; the second case's 40-pixel rows are two blocks of
-# pixels, the second cut short, at offsets of 25 pixels.
+# The shared-taps direct kernel's (DCN_FORWARD_SHARED_TAPS; offset groups of 8 items in every dtype): its taps and
+# weights tables filled, a barrier, then read by 256 threads; depth-wise layers, and groups of 4 (two a vector in the
+# half types, one in float32, a wide item in float64); the 40-pixel rows are two blocks of pixels, the second cut
+# short, at offsets of 25 pixels.
 SHARED_TAPS = [Case(2, 64, 1, 64, 64, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 2), True, True, 3.0, False),
-               Case(1, 128, 2, 128, 128, 5, 40, (3, 2), (2, 1), (1, 1, 1, 1), (1, 1), True, False, 25.0, False)]
+               Case(1, 128, 2, 128, 128, 5, 40, (3, 2), (2, 1), (1, 1, 1, 1), (1, 1), True, False, 25.0, False),
+               Case(2, 16, 1, 64, 64, 6, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 25.0, False)]
 ALGOS = ("direct", "fused", "gemm", "gemm-nhwc", "direct-nhwc", "direct-taps", "direct-taps-nhwc", "implicit")
 
 

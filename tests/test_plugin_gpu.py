@@ -161,15 +161,18 @@ def test_direct_kernel_depthwise_in_chunks(kernels, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_direct_kernel_depthwise_with_shared_taps(kernels, dtype):
-    """DCN_FORWARD_SHARED_TAPS (experimental): the depth-wise layers the shared-taps kernel takes (random ones, and
-    depth-wise res4's channels at batch 2: several blocks of pixels and of channels), as direct and as auto, from
-    NCHW tensors (in the direct_chunks child over 1 MiB chunks of images) and on channels-last tensors, against the
-    reference and within the dtype's tolerance of the per-item kernel (the last case, 1 MiB or more an image, in
-    chunks of one image there); a layer it does not take (offset groups of 4 vectors) runs the per-item kernel under
-    the flag."""
-    cases = [random_shared_taps_case(random.Random(3200 + seed), dtype) for seed in range(10)]
+def test_direct_kernel_with_shared_taps(kernels, dtype):
+    """DCN_FORWARD_SHARED_TAPS (experimental): the layers the shared-taps kernel takes (random depth-wise and
+    small-group ones; depth-wise res4's and grouped res4's channels at batch 2: several blocks of pixels and of
+    channels), as direct and as auto, from NCHW tensors (in the direct_chunks child over 1 MiB chunks of images) and
+    on channels-last tensors, against the reference and within the dtype's tolerance of the per-item kernels (the
+    last case, 1 MiB or more an image, in chunks of one image there); a layer it does not take (offset groups of 4
+    vectors) runs the per-item kernel under the flag."""
+    cases = [random_shared_taps_case(random.Random(3200 + seed), dtype) for seed in range(12)]
     cases.append(Case(2, 256, 1, 256, 256, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
+    grouped_res4 = Case(2, 32, 4, 256, 256, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
+    if shared_taps_takes(grouped_res4, dtype):  # not in float64: groups of 8 there are past 32 bytes
+        cases.append(grouped_res4)
     cases.append(Case(3, 128, 1, 128, 128, 64, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
     untaken = Case(1, 64, 16 // VECTOR_CHANNELS[dtype], 64, 64, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True,
                    True, 2.0, False)
@@ -483,7 +486,7 @@ _CHILD_TESTS = "random_dense_configs or dense_layers"
 _SPLIT_K_CHILD_TESTS = _CHILD_TESTS + " or split_k_layers"
 _TF32_CHILD_TESTS = "tf32_products"
 _DIRECT_CHILD_TESTS = ("direct_kernel_on_small_groups or direct_kernel_depthwise_in_chunks or "
-                       "direct_kernel_depthwise_with_shared_taps")
+                       "direct_kernel_with_shared_taps")
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
 # All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
 # turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.

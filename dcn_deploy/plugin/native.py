@@ -344,8 +344,8 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     where it is, the product writing the output; ``gemm_output`` auto, or ``staged-bias-in-product`` for the product
     adding a half type's bias; split-K's slices summed into the output. direct-channels-last: no transpose, each
     item's channels one store). ``shared_taps`` (direct-channels-last only; ``DCN_FORWARD_SHARED_TAPS``): the
-    depth-wise items in the shared-taps kernel's blocks (a block of 32 pixels x 8 channel vectors computes its taps
-    once), refusing the layers that kernel does not take.
+    items in the shared-taps kernel's blocks (a block of 32 pixels x 8 channel vectors of a depth-wise or small-group
+    layer computes its taps and weights once), refusing the layers that kernel does not take.
     Returns (N, out_channels, oH, oW) in the input's dtype (channels-last in memory where ``channels_last``).
     """
     if shared_taps and path != "direct-channels-last":
@@ -543,9 +543,9 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     ``DCN_ERROR_UNSUPPORTED``). An input in another memory format, or starting off a 16-byte boundary, is copied
     first.
     ``shared_taps`` (experimental, not yet timed; ``DCN_FORWARD_SHARED_TAPS``): where the channels-last direct kernel
-    runs a depth-wise layer whose offset groups hold whole blocks of 8 channel vectors, a block of 32 pixels x 8
-    vectors computes its taps once into shared memory instead of each item its own; the same results, other layers
-    unchanged (``DCN_DEPLOY_DIRECT_TAPS=shared`` does the same for every call).
+    runs a layer (depth-wise, or small groups) whose offset groups hold whole blocks of 8 of its items, a block of 32
+    pixels x 8 items computes its taps and weights once into shared memory instead of each item its own; the same
+    results, other layers unchanged (``DCN_DEPLOY_DIRECT_TAPS=shared`` does the same for every call).
     ``out``: an optional output tensor of the right shape, dtype and device to write into, contiguous (in the
     channels-last memory format where ``channels_last``).
     """

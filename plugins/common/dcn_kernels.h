@@ -74,10 +74,10 @@ typedef enum dcn_forward_flag
      * groups of 8 and half groups of 16, which it leaves to the GEMM path), reading and writing them
      * where they are, with no workspace; else DCN_ERROR_UNSUPPORTED. */
     DCN_FORWARD_CHANNELS_LAST = 2,
-    /* Experimental, not yet timed on a GPU: where the channels-last direct kernel runs a depth-wise layer whose offset
-     * groups hold whole blocks of 8 channel vectors (16 bytes each) and whose tables fit 48 KiB (3x3 in float16:
-     * 15.75 KiB), a block of 32 pixels x 8 vectors computes its taps once into shared memory, with its weights,
-     * instead of each item its own; other layers run as without it. The same results. DCN_DEPLOY_DIRECT_TAPS=shared
+    /* Experimental, not yet timed on a GPU: where the channels-last direct kernel runs a layer (depth-wise, or small
+     * groups) whose offset groups hold whole blocks of 8 of its items and whose tables fit 48 KiB (3x3 in float16:
+     * 15.75 KiB depth-wise, 31.5 KiB for groups of 8), a block of 32 pixels x 8 items computes its taps once into
+     * shared memory, with its weights, instead of each item its own; other layers run as without it. The same results. DCN_DEPLOY_DIRECT_TAPS=shared
      * turns it on for every call. The host entry dcn_deform_conv2d_forward_host_direct_channels_last refuses the
      * layers it does not take. */
     DCN_FORWARD_SHARED_TAPS = 4

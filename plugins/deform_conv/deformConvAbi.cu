@@ -48,8 +48,8 @@ namespace
 //   DCN_DEPLOY_DIRECT_LAYOUT      nhwc (default) or nchw: whether the direct kernel on depth-wise layers samples
 //                                 a channels-last copy of the input (GemmOptions::directChannelsLast) or the
 //                                 input as it is;
-//   DCN_DEPLOY_DIRECT_TAPS        item (default) or shared: whether the channels-last direct kernel's depth-wise
-//                                 items compute their own taps or read a block's (GemmOptions::directSharedTaps),
+//   DCN_DEPLOY_DIRECT_TAPS        item (default) or shared: whether the channels-last direct kernel's items
+//                                 compute their own taps or read a block's (GemmOptions::directSharedTaps),
 //                                 whatever the forward's flags say (DCN_FORWARD_SHARED_TAPS also turns it on);
 //   DCN_DEPLOY_IMPLICIT_TILE_M    auto (default), 64, 128 or 256: the implicit-GEMM kernel's output channels per
 //                                 block;

@@ -73,11 +73,11 @@ __global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKerne
         depthwiseItem<T, Vector, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0, idx);
 }
 
-// The depth-wise items with their taps shared (deformConvDirectSharedTaps.h): block (pixel block, channel block, image
-// from n0) of kSharedTapsThreads threads fills its taps and weights tables in shared memory, then each thread runs
-// its item.
-template <typename T, int Vector, bool ChannelsLastOut>
-__global__ void __launch_bounds__(kSharedTapsThreads) depthwiseSharedTapsKernel(DeformConvGeometry const geo,
+// The items with their taps shared (deformConvDirectSharedTaps.h; Cpg channels per group): block (pixel block,
+// channel block, image from n0) of kSharedTapsThreads threads fills its taps and weights tables in shared memory,
+// then each thread runs its item.
+template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
+__global__ void __launch_bounds__(kSharedTapsThreads) sharedTapsKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
     T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
 {
@@ -89,10 +89,10 @@ __global__ void __launch_bounds__(kSharedTapsThreads) depthwiseSharedTapsKernel(
     int32_t const thread = int32_t(threadIdx.x);
     fillSharedTapsOfPixel<T>(geo, offset, mask, n0 + int32_t(blockIdx.z), og, int64_t(blockIdx.x) * kSharedTapsPixels,
         thread % kSharedTapsPixels, table, thread / kSharedTapsPixels, kSharedTapsThreads / kSharedTapsPixels);
-    fillSharedTapsWeights<T, Vector>(geo, weight, channelBlock * kSharedTapsItems * Vector,
+    fillSharedTapsWeights<T, Vector, Cpg>(geo, weight, channelBlock * kSharedTapsItems * Vector,
         reinterpret_cast<Acc*>(table + sharedTapEntries(geo)), thread, kSharedTapsThreads);
     __syncthreads();
-    sharedTapsItem<T, Vector, ChannelsLastOut>(geo, nhwc, bias, table, output, n0, int32_t(blockIdx.z),
+    sharedTapsItem<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, bias, table, output, n0, int32_t(blockIdx.z),
         int64_t(blockIdx.x), channelBlock, thread);
 }
 
@@ -159,29 +159,27 @@ constexpr auto groupedKernelFor()
         return &groupedChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut>;
 }
 
-// The items of `count` images from n0 of `source` (channels-last): for depth-wise layers the shared-taps kernel where
-// sharedTaps (sharedTapsRefusal passed), else the grid-stride kernel; the grouped kernel for the others. The
-// block-mapped kernels in launches of at most 65535 images (their grid z).
+// The items of `count` images from n0 of `source` (channels-last): the shared-taps kernel where sharedTaps
+// (sharedTapsRefusal passed); else the grid-stride kernel for depth-wise layers, the grouped kernel for the others.
+// The block-mapped kernels in launches of at most 65535 images (their grid z).
 template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
 void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T const* offset, T const* weight,
     T const* bias, T const* mask, T* output, int32_t n0, int32_t count, bool sharedTaps, cudaStream_t stream)
 {
+    if (sharedTaps)
+    {
+        unsigned const channelBlocks = unsigned(geo.d.in_channels / (Vector * kSharedTapsItems));
+        size_t const tableBytes = sharedTapsTablesBytes(geo, sizeof(T));
+        for (int32_t first = 0; first < count; first += 65535)
+        {
+            dim3 const grid(unsigned(sharedTapsPixelBlocks(geo)), channelBlocks, unsigned(std::min(count - first, 65535)));
+            sharedTapsKernel<T, Vector, Cpg, ChannelsLastOut><<<grid, kSharedTapsThreads, tableBytes, stream>>>(geo,
+                source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask, output, n0 + first);
+        }
+        return;
+    }
     if constexpr (Cpg == 1)
     {
-        if (sharedTaps)
-        {
-            unsigned const channelBlocks = unsigned(geo.d.in_channels / (Vector * kSharedTapsItems));
-            size_t const tableBytes = sharedTapsTablesBytes(geo, sizeof(T));
-            for (int32_t first = 0; first < count; first += 65535)
-            {
-                dim3 const grid(unsigned(sharedTapsPixelBlocks(geo)), channelBlocks,
-                    unsigned(std::min(count - first, 65535)));
-                depthwiseSharedTapsKernel<T, Vector, ChannelsLastOut><<<grid, kSharedTapsThreads, tableBytes,
-                    stream>>>(geo, source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask,
-                    output, n0 + first);
-            }
-            return;
-        }
         int64_t const total = depthwiseItems(geo, count, Vector);
         depthwiseChannelsLastKernel<T, Vector, ChannelsLastOut><<<gridStrideBlocks(total), kGridStrideThreads, 0,
             stream>>>(geo, source, offset, weight, bias, mask, output, n0, total);
@@ -205,7 +203,7 @@ void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T c
 
 // Per chunk of images: the input to channels-last in the workspace, then the items of those images. With
 // channelsLastTensors the input already is channels-last (and the output is written so): one launch over the batch,
-// no workspace. sharedTaps: depth-wise layers' taps shared by a block where sharedTapsRefusal passes.
+// no workspace. sharedTaps: the taps shared by a block where sharedTapsRefusal passes.
 template <typename T>
 Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight,
     T const* bias, T const* mask, T* output, void* workspace, size_t budget, bool channelsLastTensors,

@@ -1,13 +1,15 @@
-// The channels-last direct kernel's depth-wise items with their taps shared by a block (GemmOptions::directSharedTaps;
+// The channels-last direct kernel's items with their taps shared by a block (GemmOptions::directSharedTaps;
 // DCN_DEPLOY_DIRECT_TAPS=shared in the C ABI; opt-in until it is timed on a GPU). Every item of an offset group at one
 // pixel samples the same positions, yet channelsLastDirectItem computes its taps (the offsets' and the mask's loads,
-// the floors, the bilinear weights, the validity) for itself: 32 times over at depth-wise res4 in float16. Here a
-// block of kSharedTapsPixels consecutive output pixels x kSharedTapsItems channel vectors of one offset group first
-// computes the taps of its pixels' kernel points once, into a table (shared memory on the GPU), and its items'
-// weights, in Acc, into another, then each item gathers, blends and weights its vector reading them. The sums are
-// channelsLastDirectItem's, in its order, from the same taps and weights: bit for bit its results.
-// Shared by the CUDA kernel (deformConvDirect.cu) and the host build (deformConvHost.cpp), which runs a block's fill
-// and then its threads one by one, so that CI checks the kernel's own code on the CPU.
+// the floors, the bilinear weights, the validity) for itself: 32 times over at depth-wise res4 in float16, 8 at
+// grouped res4 (4 offset groups). Here a block of kSharedTapsPixels consecutive output pixels x kSharedTapsItems
+// channel vectors of one offset group first computes the taps of its pixels' kernel points once, into a table
+// (shared memory on the GPU), and its items' weights, in Acc, into another, then each item gathers, blends and
+// weights its vector reading them: depth-wise layers, and groups of 2 to 16 channels in and out (an item whole groups,
+// each group's samples times its Cpg x Cpg block of weights). The sums are channelsLastDirectItem's, in its order,
+// from the same taps and weights: bit for bit its results.
+// Shared by the CUDA kernel (deformConvDirect.cu) and the host build (deformConvHost.cpp), which runs a block's fills
+// by its threads' shares and then its threads' items one by one, so that CI checks the kernel's own code on the CPU.
 #pragma once
 
 #include "deformConvDirectChannelsLast.h"
@@ -38,27 +40,26 @@ DCN_HD int32_t sharedTapEntries(DeformConvGeometry const& geo)
     return geo.kernelPoints * kSharedTapsPixels;
 }
 
-// Bytes of a block's tables: the taps, then the weights (per kernel point, each item's Vector weights in Acc).
+// Bytes of a block's tables: the taps, then the weights (per kernel point, each item's Vector x Cpg weights in Acc).
 inline size_t sharedTapsTablesBytes(DeformConvGeometry const& geo, size_t elementBytes)
 {
     size_t const acc = accumulatorBytes(elementBytes);
     size_t const entry = acc == 8 ? sizeof(SharedTap<double>) : sizeof(SharedTap<float>);
-    size_t const weights = size_t(geo.kernelPoints) * kSharedTapsItems * directItemWidth(geo, elementBytes) * acc;
+    size_t const weights = size_t(geo.kernelPoints) * kSharedTapsItems * directItemWidth(geo, elementBytes)
+        * size_t(geo.channelsPerGroup) * acc;
     return size_t(sharedTapEntries(geo)) * entry + weights;
 }
 
 // Why the shared-taps kernel cannot take a layer, or "" where it can: a layer the channels-last direct kernel takes
-// (directChannelsLastRefusal), depth-wise (one channel per group), whose offset groups hold whole blocks of
-// kSharedTapsItems channel vectors, with tables within kSharedTapsTablesMaxBytes and at most 65535 blocks of
-// channels (grid y). The launch falls back to channelsLastDirectItem's kernel on the others.
+// (directChannelsLastRefusal: depth-wise, or as many output as input channels per group, items of whole groups),
+// whose offset groups hold whole blocks of kSharedTapsItems items, with tables within kSharedTapsTablesMaxBytes and
+// at most 65535 blocks of channels (grid y). The launch falls back to channelsLastDirectItem's kernels on the
+// others.
 inline std::string sharedTapsRefusal(DeformConvGeometry const& geo, size_t elementBytes)
 {
     std::string const direct = directChannelsLastRefusal(geo, elementBytes);
     if (!direct.empty())
         return direct;
-    if (geo.channelsPerGroup != 1)
-        return "the shared-taps direct kernel takes depth-wise layers (one channel per group), got "
-            + std::to_string(geo.channelsPerGroup) + " channels per group";
     int64_t const item = directItemWidth(geo, elementBytes);
     int64_t const blockChannels = item * kSharedTapsItems;
     if (geo.channelsPerOffsetGroup % blockChannels != 0)
@@ -125,19 +126,34 @@ DCN_UNROLL
     }
 }
 
-// Entries first, first + step, ... of the weights table of the block whose channels start at firstChannel: entry
-// kp * kSharedTapsItems * Vector + i holds weight[firstChannel + i][kp] in Acc (kernel points outermost, so that an
-// item's Vector weights of a kernel point are side by side).
-template <typename T, int Vector>
+// Entries first, first + step, ... of the weights table of the block whose channels start at firstChannel, in Acc:
+// entry ((kp * kSharedTapsItems * Vector + i) * Cpg + l) holds weight[firstChannel + i][l][kp] (output channel
+// firstChannel + i, input channel l of its group, kernel point kp): kernel points outermost, so that an item's
+// Vector x Cpg weights of a kernel point are side by side, in the order its sums read them. Entry e reads the e-th
+// of the block's weights in memory, so that a warp's reads are consecutive; its (channel, kernel point) is carried
+// from entry to entry, not divided out of e.
+template <typename T, int Vector, int Cpg>
 DCN_HD void fillSharedTapsWeights(DeformConvGeometry const& geo, T const* weight, int32_t firstChannel,
     typename ElementTraits<T>::Acc* table, int32_t first, int32_t step)
 {
-    constexpr int32_t kRow = kSharedTapsItems * Vector;
-    int32_t const entries = geo.kernelPoints * kRow;
+    constexpr int32_t kRow = kSharedTapsItems * Vector; // output channels of a block
+    int32_t const kernelPoints = geo.kernelPoints;
+    int32_t const entries = kernelPoints * kRow * Cpg;
+    T const* source = weight + int64_t(firstChannel) * Cpg * kernelPoints;
+    int32_t channel = first / kernelPoints; // (i, l) as i * Cpg + l, of entry e = channel * kernelPoints + kp
+    int32_t kp = first - channel * kernelPoints;
+    int32_t const stepChannels = step / kernelPoints;
+    int32_t const stepPoints = step - stepChannels * kernelPoints;
     for (int32_t e = first; e < entries; e += step)
     {
-        int32_t const kp = e / kRow;
-        table[e] = ElementTraits<T>::toAcc(weight[int64_t(firstChannel + e - kp * kRow) * geo.kernelPoints + kp]);
+        table[kp * kRow * Cpg + channel] = ElementTraits<T>::toAcc(source[e]);
+        channel += stepChannels;
+        kp += stepPoints;
+        if (kp >= kernelPoints)
+        {
+            kp -= kernelPoints;
+            ++channel;
+        }
     }
 }
 
@@ -160,8 +176,9 @@ DCN_HD SharedTapsPlace sharedTapsPlace(int32_t thread)
 
 // Thread `thread` of block (pixelBlock, channelBlock) of image img of a launch (images from n0; nhwc holds them,
 // channels-last) once the block's tables are filled (taps, then weights right after them): its item's output,
-// channelsLastDirectItem's sums from the tables. ChannelsLastOut: as channelsLastDirectItem's.
-template <typename T, int Vector, bool ChannelsLastOut = false>
+// channelsLastDirectItem's sums from the tables (Cpg channels per group). ChannelsLastOut: as
+// channelsLastDirectItem's.
+template <typename T, int Vector, int Cpg, bool ChannelsLastOut = false>
 DCN_HD void sharedTapsItem(DeformConvGeometry const& geo, T const* nhwc, T const* bias,
     SharedTap<typename ElementTraits<T>::Acc> const* table, T* output, int32_t n0, int32_t img, int64_t pixelBlock,
     int32_t channelBlock, int32_t thread)
@@ -175,7 +192,7 @@ DCN_HD void sharedTapsItem(DeformConvGeometry const& geo, T const* nhwc, T const
     int32_t const kernelPoints = geo.kernelPoints;
     T const* image = nhwc + int64_t(img) * inputImageElements(geo) + c;
     SharedTap<Acc> const* entry = table + place.pixel;
-    Acc const* weightAt = reinterpret_cast<Acc const*>(table + sharedTapEntries(geo)) + place.item * Vector;
+    Acc const* weightAt = reinterpret_cast<Acc const*>(table + sharedTapEntries(geo)) + place.item * Vector * Cpg;
     Acc acc[Vector];
     directItemStart<T, Vector>(bias, c, acc);
     for (int32_t kp = 0; kp < kernelPoints; ++kp)
@@ -187,8 +204,10 @@ DCN_HD void sharedTapsItem(DeformConvGeometry const& geo, T const* nhwc, T const
         blendInAcc<T, Vector, /*Selected=*/true>(packs, taps.weight, taps.valid, sample);
 DCN_UNROLL
         for (int v = 0; v < Vector; ++v)
-            acc[v] += weightAt[v] * sample[v];
-        weightAt += kSharedTapsItems * Vector;
+DCN_UNROLL
+            for (int l = 0; l < Cpg; ++l)
+                acc[v] += weightAt[v * Cpg + l] * sample[v / Cpg * Cpg + l];
+        weightAt += kSharedTapsItems * Vector * Cpg;
         entry += kSharedTapsPixels;
     }
     directItemStore<T, Vector, ChannelsLastOut>(geo, acc, output, n0 + img, c, pixel);

@@ -196,9 +196,9 @@ struct GemmOptions
     // benchmarks/RESULTS.md) 3.3x-3.4x faster than over NCHW in fp16 and 1.9x in float32 on depth-wise res4. Off
     // (NCHW, no workspace) with the C ABI's DCN_DEPLOY_DIRECT_LAYOUT=nchw.
     bool directChannelsLast = true;
-    // The channels-last direct kernel's depth-wise items with their taps computed once per block of 32 pixels x 8
-    // channel vectors into shared memory (deformConvDirectSharedTaps.h) instead of once per item, where
-    // sharedTapsRefusal passes. Built without a GPU (session 37): opt-in until timed (the C ABI's
+    // The channels-last direct kernel's items with their taps computed once per block of 32 pixels x 8 items into
+    // shared memory (deformConvDirectSharedTaps.h) instead of once per item, where sharedTapsRefusal passes. Built
+    // without a GPU (session 37): opt-in until timed (the C ABI's DCN_FORWARD_SHARED_TAPS and
     // DCN_DEPLOY_DIRECT_TAPS=shared; the TensorRT plugin never sets it).
     bool directSharedTaps = false;
     // Where a half type's product adds a layer's bias (GemmBias; GemmPlan::biasInProduct). The host build runs the

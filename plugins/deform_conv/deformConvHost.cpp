@@ -340,7 +340,7 @@ void forwardHostImplicit(DeformConvGeometry const& geo, T const* input, T const*
 // The shared-taps kernel's blocks of `count` images from n0 (deformConvDirectSharedTaps.h), as the CUDA kernel runs
 // them: each block's tables filled by its threads' shares (over NaN: an entry the shares miss shows), then its
 // threads' items one by one.
-template <typename T, int Vector, bool ChannelsLastOut>
+template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
 void sharedTapsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offset, T const* weight, T const* bias,
     T const* mask, T* output, int32_t n0, int32_t count)
 {
@@ -352,7 +352,7 @@ void sharedTapsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offse
     std::vector<SharedTap<Acc>> tables((sharedTapsTablesBytes(geo, sizeof(T)) + sizeof(SharedTap<Acc>) - 1)
         / sizeof(SharedTap<Acc>));
     Acc* const weights = reinterpret_cast<Acc*>(reinterpret_cast<unsigned char*>(tables.data()) + tapBytes);
-    size_t const weightEntries = size_t(geo.kernelPoints) * kSharedTapsItems * Vector;
+    size_t const weightEntries = size_t(geo.kernelPoints) * kSharedTapsItems * Vector * Cpg;
     int32_t const channelBlocks = geo.d.in_channels / (Vector * kSharedTapsItems);
     for (int32_t img = 0; img < count; ++img)
         for (int32_t channelBlock = 0; channelBlock < channelBlocks; ++channelBlock)
@@ -376,11 +376,11 @@ void sharedTapsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offse
                     fillSharedTapsOfPixel<T>(geo, offset, mask, n0 + img, og, pixelBlock * kSharedTapsPixels,
                         thread % kSharedTapsPixels, tables.data(), thread / kSharedTapsPixels,
                         kSharedTapsThreads / kSharedTapsPixels);
-                    fillSharedTapsWeights<T, Vector>(geo, weight, channelBlock * kSharedTapsItems * Vector, weights,
+                    fillSharedTapsWeights<T, Vector, Cpg>(geo, weight, channelBlock * kSharedTapsItems * Vector, weights,
                         thread, kSharedTapsThreads);
                 }
                 for (int32_t thread = 0; thread < kSharedTapsThreads; ++thread)
-                    sharedTapsItem<T, Vector, ChannelsLastOut>(geo, nhwc, bias, tables.data(), output, n0, img,
+                    sharedTapsItem<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, bias, tables.data(), output, n0, img,
                         pixelBlock, channelBlock, thread);
             }
         }
@@ -389,7 +389,7 @@ void sharedTapsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offse
 // The channels-last direct kernel as the CUDA launch runs it (deformConvDirectBlock.h): the same chunks of images,
 // each transposed element by element (as the transpose kernel moves them) into a NaN-filled room, then every item;
 // with channelsLastTensors (input and output channels-last themselves) the items of the whole batch from the input.
-// sharedTaps: the depth-wise items in the shared-taps kernel's blocks (sharedTapsRefusal passed).
+// sharedTaps: the items in the shared-taps kernel's blocks (sharedTapsRefusal passed).
 template <typename T>
 void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget, bool channelsLastTensors,
     bool sharedTaps, T const* input, T const* offset, T const* weight, T const* bias, T const* mask, T* output)
@@ -411,16 +411,17 @@ void forwardHostDirectChannelsLast(DeformConvGeometry const& geo, size_t budget,
             if (!channelsLastTensors)
                 channelsLastHost<T>(geo, input, nhwc.data(), n0, count);
             T const* source = channelsLastTensors ? input : nhwc.data();
+            if (sharedTaps)
+            {
+                if (channelsLastTensors)
+                    sharedTapsHost<T, kVector, kCpg, true>(geo, source, offset, weight, bias, mask, output, n0, count);
+                else
+                    sharedTapsHost<T, kVector, kCpg, false>(geo, source, offset, weight, bias, mask, output, n0,
+                        count);
+                continue;
+            }
             if constexpr (kCpg == 1)
             {
-                if (sharedTaps)
-                {
-                    if (channelsLastTensors)
-                        sharedTapsHost<T, kVector, true>(geo, source, offset, weight, bias, mask, output, n0, count);
-                    else
-                        sharedTapsHost<T, kVector, false>(geo, source, offset, weight, bias, mask, output, n0, count);
-                    continue;
-                }
                 int64_t const items = depthwiseItems(geo, count, kVector);
                 for (int64_t idx = 0; idx < items; ++idx)
                     if (channelsLastTensors)

@@ -50,8 +50,8 @@ Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const
 // where directChannelsLastRefusal(geo, dtype's bytes) is empty. Its workspace (256-byte aligned) holds the
 // channels-last input of the images `budget` holds: at least directChannelsLastWorkspaceBytes(.., budget).
 // channelsLastTensors: the input and the output are channels-last themselves (GemmOptions::channelsLastTensors),
-// 16-byte aligned; no workspace. sharedTaps (GemmOptions::directSharedTaps): depth-wise layers' taps shared by a
-// block where sharedTapsRefusal passes (deformConvDirectSharedTaps.h).
+// 16-byte aligned; no workspace. sharedTaps (GemmOptions::directSharedTaps): the taps shared by a block where
+// sharedTapsRefusal passes (deformConvDirectSharedTaps.h).
 Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
     size_t budget, bool channelsLastTensors, bool sharedTaps, cudaStream_t stream);
