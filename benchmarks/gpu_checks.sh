@@ -15,8 +15,8 @@
 #      transpose, sampling and output kernels at res4, batch 8, fp16 (DCN_GPU_NCU="tiled thread": the samplers to
 #      profile; "implicit" or "specialised": that implicit-GEMM kernel with its stall sites, and its SASS with
 #      stall samples in implicit_sass.csv or specialised_sass.csv; "direct": the direct kernel, by default on the
-#      depth-wise layer), into checks.log, on the layer DCN_GPU_NCU_AT (res3, res4 (default), res5, seg, grouped or
-#      depthwise).
+#      depth-wise layer; "direct-taps": its shared-taps blocks, likewise), into checks.log, on the layer
+#      DCN_GPU_NCU_AT (res3, res4 (default), res5, seg, grouped or depthwise).
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating); DCN_GPU_ONLY: the step
@@ -279,20 +279,21 @@ if [ -n "${DCN_GPU_NCU:-}" ]; then
                     >'$OUT_DIR/${target}_sass.csv'"
                 continue
             fi
-            if [ "$target" = direct ]; then
+            if [ "$target" = direct ] || [ "$target" = direct-taps ]; then
                 # the direct kernel (auto's choice for depth-wise layers: over a channels-last copy of the input
-                # since kernels revision 7) on the depth-wise res4 layer by default: what bounds it (memory
-                # throughput, sectors per request, issue), then its SASS with each instruction's stall samples
-                # as CSV (direct_sass.csv)
-                step "ncu-direct" 90 ncu --kernel-name regex:'deformConvDirectKernel|depthwiseChannelsLastKernel' \
-                    --launch-count 1 \
+                # since kernels revision 7; direct-taps: its shared-taps blocks, DCN_FORWARD_SHARED_TAPS) on the
+                # depth-wise res4 layer by default: what bounds it (memory throughput, sectors per request, issue),
+                # then its SASS with each instruction's stall samples as CSV (direct_sass.csv, direct-taps_sass.csv)
+                kernels='deformConvDirectKernel|depthwiseChannelsLastKernel|groupedChannelsLastKernel|sharedTapsKernel'
+                step "ncu-$target" 90 ncu --kernel-name regex:"$kernels" --launch-count 1 \
                     --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
                     --section Occupancy --section WarpStateStats --section SchedulerStats --section SourceCounters \
-                    python3 benchmarks/gpu_deform_conv.py --profile-layer direct --profile-at "${DCN_GPU_NCU_AT:-depthwise}"
-                step "ncu-direct-sass" 90 bash -c "ncu --kernel-name regex:'deformConvDirectKernel|depthwiseChannelsLastKernel' \
+                    python3 benchmarks/gpu_deform_conv.py --profile-layer "$target" \
+                    --profile-at "${DCN_GPU_NCU_AT:-depthwise}"
+                step "ncu-$target-sass" 90 bash -c "ncu --kernel-name regex:'$kernels' \
                     --launch-count 1 --section SourceCounters --section WarpStateStats --page source --print-source sass \
-                    --csv python3 benchmarks/gpu_deform_conv.py --profile-layer direct \
-                    --profile-at '${DCN_GPU_NCU_AT:-depthwise}' >'$OUT_DIR/direct_sass.csv'"
+                    --csv python3 benchmarks/gpu_deform_conv.py --profile-layer $target \
+                    --profile-at '${DCN_GPU_NCU_AT:-depthwise}' >'$OUT_DIR/${target}_sass.csv'"
                 continue
             fi
             # a sampler of the GEMM path: the first chunk's transpose, sampling and output kernels
