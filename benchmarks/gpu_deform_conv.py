@@ -667,8 +667,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile-layer", nargs="?", const="gemm", default=None,
                         choices=("gemm", "implicit", "direct", "direct-taps"),
                         help="time nothing: run the gemm path (or the implicit-GEMM or the direct kernel: "
-                             "--profile-layer implicit|direct|direct-taps) once on --profile-at's layer (det res4 by default) at "
-                             "batch 8 in float16 and exit (for a profiler such as Nsight Compute: "
+                             "--profile-layer implicit|direct|direct-taps) once on --profile-at's layer (det res4 by "
+                             "default) at batch 8 in float16 and exit (for a profiler such as Nsight Compute: "
                              "`ncu --kernel-name regex:olumnsKernel ...`)")
     parser.add_argument("--profile-at", default="res4", choices=sorted(PROFILE_LAYERS),
                         help="the layer --profile-layer runs: det res3, res4 (default), res5, seg res5, or the "

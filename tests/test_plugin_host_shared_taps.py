@@ -64,7 +64,8 @@ def _depthwise(channels, offset_groups, height, width, kernel, stride=(1, 1), pa
 
 # One edge each: a single row (two pixel blocks, the second cut short), a single column, fewer pixels than a block,
 # offsets of 25 pixels (most samples off the image), integer offsets (samples on pixels and on the border), a 5x4
-# kernel (20 kernel points in the tables, 42.5 KiB in float64) with dilation 2, a 1x1 kernel, no mask and no bias, three images.
+# kernel (20 kernel points in the tables, 42.5 KiB depth-wise in float64) with dilation 2, a 1x1 kernel, no mask and
+# no bias, three images.
 _EDGES = {
     "one row": lambda c, g: _depthwise(c, 1, 1, 45, (1, 3), pads=(0, 1, 0, 1), per_group=g),
     "one column": lambda c, g: _depthwise(c, 2, 40, 1, (3, 1), stride=(2, 1), pads=(2, 0, 1, 0), per_group=g),
@@ -82,7 +83,8 @@ _EDGES = {
 # groups of a vector (one an item); groups of two vectors (a wide item: float32 groups of 8, float64 groups of 4;
 # the half types' groups of 16 would need 72 KiB of weights at 3x3).
 _STRUCTURES = {"depthwise": lambda vector: (1, vector), "groups of 2": lambda vector: (2, vector),
-               "a vector's group": lambda vector: (vector, vector), "wide items": lambda vector: (2 * vector, 2 * vector)}
+               "a vector's group": lambda vector: (vector, vector),
+               "wide items": lambda vector: (2 * vector, 2 * vector)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

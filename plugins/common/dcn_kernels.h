@@ -77,9 +77,9 @@ typedef enum dcn_forward_flag
     /* Experimental, not yet timed on a GPU: where the channels-last direct kernel runs a layer (depth-wise, or small
      * groups) whose offset groups hold whole blocks of 8 of its items and whose tables fit 48 KiB (3x3 in float16:
      * 15.75 KiB depth-wise, 31.5 KiB for groups of 8), a block of 32 pixels x 8 items computes its taps once into
-     * shared memory, with its weights, instead of each item its own; other layers run as without it. The same results. DCN_DEPLOY_DIRECT_TAPS=shared
-     * turns it on for every call. The host entry dcn_deform_conv2d_forward_host_direct_channels_last refuses the
-     * layers it does not take. */
+     * shared memory, with its weights, instead of each item its own; other layers run as without it. The same
+     * results. DCN_DEPLOY_DIRECT_TAPS=shared turns it on for every call. The host entry
+     * dcn_deform_conv2d_forward_host_direct_channels_last refuses the layers it does not take. */
     DCN_FORWARD_SHARED_TAPS = 4
 } dcn_forward_flag;
 

@@ -172,7 +172,8 @@ void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T c
         size_t const tableBytes = sharedTapsTablesBytes(geo, sizeof(T));
         for (int32_t first = 0; first < count; first += 65535)
         {
-            dim3 const grid(unsigned(sharedTapsPixelBlocks(geo)), channelBlocks, unsigned(std::min(count - first, 65535)));
+            dim3 const grid(unsigned(sharedTapsPixelBlocks(geo)), channelBlocks,
+                unsigned(std::min(count - first, 65535)));
             sharedTapsKernel<T, Vector, Cpg, ChannelsLastOut><<<grid, kSharedTapsThreads, tableBytes, stream>>>(geo,
                 source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask, output, n0 + first);
         }

@@ -3,11 +3,11 @@
 // pixel samples the same positions, yet channelsLastDirectItem computes its taps (the offsets' and the mask's loads,
 // the floors, the bilinear weights, the validity) for itself: 32 times over at depth-wise res4 in float16, 8 at
 // grouped res4 (4 offset groups). Here a block of kSharedTapsPixels consecutive output pixels x kSharedTapsItems
-// channel vectors of one offset group first computes the taps of its pixels' kernel points once, into a table
-// (shared memory on the GPU), and its items' weights, in Acc, into another, then each item gathers, blends and
-// weights its vector reading them: depth-wise layers, and groups of 2 to 16 channels in and out (an item whole groups,
-// each group's samples times its Cpg x Cpg block of weights). The sums are channelsLastDirectItem's, in its order,
-// from the same taps and weights: bit for bit its results.
+// items of one offset group first computes the taps of its pixels' kernel points once, into a table (shared memory
+// on the GPU), and its items' weights, in Acc, into another, then each item gathers, blends and weights its channels
+// reading them: depth-wise layers, and groups of 2 to 16 channels in and out (an item whole groups, each group's
+// samples times its Cpg x Cpg block of weights). The sums are channelsLastDirectItem's, in its order, from the same
+// taps and weights: bit for bit its results.
 // Shared by the CUDA kernel (deformConvDirect.cu) and the host build (deformConvHost.cpp), which runs a block's fills
 // by its threads' shares and then its threads' items one by one, so that CI checks the kernel's own code on the CPU.
 #pragma once
@@ -19,7 +19,8 @@
 namespace dcn
 {
 
-// A block: 32 consecutive output pixels (in row-major order across rows) x 8 channel vectors, one thread each.
+// A block: 32 consecutive output pixels (in row-major order across rows) x 8 items (channel vectors, or wide items'
+// groups: directItemWidth), one thread each.
 constexpr int32_t kSharedTapsPixels = 32;
 constexpr int32_t kSharedTapsItems = 8;
 constexpr int32_t kSharedTapsThreads = kSharedTapsPixels * kSharedTapsItems;

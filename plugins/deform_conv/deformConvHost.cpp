@@ -376,8 +376,8 @@ void sharedTapsHost(DeformConvGeometry const& geo, T const* nhwc, T const* offse
                     fillSharedTapsOfPixel<T>(geo, offset, mask, n0 + img, og, pixelBlock * kSharedTapsPixels,
                         thread % kSharedTapsPixels, tables.data(), thread / kSharedTapsPixels,
                         kSharedTapsThreads / kSharedTapsPixels);
-                    fillSharedTapsWeights<T, Vector, Cpg>(geo, weight, channelBlock * kSharedTapsItems * Vector, weights,
-                        thread, kSharedTapsThreads);
+                    fillSharedTapsWeights<T, Vector, Cpg>(geo, weight, channelBlock * kSharedTapsItems * Vector,
+                        weights, thread, kSharedTapsThreads);
                 }
                 for (int32_t thread = 0; thread < kSharedTapsThreads; ++thread)
                     sharedTapsItem<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, bias, tables.data(), output, n0, img,
