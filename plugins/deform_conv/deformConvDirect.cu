@@ -10,7 +10,7 @@
 #include "dcnGridStride.h"
 #include "deformConvDirectBlock.h"
 #include "deformConvDirectChannelsLast.h"
-#include "deformConvDirectSharedTaps.h"
+#include "deformConvDirectSharedTaps.h" // sharedTapsRefusal
 #include "deformConvKernel.h"
 #include "deformConvRelayout.cuh"
 
@@ -71,29 +71,6 @@ __global__ void __launch_bounds__(kGridStrideThreads) depthwiseChannelsLastKerne
     for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
          idx += int64_t(gridDim.x) * blockDim.x)
         depthwiseItem<T, Vector, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0, idx);
-}
-
-// The items with their taps shared (deformConvDirectSharedTaps.h; Cpg channels per group): block (pixel block,
-// channel block, image from n0) of kSharedTapsThreads threads fills its taps and weights tables in shared memory,
-// then each thread runs its item.
-template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
-__global__ void __launch_bounds__(kSharedTapsThreads) sharedTapsKernel(DeformConvGeometry const geo,
-    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
-    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
-{
-    using Acc = typename ElementTraits<T>::Acc;
-    extern __shared__ __align__(16) unsigned char tapBytes[];
-    SharedTap<Acc>* const table = reinterpret_cast<SharedTap<Acc>*>(tapBytes);
-    int32_t const channelBlock = int32_t(blockIdx.y);
-    int32_t const og = channelBlock * kSharedTapsItems * Vector / geo.channelsPerOffsetGroup;
-    int32_t const thread = int32_t(threadIdx.x);
-    fillSharedTapsOfPixel<T>(geo, offset, mask, n0 + int32_t(blockIdx.z), og, int64_t(blockIdx.x) * kSharedTapsPixels,
-        thread % kSharedTapsPixels, table, thread / kSharedTapsPixels, kSharedTapsThreads / kSharedTapsPixels);
-    fillSharedTapsWeights<T, Vector, Cpg>(geo, weight, channelBlock * kSharedTapsItems * Vector,
-        reinterpret_cast<Acc*>(table + sharedTapEntries(geo)), thread, kSharedTapsThreads);
-    __syncthreads();
-    sharedTapsItem<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, bias, table, output, n0, int32_t(blockIdx.z),
-        int64_t(blockIdx.x), channelBlock, thread);
 }
 
 // The channels-last direct kernel for Cpg > 1 channels per group: a block of kGridStrideThreads threads takes
@@ -159,26 +136,12 @@ constexpr auto groupedKernelFor()
         return &groupedChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut>;
 }
 
-// The items of `count` images from n0 of `source` (channels-last): the shared-taps kernel where sharedTaps
-// (sharedTapsRefusal passed); else the grid-stride kernel for depth-wise layers, the grouped kernel for the others.
-// The block-mapped kernels in launches of at most 65535 images (their grid z).
+// The items of `count` images from n0 of `source` (channels-last): the grid-stride kernel for depth-wise layers,
+// the grouped kernel (in launches of at most 65535 images, its grid z) for the others.
 template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
 void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T const* offset, T const* weight,
-    T const* bias, T const* mask, T* output, int32_t n0, int32_t count, bool sharedTaps, cudaStream_t stream)
+    T const* bias, T const* mask, T* output, int32_t n0, int32_t count, cudaStream_t stream)
 {
-    if (sharedTaps)
-    {
-        unsigned const channelBlocks = unsigned(geo.d.in_channels / (Vector * kSharedTapsItems));
-        size_t const tableBytes = sharedTapsTablesBytes(geo, sizeof(T));
-        for (int32_t first = 0; first < count; first += 65535)
-        {
-            dim3 const grid(unsigned(sharedTapsPixelBlocks(geo)), channelBlocks,
-                unsigned(std::min(count - first, 65535)));
-            sharedTapsKernel<T, Vector, Cpg, ChannelsLastOut><<<grid, kSharedTapsThreads, tableBytes, stream>>>(geo,
-                source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask, output, n0 + first);
-        }
-        return;
-    }
     if constexpr (Cpg == 1)
     {
         int64_t const total = depthwiseItems(geo, count, Vector);
@@ -204,10 +167,11 @@ void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T c
 
 // Per chunk of images: the input to channels-last in the workspace, then the items of those images. With
 // channelsLastTensors the input already is channels-last (and the output is written so): one launch over the batch,
-// no workspace. sharedTaps: the taps shared by a block where sharedTapsRefusal passes.
+// no workspace. sharedTaps: the items in the shared-taps kernel's blocks (deformConvDirectSharedTaps.cu) where
+// sharedTapsRefusal passes.
 template <typename T>
-Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T const* offset, T const* weight,
-    T const* bias, T const* mask, T* output, void* workspace, size_t budget, bool channelsLastTensors,
+Status launchDirectChannelsLast(DeformConvGeometry const& geo, int32_t dtype, T const* input, T const* offset,
+    T const* weight, T const* bias, T const* mask, T* output, void* workspace, size_t budget, bool channelsLastTensors,
     bool sharedTaps, cudaStream_t stream)
 {
     bool const shareTaps = sharedTaps && sharedTapsRefusal(geo, sizeof(T)).empty();
@@ -221,15 +185,23 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, T const* input, T
         if (!status.ok())
             return status;
         T const* source = channelsLastTensors ? input : nhwc;
+        if (shareTaps)
+        {
+            status = launchSharedTapsItems(geo, dtype, source, offset, weight, bias, mask, output, n0, count,
+                channelsLastTensors, stream);
+            if (!status.ok())
+                return status;
+            continue;
+        }
         bool const launched = withChannelsLastDirectInstance<T>(geo, [&](auto width, auto group) {
             constexpr int kVector = decltype(width)::value;
             constexpr int kCpg = decltype(group)::value;
             if (channelsLastTensors)
                 launchChannelsLastItems<T, kVector, kCpg, true>(geo, source, offset, weight, bias, mask, output, n0,
-                    count, shareTaps, stream);
+                    count, stream);
             else
                 launchChannelsLastItems<T, kVector, kCpg, false>(geo, source, offset, weight, bias, mask, output, n0,
-                    count, shareTaps, stream);
+                    count, stream);
         });
         if (!launched) // directChannelsLastRefusal turns such layers away before this
             return Status::invalid("the channels-last direct kernel has no instance for items of "
@@ -250,7 +222,7 @@ Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype
 {
     return withElementType(dtype, [&](auto tag) {
         using T = decltype(tag);
-        return launchDirectChannelsLast<T>(geo, static_cast<T const*>(input), static_cast<T const*>(offset),
+        return launchDirectChannelsLast<T>(geo, dtype, static_cast<T const*>(input), static_cast<T const*>(offset),
             static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
             static_cast<T*>(output), workspace, budget, channelsLastTensors, sharedTaps, stream);
     });

@@ -56,6 +56,13 @@ Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
     size_t budget, bool channelsLastTensors, bool sharedTaps, cudaStream_t stream);
 
+// The channels-last direct kernel's blocks with shared taps (deformConvDirectSharedTaps.cu): the items of `count`
+// images from n0 of `source` (channels-last, image n0 first), only where sharedTapsRefusal(geo, dtype's bytes) is
+// empty; channelsLastOut: the output is channels-last too.
+Status launchSharedTapsItems(DeformConvGeometry const& geo, int32_t dtype, void const* source, void const* offset,
+    void const* weight, void const* bias, void const* mask, void* output, int32_t n0, int32_t count,
+    bool channelsLastOut, cudaStream_t stream);
+
 // The fused kernel (deformConvFused.cu): only where fusedKernelAccepts(geo, dtype). Its workspace holds the
 // re-laid-out weights: at least fusedWorkspaceBytes.
 size_t fusedWorkspaceBytes(DeformConvGeometry const& geo, int32_t dtype);
