@@ -211,7 +211,7 @@ step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
 # widest as wide items), the same with shared taps (direct-taps: the taps once per block of 32 pixels x 8 items;
 # experimental; the per-item kernel where it does not take the layer), and the direct kernel on channels-last
 # tensors.
-bench bench-grouped 120 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct,direct-taps \
+bench bench-grouped 150 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct,direct-taps \
     --iters 20 --warmup 3 --channels-last --channels-last-algo direct
 # The grouped and depth-wise layers on channels-last tensors too (the depth-wise one: the channels-last direct kernel
 # without its transpose; the grouped one: the GEMM path without its two); the table in checks.log, with the grouped
