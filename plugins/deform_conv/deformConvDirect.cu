@@ -204,9 +204,7 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, int32_t dtype, T 
                     count, stream);
         });
         if (!launched) // directChannelsLastRefusal turns such layers away before this
-            return Status::invalid("the channels-last direct kernel has no instance for items of "
-                + std::to_string(directItemWidth(geo, sizeof(T))) + " elements of " + std::to_string(sizeof(T))
-                + " bytes and groups of " + std::to_string(geo.channelsPerGroup) + " channels");
+            return Status::invalid(noChannelsLastDirectInstance("the channels-last direct kernel", geo, sizeof(T)));
         status = launchStatus("the channels-last direct kernel");
         if (!status.ok())
             return status;

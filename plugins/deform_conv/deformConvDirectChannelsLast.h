@@ -210,6 +210,16 @@ bool withChannelsLastDirectInstance(DeformConvGeometry const& geo, F&& f)
     return found;
 }
 
+// Why `kernel` (a launch dispatching by withChannelsLastDirectInstance) has no instance for the layer: its refusal
+// turns such layers away before the launch, so this names a broken rule.
+inline std::string noChannelsLastDirectInstance(char const* kernel, DeformConvGeometry const& geo,
+    size_t elementBytes)
+{
+    return std::string(kernel) + " has no instance for items of " + std::to_string(directItemWidth(geo, elementBytes))
+        + " elements of " + std::to_string(elementBytes) + " bytes and groups of "
+        + std::to_string(geo.channelsPerGroup) + " channels";
+}
+
 // The weights of the item at channels c .. c + Vector of a layer of Cpg > 1 channels per group, in Acc, as the item
 // reads them: table[(kp * Vector + v) * Cpg + l] = weight[c + v, l, kp] (output channel c + v, input channel l of
 // its group, kernel point kp). Entries first, first + step, ... (a block's threads share the work).
@@ -267,7 +277,7 @@ DCN_UNROLL
 // directOutputBlock (bias, then kernel point by kernel point, input channel by input channel of its group, the
 // weight times the bilinear sample, its valid neighbours added in order). Depth-wise (Cpg 1): the weights read as
 // they are; else from `table` (fillDirectWeightTable's, for this c). The kernel points are walked row by row with
-// pointers into the offsets, the mask and the weights (kernelPointTaps's positions and values, without its
+// pointers into the offsets, the mask and the weights (offsetTaps, as kernelPointTaps calls it, without its
 // per-point 64-bit indexing and division: Nsight Compute's SASS view, session 32, had integer work at a third of
 // this item's instructions). ChannelsLastOut: the output is channels-last too (GemmOptions::channelsLastTensors),
 // and the item's Vector channels are one store.
@@ -297,11 +307,7 @@ DCN_HD void channelsLastDirectItem(DeformConvGeometry const& geo, T const* nhwc,
         int32_t const row = baseRow(d, y, i);
         for (int32_t j = 0; j < d.kernel_w; ++j)
         {
-            Acc const dy = ElementTraits<T>::toAcc(dyAt[0]);
-            Acc const dx = ElementTraits<T>::toAcc(dyAt[plane]);
-            Acc const scale = scaleAt ? ElementTraits<T>::toAcc(scaleAt[0]) : Acc(1);
-            BilinearTaps<Acc> const taps
-                = bilinearTaps<Acc>(Acc(row) + dy, Acc(baseCol(d, x, j)) + dx, d.height, d.width, scale);
+            BilinearTaps<Acc> const taps = offsetTaps<Acc>(d, dyAt, plane, scaleAt, row, baseCol(d, x, j));
             ChannelPack<T, Vector> packs[4];
             // element offsets in 32 bits: an image's elements fit (directChannelsLastRefusal)
             gatherNeighbours<T, Vector, Acc, uint32_t>(image, taps, channels, packs);

@@ -78,9 +78,7 @@ Status launchSharedTapsItems(DeformConvGeometry const& geo, int32_t dtype, void 
                 launch(std::false_type{});
         });
         if (!launched) // sharedTapsRefusal turns such layers away before this
-            return Status::invalid("the shared-taps direct kernel has no instance for items of "
-                + std::to_string(directItemWidth(geo, sizeof(T))) + " elements of " + std::to_string(sizeof(T))
-                + " bytes and groups of " + std::to_string(geo.channelsPerGroup) + " channels");
+            return Status::invalid(noChannelsLastDirectInstance("the shared-taps direct kernel", geo, sizeof(T)));
         return launchStatus("the shared-taps direct kernel");
     });
 }

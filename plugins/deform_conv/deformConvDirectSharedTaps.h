@@ -107,23 +107,22 @@ DCN_HD void fillSharedTapsOfPixel(DeformConvGeometry const& geo, T const* offset
     }
     int32_t const y = int32_t(pixel / geo.outW);
     int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
-    int64_t const point0 = (int64_t(n) * d.offset_group + og) * kernelPoints; // kernel point 0's mask channel
-    T const* dyAt = offset + 2 * point0 * plane + pixel; // dy of kernel point 0; dx one plane on
-    T const* scaleAt = mask ? mask + point0 * plane + pixel : nullptr;
+    int64_t const point = (int64_t(n) * d.offset_group + og) * kernelPoints + firstPoint; // its mask channel
+    T const* dyAt = offset + 2 * point * plane + pixel; // dy of kernel point firstPoint; dx one plane on
+    T const* scaleAt = mask ? mask + point * plane + pixel : nullptr;
+    int64_t const scaleStep = int64_t(pointStep) * plane;
     for (int32_t kp = firstPoint; kp < kernelPoints; kp += pointStep)
     {
         int32_t const i = kp / d.kernel_w;
         int32_t const j = kp - i * d.kernel_w;
-        int64_t const at = int64_t(kp) * plane;
-        Acc const dy = ElementTraits<T>::toAcc(dyAt[2 * at]);
-        Acc const dx = ElementTraits<T>::toAcc(dyAt[2 * at + plane]);
-        Acc const scale = scaleAt ? ElementTraits<T>::toAcc(scaleAt[at]) : Acc(1);
-        BilinearTaps<Acc> taps
-            = bilinearTaps<Acc>(Acc(baseRow(d, y, i)) + dy, Acc(baseCol(d, x, j)) + dx, d.height, d.width, scale);
+        BilinearTaps<Acc> taps = offsetTaps<Acc>(d, dyAt, plane, scaleAt, baseRow(d, y, i), baseCol(d, x, j));
 DCN_UNROLL
         for (int t = 0; t < 4; ++t) // an image's elements fit 32 bits (directChannelsLastRefusal)
             taps.index[t] *= d.in_channels;
         table[kp * kSharedTapsPixels + p].taps = taps;
+        dyAt += 2 * scaleStep;
+        if (scaleAt)
+            scaleAt += scaleStep;
     }
 }
 

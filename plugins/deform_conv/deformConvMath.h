@@ -119,6 +119,19 @@ DCN_HD BilinearTaps<Acc> bilinearTaps(Acc py, Acc px, int32_t height, int32_t wi
     return taps;
 }
 
+// The taps of a kernel point whose sample sits at (row, col) before its learned offset: dy at dyAt, dx `plane`
+// elements on, the mask value at scaleAt (null: 1); kernelPointTaps's arithmetic, for kernels that walk the offsets
+// with pointers (the channels-last direct kernel's items and its shared-taps blocks, which must agree bit for bit).
+template <typename Acc, typename T>
+DCN_HD BilinearTaps<Acc> offsetTaps(dcn_deform_conv_desc const& d, T const* dyAt, int64_t plane, T const* scaleAt,
+    int32_t row, int32_t col)
+{
+    Acc const dy = ElementTraits<T>::toAcc(dyAt[0]);
+    Acc const dx = ElementTraits<T>::toAcc(dyAt[plane]);
+    Acc const scale = scaleAt ? ElementTraits<T>::toAcc(scaleAt[0]) : Acc(1);
+    return bilinearTaps<Acc>(Acc(row) + dy, Acc(col) + dx, d.height, d.width, scale);
+}
+
 // The taps of kernel point kp = i*kW + j of output pixel (y, x), image n, offset group og.
 // offset/mask point at the start of the tensors (mask may be null: all ones).
 template <typename Acc, typename T>
