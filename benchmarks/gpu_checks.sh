@@ -199,6 +199,10 @@ step gemm-layouts 60 python3 benchmarks/gemm_layouts.py
 step gemm-layouts-batch1 40 python3 benchmarks/gemm_layouts.py --batch 1 --dtypes float32 --blas cublas,cublaslt
 # 6. The rest of the sanitizer runs (clean at bf7556d), then grouped and depth-wise layers.
 step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick
+# The channels-last direct kernel's shared-memory instances alone (its grouped weight tables, the shared-taps blocks),
+# on channels-last tensors: the quick racecheck above ran out of its 80 s before reaching them (session 38, H100).
+step racecheck-direct 60 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick \
+    --algos direct-nhwc,direct-taps-nhwc
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do # their enqueue on the GPU
     [ -x "$BUILD/bin/$shell" ] && step "memcheck-$shell" 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/bin/$shell"
 done

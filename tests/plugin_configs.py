@@ -145,11 +145,11 @@ def channels_last_direct_takes(case: Case, dtype: torch.dtype) -> bool:
 def auto_takes_channels_last_direct(case: Case, dtype: torch.dtype) -> bool:
     """Whether auto runs the channels-last direct kernel on the case's layer (autoTakesDirectChannelsLast): where
     that kernel takes it, but for dense layers (autoTakesMatrixPath: 8 or more output channels per group, 32 or more
-    products per output) of wide items, whose GEMM path auto keeps until the two are timed."""
+    products per output) of groups of more than 8 channels (the half types' groups of 16), whose GEMM path auto keeps
+    (autoKeepsMatrixPathOnWideGroups: it was as fast there on an H100)."""
     channels_per_group = case.in_channels // case.groups
     dense = case.out_channels // case.groups >= 8 and channels_per_group * case.kernel[0] * case.kernel[1] >= 32
-    wide = channels_last_direct_item(case, dtype) > VECTOR_CHANNELS[dtype]
-    return channels_last_direct_takes(case, dtype) and not (dense and wide)
+    return channels_last_direct_takes(case, dtype) and not (dense and channels_per_group > 8)
 
 
 def shared_taps_takes(case: Case, dtype: torch.dtype) -> bool:

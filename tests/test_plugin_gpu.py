@@ -103,8 +103,8 @@ def _small_groups_cases(dtype):
 def test_direct_kernel_on_small_groups_channels_last(kernels, dtype):
     """The channels-last direct kernel on grouped layers (its grouped instance: each block's weight tables in shared
     memory; wide items of two 16-byte gathers a neighbour for groups of 32 bytes), asked for as direct and as
-    auto's choice (groups of 8 in a half type too, which are dense: the workspace auto sizes is the direct kernel's;
-    not on dense layers of wide items, whose GEMM path auto keeps): from NCHW tensors over its channels-last copy
+    auto's choice (groups of 8 too, which are dense: the workspace auto sizes is the direct kernel's; not on dense
+    layers of the half types' groups of 16, whose GEMM path auto keeps): from NCHW tensors over its channels-last copy
     (in the direct_chunks child in chunks of 1 MiB; in the direct_nchw child the NCHW direct kernel, and auto's GEMM
     path for groups of 8) and on channels-last tensors (no copy), against the reference."""
     cases = _small_groups_cases(dtype)

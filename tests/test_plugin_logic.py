@@ -395,17 +395,18 @@ def _workspaces_under(kernels_lib, split_k, cases, algo=3, **environment):
 
 def test_auto_sizes_the_direct_kernel_for_small_groups(kernels_lib):
     """Auto's rule (resolveAlgo, deformConvWorkspaceSize): groups of 8 channels in and out are dense by the matrix
-    rule, yet in float16 (vectors of 8 hold a group) auto takes the channels-last direct kernel, whose workspace is
-    the input's channels-last copy; in float32 (a wide item, which auto leaves to that path until timed) the GEMM
-    path's; and under DCN_DEPLOY_DIRECT_LAYOUT=nchw (no channels-last copy) the GEMM path's in float16 too."""
+    rule, yet auto takes the channels-last direct kernel, whose workspace is the input's channels-last copy, in
+    float16 (vectors of 8 hold a group) and in float32 (a wide item: two vectors); under
+    DCN_DEPLOY_DIRECT_LAYOUT=nchw (no channels-last copy) the GEMM path's."""
     grouped = DeformConvDesc(2, 256, 20, 30, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 4)  # 32 groups of 8
-    copy = 2 * 256 * 20 * 30 * 2  # the float16 input, channels-last
-    direct, gemm = _workspace(kernels_lib, grouped, 1, 1), _workspace(kernels_lib, grouped, 1, 3)
-    assert copy <= direct < gemm and _workspace(kernels_lib, grouped, 1, 0) == direct
-    assert _workspace(kernels_lib, grouped, 0, 0) >= _workspace(kernels_lib, grouped, 0, 3) > 0
-    (nchw_auto,) = _workspaces_under(kernels_lib, "", [(grouped, 1)], algo=0, DCN_DEPLOY_DIRECT_LAYOUT="nchw")
-    (nchw_direct,) = _workspaces_under(kernels_lib, "", [(grouped, 1)], algo=1, DCN_DEPLOY_DIRECT_LAYOUT="nchw")
-    assert nchw_direct == 0 and nchw_auto >= gemm
+    for dtype, element in ((1, 2), (0, 4)):
+        copy = 2 * 256 * 20 * 30 * element  # the input, channels-last
+        direct, gemm = _workspace(kernels_lib, grouped, dtype, 1), _workspace(kernels_lib, grouped, dtype, 3)
+        assert copy <= direct < gemm and _workspace(kernels_lib, grouped, dtype, 0) == direct, dtype
+        (nchw_auto,) = _workspaces_under(kernels_lib, "", [(grouped, dtype)], algo=0, DCN_DEPLOY_DIRECT_LAYOUT="nchw")
+        (nchw_direct,) = _workspaces_under(kernels_lib, "", [(grouped, dtype)], algo=1,
+                                           DCN_DEPLOY_DIRECT_LAYOUT="nchw")
+        assert nchw_direct == 0 and nchw_auto >= gemm, dtype
 
 
 def _staging_room(desc, element):
@@ -486,27 +487,27 @@ def test_direct_channels_last_workspace_holds_the_channels_last_input(kernels_li
     assert _workspaces_under(kernels_lib, "", [(huge, 1)], 0) == [0]
 
 
-def test_auto_keeps_the_gemm_path_on_dense_layers_of_wide_items(kernels_lib):
-    """Wide items (one group of 32 bytes: float32 groups of 8, half groups of 16; two 16-byte gathers a neighbour)
-    are the channels-last direct kernel's when it is asked for, and its workspace is then the channels-last input;
-    on those dense layers auto keeps the GEMM path until the two are timed, so its workspace is the GEMM path's, on
-    NCHW and on channels-last tensors. float16 groups of 8 (timed, session 35) stay auto's direct."""
+def test_auto_keeps_the_gemm_path_on_dense_layers_of_groups_of_16(kernels_lib):
+    """Wide items (one group of 32 bytes: float32 groups of 8, half groups of 16, float64 groups of 4; two 16-byte
+    gathers a neighbour) are the channels-last direct kernel's when it is asked for, and its workspace is then the
+    channels-last input. On dense layers of the half types' groups of 16 auto keeps the GEMM path (as fast on an
+    H100, session 38), so its workspace is the GEMM path's, on NCHW and on channels-last tensors; float32 groups of 8
+    and float64 groups of 4 are auto's direct, as float16 groups of 8 (one vector)."""
     def grouped(groups):  # 64 channels in and out, batch 2, 20 x 20, 3 x 3
         return DeformConvDesc(2, 64, 20, 20, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, groups, 1)
 
     channels_last = 2
-    for desc, dtype in ((grouped(4), 1), (grouped(4), 2), (grouped(8), 0)):  # float16, bfloat16 x 16; float32 x 8
-        element = 4 if dtype == 0 else 2
-        assert _workspace(kernels_lib, desc, dtype, 1) == _align256(2 * 64 * 400 * element)
+    for desc, dtype in ((grouped(4), 1), (grouped(4), 2)):  # float16, bfloat16 x 16
+        assert _workspace(kernels_lib, desc, dtype, 1) == _align256(2 * 64 * 400 * 2)
         assert _workspace(kernels_lib, desc, dtype, 0) == max(_workspace(kernels_lib, desc, dtype, 2),
                                                               _workspace(kernels_lib, desc, dtype, 3))
         assert _workspace(kernels_lib, desc, dtype, 1, channels_last) == 0
         assert _workspace(kernels_lib, desc, dtype, 0, channels_last) == _workspace(kernels_lib, desc, dtype, 3,
                                                                                     channels_last) > 0
-    halves8 = grouped(8)
-    room = _align256(2 * 64 * 400 * 2)
-    assert _workspace(kernels_lib, halves8, 1, 0) == _workspace(kernels_lib, halves8, 1, 1) == room
-    assert _workspace(kernels_lib, halves8, 1, 0, channels_last) == 0
+    for desc, dtype, element in ((grouped(8), 1, 2), (grouped(8), 0, 4), (grouped(16), 3, 8)):
+        room = _align256(2 * 64 * 400 * element)
+        assert _workspace(kernels_lib, desc, dtype, 0) == _workspace(kernels_lib, desc, dtype, 1) == room, dtype
+        assert _workspace(kernels_lib, desc, dtype, 0, channels_last) == 0, dtype
 
 
 def test_auto_takes_the_channels_last_direct_kernel_where_the_oracle_says(kernels_lib):

@@ -68,19 +68,20 @@ inline int32_t directItemWidth(DeformConvGeometry const& geo, size_t elementByte
     return directItemWidth(directChannelLayout(geo), elementBytes);
 }
 
-// Whether the layer's items are wide (two 16-byte gathers per neighbour).
-inline bool directItemsWide(DirectChannelLayout const& layout, size_t elementBytes)
-{
-    return size_t(directItemWidth(layout, elementBytes)) * elementBytes > 16;
-}
+// The widest groups (channels in and out) of a dense layer (autoTakesMatrixPath) that AUTO gives the channels-last
+// direct kernel. Measured on an H100 (session 38, benchmarks/RESULTS.md): groups of 8 are faster there than on the
+// GEMM path in float16 (grouped res4, 32 x 8, batch 8: 0.185 ms against 0.334) and in float32 as wide items (0.278
+// against 0.495; batch 1 0.051 against 0.076); the half types' groups of 16 (ResNeXt-50's c4, wide items) are not
+// (0.498 against 0.480 at batch 8, 0.069 against 0.070 at batch 1). float64 groups of 4 (wide items too) follow
+// float32's groups of 8, untimed.
+constexpr int64_t kAutoDirectMaxDenseGroupChannels = 8;
 
-// Whether AUTO keeps the GEMM path on a layer the channels-last direct kernel may take: dense layers
-// (autoTakesMatrixPath) of wide items (float32 groups of 8, half groups of 16), built without a GPU (session 36)
-// and not yet timed against it; asked for as direct (or as the TensorRT plugin's direct tactic), the kernel takes
-// them. AUTO's rule in the launch (deformConvLaunch.cu) and the plugin's for channels-last formats.
-inline bool autoKeepsMatrixPathOnWideItems(DirectChannelLayout const& layout, size_t elementBytes)
+// Whether AUTO keeps the GEMM path on a layer the channels-last direct kernel may take: dense layers of wider groups
+// than kAutoDirectMaxDenseGroupChannels; asked for as direct (or as the TensorRT plugin's direct tactic), the kernel
+// takes them. AUTO's rule in the launch (deformConvLaunch.cu) and the plugin's for channels-last formats.
+inline bool autoKeepsMatrixPathOnWideGroups(DirectChannelLayout const& layout)
 {
-    return directItemsWide(layout, elementBytes)
+    return layout.channelsPerGroup > kAutoDirectMaxDenseGroupChannels
         && autoTakesMatrixPath(layout.outChannelsPerGroup, layout.channelsPerGroup, layout.kernelPoints);
 }
 

@@ -1,15 +1,15 @@
 // The channels-last direct kernel's items with their taps shared by a block (GemmOptions::directSharedTaps;
-// DCN_DEPLOY_DIRECT_TAPS=shared in the C ABI; opt-in until it is timed on a GPU). Every item of an offset group at one
-// pixel samples the same positions, yet channelsLastDirectItem computes its taps (the offsets' and the mask's loads,
-// the floors, the bilinear weights, the validity) for itself: 32 times over at depth-wise res4 in float16, 8 at
-// grouped res4 (4 offset groups). Here a block of kSharedTapsPixels consecutive output pixels x kSharedTapsItems
-// items of one offset group first computes the taps of its pixels' kernel points once, into a table (shared memory
-// on the GPU), and its items' weights, in Acc, into another, then each item gathers, blends and weights its channels
-// reading them: depth-wise layers, and groups of 2 to 16 channels in and out (an item whole groups, each group's
-// samples times its Cpg x Cpg block of weights). The sums are channelsLastDirectItem's, in its order, from the same
-// taps and weights: bit for bit its results.
-// Shared by the CUDA kernel (deformConvDirect.cu) and the host build (deformConvHost.cpp), which runs a block's fills
-// by its threads' shares and then its threads' items one by one, so that CI checks the kernel's own code on the CPU.
+// DCN_DEPLOY_DIRECT_TAPS=shared in the C ABI; opt-in: on an H100, session 38, no faster than the per-item kernels).
+// Every item of an offset group at one pixel samples the same positions, yet channelsLastDirectItem computes its taps
+// (the offsets' and the mask's loads, the floors, the bilinear weights, the validity) for itself: 32 times over at
+// depth-wise res4 in float16, 8 at grouped res4 (4 offset groups). Here a block of kSharedTapsPixels consecutive output
+// pixels x kSharedTapsItems items of one offset group first computes the taps of its pixels' kernel points once, into a
+// table (shared memory on the GPU), and its items' weights, in Acc, into another, then each item gathers, blends and
+// weights its channels reading them: depth-wise layers, and groups of 2 to 16 channels in and out (an item whole
+// groups, each group's samples times its Cpg x Cpg block of weights). The sums are channelsLastDirectItem's, in its
+// order, from the same taps and weights: bit for bit its results. Shared by the CUDA kernel (deformConvDirect.cu) and
+// the host build (deformConvHost.cpp), which runs a block's fills by its threads' shares and then its threads' items
+// one by one, so that CI checks the kernel's own code on the CPU.
 #pragma once
 
 #include "deformConvDirectChannelsLast.h"

@@ -28,13 +28,13 @@ bool denseLayer(DeformConvGeometry const& geo)
 // AUTO's first choice: the channels-last direct kernel wherever it takes the layer (directChannelsLastRefusal:
 // depth-wise layers, and groups of 2 to 16 channels in and out, some of them dense by autoTakesMatrixPath). Measured
 // on an H100 (session 35) at the grouped res4 layer in float16 (32 groups of 8): 0.185 ms at batch 8 against the
-// GEMM path's 0.334 (0.171 on channels-last tensors), 0.028 against 0.052 at batch 1. Except dense layers of wide
-// items (autoKeepsMatrixPathOnWideItems).
+// GEMM path's 0.334 (0.171 on channels-last tensors), 0.028 against 0.052 at batch 1. Except dense layers of
+// groups wider than 8 channels (autoKeepsMatrixPathOnWideGroups).
 bool autoTakesDirectChannelsLast(DeformConvGeometry const& geo, int32_t dtype)
 {
     size_t const bytes = dtypeBytes(dtype);
     return directChannelsLastRefusal(geo, bytes).empty()
-        && !autoKeepsMatrixPathOnWideItems(directChannelLayout(geo), bytes);
+        && !autoKeepsMatrixPathOnWideGroups(directChannelLayout(geo));
 }
 
 // Whether AUTO runs the direct kernel: resolveAlgo's rule, and its workspace size's (directChannelsLast as

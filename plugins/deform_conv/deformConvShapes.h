@@ -55,8 +55,10 @@ constexpr char const* kFieldKernelsRevision = "dcn_kernels_revision";
 // layers, which a library of revision 8 would read as NCHW; 10 (session 35) the channels-last direct kernel on layers
 // of 2, 4 or 8 channels per group in and out too, which takes a workspace (revision 9 has none for them); 11 (session
 // 36) its wide items (float32 groups of 8, half groups of 16, float64 groups of 4): a workspace for the direct
-// tactic there, and the direct tactic offered on channels-last tensors of such dense layers.
-constexpr int32_t kKernelsRevision = 11;
+// tactic there, and the direct tactic offered on channels-last tensors of such dense layers; 12 (session 38) auto's
+// choice the channels-last direct kernel on dense layers of float32 groups of 8 and float64 groups of 4 too (timed on
+// an H100), whose workspace is the input's channels-last copy instead of the GEMM path's.
+constexpr int32_t kKernelsRevision = 12;
 // Written by the plugin into every engine it serialises, never an ONNX attribute: the GEMM path's column budget in
 // MiB that the build sized the workspace with (deformConvPluginWorkspace.h: lowered to fit a workspace limit). The
 // run plans its chunks with it. An engine without the field was built with the default.
