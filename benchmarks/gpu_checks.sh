@@ -15,13 +15,16 @@
 #      transpose, sampling and output kernels at res4, batch 8, fp16 (DCN_GPU_NCU="tiled thread": the samplers to
 #      profile; "implicit" or "specialised": that implicit-GEMM kernel with its stall sites, and its SASS with
 #      stall samples in implicit_sass.csv or specialised_sass.csv; "direct": the direct kernel, by default on the
-#      depth-wise layer; "direct-taps": its shared-taps blocks, likewise), into checks.log, on the layer
-#      DCN_GPU_NCU_AT (res3, res4 (default), res5, seg, grouped or depthwise).
+#      depth-wise layer; "direct-taps": its shared-taps blocks, likewise; "direct-mma": the tensor-core group
+#      kernel, with DCN_GPU_NCU_AT=resnext-c4), into checks.log, on the layer DCN_GPU_NCU_AT (res3, res4 (default),
+#      res5, seg, grouped, depthwise or resnext-c4).
 # Every step runs even when an earlier one fails, each under its own time limit and all within
 # $DCN_GPU_CHECKS_SECONDS (540); the summary at the end lists each step's exit code (124/137: timed out).
 # DCN_GPU_SKIP: space-separated step names to leave out (a shorter run while iterating); DCN_GPU_ONLY: the step
 # names to run, besides the device step and (without a carried build) the build (e.g. "plugin-info variant-even
-# ncu-specialised ncu-specialised-sass").
+# ncu-specialised ncu-specialised-sass"). DCN_GPU_PYTEST_K: the -k expression of pytest-gpu's GPU kernel tests
+# (default "not implicit"); DCN_GPU_MEMCHECK_ALGOS: memcheck's sanitizer_cases.py --algos (default all): a call short
+# of device time can check one new kernel alone.
 # DCN_GPU_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE] entries; each times $DCN_GPU_VARIANT_ALGOS (default:
 # gemm) in $DCN_GPU_VARIANT_DTYPES (default: float16; comma-separated) with those variables set, its table in
 # checks.log, e.g. "thread:DCN_DEPLOY_GEMM_SAMPLER=thread" or,
@@ -115,7 +118,7 @@ print(json.dumps(library_info(), indent=1, default=str))"
 
 # 2. Correctness: every test that needs the GPU (the torch runners' on CUDA too), and convert_modules against real
 # torchvision (which imports only on this machine; about 6 s).
-step pytest-gpu 200 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_gpu.py -k "not implicit" \
+step pytest-gpu 200 python3 -m pytest -q -p no:cacheprovider tests/test_plugin_gpu.py -k "${DCN_GPU_PYTEST_K:-not implicit}" \
     tests/test_roi_plugin_host.py::test_cuda_kernels_match_reference \
     tests/test_roi_plugin_host.py::test_ops_on_a_gpu_run_the_cuda_kernels \
     tests/test_deform_conv.py::test_tensors_on_two_devices_are_rejected tests/test_convert_modules.py \
@@ -175,7 +178,7 @@ step bench-specialised 90 env DCN_DEPLOY_IMPLICIT_KERNEL=specialised python3 ben
 # 4. memcheck over small cases of every kernel and dtype.
 # (torch's caching allocator off: an overrun inside one of its blocks would not be reported)
 step memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    python3 tests/sanitizer_cases.py
+    python3 tests/sanitizer_cases.py ${DCN_GPU_MEMCHECK_ALGOS:+--algos "$DCN_GPU_MEMCHECK_ALGOS"}
 # The direct kernel over NCHW on depth-wise layers too (DCN_DEPLOY_DIRECT_LAYOUT=nchw; the default there is a
 # channels-last copy of the input, which the memcheck step above covers).
 step memcheck-direct-nchw 40 env DCN_DEPLOY_DIRECT_LAYOUT=nchw PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer \
@@ -199,10 +202,11 @@ step gemm-layouts 60 python3 benchmarks/gemm_layouts.py
 step gemm-layouts-batch1 40 python3 benchmarks/gemm_layouts.py --batch 1 --dtypes float32 --blas cublas,cublaslt
 # 6. The rest of the sanitizer runs (clean at bf7556d), then grouped and depth-wise layers.
 step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick
-# The channels-last direct kernel's shared-memory instances alone (its grouped weight tables, the shared-taps blocks),
-# on channels-last tensors: the quick racecheck above ran out of its 80 s before reaching them (session 38, H100).
+# The channels-last direct kernel's shared-memory instances alone (its grouped weight tables, the shared-taps blocks,
+# the tensor-core group kernel's tiles), on channels-last tensors: the quick racecheck above ran out of its 80 s
+# before reaching them (session 38, H100).
 step racecheck-direct 60 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick \
-    --algos direct-nhwc,direct-taps-nhwc
+    --algos direct-nhwc,direct-taps-nhwc,direct-mma-nhwc
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do # their enqueue on the GPU
     [ -x "$BUILD/bin/$shell" ] && step "memcheck-$shell" 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/bin/$shell"
 done
@@ -212,10 +216,10 @@ step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python
 step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
 # The grouped and depth-wise layers, each way: auto, the GEMM path, the direct kernel (over a channels-last copy of
 # the input where it takes the layer: depth-wise, and groups of up to 16 channels in half types, 8 in float32, the
-# widest as wide items), the same with shared taps (direct-taps: the taps once per block of 32 pixels x 8 items;
-# experimental; the per-item kernel where it does not take the layer), and the direct kernel on channels-last
-# tensors.
-bench bench-grouped 150 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct,direct-taps \
+# widest as wide items), the same with the tensor-core group kernel (direct-mma: the half types' groups of 16,
+# ResNeXt c4; experimental; the per-item kernel where it does not take the layer; session 38 timed direct-taps,
+# the shared-taps blocks, in this place), and the direct kernel on channels-last tensors.
+bench bench-grouped 150 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct,direct-mma \
     --iters 20 --warmup 3 --channels-last --channels-last-algo direct
 # The grouped and depth-wise layers on channels-last tensors too (the depth-wise one: the channels-last direct kernel
 # without its transpose; the grouped one: the GEMM path without its two); the table in checks.log, with the grouped
@@ -283,12 +287,14 @@ if [ -n "${DCN_GPU_NCU:-}" ]; then
                     >'$OUT_DIR/${target}_sass.csv'"
                 continue
             fi
-            if [ "$target" = direct ] || [ "$target" = direct-taps ]; then
+            if [ "$target" = direct ] || [ "$target" = direct-taps ] || [ "$target" = direct-mma ]; then
                 # the direct kernel (auto's choice for depth-wise layers: over a channels-last copy of the input
                 # since kernels revision 7; direct-taps: its shared-taps blocks, DCN_FORWARD_SHARED_TAPS) on the
                 # depth-wise res4 layer by default: what bounds it (memory throughput, sectors per request, issue),
-                # then its SASS with each instruction's stall samples as CSV (direct_sass.csv, direct-taps_sass.csv)
-                kernels='deformConvDirectKernel|depthwiseChannelsLastKernel|groupedChannelsLastKernel|sharedTapsKernel'
+                # then its SASS with each instruction's stall samples as CSV (direct_sass.csv, direct-taps_sass.csv);
+                # direct-mma: the tensor-core group kernel (DCN_GPU_NCU_AT=resnext-c4)
+                kernels='deformConvDirectKernel|depthwiseChannelsLastKernel|groupedChannelsLastKernel'
+                kernels+='|sharedTapsKernel|groupMmaKernel'
                 step "ncu-$target" 90 ncu --kernel-name regex:"$kernels" --launch-count 1 \
                     --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
                     --section Occupancy --section WarpStateStats --section SchedulerStats --section SourceCounters \

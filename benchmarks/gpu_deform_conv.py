@@ -78,7 +78,7 @@ GROUPED_LAYERS = [
 # The CUDA kernels through the C ABI; the PyTorch op as users call it ("torch": its CUDA forward runs these kernels
 # when the library is built); and the op's composite of torch ops ("composite", DCN_DEPLOY_NATIVE_CUDA=0: what it
 # ran on CUDA before, and what its backward still runs).
-ALGOS = ("auto", "gemm", "fused", "direct", "direct-taps", "implicit", "torch", "composite")
+ALGOS = ("auto", "gemm", "fused", "direct", "direct-taps", "direct-mma", "implicit", "torch", "composite")
 LAYER_SETS = {"issue": LAYERS, "grouped": GROUPED_LAYERS, "all": LAYERS + GROUPED_LAYERS}
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -323,8 +323,14 @@ def measure(row: dict, key: str, fn: Callable[[], object], reference, warmup: in
 def _cuda_options(algo: str) -> dict:
     """deform_conv2d_cuda's arguments for one of our ALGOS: ``direct-taps`` is the direct kernel with
     ``shared_taps`` (DCN_FORWARD_SHARED_TAPS: the items' taps computed once per block where that kernel
-    takes the layer, the per-item kernel elsewhere)."""
-    return {"algo": "direct", "shared_taps": True} if algo == "direct-taps" else {"algo": algo}
+    takes the layer, the per-item kernel elsewhere); ``direct-mma`` the direct kernel with ``group_mma``
+    (DCN_FORWARD_GROUP_MMA: the tensor-core group kernel on the half types' groups of 16, the per-item kernel
+    elsewhere)."""
+    if algo == "direct-taps":
+        return {"algo": "direct", "shared_taps": True}
+    if algo == "direct-mma":
+        return {"algo": "direct", "group_mma": True}
+    return {"algo": algo}
 
 
 def run(batches: List[int], dtypes: List[str], warmup: int, iters: int, algos: List[str],
@@ -608,13 +614,14 @@ def render(rows: List[dict], args) -> str:
 
 
 PROFILE_LAYERS = {"res3": LAYERS[0], "res4": LAYERS[1], "res5": LAYERS[2], "seg": LAYERS[3],
-                  "grouped": GROUPED_LAYERS[0], "depthwise": GROUPED_LAYERS[1]}
+                  "grouped": GROUPED_LAYERS[0], "depthwise": GROUPED_LAYERS[1],
+                  "resnext-c4": next(layer for layer in GROUPED_LAYERS if layer.name.startswith("ResNeXt c4"))}
 
 
 def profile_layer(algo: str = "gemm", at: str = "res4") -> int:
-    """One call of the CUDA kernels' `algo` path (gemm, implicit, direct or direct-taps) on the layer `at` (a
-    detection layer, seg res5, or the grouped or depth-wise res4 layer), batch 8, float16, synchronised: the launch
-    a profiler looks at."""
+    """One call of the CUDA kernels' `algo` path (gemm, implicit, direct, direct-taps or direct-mma) on the layer
+    `at` (a detection layer, seg res5, the grouped or depth-wise res4 layer, or ResNeXt c4), batch 8, float16,
+    synchronised: the launch a profiler looks at."""
     import torch
 
     from dcn_deploy.plugin.native import deform_conv2d_cuda
@@ -636,8 +643,10 @@ def main(argv=None) -> int:
     parser.add_argument("--algos", default="auto",
                         help="comma-separated implementations to time side by side: the CUDA kernels auto, gemm, "
                              "fused, direct, direct-taps (direct with DCN_FORWARD_SHARED_TAPS: the items' taps "
-                             "shared by a block, experimental), implicit, and torch (dcn_deploy.ops.deform_conv2d, "
-                             "the PyTorch op a model runs when trained on the GPU) (default auto)")
+                             "shared by a block, experimental), direct-mma (direct with DCN_FORWARD_GROUP_MMA: the "
+                             "half types' groups of 16 on tensor cores, experimental), implicit, and torch "
+                             "(dcn_deploy.ops.deform_conv2d, the PyTorch op a model runs when trained on the GPU) "
+                             "(default auto)")
     parser.add_argument("--eager", action="store_true",
                         help="time eager calls (with Python's launch overhead) instead of CUDA-graph replays")
     parser.add_argument("--layers", default="issue", choices=sorted(LAYER_SETS),
@@ -651,10 +660,12 @@ def main(argv=None) -> int:
     parser.add_argument("--channels-last", action="store_true",
                         help="that, and ours (auto) on channels-last input and output too (DCN_FORWARD_CHANNELS_LAST: "
                              "the GEMM path reads and writes them where they are, with no transposes)")
-    parser.add_argument("--channels-last-algo", default="auto", choices=("auto", "gemm", "direct", "direct-taps"),
+    parser.add_argument("--channels-last-algo", default="auto",
+                        choices=("auto", "gemm", "direct", "direct-taps", "direct-mma"),
                         help="the algo of ours on channels-last tensors (--channels-last): auto (default), gemm, "
                              "direct (the channels-last direct kernel: depth-wise layers and groups of 2 to 16 "
-                             "channels, up to 32 bytes), or direct-taps (that with shared taps, as in --algos)")
+                             "channels, up to 32 bytes), direct-taps (that with shared taps, as in --algos) or "
+                             "direct-mma (that with the tensor-core group kernel, as in --algos)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile the gemm path's kernels (torch.profiler) and print where its time goes")
     parser.add_argument("--json", type=Path, default=None,
@@ -665,14 +676,14 @@ def main(argv=None) -> int:
                              "give the --algos of that run (rows saved before they held the run's settings also "
                              "need its --iters, --warmup and --eager)")
     parser.add_argument("--profile-layer", nargs="?", const="gemm", default=None,
-                        choices=("gemm", "implicit", "direct", "direct-taps"),
+                        choices=("gemm", "implicit", "direct", "direct-taps", "direct-mma"),
                         help="time nothing: run the gemm path (or the implicit-GEMM or the direct kernel: "
-                             "--profile-layer implicit|direct|direct-taps) once on --profile-at's layer (det res4 by "
-                             "default) at batch 8 in float16 and exit (for a profiler such as Nsight Compute: "
+                             "--profile-layer implicit|direct|direct-taps|direct-mma) once on --profile-at's layer "
+                             "(det res4 by default) at batch 8 in float16 and exit (for a profiler such as Nsight Compute: "
                              "`ncu --kernel-name regex:olumnsKernel ...`)")
     parser.add_argument("--profile-at", default="res4", choices=sorted(PROFILE_LAYERS),
-                        help="the layer --profile-layer runs: det res3, res4 (default), res5, seg res5, or the "
-                             "grouped or depth-wise res4 layer of --layers grouped")
+                        help="the layer --profile-layer runs: det res3, res4 (default), res5, seg res5, the "
+                             "grouped or depth-wise res4 layer of --layers grouped, or its ResNeXt c4 layer")
     args = parser.parse_args(argv)
 
     if args.profile_layer:

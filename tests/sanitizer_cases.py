@@ -40,7 +40,12 @@ IMPLICIT = [Case(2, 1, 2, 64, 260, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 
 SHARED_TAPS = [Case(2, 64, 1, 64, 64, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 2), True, True, 3.0, False),
                Case(1, 128, 2, 128, 128, 5, 40, (3, 2), (2, 1), (1, 1, 1, 1), (1, 1), True, False, 25.0, False),
                Case(2, 16, 1, 64, 64, 6, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 25.0, False)]
-ALGOS = ("direct", "fused", "gemm", "gemm-nhwc", "direct-nhwc", "direct-taps", "direct-taps-nhwc", "implicit")
+# The tensor-core group kernel's (DCN_FORWARD_GROUP_MMA; half types, groups of 16): a 161-pixel image (a second
+# block whose first warp is cut short and whose other warps end at once), 2 offset groups; a row of 40 pixels.
+GROUP_MMA = [Case(2, 4, 2, 64, 64, 7, 23, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0, False),
+             Case(1, 2, 1, 32, 32, 1, 40, (3, 2), (1, 2), (1, 0, 1, 1), (1, 1), False, True, 25.0, False)]
+ALGOS = ("direct", "fused", "gemm", "gemm-nhwc", "direct-nhwc", "direct-taps", "direct-taps-nhwc", "direct-mma",
+         "direct-mma-nhwc", "implicit")
 
 
 def main() -> int:
@@ -50,8 +55,9 @@ def main() -> int:
                         help="comma-separated kernels to run (default: all; gemm-nhwc and direct-nhwc are the GEMM "
                              "path and the direct kernel on channels-last tensors, the latter on the depth-wise "
                              "and small-group cases; direct-taps and direct-taps-nhwc the shared-taps direct kernel "
-                             "on its own cases); e.g. implicit with DCN_DEPLOY_IMPLICIT_KERNEL=specialised for that "
-                             "kernel alone")
+                             "on its own cases, direct-mma and direct-mma-nhwc the tensor-core group kernel on its "
+                             "own cases in the half types); e.g. implicit with "
+                             "DCN_DEPLOY_IMPLICIT_KERNEL=specialised for that kernel alone")
     args = parser.parse_args()
     algos = [name.strip() for name in args.algos.split(",") if name.strip()]
     unknown = sorted(set(algos) - set(ALGOS))
@@ -74,10 +80,13 @@ def main() -> int:
     failures = 0
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         for algo in algos:
-            if (dtype == torch.float64 and algo == "fused") or (algo == "implicit" and dtype.itemsize != 2):
+            group_mma = "-mma" in algo
+            half_only = algo == "implicit" or group_mma
+            if (dtype == torch.float64 and algo == "fused") or (half_only and dtype.itemsize != 2):
                 continue
             shared_taps = "-taps" in algo
-            for index, case in enumerate(IMPLICIT if algo == "implicit" else SHARED_TAPS if shared_taps else cases):
+            own = {"implicit": IMPLICIT}.get(algo, SHARED_TAPS if shared_taps else GROUP_MMA if group_mma else cases)
+            for index, case in enumerate(own):
                 tensors = make_tensors(case, dtype, device="cuda", seed=index)
                 x, off, w, b, m = tensors
                 channels_last = algo.endswith("-nhwc")
@@ -87,7 +96,7 @@ def main() -> int:
                 try:
                     deform_conv2d_cuda(x.contiguous(memory_format=layout), off, w, b, case.stride, case.pads,
                                        case.dilation, m, algo=algo.split("-")[0], channels_last=channels_last,
-                                       shared_taps=shared_taps, out=out, library=kernels)
+                                       shared_taps=shared_taps, group_mma=group_mma, out=out, library=kernels)
                 except NativeError as exc:
                     if algo == "direct-nhwc" and exc.code == DCN_ERROR_UNSUPPORTED:
                         continue  # the channels-last direct kernel takes depth-wise layers and small groups

@@ -18,8 +18,9 @@ from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_c
 from plugin_configs import (HALF_EPS, SMALL_GROUP_MAX, VECTOR_CHANNELS, Case, auto_takes_channels_last_direct,
                             channels_last_direct_takes, half_precision_cases,
                             make_tensors, max_relative_error, peak_relative_error, random_case, random_depthwise_case,
-                            random_implicit_case, random_layer_case, random_many_groups_case, random_shared_taps_case,
-                            random_small_groups_case, reference, shared_taps_takes)
+                            random_group_mma_case, random_implicit_case, random_layer_case, random_many_groups_case,
+                            random_shared_taps_case, random_small_groups_case, reference, shared_taps_takes,
+                            group_mma_takes)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -187,6 +188,37 @@ def test_direct_kernel_with_shared_taps(kernels, dtype):
             assert max_relative_error(got, expected) < TOLERANCE[dtype], (algo, case)
             assert max_relative_error(got, per_item.double()) < TOLERANCE[dtype], (algo, case)
     _check_channels_last_cases(kernels, cases, ("direct", "auto"), dtype, shared_taps=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_direct_kernel_with_group_mma(kernels, dtype):
+    """DCN_FORWARD_GROUP_MMA (experimental): layers of 16 channels a group in and out, which the tensor-core group
+    kernel takes (random groups, offset groups, strides, paddings, dilations and kernels; ResNeXt c4's channels at
+    batch 2: many blocks of pixels, a 1 MiB image), asked for as direct, from NCHW tensors (in the direct_chunks child
+    over 1 MiB chunks of images) and on channels-last tensors, against the reference and within the dtype's
+    tolerance of the per-item kernel (wide items); a layer it does not take (groups of 8) runs the per-item kernel
+    under the flag. Named to run in the direct children too (chunks of 1 MiB; over NCHW, where the flag does
+    nothing on NCHW tensors)."""
+    cases = [random_group_mma_case(random.Random(3400 + seed)) for seed in range(10)]
+    cases.append(Case(2, 32, 1, 512, 512, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
+    untaken = Case(1, 8, 1, 64, 64, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
+    assert all(group_mma_takes(case, dtype) for case in cases) and not group_mma_takes(untaken, dtype)
+    for index, case in enumerate(cases + [untaken]):
+        tensors = make_tensors(case, dtype, device="cuda", seed=index)
+        expected = expected_for(case, tensors)
+        per_item = run(kernels, case, tensors, "direct")
+        got = run(kernels, case, tensors, "direct", group_mma=True)
+        assert not got.isnan().any(), (case, "an output element was never written")
+        assert max_relative_error(got, expected) < TOLERANCE[dtype], case
+        assert max_relative_error(got, per_item.double()) < TOLERANCE[dtype], case
+        # which kernel ran: the tensor-core one rounds its samples to the dtype, so on the large layer some outputs
+        # differ from the per-item kernel's; the per-item kernel under the flag gives its own results exactly (and
+        # so does the NCHW direct kernel, which the direct_nchw child runs on NCHW tensors, flag or not)
+        if case is untaken or os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") == "nchw":
+            assert torch.equal(got, per_item), (case, "the flag changed a layer the tensor-core kernel does not take")
+        elif got.numel() > 100_000:
+            assert not torch.equal(got, per_item), (case, "the flag ran the per-item kernel")
+    _check_channels_last_cases(kernels, cases, ("direct",), dtype, group_mma=True)
 
 
 def random_dense_case(rng: random.Random) -> Case:
@@ -486,7 +518,7 @@ _CHILD_TESTS = "random_dense_configs or dense_layers"
 _SPLIT_K_CHILD_TESTS = _CHILD_TESTS + " or split_k_layers"
 _TF32_CHILD_TESTS = "tf32_products"
 _DIRECT_CHILD_TESTS = ("direct_kernel_on_small_groups or direct_kernel_depthwise_in_chunks or "
-                       "direct_kernel_with_shared_taps")
+                       "direct_kernel_with_shared_taps or direct_kernel_with_group_mma")
 # Each child re-runs 15 small tests after a fresh start-up (torch, CUDA and cuBLAS set-up; not yet timed on a GPU).
 # All of them start at once (one GPU runs them side by side), so together they cost about one child's time; the limit
 # turns a hang into a failure that shows the child's output, inside gpu_checks.sh's 200 s for all the GPU tests.

@@ -723,6 +723,19 @@ def test_implicit_kernel_cuda_source_on_emulated_blocks():
     assert "specialised, 256-row tiles, 384 threads" in output and "specialised, 64-row tiles" in output
 
 
+def test_group_mma_kernel_source_on_emulated_blocks():
+    """The tensor-core group kernel's CUDA source (deformConvGroupMma.cuh) runs on the CPU block by block
+    (plugins/tests/groupMmaEmulation.cpp), its warps' mma.m16n8k16 products by the emulation, fragments laid out as
+    PTX documents them: on layers of 16 channels a group (several groups and offset groups, pixels ending inside a
+    warp and a block, a row or a column of one pixel, a 2x3 and a 5x5 kernel, far offsets) in float16 and bfloat16,
+    NCHW and channels-last outputs, within one rounding of its own rounded samples' sum and within the samples'
+    rounding of the float64 reference; and groupMmaRefusal's rule."""
+    from shell_tests import run_shell_test
+
+    output = run_shell_test("dcn_group_mma_emulation", min_checks=21, needs="a C++ compiler and cmake", timeout=300)
+    assert "one column, bfloat16, NHWC out" in output and "5x5, float16, NCHW out" in output
+
+
 def test_gemm_path_cuda_kernel_sources_on_emulated_blocks():
     """The GEMM path's CUDA kernel sources (deformConvGemmKernels.cuh, deformConvRelayout.cuh) run on the CPU block by
     block (plugins/tests/gemmKernelsEmulation.cpp): the channels-last transpose, the weight re-layout, both samplers

@@ -286,9 +286,14 @@ def test_channels_last_tensors_take_the_gemm_path_or_the_depthwise_kernel(kernel
     # DCN_FORWARD_SHARED_TAPS (4) keeps the direct kernel's workspace (its taps table is in shared memory)
     assert _workspace(kernels_lib, depthwise, 1, 0, 4) == _workspace(kernels_lib, depthwise, 1, 0) > 0
     assert _workspace(kernels_lib, depthwise, 1, 0, channels_last | 4) == 0
-    with pytest.raises(NativeError, match=r"flags 8 has bits other than DCN_FORWARD_ALLOW_TF32 \(1\), "
-                                          r"DCN_FORWARD_CHANNELS_LAST \(2\) and DCN_FORWARD_SHARED_TAPS \(4\)"):
-        _workspace(kernels_lib, dense, 1, 3, 8)
+    # DCN_FORWARD_GROUP_MMA (8) likewise (its tiles are in shared memory), on a layer of half groups of 16
+    sixteens = DeformConvDesc(2, 64, 20, 20, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1)
+    assert _workspace(kernels_lib, sixteens, 1, 1, 8) == _workspace(kernels_lib, sixteens, 1, 1) > 0
+    assert _workspace(kernels_lib, sixteens, 1, 1, channels_last | 8) == 0
+    with pytest.raises(NativeError, match=r"flags 16 has bits other than DCN_FORWARD_ALLOW_TF32 \(1\), "
+                                          r"DCN_FORWARD_CHANNELS_LAST \(2\), DCN_FORWARD_SHARED_TAPS \(4\) and "
+                                          r"DCN_FORWARD_GROUP_MMA \(8\)"):
+        _workspace(kernels_lib, dense, 1, 3, 16)
 
     forward = kernels_lib.lib.dcn_deform_conv2d_forward_cuda
     fake = ctypes.c_void_p(0x1000)  # never dereferenced: every check below fails first
@@ -586,8 +591,8 @@ def test_cuda_entry_rejects_bad_requests_before_touching_the_device(kernels_lib)
         assert forward(ctypes.byref(dense), 0, 3, 0, fake, fake, fake, None, None, fake, ctypes.c_void_p(0x1010),
                        1 << 30, None) == 1
         assert "256-byte aligned" in kernels_lib.last_error()
-    assert forward(ctypes.byref(dense), 0, 3, 8, fake, fake, fake, None, None, fake, None, 0, None) == 1
-    assert "flags 8 has bits other than DCN_FORWARD_ALLOW_TF32 (1)" in kernels_lib.last_error()
+    assert forward(ctypes.byref(dense), 0, 3, 16, fake, fake, fake, None, None, fake, None, 0, None) == 1
+    assert "flags 16 has bits other than DCN_FORWARD_ALLOW_TF32 (1)" in kernels_lib.last_error()
     # The GEMM path: without a loadable cuBLAS an "unsupported" error that says so, else a workspace error.
     code = forward(ctypes.byref(dense), 0, 3, 0, fake, fake, fake, None, None, fake, None, 0, None)
     assert code in (2, 4), kernels_lib.last_error()

@@ -24,13 +24,14 @@ __all__ = ["ABI_VERSION", "DCN_ERROR_UNSUPPORTED", "DCN_ERROR_CUDA", "NativeErro
 
 # The C ABI this binding speaks: DCN_ABI_VERSION in plugins/common/dcn_kernels.h. A library of another version is a
 # stale build: NativeLibrary refuses it (StaleLibraryError), since its entries may take other arguments.
-ABI_VERSION = 13
+ABI_VERSION = 14
 DCN_OK = 0
 DCN_ERROR_UNSUPPORTED = 2
 DCN_ERROR_CUDA = 3
 DCN_FORWARD_ALLOW_TF32 = 1  # dcn_deform_conv2d_forward_cuda's flags
 DCN_FORWARD_CHANNELS_LAST = 2
 DCN_FORWARD_SHARED_TAPS = 4
+DCN_FORWARD_GROUP_MMA = 8
 STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported", 3: "CUDA error", 4: "workspace too small",
                 5: "internal error"}
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
@@ -521,11 +522,12 @@ class _ColumnsProduct:
 
 def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
                        algo: str = "auto", allow_tf32: bool = False, channels_last: bool = False,
-                       shared_taps: bool = False, out=None, library: Optional[NativeLibrary] = None):
+                       shared_taps: bool = False, group_mma: bool = False, out=None,
+                       library: Optional[NativeLibrary] = None):
     """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
 
     ``algo``: ``auto`` (``direct`` for depth-wise-like layers and groups of 2 to 8 channels in and out; other dense
-    layers, float32 groups of 8 and half groups of 16 included: ``gemm`` where cuBLAS loads, else ``fused``), ``gemm``
+    layers, half groups of 16 included: ``gemm`` where cuBLAS loads, else ``fused``), ``gemm``
     (sampled columns in a workspace, then cuBLAS), ``fused`` (implicit GEMM, no column buffer), ``direct``, or
     ``implicit`` (experimental: column tiles sampled from a channels-last copy straight into tensor-core products;
     float16/bfloat16, channels per group and per offset group multiples of 32; never chosen by ``auto``; the
@@ -537,15 +539,21 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     ``channels_last`` memory format; ``DCN_FORWARD_CHANNELS_LAST``): the GEMM path reads the input where it is and
     its product writes the output, with no transposes; so does the direct kernel on the layers it takes (depth-wise,
     or groups of 2 to 16 channels in and out, of up to 32 bytes, in items of whole groups within offset groups;
-    ``auto`` takes it there but for float32 groups of 8 and half groups of 16, dense, on the GEMM path). Those two
+    ``auto`` takes it there but for half groups of 16, dense, on the GEMM path). Those two
     only (``gemm``; ``direct``, or ``auto``, on a layer the direct kernel takes; ``auto`` on another dense layer;
     else :class:`NativeError` with code
     ``DCN_ERROR_UNSUPPORTED``). An input in another memory format, or starting off a 16-byte boundary, is copied
     first.
-    ``shared_taps`` (experimental; on an H100 no faster than without; ``DCN_FORWARD_SHARED_TAPS``): where the channels-last direct kernel
-    runs a layer (depth-wise, or small groups) whose offset groups hold whole blocks of 8 of its items, a block of 32
-    pixels x 8 items computes its taps and weights once into shared memory instead of each item its own; the same
-    results, other layers unchanged (``DCN_DEPLOY_DIRECT_TAPS=shared`` does the same for every call).
+    ``shared_taps`` (experimental; on an H100 no faster than without; ``DCN_FORWARD_SHARED_TAPS``): where the
+    channels-last direct kernel runs a layer (depth-wise, or small groups) whose offset groups hold whole blocks of 8
+    of its items, a block of 32 pixels x 8 items computes its taps and weights once into shared memory instead of
+    each item its own; the same results, other layers unchanged (``DCN_DEPLOY_DIRECT_TAPS=shared`` does the same
+    for every call).
+    ``group_mma`` (experimental, not yet timed; ``DCN_FORWARD_GROUP_MMA``): where the channels-last direct kernel
+    runs a float16 or bfloat16 layer of 16 channels per group in and out (ResNeXt's c4), on an sm_80 or newer GPU, a
+    warp samples 32 pixels of a group into shared memory and multiplies them by the group's weights on tensor cores
+    (the samples rounded to the dtype first, as the GEMM path's columns); other layers unchanged
+    (``DCN_DEPLOY_DIRECT_MMA=on`` does the same for every call).
     ``out``: an optional output tensor of the right shape, dtype and device to write into, contiguous (in the
     channels-last memory format where ``channels_last``).
     """
@@ -568,7 +576,7 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
         if out is None:
             out = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=memory_format)
         flags = ((DCN_FORWARD_ALLOW_TF32 if allow_tf32 else 0) | (DCN_FORWARD_CHANNELS_LAST if channels_last else 0)
-                 | (DCN_FORWARD_SHARED_TAPS if shared_taps else 0))
+                 | (DCN_FORWARD_SHARED_TAPS if shared_taps else 0) | (DCN_FORWARD_GROUP_MMA if group_mma else 0))
         size = ctypes.c_size_t()
         lib.call("dcn_deform_conv2d_workspace_size", ctypes.byref(desc), dtype, ALGOS[algo], flags,
                  ctypes.byref(size))

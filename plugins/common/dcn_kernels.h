@@ -29,7 +29,7 @@
 #endif
 #define DCN_API DCN_EXTERN_C __attribute__((visibility("default")))
 
-#define DCN_ABI_VERSION 13
+#define DCN_ABI_VERSION 14
 
 typedef enum dcn_status
 {
@@ -74,13 +74,20 @@ typedef enum dcn_forward_flag
      * groups of 8 and half groups of 16, which it leaves to the GEMM path), reading and writing them
      * where they are, with no workspace; else DCN_ERROR_UNSUPPORTED. */
     DCN_FORWARD_CHANNELS_LAST = 2,
-    /* Experimental, not yet timed on a GPU: where the channels-last direct kernel runs a layer (depth-wise, or small
-     * groups) whose offset groups hold whole blocks of 8 of its items and whose tables fit 48 KiB (3x3 in float16:
-     * 15.75 KiB depth-wise, 31.5 KiB for groups of 8), a block of 32 pixels x 8 items computes its taps once into
-     * shared memory, with its weights, instead of each item its own; other layers run as without it. The same
+    /* Experimental: where the channels-last direct kernel runs a layer (depth-wise, or small groups) whose offset
+     * groups hold whole blocks of 8 of its items and whose tables fit 48 KiB (3x3 in float16: 15.75 KiB depth-wise,
+     * 31.5 KiB for groups of 8), a block of 32 pixels x 8 items computes its taps once into shared memory, with its
+     * weights, instead of each item its own; other layers run as without it. The same
      * results. DCN_DEPLOY_DIRECT_TAPS=shared turns it on for every call. The host entry
-     * dcn_deform_conv2d_forward_host_direct_channels_last refuses the layers it does not take. */
-    DCN_FORWARD_SHARED_TAPS = 4
+     * dcn_deform_conv2d_forward_host_direct_channels_last refuses the layers it does not take. On an H100 no
+     * faster than without it (benchmarks/RESULTS.md, session 38). */
+    DCN_FORWARD_SHARED_TAPS = 4,
+    /* Experimental, not yet timed on a GPU: where the channels-last direct kernel runs a float16 or bfloat16 layer of
+     * 16 channels per group in and out with at most 45 kernel points, on an sm_80 or newer GPU, the tensor-core group
+     * kernel runs it instead (a warp's 32 pixels of a group sampled into shared memory, rounded to the element type,
+     * and multiplied by the group's weights on tensor cores, float32 sums: the GEMM path's precision); other layers
+     * run as without it. DCN_DEPLOY_DIRECT_MMA=on turns it on for every call. CUDA entries only. */
+    DCN_FORWARD_GROUP_MMA = 8
 } dcn_forward_flag;
 
 /* Every integer of one deformable convolution. Padding is per side, ONNX order (top, left, bottom, right). */
@@ -182,8 +189,8 @@ DCN_API int32_t dcn_deform_conv2d_workspace_size(
     const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo, int32_t flags, size_t* bytes);
 /* flags: 0, or DCN_FORWARD_ALLOW_TF32 (float32 layers: the GEMM path's products on TF32 tensor cores, inputs
  * rounded to 10 mantissa bits, float32 sums; what torch.backends.cuda.matmul.allow_tf32 allows PyTorch's own float32
- * products; the op passes it from there), DCN_FORWARD_CHANNELS_LAST and DCN_FORWARD_SHARED_TAPS (see above). Other
- * bits are an error. */
+ * products; the op passes it from there), DCN_FORWARD_CHANNELS_LAST, DCN_FORWARD_SHARED_TAPS and
+ * DCN_FORWARD_GROUP_MMA (see above). Other bits are an error. */
 DCN_API int32_t dcn_deform_conv2d_forward_cuda(const dcn_deform_conv_desc* desc, int32_t dtype, int32_t algo,
     int32_t flags, const void* input, const void* offset, const void* weight, const void* bias, const void* mask,
     void* output, void* workspace, size_t workspace_bytes, void* stream);

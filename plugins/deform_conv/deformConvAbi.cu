@@ -51,6 +51,9 @@ namespace
 //   DCN_DEPLOY_DIRECT_TAPS        item (default) or shared: whether the channels-last direct kernel's items
 //                                 compute their own taps or read a block's (GemmOptions::directSharedTaps),
 //                                 whatever the forward's flags say (DCN_FORWARD_SHARED_TAPS also turns it on);
+//   DCN_DEPLOY_DIRECT_MMA         off (default) or on: whether the half types' groups of 16 run on the tensor-core
+//                                 group kernel where the channels-last direct kernel would run them
+//                                 (GemmOptions::directGroupMma; DCN_FORWARD_GROUP_MMA also turns it on);
 //   DCN_DEPLOY_IMPLICIT_TILE_M    auto (default), 64, 128 or 256: the implicit-GEMM kernel's output channels per
 //                                 block;
 //   DCN_DEPLOY_IMPLICIT_THREADS   auto (default), 256 or 512: its threads per block (128- and 256-row tiles);
@@ -138,6 +141,7 @@ AbiGemmOptions const& abiGemmSettings()
             == 0;
         parsed.directSharedTaps = choiceFromEnvironment("DCN_DEPLOY_DIRECT_TAPS", {"item", "shared"}, read.problem)
             == 1;
+        parsed.directGroupMma = choiceFromEnvironment("DCN_DEPLOY_DIRECT_MMA", {"off", "on"}, read.problem) == 1;
         long const cublasMb = wholeNumberFromEnvironment("DCN_DEPLOY_CUBLAS_WORKSPACE_MB", 1, 1024, read.problem);
         if (cublasMb > 0)
             parsed.cublasWorkspaceBytes = size_t(cublasMb) << 20;
@@ -167,16 +171,18 @@ dcn::Status abiGemmOptionsStatus()
 // The ABI's options for a call's flags (dcn_forward_flag), or a problem naming `entry` where a bit is unknown.
 dcn::Status abiOptionsForFlags(char const* entry, int32_t flags, dcn::GemmOptions& options)
 {
-    constexpr int32_t kKnown = DCN_FORWARD_ALLOW_TF32 | DCN_FORWARD_CHANNELS_LAST | DCN_FORWARD_SHARED_TAPS;
+    constexpr int32_t kKnown
+        = DCN_FORWARD_ALLOW_TF32 | DCN_FORWARD_CHANNELS_LAST | DCN_FORWARD_SHARED_TAPS | DCN_FORWARD_GROUP_MMA;
     if (flags & ~kKnown)
         return dcn::Status::invalid(std::string(entry) + ": flags " + std::to_string(flags)
-            + " has bits other than DCN_FORWARD_ALLOW_TF32 (1), DCN_FORWARD_CHANNELS_LAST (2) and "
-              "DCN_FORWARD_SHARED_TAPS (4); pass a sum of those");
+            + " has bits other than DCN_FORWARD_ALLOW_TF32 (1), DCN_FORWARD_CHANNELS_LAST (2), "
+              "DCN_FORWARD_SHARED_TAPS (4) and DCN_FORWARD_GROUP_MMA (8); pass a sum of those");
     dcn::Status const status = abiGemmOptionsStatus();
     options = abiGemmOptions(); // DCN_DEPLOY_GEMM_TF32=1 forces TF32 whatever the flags say, and so on
     options.tf32 = options.tf32 || (flags & DCN_FORWARD_ALLOW_TF32) != 0;
     options.channelsLastTensors = (flags & DCN_FORWARD_CHANNELS_LAST) != 0;
     options.directSharedTaps = options.directSharedTaps || (flags & DCN_FORWARD_SHARED_TAPS) != 0;
+    options.directGroupMma = options.directGroupMma || (flags & DCN_FORWARD_GROUP_MMA) != 0;
     return status;
 }
 

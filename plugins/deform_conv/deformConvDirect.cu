@@ -11,6 +11,7 @@
 #include "deformConvDirectBlock.h"
 #include "deformConvDirectChannelsLast.h"
 #include "deformConvDirectSharedTaps.h" // sharedTapsRefusal
+#include "deformConvGroupMma.h"         // groupMmaRefusal
 #include "deformConvKernel.h"
 #include "deformConvRelayout.cuh"
 
@@ -168,13 +169,15 @@ void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T c
 // Per chunk of images: the input to channels-last in the workspace, then the items of those images. With
 // channelsLastTensors the input already is channels-last (and the output is written so): one launch over the batch,
 // no workspace. sharedTaps: the items in the shared-taps kernel's blocks (deformConvDirectSharedTaps.cu) where
-// sharedTapsRefusal passes.
+// sharedTapsRefusal passes; groupMma: the tensor-core group kernel (deformConvGroupMma.cu) where groupMmaRefusal
+// passes on an sm_80 or newer GPU.
 template <typename T>
 Status launchDirectChannelsLast(DeformConvGeometry const& geo, int32_t dtype, T const* input, T const* offset,
     T const* weight, T const* bias, T const* mask, T* output, void* workspace, size_t budget, bool channelsLastTensors,
-    bool sharedTaps, cudaStream_t stream)
+    bool sharedTaps, bool groupMma, cudaStream_t stream)
 {
-    bool const shareTaps = sharedTaps && sharedTapsRefusal(geo, sizeof(T)).empty();
+    bool const mmaGroups = groupMma && groupMmaRefusal(geo, dtype).empty() && groupMmaDeviceCapable();
+    bool const shareTaps = !mmaGroups && sharedTaps && sharedTapsRefusal(geo, sizeof(T)).empty();
     int32_t const images = channelsLastTensors ? geo.d.batch : directChannelsLastImages(geo, sizeof(T), budget);
     T* nhwc = static_cast<T*>(workspace);
     for (int32_t n0 = 0; n0 < geo.d.batch; n0 += images)
@@ -185,6 +188,14 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, int32_t dtype, T 
         if (!status.ok())
             return status;
         T const* source = channelsLastTensors ? input : nhwc;
+        if (mmaGroups)
+        {
+            status = launchGroupMmaItems(geo, dtype, source, offset, weight, bias, mask, output, n0, count,
+                channelsLastTensors, stream);
+            if (!status.ok())
+                return status;
+            continue;
+        }
         if (shareTaps)
         {
             status = launchSharedTapsItems(geo, dtype, source, offset, weight, bias, mask, output, n0, count,
@@ -216,13 +227,13 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, int32_t dtype, T 
 
 Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t budget, bool channelsLastTensors, bool sharedTaps, cudaStream_t stream)
+    size_t budget, bool channelsLastTensors, bool sharedTaps, bool groupMma, cudaStream_t stream)
 {
     return withElementType(dtype, [&](auto tag) {
         using T = decltype(tag);
         return launchDirectChannelsLast<T>(geo, dtype, static_cast<T const*>(input), static_cast<T const*>(offset),
             static_cast<T const*>(weight), static_cast<T const*>(bias), static_cast<T const*>(mask),
-            static_cast<T*>(output), workspace, budget, channelsLastTensors, sharedTaps, stream);
+            static_cast<T*>(output), workspace, budget, channelsLastTensors, sharedTaps, groupMma, stream);
     });
 }
 

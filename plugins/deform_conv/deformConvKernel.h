@@ -51,15 +51,24 @@ Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const
 // channels-last input of the images `budget` holds: at least directChannelsLastWorkspaceBytes(.., budget).
 // channelsLastTensors: the input and the output are channels-last themselves (GemmOptions::channelsLastTensors),
 // 16-byte aligned; no workspace. sharedTaps (GemmOptions::directSharedTaps): the taps shared by a block where
-// sharedTapsRefusal passes (deformConvDirectSharedTaps.h).
+// sharedTapsRefusal passes (deformConvDirectSharedTaps.h); groupMma (GemmOptions::directGroupMma): the tensor-core
+// group kernel where groupMmaRefusal passes on an sm_80 or newer GPU (deformConvGroupMma.h), before sharedTaps.
 Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
-    size_t budget, bool channelsLastTensors, bool sharedTaps, cudaStream_t stream);
+    size_t budget, bool channelsLastTensors, bool sharedTaps, bool groupMma, cudaStream_t stream);
 
 // The channels-last direct kernel's blocks with shared taps (deformConvDirectSharedTaps.cu): the items of `count`
 // images from n0 of `source` (channels-last, image n0 first), only where sharedTapsRefusal(geo, dtype's bytes) is
 // empty; channelsLastOut: the output is channels-last too.
 Status launchSharedTapsItems(DeformConvGeometry const& geo, int32_t dtype, void const* source, void const* offset,
+    void const* weight, void const* bias, void const* mask, void* output, int32_t n0, int32_t count,
+    bool channelsLastOut, cudaStream_t stream);
+
+// The tensor-core group kernel (deformConvGroupMma.cu): the layer's groups of `count` images from n0 of `source`
+// (channels-last, image n0 first), only where groupMmaRefusal(geo, dtype) is empty and groupMmaDeviceCapable() (the
+// current GPU is sm_80 or newer); channelsLastOut: the output is channels-last too.
+bool groupMmaDeviceCapable();
+Status launchGroupMmaItems(DeformConvGeometry const& geo, int32_t dtype, void const* source, void const* offset,
     void const* weight, void const* bias, void const* mask, void* output, int32_t n0, int32_t count,
     bool channelsLastOut, cudaStream_t stream);
 

@@ -187,7 +187,7 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
             return Status::invalid(misaligned);
         if (resolved == DCN_ALGO_DIRECT)
             return launchDirectChannelsLastPath(geo, dtype, input, offset, weight, bias, mask, output, nullptr,
-                gemm.columnBudget, true, gemm.directSharedTaps, stream);
+                gemm.columnBudget, true, gemm.directSharedTaps, gemm.directGroupMma, stream);
     }
     if (resolved == DCN_ALGO_GEMM)
     {
@@ -221,7 +221,7 @@ Status launchDeformConv(DeformConvGeometry const& geo, int32_t dtype, int32_t al
         if (!status.ok())
             return status;
         return launchDirectChannelsLastPath(geo, dtype, input, offset, weight, bias, mask, output, workspace,
-            gemm.columnBudget, false, gemm.directSharedTaps, stream);
+            gemm.columnBudget, false, gemm.directSharedTaps, gemm.directGroupMma, stream);
     }
     bool const fused = resolved == DCN_ALGO_FUSED_GEMM;
     size_t const needed = fused ? fusedWorkspaceBytes(geo, dtype) : 0;

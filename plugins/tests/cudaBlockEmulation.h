@@ -2,12 +2,16 @@
 // std::threads meeting at __syncthreads (a real barrier), __shared__ variables as static storage (shared by the
 // threads of the one block that runs), dcn::dynamicShared() as one buffer, and nvcuda::wmma as plain 16x16x16 tile
 // products, cp.async as copies that land at the wait (copyAsync, copiesWait, or by groups: commitCopies,
-// waitCopies), named barriers (bar.sync / bar.arrive with a thread count: namedBarrier). What it checks of a kernel: its
-// indexing, shared-memory layout, buffer protocol and barriers, and the WMMA calls' documented preconditions
-// (pointers 256-bit aligned, ldm a multiple of 16 bytes). What it does not:
-// the hardware's fragment layout (every thread holds a whole tile here, where a warp spreads it over its lanes),
-// timing, and memory ordering beyond what the barrier gives.
+// waitCopies), named barriers (bar.sync / bar.arrive with a thread count: namedBarrier), and a warp's __syncwarp
+// (syncWarp) and mma.m16n8k16 with float32 accumulators (mmaM16N8K16: each lane's fragment registers as PTX lays them
+// out, exchanged among the warp's 32 threads at a barrier of their own). What it checks of a kernel: its indexing,
+// shared-memory layout, buffer protocol and barriers, the WMMA calls' documented preconditions (pointers 256-bit
+// aligned, ldm a multiple of 16 bytes) and the mma fragments' layout. What it does not: WMMA's fragment layout
+// (every thread holds a whole tile here, where a warp spreads it over its lanes), timing, and memory ordering
+// beyond what the barriers give.
 #pragma once
+
+#include "dcnDtype.h" // ElementTraits, for the mma's elements
 
 #include <algorithm>
 #include <array>
@@ -17,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -30,6 +35,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define DCN_CUDA_EMULATION 1 // kernel sources pick the emulation's stand-ins for warp-level PTX by this
 
 using std::max;
 using std::min;
@@ -163,6 +169,30 @@ inline BlockBarrier*& currentBarrier()
     return barrier;
 }
 
+// A warp's meeting place: a barrier of its 32 threads and the fragment registers its lanes exchange there.
+struct WarpRoom
+{
+    BlockBarrier barrier{32};
+    uint32_t a[32][4] = {};
+    uint32_t b[32][2] = {};
+};
+
+inline std::vector<std::unique_ptr<WarpRoom>>& warpRooms()
+{
+    static std::vector<std::unique_ptr<WarpRoom>> rooms;
+    return rooms;
+}
+
+// The calling thread's warp (threadIdx.x / 32: warp-level calls need one-dimensional blocks of whole warps).
+inline WarpRoom& currentWarpRoom()
+{
+    std::vector<std::unique_ptr<WarpRoom>>& rooms = warpRooms();
+    size_t const warp = threadIdx.x / 32;
+    if (blockDim.y != 1 || blockDim.z != 1 || blockDim.x % 32 != 0 || warp >= rooms.size())
+        throw std::logic_error("a warp-level call in a block that is not one-dimensional whole warps");
+    return *rooms[warp];
+}
+
 // Run body() as the threads of each of `blocks` in turn (blockDim of them, x fastest), on one set of threads that
 // meet at a barrier after each block (so a large grid does not start a thread per item, and a block's shared
 // storage is free when the next one starts); the first failure (naming its block and thread) or "".
@@ -172,6 +202,9 @@ inline std::string runBlocks(std::vector<dim3> const& blocks, std::function<void
     int const threads = int(shape.x * shape.y * shape.z);
     BlockBarrier barrier(threads);
     currentBarrier() = &barrier;
+    warpRooms().clear();
+    for (int w = 0; w < (threads + 31) / 32; ++w)
+        warpRooms().push_back(std::make_unique<WarpRoom>());
     std::mutex failureMutex;
     std::string failure;
     std::vector<std::thread> pool;
@@ -203,11 +236,14 @@ inline std::string runBlocks(std::vector<dim3> const& blocks, std::function<void
                             + std::to_string(blockIdx.z) + "), thread " + std::to_string(t) + ": " + error.what();
                 }
                 barrier.abort();
+                for (std::unique_ptr<WarpRoom>& room : warpRooms())
+                    room->barrier.abort();
             }
         });
     for (std::thread& thread : pool)
         thread.join();
     currentBarrier() = nullptr;
+    warpRooms().clear();
     return failure;
 }
 
@@ -363,6 +399,57 @@ namespace emulation
 inline void namedBarrier(int id, int count, bool wait)
 {
     currentBarrier()->named(id, count, wait);
+}
+
+// __syncwarp() of a full warp: its 32 threads meet.
+inline void syncWarp()
+{
+    currentWarpRoom().barrier.wait();
+}
+
+// One 2-byte element of T (dcn::HostHalf or dcn::HostBFloat16) from the low (high = false) or high half of a
+// fragment register, as float.
+template <typename T>
+float fragmentElement(uint32_t reg, bool high)
+{
+    uint16_t const bits = uint16_t(high ? reg >> 16 : reg & 0xffffu);
+    T value;
+    std::memcpy(&value, &bits, 2);
+    return dcn::ElementTraits<T>::toAcc(value);
+}
+
+// PTX mma.sync.aligned.m16n8k16.row.col.f32.<T>.<T>.f32 d, a, b, d of the calling thread's warp: D (16 x 8) += A
+// (16 x 16) B (16 x 8), each lane holding the fragments PTX documents (g = lane / 4, t = lane % 4): a[0] = A[g][2t,
+// 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][2t+8, 2t+9], a[3] = A[g+8][2t+8, 2t+9] (the lower column in the low
+// half); b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g]; d[0..1] = D[g][2t, 2t+1], d[2..3] = D[g+8][2t, 2t+1].
+// Each lane's registers are exchanged at the warp's barrier; the products (exact in float) are summed in float, k by
+// k, onto d (the hardware's order and internal precision are its own: tests allow for that).
+template <typename T>
+void mmaM16N8K16(float (&d)[4], uint32_t const (&a)[4], uint32_t const (&b)[2])
+{
+    WarpRoom& room = currentWarpRoom();
+    int const lane = int(threadIdx.x % 32);
+    std::memcpy(room.a[lane], a, sizeof a);
+    std::memcpy(room.b[lane], b, sizeof b);
+    room.barrier.wait();
+    int const g = lane / 4;
+    int const t = lane % 4;
+    for (int e = 0; e < 4; ++e)
+    {
+        int const row = g + (e / 2) * 8;
+        int const col = 2 * t + e % 2;
+        float sum = d[e];
+        for (int k = 0; k < 16; ++k)
+        {
+            int const aLane = (row % 8) * 4 + (k % 8) / 2;
+            uint32_t const aReg = room.a[aLane][(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+            int const bLane = col * 4 + (k % 8) / 2;
+            uint32_t const bReg = room.b[bLane][k >= 8 ? 1 : 0];
+            sum += fragmentElement<T>(aReg, k % 2 == 1) * fragmentElement<T>(bReg, k % 2 == 1);
+        }
+        d[e] = sum;
+    }
+    room.barrier.wait(); // every lane has read the registers before any lane's next call overwrites them
 }
 } // namespace emulation
 

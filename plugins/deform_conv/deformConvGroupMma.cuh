@@ -1,0 +1,211 @@
+// The tensor-core group kernel (rules and layout: deformConvGroupMma.h; launched by deformConvGroupMma.cu). Also run
+// on the CPU by plugins/tests/groupMmaEmulation.cpp, each block's threads as threads, its warp's products by the
+// emulation's mma.m16n8k16 (cudaBlockEmulation.h, which provides threadIdx and the rest before including this), so
+// CI checks the sampling, the tiles, the fragments' layout as PTX documents it, and the epilogue.
+#pragma once
+
+#include "deformConvColumns.h"
+#include "deformConvDirectChannelsLast.h"
+#include "deformConvGroupMma.h"
+
+#if defined(__CUDACC__)
+#include "dcnCudaDtype.cuh"
+#include "dcnDynamicShared.cuh"
+#endif
+
+#include <cstring>
+#include <type_traits>
+
+namespace dcn
+{
+namespace
+{
+
+// The 32 bits of two consecutive 2-byte elements of shared memory (the lower element in the low half, as a fragment
+// register holds them).
+template <typename T>
+__device__ __forceinline__ uint32_t loadPair(T const* at)
+{
+#if defined(__CUDA_ARCH__)
+    return *reinterpret_cast<uint32_t const*>(at);
+#else
+    uint32_t bits;
+    std::memcpy(&bits, at, 4);
+    return bits;
+#endif
+}
+
+// Eight 32-bit words to 32 bytes of shared memory (16-byte aligned), as two 16-byte stores.
+__device__ __forceinline__ void storeWords(void* at, uint32_t const (&words)[8])
+{
+#if defined(__CUDA_ARCH__)
+    reinterpret_cast<uint4*>(at)[0] = make_uint4(words[0], words[1], words[2], words[3]);
+    reinterpret_cast<uint4*>(at)[1] = make_uint4(words[4], words[5], words[6], words[7]);
+#else
+    std::memcpy(at, words, sizeof words);
+#endif
+}
+
+__device__ __forceinline__ void groupMmaSyncWarp()
+{
+#if defined(__CUDA_ARCH__)
+    __syncwarp();
+#elif defined(DCN_CUDA_EMULATION)
+    emulation::syncWarp();
+#endif
+}
+
+// d += A B for one 16 x 8 tile of a warp, A 16 x 16 (row-major) and B 16 x 8 (column-major) in T (float16 or
+// bfloat16), d in float32: PTX mma.sync.aligned.m16n8k16.row.col.f32.<T>.<T>.f32. Fragments as PTX lays them out,
+// with g = lane / 4 and t = lane % 4: a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][2t+8, 2t+9],
+// a[3] = A[g+8][2t+8, 2t+9]; b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g]; d[0..1] = D[g][2t, 2t+1], d[2..3] =
+// D[g+8][2t, 2t+1]. Compiled for sm_80 and newer; below that the launch never runs the kernel (nothing here).
+template <typename T>
+__device__ __forceinline__ void mmaTile(float (&d)[4], uint32_t const (&a)[4], uint32_t const (&b)[2])
+{
+#if defined(__CUDA_ARCH__)
+#if __CUDA_ARCH__ >= 800
+    if constexpr (std::is_same<T, __half>::value)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                     "{%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                     "{%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+#elif defined(DCN_CUDA_EMULATION)
+    emulation::mmaM16N8K16<T>(d, a, b);
+#endif
+}
+
+// The group's weights into the block's table: table[(kp * 16 + o) * kGroupMmaRowElements + i] = weight[g * 16 + o,
+// i, kp] (output channel o and input channel i of group g), read in memory order by the block's threads.
+template <typename T>
+__device__ __forceinline__ void fillGroupMmaWeights(DeformConvGeometry const& geo, T const* __restrict__ weight,
+    int32_t group, T* table)
+{
+    int32_t const kernelPoints = geo.kernelPoints;
+    int32_t const entries = kGroupMmaChannels * kGroupMmaChannels * kernelPoints;
+    T const* groupWeights = weight + int64_t(group) * entries;
+    for (int32_t e = int32_t(threadIdx.x); e < entries; e += kGroupMmaThreads)
+    {
+        int32_t const kp = e % kernelPoints;
+        int32_t const pair = e / kernelPoints; // o * 16 + i
+        table[(kp * kGroupMmaChannels + pair / kGroupMmaChannels) * kGroupMmaRowElements
+            + pair % kGroupMmaChannels] = groupWeights[e];
+    }
+}
+
+// A block: warp w takes output pixels (blockIdx.x * kGroupMmaWarps + w) * 32 .. + 32 of image blockIdx.z (from n0;
+// nhwc holds the launch's images channels-last) in group blockIdx.y. Per kernel point each lane samples its pixel's
+// 16 channels (offsetTaps, gatherNeighbours, blendInAcc: the wide item's sample, zero for a lane past the image's
+// pixels) into the warp's samples tile, rounded to T; then the warp's four m16n8k16 products add that point's weights
+// times the tile into float32 sums. Last, the sums go through the warp's staged outputs, so that each lane adds the
+// bias to and stores its own pixel's 16 channels (directItemStore: NCHW, or one 32-byte vector channels-last).
+template <typename T, bool ChannelsLastOut>
+__device__ __forceinline__ void groupMmaBlock(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
+    T const* __restrict__ offset, T const* __restrict__ weight, T const* __restrict__ bias,
+    T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
+{
+    using Acc = float;
+    unsigned char* const shared = dynamicShared();
+    T* const weights = reinterpret_cast<T*>(shared);
+    int32_t const group = int32_t(blockIdx.y);
+    fillGroupMmaWeights<T>(geo, weight, group, weights);
+    __syncthreads();
+
+    int32_t const warp = int32_t(threadIdx.x) / 32;
+    int32_t const lane = int32_t(threadIdx.x) % 32;
+    unsigned char* const warpRoom = shared + groupMmaWeightsBytes(geo.kernelPoints) + warp * kGroupMmaWarpBytes;
+    T* const samples = reinterpret_cast<T*>(warpRoom);
+    float* const staged
+        = reinterpret_cast<float*>(warpRoom + size_t(kGroupMmaPixels) * kGroupMmaRowElements * sizeof(T));
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    int64_t const firstPixel = (int64_t(blockIdx.x) * kGroupMmaWarps + warp) * kGroupMmaPixels;
+    if (firstPixel >= plane) // the whole warp past the image: nothing to sample or store (the branch is warp-wide)
+        return;
+    int64_t const pixel = firstPixel + lane;
+    bool const inside = pixel < plane;
+    dcn_deform_conv_desc const& d = geo.d;
+    int32_t const c = group * kGroupMmaChannels;
+    int32_t const og = c / geo.channelsPerOffsetGroup;
+    int32_t const img = int32_t(blockIdx.z);
+    int32_t const y = inside ? int32_t(pixel / geo.outW) : 0;
+    int32_t const x = inside ? int32_t(pixel - int64_t(y) * geo.outW) : 0;
+    T const* image = nhwc + int64_t(img) * inputImageElements(geo) + c;
+    int64_t const firstPoint = (int64_t(n0 + img) * d.offset_group + og) * geo.kernelPoints;
+    int64_t const at = inside ? pixel : 0;
+    T const* dyAt = offset + 2 * firstPoint * plane + at;
+    T const* scaleAt = mask ? mask + firstPoint * plane + at : nullptr;
+    int32_t const g = lane / 4;
+    int32_t const t = lane % 4;
+
+    float sums[kGroupMmaPixels / 8][4] = {};
+    T const* pointWeights = weights;
+    for (int32_t i = 0; i < d.kernel_h; ++i)
+    {
+        int32_t const row = baseRow(d, y, i);
+        for (int32_t j = 0; j < d.kernel_w; ++j)
+        {
+            uint32_t words[kGroupMmaChannels / 2] = {};
+            if (inside)
+            {
+                BilinearTaps<Acc> const taps = offsetTaps<Acc>(d, dyAt, plane, scaleAt, row, baseCol(d, x, j));
+                ChannelPack<T, kGroupMmaChannels> packs[4];
+                gatherNeighbours<T, kGroupMmaChannels, Acc, uint32_t>(image, taps, d.in_channels, packs);
+                Acc sample[kGroupMmaChannels];
+                blendInAcc<T, kGroupMmaChannels, /*Selected=*/true>(packs, taps.weight, taps.valid, sample);
+DCN_UNROLL
+                for (int w = 0; w < kGroupMmaChannels / 2; ++w)
+                    words[w] = elementBits(ElementTraits<T>::fromAcc(sample[2 * w]))
+                        | elementBits(ElementTraits<T>::fromAcc(sample[2 * w + 1])) << 16;
+            }
+            storeWords(samples + lane * kGroupMmaRowElements, words);
+            groupMmaSyncWarp();
+            uint32_t const a[4] = {loadPair(pointWeights + g * kGroupMmaRowElements + 2 * t),
+                loadPair(pointWeights + (g + 8) * kGroupMmaRowElements + 2 * t),
+                loadPair(pointWeights + g * kGroupMmaRowElements + 2 * t + 8),
+                loadPair(pointWeights + (g + 8) * kGroupMmaRowElements + 2 * t + 8)};
+DCN_UNROLL
+            for (int tile = 0; tile < kGroupMmaPixels / 8; ++tile)
+            {
+                T const* column = samples + (tile * 8 + g) * kGroupMmaRowElements + 2 * t;
+                uint32_t const b[2] = {loadPair(column), loadPair(column + 8)};
+                mmaTile<T>(sums[tile], a, b);
+            }
+            groupMmaSyncWarp(); // every lane's fragments read before the next point's samples overwrite the tile
+            pointWeights += kGroupMmaChannels * kGroupMmaRowElements;
+            dyAt += 2 * plane;
+            if (scaleAt)
+                scaleAt += plane;
+        }
+    }
+DCN_UNROLL
+    for (int tile = 0; tile < kGroupMmaPixels / 8; ++tile)
+DCN_UNROLL
+        for (int e = 0; e < 4; ++e)
+            staged[(g + (e / 2) * 8) * kGroupMmaStagedRow + tile * 8 + 2 * t + e % 2] = sums[tile][e];
+    groupMmaSyncWarp();
+    if (!inside)
+        return;
+    Acc out[kGroupMmaChannels];
+    directItemStart<T, kGroupMmaChannels>(bias, c, out);
+DCN_UNROLL
+    for (int o = 0; o < kGroupMmaChannels; ++o)
+        out[o] += staged[o * kGroupMmaStagedRow + lane];
+    directItemStore<T, kGroupMmaChannels, ChannelsLastOut>(geo, out, output, n0 + img, c, pixel);
+}
+
+template <typename T, bool ChannelsLastOut>
+__global__ void __launch_bounds__(kGroupMmaThreads) groupMmaKernel(DeformConvGeometry const geo,
+    T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
+    T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
+{
+    groupMmaBlock<T, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0);
+}
+
+} // namespace
+} // namespace dcn

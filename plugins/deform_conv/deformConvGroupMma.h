@@ -1,0 +1,85 @@
+// The tensor-core group kernel's rules (the kernel: deformConvGroupMma.cuh): which layers it takes, its blocks and
+// its shared memory. Experimental and opt-in (GemmOptions::directGroupMma; DCN_FORWARD_GROUP_MMA in the C ABI).
+//
+// The channels-last direct kernel's wide items for the half types' groups of 16 (ResNeXt-50's c4) spend most of
+// their instructions on the group's 16 x 16 product per kernel point, 256 FMAs an output pixel (session 36's SASS:
+// 358 of 596 instructions), and were no faster than the GEMM path on an H100 (session 38). Here a warp takes one
+// group at 32 consecutive output pixels: each lane samples its pixel's 16 channels at a kernel point as the wide item
+// does (the same taps, gathers and float32 blend), rounds them to the element type into a shared-memory tile, and
+// the warp multiplies the group's 16 x 16 weights of that kernel point by the tile's 16 x 32 samples on tensor cores
+// (four mma.m16n8k16, float32 accumulators). The samples are rounded to the element type before the product, as the
+// GEMM path's columns are, so the results agree with the reference to the GEMM path's precision, not bit for bit
+// with the direct kernels'.
+#pragma once
+
+#include "deformConvDirectChannelsLast.h"
+#include "deformConvShapes.h"
+
+#include <string>
+
+namespace dcn
+{
+
+// A warp's pixels (four n8 tiles), the warps of a block (consecutive pixels of one group and image), and the
+// channels of a group in and out (one m16 tile, one k16 step).
+constexpr int32_t kGroupMmaPixels = 32;
+constexpr int32_t kGroupMmaWarps = 4;
+constexpr int32_t kGroupMmaThreads = 32 * kGroupMmaWarps;
+constexpr int32_t kGroupMmaChannels = 16;
+// Elements a row of the weights and samples tiles takes in shared memory: 16 and 8 of padding (48 bytes), so that
+// the 32-bit fragment reads of a warp (8 rows x 4 words) fall in 32 different banks.
+constexpr int32_t kGroupMmaRowElements = kGroupMmaChannels + 8;
+// Floats a row (output channel) of a warp's staged outputs takes: 32 pixels and one of padding.
+constexpr int32_t kGroupMmaStagedRow = kGroupMmaPixels + 1;
+constexpr size_t kGroupMmaMaxSharedBytes = 48 * 1024;
+
+// Shared memory of a block: the group's weights (per kernel point a 16 x 16 tile, output channel by input channel,
+// in rows of kGroupMmaRowElements elements), then per warp its samples tile (32 pixels by 16 channels, rows likewise)
+// and its staged outputs (16 channels by 32 pixels, float32).
+DCN_HD size_t groupMmaWeightsBytes(int32_t kernelPoints)
+{
+    return size_t(kernelPoints) * kGroupMmaChannels * kGroupMmaRowElements * 2;
+}
+
+constexpr size_t kGroupMmaWarpBytes
+    = size_t(kGroupMmaPixels) * kGroupMmaRowElements * 2 + size_t(kGroupMmaChannels) * kGroupMmaStagedRow * 4;
+
+inline size_t groupMmaSharedBytes(int32_t kernelPoints)
+{
+    return groupMmaWeightsBytes(kernelPoints) + kGroupMmaWarps * kGroupMmaWarpBytes;
+}
+
+// Blocks along the output pixels of an image (grid x).
+inline int64_t groupMmaPixelBlocks(DeformConvGeometry const& geo)
+{
+    int64_t const perBlock = int64_t(kGroupMmaPixels) * kGroupMmaWarps;
+    return (int64_t(geo.outH) * geo.outW + perBlock - 1) / perBlock;
+}
+
+// Why the tensor-core group kernel cannot take the layer, or "": float16 or bfloat16; 16 channels per group in and
+// out, each group within an offset group; a layer the channels-last direct kernel takes (its channels-last input
+// copy and workspace, and its 32-bit gathers); shared memory within kGroupMmaMaxSharedBytes (at most 45 kernel
+// points); groups and pixel blocks within the grid. The GPU must also be sm_80 or newer (m16n8k16 products), which
+// the launch checks.
+inline std::string groupMmaRefusal(DeformConvGeometry const& geo, int32_t dtype)
+{
+    if (dtype != DCN_FLOAT16 && dtype != DCN_BFLOAT16)
+        return "the tensor-core group kernel takes float16 and bfloat16 tensors, got dtype " + std::to_string(dtype);
+    if (geo.channelsPerGroup != kGroupMmaChannels || geo.outChannelsPerGroup != kGroupMmaChannels)
+        return "the tensor-core group kernel takes groups of 16 channels in and out, got "
+            + std::to_string(geo.channelsPerGroup) + " and " + std::to_string(geo.outChannelsPerGroup);
+    std::string const direct = directChannelsLastRefusal(geo, 2);
+    if (!direct.empty())
+        return "the tensor-core group kernel reads the channels-last direct kernel's input, and " + direct;
+    size_t const shared = groupMmaSharedBytes(geo.kernelPoints);
+    if (shared > kGroupMmaMaxSharedBytes)
+        return "the tensor-core group kernel keeps a block's weights and tiles in "
+            + std::to_string(kGroupMmaMaxSharedBytes) + " bytes of shared memory, and this layer's " + std::to_string(geo.kernelPoints) + " kernel points need "
+            + std::to_string(shared);
+    if (geo.d.group > 65535 || groupMmaPixelBlocks(geo) > int64_t(INT32_MAX))
+        return "the tensor-core group kernel takes at most 65535 groups (grid y) and 2^31 - 1 blocks of "
+            + std::to_string(kGroupMmaPixels * kGroupMmaWarps) + " pixels (grid x)";
+    return std::string();
+}
+
+} // namespace dcn

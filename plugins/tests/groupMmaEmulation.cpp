@@ -1,0 +1,272 @@
+// The tensor-core group kernel's CUDA source (deformConvGroupMma.cuh) run on the CPU, block after block, each
+// block's threads as threads (cudaBlockEmulation.h), its warps' mma.m16n8k16 products by the emulation, which lays
+// the fragments out as PTX documents them. Checked against two references:
+// - the kernel's own samples (the wide item's taps, gathers and float32 blend, by the same host functions), rounded
+//   to the element type, times the weights summed in double: equal but for the float32 sums' order, so within one
+//   rounding of the output; this checks the tiles, the fragments and the epilogue exactly;
+// - the host library's forward in float64: within the rounding of the samples to the element type (the GEMM path's
+//   precision); this checks the sampling's semantics (offsets past the image, masks, asymmetric everything).
+// On layers of 16 channels a group in and out: several groups and offset groups, images whose pixels end inside a
+// warp and inside a block (warps wholly past them), a row or a column of one pixel, non-square kernels; float16 and
+// bfloat16; NCHW and channels-last outputs. Shared memory starts as NaN and past the block's size as a canary, the
+// output as NaN. Also groupMmaRefusal's rule. Prints one "ok"/"FAIL" line per check and "<n> failure(s)"; the exit
+// code is the failure count.
+#include "dcnDtype.h"
+#include "dcn_kernels.h"
+#include "deformConvGroupMma.h"
+#include "deformConvShapes.h"
+
+#include "cudaBlockEmulation.h"
+#include "emulationLayers.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "deformConvGroupMma.cuh" // after the emulation: the kernel uses its CUDA stand-ins
+
+namespace
+{
+
+using namespace dcn;
+
+using emulation::check;
+using emulation::Layer;
+using emulation::Tensors;
+
+// The input of all images channels-last, (N, H, W, C), as the launch reads it.
+template <typename T>
+std::vector<T> channelsLast(dcn_deform_conv_desc const& d, std::vector<T> const& nchw)
+{
+    std::vector<T> nhwc(nchw.size());
+    size_t const plane = size_t(d.height) * d.width;
+    for (size_t n = 0; n < size_t(d.batch); ++n)
+        for (size_t c = 0; c < size_t(d.in_channels); ++c)
+            for (size_t p = 0; p < plane; ++p)
+                nhwc[(n * plane + p) * d.in_channels + c] = nchw[(n * d.in_channels + c) * plane + p];
+    return nhwc;
+}
+
+// out[n, o, y, x] (NCHW) in double from the samples as the kernel makes them (rounded to T) and the weights.
+template <typename T>
+std::vector<double> roundedSamplesReference(DeformConvGeometry const& geo, Tensors<T> const& t,
+    std::vector<T> const& nhwc)
+{
+    dcn_deform_conv_desc const& d = geo.d;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    std::vector<double> out(size_t(d.batch) * d.out_channels * plane, 0.0);
+    T const* mask = t.mask.empty() ? nullptr : t.mask.data();
+    for (int32_t n = 0; n < d.batch; ++n)
+        for (int32_t group = 0; group < d.group; ++group)
+        {
+            int32_t const c = group * kGroupMmaChannels;
+            int32_t const og = c / geo.channelsPerOffsetGroup;
+            T const* image = nhwc.data() + int64_t(n) * inputImageElements(geo) + c;
+            int64_t const firstPoint = (int64_t(n) * d.offset_group + og) * geo.kernelPoints;
+            for (int64_t pixel = 0; pixel < plane; ++pixel)
+            {
+                int32_t const y = int32_t(pixel / geo.outW);
+                int32_t const x = int32_t(pixel % geo.outW);
+                double sums[kGroupMmaChannels] = {};
+                for (int32_t i = 0; i < d.kernel_h; ++i)
+                    for (int32_t j = 0; j < d.kernel_w; ++j)
+                    {
+                        int32_t const kp = i * d.kernel_w + j;
+                        T const* dyAt = t.offset.data() + 2 * (firstPoint + kp) * plane + pixel;
+                        T const* scaleAt = mask ? mask + (firstPoint + kp) * plane + pixel : nullptr;
+                        BilinearTaps<float> const taps
+                            = offsetTaps<float>(d, dyAt, plane, scaleAt, baseRow(d, y, i), baseCol(d, x, j));
+                        ChannelPack<T, kGroupMmaChannels> packs[4];
+                        gatherNeighbours<T, kGroupMmaChannels, float, uint32_t>(image, taps, d.in_channels, packs);
+                        float sample[kGroupMmaChannels];
+                        blendInAcc<T, kGroupMmaChannels, true>(packs, taps.weight, taps.valid, sample);
+                        for (int32_t o = 0; o < kGroupMmaChannels; ++o)
+                            for (int32_t l = 0; l < kGroupMmaChannels; ++l)
+                            {
+                                double const rounded = ElementTraits<T>::toAcc(ElementTraits<T>::fromAcc(sample[l]));
+                                double const w = ElementTraits<T>::toAcc(
+                                    t.weight[(int64_t(c + o) * kGroupMmaChannels + l) * geo.kernelPoints + kp]);
+                                sums[o] += w * rounded;
+                            }
+                    }
+                for (int32_t o = 0; o < kGroupMmaChannels; ++o)
+                    out[(size_t(n) * d.out_channels + c + o) * plane + pixel]
+                        = sums[o] + (t.bias.empty() ? 0.0 : double(ElementTraits<T>::toAcc(t.bias[c + o])));
+            }
+        }
+    return out;
+}
+
+// Every block of the launch (deformConvGroupMma.cu's grid over all images, n0 = 0), emulated; "" or the first
+// failure.
+template <typename T, bool ChannelsLastOut>
+std::string emulate(DeformConvGeometry const& geo, Tensors<T> const& t, std::vector<T> const& nhwc,
+    std::vector<T>& output)
+{
+    size_t const shared = groupMmaSharedBytes(geo.kernelPoints);
+    dim3 const grid{unsigned(groupMmaPixelBlocks(geo)), unsigned(geo.d.group), unsigned(geo.d.batch)};
+    gridDim = grid;
+    blockDim = dim3{unsigned(kGroupMmaThreads), 1, 1};
+    T const* bias = t.bias.empty() ? nullptr : t.bias.data();
+    T const* mask = t.mask.empty() ? nullptr : t.mask.data();
+    auto body = [&] {
+        groupMmaKernel<T, ChannelsLastOut>(geo, nhwc.data(), t.offset.data(), t.weight.data(), bias, mask,
+            output.data(), 0);
+    };
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) // shared memory poisoned anew for every block
+            {
+                emulation::prepareShared(shared);
+                std::string const failure = emulation::runBlock(dim3{x, y, z}, body);
+                if (!failure.empty())
+                    return failure;
+                if (!emulation::sharedUntouchedPast(shared))
+                    return "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z)
+                        + ") wrote shared memory past the " + std::to_string(shared) + " bytes it is given";
+            }
+    return "";
+}
+
+// The output element of (n, o, pixel) in an NCHW or channels-last output.
+size_t outputIndex(DeformConvGeometry const& geo, bool channelsLastOut, size_t n, size_t o, size_t pixel)
+{
+    size_t const plane = size_t(geo.outH) * geo.outW;
+    return channelsLastOut ? (n * plane + pixel) * geo.d.out_channels + o
+                           : (n * geo.d.out_channels + o) * plane + pixel;
+}
+
+template <typename T, bool ChannelsLastOut>
+void runLayer(Layer const& layer, char const* typeName, int32_t dtype, double samplesTolerance,
+    double referenceTolerance)
+{
+    std::string const what
+        = std::string(layer.name) + ", " + typeName + (ChannelsLastOut ? ", NHWC out" : ", NCHW out");
+    DeformConvGeometry geo;
+    Status const status = makeGeometry(layer.desc, geo);
+    std::string const refusal = status.ok() ? groupMmaRefusal(geo, dtype) : status.message;
+    if (!refusal.empty())
+    {
+        check(false, what + " refused: " + refusal);
+        return;
+    }
+    Tensors<T> const t = emulation::makeTensors<T>(layer, geo, 29);
+    std::vector<T> const nhwc = channelsLast(layer.desc, t.input);
+    std::vector<double> expected;
+    std::string const failed = emulation::referenceForward(layer, geo, t, expected);
+    if (!failed.empty())
+    {
+        check(false, what + ": " + failed);
+        return;
+    }
+    std::vector<double> const rounded = roundedSamplesReference(geo, t, nhwc);
+    std::vector<T> output(expected.size(), ElementTraits<T>::fromAcc(float(NAN)));
+    std::string const failure = emulate<T, ChannelsLastOut>(geo, t, nhwc, output);
+    if (!failure.empty())
+    {
+        check(false, what + ": " + failure);
+        return;
+    }
+    double peak = 0;
+    for (double v : expected)
+        peak = std::max(peak, std::fabs(v));
+    size_t const plane = size_t(geo.outH) * geo.outW;
+    size_t unwritten = 0, pastRounding = 0;
+    double error = 0;
+    for (size_t n = 0; n < size_t(layer.desc.batch); ++n)
+        for (size_t o = 0; o < size_t(layer.desc.out_channels); ++o)
+            for (size_t p = 0; p < plane; ++p)
+            {
+                size_t const nchw = (n * layer.desc.out_channels + o) * plane + p;
+                double const got = ElementTraits<T>::toAcc(output[outputIndex(geo, ChannelsLastOut, n, o, p)]);
+                if (std::isnan(got))
+                {
+                    ++unwritten;
+                    continue;
+                }
+                if (std::fabs(got - rounded[nchw]) > samplesTolerance * std::fabs(rounded[nchw]) + 1e-5 * peak)
+                    ++pastRounding;
+                error = std::max(error, std::fabs(got - expected[nchw]));
+            }
+    char detail[200];
+    std::snprintf(detail, sizeof(detail),
+        ": %zu element(s) never written, %zu past one rounding of its own samples' sum, peak-relative error against "
+        "the float64 reference %.2e (< %.0e)",
+        unwritten, pastRounding, error / peak, referenceTolerance);
+    check(unwritten == 0 && pastRounding == 0 && peak > 0 && error / peak < referenceTolerance, what + detail);
+}
+
+template <typename T>
+void runLayers(std::vector<Layer> const& layers, char const* typeName, int32_t dtype, double samplesTolerance,
+    double referenceTolerance)
+{
+    for (Layer const& layer : layers)
+    {
+        runLayer<T, false>(layer, typeName, dtype, samplesTolerance, referenceTolerance);
+        runLayer<T, true>(layer, typeName, dtype, samplesTolerance, referenceTolerance);
+    }
+}
+
+DeformConvGeometry geometryOf(dcn_deform_conv_desc const& desc)
+{
+    DeformConvGeometry geo{};
+    Status const status = makeGeometry(desc, geo);
+    if (!status.ok())
+        std::printf("bad test layer: %s\n", status.message.c_str());
+    return geo;
+}
+
+void checkRefusals()
+{
+    // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group.
+    DeformConvGeometry const taken = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1});
+    DeformConvGeometry const eights = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, 1});
+    DeformConvGeometry const wider = geometryOf({1, 64, 8, 8, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1});
+    DeformConvGeometry const seven = geometryOf({1, 64, 8, 8, 64, 7, 7, 1, 1, 3, 3, 3, 3, 1, 1, 4, 1});
+    DeformConvGeometry const split = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 8});
+    std::string const float32 = groupMmaRefusal(taken, DCN_FLOAT32);
+    std::string const eight = groupMmaRefusal(eights, DCN_FLOAT16);
+    std::string const more = groupMmaRefusal(wider, DCN_FLOAT16);
+    std::string const big = groupMmaRefusal(seven, DCN_BFLOAT16);
+    std::string const across = groupMmaRefusal(split, DCN_FLOAT16);
+    check(groupMmaRefusal(taken, DCN_FLOAT16).empty() && groupMmaRefusal(taken, DCN_BFLOAT16).empty()
+            && float32.find("float16 and bfloat16") != std::string::npos
+            && eight.find("groups of 16 channels in and out, got 8 and 8") != std::string::npos
+            && more.find("got 16 and 32") != std::string::npos
+            && big.find("49 kernel points need") != std::string::npos
+            && across.find("channels-last direct kernel") != std::string::npos,
+        "groupMmaRefusal: takes half groups of 16 at 3x3; refuses float32 (" + float32 + "), groups of 8 (" + eight
+            + "), 32 outputs a group (" + more + "), 7x7 (" + big + "), groups split by offset groups (" + across
+            + ")");
+}
+
+// desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group.
+std::vector<Layer> layers()
+{
+    return {
+        // 153 pixels: the second block's first warp cut short, its other three wholly past the image
+        {"3 groups, 3x3", {2, 48, 9, 17, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 3, 1}, true, true, 2.0},
+        // an offset group per group, asymmetric stride, padding and dilation, a 2x3 kernel, far offsets, v1
+        {"asymmetric, far offsets", {1, 32, 7, 12, 32, 2, 3, 2, 1, 0, 2, 1, 0, 1, 2, 2, 2}, false, false, 12.0},
+        // two groups to an offset group
+        {"4 groups, 2 offset groups", {1, 64, 5, 7, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 2}, true, true, 3.0},
+        {"5x5", {1, 48, 6, 6, 48, 5, 5, 1, 1, 2, 2, 2, 2, 1, 1, 3, 3}, true, true, 3.0},
+        {"one row", {2, 16, 1, 40, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, true, true, 3.0},
+        {"one column", {1, 32, 37, 1, 32, 3, 1, 1, 1, 2, 0, 1, 0, 2, 1, 2, 1}, true, false, 1.5},
+    };
+}
+
+} // namespace
+
+int main()
+{
+    checkRefusals();
+    // One rounding of the output: 2^-11 relative in float16, 2^-8 in bfloat16 (twice that, for the float32 sums).
+    // Against float64: the samples' rounding, summed over 16 x kernel points terms.
+    runLayers<HostHalf>(layers(), "float16", DCN_FLOAT16, 1.0 / 1024, 4e-3);
+    runLayers<HostBFloat16>(layers(), "bfloat16", DCN_BFLOAT16, 1.0 / 128, 3e-2);
+    std::printf("%d failure(s)\n", emulation::failures);
+    return emulation::failures;
+}
