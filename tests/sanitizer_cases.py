@@ -40,10 +40,11 @@ IMPLICIT = [Case(2, 1, 2, 64, 260, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 
 SHARED_TAPS = [Case(2, 64, 1, 64, 64, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 2), True, True, 3.0, False),
                Case(1, 128, 2, 128, 128, 5, 40, (3, 2), (2, 1), (1, 1, 1, 1), (1, 1), True, False, 25.0, False),
                Case(2, 16, 1, 64, 64, 6, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 25.0, False)]
-# The tensor-core group kernel's (DCN_FORWARD_GROUP_MMA; half types, groups of 16): a 161-pixel image (a second
-# block whose first warp is cut short and whose other warps end at once), 2 offset groups; a row of 40 pixels.
+# The tensor-core group kernel's (DCN_FORWARD_GROUP_MMA; half types, blocks of 16 channels): groups of 16 on a
+# 161-pixel image (a second block whose first warp is cut short and whose other warps end at once), 2 offset groups;
+# groups of 4 on a row of 40 pixels.
 GROUP_MMA = [Case(2, 4, 2, 64, 64, 7, 23, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0, False),
-             Case(1, 2, 1, 32, 32, 1, 40, (3, 2), (1, 2), (1, 0, 1, 1), (1, 1), False, True, 25.0, False)]
+             Case(1, 8, 1, 32, 32, 1, 40, (3, 2), (1, 2), (1, 0, 1, 1), (1, 1), False, True, 25.0, False)]
 ALGOS = ("direct", "fused", "gemm", "gemm-nhwc", "direct-nhwc", "direct-taps", "direct-taps-nhwc", "direct-mma",
          "direct-mma-nhwc", "implicit")
 

@@ -727,13 +727,15 @@ def test_group_mma_kernel_source_on_emulated_blocks():
     """The tensor-core group kernel's CUDA source (deformConvGroupMma.cuh) runs on the CPU block by block
     (plugins/tests/groupMmaEmulation.cpp), its warps' mma.m16n8k16 products by the emulation, fragments laid out as
     PTX documents them: on layers of 16 channels a group (several groups and offset groups, pixels ending inside a
-    warp and a block, a row or a column of one pixel, a 2x3 and a 5x5 kernel, far offsets) in float16 and bfloat16,
-    NCHW and channels-last outputs, within one rounding of its own rounded samples' sum and within the samples'
-    rounding of the float64 reference; and groupMmaRefusal's rule."""
+    warp and a block, a row or a column of one pixel, a 2x3 and a 5x5 kernel, far offsets) and of 8, 4 and 2 (their
+    weights block-diagonal in blocks of 16 channels), in float16 and bfloat16, NCHW and channels-last outputs, within
+    one rounding of its own rounded samples' sum and within the samples' rounding of the float64 reference; and
+    groupMmaRefusal's rule."""
     from shell_tests import run_shell_test
 
-    output = run_shell_test("dcn_group_mma_emulation", min_checks=21, needs="a C++ compiler and cmake", timeout=300)
+    output = run_shell_test("dcn_group_mma_emulation", min_checks=37, needs="a C++ compiler and cmake", timeout=300)
     assert "one column, bfloat16, NHWC out" in output and "5x5, float16, NCHW out" in output
+    assert "groups of 2, bfloat16, NCHW out" in output and "groups of 8, float16, NHWC out" in output
 
 
 def test_gemm_path_cuda_kernel_sources_on_emulated_blocks():

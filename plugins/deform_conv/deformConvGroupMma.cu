@@ -25,7 +25,7 @@ void launchBlocks(DeformConvGeometry const& geo, T const* source, T const* offse
     size_t const shared = groupMmaSharedBytes(geo.kernelPoints);
     for (int32_t first = 0; first < count; first += 65535)
     {
-        dim3 const grid(unsigned(groupMmaPixelBlocks(geo)), unsigned(geo.d.group),
+        dim3 const grid(unsigned(groupMmaPixelBlocks(geo)), unsigned(geo.d.in_channels / kGroupMmaChannels),
             unsigned(std::min(count - first, 65535)));
         groupMmaKernel<T, ChannelsLastOut><<<grid, kGroupMmaThreads, shared, stream>>>(geo,
             source + int64_t(first) * inputImageElements(geo), offset, weight, bias, mask, output, n0 + first);

@@ -81,26 +81,52 @@ __device__ __forceinline__ void mmaTile(float (&d)[4], uint32_t const (&a)[4], u
 #endif
 }
 
-// The group's weights into the block's table: table[(kp * 16 + o) * kGroupMmaRowElements + i] = weight[g * 16 + o,
-// i, kp] (output channel o and input channel i of group g), read in memory order by the block's threads.
+// The weights of channels c .. c + 16 into the block's table, block-diagonal for groups of fewer than 16 channels:
+// table[(kp * 16 + o) * kGroupMmaRowElements + i] = weight[c + o, i % cpg, kp] where output channel c + o and input
+// channel c + i are of one group, else 0 (cpg: the channels per group, a power of two dividing 16). The weights are
+// read in memory order (they are contiguous for the block's channels), each thread carrying its (kernel point,
+// channel pair) from entry to entry instead of dividing; for smaller groups the table is zeroed first (a barrier
+// between the two passes).
 template <typename T>
 __device__ __forceinline__ void fillGroupMmaWeights(DeformConvGeometry const& geo, T const* __restrict__ weight,
-    int32_t group, T* table)
+    int32_t c, T* table)
 {
     int32_t const kernelPoints = geo.kernelPoints;
-    int32_t const entries = kGroupMmaChannels * kGroupMmaChannels * kernelPoints;
-    T const* groupWeights = weight + int64_t(group) * entries;
+    int32_t const cpg = geo.channelsPerGroup;
+    int32_t shift = 0; // cpg is a power of two: shifts and masks instead of divisions
+    while ((1 << shift) < cpg)
+        ++shift;
+    if (cpg < kGroupMmaChannels)
+    {
+        int32_t const words = kernelPoints * kGroupMmaChannels * kGroupMmaRowElements / 2;
+        for (int32_t w = int32_t(threadIdx.x); w < words; w += kGroupMmaThreads)
+            reinterpret_cast<uint32_t*>(table)[w] = 0;
+        __syncthreads();
+    }
+    int32_t const entries = kGroupMmaChannels * cpg * kernelPoints;
+    T const* blockWeights = weight + int64_t(c) * cpg * kernelPoints;
+    int32_t const stepPairs = kGroupMmaThreads / kernelPoints;
+    int32_t const stepPoints = kGroupMmaThreads - stepPairs * kernelPoints;
+    int32_t pair = int32_t(threadIdx.x) / kernelPoints; // o * cpg + l: output channel c + o, its input channel l
+    int32_t kp = int32_t(threadIdx.x) - pair * kernelPoints;
     for (int32_t e = int32_t(threadIdx.x); e < entries; e += kGroupMmaThreads)
     {
-        int32_t const kp = e % kernelPoints;
-        int32_t const pair = e / kernelPoints; // o * 16 + i
-        table[(kp * kGroupMmaChannels + pair / kGroupMmaChannels) * kGroupMmaRowElements
-            + pair % kGroupMmaChannels] = groupWeights[e];
+        int32_t const o = pair >> shift;
+        int32_t const i = (o & ~(cpg - 1)) + (pair & (cpg - 1));
+        table[(kp * kGroupMmaChannels + o) * kGroupMmaRowElements + i] = blockWeights[e];
+        kp += stepPoints;
+        pair += stepPairs;
+        if (kp >= kernelPoints)
+        {
+            kp -= kernelPoints;
+            ++pair;
+        }
     }
 }
 
 // A block: warp w takes output pixels (blockIdx.x * kGroupMmaWarps + w) * 32 .. + 32 of image blockIdx.z (from n0;
-// nhwc holds the launch's images channels-last) in group blockIdx.y. Per kernel point each lane samples its pixel's
+// nhwc holds the launch's images channels-last) in channels blockIdx.y * 16 .. + 16 (one group, or several whole
+// ones). Per kernel point each lane samples its pixel's
 // 16 channels (offsetTaps, gatherNeighbours, blendInAcc: the wide item's sample, zero for a lane past the image's
 // pixels) into the warp's samples tile, rounded to T; then the warp's four m16n8k16 products add that point's weights
 // times the tile into float32 sums. Last, the sums go through the warp's staged outputs, so that each lane adds the
@@ -113,8 +139,8 @@ __device__ __forceinline__ void groupMmaBlock(DeformConvGeometry const& geo, T c
     using Acc = float;
     unsigned char* const shared = dynamicShared();
     T* const weights = reinterpret_cast<T*>(shared);
-    int32_t const group = int32_t(blockIdx.y);
-    fillGroupMmaWeights<T>(geo, weight, group, weights);
+    int32_t const c = int32_t(blockIdx.y) * kGroupMmaChannels;
+    fillGroupMmaWeights<T>(geo, weight, c, weights);
     __syncthreads();
 
     int32_t const warp = int32_t(threadIdx.x) / 32;
@@ -130,7 +156,6 @@ __device__ __forceinline__ void groupMmaBlock(DeformConvGeometry const& geo, T c
     int64_t const pixel = firstPixel + lane;
     bool const inside = pixel < plane;
     dcn_deform_conv_desc const& d = geo.d;
-    int32_t const c = group * kGroupMmaChannels;
     int32_t const og = c / geo.channelsPerOffsetGroup;
     int32_t const img = int32_t(blockIdx.z);
     int32_t const y = inside ? int32_t(pixel / geo.outW) : 0;

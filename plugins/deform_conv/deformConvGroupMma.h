@@ -3,10 +3,11 @@
 //
 // The channels-last direct kernel's wide items for the half types' groups of 16 (ResNeXt-50's c4) spend most of
 // their instructions on the group's 16 x 16 product per kernel point, 256 FMAs an output pixel (session 36's SASS:
-// 358 of 596 instructions), and were no faster than the GEMM path on an H100 (session 38). Here a warp takes one
-// group at 32 consecutive output pixels: each lane samples its pixel's 16 channels at a kernel point as the wide item
-// does (the same taps, gathers and float32 blend), rounds them to the element type into a shared-memory tile, and
-// the warp multiplies the group's 16 x 16 weights of that kernel point by the tile's 16 x 32 samples on tensor cores
+// 358 of 596 instructions), and were no faster than the GEMM path on an H100 (session 38). Here a warp takes 16
+// channels (a group of 16, or whole smaller groups: 2, 4 or 8 of 8, 4 or 2 channels) at 32 consecutive output
+// pixels: each lane samples its pixel's 16 channels at a kernel point as the wide item does (the same taps, gathers
+// and float32 blend), rounds them to the element type into a shared-memory tile, and the warp multiplies the 16 x 16
+// weights of that kernel point (block-diagonal for smaller groups) by the tile's 16 x 32 samples on tensor cores
 // (four mma.m16n8k16, float32 accumulators). The samples are rounded to the element type before the product, as the
 // GEMM path's columns are, so the results agree with the reference to the GEMM path's precision, not bit for bit
 // with the direct kernels'.
@@ -20,8 +21,8 @@
 namespace dcn
 {
 
-// A warp's pixels (four n8 tiles), the warps of a block (consecutive pixels of one group and image), and the
-// channels of a group in and out (one m16 tile, one k16 step).
+// A warp's pixels (four n8 tiles), the warps of a block (consecutive pixels of one image), and the channels of a
+// block in and out (one m16 tile, one k16 step): one group of 16, or several smaller whole ones.
 constexpr int32_t kGroupMmaPixels = 32;
 constexpr int32_t kGroupMmaWarps = 4;
 constexpr int32_t kGroupMmaThreads = 32 * kGroupMmaWarps;
@@ -56,29 +57,34 @@ inline int64_t groupMmaPixelBlocks(DeformConvGeometry const& geo)
     return (int64_t(geo.outH) * geo.outW + perBlock - 1) / perBlock;
 }
 
-// Why the tensor-core group kernel cannot take the layer, or "": float16 or bfloat16; 16 channels per group in and
-// out, each group within an offset group; a layer the channels-last direct kernel takes (its channels-last input
-// copy and workspace, and its 32-bit gathers); shared memory within kGroupMmaMaxSharedBytes (at most 45 kernel
-// points); groups and pixel blocks within the grid. The GPU must also be sm_80 or newer (m16n8k16 products), which
+// Why the tensor-core group kernel cannot take the layer, or "": float16 or bfloat16; groups of 2, 4, 8 or 16
+// channels in and out, in blocks of 16 channels within offset groups (a block: one group of 16, or several smaller
+// ones, whose weights the kernel lays out block-diagonal); a layer the channels-last direct kernel takes (its
+// channels-last input copy and workspace, and its 32-bit gathers); shared memory within kGroupMmaMaxSharedBytes (at
+// most 45 kernel points); blocks within the grid. The GPU must also be sm_80 or newer (m16n8k16 products), which
 // the launch checks.
 inline std::string groupMmaRefusal(DeformConvGeometry const& geo, int32_t dtype)
 {
     if (dtype != DCN_FLOAT16 && dtype != DCN_BFLOAT16)
         return "the tensor-core group kernel takes float16 and bfloat16 tensors, got dtype " + std::to_string(dtype);
-    if (geo.channelsPerGroup != kGroupMmaChannels || geo.outChannelsPerGroup != kGroupMmaChannels)
-        return "the tensor-core group kernel takes groups of 16 channels in and out, got "
-            + std::to_string(geo.channelsPerGroup) + " and " + std::to_string(geo.outChannelsPerGroup);
+    int32_t const cpg = geo.channelsPerGroup;
+    if (cpg != geo.outChannelsPerGroup || cpg < 2 || cpg > kGroupMmaChannels || kGroupMmaChannels % cpg != 0)
+        return "the tensor-core group kernel takes groups of 2, 4, 8 or 16 channels in and out, got "
+            + std::to_string(cpg) + " and " + std::to_string(geo.outChannelsPerGroup);
+    if (geo.channelsPerOffsetGroup % kGroupMmaChannels != 0)
+        return "the tensor-core group kernel takes channels in blocks of 16 within offset groups, got "
+            + std::to_string(geo.channelsPerOffsetGroup) + " channels per offset group";
     std::string const direct = directChannelsLastRefusal(geo, 2);
     if (!direct.empty())
         return "the tensor-core group kernel reads the channels-last direct kernel's input, and " + direct;
     size_t const shared = groupMmaSharedBytes(geo.kernelPoints);
     if (shared > kGroupMmaMaxSharedBytes)
         return "the tensor-core group kernel keeps a block's weights and tiles in "
-            + std::to_string(kGroupMmaMaxSharedBytes) + " bytes of shared memory, and this layer's " + std::to_string(geo.kernelPoints) + " kernel points need "
-            + std::to_string(shared);
-    if (geo.d.group > 65535 || groupMmaPixelBlocks(geo) > int64_t(INT32_MAX))
-        return "the tensor-core group kernel takes at most 65535 groups (grid y) and 2^31 - 1 blocks of "
-            + std::to_string(kGroupMmaPixels * kGroupMmaWarps) + " pixels (grid x)";
+            + std::to_string(kGroupMmaMaxSharedBytes) + " bytes of shared memory, and this layer's "
+            + std::to_string(geo.kernelPoints) + " kernel points need " + std::to_string(shared);
+    if (geo.d.in_channels / kGroupMmaChannels > 65535 || groupMmaPixelBlocks(geo) > int64_t(INT32_MAX))
+        return "the tensor-core group kernel takes at most 65535 blocks of 16 channels (grid y) and 2^31 - 1 blocks "
+               "of " + std::to_string(kGroupMmaPixels * kGroupMmaWarps) + " pixels (grid x)";
     return std::string();
 }
 

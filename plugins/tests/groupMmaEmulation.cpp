@@ -6,7 +6,8 @@
 //   rounding of the output; this checks the tiles, the fragments and the epilogue exactly;
 // - the host library's forward in float64: within the rounding of the samples to the element type (the GEMM path's
 //   precision); this checks the sampling's semantics (offsets past the image, masks, asymmetric everything).
-// On layers of 16 channels a group in and out: several groups and offset groups, images whose pixels end inside a
+// On layers of 16 channels a group in and out, and of 8, 4 and 2 (blocks of 16 channels of whole groups, their
+// weights block-diagonal): several groups and offset groups, images whose pixels end inside a
 // warp and inside a block (warps wholly past them), a row or a column of one pixel, non-square kernels; float16 and
 // bfloat16; NCHW and channels-last outputs. Shared memory starts as NaN and past the block's size as a canary, the
 // output as NaN. Also groupMmaRefusal's rule. Prints one "ok"/"FAIL" line per check and "<n> failure(s)"; the exit
@@ -49,7 +50,8 @@ std::vector<T> channelsLast(dcn_deform_conv_desc const& d, std::vector<T> const&
     return nhwc;
 }
 
-// out[n, o, y, x] (NCHW) in double from the samples as the kernel makes them (rounded to T) and the weights.
+// out[n, o, y, x] (NCHW) in double from the samples as the kernel makes them (rounded to T) and the weights, each
+// output channel over its own group's input channels.
 template <typename T>
 std::vector<double> roundedSamplesReference(DeformConvGeometry const& geo, Tensors<T> const& t,
     std::vector<T> const& nhwc)
@@ -58,10 +60,10 @@ std::vector<double> roundedSamplesReference(DeformConvGeometry const& geo, Tenso
     int64_t const plane = int64_t(geo.outH) * geo.outW;
     std::vector<double> out(size_t(d.batch) * d.out_channels * plane, 0.0);
     T const* mask = t.mask.empty() ? nullptr : t.mask.data();
+    int32_t const cpg = geo.channelsPerGroup;
     for (int32_t n = 0; n < d.batch; ++n)
-        for (int32_t group = 0; group < d.group; ++group)
+        for (int32_t c = 0; c < d.in_channels; c += kGroupMmaChannels) // one group of 16, or whole smaller ones
         {
-            int32_t const c = group * kGroupMmaChannels;
             int32_t const og = c / geo.channelsPerOffsetGroup;
             T const* image = nhwc.data() + int64_t(n) * inputImageElements(geo) + c;
             int64_t const firstPoint = (int64_t(n) * d.offset_group + og) * geo.kernelPoints;
@@ -83,11 +85,11 @@ std::vector<double> roundedSamplesReference(DeformConvGeometry const& geo, Tenso
                         float sample[kGroupMmaChannels];
                         blendInAcc<T, kGroupMmaChannels, true>(packs, taps.weight, taps.valid, sample);
                         for (int32_t o = 0; o < kGroupMmaChannels; ++o)
-                            for (int32_t l = 0; l < kGroupMmaChannels; ++l)
+                            for (int32_t l = o / cpg * cpg; l < (o / cpg + 1) * cpg; ++l) // output o's group
                             {
                                 double const rounded = ElementTraits<T>::toAcc(ElementTraits<T>::fromAcc(sample[l]));
                                 double const w = ElementTraits<T>::toAcc(
-                                    t.weight[(int64_t(c + o) * kGroupMmaChannels + l) * geo.kernelPoints + kp]);
+                                    t.weight[(int64_t(c + o) * cpg + l % cpg) * geo.kernelPoints + kp]);
                                 sums[o] += w * rounded;
                             }
                     }
@@ -106,7 +108,8 @@ std::string emulate(DeformConvGeometry const& geo, Tensors<T> const& t, std::vec
     std::vector<T>& output)
 {
     size_t const shared = groupMmaSharedBytes(geo.kernelPoints);
-    dim3 const grid{unsigned(groupMmaPixelBlocks(geo)), unsigned(geo.d.group), unsigned(geo.d.batch)};
+    dim3 const grid{
+        unsigned(groupMmaPixelBlocks(geo)), unsigned(geo.d.in_channels / kGroupMmaChannels), unsigned(geo.d.batch)};
     gridDim = grid;
     blockDim = dim3{unsigned(kGroupMmaThreads), 1, 1};
     T const* bias = t.bias.empty() ? nullptr : t.bias.data();
@@ -221,24 +224,26 @@ DeformConvGeometry geometryOf(dcn_deform_conv_desc const& desc)
 void checkRefusals()
 {
     // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group.
-    DeformConvGeometry const taken = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1});
-    DeformConvGeometry const eights = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, 1});
+    DeformConvGeometry const sixteens = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1});
+    DeformConvGeometry const twos = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 2});
+    DeformConvGeometry const depthwise = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 64, 1});
     DeformConvGeometry const wider = geometryOf({1, 64, 8, 8, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1});
     DeformConvGeometry const seven = geometryOf({1, 64, 8, 8, 64, 7, 7, 1, 1, 3, 3, 3, 3, 1, 1, 4, 1});
-    DeformConvGeometry const split = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 8});
-    std::string const float32 = groupMmaRefusal(taken, DCN_FLOAT32);
-    std::string const eight = groupMmaRefusal(eights, DCN_FLOAT16);
+    DeformConvGeometry const split = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, 8});
+    std::string const float32 = groupMmaRefusal(sixteens, DCN_FLOAT32);
+    std::string const one = groupMmaRefusal(depthwise, DCN_FLOAT16);
     std::string const more = groupMmaRefusal(wider, DCN_FLOAT16);
     std::string const big = groupMmaRefusal(seven, DCN_BFLOAT16);
     std::string const across = groupMmaRefusal(split, DCN_FLOAT16);
-    check(groupMmaRefusal(taken, DCN_FLOAT16).empty() && groupMmaRefusal(taken, DCN_BFLOAT16).empty()
+    check(groupMmaRefusal(sixteens, DCN_FLOAT16).empty() && groupMmaRefusal(sixteens, DCN_BFLOAT16).empty()
+            && groupMmaRefusal(twos, DCN_FLOAT16).empty()
             && float32.find("float16 and bfloat16") != std::string::npos
-            && eight.find("groups of 16 channels in and out, got 8 and 8") != std::string::npos
+            && one.find("groups of 2, 4, 8 or 16 channels in and out, got 1 and 1") != std::string::npos
             && more.find("got 16 and 32") != std::string::npos
             && big.find("49 kernel points need") != std::string::npos
-            && across.find("channels-last direct kernel") != std::string::npos,
-        "groupMmaRefusal: takes half groups of 16 at 3x3; refuses float32 (" + float32 + "), groups of 8 (" + eight
-            + "), 32 outputs a group (" + more + "), 7x7 (" + big + "), groups split by offset groups (" + across
+            && across.find("blocks of 16 within offset groups, got 8") != std::string::npos,
+        "groupMmaRefusal: takes half groups of 16 and of 2 at 3x3; refuses float32 (" + float32 + "), depth-wise ("
+            + one + "), 32 outputs a group (" + more + "), 7x7 (" + big + "), offset groups of 8 channels (" + across
             + ")");
 }
 
@@ -253,6 +258,11 @@ std::vector<Layer> layers()
         // two groups to an offset group
         {"4 groups, 2 offset groups", {1, 64, 5, 7, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 2}, true, true, 3.0},
         {"5x5", {1, 48, 6, 6, 48, 5, 5, 1, 1, 2, 2, 2, 2, 1, 1, 3, 3}, true, true, 3.0},
+        // smaller groups, block-diagonal weights: 8 groups of 8 (4 offset groups, grouped res4's structure), 16 of
+        // 4, 16 of 2 (one offset group per block of 16 channels)
+        {"groups of 8", {2, 64, 9, 17, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, 4}, true, true, 2.0},
+        {"groups of 4", {1, 64, 7, 12, 64, 2, 3, 2, 1, 0, 2, 1, 0, 1, 2, 16, 1}, true, false, 12.0},
+        {"groups of 2", {1, 32, 6, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, 2}, false, true, 3.0},
         {"one row", {2, 16, 1, 40, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, true, true, 3.0},
         {"one column", {1, 32, 37, 1, 32, 3, 1, 1, 1, 2, 0, 1, 0, 2, 1, 2, 1}, true, false, 1.5},
     };
