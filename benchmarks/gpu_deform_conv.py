@@ -324,7 +324,7 @@ def _cuda_options(algo: str) -> dict:
     """deform_conv2d_cuda's arguments for one of our ALGOS: ``direct-taps`` is the direct kernel with
     ``shared_taps`` (DCN_FORWARD_SHARED_TAPS: the items' taps computed once per block where that kernel
     takes the layer, the per-item kernel elsewhere); ``direct-mma`` the direct kernel with ``group_mma``
-    (DCN_FORWARD_GROUP_MMA: the tensor-core group kernel on the half types' groups of 2 to 16 channels, the per-item
+    (DCN_FORWARD_GROUP_MMA: the tensor-core group kernel on the half types' groups of 1 to 16 channels, the per-item
     kernel elsewhere)."""
     if algo == "direct-taps":
         return {"algo": "direct", "shared_taps": True}
@@ -644,7 +644,7 @@ def main(argv=None) -> int:
                         help="comma-separated implementations to time side by side: the CUDA kernels auto, gemm, "
                              "fused, direct, direct-taps (direct with DCN_FORWARD_SHARED_TAPS: the items' taps "
                              "shared by a block, experimental), direct-mma (direct with DCN_FORWARD_GROUP_MMA: the "
-                             "half types' groups of 2 to 16 on tensor cores, experimental), implicit, and torch "
+                             "half types' groups of 1 to 16 on tensor cores, experimental), implicit, and torch "
                              "(dcn_deploy.ops.deform_conv2d, the PyTorch op a model runs when trained on the GPU) "
                              "(default auto)")
     parser.add_argument("--eager", action="store_true",

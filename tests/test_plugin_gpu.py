@@ -192,18 +192,19 @@ def test_direct_kernel_with_shared_taps(kernels, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_direct_kernel_with_group_mma(kernels, dtype):
-    """DCN_FORWARD_GROUP_MMA (experimental): layers of 2, 4, 8 or 16 channels a group in and out, which the
+    """DCN_FORWARD_GROUP_MMA (experimental): layers of 1, 2, 4, 8 or 16 channels a group in and out, which the
     tensor-core group kernel takes (random groups, offset groups, strides, paddings, dilations and kernels; ResNeXt
-    c4's channels and grouped res4's (32 groups of 8, 4 offset groups) at batch 2: many blocks of pixels, a 1 MiB
-    image), asked for as direct, from NCHW tensors (in the direct_chunks child
+    c4's channels, grouped res4's (32 groups of 8, 4 offset groups) and depth-wise res4's at batch 2: many blocks of
+    pixels, a 1 MiB image), asked for as direct, from NCHW tensors (in the direct_chunks child
     over 1 MiB chunks of images) and on channels-last tensors, against the reference and within the dtype's
-    tolerance of the per-item kernel; a layer it does not take (depth-wise) runs the per-item kernel under the
-    flag. Named to run in the direct children too (chunks of 1 MiB; over NCHW, where the flag does
+    tolerance of the per-item kernel; a layer it does not take (offset groups of 8 channels) runs the per-item kernel
+    under the flag. Named to run in the direct children too (chunks of 1 MiB; over NCHW, where the flag does
     nothing on NCHW tensors)."""
     cases = [random_group_mma_case(random.Random(3400 + seed)) for seed in range(10)]
     cases.append(Case(2, 32, 1, 512, 512, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
     cases.append(Case(2, 32, 4, 256, 256, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
-    untaken = Case(1, 64, 1, 64, 64, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
+    cases.append(Case(2, 256, 1, 256, 256, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
+    untaken = Case(1, 64, 8, 64, 64, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
     assert all(group_mma_takes(case, dtype) for case in cases) and not group_mma_takes(untaken, dtype)
     for index, case in enumerate(cases + [untaken]):
         tensors = make_tensors(case, dtype, device="cuda", seed=index)

@@ -83,7 +83,7 @@ typedef enum dcn_forward_flag
      * faster than without it (benchmarks/RESULTS.md, session 38). */
     DCN_FORWARD_SHARED_TAPS = 4,
     /* Experimental, not yet timed on a GPU: where the channels-last direct kernel runs a float16 or bfloat16 layer of
-     * 2, 4, 8 or 16 channels per group in and out, in blocks of 16 channels within offset groups, with at most 45
+     * 1 (depth-wise), 2, 4, 8 or 16 channels per group in and out, in blocks of 16 channels within offset groups, with at most 45
      * kernel points, on an sm_80 or newer GPU, the tensor-core group kernel runs it instead (a warp's 32 pixels of 16
      * channels sampled into shared memory, rounded to the element type, and multiplied by their weights on tensor
      * cores, float32 sums: the GEMM path's precision); other layers run as without it. DCN_DEPLOY_DIRECT_MMA=on turns it on for every call. CUDA entries only. */

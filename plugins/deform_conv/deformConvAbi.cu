@@ -51,7 +51,7 @@ namespace
 //   DCN_DEPLOY_DIRECT_TAPS        item (default) or shared: whether the channels-last direct kernel's items
 //                                 compute their own taps or read a block's (GemmOptions::directSharedTaps),
 //                                 whatever the forward's flags say (DCN_FORWARD_SHARED_TAPS also turns it on);
-//   DCN_DEPLOY_DIRECT_MMA         off (default) or on: whether the half types' groups of 2 to 16 channels run on
+//   DCN_DEPLOY_DIRECT_MMA         off (default) or on: whether the half types' groups of 1 to 16 channels run on
 //                                 the tensor-core group kernel where the channels-last direct kernel would run them
 //                                 (GemmOptions::directGroupMma; DCN_FORWARD_GROUP_MMA also turns it on);
 //   DCN_DEPLOY_IMPLICIT_TILE_M    auto (default), 64, 128 or 256: the implicit-GEMM kernel's output channels per

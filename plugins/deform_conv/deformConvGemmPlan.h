@@ -201,7 +201,7 @@ struct GemmOptions
     // (the C ABI's DCN_FORWARD_SHARED_TAPS and DCN_DEPLOY_DIRECT_TAPS=shared; the TensorRT plugin never sets it):
     // on an H100 (session 38) no faster than the per-item kernels (depth-wise -8 % to +6 %, groups 2-15 % slower).
     bool directSharedTaps = false;
-    // The tensor-core group kernel (deformConvGroupMma.h) on the half types' groups of 2 to 16 channels where the
+    // The tensor-core group kernel (deformConvGroupMma.h) on the half types' groups of 1 to 16 channels where the
     // channels-last direct kernel would run them, on sm_80 and newer GPUs: a warp's 32 pixels of 16 channels sampled
     // into shared memory and multiplied on tensor cores. Built without a GPU (session 38): opt-in until timed (the C ABI's
     // DCN_FORWARD_GROUP_MMA and DCN_DEPLOY_DIRECT_MMA=on; the TensorRT plugin never sets it).

@@ -4,7 +4,7 @@
 // The channels-last direct kernel's wide items for the half types' groups of 16 (ResNeXt-50's c4) spend most of
 // their instructions on the group's 16 x 16 product per kernel point, 256 FMAs an output pixel (session 36's SASS:
 // 358 of 596 instructions), and were no faster than the GEMM path on an H100 (session 38). Here a warp takes 16
-// channels (a group of 16, or whole smaller groups: 2, 4 or 8 of 8, 4 or 2 channels) at 32 consecutive output
+// channels (a group of 16, or whole smaller groups: 2, 4, 8 or 16 of 8, 4, 2 or 1 channels) at 32 consecutive output
 // pixels: each lane samples its pixel's 16 channels at a kernel point as the wide item does (the same taps, gathers
 // and float32 blend), rounds them to the element type into a shared-memory tile, and the warp multiplies the 16 x 16
 // weights of that kernel point (block-diagonal for smaller groups) by the tile's 16 x 32 samples on tensor cores
@@ -57,9 +57,9 @@ inline int64_t groupMmaPixelBlocks(DeformConvGeometry const& geo)
     return (int64_t(geo.outH) * geo.outW + perBlock - 1) / perBlock;
 }
 
-// Why the tensor-core group kernel cannot take the layer, or "": float16 or bfloat16; groups of 2, 4, 8 or 16
-// channels in and out, in blocks of 16 channels within offset groups (a block: one group of 16, or several smaller
-// ones, whose weights the kernel lays out block-diagonal); a layer the channels-last direct kernel takes (its
+// Why the tensor-core group kernel cannot take the layer, or "": float16 or bfloat16; groups of 1 (depth-wise), 2,
+// 4, 8 or 16 channels in and out, in blocks of 16 channels within offset groups (a block: one group of 16, or several
+// smaller ones, whose weights the kernel lays out block-diagonal); a layer the channels-last direct kernel takes (its
 // channels-last input copy and workspace, and its 32-bit gathers); shared memory within kGroupMmaMaxSharedBytes (at
 // most 45 kernel points); blocks within the grid. The GPU must also be sm_80 or newer (m16n8k16 products), which
 // the launch checks.
@@ -68,8 +68,8 @@ inline std::string groupMmaRefusal(DeformConvGeometry const& geo, int32_t dtype)
     if (dtype != DCN_FLOAT16 && dtype != DCN_BFLOAT16)
         return "the tensor-core group kernel takes float16 and bfloat16 tensors, got dtype " + std::to_string(dtype);
     int32_t const cpg = geo.channelsPerGroup;
-    if (cpg != geo.outChannelsPerGroup || cpg < 2 || cpg > kGroupMmaChannels || kGroupMmaChannels % cpg != 0)
-        return "the tensor-core group kernel takes groups of 2, 4, 8 or 16 channels in and out, got "
+    if (cpg != geo.outChannelsPerGroup || cpg > kGroupMmaChannels || kGroupMmaChannels % cpg != 0)
+        return "the tensor-core group kernel takes groups of 1, 2, 4, 8 or 16 channels in and out, got "
             + std::to_string(cpg) + " and " + std::to_string(geo.outChannelsPerGroup);
     if (geo.channelsPerOffsetGroup % kGroupMmaChannels != 0)
         return "the tensor-core group kernel takes channels in blocks of 16 within offset groups, got "

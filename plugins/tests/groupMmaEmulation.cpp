@@ -6,7 +6,7 @@
 //   rounding of the output; this checks the tiles, the fragments and the epilogue exactly;
 // - the host library's forward in float64: within the rounding of the samples to the element type (the GEMM path's
 //   precision); this checks the sampling's semantics (offsets past the image, masks, asymmetric everything).
-// On layers of 16 channels a group in and out, and of 8, 4 and 2 (blocks of 16 channels of whole groups, their
+// On layers of 16 channels a group in and out, and of 8, 4, 2 and 1 (blocks of 16 channels of whole groups, their
 // weights block-diagonal): several groups and offset groups, images whose pixels end inside a
 // warp and inside a block (warps wholly past them), a row or a column of one pixel, non-square kernels; float16 and
 // bfloat16; NCHW and channels-last outputs. Shared memory starts as NaN and past the block's size as a canary, the
@@ -227,23 +227,24 @@ void checkRefusals()
     DeformConvGeometry const sixteens = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1});
     DeformConvGeometry const twos = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 2});
     DeformConvGeometry const depthwise = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 64, 1});
+    DeformConvGeometry const threes = geometryOf({1, 48, 8, 8, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, 1});
     DeformConvGeometry const wider = geometryOf({1, 64, 8, 8, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1});
     DeformConvGeometry const seven = geometryOf({1, 64, 8, 8, 64, 7, 7, 1, 1, 3, 3, 3, 3, 1, 1, 4, 1});
     DeformConvGeometry const split = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, 8});
     std::string const float32 = groupMmaRefusal(sixteens, DCN_FLOAT32);
-    std::string const one = groupMmaRefusal(depthwise, DCN_FLOAT16);
+    std::string const three = groupMmaRefusal(threes, DCN_FLOAT16);
     std::string const more = groupMmaRefusal(wider, DCN_FLOAT16);
     std::string const big = groupMmaRefusal(seven, DCN_BFLOAT16);
     std::string const across = groupMmaRefusal(split, DCN_FLOAT16);
     check(groupMmaRefusal(sixteens, DCN_FLOAT16).empty() && groupMmaRefusal(sixteens, DCN_BFLOAT16).empty()
-            && groupMmaRefusal(twos, DCN_FLOAT16).empty()
+            && groupMmaRefusal(twos, DCN_FLOAT16).empty() && groupMmaRefusal(depthwise, DCN_BFLOAT16).empty()
             && float32.find("float16 and bfloat16") != std::string::npos
-            && one.find("groups of 2, 4, 8 or 16 channels in and out, got 1 and 1") != std::string::npos
+            && three.find("groups of 1, 2, 4, 8 or 16 channels in and out, got 3 and 3") != std::string::npos
             && more.find("got 16 and 32") != std::string::npos
             && big.find("49 kernel points need") != std::string::npos
             && across.find("blocks of 16 within offset groups, got 8") != std::string::npos,
-        "groupMmaRefusal: takes half groups of 16 and of 2 at 3x3; refuses float32 (" + float32 + "), depth-wise ("
-            + one + "), 32 outputs a group (" + more + "), 7x7 (" + big + "), offset groups of 8 channels (" + across
+        "groupMmaRefusal: takes half groups of 16, of 2 and of 1 at 3x3; refuses float32 (" + float32
+            + "), groups of 3 (" + three + "), 32 outputs a group (" + more + "), 7x7 (" + big + "), offset groups of 8 channels (" + across
             + ")");
 }
 
@@ -263,6 +264,7 @@ std::vector<Layer> layers()
         {"groups of 8", {2, 64, 9, 17, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, 4}, true, true, 2.0},
         {"groups of 4", {1, 64, 7, 12, 64, 2, 3, 2, 1, 0, 2, 1, 0, 1, 2, 16, 1}, true, false, 12.0},
         {"groups of 2", {1, 32, 6, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, 2}, false, true, 3.0},
+        {"depth-wise", {2, 32, 9, 5, 32, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1, 32, 1}, true, true, 4.0},
         {"one row", {2, 16, 1, 40, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, true, true, 3.0},
         {"one column", {1, 32, 37, 1, 32, 3, 1, 1, 1, 2, 0, 1, 0, 2, 1, 2, 1}, true, false, 1.5},
     };
