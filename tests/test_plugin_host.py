@@ -730,12 +730,15 @@ def test_group_mma_kernel_source_on_emulated_blocks():
     warp and a block, a row or a column of one pixel, a 2x3 and a 5x5 kernel, far offsets) and of 8, 4 and 2 (their
     weights block-diagonal in blocks of 16 channels), in float16 and bfloat16, NCHW and channels-last outputs, within
     one rounding of its own rounded samples' sum and within the samples' rounding of the float64 reference; and
-    groupMmaRefusal's rule."""
+    groupMmaRefusal's rule; and with infinite and NaN inputs (groups of 4 and 16) and masks that take float16 samples
+    past its range (groups of 8), the same infinities and NaNs as the reference, each in its own group (a pixel whose
+    sums come out non-finite taken again by FMAs)."""
     from shell_tests import run_shell_test
 
-    output = run_shell_test("dcn_group_mma_emulation", min_checks=37, needs="a C++ compiler and cmake", timeout=300)
+    output = run_shell_test("dcn_group_mma_emulation", min_checks=53, needs="a C++ compiler and cmake", timeout=300)
     assert "one column, bfloat16, NHWC out" in output and "5x5, float16, NCHW out" in output
     assert "groups of 2, bfloat16, NCHW out" in output and "groups of 8, float16, NHWC out" in output
+    assert "groups of 4, non-finite inputs, float16, NHWC out" in output and "masks of 3e4, float16" in output
 
 
 def test_gemm_path_cuda_kernel_sources_on_emulated_blocks():

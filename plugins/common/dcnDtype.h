@@ -19,8 +19,10 @@
 
 #if defined(__CUDA_ARCH__)
 #define DCN_UNROLL _Pragma("unroll")
+#define DCN_NO_UNROLL _Pragma("unroll 1") // a rare path kept small
 #else
 #define DCN_UNROLL
+#define DCN_NO_UNROLL
 #endif
 
 namespace dcn

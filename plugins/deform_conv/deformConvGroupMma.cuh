@@ -13,6 +13,7 @@
 #include "dcnDynamicShared.cuh"
 #endif
 
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -124,13 +125,67 @@ __device__ __forceinline__ void fillGroupMmaWeights(DeformConvGeometry const& ge
     }
 }
 
+// One pixel's 16 output sums (bias not included) by FMAs into its column of the warp's staged outputs, channel by
+// channel from unrounded float32 samples: for a pixel whose sums from the tile came out infinite or NaN. That happens
+// only where a sample was not finite, or past T's range when rounded into the tile (float16's 65504, through a mask
+// above 1), and then all 16 of its sums are, through the zero weights between the block's groups too (0 x inf),
+// where the reference keeps each group's outputs to its own samples. The kernel points and the input channels in
+// the per-item kernel's order; slow (each output channel takes its taps again), and rare: its loops are not
+// unrolled, so that it stays small (sm_90: the kernel 72 registers with it, 80 without).
+template <typename T>
+__device__ void groupMmaExactPixel(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
+    T const* __restrict__ offset, T const* __restrict__ weight, T const* __restrict__ mask, int32_t n0, int32_t img,
+    int32_t c, int64_t pixel, float* column)
+{
+    dcn_deform_conv_desc const& d = geo.d;
+    int64_t const plane = int64_t(geo.outH) * geo.outW;
+    int32_t const cpg = geo.channelsPerGroup;
+    int32_t const y = int32_t(pixel / geo.outW);
+    int32_t const x = int32_t(pixel - int64_t(y) * geo.outW);
+    T const* image = nhwc + int64_t(img) * inputImageElements(geo) + c;
+    int64_t const firstPoint
+        = (int64_t(n0 + img) * d.offset_group + c / geo.channelsPerOffsetGroup) * geo.kernelPoints;
+DCN_NO_UNROLL
+    for (int32_t o = 0; o < kGroupMmaChannels; ++o)
+    {
+        int32_t const first = o / cpg * cpg; // the first channel (in the block) of output o's group
+        T const* dyAt = offset + 2 * firstPoint * plane + pixel;
+        T const* scaleAt = mask ? mask + firstPoint * plane + pixel : nullptr;
+        float sum = 0.0f;
+DCN_NO_UNROLL
+        for (int32_t i = 0; i < d.kernel_h; ++i)
+DCN_NO_UNROLL
+            for (int32_t j = 0; j < d.kernel_w; ++j)
+            {
+                BilinearTaps<float> const taps
+                    = offsetTaps<float>(d, dyAt, plane, scaleAt, baseRow(d, y, i), baseCol(d, x, j));
+DCN_NO_UNROLL
+                for (int32_t l = 0; l < cpg; ++l)
+                {
+                    ChannelPack<T, 1> packs[4];
+                    gatherNeighbours<T, 1, float, uint32_t>(image + first + l, taps, d.in_channels, packs);
+                    float sample[1];
+                    blendInAcc<T, 1, /*Selected=*/true>(packs, taps.weight, taps.valid, sample);
+                    sum += ElementTraits<T>::toAcc(
+                               weight[(int64_t(c + o) * cpg + l) * geo.kernelPoints + i * d.kernel_w + j])
+                        * sample[0];
+                }
+                dyAt += 2 * plane;
+                if (scaleAt)
+                    scaleAt += plane;
+            }
+        column[o * kGroupMmaStagedRow] = sum;
+    }
+}
+
 // A block: warp w takes output pixels (blockIdx.x * kGroupMmaWarps + w) * 32 .. + 32 of image blockIdx.z (from n0;
 // nhwc holds the launch's images channels-last) in channels blockIdx.y * 16 .. + 16 (one group, or several whole
-// ones). Per kernel point each lane samples its pixel's
-// 16 channels (offsetTaps, gatherNeighbours, blendInAcc: the wide item's sample, zero for a lane past the image's
-// pixels) into the warp's samples tile, rounded to T; then the warp's four m16n8k16 products add that point's weights
-// times the tile into float32 sums. Last, the sums go through the warp's staged outputs, so that each lane adds the
-// bias to and stores its own pixel's 16 channels (directItemStore: NCHW, or one 32-byte vector channels-last).
+// ones). Per kernel point each lane samples its pixel's 16 channels (offsetTaps, gatherNeighbours, blendInAcc: the
+// wide item's sample, zero for a lane past the image's pixels) into the warp's samples tile, rounded to T; then the
+// warp's four m16n8k16 products add that point's weights times the tile into float32 sums. Last, the sums go through
+// the warp's staged outputs, so that each lane adds the bias to and stores its own pixel's 16 channels
+// (directItemStore: NCHW, or one 32-byte vector channels-last). A lane whose sums came out infinite or NaN takes
+// them again by groupMmaExactPixel.
 template <typename T, bool ChannelsLastOut>
 __device__ __forceinline__ void groupMmaBlock(DeformConvGeometry const& geo, T const* __restrict__ nhwc,
     T const* __restrict__ offset, T const* __restrict__ weight, T const* __restrict__ bias,
@@ -216,6 +271,12 @@ DCN_UNROLL
     groupMmaSyncWarp();
     if (!inside)
         return;
+    float poisoned = 0.0f; // NaN where one of its sums is infinite or NaN (x * 0)
+DCN_UNROLL
+    for (int o = 0; o < kGroupMmaChannels; ++o)
+        poisoned += staged[o * kGroupMmaStagedRow + lane] * 0.0f;
+    if (poisoned != poisoned) // its own column of the staged outputs: no other lane reads it
+        groupMmaExactPixel<T>(geo, nhwc, offset, weight, mask, n0, img, c, pixel, staged + lane);
     Acc out[kGroupMmaChannels];
     directItemStart<T, kGroupMmaChannels>(bias, c, out);
 DCN_UNROLL

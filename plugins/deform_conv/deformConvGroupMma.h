@@ -10,9 +10,10 @@
 // weights of that kernel point (block-diagonal for smaller groups) by the tile's 16 x 32 samples on tensor cores
 // (four mma.m16n8k16, float32 accumulators). The samples are rounded to the element type before the product, as the
 // GEMM path's columns are, so the results agree with the reference to the GEMM path's precision, not bit for bit
-// with the direct kernels'. One difference in kind for groups of fewer than 16 channels: a non-finite sample (an
-// infinite or NaN input, or a sample past the type's range through a mask above 1) meets the zero weights of the
-// block's other groups, and 0 x inf makes their outputs NaN too, where the other kernels keep them finite.
+// with the direct kernels'. Where a pixel's sums come out infinite or NaN (a sample not finite, or past float16's
+// range through a mask above 1, which the tile cannot hold; 0 x inf would also poison the block's other groups
+// through their zero weights), that pixel's sums are taken again by FMAs from unrounded samples, so that infinities
+// and NaNs stay in their own groups as in the reference.
 #pragma once
 
 #include "deformConvDirectChannelsLast.h"

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -221,6 +222,116 @@ DeformConvGeometry geometryOf(dcn_deform_conv_desc const& desc)
     return geo;
 }
 
+// Values the tile cannot hold, put into a layer's random tensors: infinities and a NaN in the input (the
+// non-finite layer), or masks of about 3e4 with weights of about 1e-3 (samples past float16's 65504, outputs of the
+// usual size).
+enum class Extremes
+{
+    nonFinite,
+    largeMasks,
+};
+
+template <typename T>
+void setElement(std::vector<T>& values, std::vector<double>& wide, size_t i, double value)
+{
+    values[i] = ElementTraits<T>::fromAcc(float(value));
+    wide[i] = double(ElementTraits<T>::toAcc(values[i]));
+}
+
+template <typename T>
+void putExtremes(Tensors<T>& t, Extremes extremes)
+{
+    if (extremes == Extremes::nonFinite)
+    {
+        double const inf = std::numeric_limits<double>::infinity();
+        size_t const n = t.input.size();
+        setElement(t.input, t.input64, n / 7, inf);
+        setElement(t.input, t.input64, n / 3, -inf);
+        setElement(t.input, t.input64, n / 2 + 5, std::numeric_limits<double>::quiet_NaN());
+        return;
+    }
+    for (size_t i = 0; i < t.mask.size(); ++i)
+        setElement(t.mask, t.mask64, i, 3e4 * t.mask64[i]);
+    for (size_t i = 0; i < t.weight.size(); ++i)
+        setElement(t.weight, t.weight64, i, 1e-3 * t.weight64[i]);
+}
+
+// The layer with extreme values against the float64 reference rounded to T: the same NaNs and infinities (each
+// group's outputs by its own samples, as the reference), the finite outputs within `tolerance` of the finite peak.
+template <typename T, bool ChannelsLastOut>
+void runExtremeLayer(Layer const& layer, Extremes extremes, char const* typeName, double tolerance)
+{
+    std::string const what = std::string(layer.name) + ", " + typeName + (ChannelsLastOut ? ", NHWC out" : ", NCHW out");
+    DeformConvGeometry const geo = geometryOf(layer.desc);
+    Tensors<T> t = emulation::makeTensors<T>(layer, geo, 31);
+    putExtremes(t, extremes);
+    std::vector<T> const nhwc = channelsLast(layer.desc, t.input);
+    std::vector<double> expected;
+    std::string const failed = emulation::referenceForward(layer, geo, t, expected);
+    std::vector<T> output(expected.size(), ElementTraits<T>::fromAcc(float(NAN)));
+    std::string const failure = failed.empty() ? emulate<T, ChannelsLastOut>(geo, t, nhwc, output) : failed;
+    if (!failure.empty())
+    {
+        check(false, what + ": " + failure);
+        return;
+    }
+    size_t const plane = size_t(geo.outH) * geo.outW;
+    double peak = 0;
+    size_t nonFinite = 0;
+    for (double v : expected)
+    {
+        double const rounded = ElementTraits<T>::toAcc(ElementTraits<T>::fromAcc(float(v)));
+        if (std::isfinite(rounded))
+            peak = std::max(peak, std::fabs(v));
+        else
+            ++nonFinite;
+    }
+    size_t wrongClass = 0;
+    double error = 0;
+    for (size_t n = 0; n < size_t(layer.desc.batch); ++n)
+        for (size_t o = 0; o < size_t(layer.desc.out_channels); ++o)
+            for (size_t p = 0; p < plane; ++p)
+            {
+                double const want = expected[(n * layer.desc.out_channels + o) * plane + p];
+                double const rounded = ElementTraits<T>::toAcc(ElementTraits<T>::fromAcc(float(want)));
+                double const got = ElementTraits<T>::toAcc(output[outputIndex(geo, ChannelsLastOut, n, o, p)]);
+                if (std::isnan(rounded) || std::isinf(rounded))
+                    wrongClass += std::isnan(rounded) ? !std::isnan(got) : got != rounded;
+                else if (!std::isfinite(got))
+                    ++wrongClass;
+                else
+                    error = std::max(error, std::fabs(got - want));
+            }
+    char detail[200];
+    std::snprintf(detail, sizeof(detail),
+        ": %zu non-finite outputs expected, %zu of all outputs of another kind (NaN, infinite, finite) than the "
+        "reference's; peak-relative error of the finite ones %.2e (< %.0e)",
+        nonFinite, wrongClass, error / peak, tolerance);
+    check(wrongClass == 0 && peak > 0 && error / peak < tolerance
+            && (extremes == Extremes::largeMasks || nonFinite > 0),
+        what + detail);
+}
+
+template <typename T>
+void runExtremeLayers(char const* typeName, double tolerance)
+{
+    // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group.
+    Layer const fours{"groups of 4, non-finite inputs", {2, 32, 9, 17, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, 1}, true,
+        true, 2.0};
+    Layer const sixteens{"groups of 16, non-finite inputs", {1, 32, 9, 17, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2},
+        true, false, 2.0};
+    Layer const large{"groups of 8, masks of 3e4", {1, 32, 9, 17, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1}, true, true,
+        2.0};
+    for (Layer const* layer : {&fours, &sixteens})
+    {
+        runExtremeLayer<T, false>(*layer, Extremes::nonFinite, typeName, tolerance);
+        runExtremeLayer<T, true>(*layer, Extremes::nonFinite, typeName, tolerance);
+    }
+    runExtremeLayer<T, false>(large, Extremes::largeMasks, typeName, tolerance);
+    runExtremeLayer<T, true>(large, Extremes::largeMasks, typeName, tolerance);
+}
+
+
 void checkRefusals()
 {
     // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group.
@@ -279,6 +390,8 @@ int main()
     // Against float64: the samples' rounding, summed over 16 x kernel points terms.
     runLayers<HostHalf>(layers(), "float16", DCN_FLOAT16, 1.0 / 1024, 4e-3);
     runLayers<HostBFloat16>(layers(), "bfloat16", DCN_BFLOAT16, 1.0 / 128, 3e-2);
+    runExtremeLayers<HostHalf>("float16", 4e-3);
+    runExtremeLayers<HostBFloat16>("bfloat16", 3e-2);
     std::printf("%d failure(s)\n", emulation::failures);
     return emulation::failures;
 }
