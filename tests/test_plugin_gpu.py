@@ -222,6 +222,18 @@ def test_direct_kernel_with_group_mma(kernels, dtype):
         elif got.numel() > 100_000:
             assert not torch.equal(got, per_item), (case, "the flag ran the per-item kernel")
     _check_channels_last_cases(kernels, cases, ("direct",), dtype, group_mma=True)
+    # infinities and a NaN in the input (groups of 4: the block-diagonal zeros): the per-item kernel's NaNs and
+    # infinities exactly, each in its own group (the kernel takes such pixels again by FMAs), the rest as above
+    fours = Case(2, 16, 1, 64, 64, 13, 21, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
+    x, off, w, b, m = make_tensors(fours, dtype, device="cuda", seed=99)
+    flat = x.view(-1)
+    flat[flat.numel() // 7], flat[flat.numel() // 3], flat[flat.numel() // 2] = float("inf"), -float("inf"), float("nan")
+    per_item = run(kernels, fours, (x, off, w, b, m), "direct")
+    got = run(kernels, fours, (x, off, w, b, m), "direct", group_mma=True)
+    assert torch.equal(got.isnan(), per_item.isnan()) and per_item.isnan().any()
+    assert torch.equal(got.isinf(), per_item.isinf()) and torch.equal(got[got.isinf()], per_item[per_item.isinf()])
+    finite = per_item.isfinite()
+    assert max_relative_error(got[finite], per_item[finite].double()) < TOLERANCE[dtype]
 
 
 def random_dense_case(rng: random.Random) -> Case:
