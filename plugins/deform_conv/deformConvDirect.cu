@@ -188,18 +188,11 @@ Status launchDirectChannelsLast(DeformConvGeometry const& geo, int32_t dtype, T 
         if (!status.ok())
             return status;
         T const* source = channelsLastTensors ? input : nhwc;
-        if (mmaGroups)
+        if (mmaGroups || shareTaps) // the kernels of their own files (deformConvKernel.h)
         {
-            status = launchGroupMmaItems(geo, dtype, source, offset, weight, bias, mask, output, n0, count,
-                channelsLastTensors, stream);
-            if (!status.ok())
-                return status;
-            continue;
-        }
-        if (shareTaps)
-        {
-            status = launchSharedTapsItems(geo, dtype, source, offset, weight, bias, mask, output, n0, count,
-                channelsLastTensors, stream);
+            auto const launch = mmaGroups ? launchGroupMmaItems : launchSharedTapsItems;
+            status = launch(geo, dtype, source, offset, weight, bias, mask, output, n0, count, channelsLastTensors,
+                stream);
             if (!status.ok())
                 return status;
             continue;

@@ -288,6 +288,25 @@ inline bool sharedUntouchedPast(size_t bytes)
     return true;
 }
 
+// Every block of `grid` (gridDim and blockDim set) in turn with `shared` bytes of dynamic shared memory, poisoned
+// anew for each block (prepareShared) and checked untouched past those bytes after it; "" or the first failure.
+inline std::string runGridPoisoned(dim3 grid, size_t shared, std::function<void()> const& body)
+{
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x)
+            {
+                prepareShared(shared);
+                std::string const failure = runBlock(dim3{x, y, z}, body);
+                if (!failure.empty())
+                    return failure;
+                if (!sharedUntouchedPast(shared))
+                    return "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z)
+                        + ") wrote shared memory past the " + std::to_string(shared) + " bytes it is given";
+            }
+    return "";
+}
+
 // A test's checks: one "ok"/"FAIL" line each; the count of failures is the program's exit code.
 inline int failures = 0;
 

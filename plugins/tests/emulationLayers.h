@@ -34,7 +34,8 @@ struct Tensors
 };
 
 template <typename T>
-void fill(std::mt19937& rng, size_t count, double scale, bool uniform, std::vector<T>& values, std::vector<double>& wide)
+void fill(std::mt19937& rng, size_t count, double scale, bool uniform, std::vector<T>& values,
+    std::vector<double>& wide)
 {
     std::normal_distribution<double> normal(0.0, 1.0);
     std::uniform_real_distribution<double> unit(0.0, 1.0);
@@ -42,7 +43,8 @@ void fill(std::mt19937& rng, size_t count, double scale, bool uniform, std::vect
     wide.resize(count);
     for (size_t i = 0; i < count; ++i)
     {
-        values[i] = ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(uniform ? unit(rng) : normal(rng) * scale));
+        values[i]
+            = ElementTraits<T>::fromAcc(typename ElementTraits<T>::Acc(uniform ? unit(rng) : normal(rng) * scale));
         wide[i] = double(ElementTraits<T>::toAcc(values[i]));
     }
 }

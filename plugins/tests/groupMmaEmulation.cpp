@@ -119,19 +119,13 @@ std::string emulate(DeformConvGeometry const& geo, Tensors<T> const& t, std::vec
         groupMmaKernel<T, ChannelsLastOut>(geo, nhwc.data(), t.offset.data(), t.weight.data(), bias, mask,
             output.data(), 0);
     };
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) // shared memory poisoned anew for every block
-            {
-                emulation::prepareShared(shared);
-                std::string const failure = emulation::runBlock(dim3{x, y, z}, body);
-                if (!failure.empty())
-                    return failure;
-                if (!emulation::sharedUntouchedPast(shared))
-                    return "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z)
-                        + ") wrote shared memory past the " + std::to_string(shared) + " bytes it is given";
-            }
-    return "";
+    return emulation::runGridPoisoned(grid, shared, body);
+}
+
+// "<layer>, <type>, NCHW out" (or NHWC): a check's name.
+std::string caseName(Layer const& layer, char const* typeName, bool channelsLastOut)
+{
+    return std::string(layer.name) + ", " + typeName + (channelsLastOut ? ", NHWC out" : ", NCHW out");
 }
 
 // The output element of (n, o, pixel) in an NCHW or channels-last output.
@@ -146,8 +140,7 @@ template <typename T, bool ChannelsLastOut>
 void runLayer(Layer const& layer, char const* typeName, int32_t dtype, double samplesTolerance,
     double referenceTolerance)
 {
-    std::string const what
-        = std::string(layer.name) + ", " + typeName + (ChannelsLastOut ? ", NHWC out" : ", NCHW out");
+    std::string const what = caseName(layer, typeName, ChannelsLastOut);
     DeformConvGeometry geo;
     Status const status = makeGeometry(layer.desc, geo);
     std::string const refusal = status.ok() ? groupMmaRefusal(geo, dtype) : status.message;
@@ -261,7 +254,7 @@ void putExtremes(Tensors<T>& t, Extremes extremes)
 template <typename T, bool ChannelsLastOut>
 void runExtremeLayer(Layer const& layer, Extremes extremes, char const* typeName, double tolerance)
 {
-    std::string const what = std::string(layer.name) + ", " + typeName + (ChannelsLastOut ? ", NHWC out" : ", NCHW out");
+    std::string const what = caseName(layer, typeName, ChannelsLastOut);
     DeformConvGeometry const geo = geometryOf(layer.desc);
     Tensors<T> t = emulation::makeTensors<T>(layer, geo, 31);
     putExtremes(t, extremes);
@@ -355,8 +348,8 @@ void checkRefusals()
             && big.find("49 kernel points need") != std::string::npos
             && across.find("blocks of 16 within offset groups, got 8") != std::string::npos,
         "groupMmaRefusal: takes half groups of 16, of 2 and of 1 at 3x3; refuses float32 (" + float32
-            + "), groups of 3 (" + three + "), 32 outputs a group (" + more + "), 7x7 (" + big + "), offset groups of 8 channels (" + across
-            + ")");
+            + "), groups of 3 (" + three + "), 32 outputs a group (" + more + "), 7x7 (" + big
+            + "), offset groups of 8 channels (" + across + ")");
 }
 
 // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group.

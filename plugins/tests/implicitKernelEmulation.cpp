@@ -91,18 +91,9 @@ std::string emulate(DeformConvGeometry const& geo, LaunchShape launch, Tensors<T
             if (!emulation::pendingCopies.empty())
                 throw std::logic_error("the block ended with cp.async copies never waited for");
         };
-        for (unsigned z = 0; z < grid.z; ++z)
-            for (unsigned y = 0; y < grid.y; ++y)
-                for (unsigned x = 0; x < grid.x; ++x) // shared memory poisoned anew for every block
-                {
-                    emulation::prepareShared(shared);
-                    std::string const failure = emulation::runBlock(dim3{x, y, z}, body);
-                    if (!failure.empty())
-                        return failure;
-                    if (!emulation::sharedUntouchedPast(shared))
-                        return "block (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z)
-                            + ") wrote shared memory past the " + std::to_string(shared) + " bytes it is given";
-                }
+        std::string const failure = emulation::runGridPoisoned(grid, shared, body);
+        if (!failure.empty())
+            return failure;
     }
     return "";
 }
