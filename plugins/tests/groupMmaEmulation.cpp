@@ -38,16 +38,12 @@ using emulation::check;
 using emulation::Layer;
 using emulation::Tensors;
 
-// The input of all images channels-last, (N, H, W, C), as the launch reads it.
+// The input of all images channels-last, (N, H, W, C), as the launch reads it (the host builds' transpose).
 template <typename T>
-std::vector<T> channelsLast(dcn_deform_conv_desc const& d, std::vector<T> const& nchw)
+std::vector<T> channelsLast(DeformConvGeometry const& geo, std::vector<T> const& nchw)
 {
     std::vector<T> nhwc(nchw.size());
-    size_t const plane = size_t(d.height) * d.width;
-    for (size_t n = 0; n < size_t(d.batch); ++n)
-        for (size_t c = 0; c < size_t(d.in_channels); ++c)
-            for (size_t p = 0; p < plane; ++p)
-                nhwc[(n * plane + p) * d.in_channels + c] = nchw[(n * d.in_channels + c) * plane + p];
+    channelsLastHost<T>(geo, nchw.data(), nhwc.data(), 0, geo.d.batch);
     return nhwc;
 }
 
@@ -136,6 +132,19 @@ size_t outputIndex(DeformConvGeometry const& geo, bool channelsLastOut, size_t n
                            : (n * geo.d.out_channels + o) * plane + pixel;
 }
 
+// The layer's float64 reference (the host library) into `expected` and the kernel's output, NaN where never
+// written, into `output`; "" or the first failure.
+template <typename T, bool ChannelsLastOut>
+std::string referenceAndKernel(Layer const& layer, DeformConvGeometry const& geo, Tensors<T> const& t,
+    std::vector<T> const& nhwc, std::vector<double>& expected, std::vector<T>& output)
+{
+    std::string const failed = emulation::referenceForward(layer, geo, t, expected);
+    if (!failed.empty())
+        return failed;
+    output.assign(expected.size(), ElementTraits<T>::fromAcc(float(NAN)));
+    return emulate<T, ChannelsLastOut>(geo, t, nhwc, output);
+}
+
 template <typename T, bool ChannelsLastOut>
 void runLayer(Layer const& layer, char const* typeName, int32_t dtype, double samplesTolerance,
     double referenceTolerance)
@@ -150,22 +159,16 @@ void runLayer(Layer const& layer, char const* typeName, int32_t dtype, double sa
         return;
     }
     Tensors<T> const t = emulation::makeTensors<T>(layer, geo, 29);
-    std::vector<T> const nhwc = channelsLast(layer.desc, t.input);
+    std::vector<T> const nhwc = channelsLast(geo, t.input);
     std::vector<double> expected;
-    std::string const failed = emulation::referenceForward(layer, geo, t, expected);
-    if (!failed.empty())
-    {
-        check(false, what + ": " + failed);
-        return;
-    }
-    std::vector<double> const rounded = roundedSamplesReference(geo, t, nhwc);
-    std::vector<T> output(expected.size(), ElementTraits<T>::fromAcc(float(NAN)));
-    std::string const failure = emulate<T, ChannelsLastOut>(geo, t, nhwc, output);
+    std::vector<T> output;
+    std::string const failure = referenceAndKernel<T, ChannelsLastOut>(layer, geo, t, nhwc, expected, output);
     if (!failure.empty())
     {
         check(false, what + ": " + failure);
         return;
     }
+    std::vector<double> const rounded = roundedSamplesReference(geo, t, nhwc);
     double peak = 0;
     for (double v : expected)
         peak = std::max(peak, std::fabs(v));
@@ -258,11 +261,10 @@ void runExtremeLayer(Layer const& layer, Extremes extremes, char const* typeName
     DeformConvGeometry const geo = geometryOf(layer.desc);
     Tensors<T> t = emulation::makeTensors<T>(layer, geo, 31);
     putExtremes(t, extremes);
-    std::vector<T> const nhwc = channelsLast(layer.desc, t.input);
+    std::vector<T> const nhwc = channelsLast(geo, t.input);
     std::vector<double> expected;
-    std::string const failed = emulation::referenceForward(layer, geo, t, expected);
-    std::vector<T> output(expected.size(), ElementTraits<T>::fromAcc(float(NAN)));
-    std::string const failure = failed.empty() ? emulate<T, ChannelsLastOut>(geo, t, nhwc, output) : failed;
+    std::vector<T> output;
+    std::string const failure = referenceAndKernel<T, ChannelsLastOut>(layer, geo, t, nhwc, expected, output);
     if (!failure.empty())
     {
         check(false, what + ": " + failure);
