@@ -70,8 +70,8 @@ GROUPED_LAYERS = [
     Layer("grouped res4 (64 groups of 4, 4 offset groups)", 256, _feature(800, 16), _feature(1333, 16), groups=64,
           offset_groups=4),
     # ResNeXt-50 32x4d's deformable c4 and c5 layers at the detection input (32 groups of 16 and of 32, one offset
-    # group, as mmdetection's dconv configs): auto's GEMM path (the direct kernel takes c4's groups in half types,
-    # as wide items, when asked for; c5's groups are past it)
+    # group, as mmdetection's dconv configs): auto's GEMM path (the direct kernel takes c4's groups as wide items
+    # when asked for, 32 bytes in the half types and 64 in float32; c5's groups are past it)
     Layer("ResNeXt c4 (32 groups of 16)", 512, _feature(800, 16), _feature(1333, 16), groups=32),
     Layer("ResNeXt c5 (32 groups of 32)", 1024, _feature(800, 32), _feature(1333, 32), groups=32),
 ]

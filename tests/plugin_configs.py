@@ -102,7 +102,7 @@ def random_depthwise_case(rng: random.Random) -> Case:
 
 def random_small_groups_case(rng: random.Random, max_group: int) -> Case:
     """A grouped layer the channels-last direct kernel takes besides depth-wise ones: 2, 4, 8 or 16 channels per
-    group in and out (at most max_group: 32 bytes of the dtype, a wide item past 16), offset groups of whole groups
+    group in and out (at most max_group: 64 bytes of the dtype, a wide item past 16), offset groups of whole groups
     (one for all, one per group, or one per few), so that each item holds whole groups."""
     channels_per_group = rng.choice([g for g in (2, 4, 8, 16) if g <= max_group])
     groups = rng.choice([1, 2, 3, 4, 6, 8])
@@ -111,17 +111,20 @@ def random_small_groups_case(rng: random.Random, max_group: int) -> Case:
                              (channels_per_group, channels_per_group), 9, 11, (0.5, 2.0, 25.0))
 
 
-# The channels of 16 bytes in each dtype (the channels-last direct kernel's vector), and the largest group that
-# kernel takes: 32 bytes, a wide item (two 16-byte gathers per neighbour).
+# The channels of 16 bytes in each dtype (the channels-last direct kernel's vector); the groups wider than that which
+# it takes as wide items of one group each (two or four 16-byte gathers per neighbour: up to 64 bytes, at most 16
+# channels); and the largest group it takes.
 VECTOR_CHANNELS = {torch.float64: 2, torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}
-SMALL_GROUP_MAX = {dtype: 2 * channels for dtype, channels in VECTOR_CHANNELS.items()}
+WIDE_GROUPS = {dtype: [width * channels for width in (2, 4) if width * channels <= 16]
+               for dtype, channels in VECTOR_CHANNELS.items()}
+SMALL_GROUP_MAX = {dtype: max(widths) for dtype, widths in WIDE_GROUPS.items()}
 
 
 def channels_last_direct_item(case: Case, dtype: torch.dtype) -> int:
     """The channels of the channels-last direct kernel's item for the case's layer, by the rule of directItemWidth
     (plugins/deform_conv/deformConvDirectChannelsLast.h): the widest vector of up to 16 bytes dividing C and the
-    channels per offset group, or a group wider than that (a power of two of at most 32 bytes, within an offset
-    group): a wide item."""
+    channels per offset group, or a group wider than that (a power of two of at most 64 bytes and 16 channels,
+    within an offset group): a wide item."""
     channels_per_group = case.in_channels // case.groups
     per_offset_group = case.in_channels // case.offset_groups
     vector = next((v for v in (8, 4, 2) if v <= VECTOR_CHANNELS[dtype]

@@ -73,9 +73,9 @@ def main() -> int:
     # groups of 2 or 4 channels in and out: its grouped instance, the weight tables in shared memory (what float32
     # takes; the half types take these too)
     cases += [random_small_groups_case(random.Random(1600 + seed), 4) for seed in range(1 if args.quick else 3)]
-    # groups of 8 and 16 channels: the wide items of float32 (8) and the half types (16), two 16-byte gathers a
-    # neighbour (half groups of 8 fit one); asked for as direct (auto keeps the half types' groups of 16 on the GEMM
-    # path)
+    # groups of 8 and 16 channels: the wide items of float32 (8 and 16: two and four 16-byte gathers a neighbour), the
+    # half types (16: two; their groups of 8 fit one) and float64 (8: four; its groups of 16 run the NCHW kernel);
+    # asked for as direct (auto keeps dense layers of groups of 16 on the GEMM path)
     cases += [Case(2, 2, 1, 2 * cpg, 2 * cpg, 7, 9, (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), True, True, 3.0, False)
               for cpg in (8, 16)]
     failures = 0

@@ -15,8 +15,8 @@ import torch
 
 from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import NativeError, NativeLibrary, deform_conv2d_cuda
-from plugin_configs import (HALF_EPS, SMALL_GROUP_MAX, VECTOR_CHANNELS, Case, auto_takes_channels_last_direct,
-                            channels_last_direct_takes, half_precision_cases,
+from plugin_configs import (HALF_EPS, SMALL_GROUP_MAX, VECTOR_CHANNELS, WIDE_GROUPS, Case,
+                            auto_takes_channels_last_direct, channels_last_direct_takes, half_precision_cases,
                             make_tensors, max_relative_error, peak_relative_error, random_case, random_depthwise_case,
                             random_group_mma_case, random_implicit_case, random_layer_case, random_many_groups_case,
                             random_shared_taps_case, random_small_groups_case, reference, shared_taps_takes,
@@ -89,23 +89,23 @@ _SMALL_GROUP_LAYERS = {"many_groups": (random_many_groups_case, 900), "depthwise
 
 
 def _small_groups_cases(dtype):
-    """Grouped layers the channels-last direct kernel takes (2 to 16 channels per group in and out, up to 32 bytes
-    of the dtype: wide items past a vector), and two of 256 channels, in groups of a vector's worth and of two (wide
-    items), 4 offset groups, 600 pixels: several blocks of pixels and of channels, each filling its weight
-    tables."""
+    """Grouped layers the channels-last direct kernel takes (2 to 16 channels per group in and out, up to 64 bytes
+    of the dtype: wide items past a vector), and three of 256 channels, in groups of a vector's worth and of the
+    wide items' widths (two and four vectors), 4 offset groups, 600 pixels: several blocks of pixels and of
+    channels, each filling its weight tables."""
     def large(cpg):
         return Case(2, 256 // cpg, 4, 256, 256, 20, 30, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
 
     return ([random_small_groups_case(random.Random(1600 + seed), SMALL_GROUP_MAX[dtype]) for seed in range(12)]
-            + [large(VECTOR_CHANNELS[dtype]), large(SMALL_GROUP_MAX[dtype])])
+            + [large(VECTOR_CHANNELS[dtype])] + [large(cpg) for cpg in WIDE_GROUPS[dtype]])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_direct_kernel_on_small_groups_channels_last(kernels, dtype):
     """The channels-last direct kernel on grouped layers (its grouped instance: each block's weight tables in shared
-    memory; wide items of two 16-byte gathers a neighbour for groups of 32 bytes), asked for as direct and as
-    auto's choice (groups of 8 too, which are dense: the workspace auto sizes is the direct kernel's; not on dense
-    layers of the half types' groups of 16, whose GEMM path auto keeps): from NCHW tensors over its channels-last copy
+    memory; wide items of two or four 16-byte gathers a neighbour for groups of 32 or 64 bytes), asked for as direct
+    and as auto's choice (groups of 8 too, which are dense: the workspace auto sizes is the direct kernel's; not on
+    dense layers of groups of 16, whose GEMM path auto keeps): from NCHW tensors over its channels-last copy
     (in the direct_chunks child in chunks of 1 MiB; in the direct_nchw child the NCHW direct kernel, and auto's GEMM
     path for groups of 8) and on channels-last tensors (no copy), against the reference."""
     cases = _small_groups_cases(dtype)
@@ -172,7 +172,7 @@ def test_direct_kernel_with_shared_taps(kernels, dtype):
     cases = [random_shared_taps_case(random.Random(3200 + seed), dtype) for seed in range(12)]
     cases.append(Case(2, 256, 1, 256, 256, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
     grouped_res4 = Case(2, 32, 4, 256, 256, 25, 42, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
-    if shared_taps_takes(grouped_res4, dtype):  # not in float64: groups of 8 there are past 32 bytes
+    if shared_taps_takes(grouped_res4, dtype):  # not in float64: its tables there pass 48 KiB
         cases.append(grouped_res4)
     cases.append(Case(3, 128, 1, 128, 128, 64, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
     untaken = Case(1, 64, 16 // VECTOR_CHANNELS[dtype], 64, 64, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True,

@@ -17,7 +17,7 @@ from dcn_deploy.ops.spec import ShapeError
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
 from plugin_configs import (HALF_EPS, Case, make_tensors, max_relative_error, peak_relative_error, random_case,
                             random_depthwise_case, random_implicit_case, random_layer_case, random_many_groups_case,
-                            random_small_groups_case, SMALL_GROUP_MAX, channels_last_direct_takes,
+                            random_small_groups_case, SMALL_GROUP_MAX, WIDE_GROUPS, channels_last_direct_takes,
                             reference)
 
 
@@ -66,7 +66,7 @@ def run_host_direct_channels_last(host_lib, case, x, off, w, b, m, budget=0, cha
 
 
 # The layers the channels-last direct kernel takes, each from its generator: depth-wise ones (vectors of 8, 4 or 2
-# channels, offset groups of one vector or several) and groups of 2, 4, 8 or 16 channels in and out (up to 32 bytes
+# channels, offset groups of one vector or several) and groups of 2, 4, 8 or 16 channels in and out (up to 64 bytes
 # of the dtype, wide items past 16; each group's samples times its block of weights from the item's weight table,
 # the grouped kernel's shared memory on the GPU).
 _CHANNELS_LAST_DIRECT_LAYERS = {
@@ -96,9 +96,9 @@ def test_direct_channels_last_matches_the_direct_kernel(host_lib, layers, seed, 
     assert on_tensors.is_contiguous(memory_format=torch.channels_last) and torch.equal(on_tensors, nchw), case
 
 
-# Wide items (a group of 32 bytes: two 16-byte gathers a neighbour), each layer one edge: a row or a column of one
-# pixel, far offsets with integer ones (samples on pixels and the border), a non-square kernel with asymmetric
-# stride, padding and dilation, several images and offset groups of one group or of two.
+# Wide items (a group of 32 or 64 bytes: two or four 16-byte gathers a neighbour), each layer one edge: a row or a
+# column of one pixel, far offsets with integer ones (samples on pixels and the border), a non-square kernel with
+# asymmetric stride, padding and dilation, several images and offset groups of one group or of two.
 _WIDE_ITEM_EDGES = [
     dict(height=1, width=9, kernel=(1, 3), stride=(1, 2), pads=(0, 1, 0, 2), dilation=(1, 1), offset_scale=25.0,
          integer_offsets=False),
@@ -109,14 +109,14 @@ _WIDE_ITEM_EDGES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype, cpg", [(dtype, cpg) for dtype in (torch.float64, torch.float32, torch.float16,
+                                                                    torch.bfloat16) for cpg in WIDE_GROUPS[dtype]])
 @pytest.mark.parametrize("edge", range(len(_WIDE_ITEM_EDGES)))
 @pytest.mark.parametrize("offset_groups", [2, 1])
-def test_direct_channels_last_wide_items_at_the_edges(host_lib, dtype, edge, offset_groups):
-    """Groups of 32 bytes (float64 4, float32 8, the half types 16 channels), two groups of them over one or two
-    offset groups, three images: bit for bit the NCHW direct kernel, on NCHW and on channels-last tensors; float64
-    also the reference to 1e-12."""
-    cpg = SMALL_GROUP_MAX[dtype]
+def test_direct_channels_last_wide_items_at_the_edges(host_lib, dtype, cpg, edge, offset_groups):
+    """Groups of 32 bytes (float64 4, float32 8, the half types 16 channels) and of 64 (float64 8, float32 16), two
+    groups of them over one or two offset groups, three images: bit for bit the NCHW direct kernel, on NCHW and on
+    channels-last tensors; float64 also the reference to 1e-12."""
     case = Case(batch=3, groups=2, offset_groups=offset_groups, in_channels=2 * cpg, out_channels=2 * cpg,
                 with_mask=edge != 1, with_bias=edge != 2, **_WIDE_ITEM_EDGES[edge])
     assert min(case.out_size) >= 1
@@ -144,7 +144,7 @@ def test_direct_channels_last_in_chunks_matches_the_direct_kernel(host_lib, dtyp
 
 
 def test_direct_channels_last_refuses_other_layers(host_lib):
-    """More output than input channels per group, groups past 16 channels or 32 bytes (float32's groups of 16),
+    """More output than input channels per group, groups past 16 channels or 64 bytes (float64's groups of 16),
     groups split by an item (groups of 12 channels; an offset group inside a group), channels per offset group odd,
     or a weight table past its shared memory: an error naming why, not a wrong result."""
     def case(groups, offset_groups, channels, out_channels, kernel=(3, 3)):
@@ -155,9 +155,11 @@ def test_direct_channels_last_refuses_other_layers(host_lib):
             (case(1, 1, 8, 16), torch.float16, "as many output as input channels per group, at most 16 .depth-wise, "
                                               "or small groups., got 8 and 16"),
             (case(1, 1, 32, 32), torch.float16, "at most 16 .depth-wise, or small groups., got 32 and 32"),
-            (case(2, 1, 32, 32), torch.float32, "whole groups in each item of 4 channels .16 bytes or fewer, "
-                                                "within an offset group, or one group of up to 32 bytes., got 16 "
+            (case(2, 1, 32, 32), torch.float64, "whole groups in each item of 2 channels .16 bytes or fewer, "
+                                                "within an offset group, or one group of up to 64 bytes., got 16 "
                                                 "channels per group"),
+            (case(2, 1, 32, 32, (5, 5)), torch.float32, "keeps a block's weights in 49152 bytes, and this layer's "
+                                                        "25 kernel points need 51200"),
             (case(2, 1, 24, 24), torch.float16, "whole groups in each item of 8 channels"),
             (case(2, 4, 8, 8), torch.float16, "whole groups in each item of 2 channels"),
             (case(3, 3, 3, 3), torch.float32, "multiples of 2"),

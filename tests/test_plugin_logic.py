@@ -215,7 +215,8 @@ def _workspace(lib, desc, dtype, algo, flags=0):
 
 
 def test_workspace_size_refuses_an_unknown_dtype_or_algo(kernels_lib):
-    desc = DeformConvDesc(batch=1, in_channels=16, height=8, width=8, out_channels=16, kernel_h=3, kernel_w=3,
+    # one group of 32 channels: past the channels-last direct kernel's 16, so direct is the NCHW kernel
+    desc = DeformConvDesc(batch=1, in_channels=32, height=8, width=8, out_channels=32, kernel_h=3, kernel_w=3,
                           stride_h=1, stride_w=1, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1, dilation_h=1,
                           dilation_w=1, group=1, offset_group=1)
     with pytest.raises(NativeError, match=r"dtype 99 is not one of float32 \(0\)"):
@@ -493,23 +494,25 @@ def test_direct_channels_last_workspace_holds_the_channels_last_input(kernels_li
 
 
 def test_auto_keeps_the_gemm_path_on_dense_layers_of_groups_of_16(kernels_lib):
-    """Wide items (one group of 32 bytes: float32 groups of 8, half groups of 16, float64 groups of 4; two 16-byte
-    gathers a neighbour) are the channels-last direct kernel's when it is asked for, and its workspace is then the
-    channels-last input. On dense layers of the half types' groups of 16 auto keeps the GEMM path (as fast on an
-    H100, session 38), so its workspace is the GEMM path's, on NCHW and on channels-last tensors; float32 groups of 8
-    and float64 groups of 4 are auto's direct, as float16 groups of 8 (one vector)."""
+    """Wide items (one group of 32 or 64 bytes: float32 groups of 8 and 16, half groups of 16, float64 groups of 4
+    and 8; two or four 16-byte gathers a neighbour) are the channels-last direct kernel's when it is asked for, and
+    its workspace is then the channels-last input. On dense layers of groups of 16 (the half types', as fast on an
+    H100, session 38; float32's, untimed) auto keeps the GEMM path, so its workspace is the GEMM path's, on NCHW and
+    on channels-last tensors; float32 groups of 8 and float64 groups of 4 and 8 are auto's direct, as float16 groups
+    of 8 (one vector)."""
     def grouped(groups):  # 64 channels in and out, batch 2, 20 x 20, 3 x 3
         return DeformConvDesc(2, 64, 20, 20, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, groups, 1)
 
     channels_last = 2
-    for desc, dtype in ((grouped(4), 1), (grouped(4), 2)):  # float16, bfloat16 x 16
-        assert _workspace(kernels_lib, desc, dtype, 1) == _align256(2 * 64 * 400 * 2)
+    # float16, bfloat16 and float32 x 16
+    for desc, dtype, element in ((grouped(4), 1, 2), (grouped(4), 2, 2), (grouped(4), 0, 4)):
+        assert _workspace(kernels_lib, desc, dtype, 1) == _align256(2 * 64 * 400 * element)
         assert _workspace(kernels_lib, desc, dtype, 0) == max(_workspace(kernels_lib, desc, dtype, 2),
                                                               _workspace(kernels_lib, desc, dtype, 3))
         assert _workspace(kernels_lib, desc, dtype, 1, channels_last) == 0
         assert _workspace(kernels_lib, desc, dtype, 0, channels_last) == _workspace(kernels_lib, desc, dtype, 3,
                                                                                     channels_last) > 0
-    for desc, dtype, element in ((grouped(8), 1, 2), (grouped(8), 0, 4), (grouped(16), 3, 8)):
+    for desc, dtype, element in ((grouped(8), 1, 2), (grouped(8), 0, 4), (grouped(16), 3, 8), (grouped(8), 3, 8)):
         room = _align256(2 * 64 * 400 * element)
         assert _workspace(kernels_lib, desc, dtype, 0) == _workspace(kernels_lib, desc, dtype, 1) == room, dtype
         assert _workspace(kernels_lib, desc, dtype, 0, channels_last) == 0, dtype

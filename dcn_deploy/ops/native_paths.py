@@ -16,8 +16,8 @@ op's torch composite: :func:`dcn_deploy.ops.deform_conv._forward_composite`, and
   way (float32 and the half types as they are, float32 sums; float64 on the composite).
   A channels-last input (``torch.channels_last``) of a dense layer (the GEMM path, without its two transposes) or
   of a depth-wise one or one of groups of 2 to 8 channels (the channels-last direct kernel, without its transpose;
-  half groups of 16 are dense, on the GEMM path) is read, and the output written, where it is; other layers run on NCHW copies. On every path the output follows the input's memory format, as
-  torch's convolutions do.
+  groups of 16 are dense, on the GEMM path) is read, and the output written, where it is; other layers run on
+  NCHW copies. On every path the output follows the input's memory format, as torch's convolutions do.
   ``DCN_DEPLOY_NATIVE_CUDA=0`` (or false, off, no) turns it off.
 - :func:`composite_forward`: a block in which this thread's forwards run the composite on every device, as an
   independent reference for tests and benchmarks of the compiled code.

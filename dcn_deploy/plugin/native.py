@@ -335,8 +335,8 @@ def deform_conv2d_host(input, offset, weight, bias=None, stride=1, padding=0, di
     tiles and K = C*kH*kW of 2048 or more, staged then; else 1), or 1, 2, 4 or 8 where one group and K a multiple of
     8 * slices (else 1). ``direct-channels-last``: the CUDA direct kernel over a channels-last copy of the input
     (its default on the layers it takes; ``DCN_DEPLOY_DIRECT_LAYOUT=nchw`` there turns it off): depth-wise layers and
-    groups of 2 to 16 channels in and out (up to 32 bytes: float32 groups of 8 and half groups of 16 in wide items,
-    two 16-byte gathers a neighbour),
+    groups of 2 to 16 channels in and out (up to 64 bytes: float32 groups of 8 and 16, half groups of 16 and float64
+    groups of 4 and 8 in wide items, two or four 16-byte gathers a neighbour),
     the input transposed in chunks of the images
     ``column_budget_bytes`` holds (at least one; 0 for the CUDA default). ``implicit``: the CUDA implicit-GEMM kernel
     (``algo="implicit"``) block by block, its tensor-core products as plain loops (every dtype here; channels per
@@ -527,7 +527,7 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     """Deformable convolution by the CUDA kernels, enqueued on torch's current stream (CUDA tensors).
 
     ``algo``: ``auto`` (``direct`` for depth-wise-like layers and groups of 2 to 8 channels in and out; other dense
-    layers, half groups of 16 included: ``gemm`` where cuBLAS loads, else ``fused``), ``gemm``
+    layers, groups of 16 included: ``gemm`` where cuBLAS loads, else ``fused``), ``gemm``
     (sampled columns in a workspace, then cuBLAS), ``fused`` (implicit GEMM, no column buffer), ``direct``, or
     ``implicit`` (experimental: column tiles sampled from a channels-last copy straight into tensor-core products;
     float16/bfloat16, channels per group and per offset group multiples of 32; never chosen by ``auto``; the
@@ -538,8 +538,8 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     ``channels_last``: the input is read, and the output written, channels-last in memory (torch's
     ``channels_last`` memory format; ``DCN_FORWARD_CHANNELS_LAST``): the GEMM path reads the input where it is and
     its product writes the output, with no transposes; so does the direct kernel on the layers it takes (depth-wise,
-    or groups of 2 to 16 channels in and out, of up to 32 bytes, in items of whole groups within offset groups;
-    ``auto`` takes it there but for half groups of 16, dense, on the GEMM path). Those two
+    or groups of 2 to 16 channels in and out, of up to 64 bytes, in items of whole groups within offset groups;
+    ``auto`` takes it there but for dense layers of groups of 16, on the GEMM path). Those two
     only (``gemm``; ``direct``, or ``auto``, on a layer the direct kernel takes; ``auto`` on another dense layer;
     else :class:`NativeError` with code
     ``DCN_ERROR_UNSUPPORTED``). An input in another memory format, or starting off a 16-byte boundary, is copied

@@ -96,10 +96,10 @@ DCN_HD uint32_t elementBits(T value)
     }
 }
 
-// out[0..Vector) = values as one store of sizeof(T)*Vector bytes (out is aligned to that), or two of 16 bytes for 32
-// (the channels-last direct kernel's wide items; out 16-byte aligned). Assigning a struct of half elements instead
-// compiled to one 2-byte store per element (PTX st.global.u16); packing the bits into 32-bit words first gives a
-// single vector store.
+// out[0..Vector) = values as one store of sizeof(T)*Vector bytes (out is aligned to that), or stores of 16 bytes
+// past 16 (the channels-last direct kernel's wide items, up to 64 bytes; out 16-byte aligned). Assigning a struct
+// of half elements instead compiled to one 2-byte store per element (PTX st.global.u16); packing the bits into
+// 32-bit words first gives a single vector store.
 template <typename T, int Vector>
 DCN_HD void storeVector(T* out, T const (&values)[Vector])
 {
@@ -124,14 +124,14 @@ DCN_UNROLL
                 words[w] |= elementBits(values[w * kPerWord + e]) << (16 * e);
         }
 #if defined(__CUDA_ARCH__) // the store intrinsics keep the vector (a plain uint4 assignment was split too)
-        static_assert(kWords <= 8, "at most 32 bytes a vector");
-        if constexpr (kWords == 8)
+        static_assert(kWords <= 16 && (kWords < 4 || kWords % 4 == 0), "up to 64 bytes a vector, in 16-byte pieces");
+        if constexpr (kWords >= 4)
         {
-            __stcg(reinterpret_cast<uint4*>(out), make_uint4(words[0], words[1], words[2], words[3]));
-            __stcg(reinterpret_cast<uint4*>(out) + 1, make_uint4(words[4], words[5], words[6], words[7]));
+DCN_UNROLL
+            for (int piece = 0; piece < kWords / 4; ++piece)
+                __stcg(reinterpret_cast<uint4*>(out) + piece,
+                    make_uint4(words[4 * piece], words[4 * piece + 1], words[4 * piece + 2], words[4 * piece + 3]));
         }
-        else if constexpr (kWords == 4)
-            __stcg(reinterpret_cast<uint4*>(out), make_uint4(words[0], words[1], words[2], words[3]));
         else if constexpr (kWords == 2)
             __stcg(reinterpret_cast<uint2*>(out), make_uint2(words[0], words[1]));
         else
@@ -218,7 +218,7 @@ DCN_UNROLL
 }
 
 // Vector consecutive channels, as one load of sizeof(T) * Vector bytes: what both samplers gather per neighbour. Past
-// 16 bytes (the channels-last direct kernel's wide items, 32), 16-byte aligned: loaded as 16-byte vectors, the
+// 16 bytes (the channels-last direct kernel's wide items, up to 64), 16-byte aligned: loaded as 16-byte vectors, the
 // widest load of the targets built.
 template <typename T, int Vector>
 struct alignas(sizeof(T) * Vector < 16 ? sizeof(T) * Vector : 16) ChannelPack

@@ -3,7 +3,7 @@
 // correctness baseline, and the better choice for depth-wise-like layers (few output channels per group) where a
 // matrix product has nothing to share. Every dtype, float64 included. Which kernel runs is decided in
 // deformConvLaunch.cu. Also its variant over a channels-last copy of the input, which serves depth-wise layers by
-// default, and layers of small groups (2 to 16 channels per group in and out, at most 32 bytes) where auto takes no
+// default, and layers of small groups (2 to 16 channels per group in and out, at most 64 bytes) where auto takes no
 // matrix product (GemmOptions::directChannelsLast; DCN_DEPLOY_DIRECT_LAYOUT=nchw in the C ABI turns it off).
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
@@ -113,26 +113,28 @@ __global__ void __launch_bounds__(kGridStrideThreads) groupedChannelsLastKernel(
     groupedChannelsLastBlock<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0);
 }
 
-// Wide items of a half type (groups of 16: groupedKernelFor) in blocks told to fit two a SM, so up to 128
-// registers: on sm_90 ptxas then issues an item's eight 16-byte gathers of a kernel point together (128 registers),
-// where under the plain bound it took 110 and split them into two waves, each waiting on its loads (SASS, session
-// 36); two blocks a SM either way. The other instances keep the plain bound: an explicit minimum changes their code
-// too (float32 groups of 8 72 -> 112 registers, three blocks a SM -> two), and theirs is the timed code.
+// Wide items of a half type (groups of 16) and float32's of 64 bytes (groups of 16: groupedKernelFor) in blocks
+// told to fit two a SM, so up to 128 registers: on sm_90 ptxas then issues the half types' eight 16-byte gathers of
+// a kernel point together (128 registers), where under the plain bound it took 110 and split them into two waves,
+// each waiting on its loads (SASS, session 36); float32's sixteen in two waves of 12 and 4 (128 registers, 16 bytes
+// of spill outside the kernel-point loop) where the plain bound took 102 registers and four waves of 4 (session 39).
+// Two blocks a SM either way. The other instances keep the plain bound: an explicit minimum changes their code too
+// (float32 groups of 8 72 -> 112 registers, three blocks a SM -> two), and theirs is the timed code.
 template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
-__global__ void __launch_bounds__(kGridStrideThreads, 2) wideHalfChannelsLastKernel(DeformConvGeometry const geo,
+__global__ void __launch_bounds__(kGridStrideThreads, 2) wideChannelsLastKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
     T const* __restrict__ bias, T const* __restrict__ mask, T* __restrict__ output, int32_t const n0)
 {
     groupedChannelsLastBlock<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0);
 }
 
-// The grouped kernel of an instance: wideHalfChannelsLastKernel for a half type's wide items, else
-// groupedChannelsLastKernel (only the one chosen is instantiated).
+// The grouped kernel of an instance: wideChannelsLastKernel for a half type's wide items and float32's of 64 bytes,
+// else groupedChannelsLastKernel (only the one chosen is instantiated).
 template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
 constexpr auto groupedKernelFor()
 {
-    if constexpr (sizeof(T) == 2 && Vector * sizeof(T) > 16)
-        return &wideHalfChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut>;
+    if constexpr ((sizeof(T) == 2 && Vector * sizeof(T) > 16) || (sizeof(T) == 4 && Vector * sizeof(T) > 32))
+        return &wideChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut>;
     else
         return &groupedChannelsLastKernel<T, Vector, Cpg, ChannelsLastOut>;
 }

@@ -3,9 +3,9 @@
 // many output as input channels per group (depth-wise: one; grouped as ResNeXt's: 2 to 16): a work item is Vector
 // consecutive channels at one output pixel, whole groups, and each neighbour's Vector channels are one 16-byte
 // gather instead of Vector 2- or 4-byte gathers from Vector planes; or, for a group wider than 16 bytes (float32
-// groups of 8, half groups of 16: "wide items", one group each), two. A group of Cpg > 1 channels multiplies its Cpg
-// samples by a Cpg x Cpg block of weights per kernel point, read from a table of the item's weights in Acc
-// (fillDirectWeightTable: shared memory on the GPU, filled once per block).
+// groups of 8 and 16, half groups of 16: "wide items", one group each), two or four. A group of Cpg > 1 channels
+// multiplies its Cpg samples by a Cpg x Cpg block of weights per kernel point, read from a table of the item's
+// weights in Acc (fillDirectWeightTable: shared memory on the GPU, filled once per block).
 // Which layers it takes (directChannelsLastRefusal, also the TensorRT plugin's rule for channels-last formats), its
 // workspace, and one work item (channelsLastDirectItem), shared by the CUDA kernels (deformConvDirect.cu) and the
 // host build (deformConvHost.cpp), so that CI checks the kernel's own code on the CPU.
@@ -22,10 +22,10 @@ namespace dcn
 {
 
 // Channels per group the channels-last direct kernel takes (as many output channels per group), and the bytes an
-// item's channels may span: an item holds whole groups, in one 16-byte gather per neighbour, or in two for a group
-// of up to 32 bytes (a wide item).
+// item's channels may span: an item holds whole groups, in one 16-byte gather per neighbour, or in two to four for a
+// group of up to 64 bytes (a wide item: float32 groups of 8 and 16, half groups of 16, float64 groups of 4 and 8).
 constexpr int32_t kDirectGroupMax = 16;
-constexpr size_t kDirectItemMaxBytes = 32;
+constexpr size_t kDirectItemMaxBytes = 64;
 // The largest weight tables (fillDirectWeightTable) a block of the grouped kernel keeps in shared memory: the default
 // dynamic shared memory of every target, so that no launch needs an opt-in.
 constexpr size_t kDirectWeightTableMaxBytes = 48 * 1024;
@@ -187,7 +187,7 @@ void withDirectCount(int32_t count, F&& f)
 // f(std::integral_constant<int, Vector>{}, std::integral_constant<int, Cpg>{}) for the layer's instance of the
 // kernel (its directItemWidth and channels per group), and true; false, calling nothing, where it has none:
 // instances exist for vectors of 2 up to 16 bytes' worth holding whole groups of 1, 2, 4 or 8, and for wide items
-// of one group of up to 32 bytes, the layers directChannelsLastRefusal lets through. The CUDA launch and the host
+// of one group of up to 64 bytes, the layers directChannelsLastRefusal lets through. The CUDA launch and the host
 // build pick their instance here.
 template <typename T, typename F>
 bool withChannelsLastDirectInstance(DeformConvGeometry const& geo, F&& f)

@@ -57,8 +57,11 @@ constexpr char const* kFieldKernelsRevision = "dcn_kernels_revision";
 // 36) its wide items (float32 groups of 8, half groups of 16, float64 groups of 4): a workspace for the direct
 // tactic there, and the direct tactic offered on channels-last tensors of such dense layers; 12 (session 38) auto's
 // choice the channels-last direct kernel on dense layers of float32 groups of 8 and float64 groups of 4 too (timed on
-// an H100), whose workspace is the input's channels-last copy instead of the GEMM path's.
-constexpr int32_t kKernelsRevision = 12;
+// an H100), whose workspace is the input's channels-last copy instead of the GEMM path's; 13 (session 39) wide items
+// of up to 64 bytes (float32 groups of 16, float64 groups of 8): the direct tactic offered on channels-last float32
+// tensors of groups of 16 (a workspace for it), and auto's choice the channels-last direct kernel on float64 groups
+// of 8 (dense layers) and on float32 groups of 16 that are not dense (1 x 1 kernels).
+constexpr int32_t kKernelsRevision = 13;
 // Written by the plugin into every engine it serialises, never an ONNX attribute: the GEMM path's column budget in
 // MiB that the build sized the workspace with (deformConvPluginWorkspace.h: lowered to fit a workspace limit). The
 // run plans its chunks with it. An engine without the field was built with the default.

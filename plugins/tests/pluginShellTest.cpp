@@ -676,23 +676,28 @@ void checkChannelsLast(dcn::DeformConvPluginCreator& creator, Fields& fields, st
         bool const madeSixteen = geometryOf(groupsOf16, {{2, 32, 10, 12}, {32, 16, 3, 3}}, sixteen);
         std::string const wideWhy = dcn::channelsLastRefusal(groupsOf16, grouped32, shape({32, 16, 3, 3}),
             DCN_FLOAT16, false);
+        std::string const wideFloat32Why = dcn::channelsLastRefusal(groupsOf16, grouped32, shape({32, 16, 3, 3}),
+            DCN_FLOAT32, false);
+        std::string const autoKeepsGemm = "and cuBLAS does not load here (the channels-last direct kernel takes it "
+                                          "when asked for, but auto runs groups of more than 8 channels on the GEMM "
+                                          "path";
         check(dcn::channelsLastRefusal(groupsOf8, grouped, shape({16, 8, 3, 3}), DCN_FLOAT16, false).empty()
-                && float32Why.empty()
-                && wideWhy.find("and cuBLAS does not load here (the channels-last direct kernel takes it when asked "
-                                "for, but auto runs groups of more than 8 channels on the GEMM path")
-                    != std::string::npos
+                && float32Why.empty() && wideWhy.find(autoKeepsGemm) != std::string::npos
+                && wideFloat32Why.find(autoKeepsGemm) != std::string::npos
                 && dcn::channelsLastRefusal(groupsOf8, grouped, shape({16, 8, 3, 3}), DCN_FLOAT32, true).empty()
                 && dcn::channelsLastRefusal(groupsOf16, grouped32, shape({32, 16, 3, 3}), DCN_FLOAT16, true).empty()
+                && dcn::channelsLastRefusal(groupsOf16, grouped32, shape({32, 16, 3, 3}), DCN_FLOAT32, true).empty()
                 && dcn::channelsLastRefusal(groupsOf4, grouped, shape({16, 4, 3, 3}), DCN_FLOAT32, false).empty(),
             "channels-last: groups of 8 (in float32 wide items) and of 4 take the direct kernel without cuBLAS; groups "
-            "of 16 in float16 (wide items) need the GEMM path as auto's choice: '" + float32Why + "' / " + wideWhy);
+            "of 16 (wide items: 32 bytes in float16, 64 in float32) need the GEMM path as auto's choice: '"
+                + float32Why + "' / " + wideWhy + " / " + wideFloat32Why);
         std::vector<int32_t> const both{dcn::kTacticDirect, dcn::kTacticGemm};
         check(made && madeSixteen && dcn::channelsLastTactics(eight, DCN_FLOAT16) == both
                 && dcn::channelsLastTactics(eight, DCN_FLOAT32) == both
                 && dcn::channelsLastTactics(sixteen, DCN_FLOAT16) == both
-                && dcn::channelsLastTactics(sixteen, DCN_FLOAT32) == std::vector<int32_t>{dcn::kTacticGemm},
-            "channels-last groups of 8 and 16: the direct and gemm tactics where the direct kernel takes them "
-            "(TensorRT times both), gemm alone for float32 groups of 16 (64 bytes)");
+                && dcn::channelsLastTactics(sixteen, DCN_FLOAT32) == both,
+            "channels-last groups of 8 and 16: the direct and gemm tactics (TensorRT times both), float32 groups of 16 "
+            "(64 bytes) too");
     }
     {
         dcn::DeformConvGeometry depthwise;
@@ -1309,8 +1314,9 @@ int main()
     // A grouped layer of 8 channels a group in and out (8 groups, 2 offset groups): dense by autoTakesMatrixPath, yet
     // the channels-last direct kernel's (auto's choice since kernels revision 10) in float16, where HWC8 offers the
     // direct and gemm tactics; in float32 wide items (two 16-byte gathers a neighbour, kernels revision 11), HWC the
-    // direct and gemm tactics too, auto's choice the direct kernel since kernels revision 12. Groups of 16 in
-    // float16: wide items as well, auto's choice the GEMM path.
+    // direct and gemm tactics too, auto's choice the direct kernel since kernels revision 12. Groups of 16: wide
+    // items as well (float16 two 16-byte gathers a neighbour, float32 four since kernels revision 13), auto's choice
+    // the GEMM path.
     Fields groupedFields = standardFields(8);
     GroupedLayer const grouped = groupedLayer(64, 8, oh, ow);
     checkEnqueueOnGpu(creator, groupedFields, grouped.attrs, grouped.shapes, grouped.output, 1e-5, "groups of 8");
@@ -1323,6 +1329,8 @@ int main()
     checkEnqueueOnGpu(creator, sixteenFields, sixteen.attrs, sixteen.shapes, sixteen.output, 1e-5, "groups of 16");
     checkChannelsLastEnqueueOnGpu<dcn::HostHalf>(creator, sixteenFields, sixteen.attrs, sixteen.shapes,
         sixteen.output, 1e-2, "groups of 16, wide direct and gemm");
+    checkChannelsLastEnqueueOnGpu<float>(creator, sixteenFields, sixteen.attrs, sixteen.shapes, sixteen.output, 1e-5,
+        "groups of 16, 64-byte wide direct and gemm");
 
     std::printf("%d failure(s)\n", failures);
     return failures;
