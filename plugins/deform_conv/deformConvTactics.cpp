@@ -104,7 +104,8 @@ std::string timingCacheSuffix(dcn_deform_conv_attrs const& a, bool gemmAvailable
     std::ostringstream s;
     s << "strides=" << a.strides[0] << "," << a.strides[1] << ";pads=" << a.pads[0] << "," << a.pads[1] << ","
       << a.pads[2] << "," << a.pads[3] << ";dilations=" << a.dilations[0] << "," << a.dilations[1]
-      << ";group=" << a.group << ";offset_group=" << a.offset_group << ";gemm=" << (gemmAvailable ? 1 : 0);
+      << ";group=" << a.group << ";offset_group=" << a.offset_group << ";gemm=" << (gemmAvailable ? 1 : 0)
+      << ";kernels=" << kKernelsRevision;
     if (allowTf32)
         s << ";tf32=1";
     return s.str();

@@ -65,11 +65,13 @@ std::string channelsLastRefusal(dcn_deform_conv_attrs const& attrs, TensorShape 
 std::vector<int32_t> channelsLastTactics(DeformConvGeometry const& largest, int32_t dtype);
 
 // The plugin's timing-cache ID suffix (TensorRT prefixes the I/O shapes, types and formats): everything else the
-// timings depend on, i.e. the fields (";tf32=1" where kFieldAllowTf32 is 1, nothing where it is 0, so the IDs of
-// IEEE float32 layers are those of libraries before the field) and whether the gemm tactic is offered at all. Fixed
-// at creation: TensorRT may ask for it before it has chosen the layer's types ("considering only the creation state",
-// NvInferRuntime.h), so float16 and bfloat16 layers, which ignore TF32, carry ";tf32=1" too: a timing cache shared by
-// builds with and without TF32 then times a half layer once per setting, a cache miss, never a wrong timing.
+// timings depend on, i.e. the fields, whether the gemm tactic is offered at all, the kernels (";kernels=" and
+// kKernelsRevision: a library whose kernels or tactics changed, such as a faster direct kernel or a layer a tactic
+// now takes, times its tactics again instead of reusing an older library's timings from a shared cache), and
+// ";tf32=1" last where kFieldAllowTf32 is 1 (nothing where it is 0). Fixed at creation: TensorRT may ask for it
+// before it has chosen the layer's types ("considering only the creation state", NvInferRuntime.h), so float16 and
+// bfloat16 layers, which ignore TF32, carry ";tf32=1" too: a timing cache shared by builds with and without TF32
+// then times a half layer once per setting, a cache miss, never a wrong timing.
 std::string timingCacheSuffix(dcn_deform_conv_attrs const& attrs, bool gemmAvailable, bool allowTf32);
 
 } // namespace dcn

@@ -601,8 +601,10 @@ void checkPluginTactics(dcn::DeformConvPluginCreator& creator, CaptureLogger& lo
     char const* otherId = otherPlugin
         ? capability<IPluginV3OneBuild>(otherPlugin.get(), PluginCapabilityType::kBUILD)->getTimingCacheID()
         : nullptr;
+    std::string const revision = ";kernels=" + std::to_string(dcn::kKernelsRevision);
     check(id && otherId && std::string(id).rfind("DeformConv2d/1;", 0) == 0
-            && std::string(id) == clonedBuild->getTimingCacheID() && std::string(id) != otherId,
+            && std::string(id) == clonedBuild->getTimingCacheID() && std::string(id) != otherId
+            && std::string(id).find(revision) != std::string::npos,
         std::string("getTimingCacheID: ") + (id ? id : "null"));
 }
 
