@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import random
 import re
+import subprocess
 
 import pytest
 import torch
 
 from dcn_deploy.ops.spec import ShapeError
+from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
 from plugin_configs import (HALF_EPS, Case, make_tensors, max_relative_error, peak_relative_error, random_case,
                             random_depthwise_case, random_implicit_case, random_layer_case, random_many_groups_case,
@@ -741,6 +744,30 @@ def test_group_mma_kernel_source_on_emulated_blocks():
     assert "one column, bfloat16, NHWC out" in output and "5x5, float16, NCHW out" in output
     assert "groups of 2, bfloat16, NCHW out" in output and "groups of 8, float16, NHWC out" in output
     assert "groups of 4, non-finite inputs, float16, NHWC out" in output and "masks of 3e4, float16" in output
+
+
+def test_group_mma_kernel_source_under_thread_sanitizer():
+    """The same emulation built with ThreadSanitizer (dcn_group_mma_emulation_tsan): every emulated block's threads
+    are real threads at real barriers (the block's, the warp's __syncwarp, each mma's exchange), so a shared-memory
+    access that none of them orders against another thread's access is reported as a data race: what the GPU's
+    racecheck would find, which has not yet run on this kernel. First its negative control: a block whose thread 0
+    writes a shared word that thread 1 reads with no barrier must be reported (exit code 66), so that a clean run is
+    not clean because the tool sees nothing. (It cannot see what only the GPU's memory model adds: an mma's operands
+    read before another lane's store after it, which the emulation's mma exchange orders.)"""
+    exe = library.default_build_dir() / "bin" / "dcn_group_mma_emulation_tsan"
+    if not exe.is_file():
+        pytest.skip("dcn_group_mma_emulation_tsan not built (needs a C++ compiler with ThreadSanitizer, and "
+                    "DCN_EMULATION_TSAN on: ./dev test)")
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 exitcode=66")
+    control = subprocess.run([str(exe), "--race-control"], capture_output=True, text=True, timeout=60, env=env)
+    if "FATAL: ThreadSanitizer" in control.stderr:  # e.g. a memory layout it cannot run in: the tool, not the kernel
+        pytest.skip(f"ThreadSanitizer cannot run here: {control.stderr.strip().splitlines()[0]}")
+    assert control.returncode == 66 and "WARNING: ThreadSanitizer: data race" in control.stderr, control.stderr
+    assert "emulation::sharedMemory" in control.stderr, control.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
+    assert "ThreadSanitizer" not in run.stderr, run.stderr[:20000]
+    assert run.returncode == 0 and re.search(r"^0 failure\(s\)$", run.stdout, re.M), run.stdout + run.stderr
+    assert len(re.findall(r"^ok ", run.stdout, re.M)) >= 53, run.stdout
 
 
 def test_gemm_path_cuda_kernel_sources_on_emulated_blocks():

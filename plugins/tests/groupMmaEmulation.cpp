@@ -21,6 +21,7 @@
 #include "emulationLayers.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -378,8 +379,31 @@ std::vector<Layer> layers()
 
 } // namespace
 
-int main()
+// The negative control of the ThreadSanitizer build (CMakeLists.txt, dcn_group_mma_emulation_tsan): one emulated
+// block in which thread 0 writes a shared-memory word and thread 1 reads it with no barrier between. Under
+// ThreadSanitizer it must be reported (tests/test_plugin_host.py expects the report and exit code 66), which shows
+// that a clean run of the kernel above is not clean only because the tool sees nothing.
+int raceControl()
 {
+    gridDim = dim3{1, 1, 1};
+    blockDim = dim3{32, 1, 1};
+    static std::atomic<int> seen{0};
+    std::string const failure = emulation::runGridPoisoned(dim3{1, 1, 1}, 16, [] {
+        unsigned char* const shared = dcn::dynamicShared();
+        if (threadIdx.x == 0)
+            shared[0] = 1;
+        else if (threadIdx.x == 1)
+            seen.store(shared[0], std::memory_order_relaxed);
+    });
+    std::printf("race control: thread 0 wrote a shared word that thread 1 read, with no barrier between%s\n",
+        failure.empty() ? "" : (": " + failure).c_str());
+    return 0;
+}
+
+int main(int argc, char** argv)
+{
+    if (argc > 1 && std::string(argv[1]) == "--race-control")
+        return raceControl();
     checkRefusals();
     // One rounding of the output: 2^-11 relative in float16, 2^-8 in bfloat16 (twice that, for the float32 sums).
     // Against float64: the samples' rounding, summed over 16 x kernel points terms.
