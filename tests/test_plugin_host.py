@@ -746,26 +746,40 @@ def test_group_mma_kernel_source_on_emulated_blocks():
     assert "groups of 4, non-finite inputs, float16, NHWC out" in output and "masks of 3e4, float16" in output
 
 
-def test_group_mma_kernel_source_under_thread_sanitizer():
-    """The same emulation built with ThreadSanitizer (dcn_group_mma_emulation_tsan): every emulated block's threads
-    are real threads at real barriers (the block's, the warp's __syncwarp, each mma's exchange), so a shared-memory
-    access that none of them orders against another thread's access is reported as a data race: what the GPU's
-    racecheck would find, which has not yet run on this kernel. First its negative control: a block whose thread 0
-    writes a shared word that thread 1 reads with no barrier must be reported (exit code 66), so that a clean run is
-    not clean because the tool sees nothing. (It cannot see what only the GPU's memory model adds: an mma's operands
-    read before another lane's store after it, which the emulation's mma exchange orders.)"""
-    exe = library.default_build_dir() / "bin" / "dcn_group_mma_emulation_tsan"
+# The group kernel's emulation built under each sanitizer (CMakeLists.txt, dcn_add_sanitized_emulation): its
+# negative control's argument and what the sanitizer must say about it.
+_SANITIZED_EMULATIONS = {
+    "thread": ("dcn_group_mma_emulation_tsan", "--race-control", "WARNING: ThreadSanitizer: data race"),
+    "address,undefined": ("dcn_group_mma_emulation_asan", "--overflow-control",
+                          "ERROR: AddressSanitizer: heap-buffer-overflow"),
+}
+
+
+@pytest.mark.parametrize("sanitizers", list(_SANITIZED_EMULATIONS))
+def test_group_mma_kernel_source_under_sanitizers(sanitizers):
+    """The same emulation built with -fsanitize=thread, and with -fsanitize=address,undefined. Under ThreadSanitizer
+    every emulated block's threads are real threads at real barriers (the block's, the warp's __syncwarp, each mma's
+    exchange), so a shared-memory access that none of them orders against another thread's is reported: what the
+    GPU's racecheck would find. Under AddressSanitizer and UBSan a read or write past the kernel's tensors (a gather
+    past the image, an offset read past its plane for a lane past the last pixel) or undefined behaviour in its
+    indexing is reported: what the GPU's memcheck would find. Neither tool has yet run on this kernel on a GPU. First
+    each build's negative control (a deliberate race; a read one past a tensor's end) must be reported, so that a
+    clean run is not clean because the tool sees nothing. (ThreadSanitizer cannot see what only the GPU's memory
+    model adds: an mma's operands read before another lane's store after it, which the emulation's mma exchange
+    orders.)"""
+    name, control_argument, control_report = _SANITIZED_EMULATIONS[sanitizers]
+    exe = library.default_build_dir() / "bin" / name
     if not exe.is_file():
-        pytest.skip("dcn_group_mma_emulation_tsan not built (needs a C++ compiler with ThreadSanitizer, and "
-                    "DCN_EMULATION_TSAN on: ./dev test)")
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 exitcode=66")
-    control = subprocess.run([str(exe), "--race-control"], capture_output=True, text=True, timeout=60, env=env)
+        pytest.skip(f"{name} not built (needs a C++ compiler with -fsanitize={sanitizers}, and "
+                    "DCN_EMULATION_SANITIZERS on: ./dev test)")
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 exitcode=66", ASAN_OPTIONS="detect_leaks=0",
+               UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1")
+    control = subprocess.run([str(exe), control_argument], capture_output=True, text=True, timeout=60, env=env)
     if "FATAL: ThreadSanitizer" in control.stderr:  # e.g. a memory layout it cannot run in: the tool, not the kernel
         pytest.skip(f"ThreadSanitizer cannot run here: {control.stderr.strip().splitlines()[0]}")
-    assert control.returncode == 66 and "WARNING: ThreadSanitizer: data race" in control.stderr, control.stderr
-    assert "emulation::sharedMemory" in control.stderr, control.stderr
+    assert control.returncode != 0 and control_report in control.stderr, control.stdout + control.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
-    assert "ThreadSanitizer" not in run.stderr, run.stderr[:20000]
+    assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, run.stderr[:20000]
     assert run.returncode == 0 and re.search(r"^0 failure\(s\)$", run.stdout, re.M), run.stdout + run.stderr
     assert len(re.findall(r"^ok ", run.stdout, re.M)) >= 53, run.stdout
 

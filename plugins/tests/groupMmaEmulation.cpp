@@ -379,10 +379,11 @@ std::vector<Layer> layers()
 
 } // namespace
 
-// The negative control of the ThreadSanitizer build (CMakeLists.txt, dcn_group_mma_emulation_tsan): one emulated
-// block in which thread 0 writes a shared-memory word and thread 1 reads it with no barrier between. Under
-// ThreadSanitizer it must be reported (tests/test_plugin_host.py expects the report and exit code 66), which shows
-// that a clean run of the kernel above is not clean only because the tool sees nothing.
+// The negative controls of the sanitizer builds (CMakeLists.txt, dcn_add_sanitized_emulation), which
+// tests/test_plugin_host.py expects to be reported: they show that a clean run of the kernel above is not clean only
+// because the tool sees nothing. For ThreadSanitizer, one emulated block in which thread 0 writes a shared-memory
+// word and thread 1 reads it with no barrier between; for AddressSanitizer, an emulated block whose thread reads one
+// element past a tensor's end, as a gather past the image would.
 int raceControl()
 {
     gridDim = dim3{1, 1, 1};
@@ -400,10 +401,30 @@ int raceControl()
     return 0;
 }
 
+int overflowControl()
+{
+    gridDim = dim3{1, 1, 1};
+    blockDim = dim3{32, 1, 1};
+    std::vector<float> const tensor(7, 1.0f);
+    static std::atomic<float> seen{0.0f};
+    float const* const data = tensor.data();
+    size_t const past = tensor.size(); // kept out of the compiler's sight of the bound below
+    std::string const failure = emulation::runGridPoisoned(dim3{1, 1, 1}, 16, [data, past] {
+        if (threadIdx.x == 0)
+            seen.store(data[past], std::memory_order_relaxed);
+    });
+    std::printf("overflow control: a thread read one element past a tensor's end%s\n",
+        failure.empty() ? "" : (": " + failure).c_str());
+    return 0;
+}
+
 int main(int argc, char** argv)
 {
-    if (argc > 1 && std::string(argv[1]) == "--race-control")
+    std::string const control = argc > 1 ? argv[1] : "";
+    if (control == "--race-control")
         return raceControl();
+    if (control == "--overflow-control")
+        return overflowControl();
     checkRefusals();
     // One rounding of the output: 2^-11 relative in float16, 2^-8 in bfloat16 (twice that, for the float32 sums).
     // Against float64: the samples' rounding, summed over 16 x kernel points terms.
