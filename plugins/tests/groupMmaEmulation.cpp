@@ -24,6 +24,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -383,39 +384,39 @@ std::vector<Layer> layers()
 // tests/test_plugin_host.py expects to be reported: they show that a clean run of the kernel above is not clean only
 // because the tool sees nothing. For ThreadSanitizer, one emulated block in which thread 0 writes a shared-memory
 // word and thread 1 reads it with no barrier between; for AddressSanitizer, an emulated block whose thread reads one
-// element past a tensor's end, as a gather past the image would.
-int raceControl()
+// element past a tensor's end, as a gather past the image would. Each: one emulated block of one warp running
+// `body`, then a line saying `what` it did (and the emulation's failure, if any).
+int runControl(char const* what, std::function<void()> const& body)
 {
     gridDim = dim3{1, 1, 1};
     blockDim = dim3{32, 1, 1};
+    std::string const failure = emulation::runGridPoisoned(dim3{1, 1, 1}, 16, body);
+    std::printf("%s%s\n", what, failure.empty() ? "" : (": " + failure).c_str());
+    return 0;
+}
+
+int raceControl()
+{
     static std::atomic<int> seen{0};
-    std::string const failure = emulation::runGridPoisoned(dim3{1, 1, 1}, 16, [] {
+    return runControl("race control: thread 0 wrote a shared word that thread 1 read, with no barrier between", [] {
         unsigned char* const shared = dcn::dynamicShared();
         if (threadIdx.x == 0)
             shared[0] = 1;
         else if (threadIdx.x == 1)
             seen.store(shared[0], std::memory_order_relaxed);
     });
-    std::printf("race control: thread 0 wrote a shared word that thread 1 read, with no barrier between%s\n",
-        failure.empty() ? "" : (": " + failure).c_str());
-    return 0;
 }
 
 int overflowControl()
 {
-    gridDim = dim3{1, 1, 1};
-    blockDim = dim3{32, 1, 1};
-    std::vector<float> const tensor(7, 1.0f);
     static std::atomic<float> seen{0.0f};
+    std::vector<float> const tensor(7, 1.0f);
     float const* const data = tensor.data();
-    size_t const past = tensor.size(); // kept out of the compiler's sight of the bound below
-    std::string const failure = emulation::runGridPoisoned(dim3{1, 1, 1}, 16, [data, past] {
+    size_t const pastTheEnd = tensor.size();
+    return runControl("overflow control: a thread read one element past a tensor's end", [data, pastTheEnd] {
         if (threadIdx.x == 0)
-            seen.store(data[past], std::memory_order_relaxed);
+            seen.store(data[pastTheEnd], std::memory_order_relaxed);
     });
-    std::printf("overflow control: a thread read one element past a tensor's end%s\n",
-        failure.empty() ? "" : (": " + failure).c_str());
-    return 0;
 }
 
 int main(int argc, char** argv)
