@@ -214,11 +214,12 @@ step memcheck-roi 60 compute-sanitizer --tool memcheck --error-exitcode 3 python
     tests/test_roi_plugin_host.py -k cuda
 # The RoI pooling ops: the PyTorch op on the CUDA kernels against its composite (table in checks.log).
 step bench-roi 60 python3 benchmarks/gpu_roi_pool.py
-# The grouped and depth-wise layers, each way: auto, the GEMM path, the direct kernel (over a channels-last copy of
-# the input where it takes the layer: depth-wise, and groups of up to 16 channels, the widest as wide items: ResNeXt
-# c4 in float32 too since kernels revision 13), the same with the tensor-core group kernel (direct-mma: the half types' groups of 1 to 16
-# channels, ResNeXt c4 and the grouped and depth-wise res4 layers; experimental; the per-item kernel where it does not take the layer; session 38 timed direct-taps,
-# the shared-taps blocks, in this place), and the direct kernel on channels-last tensors.
+# The grouped and depth-wise layers, each way: auto, the GEMM path, the direct kernel (over a channels-last copy of the
+# input where it takes the layer: depth-wise, and groups of up to 16 channels, the widest as wide items: ResNeXt c4 in
+# float32 too since kernels revision 13), the same with the tensor-core group kernel (direct-mma: the half types' groups
+# of 1 to 16 channels, ResNeXt c4 and the grouped and depth-wise res4 layers; experimental; the per-item kernel where it
+# does not take the layer; session 38 timed direct-taps, the shared-taps blocks, in this place), and the direct kernel
+# on channels-last tensors.
 bench bench-grouped 150 bench_grouped.json bench_grouped.md -- --layers grouped --algos auto,gemm,direct,direct-mma \
     --iters 20 --warmup 3 --channels-last --channels-last-algo direct
 # The grouped and depth-wise layers on channels-last tensors too (the depth-wise one: the channels-last direct kernel

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import os
 import random
 import re
-import subprocess
 
 import pytest
 import torch
 
 from dcn_deploy.ops.spec import ShapeError
-from dcn_deploy.plugin import library
 from dcn_deploy.plugin.native import (DTYPE_CODES, DeformConvDesc, NativeError, NativeLibrary, deform_conv2d_host)
 from plugin_configs import (HALF_EPS, Case, make_tensors, max_relative_error, peak_relative_error, random_case,
                             random_depthwise_case, random_implicit_case, random_layer_case, random_many_groups_case,
@@ -767,21 +764,14 @@ def test_group_mma_kernel_source_under_sanitizers(sanitizers):
     clean run is not clean because the tool sees nothing. (ThreadSanitizer cannot see what only the GPU's memory
     model adds: an mma's operands read before another lane's store after it, which the emulation's mma exchange
     orders.)"""
+    from shell_tests import SANITIZER_OPTIONS, run_program, run_shell_test
+
     name, control_argument, control_report = _SANITIZED_EMULATIONS[sanitizers]
-    exe = library.default_build_dir() / "bin" / name
-    if not exe.is_file():
-        pytest.skip(f"{name} not built (needs a C++ compiler with -fsanitize={sanitizers}, and "
-                    "DCN_EMULATION_SANITIZERS on: ./dev test)")
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 exitcode=66", ASAN_OPTIONS="detect_leaks=0",
-               UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1")
-    control = subprocess.run([str(exe), control_argument], capture_output=True, text=True, timeout=60, env=env)
-    if "FATAL: ThreadSanitizer" in control.stderr:  # e.g. a memory layout it cannot run in: the tool, not the kernel
-        pytest.skip(f"ThreadSanitizer cannot run here: {control.stderr.strip().splitlines()[0]}")
+    needs = f"a C++ compiler with -fsanitize={sanitizers}, and DCN_EMULATION_SANITIZERS on"
+    control = run_program(name, [control_argument], SANITIZER_OPTIONS, needs)
     assert control.returncode != 0 and control_report in control.stderr, control.stdout + control.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
-    assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, run.stderr[:20000]
-    assert run.returncode == 0 and re.search(r"^0 failure\(s\)$", run.stdout, re.M), run.stdout + run.stderr
-    assert len(re.findall(r"^ok ", run.stdout, re.M)) >= 53, run.stdout
+    run_shell_test(name, min_checks=53, needs=needs, timeout=600, env=SANITIZER_OPTIONS,
+                   stderr_free_of=("Sanitizer", "runtime error"))
 
 
 def test_specialised_implicit_kernel_ring_under_thread_sanitizer():
@@ -792,17 +782,12 @@ def test_specialised_implicit_kernel_ring_under_thread_sanitizer():
     (benchmarks/gpu_notes.md). Here ThreadSanitizer sees every access and barrier of the emulated blocks: no report,
     and the results right. (Its reach: test_group_mma_kernel_source_under_sanitizers's race control; and with the
     producers' wait on the "empty" barrier removed by hand, session 39, it reported 14 races.)"""
-    exe = library.default_build_dir() / "bin" / "dcn_implicit_kernel_emulation_tsan"
-    if not exe.is_file():
-        pytest.skip("dcn_implicit_kernel_emulation_tsan not built (needs a C++ compiler with -fsanitize=thread, and "
-                    "DCN_EMULATION_SANITIZERS on: ./dev test)")
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 exitcode=66")
-    run = subprocess.run([str(exe), "--specialised"], capture_output=True, text=True, timeout=600, env=env)
-    if "FATAL: ThreadSanitizer" in run.stderr:
-        pytest.skip(f"ThreadSanitizer cannot run here: {run.stderr.strip().splitlines()[0]}")
-    assert "ThreadSanitizer" not in run.stderr, run.stderr[:20000]
-    assert run.returncode == 0 and re.search(r"^0 failure\(s\)$", run.stdout, re.M), run.stdout + run.stderr
-    assert len(re.findall(r"^ok .*specialised, (64|128|256)-row tiles", run.stdout, re.M)) == 6, run.stdout
+    from shell_tests import SANITIZER_OPTIONS, run_shell_test
+
+    output = run_shell_test("dcn_implicit_kernel_emulation_tsan", min_checks=6, timeout=600, args=["--specialised"],
+                            needs="a C++ compiler with -fsanitize=thread, and DCN_EMULATION_SANITIZERS on",
+                            env=SANITIZER_OPTIONS, stderr_free_of=("ThreadSanitizer",))
+    assert len(re.findall(r"^ok .*specialised, (64|128|256)-row tiles", output, re.M)) == 6, output
 
 
 def test_gemm_path_cuda_kernel_sources_on_emulated_blocks():

@@ -113,13 +113,14 @@ __global__ void __launch_bounds__(kGridStrideThreads) groupedChannelsLastKernel(
     groupedChannelsLastBlock<T, Vector, Cpg, ChannelsLastOut>(geo, nhwc, offset, weight, bias, mask, output, n0);
 }
 
-// Wide items of a half type (groups of 16) and float32's of 64 bytes (groups of 16: groupedKernelFor) in blocks
-// told to fit two a SM, so up to 128 registers: on sm_90 ptxas then issues the half types' eight 16-byte gathers of
-// a kernel point together (128 registers), where under the plain bound it took 110 and split them into two waves,
-// each waiting on its loads (SASS, session 36); float32's sixteen in two waves of 12 and 4 (13 and 3 with a
-// channels-last output; 128 registers, 16 bytes of spill outside the kernel-point loop) where the plain bound took
-// 102 registers and four waves of 4 (session 39). Two blocks a SM either way. The other instances keep the plain bound: an explicit minimum changes their code too
-// (float32 groups of 8 72 -> 112 registers, three blocks a SM -> two), and theirs is the timed code.
+// Wide items of a half type (groups of 16) and float32's of 64 bytes (groups of 16: groupedKernelFor) in blocks told to
+// fit two a SM, so up to 128 registers: on sm_90 ptxas then issues the half types' eight 16-byte gathers of a kernel
+// point together (128 registers), where under the plain bound it took 110 and split them into two waves, each waiting
+// on its loads (SASS, session 36); float32's sixteen in two waves of 12 and 4 (13 and 3 with a channels-last output;
+// 128 registers, 16 bytes of spill outside the kernel-point loop) where the plain bound took 102 registers and four
+// waves of 4 (session 39). Two blocks a SM either way. The other instances keep the plain bound: an explicit minimum
+// changes their code too (float32 groups of 8 72 -> 112 registers, three blocks a SM -> two), and theirs is the timed
+// code.
 template <typename T, int Vector, int Cpg, bool ChannelsLastOut>
 __global__ void __launch_bounds__(kGridStrideThreads, 2) wideChannelsLastKernel(DeformConvGeometry const geo,
     T const* __restrict__ nhwc, T const* __restrict__ offset, T const* __restrict__ weight,
