@@ -102,6 +102,22 @@ def test_wide_layer_several_tiles_per_row(cpu_lib, groups, offset_groups, multip
     assert torch.equal(got, native(cpu_lib, case, *tensors, num_threads=3))
 
 
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("in_per_group,out_per_group,width", [
+    (16, 16, 13), (32, 32, 7), (4, 32, 5), (8, 24, 11), (2, 48, 9), (3, 17, 2), (160, 16, 7)])
+def test_grouped_contraction_register_blocks(cpu_lib, dtype, tolerance, in_per_group, out_per_group, width):
+    """The grouped contraction's register blocks: 6 pixels x 2 vectors where a group's output channels fill pairs of
+    vectors (float32 groups of 16, 32, 48; every float64 layer), else 8 pixels x 1 vector (24 and 17 in float32:
+    several blocks, and one padded). Output rows of widths that leave a short last block of pixels (one pixel wide
+    with 17), and with 160 input channels per group tiles of one block each (a column of 2880 values a pixel)."""
+    case = Case(batch=2, groups=3, offset_groups=1, in_channels=3 * in_per_group, out_channels=3 * out_per_group,
+                height=3, width=width, kernel=(3, 2), stride=(1, 1), pads=(1, 0, 1, 1), dilation=(1, 2),
+                with_mask=True, with_bias=True, offset_scale=2.0)
+    tensors = make_tensors(case, dtype, seed=in_per_group * 100 + out_per_group)
+    got = native(cpu_lib, case, *tensors)
+    assert max_relative_error(got, composite(case, *tensors)) < tolerance, case
+
+
 @pytest.mark.parametrize("width", [8200, 300])
 def test_grouped_rows_past_and_within_the_row_buffer(cpu_lib, width):
     """An NCHW output row goes through a per-thread buffer of at most 2^19 elements (oC x oW) and then out channel by

@@ -28,11 +28,6 @@ namespace dcn
 namespace
 {
 
-// Output channels of a group are padded to a multiple of this in the repacked weights, so the innermost
-// loop has a fixed length (one AVX register of float).
-constexpr int32_t kOutLanes = 8;
-// Pixels whose accumulators share one load of the weights in the grouped contraction.
-constexpr int32_t kPixelBlock = 4; // contractGrouped names its four accumulators
 // The largest NCHW output row (oC x oW elements: 2 MiB of float) a thread buffers before writing it out channel by
 // channel (rowForwardImpl); a larger one is written tile by tile.
 constexpr size_t kRowBufferElements = size_t(1) << 19;
@@ -69,13 +64,21 @@ std::vector<T> packWeights(DeformConvGeometry const& geo, T const* weight, bool 
                     packed[(size_t(j) * kp + k) * groups + g] = weight[int64_t(g * ocpg + j) * kp + k];
         return packed;
     }
-    std::vector<T> packed(size_t(groups) * kp * cpg * outLanes, T(0));
+    // Written in order (the reads stay within a group's weights): the loop order that writes with a stride of
+    // outLanes took 13 % of ResNeXt c5's forward (perf, session 40).
+    std::vector<T> packed(size_t(groups) * kp * cpg * outLanes);
+    T* __restrict out = packed.data();
     for (int32_t g = 0; g < groups; ++g)
-        for (int32_t o = 0; o < ocpg; ++o)
+        for (int32_t k = 0; k < kp; ++k)
             for (int32_t c = 0; c < cpg; ++c)
-                for (int32_t k = 0; k < kp; ++k)
-                    packed[((size_t(g) * kp + k) * cpg + c) * outLanes + o]
-                        = weight[(int64_t(g * ocpg + o) * cpg + c) * kp + k];
+            {
+                T const* __restrict from = weight + (int64_t(g) * ocpg * cpg + c) * kp + k;
+                for (int32_t o = 0; o < ocpg; ++o)
+                    out[o] = from[int64_t(o) * cpg * kp];
+                for (int32_t o = ocpg; o < outLanes; ++o)
+                    out[o] = T(0);
+                out += outLanes;
+            }
     return packed;
 }
 
@@ -143,59 +146,124 @@ struct Vec32<double>
     static constexpr int32_t lanes = 4;
 };
 
-// Grouped contraction: outTile[g*oCg + o'][p] = sum_{k, c'} packed[g][k][c'][o'] * col[p][k][g*Cg + c'].
-// kPixelBlock pixels x kOutLanes output channels of accumulators (registers) share each load of the weights.
-template <typename T>
-DCN_CPU_INLINE void contractGrouped(CpuProblem<T> const& pb, int32_t count, T const* col, T* outTile)
+// Grouped contraction: outTile[g*oCg + o'][p] = sum_{k, c'} packed[g][k][c'][o'] * col[p][k][g*Cg + c'], in
+// register blocks of Pixels pixels x Vecs vectors of output channels: each load of the weights (Vecs vectors)
+// serves Pixels pixels, and each pixel's sample (one broadcast) Vecs vectors. The block's Pixels x Vecs
+// accumulators are independent chains of FMAs; with 4 of them (4 pixels x 8 channels, before session 40) the FMAs'
+// latency, not the loads, bounded the loop to half of the CPU's FMA rate (perf, ResNeXt c5: 80 % of the forward's
+// time in that loop). pb.outLanes (the padded output channels per group) is a multiple of Vecs vectors.
+template <typename T, int Pixels, int Vecs>
+DCN_CPU_INLINE void contractGroupedBlocks(CpuProblem<T> const& pb, int32_t count, T const* col, T* outTile)
 {
     using V = typename Vec32<T>::type;
-    constexpr int32_t kVecs = kOutLanes / Vec32<T>::lanes;
+    constexpr int32_t kLanes = Vec32<T>::lanes;
+    constexpr int32_t kBlockLanes = Vecs * kLanes;
     DeformConvGeometry const& geo = pb.geo;
     int32_t const channels = geo.d.in_channels, kp = geo.kernelPoints, cpg = geo.channelsPerGroup;
     int32_t const ocpg = geo.outChannelsPerGroup, lanes = pb.outLanes, tile = pb.tile;
     for (int32_t g = 0; g < geo.d.group; ++g)
     {
         T const* wg = pb.packed + int64_t(g) * kp * cpg * lanes;
-        for (int32_t p0 = 0; p0 < count; p0 += kPixelBlock)
+        for (int32_t p0 = 0; p0 < count; p0 += Pixels)
         {
             // The last block may be short: its missing pixels repeat the last one and are not stored.
-            T const* cols[kPixelBlock];
-            for (int32_t b = 0; b < kPixelBlock; ++b)
+            T const* cols[Pixels];
+            for (int32_t b = 0; b < Pixels; ++b)
                 cols[b] = col + int64_t(std::min(p0 + b, count - 1)) * kp * channels + int64_t(g) * cpg;
-            for (int32_t ob = 0; ob < lanes; ob += kOutLanes)
+            for (int32_t ob = 0; ob < lanes; ob += kBlockLanes)
             {
-                // Named accumulators (not one 2-D array) so that they live in registers.
-                V a0[kVecs], a1[kVecs], a2[kVecs], a3[kVecs];
-                for (int32_t v = 0; v < kVecs; ++v)
-                    a0[v] = a1[v] = a2[v] = a3[v] = V{};
+                V acc[Pixels][Vecs]; // indexed by constants only once unrolled: registers
+#pragma GCC unroll 16
+                for (int32_t b = 0; b < Pixels; ++b)
+#pragma GCC unroll 4
+                    for (int32_t v = 0; v < Vecs; ++v)
+                        acc[b][v] = V{};
                 for (int32_t k = 0; k < kp; ++k)
                     for (int32_t c = 0; c < cpg; ++c)
                     {
                         T const* w = wg + (int64_t(k) * cpg + c) * lanes + ob;
                         int64_t const at = int64_t(k) * channels + c;
-                        T const s0 = cols[0][at], s1 = cols[1][at], s2 = cols[2][at], s3 = cols[3][at];
-                        for (int32_t v = 0; v < kVecs; ++v)
+                        V wv[Vecs];
+#pragma GCC unroll 4
+                        for (int32_t v = 0; v < Vecs; ++v)
+                            __builtin_memcpy(&wv[v], w + v * kLanes, sizeof(V)); // unaligned load
+#pragma GCC unroll 16
+                        for (int32_t b = 0; b < Pixels; ++b)
                         {
-                            V wv;
-                            __builtin_memcpy(&wv, w + v * Vec32<T>::lanes, sizeof wv); // unaligned load
-                            a0[v] += wv * s0;
-                            a1[v] += wv * s1;
-                            a2[v] += wv * s2;
-                            a3[v] += wv * s3;
+                            T const sample = cols[b][at];
+#pragma GCC unroll 4
+                            for (int32_t v = 0; v < Vecs; ++v)
+                                acc[b][v] += wv[v] * sample;
                         }
                     }
-                int32_t const valid = std::min(kOutLanes, ocpg - ob);
-                V const* accs[kPixelBlock] = {a0, a1, a2, a3};
-                for (int32_t b = 0; b < kPixelBlock && p0 + b < count; ++b)
+                int32_t const valid = std::min(kBlockLanes, ocpg - ob);
+                for (int32_t b = 0; b < Pixels && p0 + b < count; ++b)
                 {
-                    T lane[kOutLanes];
-                    __builtin_memcpy(lane, accs[b], sizeof lane);
+                    T lane[kBlockLanes];
+                    __builtin_memcpy(lane, acc[b], sizeof lane);
                     for (int32_t l = 0; l < valid; ++l)
                         outTile[int64_t(g * ocpg + ob + l) * tile + p0 + b] = lane[l];
                 }
             }
         }
     }
+}
+
+// The register block of a layer's grouped contraction: 6 pixels x 2 vectors where a group's output channels fill
+// whole pairs of vectors (float32 groups of 16 and 32: ResNeXt's c4 and c5; every float64 group, padded to a pair),
+// else 8 pixels x 1 vector (float32, padded to a vector): 12 or 8 accumulators, within AVX2's 16 vector registers
+// beside the weights and a broadcast sample.
+template <typename T>
+constexpr bool groupedBlockIsWide(int32_t outChannelsPerGroup)
+{
+    return sizeof(T) == 8 || outChannelsPerGroup % (2 * Vec32<T>::lanes) == 0;
+}
+
+template <typename T>
+constexpr int32_t groupedBlockPixels(int32_t outChannelsPerGroup)
+{
+    return groupedBlockIsWide<T>(outChannelsPerGroup) ? 6 : 8;
+}
+
+// A group's output channels padded to whole register blocks (CpuProblem::outLanes).
+template <typename T>
+constexpr int32_t groupedOutLanes(int32_t outChannelsPerGroup)
+{
+    int32_t const block = (groupedBlockIsWide<T>(outChannelsPerGroup) ? 2 : 1) * Vec32<T>::lanes;
+    return (outChannelsPerGroup + block - 1) / block * block;
+}
+
+template <typename T>
+DCN_CPU_INLINE void contractGroupedImpl(CpuProblem<T> const& pb, int32_t count, T const* col, T* outTile)
+{
+    if (groupedBlockIsWide<T>(pb.geo.outChannelsPerGroup))
+        contractGroupedBlocks<T, groupedBlockPixels<T>(16), 2>(pb, count, col, outTile);
+    else
+        contractGroupedBlocks<T, groupedBlockPixels<T>(8), 1>(pb, count, col, outTile);
+}
+
+// Out of line (a call per tile), so that the register blocks' code does not crowd the sampling loop's registers in
+// rowForwardImpl: inlined there, it made the depth-wise forward 4 % slower (pointers reloaded from the stack in
+// sampleTile's loop). Non-template, so that they can carry target_clones.
+DCN_CPU_CLONES __attribute__((noinline)) void contractGroupedFloat(
+    CpuProblem<float> const& pb, int32_t count, float const* col, float* outTile)
+{
+    contractGroupedImpl(pb, count, col, outTile);
+}
+
+DCN_CPU_CLONES __attribute__((noinline)) void contractGroupedDouble(
+    CpuProblem<double> const& pb, int32_t count, double const* col, double* outTile)
+{
+    contractGroupedImpl(pb, count, col, outTile);
+}
+
+inline void contractGrouped(CpuProblem<float> const& pb, int32_t count, float const* col, float* outTile)
+{
+    contractGroupedFloat(pb, count, col, outTile);
+}
+inline void contractGrouped(CpuProblem<double> const& pb, int32_t count, double const* col, double* outTile)
+{
+    contractGroupedDouble(pb, count, col, outTile);
 }
 
 // Depth-wise contraction: outTile[g*m + j][p] = sum_k packed[j][k][g] * col[p][k][g], vectorised over groups.
@@ -322,12 +390,14 @@ void forwardCpu(DeformConvGeometry const& geo, T const* input, T const* offset, 
     pb.output = output;
     prefaultForWriting(output, size_t(d.batch) * d.out_channels * geo.outH * geo.outW * sizeof(T)); // written whole
     pb.depthwise = geo.channelsPerGroup == 1;
-    pb.outLanes = (geo.outChannelsPerGroup + kOutLanes - 1) / kOutLanes * kOutLanes;
+    pb.outLanes = groupedOutLanes<T>(geo.outChannelsPerGroup);
     std::vector<T> packed = packWeights(geo, weight, pb.depthwise, pb.outLanes);
     pb.packed = packed.data();
     // A tile's column of about 16K elements (64 KiB of float) stays in the L2 cache beside the weights.
     int64_t const columnPerPixel = int64_t(geo.kernelPoints) * d.in_channels;
-    int64_t const tile = std::max<int64_t>(kPixelBlock, (16384 / columnPerPixel) / kPixelBlock * kPixelBlock);
+    // The grouped contraction's tile holds whole register blocks; the depth-wise one's at least 4 pixels.
+    int64_t const block = pb.depthwise ? 4 : groupedBlockPixels<T>(geo.outChannelsPerGroup);
+    int64_t const tile = std::max<int64_t>(block, (16384 / columnPerPixel) / block * block);
     pb.tile = int32_t(std::min<int64_t>(tile, geo.outW));
 
     // Every thread's scratch (column, output tile, depth-wise accumulators, an NCHW output row where it stays
