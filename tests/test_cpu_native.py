@@ -446,14 +446,16 @@ def test_dense_product_either_way_matches_the_reference(cpu_lib, onednn):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_channels_last_copy_matches_torch(cpu_lib, dtype, threads):
+@pytest.mark.parametrize("channels,height,width", [(37, 9, 13), (150, 7, 11), (5, 3, 4), (64, 8, 8)])
+def test_channels_last_copy_matches_torch(cpu_lib, dtype, threads, channels, height, width):
     """dcn_channels_last_cpu moves elements (any dtype: NaN payloads and -0.0 survive) exactly as torch's permuted
-    copy, for odd sizes that leave partial blocks of pixels and channels."""
-    x = torch.randn(2, 37, 9, 13).to(dtype)
-    x[0, 0, 0, 0], x[1, 36, 8, 12] = float("nan"), -0.0
-    out = torch.empty(2, 9, 13, 37, dtype=dtype)
-    cpu_lib.call("dcn_channels_last_cpu", DTYPE_CODES[str(dtype)[6:]], x.data_ptr(), out.data_ptr(), 2, 37, 9 * 13,
-                 threads)
+    copy, for odd sizes that leave partial blocks (64 x 64) and tiles (a cache line of channels x 8 pixels) of
+    pixels and channels, fewer channels than a tile, and whole blocks only."""
+    x = torch.randn(2, channels, height, width).to(dtype)
+    x[0, 0, 0, 0], x[1, channels - 1, height - 1, width - 1] = float("nan"), -0.0
+    out = torch.empty(2, height, width, channels, dtype=dtype)
+    cpu_lib.call("dcn_channels_last_cpu", DTYPE_CODES[str(dtype)[6:]], x.data_ptr(), out.data_ptr(), 2, channels,
+                 height * width, threads)
     bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]  # compared bit for bit
     assert torch.equal(out.view(bits), x.permute(0, 2, 3, 1).contiguous().view(bits))
 

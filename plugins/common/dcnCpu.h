@@ -192,11 +192,18 @@ inline Status cpuEntryChecks(char const* entry, Status descStatus, int32_t numTh
     return status.ok() ? cpuDtype(entry, dtype) : status;
 }
 
-// (N, C, P) -> (N, P, C), in cache-sized blocks: afterwards the channels of one pixel are contiguous.
+// (N, C, P) -> (N, P, C): afterwards the channels of one pixel are contiguous. Blocks of 64 pixels x 64 channels,
+// and in them tiles of 8 x 8 read into a local tile row by row (8 consecutive pixels of a channel) and written out
+// column by column (8 consecutive channels of a pixel), which the compiler turns into vector loads, shuffles and
+// stores. Element by element instead (blocks of 64 x 16), the reads a plane apart (a power-of-two stride) made it
+// 2-4x slower: C=256 at 64x64 in float, 1.05 against 0.40 ns an element (session 40). Fewer than 8 channels (an
+// RGB image) go element by element.
 template <typename T>
 void toChannelsLast(T const* input, T* table, int32_t batch, int32_t channels, int64_t plane, int32_t threads)
 {
     constexpr int64_t kBlock = 64;
+    constexpr int32_t kTilePixels = 8;
+    constexpr int32_t kTile = int32_t(64 / sizeof(T)) < 8 ? 8 : int32_t(64 / sizeof(T)); // channels: a cache line
     int64_t const pixelBlocks = (plane + kBlock - 1) / kBlock;
     int64_t const jobs = int64_t(batch) * pixelBlocks;
 #if defined(_OPENMP)
@@ -211,12 +218,36 @@ void toChannelsLast(T const* input, T* table, int32_t batch, int32_t channels, i
         int64_t const p1 = std::min(plane, p0 + kBlock);
         T const* src = input + n * channels * plane;
         T* dst = table + n * channels * plane;
-        for (int32_t c0 = 0; c0 < channels; c0 += 16)
+        if (channels < kTile)
         {
-            int32_t const c1 = std::min(channels, c0 + 16);
-            for (int64_t p = p0; p < p1; ++p)
-                for (int32_t c = c0; c < c1; ++c)
-                    dst[p * channels + c] = src[c * plane + p];
+            for (int64_t q = p0; q < p1; ++q)
+                for (int32_t k = 0; k < channels; ++k)
+                    dst[q * channels + k] = src[int64_t(k) * plane + q];
+            continue;
+        }
+        for (int32_t c0 = 0; c0 < channels; c0 += kBlock)
+        {
+            int32_t const c1 = std::min<int32_t>(channels, c0 + int32_t(kBlock));
+            for (int32_t c = c0; c < c1; c += kTile)
+                for (int64_t p = p0; p < p1; p += kTilePixels)
+                {
+                    if (c + kTile <= c1 && p + kTilePixels <= p1)
+                    {
+                        T tile[kTile][kTilePixels];
+                        for (int32_t i = 0; i < kTile; ++i)
+                            for (int32_t j = 0; j < kTilePixels; ++j)
+                                tile[i][j] = src[int64_t(c + i) * plane + p + j];
+                        for (int32_t j = 0; j < kTilePixels; ++j)
+                            for (int32_t i = 0; i < kTile; ++i)
+                                dst[(p + j) * channels + c + i] = tile[i][j];
+                        continue;
+                    }
+                    int64_t const pEnd = std::min(p1, p + kTilePixels);
+                    int32_t const cEnd = std::min(c1, c + kTile);
+                    for (int64_t q = p; q < pEnd; ++q)
+                        for (int32_t k = c; k < cEnd; ++k)
+                            dst[q * channels + k] = src[int64_t(k) * plane + q];
+                }
         }
     }
 }
