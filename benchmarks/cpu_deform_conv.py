@@ -64,6 +64,8 @@ CASES = {
     "depthwise_large": BenchCase("depthwise_large", n=8, channels=128, out_channels=128, size=96, groups=128),
     # ResNeXt-50 32x4d's deformable c4 layer (32 groups of 16, one offset group) at a 512x512 input's stride 16
     "resnext_c4": BenchCase("resnext_c4", channels=512, out_channels=512, size=32, groups=32),
+    # its c5 layer (32 groups of 32) at the same input's stride 32
+    "resnext_c5": BenchCase("resnext_c5", channels=1024, out_channels=1024, size=16, groups=32),
 }
 DEFAULT_CASES = ("dense", "grouped", "depthwise")
 
