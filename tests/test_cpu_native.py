@@ -118,6 +118,43 @@ def test_grouped_contraction_register_blocks(cpu_lib, dtype, tolerance, in_per_g
     assert max_relative_error(got, composite(case, *tensors)) < tolerance, case
 
 
+@pytest.fixture(scope="module")
+def baseline_lib(host_library_path):
+    """The host library built with the x86-64 baseline's code only (no AVX2 versions; CMake's
+    dcn_deploy_host_baseline, beside the host library): what a CPU without AVX2 runs, which the host library never
+    runs on an AVX2 machine."""
+    path = host_library_path.parent / "libdcn_deploy_host_baseline.so"
+    if not path.is_file():
+        pytest.skip(f"{path} is not built (CMake builds it with GCC on x86-64)")
+    return NativeLibrary(path)
+
+
+@pytest.mark.parametrize("in_per_group,out_per_group,width", [(16, 16, 13), (32, 32, 7), (8, 24, 11), (160, 16, 7)])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_baseline_build_register_blocks(baseline_lib, dtype, tolerance, in_per_group, out_per_group, width):
+    """The baseline code's register blocks (16-byte vectors, 3 or 4 pixels), on the layers of the test above."""
+    case = Case(batch=2, groups=3, offset_groups=1, in_channels=3 * in_per_group, out_channels=3 * out_per_group,
+                height=3, width=width, kernel=(3, 2), stride=(1, 1), pads=(1, 0, 1, 1), dilation=(1, 2),
+                with_mask=True, with_bias=True, offset_scale=2.0)
+    tensors = make_tensors(case, dtype, seed=in_per_group * 100 + out_per_group)
+    assert max_relative_error(native(baseline_lib, case, *tensors), composite(case, *tensors)) < tolerance, case
+
+
+@pytest.mark.parametrize("seed", range(3000, 3016))
+def test_baseline_build_random_configs(baseline_lib, seed):
+    """The baseline code of every CPU forward: grouped and depth-wise layers (the whole forward), dense ones (the
+    sampling), a channels-last input for some, against the composite."""
+    rng = random.Random(seed)
+    case = random_case(rng)
+    if seed % 4 == 0:
+        case = Case(**{**case.__dict__, "groups": 1, "out_channels": rng.randint(1, 12)})
+    tensors = make_tensors(case, torch.float32, seed=seed)
+    if seed % 2:
+        tensors = (tensors[0].contiguous(memory_format=torch.channels_last),) + tuple(tensors[1:])
+    got = native(baseline_lib, case, *tensors)
+    assert max_relative_error(got, composite(case, *tensors)) < 1e-5, case
+
+
 @pytest.mark.parametrize("width", [8200, 300])
 def test_grouped_rows_past_and_within_the_row_buffer(cpu_lib, width):
     """An NCHW output row goes through a per-thread buffer of at most 2^19 elements (oC x oW) and then out channel by

@@ -24,8 +24,14 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(DCN_CPU_NO_CLONES)
 // One AVX2+FMA clone and one baseline clone, chosen by the dynamic loader (ifunc) on the CPU at hand.
 #define DCN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+// The same choice between two versions of a function whose bodies differ (GCC's function multiversioning): each
+// is defined twice, once DCN_CPU_VERSION_AVX2 and once DCN_CPU_VERSION_BASELINE.
+#define DCN_CPU_VERSIONS 1
+#define DCN_CPU_VERSION_AVX2 __attribute__((target("arch=x86-64-v3")))
+#define DCN_CPU_VERSION_BASELINE __attribute__((target("default")))
 #else
 #define DCN_CPU_CLONES
+#define DCN_CPU_VERSIONS 0
 #endif
 // Inlined into each clone, so compiled for that clone's instruction set.
 #define DCN_CPU_INLINE inline __attribute__((always_inline))

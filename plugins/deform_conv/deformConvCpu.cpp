@@ -125,38 +125,32 @@ DCN_CPU_INLINE void sampleTile(CpuProblem<T> const& pb, int32_t n, int32_t y, in
         }
 }
 
-// 32 bytes of T as one GCC/Clang vector (one AVX register; two SSE registers in the baseline clone). Written
-// explicitly because the auto-vectoriser picks the wrong loop of the grouped contraction. Loads from memory go
-// through memcpy: the packed weights are only element-aligned.
-typedef float Float8 __attribute__((vector_size(32)));
-typedef double Double4 __attribute__((vector_size(32)));
+// Bytes of T as one GCC/Clang vector: 32 (an AVX register) or 16 (an SSE register). Written explicitly because the
+// auto-vectoriser picks the wrong loop of the grouped contraction. Loads from memory go through memcpy: the packed
+// weights are only element-aligned.
+template <typename T, int Bytes>
+struct VectorOf
+{
+    typedef T type __attribute__((vector_size(Bytes)));
+    static constexpr int32_t lanes = Bytes / int32_t(sizeof(T));
+};
 
+// Output channels of a group are padded to a multiple of this (a "vector" of the layout: 32 bytes, whatever the
+// instruction set's registers hold).
 template <typename T>
-struct Vec32;
-template <>
-struct Vec32<float>
-{
-    using type = Float8;
-    static constexpr int32_t lanes = 8;
-};
-template <>
-struct Vec32<double>
-{
-    using type = Double4;
-    static constexpr int32_t lanes = 4;
-};
+constexpr int32_t kLayoutLanes = 32 / int32_t(sizeof(T));
 
 // Grouped contraction: outTile[g*oCg + o'][p] = sum_{k, c'} packed[g][k][c'][o'] * col[p][k][g*Cg + c'], in
-// register blocks of Pixels pixels x Vecs vectors of output channels: each load of the weights (Vecs vectors)
-// serves Pixels pixels, and each pixel's sample (one broadcast) Vecs vectors. The block's Pixels x Vecs
+// register blocks of Pixels pixels x Vecs vectors (of VecBytes) of output channels: each load of the weights (Vecs
+// vectors) serves Pixels pixels, and each pixel's sample (one broadcast) Vecs vectors. The block's Pixels x Vecs
 // accumulators are independent chains of FMAs; with 4 of them (4 pixels x 8 channels, before session 40) the FMAs'
 // latency, not the loads, bounded the loop to half of the CPU's FMA rate (perf, ResNeXt c5: 80 % of the forward's
 // time in that loop). pb.outLanes (the padded output channels per group) is a multiple of Vecs vectors.
-template <typename T, int Pixels, int Vecs>
+template <typename T, int Pixels, int Vecs, int VecBytes>
 DCN_CPU_INLINE void contractGroupedBlocks(CpuProblem<T> const& pb, int32_t count, T const* col, T* outTile)
 {
-    using V = typename Vec32<T>::type;
-    constexpr int32_t kLanes = Vec32<T>::lanes;
+    using V = typename VectorOf<T, VecBytes>::type;
+    constexpr int32_t kLanes = VectorOf<T, VecBytes>::lanes;
     constexpr int32_t kBlockLanes = Vecs * kLanes;
     DeformConvGeometry const& geo = pb.geo;
     int32_t const channels = geo.d.in_channels, kp = geo.kernelPoints, cpg = geo.channelsPerGroup;
@@ -209,62 +203,92 @@ DCN_CPU_INLINE void contractGroupedBlocks(CpuProblem<T> const& pb, int32_t count
     }
 }
 
-// The register block of a layer's grouped contraction: 6 pixels x 2 vectors where a group's output channels fill
-// whole pairs of vectors (float32 groups of 16 and 32: ResNeXt's c4 and c5; every float64 group, padded to a pair),
-// else 8 pixels x 1 vector (float32, padded to a vector): 12 or 8 accumulators, within AVX2's 16 vector registers
-// beside the weights and a broadcast sample.
+// The register blocks of the grouped contraction, by the instruction set's vector registers. Where a group's output
+// channels fill whole pairs of layout vectors (float32 groups of 16 and 32: ResNeXt's c4 and c5; every float64
+// group, padded to a pair), 16 (float32) or 8 (float64) channels, else 8 (float32, padded). With AVX2's 16 32-byte
+// registers: 6 and 8 pixels, 12 and 8 accumulators beside the weights and a broadcast sample. With the x86-64
+// baseline's 16 16-byte SSE registers: 16-byte vectors, 3 and 4 pixels, again 12 and 8 (32-byte vectors there went
+// through the stack: each broadcast stored and loaded back, ResNeXt c5 8x slower).
 template <typename T>
 constexpr bool groupedBlockIsWide(int32_t outChannelsPerGroup)
 {
-    return sizeof(T) == 8 || outChannelsPerGroup % (2 * Vec32<T>::lanes) == 0;
+    return sizeof(T) == 8 || outChannelsPerGroup % (2 * kLayoutLanes<T>) == 0;
 }
 
-template <typename T>
-constexpr int32_t groupedBlockPixels(int32_t outChannelsPerGroup)
+template <bool Avx2>
+constexpr int32_t groupedBlockPixels(bool wide)
 {
-    return groupedBlockIsWide<T>(outChannelsPerGroup) ? 6 : 8;
+    return (wide ? 3 : 4) * (Avx2 ? 2 : 1);
+}
+
+// A tile's pixels are a multiple of this (whole register blocks of either instruction set's).
+template <typename T>
+constexpr int32_t groupedTileMultiple(int32_t outChannelsPerGroup)
+{
+    return groupedBlockPixels<true>(groupedBlockIsWide<T>(outChannelsPerGroup));
 }
 
 // A group's output channels padded to whole register blocks (CpuProblem::outLanes).
 template <typename T>
 constexpr int32_t groupedOutLanes(int32_t outChannelsPerGroup)
 {
-    int32_t const block = (groupedBlockIsWide<T>(outChannelsPerGroup) ? 2 : 1) * Vec32<T>::lanes;
+    int32_t const block = (groupedBlockIsWide<T>(outChannelsPerGroup) ? 2 : 1) * kLayoutLanes<T>;
     return (outChannelsPerGroup + block - 1) / block * block;
 }
 
-template <typename T>
+template <typename T, bool Avx2>
 DCN_CPU_INLINE void contractGroupedImpl(CpuProblem<T> const& pb, int32_t count, T const* col, T* outTile)
 {
+    constexpr int kVecBytes = Avx2 ? 32 : 16;
+    constexpr int kPerLayoutVector = 32 / kVecBytes; // registers a layout vector of channels takes
     if (groupedBlockIsWide<T>(pb.geo.outChannelsPerGroup))
-        contractGroupedBlocks<T, groupedBlockPixels<T>(16), 2>(pb, count, col, outTile);
+        contractGroupedBlocks<T, groupedBlockPixels<Avx2>(true), 2 * kPerLayoutVector, kVecBytes>(
+            pb, count, col, outTile);
     else
-        contractGroupedBlocks<T, groupedBlockPixels<T>(8), 1>(pb, count, col, outTile);
+        contractGroupedBlocks<T, groupedBlockPixels<Avx2>(false), kPerLayoutVector, kVecBytes>(
+            pb, count, col, outTile);
 }
 
 // Out of line (a call per tile), so that the register blocks' code does not crowd the sampling loop's registers in
 // rowForwardImpl: inlined there, it made the depth-wise forward 4 % slower (pointers reloaded from the stack in
-// sampleTile's loop). Non-template, so that they can carry target_clones.
-DCN_CPU_CLONES __attribute__((noinline)) void contractGroupedFloat(
+// sampleTile's loop). One version per instruction set (DCN_CPU_VERSIONS), else the blocks of the one compiled for.
+#if DCN_CPU_VERSIONS
+DCN_CPU_VERSION_AVX2 __attribute__((noinline)) void contractGrouped(
     CpuProblem<float> const& pb, int32_t count, float const* col, float* outTile)
 {
-    contractGroupedImpl(pb, count, col, outTile);
+    contractGroupedImpl<float, true>(pb, count, col, outTile);
 }
 
-DCN_CPU_CLONES __attribute__((noinline)) void contractGroupedDouble(
+DCN_CPU_VERSION_BASELINE __attribute__((noinline)) void contractGrouped(
+    CpuProblem<float> const& pb, int32_t count, float const* col, float* outTile)
+{
+    contractGroupedImpl<float, false>(pb, count, col, outTile);
+}
+
+DCN_CPU_VERSION_AVX2 __attribute__((noinline)) void contractGrouped(
     CpuProblem<double> const& pb, int32_t count, double const* col, double* outTile)
 {
-    contractGroupedImpl(pb, count, col, outTile);
+    contractGroupedImpl<double, true>(pb, count, col, outTile);
 }
 
-inline void contractGrouped(CpuProblem<float> const& pb, int32_t count, float const* col, float* outTile)
+DCN_CPU_VERSION_BASELINE __attribute__((noinline)) void contractGrouped(
+    CpuProblem<double> const& pb, int32_t count, double const* col, double* outTile)
 {
-    contractGroupedFloat(pb, count, col, outTile);
+    contractGroupedImpl<double, false>(pb, count, col, outTile);
 }
-inline void contractGrouped(CpuProblem<double> const& pb, int32_t count, double const* col, double* outTile)
+#else
+#if defined(__AVX2__) && defined(__FMA__)
+constexpr bool kCompiledForAvx2 = true;
+#else
+constexpr bool kCompiledForAvx2 = false;
+#endif
+
+template <typename T>
+__attribute__((noinline)) void contractGrouped(CpuProblem<T> const& pb, int32_t count, T const* col, T* outTile)
 {
-    contractGroupedDouble(pb, count, col, outTile);
+    contractGroupedImpl<T, kCompiledForAvx2>(pb, count, col, outTile);
 }
+#endif
 
 // Depth-wise contraction: outTile[g*m + j][p] = sum_k packed[j][k][g] * col[p][k][g], vectorised over groups.
 template <typename T>
@@ -396,7 +420,7 @@ void forwardCpu(DeformConvGeometry const& geo, T const* input, T const* offset, 
     // A tile's column of about 16K elements (64 KiB of float) stays in the L2 cache beside the weights.
     int64_t const columnPerPixel = int64_t(geo.kernelPoints) * d.in_channels;
     // The grouped contraction's tile holds whole register blocks; the depth-wise one's at least 4 pixels.
-    int64_t const block = pb.depthwise ? 4 : groupedBlockPixels<T>(geo.outChannelsPerGroup);
+    int64_t const block = pb.depthwise ? 4 : groupedTileMultiple<T>(geo.outChannelsPerGroup);
     int64_t const tile = std::max<int64_t>(block, (16384 / columnPerPixel) / block * block);
     pb.tile = int32_t(std::min<int64_t>(tile, geo.outW));
 
