@@ -324,8 +324,8 @@ def _cuda_options(algo: str) -> dict:
     """deform_conv2d_cuda's arguments for one of our ALGOS: ``direct-taps`` is the direct kernel with
     ``shared_taps`` (DCN_FORWARD_SHARED_TAPS: the items' taps computed once per block where that kernel
     takes the layer, the per-item kernel elsewhere); ``direct-mma`` the direct kernel with ``group_mma``
-    (DCN_FORWARD_GROUP_MMA: the tensor-core group kernel on the half types' groups of 1 to 16 channels, the per-item
-    kernel elsewhere)."""
+    (DCN_FORWARD_GROUP_MMA: the tensor-core group kernel on the half types' groups of 1 to 16 and of 32 channels, the
+    per-item or NCHW kernel elsewhere)."""
     if algo == "direct-taps":
         return {"algo": "direct", "shared_taps": True}
     if algo == "direct-mma":

@@ -190,24 +190,27 @@ def random_shared_taps_case(rng: random.Random, dtype: torch.dtype) -> Case:
 
 def group_mma_takes(case: Case, dtype: torch.dtype) -> bool:
     """Whether the tensor-core group kernel (DCN_FORWARD_GROUP_MMA) takes the case's layer, by the rule its refusal
-    states (groupMmaRefusal, plugins/deform_conv/deformConvGroupMma.h): float16 or bfloat16, 1, 2, 4, 8 or 16
-    channels per group in and out, blocks of 16 channels within offset groups, a layer the channels-last direct kernel takes,
-    at most 45 kernel points (its shared memory)."""
+    states (groupMmaRefusal, plugins/deform_conv/deformConvGroupMma.h): float16 or bfloat16, 1, 2, 4, 8, 16 or 32
+    channels per group in and out, blocks of 16 channels (32 for groups of 32) within offset groups, for groups of
+    16 or fewer a layer the channels-last direct kernel takes, at most 113 kernel points (29 in blocks of 32: its
+    shared memory)."""
     channels_per_group = case.in_channels // case.groups
-    return (dtype in (torch.float16, torch.bfloat16) and channels_per_group in (1, 2, 4, 8, 16)
+    block = 32 if channels_per_group == 32 else 16
+    return (dtype in (torch.float16, torch.bfloat16) and channels_per_group in (1, 2, 4, 8, 16, 32)
             and case.out_channels // case.groups == channels_per_group
-            and (case.in_channels // case.offset_groups) % 16 == 0 and channels_last_direct_takes(case, dtype)
-            and case.kernel[0] * case.kernel[1] <= 45)
+            and (case.in_channels // case.offset_groups) % block == 0
+            and (block == 32 or channels_last_direct_takes(case, dtype))
+            and case.kernel[0] * case.kernel[1] <= (29 if block == 32 else 113))
 
 
-def random_group_mma_case(rng: random.Random) -> Case:
+def random_group_mma_case(rng: random.Random, block_channels: int = 16) -> Case:
     """A layer the tensor-core group kernel takes: 1 to 4 blocks of 16 channels, in groups of 1, 2, 4, 8 or 16
-    channels in and out, one offset group for all or one per block or per few; everything else as random_layer_case draws it,
-    rows of up to 40 pixels (a warp's 32 and more)."""
+    channels in and out (block_channels=32: blocks of 32, groups of 32), one offset group for all or one per block or
+    per few; everything else as random_layer_case draws it, rows of up to 40 pixels (a warp's 32 and more)."""
     blocks = rng.choice([1, 2, 3, 4])
-    channels_per_group = rng.choice([1, 2, 4, 8, 16])
+    channels_per_group = 32 if block_channels == 32 else rng.choice([1, 2, 4, 8, 16])
     offset_groups = rng.choice([d for d in range(1, blocks + 1) if blocks % d == 0])
-    return random_layer_case(rng, blocks * 16 // channels_per_group, offset_groups, channels_per_group,
+    return random_layer_case(rng, blocks * block_channels // channels_per_group, offset_groups, channels_per_group,
                              (channels_per_group, channels_per_group), 9, 40, (0.5, 2.0, 25.0))
 
 

@@ -45,6 +45,9 @@ SHARED_TAPS = [Case(2, 64, 1, 64, 64, 7, 9, (3, 3), (1, 2), (1, 0, 2, 1), (1, 2)
 # groups of 4 on a row of 40 pixels.
 GROUP_MMA = [Case(2, 4, 2, 64, 64, 7, 23, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0, False),
              Case(1, 8, 1, 32, 32, 1, 40, (3, 2), (1, 2), (1, 0, 1, 1), (1, 1), False, True, 25.0, False)]
+# Its blocks of 32 (groups of 32, from NCHW tensors only: on channels-last ones no direct kernel takes them): two
+# groups on the 161-pixel image.
+GROUP_MMA_32 = [Case(2, 2, 1, 64, 64, 7, 23, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 3.0, False)]
 ALGOS = ("direct", "fused", "gemm", "gemm-nhwc", "direct-nhwc", "direct-taps", "direct-taps-nhwc", "direct-mma",
          "direct-mma-nhwc", "implicit")
 
@@ -86,7 +89,8 @@ def main() -> int:
             if (dtype == torch.float64 and algo == "fused") or (half_only and dtype.itemsize != 2):
                 continue
             shared_taps = "-taps" in algo
-            own = {"implicit": IMPLICIT}.get(algo, SHARED_TAPS if shared_taps else GROUP_MMA if group_mma else cases)
+            own = {"implicit": IMPLICIT, "direct-mma": GROUP_MMA + GROUP_MMA_32}.get(
+                algo, SHARED_TAPS if shared_taps else GROUP_MMA if group_mma else cases)
             for index, case in enumerate(own):
                 tensors = make_tensors(case, dtype, device="cuda", seed=index)
                 x, off, w, b, m = tensors

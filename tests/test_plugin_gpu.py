@@ -236,6 +236,34 @@ def test_direct_kernel_with_group_mma(kernels, dtype):
     assert max_relative_error(got[finite], per_item[finite].double()) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_direct_kernel_with_group_mma_on_groups_of_32(kernels, dtype):
+    """DCN_FORWARD_GROUP_MMA's blocks of 32 channels (groups of 32: ResNeXt's c5, which no per-item kernel takes):
+    random layers and ResNeXt c5's channels at batch 2, asked for as direct from NCHW tensors, against the reference
+    and within the dtype's tolerance of the NCHW direct kernel (what runs them without the flag, and on GPUs older
+    than sm_80 with it); a 5x5 kernel past the default 48 KiB of shared memory (the launch opts in). On channels-last
+    tensors no direct kernel takes them: refused, naming the kernels that do."""
+    cases = [random_group_mma_case(random.Random(3500 + seed), block_channels=32) for seed in range(6)]
+    cases.append(Case(2, 32, 1, 1024, 1024, 13, 21, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False))
+    cases.append(Case(1, 2, 1, 64, 64, 9, 11, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), True, True, 3.0, False))
+    assert all(group_mma_takes(case, dtype) for case in cases)
+    capable = torch.cuda.get_device_capability()[0] >= 8
+    for index, case in enumerate(cases):
+        tensors = make_tensors(case, dtype, device="cuda", seed=index)
+        expected = expected_for(case, tensors)
+        nchw_kernel = run(kernels, case, tensors, "direct")
+        got = run(kernels, case, tensors, "direct", group_mma=True)
+        assert not got.isnan().any(), (case, "an output element was never written")
+        assert max_relative_error(got, expected) < TOLERANCE[dtype], case
+        assert max_relative_error(got, nchw_kernel.double()) < TOLERANCE[dtype], case
+        if capable and os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") != "nchw" and got.numel() > 100_000:
+            assert not torch.equal(got, nchw_kernel), (case, "the flag ran the NCHW kernel")
+    x, off, w, b, m = make_tensors(cases[-2], dtype, device="cuda", seed=1)
+    with pytest.raises(NativeError, match="channels-last tensors .* take the GEMM path"):
+        deform_conv2d_cuda(x.contiguous(memory_format=torch.channels_last), off, w, b, 1, 1, 1, m, algo="direct",
+                           channels_last=True, group_mma=True, library=kernels)
+
+
 def random_dense_case(rng: random.Random) -> Case:
     """A layer wide enough for the fused kernel's tiles, with every size off the tile multiples."""
     groups = rng.choice([1, 1, 2])

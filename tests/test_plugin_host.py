@@ -729,18 +729,21 @@ def test_group_mma_kernel_source_on_emulated_blocks():
     """The tensor-core group kernel's CUDA source (deformConvGroupMma.cuh) runs on the CPU block by block
     (plugins/tests/groupMmaEmulation.cpp), its warps' mma.m16n8k16 products by the emulation, fragments laid out as
     PTX documents them: on layers of 16 channels a group (several groups and offset groups, pixels ending inside a
-    warp and a block, a row or a column of one pixel, a 2x3 and a 5x5 kernel, far offsets) and of 8, 4 and 2 (their
-    weights block-diagonal in blocks of 16 channels), in float16 and bfloat16, NCHW and channels-last outputs, within
+    warp and a block, a row or a column of one pixel, a 2x3 and a 5x5 kernel, far offsets), of 8, 4 and 2 (their
+    weights block-diagonal in blocks of 16 channels) and of 32 (blocks of 32: two m16 tiles and two k16 steps; a 5x5
+    kernel past the default 48 KiB of shared memory), in float16 and bfloat16, NCHW and channels-last outputs, within
     one rounding of its own rounded samples' sum and within the samples' rounding of the float64 reference; and
-    groupMmaRefusal's rule; and with infinite and NaN inputs (groups of 4 and 16) and masks that take float16 samples
-    past its range (groups of 8), the same infinities and NaNs as the reference, each in its own group (a pixel whose
-    sums come out non-finite taken again by FMAs)."""
+    groupMmaRefusal's rule; and with infinite and NaN inputs (groups of 4, 16 and 32) and masks that take float16
+    samples past its range (groups of 8 and 32), the same infinities and NaNs as the reference, each in its own group
+    (a pixel whose sums come out non-finite taken again by FMAs)."""
     from shell_tests import run_shell_test
 
-    output = run_shell_test("dcn_group_mma_emulation", min_checks=53, needs="a C++ compiler and cmake", timeout=300)
+    output = run_shell_test("dcn_group_mma_emulation", min_checks=73, needs="a C++ compiler and cmake", timeout=300)
     assert "one column, bfloat16, NHWC out" in output and "5x5, float16, NCHW out" in output
     assert "groups of 2, bfloat16, NCHW out" in output and "groups of 8, float16, NHWC out" in output
     assert "groups of 4, non-finite inputs, float16, NHWC out" in output and "masks of 3e4, float16" in output
+    assert "groups of 32, 5x5, bfloat16, NHWC out" in output and "groups of 32, asymmetric, float16" in output
+    assert "groups of 32, non-finite inputs, bfloat16" in output and "groups of 32, masks of 3e4, float16" in output
 
 
 # The group kernel's emulation built under each sanitizer (CMakeLists.txt, dcn_add_sanitized_emulation): its
@@ -770,7 +773,7 @@ def test_group_mma_kernel_source_under_sanitizers(sanitizers):
     needs = f"a C++ compiler with -fsanitize={sanitizers}, and DCN_EMULATION_SANITIZERS on"
     control = run_program(name, [control_argument], SANITIZER_OPTIONS, needs)
     assert control.returncode != 0 and control_report in control.stderr, control.stdout + control.stderr
-    run_shell_test(name, min_checks=53, needs=needs, timeout=600, env=SANITIZER_OPTIONS,
+    run_shell_test(name, min_checks=73, needs=needs, timeout=600, env=SANITIZER_OPTIONS,
                    stderr_free_of=("Sanitizer", "runtime error"))
 
 

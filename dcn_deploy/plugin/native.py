@@ -551,10 +551,11 @@ def deform_conv2d_cuda(input, offset, weight, bias=None, stride=1, padding=0, di
     for every call).
     ``group_mma`` (experimental, not yet timed; ``DCN_FORWARD_GROUP_MMA``): where the channels-last direct kernel
     runs a float16 or bfloat16 layer of 1, 2, 4, 8 or 16 channels per group in and out in blocks of 16 channels
-    within offset groups (ResNeXt's c4, grouped and depth-wise res4), on an sm_80 or newer GPU, a warp samples 32 pixels of 16 channels
-    into shared memory and multiplies them by their weights on tensor cores (the samples rounded to the dtype first,
-    as the GEMM path's columns; a pixel whose sums come out infinite or NaN is taken again from unrounded samples);
-    other layers unchanged
+    within offset groups (ResNeXt's c4, grouped and depth-wise res4), and, asked for as ``direct`` on NCHW tensors,
+    on groups of 32 within offset groups (ResNeXt's c5; without the flag the NCHW direct kernel), on an sm_80 or
+    newer GPU, a warp samples 32 pixels of 16 (or 32) channels into shared memory and multiplies them by their
+    weights on tensor cores (the samples rounded to the dtype first, as the GEMM path's columns; a pixel whose sums
+    come out infinite or NaN is taken again from unrounded samples); other layers unchanged
     (``DCN_DEPLOY_DIRECT_MMA=on`` does the same for every call).
     ``out``: an optional output tensor of the right shape, dtype and device to write into, contiguous (in the
     channels-last memory format where ``channels_last``).

@@ -47,7 +47,8 @@ Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const
     void const* weight, void const* bias, void const* mask, void* output, cudaStream_t stream);
 
 // The direct kernel over a channels-last copy of the input (deformConvDirect.cu, deformConvDirectChannelsLast.h): only
-// where directChannelsLastRefusal(geo, dtype's bytes) is empty. Its workspace (256-byte aligned) holds the
+// where directChannelsLastRefusal(geo, dtype's bytes) is empty (or, with groupMma on an sm_80 or newer GPU, on
+// groups of 32 that groupMmaRefusal lets through: only the group kernel runs those). Its workspace (256-byte aligned) holds the
 // channels-last input of the images `budget` holds: at least directChannelsLastWorkspaceBytes(.., budget).
 // channelsLastTensors: the input and the output are channels-last themselves (GemmOptions::channelsLastTensors),
 // 16-byte aligned; no workspace. sharedTaps (GemmOptions::directSharedTaps): the taps shared by a block where

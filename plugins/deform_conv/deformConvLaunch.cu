@@ -4,6 +4,7 @@
 // tensor-core implicit GEMM over a channels-last input (deformConvImplicit.cu; only when asked for).
 #include "cublasLoader.h"
 #include "deformConvDirectChannelsLast.h"
+#include "deformConvGroupMma.h"
 #include "deformConvImplicit.h"
 #include "deformConvKernel.h"
 #include "deformConvShapes.h"
@@ -89,11 +90,17 @@ Status resolveAlgo(DeformConvGeometry const& geo, int32_t dtype, int32_t algo, i
     return Status::success();
 }
 
-// Whether the direct kernel runs over a channels-last copy of the input (GemmOptions::directChannelsLast, on a layer
-// it takes).
+// Whether the direct kernel runs over a channels-last copy of the input (GemmOptions::directChannelsLast): on a layer
+// the channels-last direct kernel takes, or, with GemmOptions::directGroupMma on an sm_80 or newer GPU, on groups of
+// 32 that the tensor-core group kernel takes (only it reads them channels-last; older GPUs run the NCHW kernel).
 static bool directChannelsLast(DeformConvGeometry const& geo, int32_t dtype, GemmOptions const& gemm)
 {
-    return gemm.directChannelsLast && directChannelsLastRefusal(geo, dtypeBytes(dtype)).empty();
+    if (!gemm.directChannelsLast)
+        return false;
+    if (directChannelsLastRefusal(geo, dtypeBytes(dtype)).empty())
+        return true;
+    return gemm.directGroupMma && groupMmaBlockChannels(geo.channelsPerGroup) == 32
+        && groupMmaRefusal(geo, dtype).empty() && groupMmaDeviceCapable();
 }
 
 // The path that serves channels-last tensors (GemmOptions::channelsLastTensors) for this request, or -1 for none:

@@ -6,8 +6,8 @@
 //   rounding of the output; this checks the tiles, the fragments and the epilogue exactly;
 // - the host library's forward in float64: within the rounding of the samples to the element type (the GEMM path's
 //   precision); this checks the sampling's semantics (offsets past the image, masks, asymmetric everything).
-// On layers of 16 channels a group in and out, and of 8, 4, 2 and 1 (blocks of 16 channels of whole groups, their
-// weights block-diagonal): several groups and offset groups, images whose pixels end inside a
+// On layers of 16 channels a group in and out, of 8, 4, 2 and 1 (blocks of 16 channels of whole groups, their
+// weights block-diagonal) and of 32 (blocks of 32): several groups and offset groups, images whose pixels end inside a
 // warp and inside a block (warps wholly past them), a row or a column of one pixel, non-square kernels; float16 and
 // bfloat16; NCHW and channels-last outputs. Shared memory starts as NaN and past the block's size as a canary, the
 // output as NaN. Also groupMmaRefusal's rule. Prints one "ok"/"FAIL" line per check and "<n> failure(s)"; the exit
@@ -60,8 +60,9 @@ std::vector<double> roundedSamplesReference(DeformConvGeometry const& geo, Tenso
     std::vector<double> out(size_t(d.batch) * d.out_channels * plane, 0.0);
     T const* mask = t.mask.empty() ? nullptr : t.mask.data();
     int32_t const cpg = geo.channelsPerGroup;
+    int32_t const channels = groupMmaBlockChannels(cpg);
     for (int32_t n = 0; n < d.batch; ++n)
-        for (int32_t c = 0; c < d.in_channels; c += kGroupMmaChannels) // one group of 16, or whole smaller ones
+        for (int32_t c = 0; c < d.in_channels; c += channels) // a block: one group of 16 or 32, or smaller ones
         {
             int32_t const og = c / geo.channelsPerOffsetGroup;
             T const* image = nhwc.data() + int64_t(n) * inputImageElements(geo) + c;
@@ -70,7 +71,7 @@ std::vector<double> roundedSamplesReference(DeformConvGeometry const& geo, Tenso
             {
                 int32_t const y = int32_t(pixel / geo.outW);
                 int32_t const x = int32_t(pixel % geo.outW);
-                double sums[kGroupMmaChannels] = {};
+                double sums[kGroupMmaMaxChannels] = {};
                 for (int32_t i = 0; i < d.kernel_h; ++i)
                     for (int32_t j = 0; j < d.kernel_w; ++j)
                     {
@@ -79,11 +80,16 @@ std::vector<double> roundedSamplesReference(DeformConvGeometry const& geo, Tenso
                         T const* scaleAt = mask ? mask + (firstPoint + kp) * plane + pixel : nullptr;
                         BilinearTaps<float> const taps
                             = offsetTaps<float>(d, dyAt, plane, scaleAt, baseRow(d, y, i), baseCol(d, x, j));
-                        ChannelPack<T, kGroupMmaChannels> packs[4];
-                        gatherNeighbours<T, kGroupMmaChannels, float, uint32_t>(image, taps, d.in_channels, packs);
-                        float sample[kGroupMmaChannels];
-                        blendInAcc<T, kGroupMmaChannels, true>(packs, taps.weight, taps.valid, sample);
-                        for (int32_t o = 0; o < kGroupMmaChannels; ++o)
+                        float sample[kGroupMmaMaxChannels];
+                        for (int32_t half = 0; half < channels / 16; ++half) // as the kernel: 16 at a time
+                        {
+                            ChannelPack<T, 16> packs[4];
+                            gatherNeighbours<T, 16, float, uint32_t>(image + 16 * half, taps, d.in_channels, packs);
+                            float blended[16];
+                            blendInAcc<T, 16, true>(packs, taps.weight, taps.valid, blended);
+                            std::copy(blended, blended + 16, sample + 16 * half);
+                        }
+                        for (int32_t o = 0; o < channels; ++o)
                             for (int32_t l = o / cpg * cpg; l < (o / cpg + 1) * cpg; ++l) // output o's group
                             {
                                 double const rounded = ElementTraits<T>::toAcc(ElementTraits<T>::fromAcc(sample[l]));
@@ -92,7 +98,7 @@ std::vector<double> roundedSamplesReference(DeformConvGeometry const& geo, Tenso
                                 sums[o] += w * rounded;
                             }
                     }
-                for (int32_t o = 0; o < kGroupMmaChannels; ++o)
+                for (int32_t o = 0; o < channels; ++o)
                     out[(size_t(n) * d.out_channels + c + o) * plane + pixel]
                         = sums[o] + (t.bias.empty() ? 0.0 : double(ElementTraits<T>::toAcc(t.bias[c + o])));
             }
@@ -106,16 +112,20 @@ template <typename T, bool ChannelsLastOut>
 std::string emulate(DeformConvGeometry const& geo, Tensors<T> const& t, std::vector<T> const& nhwc,
     std::vector<T>& output)
 {
-    size_t const shared = groupMmaSharedBytes(geo.kernelPoints);
-    dim3 const grid{
-        unsigned(groupMmaPixelBlocks(geo)), unsigned(geo.d.in_channels / kGroupMmaChannels), unsigned(geo.d.batch)};
+    int32_t const channels = groupMmaBlockChannels(geo.channelsPerGroup);
+    size_t const shared = groupMmaSharedBytes(channels, geo.kernelPoints);
+    dim3 const grid{unsigned(groupMmaPixelBlocks(geo)), unsigned(geo.d.in_channels / channels), unsigned(geo.d.batch)};
     gridDim = grid;
     blockDim = dim3{unsigned(kGroupMmaThreads), 1, 1};
     T const* bias = t.bias.empty() ? nullptr : t.bias.data();
     T const* mask = t.mask.empty() ? nullptr : t.mask.data();
     auto body = [&] {
-        groupMmaKernel<T, ChannelsLastOut>(geo, nhwc.data(), t.offset.data(), t.weight.data(), bias, mask,
-            output.data(), 0);
+        if (channels == 32)
+            groupMmaKernel<T, 32, ChannelsLastOut>(geo, nhwc.data(), t.offset.data(), t.weight.data(), bias, mask,
+                output.data(), 0);
+        else
+            groupMmaKernel<T, 16, ChannelsLastOut>(geo, nhwc.data(), t.offset.data(), t.weight.data(), bias, mask,
+                output.data(), 0);
     };
     return emulation::runGridPoisoned(grid, shared, body);
 }
@@ -319,13 +329,20 @@ void runExtremeLayers(char const* typeName, double tolerance)
         true, false, 2.0};
     Layer const large{"groups of 8, masks of 3e4", {1, 32, 9, 17, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1}, true, true,
         2.0};
-    for (Layer const* layer : {&fours, &sixteens})
+    Layer const thirtyTwos{"groups of 32, non-finite inputs", {1, 64, 9, 17, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1},
+        true, true, 2.0};
+    Layer const largeThirtyTwos{"groups of 32, masks of 3e4", {1, 64, 7, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2},
+        true, false, 2.0};
+    for (Layer const* layer : {&fours, &sixteens, &thirtyTwos})
     {
         runExtremeLayer<T, false>(*layer, Extremes::nonFinite, typeName, tolerance);
         runExtremeLayer<T, true>(*layer, Extremes::nonFinite, typeName, tolerance);
     }
-    runExtremeLayer<T, false>(large, Extremes::largeMasks, typeName, tolerance);
-    runExtremeLayer<T, true>(large, Extremes::largeMasks, typeName, tolerance);
+    for (Layer const* layer : {&large, &largeThirtyTwos})
+    {
+        runExtremeLayer<T, false>(*layer, Extremes::largeMasks, typeName, tolerance);
+        runExtremeLayer<T, true>(*layer, Extremes::largeMasks, typeName, tolerance);
+    }
 }
 
 
@@ -335,25 +352,34 @@ void checkRefusals()
     DeformConvGeometry const sixteens = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1});
     DeformConvGeometry const twos = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, 2});
     DeformConvGeometry const depthwise = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 64, 1});
+    DeformConvGeometry const thirtyTwos = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1});
     DeformConvGeometry const threes = geometryOf({1, 48, 8, 8, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, 1});
     DeformConvGeometry const wider = geometryOf({1, 64, 8, 8, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1});
-    DeformConvGeometry const seven = geometryOf({1, 64, 8, 8, 64, 7, 7, 1, 1, 3, 3, 3, 3, 1, 1, 4, 1});
+    DeformConvGeometry const eleven = geometryOf({1, 64, 12, 12, 64, 11, 11, 1, 1, 5, 5, 5, 5, 1, 1, 4, 1});
+    DeformConvGeometry const thirty = geometryOf({1, 64, 8, 8, 64, 6, 5, 1, 1, 2, 2, 3, 2, 1, 1, 2, 1});
     DeformConvGeometry const split = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, 8});
+    DeformConvGeometry const splitThirtyTwos = geometryOf({1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4});
     std::string const float32 = groupMmaRefusal(sixteens, DCN_FLOAT32);
     std::string const three = groupMmaRefusal(threes, DCN_FLOAT16);
     std::string const more = groupMmaRefusal(wider, DCN_FLOAT16);
-    std::string const big = groupMmaRefusal(seven, DCN_BFLOAT16);
+    std::string const big = groupMmaRefusal(eleven, DCN_BFLOAT16);
+    std::string const bigThirtyTwos = groupMmaRefusal(thirty, DCN_FLOAT16);
     std::string const across = groupMmaRefusal(split, DCN_FLOAT16);
+    std::string const acrossThirtyTwos = groupMmaRefusal(splitThirtyTwos, DCN_FLOAT16);
     check(groupMmaRefusal(sixteens, DCN_FLOAT16).empty() && groupMmaRefusal(sixteens, DCN_BFLOAT16).empty()
             && groupMmaRefusal(twos, DCN_FLOAT16).empty() && groupMmaRefusal(depthwise, DCN_BFLOAT16).empty()
+            && groupMmaRefusal(thirtyTwos, DCN_FLOAT16).empty()
             && float32.find("float16 and bfloat16") != std::string::npos
-            && three.find("groups of 1, 2, 4, 8 or 16 channels in and out, got 3 and 3") != std::string::npos
+            && three.find("groups of 1, 2, 4, 8, 16 or 32 channels in and out, got 3 and 3") != std::string::npos
             && more.find("got 16 and 32") != std::string::npos
-            && big.find("49 kernel points need") != std::string::npos
-            && across.find("blocks of 16 within offset groups, got 8") != std::string::npos,
-        "groupMmaRefusal: takes half groups of 16, of 2 and of 1 at 3x3; refuses float32 (" + float32
-            + "), groups of 3 (" + three + "), 32 outputs a group (" + more + "), 7x7 (" + big
-            + "), offset groups of 8 channels (" + across + ")");
+            && big.find("121 kernel points need") != std::string::npos
+            && bigThirtyTwos.find("30 kernel points need") != std::string::npos
+            && across.find("blocks of 16 within offset groups, got 8") != std::string::npos
+            && acrossThirtyTwos.find("blocks of 32 within offset groups, got 16") != std::string::npos,
+        "groupMmaRefusal: takes half groups of 16, of 2, of 1 and of 32 at 3x3; refuses float32 (" + float32
+            + "), groups of 3 (" + three + "), 32 outputs a group of 16 (" + more + "), 11x11 (" + big
+            + "), 6x5 in groups of 32 (" + bigThirtyTwos + "), offset groups of 8 channels (" + across
+            + "), groups of 32 in offset groups of 16 (" + acrossThirtyTwos + ")");
 }
 
 // desc: batch, C, H, W, oC, kH, kW, stride h/w, pad top/left/bottom/right, dilation h/w, group, offset group.
@@ -375,6 +401,12 @@ std::vector<Layer> layers()
         {"depth-wise", {2, 32, 9, 5, 32, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1, 32, 1}, true, true, 4.0},
         {"one row", {2, 16, 1, 40, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, true, true, 3.0},
         {"one column", {1, 32, 37, 1, 32, 3, 1, 1, 1, 2, 0, 1, 0, 2, 1, 2, 1}, true, false, 1.5},
+        // blocks of 32 channels (groups of 32, ResNeXt's c5): two groups, the second block's warps cut short; an
+        // offset group per group with everything asymmetric, far offsets; 5x5, past the default 48 KiB of shared
+        // memory (the launch opts in)
+        {"groups of 32", {2, 64, 9, 17, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1}, true, true, 2.0},
+        {"groups of 32, asymmetric", {1, 64, 7, 12, 64, 2, 3, 2, 1, 0, 2, 1, 0, 1, 2, 2, 2}, false, true, 12.0},
+        {"groups of 32, 5x5", {1, 96, 6, 6, 96, 5, 5, 1, 1, 2, 2, 2, 2, 1, 1, 3, 1}, true, true, 3.0},
     };
 }
 
