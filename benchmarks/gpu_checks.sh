@@ -206,7 +206,7 @@ step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 
 # the tensor-core group kernel's tiles), on channels-last tensors: the quick racecheck above ran out of its 80 s
 # before reaching them (session 38, H100).
 step racecheck-direct 60 compute-sanitizer --tool racecheck --error-exitcode 3 python3 tests/sanitizer_cases.py --quick \
-    --algos direct-nhwc,direct-taps-nhwc,direct-mma-nhwc
+    --algos direct-nhwc,direct-taps-nhwc,direct-mma-nhwc,direct-mma
 for shell in dcn_plugin_shell_test dcn_roi_pool_shell_test; do # their enqueue on the GPU
     [ -x "$BUILD/bin/$shell" ] && step "memcheck-$shell" 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/bin/$shell"
 done

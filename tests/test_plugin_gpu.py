@@ -190,6 +190,20 @@ def test_direct_kernel_with_shared_taps(kernels, dtype):
     _check_channels_last_cases(kernels, cases, ("direct", "auto"), dtype, shared_taps=True)
 
 
+def _direct_with_group_mma(kernels, case: Case, dtype: torch.dtype, seed: int):
+    """The case's layer asked for as direct with DCN_FORWARD_GROUP_MMA and without, on NCHW tensors: the flag's
+    output fully written and within the dtype's tolerance of the reference and of the output without it; returns
+    both outputs."""
+    tensors = make_tensors(case, dtype, device="cuda", seed=seed)
+    expected = expected_for(case, tensors)
+    without = run(kernels, case, tensors, "direct")
+    got = run(kernels, case, tensors, "direct", group_mma=True)
+    assert not got.isnan().any(), (case, "an output element was never written")
+    assert max_relative_error(got, expected) < TOLERANCE[dtype], case
+    assert max_relative_error(got, without.double()) < TOLERANCE[dtype], case
+    return got, without
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_direct_kernel_with_group_mma(kernels, dtype):
     """DCN_FORWARD_GROUP_MMA (experimental): layers of 1, 2, 4, 8 or 16 channels a group in and out, which the
@@ -207,13 +221,7 @@ def test_direct_kernel_with_group_mma(kernels, dtype):
     untaken = Case(1, 64, 8, 64, 64, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, True, 2.0, False)
     assert all(group_mma_takes(case, dtype) for case in cases) and not group_mma_takes(untaken, dtype)
     for index, case in enumerate(cases + [untaken]):
-        tensors = make_tensors(case, dtype, device="cuda", seed=index)
-        expected = expected_for(case, tensors)
-        per_item = run(kernels, case, tensors, "direct")
-        got = run(kernels, case, tensors, "direct", group_mma=True)
-        assert not got.isnan().any(), (case, "an output element was never written")
-        assert max_relative_error(got, expected) < TOLERANCE[dtype], case
-        assert max_relative_error(got, per_item.double()) < TOLERANCE[dtype], case
+        got, per_item = _direct_with_group_mma(kernels, case, dtype, seed=index)
         # which kernel ran: the tensor-core one rounds its samples to the dtype, so on the large layer some outputs
         # differ from the per-item kernel's; the per-item kernel under the flag gives its own results exactly (and
         # so does the NCHW direct kernel, which the direct_nchw child runs on NCHW tensors, flag or not)
@@ -249,13 +257,7 @@ def test_direct_kernel_with_group_mma_on_groups_of_32(kernels, dtype):
     assert all(group_mma_takes(case, dtype) for case in cases)
     capable = torch.cuda.get_device_capability()[0] >= 8
     for index, case in enumerate(cases):
-        tensors = make_tensors(case, dtype, device="cuda", seed=index)
-        expected = expected_for(case, tensors)
-        nchw_kernel = run(kernels, case, tensors, "direct")
-        got = run(kernels, case, tensors, "direct", group_mma=True)
-        assert not got.isnan().any(), (case, "an output element was never written")
-        assert max_relative_error(got, expected) < TOLERANCE[dtype], case
-        assert max_relative_error(got, nchw_kernel.double()) < TOLERANCE[dtype], case
+        got, nchw_kernel = _direct_with_group_mma(kernels, case, dtype, seed=index)
         if capable and os.environ.get("DCN_DEPLOY_DIRECT_LAYOUT") != "nchw" and got.numel() > 100_000:
             assert not torch.equal(got, nchw_kernel), (case, "the flag ran the NCHW kernel")
     x, off, w, b, m = make_tensors(cases[-2], dtype, device="cuda", seed=1)
