@@ -180,7 +180,7 @@ DCN_NO_UNROLL
     }
 }
 
-// Channels / 16 m16 tiles of output channels, as many k16 steps of input channels, 4 n8 tiles of pixels.
+// The n8 tiles of a warp's pixels (a block's Channels / 16 m16 tiles of output channels take as many k16 steps).
 constexpr int kGroupMmaPixelTiles = kGroupMmaPixels / 8;
 
 // A block: warp w takes output pixels (blockIdx.x * kGroupMmaWarps + w) * 32 .. + 32 of image blockIdx.z (from n0;
