@@ -172,14 +172,14 @@ void launchChannelsLastItems(DeformConvGeometry const& geo, T const* source, T c
 // Per chunk of images: the input to channels-last in the workspace, then the items of those images. With
 // channelsLastTensors the input already is channels-last (and the output is written so): one launch over the batch,
 // no workspace. sharedTaps: the items in the shared-taps kernel's blocks (deformConvDirectSharedTaps.cu) where
-// sharedTapsRefusal passes; groupMma: the tensor-core group kernel (deformConvGroupMma.cu) where groupMmaRefusal
-// passes on an sm_80 or newer GPU.
+// sharedTapsRefusal passes; groupMma: the tensor-core group kernel (deformConvGroupMma.cu) where groupMmaRuns (its
+// refusal passes on an sm_80 or newer GPU).
 template <typename T>
 Status launchDirectChannelsLast(DeformConvGeometry const& geo, int32_t dtype, T const* input, T const* offset,
     T const* weight, T const* bias, T const* mask, T* output, void* workspace, size_t budget, bool channelsLastTensors,
     bool sharedTaps, bool groupMma, cudaStream_t stream)
 {
-    bool const mmaGroups = groupMma && groupMmaRefusal(geo, dtype).empty() && groupMmaDeviceCapable();
+    bool const mmaGroups = groupMma && groupMmaRuns(geo, dtype);
     bool const shareTaps = !mmaGroups && sharedTaps && sharedTapsRefusal(geo, sizeof(T)).empty();
     int32_t const images = channelsLastTensors ? geo.d.batch : directChannelsLastImages(geo, sizeof(T), budget);
     T* nhwc = static_cast<T*>(workspace);

@@ -1,6 +1,6 @@
 // The tensor-core group kernel's launch (the kernel: deformConvGroupMma.cuh; experimental, opt-in:
 // GemmOptions::directGroupMma), in a file of its own beside the channels-last direct kernel's, whose launch
-// (deformConvDirect.cu) calls launchGroupMmaItems where groupMmaRefusal passes on an sm_80 or newer GPU.
+// (deformConvDirect.cu) calls launchGroupMmaItems where groupMmaRuns (its refusal passes on an sm_80 or newer GPU).
 #include "dcnCudaDtype.cuh"
 #include "dcnCudaStatus.h"
 #include "deformConvGroupMma.cuh"
@@ -47,8 +47,6 @@ Status launchBlocks(DeformConvGeometry const& geo, T const* source, T const* off
     return launchStatus("the tensor-core group kernel");
 }
 
-} // namespace
-
 bool groupMmaDeviceCapable()
 {
     int device = 0;
@@ -60,6 +58,13 @@ bool groupMmaDeviceCapable()
         return false;
     }
     return major >= 8;
+}
+
+} // namespace
+
+bool groupMmaRuns(DeformConvGeometry const& geo, int32_t dtype)
+{
+    return groupMmaRefusal(geo, dtype).empty() && groupMmaDeviceCapable();
 }
 
 Status launchGroupMmaItems(DeformConvGeometry const& geo, int32_t dtype, void const* source, void const* offset,

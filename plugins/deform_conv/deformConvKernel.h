@@ -53,7 +53,7 @@ Status launchDirectPath(DeformConvGeometry const& geo, int32_t dtype, void const
 // channelsLastTensors: the input and the output are channels-last themselves (GemmOptions::channelsLastTensors),
 // 16-byte aligned; no workspace. sharedTaps (GemmOptions::directSharedTaps): the taps shared by a block where
 // sharedTapsRefusal passes (deformConvDirectSharedTaps.h); groupMma (GemmOptions::directGroupMma): the tensor-core
-// group kernel where groupMmaRefusal passes on an sm_80 or newer GPU (deformConvGroupMma.h), before sharedTaps.
+// group kernel where groupMmaRuns (its refusal passes on an sm_80 or newer GPU), before sharedTaps.
 Status launchDirectChannelsLastPath(DeformConvGeometry const& geo, int32_t dtype, void const* input,
     void const* offset, void const* weight, void const* bias, void const* mask, void* output, void* workspace,
     size_t budget, bool channelsLastTensors, bool sharedTaps, bool groupMma, cudaStream_t stream);
@@ -65,10 +65,11 @@ Status launchSharedTapsItems(DeformConvGeometry const& geo, int32_t dtype, void 
     void const* weight, void const* bias, void const* mask, void* output, int32_t n0, int32_t count,
     bool channelsLastOut, cudaStream_t stream);
 
-// The tensor-core group kernel (deformConvGroupMma.cu): the layer's groups of `count` images from n0 of `source`
-// (channels-last, image n0 first), only where groupMmaRefusal(geo, dtype) is empty and groupMmaDeviceCapable() (the
-// current GPU is sm_80 or newer); channelsLastOut: the output is channels-last too.
-bool groupMmaDeviceCapable();
+// The tensor-core group kernel (deformConvGroupMma.cu): whether it runs the layer (groupMmaRefusal(geo, dtype) is
+// empty and the current GPU is sm_80 or newer), the one rule of the launches that choose it; and the layer's groups
+// of `count` images from n0 of `source` (channels-last, image n0 first), only where it runs them; channelsLastOut: the
+// output is channels-last too.
+bool groupMmaRuns(DeformConvGeometry const& geo, int32_t dtype);
 Status launchGroupMmaItems(DeformConvGeometry const& geo, int32_t dtype, void const* source, void const* offset,
     void const* weight, void const* bias, void const* mask, void* output, int32_t n0, int32_t count,
     bool channelsLastOut, cudaStream_t stream);

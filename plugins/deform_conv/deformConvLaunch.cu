@@ -99,8 +99,7 @@ static bool directChannelsLast(DeformConvGeometry const& geo, int32_t dtype, Gem
         return false;
     if (directChannelsLastRefusal(geo, dtypeBytes(dtype)).empty())
         return true;
-    return gemm.directGroupMma && groupMmaBlockChannels(geo.channelsPerGroup) == 32
-        && groupMmaRefusal(geo, dtype).empty() && groupMmaDeviceCapable();
+    return gemm.directGroupMma && groupMmaBlockChannels(geo.channelsPerGroup) == 32 && groupMmaRuns(geo, dtype);
 }
 
 // The path that serves channels-last tensors (GemmOptions::channelsLastTensors) for this request, or -1 for none:
