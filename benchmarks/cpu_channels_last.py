@@ -46,8 +46,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads < 1 or args.iterations < 1:
         parser.error("--threads and --iterations must be >= 1")
     torch.set_num_threads(args.threads)
-    libraries = {str(path): NativeLibrary(path) for path in args.library} if args.library else {
-        "dcn_deploy": load_library("host")}
+    libraries = {}
+    for path in args.library or []:
+        try:
+            libraries[str(path)] = NativeLibrary(path)
+        except OSError as exc:
+            parser.error(f"--library {path}: cannot load it as a host library ({exc}); give the path of a built "
+                         "libdcn_deploy_host.so")
+    if not libraries:
+        libraries["dcn_deploy"] = load_library("host")
     dtype = getattr(torch, args.dtype)
 
     names = list(libraries) + ["torch permuted copy"]

@@ -33,3 +33,10 @@ def test_channels_last_copy_benchmark_checks_and_times_each_copy(host_library_pa
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| N, C, H, W | ") and table[0].endswith("| torch permuted copy ms (ns/elem) |")
     assert len(table) == 2 + len(script.SHAPES)
+
+
+def test_channels_last_copy_benchmark_names_a_library_it_cannot_load(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _script("cpu_channels_last").main(["--library", str(tmp_path / "missing.so"), "--iterations", "1"])
+    assert exc.value.code == 2
+    assert "--library " + str(tmp_path / "missing.so") + ": cannot load it as a host library" in capsys.readouterr().err
