@@ -202,8 +202,9 @@ inline Status cpuEntryChecks(char const* entry, Status descStatus, int32_t numTh
 // and in them tiles of a cache line of channels (16 float, 32 half, 8 double) x 8 pixels, read into a local tile
 // row by row (8 consecutive pixels of a channel) and written out a pixel's whole cache line at a time, which the
 // compiler turns into vector loads, shuffles and stores. Element by element instead (blocks of 64 x 16), the reads
-// a plane apart (a power-of-two stride) made it 2-3x slower: C=256 at 64x64 in float, 1.05 against 0.33-0.41 ns an
-// element (session 40). Fewer channels than a tile (an RGB image) go element by element.
+// a plane apart (a power-of-two stride) made it about 2x slower: C=256 at 64x64 in float, 1.91 against 0.96 ns an
+// element (benchmarks/cpu_channels_last.py, one thread, session 40). Fewer channels than a tile (an RGB image) go
+// element by element.
 template <typename T>
 void toChannelsLast(T const* input, T* table, int32_t batch, int32_t channels, int64_t plane, int32_t threads)
 {
